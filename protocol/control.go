@@ -1,0 +1,235 @@
+package protocol
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// MaxMessageSize bounds the payload of one control or enrolment message.
+const MaxMessageSize = 64 << 10
+
+// MessageType identifies a control or enrolment message on the wire.
+type MessageType uint8
+
+// Message types. Values are stable; a reader skips types it does not know.
+const (
+	TypeHello          MessageType = 1
+	TypeWelcome        MessageType = 2
+	TypeReject         MessageType = 3
+	TypePing           MessageType = 4
+	TypePong           MessageType = 5
+	TypeGoAway         MessageType = 6
+	TypeEnrollRequest  MessageType = 7
+	TypeEnrollResponse MessageType = 8
+)
+
+// Message is one control or enrolment message.
+//
+// Frame format: u8 type, uvarint payload length (≤ MaxMessageSize), payload.
+// The payload is a JSON object; readers ignore fields they do not know, so
+// fields may be added without a version bump.
+type Message interface {
+	Type() MessageType
+}
+
+// Hello is the first message an agent sends on its control stream.
+type Hello struct {
+	ProtocolVersion int      `json:"protocol_version"`
+	AgentVersion    string   `json:"agent_version"`
+	OS              string   `json:"os"`
+	Arch            string   `json:"arch"`
+	Hostname        string   `json:"hostname,omitempty"`
+	Capabilities    []string `json:"capabilities,omitempty"`
+	// Transport is what the agent dialled ("quic" or "tcp") and Why says why
+	// (e.g. "configured", "fallback: quic handshake timed out").
+	Transport    string `json:"transport,omitempty"`
+	TransportWhy string `json:"transport_why,omitempty"`
+}
+
+// Welcome accepts a Hello.
+type Welcome struct {
+	ProtocolVersion int      `json:"protocol_version"`
+	RelayVersion    string   `json:"relay_version"`
+	AgentID         string   `json:"agent_id"`
+	Tenant          string   `json:"tenant"`
+	SessionID       string   `json:"session_id"`
+	HeartbeatMillis int64    `json:"heartbeat_ms"`
+	Capabilities    []string `json:"capabilities,omitempty"`
+}
+
+// Reject refuses a Hello or an enrolment; the sender closes afterwards.
+type Reject struct {
+	Code    string `json:"code"` // a Code name
+	Message string `json:"message"`
+}
+
+// Err converts a Reject into an *Error; unknown code names become
+// CodeInternal with the name kept in the message.
+func (r *Reject) Err() *Error {
+	c, ok := ParseCode(r.Code)
+	if !ok {
+		return Errorf(CodeInternal, "%s: %s", r.Code, r.Message)
+	}
+	return &Error{Code: c, Message: r.Message}
+}
+
+// RejectFor builds a Reject from an error.
+func RejectFor(err error) *Reject {
+	rep := ReplyFor(err)
+	return &Reject{Code: rep.Code.String(), Message: rep.Message}
+}
+
+// Ping asks the peer for a Pong with the same Seq; the sender measures RTT.
+type Ping struct {
+	Seq uint64 `json:"seq"`
+}
+
+// Pong answers a Ping.
+type Pong struct {
+	Seq uint64 `json:"seq"`
+}
+
+// GoAway tells the peer that this session takes no new streams: streams in
+// flight finish, and the agent should connect again (possibly elsewhere).
+type GoAway struct {
+	Reason  string `json:"reason"` // "shutdown", "drain", …
+	Message string `json:"message,omitempty"`
+}
+
+// EnrollRequest is sent by an agent on an ALPNEnroll connection.
+type EnrollRequest struct {
+	Token        string `json:"token"`
+	CSR          []byte `json:"csr"` // DER PKCS#10
+	Hostname     string `json:"hostname,omitempty"`
+	OS           string `json:"os,omitempty"`
+	Arch         string `json:"arch,omitempty"`
+	AgentVersion string `json:"agent_version,omitempty"`
+}
+
+// EnrollResponse carries the agent's new identity.
+type EnrollResponse struct {
+	AgentID     string `json:"agent_id"`
+	Tenant      string `json:"tenant"`
+	TrustDomain string `json:"trust_domain"`
+	// Certificate is the agent's certificate chain, PEM.
+	Certificate string `json:"certificate"`
+	// CACertificates are the roots the agent must trust for the relay, PEM.
+	CACertificates string `json:"ca_certificates"`
+}
+
+// Unknown is a message of a type this version does not know. Readers return
+// it rather than failing so that a newer peer can send new messages.
+type Unknown struct {
+	MessageType MessageType
+	Payload     []byte
+}
+
+func (*Hello) Type() MessageType          { return TypeHello }
+func (*Welcome) Type() MessageType        { return TypeWelcome }
+func (*Reject) Type() MessageType         { return TypeReject }
+func (*Ping) Type() MessageType           { return TypePing }
+func (*Pong) Type() MessageType           { return TypePong }
+func (*GoAway) Type() MessageType         { return TypeGoAway }
+func (*EnrollRequest) Type() MessageType  { return TypeEnrollRequest }
+func (*EnrollResponse) Type() MessageType { return TypeEnrollResponse }
+func (u *Unknown) Type() MessageType      { return u.MessageType }
+
+func newMessage(t MessageType) Message {
+	switch t {
+	case TypeHello:
+		return new(Hello)
+	case TypeWelcome:
+		return new(Welcome)
+	case TypeReject:
+		return new(Reject)
+	case TypePing:
+		return new(Ping)
+	case TypePong:
+		return new(Pong)
+	case TypeGoAway:
+		return new(GoAway)
+	case TypeEnrollRequest:
+		return new(EnrollRequest)
+	case TypeEnrollResponse:
+		return new(EnrollResponse)
+	}
+	return nil
+}
+
+// AppendMessage appends the framed encoding of m to b.
+func AppendMessage(b []byte, m Message) ([]byte, error) {
+	var payload []byte
+	if u, ok := m.(*Unknown); ok {
+		payload = u.Payload
+	} else {
+		var err error
+		if payload, err = json.Marshal(m); err != nil {
+			return b, fmt.Errorf("encode message %d: %w", m.Type(), err)
+		}
+	}
+	if len(payload) > MaxMessageSize {
+		return b, fmt.Errorf("encode message %d: %d bytes exceeds %d", m.Type(), len(payload), MaxMessageSize)
+	}
+	b = append(b, byte(m.Type()))
+	b = binary.AppendUvarint(b, uint64(len(payload)))
+	return append(b, payload...), nil
+}
+
+// WriteMessage writes m with a single Write. Callers that share a writer
+// between goroutines must serialise calls.
+func WriteMessage(w io.Writer, m Message) error {
+	b, err := AppendMessage(nil, m)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+
+// ErrMessageTooLarge is returned when a frame announces a payload larger than
+// MaxMessageSize.
+var ErrMessageTooLarge = errors.New("message too large")
+
+// ReadMessage reads one framed message. A message of an unknown type comes
+// back as *Unknown. io.EOF is returned only at a clean frame boundary.
+func ReadMessage(r *bufio.Reader) (Message, error) {
+	tb, err := r.ReadByte()
+	if err != nil {
+		return nil, err // io.EOF at a frame boundary is a clean end
+	}
+	n, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, fmt.Errorf("read message length: %w", noEOF(err))
+	}
+	if n > MaxMessageSize {
+		return nil, fmt.Errorf("message type %d: %w (%d bytes, limit %d)", tb, ErrMessageTooLarge, n, MaxMessageSize)
+	}
+	payload := make([]byte, n)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return nil, fmt.Errorf("read message payload: %w", noEOF(err))
+	}
+	return DecodeMessage(MessageType(tb), payload)
+}
+
+// DecodeMessage decodes the payload of a message of type t.
+func DecodeMessage(t MessageType, payload []byte) (Message, error) {
+	m := newMessage(t)
+	if m == nil {
+		return &Unknown{MessageType: t, Payload: payload}, nil
+	}
+	if err := json.Unmarshal(payload, m); err != nil {
+		return nil, Errorf(CodeBadRequest, "decode message type %d: %v", t, err)
+	}
+	return m, nil
+}
+
+func noEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}

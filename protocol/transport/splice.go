@@ -1,0 +1,174 @@
+package transport
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// CopyBufferSize is the size of the buffers Splice copies through.
+const CopyBufferSize = 64 << 10
+
+var bufPool = sync.Pool{New: func() any {
+	b := make([]byte, CopyBufferSize)
+	return &b
+}}
+
+// SpliceResult reports what Splice moved.
+type SpliceResult struct {
+	AToB int64 // bytes read from a and written to b
+	BToA int64 // bytes read from b and written to a
+}
+
+// Splice copies between a and b in both directions until both directions are
+// finished, then closes both streams.
+//
+// When one side's reader reaches io.EOF, Splice half-closes the other side
+// (CloseWrite) and keeps the opposite direction flowing, so protocols that
+// shut down their write side and then wait for an answer work. If either
+// direction fails, both streams are closed at once (abort) and the first
+// error is returned. If idle > 0 and no byte moves in either direction for
+// idle, both streams are closed and ErrIdle is returned.
+//
+// Splice runs one direction on the calling goroutine and the other on a
+// goroutine that has exited by the time Splice returns.
+func Splice(a, b Stream, idle time.Duration) (SpliceResult, error) {
+	var res SpliceResult
+	var act activity
+	act.touch()
+
+	var once sync.Once
+	var firstErr error
+	abort := func(err error) {
+		once.Do(func() {
+			firstErr = err
+			abortStream(a)
+			abortStream(b)
+		})
+	}
+
+	if idle > 0 {
+		w := &idleWatch{act: &act, idle: idle, fire: func() { abort(ErrIdle) }}
+		w.start()
+		defer w.stop()
+	}
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var err error
+		res.AToB, err = copyHalf(b, a, &act)
+		if err != nil {
+			abort(err)
+		}
+	}()
+	var err error
+	res.BToA, err = copyHalf(a, b, &act)
+	if err != nil {
+		abort(err)
+	}
+	<-done // orders the goroutine's write of res.AToB before our read
+
+	// Both directions finished (or were aborted): release both streams. In
+	// the clean case both write halves are already closed, so this only
+	// frees resources.
+	once.Do(func() {}) // a late idle abort can no longer set firstErr; orders any earlier write before the read below
+	_ = a.Close()
+	_ = b.Close()
+	return res, firstErr
+}
+
+// copyHalf copies src to dst and half-closes dst when src ends cleanly.
+func copyHalf(dst, src Stream, act *activity) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	var total int64
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			act.touch()
+			w, werr := dst.Write(buf[:n])
+			total += int64(w)
+			if werr != nil {
+				return total, werr
+			}
+			if w != n {
+				return total, io.ErrShortWrite
+			}
+		}
+		if rerr == io.EOF {
+			return total, dst.CloseWrite()
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
+// abortStream closes s without a clean end. A TCP connection gets a reset
+// rather than a FIN, so a truncated transfer is never mistaken for a
+// complete one.
+func abortStream(s Stream) {
+	if l, ok := s.(interface{ SetLinger(int) error }); ok {
+		_ = l.SetLinger(0)
+	}
+	_ = s.Close()
+}
+
+// activity is the time of the last byte moved, in UnixNano.
+type activity struct{ last atomic.Int64 }
+
+func (a *activity) touch()               { a.last.Store(time.Now().UnixNano()) }
+func (a *activity) since() time.Duration { return time.Duration(time.Now().UnixNano() - a.last.Load()) }
+
+// idleWatch fires once when act has not been touched for idle. It uses one
+// timer, re-armed at most once per idle period, instead of resetting a timer
+// on every read.
+type idleWatch struct {
+	act  *activity
+	idle time.Duration
+	fire func()
+
+	mu      sync.Mutex // guards t and stopped
+	t       *time.Timer
+	stopped bool
+}
+
+func (w *idleWatch) start() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.t = time.AfterFunc(w.idle, w.check)
+}
+
+func (w *idleWatch) check() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped {
+		return
+	}
+	if s := w.act.since(); s < w.idle {
+		w.t.Reset(w.idle - s)
+		return
+	}
+	w.stopped = true
+	// fire only closes streams, which never calls back into w, so holding mu
+	// here is safe and lets stop wait for a firing in progress.
+	w.fire()
+}
+
+func (w *idleWatch) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stopped = true
+	w.t.Stop()
+}
+
+// IsClosedErr reports whether err is the ordinary result of a stream or
+// connection having been closed, as opposed to a failure worth logging.
+func IsClosedErr(err error) bool {
+	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, ErrClosed)
+}

@@ -1,0 +1,185 @@
+// Package tcp adapts TLS 1.3 over TCP, multiplexed with hashicorp/yamux, to
+// the transport contract. It is the fallback for networks that block UDP.
+//
+// yamux cannot reset a stream: closing a stream always sends FIN, and a
+// stream cut by a failed session reads as io.EOF. A stream that Tether aborts
+// therefore looks to the peer like a clean end of that direction; the peer's
+// own copy loop then finishes or times out. QUIC, the preferred transport,
+// resets aborted streams so the peer sees an error.
+package tcp
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/tetherhq/tether/protocol/transport"
+)
+
+// Config returns the yamux settings shared by agent and relay. Every
+// unbounded yamux default is set deliberately.
+func Config(logger *slog.Logger) *yamux.Config {
+	c := yamux.DefaultConfig()
+	c.AcceptBacklog = 1024
+	c.EnableKeepAlive = true
+	c.KeepAliveInterval = 10 * time.Second
+	c.ConnectionWriteTimeout = 10 * time.Second
+	c.MaxStreamWindowSize = 1 << 20
+	c.StreamOpenTimeout = 10 * time.Second
+	// A stream we half-closed may legitimately keep receiving for a long time
+	// (an upload finished, the download continues); yamux would reset it after
+	// StreamCloseTimeout regardless of activity. Idle streams are closed by
+	// transport.Splice instead.
+	c.StreamCloseTimeout = 0
+	c.LogOutput = nil
+	c.Logger = yamuxLogger{logger}
+	return c
+}
+
+// Session is a transport.Session over one yamux session on a TLS connection.
+type Session struct {
+	mux  *yamux.Session
+	conn net.Conn
+}
+
+// Client starts the client (agent) side of a session on an established
+// connection. cfg nil means Config(nil).
+func Client(conn net.Conn, cfg *yamux.Config) (*Session, error) {
+	if cfg == nil {
+		cfg = Config(nil)
+	}
+	m, err := yamux.Client(conn, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start yamux client: %w", err)
+	}
+	return &Session{mux: m, conn: conn}, nil
+}
+
+// Server starts the server (relay) side of a session.
+func Server(conn net.Conn, cfg *yamux.Config) (*Session, error) {
+	if cfg == nil {
+		cfg = Config(nil)
+	}
+	m, err := yamux.Server(conn, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start yamux server: %w", err)
+	}
+	return &Session{mux: m, conn: conn}, nil
+}
+
+// Dial connects to addr over TCP, completes the TLS handshake and starts a
+// client session. dial may be nil (a net.Dialer with TCP keep-alive is used).
+func Dial(ctx context.Context, dial func(ctx context.Context, network, addr string) (net.Conn, error), addr string, tlsConf *tls.Config, cfg *yamux.Config) (*Session, error) {
+	if dial == nil {
+		d := &net.Dialer{KeepAlive: 15 * time.Second}
+		dial = d.DialContext
+	}
+	raw, err := dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(raw, tlsConf)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	s, err := Client(tc, cfg)
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// OpenStream implements transport.Session.
+func (s *Session) OpenStream(ctx context.Context) (transport.Stream, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		return nil, s.wrap("open stream", err)
+	}
+	return &Stream{Stream: st}, nil
+}
+
+// AcceptStream implements transport.Session.
+func (s *Session) AcceptStream(ctx context.Context) (transport.Stream, error) {
+	st, err := s.mux.AcceptStreamWithContext(ctx)
+	if err != nil {
+		return nil, s.wrap("accept stream", err)
+	}
+	return &Stream{Stream: st}, nil
+}
+
+// Close closes the session and its connection; open streams fail.
+func (s *Session) Close() error {
+	err := s.mux.Close()
+	s.conn.Close()
+	return err
+}
+
+// Done implements transport.Session.
+func (s *Session) Done() <-chan struct{} { return s.mux.CloseChan() }
+
+// ConnectionState returns the TLS state when the connection is TLS.
+func (s *Session) ConnectionState() tls.ConnectionState {
+	if tc, ok := s.conn.(*tls.Conn); ok {
+		return tc.ConnectionState()
+	}
+	return tls.ConnectionState{}
+}
+
+// RemoteAddr returns the peer's address.
+func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
+
+// NumStreams is the number of streams currently open.
+func (s *Session) NumStreams() int { return s.mux.NumStreams() }
+
+func (s *Session) wrap(op string, err error) error {
+	if s.mux.IsClosed() {
+		return fmt.Errorf("%s: %w: %w", op, transport.ErrClosed, err)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// Stream is a transport.Stream over one yamux stream.
+type Stream struct {
+	*yamux.Stream
+	closed atomic.Bool
+}
+
+// CloseWrite sends FIN; reading continues until the peer's FIN.
+func (s *Stream) CloseWrite() error { return s.Stream.Close() }
+
+// Close releases the stream: pending reads and writes return at once and a
+// FIN is sent if CloseWrite was not called (yamux has no reset).
+func (s *Stream) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	_ = s.Stream.SetDeadline(time.Now())
+	return s.Stream.Close()
+}
+
+type yamuxLogger struct{ l *slog.Logger }
+
+func (y yamuxLogger) Print(v ...any) {
+	if y.l != nil {
+		y.l.Debug(fmt.Sprint(v...), "component", "yamux")
+	}
+}
+
+func (y yamuxLogger) Printf(format string, v ...any) {
+	if y.l != nil {
+		y.l.Debug(fmt.Sprintf(format, v...), "component", "yamux")
+	}
+}
+
+func (y yamuxLogger) Println(v ...any) { y.Print(v...) }

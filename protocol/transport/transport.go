@@ -1,0 +1,51 @@
+// Package transport is the contract between Tether's tunnel logic and the
+// transports that carry it (QUIC, and TLS over TCP with yamux). Nothing above
+// this interface knows which transport carries a stream.
+package transport
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// Session is one authenticated connection between an agent and a relay that
+// carries many independent streams.
+//
+// Lifetime: a Session is done when either side closes it or the underlying
+// connection fails; Done is then closed and every method returns an error
+// wrapping ErrClosed (or the transport's own cause). Close is idempotent and
+// aborts streams that are still open.
+type Session interface {
+	// OpenStream opens a new stream to the peer. It blocks while the peer's
+	// stream limit is reached, until ctx is done.
+	OpenStream(ctx context.Context) (Stream, error)
+	// AcceptStream waits for the next stream the peer opens.
+	AcceptStream(ctx context.Context) (Stream, error)
+	Close() error
+	Done() <-chan struct{}
+}
+
+// Stream is one bidirectional byte stream inside a Session. A *net.TCPConn
+// satisfies it too, so the same code can splice a stream to a socket.
+//
+//   - CloseWrite ends the write direction cleanly: the peer reads io.EOF
+//     after all data written before it. Reading continues.
+//   - Close releases the stream in both directions at once. If CloseWrite was
+//     not called first, the write direction is aborted: data not yet
+//     delivered may be discarded and, where the transport can signal it
+//     (QUIC), the peer sees an error rather than a clean EOF. To send a last
+//     message and finish, call CloseWrite and then Close.
+//   - SetDeadline applies to pending and future Read and Write calls.
+type Stream interface {
+	io.ReadWriteCloser
+	CloseWrite() error
+	SetDeadline(t time.Time) error
+}
+
+// ErrClosed is returned (wrapped) by a Session that has been closed.
+var ErrClosed = errors.New("transport: session closed")
+
+// ErrIdle is returned by Splice when the idle timeout closed the streams.
+var ErrIdle = errors.New("stream idle timeout")
