@@ -1,0 +1,173 @@
+// Package agent is Tether's connector. It runs inside a tenant's network,
+// dials out to the relay (QUIC first, TLS over TCP when UDP is blocked),
+// and serves the streams the relay opens: each names a service, which the
+// agent looks up in its own allowlist, dials, and splices. Nothing inbound is
+// ever opened on the tenant side.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Agent is a running connector. Create it with New and run it with Run.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	state *State
+
+	cert     atomic.Pointer[tls.Certificate]
+	services atomic.Pointer[map[string]Service]
+
+	fbMu     sync.Mutex           // guards fallback
+	fallback map[string]time.Time // relay → time until which auto mode uses TCP
+
+	streamsOpen  atomic.Int64
+	streamsTotal atomic.Uint64
+}
+
+// New validates cfg and loads the agent's identity from cfg.StateDir.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	cfg.setDefaults()
+	st, err := LoadState(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.Relays) == 0 {
+		if st.Relay == "" {
+			return nil, errors.New("agent config: no relays configured and none recorded at enrolment")
+		}
+		cfg.Relays = []string{st.Relay}
+	}
+	if cfg.DialService == nil {
+		d := &net.Dialer{KeepAlive: 30 * time.Second}
+		cfg.DialService = d.DialContext
+	}
+	a := &Agent{
+		cfg:      cfg,
+		log:      cfg.Logger.With("tenant", st.Tenant, "agent", st.AgentID),
+		state:    st,
+		fallback: make(map[string]time.Time),
+	}
+	a.cert.Store(&st.Cert)
+	svcs := cfg.Services
+	if svcs == nil {
+		svcs = map[string]Service{}
+	}
+	a.services.Store(&svcs)
+	return a, nil
+}
+
+// ID returns the agent's id and tenant.
+func (a *Agent) ID() (agentID, tenant string) { return a.state.AgentID, a.state.Tenant }
+
+// Run keeps cfg.Connections connections to the relays until ctx is
+// cancelled. On cancellation each session tells the relay it is going away,
+// waits up to DrainTimeout for its streams, and closes. Run returns only
+// after every goroutine it started has exited; it returns nil after a
+// cancellation.
+func (a *Agent) Run(ctx context.Context) error {
+	if time.Now().After(a.state.NotAfter()) {
+		return fmt.Errorf("agent certificate expired at %s: enrol this agent again with a new join token", a.state.NotAfter().Format(time.RFC3339))
+	}
+	a.log.Info("agent starting", "version", a.cfg.Version, "relays", a.cfg.Relays, "transport", a.cfg.Transport,
+		"connections", a.cfg.Connections, "services", len(*a.services.Load()), "cert_not_after", a.state.NotAfter().Format(time.RFC3339))
+	var wg sync.WaitGroup
+	for i := 0; i < a.cfg.Connections; i++ {
+		wg.Go(func() { a.runSlot(ctx, i, &wg) })
+	}
+	wg.Wait()
+	a.log.Info("agent stopped")
+	return nil
+}
+
+// runSlot keeps one connection up: connect, serve until the session ends,
+// back off, repeat. A slot starts on relay i (mod the number of relays) and
+// moves to the next relay after a failure. Sessions that drain after a
+// relay's GoAway finish on wg while the slot reconnects.
+func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
+	relayIdx := slot
+	failures := 0
+	log := a.log.With("slot", slot)
+	for ctx.Err() == nil {
+		relay := a.cfg.Relays[relayIdx%len(a.cfg.Relays)]
+		s, err := a.connect(ctx, relay, log)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			relayIdx++
+			d := a.cfg.Reconnect.delay(failures - 1)
+			logConnectError(log, relay, err, d)
+			if !sleep(ctx, d) {
+				return
+			}
+			continue
+		}
+		started := time.Now()
+		why := s.serve(ctx)
+		if time.Since(started) > 30*time.Second {
+			failures = 0
+		}
+		switch why {
+		case endGoAway:
+			// The relay asked us to leave: in-flight streams finish on
+			// the old session while we connect again at once (after a
+			// small jitter, so a fleet does not reconnect in lockstep).
+			wg.Go(func() { s.drainAndClose(a.cfg.DrainTimeout) })
+			if !sleep(ctx, rand.N(500*time.Millisecond)) {
+				return
+			}
+		case endShutdown:
+			s.drainAndClose(a.cfg.DrainTimeout)
+			return
+		default:
+			s.close()
+			failures++
+			d := a.cfg.Reconnect.delay(failures - 1)
+			log.Warn("connection to relay lost; reconnecting", "relay", relay, "transport", s.transport, "reason", s.endErr(), "retry_in", d.Round(time.Millisecond))
+			if !sleep(ctx, d) {
+				return
+			}
+		}
+	}
+}
+
+// delay returns the wait before attempt n (0-based): full jitter over an
+// exponentially growing cap.
+func (b Backoff) delay(n int) time.Duration {
+	ceil := b.Max
+	if n < 30 {
+		if c := b.Initial << n; c > 0 && c < ceil {
+			ceil = c
+		}
+	}
+	if ceil <= 0 {
+		return 0
+	}
+	return rand.N(ceil + 1)
+}
+
+// sleep waits d or until ctx is done; it reports whether the wait completed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,226 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sort"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/tetherhq/tether/protocol/identity"
+)
+
+// Transport modes.
+const (
+	TransportAuto = "auto" // QUIC first, TLS over TCP when UDP is blocked
+	TransportQUIC = "quic"
+	TransportTCP  = "tcp"
+)
+
+// Config configures an agent. It is usually loaded from a YAML file with
+// LoadConfig; every field has a default except StateDir and Services.
+type Config struct {
+	// Relays are the relay addresses (host:port) to connect to. Default: the
+	// relay the agent enrolled with.
+	Relays []string `yaml:"relays"`
+	// StateDir holds the agent's key, certificate and pinned CA (written by
+	// enrolment). Required.
+	StateDir string `yaml:"state_dir"`
+	// Transport is auto (default), quic or tcp.
+	Transport string `yaml:"transport"`
+	// Connections is how many connections the agent keeps to its relays,
+	// spread over them round-robin. Default 2.
+	Connections int `yaml:"connections"`
+	// Services maps a service name to the address the agent dials for it.
+	// Only these can ever be reached through the agent: an empty map
+	// reaches nothing, and nothing the relay sends can add to it.
+	Services map[string]Service `yaml:"services"`
+
+	// DialTimeout bounds the agent's connection to a service. Default 10s.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// IdleTimeout closes a tunnelled connection idle in both directions
+	// for this long. Default 1h.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// QUICTimeout is how long auto mode waits for a QUIC handshake before
+	// falling back to TCP. Default 3s.
+	QUICTimeout time.Duration `yaml:"quic_timeout"`
+	// QUICRetry is how long auto mode stays on TCP after QUIC failed before
+	// it tries QUIC again. Default 5m.
+	QUICRetry time.Duration `yaml:"quic_retry"`
+	// Reconnect is the backoff between connection attempts.
+	Reconnect Backoff `yaml:"reconnect"`
+	// DrainTimeout is how long a draining session (relay GoAway, or agent
+	// shutdown) waits for its streams to finish. Default 10s.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// Log configures logging (used by the tether-agent command).
+	Log LogConfig `yaml:"log"`
+
+	// Logger receives logs; nil discards them.
+	Logger *slog.Logger `yaml:"-"`
+	// Version is reported to the relay.
+	Version string `yaml:"-"`
+	// DialService dials services; nil uses a net.Dialer. For tests.
+	DialService func(ctx context.Context, network, addr string) (net.Conn, error) `yaml:"-"`
+}
+
+// LogConfig selects the log level and format.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info (default), warn, error
+	Format string `yaml:"format"` // json, text, or auto (default: text on a terminal)
+}
+
+// Service is one entry of the allowlist. In YAML it is either an address
+// string ("db: 10.0.0.5:5432") or a mapping ("db: {address: 10.0.0.5:5432}").
+type Service struct {
+	Address string `yaml:"address"`
+}
+
+// UnmarshalYAML accepts both the scalar and the mapping form. Unknown keys
+// in the mapping form are errors (yaml.Node.Decode would not check them).
+func (s *Service) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		return n.Decode(&s.Address)
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			switch k.Value {
+			case "address":
+				if err := v.Decode(&s.Address); err != nil {
+					return err
+				}
+			default:
+				return fmt.Errorf("line %d: field %s not found in service", k.Line, k.Value)
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("line %d: a service is an address string or a mapping with address", n.Line)
+}
+
+// Backoff is exponential backoff with full jitter: the n-th wait is uniform
+// in [0, min(Max, Initial·2ⁿ)].
+type Backoff struct {
+	Initial time.Duration `yaml:"initial"` // default 500ms
+	Max     time.Duration `yaml:"max"`     // default 30s
+}
+
+// LoadConfig reads and validates a YAML config file. Unknown keys are
+// errors, so a misspelt setting is never silently ignored.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	return ParseConfig(data)
+}
+
+// ParseConfig decodes and validates YAML config data.
+func ParseConfig(data []byte) (Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return Config{}, errors.New("config is empty")
+		}
+		return Config{}, fmt.Errorf("parse config: %w", err)
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+func (c *Config) setDefaults() {
+	defd := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	if c.Transport == "" {
+		c.Transport = TransportAuto
+	}
+	if c.Connections == 0 {
+		c.Connections = 2
+	}
+	defd(&c.DialTimeout, 10*time.Second)
+	defd(&c.IdleTimeout, time.Hour)
+	defd(&c.QUICTimeout, 3*time.Second)
+	defd(&c.QUICRetry, 5*time.Minute)
+	defd(&c.Reconnect.Initial, 500*time.Millisecond)
+	defd(&c.Reconnect.Max, 30*time.Second)
+	defd(&c.DrainTimeout, 10*time.Second)
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate reports every problem in c at once.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.StateDir == "" {
+		add("state_dir is required")
+	}
+	for i, r := range c.Relays {
+		if _, _, err := net.SplitHostPort(r); err != nil {
+			add("relays[%d] %q: want host:port", i, r)
+		}
+	}
+	switch c.Transport {
+	case "", TransportAuto, TransportQUIC, TransportTCP:
+	default:
+		add("transport %q: want auto, quic or tcp", c.Transport)
+	}
+	if c.Connections < 0 || c.Connections > 16 {
+		add("connections %d: want 1 to 16", c.Connections)
+	}
+	names := make([]string, 0, len(c.Services))
+	for n := range c.Services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if err := identity.ValidateName("service", n); err != nil {
+			add("services: %v", err)
+		}
+		addr := c.Services[n].Address
+		if host, port, err := net.SplitHostPort(addr); err != nil || host == "" || port == "" {
+			add("services.%s: address %q: want host:port", n, addr)
+		}
+	}
+	for name, d := range map[string]time.Duration{
+		"dial_timeout": c.DialTimeout, "idle_timeout": c.IdleTimeout, "quic_timeout": c.QUICTimeout,
+		"quic_retry": c.QUICRetry, "reconnect.initial": c.Reconnect.Initial, "reconnect.max": c.Reconnect.Max,
+		"drain_timeout": c.DrainTimeout,
+	} {
+		if d < 0 {
+			add("%s must not be negative (got %v)", name, d)
+		}
+	}
+	if c.Reconnect.Max != 0 && c.Reconnect.Initial > c.Reconnect.Max {
+		add("reconnect.initial %v is larger than reconnect.max %v", c.Reconnect.Initial, c.Reconnect.Max)
+	}
+	switch c.Log.Level {
+	case "", "debug", "info", "warn", "error":
+	default:
+		add("log.level %q: want debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "", "auto", "json", "text":
+	default:
+		add("log.format %q: want auto, json or text", c.Log.Format)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,167 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/identity"
+)
+
+// EnrollOptions are the inputs of Enroll.
+type EnrollOptions struct {
+	// Relay is the relay's agent address, host:port.
+	Relay string
+	// Token is the join token from the operator.
+	Token string
+	// StateDir is where the identity is written.
+	StateDir string
+	// Force replaces an existing identity in StateDir.
+	Force bool
+	// Hostname is reported to the relay; default os.Hostname().
+	Hostname string
+	// Version is the agent version reported to the relay.
+	Version string
+	// Dial opens the TCP connection; nil uses a net.Dialer.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Enroll creates the agent's key locally, sends a certificate request with
+// the join token to the relay, and stores key, certificate and the pinned CA
+// in the state directory. The relay is authenticated by the CA fingerprint
+// carried in the token, so a man in the middle cannot enrol the agent with
+// another relay. Refusals by the relay come back as *protocol.Error
+// (invalid_token, token_expired, token_used_up, …).
+func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
+	tok, err := protocol.ParseJoinToken(o.Token)
+	if err != nil {
+		return nil, err
+	}
+	if o.StateDir == "" {
+		return nil, errors.New("state directory is required")
+	}
+	if _, _, err := net.SplitHostPort(o.Relay); err != nil {
+		return nil, fmt.Errorf("relay address %q: want host:port", o.Relay)
+	}
+	if !o.Force {
+		if s, err := LoadState(o.StateDir); err == nil {
+			return nil, fmt.Errorf("%s already holds the identity of agent %s (tenant %s); use --force to replace it", o.StateDir, s.AgentID, s.Tenant)
+		}
+	}
+	if o.Hostname == "" {
+		o.Hostname, _ = os.Hostname()
+	}
+	if o.Dial == nil {
+		d := &net.Dialer{Timeout: 15 * time.Second}
+		o.Dial = d.DialContext
+	}
+
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: o.Hostname}}, key)
+	if err != nil {
+		return nil, fmt.Errorf("create certificate request: %w", err)
+	}
+
+	raw, err := o.Dial(ctx, "tcp", o.Relay)
+	if err != nil {
+		return nil, fmt.Errorf("connect to relay %s: %w", o.Relay, err)
+	}
+	defer raw.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		raw.SetDeadline(dl)
+	} else {
+		raw.SetDeadline(time.Now().Add(30 * time.Second))
+	}
+	tc := tls.Client(raw, identity.EnrollClientConfig(tok.CAFingerprint))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("TLS handshake with relay %s: %w", o.Relay, err)
+	}
+	caCert, err := identity.PinnedCA(tc.ConnectionState(), tok.CAFingerprint, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	if err := protocol.WriteMessage(tc, &protocol.EnrollRequest{
+		Token: o.Token, CSR: csr, Hostname: o.Hostname,
+		OS: runtime.GOOS, Arch: runtime.GOARCH, AgentVersion: o.Version,
+	}); err != nil {
+		return nil, fmt.Errorf("send enrolment request: %w", err)
+	}
+	m, err := protocol.ReadMessage(bufio.NewReader(tc))
+	if err != nil {
+		return nil, fmt.Errorf("read enrolment response: %w", err)
+	}
+	var resp *protocol.EnrollResponse
+	switch m := m.(type) {
+	case *protocol.Reject:
+		return nil, m.Err()
+	case *protocol.EnrollResponse:
+		resp = m
+	default:
+		return nil, fmt.Errorf("relay answered enrolment with message type %d", m.Type())
+	}
+	return storeEnrolment(o, resp, key, caCert)
+}
+
+// storeEnrolment checks the relay's answer before trusting it: the
+// certificate must be for our key, chain to the pinned CA, and name the
+// agent and tenant the relay says.
+func storeEnrolment(o EnrollOptions, resp *protocol.EnrollResponse, key *ecdsa.PrivateKey, caCert *x509.Certificate) (*State, error) {
+	block, _ := pem.Decode([]byte(resp.Certificate))
+	if block == nil {
+		return nil, errors.New("relay sent no certificate")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse issued certificate: %w", err)
+	}
+	if pub, ok := cert.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(&key.PublicKey) {
+		return nil, errors.New("issued certificate is not for this agent's key")
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(caCert)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return nil, fmt.Errorf("issued certificate does not chain to the pinned CA: %w", err)
+	}
+	td := ""
+	if len(caCert.URIs) == 1 {
+		td = caCert.URIs[0].Host
+	}
+	id, err := identity.AgentFromCertificate(cert, td)
+	if err != nil {
+		return nil, fmt.Errorf("issued certificate: %w", err)
+	}
+	if id.ID != resp.AgentID || id.Tenant != resp.Tenant {
+		return nil, fmt.Errorf("issued certificate names %s, not agent %q of tenant %q", id, resp.AgentID, resp.Tenant)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	s := &State{
+		Dir: o.StateDir, AgentID: id.ID, Tenant: id.Tenant, TrustDomain: td,
+		Relay: o.Relay, EnrolledAt: time.Now().UTC().Truncate(time.Second),
+	}
+	var caPEM bytes.Buffer
+	pem.Encode(&caPEM, &pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw})
+	if err := s.save(pemBlock("PRIVATE KEY", kder), pemBlock("CERTIFICATE", cert.Raw), caPEM.Bytes()); err != nil {
+		return nil, err
+	}
+	return LoadState(o.StateDir)
+}

@@ -1,0 +1,355 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	quicgo "github.com/quic-go/quic-go"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/protocol/transport/quic"
+	"github.com/tetherhq/tether/protocol/transport/tcp"
+)
+
+// helloTimeout bounds the control-stream handshake after the transport is up.
+const helloTimeout = 10 * time.Second
+
+// maxStreamsPerSession is how many streams the relay may have open at once
+// on one session.
+const maxStreamsPerSession = 10000
+
+// session is one live connection to a relay.
+type session struct {
+	a         *Agent
+	t         transport.Session
+	ctl       transport.Stream
+	br        *bufio.Reader
+	relay     string
+	transport string
+	why       string // why this transport was used
+	welcome   protocol.Welcome
+	log       *slog.Logger
+
+	ctlMu sync.Mutex // serialises writes to ctl
+
+	wg         sync.WaitGroup // every goroutine of the session, streams included
+	open       atomic.Int64   // stream handlers running
+	streamDone chan struct{}  // signalled (non-blocking) when a stream handler ends
+
+	goaway     chan struct{} // closed when the relay sends GoAway
+	goawayOnce sync.Once
+	readDone   chan struct{} // closed when the control reader exits
+	lastHeard  atomic.Int64
+	rtt        atomic.Int64
+	pingSeq    atomic.Uint64
+	pingSentAt atomic.Int64
+
+	endMu sync.Mutex // guards ended
+	ended error
+}
+
+// endReason says why serve returned.
+type endReason int
+
+const (
+	endLost     endReason = iota // the session failed or the relay closed it
+	endGoAway                    // the relay asked the agent to go away
+	endShutdown                  // the agent is stopping
+)
+
+// connect dials relay with the configured transport (falling back from
+// QUIC to TCP in auto mode) and completes the hello.
+func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*session, error) {
+	tlsConf := identity.AgentClientConfig(a.state.Roots, a.state.TrustDomain, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		return a.cert.Load(), nil
+	})
+	var (
+		ts        transport.Session
+		name, why string
+		err       error
+	)
+	switch a.cfg.Transport {
+	case TransportQUIC:
+		name, why = TransportQUIC, "configured"
+		ts, err = a.dialQUIC(ctx, relay, tlsConf)
+	case TransportTCP:
+		name, why = TransportTCP, "configured"
+		ts, err = a.dialTCP(ctx, relay, tlsConf)
+	default:
+		if until, ok := a.quicFallback(relay); ok {
+			name, why = TransportTCP, fmt.Sprintf("fallback: QUIC failed recently; next QUIC attempt after %s", until.Format(time.RFC3339))
+			ts, err = a.dialTCP(ctx, relay, tlsConf)
+			break
+		}
+		qctx, cancel := context.WithTimeout(ctx, a.cfg.QUICTimeout)
+		ts, err = a.dialQUIC(qctx, relay, tlsConf)
+		cancel()
+		name, why = TransportQUIC, "auto: QUIC preferred"
+		if err != nil && ctx.Err() == nil && !isTLSRefusal(err) {
+			until := a.markQUICFailed(relay)
+			log.Warn("QUIC to relay failed (UDP blocked?); falling back to TLS over TCP", "relay", relay, "err", err, "quic_retry_after", until.Format(time.RFC3339))
+			name, why = TransportTCP, fmt.Sprintf("fallback: QUIC failed: %v", err)
+			ts, err = a.dialTCP(ctx, relay, tlsConf)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dial %s over %s: %w", relay, name, err)
+	}
+	s := &session{
+		a: a, t: ts, relay: relay, transport: name, why: why,
+		goaway: make(chan struct{}), readDone: make(chan struct{}), streamDone: make(chan struct{}, 1),
+	}
+	s.log = log.With("relay", relay, "transport", name)
+	if err := s.hello(ctx); err != nil {
+		ts.Close()
+		return nil, err
+	}
+	s.log = s.log.With("session", s.welcome.SessionID)
+	s.log.Info("connected to relay", "transport_why", why, "relay_version", s.welcome.RelayVersion)
+	return s, nil
+}
+
+func (a *Agent) dialQUIC(ctx context.Context, relay string, tlsConf *tls.Config) (transport.Session, error) {
+	return quic.Dial(ctx, relay, tlsConf, quic.Config(maxStreamsPerSession))
+}
+
+func (a *Agent) dialTCP(ctx context.Context, relay string, tlsConf *tls.Config) (transport.Session, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	return tcp.Dial(ctx, nil, relay, tlsConf, tcp.Config(a.log))
+}
+
+// quicFallback reports whether auto mode should use TCP for relay now.
+func (a *Agent) quicFallback(relay string) (time.Time, bool) {
+	a.fbMu.Lock()
+	defer a.fbMu.Unlock()
+	until, ok := a.fallback[relay]
+	if ok && time.Now().After(until) {
+		delete(a.fallback, relay)
+		return time.Time{}, false
+	}
+	return until, ok
+}
+
+func (a *Agent) markQUICFailed(relay string) time.Time {
+	a.fbMu.Lock()
+	defer a.fbMu.Unlock()
+	until := time.Now().Add(a.cfg.QUICRetry)
+	a.fallback[relay] = until
+	return until
+}
+
+// hello opens the control stream, sends Hello and waits for Welcome.
+func (s *session) hello(ctx context.Context) error {
+	hctx, cancel := context.WithTimeout(ctx, helloTimeout)
+	defer cancel()
+	ctl, err := s.t.OpenStream(hctx)
+	if err != nil {
+		return fmt.Errorf("open control stream: %w", explainRefusal(err))
+	}
+	s.ctl = ctl
+	s.br = bufio.NewReader(ctl)
+	ctl.SetDeadline(time.Now().Add(helloTimeout))
+	host, _ := os.Hostname()
+	if err := s.send(&protocol.Hello{
+		ProtocolVersion: protocol.Version, AgentVersion: s.a.cfg.Version,
+		OS: runtime.GOOS, Arch: runtime.GOARCH, Hostname: host,
+		Capabilities: []string{protocol.CapHeartbeat, protocol.CapGoAway},
+		Transport:    s.transport, TransportWhy: s.why,
+	}); err != nil {
+		return fmt.Errorf("send hello: %w", explainRefusal(err))
+	}
+	m, err := protocol.ReadMessage(s.br)
+	if err != nil {
+		return fmt.Errorf("read welcome: %w", explainRefusal(err))
+	}
+	switch m := m.(type) {
+	case *protocol.Welcome:
+		s.welcome = *m
+	case *protocol.Reject:
+		return fmt.Errorf("relay refused this agent: %w", m.Err())
+	default:
+		return fmt.Errorf("relay answered hello with message type %d", m.Type())
+	}
+	ctl.SetDeadline(time.Time{})
+	s.lastHeard.Store(time.Now().UnixNano())
+	return nil
+}
+
+func (s *session) send(m protocol.Message) error {
+	s.ctlMu.Lock()
+	defer s.ctlMu.Unlock()
+	return protocol.WriteMessage(s.ctl, m)
+}
+
+func (s *session) setEnd(err error) {
+	s.endMu.Lock()
+	defer s.endMu.Unlock()
+	if s.ended == nil {
+		s.ended = err
+	}
+}
+
+func (s *session) endErr() error {
+	s.endMu.Lock()
+	defer s.endMu.Unlock()
+	return s.ended
+}
+
+// serve accepts streams and keeps the control stream alive until the
+// session ends, the relay sends GoAway, or ctx is done.
+func (s *session) serve(ctx context.Context) endReason {
+	s.wg.Go(s.readLoop)
+	s.wg.Go(s.acceptLoop)
+	hb := time.Duration(s.welcome.HeartbeatMillis) * time.Millisecond
+	if hb <= 0 {
+		hb = 10 * time.Second
+	}
+	t := time.NewTicker(hb)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if err := s.send(&protocol.GoAway{Reason: "shutdown", Message: "agent is stopping"}); err != nil {
+				s.log.Debug("send goaway", "err", err)
+			}
+			return endShutdown
+		case <-s.goaway:
+			return endGoAway
+		case <-s.t.Done():
+			s.setEnd(errors.New("session closed"))
+			return endLost
+		case <-s.readDone:
+			s.setEnd(errors.New("control stream closed"))
+			return endLost
+		case <-t.C:
+			if silent := time.Since(time.Unix(0, s.lastHeard.Load())); silent > 3*hb {
+				s.setEnd(fmt.Errorf("relay silent for %v", silent.Round(time.Millisecond)))
+				return endLost
+			}
+			seq := s.pingSeq.Add(1)
+			s.pingSentAt.Store(time.Now().UnixNano())
+			if err := s.send(&protocol.Ping{Seq: seq}); err != nil {
+				s.setEnd(fmt.Errorf("send ping: %w", err))
+				return endLost
+			}
+		}
+	}
+}
+
+func (s *session) readLoop() {
+	defer close(s.readDone)
+	for {
+		m, err := protocol.ReadMessage(s.br)
+		if err != nil {
+			if !transport.IsClosedErr(err) {
+				s.setEnd(fmt.Errorf("control stream: %w", explainRefusal(err)))
+			}
+			return
+		}
+		s.lastHeard.Store(time.Now().UnixNano())
+		switch m := m.(type) {
+		case *protocol.Ping:
+			if err := s.send(&protocol.Pong{Seq: m.Seq}); err != nil {
+				s.setEnd(fmt.Errorf("send pong: %w", err))
+				return
+			}
+		case *protocol.Pong:
+			if m.Seq == s.pingSeq.Load() {
+				s.rtt.Store(time.Now().UnixNano() - s.pingSentAt.Load())
+			}
+		case *protocol.GoAway:
+			s.log.Info("relay asked this agent to reconnect", "reason", m.Reason, "message", m.Message)
+			s.goawayOnce.Do(func() { close(s.goaway) })
+		default:
+			// Unknown messages are ignored for forward compatibility.
+		}
+	}
+}
+
+func (s *session) acceptLoop() {
+	for {
+		st, err := s.t.AcceptStream(context.Background())
+		if err != nil {
+			return // the session is closing; serve notices through Done
+		}
+		s.open.Add(1)
+		s.wg.Go(func() {
+			defer func() {
+				s.open.Add(-1)
+				select {
+				case s.streamDone <- struct{}{}:
+				default:
+				}
+			}()
+			s.a.handleStream(s, st)
+		})
+	}
+}
+
+// drainAndClose waits up to d for open streams to finish, then closes the
+// session and waits for all its goroutines.
+func (s *session) drainAndClose(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for s.open.Load() > 0 {
+		select {
+		case <-s.streamDone:
+		case <-t.C:
+			s.log.Warn("drain timeout: closing streams still open", "open", s.open.Load())
+			s.close()
+			return
+		}
+	}
+	s.close()
+}
+
+// close closes the session and waits for every goroutine of it.
+func (s *session) close() {
+	s.t.Close()
+	s.wg.Wait()
+}
+
+// isTLSRefusal reports whether err is the relay refusing our TLS identity,
+// which no transport fallback can fix.
+func isTLSRefusal(err error) bool {
+	var te *quicgo.TransportError
+	if errors.As(err, &te) && te.Remote && te.ErrorCode >= 0x100 && te.ErrorCode < 0x200 {
+		return true
+	}
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "remote error"
+}
+
+// explainRefusal adds an operator-facing explanation to a TLS alert from
+// the relay (our certificate was rejected).
+func explainRefusal(err error) error {
+	if isTLSRefusal(err) {
+		return fmt.Errorf("the relay rejected this agent's certificate (issued by another relay CA, expired, or revoked?): enrol again with a new join token: %w", err)
+	}
+	return err
+}
+
+// logConnectError logs a failed connection attempt; refusals that no retry
+// can fix are errors, the rest warnings.
+func logConnectError(log *slog.Logger, relay string, err error, retry time.Duration) {
+	var pe *protocol.Error
+	permanent := isTLSRefusal(err) || (errors.As(err, &pe) && !pe.Temporary())
+	level := slog.LevelWarn
+	if permanent {
+		level = slog.LevelError
+	}
+	log.Log(context.Background(), level, "cannot connect to relay", "relay", relay, "err", err, "retry_in", retry.Round(time.Millisecond))
+}

@@ -1,0 +1,141 @@
+package agent
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/tetherhq/tether/protocol/identity"
+)
+
+// Files in the state directory. All are written owner-only (0600).
+const (
+	keyFile      = "agent.key"
+	certFile     = "agent.crt"
+	caFile       = "ca.crt"
+	identityFile = "agent.json"
+)
+
+// State is an enrolled agent's identity as stored in its state directory.
+type State struct {
+	Dir         string
+	AgentID     string
+	Tenant      string
+	TrustDomain string
+	// Relay is the address the agent enrolled through.
+	Relay      string
+	EnrolledAt time.Time
+
+	Cert  tls.Certificate // with Leaf set
+	Roots *x509.CertPool  // the pinned tenant CA
+}
+
+type identityJSON struct {
+	AgentID     string    `json:"agent_id"`
+	Tenant      string    `json:"tenant"`
+	TrustDomain string    `json:"trust_domain"`
+	Relay       string    `json:"relay"`
+	EnrolledAt  time.Time `json:"enrolled_at"`
+}
+
+// ErrNotEnrolled means the state directory holds no identity yet.
+var ErrNotEnrolled = errors.New("agent is not enrolled")
+
+// LoadState reads the identity from dir and checks that its parts agree.
+func LoadState(dir string) (*State, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, identityFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s has no %s (run tether-agent enroll first)", ErrNotEnrolled, dir, identityFile)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read agent identity: %w", err)
+	}
+	var id identityJSON
+	if err := json.Unmarshal(raw, &id); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", filepath.Join(dir, identityFile), err)
+	}
+	s := &State{Dir: dir, AgentID: id.AgentID, Tenant: id.Tenant, TrustDomain: id.TrustDomain, Relay: id.Relay, EnrolledAt: id.EnrolledAt}
+	for _, f := range []string{keyFile, certFile} {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			return nil, fmt.Errorf("%s has permissions %v: it must be readable by its owner only (chmod 600)", filepath.Join(dir, f), fi.Mode().Perm())
+		}
+	}
+	s.Cert, err = tls.LoadX509KeyPair(filepath.Join(dir, certFile), filepath.Join(dir, keyFile))
+	if err != nil {
+		return nil, fmt.Errorf("load agent certificate and key: %w", err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, caFile))
+	if err != nil {
+		return nil, fmt.Errorf("read pinned CA: %w", err)
+	}
+	s.Roots = x509.NewCertPool()
+	if !s.Roots.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("%s holds no certificate", filepath.Join(dir, caFile))
+	}
+	got, err := identity.AgentFromCertificate(s.Cert.Leaf, s.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("agent certificate: %w", err)
+	}
+	if got.Tenant != s.Tenant || got.ID != s.AgentID {
+		return nil, fmt.Errorf("agent certificate names %s, but %s says tenant %q agent %q", got, identityFile, s.Tenant, s.AgentID)
+	}
+	return s, nil
+}
+
+// save writes the state to s.Dir: key first, identity last, each file
+// replaced atomically, so an interrupted save never leaves a state that
+// loads but mismatches.
+func (s *State) save(keyPEM, certPEM, caPEM []byte) error {
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	id, err := json.MarshalIndent(identityJSON{AgentID: s.AgentID, Tenant: s.Tenant, TrustDomain: s.TrustDomain, Relay: s.Relay, EnrolledAt: s.EnrolledAt}, "", "  ")
+	if err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		name string
+		data []byte
+	}{{keyFile, keyPEM}, {certFile, certPEM}, {caFile, caPEM}, {identityFile, append(id, '\n')}} {
+		if err := writeFileAtomic(filepath.Join(s.Dir, f.name), f.data); err != nil {
+			return fmt.Errorf("write %s: %w", f.name, err)
+		}
+	}
+	return nil
+}
+
+// NotAfter is when the agent's certificate expires.
+func (s *State) NotAfter() time.Time { return s.Cert.Leaf.NotAfter }
+
+// writeFileAtomic writes data (mode 0600) to a temporary file next to path
+// and renames it into place.
+func writeFileAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // no-op after a successful rename
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+func pemBlock(typ string, der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+}

@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/transport"
+)
+
+// headerTimeout bounds reading the stream header the relay sends first.
+const headerTimeout = 10 * time.Second
+
+// handleStream serves one stream the relay opened: read the header, check
+// the service against the allowlist, dial it, answer, and splice.
+func (a *Agent) handleStream(s *session, st transport.Stream) {
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(headerTimeout))
+	h, err := protocol.ReadStreamHeader(st)
+	if err != nil {
+		s.log.Warn("bad stream header from relay", "err", err)
+		var pe *protocol.Error
+		if errors.As(err, &pe) {
+			refuse(st, pe)
+		}
+		return
+	}
+	log := s.log.With("request", h.RequestID, "service", h.Service, "backend", h.Backend)
+	svc, ok := (*a.services.Load())[h.Service]
+	if !ok {
+		log.Info("refused: service not in this agent's allowlist")
+		refuse(st, protocol.Errorf(protocol.CodeUnknownService, "tenant %q's agent does not expose a service named %q", a.state.Tenant, h.Service))
+		return
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), a.cfg.DialTimeout)
+	conn, err := a.cfg.DialService(dctx, "tcp", svc.Address)
+	cancel()
+	if err != nil {
+		perr := dialError(h.Service, a.cfg.DialTimeout, err)
+		log.Warn("cannot reach service", "address", svc.Address, "code", perr.Code.String(), "err", err)
+		refuse(st, perr)
+		return
+	}
+	if err := protocol.WriteReply(st, protocol.Reply{}); err != nil {
+		conn.Close()
+		log.Debug("relay went away before the reply", "err", err)
+		return
+	}
+	st.SetDeadline(time.Time{})
+	a.streamsOpen.Add(1)
+	a.streamsTotal.Add(1)
+	start := time.Now()
+	res, err := transport.Splice(st, asStream(conn), a.cfg.IdleTimeout)
+	a.streamsOpen.Add(-1)
+	attrs := []any{"bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(start).Round(time.Microsecond)}
+	switch {
+	case errors.Is(err, transport.ErrIdle):
+		log.Info("stream closed: idle timeout", attrs...)
+	case err != nil && !transport.IsClosedErr(err):
+		log.Debug("stream ended with error", append(attrs, "err", err)...)
+	default:
+		log.Debug("stream closed", attrs...)
+	}
+}
+
+// refuse answers a stream with a refusal and ends it cleanly, so the relay
+// reads the reply rather than a reset.
+func refuse(st transport.Stream, e *protocol.Error) {
+	if protocol.WriteReply(st, protocol.ReplyFor(e)) == nil {
+		st.CloseWrite()
+	}
+}
+
+// dialError classifies a failed dial. The message says what happened
+// without the service's internal address, which stays inside the tenant.
+func dialError(service string, timeout time.Duration, err error) *protocol.Error {
+	var ne net.Error
+	var dns *net.DNSError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return protocol.Errorf(protocol.CodeTimeout, "service %q did not accept a connection within %v", service, timeout)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return protocol.Errorf(protocol.CodeTargetUnreachable, "service %q refused the connection (is it running?)", service)
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return protocol.Errorf(protocol.CodeTargetUnreachable, "service %q: no route to its host from the agent", service)
+	case errors.As(err, &dns):
+		return protocol.Errorf(protocol.CodeTargetUnreachable, "service %q: its host name does not resolve from the agent", service)
+	}
+	return protocol.Errorf(protocol.CodeTargetUnreachable, "service %q is unreachable from the agent", service)
+}
+
+// asStream adapts a connection to transport.Stream; a connection that
+// cannot half-close gets a CloseWrite that does nothing.
+func asStream(c net.Conn) transport.Stream {
+	if s, ok := c.(transport.Stream); ok {
+		return s
+	}
+	return noHalfClose{c}
+}
+
+type noHalfClose struct{ net.Conn }
+
+func (noHalfClose) CloseWrite() error { return nil }

@@ -1,0 +1,149 @@
+// Command tether-agent is the Tether agent: it enrols with a relay and then
+// keeps the tenant's allowed services reachable through it. Run
+// "tether-agent help" for usage.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/tetherhq/tether/agent"
+	"github.com/tetherhq/tether/cmd/internal/cli"
+)
+
+// version is set at build time: go build -ldflags '-X main.version=1.2.3'.
+var version = "dev"
+
+const prog = "tether-agent"
+
+const usage = `tether-agent: the Tether agent.
+
+Usage:
+  tether-agent enroll --relay HOST:PORT (--token TOKEN | --token-file FILE) --state-dir DIR [--force]
+  tether-agent run --config FILE
+  tether-agent version
+
+The join token may also come from $TETHER_JOIN_TOKEN, which keeps it off the
+command line. See README.md for the config file reference.
+`
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		cli.Fail(prog, err)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return flag.ErrHelp
+	}
+	switch args[0] {
+	case "enroll":
+		return enroll(args[1:], stdout, stderr)
+	case "run":
+		return runAgent(args[1:], stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func enroll(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet(prog+" enroll", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	relayAddr := fs.String("relay", "", "relay agent address, HOST:PORT")
+	token := fs.String("token", "", "join token (prefer --token-file or $TETHER_JOIN_TOKEN)")
+	tokenFile := fs.String("token-file", "", `file holding the join token ("-" for standard input)`)
+	stateDir := fs.String("state-dir", "", "directory for the agent's key and certificate")
+	force := fs.Bool("force", false, "replace an existing identity in the state directory")
+	timeout := fs.Duration("timeout", 30*time.Second, "give up after this long")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("enroll takes no arguments (got %q)", fs.Args())
+	}
+	tok, err := readToken(*token, *tokenFile)
+	if err != nil {
+		return err
+	}
+	if *relayAddr == "" || *stateDir == "" {
+		return errors.New("enroll needs --relay and --state-dir")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	st, err := agent.Enroll(ctx, agent.EnrollOptions{Relay: *relayAddr, Token: tok, StateDir: *stateDir, Force: *force, Version: version})
+	if err != nil {
+		return fmt.Errorf("enrolment failed: %w", err)
+	}
+	fmt.Fprintln(stdout, st.AgentID)
+	fmt.Fprintf(stderr, "enrolled as agent %s of tenant %s (certificate valid until %s); identity stored in %s\n",
+		st.AgentID, st.Tenant, st.NotAfter().Format(time.RFC3339), st.Dir)
+	return nil
+}
+
+func readToken(flagValue, file string) (string, error) {
+	switch {
+	case flagValue != "" && file != "":
+		return "", errors.New("give the join token with --token or --token-file, not both")
+	case flagValue != "":
+		return flagValue, nil
+	case file == "-":
+		b, err := io.ReadAll(io.LimitReader(os.Stdin, 4096))
+		return strings.TrimSpace(string(b)), err
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("read token file: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	if t := os.Getenv("TETHER_JOIN_TOKEN"); t != "" {
+		return t, nil
+	}
+	return "", errors.New("enroll needs a join token: --token-file FILE, $TETHER_JOIN_TOKEN or --token")
+}
+
+func runAgent(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet(prog+" run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "agent config file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *configPath == "" {
+		return errors.New("run needs --config FILE")
+	}
+	cfg, err := agent.LoadConfig(*configPath)
+	if err != nil {
+		return err
+	}
+	log, err := cli.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	cfg.Version = version
+	a, err := agent.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	return a.Run(ctx)
+}

@@ -1,0 +1,216 @@
+// Package client is the Go API a SaaS backend uses to reach tenant services
+// through a Tether relay:
+//
+//	d := &client.Dialer{Relay: "relay.internal:3128", Backend: "billing", APIKey: key}
+//	conn, err := d.DialContext(ctx, "tcp", "db.acme.tether:5432")
+//
+// DialContext has the signature of net.Dialer.DialContext, so it plugs into
+// http.Transport.DialContext, pgx's DialFunc, and anything else that takes
+// a dial function. Refusals come back as *protocol.Error and match the
+// sentinels re-exported here with errors.Is:
+//
+//	if errors.Is(err, client.ErrNoAgent) { … the tenant's agent is offline … }
+//
+// The Dialer speaks HTTP CONNECT to the relay's CONNECT front door.
+package client
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// Sentinels for errors.Is on errors returned by DialContext.
+var (
+	ErrUnknownService    = protocol.ErrUnknownService
+	ErrUnknownTenant     = protocol.ErrUnknownTenant
+	ErrNotAllowed        = protocol.ErrNotAllowed
+	ErrUnauthenticated   = protocol.ErrUnauthenticated
+	ErrNoAgent           = protocol.ErrNoAgent
+	ErrTargetUnreachable = protocol.ErrTargetUnreachable
+	ErrTimeout           = protocol.ErrTimeout
+	ErrBadRequest        = protocol.ErrBadRequest
+	ErrUnavailable       = protocol.ErrUnavailable
+	ErrLimitExceeded     = protocol.ErrLimitExceeded
+)
+
+// Error is the type of refusals.
+type Error = protocol.Error
+
+// Dialer opens connections to tenant services through a relay. Its zero
+// value is not usable: Relay, Backend and APIKey are required.
+type Dialer struct {
+	// Relay is the address of the relay's CONNECT front door (host:port).
+	Relay string
+	// Backend and APIKey are the backend credential created with
+	// `tether-relay backend add`.
+	Backend string
+	APIKey  string
+	// TLSConfig, when set, makes the Dialer speak TLS to the front door.
+	TLSConfig *tls.Config
+	// Timeout bounds a dial when ctx has no deadline. Default 30s.
+	Timeout time.Duration
+	// NetDialer dials the relay; nil uses a net.Dialer with keep-alive.
+	NetDialer *net.Dialer
+}
+
+// Dial is DialContext with a background context.
+func (d *Dialer) Dial(network, addr string) (net.Conn, error) {
+	return d.DialContext(context.Background(), network, addr)
+}
+
+// DialContext connects to addr, which names a tenant service as
+// "<service>.<tenant>.tether:<port>" (the port is ignored; the agent's
+// allowlist holds the real address). network must be "tcp", "tcp4" or
+// "tcp6". The returned connection supports CloseWrite for half-close.
+func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+	default:
+		return nil, &net.OpError{Op: "dial", Net: network, Err: fmt.Errorf("tether: network %q not supported (use tcp)", network)}
+	}
+	if d.Relay == "" || d.Backend == "" || d.APIKey == "" {
+		return nil, errors.New("tether: Dialer needs Relay, Backend and APIKey")
+	}
+	if _, hasDeadline := ctx.Deadline(); !hasDeadline {
+		t := d.Timeout
+		if t == 0 {
+			t = 30 * time.Second
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t)
+		defer cancel()
+	}
+	nd := d.NetDialer
+	if nd == nil {
+		nd = &net.Dialer{KeepAlive: 30 * time.Second}
+	}
+	raw, err := nd.DialContext(ctx, "tcp", d.Relay)
+	if err != nil {
+		return nil, fmt.Errorf("tether: connect to relay %s: %w", d.Relay, err)
+	}
+	conn := raw
+	if d.TLSConfig != nil {
+		tc := tls.Client(raw, d.TLSConfig)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("tether: TLS handshake with relay %s: %w", d.Relay, err)
+		}
+		conn = tc
+	}
+	// Cancelling ctx aborts the CONNECT exchange.
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	c, err := d.connect(conn, addr)
+	if !stop() { // ctx ended during the exchange
+		conn.Close()
+		return nil, fmt.Errorf("tether: dial %s: %w", addr, ctx.Err())
+	}
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func (d *Dialer) connect(conn net.Conn, addr string) (net.Conn, error) {
+	cred := base64.StdEncoding.EncodeToString([]byte(d.Backend + ":" + d.APIKey))
+	req := "CONNECT " + addr + " HTTP/1.1\r\nHost: " + addr + "\r\nProxy-Authorization: Basic " + cred + "\r\n\r\n"
+	if strings.ContainsAny(addr, "\r\n ") {
+		return nil, protocol.Errorf(protocol.CodeBadRequest, "invalid address %q", addr)
+	}
+	if _, err := io.WriteString(conn, req); err != nil {
+		return nil, fmt.Errorf("tether: send CONNECT to relay: %w", err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		return nil, fmt.Errorf("tether: read relay response: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, protocol.MaxReplyMessage+256))
+		resp.Body.Close()
+		return nil, refusal(resp, string(body))
+	}
+	return &Conn{Conn: conn, r: br, RequestID: resp.Header.Get("Tether-Request-Id")}, nil
+}
+
+// refusal turns a non-200 CONNECT response into a *protocol.Error.
+func refusal(resp *http.Response, body string) error {
+	msg := strings.TrimSpace(body)
+	code, ok := protocol.ParseCode(resp.Header.Get("Tether-Error"))
+	if !ok { // not a Tether relay, or an intermediary answered
+		code = codeForStatus(resp.StatusCode)
+		if msg == "" {
+			msg = resp.Status
+		}
+	} else {
+		// The body is "<code>: <message>".
+		msg = strings.TrimPrefix(msg, code.String()+": ")
+	}
+	if id := resp.Header.Get("Tether-Request-Id"); id != "" {
+		msg += " (request " + id + ")"
+	}
+	return &protocol.Error{Code: code, Message: msg}
+}
+
+func codeForStatus(status int) protocol.Code {
+	switch status {
+	case http.StatusProxyAuthRequired, http.StatusUnauthorized:
+		return protocol.CodeUnauthenticated
+	case http.StatusForbidden:
+		return protocol.CodeNotAllowed
+	case http.StatusNotFound:
+		return protocol.CodeUnknownService
+	case http.StatusBadRequest, http.StatusMethodNotAllowed:
+		return protocol.CodeBadRequest
+	case http.StatusServiceUnavailable:
+		return protocol.CodeUnavailable
+	case http.StatusBadGateway:
+		return protocol.CodeTargetUnreachable
+	case http.StatusGatewayTimeout:
+		return protocol.CodeTimeout
+	case http.StatusTooManyRequests:
+		return protocol.CodeLimitExceeded
+	}
+	return protocol.CodeInternal
+}
+
+// Conn is a connection to a tenant service. It reads first any bytes the
+// service sent before the relay's response was fully consumed.
+type Conn struct {
+	net.Conn
+	r *bufio.Reader
+	// RequestID is the relay's id for this connection, for correlating logs.
+	RequestID string
+}
+
+// Read implements net.Conn.
+func (c *Conn) Read(p []byte) (int, error) {
+	if c.r != nil {
+		if c.r.Buffered() > 0 {
+			return c.r.Read(p)
+		}
+		c.r = nil // drained: read the connection directly from now on
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite half-closes the connection: the service reads EOF, and
+// reading its answer continues.
+func (c *Conn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("tether: connection does not support half-close")
+}
