@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -62,6 +63,10 @@ func (h StreamHeader) Validate() error {
 	if len(h.RequestID) > MaxRequestIDLen {
 		return Errorf(CodeBadRequest, "stream header: request id longer than %d bytes", MaxRequestIDLen)
 	}
+	// The decoder refuses fields that are not UTF-8, so never send one.
+	if !utf8.ValidString(h.Service) || !utf8.ValidString(h.Backend) || !utf8.ValidString(h.RequestID) {
+		return Errorf(CodeBadRequest, "stream header: field is not UTF-8")
+	}
 	return nil
 }
 
@@ -106,7 +111,7 @@ func ReadStreamHeader(r io.Reader) (StreamHeader, error) {
 	}
 	body := make([]byte, n)
 	if _, err := io.ReadFull(r, body); err != nil {
-		return StreamHeader{}, fmt.Errorf("read stream header body: %w", err)
+		return StreamHeader{}, fmt.Errorf("read stream header body: %w", noEOF(err))
 	}
 	return ParseStreamHeaderBody(body)
 }
@@ -180,10 +185,11 @@ func ReplyFor(err error) Reply {
 	return Reply{Code: CodeInternal, Message: err.Error()}
 }
 
-// WriteReply encodes r and writes it with a single Write. A message longer
-// than MaxReplyMessage is truncated at a rune boundary.
+// WriteReply encodes r and writes it with a single Write. Invalid UTF-8 in
+// the message is replaced with U+FFFD, and a message longer than
+// MaxReplyMessage is truncated at a rune boundary.
 func WriteReply(w io.Writer, r Reply) error {
-	msg := truncateUTF8(r.Message, MaxReplyMessage)
+	msg := truncateUTF8(strings.ToValidUTF8(r.Message, "\uFFFD"), MaxReplyMessage)
 	b := make([]byte, 4, 4+len(msg))
 	b[0], b[1] = replyVersion, byte(r.Code)
 	binary.BigEndian.PutUint16(b[2:], uint16(len(msg)))
@@ -207,7 +213,7 @@ func ReadReply(r io.Reader) (Reply, error) {
 	}
 	msg := make([]byte, n)
 	if _, err := io.ReadFull(r, msg); err != nil {
-		return Reply{}, fmt.Errorf("read stream reply message: %w", err)
+		return Reply{}, fmt.Errorf("read stream reply message: %w", noEOF(err))
 	}
 	if !utf8.Valid(msg) {
 		return Reply{}, Errorf(CodeBadRequest, "stream reply: message is not UTF-8")

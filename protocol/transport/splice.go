@@ -37,7 +37,7 @@ type SpliceResult struct {
 // goroutine that has exited by the time Splice returns.
 func Splice(a, b Stream, idle time.Duration) (SpliceResult, error) {
 	var res SpliceResult
-	var act activity
+	act := activity{base: time.Now()}
 	act.touch()
 
 	var once sync.Once
@@ -119,11 +119,16 @@ func abortStream(s Stream) {
 	_ = s.Close()
 }
 
-// activity is the time of the last byte moved, in UnixNano.
-type activity struct{ last atomic.Int64 }
+// activity is the time of the last byte moved, as an offset from base.
+// Offsets come from base's monotonic clock reading, so a step of the wall
+// clock neither fires the idle timeout nor postpones it.
+type activity struct {
+	base time.Time
+	last atomic.Int64 // time.Since(base) at the last byte, in nanoseconds
+}
 
-func (a *activity) touch()               { a.last.Store(time.Now().UnixNano()) }
-func (a *activity) since() time.Duration { return time.Duration(time.Now().UnixNano() - a.last.Load()) }
+func (a *activity) touch()               { a.last.Store(int64(time.Since(a.base))) }
+func (a *activity) since() time.Duration { return time.Since(a.base) - time.Duration(a.last.Load()) }
 
 // idleWatch fires once when act has not been touched for idle. It uses one
 // timer, re-armed at most once per idle period, instead of resetting a timer

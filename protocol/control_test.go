@@ -1,0 +1,384 @@
+package protocol_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// sampleMessages has one fully populated value of every message type.
+func sampleMessages() []struct {
+	name string
+	m    protocol.Message
+} {
+	return []struct {
+		name string
+		m    protocol.Message
+	}{
+		{"hello", &protocol.Hello{
+			ProtocolVersion: protocol.Version, AgentVersion: "v1.2.3", OS: "linux", Arch: "arm64",
+			Hostname: "db-1", Capabilities: []string{protocol.CapHeartbeat, protocol.CapGoAway},
+			Transport: "tcp", TransportWhy: "fallback: quic handshake timed out",
+		}},
+		{"hello minimal", &protocol.Hello{ProtocolVersion: 1}},
+		{"welcome", &protocol.Welcome{
+			ProtocolVersion: 1, RelayVersion: "v1.0.0", AgentID: "a1", Tenant: "acme",
+			SessionID: "s-9", HeartbeatMillis: 15000, Capabilities: []string{protocol.CapGoAway},
+		}},
+		{"reject", &protocol.Reject{Code: protocol.CodeUnknownAgent.String(), Message: "revoked"}},
+		{"ping", &protocol.Ping{Seq: 1<<64 - 1}},
+		{"pong", &protocol.Pong{Seq: 42}},
+		{"goaway", &protocol.GoAway{Reason: "drain", Message: "relay restarting"}},
+		{"enroll request", &protocol.EnrollRequest{
+			Token: "tjt1_x", CSR: []byte{0x30, 0x82, 0x00, 0xff}, Hostname: "h", OS: "windows", Arch: "amd64", AgentVersion: "v1",
+		}},
+		{"enroll response", &protocol.EnrollResponse{
+			AgentID: "a1", Tenant: "acme", TrustDomain: "tether.example",
+			Certificate: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", CACertificates: "ca",
+		}},
+		{"unicode strings", &protocol.GoAway{Reason: "shutdown", Message: "日本 🙂 <&> \"quoted\" \\ \u2028"}},
+		{"unknown type", &protocol.Unknown{MessageType: 200, Payload: []byte("not even JSON \x00\xff")}},
+		{"unknown type, empty payload", &protocol.Unknown{MessageType: 0, Payload: []byte{}}},
+	}
+}
+
+func TestMessageRoundTrip(t *testing.T) {
+	for _, tc := range sampleMessages() {
+		t.Run(tc.name, func(t *testing.T) {
+			w := &writeRecorder{}
+			if err := protocol.WriteMessage(w, tc.m); err != nil {
+				t.Fatalf("WriteMessage: %v", err)
+			}
+			if len(w.writes) != 1 {
+				t.Errorf("got %d Write calls, want 1", len(w.writes))
+			}
+			appended, err := protocol.AppendMessage([]byte("prefix"), tc.m)
+			if err != nil {
+				t.Fatalf("AppendMessage: %v", err)
+			}
+			if got, want := appended, append([]byte("prefix"), w.writes[0]...); !bytes.Equal(got, want) {
+				t.Errorf("AppendMessage got %q, want the WriteMessage bytes after the prefix %q", got, want)
+			}
+			if got, want := w.writes[0][0], byte(tc.m.Type()); got != want {
+				t.Errorf("got type byte %d, want %d", got, want)
+			}
+			r := bufio.NewReader(bytes.NewReader(w.writes[0]))
+			got, err := protocol.ReadMessage(r)
+			if err != nil {
+				t.Fatalf("ReadMessage: %v", err)
+			}
+			if !reflect.DeepEqual(got, tc.m) {
+				t.Errorf("got %#v, want %#v", got, tc.m)
+			}
+			if _, err := protocol.ReadMessage(r); err != io.EOF {
+				t.Errorf("got %v after the only message, want io.EOF", err)
+			}
+		})
+	}
+}
+
+// TestMessageWireFormat pins the frame: type byte, uvarint length, JSON.
+func TestMessageWireFormat(t *testing.T) {
+	tests := []struct {
+		name string
+		m    protocol.Message
+		want []byte
+	}{
+		{"ping", &protocol.Ping{Seq: 7}, []byte("\x04\x09{\"seq\":7}")},
+		{"reject", &protocol.Reject{Code: "no_agent", Message: "m"}, []byte("\x03\x21{\"code\":\"no_agent\",\"message\":\"m\"}")},
+		{"unknown", &protocol.Unknown{MessageType: 99, Payload: []byte("xyz")}, []byte("\x63\x03xyz")},
+		{"two-byte length", &protocol.Unknown{MessageType: 9, Payload: bytes.Repeat([]byte{'p'}, 200)},
+			append([]byte{9, 0xc8, 0x01}, bytes.Repeat([]byte{'p'}, 200)...)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := protocol.AppendMessage(nil, tc.m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, tc.want) {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestReadMessageStream reads several frames from one reader and checks
+// that the end of the stream at a frame boundary is exactly io.EOF.
+func TestReadMessageStream(t *testing.T) {
+	var buf bytes.Buffer
+	samples := sampleMessages()
+	for _, s := range samples {
+		if err := protocol.WriteMessage(&buf, s.m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := bufio.NewReader(&buf)
+	for _, s := range samples {
+		got, err := protocol.ReadMessage(r)
+		if err != nil {
+			t.Fatalf("%s: ReadMessage: %v", s.name, err)
+		}
+		if !reflect.DeepEqual(got, s.m) {
+			t.Errorf("%s: got %#v, want %#v", s.name, got, s.m)
+		}
+	}
+	if _, err := protocol.ReadMessage(r); err != io.EOF {
+		t.Errorf("got %v at the end, want io.EOF", err)
+	}
+}
+
+// TestReadMessageTruncated cuts a frame at every byte offset: only an empty
+// input is a clean io.EOF, every other cut is io.ErrUnexpectedEOF.
+func TestReadMessageTruncated(t *testing.T) {
+	tests := []struct {
+		name string
+		m    protocol.Message
+	}{
+		{"hello", &protocol.Hello{ProtocolVersion: 1, AgentVersion: "v1", OS: "linux", Arch: "amd64"}},
+		{"two-byte length", &protocol.Unknown{MessageType: 77, Payload: bytes.Repeat([]byte{'x'}, 300)}},
+	}
+	for _, tc := range tests {
+		full, err := protocol.AppendMessage(nil, tc.m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range len(full) {
+			t.Run(fmt.Sprintf("%s at %d", tc.name, i), func(t *testing.T) {
+				got, err := protocol.ReadMessage(bufio.NewReader(bytes.NewReader(full[:i])))
+				if i == 0 {
+					if err != io.EOF {
+						t.Errorf("got %v, %v, want io.EOF itself", got, err)
+					}
+					return
+				}
+				if !errors.Is(err, io.ErrUnexpectedEOF) {
+					t.Errorf("got %v, %v, want an error that matches io.ErrUnexpectedEOF", got, err)
+				}
+			})
+		}
+	}
+}
+
+func TestReadMessageHostile(t *testing.T) {
+	tests := []struct {
+		name     string
+		in       []byte
+		sentinel error // nil: any error
+	}{
+		{"length one over the limit", concat([]byte{1}, binary.AppendUvarint(nil, protocol.MaxMessageSize+1)), protocol.ErrMessageTooLarge},
+		{"length 2^62", concat([]byte{1}, binary.AppendUvarint(nil, 1<<62)), protocol.ErrMessageTooLarge},
+		{"length 2^64-1", concat([]byte{200}, binary.AppendUvarint(nil, 1<<64-1)), protocol.ErrMessageTooLarge},
+		{"length overflows uvarint", concat([]byte{1}, bytes.Repeat([]byte{0xff}, 10), []byte{1}), nil},
+		{"not JSON", concat([]byte{4, 3}, []byte("abc")), protocol.ErrBadRequest},
+		{"JSON array", concat([]byte{4, 2}, []byte("[]")), protocol.ErrBadRequest},
+		{"JSON string", concat([]byte{3, 2}, []byte(`""`)), protocol.ErrBadRequest},
+		{"wrong field type", concat([]byte{4}, field(`{"seq":"7"}`)), protocol.ErrBadRequest},
+		{"negative unsigned", concat([]byte{5}, field(`{"seq":-1}`)), protocol.ErrBadRequest},
+		{"fraction for an integer", concat([]byte{1}, field(`{"protocol_version":1.5}`)), protocol.ErrBadRequest},
+		{"trailing data", concat([]byte{6}, field(`{"reason":"x"} {}`)), protocol.ErrBadRequest},
+		{"empty payload of a known type", []byte{2, 0}, protocol.ErrBadRequest},
+		{"CSR not base64", concat([]byte{7}, field(`{"csr":"!!"}`)), protocol.ErrBadRequest},
+		{"nesting deeper than encoding/json allows", concat([]byte{1}, field(`{"x":`+strings.Repeat("[", 20000)+strings.Repeat("]", 20000)+`}`)), protocol.ErrBadRequest},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := protocol.ReadMessage(bufio.NewReader(bytes.NewReader(tc.in)))
+			if err == nil {
+				t.Fatalf("got %#v, want an error", got)
+			}
+			if got != nil {
+				t.Errorf("got message %#v with error %v, want nil", got, err)
+			}
+			if tc.sentinel != nil && !errors.Is(err, tc.sentinel) {
+				t.Errorf("got error %v, want one that matches %v", err, tc.sentinel)
+			}
+			if errors.Is(err, io.EOF) {
+				t.Errorf("got error %v, which a caller would take for a clean end", err)
+			}
+		})
+	}
+}
+
+// TestReadMessageBoundsAllocation checks that an oversized frame is refused
+// before its payload is allocated or read.
+func TestReadMessageBoundsAllocation(t *testing.T) {
+	in := concat([]byte{1}, binary.AppendUvarint(nil, 4*protocol.MaxMessageSize))
+	perRun := allocBytesPerRun(50, func() {
+		_, err := protocol.ReadMessage(bufio.NewReaderSize(bytes.NewReader(in), 16))
+		if !errors.Is(err, protocol.ErrMessageTooLarge) {
+			t.Fatalf("got %v, want %v", err, protocol.ErrMessageTooLarge)
+		}
+	})
+	if perRun >= protocol.MaxMessageSize {
+		t.Errorf("got %d bytes allocated per refused frame, want far fewer than the %d announced", perRun, 4*protocol.MaxMessageSize)
+	}
+}
+
+func TestMessageSizeLimit(t *testing.T) {
+	t.Run("largest payload round-trips", func(t *testing.T) {
+		m := &protocol.Unknown{MessageType: 100, Payload: bytes.Repeat([]byte{'x'}, protocol.MaxMessageSize)}
+		b, err := protocol.AppendMessage(nil, m)
+		if err != nil {
+			t.Fatalf("AppendMessage: %v", err)
+		}
+		got, err := protocol.ReadMessage(bufio.NewReader(bytes.NewReader(b)))
+		if err != nil {
+			t.Fatalf("ReadMessage: %v", err)
+		}
+		if !reflect.DeepEqual(got, protocol.Message(m)) {
+			t.Errorf("got a different %T back, want the %d-byte *protocol.Unknown sent", got, len(m.Payload))
+		}
+	})
+	tooBig := []struct {
+		name string
+		m    protocol.Message
+	}{
+		{"unknown payload", &protocol.Unknown{MessageType: 100, Payload: make([]byte, protocol.MaxMessageSize+1)}},
+		{"JSON", &protocol.EnrollResponse{Certificate: strings.Repeat("c", protocol.MaxMessageSize)}},
+	}
+	for _, tc := range tooBig {
+		t.Run("refuses "+tc.name, func(t *testing.T) {
+			b, err := protocol.AppendMessage([]byte("keep"), tc.m)
+			if err == nil {
+				t.Fatalf("got %d bytes and no error, want an error", len(b))
+			}
+			if string(b) != "keep" {
+				t.Errorf("got %d bytes on error, want the input unchanged", len(b))
+			}
+			w := &writeRecorder{}
+			if err := protocol.WriteMessage(w, tc.m); err == nil || len(w.writes) != 0 {
+				t.Errorf("WriteMessage got error %v and %d writes, want an error and no write", err, len(w.writes))
+			}
+		})
+	}
+}
+
+func TestWriteMessageError(t *testing.T) {
+	if err := protocol.WriteMessage(&writeRecorder{err: errWrite}, &protocol.Ping{}); !errors.Is(err, errWrite) {
+		t.Errorf("got %v, want the writer's error %v", err, errWrite)
+	}
+}
+
+func TestDecodeMessage(t *testing.T) {
+	tests := []struct {
+		name    string
+		typ     protocol.MessageType
+		payload string
+		want    protocol.Message
+	}{
+		{"unknown fields are ignored", protocol.TypePing, `{"seq":5,"future":{"a":[1,2]}}`, &protocol.Ping{Seq: 5}},
+		{"missing fields are zero", protocol.TypeHello, `{}`, &protocol.Hello{}},
+		{"null is the zero message", protocol.TypeWelcome, `null`, &protocol.Welcome{}},
+		{"field names match case-insensitively", protocol.TypePong, `{"SEQ":3}`, &protocol.Pong{Seq: 3}},
+		{"white space", protocol.TypeGoAway, " \n{ \"reason\" : \"drain\" }\t", &protocol.GoAway{Reason: "drain"}},
+		{"invalid UTF-8 becomes U+FFFD", protocol.TypeReject, "{\"code\":\"internal\",\"message\":\"a\xffb\"}", &protocol.Reject{Code: "internal", Message: "a\uFFFDb"}},
+		{"lone surrogate escape becomes U+FFFD", protocol.TypeReject, `{"message":"\ud800"}`, &protocol.Reject{Message: "\uFFFD"}},
+		{"null CSR", protocol.TypeEnrollRequest, `{"token":"t","csr":null}`, &protocol.EnrollRequest{Token: "t"}},
+		{"unknown type 0", 0, `anything`, &protocol.Unknown{MessageType: 0, Payload: []byte("anything")}},
+		{"unknown type 9", 9, `{"seq":1}`, &protocol.Unknown{MessageType: 9, Payload: []byte(`{"seq":1}`)}},
+		{"unknown type 255", 255, ``, &protocol.Unknown{MessageType: 255, Payload: []byte{}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := protocol.DecodeMessage(tc.typ, []byte(tc.payload))
+			if err != nil {
+				t.Fatalf("DecodeMessage: %v", err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %#v, want %#v", got, tc.want)
+			}
+			if got.Type() != tc.typ {
+				t.Errorf("got type %d, want %d", got.Type(), tc.typ)
+			}
+		})
+	}
+}
+
+func TestMessageTypes(t *testing.T) {
+	tests := []struct {
+		m    protocol.Message
+		want protocol.MessageType
+	}{
+		{&protocol.Hello{}, 1},
+		{&protocol.Welcome{}, 2},
+		{&protocol.Reject{}, 3},
+		{&protocol.Ping{}, 4},
+		{&protocol.Pong{}, 5},
+		{&protocol.GoAway{}, 6},
+		{&protocol.EnrollRequest{}, 7},
+		{&protocol.EnrollResponse{}, 8},
+		{&protocol.Unknown{MessageType: 42}, 42},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprintf("%T", tc.m), func(t *testing.T) {
+			if got := tc.m.Type(); got != tc.want {
+				t.Errorf("got %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRejectErr(t *testing.T) {
+	tests := []struct {
+		name        string
+		r           protocol.Reject
+		wantCode    protocol.Code
+		wantMessage string
+	}{
+		{"known code", protocol.Reject{Code: "unknown_agent", Message: "revoked"}, protocol.CodeUnknownAgent, "revoked"},
+		{"ok", protocol.Reject{Code: "ok"}, protocol.CodeOK, ""},
+		{"unknown code name", protocol.Reject{Code: "from_the_future", Message: "m"}, protocol.CodeInternal, "from_the_future: m"},
+		{"empty code name", protocol.Reject{Message: "m"}, protocol.CodeInternal, ": m"},
+		{"code names are case-sensitive", protocol.Reject{Code: "NO_AGENT", Message: "m"}, protocol.CodeInternal, "NO_AGENT: m"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := tc.r.Err()
+			if got.Code != tc.wantCode || got.Message != tc.wantMessage {
+				t.Errorf("got code %v message %q, want %v %q", got.Code, got.Message, tc.wantCode, tc.wantMessage)
+			}
+		})
+	}
+}
+
+func TestRejectFor(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want protocol.Reject
+	}{
+		{"protocol error", protocol.Errorf(protocol.CodeTokenExpired, "expired at %d", 5), protocol.Reject{Code: "token_expired", Message: "expired at 5"}},
+		{"wrapped", fmt.Errorf("enrol: %w", protocol.ErrTokenUsedUp), protocol.Reject{Code: "token_used_up"}},
+		{"plain error", errors.New("disk full"), protocol.Reject{Code: "internal", Message: "disk full"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := protocol.RejectFor(tc.err)
+			if *got != tc.want {
+				t.Errorf("got %+v, want %+v", *got, tc.want)
+			}
+			// The code survives the round trip through the wire form.
+			b, err := protocol.AppendMessage(nil, got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := protocol.ReadMessage(bufio.NewReader(bytes.NewReader(b)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			back := m.(*protocol.Reject).Err()
+			if want := protocol.CodeOf(tc.err); !errors.Is(back, &protocol.Error{Code: want}) {
+				t.Errorf("got %v after the round trip, want code %v", back, want)
+			}
+		})
+	}
+}
