@@ -30,6 +30,8 @@ type Agent struct {
 	fbMu     sync.Mutex           // guards fallback
 	fallback map[string]time.Time // relay → time until which auto mode uses TCP
 
+	bootID string // random per process; lets the relay drop a dead predecessor's sessions
+
 	streamsOpen  atomic.Int64
 	streamsTotal atomic.Uint64
 }
@@ -59,6 +61,7 @@ func New(cfg Config) (*Agent, error) {
 		log:      cfg.Logger.With("tenant", st.Tenant, "agent", st.AgentID),
 		state:    st,
 		fallback: make(map[string]time.Time),
+		bootID:   fmt.Sprintf("%016x", rand.Uint64()),
 	}
 	a.cert.Store(&st.Cert)
 	svcs := cfg.Services

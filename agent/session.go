@@ -167,7 +167,7 @@ func (s *session) hello(ctx context.Context) error {
 		ProtocolVersion: protocol.Version, AgentVersion: s.a.cfg.Version,
 		OS: runtime.GOOS, Arch: runtime.GOARCH, Hostname: host,
 		Capabilities: []string{protocol.CapHeartbeat, protocol.CapGoAway},
-		Transport:    s.transport, TransportWhy: s.why,
+		Transport:    s.transport, TransportWhy: s.why, BootID: s.a.bootID,
 	}); err != nil {
 		return fmt.Errorf("send hello: %w", explainRefusal(err))
 	}

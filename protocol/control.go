@@ -44,6 +44,10 @@ type Hello struct {
 	Arch            string   `json:"arch"`
 	Hostname        string   `json:"hostname,omitempty"`
 	Capabilities    []string `json:"capabilities,omitempty"`
+	// BootID is random per agent process. When a session arrives with a
+	// new BootID, the relay drops the sessions of the agent's earlier
+	// process at once instead of waiting for them to time out.
+	BootID string `json:"boot_id,omitempty"`
 	// Transport is what the agent dialled ("quic" or "tcp") and Why says why
 	// (e.g. "configured", "fallback: quic handshake timed out").
 	Transport    string `json:"transport,omitempty"`

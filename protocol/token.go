@@ -61,7 +61,13 @@ func ParseJoinToken(s string) (JoinToken, error) {
 	if !strings.HasPrefix(s, JoinTokenPrefix) {
 		return t, Errorf(CodeInvalidToken, "not a join token (it should start with %q)", JoinTokenPrefix)
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(s[len(JoinTokenPrefix):])
+	body := s[len(JoinTokenPrefix):]
+	if i := strings.IndexFunc(body, func(r rune) bool {
+		return !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+	}); i >= 0 {
+		return t, Errorf(CodeInvalidToken, "join token is damaged: unexpected character at position %d", len(JoinTokenPrefix)+i)
+	}
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(body)
 	if err != nil {
 		return t, Errorf(CodeInvalidToken, "join token is damaged: %v", err)
 	}

@@ -34,6 +34,9 @@ func AgentClientConfig(roots *x509.CertPool, td string, getCert func(*tls.Certif
 // VerifyRelay checks that the peer of cs is a relay of trust domain td whose
 // certificate chains to roots.
 func VerifyRelay(cs tls.ConnectionState, roots *x509.CertPool, td string, now time.Time) error {
+	if roots == nil {
+		return errors.New("no pinned CA to verify the relay against")
+	}
 	if len(cs.PeerCertificates) == 0 {
 		return errors.New("relay presented no certificate")
 	}

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# deps.sh installs what the project's tests need and is not part of the Go
+# toolchain: the PostgreSQL server binaries (initdb, pg_ctl, postgres,
+# pgbench) used by test/internal/pgtest, and curl. It is idempotent and prints
+# nothing when everything is already present. It works from any directory.
+#
+# Environment:
+#   PGBIN_SEARCH_DIRS  space-separated directories (globs allowed) searched for
+#                      the PostgreSQL binaries after PATH; default
+#                      "/usr/lib/postgresql/*/bin" (Debian's layout).
+#   DEPS_SKIP_PATH=1   do not look for the PostgreSQL binaries on PATH.
+#   DEPS_DRY_RUN=1     print what would be installed, install nothing.
+set -euo pipefail
+
+PG_BINARIES=(initdb pg_ctl postgres pgbench)
+PGBIN_SEARCH_DIRS=${PGBIN_SEARCH_DIRS:-/usr/lib/postgresql/*/bin}
+
+log() { printf 'deps.sh: %s\n' "$*" >&2; }
+
+# has_all_pg_binaries DIR: DIR holds every PostgreSQL binary we need.
+has_all_pg_binaries() {
+	local dir=$1 b
+	for b in "${PG_BINARIES[@]}"; do
+		[[ -x "$dir/$b" && ! -d "$dir/$b" ]] || return 1
+	done
+}
+
+# find_pg_bindir prints the first directory holding all PostgreSQL binaries:
+# the real directory of an initdb on PATH, then the search directories, newest
+# major version first.
+find_pg_bindir() {
+	local p dir
+	if [[ ${DEPS_SKIP_PATH:-0} != 1 ]] && p=$(command -v initdb 2>/dev/null); then
+		dir=$(dirname -- "$(readlink -f -- "$p")")
+		if has_all_pg_binaries "$dir"; then
+			printf '%s\n' "$dir"
+			return 0
+		fi
+	fi
+	local -a dirs=()
+	# Unquoted on purpose: the search dirs may be globs.
+	# shellcheck disable=SC2206
+	dirs=($PGBIN_SEARCH_DIRS)
+	while IFS= read -r dir; do
+		[[ -n $dir ]] || continue
+		if has_all_pg_binaries "$dir"; then
+			printf '%s\n' "$dir"
+			return 0
+		fi
+	done < <(printf '%s\n' "${dirs[@]}" | sort -rV)
+	return 1
+}
+
+SUDO=()
+need_root() {
+	if [[ $(id -u) -ne 0 ]]; then
+		if command -v sudo >/dev/null 2>&1; then
+			SUDO=(sudo)
+		else
+			log "not root and sudo is not installed: cannot install $*"
+			exit 1
+		fi
+	fi
+}
+
+APT_UPDATED=0
+apt_install() {
+	if [[ ${DEPS_DRY_RUN:-0} == 1 ]]; then
+		log "would install: $*"
+		return 0
+	fi
+	need_root "$@"
+	if [[ $APT_UPDATED == 0 ]]; then
+		log "apt-get update"
+		"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+		APT_UPDATED=1
+	fi
+	log "installing: $*"
+	"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+missing=()
+if ! find_pg_bindir >/dev/null; then
+	missing+=(postgresql postgresql-contrib)
+fi
+if ! command -v curl >/dev/null 2>&1; then
+	missing+=(curl)
+fi
+if [[ ${#missing[@]} -eq 0 ]]; then
+	exit 0
+fi
+
+apt_install "${missing[@]}"
+if [[ ${DEPS_DRY_RUN:-0} == 1 ]]; then
+	exit 0
+fi
+
+if ! dir=$(find_pg_bindir); then
+	log "PostgreSQL binaries (${PG_BINARIES[*]}) still not found after installing"
+	exit 1
+fi
+if ! command -v curl >/dev/null 2>&1; then
+	log "curl still not found after installing"
+	exit 1
+fi
+log "PostgreSQL binaries in $dir"

@@ -1,0 +1,162 @@
+package test
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/relay/client"
+)
+
+func TestAgentAndRelayRestarts(t *testing.T) {
+	for _, transport := range []string{"quic", "tcp"} {
+		t.Run(transport, func(t *testing.T) {
+			r := startRelay(t, relayOpts{})
+			r.addTenant(t, "acme")
+			d := r.backend(t, "billing", "acme")
+			a := startAgent(t, r, "acme", agentOpts{transport: transport, services: map[string]string{"echo": tcpService(t, echo)}})
+			check := func(step string) {
+				t.Helper()
+				c := waitDial(t, d, "echo.acme.tether:7", 20*time.Second)
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				io.WriteString(c, step+"\n")
+				if got, err := readLine(c); err != nil || got != step {
+					t.Fatalf("%s: echo got %q, %v", step, got, err)
+				}
+			}
+			check("before")
+
+			// The agent dies without a word; the relay notices and refuses
+			// with no_agent instead of hanging.
+			a.kill()
+			waitDialErr(t, d, "echo.acme.tether:7", client.ErrNoAgent)
+			a.restart()
+			check("after agent restart")
+
+			// The relay dies; the agent reconnects on its own once it is back.
+			r.kill()
+			if c, err := d.Dial("tcp", "echo.acme.tether:7"); err == nil {
+				c.Close()
+				t.Fatal("dial succeeded with the relay down")
+			}
+			r.restart()
+			r.waitOutput(`"msg":"relay serving"`, 20*time.Second)
+			check("after relay restart")
+			if n := strings.Count(a.out.String(), `"msg":"connected to relay"`); n < 3 {
+				t.Fatalf("agent logged %d connections, want at least 3 (initial, after its restart, after the relay's)", n)
+			}
+		})
+	}
+}
+
+func TestAutoFallsBackToTCPWhenUDPIsBlocked(t *testing.T) {
+	r := startRelay(t, relayOpts{transports: "tcp"})
+	// The relay serves TCP only; a socket on the same UDP port swallows
+	// every QUIC packet, as a firewall dropping UDP would.
+	host, port, _ := net.SplitHostPort(r.agentAddr)
+	p, _ := strconv.Atoi(port)
+	hole, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(host), Port: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hole.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := hole.ReadFrom(buf); err != nil {
+				return
+			}
+		}
+	}()
+	r.addTenant(t, "acme")
+	d := r.backend(t, "billing", "acme")
+	start := time.Now()
+	a := startAgent(t, r, "acme", agentOpts{transport: "auto", services: map[string]string{"echo": tcpService(t, echo)}, extra: "quic_timeout: 1s\n"})
+	a.waitOutput("falling back to TLS over TCP", time.Second)
+	if el := time.Since(start); el > 15*time.Second {
+		t.Fatalf("agent took %v to connect with UDP blocked", el)
+	}
+	c := waitDial(t, d, "echo.acme.tether:7", 10*time.Second)
+	c.Close()
+	r.waitOutput(`"transport":"tcp"`, time.Second)
+	r.waitOutput(`"transport_why":"fallback: QUIC failed`, time.Second)
+}
+
+func TestGracefulRelayShutdownDrains(t *testing.T) {
+	r := startRelay(t, relayOpts{extra: []string{"--drain-timeout", "5s"}})
+	r.addTenant(t, "acme")
+	d := r.backend(t, "billing", "acme")
+	a := startAgent(t, r, "acme", agentOpts{transport: "quic", services: map[string]string{"echo": tcpService(t, echo)}})
+	c := waitDial(t, d, "echo.acme.tether:7", 10*time.Second)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	stopped := make(chan error, 1)
+	go func() { stopped <- r.stop(20 * time.Second) }()
+	a.waitOutput("relay asked this agent to reconnect", 10*time.Second)
+	// The stream opened before the shutdown still works during the drain.
+	io.WriteString(c, "still here\n")
+	if got, err := readLine(c); err != nil || got != "still here" {
+		t.Fatalf("stream during drain: got %q, %v", got, err)
+	}
+	c.(*client.Conn).CloseWrite()
+	io.Copy(io.Discard, c)
+	if err := <-stopped; err != nil {
+		t.Fatalf("relay exit after SIGTERM: %v", err)
+	}
+}
+
+func TestIdleStreamsTimeOut(t *testing.T) {
+	r := startRelay(t, relayOpts{})
+	r.addTenant(t, "acme")
+	d := r.backend(t, "billing", "acme")
+	startAgent(t, r, "acme", agentOpts{transport: "tcp", services: map[string]string{"echo": tcpService(t, echo)}, extra: "idle_timeout: 1s\n"})
+	c := waitDial(t, d, "echo.acme.tether:7", 10*time.Second)
+	defer c.Close()
+	io.WriteString(c, "ping\n")
+	br := bufio.NewReader(c)
+	if got, _ := br.ReadString('\n'); got != "ping\n" {
+		t.Fatalf("got %q", got)
+	}
+	c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	start := time.Now()
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("read data from an idle stream")
+	}
+	if el := time.Since(start); el > 10*time.Second {
+		t.Fatalf("idle stream closed after %v; idle_timeout is 1s", el)
+	}
+}
+
+func TestDemoCommandWorksAsPrinted(t *testing.T) {
+	out := mustRun(t, bins.relay, "demo", "--once", "--socks-listen", "127.0.0.1:0", "--connect-listen", "127.0.0.1:0")
+	if !strings.Contains(out, "HTTP 200: Hello from tenant \"demo\"") {
+		t.Fatalf("demo --once output lacks the answer through the tunnel:\n%s", out)
+	}
+	// Now the long-running demo: run the curl lines it prints, as printed.
+	p := start(t, "demo", bins.relay, "demo", "--socks-listen", "127.0.0.1:0", "--connect-listen", "127.0.0.1:0")
+	p.waitOutput("Press Ctrl-C to stop.", 60*time.Second)
+	var lines []string
+	for _, l := range strings.Split(p.out.String(), "\n") {
+		if l = strings.TrimSpace(l); strings.HasPrefix(l, "curl ") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 2 {
+		t.Fatalf("demo printed %d curl lines, want 2:\n%s", len(lines), p.out.String())
+	}
+	for _, l := range lines {
+		got, err := exec.Command("sh", "-c", l+" --silent --show-error --max-time 20").CombinedOutput()
+		if err != nil || !strings.HasPrefix(string(got), "Hello from tenant \"demo\"") {
+			t.Fatalf("%s\n  => %v: %s", l, err, got)
+		}
+	}
+	if err := p.stop(20 * time.Second); err != nil {
+		t.Fatalf("demo exit after SIGTERM: %v", err)
+	}
+}
