@@ -113,6 +113,12 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 			failures++
 			relayIdx++
 			d := a.cfg.Reconnect.delay(failures - 1)
+			if isPermanent(err) {
+				// Retrying soon cannot help (our certificate or our
+				// version is refused); keep trying, slowly, in case the
+				// operator fixes the relay side.
+				d = a.cfg.Reconnect.Max/2 + rand.N(a.cfg.Reconnect.Max/2+1)
+			}
 			logConnectError(log, relay, err, d)
 			if !sleep(ctx, d) {
 				return

@@ -157,7 +157,7 @@ func (s *session) hello(ctx context.Context) error {
 	defer cancel()
 	ctl, err := s.t.OpenStream(hctx)
 	if err != nil {
-		return fmt.Errorf("open control stream: %w", explainRefusal(err))
+		return fmt.Errorf("open control stream: %w", s.explain(err))
 	}
 	s.ctl = ctl
 	s.br = bufio.NewReader(ctl)
@@ -169,11 +169,11 @@ func (s *session) hello(ctx context.Context) error {
 		Capabilities: []string{protocol.CapHeartbeat, protocol.CapGoAway},
 		Transport:    s.transport, TransportWhy: s.why, BootID: s.a.bootID,
 	}); err != nil {
-		return fmt.Errorf("send hello: %w", explainRefusal(err))
+		return fmt.Errorf("send hello: %w", s.explain(err))
 	}
 	m, err := protocol.ReadMessage(s.br)
 	if err != nil {
-		return fmt.Errorf("read welcome: %w", explainRefusal(err))
+		return fmt.Errorf("read welcome: %w", s.explain(err))
 	}
 	switch m := m.(type) {
 	case *protocol.Welcome:
@@ -255,7 +255,7 @@ func (s *session) readLoop() {
 		m, err := protocol.ReadMessage(s.br)
 		if err != nil {
 			if !transport.IsClosedErr(err) {
-				s.setEnd(fmt.Errorf("control stream: %w", explainRefusal(err)))
+				s.setEnd(fmt.Errorf("control stream: %w", s.explain(err)))
 			}
 			return
 		}
@@ -333,6 +333,18 @@ func isTLSRefusal(err error) bool {
 	return errors.As(err, &op) && op.Op == "remote error"
 }
 
+// explain replaces a bare end-of-stream error with the session's own cause
+// when the transport knows it (a TLS alert under yamux reads as EOF), and
+// explains refusals.
+func (s *session) explain(err error) error {
+	if c, ok := s.t.(interface{ Err() error }); ok && transport.IsClosedErr(err) {
+		if cause := c.Err(); cause != nil && !errors.Is(cause, transport.ErrClosed) {
+			err = cause
+		}
+	}
+	return explainRefusal(err)
+}
+
 // explainRefusal adds an operator-facing explanation to a TLS alert from
 // the relay (our certificate was rejected).
 func explainRefusal(err error) error {
@@ -342,13 +354,18 @@ func explainRefusal(err error) error {
 	return err
 }
 
+// isPermanent reports whether a connection error is a refusal that the
+// same attempt will meet again.
+func isPermanent(err error) bool {
+	var pe *protocol.Error
+	return isTLSRefusal(err) || (errors.As(err, &pe) && !pe.Temporary())
+}
+
 // logConnectError logs a failed connection attempt; refusals that no retry
 // can fix are errors, the rest warnings.
 func logConnectError(log *slog.Logger, relay string, err error, retry time.Duration) {
-	var pe *protocol.Error
-	permanent := isTLSRefusal(err) || (errors.As(err, &pe) && !pe.Temporary())
 	level := slog.LevelWarn
-	if permanent {
+	if isPermanent(err) {
 		level = slog.LevelError
 	}
 	log.Log(context.Background(), level, "cannot connect to relay", "relay", relay, "err", err, "retry_in", retry.Round(time.Millisecond))

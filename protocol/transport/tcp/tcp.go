@@ -12,8 +12,10 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,31 +48,73 @@ func Config(logger *slog.Logger) *yamux.Config {
 type Session struct {
 	mux  *yamux.Session
 	conn net.Conn
+	rec  *recordingConn
+}
+
+// recordingConn keeps the first read error of the connection under yamux,
+// which yamux itself reports only as a closed session. It is how a TLS
+// alert from the peer (a refused certificate) reaches the caller.
+type recordingConn struct {
+	net.Conn
+	mu  sync.Mutex // guards err
+	err error
+}
+
+func (c *recordingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.mu.Lock()
+		if c.err == nil {
+			c.err = err
+		}
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+func (c *recordingConn) firstErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+func newSession(conn net.Conn, cfg *yamux.Config, client bool) (*Session, error) {
+	if cfg == nil {
+		cfg = Config(nil)
+	}
+	rec := &recordingConn{Conn: conn}
+	start, role := yamux.Server, "server"
+	if client {
+		start, role = yamux.Client, "client"
+	}
+	m, err := start(rec, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start yamux %s: %w", role, err)
+	}
+	return &Session{mux: m, conn: conn, rec: rec}, nil
+}
+
+// Err returns why the session ended — the underlying connection's error
+// when there was one — or nil while it is open.
+func (s *Session) Err() error {
+	if !s.mux.IsClosed() {
+		return nil
+	}
+	if err := s.rec.firstErr(); err != nil && err != io.EOF {
+		return err
+	}
+	return transport.ErrClosed
 }
 
 // Client starts the client (agent) side of a session on an established
 // connection. cfg nil means Config(nil).
 func Client(conn net.Conn, cfg *yamux.Config) (*Session, error) {
-	if cfg == nil {
-		cfg = Config(nil)
-	}
-	m, err := yamux.Client(conn, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("start yamux client: %w", err)
-	}
-	return &Session{mux: m, conn: conn}, nil
+	return newSession(conn, cfg, true)
 }
 
 // Server starts the server (relay) side of a session.
 func Server(conn net.Conn, cfg *yamux.Config) (*Session, error) {
-	if cfg == nil {
-		cfg = Config(nil)
-	}
-	m, err := yamux.Server(conn, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("start yamux server: %w", err)
-	}
-	return &Session{mux: m, conn: conn}, nil
+	return newSession(conn, cfg, false)
 }
 
 // Dial connects to addr over TCP, completes the TLS handshake and starts a

@@ -1,0 +1,181 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/tetherhq/tether/agent"
+	"github.com/tetherhq/tether/cmd/internal/cli"
+	"github.com/tetherhq/tether/relay"
+)
+
+const demoTenant = "demo"
+
+// demo runs the whole system in one process on a temporary data directory:
+// a relay, an agent of tenant "demo" enrolled with a join token, and a
+// private HTTP service behind the agent. It makes one request through the
+// tunnel and prints a curl line that does the same.
+func demo(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("demo", stderr)
+	once := fs.Bool("once", false, "exit after the first request through the tunnel")
+	socks := fs.String("socks-listen", "127.0.0.1:1080", "SOCKS5 front door (another port is picked if busy)")
+	connect := fs.String("connect-listen", "127.0.0.1:3128", "HTTP CONNECT front door (another port is picked if busy)")
+	verbose := fs.Bool("v", false, "log what relay and agent do")
+	keep := fs.Bool("keep", false, "keep the temporary data directory")
+	if pos, err := parse(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return fmt.Errorf("demo takes no arguments (got %q)", pos)
+	}
+	level := "warn"
+	if *verbose {
+		level = "info"
+	}
+	log, err := cli.NewLogger(stderr, level, "text")
+	if err != nil {
+		return err
+	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+
+	dir, err := os.MkdirTemp("", "tether-demo-")
+	if err != nil {
+		return err
+	}
+	if *keep {
+		fmt.Fprintf(stderr, "data directory: %s\n", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	relayDir := filepath.Join(dir, "relay")
+
+	// The operator's side: a tenant, a join token, a backend credential.
+	var token, apiKey string
+	err = withAdmin(relayDir, func(ctx context.Context, a *relay.Admin) error {
+		if err := a.AddTenant(ctx, demoTenant); err != nil {
+			return err
+		}
+		var err error
+		if token, _, err = a.CreateToken(ctx, demoTenant, 10*time.Minute, 1); err != nil {
+			return err
+		}
+		apiKey, err = a.AddBackend(ctx, demoTenant, []string{demoTenant})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+
+	r, err := newDemoRelay(relay.Config{
+		DataDir: relayDir, AgentListen: "127.0.0.1:0", SOCKSListen: *socks, ConnectListen: *connect,
+		Logger: log.With("component", "relay"), Version: version,
+	})
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	rctx, stopRelay := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRelay()
+	wg.Go(func() {
+		if err := r.Run(rctx); err != nil {
+			log.Error("relay stopped", "err", err)
+		}
+	})
+
+	// The tenant's side: a private HTTP service and an agent that may reach it.
+	svc, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		fmt.Fprintf(w, "Hello from tenant %q's private network! You asked for %s %s at %s.\n",
+			demoTenant, req.Method, req.URL.Path, time.Now().Format(time.RFC3339))
+	}), ReadHeaderTimeout: 10 * time.Second}
+	wg.Go(func() { srv.Serve(svc) })
+	defer srv.Close()
+
+	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	st, err := agent.Enroll(actx, agent.EnrollOptions{Relay: r.AgentAddr().String(), Token: token, StateDir: filepath.Join(dir, "agent"), Version: version})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("enrol demo agent: %w", err)
+	}
+	a, err := agent.New(agent.Config{
+		StateDir: st.Dir,
+		Services: map[string]agent.Service{"hello": {Address: svc.Addr().String()}},
+		Logger:   log.With("component", "agent"), Version: version,
+	})
+	if err != nil {
+		return err
+	}
+	agentCtx, stopAgent := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopAgent()
+	wg.Go(func() { a.Run(agentCtx) })
+
+	// The SaaS backend's side: one request through the SOCKS5 front door.
+	proxyURL := &url.URL{Scheme: "socks5h", User: url.UserPassword(demoTenant, apiKey), Host: r.SOCKSAddr().String()}
+	body, err := demoRequest(ctx, proxyURL)
+	if err != nil {
+		return fmt.Errorf("request through the tunnel: %w", err)
+	}
+	fmt.Fprintf(stdout, "Tether demo: a relay, an agent enrolled in tenant %q, and a private HTTP service %q behind it.\n\n", demoTenant, "hello")
+	fmt.Fprintf(stdout, "A request through the tunnel (backend -> SOCKS5 -> relay -> agent -> service) answered:\n  %s\n", body)
+	fmt.Fprintf(stdout, "Try it yourself:\n  curl --proxy %s http://hello.%s.tether/\n", proxyURL, demoTenant)
+	fmt.Fprintf(stdout, "  curl --proxytunnel --proxy http://%s:%s@%s http://hello.%s.tether/\n", demoTenant, apiKey, r.ConnectAddr(), demoTenant)
+	if *once {
+		return nil
+	}
+	fmt.Fprintf(stdout, "\nPress Ctrl-C to stop.\n")
+	<-ctx.Done()
+	return nil
+}
+
+// newDemoRelay starts a relay, moving a busy front door to a free port.
+func newDemoRelay(cfg relay.Config) (*relay.Relay, error) {
+	r, err := relay.New(cfg)
+	if err != nil && errors.Is(err, syscall.EADDRINUSE) {
+		cfg.SOCKSListen, cfg.ConnectListen = "127.0.0.1:0", "127.0.0.1:0"
+		r, err = relay.New(cfg)
+	}
+	return r, err
+}
+
+// demoRequest fetches the demo service through the SOCKS5 front door,
+// retrying while the agent is still connecting.
+func demoRequest(ctx context.Context, proxy *url.URL) (string, error) {
+	tr := &http.Transport{Proxy: http.ProxyURL(proxy)}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://hello."+demoTenant+".tether/", nil)
+		resp, err := c.Do(req)
+		if err == nil {
+			b, rerr := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if rerr != nil {
+				return "", rerr
+			}
+			return fmt.Sprintf("HTTP %d: %s", resp.StatusCode, b), nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return "", err
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

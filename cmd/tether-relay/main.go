@@ -1,0 +1,319 @@
+// Command tether-relay runs the Tether relay and administers its data
+// directory. Run "tether-relay help" for usage.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tetherhq/tether/cmd/internal/cli"
+	"github.com/tetherhq/tether/relay"
+)
+
+// version is set at build time: go build -ldflags '-X main.version=1.2.3'.
+var version = "dev"
+
+const prog = "tether-relay"
+
+const usage = `tether-relay: the Tether relay.
+
+Usage:
+  tether-relay serve   [--data-dir DIR] [--agent-listen :7443] [--socks-listen 127.0.0.1:1080]
+                       [--connect-listen 127.0.0.1:3128] [--trust-domain tether.internal] [flags]
+  tether-relay demo    [--once] [--socks-listen 127.0.0.1:1080]
+  tether-relay tenant  add NAME | list
+  tether-relay token   create --tenant NAME [--ttl 1h] [--uses 1] | list [--tenant NAME]
+  tether-relay backend add NAME --tenants a,b | list
+  tether-relay agent   list [--tenant NAME]
+  tether-relay version
+
+Every command but demo and version takes --data-dir (default $TETHER_DATA_DIR,
+else /var/lib/tether-relay). Admin commands work while the relay is serving.
+Commands that create a secret print only the secret on stdout.
+Run "tether-relay COMMAND -h" for a command's flags.
+`
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		cli.Fail(prog, err)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return flag.ErrHelp
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "serve":
+		return serve(rest, stderr)
+	case "demo":
+		return demo(rest, stdout, stderr)
+	case "tenant":
+		return tenantCmd(rest, stdout, stderr)
+	case "token":
+		return tokenCmd(rest, stdout, stderr)
+	case "backend":
+		return backendCmd(rest, stdout, stderr)
+	case "agent":
+		return agentCmd(rest, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", cmd)
+}
+
+func defaultDataDir() string {
+	if d := os.Getenv("TETHER_DATA_DIR"); d != "" {
+		return d
+	}
+	return "/var/lib/tether-relay"
+}
+
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(prog+" "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// parse parses flags and allows them after positional arguments too
+// ("tenant add acme --data-dir d"), returning the positionals.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+func serve(args []string, stderr io.Writer) error {
+	fs := newFlags("serve", stderr)
+	var cfg relay.Config
+	var logLevel, logFormat, transports string
+	fs.StringVar(&cfg.DataDir, "data-dir", defaultDataDir(), "data directory (CA, store)")
+	fs.StringVar(&cfg.AgentListen, "agent-listen", ":7443", "agent address, UDP (QUIC) and TCP (TLS+yamux) on the same port")
+	fs.StringVar(&cfg.SOCKSListen, "socks-listen", "127.0.0.1:1080", `SOCKS5 front door ("off" to disable)`)
+	fs.StringVar(&cfg.ConnectListen, "connect-listen", "127.0.0.1:3128", `HTTP CONNECT front door and Go Dialer endpoint ("off" to disable)`)
+	fs.StringVar(&cfg.TrustDomain, "trust-domain", "tether.internal", "SPIFFE trust domain of a new CA (first start only)")
+	fs.StringVar(&transports, "transports", "quic,tcp", "agent transports to serve: quic, tcp or both")
+	fs.DurationVar(&cfg.AgentCertLifetime, "agent-cert-lifetime", 30*24*time.Hour, "validity of agent certificates issued at enrolment")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", 10*time.Second, "control-stream heartbeat interval")
+	fs.DurationVar(&cfg.StreamOpenTimeout, "stream-open-timeout", 15*time.Second, "limit on opening a stream through an agent")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", time.Hour, "close tunnelled connections idle this long")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "on shutdown, wait this long for tunnelled connections")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&logFormat, "log-format", "auto", "json, text or auto (text on a terminal)")
+	if pos, err := parse(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return fmt.Errorf("serve takes no arguments (got %q)", pos)
+	}
+	switch transports {
+	case "quic,tcp", "tcp,quic":
+	case "quic":
+		cfg.DisableTCP = true
+	case "tcp":
+		cfg.DisableQUIC = true
+	default:
+		return fmt.Errorf("--transports %q: want quic, tcp or quic,tcp", transports)
+	}
+	log, err := cli.NewLogger(stderr, logLevel, logFormat)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	cfg.Version = version
+	r, err := relay.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	return r.Run(ctx)
+}
+
+// withAdmin opens the data directory named by the --data-dir flag in fs.
+func withAdmin(dataDir string, fn func(ctx context.Context, a *relay.Admin) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, err := relay.OpenAdmin(ctx, dataDir, "")
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	return fn(ctx, a)
+}
+
+func tenantCmd(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("tenant", stderr)
+	dataDir := fs.String("data-dir", defaultDataDir(), "data directory")
+	output := fs.String("o", "table", "output: table or json")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(pos) == 2 && pos[0] == "add":
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+			if err := a.AddTenant(ctx, pos[1]); err != nil {
+				return err
+			}
+			fmt.Fprintf(stderr, "tenant %s added\n", pos[1])
+			return nil
+		})
+	case len(pos) == 1 && pos[0] == "list":
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+			ts, err := a.Tenants(ctx)
+			if err != nil {
+				return err
+			}
+			return printList(stdout, *output, ts, "NAME\tCREATED", func(t relay.Tenant) string {
+				return t.Name + "\t" + t.CreatedAt.Format(time.RFC3339)
+			})
+		})
+	}
+	return errors.New("usage: tether-relay tenant add NAME | tenant list")
+}
+
+func tokenCmd(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("token", stderr)
+	dataDir := fs.String("data-dir", defaultDataDir(), "data directory")
+	tenant := fs.String("tenant", "", "tenant the token enrols agents into")
+	ttl := fs.Duration("ttl", relay.DefaultTokenTTL, "how long the token stays valid")
+	uses := fs.Int("uses", 1, "how many agents the token may enrol")
+	output := fs.String("o", "table", "output of list: table or json")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(pos) == 1 && pos[0] == "create":
+		if *tenant == "" {
+			return errors.New("token create needs --tenant")
+		}
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+			tok, info, err := a.CreateToken(ctx, *tenant, *ttl, *uses)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, tok)
+			fmt.Fprintf(stderr, "join token %s for tenant %s: %d use(s), expires %s\n", info.ID, info.Tenant, info.MaxUses, info.ExpiresAt.Format(time.RFC3339))
+			fmt.Fprintf(stderr, "enrol an agent with: tether-agent enroll --relay RELAY_HOST:7443 --token-file FILE --state-dir DIR\n")
+			return nil
+		})
+	case len(pos) == 1 && pos[0] == "list":
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+			ts, err := a.Tokens(ctx, *tenant)
+			if err != nil {
+				return err
+			}
+			return printList(stdout, *output, ts, "ID\tTENANT\tUSES\tEXPIRES", func(t relay.TokenInfo) string {
+				return fmt.Sprintf("%s\t%s\t%d/%d\t%s", t.ID, t.Tenant, t.Uses, t.MaxUses, t.ExpiresAt.Format(time.RFC3339))
+			})
+		})
+	}
+	return errors.New("usage: tether-relay token create --tenant NAME [--ttl 1h] [--uses 1] | token list [--tenant NAME]")
+}
+
+func backendCmd(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("backend", stderr)
+	dataDir := fs.String("data-dir", defaultDataDir(), "data directory")
+	tenants := fs.String("tenants", "", `comma-separated tenants the backend may reach ("*" for all)`)
+	output := fs.String("o", "table", "output of list: table or json")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(pos) == 2 && pos[0] == "add":
+		if *tenants == "" {
+			return errors.New(`backend add needs --tenants a,b (or "*")`)
+		}
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+			key, err := a.AddBackend(ctx, pos[1], strings.Split(*tenants, ","))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, key)
+			fmt.Fprintf(stderr, "backend %s added; its API key (above) is shown only once\n", pos[1])
+			return nil
+		})
+	case len(pos) == 1 && pos[0] == "list":
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+			bs, err := a.Backends(ctx)
+			if err != nil {
+				return err
+			}
+			return printList(stdout, *output, bs, "NAME\tTENANTS\tCREATED", func(b relay.BackendInfo) string {
+				return b.Name + "\t" + strings.Join(b.Tenants, ",") + "\t" + b.CreatedAt.Format(time.RFC3339)
+			})
+		})
+	}
+	return errors.New("usage: tether-relay backend add NAME --tenants a,b | backend list")
+}
+
+func agentCmd(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("agent", stderr)
+	dataDir := fs.String("data-dir", defaultDataDir(), "data directory")
+	tenant := fs.String("tenant", "", "only this tenant's agents")
+	output := fs.String("o", "table", "output: table or json")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || pos[0] != "list" {
+		return errors.New("usage: tether-relay agent list [--tenant NAME]")
+	}
+	return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		as, err := a.Agents(ctx, *tenant)
+		if err != nil {
+			return err
+		}
+		return printList(stdout, *output, as, "ID\tTENANT\tHOSTNAME\tENROLLED\tCERT EXPIRES", func(x relay.AgentInfo) string {
+			return strings.Join([]string{x.ID, x.Tenant, x.Hostname, x.EnrolledAt.Format(time.RFC3339), x.CertNotAfter.Format(time.RFC3339)}, "\t")
+		})
+	})
+}
+
+func printList[T any](w io.Writer, format string, items []T, header string, row func(T) string) error {
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if items == nil {
+			items = []T{}
+		}
+		return enc.Encode(items)
+	case "table":
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, header)
+		for _, it := range items {
+			fmt.Fprintln(tw, row(it))
+		}
+		return tw.Flush()
+	}
+	return fmt.Errorf("output %q: want table or json", format)
+}

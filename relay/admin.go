@@ -1,0 +1,259 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base32"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/relay/internal/store"
+)
+
+// Admin performs operator actions directly on a relay's data directory. It
+// works whether or not a relay is serving from the same directory: the
+// store is shared safely between processes and a running relay sees changes
+// at once.
+type Admin struct {
+	st  *state
+	now func() time.Time
+}
+
+// OpenAdmin opens the data directory dir, creating it (with a CA for
+// trustDomain, default "tether.internal") when it does not exist yet.
+func OpenAdmin(ctx context.Context, dir, trustDomain string) (*Admin, error) {
+	if trustDomain == "" {
+		trustDomain = "tether.internal"
+	}
+	st, err := openState(ctx, dir, trustDomain, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	return &Admin{st: st, now: time.Now}, nil
+}
+
+// Close releases the store.
+func (a *Admin) Close() error { return a.st.close() }
+
+// TrustDomain is the SPIFFE trust domain of the relay's CA.
+func (a *Admin) TrustDomain() string { return a.st.ca.TrustDomain() }
+
+// CAFingerprint is the fingerprint agents pin, printable.
+func (a *Admin) CAFingerprint() string { return protocol.FormatFingerprint(a.st.ca.Fingerprint()) }
+
+// Tenant describes one tenant.
+type Tenant struct {
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// AddTenant creates a tenant. Names are DNS labels because they appear in
+// addresses of the form <service>.<tenant>.tether.
+func (a *Admin) AddTenant(ctx context.Context, name string) error {
+	if err := identity.ValidateName("tenant", name); err != nil {
+		return err
+	}
+	if err := a.st.store.AddTenant(ctx, name, a.now()); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return fmt.Errorf("tenant %q already exists", name)
+		}
+		return err
+	}
+	return nil
+}
+
+// Tenants lists every tenant.
+func (a *Admin) Tenants(ctx context.Context) ([]Tenant, error) {
+	ts, err := a.st.store.ListTenants(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Tenant, len(ts))
+	for i, t := range ts {
+		out[i] = Tenant{Name: t.Name, CreatedAt: t.CreatedAt}
+	}
+	return out, nil
+}
+
+// TokenInfo describes a join token without its secret.
+type TokenInfo struct {
+	ID        string    `json:"id"`
+	Tenant    string    `json:"tenant"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	MaxUses   int       `json:"max_uses"`
+	Uses      int       `json:"uses"`
+}
+
+// Limits on join tokens.
+const (
+	DefaultTokenTTL = time.Hour
+	MaxTokenTTL     = 30 * 24 * time.Hour
+)
+
+// CreateToken creates a join token for tenant, valid for ttl (default 1h)
+// and uses enrolments (default 1). The token string is returned once; only a
+// hash of its secret is stored.
+func (a *Admin) CreateToken(ctx context.Context, tenant string, ttl time.Duration, uses int) (string, TokenInfo, error) {
+	if ttl == 0 {
+		ttl = DefaultTokenTTL
+	}
+	if uses == 0 {
+		uses = 1
+	}
+	if ttl < 0 || ttl > MaxTokenTTL {
+		return "", TokenInfo{}, fmt.Errorf("token lifetime %v is out of range (0 to %v)", ttl, MaxTokenTTL)
+	}
+	if uses < 0 || uses > 100000 {
+		return "", TokenInfo{}, fmt.Errorf("token uses %d is out of range (1 to 100000)", uses)
+	}
+	if _, err := a.st.store.Tenant(ctx, tenant); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return "", TokenInfo{}, fmt.Errorf("tenant %q does not exist (create it with: tether-relay tenant add %s)", tenant, tenant)
+		}
+		return "", TokenInfo{}, err
+	}
+	var tok protocol.JoinToken
+	rand.Read(tok.ID[:])
+	rand.Read(tok.Secret[:])
+	tok.CAFingerprint = a.st.ca.Fingerprint()
+	now := a.now().Truncate(time.Second)
+	rec := store.Token{
+		ID: tok.IDString(), Tenant: tenant, SecretHash: tok.SecretHash(),
+		CreatedAt: now, ExpiresAt: now.Add(ttl), MaxUses: uses,
+	}
+	if err := a.st.store.AddToken(ctx, rec); err != nil {
+		return "", TokenInfo{}, err
+	}
+	return tok.String(), tokenInfo(rec), nil
+}
+
+// Tokens lists join tokens (of one tenant, or all when tenant is "").
+func (a *Admin) Tokens(ctx context.Context, tenant string) ([]TokenInfo, error) {
+	ts, err := a.st.store.ListTokens(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]TokenInfo, len(ts))
+	for i, t := range ts {
+		out[i] = tokenInfo(t)
+	}
+	return out, nil
+}
+
+func tokenInfo(t store.Token) TokenInfo {
+	return TokenInfo{ID: t.ID, Tenant: t.Tenant, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt, MaxUses: t.MaxUses, Uses: t.Uses}
+}
+
+// AgentInfo describes an enrolled agent.
+type AgentInfo struct {
+	ID           string    `json:"id"`
+	Tenant       string    `json:"tenant"`
+	Hostname     string    `json:"hostname"`
+	EnrolledAt   time.Time `json:"enrolled_at"`
+	CertNotAfter time.Time `json:"cert_not_after"`
+}
+
+// Agents lists enrolled agents (of one tenant, or all when tenant is "").
+func (a *Admin) Agents(ctx context.Context, tenant string) ([]AgentInfo, error) {
+	as, err := a.st.store.ListAgents(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]AgentInfo, len(as))
+	for i, x := range as {
+		out[i] = AgentInfo{ID: x.ID, Tenant: x.Tenant, Hostname: x.Hostname, EnrolledAt: x.CreatedAt, CertNotAfter: x.CertNotAfter}
+	}
+	return out, nil
+}
+
+// AllTenants in a backend's tenant list grants every tenant.
+const AllTenants = "*"
+
+// BackendInfo describes a backend credential without its key.
+type BackendInfo struct {
+	Name      string    `json:"name"`
+	Tenants   []string  `json:"tenants"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// AddBackend creates a backend credential allowed to reach tenants ("*" for
+// all) and returns its API key. The key is shown once; only its hash is
+// stored.
+func (a *Admin) AddBackend(ctx context.Context, name string, tenants []string) (string, error) {
+	if err := identity.ValidateName("backend", name); err != nil {
+		return "", err
+	}
+	if len(tenants) == 0 {
+		return "", errors.New("a backend needs at least one tenant (or \"*\" for all tenants)")
+	}
+	clean := make([]string, 0, len(tenants))
+	for _, t := range tenants {
+		t = strings.TrimSpace(t)
+		if t != AllTenants {
+			if err := identity.ValidateName("tenant", t); err != nil {
+				return "", err
+			}
+		}
+		clean = append(clean, t)
+	}
+	slices.Sort(clean)
+	clean = slices.Compact(clean)
+	key := newAPIKey()
+	err := a.st.store.AddBackend(ctx, store.Backend{Name: name, KeyHash: hashAPIKey(key), Tenants: clean, CreatedAt: a.now()})
+	switch {
+	case errors.Is(err, store.ErrExists):
+		return "", fmt.Errorf("backend %q already exists", name)
+	case errors.Is(err, store.ErrNotFound):
+		return "", fmt.Errorf("add backend %q: %w (create tenants first)", name, err)
+	case err != nil:
+		return "", err
+	}
+	return key, nil
+}
+
+// Backends lists backend credentials.
+func (a *Admin) Backends(ctx context.Context) ([]BackendInfo, error) {
+	bs, err := a.st.store.ListBackends(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]BackendInfo, len(bs))
+	for i, b := range bs {
+		out[i] = BackendInfo{Name: b.Name, Tenants: b.Tenants, CreatedAt: b.CreatedAt}
+	}
+	return out, nil
+}
+
+// APIKeyPrefix starts every backend API key.
+const APIKeyPrefix = "tbk1_"
+
+func newAPIKey() string {
+	var b [32]byte
+	rand.Read(b[:])
+	return APIKeyPrefix + base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+func hashAPIKey(key string) []byte {
+	h := sha256.Sum256([]byte(key))
+	return h[:]
+}
+
+func apiKeyMatches(key string, hash []byte) bool {
+	return subtle.ConstantTimeCompare(hashAPIKey(key), hash) == 1
+}
+
+// newAgentID returns a random agent id: 16 lower-case base32 characters.
+func newAgentID() string {
+	var b [10]byte
+	rand.Read(b[:])
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}

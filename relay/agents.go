@@ -1,0 +1,405 @@
+package relay
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	quicgo "github.com/quic-go/quic-go"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/protocol/transport/quic"
+	"github.com/tetherhq/tether/protocol/transport/tcp"
+	"github.com/tetherhq/tether/relay/internal/store"
+)
+
+func (r *Relay) acceptTCP(ctx context.Context, wg *sync.WaitGroup) error {
+	tlsConf := r.tcpTLS()
+	for {
+		c, err := r.tcpLn.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept agent TCP connection: %w", err)
+		}
+		wg.Go(func() { r.handleTCP(ctx, c, tlsConf) })
+	}
+}
+
+func (r *Relay) handleTCP(ctx context.Context, c net.Conn, tlsConf *tls.Config) {
+	remote := c.RemoteAddr()
+	tc := tls.Server(c, tlsConf)
+	hctx, cancel := context.WithTimeout(ctx, r.cfg.HandshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		r.log.Warn("agent TLS handshake failed", "transport", "tcp", "remote", remote.String(), "err", err)
+		c.Close()
+		return
+	}
+	cs := tc.ConnectionState()
+	switch cs.NegotiatedProtocol {
+	case protocol.ALPNEnroll:
+		r.serveEnroll(ctx, tc)
+	case protocol.ALPN:
+		sess, err := tcp.Server(tc, tcp.Config(r.log))
+		if err != nil {
+			r.log.Error("start yamux session", "remote", remote.String(), "err", err)
+			tc.Close()
+			return
+		}
+		r.serveAgent(ctx, sess, cs, "tcp", remote)
+	default:
+		tc.Close()
+	}
+}
+
+func (r *Relay) acceptQUIC(ctx context.Context, wg *sync.WaitGroup) error {
+	for {
+		conn, err := r.quicLn.Accept(ctx)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, quicgo.ErrServerClosed) || ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accept agent QUIC connection: %w", err)
+		}
+		wg.Go(func() {
+			r.serveAgent(ctx, quic.NewSession(conn), conn.ConnectionState().TLS, "quic", conn.RemoteAddr())
+		})
+	}
+}
+
+// agentSession is the transport session of one agent connection, with the
+// extras the relay needs beyond transport.Session.
+type agentSession interface {
+	transport.Session
+}
+
+// serveAgent runs one agent connection from the hello to its end. The
+// tenant comes from the verified certificate only.
+func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.ConnectionState, transportName string, remote net.Addr) {
+	defer sess.Close()
+	log := r.log.With("transport", transportName, "remote", remote.String())
+	if len(cs.PeerCertificates) == 0 {
+		log.Error("agent session without a peer certificate")
+		return
+	}
+	id, err := identity.AgentFromCertificate(cs.PeerCertificates[0], r.TrustDomain())
+	if err != nil { // VerifyConnection already checked this
+		log.Error("agent identity", "err", err)
+		return
+	}
+	log = log.With("tenant", id.Tenant, "agent", id.ID)
+
+	hctx, cancel := context.WithTimeout(ctx, r.cfg.HandshakeTimeout)
+	ctl, err := sess.AcceptStream(hctx)
+	cancel()
+	if err != nil {
+		log.Warn("agent opened no control stream", "err", err)
+		return
+	}
+	ctl.SetDeadline(r.cfg.Now().Add(r.cfg.HandshakeTimeout))
+	br := bufio.NewReader(ctl)
+	hello, err := readHello(br)
+	if err != nil {
+		log.Warn("agent hello", "err", err)
+		r.reject(sess, ctl, err)
+		return
+	}
+	log = log.With("agent_version", hello.AgentVersion)
+	if err := r.admitAgent(ctx, id, hello); err != nil {
+		log.Warn("agent refused", "err", err)
+		r.reject(sess, ctl, err)
+		return
+	}
+	ac := &agentConn{
+		id: id, sess: sess, ctl: ctl, transport: transportName, remote: remote,
+		hello: *hello, sessionID: newRequestID(), connectedAt: r.cfg.Now(), log: log,
+	}
+	ac.lastHeard.Store(time.Now().UnixNano())
+	welcome := &protocol.Welcome{
+		ProtocolVersion: protocol.Version, RelayVersion: r.cfg.Version,
+		AgentID: id.ID, Tenant: id.Tenant, SessionID: ac.sessionID,
+		HeartbeatMillis: r.cfg.HeartbeatInterval.Milliseconds(),
+		Capabilities:    []string{protocol.CapHeartbeat, protocol.CapGoAway},
+	}
+	if err := ac.send(welcome); err != nil {
+		log.Warn("send welcome", "err", err)
+		return
+	}
+	ctl.SetDeadline(time.Time{})
+
+	r.reg.add(ac)
+	defer r.reg.remove(ac)
+	log.Info("agent connected", "session", ac.sessionID, "os", hello.OS, "arch", hello.Arch, "hostname", hello.Hostname, "transport_why", hello.TransportWhy)
+	err = ac.run(ctx, br, r.cfg.HeartbeatInterval)
+	log.Info("agent disconnected", "session", ac.sessionID, "reason", err, "streams_total", ac.total.Load())
+}
+
+func readHello(br *bufio.Reader) (*protocol.Hello, error) {
+	m, err := protocol.ReadMessage(br)
+	if err != nil {
+		return nil, fmt.Errorf("read hello: %w", err)
+	}
+	h, ok := m.(*protocol.Hello)
+	if !ok {
+		return nil, protocol.Errorf(protocol.CodeBadRequest, "expected hello, got message type %d", m.Type())
+	}
+	return h, nil
+}
+
+// admitAgent decides whether an authenticated agent may serve.
+func (r *Relay) admitAgent(ctx context.Context, id identity.Agent, h *protocol.Hello) error {
+	if h.ProtocolVersion < protocol.MinVersion {
+		return protocol.Errorf(protocol.CodeUnsupportedVersion,
+			"agent speaks protocol version %d; this relay accepts %d to %d: upgrade the agent", h.ProtocolVersion, protocol.MinVersion, protocol.Version)
+	}
+	rec, err := r.st.store.Agent(ctx, id.ID)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && rec.Tenant != id.Tenant) {
+		return protocol.Errorf(protocol.CodeUnknownAgent, "agent %s is not registered with this relay: enrol it again with a new join token", id.ID)
+	}
+	if err != nil {
+		return protocol.Errorf(protocol.CodeInternal, "look up agent: %v", err)
+	}
+	return nil
+}
+
+// reject tells the agent why it is refused and closes the session once the
+// agent has read it (or after a short grace period).
+func (r *Relay) reject(sess agentSession, ctl transport.Stream, err error) {
+	ctl.SetDeadline(time.Now().Add(2 * time.Second))
+	if protocol.WriteMessage(ctl, protocol.RejectFor(err)) == nil {
+		ctl.CloseWrite()
+		t := time.NewTimer(2 * time.Second)
+		defer t.Stop()
+		select {
+		case <-sess.Done():
+		case <-t.C:
+		}
+	}
+	if qs, ok := sess.(*quic.Session); ok {
+		qs.CloseWithError(quic.CodeRefused, protocol.CodeOf(err).String())
+		return
+	}
+	sess.Close()
+}
+
+// agentConn is one live, admitted agent session.
+type agentConn struct {
+	id          identity.Agent
+	sess        agentSession
+	transport   string
+	remote      net.Addr
+	hello       protocol.Hello
+	sessionID   string
+	connectedAt time.Time
+	log         *slog.Logger
+
+	open      atomic.Int64 // streams open now
+	total     atomic.Uint64
+	draining  atomic.Bool // agent or relay said GoAway: no new streams
+	lastHeard atomic.Int64
+	rtt       atomic.Int64 // nanoseconds, last measured
+
+	pingSeq    atomic.Uint64
+	pingSentAt atomic.Int64
+
+	ctlMu sync.Mutex // serialises writes to ctl
+	ctl   transport.Stream
+}
+
+func (c *agentConn) send(m protocol.Message) error {
+	c.ctlMu.Lock()
+	defer c.ctlMu.Unlock()
+	return protocol.WriteMessage(c.ctl, m)
+}
+
+// healthy reports whether new streams may go to c.
+func (c *agentConn) healthy(hb time.Duration) bool {
+	if c.draining.Load() {
+		return false
+	}
+	select {
+	case <-c.sess.Done():
+		return false
+	default:
+	}
+	return time.Since(time.Unix(0, c.lastHeard.Load())) < 3*hb
+}
+
+// run serves the control stream until the session ends, the agent falls
+// silent for three heartbeats, or ctx is done. It returns why.
+func (c *agentConn) run(ctx context.Context, br *bufio.Reader, hb time.Duration) error {
+	readErr := make(chan error, 1)
+	go func() { readErr <- c.readLoop(br) }()
+	defer func() {
+		c.sess.Close()
+		if readErr != nil {
+			<-readErr
+		}
+	}()
+	t := time.NewTicker(hb)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return errors.New("relay shutting down")
+		case <-c.sess.Done():
+			return errors.New("session closed")
+		case err := <-readErr:
+			readErr = nil
+			if err == nil {
+				err = errors.New("agent closed its control stream")
+			}
+			return err
+		case <-t.C:
+			if silent := time.Since(time.Unix(0, c.lastHeard.Load())); silent > 3*hb {
+				return fmt.Errorf("no heartbeat for %v", silent.Round(time.Millisecond))
+			}
+			seq := c.pingSeq.Add(1)
+			c.pingSentAt.Store(time.Now().UnixNano())
+			if err := c.send(&protocol.Ping{Seq: seq}); err != nil {
+				return fmt.Errorf("send ping: %w", err)
+			}
+		}
+	}
+}
+
+func (c *agentConn) readLoop(br *bufio.Reader) error {
+	for {
+		m, err := protocol.ReadMessage(br)
+		if err != nil {
+			if transport.IsClosedErr(err) {
+				return nil
+			}
+			return fmt.Errorf("control stream: %w", err)
+		}
+		c.lastHeard.Store(time.Now().UnixNano())
+		switch m := m.(type) {
+		case *protocol.Ping:
+			if err := c.send(&protocol.Pong{Seq: m.Seq}); err != nil {
+				return fmt.Errorf("send pong: %w", err)
+			}
+		case *protocol.Pong:
+			if m.Seq == c.pingSeq.Load() {
+				c.rtt.Store(time.Now().UnixNano() - c.pingSentAt.Load())
+			}
+		case *protocol.GoAway:
+			c.draining.Store(true)
+			c.log.Info("agent is draining", "reason", m.Reason, "message", m.Message)
+		default:
+			// Unknown and out-of-place messages are ignored for
+			// forward compatibility.
+		}
+	}
+}
+
+// registry holds the live agent connections by tenant.
+type registry struct {
+	mu       sync.RWMutex // guards byTenant
+	byTenant map[string][]*agentConn
+}
+
+func newRegistry() *registry { return &registry{byTenant: make(map[string][]*agentConn)} }
+
+// add registers c. Connections of the same agent from an earlier process
+// (another boot id) are stale — that process is gone — so they are closed
+// at once rather than left to time out while streams are sent to them.
+func (g *registry) add(c *agentConn) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	list := g.byTenant[c.id.Tenant]
+	if c.hello.BootID != "" {
+		for _, old := range list {
+			if old.id.ID == c.id.ID && old.hello.BootID != "" && old.hello.BootID != c.hello.BootID && !old.draining.Swap(true) {
+				old.log.Info("closing stale session: the agent restarted", "new_boot_id", c.hello.BootID)
+				old.sess.Close()
+			}
+		}
+	}
+	g.byTenant[c.id.Tenant] = append(list, c)
+}
+
+func (g *registry) remove(c *agentConn) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	list := g.byTenant[c.id.Tenant]
+	for i, x := range list {
+		if x == c {
+			list = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(g.byTenant, c.id.Tenant)
+	} else {
+		g.byTenant[c.id.Tenant] = list
+	}
+}
+
+// pick returns the healthy connection of tenant with the fewest open
+// streams, skipping those in exclude; ties are broken at random so load
+// spreads. It never looks at another tenant's connections.
+func (g *registry) pick(tenant string, hb time.Duration, exclude map[*agentConn]bool) *agentConn {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	list := g.byTenant[tenant]
+	if len(list) == 0 {
+		return nil
+	}
+	var best *agentConn
+	var bestOpen int64
+	start := rand.IntN(len(list))
+	for i := range list {
+		c := list[(start+i)%len(list)]
+		if exclude[c] || !c.healthy(hb) {
+			continue
+		}
+		if n := c.open.Load(); best == nil || n < bestOpen {
+			best, bestOpen = c, n
+		}
+	}
+	return best
+}
+
+// connected returns how many connections tenant has (healthy or not).
+func (g *registry) connected(tenant string) int {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return len(g.byTenant[tenant])
+}
+
+// goAwayAll marks every connection draining and sends each a GoAway. The
+// sends run on wg because a send blocks while an agent is not reading; they
+// end at the latest when the sessions close.
+func (g *registry) goAwayAll(wg *sync.WaitGroup, reason, msg string) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	for _, list := range g.byTenant {
+		for _, c := range list {
+			c.draining.Store(true)
+			wg.Go(func() {
+				if err := c.send(&protocol.GoAway{Reason: reason, Message: msg}); err != nil {
+					c.log.Debug("send goaway", "err", err)
+				}
+			})
+		}
+	}
+}
+
+func newRequestID() string { return fmt.Sprintf("%016x", rand.Uint64()) }

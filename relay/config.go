@@ -1,0 +1,126 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// Off disables a listener when used as its address.
+const Off = "off"
+
+// Config configures a relay. The zero value of every field except DataDir
+// works: defaults are documented per field and applied by New.
+type Config struct {
+	// DataDir holds the CA, the store and the relay's secrets. Required.
+	DataDir string
+
+	// AgentListen is where agents connect, on the same port number for UDP
+	// (QUIC) and TCP (TLS+yamux, and enrolment). Default ":7443".
+	AgentListen string
+	// DisableQUIC and DisableTCP turn one agent transport off.
+	DisableQUIC bool
+	DisableTCP  bool
+
+	// SOCKSListen is the SOCKS5 front door; default "127.0.0.1:1080";
+	// "off" disables it.
+	SOCKSListen string
+	// ConnectListen is the HTTP CONNECT front door (also used by the Go
+	// Dialer in relay/client); default "127.0.0.1:3128"; "off" disables it.
+	ConnectListen string
+
+	// TrustDomain names the SPIFFE trust domain when the CA is first
+	// created; ignored afterwards. Default "tether.internal".
+	TrustDomain string
+
+	// AgentCertLifetime is the validity of certificates issued at enrolment.
+	// Default 30 days.
+	AgentCertLifetime time.Duration
+	// HeartbeatInterval is how often each side pings on the control stream;
+	// a session silent for three intervals is closed. Default 10s.
+	HeartbeatInterval time.Duration
+	// StreamOpenTimeout bounds opening a stream to an agent and waiting for
+	// its reply (which includes the agent's dial to the service). Default 15s.
+	StreamOpenTimeout time.Duration
+	// IdleTimeout closes a tunnelled connection on which no byte moved in
+	// either direction for this long. Default 1h.
+	IdleTimeout time.Duration
+	// HandshakeTimeout bounds TLS, the control-stream hello and front-door
+	// handshakes. Default 10s.
+	HandshakeTimeout time.Duration
+	// DrainTimeout is how long Run waits, after its context is cancelled,
+	// for tunnelled connections to finish before closing them. Default 10s.
+	DrainTimeout time.Duration
+
+	// Logger receives the relay's logs; nil discards them.
+	Logger *slog.Logger
+	// Version is reported to agents in the Welcome message.
+	Version string
+
+	// Now is the clock; nil means time.Now. For tests.
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	defd := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.AgentListen, ":7443")
+	def(&c.SOCKSListen, "127.0.0.1:1080")
+	def(&c.ConnectListen, "127.0.0.1:3128")
+	def(&c.TrustDomain, "tether.internal")
+	def(&c.Version, "dev")
+	defd(&c.AgentCertLifetime, 30*24*time.Hour)
+	defd(&c.HeartbeatInterval, 10*time.Second)
+	defd(&c.StreamOpenTimeout, 15*time.Second)
+	defd(&c.IdleTimeout, time.Hour)
+	defd(&c.HandshakeTimeout, 10*time.Second)
+	defd(&c.DrainTimeout, 10*time.Second)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// validate reports every problem at once.
+func (c *Config) validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data directory is required"))
+	}
+	if c.DisableQUIC && c.DisableTCP {
+		errs = append(errs, errors.New("both agent transports are disabled"))
+	}
+	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen} {
+		if addr == Off && name != "agent listen" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s address %q: %w", name, addr, err))
+		}
+	}
+	for name, d := range map[string]time.Duration{
+		"agent certificate lifetime": c.AgentCertLifetime, "heartbeat interval": c.HeartbeatInterval,
+		"stream open timeout": c.StreamOpenTimeout, "idle timeout": c.IdleTimeout,
+		"handshake timeout": c.HandshakeTimeout, "drain timeout": c.DrainTimeout,
+	} {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative (got %v)", name, d))
+		}
+	}
+	if c.AgentCertLifetime > 0 && c.AgentCertLifetime < 10*time.Minute {
+		errs = append(errs, fmt.Errorf("agent certificate lifetime %v is shorter than 10m", c.AgentCertLifetime))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,97 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/pem"
+	"errors"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/relay/internal/ca"
+	"github.com/tetherhq/tether/relay/internal/store"
+)
+
+// serveEnroll answers one enrolment request on a TLS connection that
+// negotiated ALPNEnroll, then closes it.
+func (r *Relay) serveEnroll(ctx context.Context, tc *tls.Conn) {
+	defer tc.Close()
+	remote := tc.RemoteAddr().String()
+	tc.SetDeadline(time.Now().Add(r.cfg.HandshakeTimeout))
+	m, err := protocol.ReadMessage(bufio.NewReader(tc))
+	if err != nil {
+		r.log.Warn("enrolment: read request", "remote", remote, "err", err)
+		return
+	}
+	req, ok := m.(*protocol.EnrollRequest)
+	if !ok {
+		protocol.WriteMessage(tc, protocol.RejectFor(protocol.Errorf(protocol.CodeBadRequest, "expected an enrolment request")))
+		return
+	}
+	resp, err := r.enroll(ctx, req)
+	if err != nil {
+		r.log.Warn("enrolment refused", "remote", remote, "hostname", req.Hostname, "err", err)
+		protocol.WriteMessage(tc, protocol.RejectFor(err))
+		return
+	}
+	r.log.Info("agent enrolled", "remote", remote, "tenant", resp.Tenant, "agent", resp.AgentID, "hostname", req.Hostname)
+	if err := protocol.WriteMessage(tc, resp); err != nil {
+		r.log.Warn("enrolment: send response", "remote", remote, "err", err)
+	}
+}
+
+// enroll checks a join token and a CSR and, if both are good, registers a
+// new agent in the token's tenant and signs its certificate. The tenant is
+// the token's: nothing the agent sends can choose it.
+func (r *Relay) enroll(ctx context.Context, req *protocol.EnrollRequest) (*protocol.EnrollResponse, error) {
+	tok, err := protocol.ParseJoinToken(req.Token)
+	if err != nil {
+		return nil, err
+	}
+	if tok.CAFingerprint != r.st.ca.Fingerprint() {
+		return nil, protocol.Errorf(protocol.CodeInvalidToken, "join token was issued for another relay CA")
+	}
+	csr, err := ca.CheckCSR(req.CSR)
+	if err != nil {
+		return nil, err
+	}
+	now := r.cfg.Now()
+	t, err := r.st.store.ConsumeToken(ctx, tok.IDString(), tok.SecretMatches, now)
+	switch {
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrTokenSecret):
+		return nil, protocol.Errorf(protocol.CodeInvalidToken, "join token is not known to this relay")
+	case errors.Is(err, store.ErrTokenExpired):
+		return nil, protocol.Errorf(protocol.CodeTokenExpired, "join token %s expired: ask the operator for a new one", tok.IDString())
+	case errors.Is(err, store.ErrTokenUsedUp):
+		return nil, protocol.Errorf(protocol.CodeTokenUsedUp, "join token %s has been used up: ask the operator for a new one", tok.IDString())
+	case err != nil:
+		return nil, protocol.Errorf(protocol.CodeInternal, "use join token: %v", err)
+	}
+	id := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: t.Tenant, ID: newAgentID()}
+	cert, err := r.st.ca.SignAgent(csr, id, r.cfg.AgentCertLifetime, now)
+	if err != nil {
+		return nil, protocol.Errorf(protocol.CodeInternal, "%v", err)
+	}
+	hostname := req.Hostname
+	if len(hostname) > 255 {
+		hostname = hostname[:255]
+	}
+	if err := r.st.store.AddAgent(ctx, store.Agent{
+		ID: id.ID, Tenant: id.Tenant, Hostname: hostname, CreatedAt: now,
+		CertSerial: cert.SerialNumber.Text(16), CertNotAfter: cert.NotAfter,
+	}); err != nil {
+		return nil, protocol.Errorf(protocol.CodeInternal, "register agent: %v", err)
+	}
+	var chain bytes.Buffer
+	pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+	return &protocol.EnrollResponse{
+		AgentID:        id.ID,
+		Tenant:         id.Tenant,
+		TrustDomain:    id.TrustDomain,
+		Certificate:    chain.String(),
+		CACertificates: string(r.st.ca.CertificatePEM()),
+	}, nil
+}

@@ -1,0 +1,230 @@
+package relay
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/relay/internal/socks5"
+)
+
+// Front-door HTTP headers carrying a refusal's code and the request id.
+const (
+	HeaderError     = "Tether-Error"
+	HeaderRequestID = "Tether-Request-Id"
+)
+
+func (r *Relay) acceptSOCKS(ctx context.Context, wg *sync.WaitGroup) error {
+	for {
+		c, err := r.socksLn.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept SOCKS5 connection: %w", err)
+		}
+		r.front.add(c)
+		wg.Go(func() {
+			defer r.front.remove(c)
+			r.serveSOCKS(ctx, c)
+		})
+	}
+}
+
+func (r *Relay) serveSOCKS(ctx context.Context, c net.Conn) {
+	log := r.log.With("door", "socks5", "remote", c.RemoteAddr().String())
+	c.SetDeadline(time.Now().Add(r.cfg.HandshakeTimeout))
+	var who *caller
+	var authErr error
+	req, err := socks5.Handshake(c, func(user, pass string) bool {
+		who, authErr = r.authenticate(ctx, user, pass)
+		return authErr == nil
+	})
+	if err != nil {
+		if authErr != nil {
+			log.Info("refused", "code", protocol.CodeOf(authErr).String(), "err", authErr)
+		} else {
+			log.Debug("SOCKS5 handshake failed", "err", err)
+		}
+		c.Close()
+		return
+	}
+	log = log.With("backend", who.name, "target", req.Host)
+	tun, err := r.dial(ctx, who, net.JoinHostPort(req.Host, fmt.Sprint(req.Port)))
+	if err != nil {
+		log.Info("refused", "code", protocol.CodeOf(err).String(), "err", err)
+		socks5.WriteReply(c, socksReply(protocol.CodeOf(err)), nil)
+		c.Close()
+		return
+	}
+	if err := socks5.WriteReply(c, socks5.ReplySucceeded, nil); err != nil {
+		tun.abandon()
+		c.Close()
+		return
+	}
+	c.SetDeadline(time.Time{})
+	r.bridge(c.(transport.Stream), tun, log.With("tenant", tun.target.Tenant, "service", tun.target.Service))
+}
+
+// socksReply maps a refusal to the closest SOCKS5 reply code. SOCKS5 cannot
+// carry a message; the relay logs it with the request id.
+func socksReply(c protocol.Code) socks5.ReplyCode {
+	switch c {
+	case protocol.CodeOK:
+		return socks5.ReplySucceeded
+	case protocol.CodeNotAllowed, protocol.CodeUnauthenticated:
+		return socks5.ReplyNotAllowed
+	case protocol.CodeUnknownTenant, protocol.CodeUnknownService, protocol.CodeBadRequest:
+		return socks5.ReplyHostUnreachable
+	case protocol.CodeNoAgent, protocol.CodeUnavailable:
+		return socks5.ReplyNetworkUnreachable
+	case protocol.CodeTargetUnreachable:
+		return socks5.ReplyConnectionRefused
+	case protocol.CodeTimeout:
+		return socks5.ReplyTTLExpired
+	}
+	return socks5.ReplyGeneralFailure
+}
+
+// HTTPStatus maps a refusal code to the HTTP status the CONNECT front door
+// answers with.
+func HTTPStatus(c protocol.Code) int {
+	switch c {
+	case protocol.CodeOK:
+		return http.StatusOK
+	case protocol.CodeUnauthenticated:
+		return http.StatusProxyAuthRequired
+	case protocol.CodeNotAllowed:
+		return http.StatusForbidden
+	case protocol.CodeUnknownTenant, protocol.CodeUnknownService:
+		return http.StatusNotFound
+	case protocol.CodeBadRequest:
+		return http.StatusBadRequest
+	case protocol.CodeNoAgent, protocol.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case protocol.CodeTargetUnreachable:
+		return http.StatusBadGateway
+	case protocol.CodeTimeout:
+		return http.StatusGatewayTimeout
+	case protocol.CodeLimitExceeded:
+		return http.StatusTooManyRequests
+	}
+	return http.StatusInternalServerError
+}
+
+func (r *Relay) connectServer(ctx context.Context) *http.Server {
+	return &http.Server{
+		Handler:           http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) { r.serveCONNECT(ctx, w, req) }),
+		ReadHeaderTimeout: r.cfg.HandshakeTimeout,
+		IdleTimeout:       r.cfg.HandshakeTimeout,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(r.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+}
+
+func (r *Relay) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *http.Request) {
+	log := r.log.With("door", "connect", "remote", req.RemoteAddr)
+	if req.Method != http.MethodConnect {
+		w.Header().Set("Allow", http.MethodConnect)
+		writeRefusal(w, "", protocol.Errorf(protocol.CodeBadRequest, "this is a CONNECT proxy: use CONNECT <service>.<tenant>.tether:<port>"), http.StatusMethodNotAllowed)
+		return
+	}
+	name, key, _ := proxyBasicAuth(req)
+	who, err := r.authenticate(ctx, name, key)
+	if err != nil {
+		log.Info("refused", "code", protocol.CodeOf(err).String(), "err", err)
+		writeRefusal(w, "", err, 0)
+		return
+	}
+	log = log.With("backend", who.name, "target", req.Host)
+	tun, err := r.dial(ctx, who, req.Host)
+	if err != nil {
+		log.Info("refused", "code", protocol.CodeOf(err).String(), "err", err)
+		writeRefusal(w, "", err, 0)
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		tun.abandon()
+		log.Error("hijack CONNECT connection", "err", err)
+		return
+	}
+	r.front.add(conn)
+	defer r.front.remove(conn)
+	conn.SetDeadline(time.Time{})
+	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n"+HeaderRequestID+": "+tun.requestID+"\r\n\r\n"); err != nil {
+		tun.abandon()
+		conn.Close()
+		return
+	}
+	front, ok := conn.(transport.Stream)
+	if !ok {
+		tun.abandon()
+		conn.Close()
+		log.Error("CONNECT connection cannot half-close", "type", fmt.Sprintf("%T", conn))
+		return
+	}
+	if n := brw.Reader.Buffered(); n > 0 { // bytes the client sent right after its request
+		front = &prefixedStream{Stream: front, r: io.MultiReader(io.LimitReader(brw.Reader, int64(n)), front)}
+	}
+	r.bridge(front, tun, log.With("tenant", tun.target.Tenant, "service", tun.target.Service))
+}
+
+// writeRefusal answers a CONNECT request with the status for err's code,
+// the code in the Tether-Error header and the message in the body.
+func writeRefusal(w http.ResponseWriter, requestID string, err error, status int) {
+	code := protocol.CodeOf(err)
+	if status == 0 {
+		status = HTTPStatus(code)
+	}
+	h := w.Header()
+	h.Set(HeaderError, code.String())
+	if requestID != "" {
+		h.Set(HeaderRequestID, requestID)
+	}
+	if status == http.StatusProxyAuthRequired {
+		h.Set("Proxy-Authenticate", `Basic realm="tether"`)
+	}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Connection", "close")
+	w.WriteHeader(status)
+	fmt.Fprintln(w, err.Error())
+}
+
+// proxyBasicAuth parses a Proxy-Authorization: Basic header.
+func proxyBasicAuth(req *http.Request) (user, pass string, ok bool) {
+	auth := req.Header.Get("Proxy-Authorization")
+	scheme, cred, found := strings.Cut(auth, " ")
+	if !found || !strings.EqualFold(scheme, "Basic") {
+		return "", "", false
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+	if err != nil {
+		return "", "", false
+	}
+	return strings.Cut(string(raw), ":")
+}
+
+// prefixedStream replays bytes already read from a connection before
+// reading from it again.
+type prefixedStream struct {
+	transport.Stream
+	r io.Reader
+}
+
+func (p *prefixedStream) Read(b []byte) (int, error) { return p.r.Read(b) }

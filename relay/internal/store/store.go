@@ -1,0 +1,514 @@
+// Package store keeps the relay's persistent state: tenants, join tokens,
+// agents, backend credentials and settings. It runs on an embedded SQLite
+// database (modernc.org/sqlite, pure Go) in the relay's data directory. The
+// SQL is kept portable (standard types, $n placeholders, hashes as hex text,
+// times as Unix seconds) so that a PostgreSQL backend can share the schema.
+//
+// Several processes may use one database file at once: the relay serving,
+// and offline admin commands run by an operator.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// Sentinel errors; the store wraps them with the subject, e.g.
+// `tenant "acme": not found`.
+var (
+	ErrNotFound     = errors.New("not found")
+	ErrExists       = errors.New("already exists")
+	ErrTokenExpired = errors.New("join token expired")
+	ErrTokenUsedUp  = errors.New("join token has no uses left")
+	ErrTokenSecret  = errors.New("join token secret does not match")
+)
+
+// Store is the relay's state.
+type Store struct {
+	db *sql.DB
+}
+
+// Open opens (creating if needed) the SQLite database at path and applies
+// pending migrations.
+func Open(ctx context.Context, path string) (*Store, error) {
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	s := &Store{db: db}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("migrate %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+
+// migrations are applied in order, each in its own transaction. Never edit
+// one that has shipped: add a new one.
+var migrations = []struct {
+	version int
+	sql     string
+}{
+	{1, `
+CREATE TABLE tenants (
+	name       TEXT PRIMARY KEY,
+	created_at BIGINT NOT NULL
+);
+CREATE TABLE join_tokens (
+	id          TEXT PRIMARY KEY,
+	tenant      TEXT NOT NULL REFERENCES tenants(name),
+	secret_hash TEXT NOT NULL,
+	created_at  BIGINT NOT NULL,
+	expires_at  BIGINT NOT NULL,
+	max_uses    INTEGER NOT NULL,
+	uses        INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX join_tokens_tenant ON join_tokens(tenant);
+CREATE TABLE agents (
+	id             TEXT PRIMARY KEY,
+	tenant         TEXT NOT NULL REFERENCES tenants(name),
+	hostname       TEXT NOT NULL DEFAULT '',
+	created_at     BIGINT NOT NULL,
+	cert_serial    TEXT NOT NULL DEFAULT '',
+	cert_not_after BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX agents_tenant ON agents(tenant);
+CREATE TABLE backends (
+	name       TEXT PRIMARY KEY,
+	key_hash   TEXT NOT NULL,
+	created_at BIGINT NOT NULL
+);
+CREATE TABLE backend_tenants (
+	backend TEXT NOT NULL REFERENCES backends(name) ON DELETE CASCADE,
+	tenant  TEXT NOT NULL,
+	PRIMARY KEY (backend, tenant)
+);
+CREATE TABLE settings (
+	key   TEXT PRIMARY KEY,
+	value TEXT NOT NULL
+);
+`},
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
+		return err
+	}
+	for _, m := range migrations {
+		// BEGIN IMMEDIATE (the _txlock above) takes the write lock first, so
+		// two processes opening a fresh file cannot both apply m.
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			var n int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations WHERE version = $1`, m.version).Scan(&n); err != nil {
+				return err
+			}
+			if n > 0 {
+				return nil
+			}
+			if _, err := tx.ExecContext(ctx, m.sql); err != nil {
+				return fmt.Errorf("migration %d: %w", m.version, err)
+			}
+			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)`, m.version, time.Now().Unix())
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SchemaVersion is the highest migration applied.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v sql.NullInt64
+	err := s.db.QueryRowContext(ctx, `SELECT max(version) FROM schema_migrations`).Scan(&v)
+	return int(v.Int64), err
+}
+
+func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// isUnique reports whether err is a uniqueness violation.
+func isUnique(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
+}
+
+func unix(t time.Time) int64     { return t.Unix() }
+func fromUnix(n int64) time.Time { return time.Unix(n, 0).UTC() }
+
+// Tenant is one tenant.
+type Tenant struct {
+	Name      string
+	CreatedAt time.Time
+}
+
+// AddTenant creates a tenant.
+func (s *Store) AddTenant(ctx context.Context, name string, now time.Time) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO tenants (name, created_at) VALUES ($1, $2)`, name, unix(now))
+	if isUnique(err) {
+		return fmt.Errorf("tenant %q: %w", name, ErrExists)
+	}
+	return err
+}
+
+// Tenant returns one tenant.
+func (s *Store) Tenant(ctx context.Context, name string) (Tenant, error) {
+	var t Tenant
+	var created int64
+	err := s.db.QueryRowContext(ctx, `SELECT name, created_at FROM tenants WHERE name = $1`, name).Scan(&t.Name, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Tenant{}, fmt.Errorf("tenant %q: %w", name, ErrNotFound)
+	}
+	t.CreatedAt = fromUnix(created)
+	return t, err
+}
+
+// ListTenants returns every tenant, sorted by name.
+func (s *Store) ListTenants(ctx context.Context) ([]Tenant, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name, created_at FROM tenants ORDER BY name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Tenant
+	for rows.Next() {
+		var t Tenant
+		var created int64
+		if err := rows.Scan(&t.Name, &created); err != nil {
+			return nil, err
+		}
+		t.CreatedAt = fromUnix(created)
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+// Token is a join token record. SecretHash is the SHA-256 of the secret.
+type Token struct {
+	ID         string
+	Tenant     string
+	SecretHash []byte
+	CreatedAt  time.Time
+	ExpiresAt  time.Time
+	MaxUses    int
+	Uses       int
+}
+
+// AddToken stores a join token; its tenant must exist.
+func (s *Store) AddToken(ctx context.Context, t Token) error {
+	if _, err := s.Tenant(ctx, t.Tenant); err != nil {
+		return err
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO join_tokens (id, tenant, secret_hash, created_at, expires_at, max_uses, uses) VALUES ($1, $2, $3, $4, $5, $6, 0)`,
+		t.ID, t.Tenant, hex.EncodeToString(t.SecretHash), unix(t.CreatedAt), unix(t.ExpiresAt), t.MaxUses)
+	if isUnique(err) {
+		return fmt.Errorf("join token %s: %w", t.ID, ErrExists)
+	}
+	return err
+}
+
+// ListTokens returns join tokens of tenant ("" for all), newest first,
+// without their secret hashes.
+func (s *Store) ListTokens(ctx context.Context, tenant string) ([]Token, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, tenant, created_at, expires_at, max_uses, uses FROM join_tokens
+		WHERE $1 = '' OR tenant = $1 ORDER BY created_at DESC, id`, tenant)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Token
+	for rows.Next() {
+		var t Token
+		var created, expires int64
+		if err := rows.Scan(&t.ID, &t.Tenant, &created, &expires, &t.MaxUses, &t.Uses); err != nil {
+			return nil, err
+		}
+		t.CreatedAt, t.ExpiresAt = fromUnix(created), fromUnix(expires)
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+// ConsumeToken checks and uses one use of join token id. It verifies the
+// secret first (a wrong secret learns nothing about expiry or uses), then
+// expiry and remaining uses. The use is taken with a conditional update, so
+// concurrent consumers — in one process or several — never overspend a
+// token. It returns the token with Uses after the increment.
+func (s *Store) ConsumeToken(ctx context.Context, id string, secretMatches func(hash []byte) bool, now time.Time) (Token, error) {
+	var t Token
+	var hashHex string
+	var created, expires int64
+	err := s.db.QueryRowContext(ctx, `SELECT id, tenant, secret_hash, created_at, expires_at, max_uses, uses FROM join_tokens WHERE id = $1`, id).
+		Scan(&t.ID, &t.Tenant, &hashHex, &created, &expires, &t.MaxUses, &t.Uses)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Token{}, fmt.Errorf("join token %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Token{}, err
+	}
+	hash, err := hex.DecodeString(hashHex)
+	if err != nil || !secretMatches(hash) {
+		return Token{}, fmt.Errorf("join token %s: %w", id, ErrTokenSecret)
+	}
+	t.SecretHash = hash
+	t.CreatedAt, t.ExpiresAt = fromUnix(created), fromUnix(expires)
+	if !now.Before(t.ExpiresAt) {
+		return Token{}, fmt.Errorf("join token %s: %w", id, ErrTokenExpired)
+	}
+	res, err := s.db.ExecContext(ctx, `UPDATE join_tokens SET uses = uses + 1 WHERE id = $1 AND uses < max_uses AND expires_at > $2`, id, unix(now))
+	if err != nil {
+		return Token{}, err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return Token{}, err
+	} else if n == 0 {
+		return Token{}, fmt.Errorf("join token %s: %w", id, ErrTokenUsedUp)
+	}
+	if err := s.db.QueryRowContext(ctx, `SELECT uses FROM join_tokens WHERE id = $1`, id).Scan(&t.Uses); err != nil {
+		return Token{}, err
+	}
+	return t, nil
+}
+
+// Agent is an enrolled agent.
+type Agent struct {
+	ID           string
+	Tenant       string
+	Hostname     string
+	CreatedAt    time.Time
+	CertSerial   string
+	CertNotAfter time.Time
+}
+
+// AddAgent registers an agent; its tenant must exist.
+func (s *Store) AddAgent(ctx context.Context, a Agent) error {
+	if _, err := s.Tenant(ctx, a.Tenant); err != nil {
+		return err
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO agents (id, tenant, hostname, created_at, cert_serial, cert_not_after) VALUES ($1, $2, $3, $4, $5, $6)`,
+		a.ID, a.Tenant, a.Hostname, unix(a.CreatedAt), a.CertSerial, unix(a.CertNotAfter))
+	if isUnique(err) {
+		return fmt.Errorf("agent %s: %w", a.ID, ErrExists)
+	}
+	return err
+}
+
+const agentCols = `id, tenant, hostname, created_at, cert_serial, cert_not_after`
+
+func scanAgent(sc interface{ Scan(...any) error }) (Agent, error) {
+	var a Agent
+	var created, notAfter int64
+	if err := sc.Scan(&a.ID, &a.Tenant, &a.Hostname, &created, &a.CertSerial, &notAfter); err != nil {
+		return Agent{}, err
+	}
+	a.CreatedAt, a.CertNotAfter = fromUnix(created), fromUnix(notAfter)
+	return a, nil
+}
+
+// Agent returns one agent.
+func (s *Store) Agent(ctx context.Context, id string) (Agent, error) {
+	a, err := scanAgent(s.db.QueryRowContext(ctx, `SELECT `+agentCols+` FROM agents WHERE id = $1`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Agent{}, fmt.Errorf("agent %s: %w", id, ErrNotFound)
+	}
+	return a, err
+}
+
+// ListAgents returns the agents of tenant ("" for all), sorted by tenant
+// and id.
+func (s *Store) ListAgents(ctx context.Context, tenant string) ([]Agent, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+agentCols+` FROM agents WHERE $1 = '' OR tenant = $1 ORDER BY tenant, id`, tenant)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Agent
+	for rows.Next() {
+		a, err := scanAgent(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// SetAgentCert records the serial and expiry of an agent's newest certificate.
+func (s *Store) SetAgentCert(ctx context.Context, id, serial string, notAfter time.Time) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE agents SET cert_serial = $2, cert_not_after = $3 WHERE id = $1`, id, serial, unix(notAfter))
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("agent %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// AllTenants in Backend.Tenants grants every tenant.
+const AllTenants = "*"
+
+// Backend is a backend credential. KeyHash is the SHA-256 of its API key.
+type Backend struct {
+	Name      string
+	KeyHash   []byte
+	Tenants   []string // sorted; may hold AllTenants
+	CreatedAt time.Time
+}
+
+// AddBackend stores a backend credential; every tenant it names (other
+// than AllTenants) must exist.
+func (s *Store) AddBackend(ctx context.Context, b Backend) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		for _, t := range b.Tenants {
+			if t == AllTenants {
+				continue
+			}
+			var n int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM tenants WHERE name = $1`, t).Scan(&n); err != nil {
+				return err
+			}
+			if n == 0 {
+				return fmt.Errorf("tenant %q: %w", t, ErrNotFound)
+			}
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO backends (name, key_hash, created_at) VALUES ($1, $2, $3)`, b.Name, hex.EncodeToString(b.KeyHash), unix(b.CreatedAt))
+		if isUnique(err) {
+			return fmt.Errorf("backend %q: %w", b.Name, ErrExists)
+		}
+		if err != nil {
+			return err
+		}
+		for _, t := range b.Tenants {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO backend_tenants (backend, tenant) VALUES ($1, $2) ON CONFLICT DO NOTHING`, b.Name, t); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Backend returns one backend credential.
+func (s *Store) Backend(ctx context.Context, name string) (Backend, error) {
+	var b Backend
+	var hashHex string
+	var created int64
+	err := s.db.QueryRowContext(ctx, `SELECT name, key_hash, created_at FROM backends WHERE name = $1`, name).Scan(&b.Name, &hashHex, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Backend{}, fmt.Errorf("backend %q: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return Backend{}, err
+	}
+	if b.KeyHash, err = hex.DecodeString(hashHex); err != nil {
+		return Backend{}, fmt.Errorf("backend %q: damaged key hash: %w", name, err)
+	}
+	b.CreatedAt = fromUnix(created)
+	b.Tenants, err = s.backendTenants(ctx, name)
+	return b, err
+}
+
+func (s *Store) backendTenants(ctx context.Context, name string) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT tenant FROM backend_tenants WHERE backend = $1 ORDER BY tenant`, name)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var t string
+		if err := rows.Scan(&t); err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+// ListBackends returns every backend credential, sorted by name, without
+// key hashes.
+func (s *Store) ListBackends(ctx context.Context) ([]Backend, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT b.name, b.created_at, bt.tenant FROM backends b
+		LEFT JOIN backend_tenants bt ON bt.backend = b.name ORDER BY b.name, bt.tenant`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	byName := map[string]*Backend{}
+	var names []string
+	for rows.Next() {
+		var name string
+		var created int64
+		var tenant sql.NullString
+		if err := rows.Scan(&name, &created, &tenant); err != nil {
+			return nil, err
+		}
+		b := byName[name]
+		if b == nil {
+			b = &Backend{Name: name, CreatedAt: fromUnix(created)}
+			byName[name] = b
+			names = append(names, name)
+		}
+		if tenant.Valid {
+			b.Tenants = append(b.Tenants, tenant.String)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	sort.Strings(names)
+	out := make([]Backend, len(names))
+	for i, n := range names {
+		out[i] = *byName[n]
+	}
+	return out, nil
+}
+
+// Setting returns a stored setting.
+func (s *Store) Setting(ctx context.Context, key string) (string, error) {
+	var v string
+	err := s.db.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = $1`, key).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("setting %q: %w", key, ErrNotFound)
+	}
+	return v, err
+}
+
+// SetSettingIfAbsent stores value under key unless key already has one, and
+// returns the value now stored, so that racing processes agree.
+func (s *Store) SetSettingIfAbsent(ctx context.Context, key, value string) (string, error) {
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING`, key, value); err != nil {
+		return "", err
+	}
+	return s.Setting(ctx, key)
+}

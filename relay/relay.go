@@ -1,0 +1,410 @@
+// Package relay is Tether's central server. Agents dial out to it over QUIC
+// or TLS+yamux and are authenticated by the certificates its tenant CA
+// issued; SaaS backends reach "service S of tenant T" through its front doors
+// (SOCKS5 and HTTP CONNECT, the latter also used by the Go Dialer in
+// relay/client); the relay picks a healthy agent of T, opens a stream on that
+// agent's session, and copies bytes both ways.
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	quicgo "github.com/quic-go/quic-go"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/protocol/transport/quic"
+)
+
+// relayCertLifetime is the validity of the relay's own server certificate;
+// it is re-issued when a third of its life remains.
+const relayCertLifetime = 30 * 24 * time.Hour
+
+// Relay is a running relay. Create it with New, serve with Run.
+type Relay struct {
+	cfg Config
+	log *slog.Logger
+	st  *state
+	reg *registry
+
+	tunnelTLS *tls.Config // agents with certificates (TCP and QUIC)
+	enrollTLS *tls.Config // enrolling agents (TCP only)
+
+	certMu sync.Mutex // guards cert
+	cert   *tls.Certificate
+
+	tcpLn     net.Listener
+	udpConn   *net.UDPConn
+	quicTr    *quicgo.Transport
+	quicLn    *quicgo.Listener
+	socksLn   net.Listener
+	connectLn net.Listener
+
+	front *connSet // open front-door connections, closed at shutdown
+
+	runOnce sync.Once
+}
+
+// New validates cfg, opens the data directory (creating the CA and store on
+// first use) and binds every listener, so that the addresses are known and
+// port conflicts are reported before Run. Call Run, or Close if Run will not
+// be called.
+func New(cfg Config) (*Relay, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("relay config: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := openState(ctx, cfg.DataDir, cfg.TrustDomain, cfg.Now())
+	if err != nil {
+		return nil, err
+	}
+	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet()}
+	if _, err := r.serverCert(nil); err != nil {
+		st.close()
+		return nil, err
+	}
+	r.buildTLS()
+	if err := r.listen(); err != nil {
+		r.closeListeners()
+		st.close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// TrustDomain is the SPIFFE trust domain of the relay's CA.
+func (r *Relay) TrustDomain() string { return r.st.ca.TrustDomain() }
+
+// AgentAddr is the address agents connect to (TCP; QUIC uses the same port
+// on UDP unless disabled).
+func (r *Relay) AgentAddr() net.Addr {
+	if r.tcpLn != nil {
+		return r.tcpLn.Addr()
+	}
+	return r.udpConn.LocalAddr()
+}
+
+// SOCKSAddr is the SOCKS5 front door's address, or nil when off.
+func (r *Relay) SOCKSAddr() net.Addr { return addrOf(r.socksLn) }
+
+// ConnectAddr is the HTTP CONNECT front door's address, or nil when off.
+func (r *Relay) ConnectAddr() net.Addr { return addrOf(r.connectLn) }
+
+func addrOf(l net.Listener) net.Addr {
+	if l == nil {
+		return nil
+	}
+	return l.Addr()
+}
+
+func (r *Relay) listen() error {
+	host, port, err := net.SplitHostPort(r.cfg.AgentListen)
+	if err != nil {
+		return err
+	}
+	// TCP first: with port 0 the kernel picks a port, which UDP then reuses.
+	for attempt := 0; ; attempt++ {
+		if err := r.listenAgents(host, port); err == nil {
+			break
+		} else if port != "0" || attempt == 5 {
+			return err
+		}
+		r.closeListeners()
+	}
+	if r.cfg.SOCKSListen != Off {
+		if r.socksLn, err = net.Listen("tcp", r.cfg.SOCKSListen); err != nil {
+			return fmt.Errorf("SOCKS5 front door: %w", err)
+		}
+	}
+	if r.cfg.ConnectListen != Off {
+		if r.connectLn, err = net.Listen("tcp", r.cfg.ConnectListen); err != nil {
+			return fmt.Errorf("CONNECT front door: %w", err)
+		}
+	}
+	return nil
+}
+
+func (r *Relay) listenAgents(host, port string) error {
+	var err error
+	if !r.cfg.DisableTCP {
+		if r.tcpLn, err = net.Listen("tcp", net.JoinHostPort(host, port)); err != nil {
+			return fmt.Errorf("agent listener (TCP): %w", err)
+		}
+		port = strconv.Itoa(r.tcpLn.Addr().(*net.TCPAddr).Port)
+	}
+	if !r.cfg.DisableQUIC {
+		ua, err := net.ResolveUDPAddr("udp", net.JoinHostPort(host, port))
+		if err != nil {
+			return fmt.Errorf("agent listener (UDP): %w", err)
+		}
+		if r.udpConn, err = net.ListenUDP("udp", ua); err != nil {
+			return fmt.Errorf("agent listener (UDP): %w", err)
+		}
+		key := quicgo.StatelessResetKey(r.st.resetKey)
+		r.quicTr = &quicgo.Transport{Conn: r.udpConn, StatelessResetKey: &key}
+		if r.quicLn, err = r.quicTr.Listen(r.tunnelTLS, quic.Config(16)); err != nil {
+			return fmt.Errorf("agent listener (QUIC): %w", err)
+		}
+	}
+	return nil
+}
+
+func (r *Relay) closeListeners() {
+	for _, c := range []interface{ Close() error }{r.tcpLn, r.socksLn, r.connectLn} {
+		if c != nil && c != (net.Listener)(nil) {
+			c.Close()
+		}
+	}
+	if r.quicLn != nil {
+		r.quicLn.Close()
+	}
+	if r.quicTr != nil {
+		r.quicTr.Close()
+	}
+	if r.udpConn != nil {
+		r.udpConn.Close()
+	}
+}
+
+// serverCert returns the relay's current server certificate, issuing a new
+// one when none exists or a third of its life remains.
+func (r *Relay) serverCert(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	r.certMu.Lock()
+	defer r.certMu.Unlock()
+	now := r.cfg.Now()
+	if r.cert != nil && now.Before(r.cert.Leaf.NotAfter.Add(-relayCertLifetime/3)) {
+		return r.cert, nil
+	}
+	c, err := r.st.ca.IssueRelay(relayCertLifetime, now)
+	if err != nil {
+		return nil, err
+	}
+	r.cert = c
+	return c, nil
+}
+
+func (r *Relay) buildTLS() {
+	td := r.st.ca.TrustDomain()
+	r.tunnelTLS = &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: r.serverCert,
+		NextProtos:     []string{protocol.ALPN},
+		ClientAuth:     tls.RequireAndVerifyClientCert,
+		ClientCAs:      r.st.ca.Pool(),
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("agent presented no certificate")
+			}
+			_, err := identity.AgentFromCertificate(cs.PeerCertificates[0], td)
+			return err
+		},
+	}
+	r.enrollTLS = &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: r.serverCert,
+		NextProtos:     []string{protocol.ALPNEnroll},
+		ClientAuth:     tls.NoClientCert,
+	}
+}
+
+// tcpTLS picks the TLS configuration for a TCP connection by ALPN: agents
+// with certificates negotiate tether/1, enrolling agents tether-enroll/1.
+func (r *Relay) tcpTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			for _, p := range hello.SupportedProtos {
+				switch p {
+				case protocol.ALPN:
+					return r.tunnelTLS, nil
+				case protocol.ALPNEnroll:
+					return r.enrollTLS, nil
+				}
+			}
+			return nil, fmt.Errorf("client offered ALPN %q; this port speaks %s and %s", hello.SupportedProtos, protocol.ALPN, protocol.ALPNEnroll)
+		},
+	}
+}
+
+// Run serves until ctx is cancelled, then shuts down gracefully: it stops
+// accepting, tells every agent to go away, waits up to DrainTimeout for
+// tunnelled connections to finish, closes the rest, and returns once every
+// goroutine it started has exited. Run may be called once.
+func (r *Relay) Run(ctx context.Context) error {
+	err := errors.New("relay: Run called twice")
+	r.runOnce.Do(func() { err = r.run(ctx) })
+	return err
+}
+
+func (r *Relay) run(ctx context.Context) error {
+	// sessCtx outlives ctx by the drain period: agent sessions and tunnels
+	// keep working while they drain.
+	sessCtx, stopSessions := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSessions()
+
+	var wg sync.WaitGroup
+	fatal := make(chan error, 4)
+	if r.tcpLn != nil {
+		wg.Go(func() { fatal <- r.acceptTCP(sessCtx, &wg) })
+	}
+	if r.quicLn != nil {
+		wg.Go(func() { fatal <- r.acceptQUIC(sessCtx, &wg) })
+	}
+	if r.socksLn != nil {
+		wg.Go(func() { fatal <- r.acceptSOCKS(sessCtx, &wg) })
+	}
+	var connectSrv *http.Server
+	if r.connectLn != nil {
+		connectSrv = r.connectServer(sessCtx)
+		wg.Go(func() {
+			err := connectSrv.Serve(r.connectLn)
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			}
+			fatal <- err
+		})
+	}
+	r.log.Info("relay serving",
+		"agent_addr", r.AgentAddr().String(), "quic", r.quicLn != nil, "tcp", r.tcpLn != nil,
+		"socks_addr", addrString(r.SOCKSAddr()), "connect_addr", addrString(r.ConnectAddr()),
+		"trust_domain", r.TrustDomain(), "ca_fingerprint", protocol.FormatFingerprint(r.st.ca.Fingerprint()))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-fatal:
+		if runErr != nil {
+			r.log.Error("listener failed; shutting down", "err", runErr)
+		}
+	}
+
+	// 1. Stop accepting.
+	r.closeListenersForShutdown(connectSrv)
+	// 2. Tell agents to go away; tunnels in flight continue.
+	r.reg.goAwayAll(&wg, "shutdown", "relay is shutting down")
+	// 3. Drain.
+	if !r.front.waitEmpty(r.cfg.DrainTimeout) {
+		r.log.Warn("drain timeout: closing tunnelled connections still open", "open", r.front.len())
+	}
+	// 4. Close everything left and wait for every goroutine.
+	r.front.closeAll()
+	stopSessions()
+	wg.Wait()
+	if r.quicTr != nil {
+		r.quicTr.Close()
+	}
+	if r.udpConn != nil {
+		r.udpConn.Close()
+	}
+	if err := r.st.close(); err != nil && runErr == nil {
+		runErr = err
+	}
+	r.log.Info("relay stopped")
+	return runErr
+}
+
+func (r *Relay) closeListenersForShutdown(connectSrv *http.Server) {
+	if r.tcpLn != nil {
+		r.tcpLn.Close()
+	}
+	if r.quicLn != nil {
+		r.quicLn.Close()
+	}
+	if r.socksLn != nil {
+		r.socksLn.Close()
+	}
+	if connectSrv != nil {
+		connectSrv.Close() // hijacked tunnels are tracked in r.front
+	}
+}
+
+// Close releases a relay whose Run was never called.
+func (r *Relay) Close() error {
+	err := errors.New("relay: Close after Run")
+	r.runOnce.Do(func() {
+		r.closeListeners()
+		err = r.st.close()
+	})
+	return err
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return Off
+	}
+	return a.String()
+}
+
+// connSet tracks open front-door connections so that shutdown can wait for
+// them and then close them.
+type connSet struct {
+	mu    sync.Mutex // guards conns and empty
+	conns map[net.Conn]struct{}
+	empty chan struct{} // closed while conns is empty; replaced when it fills
+}
+
+func newConnSet() *connSet {
+	e := make(chan struct{})
+	close(e)
+	return &connSet{conns: make(map[net.Conn]struct{}), empty: e}
+}
+
+func (s *connSet) add(c net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.conns) == 0 {
+		s.empty = make(chan struct{})
+	}
+	s.conns[c] = struct{}{}
+}
+
+func (s *connSet) remove(c net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.conns[c]; !ok {
+		return
+	}
+	delete(s.conns, c)
+	if len(s.conns) == 0 {
+		close(s.empty)
+	}
+}
+
+func (s *connSet) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+func (s *connSet) waitEmpty(d time.Duration) bool {
+	s.mu.Lock()
+	e := s.empty
+	s.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-e:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.Close()
+	}
+}

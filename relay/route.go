@@ -1,0 +1,211 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/relay/internal/store"
+)
+
+// TargetSuffix ends every address a backend can ask for:
+// <service>.<tenant>.tether, with any port.
+const TargetSuffix = ".tether"
+
+// Target is a parsed backend request address.
+type Target struct {
+	Service string
+	Tenant  string
+}
+
+// ParseTarget parses "<service>.<tenant>.tether" with an optional ":port"
+// (the port is ignored: the agent's allowlist names the real address).
+func ParseTarget(addr string) (Target, error) {
+	host := addr
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		host = h
+	}
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	rest, ok := strings.CutSuffix(host, TargetSuffix)
+	if !ok {
+		return Target{}, protocol.Errorf(protocol.CodeBadRequest, "address %q is not of the form <service>.<tenant>%s", addr, TargetSuffix)
+	}
+	svc, tenant, ok := strings.Cut(rest, ".")
+	if !ok || strings.Contains(tenant, ".") {
+		return Target{}, protocol.Errorf(protocol.CodeBadRequest, "address %q is not of the form <service>.<tenant>%s", addr, TargetSuffix)
+	}
+	if err := identity.ValidateName("service", svc); err != nil {
+		return Target{}, protocol.Errorf(protocol.CodeBadRequest, "%v", err)
+	}
+	if err := identity.ValidateName("tenant", tenant); err != nil {
+		return Target{}, protocol.Errorf(protocol.CodeBadRequest, "%v", err)
+	}
+	return Target{Service: svc, Tenant: tenant}, nil
+}
+
+// caller is an authenticated backend.
+type caller struct {
+	name    string
+	tenants []string
+}
+
+// Identity is how the caller is named in stream headers and logs.
+func (c *caller) Identity() string { return "backend:" + c.name }
+
+// authenticate checks a backend name and API key. Unknown names and wrong
+// keys get the same answer.
+func (r *Relay) authenticate(ctx context.Context, name, key string) (*caller, error) {
+	if name == "" || key == "" {
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend credentials required (backend name and API key)")
+	}
+	b, err := r.st.store.Backend(ctx, name)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, protocol.Errorf(protocol.CodeInternal, "look up backend: %v", err)
+	}
+	if err != nil || !apiKeyMatches(key, b.KeyHash) {
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "wrong backend name or API key")
+	}
+	return &caller{name: b.Name, tenants: b.Tenants}, nil
+}
+
+// authorize checks that c may reach tenant, and that tenant exists.
+func (r *Relay) authorize(ctx context.Context, c *caller, tenant string) error {
+	if !slices.Contains(c.tenants, AllTenants) && !slices.Contains(c.tenants, tenant) {
+		return protocol.Errorf(protocol.CodeNotAllowed, "backend %q may not reach tenant %q", c.name, tenant)
+	}
+	if _, err := r.st.store.Tenant(ctx, tenant); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return protocol.Errorf(protocol.CodeUnknownTenant, "no tenant %q", tenant)
+		}
+		return protocol.Errorf(protocol.CodeInternal, "look up tenant: %v", err)
+	}
+	return nil
+}
+
+// tunnel is an open stream to a service through an agent, after the agent
+// answered OK.
+type tunnel struct {
+	st        transport.Stream
+	agent     *agentConn
+	requestID string
+	target    Target
+	caller    *caller
+	opened    time.Time
+}
+
+// abandon closes a tunnel that will not be bridged.
+func (t *tunnel) abandon() {
+	t.st.Close()
+	t.agent.open.Add(-1)
+}
+
+// maxRouteAttempts is how many agent connections a stream open tries when
+// connections fail underneath it (a relay restart, a dying agent).
+const maxRouteAttempts = 3
+
+// dial authenticates nothing: the front door has already. It authorizes c
+// for target, picks an agent connection and opens a stream to the service.
+func (r *Relay) dial(ctx context.Context, c *caller, addr string) (*tunnel, error) {
+	t, err := ParseTarget(addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.authorize(ctx, c, t.Tenant); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.StreamOpenTimeout)
+	defer cancel()
+	hdr := protocol.StreamHeader{Service: t.Service, Backend: c.Identity(), RequestID: newRequestID()}
+	tried := map[*agentConn]bool{}
+	var lastErr error
+	for attempt := 0; attempt < maxRouteAttempts; attempt++ {
+		ac := r.reg.pick(t.Tenant, r.cfg.HeartbeatInterval, tried)
+		if ac == nil {
+			break
+		}
+		tried[ac] = true
+		st, err := r.openOn(ctx, ac, hdr)
+		if err == nil {
+			return &tunnel{st: st, agent: ac, requestID: hdr.RequestID, target: t, caller: c, opened: time.Now()}, nil
+		}
+		var pe *protocol.Error
+		if errors.As(err, &pe) {
+			return nil, err // the agent answered: do not ask another
+		}
+		if ctx.Err() != nil {
+			return nil, protocol.Errorf(protocol.CodeTimeout, "no answer from tenant %q's agent within %v", t.Tenant, r.cfg.StreamOpenTimeout)
+		}
+		ac.log.Warn("open stream failed; trying another connection", "request", hdr.RequestID, "err", err)
+		lastErr = err
+	}
+	if lastErr != nil {
+		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agent connections failed: %v", t.Tenant, lastErr)
+	}
+	if r.reg.connected(t.Tenant) > 0 {
+		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agents are connected but none is healthy (draining or missing heartbeats)", t.Tenant)
+	}
+	return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q has no agent connected", t.Tenant)
+}
+
+// openOn opens a stream on ac, sends hdr and waits for the agent's reply.
+// A refusal by the agent comes back as *protocol.Error; anything else is a
+// transport failure worth retrying on another connection.
+func (r *Relay) openOn(ctx context.Context, ac *agentConn, hdr protocol.StreamHeader) (transport.Stream, error) {
+	ac.open.Add(1)
+	st, err := ac.sess.OpenStream(ctx)
+	if err != nil {
+		ac.open.Add(-1)
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			st.Close()
+			ac.open.Add(-1)
+		}
+	}()
+	if dl, has := ctx.Deadline(); has {
+		st.SetDeadline(dl)
+	}
+	if err := protocol.WriteStreamHeader(st, hdr); err != nil {
+		return nil, fmt.Errorf("send stream header: %w", err)
+	}
+	rep, err := protocol.ReadReply(st)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, protocol.Errorf(protocol.CodeTimeout, "agent did not answer within %v", r.cfg.StreamOpenTimeout)
+		}
+		return nil, fmt.Errorf("read stream reply: %w", err)
+	}
+	if err := rep.Err(); err != nil {
+		return nil, err
+	}
+	st.SetDeadline(time.Time{})
+	ac.total.Add(1)
+	ok = true
+	return st, nil
+}
+
+// bridge copies between a front-door connection and a tunnel until both
+// directions end, then releases the tunnel.
+func (r *Relay) bridge(front transport.Stream, t *tunnel, log *slog.Logger) {
+	res, err := transport.Splice(front, t.st, r.cfg.IdleTimeout)
+	t.agent.open.Add(-1)
+	attrs := []any{"request", t.requestID, "agent", t.agent.id.ID, "bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(t.opened).Round(time.Microsecond)}
+	switch {
+	case errors.Is(err, transport.ErrIdle):
+		log.Info("stream closed: idle timeout", attrs...)
+	case err != nil && !transport.IsClosedErr(err):
+		log.Info("stream ended with error", append(attrs, "err", err)...)
+	default:
+		log.Debug("stream closed", attrs...)
+	}
+}
