@@ -1,0 +1,325 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var (
+	ctx = context.Background()
+	t0  = time.Unix(1_800_000_000, 0).UTC()
+)
+
+func open(t *testing.T) (*Store, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "tether.db")
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, path
+}
+
+func hash(s string) []byte {
+	h := sha256.Sum256([]byte(s))
+	return h[:]
+}
+
+func matches(secret string) func([]byte) bool {
+	return func(h []byte) bool { return string(h) == string(hash(secret)) }
+}
+
+func TestMigrations(t *testing.T) {
+	s, path := open(t)
+	v, err := s.SchemaVersion(ctx)
+	if err != nil || v != len(migrations) {
+		t.Fatalf("SchemaVersion = %d, %v; want %d", v, err, len(migrations))
+	}
+	if err := s.AddTenant(ctx, "acme", t0); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// Reopening applies nothing and keeps the data.
+	s2, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if _, err := s2.Tenant(ctx, "acme"); err != nil {
+		t.Fatalf("tenant lost across reopen: %v", err)
+	}
+}
+
+func TestConcurrentOpenOfFreshFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tether.db")
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	stores := make([]*Store, 8)
+	for i := range stores {
+		wg.Go(func() { stores[i], errs[i] = Open(ctx, path) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("Open %d: %v", i, err)
+			continue
+		}
+		if v, err := stores[i].SchemaVersion(ctx); err != nil || v != len(migrations) {
+			t.Errorf("Open %d: schema version %d, %v", i, v, err)
+		}
+		stores[i].Close()
+	}
+}
+
+func TestTenants(t *testing.T) {
+	s, _ := open(t)
+	for _, n := range []string{"globex", "acme"} {
+		if err := s.AddTenant(ctx, n, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.AddTenant(ctx, "acme", t0); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate tenant: got %v, want ErrExists", err)
+	}
+	if _, err := s.Tenant(ctx, "nosuch"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing tenant: got %v, want ErrNotFound", err)
+	}
+	got, err := s.Tenant(ctx, "acme")
+	if err != nil || got.Name != "acme" || !got.CreatedAt.Equal(t0) {
+		t.Fatalf("Tenant = %+v, %v", got, err)
+	}
+	list, err := s.ListTenants(ctx)
+	if err != nil || len(list) != 2 || list[0].Name != "acme" || list[1].Name != "globex" {
+		t.Fatalf("ListTenants = %+v, %v; want acme, globex", list, err)
+	}
+}
+
+func addToken(t *testing.T, s *Store, id, secret string, uses int, ttl time.Duration) {
+	t.Helper()
+	if err := s.AddToken(ctx, Token{ID: id, Tenant: "acme", SecretHash: hash(secret), CreatedAt: t0, ExpiresAt: t0.Add(ttl), MaxUses: uses}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConsumeToken(t *testing.T) {
+	s, _ := open(t)
+	s.AddTenant(ctx, "acme", t0)
+	if err := s.AddToken(ctx, Token{ID: "x", Tenant: "nosuch", SecretHash: hash("s"), ExpiresAt: t0.Add(time.Hour), MaxUses: 1}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("token for a missing tenant: got %v, want ErrNotFound", err)
+	}
+	addToken(t, s, "one", "s1", 1, time.Hour)
+	addToken(t, s, "two", "s2", 2, time.Hour)
+	addToken(t, s, "old", "s3", 5, time.Hour)
+	if err := s.AddToken(ctx, Token{ID: "one", Tenant: "acme", SecretHash: hash("s"), ExpiresAt: t0, MaxUses: 1}); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate token id: got %v, want ErrExists", err)
+	}
+	steps := []struct {
+		name     string
+		id       string
+		secret   string
+		now      time.Time
+		want     error
+		wantUses int
+	}{
+		{"unknown id", "nosuch", "s1", t0, ErrNotFound, 0},
+		{"wrong secret", "one", "bad", t0, ErrTokenSecret, 0},
+		{"first use", "one", "s1", t0, nil, 1},
+		{"used up", "one", "s1", t0, ErrTokenUsedUp, 0},
+		{"wrong secret on used-up token says secret", "one", "bad", t0, ErrTokenSecret, 0},
+		{"two: first", "two", "s2", t0, nil, 1},
+		{"two: second", "two", "s2", t0.Add(time.Minute), nil, 2},
+		{"two: third", "two", "s2", t0, ErrTokenUsedUp, 0},
+		{"expired at the boundary", "old", "s3", t0.Add(time.Hour), ErrTokenExpired, 0},
+		{"wrong secret on expired token says secret", "old", "bad", t0.Add(2 * time.Hour), ErrTokenSecret, 0},
+	}
+	for _, st := range steps {
+		tok, err := s.ConsumeToken(ctx, st.id, matches(st.secret), st.now)
+		if st.want != nil {
+			if !errors.Is(err, st.want) {
+				t.Fatalf("%s: got %v, want %v", st.name, err, st.want)
+			}
+			continue
+		}
+		if err != nil || tok.Uses != st.wantUses || tok.Tenant != "acme" {
+			t.Fatalf("%s: got %+v, %v; want uses %d", st.name, tok, err, st.wantUses)
+		}
+	}
+	list, err := s.ListTokens(ctx, "acme")
+	if err != nil || len(list) != 3 {
+		t.Fatalf("ListTokens = %d tokens, %v", len(list), err)
+	}
+	for _, tk := range list {
+		if tk.SecretHash != nil {
+			t.Fatalf("ListTokens leaks the secret hash of %s", tk.ID)
+		}
+	}
+}
+
+// TestConsumeTokenRace: concurrent consumers — several goroutines on one
+// handle and on separate handles (as separate processes would) — never
+// overspend a token.
+func TestConsumeTokenRace(t *testing.T) {
+	for _, uses := range []int{1, 3} {
+		s, path := open(t)
+		s.AddTenant(ctx, "acme", t0)
+		addToken(t, s, "tok", "secret", uses, time.Hour)
+		other, err := Open(ctx, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		results := make([]error, 50)
+		for i := range results {
+			h := s
+			if i%2 == 1 {
+				h = other
+			}
+			wg.Go(func() { _, results[i] = h.ConsumeToken(ctx, "tok", matches("secret"), t0) })
+		}
+		wg.Wait()
+		other.Close()
+		ok := 0
+		for _, err := range results {
+			switch {
+			case err == nil:
+				ok++
+			case !errors.Is(err, ErrTokenUsedUp):
+				t.Errorf("uses=%d: unexpected error %v", uses, err)
+			}
+		}
+		if ok != uses {
+			t.Fatalf("uses=%d: %d consumers succeeded, want exactly %d", uses, ok, uses)
+		}
+	}
+}
+
+func TestAgents(t *testing.T) {
+	s, _ := open(t)
+	s.AddTenant(ctx, "acme", t0)
+	s.AddTenant(ctx, "globex", t0)
+	long := strings.Repeat("h", 10000)
+	for _, a := range []Agent{
+		{ID: "b", Tenant: "acme", Hostname: long, CreatedAt: t0, CertSerial: "01", CertNotAfter: t0.Add(time.Hour)},
+		{ID: "a", Tenant: "globex", CreatedAt: t0},
+		{ID: "c", Tenant: "acme", CreatedAt: t0},
+	} {
+		if err := s.AddAgent(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.AddAgent(ctx, Agent{ID: "a", Tenant: "acme", CreatedAt: t0}); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate agent id: got %v, want ErrExists", err)
+	}
+	if err := s.AddAgent(ctx, Agent{ID: "z", Tenant: "nosuch", CreatedAt: t0}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("agent of a missing tenant: got %v, want ErrNotFound", err)
+	}
+	got, err := s.Agent(ctx, "b")
+	if err != nil || got.Hostname != long || got.CertSerial != "01" || !got.CertNotAfter.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("Agent(b) = %+v, %v", got, err)
+	}
+	if _, err := s.Agent(ctx, "nosuch"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing agent: got %v", err)
+	}
+	if err := s.SetAgentCert(ctx, "b", "02", t0.Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Agent(ctx, "b"); got.CertSerial != "02" {
+		t.Fatalf("SetAgentCert: serial %q, want 02", got.CertSerial)
+	}
+	if err := s.SetAgentCert(ctx, "nosuch", "1", t0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("SetAgentCert of a missing agent: got %v", err)
+	}
+	all, _ := s.ListAgents(ctx, "")
+	acme, _ := s.ListAgents(ctx, "acme")
+	if ids := agentIDs(all); ids != "b,c,a" {
+		t.Fatalf("ListAgents(all) = %s, want b,c,a (by tenant, then id)", ids)
+	}
+	if ids := agentIDs(acme); ids != "b,c" {
+		t.Fatalf("ListAgents(acme) = %s, want b,c", ids)
+	}
+}
+
+func agentIDs(as []Agent) string {
+	var ids []string
+	for _, a := range as {
+		ids = append(ids, a.ID)
+	}
+	return strings.Join(ids, ",")
+}
+
+func TestBackends(t *testing.T) {
+	s, _ := open(t)
+	s.AddTenant(ctx, "acme", t0)
+	s.AddTenant(ctx, "globex", t0)
+	if err := s.AddBackend(ctx, Backend{Name: "billing", KeyHash: hash("k"), Tenants: []string{"globex", "acme"}, CreatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddBackend(ctx, Backend{Name: "ops", KeyHash: hash("k2"), Tenants: []string{AllTenants}, CreatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddBackend(ctx, Backend{Name: "billing", KeyHash: hash("x"), Tenants: []string{"acme"}, CreatedAt: t0}); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate backend: got %v, want ErrExists", err)
+	}
+	err := s.AddBackend(ctx, Backend{Name: "bad", KeyHash: hash("x"), Tenants: []string{"acme", "nosuch"}, CreatedAt: t0})
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "nosuch") {
+		t.Fatalf("backend granted a missing tenant: got %v, want ErrNotFound naming nosuch", err)
+	}
+	if _, err := s.Backend(ctx, "bad"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a refused backend was stored anyway: %v", err)
+	}
+	b, err := s.Backend(ctx, "billing")
+	if err != nil || string(b.KeyHash) != string(hash("k")) || strings.Join(b.Tenants, ",") != "acme,globex" {
+		t.Fatalf("Backend(billing) = %+v, %v", b, err)
+	}
+	list, err := s.ListBackends(ctx)
+	if err != nil || len(list) != 2 || list[0].Name != "billing" || list[1].Name != "ops" || list[1].Tenants[0] != AllTenants {
+		t.Fatalf("ListBackends = %+v, %v", list, err)
+	}
+	if list[0].KeyHash != nil {
+		t.Fatal("ListBackends leaks key hashes")
+	}
+}
+
+func TestSettings(t *testing.T) {
+	s, path := open(t)
+	if _, err := s.Setting(ctx, "k"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing setting: got %v", err)
+	}
+	other, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	var wg sync.WaitGroup
+	got := make([]string, 10)
+	for i := range got {
+		h := s
+		if i%2 == 1 {
+			h = other
+		}
+		wg.Go(func() {
+			v, err := h.SetSettingIfAbsent(ctx, "k", string(rune('a'+i)))
+			if err != nil {
+				t.Error(err)
+			}
+			got[i] = v
+		})
+	}
+	wg.Wait()
+	for _, v := range got {
+		if v != got[0] {
+			t.Fatalf("racing SetSettingIfAbsent disagree: %q", got)
+		}
+	}
+}
