@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tetherhq/tether/protocol"
 )
 
 // Agent is a running connector. Create it with New and run it with Run.
@@ -125,30 +127,45 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 			}
 			continue
 		}
-		started := time.Now()
-		why := s.serve(ctx)
-		if time.Since(started) > 30*time.Second {
-			failures = 0
-		}
-		switch why {
-		case endGoAway:
-			// The relay asked us to leave: in-flight streams finish on
-			// the old session while we connect again at once (after a
-			// small jitter, so a fleet does not reconnect in lockstep).
-			wg.Go(func() { s.drainAndClose(a.cfg.DrainTimeout) })
-			if !sleep(ctx, rand.N(500*time.Millisecond)) {
-				return
+		for s != nil {
+			started := time.Now()
+			why := s.serve(ctx)
+			if time.Since(started) > 30*time.Second {
+				failures = 0
 			}
-		case endShutdown:
-			s.drainAndClose(a.cfg.DrainTimeout)
-			return
-		default:
-			s.close()
-			failures++
-			d := a.cfg.Reconnect.delay(failures - 1)
-			log.Warn("connection to relay lost; reconnecting", "relay", relay, "transport", s.transport, "reason", s.endErr(), "retry_in", d.Round(time.Millisecond))
-			if !sleep(ctx, d) {
+			switch why {
+			case endUpgrade:
+				// QUIC works again: new streams go to the QUIC session;
+				// the TCP one tells the relay it is going away and drains.
+				old := s
+				s = old.next
+				if err := old.send(&protocol.GoAway{Reason: "upgrade", Message: "moving to QUIC"}); err != nil {
+					old.log.Debug("send goaway", "err", err)
+				}
+				wg.Go(func() { old.drainAndClose(a.cfg.DrainTimeout) })
+				s.log.Info("connected to relay", "transport_why", s.why, "relay_version", s.welcome.RelayVersion)
+			case endGoAway:
+				// The relay asked us to leave: in-flight streams finish on
+				// the old session while we connect again at once (after a
+				// small jitter, so a fleet does not reconnect in lockstep).
+				old := s
+				wg.Go(func() { old.drainAndClose(a.cfg.DrainTimeout) })
+				s = nil
+				if !sleep(ctx, rand.N(500*time.Millisecond)) {
+					return
+				}
+			case endShutdown:
+				s.drainAndClose(a.cfg.DrainTimeout)
 				return
+			default:
+				s.close()
+				failures++
+				d := a.cfg.Reconnect.delay(failures - 1)
+				log.Warn("connection to relay lost; reconnecting", "relay", relay, "transport", s.transport, "reason", s.endErr(), "retry_in", d.Round(time.Millisecond))
+				if !sleep(ctx, d) {
+					return
+				}
+				s = nil
 			}
 		}
 	}

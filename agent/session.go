@@ -41,6 +41,14 @@ type session struct {
 	why       string // why this transport was used
 	welcome   protocol.Welcome
 	log       *slog.Logger
+	baseLog   *slog.Logger // the slot's logger, for sessions that replace this one
+
+	ctx    context.Context // cancelled by close; bounds probes
+	cancel context.CancelFunc
+
+	quicProbeAt time.Time        // non-zero on a TCP fallback: when to try QUIC again
+	probed      chan probeResult // outcome of a QUIC probe
+	next        *session         // the QUIC session replacing this one (endUpgrade)
 
 	ctlMu sync.Mutex // serialises writes to ctl
 
@@ -67,18 +75,18 @@ const (
 	endLost     endReason = iota // the session failed or the relay closed it
 	endGoAway                    // the relay asked the agent to go away
 	endShutdown                  // the agent is stopping
+	endUpgrade                   // a QUIC session (s.next) replaces this TCP fallback
 )
 
 // connect dials relay with the configured transport (falling back from
 // QUIC to TCP in auto mode) and completes the hello.
 func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*session, error) {
-	tlsConf := identity.AgentClientConfig(a.state.Roots, a.state.TrustDomain, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-		return a.cert.Load(), nil
-	})
+	tlsConf := a.tlsConfig()
 	var (
 		ts        transport.Session
 		name, why string
 		err       error
+		probeAt   time.Time // when a TCP fallback session tries QUIC again
 	)
 	switch a.cfg.Transport {
 	case TransportQUIC:
@@ -89,7 +97,7 @@ func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*s
 		ts, err = a.dialTCP(ctx, relay, tlsConf)
 	default:
 		if until, ok := a.quicFallback(relay); ok {
-			name, why = TransportTCP, fmt.Sprintf("fallback: QUIC failed recently; next QUIC attempt after %s", until.Format(time.RFC3339))
+			name, why, probeAt = TransportTCP, fmt.Sprintf("fallback: QUIC failed recently; next QUIC attempt after %s", until.Format(time.RFC3339)), until
 			ts, err = a.dialTCP(ctx, relay, tlsConf)
 			break
 		}
@@ -100,25 +108,64 @@ func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*s
 		if err != nil && ctx.Err() == nil && !isTLSRefusal(err) {
 			until := a.markQUICFailed(relay)
 			log.Warn("QUIC to relay failed (UDP blocked?); falling back to TLS over TCP", "relay", relay, "err", err, "quic_retry_after", until.Format(time.RFC3339))
-			name, why = TransportTCP, fmt.Sprintf("fallback: QUIC failed: %v", err)
+			name, why, probeAt = TransportTCP, fmt.Sprintf("fallback: QUIC failed: %v", err), until
 			ts, err = a.dialTCP(ctx, relay, tlsConf)
 		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("dial %s over %s: %w", relay, name, err)
 	}
-	s := &session{
-		a: a, t: ts, relay: relay, transport: name, why: why,
-		goaway: make(chan struct{}), readDone: make(chan struct{}), streamDone: make(chan struct{}, 1),
-	}
-	s.log = log.With("relay", relay, "transport", name)
+	s := a.newSession(ts, relay, name, why, log)
+	s.quicProbeAt = probeAt
 	if err := s.hello(ctx); err != nil {
 		ts.Close()
 		return nil, err
 	}
-	s.log = s.log.With("session", s.welcome.SessionID)
 	s.log.Info("connected to relay", "transport_why", why, "relay_version", s.welcome.RelayVersion)
 	return s, nil
+}
+
+func (a *Agent) tlsConfig() *tls.Config {
+	return identity.AgentClientConfig(a.state.Roots, a.state.TrustDomain, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		return a.cert.Load(), nil
+	})
+}
+
+func (a *Agent) newSession(ts transport.Session, relay, name, why string, log *slog.Logger) *session {
+	s := &session{
+		a: a, t: ts, relay: relay, transport: name, why: why, baseLog: log,
+		goaway: make(chan struct{}), readDone: make(chan struct{}), streamDone: make(chan struct{}, 1),
+		probed: make(chan probeResult, 1),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.log = log.With("relay", relay, "transport", name)
+	return s
+}
+
+// probeResult is the outcome of trying QUIC while on a TCP fallback.
+type probeResult struct {
+	next  *session  // a ready QUIC session, or nil
+	retry time.Time // when to try again if next is nil
+}
+
+// probeQUIC tries a QUIC session to the same relay. Run on s.wg.
+func (s *session) probeQUIC() {
+	a := s.a
+	pctx, cancel := context.WithTimeout(s.ctx, a.cfg.QUICTimeout)
+	ts, err := a.dialQUIC(pctx, s.relay, a.tlsConfig())
+	cancel()
+	if err == nil {
+		ns := a.newSession(ts, s.relay, TransportQUIC, "auto: QUIC available again after a fallback", s.baseLog)
+		if err = ns.hello(s.ctx); err == nil {
+			a.clearQUICFallback(s.relay)
+			s.probed <- probeResult{next: ns}
+			return
+		}
+		ts.Close()
+	}
+	until := a.markQUICFailed(s.relay)
+	s.log.Info("QUIC still unavailable; staying on TCP", "err", err, "next_attempt", until.Format(time.RFC3339))
+	s.probed <- probeResult{retry: until}
 }
 
 func (a *Agent) dialQUIC(ctx context.Context, relay string, tlsConf *tls.Config) (transport.Session, error) {
@@ -141,6 +188,12 @@ func (a *Agent) quicFallback(relay string) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return until, ok
+}
+
+func (a *Agent) clearQUICFallback(relay string) {
+	a.fbMu.Lock()
+	defer a.fbMu.Unlock()
+	delete(a.fallback, relay)
 }
 
 func (a *Agent) markQUICFailed(relay string) time.Time {
@@ -185,6 +238,7 @@ func (s *session) hello(ctx context.Context) error {
 	}
 	ctl.SetDeadline(time.Time{})
 	s.lastHeard.Store(time.Now().UnixNano())
+	s.log = s.log.With("session", s.welcome.SessionID)
 	return nil
 }
 
@@ -219,8 +273,32 @@ func (s *session) serve(ctx context.Context) endReason {
 	}
 	t := time.NewTicker(hb)
 	defer t.Stop()
+	// On a TCP fallback, a timer schedules QUIC probes.
+	var probeTimer *time.Timer
+	var probe <-chan time.Time
+	armProbe := func(at time.Time) {
+		probeTimer = time.NewTimer(time.Until(at))
+		probe = probeTimer.C
+	}
+	defer func() {
+		if probeTimer != nil {
+			probeTimer.Stop()
+		}
+	}()
+	if !s.quicProbeAt.IsZero() {
+		armProbe(s.quicProbeAt)
+	}
 	for {
 		select {
+		case <-probe:
+			probe = nil
+			s.wg.Go(s.probeQUIC)
+		case r := <-s.probed:
+			if r.next != nil {
+				s.next = r.next
+				return endUpgrade
+			}
+			armProbe(r.retry)
 		case <-ctx.Done():
 			if err := s.send(&protocol.GoAway{Reason: "shutdown", Message: "agent is stopping"}); err != nil {
 				s.log.Debug("send goaway", "err", err)
@@ -316,10 +394,19 @@ func (s *session) drainAndClose(d time.Duration) {
 	s.close()
 }
 
-// close closes the session and waits for every goroutine of it.
+// close closes the session and waits for every goroutine of it. A QUIC
+// session a probe left unused is closed too.
 func (s *session) close() {
+	s.cancel()
 	s.t.Close()
 	s.wg.Wait()
+	select {
+	case r := <-s.probed:
+		if r.next != nil {
+			r.next.close()
+		}
+	default:
+	}
 }
 
 // isTLSRefusal reports whether err is the relay refusing our TLS identity,

@@ -160,3 +160,42 @@ func TestDemoCommandWorksAsPrinted(t *testing.T) {
 		t.Fatalf("demo exit after SIGTERM: %v", err)
 	}
 }
+
+func TestAutoMovesBackToQUICWhenUDPReturns(t *testing.T) {
+	r := startRelay(t, relayOpts{})
+	proxyAddr, blocked := gatedProxy(t, r.agentAddr)
+	blocked.Store(true)
+	r.addTenant(t, "acme")
+	d := r.backend(t, "billing", "acme")
+	a := startAgent(t, r, "acme", agentOpts{
+		transport: "auto", relay: proxyAddr,
+		services: map[string]string{"echo": tcpService(t, echo)},
+		extra:    "connections: 1\nquic_timeout: 1s\nquic_retry: 2s\n",
+	})
+	a.waitOutput("falling back to TLS over TCP", time.Second)
+
+	// A connection opened over the TCP fallback …
+	c := waitDial(t, d, "echo.acme.tether:7", 10*time.Second)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	roundTrip := func(msg string) {
+		t.Helper()
+		io.WriteString(c, msg+"\n")
+		if got, err := readLine(c); err != nil || got != msg {
+			t.Fatalf("echo %q: got %q, %v", msg, got, err)
+		}
+	}
+	roundTrip("over tcp")
+
+	// … survives the agent moving to QUIC once UDP passes again.
+	blocked.Store(false)
+	a.waitOutput(`"transport_why":"auto: QUIC available again after a fallback"`, 15*time.Second)
+	r.waitOutput(`"msg":"agent is draining","transport":"tcp"`, 5*time.Second)
+	roundTrip("after the move")
+	c2 := waitDial(t, d, "echo.acme.tether:7", 10*time.Second)
+	c2.Close()
+	c.(*client.Conn).CloseWrite()
+	io.Copy(io.Discard, c)
+	// With its last stream gone, the TCP session closes.
+	r.waitOutput(`"msg":"agent disconnected","transport":"tcp"`, 15*time.Second)
+}
