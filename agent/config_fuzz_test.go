@@ -1,0 +1,25 @@
+package agent
+
+import "testing"
+
+// FuzzParseConfig: a config file is hostile input; parsing never panics, and
+// a config that parses also validates (ParseConfig validates).
+func FuzzParseConfig(f *testing.F) {
+	for _, s := range []string{
+		"state_dir: /x\nservices: {db: 10.0.0.5:5432}\n",
+		"relays: [r:7443]\nstate_dir: /x\ntransport: auto\nconnections: 2\nservices:\n  api: {address: a:1}\n",
+		"state_dir: /x\nreconnect: {initial: 1s, max: 2s}\ndial_timeout: 5s\nlog: {level: debug, format: json}\n",
+		"services: [1, 2]\n", "state_dir: [\n", "", "bogus: 1\n", "state_dir: /x\nservices: {db: {address: a:1, extra: 2}}\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseConfig(data)
+		if err != nil {
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("ParseConfig accepted a config that does not validate: %v", err)
+		}
+	})
+}
