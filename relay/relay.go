@@ -289,8 +289,19 @@ func (r *Relay) run(ctx context.Context) error {
 		}
 	}
 
-	// 1. Stop accepting.
-	r.closeListenersForShutdown(connectSrv)
+	// 1. Stop accepting. CONNECT handlers still choosing an agent finish
+	// on their own (at the latest when sessCtx ends below); Shutdown
+	// returns once they have, and wg waits for it.
+	r.closeListenersForShutdown()
+	if connectSrv != nil {
+		wg.Go(func() {
+			sctx, cancel := context.WithTimeout(context.Background(), r.cfg.DrainTimeout+r.cfg.StreamOpenTimeout)
+			defer cancel()
+			if err := connectSrv.Shutdown(sctx); err != nil {
+				r.log.Warn("CONNECT front door: handlers still running at shutdown", "err", err)
+			}
+		})
+	}
 	// 2. Tell agents to go away; tunnels in flight continue.
 	r.reg.goAwayAll(&wg, "shutdown", "relay is shutting down")
 	// 3. Drain.
@@ -314,7 +325,7 @@ func (r *Relay) run(ctx context.Context) error {
 	return runErr
 }
 
-func (r *Relay) closeListenersForShutdown(connectSrv *http.Server) {
+func (r *Relay) closeListenersForShutdown() {
 	if r.tcpLn != nil {
 		r.tcpLn.Close()
 	}
@@ -323,9 +334,6 @@ func (r *Relay) closeListenersForShutdown(connectSrv *http.Server) {
 	}
 	if r.socksLn != nil {
 		r.socksLn.Close()
-	}
-	if connectSrv != nil {
-		connectSrv.Close() // hijacked tunnels are tracked in r.front
 	}
 }
 
