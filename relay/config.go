@@ -31,6 +31,11 @@ type Config struct {
 	// Dialer in relay/client); default "127.0.0.1:3128"; "off" disables it.
 	ConnectListen string
 
+	// DebugListen serves pprof profiles and /debug/tether (live counts and
+	// memory) for operators and benchmarks. Default "off". Bind it to
+	// loopback: it is unauthenticated.
+	DebugListen string
+
 	// TrustDomain names the SPIFFE trust domain when the CA is first
 	// created; ignored afterwards. Default "tether.internal".
 	TrustDomain string
@@ -77,6 +82,7 @@ func (c *Config) setDefaults() {
 	def(&c.AgentListen, ":7443")
 	def(&c.SOCKSListen, "127.0.0.1:1080")
 	def(&c.ConnectListen, "127.0.0.1:3128")
+	def(&c.DebugListen, Off)
 	def(&c.TrustDomain, "tether.internal")
 	def(&c.Version, "dev")
 	defd(&c.AgentCertLifetime, 30*24*time.Hour)
@@ -102,7 +108,7 @@ func (c *Config) validate() error {
 	if c.DisableQUIC && c.DisableTCP {
 		errs = append(errs, errors.New("both agent transports are disabled"))
 	}
-	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen} {
+	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen, "debug listen": c.DebugListen} {
 		if addr == Off && name != "agent listen" {
 			continue
 		}

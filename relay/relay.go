@@ -48,6 +48,7 @@ type Relay struct {
 	quicLn    *quicgo.Listener
 	socksLn   net.Listener
 	connectLn net.Listener
+	debugLn   net.Listener
 
 	front *connSet // open front-door connections, closed at shutdown
 
@@ -101,6 +102,9 @@ func (r *Relay) SOCKSAddr() net.Addr { return addrOf(r.socksLn) }
 // ConnectAddr is the HTTP CONNECT front door's address, or nil when off.
 func (r *Relay) ConnectAddr() net.Addr { return addrOf(r.connectLn) }
 
+// DebugAddr is the debug listener's address, or nil when off.
+func (r *Relay) DebugAddr() net.Addr { return addrOf(r.debugLn) }
+
 func addrOf(l net.Listener) net.Addr {
 	if l == nil {
 		return nil
@@ -132,6 +136,11 @@ func (r *Relay) listen() error {
 			return fmt.Errorf("CONNECT front door: %w", err)
 		}
 	}
+	if r.cfg.DebugListen != Off {
+		if r.debugLn, err = net.Listen("tcp", r.cfg.DebugListen); err != nil {
+			return fmt.Errorf("debug listener: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -161,9 +170,9 @@ func (r *Relay) listenAgents(host, port string) error {
 }
 
 func (r *Relay) closeListeners() {
-	for _, c := range []interface{ Close() error }{r.tcpLn, r.socksLn, r.connectLn} {
-		if c != nil && c != (net.Listener)(nil) {
-			c.Close()
+	for _, l := range []net.Listener{r.tcpLn, r.socksLn, r.connectLn, r.debugLn} {
+		if l != nil {
+			l.Close()
 		}
 	}
 	if r.quicLn != nil {
@@ -275,9 +284,14 @@ func (r *Relay) run(ctx context.Context) error {
 			fatal <- err
 		})
 	}
+	var debugSrv *http.Server
+	if r.debugLn != nil {
+		debugSrv = &http.Server{Handler: r.debugHandler(), ReadHeaderTimeout: r.cfg.HandshakeTimeout}
+		wg.Go(func() { debugSrv.Serve(r.debugLn) })
+	}
 	r.log.Info("relay serving",
 		"agent_addr", r.AgentAddr().String(), "quic", r.quicLn != nil, "tcp", r.tcpLn != nil,
-		"socks_addr", addrString(r.SOCKSAddr()), "connect_addr", addrString(r.ConnectAddr()),
+		"socks_addr", addrString(r.SOCKSAddr()), "connect_addr", addrString(r.ConnectAddr()), "debug_addr", addrString(r.DebugAddr()),
 		"trust_domain", r.TrustDomain(), "ca_fingerprint", protocol.FormatFingerprint(r.st.ca.Fingerprint()))
 
 	var runErr error
@@ -293,6 +307,9 @@ func (r *Relay) run(ctx context.Context) error {
 	// on their own (at the latest when sessCtx ends below); Shutdown
 	// returns once they have, and wg waits for it.
 	r.closeListenersForShutdown()
+	if debugSrv != nil {
+		debugSrv.Close()
+	}
 	if connectSrv != nil {
 		wg.Go(func() {
 			sctx, cancel := context.WithTimeout(context.Background(), r.cfg.DrainTimeout+r.cfg.StreamOpenTimeout)

@@ -244,6 +244,7 @@ type agentOpts struct {
 	services  map[string]string // name → host:port
 	relay     string            // default the relay's agent address
 	extra     string            // more YAML
+	logLevel  string            // default debug
 }
 
 // enroll enrols an agent with a token and returns its state directory.
@@ -275,8 +276,11 @@ func runAgent(t testing.TB, stateDir, id, relayAddr string, o agentOpts) *agentP
 	if o.transport == "" {
 		o.transport = "auto"
 	}
+	if o.logLevel == "" {
+		o.logLevel = "debug"
+	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "relays: [%q]\nstate_dir: %q\ntransport: %s\nreconnect: {initial: 100ms, max: 1s}\nlog: {level: debug, format: json}\n", relayAddr, stateDir, o.transport)
+	fmt.Fprintf(&b, "relays: [%q]\nstate_dir: %q\ntransport: %s\nreconnect: {initial: 100ms, max: 1s}\nlog: {level: %s, format: json}\n", relayAddr, stateDir, o.transport, o.logLevel)
 	if len(o.services) == 0 {
 		b.WriteString("services: {}\n")
 	} else {

@@ -117,6 +117,7 @@ func serve(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.AgentListen, "agent-listen", ":7443", "agent address, UDP (QUIC) and TCP (TLS+yamux) on the same port")
 	fs.StringVar(&cfg.SOCKSListen, "socks-listen", "127.0.0.1:1080", `SOCKS5 front door ("off" to disable)`)
 	fs.StringVar(&cfg.ConnectListen, "connect-listen", "127.0.0.1:3128", `HTTP CONNECT front door and Go Dialer endpoint ("off" to disable)`)
+	fs.StringVar(&cfg.DebugListen, "debug-listen", "off", "pprof and /debug/tether on this address (loopback only; unauthenticated)")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", "tether.internal", "SPIFFE trust domain of a new CA (first start only)")
 	fs.StringVar(&transports, "transports", "quic,tcp", "agent transports to serve: quic, tcp or both")
 	fs.DurationVar(&cfg.AgentCertLifetime, "agent-cert-lifetime", 30*24*time.Hour, "validity of agent certificates issued at enrolment")

@@ -1,0 +1,58 @@
+package relay
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/pprof"
+	"runtime"
+)
+
+// Stats is a snapshot of the relay's live state.
+type Stats struct {
+	AgentConnections int            `json:"agent_connections"`
+	ByTransport      map[string]int `json:"by_transport"`
+	Tenants          int            `json:"tenants_connected"`
+	StreamsOpen      int64          `json:"streams_open"`
+	FrontConnections int            `json:"front_connections"`
+	Goroutines       int            `json:"goroutines"`
+	HeapAlloc        uint64         `json:"heap_alloc_bytes"`
+	HeapInuse        uint64         `json:"heap_inuse_bytes"`
+	Sys              uint64         `json:"sys_bytes"`
+}
+
+// Stats returns a snapshot of connections, streams and memory.
+func (r *Relay) Stats() Stats {
+	s := Stats{ByTransport: map[string]int{}}
+	r.reg.mu.RLock()
+	s.Tenants = len(r.reg.byTenant)
+	for _, list := range r.reg.byTenant {
+		for _, c := range list {
+			s.AgentConnections++
+			s.ByTransport[c.transport]++
+			s.StreamsOpen += c.open.Load()
+		}
+	}
+	r.reg.mu.RUnlock()
+	s.FrontConnections = r.front.len()
+	s.Goroutines = runtime.NumGoroutine()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	s.HeapAlloc, s.HeapInuse, s.Sys = ms.HeapAlloc, ms.HeapInuse, ms.Sys
+	return s
+}
+
+// debugHandler serves pprof profiles and /debug/tether (Stats as JSON) for
+// the optional, loopback-only debug listener.
+func (r *Relay) debugHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/tether", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(r.Stats())
+	})
+	return mux
+}
