@@ -89,6 +89,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent starting", "version", a.cfg.Version, "relays", a.cfg.Relays, "transport", a.cfg.Transport,
 		"connections", a.cfg.Connections, "services", len(*a.services.Load()), "cert_not_after", a.state.NotAfter().Format(time.RFC3339))
 	var wg sync.WaitGroup
+	if a.cfg.DebugListen != "" {
+		if err := a.serveDebug(ctx, &wg); err != nil {
+			return err
+		}
+	}
 	for i := 0; i < a.cfg.Connections; i++ {
 		wg.Go(func() { a.runSlot(ctx, i, &wg) })
 	}

@@ -59,6 +59,9 @@ type Config struct {
 	// DrainTimeout is how long a draining session (relay GoAway, or agent
 	// shutdown) waits for its streams to finish. Default 10s.
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// DebugListen serves Go pprof profiles on this loopback address
+	// (host:port). Empty (the default) is off.
+	DebugListen string `yaml:"debug_listen"`
 	// Log configures logging (used by the tether-agent command).
 	Log LogConfig `yaml:"log"`
 
@@ -185,6 +188,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Connections < 0 || c.Connections > 16 {
 		add("connections %d: want 1 to 16", c.Connections)
+	}
+	if c.DebugListen != "" {
+		if err := checkLoopback(c.DebugListen); err != nil {
+			add("debug_listen %q: %v", c.DebugListen, err)
+		}
 	}
 	names := make([]string, 0, len(c.Services))
 	for n := range c.Services {

@@ -36,7 +36,10 @@ var benchPaths = []string{"direct", "quic", "tcp"}
 
 func newBenchEnv(b *testing.B) *benchEnv {
 	e := &benchEnv{agents: map[string]*agentProc{}}
-	e.relay = startRelay(b, relayOpts{extra: []string{"--debug-listen", "127.0.0.1:" + strconv.Itoa(freePort(b)), "--log-level", "info"}})
+	// Debug listeners let scripts/bench/profile take pprof profiles of the
+	// relay and agents while a benchmark runs.
+	debug := map[string]string{"relay": "127.0.0.1:" + strconv.Itoa(freePort(b))}
+	e.relay = startRelay(b, relayOpts{extra: []string{"--debug-listen", debug["relay"], "--log-level", "info"}})
 	e.relay.addTenant(b, "q")
 	e.relay.addTenant(b, "t")
 	e.dialer = e.relay.backend(b, "bench", "q", "t")
@@ -47,8 +50,11 @@ func newBenchEnv(b *testing.B) *benchEnv {
 		"greet":  tcpService(b, greet),
 	}
 	for path, tenant := range map[string]string{"quic": "q", "tcp": "t"} {
-		e.agents[path] = startAgent(b, e.relay, tenant, agentOpts{transport: path, services: e.services, extra: "connections: 1\n", logLevel: "info"})
+		debug[path] = "127.0.0.1:" + strconv.Itoa(freePort(b))
+		e.agents[path] = startAgent(b, e.relay, tenant, agentOpts{transport: path, services: e.services,
+			extra: "connections: 1\ndebug_listen: " + debug[path] + "\n", logLevel: "info"})
 	}
+	fmt.Fprintf(os.Stderr, "bench debug listeners: relay=%s quic-agent=%s tcp-agent=%s\n", debug["relay"], debug["quic"], debug["tcp"])
 	for _, path := range []string{"quic", "tcp"} {
 		waitDial(b, e.dialer, e.addr(path, "echo"), 20*time.Second).Close()
 	}

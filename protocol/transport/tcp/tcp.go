@@ -82,7 +82,11 @@ func newSession(conn net.Conn, cfg *yamux.Config, client bool) (*Session, error)
 	if cfg == nil {
 		cfg = Config(nil)
 	}
-	rec := &recordingConn{Conn: conn}
+	under := conn
+	if tc, ok := conn.(*tls.Conn); ok {
+		under = batching(tc)
+	}
+	rec := &recordingConn{Conn: under}
 	start, role := yamux.Server, "server"
 	if client {
 		start, role = yamux.Client, "client"
@@ -128,7 +132,7 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 	if err != nil {
 		return nil, err
 	}
-	tc := tls.Client(raw, tlsConf)
+	tc := tls.Client(NewRawConn(raw), tlsConf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("tls handshake: %w", err)

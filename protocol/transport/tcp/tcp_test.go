@@ -34,7 +34,7 @@ func pair(t *testing.T) (transport.Session, transport.Session) {
 			accepted <- res{err: err}
 			return
 		}
-		tc := tls.Server(c, serverTLS)
+		tc := tls.Server(tcp.NewRawConn(c), serverTLS)
 		if err := tc.Handshake(); err != nil {
 			accepted <- res{err: err}
 			return

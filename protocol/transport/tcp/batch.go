@@ -1,0 +1,177 @@
+package tcp
+
+import (
+	"crypto/tls"
+	"encoding/binary"
+	"net"
+	"sync"
+)
+
+// Left alone, a yamux session over TLS makes many small system calls: yamux
+// writes each frame's 12-byte header and its body separately, and crypto/tls
+// writes each record (at most 16 KiB) with its own write. A 64 KiB frame
+// thus costs six writes to the socket. Coalescing them into one write is
+// the biggest single saving on the TCP transport's CPU per byte.
+//
+// The work is split in two layers:
+//   - RawConn sits under TLS and, while a batch is open, collects TLS's
+//     record writes into one buffer that it flushes with one write;
+//   - frameConn sits between yamux and TLS. It recognises a data-frame
+//     header (whose body yamux writes next) and opens a batch that spans the
+//     header and its body.
+//
+// Reads are the mirror image: crypto/tls reads the socket a record or so at
+// a time. While data streams in (a read fills what TLS asked for), RawConn
+// reads up to readChunk at once into a pooled buffer and serves TLS from it.
+//
+// Buffers come from pools and are held only while a batch is open or read
+// data waits, so an idle session keeps none.
+
+// yamux frame header layout (see github.com/hashicorp/yamux const.go):
+// version(1) type(1) flags(2) stream id(4) length(4).
+const (
+	yamuxHeaderSize = 12
+	yamuxTypeData   = 0
+)
+
+// maxPooledBatch is the largest batch buffer kept for reuse: a data frame
+// is at most the stream window (Config's MaxStreamWindowSize) plus TLS
+// overhead.
+const maxPooledBatch = 2 << 20
+
+var batchPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, 128<<10)
+	return &b
+}}
+
+// readChunk is the size of a bulk read from the socket.
+const readChunk = 128 << 10
+
+var readPool = sync.Pool{New: func() any {
+	b := make([]byte, readChunk)
+	return &b
+}}
+
+// RawConn wraps the TCP connection under TLS so that a session can batch
+// TLS records into one write. Use it on both sides before tls.Client or
+// tls.Server; a session whose TLS connection is not over a RawConn works
+// too, without batching.
+type RawConn struct {
+	net.Conn
+
+	mu    sync.Mutex // guards batch and buf; writes come from TLS under its own lock
+	batch bool
+	buf   *[]byte
+
+	// Read state, used only by Read; crypto/tls never reads concurrently.
+	bulk bool    // the last read filled its buffer: more is likely waiting
+	rbuf *[]byte // pooled read buffer while it holds unread data
+	rd   []byte  // the unread data in rbuf
+}
+
+// Read serves p from data read ahead, or reads the socket: straight into p
+// while traffic is light, through a large pooled buffer while it streams.
+func (c *RawConn) Read(p []byte) (int, error) {
+	if len(c.rd) > 0 {
+		n := copy(p, c.rd)
+		c.rd = c.rd[n:]
+		if len(c.rd) == 0 {
+			readPool.Put(c.rbuf)
+			c.rbuf, c.rd = nil, nil
+		}
+		return n, nil
+	}
+	if !c.bulk || len(p) >= readChunk {
+		n, err := c.Conn.Read(p)
+		c.bulk = n == len(p)
+		return n, err
+	}
+	bp := readPool.Get().(*[]byte)
+	n, err := c.Conn.Read(*bp)
+	c.bulk = n == len(*bp) || n > 2*len(p)
+	m := copy(p, (*bp)[:n])
+	if m < n {
+		c.rbuf, c.rd = bp, (*bp)[m:n]
+	} else {
+		readPool.Put(bp)
+	}
+	return m, err
+}
+
+// NewRawConn wraps c. Until a session starts a batch it passes every call
+// straight through.
+func NewRawConn(c net.Conn) *RawConn { return &RawConn{Conn: c} }
+
+// Write buffers p while a batch is open and writes it through otherwise.
+func (c *RawConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	if c.batch {
+		*c.buf = append(*c.buf, p...)
+		c.mu.Unlock()
+		return len(p), nil
+	}
+	c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+func (c *RawConn) begin() {
+	c.mu.Lock()
+	c.batch = true
+	c.buf = batchPool.Get().(*[]byte)
+	c.mu.Unlock()
+}
+
+// flush ends the batch with one write of everything collected.
+func (c *RawConn) flush() error {
+	c.mu.Lock()
+	buf := c.buf
+	c.batch, c.buf = false, nil
+	c.mu.Unlock()
+	_, err := c.Conn.Write(*buf)
+	if cap(*buf) <= maxPooledBatch {
+		*buf = (*buf)[:0]
+		batchPool.Put(buf)
+	}
+	return err
+}
+
+// frameConn is the connection yamux writes frames to: a TLS connection over
+// a RawConn. Only yamux's send loop writes to it, one call at a time.
+type frameConn struct {
+	*tls.Conn
+	raw     *RawConn
+	pending bool // a data-frame header opened a batch its body must close
+}
+
+// batching returns the connection yamux should use over tc: tc itself when
+// it does not run over a RawConn.
+func batching(tc *tls.Conn) net.Conn {
+	raw, ok := tc.NetConn().(*RawConn)
+	if !ok {
+		return tc
+	}
+	return &frameConn{Conn: tc, raw: raw}
+}
+
+func (c *frameConn) Write(p []byte) (int, error) {
+	if c.pending {
+		// The body of the frame whose header opened the batch.
+		c.pending = false
+		n, err := c.Conn.Write(p)
+		if ferr := c.raw.flush(); err == nil {
+			err = ferr
+		}
+		return n, err
+	}
+	c.raw.begin()
+	n, err := c.Conn.Write(p)
+	if err == nil && len(p) == yamuxHeaderSize && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:12]) > 0 {
+		// A data frame's header: yamux writes its body next.
+		c.pending = true
+		return n, nil
+	}
+	if ferr := c.raw.flush(); err == nil {
+		err = ferr
+	}
+	return n, err
+}

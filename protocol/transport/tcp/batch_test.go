@@ -1,0 +1,168 @@
+package tcp
+
+import (
+	"bytes"
+	"crypto/tls"
+	"encoding/binary"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"testing"
+
+	"github.com/tetherhq/tether/protocol/transport/transporttest"
+)
+
+// countingConn counts the writes that reach the socket.
+type countingConn struct {
+	net.Conn
+	mu     sync.Mutex
+	writes int
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.writes++
+	c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+func (c *countingConn) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writes
+}
+
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := <-accepted
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+func yamuxHeader(typ byte, length uint32) []byte {
+	h := make([]byte, yamuxHeaderSize)
+	h[1] = typ
+	binary.BigEndian.PutUint32(h[4:8], 1)
+	binary.BigEndian.PutUint32(h[8:12], length)
+	return h
+}
+
+// A data frame's header and body, however many TLS records the body takes,
+// reach the socket in one write; a frame without a body in one more.
+func TestFrameConnBatchesHeaderAndBody(t *testing.T) {
+	serverTLS, clientTLS := transporttest.TLSConfigs(t)
+	a, b := tcpPair(t)
+	counted := &countingConn{Conn: a}
+	client := tls.Client(NewRawConn(counted), clientTLS)
+	server := tls.Server(NewRawConn(b), serverTLS)
+
+	body := make([]byte, 200<<10) // 13 TLS records
+	for i := range body {
+		body[i] = byte(i * 31)
+	}
+	var want bytes.Buffer
+	want.Write(yamuxHeader(yamuxTypeData, uint32(len(body))))
+	want.Write(body)
+	want.Write(yamuxHeader(1, 4096)) // a window update: no body
+
+	got := make(chan []byte, 1)
+	go func() {
+		buf := make([]byte, want.Len())
+		if _, err := io.ReadFull(server, buf); err != nil {
+			t.Error(err)
+		}
+		got <- buf
+	}()
+	if err := client.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	fc, ok := batching(client).(*frameConn)
+	if !ok {
+		t.Fatal("a TLS connection over a RawConn did not get batching")
+	}
+	before := counted.count()
+	for _, p := range [][]byte{yamuxHeader(yamuxTypeData, uint32(len(body))), body, yamuxHeader(1, 4096)} {
+		if n, err := fc.Write(p); err != nil || n != len(p) {
+			t.Fatalf("write %d bytes: n=%d err=%v", len(p), n, err)
+		}
+	}
+	if n := counted.count() - before; n != 2 {
+		t.Errorf("two frames took %d socket writes, want 2", n)
+	}
+	if !bytes.Equal(<-got, want.Bytes()) {
+		t.Fatal("the peer received different bytes")
+	}
+}
+
+// Whatever mix of write and read sizes, RawConn's read-ahead delivers the
+// exact byte stream.
+func TestRawConnReadAhead(t *testing.T) {
+	a, b := tcpPair(t)
+	r := NewRawConn(b)
+	const total = 32 << 20
+	src := rand.New(rand.NewPCG(1, 2))
+	data := make([]byte, total)
+	for i := range data {
+		data[i] = byte(src.Uint32())
+	}
+	go func() {
+		sizes := rand.New(rand.NewPCG(3, 4))
+		for off := 0; off < total; {
+			n := min(total-off, 1+sizes.IntN(300<<10))
+			if _, err := a.Write(data[off : off+n]); err != nil {
+				t.Error(err)
+				return
+			}
+			off += n
+		}
+		a.(*net.TCPConn).CloseWrite()
+	}()
+	sizes := rand.New(rand.NewPCG(5, 6))
+	var got bytes.Buffer
+	for {
+		// Mostly record-sized reads like crypto/tls makes, some tiny, some
+		// larger than the read-ahead chunk.
+		var n int
+		switch sizes.IntN(10) {
+		case 0:
+			n = 1 + sizes.IntN(16)
+		case 1:
+			n = readChunk + sizes.IntN(readChunk)
+		default:
+			n = 5 + sizes.IntN(17<<10)
+		}
+		p := make([]byte, n)
+		m, err := r.Read(p)
+		got.Write(p[:m])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("read %d bytes that differ from the %d written", got.Len(), len(data))
+	}
+	if r.rbuf != nil {
+		t.Error("a read buffer is still held after the stream ended")
+	}
+}
