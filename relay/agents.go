@@ -43,7 +43,7 @@ func (r *Relay) acceptTCP(ctx context.Context, wg *sync.WaitGroup) error {
 
 func (r *Relay) handleTCP(ctx context.Context, c net.Conn, tlsConf *tls.Config) {
 	remote := c.RemoteAddr()
-	tc := tls.Server(c, tlsConf)
+	tc := tls.Server(tcp.NewRawConn(c), tlsConf)
 	hctx, cancel := context.WithTimeout(ctx, r.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
