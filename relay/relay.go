@@ -31,10 +31,11 @@ const relayCertLifetime = 30 * 24 * time.Hour
 
 // Relay is a running relay. Create it with New, serve with Run.
 type Relay struct {
-	cfg Config
-	log *slog.Logger
-	st  *state
-	reg *registry
+	cfg      Config
+	log      *slog.Logger
+	st       *state
+	reg      *registry
+	backends backendCache
 
 	tunnelTLS *tls.Config // agents with certificates (TCP and QUIC)
 	enrollTLS *tls.Config // enrolling agents (TCP only)

@@ -66,7 +66,7 @@ func (r *Relay) authenticate(ctx context.Context, name, key string) (*caller, er
 	if name == "" || key == "" {
 		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend credentials required (backend name and API key)")
 	}
-	b, err := r.st.store.Backend(ctx, name)
+	b, err := r.backends.get(ctx, name, r.st.store.Backend)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, protocol.Errorf(protocol.CodeInternal, "look up backend: %v", err)
 	}
@@ -80,6 +80,9 @@ func (r *Relay) authenticate(ctx context.Context, name, key string) (*caller, er
 func (r *Relay) authorize(ctx context.Context, c *caller, tenant string) error {
 	if !slices.Contains(c.tenants, AllTenants) && !slices.Contains(c.tenants, tenant) {
 		return protocol.Errorf(protocol.CodeNotAllowed, "backend %q may not reach tenant %q", c.name, tenant)
+	}
+	if r.reg.connected(tenant) > 0 {
+		return nil // a tenant with a connected agent exists
 	}
 	if _, err := r.st.store.Tenant(ctx, tenant); err != nil {
 		if errors.Is(err, store.ErrNotFound) {

@@ -50,6 +50,12 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
+	// Keep connections open: opening one re-runs the pragmas above and
+	// costs more than most queries. SQLite allows one writer at a time
+	// anyway; readers proceed concurrently in WAL mode.
+	db.SetMaxOpenConns(16)
+	db.SetMaxIdleConns(16)
+	db.SetConnMaxIdleTime(5 * time.Minute)
 	s := &Store{db: db}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
