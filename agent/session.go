@@ -273,6 +273,15 @@ func (s *session) serve(ctx context.Context) endReason {
 	}
 	t := time.NewTicker(hb)
 	defer t.Stop()
+	// Over QUIC, a heartbeat unanswered within pongWait ends the session:
+	// a relay that died (and so sent nothing, not even a close) is
+	// otherwise noticed only after 3 silent heartbeats. Over TCP the kernel
+	// reports a dead relay, and a pong may legitimately wait behind bulk
+	// data on a slow link, so only the silence limit applies.
+	pongWait := min(max(hb/2, 2*time.Second), 5*time.Second)
+	pongTimer := time.NewTimer(time.Hour)
+	pongTimer.Stop()
+	defer pongTimer.Stop()
 	// On a TCP fallback, a timer schedules QUIC probes.
 	var probeTimer *time.Timer
 	var probe <-chan time.Time
@@ -321,6 +330,14 @@ func (s *session) serve(ctx context.Context) endReason {
 			s.pingSentAt.Store(time.Now().UnixNano())
 			if err := s.send(&protocol.Ping{Seq: seq}); err != nil {
 				s.setEnd(fmt.Errorf("send ping: %w", err))
+				return endLost
+			}
+			if s.transport == TransportQUIC {
+				pongTimer.Reset(pongWait)
+			}
+		case <-pongTimer.C:
+			if s.lastHeard.Load() < s.pingSentAt.Load() {
+				s.setEnd(fmt.Errorf("relay did not answer a heartbeat within %v", pongWait))
 				return endLost
 			}
 		}

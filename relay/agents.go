@@ -48,6 +48,7 @@ func (r *Relay) handleTCP(ctx context.Context, c net.Conn, tlsConf *tls.Config) 
 	err := tc.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
+		r.hsFailed.Add(1)
 		r.log.Warn("agent TLS handshake failed", "transport", "tcp", "remote", remote.String(), "err", err)
 		c.Close()
 		return
@@ -114,15 +115,18 @@ func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.Connec
 		return
 	}
 	ctl.SetDeadline(r.cfg.Now().Add(r.cfg.HandshakeTimeout))
-	br := bufio.NewReader(ctl)
+	// Control messages are small; a small buffer keeps idle agents cheap.
+	br := bufio.NewReaderSize(ctl, 512)
 	hello, err := readHello(br)
 	if err != nil {
+		r.hsFailed.Add(1)
 		log.Warn("agent hello", "err", err)
 		r.reject(sess, ctl, err)
 		return
 	}
 	log = log.With("agent_version", hello.AgentVersion)
 	if err := r.admitAgent(ctx, id, hello); err != nil {
+		r.hsFailed.Add(1)
 		log.Warn("agent refused", "err", err)
 		r.reject(sess, ctl, err)
 		return
@@ -244,40 +248,67 @@ func (c *agentConn) healthy(hb time.Duration) bool {
 
 // run serves the control stream until the session ends, the agent falls
 // silent for three heartbeats, or ctx is done. It returns why.
+//
+// The calling goroutine reads the control stream; heartbeats are sent from
+// a timer. An idle agent thus costs the relay one goroutine of its own
+// here, which matters at tens of thousands of agents.
 func (c *agentConn) run(ctx context.Context, br *bufio.Reader, hb time.Duration) error {
-	readErr := make(chan error, 1)
-	go func() { readErr <- c.readLoop(br) }()
-	defer func() {
+	var (
+		mu      sync.Mutex // guards why and stopped
+		why     error
+		stopped bool
+		ticks   sync.WaitGroup
+	)
+	end := func(err error) {
+		mu.Lock()
+		if why == nil {
+			why = err
+		}
+		mu.Unlock()
 		c.sess.Close()
-		if readErr != nil {
-			<-readErr
-		}
-	}()
-	t := time.NewTicker(hb)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return errors.New("relay shutting down")
-		case <-c.sess.Done():
-			return errors.New("session closed")
-		case err := <-readErr:
-			readErr = nil
-			if err == nil {
-				err = errors.New("agent closed its control stream")
-			}
-			return err
-		case <-t.C:
-			if silent := time.Since(time.Unix(0, c.lastHeard.Load())); silent > 3*hb {
-				return fmt.Errorf("no heartbeat for %v", silent.Round(time.Millisecond))
-			}
-			seq := c.pingSeq.Add(1)
-			c.pingSentAt.Store(time.Now().UnixNano())
-			if err := c.send(&protocol.Ping{Seq: seq}); err != nil {
-				return fmt.Errorf("send ping: %w", err)
-			}
-		}
 	}
+	stopCtx := context.AfterFunc(ctx, func() { end(errors.New("relay shutting down")) })
+	var timer *time.Timer
+	timer = time.AfterFunc(hb, func() {
+		mu.Lock()
+		if stopped {
+			mu.Unlock()
+			return
+		}
+		ticks.Add(1)
+		mu.Unlock()
+		defer ticks.Done()
+		if silent := time.Since(time.Unix(0, c.lastHeard.Load())); silent > 3*hb {
+			end(fmt.Errorf("no heartbeat for %v", silent.Round(time.Millisecond)))
+			return
+		}
+		seq := c.pingSeq.Add(1)
+		c.pingSentAt.Store(time.Now().UnixNano())
+		if err := c.send(&protocol.Ping{Seq: seq}); err != nil {
+			end(fmt.Errorf("send ping: %w", err))
+			return
+		}
+		mu.Lock()
+		if !stopped {
+			timer.Reset(hb)
+		}
+		mu.Unlock()
+	})
+
+	err := c.readLoop(br)
+	if err == nil {
+		err = errors.New("agent closed its control stream")
+	}
+	end(err)
+	stopCtx()
+	mu.Lock()
+	stopped = true
+	mu.Unlock()
+	timer.Stop()
+	ticks.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	return why
 }
 
 func (c *agentConn) readLoop(br *bufio.Reader) error {
@@ -311,11 +342,32 @@ func (c *agentConn) readLoop(br *bufio.Reader) error {
 
 // registry holds the live agent connections by tenant.
 type registry struct {
-	mu       sync.RWMutex // guards byTenant
+	mu       sync.RWMutex // guards byTenant and changed
 	byTenant map[string][]*agentConn
+	changed  chan struct{} // closed and replaced when a connection is added
 }
 
-func newRegistry() *registry { return &registry{byTenant: make(map[string][]*agentConn)} }
+func newRegistry() *registry {
+	return &registry{byTenant: make(map[string][]*agentConn), changed: make(chan struct{})}
+}
+
+// changes returns a channel closed at the next add.
+func (g *registry) changes() <-chan struct{} {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.changed
+}
+
+// tenants lists the tenants with at least one connection.
+func (g *registry) tenants() []string {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	out := make([]string, 0, len(g.byTenant))
+	for t := range g.byTenant {
+		out = append(out, t)
+	}
+	return out
+}
 
 // add registers c. Connections of the same agent from an earlier process
 // (another boot id) are stale — that process is gone — so they are closed
@@ -333,6 +385,8 @@ func (g *registry) add(c *agentConn) {
 		}
 	}
 	g.byTenant[c.id.Tenant] = append(list, c)
+	close(g.changed)
+	g.changed = make(chan struct{})
 }
 
 func (g *registry) remove(c *agentConn) {

@@ -55,6 +55,11 @@ type Config struct {
 	// HandshakeTimeout bounds TLS, the control-stream hello and front-door
 	// handshakes. Default 10s.
 	HandshakeTimeout time.Duration
+	// ReconnectGrace is how long after start a stream open for a tenant
+	// whose agent was connected before the restart waits for that agent to
+	// come back (bounded by StreamOpenTimeout) instead of failing with
+	// no_agent. Default 30s.
+	ReconnectGrace time.Duration
 	// DrainTimeout is how long Run waits, after its context is cancelled,
 	// for tunnelled connections to finish before closing them. Default 10s.
 	DrainTimeout time.Duration
@@ -91,6 +96,7 @@ func (c *Config) setDefaults() {
 	defd(&c.IdleTimeout, time.Hour)
 	defd(&c.HandshakeTimeout, 10*time.Second)
 	defd(&c.DrainTimeout, 10*time.Second)
+	defd(&c.ReconnectGrace, 30*time.Second)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -119,7 +125,7 @@ func (c *Config) validate() error {
 	for name, d := range map[string]time.Duration{
 		"agent certificate lifetime": c.AgentCertLifetime, "heartbeat interval": c.HeartbeatInterval,
 		"stream open timeout": c.StreamOpenTimeout, "idle timeout": c.IdleTimeout,
-		"handshake timeout": c.HandshakeTimeout, "drain timeout": c.DrainTimeout,
+		"handshake timeout": c.HandshakeTimeout, "drain timeout": c.DrainTimeout, "reconnect grace": c.ReconnectGrace,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative (got %v)", name, d))

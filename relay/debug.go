@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"runtime"
+	"runtime/debug"
 )
 
 // Stats is a snapshot of the relay's live state.
@@ -15,9 +16,14 @@ type Stats struct {
 	StreamsOpen      int64          `json:"streams_open"`
 	FrontConnections int            `json:"front_connections"`
 	Goroutines       int            `json:"goroutines"`
-	HeapAlloc        uint64         `json:"heap_alloc_bytes"`
-	HeapInuse        uint64         `json:"heap_inuse_bytes"`
-	Sys              uint64         `json:"sys_bytes"`
+	// HandshakesFailed counts agent connections that failed TLS or
+	// were refused at hello; HandshakesThrottled those turned away by the
+	// handshake admission limit before any work was done.
+	HandshakesFailed    int64  `json:"handshakes_failed"`
+	HandshakesThrottled int64  `json:"handshakes_throttled"`
+	HeapAlloc           uint64 `json:"heap_alloc_bytes"`
+	HeapInuse           uint64 `json:"heap_inuse_bytes"`
+	Sys                 uint64 `json:"sys_bytes"`
 }
 
 // Stats returns a snapshot of connections, streams and memory.
@@ -34,6 +40,8 @@ func (r *Relay) Stats() Stats {
 	}
 	r.reg.mu.RUnlock()
 	s.FrontConnections = r.front.len()
+	s.HandshakesFailed = r.hsFailed.Load()
+	s.HandshakesThrottled = r.hsThrottled.Load()
 	s.Goroutines = runtime.NumGoroutine()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -50,7 +58,12 @@ func (r *Relay) debugHandler() http.Handler {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.HandleFunc("/debug/tether", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("/debug/tether", func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Query().Get("gc") == "1" {
+			// Settle the heap and hand freed pages back to the OS (as the
+			// background scavenger would, given time) before measuring.
+			debug.FreeOSMemory()
+		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(r.Stats())
 	})

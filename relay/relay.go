@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	quicgo "github.com/quic-go/quic-go"
@@ -36,6 +37,12 @@ type Relay struct {
 	st       *state
 	reg      *registry
 	backends backendCache
+
+	started  time.Time       // when Run began
+	expected map[string]bool // tenants with agents connected before the last stop (the roster)
+
+	hsFailed    atomic.Int64 // agent handshakes that failed (TLS or hello)
+	hsThrottled atomic.Int64 // agent handshakes turned away by the admission limit
 
 	tunnelTLS *tls.Config // agents with certificates (TCP and QUIC)
 	enrollTLS *tls.Config // enrolling agents (TCP only)
@@ -72,6 +79,9 @@ func New(cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet()}
+	if r.expected, err = loadRoster(st.dir); err != nil {
+		cfg.Logger.Warn("ignoring the roster of connected tenants", "err", err)
+	}
 	if _, err := r.serverCert(nil); err != nil {
 		st.close()
 		return nil, err
@@ -263,8 +273,11 @@ func (r *Relay) run(ctx context.Context) error {
 	sessCtx, stopSessions := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSessions()
 
+	r.started = time.Now()
 	var wg sync.WaitGroup
 	fatal := make(chan error, 4)
+	rosterCtx, stopRoster := context.WithCancel(context.Background())
+	wg.Go(func() { r.keepRoster(rosterCtx) })
 	if r.tcpLn != nil {
 		wg.Go(func() { fatal <- r.acceptTCP(sessCtx, &wg) })
 	}
@@ -320,6 +333,8 @@ func (r *Relay) run(ctx context.Context) error {
 			}
 		})
 	}
+	stopRoster()
+	r.saveRoster() // before agents leave: they are expected back
 	// 2. Tell agents to go away; tunnels in flight continue.
 	r.reg.goAwayAll(&wg, "shutdown", "relay is shutting down")
 	// 3. Drain.

@@ -131,6 +131,10 @@ func (r *Relay) dial(ctx context.Context, c *caller, addr string) (*tunnel, erro
 	var lastErr error
 	for attempt := 0; attempt < maxRouteAttempts; attempt++ {
 		ac := r.reg.pick(t.Tenant, r.cfg.HeartbeatInterval, tried)
+		if ac == nil && attempt == 0 {
+			// Just restarted: the tenant's agent may be on its way back.
+			ac = r.awaitAgent(ctx, t.Tenant, r.cfg.HeartbeatInterval, tried)
+		}
 		if ac == nil {
 			break
 		}

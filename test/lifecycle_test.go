@@ -2,6 +2,7 @@ package test
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
 	"os/exec"
@@ -198,4 +199,73 @@ func TestAutoMovesBackToQUICWhenUDPReturns(t *testing.T) {
 	io.Copy(io.Discard, c)
 	// With its last stream gone, the TCP session closes.
 	r.waitOutput(`"msg":"agent disconnected","transport":"tcp"`, 15*time.Second)
+}
+
+// After a relay restart, a stream to a tenant whose agent was connected
+// before waits for that agent to come back instead of failing; a tenant
+// that had no agent fails at once, and so does everything after the grace.
+func TestStreamsWaitForAgentsAfterRelayRestart(t *testing.T) {
+	const grace = 8 * time.Second
+	r := startRelay(t, relayOpts{extra: []string{"--reconnect-grace", grace.String()}})
+	r.addTenant(t, "acme")
+	r.addTenant(t, "other")
+	d := r.backend(t, "billing", "acme", "other")
+	a := startAgent(t, r, "acme", agentOpts{transport: "tcp", services: map[string]string{"echo": tcpService(t, echo)}})
+	waitDial(t, d, "echo.acme.tether:7", 20*time.Second).Close()
+
+	// A graceful stop records acme in the roster; the agent then dies too,
+	// so that after the restart acme's agent is missing for a while.
+	if err := r.stop(15 * time.Second); err != nil {
+		t.Fatalf("relay stop: %v", err)
+	}
+	a.kill()
+	r.restart()
+	restarted := time.Now()
+	deadline := time.Now().Add(20 * time.Second)
+	for strings.Count(r.out.String(), `"msg":"relay serving"`) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("relay did not serve again")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	start := time.Now()
+	if _, err := d.Dial("tcp", "echo.other.tether:7"); !errors.Is(err, client.ErrNoAgent) {
+		t.Fatalf("tenant without agents: got %v, want no_agent", err)
+	}
+	if waited := time.Since(start); waited > 2*time.Second {
+		t.Errorf("a tenant that had no agent waited %v", waited)
+	}
+
+	type result struct {
+		err    error
+		waited time.Duration
+	}
+	done := make(chan result, 1)
+	go func() {
+		start := time.Now()
+		c, err := d.Dial("tcp", "echo.acme.tether:7")
+		if err == nil {
+			c.Close()
+		}
+		done <- result{err, time.Since(start)}
+	}()
+	time.Sleep(1500 * time.Millisecond)
+	a.restart()
+	res := <-done
+	if res.err != nil {
+		t.Fatalf("stream to a returning agent's tenant: %v", res.err)
+	}
+	if res.waited < time.Second {
+		t.Errorf("the stream succeeded after %v, before the agent was back: the test proves nothing", res.waited)
+	}
+
+	// After the grace, a missing agent is reported at once again.
+	a.kill()
+	time.Sleep(time.Until(restarted.Add(grace + 500*time.Millisecond)))
+	start = time.Now()
+	waitDialErr(t, d, "echo.acme.tether:7", client.ErrNoAgent)
+	if waited := time.Since(start); waited > 5*time.Second {
+		t.Errorf("after the grace, no_agent took %v", waited)
+	}
 }

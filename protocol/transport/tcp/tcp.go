@@ -29,8 +29,9 @@ import (
 func Config(logger *slog.Logger) *yamux.Config {
 	c := yamux.DefaultConfig()
 	c.AcceptBacklog = 1024
-	c.EnableKeepAlive = true
-	c.KeepAliveInterval = 10 * time.Second
+	// Tether's own heartbeats on the control stream detect a dead peer;
+	// yamux's would cost every session another goroutine and timer.
+	c.EnableKeepAlive = false
 	c.ConnectionWriteTimeout = 10 * time.Second
 	c.MaxStreamWindowSize = 1 << 20
 	c.StreamOpenTimeout = 10 * time.Second

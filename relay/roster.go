@@ -1,0 +1,131 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// After a restart, a relay knows no agent until each reconnects, which
+// takes a fleet seconds (agents notice the restart at their next heartbeat
+// and back off with jitter). A backend stream opened in that window to a
+// tenant whose agent is on its way back should wait for it rather than
+// fail. The roster is how the relay tells those tenants from tenants with
+// no agent at all: the set of tenants with a connected agent, written to
+// the data directory every rosterInterval and at shutdown (so it survives
+// a crash at most that stale), and read at start.
+
+const (
+	rosterFile     = "connected-tenants.json"
+	rosterInterval = 10 * time.Second
+)
+
+type roster struct {
+	Tenants []string  `json:"tenants"`
+	Written time.Time `json:"written"`
+}
+
+// loadRoster reads the tenants that had agents connected when the relay
+// last ran. A missing or unreadable roster means none: nothing waits.
+func loadRoster(dir string) (map[string]bool, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, rosterFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r roster
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", rosterFile, err)
+	}
+	m := make(map[string]bool, len(r.Tenants))
+	for _, t := range r.Tenants {
+		m[t] = true
+	}
+	return m, nil
+}
+
+// saveRoster replaces the roster atomically.
+func saveRoster(dir string, tenants []string, now time.Time) error {
+	slices.Sort(tenants)
+	raw, err := json.Marshal(roster{Tenants: tenants, Written: now.UTC()})
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, rosterFile+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(raw); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(dir, rosterFile))
+}
+
+// keepRoster saves the roster every rosterInterval until ctx ends. Tenants
+// expected back from the previous run stay on it until the reconnect
+// grace is over, so a second restart inside the grace forgets nobody.
+func (r *Relay) keepRoster(ctx context.Context) {
+	t := time.NewTicker(rosterInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			r.saveRoster()
+		}
+	}
+}
+
+func (r *Relay) saveRoster() {
+	tenants := r.reg.tenants()
+	if r.inGrace() {
+		for t := range r.expected {
+			if !slices.Contains(tenants, t) {
+				tenants = append(tenants, t)
+			}
+		}
+	}
+	if err := saveRoster(r.st.dir, tenants, r.cfg.Now()); err != nil {
+		r.log.Warn("save roster of connected tenants", "err", err)
+	}
+}
+
+// inGrace reports whether the relay started less than ReconnectGrace ago.
+func (r *Relay) inGrace() bool {
+	return time.Since(r.started) < r.cfg.ReconnectGrace
+}
+
+// awaitAgent waits, during the reconnect grace, for an agent of a tenant
+// expected back to connect. It returns false at once for other tenants,
+// and when ctx or the grace ends first.
+func (r *Relay) awaitAgent(ctx context.Context, tenant string, hb time.Duration, exclude map[*agentConn]bool) *agentConn {
+	if !r.expected[tenant] || !r.inGrace() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.ReconnectGrace-time.Since(r.started))
+	defer cancel()
+	for {
+		changed := r.reg.changes()
+		if ac := r.reg.pick(tenant, hb, exclude); ac != nil {
+			return ac
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}

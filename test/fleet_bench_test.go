@@ -1,0 +1,296 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/agent"
+	"github.com/tetherhq/tether/relay/client"
+)
+
+// BenchmarkFleet measures a relay serving a fleet of idle agents: the
+// relay's memory per agent, and a reconnect storm after the relay is killed
+// and restarted. The agents run in this process, each a real agent with its
+// own enrolled identity and its own connection. Fleet sizes come from
+// TETHER_BENCH_FLEET (default "1000"; scripts/bench/run uses "1000,10000").
+//
+// Sub-benchmarks are fleet-<n>/<transport>; each runs once whatever b.N.
+func BenchmarkFleet(b *testing.B) {
+	sizes := []int{1000}
+	if v := os.Getenv("TETHER_BENCH_FLEET"); v != "" {
+		sizes = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				b.Fatalf("TETHER_BENCH_FLEET=%q: want comma-separated positive counts", v)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	for _, n := range sizes {
+		for _, tr := range []string{"tcp", "quic"} {
+			b.Run(fmt.Sprintf("fleet-%d/%s", n, tr), func(b *testing.B) { fleet(b, n, tr) })
+		}
+	}
+}
+
+// fleetTenants is how many tenants the fleet is spread over.
+const fleetTenants = 50
+
+func fleet(b *testing.B, n int, transport string) {
+	if b.N > 1 {
+		b.Skip("runs once; use -benchtime 1x")
+	}
+	debugAddr := "127.0.0.1:" + strconv.Itoa(freePort(b))
+	r := startRelay(b, relayOpts{extra: []string{"--debug-listen", debugAddr, "--log-level", "info", "--heartbeat", "10s"}})
+	echoAddr := tcpService(b, echo)
+	tenants := make([]string, fleetTenants)
+	tokens := make([]string, fleetTenants)
+	for i := range tenants {
+		tenants[i] = fmt.Sprintf("t%02d", i)
+		r.addTenant(b, tenants[i])
+		tokens[i] = r.token(b, tenants[i], "--uses", strconv.Itoa(n), "--ttl", "1h")
+	}
+	dialer := r.backend(b, "fleet", tenants...)
+	dialer.Timeout = 10 * time.Second
+
+	idle := relayStatsGC(b, debugAddr)
+	rss0 := rssBytes(r.cmd.Process.Pid)
+
+	// Enrol n agents, a few at a time, then run them.
+	dirs := make([]string, n)
+	base := b.TempDir()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	enrolStart := time.Now()
+	for range 8 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				dirs[i] = filepath.Join(base, strconv.Itoa(i))
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				_, err := agent.Enroll(ctx, agent.EnrollOptions{Relay: r.agentAddr, Token: tokens[i%fleetTenants], StateDir: dirs[i], Hostname: "fleet"})
+				cancel()
+				if err != nil {
+					errs <- fmt.Errorf("enrol agent %d: %w", i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(n)/time.Since(enrolStart).Seconds(), "enrolments/s")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var agents sync.WaitGroup
+	b.Cleanup(func() {
+		cancel()
+		agents.Wait()
+	})
+	for i := range n {
+		a, err := agent.New(agent.Config{
+			StateDir:    dirs[i],
+			Transport:   transport,
+			Connections: 1,
+			Services:    map[string]agent.Service{"echo": {Address: echoAddr}},
+			Reconnect:   agent.Backoff{Initial: 500 * time.Millisecond, Max: 30 * time.Second},
+			Logger:      scratchLogger(i),
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		agents.Go(func() { a.Run(ctx) })
+		_ = a
+	}
+	connectStart := time.Now()
+	waitConnected(b, debugAddr, n, 5*time.Minute)
+	b.ReportMetric(time.Since(connectStart).Seconds(), "connect-all-s")
+
+	// Memory with the fleet idle: give the relay a moment to settle, then
+	// read its resident set and Go heap after a GC.
+	time.Sleep(2 * time.Second)
+	full := relayStatsGC(b, debugAddr) // also returns freed memory to the OS
+	if dir := os.Getenv("TETHER_BENCH_PROFILE_DIR"); dir != "" {
+		saveProfile(b, "http://"+debugAddr+"/debug/pprof/heap?gc=1", filepath.Join(dir, fmt.Sprintf("relay-heap-fleet-%d-%s.pprof", n, transport)))
+		saveProfile(b, "http://"+debugAddr+"/debug/pprof/goroutine", filepath.Join(dir, fmt.Sprintf("relay-goroutines-fleet-%d-%s.pprof", n, transport)))
+	}
+	rss := rssBytes(r.cmd.Process.Pid)
+	b.ReportMetric((rss-rss0)/float64(n)/1024, "relay-rss-KiB/agent")
+	b.ReportMetric(float64(full.HeapInuse-idle.HeapInuse)/float64(n)/1024, "relay-heap-KiB/agent")
+	b.ReportMetric(float64(full.Goroutines-idle.Goroutines)/float64(n), "relay-goroutines/agent")
+	b.ReportMetric(rss/(1<<20), "relay-rss-MiB")
+
+	// Reconnect storm: kill the relay, start it again, and measure how long
+	// until every agent is back. Meanwhile a backend keeps opening streams
+	// to random tenants; a stream counts as failed only if one retry after
+	// a failure fails too.
+	var opened, failed atomic.Int64
+	stormCtx, stopLoad := context.WithCancel(context.Background())
+	var load sync.WaitGroup
+	for w := range 4 {
+		load.Go(func() { backendLoad(stormCtx, dialer, tenants, uint64(w), &opened, &failed) })
+	}
+	time.Sleep(500 * time.Millisecond)
+	r.kill()
+	killed := time.Now()
+	r.restart()
+	waitConnected(b, debugAddr, n, 5*time.Minute)
+	b.ReportMetric(time.Since(killed).Seconds(), "storm-reconnect-all-s")
+	time.Sleep(time.Second)
+	stopLoad()
+	load.Wait()
+	after := relayStats(b, debugAddr)
+	b.ReportMetric(float64(after.HandshakesFailed), "storm-handshake-failures")
+	b.ReportMetric(float64(after.HandshakesThrottled), "storm-handshakes-throttled")
+	b.ReportMetric(float64(opened.Load()), "storm-streams")
+	b.ReportMetric(float64(failed.Load()), "storm-streams-failed-after-retry")
+}
+
+// backendLoad opens echo streams to random tenants until ctx ends, retrying
+// a failed open once after a short pause.
+func backendLoad(ctx context.Context, d *client.Dialer, tenants []string, seed uint64, opened, failed *atomic.Int64) {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	try := func(addr string) error {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		buf := make([]byte, 4)
+		_, err = c.Read(buf)
+		return err
+	}
+	for ctx.Err() == nil {
+		addr := "echo." + tenants[rng.IntN(len(tenants))] + ".tether:7"
+		opened.Add(1)
+		if err := try(addr); err != nil && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			if err := try(addr); err != nil && ctx.Err() == nil {
+				failed.Add(1)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// fleetStats is the part of the relay's /debug/tether the fleet benchmark
+// reads.
+type fleetStats struct {
+	AgentConnections    int    `json:"agent_connections"`
+	Goroutines          int    `json:"goroutines"`
+	HeapInuse           uint64 `json:"heap_inuse_bytes"`
+	HandshakesFailed    int64  `json:"handshakes_failed"`
+	HandshakesThrottled int64  `json:"handshakes_throttled"`
+}
+
+func relayStats(b testing.TB, addr string) fleetStats {
+	return getStats(b, "http://"+addr+"/debug/tether")
+}
+
+// relayStatsGC is relayStats after a garbage collection in the relay.
+func relayStatsGC(b testing.TB, addr string) fleetStats {
+	return getStats(b, "http://"+addr+"/debug/tether?gc=1")
+}
+
+func getStats(b testing.TB, url string) fleetStats {
+	b.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var s fleetStats
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		b.Fatal(err)
+	}
+	return s
+}
+
+// waitConnected waits until the relay reports n agent connections.
+func waitConnected(b testing.TB, addr string, n int, limit time.Duration) {
+	b.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		s, err := tryStats(addr)
+		if err == nil && s.AgentConnections >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d agents connected after %v (last error %v)", s.AgentConnections, n, limit, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func tryStats(addr string) (fleetStats, error) {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr + "/debug/tether")
+	if err != nil {
+		return fleetStats{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fleetStats{}, errors.New(resp.Status)
+	}
+	var s fleetStats
+	err = json.NewDecoder(resp.Body).Decode(&s)
+	return s, err
+}
+
+func scratchLogger(i int) *slog.Logger {
+	if i == 0 && os.Getenv("SCRATCH") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return nil
+}
+
+// saveProfile stores a pprof profile fetched from url in path.
+func saveProfile(b testing.TB, url, path string) {
+	b.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		b.Fatal(err)
+	}
+}
