@@ -43,6 +43,15 @@ func (r *Relay) acceptTCP(ctx context.Context, wg *sync.WaitGroup) error {
 
 func (r *Relay) handleTCP(ctx context.Context, c net.Conn, tlsConf *tls.Config) {
 	remote := c.RemoteAddr()
+	if !r.gate.enter(ctx) {
+		r.hsThrottled.Add(1)
+		r.log.Debug("agent connection turned away: too many handshakes in progress", "transport", "tcp", "remote", remote.String())
+		c.Close()
+		return
+	}
+	var leaveOnce sync.Once
+	leave := func() { leaveOnce.Do(r.gate.leave) }
+	defer leave()
 	tc := tls.Server(tcp.NewRawConn(c), tlsConf)
 	hctx, cancel := context.WithTimeout(ctx, r.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
@@ -57,6 +66,7 @@ func (r *Relay) handleTCP(ctx context.Context, c net.Conn, tlsConf *tls.Config) 
 	switch cs.NegotiatedProtocol {
 	case protocol.ALPNEnroll:
 		r.serveEnroll(ctx, tc)
+		leave()
 	case protocol.ALPN:
 		sess, err := tcp.Server(tc, tcp.Config(r.log))
 		if err != nil {
@@ -64,7 +74,7 @@ func (r *Relay) handleTCP(ctx context.Context, c net.Conn, tlsConf *tls.Config) 
 			tc.Close()
 			return
 		}
-		r.serveAgent(ctx, sess, cs, "tcp", remote)
+		r.serveAgent(ctx, sess, cs, "tcp", remote, leave)
 	default:
 		tc.Close()
 	}
@@ -80,7 +90,16 @@ func (r *Relay) acceptQUIC(ctx context.Context, wg *sync.WaitGroup) error {
 			return fmt.Errorf("accept agent QUIC connection: %w", err)
 		}
 		wg.Go(func() {
-			r.serveAgent(ctx, quic.NewSession(conn), conn.ConnectionState().TLS, "quic", conn.RemoteAddr())
+			// quic-go has completed TLS; the gate bounds the hello.
+			if !r.gate.enter(ctx) {
+				r.hsThrottled.Add(1)
+				conn.CloseWithError(quic.CodeRefused, "relay busy")
+				return
+			}
+			var leaveOnce sync.Once
+			leave := func() { leaveOnce.Do(r.gate.leave) }
+			defer leave()
+			r.serveAgent(ctx, quic.NewSession(conn), conn.ConnectionState().TLS, "quic", conn.RemoteAddr(), leave)
 		})
 	}
 }
@@ -93,7 +112,11 @@ type agentSession interface {
 
 // serveAgent runs one agent connection from the hello to its end. The
 // tenant comes from the verified certificate only.
-func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.ConnectionState, transportName string, remote net.Addr) {
+//
+// admitted is called once the handshake is over (the agent is welcomed or
+// refused), to free its handshake slot.
+func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.ConnectionState, transportName string, remote net.Addr, admitted func()) {
+	defer admitted()
 	defer sess.Close()
 	log := r.log.With("transport", transportName, "remote", remote.String())
 	if len(cs.PeerCertificates) == 0 {
@@ -147,6 +170,7 @@ func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.Connec
 		return
 	}
 	ctl.SetDeadline(time.Time{})
+	admitted()
 
 	r.reg.add(ac)
 	defer r.reg.remove(ac)

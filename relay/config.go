@@ -55,6 +55,10 @@ type Config struct {
 	// HandshakeTimeout bounds TLS, the control-stream hello and front-door
 	// handshakes. Default 10s.
 	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds the agent handshakes (TLS and hello, and
+	// enrolments) in progress at once; a connection that waits 8 s for a
+	// slot is closed and its agent retries later. Default 512.
+	MaxHandshakes int
 	// ReconnectGrace is how long after start a stream open for a tenant
 	// whose agent was connected before the restart waits for that agent to
 	// come back (bounded by StreamOpenTimeout) instead of failing with
@@ -97,6 +101,9 @@ func (c *Config) setDefaults() {
 	defd(&c.HandshakeTimeout, 10*time.Second)
 	defd(&c.DrainTimeout, 10*time.Second)
 	defd(&c.ReconnectGrace, 30*time.Second)
+	if c.MaxHandshakes == 0 {
+		c.MaxHandshakes = 512
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -121,6 +128,9 @@ func (c *Config) validate() error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s address %q: %w", name, addr, err))
 		}
+	}
+	if c.MaxHandshakes < 0 {
+		errs = append(errs, fmt.Errorf("max handshakes must be positive (got %d)", c.MaxHandshakes))
 	}
 	for name, d := range map[string]time.Duration{
 		"agent certificate lifetime": c.AgentCertLifetime, "heartbeat interval": c.HeartbeatInterval,

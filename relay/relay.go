@@ -41,6 +41,7 @@ type Relay struct {
 	started  time.Time       // when Run began
 	expected map[string]bool // tenants with agents connected before the last stop (the roster)
 
+	gate        *handshakeGate
 	hsFailed    atomic.Int64 // agent handshakes that failed (TLS or hello)
 	hsThrottled atomic.Int64 // agent handshakes turned away by the admission limit
 
@@ -78,7 +79,7 @@ func New(cfg Config) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet()}
+	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes)}
 	if r.expected, err = loadRoster(st.dir); err != nil {
 		cfg.Logger.Warn("ignoring the roster of connected tenants", "err", err)
 	}

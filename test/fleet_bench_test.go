@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -147,10 +148,11 @@ func fleet(b *testing.B, n int, transport string) {
 	// to random tenants; a stream counts as failed only if one retry after
 	// a failure fails too.
 	var opened, failed atomic.Int64
+	var failures failureLog
 	stormCtx, stopLoad := context.WithCancel(context.Background())
 	var load sync.WaitGroup
 	for w := range 4 {
-		load.Go(func() { backendLoad(stormCtx, dialer, tenants, uint64(w), &opened, &failed) })
+		load.Go(func() { backendLoad(stormCtx, dialer, tenants, uint64(w), &opened, &failed, &failures) })
 	}
 	time.Sleep(500 * time.Millisecond)
 	r.kill()
@@ -166,11 +168,14 @@ func fleet(b *testing.B, n int, transport string) {
 	b.ReportMetric(float64(after.HandshakesThrottled), "storm-handshakes-throttled")
 	b.ReportMetric(float64(opened.Load()), "storm-streams")
 	b.ReportMetric(float64(failed.Load()), "storm-streams-failed-after-retry")
+	for _, f := range failures.list() {
+		b.Logf("failed stream: %s", f)
+	}
 }
 
 // backendLoad opens echo streams to random tenants until ctx ends, retrying
 // a failed open once after a short pause.
-func backendLoad(ctx context.Context, d *client.Dialer, tenants []string, seed uint64, opened, failed *atomic.Int64) {
+func backendLoad(ctx context.Context, d *client.Dialer, tenants []string, seed uint64, opened, failed *atomic.Int64, log *failureLog) {
 	rng := rand.New(rand.NewPCG(seed, 7))
 	try := func(addr string) error {
 		c, err := d.DialContext(ctx, "tcp", addr)
@@ -195,8 +200,9 @@ func backendLoad(ctx context.Context, d *client.Dialer, tenants []string, seed u
 				return
 			case <-time.After(time.Second):
 			}
-			if err := try(addr); err != nil && ctx.Err() == nil {
+			if err2 := try(addr); err2 != nil && ctx.Err() == nil {
 				failed.Add(1)
+				log.add(fmt.Sprintf("%s: %v, then after a retry: %v", addr, err, err2))
 			}
 		}
 		select {
@@ -293,4 +299,24 @@ func saveProfile(b testing.TB, url, path string) {
 	if _, err := io.Copy(f, resp.Body); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// failureLog keeps the first few failures for the benchmark's log.
+type failureLog struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (l *failureLog) add(msg string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.msgs) < 5 {
+		l.msgs = append(l.msgs, msg)
+	}
+}
+
+func (l *failureLog) list() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.msgs)
 }

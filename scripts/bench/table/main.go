@@ -1,0 +1,314 @@
+// Command table turns the output of Tether's benchmarks (go test -bench,
+// run by scripts/bench/run) into one markdown table: each figure for direct
+// connections, for Tether over QUIC and over TCP, the ratio or difference to
+// direct, the target from the performance issue, and whether it is met.
+// When a benchmark ran several times (-count), the median is used.
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// results maps a benchmark name (without the GOMAXPROCS suffix) and a unit
+// to every value reported.
+type results map[string]map[string][]float64
+
+var procSuffix = regexp.MustCompile(`-\d+$`)
+
+func parse(path string) (results, error) {
+	res := results{}
+	if path == "" {
+		return res, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 4 || !strings.HasPrefix(fields[0], "Benchmark") {
+			continue
+		}
+		name := procSuffix.ReplaceAllString(fields[0], "")
+		if _, err := strconv.Atoi(fields[1]); err != nil {
+			continue // not a result line
+		}
+		for i := 2; i+1 < len(fields); i += 2 {
+			v, err := strconv.ParseFloat(fields[i], 64)
+			if err != nil {
+				continue
+			}
+			if res[name] == nil {
+				res[name] = map[string][]float64{}
+			}
+			res[name][fields[i+1]] = append(res[name][fields[i+1]], v)
+		}
+	}
+	return res, sc.Err()
+}
+
+// get returns the median of name's unit values, or false.
+func (r results) get(name, unit string) (float64, bool) {
+	vs := r[name][unit]
+	if len(vs) == 0 {
+		return 0, false
+	}
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2], true
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2, true
+}
+
+type table struct {
+	w    io.Writer
+	fail int
+	miss int
+}
+
+func (t *table) header(title string) {
+	fmt.Fprintf(t.w, "\n### %s\n\n", title)
+	fmt.Fprintln(t.w, "| measure | direct | QUIC | QUIC vs direct | TCP | TCP vs direct | target | met |")
+	fmt.Fprintln(t.w, "|---|---:|---:|---:|---:|---:|---|---|")
+}
+
+func num(v float64, ok bool) string {
+	if !ok {
+		return "–"
+	}
+	switch {
+	case v >= 1000:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case v >= 10:
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	default:
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	}
+}
+
+// verdict is "yes", "**no**" or "–" when there is no target or no data.
+func (t *table) verdict(has, ok bool) string {
+	switch {
+	case !has:
+		return ""
+	case ok:
+		return "yes"
+	default:
+		t.fail++
+		return "**no**"
+	}
+}
+
+// comparison is a row comparing QUIC and TCP with direct.
+type comparison struct {
+	label, bench, unit string
+	// ratio reports tunnel/direct; otherwise tunnel − direct.
+	ratio bool
+	// target describes the goal; check tells whether a value (ratio or
+	// difference) meets it for a transport.
+	target string
+	check  func(transport string, rel, tunnel float64) bool
+}
+
+func (t *table) compare(r results, c comparison) {
+	d, dok := r.get(c.bench+"/direct", c.unit)
+	cells := []string{c.label + " (" + c.unit + ")", num(d, dok)}
+	allMet, has := true, false
+	for _, tr := range []string{"quic", "tcp"} {
+		v, ok := r.get(c.bench+"/"+tr, c.unit)
+		cells = append(cells, num(v, ok))
+		if !ok || !dok {
+			cells = append(cells, "–")
+			if c.check != nil {
+				t.miss++
+			}
+			continue
+		}
+		var rel float64
+		if c.ratio {
+			rel = v / d
+			cells = append(cells, strconv.FormatFloat(rel, 'f', 2, 64)+"×")
+		} else {
+			rel = v - d
+			cells = append(cells, "+"+num(rel, true))
+		}
+		if c.check != nil {
+			has = true
+			allMet = allMet && c.check(tr, rel, v)
+		}
+	}
+	cells = append(cells, c.target, t.verdict(has, allMet))
+	fmt.Fprintln(t.w, "| "+strings.Join(cells, " | ")+" |")
+}
+
+// single is a row with one value per transport and no direct counterpart.
+func (t *table) single(r results, label, benchFmt, unit, target string, check func(tr string, v float64) bool) {
+	cells := []string{label + " (" + unit + ")", "–"}
+	allMet, has := true, false
+	for _, tr := range []string{"quic", "tcp"} {
+		v, ok := r.get(fmt.Sprintf(benchFmt, tr), unit)
+		cells = append(cells, num(v, ok), "")
+		if ok && check != nil {
+			has = true
+			allMet = allMet && check(tr, v)
+		} else if !ok && check != nil {
+			t.miss++
+		}
+	}
+	cells = append(cells, target, t.verdict(has, allMet))
+	fmt.Fprintln(t.w, "| "+strings.Join(cells, " | ")+" |")
+}
+
+func main() {
+	unpinned := flag.String("unpinned", "", "BenchmarkTunnel output, unpinned")
+	pinned := flag.String("pinned", "", "BenchmarkTunnel output, all processes on one CPU")
+	fleet := flag.String("fleet", "", "BenchmarkFleet output")
+	pg := flag.String("pgbench", "", "BenchmarkPgbench output")
+	flag.Parse()
+	load := func(p string) results {
+		r, err := parse(p)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "table:", err)
+			os.Exit(2)
+		}
+		return r
+	}
+	u, p, f, g := load(*unpinned), load(*pinned), load(*fleet), load(*pg)
+	t := &table{w: os.Stdout}
+
+	ratioAtLeast := func(quic, tcp float64) func(string, float64, float64) bool {
+		return func(tr string, rel, _ float64) bool {
+			if tr == "quic" {
+				return rel >= quic
+			}
+			return rel >= tcp
+		}
+	}
+	t.header("Throughput, CPU and memory (unpinned)")
+	for _, dir := range []string{"upload", "download"} {
+		t.compare(u, comparison{label: dir + ", 1 stream", bench: "BenchmarkTunnel/" + dir + "-1", unit: "MB/s", ratio: true,
+			target: "QUIC ≥ 0.16×, TCP ≥ 0.30×", check: ratioAtLeast(0.16, 0.30)})
+		one := map[string]float64{}
+		for _, tr := range []string{"quic", "tcp"} {
+			one[tr], _ = u.get("BenchmarkTunnel/"+dir+"-1/"+tr, "MB/s")
+		}
+		t.compare(u, comparison{label: dir + ", 8 streams", bench: "BenchmarkTunnel/" + dir + "-8", unit: "MB/s", ratio: true,
+			target: "≥ 1 stream", check: func(tr string, _ float64, v float64) bool { return v >= 0.95*one[tr] }})
+	}
+	for _, dir := range []string{"upload", "download"} {
+		for _, side := range []string{"relay", "agent"} {
+			t.single(u, side+" CPU, "+dir, "BenchmarkTunnel/"+dir+"-1/%s", side+"-cpu-s/GB", "", nil)
+		}
+	}
+	t.single(u, "agent resident memory after the run", "BenchmarkTunnel/agent-rss/%s", "MiB", "≤ 25 MiB idle",
+		func(_ string, v float64) bool { return v <= 25 })
+
+	for _, mode := range []struct {
+		name string
+		r    results
+	}{{"unpinned", u}, {"pinned to one CPU", p}} {
+		if len(mode.r) == 0 {
+			continue
+		}
+		pinnedMode := mode.name != "unpinned"
+		t.header("Latency and stream opens (" + mode.name + ")")
+		var p50 = map[string]float64{}
+		for _, tr := range []string{"quic", "tcp"} {
+			p50[tr], _ = mode.r.get("BenchmarkTunnel/pingpong-64B/"+tr, "p50-µs")
+		}
+		check := func(f func(string, float64, float64) bool) func(string, float64, float64) bool {
+			if !pinnedMode {
+				return nil
+			}
+			return f
+		}
+		target := func(s string) string {
+			if !pinnedMode {
+				return ""
+			}
+			return s
+		}
+		t.compare(mode.r, comparison{label: "64 B ping-pong p50", bench: "BenchmarkTunnel/pingpong-64B", unit: "p50-µs",
+			target: target("+ ≤ 60 µs"), check: check(func(_ string, rel, _ float64) bool { return rel <= 60 })})
+		t.compare(mode.r, comparison{label: "64 B ping-pong p99", bench: "BenchmarkTunnel/pingpong-64B", unit: "p99-µs",
+			target: target("≤ 3× own p50"), check: check(func(tr string, _, v float64) bool { return v <= 3*p50[tr] })})
+		t.compare(mode.r, comparison{label: "64 B ping-pong p99.9", bench: "BenchmarkTunnel/pingpong-64B", unit: "p99.9-µs"})
+		t.compare(mode.r, comparison{label: "new connection to first byte p50", bench: "BenchmarkTunnel/first-byte", unit: "p50-µs",
+			target: target("+ ≤ 250 µs"), check: check(func(_ string, rel, _ float64) bool { return rel <= 250 })})
+		t.compare(mode.r, comparison{label: "new connection to first byte p99", bench: "BenchmarkTunnel/first-byte", unit: "p99-µs"})
+		t.compare(mode.r, comparison{label: "stream opens, 32 clients", bench: "BenchmarkTunnel/opens", unit: "opens/s", ratio: true,
+			target: target("≥ 5000/s"), check: check(func(_ string, _, v float64) bool { return v >= 5000 })})
+	}
+
+	if len(f) > 0 {
+		var sizes []string
+		for name := range f {
+			if s, ok := strings.CutPrefix(name, "BenchmarkFleet/fleet-"); ok {
+				n, _, _ := strings.Cut(s, "/")
+				if !slices.Contains(sizes, n) {
+					sizes = append(sizes, n)
+				}
+			}
+		}
+		slices.SortFunc(sizes, func(a, b string) int { x, _ := strconv.Atoi(a); y, _ := strconv.Atoi(b); return x - y })
+		for _, n := range sizes {
+			t.header("Fleet of " + n + " idle agents, one relay")
+			fb := "BenchmarkFleet/fleet-" + n + "/%s"
+			t.single(f, "relay resident memory per agent", fb, "relay-rss-KiB/agent", "QUIC ≤ 256, TCP ≤ 64 KiB",
+				func(tr string, v float64) bool {
+					if tr == "quic" {
+						return v <= 256
+					}
+					return v <= 64
+				})
+			t.single(f, "relay Go heap per agent", fb, "relay-heap-KiB/agent", "", nil)
+			t.single(f, "relay goroutines per agent", fb, "relay-goroutines/agent", "", nil)
+			t.single(f, "relay resident memory", fb, "relay-rss-MiB", "", nil)
+			t.single(f, "enrolment rate", fb, "enrolments/s", "", nil)
+			t.single(f, "all agents connected after start", fb, "connect-all-s", "", nil)
+			stormTarget, stormCheck := "", func(string, float64) bool { return true }
+			if n == "10000" {
+				stormTarget, stormCheck = "≤ 30 s", func(_ string, v float64) bool { return v <= 30 }
+			}
+			t.single(f, "relay killed → all agents back", fb, "storm-reconnect-all-s", stormTarget, stormCheck)
+			t.single(f, "handshake failures in the storm", fb, "storm-handshake-failures", "", nil)
+			t.single(f, "handshakes turned away by admission", fb, "storm-handshakes-throttled", "", nil)
+			t.single(f, "backend streams opened in the storm", fb, "storm-streams", "", nil)
+			t.single(f, "streams failed after one retry", fb, "storm-streams-failed-after-retry", "0",
+				func(_ string, v float64) bool { return v == 0 })
+		}
+	}
+
+	if len(g) > 0 {
+		t.header("pgbench through the tunnel (8 clients)")
+		for _, w := range []string{"select", "tpcb"} {
+			t.compare(g, comparison{label: "pgbench " + w, bench: "BenchmarkPgbench/" + w, unit: "tps", ratio: true,
+				target: "≥ 0.70×", check: func(_ string, rel, _ float64) bool { return rel >= 0.70 }})
+			t.compare(g, comparison{label: "pgbench " + w + " latency", bench: "BenchmarkPgbench/" + w, unit: "latency-ms"})
+		}
+	}
+
+	fmt.Println()
+	switch {
+	case t.fail > 0:
+		fmt.Printf("**%d target rows not met.**", t.fail)
+	default:
+		fmt.Print("All measured targets met.")
+	}
+	if t.miss > 0 {
+		fmt.Printf(" %d figures with a target were not measured.", t.miss)
+	}
+	fmt.Println()
+}
