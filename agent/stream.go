@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"slices"
 	"syscall"
 	"time"
 
@@ -29,10 +30,13 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 		}
 		return
 	}
-	log := s.log.With("request", h.RequestID, "service", h.Service, "backend", h.Backend)
+	// Attributes go to each log call: Logger.With would format them for
+	// every stream, logged or not.
+	log := s.log
+	ids := []any{"request", h.RequestID, "service", h.Service, "backend", h.Backend}
 	svc, ok := (*a.services.Load())[h.Service]
 	if !ok {
-		log.Info("refused: service not in this agent's allowlist")
+		log.Info("refused: service not in this agent's allowlist", ids...)
 		refuse(st, protocol.Errorf(protocol.CodeUnknownService, "tenant %q's agent does not expose a service named %q", a.state.Tenant, h.Service))
 		return
 	}
@@ -41,13 +45,13 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	cancel()
 	if err != nil {
 		perr := dialError(h.Service, a.cfg.DialTimeout, err)
-		log.Warn("cannot reach service", "address", svc.Address, "code", perr.Code.String(), "err", err)
+		log.Warn("cannot reach service", slices.Concat(ids, []any{"address", svc.Address, "code", perr.Code.String(), "err", err})...)
 		refuse(st, perr)
 		return
 	}
 	if err := protocol.WriteReply(st, protocol.Reply{}); err != nil {
 		conn.Close()
-		log.Debug("relay went away before the reply", "err", err)
+		log.Debug("relay went away before the reply", slices.Concat(ids, []any{"err", err})...)
 		return
 	}
 	st.SetDeadline(time.Time{})
@@ -56,7 +60,7 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	start := time.Now()
 	res, err := transport.Splice(st, asStream(conn), a.cfg.IdleTimeout)
 	a.streamsOpen.Add(-1)
-	attrs := []any{"bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(start).Round(time.Microsecond)}
+	attrs := slices.Concat(ids, []any{"bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(start).Round(time.Microsecond)})
 	switch {
 	case errors.Is(err, transport.ErrIdle):
 		log.Info("stream closed: idle timeout", attrs...)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"slices"
 	"strings"
@@ -203,10 +202,11 @@ func (r *Relay) openOn(ctx context.Context, ac *agentConn, hdr protocol.StreamHe
 
 // bridge copies between a front-door connection and a tunnel until both
 // directions end, then releases the tunnel.
-func (r *Relay) bridge(front transport.Stream, t *tunnel, log *slog.Logger) {
+func (r *Relay) bridge(front transport.Stream, t *tunnel, attrs []any) {
 	res, err := transport.Splice(front, t.st, r.cfg.IdleTimeout)
 	t.agent.open.Add(-1)
-	attrs := []any{"request", t.requestID, "agent", t.agent.id.ID, "bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(t.opened).Round(time.Microsecond)}
+	log := r.log
+	attrs = with(attrs, "request", t.requestID, "agent", t.agent.id.ID, "bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(t.opened).Round(time.Microsecond))
 	switch {
 	case errors.Is(err, transport.ErrIdle):
 		log.Info("stream closed: idle timeout", attrs...)
