@@ -144,6 +144,7 @@ func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.Connec
 	if err != nil {
 		r.hsFailed.Add(1)
 		log.Warn("agent hello", "err", err)
+		admitted() // the refusal's grace period holds no handshake slot
 		r.reject(sess, ctl, err)
 		return
 	}
@@ -151,6 +152,7 @@ func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.Connec
 	if err := r.admitAgent(ctx, id, hello); err != nil {
 		r.hsFailed.Add(1)
 		log.Warn("agent refused", "err", err)
+		admitted()
 		r.reject(sess, ctl, err)
 		return
 	}
