@@ -8,6 +8,7 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,8 +27,13 @@ type Agent struct {
 	log   *slog.Logger
 	state *State
 
-	cert     atomic.Pointer[tls.Certificate]
+	cert     atomic.Pointer[tls.Certificate] // replaced by renewals
+	certAt   atomic.Int64                    // Unix nanoseconds: when cert was obtained or loaded
+	roots    atomic.Pointer[x509.CertPool]   // the relay CA roots; replaced by renewals
 	services atomic.Pointer[map[string]Service]
+
+	liveMu sync.Mutex            // guards live
+	live   map[*session]struct{} // sessions serving now
 
 	fbMu     sync.Mutex           // guards fallback
 	fallback map[string]time.Time // relay → time until which auto mode uses TCP
@@ -63,15 +69,41 @@ func New(cfg Config) (*Agent, error) {
 		log:      cfg.Logger.With("tenant", st.Tenant, "agent", st.AgentID),
 		state:    st,
 		fallback: make(map[string]time.Time),
+		live:     make(map[*session]struct{}),
 		bootID:   fmt.Sprintf("%016x", rand.Uint64()),
 	}
 	a.cert.Store(&st.Cert)
+	a.certAt.Store(time.Now().UnixNano())
+	a.roots.Store(st.Roots)
 	svcs := cfg.Services
 	if svcs == nil {
 		svcs = map[string]Service{}
 	}
 	a.services.Store(&svcs)
 	return a, nil
+}
+
+// NotAfter is when the agent's current certificate expires.
+func (a *Agent) NotAfter() time.Time { return a.cert.Load().Leaf.NotAfter }
+
+// certExpired returns a refusal when the agent's certificate has expired:
+// no relay will accept it, and only a new enrolment helps.
+func (a *Agent) certExpired() error {
+	if na := a.NotAfter(); time.Now().After(na) {
+		return protocol.Errorf(protocol.CodeCertExpired, "this agent's certificate expired at %s (it was offline longer than the certificate lived): enrol it again with a new join token (tether-agent enroll)", na.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// setLive records whether s is serving (and so can carry a renewal).
+func (a *Agent) setLive(s *session, live bool) {
+	a.liveMu.Lock()
+	defer a.liveMu.Unlock()
+	if live {
+		a.live[s] = struct{}{}
+	} else {
+		delete(a.live, s)
+	}
 }
 
 // ID returns the agent's id and tenant.
@@ -83,11 +115,11 @@ func (a *Agent) ID() (agentID, tenant string) { return a.state.AgentID, a.state.
 // after every goroutine it started has exited; it returns nil after a
 // cancellation.
 func (a *Agent) Run(ctx context.Context) error {
-	if time.Now().After(a.state.NotAfter()) {
-		return fmt.Errorf("agent certificate expired at %s: enrol this agent again with a new join token", a.state.NotAfter().Format(time.RFC3339))
+	if err := a.certExpired(); err != nil {
+		return err
 	}
 	a.log.Info("agent starting", "version", a.cfg.Version, "relays", a.cfg.Relays, "transport", a.cfg.Transport,
-		"connections", a.cfg.Connections, "services", len(*a.services.Load()), "cert_not_after", a.state.NotAfter().Format(time.RFC3339))
+		"connections", a.cfg.Connections, "services", len(*a.services.Load()), "cert_not_after", a.NotAfter().Format(time.RFC3339))
 	var wg sync.WaitGroup
 	if a.cfg.DebugListen != "" {
 		if err := a.serveDebug(ctx, &wg); err != nil {
@@ -97,6 +129,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	for i := 0; i < a.cfg.Connections; i++ {
 		wg.Go(func() { a.runSlot(ctx, i, &wg) })
 	}
+	wg.Go(func() { a.renewLoop(ctx) })
 	wg.Wait()
 	a.log.Info("agent stopped")
 	return nil
@@ -134,7 +167,9 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 		}
 		for s != nil {
 			started := time.Now()
+			a.setLive(s, true)
 			why := s.serve(ctx)
+			a.setLive(s, false)
 			if time.Since(started) > 30*time.Second {
 				failures = 0
 			}

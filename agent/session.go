@@ -52,6 +52,9 @@ type session struct {
 
 	ctlMu sync.Mutex // serialises writes to ctl
 
+	renewMu sync.Mutex                   // one renewal at a time
+	renewed chan *protocol.RenewResponse // the control reader hands answers over
+
 	wg         sync.WaitGroup // every goroutine of the session, streams included
 	open       atomic.Int64   // stream handlers running
 	streamDone chan struct{}  // signalled (non-blocking) when a stream handler ends
@@ -81,6 +84,9 @@ const (
 // connect dials relay with the configured transport (falling back from
 // QUIC to TCP in auto mode) and completes the hello.
 func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*session, error) {
+	if err := a.certExpired(); err != nil {
+		return nil, err
+	}
 	tlsConf := a.tlsConfig()
 	var (
 		ts        transport.Session
@@ -126,7 +132,7 @@ func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*s
 }
 
 func (a *Agent) tlsConfig() *tls.Config {
-	return identity.AgentClientConfig(a.state.Roots, a.state.TrustDomain, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return identity.AgentClientConfig(a.roots.Load(), a.state.TrustDomain, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		return a.cert.Load(), nil
 	})
 }
@@ -135,7 +141,7 @@ func (a *Agent) newSession(ts transport.Session, relay, name, why string, log *s
 	s := &session{
 		a: a, t: ts, relay: relay, transport: name, why: why, baseLog: log,
 		goaway: make(chan struct{}), readDone: make(chan struct{}), streamDone: make(chan struct{}, 1),
-		probed: make(chan probeResult, 1),
+		probed: make(chan probeResult, 1), renewed: make(chan *protocol.RenewResponse, 1),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.log = log.With("relay", relay, "transport", name)
@@ -368,6 +374,15 @@ func (s *session) readLoop() {
 		case *protocol.GoAway:
 			s.log.Info("relay asked this agent to reconnect", "reason", m.Reason, "message", m.Message)
 			s.goawayOnce.Do(func() { close(s.goaway) })
+		case *protocol.RenewResponse:
+			select {
+			case s.renewed <- m:
+			default: // nobody asked: ignore
+			}
+		case *protocol.Reject:
+			// The relay ends this session and says why (revoked,
+			// certificate expired).
+			s.setEnd(fmt.Errorf("relay closed the session: %w", m.Err()))
 		default:
 			// Unknown messages are ignored for forward compatibility.
 		}

@@ -67,9 +67,9 @@ func LoadState(dir string) (*State, error) {
 			return nil, fmt.Errorf("%s has permissions %v: it must be readable by its owner only (chmod 600)", filepath.Join(dir, f), fi.Mode().Perm())
 		}
 	}
-	s.Cert, err = tls.LoadX509KeyPair(filepath.Join(dir, certFile), filepath.Join(dir, keyFile))
+	s.Cert, err = loadKeyPair(dir)
 	if err != nil {
-		return nil, fmt.Errorf("load agent certificate and key: %w", err)
+		return nil, err
 	}
 	caPEM, err := os.ReadFile(filepath.Join(dir, caFile))
 	if err != nil {
@@ -109,6 +109,62 @@ func (s *State) save(keyPEM, certPEM, caPEM []byte) error {
 		}
 	}
 	return nil
+}
+
+// loadKeyPair loads the agent's key and certificate. A renewal replaces
+// the key first and the certificate second (replaceKeyPair); if it was
+// interrupted between the two, the new certificate is still waiting next
+// to the files, and the rename is finished here.
+func loadKeyPair(dir string) (tls.Certificate, error) {
+	crt, key := filepath.Join(dir, certFile), filepath.Join(dir, keyFile)
+	pair, err := tls.LoadX509KeyPair(crt, key)
+	if err == nil {
+		return pair, nil
+	}
+	if next, nerr := tls.LoadX509KeyPair(crt+nextSuffix, key); nerr == nil {
+		if rerr := os.Rename(crt+nextSuffix, crt); rerr != nil {
+			return tls.Certificate{}, fmt.Errorf("finish an interrupted certificate renewal: %w", rerr)
+		}
+		return next, nil
+	}
+	return tls.Certificate{}, fmt.Errorf("load agent certificate and key: %w", err)
+}
+
+// nextSuffix names the files a renewal writes before moving them in place.
+const nextSuffix = ".next"
+
+// replaceKeyPair installs a renewed key and certificate (and the roots the
+// relay sent) so that no crash leaves a state that cannot load: both new
+// files are written and synced beside the old ones, then the key is moved
+// in, then the certificate; loadKeyPair completes a move cut short.
+func (s *State) replaceKeyPair(keyPEM, certPEM, caPEM []byte) error {
+	crt, key := filepath.Join(s.Dir, certFile), filepath.Join(s.Dir, keyFile)
+	if caPEM != nil {
+		if err := writeFileAtomic(filepath.Join(s.Dir, caFile), caPEM); err != nil {
+			return fmt.Errorf("write %s: %w", caFile, err)
+		}
+	}
+	if err := writeFileAtomic(crt+nextSuffix, certPEM); err != nil {
+		return fmt.Errorf("write new certificate: %w", err)
+	}
+	if err := writeFileAtomic(key, keyPEM); err != nil {
+		os.Remove(crt + nextSuffix)
+		return fmt.Errorf("write new key: %w", err)
+	}
+	if err := os.Rename(crt+nextSuffix, crt); err != nil {
+		return fmt.Errorf("install new certificate: %w", err)
+	}
+	syncDir(s.Dir)
+	return nil
+}
+
+// syncDir makes renames in dir durable where the system allows it
+// (Windows cannot sync a directory; the renames are still ordered).
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
 }
 
 // NotAfter is when the agent's certificate expires.

@@ -29,6 +29,8 @@ const (
 	CodeTokenUsedUp        Code = 14 // the join token has no uses left
 	CodeUnknownAgent       Code = 15 // certificate is valid but the agent is not (or no longer) registered
 	CodeLimitExceeded      Code = 16 // a tenant or backend limit was reached
+	CodeCertExpired        Code = 17 // the agent's certificate has expired
+	CodeRevoked            Code = 18 // the agent's identity was revoked
 )
 
 var codeNames = [...]string{
@@ -49,6 +51,8 @@ var codeNames = [...]string{
 	CodeTokenUsedUp:        "token_used_up",
 	CodeUnknownAgent:       "unknown_agent",
 	CodeLimitExceeded:      "limit_exceeded",
+	CodeCertExpired:        "certificate_expired",
+	CodeRevoked:            "revoked",
 }
 
 // String returns the stable snake_case name of c, or "code_N" for a code
@@ -128,6 +132,8 @@ var (
 	ErrTokenUsedUp        = &Error{Code: CodeTokenUsedUp}
 	ErrUnknownAgent       = &Error{Code: CodeUnknownAgent}
 	ErrLimitExceeded      = &Error{Code: CodeLimitExceeded}
+	ErrCertExpired        = &Error{Code: CodeCertExpired}
+	ErrRevoked            = &Error{Code: CodeRevoked}
 )
 
 // CodeOf returns the code carried by err, CodeOK for nil and CodeInternal for

@@ -36,6 +36,8 @@ var allCodes = []struct {
 	{protocol.CodeTokenUsedUp, 14, "token_used_up", protocol.ErrTokenUsedUp, false},
 	{protocol.CodeUnknownAgent, 15, "unknown_agent", protocol.ErrUnknownAgent, false},
 	{protocol.CodeLimitExceeded, 16, "limit_exceeded", protocol.ErrLimitExceeded, true},
+	{protocol.CodeCertExpired, 17, "certificate_expired", protocol.ErrCertExpired, false},
+	{protocol.CodeRevoked, 18, "revoked", protocol.ErrRevoked, false},
 }
 
 func TestCodes(t *testing.T) {

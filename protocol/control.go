@@ -25,6 +25,8 @@ const (
 	TypeGoAway         MessageType = 6
 	TypeEnrollRequest  MessageType = 7
 	TypeEnrollResponse MessageType = 8
+	TypeRenewRequest   MessageType = 9
+	TypeRenewResponse  MessageType = 10
 )
 
 // Message is one control or enrolment message.
@@ -125,6 +127,33 @@ type EnrollResponse struct {
 	CACertificates string `json:"ca_certificates"`
 }
 
+// RenewRequest asks the relay, on an established control stream, for a new
+// certificate for the same identity and a fresh key (CapRenew). The
+// identity is the session's: nothing in the CSR chooses it.
+type RenewRequest struct {
+	CSR []byte `json:"csr"` // DER PKCS#10, signed by the new key
+}
+
+// RenewResponse answers a RenewRequest: a certificate, or a refusal code and
+// message. A refusal does not end the session.
+type RenewResponse struct {
+	// Certificate is the new certificate chain, PEM.
+	Certificate string `json:"certificate,omitempty"`
+	// CACertificates are every root the agent should trust for the relay,
+	// PEM; during a CA rotation both the old and the new root.
+	CACertificates string `json:"ca_certificates,omitempty"`
+	Code           string `json:"code,omitempty"` // a Code name when refused
+	Message        string `json:"message,omitempty"`
+}
+
+// Err returns the refusal carried by r, or nil.
+func (r *RenewResponse) Err() error {
+	if r.Code == "" || r.Code == CodeOK.String() {
+		return nil
+	}
+	return (&Reject{Code: r.Code, Message: r.Message}).Err()
+}
+
 // Unknown is a message of a type this version does not know. Readers return
 // it rather than failing so that a newer peer can send new messages.
 type Unknown struct {
@@ -140,6 +169,8 @@ func (*Pong) Type() MessageType           { return TypePong }
 func (*GoAway) Type() MessageType         { return TypeGoAway }
 func (*EnrollRequest) Type() MessageType  { return TypeEnrollRequest }
 func (*EnrollResponse) Type() MessageType { return TypeEnrollResponse }
+func (*RenewRequest) Type() MessageType   { return TypeRenewRequest }
+func (*RenewResponse) Type() MessageType  { return TypeRenewResponse }
 func (u *Unknown) Type() MessageType      { return u.MessageType }
 
 func newMessage(t MessageType) Message {
@@ -160,6 +191,10 @@ func newMessage(t MessageType) Message {
 		return new(EnrollRequest)
 	case TypeEnrollResponse:
 		return new(EnrollResponse)
+	case TypeRenewRequest:
+		return new(RenewRequest)
+	case TypeRenewResponse:
+		return new(RenewResponse)
 	}
 	return nil
 }

@@ -44,6 +44,8 @@ func sampleMessages() []struct {
 			AgentID: "a1", Tenant: "acme", TrustDomain: "tether.example",
 			Certificate: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", CACertificates: "ca",
 		}},
+		{"renew request", &protocol.RenewRequest{CSR: []byte{0x30, 0x82, 0x01, 0x00}}},
+		{"renew response", &protocol.RenewResponse{Certificate: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", CACertificates: "ca"}},
 		{"unicode strings", &protocol.GoAway{Reason: "shutdown", Message: "日本 🙂 <&> \"quoted\" \\ \u2028"}},
 		{"unknown type", &protocol.Unknown{MessageType: 200, Payload: []byte("not even JSON \x00\xff")}},
 		{"unknown type, empty payload", &protocol.Unknown{MessageType: 0, Payload: []byte{}}},
@@ -284,7 +286,8 @@ func TestDecodeMessage(t *testing.T) {
 		{"lone surrogate escape becomes U+FFFD", protocol.TypeReject, `{"message":"\ud800"}`, &protocol.Reject{Message: "\uFFFD"}},
 		{"null CSR", protocol.TypeEnrollRequest, `{"token":"t","csr":null}`, &protocol.EnrollRequest{Token: "t"}},
 		{"unknown type 0", 0, `anything`, &protocol.Unknown{MessageType: 0, Payload: []byte("anything")}},
-		{"unknown type 9", 9, `{"seq":1}`, &protocol.Unknown{MessageType: 9, Payload: []byte(`{"seq":1}`)}},
+		{"unknown type 11", 11, `{"seq":1}`, &protocol.Unknown{MessageType: 11, Payload: []byte(`{"seq":1}`)}},
+		{"renew refused", protocol.TypeRenewResponse, `{"code":"revoked","message":"m"}`, &protocol.RenewResponse{Code: "revoked", Message: "m"}},
 		{"unknown type 255", 255, ``, &protocol.Unknown{MessageType: 255, Payload: []byte{}}},
 	}
 	for _, tc := range tests {

@@ -39,6 +39,9 @@ const (
 const (
 	// CapHeartbeat: the agent answers Ping with Pong and sends its own Pings.
 	CapHeartbeat = "heartbeat"
+	// CapRenew: the relay renews the agent's certificate over the control
+	// stream (RenewRequest/RenewResponse).
+	CapRenew = "renew"
 	// CapGoAway: the agent understands GoAway and drains the session.
 	CapGoAway = "goaway"
 )

@@ -9,6 +9,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -23,8 +26,9 @@ import (
 // store is shared safely between processes and a running relay sees changes
 // at once.
 type Admin struct {
-	st  *state
-	now func() time.Time
+	st    *state
+	now   func() time.Time
+	audit *auditLog // synchronous: each record is written before the command returns
 }
 
 // OpenAdmin opens the data directory dir, creating it (with a CA for
@@ -37,11 +41,33 @@ func OpenAdmin(ctx context.Context, dir, trustDomain string) (*Admin, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Admin{st: st, now: time.Now}, nil
+	// Admin actions join the relay's own audit file, wherever it is.
+	path, err := st.store.Setting(ctx, auditPathKey)
+	if errors.Is(err, store.ErrNotFound) {
+		path, err = filepath.Join(dir, defaultAuditFile), nil
+	}
+	if err != nil {
+		st.close()
+		return nil, err
+	}
+	audit, err := openAuditLog(st.store, path, slog.New(slog.NewTextHandler(os.Stderr, nil)), true)
+	if err != nil {
+		st.close()
+		return nil, err
+	}
+	return &Admin{st: st, now: time.Now, audit: audit}, nil
 }
 
-// Close releases the store.
-func (a *Admin) Close() error { return a.st.close() }
+// Close releases the store and the audit file.
+func (a *Admin) Close() error {
+	err := a.audit.closeFile()
+	return errors.Join(err, a.st.close())
+}
+
+// record writes an audit record of an operator action.
+func (a *Admin) record(kind, tenant, agent, backend string, detail map[string]any) {
+	a.audit.add(AuditRecord{At: a.now(), Kind: kind, Outcome: OutcomeOK, Tenant: tenant, Agent: agent, Backend: backend, Actor: "operator", Detail: detail})
+}
 
 // TrustDomain is the SPIFFE trust domain of the relay's CA.
 func (a *Admin) TrustDomain() string { return a.st.ca.TrustDomain() }
@@ -67,6 +93,7 @@ func (a *Admin) AddTenant(ctx context.Context, name string) error {
 		}
 		return err
 	}
+	a.record(AuditTenantAdd, name, "", "", nil)
 	return nil
 }
 
@@ -133,6 +160,7 @@ func (a *Admin) CreateToken(ctx context.Context, tenant string, ttl time.Duratio
 	if err := a.st.store.AddToken(ctx, rec); err != nil {
 		return "", TokenInfo{}, err
 	}
+	a.record(AuditTokenCreate, tenant, "", "", map[string]any{"token": rec.ID, "expires_at": rec.ExpiresAt, "max_uses": uses})
 	return tok.String(), tokenInfo(rec), nil
 }
 
@@ -160,6 +188,18 @@ type AgentInfo struct {
 	Hostname     string    `json:"hostname"`
 	EnrolledAt   time.Time `json:"enrolled_at"`
 	CertNotAfter time.Time `json:"cert_not_after"`
+	// RevokedAt is set when the agent was revoked.
+	RevokedAt     *time.Time `json:"revoked_at,omitempty"`
+	RevokedReason string     `json:"revoked_reason,omitempty"`
+}
+
+func agentInfo(x store.Agent) AgentInfo {
+	ai := AgentInfo{ID: x.ID, Tenant: x.Tenant, Hostname: x.Hostname, EnrolledAt: x.CreatedAt, CertNotAfter: x.CertNotAfter, RevokedReason: x.RevokedReason}
+	if !x.RevokedAt.IsZero() {
+		t := x.RevokedAt
+		ai.RevokedAt = &t
+	}
+	return ai
 }
 
 // Agents lists enrolled agents (of one tenant, or all when tenant is "").
@@ -170,9 +210,92 @@ func (a *Admin) Agents(ctx context.Context, tenant string) ([]AgentInfo, error) 
 	}
 	out := make([]AgentInfo, len(as))
 	for i, x := range as {
-		out[i] = AgentInfo{ID: x.ID, Tenant: x.Tenant, Hostname: x.Hostname, EnrolledAt: x.CreatedAt, CertNotAfter: x.CertNotAfter}
+		out[i] = agentInfo(x)
 	}
 	return out, nil
+}
+
+// RevokeAgent revokes agent id: a running relay closes its live sessions
+// within a second or so (Config.PolicyPoll) and refuses its certificate
+// from then on, across restarts. Revoking a revoked agent changes nothing.
+func (a *Admin) RevokeAgent(ctx context.Context, id, reason string) (AgentInfo, error) {
+	if len(reason) > 500 {
+		return AgentInfo{}, errors.New("revocation reason is longer than 500 bytes")
+	}
+	before, err := a.st.store.Agent(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return AgentInfo{}, fmt.Errorf("no agent %q (list them with: tether-relay agent list)", id)
+	}
+	if err != nil {
+		return AgentInfo{}, err
+	}
+	rec, err := a.st.store.RevokeAgent(ctx, id, reason, a.now())
+	if err != nil {
+		return AgentInfo{}, err
+	}
+	if before.RevokedAt.IsZero() {
+		a.record(AuditRevoke, rec.Tenant, rec.ID, "", map[string]any{"reason": reason})
+	}
+	return agentInfo(rec), nil
+}
+
+// Limits are a tenant's bulkheads; zero fields are unlimited.
+type Limits struct {
+	Tenant     string   `json:"tenant"`
+	MaxAgents  int      `json:"max_agents"`
+	MaxStreams int      `json:"max_streams"`
+	OpenRate   float64  `json:"open_rate"`
+	OpenBurst  int      `json:"open_burst"`
+	CIDRs      []string `json:"cidrs"`
+}
+
+// SetLimits replaces tenant's limits. A running relay applies them within
+// Config.PolicyPoll.
+func (a *Admin) SetLimits(ctx context.Context, l Limits) error {
+	if l.MaxAgents < 0 || l.MaxStreams < 0 || l.OpenRate < 0 || l.OpenBurst < 0 {
+		return errors.New("limits must not be negative (0 means unlimited)")
+	}
+	nets, err := ParseCIDRs(l.CIDRs)
+	if err != nil {
+		return err
+	}
+	clean := make([]string, len(nets))
+	for i, n := range nets {
+		clean[i] = n.String()
+	}
+	err = a.st.store.SetLimits(ctx, store.Limits{Tenant: l.Tenant, MaxAgents: l.MaxAgents, MaxStreams: l.MaxStreams,
+		OpenRate: l.OpenRate, OpenBurst: l.OpenBurst, CIDRs: clean, UpdatedAt: a.now()})
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("tenant %q does not exist", l.Tenant)
+	}
+	if err != nil {
+		return err
+	}
+	a.record(AuditLimitsSet, l.Tenant, "", "", map[string]any{"max_agents": l.MaxAgents, "max_streams": l.MaxStreams,
+		"open_rate": l.OpenRate, "open_burst": l.OpenBurst, "cidrs": clean})
+	return nil
+}
+
+// AllLimits lists the tenants that have limits.
+func (a *Admin) AllLimits(ctx context.Context) ([]Limits, error) {
+	all, err := a.st.store.AllLimits(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Limits, 0, len(all))
+	for _, l := range all {
+		out = append(out, Limits{Tenant: l.Tenant, MaxAgents: l.MaxAgents, MaxStreams: l.MaxStreams, OpenRate: l.OpenRate, OpenBurst: l.OpenBurst, CIDRs: l.CIDRs})
+	}
+	slices.SortFunc(out, func(x, y Limits) int { return strings.Compare(x.Tenant, y.Tenant) })
+	return out, nil
+}
+
+// AuditFilter selects audit records.
+type AuditFilter = store.AuditFilter
+
+// Audit returns audit records matching f.
+func (a *Admin) Audit(ctx context.Context, f AuditFilter) ([]AuditRecord, error) {
+	return a.st.store.ListAudit(ctx, f)
 }
 
 // AllTenants in a backend's tenant list grants every tenant.
@@ -217,6 +340,7 @@ func (a *Admin) AddBackend(ctx context.Context, name string, tenants []string) (
 	case err != nil:
 		return "", err
 	}
+	a.record(AuditBackendAdd, "", "", name, map[string]any{"tenants": clean})
 	return key, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -123,12 +124,15 @@ func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.Connec
 		log.Error("agent session without a peer certificate")
 		return
 	}
-	id, err := identity.AgentFromCertificate(cs.PeerCertificates[0], r.TrustDomain())
+	leaf := cs.PeerCertificates[0]
+	id, err := identity.AgentFromCertificate(leaf, r.TrustDomain())
 	if err != nil { // VerifyConnection already checked this
 		log.Error("agent identity", "err", err)
 		return
 	}
 	log = log.With("tenant", id.Tenant, "agent", id.ID)
+	audit := AuditRecord{Kind: AuditConnect, Tenant: id.Tenant, Agent: id.ID, Actor: "agent",
+		Detail: map[string]any{"transport": transportName, "remote": remote.String(), "cert_serial": leaf.SerialNumber.Text(16)}}
 
 	hctx, cancel := context.WithTimeout(ctx, r.cfg.HandshakeTimeout)
 	ctl, err := sess.AcceptStream(hctx)
@@ -141,18 +145,16 @@ func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.Connec
 	// Control messages are small; a small buffer keeps idle agents cheap.
 	br := bufio.NewReaderSize(ctl, 512)
 	hello, err := readHello(br)
+	if err == nil {
+		log = log.With("agent_version", hello.AgentVersion)
+		err = r.admitAgent(ctx, id, leaf, remote, hello)
+	}
 	if err != nil {
 		r.hsFailed.Add(1)
-		log.Warn("agent hello", "err", err)
-		admitted() // the refusal's grace period holds no handshake slot
-		r.reject(sess, ctl, err)
-		return
-	}
-	log = log.With("agent_version", hello.AgentVersion)
-	if err := r.admitAgent(ctx, id, hello); err != nil {
-		r.hsFailed.Add(1)
 		log.Warn("agent refused", "err", err)
-		admitted()
+		audit.Outcome, audit.Detail["error"] = protocol.CodeOf(err).String(), err.Error()
+		r.audit.add(audit)
+		admitted() // the refusal's grace period holds no handshake slot
 		r.reject(sess, ctl, err)
 		return
 	}
@@ -161,11 +163,12 @@ func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.Connec
 		hello: *hello, sessionID: newRequestID(), connectedAt: r.cfg.Now(), log: log,
 	}
 	ac.lastHeard.Store(time.Now().UnixNano())
+	ac.notAfter.Store(leaf.NotAfter.UnixNano())
 	welcome := &protocol.Welcome{
 		ProtocolVersion: protocol.Version, RelayVersion: r.cfg.Version,
 		AgentID: id.ID, Tenant: id.Tenant, SessionID: ac.sessionID,
 		HeartbeatMillis: r.cfg.HeartbeatInterval.Milliseconds(),
-		Capabilities:    []string{protocol.CapHeartbeat, protocol.CapGoAway},
+		Capabilities:    []string{protocol.CapHeartbeat, protocol.CapGoAway, protocol.CapRenew},
 	}
 	if err := ac.send(welcome); err != nil {
 		log.Warn("send welcome", "err", err)
@@ -176,8 +179,15 @@ func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.Connec
 
 	r.reg.add(ac)
 	defer r.reg.remove(ac)
+	if rev, ok := r.pol.revoked.Load(id.ID); ok {
+		// Revoked between the store lookup and now: the policy watcher
+		// may have looked at the registry before this session joined it.
+		ac.closeWith(rev.(error))
+	}
+	audit.Outcome, audit.Detail["session"] = OutcomeOK, ac.sessionID
+	r.audit.add(audit)
 	log.Info("agent connected", "session", ac.sessionID, "os", hello.OS, "arch", hello.Arch, "hostname", hello.Hostname, "transport_why", hello.TransportWhy)
-	err = ac.run(ctx, br, r.cfg.HeartbeatInterval)
+	err = ac.run(ctx, br, r.cfg.HeartbeatInterval, func(m *protocol.RenewRequest) *protocol.RenewResponse { return r.renew(ctx, ac, m) })
 	log.Info("agent disconnected", "session", ac.sessionID, "reason", err, "streams_total", ac.total.Load())
 }
 
@@ -193,11 +203,17 @@ func readHello(br *bufio.Reader) (*protocol.Hello, error) {
 	return h, nil
 }
 
-// admitAgent decides whether an authenticated agent may serve.
-func (r *Relay) admitAgent(ctx context.Context, id identity.Agent, h *protocol.Hello) error {
+// admitAgent decides whether an authenticated agent may serve: its
+// certificate is current, it is registered and not revoked, and its
+// tenant's limits allow one more agent from where it connects.
+func (r *Relay) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.Certificate, remote net.Addr, h *protocol.Hello) error {
 	if h.ProtocolVersion < protocol.MinVersion {
 		return protocol.Errorf(protocol.CodeUnsupportedVersion,
 			"agent speaks protocol version %d; this relay accepts %d to %d: upgrade the agent", h.ProtocolVersion, protocol.MinVersion, protocol.Version)
+	}
+	if now := r.cfg.Now(); now.After(leaf.NotAfter) {
+		return protocol.Errorf(protocol.CodeCertExpired, "agent %s's certificate expired at %s (the agent was offline longer than its certificate lived): enrol it again with a new join token",
+			id.ID, leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	rec, err := r.st.store.Agent(ctx, id.ID)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && rec.Tenant != id.Tenant) {
@@ -205,6 +221,17 @@ func (r *Relay) admitAgent(ctx context.Context, id identity.Agent, h *protocol.H
 	}
 	if err != nil {
 		return protocol.Errorf(protocol.CodeInternal, "look up agent: %v", err)
+	}
+	if !rec.RevokedAt.IsZero() {
+		return revokedError(rec)
+	}
+	if l := r.pol.limitsOf(id.Tenant); l != nil {
+		if !l.allows(remote) {
+			return protocol.Errorf(protocol.CodeNotAllowed, "agent connects from %s, outside the networks tenant %q allows for its agents", remote, id.Tenant)
+		}
+		if l.MaxAgents > 0 && !r.reg.hasAgent(id.Tenant, id.ID) && r.reg.distinctAgents(id.Tenant) >= l.MaxAgents {
+			return protocol.Errorf(protocol.CodeLimitExceeded, "tenant %q already has %d agents connected, its limit", id.Tenant, l.MaxAgents)
+		}
 	}
 	return nil
 }
@@ -245,6 +272,7 @@ type agentConn struct {
 	draining  atomic.Bool // agent or relay said GoAway: no new streams
 	lastHeard atomic.Int64
 	rtt       atomic.Int64 // nanoseconds, last measured
+	notAfter  atomic.Int64 // Unix nanoseconds: the session ends when its newest certificate expires
 
 	pingSeq    atomic.Uint64
 	pingSentAt atomic.Int64
@@ -257,6 +285,22 @@ func (c *agentConn) send(m protocol.Message) error {
 	c.ctlMu.Lock()
 	defer c.ctlMu.Unlock()
 	return protocol.WriteMessage(c.ctl, m)
+}
+
+// closeWith tells the agent why its session ends (a Reject on the control
+// stream, written with a short deadline) and closes the session. New
+// streams stop going to it at once.
+func (c *agentConn) closeWith(err error) {
+	c.draining.Store(true)
+	c.ctlMu.Lock()
+	c.ctl.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	werr := protocol.WriteMessage(c.ctl, protocol.RejectFor(err))
+	c.ctlMu.Unlock()
+	if werr != nil {
+		c.log.Debug("send reject", "err", werr)
+	}
+	c.log.Info("closing session", "why", err)
+	c.sess.Close()
 }
 
 // healthy reports whether new streams may go to c.
@@ -278,7 +322,7 @@ func (c *agentConn) healthy(hb time.Duration) bool {
 // The calling goroutine reads the control stream; heartbeats are sent from
 // a timer. An idle agent thus costs the relay one goroutine of its own
 // here, which matters at tens of thousands of agents.
-func (c *agentConn) run(ctx context.Context, br *bufio.Reader, hb time.Duration) error {
+func (c *agentConn) run(ctx context.Context, br *bufio.Reader, hb time.Duration, renew func(*protocol.RenewRequest) *protocol.RenewResponse) error {
 	var (
 		mu      sync.Mutex // guards why and stopped
 		why     error
@@ -308,6 +352,11 @@ func (c *agentConn) run(ctx context.Context, br *bufio.Reader, hb time.Duration)
 			end(fmt.Errorf("no heartbeat for %v", silent.Round(time.Millisecond)))
 			return
 		}
+		if na := time.Unix(0, c.notAfter.Load()); time.Now().After(na) {
+			c.closeWith(protocol.Errorf(protocol.CodeCertExpired, "the certificate of this session expired at %s and was not renewed", na.UTC().Format(time.RFC3339)))
+			end(errors.New("certificate expired"))
+			return
+		}
 		seq := c.pingSeq.Add(1)
 		c.pingSentAt.Store(time.Now().UnixNano())
 		if err := c.send(&protocol.Ping{Seq: seq}); err != nil {
@@ -321,7 +370,7 @@ func (c *agentConn) run(ctx context.Context, br *bufio.Reader, hb time.Duration)
 		mu.Unlock()
 	})
 
-	err := c.readLoop(br)
+	err := c.readLoop(br, renew)
 	if err == nil {
 		err = errors.New("agent closed its control stream")
 	}
@@ -337,7 +386,7 @@ func (c *agentConn) run(ctx context.Context, br *bufio.Reader, hb time.Duration)
 	return why
 }
 
-func (c *agentConn) readLoop(br *bufio.Reader) error {
+func (c *agentConn) readLoop(br *bufio.Reader, renew func(*protocol.RenewRequest) *protocol.RenewResponse) error {
 	for {
 		m, err := protocol.ReadMessage(br)
 		if err != nil {
@@ -359,6 +408,10 @@ func (c *agentConn) readLoop(br *bufio.Reader) error {
 		case *protocol.GoAway:
 			c.draining.Store(true)
 			c.log.Info("agent is draining", "reason", m.Reason, "message", m.Message)
+		case *protocol.RenewRequest:
+			if err := c.send(renew(m)); err != nil {
+				return fmt.Errorf("send renewal: %w", err)
+			}
 		default:
 			// Unknown and out-of-place messages are ignored for
 			// forward compatibility.
@@ -455,6 +508,62 @@ func (g *registry) pick(tenant string, hb time.Duration, exclude map[*agentConn]
 		}
 	}
 	return best
+}
+
+// closeAgent closes every session of agent id (of tenant) with err and
+// reports how many there were.
+func (g *registry) closeAgent(tenant, id string, err error) int {
+	g.mu.RLock()
+	var conns []*agentConn
+	for _, c := range g.byTenant[tenant] {
+		if c.id.ID == id {
+			conns = append(conns, c)
+		}
+	}
+	g.mu.RUnlock()
+	for _, c := range conns {
+		c.closeWith(err)
+	}
+	return len(conns)
+}
+
+// renewed moves every session of agent id to a certificate valid until
+// notAfter.
+func (g *registry) renewed(id identity.Agent, notAfter time.Time) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	for _, c := range g.byTenant[id.Tenant] {
+		if c.id.ID == id.ID && c.notAfter.Load() < notAfter.UnixNano() {
+			c.notAfter.Store(notAfter.UnixNano())
+		}
+	}
+}
+
+// hasAgent reports whether agent id of tenant has a session.
+func (g *registry) hasAgent(tenant, id string) bool { return g.sessionsOf(tenant, id) > 0 }
+
+// sessionsOf counts the sessions of agent id of tenant.
+func (g *registry) sessionsOf(tenant, id string) int {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	n := 0
+	for _, c := range g.byTenant[tenant] {
+		if c.id.ID == id {
+			n++
+		}
+	}
+	return n
+}
+
+// distinctAgents counts the agents (not sessions) of tenant connected.
+func (g *registry) distinctAgents(tenant string) int {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	seen := map[string]bool{}
+	for _, c := range g.byTenant[tenant] {
+		seen[c.id.ID] = true
+	}
+	return len(seen)
 }
 
 // connected returns how many connections tenant has (healthy or not).

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"time"
 )
 
@@ -40,9 +41,20 @@ type Config struct {
 	// created; ignored afterwards. Default "tether.internal".
 	TrustDomain string
 
-	// AgentCertLifetime is the validity of certificates issued at enrolment.
-	// Default 30 days.
+	// AgentCertLifetime is the validity of agent certificates, issued at
+	// enrolment and at each renewal. Agents renew over their control
+	// stream, with a fresh key, when about a third of it remains. Default
+	// 24h; at least 30s (lifetimes under an hour are for tests: an agent
+	// offline longer than its certificate lives must enrol again).
 	AgentCertLifetime time.Duration
+
+	// AuditLog is the file that receives one JSON line per audit record
+	// (the store keeps the same records). Default <DataDir>/audit.log.
+	AuditLog string
+	// PolicyPoll is how often the relay reads revocations and tenant limits
+	// that admin commands changed in the store; a revoked agent's live
+	// sessions close within this time. Default 1s.
+	PolicyPoll time.Duration
 	// HeartbeatInterval is how often each side pings on the control stream;
 	// a session silent for three intervals is closed. Default 10s.
 	HeartbeatInterval time.Duration
@@ -94,7 +106,11 @@ func (c *Config) setDefaults() {
 	def(&c.DebugListen, Off)
 	def(&c.TrustDomain, "tether.internal")
 	def(&c.Version, "dev")
-	defd(&c.AgentCertLifetime, 30*24*time.Hour)
+	defd(&c.AgentCertLifetime, 24*time.Hour)
+	defd(&c.PolicyPoll, time.Second)
+	if c.AuditLog == "" && c.DataDir != "" {
+		c.AuditLog = filepath.Join(c.DataDir, defaultAuditFile)
+	}
 	defd(&c.HeartbeatInterval, 10*time.Second)
 	defd(&c.StreamOpenTimeout, 15*time.Second)
 	defd(&c.IdleTimeout, time.Hour)
@@ -136,13 +152,14 @@ func (c *Config) validate() error {
 		"agent certificate lifetime": c.AgentCertLifetime, "heartbeat interval": c.HeartbeatInterval,
 		"stream open timeout": c.StreamOpenTimeout, "idle timeout": c.IdleTimeout,
 		"handshake timeout": c.HandshakeTimeout, "drain timeout": c.DrainTimeout, "reconnect grace": c.ReconnectGrace,
+		"policy poll": c.PolicyPoll,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative (got %v)", name, d))
 		}
 	}
-	if c.AgentCertLifetime > 0 && c.AgentCertLifetime < 10*time.Minute {
-		errs = append(errs, fmt.Errorf("agent certificate lifetime %v is shorter than 10m", c.AgentCertLifetime))
+	if c.AgentCertLifetime > 0 && c.AgentCertLifetime < 30*time.Second {
+		errs = append(errs, fmt.Errorf("agent certificate lifetime %v is shorter than 30s", c.AgentCertLifetime))
 	}
 	return errors.Join(errs...)
 }

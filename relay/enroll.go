@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"encoding/pem"
 	"errors"
+	"net"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
@@ -31,12 +32,21 @@ func (r *Relay) serveEnroll(ctx context.Context, tc *tls.Conn) {
 		protocol.WriteMessage(tc, protocol.RejectFor(protocol.Errorf(protocol.CodeBadRequest, "expected an enrolment request")))
 		return
 	}
-	resp, err := r.enroll(ctx, req)
+	resp, tok, err := r.enroll(ctx, req, tc.RemoteAddr())
+	rec := AuditRecord{Kind: AuditEnrol, Outcome: OutcomeOK, Tenant: tok.Tenant, Actor: "agent",
+		Detail: map[string]any{"remote": remote, "hostname": truncate(req.Hostname, 255), "os": truncate(req.OS, 32), "arch": truncate(req.Arch, 32), "agent_version": truncate(req.AgentVersion, 64)}}
+	if tok.ID != "" {
+		rec.Detail["token"] = tok.ID
+	}
 	if err != nil {
 		r.log.Warn("enrolment refused", "remote", remote, "hostname", req.Hostname, "err", err)
+		rec.Outcome, rec.Detail["error"] = protocol.CodeOf(err).String(), err.Error()
+		r.audit.add(rec)
 		protocol.WriteMessage(tc, protocol.RejectFor(err))
 		return
 	}
+	rec.Agent = resp.AgentID
+	r.audit.add(rec)
 	r.log.Info("agent enrolled", "remote", remote, "tenant", resp.Tenant, "agent", resp.AgentID, "hostname", req.Hostname)
 	if err := protocol.WriteMessage(tc, resp); err != nil {
 		r.log.Warn("enrolment: send response", "remote", remote, "err", err)
@@ -45,35 +55,41 @@ func (r *Relay) serveEnroll(ctx context.Context, tc *tls.Conn) {
 
 // enroll checks a join token and a CSR and, if both are good, registers a
 // new agent in the token's tenant and signs its certificate. The tenant is
-// the token's: nothing the agent sends can choose it.
-func (r *Relay) enroll(ctx context.Context, req *protocol.EnrollRequest) (*protocol.EnrollResponse, error) {
+// the token's: nothing the agent sends can choose it. It returns the token
+// record as far as it was found (for the audit record).
+func (r *Relay) enroll(ctx context.Context, req *protocol.EnrollRequest, remote net.Addr) (*protocol.EnrollResponse, store.Token, error) {
 	tok, err := protocol.ParseJoinToken(req.Token)
 	if err != nil {
-		return nil, err
+		return nil, store.Token{}, err
 	}
 	if tok.CAFingerprint != r.st.ca.Fingerprint() {
-		return nil, protocol.Errorf(protocol.CodeInvalidToken, "join token was issued for another relay CA")
+		return nil, store.Token{}, protocol.Errorf(protocol.CodeInvalidToken, "join token was issued for another relay CA")
 	}
 	csr, err := ca.CheckCSR(req.CSR)
 	if err != nil {
-		return nil, err
+		return nil, store.Token{}, err
 	}
 	now := r.cfg.Now()
-	t, err := r.st.store.ConsumeToken(ctx, tok.IDString(), tok.SecretMatches, now)
+	var t store.Token
+	check := func(tenant string) error { return r.enrolmentLimits(ctx, tenant, remote) }
+	t, err = r.st.store.ConsumeToken(ctx, tok.IDString(), tok.SecretMatches, now, check)
+	var pe *protocol.Error
 	switch {
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrTokenSecret):
-		return nil, protocol.Errorf(protocol.CodeInvalidToken, "join token is not known to this relay")
+		return nil, store.Token{}, protocol.Errorf(protocol.CodeInvalidToken, "join token is not known to this relay")
 	case errors.Is(err, store.ErrTokenExpired):
-		return nil, protocol.Errorf(protocol.CodeTokenExpired, "join token %s expired: ask the operator for a new one", tok.IDString())
+		return nil, t, protocol.Errorf(protocol.CodeTokenExpired, "join token %s expired: ask the operator for a new one", tok.IDString())
 	case errors.Is(err, store.ErrTokenUsedUp):
-		return nil, protocol.Errorf(protocol.CodeTokenUsedUp, "join token %s has been used up: ask the operator for a new one", tok.IDString())
+		return nil, t, protocol.Errorf(protocol.CodeTokenUsedUp, "join token %s has been used up: ask the operator for a new one", tok.IDString())
+	case errors.As(err, &pe):
+		return nil, t, err
 	case err != nil:
-		return nil, protocol.Errorf(protocol.CodeInternal, "use join token: %v", err)
+		return nil, t, protocol.Errorf(protocol.CodeInternal, "use join token: %v", err)
 	}
 	id := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: t.Tenant, ID: newAgentID()}
 	cert, err := r.st.ca.SignAgent(csr, id, r.cfg.AgentCertLifetime, now)
 	if err != nil {
-		return nil, protocol.Errorf(protocol.CodeInternal, "%v", err)
+		return nil, t, protocol.Errorf(protocol.CodeInternal, "%v", err)
 	}
 	hostname := req.Hostname
 	if len(hostname) > 255 {
@@ -83,7 +99,7 @@ func (r *Relay) enroll(ctx context.Context, req *protocol.EnrollRequest) (*proto
 		ID: id.ID, Tenant: id.Tenant, Hostname: hostname, CreatedAt: now,
 		CertSerial: cert.SerialNumber.Text(16), CertNotAfter: cert.NotAfter,
 	}); err != nil {
-		return nil, protocol.Errorf(protocol.CodeInternal, "register agent: %v", err)
+		return nil, t, protocol.Errorf(protocol.CodeInternal, "register agent: %v", err)
 	}
 	var chain bytes.Buffer
 	pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
@@ -93,5 +109,34 @@ func (r *Relay) enroll(ctx context.Context, req *protocol.EnrollRequest) (*proto
 		TrustDomain:    id.TrustDomain,
 		Certificate:    chain.String(),
 		CACertificates: string(r.st.ca.CertificatePEM()),
-	}, nil
+	}, t, nil
+}
+
+// enrolmentLimits checks tenant's limits for a new agent enrolling from
+// remote: its network, and the number of agents enrolled and not revoked.
+func (r *Relay) enrolmentLimits(ctx context.Context, tenant string, remote net.Addr) error {
+	l := r.pol.limitsOf(tenant)
+	if l == nil {
+		return nil
+	}
+	if !l.allows(remote) {
+		return protocol.Errorf(protocol.CodeNotAllowed, "enrolment from %s, outside the networks tenant %q allows for its agents", remote, tenant)
+	}
+	if l.MaxAgents > 0 {
+		n, err := r.st.store.CountAgents(ctx, tenant)
+		if err != nil {
+			return protocol.Errorf(protocol.CodeInternal, "count agents: %v", err)
+		}
+		if n >= l.MaxAgents {
+			return protocol.Errorf(protocol.CodeLimitExceeded, "tenant %q already has %d agents enrolled, its limit: revoke one or raise the limit", tenant, l.MaxAgents)
+		}
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
 }

@@ -53,13 +53,16 @@ func (r *Relay) serveSOCKS(ctx context.Context, c net.Conn) {
 	c.SetDeadline(time.Now().Add(r.cfg.HandshakeTimeout))
 	var who *caller
 	var authErr error
+	var claimed string
 	req, err := socks5.Handshake(c, func(user, pass string) bool {
+		claimed = user
 		who, authErr = r.authenticate(ctx, user, pass)
 		return authErr == nil
 	})
 	if err != nil {
 		if authErr != nil {
 			r.log.Info("refused", with(attrs, "code", protocol.CodeOf(authErr).String(), "err", authErr)...)
+			r.auditUnauthenticated("socks5", c.RemoteAddr().String(), claimed, authErr)
 		} else {
 			r.log.Debug("SOCKS5 handshake failed", with(attrs, "err", err)...)
 		}
@@ -67,11 +70,13 @@ func (r *Relay) serveSOCKS(ctx context.Context, c net.Conn) {
 		return
 	}
 	attrs = with(attrs, "backend", who.name, "target", req.Host)
-	tun, err := r.dial(ctx, who, net.JoinHostPort(req.Host, fmt.Sprint(req.Port)))
+	target := net.JoinHostPort(req.Host, fmt.Sprint(req.Port))
+	tun, err := r.dial(ctx, who, target)
 	if err != nil {
 		r.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
 		socks5.WriteReply(c, socksReply(protocol.CodeOf(err)), nil)
 		c.Close()
+		r.auditRefusal("socks5", c.RemoteAddr().String(), who.name, target, err)
 		return
 	}
 	if err := socks5.WriteReply(c, socks5.ReplySucceeded, nil); err != nil {
@@ -151,6 +156,7 @@ func (r *Relay) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *ht
 	who, err := r.authenticate(ctx, name, key)
 	if err != nil {
 		r.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
+		r.auditUnauthenticated("connect", req.RemoteAddr, name, err)
 		writeRefusal(w, "", err, 0)
 		return
 	}
@@ -158,6 +164,7 @@ func (r *Relay) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *ht
 	tun, err := r.dial(ctx, who, req.Host)
 	if err != nil {
 		r.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
+		r.auditRefusal("connect", req.RemoteAddr, who.name, req.Host, err)
 		writeRefusal(w, "", err, 0)
 		return
 	}

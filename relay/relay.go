@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -22,7 +23,6 @@ import (
 	quicgo "github.com/quic-go/quic-go"
 
 	"github.com/tetherhq/tether/protocol"
-	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/protocol/transport/quic"
 )
 
@@ -37,6 +37,8 @@ type Relay struct {
 	st       *state
 	reg      *registry
 	backends backendCache
+	audit    *auditLog
+	pol      *policy
 
 	started  time.Time       // when Run began
 	expected map[string]bool // tenants with agents connected before the last stop (the roster)
@@ -44,6 +46,8 @@ type Relay struct {
 	gate        *handshakeGate
 	hsFailed    atomic.Int64 // agent handshakes that failed (TLS or hello)
 	hsThrottled atomic.Int64 // agent handshakes turned away by the admission limit
+
+	limitRefusals atomic.Int64 // stream opens refused by a tenant limit
 
 	tunnelTLS *tls.Config // agents with certificates (TCP and QUIC)
 	enrollTLS *tls.Config // enrolling agents (TCP only)
@@ -79,20 +83,35 @@ func New(cfg Config) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes)}
+	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes), pol: newPolicy()}
+	auditPath, err := filepath.Abs(cfg.AuditLog)
+	if err == nil {
+		err = st.store.SetSetting(ctx, auditPathKey, auditPath)
+	}
+	if err == nil {
+		r.audit, err = openAuditLog(st.store, auditPath, cfg.Logger, false)
+	}
+	if err != nil {
+		st.close()
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
 	if r.expected, err = loadRoster(st.dir); err != nil {
 		cfg.Logger.Warn("ignoring the roster of connected tenants", "err", err)
 	}
 	if _, err := r.serverCert(nil); err != nil {
+		r.audit.closeFile()
 		st.close()
 		return nil, err
 	}
 	r.buildTLS()
 	if err := r.listen(); err != nil {
 		r.closeListeners()
+		r.audit.closeFile()
 		st.close()
 		return nil, err
 	}
+	// Limits apply from the first connection, not the first poll.
+	r.refreshPolicy(ctx, time.Now())
 	return r, nil
 }
 
@@ -216,18 +235,20 @@ func (r *Relay) serverCert(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 }
 
 func (r *Relay) buildTLS() {
-	td := r.st.ca.TrustDomain()
 	r.tunnelTLS = &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: r.serverCert,
 		NextProtos:     []string{protocol.ALPN},
-		ClientAuth:     tls.RequireAndVerifyClientCert,
-		ClientCAs:      r.st.ca.Pool(),
+		// The chain is verified in VerifyConnection (verifyAgentChain),
+		// which lets an expired but otherwise good certificate through to
+		// the hello, where it is refused with a message saying what to do.
+		ClientAuth: tls.RequireAnyClientCert,
+		ClientCAs:  r.st.ca.Pool(),
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return errors.New("agent presented no certificate")
+			_, err := r.verifyAgentChain(cs.PeerCertificates)
+			if err != nil {
+				r.auditHandshakeRefusal(cs.PeerCertificates, err)
 			}
-			_, err := identity.AgentFromCertificate(cs.PeerCertificates[0], td)
 			return err
 		},
 	}
@@ -277,8 +298,10 @@ func (r *Relay) run(ctx context.Context) error {
 	r.started = time.Now()
 	var wg sync.WaitGroup
 	fatal := make(chan error, 4)
+	go r.audit.run() // ends in r.audit.close below
 	rosterCtx, stopRoster := context.WithCancel(context.Background())
 	wg.Go(func() { r.keepRoster(rosterCtx) })
+	wg.Go(func() { r.watchPolicy(rosterCtx) })
 	if r.tcpLn != nil {
 		wg.Go(func() { fatal <- r.acceptTCP(sessCtx, &wg) })
 	}
@@ -352,6 +375,10 @@ func (r *Relay) run(ctx context.Context) error {
 	if r.udpConn != nil {
 		r.udpConn.Close()
 	}
+	r.audit.close() // after every goroutine that records; waits for the writer
+	if err := r.audit.closeFile(); err != nil && runErr == nil {
+		runErr = fmt.Errorf("close audit log: %w", err)
+	}
 	if err := r.st.close(); err != nil && runErr == nil {
 		runErr = err
 	}
@@ -376,6 +403,7 @@ func (r *Relay) Close() error {
 	err := errors.New("relay: Close after Run")
 	r.runOnce.Do(func() {
 		r.closeListeners()
+		r.audit.closeFile()
 		err = r.st.close()
 	})
 	return err

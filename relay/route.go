@@ -101,12 +101,14 @@ type tunnel struct {
 	target    Target
 	caller    *caller
 	opened    time.Time
+	release   func() // uncounts the stream from its tenant's limit
 }
 
 // abandon closes a tunnel that will not be bridged.
 func (t *tunnel) abandon() {
 	t.st.Close()
 	t.agent.open.Add(-1)
+	t.release()
 }
 
 // maxRouteAttempts is how many agent connections a stream open tries when
@@ -123,6 +125,28 @@ func (r *Relay) dial(ctx context.Context, c *caller, addr string) (*tunnel, erro
 	if err := r.authorize(ctx, c, t.Tenant); err != nil {
 		return nil, err
 	}
+	// The tenant's bulkheads: they count and refuse only its own streams.
+	lim := r.pol.limitsOf(t.Tenant)
+	if err := r.pol.allowOpen(t.Tenant, c.name, lim); err != nil {
+		r.limitRefusals.Add(1)
+		return nil, err
+	}
+	release, err := r.pol.openStream(t.Tenant, lim)
+	if err != nil {
+		r.limitRefusals.Add(1)
+		return nil, err
+	}
+	tun, err := r.route(ctx, c, t)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	tun.release = release
+	return tun, nil
+}
+
+// route picks an agent connection of t's tenant and opens the stream.
+func (r *Relay) route(ctx context.Context, c *caller, t Target) (*tunnel, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.StreamOpenTimeout)
 	defer cancel()
 	hdr := protocol.StreamHeader{Service: t.Service, Backend: c.Identity(), RequestID: newRequestID()}
@@ -159,6 +183,43 @@ func (r *Relay) dial(ctx context.Context, c *caller, addr string) (*tunnel, erro
 		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agents are connected but none is healthy (draining or missing heartbeats)", t.Tenant)
 	}
 	return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q has no agent connected", t.Tenant)
+}
+
+// auditRefusal records a stream the relay or the agent refused.
+func (r *Relay) auditRefusal(door, remote, backend, addr string, err error) {
+	if len(addr) > 512 {
+		addr = addr[:512]
+	}
+	rec := AuditRecord{Kind: AuditStream, Outcome: protocol.CodeOf(err).String(), Backend: backend, Actor: "backend:" + backend,
+		Detail: map[string]any{"door": door, "remote": remote, "target": addr, "error": err.Error()}}
+	if t, perr := ParseTarget(addr); perr == nil {
+		rec.Tenant = t.Tenant
+		rec.Detail["service"] = t.Service
+	}
+	r.audit.add(rec)
+}
+
+// auditUnauthenticated records a front-door connection whose credentials
+// were refused. The name it claimed is kept apart from Backend, which only
+// ever holds an authenticated identity.
+func (r *Relay) auditUnauthenticated(door, remote, claimed string, err error) {
+	if len(claimed) > 255 {
+		claimed = claimed[:255]
+	}
+	r.audit.add(AuditRecord{Kind: AuditStream, Outcome: protocol.CodeOf(err).String(), Actor: "unauthenticated",
+		Detail: map[string]any{"door": door, "remote": remote, "claimed_backend": claimed, "error": err.Error()}})
+}
+
+// doorOf finds the front door's name in a stream's log attributes.
+func doorOf(attrs []any) string {
+	for i := 0; i+1 < len(attrs); i += 2 {
+		if attrs[i] == "door" {
+			if s, ok := attrs[i+1].(string); ok {
+				return s
+			}
+		}
+	}
+	return ""
 }
 
 // openOn opens a stream on ac, sends hdr and waits for the agent's reply.
@@ -205,6 +266,16 @@ func (r *Relay) openOn(ctx context.Context, ac *agentConn, hdr protocol.StreamHe
 func (r *Relay) bridge(front transport.Stream, t *tunnel, attrs []any) {
 	res, err := transport.Splice(front, t.st, r.cfg.IdleTimeout)
 	t.agent.open.Add(-1)
+	t.release()
+	outcome := OutcomeOK
+	if errors.Is(err, transport.ErrIdle) {
+		outcome = "idle_timeout"
+	} else if err != nil && !transport.IsClosedErr(err) {
+		outcome = "error"
+	}
+	r.audit.add(AuditRecord{Kind: AuditStream, Outcome: outcome, Tenant: t.target.Tenant, Agent: t.agent.id.ID, Backend: t.caller.name, Actor: t.caller.Identity(),
+		Detail: map[string]any{"service": t.target.Service, "request": t.requestID, "bytes_to_service": res.AToB, "bytes_from_service": res.BToA,
+			"duration_ms": time.Since(t.opened).Milliseconds(), "door": doorOf(attrs)}})
 	log := r.log
 	attrs = with(attrs, "request", t.requestID, "agent", t.agent.id.ID, "bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(t.opened).Round(time.Microsecond))
 	switch {

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -30,9 +32,12 @@ Usage:
                        [--connect-listen 127.0.0.1:3128] [--trust-domain tether.internal] [flags]
   tether-relay demo    [--once] [--socks-listen 127.0.0.1:1080]
   tether-relay tenant  add NAME | list
+  tether-relay tenant  limits NAME [--max-agents N] [--max-streams N] [--open-rate R] [--open-burst N]
+                       [--cidrs 10.0.0.0/8,…] | limits
   tether-relay token   create --tenant NAME [--ttl 1h] [--uses 1] | list [--tenant NAME]
   tether-relay backend add NAME --tenants a,b | list
-  tether-relay agent   list [--tenant NAME]
+  tether-relay agent   list [--tenant NAME] | revoke ID [--reason TEXT]
+  tether-relay audit   [--tenant T] [--agent ID] [--backend B] [--kind K] [--since T] [--until T] [--limit N]
   tether-relay version
 
 Every command but demo and version takes --data-dir (default $TETHER_DATA_DIR,
@@ -69,6 +74,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return backendCmd(rest, stdout, stderr)
 	case "agent":
 		return agentCmd(rest, stdout, stderr)
+	case "audit":
+		return auditCmd(rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return nil
@@ -120,7 +127,8 @@ func serve(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.DebugListen, "debug-listen", "off", "pprof and /debug/tether on this address (loopback only; unauthenticated)")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", "tether.internal", "SPIFFE trust domain of a new CA (first start only)")
 	fs.StringVar(&transports, "transports", "quic,tcp", "agent transports to serve: quic, tcp or both")
-	fs.DurationVar(&cfg.AgentCertLifetime, "agent-cert-lifetime", 30*24*time.Hour, "validity of agent certificates issued at enrolment")
+	fs.DurationVar(&cfg.AgentCertLifetime, "agent-cert-lifetime", 24*time.Hour, "validity of agent certificates; agents renew them, with a fresh key, when a third remains")
+	fs.StringVar(&cfg.AuditLog, "audit-log", "", "file receiving one JSON line per audit record (default DATA-DIR/audit.log)")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", 10*time.Second, "control-stream heartbeat interval")
 	fs.DurationVar(&cfg.StreamOpenTimeout, "stream-open-timeout", 15*time.Second, "limit on opening a stream through an agent")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", time.Hour, "close tunnelled connections idle this long")
@@ -174,11 +182,41 @@ func tenantCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("tenant", stderr)
 	dataDir := fs.String("data-dir", defaultDataDir(), "data directory")
 	output := fs.String("o", "table", "output: table or json")
+	var l relay.Limits
+	var cidrs string
+	fs.IntVar(&l.MaxAgents, "max-agents", 0, "limits: agents enrolled and connected (0: unlimited)")
+	fs.IntVar(&l.MaxStreams, "max-streams", 0, "limits: concurrent streams (0: unlimited)")
+	fs.Float64Var(&l.OpenRate, "open-rate", 0, "limits: stream opens per second per backend (0: unlimited)")
+	fs.IntVar(&l.OpenBurst, "open-burst", 0, "limits: burst of stream opens above the rate (default: the rate)")
+	fs.StringVar(&cidrs, "cidrs", "", "limits: comma-separated networks the tenant's agents may connect from (empty: any)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
 	switch {
+	case len(pos) == 2 && pos[0] == "limits":
+		l.Tenant = pos[1]
+		if cidrs != "" {
+			l.CIDRs = strings.Split(cidrs, ",")
+		}
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+			if err := a.SetLimits(ctx, l); err != nil {
+				return err
+			}
+			fmt.Fprintf(stderr, "limits of tenant %s set; a running relay applies them within a second\n", l.Tenant)
+			return nil
+		})
+	case len(pos) == 1 && pos[0] == "limits":
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+			ls, err := a.AllLimits(ctx)
+			if err != nil {
+				return err
+			}
+			return printList(stdout, *output, ls, "TENANT\tMAX AGENTS\tMAX STREAMS\tOPEN RATE\tBURST\tNETWORKS", func(l relay.Limits) string {
+				return fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%s", l.Tenant, unlimited(l.MaxAgents), unlimited(l.MaxStreams),
+					unlimited(l.OpenRate), l.OpenBurst, cmp.Or(strings.Join(l.CIDRs, ","), "any"))
+			})
+		})
 	case len(pos) == 2 && pos[0] == "add":
 		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
 			if err := a.AddTenant(ctx, pos[1]); err != nil {
@@ -198,7 +236,7 @@ func tenantCmd(args []string, stdout, stderr io.Writer) error {
 			})
 		})
 	}
-	return errors.New("usage: tether-relay tenant add NAME | tenant list")
+	return errors.New("usage: tether-relay tenant add NAME | tenant list | tenant limits NAME [--max-agents N] [--max-streams N] [--open-rate R] [--open-burst N] [--cidrs a,b] | tenant limits")
 }
 
 func tokenCmd(args []string, stdout, stderr io.Writer) error {
@@ -282,23 +320,123 @@ func agentCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("agent", stderr)
 	dataDir := fs.String("data-dir", defaultDataDir(), "data directory")
 	tenant := fs.String("tenant", "", "only this tenant's agents")
+	reason := fs.String("reason", "", "revoke: why (kept in the audit trail)")
 	output := fs.String("o", "table", "output: table or json")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
+	if len(pos) == 2 && pos[0] == "revoke" {
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+			ai, err := a.RevokeAgent(ctx, pos[1], *reason)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stderr, "agent %s of tenant %s revoked at %s; a running relay closes its connections within a second or two\n",
+				ai.ID, ai.Tenant, ai.RevokedAt.Format(time.RFC3339))
+			return nil
+		})
+	}
 	if len(pos) != 1 || pos[0] != "list" {
-		return errors.New("usage: tether-relay agent list [--tenant NAME]")
+		return errors.New("usage: tether-relay agent list [--tenant NAME] | agent revoke ID [--reason TEXT]")
 	}
 	return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
 		as, err := a.Agents(ctx, *tenant)
 		if err != nil {
 			return err
 		}
-		return printList(stdout, *output, as, "ID\tTENANT\tHOSTNAME\tENROLLED\tCERT EXPIRES", func(x relay.AgentInfo) string {
-			return strings.Join([]string{x.ID, x.Tenant, x.Hostname, x.EnrolledAt.Format(time.RFC3339), x.CertNotAfter.Format(time.RFC3339)}, "\t")
+		return printList(stdout, *output, as, "ID\tTENANT\tHOSTNAME\tENROLLED\tCERT EXPIRES\tREVOKED", func(x relay.AgentInfo) string {
+			revoked := "-"
+			if x.RevokedAt != nil {
+				revoked = x.RevokedAt.Format(time.RFC3339)
+			}
+			return strings.Join([]string{x.ID, x.Tenant, x.Hostname, x.EnrolledAt.Format(time.RFC3339), x.CertNotAfter.Format(time.RFC3339), revoked}, "\t")
 		})
 	})
+}
+
+func auditCmd(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("audit", stderr)
+	dataDir := fs.String("data-dir", defaultDataDir(), "data directory")
+	var f relay.AuditFilter
+	var since, until string
+	fs.StringVar(&f.Tenant, "tenant", "", "only this tenant")
+	fs.StringVar(&f.Agent, "agent", "", "only this agent")
+	fs.StringVar(&f.Backend, "backend", "", "only this backend")
+	fs.StringVar(&f.Kind, "kind", "", `only this kind (e.g. stream, agent.revoke), or a prefix ending in "." (agent.)`)
+	fs.StringVar(&since, "since", "", "from this time (RFC 3339) or this long ago (e.g. 2h)")
+	fs.StringVar(&until, "until", "", "before this time (RFC 3339) or this long ago")
+	fs.IntVar(&f.Limit, "limit", 1000, "at most this many records (the newest)")
+	output := fs.String("o", "table", "output: table or json (one object per line)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return fmt.Errorf("audit takes no arguments (got %q)", pos)
+	}
+	now := time.Now()
+	if f.Since, err = parseWhen(since, now); err != nil {
+		return fmt.Errorf("--since: %w", err)
+	}
+	if f.Until, err = parseWhen(until, now); err != nil {
+		return fmt.Errorf("--until: %w", err)
+	}
+	f.NewestFirst = true
+	return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		recs, err := a.Audit(ctx, f)
+		if err != nil {
+			return err
+		}
+		slices.Reverse(recs) // oldest first, like a log
+		switch *output {
+		case "json":
+			enc := json.NewEncoder(stdout)
+			for _, r := range recs {
+				if err := enc.Encode(r); err != nil {
+					return err
+				}
+			}
+			return nil
+		case "table":
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME\tKIND\tOUTCOME\tTENANT\tAGENT\tBACKEND\tDETAIL")
+			for _, r := range recs {
+				detail, _ := json.Marshal(r.Detail)
+				if r.Detail == nil {
+					detail = []byte("-")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.At.Format("2006-01-02T15:04:05.000Z07:00"), r.Kind, r.Outcome,
+					dash(r.Tenant), dash(r.Agent), dash(r.Backend), detail)
+			}
+			return tw.Flush()
+		}
+		return fmt.Errorf("output %q: want table or json", *output)
+	})
+}
+
+// parseWhen parses an RFC 3339 time or a duration before now; "" is zero.
+func parseWhen(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		return now.Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is neither an RFC 3339 time nor a duration such as 2h", s)
+	}
+	return t, nil
+}
+
+func dash(s string) string { return cmp.Or(s, "-") }
+
+func unlimited[T int | float64](v T) string {
+	if v == 0 {
+		return "unlimited"
+	}
+	return fmt.Sprint(v)
 }
 
 func printList[T any](w io.Writer, format string, items []T, header string, row func(T) string) error {

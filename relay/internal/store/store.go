@@ -115,6 +115,35 @@ CREATE TABLE settings (
 	value TEXT NOT NULL
 );
 `},
+	{2, `
+ALTER TABLE agents ADD COLUMN revoked_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN revoked_reason TEXT NOT NULL DEFAULT '';
+CREATE INDEX agents_revoked ON agents(revoked_at);
+CREATE TABLE audit (
+	seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+	at_ms      BIGINT NOT NULL,
+	kind       TEXT NOT NULL,
+	outcome    TEXT NOT NULL,
+	tenant     TEXT NOT NULL DEFAULT '',
+	agent      TEXT NOT NULL DEFAULT '',
+	backend    TEXT NOT NULL DEFAULT '',
+	actor      TEXT NOT NULL DEFAULT '',
+	detail     TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_at ON audit(at_ms);
+CREATE INDEX audit_tenant ON audit(tenant, at_ms);
+CREATE INDEX audit_agent ON audit(agent, at_ms);
+CREATE INDEX audit_backend ON audit(backend, at_ms);
+CREATE TABLE tenant_limits (
+	tenant      TEXT PRIMARY KEY REFERENCES tenants(name),
+	max_agents  INTEGER NOT NULL DEFAULT 0,
+	max_streams INTEGER NOT NULL DEFAULT 0,
+	open_rate   DOUBLE PRECISION NOT NULL DEFAULT 0,
+	open_burst  INTEGER NOT NULL DEFAULT 0,
+	cidrs       TEXT NOT NULL DEFAULT '',
+	updated_at  BIGINT NOT NULL
+);
+`},
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -171,6 +200,8 @@ func isUnique(err error) bool {
 
 func unix(t time.Time) int64     { return t.Unix() }
 func fromUnix(n int64) time.Time { return time.Unix(n, 0).UTC() }
+
+func fromUnixMilli(n int64) time.Time { return time.UnixMilli(n).UTC() }
 
 // Tenant is one tenant.
 type Tenant struct {
@@ -269,8 +300,12 @@ func (s *Store) ListTokens(ctx context.Context, tenant string) ([]Token, error) 
 // secret first (a wrong secret learns nothing about expiry or uses), then
 // expiry and remaining uses. The use is taken with a conditional update, so
 // concurrent consumers — in one process or several — never overspend a
-// token. It returns the token with Uses after the increment.
-func (s *Store) ConsumeToken(ctx context.Context, id string, secretMatches func(hash []byte) bool, now time.Time) (Token, error) {
+// token. check, when not nil, runs with the token's tenant after the
+// secret and expiry checks and before the use is taken; its error is
+// returned as is and no use is taken. It returns the token with Uses after
+// the increment (and, on a refusal after the secret matched, the token as
+// read).
+func (s *Store) ConsumeToken(ctx context.Context, id string, secretMatches func(hash []byte) bool, now time.Time, check func(tenant string) error) (Token, error) {
 	var t Token
 	var hashHex string
 	var created, expires int64
@@ -289,7 +324,12 @@ func (s *Store) ConsumeToken(ctx context.Context, id string, secretMatches func(
 	t.SecretHash = hash
 	t.CreatedAt, t.ExpiresAt = fromUnix(created), fromUnix(expires)
 	if !now.Before(t.ExpiresAt) {
-		return Token{}, fmt.Errorf("join token %s: %w", id, ErrTokenExpired)
+		return t, fmt.Errorf("join token %s: %w", id, ErrTokenExpired)
+	}
+	if check != nil {
+		if err := check(t.Tenant); err != nil {
+			return t, err
+		}
 	}
 	res, err := s.db.ExecContext(ctx, `UPDATE join_tokens SET uses = uses + 1 WHERE id = $1 AND uses < max_uses AND expires_at > $2`, id, unix(now))
 	if err != nil {
@@ -298,7 +338,7 @@ func (s *Store) ConsumeToken(ctx context.Context, id string, secretMatches func(
 	if n, err := res.RowsAffected(); err != nil {
 		return Token{}, err
 	} else if n == 0 {
-		return Token{}, fmt.Errorf("join token %s: %w", id, ErrTokenUsedUp)
+		return t, fmt.Errorf("join token %s: %w", id, ErrTokenUsedUp)
 	}
 	if err := s.db.QueryRowContext(ctx, `SELECT uses FROM join_tokens WHERE id = $1`, id).Scan(&t.Uses); err != nil {
 		return Token{}, err
@@ -314,6 +354,9 @@ type Agent struct {
 	CreatedAt    time.Time
 	CertSerial   string
 	CertNotAfter time.Time
+	// RevokedAt is zero unless the agent was revoked.
+	RevokedAt     time.Time
+	RevokedReason string
 }
 
 // AddAgent registers an agent; its tenant must exist.
@@ -329,15 +372,18 @@ func (s *Store) AddAgent(ctx context.Context, a Agent) error {
 	return err
 }
 
-const agentCols = `id, tenant, hostname, created_at, cert_serial, cert_not_after`
+const agentCols = `id, tenant, hostname, created_at, cert_serial, cert_not_after, revoked_at, revoked_reason`
 
 func scanAgent(sc interface{ Scan(...any) error }) (Agent, error) {
 	var a Agent
-	var created, notAfter int64
-	if err := sc.Scan(&a.ID, &a.Tenant, &a.Hostname, &created, &a.CertSerial, &notAfter); err != nil {
+	var created, notAfter, revoked int64
+	if err := sc.Scan(&a.ID, &a.Tenant, &a.Hostname, &created, &a.CertSerial, &notAfter, &revoked, &a.RevokedReason); err != nil {
 		return Agent{}, err
 	}
 	a.CreatedAt, a.CertNotAfter = fromUnix(created), fromUnix(notAfter)
+	if revoked != 0 {
+		a.RevokedAt = fromUnixMilli(revoked)
+	}
 	return a, nil
 }
 
@@ -508,6 +554,12 @@ func (s *Store) Setting(ctx context.Context, key string) (string, error) {
 		return "", fmt.Errorf("setting %q: %w", key, ErrNotFound)
 	}
 	return v, err
+}
+
+// SetSetting stores value under key, replacing any earlier value.
+func (s *Store) SetSetting(ctx context.Context, key, value string) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = $2`, key, value)
+	return err
 }
 
 // SetSettingIfAbsent stores value under key unless key already has one, and

@@ -144,7 +144,7 @@ func TestConsumeToken(t *testing.T) {
 		{"wrong secret on expired token says secret", "old", "bad", t0.Add(2 * time.Hour), ErrTokenSecret, 0},
 	}
 	for _, st := range steps {
-		tok, err := s.ConsumeToken(ctx, st.id, matches(st.secret), st.now)
+		tok, err := s.ConsumeToken(ctx, st.id, matches(st.secret), st.now, nil)
 		if st.want != nil {
 			if !errors.Is(err, st.want) {
 				t.Fatalf("%s: got %v, want %v", st.name, err, st.want)
@@ -185,7 +185,7 @@ func TestConsumeTokenRace(t *testing.T) {
 			if i%2 == 1 {
 				h = other
 			}
-			wg.Go(func() { _, results[i] = h.ConsumeToken(ctx, "tok", matches("secret"), t0) })
+			wg.Go(func() { _, results[i] = h.ConsumeToken(ctx, "tok", matches("secret"), t0, nil) })
 		}
 		wg.Wait()
 		other.Close()

@@ -1,0 +1,194 @@
+package agent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/identity"
+)
+
+// renewTimeout bounds one renewal round trip on the control stream.
+const renewTimeout = 30 * time.Second
+
+// renewAt is when a certificate obtained (or loaded) at got should be
+// renewed: once two thirds of its life from then have passed. Counting
+// from got rather than NotBefore matters because relays backdate
+// NotBefore a few minutes for clock skew, which is a large part of a short
+// certificate's life.
+func renewAt(c *x509.Certificate, got time.Time) time.Time {
+	from := got
+	if c.NotBefore.After(from) {
+		from = c.NotBefore
+	}
+	return from.Add(c.NotAfter.Sub(from) * 2 / 3)
+}
+
+// renewLoop renews the agent's certificate over a live control stream when
+// two thirds of its life have passed, with a fresh key each time, until ctx
+// is done. Failures are retried with a growing delay, capped so that
+// several attempts fit in the time left.
+func (a *Agent) renewLoop(ctx context.Context) {
+	failures := 0
+	for {
+		leaf := a.cert.Load().Leaf
+		wait := time.Until(renewAt(leaf, time.Unix(0, a.certAt.Load())))
+		if failures > 0 {
+			left := time.Until(leaf.NotAfter)
+			wait = min(a.cfg.Reconnect.Initial<<min(failures, 10), max(left/10, time.Second), 5*time.Minute)
+		}
+		if !sleep(ctx, max(wait, 0)) {
+			return
+		}
+		err := a.renewOnce(ctx)
+		if err == nil {
+			failures = 0
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		failures++
+		left := time.Until(leaf.NotAfter)
+		level := a.log.Warn
+		if errors.Is(err, protocol.ErrRevoked) || left < time.Hour {
+			level = a.log.Error
+		}
+		level("certificate renewal failed; will retry", "err", err, "cert_not_after", leaf.NotAfter.Format(time.RFC3339), "time_left", left.Round(time.Second))
+	}
+}
+
+// renewOnce asks a relay for a new certificate for a new key and installs
+// both: on disk first, then for new connections. Sessions already up keep
+// running; the relay ties them to the new certificate.
+func (a *Agent) renewOnce(ctx context.Context) error {
+	s := a.renewableSession()
+	if s == nil {
+		return errors.New("no relay connection that can renew certificates")
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: a.state.AgentID}}, key)
+	if err != nil {
+		return fmt.Errorf("create certificate request: %w", err)
+	}
+	resp, err := s.renew(ctx, csr)
+	if err != nil {
+		return err
+	}
+	cert, roots, caPEM, err := a.checkRenewal(resp, key)
+	if err != nil {
+		return err
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := a.state.replaceKeyPair(pemBlock("PRIVATE KEY", kder), pemBlock("CERTIFICATE", cert.Raw), caPEM); err != nil {
+		return fmt.Errorf("save renewed certificate: %w", err)
+	}
+	a.roots.Store(roots)
+	a.cert.Store(&tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert})
+	a.certAt.Store(time.Now().UnixNano())
+	a.log.Info("certificate renewed", "relay", s.relay, "not_after", cert.NotAfter.Format(time.RFC3339), "serial", cert.SerialNumber.Text(16))
+	return nil
+}
+
+// checkRenewal verifies the relay's answer before anything is replaced: the
+// certificate is for the new key, names this same agent and tenant, and
+// chains to the roots the agent trusts (or to roots the relay sent in the
+// same answer, over a session those trusted roots authenticated: that is
+// how a CA rotation reaches agents).
+func (a *Agent) checkRenewal(resp *protocol.RenewResponse, key *ecdsa.PrivateKey) (*x509.Certificate, *x509.CertPool, []byte, error) {
+	block, _ := pem.Decode([]byte(resp.Certificate))
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, nil, nil, errors.New("renewal: relay sent no certificate")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("renewal: parse certificate: %w", err)
+	}
+	if pub, ok := cert.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(&key.PublicKey) {
+		return nil, nil, nil, errors.New("renewal: certificate is not for the new key")
+	}
+	id, err := identity.AgentFromCertificate(cert, a.state.TrustDomain)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("renewal: %w", err)
+	}
+	if id.ID != a.state.AgentID || id.Tenant != a.state.Tenant {
+		return nil, nil, nil, fmt.Errorf("renewal: certificate names %s, not this agent", id)
+	}
+	roots := a.roots.Load()
+	var caPEM []byte
+	if resp.CACertificates != "" {
+		sent := x509.NewCertPool()
+		if !sent.AppendCertsFromPEM([]byte(resp.CACertificates)) {
+			return nil, nil, nil, errors.New("renewal: relay sent unreadable CA certificates")
+		}
+		roots, caPEM = sent, []byte(resp.CACertificates)
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return nil, nil, nil, fmt.Errorf("renewal: certificate does not chain to the relay's CA: %w", err)
+	}
+	return cert, roots, caPEM, nil
+}
+
+// renewableSession returns a live session whose relay renews certificates.
+func (a *Agent) renewableSession() *session {
+	a.liveMu.Lock()
+	defer a.liveMu.Unlock()
+	for s := range a.live {
+		if slices.Contains(s.welcome.Capabilities, protocol.CapRenew) {
+			select {
+			case <-s.t.Done():
+				continue
+			default:
+			}
+			return s
+		}
+	}
+	return nil
+}
+
+// renew sends a RenewRequest on the control stream and waits for the
+// answer, which the control reader hands over.
+func (s *session) renew(ctx context.Context, csr []byte) (*protocol.RenewResponse, error) {
+	s.renewMu.Lock() // one renewal at a time on a session
+	defer s.renewMu.Unlock()
+	select { // drop an answer that came after an earlier request gave up
+	case <-s.renewed:
+	default:
+	}
+	if err := s.send(&protocol.RenewRequest{CSR: csr}); err != nil {
+		return nil, fmt.Errorf("send renewal request: %w", s.explain(err))
+	}
+	t := time.NewTimer(renewTimeout)
+	defer t.Stop()
+	select {
+	case resp := <-s.renewed:
+		if err := resp.Err(); err != nil {
+			return nil, fmt.Errorf("relay refused to renew the certificate: %w", err)
+		}
+		return resp, nil
+	case <-t.C:
+		return nil, fmt.Errorf("relay did not answer a renewal request within %v", renewTimeout)
+	case <-s.ctx.Done():
+		return nil, errors.New("session closed during renewal")
+	case <-s.readDone:
+		return nil, errors.New("session closed during renewal")
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
