@@ -19,11 +19,13 @@ type Stats struct {
 	// HandshakesFailed counts agent connections that failed TLS or
 	// were refused at hello; HandshakesThrottled those turned away by the
 	// handshake admission limit before any work was done.
-	HandshakesFailed    int64  `json:"handshakes_failed"`
-	HandshakesThrottled int64  `json:"handshakes_throttled"`
-	HeapAlloc           uint64 `json:"heap_alloc_bytes"`
-	HeapInuse           uint64 `json:"heap_inuse_bytes"`
-	Sys                 uint64 `json:"sys_bytes"`
+	HandshakesFailed    int64 `json:"handshakes_failed"`
+	HandshakesThrottled int64 `json:"handshakes_throttled"`
+	// LimitRefusals counts stream opens refused by a tenant limit.
+	LimitRefusals int64  `json:"limit_refusals"`
+	HeapAlloc     uint64 `json:"heap_alloc_bytes"`
+	HeapInuse     uint64 `json:"heap_inuse_bytes"`
+	Sys           uint64 `json:"sys_bytes"`
 }
 
 // Stats returns a snapshot of connections, streams and memory.
@@ -42,6 +44,7 @@ func (r *Relay) Stats() Stats {
 	s.FrontConnections = r.front.len()
 	s.HandshakesFailed = r.hsFailed.Load()
 	s.HandshakesThrottled = r.hsThrottled.Load()
+	s.LimitRefusals = r.limitRefusals.Load()
 	s.Goroutines = runtime.NumGoroutine()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
