@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path"
 	"sort"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -80,10 +82,44 @@ type LogConfig struct {
 }
 
 // Service is one entry of the allowlist. In YAML it is either an address
-// string ("db: 10.0.0.5:5432") or a mapping ("db: {address: 10.0.0.5:5432}").
+// string ("db: 10.0.0.5:5432") or a mapping:
+//
+//	db:
+//	  address: 10.0.0.5:5432
+//	  backends: [billing, reports-*]
 type Service struct {
 	Address string `yaml:"address"`
+	// Backends, when not empty, are the only backends allowed to reach the
+	// service: names of backend identities as the relay authenticated them
+	// (the relay passes the identity with every stream), each a name or a
+	// pattern with "*". The relay's own policy applies first; this list
+	// can only narrow it.
+	Backends []string `yaml:"backends"`
 }
+
+// allows reports whether the backend identity the relay sent for a stream
+// ("backend:<name>") may use the service.
+func (s Service) allows(backend string) bool {
+	if len(s.Backends) == 0 {
+		return true
+	}
+	name, ok := strings.CutPrefix(backend, backendPrefix)
+	if !ok {
+		return false
+	}
+	for _, p := range s.Backends {
+		if p == name {
+			return true
+		}
+		if ok, err := path.Match(p, name); err == nil && ok {
+			return true
+		}
+	}
+	return false
+}
+
+// backendPrefix starts the backend identity in a stream header.
+const backendPrefix = "backend:"
 
 // UnmarshalYAML accepts both the scalar and the mapping form. Unknown keys
 // in the mapping form are errors (yaml.Node.Decode would not check them).
@@ -99,13 +135,30 @@ func (s *Service) UnmarshalYAML(n *yaml.Node) error {
 				if err := v.Decode(&s.Address); err != nil {
 					return err
 				}
+			case "backends":
+				if err := v.Decode(&s.Backends); err != nil {
+					return err
+				}
 			default:
 				return fmt.Errorf("line %d: field %s not found in service", k.Line, k.Value)
 			}
 		}
 		return nil
 	}
-	return fmt.Errorf("line %d: a service is an address string or a mapping with address", n.Line)
+	return fmt.Errorf("line %d: a service is an address string or a mapping with address (and optionally backends)", n.Line)
+}
+
+// validateBackendPattern accepts a backend name, or one with "*" standing
+// for any run of characters ("*" alone would allow every backend, which
+// is the same as no list: it is refused as a likely mistake).
+func validateBackendPattern(p string) error {
+	if p == "*" {
+		return errors.New(`"*" allows every backend: leave backends out instead`)
+	}
+	if strings.Contains(p, "**") {
+		return fmt.Errorf("backend pattern %q: use a single *", p)
+	}
+	return identity.ValidateName("backend", strings.ReplaceAll(p, "*", "x"))
 }
 
 // Backoff is exponential backoff with full jitter: the n-th wait is uniform
@@ -206,6 +259,11 @@ func (c *Config) Validate() error {
 		addr := c.Services[n].Address
 		if host, port, err := net.SplitHostPort(addr); err != nil || host == "" || port == "" {
 			add("services.%s: address %q: want host:port", n, addr)
+		}
+		for i, b := range c.Services[n].Backends {
+			if err := validateBackendPattern(b); err != nil {
+				add("services.%s.backends[%d]: %v", n, i, err)
+			}
 		}
 	}
 	for name, d := range map[string]time.Duration{

@@ -10,6 +10,7 @@ func FuzzParseConfig(f *testing.F) {
 		"relays: [r:7443]\nstate_dir: /x\ntransport: auto\nconnections: 2\nservices:\n  api: {address: a:1}\n",
 		"state_dir: /x\nreconnect: {initial: 1s, max: 2s}\ndial_timeout: 5s\nlog: {level: debug, format: json}\n",
 		"services: [1, 2]\n", "state_dir: [\n", "", "bogus: 1\n", "state_dir: /x\nservices: {db: {address: a:1, extra: 2}}\n",
+		"state_dir: /x\nservices: {db: {address: a:1, backends: [billing, rep-*]}}\n", "state_dir: /x\nservices: {db: {address: a:1, backends: '*'}}\n",
 	} {
 		f.Add([]byte(s))
 	}

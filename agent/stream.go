@@ -40,6 +40,11 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 		refuse(st, protocol.Errorf(protocol.CodeUnknownService, "tenant %q's agent does not expose a service named %q", a.state.Tenant, h.Service))
 		return
 	}
+	if !svc.allows(h.Backend) {
+		log.Info("refused: backend not allowed for this service by the agent's config", ids...)
+		refuse(st, protocol.Errorf(protocol.CodeNotAllowed, "tenant %q's agent does not allow %s to reach service %q", a.state.Tenant, h.Backend, h.Service))
+		return
+	}
 	dctx, cancel := context.WithTimeout(context.Background(), a.cfg.DialTimeout)
 	conn, err := a.cfg.DialService(dctx, "tcp", svc.Address)
 	cancel()

@@ -298,40 +298,29 @@ func (a *Admin) Audit(ctx context.Context, f AuditFilter) ([]AuditRecord, error)
 	return a.st.store.ListAudit(ctx, f)
 }
 
-// AllTenants in a backend's tenant list grants every tenant.
-const AllTenants = "*"
-
 // BackendInfo describes a backend credential without its key.
 type BackendInfo struct {
 	Name      string    `json:"name"`
-	Tenants   []string  `json:"tenants"`
+	Grants    []Grant   `json:"grants"`
 	CreatedAt time.Time `json:"created_at"`
 }
 
-// AddBackend creates a backend credential allowed to reach tenants ("*" for
-// all) and returns its API key. The key is shown once; only its hash is
-// stored.
-func (a *Admin) AddBackend(ctx context.Context, name string, tenants []string) (string, error) {
+// AddBackend creates a backend credential with its grants (see ParseGrant:
+// "acme/postgres", "acme" for all of acme's services, "*/metrics") and
+// returns its API key. The key is shown once; only its hash is stored.
+func (a *Admin) AddBackend(ctx context.Context, name string, grants []string) (string, error) {
 	if err := identity.ValidateName("backend", name); err != nil {
 		return "", err
 	}
-	if len(tenants) == 0 {
-		return "", errors.New("a backend needs at least one tenant (or \"*\" for all tenants)")
+	if len(grants) == 0 {
+		return "", errors.New(`a backend needs at least one grant: tenant/service, tenant (all its services), or patterns with "*"`)
 	}
-	clean := make([]string, 0, len(tenants))
-	for _, t := range tenants {
-		t = strings.TrimSpace(t)
-		if t != AllTenants {
-			if err := identity.ValidateName("tenant", t); err != nil {
-				return "", err
-			}
-		}
-		clean = append(clean, t)
+	gs, err := ParseGrants(grants)
+	if err != nil {
+		return "", err
 	}
-	slices.Sort(clean)
-	clean = slices.Compact(clean)
 	key := newAPIKey()
-	err := a.st.store.AddBackend(ctx, store.Backend{Name: name, KeyHash: hashAPIKey(key), Tenants: clean, CreatedAt: a.now()})
+	err = a.st.store.AddBackend(ctx, store.Backend{Name: name, KeyHash: hashAPIKey(key), Grants: gs, CreatedAt: a.now()})
 	switch {
 	case errors.Is(err, store.ErrExists):
 		return "", fmt.Errorf("backend %q already exists", name)
@@ -340,8 +329,54 @@ func (a *Admin) AddBackend(ctx context.Context, name string, tenants []string) (
 	case err != nil:
 		return "", err
 	}
-	a.record(AuditBackendAdd, "", "", name, map[string]any{"tenants": clean})
+	a.record(AuditBackendAdd, "", "", name, map[string]any{"grants": grantStrings(gs)})
 	return key, nil
+}
+
+// Grant adds grants to a backend. A running relay applies them within
+// BackendCacheTTL.
+func (a *Admin) Grant(ctx context.Context, name string, grants []string) error {
+	gs, err := ParseGrants(grants)
+	if err != nil {
+		return err
+	}
+	if len(gs) == 0 {
+		return errors.New("no grant given")
+	}
+	if err := a.st.store.Grant(ctx, name, gs); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("grant to backend %q: %w", name, err)
+		}
+		return err
+	}
+	a.record(AuditBackendGrant, "", "", name, map[string]any{"grants": grantStrings(gs)})
+	return nil
+}
+
+// Ungrant removes grants from a backend. A running relay refuses new
+// streams they allowed within BackendCacheTTL; streams already open
+// continue.
+func (a *Admin) Ungrant(ctx context.Context, name string, grants []string) error {
+	gs, err := ParseGrants(grants)
+	if err != nil {
+		return err
+	}
+	if len(gs) == 0 {
+		return errors.New("no grant given")
+	}
+	if err := a.st.store.Ungrant(ctx, name, gs); err != nil {
+		return err
+	}
+	a.record(AuditBackendUngrant, "", "", name, map[string]any{"grants": grantStrings(gs)})
+	return nil
+}
+
+func grantStrings(gs []Grant) []string {
+	out := make([]string, len(gs))
+	for i, g := range gs {
+		out[i] = g.String()
+	}
+	return out
 }
 
 // Backends lists backend credentials.
@@ -352,7 +387,7 @@ func (a *Admin) Backends(ctx context.Context) ([]BackendInfo, error) {
 	}
 	out := make([]BackendInfo, len(bs))
 	for i, b := range bs {
-		out[i] = BackendInfo{Name: b.Name, Tenants: b.Tenants, CreatedAt: b.CreatedAt}
+		out[i] = BackendInfo{Name: b.Name, Grants: b.Grants, CreatedAt: b.CreatedAt}
 	}
 	return out, nil
 }

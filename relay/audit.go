@@ -25,21 +25,24 @@ type AuditRecord = store.AuditRecord
 
 // Audit record kinds.
 const (
-	AuditEnrol        = "agent.enrol"
-	AuditConnect      = "agent.connect"   // refused connections (TLS or hello) and admitted ones
-	AuditHandshake    = "agent.handshake" // TLS handshakes that failed before an identity was known
-	AuditRenew        = "agent.renew"
-	AuditRevoke       = "agent.revoke"
-	AuditDisconnect   = "agent.disconnect" // only when the relay ends the session for a reason worth auditing
-	AuditTokenCreate  = "token.create"
-	AuditTenantAdd    = "tenant.add"
-	AuditLimitsSet    = "tenant.limits"
-	AuditBackendAdd   = "backend.add"
-	AuditStream       = "stream"
-	OutcomeOK         = "ok"
-	auditBatch        = 512
-	auditQueue        = 8192
-	auditStoreRetries = 3
+	AuditEnrol          = "agent.enrol"
+	AuditConnect        = "agent.connect"   // refused connections (TLS or hello) and admitted ones
+	AuditHandshake      = "agent.handshake" // TLS handshakes that failed before an identity was known
+	AuditRenew          = "agent.renew"
+	AuditRevoke         = "agent.revoke"
+	AuditDisconnect     = "agent.disconnect" // only when the relay ends the session for a reason worth auditing
+	AuditTokenCreate    = "token.create"
+	AuditTenantAdd      = "tenant.add"
+	AuditLimitsSet      = "tenant.limits"
+	AuditBackendAdd     = "backend.add"
+	AuditBackendGrant   = "backend.grant"
+	AuditBackendUngrant = "backend.ungrant"
+	AuditBackendCert    = "backend.certificate"
+	AuditStream         = "stream"
+	OutcomeOK           = "ok"
+	auditBatch          = 512
+	auditQueue          = 8192
+	auditStoreRetries   = 3
 )
 
 // auditLog writes audit records to the store and, one JSON object per

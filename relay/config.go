@@ -32,6 +32,16 @@ type Config struct {
 	// Dialer in relay/client); default "127.0.0.1:3128"; "off" disables it.
 	ConnectListen string
 
+	// ConnectTLSListen is the HTTP CONNECT front door over TLS, with the
+	// relay's certificate from its CA; backends there may authenticate
+	// with a client certificate (tether-relay backend certificate) as well
+	// as an API key or a bearer token. Default "off".
+	ConnectTLSListen string
+
+	// OIDC, when its Issuer is set, lets backends authenticate at the
+	// CONNECT front doors with a bearer token from that issuer.
+	OIDC OIDCConfig
+
 	// DebugListen serves pprof profiles and /debug/tether (live counts and
 	// memory) for operators and benchmarks. Default "off". Bind it to
 	// loopback: it is unauthenticated.
@@ -104,6 +114,8 @@ func (c *Config) setDefaults() {
 	def(&c.SOCKSListen, "127.0.0.1:1080")
 	def(&c.ConnectListen, "127.0.0.1:3128")
 	def(&c.DebugListen, Off)
+	def(&c.ConnectTLSListen, Off)
+	c.OIDC.setDefaults()
 	def(&c.TrustDomain, "tether.internal")
 	def(&c.Version, "dev")
 	defd(&c.AgentCertLifetime, 24*time.Hour)
@@ -137,13 +149,16 @@ func (c *Config) validate() error {
 	if c.DisableQUIC && c.DisableTCP {
 		errs = append(errs, errors.New("both agent transports are disabled"))
 	}
-	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen, "debug listen": c.DebugListen} {
+	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen, "CONNECT TLS listen": c.ConnectTLSListen, "debug listen": c.DebugListen} {
 		if addr == Off && name != "agent listen" {
 			continue
 		}
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s address %q: %w", name, addr, err))
 		}
+	}
+	if err := c.OIDC.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.MaxHandshakes < 0 {
 		errs = append(errs, fmt.Errorf("max handshakes must be positive (got %d)", c.MaxHandshakes))

@@ -76,7 +76,7 @@ func (r *Relay) serveSOCKS(ctx context.Context, c net.Conn) {
 		r.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
 		socks5.WriteReply(c, socksReply(protocol.CodeOf(err)), nil)
 		c.Close()
-		r.auditRefusal("socks5", c.RemoteAddr().String(), who.name, target, err)
+		r.auditRefusal("socks5", c.RemoteAddr().String(), who, target, err)
 		return
 	}
 	if err := socks5.WriteReply(c, socks5.ReplySucceeded, nil); err != nil {
@@ -152,11 +152,15 @@ func (r *Relay) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *ht
 		writeRefusal(w, "", protocol.Errorf(protocol.CodeBadRequest, "this is a CONNECT proxy: use CONNECT <service>.<tenant>.tether:<port>"), http.StatusMethodNotAllowed)
 		return
 	}
-	name, key, _ := proxyBasicAuth(req)
-	who, err := r.authenticate(ctx, name, key)
+	door := "connect"
+	if req.TLS != nil {
+		door = "connect-tls"
+		attrs[1] = door
+	}
+	who, claimed, err := r.authenticateRequest(ctx, req)
 	if err != nil {
 		r.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
-		r.auditUnauthenticated("connect", req.RemoteAddr, name, err)
+		r.auditUnauthenticated(door, req.RemoteAddr, claimed, err)
 		writeRefusal(w, "", err, 0)
 		return
 	}
@@ -164,7 +168,7 @@ func (r *Relay) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *ht
 	tun, err := r.dial(ctx, who, req.Host)
 	if err != nil {
 		r.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
-		r.auditRefusal("connect", req.RemoteAddr, who.name, req.Host, err)
+		r.auditRefusal(door, req.RemoteAddr, who, req.Host, err)
 		writeRefusal(w, "", err, 0)
 		return
 	}
@@ -214,6 +218,46 @@ func writeRefusal(w http.ResponseWriter, requestID string, err error, status int
 	h.Set("Connection", "close")
 	w.WriteHeader(status)
 	fmt.Fprintln(w, err.Error())
+}
+
+// authenticateRequest finds who sent a CONNECT request: a client
+// certificate verified in the TLS handshake, or the Proxy-Authorization
+// header (Basic: backend name and API key; Bearer: a token from the OIDC
+// issuer). claimed is the name a refused request claimed, for the audit.
+func (r *Relay) authenticateRequest(ctx context.Context, req *http.Request) (who *caller, claimed string, err error) {
+	auth := req.Header.Get("Proxy-Authorization")
+	if req.TLS != nil && len(req.TLS.PeerCertificates) > 0 {
+		if auth != "" {
+			return nil, "", protocol.Errorf(protocol.CodeUnauthenticated, "send one credential: a client certificate or a Proxy-Authorization header, not both")
+		}
+		who, err := r.authenticateCertificate(ctx, req.TLS.PeerCertificates)
+		if len(req.TLS.PeerCertificates[0].URIs) > 0 {
+			claimed = req.TLS.PeerCertificates[0].URIs[0].String()
+		}
+		return who, claimed, err
+	}
+	scheme, cred, _ := strings.Cut(auth, " ")
+	switch {
+	case strings.EqualFold(scheme, "Bearer"):
+		who, err := r.authenticateBearer(ctx, strings.TrimSpace(cred))
+		return who, "", err
+	case strings.EqualFold(scheme, "Basic"):
+		name, key, _ := proxyBasicAuth(req)
+		who, err := r.authenticate(ctx, name, key)
+		return who, name, err
+	}
+	return r.noCredentials()
+}
+
+func (r *Relay) noCredentials() (*caller, string, error) {
+	ways := "Proxy-Authorization: Basic with the backend name and API key"
+	if r.bearer != nil {
+		ways += ", Bearer with a token from " + r.cfg.OIDC.Issuer
+	}
+	if r.connectTLSLn != nil {
+		ways += ", or a client certificate on the TLS front door"
+	}
+	return nil, "", protocol.Errorf(protocol.CodeUnauthenticated, "backend credentials required (%s)", ways)
 }
 
 // proxyBasicAuth parses a Proxy-Authorization: Basic header.

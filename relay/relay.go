@@ -61,7 +61,13 @@ type Relay struct {
 	quicLn    *quicgo.Listener
 	socksLn   net.Listener
 	connectLn net.Listener
-	debugLn   net.Listener
+	// connectTLSLn is the CONNECT front door over TLS, where backends may
+	// present client certificates.
+	connectTLSLn net.Listener
+	debugLn      net.Listener
+
+	bearer     *bearerAuth  // nil unless an OIDC issuer is configured
+	oidcClient *http.Client // fetches the issuer's keys
 
 	front *connSet // open front-door connections, closed at shutdown
 
@@ -104,6 +110,10 @@ func New(cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	r.buildTLS()
+	if cfg.OIDC.Issuer != "" {
+		r.oidcClient = &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSHandshakeTimeout: keyFetchTimeout, ResponseHeaderTimeout: keyFetchTimeout}}
+		r.bearer = newBearerAuth(cfg.OIDC, filepath.Join(st.dir, jwksCacheFile), cfg.Now, r.oidcClient)
+	}
 	if err := r.listen(); err != nil {
 		r.closeListeners()
 		r.audit.closeFile()
@@ -132,6 +142,10 @@ func (r *Relay) SOCKSAddr() net.Addr { return addrOf(r.socksLn) }
 
 // ConnectAddr is the HTTP CONNECT front door's address, or nil when off.
 func (r *Relay) ConnectAddr() net.Addr { return addrOf(r.connectLn) }
+
+// ConnectTLSAddr is the address of the CONNECT front door over TLS, or nil
+// when off.
+func (r *Relay) ConnectTLSAddr() net.Addr { return addrOf(r.connectTLSLn) }
 
 // DebugAddr is the debug listener's address, or nil when off.
 func (r *Relay) DebugAddr() net.Addr { return addrOf(r.debugLn) }
@@ -167,6 +181,13 @@ func (r *Relay) listen() error {
 			return fmt.Errorf("CONNECT front door: %w", err)
 		}
 	}
+	if r.cfg.ConnectTLSListen != Off {
+		ln, err := net.Listen("tcp", r.cfg.ConnectTLSListen)
+		if err != nil {
+			return fmt.Errorf("CONNECT front door (TLS): %w", err)
+		}
+		r.connectTLSLn = tls.NewListener(ln, r.frontTLS())
+	}
 	if r.cfg.DebugListen != Off {
 		if r.debugLn, err = net.Listen("tcp", r.cfg.DebugListen); err != nil {
 			return fmt.Errorf("debug listener: %w", err)
@@ -201,7 +222,7 @@ func (r *Relay) listenAgents(host, port string) error {
 }
 
 func (r *Relay) closeListeners() {
-	for _, l := range []net.Listener{r.tcpLn, r.socksLn, r.connectLn, r.debugLn} {
+	for _, l := range []net.Listener{r.tcpLn, r.socksLn, r.connectLn, r.connectTLSLn, r.debugLn} {
 		if l != nil {
 			l.Close()
 		}
@@ -232,6 +253,29 @@ func (r *Relay) serverCert(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	}
 	r.cert = c
 	return c, nil
+}
+
+// frontTLS is the TLS configuration of the CONNECT front door over TLS.
+// A backend may present a client certificate from the relay CA naming it
+// (tether-relay backend certificate); one that does not verify ends the
+// handshake. Without one, the backend authenticates in the CONNECT request.
+func (r *Relay) frontTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: r.serverCert,
+		NextProtos:     []string{"http/1.1"}, // CONNECT hijacks the connection: no HTTP/2
+		ClientAuth:     tls.RequestClientCert,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return nil
+			}
+			_, err := r.verifyBackendChain(cs.PeerCertificates)
+			if err != nil {
+				r.auditBackendCertRefusal(cs.PeerCertificates, err)
+			}
+			return err
+		},
+	}
 }
 
 func (r *Relay) buildTLS() {
@@ -322,6 +366,17 @@ func (r *Relay) run(ctx context.Context) error {
 			fatal <- err
 		})
 	}
+	var connectTLSSrv *http.Server
+	if r.connectTLSLn != nil {
+		connectTLSSrv = r.connectServer(sessCtx)
+		wg.Go(func() {
+			err := connectTLSSrv.Serve(r.connectTLSLn)
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			}
+			fatal <- err
+		})
+	}
 	var debugSrv *http.Server
 	if r.debugLn != nil {
 		debugSrv = &http.Server{Handler: r.debugHandler(), ReadHeaderTimeout: r.cfg.HandshakeTimeout}
@@ -329,7 +384,7 @@ func (r *Relay) run(ctx context.Context) error {
 	}
 	r.log.Info("relay serving",
 		"agent_addr", r.AgentAddr().String(), "quic", r.quicLn != nil, "tcp", r.tcpLn != nil,
-		"socks_addr", addrString(r.SOCKSAddr()), "connect_addr", addrString(r.ConnectAddr()), "debug_addr", addrString(r.DebugAddr()),
+		"socks_addr", addrString(r.SOCKSAddr()), "connect_addr", addrString(r.ConnectAddr()), "connect_tls_addr", addrString(r.ConnectTLSAddr()), "debug_addr", addrString(r.DebugAddr()),
 		"trust_domain", r.TrustDomain(), "ca_fingerprint", protocol.FormatFingerprint(r.st.ca.Fingerprint()))
 
 	var runErr error
@@ -348,11 +403,14 @@ func (r *Relay) run(ctx context.Context) error {
 	if debugSrv != nil {
 		debugSrv.Close()
 	}
-	if connectSrv != nil {
+	for _, srv := range []*http.Server{connectSrv, connectTLSSrv} {
+		if srv == nil {
+			continue
+		}
 		wg.Go(func() {
 			sctx, cancel := context.WithTimeout(context.Background(), r.cfg.DrainTimeout+r.cfg.StreamOpenTimeout)
 			defer cancel()
-			if err := connectSrv.Shutdown(sctx); err != nil {
+			if err := srv.Shutdown(sctx); err != nil {
 				r.log.Warn("CONNECT front door: handlers still running at shutdown", "err", err)
 			}
 		})
@@ -374,6 +432,9 @@ func (r *Relay) run(ctx context.Context) error {
 	}
 	if r.udpConn != nil {
 		r.udpConn.Close()
+	}
+	if r.oidcClient != nil {
+		r.oidcClient.CloseIdleConnections()
 	}
 	r.audit.close() // after every goroutine that records; waits for the writer
 	if err := r.audit.closeFile(); err != nil && runErr == nil {

@@ -52,12 +52,24 @@ func ParseTarget(addr string) (Target, error) {
 
 // caller is an authenticated backend.
 type caller struct {
-	name    string
+	name   string
+	grants []Grant
+	// via is how it proved who it is: api_key, certificate or jwt.
+	via string
+	// tenants, when not nil, narrows the grants to these tenants (the
+	// tenant claim of a bearer token).
 	tenants []string
 }
 
 // Identity is how the caller is named in stream headers and logs.
 func (c *caller) Identity() string { return "backend:" + c.name }
+
+// Ways a backend authenticates, as recorded in audit records.
+const (
+	viaAPIKey      = "api_key"
+	viaCertificate = "certificate"
+	viaJWT         = "jwt"
+)
 
 // authenticate checks a backend name and API key. Unknown names and wrong
 // keys get the same answer.
@@ -72,20 +84,25 @@ func (r *Relay) authenticate(ctx context.Context, name, key string) (*caller, er
 	if err != nil || !apiKeyMatches(key, b.KeyHash) {
 		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "wrong backend name or API key")
 	}
-	return &caller{name: b.Name, tenants: b.Tenants}, nil
+	return &caller{name: b.Name, grants: b.Grants, via: viaAPIKey}, nil
 }
 
-// authorize checks that c may reach tenant, and that tenant exists.
-func (r *Relay) authorize(ctx context.Context, c *caller, tenant string) error {
-	if !slices.Contains(c.tenants, AllTenants) && !slices.Contains(c.tenants, tenant) {
-		return protocol.Errorf(protocol.CodeNotAllowed, "backend %q may not reach tenant %q", c.name, tenant)
+// authorize checks that c may reach service t.Service of tenant t.Tenant,
+// and that the tenant exists. A backend without a grant learns nothing,
+// not even whether the tenant exists.
+func (r *Relay) authorize(ctx context.Context, c *caller, t Target) error {
+	if !grantsAllow(c.grants, t) {
+		return protocol.Errorf(protocol.CodeNotAllowed, "backend %q may not reach service %q of tenant %q (no grant)", c.name, t.Service, t.Tenant)
 	}
-	if r.reg.connected(tenant) > 0 {
+	if c.tenants != nil && !slices.Contains(c.tenants, t.Tenant) {
+		return protocol.Errorf(protocol.CodeNotAllowed, "backend %q's token does not name tenant %q", c.name, t.Tenant)
+	}
+	if r.reg.connected(t.Tenant) > 0 {
 		return nil // a tenant with a connected agent exists
 	}
-	if _, err := r.st.store.Tenant(ctx, tenant); err != nil {
+	if _, err := r.st.store.Tenant(ctx, t.Tenant); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			return protocol.Errorf(protocol.CodeUnknownTenant, "no tenant %q", tenant)
+			return protocol.Errorf(protocol.CodeUnknownTenant, "no tenant %q", t.Tenant)
 		}
 		return protocol.Errorf(protocol.CodeInternal, "look up tenant: %v", err)
 	}
@@ -122,7 +139,7 @@ func (r *Relay) dial(ctx context.Context, c *caller, addr string) (*tunnel, erro
 	if err != nil {
 		return nil, err
 	}
-	if err := r.authorize(ctx, c, t.Tenant); err != nil {
+	if err := r.authorize(ctx, c, t); err != nil {
 		return nil, err
 	}
 	// The tenant's bulkheads: they count and refuse only its own streams.
@@ -186,12 +203,12 @@ func (r *Relay) route(ctx context.Context, c *caller, t Target) (*tunnel, error)
 }
 
 // auditRefusal records a stream the relay or the agent refused.
-func (r *Relay) auditRefusal(door, remote, backend, addr string, err error) {
+func (r *Relay) auditRefusal(door, remote string, c *caller, addr string, err error) {
 	if len(addr) > 512 {
 		addr = addr[:512]
 	}
-	rec := AuditRecord{Kind: AuditStream, Outcome: protocol.CodeOf(err).String(), Backend: backend, Actor: "backend:" + backend,
-		Detail: map[string]any{"door": door, "remote": remote, "target": addr, "error": err.Error()}}
+	rec := AuditRecord{Kind: AuditStream, Outcome: protocol.CodeOf(err).String(), Backend: c.name, Actor: c.Identity(),
+		Detail: map[string]any{"door": door, "remote": remote, "target": addr, "auth": c.via, "error": err.Error()}}
 	if t, perr := ParseTarget(addr); perr == nil {
 		rec.Tenant = t.Tenant
 		rec.Detail["service"] = t.Service
@@ -275,7 +292,7 @@ func (r *Relay) bridge(front transport.Stream, t *tunnel, attrs []any) {
 	}
 	r.audit.add(AuditRecord{Kind: AuditStream, Outcome: outcome, Tenant: t.target.Tenant, Agent: t.agent.id.ID, Backend: t.caller.name, Actor: t.caller.Identity(),
 		Detail: map[string]any{"service": t.target.Service, "request": t.requestID, "bytes_to_service": res.AToB, "bytes_from_service": res.BToA,
-			"duration_ms": time.Since(t.opened).Milliseconds(), "door": doorOf(attrs)}})
+			"duration_ms": time.Since(t.opened).Milliseconds(), "door": doorOf(attrs), "auth": t.caller.via}})
 	log := r.log
 	attrs = with(attrs, "request", t.requestID, "agent", t.agent.id.ID, "bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(t.opened).Round(time.Microsecond))
 	switch {

@@ -35,7 +35,8 @@ Usage:
   tether-relay tenant  limits NAME [--max-agents N] [--max-streams N] [--open-rate R] [--open-burst N]
                        [--cidrs 10.0.0.0/8,…] | limits
   tether-relay token   create --tenant NAME [--ttl 1h] [--uses 1] | list [--tenant NAME]
-  tether-relay backend add NAME --tenants a,b | list
+  tether-relay backend add NAME --allow tenant/service,… | grant NAME GRANT… | ungrant NAME GRANT…
+                       | certificate NAME --out DIR [--lifetime 2160h] | list
   tether-relay agent   list [--tenant NAME] | revoke ID [--reason TEXT]
   tether-relay audit   [--tenant T] [--agent ID] [--backend B] [--kind K] [--since T] [--until T] [--limit N]
   tether-relay version
@@ -124,6 +125,12 @@ func serve(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.AgentListen, "agent-listen", ":7443", "agent address, UDP (QUIC) and TCP (TLS+yamux) on the same port")
 	fs.StringVar(&cfg.SOCKSListen, "socks-listen", "127.0.0.1:1080", `SOCKS5 front door ("off" to disable)`)
 	fs.StringVar(&cfg.ConnectListen, "connect-listen", "127.0.0.1:3128", `HTTP CONNECT front door and Go Dialer endpoint ("off" to disable)`)
+	fs.StringVar(&cfg.ConnectTLSListen, "connect-tls-listen", "off", "HTTP CONNECT front door over TLS, where backends may also use client certificates (tether-relay backend certificate)")
+	fs.StringVar(&cfg.OIDC.Issuer, "oidc-issuer", "", "accept bearer tokens (JWT) from this OpenID Connect issuer at the CONNECT front doors")
+	fs.StringVar(&cfg.OIDC.Audience, "oidc-audience", "", "audience bearer tokens must be for (required with --oidc-issuer)")
+	fs.StringVar(&cfg.OIDC.JWKSURL, "oidc-jwks-url", "", "the issuer's key set (default: from its discovery document)")
+	fs.StringVar(&cfg.OIDC.BackendClaim, "oidc-backend-claim", "sub", "token claim naming the backend (a registered backend; its grants apply)")
+	fs.StringVar(&cfg.OIDC.TenantClaim, "oidc-tenant-claim", "tether_tenants", "token claim listing the tenants the token is for (required in every token)")
 	fs.StringVar(&cfg.DebugListen, "debug-listen", "off", "pprof and /debug/tether on this address (loopback only; unauthenticated)")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", "tether.internal", "SPIFFE trust domain of a new CA (first start only)")
 	fs.StringVar(&transports, "transports", "quic,tcp", "agent transports to serve: quic, tcp or both")
@@ -282,24 +289,57 @@ func tokenCmd(args []string, stdout, stderr io.Writer) error {
 func backendCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("backend", stderr)
 	dataDir := fs.String("data-dir", defaultDataDir(), "data directory")
-	tenants := fs.String("tenants", "", `comma-separated tenants the backend may reach ("*" for all)`)
+	allow := fs.String("allow", "", `add: comma-separated grants, each tenant/service, tenant (all its services) or a pattern with "*" ("acme/postgres,globex,*/metrics")`)
+	tenants := fs.String("tenants", "", `add: comma-separated tenants the backend may reach, all their services ("*" for every tenant); same as --allow with tenant names`)
+	out := fs.String("out", "", "certificate: directory to write backend.crt, backend.key and ca.crt to")
+	lifetime := fs.Duration("lifetime", 90*24*time.Hour, "certificate: validity of the backend certificate")
 	output := fs.String("o", "table", "output of list: table or json")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
+	const usage = "usage: tether-relay backend add NAME --allow tenant/service,… | backend grant NAME GRANT… | backend ungrant NAME GRANT… | backend certificate NAME --out DIR | backend list"
 	switch {
 	case len(pos) == 2 && pos[0] == "add":
-		if *tenants == "" {
-			return errors.New(`backend add needs --tenants a,b (or "*")`)
+		var grants []string
+		for _, list := range []string{*allow, *tenants} {
+			if list != "" {
+				grants = append(grants, strings.Split(list, ",")...)
+			}
+		}
+		if len(grants) == 0 {
+			return errors.New(`backend add needs --allow tenant/service,… (or --tenants a,b, or "*")`)
 		}
 		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
-			key, err := a.AddBackend(ctx, pos[1], strings.Split(*tenants, ","))
+			key, err := a.AddBackend(ctx, pos[1], grants)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintln(stdout, key)
 			fmt.Fprintf(stderr, "backend %s added; its API key (above) is shown only once\n", pos[1])
+			return nil
+		})
+	case len(pos) >= 3 && (pos[0] == "grant" || pos[0] == "ungrant"):
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+			if pos[0] == "grant" {
+				return a.Grant(ctx, pos[1], pos[2:])
+			}
+			return a.Ungrant(ctx, pos[1], pos[2:])
+		})
+	case len(pos) == 2 && (pos[0] == "certificate" || pos[0] == "cert"):
+		if *out == "" {
+			return errors.New("backend certificate needs --out DIR")
+		}
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+			c, err := a.IssueBackendCertificate(ctx, pos[1], *lifetime)
+			if err != nil {
+				return err
+			}
+			if err := c.WriteFiles(*out); err != nil {
+				return err
+			}
+			fmt.Fprintf(stderr, "wrote %s: backend.crt and backend.key (identity %s, valid until %s) and ca.crt\n",
+				*out, c.Identity, c.NotAfter.UTC().Format(time.RFC3339))
 			return nil
 		})
 	case len(pos) == 1 && pos[0] == "list":
@@ -308,12 +348,16 @@ func backendCmd(args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return err
 			}
-			return printList(stdout, *output, bs, "NAME\tTENANTS\tCREATED", func(b relay.BackendInfo) string {
-				return b.Name + "\t" + strings.Join(b.Tenants, ",") + "\t" + b.CreatedAt.Format(time.RFC3339)
+			return printList(stdout, *output, bs, "NAME\tGRANTS\tCREATED", func(b relay.BackendInfo) string {
+				gs := make([]string, len(b.Grants))
+				for i, g := range b.Grants {
+					gs[i] = g.String()
+				}
+				return b.Name + "\t" + dash(strings.Join(gs, ",")) + "\t" + b.CreatedAt.Format(time.RFC3339)
 			})
 		})
 	}
-	return errors.New("usage: tether-relay backend add NAME --tenants a,b | backend list")
+	return errors.New(usage)
 }
 
 func agentCmd(args []string, stdout, stderr io.Writer) error {

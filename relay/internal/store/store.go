@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/url"
 	"sort"
 	"strings"
@@ -57,11 +58,20 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	db.SetMaxIdleConns(16)
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	s := &Store{db: db}
-	if err := s.migrate(ctx); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("migrate %s: %w", path, err)
+	// Switching a fresh file to WAL takes an exclusive lock and SQLite
+	// answers SQLITE_BUSY at once, without its busy timeout, when another
+	// process is doing the same: retry for a while.
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		err = s.migrate(ctx)
+		if err == nil {
+			return s, nil
+		}
+		if !strings.Contains(err.Error(), "SQLITE_BUSY") || ctx.Err() != nil || wait == time.Second {
+			db.Close()
+			return nil, fmt.Errorf("migrate %s: %w", path, err)
+		}
+		time.Sleep(wait + time.Duration(rand.Int64N(int64(wait))))
 	}
-	return s, nil
 }
 
 // Close closes the database.
@@ -144,10 +154,28 @@ CREATE TABLE tenant_limits (
 	updated_at  BIGINT NOT NULL
 );
 `},
+	// Grants name services as well as tenants, each a pattern.
+	{3, `
+CREATE TABLE backend_grants (
+	backend TEXT NOT NULL REFERENCES backends(name) ON DELETE CASCADE,
+	tenant  TEXT NOT NULL,
+	service TEXT NOT NULL,
+	PRIMARY KEY (backend, tenant, service)
+);
+INSERT INTO backend_grants (backend, tenant, service) SELECT backend, tenant, '*' FROM backend_tenants;
+DROP TABLE backend_tenants;
+`},
 }
 
 func (s *Store) migrate(ctx context.Context) error {
-	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
+	// In a write transaction: outside one, SQLite may find the schema
+	// changed under it by another process creating the same file and
+	// answer SQLITE_BUSY at once instead of waiting.
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`)
+		return err
+	})
+	if err != nil {
 		return err
 	}
 	for _, m := range migrations {
@@ -427,32 +455,60 @@ func (s *Store) SetAgentCert(ctx context.Context, id, serial string, notAfter ti
 	return nil
 }
 
-// AllTenants in Backend.Tenants grants every tenant.
-const AllTenants = "*"
+// Any, as a grant's tenant or service, matches every name.
+const Any = "*"
+
+// Grant lets a backend reach the services matching Service of the tenants
+// matching Tenant. Both are patterns: a name, or a name with "*"
+// wildcards ("*" alone matches every name).
+type Grant struct {
+	Tenant  string `json:"tenant"`
+	Service string `json:"service"`
+}
+
+func (g Grant) String() string { return g.Tenant + "/" + g.Service }
 
 // Backend is a backend credential. KeyHash is the SHA-256 of its API key.
 type Backend struct {
 	Name      string
 	KeyHash   []byte
-	Tenants   []string // sorted; may hold AllTenants
+	Grants    []Grant // sorted by tenant, then service
 	CreatedAt time.Time
 }
 
-// AddBackend stores a backend credential; every tenant it names (other
-// than AllTenants) must exist.
+// checkGrantTenants makes sure every tenant a grant names exactly (without
+// a wildcard) exists, so a typo does not become a grant to nobody.
+func checkGrantTenants(ctx context.Context, tx *sql.Tx, grants []Grant) error {
+	for _, g := range grants {
+		if strings.Contains(g.Tenant, "*") {
+			continue
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM tenants WHERE name = $1`, g.Tenant).Scan(&n); err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("tenant %q: %w", g.Tenant, ErrNotFound)
+		}
+	}
+	return nil
+}
+
+func insertGrants(ctx context.Context, tx *sql.Tx, backend string, grants []Grant) error {
+	for _, g := range grants {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO backend_grants (backend, tenant, service) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, backend, g.Tenant, g.Service); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AddBackend stores a backend credential with its grants; every tenant a
+// grant names without a wildcard must exist.
 func (s *Store) AddBackend(ctx context.Context, b Backend) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		for _, t := range b.Tenants {
-			if t == AllTenants {
-				continue
-			}
-			var n int
-			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM tenants WHERE name = $1`, t).Scan(&n); err != nil {
-				return err
-			}
-			if n == 0 {
-				return fmt.Errorf("tenant %q: %w", t, ErrNotFound)
-			}
+		if err := checkGrantTenants(ctx, tx, b.Grants); err != nil {
+			return err
 		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO backends (name, key_hash, created_at) VALUES ($1, $2, $3)`, b.Name, hex.EncodeToString(b.KeyHash), unix(b.CreatedAt))
 		if isUnique(err) {
@@ -461,13 +517,55 @@ func (s *Store) AddBackend(ctx context.Context, b Backend) error {
 		if err != nil {
 			return err
 		}
-		for _, t := range b.Tenants {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO backend_tenants (backend, tenant) VALUES ($1, $2) ON CONFLICT DO NOTHING`, b.Name, t); err != nil {
+		return insertGrants(ctx, tx, b.Name, b.Grants)
+	})
+}
+
+// Grant adds grants to a backend (those it already has are kept once).
+func (s *Store) Grant(ctx context.Context, backend string, grants []Grant) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if err := backendExists(ctx, tx, backend); err != nil {
+			return err
+		}
+		if err := checkGrantTenants(ctx, tx, grants); err != nil {
+			return err
+		}
+		return insertGrants(ctx, tx, backend, grants)
+	})
+}
+
+// Ungrant removes grants from a backend. Removing a grant it does not have
+// is an error naming it, so a mistyped pattern is not mistaken for a
+// removal.
+func (s *Store) Ungrant(ctx context.Context, backend string, grants []Grant) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if err := backendExists(ctx, tx, backend); err != nil {
+			return err
+		}
+		for _, g := range grants {
+			res, err := tx.ExecContext(ctx, `DELETE FROM backend_grants WHERE backend = $1 AND tenant = $2 AND service = $3`, backend, g.Tenant, g.Service)
+			if err != nil {
 				return err
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 0 {
+				return fmt.Errorf("backend %q has no grant %s: %w", backend, g, ErrNotFound)
 			}
 		}
 		return nil
 	})
+}
+
+func backendExists(ctx context.Context, tx *sql.Tx, name string) error {
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM backends WHERE name = $1`, name).Scan(&n); err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("backend %q: %w", name, ErrNotFound)
+	}
+	return nil
 }
 
 // Backend returns one backend credential.
@@ -486,23 +584,23 @@ func (s *Store) Backend(ctx context.Context, name string) (Backend, error) {
 		return Backend{}, fmt.Errorf("backend %q: damaged key hash: %w", name, err)
 	}
 	b.CreatedAt = fromUnix(created)
-	b.Tenants, err = s.backendTenants(ctx, name)
+	b.Grants, err = s.backendGrants(ctx, name)
 	return b, err
 }
 
-func (s *Store) backendTenants(ctx context.Context, name string) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT tenant FROM backend_tenants WHERE backend = $1 ORDER BY tenant`, name)
+func (s *Store) backendGrants(ctx context.Context, name string) ([]Grant, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT tenant, service FROM backend_grants WHERE backend = $1 ORDER BY tenant, service`, name)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []string
+	var out []Grant
 	for rows.Next() {
-		var t string
-		if err := rows.Scan(&t); err != nil {
+		var g Grant
+		if err := rows.Scan(&g.Tenant, &g.Service); err != nil {
 			return nil, err
 		}
-		out = append(out, t)
+		out = append(out, g)
 	}
 	return out, rows.Err()
 }
@@ -510,8 +608,8 @@ func (s *Store) backendTenants(ctx context.Context, name string) ([]string, erro
 // ListBackends returns every backend credential, sorted by name, without
 // key hashes.
 func (s *Store) ListBackends(ctx context.Context) ([]Backend, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT b.name, b.created_at, bt.tenant FROM backends b
-		LEFT JOIN backend_tenants bt ON bt.backend = b.name ORDER BY b.name, bt.tenant`)
+	rows, err := s.db.QueryContext(ctx, `SELECT b.name, b.created_at, g.tenant, g.service FROM backends b
+		LEFT JOIN backend_grants g ON g.backend = b.name ORDER BY b.name, g.tenant, g.service`)
 	if err != nil {
 		return nil, err
 	}
@@ -521,8 +619,8 @@ func (s *Store) ListBackends(ctx context.Context) ([]Backend, error) {
 	for rows.Next() {
 		var name string
 		var created int64
-		var tenant sql.NullString
-		if err := rows.Scan(&name, &created, &tenant); err != nil {
+		var tenant, service sql.NullString
+		if err := rows.Scan(&name, &created, &tenant, &service); err != nil {
 			return nil, err
 		}
 		b := byName[name]
@@ -532,7 +630,7 @@ func (s *Store) ListBackends(ctx context.Context) ([]Backend, error) {
 			names = append(names, name)
 		}
 		if tenant.Valid {
-			b.Tenants = append(b.Tenants, tenant.String)
+			b.Grants = append(b.Grants, Grant{Tenant: tenant.String, Service: service.String})
 		}
 	}
 	if err := rows.Err(); err != nil {

@@ -262,16 +262,17 @@ func TestBackends(t *testing.T) {
 	s, _ := open(t)
 	s.AddTenant(ctx, "acme", t0)
 	s.AddTenant(ctx, "globex", t0)
-	if err := s.AddBackend(ctx, Backend{Name: "billing", KeyHash: hash("k"), Tenants: []string{"globex", "acme"}, CreatedAt: t0}); err != nil {
+	billing := []Grant{{"acme", "db"}, {"globex", Any}, {"acme", "api"}}
+	if err := s.AddBackend(ctx, Backend{Name: "billing", KeyHash: hash("k"), Grants: billing, CreatedAt: t0}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AddBackend(ctx, Backend{Name: "ops", KeyHash: hash("k2"), Tenants: []string{AllTenants}, CreatedAt: t0}); err != nil {
+	if err := s.AddBackend(ctx, Backend{Name: "ops", KeyHash: hash("k2"), Grants: []Grant{{Any, "metrics-*"}}, CreatedAt: t0}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AddBackend(ctx, Backend{Name: "billing", KeyHash: hash("x"), Tenants: []string{"acme"}, CreatedAt: t0}); !errors.Is(err, ErrExists) {
+	if err := s.AddBackend(ctx, Backend{Name: "billing", KeyHash: hash("x"), Grants: []Grant{{"acme", Any}}, CreatedAt: t0}); !errors.Is(err, ErrExists) {
 		t.Fatalf("duplicate backend: got %v, want ErrExists", err)
 	}
-	err := s.AddBackend(ctx, Backend{Name: "bad", KeyHash: hash("x"), Tenants: []string{"acme", "nosuch"}, CreatedAt: t0})
+	err := s.AddBackend(ctx, Backend{Name: "bad", KeyHash: hash("x"), Grants: []Grant{{"acme", Any}, {"nosuch", "db"}}, CreatedAt: t0})
 	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "nosuch") {
 		t.Fatalf("backend granted a missing tenant: got %v, want ErrNotFound naming nosuch", err)
 	}
@@ -279,15 +280,78 @@ func TestBackends(t *testing.T) {
 		t.Fatalf("a refused backend was stored anyway: %v", err)
 	}
 	b, err := s.Backend(ctx, "billing")
-	if err != nil || string(b.KeyHash) != string(hash("k")) || strings.Join(b.Tenants, ",") != "acme,globex" {
+	if err != nil || string(b.KeyHash) != string(hash("k")) || grants(b.Grants) != "acme/api,acme/db,globex/*" {
 		t.Fatalf("Backend(billing) = %+v, %v", b, err)
 	}
 	list, err := s.ListBackends(ctx)
-	if err != nil || len(list) != 2 || list[0].Name != "billing" || list[1].Name != "ops" || list[1].Tenants[0] != AllTenants {
+	if err != nil || len(list) != 2 || list[0].Name != "billing" || list[1].Name != "ops" || grants(list[1].Grants) != "*/metrics-*" || grants(list[0].Grants) != "acme/api,acme/db,globex/*" {
 		t.Fatalf("ListBackends = %+v, %v", list, err)
 	}
 	if list[0].KeyHash != nil {
 		t.Fatal("ListBackends leaks key hashes")
+	}
+
+	// Grant and Ungrant.
+	if err := s.Grant(ctx, "billing", []Grant{{"globex", "db"}, {"acme", "db"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Grant(ctx, "billing", []Grant{{"nosuch", "db"}}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("grant to a missing tenant: got %v, want ErrNotFound", err)
+	}
+	if err := s.Grant(ctx, "nosuch", []Grant{{"acme", "db"}}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("grant to a missing backend: got %v, want ErrNotFound", err)
+	}
+	if err := s.Ungrant(ctx, "billing", []Grant{{"acme", "db"}, {"globex", Any}}); err != nil {
+		t.Fatal(err)
+	}
+	err = s.Ungrant(ctx, "billing", []Grant{{"acme", "nope"}})
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "acme/nope") {
+		t.Fatalf("removing a grant the backend lacks: got %v, want ErrNotFound naming it", err)
+	}
+	if b, _ := s.Backend(ctx, "billing"); grants(b.Grants) != "acme/api,globex/db" {
+		t.Fatalf("after grant and ungrant: %s", grants(b.Grants))
+	}
+}
+
+func grants(gs []Grant) string {
+	var out []string
+	for _, g := range gs {
+		out = append(out, g.String())
+	}
+	return strings.Join(out, ",")
+}
+
+// A store written before grants named services keeps every backend's
+// tenants, now as grants to all of their services.
+func TestMigrationToServiceGrants(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tether.db")
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Go back to schema 2 by hand: drop what migration 3 made and recreate
+	// what it replaced.
+	for _, q := range []string{
+		`DROP TABLE backend_grants`,
+		`CREATE TABLE backend_tenants (backend TEXT NOT NULL REFERENCES backends(name) ON DELETE CASCADE, tenant TEXT NOT NULL, PRIMARY KEY (backend, tenant))`,
+		`DELETE FROM schema_migrations WHERE version >= 3`,
+		`INSERT INTO tenants (name, created_at) VALUES ('acme', 0)`,
+		`INSERT INTO backends (name, key_hash, created_at) VALUES ('billing', '00', 0)`,
+		`INSERT INTO backend_tenants (backend, tenant) VALUES ('billing', 'acme'), ('billing', '*')`,
+	} {
+		if _, err := s.db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	s.Close()
+	s, err = Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	b, err := s.Backend(ctx, "billing")
+	if err != nil || grants(b.Grants) != "*/*,acme/*" {
+		t.Fatalf("after migration: %+v, %v", b, err)
 	}
 }
 
