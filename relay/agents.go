@@ -69,7 +69,7 @@ func (r *Relay) handleTCP(ctx context.Context, c net.Conn, tlsConf *tls.Config) 
 		r.serveEnroll(ctx, tc)
 		leave()
 	case protocol.ALPN:
-		sess, err := tcp.Server(tc, tcp.Config(r.log))
+		sess, err := tcp.Server(tc, tcp.RelayConfig(r.log))
 		if err != nil {
 			r.log.Error("start yamux session", "remote", remote.String(), "err", err)
 			tc.Close()

@@ -246,6 +246,10 @@ const (
 	maxJWKSBytes       = 1 << 20
 )
 
+// errFetchedRecently: the keys were fetched moments ago; an unknown key is
+// not worth asking the issuer again yet.
+var errFetchedRecently = errors.New("the issuer's keys were fetched moments ago")
+
 type cachedKeys struct {
 	JWKSURL string          `json:"jwks_url"`
 	Fetched time.Time       `json:"fetched"`
@@ -289,10 +293,13 @@ func (k *keyCache) VerifySignature(ctx context.Context, token string) ([]byte, e
 	if p, ok := verifyWith(jws, keys, kid); ok {
 		return p, nil
 	}
-	if ferr != nil && !hasKey(keys, kid) {
-		return nil, fmt.Errorf("signing key %q unknown and the issuer's keys cannot be fetched: %w", kid, ferr)
+	switch {
+	case hasKey(keys, kid):
+		return nil, errors.New("signature does not verify with the issuer's keys")
+	case ferr != nil && !errors.Is(ferr, errFetchedRecently):
+		return nil, fmt.Errorf("signing key %q is unknown and the issuer's keys cannot be fetched: %w", kid, ferr)
 	}
-	return nil, errors.New("signature does not verify with the issuer's keys")
+	return nil, fmt.Errorf("signing key %q is not one of the issuer's keys", kid)
 }
 
 func (k *keyCache) current() ([]jose.JSONWebKey, bool) {
@@ -334,7 +341,7 @@ func (k *keyCache) refresh(ctx context.Context, unknownKey bool) ([]jose.JSONWeb
 	now := k.now()
 	if now.Sub(k.attempted) < keyRefetchInterval {
 		if unknownKey {
-			return k.keys, errors.New("fetched moments ago")
+			return k.keys, errFetchedRecently
 		}
 		return k.keys, nil
 	}

@@ -214,7 +214,9 @@ func (r *Relay) listenAgents(host, port string) error {
 		}
 		key := quicgo.StatelessResetKey(r.st.resetKey)
 		r.quicTr = &quicgo.Transport{Conn: r.udpConn, StatelessResetKey: &key}
-		if r.quicLn, err = r.quicTr.Listen(r.tunnelTLS, quic.Config(16)); err != nil {
+		// One incoming stream: the control stream. The relay opens every
+		// other stream itself (see tcp.RelayConfig for TCP).
+		if r.quicLn, err = r.quicTr.Listen(r.tunnelTLS, quic.Config(1)); err != nil {
 			return fmt.Errorf("agent listener (QUIC): %w", err)
 		}
 	}

@@ -241,11 +241,12 @@ type agentProc struct {
 }
 
 type agentOpts struct {
-	transport string            // auto (default), quic or tcp
-	services  map[string]string // name → host:port
-	relay     string            // default the relay's agent address
-	extra     string            // more YAML
-	logLevel  string            // default debug
+	transport string              // auto (default), quic or tcp
+	services  map[string]string   // name → host:port
+	backends  map[string][]string // service name → the only backends the agent lets reach it
+	relay     string              // default the relay's agent address
+	extra     string              // more YAML
+	logLevel  string              // default debug
 }
 
 // enroll enrols an agent with a token and returns its state directory.
@@ -287,6 +288,10 @@ func runAgent(t testing.TB, stateDir, id, relayAddr string, o agentOpts) *agentP
 	} else {
 		b.WriteString("services:\n")
 		for name, addr := range o.services {
+			if bs := o.backends[name]; len(bs) > 0 {
+				fmt.Fprintf(&b, "  %s: {address: %q, backends: [%s]}\n", name, addr, strings.Join(bs, ", "))
+				continue
+			}
 			fmt.Fprintf(&b, "  %s: %q\n", name, addr)
 		}
 	}

@@ -56,7 +56,14 @@ type Dialer struct {
 	// `tether-relay backend add`.
 	Backend string
 	APIKey  string
-	// TLSConfig, when set, makes the Dialer speak TLS to the front door.
+	// BearerToken, instead of an API key, returns a token (a JWT) from
+	// the OIDC issuer the relay trusts, naming the backend; it is called
+	// for every dial, so it may refresh an expiring token.
+	BearerToken func(ctx context.Context) (string, error)
+	// TLSConfig, when set, makes the Dialer speak TLS to the front door
+	// (the relay's --connect-tls-listen). LoadCertificate builds one with
+	// a backend client certificate, which then is the credential: leave
+	// APIKey and BearerToken unset. RelayTLSConfig builds one without.
 	TLSConfig *tls.Config
 	// Timeout bounds a dial when ctx has no deadline. Default 30s.
 	Timeout time.Duration
@@ -79,8 +86,8 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	default:
 		return nil, &net.OpError{Op: "dial", Net: network, Err: fmt.Errorf("tether: network %q not supported (use tcp)", network)}
 	}
-	if d.Relay == "" || d.Backend == "" || d.APIKey == "" {
-		return nil, errors.New("tether: Dialer needs Relay, Backend and APIKey")
+	if err := d.check(); err != nil {
+		return nil, err
 	}
 	if _, hasDeadline := ctx.Deadline(); !hasDeadline {
 		t := d.Timeout
@@ -110,7 +117,13 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	}
 	// Cancelling ctx aborts the CONNECT exchange.
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	c, err := d.connect(conn, addr)
+	auth, err := d.authorization(ctx)
+	if err != nil {
+		stop()
+		conn.Close()
+		return nil, err
+	}
+	c, err := d.connect(conn, addr, auth)
 	if !stop() { // ctx ended during the exchange
 		conn.Close()
 		return nil, fmt.Errorf("tether: dial %s: %w", addr, ctx.Err())
@@ -123,9 +136,58 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	return c, nil
 }
 
-func (d *Dialer) connect(conn net.Conn, addr string) (net.Conn, error) {
-	cred := base64.StdEncoding.EncodeToString([]byte(d.Backend + ":" + d.APIKey))
-	req := "CONNECT " + addr + " HTTP/1.1\r\nHost: " + addr + "\r\nProxy-Authorization: Basic " + cred + "\r\n\r\n"
+// check makes sure the Dialer has a relay and exactly one credential.
+func (d *Dialer) check() error {
+	if d.Relay == "" {
+		return errors.New("tether: Dialer needs Relay")
+	}
+	n := 0
+	if d.APIKey != "" {
+		n++
+		if d.Backend == "" {
+			return errors.New("tether: Dialer has an APIKey but no Backend name")
+		}
+	}
+	if d.BearerToken != nil {
+		n++
+	}
+	if d.TLSConfig != nil && (len(d.TLSConfig.Certificates) > 0 || d.TLSConfig.GetClientCertificate != nil) {
+		n++
+	}
+	switch {
+	case n == 0:
+		return errors.New("tether: Dialer needs a credential: Backend and APIKey, BearerToken, or a client certificate in TLSConfig")
+	case n > 1:
+		return errors.New("tether: Dialer has more than one credential (API key, bearer token, client certificate): set one")
+	}
+	return nil
+}
+
+// authorization is the Proxy-Authorization header value, or "" when a
+// client certificate is the credential.
+func (d *Dialer) authorization(ctx context.Context) (string, error) {
+	switch {
+	case d.APIKey != "":
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte(d.Backend+":"+d.APIKey)), nil
+	case d.BearerToken != nil:
+		tok, err := d.BearerToken(ctx)
+		if err != nil {
+			return "", fmt.Errorf("tether: get bearer token: %w", err)
+		}
+		if tok == "" || strings.ContainsAny(tok, "\r\n ") {
+			return "", errors.New("tether: bearer token is empty or malformed")
+		}
+		return "Bearer " + tok, nil
+	}
+	return "", nil
+}
+
+func (d *Dialer) connect(conn net.Conn, addr, auth string) (net.Conn, error) {
+	req := "CONNECT " + addr + " HTTP/1.1\r\nHost: " + addr + "\r\n"
+	if auth != "" {
+		req += "Proxy-Authorization: " + auth + "\r\n"
+	}
+	req += "\r\n"
 	if strings.ContainsAny(addr, "\r\n ") {
 		return nil, protocol.Errorf(protocol.CodeBadRequest, "invalid address %q", addr)
 	}
