@@ -120,6 +120,9 @@ func parseProxyURL(s string) (*url.URL, error) {
 		if errors.As(err, &ue) {
 			err = ue.Err // url.Error repeats the whole URL
 		}
+		if _, ok := err.(url.EscapeError); ok {
+			err = errors.New("invalid %-escape") // the escape may be part of the password
+		}
 		return nil, fmt.Errorf("not a proxy URL (want http://[user:password@]host:port): %v", err)
 	}
 	switch u.Scheme {
