@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,8 @@ type Agent struct {
 
 	liveMu sync.Mutex            // guards live
 	live   map[*session]struct{} // sessions serving now
+
+	egress *egress // which relays are reached through an HTTP proxy
 
 	fbMu     sync.Mutex           // guards fallback
 	fallback map[string]time.Time // relay → time until which auto mode uses TCP
@@ -60,6 +63,17 @@ func New(cfg Config) (*Agent, error) {
 		}
 		cfg.Relays = []string{st.Relay}
 	}
+	eg, err := newEgress(cfg.Proxy, cfg.NoProxy, os.Getenv)
+	if err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	if cfg.Transport == TransportQUIC {
+		for _, r := range cfg.Relays {
+			if p := eg.forRelay(r); p != nil {
+				return nil, fmt.Errorf("agent config: transport quic, but relay %s is reached through the HTTP proxy %s (from %s) and QUIC is unavailable through an HTTP proxy: use transport auto or tcp, exempt the relay with NO_PROXY, or set proxy: direct", r, p.Redacted(), eg.source)
+			}
+		}
+	}
 	if cfg.DialService == nil {
 		d := &net.Dialer{KeepAlive: 30 * time.Second}
 		cfg.DialService = d.DialContext
@@ -68,6 +82,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg:      cfg,
 		log:      cfg.Logger.With("tenant", st.Tenant, "agent", st.AgentID),
 		state:    st,
+		egress:   eg,
 		fallback: make(map[string]time.Time),
 		live:     make(map[*session]struct{}),
 		bootID:   fmt.Sprintf("%016x", rand.Uint64()),
@@ -95,6 +110,30 @@ func (a *Agent) certExpired() error {
 	return nil
 }
 
+// logEgress says once, at start, how each relay is reached when a proxy is
+// configured.
+func (a *Agent) logEgress() {
+	if a.egress.proxy == nil {
+		return
+	}
+	seen := map[string]bool{}
+	for _, r := range a.cfg.Relays {
+		if seen[r] {
+			continue
+		}
+		seen[r] = true
+		p := a.egress.forRelay(r)
+		switch {
+		case p == nil:
+			a.log.Info("relay reached directly: exempt from the HTTP proxy (NO_PROXY, no_proxy or a loopback address)", "relay", r, "proxy", a.egress.proxy.Redacted(), "proxy_from", a.egress.source)
+		case a.cfg.Transport == TransportAuto:
+			a.log.Warn("QUIC is unavailable through an HTTP proxy: this relay is reached over TLS over TCP through the proxy", "relay", r, "proxy", p.Redacted(), "proxy_from", a.egress.source)
+		default:
+			a.log.Info("relay reached over TLS over TCP through an HTTP proxy", "relay", r, "proxy", p.Redacted(), "proxy_from", a.egress.source)
+		}
+	}
+}
+
 // setLive records whether s is serving (and so can carry a renewal).
 func (a *Agent) setLive(s *session, live bool) {
 	a.liveMu.Lock()
@@ -120,6 +159,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("agent starting", "version", a.cfg.Version, "relays", a.cfg.Relays, "transport", a.cfg.Transport,
 		"connections", a.cfg.Connections, "services", len(*a.services.Load()), "cert_not_after", a.NotAfter().Format(time.RFC3339))
+	a.logEgress()
 	var wg sync.WaitGroup
 	if a.cfg.DebugListen != "" {
 		if err := a.serveDebug(ctx, &wg); err != nil {

@@ -37,6 +37,19 @@ type Config struct {
 	StateDir string `yaml:"state_dir"`
 	// Transport is auto (default), quic or tcp.
 	Transport string `yaml:"transport"`
+	// Proxy is the HTTP proxy through which the agent reaches its relays
+	// over TCP: http://[user:password@]host:port, or https:// for TLS to
+	// the proxy. ProxyDirect ("direct") uses no proxy. Empty (the default)
+	// takes HTTPS_PROXY (or https_proxy) from the environment. QUIC cannot
+	// pass an HTTP proxy: auto mode uses TCP for relays behind one, and
+	// transport quic with a proxy is an error.
+	Proxy string `yaml:"proxy"`
+	// NoProxy lists relays reached without the proxy, in the syntax of
+	// NO_PROXY (comma-separated host names, domain suffixes, IP addresses,
+	// CIDR ranges, optional ports, or "*"). Empty (the default) takes
+	// NO_PROXY (or no_proxy) from the environment. Loopback relays never
+	// use the proxy.
+	NoProxy string `yaml:"no_proxy"`
 	// Connections is how many connections the agent keeps to its relays,
 	// spread over them round-robin. Default 2.
 	Connections int `yaml:"connections"`
@@ -238,6 +251,14 @@ func (c *Config) Validate() error {
 	case "", TransportAuto, TransportQUIC, TransportTCP:
 	default:
 		add("transport %q: want auto, quic or tcp", c.Transport)
+	}
+	if c.Proxy != "" && c.Proxy != ProxyDirect {
+		// Never repeat the value: it may hold a password.
+		if _, err := parseProxyURL(c.Proxy); err != nil {
+			add("proxy: %v", err)
+		} else if c.Transport == TransportQUIC {
+			add("proxy: QUIC is unavailable through an HTTP proxy (a proxy carries TCP only): use transport auto or tcp with a proxy, or proxy: direct")
+		}
 	}
 	if c.Connections < 0 || c.Connections > 16 {
 		add("connections %d: want 1 to 16", c.Connections)

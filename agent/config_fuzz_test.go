@@ -9,6 +9,10 @@ func FuzzParseConfig(f *testing.F) {
 		"state_dir: /x\nservices: {db: 10.0.0.5:5432}\n",
 		"relays: [r:7443]\nstate_dir: /x\ntransport: auto\nconnections: 2\nservices:\n  api: {address: a:1}\n",
 		"state_dir: /x\nreconnect: {initial: 1s, max: 2s}\ndial_timeout: 5s\nlog: {level: debug, format: json}\n",
+		"state_dir: /x\nproxy: http://agent:secret@proxy.corp:3128\nno_proxy: .internal,10.0.0.0/8\n",
+		"state_dir: /x\nproxy: https://proxy.corp\ntransport: tcp\n", "state_dir: /x\nproxy: direct\ntransport: quic\n",
+		"state_dir: /x\nproxy: http://a:b@p:1\ntransport: quic\n", "state_dir: /x\nproxy: socks5://p:1080\n",
+		"state_dir: /x\nproxy: \"http://u:p%zz@[::1:3128/x?y#z\"\n", "state_dir: /x\nproxy: proxy.corp:8080\n",
 		"services: [1, 2]\n", "state_dir: [\n", "", "bogus: 1\n", "state_dir: /x\nservices: {db: {address: a:1, extra: 2}}\n",
 		"state_dir: /x\nservices: {db: {address: a:1, backends: [billing, rep-*]}}\n", "state_dir: /x\nservices: {db: {address: a:1, backends: '*'}}\n",
 	} {

@@ -36,8 +36,28 @@ type EnrollOptions struct {
 	Hostname string
 	// Version is the agent version reported to the relay.
 	Version string
-	// Dial opens the TCP connection; nil uses a net.Dialer.
+	// Proxy is the HTTP proxy to the relay, as the config's proxy key:
+	// a URL, ProxyDirect, or empty for HTTPS_PROXY and NO_PROXY from the
+	// environment.
+	Proxy string
+	// Dial opens TCP connections (to the relay, or to the proxy); nil
+	// uses a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// EnrollProxy reports the HTTP proxy (its URL with the password
+// redacted, and where the setting came from) through which Enroll with
+// these options reaches the relay; proxy is empty when it connects
+// directly.
+func EnrollProxy(o EnrollOptions) (proxy, source string, err error) {
+	eg, err := newEgress(o.Proxy, "", os.Getenv)
+	if err != nil {
+		return "", "", err
+	}
+	if p := eg.forRelay(o.Relay); p != nil {
+		return p.Redacted(), eg.source, nil
+	}
+	return "", "", nil
 }
 
 // Enroll creates the agent's key locally, sends a certificate request with
@@ -65,10 +85,15 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 	if o.Hostname == "" {
 		o.Hostname, _ = os.Hostname()
 	}
+	eg, err := newEgress(o.Proxy, "", os.Getenv)
+	if err != nil {
+		return nil, err
+	}
 	if o.Dial == nil {
 		d := &net.Dialer{Timeout: 15 * time.Second}
 		o.Dial = d.DialContext
 	}
+	dial := eg.dialer(o.Relay, o.Dial)
 
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -79,7 +104,7 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 		return nil, fmt.Errorf("create certificate request: %w", err)
 	}
 
-	raw, err := o.Dial(ctx, "tcp", o.Relay)
+	raw, err := dial(ctx, "tcp", o.Relay)
 	if err != nil {
 		return nil, fmt.Errorf("connect to relay %s: %w", o.Relay, err)
 	}

@@ -94,6 +94,7 @@ func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*s
 		err       error
 		probeAt   time.Time // when a TCP fallback session tries QUIC again
 	)
+	proxy := a.egress.forRelay(relay) // New refused transport quic with a proxy
 	switch a.cfg.Transport {
 	case TransportQUIC:
 		name, why = TransportQUIC, "configured"
@@ -102,6 +103,11 @@ func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*s
 		name, why = TransportTCP, "configured"
 		ts, err = a.dialTCP(ctx, relay, tlsConf)
 	default:
+		if proxy != nil {
+			name, why = TransportTCP, "auto: QUIC is unavailable through an HTTP proxy"
+			ts, err = a.dialTCP(ctx, relay, tlsConf)
+			break
+		}
 		if until, ok := a.quicFallback(relay); ok {
 			name, why, probeAt = TransportTCP, fmt.Sprintf("fallback: QUIC failed recently; next QUIC attempt after %s", until.Format(time.RFC3339)), until
 			ts, err = a.dialTCP(ctx, relay, tlsConf)
@@ -120,6 +126,12 @@ func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*s
 	}
 	if err != nil {
 		return nil, fmt.Errorf("dial %s over %s: %w", relay, name, err)
+	}
+	if proxy != nil {
+		// Told to the relay (which logs it): the host and port of the
+		// proxy, never its credentials.
+		why += "; through HTTP proxy " + proxyAddr(proxy)
+		log = log.With("proxy", proxy.Redacted())
 	}
 	s := a.newSession(ts, relay, name, why, log)
 	s.quicProbeAt = probeAt
@@ -181,7 +193,8 @@ func (a *Agent) dialQUIC(ctx context.Context, relay string, tlsConf *tls.Config)
 func (a *Agent) dialTCP(ctx context.Context, relay string, tlsConf *tls.Config) (transport.Session, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	return tcp.Dial(ctx, nil, relay, tlsConf, tcp.Config(a.log))
+	d := &net.Dialer{KeepAlive: 15 * time.Second}
+	return tcp.Dial(ctx, a.egress.dialer(relay, d.DialContext), relay, tlsConf, tcp.Config(a.log))
 }
 
 // quicFallback reports whether auto mode should use TCP for relay now.
@@ -477,7 +490,8 @@ func explainRefusal(err error) error {
 // same attempt will meet again.
 func isPermanent(err error) bool {
 	var pe *protocol.Error
-	return isTLSRefusal(err) || (errors.As(err, &pe) && !pe.Temporary())
+	var xe *ProxyError
+	return isTLSRefusal(err) || (errors.As(err, &pe) && !pe.Temporary()) || (errors.As(err, &xe) && xe.permanent())
 }
 
 // logConnectError logs a failed connection attempt; refusals that no retry

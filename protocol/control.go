@@ -51,7 +51,9 @@ type Hello struct {
 	// process at once instead of waiting for them to time out.
 	BootID string `json:"boot_id,omitempty"`
 	// Transport is what the agent dialled ("quic" or "tcp") and Why says why
-	// (e.g. "configured", "fallback: quic handshake timed out").
+	// (e.g. "configured", "fallback: quic handshake timed out"); a TCP
+	// session through an HTTP proxy ends its Why with "; through HTTP
+	// proxy host:port".
 	Transport    string `json:"transport,omitempty"`
 	TransportWhy string `json:"transport_why,omitempty"`
 }

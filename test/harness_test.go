@@ -53,7 +53,14 @@ func (b *syncBuffer) String() string {
 // start runs bin with args; the process is killed when the test ends.
 func start(t testing.TB, name, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: name, args: append([]string{bin}, args...), out: &syncBuffer{}}
+	return startEnv(t, name, nil, bin, args...)
+}
+
+// startEnv is start with environment variables (KEY=value) added to the
+// test's own.
+func startEnv(t testing.TB, name string, env []string, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, args: append([]string{bin}, args...), env: env, out: &syncBuffer{}}
 	p.launch()
 	t.Cleanup(func() {
 		p.kill()
@@ -134,8 +141,16 @@ func (p *proc) waitOutput(s string, d time.Duration) {
 // runCmd runs a binary to completion and returns stdout, stderr and the error.
 func runCmd(t testing.TB, bin string, args ...string) (string, string, error) {
 	t.Helper()
+	return runCmdEnv(t, nil, bin, args...)
+}
+
+// runCmdEnv is runCmd with environment variables (KEY=value) added to the
+// test's own.
+func runCmdEnv(t testing.TB, env []string, bin string, args ...string) (string, string, error) {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	return stdout.String(), stderr.String(), err

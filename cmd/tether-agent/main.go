@@ -25,12 +25,14 @@ const prog = "tether-agent"
 const usage = `tether-agent: the Tether agent.
 
 Usage:
-  tether-agent enroll --relay HOST:PORT (--token TOKEN | --token-file FILE) --state-dir DIR [--force]
+  tether-agent enroll --relay HOST:PORT (--token TOKEN | --token-file FILE) --state-dir DIR [--force] [--proxy URL|direct]
   tether-agent run --config FILE
   tether-agent version
 
 The join token may also come from $TETHER_JOIN_TOKEN, which keeps it off the
-command line. See README.md for the config file reference.
+command line. Enrolment and the TCP transport go through the HTTP proxy in
+$HTTPS_PROXY (except relays in $NO_PROXY); --proxy, or proxy: in the config
+file, overrides it. See README.md for the config file reference.
 `
 
 func main() {
@@ -72,6 +74,7 @@ func enroll(args []string, stdout, stderr io.Writer) error {
 	stateDir := fs.String("state-dir", "", "directory for the agent's key and certificate")
 	force := fs.Bool("force", false, "replace an existing identity in the state directory")
 	timeout := fs.Duration("timeout", 30*time.Second, "give up after this long")
+	proxy := fs.String("proxy", "", `HTTP proxy to the relay, http://[user:password@]host:port ("direct" for none; default $HTTPS_PROXY unless $NO_PROXY exempts the relay)`)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -85,9 +88,17 @@ func enroll(args []string, stdout, stderr io.Writer) error {
 	if *relayAddr == "" || *stateDir == "" {
 		return errors.New("enroll needs --relay and --state-dir")
 	}
+	opts := agent.EnrollOptions{Relay: *relayAddr, Token: tok, StateDir: *stateDir, Force: *force, Version: version, Proxy: *proxy}
+	via, source, err := agent.EnrollProxy(opts)
+	if err != nil {
+		return fmt.Errorf("enrolment failed: %w", err)
+	}
+	if via != "" {
+		fmt.Fprintf(stderr, "connecting to relay %s through HTTP proxy %s (from %s)\n", *relayAddr, via, source)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	st, err := agent.Enroll(ctx, agent.EnrollOptions{Relay: *relayAddr, Token: tok, StateDir: *stateDir, Force: *force, Version: version})
+	st, err := agent.Enroll(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("enrolment failed: %w", err)
 	}

@@ -1,0 +1,356 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http/httpproxy"
+)
+
+// ProxyDirect as the proxy setting connects to relays without a proxy,
+// whatever the environment says.
+const ProxyDirect = "direct"
+
+// proxyConnectTimeout bounds the exchange with a proxy once the TCP
+// connection to it is up: TLS to an https:// proxy, CONNECT and its answer.
+const proxyConnectTimeout = 15 * time.Second
+
+// maxProxyAnswer bounds what the agent reads of a proxy's answer to CONNECT
+// (status line and headers).
+const maxProxyAnswer = 64 << 10
+
+type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// egress decides how the agent reaches each relay: directly, or through an
+// HTTP proxy with CONNECT.
+type egress struct {
+	proxy  *url.URL // nil: every relay is reached directly
+	source string   // where proxy came from, for logs ("HTTPS_PROXY", "proxy in the config")
+	// exempt reports whether NO_PROXY (or no_proxy in the config) or a
+	// loopback address keeps a relay off the proxy.
+	exempt func(relay string) bool
+}
+
+// newEgress resolves the proxy settings: setting is the config's proxy key
+// ("" for the environment, ProxyDirect for none, or a URL), noProxy the
+// config's no_proxy key ("" for the environment). getenv reads the
+// environment (os.Getenv outside tests).
+func newEgress(setting, noProxy string, getenv func(string) string) (*egress, error) {
+	e := &egress{exempt: func(string) bool { return true }}
+	raw, source := setting, "proxy in the config"
+	if setting == "" {
+		raw, source = getenvAny(getenv, "https_proxy", "HTTPS_PROXY")
+	}
+	if raw == "" || raw == ProxyDirect {
+		return e, nil
+	}
+	u, err := parseProxyURL(raw)
+	if err != nil {
+		// The value may hold a password: never repeat it.
+		return nil, fmt.Errorf("%s: %w", source, err)
+	}
+	e.proxy, e.source = u, source
+	if noProxy == "" {
+		noProxy, _ = getenvAny(getenv, "no_proxy", "NO_PROXY")
+	}
+	// httpproxy applies NO_PROXY (domains, subdomains, IP addresses, CIDR
+	// ranges, ports, "*") and keeps loopback addresses off the proxy. It
+	// is asked about an https URL of the relay: what it answers for a
+	// placeholder proxy says whether the relay is exempt.
+	match := (&httpproxy.Config{HTTPSProxy: "http://proxy.invalid", NoProxy: noProxy}).ProxyFunc()
+	e.exempt = func(relay string) bool {
+		p, err := match(&url.URL{Scheme: "https", Host: relay})
+		return err != nil || p == nil
+	}
+	return e, nil
+}
+
+// getenvAny returns the first non-empty variable of names and its name.
+func getenvAny(getenv func(string) string, names ...string) (value, name string) {
+	for _, n := range names {
+		if v := getenv(n); v != "" {
+			return v, n
+		}
+	}
+	return "", ""
+}
+
+// forRelay returns the proxy through which relay is reached, or nil to dial
+// it directly.
+func (e *egress) forRelay(relay string) *url.URL {
+	if e.proxy == nil || e.exempt(relay) {
+		return nil
+	}
+	return e.proxy
+}
+
+// dialer returns the function that opens TCP connections to relay: forward
+// itself when relay is reached directly, or a CONNECT through the proxy
+// (which forward reaches) otherwise.
+func (e *egress) dialer(relay string, forward dialFunc) dialFunc {
+	p := e.forRelay(relay)
+	if p == nil {
+		return forward
+	}
+	return (&proxyDialer{proxy: p, forward: forward}).DialContext
+}
+
+// parseProxyURL accepts http://[user:password@]host[:port] and the same
+// with https:// (TLS to the proxy); a bare host:port means http. Errors
+// never contain the URL, which may hold a password.
+func parseProxyURL(s string) (*url.URL, error) {
+	if !strings.Contains(s, "://") {
+		s = "http://" + s
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error repeats the whole URL
+		}
+		if _, ok := err.(url.EscapeError); ok {
+			err = errors.New("invalid %-escape") // the escape may be part of the password
+		}
+		return nil, fmt.Errorf("not a proxy URL (want http://[user:password@]host:port): %v", err)
+	}
+	switch u.Scheme {
+	case "http", "https":
+	default:
+		return nil, fmt.Errorf("proxy scheme %q: want http or https (the agent tunnels through HTTP proxies with CONNECT)", u.Scheme)
+	}
+	if u.Hostname() == "" {
+		return nil, errors.New("proxy URL has no host (want http://[user:password@]host:port)")
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return nil, errors.New("proxy URL has an invalid port")
+		}
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+		return nil, errors.New("proxy URL must not have a path, query or fragment (want http://[user:password@]host:port)")
+	}
+	return u, nil
+}
+
+// proxyAddr is the host:port of the proxy, with the scheme's default port.
+func proxyAddr(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+	}
+	return net.JoinHostPort(u.Hostname(), port)
+}
+
+// ProxyError is an HTTP proxy's refusal of a CONNECT request.
+type ProxyError struct {
+	Proxy      string // the proxy's URL, password redacted
+	Target     string // host:port the agent asked for
+	StatusCode int    // e.g. 407
+	Status     string // e.g. "407 Proxy Authentication Required"
+	Hint       string // what to do about it, when known
+}
+
+func (e *ProxyError) Error() string {
+	s := fmt.Sprintf("proxy %s refused CONNECT to %s: %s", e.Proxy, e.Target, e.Status)
+	if e.Hint != "" {
+		s += " (" + e.Hint + ")"
+	}
+	return s
+}
+
+// permanent reports whether retrying soon with the same settings will meet
+// the same refusal: wrong or missing credentials, or a proxy policy.
+func (e *ProxyError) permanent() bool {
+	return e.StatusCode == http.StatusProxyAuthRequired || e.StatusCode == http.StatusForbidden
+}
+
+// proxyDialer opens TCP connections through an HTTP proxy with CONNECT
+// (RFC 9110, section 9.3.6), sending Basic credentials when the proxy URL
+// has them.
+type proxyDialer struct {
+	proxy   *url.URL
+	forward dialFunc      // reaches the proxy
+	tlsConf *tls.Config   // for an https:// proxy; nil: system roots. For tests.
+	timeout time.Duration // bounds the exchange with the proxy; 0: proxyConnectTimeout
+}
+
+// DialContext connects to the proxy and asks it for a tunnel to target.
+// The returned connection carries the tunnel, starting with any bytes the
+// proxy sent right after its answer.
+func (d *proxyDialer) DialContext(ctx context.Context, network, target string) (net.Conn, error) {
+	name := d.proxy.Redacted()
+	if network != "tcp" {
+		return nil, fmt.Errorf("proxy %s: cannot tunnel %s, only tcp", name, network)
+	}
+	if strings.ContainsFunc(target, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return nil, fmt.Errorf("proxy %s: invalid address %q", name, target)
+	}
+	conn, err := d.forward(ctx, "tcp", proxyAddr(d.proxy))
+	if err != nil {
+		return nil, fmt.Errorf("connect to proxy %s: %w", name, err)
+	}
+	timeout := d.timeout
+	if timeout <= 0 {
+		timeout = proxyConnectTimeout
+	}
+	deadline := time.Now().Add(timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	conn.SetDeadline(deadline)
+	timeout = time.Until(deadline)
+	// A cancelled ctx interrupts the exchange at once.
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	tunnel, err := d.connect(ctx, conn, target, timeout)
+	if !stop() {
+		conn.Close()
+		return nil, fmt.Errorf("CONNECT to %s through proxy %s: %w", target, name, context.Cause(ctx))
+	}
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	return tunnel, nil
+}
+
+// connect runs the exchange with the proxy on conn, under a deadline.
+func (d *proxyDialer) connect(ctx context.Context, conn net.Conn, target string, timeout time.Duration) (net.Conn, error) {
+	name := d.proxy.Redacted()
+	if d.proxy.Scheme == "https" {
+		conf := d.tlsConf.Clone()
+		if conf == nil {
+			conf = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		conf.ServerName = d.proxy.Hostname()
+		tc := tls.Client(conn, conf)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return nil, fmt.Errorf("TLS handshake with proxy %s: %w", name, err)
+		}
+		conn = tc
+	}
+	var req strings.Builder
+	fmt.Fprintf(&req, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n", target, target)
+	if u := d.proxy.User; u != nil {
+		pass, _ := u.Password()
+		fmt.Fprintf(&req, "Proxy-Authorization: Basic %s\r\n", base64.StdEncoding.EncodeToString([]byte(u.Username()+":"+pass)))
+	}
+	req.WriteString("User-Agent: tether-agent\r\n\r\n")
+	if _, err := io.WriteString(conn, req.String()); err != nil {
+		return nil, d.readError(err, target, timeout, "send CONNECT")
+	}
+
+	// The answer is read through a limit; bytes the proxy sent after it
+	// (the relay's first TLS record may share a packet with the answer)
+	// stay in br and are handed to the tunnel.
+	lr := &io.LimitedReader{R: conn, N: maxProxyAnswer}
+	br := bufio.NewReader(lr)
+	var resp *http.Response
+	for informational := 0; ; informational++ {
+		var err error
+		resp, err = http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil {
+			if lr.N == 0 {
+				return nil, fmt.Errorf("proxy %s answered CONNECT to %s with more than %d KiB of headers", name, target, maxProxyAnswer>>10)
+			}
+			return nil, d.readError(err, target, timeout, "read the answer to CONNECT")
+		}
+		// 1xx answers precede the real one (101 would switch protocols,
+		// which a CONNECT never asks for).
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols || informational == 4 {
+			break
+		}
+	}
+	if resp.StatusCode/100 != 2 {
+		return nil, &ProxyError{Proxy: name, Target: target, StatusCode: resp.StatusCode, Status: statusText(resp), Hint: d.hint(resp)}
+	}
+	// Any 2xx answer opens the tunnel; its headers say nothing of a body.
+	if n := br.Buffered(); n > 0 {
+		early, _ := br.Peek(n)
+		return &prefixConn{Conn: conn, pending: append([]byte(nil), early...)}, nil
+	}
+	return conn, nil
+}
+
+// readError says what went wrong while talking to the proxy.
+func (d *proxyDialer) readError(err error, target string, timeout time.Duration, what string) error {
+	name := d.proxy.Redacted()
+	var ne net.Error
+	switch {
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
+		return fmt.Errorf("proxy %s closed the connection instead of answering CONNECT to %s (is it an HTTP proxy?)", name, target)
+	case errors.As(err, &ne) && ne.Timeout():
+		return fmt.Errorf("proxy %s did not answer CONNECT to %s within %v", name, target, timeout.Round(time.Millisecond))
+	case errors.As(err, &ne):
+		return fmt.Errorf("proxy %s: %s to %s: %w", name, what, target, err)
+	}
+	// Not an I/O error: the answer was not HTTP.
+	return fmt.Errorf("proxy %s sent a malformed answer to CONNECT to %s (is it an HTTP proxy?): %w", name, target, err)
+}
+
+// statusText is "407 Proxy Authentication Required", keeping the proxy's
+// reason phrase when it gave one.
+func statusText(resp *http.Response) string {
+	if resp.Status != "" {
+		return resp.Status
+	}
+	return fmt.Sprintf("%d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
+}
+
+// hint says what an operator can do about a refusal.
+func (d *proxyDialer) hint(resp *http.Response) string {
+	switch resp.StatusCode {
+	case http.StatusProxyAuthRequired:
+		var schemes []string
+		basic := false
+		for _, v := range resp.Header.Values("Proxy-Authenticate") {
+			scheme, _, _ := strings.Cut(strings.TrimSpace(v), " ")
+			schemes = append(schemes, scheme)
+			basic = basic || strings.EqualFold(scheme, "Basic")
+		}
+		switch {
+		case len(schemes) > 0 && !basic:
+			return fmt.Sprintf("the proxy asks for %s authentication; the agent supports Basic only", strings.Join(schemes, ", "))
+		case d.proxy.User == nil:
+			return "the proxy requires credentials: put them in the proxy URL, http://user:password@host:port"
+		default:
+			return "the proxy did not accept the user name and password in the proxy URL"
+		}
+	case http.StatusForbidden:
+		return "the proxy's policy forbids this destination; many proxies allow CONNECT only to port 443"
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return "the proxy could not reach the relay"
+	}
+	return ""
+}
+
+// prefixConn is a connection whose first reads return bytes already read
+// from it.
+type prefixConn struct {
+	net.Conn
+	pending []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
