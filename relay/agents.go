@@ -176,6 +176,7 @@ func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.Connec
 	}
 	ctl.SetDeadline(time.Time{})
 	admitted()
+	r.hsOK.Add(1)
 
 	r.reg.add(ac)
 	defer r.reg.remove(ac)

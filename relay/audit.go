@@ -59,6 +59,8 @@ type auditLog struct {
 	mu     sync.RWMutex // add holds it shared; close exclusively, to close queue
 	closed bool
 	queue  chan auditItem
+	// committed, when set, is told when each batch began to be written.
+	committed func(start time.Time)
 	done   chan struct{}
 }
 
@@ -73,6 +75,9 @@ func openAuditLog(st *store.Store, path string, log *slog.Logger, synchronous bo
 	return &auditLog{st: st, log: log, path: path, file: f, closed: synchronous,
 		queue: make(chan auditItem, auditQueue), done: make(chan struct{})}, nil
 }
+
+// queued is how many records wait to be written.
+func (a *auditLog) queued() int { return len(a.queue) }
 
 // run writes queued records until close is called and the queue is empty.
 // It commits whatever has queued up while the previous batch was written
@@ -100,7 +105,11 @@ func (a *auditLog) run() {
 		for _, it := range items {
 			recs = append(recs, it.rec)
 		}
+		start := time.Now()
 		a.write(recs)
+		if a.committed != nil {
+			a.committed(start)
+		}
 		for _, it := range items {
 			close(it.done)
 		}

@@ -78,7 +78,7 @@ func (r *Relay) authenticateCertificate(ctx context.Context, certs []*x509.Certi
 // registeredCaller looks up a backend authenticated by certificate or
 // token, which carry its name but no API key.
 func (r *Relay) registeredCaller(ctx context.Context, name, via string, tenants []string) (*caller, error) {
-	b, err := r.backends.get(ctx, name, r.st.store.Backend)
+	b, err := r.backends.get(ctx, name, r.loadBackend)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend %q is not registered with this relay", name)
 	}

@@ -42,6 +42,10 @@ type Config struct {
 	// CONNECT front doors with a bearer token from that issuer.
 	OIDC OIDCConfig
 
+	// MetricsListen serves Prometheus /metrics, /healthz and /readyz.
+	// Default "off". They carry tenant names: keep it off public networks.
+	MetricsListen string
+
 	// DebugListen serves pprof profiles and /debug/tether (live counts and
 	// memory) for operators and benchmarks. Default "off". Bind it to
 	// loopback: it is unauthenticated.
@@ -115,6 +119,7 @@ func (c *Config) setDefaults() {
 	def(&c.ConnectListen, "127.0.0.1:3128")
 	def(&c.DebugListen, Off)
 	def(&c.ConnectTLSListen, Off)
+	def(&c.MetricsListen, Off)
 	c.OIDC.setDefaults()
 	def(&c.TrustDomain, "tether.internal")
 	def(&c.Version, "dev")
@@ -149,7 +154,7 @@ func (c *Config) validate() error {
 	if c.DisableQUIC && c.DisableTCP {
 		errs = append(errs, errors.New("both agent transports are disabled"))
 	}
-	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen, "CONNECT TLS listen": c.ConnectTLSListen, "debug listen": c.DebugListen} {
+	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen, "CONNECT TLS listen": c.ConnectTLSListen, "metrics listen": c.MetricsListen, "debug listen": c.DebugListen} {
 		if addr == Off && name != "agent listen" {
 			continue
 		}

@@ -286,6 +286,7 @@ func (r *Relay) watchPolicy(ctx context.Context) {
 func (r *Relay) refreshPolicy(ctx context.Context, revokedSince time.Time) {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	defer r.metrics.storeOp("policy_poll", time.Now())
 	if all, err := r.st.store.AllLimits(qctx); err != nil {
 		if ctx.Err() == nil {
 			r.log.Warn("read tenant limits", "err", err)

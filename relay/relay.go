@@ -48,6 +48,9 @@ type Relay struct {
 	hsThrottled atomic.Int64 // agent handshakes turned away by the admission limit
 
 	limitRefusals atomic.Int64 // stream opens refused by a tenant limit
+	hsOK          atomic.Int64 // agent sessions admitted
+	serving       atomic.Bool  // listeners accepting: between Run's start and its shutdown
+	metrics       *metrics
 
 	tunnelTLS *tls.Config // agents with certificates (TCP and QUIC)
 	enrollTLS *tls.Config // enrolling agents (TCP only)
@@ -65,6 +68,7 @@ type Relay struct {
 	// present client certificates.
 	connectTLSLn net.Listener
 	debugLn      net.Listener
+	opsLn        net.Listener // /metrics, /healthz, /readyz
 
 	bearer     *bearerAuth  // nil unless an OIDC issuer is configured
 	oidcClient *http.Client // fetches the issuer's keys
@@ -90,12 +94,16 @@ func New(cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes), pol: newPolicy()}
+	r.metrics = newMetrics(r)
 	auditPath, err := filepath.Abs(cfg.AuditLog)
 	if err == nil {
 		err = st.store.SetSetting(ctx, auditPathKey, auditPath)
 	}
 	if err == nil {
 		r.audit, err = openAuditLog(st.store, auditPath, cfg.Logger, false)
+	}
+	if err == nil {
+		r.audit.committed = func(start time.Time) { r.metrics.storeOp("audit_commit", start) }
 	}
 	if err != nil {
 		st.close()
@@ -188,6 +196,11 @@ func (r *Relay) listen() error {
 		}
 		r.connectTLSLn = tls.NewListener(ln, r.frontTLS())
 	}
+	if r.cfg.MetricsListen != Off {
+		if r.opsLn, err = net.Listen("tcp", r.cfg.MetricsListen); err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+	}
 	if r.cfg.DebugListen != Off {
 		if r.debugLn, err = net.Listen("tcp", r.cfg.DebugListen); err != nil {
 			return fmt.Errorf("debug listener: %w", err)
@@ -224,7 +237,7 @@ func (r *Relay) listenAgents(host, port string) error {
 }
 
 func (r *Relay) closeListeners() {
-	for _, l := range []net.Listener{r.tcpLn, r.socksLn, r.connectLn, r.connectTLSLn, r.debugLn} {
+	for _, l := range []net.Listener{r.tcpLn, r.socksLn, r.connectLn, r.connectTLSLn, r.debugLn, r.opsLn} {
 		if l != nil {
 			l.Close()
 		}
@@ -379,6 +392,11 @@ func (r *Relay) run(ctx context.Context) error {
 			fatal <- err
 		})
 	}
+	var opsSrv *http.Server
+	if r.opsLn != nil {
+		opsSrv = &http.Server{Handler: r.opsHandler(), ReadHeaderTimeout: r.cfg.HandshakeTimeout}
+		wg.Go(func() { opsSrv.Serve(r.opsLn) })
+	}
 	var debugSrv *http.Server
 	if r.debugLn != nil {
 		debugSrv = &http.Server{Handler: r.debugHandler(), ReadHeaderTimeout: r.cfg.HandshakeTimeout}
@@ -386,9 +404,10 @@ func (r *Relay) run(ctx context.Context) error {
 	}
 	r.log.Info("relay serving",
 		"agent_addr", r.AgentAddr().String(), "quic", r.quicLn != nil, "tcp", r.tcpLn != nil,
-		"socks_addr", addrString(r.SOCKSAddr()), "connect_addr", addrString(r.ConnectAddr()), "connect_tls_addr", addrString(r.ConnectTLSAddr()), "debug_addr", addrString(r.DebugAddr()),
+		"socks_addr", addrString(r.SOCKSAddr()), "connect_addr", addrString(r.ConnectAddr()), "connect_tls_addr", addrString(r.ConnectTLSAddr()), "debug_addr", addrString(r.DebugAddr()), "metrics_addr", addrString(addrOf(r.opsLn)),
 		"trust_domain", r.TrustDomain(), "ca_fingerprint", protocol.FormatFingerprint(r.st.ca.Fingerprint()))
 
+	r.serving.Store(true)
 	var runErr error
 	select {
 	case <-ctx.Done():
@@ -401,6 +420,7 @@ func (r *Relay) run(ctx context.Context) error {
 	// 1. Stop accepting. CONNECT handlers still choosing an agent finish
 	// on their own (at the latest when sessCtx ends below); Shutdown
 	// returns once they have, and wg waits for it.
+	r.serving.Store(false)
 	r.closeListenersForShutdown()
 	if debugSrv != nil {
 		debugSrv.Close()
@@ -437,6 +457,9 @@ func (r *Relay) run(ctx context.Context) error {
 	}
 	if r.oidcClient != nil {
 		r.oidcClient.CloseIdleConnections()
+	}
+	if opsSrv != nil {
+		opsSrv.Close() // last: /readyz says "not ready" while the relay drains
 	}
 	r.audit.close() // after every goroutine that records; waits for the writer
 	if err := r.audit.closeFile(); err != nil && runErr == nil {

@@ -77,7 +77,7 @@ func (r *Relay) authenticate(ctx context.Context, name, key string) (*caller, er
 	if name == "" || key == "" {
 		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend credentials required (backend name and API key)")
 	}
-	b, err := r.backends.get(ctx, name, r.st.store.Backend)
+	b, err := r.backends.get(ctx, name, r.loadBackend)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, protocol.Errorf(protocol.CodeInternal, "look up backend: %v", err)
 	}
@@ -85,6 +85,13 @@ func (r *Relay) authenticate(ctx context.Context, name, key string) (*caller, er
 		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "wrong backend name or API key")
 	}
 	return &caller{name: b.Name, grants: b.Grants, via: viaAPIKey}, nil
+}
+
+// loadBackend reads a backend from the store, timing it.
+func (r *Relay) loadBackend(ctx context.Context, name string) (store.Backend, error) {
+	start := time.Now()
+	defer r.metrics.storeOp("backend_lookup", start)
+	return r.st.store.Backend(ctx, name)
 }
 
 // authorize checks that c may reach service t.Service of tenant t.Tenant,
@@ -146,18 +153,23 @@ func (r *Relay) dial(ctx context.Context, c *caller, addr string) (*tunnel, erro
 	lim := r.pol.limitsOf(t.Tenant)
 	if err := r.pol.allowOpen(t.Tenant, c.name, lim); err != nil {
 		r.limitRefusals.Add(1)
+		r.metrics.limitRefusals.WithLabelValues(t.Tenant).Inc()
 		return nil, err
 	}
 	release, err := r.pol.openStream(t.Tenant, lim)
 	if err != nil {
 		r.limitRefusals.Add(1)
+		r.metrics.limitRefusals.WithLabelValues(t.Tenant).Inc()
 		return nil, err
 	}
+	start := time.Now()
 	tun, err := r.route(ctx, c, t)
 	if err != nil {
 		release()
 		return nil, err
 	}
+	r.metrics.openSeconds.Observe(time.Since(start).Seconds())
+	r.metrics.streamOpened(t, protocol.CodeOK)
 	tun.release = release
 	return tun, nil
 }
@@ -209,10 +221,12 @@ func (r *Relay) auditRefusal(door, remote string, c *caller, addr string, err er
 	}
 	rec := AuditRecord{Kind: AuditStream, Outcome: protocol.CodeOf(err).String(), Backend: c.name, Actor: c.Identity(),
 		Detail: map[string]any{"door": door, "remote": remote, "target": addr, "auth": c.via, "error": err.Error()}}
-	if t, perr := ParseTarget(addr); perr == nil {
+	t, perr := ParseTarget(addr)
+	if perr == nil {
 		rec.Tenant = t.Tenant
 		rec.Detail["service"] = t.Service
 	}
+	r.metrics.streamOpened(t, protocol.CodeOf(err))
 	r.audit.add(rec)
 }
 
@@ -223,6 +237,7 @@ func (r *Relay) auditUnauthenticated(door, remote, claimed string, err error) {
 	if len(claimed) > 255 {
 		claimed = claimed[:255]
 	}
+	r.metrics.streamOpened(Target{}, protocol.CodeOf(err))
 	r.audit.add(AuditRecord{Kind: AuditStream, Outcome: protocol.CodeOf(err).String(), Actor: "unauthenticated",
 		Detail: map[string]any{"door": door, "remote": remote, "claimed_backend": claimed, "error": err.Error()}})
 }
@@ -284,6 +299,8 @@ func (r *Relay) bridge(front transport.Stream, t *tunnel, attrs []any) {
 	res, err := transport.Splice(front, t.st, r.cfg.IdleTimeout)
 	t.agent.open.Add(-1)
 	t.release()
+	r.metrics.streamBytes.WithLabelValues(t.target.Tenant, "to_service").Add(float64(res.AToB))
+	r.metrics.streamBytes.WithLabelValues(t.target.Tenant, "from_service").Add(float64(res.BToA))
 	outcome := OutcomeOK
 	if errors.Is(err, transport.ErrIdle) {
 		outcome = "idle_timeout"

@@ -131,6 +131,7 @@ func serve(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.OIDC.JWKSURL, "oidc-jwks-url", "", "the issuer's key set (default: from its discovery document)")
 	fs.StringVar(&cfg.OIDC.BackendClaim, "oidc-backend-claim", "sub", "token claim naming the backend (a registered backend; its grants apply)")
 	fs.StringVar(&cfg.OIDC.TenantClaim, "oidc-tenant-claim", "tether_tenants", "token claim listing the tenants the token is for (required in every token)")
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "off", "Prometheus /metrics, /healthz and /readyz on this address (unauthenticated; names tenants)")
 	fs.StringVar(&cfg.DebugListen, "debug-listen", "off", "pprof and /debug/tether on this address (loopback only; unauthenticated)")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", "tether.internal", "SPIFFE trust domain of a new CA (first start only)")
 	fs.StringVar(&transports, "transports", "quic,tcp", "agent transports to serve: quic, tcp or both")
