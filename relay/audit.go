@@ -61,7 +61,7 @@ type auditLog struct {
 	queue  chan auditItem
 	// committed, when set, is told when each batch began to be written.
 	committed func(start time.Time)
-	done   chan struct{}
+	done      chan struct{}
 }
 
 // openAuditLog opens (creating, 0600) the audit file at path for appending.
