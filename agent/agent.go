@@ -32,6 +32,8 @@ type Agent struct {
 	certAt   atomic.Int64                    // Unix nanoseconds: when cert was obtained or loaded
 	roots    atomic.Pointer[x509.CertPool]   // the relay CA roots; replaced by renewals
 	services atomic.Pointer[map[string]Service]
+	// configErr is the last config file problem seen by the watcher.
+	configErr atomic.Pointer[string]
 
 	liveMu sync.Mutex            // guards live
 	live   map[*session]struct{} // sessions serving now
@@ -170,6 +172,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { a.runSlot(ctx, i, &wg) })
 	}
 	wg.Go(func() { a.renewLoop(ctx) })
+	wg.Go(func() { a.watchFiles(ctx) })
 	wg.Wait()
 	a.log.Info("agent stopped")
 	return nil

@@ -80,6 +80,10 @@ type Config struct {
 	// Log configures logging (used by the tether-agent command).
 	Log LogConfig `yaml:"log"`
 
+	// ConfigFile is the file the config was loaded from; when set, the
+	// agent applies changes to its services without a restart.
+	ConfigFile string `yaml:"-"`
+
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger `yaml:"-"`
 	// Version is reported to the relay.

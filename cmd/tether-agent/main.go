@@ -150,6 +150,7 @@ func runAgent(args []string, stderr io.Writer) error {
 	}
 	cfg.Logger = log
 	cfg.Version = version
+	cfg.ConfigFile = *configPath
 	a, err := agent.New(cfg)
 	if err != nil {
 		return err
