@@ -86,8 +86,10 @@ func (h StreamHeader) AppendBinary(b []byte) ([]byte, error) {
 
 // WriteStreamHeader encodes h and writes it with a single Write.
 func WriteStreamHeader(w io.Writer, h StreamHeader) error {
-	var buf [3 + 3*2 + MaxServiceLen + MaxBackendLen + MaxRequestIDLen]byte
-	b, err := h.AppendBinary(buf[:0])
+	// The buffer escapes to the heap through w.Write, so it is sized for
+	// this header (each length fits a two-byte uvarint once h is valid)
+	// rather than for the largest one.
+	b, err := h.AppendBinary(make([]byte, 0, 3+3*2+len(h.Service)+len(h.Backend)+len(h.RequestID)))
 	if err != nil {
 		return err
 	}

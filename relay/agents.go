@@ -304,8 +304,9 @@ func (c *agentConn) closeWith(err error) {
 	c.sess.Close()
 }
 
-// healthy reports whether new streams may go to c.
-func (c *agentConn) healthy(hb time.Duration) bool {
+// healthy reports whether new streams may go to c: it is not draining, its
+// session is up and it was heard from after heardAfter (Unix nanoseconds).
+func (c *agentConn) healthy(heardAfter int64) bool {
 	if c.draining.Load() {
 		return false
 	}
@@ -314,7 +315,13 @@ func (c *agentConn) healthy(hb time.Duration) bool {
 		return false
 	default:
 	}
-	return time.Since(time.Unix(0, c.lastHeard.Load())) < 3*hb
+	return c.lastHeard.Load() > heardAfter
+}
+
+// heardAfter is the oldest time, in Unix nanoseconds, at which a connection
+// must last have been heard from to be healthy: three heartbeats ago.
+func heardAfter(now time.Time, hb time.Duration) int64 {
+	return now.UnixNano() - int64(3*hb)
 }
 
 // run serves the control stream until the session ends, the agent falls
@@ -498,10 +505,14 @@ func (g *registry) pick(tenant string, hb time.Duration, exclude map[*agentConn]
 	}
 	var best *agentConn
 	var bestOpen int64
+	// One clock reading for the whole scan: a tenant may have thousands of
+	// connections, and reading the clock for each cost more than the rest
+	// of the scan together.
+	after := heardAfter(time.Now(), hb)
 	start := rand.IntN(len(list))
 	for i := range list {
 		c := list[(start+i)%len(list)]
-		if exclude[c] || !c.healthy(hb) {
+		if exclude[c] || !c.healthy(after) {
 			continue
 		}
 		if n := c.open.Load(); best == nil || n < bestOpen {

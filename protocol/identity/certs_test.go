@@ -31,7 +31,7 @@ type authority struct {
 	key  *ecdsa.PrivateKey
 }
 
-func newKey(t *testing.T) *ecdsa.PrivateKey {
+func newKey(t testing.TB) *ecdsa.PrivateKey {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -40,7 +40,7 @@ func newKey(t *testing.T) *ecdsa.PrivateKey {
 	return k
 }
 
-func serial(t *testing.T) *big.Int {
+func serial(t testing.TB) *big.Int {
 	t.Helper()
 	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
 	if err != nil {
@@ -51,7 +51,7 @@ func serial(t *testing.T) *big.Int {
 
 // caTemplate is a CA certificate carrying the trust domain's SPIFFE ID, as
 // the tenant CA does. An empty td leaves the URI SAN out.
-func caTemplate(t *testing.T, td string) *x509.Certificate {
+func caTemplate(t testing.TB, td string) *x509.Certificate {
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(t),
 		Subject:               pkix.Name{CommonName: "test CA " + td},
@@ -68,7 +68,7 @@ func caTemplate(t *testing.T, td string) *x509.Certificate {
 }
 
 // newRoot returns a self-signed CA built from tmpl.
-func newRoot(t *testing.T, tmpl *x509.Certificate) *authority {
+func newRoot(t testing.TB, tmpl *x509.Certificate) *authority {
 	t.Helper()
 	key := newKey(t)
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
@@ -83,7 +83,7 @@ func newRoot(t *testing.T, tmpl *x509.Certificate) *authority {
 }
 
 // issue signs tmpl with a and returns the certificate and its key.
-func (a *authority) issue(t *testing.T, tmpl *x509.Certificate) (*x509.Certificate, *ecdsa.PrivateKey) {
+func (a *authority) issue(t testing.TB, tmpl *x509.Certificate) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
 	key := newKey(t)
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, &key.PublicKey, a.key)
@@ -98,13 +98,13 @@ func (a *authority) issue(t *testing.T, tmpl *x509.Certificate) (*x509.Certifica
 }
 
 // intermediate issues a subordinate CA.
-func (a *authority) intermediate(t *testing.T, td string) *authority {
+func (a *authority) intermediate(t testing.TB, td string) *authority {
 	t.Helper()
 	cert, key := a.issue(t, caTemplate(t, td))
 	return &authority{cert: cert, key: key}
 }
 
-func leafTemplate(t *testing.T, eku x509.ExtKeyUsage, uris ...*url.URL) *x509.Certificate {
+func leafTemplate(t testing.TB, eku x509.ExtKeyUsage, uris ...*url.URL) *x509.Certificate {
 	return &x509.Certificate{
 		SerialNumber: serial(t),
 		NotBefore:    epoch.Add(-time.Hour),
@@ -115,11 +115,11 @@ func leafTemplate(t *testing.T, eku x509.ExtKeyUsage, uris ...*url.URL) *x509.Ce
 	}
 }
 
-func relayTemplate(t *testing.T, td string) *x509.Certificate {
+func relayTemplate(t testing.TB, td string) *x509.Certificate {
 	return leafTemplate(t, x509.ExtKeyUsageServerAuth, identity.RelayURI(td))
 }
 
-func agentTemplate(t *testing.T, a identity.Agent) *x509.Certificate {
+func agentTemplate(t testing.TB, a identity.Agent) *x509.Certificate {
 	return leafTemplate(t, x509.ExtKeyUsageClientAuth, a.URI())
 }
 
@@ -139,7 +139,7 @@ func tlsCert(key *ecdsa.PrivateKey, chain ...*x509.Certificate) tls.Certificate 
 	return c
 }
 
-func mustURL(t *testing.T, s string) *url.URL {
+func mustURL(t testing.TB, s string) *url.URL {
 	t.Helper()
 	u, err := url.Parse(s)
 	if err != nil {

@@ -26,7 +26,7 @@ type pki struct {
 	fromOther             *x509.Certificate
 }
 
-func newPKI(t *testing.T) *pki {
+func newPKI(t testing.TB) *pki {
 	t.Helper()
 	p := &pki{
 		ca:    newRoot(t, caTemplate(t, td)),

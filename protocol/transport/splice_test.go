@@ -27,7 +27,7 @@ const hangGuard = 20 * time.Second
 var _ transport.Stream = (*net.TCPConn)(nil)
 
 // tcpPair returns the two ends of one loopback TCP connection.
-func tcpPair(t *testing.T) (dialed, accepted *net.TCPConn) {
+func tcpPair(t testing.TB) (dialed, accepted *net.TCPConn) {
 	t.Helper()
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
