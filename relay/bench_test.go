@@ -132,7 +132,9 @@ func benchRelay(b *testing.B) *Relay {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { st.close() })
-	return &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), pol: newPolicy(), gate: newHandshakeGate(cfg.MaxHandshakes)}
+	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), pol: newPolicy(), gate: newHandshakeGate(cfg.MaxHandshakes)}
+	r.metrics = newMetrics(r)
+	return r
 }
 
 // BenchmarkAuthenticate measures a front door authenticating a backend by
