@@ -527,3 +527,73 @@ func selfSignedCA(t *testing.T) (*x509.Certificate, *ecdsa.PrivateKey) {
 	c, _ := x509.ParseCertificate(der)
 	return c, key
 }
+
+// TestJoinTokenDoubleUse races agents enrolling with one single-use token:
+// exactly one gets an identity, in the token's tenant; the others are
+// refused with token_used_up; every attempt is audited; a replay later is
+// refused too.
+func TestJoinTokenDoubleUse(t *testing.T) {
+	r := startRelay(t, relayOpts{})
+	r.addTenant(t, "acme")
+	r.addTenant(t, "globex")
+	tok := r.token(t, "acme", "--uses", "1")
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const racers = 6
+	type result struct {
+		stateDir, stderr string
+		err              error
+	}
+	results := make(chan result, racers)
+	for range racers {
+		go func() {
+			dir := filepath.Join(t.TempDir(), "state")
+			_, stderr, err := runCmd(t, bins.agent, "enroll", "--relay", r.agentAddr, "--token-file", tokenFile, "--state-dir", dir)
+			results <- result{dir, stderr, err}
+		}()
+	}
+	var winners []string
+	for range racers {
+		res := <-results
+		switch {
+		case res.err == nil:
+			winners = append(winners, res.stateDir)
+		case !strings.Contains(res.stderr, "token_used_up"):
+			t.Errorf("losing enrolment: %v, %s; want token_used_up", res.err, res.stderr)
+		}
+	}
+	if len(winners) != 1 {
+		t.Fatalf("%d enrolments succeeded with a single-use token, want 1", len(winners))
+	}
+	leaf := readCert(t, filepath.Join(winners[0], "agent.crt"))
+	id, err := identity.AgentFromCertificate(leaf, "tether.internal")
+	if err != nil || id.Tenant != "acme" {
+		t.Fatalf("the token for acme gave identity %+v, %v", id, err)
+	}
+	// A replay later.
+	_, stderr, err := runCmd(t, bins.agent, "enroll", "--relay", r.agentAddr, "--token-file", tokenFile, "--state-dir", filepath.Join(t.TempDir(), "s"))
+	if err == nil || !strings.Contains(stderr, "token_used_up") {
+		t.Fatalf("replayed token: %v, %s", err, stderr)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ok, refused := 0, 0
+		for _, m := range auditRecords(t, r, "--kind", "agent.enrol") {
+			switch m["outcome"] {
+			case "ok":
+				ok++
+			case "token_used_up":
+				refused++
+			}
+		}
+		if ok == 1 && refused == racers {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("audit: %d enrolments ok, %d token_used_up; want 1 and %d", ok, refused, racers)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
