@@ -231,13 +231,13 @@ func TestAgents(t *testing.T) {
 	if _, err := s.Agent(ctx, "nosuch"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("missing agent: got %v", err)
 	}
-	if err := s.SetAgentCert(ctx, "b", "02", t0.Add(2*time.Hour)); err != nil {
+	if err := s.SetAgentCert(ctx, "b", "02", t0.Add(2*time.Hour), "sha256:02"); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := s.Agent(ctx, "b"); got.CertSerial != "02" {
 		t.Fatalf("SetAgentCert: serial %q, want 02", got.CertSerial)
 	}
-	if err := s.SetAgentCert(ctx, "nosuch", "1", t0); !errors.Is(err, ErrNotFound) {
+	if err := s.SetAgentCert(ctx, "nosuch", "1", t0, ""); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("SetAgentCert of a missing agent: got %v", err)
 	}
 	all, _ := s.ListAgents(ctx, "")
