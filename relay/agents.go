@@ -235,6 +235,17 @@ func (r *Relay) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.Ce
 	if !rec.RevokedAt.IsZero() {
 		return revokedError(rec)
 	}
+	if serial := leaf.SerialNumber.Text(16); serial != rec.CertSerial {
+		// Not the certificate the relay last issued: the agent stopped
+		// between a renewal's answer and installing it. Record the one it
+		// uses, so that the CA root it depends on is counted right (ca
+		// status, ca retire).
+		if root := r.st.CA().IssuerOf(leaf); root != nil {
+			if err := r.st.store.SetAgentCert(ctx, id.ID, serial, leaf.NotAfter, root.ID()); err != nil {
+				r.log.Warn("record the certificate an agent connected with", "agent", id.ID, "err", err)
+			}
+		}
+	}
 	if l := r.pol.limitsOf(id.Tenant); l != nil {
 		if !l.allows(remote) {
 			return protocol.Errorf(protocol.CodeNotAllowed, "agent connects from %s, outside the networks tenant %q allows for its agents", remote, id.Tenant)

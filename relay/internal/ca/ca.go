@@ -378,7 +378,7 @@ func Rotate(dir string, now time.Time, renewNow bool) (*CA, error) {
 	}
 	// Files of gen left by a rotation that crashed before roots.json was
 	// written are not referenced by anything and are simply replaced.
-	root, err := createRoot(dir, c.td, gen, now)
+	root, err := createRoot(dir, c.td, gen, now.Truncate(time.Second))
 	if err != nil {
 		return nil, err
 	}
@@ -405,7 +405,7 @@ func Retire(dir string, now time.Time) (*CA, *Root, error) {
 	old := c.active[0]
 	m := c.toManifest()
 	retired := m.Roots[0]
-	retired.RetiredAt = now.UTC()
+	retired.RetiredAt = now.UTC().Truncate(time.Second)
 	retired.Certificate = string(old.PEM())
 	m.Roots = m.Roots[1:]
 	m.Retired = append(m.Retired, retired)
