@@ -28,9 +28,11 @@ type Agent struct {
 	log   *slog.Logger
 	state *State
 
-	cert     atomic.Pointer[tls.Certificate] // replaced by renewals
-	certAt   atomic.Int64                    // Unix nanoseconds: when cert was obtained or loaded
-	roots    atomic.Pointer[x509.CertPool]   // the relay CA roots; replaced by renewals
+	cert     atomic.Pointer[tls.Certificate]     // replaced by renewals
+	certAt   atomic.Int64                        // Unix nanoseconds: when cert was obtained or loaded
+	roots    atomic.Pointer[x509.CertPool]       // the relay CA roots; replaced by renewals
+	rootList atomic.Pointer[[]*x509.Certificate] // the certificates in roots
+	renewNow chan renewRequest                   // early renewals the relay asked for (buffered)
 	services atomic.Pointer[map[string]Service]
 	// configErr is the last config file problem seen by the watcher.
 	configErr atomic.Pointer[string]
@@ -88,10 +90,12 @@ func New(cfg Config) (*Agent, error) {
 		fallback: make(map[string]time.Time),
 		live:     make(map[*session]struct{}),
 		bootID:   fmt.Sprintf("%016x", rand.Uint64()),
+		renewNow: make(chan renewRequest, 1),
 	}
 	a.cert.Store(&st.Cert)
 	a.certAt.Store(time.Now().UnixNano())
 	a.roots.Store(st.Roots)
+	a.rootList.Store(&st.RootCerts)
 	svcs := cfg.Services
 	if svcs == nil {
 		svcs = map[string]Service{}

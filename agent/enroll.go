@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -16,6 +15,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
@@ -125,6 +125,7 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 	if err := protocol.WriteMessage(tc, &protocol.EnrollRequest{
 		Token: o.Token, CSR: csr, Hostname: o.Hostname,
 		OS: runtime.GOOS, Arch: runtime.GOARCH, AgentVersion: o.Version,
+		Capabilities: []string{protocol.CapRootBundle},
 	}); err != nil {
 		return nil, fmt.Errorf("send enrolment request: %w", err)
 	}
@@ -145,8 +146,10 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 }
 
 // storeEnrolment checks the relay's answer before trusting it: the
-// certificate must be for our key, chain to the pinned CA, and name the
-// agent and tenant the relay says.
+// certificate must be for our key, chain to the pinned CA or to a root the
+// relay sent with it (the new root of a CA rotation: the answer came over
+// a connection the pinned CA authenticated), and name the agent and tenant
+// the relay says. The agent then trusts the pinned CA and the roots sent.
 func storeEnrolment(o EnrollOptions, resp *protocol.EnrollResponse, key *ecdsa.PrivateKey, caCert *x509.Certificate) (*State, error) {
 	block, _ := pem.Decode([]byte(resp.Certificate))
 	if block == nil {
@@ -159,14 +162,29 @@ func storeEnrolment(o EnrollOptions, resp *protocol.EnrollResponse, key *ecdsa.P
 	if pub, ok := cert.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(&key.PublicKey) {
 		return nil, errors.New("issued certificate is not for this agent's key")
 	}
-	roots := x509.NewCertPool()
-	roots.AddCert(caCert)
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return nil, fmt.Errorf("issued certificate does not chain to the pinned CA: %w", err)
-	}
 	td := ""
 	if len(caCert.URIs) == 1 {
 		td = caCert.URIs[0].Host
+	}
+	rootCerts := []*x509.Certificate{caCert}
+	if resp.CACertificates != "" {
+		sent, _, err := parseRoots([]byte(resp.CACertificates), td)
+		if err != nil {
+			return nil, fmt.Errorf("relay sent unusable CA certificates: %w", err)
+		}
+		rootCerts = sent
+		if !slices.ContainsFunc(sent, caCert.Equal) {
+			// The relay authenticated itself with the pinned CA; keep
+			// trusting it whatever the relay sent.
+			rootCerts = append(rootCerts, caCert)
+		}
+	}
+	roots := x509.NewCertPool()
+	for _, c := range rootCerts {
+		roots.AddCert(c)
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return nil, fmt.Errorf("issued certificate does not chain to the relay's CA: %w", err)
 	}
 	id, err := identity.AgentFromCertificate(cert, td)
 	if err != nil {
@@ -183,9 +201,7 @@ func storeEnrolment(o EnrollOptions, resp *protocol.EnrollResponse, key *ecdsa.P
 		Dir: o.StateDir, AgentID: id.ID, Tenant: id.Tenant, TrustDomain: td,
 		Relay: o.Relay, EnrolledAt: time.Now().UTC().Truncate(time.Second),
 	}
-	var caPEM bytes.Buffer
-	pem.Encode(&caPEM, &pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw})
-	if err := s.save(pemBlock("PRIVATE KEY", kder), pemBlock("CERTIFICATE", cert.Raw), caPEM.Bytes()); err != nil {
+	if err := s.save(pemBlock("PRIVATE KEY", kder), pemBlock("CERTIFICATE", cert.Raw), rootsPEM(rootCerts)); err != nil {
 		return nil, err
 	}
 	return LoadState(o.StateDir)

@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"slices"
 	"time"
 
@@ -35,7 +36,8 @@ func renewAt(c *x509.Certificate, got time.Time) time.Time {
 }
 
 // renewLoop renews the agent's certificate over a live control stream when
-// two thirds of its life have passed, with a fresh key each time, until ctx
+// two thirds of its life have passed, or earlier when a relay asks
+// (RenewNow, during a CA rotation), with a fresh key each time, until ctx
 // is done. Failures are retried with a growing delay, capped so that
 // several attempts fit in the time left.
 func (a *Agent) renewLoop(ctx context.Context) {
@@ -47,8 +49,25 @@ func (a *Agent) renewLoop(ctx context.Context) {
 			left := time.Until(leaf.NotAfter)
 			wait = min(a.cfg.Reconnect.Initial<<min(failures, 10), max(left/10, time.Second), 5*time.Minute)
 		}
-		if !sleep(ctx, max(wait, 0)) {
+		t := time.NewTimer(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return
+		case <-t.C:
+		case req := <-a.renewNow:
+			t.Stop()
+			if a.certFromRoot(req.root) {
+				continue
+			}
+			// Spread a fleet's renewals over the window the relay chose.
+			if !sleep(ctx, mrand.N(req.spread+1)) {
+				return
+			}
+			if a.certFromRoot(req.root) {
+				continue
+			}
+			a.log.Info("renewing the certificate now, as the relay asked (its CA has a new root)", "ca_root", req.root)
 		}
 		err := a.renewOnce(ctx)
 		if err == nil {
@@ -66,6 +85,41 @@ func (a *Agent) renewLoop(ctx context.Context) {
 		}
 		level("certificate renewal failed; will retry", "err", err, "cert_not_after", leaf.NotAfter.Format(time.RFC3339), "time_left", left.Round(time.Second))
 	}
+}
+
+// renewRequest is a relay's request for an early renewal.
+type renewRequest struct {
+	root   string // printable fingerprint of the root to move to
+	spread time.Duration
+}
+
+// maxRenewSpread bounds the wait a relay may ask for before an early
+// renewal.
+const maxRenewSpread = 10 * time.Minute
+
+// requestRenewal queues an early renewal the relay asked for; one queued
+// request is enough (renewLoop checks the root again before renewing).
+func (a *Agent) requestRenewal(m *protocol.RenewNow) {
+	spread := min(max(time.Duration(m.SpreadMillis)*time.Millisecond, 0), maxRenewSpread)
+	select {
+	case a.renewNow <- renewRequest{root: m.Root, spread: spread}:
+	default:
+	}
+}
+
+// certFromRoot reports whether the agent's certificate was issued by the
+// trusted root whose printable fingerprint is root.
+func (a *Agent) certFromRoot(root string) bool {
+	if root == "" {
+		return false
+	}
+	leaf := a.cert.Load().Leaf
+	for _, c := range *a.rootList.Load() {
+		if protocol.FormatFingerprint(protocol.Fingerprint(c.Raw)) == root {
+			return leaf.CheckSignatureFrom(c) == nil
+		}
+	}
+	return false
 }
 
 // renewOnce asks a relay for a new certificate for a new key and installs
@@ -88,7 +142,7 @@ func (a *Agent) renewOnce(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cert, roots, caPEM, err := a.checkRenewal(resp, key)
+	cert, rootList, caPEM, err := a.checkRenewal(resp, key)
 	if err != nil {
 		return err
 	}
@@ -99,19 +153,30 @@ func (a *Agent) renewOnce(ctx context.Context) error {
 	if err := a.state.replaceKeyPair(pemBlock("PRIVATE KEY", kder), pemBlock("CERTIFICATE", cert.Raw), caPEM); err != nil {
 		return fmt.Errorf("save renewed certificate: %w", err)
 	}
-	a.roots.Store(roots)
+	if rootList != nil {
+		roots := x509.NewCertPool()
+		for _, c := range rootList {
+			roots.AddCert(c)
+		}
+		a.rootList.Store(&rootList)
+		a.roots.Store(roots)
+	}
 	a.cert.Store(&tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert})
 	a.certAt.Store(time.Now().UnixNano())
-	a.log.Info("certificate renewed", "relay", s.relay, "not_after", cert.NotAfter.Format(time.RFC3339), "serial", cert.SerialNumber.Text(16))
+	a.log.Info("certificate renewed", "relay", s.relay, "not_after", cert.NotAfter.Format(time.RFC3339), "serial", cert.SerialNumber.Text(16),
+		"issuer", cert.Issuer.CommonName, "trusted_roots", len(*a.rootList.Load()))
 	return nil
 }
 
 // checkRenewal verifies the relay's answer before anything is replaced: the
 // certificate is for the new key, names this same agent and tenant, and
-// chains to the roots the agent trusts (or to roots the relay sent in the
+// chains to the roots the agent trusts or to roots the relay sent in the
 // same answer, over a session those trusted roots authenticated: that is
-// how a CA rotation reaches agents).
-func (a *Agent) checkRenewal(resp *protocol.RenewResponse, key *ecdsa.PrivateKey) (*x509.Certificate, *x509.CertPool, []byte, error) {
+// how a CA rotation reaches agents. The roots sent must keep at least one
+// the agent trusts now, so that an answer cannot cut the agent off from
+// every relay it knows. It returns the roots to trust from now on (nil to
+// keep the current ones) and their PEM for ca.crt.
+func (a *Agent) checkRenewal(resp *protocol.RenewResponse, key *ecdsa.PrivateKey) (*x509.Certificate, []*x509.Certificate, []byte, error) {
 	block, _ := pem.Decode([]byte(resp.Certificate))
 	if block == nil || block.Type != "CERTIFICATE" {
 		return nil, nil, nil, errors.New("renewal: relay sent no certificate")
@@ -131,18 +196,22 @@ func (a *Agent) checkRenewal(resp *protocol.RenewResponse, key *ecdsa.PrivateKey
 		return nil, nil, nil, fmt.Errorf("renewal: certificate names %s, not this agent", id)
 	}
 	roots := a.roots.Load()
+	var sent []*x509.Certificate
 	var caPEM []byte
 	if resp.CACertificates != "" {
-		sent := x509.NewCertPool()
-		if !sent.AppendCertsFromPEM([]byte(resp.CACertificates)) {
-			return nil, nil, nil, errors.New("renewal: relay sent unreadable CA certificates")
+		if sent, roots, err = parseRoots([]byte(resp.CACertificates), a.state.TrustDomain); err != nil {
+			return nil, nil, nil, fmt.Errorf("renewal: relay sent unusable CA certificates: %w", err)
 		}
-		roots, caPEM = sent, []byte(resp.CACertificates)
+		current := *a.rootList.Load()
+		if !slices.ContainsFunc(sent, func(c *x509.Certificate) bool { return slices.ContainsFunc(current, c.Equal) }) {
+			return nil, nil, nil, errors.New("renewal: the relay sent CA roots that share none with the roots this agent trusts")
+		}
+		caPEM = rootsPEM(sent)
 	}
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return nil, nil, nil, fmt.Errorf("renewal: certificate does not chain to the relay's CA: %w", err)
 	}
-	return cert, roots, caPEM, nil
+	return cert, sent, caPEM, nil
 }
 
 // renewableSession returns a live session whose relay renews certificates.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -117,7 +118,7 @@ func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*s
 		ts, err = a.dialQUIC(qctx, relay, tlsConf)
 		cancel()
 		name, why = TransportQUIC, "auto: QUIC preferred"
-		if err != nil && ctx.Err() == nil && !isTLSRefusal(err) {
+		if err != nil && ctx.Err() == nil && !isTLSRefusal(err) && !isUntrustedRelay(err) {
 			until := a.markQUICFailed(relay)
 			log.Warn("QUIC to relay failed (UDP blocked?); falling back to TLS over TCP", "relay", relay, "err", err, "quic_retry_after", until.Format(time.RFC3339))
 			name, why, probeAt = TransportTCP, fmt.Sprintf("fallback: QUIC failed: %v", err), until
@@ -144,9 +145,34 @@ func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*s
 }
 
 func (a *Agent) tlsConfig() *tls.Config {
-	return identity.AgentClientConfig(a.roots.Load(), a.state.TrustDomain, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	conf := identity.AgentClientConfig(a.roots.Load(), a.state.TrustDomain, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		return a.cert.Load(), nil
 	})
+	verify := conf.VerifyConnection
+	conf.VerifyConnection = func(cs tls.ConnectionState) error {
+		err := verify(cs)
+		if _, ok := errors.AsType[x509.UnknownAuthorityError](err); ok {
+			return &untrustedRelayError{err}
+		}
+		return err
+	}
+	return conf
+}
+
+// untrustedRelayError is a relay certificate from a CA root the agent does
+// not trust. The usual cause is a CA rotation that ended (the old root
+// retired) while the agent was offline, so it never learnt the new root.
+type untrustedRelayError struct{ err error }
+
+func (e *untrustedRelayError) Error() string {
+	return "the relay's certificate does not come from a CA root this agent trusts (if the relay's CA was rotated and its old root retired while this agent was offline, enrol it again with a new join token): " + e.err.Error()
+}
+
+func (e *untrustedRelayError) Unwrap() error { return e.err }
+
+func isUntrustedRelay(err error) bool {
+	_, ok := errors.AsType[*untrustedRelayError](err)
+	return ok
 }
 
 func (a *Agent) newSession(ts transport.Session, relay, name, why string, log *slog.Logger) *session {
@@ -387,6 +413,9 @@ func (s *session) readLoop() {
 		case *protocol.GoAway:
 			s.log.Info("relay asked this agent to reconnect", "reason", m.Reason, "message", m.Message)
 			s.goawayOnce.Do(func() { close(s.goaway) })
+		case *protocol.RenewNow:
+			s.log.Info("relay asks for an early certificate renewal", "ca_root", m.Root, "spread_ms", m.SpreadMillis)
+			s.a.requestRenewal(m)
 		case *protocol.RenewResponse:
 			select {
 			case s.renewed <- m:
@@ -491,7 +520,7 @@ func explainRefusal(err error) error {
 func isPermanent(err error) bool {
 	var pe *protocol.Error
 	var xe *ProxyError
-	return isTLSRefusal(err) || (errors.As(err, &pe) && !pe.Temporary()) || (errors.As(err, &xe) && xe.permanent())
+	return isTLSRefusal(err) || isUntrustedRelay(err) || (errors.As(err, &pe) && !pe.Temporary()) || (errors.As(err, &xe) && xe.permanent())
 }
 
 // logConnectError logs a failed connection attempt; refusals that no retry

@@ -34,7 +34,9 @@ type State struct {
 	EnrolledAt time.Time
 
 	Cert  tls.Certificate // with Leaf set
-	Roots *x509.CertPool  // the pinned tenant CA
+	Roots *x509.CertPool  // the relay's CA roots (two during a CA rotation)
+	// RootCerts are the certificates in Roots.
+	RootCerts []*x509.Certificate
 }
 
 type identityJSON struct {
@@ -75,9 +77,8 @@ func LoadState(dir string) (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read pinned CA: %w", err)
 	}
-	s.Roots = x509.NewCertPool()
-	if !s.Roots.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("%s holds no certificate", filepath.Join(dir, caFile))
+	if s.RootCerts, s.Roots, err = parseRoots(caPEM, s.TrustDomain); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, caFile), err)
 	}
 	got, err := identity.AgentFromCertificate(s.Cert.Leaf, s.TrustDomain)
 	if err != nil {
@@ -165,6 +166,51 @@ func syncDir(dir string) {
 		d.Sync()
 		d.Close()
 	}
+}
+
+// maxRoots bounds the CA roots an agent keeps (a relay sends two during a
+// rotation).
+const maxRoots = 8
+
+// parseRoots reads the relay's CA roots from PEM: one or more certificates,
+// each a CA of trust domain td. It returns them and a pool holding them.
+func parseRoots(pemData []byte, td string) ([]*x509.Certificate, *x509.CertPool, error) {
+	var certs []*x509.Certificate
+	pool := x509.NewCertPool()
+	for rest := pemData; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return nil, nil, fmt.Errorf("CA roots: unexpected PEM block %q", b.Type)
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, nil, fmt.Errorf("CA roots: %w", err)
+		}
+		if !c.IsCA || len(c.URIs) != 1 || c.URIs[0].Scheme != "spiffe" || c.URIs[0].Host != td {
+			return nil, nil, fmt.Errorf("CA roots: %q is not a CA of trust domain %s", c.Subject.CommonName, td)
+		}
+		if len(certs) == maxRoots {
+			return nil, nil, fmt.Errorf("CA roots: more than %d", maxRoots)
+		}
+		certs = append(certs, c)
+		pool.AddCert(c)
+	}
+	if len(certs) == 0 {
+		return nil, nil, errors.New("CA roots: no certificate")
+	}
+	return certs, pool, nil
+}
+
+// rootsPEM encodes roots for ca.crt.
+func rootsPEM(roots []*x509.Certificate) []byte {
+	var b []byte
+	for _, c := range roots {
+		b = append(b, pemBlock("CERTIFICATE", c.Raw)...)
+	}
+	return b
 }
 
 // NotAfter is when the agent's certificate expires.

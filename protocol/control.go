@@ -27,6 +27,7 @@ const (
 	TypeEnrollResponse MessageType = 8
 	TypeRenewRequest   MessageType = 9
 	TypeRenewResponse  MessageType = 10
+	TypeRenewNow       MessageType = 11
 )
 
 // Message is one control or enrolment message.
@@ -116,6 +117,8 @@ type EnrollRequest struct {
 	OS           string `json:"os,omitempty"`
 	Arch         string `json:"arch,omitempty"`
 	AgentVersion string `json:"agent_version,omitempty"`
+	// Capabilities of the enrolling agent (CapRootBundle).
+	Capabilities []string `json:"capabilities,omitempty"`
 }
 
 // EnrollResponse carries the agent's new identity.
@@ -125,7 +128,10 @@ type EnrollResponse struct {
 	TrustDomain string `json:"trust_domain"`
 	// Certificate is the agent's certificate chain, PEM.
 	Certificate string `json:"certificate"`
-	// CACertificates are the roots the agent must trust for the relay, PEM.
+	// CACertificates are the roots the agent must trust for the relay, PEM;
+	// during a CA rotation both the old and the new root. An agent that
+	// announced CapRootBundle may receive a certificate issued by any of
+	// them; others receive one from the root their join token pinned.
 	CACertificates string `json:"ca_certificates"`
 }
 
@@ -156,6 +162,20 @@ func (r *RenewResponse) Err() error {
 	return (&Reject{Code: r.Code, Message: r.Message}).Err()
 }
 
+// RenewNow asks an agent, on its control stream, to renew its certificate
+// now rather than when two thirds of its life have passed: the relay's CA
+// has a new root and the operator wants agents moved to it at once. The
+// agent first waits a random time of up to SpreadMillis, so that a fleet
+// does not renew in one burst, and does nothing if its certificate already
+// comes from Root. Agents that do not know this message ignore it and
+// renew on schedule.
+type RenewNow struct {
+	// Root is the printable fingerprint ("sha256:<hex>") of the root the
+	// relay now issues certificates from.
+	Root         string `json:"root,omitempty"`
+	SpreadMillis int64  `json:"spread_ms,omitempty"`
+}
+
 // Unknown is a message of a type this version does not know. Readers return
 // it rather than failing so that a newer peer can send new messages.
 type Unknown struct {
@@ -173,6 +193,7 @@ func (*EnrollRequest) Type() MessageType  { return TypeEnrollRequest }
 func (*EnrollResponse) Type() MessageType { return TypeEnrollResponse }
 func (*RenewRequest) Type() MessageType   { return TypeRenewRequest }
 func (*RenewResponse) Type() MessageType  { return TypeRenewResponse }
+func (*RenewNow) Type() MessageType       { return TypeRenewNow }
 func (u *Unknown) Type() MessageType      { return u.MessageType }
 
 func newMessage(t MessageType) Message {
@@ -197,6 +218,8 @@ func newMessage(t MessageType) Message {
 		return new(RenewRequest)
 	case TypeRenewResponse:
 		return new(RenewResponse)
+	case TypeRenewNow:
+		return new(RenewNow)
 	}
 	return nil
 }

@@ -39,6 +39,7 @@ func sampleMessages() []struct {
 		{"goaway", &protocol.GoAway{Reason: "drain", Message: "relay restarting"}},
 		{"enroll request", &protocol.EnrollRequest{
 			Token: "tjt1_x", CSR: []byte{0x30, 0x82, 0x00, 0xff}, Hostname: "h", OS: "windows", Arch: "amd64", AgentVersion: "v1",
+			Capabilities: []string{protocol.CapRootBundle},
 		}},
 		{"enroll response", &protocol.EnrollResponse{
 			AgentID: "a1", Tenant: "acme", TrustDomain: "tether.example",
@@ -46,6 +47,7 @@ func sampleMessages() []struct {
 		}},
 		{"renew request", &protocol.RenewRequest{CSR: []byte{0x30, 0x82, 0x01, 0x00}}},
 		{"renew response", &protocol.RenewResponse{Certificate: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", CACertificates: "ca"}},
+		{"renew now", &protocol.RenewNow{Root: "sha256:00ff", SpreadMillis: 120000}},
 		{"unicode strings", &protocol.GoAway{Reason: "shutdown", Message: "日本 🙂 <&> \"quoted\" \\ \u2028"}},
 		{"unknown type", &protocol.Unknown{MessageType: 200, Payload: []byte("not even JSON \x00\xff")}},
 		{"unknown type, empty payload", &protocol.Unknown{MessageType: 0, Payload: []byte{}}},
@@ -286,7 +288,10 @@ func TestDecodeMessage(t *testing.T) {
 		{"lone surrogate escape becomes U+FFFD", protocol.TypeReject, `{"message":"\ud800"}`, &protocol.Reject{Message: "\uFFFD"}},
 		{"null CSR", protocol.TypeEnrollRequest, `{"token":"t","csr":null}`, &protocol.EnrollRequest{Token: "t"}},
 		{"unknown type 0", 0, `anything`, &protocol.Unknown{MessageType: 0, Payload: []byte("anything")}},
-		{"unknown type 11", 11, `{"seq":1}`, &protocol.Unknown{MessageType: 11, Payload: []byte(`{"seq":1}`)}},
+		{"unknown type 12", 12, `{"seq":1}`, &protocol.Unknown{MessageType: 12, Payload: []byte(`{"seq":1}`)}},
+		{"renew now without fields", protocol.TypeRenewNow, `{}`, &protocol.RenewNow{}},
+		{"enrol request capabilities", protocol.TypeEnrollRequest, `{"token":"t","capabilities":["root-bundle","future"]}`,
+			&protocol.EnrollRequest{Token: "t", Capabilities: []string{protocol.CapRootBundle, "future"}}},
 		{"renew refused", protocol.TypeRenewResponse, `{"code":"revoked","message":"m"}`, &protocol.RenewResponse{Code: "revoked", Message: "m"}},
 		{"unknown type 255", 255, ``, &protocol.Unknown{MessageType: 255, Payload: []byte{}}},
 	}
@@ -319,6 +324,9 @@ func TestMessageTypes(t *testing.T) {
 		{&protocol.GoAway{}, 6},
 		{&protocol.EnrollRequest{}, 7},
 		{&protocol.EnrollResponse{}, 8},
+		{&protocol.RenewRequest{}, 9},
+		{&protocol.RenewResponse{}, 10},
+		{&protocol.RenewNow{}, 11},
 		{&protocol.Unknown{MessageType: 42}, 42},
 	}
 	for _, tc := range tests {

@@ -35,7 +35,8 @@ const (
 	MinVersion = 1
 )
 
-// Capabilities an agent can advertise in its Hello.
+// Capabilities an agent advertises in its Hello (and, for CapRootBundle,
+// its EnrollRequest) and a relay in its Welcome.
 const (
 	// CapHeartbeat: the agent answers Ping with Pong and sends its own Pings.
 	CapHeartbeat = "heartbeat"
@@ -44,4 +45,13 @@ const (
 	CapRenew = "renew"
 	// CapGoAway: the agent understands GoAway and drains the session.
 	CapGoAway = "goaway"
+	// CapRenewNow: the relay may send RenewNow on the control stream
+	// (announced by relays in Welcome; agents that do not know it ignore
+	// the message).
+	CapRenewNow = "renew-now"
+	// CapRootBundle, in an EnrollRequest: the agent trusts every root in
+	// EnrollResponse.CACertificates, so the relay may issue its certificate
+	// from a root other than the one the join token pinned (the new root
+	// of a CA rotation).
+	CapRootBundle = "root-bundle"
 )

@@ -140,6 +140,12 @@ func normalize(m protocol.Message) protocol.Message {
 			c.Capabilities = nil
 		}
 		return &c
+	case *protocol.EnrollRequest:
+		c := *m
+		if len(c.Capabilities) == 0 {
+			c.Capabilities = nil
+		}
+		return &c
 	}
 	return m
 }
@@ -163,6 +169,8 @@ func FuzzReadMessage(f *testing.F) {
 	f.Add(concat([]byte{4}, field(`{"seq":-1}`)))
 	f.Add(concat([]byte{5}, field(`{"SEQ":18446744073709551615,"x":{}}`)))
 	f.Add(concat([]byte{6}, field(`null`)))
+	f.Add(concat([]byte{11}, field(`{"root":"","spread_ms":-1}`)))
+	f.Add(concat([]byte{7}, field(`{"token":"t","capabilities":[]}`)))
 	f.Add(concat([]byte{1}, binary.AppendUvarint(nil, protocol.MaxMessageSize+1)))
 	f.Add(concat([]byte{1}, bytes.Repeat([]byte{0xff}, 10), []byte{1}))
 	f.Add([]byte{0x80, 0x80})

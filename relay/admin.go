@@ -70,10 +70,10 @@ func (a *Admin) record(kind, tenant, agent, backend string, detail map[string]an
 }
 
 // TrustDomain is the SPIFFE trust domain of the relay's CA.
-func (a *Admin) TrustDomain() string { return a.st.ca.TrustDomain() }
+func (a *Admin) TrustDomain() string { return a.st.CA().TrustDomain() }
 
 // CAFingerprint is the fingerprint agents pin, printable.
-func (a *Admin) CAFingerprint() string { return protocol.FormatFingerprint(a.st.ca.Fingerprint()) }
+func (a *Admin) CAFingerprint() string { return protocol.FormatFingerprint(a.st.CA().Fingerprint()) }
 
 // Tenant describes one tenant.
 type Tenant struct {
@@ -118,6 +118,9 @@ type TokenInfo struct {
 	ExpiresAt time.Time `json:"expires_at"`
 	MaxUses   int       `json:"max_uses"`
 	Uses      int       `json:"uses"`
+	// CARoot is the fingerprint of the CA root the token pins ("" for
+	// tokens made before CA rotation existed: the first root).
+	CARoot string `json:"ca_root,omitempty"`
 }
 
 // Limits on join tokens.
@@ -151,11 +154,14 @@ func (a *Admin) CreateToken(ctx context.Context, tenant string, ttl time.Duratio
 	var tok protocol.JoinToken
 	rand.Read(tok.ID[:])
 	rand.Read(tok.Secret[:])
-	tok.CAFingerprint = a.st.ca.Fingerprint()
+	// The token pins the serving root: the one the relay's TLS chain
+	// carries (during a rotation, the old root; see RetireCA).
+	serving := a.st.CA().Serving()
+	tok.CAFingerprint = serving.Fingerprint()
 	now := a.now().Truncate(time.Second)
 	rec := store.Token{
 		ID: tok.IDString(), Tenant: tenant, SecretHash: tok.SecretHash(),
-		CreatedAt: now, ExpiresAt: now.Add(ttl), MaxUses: uses,
+		CreatedAt: now, ExpiresAt: now.Add(ttl), MaxUses: uses, CARoot: serving.ID(),
 	}
 	if err := a.st.store.AddToken(ctx, rec); err != nil {
 		return "", TokenInfo{}, err
@@ -178,7 +184,7 @@ func (a *Admin) Tokens(ctx context.Context, tenant string) ([]TokenInfo, error) 
 }
 
 func tokenInfo(t store.Token) TokenInfo {
-	return TokenInfo{ID: t.ID, Tenant: t.Tenant, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt, MaxUses: t.MaxUses, Uses: t.Uses}
+	return TokenInfo{ID: t.ID, Tenant: t.Tenant, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt, MaxUses: t.MaxUses, Uses: t.Uses, CARoot: t.CARoot}
 }
 
 // AgentInfo describes an enrolled agent.
@@ -188,13 +194,17 @@ type AgentInfo struct {
 	Hostname     string    `json:"hostname"`
 	EnrolledAt   time.Time `json:"enrolled_at"`
 	CertNotAfter time.Time `json:"cert_not_after"`
+	// CertRoot is the fingerprint of the CA root that issued the agent's
+	// newest certificate ("" for certificates issued before CA rotation
+	// existed: the first root).
+	CertRoot string `json:"cert_root,omitempty"`
 	// RevokedAt is set when the agent was revoked.
 	RevokedAt     *time.Time `json:"revoked_at,omitempty"`
 	RevokedReason string     `json:"revoked_reason,omitempty"`
 }
 
 func agentInfo(x store.Agent) AgentInfo {
-	ai := AgentInfo{ID: x.ID, Tenant: x.Tenant, Hostname: x.Hostname, EnrolledAt: x.CreatedAt, CertNotAfter: x.CertNotAfter, RevokedReason: x.RevokedReason}
+	ai := AgentInfo{ID: x.ID, Tenant: x.Tenant, Hostname: x.Hostname, EnrolledAt: x.CreatedAt, CertNotAfter: x.CertNotAfter, CertRoot: x.CertRoot, RevokedReason: x.RevokedReason}
 	if !x.RevokedAt.IsZero() {
 		t := x.RevokedAt
 		ai.RevokedAt = &t

@@ -164,11 +164,15 @@ func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.Connec
 	}
 	ac.lastHeard.Store(time.Now().UnixNano())
 	ac.notAfter.Store(leaf.NotAfter.UnixNano())
+	authority := r.st.CA()
+	if root := authority.IssuerOf(leaf); root != nil {
+		ac.setRoot(root.ID())
+	}
 	welcome := &protocol.Welcome{
 		ProtocolVersion: protocol.Version, RelayVersion: r.cfg.Version,
 		AgentID: id.ID, Tenant: id.Tenant, SessionID: ac.sessionID,
 		HeartbeatMillis: r.cfg.HeartbeatInterval.Milliseconds(),
-		Capabilities:    []string{protocol.CapHeartbeat, protocol.CapGoAway, protocol.CapRenew},
+		Capabilities:    []string{protocol.CapHeartbeat, protocol.CapGoAway, protocol.CapRenew, protocol.CapRenewNow},
 	}
 	if err := ac.send(welcome); err != nil {
 		log.Warn("send welcome", "err", err)
@@ -186,8 +190,14 @@ func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.Connec
 		ac.closeWith(rev.(error))
 	}
 	audit.Outcome, audit.Detail["session"] = OutcomeOK, ac.sessionID
+	audit.Detail["ca_root"] = ac.rootID()
 	r.audit.add(audit)
 	log.Info("agent connected", "session", ac.sessionID, "os", hello.OS, "arch", hello.Arch, "hostname", hello.Hostname, "transport_why", hello.TransportWhy)
+	if authority.RenewNow() && ac.rootID() != authority.Signer().ID() {
+		// The operator asked agents to move to the new root at once: this
+		// one was offline when the others were asked.
+		r.askRenewal(ac, authority.Signer().ID(), time.Second)
+	}
 	err = ac.run(ctx, br, r.cfg.HeartbeatInterval, func(m *protocol.RenewRequest) *protocol.RenewResponse { return r.renew(ctx, ac, m) })
 	log.Info("agent disconnected", "session", ac.sessionID, "reason", err, "streams_total", ac.total.Load())
 }
@@ -225,6 +235,17 @@ func (r *Relay) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.Ce
 	}
 	if !rec.RevokedAt.IsZero() {
 		return revokedError(rec)
+	}
+	if serial := leaf.SerialNumber.Text(16); serial != rec.CertSerial {
+		// Not the certificate the relay last issued: the agent stopped
+		// between a renewal's answer and installing it. Record the one it
+		// uses, so that the CA root it depends on is counted right (ca
+		// status, ca retire).
+		if root := r.st.CA().IssuerOf(leaf); root != nil {
+			if err := r.st.store.SetAgentCert(ctx, id.ID, serial, leaf.NotAfter, root.ID()); err != nil {
+				r.log.Warn("record the certificate an agent connected with", "agent", id.ID, "err", err)
+			}
+		}
 	}
 	if l := r.pol.limitsOf(id.Tenant); l != nil {
 		if !l.allows(remote) {
@@ -272,14 +293,26 @@ type agentConn struct {
 	total     atomic.Uint64
 	draining  atomic.Bool // agent or relay said GoAway: no new streams
 	lastHeard atomic.Int64
-	rtt       atomic.Int64 // nanoseconds, last measured
-	notAfter  atomic.Int64 // Unix nanoseconds: the session ends when its newest certificate expires
+	rtt       atomic.Int64           // nanoseconds, last measured
+	notAfter  atomic.Int64           // Unix nanoseconds: the session ends when its newest certificate expires
+	root      atomic.Pointer[string] // printable fingerprint of the CA root that issued the newest certificate
 
 	pingSeq    atomic.Uint64
 	pingSentAt atomic.Int64
 
 	ctlMu sync.Mutex // serialises writes to ctl
 	ctl   transport.Stream
+}
+
+func (c *agentConn) setRoot(id string) { c.root.Store(&id) }
+
+// rootID is the CA root of the session's newest certificate ("" if none
+// of the active roots issued it).
+func (c *agentConn) rootID() string {
+	if p := c.root.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 func (c *agentConn) send(m protocol.Message) error {
@@ -540,15 +573,37 @@ func (g *registry) closeAgent(tenant, id string, err error) int {
 }
 
 // renewed moves every session of agent id to a certificate valid until
-// notAfter.
-func (g *registry) renewed(id identity.Agent, notAfter time.Time) {
+// notAfter, issued by CA root root.
+func (g *registry) renewed(id identity.Agent, notAfter time.Time, root string) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	for _, c := range g.byTenant[id.Tenant] {
 		if c.id.ID == id.ID && c.notAfter.Load() < notAfter.UnixNano() {
 			c.notAfter.Store(notAfter.UnixNano())
+			c.setRoot(root)
 		}
 	}
+}
+
+// notOnRoot returns one live session of every agent whose newest
+// certificate was not issued by root.
+func (g *registry) notOnRoot(root string) []*agentConn {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	var out []*agentConn
+	seen := map[string]bool{}
+	for _, list := range g.byTenant {
+		for _, c := range list {
+			if seen[c.id.ID] || c.draining.Load() {
+				continue
+			}
+			seen[c.id.ID] = true
+			if c.rootID() != root {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
 }
 
 // hasAgent reports whether agent id of tenant has a session.

@@ -51,7 +51,7 @@ func (r *Relay) verifyBackendChain(certs []*x509.Certificate) (identity.Backend,
 		return identity.Backend{}, errors.New("backend presented no certificate")
 	}
 	opts := x509.VerifyOptions{
-		Roots:         r.st.ca.Pool(),
+		Roots:         r.st.CA().Pool(),
 		Intermediates: x509.NewCertPool(),
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		CurrentTime:   r.cfg.Now(),

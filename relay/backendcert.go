@@ -54,8 +54,9 @@ func (a *Admin) IssueBackendCertificate(ctx context.Context, name string, lifeti
 	if err != nil {
 		return nil, err
 	}
-	id := identity.Backend{TrustDomain: a.st.ca.TrustDomain(), Name: name}
-	cert, err := a.st.ca.SignBackend(&key.PublicKey, id, lifetime, a.now())
+	authority := a.st.CA()
+	id := identity.Backend{TrustDomain: authority.TrustDomain(), Name: name}
+	cert, err := authority.SignBackend(authority.Signer(), &key.PublicKey, id, lifetime, a.now())
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +70,7 @@ func (a *Admin) IssueBackendCertificate(ctx context.Context, name string, lifeti
 		NotAfter: cert.NotAfter,
 		CertPEM:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
 		KeyPEM:   pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		CAPEM:    a.st.ca.CertificatePEM(),
+		CAPEM:    authority.BundlePEM(), // every active root: the relay's own certificate comes from the oldest
 	}, nil
 }
 

@@ -189,7 +189,7 @@ func BenchmarkVerifyAgentChain(b *testing.B) {
 		b.Fatal(err)
 	}
 	want := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: "k3n5q7s9u2w4y6a8"}
-	cert, err := r.st.ca.SignAgent(csr, want, 24*time.Hour, time.Now())
+	cert, err := r.st.CA().SignAgent(r.st.CA().Signer(), csr, want, 24*time.Hour, time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
@@ -62,8 +63,13 @@ func (r *Relay) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 	if err != nil {
 		return nil, store.Token{}, err
 	}
-	if tok.CAFingerprint != r.st.ca.Fingerprint() {
+	authority := r.st.CA()
+	switch pinned := authority.Root(protocol.FormatFingerprint(tok.CAFingerprint)); {
+	case pinned == nil:
 		return nil, store.Token{}, protocol.Errorf(protocol.CodeInvalidToken, "join token was issued for another relay CA")
+	case !pinned.RetiredAt.IsZero():
+		return nil, store.Token{}, protocol.Errorf(protocol.CodeInvalidToken, "join token pins CA root %d, retired at %s: ask the operator for a new token",
+			pinned.Generation, pinned.RetiredAt.UTC().Format(time.RFC3339))
 	}
 	csr, err := ca.CheckCSR(req.CSR)
 	if err != nil {
@@ -86,8 +92,15 @@ func (r *Relay) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 	case err != nil:
 		return nil, t, protocol.Errorf(protocol.CodeInternal, "use join token: %v", err)
 	}
-	id := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: t.Tenant, ID: newAgentID()}
-	cert, err := r.st.ca.SignAgent(csr, id, r.cfg.AgentCertLifetime, now)
+	id := identity.Agent{TrustDomain: authority.TrustDomain(), Tenant: t.Tenant, ID: newAgentID()}
+	// An agent that trusts the whole bundle gets its certificate from the
+	// newest root; an older one only trusts the root it found in the
+	// relay's TLS chain (the serving root), and moves at its first renewal.
+	root := authority.Serving()
+	if slices.Contains(req.Capabilities, protocol.CapRootBundle) {
+		root = authority.Signer()
+	}
+	cert, err := authority.SignAgent(root, csr, id, r.cfg.AgentCertLifetime, now)
 	if err != nil {
 		return nil, t, protocol.Errorf(protocol.CodeInternal, "%v", err)
 	}
@@ -97,7 +110,7 @@ func (r *Relay) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 	}
 	if err := r.st.store.AddAgent(ctx, store.Agent{
 		ID: id.ID, Tenant: id.Tenant, Hostname: hostname, CreatedAt: now,
-		CertSerial: cert.SerialNumber.Text(16), CertNotAfter: cert.NotAfter,
+		CertSerial: cert.SerialNumber.Text(16), CertNotAfter: cert.NotAfter, CertRoot: root.ID(),
 	}); err != nil {
 		return nil, t, protocol.Errorf(protocol.CodeInternal, "register agent: %v", err)
 	}
@@ -108,7 +121,7 @@ func (r *Relay) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 		Tenant:         id.Tenant,
 		TrustDomain:    id.TrustDomain,
 		Certificate:    chain.String(),
-		CACertificates: string(r.st.ca.CertificatePEM()),
+		CACertificates: string(authority.BundlePEM()),
 	}, t, nil
 }
 

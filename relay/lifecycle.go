@@ -31,8 +31,9 @@ func (r *Relay) verifyAgentChain(certs []*x509.Certificate) (identity.Agent, err
 		return identity.Agent{}, errors.New("agent presented no certificate")
 	}
 	leaf := certs[0]
+	authority := r.st.CA()
 	opts := x509.VerifyOptions{
-		Roots:         r.st.ca.Pool(),
+		Roots:         authority.Pool(),
 		Intermediates: x509.NewCertPool(),
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		CurrentTime:   r.cfg.Now(),
@@ -44,9 +45,13 @@ func (r *Relay) verifyAgentChain(certs []*x509.Certificate) (identity.Agent, err
 		opts.CurrentTime = leaf.NotAfter
 	}
 	if _, err := leaf.Verify(opts); err != nil {
+		if old := authority.RetiredIssuerOf(leaf); old != nil {
+			return identity.Agent{}, fmt.Errorf("certificate issued by CA root %d (%s), retired at %s: the agent must enrol again with a new join token",
+				old.Generation, old.ID(), old.RetiredAt.UTC().Format(time.RFC3339))
+		}
 		return identity.Agent{}, err
 	}
-	return identity.AgentFromCertificate(leaf, r.TrustDomain())
+	return identity.AgentFromCertificate(leaf, authority.TrustDomain())
 }
 
 // auditHandshakeRefusal records a certificate refused during the TLS
@@ -68,7 +73,7 @@ func (r *Relay) auditHandshakeRefusal(certs []*x509.Certificate, err error) {
 // renew answers an agent's RenewRequest on its control stream: a new
 // certificate for the session's own identity, to the fresh key in the CSR.
 func (r *Relay) renew(ctx context.Context, ac *agentConn, req *protocol.RenewRequest) *protocol.RenewResponse {
-	resp, notAfter, err := r.renewCert(ctx, ac.id, req)
+	resp, notAfter, root, err := r.renewCert(ctx, ac.id, req)
 	rec := AuditRecord{Kind: AuditRenew, Outcome: OutcomeOK, Tenant: ac.id.Tenant, Agent: ac.id.ID, Actor: "agent",
 		Detail: map[string]any{"session": ac.sessionID}}
 	if err != nil {
@@ -83,38 +88,45 @@ func (r *Relay) renew(ctx context.Context, ac *agentConn, req *protocol.RenewReq
 	// holds the new key (the CSR's signature) over a session the old one
 	// authenticated. Its other sessions (it keeps two) are the same agent
 	// process and move with it, so none is cut when the old one expires.
-	r.reg.renewed(ac.id, notAfter)
+	r.reg.renewed(ac.id, notAfter, root.ID())
 	rec.Detail["not_after"] = notAfter
+	rec.Detail["ca_root"] = root.ID()
 	r.audit.add(rec)
-	ac.log.Info("certificate renewed", "not_after", notAfter.Format(time.RFC3339))
+	ac.log.Info("certificate renewed", "not_after", notAfter.Format(time.RFC3339), "ca_root", root.ID())
 	return resp
 }
 
-func (r *Relay) renewCert(ctx context.Context, id identity.Agent, req *protocol.RenewRequest) (*protocol.RenewResponse, time.Time, error) {
+// renewCert issues the new certificate from the CA's signing root (the new
+// root during a rotation) and answers with every active root, so that the
+// agent trusts the relay's server certificate before and after the old
+// root is retired.
+func (r *Relay) renewCert(ctx context.Context, id identity.Agent, req *protocol.RenewRequest) (*protocol.RenewResponse, time.Time, *ca.Root, error) {
 	rec, err := r.st.store.Agent(ctx, id.ID)
 	switch {
 	case errors.Is(err, store.ErrNotFound) || (err == nil && rec.Tenant != id.Tenant):
-		return nil, time.Time{}, protocol.Errorf(protocol.CodeUnknownAgent, "agent %s is not registered with this relay", id.ID)
+		return nil, time.Time{}, nil, protocol.Errorf(protocol.CodeUnknownAgent, "agent %s is not registered with this relay", id.ID)
 	case err != nil:
-		return nil, time.Time{}, protocol.Errorf(protocol.CodeInternal, "look up agent: %v", err)
+		return nil, time.Time{}, nil, protocol.Errorf(protocol.CodeInternal, "look up agent: %v", err)
 	case !rec.RevokedAt.IsZero():
-		return nil, time.Time{}, revokedError(rec)
+		return nil, time.Time{}, nil, revokedError(rec)
 	}
 	csr, err := ca.CheckCSR(req.CSR)
 	if err != nil {
-		return nil, time.Time{}, err
+		return nil, time.Time{}, nil, err
 	}
 	now := r.cfg.Now()
-	cert, err := r.st.ca.SignAgent(csr, id, r.cfg.AgentCertLifetime, now)
+	authority := r.st.CA()
+	root := authority.Signer()
+	cert, err := authority.SignAgent(root, csr, id, r.cfg.AgentCertLifetime, now)
 	if err != nil {
-		return nil, time.Time{}, protocol.Errorf(protocol.CodeInternal, "%v", err)
+		return nil, time.Time{}, nil, protocol.Errorf(protocol.CodeInternal, "%v", err)
 	}
-	if err := r.st.store.SetAgentCert(ctx, id.ID, cert.SerialNumber.Text(16), cert.NotAfter); err != nil {
-		return nil, time.Time{}, protocol.Errorf(protocol.CodeInternal, "record certificate: %v", err)
+	if err := r.st.store.SetAgentCert(ctx, id.ID, cert.SerialNumber.Text(16), cert.NotAfter, root.ID()); err != nil {
+		return nil, time.Time{}, nil, protocol.Errorf(protocol.CodeInternal, "record certificate: %v", err)
 	}
 	var chain bytes.Buffer
 	pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
-	return &protocol.RenewResponse{Certificate: chain.String(), CACertificates: string(r.st.ca.CertificatePEM())}, cert.NotAfter, nil
+	return &protocol.RenewResponse{Certificate: chain.String(), CACertificates: string(authority.BundlePEM())}, cert.NotAfter, root, nil
 }
 
 func revokedError(a store.Agent) error {
@@ -180,7 +192,8 @@ func ParseCIDRs(list []string) ([]netip.Prefix, error) {
 }
 
 // policy is what the relay re-reads from the store every PolicyPoll:
-// tenant limits, and revocations made by admin commands.
+// tenant limits, and revocations made by admin commands. (The CA's roots
+// are re-read at the same pace: refreshCA.)
 type policy struct {
 	limits atomic.Pointer[map[string]*tenantLimits]
 
@@ -264,13 +277,14 @@ func (p *policy) tidy(now time.Time) {
 	}
 }
 
-// watchPolicy re-reads tenant limits and revocations every PolicyPoll
-// until ctx ends. Revoked agents' live sessions are closed.
+// watchPolicy re-reads the CA's roots, tenant limits and revocations every
+// PolicyPoll until ctx ends. Revoked agents' live sessions are closed.
 func (r *Relay) watchPolicy(ctx context.Context) {
 	t := time.NewTicker(r.cfg.PolicyPoll)
 	defer t.Stop()
 	since := r.started.Add(-time.Second)
 	for n := 0; ; n++ {
+		r.refreshCA(ctx)
 		r.refreshPolicy(ctx, since)
 		if n%600 == 599 {
 			r.pol.tidy(time.Now())

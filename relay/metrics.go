@@ -145,7 +145,7 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(r.hsOK.Load()), "ok")
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(r.hsFailed.Load()), "failed")
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(r.hsThrottled.Load()), "throttled")
-	ch <- prometheus.MustNewConstMetric(descCAExpiry, prometheus.GaugeValue, float64(r.st.ca.Certificate().NotAfter.Unix()))
+	ch <- prometheus.MustNewConstMetric(descCAExpiry, prometheus.GaugeValue, float64(r.st.CA().Signer().Cert.NotAfter.Unix()))
 	ch <- prometheus.MustNewConstMetric(descAuditQueue, prometheus.GaugeValue, float64(r.audit.queued()))
 }
 

@@ -7,6 +7,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -58,6 +59,9 @@ type Relay struct {
 	certMu sync.Mutex // guards cert
 	cert   *tls.Certificate
 
+	caManifest []byte         // the CA's roots.json as last applied (watchCA)
+	bg         sync.WaitGroup // background sends (renewal requests); waited for at shutdown
+
 	tcpLn     net.Listener
 	udpConn   *net.UDPConn
 	quicTr    *quicgo.Transport
@@ -93,7 +97,8 @@ func New(cfg Config) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes), pol: newPolicy()}
+	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes), pol: newPolicy(),
+		caManifest: st.CA().Manifest()}
 	r.metrics = newMetrics(r)
 	auditPath, err := filepath.Abs(cfg.AuditLog)
 	if err == nil {
@@ -134,7 +139,7 @@ func New(cfg Config) (*Relay, error) {
 }
 
 // TrustDomain is the SPIFFE trust domain of the relay's CA.
-func (r *Relay) TrustDomain() string { return r.st.ca.TrustDomain() }
+func (r *Relay) TrustDomain() string { return r.st.CA().TrustDomain() }
 
 // AgentAddr is the address agents connect to (TCP; QUIC uses the same port
 // on UDP unless disabled).
@@ -254,15 +259,18 @@ func (r *Relay) closeListeners() {
 }
 
 // serverCert returns the relay's current server certificate, issuing a new
-// one when none exists or a third of its life remains.
+// one when none exists, a third of its life remains, or the CA's serving
+// root changed (a retirement).
 func (r *Relay) serverCert(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	r.certMu.Lock()
 	defer r.certMu.Unlock()
 	now := r.cfg.Now()
-	if r.cert != nil && now.Before(r.cert.Leaf.NotAfter.Add(-relayCertLifetime/3)) {
+	authority := r.st.CA()
+	if r.cert != nil && now.Before(r.cert.Leaf.NotAfter.Add(-relayCertLifetime/3)) &&
+		bytes.Equal(r.cert.Certificate[len(r.cert.Certificate)-1], authority.Serving().Cert.Raw) {
 		return r.cert, nil
 	}
-	c, err := r.st.ca.IssueRelay(relayCertLifetime, now)
+	c, err := authority.IssueRelay(relayCertLifetime, now)
 	if err != nil {
 		return nil, err
 	}
@@ -301,8 +309,9 @@ func (r *Relay) buildTLS() {
 		// The chain is verified in VerifyConnection (verifyAgentChain),
 		// which lets an expired but otherwise good certificate through to
 		// the hello, where it is refused with a message saying what to do.
+		// It reads the CA's roots at each handshake, so a rotation applies
+		// to the next connection.
 		ClientAuth: tls.RequireAnyClientCert,
-		ClientCAs:  r.st.ca.Pool(),
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			_, err := r.verifyAgentChain(cs.PeerCertificates)
 			if err != nil {
@@ -405,7 +414,7 @@ func (r *Relay) run(ctx context.Context) error {
 	r.log.Info("relay serving",
 		"agent_addr", r.AgentAddr().String(), "quic", r.quicLn != nil, "tcp", r.tcpLn != nil,
 		"socks_addr", addrString(r.SOCKSAddr()), "connect_addr", addrString(r.ConnectAddr()), "connect_tls_addr", addrString(r.ConnectTLSAddr()), "debug_addr", addrString(r.DebugAddr()), "metrics_addr", addrString(addrOf(r.opsLn)),
-		"trust_domain", r.TrustDomain(), "ca_fingerprint", protocol.FormatFingerprint(r.st.ca.Fingerprint()))
+		"trust_domain", r.TrustDomain(), "ca_fingerprint", protocol.FormatFingerprint(r.st.CA().Fingerprint()), "ca_signing_root", r.st.CA().Signer().ID())
 
 	r.serving.Store(true)
 	var runErr error
@@ -449,6 +458,7 @@ func (r *Relay) run(ctx context.Context) error {
 	r.front.closeAll()
 	stopSessions()
 	wg.Wait()
+	r.bg.Wait()
 	if r.quicTr != nil {
 		r.quicTr.Close()
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/ca"
@@ -26,9 +27,26 @@ const (
 // data directory's CA and store.
 type state struct {
 	dir      string
-	ca       *ca.CA
+	auth     atomic.Pointer[ca.CA] // replaced when the CA's roots change
 	store    *store.Store
 	resetKey [32]byte
+}
+
+// CA returns the tenant CA as last read.
+func (s *state) CA() *ca.CA { return s.auth.Load() }
+
+// caDir is the CA's directory.
+func (s *state) caDir() string { return filepath.Join(s.dir, caDir) }
+
+// locked runs fn holding the data directory's lock, which serialises
+// changes to the CA between processes.
+func (s *state) locked(ctx context.Context, fn func() error) error {
+	unlock, err := lockDir(ctx, filepath.Join(s.dir, lockFile))
+	if err != nil {
+		return fmt.Errorf("lock data directory %s: %w", s.dir, err)
+	}
+	defer unlock()
+	return fn()
 }
 
 // openState prepares the data directory: it creates it (0700) if needed,
@@ -63,7 +81,8 @@ func openState(ctx context.Context, dir, trustDomain string, now time.Time) (*st
 		st.Close()
 		return nil, fmt.Errorf("read QUIC reset key: %w", err)
 	}
-	s := &state{dir: dir, ca: authority, store: st}
+	s := &state{dir: dir, store: st}
+	s.auth.Store(authority)
 	if b, err := hex.DecodeString(keyHex); err != nil || len(b) != len(s.resetKey) {
 		st.Close()
 		return nil, fmt.Errorf("stored QUIC reset key is damaged")

@@ -39,6 +39,7 @@ Usage:
                        | certificate NAME --out DIR [--lifetime 2160h] | list
   tether-relay agent   list [--tenant NAME] | revoke ID [--reason TEXT]
   tether-relay audit   [--tenant T] [--agent ID] [--backend B] [--kind K] [--since T] [--until T] [--limit N]
+  tether-relay ca      status | rotate [--renew-now] | renew-now | retire [--force]
   tether-relay version
 
 Every command but demo and version takes --data-dir (default $TETHER_DATA_DIR,
@@ -77,6 +78,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return agentCmd(rest, stdout, stderr)
 	case "audit":
 		return auditCmd(rest, stdout, stderr)
+	case "ca":
+		return caCmd(rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return nil
@@ -458,6 +461,113 @@ func auditCmd(args []string, stdout, stderr io.Writer) error {
 		}
 		return fmt.Errorf("output %q: want table or json", *output)
 	})
+}
+
+func caCmd(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("ca", stderr)
+	dataDir := fs.String("data-dir", defaultDataDir(), "data directory")
+	renewNow := fs.Bool("renew-now", false, "rotate: ask connected agents to renew at once instead of at their next scheduled renewal")
+	force := fs.Bool("force", false, "retire: even if agents still hold certificates from the old root (they will have to enrol again)")
+	output := fs.String("o", "table", "output: table or json")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: tether-relay ca status | ca rotate [--renew-now] | ca renew-now | ca retire [--force]")
+	}
+	show := func(st relay.CAStatus) error {
+		if *output == "json" {
+			return printJSON(stdout, st)
+		}
+		return printCAStatus(stdout, st)
+	}
+	switch pos[0] {
+	case "status":
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+			st, err := a.CAStatus(ctx)
+			if err != nil {
+				return err
+			}
+			return show(st)
+		})
+	case "rotate":
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+			st, err := a.RotateCA(ctx, *renewNow)
+			if err != nil {
+				return err
+			}
+			newRoot := st.Roots[len(st.Roots)-1]
+			fmt.Fprintf(stderr, "CA root %d (%s) added; a running relay issues agent certificates from it within a second and trusts both roots until tether-relay ca retire\n",
+				newRoot.Generation, newRoot.Fingerprint)
+			if *renewNow {
+				fmt.Fprintln(stderr, "connected agents are asked to renew now; the others move at their next renewal")
+			} else {
+				fmt.Fprintln(stderr, "agents move to it at their next renewal (tether-relay ca renew-now asks connected agents to renew at once)")
+			}
+			return show(st)
+		})
+	case "renew-now":
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+			st, err := a.RenewNowCA(ctx)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(stderr, "a running relay asks its connected agents on the old root to renew within a second, and others as soon as they connect")
+			return show(st)
+		})
+	case "retire":
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+			res, err := a.RetireCA(ctx, *force)
+			if err != nil {
+				return err
+			}
+			if *output == "json" {
+				return printJSON(stdout, res)
+			}
+			fmt.Fprintf(stderr, "CA root %d (%s) retired; a running relay stops trusting it within a second\n", res.Retired.Generation, res.Retired.Fingerprint)
+			for _, x := range res.Stranded {
+				fmt.Fprintf(stderr, "agent %s of tenant %s (%s) still held a certificate from it: enrol it again\n", x.ID, x.Tenant, x.Hostname)
+			}
+			if n := res.Retired.Agents - len(res.Stranded); n > 0 {
+				fmt.Fprintf(stderr, "and %d more agents must enrol again\n", n)
+			}
+			for _, t := range res.Tokens {
+				fmt.Fprintf(stderr, "join token %s of tenant %s pinned it and no longer works: create a new one\n", t.ID, t.Tenant)
+			}
+			return nil
+		})
+	}
+	return errors.New("usage: tether-relay ca status | ca rotate [--renew-now] | ca renew-now | ca retire [--force]")
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func printCAStatus(w io.Writer, st relay.CAStatus) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ROOT\tSTATE\tFINGERPRINT\tADDED\tNOT AFTER\tAGENTS\tTOKENS")
+	for _, r := range st.Roots {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\n", r.Generation, strings.Join(r.Roles, ","), r.Fingerprint,
+			r.AddedAt.Format(time.RFC3339), r.NotAfter.Format(time.RFC3339), r.Agents, r.Tokens)
+	}
+	for _, r := range st.Retired {
+		fmt.Fprintf(tw, "%d\tretired %s\t%s\t%s\t%s\t%d\t%d\n", r.Generation, r.RetiredAt.Format(time.RFC3339), r.Fingerprint,
+			r.AddedAt.Format(time.RFC3339), r.NotAfter.Format(time.RFC3339), r.Agents, r.Tokens)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	switch {
+	case st.Rotating && st.RenewNow:
+		fmt.Fprintln(w, "rotation in progress: agents on the old root are asked to renew now; retire it with tether-relay ca retire once AGENTS is 0")
+	case st.Rotating:
+		fmt.Fprintln(w, "rotation in progress: agents move to the new root at their next renewal; retire the old one with tether-relay ca retire once AGENTS is 0")
+	}
+	return nil
 }
 
 // parseWhen parses an RFC 3339 time or a duration before now; "" is zero.

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"fmt"
 	"net/url"
 	"time"
@@ -12,9 +13,12 @@ import (
 	"github.com/tetherhq/tether/protocol/identity"
 )
 
-// SignBackend issues a client certificate for backend b to pub: the
-// identity a SaaS backend presents at the relay's TLS front door.
-func (c *CA) SignBackend(pub crypto.PublicKey, b identity.Backend, lifetime time.Duration, now time.Time) (*x509.Certificate, error) {
+// SignBackend issues, from root, a client certificate for backend b to
+// pub: the identity a SaaS backend presents at the relay's TLS front door.
+func (c *CA) SignBackend(root *Root, pub crypto.PublicKey, b identity.Backend, lifetime time.Duration, now time.Time) (*x509.Certificate, error) {
+	if root == nil || root.key == nil {
+		return nil, errors.New("sign backend: no active root to sign with")
+	}
 	if b.TrustDomain != c.td {
 		return nil, fmt.Errorf("sign backend: trust domain %q is not this CA's %q", b.TrustDomain, c.td)
 	}
@@ -22,8 +26,8 @@ func (c *CA) SignBackend(pub crypto.PublicKey, b identity.Backend, lifetime time
 		return nil, fmt.Errorf("sign backend: %w", err)
 	}
 	notAfter := now.Add(lifetime)
-	if notAfter.After(c.cert.NotAfter) {
-		notAfter = c.cert.NotAfter
+	if notAfter.After(root.Cert.NotAfter) {
+		notAfter = root.Cert.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: randomSerial(),
@@ -34,7 +38,7 @@ func (c *CA) SignBackend(pub crypto.PublicKey, b identity.Backend, lifetime time
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		URIs:         []*url.URL{b.URI()},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, pub, c.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.Cert, pub, root.key)
 	if err != nil {
 		return nil, fmt.Errorf("sign backend certificate: %w", err)
 	}

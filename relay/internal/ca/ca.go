@@ -1,10 +1,36 @@
 // Package ca is the relay's narrow tenant CA: it issues agent certificates
 // from CSRs (the agent's key never leaves the agent) and the relay's own
-// server certificates. The CA key is an ECDSA P-256 key kept in the relay's
+// server certificates. Its keys are ECDSA P-256 keys kept in the relay's
 // data directory with owner-only permissions.
+//
+// # Roots and rotation
+//
+// The CA has one root, or two while a rotation is in progress (the
+// overlap): the old root and the new one. Agent certificates, at enrolment
+// and at renewal, come from the newest root (the signing root). The relay's
+// own server certificate comes from the oldest (the serving root), because
+// agents that have not renewed since the rotation trust only that one, and
+// join tokens pin it. Agents are accepted with a certificate from any active
+// root. Retiring the old root ends the overlap: the new root then both signs
+// and serves, and certificates from the old one are refused.
+//
+// (Cross-signing the new root with the old one would let the server
+// certificate move at once, but roots made before rotation existed forbid
+// intermediate CAs below them — path length 0 — so it cannot be done for
+// them.)
+//
+// On disk, root generation 1 is ca.crt and ca.key, the names a CA had
+// before rotation existed, so such a directory loads unchanged; generation
+// n > 1 is ca-n.crt and ca-n.key. roots.json says which generations are
+// active and is replaced atomically, so a reader sees the roots before or
+// after a change and never half of one; without it the CA is generation 1
+// alone. Retired roots stay listed there, certificate only (their keys are
+// deleted), so that a certificate one of them issued can be refused with
+// the reason.
 package ca
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -14,6 +40,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -30,19 +57,93 @@ import (
 
 // File names inside the CA directory.
 const (
-	CertFile = "ca.crt"
-	KeyFile  = "ca.key"
+	CertFile     = "ca.crt" // root generation 1
+	KeyFile      = "ca.key" // root generation 1
+	ManifestFile = "roots.json"
 )
 
-// Lifetime of a newly created CA.
+// CertFileOf names the certificate file of root generation gen.
+func CertFileOf(gen int) string {
+	if gen == 1 {
+		return CertFile
+	}
+	return fmt.Sprintf("ca-%d.crt", gen)
+}
+
+// KeyFileOf names the key file of root generation gen.
+func KeyFileOf(gen int) string {
+	if gen == 1 {
+		return KeyFile
+	}
+	return fmt.Sprintf("ca-%d.key", gen)
+}
+
+// Lifetime of a newly created root.
 const caLifetime = 10 * 365 * 24 * time.Hour
 
-// CA holds the tenant CA's certificate and key.
+// Errors of Rotate and Retire.
+var (
+	ErrRotating    = errors.New("a CA rotation is already in progress: retire the old root first (tether-relay ca retire)")
+	ErrNotRotating = errors.New("no CA rotation is in progress: the CA has a single root (start one with tether-relay ca rotate)")
+)
+
+// Root is one root certificate of the CA.
+type Root struct {
+	Generation int
+	Cert       *x509.Certificate
+	AddedAt    time.Time
+	RetiredAt  time.Time // zero while active
+
+	key crypto.Signer // nil once retired
+	fp  [32]byte
+}
+
+// Fingerprint is the SHA-256 of the root certificate, as carried in join
+// tokens.
+func (r *Root) Fingerprint() [32]byte { return r.fp }
+
+// ID is the printable fingerprint, "sha256:<hex>"; the store records it
+// for each agent certificate.
+func (r *Root) ID() string { return protocol.FormatFingerprint(r.fp) }
+
+// PEM returns the root certificate in PEM form.
+func (r *Root) PEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Cert.Raw})
+}
+
+// issued reports whether r signed cert.
+func (r *Root) issued(cert *x509.Certificate) bool {
+	return bytes.Equal(cert.RawIssuer, r.Cert.RawSubject) && cert.CheckSignatureFrom(r.Cert) == nil
+}
+
+// CA is the tenant CA's roots as read at one moment. It is immutable: a
+// rotation or retirement produces a new CA.
 type CA struct {
-	cert *x509.Certificate
-	key  crypto.Signer
-	td   string
-	pool *x509.CertPool
+	td       string
+	active   []*Root // oldest first; one or two
+	retired  []*Root // oldest first
+	renewNow bool
+	pool     *x509.CertPool
+	manifest []byte // roots.json as read; nil when there is none
+}
+
+// manifest is the content of roots.json.
+type manifest struct {
+	// Roots are the active roots, oldest first.
+	Roots   []manifestRoot `json:"roots"`
+	Retired []manifestRoot `json:"retired,omitempty"`
+	// RenewNow asks agents with certificates from the old root to renew
+	// at once rather than at their next scheduled renewal.
+	RenewNow bool `json:"renew_now,omitempty"`
+}
+
+type manifestRoot struct {
+	Generation  int       `json:"generation"`
+	Fingerprint string    `json:"fingerprint"`
+	AddedAt     time.Time `json:"added_at"`
+	RetiredAt   time.Time `json:"retired_at,omitzero"`
+	// Certificate is the PEM of a retired root, whose files are gone.
+	Certificate string `json:"certificate,omitempty"`
 }
 
 // LoadOrCreate loads the CA from dir, creating a new one for trust domain td
@@ -60,66 +161,175 @@ func LoadOrCreate(dir, td string, now time.Time) (*CA, bool, error) {
 	if err := identity.ValidateTrustDomain(td); err != nil {
 		return nil, false, err
 	}
-	if err := create(dir, td, now); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("create CA directory: %w", err)
+	}
+	if _, err := createRoot(dir, td, 1, now); err != nil {
 		return nil, false, err
 	}
 	c, err = Load(dir)
 	return c, true, err
 }
 
-// Load reads the CA from dir. A missing CA yields an error wrapping
-// fs.ErrNotExist.
+// Load reads the CA from dir. Only a directory with no CA at all (no
+// roots.json, ca.crt or ca.key) yields an error wrapping fs.ErrNotExist;
+// a CA with a file missing is an error of its own, never a reason to make
+// a new one.
 func Load(dir string) (*CA, error) {
-	certPEM, err := os.ReadFile(filepath.Join(dir, CertFile))
+	raw, err := ReadManifest(dir)
 	if err != nil {
-		return nil, fmt.Errorf("read CA certificate: %w", err)
+		return nil, err
 	}
-	keyPEM, err := os.ReadFile(filepath.Join(dir, KeyFile))
+	var m manifest
+	if raw == nil {
+		_, cerr := os.Stat(filepath.Join(dir, CertFile))
+		_, kerr := os.Stat(filepath.Join(dir, KeyFile))
+		if errors.Is(cerr, fs.ErrNotExist) && errors.Is(kerr, fs.ErrNotExist) {
+			return nil, fmt.Errorf("no CA in %s: %w", dir, fs.ErrNotExist)
+		}
+		m.Roots = []manifestRoot{{Generation: 1}}
+	} else if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, fmt.Errorf("parse %s: %v", filepath.Join(dir, ManifestFile), err)
+	}
+	c, err := fromManifest(dir, m)
 	if err != nil {
-		return nil, fmt.Errorf("read CA key: %w", err)
+		return nil, err
 	}
-	if fi, err := os.Stat(filepath.Join(dir, KeyFile)); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("CA key %s has permissions %v: it must be readable by its owner only (chmod 600)", filepath.Join(dir, KeyFile), fi.Mode().Perm())
+	c.manifest = raw
+	return c, nil
+}
+
+// ReadManifest returns the content of dir's roots.json, or nil when there is
+// none (a CA that was never rotated). A relay compares it with
+// CA.Manifest to notice a rotation made by another process.
+func ReadManifest(dir string) ([]byte, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read CA roots: %v", err)
+	}
+	return raw, nil
+}
+
+// Manifest is the roots.json this CA was read from (nil when there was
+// none).
+func (c *CA) Manifest() []byte { return c.manifest }
+
+func fromManifest(dir string, m manifest) (*CA, error) {
+	if n := len(m.Roots); n < 1 || n > 2 {
+		return nil, fmt.Errorf("%s lists %d active roots; want 1 or 2", ManifestFile, n)
+	}
+	c := &CA{renewNow: m.RenewNow, pool: x509.NewCertPool()}
+	for i, mr := range m.Roots {
+		if mr.Generation < 1 || (i > 0 && mr.Generation <= m.Roots[i-1].Generation) {
+			return nil, fmt.Errorf("%s: root generations %d out of order", ManifestFile, mr.Generation)
+		}
+		r, err := loadRoot(dir, mr.Generation)
+		if err != nil {
+			return nil, err
+		}
+		if mr.Fingerprint != "" && mr.Fingerprint != r.ID() {
+			return nil, fmt.Errorf("CA root %d: %s is %s, but %s says %s", mr.Generation, CertFileOf(mr.Generation), r.ID(), ManifestFile, mr.Fingerprint)
+		}
+		r.AddedAt = mr.AddedAt
+		if r.AddedAt.IsZero() {
+			r.AddedAt = r.Cert.NotBefore.Add(5 * time.Minute) // roots are backdated by 5 minutes
+		}
+		c.active = append(c.active, r)
+		c.pool.AddCert(r.Cert)
+	}
+	c.td = trustDomainOf(c.active[0].Cert)
+	for _, r := range c.active[1:] {
+		if td := trustDomainOf(r.Cert); td != c.td {
+			return nil, fmt.Errorf("CA root %d is for trust domain %q, root %d for %q", r.Generation, td, c.active[0].Generation, c.td)
+		}
+	}
+	for _, mr := range m.Retired {
+		b, _ := pem.Decode([]byte(mr.Certificate))
+		if b == nil || b.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("%s: retired root %d has no PEM certificate", ManifestFile, mr.Generation)
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: retired root %d: %v", ManifestFile, mr.Generation, err)
+		}
+		c.retired = append(c.retired, &Root{Generation: mr.Generation, Cert: cert, AddedAt: mr.AddedAt, RetiredAt: mr.RetiredAt, fp: protocol.Fingerprint(cert.Raw)})
+	}
+	return c, nil
+}
+
+func trustDomainOf(c *x509.Certificate) string {
+	if len(c.URIs) != 1 {
+		return ""
+	}
+	return c.URIs[0].Host
+}
+
+// loadRoot reads root generation gen's certificate and key and checks that
+// they belong together.
+func loadRoot(dir string, gen int) (*Root, error) {
+	certPath, keyPath := filepath.Join(dir, CertFileOf(gen)), filepath.Join(dir, KeyFileOf(gen))
+	certPEM, err := os.ReadFile(certPath)
+	if err != nil {
+		return nil, fmt.Errorf("read CA certificate: %v", err)
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("read CA key: %v", err)
+	}
+	if fi, err := os.Stat(keyPath); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("CA key %s has permissions %v: it must be readable by its owner only (chmod 600)", keyPath, fi.Mode().Perm())
 	}
 	cb, _ := pem.Decode(certPEM)
 	if cb == nil || cb.Type != "CERTIFICATE" {
-		return nil, errors.New("CA certificate file holds no PEM certificate")
+		return nil, fmt.Errorf("CA certificate %s holds no PEM certificate", certPath)
 	}
 	cert, err := x509.ParseCertificate(cb.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("parse CA certificate: %w", err)
+		return nil, fmt.Errorf("parse CA certificate %s: %w", certPath, err)
 	}
 	kb, _ := pem.Decode(keyPEM)
 	if kb == nil || kb.Type != "PRIVATE KEY" {
-		return nil, errors.New("CA key file holds no PEM PKCS#8 private key")
+		return nil, fmt.Errorf("CA key %s holds no PEM PKCS#8 private key", keyPath)
 	}
 	k, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("parse CA key: %w", err)
+		return nil, fmt.Errorf("parse CA key %s: %w", keyPath, err)
 	}
 	signer, ok := k.(crypto.Signer)
 	if !ok {
-		return nil, errors.New("CA key cannot sign")
+		return nil, fmt.Errorf("CA key %s cannot sign", keyPath)
+	}
+	if pub, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(cert.PublicKey) {
+		return nil, fmt.Errorf("CA key %s does not belong to certificate %s", keyPath, certPath)
+	}
+	if !cert.IsCA {
+		return nil, fmt.Errorf("CA certificate %s is not a CA", certPath)
 	}
 	if len(cert.URIs) != 1 || cert.URIs[0].Scheme != "spiffe" {
 		return nil, errors.New("CA certificate does not name its trust domain (spiffe URI SAN)")
 	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &CA{cert: cert, key: signer, td: cert.URIs[0].Host, pool: pool}, nil
+	return &Root{Generation: gen, Cert: cert, key: signer, fp: protocol.Fingerprint(cert.Raw)}, nil
 }
 
-func create(dir, td string, now time.Time) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create CA directory: %w", err)
-	}
+// createRoot makes root generation gen in dir: key first, then certificate,
+// each written atomically. It does not touch roots.json.
+func createRoot(dir, td string, gen int, now time.Time) (*Root, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	cn := "Tether tenant CA " + td
+	if gen > 1 {
+		// A name of its own, so that an operator (and path building) can
+		// tell the roots of an overlap apart.
+		cn = fmt.Sprintf("%s #%d", cn, gen)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          randomSerial(),
-		Subject:               pkix.Name{CommonName: "Tether tenant CA " + td, Organization: []string{"Tether"}},
+		Subject:               pkix.Name{CommonName: cn, Organization: []string{"Tether"}},
 		NotBefore:             now.Add(-5 * time.Minute),
 		NotAfter:              now.Add(caLifetime),
 		IsCA:                  true,
@@ -130,35 +340,222 @@ func create(dir, td string, now time.Time) error {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		return fmt.Errorf("create CA certificate: %w", err)
+		return nil, fmt.Errorf("create CA certificate: %w", err)
 	}
 	kder, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Key first: a certificate without its key would look like a CA.
-	if err := WriteFileAtomic(filepath.Join(dir, KeyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+	if err := WriteFileAtomic(filepath.Join(dir, KeyFileOf(gen)), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		return nil, err
+	}
+	if err := WriteFileAtomic(filepath.Join(dir, CertFileOf(gen)), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &Root{Generation: gen, Cert: cert, AddedAt: now, key: key, fp: protocol.Fingerprint(der)}, nil
+}
+
+// Rotate adds a new root to the CA in dir and returns the CA with both
+// roots. renewNow asks agents to move to the new root at once. The caller
+// holds the data directory's lock. It fails with ErrRotating while an
+// earlier rotation's old root is still active.
+func Rotate(dir string, now time.Time, renewNow bool) (*CA, error) {
+	c, err := Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	if len(c.active) > 1 {
+		return nil, ErrRotating
+	}
+	gen := 1
+	for _, r := range append(c.Roots(), c.retired...) {
+		gen = max(gen, r.Generation+1)
+	}
+	// Files of gen left by a rotation that crashed before roots.json was
+	// written are not referenced by anything and are simply replaced.
+	root, err := createRoot(dir, c.td, gen, now.Truncate(time.Second))
+	if err != nil {
+		return nil, err
+	}
+	m := c.toManifest()
+	m.Roots = append(m.Roots, manifestRoot{Generation: root.Generation, Fingerprint: root.ID(), AddedAt: root.AddedAt.UTC()})
+	m.RenewNow = renewNow
+	if err := writeManifest(dir, m); err != nil {
+		return nil, err
+	}
+	return Load(dir)
+}
+
+// Retire ends a rotation: the old root stops being trusted and its key is
+// deleted; the new root signs and serves alone. It returns the new CA and
+// the retired root. The caller holds the data directory's lock.
+func Retire(dir string, now time.Time) (*CA, *Root, error) {
+	c, err := Load(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(c.active) < 2 {
+		return nil, nil, ErrNotRotating
+	}
+	old := c.active[0]
+	m := c.toManifest()
+	retired := m.Roots[0]
+	retired.RetiredAt = now.UTC().Truncate(time.Second)
+	retired.Certificate = string(old.PEM())
+	m.Roots = m.Roots[1:]
+	m.Retired = append(m.Retired, retired)
+	m.RenewNow = false
+	if err := writeManifest(dir, m); err != nil {
+		return nil, nil, err
+	}
+	// roots.json no longer names the old root: its files can go. A crash
+	// before this leaves them unused; the next retirement removes them.
+	if err := removeRetiredFiles(dir, m); err != nil {
+		return nil, nil, err
+	}
+	nc, err := Load(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return nc, nc.retired[len(nc.retired)-1], nil
+}
+
+// SetRenewNow asks agents with certificates from the old root to renew at
+// once (or stops asking). The caller holds the data directory's lock.
+func SetRenewNow(dir string, renewNow bool) (*CA, error) {
+	c, err := Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	if len(c.active) < 2 {
+		return nil, ErrNotRotating
+	}
+	m := c.toManifest()
+	m.RenewNow = renewNow
+	if err := writeManifest(dir, m); err != nil {
+		return nil, err
+	}
+	return Load(dir)
+}
+
+func (c *CA) toManifest() manifest {
+	m := manifest{RenewNow: c.renewNow}
+	for _, r := range c.active {
+		m.Roots = append(m.Roots, manifestRoot{Generation: r.Generation, Fingerprint: r.ID(), AddedAt: r.AddedAt.UTC()})
+	}
+	for _, r := range c.retired {
+		m.Retired = append(m.Retired, manifestRoot{Generation: r.Generation, Fingerprint: r.ID(), AddedAt: r.AddedAt.UTC(),
+			RetiredAt: r.RetiredAt.UTC(), Certificate: string(r.PEM())})
+	}
+	return m
+}
+
+func writeManifest(dir string, m manifest) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(dir, CertFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	if err := WriteFileAtomic(filepath.Join(dir, ManifestFile), append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", ManifestFile, err)
+	}
+	syncDir(dir)
+	return nil
 }
 
-// Certificate returns the CA certificate.
-func (c *CA) Certificate() *x509.Certificate { return c.cert }
-
-// CertificatePEM returns the CA certificate in PEM form.
-func (c *CA) CertificatePEM() []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.cert.Raw})
+func removeRetiredFiles(dir string, m manifest) error {
+	for _, r := range m.Retired {
+		for _, name := range []string{KeyFileOf(r.Generation), CertFileOf(r.Generation)} {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("remove retired CA root: %w", err)
+			}
+		}
+	}
+	syncDir(dir)
+	return nil
 }
 
-// Fingerprint is the SHA-256 of the CA certificate, as carried in join tokens.
-func (c *CA) Fingerprint() [32]byte { return protocol.Fingerprint(c.cert.Raw) }
+// syncDir makes renames and removals in dir durable.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}
+
+// Roots returns the active roots, oldest first.
+func (c *CA) Roots() []*Root { return append([]*Root(nil), c.active...) }
+
+// Retired returns the retired roots, oldest first; they have no keys.
+func (c *CA) Retired() []*Root { return append([]*Root(nil), c.retired...) }
+
+// Signer is the newest root: it issues agent certificates.
+func (c *CA) Signer() *Root { return c.active[len(c.active)-1] }
+
+// Serving is the oldest active root: it issues the relay's server
+// certificate, and join tokens pin it, because every agent trusts it.
+func (c *CA) Serving() *Root { return c.active[0] }
+
+// Rotating reports whether an overlap is in progress (two active roots).
+func (c *CA) Rotating() bool { return len(c.active) > 1 }
+
+// RenewNow reports whether agents still on the old root of an overlap are
+// to renew at once.
+func (c *CA) RenewNow() bool { return c.renewNow && c.Rotating() }
+
+// Fingerprint is the serving root's fingerprint: the one join tokens pin.
+func (c *CA) Fingerprint() [32]byte { return c.Serving().fp }
+
+// BundlePEM returns every active root in PEM form, oldest first: what
+// agents must trust to reach the relay during and after an overlap.
+func (c *CA) BundlePEM() []byte {
+	var b []byte
+	for _, r := range c.active {
+		b = append(b, r.PEM()...)
+	}
+	return b
+}
 
 // TrustDomain is the SPIFFE trust domain the CA issues identities in.
 func (c *CA) TrustDomain() string { return c.td }
 
-// Pool returns a pool holding the CA certificate (for verifying agents).
+// Pool returns a pool holding every active root (for verifying agents).
 func (c *CA) Pool() *x509.CertPool { return c.pool }
+
+// IssuerOf returns the active root that issued cert, or nil.
+func (c *CA) IssuerOf(cert *x509.Certificate) *Root {
+	for _, r := range c.active {
+		if r.issued(cert) {
+			return r
+		}
+	}
+	return nil
+}
+
+// RetiredIssuerOf returns the retired root that issued cert, or nil.
+func (c *CA) RetiredIssuerOf(cert *x509.Certificate) *Root {
+	for _, r := range c.retired {
+		if r.issued(cert) {
+			return r
+		}
+	}
+	return nil
+}
+
+// Root returns the root (active or retired) with printable fingerprint id,
+// or nil.
+func (c *CA) Root(id string) *Root {
+	for _, r := range append(c.Roots(), c.retired...) {
+		if r.ID() == id {
+			return r
+		}
+	}
+	return nil
+}
 
 // CheckCSR parses a DER CSR, verifies its self-signature, and accepts only
 // key types and sizes fit for an agent identity.
@@ -186,10 +583,14 @@ func CheckCSR(der []byte) (*x509.CertificateRequest, error) {
 	return csr, nil
 }
 
-// SignAgent issues a client certificate for agent id to the key in csr
-// (already checked with CheckCSR). The identity comes from the caller —
-// nothing in the CSR's subject or extensions is copied.
-func (c *CA) SignAgent(csr *x509.CertificateRequest, id identity.Agent, lifetime time.Duration, now time.Time) (*x509.Certificate, error) {
+// SignAgent issues, from root (one of c's active roots, normally Signer),
+// a client certificate for agent id to the key in csr (already checked with
+// CheckCSR). The identity comes from the caller — nothing in the CSR's
+// subject or extensions is copied.
+func (c *CA) SignAgent(root *Root, csr *x509.CertificateRequest, id identity.Agent, lifetime time.Duration, now time.Time) (*x509.Certificate, error) {
+	if root == nil || root.key == nil {
+		return nil, errors.New("sign agent: no active root to sign with")
+	}
 	if id.TrustDomain != c.td {
 		return nil, fmt.Errorf("sign agent: trust domain %q is not this CA's %q", id.TrustDomain, c.td)
 	}
@@ -197,8 +598,8 @@ func (c *CA) SignAgent(csr *x509.CertificateRequest, id identity.Agent, lifetime
 		return nil, fmt.Errorf("sign agent: %w", err)
 	}
 	notAfter := now.Add(lifetime)
-	if notAfter.After(c.cert.NotAfter) {
-		notAfter = c.cert.NotAfter
+	if notAfter.After(root.Cert.NotAfter) {
+		notAfter = root.Cert.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: randomSerial(),
@@ -209,7 +610,7 @@ func (c *CA) SignAgent(csr *x509.CertificateRequest, id identity.Agent, lifetime
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		URIs:         []*url.URL{id.URI()},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, csr.PublicKey, c.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.Cert, csr.PublicKey, root.key)
 	if err != nil {
 		return nil, fmt.Errorf("sign agent certificate: %w", err)
 	}
@@ -217,16 +618,17 @@ func (c *CA) SignAgent(csr *x509.CertificateRequest, id identity.Agent, lifetime
 }
 
 // IssueRelay issues a fresh key and server certificate for the relay,
-// carrying spiffe://<td>/relay. The returned chain includes the CA
-// certificate so that enrolling agents can find the CA they pinned.
+// carrying spiffe://<td>/relay, from the serving root. The returned chain
+// includes that root so that enrolling agents can find the CA they pinned.
 func (c *CA) IssueRelay(lifetime time.Duration, now time.Time) (*tls.Certificate, error) {
+	root := c.Serving()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
 	notAfter := now.Add(lifetime)
-	if notAfter.After(c.cert.NotAfter) {
-		notAfter = c.cert.NotAfter
+	if notAfter.After(root.Cert.NotAfter) {
+		notAfter = root.Cert.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: randomSerial(),
@@ -237,7 +639,7 @@ func (c *CA) IssueRelay(lifetime time.Duration, now time.Time) (*tls.Certificate
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		URIs:         []*url.URL{identity.RelayURI(c.td)},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, &key.PublicKey, c.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.Cert, &key.PublicKey, root.key)
 	if err != nil {
 		return nil, fmt.Errorf("issue relay certificate: %w", err)
 	}
@@ -245,7 +647,7 @@ func (c *CA) IssueRelay(lifetime time.Duration, now time.Time) (*tls.Certificate
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Certificate{Certificate: [][]byte{der, c.cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
+	return &tls.Certificate{Certificate: [][]byte{der, root.Cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
 }
 
 func randomSerial() *big.Int {

@@ -66,6 +66,57 @@ func (s *Store) CountAgents(ctx context.Context, tenant string) (int, error) {
 	return n, err
 }
 
+// AgentsByCertRoot counts, by the CA root that issued their newest
+// certificate, the agents that depend on that root at now: not revoked,
+// certificate not expired. The key "" holds certificates issued before CA
+// rotation existed.
+func (s *Store) AgentsByCertRoot(ctx context.Context, now time.Time) (map[string]int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT cert_root, count(*) FROM agents WHERE revoked_at = 0 AND cert_not_after > $1 GROUP BY cert_root`, unix(now))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var root string
+		var n int
+		if err := rows.Scan(&root, &n); err != nil {
+			return nil, err
+		}
+		out[root] = n
+	}
+	return out, rows.Err()
+}
+
+// AgentsOnCertRoots returns up to limit agents, sorted by tenant and id,
+// that depend at now on one of roots (as AgentsByCertRoot counts them).
+func (s *Store) AgentsOnCertRoots(ctx context.Context, roots []string, now time.Time, limit int) ([]Agent, error) {
+	if len(roots) == 0 {
+		return nil, nil
+	}
+	args := []any{unix(now), limit}
+	marks := make([]string, len(roots))
+	for i, r := range roots {
+		args = append(args, r)
+		marks[i] = fmt.Sprintf("$%d", len(args))
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT `+agentCols+` FROM agents WHERE revoked_at = 0 AND cert_not_after > $1
+		AND cert_root IN (`+strings.Join(marks, ", ")+`) ORDER BY tenant, id LIMIT $2`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Agent
+	for rows.Next() {
+		a, err := scanAgent(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
 // AuditRecord is one entry of the audit trail. Detail holds the fields
 // particular to Kind (bytes, duration, reason, …).
 type AuditRecord struct {

@@ -1,7 +1,10 @@
 package store
 
 import (
+	"database/sql"
 	"errors"
+	"fmt"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -118,5 +121,111 @@ func TestLimits(t *testing.T) {
 	got := all["acme"]
 	if len(all) != 1 || got.MaxStreams != 4 || got.MaxAgents != 0 || got.OpenRate != 0 || len(got.CIDRs) != 0 || !got.UpdatedAt.Equal(l2.UpdatedAt) {
 		t.Fatalf("limits after replacement: %+v", all)
+	}
+}
+
+func TestAgentsByCertRoot(t *testing.T) {
+	s, _ := open(t)
+	s.AddTenant(ctx, "acme", t0)
+	for _, a := range []Agent{
+		{ID: "old1", Tenant: "acme", CreatedAt: t0, CertNotAfter: t0.Add(time.Hour)},                           // before rotation existed
+		{ID: "old2", Tenant: "acme", CreatedAt: t0, CertNotAfter: t0.Add(time.Hour), CertRoot: "sha256:01"},    // first root, recorded
+		{ID: "new1", Tenant: "acme", CreatedAt: t0, CertNotAfter: t0.Add(time.Hour), CertRoot: "sha256:02"},    // new root
+		{ID: "gone", Tenant: "acme", CreatedAt: t0, CertNotAfter: t0.Add(-time.Minute), CertRoot: "sha256:01"}, // expired
+		{ID: "revd", Tenant: "acme", CreatedAt: t0, CertNotAfter: t0.Add(time.Hour), CertRoot: "sha256:01"},    // revoked below
+		{ID: "new2", Tenant: "acme", Hostname: "h", CreatedAt: t0, CertNotAfter: t0.Add(time.Hour), CertRoot: "sha256:02"},
+	} {
+		if err := s.AddAgent(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.RevokeAgent(ctx, "revd", "", t0); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.AgentsByCertRoot(ctx, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[""] != 1 || got["sha256:01"] != 1 || got["sha256:02"] != 2 {
+		t.Fatalf("AgentsByCertRoot = %v", got)
+	}
+	on, err := s.AgentsOnCertRoots(ctx, []string{"sha256:01", ""}, t0, 10)
+	if err != nil || agentIDs(on) != "old1,old2" {
+		t.Fatalf("AgentsOnCertRoots(first root) = %s, %v", agentIDs(on), err)
+	}
+	if on, _ := s.AgentsOnCertRoots(ctx, []string{"sha256:02"}, t0, 1); agentIDs(on) != "new1" {
+		t.Fatalf("AgentsOnCertRoots with limit 1 = %s", agentIDs(on))
+	}
+	// A renewal moves an agent to the root that issued it.
+	if err := s.SetAgentCert(ctx, "old1", "09", t0.Add(2*time.Hour), "sha256:02"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.AgentsByCertRoot(ctx, t0); got[""] != 0 || got["sha256:02"] != 3 {
+		t.Fatalf("after a renewal: %v", got)
+	}
+	if a, _ := s.Agent(ctx, "old1"); a.CertRoot != "sha256:02" {
+		t.Fatalf("Agent.CertRoot = %q", a.CertRoot)
+	}
+
+	// Tokens record the root they pin; LiveTokens skips expired and used-up ones.
+	for _, tk := range []Token{
+		{ID: "live", Tenant: "acme", SecretHash: hash("s"), CreatedAt: t0, ExpiresAt: t0.Add(time.Hour), MaxUses: 2, CARoot: "sha256:01"},
+		{ID: "expired", Tenant: "acme", SecretHash: hash("s"), CreatedAt: t0, ExpiresAt: t0, MaxUses: 1, CARoot: "sha256:01"},
+		{ID: "usedup", Tenant: "acme", SecretHash: hash("s"), CreatedAt: t0, ExpiresAt: t0.Add(time.Hour), MaxUses: 1},
+	} {
+		if err := s.AddToken(ctx, tk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.ConsumeToken(ctx, "usedup", matches("s"), t0, nil); err != nil {
+		t.Fatal(err)
+	}
+	live, err := s.LiveTokens(ctx, t0)
+	if err != nil || len(live) != 1 || live[0].ID != "live" || live[0].CARoot != "sha256:01" || live[0].SecretHash != nil {
+		t.Fatalf("LiveTokens = %+v, %v", live, err)
+	}
+}
+
+// TestMigrationKeepsRowsOfVersion2 opens a database written at schema
+// version 2 (before CA rotation): its agents and tokens get "" for their
+// root, which means the CA's first root.
+func TestMigrationKeepsRowsOfVersion2(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tether.db")
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stmts := []string{`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`}
+	for _, m := range migrations[:2] {
+		stmts = append(stmts, m.sql, fmt.Sprintf(`INSERT INTO schema_migrations VALUES (%d, 0)`, m.version))
+	}
+	stmts = append(stmts,
+		`INSERT INTO tenants VALUES ('acme', 0)`,
+		`INSERT INTO agents (id, tenant, created_at, cert_serial, cert_not_after) VALUES ('a1', 'acme', 0, '01', 1900000000)`,
+		`INSERT INTO join_tokens (id, tenant, secret_hash, created_at, expires_at, max_uses) VALUES ('t1', 'acme', '00', 0, 1900000000, 1)`)
+	for _, q := range stmts {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v, _ := s.SchemaVersion(ctx); v != len(migrations) {
+		t.Fatalf("schema version %d, want %d", v, len(migrations))
+	}
+	a, err := s.Agent(ctx, "a1")
+	if err != nil || a.CertRoot != "" || a.CertSerial != "01" {
+		t.Fatalf("agent after migration: %+v, %v", a, err)
+	}
+	if got, _ := s.AgentsByCertRoot(ctx, t0); got[""] != 1 {
+		t.Fatalf("AgentsByCertRoot after migration = %v", got)
+	}
+	toks, err := s.LiveTokens(ctx, t0)
+	if err != nil || len(toks) != 1 || toks[0].CARoot != "" {
+		t.Fatalf("tokens after migration: %+v, %v", toks, err)
 	}
 }

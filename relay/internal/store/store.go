@@ -165,6 +165,13 @@ CREATE TABLE backend_grants (
 INSERT INTO backend_grants (backend, tenant, service) SELECT backend, tenant, '*' FROM backend_tenants;
 DROP TABLE backend_tenants;
 `},
+	// The CA root (printable fingerprint) that issued each agent's newest
+	// certificate, and the root each join token pins. '' on rows written
+	// before CA rotation existed: those are the CA's first root.
+	{4, `
+ALTER TABLE agents ADD COLUMN cert_root TEXT NOT NULL DEFAULT '';
+ALTER TABLE join_tokens ADD COLUMN ca_root TEXT NOT NULL DEFAULT '';
+`},
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -287,6 +294,9 @@ type Token struct {
 	ExpiresAt  time.Time
 	MaxUses    int
 	Uses       int
+	// CARoot is the printable fingerprint of the CA root the token pins;
+	// "" for tokens made before CA rotation existed.
+	CARoot string
 }
 
 // AddToken stores a join token; its tenant must exist.
@@ -294,8 +304,8 @@ func (s *Store) AddToken(ctx context.Context, t Token) error {
 	if _, err := s.Tenant(ctx, t.Tenant); err != nil {
 		return err
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO join_tokens (id, tenant, secret_hash, created_at, expires_at, max_uses, uses) VALUES ($1, $2, $3, $4, $5, $6, 0)`,
-		t.ID, t.Tenant, hex.EncodeToString(t.SecretHash), unix(t.CreatedAt), unix(t.ExpiresAt), t.MaxUses)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO join_tokens (id, tenant, secret_hash, created_at, expires_at, max_uses, uses, ca_root) VALUES ($1, $2, $3, $4, $5, $6, 0, $7)`,
+		t.ID, t.Tenant, hex.EncodeToString(t.SecretHash), unix(t.CreatedAt), unix(t.ExpiresAt), t.MaxUses, t.CARoot)
 	if isUnique(err) {
 		return fmt.Errorf("join token %s: %w", t.ID, ErrExists)
 	}
@@ -305,8 +315,19 @@ func (s *Store) AddToken(ctx context.Context, t Token) error {
 // ListTokens returns join tokens of tenant ("" for all), newest first,
 // without their secret hashes.
 func (s *Store) ListTokens(ctx context.Context, tenant string) ([]Token, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, tenant, created_at, expires_at, max_uses, uses FROM join_tokens
+	return s.queryTokens(ctx, `SELECT id, tenant, created_at, expires_at, max_uses, uses, ca_root FROM join_tokens
 		WHERE $1 = '' OR tenant = $1 ORDER BY created_at DESC, id`, tenant)
+}
+
+// LiveTokens returns the join tokens that can still enrol an agent at now
+// (not expired, uses left), newest first, without their secret hashes.
+func (s *Store) LiveTokens(ctx context.Context, now time.Time) ([]Token, error) {
+	return s.queryTokens(ctx, `SELECT id, tenant, created_at, expires_at, max_uses, uses, ca_root FROM join_tokens
+		WHERE expires_at > $1 AND uses < max_uses ORDER BY created_at DESC, id`, unix(now))
+}
+
+func (s *Store) queryTokens(ctx context.Context, q string, args ...any) ([]Token, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -315,7 +336,7 @@ func (s *Store) ListTokens(ctx context.Context, tenant string) ([]Token, error) 
 	for rows.Next() {
 		var t Token
 		var created, expires int64
-		if err := rows.Scan(&t.ID, &t.Tenant, &created, &expires, &t.MaxUses, &t.Uses); err != nil {
+		if err := rows.Scan(&t.ID, &t.Tenant, &created, &expires, &t.MaxUses, &t.Uses, &t.CARoot); err != nil {
 			return nil, err
 		}
 		t.CreatedAt, t.ExpiresAt = fromUnix(created), fromUnix(expires)
@@ -382,6 +403,10 @@ type Agent struct {
 	CreatedAt    time.Time
 	CertSerial   string
 	CertNotAfter time.Time
+	// CertRoot is the printable fingerprint of the CA root that issued the
+	// newest certificate; "" for certificates issued before CA rotation
+	// existed.
+	CertRoot string
 	// RevokedAt is zero unless the agent was revoked.
 	RevokedAt     time.Time
 	RevokedReason string
@@ -392,20 +417,20 @@ func (s *Store) AddAgent(ctx context.Context, a Agent) error {
 	if _, err := s.Tenant(ctx, a.Tenant); err != nil {
 		return err
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO agents (id, tenant, hostname, created_at, cert_serial, cert_not_after) VALUES ($1, $2, $3, $4, $5, $6)`,
-		a.ID, a.Tenant, a.Hostname, unix(a.CreatedAt), a.CertSerial, unix(a.CertNotAfter))
+	_, err := s.db.ExecContext(ctx, `INSERT INTO agents (id, tenant, hostname, created_at, cert_serial, cert_not_after, cert_root) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+		a.ID, a.Tenant, a.Hostname, unix(a.CreatedAt), a.CertSerial, unix(a.CertNotAfter), a.CertRoot)
 	if isUnique(err) {
 		return fmt.Errorf("agent %s: %w", a.ID, ErrExists)
 	}
 	return err
 }
 
-const agentCols = `id, tenant, hostname, created_at, cert_serial, cert_not_after, revoked_at, revoked_reason`
+const agentCols = `id, tenant, hostname, created_at, cert_serial, cert_not_after, cert_root, revoked_at, revoked_reason`
 
 func scanAgent(sc interface{ Scan(...any) error }) (Agent, error) {
 	var a Agent
 	var created, notAfter, revoked int64
-	if err := sc.Scan(&a.ID, &a.Tenant, &a.Hostname, &created, &a.CertSerial, &notAfter, &revoked, &a.RevokedReason); err != nil {
+	if err := sc.Scan(&a.ID, &a.Tenant, &a.Hostname, &created, &a.CertSerial, &notAfter, &a.CertRoot, &revoked, &a.RevokedReason); err != nil {
 		return Agent{}, err
 	}
 	a.CreatedAt, a.CertNotAfter = fromUnix(created), fromUnix(notAfter)
@@ -443,9 +468,10 @@ func (s *Store) ListAgents(ctx context.Context, tenant string) ([]Agent, error) 
 	return out, rows.Err()
 }
 
-// SetAgentCert records the serial and expiry of an agent's newest certificate.
-func (s *Store) SetAgentCert(ctx context.Context, id, serial string, notAfter time.Time) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE agents SET cert_serial = $2, cert_not_after = $3 WHERE id = $1`, id, serial, unix(notAfter))
+// SetAgentCert records the serial, expiry and issuing CA root of an
+// agent's newest certificate.
+func (s *Store) SetAgentCert(ctx context.Context, id, serial string, notAfter time.Time, root string) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE agents SET cert_serial = $2, cert_not_after = $3, cert_root = $4 WHERE id = $1`, id, serial, unix(notAfter), root)
 	if err != nil {
 		return err
 	}

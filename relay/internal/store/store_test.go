@@ -231,13 +231,13 @@ func TestAgents(t *testing.T) {
 	if _, err := s.Agent(ctx, "nosuch"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("missing agent: got %v", err)
 	}
-	if err := s.SetAgentCert(ctx, "b", "02", t0.Add(2*time.Hour)); err != nil {
+	if err := s.SetAgentCert(ctx, "b", "02", t0.Add(2*time.Hour), "sha256:02"); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := s.Agent(ctx, "b"); got.CertSerial != "02" {
 		t.Fatalf("SetAgentCert: serial %q, want 02", got.CertSerial)
 	}
-	if err := s.SetAgentCert(ctx, "nosuch", "1", t0); !errors.Is(err, ErrNotFound) {
+	if err := s.SetAgentCert(ctx, "nosuch", "1", t0, ""); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("SetAgentCert of a missing agent: got %v", err)
 	}
 	all, _ := s.ListAgents(ctx, "")
@@ -334,7 +334,7 @@ func TestMigrationToServiceGrants(t *testing.T) {
 	for _, q := range []string{
 		`DROP TABLE backend_grants`,
 		`CREATE TABLE backend_tenants (backend TEXT NOT NULL REFERENCES backends(name) ON DELETE CASCADE, tenant TEXT NOT NULL, PRIMARY KEY (backend, tenant))`,
-		`DELETE FROM schema_migrations WHERE version >= 3`,
+		`DELETE FROM schema_migrations WHERE version = 3`,
 		`INSERT INTO tenants (name, created_at) VALUES ('acme', 0)`,
 		`INSERT INTO backends (name, key_hash, created_at) VALUES ('billing', '00', 0)`,
 		`INSERT INTO backend_tenants (backend, tenant) VALUES ('billing', 'acme'), ('billing', '*')`,
