@@ -193,7 +193,7 @@ type traffic struct {
 	wg     sync.WaitGroup
 	opened atomic.Int64 // new streams that echoed
 	echoes atomic.Int64 // echoes on the held stream
-	mu     sync.Mutex // guards errs
+	mu     sync.Mutex   // guards errs
 	errs   []string
 }
 
