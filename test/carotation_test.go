@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,8 +127,12 @@ func testCARotation(t *testing.T, transport string, renewNow bool) {
 		t.Errorf("ca retire --force does not name the stranded agent %s:\n%s", offlineID, stderr)
 	}
 	waitCount(t, r.proc, `"msg":"CA roots changed"`, 2, 10*time.Second)
-	time.Sleep(2 * time.Second) // traffic after the retirement, on the sessions already up
-	echoOnce(t, held, "after retirement")
+	// Traffic after the retirement, on the sessions already up.
+	echoes := tr.echoes.Load()
+	time.Sleep(2 * time.Second)
+	if tr.echoes.Load() <= echoes {
+		t.Errorf("the held stream did not echo after the retirement")
+	}
 	tr.stop(t)
 	if strings.Contains(a.out.String(), "connection to relay lost") {
 		t.Fatalf("a session was lost during the rotation:\n%s", a.out.String())
@@ -182,16 +187,17 @@ func testCARotation(t *testing.T, transport string, renewNow bool) {
 }
 
 // traffic keeps a held stream echoing and opens new streams until stopped,
-// counting what fails.
+// counting what fails. It owns the held stream until stopped.
 type traffic struct {
 	stopc  chan struct{}
 	wg     sync.WaitGroup
-	opened atomic.Int64
+	opened atomic.Int64 // new streams that echoed
+	echoes atomic.Int64 // echoes on the held stream
 	mu     sync.Mutex // guards errs
 	errs   []string
 }
 
-func startTraffic(t *testing.T, d *client.Dialer, held io.ReadWriter) *traffic {
+func startTraffic(t *testing.T, d *client.Dialer, held net.Conn) *traffic {
 	tr := &traffic{stopc: make(chan struct{})}
 	fail := func(format string, args ...any) {
 		tr.mu.Lock()
@@ -207,6 +213,7 @@ func startTraffic(t *testing.T, d *client.Dialer, held io.ReadWriter) *traffic {
 			case <-time.After(200 * time.Millisecond):
 			}
 			line := fmt.Sprintf("held %d", i)
+			held.SetDeadline(time.Now().Add(10 * time.Second))
 			if _, err := io.WriteString(held, line+"\n"); err != nil {
 				fail("held stream: write: %v", err)
 				return
@@ -216,6 +223,7 @@ func startTraffic(t *testing.T, d *client.Dialer, held io.ReadWriter) *traffic {
 				fail("held stream: got %q, %v", got, err)
 				return
 			}
+			tr.echoes.Add(1)
 		}
 	})
 	tr.wg.Go(func() { // new streams
