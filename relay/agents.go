@@ -380,6 +380,7 @@ func (c *agentConn) run(ctx context.Context, br *bufio.Reader, hb time.Duration,
 	}
 	stopCtx := context.AfterFunc(ctx, func() { end(errors.New("relay shutting down")) })
 	var timer *time.Timer
+	mu.Lock() // the callback reads timer under mu: assign it under mu too
 	timer = time.AfterFunc(hb, func() {
 		mu.Lock()
 		if stopped {
@@ -410,6 +411,7 @@ func (c *agentConn) run(ctx context.Context, br *bufio.Reader, hb time.Duration,
 		}
 		mu.Unlock()
 	})
+	mu.Unlock()
 
 	err := c.readLoop(br, renew)
 	if err == nil {

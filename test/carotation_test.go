@@ -120,11 +120,18 @@ func testCARotation(t *testing.T, transport string, renewNow bool) {
 		t.Fatalf("agent enrolled during the overlap trusts %d roots, want 2", len(roots))
 	}
 
+	// A token made during the overlap pins the old root, which the relay
+	// still serves from.
+	overlapToken := r.token(t, "acme")
+
 	// The offline agent still holds a certificate from the old root: only
 	// --force retires it, and says who must enrol again.
 	stderr := mustRunStderr(t, bins.relay, "ca", "retire", "--force", "--data-dir", r.dataDir)
 	if renewNow && !strings.Contains(stderr, offlineID) {
 		t.Errorf("ca retire --force does not name the stranded agent %s:\n%s", offlineID, stderr)
+	}
+	if !strings.Contains(stderr, "no longer works") {
+		t.Errorf("ca retire does not list the join token that pinned the old root:\n%s", stderr)
 	}
 	waitCount(t, r.proc, `"msg":"CA roots changed"`, 2, 10*time.Second)
 	// Traffic after the retirement, on the sessions already up.
@@ -164,6 +171,14 @@ func testCARotation(t *testing.T, transport string, renewNow bool) {
 	}
 	if strings.Contains(a.out.String(), "does not come from a CA root this agent trusts") {
 		t.Fatalf("the agent does not trust the relay's new certificate:\n%s", a.out.String())
+	}
+
+	// The token made during the overlap no longer enrols, and says why.
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte(overlapToken), 0o600)
+	_, stderr, err := runCmd(t, bins.agent, "enroll", "--relay", r.agentAddr, "--token-file", tokenFile, "--state-dir", t.TempDir())
+	if err == nil || !strings.Contains(stderr, "retired since") {
+		t.Errorf("enrolment with a token pinning the retired root: err %v, stderr:\n%s", err, stderr)
 	}
 
 	// The agent that slept through the overlap is told what to do.

@@ -91,7 +91,7 @@ func PinnedCA(cs tls.ConnectionState, fp [32]byte, now time.Time) (*x509.Certifi
 		}
 	}
 	if ca == nil {
-		return nil, fmt.Errorf("relay's CA does not match the join token's fingerprint %s: this is not the relay that issued the token (or the token is for another relay)", protocol.FormatFingerprint(fp))
+		return nil, fmt.Errorf("relay's CA does not match the join token's fingerprint %s: this is not the relay that issued the token (or the token is for another relay, or the relay's CA root it pinned was retired since: ask for a new token)", protocol.FormatFingerprint(fp))
 	}
 	if !ca.IsCA {
 		return nil, errors.New("pinned certificate is not a CA")
