@@ -365,46 +365,52 @@ func (r *Relay) run(ctx context.Context) error {
 
 	r.started = time.Now()
 	var wg sync.WaitGroup
-	fatal := make(chan error, 4)
+	// Listener goroutines report how they ended; the first report ends Run.
+	// Reporting never blocks, so however many listeners there are, none
+	// is left waiting on a channel nobody reads once Run is shutting down.
+	fatal := make(chan error, 1)
+	report := func(err error) {
+		select {
+		case fatal <- err:
+		default:
+		}
+	}
 	go r.audit.run() // ends in r.audit.close below
 	rosterCtx, stopRoster := context.WithCancel(context.Background())
 	wg.Go(func() { r.keepRoster(rosterCtx) })
 	wg.Go(func() { r.watchPolicy(rosterCtx) })
 	if r.tcpLn != nil {
-		wg.Go(func() { fatal <- r.acceptTCP(sessCtx, &wg) })
+		wg.Go(func() { report(r.acceptTCP(sessCtx, &wg)) })
 	}
 	if r.quicLn != nil {
-		wg.Go(func() { fatal <- r.acceptQUIC(sessCtx, &wg) })
+		wg.Go(func() { report(r.acceptQUIC(sessCtx, &wg)) })
 	}
 	if r.socksLn != nil {
-		wg.Go(func() { fatal <- r.acceptSOCKS(sessCtx, &wg) })
+		wg.Go(func() { report(r.acceptSOCKS(sessCtx, &wg)) })
 	}
-	var connectSrv *http.Server
-	if r.connectLn != nil {
-		connectSrv = r.connectServer(sessCtx)
+	var connectSrvs []*http.Server // plain and TLS
+	for _, ln := range []net.Listener{r.connectLn, r.connectTLSLn} {
+		if ln == nil {
+			continue
+		}
+		srv := r.connectServer(sessCtx)
+		connectSrvs = append(connectSrvs, srv)
 		wg.Go(func() {
-			err := connectSrv.Serve(r.connectLn)
+			err := srv.Serve(ln)
 			if errors.Is(err, http.ErrServerClosed) {
 				err = nil
 			}
-			fatal <- err
+			report(err)
 		})
 	}
-	var connectTLSSrv *http.Server
-	if r.connectTLSLn != nil {
-		connectTLSSrv = r.connectServer(sessCtx)
-		wg.Go(func() {
-			err := connectTLSSrv.Serve(r.connectTLSLn)
-			if errors.Is(err, http.ErrServerClosed) {
-				err = nil
-			}
-			fatal <- err
-		})
-	}
+	// The metrics listener outlives the others (so /readyz answers "not
+	// ready" while the relay drains): it is not in wg, which Run waits for
+	// before closing it, but in opsWG.
 	var opsSrv *http.Server
+	var opsWG sync.WaitGroup
 	if r.opsLn != nil {
 		opsSrv = &http.Server{Handler: r.opsHandler(), ReadHeaderTimeout: r.cfg.HandshakeTimeout}
-		wg.Go(func() { opsSrv.Serve(r.opsLn) })
+		opsWG.Go(func() { opsSrv.Serve(r.opsLn) })
 	}
 	var debugSrv *http.Server
 	if r.debugLn != nil {
@@ -434,10 +440,7 @@ func (r *Relay) run(ctx context.Context) error {
 	if debugSrv != nil {
 		debugSrv.Close()
 	}
-	for _, srv := range []*http.Server{connectSrv, connectTLSSrv} {
-		if srv == nil {
-			continue
-		}
+	for _, srv := range connectSrvs {
 		wg.Go(func() {
 			sctx, cancel := context.WithTimeout(context.Background(), r.cfg.DrainTimeout+r.cfg.StreamOpenTimeout)
 			defer cancel()
@@ -470,6 +473,7 @@ func (r *Relay) run(ctx context.Context) error {
 	}
 	if opsSrv != nil {
 		opsSrv.Close() // last: /readyz says "not ready" while the relay drains
+		opsWG.Wait()
 	}
 	r.audit.close() // after every goroutine that records; waits for the writer
 	if err := r.audit.closeFile(); err != nil && runErr == nil {
