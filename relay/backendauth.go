@@ -30,17 +30,8 @@ const jwksCacheFile = "oidc-keys.json"
 // auditBackendCertRefusal records a client certificate refused at the TLS
 // front door.
 func (r *Relay) auditBackendCertRefusal(certs []*x509.Certificate, err error) {
-	rec := AuditRecord{Kind: AuditStream, Outcome: protocol.CodeUnauthenticated.String(), Actor: "unauthenticated",
-		Detail: map[string]any{"door": "connect-tls", "auth": viaCertificate, "error": "backend certificate refused: " + err.Error()}}
-	if len(certs) > 0 {
-		leaf := certs[0]
-		rec.Detail["issuer"] = leaf.Issuer.String()
-		rec.Detail["serial"] = leaf.SerialNumber.Text(16)
-		if len(leaf.URIs) > 0 {
-			rec.Detail["uri"] = leaf.URIs[0].String()
-		}
-	}
-	r.audit.add(rec)
+	r.audit.add(AuditRecord{Kind: AuditStream, Outcome: protocol.CodeUnauthenticated.String(), Actor: "unauthenticated",
+		Detail: withCertificate(map[string]any{"door": "connect-tls", "auth": viaCertificate, "error": "backend certificate refused: " + err.Error()}, certs)})
 }
 
 // verifyBackendChain checks a client certificate presented at the TLS
@@ -50,25 +41,18 @@ func (r *Relay) verifyBackendChain(certs []*x509.Certificate) (identity.Backend,
 	if len(certs) == 0 {
 		return identity.Backend{}, errors.New("backend presented no certificate")
 	}
-	opts := x509.VerifyOptions{
-		Roots:         r.st.CA().Pool(),
-		Intermediates: x509.NewCertPool(),
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		CurrentTime:   r.cfg.Now(),
-	}
-	for _, c := range certs[1:] {
-		opts.Intermediates.AddCert(c)
-	}
-	if _, err := certs[0].Verify(opts); err != nil {
+	authority := r.st.CA()
+	if err := verifyClientChain(authority, certs, r.cfg.Now()); err != nil {
 		return identity.Backend{}, err
 	}
-	return identity.BackendFromCertificate(certs[0], r.TrustDomain())
+	return identity.BackendFromCertificate(certs[0], authority.TrustDomain())
 }
 
-// authenticateCertificate turns a client certificate, verified during the
-// TLS handshake, into a caller: the backend it names must still exist.
+// authenticateCertificate turns a client certificate, which the TLS
+// handshake verified (frontTLS refuses any other), into a caller: the
+// backend it names must still exist.
 func (r *Relay) authenticateCertificate(ctx context.Context, certs []*x509.Certificate) (*caller, error) {
-	id, err := r.verifyBackendChain(certs)
+	id, err := identity.BackendFromCertificate(certs[0], r.TrustDomain())
 	if err != nil {
 		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend certificate refused: %v", err)
 	}

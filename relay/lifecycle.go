@@ -32,19 +32,11 @@ func (r *Relay) verifyAgentChain(certs []*x509.Certificate) (identity.Agent, err
 	}
 	leaf := certs[0]
 	authority := r.st.CA()
-	opts := x509.VerifyOptions{
-		Roots:         authority.Pool(),
-		Intermediates: x509.NewCertPool(),
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		CurrentTime:   r.cfg.Now(),
+	at := r.cfg.Now()
+	if at.After(leaf.NotAfter) {
+		at = leaf.NotAfter
 	}
-	for _, c := range certs[1:] {
-		opts.Intermediates.AddCert(c)
-	}
-	if opts.CurrentTime.After(leaf.NotAfter) {
-		opts.CurrentTime = leaf.NotAfter
-	}
-	if _, err := leaf.Verify(opts); err != nil {
+	if err := verifyClientChain(authority, certs, at); err != nil {
 		if old := authority.RetiredIssuerOf(leaf); old != nil {
 			return identity.Agent{}, fmt.Errorf("certificate issued by CA root %d (%s), retired at %s: the agent must enrol again with a new join token",
 				old.Generation, old.ID(), old.RetiredAt.UTC().Format(time.RFC3339))
@@ -54,20 +46,42 @@ func (r *Relay) verifyAgentChain(certs []*x509.Certificate) (identity.Agent, err
 	return identity.AgentFromCertificate(leaf, authority.TrustDomain())
 }
 
+// verifyClientChain verifies certs[0] (certs is not empty) as a client
+// certificate from one of authority's roots at time at, with the rest of
+// certs as intermediates.
+func verifyClientChain(authority *ca.CA, certs []*x509.Certificate, at time.Time) error {
+	opts := x509.VerifyOptions{
+		Roots:         authority.Pool(),
+		Intermediates: x509.NewCertPool(),
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		CurrentTime:   at,
+	}
+	for _, c := range certs[1:] {
+		opts.Intermediates.AddCert(c)
+	}
+	_, err := certs[0].Verify(opts)
+	return err
+}
+
 // auditHandshakeRefusal records a certificate refused during the TLS
 // handshake (another CA, a foreign trust domain, not an agent identity).
 func (r *Relay) auditHandshakeRefusal(certs []*x509.Certificate, err error) {
-	rec := AuditRecord{Kind: AuditHandshake, Outcome: protocol.CodeUnauthenticated.String(), Actor: "agent",
-		Detail: map[string]any{"error": err.Error()}}
+	r.audit.add(AuditRecord{Kind: AuditHandshake, Outcome: protocol.CodeUnauthenticated.String(), Actor: "agent",
+		Detail: withCertificate(map[string]any{"error": err.Error()}, certs)})
+}
+
+// withCertificate adds to an audit record's detail what identifies a
+// refused certificate: its issuer, serial and first URI.
+func withCertificate(detail map[string]any, certs []*x509.Certificate) map[string]any {
 	if len(certs) > 0 {
 		leaf := certs[0]
-		rec.Detail["issuer"] = leaf.Issuer.String()
-		rec.Detail["serial"] = leaf.SerialNumber.Text(16)
+		detail["issuer"] = leaf.Issuer.String()
+		detail["serial"] = leaf.SerialNumber.Text(16)
 		if len(leaf.URIs) > 0 {
-			rec.Detail["uri"] = leaf.URIs[0].String()
+			detail["uri"] = leaf.URIs[0].String()
 		}
 	}
-	r.audit.add(rec)
+	return detail
 }
 
 // renew answers an agent's RenewRequest on its control stream: a new
