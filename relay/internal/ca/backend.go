@@ -2,12 +2,10 @@ package ca
 
 import (
 	"crypto"
-	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"net/url"
 	"time"
 
 	"github.com/tetherhq/tether/protocol/identity"
@@ -25,22 +23,9 @@ func (c *CA) SignBackend(root *Root, pub crypto.PublicKey, b identity.Backend, l
 	if err := b.Validate(); err != nil {
 		return nil, fmt.Errorf("sign backend: %w", err)
 	}
-	notAfter := now.Add(lifetime)
-	if notAfter.After(root.Cert.NotAfter) {
-		notAfter = root.Cert.NotAfter
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: randomSerial(),
-		Subject:      pkix.Name{CommonName: b.Name, OrganizationalUnit: []string{"backend"}},
-		NotBefore:    now.Add(-5 * time.Minute),
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		URIs:         []*url.URL{b.URI()},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.Cert, pub, root.key)
+	cert, err := signClient(root, pub, pkix.Name{CommonName: b.Name, OrganizationalUnit: []string{"backend"}}, b.URI(), lifetime, now)
 	if err != nil {
 		return nil, fmt.Errorf("sign backend certificate: %w", err)
 	}
-	return x509.ParseCertificate(der)
+	return cert, nil
 }

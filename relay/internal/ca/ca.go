@@ -597,22 +597,33 @@ func (c *CA) SignAgent(root *Root, csr *x509.CertificateRequest, id identity.Age
 	if err := id.Validate(); err != nil {
 		return nil, fmt.Errorf("sign agent: %w", err)
 	}
+	cert, err := signClient(root, csr.PublicKey, pkix.Name{CommonName: id.ID, OrganizationalUnit: []string{id.Tenant}}, id.URI(), lifetime, now)
+	if err != nil {
+		return nil, fmt.Errorf("sign agent certificate: %w", err)
+	}
+	return cert, nil
+}
+
+// signClient issues from root a client certificate for pub naming subject
+// and the SPIFFE ID uri, valid from five minutes ago (for clock skew) for
+// lifetime, but never beyond the root.
+func signClient(root *Root, pub crypto.PublicKey, subject pkix.Name, uri *url.URL, lifetime time.Duration, now time.Time) (*x509.Certificate, error) {
 	notAfter := now.Add(lifetime)
 	if notAfter.After(root.Cert.NotAfter) {
 		notAfter = root.Cert.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: randomSerial(),
-		Subject:      pkix.Name{CommonName: id.ID, OrganizationalUnit: []string{id.Tenant}},
+		Subject:      subject,
 		NotBefore:    now.Add(-5 * time.Minute),
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		URIs:         []*url.URL{id.URI()},
+		URIs:         []*url.URL{uri},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.Cert, csr.PublicKey, root.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.Cert, pub, root.key)
 	if err != nil {
-		return nil, fmt.Errorf("sign agent certificate: %w", err)
+		return nil, err
 	}
 	return x509.ParseCertificate(der)
 }
