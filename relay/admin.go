@@ -346,27 +346,25 @@ func (a *Admin) AddBackend(ctx context.Context, name string, grants []string) (s
 // Grant adds grants to a backend. A running relay applies them within
 // BackendCacheTTL.
 func (a *Admin) Grant(ctx context.Context, name string, grants []string) error {
-	gs, err := ParseGrants(grants)
-	if err != nil {
-		return err
-	}
-	if len(gs) == 0 {
-		return errors.New("no grant given")
-	}
-	if err := a.st.store.Grant(ctx, name, gs); err != nil {
+	return a.changeGrants(ctx, name, grants, AuditBackendGrant, func(ctx context.Context, name string, gs []Grant) error {
+		err := a.st.store.Grant(ctx, name, gs)
 		if errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("grant to backend %q: %w", name, err)
 		}
 		return err
-	}
-	a.record(AuditBackendGrant, "", "", name, map[string]any{"grants": grantStrings(gs)})
-	return nil
+	})
 }
 
 // Ungrant removes grants from a backend. A running relay refuses new
 // streams they allowed within BackendCacheTTL; streams already open
 // continue.
 func (a *Admin) Ungrant(ctx context.Context, name string, grants []string) error {
+	return a.changeGrants(ctx, name, grants, AuditBackendUngrant, a.st.store.Ungrant)
+}
+
+// changeGrants parses grants, applies them to backend name with apply and
+// audits the change as kind.
+func (a *Admin) changeGrants(ctx context.Context, name string, grants []string, kind string, apply func(context.Context, string, []Grant) error) error {
 	gs, err := ParseGrants(grants)
 	if err != nil {
 		return err
@@ -374,10 +372,10 @@ func (a *Admin) Ungrant(ctx context.Context, name string, grants []string) error
 	if len(gs) == 0 {
 		return errors.New("no grant given")
 	}
-	if err := a.st.store.Ungrant(ctx, name, gs); err != nil {
+	if err := apply(ctx, name, gs); err != nil {
 		return err
 	}
-	a.record(AuditBackendUngrant, "", "", name, map[string]any{"grants": grantStrings(gs)})
+	a.record(kind, "", "", name, map[string]any{"grants": grantStrings(gs)})
 	return nil
 }
 

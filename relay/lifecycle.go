@@ -237,6 +237,16 @@ func newPolicy() *policy {
 // limitsOf returns tenant's limits, or nil when it has none.
 func (p *policy) limitsOf(tenant string) *tenantLimits { return (*p.limits.Load())[tenant] }
 
+// admitStream applies the tenant's limits to a stream backend opens: the
+// backend's open rate, then the tenant's concurrent streams. The returned
+// func uncounts the stream.
+func (p *policy) admitStream(tenant, backend string, l *tenantLimits) (func(), error) {
+	if err := p.allowOpen(tenant, backend, l); err != nil {
+		return nil, err
+	}
+	return p.openStream(tenant, l)
+}
+
 // openStream counts a stream open for tenant; the returned func uncounts it.
 // It refuses when the tenant's stream limit is reached.
 func (p *policy) openStream(tenant string, l *tenantLimits) (func(), error) {

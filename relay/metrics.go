@@ -2,6 +2,8 @@ package relay
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -157,7 +159,7 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 // 503 with the reason.
 func (r *Relay) opsHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(r.metrics.reg, promhttp.HandlerOpts{ErrorLog: nil}))
+	mux.Handle("/metrics", promhttp.HandlerFor(r.metrics.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("ok\n"))
@@ -185,13 +187,9 @@ func (r *Relay) ready(ctx context.Context) error {
 	err := r.st.store.Ping(ctx)
 	r.metrics.storeOp("ping", start)
 	if err != nil {
-		return &readyError{"store unreachable: " + err.Error()}
+		return fmt.Errorf("store unreachable: %w", err)
 	}
 	return nil
 }
 
-type readyError struct{ msg string }
-
-func (e *readyError) Error() string { return e.msg }
-
-var errNotServing = &readyError{"listeners are not accepting (starting or shutting down)"}
+var errNotServing = errors.New("listeners are not accepting (starting or shutting down)")

@@ -151,12 +151,7 @@ func (r *Relay) dial(ctx context.Context, c *caller, addr string) (*tunnel, erro
 	}
 	// The tenant's bulkheads: they count and refuse only its own streams.
 	lim := r.pol.limitsOf(t.Tenant)
-	if err := r.pol.allowOpen(t.Tenant, c.name, lim); err != nil {
-		r.limitRefusals.Add(1)
-		r.metrics.limitRefusals.WithLabelValues(t.Tenant).Inc()
-		return nil, err
-	}
-	release, err := r.pol.openStream(t.Tenant, lim)
+	release, err := r.pol.admitStream(t.Tenant, c.name, lim)
 	if err != nil {
 		r.limitRefusals.Add(1)
 		r.metrics.limitRefusals.WithLabelValues(t.Tenant).Inc()
