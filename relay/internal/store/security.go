@@ -100,21 +100,8 @@ func (s *Store) AgentsOnCertRoots(ctx context.Context, roots []string, now time.
 		args = append(args, r)
 		marks[i] = fmt.Sprintf("$%d", len(args))
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT `+agentCols+` FROM agents WHERE revoked_at = 0 AND cert_not_after > $1
+	return s.queryAgents(ctx, `SELECT `+agentCols+` FROM agents WHERE revoked_at = 0 AND cert_not_after > $1
 		AND cert_root IN (`+strings.Join(marks, ", ")+`) ORDER BY tenant, id LIMIT $2`, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []Agent
-	for rows.Next() {
-		a, err := scanAgent(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, a)
-	}
-	return out, rows.Err()
 }
 
 // AuditRecord is one entry of the audit trail. Detail holds the fields

@@ -452,7 +452,12 @@ func (s *Store) Agent(ctx context.Context, id string) (Agent, error) {
 // ListAgents returns the agents of tenant ("" for all), sorted by tenant
 // and id.
 func (s *Store) ListAgents(ctx context.Context, tenant string) ([]Agent, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+agentCols+` FROM agents WHERE $1 = '' OR tenant = $1 ORDER BY tenant, id`, tenant)
+	return s.queryAgents(ctx, `SELECT `+agentCols+` FROM agents WHERE $1 = '' OR tenant = $1 ORDER BY tenant, id`, tenant)
+}
+
+// queryAgents runs a query selecting agentCols and scans every row.
+func (s *Store) queryAgents(ctx context.Context, query string, args ...any) ([]Agent, error) {
+	rows, err := s.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
