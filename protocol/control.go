@@ -28,6 +28,7 @@ const (
 	TypeRenewRequest   MessageType = 9
 	TypeRenewResponse  MessageType = 10
 	TypeRenewNow       MessageType = 11
+	TypeReport         MessageType = 12
 )
 
 // Message is one control or enrolment message.
@@ -176,6 +177,44 @@ type RenewNow struct {
 	SpreadMillis int64  `json:"spread_ms,omitempty"`
 }
 
+// Report is the agent's account of itself, sent on its control stream
+// after the Welcome and then periodically and whenever something in it
+// changes. The relay keeps the latest per agent session for operators. It
+// is informational: nothing in it is trusted for identity or policy, and
+// the relay bounds what it keeps (see the relay's report handling).
+type Report struct {
+	AgentVersion string `json:"agent_version"`
+	OS           string `json:"os"`
+	Arch         string `json:"arch"`
+	Hostname     string `json:"hostname,omitempty"`
+	// StartedAt is when the agent process started, Unix milliseconds.
+	StartedAt int64 `json:"started_ms"`
+	// Transport in use on this session ("quic" or "tcp") and why.
+	Transport    string `json:"transport"`
+	TransportWhy string `json:"transport_why,omitempty"`
+	// RTTMicros is the agent's last measured round trip to this relay.
+	RTTMicros int64 `json:"rtt_us,omitempty"`
+	// Streams open now and opened since the agent started, over all its
+	// sessions, and bytes copied each way since it started.
+	StreamsOpen  int64  `json:"streams_open"`
+	StreamsTotal uint64 `json:"streams_total"`
+	BytesIn      uint64 `json:"bytes_in"`  // service to backend
+	BytesOut     uint64 `json:"bytes_out"` // backend to service
+	// DialFailures counts failed dials to each configured service since
+	// the agent started; LastDialError is the most recent failure's text.
+	DialFailures  map[string]uint64 `json:"dial_failures,omitempty"`
+	LastDialError string            `json:"last_dial_error,omitempty"`
+	// CertNotAfter is when the agent's certificate expires, Unix milliseconds.
+	CertNotAfter int64 `json:"cert_not_after_ms,omitempty"`
+	// ConfigHash identifies the service configuration in force (hex SHA-256
+	// of its canonical form); ConfigError is the last reload error, empty
+	// when the file on disk is the one in force.
+	ConfigHash  string `json:"config_hash,omitempty"`
+	ConfigError string `json:"config_error,omitempty"`
+	// Services are the service names the agent's config allows.
+	Services []string `json:"services,omitempty"`
+}
+
 // Unknown is a message of a type this version does not know. Readers return
 // it rather than failing so that a newer peer can send new messages.
 type Unknown struct {
@@ -194,6 +233,7 @@ func (*EnrollResponse) Type() MessageType { return TypeEnrollResponse }
 func (*RenewRequest) Type() MessageType   { return TypeRenewRequest }
 func (*RenewResponse) Type() MessageType  { return TypeRenewResponse }
 func (*RenewNow) Type() MessageType       { return TypeRenewNow }
+func (*Report) Type() MessageType         { return TypeReport }
 func (u *Unknown) Type() MessageType      { return u.MessageType }
 
 func newMessage(t MessageType) Message {
@@ -220,6 +260,8 @@ func newMessage(t MessageType) Message {
 		return new(RenewResponse)
 	case TypeRenewNow:
 		return new(RenewNow)
+	case TypeReport:
+		return new(Report)
 	}
 	return nil
 }

@@ -300,6 +300,9 @@ type agentConn struct {
 	pingSeq    atomic.Uint64
 	pingSentAt atomic.Int64
 
+	report   atomic.Pointer[protocol.Report] // the agent's latest report, nil before the first
+	reportAt atomic.Int64                    // Unix nanoseconds the latest report arrived
+
 	ctlMu sync.Mutex // serialises writes to ctl
 	ctl   transport.Stream
 }
@@ -455,6 +458,9 @@ func (c *agentConn) readLoop(br *bufio.Reader, renew func(*protocol.RenewRequest
 			if err := c.send(renew(m)); err != nil {
 				return fmt.Errorf("send renewal: %w", err)
 			}
+		case *protocol.Report:
+			c.report.Store(boundReport(m))
+			c.reportAt.Store(time.Now().UnixNano())
 		default:
 			// Unknown and out-of-place messages are ignored for
 			// forward compatibility.
