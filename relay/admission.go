@@ -2,7 +2,11 @@ package relay
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"time"
+
+	quicgo "github.com/quic-go/quic-go"
 )
 
 // handshakeGate bounds the agent handshakes (TLS, then the hello) the relay
@@ -53,3 +57,61 @@ func (g *handshakeGate) enter(ctx context.Context) bool {
 
 // leave returns a slot taken by enter.
 func (g *handshakeGate) leave() { <-g.slots }
+
+// tryEnter takes a slot if one is free now.
+func (g *handshakeGate) tryEnter() bool {
+	select {
+	case g.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// gateSlot is a handshake slot held by a QUIC connection from its first
+// packet until it is admitted or closed, whichever comes first.
+type gateSlot struct {
+	once sync.Once
+	gate *handshakeGate
+	stop func() bool // unregisters the release at the connection's end
+}
+
+func (s *gateSlot) release() {
+	s.once.Do(func() {
+		s.stop()
+		s.gate.leave()
+	})
+}
+
+type gateSlotKey struct{}
+
+var errRelayBusy = errors.New("relay busy: too many agent handshakes in progress")
+
+// quicConnContext gates a QUIC connection before quic-go does any TLS
+// work for it: quic-go completes the TLS handshake before Accept returns,
+// so a gate entered after Accept (as for TCP) would bound only the hello,
+// and a fleet reconnecting at once would share the CPU among thousands of
+// handshakes until all of them time out. quic-go calls this on its packet
+// loop for the first packet of every new connection, so it must not
+// block: without a free slot the connection is refused at once — a single
+// CONNECTION_REFUSED packet — and its agent retries after a jittered
+// backoff. The slot is released when the relay admits the agent or when
+// the connection ends, including a handshake that fails or times out.
+func (r *Relay) quicConnContext(ctx context.Context, _ *quicgo.ClientInfo) (context.Context, error) {
+	if !r.gate.tryEnter() {
+		r.hsThrottled.Add(1)
+		return nil, errRelayBusy
+	}
+	s := &gateSlot{gate: r.gate}
+	s.stop = context.AfterFunc(ctx, s.release)
+	return context.WithValue(ctx, gateSlotKey{}, s), nil
+}
+
+// quicSlot returns the release of the slot quicConnContext took for conn.
+func quicSlot(ctx context.Context) (release func(), ok bool) {
+	s, ok := ctx.Value(gateSlotKey{}).(*gateSlot)
+	if !ok {
+		return nil, false
+	}
+	return s.release, true
+}

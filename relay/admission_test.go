@@ -2,8 +2,15 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"testing"
 	"time"
+
+	quicgo "github.com/quic-go/quic-go"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/transport/quic"
 )
 
 func TestHandshakeGate(t *testing.T) {
@@ -37,5 +44,96 @@ func TestHandshakeGate(t *testing.T) {
 	g.leave()
 	if len(g.slots) != 0 {
 		t.Fatalf("%d slots still taken after every leave", len(g.slots))
+	}
+}
+
+// A QUIC connection takes its handshake slot before any TLS work: with
+// every slot held by a handshake in progress, a new connection is refused
+// at its first packet, and the slot comes back when the handshake fails.
+func TestQUICHandshakeGate(t *testing.T) {
+	r, err := New(Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", DisableTCP: true, MaxHandshakes: 1, DrainTimeout: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	for deadline := time.Now().Add(5 * time.Second); !r.serving.Load(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("relay never started serving")
+		}
+	}
+	addr := r.udpConn.LocalAddr().String()
+
+	// The first handshake stops at the client certificate until told to go
+	// on, holding the only slot.
+	asked, goOn := make(chan struct{}), make(chan struct{})
+	holder := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{protocol.ALPN},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			close(asked)
+			<-goOn
+			return &tls.Certificate{}, nil // none: the relay refuses the handshake
+		}}
+	first := make(chan error, 1)
+	go func() {
+		// In TLS 1.3 the client may finish before the relay has checked its
+		// (missing) certificate; either way the relay closes the connection.
+		s, err := quic.Dial(ctx, addr, holder, quic.Config(1))
+		if err == nil {
+			s.Close()
+		}
+		first <- err
+	}()
+	select {
+	case <-asked:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the first handshake never reached the client certificate")
+	}
+
+	dial := func() error {
+		dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		s, err := quic.Dial(dctx, addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{protocol.ALPN}}, quic.Config(1))
+		if err == nil {
+			s.Close()
+		}
+		return err
+	}
+	var terr *quicgo.TransportError
+	if err := dial(); !errors.As(err, &terr) || terr.ErrorCode != quicgo.ConnectionRefused {
+		t.Fatalf("second handshake with every slot taken: got %v, want CONNECTION_REFUSED", err)
+	}
+	// Each Initial packet of the refused attempt is refused on its own
+	// (a post-quantum ClientHello spans two), so it counts at least once.
+	throttled := r.hsThrottled.Load()
+	if throttled < 1 {
+		t.Fatal("the refused handshake was not counted as turned away")
+	}
+
+	close(goOn)
+	<-first
+	for deadline := time.Now().Add(10 * time.Second); len(r.gate.slots) != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the failed handshake never gave its slot back")
+		}
+	}
+	// With the slot free, the next connection is not refused at the door
+	// (the relay turns it away later, for want of a certificate).
+	if err := dial(); errors.As(err, &terr) && terr.ErrorCode == quicgo.ConnectionRefused {
+		t.Fatalf("handshake with a free slot: got %v", err)
+	}
+	if n := r.hsThrottled.Load(); n != throttled {
+		t.Fatalf("%d handshakes counted as turned away, want still %d", n, throttled)
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(r.gate.slots) != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the second failed handshake never gave its slot back")
+		}
 	}
 }

@@ -91,14 +91,14 @@ func (r *Relay) acceptQUIC(ctx context.Context, wg *sync.WaitGroup) error {
 			return fmt.Errorf("accept agent QUIC connection: %w", err)
 		}
 		wg.Go(func() {
-			// quic-go has completed TLS; the gate bounds the hello.
-			if !r.gate.enter(ctx) {
-				r.hsThrottled.Add(1)
+			// The connection holds the handshake slot quicConnContext
+			// took before TLS began; it is released once the agent is
+			// admitted or refused, or when the connection ends.
+			leave, ok := quicSlot(conn.Context())
+			if !ok {
 				conn.CloseWithError(quic.CodeRefused, "relay busy")
 				return
 			}
-			var leaveOnce sync.Once
-			leave := func() { leaveOnce.Do(r.gate.leave) }
 			defer leave()
 			r.serveAgent(ctx, quic.NewSession(conn), conn.ConnectionState().TLS, "quic", conn.RemoteAddr(), leave)
 		})

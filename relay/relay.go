@@ -46,7 +46,7 @@ type Relay struct {
 
 	gate        *handshakeGate
 	hsFailed    atomic.Int64 // agent handshakes that failed (TLS or hello)
-	hsThrottled atomic.Int64 // agent handshakes turned away by the admission limit
+	hsThrottled atomic.Int64 // agent handshakes turned away by the admission limit (over QUIC, once per Initial packet of the attempt)
 
 	limitRefusals atomic.Int64 // stream opens refused by a tenant limit
 	hsOK          atomic.Int64 // agent sessions admitted
@@ -231,7 +231,7 @@ func (r *Relay) listenAgents(host, port string) error {
 			return fmt.Errorf("agent listener (UDP): %w", err)
 		}
 		key := quicgo.StatelessResetKey(r.st.resetKey)
-		r.quicTr = &quicgo.Transport{Conn: r.udpConn, StatelessResetKey: &key}
+		r.quicTr = &quicgo.Transport{Conn: r.udpConn, StatelessResetKey: &key, ConnContext: r.quicConnContext}
 		// One incoming stream: the control stream. The relay opens every
 		// other stream itself (see tcp.RelayConfig for TCP).
 		if r.quicLn, err = r.quicTr.Listen(r.tunnelTLS, quic.Config(1)); err != nil {
