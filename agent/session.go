@@ -118,12 +118,15 @@ func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*s
 		ts, err = a.dialQUIC(qctx, relay, tlsConf)
 		cancel()
 		name, why = TransportQUIC, "auto: QUIC preferred"
-		if err != nil && ctx.Err() == nil && !isTLSRefusal(err) && !isUntrustedRelay(err) {
+		if err != nil && ctx.Err() == nil && !isTLSRefusal(err) && !isUntrustedRelay(err) && !isRelayBusy(err) {
 			until := a.markQUICFailed(relay)
 			log.Warn("QUIC to relay failed (UDP blocked?); falling back to TLS over TCP", "relay", relay, "err", err, "quic_retry_after", until.Format(time.RFC3339))
 			name, why, probeAt = TransportTCP, fmt.Sprintf("fallback: QUIC failed: %v", err), until
 			ts, err = a.dialTCP(ctx, relay, tlsConf)
 		}
+	}
+	if isRelayBusy(err) {
+		return nil, fmt.Errorf("dial %s over %s: the relay is busy with other agents' handshakes and refused this one; retrying after a backoff: %w", relay, name, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("dial %s over %s: %w", relay, name, err)
@@ -481,6 +484,15 @@ func (s *session) close() {
 		}
 	default:
 	}
+}
+
+// isRelayBusy reports whether a QUIC dial was refused at the relay's
+// door: its handshake admission limit was reached (a restart, a reconnect
+// storm). UDP works — the refusal came back over it — so this is no reason
+// to fall back to TCP; the agent backs off and tries QUIC again.
+func isRelayBusy(err error) bool {
+	var te *quicgo.TransportError
+	return errors.As(err, &te) && te.Remote && te.ErrorCode == quicgo.ConnectionRefused
 }
 
 // isTLSRefusal reports whether err is the relay refusing our TLS identity,
