@@ -252,8 +252,16 @@ func TestTetherctlCommands(t *testing.T) {
 	if _, ok := unhealthy[g1.id]; ok {
 		t.Errorf("agents --unhealthy: %s (revoked) listed", g1.id)
 	}
-	if down := a.agents(t, "--state", "down"); len(down) != 1 {
-		t.Errorf("agents --state down: got %v, want only %s", down, a1.id)
+	// Down: a1 and the agent enrolled above with the join token, which
+	// never ran.
+	down := a.agents(t, "--state", "down")
+	if _, ok := down[a1.id]; !ok || len(down) != 2 {
+		t.Errorf("agents --state down: got %v, want %s and the agent enrolled but never run", down, a1.id)
+	}
+	for _, x := range down {
+		if x.State != "down" || x.Sessions != 0 {
+			t.Errorf("agents --state down listed %+v", x)
+		}
 	}
 
 	// audit: the operator's actions, with their name; paging.
