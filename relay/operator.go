@@ -28,6 +28,7 @@ const (
 	AuditOperatorTokenRevoke = "operator.token_revoke"
 	AuditOperatorCert        = "operator.certificate"
 	AuditOperatorLogin       = "operator.login"
+	AuditOperatorLogout      = "operator.logout"
 	AuditTokenRevoke         = "token.revoke"
 	AuditBackendRemove       = "backend.remove"
 	AuditDrain               = "agent.drain"
