@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -29,6 +30,9 @@ type Admin struct {
 	st    *state
 	now   func() time.Time
 	audit *auditLog // synchronous: each record is written before the command returns
+	// actor names who acts in audit records; "" means "operator" (the
+	// command line on the relay host).
+	actor string
 }
 
 // OpenAdmin opens the data directory dir, creating it (with a CA for
@@ -66,7 +70,7 @@ func (a *Admin) Close() error {
 
 // record writes an audit record of an operator action.
 func (a *Admin) record(kind, tenant, agent, backend string, detail map[string]any) {
-	a.audit.add(AuditRecord{At: a.now(), Kind: kind, Outcome: OutcomeOK, Tenant: tenant, Agent: agent, Backend: backend, Actor: "operator", Detail: detail})
+	a.audit.add(AuditRecord{At: a.now(), Kind: kind, Outcome: OutcomeOK, Tenant: tenant, Agent: agent, Backend: backend, Actor: cmp.Or(a.actor, "operator"), Detail: detail})
 }
 
 // TrustDomain is the SPIFFE trust domain of the relay's CA.
@@ -85,11 +89,11 @@ type Tenant struct {
 // addresses of the form <service>.<tenant>.tether.
 func (a *Admin) AddTenant(ctx context.Context, name string) error {
 	if err := identity.ValidateName("tenant", name); err != nil {
-		return err
+		return invalid(err)
 	}
 	if err := a.st.store.AddTenant(ctx, name, a.now()); err != nil {
 		if errors.Is(err, store.ErrExists) {
-			return fmt.Errorf("tenant %q already exists", name)
+			return existsf("tenant %q already exists", name)
 		}
 		return err
 	}
@@ -140,14 +144,14 @@ func (a *Admin) CreateToken(ctx context.Context, tenant string, ttl time.Duratio
 		uses = 1
 	}
 	if ttl < 0 || ttl > MaxTokenTTL {
-		return "", TokenInfo{}, fmt.Errorf("token lifetime %v is out of range (0 to %v)", ttl, MaxTokenTTL)
+		return "", TokenInfo{}, invalidf("token lifetime %v is out of range (0 to %v)", ttl, MaxTokenTTL)
 	}
 	if uses < 0 || uses > 100000 {
-		return "", TokenInfo{}, fmt.Errorf("token uses %d is out of range (1 to 100000)", uses)
+		return "", TokenInfo{}, invalidf("token uses %d is out of range (1 to 100000)", uses)
 	}
 	if _, err := a.st.store.Tenant(ctx, tenant); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			return "", TokenInfo{}, fmt.Errorf("tenant %q does not exist (create it with: tether-relay tenant add %s)", tenant, tenant)
+			return "", TokenInfo{}, notFoundf("tenant %q does not exist (create it with: tether-relay tenant add %s)", tenant, tenant)
 		}
 		return "", TokenInfo{}, err
 	}
@@ -230,11 +234,11 @@ func (a *Admin) Agents(ctx context.Context, tenant string) ([]AgentInfo, error) 
 // from then on, across restarts. Revoking a revoked agent changes nothing.
 func (a *Admin) RevokeAgent(ctx context.Context, id, reason string) (AgentInfo, error) {
 	if len(reason) > 500 {
-		return AgentInfo{}, errors.New("revocation reason is longer than 500 bytes")
+		return AgentInfo{}, invalidf("revocation reason is longer than 500 bytes")
 	}
 	before, err := a.st.store.Agent(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return AgentInfo{}, fmt.Errorf("no agent %q (list them with: tether-relay agent list)", id)
+		return AgentInfo{}, notFoundf("no agent %q (list them with: tether-relay agent list)", id)
 	}
 	if err != nil {
 		return AgentInfo{}, err
@@ -263,11 +267,11 @@ type Limits struct {
 // Config.PolicyPoll.
 func (a *Admin) SetLimits(ctx context.Context, l Limits) error {
 	if l.MaxAgents < 0 || l.MaxStreams < 0 || l.OpenRate < 0 || l.OpenBurst < 0 {
-		return errors.New("limits must not be negative (0 means unlimited)")
+		return invalidf("limits must not be negative (0 means unlimited)")
 	}
 	nets, err := ParseCIDRs(l.CIDRs)
 	if err != nil {
-		return err
+		return invalid(err)
 	}
 	clean := make([]string, len(nets))
 	for i, n := range nets {
@@ -276,7 +280,7 @@ func (a *Admin) SetLimits(ctx context.Context, l Limits) error {
 	err = a.st.store.SetLimits(ctx, store.Limits{Tenant: l.Tenant, MaxAgents: l.MaxAgents, MaxStreams: l.MaxStreams,
 		OpenRate: l.OpenRate, OpenBurst: l.OpenBurst, CIDRs: clean, UpdatedAt: a.now()})
 	if errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("tenant %q does not exist", l.Tenant)
+		return notFoundf("tenant %q does not exist", l.Tenant)
 	}
 	if err != nil {
 		return err
@@ -320,20 +324,20 @@ type BackendInfo struct {
 // returns its API key. The key is shown once; only its hash is stored.
 func (a *Admin) AddBackend(ctx context.Context, name string, grants []string) (string, error) {
 	if err := identity.ValidateName("backend", name); err != nil {
-		return "", err
+		return "", invalid(err)
 	}
 	if len(grants) == 0 {
-		return "", errors.New(`a backend needs at least one grant: tenant/service, tenant (all its services), or patterns with "*"`)
+		return "", invalidf(`a backend needs at least one grant: tenant/service, tenant (all its services), or patterns with "*"`)
 	}
 	gs, err := ParseGrants(grants)
 	if err != nil {
-		return "", err
+		return "", invalid(err)
 	}
 	key := newAPIKey()
 	err = a.st.store.AddBackend(ctx, store.Backend{Name: name, KeyHash: hashAPIKey(key), Grants: gs, CreatedAt: a.now()})
 	switch {
 	case errors.Is(err, store.ErrExists):
-		return "", fmt.Errorf("backend %q already exists", name)
+		return "", existsf("backend %q already exists", name)
 	case errors.Is(err, store.ErrNotFound):
 		return "", fmt.Errorf("add backend %q: %w (create tenants first)", name, err)
 	case err != nil:
@@ -367,10 +371,10 @@ func (a *Admin) Ungrant(ctx context.Context, name string, grants []string) error
 func (a *Admin) changeGrants(ctx context.Context, name string, grants []string, kind string, apply func(context.Context, string, []Grant) error) error {
 	gs, err := ParseGrants(grants)
 	if err != nil {
-		return err
+		return invalid(err)
 	}
 	if len(gs) == 0 {
-		return errors.New("no grant given")
+		return invalidf("no grant given")
 	}
 	if err := apply(ctx, name, gs); err != nil {
 		return err

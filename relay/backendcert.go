@@ -42,11 +42,11 @@ const (
 // backend makes the certificate useless.
 func (a *Admin) IssueBackendCertificate(ctx context.Context, name string, lifetime time.Duration) (*BackendCertificate, error) {
 	if lifetime <= 0 {
-		return nil, fmt.Errorf("certificate lifetime must be positive (got %v)", lifetime)
+		return nil, invalidf("certificate lifetime must be positive (got %v)", lifetime)
 	}
 	if _, err := a.st.store.Backend(ctx, name); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("no backend %q: add it first with tether-relay backend add", name)
+			return nil, notFoundf("no backend %q: add it first with tether-relay backend add", name)
 		}
 		return nil, err
 	}

@@ -46,6 +46,17 @@ type Config struct {
 	// Default "off". They carry tenant names: keep it off public networks.
 	MetricsListen string
 
+	// AdminListen serves the admin API (and the dashboard) over HTTPS,
+	// for authenticated operators only (see adminapi.go). Default "off".
+	AdminListen string
+	// AdminCertFile and AdminKeyFile are the admin listener's certificate
+	// and key (PEM); both or neither. Default: a certificate from the
+	// relay CA (tether-relay ca export writes the CA to pin).
+	AdminCertFile, AdminKeyFile string
+	// AdminSessionTTL bounds browser sessions opened by POST /login
+	// (never beyond the operator token's expiry). Default 12h.
+	AdminSessionTTL time.Duration
+
 	// DebugListen serves pprof profiles and /debug/tether (live counts and
 	// memory) for operators and benchmarks. Default "off". Bind it to
 	// loopback: it is unauthenticated.
@@ -120,6 +131,8 @@ func (c *Config) setDefaults() {
 	def(&c.DebugListen, Off)
 	def(&c.ConnectTLSListen, Off)
 	def(&c.MetricsListen, Off)
+	def(&c.AdminListen, Off)
+	defd(&c.AdminSessionTTL, 12*time.Hour)
 	c.OIDC.setDefaults()
 	def(&c.TrustDomain, "tether.internal")
 	def(&c.Version, "dev")
@@ -154,7 +167,7 @@ func (c *Config) validate() error {
 	if c.DisableQUIC && c.DisableTCP {
 		errs = append(errs, errors.New("both agent transports are disabled"))
 	}
-	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen, "CONNECT TLS listen": c.ConnectTLSListen, "metrics listen": c.MetricsListen, "debug listen": c.DebugListen} {
+	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen, "CONNECT TLS listen": c.ConnectTLSListen, "metrics listen": c.MetricsListen, "debug listen": c.DebugListen, "admin listen": c.AdminListen} {
 		if addr == Off && name != "agent listen" {
 			continue
 		}
@@ -165,6 +178,9 @@ func (c *Config) validate() error {
 	if err := c.OIDC.validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if (c.AdminCertFile == "") != (c.AdminKeyFile == "") {
+		errs = append(errs, errors.New("admin certificate and key files go together: give both or neither"))
+	}
 	if c.MaxHandshakes < 0 {
 		errs = append(errs, fmt.Errorf("max handshakes must be positive (got %d)", c.MaxHandshakes))
 	}
@@ -172,7 +188,7 @@ func (c *Config) validate() error {
 		"agent certificate lifetime": c.AgentCertLifetime, "heartbeat interval": c.HeartbeatInterval,
 		"stream open timeout": c.StreamOpenTimeout, "idle timeout": c.IdleTimeout,
 		"handshake timeout": c.HandshakeTimeout, "drain timeout": c.DrainTimeout, "reconnect grace": c.ReconnectGrace,
-		"policy poll": c.PolicyPoll,
+		"policy poll": c.PolicyPoll, "admin session lifetime": c.AdminSessionTTL,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative (got %v)", name, d))

@@ -73,6 +73,7 @@ type Relay struct {
 	connectTLSLn net.Listener
 	debugLn      net.Listener
 	opsLn        net.Listener // /metrics, /healthz, /readyz
+	adminLn      net.Listener // admin API over TLS (adminapi.go)
 
 	bearer     *bearerAuth  // nil unless an OIDC issuer is configured
 	oidcClient *http.Client // fetches the issuer's keys
@@ -206,6 +207,11 @@ func (r *Relay) listen() error {
 			return fmt.Errorf("metrics listener: %w", err)
 		}
 	}
+	if r.cfg.AdminListen != Off {
+		if err := r.listenAdmin(); err != nil {
+			return err
+		}
+	}
 	if r.cfg.DebugListen != Off {
 		if r.debugLn, err = net.Listen("tcp", r.cfg.DebugListen); err != nil {
 			return fmt.Errorf("debug listener: %w", err)
@@ -242,7 +248,7 @@ func (r *Relay) listenAgents(host, port string) error {
 }
 
 func (r *Relay) closeListeners() {
-	for _, l := range []net.Listener{r.tcpLn, r.socksLn, r.connectLn, r.connectTLSLn, r.debugLn, r.opsLn} {
+	for _, l := range []net.Listener{r.tcpLn, r.socksLn, r.connectLn, r.connectTLSLn, r.debugLn, r.opsLn, r.adminLn} {
 		if l != nil {
 			l.Close()
 		}
@@ -412,6 +418,7 @@ func (r *Relay) run(ctx context.Context) error {
 		opsSrv = &http.Server{Handler: r.opsHandler(), ReadHeaderTimeout: r.cfg.HandshakeTimeout}
 		opsWG.Go(func() { opsSrv.Serve(r.opsLn) })
 	}
+	adminSrv := r.serveAdmin(&wg, report)
 	var debugSrv *http.Server
 	if r.debugLn != nil {
 		debugSrv = &http.Server{Handler: r.debugHandler(), ReadHeaderTimeout: r.cfg.HandshakeTimeout}
@@ -419,7 +426,7 @@ func (r *Relay) run(ctx context.Context) error {
 	}
 	r.log.Info("relay serving",
 		"agent_addr", r.AgentAddr().String(), "quic", r.quicLn != nil, "tcp", r.tcpLn != nil,
-		"socks_addr", addrString(r.SOCKSAddr()), "connect_addr", addrString(r.ConnectAddr()), "connect_tls_addr", addrString(r.ConnectTLSAddr()), "debug_addr", addrString(r.DebugAddr()), "metrics_addr", addrString(addrOf(r.opsLn)),
+		"socks_addr", addrString(r.SOCKSAddr()), "connect_addr", addrString(r.ConnectAddr()), "connect_tls_addr", addrString(r.ConnectTLSAddr()), "debug_addr", addrString(r.DebugAddr()), "metrics_addr", addrString(addrOf(r.opsLn)), "admin_addr", addrString(r.AdminAddr()),
 		"trust_domain", r.TrustDomain(), "ca_fingerprint", protocol.FormatFingerprint(r.st.CA().Fingerprint()), "ca_signing_root", r.st.CA().Signer().ID())
 
 	r.serving.Store(true)
@@ -440,6 +447,7 @@ func (r *Relay) run(ctx context.Context) error {
 	if debugSrv != nil {
 		debugSrv.Close()
 	}
+	r.stopAdmin(&wg, adminSrv)
 	for _, srv := range connectSrvs {
 		wg.Go(func() {
 			sctx, cancel := context.WithTimeout(context.Background(), r.cfg.DrainTimeout+r.cfg.StreamOpenTimeout)

@@ -39,7 +39,9 @@ Usage:
                        | certificate NAME --out DIR [--lifetime 2160h] | list
   tether-relay agent   list [--tenant NAME] | revoke ID [--reason TEXT]
   tether-relay audit   [--tenant T] [--agent ID] [--backend B] [--kind K] [--since T] [--until T] [--limit N]
-  tether-relay ca      status | rotate [--renew-now] | renew-now | retire [--force]
+  tether-relay ca      status | rotate [--renew-now] | renew-now | retire [--force] | export [--out FILE]
+  tether-relay operator token create --name NAME [--ttl 2160h] | token list | token revoke ID
+                       | certificate NAME --out DIR [--lifetime 2160h]
   tether-relay version
 
 Every command but demo and version takes --data-dir (default $TETHER_DATA_DIR,
@@ -80,6 +82,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return auditCmd(rest, stdout, stderr)
 	case "ca":
 		return caCmd(rest, stdout, stderr)
+	case "operator":
+		return operatorCmd(rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return nil
@@ -135,6 +139,10 @@ func serve(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.OIDC.BackendClaim, "oidc-backend-claim", "sub", "token claim naming the backend (a registered backend; its grants apply)")
 	fs.StringVar(&cfg.OIDC.TenantClaim, "oidc-tenant-claim", "tether_tenants", "token claim listing the tenants the token is for (required in every token)")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "off", "Prometheus /metrics, /healthz and /readyz on this address (unauthenticated; names tenants)")
+	fs.StringVar(&cfg.AdminListen, "admin-listen", "off", "admin API (HTTPS; operator token or certificate) on this address; see tether-relay operator")
+	fs.StringVar(&cfg.AdminCertFile, "admin-cert", "", "admin listener certificate (PEM; default: one from the relay CA, see tether-relay ca export)")
+	fs.StringVar(&cfg.AdminKeyFile, "admin-key", "", "admin listener key (PEM; with --admin-cert)")
+	fs.DurationVar(&cfg.AdminSessionTTL, "admin-session-ttl", 12*time.Hour, "lifetime of browser sessions opened at the admin listener's /login")
 	fs.StringVar(&cfg.DebugListen, "debug-listen", "off", "pprof and /debug/tether on this address (loopback only; unauthenticated)")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", "tether.internal", "SPIFFE trust domain of a new CA (first start only)")
 	fs.StringVar(&transports, "transports", "quic,tcp", "agent transports to serve: quic, tcp or both")
@@ -469,12 +477,13 @@ func caCmd(args []string, stdout, stderr io.Writer) error {
 	renewNow := fs.Bool("renew-now", false, "rotate: ask connected agents to renew at once instead of at their next scheduled renewal")
 	force := fs.Bool("force", false, "retire: even if agents still hold certificates from the old root (they will have to enrol again)")
 	output := fs.String("o", "table", "output: table or json")
+	out := fs.String("out", "", "export: file to write the CA bundle to (default: standard output)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
-		return errors.New("usage: tether-relay ca status | ca rotate [--renew-now] | ca renew-now | ca retire [--force]")
+		return errors.New("usage: tether-relay ca status | ca rotate [--renew-now] | ca renew-now | ca retire [--force] | ca export [--out FILE]")
 	}
 	show := func(st relay.CAStatus) error {
 		if *output == "json" {
@@ -483,6 +492,8 @@ func caCmd(args []string, stdout, stderr io.Writer) error {
 		return printCAStatus(stdout, st)
 	}
 	switch pos[0] {
+	case "export":
+		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error { return exportCA(a, *out, stdout, stderr) })
 	case "status":
 		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
 			st, err := a.CAStatus(ctx)
@@ -538,7 +549,7 @@ func caCmd(args []string, stdout, stderr io.Writer) error {
 			return nil
 		})
 	}
-	return errors.New("usage: tether-relay ca status | ca rotate [--renew-now] | ca renew-now | ca retire [--force]")
+	return errors.New("usage: tether-relay ca status | ca rotate [--renew-now] | ca renew-now | ca retire [--force] | ca export [--out FILE]")
 }
 
 func printJSON(w io.Writer, v any) error {

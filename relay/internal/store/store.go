@@ -172,6 +172,8 @@ DROP TABLE backend_tenants;
 ALTER TABLE agents ADD COLUMN cert_root TEXT NOT NULL DEFAULT '';
 ALTER TABLE join_tokens ADD COLUMN ca_root TEXT NOT NULL DEFAULT '';
 `},
+	// Operator tokens for the admin API (see operators.go).
+	{5, migrationOperators},
 }
 
 func (s *Store) migrate(ctx context.Context) error {

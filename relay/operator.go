@@ -1,0 +1,293 @@
+package relay
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/relay/internal/ca"
+	"github.com/tetherhq/tether/relay/internal/store"
+)
+
+// Audit record kinds of operator credentials.
+const (
+	AuditOperatorToken       = "operator.token"
+	AuditOperatorTokenRevoke = "operator.token_revoke"
+	AuditOperatorCert        = "operator.certificate"
+	AuditOperatorLogin       = "operator.login"
+	AuditOperatorLogout      = "operator.logout"
+	AuditTokenRevoke         = "token.revoke"
+	AuditBackendRemove       = "backend.remove"
+	AuditDrain               = "agent.drain"
+)
+
+// Operator tokens authenticate people and tools at the admin API. A token
+// is OperatorTokenPrefix, a 16-character id, "." and a 43-character secret
+// (32 random bytes, base64url); the store keeps the id and a SHA-256 of the
+// secret.
+const (
+	OperatorTokenPrefix     = "top1_"
+	DefaultOperatorTokenTTL = 90 * 24 * time.Hour
+	MaxOperatorTokenTTL     = 366 * 24 * time.Hour
+	operatorIDLen           = 16
+	operatorSecretLen       = 43
+)
+
+// OperatorTokenInfo describes an operator token without its secret.
+type OperatorTokenInfo struct {
+	ID        string     `json:"id"`
+	Name      string     `json:"name"`
+	CreatedAt time.Time  `json:"created_at"`
+	ExpiresAt time.Time  `json:"expires_at"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
+func operatorTokenInfo(t store.OperatorToken) OperatorTokenInfo {
+	info := OperatorTokenInfo{ID: t.ID, Name: t.Name, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt}
+	if !t.RevokedAt.IsZero() {
+		r := t.RevokedAt
+		info.RevokedAt = &r
+	}
+	return info
+}
+
+// CreateOperatorToken creates an admin API token for operator name, valid
+// for ttl (default DefaultOperatorTokenTTL). The token string is returned
+// once; only a hash of its secret is stored.
+func (a *Admin) CreateOperatorToken(ctx context.Context, name string, ttl time.Duration) (string, OperatorTokenInfo, error) {
+	if err := identity.ValidateName("operator", name); err != nil {
+		return "", OperatorTokenInfo{}, invalid(err)
+	}
+	if ttl == 0 {
+		ttl = DefaultOperatorTokenTTL
+	}
+	if ttl < 0 || ttl > MaxOperatorTokenTTL {
+		return "", OperatorTokenInfo{}, invalidf("operator token lifetime %v is out of range (0 to %v)", ttl, MaxOperatorTokenTTL)
+	}
+	id := newAgentID() // 16 base32 characters
+	var secret [32]byte
+	rand.Read(secret[:])
+	secretText := base64.RawURLEncoding.EncodeToString(secret[:])
+	now := a.now().Truncate(time.Second)
+	rec := store.OperatorToken{ID: id, Name: name, SecretHash: hashOperatorSecret(secretText), CreatedAt: now, ExpiresAt: now.Add(ttl)}
+	if err := a.st.store.AddOperatorToken(ctx, rec); err != nil {
+		return "", OperatorTokenInfo{}, err
+	}
+	a.record(AuditOperatorToken, "", "", "", map[string]any{"operator": name, "token": id, "expires_at": rec.ExpiresAt})
+	return OperatorTokenPrefix + id + "." + secretText, operatorTokenInfo(rec), nil
+}
+
+// OperatorTokens lists operator tokens, newest first.
+func (a *Admin) OperatorTokens(ctx context.Context) ([]OperatorTokenInfo, error) {
+	ts, err := a.st.store.ListOperatorTokens(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]OperatorTokenInfo, len(ts))
+	for i, t := range ts {
+		out[i] = operatorTokenInfo(t)
+	}
+	return out, nil
+}
+
+// RevokeOperatorToken revokes an operator token by id: the admin API
+// refuses it from the next request on. Browser sessions opened with it end
+// too.
+func (a *Admin) RevokeOperatorToken(ctx context.Context, id string) (OperatorTokenInfo, error) {
+	t, err := a.st.store.RevokeOperatorToken(ctx, id, a.now())
+	if errors.Is(err, store.ErrNotFound) {
+		return OperatorTokenInfo{}, notFoundf("no operator token %q (list them with: tether-relay operator token list)", id)
+	}
+	if err != nil {
+		return OperatorTokenInfo{}, err
+	}
+	a.record(AuditOperatorTokenRevoke, "", "", "", map[string]any{"operator": t.Name, "token": t.ID})
+	return operatorTokenInfo(t), nil
+}
+
+// errOperatorToken is the one answer to every bad operator token, so that
+// a caller learns nothing about which part was wrong.
+var errOperatorToken = errors.New("operator token is unknown, expired or revoked")
+
+// splitOperatorToken splits a token string into its id and secret, or
+// reports that it is malformed.
+func splitOperatorToken(s string) (id, secret string, ok bool) {
+	rest, found := strings.CutPrefix(s, OperatorTokenPrefix)
+	if !found || len(rest) != operatorIDLen+1+operatorSecretLen || rest[operatorIDLen] != '.' {
+		return "", "", false
+	}
+	id, secret = rest[:operatorIDLen], rest[operatorIDLen+1:]
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= '2' && c <= '7') {
+			return "", "", false
+		}
+	}
+	if b, err := base64.RawURLEncoding.Strict().DecodeString(secret); err != nil || len(b) != 32 {
+		return "", "", false
+	}
+	return id, secret, true
+}
+
+func hashOperatorSecret(secret string) []byte {
+	h := sha256.Sum256([]byte(secret))
+	return h[:]
+}
+
+// checkOperatorToken returns the token record tok names if tok is valid at
+// now (known, secret matches, not expired, not revoked).
+func checkOperatorToken(ctx context.Context, st *store.Store, tok string, now time.Time) (store.OperatorToken, error) {
+	id, secret, ok := splitOperatorToken(tok)
+	if !ok {
+		return store.OperatorToken{}, errOperatorToken
+	}
+	rec, err := st.OperatorToken(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.OperatorToken{}, errOperatorToken
+	}
+	if err != nil {
+		return store.OperatorToken{}, err
+	}
+	if subtle.ConstantTimeCompare(hashOperatorSecret(secret), rec.SecretHash) != 1 || !now.Before(rec.ExpiresAt) || !rec.RevokedAt.IsZero() {
+		return store.OperatorToken{}, errOperatorToken
+	}
+	return rec, nil
+}
+
+// OperatorCertificate is a client certificate for an operator, with its
+// key and the relay CA bundle the admin API's certificate chains to.
+type OperatorCertificate struct {
+	Identity string // spiffe://<td>/operator/<name>
+	NotAfter time.Time
+	CertPEM  []byte
+	KeyPEM   []byte
+	CAPEM    []byte
+}
+
+// File names OperatorCertificate.WriteFiles writes.
+const (
+	OperatorCertFile = "operator.crt"
+	OperatorKeyFile  = "operator.key"
+	OperatorCAFile   = "ca.crt"
+)
+
+// IssueOperatorCertificate issues a client certificate for operator name,
+// accepted by the admin API (mTLS) until it expires.
+func (a *Admin) IssueOperatorCertificate(name string, lifetime time.Duration) (*OperatorCertificate, error) {
+	if lifetime <= 0 || lifetime > MaxOperatorTokenTTL {
+		return nil, invalidf("certificate lifetime %v is out of range (0 to %v)", lifetime, MaxOperatorTokenTTL)
+	}
+	authority := a.st.CA()
+	id := identity.Operator{TrustDomain: authority.TrustDomain(), Name: name}
+	if err := id.Validate(); err != nil {
+		return nil, invalid(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := authority.SignOperator(authority.Signer(), &key.PublicKey, id, lifetime, a.now())
+	if err != nil {
+		return nil, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	a.record(AuditOperatorCert, "", "", "", map[string]any{"operator": name, "serial": cert.SerialNumber.Text(16), "not_after": cert.NotAfter.UTC().Format(time.RFC3339)})
+	return &OperatorCertificate{
+		Identity: id.String(),
+		NotAfter: cert.NotAfter,
+		CertPEM:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
+		KeyPEM:   pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		CAPEM:    authority.BundlePEM(),
+	}, nil
+}
+
+// WriteFiles writes operator.crt, operator.key (owner-only) and ca.crt
+// into dir, creating it if needed.
+func (c *OperatorCertificate) WriteFiles(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		name string
+		data []byte
+		perm os.FileMode
+	}{{OperatorKeyFile, c.KeyPEM, 0o600}, {OperatorCertFile, c.CertPEM, 0o644}, {OperatorCAFile, c.CAPEM, 0o644}} {
+		if err := ca.WriteFileAtomic(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
+			return fmt.Errorf("write %s: %w", f.name, err)
+		}
+	}
+	return nil
+}
+
+// CABundlePEM is the relay CA's active roots (PEM): what agents, backends
+// and operators trust the relay's certificates with, and what the admin
+// API's default certificate chains to.
+func (a *Admin) CABundlePEM() []byte { return a.st.CA().BundlePEM() }
+
+// Agent returns one enrolled agent.
+func (a *Admin) Agent(ctx context.Context, id string) (AgentInfo, error) {
+	x, err := a.st.store.Agent(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return AgentInfo{}, notFoundf("no agent %q", id)
+	}
+	if err != nil {
+		return AgentInfo{}, err
+	}
+	return agentInfo(x), nil
+}
+
+// RevokeToken deletes join token id so that it enrols no more agents;
+// agents it already enrolled are not affected.
+func (a *Admin) RevokeToken(ctx context.Context, id string) (TokenInfo, error) {
+	t, err := a.st.store.DeleteToken(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return TokenInfo{}, notFoundf("no join token %q", id)
+	}
+	if err != nil {
+		return TokenInfo{}, err
+	}
+	a.record(AuditTokenRevoke, t.Tenant, "", "", map[string]any{"token": t.ID})
+	return tokenInfo(t), nil
+}
+
+// RemoveBackend deletes a backend credential and its grants. A running
+// relay refuses its key and certificates within BackendCacheTTL; streams
+// already open continue.
+func (a *Admin) RemoveBackend(ctx context.Context, name string) error {
+	err := a.st.store.RemoveBackend(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return notFoundf("no backend %q", name)
+	}
+	if err != nil {
+		return err
+	}
+	a.record(AuditBackendRemove, "", "", name, nil)
+	return nil
+}
+
+// Tenant returns one tenant.
+func (a *Admin) Tenant(ctx context.Context, name string) (Tenant, error) {
+	t, err := a.st.store.Tenant(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return Tenant{}, notFoundf("no tenant %q", name)
+	}
+	if err != nil {
+		return Tenant{}, err
+	}
+	return Tenant{Name: t.Name, CreatedAt: t.CreatedAt}, nil
+}
