@@ -172,6 +172,7 @@ DROP TABLE backend_tenants;
 ALTER TABLE agents ADD COLUMN cert_root TEXT NOT NULL DEFAULT '';
 ALTER TABLE join_tokens ADD COLUMN ca_root TEXT NOT NULL DEFAULT '';
 `},
+	{6, migrationReleases}, // releases.go
 }
 
 func (s *Store) migrate(ctx context.Context) error {
