@@ -40,6 +40,8 @@ Usage:
   tether-relay agent   list [--tenant NAME] | revoke ID [--reason TEXT]
   tether-relay audit   [--tenant T] [--agent ID] [--backend B] [--kind K] [--since T] [--until T] [--limit N]
   tether-relay ca      status | rotate [--renew-now] | renew-now | retire [--force]
+  tether-relay release keygen --out DIR | sign … --key KEYFILE --out DIR | publish (--signed DIR | …)
+                       | list | rollout V (--percent N | --tenants a,b | --agents id,…) [--halt-at F] | status
   tether-relay version
 
 Every command but demo and version takes --data-dir (default $TETHER_DATA_DIR,
@@ -80,6 +82,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return auditCmd(rest, stdout, stderr)
 	case "ca":
 		return caCmd(rest, stdout, stderr)
+	case "release":
+		return releaseCmd(rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return nil
@@ -141,6 +145,7 @@ func serve(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.AgentCertLifetime, "agent-cert-lifetime", 24*time.Hour, "validity of agent certificates; agents renew them, with a fresh key, when a third remains")
 	fs.StringVar(&cfg.AuditLog, "audit-log", "", "file receiving one JSON line per audit record (default DATA-DIR/audit.log)")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", 10*time.Second, "control-stream heartbeat interval")
+	fs.DurationVar(&cfg.UpdateInterval, "update-interval", 5*time.Second, "how often the active rollout's release is offered to agents that have not had it")
 	fs.DurationVar(&cfg.StreamOpenTimeout, "stream-open-timeout", 15*time.Second, "limit on opening a stream through an agent")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", time.Hour, "close tunnelled connections idle this long")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "on shutdown, wait this long for tunnelled connections")

@@ -16,10 +16,14 @@ package release
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -329,4 +333,108 @@ func (t Target) Check(m Manifest) error {
 		return refusef(ReasonFailed, "release %s failed on this agent before and is not tried again", m.Version)
 	}
 	return nil
+}
+
+// SignFile signs the binary at binPath as described by m (whose SHA256 and
+// Size are filled in from the file) and writes the four files of a signed
+// release into outDir.
+func SignFile(key minisign.PrivateKey, m Manifest, binPath, outDir string) (Manifest, error) {
+	bin, err := readLimited(binPath, MaxBinarySize)
+	if err != nil {
+		return m, err
+	}
+	sum := sha256.Sum256(bin)
+	m.SHA256, m.Size = hex.EncodeToString(sum[:]), int64(len(bin))
+	s, err := Sign(key, m, bin)
+	if err != nil {
+		return m, err
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return m, err
+	}
+	for name, data := range map[string][]byte{
+		BinaryFile: bin, BinarySignatureFile: s.BinarySignature,
+		ManifestFile: s.Manifest, ManifestSignatureFile: s.ManifestSignature,
+	} {
+		if err := os.WriteFile(filepath.Join(outDir, name), data, 0o644); err != nil {
+			return m, err
+		}
+	}
+	return m, nil
+}
+
+// Files are the contents of a signed release directory.
+type Files struct {
+	Signed
+	Binary   []byte
+	Manifest Manifest // parsed from Signed.Manifest, not verified
+	KeyID    uint64   // the key both signatures name
+}
+
+// ReadDir reads a signed release directory and checks that it is
+// consistent: a valid manifest that describes the binary, and two
+// well-formed signatures by the same key. It cannot check that the key is
+// the vendor's: give keys to verify the signatures too.
+func ReadDir(dir string, keys Keys) (Files, error) {
+	var f Files
+	var err error
+	read := func(name string, max int64) []byte {
+		if err != nil {
+			return nil
+		}
+		var b []byte
+		b, err = readLimited(filepath.Join(dir, name), max)
+		return b
+	}
+	f.Binary = read(BinaryFile, MaxBinarySize)
+	f.Signed.Manifest = read(ManifestFile, MaxManifestSize)
+	f.ManifestSignature = read(ManifestSignatureFile, MaxSignatureSize)
+	f.BinarySignature = read(BinarySignatureFile, MaxSignatureSize)
+	if err != nil {
+		return f, err
+	}
+	if f.Manifest, err = ParseManifest(f.Signed.Manifest); err != nil {
+		return f, err
+	}
+	sum := sha256.Sum256(f.Binary)
+	if hex.EncodeToString(sum[:]) != f.Manifest.SHA256 || int64(len(f.Binary)) != f.Manifest.Size {
+		return f, fmt.Errorf("%s does not match %s (size or SHA-256 differ)", BinaryFile, ManifestFile)
+	}
+	var ms, bs minisign.Signature
+	if err := ms.UnmarshalText(f.ManifestSignature); err != nil {
+		return f, fmt.Errorf("%s: %w", ManifestSignatureFile, err)
+	}
+	if err := bs.UnmarshalText(f.BinarySignature); err != nil {
+		return f, fmt.Errorf("%s: %w", BinarySignatureFile, err)
+	}
+	if ms.KeyID != bs.KeyID {
+		return f, fmt.Errorf("the manifest and the binary are signed by different keys (%s, %s)", KeyID(ms.KeyID), KeyID(bs.KeyID))
+	}
+	f.KeyID = ms.KeyID
+	if len(keys) > 0 {
+		if _, _, err := keys.Verify(f.Signed.Manifest, f.ManifestSignature); err != nil {
+			return f, err
+		}
+		k, _ := keys.find(bs.KeyID)
+		if !minisign.Verify(k, f.Binary, f.BinarySignature) {
+			return f, fmt.Errorf("%s: not a valid signature of %s", BinarySignatureFile, BinaryFile)
+		}
+	}
+	return f, nil
+}
+
+func readLimited(path string, max int64) ([]byte, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	b, err := io.ReadAll(io.LimitReader(fh, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, max)
+	}
+	return b, nil
 }
