@@ -292,9 +292,8 @@ func (u *updater) download(ctx context.Context, s *session, o *protocol.UpdateOf
 	case <-ctx.Done():
 		return "", &release.Refusal{Reason: release.ReasonDownload, Message: fmt.Sprintf("the relay did not start sending the binary within %v", u.a.cfg.Update.DownloadTimeout)}
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		st.SetDeadline(dl)
-	}
+	dl, _ := ctx.Deadline()
+	st.SetDeadline(dl)
 	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
 	defer stop()
 	path := filepath.Join(u.dir, unverifiedFile)
@@ -314,7 +313,7 @@ func (u *updater) download(ctx context.Context, s *session, o *protocol.UpdateOf
 	switch {
 	case n > m.Size:
 		return fail(release.ReasonSize, "the relay sent more than the %d bytes the manifest gives: download stopped", m.Size)
-	case err != nil && ctx.Err() != nil:
+	case err != nil && (ctx.Err() != nil || !time.Now().Before(dl)):
 		return fail(release.ReasonDownload, "download too slow: %d of %d bytes after %v", n, m.Size, u.a.cfg.Update.DownloadTimeout)
 	case err != nil:
 		return fail(release.ReasonDownload, "download failed after %d of %d bytes: %v", n, m.Size, err)

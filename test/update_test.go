@@ -100,7 +100,7 @@ func newUpdateEnv(t *testing.T) *updateEnv {
 
 // updateYAML is the agent config's update section trusting e's key.
 func (e *updateEnv) updateYAML(extra string) string {
-	return fmt.Sprintf("update: {public_keys: [%q], restart: exec, health_timeout: 30s%s}\n", e.pub, extra)
+	return fmt.Sprintf("update: {public_keys: [%q], restart: exec%s}\n", e.pub, extra)
 }
 
 // publish signs bin as version for this platform (unless overridden in
@@ -188,7 +188,7 @@ func TestSelfUpdate(t *testing.T) {
 	other := startAgent(t, r, "acme", agentOpts{services: map[string]string{"echo": tcpService(t, echo)}})
 	_ = other
 	stateDir, id := enroll(t, r.agentAddr, r.token(t, "acme"))
-	a := runAgent(t, stateDir, id, r.agentAddr, agentOpts{bin: v1, extra: e.updateYAML("")})
+	a := runAgent(t, stateDir, id, r.agentAddr, agentOpts{bin: v1, extra: e.updateYAML(", health_timeout: 30s")})
 	dialer := r.backend(t, "billing", "acme")
 	conn := waitDial(t, dialer, "echo.acme.tether:1", 20*time.Second)
 	defer conn.Close()
