@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -423,6 +424,9 @@ func TestRolloutHalts(t *testing.T) {
 	}
 	if len(st.Agents) != 1 || st.Agents[0].State != "rolled_back" || !strings.Contains(st.Agents[0].Message, "did not connect") {
 		t.Fatalf("agents after the halt: %+v, want one rolled back", st.Agents)
+	}
+	if !slices.Contains(ids, st.Agents[0].Agent) {
+		t.Fatalf("rolled-back agent %s is not one of %v", st.Agents[0].Agent, ids)
 	}
 	if !strings.Contains(st.Rollouts[0].Reason, "1 of 1") {
 		t.Fatalf("halt reason %q", st.Rollouts[0].Reason)
