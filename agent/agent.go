@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +50,9 @@ type Agent struct {
 
 	streamsOpen  atomic.Int64
 	streamsTotal atomic.Uint64
+
+	upd        *updater                     // self-update (update.go)
+	restartErr atomic.Pointer[RestartError] // set when Run stops to restart
 }
 
 // New validates cfg and loads the agent's identity from cfg.StateDir.
@@ -102,6 +106,17 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.services.Store(&svcs)
 	return a, nil
+}
+
+// requestRestart stops Run, which then returns e (nil: returns nil).
+func (a *Agent) requestRestart(stop context.CancelFunc) func(*RestartError) {
+	return func(e *RestartError) {
+		if e != nil {
+			e.Mode = restartMode(a.cfg.Update.Restart, os.Getenv, runtime.GOOS)
+			a.restartErr.Store(e)
+		}
+		stop()
+	}
 }
 
 // NotAfter is when the agent's current certificate expires.
@@ -166,6 +181,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent starting", "version", a.cfg.Version, "relays", a.cfg.Relays, "transport", a.cfg.Transport,
 		"connections", a.cfg.Connections, "services", len(*a.services.Load()), "cert_not_after", a.NotAfter().Format(time.RFC3339))
 	a.logEgress()
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	upd, err := newUpdater(a, a.requestRestart(stop))
+	if err != nil {
+		return fmt.Errorf("self-update: %w", err)
+	}
+	a.upd = upd
 	var wg sync.WaitGroup
 	if a.cfg.DebugListen != "" {
 		if err := a.serveDebug(ctx, &wg); err != nil {
@@ -177,7 +199,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	wg.Go(func() { a.renewLoop(ctx) })
 	wg.Go(func() { a.watchFiles(ctx) })
+	wg.Go(func() { upd.run(ctx) })
 	wg.Wait()
+	if e := a.restartErr.Load(); e != nil {
+		a.log.Info("agent stopped to restart", "why", e.Why, "mode", e.Mode)
+		return e
+	}
 	a.log.Info("agent stopped")
 	return nil
 }

@@ -79,6 +79,8 @@ type Config struct {
 	DebugListen string `yaml:"debug_listen"`
 	// Log configures logging (used by the tether-agent command).
 	Log LogConfig `yaml:"log"`
+	// Update configures self-update (update_config.go).
+	Update UpdateConfig `yaml:"update"`
 
 	// ConfigFile is the file the config was loaded from; when set, the
 	// agent applies changes to its services without a restart.
@@ -88,6 +90,18 @@ type Config struct {
 	Logger *slog.Logger `yaml:"-"`
 	// Version is reported to the relay.
 	Version string `yaml:"-"`
+	// BuiltinUpdateKeys are release keys built into the binary (trusted
+	// with Update.PublicKeys).
+	BuiltinUpdateKeys []string `yaml:"-"`
+	// UpdateTrial, when set, runs the agent as the trial of a new binary:
+	// at its first connection it writes its version to this file and stops.
+	UpdateTrial string `yaml:"-"`
+	// Executable is the agent's binary (default os.Executable()) and Args
+	// the arguments it runs with, given again to a trial of a new binary.
+	Executable string   `yaml:"-"`
+	Args       []string `yaml:"-"`
+	// TrialOutput receives a trial's output (default: discarded).
+	TrialOutput io.Writer `yaml:"-"`
 	// DialService dials services; nil uses a net.Dialer. For tests.
 	DialService func(ctx context.Context, network, addr string) (net.Conn, error) `yaml:"-"`
 }
@@ -231,6 +245,7 @@ func (c *Config) setDefaults() {
 	defd(&c.Reconnect.Initial, 500*time.Millisecond)
 	defd(&c.Reconnect.Max, 30*time.Second)
 	defd(&c.DrainTimeout, 10*time.Second)
+	c.Update.setDefaults()
 	if c.Version == "" {
 		c.Version = "dev"
 	}
@@ -302,6 +317,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Reconnect.Max != 0 && c.Reconnect.Initial > c.Reconnect.Max {
 		add("reconnect.initial %v is larger than reconnect.max %v", c.Reconnect.Initial, c.Reconnect.Max)
+	}
+	if err := c.Update.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	switch c.Log.Level {
 	case "", "debug", "info", "warn", "error":

@@ -264,11 +264,16 @@ func (s *session) hello(ctx context.Context) error {
 	s.br = bufio.NewReader(ctl)
 	ctl.SetDeadline(time.Now().Add(helloTimeout))
 	host, _ := os.Hostname()
+	caps, bootID := []string{protocol.CapHeartbeat, protocol.CapGoAway, protocol.CapUpdate}, s.a.bootID
+	if s.a.cfg.UpdateTrial != "" {
+		// A trial must not push the running agent's sessions out.
+		caps, bootID = append(caps, protocol.CapUpdateTrial), ""
+	}
 	if err := s.send(&protocol.Hello{
 		ProtocolVersion: protocol.Version, AgentVersion: s.a.cfg.Version,
 		OS: runtime.GOOS, Arch: runtime.GOARCH, Hostname: host,
-		Capabilities: []string{protocol.CapHeartbeat, protocol.CapGoAway},
-		Transport:    s.transport, TransportWhy: s.why, BootID: s.a.bootID,
+		Capabilities: caps, UpdateChannel: s.a.cfg.Update.Channel,
+		Transport: s.transport, TransportWhy: s.why, BootID: bootID,
 	}); err != nil {
 		return fmt.Errorf("send hello: %w", s.explain(err))
 	}
@@ -287,6 +292,9 @@ func (s *session) hello(ctx context.Context) error {
 	ctl.SetDeadline(time.Time{})
 	s.lastHeard.Store(time.Now().UnixNano())
 	s.log = s.log.With("session", s.welcome.SessionID)
+	if s.a.upd != nil {
+		s.a.upd.sessionUp()
+	}
 	return nil
 }
 
@@ -423,6 +431,10 @@ func (s *session) readLoop() {
 			select {
 			case s.renewed <- m:
 			default: // nobody asked: ignore
+			}
+		case *protocol.UpdateOffer:
+			if s.a.upd != nil {
+				s.a.upd.offered(s, m)
 			}
 		case *protocol.Reject:
 			// The relay ends this session and says why (revoked,

@@ -34,6 +34,10 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	// every stream, logged or not.
 	log := s.log
 	ids := []any{"request", h.RequestID, "service", h.Service, "backend", h.Backend}
+	if h.Service == protocol.UpdateService && a.upd != nil {
+		a.upd.updateStream(st, h)
+		return
+	}
 	svc, ok := (*a.services.Load())[h.Service]
 	if !ok {
 		log.Info("refused: service not in this agent's allowlist", ids...)

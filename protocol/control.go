@@ -29,6 +29,9 @@ const (
 	TypeRenewResponse  MessageType = 10
 	TypeRenewNow       MessageType = 11
 	TypeReport         MessageType = 12
+	TypeUpdateOffer    MessageType = 13 // see update.go
+	TypeUpdateFetch    MessageType = 14
+	TypeUpdateStatus   MessageType = 15
 )
 
 // Message is one control or enrolment message.
@@ -58,6 +61,8 @@ type Hello struct {
 	// proxy host:port".
 	Transport    string `json:"transport,omitempty"`
 	TransportWhy string `json:"transport_why,omitempty"`
+	// UpdateChannel is the release channel the agent follows (CapUpdate).
+	UpdateChannel string `json:"update_channel,omitempty"`
 }
 
 // Welcome accepts a Hello.
@@ -262,6 +267,12 @@ func newMessage(t MessageType) Message {
 		return new(RenewNow)
 	case TypeReport:
 		return new(Report)
+	case TypeUpdateOffer:
+		return new(UpdateOffer)
+	case TypeUpdateFetch:
+		return new(UpdateFetch)
+	case TypeUpdateStatus:
+		return new(UpdateStatus)
 	}
 	return nil
 }

@@ -164,6 +164,7 @@ func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.Connec
 	}
 	ac.lastHeard.Store(time.Now().UnixNano())
 	ac.notAfter.Store(leaf.NotAfter.UnixNano())
+	ac.onUpdate = func(m protocol.Message) { r.updateMessage(ctx, ac, m) }
 	authority := r.st.CA()
 	if root := authority.IssuerOf(leaf); root != nil {
 		ac.setRoot(root.ID())
@@ -302,6 +303,9 @@ type agentConn struct {
 
 	report   atomic.Pointer[protocol.Report] // the agent's latest report, nil before the first
 	reportAt atomic.Int64                    // Unix nanoseconds the latest report arrived
+
+	offer    atomic.Pointer[updateOffer] // the release last offered on this session (rollout.go)
+	onUpdate func(protocol.Message)      // handles update messages; must not block
 
 	ctlMu sync.Mutex // serialises writes to ctl
 	ctl   transport.Stream
@@ -461,6 +465,10 @@ func (c *agentConn) readLoop(br *bufio.Reader, renew func(*protocol.RenewRequest
 		case *protocol.Report:
 			c.report.Store(boundReport(m))
 			c.reportAt.Store(time.Now().UnixNano())
+		case *protocol.UpdateFetch, *protocol.UpdateStatus:
+			if c.onUpdate != nil {
+				c.onUpdate(m)
+			}
 		default:
 			// Unknown and out-of-place messages are ignored for
 			// forward compatibility.

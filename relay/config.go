@@ -80,6 +80,9 @@ type Config struct {
 	// that admin commands changed in the store; a revoked agent's live
 	// sessions close within this time. Default 1s.
 	PolicyPoll time.Duration
+	// UpdateInterval is how often the relay offers the active rollout's
+	// release to the agents it selects that have not had it. Default 5s.
+	UpdateInterval time.Duration
 	// HeartbeatInterval is how often each side pings on the control stream;
 	// a session silent for three intervals is closed. Default 10s.
 	HeartbeatInterval time.Duration
@@ -138,6 +141,7 @@ func (c *Config) setDefaults() {
 	def(&c.Version, "dev")
 	defd(&c.AgentCertLifetime, 24*time.Hour)
 	defd(&c.PolicyPoll, time.Second)
+	defd(&c.UpdateInterval, 5*time.Second)
 	if c.AuditLog == "" && c.DataDir != "" {
 		c.AuditLog = filepath.Join(c.DataDir, defaultAuditFile)
 	}

@@ -385,6 +385,7 @@ func (r *Relay) run(ctx context.Context) error {
 	rosterCtx, stopRoster := context.WithCancel(context.Background())
 	wg.Go(func() { r.keepRoster(rosterCtx) })
 	wg.Go(func() { r.watchPolicy(rosterCtx) })
+	wg.Go(func() { r.rolloutLoop(rosterCtx) })
 	if r.tcpLn != nil {
 		wg.Go(func() { report(r.acceptTCP(sessCtx, &wg)) })
 	}

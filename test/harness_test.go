@@ -262,6 +262,7 @@ type agentOpts struct {
 	relay     string              // default the relay's agent address
 	extra     string              // more YAML
 	logLevel  string              // default debug
+	bin       string              // default bins.agent
 }
 
 // enroll enrols an agent with a token and returns its state directory.
@@ -316,7 +317,11 @@ func runAgent(t testing.TB, stateDir, id, relayAddr string, o agentOpts) *agentP
 		t.Fatal(err)
 	}
 	a := &agentProc{stateDir: stateDir, config: cfg, id: id}
-	a.proc = start(t, "tether-agent "+id, bins.agent, "run", "--config", cfg)
+	bin := bins.agent
+	if o.bin != "" {
+		bin = o.bin
+	}
+	a.proc = start(t, "tether-agent "+id, bin, "run", "--config", cfg)
 	a.waitOutput(`"msg":"connected to relay"`, 20*time.Second)
 	return a
 }

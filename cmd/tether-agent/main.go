@@ -20,6 +20,12 @@ import (
 // version is set at build time: go build -ldflags '-X main.version=1.2.3'.
 var version = "dev"
 
+// updateKeys are the release keys this build trusts for self-update,
+// comma-separated, each the key line of a release.pub:
+// go build -ldflags '-X main.updateKeys=RWQ…'. More may be added in the
+// config file (update: public_keys).
+var updateKeys = ""
+
 const prog = "tether-agent"
 
 const usage = `tether-agent: the Tether agent.
@@ -151,11 +157,19 @@ func runAgent(args []string, stderr io.Writer) error {
 	cfg.Logger = log
 	cfg.Version = version
 	cfg.ConfigFile = *configPath
+	cfg.BuiltinUpdateKeys = strings.Split(updateKeys, ",")
+	cfg.UpdateTrial = os.Getenv("TETHER_UPDATE_TRIAL") // set by the agent that tries this binary
+	cfg.Args = os.Args[1:]
+	cfg.TrialOutput = stderr
 	a, err := agent.New(cfg)
 	if err != nil {
 		return err
 	}
 	ctx, stop := cli.SignalContext()
-	defer stop()
-	return a.Run(ctx)
+	err = a.Run(ctx)
+	stop()
+	if re, ok := errors.AsType[*agent.RestartError](err); ok {
+		return agent.Restart(re) // exec, or exit with agent.ExitRestart
+	}
+	return err
 }

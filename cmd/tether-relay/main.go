@@ -42,6 +42,8 @@ Usage:
   tether-relay ca      status | rotate [--renew-now] | renew-now | retire [--force] | export [--out FILE]
   tether-relay operator token create --name NAME [--ttl 2160h] | token list | token revoke ID
                        | certificate NAME --out DIR [--lifetime 2160h]
+  tether-relay release keygen --out DIR | sign … --key KEYFILE --out DIR | publish (--signed DIR | …)
+                       | list | rollout V (--percent N | --tenants a,b | --agents id,…) [--halt-at F] | status
   tether-relay version
 
 Every command but demo and version takes --data-dir (default $TETHER_DATA_DIR,
@@ -84,6 +86,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return caCmd(rest, stdout, stderr)
 	case "operator":
 		return operatorCmd(rest, stdout, stderr)
+	case "release":
+		return releaseCmd(rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return nil
@@ -149,6 +153,7 @@ func serve(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.AgentCertLifetime, "agent-cert-lifetime", 24*time.Hour, "validity of agent certificates; agents renew them, with a fresh key, when a third remains")
 	fs.StringVar(&cfg.AuditLog, "audit-log", "", "file receiving one JSON line per audit record (default DATA-DIR/audit.log)")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", 10*time.Second, "control-stream heartbeat interval")
+	fs.DurationVar(&cfg.UpdateInterval, "update-interval", 5*time.Second, "how often the active rollout's release is offered to agents that have not had it")
 	fs.DurationVar(&cfg.StreamOpenTimeout, "stream-open-timeout", 15*time.Second, "limit on opening a stream through an agent")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", time.Hour, "close tunnelled connections idle this long")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "on shutdown, wait this long for tunnelled connections")

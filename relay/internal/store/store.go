@@ -174,6 +174,7 @@ ALTER TABLE join_tokens ADD COLUMN ca_root TEXT NOT NULL DEFAULT '';
 `},
 	// Operator tokens for the admin API (see operators.go).
 	{5, migrationOperators},
+	{6, migrationReleases}, // releases.go
 }
 
 func (s *Store) migrate(ctx context.Context) error {

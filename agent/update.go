@@ -1,0 +1,579 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"aead.dev/minisign"
+	"github.com/minio/selfupdate"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/release"
+	"github.com/tetherhq/tether/protocol/transport"
+)
+
+// Self-update. The relay offers a signed release on the control stream;
+// the updater checks the signed manifest (trusted key, platform, channel,
+// expiry, newer than itself, not failed here before), asks for the binary,
+// receives it on a stream the relay opens, checks its size and SHA-256
+// while it is still a file in the state directory, and only then applies
+// it with minio/selfupdate (with the checksum and a minisign Verifier of
+// the binary's own signature), keeping the previous binary next to it.
+//
+// The new binary is then tried while this process keeps serving: it runs
+// as a child in trial mode, connects once to a relay, writes a marker and
+// exits 0. A child that crashes, exits otherwise, or does not connect
+// within the health timeout fails the trial: the previous binary is put
+// back, the version is recorded as failed (never tried again) and the
+// failure reported. Only a binary that passed its trial is restarted into
+// (exec in the foreground, exit ExitRestart under a service manager); the
+// pending marker makes the restarted binary confirm itself, and restore
+// the previous one if it does not connect within the health timeout.
+//
+// Files, in <state_dir>/update/: pending.json (an update between apply and
+// confirmation), failed.json (versions never to try again),
+// tether-agent.unverified (a download before its checks), tether-agent.minisig,
+// trial-ok (written by a passing trial). Next to the binary: <binary>.previous.
+
+const (
+	updateDirName    = "update"
+	pendingFile      = "pending.json"
+	failedFile       = "failed.json"
+	unverifiedFile   = "tether-agent.unverified"
+	binarySigFile    = "tether-agent.minisig"
+	trialOKFile      = "trial-ok"
+	previousSuffix   = ".previous"
+	failedSuffix     = ".failed"
+	trialEnv         = "TETHER_UPDATE_TRIAL"
+	statusSendWindow = 30 * time.Second
+)
+
+// pending is an update between apply and confirmation.
+type pending struct {
+	ID       string `json:"id"`
+	From     string `json:"from"`
+	To       string `json:"to"`
+	State    string `json:"state"` // "trial", "applied", "rolled_back"
+	Binary   string `json:"binary"`
+	Previous string `json:"previous"`
+	Reason   string `json:"reason,omitempty"`
+	Message  string `json:"message,omitempty"`
+}
+
+type offerOn struct {
+	s *session
+	m *protocol.UpdateOffer
+}
+
+// fetch is a download the updater waits for.
+type fetch struct {
+	id     string
+	stream chan transport.Stream // handed over by handleStream
+	done   chan struct{}         // closed when the updater is finished with the stream
+}
+
+type updater struct {
+	a      *Agent
+	log    *slog.Logger
+	keys   release.Keys
+	dir    string
+	exe    string // the binary's path when the agent started
+	offers chan offerOn
+
+	mu    sync.Mutex // guards fetch
+	fetch *fetch
+
+	connectedOnce sync.Once
+	connected     chan struct{} // closed at the first Welcome
+
+	restart func(*RestartError) // stops Run with a restart
+}
+
+func newUpdater(a *Agent, restart func(*RestartError)) (*updater, error) {
+	keys, err := release.ParseKeys(append(append([]string(nil), a.cfg.BuiltinUpdateKeys...), a.cfg.Update.PublicKeys...))
+	if err != nil {
+		return nil, err
+	}
+	exe := a.cfg.Executable
+	if exe == "" {
+		if exe, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("find own binary: %w", err)
+		}
+		if exe, err = filepath.EvalSymlinks(exe); err != nil {
+			return nil, fmt.Errorf("find own binary: %w", err)
+		}
+	}
+	return &updater{a: a, log: a.log.With("component", "update"), keys: keys, dir: filepath.Join(a.cfg.StateDir, updateDirName), exe: exe,
+		offers: make(chan offerOn, 1), connected: make(chan struct{}), restart: restart}, nil
+}
+
+// sessionUp is called at each Welcome.
+func (u *updater) sessionUp() { u.connectedOnce.Do(func() { close(u.connected) }) }
+
+// offered hands an offer from the control stream to run (dropped when
+// one is being handled: the relay offers again).
+func (u *updater) offered(s *session, m *protocol.UpdateOffer) {
+	select {
+	case u.offers <- offerOn{s, m}:
+	default:
+		if err := s.send(&protocol.UpdateStatus{ID: m.ID, Version: m.Version, State: protocol.UpdateRefused, Reason: release.ReasonBusy, Message: "another update is in progress"}); err != nil {
+			u.log.Debug("send update status", "err", err)
+		}
+	}
+}
+
+// run handles offers one at a time until ctx ends. At start it finishes an
+// update left pending by the previous process.
+func (u *updater) run(ctx context.Context) {
+	if u.a.cfg.UpdateTrial != "" {
+		u.runTrial(ctx)
+		return
+	}
+	if err := os.MkdirAll(u.dir, 0o700); err != nil {
+		u.log.Error("self-update disabled: cannot create its directory", "dir", u.dir, "err", err)
+		return
+	}
+	u.confirm(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case o := <-u.offers:
+			u.handle(ctx, o.s, o.m)
+		}
+	}
+}
+
+// runTrial is the whole job of a trial child: connect once, say so, stop.
+func (u *updater) runTrial(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-u.connected:
+	}
+	if err := os.WriteFile(u.a.cfg.UpdateTrial, []byte(u.a.cfg.Version), 0o600); err != nil {
+		u.log.Error("update trial: write marker", "err", err)
+	}
+	u.log.Info("update trial: connected to a relay; exiting so the parent restarts into this version", "version", u.a.cfg.Version)
+	u.restart(nil)
+}
+
+// report sends a status on s, or on any live session when s is nil or
+// gone, waiting a while for one.
+func (u *updater) report(ctx context.Context, s *session, m *protocol.UpdateStatus) {
+	lvl := slog.LevelInfo
+	if m.State == protocol.UpdateRefused || m.State == protocol.UpdateRolledBack || m.State == protocol.UpdateFailed {
+		lvl = slog.LevelWarn
+	}
+	u.log.Log(ctx, lvl, "update "+m.State, "version", m.Version, "from", m.From, "reason", m.Reason, "message", m.Message)
+	if s != nil && s.send(m) == nil {
+		return
+	}
+	deadline := time.Now().Add(statusSendWindow)
+	for time.Now().Before(deadline) {
+		if s := u.a.anyLive(); s != nil && s.send(m) == nil {
+			return
+		}
+		if !sleep(ctx, 200*time.Millisecond) {
+			return
+		}
+	}
+	u.log.Warn("update status not delivered: no relay connection", "state", m.State, "version", m.Version)
+}
+
+func (a *Agent) anyLive() *session {
+	a.liveMu.Lock()
+	defer a.liveMu.Unlock()
+	for s := range a.live {
+		return s
+	}
+	return nil
+}
+
+func (u *updater) refuse(ctx context.Context, s *session, m *protocol.UpdateOffer, err error) {
+	reason := release.ReasonOf(err)
+	if reason == "" {
+		reason = release.ReasonDownload
+	}
+	u.report(ctx, s, &protocol.UpdateStatus{ID: m.ID, Version: m.Version, From: u.a.cfg.Version, State: protocol.UpdateRefused, Reason: reason, Message: err.Error()})
+}
+
+func (u *updater) target() release.Target {
+	return release.Target{OS: runtime.GOOS, Arch: runtime.GOARCH, Channel: u.a.cfg.Update.Channel, Version: u.a.cfg.Version, Now: time.Now(), Failed: u.failed()}
+}
+
+// handle takes one offer from verification to restart or rollback.
+func (u *updater) handle(ctx context.Context, s *session, o *protocol.UpdateOffer) {
+	if p, _ := u.loadPending(); p != nil {
+		u.refuse(ctx, s, o, &release.Refusal{Reason: release.ReasonBusy, Message: "an earlier update is still pending"})
+		return
+	}
+	// 1. The signed manifest, before anything is downloaded.
+	m, key, err := u.keys.Verify(o.Manifest, o.ManifestSignature)
+	if err == nil {
+		err = u.target().Check(m)
+	}
+	if err == nil && m.Version != o.Version {
+		err = &release.Refusal{Reason: release.ReasonManifest, Message: fmt.Sprintf("the offer names version %s but its signed manifest %s", o.Version, m.Version)}
+	}
+	if err != nil {
+		u.refuse(ctx, s, o, err)
+		return
+	}
+	log := u.log.With("version", m.Version, "offer", o.ID)
+	log.Info("update offered: manifest verified; downloading", "key", release.KeyID(key.ID()), "sha256", m.SHA256, "size", m.Size)
+	// 2. The binary, into a file of the state directory, checked there.
+	path, err := u.download(ctx, s, o, m)
+	if err != nil {
+		u.refuse(ctx, s, o, err)
+		return
+	}
+	u.report(ctx, s, &protocol.UpdateStatus{ID: o.ID, Version: m.Version, From: u.a.cfg.Version, State: protocol.UpdateDownloaded})
+	// 3. Apply, keeping the previous binary, then try it.
+	p := &pending{ID: o.ID, From: u.a.cfg.Version, To: m.Version, State: "trial", Binary: u.exe, Previous: u.exe + previousSuffix}
+	if err := u.savePending(p); err != nil {
+		u.report(ctx, s, &protocol.UpdateStatus{ID: o.ID, Version: m.Version, From: p.From, State: protocol.UpdateFailed, Reason: release.ReasonApply, Message: err.Error()})
+		return
+	}
+	if err := u.apply(path, m, key, o.BinarySignature); err != nil {
+		u.removePending()
+		u.report(ctx, s, &protocol.UpdateStatus{ID: o.ID, Version: m.Version, From: p.From, State: protocol.UpdateFailed, Reason: release.ReasonApply, Message: err.Error()})
+		return
+	}
+	log.Info("update applied; trying the new binary", "binary", u.exe, "previous", p.Previous, "health_timeout", u.a.cfg.Update.HealthTimeout)
+	if err := u.trial(ctx, m.Version); err != nil {
+		u.rollback(ctx, s, p, err.Error())
+		return
+	}
+	p.State = "applied"
+	if err := u.savePending(p); err != nil {
+		u.rollback(ctx, s, p, "record the update: "+err.Error())
+		return
+	}
+	u.report(ctx, s, &protocol.UpdateStatus{ID: o.ID, Version: m.Version, From: p.From, State: protocol.UpdateApplied})
+	u.restart(&RestartError{Path: u.exe, Why: "run version " + m.Version})
+}
+
+// download asks the relay for the binary and writes it to a file of the
+// update directory, within the size the manifest gives and the download
+// timeout; it returns the file once its size and SHA-256 match.
+func (u *updater) download(ctx context.Context, s *session, o *protocol.UpdateOffer, m release.Manifest) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, u.a.cfg.Update.DownloadTimeout)
+	defer cancel()
+	f := &fetch{id: o.ID, stream: make(chan transport.Stream, 1), done: make(chan struct{})}
+	u.mu.Lock()
+	u.fetch = f
+	u.mu.Unlock()
+	defer func() {
+		u.mu.Lock()
+		u.fetch = nil
+		u.mu.Unlock()
+		close(f.done)
+	}()
+	if err := s.send(&protocol.UpdateFetch{ID: o.ID, Version: m.Version}); err != nil {
+		return "", &release.Refusal{Reason: release.ReasonDownload, Message: "ask for the binary: " + err.Error()}
+	}
+	var st transport.Stream
+	select {
+	case st = <-f.stream:
+	case <-ctx.Done():
+		return "", &release.Refusal{Reason: release.ReasonDownload, Message: fmt.Sprintf("the relay did not start sending the binary within %v", u.a.cfg.Update.DownloadTimeout)}
+	}
+	dl, _ := ctx.Deadline()
+	st.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
+	defer stop()
+	path := filepath.Join(u.dir, unverifiedFile)
+	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return "", &release.Refusal{Reason: release.ReasonDownload, Message: err.Error()}
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(out, h), io.LimitReader(st, m.Size+1))
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	fail := func(reason, format string, args ...any) (string, error) {
+		os.Remove(path)
+		return "", &release.Refusal{Reason: reason, Message: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case n > m.Size:
+		return fail(release.ReasonSize, "the relay sent more than the %d bytes the manifest gives: download stopped", m.Size)
+	case err != nil && (ctx.Err() != nil || !time.Now().Before(dl)):
+		return fail(release.ReasonDownload, "download too slow: %d of %d bytes after %v", n, m.Size, u.a.cfg.Update.DownloadTimeout)
+	case err != nil:
+		return fail(release.ReasonDownload, "download failed after %d of %d bytes: %v", n, m.Size, err)
+	case n < m.Size:
+		return fail(release.ReasonSize, "the download ended after %d of the %d bytes the manifest gives", n, m.Size)
+	case hex.EncodeToString(h.Sum(nil)) != m.SHA256:
+		return fail(release.ReasonHash, "the binary's SHA-256 %x is not the manifest's %s: it was altered", h.Sum(nil), m.SHA256)
+	}
+	return path, nil
+}
+
+// updateStream serves a stream the relay opened for a release binary.
+func (u *updater) updateStream(st transport.Stream, h protocol.StreamHeader) {
+	u.mu.Lock()
+	f := u.fetch
+	u.mu.Unlock()
+	if u.a.cfg.UpdateTrial != "" || f == nil || f.id != h.RequestID {
+		refuse(st, protocol.Errorf(protocol.CodeNotAllowed, "this agent is not downloading release %q", h.RequestID))
+		return
+	}
+	if err := protocol.WriteReply(st, protocol.Reply{}); err != nil {
+		return
+	}
+	select {
+	case f.stream <- st:
+		<-f.done
+	case <-f.done:
+	}
+}
+
+// apply replaces the binary with the verified download.
+func (u *updater) apply(path string, m release.Manifest, key minisign.PublicKey, binarySig []byte) error {
+	sigPath := filepath.Join(u.dir, binarySigFile)
+	if err := os.WriteFile(sigPath, binarySig, 0o600); err != nil {
+		return err
+	}
+	keyText, _ := key.MarshalText()
+	v := selfupdate.NewVerifier()
+	if err := v.LoadFromFile(sigPath, string(keyText)); err != nil {
+		return fmt.Errorf("binary signature: %w", err)
+	}
+	sum, _ := hex.DecodeString(m.SHA256)
+	mode := os.FileMode(0o755)
+	if fi, err := os.Stat(u.exe); err == nil {
+		mode = fi.Mode().Perm()
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	defer os.Remove(path)
+	err = selfupdate.Apply(io.LimitReader(f, m.Size), selfupdate.Options{
+		TargetPath: u.exe, TargetMode: mode, Checksum: sum, Verifier: v, OldSavePath: u.exe + previousSuffix,
+	})
+	if rerr := selfupdate.RollbackError(err); rerr != nil {
+		return fmt.Errorf("%v; and restoring the previous binary failed too: %v (put %s back at %s by hand)", err, rerr, u.exe+previousSuffix, u.exe)
+	}
+	return err
+}
+
+// trial runs the new binary in trial mode and waits until it has
+// connected to a relay and exited, for at most the health timeout.
+func (u *updater) trial(ctx context.Context, version string) error {
+	marker := filepath.Join(u.dir, trialOKFile)
+	os.Remove(marker)
+	cmd := exec.Command(u.exe, u.a.cfg.Args...)
+	cmd.Env = append(os.Environ(), trialEnv+"="+marker)
+	cmd.Stdout, cmd.Stderr = u.a.cfg.TrialOutput, u.a.cfg.TrialOutput
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start the new binary: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t := time.NewTimer(u.a.cfg.Update.HealthTimeout)
+	defer t.Stop()
+	var werr error
+	select {
+	case werr = <-exited:
+	case <-t.C:
+		cmd.Process.Kill()
+		<-exited
+		return fmt.Errorf("the new binary did not connect to a relay within %v", u.a.cfg.Update.HealthTimeout)
+	case <-ctx.Done():
+		cmd.Process.Kill()
+		<-exited
+		return errors.New("the agent stopped during the trial of the new binary")
+	}
+	got, _ := os.ReadFile(marker)
+	os.Remove(marker)
+	if werr != nil {
+		return fmt.Errorf("the new binary failed before connecting to a relay: %v", werr)
+	}
+	if string(got) != version {
+		return fmt.Errorf("the new binary exited without connecting to a relay as version %s", version)
+	}
+	return nil
+}
+
+// rollback puts the previous binary back and records the version as failed.
+func (u *updater) rollback(ctx context.Context, s *session, p *pending, why string) {
+	if err := u.restorePrevious(p); err != nil {
+		u.log.Error("update: cannot restore the previous binary", "err", err)
+		why += "; restoring the previous binary failed: " + err.Error()
+	}
+	u.addFailed(p.To, why)
+	u.removePending()
+	u.report(ctx, s, &protocol.UpdateStatus{ID: p.ID, Version: p.To, From: p.From, State: protocol.UpdateRolledBack, Reason: release.ReasonUnhealthy, Message: why})
+}
+
+func (u *updater) restorePrevious(p *pending) error {
+	if _, err := os.Stat(p.Previous); err != nil {
+		return err
+	}
+	os.Remove(p.Binary + failedSuffix)
+	if err := os.Rename(p.Binary, p.Binary+failedSuffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.Rename(p.Previous, p.Binary); err != nil {
+		return err
+	}
+	os.Remove(p.Binary + failedSuffix) // fails on Windows while it runs; harmless
+	return nil
+}
+
+// confirm finishes an update the previous process left pending: this
+// process is the new version (confirm it once connected, or restore the
+// previous binary after the health timeout), or the previous one after a
+// rollback (report it).
+func (u *updater) confirm(ctx context.Context) {
+	p, err := u.loadPending()
+	if err != nil {
+		u.log.Warn("update: unreadable pending update; ignoring it", "err", err)
+		u.removePending()
+		return
+	}
+	if p == nil {
+		return
+	}
+	if p.To != u.a.cfg.Version {
+		// The previous binary runs: the new one was rolled back, or never
+		// took over.
+		why := p.Message
+		if why == "" {
+			why = "the new binary did not take over"
+		}
+		u.addFailed(p.To, why)
+		u.removePending()
+		if !u.waitConnected(ctx, 0) {
+			return
+		}
+		u.report(ctx, nil, &protocol.UpdateStatus{ID: p.ID, Version: p.To, From: p.From, State: protocol.UpdateRolledBack, Reason: release.ReasonUnhealthy, Message: why})
+		return
+	}
+	if u.waitConnected(ctx, u.a.cfg.Update.HealthTimeout) {
+		u.removePending()
+		u.report(ctx, nil, &protocol.UpdateStatus{ID: p.ID, Version: p.To, From: p.From, State: protocol.UpdateSucceeded})
+		return
+	}
+	if ctx.Err() != nil {
+		return // stopped before the verdict: the next start decides
+	}
+	why := fmt.Sprintf("version %s did not connect to a relay within %v of starting", p.To, u.a.cfg.Update.HealthTimeout)
+	u.log.Error("update: the new binary is unhealthy; restoring the previous one", "version", p.To, "previous", p.Previous)
+	if err := u.restorePrevious(p); err != nil {
+		u.log.Error("update: cannot restore the previous binary", "err", err)
+		return
+	}
+	p.State, p.Reason, p.Message = "rolled_back", release.ReasonUnhealthy, why
+	u.savePending(p)
+	u.restart(&RestartError{Path: u.exe, Why: "run version " + p.From + " again"})
+}
+
+// waitConnected waits for the first Welcome (d 0: no limit but ctx).
+func (u *updater) waitConnected(ctx context.Context, d time.Duration) bool {
+	var timeout <-chan time.Time
+	if d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-u.connected:
+		return true
+	case <-ctx.Done():
+	case <-timeout:
+	}
+	return false
+}
+
+func (u *updater) loadPending() (*pending, error) {
+	b, err := os.ReadFile(filepath.Join(u.dir, pendingFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var p pending
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, err
+	}
+	if p.To == "" || p.Binary == "" || p.Previous == "" {
+		return nil, errors.New("pending update without its versions or paths")
+	}
+	return &p, nil
+}
+
+func (u *updater) savePending(p *pending) error {
+	b, _ := json.Marshal(p)
+	return writeFileSync(filepath.Join(u.dir, pendingFile), b)
+}
+
+func (u *updater) removePending() { os.Remove(filepath.Join(u.dir, pendingFile)) }
+
+// failed returns the versions that failed here and are never tried again.
+func (u *updater) failed() map[string]bool {
+	b, err := os.ReadFile(filepath.Join(u.dir, failedFile))
+	out := map[string]bool{}
+	if err != nil {
+		return out
+	}
+	var m map[string]string
+	if json.Unmarshal(b, &m) == nil {
+		for v := range m {
+			out[v] = true
+		}
+	}
+	return out
+}
+
+func (u *updater) addFailed(version, why string) {
+	m := map[string]string{}
+	if b, err := os.ReadFile(filepath.Join(u.dir, failedFile)); err == nil {
+		json.Unmarshal(b, &m)
+	}
+	m[version] = strings.TrimSpace(why)
+	b, _ := json.MarshalIndent(m, "", "  ")
+	if err := writeFileSync(filepath.Join(u.dir, failedFile), b); err != nil {
+		u.log.Error("update: cannot record the failed version", "version", version, "err", err)
+	}
+}
+
+// writeFileSync replaces path atomically and durably.
+func writeFileSync(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
