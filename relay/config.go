@@ -46,6 +46,14 @@ type Config struct {
 	// Default "off". They carry tenant names: keep it off public networks.
 	MetricsListen string
 
+	// DownloadListen serves the files of DownloadDir over HTTPS (the
+	// relay's certificate) for the install scripts, and the CA at
+	// /ca.der. Default "off".
+	DownloadListen string
+	// DownloadDir holds agent binaries and install scripts (see
+	// scripts/release). Required with DownloadListen.
+	DownloadDir string
+
 	// DebugListen serves pprof profiles and /debug/tether (live counts and
 	// memory) for operators and benchmarks. Default "off". Bind it to
 	// loopback: it is unauthenticated.
@@ -120,6 +128,7 @@ func (c *Config) setDefaults() {
 	def(&c.DebugListen, Off)
 	def(&c.ConnectTLSListen, Off)
 	def(&c.MetricsListen, Off)
+	def(&c.DownloadListen, Off)
 	c.OIDC.setDefaults()
 	def(&c.TrustDomain, "tether.internal")
 	def(&c.Version, "dev")
@@ -154,7 +163,7 @@ func (c *Config) validate() error {
 	if c.DisableQUIC && c.DisableTCP {
 		errs = append(errs, errors.New("both agent transports are disabled"))
 	}
-	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen, "CONNECT TLS listen": c.ConnectTLSListen, "metrics listen": c.MetricsListen, "debug listen": c.DebugListen} {
+	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen, "CONNECT TLS listen": c.ConnectTLSListen, "metrics listen": c.MetricsListen, "debug listen": c.DebugListen, "download listen": c.DownloadListen} {
 		if addr == Off && name != "agent listen" {
 			continue
 		}

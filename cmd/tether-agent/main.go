@@ -27,7 +27,14 @@ const usage = `tether-agent: the Tether agent.
 Usage:
   tether-agent enroll --relay HOST:PORT (--token TOKEN | --token-file FILE) --state-dir DIR [--force] [--proxy URL|direct]
   tether-agent run --config FILE
+  tether-agent install --config FILE [--files-only]
+  tether-agent uninstall [--purge]
+  tether-agent start | stop | status
   tether-agent version
+
+install copies the agent and its config into place and registers it as a
+service (systemd on Linux, the service control manager on Windows); the
+service manager runs "tether-agent service --config FILE".
 
 The join token may also come from $TETHER_JOIN_TOKEN, which keeps it off the
 command line. Enrolment and the TCP transport go through the HTTP proxy in
@@ -54,6 +61,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return enroll(args[1:], stdout, stderr)
 	case "run":
 		return runAgent(args[1:], stderr)
+	case "install", "uninstall", "start", "stop", "status", "service":
+		return serviceCmd(args[0], args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return nil
@@ -140,22 +149,27 @@ func runAgent(args []string, stderr io.Writer) error {
 	if *configPath == "" {
 		return errors.New("run needs --config FILE")
 	}
-	cfg, err := agent.LoadConfig(*configPath)
-	if err != nil {
-		return err
-	}
-	log, err := cli.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
-	if err != nil {
-		return err
-	}
-	cfg.Logger = log
-	cfg.Version = version
-	cfg.ConfigFile = *configPath
-	a, err := agent.New(cfg)
+	a, err := newAgent(*configPath, stderr)
 	if err != nil {
 		return err
 	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
 	return a.Run(ctx)
+}
+
+// newAgent loads the config file and builds the agent it describes.
+func newAgent(configPath string, stderr io.Writer) (*agent.Agent, error) {
+	cfg, err := agent.LoadConfig(configPath)
+	if err != nil {
+		return nil, err
+	}
+	log, err := cli.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Logger = log
+	cfg.Version = version
+	cfg.ConfigFile = configPath
+	return agent.New(cfg)
 }

@@ -135,6 +135,8 @@ func serve(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.OIDC.BackendClaim, "oidc-backend-claim", "sub", "token claim naming the backend (a registered backend; its grants apply)")
 	fs.StringVar(&cfg.OIDC.TenantClaim, "oidc-tenant-claim", "tether_tenants", "token claim listing the tenants the token is for (required in every token)")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "off", "Prometheus /metrics, /healthz and /readyz on this address (unauthenticated; names tenants)")
+	fs.StringVar(&cfg.DownloadListen, "download-listen", "off", "serve --download-dir (agent binaries, install scripts) and the CA over HTTPS on this address, for scripts/install.sh and install.ps1")
+	fs.StringVar(&cfg.DownloadDir, "download-dir", "", "directory of agent binaries and install scripts (scripts/release makes one)")
 	fs.StringVar(&cfg.DebugListen, "debug-listen", "off", "pprof and /debug/tether on this address (loopback only; unauthenticated)")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", "tether.internal", "SPIFFE trust domain of a new CA (first start only)")
 	fs.StringVar(&transports, "transports", "quic,tcp", "agent transports to serve: quic, tcp or both")
