@@ -30,11 +30,13 @@ Usage:
   tether-agent install --config FILE [--files-only]
   tether-agent uninstall [--purge]
   tether-agent start | stop | status
+  tether-agent unit
   tether-agent version
 
 install copies the agent and its config into place and registers it as a
 service (systemd on Linux, the service control manager on Windows); the
-service manager runs "tether-agent service --config FILE".
+service manager runs "tether-agent service --config FILE". unit prints the
+systemd unit that install writes.
 
 The join token may also come from $TETHER_JOIN_TOKEN, which keeps it off the
 command line. Enrolment and the TCP transport go through the HTTP proxy in
@@ -61,7 +63,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return enroll(args[1:], stdout, stderr)
 	case "run":
 		return runAgent(args[1:], stderr)
-	case "install", "uninstall", "start", "stop", "status", "service":
+	case "install", "uninstall", "start", "stop", "status", "service", "unit":
 		return serviceCmd(args[0], args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)

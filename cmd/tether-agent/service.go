@@ -11,8 +11,9 @@ import (
 	"github.com/tetherhq/tether/installer"
 )
 
-// serviceCmd runs install, uninstall, start, stop, status and service (the
-// run mode the service manager invokes).
+// serviceCmd runs install, uninstall, start, stop, status, service (the
+// run mode the service manager invokes) and unit (prints the systemd unit,
+// for packages).
 func serviceCmd(name string, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet(prog+" "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -37,6 +38,13 @@ func serviceCmd(name string, args []string, stdout, stderr io.Writer) error {
 	l := installer.DefaultLayout()
 
 	switch name {
+	case "unit":
+		unit, err := installer.SystemdUnit(installer.LinuxLayout(""))
+		if err != nil {
+			return err
+		}
+		fmt.Fprint(stdout, unit)
+		return nil
 	case "service":
 		if *configPath == "" {
 			return errors.New("service needs --config FILE")
