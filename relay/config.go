@@ -56,6 +56,13 @@ type Config struct {
 	// AdminSessionTTL bounds browser sessions opened by POST /login
 	// (never beyond the operator token's expiry). Default 12h.
 	AdminSessionTTL time.Duration
+	// DownloadListen serves the files of DownloadDir over HTTPS (the
+	// relay's certificate) for the install scripts, and the CA at
+	// /ca.der. Default "off".
+	DownloadListen string
+	// DownloadDir holds agent binaries and install scripts (see
+	// scripts/release). Required with DownloadListen.
+	DownloadDir string
 
 	// DebugListen serves pprof profiles and /debug/tether (live counts and
 	// memory) for operators and benchmarks. Default "off". Bind it to
@@ -136,6 +143,7 @@ func (c *Config) setDefaults() {
 	def(&c.MetricsListen, Off)
 	def(&c.AdminListen, Off)
 	defd(&c.AdminSessionTTL, 12*time.Hour)
+	def(&c.DownloadListen, Off)
 	c.OIDC.setDefaults()
 	def(&c.TrustDomain, "tether.internal")
 	def(&c.Version, "dev")
@@ -171,7 +179,7 @@ func (c *Config) validate() error {
 	if c.DisableQUIC && c.DisableTCP {
 		errs = append(errs, errors.New("both agent transports are disabled"))
 	}
-	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen, "CONNECT TLS listen": c.ConnectTLSListen, "metrics listen": c.MetricsListen, "debug listen": c.DebugListen, "admin listen": c.AdminListen} {
+	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen, "CONNECT TLS listen": c.ConnectTLSListen, "metrics listen": c.MetricsListen, "debug listen": c.DebugListen, "admin listen": c.AdminListen, "download listen": c.DownloadListen} {
 		if addr == Off && name != "agent listen" {
 			continue
 		}

@@ -74,6 +74,7 @@ type Relay struct {
 	debugLn      net.Listener
 	opsLn        net.Listener // /metrics, /healthz, /readyz
 	adminLn      net.Listener // admin API over TLS (adminapi.go)
+	downloadLn   net.Listener // install scripts and agent binaries (download.go)
 
 	bearer     *bearerAuth  // nil unless an OIDC issuer is configured
 	oidcClient *http.Client // fetches the issuer's keys
@@ -217,7 +218,7 @@ func (r *Relay) listen() error {
 			return fmt.Errorf("debug listener: %w", err)
 		}
 	}
-	return nil
+	return r.listenDownloads()
 }
 
 func (r *Relay) listenAgents(host, port string) error {
@@ -248,7 +249,7 @@ func (r *Relay) listenAgents(host, port string) error {
 }
 
 func (r *Relay) closeListeners() {
-	for _, l := range []net.Listener{r.tcpLn, r.socksLn, r.connectLn, r.connectTLSLn, r.debugLn, r.opsLn, r.adminLn} {
+	for _, l := range []net.Listener{r.tcpLn, r.socksLn, r.connectLn, r.connectTLSLn, r.debugLn, r.opsLn, r.adminLn, r.downloadLn} {
 		if l != nil {
 			l.Close()
 		}
@@ -425,9 +426,14 @@ func (r *Relay) run(ctx context.Context) error {
 		debugSrv = &http.Server{Handler: r.debugHandler(), ReadHeaderTimeout: r.cfg.HandshakeTimeout}
 		wg.Go(func() { debugSrv.Serve(r.debugLn) })
 	}
+	var downloadSrv *http.Server
+	if r.downloadLn != nil {
+		downloadSrv = r.downloadServer()
+		wg.Go(func() { downloadSrv.Serve(r.downloadLn) })
+	}
 	r.log.Info("relay serving",
 		"agent_addr", r.AgentAddr().String(), "quic", r.quicLn != nil, "tcp", r.tcpLn != nil,
-		"socks_addr", addrString(r.SOCKSAddr()), "connect_addr", addrString(r.ConnectAddr()), "connect_tls_addr", addrString(r.ConnectTLSAddr()), "debug_addr", addrString(r.DebugAddr()), "metrics_addr", addrString(addrOf(r.opsLn)), "admin_addr", addrString(r.AdminAddr()),
+		"socks_addr", addrString(r.SOCKSAddr()), "connect_addr", addrString(r.ConnectAddr()), "connect_tls_addr", addrString(r.ConnectTLSAddr()), "debug_addr", addrString(r.DebugAddr()), "metrics_addr", addrString(addrOf(r.opsLn)), "admin_addr", addrString(r.AdminAddr()), "download_addr", addrString(r.DownloadAddr()),
 		"trust_domain", r.TrustDomain(), "ca_fingerprint", protocol.FormatFingerprint(r.st.CA().Fingerprint()), "ca_signing_root", r.st.CA().Signer().ID())
 
 	r.serving.Store(true)
@@ -449,6 +455,9 @@ func (r *Relay) run(ctx context.Context) error {
 		debugSrv.Close()
 	}
 	r.stopAdmin(&wg, adminSrv)
+	if downloadSrv != nil {
+		downloadSrv.Close()
+	}
 	for _, srv := range connectSrvs {
 		wg.Go(func() {
 			sctx, cancel := context.WithTimeout(context.Background(), r.cfg.DrainTimeout+r.cfg.StreamOpenTimeout)

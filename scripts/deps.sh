@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deps.sh installs what the project's tests need and is not part of the Go
 # toolchain: the PostgreSQL server binaries (initdb, pg_ctl, postgres,
-# pgbench) used by test/internal/pgtest, and curl. It is idempotent and prints
+# pgbench) used by test/internal/pgtest, curl, and systemd-analyze (from
+# Debian's systemd package) used by the installer's unit tests. It is idempotent and prints
 # nothing when everything is already present. It works from any directory.
 #
 # Environment:
@@ -86,6 +87,11 @@ if ! find_pg_bindir >/dev/null; then
 fi
 if ! command -v curl >/dev/null 2>&1; then
 	missing+=(curl)
+fi
+# systemd-analyze checks the agent's unit (installer tests); it works
+# without systemd running as PID 1.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+	missing+=(systemd)
 fi
 if [[ ${#missing[@]} -eq 0 ]]; then
 	exit 0

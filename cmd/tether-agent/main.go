@@ -33,7 +33,16 @@ const usage = `tether-agent: the Tether agent.
 Usage:
   tether-agent enroll --relay HOST:PORT (--token TOKEN | --token-file FILE) --state-dir DIR [--force] [--proxy URL|direct]
   tether-agent run --config FILE
+  tether-agent install --config FILE [--files-only]
+  tether-agent uninstall [--purge]
+  tether-agent start | stop | status
+  tether-agent unit
   tether-agent version
+
+install copies the agent and its config into place and registers it as a
+service (systemd on Linux, the service control manager on Windows); the
+service manager runs "tether-agent service --config FILE". unit prints the
+systemd unit that install writes.
 
 The join token may also come from $TETHER_JOIN_TOKEN, which keeps it off the
 command line. Enrolment and the TCP transport go through the HTTP proxy in
@@ -60,6 +69,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return enroll(args[1:], stdout, stderr)
 	case "run":
 		return runAgent(args[1:], stderr)
+	case "install", "uninstall", "start", "stop", "status", "service", "unit":
+		return serviceCmd(args[0], args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return nil
@@ -146,22 +157,7 @@ func runAgent(args []string, stderr io.Writer) error {
 	if *configPath == "" {
 		return errors.New("run needs --config FILE")
 	}
-	cfg, err := agent.LoadConfig(*configPath)
-	if err != nil {
-		return err
-	}
-	log, err := cli.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
-	if err != nil {
-		return err
-	}
-	cfg.Logger = log
-	cfg.Version = version
-	cfg.ConfigFile = *configPath
-	cfg.BuiltinUpdateKeys = strings.Split(updateKeys, ",")
-	cfg.UpdateTrial = os.Getenv("TETHER_UPDATE_TRIAL") // set by the agent that tries this binary
-	cfg.Args = os.Args[1:]
-	cfg.TrialOutput = stderr
-	a, err := agent.New(cfg)
+	a, err := newAgent(*configPath, stderr)
 	if err != nil {
 		return err
 	}
@@ -172,4 +168,24 @@ func runAgent(args []string, stderr io.Writer) error {
 		return agent.Restart(re) // exec, or exit with agent.ExitRestart
 	}
 	return err
+}
+
+// newAgent loads the config file and builds the agent it describes.
+func newAgent(configPath string, stderr io.Writer) (*agent.Agent, error) {
+	cfg, err := agent.LoadConfig(configPath)
+	if err != nil {
+		return nil, err
+	}
+	log, err := cli.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Logger = log
+	cfg.Version = version
+	cfg.ConfigFile = configPath
+	cfg.BuiltinUpdateKeys = strings.Split(updateKeys, ",")
+	cfg.UpdateTrial = os.Getenv("TETHER_UPDATE_TRIAL") // set by the agent that tries this binary
+	cfg.Args = os.Args[1:]
+	cfg.TrialOutput = stderr
+	return agent.New(cfg)
 }

@@ -147,6 +147,8 @@ func serve(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.AdminCertFile, "admin-cert", "", "admin listener certificate (PEM; default: one from the relay CA, see tether-relay ca export)")
 	fs.StringVar(&cfg.AdminKeyFile, "admin-key", "", "admin listener key (PEM; with --admin-cert)")
 	fs.DurationVar(&cfg.AdminSessionTTL, "admin-session-ttl", 12*time.Hour, "lifetime of browser sessions opened at the admin listener's /login")
+	fs.StringVar(&cfg.DownloadListen, "download-listen", "off", "serve --download-dir (agent binaries, install scripts) and the CA over HTTPS on this address, for scripts/install.sh and install.ps1")
+	fs.StringVar(&cfg.DownloadDir, "download-dir", "", "directory of agent binaries and install scripts (scripts/release makes one)")
 	fs.StringVar(&cfg.DebugListen, "debug-listen", "off", "pprof and /debug/tether on this address (loopback only; unauthenticated)")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", "tether.internal", "SPIFFE trust domain of a new CA (first start only)")
 	fs.StringVar(&transports, "transports", "quic,tcp", "agent transports to serve: quic, tcp or both")

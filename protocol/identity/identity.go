@@ -86,6 +86,13 @@ func AgentFromCertificate(cert *x509.Certificate, td string) (Agent, error) {
 // RelayURI is the SPIFFE ID every relay of trust domain td presents.
 func RelayURI(td string) *url.URL { return &url.URL{Scheme: "spiffe", Host: td, Path: "/relay"} }
 
+// RelayDNSName is a DNS name every relay certificate carries besides its
+// SPIFFE ID, for clients that check a server by host name only (curl in
+// the install script): they pin the relay's CA and ask for this name.
+// ".invalid" is reserved (RFC 6761) and never resolves, so the name cannot
+// belong to anyone else.
+const RelayDNSName = "relay.tether.invalid"
+
 // TrustDomainURI is the SPIFFE ID of the trust domain itself; the tenant CA
 // carries it as its URI SAN.
 func TrustDomainURI(td string) *url.URL { return &url.URL{Scheme: "spiffe", Host: td} }

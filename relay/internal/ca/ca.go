@@ -649,6 +649,7 @@ func (c *CA) IssueRelay(lifetime time.Duration, now time.Time) (*tls.Certificate
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		URIs:         []*url.URL{identity.RelayURI(c.td)},
+		DNSNames:     []string{identity.RelayDNSName},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.Cert, &key.PublicKey, root.key)
 	if err != nil {

@@ -1,0 +1,229 @@
+#!/bin/sh
+# install.sh installs the Tether agent on Linux as a systemd service, with
+# one command on the tenant's machine:
+#
+#   curl -fsSk https://RELAY:7444/install.sh -o install.sh
+#   sha256sum install.sh      # compare with the SHA-256 published with the release
+#   sudo sh install.sh --relay RELAY:7443 --service db=10.0.0.5:5432
+#
+# The join token is read from $TETHER_JOIN_TOKEN, from --token-file FILE, or
+# (without either) from the terminal without echo; it never appears on a
+# command line. The script downloads only from the relay, and trusts a
+# download only after checking the relay's CA certificate against the
+# fingerprint inside the join token: the agent binary is fetched over TLS
+# with that CA as the only trusted root, so neither the network nor another
+# server can substitute it.
+#
+# Steps: check the relay's CA; download the agent for this machine; enrol
+# (tether-agent enroll, token on standard input); write the config; run
+# tether-agent install (copies the agent to /opt/tether-agent/bin, creates
+# the tether-agent user, the hardened systemd unit and the state directory)
+# and tether-agent start.
+#
+# Options:
+#   --relay HOST:PORT      the relay's agent address (required)
+#   --download URL         where the relay serves downloads (default https://HOST:7444)
+#   --service NAME=ADDR    allow the agent to reach ADDR as service NAME (repeatable)
+#   --token-file FILE      read the join token from FILE ("-" for standard input)
+#   --force                enrol again even if the machine already has an identity
+#   --root DIR             write the files under DIR and stop before the
+#                          service manager (needs --no-service; for tests and images)
+#   --no-service           do everything but tether-agent install/start
+set -eu
+
+say() { printf 'install.sh: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+
+relay='' download='' token_file='' force='' root='' no_service='' services=''
+while [ $# -gt 0 ]; do
+	case $1 in
+	--relay) relay=${2:?--relay needs HOST:PORT}; shift 2 ;;
+	--download) download=${2:?--download needs a URL}; shift 2 ;;
+	--service) services="$services
+${2:?--service needs NAME=HOST:PORT}"; shift 2 ;;
+	--token-file) token_file=${2:?--token-file needs a file}; shift 2 ;;
+	--force) force=--force; shift ;;
+	--root) root=${2:?--root needs a directory}; shift 2 ;;
+	--no-service) no_service=1; shift ;;
+	-h|--help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	*) die "unknown argument $1 (see --help)" ;;
+	esac
+done
+[ -n "$relay" ] || die "--relay HOST:PORT is required"
+[ -z "$root" ] || [ -n "$no_service" ] || die "--root needs --no-service"
+[ -n "$no_service" ] || [ "$(id -u)" = 0 ] || die "run as root (sudo sh install.sh …), or with --no-service"
+for tool in curl base64 od tr; do
+	command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
+done
+if command -v sha256sum >/dev/null 2>&1; then
+	sha256() { sha256sum "$1" | cut -d' ' -f1; }
+elif command -v shasum >/dev/null 2>&1; then
+	sha256() { shasum -a 256 "$1" | cut -d' ' -f1; }
+else
+	die "sha256sum is required"
+fi
+
+# The join token, from the environment, a file or the terminal.
+token=${TETHER_JOIN_TOKEN:-}
+unset TETHER_JOIN_TOKEN
+if [ -z "$token" ] && [ -n "$token_file" ]; then
+	if [ "$token_file" = - ]; then
+		IFS= read -r token || true
+	else
+		IFS= read -r token <"$token_file" || true
+	fi
+fi
+if [ -z "$token" ] && [ -r /dev/tty ]; then
+	printf 'Join token: ' >/dev/tty
+	stty -echo </dev/tty 2>/dev/null || true
+	IFS= read -r token </dev/tty || true
+	stty echo </dev/tty 2>/dev/null || true
+	printf '\n' >/dev/tty
+fi
+token=$(printf '%s' "$token" | tr -d ' \r\n\t')
+[ -n "$token" ] || die "no join token: set TETHER_JOIN_TOKEN, use --token-file FILE, or type it when asked"
+
+# The CA fingerprint inside the token: "tjt1_" + base64url of version (1
+# byte), id (8), secret (32), CA SHA-256 (32). See protocol/token.go.
+case $token in
+tjt1_*) ;;
+*) die "that is not a join token (it should start with tjt1_)" ;;
+esac
+body=${token#tjt1_}
+case $body in
+*[!A-Za-z0-9_-]*) die "the join token is damaged" ;;
+esac
+[ ${#body} -eq 98 ] || die "the join token is damaged (wrong length)"
+raw=$(printf '%s==' "$body" | tr '_-' '/+' | base64 -d 2>/dev/null | od -An -tx1 -v | tr -d ' \n') ||
+	die "the join token is damaged"
+[ ${#raw} -eq 146 ] || die "the join token is damaged"
+[ "${raw%"${raw#??}"}" = 01 ] || die "join token version ${raw%"${raw#??}"} is not supported by this script"
+want_fp=${raw#"$(printf '%.82s' "$raw")"}
+
+# The allowlist, checked before anything is downloaded.
+service_lines=''
+old_ifs=$IFS
+IFS='
+'
+set -f
+for s in $services; do
+	sname=${s%%=*}
+	saddr=${s#*=}
+	case $s in
+	*=*) ;;
+	*) die "--service $s: want NAME=HOST:PORT" ;;
+	esac
+	case $sname$saddr in
+	'' | *[!A-Za-z0-9._:\[\]-]*) die "--service $s: unexpected character" ;;
+	esac
+	service_lines="$service_lines  $sname: \"$saddr\"
+"
+done
+IFS=$old_ifs
+set +f
+case $relay in
+*[!A-Za-z0-9._:\[\]-]*) die "--relay $relay: unexpected character" ;;
+esac
+case $root in
+*[\"\\]*) die "--root: no quotes or backslashes, please" ;;
+esac
+
+# Where downloads come from.
+relay_host=${relay%:*}
+case $relay_host in
+\[*\]) ;;
+*:*) die "--relay: write an IPv6 address as [ADDR]:PORT" ;;
+esac
+[ -n "$download" ] || download="https://$relay_host:7444"
+case $download in
+https://*) ;;
+*) die "--download must be an https:// URL" ;;
+esac
+hostport=${download#https://}
+hostport=${hostport%%/*}
+path_prefix=${download#https://"$hostport"}
+path_prefix=${path_prefix%/}
+case $hostport in
+*\]:*|[!\[]*:*) dl_port=${hostport##*:}; dl_host=${hostport%:*} ;;
+*) dl_port=443; dl_host=$hostport ;;
+esac
+dl_host=${dl_host#\[}
+dl_host=${dl_host%\]}
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT INT TERM
+
+# 1. The relay's CA, checked against the token. Fetched without TLS
+# verification (nothing is trusted yet); only the fingerprint check makes
+# it trustworthy.
+curl -fsS --proto '=https' -k --max-time 30 --max-filesize 65536 -o "$tmp/ca.der" "$download/ca.der" ||
+	die "could not fetch the relay's CA from $download/ca.der"
+got_fp=$(sha256 "$tmp/ca.der")
+[ "$got_fp" = "$want_fp" ] ||
+	die "the CA served at $download is not the one in the join token (sha256:$got_fp, token pins sha256:$want_fp): refusing to continue"
+{
+	echo '-----BEGIN CERTIFICATE-----'
+	base64 <"$tmp/ca.der" | tr -d '\n' | fold -w 64
+	echo
+	echo '-----END CERTIFICATE-----'
+} >"$tmp/ca.pem"
+say "relay CA sha256:$got_fp matches the join token"
+
+# 2. The agent binary, over TLS trusting only that CA. Relay certificates
+# carry the DNS name relay.tether.invalid (protocol/identity), which curl
+# checks while --connect-to sends the connection to the real address.
+case $(uname -m) in
+x86_64|amd64) arch=amd64 ;;
+aarch64|arm64) arch=arm64 ;;
+*) die "no agent build for $(uname -m)" ;;
+esac
+name=relay.tether.invalid
+pinned() {
+	curl -fsS --proto '=https' --tlsv1.2 --cacert "$tmp/ca.pem" \
+		--connect-to "$name:$dl_port:$dl_host:$dl_port" --max-time 300 "$@"
+}
+pinned --max-filesize 209715200 -o "$tmp/tether-agent" "https://$name:$dl_port$path_prefix/tether-agent-linux-$arch" ||
+	die "could not download the agent from $download (refused unless it comes from the relay's CA)"
+chmod 0755 "$tmp/tether-agent"
+version=$("$tmp/tether-agent" version) || die "the downloaded agent does not run on this machine"
+say "downloaded tether-agent $version (linux/$arch)"
+
+# 3. Enrol. The token goes through standard input.
+state="$root/var/lib/tether-agent"
+config="$root/etc/tether-agent/agent.yaml"
+printf '%s\n' "$token" | "$tmp/tether-agent" enroll --relay "$relay" --token-file - --state-dir "$state" $force >/dev/null ||
+	die "enrolment failed"
+token=''
+
+# 4. The config: relay, state, and the services this machine allows.
+if [ -e "$config" ]; then
+	say "keeping the existing $config"
+else
+	mkdir -p "$(dirname "$config")"
+	{
+		echo "# Written by install.sh. The agent reaches only the services listed here;"
+		echo "# edit the list and the running agent applies it."
+		echo "relays: [\"$relay\"]"
+		echo "state_dir: \"$state\""
+		if [ -z "$service_lines" ]; then
+			echo "services: {}"
+		else
+			echo "services:"
+			printf '%s' "$service_lines"
+		fi
+	} >"$tmp/agent.yaml"
+	mv "$tmp/agent.yaml" "$config"
+	chmod 0640 "$config"
+	say "wrote $config"
+fi
+
+# 5. The service.
+if [ -n "$no_service" ]; then
+	mkdir -p "$root/opt/tether-agent/bin"
+	cp "$tmp/tether-agent" "$root/opt/tether-agent/bin/tether-agent"
+	say "installed $root/opt/tether-agent/bin/tether-agent; not registering the service (--no-service)"
+	exit 0
+fi
+"$tmp/tether-agent" install --config "$config"
+/opt/tether-agent/bin/tether-agent start
+say "the agent is running: systemctl status tether-agent; journalctl -u tether-agent"
