@@ -356,7 +356,7 @@ func (s *adminServer) logout(w http.ResponseWriter, req *http.Request) {
 	if c, err := req.Cookie(SessionCookie); err == nil {
 		if x := s.sessions.get(c.Value, s.r.cfg.Now()); x != nil {
 			s.sessions.close(c.Value)
-			s.r.admin(Operator{Name: x.operator}.Actor()).record(AuditOperatorLogin, "", "", "", map[string]any{"logout": true})
+			s.r.admin(Operator{Name: x.operator}.Actor()).record(AuditOperatorLogout, "", "", "", nil)
 		}
 	}
 	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})

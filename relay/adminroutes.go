@@ -2,32 +2,68 @@ package relay
 
 import (
 	"net/http"
+	"slices"
+	"strconv"
+	"time"
 )
 
-// routes registers the /api/v1/ endpoints on mux.
+// routes registers the /api/v1/ endpoints on mux. Every one is
+// authenticated; errors are JSON (see APIError).
 func (s *adminServer) routes(mux *http.ServeMux) {
 	api := func(pattern string, methods map[string]http.HandlerFunc) {
+		allowed := make([]string, 0, len(methods))
+		for m := range methods {
+			allowed = append(allowed, m)
+		}
+		slices.Sort(allowed)
 		mux.Handle(pattern, s.authenticated(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 			h := methods[req.Method]
 			if h == nil && req.Method == http.MethodHead {
 				h = methods[http.MethodGet]
 			}
 			if h == nil {
-				allowed := make([]string, 0, len(methods))
-				for m := range methods {
-					allowed = append(allowed, m)
-				}
 				methodNotAllowed(w, allowed...)
 				return
 			}
 			h(w, req)
 		})))
 	}
+	type m = map[string]http.HandlerFunc
+	const get, post, put, del = http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete
 	mux.Handle("/api/", s.authenticated(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		writeError(w, apiErrorf(http.StatusNotFound, CodeNotFound, "no API endpoint %s", req.URL.Path))
 	})))
-	api("/api/v1/whoami", map[string]http.HandlerFunc{http.MethodGet: s.whoami})
-	api("/api/v1/fleet", map[string]http.HandlerFunc{http.MethodGet: s.fleet})
+	api("/api/v1/whoami", m{get: s.whoami})
+	api("/api/v1/fleet", m{get: s.fleet})
+	api("/api/v1/tenants", m{get: s.tenants, post: s.addTenant})
+	api("/api/v1/tenants/{name}", m{get: s.tenant})
+	api("/api/v1/tenants/{name}/limits", m{get: s.tenantLimits, put: s.setLimits})
+	api("/api/v1/agents", m{get: s.agents})
+	api("/api/v1/agents/{id}", m{get: s.agent})
+	api("/api/v1/agents/{id}/revoke", m{post: s.revoke})
+	api("/api/v1/agents/{id}/drain", m{post: s.drain})
+	api("/api/v1/tokens", m{get: s.tokens, post: s.createToken})
+	api("/api/v1/tokens/{id}", m{del: s.revokeToken})
+	api("/api/v1/backends", m{get: s.backends, post: s.addBackend})
+	api("/api/v1/backends/{name}", m{get: s.backend, del: s.removeBackend})
+	api("/api/v1/backends/{name}/grant", m{post: s.grant})
+	api("/api/v1/backends/{name}/ungrant", m{post: s.ungrant})
+	api("/api/v1/audit", m{get: s.audit})
+}
+
+// actor is how audit records name the request's operator.
+func actor(req *http.Request) string {
+	op, _ := OperatorFrom(req.Context())
+	return op.Actor()
+}
+
+// do writes v with status, or err as an API error.
+func reply(w http.ResponseWriter, status int, v any, err error) {
+	if err != nil {
+		writeError(w, errorFrom(err))
+		return
+	}
+	writeJSON(w, status, v)
 }
 
 func (s *adminServer) whoami(w http.ResponseWriter, req *http.Request) {
@@ -42,11 +78,7 @@ func (s *adminServer) fleet(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	fl, err := s.r.Fleet(req.Context(), f)
-	if err != nil {
-		writeError(w, errorFrom(err))
-		return
-	}
-	writeJSON(w, http.StatusOK, fl)
+	reply(w, http.StatusOK, fl, err)
 }
 
 // fleetFilter reads ?tenant=&state=&unhealthy= .
@@ -68,4 +100,239 @@ func fleetFilter(req *http.Request) (FleetFilter, *APIError) {
 		return f, apiErrorf(http.StatusBadRequest, CodeBadRequest, "unhealthy=%q: want true or false", q.Get("unhealthy"))
 	}
 	return f, nil
+}
+
+func (s *adminServer) tenants(w http.ResponseWriter, req *http.Request) {
+	fl, err := s.r.Fleet(req.Context(), FleetFilter{})
+	reply(w, http.StatusOK, map[string]any{"tenants": fl.Tenants}, err)
+}
+
+func (s *adminServer) addTenant(w http.ResponseWriter, req *http.Request) {
+	var body struct {
+		Name string `json:"name"`
+	}
+	if e := decodeJSON(req, &body); e != nil {
+		writeError(w, e)
+		return
+	}
+	if err := s.r.admin(actor(req)).AddTenant(req.Context(), body.Name); err != nil {
+		writeError(w, errorFrom(err))
+		return
+	}
+	s.tenantStatus(w, req, body.Name, http.StatusCreated)
+}
+
+func (s *adminServer) tenant(w http.ResponseWriter, req *http.Request) {
+	s.tenantStatus(w, req, req.PathValue("name"), http.StatusOK)
+}
+
+func (s *adminServer) tenantStatus(w http.ResponseWriter, req *http.Request, name string, status int) {
+	if _, err := s.r.admin("").Tenant(req.Context(), name); err != nil {
+		writeError(w, errorFrom(err))
+		return
+	}
+	fl, err := s.r.Fleet(req.Context(), FleetFilter{Tenant: name})
+	if err == nil && len(fl.Tenants) != 1 {
+		err = notFoundf("no tenant %q", name)
+	}
+	if err != nil {
+		writeError(w, errorFrom(err))
+		return
+	}
+	writeJSON(w, status, fl.Tenants[0])
+}
+
+func (s *adminServer) tenantLimits(w http.ResponseWriter, req *http.Request) {
+	name := req.PathValue("name")
+	if _, err := s.r.admin("").Tenant(req.Context(), name); err != nil {
+		writeError(w, errorFrom(err))
+		return
+	}
+	all, err := s.r.admin("").AllLimits(req.Context())
+	l := Limits{Tenant: name, CIDRs: []string{}}
+	if i := slices.IndexFunc(all, func(l Limits) bool { return l.Tenant == name }); i >= 0 {
+		l = all[i]
+	}
+	reply(w, http.StatusOK, l, err)
+}
+
+func (s *adminServer) setLimits(w http.ResponseWriter, req *http.Request) {
+	var l Limits
+	if e := decodeJSON(req, &l); e != nil {
+		writeError(w, e)
+		return
+	}
+	name := req.PathValue("name")
+	if l.Tenant != "" && l.Tenant != name {
+		writeError(w, apiErrorf(http.StatusBadRequest, CodeBadRequest, "body names tenant %q, the path %q", l.Tenant, name))
+		return
+	}
+	l.Tenant = name
+	if err := s.r.admin(actor(req)).SetLimits(req.Context(), l); err != nil {
+		writeError(w, errorFrom(err))
+		return
+	}
+	s.tenantLimits(w, req)
+}
+
+func (s *adminServer) agents(w http.ResponseWriter, req *http.Request) {
+	f, apiErr := fleetFilter(req)
+	if apiErr != nil {
+		writeError(w, apiErr)
+		return
+	}
+	fl, err := s.r.Fleet(req.Context(), f)
+	reply(w, http.StatusOK, map[string]any{"agents": fl.Agents}, err)
+}
+
+func (s *adminServer) agent(w http.ResponseWriter, req *http.Request) {
+	d, err := s.r.FleetAgent(req.Context(), req.PathValue("id"))
+	reply(w, http.StatusOK, d, err)
+}
+
+func (s *adminServer) revoke(w http.ResponseWriter, req *http.Request) {
+	var body struct {
+		Reason string `json:"reason"`
+	}
+	if e := decodeJSON(req, &body); e != nil {
+		writeError(w, e)
+		return
+	}
+	ai, err := s.r.admin(actor(req)).RevokeAgent(req.Context(), req.PathValue("id"), body.Reason)
+	reply(w, http.StatusOK, ai, err)
+}
+
+func (s *adminServer) drain(w http.ResponseWriter, req *http.Request) {
+	var body struct {
+		Message string `json:"message"`
+	}
+	if e := decodeJSON(req, &body); e != nil {
+		writeError(w, e)
+		return
+	}
+	n, err := s.r.DrainAgent(req.Context(), req.PathValue("id"), body.Message, actor(req))
+	reply(w, http.StatusOK, map[string]any{"agent": req.PathValue("id"), "sessions": n}, err)
+}
+
+func (s *adminServer) tokens(w http.ResponseWriter, req *http.Request) {
+	ts, err := s.r.admin("").Tokens(req.Context(), req.URL.Query().Get("tenant"))
+	if ts == nil {
+		ts = []TokenInfo{}
+	}
+	reply(w, http.StatusOK, map[string]any{"tokens": ts}, err)
+}
+
+func (s *adminServer) createToken(w http.ResponseWriter, req *http.Request) {
+	var body struct {
+		Tenant string `json:"tenant"`
+		TTL    string `json:"ttl"` // a Go duration, default 1h
+		Uses   int    `json:"uses"`
+	}
+	if e := decodeJSON(req, &body); e != nil {
+		writeError(w, e)
+		return
+	}
+	var ttl time.Duration
+	if body.TTL != "" {
+		d, err := time.ParseDuration(body.TTL)
+		if err != nil {
+			writeError(w, apiErrorf(http.StatusBadRequest, CodeBadRequest, "ttl %q: %v", body.TTL, err))
+			return
+		}
+		ttl = d
+	}
+	tok, info, err := s.r.admin(actor(req)).CreateToken(req.Context(), body.Tenant, ttl, body.Uses)
+	reply(w, http.StatusCreated, map[string]any{"token": tok, "info": info}, err)
+}
+
+func (s *adminServer) revokeToken(w http.ResponseWriter, req *http.Request) {
+	info, err := s.r.admin(actor(req)).RevokeToken(req.Context(), req.PathValue("id"))
+	reply(w, http.StatusOK, info, err)
+}
+
+func (s *adminServer) backends(w http.ResponseWriter, req *http.Request) {
+	bs, err := s.r.admin("").Backends(req.Context())
+	if bs == nil {
+		bs = []BackendInfo{}
+	}
+	reply(w, http.StatusOK, map[string]any{"backends": bs}, err)
+}
+
+func (s *adminServer) backend(w http.ResponseWriter, req *http.Request) {
+	bs, err := s.r.admin("").Backends(req.Context())
+	if err != nil {
+		writeError(w, errorFrom(err))
+		return
+	}
+	name := req.PathValue("name")
+	i := slices.IndexFunc(bs, func(b BackendInfo) bool { return b.Name == name })
+	if i < 0 {
+		writeError(w, errorFrom(notFoundf("no backend %q", name)))
+		return
+	}
+	writeJSON(w, http.StatusOK, bs[i])
+}
+
+func (s *adminServer) addBackend(w http.ResponseWriter, req *http.Request) {
+	var body struct {
+		Name   string   `json:"name"`
+		Grants []string `json:"grants"`
+	}
+	if e := decodeJSON(req, &body); e != nil {
+		writeError(w, e)
+		return
+	}
+	key, err := s.r.admin(actor(req)).AddBackend(req.Context(), body.Name, body.Grants)
+	reply(w, http.StatusCreated, map[string]any{"name": body.Name, "api_key": key}, err)
+}
+
+func (s *adminServer) removeBackend(w http.ResponseWriter, req *http.Request) {
+	err := s.r.admin(actor(req)).RemoveBackend(req.Context(), req.PathValue("name"))
+	reply(w, http.StatusOK, map[string]any{"removed": req.PathValue("name")}, err)
+}
+
+func (s *adminServer) grant(w http.ResponseWriter, req *http.Request) { s.changeGrants(w, req, true) }
+func (s *adminServer) ungrant(w http.ResponseWriter, req *http.Request) {
+	s.changeGrants(w, req, false)
+}
+
+func (s *adminServer) changeGrants(w http.ResponseWriter, req *http.Request, add bool) {
+	var body struct {
+		Grants []string `json:"grants"`
+	}
+	if e := decodeJSON(req, &body); e != nil {
+		writeError(w, e)
+		return
+	}
+	a := s.r.admin(actor(req))
+	apply := a.Ungrant
+	if add {
+		apply = a.Grant
+	}
+	if err := apply(req.Context(), req.PathValue("name"), body.Grants); err != nil {
+		writeError(w, errorFrom(err))
+		return
+	}
+	s.backend(w, req)
+}
+
+func (s *adminServer) audit(w http.ResponseWriter, req *http.Request) {
+	f, err := ParseAuditQuery(req.URL.Query(), s.r.cfg.Now())
+	if err != nil {
+		writeError(w, errorFrom(err))
+		return
+	}
+	recs, err := s.r.admin("").Audit(req.Context(), f)
+	if err != nil {
+		writeError(w, errorFrom(err))
+		return
+	}
+	out := map[string]any{"records": recs}
+	if recs == nil {
+		out["records"] = []AuditRecord{}
+	}
+	if len(recs) == f.Limit {
+		out["next_cursor"] = strconv.FormatInt(recs[len(recs)-1].Seq, 10)
+	}
+	writeJSON(w, http.StatusOK, out)
 }

@@ -28,6 +28,7 @@ const (
 	AuditOperatorTokenRevoke = "operator.token_revoke"
 	AuditOperatorCert        = "operator.certificate"
 	AuditOperatorLogin       = "operator.login"
+	AuditOperatorLogout      = "operator.logout"
 	AuditTokenRevoke         = "token.revoke"
 	AuditBackendRemove       = "backend.remove"
 	AuditDrain               = "agent.drain"
@@ -248,4 +249,45 @@ func (a *Admin) Agent(ctx context.Context, id string) (AgentInfo, error) {
 		return AgentInfo{}, err
 	}
 	return agentInfo(x), nil
+}
+
+// RevokeToken deletes join token id so that it enrols no more agents;
+// agents it already enrolled are not affected.
+func (a *Admin) RevokeToken(ctx context.Context, id string) (TokenInfo, error) {
+	t, err := a.st.store.DeleteToken(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return TokenInfo{}, notFoundf("no join token %q", id)
+	}
+	if err != nil {
+		return TokenInfo{}, err
+	}
+	a.record(AuditTokenRevoke, t.Tenant, "", "", map[string]any{"token": t.ID})
+	return tokenInfo(t), nil
+}
+
+// RemoveBackend deletes a backend credential and its grants. A running
+// relay refuses its key and certificates within BackendCacheTTL; streams
+// already open continue.
+func (a *Admin) RemoveBackend(ctx context.Context, name string) error {
+	err := a.st.store.RemoveBackend(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return notFoundf("no backend %q", name)
+	}
+	if err != nil {
+		return err
+	}
+	a.record(AuditBackendRemove, "", "", name, nil)
+	return nil
+}
+
+// Tenant returns one tenant.
+func (a *Admin) Tenant(ctx context.Context, name string) (Tenant, error) {
+	t, err := a.st.store.Tenant(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return Tenant{}, notFoundf("no tenant %q", name)
+	}
+	if err != nil {
+		return Tenant{}, err
+	}
+	return Tenant{Name: t.Name, CreatedAt: t.CreatedAt}, nil
 }

@@ -11,7 +11,7 @@ import (
 // one more listener than the report channel once held did exactly that).
 func TestRunReturnsWithEveryListener(t *testing.T) {
 	r, err := New(Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: "127.0.0.1:0", ConnectListen: "127.0.0.1:0",
-		ConnectTLSListen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0", DebugListen: "127.0.0.1:0", DrainTimeout: time.Millisecond})
+		ConnectTLSListen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0", DebugListen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", DrainTimeout: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

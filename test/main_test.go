@@ -15,7 +15,7 @@ import (
 
 // bins holds the paths of the binaries built for this test run.
 var bins struct {
-	relay, agent string
+	relay, agent, ctl string
 }
 
 func TestMain(m *testing.M) {
@@ -31,11 +31,12 @@ func runMain(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	bins.relay = filepath.Join(dir, "tether-relay")
 	bins.agent = filepath.Join(dir, "tether-agent")
+	bins.ctl = filepath.Join(dir, "tetherctl")
 	args := []string{"build", "-o", dir}
 	if os.Getenv("TETHER_E2E_RACE") == "1" {
 		args = append(args, "-race")
 	}
-	args = append(args, "../cmd/tether-relay", "../cmd/tether-agent")
+	args = append(args, "../cmd/tether-relay", "../cmd/tether-agent", "../cmd/tetherctl")
 	cmd := exec.Command("go", args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {

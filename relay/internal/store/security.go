@@ -150,7 +150,8 @@ type AuditFilter struct {
 	Since       time.Time // inclusive
 	Until       time.Time // exclusive
 	AfterSeq    int64
-	Limit       int // default 1000
+	BeforeSeq   int64 // exclusive; 0: no bound
+	Limit       int   // default 1000
 	NewestFirst bool
 }
 
@@ -185,6 +186,9 @@ func (s *Store) ListAudit(ctx context.Context, f AuditFilter) ([]AuditRecord, er
 	}
 	if f.AfterSeq > 0 {
 		add("seq > ?", f.AfterSeq)
+	}
+	if f.BeforeSeq > 0 {
+		add("seq < ?", f.BeforeSeq)
 	}
 	if f.Limit <= 0 {
 		f.Limit = 1000

@@ -1,0 +1,60 @@
+package relay
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+func TestBuildFleetStates(t *testing.T) {
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	life := 24 * time.Hour
+	fresh := now.Add(20 * time.Hour)
+	revoked := now.Add(-time.Hour)
+	info := func(id string) AgentInfo { return AgentInfo{ID: id, Tenant: "acme", CertNotAfter: fresh} }
+	session := func(id string, rep *protocol.Report) LiveAgent {
+		return LiveAgent{Tenant: "acme", Agent: id, LastHeard: now, CertNotAfter: fresh, Report: rep}
+	}
+	for _, tc := range []struct {
+		name   string
+		info   AgentInfo
+		live   []LiveAgent
+		state  Health
+		reason string
+	}{
+		{"up", info("a"), []LiveAgent{session("a", &protocol.Report{})}, HealthUp, ""},
+		{"no report yet", info("a"), []LiveAgent{session("a", nil)}, HealthDegraded, "no report yet"},
+		{"config error", info("a"), []LiveAgent{session("a", &protocol.Report{ConfigError: "bad yaml"})}, HealthDegraded, "config error: bad yaml"},
+		{"dial failures", info("a"), []LiveAgent{session("a", &protocol.Report{DialFailures: map[string]uint64{"db": 3}, LastDialError: "refused"})}, HealthDegraded, "3 failed dials to db (last: refused)"},
+		{"draining", info("a"), []LiveAgent{func() LiveAgent { l := session("a", &protocol.Report{}); l.Draining = true; return l }()}, HealthDegraded, "draining"},
+		{"renewal overdue", AgentInfo{ID: "a", Tenant: "acme", CertNotAfter: now.Add(time.Hour)}, []LiveAgent{func() LiveAgent { l := session("a", &protocol.Report{}); l.CertNotAfter = now.Add(time.Hour); return l }()}, HealthDegraded, "renewal overdue"},
+		{"down", info("a"), nil, HealthDown, "not connected"},
+		{"down, certificate expired", AgentInfo{ID: "a", Tenant: "acme", CertNotAfter: now.Add(-time.Minute)}, nil, HealthDown, "must enrol again"},
+		{"revoked", AgentInfo{ID: "a", Tenant: "acme", RevokedAt: &revoked, RevokedReason: "stolen"}, []LiveAgent{session("a", nil)}, HealthRevoked, "revoked: stolen"},
+		{"another tenant's session", info("a"), []LiveAgent{{Tenant: "globex", Agent: "a", LastHeard: now}}, HealthDown, "not connected"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := BuildFleet([]AgentInfo{tc.info}, tc.live, now, life)
+			if len(got) != 1 {
+				t.Fatalf("got %d agents, want 1", len(got))
+			}
+			if got[0].State != tc.state || !strings.Contains(got[0].Reason, tc.reason) || (tc.reason == "" && got[0].Reason != "") {
+				t.Errorf("got %s %q, want %s with reason containing %q", got[0].State, got[0].Reason, tc.state, tc.reason)
+			}
+		})
+	}
+}
+
+func TestSortFleetNeedsAttentionFirst(t *testing.T) {
+	agents := []FleetAgent{{ID: "u", State: HealthUp}, {ID: "r", State: HealthRevoked}, {ID: "g", State: HealthDegraded}, {ID: "d", State: HealthDown}}
+	SortFleet(agents)
+	var got []string
+	for _, a := range agents {
+		got = append(got, a.ID)
+	}
+	if strings.Join(got, "") != "dgur" {
+		t.Errorf("got order %v, want down, degraded, up, revoked", got)
+	}
+}
