@@ -24,6 +24,7 @@ import (
 //	GET  /ui/agents                agent table (?tenant=&state=&q=)
 //	GET  /ui/agents/{id}           one agent
 //	POST /ui/agents/{id}/revoke    revoke it (form with csrf_token)
+//	POST /ui/agents/{id}/drain     drain its sessions (form with csrf_token)
 //	GET  /ui/tenants               tenants
 //	GET  /ui/tenants/{name}        one tenant
 //	GET  /login                    login form (POST /login is the API's)
@@ -85,6 +86,7 @@ func (s *adminServer) dashboard(mux *http.ServeMux) {
 	mux.Handle("GET /ui/agents", s.page("agents", s.agentsData))
 	mux.Handle("GET /ui/agents/{id}", s.page("agent", s.agentData))
 	mux.Handle("POST /ui/agents/{id}/revoke", s.action(s.revokeAction))
+	mux.Handle("POST /ui/agents/{id}/drain", s.action(s.drainAction))
 	mux.Handle("GET /ui/tenants", s.page("tenants", s.tenantsData))
 	mux.Handle("GET /ui/tenants/{name}", s.page("tenant", s.tenantData))
 	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
@@ -360,6 +362,14 @@ func (s *adminServer) agentData(req *http.Request, _ Operator, _ time.Time) (str
 func (s *adminServer) revokeAction(req *http.Request, op Operator) (string, error) {
 	id := req.PathValue("id")
 	if _, err := s.r.admin(op.Actor()).RevokeAgent(req.Context(), id, strings.TrimSpace(req.PostFormValue("reason"))); err != nil {
+		return "", err
+	}
+	return "/ui/agents/" + url.PathEscape(id), nil
+}
+
+func (s *adminServer) drainAction(req *http.Request, op Operator) (string, error) {
+	id := req.PathValue("id")
+	if _, err := s.r.DrainAgent(req.Context(), id, strings.TrimSpace(req.PostFormValue("message")), op.Actor()); err != nil {
 		return "", err
 	}
 	return "/ui/agents/" + url.PathEscape(id), nil

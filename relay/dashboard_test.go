@@ -154,6 +154,7 @@ func (d *dashRelay) addHostileAgent(t *testing.T, tenant, id string) {
 	}
 	c := benchConn(tenant, id)
 	c.connectedAt = now
+	c.ctl = &okStream{} // the control stream: what the relay sends on it (a drain's GoAway) is discarded
 	c.report.Store(boundReport(&protocol.Report{AgentVersion: "1.2.3", OS: "linux", Arch: "amd64", Hostname: hostileHostname,
 		Transport: "quic", BytesIn: 3 << 20, BytesOut: 1536, ConfigError: hostileConfigError,
 		DialFailures: map[string]uint64{`<svc onload=x>`: 2}, LastDialError: `dial <b>tcp</b>: refused`}))
@@ -321,7 +322,7 @@ func TestDashboardSecurityHeaders(t *testing.T) {
 	}
 }
 
-// The revoke button posts a form that must carry the session's CSRF token
+// The revoke and drain buttons post forms that must carry the session's CSRF token
 // and come from this origin; the revocation is audited under the operator.
 func TestDashboardRevokeNeedsCSRF(t *testing.T) {
 	d := startDashRelay(t)
@@ -357,7 +358,17 @@ func TestDashboardRevokeNeedsCSRF(t *testing.T) {
 			t.Errorf("%s: status %d, revoked %v; want 403 and not revoked", tc.name, res.status, revoked())
 		}
 	}
-	res := d.do(t, c, http.MethodPost, "/ui/agents/agent1/revoke", url.Values{"reason": {"lost laptop"}, CSRFField: {csrf}}, map[string]string{"Origin": d.base})
+	if res := d.do(t, c, http.MethodPost, "/ui/agents/agent1/drain", url.Values{"message": {"maintenance"}}, map[string]string{"Origin": d.base}); res.status != http.StatusForbidden {
+		t.Errorf("drain without a CSRF token: status %d, want 403", res.status)
+	}
+	res := d.do(t, c, http.MethodPost, "/ui/agents/agent1/drain", url.Values{"message": {"maintenance"}, CSRFField: {csrf}}, map[string]string{"Origin": d.base})
+	if res.status != http.StatusSeeOther {
+		t.Fatalf("drain: status %d, want 303: %s", res.status, res.body)
+	}
+	if recs, err := d.r.admin("").Audit(ctx, AuditFilter{Agent: "agent1", Kind: AuditDrain}); err != nil || len(recs) != 1 || recs[0].Actor != "operator:alice" {
+		t.Fatalf("audit of the drain: %+v, %v; want one record by operator:alice", recs, err)
+	}
+	res = d.do(t, c, http.MethodPost, "/ui/agents/agent1/revoke", url.Values{"reason": {"lost laptop"}, CSRFField: {csrf}}, map[string]string{"Origin": d.base})
 	if res.status != http.StatusSeeOther || res.header.Get("Location") != "/ui/agents/agent1" || !revoked() {
 		t.Fatalf("revoke: status %d, Location %q, revoked %v; want 303 to the agent's page and revoked", res.status, res.header.Get("Location"), revoked())
 	}
