@@ -148,6 +148,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	eventually("its enrolment in the audit records", `document.querySelector('table.audit').textContent`, func(s string) bool {
 		return strings.Contains(s, "agent.enrol")
 	})
+	shot(t, ctx, artifacts, "dashboard-agent.png")
 
 	// Revoke an agent from the relay CLI while the table is open: it leaves
 	// the live table without a reload (the marker set on this page's
