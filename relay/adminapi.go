@@ -162,6 +162,7 @@ func (r *Relay) admin(actor string) *Admin {
 type adminServer struct {
 	r        *Relay
 	sessions *sessionStore
+	pages    dashPages // the dashboard's templates (dashboard.go)
 }
 
 // adminHandler is the admin listener's handler.
@@ -171,7 +172,7 @@ func (r *Relay) adminHandler() http.Handler {
 	mux.HandleFunc("/login", s.login)
 	mux.HandleFunc("/logout", s.logout)
 	s.routes(mux)
-	// The dashboard registers /, /ui/, /static/ and GET /login here.
+	s.dashboard(mux) // /, /ui/, /static/ and GET /login
 	return http.MaxBytesHandler(mux, maxAdminBody)
 }
 

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # deps.sh installs what the project's tests need and is not part of the Go
 # toolchain: the PostgreSQL server binaries (initdb, pg_ctl, postgres,
-# pgbench) used by test/internal/pgtest, curl, and systemd-analyze (from
-# Debian's systemd package) used by the installer's unit tests. It is idempotent and prints
-# nothing when everything is already present. It works from any directory.
+# pgbench) used by test/internal/pgtest, curl, systemd-analyze (from
+# Debian's systemd package) used by the installer's unit tests, and headless
+# Chromium with its driver (Debian's chromium and chromium-driver) for the
+# dashboard's browser test (test/dashboard_test.go). It is idempotent and
+# prints nothing when everything is already present. It works from any
+# directory.
 #
 # Environment:
 #   PGBIN_SEARCH_DIRS  space-separated directories (globs allowed) searched for
@@ -93,6 +96,12 @@ fi
 if ! command -v systemd-analyze >/dev/null 2>&1; then
 	missing+=(systemd)
 fi
+if ! command -v chromium >/dev/null 2>&1; then
+	missing+=(chromium)
+fi
+if ! command -v chromedriver >/dev/null 2>&1; then
+	missing+=(chromium-driver)
+fi
 if [[ ${#missing[@]} -eq 0 ]]; then
 	exit 0
 fi
@@ -110,4 +119,10 @@ if ! command -v curl >/dev/null 2>&1; then
 	log "curl still not found after installing"
 	exit 1
 fi
+for b in chromium chromedriver; do
+	if ! command -v "$b" >/dev/null 2>&1; then
+		log "$b still not found after installing"
+		exit 1
+	fi
+done
 log "PostgreSQL binaries in $dir"

@@ -1,0 +1,408 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"embed"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+)
+
+// The dashboard: server-rendered pages on the admin listener for operators
+// in a browser, built on the fleet view model (fleet.go). Every page needs
+// the same authentication as the admin API (adminapi.go); a browser without
+// a session is sent to the login page. Pages with live data hold one
+// element marked data-live that static/dash.js refreshes every few seconds
+// from the same URL with live=1, which renders just that element's content.
+//
+//	GET  /                         fleet overview
+//	GET  /ui/agents                agent table (?tenant=&state=&q=)
+//	GET  /ui/agents/{id}           one agent
+//	POST /ui/agents/{id}/revoke    revoke it (form with csrf_token)
+//	POST /ui/agents/{id}/drain     drain its sessions (form with csrf_token)
+//	GET  /ui/tenants               tenants
+//	GET  /ui/tenants/{name}        one tenant
+//	GET  /login                    login form (POST /login is the API's)
+//	GET  /static/…                 CSS and script, no authentication
+
+//go:embed ui
+var dashFiles embed.FS
+
+// DashRefresh is how often the dashboard's pages refresh their live data.
+const DashRefresh = 3 * time.Second
+
+// dashCSP is the dashboard's Content-Security-Policy: only its own script
+// and style files, no inline code, no framing.
+const dashCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; " +
+	"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+
+// Limits of the dashboard's pages.
+const (
+	dashAttention  = 25 // agents listed as needing attention on the overview
+	dashAuditLimit = 50 // audit records on an agent's or tenant's page
+	dashMaxQuery   = 200
+)
+
+// dashPages are the dashboard's templates, parsed once: each page is the
+// layout with that page's blocks.
+type dashPages map[string]*template.Template
+
+func parseDashPages() dashPages {
+	p := dashPages{}
+	for _, name := range []string{"overview", "agents", "agent", "tenants", "tenant", "login", "error"} {
+		p[name] = template.Must(template.New(name).Funcs(dashFuncs()).ParseFS(dashFiles, "ui/layout.html", "ui/parts.html", "ui/"+name+".html"))
+	}
+	return p
+}
+
+// dashView is what every page template gets.
+type dashView struct {
+	Title    string
+	Nav      string // the navigation entry to highlight
+	Operator Operator
+	CSRF     string
+	Now      time.Time
+	Refresh  int64 // milliseconds; 0 for pages without live data
+	Data     any
+}
+
+// dashboard registers the dashboard's handlers on mux.
+func (s *adminServer) dashboard(mux *http.ServeMux) {
+	s.pages = parseDashPages()
+	static, _ := fs.Sub(dashFiles, "ui/static")
+	files := http.StripPrefix("/static/", http.FileServerFS(static))
+	mux.Handle("GET /static/", http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		dashHeaders(w)
+		w.Header().Set("Cache-Control", "no-cache")
+		files.ServeHTTP(w, req)
+	}))
+	mux.HandleFunc("GET /login", s.loginPage)
+	mux.Handle("GET /{$}", s.page("overview", s.overviewData))
+	mux.Handle("GET /ui/agents", s.page("agents", s.agentsData))
+	mux.Handle("GET /ui/agents/{id}", s.page("agent", s.agentData))
+	mux.Handle("POST /ui/agents/{id}/revoke", s.action(s.revokeAction))
+	mux.Handle("POST /ui/agents/{id}/drain", s.action(s.drainAction))
+	mux.Handle("GET /ui/tenants", s.page("tenants", s.tenantsData))
+	mux.Handle("GET /ui/tenants/{name}", s.page("tenant", s.tenantData))
+	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
+		s.errorPage(w, req, http.StatusNotFound, "There is no page "+req.URL.Path+".")
+	})
+}
+
+// dashHeaders sets the security headers of every dashboard response.
+func dashHeaders(w http.ResponseWriter) {
+	h := w.Header()
+	h.Set("Content-Security-Policy", dashCSP)
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("X-Content-Type-Options", "nosniff")
+	// Not no-referrer: with it browsers send "Origin: null" on form posts,
+	// which the admin API's origin check refuses.
+	h.Set("Referrer-Policy", "same-origin")
+	h.Set("Cross-Origin-Opener-Policy", "same-origin")
+}
+
+// noStore marks a response as never to be cached: authenticated pages and
+// the login form.
+func noStore(w http.ResponseWriter) {
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Pragma", "no-cache")
+}
+
+// pageData builds a page's data for an authenticated request; it returns
+// the page title, or an error (an *APIError for its status).
+type pageData func(req *http.Request, op Operator, now time.Time) (title string, data any, err error)
+
+// signIn authenticates a dashboard request. A browser GET without a valid
+// session is redirected to the login page; other failures get an error
+// page (or a bare status for live refreshes, which the script handles).
+func (s *adminServer) signIn(w http.ResponseWriter, req *http.Request) (Operator, bool) {
+	dashHeaders(w)
+	noStore(w)
+	op, apiErr := s.authenticate(req)
+	if apiErr == nil {
+		return op, true
+	}
+	live := req.URL.Query().Get("live") == "1"
+	switch {
+	case apiErr.Status == http.StatusUnauthorized && req.Method == http.MethodGet && !live:
+		http.Redirect(w, req, "/login?next="+url.QueryEscape(req.URL.RequestURI()), http.StatusSeeOther)
+	case live:
+		http.Error(w, apiErr.Message, apiErr.Status)
+	default:
+		s.errorPage(w, req, apiErr.Status, apiErr.Message)
+	}
+	return Operator{}, false
+}
+
+// page serves an authenticated page rendered with template name; with
+// live=1 it renders only the page's "live" block.
+func (s *adminServer) page(name string, data pageData) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		op, ok := s.signIn(w, req)
+		if !ok {
+			return
+		}
+		ctx, cancel := context.WithTimeout(req.Context(), adminRequestTimout)
+		defer cancel()
+		req = req.WithContext(ctx)
+		now := s.r.cfg.Now()
+		title, d, err := data(req, op, now)
+		if err != nil {
+			e := errorFrom(err)
+			s.errorPage(w, req, e.Status, e.Message)
+			return
+		}
+		v := dashView{Title: title, Nav: name, Operator: op, CSRF: op.CSRFToken, Now: now, Refresh: DashRefresh.Milliseconds(), Data: d}
+		block := "page"
+		if req.URL.Query().Get("live") == "1" {
+			block = "live"
+		}
+		s.render(w, http.StatusOK, name, block, v)
+	})
+}
+
+// action serves an authenticated POST from a dashboard form (the
+// authentication checks its CSRF token) and redirects where it says.
+func (s *adminServer) action(do func(req *http.Request, op Operator) (redirect string, err error)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		op, ok := s.signIn(w, req)
+		if !ok {
+			return
+		}
+		ctx, cancel := context.WithTimeout(req.Context(), adminRequestTimout)
+		defer cancel()
+		to, err := do(req.WithContext(ctx), op)
+		if err != nil {
+			e := errorFrom(err)
+			s.errorPage(w, req, e.Status, e.Message)
+			return
+		}
+		http.Redirect(w, req, to, http.StatusSeeOther)
+	})
+}
+
+// render executes block of page name into a buffer first, so that a
+// template error never leaves half a page.
+func (s *adminServer) render(w http.ResponseWriter, status int, name, block string, v dashView) {
+	var buf bytes.Buffer
+	if err := s.pages[name].ExecuteTemplate(&buf, block, v); err != nil {
+		s.r.log.Error("dashboard: render", "page", name, "err", err)
+		http.Error(w, "internal error rendering the page", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	w.Write(buf.Bytes())
+}
+
+func (s *adminServer) errorPage(w http.ResponseWriter, req *http.Request, status int, msg string) {
+	dashHeaders(w)
+	noStore(w)
+	op, _ := OperatorFrom(req.Context())
+	s.render(w, status, "error", "page", dashView{Title: http.StatusText(status), Operator: op, Now: s.r.cfg.Now(),
+		Data: struct {
+			Status  int
+			Message string
+		}{status, msg}})
+}
+
+// loginPage shows the login form; the form posts to /login (adminapi.go).
+func (s *adminServer) loginPage(w http.ResponseWriter, req *http.Request) {
+	dashHeaders(w)
+	noStore(w)
+	q := req.URL.Query()
+	next := q.Get("next")
+	if !localPath(next) {
+		next = "/"
+	}
+	s.render(w, http.StatusOK, "login", "page", dashView{Title: "Log in", Now: s.r.cfg.Now(),
+		Data: struct {
+			Next   string
+			Failed bool
+		}{next, q.Get("error") != ""}})
+}
+
+// localPath reports whether p is a path on this host (not "//host" or
+// "/\host", which browsers treat as another host).
+func localPath(p string) bool {
+	return strings.HasPrefix(p, "/") && !strings.HasPrefix(p, "//") && !strings.HasPrefix(p, "/\\")
+}
+
+// overviewView is the fleet overview.
+type overviewView struct {
+	Fleet     Fleet
+	Attention []FleetAgent // down and degraded agents, needing attention first
+	More      int          // unhealthy agents not listed
+}
+
+func (s *adminServer) overviewData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
+	fl, err := s.r.Fleet(req.Context(), FleetFilter{Unhealthy: true})
+	if err != nil {
+		return "", nil, err
+	}
+	v := overviewView{Fleet: fl, Attention: fl.Agents}
+	if len(v.Attention) > dashAttention {
+		v.More = len(v.Attention) - dashAttention
+		v.Attention = v.Attention[:dashAttention]
+	}
+	return "Fleet", v, nil
+}
+
+// agentsView is the agent table with its filter.
+type agentsView struct {
+	Tenant string // "" for all
+	State  string // "" (all but revoked), "all" or a Health
+	Query  string
+	// Tenants are every tenant, for the filter's choices.
+	Tenants []TenantSummary
+	Agents  []FleetAgent
+	// Total counts the agents of the tenant filter in every state.
+	Total int
+}
+
+// Choices of the agent table's state filter besides the health states.
+const (
+	stateActive = ""    // every state but revoked
+	stateAll    = "all" // every state
+)
+
+func (s *adminServer) agentsData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
+	q := req.URL.Query()
+	v := agentsView{Tenant: q.Get("tenant"), State: q.Get("state"), Query: strings.TrimSpace(q.Get("q"))}
+	if len(v.Query) > dashMaxQuery || len(v.Tenant) > dashMaxQuery {
+		return "", nil, invalidf("filter longer than %d bytes", dashMaxQuery)
+	}
+	f := FleetFilter{}
+	switch v.State {
+	case stateActive, stateAll:
+	default:
+		h, err := ParseHealth(v.State)
+		if err != nil {
+			return "", nil, err
+		}
+		f.State = h
+	}
+	// All tenants for the filter's choices; the tenant filter is applied
+	// here so that the choices stay.
+	fl, err := s.r.Fleet(req.Context(), f)
+	if err != nil {
+		return "", nil, err
+	}
+	v.Tenants = fl.Tenants
+	if v.Tenant != "" && !slices.ContainsFunc(fl.Tenants, func(t TenantSummary) bool { return t.Name == v.Tenant }) {
+		return "", nil, notFoundf("no tenant %q", v.Tenant)
+	}
+	v.Agents = filterAgents(fl.Agents, v.Tenant, v.State == stateActive, v.Query)
+	for _, t := range fl.Tenants {
+		if v.Tenant == "" || t.Name == v.Tenant {
+			v.Total += t.Agents.Total()
+		}
+	}
+	return "Agents", v, nil
+}
+
+// filterAgents keeps the agents of tenant ("" for all), without revoked
+// ones when active, whose id, hostname, tenant or version contains query
+// (case-insensitively).
+func filterAgents(agents []FleetAgent, tenant string, active bool, query string) []FleetAgent {
+	query = strings.ToLower(query)
+	out := []FleetAgent{}
+	for _, a := range agents {
+		if tenant != "" && a.Tenant != tenant || active && a.State == HealthRevoked {
+			continue
+		}
+		if query != "" && !slices.ContainsFunc([]string{a.ID, a.Hostname, a.Tenant, a.Version}, func(s string) bool {
+			return strings.Contains(strings.ToLower(s), query)
+		}) {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// agentView is one agent's page.
+type agentView struct {
+	Agent AgentDetail
+	// Report is the latest report over the agent's sessions, nil when
+	// none has arrived; ReportAt is when it arrived.
+	Report   *LiveAgent
+	Audit    []AuditRecord
+	CertRoot string
+}
+
+func (s *adminServer) agentData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
+	id := req.PathValue("id")
+	d, err := s.r.FleetAgent(req.Context(), id)
+	if err != nil {
+		return "", nil, err
+	}
+	v := agentView{Agent: d}
+	for i := range d.Live {
+		l := &d.Live[i]
+		if l.Report != nil && (v.Report == nil || l.ReportAt.After(v.Report.ReportAt)) {
+			v.Report = l
+		}
+	}
+	if info, err := s.r.admin("").Agent(req.Context(), id); err == nil {
+		v.CertRoot = info.CertRoot
+	}
+	v.Audit, err = s.r.admin("").Audit(req.Context(), AuditFilter{Agent: id, NewestFirst: true, Limit: dashAuditLimit})
+	if err != nil {
+		return "", nil, err
+	}
+	return "Agent " + d.ID, v, nil
+}
+
+func (s *adminServer) revokeAction(req *http.Request, op Operator) (string, error) {
+	id := req.PathValue("id")
+	if _, err := s.r.admin(op.Actor()).RevokeAgent(req.Context(), id, strings.TrimSpace(req.PostFormValue("reason"))); err != nil {
+		return "", err
+	}
+	return "/ui/agents/" + url.PathEscape(id), nil
+}
+
+func (s *adminServer) drainAction(req *http.Request, op Operator) (string, error) {
+	id := req.PathValue("id")
+	if _, err := s.r.DrainAgent(req.Context(), id, strings.TrimSpace(req.PostFormValue("message")), op.Actor()); err != nil {
+		return "", err
+	}
+	return "/ui/agents/" + url.PathEscape(id), nil
+}
+
+func (s *adminServer) tenantsData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
+	fl, err := s.r.Fleet(req.Context(), FleetFilter{State: HealthDown}) // the agents are not shown
+	if err != nil {
+		return "", nil, err
+	}
+	return "Tenants", fl, nil
+}
+
+// tenantView is one tenant's page.
+type tenantView struct {
+	Tenant TenantSummary
+	Agents []FleetAgent
+	Audit  []AuditRecord
+}
+
+func (s *adminServer) tenantData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
+	name := req.PathValue("name")
+	fl, err := s.r.Fleet(req.Context(), FleetFilter{Tenant: name})
+	if err != nil {
+		return "", nil, err
+	}
+	if len(fl.Tenants) == 0 {
+		return "", nil, notFoundf("no tenant %q", name)
+	}
+	v := tenantView{Tenant: fl.Tenants[0], Agents: fl.Agents}
+	v.Audit, err = s.r.admin("").Audit(req.Context(), AuditFilter{Tenant: name, NewestFirst: true, Limit: dashAuditLimit})
+	if err != nil {
+		return "", nil, err
+	}
+	return "Tenant " + name, v, nil
+}
