@@ -68,8 +68,8 @@ func (g *handshakeGate) tryEnter() bool {
 	}
 }
 
-// gateSlot is a handshake slot held by a QUIC connection from its first
-// packet until it is admitted or closed, whichever comes first.
+// gateSlot is a TLS slot held by a QUIC connection from its first packet
+// until it is admitted or closed, whichever comes first.
 type gateSlot struct {
 	once sync.Once
 	gate *handshakeGate
@@ -87,22 +87,30 @@ type gateSlotKey struct{}
 
 var errRelayBusy = errors.New("relay busy: too many agent handshakes in progress")
 
-// quicConnContext gates a QUIC connection before quic-go does any TLS
-// work for it: quic-go completes the TLS handshake before Accept returns,
-// so a gate entered after Accept (as for TCP) would bound only the hello,
-// and a fleet reconnecting at once would share the CPU among thousands of
-// handshakes until all of them time out. quic-go calls this on its packet
-// loop for the first packet of every new connection, so it must not
-// block: without a free slot the connection is refused at once — a single
-// CONNECTION_REFUSED packet — and its agent retries after a jittered
-// backoff. The slot is released when the relay admits the agent or when
-// the connection ends, including a handshake that fails or times out.
+// quicTLSSlots is how many QUIC TLS handshakes may be in progress at once
+// per handshake slot (--max-handshakes).
+const quicTLSSlots = 8
+
+// quicConnContext bounds the QUIC TLS handshakes in progress. quic-go
+// completes the TLS handshake before Accept returns, so the handshake gate
+// entered after Accept (as for TCP) bounds only the hello; without a bound
+// before TLS, a fleet far larger than the relay can serve at once would
+// share the CPU among all of its handshakes until they time out. quic-go
+// calls this on its packet loop for the first packet of every new
+// connection, so it must not block: without a free slot the connection is
+// refused at once — a single CONNECTION_REFUSED packet — and its agent
+// retries after a jittered backoff. Refusal costs an agent seconds, so the
+// bound is generous (quicTLSSlots per handshake slot, 4096 by default,
+// about a second of handshake CPU on two cores): it turns away only what
+// could not finish in time anyway. The slot is released when the relay
+// admits or refuses the agent, or when the connection ends, including a
+// handshake that fails or times out.
 func (r *Relay) quicConnContext(ctx context.Context, _ *quicgo.ClientInfo) (context.Context, error) {
-	if !r.gate.tryEnter() {
+	if !r.quicGate.tryEnter() {
 		r.hsThrottled.Add(1)
 		return nil, errRelayBusy
 	}
-	s := &gateSlot{gate: r.gate}
+	s := &gateSlot{gate: r.quicGate}
 	s.stop = context.AfterFunc(ctx, s.release)
 	return context.WithValue(ctx, gateSlotKey{}, s), nil
 }

@@ -47,11 +47,11 @@ func TestHandshakeGate(t *testing.T) {
 	}
 }
 
-// A QUIC connection takes its handshake slot before any TLS work: with
-// every slot held by a handshake in progress, a new connection is refused
-// at its first packet, and the slot comes back when the handshake fails.
+// A QUIC connection takes its TLS slot before any TLS work: with every
+// slot held by a handshake in progress, a new connection is refused at its
+// first packet, and the slot comes back when the handshake fails.
 func TestQUICHandshakeGate(t *testing.T) {
-	r, err := New(Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", DisableTCP: true, MaxHandshakes: 1, DrainTimeout: time.Millisecond})
+	r, err := New(Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", DisableTCP: true, MaxHandshakes: 1, MaxQUICTLSHandshakes: 1, DrainTimeout: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestQUICHandshakeGate(t *testing.T) {
 
 	close(goOn)
 	<-first
-	for deadline := time.Now().Add(10 * time.Second); len(r.gate.slots) != 0; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); len(r.quicGate.slots)+len(r.gate.slots) != 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the failed handshake never gave its slot back")
 		}
@@ -131,7 +131,7 @@ func TestQUICHandshakeGate(t *testing.T) {
 	if n := r.hsThrottled.Load(); n != throttled {
 		t.Fatalf("%d handshakes counted as turned away, want still %d", n, throttled)
 	}
-	for deadline := time.Now().Add(10 * time.Second); len(r.gate.slots) != 0; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); len(r.quicGate.slots)+len(r.gate.slots) != 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the second failed handshake never gave its slot back")
 		}

@@ -91,13 +91,27 @@ func (r *Relay) acceptQUIC(ctx context.Context, wg *sync.WaitGroup) error {
 			return fmt.Errorf("accept agent QUIC connection: %w", err)
 		}
 		wg.Go(func() {
-			// The connection holds the handshake slot quicConnContext
-			// took before TLS began; it is released once the agent is
-			// admitted or refused, or when the connection ends.
-			leave, ok := quicSlot(conn.Context())
+			// The connection holds the TLS slot quicConnContext took
+			// before TLS began until the agent is admitted or refused
+			// (or the connection ends); the hello also waits for a
+			// handshake slot, as over TCP.
+			tlsDone, ok := quicSlot(conn.Context())
 			if !ok {
 				conn.CloseWithError(quic.CodeRefused, "relay busy")
 				return
+			}
+			defer tlsDone()
+			if !r.gate.enter(ctx) {
+				r.hsThrottled.Add(1)
+				conn.CloseWithError(quic.CodeRefused, "relay busy")
+				return
+			}
+			var leaveOnce sync.Once
+			leave := func() {
+				leaveOnce.Do(func() {
+					r.gate.leave()
+					tlsDone()
+				})
 			}
 			defer leave()
 			r.serveAgent(ctx, quic.NewSession(conn), conn.ConnectionState().TLS, "quic", conn.RemoteAddr(), leave)

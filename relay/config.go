@@ -106,6 +106,10 @@ type Config struct {
 	// enrolments) in progress at once; a connection that waits 8 s for a
 	// slot is closed and its agent retries later. Default 512.
 	MaxHandshakes int
+	// MaxQUICTLSHandshakes bounds the QUIC TLS handshakes in progress
+	// (see quicConnContext); more are refused at their first packet.
+	// Default 8 × MaxHandshakes.
+	MaxQUICTLSHandshakes int
 	// ReconnectGrace is how long after start a stream open for a tenant
 	// whose agent was connected before the restart waits for that agent to
 	// come back (bounded by StreamOpenTimeout) instead of failing with
@@ -161,6 +165,9 @@ func (c *Config) setDefaults() {
 	defd(&c.ReconnectGrace, 30*time.Second)
 	if c.MaxHandshakes == 0 {
 		c.MaxHandshakes = 512
+	}
+	if c.MaxQUICTLSHandshakes == 0 {
+		c.MaxQUICTLSHandshakes = quicTLSSlots * c.MaxHandshakes
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

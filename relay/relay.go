@@ -45,8 +45,9 @@ type Relay struct {
 	expected map[string]bool // tenants with agents connected before the last stop (the roster)
 
 	gate        *handshakeGate
-	hsFailed    atomic.Int64 // agent handshakes that failed (TLS or hello)
-	hsThrottled atomic.Int64 // agent handshakes turned away by the admission limit (over QUIC, once per Initial packet of the attempt)
+	quicGate    *handshakeGate // QUIC TLS handshakes in progress (admission.go)
+	hsFailed    atomic.Int64   // agent handshakes that failed (TLS or hello)
+	hsThrottled atomic.Int64   // agent handshakes turned away by the admission limit (over QUIC, once per Initial packet of the attempt)
 
 	limitRefusals atomic.Int64 // stream opens refused by a tenant limit
 	hsOK          atomic.Int64 // agent sessions admitted
@@ -99,7 +100,7 @@ func New(cfg Config) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes), pol: newPolicy(),
+	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes), pol: newPolicy(),
 		caManifest: st.CA().Manifest()}
 	r.metrics = newMetrics(r)
 	auditPath, err := filepath.Abs(cfg.AuditLog)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,24 +24,28 @@ func TestBusyRelayRefusesQUICAtTheDoor(t *testing.T) {
 	r.addTenant(t, "acme")
 	stateDir, id := enroll(t, r.agentAddr, r.token(t, "acme"))
 
-	// A handshake that stops at its client certificate holds the only slot.
+	// With --max-handshakes 1 the relay runs at most 8 QUIC TLS handshakes
+	// at once; 8 handshakes that stop at their client certificate hold
+	// every slot.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	asked, goOn := make(chan struct{}), make(chan struct{})
+	const slots = 8
+	asked, goOn := make(chan struct{}, slots), make(chan struct{})
 	holder := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{protocol.ALPN},
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			close(asked)
+			asked <- struct{}{}
 			<-goOn
 			return &tls.Certificate{}, nil
 		}}
-	held := make(chan struct{})
-	go func() {
-		defer close(held)
-		if s, err := quic.Dial(ctx, r.agentAddr, holder, quic.Config(1)); err == nil {
-			s.Close()
-		}
-	}()
-	defer func() { <-held }()
+	var holders sync.WaitGroup
+	defer holders.Wait()
+	for range slots {
+		holders.Go(func() {
+			if s, err := quic.Dial(ctx, r.agentAddr, holder, quic.Config(1)); err == nil {
+				s.Close()
+			}
+		})
+	}
 	released := false
 	release := func() {
 		if !released {
@@ -49,10 +54,12 @@ func TestBusyRelayRefusesQUICAtTheDoor(t *testing.T) {
 		}
 	}
 	defer release()
-	select {
-	case <-asked:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the holding handshake never reached the client certificate")
+	for i := range slots {
+		select {
+		case <-asked:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("holding handshake %d never reached the client certificate", i+1)
+		}
 	}
 
 	cfg := filepath.Join(t.TempDir(), "agent.yaml")
