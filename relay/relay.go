@@ -78,6 +78,7 @@ type Relay struct {
 	oidcClient *http.Client // fetches the issuer's keys
 
 	front *connSet // open front-door connections, closed at shutdown
+	seen  lastSeen // agents' last-seen times waiting to be written (lastseen.go)
 
 	runOnce sync.Once
 }
@@ -379,6 +380,8 @@ func (r *Relay) run(ctx context.Context) error {
 	rosterCtx, stopRoster := context.WithCancel(context.Background())
 	wg.Go(func() { r.keepRoster(rosterCtx) })
 	wg.Go(func() { r.watchPolicy(rosterCtx) })
+	seenStop, seenDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(seenDone); r.keepLastSeen(seenStop) }() // stopped after wg, so that disconnects are written
 	if r.tcpLn != nil {
 		wg.Go(func() { report(r.acceptTCP(sessCtx, &wg)) })
 	}
@@ -462,6 +465,8 @@ func (r *Relay) run(ctx context.Context) error {
 	stopSessions()
 	wg.Wait()
 	r.bg.Wait()
+	close(seenStop)
+	<-seenDone
 	if r.quicTr != nil {
 		r.quicTr.Close()
 	}

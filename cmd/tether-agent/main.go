@@ -27,6 +27,7 @@ const usage = `tether-agent: the Tether agent.
 Usage:
   tether-agent enroll --relay HOST:PORT (--token TOKEN | --token-file FILE) --state-dir DIR [--force] [--proxy URL|direct]
   tether-agent run --config FILE
+  tether-agent status (--config FILE | --addr HOST:PORT) [-o text|json]
   tether-agent version
 
 The join token may also come from $TETHER_JOIN_TOKEN, which keeps it off the
@@ -54,6 +55,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return enroll(args[1:], stdout, stderr)
 	case "run":
 		return runAgent(args[1:], stderr)
+	case "status":
+		return status(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return nil
