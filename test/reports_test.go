@@ -198,6 +198,7 @@ func TestAgentReports(t *testing.T) {
 		}
 	}
 	text := mustRun(t, bins.agent, "status", "--addr", statusAddr)
+	t.Logf("tether-agent status:\n%s", text)
 	for _, want := range []string{id + " (tenant acme)", "certificate", "1048576 to services, 1048576 from services", "dead 1", "connected", "quic (auto: QUIC preferred)"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("tether-agent status: no %q in\n%s", want, text)
