@@ -266,6 +266,9 @@ func TestAgentReportsAChangeAtOnce(t *testing.T) {
 	a := runAgent(t, stateDir, id, r.AgentAddr().String(), agentOpts{services: map[string]string{"echo": echoAddr}, extra: "report_interval: 1h\n"})
 	la := waitReport(t, r, "acme", id, "the first report", func(relay.LiveAgent) bool { return true })
 	hash := la.Report.ConfigHash
+	if _, stderr, err := runCmd(t, bins.agent, "status", "--config", a.config); err == nil || !strings.Contains(stderr, "has no status_listen") {
+		t.Errorf("status of an agent without status_listen: %v, %q; want an error saying so", err, stderr)
+	}
 	head := fmt.Sprintf("relays: [%q]\nstate_dir: %q\nreconnect: {initial: 100ms, max: 1s}\nlog: {level: debug, format: json}\nreport_interval: 1h\n", r.AgentAddr().String(), stateDir)
 	replaceAgentConfig(t, a, head+"services:\n  echo: {address: 127.0.0.1:1, colour: blue}\n", false)
 	la = waitReport(t, r, "acme", id, "the config error", func(la relay.LiveAgent) bool { return la.Report.ConfigError != "" })
