@@ -162,9 +162,22 @@ func (a *Agent) Report() *protocol.Report {
 	return m
 }
 
-// sessionReport is the report sent on session s.
+// maxReportServices bounds the service names and dial-failure entries
+// sent to the relay, so that a report of an agent with a huge allowlist
+// still fits in one control message (service names are at most 63 bytes).
+const maxReportServices = 256
+
+// report is the report sent on session s.
 func (s *session) report() *protocol.Report {
 	m := s.a.Report()
+	if len(m.Services) > maxReportServices {
+		m.Services = m.Services[:maxReportServices]
+	}
+	if len(m.DialFailures) > maxReportServices {
+		for _, k := range slices.Sorted(maps.Keys(m.DialFailures))[maxReportServices:] {
+			delete(m.DialFailures, k)
+		}
+	}
 	m.Transport, m.TransportWhy = s.transport, s.why
 	m.RTTMicros = s.rtt.Load() / int64(time.Microsecond)
 	return m

@@ -1,8 +1,11 @@
 package agent
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/tetherhq/tether/protocol"
 )
 
 func TestStatusListenLoopbackOnly(t *testing.T) {
@@ -52,5 +55,33 @@ func TestConfigHashCanonical(t *testing.T) {
 		if ConfigHash(other) == ConfigHash(a.Services) {
 			t.Errorf("%s: same hash", name)
 		}
+	}
+}
+
+// An agent with a huge allowlist, every service failing, and long errors
+// still sends a report that fits in one control message.
+func TestSessionReportFits(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	a := enrolled(t, root, root)
+	svcs := map[string]Service{}
+	for i := range 3000 {
+		name := fmt.Sprintf("%s-%04d", strings.Repeat("s", 58), i)
+		svcs[name] = Service{Address: "127.0.0.1:1"}
+		a.rep.dialFailed(name, strings.Repeat("refused ", 1000))
+	}
+	a.services.Store(&svcs)
+	msg := strings.Repeat("bad ", 100000)
+	a.configErr.Store(&msg)
+	s := &session{a: a, transport: TransportTCP, why: strings.Repeat("w", 200)}
+	m := s.report()
+	if _, err := protocol.AppendMessage(nil, m); err != nil {
+		t.Fatalf("the report does not fit: %v", err)
+	}
+	if len(m.Services) != maxReportServices || len(m.DialFailures) != maxReportServices {
+		t.Errorf("%d services, %d dial-failure entries; want %d each", len(m.Services), len(m.DialFailures), maxReportServices)
+	}
+	// The local status keeps everything.
+	if st := a.Status(); len(st.Services) != 3000 || len(st.DialFailures) != 3000 {
+		t.Errorf("status: %d services, %d dial-failure entries; want 3000 each", len(st.Services), len(st.DialFailures))
 	}
 }
