@@ -53,6 +53,8 @@ type Agent struct {
 
 	upd        *updater                     // self-update (update.go)
 	restartErr atomic.Pointer[RestartError] // set when Run stops to restart
+	rep        *reporter                    // bytes, dial failures and change notices for reports (report.go)
+	slots      slotTracker                  // what each connection slot is doing, for the status listener (status.go)
 }
 
 // New validates cfg and loads the agent's identity from cfg.StateDir.
@@ -95,6 +97,7 @@ func New(cfg Config) (*Agent, error) {
 		live:     make(map[*session]struct{}),
 		bootID:   fmt.Sprintf("%016x", rand.Uint64()),
 		renewNow: make(chan renewRequest, 1),
+		rep:      newReporter(),
 	}
 	a.cert.Store(&st.Cert)
 	a.certAt.Store(time.Now().UnixNano())
@@ -194,6 +197,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	if a.cfg.StatusListen != "" {
+		if err := a.serveStatus(ctx, &wg); err != nil {
+			return err
+		}
+	}
 	for i := 0; i < a.cfg.Connections; i++ {
 		wg.Go(func() { a.runSlot(ctx, i, &wg) })
 	}
@@ -219,6 +227,7 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 	log := a.log.With("slot", slot)
 	for ctx.Err() == nil {
 		relay := a.cfg.Relays[relayIdx%len(a.cfg.Relays)]
+		a.slots.set(slot, relay, StateConnecting, nil, nil)
 		s, err := a.connect(ctx, relay, log)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -234,6 +243,7 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 				d = a.cfg.Reconnect.Max/2 + rand.N(a.cfg.Reconnect.Max/2+1)
 			}
 			logConnectError(log, relay, err, d)
+			a.slots.set(slot, relay, StateRetrying, nil, err)
 			if !sleep(ctx, d) {
 				return
 			}
@@ -241,6 +251,7 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 		}
 		for s != nil {
 			started := time.Now()
+			a.slots.set(slot, s.relay, StateConnected, s, nil)
 			a.setLive(s, true)
 			why := s.serve(ctx)
 			a.setLive(s, false)
@@ -276,6 +287,7 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 				failures++
 				d := a.cfg.Reconnect.delay(failures - 1)
 				log.Warn("connection to relay lost; reconnecting", "relay", relay, "transport", s.transport, "reason", s.endErr(), "retry_in", d.Round(time.Millisecond))
+				a.slots.set(slot, relay, StateRetrying, nil, s.endErr())
 				if !sleep(ctx, d) {
 					return
 				}

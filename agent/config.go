@@ -77,6 +77,14 @@ type Config struct {
 	// DebugListen serves Go pprof profiles on this loopback address
 	// (host:port). Empty (the default) is off.
 	DebugListen string `yaml:"debug_listen"`
+	// StatusListen serves the agent's status as JSON (GET /status, read by
+	// tether-agent status) on this loopback address (host:port). Empty
+	// (the default) is off.
+	StatusListen string `yaml:"status_listen"`
+	// ReportInterval is how often the agent sends its report to each
+	// relay (it also reports about a second after its config, certificate
+	// or transport change). Default 15s.
+	ReportInterval time.Duration `yaml:"report_interval"`
 	// Log configures logging (used by the tether-agent command).
 	Log LogConfig `yaml:"log"`
 	// Update configures self-update (update_config.go).
@@ -246,6 +254,7 @@ func (c *Config) setDefaults() {
 	defd(&c.Reconnect.Max, 30*time.Second)
 	defd(&c.DrainTimeout, 10*time.Second)
 	c.Update.setDefaults()
+	defd(&c.ReportInterval, 15*time.Second)
 	if c.Version == "" {
 		c.Version = "dev"
 	}
@@ -287,6 +296,11 @@ func (c *Config) Validate() error {
 			add("debug_listen %q: %v", c.DebugListen, err)
 		}
 	}
+	if c.StatusListen != "" {
+		if err := checkLoopback(c.StatusListen); err != nil {
+			add("status_listen %q: %v (the status names the agent's services and relays: it is served on loopback only)", c.StatusListen, err)
+		}
+	}
 	names := make([]string, 0, len(c.Services))
 	for n := range c.Services {
 		names = append(names, n)
@@ -309,7 +323,7 @@ func (c *Config) Validate() error {
 	for name, d := range map[string]time.Duration{
 		"dial_timeout": c.DialTimeout, "idle_timeout": c.IdleTimeout, "quic_timeout": c.QUICTimeout,
 		"quic_retry": c.QUICRetry, "reconnect.initial": c.Reconnect.Initial, "reconnect.max": c.Reconnect.Max,
-		"drain_timeout": c.DrainTimeout,
+		"drain_timeout": c.DrainTimeout, "report_interval": c.ReportInterval,
 	} {
 		if d < 0 {
 			add("%s must not be negative (got %v)", name, d)

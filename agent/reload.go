@@ -111,11 +111,15 @@ func (a *Agent) reloadConfig(path string) {
 			return
 		}
 		msg := err.Error()
-		a.configErr.Store(&msg)
+		if old := a.configErr.Swap(&msg); old == nil || *old != msg {
+			a.rep.change()
+		}
 		a.log.Error("config file has errors; keeping the services in use", "file", path, "err", err)
 		return
 	}
-	a.configErr.Store(nil)
+	if a.configErr.Swap(nil) != nil {
+		a.rep.change()
+	}
 	svcs := c.Services
 	if svcs == nil {
 		svcs = map[string]Service{}
@@ -125,6 +129,7 @@ func (a *Agent) reloadConfig(path string) {
 		a.log.Debug("config file changed; services unchanged", "file", path)
 	} else {
 		a.services.Store(&svcs)
+		a.rep.change()
 		var added, removed, changed []string
 		for n, s := range svcs {
 			o, ok := old[n]
@@ -208,5 +213,6 @@ func (a *Agent) reloadCertificate() {
 	}
 	a.cert.Store(&pair)
 	a.certAt.Store(time.Now().UnixNano())
+	a.rep.change()
 	a.log.Info("certificate reloaded from its file; new connections use it", "not_after", pair.Leaf.NotAfter.Format(time.RFC3339))
 }

@@ -163,6 +163,7 @@ func (a *Agent) renewOnce(ctx context.Context) error {
 	}
 	a.cert.Store(&tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert})
 	a.certAt.Store(time.Now().UnixNano())
+	a.rep.change()
 	a.log.Info("certificate renewed", "relay", s.relay, "not_after", cert.NotAfter.Format(time.RFC3339), "serial", cert.SerialNumber.Text(16),
 		"issuer", cert.Issuer.CommonName, "trusted_roots", len(*a.rootList.Load()))
 	return nil

@@ -67,6 +67,7 @@ type session struct {
 	rtt        atomic.Int64
 	pingSeq    atomic.Uint64
 	pingSentAt atomic.Int64
+	rttKnown   chan struct{} // signalled (non-blocking) when the first RTT is measured
 
 	endMu sync.Mutex // guards ended
 	ended error
@@ -183,6 +184,7 @@ func (a *Agent) newSession(ts transport.Session, relay, name, why string, log *s
 		a: a, t: ts, relay: relay, transport: name, why: why, baseLog: log,
 		goaway: make(chan struct{}), readDone: make(chan struct{}), streamDone: make(chan struct{}, 1),
 		probed: make(chan probeResult, 1), renewed: make(chan *protocol.RenewResponse, 1),
+		rttKnown: make(chan struct{}, 1),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.log = log.With("relay", relay, "transport", name)
@@ -323,9 +325,17 @@ func (s *session) endErr() error {
 func (s *session) serve(ctx context.Context) endReason {
 	s.wg.Go(s.readLoop)
 	s.wg.Go(s.acceptLoop)
+	s.wg.Go(s.reportLoop)
 	hb := time.Duration(s.welcome.HeartbeatMillis) * time.Millisecond
 	if hb <= 0 {
 		hb = 10 * time.Second
+	}
+	// A first ping at once measures the RTT for the first reports rather
+	// than a heartbeat later.
+	s.pingSentAt.Store(time.Now().UnixNano())
+	if err := s.send(&protocol.Ping{Seq: s.pingSeq.Add(1)}); err != nil {
+		s.setEnd(fmt.Errorf("send ping: %w", err))
+		return endLost
 	}
 	t := time.NewTicker(hb)
 	defer t.Stop()
@@ -419,7 +429,12 @@ func (s *session) readLoop() {
 			}
 		case *protocol.Pong:
 			if m.Seq == s.pingSeq.Load() {
-				s.rtt.Store(time.Now().UnixNano() - s.pingSentAt.Load())
+				if s.rtt.Swap(max(time.Now().UnixNano()-s.pingSentAt.Load(), 1)) == 0 {
+					select {
+					case s.rttKnown <- struct{}{}:
+					default:
+					}
+				}
 			}
 		case *protocol.GoAway:
 			s.log.Info("relay asked this agent to reconnect", "reason", m.Reason, "message", m.Message)

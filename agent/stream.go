@@ -54,6 +54,7 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	cancel()
 	if err != nil {
 		perr := dialError(h.Service, a.cfg.DialTimeout, err)
+		a.rep.dialFailed(h.Service, perr.Message)
 		log.Warn("cannot reach service", slices.Concat(ids, []any{"address", svc.Address, "code", perr.Code.String(), "err", err})...)
 		refuse(st, perr)
 		return
@@ -67,7 +68,9 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	a.streamsOpen.Add(1)
 	a.streamsTotal.Add(1)
 	start := time.Now()
-	res, err := transport.Splice(st, asStream(conn), a.cfg.IdleTimeout)
+	ctr := a.rep.streamStarted()
+	res, err := transport.SpliceCounting(st, asStream(conn), a.cfg.IdleTimeout, ctr)
+	a.rep.streamEnded(ctr, res)
 	a.streamsOpen.Add(-1)
 	attrs := slices.Concat(ids, []any{"bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(start).Round(time.Microsecond)})
 	switch {

@@ -205,6 +205,9 @@ type AgentInfo struct {
 	// RevokedAt is set when the agent was revoked.
 	RevokedAt     *time.Time `json:"revoked_at,omitempty"`
 	RevokedReason string     `json:"revoked_reason,omitempty"`
+	// LastSeen is when a relay last heard from the agent (to within about
+	// a minute while it is connected); absent if never.
+	LastSeen *time.Time `json:"last_seen,omitempty"`
 }
 
 func agentInfo(x store.Agent) AgentInfo {
@@ -212,6 +215,10 @@ func agentInfo(x store.Agent) AgentInfo {
 	if !x.RevokedAt.IsZero() {
 		t := x.RevokedAt
 		ai.RevokedAt = &t
+	}
+	if !x.LastSeen.IsZero() {
+		t := x.LastSeen
+		ai.LastSeen = &t
 	}
 	return ai
 }

@@ -198,7 +198,11 @@ func (r *Relay) serveAgent(ctx context.Context, sess agentSession, cs tls.Connec
 	r.hsOK.Add(1)
 
 	r.reg.add(ac)
-	defer r.reg.remove(ac)
+	r.seen.mark(id.ID, time.Now())
+	defer func() {
+		r.reg.remove(ac)
+		r.seen.mark(id.ID, time.Unix(0, ac.lastHeard.Load()))
+	}()
 	if rev, ok := r.pol.revoked.Load(id.ID); ok {
 		// Revoked between the store lookup and now: the policy watcher
 		// may have looked at the registry before this session joined it.

@@ -73,7 +73,7 @@ func (r *Relay) serveSOCKS(ctx context.Context, c net.Conn) {
 	target := net.JoinHostPort(req.Host, fmt.Sprint(req.Port))
 	tun, err := r.dial(ctx, who, target)
 	if err != nil {
-		r.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
+		r.log.Info("refused", with(targetAttrs(attrs, target), "code", protocol.CodeOf(err).String(), "err", err)...)
 		socks5.WriteReply(c, socksReply(protocol.CodeOf(err)), nil)
 		c.Close()
 		r.auditRefusal("socks5", c.RemoteAddr().String(), who, target, err)
@@ -167,7 +167,7 @@ func (r *Relay) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *ht
 	attrs = with(attrs, "backend", who.name, "target", req.Host)
 	tun, err := r.dial(ctx, who, req.Host)
 	if err != nil {
-		r.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
+		r.log.Info("refused", with(targetAttrs(attrs, req.Host), "code", protocol.CodeOf(err).String(), "err", err)...)
 		r.auditRefusal(door, req.RemoteAddr, who, req.Host, err)
 		writeRefusal(w, "", err, 0)
 		return
@@ -287,4 +287,13 @@ func (p *prefixedStream) Read(b []byte) (int, error) { return p.r.Read(b) }
 // capacity (which another call may share).
 func with(attrs []any, more ...any) []any {
 	return append(attrs[:len(attrs):len(attrs)], more...)
+}
+
+// targetAttrs adds the tenant and service of a stream's target to log
+// attributes when the target names them.
+func targetAttrs(attrs []any, target string) []any {
+	if t, err := ParseTarget(target); err == nil {
+		return with(attrs, "tenant", t.Tenant, "service", t.Service)
+	}
+	return attrs
 }

@@ -81,6 +81,7 @@ type Relay struct {
 	oidcClient *http.Client // fetches the issuer's keys
 
 	front *connSet // open front-door connections, closed at shutdown
+	seen  lastSeen // agents' last-seen times waiting to be written (lastseen.go)
 
 	runOnce sync.Once
 }
@@ -388,6 +389,8 @@ func (r *Relay) run(ctx context.Context) error {
 	wg.Go(func() { r.keepRoster(rosterCtx) })
 	wg.Go(func() { r.watchPolicy(rosterCtx) })
 	wg.Go(func() { r.rolloutLoop(rosterCtx) })
+	seenStop, seenDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(seenDone); r.keepLastSeen(seenStop) }() // stopped after wg, so that disconnects are written
 	if r.tcpLn != nil {
 		wg.Go(func() { report(r.acceptTCP(sessCtx, &wg)) })
 	}
@@ -481,6 +484,8 @@ func (r *Relay) run(ctx context.Context) error {
 	stopSessions()
 	wg.Wait()
 	r.bg.Wait()
+	close(seenStop)
+	<-seenDone
 	if r.quicTr != nil {
 		r.quicTr.Close()
 	}

@@ -35,7 +35,8 @@ Usage:
   tether-agent run --config FILE
   tether-agent install --config FILE [--files-only]
   tether-agent uninstall [--purge]
-  tether-agent start | stop | status
+  tether-agent start | stop
+  tether-agent status [--config FILE | --addr HOST:PORT] [-o text|json]
   tether-agent unit
   tether-agent version
 
@@ -69,8 +70,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return enroll(args[1:], stdout, stderr)
 	case "run":
 		return runAgent(args[1:], stderr)
-	case "install", "uninstall", "start", "stop", "status", "service", "unit":
+	case "install", "uninstall", "start", "stop", "service", "unit":
 		return serviceCmd(args[0], args[1:], stdout, stderr)
+	case "status":
+		return status(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return nil

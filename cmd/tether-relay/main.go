@@ -408,12 +408,15 @@ func agentCmd(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return printList(stdout, *output, as, "ID\tTENANT\tHOSTNAME\tENROLLED\tCERT EXPIRES\tREVOKED", func(x relay.AgentInfo) string {
-			revoked := "-"
+		return printList(stdout, *output, as, "ID\tTENANT\tHOSTNAME\tENROLLED\tCERT EXPIRES\tLAST SEEN\tREVOKED", func(x relay.AgentInfo) string {
+			revoked, seen := "-", "never"
 			if x.RevokedAt != nil {
 				revoked = x.RevokedAt.Format(time.RFC3339)
 			}
-			return strings.Join([]string{x.ID, x.Tenant, x.Hostname, x.EnrolledAt.Format(time.RFC3339), x.CertNotAfter.Format(time.RFC3339), revoked}, "\t")
+			if x.LastSeen != nil {
+				seen = x.LastSeen.Format(time.RFC3339)
+			}
+			return strings.Join([]string{x.ID, x.Tenant, x.Hostname, x.EnrolledAt.Format(time.RFC3339), x.CertNotAfter.Format(time.RFC3339), seen, revoked}, "\t")
 		})
 	})
 }

@@ -45,6 +45,30 @@ type SpliceResult struct {
 // Splice runs one direction on the calling goroutine and the other on a
 // goroutine that has exited by the time Splice returns.
 func Splice(a, b Stream, idle time.Duration) (SpliceResult, error) {
+	return splice(a, b, idle, nil)
+}
+
+// SpliceCounter shows how many bytes a running Splice has moved so far, for
+// totals that must include long-lived streams before they end. Each
+// direction's copy loop stores its running total after every write (a
+// plain atomic store of a value it keeps anyway, with no contention: one
+// writer per field).
+type SpliceCounter struct {
+	AToB atomic.Int64
+	BToA atomic.Int64
+}
+
+// SpliceCounting is Splice that also keeps c up to date while it runs. When
+// it returns, c holds the same totals as the result.
+func SpliceCounting(a, b Stream, idle time.Duration, c *SpliceCounter) (SpliceResult, error) {
+	return splice(a, b, idle, c)
+}
+
+func splice(a, b Stream, idle time.Duration, c *SpliceCounter) (SpliceResult, error) {
+	var aToB, bToA *atomic.Int64
+	if c != nil {
+		aToB, bToA = &c.AToB, &c.BToA
+	}
 	var res SpliceResult
 	act := activity{base: time.Now()}
 	act.touch()
@@ -69,13 +93,13 @@ func Splice(a, b Stream, idle time.Duration) (SpliceResult, error) {
 	go func() {
 		defer close(done)
 		var err error
-		res.AToB, err = copyHalf(b, a, &act)
+		res.AToB, err = copyHalf(b, a, &act, aToB)
 		if err != nil {
 			abort(err)
 		}
 	}()
 	var err error
-	res.BToA, err = copyHalf(a, b, &act)
+	res.BToA, err = copyHalf(a, b, &act, bToA)
 	if err != nil {
 		abort(err)
 	}
@@ -91,7 +115,8 @@ func Splice(a, b Stream, idle time.Duration) (SpliceResult, error) {
 }
 
 // copyHalf copies src to dst and half-closes dst when src ends cleanly.
-func copyHalf(dst, src Stream, act *activity) (int64, error) {
+// When counter is not nil, it holds the running total after each write.
+func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64) (int64, error) {
 	small := smallBufs.Get().(*[]byte)
 	defer smallBufs.Put(small)
 	var large *[]byte
@@ -109,6 +134,9 @@ func copyHalf(dst, src Stream, act *activity) (int64, error) {
 			act.touch()
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
+			if counter != nil {
+				counter.Store(total)
+			}
 			if werr != nil {
 				return total, werr
 			}

@@ -5,7 +5,7 @@ package transport_test
 //
 //   - mem: Splice between two in-memory streams, a fresh Splice per op; the
 //     copy loop's own cost (goroutine, buffers, idle timer) without sockets.
-//   - tcp: one Splice between two loopback TCP connections, as the agent
+//   - tcp: one SpliceCounting between two loopback TCP connections, as the agent
 //     bridges a tunnel stream to a tenant service.
 //   - yamux, quic: one Splice between a loopback TCP connection (a backend
 //     at the relay's front door) and a stream of a real TLS+yamux or QUIC
@@ -69,9 +69,12 @@ func BenchmarkSpliceMem(b *testing.B) {
 	for _, tc := range []struct {
 		name       string
 		aToB, bToA int
+		counted    bool // SpliceCounting, as the agent copies
 	}{
-		{"64B-each-way", pingSize, pingSize},
-		{"1MiB-one-way", bulkSize, 0},
+		{"64B-each-way", pingSize, pingSize, false},
+		{"1MiB-one-way", bulkSize, 0, false},
+		{"64B-each-way-counted", pingSize, pingSize, true},
+		{"1MiB-one-way-counted", bulkSize, 0, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			a := &memStream{src: make([]byte, tc.aToB)}
@@ -81,7 +84,14 @@ func BenchmarkSpliceMem(b *testing.B) {
 			for b.Loop() {
 				a.rewind()
 				c.rewind()
-				res, err := transport.Splice(a, c, benchIdle)
+				var res transport.SpliceResult
+				var err error
+				if tc.counted {
+					var ctr transport.SpliceCounter
+					res, err = transport.SpliceCounting(a, c, benchIdle, &ctr)
+				} else {
+					res, err = transport.Splice(a, c, benchIdle)
+				}
 				if err != nil || res.AToB != int64(tc.aToB) || res.BToA != int64(tc.bToA) {
 					b.Fatalf("Splice = %+v, %v", res, err)
 				}
@@ -113,10 +123,17 @@ func (tp *topology) close(b *testing.B) {
 	})
 }
 
-func startTopology(a, c transport.Stream, near, far io.ReadWriter, closers ...io.Closer) *topology {
+// startTopology splices a and c; with a counter, as the agent does
+// (SpliceCounting), otherwise as the relay does.
+func startTopology(a, c transport.Stream, counter *transport.SpliceCounter, near, far io.ReadWriter, closers ...io.Closer) *topology {
 	tp := &topology{near: near, far: far, done: make(chan error, 1)}
 	go func() {
-		_, err := transport.Splice(a, c, benchIdle)
+		var err error
+		if counter != nil {
+			_, err = transport.SpliceCounting(a, c, benchIdle, counter)
+		} else {
+			_, err = transport.Splice(a, c, benchIdle)
+		}
 		tp.done <- err
 	}()
 	tp.teardown = func() {
@@ -131,7 +148,7 @@ func startTopology(a, c transport.Stream, near, far io.ReadWriter, closers ...io
 func tcpTopology(b *testing.B) *topology {
 	nearPeer, a := tcpPair(b)
 	c, farPeer := tcpPair(b)
-	return startTopology(a, c, nearPeer, farPeer, nearPeer, farPeer, a, c)
+	return startTopology(a, c, new(transport.SpliceCounter), nearPeer, farPeer, nearPeer, farPeer, a, c)
 }
 
 // sessionTopology splices a loopback TCP connection (the backend's, at the
@@ -156,7 +173,7 @@ func sessionTopology(b *testing.B, agent, relay transport.Session, closeSessions
 	if _, err := io.ReadFull(far, make([]byte, 1)); err != nil {
 		b.Fatal(err)
 	}
-	return startTopology(front, tunnel, nearPeer, far, nearPeer, far, front, tunnel, closerFunc(closeSessions))
+	return startTopology(front, tunnel, nil, nearPeer, far, nearPeer, far, front, tunnel, closerFunc(closeSessions))
 }
 
 type closerFunc func()

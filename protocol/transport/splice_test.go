@@ -63,6 +63,13 @@ type splice struct {
 
 func startSplice(t *testing.T, idle time.Duration) *splice {
 	t.Helper()
+	return startSpliceCounting(t, idle, nil)
+}
+
+// startSpliceCounting runs SpliceCounting with counter, or Splice when it
+// is nil.
+func startSpliceCounting(t *testing.T, idle time.Duration, counter *transport.SpliceCounter) *splice {
+	t.Helper()
 	s := &splice{done: make(chan spliceReturn, 1)}
 	s.aPeer, s.a = tcpPair(t)
 	s.b, s.bPeer = tcpPair(t)
@@ -70,7 +77,13 @@ func startSplice(t *testing.T, idle time.Duration) *splice {
 		_ = c.SetDeadline(time.Now().Add(hangGuard))
 	}
 	go func() {
-		res, err := transport.Splice(s.a, s.b, idle)
+		var res transport.SpliceResult
+		var err error
+		if counter != nil {
+			res, err = transport.SpliceCounting(s.a, s.b, idle, counter)
+		} else {
+			res, err = transport.Splice(s.a, s.b, idle)
+		}
 		s.done <- spliceReturn{res, err}
 	}()
 	t.Cleanup(func() {
@@ -196,6 +209,51 @@ func TestSpliceBothWays(t *testing.T) {
 			}
 			s.checkClosed(t)
 		})
+	}
+}
+
+// TestSpliceCountingWhileRunning: the counter shows the bytes of a stream
+// that is still open, each direction on its own, and equals the result at
+// the end.
+func TestSpliceCountingWhileRunning(t *testing.T) {
+	var ctr transport.SpliceCounter
+	s := startSpliceCounting(t, 0, &ctr)
+	// a to b: 300 KiB, read in full at b's peer.
+	toB := randomBytes(300<<10, 3)
+	errc := make(chan error, 1)
+	go func() { _, err := s.aPeer.Write(toB); errc <- err }()
+	if _, err := io.ReadFull(s.bPeer, make([]byte, len(toB))); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	// b to a: 5 bytes.
+	if _, err := s.bPeer.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(s.aPeer, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	// The bytes were written before the peers read them: the counter is
+	// already up to date, with the stream still open.
+	if got, want := ctr.AToB.Load(), int64(len(toB)); got != want {
+		t.Errorf("AToB while open: got %d, want %d", got, want)
+	}
+	if got := ctr.BToA.Load(); got != 5 {
+		t.Errorf("BToA while open: got %d, want 5", got)
+	}
+	if _, ok := s.returned(); ok {
+		t.Fatal("Splice returned while both peers were open")
+	}
+	s.aPeer.CloseWrite()
+	s.bPeer.CloseWrite()
+	r := s.wait(t)
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.res.AToB != ctr.AToB.Load() || r.res.BToA != ctr.BToA.Load() {
+		t.Errorf("result %+v, counter {%d %d}: want equal", r.res, ctr.AToB.Load(), ctr.BToA.Load())
 	}
 }
 

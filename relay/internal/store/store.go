@@ -175,6 +175,10 @@ ALTER TABLE join_tokens ADD COLUMN ca_root TEXT NOT NULL DEFAULT '';
 	// Operator tokens for the admin API (see operators.go).
 	{5, migrationOperators},
 	{6, migrationReleases}, // releases.go
+	// When the relay last heard from each agent, Unix seconds (0: never).
+	{7, `
+ALTER TABLE agents ADD COLUMN last_seen BIGINT NOT NULL DEFAULT 0;
+`},
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -413,6 +417,9 @@ type Agent struct {
 	// RevokedAt is zero unless the agent was revoked.
 	RevokedAt     time.Time
 	RevokedReason string
+	// LastSeen is when a relay last heard from the agent, to within about
+	// a minute while it is connected; zero if never.
+	LastSeen time.Time
 }
 
 // AddAgent registers an agent; its tenant must exist.
@@ -428,15 +435,18 @@ func (s *Store) AddAgent(ctx context.Context, a Agent) error {
 	return err
 }
 
-const agentCols = `id, tenant, hostname, created_at, cert_serial, cert_not_after, cert_root, revoked_at, revoked_reason`
+const agentCols = `id, tenant, hostname, created_at, cert_serial, cert_not_after, cert_root, revoked_at, revoked_reason, last_seen`
 
 func scanAgent(sc interface{ Scan(...any) error }) (Agent, error) {
 	var a Agent
-	var created, notAfter, revoked int64
-	if err := sc.Scan(&a.ID, &a.Tenant, &a.Hostname, &created, &a.CertSerial, &notAfter, &a.CertRoot, &revoked, &a.RevokedReason); err != nil {
+	var created, notAfter, revoked, seen int64
+	if err := sc.Scan(&a.ID, &a.Tenant, &a.Hostname, &created, &a.CertSerial, &notAfter, &a.CertRoot, &revoked, &a.RevokedReason, &seen); err != nil {
 		return Agent{}, err
 	}
 	a.CreatedAt, a.CertNotAfter = fromUnix(created), fromUnix(notAfter)
+	if seen != 0 {
+		a.LastSeen = fromUnix(seen)
+	}
 	if revoked != 0 {
 		a.RevokedAt = fromUnixMilli(revoked)
 	}
@@ -701,4 +711,42 @@ func (s *Store) SetSettingIfAbsent(ctx context.Context, key, value string) (stri
 		return "", err
 	}
 	return s.Setting(ctx, key)
+}
+
+// lastSeenChunk is how many agents one transaction of SetAgentsLastSeen
+// updates: enough to make a fleet's update a few transactions, few enough
+// that none holds SQLite's write lock for long.
+const lastSeenChunk = 500
+
+// SetAgentsLastSeen records when each agent of seen was last heard from.
+// A time not after the one recorded changes nothing; unknown agents are
+// skipped. It writes in a few transactions of prepared updates, so that a
+// relay records a whole fleet at once.
+func (s *Store) SetAgentsLastSeen(ctx context.Context, seen map[string]time.Time) error {
+	ids := make([]string, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids) // a stable lock order for concurrent writers
+	for len(ids) > 0 {
+		chunk := ids[:min(len(ids), lastSeenChunk)]
+		ids = ids[len(chunk):]
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			st, err := tx.PrepareContext(ctx, `UPDATE agents SET last_seen = $2 WHERE id = $1 AND last_seen < $2`)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			for _, id := range chunk {
+				if _, err := st.ExecContext(ctx, id, unix(seen[id])); err != nil {
+					return fmt.Errorf("agent %s: %w", id, err)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("record agents last seen: %w", err)
+		}
+	}
+	return nil
 }

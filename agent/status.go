@@ -1,0 +1,126 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+)
+
+// Status is what the status listener serves (GET /status): the agent's
+// report, without the session fields, and what each connection slot is
+// doing.
+type Status struct {
+	AgentID string `json:"agent_id"`
+	Tenant  string `json:"tenant"`
+	protocol.Report
+	Sessions []SessionStatus `json:"sessions"`
+}
+
+// Connection slot states.
+const (
+	StateConnecting = "connecting" // dialling a relay
+	StateConnected  = "connected"  // serving
+	StateRetrying   = "retrying"   // waiting before the next attempt
+)
+
+// SessionStatus is one connection slot: the relay it uses or tries, and
+// its session when connected.
+type SessionStatus struct {
+	Slot  int    `json:"slot"`
+	Relay string `json:"relay"`
+	State string `json:"state"`
+	// Since is when the slot entered State (for a connected slot: when
+	// its session started).
+	Since        time.Time `json:"since"`
+	SessionID    string    `json:"session_id,omitempty"`
+	Transport    string    `json:"transport,omitempty"`
+	TransportWhy string    `json:"transport_why,omitempty"`
+	RTTMicros    int64     `json:"rtt_us,omitempty"`
+	// LastError is why the slot's previous session ended or its last
+	// connection attempt failed.
+	LastError string `json:"last_error,omitempty"`
+}
+
+// slotTracker records what each connection slot is doing.
+type slotTracker struct {
+	mu    sync.Mutex // guards slots
+	slots map[int]*slotState
+}
+
+type slotState struct {
+	relay   string
+	state   string
+	since   time.Time
+	s       *session // when connected
+	lastErr string
+}
+
+// set records that slot is now in state with relay (and session s when
+// connected); a non-nil err becomes its last error.
+func (t *slotTracker) set(slot int, relay, state string, s *session, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.slots == nil {
+		t.slots = make(map[int]*slotState)
+	}
+	st := t.slots[slot]
+	if st == nil {
+		st = &slotState{}
+		t.slots[slot] = st
+	}
+	st.relay, st.state, st.since, st.s = relay, state, time.Now(), s
+	if err != nil {
+		st.lastErr = clipText(err.Error())
+	}
+}
+
+func (t *slotTracker) snapshot() []SessionStatus {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]SessionStatus, 0, len(t.slots))
+	for n, st := range t.slots {
+		ss := SessionStatus{Slot: n, Relay: st.relay, State: st.state, Since: st.since.UTC(), LastError: st.lastErr}
+		if s := st.s; s != nil {
+			ss.SessionID, ss.Transport, ss.TransportWhy = s.welcome.SessionID, s.transport, s.why
+			ss.RTTMicros = s.rtt.Load() / int64(time.Microsecond)
+		}
+		out = append(out, ss)
+	}
+	slices.SortFunc(out, func(a, b SessionStatus) int { return a.Slot - b.Slot })
+	return out
+}
+
+// Status returns the agent's status as the status listener serves it.
+func (a *Agent) Status() Status {
+	return Status{AgentID: a.state.AgentID, Tenant: a.state.Tenant, Report: *a.Report(), Sessions: a.slots.snapshot()}
+}
+
+// serveStatus serves GET /status on cfg.StatusListen until ctx ends.
+func (a *Agent) serveStatus(ctx context.Context, wg *sync.WaitGroup) error {
+	ln, err := net.Listen("tcp", a.cfg.StatusListen)
+	if err != nil {
+		return fmt.Errorf("status listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(a.Status())
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	a.log.Info("status listener up", "addr", ln.Addr().String())
+	wg.Go(func() { srv.Serve(ln) })
+	wg.Go(func() {
+		<-ctx.Done()
+		srv.Close()
+	})
+	return nil
+}

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tetherhq/tether/agent"
+	"github.com/tetherhq/tether/installer"
+)
+
+// status asks a running agent's status listener for its status and prints
+// it. Without --config or --addr it reports on the installed service: its
+// state from the service manager, then the agent's status through the
+// status_listen of the service's config.
+func status(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet(prog+" status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "agent config file (YAML): its status_listen is asked")
+	addr := fs.String("addr", "", "the agent's status address, HOST:PORT (instead of --config)")
+	output := fs.String("o", "text", "output: text or json")
+	timeout := fs.Duration("timeout", 5*time.Second, "give up after this long")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("status takes no arguments (got %q)", fs.Args())
+	}
+	if *output != "text" && *output != "json" {
+		return fmt.Errorf("-o %q: want text or json", *output)
+	}
+	switch {
+	case *addr != "" && *configPath != "":
+		return errors.New("give --config or --addr, not both")
+	case *addr == "" && *configPath == "":
+		// The installed service: its state from the service manager,
+		// then the agent's own status through the config it runs with.
+		l := installer.DefaultLayout()
+		svc, err := installer.Status(l)
+		if err != nil {
+			return fmt.Errorf("service %s: %w", l.Name, err)
+		}
+		if *output == "text" {
+			fmt.Fprintf(stdout, "service %s: %s\n", l.Name, svc)
+		}
+		if svc == "not installed" {
+			return errors.New("no installed agent: give --config FILE or --addr HOST:PORT for an agent run by hand")
+		}
+		*configPath = l.ConfigPath
+		fallthrough
+	case *configPath != "":
+		cfg, err := agent.LoadConfig(*configPath)
+		if err != nil {
+			return err
+		}
+		if cfg.StatusListen == "" {
+			return fmt.Errorf("%s has no status_listen: add status_listen: 127.0.0.1:7456 and restart the agent", *configPath)
+		}
+		*addr = cfg.StatusListen
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*addr+"/status", nil)
+	if err != nil {
+		return fmt.Errorf("status address %q: %w", *addr, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("ask the agent at %s (is it running, with status_listen set?): %w", *addr, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return fmt.Errorf("read status from %s: %w", *addr, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("agent at %s answered %s", *addr, resp.Status)
+	}
+	var st agent.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		return fmt.Errorf("status from %s: %w", *addr, err)
+	}
+	if *output == "json" {
+		_, err := stdout.Write(body)
+		return err
+	}
+	printStatus(stdout, st, time.Now())
+	return nil
+}
+
+func printStatus(w io.Writer, st agent.Status, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	ago := func(t time.Time) string { return now.Sub(t).Round(time.Second).String() }
+	ms := func(n int64) time.Time { return time.UnixMilli(n) }
+	fmt.Fprintf(tw, "agent\t%s (tenant %s)\n", st.AgentID, st.Tenant)
+	fmt.Fprintf(tw, "version\t%s %s/%s on %s\n", st.AgentVersion, st.OS, st.Arch, st.Hostname)
+	fmt.Fprintf(tw, "up\t%s (since %s)\n", ago(ms(st.StartedAt)), ms(st.StartedAt).UTC().Format(time.RFC3339))
+	certLeft := ms(st.CertNotAfter).Sub(now).Round(time.Minute)
+	fmt.Fprintf(tw, "certificate\texpires %s (in %s)\n", ms(st.CertNotAfter).UTC().Format(time.RFC3339), certLeft)
+	fmt.Fprintf(tw, "streams\t%d open, %d total\n", st.StreamsOpen, st.StreamsTotal)
+	fmt.Fprintf(tw, "bytes\t%d to services, %d from services\n", st.BytesOut, st.BytesIn)
+	fmt.Fprintf(tw, "services\t%s\n", orNone(strings.Join(st.Services, ", ")))
+	hash := st.ConfigHash
+	if len(hash) > 12 {
+		hash = hash[:12]
+	}
+	fmt.Fprintf(tw, "config\t%s\n", hash)
+	if st.ConfigError != "" {
+		fmt.Fprintf(tw, "config error\t%s (the previous config stays in force)\n", st.ConfigError)
+	}
+	if len(st.DialFailures) > 0 {
+		var parts []string
+		for _, name := range slices.Sorted(maps.Keys(st.DialFailures)) {
+			parts = append(parts, fmt.Sprintf("%s %d", name, st.DialFailures[name]))
+		}
+		fmt.Fprintf(tw, "dial failures\t%s\n", strings.Join(parts, ", "))
+		fmt.Fprintf(tw, "last dial error\t%s\n", st.LastDialError)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SLOT\tRELAY\tSTATE\tSINCE\tTRANSPORT\tRTT\tLAST ERROR")
+	for _, s := range st.Sessions {
+		transport, rtt := "-", "-"
+		if s.Transport != "" {
+			transport = s.Transport
+			if s.TransportWhy != "" {
+				transport += " (" + s.TransportWhy + ")"
+			}
+		}
+		if s.RTTMicros > 0 {
+			rtt = (time.Duration(s.RTTMicros) * time.Microsecond).Round(10 * time.Microsecond).String()
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s ago\t%s\t%s\t%s\n", s.Slot, s.Relay, s.State, ago(s.Since), transport, rtt, orNone(s.LastError))
+	}
+	tw.Flush()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
