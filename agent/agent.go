@@ -206,7 +206,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { a.runSlot(ctx, i, &wg) })
 	}
 	wg.Go(func() { a.renewLoop(ctx) })
-	wg.Go(func() { a.watchFiles(ctx) })
+	if !a.cfg.NoFileWatch {
+		wg.Go(func() { a.watchFiles(ctx) })
+	}
 	wg.Go(func() { upd.run(ctx) })
 	wg.Wait()
 	if e := a.restartErr.Load(); e != nil {

@@ -93,6 +93,11 @@ type Config struct {
 	// ConfigFile is the file the config was loaded from; when set, the
 	// agent applies changes to its services without a restart.
 	ConfigFile string `yaml:"-"`
+	// NoFileWatch turns off watching the config, certificate and key files
+	// for changes. For programs that run many agents in one process (the
+	// fleet benchmark): each watcher is an inotify instance, of which a
+	// user has only 128 by default on Linux.
+	NoFileWatch bool `yaml:"-"`
 
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger `yaml:"-"`

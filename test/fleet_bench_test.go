@@ -118,6 +118,7 @@ func fleet(b *testing.B, n int, transport string) {
 			Services:    map[string]agent.Service{"echo": {Address: echoAddr}},
 			Reconnect:   agent.Backoff{Initial: 500 * time.Millisecond, Max: 30 * time.Second},
 			Logger:      scratchLogger(i),
+			NoFileWatch: true, // inotify instances are a per-user limit (128)
 		})
 		if err != nil {
 			b.Fatal(err)
