@@ -136,7 +136,8 @@ func (s *sessionStore) close(id string) bool {
 }
 
 // adminTLS is the admin listener's TLS configuration: the certificate
-// from files when configured, else the relay's own from its CA. Client
+// from files when configured (reloaded when they change), else the relay's
+// own from its CA. Client
 // certificates are requested, and checked by the authentication.
 func (r *Relay) adminTLS() (*tls.Config, error) {
 	c := &tls.Config{MinVersion: tls.VersionTLS12, ClientAuth: tls.RequestClientCert, NextProtos: []string{"h2", "http/1.1"}}
@@ -144,11 +145,12 @@ func (r *Relay) adminTLS() (*tls.Config, error) {
 		c.GetCertificate = r.serverCert
 		return c, nil
 	}
-	cert, err := tls.LoadX509KeyPair(r.cfg.AdminCertFile, r.cfg.AdminKeyFile)
+	cf, err := loadCertFile(r.cfg.AdminCertFile, r.cfg.AdminKeyFile, r.log, r.cfg.Now)
 	if err != nil {
 		return nil, fmt.Errorf("admin certificate: %w", err)
 	}
-	c.Certificates = []tls.Certificate{cert}
+	r.adminCert = cf // watched for changes while the relay runs
+	c.GetCertificate = cf.getCertificate
 	return c, nil
 }
 

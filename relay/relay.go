@@ -75,6 +75,7 @@ type Relay struct {
 	debugLn      net.Listener
 	opsLn        net.Listener // /metrics, /healthz, /readyz
 	adminLn      net.Listener // admin API over TLS (adminapi.go)
+	adminCert    *certFile    // the admin listener's certificate from files, or nil
 	downloadLn   net.Listener // install scripts and agent binaries (download.go)
 
 	bearer     *bearerAuth  // nil unless an OIDC issuer is configured
@@ -425,6 +426,9 @@ func (r *Relay) run(ctx context.Context) error {
 		opsWG.Go(func() { opsSrv.Serve(r.opsLn) })
 	}
 	adminSrv := r.serveAdmin(&wg, report)
+	if r.adminCert != nil {
+		wg.Go(func() { r.adminCert.watch(rosterCtx) })
+	}
 	var debugSrv *http.Server
 	if r.debugLn != nil {
 		debugSrv = &http.Server{Handler: r.debugHandler(), ReadHeaderTimeout: r.cfg.HandshakeTimeout}

@@ -1,0 +1,137 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// certFile is a TLS certificate and key read from PEM files (the admin
+// listener's --admin-cert and --admin-key) and read again whenever a file
+// in their directories changes, so that a renewed certificate — written in
+// place, renamed over the old one, or swapped in by a symlink as Kubernetes
+// does with secrets — is served from the next handshake on, without a
+// restart and without dropping connections. A pair that does not load or
+// has expired is logged and the previous one is kept.
+type certFile struct {
+	certPath, keyPath string
+	log               *slog.Logger
+	now               func() time.Time
+
+	cur     atomic.Pointer[tls.Certificate]
+	loaded  atomic.Pointer[[]byte] // the PEM of cur, certificate then key
+	reloads atomic.Int64           // certificates replaced since start
+}
+
+// reloadSettle lets a burst of file events (write, rename, chmod) settle
+// before the files are read.
+const reloadSettle = 200 * time.Millisecond
+
+func loadCertFile(certPath, keyPath string, log *slog.Logger, now func() time.Time) (*certFile, error) {
+	c := &certFile{certPath: certPath, keyPath: keyPath, log: log, now: now}
+	if _, err := c.load(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// getCertificate is the tls.Config callback.
+func (c *certFile) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return c.cur.Load(), nil
+}
+
+// load reads both files and, when they hold a different, valid and current
+// pair, makes it the one served. It reports whether the pair changed.
+func (c *certFile) load() (bool, error) {
+	certPEM, err := os.ReadFile(c.certPath)
+	if err != nil {
+		return false, fmt.Errorf("certificate: %w", err)
+	}
+	keyPEM, err := os.ReadFile(c.keyPath)
+	if err != nil {
+		return false, fmt.Errorf("key: %w", err)
+	}
+	both := slices.Concat(certPEM, keyPEM)
+	if old := c.loaded.Load(); old != nil && bytes.Equal(*old, both) {
+		return false, nil
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return false, fmt.Errorf("certificate %s and key %s: %w", c.certPath, c.keyPath, err)
+	}
+	if now := c.now(); now.After(cert.Leaf.NotAfter) {
+		return false, fmt.Errorf("certificate %s expired at %s", c.certPath, cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	c.cur.Store(&cert)
+	c.loaded.Store(&both)
+	return true, nil
+}
+
+// watch reloads the pair after changes in the files' directories until
+// ctx ends.
+func (c *certFile) watch(ctx context.Context) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		c.log.Warn("cannot watch the admin certificate for changes; restart the relay to apply a new one", "err", err)
+		return
+	}
+	defer w.Close()
+	for _, d := range uniqueDirs(c.certPath, c.keyPath) {
+		if err := w.Add(d); err != nil {
+			c.log.Warn("cannot watch the admin certificate for changes; restart the relay to apply a new one", "dir", d, "err", err)
+			return
+		}
+	}
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	defer settle.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			settle.Reset(reloadSettle)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			c.log.Warn("watching the admin certificate", "err", err)
+		case <-settle.C:
+			changed, err := c.load()
+			switch {
+			case err != nil:
+				c.log.Error("admin certificate not reloaded; still serving the previous one", "err", err)
+			case changed:
+				c.reloads.Add(1)
+				leaf := c.cur.Load().Leaf
+				c.log.Info("admin certificate reloaded", "subject", leaf.Subject.String(), "not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
+			}
+		}
+	}
+}
+
+// uniqueDirs returns the absolute directories of paths, each once.
+func uniqueDirs(paths ...string) []string {
+	var dirs []string
+	for _, p := range paths {
+		if abs, err := filepath.Abs(p); err == nil {
+			p = abs
+		}
+		if d := filepath.Dir(p); !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}
