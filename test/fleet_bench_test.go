@@ -57,7 +57,9 @@ func fleet(b *testing.B, n int, transport string) {
 		b.Skip("runs once; use -benchtime 1x")
 	}
 	debugAddr := "127.0.0.1:" + strconv.Itoa(freePort(b))
-	r := startRelay(b, relayOpts{extra: []string{"--debug-listen", debugAddr, "--log-level", "info", "--heartbeat", "10s"}})
+	// The relay is killed and restarted below while thousands of agents
+	// dial it: its port must not be one their own sockets can take.
+	r := startRelay(b, relayOpts{agentPort: stablePort(b), extra: []string{"--debug-listen", debugAddr, "--log-level", "info", "--heartbeat", "10s"}})
 	echoAddr := tcpService(b, echo)
 	tenants := make([]string, fleetTenants)
 	tokens := make([]string, fleetTenants)

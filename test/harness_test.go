@@ -3,10 +3,12 @@ package test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -186,6 +188,29 @@ func freePort(t testing.TB) int {
 	return 0
 }
 
+// stablePort returns a port free on 127.0.0.1 for both TCP and UDP below
+// the kernel's ephemeral range (32768 and up by default), so that no socket
+// bound to port 0 — such as the UDP sockets of thousands of QUIC agents
+// dialling at once — can take it while its server restarts.
+func stablePort(t testing.TB) int {
+	t.Helper()
+	for range 200 {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+		l.Close()
+		if err == nil {
+			u.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port below the ephemeral range")
+	return 0
+}
+
 // relayProc is a tether-relay serve process and its data directory.
 type relayProc struct {
 	*proc
@@ -196,6 +221,7 @@ type relayProc struct {
 }
 
 type relayOpts struct {
+	agentPort  int      // the agent port; default a free ephemeral one
 	transports string   // --transports; default both
 	extra      []string // more serve flags
 }
@@ -206,7 +232,7 @@ func startRelay(t testing.TB, o relayOpts) *relayProc {
 	t.Helper()
 	r := &relayProc{
 		dataDir:     t.TempDir(),
-		agentAddr:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		agentAddr:   fmt.Sprintf("127.0.0.1:%d", cmp.Or(o.agentPort, freePort(t))),
 		socksAddr:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		connectAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 	}
