@@ -321,6 +321,9 @@ type agentConn struct {
 
 	report   atomic.Pointer[protocol.Report] // the agent's latest report, nil before the first
 	reportAt atomic.Int64                    // Unix nanoseconds the latest report arrived
+	// dialFailedAt is when a report last showed more failed dials than
+	// the one before (Unix nanoseconds; 0: never on this session).
+	dialFailedAt atomic.Int64
 
 	offer    atomic.Pointer[updateOffer] // the release last offered on this session (rollout.go)
 	onUpdate func(protocol.Message)      // handles update messages; must not block
@@ -481,8 +484,7 @@ func (c *agentConn) readLoop(br *bufio.Reader, renew func(*protocol.RenewRequest
 				return fmt.Errorf("send renewal: %w", err)
 			}
 		case *protocol.Report:
-			c.report.Store(boundReport(m))
-			c.reportAt.Store(time.Now().UnixNano())
+			c.noteReport(m, time.Now())
 		case *protocol.UpdateFetch, *protocol.UpdateStatus:
 			if c.onUpdate != nil {
 				c.onUpdate(m)

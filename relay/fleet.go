@@ -19,7 +19,7 @@ const (
 	// HealthDown: enrolled, not revoked, and not connected.
 	HealthDown Health = "down"
 	// HealthDegraded: connected, but something is wrong: a config error,
-	// failed dials to services, a certificate whose renewal is overdue,
+	// failed dials to services in the last 10 minutes, a certificate whose renewal is overdue,
 	// every session draining, or no report received yet.
 	HealthDegraded Health = "degraded"
 	// HealthUp: connected and reporting nothing wrong.
@@ -298,8 +298,8 @@ func fleetAgent(info AgentInfo, sessions []LiveAgent, now time.Time, certLifetim
 			if rep.ConfigError != "" {
 				why = append(why, "config error: "+rep.ConfigError)
 			}
-			if n := sumValues(rep.DialFailures); n > 0 {
-				s := fmt.Sprintf("%d failed dials to %s", n, strings.Join(slices.Sorted(maps.Keys(rep.DialFailures)), ", "))
+			if n := sumValues(rep.DialFailures); n > 0 && now.Sub(latest.DialFailedAt) < recentDialFailure {
+				s := fmt.Sprintf("%d failed dials to %s since the agent started, the latest within %s", n, strings.Join(slices.Sorted(maps.Keys(rep.DialFailures)), ", "), recentDialFailure)
 				if rep.LastDialError != "" {
 					s += " (last: " + rep.LastDialError + ")"
 				}
@@ -320,6 +320,10 @@ func fleetAgent(info AgentInfo, sessions []LiveAgent, now time.Time, certLifetim
 	}
 	return a
 }
+
+// recentDialFailure is how long a new failed dial to a service keeps an
+// agent degraded.
+const recentDialFailure = 10 * time.Minute
 
 func sumValues(m map[string]uint64) uint64 {
 	var n uint64

@@ -27,7 +27,16 @@ func TestBuildFleetStates(t *testing.T) {
 		{"up", info("a"), []LiveAgent{session("a", &protocol.Report{})}, HealthUp, ""},
 		{"no report yet", info("a"), []LiveAgent{session("a", nil)}, HealthDegraded, "no report yet"},
 		{"config error", info("a"), []LiveAgent{session("a", &protocol.Report{ConfigError: "bad yaml"})}, HealthDegraded, "config error: bad yaml"},
-		{"dial failures", info("a"), []LiveAgent{session("a", &protocol.Report{DialFailures: map[string]uint64{"db": 3}, LastDialError: "refused"})}, HealthDegraded, "3 failed dials to db (last: refused)"},
+		{"dial failures", info("a"), []LiveAgent{func() LiveAgent {
+			l := session("a", &protocol.Report{DialFailures: map[string]uint64{"db": 3}, LastDialError: "refused"})
+			l.DialFailedAt = now.Add(-time.Minute)
+			return l
+		}()}, HealthDegraded, "3 failed dials to db since the agent started, the latest within 10m0s (last: refused)"},
+		{"old dial failures", info("a"), []LiveAgent{func() LiveAgent {
+			l := session("a", &protocol.Report{DialFailures: map[string]uint64{"db": 3}, LastDialError: "refused"})
+			l.DialFailedAt = now.Add(-time.Hour)
+			return l
+		}()}, HealthUp, ""},
 		{"draining", info("a"), []LiveAgent{func() LiveAgent { l := session("a", &protocol.Report{}); l.Draining = true; return l }()}, HealthDegraded, "draining"},
 		{"renewal overdue", AgentInfo{ID: "a", Tenant: "acme", CertNotAfter: now.Add(time.Hour)}, []LiveAgent{func() LiveAgent { l := session("a", &protocol.Report{}); l.CertNotAfter = now.Add(time.Hour); return l }()}, HealthDegraded, "renewal overdue"},
 		{"down", info("a"), nil, HealthDown, "not connected"},

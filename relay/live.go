@@ -33,6 +33,9 @@ type LiveAgent struct {
 	// first arrives. ReportAt is when it arrived.
 	Report   *protocol.Report `json:"report,omitempty"`
 	ReportAt time.Time        `json:"report_at,omitzero"`
+	// DialFailedAt is when a report last showed the agent's count of
+	// failed dials going up (the first report with failures counts).
+	DialFailedAt time.Time `json:"dial_failed_at,omitzero"`
 }
 
 // LiveAgents returns a snapshot of every connected agent session of tenant
@@ -86,6 +89,9 @@ func (c *agentConn) live() LiveAgent {
 	if n := c.reportAt.Load(); n != 0 {
 		l.ReportAt = time.Unix(0, n)
 	}
+	if n := c.dialFailedAt.Load(); n != 0 {
+		l.DialFailedAt = time.Unix(0, n)
+	}
 	return l
 }
 
@@ -128,4 +134,19 @@ func clip(s string) string {
 		return s
 	}
 	return strings.ToValidUTF8(s[:maxReportString], "") + "…"
+}
+
+// noteReport keeps m, bounded, as the session's latest report. Dial
+// failures are counted since the agent started, so the relay notes when
+// the count last went up: a failure an hour ago must not leave the agent
+// "degraded" for good.
+func (c *agentConn) noteReport(m *protocol.Report, now time.Time) {
+	rep := boundReport(m)
+	if n := sumValues(rep.DialFailures); n > 0 {
+		if prev := c.report.Load(); prev == nil || n > sumValues(prev.DialFailures) {
+			c.dialFailedAt.Store(now.UnixNano())
+		}
+	}
+	c.report.Store(rep)
+	c.reportAt.Store(now.UnixNano())
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/tetherhq/tether/protocol"
@@ -94,5 +95,27 @@ func TestBoundReportFromLargestFrame(t *testing.T) {
 	}
 	if got := boundReport(rep); len(got.DialFailures) != maxReportServices {
 		t.Errorf("kept %d dial-failure entries, want %d", len(got.DialFailures), maxReportServices)
+	}
+}
+
+// The relay notes when an agent's count of failed dials last went up.
+func TestNoteReportDialFailures(t *testing.T) {
+	c := &agentConn{}
+	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	steps := []struct {
+		fails map[string]uint64
+		want  time.Time // DialFailedAt after the report
+	}{
+		{nil, time.Time{}},
+		{map[string]uint64{"db": 2}, t0.Add(time.Minute)},               // first failures seen
+		{map[string]uint64{"db": 2}, t0.Add(time.Minute)},               // unchanged: no new failure
+		{map[string]uint64{"db": 2, "api": 1}, t0.Add(3 * time.Minute)}, // one more
+		{map[string]uint64{"db": 2, "api": 1}, t0.Add(3 * time.Minute)}, // unchanged
+	}
+	for i, s := range steps {
+		c.noteReport(&protocol.Report{DialFailures: s.fails}, t0.Add(time.Duration(i)*time.Minute))
+		if got := c.live().DialFailedAt; !got.Equal(s.want) {
+			t.Fatalf("report %d: DialFailedAt %v, want %v", i, got, s.want)
+		}
 	}
 }
