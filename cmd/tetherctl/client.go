@@ -15,6 +15,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/tetherhq/tether/protocol/identity"
 )
 
 // client calls the relay's admin API.
@@ -112,9 +114,15 @@ func verifyServer(cs tls.ConnectionState, roots *x509.CertPool, host string) err
 }
 
 // isRelayCert reports whether leaf carries a relay SPIFFE ID and no host
-// names (the certificate the relay issues itself from its CA).
+// names but the reserved identity.RelayDNSName (the certificate the relay
+// issues itself from its CA).
 func isRelayCert(leaf *x509.Certificate) bool {
-	if len(leaf.DNSNames) > 0 || len(leaf.IPAddresses) > 0 || len(leaf.URIs) != 1 {
+	for _, n := range leaf.DNSNames {
+		if n != identity.RelayDNSName {
+			return false
+		}
+	}
+	if len(leaf.IPAddresses) > 0 || len(leaf.URIs) != 1 {
 		return false
 	}
 	u := leaf.URIs[0]
