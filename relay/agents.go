@@ -325,8 +325,11 @@ type agentConn struct {
 	// the one before (Unix nanoseconds; 0: never on this session).
 	dialFailedAt atomic.Int64
 
-	offer    atomic.Pointer[updateOffer] // the release last offered on this session (rollout.go)
-	onUpdate func(protocol.Message)      // handles update messages; must not block
+	offer atomic.Pointer[updateOffer] // the release last offered on this session (rollout.go)
+	// updMu orders the records of an offer and the agent's answers to it:
+	// an agent can refuse an offer before the relay has recorded making it.
+	updMu    sync.Mutex
+	onUpdate func(protocol.Message) // handles update messages; must not block
 
 	ctlMu sync.Mutex // serialises writes to ctl
 	ctl   transport.Stream

@@ -190,6 +190,8 @@ func (r *Relay) offer(ctx context.Context, c *agentConn, ro store.Rollout, rel s
 	if m.BinarySignature, err = read(release.BinarySignatureFile, release.MaxSignatureSize); err != nil {
 		return err
 	}
+	c.updMu.Lock() // the agent's answer is recorded after the offer
+	defer c.updMu.Unlock()
 	c.offer.Store(o)
 	if err := c.send(m); err != nil {
 		return err
@@ -321,11 +323,13 @@ func (r *Relay) updateReported(ctx context.Context, c *agentConn, m *protocol.Up
 		c.log.Warn("update: unknown state", "state", clip(m.State))
 		return
 	}
+	c.updMu.Lock()
 	o := &updateOffer{version: m.Version}
 	if cur := c.offer.Load(); cur != nil && cur.id == m.ID && cur.version == m.Version {
 		o = cur
 	}
 	r.setUpdate(ctx, c, o, m.State, m.Reason, m.Message, m.From)
+	c.updMu.Unlock()
 	outcome := OutcomeOK
 	switch m.State {
 	case protocol.UpdateRefused, protocol.UpdateFailed, protocol.UpdateRolledBack:
