@@ -49,6 +49,8 @@ func (s *adminServer) routes(mux *http.ServeMux) {
 	api("/api/v1/backends/{name}/grant", m{post: s.grant})
 	api("/api/v1/backends/{name}/ungrant", m{post: s.ungrant})
 	api("/api/v1/audit", m{get: s.audit})
+	api("/api/v1/releases", m{get: s.releases})
+	api("/api/v1/rollouts", m{get: s.rollouts, post: s.startRollout})
 }
 
 // actor is how audit records name the request's operator.
@@ -335,4 +337,49 @@ func (s *adminServer) audit(w http.ResponseWriter, req *http.Request) {
 		out["next_cursor"] = strconv.FormatInt(recs[len(recs)-1].Seq, 10)
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *adminServer) releases(w http.ResponseWriter, req *http.Request) {
+	rs, err := s.r.admin("").Releases(req.Context())
+	if rs == nil {
+		rs = []Release{}
+	}
+	reply(w, http.StatusOK, map[string]any{"releases": rs}, err)
+}
+
+// rollouts answers the rollouts, newest first, and every agent's update
+// state, for the version in ?version= or all.
+func (s *adminServer) rollouts(w http.ResponseWriter, req *http.Request) {
+	st, err := s.r.admin("").UpdateStatus(req.Context(), req.URL.Query().Get("version"))
+	if st.Rollouts == nil {
+		st.Rollouts = []Rollout{}
+	}
+	if st.Agents == nil {
+		st.Agents = []AgentUpdate{}
+	}
+	reply(w, http.StatusOK, st, err)
+}
+
+// startRollout rolls a published version out, superseding the active
+// rollout. Publishing stays with tether-relay release publish on the
+// relay's host: the signing key never comes near the API.
+func (s *adminServer) startRollout(w http.ResponseWriter, req *http.Request) {
+	var body struct {
+		Version string   `json:"version"`
+		Percent int      `json:"percent"`
+		Tenants []string `json:"tenants"`
+		Agents  []string `json:"agents"`
+		HaltAt  float64  `json:"halt_at"`
+		Batch   int      `json:"batch"`
+	}
+	if e := decodeJSON(req, &body); e != nil {
+		writeError(w, e)
+		return
+	}
+	ro, warns, err := s.r.admin(actor(req)).StartRollout(req.Context(), Rollout{Version: body.Version, Percent: body.Percent,
+		Tenants: body.Tenants, Agents: body.Agents, HaltAt: body.HaltAt, Batch: body.Batch})
+	if warns == nil {
+		warns = []string{}
+	}
+	reply(w, http.StatusCreated, map[string]any{"rollout": ro, "warnings": warns}, err)
 }

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -130,7 +129,7 @@ type Rollout struct {
 // expired release is still offered: agents refuse it, which is audited).
 func (a *Admin) StartRollout(ctx context.Context, ro Rollout) (Rollout, []string, error) {
 	if !release.ValidVersion(ro.Version) {
-		return ro, nil, fmt.Errorf("version %q is not a semantic version (1.2.3)", ro.Version)
+		return ro, nil, invalidf("version %q is not a semantic version (1.2.3)", ro.Version)
 	}
 	n := 0
 	if ro.Percent != 0 {
@@ -144,17 +143,22 @@ func (a *Admin) StartRollout(ctx context.Context, ro Rollout) (Rollout, []string
 	}
 	switch {
 	case n != 1:
-		return ro, nil, errors.New("choose the agents with exactly one of --percent, --tenants or --agents")
+		return ro, nil, invalidf("choose the agents with exactly one of percent, tenants or agents")
 	case ro.Percent < 0 || ro.Percent > 100:
-		return ro, nil, fmt.Errorf("percent %d: want 1 to 100", ro.Percent)
+		return ro, nil, invalidf("percent %d: want 1 to 100", ro.Percent)
 	case ro.HaltAt < 0 || ro.HaltAt > 1:
-		return ro, nil, fmt.Errorf("halt-at %v: want a fraction from 0 to 1", ro.HaltAt)
+		return ro, nil, invalidf("halt-at %v: want a fraction from 0 to 1", ro.HaltAt)
 	case ro.Batch < 0:
-		return ro, nil, fmt.Errorf("batch %d: want 0 (no limit) or more", ro.Batch)
+		return ro, nil, invalidf("batch %d: want 0 (no limit) or more", ro.Batch)
 	}
 	for _, t := range ro.Tenants {
 		if err := identity.ValidateName("tenant", t); err != nil {
-			return ro, nil, err
+			return ro, nil, invalid(err)
+		}
+	}
+	for _, id := range ro.Agents {
+		if err := identity.ValidateName("agent", id); err != nil {
+			return ro, nil, invalid(err)
 		}
 	}
 	rels, err := a.st.store.Releases(ctx, ro.Version)
@@ -162,7 +166,7 @@ func (a *Admin) StartRollout(ctx context.Context, ro Rollout) (Rollout, []string
 		return ro, nil, err
 	}
 	if len(rels) == 0 {
-		return ro, nil, fmt.Errorf("version %s: no release published (tether-relay release publish)", ro.Version)
+		return ro, nil, notFoundf("version %s: no release published (tether-relay release publish)", ro.Version)
 	}
 	var warns []string
 	for _, r := range rels {

@@ -581,3 +581,64 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 		t.Fatal(err)
 	}
 }
+
+// Rollouts through the admin API: tetherctl lists a release published on
+// the relay's host, starts a rollout (audited with the operator's name),
+// shows its status, and gets the API's codes for a missing release and a
+// rollout with no agents chosen.
+func TestTetherctlRelease(t *testing.T) {
+	a := startAdminRelay(t)
+	a.addTenant(t, "acme")
+	keyDir := t.TempDir()
+	mustRun(t, bins.relay, "release", "keygen", "--out", keyDir)
+	bin := filepath.Join(t.TempDir(), "tether-agent")
+	if err := os.WriteFile(bin, []byte("a release binary"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a.admin(t, "release", "publish", "--file", bin, "--version", "1.2.3", "--os", "linux", "--arch", "arm64", "--key", filepath.Join(keyDir, "release.key"))
+
+	if out := a.mustCtl(t, "release", "list"); !strings.Contains(out, "1.2.3") || !strings.Contains(out, "linux/arm64") {
+		t.Fatalf("release list:\n%s", out)
+	}
+	if _, errOut, err := a.ctl(t, nil, "release", "rollout", "1.2.3", "--tenants", "acme", "--halt-at", "0.25", "--batch", "5"); err != nil || !strings.Contains(errOut, "rollout 1 of 1.2.3 started") {
+		t.Fatalf("release rollout: %v\n%s", err, errOut)
+	}
+	var st struct {
+		Rollouts []struct {
+			ID      int64    `json:"id"`
+			Version string   `json:"version"`
+			Tenants []string `json:"tenants"`
+			HaltAt  float64  `json:"halt_at"`
+			Batch   int      `json:"batch"`
+			State   string   `json:"state"`
+		} `json:"rollouts"`
+	}
+	a.ctlJSON(t, &st, "release", "status", "--version", "1.2.3")
+	if len(st.Rollouts) != 1 || st.Rollouts[0].Version != "1.2.3" || !slices.Equal(st.Rollouts[0].Tenants, []string{"acme"}) ||
+		st.Rollouts[0].HaltAt != 0.25 || st.Rollouts[0].Batch != 5 || st.Rollouts[0].State != "active" {
+		t.Fatalf("release status: %+v", st)
+	}
+	if out := a.mustCtl(t, "release", "status"); !strings.Contains(out, "tenants acme") {
+		t.Fatalf("release status table:\n%s", out)
+	}
+	recs := a.audit(t, "--kind", "release.rollout")
+	if len(recs) != 1 || recs[0].Actor != "operator:alice" {
+		t.Fatalf("audit of the rollout: %+v", recs)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		code string
+	}{
+		{[]string{"release", "rollout", "9.9.9", "--percent", "10"}, "not_found"},
+		{[]string{"release", "rollout", "1.2.3"}, "bad_request"},
+		{[]string{"release", "rollout", "1.2.3", "--percent", "101"}, "bad_request"},
+		{[]string{"release", "rollout", "1.2.3", "--agents", "../x"}, "bad_request"},
+		{[]string{"release", "rollout", "not-a-version", "--percent", "5"}, "bad_request"},
+	} {
+		_, errOut, err := a.ctl(t, nil, tc.args...)
+		if err == nil || !strings.Contains(errOut, "("+tc.code+", HTTP") {
+			t.Errorf("tetherctl %s: %v %q; want the %s code", strings.Join(tc.args, " "), err, errOut, tc.code)
+		}
+	}
+}

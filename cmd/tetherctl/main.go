@@ -39,6 +39,8 @@ Usage:
   tetherctl backends
   tetherctl backend  add NAME --allow tenant/service,… | grant NAME GRANT… | ungrant NAME GRANT… | remove NAME
   tetherctl audit    [--tenant T] [--agent ID] [--backend B] [--kind K] [--since 2h] [--until T] [--limit 100] [--cursor C]
+  tetherctl release  list | rollout VERSION (--percent N | --tenants a,b | --agents id,…) [--halt-at F] [--batch N]
+                     | status [--version V]
   tetherctl whoami
   tetherctl version
 
@@ -68,7 +70,9 @@ type opts struct {
 	agent, backend, kind, since, until, cursor, ttl string
 	unhealthy                                       bool
 	uses, limit, maxAgents, maxStreams, openBurst   int
-	openRate                                        float64
+	openRate, haltAt                                float64
+	percent, batch                                  int
+	tenants, agents, version                        string
 	set                                             map[string]bool // limit flags given
 }
 
@@ -119,6 +123,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&o.openRate, "open-rate", 0, "limits: stream opens per second per backend (0: unlimited)")
 	fs.IntVar(&o.openBurst, "open-burst", 0, "limits: burst above the rate")
 	fs.StringVar(&o.cidrs, "cidrs", "", "limits: networks the tenant's agents may connect from (empty: any)")
+	fs.IntVar(&o.percent, "percent", 0, "release rollout: this share of all agents (1-100)")
+	fs.StringVar(&o.tenants, "tenants", "", "release rollout: the agents of these tenants (comma-separated)")
+	fs.StringVar(&o.agents, "agents", "", "release rollout: these agents (comma-separated ids)")
+	fs.Float64Var(&o.haltAt, "halt-at", 0, "release rollout: halt when this fraction of the agents offered it fail (0: never)")
+	fs.IntVar(&o.batch, "batch", 0, "release rollout: agents updating at once (0: no limit)")
+	fs.StringVar(&o.version, "version", "", "release status: only this version")
 	pos, err := parse(fs, rest)
 	if err != nil {
 		return err
@@ -242,6 +252,16 @@ func (x *ctl) dispatch(ctx context.Context, cmd string, pos []string) error {
 		})
 	}
 	fmt.Fprint(x.errOut, usage)
+	if cmd == "release" {
+		switch {
+		case n == 1 && sub == "list":
+			return x.releases(ctx)
+		case n == 2 && sub == "rollout":
+			return x.rollout(ctx, pos[1])
+		case n == 1 && sub == "status":
+			return x.rolloutStatus(ctx)
+		}
+	}
 	return fmt.Errorf("unknown command or wrong arguments: %s %s", cmd, strings.Join(pos, " "))
 }
 
@@ -611,4 +631,103 @@ func until(t, now time.Time) string {
 		return "expired"
 	}
 	return "in " + d.String()
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func (x *ctl) releases(ctx context.Context) error {
+	return x.show(ctx, "GET", "/api/v1/releases", nil, nil, func(raw json.RawMessage) error {
+		var res struct {
+			Releases []struct {
+				Version, OS, Arch, Channel, SHA256 string
+				Size                               int64
+				Expires                            time.Time
+				KeyID                              string `json:"key_id"`
+			}
+		}
+		if err := json.Unmarshal(raw, &res); err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(x.out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "VERSION\tPLATFORM\tCHANNEL\tSIZE\tEXPIRES\tKEY\tSHA256")
+		for _, r := range res.Releases {
+			fmt.Fprintf(tw, "%s\t%s/%s\t%s\t%d\t%s\t%s\t%s\n", r.Version, r.OS, r.Arch, r.Channel, r.Size, r.Expires.Format(time.RFC3339), r.KeyID, r.SHA256)
+		}
+		return tw.Flush()
+	})
+}
+
+func (x *ctl) rollout(ctx context.Context, version string) error {
+	body := map[string]any{"version": version, "percent": x.o.percent, "tenants": splitList(x.o.tenants),
+		"agents": splitList(x.o.agents), "halt_at": x.o.haltAt, "batch": x.o.batch}
+	return x.show(ctx, "POST", "/api/v1/rollouts", nil, body, func(raw json.RawMessage) error {
+		var res struct {
+			Rollout struct {
+				ID      int64
+				Version string
+			}
+			Warnings []string
+		}
+		if err := json.Unmarshal(raw, &res); err != nil {
+			return err
+		}
+		for _, w := range res.Warnings {
+			fmt.Fprintf(x.errOut, "warning: %s\n", w)
+		}
+		fmt.Fprintf(x.errOut, "rollout %d of %s started; it supersedes any earlier rollout (tetherctl release status)\n", res.Rollout.ID, res.Rollout.Version)
+		return nil
+	})
+}
+
+func (x *ctl) rolloutStatus(ctx context.Context) error {
+	q := url.Values{}
+	if x.o.version != "" {
+		q.Set("version", x.o.version)
+	}
+	return x.show(ctx, "GET", "/api/v1/rollouts", q, nil, func(raw json.RawMessage) error {
+		var res struct {
+			Rollouts []struct {
+				ID              int64
+				Version, State  string
+				Reason          string
+				Percent         int
+				Tenants, Agents []string
+				HaltAt          float64   `json:"halt_at"`
+				CreatedAt       time.Time `json:"created_at"`
+			}
+			Agents []struct {
+				Agent, Tenant, Version, From, State, Reason, Message string
+				UpdatedAt                                            time.Time `json:"updated_at"`
+			}
+		}
+		if err := json.Unmarshal(raw, &res); err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(x.out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ROLLOUT\tVERSION\tSTATE\tTO\tHALT AT\tSTARTED\tREASON")
+		for _, r := range res.Rollouts {
+			to := fmt.Sprintf("%d%%", r.Percent)
+			if len(r.Tenants) > 0 {
+				to = "tenants " + strings.Join(r.Tenants, ",")
+			} else if len(r.Agents) > 0 {
+				to = "agents " + strings.Join(r.Agents, ",")
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%g\t%s\t%s\n", r.ID, r.Version, r.State, to, r.HaltAt, r.CreatedAt.Format(time.RFC3339), dash(r.Reason))
+		}
+		fmt.Fprintln(tw, "")
+		fmt.Fprintln(tw, "AGENT\tTENANT\tFROM\tVERSION\tSTATE\tUPDATED\tREASON")
+		for _, a := range res.Agents {
+			why := strings.TrimSpace(a.Reason + " " + a.Message)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Agent, a.Tenant, dash(a.From), a.Version, a.State, a.UpdatedAt.Format(time.RFC3339), dash(why))
+		}
+		return tw.Flush()
+	})
 }
