@@ -68,11 +68,23 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 
 	// do runs steps with a generous deadline (a loaded 2-core machine).
+	// A navigation the page itself still had in flight (a form submitted
+	// a moment before) can abort the next one with net::ERR_ABORTED; the
+	// steps are then run again, a few times at most.
 	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
-		c, cancel := context.WithTimeout(ctx, 60*time.Second)
-		defer cancel()
-		if err := chromedp.Do(c, steps...); err != nil {
+		for attempt := 1; ; attempt++ {
+			c, cancel := context.WithTimeout(ctx, 60*time.Second)
+			err := chromedp.Do(c, steps...)
+			cancel()
+			if err == nil {
+				return
+			}
+			if attempt < 4 && strings.Contains(err.Error(), "net::ERR_ABORTED") {
+				t.Logf("%s: %v; again", what, err)
+				time.Sleep(500 * time.Millisecond)
+				continue
+			}
 			shot(t, ctx, artifacts, "dashboard-failed.png")
 			t.Fatalf("%s: %v", what, err)
 		}
