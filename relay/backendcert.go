@@ -18,23 +18,74 @@ import (
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
-// BackendCertificate is a client certificate for a backend, with its key
-// and the relay CA that the backend verifies the relay's TLS front door
-// against.
-type BackendCertificate struct {
-	Identity string // spiffe://<td>/backend/<name>
+// ClientCertificate is a client certificate the relay CA issued for a
+// backend or an operator, with its new key and the CA bundle its holder
+// verifies the relay with.
+type ClientCertificate struct {
+	Identity string // spiffe://<td>/backend/<name> or …/operator/<name>
+	Serial   string // hex
 	NotAfter time.Time
 	CertPEM  []byte
 	KeyPEM   []byte
 	CAPEM    []byte
+	base     string // file name stem: backend or operator
 }
 
-// File names BackendCertificate.WriteFiles writes.
+// BackendCertificate is a backend's client certificate (WriteFiles writes
+// backend.crt, backend.key and ca.crt).
+type BackendCertificate = ClientCertificate
+
+// File names a backend's ClientCertificate.WriteFiles writes.
 const (
 	BackendCertFile = "backend.crt"
 	BackendKeyFile  = "backend.key"
 	BackendCAFile   = "ca.crt"
 )
+
+// issueClientCertificate makes a key, has sign certify it and returns the
+// pair with the CA bundle: every active root, as the relay's own
+// certificate comes from the oldest.
+func (a *Admin) issueClientCertificate(authority *ca.CA, base, identity string, sign func(pub *ecdsa.PublicKey) (*x509.Certificate, error)) (*ClientCertificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := sign(&key.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return &ClientCertificate{
+		Identity: identity,
+		Serial:   cert.SerialNumber.Text(16),
+		NotAfter: cert.NotAfter,
+		CertPEM:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
+		KeyPEM:   pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		CAPEM:    authority.BundlePEM(),
+		base:     base,
+	}, nil
+}
+
+// WriteFiles writes <base>.crt, <base>.key (owner-only) and ca.crt into
+// dir, creating it if needed.
+func (c *ClientCertificate) WriteFiles(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		name string
+		data []byte
+		perm os.FileMode
+	}{{c.base + ".key", c.KeyPEM, 0o600}, {c.base + ".crt", c.CertPEM, 0o644}, {"ca.crt", c.CAPEM, 0o644}} {
+		if err := ca.WriteFileAtomic(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
+			return fmt.Errorf("write %s: %w", f.name, err)
+		}
+	}
+	return nil
+}
 
 // IssueBackendCertificate issues a client certificate naming an existing
 // backend, for its front-door connections over TLS (ConnectTLSListen). The
@@ -50,44 +101,14 @@ func (a *Admin) IssueBackendCertificate(ctx context.Context, name string, lifeti
 		}
 		return nil, err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
 	authority := a.st.CA()
 	id := identity.Backend{TrustDomain: authority.TrustDomain(), Name: name}
-	cert, err := authority.SignBackend(authority.Signer(), &key.PublicKey, id, lifetime, a.now())
+	c, err := a.issueClientCertificate(authority, "backend", id.String(), func(pub *ecdsa.PublicKey) (*x509.Certificate, error) {
+		return authority.SignBackend(authority.Signer(), pub, id, lifetime, a.now())
+	})
 	if err != nil {
 		return nil, err
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, err
-	}
-	a.record(AuditBackendCert, "", "", name, map[string]any{"serial": cert.SerialNumber.Text(16), "not_after": cert.NotAfter.UTC().Format(time.RFC3339)})
-	return &BackendCertificate{
-		Identity: id.String(),
-		NotAfter: cert.NotAfter,
-		CertPEM:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
-		KeyPEM:   pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		CAPEM:    authority.BundlePEM(), // every active root: the relay's own certificate comes from the oldest
-	}, nil
-}
-
-// WriteFiles writes backend.crt, backend.key (owner-only) and ca.crt into
-// dir, creating it if needed.
-func (c *BackendCertificate) WriteFiles(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	for _, f := range []struct {
-		name string
-		data []byte
-		perm os.FileMode
-	}{{BackendKeyFile, c.KeyPEM, 0o600}, {BackendCertFile, c.CertPEM, 0o644}, {BackendCAFile, c.CAPEM, 0o644}} {
-		if err := ca.WriteFileAtomic(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
-			return fmt.Errorf("write %s: %w", f.name, err)
-		}
-	}
-	return nil
+	a.record(AuditBackendCert, "", "", name, map[string]any{"serial": c.Serial, "not_after": c.NotAfter.UTC().Format(time.RFC3339)})
+	return c, nil
 }

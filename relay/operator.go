@@ -3,22 +3,16 @@ package relay
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/pem"
 	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/tetherhq/tether/protocol/identity"
-	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
@@ -166,17 +160,11 @@ func checkOperatorToken(ctx context.Context, st *store.Store, tok string, now ti
 	return rec, nil
 }
 
-// OperatorCertificate is a client certificate for an operator, with its
-// key and the relay CA bundle the admin API's certificate chains to.
-type OperatorCertificate struct {
-	Identity string // spiffe://<td>/operator/<name>
-	NotAfter time.Time
-	CertPEM  []byte
-	KeyPEM   []byte
-	CAPEM    []byte
-}
+// OperatorCertificate is an operator's client certificate (WriteFiles
+// writes operator.crt, operator.key and ca.crt).
+type OperatorCertificate = ClientCertificate
 
-// File names OperatorCertificate.WriteFiles writes.
+// File names an operator's ClientCertificate.WriteFiles writes.
 const (
 	OperatorCertFile = "operator.crt"
 	OperatorKeyFile  = "operator.key"
@@ -194,44 +182,14 @@ func (a *Admin) IssueOperatorCertificate(name string, lifetime time.Duration) (*
 	if err := id.Validate(); err != nil {
 		return nil, invalid(err)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c, err := a.issueClientCertificate(authority, "operator", id.String(), func(pub *ecdsa.PublicKey) (*x509.Certificate, error) {
+		return authority.SignOperator(authority.Signer(), pub, id, lifetime, a.now())
+	})
 	if err != nil {
 		return nil, err
 	}
-	cert, err := authority.SignOperator(authority.Signer(), &key.PublicKey, id, lifetime, a.now())
-	if err != nil {
-		return nil, err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, err
-	}
-	a.record(AuditOperatorCert, "", "", "", map[string]any{"operator": name, "serial": cert.SerialNumber.Text(16), "not_after": cert.NotAfter.UTC().Format(time.RFC3339)})
-	return &OperatorCertificate{
-		Identity: id.String(),
-		NotAfter: cert.NotAfter,
-		CertPEM:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
-		KeyPEM:   pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		CAPEM:    authority.BundlePEM(),
-	}, nil
-}
-
-// WriteFiles writes operator.crt, operator.key (owner-only) and ca.crt
-// into dir, creating it if needed.
-func (c *OperatorCertificate) WriteFiles(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	for _, f := range []struct {
-		name string
-		data []byte
-		perm os.FileMode
-	}{{OperatorKeyFile, c.KeyPEM, 0o600}, {OperatorCertFile, c.CertPEM, 0o644}, {OperatorCAFile, c.CAPEM, 0o644}} {
-		if err := ca.WriteFileAtomic(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
-			return fmt.Errorf("write %s: %w", f.name, err)
-		}
-	}
-	return nil
+	a.record(AuditOperatorCert, "", "", "", map[string]any{"operator": name, "serial": c.Serial, "not_after": c.NotAfter.UTC().Format(time.RFC3339)})
+	return c, nil
 }
 
 // CABundlePEM is the relay CA's active roots (PEM): what agents, backends
