@@ -51,24 +51,9 @@ func TestHandshakeGate(t *testing.T) {
 // slot held by a handshake in progress, a new connection is refused at its
 // first packet, and the slot comes back when the handshake fails.
 func TestQUICHandshakeGate(t *testing.T) {
-	r, err := New(Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", DisableTCP: true, MaxHandshakes: 1, MaxQUICTLSHandshakes: 1, DrainTimeout: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	for deadline := time.Now().Add(5 * time.Second); !r.serving.Load(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("relay never started serving")
-		}
-	}
+	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", DisableTCP: true, MaxHandshakes: 1, MaxQUICTLSHandshakes: 1, DrainTimeout: time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	addr := r.udpConn.LocalAddr().String()
 
 	// The first handshake stops at the client certificate until told to go

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -51,25 +50,8 @@ func writePair(t *testing.T, dir, name string, serial int64, notAfter time.Time)
 func TestAdminCertificateReload(t *testing.T) {
 	dir := t.TempDir()
 	crt, key := writePair(t, dir, "admin", 1, time.Now().Add(24*time.Hour))
-	r, err := New(Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off,
+	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off,
 		AdminListen: "127.0.0.1:0", AdminCertFile: crt, AdminKeyFile: key, DrainTimeout: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	for deadline := time.Now().Add(5 * time.Second); !r.serving.Load(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("relay never started serving")
-		}
-	}
 	addr := r.AdminAddr().String()
 	dial := func() *tls.Conn {
 		t.Helper()

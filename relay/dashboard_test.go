@@ -27,31 +27,9 @@ type dashRelay struct {
 
 func startDashRelay(t *testing.T) *dashRelay {
 	t.Helper()
-	r, err := New(Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off, AdminListen: "127.0.0.1:0",
+	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off, AdminListen: "127.0.0.1:0",
 		DrainTimeout: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		stop()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Error(err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("Run did not return")
-		}
-	})
-	for deadline := time.Now().Add(20 * time.Second); !r.serving.Load(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("relay never started serving")
-		}
-	}
-	tok, _, err := r.admin("").CreateOperatorToken(ctx, "alice", time.Hour)
+	tok, _, err := r.admin("").CreateOperatorToken(context.Background(), "alice", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
