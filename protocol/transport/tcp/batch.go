@@ -18,7 +18,9 @@ import (
 //     record writes into one buffer that it flushes with one write;
 //   - frameConn sits between yamux and TLS. It recognises a data-frame
 //     header (whose body yamux writes next) and opens a batch that spans the
-//     header and its body.
+//     header and its body. A body that fits one TLS record with its header
+//     goes out with it in one record: a small message then costs the
+//     sender one seal and the receiver one open, not two of each.
 //
 // Reads are the mirror image: crypto/tls reads the socket a record or so at
 // a time. While data streams in (a read fills what TLS asked for), RawConn
@@ -135,12 +137,21 @@ func (c *RawConn) flush() error {
 	return err
 }
 
+// maxRecord is the most plaintext crypto/tls puts in one record.
+const maxRecord = 16 << 10
+
+var recordPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, maxRecord)
+	return &b
+}}
+
 // frameConn is the connection yamux writes frames to: a TLS connection over
 // a RawConn. Only yamux's send loop writes to it, one call at a time.
 type frameConn struct {
 	*tls.Conn
 	raw     *RawConn
-	pending bool // a data-frame header opened a batch its body must close
+	pending bool                  // a data-frame header opened a batch its body must close
+	hdr     [yamuxHeaderSize]byte // that header, not yet written
 }
 
 // batching returns the connection yamux should use over tc: tc itself when
@@ -157,21 +168,43 @@ func (c *frameConn) Write(p []byte) (int, error) {
 	if c.pending {
 		// The body of the frame whose header opened the batch.
 		c.pending = false
-		n, err := c.Conn.Write(p)
+		n, err := c.writeFrame(p)
 		if ferr := c.raw.flush(); err == nil {
 			err = ferr
 		}
 		return n, err
 	}
 	c.raw.begin()
-	n, err := c.Conn.Write(p)
-	if err == nil && len(p) == yamuxHeaderSize && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:12]) > 0 {
-		// A data frame's header: yamux writes its body next.
+	if len(p) == yamuxHeaderSize && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:12]) > 0 {
+		// A data frame's header: yamux writes its body next. Hold the
+		// header to send it with the body.
+		copy(c.hdr[:], p)
 		c.pending = true
-		return n, nil
+		return len(p), nil
 	}
+	n, err := c.Conn.Write(p)
 	if ferr := c.raw.flush(); err == nil {
 		err = ferr
 	}
 	return n, err
+}
+
+// writeFrame writes the held header and its body body: in one TLS record
+// when they fit one, else the header and then the body.
+func (c *frameConn) writeFrame(body []byte) (int, error) {
+	if len(body) <= maxRecord-yamuxHeaderSize {
+		bp := recordPool.Get().(*[]byte)
+		rec := append(append((*bp)[:0], c.hdr[:]...), body...)
+		_, err := c.Conn.Write(rec)
+		*bp = rec[:0]
+		recordPool.Put(bp)
+		if err != nil {
+			return 0, err
+		}
+		return len(body), nil
+	}
+	if _, err := c.Conn.Write(c.hdr[:]); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(body)
 }
