@@ -46,7 +46,7 @@ const (
 	// auditLinger is how long the writer waits for more records before
 	// writing a batch that nobody waits for (see record): under load, many
 	// ended streams share one transaction instead of one each.
-	auditLinger = 5 * time.Millisecond
+	auditLinger = 20 * time.Millisecond
 )
 
 // auditLog writes audit records to the store and, one JSON object per
