@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"sync"
+	"time"
 )
 
 // Left alone, a yamux session over TLS makes many small system calls: yamux
@@ -22,6 +23,15 @@ import (
 //     goes out with it in one record: a small message then costs the
 //     sender one seal and the receiver one open, not two of each.
 //
+// Opening a stream costs yamux a frame of its own: the opener sends a
+// window update flagged SYN before the stream's first data, and the
+// acceptor one flagged ACK before its first answer. Each would be a socket
+// write and a wake-up of the peer, though the data follows at once (the
+// relay's stream header after its SYN; the agent's reply after its ACK,
+// once it has dialled the service). frameConn holds such a frame in the
+// open batch so that it goes out with the next frame, for at most holdMax;
+// a timer then flushes it alone.
+//
 // Reads are the mirror image: crypto/tls reads the socket a record or so at
 // a time. While data streams in (a read fills what TLS asked for), RawConn
 // reads up to readChunk at once into a pooled buffer and serves TLS from it.
@@ -32,9 +42,18 @@ import (
 // yamux frame header layout (see github.com/hashicorp/yamux const.go):
 // version(1) type(1) flags(2) stream id(4) length(4).
 const (
-	yamuxHeaderSize = 12
-	yamuxTypeData   = 0
+	yamuxHeaderSize       = 12
+	yamuxTypeData         = 0
+	yamuxTypeWindowUpdate = 1
+	yamuxFlagSYN          = 1
+	yamuxFlagACK          = 2
+	yamuxFlagFIN          = 4
+	yamuxFlagRST          = 8
 )
+
+// holdMax bounds how long a stream's SYN or ACK waits for the frame that
+// usually follows it.
+const holdMax = 500 * time.Microsecond
 
 // maxPooledBatch is the largest batch buffer kept for reuse: a data frame
 // is at most the stream window (Config's MaxStreamWindowSize) plus TLS
@@ -61,9 +80,12 @@ var readPool = sync.Pool{New: func() any {
 type RawConn struct {
 	net.Conn
 
-	mu    sync.Mutex // guards batch and buf; writes come from TLS under its own lock
+	mu    sync.Mutex // guards batch, buf, held, timer and werr, and is held across batch writes to Conn
 	batch bool
 	buf   *[]byte
+	held  bool        // the batch ends with a frame waiting for company
+	timer *time.Timer // flushes a held batch after holdMax
+	werr  error       // a failed write of a held batch, for the next caller
 
 	// Read state, used only by Read; crypto/tls never reads concurrently.
 	bulk bool    // the last read filled its buffer: more is likely waiting
@@ -112,23 +134,69 @@ func (c *RawConn) Write(p []byte) (int, error) {
 		c.mu.Unlock()
 		return len(p), nil
 	}
+	if err := c.werr; err != nil {
+		c.mu.Unlock()
+		return 0, err
+	}
 	c.mu.Unlock()
 	return c.Conn.Write(p)
 }
 
+// begin opens a batch, or continues one that holds a frame.
 func (c *RawConn) begin() {
 	c.mu.Lock()
-	c.batch = true
-	c.buf = batchPool.Get().(*[]byte)
+	if !c.batch {
+		c.batch = true
+		c.buf = batchPool.Get().(*[]byte)
+	}
+	c.held = false
 	c.mu.Unlock()
+}
+
+// hold keeps the batch open after a complete frame, for the next frame to
+// join it; after holdMax it is written alone.
+func (c *RawConn) hold() {
+	c.mu.Lock()
+	c.held = true
+	if c.timer == nil {
+		c.timer = time.AfterFunc(holdMax, c.flushHeld)
+	} else {
+		c.timer.Reset(holdMax)
+	}
+	c.mu.Unlock()
+}
+
+// flushHeld writes a batch that still holds a frame when its time is up.
+// A batch in which another frame has begun is left to that frame's flush.
+func (c *RawConn) flushHeld() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.batch || !c.held {
+		return
+	}
+	if err := c.endLocked(); err != nil && c.werr == nil {
+		c.werr = err
+	}
 }
 
 // flush ends the batch with one write of everything collected.
 func (c *RawConn) flush() error {
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.batch {
+		return c.werr // a held batch went out on its own
+	}
+	err := c.endLocked()
+	if c.werr != nil {
+		err = c.werr
+	}
+	return err
+}
+
+// endLocked writes the batch and closes it.
+func (c *RawConn) endLocked() error {
 	buf := c.buf
-	c.batch, c.buf = false, nil
-	c.mu.Unlock()
+	c.batch, c.held, c.buf = false, false, nil
 	_, err := c.Conn.Write(*buf)
 	if cap(*buf) <= maxPooledBatch {
 		*buf = (*buf)[:0]
@@ -183,10 +251,25 @@ func (c *frameConn) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	n, err := c.Conn.Write(p)
+	if err == nil && opening(p) {
+		c.raw.hold()
+		return n, nil
+	}
 	if ferr := c.raw.flush(); err == nil {
 		err = ferr
 	}
 	return n, err
+}
+
+// opening reports whether p is a window update that opens or accepts a
+// stream (flagged SYN or ACK, not FIN or RST): the stream's data usually
+// follows at once.
+func opening(p []byte) bool {
+	if len(p) != yamuxHeaderSize || p[1] != yamuxTypeWindowUpdate {
+		return false
+	}
+	f := binary.BigEndian.Uint16(p[2:4])
+	return f&(yamuxFlagSYN|yamuxFlagACK) != 0 && f&(yamuxFlagFIN|yamuxFlagRST) == 0
 }
 
 // writeFrame writes the held header and its body body: in one TLS record

@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tetherhq/tether/protocol/transport/transporttest"
 )
@@ -164,5 +165,61 @@ func TestRawConnReadAhead(t *testing.T) {
 	}
 	if r.rbuf != nil {
 		t.Error("a read buffer is still held after the stream ended")
+	}
+}
+
+// A window update that opens or accepts a stream waits for the frame after
+// it and shares its socket write; alone, it still reaches the peer.
+func TestFrameConnHoldsOpeningFrame(t *testing.T) {
+	serverTLS, clientTLS := transporttest.TLSConfigs(t)
+	a, b := tcpPair(t)
+	counted := &countingConn{Conn: a}
+	client := tls.Client(NewRawConn(counted), clientTLS)
+	server := tls.Server(NewRawConn(b), serverTLS)
+	opening := func(flags uint16) []byte {
+		h := yamuxHeader(yamuxTypeWindowUpdate, 256<<10)
+		binary.BigEndian.PutUint16(h[2:4], flags)
+		return h
+	}
+	body := []byte("stream header")
+	frames := [][]byte{opening(yamuxFlagSYN), yamuxHeader(yamuxTypeData, uint32(len(body))), body}
+	var want bytes.Buffer
+	for _, p := range frames {
+		want.Write(p)
+	}
+	lone := opening(yamuxFlagACK)
+	want.Write(lone)
+
+	got := make(chan []byte, 1)
+	go func() {
+		buf := make([]byte, want.Len())
+		server.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(server, buf); err != nil {
+			t.Error(err)
+		}
+		got <- buf
+	}()
+	if err := client.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	fc := batching(client).(*frameConn)
+	before := counted.count()
+	for _, p := range frames {
+		if n, err := fc.Write(p); err != nil || n != len(p) {
+			t.Fatalf("write %d bytes: n=%d err=%v", len(p), n, err)
+		}
+	}
+	if n := counted.count() - before; n != 1 {
+		t.Errorf("a SYN and the data frame after it took %d socket writes, want 1", n)
+	}
+	if _, err := fc.Write(lone); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing follows the ACK: the hold timer sends it.
+	if !bytes.Equal(<-got, want.Bytes()) {
+		t.Fatal("the peer received different bytes")
+	}
+	if n := counted.count() - before; n != 2 {
+		t.Errorf("%d socket writes in all, want 2", n)
 	}
 }
