@@ -86,6 +86,8 @@ type RawConn struct {
 	held  bool        // the batch ends with a frame waiting for company
 	timer *time.Timer // flushes a held batch after holdMax
 	werr  error       // a failed write of a held batch, for the next caller
+	// holdFor is how long a frame is held; 0 means holdMax. Tests set it.
+	holdFor time.Duration
 
 	// Read state, used only by Read; crypto/tls never reads concurrently.
 	bulk bool    // the last read filled its buffer: more is likely waiting
@@ -158,10 +160,14 @@ func (c *RawConn) begin() {
 func (c *RawConn) hold() {
 	c.mu.Lock()
 	c.held = true
+	d := c.holdFor
+	if d == 0 {
+		d = holdMax
+	}
 	if c.timer == nil {
-		c.timer = time.AfterFunc(holdMax, c.flushHeld)
+		c.timer = time.AfterFunc(d, c.flushHeld)
 	} else {
-		c.timer.Reset(holdMax)
+		c.timer.Reset(d)
 	}
 	c.mu.Unlock()
 }

@@ -174,7 +174,11 @@ func TestFrameConnHoldsOpeningFrame(t *testing.T) {
 	serverTLS, clientTLS := transporttest.TLSConfigs(t)
 	a, b := tcpPair(t)
 	counted := &countingConn{Conn: a}
-	client := tls.Client(NewRawConn(counted), clientTLS)
+	raw := NewRawConn(counted)
+	// Held far longer than the test takes, so that a slow machine cannot
+	// fire the timer between the SYN and its data frame.
+	raw.holdFor = time.Hour
+	client := tls.Client(raw, clientTLS)
 	server := tls.Server(NewRawConn(b), serverTLS)
 	opening := func(flags uint16) []byte {
 		h := yamuxHeader(yamuxTypeWindowUpdate, 256<<10)
@@ -212,6 +216,7 @@ func TestFrameConnHoldsOpeningFrame(t *testing.T) {
 	if n := counted.count() - before; n != 1 {
 		t.Errorf("a SYN and the data frame after it took %d socket writes, want 1", n)
 	}
+	raw.holdFor = time.Millisecond
 	if _, err := fc.Write(lone); err != nil {
 		t.Fatal(err)
 	}
