@@ -278,8 +278,10 @@ func opening(p []byte) bool {
 	return f&(yamuxFlagSYN|yamuxFlagACK) != 0 && f&(yamuxFlagFIN|yamuxFlagRST) == 0
 }
 
-// writeFrame writes the held header and its body body: in one TLS record
-// when they fit one, else the header and then the body.
+// writeFrame writes the held header and its body: with one TLS write when
+// they fit one record (crypto/tls makes it one record once a connection
+// has warmed up past its first segment-sized records), else the header and
+// then the body.
 func (c *frameConn) writeFrame(body []byte) (int, error) {
 	if len(body) <= maxRecord-yamuxHeaderSize {
 		bp := recordPool.Get().(*[]byte)

@@ -19,13 +19,21 @@ type countingConn struct {
 	net.Conn
 	mu     sync.Mutex
 	writes int
+	bytes  int
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	c.writes++
+	c.bytes += len(p)
 	c.mu.Unlock()
 	return c.Conn.Write(p)
+}
+
+func (c *countingConn) written() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bytes
 }
 
 func (c *countingConn) count() int {
@@ -226,5 +234,37 @@ func TestFrameConnHoldsOpeningFrame(t *testing.T) {
 	}
 	if n := counted.count() - before; n != 2 {
 		t.Errorf("%d socket writes in all, want 2", n)
+	}
+}
+
+// A small data frame travels as one TLS record with its header: the socket
+// carries one record's overhead, not two.
+func TestFrameConnOneRecordPerSmallFrame(t *testing.T) {
+	serverTLS, clientTLS := transporttest.TLSConfigs(t)
+	a, b := tcpPair(t)
+	counted := &countingConn{Conn: a}
+	client := tls.Client(NewRawConn(counted), clientTLS)
+	server := tls.Server(NewRawConn(b), serverTLS)
+	go io.Copy(io.Discard, server)
+	if err := client.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	fc := batching(client).(*frameConn)
+	// TLS 1.3 adds a 5-byte record header, a content-type byte and a
+	// 16-byte AEAD tag to every record.
+	const recordOverhead = 5 + 1 + 16
+	// (crypto/tls starts a connection with records of about one TCP
+	// segment, so a fresh connection is tested with frames below that.)
+	for _, size := range []int{1, 64, 1024} {
+		body := make([]byte, size)
+		before := counted.written()
+		for _, p := range [][]byte{yamuxHeader(yamuxTypeData, uint32(size)), body} {
+			if _, err := fc.Write(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got, want := counted.written()-before, yamuxHeaderSize+size+recordOverhead; got != want {
+			t.Errorf("a %d-byte frame put %d bytes on the wire, want %d (one record)", size, got, want)
+		}
 	}
 }
