@@ -43,6 +43,10 @@ const (
 	auditBatch          = 512
 	auditQueue          = 8192
 	auditStoreRetries   = 3
+	// auditLinger is how long the writer waits for more records before
+	// writing a batch that nobody waits for (see record): under load, many
+	// ended streams share one transaction instead of one each.
+	auditLinger = 20 * time.Millisecond
 )
 
 // auditLog writes audit records to the store and, one JSON object per
@@ -81,12 +85,15 @@ func (a *auditLog) queued() int { return len(a.queue) }
 
 // run writes queued records until close is called and the queue is empty.
 // It commits whatever has queued up while the previous batch was written
-// (group commit): one transaction per batch under load, no waiting when
-// idle.
+// (group commit): one transaction per batch under load. A batch that
+// somebody waits for is written at once; one that nobody waits for (only
+// records from record) lingers up to auditLinger for company.
 func (a *auditLog) run() {
 	defer close(a.done)
 	items := make([]auditItem, 0, auditBatch)
 	recs := make([]AuditRecord, 0, auditBatch)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	for it := range a.queue {
 		items = append(items[:0], it)
 	fill:
@@ -101,6 +108,25 @@ func (a *auditLog) run() {
 				break fill
 			}
 		}
+		if !waited(items) && len(items) < auditBatch {
+			timer.Reset(auditLinger)
+		linger:
+			for len(items) < auditBatch {
+				select {
+				case it, ok := <-a.queue:
+					if !ok {
+						break linger
+					}
+					items = append(items, it)
+					if it.done != nil {
+						break linger // someone waits: write now
+					}
+				case <-timer.C:
+					break linger
+				}
+			}
+			timer.Stop()
+		}
 		recs = recs[:0]
 		for _, it := range items {
 			recs = append(recs, it.rec)
@@ -111,12 +137,26 @@ func (a *auditLog) run() {
 			a.committed(start)
 		}
 		for _, it := range items {
-			close(it.done)
+			if it.done != nil {
+				close(it.done)
+			}
 		}
+		clear(items) // drop references to written records
 	}
 }
 
-// auditItem is a queued record and the channel closed once it is written.
+// waited reports whether anyone waits for one of items to be written.
+func waited(items []auditItem) bool {
+	for _, it := range items {
+		if it.done != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// auditItem is a queued record and the channel closed once it is written
+// (nil when nobody waits for it).
 type auditItem struct {
 	rec  AuditRecord
 	done chan struct{}
@@ -139,6 +179,25 @@ func (a *auditLog) add(rec AuditRecord) {
 	a.queue <- it // run drains the queue while close waits for this lock
 	a.mu.RUnlock()
 	<-it.done
+}
+
+// record queues rec (stamping its time when unset) and returns without
+// waiting for the write: for records of something already over, such as a
+// stream that ended, where waiting would hold up nothing but the caller.
+// The queue is bounded; when it is full, record waits for room. Records
+// queued before close are written by run; after it, record writes at once.
+func (a *auditLog) record(rec AuditRecord) {
+	if rec.At.IsZero() {
+		rec.At = time.Now()
+	}
+	a.mu.RLock()
+	if a.closed {
+		a.mu.RUnlock()
+		a.write([]AuditRecord{rec})
+		return
+	}
+	a.queue <- auditItem{rec: rec}
+	a.mu.RUnlock()
 }
 
 // write stores recs (retrying a failing store a few times) and appends them

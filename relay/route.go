@@ -302,7 +302,8 @@ func (r *Relay) bridge(front transport.Stream, t *tunnel, attrs []any) {
 	} else if err != nil && !transport.IsClosedErr(err) {
 		outcome = "error"
 	}
-	r.audit.add(AuditRecord{Kind: AuditStream, Outcome: outcome, Tenant: t.target.Tenant, Agent: t.agent.id.ID, Backend: t.caller.name, Actor: t.caller.Identity(),
+	// The stream is over: its record need not hold this goroutine.
+	r.audit.record(AuditRecord{Kind: AuditStream, Outcome: outcome, Tenant: t.target.Tenant, Agent: t.agent.id.ID, Backend: t.caller.name, Actor: t.caller.Identity(),
 		Detail: map[string]any{"service": t.target.Service, "request": t.requestID, "bytes_to_service": res.AToB, "bytes_from_service": res.BToA,
 			"duration_ms": time.Since(t.opened).Milliseconds(), "door": doorOf(attrs), "auth": t.caller.via}})
 	log := r.log

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"sync"
+	"time"
 )
 
 // Left alone, a yamux session over TLS makes many small system calls: yamux
@@ -18,7 +19,18 @@ import (
 //     record writes into one buffer that it flushes with one write;
 //   - frameConn sits between yamux and TLS. It recognises a data-frame
 //     header (whose body yamux writes next) and opens a batch that spans the
-//     header and its body.
+//     header and its body. A body that fits one TLS record with its header
+//     goes out with it in one record: a small message then costs the
+//     sender one seal and the receiver one open, not two of each.
+//
+// Opening a stream costs yamux a frame of its own: the opener sends a
+// window update flagged SYN before the stream's first data, and the
+// acceptor one flagged ACK before its first answer. Each would be a socket
+// write and a wake-up of the peer, though the data follows at once (the
+// relay's stream header after its SYN; the agent's reply after its ACK,
+// once it has dialled the service). frameConn holds such a frame in the
+// open batch so that it goes out with the next frame, for at most holdMax;
+// a timer then flushes it alone.
 //
 // Reads are the mirror image: crypto/tls reads the socket a record or so at
 // a time. While data streams in (a read fills what TLS asked for), RawConn
@@ -30,9 +42,18 @@ import (
 // yamux frame header layout (see github.com/hashicorp/yamux const.go):
 // version(1) type(1) flags(2) stream id(4) length(4).
 const (
-	yamuxHeaderSize = 12
-	yamuxTypeData   = 0
+	yamuxHeaderSize       = 12
+	yamuxTypeData         = 0
+	yamuxTypeWindowUpdate = 1
+	yamuxFlagSYN          = 1
+	yamuxFlagACK          = 2
+	yamuxFlagFIN          = 4
+	yamuxFlagRST          = 8
 )
+
+// holdMax bounds how long a stream's SYN or ACK waits for the frame that
+// usually follows it.
+const holdMax = 500 * time.Microsecond
 
 // maxPooledBatch is the largest batch buffer kept for reuse: a data frame
 // is at most the stream window (Config's MaxStreamWindowSize) plus TLS
@@ -59,9 +80,14 @@ var readPool = sync.Pool{New: func() any {
 type RawConn struct {
 	net.Conn
 
-	mu    sync.Mutex // guards batch and buf; writes come from TLS under its own lock
+	mu    sync.Mutex // guards batch, buf, held, timer and werr, and is held across batch writes to Conn
 	batch bool
 	buf   *[]byte
+	held  bool        // the batch ends with a frame waiting for company
+	timer *time.Timer // flushes a held batch after holdMax
+	werr  error       // a failed write of a held batch, for the next caller
+	// holdFor is how long a frame is held; 0 means holdMax. Tests set it.
+	holdFor time.Duration
 
 	// Read state, used only by Read; crypto/tls never reads concurrently.
 	bulk bool    // the last read filled its buffer: more is likely waiting
@@ -110,23 +136,73 @@ func (c *RawConn) Write(p []byte) (int, error) {
 		c.mu.Unlock()
 		return len(p), nil
 	}
+	if err := c.werr; err != nil {
+		c.mu.Unlock()
+		return 0, err
+	}
 	c.mu.Unlock()
 	return c.Conn.Write(p)
 }
 
+// begin opens a batch, or continues one that holds a frame.
 func (c *RawConn) begin() {
 	c.mu.Lock()
-	c.batch = true
-	c.buf = batchPool.Get().(*[]byte)
+	if !c.batch {
+		c.batch = true
+		c.buf = batchPool.Get().(*[]byte)
+	}
+	c.held = false
 	c.mu.Unlock()
+}
+
+// hold keeps the batch open after a complete frame, for the next frame to
+// join it; after holdMax it is written alone.
+func (c *RawConn) hold() {
+	c.mu.Lock()
+	c.held = true
+	d := c.holdFor
+	if d == 0 {
+		d = holdMax
+	}
+	if c.timer == nil {
+		c.timer = time.AfterFunc(d, c.flushHeld)
+	} else {
+		c.timer.Reset(d)
+	}
+	c.mu.Unlock()
+}
+
+// flushHeld writes a batch that still holds a frame when its time is up.
+// A batch in which another frame has begun is left to that frame's flush.
+func (c *RawConn) flushHeld() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.batch || !c.held {
+		return
+	}
+	if err := c.endLocked(); err != nil && c.werr == nil {
+		c.werr = err
+	}
 }
 
 // flush ends the batch with one write of everything collected.
 func (c *RawConn) flush() error {
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.batch {
+		return c.werr // a held batch went out on its own
+	}
+	err := c.endLocked()
+	if c.werr != nil {
+		err = c.werr
+	}
+	return err
+}
+
+// endLocked writes the batch and closes it.
+func (c *RawConn) endLocked() error {
 	buf := c.buf
-	c.batch, c.buf = false, nil
-	c.mu.Unlock()
+	c.batch, c.held, c.buf = false, false, nil
 	_, err := c.Conn.Write(*buf)
 	if cap(*buf) <= maxPooledBatch {
 		*buf = (*buf)[:0]
@@ -135,12 +211,21 @@ func (c *RawConn) flush() error {
 	return err
 }
 
+// maxRecord is the most plaintext crypto/tls puts in one record.
+const maxRecord = 16 << 10
+
+var recordPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, maxRecord)
+	return &b
+}}
+
 // frameConn is the connection yamux writes frames to: a TLS connection over
 // a RawConn. Only yamux's send loop writes to it, one call at a time.
 type frameConn struct {
 	*tls.Conn
 	raw     *RawConn
-	pending bool // a data-frame header opened a batch its body must close
+	pending bool                  // a data-frame header opened a batch its body must close
+	hdr     [yamuxHeaderSize]byte // that header, not yet written
 }
 
 // batching returns the connection yamux should use over tc: tc itself when
@@ -157,21 +242,60 @@ func (c *frameConn) Write(p []byte) (int, error) {
 	if c.pending {
 		// The body of the frame whose header opened the batch.
 		c.pending = false
-		n, err := c.Conn.Write(p)
+		n, err := c.writeFrame(p)
 		if ferr := c.raw.flush(); err == nil {
 			err = ferr
 		}
 		return n, err
 	}
 	c.raw.begin()
-	n, err := c.Conn.Write(p)
-	if err == nil && len(p) == yamuxHeaderSize && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:12]) > 0 {
-		// A data frame's header: yamux writes its body next.
+	if len(p) == yamuxHeaderSize && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:12]) > 0 {
+		// A data frame's header: yamux writes its body next. Hold the
+		// header to send it with the body.
+		copy(c.hdr[:], p)
 		c.pending = true
+		return len(p), nil
+	}
+	n, err := c.Conn.Write(p)
+	if err == nil && opening(p) {
+		c.raw.hold()
 		return n, nil
 	}
 	if ferr := c.raw.flush(); err == nil {
 		err = ferr
 	}
 	return n, err
+}
+
+// opening reports whether p is a window update that opens or accepts a
+// stream (flagged SYN or ACK, not FIN or RST): the stream's data usually
+// follows at once.
+func opening(p []byte) bool {
+	if len(p) != yamuxHeaderSize || p[1] != yamuxTypeWindowUpdate {
+		return false
+	}
+	f := binary.BigEndian.Uint16(p[2:4])
+	return f&(yamuxFlagSYN|yamuxFlagACK) != 0 && f&(yamuxFlagFIN|yamuxFlagRST) == 0
+}
+
+// writeFrame writes the held header and its body: with one TLS write when
+// they fit one record (crypto/tls makes it one record once a connection
+// has warmed up past its first segment-sized records), else the header and
+// then the body.
+func (c *frameConn) writeFrame(body []byte) (int, error) {
+	if len(body) <= maxRecord-yamuxHeaderSize {
+		bp := recordPool.Get().(*[]byte)
+		rec := append(append((*bp)[:0], c.hdr[:]...), body...)
+		_, err := c.Conn.Write(rec)
+		*bp = rec[:0]
+		recordPool.Put(bp)
+		if err != nil {
+			return 0, err
+		}
+		return len(body), nil
+	}
+	if _, err := c.Conn.Write(c.hdr[:]); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(body)
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tetherhq/tether/protocol/transport/transporttest"
 )
@@ -18,13 +19,21 @@ type countingConn struct {
 	net.Conn
 	mu     sync.Mutex
 	writes int
+	bytes  int
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	c.writes++
+	c.bytes += len(p)
 	c.mu.Unlock()
 	return c.Conn.Write(p)
+}
+
+func (c *countingConn) written() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bytes
 }
 
 func (c *countingConn) count() int {
@@ -164,5 +173,98 @@ func TestRawConnReadAhead(t *testing.T) {
 	}
 	if r.rbuf != nil {
 		t.Error("a read buffer is still held after the stream ended")
+	}
+}
+
+// A window update that opens or accepts a stream waits for the frame after
+// it and shares its socket write; alone, it still reaches the peer.
+func TestFrameConnHoldsOpeningFrame(t *testing.T) {
+	serverTLS, clientTLS := transporttest.TLSConfigs(t)
+	a, b := tcpPair(t)
+	counted := &countingConn{Conn: a}
+	raw := NewRawConn(counted)
+	// Held far longer than the test takes, so that a slow machine cannot
+	// fire the timer between the SYN and its data frame.
+	raw.holdFor = time.Hour
+	client := tls.Client(raw, clientTLS)
+	server := tls.Server(NewRawConn(b), serverTLS)
+	opening := func(flags uint16) []byte {
+		h := yamuxHeader(yamuxTypeWindowUpdate, 256<<10)
+		binary.BigEndian.PutUint16(h[2:4], flags)
+		return h
+	}
+	body := []byte("stream header")
+	frames := [][]byte{opening(yamuxFlagSYN), yamuxHeader(yamuxTypeData, uint32(len(body))), body}
+	var want bytes.Buffer
+	for _, p := range frames {
+		want.Write(p)
+	}
+	lone := opening(yamuxFlagACK)
+	want.Write(lone)
+
+	got := make(chan []byte, 1)
+	go func() {
+		buf := make([]byte, want.Len())
+		server.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(server, buf); err != nil {
+			t.Error(err)
+		}
+		got <- buf
+	}()
+	if err := client.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	fc := batching(client).(*frameConn)
+	before := counted.count()
+	for _, p := range frames {
+		if n, err := fc.Write(p); err != nil || n != len(p) {
+			t.Fatalf("write %d bytes: n=%d err=%v", len(p), n, err)
+		}
+	}
+	if n := counted.count() - before; n != 1 {
+		t.Errorf("a SYN and the data frame after it took %d socket writes, want 1", n)
+	}
+	raw.holdFor = time.Millisecond
+	if _, err := fc.Write(lone); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing follows the ACK: the hold timer sends it.
+	if !bytes.Equal(<-got, want.Bytes()) {
+		t.Fatal("the peer received different bytes")
+	}
+	if n := counted.count() - before; n != 2 {
+		t.Errorf("%d socket writes in all, want 2", n)
+	}
+}
+
+// A small data frame travels as one TLS record with its header: the socket
+// carries one record's overhead, not two.
+func TestFrameConnOneRecordPerSmallFrame(t *testing.T) {
+	serverTLS, clientTLS := transporttest.TLSConfigs(t)
+	a, b := tcpPair(t)
+	counted := &countingConn{Conn: a}
+	client := tls.Client(NewRawConn(counted), clientTLS)
+	server := tls.Server(NewRawConn(b), serverTLS)
+	go io.Copy(io.Discard, server)
+	if err := client.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	fc := batching(client).(*frameConn)
+	// TLS 1.3 adds a 5-byte record header, a content-type byte and a
+	// 16-byte AEAD tag to every record.
+	const recordOverhead = 5 + 1 + 16
+	// (crypto/tls starts a connection with records of about one TCP
+	// segment, so a fresh connection is tested with frames below that.)
+	for _, size := range []int{1, 64, 1024} {
+		body := make([]byte, size)
+		before := counted.written()
+		for _, p := range [][]byte{yamuxHeader(yamuxTypeData, uint32(size)), body} {
+			if _, err := fc.Write(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got, want := counted.written()-before, yamuxHeaderSize+size+recordOverhead; got != want {
+			t.Errorf("a %d-byte frame put %d bytes on the wire, want %d (one record)", size, got, want)
+		}
 	}
 }

@@ -47,17 +47,26 @@ func Config(logger *slog.Logger) *yamux.Config {
 
 // RelayConfig is Config for the relay's end of an agent session. Agents
 // open exactly one stream, the control stream; the relay opens all the
-// others and never accepts another. A backlog of one holds the control
-// stream until it is accepted; a stream an agent opens after it waits
-// unread (bounded by its receive window) and any further ones are reset.
-// So an agent can neither make the relay buffer for it nor send the relay
-// a stream header to act on, and the relay saves 8 KiB of accept queue
-// per agent.
+// others and never accepts another. The backlog holds the control stream
+// until it is accepted; streams an agent opens after it wait unread — at
+// most relayBacklog of them, each bounded by yamux's initial 256 KiB
+// receive window, so 4 MiB for an agent that misbehaves — and any further
+// ones are reset. Nothing reads them, so an agent cannot send the relay a
+// stream header to act on.
+//
+// yamux sizes by the same number its bound on streams this end has opened
+// that the peer has not yet acknowledged. With a backlog of one, every
+// stream open waited for the agent to acknowledge the one before it (a
+// round trip through both processes), which capped stream opens per
+// agent connection; relayBacklog lets that many opens overlap.
 func RelayConfig(logger *slog.Logger) *yamux.Config {
 	c := Config(logger)
-	c.AcceptBacklog = 1
+	c.AcceptBacklog = relayBacklog
 	return c
 }
+
+// relayBacklog is the relay's yamux accept backlog; see RelayConfig.
+const relayBacklog = 16
 
 // Session is a transport.Session over one yamux session on a TLS connection.
 type Session struct {

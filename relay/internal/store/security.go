@@ -121,7 +121,9 @@ type AuditRecord struct {
 // AddAudit appends records in one transaction and sets their Seq.
 func (s *Store) AddAudit(ctx context.Context, recs []AuditRecord) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		stmt, err := tx.PrepareContext(ctx, `INSERT INTO audit (at_ms, kind, outcome, tenant, agent, backend, actor, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq`)
+		// seq is the rowid, so LastInsertId is it: an Exec costs less
+		// than a query's rows for every record.
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO audit (at_ms, kind, outcome, tenant, agent, backend, actor, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`)
 		if err != nil {
 			return err
 		}
@@ -134,7 +136,11 @@ func (s *Store) AddAudit(ctx context.Context, recs []AuditRecord) error {
 					return fmt.Errorf("audit detail: %w", err)
 				}
 			}
-			if err := stmt.QueryRowContext(ctx, r.At.UnixMilli(), r.Kind, r.Outcome, r.Tenant, r.Agent, r.Backend, r.Actor, string(detail)).Scan(&r.Seq); err != nil {
+			res, err := stmt.ExecContext(ctx, r.At.UnixMilli(), r.Kind, r.Outcome, r.Tenant, r.Agent, r.Backend, r.Actor, string(detail))
+			if err != nil {
+				return err
+			}
+			if r.Seq, err = res.LastInsertId(); err != nil {
 				return err
 			}
 		}

@@ -1,0 +1,95 @@
+package relay
+
+import (
+	"bufio"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/relay/internal/store"
+)
+
+// Records queued without waiting (record) and records waited for (add)
+// all reach the store and the file, in one transaction when they come
+// together, and close writes whatever still lingers.
+func TestAuditRecordAndAdd(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(dir, "relay.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	path := filepath.Join(dir, "audit.log")
+	a, err := openAuditLog(st, path, slog.New(slog.DiscardHandler), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var batches []int
+	a.committed = func(time.Time) { batches = append(batches, 0) } // run's goroutine only
+	go a.run()
+
+	for range 5 {
+		a.record(AuditRecord{Kind: AuditStream, Outcome: OutcomeOK, Tenant: "acme"})
+	}
+	// A waited-for record does not linger: add returns once it is written,
+	// with the records queued before it.
+	done := make(chan struct{})
+	go func() {
+		a.add(AuditRecord{Kind: AuditTenantAdd, Outcome: OutcomeOK, Tenant: "acme"})
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("add did not return")
+	}
+	recs, err := st.ListAudit(ctx, store.AuditFilter{Tenant: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 6 {
+		t.Fatalf("after add: %d records in the store, want 6", len(recs))
+	}
+	for i, r := range recs {
+		if r.Seq == 0 || (i > 0 && r.Seq <= recs[i-1].Seq) {
+			t.Errorf("record %d: seq %d after %d", i, r.Seq, recs[max(i-1, 0)].Seq)
+		}
+	}
+
+	// Records nobody waits for are written by close at the latest.
+	for range 3 {
+		a.record(AuditRecord{Kind: AuditStream, Outcome: OutcomeOK, Tenant: "acme"})
+	}
+	a.close()
+	if err := a.closeFile(); err != nil {
+		t.Fatal(err)
+	}
+	// After close, record writes at once.
+	a.record(AuditRecord{Kind: AuditStream, Outcome: OutcomeOK, Tenant: "acme"})
+	recs, err = st.ListAudit(ctx, store.AuditFilter{Tenant: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 10 {
+		t.Fatalf("after close: %d records in the store, want 10", len(recs))
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	lines := 0
+	for sc := bufio.NewScanner(f); sc.Scan(); {
+		lines++
+	}
+	if lines < 9 { // the record after closeFile reaches the store only
+		t.Errorf("%d lines in the audit file, want at least 9", lines)
+	}
+	if len(batches) > 6 { // generous: a loaded machine may split batches
+		t.Errorf("%d transactions for 9 queued records, want them batched", len(batches))
+	}
+}
