@@ -235,9 +235,20 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 			if ctx.Err() != nil {
 				return
 			}
-			failures++
 			relayIdx++
-			d := a.cfg.Reconnect.delay(failures - 1)
+			var d time.Duration
+			if isRelayBusy(err) {
+				// The relay turned this handshake away at its door
+				// because too many were in progress (a fleet reconnecting
+				// after a restart). A refusal costs it one packet, and it
+				// frees slots quickly, so retry soon — at a random point
+				// of a short window that spreads the fleet — rather than
+				// climb the exponential backoff to its maximum.
+				d = rand.N(min(a.cfg.Reconnect.Max, busyRetryWindow) + 1)
+			} else {
+				failures++
+				d = a.cfg.Reconnect.delay(failures - 1)
+			}
 			if isPermanent(err) {
 				// Retrying soon cannot help (our certificate or our
 				// version is refused); keep trying, slowly, in case the
@@ -298,6 +309,10 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 		}
 	}
 }
+
+// busyRetryWindow bounds the wait after a relay refused a handshake for
+// being busy.
+const busyRetryWindow = 5 * time.Second
 
 // delay returns the wait before attempt n (0-based): full jitter over an
 // exponentially growing cap.
