@@ -166,27 +166,21 @@ type auditItem struct {
 // the store and the file, so an action is never taken unaudited even when
 // the relay dies right after. Concurrent adds share one transaction.
 func (a *auditLog) add(rec AuditRecord) {
-	if rec.At.IsZero() {
-		rec.At = time.Now()
+	if done := a.enqueue(rec, true); done != nil {
+		<-done
 	}
-	a.mu.RLock()
-	if a.closed {
-		a.mu.RUnlock()
-		a.write([]AuditRecord{rec})
-		return
-	}
-	it := auditItem{rec: rec, done: make(chan struct{})}
-	a.queue <- it // run drains the queue while close waits for this lock
-	a.mu.RUnlock()
-	<-it.done
 }
 
 // record queues rec (stamping its time when unset) and returns without
 // waiting for the write: for records of something already over, such as a
 // stream that ended, where waiting would hold up nothing but the caller.
-// The queue is bounded; when it is full, record waits for room. Records
-// queued before close are written by run; after it, record writes at once.
-func (a *auditLog) record(rec AuditRecord) {
+// The queue is bounded; when it is full, record waits for room.
+func (a *auditLog) record(rec AuditRecord) { a.enqueue(rec, false) }
+
+// enqueue hands rec to run. Records queued before close are written by
+// run; after it, enqueue writes at once and returns nil. With wait it
+// returns the channel closed once run has written rec.
+func (a *auditLog) enqueue(rec AuditRecord, wait bool) chan struct{} {
 	if rec.At.IsZero() {
 		rec.At = time.Now()
 	}
@@ -194,10 +188,15 @@ func (a *auditLog) record(rec AuditRecord) {
 	if a.closed {
 		a.mu.RUnlock()
 		a.write([]AuditRecord{rec})
-		return
+		return nil
 	}
-	a.queue <- auditItem{rec: rec}
+	it := auditItem{rec: rec}
+	if wait {
+		it.done = make(chan struct{})
+	}
+	a.queue <- it // run drains the queue while close waits for this lock
 	a.mu.RUnlock()
+	return it.done
 }
 
 // write stores recs (retrying a failing store a few times) and appends them
