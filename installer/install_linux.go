@@ -106,12 +106,8 @@ func install(o Options) error {
 		return nil
 	}
 
-	s, err := newService(l, nil)
-	if err != nil {
+	if err := register(l); err != nil {
 		return err
-	}
-	if err := s.Install(); err != nil {
-		return fmt.Errorf("register service: %w", err)
 	}
 	fmt.Fprintf(o.Out, "installed and enabled /etc/systemd/system/%s.service (start it with tether-agent start)\n", l.Name)
 	return nil

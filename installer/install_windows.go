@@ -85,12 +85,8 @@ func install(o Options) error {
 	if o.FilesOnly {
 		return nil
 	}
-	s, err := newService(l, nil)
-	if err != nil {
+	if err := register(l); err != nil {
 		return err
-	}
-	if err := s.Install(); err != nil {
-		return fmt.Errorf("register service: %w", err)
 	}
 	// Always quote the executable in the ImagePath, whatever the path.
 	if b, err := exec.Command("sc.exe", "config", l.Name, "binPath=", image).CombinedOutput(); err != nil {

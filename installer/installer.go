@@ -115,6 +115,18 @@ func control(l Layout, fn func(service.Service) error) error {
 	return fn(s)
 }
 
+// register registers the service l describes with the service manager.
+func register(l Layout) error {
+	s, err := newService(l, nil)
+	if err != nil {
+		return err
+	}
+	if err := s.Install(); err != nil {
+		return fmt.Errorf("register service: %w", err)
+	}
+	return nil
+}
+
 // Status is "running", "stopped" or "not installed".
 func Status(l Layout) (string, error) {
 	s, err := newService(l, nil)
