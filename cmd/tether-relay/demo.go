@@ -32,7 +32,7 @@ func demo(args []string, stdout, stderr io.Writer) error {
 	connect := fs.String("connect-listen", "127.0.0.1:3128", "HTTP CONNECT front door (another port is picked if busy)")
 	verbose := fs.Bool("v", false, "log what relay and agent do")
 	keep := fs.Bool("keep", false, "keep the temporary data directory")
-	if pos, err := parse(fs, args); err != nil {
+	if pos, err := cli.ParseInterspersed(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
 		return fmt.Errorf("demo takes no arguments (got %q)", pos)

@@ -112,22 +112,6 @@ func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parse parses flags and allows them after positional arguments too
-// ("tenant add acme --data-dir d"), returning the positionals.
-func parse(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-}
-
 func serve(args []string, stderr io.Writer) error {
 	fs := newFlags("serve", stderr)
 	var cfg relay.Config
@@ -163,7 +147,7 @@ func serve(args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.MaxHandshakes, "max-handshakes", 512, "agent handshakes in progress at once; more wait up to 8s, then are turned away to retry (QUIC TLS handshakes: 8x this, beyond it refused at once)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "auto", "json, text or auto (text on a terminal)")
-	if pos, err := parse(fs, args); err != nil {
+	if pos, err := cli.ParseInterspersed(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
 		return fmt.Errorf("serve takes no arguments (got %q)", pos)
@@ -215,7 +199,7 @@ func tenantCmd(args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&l.OpenRate, "open-rate", 0, "limits: stream opens per second per backend (0: unlimited)")
 	fs.IntVar(&l.OpenBurst, "open-burst", 0, "limits: burst of stream opens above the rate (default: the rate)")
 	fs.StringVar(&cidrs, "cidrs", "", "limits: comma-separated networks the tenant's agents may connect from (empty: any)")
-	pos, err := parse(fs, args)
+	pos, err := cli.ParseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
@@ -272,7 +256,7 @@ func tokenCmd(args []string, stdout, stderr io.Writer) error {
 	ttl := fs.Duration("ttl", relay.DefaultTokenTTL, "how long the token stays valid")
 	uses := fs.Int("uses", 1, "how many agents the token may enrol")
 	output := fs.String("o", "table", "output of list: table or json")
-	pos, err := parse(fs, args)
+	pos, err := cli.ParseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
@@ -313,7 +297,7 @@ func backendCmd(args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "", "certificate: directory to write backend.crt, backend.key and ca.crt to")
 	lifetime := fs.Duration("lifetime", 90*24*time.Hour, "certificate: validity of the backend certificate")
 	output := fs.String("o", "table", "output of list: table or json")
-	pos, err := parse(fs, args)
+	pos, err := cli.ParseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
@@ -385,7 +369,7 @@ func agentCmd(args []string, stdout, stderr io.Writer) error {
 	tenant := fs.String("tenant", "", "only this tenant's agents")
 	reason := fs.String("reason", "", "revoke: why (kept in the audit trail)")
 	output := fs.String("o", "table", "output: table or json")
-	pos, err := parse(fs, args)
+	pos, err := cli.ParseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
@@ -434,7 +418,7 @@ func auditCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&until, "until", "", "before this time (RFC 3339) or this long ago")
 	fs.IntVar(&f.Limit, "limit", 1000, "at most this many records (the newest)")
 	output := fs.String("o", "table", "output: table or json (one object per line)")
-	pos, err := parse(fs, args)
+	pos, err := cli.ParseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
@@ -488,7 +472,7 @@ func caCmd(args []string, stdout, stderr io.Writer) error {
 	force := fs.Bool("force", false, "retire: even if agents still hold certificates from the old root (they will have to enrol again)")
 	output := fs.String("o", "table", "output: table or json")
 	out := fs.String("out", "", "export: file to write the CA bundle to (default: standard output)")
-	pos, err := parse(fs, args)
+	pos, err := cli.ParseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}

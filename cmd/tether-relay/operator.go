@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/tetherhq/tether/cmd/internal/cli"
 	"github.com/tetherhq/tether/relay"
 )
 
@@ -20,7 +21,7 @@ func operatorCmd(args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "", "certificate: directory to write operator.crt, operator.key and ca.crt to")
 	lifetime := fs.Duration("lifetime", relay.DefaultOperatorTokenTTL, "certificate: validity of the operator certificate")
 	output := fs.String("o", "table", "output of token list: table or json")
-	pos, err := parse(fs, args)
+	pos, err := cli.ParseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}

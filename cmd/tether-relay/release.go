@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tetherhq/tether/cmd/internal/cli"
 	"github.com/tetherhq/tether/protocol/release"
 	"github.com/tetherhq/tether/relay"
 )
@@ -43,7 +44,7 @@ func releaseCmd(args []string, stdout, stderr io.Writer) error {
 	haltAt := fs.Float64("halt-at", 0, "rollout: halt when this fraction of the agents offered the release fail (0: never)")
 	batch := fs.Int("batch", 0, "rollout: at most this many agents updating at once (0: no limit)")
 	output := fs.String("o", "table", "output: table or json")
-	pos, err := parse(fs, args)
+	pos, err := cli.ParseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}

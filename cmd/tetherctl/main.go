@@ -129,7 +129,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&o.haltAt, "halt-at", 0, "release rollout: halt when this fraction of the agents offered it fail (0: never)")
 	fs.IntVar(&o.batch, "batch", 0, "release rollout: agents updating at once (0: no limit)")
 	fs.StringVar(&o.version, "version", "", "release status: only this version")
-	pos, err := parse(fs, rest)
+	pos, err := cli.ParseInterspersed(fs, rest)
 	if err != nil {
 		return err
 	}
@@ -146,22 +146,6 @@ func run(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	x := &ctl{c: c, o: o, out: stdout, errOut: stderr}
 	return x.dispatch(ctx, cmd, pos)
-}
-
-// parse parses flags and allows them after positional arguments too,
-// returning the positionals.
-func parse(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
 }
 
 type ctl struct {
