@@ -339,12 +339,19 @@ func (s *session) serve(ctx context.Context) endReason {
 	}
 	t := time.NewTicker(hb)
 	defer t.Stop()
-	// Over QUIC, a heartbeat unanswered within pongWait ends the session:
-	// a relay that died (and so sent nothing, not even a close) is
-	// otherwise noticed only after 3 silent heartbeats. Over TCP the kernel
-	// reports a dead relay, and a pong may legitimately wait behind bulk
-	// data on a slow link, so only the silence limit applies.
+	// Over QUIC, a heartbeat unanswered within pongWait ends the session
+	// when the relay's endpoint has sent nothing since the ping, not even
+	// an acknowledgement: a relay that died (and so sent nothing, not even
+	// a close) is otherwise noticed only after 3 silent heartbeats. A relay
+	// that acknowledges but answers late is alive and busy — with a fleet
+	// reconnecting after its restart, say — and leaving it would add one
+	// more handshake to its load; the silence limit still bounds how late
+	// it may answer. Over TCP the kernel reports a dead relay, and a pong
+	// may legitimately wait behind bulk data on a slow link, so only the
+	// silence limit applies.
 	pongWait := min(max(hb/2, 2*time.Second), 5*time.Second)
+	packets, _ := s.t.(interface{ PacketsReceived() uint64 })
+	var packetsAtPing uint64
 	pongTimer := time.NewTimer(time.Hour)
 	pongTimer.Stop()
 	defer pongTimer.Stop()
@@ -398,14 +405,20 @@ func (s *session) serve(ctx context.Context) endReason {
 				s.setEnd(fmt.Errorf("send ping: %w", err))
 				return endLost
 			}
-			if s.transport == TransportQUIC {
+			if packets != nil {
+				packetsAtPing = packets.PacketsReceived()
 				pongTimer.Reset(pongWait)
 			}
 		case <-pongTimer.C:
-			if s.lastHeard.Load() < s.pingSentAt.Load() {
-				s.setEnd(fmt.Errorf("relay did not answer a heartbeat within %v", pongWait))
-				return endLost
+			if s.lastHeard.Load() >= s.pingSentAt.Load() {
+				break
 			}
+			if n := packets.PacketsReceived(); n > packetsAtPing {
+				s.log.Debug("relay is slow to answer a heartbeat but its QUIC endpoint is alive", "waited", pongWait, "packets", n-packetsAtPing)
+				break
+			}
+			s.setEnd(fmt.Errorf("relay did not answer a heartbeat within %v and sent no packet since", pongWait))
+			return endLost
 		}
 	}
 }

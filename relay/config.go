@@ -203,6 +203,9 @@ func (c *Config) validate() error {
 	if c.MaxHandshakes < 0 {
 		errs = append(errs, fmt.Errorf("max handshakes must be positive (got %d)", c.MaxHandshakes))
 	}
+	if c.MaxQUICTLSHandshakes < 0 {
+		errs = append(errs, fmt.Errorf("max QUIC handshakes must be positive (got %d)", c.MaxQUICTLSHandshakes))
+	}
 	for name, d := range map[string]time.Duration{
 		"agent certificate lifetime": c.AgentCertLifetime, "heartbeat interval": c.HeartbeatInterval,
 		"stream open timeout": c.StreamOpenTimeout, "idle timeout": c.IdleTimeout,

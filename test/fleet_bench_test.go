@@ -59,7 +59,10 @@ func fleet(b *testing.B, n int, transport string) {
 	debugAddr := "127.0.0.1:" + strconv.Itoa(freePort(b))
 	// The relay is killed and restarted below while thousands of agents
 	// dial it: its port must not be one their own sockets can take.
-	r := startRelay(b, relayOpts{agentPort: stablePort(b), extra: []string{"--debug-listen", debugAddr, "--log-level", "info", "--heartbeat", "10s"}})
+	extra := []string{"--debug-listen", debugAddr, "--log-level", "info", "--heartbeat", "10s"}
+	// TETHER_BENCH_RELAY_FLAGS adds relay flags (admission experiments).
+	extra = append(extra, strings.Fields(os.Getenv("TETHER_BENCH_RELAY_FLAGS"))...)
+	r := startRelay(b, relayOpts{agentPort: stablePort(b), extra: extra})
 	echoAddr := tcpService(b, echo)
 	tenants := make([]string, fleetTenants)
 	tokens := make([]string, fleetTenants)
@@ -108,6 +111,10 @@ func fleet(b *testing.B, n int, transport string) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var agents sync.WaitGroup
+	var trace *stormTrace
+	if os.Getenv("TETHER_BENCH_STORM_TRACE") != "" {
+		trace = newStormTrace()
+	}
 	b.Cleanup(func() {
 		cancel()
 		agents.Wait()
@@ -119,7 +126,7 @@ func fleet(b *testing.B, n int, transport string) {
 			Connections: 1,
 			Services:    map[string]agent.Service{"echo": {Address: echoAddr}},
 			Reconnect:   agent.Backoff{Initial: 500 * time.Millisecond, Max: 30 * time.Second},
-			Logger:      scratchLogger(i),
+			Logger:      fleetLogger(i, trace),
 			NoFileWatch: true, // inotify instances are a per-user limit (128)
 		})
 		if err != nil {
@@ -160,8 +167,16 @@ func fleet(b *testing.B, n int, transport string) {
 	time.Sleep(500 * time.Millisecond)
 	r.kill()
 	killed := time.Now()
+	var traced sync.WaitGroup
+	traceCtx, stopTrace := context.WithCancel(context.Background())
+	if trace != nil {
+		trace.take()
+		traced.Go(func() { trace.report(traceCtx, debugAddr, killed, 5*time.Second) })
+	}
 	r.restart()
 	waitConnected(b, debugAddr, n, 5*time.Minute)
+	stopTrace()
+	traced.Wait()
 	b.ReportMetric(time.Since(killed).Seconds(), "storm-reconnect-all-s")
 	time.Sleep(time.Second)
 	stopLoad()
@@ -279,7 +294,12 @@ func tryStats(addr string) (fleetStats, error) {
 	return s, err
 }
 
-func scratchLogger(i int) *slog.Logger {
+// fleetLogger is agent i's logger: the storm trace's when there is one,
+// else agent 0 logs to stderr with SCRATCH set, and the others not at all.
+func fleetLogger(i int, trace *stormTrace) *slog.Logger {
+	if trace != nil {
+		return trace.logger()
+	}
 	if i == 0 && os.Getenv("SCRATCH") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}

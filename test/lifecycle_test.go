@@ -56,6 +56,27 @@ func TestAgentAndRelayRestarts(t *testing.T) {
 	}
 }
 
+// A QUIC agent whose relay goes silent — no answer to a heartbeat and not
+// one packet since, as when the relay's host dies — leaves after that
+// heartbeat's pong wait, not only after three silent heartbeats.
+func TestQUICAgentLeavesASilentRelay(t *testing.T) {
+	r := startRelay(t, relayOpts{extra: []string{"--heartbeat", "4s"}})
+	proxyAddr, blocked := gatedProxy(t, r.agentAddr)
+	r.addTenant(t, "acme")
+	a := startAgent(t, r, "acme", agentOpts{transport: "quic", relay: proxyAddr, extra: "connections: 1\n",
+		services: map[string]string{"echo": tcpService(t, echo)}})
+	a.waitOutput(`"msg":"connected to relay"`, 10*time.Second)
+	blocked.Store(true)
+	silent := time.Now()
+	// pong wait = heartbeat/2, at least 2 s: the agent leaves within one
+	// heartbeat and that wait (6 s); the silence limit would take 12 s.
+	a.waitOutput("relay did not answer a heartbeat within 2s and sent no packet since", 9*time.Second)
+	t.Logf("left a silent relay after %v", time.Since(silent).Round(100*time.Millisecond))
+	if strings.Contains(a.out.String(), "relay silent for") {
+		t.Fatal("the agent waited for the silence limit")
+	}
+}
+
 func TestAutoFallsBackToTCPWhenUDPIsBlocked(t *testing.T) {
 	r := startRelay(t, relayOpts{transports: "tcp"})
 	// The relay serves TCP only; a socket on the same UDP port swallows

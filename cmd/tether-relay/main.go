@@ -144,7 +144,8 @@ func serve(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", time.Hour, "close tunnelled connections idle this long")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "on shutdown, wait this long for tunnelled connections")
 	fs.DurationVar(&cfg.ReconnectGrace, "reconnect-grace", 30*time.Second, "after start, streams to tenants whose agents were connected before wait this long for them to return")
-	fs.IntVar(&cfg.MaxHandshakes, "max-handshakes", 512, "agent handshakes in progress at once; more wait up to 8s, then are turned away to retry (QUIC TLS handshakes: 8x this, beyond it refused at once)")
+	fs.IntVar(&cfg.MaxHandshakes, "max-handshakes", 512, "agent handshakes in progress at once; more wait up to 8s, then are turned away to retry")
+	fs.IntVar(&cfg.MaxQUICTLSHandshakes, "max-quic-handshakes", 0, "QUIC TLS handshakes in progress at once; more are refused at their first packet and retry soon (0: 8 x --max-handshakes)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "auto", "json, text or auto (text on a terminal)")
 	if pos, err := cli.ParseInterspersed(fs, args); err != nil {

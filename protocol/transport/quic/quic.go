@@ -104,6 +104,11 @@ func (s *Session) Err() error {
 // ConnectionState returns the TLS state of the connection.
 func (s *Session) ConnectionState() tls.ConnectionState { return s.conn.ConnectionState().TLS }
 
+// PacketsReceived is how many packets the connection has received from
+// the peer so far, acknowledgements included: a peer whose endpoint is
+// alive keeps it moving while its application is slow to answer.
+func (s *Session) PacketsReceived() uint64 { return s.conn.ConnectionStats().PacketsReceived }
+
 // RemoteAddr returns the peer's address.
 func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 
