@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/transport/quic"
 )
 
 // Agent is a running connector. Create it with New and run it with Run.
@@ -158,6 +159,21 @@ func (a *Agent) logEgress() {
 	}
 }
 
+// logUDPBuffers learns what buffers the QUIC sockets get (quic-go dials
+// from sockets of its own, so a probe socket stands in for them) and warns
+// with what to do when they are small.
+func (a *Agent) logUDPBuffers() {
+	recv, send, err := quic.ProbeBuffers()
+	switch {
+	case err != nil:
+		a.log.Debug("QUIC UDP socket buffer sizes unknown", "err", err)
+	case quic.BufferAdvice(recv, send) != "":
+		a.log.Warn(quic.BufferAdvice(recv, send), "receive_bytes", recv, "send_bytes", send)
+	default:
+		a.log.Debug("QUIC UDP socket buffers", "receive_bytes", recv, "send_bytes", send)
+	}
+}
+
 // setLive records whether s is serving (and so can carry a renewal).
 func (a *Agent) setLive(s *session, live bool) {
 	a.liveMu.Lock()
@@ -184,6 +200,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent starting", "version", a.cfg.Version, "relays", a.cfg.Relays, "transport", a.cfg.Transport,
 		"connections", a.cfg.Connections, "services", len(*a.services.Load()), "cert_not_after", a.NotAfter().Format(time.RFC3339))
 	a.logEgress()
+	if a.cfg.Transport != TransportTCP {
+		a.logUDPBuffers()
+	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	upd, err := newUpdater(a, a.requestRestart(stop))

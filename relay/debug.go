@@ -25,6 +25,7 @@ type Stats struct {
 	LimitRefusals int64  `json:"limit_refusals"`
 	HeapAlloc     uint64 `json:"heap_alloc_bytes"`
 	HeapInuse     uint64 `json:"heap_inuse_bytes"`
+	StackInuse    uint64 `json:"stack_inuse_bytes"`
 	Sys           uint64 `json:"sys_bytes"`
 }
 
@@ -48,7 +49,7 @@ func (r *Relay) Stats() Stats {
 	s.Goroutines = runtime.NumGoroutine()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	s.HeapAlloc, s.HeapInuse, s.Sys = ms.HeapAlloc, ms.HeapInuse, ms.Sys
+	s.HeapAlloc, s.HeapInuse, s.StackInuse, s.Sys = ms.HeapAlloc, ms.HeapInuse, ms.StackInuse, ms.Sys
 	return s
 }
 

@@ -247,8 +247,24 @@ func (r *Relay) listenAgents(host, port string) error {
 		if r.quicLn, err = r.quicTr.Listen(r.tunnelTLS, quic.Config(1)); err != nil {
 			return fmt.Errorf("agent listener (QUIC): %w", err)
 		}
+		r.logUDPBuffers()
 	}
 	return nil
+}
+
+// logUDPBuffers reports the QUIC socket's buffer sizes, which quic-go has
+// tried to raise by now, and warns with what to do when they are small:
+// every agent's packets arrive through this one socket.
+func (r *Relay) logUDPBuffers() {
+	recv, send, err := quic.SocketBuffers(r.udpConn)
+	switch {
+	case err != nil:
+		r.log.Debug("QUIC UDP socket buffer sizes unknown", "err", err)
+	case quic.BufferAdvice(recv, send) != "":
+		r.log.Warn(quic.BufferAdvice(recv, send), "receive_bytes", recv, "send_bytes", send)
+	default:
+		r.log.Debug("QUIC UDP socket buffers", "receive_bytes", recv, "send_bytes", send)
+	}
 }
 
 func (r *Relay) closeListeners() {

@@ -146,10 +146,13 @@ func fleet(b *testing.B, n int, transport string) {
 	if dir := os.Getenv("TETHER_BENCH_PROFILE_DIR"); dir != "" {
 		saveProfile(b, "http://"+debugAddr+"/debug/pprof/heap?gc=1", filepath.Join(dir, fmt.Sprintf("relay-heap-fleet-%d-%s.pprof", n, transport)))
 		saveProfile(b, "http://"+debugAddr+"/debug/pprof/goroutine", filepath.Join(dir, fmt.Sprintf("relay-goroutines-fleet-%d-%s.pprof", n, transport)))
+		// The heap profile in text ends with the runtime's memory statistics.
+		saveProfile(b, "http://"+debugAddr+"/debug/pprof/heap?debug=1", filepath.Join(dir, fmt.Sprintf("relay-memstats-fleet-%d-%s.txt", n, transport)))
 	}
 	rss := rssBytes(r.cmd.Process.Pid)
 	b.ReportMetric((rss-rss0)/float64(n)/1024, "relay-rss-KiB/agent")
 	b.ReportMetric(float64(full.HeapInuse-idle.HeapInuse)/float64(n)/1024, "relay-heap-KiB/agent")
+	b.ReportMetric(float64(full.StackInuse-idle.StackInuse)/float64(n)/1024, "relay-stack-KiB/agent")
 	b.ReportMetric(float64(full.Goroutines-idle.Goroutines)/float64(n), "relay-goroutines/agent")
 	b.ReportMetric(rss/(1<<20), "relay-rss-MiB")
 
@@ -236,6 +239,7 @@ type fleetStats struct {
 	AgentConnections    int    `json:"agent_connections"`
 	Goroutines          int    `json:"goroutines"`
 	HeapInuse           uint64 `json:"heap_inuse_bytes"`
+	StackInuse          uint64 `json:"stack_inuse_bytes"`
 	HandshakesFailed    int64  `json:"handshakes_failed"`
 	HandshakesThrottled int64  `json:"handshakes_throttled"`
 }

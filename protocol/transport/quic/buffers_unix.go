@@ -1,0 +1,17 @@
+//go:build unix && !linux
+
+package quic
+
+import "golang.org/x/sys/unix"
+
+func socketBuffers(fd uintptr) (recv, send int, err error) {
+	if recv, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); err != nil {
+		return 0, 0, err
+	}
+	send, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF)
+	return recv, send, err
+}
+
+func forceBuffers(uintptr, int) {}
+
+const raiseHint = "raise the system's socket buffer limit (kern.ipc.maxsockbuf on BSD and macOS)"
