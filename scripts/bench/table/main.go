@@ -275,6 +275,7 @@ func main() {
 					return v <= 64
 				})
 			t.single(f, "relay Go heap per agent", fb, "relay-heap-KiB/agent", "", nil)
+			t.single(f, "relay goroutine stacks per agent", fb, "relay-stack-KiB/agent", "", nil)
 			t.single(f, "relay goroutines per agent", fb, "relay-goroutines/agent", "", nil)
 			t.single(f, "relay resident memory", fb, "relay-rss-MiB", "", nil)
 			t.single(f, "enrolment rate", fb, "enrolments/s", "", nil)
