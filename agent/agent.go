@@ -245,6 +245,7 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 	relayIdx := slot
 	failures := 0
+	busy := 0 // refusals for being busy in a row
 	log := a.log.With("slot", slot)
 	for ctx.Err() == nil {
 		relay := a.cfg.Relays[relayIdx%len(a.cfg.Relays)]
@@ -262,9 +263,15 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 				// after a restart). A refusal costs it one packet, and it
 				// frees slots quickly, so retry soon — at a random point
 				// of a short window that spreads the fleet — rather than
-				// climb the exponential backoff to its maximum.
-				d = rand.N(min(a.cfg.Reconnect.Max, busyRetryWindow) + 1)
+				// climb the reconnect backoff. Each refusal in a row
+				// doubles the window (up to the backoff's maximum): a
+				// relay still busy after several tries has more agents
+				// waiting than it can take, and every try costs the agent
+				// a fresh key exchange.
+				busy++
+				d = rand.N(busyWindow(busy, a.cfg.Reconnect.Max) + 1)
 			} else {
+				busy = 0
 				failures++
 				d = a.cfg.Reconnect.delay(failures - 1)
 			}
@@ -281,6 +288,7 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 			}
 			continue
 		}
+		busy = 0
 		for s != nil {
 			started := time.Now()
 			a.slots.set(slot, s.relay, StateConnected, s, nil)
@@ -330,8 +338,19 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 }
 
 // busyRetryWindow bounds the wait after a relay refused a handshake for
-// being busy.
+// being busy; it doubles with each refusal in a row (busyWindow).
 const busyRetryWindow = 5 * time.Second
+
+// busyWindow is the window of the random wait after the n-th refusal in a
+// row (n ≥ 1) for being busy: busyRetryWindow doubled n-1 times, at most
+// limit.
+func busyWindow(n int, limit time.Duration) time.Duration {
+	w := busyRetryWindow
+	for i := 1; i < n && w < limit; i++ {
+		w *= 2
+	}
+	return min(w, limit)
+}
 
 // delay returns the wait before attempt n (0-based): full jitter over an
 // exponentially growing cap.

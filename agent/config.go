@@ -67,7 +67,7 @@ type Config struct {
 	// falling back to TCP. Default 3s.
 	QUICTimeout time.Duration `yaml:"quic_timeout"`
 	// QUICRetry is how long auto mode stays on TCP after QUIC failed before
-	// it tries QUIC again. Default 5m.
+	// it tries QUIC again, plus up to half as much again at random. Default 5m.
 	QUICRetry time.Duration `yaml:"quic_retry"`
 	// Reconnect is the backoff between connection attempts.
 	Reconnect Backoff `yaml:"reconnect"`

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"runtime"
@@ -246,10 +247,14 @@ func (a *Agent) clearQUICFallback(relay string) {
 	delete(a.fallback, relay)
 }
 
+// markQUICFailed keeps relay on TCP for QUICRetry plus up to half as much
+// again, at random: agents that fell back together — a fleet whose QUIC
+// handshakes timed out while the relay restarted — then try QUIC again
+// spread out rather than all at once.
 func (a *Agent) markQUICFailed(relay string) time.Time {
 	a.fbMu.Lock()
 	defer a.fbMu.Unlock()
-	until := time.Now().Add(a.cfg.QUICRetry)
+	until := time.Now().Add(a.cfg.QUICRetry + rand.N(a.cfg.QUICRetry/2+1))
 	a.fallback[relay] = until
 	return until
 }
