@@ -42,8 +42,23 @@ func BenchmarkFleet(b *testing.B) {
 			sizes = append(sizes, n)
 		}
 	}
+	// TETHER_BENCH_FLEET_TRANSPORTS picks the agents' transports (default
+	// "tcp,quic"; "auto" is the agents' default: QUIC, falling back to TCP
+	// when a QUIC handshake takes longer than quic_timeout).
+	transports := []string{"tcp", "quic"}
+	if v := os.Getenv("TETHER_BENCH_FLEET_TRANSPORTS"); v != "" {
+		transports = nil
+		for _, t := range strings.Split(v, ",") {
+			switch t = strings.TrimSpace(t); t {
+			case "tcp", "quic", "auto":
+				transports = append(transports, t)
+			default:
+				b.Fatalf("TETHER_BENCH_FLEET_TRANSPORTS=%q: want a comma-separated list of tcp, quic and auto", v)
+			}
+		}
+	}
 	for _, n := range sizes {
-		for _, tr := range []string{"tcp", "quic"} {
+		for _, tr := range transports {
 			b.Run(fmt.Sprintf("fleet-%d/%s", n, tr), func(b *testing.B) { fleet(b, n, tr) })
 		}
 	}
@@ -185,6 +200,11 @@ func fleet(b *testing.B, n int, transport string) {
 	stopLoad()
 	load.Wait()
 	after := relayStats(b, debugAddr)
+	if transport == "auto" {
+		// Where the storm left the fleet: agents whose QUIC handshake
+		// took longer than quic_timeout fell back to TCP.
+		b.ReportMetric(float64(after.ByTransport["tcp"]), "storm-agents-on-tcp")
+	}
 	b.ReportMetric(float64(after.HandshakesFailed), "storm-handshake-failures")
 	b.ReportMetric(float64(after.HandshakesThrottled), "storm-handshakes-throttled")
 	b.ReportMetric(float64(opened.Load()), "storm-streams")
@@ -236,12 +256,13 @@ func backendLoad(ctx context.Context, d *client.Dialer, tenants []string, seed u
 // fleetStats is the part of the relay's /debug/tether the fleet benchmark
 // reads.
 type fleetStats struct {
-	AgentConnections    int    `json:"agent_connections"`
-	Goroutines          int    `json:"goroutines"`
-	HeapInuse           uint64 `json:"heap_inuse_bytes"`
-	StackInuse          uint64 `json:"stack_inuse_bytes"`
-	HandshakesFailed    int64  `json:"handshakes_failed"`
-	HandshakesThrottled int64  `json:"handshakes_throttled"`
+	AgentConnections    int            `json:"agent_connections"`
+	ByTransport         map[string]int `json:"by_transport"`
+	Goroutines          int            `json:"goroutines"`
+	HeapInuse           uint64         `json:"heap_inuse_bytes"`
+	StackInuse          uint64         `json:"stack_inuse_bytes"`
+	HandshakesFailed    int64          `json:"handshakes_failed"`
+	HandshakesThrottled int64          `json:"handshakes_throttled"`
 }
 
 func relayStats(b testing.TB, addr string) fleetStats {

@@ -171,6 +171,44 @@ func (t *table) single(r results, label, benchFmt, unit, target string, check fu
 	fmt.Fprintln(t.w, "| "+strings.Join(cells, " | ")+" |")
 }
 
+// autoStorm is a table of the reconnect storms run with the agents'
+// default transport (auto: QUIC, falling back to TCP when a QUIC handshake
+// takes longer than quic_timeout), if the fleet runs had any.
+func (t *table) autoStorm(f results) {
+	var sizes []int
+	for name := range f {
+		if s, ok := strings.CutPrefix(name, "BenchmarkFleet/fleet-"); ok {
+			if n, tr, _ := strings.Cut(s, "/"); tr == "auto" {
+				if v, err := strconv.Atoi(n); err == nil && !slices.Contains(sizes, v) {
+					sizes = append(sizes, v)
+				}
+			}
+		}
+	}
+	if len(sizes) == 0 {
+		return
+	}
+	slices.Sort(sizes)
+	fmt.Fprintf(t.w, "\n### Reconnect storm with the agents' default transport (auto)\n\n")
+	fmt.Fprintln(t.w, "| agents | all back (s) | agents left on TCP | streams failed after one retry | target | met |")
+	fmt.Fprintln(t.w, "|---:|---:|---:|---:|---|---|")
+	for _, n := range sizes {
+		bench := fmt.Sprintf("BenchmarkFleet/fleet-%d/auto", n)
+		back, bok := f.get(bench, "storm-reconnect-all-s")
+		onTCP, tok := f.get(bench, "storm-agents-on-tcp")
+		failed, fok := f.get(bench, "storm-streams-failed-after-retry")
+		target, verdict := "", ""
+		if n == 10000 {
+			target = "≤ 30 s, 0 failed"
+			if !bok || !fok {
+				t.miss++
+			}
+			verdict = t.verdict(bok && fok, back <= 30 && failed == 0)
+		}
+		fmt.Fprintf(t.w, "| %d | %s | %s | %s | %s | %s |\n", n, num(back, bok), num(onTCP, tok), num(failed, fok), target, verdict)
+	}
+}
+
 func main() {
 	unpinned := flag.String("unpinned", "", "BenchmarkTunnel output, unpinned")
 	pinned := flag.String("pinned", "", "BenchmarkTunnel output, all processes on one CPU")
@@ -291,6 +329,10 @@ func main() {
 			t.single(f, "streams failed after one retry", fb, "storm-streams-failed-after-retry", "0",
 				func(_ string, v float64) bool { return v == 0 })
 		}
+	}
+
+	if len(f) > 0 {
+		t.autoStorm(f)
 	}
 
 	if len(g) > 0 {
