@@ -12,4 +12,4 @@ func socketBuffers(fd uintptr) (recv, send int, err error) {
 
 func forceBuffers(uintptr, int) {}
 
-const raiseHint = "Windows grants what a program asks for unless a policy limits it"
+const raiseHint = "on Windows a program normally gets the size it asks for, so something on this system caps it"
