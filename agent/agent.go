@@ -164,14 +164,7 @@ func (a *Agent) logEgress() {
 // with what to do when they are small.
 func (a *Agent) logUDPBuffers() {
 	recv, send, err := quic.ProbeBuffers()
-	switch {
-	case err != nil:
-		a.log.Debug("QUIC UDP socket buffer sizes unknown", "err", err)
-	case quic.BufferAdvice(recv, send) != "":
-		a.log.Warn(quic.BufferAdvice(recv, send), "receive_bytes", recv, "send_bytes", send)
-	default:
-		a.log.Debug("QUIC UDP socket buffers", "receive_bytes", recv, "send_bytes", send)
-	}
+	quic.LogBuffers(a.log, recv, send, err)
 }
 
 // setLive records whether s is serving (and so can carry a renewal).

@@ -257,14 +257,7 @@ func (r *Relay) listenAgents(host, port string) error {
 // every agent's packets arrive through this one socket.
 func (r *Relay) logUDPBuffers() {
 	recv, send, err := quic.SocketBuffers(r.udpConn)
-	switch {
-	case err != nil:
-		r.log.Debug("QUIC UDP socket buffer sizes unknown", "err", err)
-	case quic.BufferAdvice(recv, send) != "":
-		r.log.Warn(quic.BufferAdvice(recv, send), "receive_bytes", recv, "send_bytes", send)
-	default:
-		r.log.Debug("QUIC UDP socket buffers", "receive_bytes", recv, "send_bytes", send)
-	}
+	quic.LogBuffers(r.log, recv, send, err)
 }
 
 func (r *Relay) closeListeners() {

@@ -2,6 +2,7 @@ package quic
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 )
 
@@ -69,4 +70,17 @@ func BufferAdvice(recv, send int) string {
 	}
 	return fmt.Sprintf("QUIC UDP socket buffers are smaller than the %d KiB quic-go wants (%s): bulk transfers and bursts of handshakes lose packets and wait for retransmissions; %s",
 		WantedBuffer>>10, what, raiseHint)
+}
+
+// LogBuffers logs buffer sizes read by SocketBuffers or ProbeBuffers: a
+// warning with BufferAdvice when they are small, at debug level otherwise.
+func LogBuffers(log *slog.Logger, recv, send int, err error) {
+	switch advice := BufferAdvice(recv, send); {
+	case err != nil:
+		log.Debug("QUIC UDP socket buffer sizes unknown", "err", err)
+	case advice != "":
+		log.Warn(advice, "receive_bytes", recv, "send_bytes", send)
+	default:
+		log.Debug("QUIC UDP socket buffers", "receive_bytes", recv, "send_bytes", send)
+	}
 }

@@ -1,6 +1,10 @@
 package quic_test
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"runtime"
@@ -89,5 +93,34 @@ func TestProbeBuffers(t *testing.T) {
 		if want := 2 * min(limit, quic.WantedBuffer); c.got != want {
 			t.Fatalf("%s %d: got %d, want %d", c.name, limit, c.got, want)
 		}
+	}
+}
+
+// TestLogBuffers: small buffers are a warning that says what to do; big
+// ones and unknown ones are debug lines.
+func TestLogBuffers(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		recv, send int
+		err        error
+		level      slog.Level
+		msg        string
+	}{
+		{"small", 416 << 10, 416 << 10, nil, slog.LevelWarn, "net.core.rmem_max"},
+		{"big", 2 * quic.WantedBuffer, 2 * quic.WantedBuffer, nil, slog.LevelDebug, "QUIC UDP socket buffers"},
+		{"unknown", 0, 0, errors.ErrUnsupported, slog.LevelDebug, "sizes unknown"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			quic.LogBuffers(log, tc.recv, tc.send, tc.err)
+			var rec map[string]any
+			if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
+				t.Fatalf("one JSON record: %v in %q", err, buf.String())
+			}
+			if rec["level"] != tc.level.String() || !strings.Contains(rec["msg"].(string), tc.msg) {
+				t.Fatalf("got %v %q, want %v and a message with %q", rec["level"], rec["msg"], tc.level, tc.msg)
+			}
+		})
 	}
 }
