@@ -14,6 +14,8 @@
 #                      "/usr/lib/postgresql/*/bin" (Debian's layout).
 #   DEPS_SKIP_PATH=1   do not look for the PostgreSQL binaries on PATH.
 #   DEPS_DRY_RUN=1     print what would be installed, install nothing.
+#   DEPS_BENCH=1       also what scripts/bench/run needs: proxychains4, which
+#                      runs pgbench through the relay's SOCKS5 door.
 set -euo pipefail
 
 PG_BINARIES=(initdb pg_ctl postgres pgbench)
@@ -102,6 +104,9 @@ fi
 if ! command -v chromedriver >/dev/null 2>&1; then
 	missing+=(chromium-driver)
 fi
+if [[ ${DEPS_BENCH:-0} == 1 ]] && ! command -v proxychains4 >/dev/null 2>&1; then
+	missing+=(proxychains4)
+fi
 if [[ ${#missing[@]} -eq 0 ]]; then
 	exit 0
 fi
@@ -117,6 +122,10 @@ if ! dir=$(find_pg_bindir); then
 fi
 if ! command -v curl >/dev/null 2>&1; then
 	log "curl still not found after installing"
+	exit 1
+fi
+if [[ ${DEPS_BENCH:-0} == 1 ]] && ! command -v proxychains4 >/dev/null 2>&1; then
+	log "proxychains4 still not found after installing"
 	exit 1
 fi
 for b in chromium chromedriver; do

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -46,18 +47,35 @@ func BenchmarkPgbench(b *testing.B) {
 		waitDial(b, d, targets[path], 20*time.Second).Close()
 	}
 
-	// pgbench needs a host and a port: the tunnel paths go through a local
-	// forwarder that opens one tunnel connection per pgbench connection.
+	// pgbench speaks neither SOCKS nor CONNECT. By default it runs under
+	// proxychains (proxychains-ng: an LD_PRELOAD library that turns its
+	// connect into a SOCKS5 CONNECT to the relay, names resolved by the
+	// relay), so the path is the one a SOCKS-speaking backend takes:
+	// pgbench → relay → agent → PostgreSQL. TETHER_PGBENCH_VIA=forwarder
+	// puts a local forwarder (one tunnel connection per pgbench connection,
+	// through the Go dialer) in front instead: one more process and hop.
 	hosts := map[string]string{"direct": pg.Addr()}
 	forwarders := map[string]*pgbForwarder{}
-	for _, path := range []string{"quic", "tcp"} {
-		forwarders[path] = startPgbForwarder(b, d, targets[path])
-		hosts[path] = forwarders[path].addr()
+	wrap := map[string][]string{}
+	switch via := os.Getenv("TETHER_PGBENCH_VIA"); via {
+	case "", "socks":
+		conf := proxychainsConfig(b, r.socksAddr, d.Backend, d.APIKey)
+		for _, path := range []string{"quic", "tcp"} {
+			hosts[path] = targets[path]
+			wrap[path] = conf
+		}
+	case "forwarder":
+		for _, path := range []string{"quic", "tcp"} {
+			forwarders[path] = startPgbForwarder(b, d, targets[path])
+			hosts[path] = forwarders[path].addr()
+		}
+	default:
+		b.Fatalf("TETHER_PGBENCH_VIA=%q: want socks or forwarder", via)
 	}
 
 	// The data set is created once, directly.
 	ctx := context.Background()
-	if out, err := runPgbench(ctx, pg, pg.Addr(), 5*time.Minute, "-i", "-q", "-s", "10"); err != nil {
+	if out, err := runPgbench(ctx, pg, nil, pg.Addr(), 5*time.Minute, "-i", "-q", "-s", "10"); err != nil {
 		b.Fatalf("pgbench -i: %v\n%s", err, out)
 	}
 
@@ -79,7 +97,7 @@ func BenchmarkPgbench(b *testing.B) {
 					resetPgbenchTables(b, pg)
 					args := append([]string{"-n", "-c", "8", "-j", "2", "-T", strconv.Itoa(seconds)}, w.args...)
 					b.ResetTimer()
-					out, err := runPgbench(ctx, pg, hosts[path], time.Duration(seconds)*time.Second+2*time.Minute, args...)
+					out, err := runPgbench(ctx, pg, wrap[path], hosts[path], time.Duration(seconds)*time.Second+2*time.Minute, args...)
 					b.StopTimer()
 					if err != nil {
 						b.Fatalf("pgbench %s over %s: %v%s\n%s", strings.Join(args, " "), path, err, forwarders[path].dialErrors(), out)
@@ -111,15 +129,17 @@ func pgbenchSeconds(b *testing.B) int {
 }
 
 // runPgbench runs pgbench against hostport with the server's credentials and
-// database and returns its combined output.
-func runPgbench(ctx context.Context, pg *pgtest.Server, hostport string, limit time.Duration, args ...string) (string, error) {
+// database, under the command in wrap if any, and returns its combined
+// output.
+func runPgbench(ctx context.Context, pg *pgtest.Server, wrap []string, hostport string, limit time.Duration, args ...string) (string, error) {
 	host, port, err := net.SplitHostPort(hostport)
 	if err != nil {
 		return "", err
 	}
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, pg.Bin("pgbench"), append(args[:len(args):len(args)], pg.Database)...)
+	argv := append(append(wrap[:len(wrap):len(wrap)], pg.Bin("pgbench")), args...)
+	cmd := exec.CommandContext(ctx, argv[0], append(argv[1:], pg.Database)...)
 	// The password is passed in the environment, not on the command line.
 	env := []string{"LC_ALL=C", "PGHOST=" + host, "PGPORT=" + port, "PGUSER=" + pg.User,
 		"PGPASSWORD=" + pg.Password, "PGSSLMODE=disable", "PGAPPNAME=tether-pgbench"}
@@ -136,6 +156,30 @@ func runPgbench(ctx context.Context, pg *pgtest.Server, hostport string, limit t
 		err = fmt.Errorf("%w (limit %v)", ctx.Err(), limit)
 	}
 	return string(out), err
+}
+
+// proxychainsConfig writes a proxychains-ng configuration that sends every
+// connection through the relay's SOCKS5 door as backend name with key, and
+// returns the command prefix that uses it.
+func proxychainsConfig(b *testing.B, socksAddr, name, key string) []string {
+	b.Helper()
+	bin, err := exec.LookPath("proxychains4")
+	if err != nil {
+		b.Fatal("proxychains4 not found (scripts/bench/run installs it; or set TETHER_PGBENCH_VIA=forwarder)")
+	}
+	host, port, err := net.SplitHostPort(socksAddr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// proxy_dns: pgbench's name lookups get placeholder addresses that
+	// proxychains turns back into the name in the SOCKS request, so the
+	// relay resolves <service>.<tenant>.tether itself.
+	conf := fmt.Sprintf("strict_chain\nproxy_dns\nremote_dns_subnet 224\ntcp_read_time_out 15000\ntcp_connect_time_out 8000\n[ProxyList]\nsocks5 %s %s %s %s\n", host, port, name, key)
+	path := filepath.Join(b.TempDir(), "proxychains.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return []string{bin, "-q", "-f", path}
 }
 
 // resetPgbenchTables does, directly, what pgbench does before a run unless
