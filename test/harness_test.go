@@ -124,8 +124,9 @@ func (p *proc) restart() {
 	p.launch()
 }
 
-// waitOutput waits until the process output contains s.
-func (p *proc) waitOutput(s string, d time.Duration) {
+// waitOutputOrExit waits until the process output contains s (true) or the
+// process exits first (false).
+func (p *proc) waitOutputOrExit(s string, d time.Duration) bool {
 	p.t.Helper()
 	deadline := time.Now().Add(d)
 	for !strings.Contains(p.out.String(), s) {
@@ -134,9 +135,18 @@ func (p *proc) waitOutput(s string, d time.Duration) {
 		}
 		select {
 		case <-p.done:
-			p.t.Fatalf("%s exited (%v) before printing %q", p.name, p.err, s)
+			return strings.Contains(p.out.String(), s)
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+	return true
+}
+
+// waitOutput waits until the process output contains s.
+func (p *proc) waitOutput(s string, d time.Duration) {
+	p.t.Helper()
+	if !p.waitOutputOrExit(s, d) {
+		p.t.Fatalf("%s exited (%v) before printing %q", p.name, p.err, s)
 	}
 }
 
@@ -227,25 +237,36 @@ type relayOpts struct {
 }
 
 // startRelay initialises a data directory and runs tether-relay serve on
-// free loopback ports.
+// free loopback ports. A port found free can be taken by another test's
+// socket before the relay binds it; the relay then exits saying so, and
+// it is started again on other ports (at most twice).
 func startRelay(t testing.TB, o relayOpts) *relayProc {
 	t.Helper()
-	r := &relayProc{
-		dataDir:     t.TempDir(),
-		agentAddr:   fmt.Sprintf("127.0.0.1:%d", cmp.Or(o.agentPort, freePort(t))),
-		socksAddr:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		connectAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-	}
 	if o.transports == "" {
 		o.transports = "quic,tcp"
 	}
-	args := []string{"serve", "--data-dir", r.dataDir, "--agent-listen", r.agentAddr,
-		"--socks-listen", r.socksAddr, "--connect-listen", r.connectAddr,
-		"--transports", o.transports, "--heartbeat", "1s", "--log-format", "json", "--log-level", "debug"}
-	args = append(args, o.extra...)
-	r.proc = start(t, "tether-relay", bins.relay, args...)
-	r.waitOutput(`"msg":"relay serving"`, 20*time.Second)
-	return r
+	for attempt := 1; ; attempt++ {
+		r := &relayProc{
+			dataDir:     t.TempDir(),
+			agentAddr:   fmt.Sprintf("127.0.0.1:%d", cmp.Or(o.agentPort, freePort(t))),
+			socksAddr:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+			connectAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		}
+		args := []string{"serve", "--data-dir", r.dataDir, "--agent-listen", r.agentAddr,
+			"--socks-listen", r.socksAddr, "--connect-listen", r.connectAddr,
+			"--transports", o.transports, "--heartbeat", "1s", "--log-format", "json", "--log-level", "debug"}
+		args = append(args, o.extra...)
+		r.proc = start(t, "tether-relay", bins.relay, args...)
+		const serving = `"msg":"relay serving"`
+		if r.waitOutputOrExit(serving, 20*time.Second) {
+			return r
+		}
+		if attempt < 3 && strings.Contains(r.out.String(), "address already in use") {
+			t.Logf("tether-relay: a port was taken between choosing and binding it; starting again on others:\n%s", r.out.String())
+			continue
+		}
+		t.Fatalf("%s exited (%v) before printing %q", r.name, r.err, serving)
+	}
 }
 
 // admin runs an admin subcommand on the relay's data directory.
