@@ -52,12 +52,7 @@ file, overrides it. See README.md for the config file reference.
 `
 
 func main() {
-	// The agent logs its QUIC socket buffer sizes itself, with what to do when
-	// they are small; quic-go's own warning would say the same on stderr
-	// outside the structured log.
-	if os.Getenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING") == "" {
-		os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
-	}
+	cli.QuietQUICBufferWarning()
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(2)

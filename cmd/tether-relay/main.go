@@ -53,12 +53,7 @@ Run "tether-relay COMMAND -h" for a command's flags.
 `
 
 func main() {
-	// The relay logs its QUIC socket buffer sizes itself, with what to do when
-	// they are small; quic-go's own warning would say the same on stderr
-	// outside the structured log.
-	if os.Getenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING") == "" {
-		os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
-	}
+	cli.QuietQUICBufferWarning()
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(2)

@@ -86,3 +86,13 @@ func ParseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 		args = fs.Args()[1:]
 	}
 }
+
+// QuietQUICBufferWarning turns off quic-go's own warning about small UDP
+// socket buffers (unless the environment already decides): the relay and
+// the agent log the sizes themselves, with what to do, in their structured
+// log, where quic-go's line to stderr would say the same outside it.
+func QuietQUICBufferWarning() {
+	if os.Getenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING") == "" {
+		os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
+	}
+}
