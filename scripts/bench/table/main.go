@@ -171,41 +171,47 @@ func (t *table) single(r results, label, benchFmt, unit, target string, check fu
 	fmt.Fprintln(t.w, "| "+strings.Join(cells, " | ")+" |")
 }
 
+// fleetSizes lists the fleet sizes BenchmarkFleet ran with transport (any
+// transport if ""), smallest first.
+func fleetSizes(f results, transport string) []string {
+	var sizes []string
+	for name := range f {
+		if s, ok := strings.CutPrefix(name, "BenchmarkFleet/fleet-"); ok {
+			n, tr, _ := strings.Cut(s, "/")
+			if (transport == "" || tr == transport) && !slices.Contains(sizes, n) {
+				sizes = append(sizes, n)
+			}
+		}
+	}
+	slices.SortFunc(sizes, func(a, b string) int { x, _ := strconv.Atoi(a); y, _ := strconv.Atoi(b); return x - y })
+	return sizes
+}
+
 // autoStorm is a table of the reconnect storms run with the agents'
 // default transport (auto: QUIC, falling back to TCP when a QUIC handshake
 // takes longer than quic_timeout), if the fleet runs had any.
 func (t *table) autoStorm(f results) {
-	var sizes []int
-	for name := range f {
-		if s, ok := strings.CutPrefix(name, "BenchmarkFleet/fleet-"); ok {
-			if n, tr, _ := strings.Cut(s, "/"); tr == "auto" {
-				if v, err := strconv.Atoi(n); err == nil && !slices.Contains(sizes, v) {
-					sizes = append(sizes, v)
-				}
-			}
-		}
-	}
+	sizes := fleetSizes(f, "auto")
 	if len(sizes) == 0 {
 		return
 	}
-	slices.Sort(sizes)
 	fmt.Fprintf(t.w, "\n### Reconnect storm with the agents' default transport (auto)\n\n")
 	fmt.Fprintln(t.w, "| agents | all back (s) | agents left on TCP | streams failed after one retry | target | met |")
 	fmt.Fprintln(t.w, "|---:|---:|---:|---:|---|---|")
 	for _, n := range sizes {
-		bench := fmt.Sprintf("BenchmarkFleet/fleet-%d/auto", n)
+		bench := "BenchmarkFleet/fleet-" + n + "/auto"
 		back, bok := f.get(bench, "storm-reconnect-all-s")
 		onTCP, tok := f.get(bench, "storm-agents-on-tcp")
 		failed, fok := f.get(bench, "storm-streams-failed-after-retry")
 		target, verdict := "", ""
-		if n == 10000 {
+		if n == "10000" {
 			target = "≤ 30 s, 0 failed"
 			if !bok || !fok {
 				t.miss++
 			}
 			verdict = t.verdict(bok && fok, back <= 30 && failed == 0)
 		}
-		fmt.Fprintf(t.w, "| %d | %s | %s | %s | %s | %s |\n", n, num(back, bok), num(onTCP, tok), num(failed, fok), target, verdict)
+		fmt.Fprintf(t.w, "| %s | %s | %s | %s | %s | %s |\n", n, num(back, bok), num(onTCP, tok), num(failed, fok), target, verdict)
 	}
 }
 
@@ -292,17 +298,7 @@ func main() {
 	}
 
 	if len(f) > 0 {
-		var sizes []string
-		for name := range f {
-			if s, ok := strings.CutPrefix(name, "BenchmarkFleet/fleet-"); ok {
-				n, _, _ := strings.Cut(s, "/")
-				if !slices.Contains(sizes, n) {
-					sizes = append(sizes, n)
-				}
-			}
-		}
-		slices.SortFunc(sizes, func(a, b string) int { x, _ := strconv.Atoi(a); y, _ := strconv.Atoi(b); return x - y })
-		for _, n := range sizes {
+		for _, n := range fleetSizes(f, "") {
 			t.header("Fleet of " + n + " idle agents, one relay")
 			fb := "BenchmarkFleet/fleet-" + n + "/%s"
 			t.single(f, "relay resident memory per agent", fb, "relay-rss-KiB/agent", "QUIC ≤ 256, TCP ≤ 64 KiB",
