@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -138,8 +139,8 @@ func runPgbench(ctx context.Context, pg *pgtest.Server, wrap []string, hostport 
 	}
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	argv := append(append(wrap[:len(wrap):len(wrap)], pg.Bin("pgbench")), args...)
-	cmd := exec.CommandContext(ctx, argv[0], append(argv[1:], pg.Database)...)
+	argv := slices.Concat(wrap, []string{pg.Bin("pgbench")}, args, []string{pg.Database})
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	// The password is passed in the environment, not on the command line.
 	env := []string{"LC_ALL=C", "PGHOST=" + host, "PGPORT=" + port, "PGUSER=" + pg.User,
 		"PGPASSWORD=" + pg.Password, "PGSSLMODE=disable", "PGAPPNAME=tether-pgbench"}
