@@ -24,6 +24,7 @@ import (
 	quicgo "github.com/quic-go/quic-go"
 
 	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/transport"
 	"github.com/tetherhq/tether/protocol/transport/quic"
 )
 
@@ -204,7 +205,9 @@ func (r *Relay) listen() error {
 		if err != nil {
 			return fmt.Errorf("CONNECT front door (TLS): %w", err)
 		}
-		r.connectTLSLn = tls.NewListener(ln, r.frontTLS())
+		// TLS runs over raw-system-call sockets, as the plain doors' do
+		// once spliced (transport.Direct).
+		r.connectTLSLn = tls.NewListener(transport.DirectListener(ln), r.frontTLS())
 	}
 	if r.cfg.MetricsListen != Off {
 		if r.opsLn, err = net.Listen("tcp", r.cfg.MetricsListen); err != nil {

@@ -65,6 +65,7 @@ func SpliceCounting(a, b Stream, idle time.Duration, c *SpliceCounter) (SpliceRe
 }
 
 func splice(a, b Stream, idle time.Duration, c *SpliceCounter) (SpliceResult, error) {
+	a, b = directStream(a), directStream(b)
 	var aToB, bToA *atomic.Int64
 	if c != nil {
 		aToB, bToA = &c.AToB, &c.BToA
@@ -112,6 +113,16 @@ func splice(a, b Stream, idle time.Duration, c *SpliceCounter) (SpliceResult, er
 	_ = a.Close()
 	_ = b.Close()
 	return res, firstErr
+}
+
+// directStream gives a TCP connection raw-system-call I/O (see Direct).
+func directStream(s Stream) Stream {
+	if tc, ok := s.(*net.TCPConn); ok {
+		if d, ok := Direct(tc).(Stream); ok {
+			return d
+		}
+	}
+	return s
 }
 
 // copyHalf copies src to dst and half-closes dst when src ends cleanly.

@@ -6,6 +6,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/tetherhq/tether/protocol/transport"
 )
 
 // Left alone, a yamux session over TLS makes many small system calls: yamux
@@ -125,8 +127,9 @@ func (c *RawConn) Read(p []byte) (int, error) {
 }
 
 // NewRawConn wraps c. Until a session starts a batch it passes every call
-// straight through.
-func NewRawConn(c net.Conn) *RawConn { return &RawConn{Conn: c} }
+// straight through. A TCP connection is read and written with raw system
+// calls (transport.Direct).
+func NewRawConn(c net.Conn) *RawConn { return &RawConn{Conn: transport.Direct(c)} }
 
 // Write buffers p while a batch is open and writes it through otherwise.
 func (c *RawConn) Write(p []byte) (int, error) {
