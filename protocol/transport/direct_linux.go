@@ -17,17 +17,19 @@ import (
 // (on a busy machine the kernel often runs the woken peer before the writer
 // returns) gets its scheduler slot handed to another thread, which wakes up
 // only to find nothing to do. Forwarding one small message then costs the
-// process three or four context switches instead of one. For a tunnel,
-// whose job is to forward small messages between sockets, that is most of
-// the added latency: with every process on one CPU, a plain Go forwarder
-// adds about 95 µs to a 64-byte round trip and the same forwarder with
-// raw system calls about 55 µs (scripts/bench: pinned ping-pong).
+// process three or four context switches instead of one or two. For a
+// tunnel, whose job is to forward small messages between sockets, that is a
+// large part of the added latency: with every process on one CPU, a plain
+// Go forwarder adds 90–100 µs to a 64-byte round trip and the same
+// forwarder with raw system calls 40–65 µs, and Tether's own round trip
+// over TLS+yamux went from +300 to +140 µs over direct (README,
+// Performance).
 //
-// A raw read or write of a non-blocking socket returns at once (EAGAIN
-// when it would block), so it cannot hold the scheduler up. Waiting for
-// the socket is still the runtime poller's job, through syscall.RawConn:
-// deadlines, Close from another goroutine and SetLinger work as on the
-// wrapped connection.
+// A raw read or write of a non-blocking socket never waits (it returns
+// EAGAIN instead): at worst it holds its thread while the kernel copies
+// the data. Waiting for the socket is still the runtime poller's job,
+// through syscall.RawConn: deadlines, Close from another goroutine and
+// SetLinger work as on the wrapped connection.
 
 // maxRW caps one system call's length, as the standard library does.
 const maxRW = 1 << 30
