@@ -2,14 +2,6 @@ package quic
 
 import "golang.org/x/sys/unix"
 
-func socketBuffers(fd uintptr) (recv, send int, err error) {
-	if recv, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); err != nil {
-		return 0, 0, err
-	}
-	send, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF)
-	return recv, send, err
-}
-
 // forceBuffers raises the buffers past net.core.rmem_max and wmem_max,
 // which only a process with CAP_NET_ADMIN may do; quic-go tries the same.
 func forceBuffers(fd uintptr, size int) {

@@ -1,4 +1,4 @@
-//go:build unix && !linux
+//go:build unix
 
 package quic
 
@@ -11,7 +11,3 @@ func socketBuffers(fd uintptr) (recv, send int, err error) {
 	send, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF)
 	return recv, send, err
 }
-
-func forceBuffers(uintptr, int) {}
-
-const raiseHint = "raise the system's socket buffer limit (kern.ipc.maxsockbuf on BSD and macOS)"
