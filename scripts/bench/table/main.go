@@ -327,9 +327,7 @@ func main() {
 		}
 	}
 
-	if len(f) > 0 {
-		t.autoStorm(f)
-	}
+	t.autoStorm(f)
 
 	if len(g) > 0 {
 		t.header("pgbench through the tunnel (8 clients)")
