@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -178,13 +179,15 @@ func TestDirectListener(t *testing.T) {
 	}
 	dl := transport.DirectListener(ln)
 	defer dl.Close()
-	go func() {
+	var dialer sync.WaitGroup
+	defer dialer.Wait()
+	dialer.Go(func() {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err == nil {
 			c.Write([]byte("hi"))
 			c.Close()
 		}
-	}()
+	})
 	c, err := dl.Accept()
 	if err != nil {
 		t.Fatal(err)
