@@ -190,23 +190,28 @@ func (r *Relay) listen() error {
 		}
 		r.closeListeners()
 	}
+	// The front doors' connections are read and written with raw system
+	// calls from the first byte (transport.Direct): the SOCKS5 and CONNECT
+	// exchanges, the TLS under CONNECT-over-TLS, and then the splice.
 	if r.cfg.SOCKSListen != Off {
-		if r.socksLn, err = net.Listen("tcp", r.cfg.SOCKSListen); err != nil {
+		ln, err := net.Listen("tcp", r.cfg.SOCKSListen)
+		if err != nil {
 			return fmt.Errorf("SOCKS5 front door: %w", err)
 		}
+		r.socksLn = transport.DirectListener(ln)
 	}
 	if r.cfg.ConnectListen != Off {
-		if r.connectLn, err = net.Listen("tcp", r.cfg.ConnectListen); err != nil {
+		ln, err := net.Listen("tcp", r.cfg.ConnectListen)
+		if err != nil {
 			return fmt.Errorf("CONNECT front door: %w", err)
 		}
+		r.connectLn = transport.DirectListener(ln)
 	}
 	if r.cfg.ConnectTLSListen != Off {
 		ln, err := net.Listen("tcp", r.cfg.ConnectTLSListen)
 		if err != nil {
 			return fmt.Errorf("CONNECT front door (TLS): %w", err)
 		}
-		// TLS runs over raw-system-call sockets, as the plain doors' do
-		// once spliced (transport.Direct).
 		r.connectTLSLn = tls.NewListener(transport.DirectListener(ln), r.frontTLS())
 	}
 	if r.cfg.MetricsListen != Off {
