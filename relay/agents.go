@@ -132,12 +132,14 @@ type agentSession interface {
 // refused), to free its handshake slot.
 //
 // A welcomed session is served on a goroutine of its own, added to wg, and
-// serveAgent returns. The calling goroutine did the TLS handshake, which
-// grew its stack to 8 KiB or more, and the runtime halves a parked
+// serveAgent returns. The calling goroutine did the handshake's deep work
+// (over TCP the TLS handshake itself; the store lookups of admission),
+// which grew its stack to 8 KiB or more, and the runtime halves a parked
 // goroutine's stack only while it uses under a quarter of it. Parked under
 // the handshake's frames, the control-stream reader kept 8 KiB per idle
 // agent; on a fresh goroutine the relay's goroutine stacks per idle agent
-// came to 16 KiB over TCP where they were 24 (BenchmarkFleet).
+// came to 16 KiB over TCP where they were 24, and 20 over QUIC where they
+// were 25 (BenchmarkFleet).
 func (r *Relay) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess agentSession, cs tls.ConnectionState, transportName string, remote net.Addr, admitted func()) {
 	defer admitted()
 	handedOff := false
