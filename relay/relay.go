@@ -190,29 +190,22 @@ func (r *Relay) listen() error {
 		}
 		r.closeListeners()
 	}
-	// The front doors' connections are read and written with raw system
-	// calls from the first byte (transport.Direct): the SOCKS5 and CONNECT
-	// exchanges, the TLS under CONNECT-over-TLS, and then the splice.
 	if r.cfg.SOCKSListen != Off {
-		ln, err := net.Listen("tcp", r.cfg.SOCKSListen)
-		if err != nil {
-			return fmt.Errorf("SOCKS5 front door: %w", err)
+		if r.socksLn, err = listenDoor(r.cfg.SOCKSListen, "SOCKS5 front door"); err != nil {
+			return err
 		}
-		r.socksLn = transport.DirectListener(ln)
 	}
 	if r.cfg.ConnectListen != Off {
-		ln, err := net.Listen("tcp", r.cfg.ConnectListen)
-		if err != nil {
-			return fmt.Errorf("CONNECT front door: %w", err)
+		if r.connectLn, err = listenDoor(r.cfg.ConnectListen, "CONNECT front door"); err != nil {
+			return err
 		}
-		r.connectLn = transport.DirectListener(ln)
 	}
 	if r.cfg.ConnectTLSListen != Off {
-		ln, err := net.Listen("tcp", r.cfg.ConnectTLSListen)
+		ln, err := listenDoor(r.cfg.ConnectTLSListen, "CONNECT front door (TLS)")
 		if err != nil {
-			return fmt.Errorf("CONNECT front door (TLS): %w", err)
+			return err
 		}
-		r.connectTLSLn = tls.NewListener(transport.DirectListener(ln), r.frontTLS())
+		r.connectTLSLn = tls.NewListener(ln, r.frontTLS())
 	}
 	if r.cfg.MetricsListen != Off {
 		if r.opsLn, err = net.Listen("tcp", r.cfg.MetricsListen); err != nil {
@@ -230,6 +223,18 @@ func (r *Relay) listen() error {
 		}
 	}
 	return r.listenDownloads()
+}
+
+// listenDoor listens on addr for a front door. Its connections are read
+// and written with raw system calls from the first byte (transport.Direct):
+// the SOCKS5 and CONNECT exchanges, the TLS under CONNECT-over-TLS, and
+// then the splice.
+func listenDoor(addr, door string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", door, err)
+	}
+	return transport.DirectListener(ln), nil
 }
 
 func (r *Relay) listenAgents(host, port string) error {
