@@ -20,19 +20,25 @@ import (
 
 // The benchmarks measure, side by side in one run, a direct connection to a
 // service against the same service through Tether over QUIC and over
-// TLS+yamux. scripts/bench/run turns their output into one table of figures
-// and ratios to direct. Each sub-benchmark is named <measure>/<path>.
+// TLS+yamux, and through two plain forwarders in a chain ("fwd", the floor of
+// a relay-and-agent shape; see forwarder_bench_test.go). scripts/bench/run
+// turns their output into one table of figures and ratios to direct. Each
+// sub-benchmark is named <measure>/<path>.
 
 // benchEnv is a relay with two tenants: q's agent uses QUIC, t's uses TCP;
-// both expose the same in-process services.
+// both expose the same in-process services, which the forwarder chain
+// reaches too.
 type benchEnv struct {
 	relay    *relayProc
 	agents   map[string]*agentProc // path → agent process
 	dialer   *client.Dialer
 	services map[string]string // service → address
+	fwd      map[string]string // service → address of the forwarder chain
+	fwdRelay *proc             // the chain's first forwarder (where the relay sits)
+	fwdAgent *proc             // the chain's second forwarder (where the agent sits)
 }
 
-var benchPaths = []string{"direct", "quic", "tcp"}
+var benchPaths = []string{"direct", "fwd", "quic", "tcp"}
 
 func newBenchEnv(b *testing.B) *benchEnv {
 	e := &benchEnv{agents: map[string]*agentProc{}}
@@ -54,6 +60,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 		e.agents[path] = startAgent(b, e.relay, tenant, agentOpts{transport: path, services: e.services,
 			extra: "connections: 1\ndebug_listen: " + debug[path] + "\n", logLevel: "info"})
 	}
+	e.fwd, e.fwdRelay, e.fwdAgent = startForwarders(b, e.services)
 	fmt.Fprintf(os.Stderr, "bench debug listeners: relay=%s quic-agent=%s tcp-agent=%s\n", debug["relay"], debug["quic"], debug["tcp"])
 	for _, path := range []string{"quic", "tcp"} {
 		waitDial(b, e.dialer, e.addr(path, "echo"), 20*time.Second).Close()
@@ -68,14 +75,16 @@ func (e *benchEnv) addr(path, service string) string {
 		return service + ".q.tether:1"
 	case "tcp":
 		return service + ".t.tether:1"
+	case "fwd":
+		return e.fwd[service]
 	}
 	return e.services[service]
 }
 
 func (e *benchEnv) dial(ctx context.Context, path, service string) (net.Conn, error) {
-	if path == "direct" {
+	if path == "direct" || path == "fwd" {
 		var d net.Dialer
-		return d.DialContext(ctx, "tcp", e.services[service])
+		return d.DialContext(ctx, "tcp", e.addr(path, service))
 	}
 	return e.dialer.DialContext(ctx, "tcp", e.addr(path, service))
 }
@@ -314,11 +323,16 @@ func procStatus(pid int, field string) float64 {
 
 // withCPU runs fn and reports relay and agent CPU seconds per GB moved.
 func withCPU(b *testing.B, e *benchEnv, path string, fn func()) {
-	if path == "direct" {
+	var rp, ap int
+	switch path {
+	case "direct":
 		fn()
 		return
+	case "fwd":
+		rp, ap = e.fwdRelay.cmd.Process.Pid, e.fwdAgent.cmd.Process.Pid
+	default:
+		rp, ap = e.relay.cmd.Process.Pid, e.agents[path].cmd.Process.Pid
 	}
-	rp, ap := e.relay.cmd.Process.Pid, e.agents[path].cmd.Process.Pid
 	r0, a0 := cpuSeconds(rp), cpuSeconds(ap)
 	fn()
 	gb := float64(b.N) * chunk / 1e9

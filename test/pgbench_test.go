@@ -23,8 +23,9 @@ import (
 	"github.com/tetherhq/tether/test/internal/pgtest"
 )
 
-// BenchmarkPgbench runs PostgreSQL's pgbench against a real server, directly
-// and through Tether over QUIC and over TLS+yamux, side by side in one run.
+// BenchmarkPgbench runs PostgreSQL's pgbench against a real server, directly,
+// through two plain forwarders ("fwd") and through Tether over QUIC and over
+// TLS+yamux, side by side in one run.
 // Each sub-benchmark is <workload>/<path>: "select" is pgbench's select-only
 // script (-S, bound by round-trip latency), "tpcb" its default TPC-B-like
 // script. Each runs once for TETHER_PGBENCH_SECONDS seconds (default 10) with
@@ -56,6 +57,10 @@ func BenchmarkPgbench(b *testing.B) {
 	// puts a local forwarder (one tunnel connection per pgbench connection,
 	// through the Go dialer) in front instead: one more process and hop.
 	hosts := map[string]string{"direct": pg.Addr()}
+	// "fwd" is the floor of the tunnel's shape: two plain forwarders
+	// (forwarder_bench_test.go), which pgbench dials directly.
+	fwd, _, _ := startForwarders(b, map[string]string{"db": pg.Addr()})
+	hosts["fwd"] = fwd["db"]
 	forwarders := map[string]*pgbForwarder{}
 	wrap := map[string][]string{}
 	switch via := os.Getenv("TETHER_PGBENCH_VIA"); via {

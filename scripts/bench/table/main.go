@@ -1,8 +1,11 @@
 // Command table turns the output of Tether's benchmarks (go test -bench,
 // run by scripts/bench/run) into one markdown table: each figure for direct
 // connections, for Tether over QUIC and over TCP, the ratio or difference to
-// direct, the target from the performance issue, and whether it is met.
-// When a benchmark ran several times (-count), the median is used.
+// direct, the target from the performance issue, and whether it is met; and
+// a second table that sets Tether over TCP beside two plain forwarders in a
+// chain ("fwd", the floor of a relay-and-agent shape, without TLS or
+// multiplexing). When a benchmark ran several times (-count), the median is
+// used.
 package main
 
 import (
@@ -215,6 +218,50 @@ func (t *table) autoStorm(f results) {
 	}
 }
 
+// floorRow is a row of the floor table: bench's figure for direct, for the
+// forwarder chain and for Tether over TCP.
+type floorRow struct {
+	label, bench, unit string
+	ratio              bool // compare by ratio; otherwise by difference
+	r                  results
+}
+
+// floor prints the table that sets Tether over TCP beside two plain
+// forwarders (path "fwd"), if the runs had that path.
+func (t *table) floor(rows []floorRow) {
+	have := false
+	for _, row := range rows {
+		if _, ok := row.r.get(row.bench+"/fwd", row.unit); ok {
+			have = true
+		}
+	}
+	if !have {
+		return
+	}
+	fmt.Fprintf(t.w, "\n### The same shape without Tether: two plain forwarders (fwd)\n\n")
+	fmt.Fprintln(t.w, "| measure | direct | fwd | fwd vs direct | TCP | TCP vs direct | TCP vs fwd |")
+	fmt.Fprintln(t.w, "|---|---:|---:|---:|---:|---:|---:|")
+	rel := func(v, base float64, ok, bok, ratio bool) string {
+		switch {
+		case !ok || !bok:
+			return "–"
+		case ratio:
+			return strconv.FormatFloat(v/base, 'f', 2, 64) + "×"
+		case v >= base:
+			return "+" + num(v-base, true)
+		default:
+			return "−" + num(base-v, true)
+		}
+	}
+	for _, row := range rows {
+		d, dok := row.r.get(row.bench+"/direct", row.unit)
+		f, fok := row.r.get(row.bench+"/fwd", row.unit)
+		c, cok := row.r.get(row.bench+"/tcp", row.unit)
+		fmt.Fprintf(t.w, "| %s (%s) | %s | %s | %s | %s | %s | %s |\n", row.label, row.unit, num(d, dok), num(f, fok),
+			rel(f, d, fok, dok, row.ratio), num(c, cok), rel(c, d, cok, dok, row.ratio), rel(c, f, cok, fok, row.ratio))
+	}
+}
+
 func main() {
 	unpinned := flag.String("unpinned", "", "BenchmarkTunnel output, unpinned")
 	pinned := flag.String("pinned", "", "BenchmarkTunnel output, all processes on one CPU")
@@ -337,6 +384,28 @@ func main() {
 			t.compare(g, comparison{label: "pgbench " + w + " latency", bench: "BenchmarkPgbench/" + w, unit: "latency-ms"})
 		}
 	}
+
+	floor := []floorRow{}
+	for _, dir := range []string{"upload", "download"} {
+		floor = append(floor,
+			floorRow{label: dir + ", 1 stream", bench: "BenchmarkTunnel/" + dir + "-1", unit: "MB/s", ratio: true, r: u},
+			floorRow{label: dir + ", 8 streams", bench: "BenchmarkTunnel/" + dir + "-8", unit: "MB/s", ratio: true, r: u})
+	}
+	for _, dir := range []string{"upload", "download"} {
+		for _, side := range []string{"relay", "agent"} {
+			floor = append(floor, floorRow{label: side + " CPU, " + dir, bench: "BenchmarkTunnel/" + dir + "-1",
+				unit: side + "-cpu-s/GB", ratio: true, r: u})
+		}
+	}
+	floor = append(floor,
+		floorRow{label: "64 B ping-pong p50, pinned", bench: "BenchmarkTunnel/pingpong-64B", unit: "p50-µs", r: p},
+		floorRow{label: "64 B ping-pong p99, pinned", bench: "BenchmarkTunnel/pingpong-64B", unit: "p99-µs", r: p},
+		floorRow{label: "new connection to first byte p50, pinned", bench: "BenchmarkTunnel/first-byte", unit: "p50-µs", r: p},
+		floorRow{label: "stream opens, pinned", bench: "BenchmarkTunnel/opens", unit: "opens/s", ratio: true, r: p},
+		floorRow{label: "pgbench select", bench: "BenchmarkPgbench/select", unit: "tps", ratio: true, r: g},
+		floorRow{label: "pgbench tpcb", bench: "BenchmarkPgbench/tpcb", unit: "tps", ratio: true, r: g},
+	)
+	t.floor(floor)
 
 	fmt.Println()
 	switch {
