@@ -23,7 +23,8 @@ import (
 // (transport.Splice) and raw system calls (transport.Direct), but with no
 // TLS, no multiplexing, no authentication and no audit. What Tether costs
 // beyond "fwd" is what its security and multiplexing cost; what "fwd"
-// costs over direct no tunnel of this shape can avoid on the same machine.
+// costs over direct is the shape's own cost with forwarders built the way
+// Tether's relay and agent are (Go, the same copy loop and socket I/O).
 
 // forwardEnv, set to a comma-separated list of host:port targets, makes the
 // test binary a forwarder process instead of running tests (see TestMain).
