@@ -90,24 +90,20 @@ func startForwarders(b testing.TB, targets map[string]string) (addrs map[string]
 			list[i] = to[name]
 		}
 		p := startEnv(b, procName, []string{forwardEnv + "=" + strings.Join(list, ",")}, self)
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			m := forwardLine.FindAllStringSubmatch(p.out.String(), -1)
-			if len(m) == len(names) {
-				listen := map[string]string{}
-				for i, name := range names {
-					if m[i][2] != list[i] {
-						b.Fatalf("%s forwards %s to %s, want %s", procName, m[i][1], m[i][2], list[i])
-					}
-					listen[name] = m[i][1]
-				}
-				return p, listen
-			}
-			if time.Now().After(deadline) {
-				b.Fatalf("%s did not start its %d listeners within 10s:\n%s", procName, len(names), p.out.String())
-			}
-			time.Sleep(10 * time.Millisecond)
+		// The forwarder prints one line per target, in order.
+		p.waitOutput("-> "+list[len(list)-1]+"\n", 10*time.Second)
+		m := forwardLine.FindAllStringSubmatch(p.out.String(), -1)
+		if len(m) != len(names) {
+			b.Fatalf("%s printed %d listeners, want %d:\n%s", procName, len(m), len(names), p.out.String())
 		}
+		listen := map[string]string{}
+		for i, name := range names {
+			if m[i][2] != list[i] {
+				b.Fatalf("%s forwards %s to %s, want %s", procName, m[i][1], m[i][2], list[i])
+			}
+			listen[name] = m[i][1]
+		}
+		return p, listen
 	}
 	agent, mid := chain("forwarder (agent side)", targets)
 	relay, addrs = chain("forwarder (relay side)", mid)
