@@ -101,6 +101,19 @@ func num(v float64, ok bool) string {
 	}
 }
 
+// relative is the cell comparing v with base: their ratio ("0.25×") or
+// their signed difference ("+134.0", "−3.00").
+func relative(v, base float64, ratio bool) string {
+	switch {
+	case ratio:
+		return strconv.FormatFloat(v/base, 'f', 2, 64) + "×"
+	case v >= base:
+		return "+" + num(v-base, true)
+	default:
+		return "−" + num(base-v, true)
+	}
+}
+
 // verdict is "yes", "**no**" or "–" when there is no target or no data.
 func (t *table) verdict(has, ok bool) string {
 	switch {
@@ -139,14 +152,11 @@ func (t *table) compare(r results, c comparison) {
 			}
 			continue
 		}
-		var rel float64
+		rel := v - d
 		if c.ratio {
 			rel = v / d
-			cells = append(cells, strconv.FormatFloat(rel, 'f', 2, 64)+"×")
-		} else {
-			rel = v - d
-			cells = append(cells, "+"+num(rel, true))
 		}
+		cells = append(cells, relative(v, d, c.ratio))
 		if c.check != nil {
 			has = true
 			allMet = allMet && c.check(tr, rel, v)
@@ -242,16 +252,10 @@ func (t *table) floor(rows []floorRow) {
 	fmt.Fprintln(t.w, "| measure | direct | fwd | fwd vs direct | TCP | TCP vs direct | TCP vs fwd |")
 	fmt.Fprintln(t.w, "|---|---:|---:|---:|---:|---:|---:|")
 	rel := func(v, base float64, ok, bok, ratio bool) string {
-		switch {
-		case !ok || !bok:
+		if !ok || !bok {
 			return "–"
-		case ratio:
-			return strconv.FormatFloat(v/base, 'f', 2, 64) + "×"
-		case v >= base:
-			return "+" + num(v-base, true)
-		default:
-			return "−" + num(base-v, true)
 		}
+		return relative(v, base, ratio)
 	}
 	for _, row := range rows {
 		d, dok := row.r.get(row.bench+"/direct", row.unit)
