@@ -527,11 +527,19 @@ type registry struct {
 	mu       sync.RWMutex // guards byTenant and changed
 	byTenant map[string][]*agentConn
 	changed  chan struct{} // closed and replaced when a connection is added
+	// fresh holds a token when a tenant has gained its first connection
+	// since the token was last taken (see newTenants).
+	fresh chan struct{}
 }
 
 func newRegistry() *registry {
-	return &registry{byTenant: make(map[string][]*agentConn), changed: make(chan struct{})}
+	return &registry{byTenant: make(map[string][]*agentConn), changed: make(chan struct{}), fresh: make(chan struct{}, 1)}
 }
+
+// newTenants returns a channel that yields after a tenant with no
+// connection gains one; many such tenants before the next receive yield
+// once.
+func (g *registry) newTenants() <-chan struct{} { return g.fresh }
 
 // changes returns a channel closed at the next add.
 func (g *registry) changes() <-chan struct{} {
@@ -569,6 +577,12 @@ func (g *registry) add(c *agentConn) {
 	g.byTenant[c.id.Tenant] = append(list, c)
 	close(g.changed)
 	g.changed = make(chan struct{})
+	if len(list) == 0 {
+		select {
+		case g.fresh <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (g *registry) remove(c *agentConn) {

@@ -17,12 +17,16 @@ import (
 // tenant whose agent is on its way back should wait for it rather than
 // fail. The roster is how the relay tells those tenants from tenants with
 // no agent at all: the set of tenants with a connected agent, written to
-// the data directory every rosterInterval and at shutdown (so it survives
-// a crash at most that stale), and read at start.
+// the data directory when a tenant gains its first agent (at most once per
+// rosterMinGap), every rosterInterval (which also drops tenants whose
+// agents left) and at shutdown, and read at start. A relay that crashes
+// thus expects back every tenant whose agent had been connected for
+// rosterMinGap.
 
 const (
 	rosterFile     = "connected-tenants.json"
 	rosterInterval = 10 * time.Second
+	rosterMinGap   = time.Second
 )
 
 type roster struct {
@@ -73,9 +77,12 @@ func saveRoster(dir string, tenants []string, now time.Time) error {
 	return os.Rename(tmp.Name(), filepath.Join(dir, rosterFile))
 }
 
-// keepRoster saves the roster every rosterInterval until ctx ends. Tenants
-// expected back from the previous run stay on it until the reconnect
-// grace is over, so a second restart inside the grace forgets nobody.
+// keepRoster saves the roster when a tenant gains its first agent and
+// every rosterInterval, until ctx ends. A reconnect storm brings tenants
+// back by the thousand; they are written at most once per rosterMinGap.
+// Tenants expected back from the previous run stay on the roster until the
+// reconnect grace is over, so a second restart inside the grace forgets
+// nobody.
 func (r *Relay) keepRoster(ctx context.Context) {
 	t := time.NewTicker(rosterInterval)
 	defer t.Stop()
@@ -85,6 +92,13 @@ func (r *Relay) keepRoster(ctx context.Context) {
 			return
 		case <-t.C:
 			r.saveRoster()
+		case <-r.reg.newTenants():
+			r.saveRoster()
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(rosterMinGap):
+			}
 		}
 	}
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -242,13 +244,7 @@ func TestStreamsWaitForAgentsAfterRelayRestart(t *testing.T) {
 	a.kill()
 	r.restart()
 	restarted := time.Now()
-	deadline := time.Now().Add(20 * time.Second)
-	for strings.Count(r.out.String(), `"msg":"relay serving"`) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("relay did not serve again")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitCount(t, r.proc, `"msg":"relay serving"`, 2, 20*time.Second)
 
 	start := time.Now()
 	if _, err := d.Dial("tcp", "echo.other.tether:7"); !errors.Is(err, client.ErrNoAgent) {
@@ -258,6 +254,23 @@ func TestStreamsWaitForAgentsAfterRelayRestart(t *testing.T) {
 		t.Errorf("a tenant that had no agent waited %v", waited)
 	}
 
+	dialWhileAgentReturns(t, d, "echo.acme.tether:7", a)
+
+	// After the grace, a missing agent is reported at once again.
+	a.kill()
+	time.Sleep(time.Until(restarted.Add(grace + 500*time.Millisecond)))
+	start = time.Now()
+	waitDialErr(t, d, "echo.acme.tether:7", client.ErrNoAgent)
+	if waited := time.Since(start); waited > 5*time.Second {
+		t.Errorf("after the grace, no_agent took %v", waited)
+	}
+}
+
+// dialWhileAgentReturns dials addr, starts the stopped agent a again 1.5 s
+// later, and fails the test unless the dial waited for the agent and
+// succeeded.
+func dialWhileAgentReturns(t *testing.T, d *client.Dialer, addr string, a *agentProc) {
+	t.Helper()
 	type result struct {
 		err    error
 		waited time.Duration
@@ -265,7 +278,7 @@ func TestStreamsWaitForAgentsAfterRelayRestart(t *testing.T) {
 	done := make(chan result, 1)
 	go func() {
 		start := time.Now()
-		c, err := d.Dial("tcp", "echo.acme.tether:7")
+		c, err := d.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
 		}
@@ -280,13 +293,39 @@ func TestStreamsWaitForAgentsAfterRelayRestart(t *testing.T) {
 	if res.waited < time.Second {
 		t.Errorf("the stream succeeded after %v, before the agent was back: the test proves nothing", res.waited)
 	}
+}
 
-	// After the grace, a missing agent is reported at once again.
-	a.kill()
-	time.Sleep(time.Until(restarted.Add(grace + 500*time.Millisecond)))
-	start = time.Now()
-	waitDialErr(t, d, "echo.acme.tether:7", client.ErrNoAgent)
-	if waited := time.Since(start); waited > 5*time.Second {
-		t.Errorf("after the grace, no_agent took %v", waited)
+// A relay that crashes a moment after a tenant's first agent connected
+// still expects that tenant back: the roster is written when a tenant
+// gains its first agent, not only every ten seconds, so after the restart a
+// stream waits for the agent instead of failing with no_agent.
+func TestStreamsWaitForAgentsAfterRelayCrash(t *testing.T) {
+	r := startRelay(t, relayOpts{})
+	r.addTenant(t, "acme")
+	d := r.backend(t, "billing", "acme")
+	a := startAgent(t, r, "acme", agentOpts{transport: "tcp", services: map[string]string{"echo": tcpService(t, echo)}})
+	waitDial(t, d, "echo.acme.tether:7", 20*time.Second).Close()
+
+	// The relay writes its roster every 10 s after it starts, too; 3 s
+	// after the agent connected that has not happened yet.
+	roster := filepath.Join(r.dataDir, "connected-tenants.json")
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		raw, _ := os.ReadFile(roster)
+		if strings.Contains(string(raw), `"acme"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("3 s after acme's agent connected, the roster reads %q", raw)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
+
+	// A crash writes nothing on the way out; the agent is gone too, so that
+	// after the restart acme's agent is missing for a while.
+	r.kill()
+	a.kill()
+	r.restart()
+	waitCount(t, r.proc, `"msg":"relay serving"`, 2, 20*time.Second)
+	dialWhileAgentReturns(t, d, "echo.acme.tether:7", a)
 }
