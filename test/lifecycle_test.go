@@ -306,8 +306,8 @@ func TestStreamsWaitForAgentsAfterRelayCrash(t *testing.T) {
 	a := startAgent(t, r, "acme", agentOpts{transport: "tcp", services: map[string]string{"echo": tcpService(t, echo)}})
 	waitDial(t, d, "echo.acme.tether:7", 20*time.Second).Close()
 
-	// The relay writes its roster every 10 s after it starts, too; 3 s
-	// after the agent connected that has not happened yet.
+	// The relay's periodic write of the roster comes 10 s after it
+	// started, after this check unless starting the agent took over 7 s.
 	roster := filepath.Join(r.dataDir, "connected-tenants.json")
 	deadline := time.Now().Add(3 * time.Second)
 	for {
