@@ -21,7 +21,8 @@ func parseText(t *testing.T, text string) results {
 	return r
 }
 
-// Figures from the full run in README.md (2026-11-23), one run each.
+// Figures from a full run of scripts/bench/run (2026-11-23; medians), one
+// line each.
 const unpinnedRun = `
 BenchmarkTunnel/upload-1/direct-2   	 1000	 100 ns/op	 1818 MB/s
 BenchmarkTunnel/upload-1/fwd-2      	 1000	 100 ns/op	 700.9 MB/s	 0.58 agent-cpu-s/GB	 0.68 relay-cpu-s/GB
