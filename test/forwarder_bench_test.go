@@ -142,7 +142,7 @@ func TestForwarderChain(t *testing.T) {
 	if _, err := s.Write(make([]byte, n)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.(*net.TCPConn).CloseWrite(); err != nil {
+	if err := closeWrite(s); err != nil {
 		t.Fatal(err)
 	}
 	var count [8]byte
