@@ -1,8 +1,12 @@
 package relay
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,12 +16,6 @@ import (
 	"github.com/tetherhq/tether/protocol/release"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
-
-// releasesDir holds published releases in the data directory, one
-// directory per release: releases/<version>/<os>-<arch>-<channel>/ with the
-// four files of a signed release (see protocol/release). The relay never
-// holds the signing key: it stores and serves what was signed elsewhere.
-const releasesDir = "releases"
 
 // Audit kinds of self-update.
 const (
@@ -31,6 +29,69 @@ const (
 	// update.rolled_back, update.failed.
 	auditUpdatePrefix = "update."
 )
+
+// releasesDir is where a relay keeps the files of the releases it offers,
+// in its data directory: releases/<version>/<os>-<arch>-<channel>/ with the
+// four files of a signed release (see protocol/release). The store holds
+// the release (the binary by its SHA-256); this directory is each relay's
+// copy, written from the store when the release is published on this host
+// or first offered, and served from there. The relay never holds the
+// signing key: it stores and serves what was signed elsewhere, and agents
+// verify every file.
+const releasesDir = "releases"
+
+// releaseFiles returns the directory holding rel's four files, writing
+// them from the store first if this relay has no copy yet. The binary is
+// checked against its SHA-256 as it is written.
+func releaseFiles(ctx context.Context, st *state, rel store.Release) (string, error) {
+	dest := filepath.Join(st.dir, releasesDir, rel.Version, rel.OS+"-"+rel.Arch+"-"+rel.Channel)
+	if _, err := os.Stat(dest); err == nil {
+		return dest, nil
+	}
+	full, err := st.store.Release(ctx, rel.Version, rel.OS, rel.Arch, rel.Channel)
+	if err != nil {
+		return "", err
+	}
+	bin, err := st.store.OpenBlob(ctx, full.SHA256)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(dest), 0o700); err != nil {
+		return "", err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dest), ".release-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	for name, data := range map[string][]byte{release.BinarySignatureFile: full.BinarySignature, release.ManifestFile: full.Manifest, release.ManifestSignatureFile: full.ManifestSignature} {
+		if err := os.WriteFile(filepath.Join(tmp, name), data, 0o600); err != nil {
+			return "", err
+		}
+	}
+	f, err := os.OpenFile(filepath.Join(tmp, release.BinaryFile), os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	_, err = io.Copy(io.MultiWriter(f, h), bin)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("write release binary: %w", err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != full.SHA256 {
+		return "", fmt.Errorf("release %s %s/%s %s: the stored binary hashes to %s, not %s", rel.Version, rel.OS, rel.Arch, rel.Channel, got, full.SHA256)
+	}
+	if err := os.Rename(tmp, dest); err != nil {
+		if _, serr := os.Stat(dest); serr != nil {
+			return "", fmt.Errorf("store release files: %w", err)
+		}
+		// Another process wrote its copy first: keep that one.
+	}
+	return dest, nil
+}
 
 // Release describes a published release.
 type Release struct {
@@ -50,43 +111,24 @@ func releaseInfo(r store.Release) Release {
 		Expires: r.ExpiresAt, KeyID: r.KeyID, PublishedAt: r.PublishedAt}
 }
 
-// PublishRelease copies the signed release in dir into the data directory
-// and records it. The files must be consistent (release.ReadDir); when keys
-// are given, the signatures must also verify with one of them.
+// PublishRelease stores the signed release in dir in the store (its
+// binary by content hash) and records it. The files must be consistent
+// (release.ReadDir); when keys are given, the signatures must also verify
+// with one of them.
 func (a *Admin) PublishRelease(ctx context.Context, dir string, keys release.Keys) (Release, error) {
 	f, err := release.ReadDir(dir, keys)
 	if err != nil {
 		return Release{}, fmt.Errorf("signed release in %s: %w", dir, err)
 	}
 	m := f.Manifest
-	dest := filepath.Join(a.st.dir, releasesDir, m.Version, m.OS+"-"+m.Arch+"-"+m.Channel)
-	if _, err := os.Stat(dest); err == nil {
-		return Release{}, fmt.Errorf("release %s %s/%s %s: %w", m.Version, m.OS, m.Arch, m.Channel, store.ErrExists)
-	}
-	if err := os.MkdirAll(filepath.Dir(dest), 0o700); err != nil {
-		return Release{}, err
-	}
-	tmp, err := os.MkdirTemp(filepath.Dir(dest), ".publish-")
-	if err != nil {
-		return Release{}, err
-	}
-	defer os.RemoveAll(tmp)
-	for name, data := range map[string][]byte{
-		release.BinaryFile: f.Binary, release.BinarySignatureFile: f.BinarySignature,
-		release.ManifestFile: f.Signed.Manifest, release.ManifestSignatureFile: f.ManifestSignature,
-	} {
-		if err := os.WriteFile(filepath.Join(tmp, name), data, 0o600); err != nil {
-			return Release{}, err
-		}
-	}
 	rec := store.Release{Version: m.Version, OS: m.OS, Arch: m.Arch, Channel: m.Channel, SHA256: m.SHA256, Size: m.Size,
-		ExpiresAt: m.Expires, KeyID: release.KeyID(f.KeyID), Dir: dest, PublishedAt: a.now()}
-	if err := os.Rename(tmp, dest); err != nil {
-		return Release{}, fmt.Errorf("store release files: %w", err)
-	}
-	if err := a.st.store.AddRelease(ctx, rec); err != nil {
-		os.RemoveAll(dest)
+		ExpiresAt: m.Expires, KeyID: release.KeyID(f.KeyID), PublishedAt: a.now(),
+		BinarySignature: f.BinarySignature, Manifest: f.Signed.Manifest, ManifestSignature: f.ManifestSignature}
+	if err := a.st.store.AddRelease(ctx, rec, bytes.NewReader(f.Binary)); err != nil {
 		return Release{}, err
+	}
+	if _, err := releaseFiles(ctx, a.st, rec); err != nil {
+		return Release{}, fmt.Errorf("release %s stored, but its files could not be written to the data directory: %w", m.Version, err)
 	}
 	a.record(AuditReleasePublish, "", "", "", map[string]any{"version": m.Version, "os": m.OS, "arch": m.Arch, "channel": m.Channel,
 		"sha256": m.SHA256, "size": m.Size, "expires": m.Expires, "key_id": rec.KeyID})

@@ -30,7 +30,7 @@ type updateOffer struct {
 	id      string
 	version string
 	rollout int64
-	dir     string
+	dir     string // the release's files (releaseFiles)
 }
 
 // rolloutLoop offers the active rollout's release to the agents it selects,
@@ -170,17 +170,20 @@ func (r *Relay) offerUpdates(ctx context.Context) error {
 
 // offer sends the release's signed manifest to c.
 func (r *Relay) offer(ctx context.Context, c *agentConn, ro store.Rollout, rel store.Release) error {
+	dir, err := releaseFiles(ctx, r.st, rel)
+	if err != nil {
+		return err
+	}
 	read := func(name string, max int64) ([]byte, error) {
-		f, err := os.Open(filepath.Join(rel.Dir, name))
+		f, err := os.Open(filepath.Join(dir, name))
 		if err != nil {
 			return nil, err
 		}
 		defer f.Close()
 		return io.ReadAll(io.LimitReader(f, max))
 	}
-	o := &updateOffer{id: newRequestID(), version: ro.Version, rollout: ro.ID, dir: rel.Dir}
+	o := &updateOffer{id: newRequestID(), version: ro.Version, rollout: ro.ID, dir: dir}
 	m := &protocol.UpdateOffer{ID: o.id, Version: ro.Version}
-	var err error
 	if m.Manifest, err = read(release.ManifestFile, release.MaxManifestSize); err != nil {
 		return err
 	}

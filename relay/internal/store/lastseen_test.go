@@ -6,8 +6,6 @@ import (
 	"time"
 )
 
-func latestMigration() int { return migrations[len(migrations)-1].version }
-
 func TestAgentsLastSeen(t *testing.T) {
 	s, path := open(t)
 	s.AddTenant(ctx, "acme", t0)

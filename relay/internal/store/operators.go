@@ -9,20 +9,6 @@ import (
 	"time"
 )
 
-// migrationOperators (migration 5) keeps the admin API's operator tokens:
-// a name, a hash of the secret, an expiry and a revocation time.
-const migrationOperators = `
-CREATE TABLE operator_tokens (
-	id          TEXT PRIMARY KEY,
-	name        TEXT NOT NULL,
-	secret_hash TEXT NOT NULL,
-	created_at  BIGINT NOT NULL,
-	expires_at  BIGINT NOT NULL,
-	revoked_at  BIGINT NOT NULL DEFAULT 0
-);
-CREATE INDEX operator_tokens_name ON operator_tokens(name);
-`
-
 // OperatorToken is an admin API credential. SecretHash is the SHA-256 of
 // its secret; it is only filled by OperatorToken, not by lists.
 type OperatorToken struct {
@@ -36,9 +22,9 @@ type OperatorToken struct {
 
 // AddOperatorToken stores an operator token.
 func (s *Store) AddOperatorToken(ctx context.Context, t OperatorToken) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO operator_tokens (id, name, secret_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)`,
+	_, err := s.exec(ctx, `INSERT INTO operator_tokens (id, name, secret_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)`,
 		t.ID, t.Name, hex.EncodeToString(t.SecretHash), unix(t.CreatedAt), unix(t.ExpiresAt))
-	if isUnique(err) {
+	if s.unique(err) {
 		return fmt.Errorf("operator token %s: %w", t.ID, ErrExists)
 	}
 	return err
@@ -60,10 +46,7 @@ func (s *Store) OperatorToken(ctx context.Context, id string) (OperatorToken, er
 	if t.SecretHash, err = hex.DecodeString(hashHex); err != nil {
 		return OperatorToken{}, fmt.Errorf("operator token %s: damaged secret hash: %w", id, err)
 	}
-	t.CreatedAt, t.ExpiresAt = fromUnix(created), fromUnix(expires)
-	if revoked != 0 {
-		t.RevokedAt = fromUnix(revoked)
-	}
+	t.CreatedAt, t.ExpiresAt, t.RevokedAt = fromUnix(created), fromUnix(expires), fromUnixOrZero(revoked)
 	return t, nil
 }
 
@@ -82,55 +65,74 @@ func (s *Store) ListOperatorTokens(ctx context.Context) ([]OperatorToken, error)
 		if err := rows.Scan(&t.ID, &t.Name, &created, &expires, &revoked); err != nil {
 			return nil, err
 		}
-		t.CreatedAt, t.ExpiresAt = fromUnix(created), fromUnix(expires)
-		if revoked != 0 {
-			t.RevokedAt = fromUnix(revoked)
-		}
+		t.CreatedAt, t.ExpiresAt, t.RevokedAt = fromUnix(created), fromUnix(expires), fromUnixOrZero(revoked)
 		out = append(out, t)
 	}
 	return out, rows.Err()
 }
 
 // RevokeOperatorToken marks an operator token revoked at now; revoking a
-// revoked token keeps the first time.
+// revoked token keeps the first time. The console sessions opened with it
+// are deleted in the same transaction.
 func (s *Store) RevokeOperatorToken(ctx context.Context, id string, now time.Time) (OperatorToken, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE operator_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at = 0`, id, unix(now))
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE operator_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at = 0`, id, unix(now)); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `DELETE FROM console_sessions WHERE token_id = $1`, id)
+		return err
+	}, Change{Kind: ChangeOperatorToken, Subject: id})
 	if err != nil {
-		return OperatorToken{}, err
-	}
-	if _, err := res.RowsAffected(); err != nil {
 		return OperatorToken{}, err
 	}
 	return s.OperatorToken(ctx, id)
 }
 
-// DeleteToken removes a join token, so that it enrols no more agents.
-func (s *Store) DeleteToken(ctx context.Context, id string) (Token, error) {
-	ts, err := s.queryTokens(ctx, `SELECT id, tenant, created_at, expires_at, max_uses, uses, ca_root FROM join_tokens WHERE id = $1`, id)
-	if err != nil {
-		return Token{}, err
-	}
-	if len(ts) == 0 {
-		return Token{}, fmt.Errorf("join token %s: %w", id, ErrNotFound)
-	}
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM join_tokens WHERE id = $1`, id); err != nil {
-		return Token{}, err
-	}
-	return ts[0], nil
+// ConsoleSession is a browser session of the admin console, opened by
+// signing in with an operator token. Only a hash of its id is stored, so
+// the table alone opens no session.
+type ConsoleSession struct {
+	IDHash    []byte
+	Operator  string
+	TokenID   string // the operator token it was opened with
+	CSRF      string // the session's anti-forgery token
+	CreatedAt time.Time
+	ExpiresAt time.Time
 }
 
-// RemoveBackend deletes a backend credential and its grants.
-func (s *Store) RemoveBackend(ctx context.Context, name string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM backends WHERE name = $1`, name)
+// AddConsoleSession stores a console session.
+func (s *Store) AddConsoleSession(ctx context.Context, cs ConsoleSession) error {
+	_, err := s.exec(ctx, `INSERT INTO console_sessions (id_hash, operator, token_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)`,
+		hex.EncodeToString(cs.IDHash), cs.Operator, cs.TokenID, cs.CSRF, unix(cs.CreatedAt), unix(cs.ExpiresAt))
+	return err
+}
+
+// ConsoleSession returns the session whose id hashes to idHash, if it has
+// not expired at now.
+func (s *Store) ConsoleSession(ctx context.Context, idHash []byte, now time.Time) (ConsoleSession, error) {
+	cs := ConsoleSession{IDHash: idHash}
+	var created, expires int64
+	err := s.db.QueryRowContext(ctx, `SELECT operator, token_id, csrf, created_at, expires_at FROM console_sessions WHERE id_hash = $1 AND expires_at > $2`,
+		hex.EncodeToString(idHash), unix(now)).Scan(&cs.Operator, &cs.TokenID, &cs.CSRF, &created, &expires)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ConsoleSession{}, fmt.Errorf("console session: %w", ErrNotFound)
+	}
+	cs.CreatedAt, cs.ExpiresAt = fromUnix(created), fromUnix(expires)
+	return cs, err
+}
+
+// DeleteConsoleSession ends a session and reports whether it existed.
+func (s *Store) DeleteConsoleSession(ctx context.Context, idHash []byte) (bool, error) {
+	res, err := s.exec(ctx, `DELETE FROM console_sessions WHERE id_hash = $1`, hex.EncodeToString(idHash))
 	if err != nil {
-		return err
+		return false, err
 	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return err
-	}
-	if n == 0 {
-		return fmt.Errorf("backend %q: %w", name, ErrNotFound)
-	}
-	return nil
+	n, err := affected(res)
+	return n > 0, err
+}
+
+// PruneConsoleSessions deletes the sessions expired at now.
+func (s *Store) PruneConsoleSessions(ctx context.Context, now time.Time) error {
+	_, err := s.exec(ctx, `DELETE FROM console_sessions WHERE expires_at <= $1`, unix(now))
+	return err
 }

@@ -1,85 +1,153 @@
 package store
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/tetherhq/tether/protocol/release"
 )
 
-// migrationReleases (6) holds agent releases, rollouts and each agent's
-// update state.
-const migrationReleases = `
-CREATE TABLE releases (
-	version      TEXT NOT NULL,
-	os           TEXT NOT NULL,
-	arch         TEXT NOT NULL,
-	channel      TEXT NOT NULL,
-	sha256       TEXT NOT NULL,
-	size         BIGINT NOT NULL,
-	expires_at   BIGINT NOT NULL,
-	key_id       TEXT NOT NULL DEFAULT '',
-	dir          TEXT NOT NULL,
-	published_at BIGINT NOT NULL,
-	PRIMARY KEY (version, os, arch, channel)
-);
-CREATE TABLE rollouts (
-	id         INTEGER PRIMARY KEY AUTOINCREMENT,
-	version    TEXT NOT NULL,
-	percent    INTEGER NOT NULL DEFAULT 0,
-	tenants    TEXT NOT NULL DEFAULT '',
-	agents     TEXT NOT NULL DEFAULT '',
-	halt_at    DOUBLE PRECISION NOT NULL DEFAULT 0,
-	batch      INTEGER NOT NULL DEFAULT 0,
-	state      TEXT NOT NULL,
-	reason     TEXT NOT NULL DEFAULT '',
-	created_at BIGINT NOT NULL,
-	updated_at BIGINT NOT NULL
-);
-CREATE INDEX rollouts_state ON rollouts(state);
-CREATE TABLE agent_updates (
-	agent        TEXT NOT NULL,
-	version      TEXT NOT NULL,
-	tenant       TEXT NOT NULL DEFAULT '',
-	rollout      BIGINT NOT NULL DEFAULT 0,
-	state        TEXT NOT NULL,
-	reason       TEXT NOT NULL DEFAULT '',
-	message      TEXT NOT NULL DEFAULT '',
-	from_version TEXT NOT NULL DEFAULT '',
-	updated_at   BIGINT NOT NULL,
-	PRIMARY KEY (agent, version)
-);
-CREATE INDEX agent_updates_version ON agent_updates(version);
-`
-
-// Release is a published agent release (its signed files are in Dir).
+// Release is a published agent release. Its binary is kept in the store
+// as a blob named by its SHA-256 (OpenBlob); the three small signed files
+// are kept in its row.
 type Release struct {
 	Version, OS, Arch, Channel string
-	SHA256                     string
+	SHA256                     string // of the binary, lower-case hex
 	Size                       int64
 	ExpiresAt                  time.Time
 	KeyID                      string // the minisign key id that signed it, as printed
-	Dir                        string
 	PublishedAt                time.Time
+	// The signed files besides the binary; filled by Release, not by
+	// Releases.
+	BinarySignature, Manifest, ManifestSignature []byte
 }
 
-// AddRelease records a release; a release of the same version, OS,
-// architecture and channel is ErrExists.
-func (s *Store) AddRelease(ctx context.Context, r Release) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO releases (version, os, arch, channel, sha256, size, expires_at, key_id, dir, published_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-		r.Version, r.OS, r.Arch, r.Channel, r.SHA256, r.Size, unix(r.ExpiresAt), r.KeyID, r.Dir, unix(r.PublishedAt))
-	if isUnique(err) {
+// blobPart is the size of one row of a blob: small enough that reading or
+// writing a row never holds much memory.
+const blobPart = 1 << 20
+
+// AddRelease records a release and stores binary, which must hash to
+// r.SHA256 and be r.Size bytes long; a release of the same version, OS,
+// architecture and channel is ErrExists. A binary already stored (the same
+// content) is stored once.
+func (s *Store) AddRelease(ctx context.Context, r Release, binary io.Reader) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if err := s.putBlob(ctx, tx, r.SHA256, r.Size, binary); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO releases (version, os, arch, channel, sha256, size, expires_at, key_id, dir, published_at, binary_signature, manifest, manifest_signature)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '', $9, $10, $11, $12)`,
+			r.Version, r.OS, r.Arch, r.Channel, r.SHA256, r.Size, unix(r.ExpiresAt), r.KeyID, unix(r.PublishedAt), r.BinarySignature, r.Manifest, r.ManifestSignature)
+		return err
+	})
+	if s.unique(err) {
 		return fmt.Errorf("release %s %s/%s %s: %w", r.Version, r.OS, r.Arch, r.Channel, ErrExists)
 	}
 	return err
 }
 
-// Releases returns the releases of version ("" for all), newest first.
+// putBlob stores data under its SHA-256, which must be sum (hex), checking
+// both the hash and the size; an existing blob is kept.
+func (s *Store) putBlob(ctx context.Context, tx *sql.Tx, sum string, size int64, data io.Reader) error {
+	sum = strings.ToLower(sum)
+	have, err := exists(ctx, tx, `SELECT count(*) FROM blobs WHERE sha256 = $1`, sum)
+	if err != nil || have {
+		return err
+	}
+	h := sha256.New()
+	buf := make([]byte, blobPart)
+	var n int64
+	for part := 0; ; part++ {
+		k, err := io.ReadFull(data, buf)
+		if k > 0 {
+			h.Write(buf[:k])
+			n += int64(k)
+			if _, err := tx.ExecContext(ctx, `INSERT INTO blobs (sha256, part, data) VALUES ($1, $2, $3)`, sum, part, buf[:k]); err != nil {
+				return err
+			}
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read blob %s: %w", sum, err)
+		}
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sum || n != size {
+		return fmt.Errorf("blob content does not match: got %d bytes with SHA-256 %s, want %d bytes with %s", n, got, size, sum)
+	}
+	return nil
+}
+
+// OpenBlob returns a reader of the blob stored under sum (hex), which
+// reads it a part at a time.
+func (s *Store) OpenBlob(ctx context.Context, sum string) (io.Reader, error) {
+	sum = strings.ToLower(sum)
+	ok, err := exists(ctx, s.db, `SELECT count(*) FROM blobs WHERE sha256 = $1`, sum)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("blob %s: %w", sum, ErrNotFound)
+	}
+	return &blobReader{ctx: ctx, db: s.db, sum: sum}, nil
+}
+
+type blobReader struct {
+	ctx  context.Context
+	db   *sql.DB
+	sum  string
+	part int
+	buf  []byte
+	done bool
+}
+
+func (b *blobReader) Read(p []byte) (int, error) {
+	for len(b.buf) == 0 {
+		if b.done {
+			return 0, io.EOF
+		}
+		err := b.db.QueryRowContext(b.ctx, `SELECT data FROM blobs WHERE sha256 = $1 AND part = $2`, b.sum, b.part).Scan(&b.buf)
+		if errors.Is(err, sql.ErrNoRows) {
+			b.done = true
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("read blob %s part %d: %w", b.sum, b.part, err)
+		}
+		b.part++
+	}
+	n := copy(p, b.buf)
+	b.buf = b.buf[n:]
+	return n, nil
+}
+
+const releaseCols = `version, os, arch, channel, sha256, size, expires_at, key_id, published_at`
+
+func scanRelease(sc interface{ Scan(...any) error }, extra ...any) (Release, error) {
+	var r Release
+	var exp, pub int64
+	if err := sc.Scan(append([]any{&r.Version, &r.OS, &r.Arch, &r.Channel, &r.SHA256, &r.Size, &exp, &r.KeyID, &pub}, extra...)...); err != nil {
+		return Release{}, err
+	}
+	r.ExpiresAt, r.PublishedAt = fromUnix(exp), fromUnix(pub)
+	return r, nil
+}
+
+// Releases returns the releases of version ("" for all), newest first,
+// without their signed files.
 func (s *Store) Releases(ctx context.Context, version string) ([]Release, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT version, os, arch, channel, sha256, size, expires_at, key_id, dir, published_at
+	rows, err := s.db.QueryContext(ctx, `SELECT `+releaseCols+`
 		FROM releases WHERE $1 = '' OR version = $1 ORDER BY published_at DESC, version, os, arch, channel`, version)
 	if err != nil {
 		return nil, err
@@ -87,15 +155,88 @@ func (s *Store) Releases(ctx context.Context, version string) ([]Release, error)
 	defer rows.Close()
 	var out []Release
 	for rows.Next() {
-		var r Release
-		var exp, pub int64
-		if err := rows.Scan(&r.Version, &r.OS, &r.Arch, &r.Channel, &r.SHA256, &r.Size, &exp, &r.KeyID, &r.Dir, &pub); err != nil {
+		r, err := scanRelease(rows)
+		if err != nil {
 			return nil, err
 		}
-		r.ExpiresAt, r.PublishedAt = fromUnix(exp), fromUnix(pub)
 		out = append(out, r)
 	}
 	return out, rows.Err()
+}
+
+// Release returns one release with its signed files.
+func (s *Store) Release(ctx context.Context, version, os, arch, channel string) (Release, error) {
+	var sig, man, manSig []byte
+	r, err := scanRelease(s.db.QueryRowContext(ctx, `SELECT `+releaseCols+`, binary_signature, manifest, manifest_signature
+		FROM releases WHERE version = $1 AND os = $2 AND arch = $3 AND channel = $4`, version, os, arch, channel), &sig, &man, &manSig)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Release{}, fmt.Errorf("release %s %s/%s %s: %w", version, os, arch, channel, ErrNotFound)
+	}
+	if err != nil {
+		return Release{}, err
+	}
+	if man == nil {
+		return Release{}, fmt.Errorf("release %s %s/%s %s: its files were never imported into the store (see the relay's log at start)", version, os, arch, channel)
+	}
+	r.BinarySignature, r.Manifest, r.ManifestSignature = sig, man, manSig
+	return r, nil
+}
+
+// releaseDirFiles are the files of a signed release in a directory, as
+// importReleaseDirs reads them: the binary first.
+var releaseDirFiles = [4]string{release.BinaryFile, release.BinarySignatureFile, release.ManifestFile, release.ManifestSignatureFile}
+
+// importReleaseDirs moves the releases published before release files were
+// kept in the store (schema version 8) into it: their files were copied to
+// a directory whose absolute path the row holds. A row whose files cannot
+// be read is left as it is; serving it fails with an error saying so.
+func (s *Store) importReleaseDirs(ctx context.Context) error {
+	rows, err := s.db.QueryContext(ctx, `SELECT version, os, arch, channel, sha256, size, dir FROM releases WHERE dir <> '' AND manifest IS NULL`)
+	if err != nil {
+		return err
+	}
+	type pending struct {
+		version, os, arch, channel, sum, dir string
+		size                                 int64
+	}
+	var todo []pending
+	for rows.Next() {
+		var p pending
+		if err := rows.Scan(&p.version, &p.os, &p.arch, &p.channel, &p.sum, &p.size, &p.dir); err != nil {
+			rows.Close()
+			return err
+		}
+		todo = append(todo, p)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, p := range todo {
+		var files [4][]byte
+		ok := true
+		for i, name := range releaseDirFiles {
+			if files[i], err = os.ReadFile(filepath.Join(p.dir, name)); err != nil {
+				ok = false
+				break
+			}
+		}
+		if !ok {
+			continue
+		}
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			if err := s.putBlob(ctx, tx, p.sum, p.size, bytes.NewReader(files[0])); err != nil {
+				return err
+			}
+			_, err := tx.ExecContext(ctx, `UPDATE releases SET dir = '', binary_signature = $5, manifest = $6, manifest_signature = $7
+				WHERE version = $1 AND os = $2 AND arch = $3 AND channel = $4`, p.version, p.os, p.arch, p.channel, files[1], files[2], files[3])
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("import release %s %s/%s %s from %s: %w", p.version, p.os, p.arch, p.channel, p.dir, err)
+		}
+	}
+	return nil
 }
 
 // Rollout states.
@@ -124,13 +265,14 @@ type Rollout struct {
 // AddRollout starts a rollout; the active one, if any, is superseded.
 func (s *Store) AddRollout(ctx context.Context, r Rollout) (int64, error) {
 	var id int64
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.writeChanges(ctx, func(tx *sql.Tx) ([]Change, error) {
 		if _, err := tx.ExecContext(ctx, `UPDATE rollouts SET state = $1, updated_at = $2 WHERE state = $3`, RolloutSuperseded, unix(r.CreatedAt), RolloutActive); err != nil {
-			return err
+			return nil, err
 		}
-		return tx.QueryRowContext(ctx, `INSERT INTO rollouts (version, percent, tenants, agents, halt_at, batch, state, created_at, updated_at)
+		err := tx.QueryRowContext(ctx, `INSERT INTO rollouts (version, percent, tenants, agents, halt_at, batch, state, created_at, updated_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id`,
 			r.Version, r.Percent, strings.Join(r.Tenants, ","), strings.Join(r.Agents, ","), r.HaltAt, r.Batch, RolloutActive, unix(r.CreatedAt)).Scan(&id)
+		return []Change{{Kind: ChangeRollout, Subject: fmt.Sprint(id)}}, err
 	})
 	return id, err
 }
@@ -179,13 +321,20 @@ func (s *Store) ActiveRollout(ctx context.Context) (Rollout, error) {
 
 // HaltRollout halts rollout id if it is active and reports whether it did.
 func (s *Store) HaltRollout(ctx context.Context, id int64, reason string, now time.Time) (bool, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE rollouts SET state = $1, reason = $2, updated_at = $3 WHERE id = $4 AND state = $5`,
-		RolloutHalted, reason, unix(now), id, RolloutActive)
-	if err != nil {
-		return false, err
-	}
-	n, err := res.RowsAffected()
-	return n > 0, err
+	var halted bool
+	err := s.writeChanges(ctx, func(tx *sql.Tx) ([]Change, error) {
+		res, err := tx.ExecContext(ctx, `UPDATE rollouts SET state = $1, reason = $2, updated_at = $3 WHERE id = $4 AND state = $5`,
+			RolloutHalted, reason, unix(now), id, RolloutActive)
+		if err != nil {
+			return nil, err
+		}
+		n, err := affected(res)
+		if halted = n > 0; !halted {
+			return nil, err
+		}
+		return []Change{{Kind: ChangeRollout, Subject: fmt.Sprint(id)}}, err
+	})
+	return halted, err
 }
 
 // AgentUpdate is where one agent stands with one version.
@@ -200,7 +349,7 @@ type AgentUpdate struct {
 
 // SetAgentUpdate records an agent's update state for a version.
 func (s *Store) SetAgentUpdate(ctx context.Context, u AgentUpdate) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO agent_updates (agent, version, tenant, rollout, state, reason, message, from_version, updated_at)
+	_, err := s.exec(ctx, `INSERT INTO agent_updates (agent, version, tenant, rollout, state, reason, message, from_version, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 		ON CONFLICT (agent, version) DO UPDATE SET tenant = excluded.tenant, rollout = CASE WHEN excluded.rollout = 0 THEN agent_updates.rollout ELSE excluded.rollout END,
 			state = excluded.state, reason = excluded.reason, message = excluded.message,
@@ -209,9 +358,19 @@ func (s *Store) SetAgentUpdate(ctx context.Context, u AgentUpdate) error {
 	return err
 }
 
+const agentUpdateCols = `agent, version, tenant, rollout, state, reason, message, from_version, updated_at`
+
+func scanAgentUpdate(sc interface{ Scan(...any) error }) (AgentUpdate, error) {
+	var u AgentUpdate
+	var at int64
+	err := sc.Scan(&u.Agent, &u.Version, &u.Tenant, &u.Rollout, &u.State, &u.Reason, &u.Message, &u.From, &at)
+	u.UpdatedAt = fromUnix(at)
+	return u, err
+}
+
 // AgentUpdates returns update states of version ("" for all), newest first.
 func (s *Store) AgentUpdates(ctx context.Context, version string) ([]AgentUpdate, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT agent, version, tenant, rollout, state, reason, message, from_version, updated_at
+	rows, err := s.db.QueryContext(ctx, `SELECT `+agentUpdateCols+`
 		FROM agent_updates WHERE $1 = '' OR version = $1 ORDER BY updated_at DESC, agent`, version)
 	if err != nil {
 		return nil, err
@@ -219,12 +378,10 @@ func (s *Store) AgentUpdates(ctx context.Context, version string) ([]AgentUpdate
 	defer rows.Close()
 	var out []AgentUpdate
 	for rows.Next() {
-		var u AgentUpdate
-		var at int64
-		if err := rows.Scan(&u.Agent, &u.Version, &u.Tenant, &u.Rollout, &u.State, &u.Reason, &u.Message, &u.From, &at); err != nil {
+		u, err := scanAgentUpdate(rows)
+		if err != nil {
 			return nil, err
 		}
-		u.UpdatedAt = fromUnix(at)
 		out = append(out, u)
 	}
 	return out, rows.Err()
@@ -232,14 +389,10 @@ func (s *Store) AgentUpdates(ctx context.Context, version string) ([]AgentUpdate
 
 // AgentUpdate returns one agent's state for version, or ErrNotFound.
 func (s *Store) AgentUpdate(ctx context.Context, agent, version string) (AgentUpdate, error) {
-	var u AgentUpdate
-	var at int64
-	err := s.db.QueryRowContext(ctx, `SELECT agent, version, tenant, rollout, state, reason, message, from_version, updated_at
-		FROM agent_updates WHERE agent = $1 AND version = $2`, agent, version).
-		Scan(&u.Agent, &u.Version, &u.Tenant, &u.Rollout, &u.State, &u.Reason, &u.Message, &u.From, &at)
+	u, err := scanAgentUpdate(s.db.QueryRowContext(ctx, `SELECT `+agentUpdateCols+`
+		FROM agent_updates WHERE agent = $1 AND version = $2`, agent, version))
 	if errors.Is(err, sql.ErrNoRows) {
 		return u, fmt.Errorf("update of agent %s to %s: %w", agent, version, ErrNotFound)
 	}
-	u.UpdatedAt = fromUnix(at)
 	return u, err
 }

@@ -1,9 +1,7 @@
 package store
 
 import (
-	"database/sql"
 	"errors"
-	"fmt"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -191,24 +189,10 @@ func TestAgentsByCertRoot(t *testing.T) {
 // root, which means the CA's first root.
 func TestMigrationKeepsRowsOfVersion2(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "tether.db")
-	db, err := sql.Open("sqlite", "file:"+path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stmts := []string{`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`}
-	for _, m := range migrations[:2] {
-		stmts = append(stmts, m.sql, fmt.Sprintf(`INSERT INTO schema_migrations VALUES (%d, 0)`, m.version))
-	}
-	stmts = append(stmts,
+	writeVersion(t, path, 2,
 		`INSERT INTO tenants VALUES ('acme', 0)`,
 		`INSERT INTO agents (id, tenant, created_at, cert_serial, cert_not_after) VALUES ('a1', 'acme', 0, '01', 1900000000)`,
 		`INSERT INTO join_tokens (id, tenant, secret_hash, created_at, expires_at, max_uses) VALUES ('t1', 'acme', '00', 0, 1900000000, 1)`)
-	for _, q := range stmts {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	db.Close()
 	s, err := Open(ctx, path)
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,133 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// AuditRecord is one entry of the audit trail. Detail holds the fields
+// particular to Kind (bytes, duration, reason, …).
+type AuditRecord struct {
+	Seq     int64          `json:"seq,omitempty"`
+	At      time.Time      `json:"at"`
+	Kind    string         `json:"kind"`    // e.g. "agent.enrol", "stream"
+	Outcome string         `json:"outcome"` // "ok" or a refusal code
+	Tenant  string         `json:"tenant,omitempty"`
+	Agent   string         `json:"agent,omitempty"`
+	Backend string         `json:"backend,omitempty"`
+	Actor   string         `json:"actor,omitempty"` // who acted: "operator", "relay", a backend, an agent
+	Detail  map[string]any `json:"detail,omitempty"`
+}
+
+// AddAudit appends records in one transaction and sets their Seq.
+func (s *Store) AddAudit(ctx context.Context, recs []AuditRecord) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		stmt, err := tx.PrepareContext(ctx, s.d.insertIDQuery(`INSERT INTO audit (at_ms, kind, outcome, tenant, agent, backend, actor, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, "seq"))
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for i := range recs {
+			r := &recs[i]
+			detail := []byte("{}")
+			if len(r.Detail) > 0 {
+				if detail, err = json.Marshal(r.Detail); err != nil {
+					return fmt.Errorf("audit detail: %w", err)
+				}
+			}
+			if r.Seq, err = s.d.execInsertID(ctx, stmt, r.At.UnixMilli(), r.Kind, r.Outcome, r.Tenant, r.Agent, r.Backend, r.Actor, string(detail)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// AuditFilter selects audit records; zero fields match everything.
+type AuditFilter struct {
+	Tenant, Agent, Backend string
+	// Kind matches exactly, or as a prefix when it ends in ".".
+	Kind        string
+	Since       time.Time // inclusive
+	Until       time.Time // exclusive
+	AfterSeq    int64
+	BeforeSeq   int64 // exclusive; 0: no bound
+	Limit       int   // default 1000
+	NewestFirst bool
+}
+
+// ListAudit returns the records matching f, oldest first unless
+// f.NewestFirst.
+func (s *Store) ListAudit(ctx context.Context, f AuditFilter) ([]AuditRecord, error) {
+	var where []string
+	var args []any
+	add := func(cond string, v any) {
+		args = append(args, v)
+		where = append(where, strings.ReplaceAll(cond, "?", fmt.Sprintf("$%d", len(args))))
+	}
+	if f.Tenant != "" {
+		add("tenant = ?", f.Tenant)
+	}
+	if f.Agent != "" {
+		add("agent = ?", f.Agent)
+	}
+	if f.Backend != "" {
+		add("backend = ?", f.Backend)
+	}
+	if strings.HasSuffix(f.Kind, ".") {
+		add(fmt.Sprintf("substr(kind, 1, %d) = ?", len(f.Kind)), f.Kind)
+	} else if f.Kind != "" {
+		add("kind = ?", f.Kind)
+	}
+	if !f.Since.IsZero() {
+		add("at_ms >= ?", f.Since.UnixMilli())
+	}
+	if !f.Until.IsZero() {
+		add("at_ms < ?", f.Until.UnixMilli())
+	}
+	if f.AfterSeq > 0 {
+		add("seq > ?", f.AfterSeq)
+	}
+	if f.BeforeSeq > 0 {
+		add("seq < ?", f.BeforeSeq)
+	}
+	if f.Limit <= 0 {
+		f.Limit = 1000
+	}
+	q := `SELECT seq, at_ms, kind, outcome, tenant, agent, backend, actor, detail FROM audit`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	if f.NewestFirst {
+		q += " ORDER BY seq DESC"
+	} else {
+		q += " ORDER BY seq"
+	}
+	q += fmt.Sprintf(" LIMIT %d", f.Limit)
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []AuditRecord
+	for rows.Next() {
+		var r AuditRecord
+		var at int64
+		var detail string
+		if err := rows.Scan(&r.Seq, &at, &r.Kind, &r.Outcome, &r.Tenant, &r.Agent, &r.Backend, &r.Actor, &detail); err != nil {
+			return nil, err
+		}
+		r.At = fromUnixMilli(at)
+		if detail != "" && detail != "{}" {
+			if err := json.Unmarshal([]byte(detail), &r.Detail); err != nil {
+				return nil, fmt.Errorf("audit record %d: damaged detail: %w", r.Seq, err)
+			}
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}

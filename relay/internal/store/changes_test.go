@@ -1,0 +1,172 @@
+package store
+
+import (
+	"database/sql"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestChangeFeed checks that control-plane writes append to the change
+// feed in the same transaction, that a follower in the same process is
+// woken, and that another process (another Store on the same file, as an
+// admin command is) reads the same changes in order.
+func TestChangeFeed(t *testing.T) {
+	s, path := open(t)
+	other, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	start, err := other.LatestChange(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	woken := s.Changed()
+	if err := s.AddTenant(ctx, "acme", t0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-woken:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a change committed in this process woke no follower")
+	}
+	if err := s.AddAgent(ctx, Agent{ID: "a1", Tenant: "acme", CreatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	steps := []func() error{
+		func() error { return s.SetLimits(ctx, Limits{Tenant: "acme", MaxAgents: 2, UpdatedAt: t0}) },
+		func() error { _, err := s.RevokeAgent(ctx, "a1", "lost", t0); return err },
+		func() error { _, err := s.RevokeAgent(ctx, "a1", "again", t0); return err }, // no change: already revoked
+		func() error {
+			return s.AddBackend(ctx, Backend{Name: "billing", KeyHash: hash("k"), Grants: []Grant{{Tenant: "acme", Service: "*"}}, CreatedAt: t0})
+		},
+		func() error { return s.Ungrant(ctx, "billing", []Grant{{Tenant: "acme", Service: "db"}}) }, // fails: no change
+		func() error { return s.AppendChange(ctx, Change{Kind: ChangeCA}) },
+	}
+	for i, step := range steps {
+		err := step()
+		if i == 4 {
+			if !errors.Is(err, ErrNotFound) {
+				t.Fatalf("ungrant of a missing grant: %v", err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+	}
+	got, err := other.Changes(ctx, start, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Change{{Kind: ChangeTenant, Tenant: "acme"}, {Kind: ChangeLimits, Tenant: "acme"}, {Kind: ChangeRevoke, Tenant: "acme", Subject: "a1"},
+		{Kind: ChangeBackend, Subject: "billing"}, {Kind: ChangeCA}}
+	if len(got) != len(want) {
+		t.Fatalf("changes: got %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i].Kind != want[i].Kind || got[i].Tenant != want[i].Tenant || got[i].Subject != want[i].Subject || (i > 0 && got[i].Seq <= got[i-1].Seq) {
+			t.Fatalf("change %d: got %+v, want %+v (in order)", i, got[i], want[i])
+		}
+	}
+	if latest, _ := other.LatestChange(ctx); latest != got[len(got)-1].Seq {
+		t.Fatalf("LatestChange = %d, want %d", latest, got[len(got)-1].Seq)
+	}
+	if rest, _ := other.Changes(ctx, got[1].Seq, 2); len(rest) != 2 || rest[0].Seq != got[2].Seq {
+		t.Fatalf("Changes after %d, limit 2: %+v", got[1].Seq, rest)
+	}
+	// Pruning keeps the newest change, so positions never go back.
+	if _, err := s.PruneChanges(ctx, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	oldest, _ := s.OldestChange(ctx)
+	latest, _ := s.LatestChange(ctx)
+	if oldest != latest || latest != got[len(got)-1].Seq {
+		t.Fatalf("after pruning: oldest %d, latest %d; want both %d", oldest, latest, got[len(got)-1].Seq)
+	}
+}
+
+// TestErrorClasses checks the dialect's classification of real driver
+// errors by their codes.
+func TestErrorClasses(t *testing.T) {
+	s, path := open(t)
+	if err := s.AddTenant(ctx, "acme", t0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO tenants (name, created_at) VALUES ('acme', 0)`)
+	if c := s.d.classify(err); c != classUnique {
+		t.Fatalf("duplicate key: class %d (%v), want unique", c, err)
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO agents (id, tenant, created_at) VALUES ('x', 'nobody', 0)`)
+	if c := s.d.classify(err); c != classForeignKey {
+		t.Fatalf("missing tenant: class %d (%v), want foreign key", c, err)
+	}
+	// A second writer that will not wait gets SQLITE_BUSY: worth a retry.
+	holder, err := sql.Open("sqlite", "file:"+path+"?_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	tx, err := holder.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	impatient, err := sql.Open("sqlite", "file:"+filepath.Clean(path)+"?_txlock=immediate&_pragma=busy_timeout(0)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer impatient.Close()
+	_, err = impatient.Begin()
+	if c := s.d.classify(err); c != classRetry {
+		t.Fatalf("write lock held elsewhere: class %d (%v), want retry", c, err)
+	}
+	if c := s.d.classify(errors.New("UNIQUE constraint failed: not a driver error")); c != classOther {
+		t.Fatalf("a message that merely reads like a driver error: class %d, want other", c)
+	}
+}
+
+func TestConsoleSessions(t *testing.T) {
+	s, _ := open(t)
+	if err := s.AddOperatorToken(ctx, OperatorToken{ID: "op1", Name: "alice", SecretHash: hash("x"), CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	cs := ConsoleSession{IDHash: hash("session-1"), Operator: "alice", TokenID: "op1", CSRF: "c1", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}
+	if err := s.AddConsoleSession(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.ConsoleSession(ctx, hash("session-1"), t0.Add(time.Minute))
+	if err != nil || got.Operator != "alice" || got.TokenID != "op1" || got.CSRF != "c1" || !got.ExpiresAt.Equal(cs.ExpiresAt) {
+		t.Fatalf("session: %+v, %v", got, err)
+	}
+	if _, err := s.ConsoleSession(ctx, hash("session-1"), t0.Add(2*time.Hour)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("expired session: %v, want ErrNotFound", err)
+	}
+	// Revoking the token ends its sessions.
+	if _, err := s.RevokeOperatorToken(ctx, "op1", t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ConsoleSession(ctx, hash("session-1"), t0.Add(time.Minute)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("session of a revoked token: %v, want ErrNotFound", err)
+	}
+	cs.IDHash = hash("session-2")
+	s.AddConsoleSession(ctx, cs)
+	if ok, err := s.DeleteConsoleSession(ctx, hash("session-2")); !ok || err != nil {
+		t.Fatalf("delete: %v, %v", ok, err)
+	}
+	if ok, _ := s.DeleteConsoleSession(ctx, hash("session-2")); ok {
+		t.Fatal("deleted a session twice")
+	}
+	cs.IDHash = hash("session-3")
+	s.AddConsoleSession(ctx, cs)
+	if err := s.PruneConsoleSessions(ctx, t0.Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	s.db.QueryRow(`SELECT count(*) FROM console_sessions`).Scan(&n)
+	if n != 0 {
+		t.Fatalf("sessions left after pruning: %d", n)
+	}
+}

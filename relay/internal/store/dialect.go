@@ -1,0 +1,111 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"net/url"
+	"strings"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// errClass is what the store needs to know of a driver error.
+type errClass int
+
+const (
+	classOther      errClass = iota
+	classUnique              // a uniqueness (or primary key) violation
+	classForeignKey          // a foreign key violation
+	classRetry               // worth running the transaction again: locked, busy, serialization failure, deadlock
+)
+
+// dialect is what differs between database engines. Errors are classified
+// by the driver's error code, never by message text.
+type dialect interface {
+	// classify maps an error returned by the driver to a class.
+	classify(err error) errClass
+	// ddl expands the engine-specific fragments of a migration: {{serial}}
+	// (an auto-incrementing 64-bit primary key) and {{blob}} (bytes).
+	ddl(portable string) string
+	// orderChanges runs in every transaction that appends to the change
+	// feed, before it does, so that changes commit in the order of their
+	// sequence numbers and a follower that has read seq N never misses a
+	// change below N committed later.
+	orderChanges(ctx context.Context, tx *sql.Tx) error
+	// insertIDQuery returns an INSERT into a table with a {{serial}}
+	// column named key, completed so that execInsertID can return the
+	// new key.
+	insertIDQuery(query, key string) string
+	// execInsertID runs a statement prepared from insertIDQuery and
+	// returns the new key.
+	execInsertID(ctx context.Context, stmt *sql.Stmt, args ...any) (int64, error)
+}
+
+// sqliteDialect is SQLite through modernc.org/sqlite.
+type sqliteDialect struct{}
+
+// openSQLite opens the database file at path. Every transaction begins
+// IMMEDIATE (it takes the write lock first), so one process at a time
+// writes and changes commit in order; readers proceed concurrently in WAL
+// mode.
+func openSQLite(path string) (*sql.DB, error) {
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, err
+	}
+	// Keep connections open: opening one re-runs the pragmas above and
+	// costs more than most queries.
+	db.SetMaxOpenConns(16)
+	db.SetMaxIdleConns(16)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	return db, nil
+}
+
+func (sqliteDialect) classify(err error) errClass {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return classOther
+	}
+	switch se.Code() { // extended result codes are on
+	case sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+		return classUnique
+	case sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
+		return classForeignKey
+	}
+	switch se.Code() & 0xff {
+	// BUSY comes back at once, without the busy timeout, where waiting
+	// could deadlock (e.g. switching a fresh file to WAL while another
+	// process does the same, or upgrading a read transaction).
+	case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+		return classRetry
+	}
+	return classOther
+}
+
+func (sqliteDialect) ddl(portable string) string {
+	return strings.NewReplacer("{{serial}}", "INTEGER PRIMARY KEY AUTOINCREMENT", "{{blob}}", "BLOB").Replace(portable)
+}
+
+// orderChanges does nothing: BEGIN IMMEDIATE already serialises writers.
+func (sqliteDialect) orderChanges(context.Context, *sql.Tx) error { return nil }
+
+func (sqliteDialect) insertIDQuery(query, _ string) string { return query }
+
+// execInsertID reads the key as the last rowid: an Exec costs less than a
+// query's rows, which matters to the audit writer's batches.
+func (sqliteDialect) execInsertID(ctx context.Context, stmt *sql.Stmt, args ...any) (int64, error) {
+	res, err := stmt.ExecContext(ctx, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.LastInsertId()
+}

@@ -1,0 +1,247 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+)
+
+// migration is one versioned schema change. Its SQL is portable but for
+// the fragments the dialect expands (dialect.ddl).
+type migration struct {
+	version int
+	sql     string
+}
+
+// migrations are applied in order, each in its own transaction. Never edit
+// one that has shipped: add a new one. (Replacing SQLite's spelling of a
+// fragment with the {{…}} that expands to exactly it edits nothing.)
+var migrations = []migration{
+	{1, `
+CREATE TABLE tenants (
+	name       TEXT PRIMARY KEY,
+	created_at BIGINT NOT NULL
+);
+CREATE TABLE join_tokens (
+	id          TEXT PRIMARY KEY,
+	tenant      TEXT NOT NULL REFERENCES tenants(name),
+	secret_hash TEXT NOT NULL,
+	created_at  BIGINT NOT NULL,
+	expires_at  BIGINT NOT NULL,
+	max_uses    INTEGER NOT NULL,
+	uses        INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX join_tokens_tenant ON join_tokens(tenant);
+CREATE TABLE agents (
+	id             TEXT PRIMARY KEY,
+	tenant         TEXT NOT NULL REFERENCES tenants(name),
+	hostname       TEXT NOT NULL DEFAULT '',
+	created_at     BIGINT NOT NULL,
+	cert_serial    TEXT NOT NULL DEFAULT '',
+	cert_not_after BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX agents_tenant ON agents(tenant);
+CREATE TABLE backends (
+	name       TEXT PRIMARY KEY,
+	key_hash   TEXT NOT NULL,
+	created_at BIGINT NOT NULL
+);
+CREATE TABLE backend_tenants (
+	backend TEXT NOT NULL REFERENCES backends(name) ON DELETE CASCADE,
+	tenant  TEXT NOT NULL,
+	PRIMARY KEY (backend, tenant)
+);
+CREATE TABLE settings (
+	key   TEXT PRIMARY KEY,
+	value TEXT NOT NULL
+);
+`},
+	{2, `
+ALTER TABLE agents ADD COLUMN revoked_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN revoked_reason TEXT NOT NULL DEFAULT '';
+CREATE INDEX agents_revoked ON agents(revoked_at);
+CREATE TABLE audit (
+	seq        {{serial}},
+	at_ms      BIGINT NOT NULL,
+	kind       TEXT NOT NULL,
+	outcome    TEXT NOT NULL,
+	tenant     TEXT NOT NULL DEFAULT '',
+	agent      TEXT NOT NULL DEFAULT '',
+	backend    TEXT NOT NULL DEFAULT '',
+	actor      TEXT NOT NULL DEFAULT '',
+	detail     TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_at ON audit(at_ms);
+CREATE INDEX audit_tenant ON audit(tenant, at_ms);
+CREATE INDEX audit_agent ON audit(agent, at_ms);
+CREATE INDEX audit_backend ON audit(backend, at_ms);
+CREATE TABLE tenant_limits (
+	tenant      TEXT PRIMARY KEY REFERENCES tenants(name),
+	max_agents  INTEGER NOT NULL DEFAULT 0,
+	max_streams INTEGER NOT NULL DEFAULT 0,
+	open_rate   DOUBLE PRECISION NOT NULL DEFAULT 0,
+	open_burst  INTEGER NOT NULL DEFAULT 0,
+	cidrs       TEXT NOT NULL DEFAULT '',
+	updated_at  BIGINT NOT NULL
+);
+`},
+	// Grants name services as well as tenants, each a pattern.
+	{3, `
+CREATE TABLE backend_grants (
+	backend TEXT NOT NULL REFERENCES backends(name) ON DELETE CASCADE,
+	tenant  TEXT NOT NULL,
+	service TEXT NOT NULL,
+	PRIMARY KEY (backend, tenant, service)
+);
+INSERT INTO backend_grants (backend, tenant, service) SELECT backend, tenant, '*' FROM backend_tenants;
+DROP TABLE backend_tenants;
+`},
+	// The CA root (printable fingerprint) that issued each agent's newest
+	// certificate, and the root each join token pins. '' on rows written
+	// before CA rotation existed: those are the CA's first root.
+	{4, `
+ALTER TABLE agents ADD COLUMN cert_root TEXT NOT NULL DEFAULT '';
+ALTER TABLE join_tokens ADD COLUMN ca_root TEXT NOT NULL DEFAULT '';
+`},
+	// Operator tokens for the admin API: a name, a hash of the secret, an
+	// expiry and a revocation time.
+	{5, `
+CREATE TABLE operator_tokens (
+	id          TEXT PRIMARY KEY,
+	name        TEXT NOT NULL,
+	secret_hash TEXT NOT NULL,
+	created_at  BIGINT NOT NULL,
+	expires_at  BIGINT NOT NULL,
+	revoked_at  BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX operator_tokens_name ON operator_tokens(name);
+`},
+	// Agent releases, rollouts and each agent's update state.
+	{6, `
+CREATE TABLE releases (
+	version      TEXT NOT NULL,
+	os           TEXT NOT NULL,
+	arch         TEXT NOT NULL,
+	channel      TEXT NOT NULL,
+	sha256       TEXT NOT NULL,
+	size         BIGINT NOT NULL,
+	expires_at   BIGINT NOT NULL,
+	key_id       TEXT NOT NULL DEFAULT '',
+	dir          TEXT NOT NULL,
+	published_at BIGINT NOT NULL,
+	PRIMARY KEY (version, os, arch, channel)
+);
+CREATE TABLE rollouts (
+	id         {{serial}},
+	version    TEXT NOT NULL,
+	percent    INTEGER NOT NULL DEFAULT 0,
+	tenants    TEXT NOT NULL DEFAULT '',
+	agents     TEXT NOT NULL DEFAULT '',
+	halt_at    DOUBLE PRECISION NOT NULL DEFAULT 0,
+	batch      INTEGER NOT NULL DEFAULT 0,
+	state      TEXT NOT NULL,
+	reason     TEXT NOT NULL DEFAULT '',
+	created_at BIGINT NOT NULL,
+	updated_at BIGINT NOT NULL
+);
+CREATE INDEX rollouts_state ON rollouts(state);
+CREATE TABLE agent_updates (
+	agent        TEXT NOT NULL,
+	version      TEXT NOT NULL,
+	tenant       TEXT NOT NULL DEFAULT '',
+	rollout      BIGINT NOT NULL DEFAULT 0,
+	state        TEXT NOT NULL,
+	reason       TEXT NOT NULL DEFAULT '',
+	message      TEXT NOT NULL DEFAULT '',
+	from_version TEXT NOT NULL DEFAULT '',
+	updated_at   BIGINT NOT NULL,
+	PRIMARY KEY (agent, version)
+);
+CREATE INDEX agent_updates_version ON agent_updates(version);
+`},
+	// When the relay last heard from each agent, Unix seconds (0: never).
+	{7, `
+ALTER TABLE agents ADD COLUMN last_seen BIGINT NOT NULL DEFAULT 0;
+`},
+	// The change feed (changes.go); console sessions that outlive a
+	// relay's restart (operators.go); release files kept in the store by
+	// content hash instead of in a directory named by an absolute path
+	// (releases.go: rows still naming a directory are imported at open).
+	{8, `
+CREATE TABLE changes (
+	seq     {{serial}},
+	at_ms   BIGINT NOT NULL,
+	kind    TEXT NOT NULL,
+	tenant  TEXT NOT NULL DEFAULT '',
+	subject TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX changes_at ON changes(at_ms);
+CREATE TABLE console_sessions (
+	id_hash    TEXT PRIMARY KEY,
+	operator   TEXT NOT NULL,
+	token_id   TEXT NOT NULL DEFAULT '',
+	csrf       TEXT NOT NULL,
+	created_at BIGINT NOT NULL,
+	expires_at BIGINT NOT NULL
+);
+CREATE INDEX console_sessions_expires ON console_sessions(expires_at);
+CREATE TABLE blobs (
+	sha256 TEXT NOT NULL,
+	part   INTEGER NOT NULL,
+	data   {{blob}} NOT NULL,
+	PRIMARY KEY (sha256, part)
+);
+ALTER TABLE releases ADD COLUMN binary_signature {{blob}};
+ALTER TABLE releases ADD COLUMN manifest {{blob}};
+ALTER TABLE releases ADD COLUMN manifest_signature {{blob}};
+`},
+}
+
+// latestMigration is the schema version a migrated store has.
+func latestMigration() int { return migrations[len(migrations)-1].version }
+
+func (s *Store) migrate(ctx context.Context) error {
+	// In a write transaction: outside one, SQLite may find the schema
+	// changed under it by another process creating the same file and
+	// answer SQLITE_BUSY at once instead of waiting (tx retries that).
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for _, m := range migrations {
+		// Each migration checks and applies under a lock that one
+		// process holds at a time (SQLite: the write lock BEGIN
+		// IMMEDIATE takes; other engines: the lock that orders the
+		// change feed), so two processes opening a fresh database
+		// cannot both apply it.
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			if err := s.d.orderChanges(ctx, tx); err != nil {
+				return err
+			}
+			done, err := exists(ctx, tx, `SELECT count(*) FROM schema_migrations WHERE version = $1`, m.version)
+			if err != nil || done {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, s.d.ddl(m.sql)); err != nil {
+				return fmt.Errorf("migration %d: %w", m.version, err)
+			}
+			_, err = tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)`, m.version, time.Now().Unix())
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return s.importReleaseDirs(ctx)
+}
+
+// SchemaVersion is the highest migration applied.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v sql.NullInt64
+	err := s.db.QueryRowContext(ctx, `SELECT max(version) FROM schema_migrations`).Scan(&v)
+	return int(v.Int64), err
+}

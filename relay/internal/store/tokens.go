@@ -1,0 +1,154 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Token is a join token record. SecretHash is the SHA-256 of the secret.
+type Token struct {
+	ID         string
+	Tenant     string
+	SecretHash []byte
+	CreatedAt  time.Time
+	ExpiresAt  time.Time
+	MaxUses    int
+	Uses       int
+	// CARoot is the printable fingerprint of the CA root the token pins;
+	// "" for tokens made before CA rotation existed.
+	CARoot string
+}
+
+// AddToken stores a join token; its tenant must exist.
+func (s *Store) AddToken(ctx context.Context, t Token) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		if _, err := tenant(ctx, tx, t.Tenant); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO join_tokens (id, tenant, secret_hash, created_at, expires_at, max_uses, uses, ca_root) VALUES ($1, $2, $3, $4, $5, $6, 0, $7)`,
+			t.ID, t.Tenant, hex.EncodeToString(t.SecretHash), unix(t.CreatedAt), unix(t.ExpiresAt), t.MaxUses, t.CARoot)
+		return err
+	}, Change{Kind: ChangeToken, Tenant: t.Tenant, Subject: t.ID})
+	if s.unique(err) {
+		return fmt.Errorf("join token %s: %w", t.ID, ErrExists)
+	}
+	return err
+}
+
+const tokenCols = `id, tenant, created_at, expires_at, max_uses, uses, ca_root`
+
+// ListTokens returns join tokens of tenant ("" for all), newest first,
+// without their secret hashes.
+func (s *Store) ListTokens(ctx context.Context, tenant string) ([]Token, error) {
+	return queryTokens(ctx, s.db, `SELECT `+tokenCols+` FROM join_tokens
+		WHERE $1 = '' OR tenant = $1 ORDER BY created_at DESC, id`, tenant)
+}
+
+// LiveTokens returns the join tokens that can still enrol an agent at now
+// (not expired, uses left), newest first, without their secret hashes.
+func (s *Store) LiveTokens(ctx context.Context, now time.Time) ([]Token, error) {
+	return queryTokens(ctx, s.db, `SELECT `+tokenCols+` FROM join_tokens
+		WHERE expires_at > $1 AND uses < max_uses ORDER BY created_at DESC, id`, unix(now))
+}
+
+// querier is a *sql.DB or a *sql.Tx.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func queryTokens(ctx context.Context, q querier, query string, args ...any) ([]Token, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Token
+	for rows.Next() {
+		var t Token
+		var created, expires int64
+		if err := rows.Scan(&t.ID, &t.Tenant, &created, &expires, &t.MaxUses, &t.Uses, &t.CARoot); err != nil {
+			return nil, err
+		}
+		t.CreatedAt, t.ExpiresAt = fromUnix(created), fromUnix(expires)
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+// ConsumeToken checks and uses one use of join token id. It verifies the
+// secret first (a wrong secret learns nothing about expiry or uses), then
+// expiry and remaining uses. The use is taken with a conditional update, so
+// concurrent consumers — in one process or several — never overspend a
+// token. check, when not nil, runs with the token's tenant after the
+// secret and expiry checks and before the use is taken; its error is
+// returned as is and no use is taken. It returns the token with Uses after
+// the increment (and, on a refusal after the secret matched, the token as
+// read).
+func (s *Store) ConsumeToken(ctx context.Context, id string, secretMatches func(hash []byte) bool, now time.Time, check func(tenant string) error) (Token, error) {
+	var t Token
+	var hashHex string
+	var created, expires int64
+	err := s.db.QueryRowContext(ctx, `SELECT id, tenant, secret_hash, created_at, expires_at, max_uses, uses FROM join_tokens WHERE id = $1`, id).
+		Scan(&t.ID, &t.Tenant, &hashHex, &created, &expires, &t.MaxUses, &t.Uses)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Token{}, fmt.Errorf("join token %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Token{}, err
+	}
+	hash, err := hex.DecodeString(hashHex)
+	if err != nil || !secretMatches(hash) {
+		return Token{}, fmt.Errorf("join token %s: %w", id, ErrTokenSecret)
+	}
+	t.SecretHash = hash
+	t.CreatedAt, t.ExpiresAt = fromUnix(created), fromUnix(expires)
+	if !now.Before(t.ExpiresAt) {
+		return t, fmt.Errorf("join token %s: %w", id, ErrTokenExpired)
+	}
+	if check != nil {
+		if err := check(t.Tenant); err != nil {
+			return t, err
+		}
+	}
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE join_tokens SET uses = uses + 1 WHERE id = $1 AND uses < max_uses AND expires_at > $2`, id, unix(now))
+		if err != nil {
+			return err
+		}
+		if n, err := affected(res); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("join token %s: %w", id, ErrTokenUsedUp)
+		}
+		return tx.QueryRowContext(ctx, `SELECT uses FROM join_tokens WHERE id = $1`, id).Scan(&t.Uses)
+	})
+	if errors.Is(err, ErrTokenUsedUp) {
+		return t, err
+	}
+	if err != nil {
+		return Token{}, err
+	}
+	return t, nil
+}
+
+// DeleteToken removes a join token, so that it enrols no more agents.
+func (s *Store) DeleteToken(ctx context.Context, id string) (Token, error) {
+	var t Token
+	err := s.writeChanges(ctx, func(tx *sql.Tx) ([]Change, error) {
+		ts, err := queryTokens(ctx, tx, `SELECT `+tokenCols+` FROM join_tokens WHERE id = $1`, id)
+		if err != nil {
+			return nil, err
+		}
+		if len(ts) == 0 {
+			return nil, fmt.Errorf("join token %s: %w", id, ErrNotFound)
+		}
+		t = ts[0]
+		_, err = tx.ExecContext(ctx, `DELETE FROM join_tokens WHERE id = $1`, id)
+		return []Change{{Kind: ChangeToken, Tenant: t.Tenant, Subject: id}}, err
+	})
+	return t, err
+}
