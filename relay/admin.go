@@ -4,10 +4,6 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/base32"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +12,10 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/credential"
+	"github.com/tetherhq/tether/relay/internal/datadir"
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
@@ -29,7 +29,7 @@ import (
 type Admin struct {
 	st    *state
 	now   func() time.Time
-	audit *auditLog // synchronous: each record is written before the command returns
+	audit *audit.Log // synchronous: each record is written before the command returns
 	// actor names who acts in audit records; "" means "operator" (the
 	// command line on the relay host).
 	actor string
@@ -45,32 +45,24 @@ func OpenAdmin(ctx context.Context, dir, trustDomain string) (*Admin, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Admin actions join the relay's own audit file, wherever it is.
-	path, err := st.store.Setting(ctx, auditPathKey)
-	if errors.Is(err, store.ErrNotFound) {
-		path, err = filepath.Join(dir, defaultAuditFile), nil
-	}
+	// Admin actions join the audit file of the relay on this host.
+	auditLog, err := audit.Open(ctx, st.store, filepath.Join(dir, datadir.AuditFile), slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	if err != nil {
 		st.close()
 		return nil, err
 	}
-	audit, err := openAuditLog(st.store, path, slog.New(slog.NewTextHandler(os.Stderr, nil)), true)
-	if err != nil {
-		st.close()
-		return nil, err
-	}
-	return &Admin{st: st, now: time.Now, audit: audit}, nil
+	return &Admin{st: st, now: time.Now, audit: auditLog}, nil
 }
 
 // Close releases the store and the audit file.
 func (a *Admin) Close() error {
-	err := a.audit.closeFile()
+	err := a.audit.Close()
 	return errors.Join(err, a.st.close())
 }
 
 // record writes an audit record of an operator action.
 func (a *Admin) record(kind, tenant, agent, backend string, detail map[string]any) {
-	a.audit.add(AuditRecord{At: a.now(), Kind: kind, Outcome: OutcomeOK, Tenant: tenant, Agent: agent, Backend: backend, Actor: cmp.Or(a.actor, "operator"), Detail: detail})
+	a.audit.Add(audit.Record{At: a.now(), Kind: kind, Outcome: audit.OutcomeOK, Tenant: tenant, Agent: agent, Backend: backend, Actor: cmp.Or(a.actor, "operator"), Detail: detail})
 }
 
 // TrustDomain is the SPIFFE trust domain of the relay's CA.
@@ -97,7 +89,7 @@ func (a *Admin) AddTenant(ctx context.Context, name string) error {
 		}
 		return err
 	}
-	a.record(AuditTenantAdd, name, "", "", nil)
+	a.record(audit.TenantAdd, name, "", "", nil)
 	return nil
 }
 
@@ -170,7 +162,7 @@ func (a *Admin) CreateToken(ctx context.Context, tenant string, ttl time.Duratio
 	if err := a.st.store.AddToken(ctx, rec); err != nil {
 		return "", TokenInfo{}, err
 	}
-	a.record(AuditTokenCreate, tenant, "", "", map[string]any{"token": rec.ID, "expires_at": rec.ExpiresAt, "max_uses": uses})
+	a.record(audit.TokenCreate, tenant, "", "", map[string]any{"token": rec.ID, "expires_at": rec.ExpiresAt, "max_uses": uses})
 	return tok.String(), tokenInfo(rec), nil
 }
 
@@ -255,7 +247,7 @@ func (a *Admin) RevokeAgent(ctx context.Context, id, reason string) (AgentInfo, 
 		return AgentInfo{}, err
 	}
 	if before.RevokedAt.IsZero() {
-		a.record(AuditRevoke, rec.Tenant, rec.ID, "", map[string]any{"reason": reason})
+		a.record(audit.Revoke, rec.Tenant, rec.ID, "", map[string]any{"reason": reason})
 	}
 	return agentInfo(rec), nil
 }
@@ -292,7 +284,7 @@ func (a *Admin) SetLimits(ctx context.Context, l Limits) error {
 	if err != nil {
 		return err
 	}
-	a.record(AuditLimitsSet, l.Tenant, "", "", map[string]any{"max_agents": l.MaxAgents, "max_streams": l.MaxStreams,
+	a.record(audit.LimitsSet, l.Tenant, "", "", map[string]any{"max_agents": l.MaxAgents, "max_streams": l.MaxStreams,
 		"open_rate": l.OpenRate, "open_burst": l.OpenBurst, "cidrs": clean})
 	return nil
 }
@@ -315,7 +307,7 @@ func (a *Admin) AllLimits(ctx context.Context) ([]Limits, error) {
 type AuditFilter = store.AuditFilter
 
 // Audit returns audit records matching f.
-func (a *Admin) Audit(ctx context.Context, f AuditFilter) ([]AuditRecord, error) {
+func (a *Admin) Audit(ctx context.Context, f AuditFilter) ([]audit.Record, error) {
 	return a.st.store.ListAudit(ctx, f)
 }
 
@@ -340,8 +332,8 @@ func (a *Admin) AddBackend(ctx context.Context, name string, grants []string) (s
 	if err != nil {
 		return "", invalid(err)
 	}
-	key := newAPIKey()
-	err = a.st.store.AddBackend(ctx, store.Backend{Name: name, KeyHash: hashAPIKey(key), Grants: gs, CreatedAt: a.now()})
+	key := credential.NewAPIKey()
+	err = a.st.store.AddBackend(ctx, store.Backend{Name: name, KeyHash: credential.Hash(key), Grants: gs, CreatedAt: a.now()})
 	switch {
 	case errors.Is(err, store.ErrExists):
 		return "", existsf("backend %q already exists", name)
@@ -350,14 +342,14 @@ func (a *Admin) AddBackend(ctx context.Context, name string, grants []string) (s
 	case err != nil:
 		return "", err
 	}
-	a.record(AuditBackendAdd, "", "", name, map[string]any{"grants": grantStrings(gs)})
+	a.record(audit.BackendAdd, "", "", name, map[string]any{"grants": grantStrings(gs)})
 	return key, nil
 }
 
 // Grant adds grants to a backend. A running relay applies them within
 // BackendCacheTTL.
 func (a *Admin) Grant(ctx context.Context, name string, grants []string) error {
-	return a.changeGrants(ctx, name, grants, AuditBackendGrant, func(ctx context.Context, name string, gs []Grant) error {
+	return a.changeGrants(ctx, name, grants, audit.BackendGrant, func(ctx context.Context, name string, gs []Grant) error {
 		err := a.st.store.Grant(ctx, name, gs)
 		if errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("grant to backend %q: %w", name, err)
@@ -370,7 +362,7 @@ func (a *Admin) Grant(ctx context.Context, name string, grants []string) error {
 // streams they allowed within BackendCacheTTL; streams already open
 // continue.
 func (a *Admin) Ungrant(ctx context.Context, name string, grants []string) error {
-	return a.changeGrants(ctx, name, grants, AuditBackendUngrant, a.st.store.Ungrant)
+	return a.changeGrants(ctx, name, grants, audit.BackendUngrant, a.st.store.Ungrant)
 }
 
 // changeGrants parses grants, applies them to backend name with apply and
@@ -409,29 +401,4 @@ func (a *Admin) Backends(ctx context.Context) ([]BackendInfo, error) {
 		out[i] = BackendInfo{Name: b.Name, Grants: b.Grants, CreatedAt: b.CreatedAt}
 	}
 	return out, nil
-}
-
-// APIKeyPrefix starts every backend API key.
-const APIKeyPrefix = "tbk1_"
-
-func newAPIKey() string {
-	var b [32]byte
-	rand.Read(b[:])
-	return APIKeyPrefix + base64.RawURLEncoding.EncodeToString(b[:])
-}
-
-func hashAPIKey(key string) []byte {
-	h := sha256.Sum256([]byte(key))
-	return h[:]
-}
-
-func apiKeyMatches(key string, hash []byte) bool {
-	return subtle.ConstantTimeCompare(hashAPIKey(key), hash) == 1
-}
-
-// newAgentID returns a random agent id: 16 lower-case base32 characters.
-func newAgentID() string {
-	var b [10]byte
-	rand.Read(b[:])
-	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
 }

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tetherhq/tether/relay/internal/audit"
+
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
@@ -331,7 +333,7 @@ func (s *adminServer) login(w http.ResponseWriter, req *http.Request) {
 		fail(apiErrorf(http.StatusServiceUnavailable, CodeUnavailable, "%v", err))
 		return
 	}
-	s.r.admin(Operator{Name: rec.Name}.Actor()).record(AuditOperatorLogin, "", "", "", map[string]any{"token": rec.ID})
+	s.r.admin(Operator{Name: rec.Name}.Actor()).record(audit.OperatorLogin, "", "", "", map[string]any{"token": rec.ID})
 	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: id, Path: "/", Expires: x.expires, MaxAge: int(ttl.Seconds()),
 		HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
 	if form {
@@ -358,7 +360,7 @@ func (s *adminServer) logout(w http.ResponseWriter, req *http.Request) {
 	if c, err := req.Cookie(SessionCookie); err == nil {
 		if x := s.sessions.get(c.Value, s.r.cfg.Now()); x != nil {
 			s.sessions.close(c.Value)
-			s.r.admin(Operator{Name: x.operator}.Actor()).record(AuditOperatorLogout, "", "", "", nil)
+			s.r.admin(Operator{Name: x.operator}.Actor()).record(audit.OperatorLogout, "", "", "", nil)
 		}
 	}
 	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/tetherhq/tether/relay/internal/audit"
 )
 
 // routes registers the /api/v1/ endpoints on mux. Every one is
@@ -331,7 +333,7 @@ func (s *adminServer) audit(w http.ResponseWriter, req *http.Request) {
 	}
 	out := map[string]any{"records": recs}
 	if recs == nil {
-		out["records"] = []AuditRecord{}
+		out["records"] = []audit.Record{}
 	}
 	if len(recs) == f.Limit {
 		out["next_cursor"] = strconv.FormatInt(recs[len(recs)-1].Seq, 10)

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tetherhq/tether/relay/internal/audit"
+
 	quicgo "github.com/quic-go/quic-go"
 
 	"github.com/tetherhq/tether/protocol"
@@ -160,7 +162,7 @@ func (r *Relay) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess agentSe
 		return
 	}
 	log = log.With("tenant", id.Tenant, "agent", id.ID)
-	audit := AuditRecord{Kind: AuditConnect, Tenant: id.Tenant, Agent: id.ID, Actor: "agent",
+	connRec := audit.Record{Kind: audit.Connect, Tenant: id.Tenant, Agent: id.ID, Actor: "agent",
 		Detail: map[string]any{"transport": transportName, "remote": remote.String(), "cert_serial": leaf.SerialNumber.Text(16)}}
 
 	hctx, cancel := context.WithTimeout(ctx, r.cfg.HandshakeTimeout)
@@ -181,8 +183,8 @@ func (r *Relay) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess agentSe
 	if err != nil {
 		r.hsFailed.Add(1)
 		log.Warn("agent refused", "err", err)
-		audit.Outcome, audit.Detail["error"] = protocol.CodeOf(err).String(), err.Error()
-		r.audit.add(audit)
+		connRec.Outcome, connRec.Detail["error"] = protocol.CodeOf(err).String(), err.Error()
+		r.audit.Add(connRec)
 		admitted() // the refusal's grace period holds no handshake slot
 		r.reject(sess, ctl, err)
 		return
@@ -219,9 +221,9 @@ func (r *Relay) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess agentSe
 		// may have looked at the registry before this session joined it.
 		ac.closeWith(rev.(error))
 	}
-	audit.Outcome, audit.Detail["session"] = OutcomeOK, ac.sessionID
-	audit.Detail["ca_root"] = ac.rootID()
-	r.audit.add(audit)
+	connRec.Outcome, connRec.Detail["session"] = audit.OutcomeOK, ac.sessionID
+	connRec.Detail["ca_root"] = ac.rootID()
+	r.audit.Add(connRec)
 	log.Info("agent connected", "session", ac.sessionID, "os", hello.OS, "arch", hello.Arch, "hostname", hello.Hostname, "transport_why", hello.TransportWhy)
 	if authority.RenewNow() && ac.rootID() != authority.Signer().ID() {
 		// The operator asked agents to move to the new root at once: this

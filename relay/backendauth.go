@@ -14,12 +14,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tetherhq/tether/relay/internal/audit"
+
 	"github.com/coreos/go-oidc/v3/oidc"
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
-	"github.com/tetherhq/tether/relay/internal/ca"
+	"github.com/tetherhq/tether/relay/internal/atomicfile"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
@@ -30,7 +32,7 @@ const jwksCacheFile = "oidc-keys.json"
 // auditBackendCertRefusal records a client certificate refused at the TLS
 // front door.
 func (r *Relay) auditBackendCertRefusal(certs []*x509.Certificate, err error) {
-	r.audit.add(AuditRecord{Kind: AuditStream, Outcome: protocol.CodeUnauthenticated.String(), Actor: "unauthenticated",
+	r.audit.Add(audit.Record{Kind: audit.Stream, Outcome: protocol.CodeUnauthenticated.String(), Actor: "unauthenticated",
 		Detail: withCertificate(map[string]any{"door": "connect-tls", "auth": viaCertificate, "error": "backend certificate refused: " + err.Error()}, certs)})
 }
 
@@ -352,7 +354,7 @@ func (k *keyCache) refresh(ctx context.Context, unknownKey bool) ([]jose.JSONWeb
 	}
 	k.keys, k.fetched = set.Keys, now
 	if b, err := json.Marshal(cachedKeys{JWKSURL: k.jwksURL, Fetched: now, Keys: raw}); err == nil {
-		ca.WriteFileAtomic(k.file, b, 0o600) // best effort: only a restart during an outage needs it
+		atomicfile.Write(k.file, b, 0o600) // best effort: only a restart during an outage needs it
 	}
 	return k.keys, nil
 }

@@ -13,7 +13,10 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/tetherhq/tether/relay/internal/audit"
+
 	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/relay/internal/atomicfile"
 	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
@@ -80,7 +83,7 @@ func (c *ClientCertificate) WriteFiles(dir string) error {
 		data []byte
 		perm os.FileMode
 	}{{c.base + ".key", c.KeyPEM, 0o600}, {c.base + ".crt", c.CertPEM, 0o644}, {"ca.crt", c.CAPEM, 0o644}} {
-		if err := ca.WriteFileAtomic(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
+		if err := atomicfile.Write(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
 			return fmt.Errorf("write %s: %w", f.name, err)
 		}
 	}
@@ -109,6 +112,6 @@ func (a *Admin) IssueBackendCertificate(ctx context.Context, name string, lifeti
 	if err != nil {
 		return nil, err
 	}
-	a.record(AuditBackendCert, "", "", name, map[string]any{"serial": c.Serial, "not_after": c.NotAfter.UTC().Format(time.RFC3339)})
+	a.record(audit.BackendCert, "", "", name, map[string]any{"serial": c.Serial, "not_after": c.NotAfter.UTC().Format(time.RFC3339)})
 	return c, nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/protocol/transport"
 	"github.com/tetherhq/tether/relay/internal/ca"
+	"github.com/tetherhq/tether/relay/internal/credential"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
@@ -148,7 +149,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 		b.Fatal(err)
 	}
 	const key = "tk_8c1f0d5e7a9b3c2d4e6f8a0b1c3d5e7f"
-	if err := r.st.store.AddBackend(ctx, store.Backend{Name: "billing", KeyHash: hashAPIKey(key), Grants: []store.Grant{{Tenant: "acme", Service: store.Any}}, CreatedAt: now}); err != nil {
+	if err := r.st.store.AddBackend(ctx, store.Backend{Name: "billing", KeyHash: credential.Hash(key), Grants: []store.Grant{{Tenant: "acme", Service: store.Any}}, CreatedAt: now}); err != nil {
 		b.Fatal(err)
 	}
 	for _, tc := range []struct {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tetherhq/tether/relay/internal/audit"
+
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/store"
@@ -64,7 +66,7 @@ func (r *Relay) refreshCA(ctx context.Context) {
 			why = protocol.Errorf(protocol.CodeUnauthenticated, "this agent's certificate comes from CA root %d (%s), retired at %s: enrol it again with a new join token",
 				root.Generation, root.ID(), root.RetiredAt.UTC().Format(time.RFC3339))
 		}
-		r.audit.add(AuditRecord{Kind: AuditDisconnect, Outcome: protocol.CodeUnauthenticated.String(), Tenant: c.id.Tenant, Agent: c.id.ID, Actor: "relay",
+		r.audit.Add(audit.Record{Kind: audit.Disconnect, Outcome: protocol.CodeUnauthenticated.String(), Tenant: c.id.Tenant, Agent: c.id.ID, Actor: "relay",
 			Detail: map[string]any{"session": c.sessionID, "ca_root": c.rootID(), "reason": "CA root retired"}})
 		c.closeWith(why)
 	}
@@ -119,13 +121,6 @@ func (g *registry) notOnRoots(roots map[string]bool) []*agentConn {
 	}
 	return out
 }
-
-// Audit record kinds of CA changes.
-const (
-	AuditCARotate   = "ca.rotate"
-	AuditCARetire   = "ca.retire"
-	AuditCARenewNow = "ca.renew_now"
-)
 
 // CARoot describes one root of the tenant CA.
 type CARoot struct {
@@ -231,7 +226,7 @@ func (a *Admin) RotateCA(ctx context.Context, renewNow bool) (CAStatus, error) {
 		return CAStatus{}, err
 	}
 	a.st.auth.Store(next)
-	a.record(AuditCARotate, "", "", "", map[string]any{"generation": next.Signer().Generation, "ca_root": next.Signer().ID(),
+	a.record(audit.CARotate, "", "", "", map[string]any{"generation": next.Signer().Generation, "ca_root": next.Signer().ID(),
 		"previous_root": next.Serving().ID(), "renew_now": renewNow})
 	return a.CAStatus(ctx)
 }
@@ -250,7 +245,7 @@ func (a *Admin) RenewNowCA(ctx context.Context) (CAStatus, error) {
 		return CAStatus{}, err
 	}
 	a.st.auth.Store(next)
-	a.record(AuditCARenewNow, "", "", "", map[string]any{"ca_root": next.Signer().ID()})
+	a.record(audit.CARenewNow, "", "", "", map[string]any{"ca_root": next.Signer().ID()})
 	return a.CAStatus(ctx)
 }
 
@@ -327,7 +322,7 @@ func (a *Admin) RetireCA(ctx context.Context, force bool) (RetireResult, error) 
 			AddedAt: retired.AddedAt.UTC(), NotAfter: retired.Cert.NotAfter.UTC(), Agents: n, Tokens: len(res.Tokens)}
 		t := retired.RetiredAt.UTC()
 		res.Retired.RetiredAt = &t
-		a.record(AuditCARetire, "", "", "", map[string]any{"generation": retired.Generation, "ca_root": retired.ID(),
+		a.record(audit.CARetire, "", "", "", map[string]any{"generation": retired.Generation, "ca_root": retired.ID(),
 			"signing_root": next.Signer().ID(), "forced": force, "agents_stranded": n, "tokens_invalidated": len(res.Tokens)})
 		return nil
 	})

@@ -157,8 +157,8 @@ func TestRelayFollowsCARotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	go r.audit.run()
-	defer r.audit.close()
+	r.audit.Start()
+	defer r.audit.Stop()
 	a, err := OpenAdmin(ctx, dir, "")
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,8 @@ import (
 	"net"
 	"path/filepath"
 	"time"
+
+	"github.com/tetherhq/tether/relay/internal/datadir"
 )
 
 // Off disables a listener when used as its address.
@@ -155,7 +157,7 @@ func (c *Config) setDefaults() {
 	defd(&c.PolicyPoll, time.Second)
 	defd(&c.UpdateInterval, 5*time.Second)
 	if c.AuditLog == "" && c.DataDir != "" {
-		c.AuditLog = filepath.Join(c.DataDir, defaultAuditFile)
+		c.AuditLog = filepath.Join(c.DataDir, datadir.AuditFile)
 	}
 	defd(&c.HeartbeatInterval, 10*time.Second)
 	defd(&c.StreamOpenTimeout, 15*time.Second)

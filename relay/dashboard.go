@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/tetherhq/tether/relay/internal/audit"
 )
 
 // The dashboard: server-rendered pages on the admin listener for operators
@@ -332,7 +334,7 @@ type agentView struct {
 	// Report is the latest report over the agent's sessions, nil when
 	// none has arrived; ReportAt is when it arrived.
 	Report   *LiveAgent
-	Audit    []AuditRecord
+	Audit    []audit.Record
 	CertRoot string
 }
 
@@ -387,7 +389,7 @@ func (s *adminServer) tenantsData(req *http.Request, _ Operator, _ time.Time) (s
 type tenantView struct {
 	Tenant TenantSummary
 	Agents []FleetAgent
-	Audit  []AuditRecord
+	Audit  []audit.Record
 }
 
 func (s *adminServer) tenantData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetherhq/tether/relay/internal/audit"
+
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
@@ -343,14 +345,14 @@ func TestDashboardRevokeNeedsCSRF(t *testing.T) {
 	if res.status != http.StatusSeeOther {
 		t.Fatalf("drain: status %d, want 303: %s", res.status, res.body)
 	}
-	if recs, err := d.r.admin("").Audit(ctx, AuditFilter{Agent: "agent1", Kind: AuditDrain}); err != nil || len(recs) != 1 || recs[0].Actor != "operator:alice" {
+	if recs, err := d.r.admin("").Audit(ctx, AuditFilter{Agent: "agent1", Kind: audit.Drain}); err != nil || len(recs) != 1 || recs[0].Actor != "operator:alice" {
 		t.Fatalf("audit of the drain: %+v, %v; want one record by operator:alice", recs, err)
 	}
 	res = d.do(t, c, http.MethodPost, "/ui/agents/agent1/revoke", url.Values{"reason": {"lost laptop"}, CSRFField: {csrf}}, map[string]string{"Origin": d.base})
 	if res.status != http.StatusSeeOther || res.header.Get("Location") != "/ui/agents/agent1" || !revoked() {
 		t.Fatalf("revoke: status %d, Location %q, revoked %v; want 303 to the agent's page and revoked", res.status, res.header.Get("Location"), revoked())
 	}
-	recs, err := d.r.admin("").Audit(ctx, AuditFilter{Agent: "agent1", Kind: AuditRevoke})
+	recs, err := d.r.admin("").Audit(ctx, AuditFilter{Agent: "agent1", Kind: audit.Revoke})
 	if err != nil || len(recs) != 1 || recs[0].Actor != "operator:alice" {
 		t.Fatalf("audit of the revocation: %+v, %v; want one record by operator:alice", recs, err)
 	}

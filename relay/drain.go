@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 
+	"github.com/tetherhq/tether/relay/internal/audit"
+
 	"github.com/tetherhq/tether/protocol"
 )
 
@@ -24,7 +26,7 @@ func (r *Relay) DrainAgent(ctx context.Context, id, msg, actor string) (int, err
 		msg = "drained by an operator"
 	}
 	n := r.reg.drainAgent(&r.bg, info.Tenant, id, msg)
-	a.record(AuditDrain, info.Tenant, id, "", map[string]any{"sessions": n, "message": msg})
+	a.record(audit.Drain, info.Tenant, id, "", map[string]any{"sessions": n, "message": msg})
 	return n, nil
 }
 

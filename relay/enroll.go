@@ -11,9 +11,12 @@ import (
 	"slices"
 	"time"
 
+	"github.com/tetherhq/tether/relay/internal/audit"
+
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/relay/internal/ca"
+	"github.com/tetherhq/tether/relay/internal/credential"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
@@ -34,7 +37,7 @@ func (r *Relay) serveEnroll(ctx context.Context, tc *tls.Conn) {
 		return
 	}
 	resp, tok, err := r.enroll(ctx, req, tc.RemoteAddr())
-	rec := AuditRecord{Kind: AuditEnrol, Outcome: OutcomeOK, Tenant: tok.Tenant, Actor: "agent",
+	rec := audit.Record{Kind: audit.Enrol, Outcome: audit.OutcomeOK, Tenant: tok.Tenant, Actor: "agent",
 		Detail: map[string]any{"remote": remote, "hostname": truncate(req.Hostname, 255), "os": truncate(req.OS, 32), "arch": truncate(req.Arch, 32), "agent_version": truncate(req.AgentVersion, 64)}}
 	if tok.ID != "" {
 		rec.Detail["token"] = tok.ID
@@ -42,12 +45,12 @@ func (r *Relay) serveEnroll(ctx context.Context, tc *tls.Conn) {
 	if err != nil {
 		r.log.Warn("enrolment refused", "remote", remote, "hostname", req.Hostname, "err", err)
 		rec.Outcome, rec.Detail["error"] = protocol.CodeOf(err).String(), err.Error()
-		r.audit.add(rec)
+		r.audit.Add(rec)
 		protocol.WriteMessage(tc, protocol.RejectFor(err))
 		return
 	}
 	rec.Agent = resp.AgentID
-	r.audit.add(rec)
+	r.audit.Add(rec)
 	r.log.Info("agent enrolled", "remote", remote, "tenant", resp.Tenant, "agent", resp.AgentID, "hostname", req.Hostname)
 	if err := protocol.WriteMessage(tc, resp); err != nil {
 		r.log.Warn("enrolment: send response", "remote", remote, "err", err)
@@ -92,7 +95,7 @@ func (r *Relay) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 	case err != nil:
 		return nil, t, protocol.Errorf(protocol.CodeInternal, "use join token: %v", err)
 	}
-	id := identity.Agent{TrustDomain: authority.TrustDomain(), Tenant: t.Tenant, ID: newAgentID()}
+	id := identity.Agent{TrustDomain: authority.TrustDomain(), Tenant: t.Tenant, ID: credential.NewID()}
 	// An agent that trusts the whole bundle gets its certificate from the
 	// newest root; an older one only trusts the root it found in the
 	// relay's TLS chain (the serving root), and moves at its first renewal.

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tetherhq/tether/relay/internal/audit"
+
 	"golang.org/x/time/rate"
 
 	"github.com/tetherhq/tether/protocol"
@@ -66,7 +68,7 @@ func verifyClientChain(authority *ca.CA, certs []*x509.Certificate, at time.Time
 // auditHandshakeRefusal records a certificate refused during the TLS
 // handshake (another CA, a foreign trust domain, not an agent identity).
 func (r *Relay) auditHandshakeRefusal(certs []*x509.Certificate, err error) {
-	r.audit.add(AuditRecord{Kind: AuditHandshake, Outcome: protocol.CodeUnauthenticated.String(), Actor: "agent",
+	r.audit.Add(audit.Record{Kind: audit.Handshake, Outcome: protocol.CodeUnauthenticated.String(), Actor: "agent",
 		Detail: withCertificate(map[string]any{"error": err.Error()}, certs)})
 }
 
@@ -88,13 +90,13 @@ func withCertificate(detail map[string]any, certs []*x509.Certificate) map[strin
 // certificate for the session's own identity, to the fresh key in the CSR.
 func (r *Relay) renew(ctx context.Context, ac *agentConn, req *protocol.RenewRequest) *protocol.RenewResponse {
 	resp, notAfter, root, err := r.renewCert(ctx, ac.id, req)
-	rec := AuditRecord{Kind: AuditRenew, Outcome: OutcomeOK, Tenant: ac.id.Tenant, Agent: ac.id.ID, Actor: "agent",
+	rec := audit.Record{Kind: audit.Renew, Outcome: audit.OutcomeOK, Tenant: ac.id.Tenant, Agent: ac.id.ID, Actor: "agent",
 		Detail: map[string]any{"session": ac.sessionID}}
 	if err != nil {
 		ac.log.Warn("certificate renewal refused", "err", err)
 		rec.Outcome = protocol.CodeOf(err).String()
 		rec.Detail["error"] = err.Error()
-		r.audit.add(rec)
+		r.audit.Add(rec)
 		rep := protocol.ReplyFor(err)
 		return &protocol.RenewResponse{Code: rep.Code.String(), Message: rep.Message}
 	}
@@ -105,7 +107,7 @@ func (r *Relay) renew(ctx context.Context, ac *agentConn, req *protocol.RenewReq
 	r.reg.renewed(ac.id, notAfter, root.ID())
 	rec.Detail["not_after"] = notAfter
 	rec.Detail["ca_root"] = root.ID()
-	r.audit.add(rec)
+	r.audit.Add(rec)
 	ac.log.Info("certificate renewed", "not_after", notAfter.Format(time.RFC3339), "ca_root", root.ID())
 	return resp
 }
@@ -364,7 +366,7 @@ func (r *Relay) refreshPolicy(ctx context.Context, revokedSince time.Time) {
 		if n := r.reg.sessionsOf(rv.Tenant, rv.Agent); n > 0 {
 			// Audited before the sessions close: what an operator
 			// sees happen is always in the trail.
-			r.audit.add(AuditRecord{Kind: AuditDisconnect, Outcome: protocol.CodeRevoked.String(), Tenant: rv.Tenant, Agent: rv.Agent, Actor: "relay",
+			r.audit.Add(audit.Record{Kind: audit.Disconnect, Outcome: protocol.CodeRevoked.String(), Tenant: rv.Tenant, Agent: rv.Agent, Actor: "relay",
 				Detail: map[string]any{"sessions": n, "revoked_at": rv.At}})
 		}
 		if n := r.reg.closeAgent(rv.Tenant, rv.Agent, why); n > 0 {

@@ -148,7 +148,7 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(r.hsFailed.Load()), "failed")
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(r.hsThrottled.Load()), "throttled")
 	ch <- prometheus.MustNewConstMetric(descCAExpiry, prometheus.GaugeValue, float64(r.st.CA().Signer().Cert.NotAfter.Unix()))
-	ch <- prometheus.MustNewConstMetric(descAuditQueue, prometheus.GaugeValue, float64(r.audit.queued()))
+	ch <- prometheus.MustNewConstMetric(descAuditQueue, prometheus.GaugeValue, float64(r.audit.Queued()))
 }
 
 // opsHandler serves /metrics, /healthz and /readyz.

@@ -3,41 +3,21 @@ package relay
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
 	"crypto/x509"
-	"encoding/base64"
 	"errors"
-	"strings"
 	"time"
+
+	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/credential"
 
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
-// Audit record kinds of operator credentials.
+// Lifetimes of operator tokens (credential.NewOperatorToken).
 const (
-	AuditOperatorToken       = "operator.token"
-	AuditOperatorTokenRevoke = "operator.token_revoke"
-	AuditOperatorCert        = "operator.certificate"
-	AuditOperatorLogin       = "operator.login"
-	AuditOperatorLogout      = "operator.logout"
-	AuditTokenRevoke         = "token.revoke"
-	AuditBackendRemove       = "backend.remove"
-	AuditDrain               = "agent.drain"
-)
-
-// Operator tokens authenticate people and tools at the admin API. A token
-// is OperatorTokenPrefix, a 16-character id, "." and a 43-character secret
-// (32 random bytes, base64url); the store keeps the id and a SHA-256 of the
-// secret.
-const (
-	OperatorTokenPrefix     = "top1_"
 	DefaultOperatorTokenTTL = 90 * 24 * time.Hour
 	MaxOperatorTokenTTL     = 366 * 24 * time.Hour
-	operatorIDLen           = 16
-	operatorSecretLen       = 43
 )
 
 // OperatorTokenInfo describes an operator token without its secret.
@@ -71,17 +51,14 @@ func (a *Admin) CreateOperatorToken(ctx context.Context, name string, ttl time.D
 	if ttl < 0 || ttl > MaxOperatorTokenTTL {
 		return "", OperatorTokenInfo{}, invalidf("operator token lifetime %v is out of range (0 to %v)", ttl, MaxOperatorTokenTTL)
 	}
-	id := newAgentID() // 16 base32 characters
-	var secret [32]byte
-	rand.Read(secret[:])
-	secretText := base64.RawURLEncoding.EncodeToString(secret[:])
+	token, id, secret := credential.NewOperatorToken()
 	now := a.now().Truncate(time.Second)
-	rec := store.OperatorToken{ID: id, Name: name, SecretHash: hashOperatorSecret(secretText), CreatedAt: now, ExpiresAt: now.Add(ttl)}
+	rec := store.OperatorToken{ID: id, Name: name, SecretHash: credential.Hash(secret), CreatedAt: now, ExpiresAt: now.Add(ttl)}
 	if err := a.st.store.AddOperatorToken(ctx, rec); err != nil {
 		return "", OperatorTokenInfo{}, err
 	}
-	a.record(AuditOperatorToken, "", "", "", map[string]any{"operator": name, "token": id, "expires_at": rec.ExpiresAt})
-	return OperatorTokenPrefix + id + "." + secretText, operatorTokenInfo(rec), nil
+	a.record(audit.OperatorToken, "", "", "", map[string]any{"operator": name, "token": id, "expires_at": rec.ExpiresAt})
+	return token, operatorTokenInfo(rec), nil
 }
 
 // OperatorTokens lists operator tokens, newest first.
@@ -108,7 +85,7 @@ func (a *Admin) RevokeOperatorToken(ctx context.Context, id string) (OperatorTok
 	if err != nil {
 		return OperatorTokenInfo{}, err
 	}
-	a.record(AuditOperatorTokenRevoke, "", "", "", map[string]any{"operator": t.Name, "token": t.ID})
+	a.record(audit.OperatorTokenRevoke, "", "", "", map[string]any{"operator": t.Name, "token": t.ID})
 	return operatorTokenInfo(t), nil
 }
 
@@ -116,34 +93,10 @@ func (a *Admin) RevokeOperatorToken(ctx context.Context, id string) (OperatorTok
 // a caller learns nothing about which part was wrong.
 var errOperatorToken = errors.New("operator token is unknown, expired or revoked")
 
-// splitOperatorToken splits a token string into its id and secret, or
-// reports that it is malformed.
-func splitOperatorToken(s string) (id, secret string, ok bool) {
-	rest, found := strings.CutPrefix(s, OperatorTokenPrefix)
-	if !found || len(rest) != operatorIDLen+1+operatorSecretLen || rest[operatorIDLen] != '.' {
-		return "", "", false
-	}
-	id, secret = rest[:operatorIDLen], rest[operatorIDLen+1:]
-	for _, c := range id {
-		if !(c >= 'a' && c <= 'z' || c >= '2' && c <= '7') {
-			return "", "", false
-		}
-	}
-	if b, err := base64.RawURLEncoding.Strict().DecodeString(secret); err != nil || len(b) != 32 {
-		return "", "", false
-	}
-	return id, secret, true
-}
-
-func hashOperatorSecret(secret string) []byte {
-	h := sha256.Sum256([]byte(secret))
-	return h[:]
-}
-
 // checkOperatorToken returns the token record tok names if tok is valid at
 // now (known, secret matches, not expired, not revoked).
 func checkOperatorToken(ctx context.Context, st *store.Store, tok string, now time.Time) (store.OperatorToken, error) {
-	id, secret, ok := splitOperatorToken(tok)
+	id, secret, ok := credential.SplitOperatorToken(tok)
 	if !ok {
 		return store.OperatorToken{}, errOperatorToken
 	}
@@ -154,7 +107,7 @@ func checkOperatorToken(ctx context.Context, st *store.Store, tok string, now ti
 	if err != nil {
 		return store.OperatorToken{}, err
 	}
-	if subtle.ConstantTimeCompare(hashOperatorSecret(secret), rec.SecretHash) != 1 || !now.Before(rec.ExpiresAt) || !rec.RevokedAt.IsZero() {
+	if !credential.Matches(secret, rec.SecretHash) || !now.Before(rec.ExpiresAt) || !rec.RevokedAt.IsZero() {
 		return store.OperatorToken{}, errOperatorToken
 	}
 	return rec, nil
@@ -188,7 +141,7 @@ func (a *Admin) IssueOperatorCertificate(name string, lifetime time.Duration) (*
 	if err != nil {
 		return nil, err
 	}
-	a.record(AuditOperatorCert, "", "", "", map[string]any{"operator": name, "serial": c.Serial, "not_after": c.NotAfter.UTC().Format(time.RFC3339)})
+	a.record(audit.OperatorCert, "", "", "", map[string]any{"operator": name, "serial": c.Serial, "not_after": c.NotAfter.UTC().Format(time.RFC3339)})
 	return c, nil
 }
 
@@ -219,7 +172,7 @@ func (a *Admin) RevokeToken(ctx context.Context, id string) (TokenInfo, error) {
 	if err != nil {
 		return TokenInfo{}, err
 	}
-	a.record(AuditTokenRevoke, t.Tenant, "", "", map[string]any{"token": t.ID})
+	a.record(audit.TokenRevoke, t.Tenant, "", "", map[string]any{"token": t.ID})
 	return tokenInfo(t), nil
 }
 
@@ -234,7 +187,7 @@ func (a *Admin) RemoveBackend(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	a.record(AuditBackendRemove, "", "", name, nil)
+	a.record(audit.BackendRemove, "", "", name, nil)
 	return nil
 }
 

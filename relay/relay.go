@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tetherhq/tether/relay/internal/audit"
+
 	quicgo "github.com/quic-go/quic-go"
 
 	"github.com/tetherhq/tether/protocol"
@@ -39,7 +41,7 @@ type Relay struct {
 	st       *state
 	reg      *registry
 	backends backendCache
-	audit    *auditLog
+	audit    *audit.Log
 	pol      *policy
 
 	started  time.Time       // when Run began
@@ -106,25 +108,17 @@ func New(cfg Config) (*Relay, error) {
 	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes), pol: newPolicy(),
 		caManifest: st.CA().Manifest()}
 	r.metrics = newMetrics(r)
-	auditPath, err := filepath.Abs(cfg.AuditLog)
-	if err == nil {
-		err = st.store.SetSetting(ctx, auditPathKey, auditPath)
-	}
-	if err == nil {
-		r.audit, err = openAuditLog(st.store, auditPath, cfg.Logger, false)
-	}
-	if err == nil {
-		r.audit.committed = func(start time.Time) { r.metrics.storeOp("audit_commit", start) }
-	}
+	r.audit, err = audit.Open(ctx, st.store, cfg.AuditLog, cfg.Logger)
 	if err != nil {
 		st.close()
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
-	if r.expected, err = loadRoster(st.dir); err != nil {
+	r.audit.Committed = func(start time.Time) { r.metrics.storeOp("audit_commit", start) }
+	if r.expected, err = st.LoadRoster(); err != nil {
 		cfg.Logger.Warn("ignoring the roster of connected tenants", "err", err)
 	}
 	if _, err := r.serverCert(nil); err != nil {
-		r.audit.closeFile()
+		r.audit.Close()
 		st.close()
 		return nil, err
 	}
@@ -135,7 +129,7 @@ func New(cfg Config) (*Relay, error) {
 	}
 	if err := r.listen(); err != nil {
 		r.closeListeners()
-		r.audit.closeFile()
+		r.audit.Close()
 		st.close()
 		return nil, err
 	}
@@ -253,7 +247,7 @@ func (r *Relay) listenAgents(host, port string) error {
 		if r.udpConn, err = net.ListenUDP("udp", ua); err != nil {
 			return fmt.Errorf("agent listener (UDP): %w", err)
 		}
-		key := quicgo.StatelessResetKey(r.st.resetKey)
+		key := quicgo.StatelessResetKey(r.st.ResetKey)
 		r.quicTr = &quicgo.Transport{Conn: r.udpConn, StatelessResetKey: &key, ConnContext: r.quicConnContext}
 		// One incoming stream: the control stream. The relay opens every
 		// other stream itself (see tcp.RelayConfig for TCP).
@@ -407,7 +401,7 @@ func (r *Relay) run(ctx context.Context) error {
 		default:
 		}
 	}
-	go r.audit.run() // ends in r.audit.close below
+	r.audit.Start() // stopped below
 	rosterCtx, stopRoster := context.WithCancel(context.Background())
 	wg.Go(func() { r.keepRoster(rosterCtx) })
 	wg.Go(func() { r.watchPolicy(rosterCtx) })
@@ -525,8 +519,8 @@ func (r *Relay) run(ctx context.Context) error {
 		opsSrv.Close() // last: /readyz says "not ready" while the relay drains
 		opsWG.Wait()
 	}
-	r.audit.close() // after every goroutine that records; waits for the writer
-	if err := r.audit.closeFile(); err != nil && runErr == nil {
+	r.audit.Stop() // after every goroutine that records; waits for the writer
+	if err := r.audit.Close(); err != nil && runErr == nil {
 		runErr = fmt.Errorf("close audit log: %w", err)
 	}
 	if err := r.st.close(); err != nil && runErr == nil {
@@ -553,7 +547,7 @@ func (r *Relay) Close() error {
 	err := errors.New("relay: Close after Run")
 	r.runOnce.Do(func() {
 		r.closeListeners()
-		r.audit.closeFile()
+		r.audit.Close()
 		err = r.st.close()
 	})
 	return err

@@ -12,22 +12,11 @@ import (
 	"slices"
 	"time"
 
+	"github.com/tetherhq/tether/relay/internal/audit"
+
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/protocol/release"
 	"github.com/tetherhq/tether/relay/internal/store"
-)
-
-// Audit kinds of self-update.
-const (
-	AuditReleasePublish = "release.publish"
-	AuditReleaseRollout = "release.rollout"
-	AuditRolloutHalt    = "release.halt"
-	AuditUpdateOffer    = "update.offer"
-	AuditUpdateDownload = "update.download"
-	// The agent's own reports are audited as "update.<state>":
-	// update.refused, update.downloaded, update.applied, update.succeeded,
-	// update.rolled_back, update.failed.
-	auditUpdatePrefix = "update."
 )
 
 // releasesDir is where a relay keeps the files of the releases it offers,
@@ -130,7 +119,7 @@ func (a *Admin) PublishRelease(ctx context.Context, dir string, keys release.Key
 	if _, err := releaseFiles(ctx, a.st, rec); err != nil {
 		return Release{}, fmt.Errorf("release %s stored, but its files could not be written to the data directory: %w", m.Version, err)
 	}
-	a.record(AuditReleasePublish, "", "", "", map[string]any{"version": m.Version, "os": m.OS, "arch": m.Arch, "channel": m.Channel,
+	a.record(audit.ReleasePublish, "", "", "", map[string]any{"version": m.Version, "os": m.OS, "arch": m.Arch, "channel": m.Channel,
 		"sha256": m.SHA256, "size": m.Size, "expires": m.Expires, "key_id": rec.KeyID})
 	return releaseInfo(rec), nil
 }
@@ -223,7 +212,7 @@ func (a *Admin) StartRollout(ctx context.Context, ro Rollout) (Rollout, []string
 		return ro, nil, err
 	}
 	ro.ID, ro.State = id, store.RolloutActive
-	a.record(AuditReleaseRollout, "", "", "", map[string]any{"rollout": id, "version": ro.Version, "percent": ro.Percent,
+	a.record(audit.ReleaseRollout, "", "", "", map[string]any{"rollout": id, "version": ro.Version, "percent": ro.Percent,
 		"tenants": ro.Tenants, "agents": ro.Agents, "halt_at": ro.HaltAt, "batch": ro.Batch})
 	return ro, warns, nil
 }

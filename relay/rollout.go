@@ -11,6 +11,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/tetherhq/tether/relay/internal/audit"
+
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/release"
 	"github.com/tetherhq/tether/relay/internal/store"
@@ -200,7 +202,7 @@ func (r *Relay) offer(ctx context.Context, c *agentConn, ro store.Rollout, rel s
 		return err
 	}
 	r.setUpdate(ctx, c, o, protocol.UpdateOffered, "", "", "")
-	r.audit.add(AuditRecord{Kind: AuditUpdateOffer, Outcome: OutcomeOK, Tenant: c.id.Tenant, Agent: c.id.ID, Actor: "relay",
+	r.audit.Add(audit.Record{Kind: audit.UpdateOffer, Outcome: audit.OutcomeOK, Tenant: c.id.Tenant, Agent: c.id.ID, Actor: "relay",
 		Detail: map[string]any{"version": ro.Version, "rollout": ro.ID, "offer": o.id, "from": c.hello.AgentVersion, "os": rel.OS, "arch": rel.Arch, "channel": rel.Channel}})
 	c.log.Info("update offered", "version", ro.Version, "rollout", ro.ID, "offer", o.id)
 	return nil
@@ -246,7 +248,7 @@ func (r *Relay) checkHalt(ctx context.Context, ro store.Rollout) (bool, error) {
 		return ok, err
 	}
 	r.log.Warn("rollout halted", "rollout", ro.ID, "version", ro.Version, "reason", reason)
-	r.audit.add(AuditRecord{Kind: AuditRolloutHalt, Outcome: "halted", Actor: "relay",
+	r.audit.Add(audit.Record{Kind: audit.RolloutHalt, Outcome: "halted", Actor: "relay",
 		Detail: map[string]any{"rollout": ro.ID, "version": ro.Version, "failed": failed, "offered": total, "halt_at": ro.HaltAt}})
 	return true, nil
 }
@@ -272,13 +274,13 @@ func (r *Relay) sendRelease(ctx context.Context, c *agentConn, o *updateOffer) {
 	r.setUpdate(ctx, c, o, protocol.UpdateDownloading, "", "", "")
 	start := time.Now()
 	n, err := r.writeRelease(ctx, c, o)
-	rec := AuditRecord{Kind: AuditUpdateDownload, Outcome: OutcomeOK, Tenant: c.id.Tenant, Agent: c.id.ID, Actor: "relay",
+	rec := audit.Record{Kind: audit.UpdateDownload, Outcome: audit.OutcomeOK, Tenant: c.id.Tenant, Agent: c.id.ID, Actor: "relay",
 		Detail: map[string]any{"version": o.version, "offer": o.id, "bytes": n, "duration_ms": time.Since(start).Milliseconds()}}
 	if err != nil {
 		rec.Outcome, rec.Detail["error"] = "error", err.Error()
 		c.log.Warn("update: sending the release failed", "version", o.version, "bytes", n, "err", err)
 	}
-	r.audit.add(rec)
+	r.audit.Add(rec)
 }
 
 func (r *Relay) writeRelease(ctx context.Context, c *agentConn, o *updateOffer) (int64, error) {
@@ -333,15 +335,15 @@ func (r *Relay) updateReported(ctx context.Context, c *agentConn, m *protocol.Up
 	}
 	r.setUpdate(ctx, c, o, m.State, m.Reason, m.Message, m.From)
 	c.updMu.Unlock()
-	outcome := OutcomeOK
+	outcome := audit.OutcomeOK
 	switch m.State {
 	case protocol.UpdateRefused, protocol.UpdateFailed, protocol.UpdateRolledBack:
 		outcome = m.State
 	}
-	r.audit.add(AuditRecord{Kind: auditUpdatePrefix + m.State, Outcome: outcome, Tenant: c.id.Tenant, Agent: c.id.ID, Actor: "agent",
+	r.audit.Add(audit.Record{Kind: audit.UpdatePrefix + m.State, Outcome: outcome, Tenant: c.id.Tenant, Agent: c.id.ID, Actor: "agent",
 		Detail: map[string]any{"version": m.Version, "from": clip(m.From), "offer": clip(m.ID), "reason": clip(m.Reason), "message": clip(m.Message)}})
 	c.log.Info("update status", "version", m.Version, "state", m.State, "reason", clip(m.Reason), "message", clip(m.Message))
-	if outcome != OutcomeOK {
+	if outcome != audit.OutcomeOK {
 		ro, err := r.st.store.ActiveRollout(ctx)
 		if err == nil && ro.Version == m.Version {
 			if _, err := r.checkHalt(ctx, ro); err != nil {

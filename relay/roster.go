@@ -2,11 +2,6 @@ package relay
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"time"
 )
@@ -24,58 +19,9 @@ import (
 // rosterMinGap.
 
 const (
-	rosterFile     = "connected-tenants.json"
 	rosterInterval = 10 * time.Second
 	rosterMinGap   = time.Second
 )
-
-type roster struct {
-	Tenants []string  `json:"tenants"`
-	Written time.Time `json:"written"`
-}
-
-// loadRoster reads the tenants that had agents connected when the relay
-// last ran. A missing or unreadable roster means none: nothing waits.
-func loadRoster(dir string) (map[string]bool, error) {
-	raw, err := os.ReadFile(filepath.Join(dir, rosterFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var r roster
-	if err := json.Unmarshal(raw, &r); err != nil {
-		return nil, fmt.Errorf("parse %s: %w", rosterFile, err)
-	}
-	m := make(map[string]bool, len(r.Tenants))
-	for _, t := range r.Tenants {
-		m[t] = true
-	}
-	return m, nil
-}
-
-// saveRoster replaces the roster atomically.
-func saveRoster(dir string, tenants []string, now time.Time) error {
-	slices.Sort(tenants)
-	raw, err := json.Marshal(roster{Tenants: tenants, Written: now.UTC()})
-	if err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, rosterFile+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(raw); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), filepath.Join(dir, rosterFile))
-}
 
 // keepRoster saves the roster when a tenant gains its first agent and
 // every rosterInterval, until ctx ends. A reconnect storm brings tenants
@@ -112,7 +58,7 @@ func (r *Relay) saveRoster() {
 			}
 		}
 	}
-	if err := saveRoster(r.st.dir, tenants, r.cfg.Now()); err != nil {
+	if err := r.st.SaveRoster(tenants, r.cfg.Now()); err != nil {
 		r.log.Warn("save roster of connected tenants", "err", err)
 	}
 }

@@ -9,9 +9,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tetherhq/tether/relay/internal/audit"
+
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/relay/internal/credential"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
@@ -81,7 +84,7 @@ func (r *Relay) authenticate(ctx context.Context, name, key string) (*caller, er
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, protocol.Errorf(protocol.CodeInternal, "look up backend: %v", err)
 	}
-	if err != nil || !apiKeyMatches(key, b.KeyHash) {
+	if err != nil || !credential.Matches(key, b.KeyHash) {
 		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "wrong backend name or API key")
 	}
 	return &caller{name: b.Name, grants: b.Grants, via: viaAPIKey}, nil
@@ -214,7 +217,7 @@ func (r *Relay) auditRefusal(door, remote string, c *caller, addr string, err er
 	if len(addr) > 512 {
 		addr = addr[:512]
 	}
-	rec := AuditRecord{Kind: AuditStream, Outcome: protocol.CodeOf(err).String(), Backend: c.name, Actor: c.Identity(),
+	rec := audit.Record{Kind: audit.Stream, Outcome: protocol.CodeOf(err).String(), Backend: c.name, Actor: c.Identity(),
 		Detail: map[string]any{"door": door, "remote": remote, "target": addr, "auth": c.via, "error": err.Error()}}
 	t, perr := ParseTarget(addr)
 	if perr == nil {
@@ -222,7 +225,7 @@ func (r *Relay) auditRefusal(door, remote string, c *caller, addr string, err er
 		rec.Detail["service"] = t.Service
 	}
 	r.metrics.streamOpened(t, protocol.CodeOf(err))
-	r.audit.add(rec)
+	r.audit.Add(rec)
 }
 
 // auditUnauthenticated records a front-door connection whose credentials
@@ -233,7 +236,7 @@ func (r *Relay) auditUnauthenticated(door, remote, claimed string, err error) {
 		claimed = claimed[:255]
 	}
 	r.metrics.streamOpened(Target{}, protocol.CodeOf(err))
-	r.audit.add(AuditRecord{Kind: AuditStream, Outcome: protocol.CodeOf(err).String(), Actor: "unauthenticated",
+	r.audit.Add(audit.Record{Kind: audit.Stream, Outcome: protocol.CodeOf(err).String(), Actor: "unauthenticated",
 		Detail: map[string]any{"door": door, "remote": remote, "claimed_backend": claimed, "error": err.Error()}})
 }
 
@@ -296,14 +299,14 @@ func (r *Relay) bridge(front transport.Stream, t *tunnel, attrs []any) {
 	t.release()
 	r.metrics.streamBytes.WithLabelValues(t.target.Tenant, "to_service").Add(float64(res.AToB))
 	r.metrics.streamBytes.WithLabelValues(t.target.Tenant, "from_service").Add(float64(res.BToA))
-	outcome := OutcomeOK
+	outcome := audit.OutcomeOK
 	if errors.Is(err, transport.ErrIdle) {
 		outcome = "idle_timeout"
 	} else if err != nil && !transport.IsClosedErr(err) {
 		outcome = "error"
 	}
 	// The stream is over: its record need not hold this goroutine.
-	r.audit.record(AuditRecord{Kind: AuditStream, Outcome: outcome, Tenant: t.target.Tenant, Agent: t.agent.id.ID, Backend: t.caller.name, Actor: t.caller.Identity(),
+	r.audit.Record(audit.Record{Kind: audit.Stream, Outcome: outcome, Tenant: t.target.Tenant, Agent: t.agent.id.ID, Backend: t.caller.name, Actor: t.caller.Identity(),
 		Detail: map[string]any{"service": t.target.Service, "request": t.requestID, "bytes_to_service": res.AToB, "bytes_from_service": res.BToA,
 			"duration_ms": time.Since(t.opened).Milliseconds(), "door": doorOf(attrs), "auth": t.caller.via}})
 	log := r.log

@@ -53,6 +53,7 @@ import (
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/relay/internal/atomicfile"
 )
 
 // File names inside the CA directory.
@@ -347,10 +348,10 @@ func createRoot(dir, td string, gen int, now time.Time) (*Root, error) {
 		return nil, err
 	}
 	// Key first: a certificate without its key would look like a CA.
-	if err := WriteFileAtomic(filepath.Join(dir, KeyFileOf(gen)), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, KeyFileOf(gen)), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
 		return nil, err
 	}
-	if err := WriteFileAtomic(filepath.Join(dir, CertFileOf(gen)), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, CertFileOf(gen)), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
 		return nil, err
 	}
 	cert, err := x509.ParseCertificate(der)
@@ -460,7 +461,7 @@ func writeManifest(dir string, m manifest) error {
 	if err != nil {
 		return err
 	}
-	if err := WriteFileAtomic(filepath.Join(dir, ManifestFile), append(b, '\n'), 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, ManifestFile), append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", ManifestFile, err)
 	}
 	syncDir(dir)
@@ -668,38 +669,4 @@ func randomSerial() *big.Int {
 		panic(err) // crypto/rand never fails on supported platforms
 	}
 	return n.Add(n, big.NewInt(1))
-}
-
-// WriteFileAtomic writes data to a temporary file in the same directory and
-// renames it over path, so readers never see a partial file.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(perm); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	ok = true
-	return nil
 }

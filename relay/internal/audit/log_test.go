@@ -1,4 +1,4 @@
-package relay
+package audit
 
 import (
 	"bufio"
@@ -15,7 +15,7 @@ import (
 // Records queued without waiting (record) and records waited for (add)
 // all reach the store and the file, in one transaction when they come
 // together, and close writes whatever still lingers.
-func TestAuditRecordAndAdd(t *testing.T) {
+func TestRecordAndAdd(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
 	st, err := store.Open(ctx, filepath.Join(dir, "relay.db"))
@@ -24,22 +24,22 @@ func TestAuditRecordAndAdd(t *testing.T) {
 	}
 	defer st.Close()
 	path := filepath.Join(dir, "audit.log")
-	a, err := openAuditLog(st, path, slog.New(slog.DiscardHandler), false)
+	a, err := Open(ctx, st, path, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var batches []int
-	a.committed = func(time.Time) { batches = append(batches, 0) } // run's goroutine only
-	go a.run()
+	a.Committed = func(time.Time) { batches = append(batches, 0) } // run's goroutine only
+	a.Start()
 
 	for range 5 {
-		a.record(AuditRecord{Kind: AuditStream, Outcome: OutcomeOK, Tenant: "acme"})
+		a.Record(Record{Kind: Stream, Outcome: OutcomeOK, Tenant: "acme"})
 	}
 	// A waited-for record does not linger: add returns once it is written,
 	// with the records queued before it.
 	done := make(chan struct{})
 	go func() {
-		a.add(AuditRecord{Kind: AuditTenantAdd, Outcome: OutcomeOK, Tenant: "acme"})
+		a.Add(Record{Kind: TenantAdd, Outcome: OutcomeOK, Tenant: "acme"})
 		close(done)
 	}()
 	select {
@@ -62,14 +62,14 @@ func TestAuditRecordAndAdd(t *testing.T) {
 
 	// Records nobody waits for are written by close at the latest.
 	for range 3 {
-		a.record(AuditRecord{Kind: AuditStream, Outcome: OutcomeOK, Tenant: "acme"})
+		a.Record(Record{Kind: Stream, Outcome: OutcomeOK, Tenant: "acme"})
 	}
-	a.close()
-	if err := a.closeFile(); err != nil {
+	a.Stop()
+	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
 	// After close, record writes at once.
-	a.record(AuditRecord{Kind: AuditStream, Outcome: OutcomeOK, Tenant: "acme"})
+	a.Record(Record{Kind: Stream, Outcome: OutcomeOK, Tenant: "acme"})
 	recs, err = st.ListAudit(ctx, store.AuditFilter{Tenant: "acme"})
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package relay
+package credential
 
 import (
 	"strings"
@@ -19,15 +19,15 @@ func FuzzParseOperatorToken(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		id, secret, ok := splitOperatorToken(s)
+		id, secret, ok := SplitOperatorToken(s)
 		if !ok {
 			if id != "" || secret != "" {
-				t.Fatalf("splitOperatorToken(%q) refused but returned %q, %q", s, id, secret)
+				t.Fatalf("SplitOperatorToken(%q) refused but returned %q, %q", s, id, secret)
 			}
 			return
 		}
 		if len(id) != operatorIDLen || len(secret) != operatorSecretLen || OperatorTokenPrefix+id+"."+secret != s {
-			t.Fatalf("splitOperatorToken(%q) = %q, %q: not the parts of the token", s, id, secret)
+			t.Fatalf("SplitOperatorToken(%q) = %q, %q: not the parts of the token", s, id, secret)
 		}
 		if strings.ContainsAny(id, ".=/+") {
 			t.Fatalf("id %q has characters outside base32", id)

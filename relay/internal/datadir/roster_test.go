@@ -1,4 +1,4 @@
-package relay
+package datadir
 
 import (
 	"os"
@@ -9,13 +9,14 @@ import (
 
 func TestRosterRoundTrip(t *testing.T) {
 	dir := t.TempDir()
-	if got, err := loadRoster(dir); err != nil || got != nil {
+	d := &Dir{Path: dir}
+	if got, err := d.LoadRoster(); err != nil || got != nil {
 		t.Fatalf("no roster yet: got %v, %v; want nothing", got, err)
 	}
-	if err := saveRoster(dir, []string{"beta", "acme"}, time.Now()); err != nil {
+	if err := d.SaveRoster([]string{"beta", "acme"}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	got, err := loadRoster(dir)
+	got, err := d.LoadRoster()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -24,10 +25,10 @@ func TestRosterRoundTrip(t *testing.T) {
 	}
 	// A replaced roster forgets tenants that are no longer connected and
 	// leaves no temporary files behind.
-	if err := saveRoster(dir, []string{"beta"}, time.Now()); err != nil {
+	if err := d.SaveRoster([]string{"beta"}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := loadRoster(dir); len(got) != 1 || !got["beta"] {
+	if got, _ := d.LoadRoster(); len(got) != 1 || !got["beta"] {
 		t.Fatalf("after replace: %v, want beta only", got)
 	}
 	entries, _ := os.ReadDir(dir)
@@ -38,10 +39,11 @@ func TestRosterRoundTrip(t *testing.T) {
 
 func TestRosterCorruptIsAnError(t *testing.T) {
 	dir := t.TempDir()
+	d := &Dir{Path: dir}
 	if err := os.WriteFile(filepath.Join(dir, rosterFile), []byte("{not json"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := loadRoster(dir); err == nil {
+	if got, err := d.LoadRoster(); err == nil {
 		t.Fatalf("corrupt roster loaded as %v", got)
 	}
 }

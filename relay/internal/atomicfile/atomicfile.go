@@ -1,0 +1,44 @@
+// Package atomicfile replaces files so that a reader, or a process that
+// starts after a crash, sees the old content or the new, never a part.
+// Every file the relay rewrites in place (CA files, the roster, cached
+// keys, certificates it writes for operators) goes through Write.
+package atomicfile
+
+import (
+	"os"
+	"path/filepath"
+)
+
+// Write writes data with mode perm to a temporary file in path's
+// directory, syncs it, and renames it over path.
+func Write(path string, data []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(perm); err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	ok = true
+	return nil
+}

@@ -1,0 +1,55 @@
+package audit
+
+// Kinds of audit record, every one the relay writes. A kind is a subject
+// and what happened to it; ListAudit matches a prefix ending in "." (e.g.
+// "agent.").
+const (
+	// Agents.
+	Enrol      = "agent.enrol"
+	Connect    = "agent.connect"   // refused connections (TLS or hello) and admitted ones
+	Handshake  = "agent.handshake" // TLS handshakes that failed before an identity was known
+	Renew      = "agent.renew"
+	Revoke     = "agent.revoke"
+	Disconnect = "agent.disconnect" // only when the relay ends the session for a reason worth auditing
+	Drain      = "agent.drain"
+
+	// Tenants, join tokens and backends.
+	TenantAdd      = "tenant.add"
+	LimitsSet      = "tenant.limits"
+	TokenCreate    = "token.create"
+	TokenRevoke    = "token.revoke"
+	BackendAdd     = "backend.add"
+	BackendGrant   = "backend.grant"
+	BackendUngrant = "backend.ungrant"
+	BackendCert    = "backend.certificate"
+	BackendRemove  = "backend.remove"
+
+	// Streams through the front doors, and their refusals.
+	Stream = "stream"
+
+	// The CA.
+	CARotate   = "ca.rotate"
+	CARetire   = "ca.retire"
+	CARenewNow = "ca.renew_now"
+
+	// Operators.
+	OperatorToken       = "operator.token"
+	OperatorTokenRevoke = "operator.token_revoke"
+	OperatorCert        = "operator.certificate"
+	OperatorLogin       = "operator.login"
+	OperatorLogout      = "operator.logout"
+
+	// Releases and self-update. The agent's own reports are recorded as
+	// UpdatePrefix + its state: update.refused, update.downloaded,
+	// update.applied, update.succeeded, update.rolled_back, update.failed.
+	ReleasePublish = "release.publish"
+	ReleaseRollout = "release.rollout"
+	RolloutHalt    = "release.halt"
+	UpdateOffer    = "update.offer"
+	UpdateDownload = "update.download"
+	UpdatePrefix   = "update."
+)
+
+// OutcomeOK is the outcome of everything that succeeded; a refusal's
+// outcome is its code (protocol.Code.String).
+const OutcomeOK = "ok"
