@@ -45,7 +45,7 @@ type Log struct {
 	file   *os.File
 
 	mu     sync.RWMutex // enqueue holds it shared; Stop exclusively, to close queue
-	closed bool          // no writer goroutine: write at once
+	closed bool         // no writer goroutine: write at once
 	queue  chan item
 	// Committed, when set before Start, is told when each batch began
 	// to be written (for metrics).
