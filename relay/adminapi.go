@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/trust"
 
-	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
@@ -139,21 +139,17 @@ func (s *sessionStore) close(id string) bool {
 
 // adminTLS is the admin listener's TLS configuration: the certificate
 // from files when configured (reloaded when they change), else the relay's
-// own from its CA. Client
-// certificates are requested, and checked by the authentication.
+// own from its CA.
 func (r *Relay) adminTLS() (*tls.Config, error) {
-	c := &tls.Config{MinVersion: tls.VersionTLS12, ClientAuth: tls.RequestClientCert, NextProtos: []string{"h2", "http/1.1"}}
 	if r.cfg.AdminCertFile == "" {
-		c.GetCertificate = r.serverCert
-		return c, nil
+		return r.tls.Admin(nil), nil
 	}
-	cf, err := loadCertFile(r.cfg.AdminCertFile, r.cfg.AdminKeyFile, r.log, r.cfg.Now)
+	cf, err := trust.LoadCertFile(r.cfg.AdminCertFile, r.cfg.AdminKeyFile, r.log, r.cfg.Now)
 	if err != nil {
 		return nil, fmt.Errorf("admin certificate: %w", err)
 	}
 	r.adminCert = cf // watched for changes while the relay runs
-	c.GetCertificate = cf.getCertificate
-	return c, nil
+	return r.tls.Admin(cf), nil
 }
 
 // admin returns an Admin on the relay's state whose audit records name
@@ -200,12 +196,7 @@ func (s *adminServer) authenticated(h http.Handler) http.Handler {
 func (s *adminServer) authenticate(req *http.Request) (Operator, *APIError) {
 	now := s.r.cfg.Now()
 	if req.TLS != nil && len(req.TLS.PeerCertificates) > 0 {
-		certs := req.TLS.PeerCertificates
-		authority := s.r.st.CA()
-		if err := verifyClientChain(authority, certs, now); err != nil {
-			return Operator{}, apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "client certificate refused: %v", err)
-		}
-		id, err := identity.OperatorFromCertificate(certs[0], authority.TrustDomain())
+		id, err := s.r.st.auth.VerifyOperator(req.TLS.PeerCertificates, now)
 		if err != nil {
 			return Operator{}, apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "client certificate refused: %v", err)
 		}

@@ -27,7 +27,7 @@ import (
 )
 
 func (r *Relay) acceptTCP(ctx context.Context, wg *sync.WaitGroup) error {
-	tlsConf := r.tcpTLS()
+	tlsConf := r.tls.AgentsTCP()
 	for {
 		c, err := r.tcpLn.Accept()
 		if err != nil {

@@ -14,8 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tetherhq/tether/relay/internal/audit"
-
 	"github.com/coreos/go-oidc/v3/oidc"
 	jose "github.com/go-jose/go-jose/v4"
 
@@ -29,29 +27,8 @@ import (
 // across restarts.
 const jwksCacheFile = "oidc-keys.json"
 
-// auditBackendCertRefusal records a client certificate refused at the TLS
-// front door.
-func (r *Relay) auditBackendCertRefusal(certs []*x509.Certificate, err error) {
-	r.audit.Add(audit.Record{Kind: audit.Stream, Outcome: protocol.CodeUnauthenticated.String(), Actor: "unauthenticated",
-		Detail: withCertificate(map[string]any{"door": "connect-tls", "auth": viaCertificate, "error": "backend certificate refused: " + err.Error()}, certs)})
-}
-
-// verifyBackendChain checks a client certificate presented at the TLS
-// front door: it chains to the relay CA, is valid now, is meant for client
-// authentication and names a backend of this trust domain.
-func (r *Relay) verifyBackendChain(certs []*x509.Certificate) (identity.Backend, error) {
-	if len(certs) == 0 {
-		return identity.Backend{}, errors.New("backend presented no certificate")
-	}
-	authority := r.st.CA()
-	if err := verifyClientChain(authority, certs, r.cfg.Now()); err != nil {
-		return identity.Backend{}, err
-	}
-	return identity.BackendFromCertificate(certs[0], authority.TrustDomain())
-}
-
 // authenticateCertificate turns a client certificate, which the TLS
-// handshake verified (frontTLS refuses any other), into a caller: the
+// handshake verified (trust.Server.Front refuses any other), into a caller: the
 // backend it names must still exist.
 func (r *Relay) authenticateCertificate(ctx context.Context, certs []*x509.Certificate) (*caller, error) {
 	id, err := identity.BackendFromCertificate(certs[0], r.TrustDomain())

@@ -197,7 +197,7 @@ func BenchmarkVerifyAgentChain(b *testing.B) {
 	chain := []*x509.Certificate{cert}
 	b.ReportAllocs()
 	for b.Loop() {
-		if id, err := r.verifyAgentChain(chain); err != nil || id != want {
+		if id, err := r.st.auth.VerifyAgent(chain, r.cfg.Now()); err != nil || id != want {
 			b.Fatalf("verifyAgentChain = %+v, %v", id, err)
 		}
 	}

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -27,25 +26,16 @@ import (
 // refreshCA applies a change of the CA's roots made by an admin command.
 // It runs on the policy watcher's goroutine.
 func (r *Relay) refreshCA(ctx context.Context) {
-	raw, err := ca.ReadManifest(r.st.caDir())
+	prev, next, err := r.st.auth.Reload()
 	if err != nil {
 		if ctx.Err() == nil {
-			r.log.Warn("read the CA's roots", "err", err)
+			r.log.Warn("CA roots", "err", err)
 		}
 		return
 	}
-	if bytes.Equal(raw, r.caManifest) {
+	if prev == nil {
 		return
 	}
-	next, err := ca.Load(r.st.caDir())
-	if err != nil {
-		// Another change may be under way; the next poll tries again.
-		r.log.Warn("the CA's roots changed but cannot be read; keeping the current ones", "err", err)
-		return
-	}
-	prev := r.st.CA()
-	r.st.auth.Store(next)
-	r.caManifest = raw
 	var ids []string
 	for _, root := range next.Roots() {
 		ids = append(ids, root.ID())
@@ -225,7 +215,7 @@ func (a *Admin) RotateCA(ctx context.Context, renewNow bool) (CAStatus, error) {
 	if err != nil {
 		return CAStatus{}, err
 	}
-	a.st.auth.Store(next)
+	a.st.auth.Replace(next)
 	a.record(audit.CARotate, "", "", "", map[string]any{"generation": next.Signer().Generation, "ca_root": next.Signer().ID(),
 		"previous_root": next.Serving().ID(), "renew_now": renewNow})
 	return a.CAStatus(ctx)
@@ -244,7 +234,7 @@ func (a *Admin) RenewNowCA(ctx context.Context) (CAStatus, error) {
 	if err != nil {
 		return CAStatus{}, err
 	}
-	a.st.auth.Store(next)
+	a.st.auth.Replace(next)
 	a.record(audit.CARenewNow, "", "", "", map[string]any{"ca_root": next.Signer().ID()})
 	return a.CAStatus(ctx)
 }
@@ -317,7 +307,7 @@ func (a *Admin) RetireCA(ctx context.Context, force bool) (RetireResult, error) 
 		if err != nil {
 			return err
 		}
-		a.st.auth.Store(next)
+		a.st.auth.Replace(next)
 		res.Retired = CARoot{Generation: retired.Generation, Fingerprint: retired.ID(), Subject: retired.Cert.Subject.CommonName,
 			AddedAt: retired.AddedAt.UTC(), NotAfter: retired.Cert.NotAfter.UTC(), Agents: n, Tokens: len(res.Tokens)}
 		t := retired.RetiredAt.UTC()

@@ -189,7 +189,7 @@ func TestRelayFollowsCARotation(t *testing.T) {
 	}
 	serverRoot := func() string {
 		t.Helper()
-		c, err := r.serverCert(nil)
+		c, err := r.tls.Certificate(nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -213,7 +213,7 @@ func TestRelayFollowsCARotation(t *testing.T) {
 		t.Fatalf("store records root %s, want %s", rec.CertRoot, newRoot.ID())
 	}
 	for name, c := range map[string]*x509.Certificate{"old": fromOld, "new": fromNew} {
-		if _, err := r.verifyAgentChain([]*x509.Certificate{c}); err != nil {
+		if _, err := r.st.auth.VerifyAgent([]*x509.Certificate{c}, r.cfg.Now()); err != nil {
 			t.Errorf("during the overlap, a certificate from the %s root is refused: %v", name, err)
 		}
 	}
@@ -228,10 +228,10 @@ func TestRelayFollowsCARotation(t *testing.T) {
 	if got := serverRoot(); got != newRoot.ID() {
 		t.Fatalf("server certificate after retirement chains to %s, want the new root", got)
 	}
-	if _, err := r.verifyAgentChain([]*x509.Certificate{fromNew}); err != nil {
+	if _, err := r.st.auth.VerifyAgent([]*x509.Certificate{fromNew}, r.cfg.Now()); err != nil {
 		t.Fatalf("certificate from the new root refused after retirement: %v", err)
 	}
-	_, err = r.verifyAgentChain([]*x509.Certificate{fromOld})
+	_, err = r.st.auth.VerifyAgent([]*x509.Certificate{fromOld}, r.cfg.Now())
 	if err == nil || !strings.Contains(err.Error(), "retired") || !strings.Contains(err.Error(), "enrol again") {
 		t.Fatalf("certificate from the retired root: %v", err)
 	}

@@ -26,15 +26,6 @@ import (
 // directory, no paths, no dot files.
 var downloadName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
-func (r *Relay) downloadTLS() *tls.Config {
-	return &tls.Config{
-		// TLS 1.2 for Windows PowerShell 5.1 (.NET Framework) clients.
-		MinVersion:     tls.VersionTLS12,
-		GetCertificate: r.serverCert,
-		NextProtos:     []string{"http/1.1"},
-	}
-}
-
 func (r *Relay) downloadServer() *http.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ca.der", func(w http.ResponseWriter, req *http.Request) {
@@ -108,6 +99,6 @@ func (r *Relay) listenDownloads() error {
 	if err != nil {
 		return fmt.Errorf("download listener: %w", err)
 	}
-	r.downloadLn = tls.NewListener(ln, r.downloadTLS())
+	r.downloadLn = tls.NewListener(ln, r.tls.Downloads())
 	return nil
 }

@@ -3,7 +3,6 @@ package relay
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -22,69 +21,6 @@ import (
 	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
-
-// verifyAgentChain checks an agent's certificate chain against the tenant
-// CA and its SPIFFE identity. An expired certificate whose chain is
-// otherwise good passes here, so that the hello can refuse it with a
-// message the agent's operator understands (a TLS alert cannot say "enrol
-// again"); serveAgent refuses it before anything else happens.
-func (r *Relay) verifyAgentChain(certs []*x509.Certificate) (identity.Agent, error) {
-	if len(certs) == 0 {
-		return identity.Agent{}, errors.New("agent presented no certificate")
-	}
-	leaf := certs[0]
-	authority := r.st.CA()
-	at := r.cfg.Now()
-	if at.After(leaf.NotAfter) {
-		at = leaf.NotAfter
-	}
-	if err := verifyClientChain(authority, certs, at); err != nil {
-		if old := authority.RetiredIssuerOf(leaf); old != nil {
-			return identity.Agent{}, fmt.Errorf("certificate issued by CA root %d (%s), retired at %s: the agent must enrol again with a new join token",
-				old.Generation, old.ID(), old.RetiredAt.UTC().Format(time.RFC3339))
-		}
-		return identity.Agent{}, err
-	}
-	return identity.AgentFromCertificate(leaf, authority.TrustDomain())
-}
-
-// verifyClientChain verifies certs[0] (certs is not empty) as a client
-// certificate from one of authority's roots at time at, with the rest of
-// certs as intermediates.
-func verifyClientChain(authority *ca.CA, certs []*x509.Certificate, at time.Time) error {
-	opts := x509.VerifyOptions{
-		Roots:         authority.Pool(),
-		Intermediates: x509.NewCertPool(),
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		CurrentTime:   at,
-	}
-	for _, c := range certs[1:] {
-		opts.Intermediates.AddCert(c)
-	}
-	_, err := certs[0].Verify(opts)
-	return err
-}
-
-// auditHandshakeRefusal records a certificate refused during the TLS
-// handshake (another CA, a foreign trust domain, not an agent identity).
-func (r *Relay) auditHandshakeRefusal(certs []*x509.Certificate, err error) {
-	r.audit.Add(audit.Record{Kind: audit.Handshake, Outcome: protocol.CodeUnauthenticated.String(), Actor: "agent",
-		Detail: withCertificate(map[string]any{"error": err.Error()}, certs)})
-}
-
-// withCertificate adds to an audit record's detail what identifies a
-// refused certificate: its issuer, serial and first URI.
-func withCertificate(detail map[string]any, certs []*x509.Certificate) map[string]any {
-	if len(certs) > 0 {
-		leaf := certs[0]
-		detail["issuer"] = leaf.Issuer.String()
-		detail["serial"] = leaf.SerialNumber.Text(16)
-		if len(leaf.URIs) > 0 {
-			detail["uri"] = leaf.URIs[0].String()
-		}
-	}
-	return detail
-}
 
 // renew answers an agent's RenewRequest on its control stream: a new
 // certificate for the session's own identity, to the fresh key in the CSR.

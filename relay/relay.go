@@ -7,7 +7,6 @@
 package relay
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/trust"
 
 	quicgo "github.com/quic-go/quic-go"
 
@@ -29,10 +29,6 @@ import (
 	"github.com/tetherhq/tether/protocol/transport"
 	"github.com/tetherhq/tether/protocol/transport/quic"
 )
-
-// relayCertLifetime is the validity of the relay's own server certificate;
-// it is re-issued when a third of its life remains.
-const relayCertLifetime = 30 * 24 * time.Hour
 
 // Relay is a running relay. Create it with New, serve with Run.
 type Relay struct {
@@ -57,14 +53,9 @@ type Relay struct {
 	serving       atomic.Bool  // listeners accepting: between Run's start and its shutdown
 	metrics       *metrics
 
-	tunnelTLS *tls.Config // agents with certificates (TCP and QUIC)
-	enrollTLS *tls.Config // enrolling agents (TCP only)
+	tls *trust.Server // the relay's certificate and every listener's TLS configuration
 
-	certMu sync.Mutex // guards cert
-	cert   *tls.Certificate
-
-	caManifest []byte         // the CA's roots.json as last applied (watchCA)
-	bg         sync.WaitGroup // background sends (renewal requests); waited for at shutdown
+	bg sync.WaitGroup // background sends (renewal requests); waited for at shutdown
 
 	tcpLn     net.Listener
 	udpConn   *net.UDPConn
@@ -76,10 +67,10 @@ type Relay struct {
 	// present client certificates.
 	connectTLSLn net.Listener
 	debugLn      net.Listener
-	opsLn        net.Listener // /metrics, /healthz, /readyz
-	adminLn      net.Listener // admin API over TLS (adminapi.go)
-	adminCert    *certFile    // the admin listener's certificate from files, or nil
-	downloadLn   net.Listener // install scripts and agent binaries (download.go)
+	opsLn        net.Listener    // /metrics, /healthz, /readyz
+	adminLn      net.Listener    // admin API over TLS (adminapi.go)
+	adminCert    *trust.CertFile // the admin listener's certificate from files, or nil
+	downloadLn   net.Listener    // install scripts and agent binaries (download.go)
 
 	bearer     *bearerAuth  // nil unless an OIDC issuer is configured
 	oidcClient *http.Client // fetches the issuer's keys
@@ -105,8 +96,7 @@ func New(cfg Config) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes), pol: newPolicy(),
-		caManifest: st.CA().Manifest()}
+	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes), pol: newPolicy()}
 	r.metrics = newMetrics(r)
 	r.audit, err = audit.Open(ctx, st.store, cfg.AuditLog, cfg.Logger)
 	if err != nil {
@@ -117,12 +107,11 @@ func New(cfg Config) (*Relay, error) {
 	if r.expected, err = st.LoadRoster(); err != nil {
 		cfg.Logger.Warn("ignoring the roster of connected tenants", "err", err)
 	}
-	if _, err := r.serverCert(nil); err != nil {
+	if r.tls, err = trust.NewServer(st.auth, r.audit, cfg.Now); err != nil {
 		r.audit.Close()
 		st.close()
 		return nil, err
 	}
-	r.buildTLS()
 	if cfg.OIDC.Issuer != "" {
 		r.oidcClient = &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSHandshakeTimeout: keyFetchTimeout, ResponseHeaderTimeout: keyFetchTimeout}}
 		r.bearer = newBearerAuth(cfg.OIDC, filepath.Join(st.dir, jwksCacheFile), cfg.Now, r.oidcClient)
@@ -199,7 +188,7 @@ func (r *Relay) listen() error {
 		if err != nil {
 			return err
 		}
-		r.connectTLSLn = tls.NewListener(ln, r.frontTLS())
+		r.connectTLSLn = tls.NewListener(ln, r.tls.Front())
 	}
 	if r.cfg.MetricsListen != Off {
 		if r.opsLn, err = net.Listen("tcp", r.cfg.MetricsListen); err != nil {
@@ -251,7 +240,7 @@ func (r *Relay) listenAgents(host, port string) error {
 		r.quicTr = &quicgo.Transport{Conn: r.udpConn, StatelessResetKey: &key, ConnContext: r.quicConnContext}
 		// One incoming stream: the control stream. The relay opens every
 		// other stream itself (see tcp.RelayConfig for TCP).
-		if r.quicLn, err = r.quicTr.Listen(r.tunnelTLS, quic.Config(1)); err != nil {
+		if r.quicLn, err = r.quicTr.Listen(r.tls.Agents(), quic.Config(1)); err != nil {
 			return fmt.Errorf("agent listener (QUIC): %w", err)
 		}
 		r.logUDPBuffers()
@@ -281,95 +270,6 @@ func (r *Relay) closeListeners() {
 	}
 	if r.udpConn != nil {
 		r.udpConn.Close()
-	}
-}
-
-// serverCert returns the relay's current server certificate, issuing a new
-// one when none exists, a third of its life remains, or the CA's serving
-// root changed (a retirement).
-func (r *Relay) serverCert(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	r.certMu.Lock()
-	defer r.certMu.Unlock()
-	now := r.cfg.Now()
-	authority := r.st.CA()
-	if r.cert != nil && now.Before(r.cert.Leaf.NotAfter.Add(-relayCertLifetime/3)) &&
-		bytes.Equal(r.cert.Certificate[len(r.cert.Certificate)-1], authority.Serving().Cert.Raw) {
-		return r.cert, nil
-	}
-	c, err := authority.IssueRelay(relayCertLifetime, now)
-	if err != nil {
-		return nil, err
-	}
-	r.cert = c
-	return c, nil
-}
-
-// frontTLS is the TLS configuration of the CONNECT front door over TLS.
-// A backend may present a client certificate from the relay CA naming it
-// (tether-relay backend certificate); one that does not verify ends the
-// handshake. Without one, the backend authenticates in the CONNECT request.
-func (r *Relay) frontTLS() *tls.Config {
-	return &tls.Config{
-		MinVersion:     tls.VersionTLS12,
-		GetCertificate: r.serverCert,
-		NextProtos:     []string{"http/1.1"}, // CONNECT hijacks the connection: no HTTP/2
-		ClientAuth:     tls.RequestClientCert,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return nil
-			}
-			_, err := r.verifyBackendChain(cs.PeerCertificates)
-			if err != nil {
-				r.auditBackendCertRefusal(cs.PeerCertificates, err)
-			}
-			return err
-		},
-	}
-}
-
-func (r *Relay) buildTLS() {
-	r.tunnelTLS = &tls.Config{
-		MinVersion:     tls.VersionTLS13,
-		GetCertificate: r.serverCert,
-		NextProtos:     []string{protocol.ALPN},
-		// The chain is verified in VerifyConnection (verifyAgentChain),
-		// which lets an expired but otherwise good certificate through to
-		// the hello, where it is refused with a message saying what to do.
-		// It reads the CA's roots at each handshake, so a rotation applies
-		// to the next connection.
-		ClientAuth: tls.RequireAnyClientCert,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			_, err := r.verifyAgentChain(cs.PeerCertificates)
-			if err != nil {
-				r.auditHandshakeRefusal(cs.PeerCertificates, err)
-			}
-			return err
-		},
-	}
-	r.enrollTLS = &tls.Config{
-		MinVersion:     tls.VersionTLS13,
-		GetCertificate: r.serverCert,
-		NextProtos:     []string{protocol.ALPNEnroll},
-		ClientAuth:     tls.NoClientCert,
-	}
-}
-
-// tcpTLS picks the TLS configuration for a TCP connection by ALPN: agents
-// with certificates negotiate tether/1, enrolling agents tether-enroll/1.
-func (r *Relay) tcpTLS() *tls.Config {
-	return &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			for _, p := range hello.SupportedProtos {
-				switch p {
-				case protocol.ALPN:
-					return r.tunnelTLS, nil
-				case protocol.ALPNEnroll:
-					return r.enrollTLS, nil
-				}
-			}
-			return nil, fmt.Errorf("client offered ALPN %q; this port speaks %s and %s", hello.SupportedProtos, protocol.ALPN, protocol.ALPNEnroll)
-		},
 	}
 }
 
@@ -443,7 +343,7 @@ func (r *Relay) run(ctx context.Context) error {
 	}
 	adminSrv := r.serveAdmin(&wg, report)
 	if r.adminCert != nil {
-		wg.Go(func() { r.adminCert.watch(rosterCtx) })
+		wg.Go(func() { r.adminCert.Watch(rosterCtx) })
 	}
 	var debugSrv *http.Server
 	if r.debugLn != nil {

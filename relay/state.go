@@ -2,12 +2,12 @@ package relay
 
 import (
 	"context"
-	"sync/atomic"
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/datadir"
 	"github.com/tetherhq/tether/relay/internal/store"
+	"github.com/tetherhq/tether/relay/internal/trust"
 )
 
 // state is what the relay server and the offline admin commands share: the
@@ -15,12 +15,12 @@ import (
 type state struct {
 	*datadir.Dir
 	dir   string
-	auth  atomic.Pointer[ca.CA] // replaced when the CA's roots change
+	auth  *trust.Authority
 	store *store.Store
 }
 
 // CA returns the tenant CA as last read.
-func (s *state) CA() *ca.CA { return s.auth.Load() }
+func (s *state) CA() *ca.CA { return s.auth.CA() }
 
 // caDir is the CA's directory.
 func (s *state) caDir() string { return s.CADir() }
@@ -33,8 +33,7 @@ func openState(ctx context.Context, dir, trustDomain string, now time.Time) (*st
 	if err != nil {
 		return nil, err
 	}
-	s := &state{Dir: d, dir: d.Path, store: d.Store}
-	s.auth.Store(authority)
+	s := &state{Dir: d, dir: d.Path, store: d.Store, auth: trust.NewAuthority(d.CADir(), authority)}
 	return s, nil
 }
 

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/tetherhq/tether/relay/internal/trust"
 )
 
 // writePair writes a self-signed certificate with serial and its key to
@@ -91,8 +93,8 @@ func TestAdminCertificateReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitSerial(2)
-	if r.adminCert.reloads.Load() != 1 {
-		t.Fatalf("%d reloads, want 1", r.adminCert.reloads.Load())
+	if r.adminCert.Reloads() != 1 {
+		t.Fatalf("%d reloads, want 1", r.adminCert.Reloads())
 	}
 	if err := open.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
 		t.Fatal(err)
@@ -125,7 +127,7 @@ func TestAdminCertificateReload(t *testing.T) {
 	}
 	for name, breakIt := range bad {
 		breakIt()
-		time.Sleep(4 * reloadSettle) // time to (wrongly) pick it up
+		time.Sleep(4 * trust.ReloadSettle) // time to (wrongly) pick it up
 		if got := serial(); got != 2 {
 			t.Fatalf("%s: admin listener serves serial %d, want 2 kept", name, got)
 		}

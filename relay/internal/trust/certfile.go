@@ -1,4 +1,4 @@
-package relay
+package trust
 
 import (
 	"bytes"
@@ -15,43 +15,44 @@ import (
 	"github.com/fsnotify/fsnotify"
 )
 
-// certFile is a TLS certificate and key read from PEM files (the admin
+// CertFile is a TLS certificate and key read from PEM files (the admin
 // listener's --admin-cert and --admin-key) and read again whenever a file
 // in their directories changes, so that a renewed certificate — written in
 // place, renamed over the old one, or swapped in by a symlink as Kubernetes
 // does with secrets — is served from the next handshake on, without a
 // restart and without dropping connections. A pair that does not load or
 // has expired is logged and the previous one is kept.
-type certFile struct {
+type CertFile struct {
 	certPath, keyPath string
 	log               *slog.Logger
 	now               func() time.Time
 
 	cur     atomic.Pointer[tls.Certificate]
 	loaded  atomic.Pointer[[]byte] // the PEM of cur, certificate then key
-	reloads atomic.Int64           // certificates replaced since start
+	reloads atomic.Int64           // certificates replaced since start (Reloads)
 }
 
-// reloadSettle lets a burst of file events (write, rename, chmod) settle
+// ReloadSettle lets a burst of file events (write, rename, chmod) settle
 // before the files are read.
-const reloadSettle = 200 * time.Millisecond
+const ReloadSettle = 200 * time.Millisecond
 
-func loadCertFile(certPath, keyPath string, log *slog.Logger, now func() time.Time) (*certFile, error) {
-	c := &certFile{certPath: certPath, keyPath: keyPath, log: log, now: now}
+// LoadCertFile reads the pair; Watch keeps it current.
+func LoadCertFile(certPath, keyPath string, log *slog.Logger, now func() time.Time) (*CertFile, error) {
+	c := &CertFile{certPath: certPath, keyPath: keyPath, log: log, now: now}
 	if _, err := c.load(); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// getCertificate is the tls.Config callback.
-func (c *certFile) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+// GetCertificate is the tls.Config callback.
+func (c *CertFile) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return c.cur.Load(), nil
 }
 
 // load reads both files and, when they hold a different, valid and current
 // pair, makes it the one served. It reports whether the pair changed.
-func (c *certFile) load() (bool, error) {
+func (c *CertFile) load() (bool, error) {
 	certPEM, err := os.ReadFile(c.certPath)
 	if err != nil {
 		return false, fmt.Errorf("certificate: %w", err)
@@ -76,9 +77,9 @@ func (c *certFile) load() (bool, error) {
 	return true, nil
 }
 
-// watch reloads the pair after changes in the files' directories until
+// Watch reloads the pair after changes in the files' directories until
 // ctx ends.
-func (c *certFile) watch(ctx context.Context) {
+func (c *CertFile) Watch(ctx context.Context) {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		c.log.Warn("cannot watch the admin certificate for changes; restart the relay to apply a new one", "err", err)
@@ -102,7 +103,7 @@ func (c *certFile) watch(ctx context.Context) {
 			if !ok {
 				return
 			}
-			settle.Reset(reloadSettle)
+			settle.Reset(ReloadSettle)
 		case err, ok := <-w.Errors:
 			if !ok {
 				return
@@ -135,3 +136,6 @@ func uniqueDirs(paths ...string) []string {
 	}
 	return dirs
 }
+
+// Reloads is how many times the served pair was replaced since start.
+func (c *CertFile) Reloads() int64 { return c.reloads.Load() }
