@@ -16,6 +16,7 @@ import (
 	"github.com/tetherhq/tether/relay/internal/audit"
 	"github.com/tetherhq/tether/relay/internal/credential"
 	"github.com/tetherhq/tether/relay/internal/datadir"
+	"github.com/tetherhq/tether/relay/internal/policy"
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
@@ -268,7 +269,7 @@ func (a *Admin) SetLimits(ctx context.Context, l Limits) error {
 	if l.MaxAgents < 0 || l.MaxStreams < 0 || l.OpenRate < 0 || l.OpenBurst < 0 {
 		return invalidf("limits must not be negative (0 means unlimited)")
 	}
-	nets, err := ParseCIDRs(l.CIDRs)
+	nets, err := policy.ParseCIDRs(l.CIDRs)
 	if err != nil {
 		return invalid(err)
 	}
@@ -311,6 +312,9 @@ func (a *Admin) Audit(ctx context.Context, f AuditFilter) ([]audit.Record, error
 	return a.st.store.ListAudit(ctx, f)
 }
 
+// Grant lets a backend reach services of tenants (policy.ParseGrant).
+type Grant = policy.Grant
+
 // BackendInfo describes a backend credential without its key.
 type BackendInfo struct {
 	Name      string    `json:"name"`
@@ -328,7 +332,7 @@ func (a *Admin) AddBackend(ctx context.Context, name string, grants []string) (s
 	if len(grants) == 0 {
 		return "", invalidf(`a backend needs at least one grant: tenant/service, tenant (all its services), or patterns with "*"`)
 	}
-	gs, err := ParseGrants(grants)
+	gs, err := policy.ParseGrants(grants)
 	if err != nil {
 		return "", invalid(err)
 	}
@@ -368,7 +372,7 @@ func (a *Admin) Ungrant(ctx context.Context, name string, grants []string) error
 // changeGrants parses grants, applies them to backend name with apply and
 // audits the change as kind.
 func (a *Admin) changeGrants(ctx context.Context, name string, grants []string, kind string, apply func(context.Context, string, []Grant) error) error {
-	gs, err := ParseGrants(grants)
+	gs, err := policy.ParseGrants(grants)
 	if err != nil {
 		return invalid(err)
 	}

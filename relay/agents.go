@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/policy"
 
 	quicgo "github.com/quic-go/quic-go"
 
@@ -216,10 +217,10 @@ func (r *Relay) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess agentSe
 
 	r.reg.add(ac)
 	r.seen.mark(id.ID, time.Now())
-	if rev, ok := r.pol.revoked.Load(id.ID); ok {
+	if rev := r.pol.Revoked(id.ID); rev != nil {
 		// Revoked between the store lookup and now: the policy watcher
 		// may have looked at the registry before this session joined it.
-		ac.closeWith(rev.(error))
+		ac.closeWith(rev)
 	}
 	connRec.Outcome, connRec.Detail["session"] = audit.OutcomeOK, ac.sessionID
 	connRec.Detail["ca_root"] = ac.rootID()
@@ -278,7 +279,7 @@ func (r *Relay) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.Ce
 		return protocol.Errorf(protocol.CodeInternal, "look up agent: %v", err)
 	}
 	if !rec.RevokedAt.IsZero() {
-		return revokedError(rec)
+		return policy.RevokedError(rec)
 	}
 	if serial := leaf.SerialNumber.Text(16); serial != rec.CertSerial {
 		// Not the certificate the relay last issued: the agent stopped
@@ -291,8 +292,8 @@ func (r *Relay) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.Ce
 			}
 		}
 	}
-	if l := r.pol.limitsOf(id.Tenant); l != nil {
-		if !l.allows(remote) {
+	if l := r.pol.LimitsOf(id.Tenant); l != nil {
+		if !l.Allows(remote) {
 			return protocol.Errorf(protocol.CodeNotAllowed, "agent connects from %s, outside the networks tenant %q allows for its agents", remote, id.Tenant)
 		}
 		if l.MaxAgents > 0 && !r.reg.hasAgent(id.Tenant, id.ID) && r.reg.distinctAgents(id.Tenant) >= l.MaxAgents {

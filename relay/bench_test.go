@@ -20,6 +20,7 @@ import (
 	"github.com/tetherhq/tether/protocol/transport"
 	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/credential"
+	"github.com/tetherhq/tether/relay/internal/policy"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
@@ -133,7 +134,7 @@ func benchRelay(b *testing.B) *Relay {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { st.close() })
-	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), pol: newPolicy(), gate: newHandshakeGate(cfg.MaxHandshakes)}
+	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), pol: policy.New(cfg.Logger), gate: newHandshakeGate(cfg.MaxHandshakes)}
 	r.metrics = newMetrics(r)
 	return r
 }
@@ -208,7 +209,7 @@ func BenchmarkVerifyAgentChain(b *testing.B) {
 // connection, open a stream, write the stream header and read the agent's
 // OK reply. The agent session answers at once.
 func BenchmarkDial(b *testing.B) {
-	r := &Relay{reg: newRegistry(), pol: newPolicy()}
+	r := &Relay{reg: newRegistry(), pol: policy.New(slog.New(slog.DiscardHandler))}
 	r.metrics = newMetrics(r)
 	r.cfg.setDefaults()
 	r.log = r.cfg.Logger

@@ -131,11 +131,11 @@ func (r *Relay) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 // enrolmentLimits checks tenant's limits for a new agent enrolling from
 // remote: its network, and the number of agents enrolled and not revoked.
 func (r *Relay) enrolmentLimits(ctx context.Context, tenant string, remote net.Addr) error {
-	l := r.pol.limitsOf(tenant)
+	l := r.pol.LimitsOf(tenant)
 	if l == nil {
 		return nil
 	}
-	if !l.allows(remote) {
+	if !l.Allows(remote) {
 		return protocol.Errorf(protocol.CodeNotAllowed, "enrolment from %s, outside the networks tenant %q allows for its agents", remote, tenant)
 	}
 	if l.MaxAgents > 0 {

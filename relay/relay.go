@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/policy"
 	"github.com/tetherhq/tether/relay/internal/trust"
 
 	quicgo "github.com/quic-go/quic-go"
@@ -38,7 +39,7 @@ type Relay struct {
 	reg      *registry
 	backends backendCache
 	audit    *audit.Log
-	pol      *policy
+	pol      *policy.Policy
 
 	started  time.Time       // when Run began
 	expected map[string]bool // tenants with agents connected before the last stop (the roster)
@@ -96,7 +97,7 @@ func New(cfg Config) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes), pol: newPolicy()}
+	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes), pol: policy.New(cfg.Logger)}
 	r.metrics = newMetrics(r)
 	r.audit, err = audit.Open(ctx, st.store, cfg.AuditLog, cfg.Logger)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/policy"
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
@@ -101,7 +102,7 @@ func (r *Relay) loadBackend(ctx context.Context, name string) (store.Backend, er
 // and that the tenant exists. A backend without a grant learns nothing,
 // not even whether the tenant exists.
 func (r *Relay) authorize(ctx context.Context, c *caller, t Target) error {
-	if !grantsAllow(c.grants, t) {
+	if !policy.Allows(c.grants, t.Tenant, t.Service) {
 		return protocol.Errorf(protocol.CodeNotAllowed, "backend %q may not reach service %q of tenant %q (no grant)", c.name, t.Service, t.Tenant)
 	}
 	if c.tenants != nil && !slices.Contains(c.tenants, t.Tenant) {
@@ -153,8 +154,7 @@ func (r *Relay) dial(ctx context.Context, c *caller, addr string) (*tunnel, erro
 		return nil, err
 	}
 	// The tenant's bulkheads: they count and refuse only its own streams.
-	lim := r.pol.limitsOf(t.Tenant)
-	release, err := r.pol.admitStream(t.Tenant, c.name, lim)
+	release, err := r.pol.AdmitStream(t.Tenant, c.name)
 	if err != nil {
 		r.limitRefusals.Add(1)
 		r.metrics.limitRefusals.WithLabelValues(t.Tenant).Inc()

@@ -1,4 +1,4 @@
-package relay
+package policy
 
 import (
 	"net"
@@ -10,7 +10,7 @@ func TestTenantNetworks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &tenantLimits{nets: nets}
+	l := &Limits{nets: nets}
 	for addr, want := range map[string]bool{
 		"10.1.2.3:5000":          true,
 		"[::ffff:10.9.9.9]:5000": true, // IPv4-mapped IPv6 from a dual-stack socket
@@ -24,15 +24,15 @@ func TestTenantNetworks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := l.allows(ap); got != want {
-			t.Errorf("allows(%s) = %v, want %v", addr, got, want)
+		if got := l.Allows(ap); got != want {
+			t.Errorf("Allows(%s) = %v, want %v", addr, got, want)
 		}
 		ua := &net.UDPAddr{IP: ap.IP, Port: ap.Port}
-		if got := l.allows(ua); got != want {
-			t.Errorf("allows(UDP %s) = %v, want %v", addr, got, want)
+		if got := l.Allows(ua); got != want {
+			t.Errorf("Allows(UDP %s) = %v, want %v", addr, got, want)
 		}
 	}
-	if !(&tenantLimits{}).allows(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}) {
+	if !(&Limits{}).Allows(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}) {
 		t.Error("no networks configured must allow any address")
 	}
 	for _, bad := range []string{"10.0.0.0/33", "example.com", "", "10.0.0.0/8,"} {

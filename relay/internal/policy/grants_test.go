@@ -1,4 +1,4 @@
-package relay
+package policy
 
 import (
 	"strings"
@@ -35,7 +35,7 @@ func TestGrantsAllow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for target, want := range map[Target]bool{
+	for target, want := range map[struct{ Tenant, Service string }]bool{
 		{Tenant: "acme", Service: "db"}:         true,
 		{Tenant: "acme", Service: "api"}:        false,
 		{Tenant: "acme", Service: "db2"}:        false,
@@ -47,11 +47,11 @@ func TestGrantsAllow(t *testing.T) {
 		{Tenant: "us-east", Service: "pg-main"}: false,
 		{Tenant: "acmex", Service: "db"}:        false,
 	} {
-		if got := grantsAllow(gs, target); got != want {
-			t.Errorf("grantsAllow(%+v) = %v, want %v", target, got, want)
+		if got := Allows(gs, target.Tenant, target.Service); got != want {
+			t.Errorf("Allows(%+v) = %v, want %v", target, got, want)
 		}
 	}
-	if grantsAllow(nil, Target{Tenant: "acme", Service: "db"}) {
+	if Allows(nil, "acme", "db") {
 		t.Error("no grants allowed a stream: the policy must be default deny")
 	}
 }

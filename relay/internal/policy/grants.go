@@ -1,4 +1,4 @@
-package relay
+package policy
 
 import (
 	"fmt"
@@ -79,11 +79,11 @@ func matchName(pattern, name string) bool {
 	return err == nil && ok
 }
 
-// grantsAllow reports whether any grant lets its holder reach service of
+// Allows reports whether any grant lets its holder reach service of
 // tenant.
-func grantsAllow(gs []Grant, t Target) bool {
+func Allows(gs []Grant, tenant, service string) bool {
 	for _, g := range gs {
-		if matchName(g.Tenant, t.Tenant) && matchName(g.Service, t.Service) {
+		if matchName(g.Tenant, tenant) && matchName(g.Service, service) {
 			return true
 		}
 	}
