@@ -220,6 +220,15 @@ type Report struct {
 	Services []string `json:"services,omitempty"`
 }
 
+// DialFailuresTotal is the sum of DialFailures over every service.
+func (r *Report) DialFailuresTotal() uint64 {
+	var n uint64
+	for _, v := range r.DialFailures {
+		n += v
+	}
+	return n
+}
+
 // Unknown is a message of a type this version does not know. Readers return
 // it rather than failing so that a newer peer can send new messages.
 type Unknown struct {

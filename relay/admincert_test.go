@@ -93,8 +93,8 @@ func TestAdminCertificateReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitSerial(2)
-	if r.adminCert.Reloads() != 1 {
-		t.Fatalf("%d reloads, want 1", r.adminCert.Reloads())
+	if r.console.CertReloads() != 1 {
+		t.Fatalf("%d reloads, want 1", r.console.CertReloads())
 	}
 	if err := open.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
 		t.Fatal(err)

@@ -215,7 +215,7 @@ func BenchmarkDial(b *testing.B) {
 	r.log = r.cfg.Logger
 	r.reg.add(benchConn("acme", "a1"))
 	r.reg.add(benchConn("acme", "a2"))
-	c := &caller{name: "billing", grants: []Grant{{Tenant: "acme", Service: "*"}}, via: viaAPIKey}
+	c := &caller{name: "billing", grants: []policy.Grant{{Tenant: "acme", Service: "*"}}, via: viaAPIKey}
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {

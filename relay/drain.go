@@ -1,33 +1,15 @@
 package relay
 
 import (
-	"context"
 	"sync"
-
-	"github.com/tetherhq/tether/relay/internal/audit"
 
 	"github.com/tetherhq/tether/protocol"
 )
 
-// DrainAgent tells every session of agent id to go away (GoAway "drain"):
-// the relay sends it no new streams there, streams in flight continue, and
-// the agent reconnects. It reports how many sessions were told; actor
-// names the operator in the audit record.
-func (r *Relay) DrainAgent(ctx context.Context, id, msg, actor string) (int, error) {
-	a := r.admin(actor)
-	info, err := a.Agent(ctx, id)
-	if err != nil {
-		return 0, err
-	}
-	if len(msg) > 500 {
-		return 0, invalidf("drain message is longer than 500 bytes")
-	}
-	if msg == "" {
-		msg = "drained by an operator"
-	}
-	n := r.reg.drainAgent(&r.bg, info.Tenant, id, msg)
-	a.record(audit.Drain, info.Tenant, id, "", map[string]any{"sessions": n, "message": msg})
-	return n, nil
+// DrainAgent tells the sessions of agent id of tenant to go away (the
+// admin view of the live relay, admin.Live).
+func (l liveView) DrainAgent(tenant, id, msg string) int {
+	return l.r.reg.drainAgent(&l.r.bg, tenant, id, msg)
 }
 
 // drainAgent marks the sessions of agent id (of tenant) draining and sends

@@ -20,7 +20,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/console"
 	"github.com/tetherhq/tether/relay/internal/policy"
 	"github.com/tetherhq/tether/relay/internal/trust"
 
@@ -55,6 +57,7 @@ type Relay struct {
 	metrics       *metrics
 
 	tls *trust.Server // the relay's certificate and every listener's TLS configuration
+	adm *admin.Admin  // operator actions, for the admin API
 
 	bg sync.WaitGroup // background sends (renewal requests); waited for at shutdown
 
@@ -69,8 +72,7 @@ type Relay struct {
 	connectTLSLn net.Listener
 	debugLn      net.Listener
 	opsLn        net.Listener    // /metrics, /healthz, /readyz
-	adminLn      net.Listener    // admin API over TLS (adminapi.go)
-	adminCert    *trust.CertFile // the admin listener's certificate from files, or nil
+	console      *console.Server // admin API and dashboard, or nil when off
 	downloadLn   net.Listener    // install scripts and agent binaries (download.go)
 
 	bearer     *bearerAuth  // nil unless an OIDC issuer is configured
@@ -113,6 +115,7 @@ func New(cfg Config) (*Relay, error) {
 		st.close()
 		return nil, err
 	}
+	r.adm = admin.New(admin.Config{Dir: st.Dir, Authority: st.auth, Audit: r.audit, Live: liveView{r}, CertLifetime: cfg.AgentCertLifetime, Now: cfg.Now})
 	if cfg.OIDC.Issuer != "" {
 		r.oidcClient = &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSHandshakeTimeout: keyFetchTimeout, ResponseHeaderTimeout: keyFetchTimeout}}
 		r.bearer = newBearerAuth(cfg.OIDC, filepath.Join(st.dir, jwksCacheFile), cfg.Now, r.oidcClient)
@@ -149,6 +152,14 @@ func (r *Relay) ConnectAddr() net.Addr { return addrOf(r.connectLn) }
 // ConnectTLSAddr is the address of the CONNECT front door over TLS, or nil
 // when off.
 func (r *Relay) ConnectTLSAddr() net.Addr { return addrOf(r.connectTLSLn) }
+
+// AdminAddr is the admin listener's address, or nil when off.
+func (r *Relay) AdminAddr() net.Addr {
+	if r.console == nil {
+		return nil
+	}
+	return r.console.Addr()
+}
 
 // DebugAddr is the debug listener's address, or nil when off.
 func (r *Relay) DebugAddr() net.Addr { return addrOf(r.debugLn) }
@@ -197,7 +208,9 @@ func (r *Relay) listen() error {
 		}
 	}
 	if r.cfg.AdminListen != Off {
-		if err := r.listenAdmin(); err != nil {
+		r.console, err = console.New(console.Config{Listen: r.cfg.AdminListen, CertFile: r.cfg.AdminCertFile, KeyFile: r.cfg.AdminKeyFile,
+			SessionTTL: r.cfg.AdminSessionTTL, HandshakeTimeout: r.cfg.HandshakeTimeout, Logger: r.log, Now: r.cfg.Now}, r.adm, r.tls)
+		if err != nil {
 			return err
 		}
 	}
@@ -258,10 +271,13 @@ func (r *Relay) logUDPBuffers() {
 }
 
 func (r *Relay) closeListeners() {
-	for _, l := range []net.Listener{r.tcpLn, r.socksLn, r.connectLn, r.connectTLSLn, r.debugLn, r.opsLn, r.adminLn, r.downloadLn} {
+	for _, l := range []net.Listener{r.tcpLn, r.socksLn, r.connectLn, r.connectTLSLn, r.debugLn, r.opsLn, r.downloadLn} {
 		if l != nil {
 			l.Close()
 		}
+	}
+	if r.console != nil {
+		r.console.Close()
 	}
 	if r.quicLn != nil {
 		r.quicLn.Close()
@@ -342,9 +358,10 @@ func (r *Relay) run(ctx context.Context) error {
 		opsSrv = &http.Server{Handler: r.opsHandler(), ReadHeaderTimeout: r.cfg.HandshakeTimeout}
 		opsWG.Go(func() { opsSrv.Serve(r.opsLn) })
 	}
-	adminSrv := r.serveAdmin(&wg, report)
-	if r.adminCert != nil {
-		wg.Go(func() { r.adminCert.Watch(rosterCtx) })
+	consoleCtx, stopConsole := context.WithCancel(ctx)
+	defer stopConsole()
+	if r.console != nil {
+		wg.Go(func() { report(r.console.Run(consoleCtx)) })
 	}
 	var debugSrv *http.Server
 	if r.debugLn != nil {
@@ -379,7 +396,7 @@ func (r *Relay) run(ctx context.Context) error {
 	if debugSrv != nil {
 		debugSrv.Close()
 	}
-	r.stopAdmin(&wg, adminSrv)
+	stopConsole() // requests in progress get a few seconds
 	if downloadSrv != nil {
 		downloadSrv.Close()
 	}

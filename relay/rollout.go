@@ -172,7 +172,7 @@ func (r *Relay) offerUpdates(ctx context.Context) error {
 
 // offer sends the release's signed manifest to c.
 func (r *Relay) offer(ctx context.Context, c *agentConn, ro store.Rollout, rel store.Release) error {
-	dir, err := releaseFiles(ctx, r.st, rel)
+	dir, err := r.st.ReleaseFiles(ctx, rel)
 	if err != nil {
 		return err
 	}

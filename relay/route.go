@@ -57,7 +57,7 @@ func ParseTarget(addr string) (Target, error) {
 // caller is an authenticated backend.
 type caller struct {
 	name   string
-	grants []Grant
+	grants []policy.Grant
 	// via is how it proved who it is: api_key, certificate or jwt.
 	via string
 	// tenants, when not nil, narrows the grants to these tenants (the

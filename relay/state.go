@@ -25,9 +25,6 @@ func (s *state) CA() *ca.CA { return s.auth.CA() }
 // caDir is the CA's directory.
 func (s *state) caDir() string { return s.CADir() }
 
-// locked runs fn holding the data directory's lock.
-func (s *state) locked(ctx context.Context, fn func() error) error { return s.Locked(ctx, fn) }
-
 func openState(ctx context.Context, dir, trustDomain string, now time.Time) (*state, error) {
 	d, authority, err := datadir.Open(ctx, dir, trustDomain, now)
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tetherhq/tether/agent"
 	"github.com/tetherhq/tether/relay"
+	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/client"
 )
 
@@ -225,7 +226,7 @@ func TestAgentReports(t *testing.T) {
 	// The store has when the agent was last seen: written soon after it
 	// connected, and again when it leaves.
 	lastSeen := func() time.Time {
-		var list []relay.AgentInfo
+		var list []admin.AgentInfo
 		if err := json.Unmarshal([]byte(r.admin(t, "agent", "list", "-o", "json")), &list); err != nil || len(list) != 1 {
 			t.Fatalf("agent list: %v %v", list, err)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/tetherhq/tether/agent"
 	"github.com/tetherhq/tether/cmd/internal/cli"
 	"github.com/tetherhq/tether/relay"
+	"github.com/tetherhq/tether/relay/admin"
 )
 
 const demoTenant = "demo"
@@ -61,7 +62,7 @@ func demo(args []string, stdout, stderr io.Writer) error {
 
 	// The operator's side: a tenant, a join token, a backend credential.
 	var token, apiKey string
-	err = withAdmin(relayDir, func(ctx context.Context, a *relay.Admin) error {
+	err = withAdmin(relayDir, func(ctx context.Context, a *admin.Admin) error {
 		if err := a.AddTenant(ctx, demoTenant); err != nil {
 			return err
 		}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tetherhq/tether/cmd/internal/cli"
 	"github.com/tetherhq/tether/relay"
+	"github.com/tetherhq/tether/relay/admin"
 )
 
 // version is set at build time: go build -ldflags '-X main.version=1.2.3'.
@@ -179,10 +180,10 @@ func serve(args []string, stderr io.Writer) error {
 }
 
 // withAdmin opens the data directory named by the --data-dir flag in fs.
-func withAdmin(dataDir string, fn func(ctx context.Context, a *relay.Admin) error) error {
+func withAdmin(dataDir string, fn func(ctx context.Context, a *admin.Admin) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, err := relay.OpenAdmin(ctx, dataDir, "")
+	a, err := admin.Open(ctx, admin.Options{DataDir: dataDir})
 	if err != nil {
 		return err
 	}
@@ -194,7 +195,7 @@ func tenantCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("tenant", stderr)
 	dataDir := fs.String("data-dir", defaultDataDir(), "data directory")
 	output := fs.String("o", "table", "output: table or json")
-	var l relay.Limits
+	var l admin.Limits
 	var cidrs string
 	fs.IntVar(&l.MaxAgents, "max-agents", 0, "limits: agents enrolled and connected (0: unlimited)")
 	fs.IntVar(&l.MaxStreams, "max-streams", 0, "limits: concurrent streams (0: unlimited)")
@@ -211,7 +212,7 @@ func tenantCmd(args []string, stdout, stderr io.Writer) error {
 		if cidrs != "" {
 			l.CIDRs = strings.Split(cidrs, ",")
 		}
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			if err := a.SetLimits(ctx, l); err != nil {
 				return err
 			}
@@ -219,18 +220,18 @@ func tenantCmd(args []string, stdout, stderr io.Writer) error {
 			return nil
 		})
 	case len(pos) == 1 && pos[0] == "limits":
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			ls, err := a.AllLimits(ctx)
 			if err != nil {
 				return err
 			}
-			return printList(stdout, *output, ls, "TENANT\tMAX AGENTS\tMAX STREAMS\tOPEN RATE\tBURST\tNETWORKS", func(l relay.Limits) string {
+			return printList(stdout, *output, ls, "TENANT\tMAX AGENTS\tMAX STREAMS\tOPEN RATE\tBURST\tNETWORKS", func(l admin.Limits) string {
 				return fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%s", l.Tenant, unlimited(l.MaxAgents), unlimited(l.MaxStreams),
 					unlimited(l.OpenRate), l.OpenBurst, cmp.Or(strings.Join(l.CIDRs, ","), "any"))
 			})
 		})
 	case len(pos) == 2 && pos[0] == "add":
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			if err := a.AddTenant(ctx, pos[1]); err != nil {
 				return err
 			}
@@ -238,12 +239,12 @@ func tenantCmd(args []string, stdout, stderr io.Writer) error {
 			return nil
 		})
 	case len(pos) == 1 && pos[0] == "list":
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			ts, err := a.Tenants(ctx)
 			if err != nil {
 				return err
 			}
-			return printList(stdout, *output, ts, "NAME\tCREATED", func(t relay.Tenant) string {
+			return printList(stdout, *output, ts, "NAME\tCREATED", func(t admin.Tenant) string {
 				return t.Name + "\t" + t.CreatedAt.Format(time.RFC3339)
 			})
 		})
@@ -255,7 +256,7 @@ func tokenCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("token", stderr)
 	dataDir := fs.String("data-dir", defaultDataDir(), "data directory")
 	tenant := fs.String("tenant", "", "tenant the token enrols agents into")
-	ttl := fs.Duration("ttl", relay.DefaultTokenTTL, "how long the token stays valid")
+	ttl := fs.Duration("ttl", admin.DefaultTokenTTL, "how long the token stays valid")
 	uses := fs.Int("uses", 1, "how many agents the token may enrol")
 	output := fs.String("o", "table", "output of list: table or json")
 	pos, err := cli.ParseInterspersed(fs, args)
@@ -267,7 +268,7 @@ func tokenCmd(args []string, stdout, stderr io.Writer) error {
 		if *tenant == "" {
 			return errors.New("token create needs --tenant")
 		}
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			tok, info, err := a.CreateToken(ctx, *tenant, *ttl, *uses)
 			if err != nil {
 				return err
@@ -278,12 +279,12 @@ func tokenCmd(args []string, stdout, stderr io.Writer) error {
 			return nil
 		})
 	case len(pos) == 1 && pos[0] == "list":
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			ts, err := a.Tokens(ctx, *tenant)
 			if err != nil {
 				return err
 			}
-			return printList(stdout, *output, ts, "ID\tTENANT\tUSES\tEXPIRES", func(t relay.TokenInfo) string {
+			return printList(stdout, *output, ts, "ID\tTENANT\tUSES\tEXPIRES", func(t admin.TokenInfo) string {
 				return fmt.Sprintf("%s\t%s\t%d/%d\t%s", t.ID, t.Tenant, t.Uses, t.MaxUses, t.ExpiresAt.Format(time.RFC3339))
 			})
 		})
@@ -315,7 +316,7 @@ func backendCmd(args []string, stdout, stderr io.Writer) error {
 		if len(grants) == 0 {
 			return errors.New(`backend add needs --allow tenant/service,… (or --tenants a,b, or "*")`)
 		}
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			key, err := a.AddBackend(ctx, pos[1], grants)
 			if err != nil {
 				return err
@@ -325,7 +326,7 @@ func backendCmd(args []string, stdout, stderr io.Writer) error {
 			return nil
 		})
 	case len(pos) >= 3 && (pos[0] == "grant" || pos[0] == "ungrant"):
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			if pos[0] == "grant" {
 				return a.Grant(ctx, pos[1], pos[2:])
 			}
@@ -335,7 +336,7 @@ func backendCmd(args []string, stdout, stderr io.Writer) error {
 		if *out == "" {
 			return errors.New("backend certificate needs --out DIR")
 		}
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			c, err := a.IssueBackendCertificate(ctx, pos[1], *lifetime)
 			if err != nil {
 				return err
@@ -348,12 +349,12 @@ func backendCmd(args []string, stdout, stderr io.Writer) error {
 			return nil
 		})
 	case len(pos) == 1 && pos[0] == "list":
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			bs, err := a.Backends(ctx)
 			if err != nil {
 				return err
 			}
-			return printList(stdout, *output, bs, "NAME\tGRANTS\tCREATED", func(b relay.BackendInfo) string {
+			return printList(stdout, *output, bs, "NAME\tGRANTS\tCREATED", func(b admin.BackendInfo) string {
 				gs := make([]string, len(b.Grants))
 				for i, g := range b.Grants {
 					gs[i] = g.String()
@@ -376,7 +377,7 @@ func agentCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if len(pos) == 2 && pos[0] == "revoke" {
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			ai, err := a.RevokeAgent(ctx, pos[1], *reason)
 			if err != nil {
 				return err
@@ -389,12 +390,12 @@ func agentCmd(args []string, stdout, stderr io.Writer) error {
 	if len(pos) != 1 || pos[0] != "list" {
 		return errors.New("usage: tether-relay agent list [--tenant NAME] | agent revoke ID [--reason TEXT]")
 	}
-	return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+	return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 		as, err := a.Agents(ctx, *tenant)
 		if err != nil {
 			return err
 		}
-		return printList(stdout, *output, as, "ID\tTENANT\tHOSTNAME\tENROLLED\tCERT EXPIRES\tLAST SEEN\tREVOKED", func(x relay.AgentInfo) string {
+		return printList(stdout, *output, as, "ID\tTENANT\tHOSTNAME\tENROLLED\tCERT EXPIRES\tLAST SEEN\tREVOKED", func(x admin.AgentInfo) string {
 			revoked, seen := "-", "never"
 			if x.RevokedAt != nil {
 				revoked = x.RevokedAt.Format(time.RFC3339)
@@ -410,7 +411,7 @@ func agentCmd(args []string, stdout, stderr io.Writer) error {
 func auditCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("audit", stderr)
 	dataDir := fs.String("data-dir", defaultDataDir(), "data directory")
-	var f relay.AuditFilter
+	var f admin.AuditFilter
 	var since, until string
 	fs.StringVar(&f.Tenant, "tenant", "", "only this tenant")
 	fs.StringVar(&f.Agent, "agent", "", "only this agent")
@@ -435,7 +436,7 @@ func auditCmd(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--until: %w", err)
 	}
 	f.NewestFirst = true
-	return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+	return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 		recs, err := a.Audit(ctx, f)
 		if err != nil {
 			return err
@@ -481,7 +482,7 @@ func caCmd(args []string, stdout, stderr io.Writer) error {
 	if len(pos) != 1 {
 		return errors.New("usage: tether-relay ca status | ca rotate [--renew-now] | ca renew-now | ca retire [--force] | ca export [--out FILE]")
 	}
-	show := func(st relay.CAStatus) error {
+	show := func(st admin.CAStatus) error {
 		if *output == "json" {
 			return printJSON(stdout, st)
 		}
@@ -489,9 +490,9 @@ func caCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	switch pos[0] {
 	case "export":
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error { return exportCA(a, *out, stdout, stderr) })
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error { return exportCA(a, *out, stdout, stderr) })
 	case "status":
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			st, err := a.CAStatus(ctx)
 			if err != nil {
 				return err
@@ -499,7 +500,7 @@ func caCmd(args []string, stdout, stderr io.Writer) error {
 			return show(st)
 		})
 	case "rotate":
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			st, err := a.RotateCA(ctx, *renewNow)
 			if err != nil {
 				return err
@@ -515,7 +516,7 @@ func caCmd(args []string, stdout, stderr io.Writer) error {
 			return show(st)
 		})
 	case "renew-now":
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			st, err := a.RenewNowCA(ctx)
 			if err != nil {
 				return err
@@ -524,7 +525,7 @@ func caCmd(args []string, stdout, stderr io.Writer) error {
 			return show(st)
 		})
 	case "retire":
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			res, err := a.RetireCA(ctx, *force)
 			if err != nil {
 				return err
@@ -554,7 +555,7 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func printCAStatus(w io.Writer, st relay.CAStatus) error {
+func printCAStatus(w io.Writer, st admin.CAStatus) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROOT\tSTATE\tFINGERPRINT\tADDED\tNOT AFTER\tAGENTS\tTOKENS")
 	for _, r := range st.Roots {

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/tetherhq/tether/cmd/internal/cli"
-	"github.com/tetherhq/tether/relay"
+	"github.com/tetherhq/tether/relay/admin"
 )
 
 // operatorCmd manages the credentials of the admin API.
@@ -17,9 +17,9 @@ func operatorCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("operator", stderr)
 	dataDir := fs.String("data-dir", defaultDataDir(), "data directory")
 	name := fs.String("name", "", "token create: the operator's name (audit records name them)")
-	ttl := fs.Duration("ttl", relay.DefaultOperatorTokenTTL, "token create: how long the token stays valid")
+	ttl := fs.Duration("ttl", admin.DefaultOperatorTokenTTL, "token create: how long the token stays valid")
 	out := fs.String("out", "", "certificate: directory to write operator.crt, operator.key and ca.crt to")
-	lifetime := fs.Duration("lifetime", relay.DefaultOperatorTokenTTL, "certificate: validity of the operator certificate")
+	lifetime := fs.Duration("lifetime", admin.DefaultOperatorTokenTTL, "certificate: validity of the operator certificate")
 	output := fs.String("o", "table", "output of token list: table or json")
 	pos, err := cli.ParseInterspersed(fs, args)
 	if err != nil {
@@ -31,7 +31,7 @@ func operatorCmd(args []string, stdout, stderr io.Writer) error {
 		if *name == "" {
 			return errors.New("operator token create needs --name")
 		}
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			tok, info, err := a.CreateOperatorToken(ctx, *name, *ttl)
 			if err != nil {
 				return err
@@ -41,13 +41,13 @@ func operatorCmd(args []string, stdout, stderr io.Writer) error {
 			return nil
 		})
 	case len(pos) == 2 && pos[0] == "token" && pos[1] == "list":
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			ts, err := a.OperatorTokens(ctx)
 			if err != nil {
 				return err
 			}
 			now := time.Now()
-			return printList(stdout, *output, ts, "ID\tNAME\tCREATED\tEXPIRES\tSTATE", func(t relay.OperatorTokenInfo) string {
+			return printList(stdout, *output, ts, "ID\tNAME\tCREATED\tEXPIRES\tSTATE", func(t admin.OperatorTokenInfo) string {
 				state := "valid"
 				switch {
 				case t.RevokedAt != nil:
@@ -59,7 +59,7 @@ func operatorCmd(args []string, stdout, stderr io.Writer) error {
 			})
 		})
 	case len(pos) == 3 && pos[0] == "token" && pos[1] == "revoke":
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			info, err := a.RevokeOperatorToken(ctx, pos[2])
 			if err != nil {
 				return err
@@ -71,7 +71,7 @@ func operatorCmd(args []string, stdout, stderr io.Writer) error {
 		if *out == "" {
 			return errors.New("operator certificate needs --out DIR")
 		}
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			c, err := a.IssueOperatorCertificate(pos[1], *lifetime)
 			if err != nil {
 				return err
@@ -89,7 +89,7 @@ func operatorCmd(args []string, stdout, stderr io.Writer) error {
 
 // exportCA writes the relay CA bundle (PEM) to file, or stdout when file
 // is "".
-func exportCA(a *relay.Admin, file string, stdout, stderr io.Writer) error {
+func exportCA(a *admin.Admin, file string, stdout, stderr io.Writer) error {
 	pem := a.CABundlePEM()
 	if file == "" {
 		_, err := stdout.Write(pem)

@@ -13,7 +13,7 @@ import (
 
 	"github.com/tetherhq/tether/cmd/internal/cli"
 	"github.com/tetherhq/tether/protocol/release"
-	"github.com/tetherhq/tether/relay"
+	"github.com/tetherhq/tether/relay/admin"
 )
 
 const releaseUsage = `usage:
@@ -118,7 +118,7 @@ func releaseCmd(args []string, stdout, stderr io.Writer) error {
 			}
 			dir = tmp
 		}
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			r, err := a.PublishRelease(ctx, dir, keys)
 			if err != nil {
 				return err
@@ -127,12 +127,12 @@ func releaseCmd(args []string, stdout, stderr io.Writer) error {
 			return nil
 		})
 	case "list":
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			rs, err := a.Releases(ctx)
 			if err != nil {
 				return err
 			}
-			return printList(stdout, *output, rs, "VERSION\tOS\tARCH\tCHANNEL\tSIZE\tKEY\tEXPIRES\tPUBLISHED", func(r relay.Release) string {
+			return printList(stdout, *output, rs, "VERSION\tOS\tARCH\tCHANNEL\tSIZE\tKEY\tEXPIRES\tPUBLISHED", func(r admin.Release) string {
 				return strings.Join([]string{r.Version, r.OS, r.Arch, r.Channel, strconv.FormatInt(r.Size, 10), r.KeyID, r.Expires.Format(time.RFC3339), r.PublishedAt.Format(time.RFC3339)}, "\t")
 			})
 		})
@@ -140,8 +140,8 @@ func releaseCmd(args []string, stdout, stderr io.Writer) error {
 		if len(pos) != 2 {
 			return errors.New("usage: tether-relay release rollout V (--percent N | --tenants a,b | --agents id,…) [--halt-at FRACTION] [--batch N]")
 		}
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
-			ro, warns, err := a.StartRollout(ctx, relay.Rollout{Version: pos[1], Percent: *percent, Tenants: splitComma(*tenants), Agents: splitComma(*agents), HaltAt: *haltAt, Batch: *batch})
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
+			ro, warns, err := a.StartRollout(ctx, admin.Rollout{Version: pos[1], Percent: *percent, Tenants: splitComma(*tenants), Agents: splitComma(*agents), HaltAt: *haltAt, Batch: *batch})
 			if err != nil {
 				return err
 			}
@@ -152,7 +152,7 @@ func releaseCmd(args []string, stdout, stderr io.Writer) error {
 			return nil
 		})
 	case "status":
-		return withAdmin(*dataDir, func(ctx context.Context, a *relay.Admin) error {
+		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
 			st, err := a.UpdateStatus(ctx, *version)
 			if err != nil {
 				return err
@@ -160,7 +160,7 @@ func releaseCmd(args []string, stdout, stderr io.Writer) error {
 			if *output == "json" {
 				return printJSON(stdout, st)
 			}
-			if err := printList(stdout, "table", st.Rollouts, "ROLLOUT\tVERSION\tSELECTS\tHALT AT\tSTATE\tREASON", func(r relay.Rollout) string {
+			if err := printList(stdout, "table", st.Rollouts, "ROLLOUT\tVERSION\tSELECTS\tHALT AT\tSTATE\tREASON", func(r admin.Rollout) string {
 				sel := fmt.Sprintf("%d%%", r.Percent)
 				if len(r.Tenants) > 0 {
 					sel = "tenants " + strings.Join(r.Tenants, ",")
@@ -172,7 +172,7 @@ func releaseCmd(args []string, stdout, stderr io.Writer) error {
 				return err
 			}
 			fmt.Fprintln(stdout)
-			return printList(stdout, "table", st.Agents, "AGENT\tTENANT\tFROM\tVERSION\tSTATE\tREASON\tUPDATED\tMESSAGE", func(u relay.AgentUpdate) string {
+			return printList(stdout, "table", st.Agents, "AGENT\tTENANT\tFROM\tVERSION\tSTATE\tREASON\tUPDATED\tMESSAGE", func(u admin.AgentUpdate) string {
 				return strings.Join([]string{u.Agent, u.Tenant, dash(u.From), u.Version, u.State, dash(u.Reason), u.UpdatedAt.Format(time.RFC3339), dash(u.Message)}, "\t")
 			})
 		})

@@ -131,6 +131,13 @@ func (s *Store) DeleteConsoleSession(ctx context.Context, idHash []byte) (bool, 
 	return n > 0, err
 }
 
+// CountConsoleSessions counts the sessions stored.
+func (s *Store) CountConsoleSessions(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM console_sessions`).Scan(&n)
+	return n, err
+}
+
 // PruneConsoleSessions deletes the sessions expired at now.
 func (s *Store) PruneConsoleSessions(ctx context.Context, now time.Time) error {
 	_, err := s.exec(ctx, `DELETE FROM console_sessions WHERE expires_at <= $1`, unix(now))

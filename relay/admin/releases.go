@@ -1,14 +1,9 @@
-package relay
+package admin
 
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
@@ -18,69 +13,6 @@ import (
 	"github.com/tetherhq/tether/protocol/release"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
-
-// releasesDir is where a relay keeps the files of the releases it offers,
-// in its data directory: releases/<version>/<os>-<arch>-<channel>/ with the
-// four files of a signed release (see protocol/release). The store holds
-// the release (the binary by its SHA-256); this directory is each relay's
-// copy, written from the store when the release is published on this host
-// or first offered, and served from there. The relay never holds the
-// signing key: it stores and serves what was signed elsewhere, and agents
-// verify every file.
-const releasesDir = "releases"
-
-// releaseFiles returns the directory holding rel's four files, writing
-// them from the store first if this relay has no copy yet. The binary is
-// checked against its SHA-256 as it is written.
-func releaseFiles(ctx context.Context, st *state, rel store.Release) (string, error) {
-	dest := filepath.Join(st.dir, releasesDir, rel.Version, rel.OS+"-"+rel.Arch+"-"+rel.Channel)
-	if _, err := os.Stat(dest); err == nil {
-		return dest, nil
-	}
-	full, err := st.store.Release(ctx, rel.Version, rel.OS, rel.Arch, rel.Channel)
-	if err != nil {
-		return "", err
-	}
-	bin, err := st.store.OpenBlob(ctx, full.SHA256)
-	if err != nil {
-		return "", err
-	}
-	if err := os.MkdirAll(filepath.Dir(dest), 0o700); err != nil {
-		return "", err
-	}
-	tmp, err := os.MkdirTemp(filepath.Dir(dest), ".release-")
-	if err != nil {
-		return "", err
-	}
-	defer os.RemoveAll(tmp)
-	for name, data := range map[string][]byte{release.BinarySignatureFile: full.BinarySignature, release.ManifestFile: full.Manifest, release.ManifestSignatureFile: full.ManifestSignature} {
-		if err := os.WriteFile(filepath.Join(tmp, name), data, 0o600); err != nil {
-			return "", err
-		}
-	}
-	f, err := os.OpenFile(filepath.Join(tmp, release.BinaryFile), os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o600)
-	if err != nil {
-		return "", err
-	}
-	h := sha256.New()
-	_, err = io.Copy(io.MultiWriter(f, h), bin)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return "", fmt.Errorf("write release binary: %w", err)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != full.SHA256 {
-		return "", fmt.Errorf("release %s %s/%s %s: the stored binary hashes to %s, not %s", rel.Version, rel.OS, rel.Arch, rel.Channel, got, full.SHA256)
-	}
-	if err := os.Rename(tmp, dest); err != nil {
-		if _, serr := os.Stat(dest); serr != nil {
-			return "", fmt.Errorf("store release files: %w", err)
-		}
-		// Another process wrote its copy first: keep that one.
-	}
-	return dest, nil
-}
 
 // Release describes a published release.
 type Release struct {
@@ -113,20 +45,20 @@ func (a *Admin) PublishRelease(ctx context.Context, dir string, keys release.Key
 	rec := store.Release{Version: m.Version, OS: m.OS, Arch: m.Arch, Channel: m.Channel, SHA256: m.SHA256, Size: m.Size,
 		ExpiresAt: m.Expires, KeyID: release.KeyID(f.KeyID), PublishedAt: a.now(),
 		BinarySignature: f.BinarySignature, Manifest: f.Signed.Manifest, ManifestSignature: f.ManifestSignature}
-	if err := a.st.store.AddRelease(ctx, rec, bytes.NewReader(f.Binary)); err != nil {
+	if err := a.store.AddRelease(ctx, rec, bytes.NewReader(f.Binary)); err != nil {
 		return Release{}, err
 	}
-	if _, err := releaseFiles(ctx, a.st, rec); err != nil {
+	if _, err := a.dir.ReleaseFiles(ctx, rec); err != nil {
 		return Release{}, fmt.Errorf("release %s stored, but its files could not be written to the data directory: %w", m.Version, err)
 	}
-	a.record(audit.ReleasePublish, "", "", "", map[string]any{"version": m.Version, "os": m.OS, "arch": m.Arch, "channel": m.Channel,
+	a.Record(audit.ReleasePublish, "", "", "", map[string]any{"version": m.Version, "os": m.OS, "arch": m.Arch, "channel": m.Channel,
 		"sha256": m.SHA256, "size": m.Size, "expires": m.Expires, "key_id": rec.KeyID})
 	return releaseInfo(rec), nil
 }
 
 // Releases lists the published releases, newest first.
 func (a *Admin) Releases(ctx context.Context) ([]Release, error) {
-	rs, err := a.st.store.Releases(ctx, "")
+	rs, err := a.store.Releases(ctx, "")
 	if err != nil {
 		return nil, err
 	}
@@ -192,7 +124,7 @@ func (a *Admin) StartRollout(ctx context.Context, ro Rollout) (Rollout, []string
 			return ro, nil, invalid(err)
 		}
 	}
-	rels, err := a.st.store.Releases(ctx, ro.Version)
+	rels, err := a.store.Releases(ctx, ro.Version)
 	if err != nil {
 		return ro, nil, err
 	}
@@ -206,13 +138,13 @@ func (a *Admin) StartRollout(ctx context.Context, ro Rollout) (Rollout, []string
 		}
 	}
 	ro.CreatedAt = a.now()
-	id, err := a.st.store.AddRollout(ctx, store.Rollout{Version: ro.Version, Percent: ro.Percent, Tenants: ro.Tenants, Agents: ro.Agents,
+	id, err := a.store.AddRollout(ctx, store.Rollout{Version: ro.Version, Percent: ro.Percent, Tenants: ro.Tenants, Agents: ro.Agents,
 		HaltAt: ro.HaltAt, Batch: ro.Batch, CreatedAt: ro.CreatedAt})
 	if err != nil {
 		return ro, nil, err
 	}
 	ro.ID, ro.State = id, store.RolloutActive
-	a.record(audit.ReleaseRollout, "", "", "", map[string]any{"rollout": id, "version": ro.Version, "percent": ro.Percent,
+	a.Record(audit.ReleaseRollout, "", "", "", map[string]any{"rollout": id, "version": ro.Version, "percent": ro.Percent,
 		"tenants": ro.Tenants, "agents": ro.Agents, "halt_at": ro.HaltAt, "batch": ro.Batch})
 	return ro, warns, nil
 }
@@ -240,7 +172,7 @@ type UpdateStatus struct {
 // states for version ("" for every version).
 func (a *Admin) UpdateStatus(ctx context.Context, version string) (UpdateStatus, error) {
 	var st UpdateStatus
-	ros, err := a.st.store.Rollouts(ctx, false)
+	ros, err := a.store.Rollouts(ctx, false)
 	if err != nil {
 		return st, err
 	}
@@ -251,7 +183,7 @@ func (a *Admin) UpdateStatus(ctx context.Context, version string) (UpdateStatus,
 		st.Rollouts = append(st.Rollouts, Rollout{ID: r.ID, Version: r.Version, Percent: r.Percent, Tenants: r.Tenants, Agents: r.Agents,
 			HaltAt: r.HaltAt, Batch: r.Batch, State: r.State, Reason: r.Reason, CreatedAt: r.CreatedAt})
 	}
-	us, err := a.st.store.AgentUpdates(ctx, version)
+	us, err := a.store.AgentUpdates(ctx, version)
 	if err != nil {
 		return st, err
 	}

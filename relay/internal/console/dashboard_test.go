@@ -1,41 +1,112 @@
-package relay
+package console
 
 import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/datadir"
+	"github.com/tetherhq/tether/relay/internal/trust"
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
-// dashRelay is a running relay with its admin listener on, for tests of
-// the dashboard's pages over real HTTPS.
+// dashRelay is a running admin listener on a real data directory (store,
+// CA, audit trail) for tests of the dashboard's pages over real HTTPS. The
+// live agent sessions it shows are the test's own (live).
 type dashRelay struct {
-	r    *Relay
+	adm  *admin.Admin
+	dir  *datadir.Dir
+	live *fixedLive
 	base string // https://127.0.0.1:port
 	tok  string // an operator token
 }
 
+// fixedLive is the live view of a relay whose connected sessions a test
+// lists itself; drains are counted.
+type fixedLive struct {
+	mu       sync.Mutex // guards sessions and drained
+	sessions []admin.LiveAgent
+	drained  int
+}
+
+func (l *fixedLive) LiveAgents(tenant string) []admin.LiveAgent {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []admin.LiveAgent
+	for _, s := range l.sessions {
+		if tenant == "" || s.Tenant == tenant {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (l *fixedLive) DrainAgent(tenant, id, msg string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for i := range l.sessions {
+		if s := &l.sessions[i]; s.Tenant == tenant && s.Agent == id {
+			s.Draining = true
+			n++
+		}
+	}
+	l.drained += n
+	return n
+}
+
 func startDashRelay(t *testing.T) *dashRelay {
 	t.Helper()
-	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off, AdminListen: "127.0.0.1:0",
-		DrainTimeout: time.Millisecond})
-	tok, _, err := r.admin("").CreateOperatorToken(context.Background(), "alice", time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	dir, authority, err := datadir.Open(ctx, t.TempDir(), "tether.internal", time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &dashRelay{r: r, base: "https://" + r.AdminAddr().String(), tok: tok}
+	log := slog.New(slog.DiscardHandler)
+	trail, err := audit.Open(ctx, dir.Store, dir.File(datadir.AuditFile), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := trust.NewAuthority(dir.CADir(), authority)
+	tlsSrv, err := trust.NewServer(auth, trail, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := &fixedLive{}
+	adm := admin.New(admin.Config{Dir: dir, Authority: auth, Audit: trail, Live: live, CertLifetime: 24 * time.Hour, Now: time.Now})
+	srv, err := New(Config{Listen: "127.0.0.1:0", SessionTTL: 12 * time.Hour, HandshakeTimeout: 10 * time.Second, Logger: log, Now: time.Now}, adm, tlsSrv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		trail.Close()
+		dir.Close()
+	})
+	tok, _, err := adm.CreateOperatorToken(ctx, "alice", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &dashRelay{adm: adm, dir: dir, live: live, base: "https://" + srv.Addr().String(), tok: tok}
 }
 
 // client is an HTTPS client that trusts the relay CA (the relay's own
@@ -44,7 +115,7 @@ func startDashRelay(t *testing.T) *dashRelay {
 func (d *dashRelay) client(t *testing.T) *http.Client {
 	t.Helper()
 	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(d.r.admin("").CABundlePEM()) {
+	if !roots.AppendCertsFromPEM(d.adm.CABundlePEM()) {
 		t.Fatal("no CA certificates")
 	}
 	jar, _ := cookiejar.New(nil)
@@ -128,19 +199,19 @@ func (d *dashRelay) addHostileAgent(t *testing.T, tenant, id string) {
 	t.Helper()
 	ctx := context.Background()
 	now := time.Now()
-	if err := d.r.st.store.AddAgent(ctx, store.Agent{ID: id, Tenant: tenant, Hostname: hostileHostname, CreatedAt: now,
+	if err := d.dir.Store.AddAgent(ctx, store.Agent{ID: id, Tenant: tenant, Hostname: hostileHostname, CreatedAt: now,
 		CertSerial: "1", CertNotAfter: now.Add(24 * time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	c := benchConn(tenant, id)
-	c.connectedAt = now
-	c.ctl = &okStream{} // the control stream: what the relay sends on it (a drain's GoAway) is discarded
-	c.report.Store(boundReport(&protocol.Report{AgentVersion: "1.2.3", OS: "linux", Arch: "amd64", Hostname: hostileHostname,
-		Transport: "quic", BytesIn: 3 << 20, BytesOut: 1536, ConfigError: hostileConfigError,
-		DialFailures: map[string]uint64{`<svc onload=x>`: 2}, LastDialError: `dial <b>tcp</b>: refused`}))
-	c.reportAt.Store(now.UnixNano())
-	d.r.reg.add(c)
-	t.Cleanup(func() { d.r.reg.remove(c) })
+	d.live.mu.Lock()
+	defer d.live.mu.Unlock()
+	d.live.sessions = append(d.live.sessions, admin.LiveAgent{Tenant: tenant, Agent: id, SessionID: "s-" + id, Transport: "quic", Remote: "192.0.2.1:4000",
+		ConnectedAt: now, LastHeard: now, CertNotAfter: now.Add(24 * time.Hour),
+		Hello: protocol.Hello{AgentVersion: "1.2.3", OS: "linux", Arch: "amd64", Hostname: hostileHostname},
+		Report: &protocol.Report{AgentVersion: "1.2.3", OS: "linux", Arch: "amd64", Hostname: hostileHostname,
+			Transport: "quic", BytesIn: 3 << 20, BytesOut: 1536, ConfigError: hostileConfigError,
+			DialFailures: map[string]uint64{`<svc onload=x>`: 2}, LastDialError: `dial <b>tcp</b>: refused`},
+		ReportAt: now})
 }
 
 // Every dashboard page needs authentication: a browser without a session
@@ -149,7 +220,7 @@ func (d *dashRelay) addHostileAgent(t *testing.T, tenant, id string) {
 func TestDashboardPagesNeedAuthentication(t *testing.T) {
 	d := startDashRelay(t)
 	ctx := context.Background()
-	if err := d.r.admin("").AddTenant(ctx, "acme"); err != nil {
+	if err := d.adm.AddTenant(ctx, "acme"); err != nil {
 		t.Fatal(err)
 	}
 	d.addHostileAgent(t, "acme", "agent1")
@@ -184,7 +255,7 @@ func TestDashboardPagesNeedAuthentication(t *testing.T) {
 			if res.status != http.StatusUnauthorized {
 				t.Errorf("POST revoke: status %d, want 401", res.status)
 			}
-			if a, err := d.r.admin("").Agent(ctx, "agent1"); err != nil || a.RevokedAt != nil {
+			if a, err := d.adm.Agent(ctx, "agent1"); err != nil || a.RevokedAt != nil {
 				t.Fatalf("agent after an unauthenticated revoke: %+v, %v; want not revoked", a, err)
 			}
 		})
@@ -209,7 +280,7 @@ func TestDashboardEscapesAgentStrings(t *testing.T) {
 	d := startDashRelay(t)
 	ctx := context.Background()
 	for _, tn := range []string{"acme", "globex"} {
-		if err := d.r.admin("").AddTenant(ctx, tn); err != nil {
+		if err := d.adm.AddTenant(ctx, tn); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -253,7 +324,7 @@ func TestDashboardEscapesAgentStrings(t *testing.T) {
 // authenticated pages are never cached.
 func TestDashboardSecurityHeaders(t *testing.T) {
 	d := startDashRelay(t)
-	if err := d.r.admin("").AddTenant(context.Background(), "acme"); err != nil {
+	if err := d.adm.AddTenant(context.Background(), "acme"); err != nil {
 		t.Fatal(err)
 	}
 	c := d.client(t)
@@ -307,7 +378,7 @@ func TestDashboardSecurityHeaders(t *testing.T) {
 func TestDashboardRevokeNeedsCSRF(t *testing.T) {
 	d := startDashRelay(t)
 	ctx := context.Background()
-	if err := d.r.admin("").AddTenant(ctx, "acme"); err != nil {
+	if err := d.adm.AddTenant(ctx, "acme"); err != nil {
 		t.Fatal(err)
 	}
 	d.addHostileAgent(t, "acme", "agent1")
@@ -318,7 +389,7 @@ func TestDashboardRevokeNeedsCSRF(t *testing.T) {
 		t.Fatal("the agent page has no revoke form")
 	}
 	revoked := func() bool {
-		a, err := d.r.admin("").Agent(ctx, "agent1")
+		a, err := d.adm.Agent(ctx, "agent1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -345,14 +416,20 @@ func TestDashboardRevokeNeedsCSRF(t *testing.T) {
 	if res.status != http.StatusSeeOther {
 		t.Fatalf("drain: status %d, want 303: %s", res.status, res.body)
 	}
-	if recs, err := d.r.admin("").Audit(ctx, AuditFilter{Agent: "agent1", Kind: audit.Drain}); err != nil || len(recs) != 1 || recs[0].Actor != "operator:alice" {
+	d.live.mu.Lock()
+	drained := d.live.drained
+	d.live.mu.Unlock()
+	if drained != 1 {
+		t.Errorf("drain reached %d sessions, want 1", drained)
+	}
+	if recs, err := d.adm.Audit(ctx, admin.AuditFilter{Agent: "agent1", Kind: audit.Drain}); err != nil || len(recs) != 1 || recs[0].Actor != "operator:alice" {
 		t.Fatalf("audit of the drain: %+v, %v; want one record by operator:alice", recs, err)
 	}
 	res = d.do(t, c, http.MethodPost, "/ui/agents/agent1/revoke", url.Values{"reason": {"lost laptop"}, CSRFField: {csrf}}, map[string]string{"Origin": d.base})
 	if res.status != http.StatusSeeOther || res.header.Get("Location") != "/ui/agents/agent1" || !revoked() {
 		t.Fatalf("revoke: status %d, Location %q, revoked %v; want 303 to the agent's page and revoked", res.status, res.header.Get("Location"), revoked())
 	}
-	recs, err := d.r.admin("").Audit(ctx, AuditFilter{Agent: "agent1", Kind: audit.Revoke})
+	recs, err := d.adm.Audit(ctx, admin.AuditFilter{Agent: "agent1", Kind: audit.Revoke})
 	if err != nil || len(recs) != 1 || recs[0].Actor != "operator:alice" {
 		t.Fatalf("audit of the revocation: %+v, %v; want one record by operator:alice", recs, err)
 	}

@@ -1,4 +1,4 @@
-package relay
+package admin
 
 import (
 	"cmp"
@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -17,60 +16,127 @@ import (
 	"github.com/tetherhq/tether/relay/internal/credential"
 	"github.com/tetherhq/tether/relay/internal/datadir"
 	"github.com/tetherhq/tether/relay/internal/policy"
+	"github.com/tetherhq/tether/relay/internal/session"
+	"github.com/tetherhq/tether/relay/internal/trust"
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
-// Admin performs operator actions directly on a relay's data directory. It
-// works whether or not a relay is serving from the same directory: the
-// store is shared safely between processes and a running relay sees changes
-// at once.
+// Admin performs operator actions on a relay's state: the store (which
+// every relay sharing it follows through the change feed) and the CA in
+// the data directory. Offline commands open one with Open; a running relay
+// makes one with New for its admin API, with a view of its live agents.
 type Admin struct {
-	st    *state
+	dir   *datadir.Dir
+	auth  *trust.Authority
+	store *store.Store
+	audit *audit.Log // records of offline commands are written before the command returns
+	live  Live       // nil for offline commands
 	now   func() time.Time
-	audit *audit.Log // synchronous: each record is written before the command returns
+	// certLifetime is the relay's agent certificate lifetime, which the
+	// fleet view judges renewals by.
+	certLifetime time.Duration
 	// actor names who acts in audit records; "" means "operator" (the
 	// command line on the relay host).
 	actor string
+	close func() error
 }
 
-// OpenAdmin opens the data directory dir, creating it (with a CA for
-// trustDomain, default "tether.internal") when it does not exist yet.
-func OpenAdmin(ctx context.Context, dir, trustDomain string) (*Admin, error) {
-	if trustDomain == "" {
-		trustDomain = "tether.internal"
+// Live is a running relay's view of, and action on, the agents connected
+// to it.
+type Live interface {
+	// LiveAgents returns the sessions of tenant's agents ("" for all).
+	LiveAgents(tenant string) []LiveAgent
+	// DrainAgent tells the sessions of agent id of tenant to go away
+	// and returns how many it told.
+	DrainAgent(tenant, id, msg string) int
+}
+
+// LiveAgent is a snapshot of one connected agent session.
+type LiveAgent = session.LiveAgent
+
+// Config is what a running relay gives its Admin.
+type Config struct {
+	Dir          *datadir.Dir
+	Authority    *trust.Authority
+	Audit        *audit.Log
+	Live         Live
+	CertLifetime time.Duration
+	Now          func() time.Time
+}
+
+// New returns the Admin of a running relay.
+func New(cfg Config) *Admin {
+	return &Admin{dir: cfg.Dir, auth: cfg.Authority, store: cfg.Dir.Store, audit: cfg.Audit, live: cfg.Live, now: cfg.Now, certLifetime: cfg.CertLifetime}
+}
+
+// As returns an Admin whose audit records name actor.
+func (a *Admin) As(actor string) *Admin {
+	b := *a
+	b.actor = actor
+	b.close = nil
+	return &b
+}
+
+// Options are an offline command's.
+type Options struct {
+	// DataDir is the relay's data directory. Required.
+	DataDir string
+	// AuditLog is the audit file the command's records are appended to
+	// (as well as the store); default DataDir/audit.log, the relay's
+	// default.
+	AuditLog string
+	// TrustDomain names the CA's trust domain if the command creates the
+	// data directory; default "tether.internal".
+	TrustDomain string
+}
+
+// Open opens the data directory for an offline command, creating it (with
+// a CA) when it does not exist yet.
+func Open(ctx context.Context, o Options) (*Admin, error) {
+	if o.TrustDomain == "" {
+		o.TrustDomain = "tether.internal"
 	}
-	st, err := openState(ctx, dir, trustDomain, time.Now())
+	d, authority, err := datadir.Open(ctx, o.DataDir, o.TrustDomain, time.Now())
 	if err != nil {
 		return nil, err
 	}
-	// Admin actions join the audit file of the relay on this host.
-	auditLog, err := audit.Open(ctx, st.store, filepath.Join(dir, datadir.AuditFile), slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	if o.AuditLog == "" {
+		o.AuditLog = d.File(datadir.AuditFile)
+	}
+	log, err := audit.Open(ctx, d.Store, o.AuditLog, slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	if err != nil {
-		st.close()
+		d.Close()
 		return nil, err
 	}
-	return &Admin{st: st, now: time.Now, audit: auditLog}, nil
+	a := &Admin{dir: d, auth: trust.NewAuthority(d.CADir(), authority), store: d.Store, audit: log, now: time.Now, certLifetime: DefaultCertLifetime}
+	a.close = func() error { return errors.Join(log.Close(), d.Close()) }
+	return a, nil
 }
 
-// Close releases the store and the audit file.
+// DefaultCertLifetime is the relay's default agent certificate lifetime.
+const DefaultCertLifetime = 24 * time.Hour
+
+// Close releases what Open opened; it does nothing on an Admin from New.
 func (a *Admin) Close() error {
-	err := a.audit.Close()
-	return errors.Join(err, a.st.close())
+	if a.close == nil {
+		return nil
+	}
+	return a.close()
 }
 
-// record writes an audit record of an operator action.
-func (a *Admin) record(kind, tenant, agent, backend string, detail map[string]any) {
+// Record writes an audit record of an operator action, before it returns.
+func (a *Admin) Record(kind, tenant, agent, backend string, detail map[string]any) {
 	a.audit.Add(audit.Record{At: a.now(), Kind: kind, Outcome: audit.OutcomeOK, Tenant: tenant, Agent: agent, Backend: backend, Actor: cmp.Or(a.actor, "operator"), Detail: detail})
 }
 
 // TrustDomain is the SPIFFE trust domain of the relay's CA.
-func (a *Admin) TrustDomain() string { return a.st.CA().TrustDomain() }
+func (a *Admin) TrustDomain() string { return a.auth.CA().TrustDomain() }
 
 // CAFingerprint is the fingerprint agents pin, printable.
-func (a *Admin) CAFingerprint() string { return protocol.FormatFingerprint(a.st.CA().Fingerprint()) }
+func (a *Admin) CAFingerprint() string { return protocol.FormatFingerprint(a.auth.CA().Fingerprint()) }
 
 // Tenant describes one tenant.
 type Tenant struct {
@@ -84,19 +150,19 @@ func (a *Admin) AddTenant(ctx context.Context, name string) error {
 	if err := identity.ValidateName("tenant", name); err != nil {
 		return invalid(err)
 	}
-	if err := a.st.store.AddTenant(ctx, name, a.now()); err != nil {
+	if err := a.store.AddTenant(ctx, name, a.now()); err != nil {
 		if errors.Is(err, store.ErrExists) {
 			return existsf("tenant %q already exists", name)
 		}
 		return err
 	}
-	a.record(audit.TenantAdd, name, "", "", nil)
+	a.Record(audit.TenantAdd, name, "", "", nil)
 	return nil
 }
 
 // Tenants lists every tenant.
 func (a *Admin) Tenants(ctx context.Context) ([]Tenant, error) {
-	ts, err := a.st.store.ListTenants(ctx)
+	ts, err := a.store.ListTenants(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +208,7 @@ func (a *Admin) CreateToken(ctx context.Context, tenant string, ttl time.Duratio
 	if uses < 0 || uses > 100000 {
 		return "", TokenInfo{}, invalidf("token uses %d is out of range (1 to 100000)", uses)
 	}
-	if _, err := a.st.store.Tenant(ctx, tenant); err != nil {
+	if _, err := a.store.Tenant(ctx, tenant); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return "", TokenInfo{}, notFoundf("tenant %q does not exist (create it with: tether-relay tenant add %s)", tenant, tenant)
 		}
@@ -153,23 +219,23 @@ func (a *Admin) CreateToken(ctx context.Context, tenant string, ttl time.Duratio
 	rand.Read(tok.Secret[:])
 	// The token pins the serving root: the one the relay's TLS chain
 	// carries (during a rotation, the old root; see RetireCA).
-	serving := a.st.CA().Serving()
+	serving := a.auth.CA().Serving()
 	tok.CAFingerprint = serving.Fingerprint()
 	now := a.now().Truncate(time.Second)
 	rec := store.Token{
 		ID: tok.IDString(), Tenant: tenant, SecretHash: tok.SecretHash(),
 		CreatedAt: now, ExpiresAt: now.Add(ttl), MaxUses: uses, CARoot: serving.ID(),
 	}
-	if err := a.st.store.AddToken(ctx, rec); err != nil {
+	if err := a.store.AddToken(ctx, rec); err != nil {
 		return "", TokenInfo{}, err
 	}
-	a.record(audit.TokenCreate, tenant, "", "", map[string]any{"token": rec.ID, "expires_at": rec.ExpiresAt, "max_uses": uses})
+	a.Record(audit.TokenCreate, tenant, "", "", map[string]any{"token": rec.ID, "expires_at": rec.ExpiresAt, "max_uses": uses})
 	return tok.String(), tokenInfo(rec), nil
 }
 
 // Tokens lists join tokens (of one tenant, or all when tenant is "").
 func (a *Admin) Tokens(ctx context.Context, tenant string) ([]TokenInfo, error) {
-	ts, err := a.st.store.ListTokens(ctx, tenant)
+	ts, err := a.store.ListTokens(ctx, tenant)
 	if err != nil {
 		return nil, err
 	}
@@ -218,7 +284,7 @@ func agentInfo(x store.Agent) AgentInfo {
 
 // Agents lists enrolled agents (of one tenant, or all when tenant is "").
 func (a *Admin) Agents(ctx context.Context, tenant string) ([]AgentInfo, error) {
-	as, err := a.st.store.ListAgents(ctx, tenant)
+	as, err := a.store.ListAgents(ctx, tenant)
 	if err != nil {
 		return nil, err
 	}
@@ -236,19 +302,19 @@ func (a *Admin) RevokeAgent(ctx context.Context, id, reason string) (AgentInfo, 
 	if len(reason) > 500 {
 		return AgentInfo{}, invalidf("revocation reason is longer than 500 bytes")
 	}
-	before, err := a.st.store.Agent(ctx, id)
+	before, err := a.store.Agent(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return AgentInfo{}, notFoundf("no agent %q (list them with: tether-relay agent list)", id)
 	}
 	if err != nil {
 		return AgentInfo{}, err
 	}
-	rec, err := a.st.store.RevokeAgent(ctx, id, reason, a.now())
+	rec, err := a.store.RevokeAgent(ctx, id, reason, a.now())
 	if err != nil {
 		return AgentInfo{}, err
 	}
 	if before.RevokedAt.IsZero() {
-		a.record(audit.Revoke, rec.Tenant, rec.ID, "", map[string]any{"reason": reason})
+		a.Record(audit.Revoke, rec.Tenant, rec.ID, "", map[string]any{"reason": reason})
 	}
 	return agentInfo(rec), nil
 }
@@ -277,7 +343,7 @@ func (a *Admin) SetLimits(ctx context.Context, l Limits) error {
 	for i, n := range nets {
 		clean[i] = n.String()
 	}
-	err = a.st.store.SetLimits(ctx, store.Limits{Tenant: l.Tenant, MaxAgents: l.MaxAgents, MaxStreams: l.MaxStreams,
+	err = a.store.SetLimits(ctx, store.Limits{Tenant: l.Tenant, MaxAgents: l.MaxAgents, MaxStreams: l.MaxStreams,
 		OpenRate: l.OpenRate, OpenBurst: l.OpenBurst, CIDRs: clean, UpdatedAt: a.now()})
 	if errors.Is(err, store.ErrNotFound) {
 		return notFoundf("tenant %q does not exist", l.Tenant)
@@ -285,14 +351,14 @@ func (a *Admin) SetLimits(ctx context.Context, l Limits) error {
 	if err != nil {
 		return err
 	}
-	a.record(audit.LimitsSet, l.Tenant, "", "", map[string]any{"max_agents": l.MaxAgents, "max_streams": l.MaxStreams,
+	a.Record(audit.LimitsSet, l.Tenant, "", "", map[string]any{"max_agents": l.MaxAgents, "max_streams": l.MaxStreams,
 		"open_rate": l.OpenRate, "open_burst": l.OpenBurst, "cidrs": clean})
 	return nil
 }
 
 // AllLimits lists the tenants that have limits.
 func (a *Admin) AllLimits(ctx context.Context) ([]Limits, error) {
-	all, err := a.st.store.AllLimits(ctx)
+	all, err := a.store.AllLimits(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -309,7 +375,7 @@ type AuditFilter = store.AuditFilter
 
 // Audit returns audit records matching f.
 func (a *Admin) Audit(ctx context.Context, f AuditFilter) ([]audit.Record, error) {
-	return a.st.store.ListAudit(ctx, f)
+	return a.store.ListAudit(ctx, f)
 }
 
 // Grant lets a backend reach services of tenants (policy.ParseGrant).
@@ -337,7 +403,7 @@ func (a *Admin) AddBackend(ctx context.Context, name string, grants []string) (s
 		return "", invalid(err)
 	}
 	key := credential.NewAPIKey()
-	err = a.st.store.AddBackend(ctx, store.Backend{Name: name, KeyHash: credential.Hash(key), Grants: gs, CreatedAt: a.now()})
+	err = a.store.AddBackend(ctx, store.Backend{Name: name, KeyHash: credential.Hash(key), Grants: gs, CreatedAt: a.now()})
 	switch {
 	case errors.Is(err, store.ErrExists):
 		return "", existsf("backend %q already exists", name)
@@ -346,7 +412,7 @@ func (a *Admin) AddBackend(ctx context.Context, name string, grants []string) (s
 	case err != nil:
 		return "", err
 	}
-	a.record(audit.BackendAdd, "", "", name, map[string]any{"grants": grantStrings(gs)})
+	a.Record(audit.BackendAdd, "", "", name, map[string]any{"grants": grantStrings(gs)})
 	return key, nil
 }
 
@@ -354,7 +420,7 @@ func (a *Admin) AddBackend(ctx context.Context, name string, grants []string) (s
 // BackendCacheTTL.
 func (a *Admin) Grant(ctx context.Context, name string, grants []string) error {
 	return a.changeGrants(ctx, name, grants, audit.BackendGrant, func(ctx context.Context, name string, gs []Grant) error {
-		err := a.st.store.Grant(ctx, name, gs)
+		err := a.store.Grant(ctx, name, gs)
 		if errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("grant to backend %q: %w", name, err)
 		}
@@ -366,7 +432,7 @@ func (a *Admin) Grant(ctx context.Context, name string, grants []string) error {
 // streams they allowed within BackendCacheTTL; streams already open
 // continue.
 func (a *Admin) Ungrant(ctx context.Context, name string, grants []string) error {
-	return a.changeGrants(ctx, name, grants, audit.BackendUngrant, a.st.store.Ungrant)
+	return a.changeGrants(ctx, name, grants, audit.BackendUngrant, a.store.Ungrant)
 }
 
 // changeGrants parses grants, applies them to backend name with apply and
@@ -382,7 +448,7 @@ func (a *Admin) changeGrants(ctx context.Context, name string, grants []string, 
 	if err := apply(ctx, name, gs); err != nil {
 		return err
 	}
-	a.record(kind, "", "", name, map[string]any{"grants": grantStrings(gs)})
+	a.Record(kind, "", "", name, map[string]any{"grants": grantStrings(gs)})
 	return nil
 }
 
@@ -396,7 +462,7 @@ func grantStrings(gs []Grant) []string {
 
 // Backends lists backend credentials.
 func (a *Admin) Backends(ctx context.Context) ([]BackendInfo, error) {
-	bs, err := a.st.store.ListBackends(ctx)
+	bs, err := a.store.ListBackends(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,4 @@
-package relay
+package admin
 
 import (
 	"context"
@@ -98,13 +98,13 @@ func (a *Admin) IssueBackendCertificate(ctx context.Context, name string, lifeti
 	if lifetime <= 0 {
 		return nil, invalidf("certificate lifetime must be positive (got %v)", lifetime)
 	}
-	if _, err := a.st.store.Backend(ctx, name); err != nil {
+	if _, err := a.store.Backend(ctx, name); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, notFoundf("no backend %q: add it first with tether-relay backend add", name)
 		}
 		return nil, err
 	}
-	authority := a.st.CA()
+	authority := a.auth.CA()
 	id := identity.Backend{TrustDomain: authority.TrustDomain(), Name: name}
 	c, err := a.issueClientCertificate(authority, "backend", id.String(), func(pub *ecdsa.PublicKey) (*x509.Certificate, error) {
 		return authority.SignBackend(authority.Signer(), pub, id, lifetime, a.now())
@@ -112,6 +112,6 @@ func (a *Admin) IssueBackendCertificate(ctx context.Context, name string, lifeti
 	if err != nil {
 		return nil, err
 	}
-	a.record(audit.BackendCert, "", "", name, map[string]any{"serial": c.Serial, "not_after": c.NotAfter.UTC().Format(time.RFC3339)})
+	a.Record(audit.BackendCert, "", "", name, map[string]any{"serial": c.Serial, "not_after": c.NotAfter.UTC().Format(time.RFC3339)})
 	return c, nil
 }

@@ -1,4 +1,4 @@
-package relay
+package console
 
 import (
 	"bytes"
@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/audit"
 )
 
@@ -74,7 +75,7 @@ type dashView struct {
 }
 
 // dashboard registers the dashboard's handlers on mux.
-func (s *adminServer) dashboard(mux *http.ServeMux) {
+func (s *Server) dashboard(mux *http.ServeMux) {
 	s.pages = parseDashPages()
 	static, _ := fs.Sub(dashFiles, "ui/static")
 	files := http.StripPrefix("/static/", http.FileServerFS(static))
@@ -122,7 +123,7 @@ type pageData func(req *http.Request, op Operator, now time.Time) (title string,
 // signIn authenticates a dashboard request. A browser GET without a valid
 // session is redirected to the login page; other failures get an error
 // page (or a bare status for live refreshes, which the script handles).
-func (s *adminServer) signIn(w http.ResponseWriter, req *http.Request) (Operator, bool) {
+func (s *Server) signIn(w http.ResponseWriter, req *http.Request) (Operator, bool) {
 	dashHeaders(w)
 	noStore(w)
 	op, apiErr := s.authenticate(req)
@@ -143,7 +144,7 @@ func (s *adminServer) signIn(w http.ResponseWriter, req *http.Request) (Operator
 
 // page serves an authenticated page rendered with template name; with
 // live=1 it renders only the page's "live" block.
-func (s *adminServer) page(name string, data pageData) http.Handler {
+func (s *Server) page(name string, data pageData) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		op, ok := s.signIn(w, req)
 		if !ok {
@@ -152,7 +153,7 @@ func (s *adminServer) page(name string, data pageData) http.Handler {
 		ctx, cancel := context.WithTimeout(req.Context(), adminRequestTimout)
 		defer cancel()
 		req = req.WithContext(ctx)
-		now := s.r.cfg.Now()
+		now := s.cfg.Now()
 		title, d, err := data(req, op, now)
 		if err != nil {
 			e := errorFrom(err)
@@ -170,7 +171,7 @@ func (s *adminServer) page(name string, data pageData) http.Handler {
 
 // action serves an authenticated POST from a dashboard form (the
 // authentication checks its CSRF token) and redirects where it says.
-func (s *adminServer) action(do func(req *http.Request, op Operator) (redirect string, err error)) http.Handler {
+func (s *Server) action(do func(req *http.Request, op Operator) (redirect string, err error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		op, ok := s.signIn(w, req)
 		if !ok {
@@ -190,10 +191,10 @@ func (s *adminServer) action(do func(req *http.Request, op Operator) (redirect s
 
 // render executes block of page name into a buffer first, so that a
 // template error never leaves half a page.
-func (s *adminServer) render(w http.ResponseWriter, status int, name, block string, v dashView) {
+func (s *Server) render(w http.ResponseWriter, status int, name, block string, v dashView) {
 	var buf bytes.Buffer
 	if err := s.pages[name].ExecuteTemplate(&buf, block, v); err != nil {
-		s.r.log.Error("dashboard: render", "page", name, "err", err)
+		s.log.Error("dashboard: render", "page", name, "err", err)
 		http.Error(w, "internal error rendering the page", http.StatusInternalServerError)
 		return
 	}
@@ -202,11 +203,11 @@ func (s *adminServer) render(w http.ResponseWriter, status int, name, block stri
 	w.Write(buf.Bytes())
 }
 
-func (s *adminServer) errorPage(w http.ResponseWriter, req *http.Request, status int, msg string) {
+func (s *Server) errorPage(w http.ResponseWriter, req *http.Request, status int, msg string) {
 	dashHeaders(w)
 	noStore(w)
 	op, _ := OperatorFrom(req.Context())
-	s.render(w, status, "error", "page", dashView{Title: http.StatusText(status), Operator: op, Now: s.r.cfg.Now(),
+	s.render(w, status, "error", "page", dashView{Title: http.StatusText(status), Operator: op, Now: s.cfg.Now(),
 		Data: struct {
 			Status  int
 			Message string
@@ -214,7 +215,7 @@ func (s *adminServer) errorPage(w http.ResponseWriter, req *http.Request, status
 }
 
 // loginPage shows the login form; the form posts to /login (adminapi.go).
-func (s *adminServer) loginPage(w http.ResponseWriter, req *http.Request) {
+func (s *Server) loginPage(w http.ResponseWriter, req *http.Request) {
 	dashHeaders(w)
 	noStore(w)
 	q := req.URL.Query()
@@ -222,7 +223,7 @@ func (s *adminServer) loginPage(w http.ResponseWriter, req *http.Request) {
 	if !localPath(next) {
 		next = "/"
 	}
-	s.render(w, http.StatusOK, "login", "page", dashView{Title: "Log in", Now: s.r.cfg.Now(),
+	s.render(w, http.StatusOK, "login", "page", dashView{Title: "Log in", Now: s.cfg.Now(),
 		Data: struct {
 			Next   string
 			Failed bool
@@ -237,13 +238,13 @@ func localPath(p string) bool {
 
 // overviewView is the fleet overview.
 type overviewView struct {
-	Fleet     Fleet
-	Attention []FleetAgent // down and degraded agents, needing attention first
-	More      int          // unhealthy agents not listed
+	Fleet     admin.Fleet
+	Attention []admin.FleetAgent // down and degraded agents, needing attention first
+	More      int                // unhealthy agents not listed
 }
 
-func (s *adminServer) overviewData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
-	fl, err := s.r.Fleet(req.Context(), FleetFilter{Unhealthy: true})
+func (s *Server) overviewData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
+	fl, err := s.adm.Fleet(req.Context(), admin.FleetFilter{Unhealthy: true})
 	if err != nil {
 		return "", nil, err
 	}
@@ -252,7 +253,7 @@ func (s *adminServer) overviewData(req *http.Request, _ Operator, _ time.Time) (
 		v.More = len(v.Attention) - dashAttention
 		v.Attention = v.Attention[:dashAttention]
 	}
-	return "Fleet", v, nil
+	return "admin.Fleet", v, nil
 }
 
 // agentsView is the agent table with its filter.
@@ -261,8 +262,8 @@ type agentsView struct {
 	State  string // "" (all but revoked), "all" or a Health
 	Query  string
 	// Tenants are every tenant, for the filter's choices.
-	Tenants []TenantSummary
-	Agents  []FleetAgent
+	Tenants []admin.TenantSummary
+	Agents  []admin.FleetAgent
 	// Total counts the agents of the tenant filter in every state.
 	Total int
 }
@@ -273,17 +274,17 @@ const (
 	stateAll    = "all" // every state
 )
 
-func (s *adminServer) agentsData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
+func (s *Server) agentsData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
 	q := req.URL.Query()
 	v := agentsView{Tenant: q.Get("tenant"), State: q.Get("state"), Query: strings.TrimSpace(q.Get("q"))}
 	if len(v.Query) > dashMaxQuery || len(v.Tenant) > dashMaxQuery {
-		return "", nil, invalidf("filter longer than %d bytes", dashMaxQuery)
+		return "", nil, admin.Errorf(admin.ErrInvalid, "filter longer than %d bytes", dashMaxQuery)
 	}
-	f := FleetFilter{}
+	f := admin.FleetFilter{}
 	switch v.State {
 	case stateActive, stateAll:
 	default:
-		h, err := ParseHealth(v.State)
+		h, err := admin.ParseHealth(v.State)
 		if err != nil {
 			return "", nil, err
 		}
@@ -291,13 +292,13 @@ func (s *adminServer) agentsData(req *http.Request, _ Operator, _ time.Time) (st
 	}
 	// All tenants for the filter's choices; the tenant filter is applied
 	// here so that the choices stay.
-	fl, err := s.r.Fleet(req.Context(), f)
+	fl, err := s.adm.Fleet(req.Context(), f)
 	if err != nil {
 		return "", nil, err
 	}
 	v.Tenants = fl.Tenants
-	if v.Tenant != "" && !slices.ContainsFunc(fl.Tenants, func(t TenantSummary) bool { return t.Name == v.Tenant }) {
-		return "", nil, notFoundf("no tenant %q", v.Tenant)
+	if v.Tenant != "" && !slices.ContainsFunc(fl.Tenants, func(t admin.TenantSummary) bool { return t.Name == v.Tenant }) {
+		return "", nil, admin.Errorf(admin.ErrNotFound, "no tenant %q", v.Tenant)
 	}
 	v.Agents = filterAgents(fl.Agents, v.Tenant, v.State == stateActive, v.Query)
 	for _, t := range fl.Tenants {
@@ -311,11 +312,11 @@ func (s *adminServer) agentsData(req *http.Request, _ Operator, _ time.Time) (st
 // filterAgents keeps the agents of tenant ("" for all), without revoked
 // ones when active, whose id, hostname, tenant or version contains query
 // (case-insensitively).
-func filterAgents(agents []FleetAgent, tenant string, active bool, query string) []FleetAgent {
+func filterAgents(agents []admin.FleetAgent, tenant string, active bool, query string) []admin.FleetAgent {
 	query = strings.ToLower(query)
-	out := []FleetAgent{}
+	out := []admin.FleetAgent{}
 	for _, a := range agents {
-		if tenant != "" && a.Tenant != tenant || active && a.State == HealthRevoked {
+		if tenant != "" && a.Tenant != tenant || active && a.State == admin.HealthRevoked {
 			continue
 		}
 		if query != "" && !slices.ContainsFunc([]string{a.ID, a.Hostname, a.Tenant, a.Version}, func(s string) bool {
@@ -330,17 +331,17 @@ func filterAgents(agents []FleetAgent, tenant string, active bool, query string)
 
 // agentView is one agent's page.
 type agentView struct {
-	Agent AgentDetail
+	Agent admin.AgentDetail
 	// Report is the latest report over the agent's sessions, nil when
 	// none has arrived; ReportAt is when it arrived.
-	Report   *LiveAgent
+	Report   *admin.LiveAgent
 	Audit    []audit.Record
 	CertRoot string
 }
 
-func (s *adminServer) agentData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
+func (s *Server) agentData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
 	id := req.PathValue("id")
-	d, err := s.r.FleetAgent(req.Context(), id)
+	d, err := s.adm.FleetAgent(req.Context(), id)
 	if err != nil {
 		return "", nil, err
 	}
@@ -351,34 +352,34 @@ func (s *adminServer) agentData(req *http.Request, _ Operator, _ time.Time) (str
 			v.Report = l
 		}
 	}
-	if info, err := s.r.admin("").Agent(req.Context(), id); err == nil {
+	if info, err := s.adm.Agent(req.Context(), id); err == nil {
 		v.CertRoot = info.CertRoot
 	}
-	v.Audit, err = s.r.admin("").Audit(req.Context(), AuditFilter{Agent: id, NewestFirst: true, Limit: dashAuditLimit})
+	v.Audit, err = s.adm.Audit(req.Context(), admin.AuditFilter{Agent: id, NewestFirst: true, Limit: dashAuditLimit})
 	if err != nil {
 		return "", nil, err
 	}
 	return "Agent " + d.ID, v, nil
 }
 
-func (s *adminServer) revokeAction(req *http.Request, op Operator) (string, error) {
+func (s *Server) revokeAction(req *http.Request, op Operator) (string, error) {
 	id := req.PathValue("id")
-	if _, err := s.r.admin(op.Actor()).RevokeAgent(req.Context(), id, strings.TrimSpace(req.PostFormValue("reason"))); err != nil {
+	if _, err := s.adm.As(op.Actor()).RevokeAgent(req.Context(), id, strings.TrimSpace(req.PostFormValue("reason"))); err != nil {
 		return "", err
 	}
 	return "/ui/agents/" + url.PathEscape(id), nil
 }
 
-func (s *adminServer) drainAction(req *http.Request, op Operator) (string, error) {
+func (s *Server) drainAction(req *http.Request, op Operator) (string, error) {
 	id := req.PathValue("id")
-	if _, err := s.r.DrainAgent(req.Context(), id, strings.TrimSpace(req.PostFormValue("message")), op.Actor()); err != nil {
+	if _, err := s.adm.As(op.Actor()).DrainAgent(req.Context(), id, strings.TrimSpace(req.PostFormValue("message"))); err != nil {
 		return "", err
 	}
 	return "/ui/agents/" + url.PathEscape(id), nil
 }
 
-func (s *adminServer) tenantsData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
-	fl, err := s.r.Fleet(req.Context(), FleetFilter{State: HealthDown}) // the agents are not shown
+func (s *Server) tenantsData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
+	fl, err := s.adm.Fleet(req.Context(), admin.FleetFilter{State: admin.HealthDown}) // the agents are not shown
 	if err != nil {
 		return "", nil, err
 	}
@@ -387,24 +388,24 @@ func (s *adminServer) tenantsData(req *http.Request, _ Operator, _ time.Time) (s
 
 // tenantView is one tenant's page.
 type tenantView struct {
-	Tenant TenantSummary
-	Agents []FleetAgent
+	Tenant admin.TenantSummary
+	Agents []admin.FleetAgent
 	Audit  []audit.Record
 }
 
-func (s *adminServer) tenantData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
+func (s *Server) tenantData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
 	name := req.PathValue("name")
-	fl, err := s.r.Fleet(req.Context(), FleetFilter{Tenant: name})
+	fl, err := s.adm.Fleet(req.Context(), admin.FleetFilter{Tenant: name})
 	if err != nil {
 		return "", nil, err
 	}
 	if len(fl.Tenants) == 0 {
-		return "", nil, notFoundf("no tenant %q", name)
+		return "", nil, admin.Errorf(admin.ErrNotFound, "no tenant %q", name)
 	}
 	v := tenantView{Tenant: fl.Tenants[0], Agents: fl.Agents}
-	v.Audit, err = s.r.admin("").Audit(req.Context(), AuditFilter{Tenant: name, NewestFirst: true, Limit: dashAuditLimit})
+	v.Audit, err = s.adm.Audit(req.Context(), admin.AuditFilter{Tenant: name, NewestFirst: true, Limit: dashAuditLimit})
 	if err != nil {
 		return "", nil, err
 	}
-	return "Tenant " + name, v, nil
+	return "admin.Tenant " + name, v, nil
 }

@@ -1,4 +1,4 @@
-package relay
+package console
 
 import (
 	"fmt"
@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/tetherhq/tether/relay/admin"
 )
 
 // The dashboard's formatting: numbers people read at a glance, with units.
@@ -27,10 +29,10 @@ func dashFuncs() template.FuncMap {
 		"noValue":   func() string { return noValue },
 		"pair":      func(now time.Time, v any) dashPair { return dashPair{now, v} },
 		"num":       humanCount,
-		"state":     func(h Health) string { return "st-" + string(h) },
+		"state":     func(h admin.Health) string { return "st-" + string(h) },
 		"uptime":    reportUptime,
 		"unixms":    func(ms int64) time.Time { return unixMillis(ms) },
-		"healths":   func() []Health { return Healths },
+		"healths":   func() []admin.Health { return admin.Healths },
 		"auditText": auditDetail,
 	}
 }

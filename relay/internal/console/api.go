@@ -1,26 +1,23 @@
-package relay
+package console
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/subtle"
-	"crypto/tls"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
+	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/audit"
 	"github.com/tetherhq/tether/relay/internal/trust"
-
-	"github.com/tetherhq/tether/relay/internal/store"
 )
 
 // The admin API: JSON over HTTPS on Config.AdminListen, for tetherctl and
@@ -70,104 +67,21 @@ const (
 	CSRFHeader         = "X-CSRF-Token"
 	CSRFField          = "csrf_token"
 	maxAdminBody       = 64 << 10
-	maxSessions        = 10000
 	adminRequestTimout = 30 * time.Second
 )
 
-// session is a browser login, kept in memory: a relay restart logs
-// everyone out.
-type session struct {
-	operator string
-	tokenID  string // the operator token it was opened with
-	csrf     string
-	expires  time.Time
+// Server is the admin listener: the admin API and the dashboard.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	adm   *admin.Admin
+	ln    net.Listener
+	cert  *trust.CertFile // the listener's certificate from files, or nil
+	pages dashPages       // the dashboard's templates (dashboard.go)
 }
 
-type sessionStore struct {
-	mu   sync.Mutex // guards byID
-	byID map[string]*session
-}
-
-func newSessionStore() *sessionStore { return &sessionStore{byID: map[string]*session{}} }
-
-func randomToken() string {
-	var b [32]byte
-	rand.Read(b[:])
-	return base64.RawURLEncoding.EncodeToString(b[:])
-}
-
-// open creates a session; it drops expired ones first and refuses when
-// maxSessions are open.
-func (s *sessionStore) open(operator, tokenID string, ttl time.Duration, now time.Time) (string, *session, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for id, x := range s.byID {
-		if !now.Before(x.expires) {
-			delete(s.byID, id)
-		}
-	}
-	if len(s.byID) >= maxSessions {
-		return "", nil, errors.New("too many open sessions")
-	}
-	id := randomToken()
-	x := &session{operator: operator, tokenID: tokenID, csrf: randomToken(), expires: now.Add(ttl)}
-	s.byID[id] = x
-	return id, x, nil
-}
-
-func (s *sessionStore) get(id string, now time.Time) *session {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	x := s.byID[id]
-	if x == nil {
-		return nil
-	}
-	if !now.Before(x.expires) {
-		delete(s.byID, id)
-		return nil
-	}
-	return x
-}
-
-func (s *sessionStore) close(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.byID[id]
-	delete(s.byID, id)
-	return ok
-}
-
-// adminTLS is the admin listener's TLS configuration: the certificate
-// from files when configured (reloaded when they change), else the relay's
-// own from its CA.
-func (r *Relay) adminTLS() (*tls.Config, error) {
-	if r.cfg.AdminCertFile == "" {
-		return r.tls.Admin(nil), nil
-	}
-	cf, err := trust.LoadCertFile(r.cfg.AdminCertFile, r.cfg.AdminKeyFile, r.log, r.cfg.Now)
-	if err != nil {
-		return nil, fmt.Errorf("admin certificate: %w", err)
-	}
-	r.adminCert = cf // watched for changes while the relay runs
-	return r.tls.Admin(cf), nil
-}
-
-// admin returns an Admin on the relay's state whose audit records name
-// actor.
-func (r *Relay) admin(actor string) *Admin {
-	return &Admin{st: r.st, now: r.cfg.Now, audit: r.audit, actor: actor}
-}
-
-// adminServer serves the admin API.
-type adminServer struct {
-	r        *Relay
-	sessions *sessionStore
-	pages    dashPages // the dashboard's templates (dashboard.go)
-}
-
-// adminHandler is the admin listener's handler.
-func (r *Relay) adminHandler() http.Handler {
-	s := &adminServer{r: r, sessions: newSessionStore()}
+// Handler is the admin listener's handler.
+func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/login", s.login)
 	mux.HandleFunc("/logout", s.logout)
@@ -177,7 +91,7 @@ func (r *Relay) adminHandler() http.Handler {
 }
 
 // authenticated wraps h with the admin API's authentication.
-func (s *adminServer) authenticated(h http.Handler) http.Handler {
+func (s *Server) authenticated(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		op, apiErr := s.authenticate(req)
 		if apiErr != nil {
@@ -193,10 +107,9 @@ func (s *adminServer) authenticated(h http.Handler) http.Handler {
 	})
 }
 
-func (s *adminServer) authenticate(req *http.Request) (Operator, *APIError) {
-	now := s.r.cfg.Now()
+func (s *Server) authenticate(req *http.Request) (Operator, *APIError) {
 	if req.TLS != nil && len(req.TLS.PeerCertificates) > 0 {
-		id, err := s.r.st.auth.VerifyOperator(req.TLS.PeerCertificates, now)
+		id, err := s.adm.VerifyOperatorCertificate(req.TLS.PeerCertificates)
 		if err != nil {
 			return Operator{}, apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "client certificate refused: %v", err)
 		}
@@ -207,8 +120,8 @@ func (s *adminServer) authenticate(req *http.Request) (Operator, *APIError) {
 		if !ok || !strings.EqualFold(scheme, "Bearer") {
 			return Operator{}, apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, `the Authorization header must be "Bearer <operator token>"`)
 		}
-		rec, err := checkOperatorToken(req.Context(), s.r.st.store, strings.TrimSpace(tok), now)
-		if errors.Is(err, errOperatorToken) {
+		rec, err := s.adm.CheckOperatorToken(req.Context(), strings.TrimSpace(tok))
+		if errors.Is(err, admin.ErrOperatorToken) {
 			return Operator{}, apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "%v", err)
 		}
 		if err != nil {
@@ -217,22 +130,16 @@ func (s *adminServer) authenticate(req *http.Request) (Operator, *APIError) {
 		return Operator{Name: rec.Name, Via: "token"}, nil
 	}
 	if c, err := req.Cookie(SessionCookie); err == nil {
-		x := s.sessions.get(c.Value, now)
-		if x == nil {
-			return Operator{}, apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "session expired or unknown: log in again")
+		x, err := s.adm.ConsoleSession(req.Context(), c.Value)
+		if errors.Is(err, admin.ErrNoSession) {
+			return Operator{}, apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "%v: log in again", err)
 		}
-		// A session lives no longer than the token it was opened with.
-		t, err := s.r.st.store.OperatorToken(req.Context(), x.tokenID)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
+		if err != nil {
 			return Operator{}, apiErrorf(http.StatusServiceUnavailable, CodeUnavailable, "check session: %v", err)
 		}
-		if err != nil || !t.RevokedAt.IsZero() || !now.Before(t.ExpiresAt) {
-			s.sessions.close(c.Value)
-			return Operator{}, apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "the operator token of this session was revoked or expired: log in again")
-		}
-		op := Operator{Name: x.operator, Via: "session", CSRFToken: x.csrf}
+		op := Operator{Name: x.Operator, Via: "session", CSRFToken: x.CSRF}
 		if req.Method != http.MethodGet && req.Method != http.MethodHead {
-			if apiErr := checkCSRF(req, x.csrf); apiErr != nil {
+			if apiErr := checkCSRF(req, x.CSRF); apiErr != nil {
 				return Operator{}, apiErr
 			}
 		}
@@ -278,7 +185,7 @@ func isForm(req *http.Request) bool {
 // form field "token" or JSON {"token": "…"}. Form posts are redirected
 // (303) to "next" (a local path, default "/") or, on failure, to
 // "/login?error=1"; JSON posts get JSON.
-func (s *adminServer) login(w http.ResponseWriter, req *http.Request) {
+func (s *Server) login(w http.ResponseWriter, req *http.Request) {
 	if req.Method != http.MethodPost {
 		methodNotAllowed(w, http.MethodPost)
 		return
@@ -308,9 +215,9 @@ func (s *adminServer) login(w http.ResponseWriter, req *http.Request) {
 		}
 		tok = body.Token
 	}
-	now := s.r.cfg.Now()
-	rec, err := checkOperatorToken(req.Context(), s.r.st.store, strings.TrimSpace(tok), now)
-	if errors.Is(err, errOperatorToken) {
+	now := s.cfg.Now()
+	rec, err := s.adm.CheckOperatorToken(req.Context(), strings.TrimSpace(tok))
+	if errors.Is(err, admin.ErrOperatorToken) {
 		fail(apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "%v", err))
 		return
 	}
@@ -318,14 +225,14 @@ func (s *adminServer) login(w http.ResponseWriter, req *http.Request) {
 		fail(apiErrorf(http.StatusServiceUnavailable, CodeUnavailable, "check operator token: %v", err))
 		return
 	}
-	ttl := min(s.r.cfg.AdminSessionTTL, rec.ExpiresAt.Sub(now))
-	id, x, err := s.sessions.open(rec.Name, rec.ID, ttl, now)
+	ttl := min(s.cfg.SessionTTL, rec.ExpiresAt.Sub(now))
+	id, x, err := s.adm.OpenConsoleSession(req.Context(), rec, ttl)
 	if err != nil {
 		fail(apiErrorf(http.StatusServiceUnavailable, CodeUnavailable, "%v", err))
 		return
 	}
-	s.r.admin(Operator{Name: rec.Name}.Actor()).record(audit.OperatorLogin, "", "", "", map[string]any{"token": rec.ID})
-	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: id, Path: "/", Expires: x.expires, MaxAge: int(ttl.Seconds()),
+	s.adm.As(Operator{Name: rec.Name}.Actor()).Record(audit.OperatorLogin, "", "", "", map[string]any{"token": rec.ID})
+	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: id, Path: "/", Expires: x.ExpiresAt, MaxAge: int(ttl.Seconds()),
 		HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
 	if form {
 		if next == "" || !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
@@ -334,12 +241,12 @@ func (s *adminServer) login(w http.ResponseWriter, req *http.Request) {
 		http.Redirect(w, req, next, http.StatusSeeOther)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"operator": rec.Name, "expires_at": x.expires, "csrf_token": x.csrf})
+	writeJSON(w, http.StatusOK, map[string]any{"operator": rec.Name, "expires_at": x.ExpiresAt, "csrf_token": x.CSRF})
 }
 
 // logout ends the session of the request's cookie. Form posts are
 // redirected to /login.
-func (s *adminServer) logout(w http.ResponseWriter, req *http.Request) {
+func (s *Server) logout(w http.ResponseWriter, req *http.Request) {
 	if req.Method != http.MethodPost {
 		methodNotAllowed(w, http.MethodPost)
 		return
@@ -349,9 +256,9 @@ func (s *adminServer) logout(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if c, err := req.Cookie(SessionCookie); err == nil {
-		if x := s.sessions.get(c.Value, s.r.cfg.Now()); x != nil {
-			s.sessions.close(c.Value)
-			s.r.admin(Operator{Name: x.operator}.Actor()).record(audit.OperatorLogout, "", "", "", nil)
+		if x, err := s.adm.ConsoleSession(req.Context(), c.Value); err == nil {
+			s.adm.CloseConsoleSession(req.Context(), c.Value)
+			s.adm.As(Operator{Name: x.Operator}.Actor()).Record(audit.OperatorLogout, "", "", "", nil)
 		}
 	}
 	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
@@ -389,17 +296,17 @@ func apiErrorf(status int, code, format string, args ...any) *APIError {
 	return &APIError{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-// errorFrom maps an error of an Admin method to an API error.
+// errorFrom maps an error of an admin.Admin method to an API error.
 func errorFrom(err error) *APIError {
 	var e *APIError
 	switch {
 	case errors.As(err, &e):
 		return e
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, admin.ErrNotFound):
 		return &APIError{Status: http.StatusNotFound, Code: CodeNotFound, Message: err.Error()}
-	case errors.Is(err, ErrExists):
+	case errors.Is(err, admin.ErrExists):
 		return &APIError{Status: http.StatusConflict, Code: CodeConflict, Message: err.Error()}
-	case errors.Is(err, ErrInvalid):
+	case errors.Is(err, admin.ErrInvalid):
 		return &APIError{Status: http.StatusBadRequest, Code: CodeBadRequest, Message: err.Error()}
 	case errors.Is(err, context.DeadlineExceeded):
 		return &APIError{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: "the request timed out"}

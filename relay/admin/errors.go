@@ -1,4 +1,4 @@
-package relay
+package admin
 
 import (
 	"errors"
@@ -47,4 +47,11 @@ func invalid(err error) error {
 		return nil
 	}
 	return &classError{class: ErrInvalid, msg: err.Error()}
+}
+
+// Errorf returns an error of class (ErrInvalid, ErrNotFound or ErrExists)
+// with a message of its own, for callers outside this package that refuse
+// in Admin's terms.
+func Errorf(class error, format string, args ...any) error {
+	return &classError{class: class, msg: fmt.Sprintf(format, args...)}
 }

@@ -1,4 +1,4 @@
-package relay
+package console
 
 import (
 	"net/http"
@@ -6,12 +6,13 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/audit"
 )
 
 // routes registers the /api/v1/ endpoints on mux. Every one is
 // authenticated; errors are JSON (see APIError).
-func (s *adminServer) routes(mux *http.ServeMux) {
+func (s *Server) routes(mux *http.ServeMux) {
 	api := func(pattern string, methods map[string]http.HandlerFunc) {
 		allowed := make([]string, 0, len(methods))
 		for m := range methods {
@@ -70,27 +71,27 @@ func reply(w http.ResponseWriter, status int, v any, err error) {
 	writeJSON(w, status, v)
 }
 
-func (s *adminServer) whoami(w http.ResponseWriter, req *http.Request) {
+func (s *Server) whoami(w http.ResponseWriter, req *http.Request) {
 	op, _ := OperatorFrom(req.Context())
 	writeJSON(w, http.StatusOK, op)
 }
 
-func (s *adminServer) fleet(w http.ResponseWriter, req *http.Request) {
+func (s *Server) fleet(w http.ResponseWriter, req *http.Request) {
 	f, apiErr := fleetFilter(req)
 	if apiErr != nil {
 		writeError(w, apiErr)
 		return
 	}
-	fl, err := s.r.Fleet(req.Context(), f)
+	fl, err := s.adm.Fleet(req.Context(), f)
 	reply(w, http.StatusOK, fl, err)
 }
 
 // fleetFilter reads ?tenant=&state=&unhealthy= .
-func fleetFilter(req *http.Request) (FleetFilter, *APIError) {
+func fleetFilter(req *http.Request) (admin.FleetFilter, *APIError) {
 	q := req.URL.Query()
-	f := FleetFilter{Tenant: q.Get("tenant")}
+	f := admin.FleetFilter{Tenant: q.Get("tenant")}
 	if s := q.Get("state"); s != "" {
-		h, err := ParseHealth(s)
+		h, err := admin.ParseHealth(s)
 		if err != nil {
 			return f, errorFrom(err)
 		}
@@ -106,12 +107,12 @@ func fleetFilter(req *http.Request) (FleetFilter, *APIError) {
 	return f, nil
 }
 
-func (s *adminServer) tenants(w http.ResponseWriter, req *http.Request) {
-	fl, err := s.r.Fleet(req.Context(), FleetFilter{})
+func (s *Server) tenants(w http.ResponseWriter, req *http.Request) {
+	fl, err := s.adm.Fleet(req.Context(), admin.FleetFilter{})
 	reply(w, http.StatusOK, map[string]any{"tenants": fl.Tenants}, err)
 }
 
-func (s *adminServer) addTenant(w http.ResponseWriter, req *http.Request) {
+func (s *Server) addTenant(w http.ResponseWriter, req *http.Request) {
 	var body struct {
 		Name string `json:"name"`
 	}
@@ -119,25 +120,25 @@ func (s *adminServer) addTenant(w http.ResponseWriter, req *http.Request) {
 		writeError(w, e)
 		return
 	}
-	if err := s.r.admin(actor(req)).AddTenant(req.Context(), body.Name); err != nil {
+	if err := s.adm.As(actor(req)).AddTenant(req.Context(), body.Name); err != nil {
 		writeError(w, errorFrom(err))
 		return
 	}
 	s.tenantStatus(w, req, body.Name, http.StatusCreated)
 }
 
-func (s *adminServer) tenant(w http.ResponseWriter, req *http.Request) {
+func (s *Server) tenant(w http.ResponseWriter, req *http.Request) {
 	s.tenantStatus(w, req, req.PathValue("name"), http.StatusOK)
 }
 
-func (s *adminServer) tenantStatus(w http.ResponseWriter, req *http.Request, name string, status int) {
-	if _, err := s.r.admin("").Tenant(req.Context(), name); err != nil {
+func (s *Server) tenantStatus(w http.ResponseWriter, req *http.Request, name string, status int) {
+	if _, err := s.adm.Tenant(req.Context(), name); err != nil {
 		writeError(w, errorFrom(err))
 		return
 	}
-	fl, err := s.r.Fleet(req.Context(), FleetFilter{Tenant: name})
+	fl, err := s.adm.Fleet(req.Context(), admin.FleetFilter{Tenant: name})
 	if err == nil && len(fl.Tenants) != 1 {
-		err = notFoundf("no tenant %q", name)
+		err = admin.Errorf(admin.ErrNotFound, "no tenant %q", name)
 	}
 	if err != nil {
 		writeError(w, errorFrom(err))
@@ -146,22 +147,22 @@ func (s *adminServer) tenantStatus(w http.ResponseWriter, req *http.Request, nam
 	writeJSON(w, status, fl.Tenants[0])
 }
 
-func (s *adminServer) tenantLimits(w http.ResponseWriter, req *http.Request) {
+func (s *Server) tenantLimits(w http.ResponseWriter, req *http.Request) {
 	name := req.PathValue("name")
-	if _, err := s.r.admin("").Tenant(req.Context(), name); err != nil {
+	if _, err := s.adm.Tenant(req.Context(), name); err != nil {
 		writeError(w, errorFrom(err))
 		return
 	}
-	all, err := s.r.admin("").AllLimits(req.Context())
-	l := Limits{Tenant: name, CIDRs: []string{}}
-	if i := slices.IndexFunc(all, func(l Limits) bool { return l.Tenant == name }); i >= 0 {
+	all, err := s.adm.AllLimits(req.Context())
+	l := admin.Limits{Tenant: name, CIDRs: []string{}}
+	if i := slices.IndexFunc(all, func(l admin.Limits) bool { return l.Tenant == name }); i >= 0 {
 		l = all[i]
 	}
 	reply(w, http.StatusOK, l, err)
 }
 
-func (s *adminServer) setLimits(w http.ResponseWriter, req *http.Request) {
-	var l Limits
+func (s *Server) setLimits(w http.ResponseWriter, req *http.Request) {
+	var l admin.Limits
 	if e := decodeJSON(req, &l); e != nil {
 		writeError(w, e)
 		return
@@ -172,29 +173,29 @@ func (s *adminServer) setLimits(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	l.Tenant = name
-	if err := s.r.admin(actor(req)).SetLimits(req.Context(), l); err != nil {
+	if err := s.adm.As(actor(req)).SetLimits(req.Context(), l); err != nil {
 		writeError(w, errorFrom(err))
 		return
 	}
 	s.tenantLimits(w, req)
 }
 
-func (s *adminServer) agents(w http.ResponseWriter, req *http.Request) {
+func (s *Server) agents(w http.ResponseWriter, req *http.Request) {
 	f, apiErr := fleetFilter(req)
 	if apiErr != nil {
 		writeError(w, apiErr)
 		return
 	}
-	fl, err := s.r.Fleet(req.Context(), f)
+	fl, err := s.adm.Fleet(req.Context(), f)
 	reply(w, http.StatusOK, map[string]any{"agents": fl.Agents}, err)
 }
 
-func (s *adminServer) agent(w http.ResponseWriter, req *http.Request) {
-	d, err := s.r.FleetAgent(req.Context(), req.PathValue("id"))
+func (s *Server) agent(w http.ResponseWriter, req *http.Request) {
+	d, err := s.adm.FleetAgent(req.Context(), req.PathValue("id"))
 	reply(w, http.StatusOK, d, err)
 }
 
-func (s *adminServer) revoke(w http.ResponseWriter, req *http.Request) {
+func (s *Server) revoke(w http.ResponseWriter, req *http.Request) {
 	var body struct {
 		Reason string `json:"reason"`
 	}
@@ -202,11 +203,11 @@ func (s *adminServer) revoke(w http.ResponseWriter, req *http.Request) {
 		writeError(w, e)
 		return
 	}
-	ai, err := s.r.admin(actor(req)).RevokeAgent(req.Context(), req.PathValue("id"), body.Reason)
+	ai, err := s.adm.As(actor(req)).RevokeAgent(req.Context(), req.PathValue("id"), body.Reason)
 	reply(w, http.StatusOK, ai, err)
 }
 
-func (s *adminServer) drain(w http.ResponseWriter, req *http.Request) {
+func (s *Server) drain(w http.ResponseWriter, req *http.Request) {
 	var body struct {
 		Message string `json:"message"`
 	}
@@ -214,19 +215,19 @@ func (s *adminServer) drain(w http.ResponseWriter, req *http.Request) {
 		writeError(w, e)
 		return
 	}
-	n, err := s.r.DrainAgent(req.Context(), req.PathValue("id"), body.Message, actor(req))
+	n, err := s.adm.As(actor(req)).DrainAgent(req.Context(), req.PathValue("id"), body.Message)
 	reply(w, http.StatusOK, map[string]any{"agent": req.PathValue("id"), "sessions": n}, err)
 }
 
-func (s *adminServer) tokens(w http.ResponseWriter, req *http.Request) {
-	ts, err := s.r.admin("").Tokens(req.Context(), req.URL.Query().Get("tenant"))
+func (s *Server) tokens(w http.ResponseWriter, req *http.Request) {
+	ts, err := s.adm.Tokens(req.Context(), req.URL.Query().Get("tenant"))
 	if ts == nil {
-		ts = []TokenInfo{}
+		ts = []admin.TokenInfo{}
 	}
 	reply(w, http.StatusOK, map[string]any{"tokens": ts}, err)
 }
 
-func (s *adminServer) createToken(w http.ResponseWriter, req *http.Request) {
+func (s *Server) createToken(w http.ResponseWriter, req *http.Request) {
 	var body struct {
 		Tenant string `json:"tenant"`
 		TTL    string `json:"ttl"` // a Go duration, default 1h
@@ -245,39 +246,39 @@ func (s *adminServer) createToken(w http.ResponseWriter, req *http.Request) {
 		}
 		ttl = d
 	}
-	tok, info, err := s.r.admin(actor(req)).CreateToken(req.Context(), body.Tenant, ttl, body.Uses)
+	tok, info, err := s.adm.As(actor(req)).CreateToken(req.Context(), body.Tenant, ttl, body.Uses)
 	reply(w, http.StatusCreated, map[string]any{"token": tok, "info": info}, err)
 }
 
-func (s *adminServer) revokeToken(w http.ResponseWriter, req *http.Request) {
-	info, err := s.r.admin(actor(req)).RevokeToken(req.Context(), req.PathValue("id"))
+func (s *Server) revokeToken(w http.ResponseWriter, req *http.Request) {
+	info, err := s.adm.As(actor(req)).RevokeToken(req.Context(), req.PathValue("id"))
 	reply(w, http.StatusOK, info, err)
 }
 
-func (s *adminServer) backends(w http.ResponseWriter, req *http.Request) {
-	bs, err := s.r.admin("").Backends(req.Context())
+func (s *Server) backends(w http.ResponseWriter, req *http.Request) {
+	bs, err := s.adm.Backends(req.Context())
 	if bs == nil {
-		bs = []BackendInfo{}
+		bs = []admin.BackendInfo{}
 	}
 	reply(w, http.StatusOK, map[string]any{"backends": bs}, err)
 }
 
-func (s *adminServer) backend(w http.ResponseWriter, req *http.Request) {
-	bs, err := s.r.admin("").Backends(req.Context())
+func (s *Server) backend(w http.ResponseWriter, req *http.Request) {
+	bs, err := s.adm.Backends(req.Context())
 	if err != nil {
 		writeError(w, errorFrom(err))
 		return
 	}
 	name := req.PathValue("name")
-	i := slices.IndexFunc(bs, func(b BackendInfo) bool { return b.Name == name })
+	i := slices.IndexFunc(bs, func(b admin.BackendInfo) bool { return b.Name == name })
 	if i < 0 {
-		writeError(w, errorFrom(notFoundf("no backend %q", name)))
+		writeError(w, errorFrom(admin.Errorf(admin.ErrNotFound, "no backend %q", name)))
 		return
 	}
 	writeJSON(w, http.StatusOK, bs[i])
 }
 
-func (s *adminServer) addBackend(w http.ResponseWriter, req *http.Request) {
+func (s *Server) addBackend(w http.ResponseWriter, req *http.Request) {
 	var body struct {
 		Name   string   `json:"name"`
 		Grants []string `json:"grants"`
@@ -286,21 +287,21 @@ func (s *adminServer) addBackend(w http.ResponseWriter, req *http.Request) {
 		writeError(w, e)
 		return
 	}
-	key, err := s.r.admin(actor(req)).AddBackend(req.Context(), body.Name, body.Grants)
+	key, err := s.adm.As(actor(req)).AddBackend(req.Context(), body.Name, body.Grants)
 	reply(w, http.StatusCreated, map[string]any{"name": body.Name, "api_key": key}, err)
 }
 
-func (s *adminServer) removeBackend(w http.ResponseWriter, req *http.Request) {
-	err := s.r.admin(actor(req)).RemoveBackend(req.Context(), req.PathValue("name"))
+func (s *Server) removeBackend(w http.ResponseWriter, req *http.Request) {
+	err := s.adm.As(actor(req)).RemoveBackend(req.Context(), req.PathValue("name"))
 	reply(w, http.StatusOK, map[string]any{"removed": req.PathValue("name")}, err)
 }
 
-func (s *adminServer) grant(w http.ResponseWriter, req *http.Request) { s.changeGrants(w, req, true) }
-func (s *adminServer) ungrant(w http.ResponseWriter, req *http.Request) {
+func (s *Server) grant(w http.ResponseWriter, req *http.Request) { s.changeGrants(w, req, true) }
+func (s *Server) ungrant(w http.ResponseWriter, req *http.Request) {
 	s.changeGrants(w, req, false)
 }
 
-func (s *adminServer) changeGrants(w http.ResponseWriter, req *http.Request, add bool) {
+func (s *Server) changeGrants(w http.ResponseWriter, req *http.Request, add bool) {
 	var body struct {
 		Grants []string `json:"grants"`
 	}
@@ -308,7 +309,7 @@ func (s *adminServer) changeGrants(w http.ResponseWriter, req *http.Request, add
 		writeError(w, e)
 		return
 	}
-	a := s.r.admin(actor(req))
+	a := s.adm.As(actor(req))
 	apply := a.Ungrant
 	if add {
 		apply = a.Grant
@@ -320,13 +321,13 @@ func (s *adminServer) changeGrants(w http.ResponseWriter, req *http.Request, add
 	s.backend(w, req)
 }
 
-func (s *adminServer) audit(w http.ResponseWriter, req *http.Request) {
-	f, err := ParseAuditQuery(req.URL.Query(), s.r.cfg.Now())
+func (s *Server) audit(w http.ResponseWriter, req *http.Request) {
+	f, err := admin.ParseAuditQuery(req.URL.Query(), s.cfg.Now())
 	if err != nil {
 		writeError(w, errorFrom(err))
 		return
 	}
-	recs, err := s.r.admin("").Audit(req.Context(), f)
+	recs, err := s.adm.Audit(req.Context(), f)
 	if err != nil {
 		writeError(w, errorFrom(err))
 		return
@@ -341,23 +342,23 @@ func (s *adminServer) audit(w http.ResponseWriter, req *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (s *adminServer) releases(w http.ResponseWriter, req *http.Request) {
-	rs, err := s.r.admin("").Releases(req.Context())
+func (s *Server) releases(w http.ResponseWriter, req *http.Request) {
+	rs, err := s.adm.Releases(req.Context())
 	if rs == nil {
-		rs = []Release{}
+		rs = []admin.Release{}
 	}
 	reply(w, http.StatusOK, map[string]any{"releases": rs}, err)
 }
 
 // rollouts answers the rollouts, newest first, and every agent's update
 // state, for the version in ?version= or all.
-func (s *adminServer) rollouts(w http.ResponseWriter, req *http.Request) {
-	st, err := s.r.admin("").UpdateStatus(req.Context(), req.URL.Query().Get("version"))
+func (s *Server) rollouts(w http.ResponseWriter, req *http.Request) {
+	st, err := s.adm.UpdateStatus(req.Context(), req.URL.Query().Get("version"))
 	if st.Rollouts == nil {
-		st.Rollouts = []Rollout{}
+		st.Rollouts = []admin.Rollout{}
 	}
 	if st.Agents == nil {
-		st.Agents = []AgentUpdate{}
+		st.Agents = []admin.AgentUpdate{}
 	}
 	reply(w, http.StatusOK, st, err)
 }
@@ -365,7 +366,7 @@ func (s *adminServer) rollouts(w http.ResponseWriter, req *http.Request) {
 // startRollout rolls a published version out, superseding the active
 // rollout. Publishing stays with tether-relay release publish on the
 // relay's host: the signing key never comes near the API.
-func (s *adminServer) startRollout(w http.ResponseWriter, req *http.Request) {
+func (s *Server) startRollout(w http.ResponseWriter, req *http.Request) {
 	var body struct {
 		Version string   `json:"version"`
 		Percent int      `json:"percent"`
@@ -378,7 +379,7 @@ func (s *adminServer) startRollout(w http.ResponseWriter, req *http.Request) {
 		writeError(w, e)
 		return
 	}
-	ro, warns, err := s.r.admin(actor(req)).StartRollout(req.Context(), Rollout{Version: body.Version, Percent: body.Percent,
+	ro, warns, err := s.adm.As(actor(req)).StartRollout(req.Context(), admin.Rollout{Version: body.Version, Percent: body.Percent,
 		Tenants: body.Tenants, Agents: body.Agents, HaltAt: body.HaltAt, Batch: body.Batch})
 	if warns == nil {
 		warns = []string{}

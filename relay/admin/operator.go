@@ -1,4 +1,4 @@
-package relay
+package admin
 
 import (
 	"context"
@@ -54,16 +54,16 @@ func (a *Admin) CreateOperatorToken(ctx context.Context, name string, ttl time.D
 	token, id, secret := credential.NewOperatorToken()
 	now := a.now().Truncate(time.Second)
 	rec := store.OperatorToken{ID: id, Name: name, SecretHash: credential.Hash(secret), CreatedAt: now, ExpiresAt: now.Add(ttl)}
-	if err := a.st.store.AddOperatorToken(ctx, rec); err != nil {
+	if err := a.store.AddOperatorToken(ctx, rec); err != nil {
 		return "", OperatorTokenInfo{}, err
 	}
-	a.record(audit.OperatorToken, "", "", "", map[string]any{"operator": name, "token": id, "expires_at": rec.ExpiresAt})
+	a.Record(audit.OperatorToken, "", "", "", map[string]any{"operator": name, "token": id, "expires_at": rec.ExpiresAt})
 	return token, operatorTokenInfo(rec), nil
 }
 
 // OperatorTokens lists operator tokens, newest first.
 func (a *Admin) OperatorTokens(ctx context.Context) ([]OperatorTokenInfo, error) {
-	ts, err := a.st.store.ListOperatorTokens(ctx)
+	ts, err := a.store.ListOperatorTokens(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -78,39 +78,115 @@ func (a *Admin) OperatorTokens(ctx context.Context) ([]OperatorTokenInfo, error)
 // refuses it from the next request on. Browser sessions opened with it end
 // too.
 func (a *Admin) RevokeOperatorToken(ctx context.Context, id string) (OperatorTokenInfo, error) {
-	t, err := a.st.store.RevokeOperatorToken(ctx, id, a.now())
+	t, err := a.store.RevokeOperatorToken(ctx, id, a.now())
 	if errors.Is(err, store.ErrNotFound) {
 		return OperatorTokenInfo{}, notFoundf("no operator token %q (list them with: tether-relay operator token list)", id)
 	}
 	if err != nil {
 		return OperatorTokenInfo{}, err
 	}
-	a.record(audit.OperatorTokenRevoke, "", "", "", map[string]any{"operator": t.Name, "token": t.ID})
+	a.Record(audit.OperatorTokenRevoke, "", "", "", map[string]any{"operator": t.Name, "token": t.ID})
 	return operatorTokenInfo(t), nil
 }
 
-// errOperatorToken is the one answer to every bad operator token, so that
+// ErrOperatorToken is the one answer to every bad operator token, so that
 // a caller learns nothing about which part was wrong.
-var errOperatorToken = errors.New("operator token is unknown, expired or revoked")
+var ErrOperatorToken = errors.New("operator token is unknown, expired or revoked")
 
-// checkOperatorToken returns the token record tok names if tok is valid at
-// now (known, secret matches, not expired, not revoked).
-func checkOperatorToken(ctx context.Context, st *store.Store, tok string, now time.Time) (store.OperatorToken, error) {
+// CheckOperatorToken returns the token record tok names if tok is valid
+// now (known, secret matches, not expired, not revoked), else
+// ErrOperatorToken.
+func (a *Admin) CheckOperatorToken(ctx context.Context, tok string) (store.OperatorToken, error) {
+	now := a.now()
 	id, secret, ok := credential.SplitOperatorToken(tok)
 	if !ok {
-		return store.OperatorToken{}, errOperatorToken
+		return store.OperatorToken{}, ErrOperatorToken
 	}
-	rec, err := st.OperatorToken(ctx, id)
+	rec, err := a.store.OperatorToken(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return store.OperatorToken{}, errOperatorToken
+		return store.OperatorToken{}, ErrOperatorToken
 	}
 	if err != nil {
 		return store.OperatorToken{}, err
 	}
 	if !credential.Matches(secret, rec.SecretHash) || !now.Before(rec.ExpiresAt) || !rec.RevokedAt.IsZero() {
-		return store.OperatorToken{}, errOperatorToken
+		return store.OperatorToken{}, ErrOperatorToken
 	}
 	return rec, nil
+}
+
+// VerifyOperatorCertificate checks an operator's client certificate chain
+// and returns the operator it names.
+func (a *Admin) VerifyOperatorCertificate(certs []*x509.Certificate) (identity.Operator, error) {
+	return a.auth.VerifyOperator(certs, a.now())
+}
+
+// maxConsoleSessions bounds the console sessions open at once.
+const maxConsoleSessions = 10000
+
+// ConsoleSession is a browser session of the admin console.
+type ConsoleSession struct {
+	Operator  string
+	TokenID   string // the operator token it was opened with
+	CSRF      string
+	ExpiresAt time.Time
+}
+
+// OpenConsoleSession opens a session for the operator of token rec,
+// lasting ttl, and returns its id (the cookie's value). The store keeps a
+// hash of the id only, so sessions outlive a relay's restart and the
+// table opens none.
+func (a *Admin) OpenConsoleSession(ctx context.Context, rec store.OperatorToken, ttl time.Duration) (string, ConsoleSession, error) {
+	now := a.now()
+	if err := a.store.PruneConsoleSessions(ctx, now); err != nil {
+		return "", ConsoleSession{}, err
+	}
+	n, err := a.store.CountConsoleSessions(ctx)
+	if err != nil {
+		return "", ConsoleSession{}, err
+	}
+	if n >= maxConsoleSessions {
+		return "", ConsoleSession{}, errors.New("too many open sessions")
+	}
+	id := credential.NewSessionID()
+	cs := store.ConsoleSession{IDHash: credential.Hash(id), Operator: rec.Name, TokenID: rec.ID, CSRF: credential.NewSessionID(), CreatedAt: now, ExpiresAt: now.Add(ttl)}
+	if err := a.store.AddConsoleSession(ctx, cs); err != nil {
+		return "", ConsoleSession{}, err
+	}
+	return id, ConsoleSession{Operator: cs.Operator, TokenID: cs.TokenID, CSRF: cs.CSRF, ExpiresAt: cs.ExpiresAt}, nil
+}
+
+// ErrNoSession is the class of the errors of a session id that opens no
+// session.
+var ErrNoSession = errors.New("session expired or unknown")
+
+// ConsoleSession returns the session with id while it lasts and its
+// operator token is valid, else an error wrapping ErrNoSession.
+func (a *Admin) ConsoleSession(ctx context.Context, id string) (ConsoleSession, error) {
+	now := a.now()
+	cs, err := a.store.ConsoleSession(ctx, credential.Hash(id), now)
+	if errors.Is(err, store.ErrNotFound) {
+		return ConsoleSession{}, ErrNoSession
+	}
+	if err != nil {
+		return ConsoleSession{}, err
+	}
+	// A session lives no longer than the token it was opened with.
+	t, err := a.store.OperatorToken(ctx, cs.TokenID)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return ConsoleSession{}, err
+	}
+	if err != nil || !t.RevokedAt.IsZero() || !now.Before(t.ExpiresAt) {
+		a.store.DeleteConsoleSession(ctx, cs.IDHash)
+		return ConsoleSession{}, &classError{class: ErrNoSession, msg: "the operator token of this session was revoked or expired"}
+	}
+	return ConsoleSession{Operator: cs.Operator, TokenID: cs.TokenID, CSRF: cs.CSRF, ExpiresAt: cs.ExpiresAt}, nil
+}
+
+// CloseConsoleSession ends the session with id and reports whether it was
+// open.
+func (a *Admin) CloseConsoleSession(ctx context.Context, id string) (bool, error) {
+	return a.store.DeleteConsoleSession(ctx, credential.Hash(id))
 }
 
 // OperatorCertificate is an operator's client certificate (WriteFiles
@@ -130,7 +206,7 @@ func (a *Admin) IssueOperatorCertificate(name string, lifetime time.Duration) (*
 	if lifetime <= 0 || lifetime > MaxOperatorTokenTTL {
 		return nil, invalidf("certificate lifetime %v is out of range (0 to %v)", lifetime, MaxOperatorTokenTTL)
 	}
-	authority := a.st.CA()
+	authority := a.auth.CA()
 	id := identity.Operator{TrustDomain: authority.TrustDomain(), Name: name}
 	if err := id.Validate(); err != nil {
 		return nil, invalid(err)
@@ -141,18 +217,18 @@ func (a *Admin) IssueOperatorCertificate(name string, lifetime time.Duration) (*
 	if err != nil {
 		return nil, err
 	}
-	a.record(audit.OperatorCert, "", "", "", map[string]any{"operator": name, "serial": c.Serial, "not_after": c.NotAfter.UTC().Format(time.RFC3339)})
+	a.Record(audit.OperatorCert, "", "", "", map[string]any{"operator": name, "serial": c.Serial, "not_after": c.NotAfter.UTC().Format(time.RFC3339)})
 	return c, nil
 }
 
 // CABundlePEM is the relay CA's active roots (PEM): what agents, backends
 // and operators trust the relay's certificates with, and what the admin
 // API's default certificate chains to.
-func (a *Admin) CABundlePEM() []byte { return a.st.CA().BundlePEM() }
+func (a *Admin) CABundlePEM() []byte { return a.auth.CA().BundlePEM() }
 
 // Agent returns one enrolled agent.
 func (a *Admin) Agent(ctx context.Context, id string) (AgentInfo, error) {
-	x, err := a.st.store.Agent(ctx, id)
+	x, err := a.store.Agent(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return AgentInfo{}, notFoundf("no agent %q", id)
 	}
@@ -165,14 +241,14 @@ func (a *Admin) Agent(ctx context.Context, id string) (AgentInfo, error) {
 // RevokeToken deletes join token id so that it enrols no more agents;
 // agents it already enrolled are not affected.
 func (a *Admin) RevokeToken(ctx context.Context, id string) (TokenInfo, error) {
-	t, err := a.st.store.DeleteToken(ctx, id)
+	t, err := a.store.DeleteToken(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return TokenInfo{}, notFoundf("no join token %q", id)
 	}
 	if err != nil {
 		return TokenInfo{}, err
 	}
-	a.record(audit.TokenRevoke, t.Tenant, "", "", map[string]any{"token": t.ID})
+	a.Record(audit.TokenRevoke, t.Tenant, "", "", map[string]any{"token": t.ID})
 	return tokenInfo(t), nil
 }
 
@@ -180,20 +256,20 @@ func (a *Admin) RevokeToken(ctx context.Context, id string) (TokenInfo, error) {
 // relay refuses its key and certificates within BackendCacheTTL; streams
 // already open continue.
 func (a *Admin) RemoveBackend(ctx context.Context, name string) error {
-	err := a.st.store.RemoveBackend(ctx, name)
+	err := a.store.RemoveBackend(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		return notFoundf("no backend %q", name)
 	}
 	if err != nil {
 		return err
 	}
-	a.record(audit.BackendRemove, "", "", name, nil)
+	a.Record(audit.BackendRemove, "", "", name, nil)
 	return nil
 }
 
 // Tenant returns one tenant.
 func (a *Admin) Tenant(ctx context.Context, name string) (Tenant, error) {
-	t, err := a.st.store.Tenant(ctx, name)
+	t, err := a.store.Tenant(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		return Tenant{}, notFoundf("no tenant %q", name)
 	}

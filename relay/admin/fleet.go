@@ -1,4 +1,4 @@
-package relay
+package admin
 
 import (
 	"cmp"
@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/tetherhq/tether/relay/internal/audit"
 )
 
 // Health is an agent's state as operators see it.
@@ -155,21 +157,21 @@ type AgentDetail struct {
 
 // Fleet returns the fleet view: enrolled agents from the store joined with
 // the sessions connected to this relay.
-func (r *Relay) Fleet(ctx context.Context, f FleetFilter) (Fleet, error) {
-	now := r.cfg.Now()
-	infos, err := r.admin("").Agents(ctx, f.Tenant)
+func (a *Admin) Fleet(ctx context.Context, f FleetFilter) (Fleet, error) {
+	now := a.now()
+	infos, err := a.Agents(ctx, f.Tenant)
 	if err != nil {
 		return Fleet{}, err
 	}
-	tenants, err := r.admin("").Tenants(ctx)
+	tenants, err := a.Tenants(ctx)
 	if err != nil {
 		return Fleet{}, err
 	}
-	limits, err := r.admin("").AllLimits(ctx)
+	limits, err := a.AllLimits(ctx)
 	if err != nil {
 		return Fleet{}, err
 	}
-	all := BuildFleet(infos, r.LiveAgents(f.Tenant), now, r.cfg.AgentCertLifetime)
+	all := BuildFleet(infos, a.liveAgents(f.Tenant), now, a.certLifetime)
 	out := Fleet{At: now, Agents: []FleetAgent{}, Tenants: []TenantSummary{}}
 	byTenant := map[string]*StateCounts{}
 	for _, t := range tenants {
@@ -197,19 +199,27 @@ func (r *Relay) Fleet(ctx context.Context, f FleetFilter) (Fleet, error) {
 	return out, nil
 }
 
+// liveAgents is the live view of a running relay, nothing offline.
+func (a *Admin) liveAgents(tenant string) []LiveAgent {
+	if a.live == nil {
+		return nil
+	}
+	return a.live.LiveAgents(tenant)
+}
+
 // FleetAgent returns one agent with its live sessions and reports.
-func (r *Relay) FleetAgent(ctx context.Context, id string) (AgentDetail, error) {
-	info, err := r.admin("").Agent(ctx, id)
+func (a *Admin) FleetAgent(ctx context.Context, id string) (AgentDetail, error) {
+	info, err := a.Agent(ctx, id)
 	if err != nil {
 		return AgentDetail{}, err
 	}
 	var live []LiveAgent
-	for _, l := range r.LiveAgents(info.Tenant) {
+	for _, l := range a.liveAgents(info.Tenant) {
 		if l.Agent == id {
 			live = append(live, l)
 		}
 	}
-	fa := BuildFleet([]AgentInfo{info}, live, r.cfg.Now(), r.cfg.AgentCertLifetime)
+	fa := BuildFleet([]AgentInfo{info}, live, a.now(), a.certLifetime)
 	if live == nil {
 		live = []LiveAgent{}
 	}
@@ -298,7 +308,7 @@ func fleetAgent(info AgentInfo, sessions []LiveAgent, now time.Time, certLifetim
 			if rep.ConfigError != "" {
 				why = append(why, "config error: "+rep.ConfigError)
 			}
-			if n := sumValues(rep.DialFailures); n > 0 && now.Sub(latest.DialFailedAt) < recentDialFailure {
+			if n := rep.DialFailuresTotal(); n > 0 && now.Sub(latest.DialFailedAt) < recentDialFailure {
 				s := fmt.Sprintf("%d failed dials to %s since the agent started, the latest within %s", n, strings.Join(slices.Sorted(maps.Keys(rep.DialFailures)), ", "), recentDialFailure)
 				if rep.LastDialError != "" {
 					s += " (last: " + rep.LastDialError + ")"
@@ -325,10 +335,25 @@ func fleetAgent(info AgentInfo, sessions []LiveAgent, now time.Time, certLifetim
 // agent degraded.
 const recentDialFailure = 10 * time.Minute
 
-func sumValues(m map[string]uint64) uint64 {
-	var n uint64
-	for _, v := range m {
-		n += v
+// DrainAgent tells every session of agent id to go away (GoAway "drain"):
+// the relay sends it no new streams there, streams in flight continue, and
+// the agent reconnects. It reports how many sessions were told (none for
+// an offline command).
+func (a *Admin) DrainAgent(ctx context.Context, id, msg string) (int, error) {
+	info, err := a.Agent(ctx, id)
+	if err != nil {
+		return 0, err
 	}
-	return n
+	if len(msg) > 500 {
+		return 0, invalidf("drain message is longer than 500 bytes")
+	}
+	if msg == "" {
+		msg = "drained by an operator"
+	}
+	n := 0
+	if a.live != nil {
+		n = a.live.DrainAgent(info.Tenant, id, msg)
+	}
+	a.Record(audit.Drain, info.Tenant, id, "", map[string]any{"sessions": n, "message": msg})
+	return n, nil
 }

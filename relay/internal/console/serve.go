@@ -1,0 +1,110 @@
+package console
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/tetherhq/tether/relay/admin"
+	"github.com/tetherhq/tether/relay/internal/trust"
+)
+
+// Config configures the admin listener.
+type Config struct {
+	// Listen is the address of the admin listener (HTTPS).
+	Listen string
+	// CertFile and KeyFile are its certificate and key (PEM), read again
+	// when they change; empty: the relay's own certificate (tlsSrv).
+	CertFile, KeyFile string
+	// SessionTTL bounds browser sessions opened at /login (never beyond
+	// the operator token's expiry).
+	SessionTTL time.Duration
+	// HandshakeTimeout bounds reading a request's headers.
+	HandshakeTimeout time.Duration
+	Logger           *slog.Logger
+	Now              func() time.Time
+}
+
+// shutdownGrace is how long requests in progress get to finish when Run's
+// context ends.
+const shutdownGrace = 5 * time.Second
+
+// New binds the admin listener (TLS) on cfg.Listen; adm performs what it is
+// asked, tlsSrv provides the relay's certificate. Call Run, or Close if Run
+// will not be called.
+func New(cfg Config, adm *admin.Admin, tlsSrv *trust.Server) (*Server, error) {
+	s := &Server{cfg: cfg, log: cfg.Logger, adm: adm}
+	var tc *tls.Config
+	if cfg.CertFile != "" {
+		cf, err := trust.LoadCertFile(cfg.CertFile, cfg.KeyFile, cfg.Logger, cfg.Now)
+		if err != nil {
+			return nil, fmt.Errorf("admin certificate: %w", err)
+		}
+		s.cert = cf
+	}
+	tc = tlsSrv.Admin(s.cert)
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	s.ln = tls.NewListener(ln, tc)
+	return s, nil
+}
+
+// Addr is the admin listener's address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// CertReloads is how many times the certificate from files was replaced.
+func (s *Server) CertReloads() int64 {
+	if s.cert == nil {
+		return 0
+	}
+	return s.cert.Reloads()
+}
+
+// Close releases a server whose Run was never called.
+func (s *Server) Close() error { return s.ln.Close() }
+
+// Run serves until ctx ends, then gives requests in progress a few seconds
+// to finish, and returns once every goroutine it started has exited. It
+// returns an error only when the listener fails.
+func (s *Server) Run(ctx context.Context) error {
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: s.cfg.HandshakeTimeout,
+		ReadTimeout:       time.Minute,
+		WriteTimeout:      2 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug), // TLS handshake failures and the like
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	var wg sync.WaitGroup
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer func() {
+		stopWatch()
+		wg.Wait()
+	}()
+	if s.cert != nil {
+		wg.Go(func() { s.cert.Watch(watchCtx) })
+	}
+	served := make(chan error, 1)
+	wg.Go(func() { served <- srv.Serve(s.ln) })
+	select {
+	case err := <-served:
+		return fmt.Errorf("admin listener: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	<-served
+	return nil
+}
