@@ -113,7 +113,7 @@ func ListenAddr(spec string) (string, error) {
 
 // Run listens on Listen and serves until ctx ends (see Serve).
 func (f *Forward) Run(ctx context.Context) error {
-	if err := f.check(); err != nil {
+	if err := f.Check(); err != nil {
 		return err
 	}
 	addr, err := ListenAddr(f.Listen)
@@ -137,7 +137,7 @@ func (f *Forward) Run(ctx context.Context) error {
 // other than ln being closed (after ending its connections as above).
 func (f *Forward) Serve(ctx context.Context, ln net.Listener) error {
 	defer ln.Close()
-	if err := f.check(); err != nil {
+	if err := f.Check(); err != nil {
 		return err
 	}
 	s := &forwardServer{
@@ -199,7 +199,10 @@ func (f *Forward) Serve(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
-func (f *Forward) check() error {
+// Check reports what Serve would refuse: a missing Dialer, a Dialer
+// without a relay or with no single credential, a Target that is not
+// "<service>.<tenant>.tether:<port>". It does not contact the relay.
+func (f *Forward) Check() error {
 	if f.Dialer == nil {
 		return errors.New("tether: Forward needs a Dialer")
 	}
@@ -282,6 +285,7 @@ func (s *forwardServer) serve(ctx, hard context.Context, local net.Conn) {
 	}
 	s.tunnels.Add(1)
 	defer s.tunnels.Add(-1)
+	setup := time.Since(start)
 	requestID := up.RequestID
 	end := context.AfterFunc(hard, func() {
 		local.Close()
@@ -292,7 +296,7 @@ func (s *forwardServer) serve(ctx, hard context.Context, local net.Conn) {
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.Debug("connection closed", "remote", local.RemoteAddr().String(), "request", requestID,
 			"bytes_to_service", res.AToB, "bytes_from_service", res.BToA,
-			"open_ms", float64(time.Since(start).Microseconds())/1000, "err", errOrNil(err))
+			"setup_ms", float64(setup.Microseconds())/1000, "duration", time.Since(start).Round(time.Millisecond).String(), "err", errOrNil(err))
 	}
 }
 
