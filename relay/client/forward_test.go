@@ -109,6 +109,44 @@ func TestForwardEcho(t *testing.T) {
 	}
 }
 
+// TestForwardHalfCloseFromService: a service that ends its side first
+// (FIN) while still reading: the local client reads EOF with its own side
+// open, and what it sends afterwards still reaches the service.
+func TestForwardHalfCloseFromService(t *testing.T) {
+	w := newWorld(t, worldOpts{})
+	for _, door := range []string{"connect", "connect-tls"} {
+		t.Run(door, func(t *testing.T) {
+			d := w.plain
+			if door == "connect-tls" {
+				d = w.tls
+			}
+			addr, _ := serveForward(t, &client.Forward{Dialer: d, Target: w.greeter, Logger: testLogger(t, slog.LevelDebug)})
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			got, err := io.ReadAll(c)
+			if err != nil || string(got) != "hello\n" {
+				t.Fatalf("read until the service's EOF: %q, %v", got, err)
+			}
+			if _, err := c.Write([]byte("bye")); err != nil {
+				t.Fatalf("write after the service's EOF: %v", err)
+			}
+			c.(*net.TCPConn).CloseWrite()
+			select {
+			case s := <-w.greeted:
+				if s != "bye" {
+					t.Fatalf("the service read %q, want %q", s, "bye")
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("the service never read our EOF")
+			}
+		})
+	}
+}
+
 // TestForwardRefusal: a target the backend has no grant for is refused by
 // the relay; the forward logs the refusal with its code and request id,
 // closes the local connection without sending it anything, never reaches
@@ -318,7 +356,8 @@ func TestForwardDrain(t *testing.T) {
 
 	t.Run("closed when drain runs out", func(t *testing.T) {
 		const drain = 300 * time.Millisecond
-		addr, stop := serveForward(t, &client.Forward{Dialer: w.plain, Target: w.target, Drain: drain, Logger: testLogger(t, slog.LevelDebug)})
+		logs, log := newLogBuffer(t)
+		addr, stop := serveForward(t, &client.Forward{Dialer: w.plain, Target: w.target, Drain: drain, Logger: log})
 		c := mustEcho(t, addr)
 		defer c.Close()
 		start := time.Now()
@@ -327,6 +366,10 @@ func TestForwardDrain(t *testing.T) {
 		}
 		if took := time.Since(start); took < drain || took > drain+10*time.Second {
 			t.Fatalf("Serve returned after %v, want just after the drain (%v)", took, drain)
+		}
+		// The goroutine serving the connection has ended: it logs last.
+		if !strings.Contains(logs.String(), `"msg":"connection closed"`) {
+			t.Fatalf("Serve returned before the connection's goroutine ended:\n%s", logs.String())
 		}
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		if n, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {

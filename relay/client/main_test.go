@@ -23,12 +23,14 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // world is a real relay and a real agent of tenant "acme", in this
 // process over loopback, with an echo service "echo" behind the agent.
-// Backend "billing" may reach acme/echo and nothing else.
+// Backend "billing" may reach acme/echo and acme/greet and nothing else.
 type world struct {
 	relay   *relay.Relay
 	plain   *client.Dialer // the CONNECT door, API key
 	tls     *client.Dialer // the CONNECT-over-TLS door, client certificate
 	target  string         // echo.acme.tether:7
+	greeter string         // greet.acme.tether:7: says hello, half-closes, then reads to EOF
+	greeted chan string    // what the greeter read from each connection
 	denied  string         // a service of acme the backend has no grant for
 	echoes  *counter       // connections the echo service accepted
 	certDir string
@@ -44,7 +46,8 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	defer cancel()
 	dir := t.TempDir()
 	relayDir := filepath.Join(dir, "relay")
-	w := &world{target: "echo.acme.tether:7", denied: "secret.acme.tether:7", echoes: &counter{}, certDir: filepath.Join(dir, "cert")}
+	w := &world{target: "echo.acme.tether:7", greeter: "greet.acme.tether:7", greeted: make(chan string, 16),
+		denied: "secret.acme.tether:7", echoes: &counter{}, certDir: filepath.Join(dir, "cert")}
 
 	a, err := relay.OpenAdmin(ctx, relayDir, "")
 	if err != nil {
@@ -57,7 +60,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := a.AddBackend(ctx, "billing", []string{"acme/echo"})
+	key, err := a.AddBackend(ctx, "billing", []string{"acme/echo", "acme/greet"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,13 +97,22 @@ func newWorld(t testing.TB, o worldOpts) *world {
 		io.Copy(c, c)
 		c.(*net.TCPConn).CloseWrite()
 	})
+	greetAddr := serveTCP(t, func(c net.Conn) {
+		io.WriteString(c, "hello\n")
+		c.(*net.TCPConn).CloseWrite()
+		b, _ := io.ReadAll(c)
+		select {
+		case w.greeted <- string(b):
+		default:
+		}
+	})
 	st, err := agent.Enroll(ctx, agent.EnrollOptions{Relay: r.AgentAddr().String(), Token: token, StateDir: filepath.Join(dir, "agent")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ag, err := agent.New(agent.Config{
 		StateDir: st.Dir, Transport: "tcp", NoFileWatch: true,
-		Services: map[string]agent.Service{"echo": {Address: echoAddr}, "secret": {Address: echoAddr}},
+		Services: map[string]agent.Service{"echo": {Address: echoAddr}, "greet": {Address: greetAddr}, "secret": {Address: echoAddr}},
 		Logger:   testLogger(t, slog.LevelWarn),
 	})
 	if err != nil {
