@@ -169,7 +169,11 @@ func TestForwardStartFailures(t *testing.T) {
 		{"two credentials", append(creds, "TETHER_BEARER_TOKEN=x.y.z"), []string{"db.acme.tether", "--listen", "0"}, []string{"more than one credential"}},
 		{"no relay", []string{"TETHER_BACKEND=billing", "TETHER_API_KEY_FILE=" + keyFile}, []string{"db.acme.tether", "--listen", "0"}, []string{"no relay address"}},
 		{"missing key file", []string{"TETHER_RELAY=127.0.0.1:9", "TETHER_BACKEND=billing", "TETHER_API_KEY_FILE=/nonexistent/key"}, []string{"db.acme.tether", "--listen", "0"}, []string{"read API key"}},
+		{"endless key file", []string{"TETHER_RELAY=127.0.0.1:9", "TETHER_BACKEND=billing", "TETHER_API_KEY_FILE=/dev/zero"}, []string{"db.acme.tether", "--listen", "0"}, []string{"larger than 64 KiB"}},
+		{"empty key file", []string{"TETHER_RELAY=127.0.0.1:9", "TETHER_BACKEND=billing", "TETHER_API_KEY_FILE=/dev/null"}, []string{"db.acme.tether", "--listen", "0"}, []string{"is empty"}},
 		{"not a tether name", creds, []string{"db.example.com", "--listen", "0"}, []string{"want <service>.<tenant>.tether"}},
+		{"listen without target", creds, []string{"--listen", "0"}, []string{"--listen needs a TARGET"}},
+		{"bad map", creds, []string{"--map", "db.acme.tether"}, []string{"want [HOST:]PORT=<service>.<tenant>.tether"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, stderr, err := runCmdEnv(t, append(forwardEnvClean(), tc.env...), bins.ctl, append([]string{"forward"}, tc.args...)...)

@@ -277,11 +277,23 @@ func forwardDialer(o forwardOpts) (*tether.Dialer, error) {
 	return d, nil
 }
 
+// maxSecret bounds what readSecret reads: a key or a token is far
+// shorter, and a path such as /dev/zero must not exhaust memory.
+const maxSecret = 64 << 10
+
 // readSecret reads a one-line secret from a file.
 func readSecret(path, what string) (string, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return "", fmt.Errorf("read %s: %w", what, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSecret+1))
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", what, err)
+	}
+	if len(b) > maxSecret {
+		return "", fmt.Errorf("%s file %s is larger than %d KiB", what, path, maxSecret>>10)
 	}
 	s := strings.TrimSpace(string(b))
 	switch {
