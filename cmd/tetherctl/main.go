@@ -25,7 +25,8 @@ var version = "dev"
 
 const prog = "tetherctl"
 
-const usage = `tetherctl: administer a Tether relay through its admin API.
+const usage = `tetherctl: administer a Tether relay through its admin API, and forward
+local ports to tenant services through its front door.
 
 Usage:
   tetherctl agents   [--tenant T] [--state up|degraded|down|revoked] [--unhealthy]
@@ -43,6 +44,7 @@ Usage:
                      | status [--version V]
   tetherctl whoami
   tetherctl version
+  tetherctl forward  TARGET --listen [HOST:]PORT | --map [HOST:]PORT=TARGET   (tetherctl forward -h)
 
 Connection (flags, else environment):
   --url URL          TETHER_ADMIN_URL         the admin API, e.g. https://relay.example:7444
@@ -91,6 +93,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return nil
+	case "forward":
+		return forward(rest, stderr)
 	}
 	var o opts
 	fs := flag.NewFlagSet(prog+" "+cmd, flag.ContinueOnError)

@@ -6,12 +6,17 @@
 //
 // DialContext has the signature of net.Dialer.DialContext, so it plugs into
 // http.Transport.DialContext, pgx's DialFunc, and anything else that takes
-// a dial function. Refusals come back as *protocol.Error and match the
-// sentinels re-exported here with errors.Is:
+// a dial function. Refusals come back as a *Refusal (with the relay's
+// request id) wrapping a *protocol.Error, and match the sentinels
+// re-exported here with errors.Is:
 //
 //	if errors.Is(err, client.ErrNoAgent) { … the tenant's agent is offline … }
 //
 // The Dialer speaks HTTP CONNECT to the relay's CONNECT front door.
+//
+// Forward serves the same connections to programs that speak no proxy
+// protocol (psql, pg_dump, JDBC drivers, …): it listens on a local port and
+// tunnels every connection accepted there to one tenant service.
 package client
 
 import (
@@ -44,7 +49,8 @@ var (
 	ErrLimitExceeded     = protocol.ErrLimitExceeded
 )
 
-// Error is the type of refusals.
+// Error says why a connection was refused: a code and a message.
+// DialContext returns it wrapped in a *Refusal.
 type Error = protocol.Error
 
 // Dialer opens connections to tenant services through a relay. Its zero
@@ -80,6 +86,9 @@ func (d *Dialer) Dial(network, addr string) (net.Conn, error) {
 // "<service>.<tenant>.tether:<port>" (the port is ignored; the agent's
 // allowlist holds the real address). network must be "tcp", "tcp4" or
 // "tcp6". The returned connection supports CloseWrite for half-close.
+//
+// A refusal by the relay, or by the tenant's agent through it, is a
+// *Refusal wrapping the *Error that says why.
 func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6":
@@ -90,14 +99,34 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		return nil, err
 	}
 	if _, hasDeadline := ctx.Deadline(); !hasDeadline {
-		t := d.Timeout
-		if t == 0 {
-			t = 30 * time.Second
-		}
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, t)
+		ctx, cancel = context.WithTimeout(ctx, d.timeout())
 		defer cancel()
 	}
+	conn, err := d.dialRelay(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c, err := d.request(ctx, conn, addr)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// timeout is Timeout or its default.
+func (d *Dialer) timeout() time.Duration {
+	if d.Timeout > 0 {
+		return d.Timeout
+	}
+	return 30 * time.Second
+}
+
+// dialRelay opens a connection to the relay's front door: TCP, and the
+// TLS handshake when TLSConfig is set. Nothing is sent on it yet, so it
+// can wait (briefly: relays close a connection that sends no request
+// within their handshake timeout) until request uses it.
+func (d *Dialer) dialRelay(ctx context.Context) (net.Conn, error) {
 	nd := d.NetDialer
 	if nd == nil {
 		nd = &net.Dialer{KeepAlive: 30 * time.Second}
@@ -106,15 +135,20 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	if err != nil {
 		return nil, fmt.Errorf("tether: connect to relay %s: %w", d.Relay, err)
 	}
-	conn := raw
-	if d.TLSConfig != nil {
-		tc := tls.Client(raw, d.TLSConfig)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			raw.Close()
-			return nil, fmt.Errorf("tether: TLS handshake with relay %s: %w", d.Relay, err)
-		}
-		conn = tc
+	if d.TLSConfig == nil {
+		return raw, nil
 	}
+	tc := tls.Client(raw, d.TLSConfig)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("tether: TLS handshake with relay %s: %w", d.Relay, err)
+	}
+	return tc, nil
+}
+
+// request asks the relay, on conn (from dialRelay), for a connection to
+// addr. It owns conn: on failure conn is closed.
+func (d *Dialer) request(ctx context.Context, conn net.Conn, addr string) (*Conn, error) {
 	// Cancelling ctx aborts the CONNECT exchange.
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	auth, err := d.authorization(ctx)
@@ -182,7 +216,7 @@ func (d *Dialer) authorization(ctx context.Context) (string, error) {
 	return "", nil
 }
 
-func (d *Dialer) connect(conn net.Conn, addr, auth string) (net.Conn, error) {
+func (d *Dialer) connect(conn net.Conn, addr, auth string) (*Conn, error) {
 	req := "CONNECT " + addr + " HTTP/1.1\r\nHost: " + addr + "\r\n"
 	if auth != "" {
 		req += "Proxy-Authorization: " + auth + "\r\n"
@@ -207,7 +241,7 @@ func (d *Dialer) connect(conn net.Conn, addr, auth string) (net.Conn, error) {
 	return &Conn{Conn: conn, r: br, RequestID: resp.Header.Get("Tether-Request-Id")}, nil
 }
 
-// refusal turns a non-200 CONNECT response into a *protocol.Error.
+// refusal turns a non-200 CONNECT response into a *Refusal.
 func refusal(resp *http.Response, body string) error {
 	msg := strings.TrimSpace(body)
 	code, ok := protocol.ParseCode(resp.Header.Get("Tether-Error"))
@@ -220,11 +254,31 @@ func refusal(resp *http.Response, body string) error {
 		// The body is "<code>: <message>".
 		msg = strings.TrimPrefix(msg, code.String()+": ")
 	}
-	if id := resp.Header.Get("Tether-Request-Id"); id != "" {
-		msg += " (request " + id + ")"
-	}
-	return &protocol.Error{Code: code, Message: msg}
+	return &Refusal{Err: &protocol.Error{Code: code, Message: msg}, RequestID: resp.Header.Get("Tether-Request-Id")}
 }
+
+// Refusal is the error DialContext returns when the relay answered the
+// request with a refusal: its own (no grant, no agent connected, …) or the
+// tenant's agent's (unknown service, target unreachable, …). It wraps the
+// *Error that says why, so both errors.Is(err, ErrNoAgent) and
+// errors.As(err, &e) with e a *Error work; errors.As(err, &r) with r a
+// *Refusal gives the request id as well.
+type Refusal struct {
+	Err *Error
+	// RequestID is the relay's id for the request, for finding it in the
+	// relay's log and audit trail; empty when the relay sent none.
+	RequestID string
+}
+
+func (r *Refusal) Error() string {
+	if r.RequestID == "" {
+		return r.Err.Error()
+	}
+	return r.Err.Error() + " (request " + r.RequestID + ")"
+}
+
+// Unwrap returns the *Error.
+func (r *Refusal) Unwrap() error { return r.Err }
 
 func codeForStatus(status int) protocol.Code {
 	switch status {
