@@ -16,6 +16,7 @@ import (
 
 	"github.com/tetherhq/tether/agent"
 	"github.com/tetherhq/tether/relay"
+	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/client"
 )
 
@@ -49,7 +50,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	w := &world{target: "echo.acme.tether:7", greeter: "greet.acme.tether:7", greeted: make(chan string, 16),
 		denied: "secret.acme.tether:7", echoes: &counter{}, certDir: filepath.Join(dir, "cert")}
 
-	a, err := relay.OpenAdmin(ctx, relayDir, "")
+	a, err := admin.Open(ctx, admin.Options{DataDir: relayDir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,6 +149,10 @@ func newWorld(t testing.TB, o worldOpts) *world {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// The echo service counts that connection on its own goroutine: wait
+	// for it, so that tests counting connections start from a settled
+	// count.
+	w.echoes.wait(t, 1, 10*time.Second, "the readiness connection at the echo service")
 	return w
 }
 
