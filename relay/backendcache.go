@@ -9,11 +9,12 @@ import (
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
-// BackendCacheTTL bounds how long a change to a backend credential (a new
-// key, a removed backend, changed tenant grants), made by an admin command
-// while the relay runs, takes to reach it. Within that time a stream open
-// authenticates from memory instead of querying the store.
-const BackendCacheTTL = 2 * time.Second
+// backendCacheTTL bounds how long a cached backend credential is used.
+// Changes (a new key, a removed backend, changed grants) reach a running
+// relay through the change feed, which drops the backend from the cache
+// (forget) within Config.ChangePoll; the TTL only bounds the damage of a
+// feed the relay cannot read.
+const backendCacheTTL = time.Minute
 
 // maxCachedBackends bounds the cache; past it the cache starts over.
 const maxCachedBackends = 10000
@@ -35,7 +36,7 @@ func (c *backendCache) get(ctx context.Context, name string, load func(context.C
 	c.mu.Lock()
 	e, ok := c.m[name]
 	c.mu.Unlock()
-	if ok && time.Since(e.fetched) < BackendCacheTTL {
+	if ok && time.Since(e.fetched) < backendCacheTTL {
 		return e.b, nil
 	}
 	b, err := load(ctx, name)
@@ -51,4 +52,18 @@ func (c *backendCache) get(ctx context.Context, name string, load func(context.C
 		delete(c.m, name)
 	}
 	return b, err
+}
+
+// forget drops name from the cache: its next use reads the store.
+func (c *backendCache) forget(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, name)
+}
+
+// forgetAll empties the cache.
+func (c *backendCache) forgetAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m = nil
 }

@@ -10,7 +10,7 @@ import (
 )
 
 // CA rotation. `tether-relay ca rotate` (Admin.RotateCA) adds a new root in
-// the data directory; a serving relay notices within PolicyPoll
+// the data directory and tells running relays through the change feed
 // (refreshCA) and from then on issues agent certificates from the new root
 // and accepts certificates from both. Agents move to the new root at their
 // next renewal, or at once when the operator asks (RenewNow). `ca retire`
@@ -18,18 +18,21 @@ import (
 // certificate from the new root and refuses certificates from the old one.
 
 // refreshCA applies a change of the CA's roots made by an admin command.
-// It runs on the policy watcher's goroutine.
+// It runs on the change feed's goroutine.
 func (r *Relay) refreshCA(ctx context.Context) {
-	prev, next, err := r.st.auth.Reload()
-	if err != nil {
+	if _, _, err := r.st.auth.Reload(); err != nil {
 		if ctx.Err() == nil {
 			r.log.Warn("CA roots", "err", err)
 		}
 		return
 	}
-	if prev == nil {
+	// Against the CA whose change was last applied here: the Authority
+	// may have been replaced in this process already.
+	prev, next := r.caApplied, r.st.auth.CA()
+	if next == prev {
 		return
 	}
+	r.caApplied = next
 	var ids []string
 	for _, root := range next.Roots() {
 		ids = append(ids, root.ID())

@@ -85,12 +85,16 @@ type Config struct {
 	// AuditLog is the file that receives one JSON line per audit record
 	// (the store keeps the same records). Default <DataDir>/audit.log.
 	AuditLog string
-	// PolicyPoll is how often the relay reads revocations and tenant limits
-	// that admin commands changed in the store; a revoked agent's live
-	// sessions close within this time. Default 1s.
-	PolicyPoll time.Duration
+	// ChangePoll is how often the relay reads the store's change feed for
+	// what other processes (admin commands, other relays) changed: a
+	// revocation closes the agent's live sessions, and grants, keys,
+	// limits, CA roots and rollouts apply, within about this time. Changes
+	// made through this relay's admin API apply at once. Default 500ms.
+	ChangePoll time.Duration
 	// UpdateInterval is how often the relay offers the active rollout's
-	// release to the agents it selects that have not had it. Default 5s.
+	// release again to the agents it selects that have not taken it (a
+	// rollout is offered at once when it starts and to each agent when it
+	// connects). Default 5s.
 	UpdateInterval time.Duration
 	// HeartbeatInterval is how often each side pings on the control stream;
 	// a session silent for three intervals is closed. Default 10s.
@@ -154,7 +158,7 @@ func (c *Config) setDefaults() {
 	def(&c.TrustDomain, "tether.internal")
 	def(&c.Version, "dev")
 	defd(&c.AgentCertLifetime, 24*time.Hour)
-	defd(&c.PolicyPoll, time.Second)
+	defd(&c.ChangePoll, 500*time.Millisecond)
 	defd(&c.UpdateInterval, 5*time.Second)
 	if c.AuditLog == "" && c.DataDir != "" {
 		c.AuditLog = filepath.Join(c.DataDir, datadir.AuditFile)
@@ -212,7 +216,7 @@ func (c *Config) validate() error {
 		"agent certificate lifetime": c.AgentCertLifetime, "heartbeat interval": c.HeartbeatInterval,
 		"stream open timeout": c.StreamOpenTimeout, "idle timeout": c.IdleTimeout,
 		"handshake timeout": c.HandshakeTimeout, "drain timeout": c.DrainTimeout, "reconnect grace": c.ReconnectGrace,
-		"policy poll": c.PolicyPoll, "admin session lifetime": c.AdminSessionTTL,
+		"change poll": c.ChangePoll, "admin session lifetime": c.AdminSessionTTL,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative (got %v)", name, d))

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/console"
 	"github.com/tetherhq/tether/relay/internal/policy"
 	"github.com/tetherhq/tether/relay/internal/trust"
@@ -61,6 +62,10 @@ type Relay struct {
 
 	bg sync.WaitGroup // background sends (renewal requests); waited for at shutdown
 
+	feedFrom    int64         // the change feed's newest change when New read the state
+	caApplied   *ca.CA        // the CA whose roots the sessions were last brought in line with (refreshCA)
+	rolloutWake chan struct{} // wakes rolloutLoop (wakeRollout)
+
 	tcpLn     net.Listener
 	udpConn   *net.UDPConn
 	quicTr    *quicgo.Transport
@@ -99,7 +104,7 @@ func New(cfg Config) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes), pol: policy.New(cfg.Logger)}
+	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes), pol: policy.New(cfg.Logger), rolloutWake: make(chan struct{}, 1)}
 	r.metrics = newMetrics(r)
 	r.audit, err = audit.Open(ctx, st.store, cfg.AuditLog, cfg.Logger)
 	if err != nil {
@@ -115,7 +120,8 @@ func New(cfg Config) (*Relay, error) {
 		st.close()
 		return nil, err
 	}
-	r.adm = admin.New(admin.Config{Dir: st.Dir, Authority: st.auth, Audit: r.audit, Live: liveView{r}, CertLifetime: cfg.AgentCertLifetime, Now: cfg.Now})
+	r.caApplied = st.CA()
+	r.adm = admin.New(admin.Config{Dir: st.Dir, Authority: st.auth, Audit: r.audit, Live: liveView{r}, CertLifetime: cfg.AgentCertLifetime, Logger: cfg.Logger, Now: cfg.Now})
 	if cfg.OIDC.Issuer != "" {
 		r.oidcClient = &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSHandshakeTimeout: keyFetchTimeout, ResponseHeaderTimeout: keyFetchTimeout}}
 		r.bearer = newBearerAuth(cfg.OIDC, filepath.Join(st.dir, jwksCacheFile), cfg.Now, r.oidcClient)
@@ -126,8 +132,15 @@ func New(cfg Config) (*Relay, error) {
 		st.close()
 		return nil, err
 	}
-	// Limits apply from the first connection, not the first poll.
-	r.refreshPolicy(ctx, time.Now())
+	// Limits apply from the first connection. The feed is followed from
+	// before they were read, so no change between is missed.
+	if r.feedFrom, err = st.store.LatestChange(ctx); err != nil {
+		r.closeListeners()
+		r.audit.Close()
+		st.close()
+		return nil, fmt.Errorf("read the change feed: %w", err)
+	}
+	r.loadLimits(ctx)
 	return r, nil
 }
 
@@ -321,7 +334,8 @@ func (r *Relay) run(ctx context.Context) error {
 	r.audit.Start() // stopped below
 	rosterCtx, stopRoster := context.WithCancel(context.Background())
 	wg.Go(func() { r.keepRoster(rosterCtx) })
-	wg.Go(func() { r.watchPolicy(rosterCtx) })
+	wg.Go(func() { r.follow(rosterCtx, r.feedFrom) })
+	wg.Go(func() { r.housekeep(rosterCtx) })
 	wg.Go(func() { r.rolloutLoop(rosterCtx) })
 	seenStop, seenDone := make(chan struct{}), make(chan struct{})
 	go func() { defer close(seenDone); r.keepLastSeen(seenStop) }() // stopped after wg, so that disconnects are written

@@ -35,20 +35,50 @@ type updateOffer struct {
 	dir     string // the release's files (releaseFiles)
 }
 
-// rolloutLoop offers the active rollout's release to the agents it selects,
-// every UpdateInterval, until ctx ends.
+// rolloutLoop offers the active rollout's release to the agents it selects
+// until ctx ends: when a rollout starts or halts (the change feed:
+// wakeRollout), when an agent connects, and every UpdateInterval for
+// agents whose earlier offer or download went nowhere.
+//
+// A reconnect storm brings agents back by the thousand, each a wake-up:
+// rounds woken by connections run at most once per rolloutConnectGap.
 func (r *Relay) rolloutLoop(ctx context.Context) {
 	t := time.NewTicker(r.cfg.UpdateInterval)
 	defer t.Stop()
+	var last time.Time
 	for {
+		connected := r.reg.changes()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := r.offerUpdates(ctx); err != nil && ctx.Err() == nil {
-				r.log.Warn("rollout: offering updates failed", "err", err)
+		case <-r.rolloutWake:
+		case <-connected:
+			if wait := rolloutConnectGap - time.Since(last); wait > 0 {
+				gap := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					gap.Stop()
+					return
+				case <-gap.C:
+				}
 			}
 		}
+		last = time.Now()
+		if err := r.offerUpdates(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("rollout: offering updates failed", "err", err)
+		}
+	}
+}
+
+// rolloutConnectGap spaces the offer rounds that agents connecting wake.
+const rolloutConnectGap = time.Second
+
+// wakeRollout has rolloutLoop offer updates now.
+func (r *Relay) wakeRollout() {
+	select {
+	case r.rolloutWake <- struct{}{}:
+	default:
 	}
 }
 

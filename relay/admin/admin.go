@@ -34,6 +34,7 @@ type Admin struct {
 	store *store.Store
 	audit *audit.Log // records of offline commands are written before the command returns
 	live  Live       // nil for offline commands
+	log   *slog.Logger
 	now   func() time.Time
 	// certLifetime is the relay's agent certificate lifetime, which the
 	// fleet view judges renewals by.
@@ -64,12 +65,13 @@ type Config struct {
 	Audit        *audit.Log
 	Live         Live
 	CertLifetime time.Duration
+	Logger       *slog.Logger
 	Now          func() time.Time
 }
 
 // New returns the Admin of a running relay.
 func New(cfg Config) *Admin {
-	return &Admin{dir: cfg.Dir, auth: cfg.Authority, store: cfg.Dir.Store, audit: cfg.Audit, live: cfg.Live, now: cfg.Now, certLifetime: cfg.CertLifetime}
+	return &Admin{dir: cfg.Dir, auth: cfg.Authority, store: cfg.Dir.Store, audit: cfg.Audit, live: cfg.Live, log: cfg.Logger, now: cfg.Now, certLifetime: cfg.CertLifetime}
 }
 
 // As returns an Admin whose audit records name actor.
@@ -106,13 +108,14 @@ func Open(ctx context.Context, o Options) (*Admin, error) {
 	if o.AuditLog == "" {
 		o.AuditLog = d.File(datadir.AuditFile)
 	}
-	log, err := audit.Open(ctx, d.Store, o.AuditLog, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	trail, err := audit.Open(ctx, d.Store, o.AuditLog, logger)
 	if err != nil {
 		d.Close()
 		return nil, err
 	}
-	a := &Admin{dir: d, auth: trust.NewAuthority(d.CADir(), authority), store: d.Store, audit: log, now: time.Now, certLifetime: DefaultCertLifetime}
-	a.close = func() error { return errors.Join(log.Close(), d.Close()) }
+	a := &Admin{dir: d, auth: trust.NewAuthority(d.CADir(), authority), store: d.Store, audit: trail, log: logger, now: time.Now, certLifetime: DefaultCertLifetime}
+	a.close = func() error { return errors.Join(trail.Close(), d.Close()) }
 	return a, nil
 }
 

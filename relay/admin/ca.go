@@ -101,8 +101,19 @@ func (a *Admin) CAStatus(ctx context.Context) (CAStatus, error) {
 	return st, nil
 }
 
+// caChanged makes next the CA of this process and tells running relays,
+// through the change feed, to read the CA's roots again. The change is
+// already in the data directory: a relay that misses the notice finds it
+// at its next full read.
+func (a *Admin) caChanged(ctx context.Context, next *ca.CA) {
+	a.auth.Replace(next)
+	if err := a.store.AppendChange(ctx, store.Change{Kind: store.ChangeCA}); err != nil {
+		a.log.Warn("the CA changed, but running relays could not be told through the store; restart them to apply it", "err", err)
+	}
+}
+
 // RotateCA adds a new root to the CA. A running relay starts issuing agent
-// certificates from it within Config.PolicyPoll and trusts certificates
+// certificates from it within its change poll and trusts certificates
 // from both roots; its own server certificate stays on the old root until
 // RetireCA, because agents that have not renewed trust only that one.
 // renewNow asks connected agents to renew at once instead of at two thirds
@@ -117,7 +128,7 @@ func (a *Admin) RotateCA(ctx context.Context, renewNow bool) (CAStatus, error) {
 	if err != nil {
 		return CAStatus{}, err
 	}
-	a.auth.Replace(next)
+	a.caChanged(ctx, next)
 	a.Record(audit.CARotate, "", "", "", map[string]any{"generation": next.Signer().Generation, "ca_root": next.Signer().ID(),
 		"previous_root": next.Serving().ID(), "renew_now": renewNow})
 	return a.CAStatus(ctx)
@@ -136,7 +147,7 @@ func (a *Admin) RenewNowCA(ctx context.Context) (CAStatus, error) {
 	if err != nil {
 		return CAStatus{}, err
 	}
-	a.auth.Replace(next)
+	a.caChanged(ctx, next)
 	a.Record(audit.CARenewNow, "", "", "", map[string]any{"ca_root": next.Signer().ID()})
 	return a.CAStatus(ctx)
 }
@@ -158,7 +169,7 @@ const maxStrandedListed = 20
 // RetireCA ends a rotation: the old root is no longer trusted and its key
 // is deleted. Unless force is set it refuses while agents (not revoked,
 // certificate not expired) still hold certificates from the old root, and
-// names them. A running relay applies it within Config.PolicyPoll: it
+// names them. A running relay applies it within its change poll: it
 // serves a certificate from the new root and closes sessions that still
 // stand on the old one.
 func (a *Admin) RetireCA(ctx context.Context, force bool) (RetireResult, error) {
@@ -209,7 +220,7 @@ func (a *Admin) RetireCA(ctx context.Context, force bool) (RetireResult, error) 
 		if err != nil {
 			return err
 		}
-		a.auth.Replace(next)
+		a.caChanged(ctx, next)
 		res.Retired = CARoot{Generation: retired.Generation, Fingerprint: retired.ID(), Subject: retired.Cert.Subject.CommonName,
 			AddedAt: retired.AddedAt.UTC(), NotAfter: retired.Cert.NotAfter.UTC(), Agents: n, Tokens: len(res.Tokens)}
 		t := retired.RetiredAt.UTC()

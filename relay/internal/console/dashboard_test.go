@@ -87,7 +87,7 @@ func startDashRelay(t *testing.T) *dashRelay {
 		t.Fatal(err)
 	}
 	live := &fixedLive{}
-	adm := admin.New(admin.Config{Dir: dir, Authority: auth, Audit: trail, Live: live, CertLifetime: 24 * time.Hour, Now: time.Now})
+	adm := admin.New(admin.Config{Dir: dir, Authority: auth, Audit: trail, Live: live, CertLifetime: 24 * time.Hour, Logger: log, Now: time.Now})
 	srv, err := New(Config{Listen: "127.0.0.1:0", SessionTTL: 12 * time.Hour, HandshakeTimeout: 10 * time.Second, Logger: log, Now: time.Now}, adm, tlsSrv)
 	if err != nil {
 		t.Fatal(err)

@@ -142,3 +142,78 @@ func (s *Store) PruneChanges(ctx context.Context, before time.Time) (int64, erro
 	}
 	return affected(res)
 }
+
+// Follower is what Follow calls.
+type Follower struct {
+	// Poll is how often the feed is read for changes other processes
+	// made; this process's own commits are read at once.
+	Poll time.Duration
+	// Apply is called with each change, in order, on Follow's goroutine.
+	Apply func(context.Context, Change)
+	// Resync is called instead when changes were pruned before Follow
+	// read them: the follower must read its whole state again.
+	Resync func(context.Context)
+	// Read, when set, is told after each successful read of the feed
+	// (for a follower that must know how current it is).
+	Read func(at time.Time)
+	// Error, when set, is told when a read fails; Follow tries again at
+	// the next poll.
+	Error func(error)
+}
+
+// followBatch is how many changes Follow reads at once.
+const followBatch = 500
+
+// Follow reads the change feed after from and hands each change to f
+// until ctx ends, then returns nil. A follower that reads its state after
+// taking LatestChange, then follows from it, misses nothing.
+func (s *Store) Follow(ctx context.Context, from int64, f Follower) error {
+	t := time.NewTicker(f.Poll)
+	defer t.Stop()
+	for {
+		woken := s.Changed() // before reading: a commit after the read wakes the next round
+		if err := s.followOnce(ctx, &from, f); err != nil && ctx.Err() == nil && f.Error != nil {
+			f.Error(err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-woken:
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Store) followOnce(ctx context.Context, from *int64, f Follower) error {
+	for {
+		changes, err := s.Changes(ctx, *from, followBatch)
+		if err != nil {
+			return err
+		}
+		if len(changes) > 0 && changes[0].Seq > *from+1 {
+			// A gap: either changes were pruned unread, or sequence
+			// numbers were skipped (a rolled-back insert). Only the
+			// first is a loss; tell them apart by the oldest kept.
+			oldest, err := s.OldestChange(ctx)
+			if err != nil {
+				return err
+			}
+			if oldest > *from+1 && *from > 0 {
+				f.Resync(ctx)
+			}
+		}
+		for _, c := range changes {
+			if ctx.Err() != nil {
+				return nil
+			}
+			f.Apply(ctx, c)
+			*from = c.Seq
+		}
+		if f.Read != nil {
+			f.Read(time.Now())
+		}
+		if len(changes) < followBatch {
+			return nil
+		}
+	}
+}

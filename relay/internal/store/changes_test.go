@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"database/sql"
 	"errors"
 	"path/filepath"
@@ -169,4 +170,87 @@ func TestConsoleSessions(t *testing.T) {
 	if n != 0 {
 		t.Fatalf("sessions left after pruning: %d", n)
 	}
+}
+
+// TestFollow checks that a follower sees its own process's changes at once
+// (without waiting for a poll), another process's at the next poll, and
+// reads everything again when changes it had not read were pruned.
+func TestFollow(t *testing.T) {
+	s, path := open(t)
+	other, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	applied := make(chan Change, 16)
+	resynced := make(chan struct{}, 1)
+	f := Follower{
+		Poll:   time.Hour, // only wake-ups in the first part
+		Apply:  func(_ context.Context, c Change) { applied <- c },
+		Resync: func(context.Context) { resynced <- struct{}{} },
+		Error:  func(err error) { t.Errorf("follow: %v", err) },
+	}
+	from, _ := s.LatestChange(ctx)
+	fctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Follow(fctx, from, f) }()
+	next := func(what string) Change {
+		t.Helper()
+		select {
+		case c := <-applied:
+			return c
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no change applied", what)
+			return Change{}
+		}
+	}
+	if err := s.AddTenant(ctx, "acme", t0); err != nil {
+		t.Fatal(err)
+	}
+	if c := next("own commit"); c.Kind != ChangeTenant || c.Tenant != "acme" {
+		t.Fatalf("own commit: applied %+v", c)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	// Another process's change is read at the next poll.
+	f.Poll = 50 * time.Millisecond
+	from, _ = s.LatestChange(ctx)
+	fctx, stop = context.WithCancel(ctx)
+	defer stop()
+	go func() { done <- s.Follow(fctx, from, f) }()
+	if err := other.SetLimits(ctx, Limits{Tenant: "acme", MaxAgents: 1, UpdatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if c := next("other process"); c.Kind != ChangeLimits {
+		t.Fatalf("other process: applied %+v", c)
+	}
+	stop()
+	<-done
+
+	// Changes pruned before the follower read them: it resyncs.
+	from, _ = s.LatestChange(ctx)
+	for _, name := range []string{"b1", "b2", "b3"} {
+		if err := other.AddTenant(ctx, name, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := other.PruneChanges(ctx, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	fctx, stop = context.WithCancel(ctx)
+	defer stop()
+	go func() { done <- s.Follow(fctx, from, f) }()
+	select {
+	case <-resynced:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no resync after unread changes were pruned")
+	}
+	if c := next("after resync"); c.Tenant != "b3" {
+		t.Fatalf("after resync: applied %+v, want the newest change (b3)", c)
+	}
+	stop()
+	<-done
 }

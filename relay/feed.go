@@ -1,0 +1,119 @@
+package relay
+
+import (
+	"context"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/policy"
+	"github.com/tetherhq/tether/relay/internal/store"
+)
+
+// How the relay learns what operators changed. Every control-plane write
+// appends to the store's change feed in its own transaction (store,
+// changes.go); follow reads the feed at once when this process wrote it
+// (the admin API) and every ChangePoll for writes of other processes
+// (admin commands), and applies each change through the part that owns
+// it. The feed is the truth: nothing is applied from a wake-up alone.
+
+// Housekeeping of the feed and the policy's rate limiters.
+const (
+	housekeeping = 10 * time.Minute
+	// changesKept is how long changes stay in the feed: a relay that was
+	// cut off from the store longer reads its whole state again.
+	changesKept = 24 * time.Hour
+)
+
+// follow applies the change feed from from until ctx ends.
+func (r *Relay) follow(ctx context.Context, from int64) {
+	r.st.store.Follow(ctx, from, store.Follower{
+		Poll:   r.cfg.ChangePoll,
+		Apply:  r.apply,
+		Resync: r.resync,
+		Error:  func(err error) { r.log.Warn("read the change feed", "err", err) },
+	})
+}
+
+// apply applies one change.
+func (r *Relay) apply(ctx context.Context, c store.Change) {
+	switch c.Kind {
+	case store.ChangeRevoke:
+		r.applyRevocation(ctx, c.Tenant, c.Subject)
+	case store.ChangeLimits:
+		r.loadLimits(ctx)
+	case store.ChangeBackend:
+		r.backends.forget(c.Subject)
+	case store.ChangeCA:
+		r.refreshCA(ctx)
+	case store.ChangeRollout:
+		r.wakeRollout()
+	}
+}
+
+// resync reads again everything the feed would have told: changes were
+// pruned before this relay read them.
+func (r *Relay) resync(ctx context.Context) {
+	r.log.Warn("the change feed moved on while this relay was not reading it; reading its state again")
+	r.loadLimits(ctx)
+	r.backends.forgetAll()
+	r.refreshCA(ctx)
+	r.wakeRollout()
+	revs, err := r.st.store.RevokedSince(ctx, r.started.Add(-time.Second))
+	if err != nil {
+		r.log.Warn("read revocations", "err", err)
+		return
+	}
+	for _, rv := range revs {
+		r.applyRevocation(ctx, rv.Tenant, rv.Agent)
+	}
+}
+
+func (r *Relay) loadLimits(ctx context.Context) {
+	defer r.metrics.storeOp("limits", time.Now())
+	if err := r.pol.LoadLimits(ctx, r.st.store); err != nil && ctx.Err() == nil {
+		r.log.Warn("read tenant limits", "err", err)
+	}
+}
+
+// applyRevocation refuses agent from now on and closes its live sessions,
+// telling it why.
+func (r *Relay) applyRevocation(ctx context.Context, tenant, agent string) {
+	rec, err := r.st.store.Agent(ctx, agent)
+	if err != nil {
+		rec = store.Agent{ID: agent, Tenant: tenant, RevokedAt: time.Now()}
+	}
+	why := policy.RevokedError(rec)
+	// Mark first, then close: serveAgent adds a session to the registry,
+	// then checks the mark, so no session slips between.
+	if !r.pol.Revoke(agent, why) {
+		return
+	}
+	if n := r.reg.sessionsOf(tenant, agent); n > 0 {
+		// Audited before the sessions close: what an operator sees happen
+		// is always in the trail.
+		r.audit.Add(audit.Record{Kind: audit.Disconnect, Outcome: protocol.CodeRevoked.String(), Tenant: tenant, Agent: agent, Actor: "relay",
+			Detail: map[string]any{"sessions": n, "revoked_at": rec.RevokedAt}})
+	}
+	if n := r.reg.closeAgent(tenant, agent, why); n > 0 {
+		r.log.Info("closed a revoked agent's sessions", "tenant", tenant, "agent", agent, "sessions", n)
+	}
+}
+
+// housekeep tidies the policy's rate limiters and prunes the change feed
+// every housekeeping period until ctx ends.
+func (r *Relay) housekeep(ctx context.Context) {
+	t := time.NewTicker(housekeeping)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			r.pol.Tidy(now)
+			if _, err := r.st.store.PruneChanges(ctx, now.Add(-changesKept)); err != nil && ctx.Err() == nil {
+				r.log.Warn("prune the change feed", "err", err)
+			}
+		}
+	}
+}
