@@ -300,20 +300,24 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 				if err := old.send(&protocol.GoAway{Reason: "upgrade", Message: "moving to QUIC"}); err != nil {
 					old.log.Debug("send goaway", "err", err)
 				}
-				wg.Go(func() { old.drainAndClose(a.cfg.DrainTimeout) })
+				until := time.Now().Add(a.cfg.DrainTimeout)
+				wg.Go(func() { old.drainAndClose(ctx, until) })
 				s.log.Info("connected to relay", "transport_why", s.why, "relay_version", s.welcome.RelayVersion)
 			case endGoAway:
 				// The relay asked us to leave: in-flight streams finish on
-				// the old session while we connect again at once (after a
-				// small jitter, so a fleet does not reconnect in lockstep).
+				// the old session — until the relay's drain deadline when
+				// its GoAway gave one — while we connect again at once
+				// (after a small jitter, so a fleet does not reconnect in
+				// lockstep).
 				old := s
-				wg.Go(func() { old.drainAndClose(a.cfg.DrainTimeout) })
+				until := old.drainDeadline()
+				wg.Go(func() { old.drainAndClose(ctx, until) })
 				s = nil
 				if !sleep(ctx, rand.N(500*time.Millisecond)) {
 					return
 				}
 			case endShutdown:
-				s.drainAndClose(a.cfg.DrainTimeout)
+				s.drainAndClose(ctx, time.Now().Add(a.cfg.DrainTimeout))
 				return
 			default:
 				s.close()
