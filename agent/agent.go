@@ -54,6 +54,7 @@ type Agent struct {
 
 	upd        *updater                     // self-update (update.go)
 	restartErr atomic.Pointer[RestartError] // set when Run stops to restart
+	refused    atomic.Pointer[RefusedError] // set when Run stops after a final refusal (refused.go)
 	rep        *reporter                    // bytes, dial failures and change notices for reports (report.go)
 	slots      slotTracker                  // what each connection slot is doing, for the status listener (status.go)
 }
@@ -186,9 +187,15 @@ func (a *Agent) ID() (agentID, tenant string) { return a.state.AgentID, a.state.
 // waits up to DrainTimeout for its streams, and closes. Run returns only
 // after every goroutine it started has exited; it returns nil after a
 // cancellation.
+//
+// When a relay refuses the agent's identity for good (revoked, unknown to
+// it, certificate expired: finalRefusal), or the certificate has expired
+// before Run starts, Run logs what to do and returns a *RefusedError.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.certExpired(); err != nil {
-		return err
+		e := a.refusedError(err)
+		a.log.Error("this agent's certificate has expired: not starting", "code", e.Err.Code.String(), "err", e, "exit_status", ExitRefused)
+		return e
 	}
 	a.log.Info("agent starting", "version", a.cfg.Version, "relays", a.cfg.Relays, "transport", a.cfg.Transport,
 		"connections", a.cfg.Connections, "services", len(*a.services.Load()), "cert_not_after", a.NotAfter().Format(time.RFC3339))
@@ -214,8 +221,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	refused := a.refusedBy(stop)
 	for i := 0; i < a.cfg.Connections; i++ {
-		wg.Go(func() { a.runSlot(ctx, i, &wg) })
+		wg.Go(func() { a.runSlot(ctx, i, &wg, refused) })
 	}
 	wg.Go(func() { a.renewLoop(ctx) })
 	if !a.cfg.NoFileWatch {
@@ -223,6 +231,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	wg.Go(func() { upd.run(ctx) })
 	wg.Wait()
+	if e := a.refused.Load(); e != nil {
+		return e // logged by refusedBy
+	}
 	if e := a.restartErr.Load(); e != nil {
 		a.log.Info("agent stopped to restart", "why", e.Why, "mode", e.Mode)
 		return e
@@ -234,8 +245,10 @@ func (a *Agent) Run(ctx context.Context) error {
 // runSlot keeps one connection up: connect, serve until the session ends,
 // back off, repeat. A slot starts on relay i (mod the number of relays) and
 // moves to the next relay after a failure. Sessions that drain after a
-// relay's GoAway finish on wg while the slot reconnects.
-func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
+// relay's GoAway finish on wg while the slot reconnects. A refusal that no
+// retry can fix (finalRefusal) goes to refused, which stops the agent, and
+// ends the slot.
+func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup, refused func(error)) {
 	relayIdx := slot
 	failures := 0
 	busy := 0 // refusals for being busy in a row
@@ -246,6 +259,10 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 		s, err := a.connect(ctx, relay, log)
 		if err != nil {
 			if ctx.Err() != nil {
+				return
+			}
+			if finalRefusal(err) {
+				refused(err)
 				return
 			}
 			relayIdx++
@@ -300,20 +317,24 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup) {
 				if err := old.send(&protocol.GoAway{Reason: "upgrade", Message: "moving to QUIC"}); err != nil {
 					old.log.Debug("send goaway", "err", err)
 				}
-				wg.Go(func() { old.drainAndClose(a.cfg.DrainTimeout) })
+				until := time.Now().Add(a.cfg.DrainTimeout)
+				wg.Go(func() { old.drainAndClose(ctx, until) })
 				s.log.Info("connected to relay", "transport_why", s.why, "relay_version", s.welcome.RelayVersion)
 			case endGoAway:
 				// The relay asked us to leave: in-flight streams finish on
-				// the old session while we connect again at once (after a
-				// small jitter, so a fleet does not reconnect in lockstep).
+				// the old session — until the relay's drain deadline when
+				// its GoAway gave one — while we connect again at once
+				// (after a small jitter, so a fleet does not reconnect in
+				// lockstep).
 				old := s
-				wg.Go(func() { old.drainAndClose(a.cfg.DrainTimeout) })
+				until := old.drainDeadline()
+				wg.Go(func() { old.drainAndClose(ctx, until) })
 				s = nil
 				if !sleep(ctx, rand.N(500*time.Millisecond)) {
 					return
 				}
 			case endShutdown:
-				s.drainAndClose(a.cfg.DrainTimeout)
+				s.drainAndClose(ctx, time.Now().Add(a.cfg.DrainTimeout))
 				return
 			default:
 				s.close()

@@ -63,6 +63,8 @@ type session struct {
 
 	goaway     chan struct{} // closed when the relay sends GoAway
 	goawayOnce sync.Once
+	// drainUntil is when the relay's GoAway said it closes the streams in flight.
+	drainUntil atomic.Pointer[time.Time]
 	readDone   chan struct{} // closed when the control reader exits
 	lastHeard  atomic.Int64
 	rtt        atomic.Int64
@@ -72,6 +74,10 @@ type session struct {
 
 	endMu sync.Mutex // guards ended
 	ended error
+
+	svcMu     sync.Mutex            // guards svcConns and svcClosed
+	svcConns  map[net.Conn]struct{} // service connections of the streams in flight
+	svcClosed bool                  // close has closed them: no more may start
 }
 
 // endReason says why serve returned.
@@ -455,7 +461,15 @@ func (s *session) readLoop() {
 				}
 			}
 		case *protocol.GoAway:
-			s.log.Info("relay asked this agent to reconnect", "reason", m.Reason, "message", m.Message)
+			attrs := []any{"reason", m.Reason, "message", m.Message}
+			if d := m.DrainTimeout(); d > 0 {
+				// The relay keeps this session's streams in flight open
+				// for d (its drain timeout): so does the agent.
+				until := time.Now().Add(d)
+				s.drainUntil.CompareAndSwap(nil, &until)
+				attrs = append(attrs, "relay_drain", d)
+			}
+			s.log.Info("relay asked this agent to reconnect", attrs...)
 			s.goawayOnce.Do(func() { close(s.goaway) })
 		case *protocol.RenewNow:
 			s.log.Info("relay asks for an early certificate renewal", "ca_root", m.Root, "spread_ms", m.SpreadMillis)
@@ -499,14 +513,24 @@ func (s *session) acceptLoop() {
 	}
 }
 
-// drainAndClose waits up to d for open streams to finish, then closes the
-// session and waits for all its goroutines.
-func (s *session) drainAndClose(d time.Duration) {
-	t := time.NewTimer(d)
+// drainAndClose waits for the session's streams in flight to finish, until
+// at the latest, then closes the session and waits for all its goroutines.
+// When ctx is done first (the agent is stopping), it waits no longer than
+// the agent's drain timeout from then: a relay's longer drain does not
+// hold up the agent's exit.
+func (s *session) drainAndClose(ctx context.Context, until time.Time) {
+	t := time.NewTimer(time.Until(until))
 	defer t.Stop()
+	stopping := ctx.Done()
 	for s.open.Load() > 0 {
 		select {
 		case <-s.streamDone:
+		case <-stopping:
+			stopping = nil
+			if own := time.Now().Add(s.a.cfg.DrainTimeout); own.Before(until) {
+				until = own
+				t.Reset(time.Until(until))
+			}
 		case <-t.C:
 			s.log.Warn("drain timeout: closing streams still open", "open", s.open.Load())
 			s.close()
@@ -516,11 +540,28 @@ func (s *session) drainAndClose(d time.Duration) {
 	s.close()
 }
 
-// close closes the session and waits for every goroutine of it. A QUIC
-// session a probe left unused is closed too.
+// drainDeadline is when the streams in flight on s are closed after the
+// relay's GoAway: when the relay said it closes them (its drain timeout,
+// at most protocol.MaxGoAwayDrain), else after the agent's own drain
+// timeout.
+func (s *session) drainDeadline() time.Time {
+	if until := s.drainUntil.Load(); until != nil {
+		return *until
+	}
+	return time.Now().Add(s.a.cfg.DrainTimeout)
+}
+
+// close closes the session, then the service connections of its streams
+// still in flight, and waits for every goroutine of it. A QUIC session a
+// probe left unused is closed too.
+//
+// Closing the session aborts its streams, which ends their splices; the
+// service connections are closed too so that no stream handler can wait
+// on a service that never closes its side, whatever the transport.
 func (s *session) close() {
 	s.cancel()
 	s.t.Close()
+	s.closeServices()
 	s.wg.Wait()
 	select {
 	case r := <-s.probed:

@@ -59,6 +59,12 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 		refuse(st, perr)
 		return
 	}
+	if !s.addService(conn) {
+		conn.Close()
+		log.Debug("session closing: stream dropped before the reply", ids...)
+		return
+	}
+	defer s.removeService(conn)
 	if err := protocol.WriteReply(st, protocol.Reply{}); err != nil {
 		conn.Close()
 		log.Debug("relay went away before the reply", slices.Concat(ids, []any{"err", err})...)
@@ -121,3 +127,41 @@ func asStream(c net.Conn) transport.Stream {
 type noHalfClose struct{ net.Conn }
 
 func (noHalfClose) CloseWrite() error { return nil }
+
+// addService records conn, the service connection of a stream starting on
+// s. It reports false when s is closing: the caller closes conn.
+func (s *session) addService(conn net.Conn) bool {
+	s.svcMu.Lock()
+	defer s.svcMu.Unlock()
+	if s.svcClosed {
+		return false
+	}
+	if s.svcConns == nil {
+		s.svcConns = make(map[net.Conn]struct{})
+	}
+	s.svcConns[conn] = struct{}{}
+	return true
+}
+
+// removeService forgets conn once its stream has ended.
+func (s *session) removeService(conn net.Conn) {
+	s.svcMu.Lock()
+	defer s.svcMu.Unlock()
+	delete(s.svcConns, conn)
+}
+
+// closeServices resets the service connections of the streams still in
+// flight (the stream was cut: the service must not take it for a clean
+// end) and refuses new ones.
+func (s *session) closeServices() {
+	s.svcMu.Lock()
+	defer s.svcMu.Unlock()
+	s.svcClosed = true
+	for c := range s.svcConns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+		c.Close()
+	}
+	clear(s.svcConns)
+}

@@ -17,8 +17,10 @@ const systemdStateRoot = "/var/lib/"
 // read-only view of the file system (ProtectSystem=strict) except its state
 // directory and the binary's directory (ReadWritePaths=, for self-update),
 // no access to home directories, a private /tmp and the usual kernel,
-// namespace and system-call restrictions. It restarts on failure; a stop
-// sends SIGTERM, on which the agent drains its tunnels and exits 0.
+// namespace and system-call restrictions. It restarts on failure, except
+// after exit status ExitNoRestart (a relay refused the agent for good:
+// only a new enrolment helps); a stop sends SIGTERM, on which the agent
+// drains its tunnels and exits 0.
 // Nothing secret is in the unit: the agent reads its config file and its
 // state directory.
 func SystemdUnit(l Layout) (string, error) {
@@ -65,6 +67,7 @@ func SystemdUnit(l Layout) (string, error) {
 		"Group="+l.Name,
 		"Restart=on-failure",
 		"RestartSec=5s",
+		fmt.Sprintf("RestartPreventExitStatus=%d", ExitNoRestart),
 		"KillSignal=SIGTERM",
 		"TimeoutStopSec=30s",
 		"UMask=0077",

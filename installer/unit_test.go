@@ -25,6 +25,7 @@ func TestSystemdUnitDefaultLayout(t *testing.T) {
 		"User=tether-agent",
 		"Group=tether-agent",
 		"Restart=on-failure",
+		"RestartPreventExitStatus=3",
 		"StateDirectory=tether-agent",
 		"StateDirectoryMode=0700",
 		"ReadWritePaths=/opt/tether-agent/bin",

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // MaxMessageSize bounds the payload of one control or enrolment message.
@@ -113,6 +114,29 @@ type Pong struct {
 type GoAway struct {
 	Reason  string `json:"reason"` // "shutdown", "drain", …
 	Message string `json:"message,omitempty"`
+	// DrainMillis is how long, from the sending of this GoAway, the sender
+	// keeps the session's streams in flight open before it closes them (a
+	// relay's drain timeout). It is a duration rather than a time so that
+	// the two ends' clocks need not agree. Absent or 0: the sender does not
+	// say, and the receiver drains by its own timeout. See DrainTimeout.
+	DrainMillis int64 `json:"drain_ms,omitempty"`
+}
+
+// MaxGoAwayDrain bounds the drain a GoAway can ask for: a receiver holds
+// a session open no longer than this whatever the message says, so a
+// corrupt or hostile value cannot keep an old session alive for days.
+const MaxGoAwayDrain = time.Hour
+
+// DrainTimeout is the drain the message asks for, at most MaxGoAwayDrain;
+// 0 when it asks for none (DrainMillis absent, zero or negative).
+func (g *GoAway) DrainTimeout() time.Duration {
+	if g.DrainMillis <= 0 {
+		return 0
+	}
+	if g.DrainMillis >= MaxGoAwayDrain.Milliseconds() {
+		return MaxGoAwayDrain
+	}
+	return time.Duration(g.DrainMillis) * time.Millisecond
 }
 
 // EnrollRequest is sent by an agent on an ALPNEnroll connection.

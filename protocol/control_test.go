@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tetherhq/tether/protocol"
 )
@@ -37,6 +40,7 @@ func sampleMessages() []struct {
 		{"ping", &protocol.Ping{Seq: 1<<64 - 1}},
 		{"pong", &protocol.Pong{Seq: 42}},
 		{"goaway", &protocol.GoAway{Reason: "drain", Message: "relay restarting"}},
+		{"goaway with drain", &protocol.GoAway{Reason: "shutdown", Message: "relay is shutting down", DrainMillis: 30000}},
 		{"enroll request", &protocol.EnrollRequest{
 			Token: "tjt1_x", CSR: []byte{0x30, 0x82, 0x00, 0xff}, Hostname: "h", OS: "windows", Arch: "amd64", AgentVersion: "v1",
 			Capabilities: []string{protocol.CapRootBundle},
@@ -290,6 +294,8 @@ func TestDecodeMessage(t *testing.T) {
 		{"null is the zero message", protocol.TypeWelcome, `null`, &protocol.Welcome{}},
 		{"field names match case-insensitively", protocol.TypePong, `{"SEQ":3}`, &protocol.Pong{Seq: 3}},
 		{"white space", protocol.TypeGoAway, " \n{ \"reason\" : \"drain\" }\t", &protocol.GoAway{Reason: "drain"}},
+		{"goaway from a relay that sends no drain", protocol.TypeGoAway, `{"reason":"shutdown","message":"m"}`, &protocol.GoAway{Reason: "shutdown", Message: "m"}},
+		{"goaway drain", protocol.TypeGoAway, `{"reason":"shutdown","drain_ms":30000}`, &protocol.GoAway{Reason: "shutdown", DrainMillis: 30000}},
 		{"invalid UTF-8 becomes U+FFFD", protocol.TypeReject, "{\"code\":\"internal\",\"message\":\"a\xffb\"}", &protocol.Reject{Code: "internal", Message: "a\uFFFDb"}},
 		{"lone surrogate escape becomes U+FFFD", protocol.TypeReject, `{"message":"\ud800"}`, &protocol.Reject{Message: "\uFFFD"}},
 		{"null CSR", protocol.TypeEnrollRequest, `{"token":"t","csr":null}`, &protocol.EnrollRequest{Token: "t"}},
@@ -397,5 +403,57 @@ func TestRejectFor(t *testing.T) {
 				t.Errorf("got %v after the round trip, want code %v", back, want)
 			}
 		})
+	}
+}
+
+func TestGoAwayDrainTimeout(t *testing.T) {
+	tests := []struct {
+		name   string
+		millis int64
+		want   time.Duration
+	}{
+		{"absent", 0, 0},
+		{"negative", -5000, 0},
+		{"most negative", math.MinInt64, 0},
+		{"one millisecond", 1, time.Millisecond},
+		{"thirty seconds", 30000, 30 * time.Second},
+		{"just under the cap", protocol.MaxGoAwayDrain.Milliseconds() - 1, protocol.MaxGoAwayDrain - time.Millisecond},
+		{"the cap", protocol.MaxGoAwayDrain.Milliseconds(), protocol.MaxGoAwayDrain},
+		{"a day", 86400000, protocol.MaxGoAwayDrain},
+		// Would overflow time.Duration if multiplied out.
+		{"largest", math.MaxInt64, protocol.MaxGoAwayDrain},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := &protocol.GoAway{Reason: "shutdown", DrainMillis: tc.millis}
+			if got := g.DrainTimeout(); got != tc.want {
+				t.Errorf("DrainTimeout() with drain_ms %d: got %v, want %v", tc.millis, got, tc.want)
+			}
+		})
+	}
+}
+
+// An agent built before drain_ms reads a GoAway that carries it as before
+// (unknown fields are ignored), and the field is left out when zero, so
+// an old relay's GoAway is byte for byte what it was.
+func TestGoAwayDrainCompatibility(t *testing.T) {
+	b, err := protocol.AppendMessage(nil, &protocol.GoAway{Reason: "shutdown"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "\x06\x15{\"reason\":\"shutdown\"}"; string(b) != want {
+		t.Errorf("GoAway without a drain: got %q, want %q", b, want)
+	}
+	type oldGoAway struct {
+		Reason  string `json:"reason"`
+		Message string `json:"message,omitempty"`
+	}
+	js, err := json.Marshal(&protocol.GoAway{Reason: "shutdown", Message: "m", DrainMillis: 30000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old oldGoAway
+	if err := json.Unmarshal(js, &old); err != nil || old != (oldGoAway{"shutdown", "m"}) {
+		t.Errorf("an older reader got %+v, %v from %s; want the reason and message", old, err, js)
 	}
 }

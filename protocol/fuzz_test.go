@@ -169,6 +169,9 @@ func FuzzReadMessage(f *testing.F) {
 	f.Add(concat([]byte{4}, field(`{"seq":-1}`)))
 	f.Add(concat([]byte{5}, field(`{"SEQ":18446744073709551615,"x":{}}`)))
 	f.Add(concat([]byte{6}, field(`null`)))
+	f.Add(concat([]byte{6}, field(`{"reason":"shutdown","drain_ms":-1}`)))
+	f.Add(concat([]byte{6}, field(`{"reason":"shutdown","drain_ms":9223372036854775807}`)))
+	f.Add(concat([]byte{6}, field(`{"reason":"shutdown","drain_ms":1e300}`)))
 	f.Add(concat([]byte{11}, field(`{"root":"","spread_ms":-1}`)))
 	f.Add(concat([]byte{7}, field(`{"token":"t","capabilities":[]}`)))
 	f.Add(concat([]byte{1}, binary.AppendUvarint(nil, protocol.MaxMessageSize+1)))
@@ -185,6 +188,11 @@ func FuzzReadMessage(f *testing.F) {
 				return
 			}
 			checkMessageRoundTrip(t, m)
+			if g, ok := m.(*protocol.GoAway); ok {
+				if d := g.DrainTimeout(); d < 0 || d > protocol.MaxGoAwayDrain {
+					t.Fatalf("GoAway with drain_ms %d asks for a drain of %v, want 0 to %v", g.DrainMillis, d, protocol.MaxGoAwayDrain)
+				}
+			}
 		}
 	})
 }

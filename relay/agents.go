@@ -719,17 +719,19 @@ func (g *registry) connected(tenant string) int {
 	return len(g.byTenant[tenant])
 }
 
-// goAwayAll marks every connection draining and sends each a GoAway. The
-// sends run on wg because a send blocks while an agent is not reading; they
-// end at the latest when the sessions close.
-func (g *registry) goAwayAll(wg *sync.WaitGroup, reason, msg string) {
+// goAwayAll marks every connection draining and sends each a GoAway that
+// tells the agent how long its streams in flight stay open (drain), so
+// that it keeps them that long rather than by its own drain timeout. The
+// sends run on wg because a send blocks while an agent is not reading;
+// they end at the latest when the sessions close.
+func (g *registry) goAwayAll(wg *sync.WaitGroup, reason, msg string, drain time.Duration) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	for _, list := range g.byTenant {
 		for _, c := range list {
 			c.draining.Store(true)
 			wg.Go(func() {
-				if err := c.send(&protocol.GoAway{Reason: reason, Message: msg}); err != nil {
+				if err := c.send(&protocol.GoAway{Reason: reason, Message: msg, DrainMillis: drain.Milliseconds()}); err != nil {
 					c.log.Debug("send goaway", "err", err)
 				}
 			})

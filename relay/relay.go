@@ -426,7 +426,7 @@ func (r *Relay) run(ctx context.Context) error {
 	stopRoster()
 	r.saveRoster() // before agents leave: they are expected back
 	// 2. Tell agents to go away; tunnels in flight continue.
-	r.reg.goAwayAll(&wg, "shutdown", "relay is shutting down")
+	r.reg.goAwayAll(&wg, "shutdown", "relay is shutting down", r.cfg.DrainTimeout)
 	// 3. Drain.
 	if !r.front.waitEmpty(r.cfg.DrainTimeout) {
 		r.log.Warn("drain timeout: closing tunnelled connections still open", "open", r.front.len())

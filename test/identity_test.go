@@ -148,13 +148,17 @@ func TestRevocationClosesLiveSessionsAndSurvivesRestart(t *testing.T) {
 	}
 	waitDialErr(t, d, "echo.acme.tether:7", client.ErrNoAgent)
 	a.waitOutput("revoked", 10*time.Second)
+	// Refused for good, the agent stops (TestRevokedAgentStops).
+	wantExit(t, a.proc, 3, 20*time.Second)
 
 	// After a restart the relay still refuses the agent, with the reason.
 	refused := strings.Count(r.out.String(), `"msg":"agent refused"`)
 	r.kill()
 	r.restart()
 	waitCount(t, r.proc, `"msg":"relay serving"`, 2, 20*time.Second)
+	a.restart()
 	waitCount(t, r.proc, `"msg":"agent refused"`, refused+1, 20*time.Second)
+	wantExit(t, a.proc, 3, 20*time.Second)
 	waitDialErr(t, d, "echo.acme.tether:7", client.ErrNoAgent)
 	if !strings.Contains(a.out.String(), "laptop stolen") {
 		t.Errorf("agent log does not say why it was revoked:\n%s", a.out.String())

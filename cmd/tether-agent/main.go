@@ -40,6 +40,12 @@ Usage:
   tether-agent unit
   tether-agent version
 
+Exit status of run and service: 0 after a stop (SIGTERM, SIGINT, the
+service manager's stop); 3 when a relay refused the agent for good
+(revoked, unknown to the relay, certificate expired: enrol it again with a
+new join token; the service is not restarted); 75 to restart after a
+self-update; 1 on any other failure.
+
 install copies the agent and its config into place and registers it as a
 service (systemd on Linux, the service control manager on Windows); the
 service manager runs "tether-agent service --config FILE". unit prints the
@@ -56,6 +62,11 @@ func main() {
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(2)
+		}
+		if _, ok := errors.AsType[*agent.RefusedError](err); ok {
+			// Refused for good: the agent has logged what to do. The
+			// status tells the service manager not to restart it.
+			os.Exit(agent.ExitRefused)
 		}
 		cli.Fail(prog, err)
 	}

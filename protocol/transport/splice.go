@@ -38,7 +38,9 @@ type SpliceResult struct {
 // When one side's reader reaches io.EOF, Splice half-closes the other side
 // (CloseWrite) and keeps the opposite direction flowing, so protocols that
 // shut down their write side and then wait for an answer work. If either
-// direction fails, both streams are closed at once (abort) and the first
+// direction fails, both streams are closed at once with a reset (abort: a
+// stream that is an Aborter is aborted, a TCP connection closed with
+// SO_LINGER 0), so that the failure reaches both peers, and the first
 // error is returned. If idle > 0 and no byte moves in either direction for
 // idle, both streams are closed and ErrIdle is returned.
 //
@@ -181,10 +183,14 @@ func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64) (int64, err
 	}
 }
 
-// abortStream closes s without a clean end. A TCP connection gets a reset
-// rather than a FIN, so a truncated transfer is never mistaken for a
-// complete one.
+// abortStream closes s without a clean end: a stream of a Session is reset
+// (Aborter), a TCP connection gets a reset rather than a FIN, so a
+// truncated transfer is never mistaken for a complete one.
 func abortStream(s Stream) {
+	if a, ok := s.(Aborter); ok {
+		_ = a.Abort()
+		return
+	}
 	if l, ok := s.(interface{ SetLinger(int) error }); ok {
 		_ = l.SetLinger(0)
 	}

@@ -16,7 +16,11 @@ import (
 // Lifetime: a Session is done when either side closes it or the underlying
 // connection fails; Done is then closed and every method returns an error
 // wrapping ErrClosed (or the transport's own cause). Close is idempotent and
-// aborts streams that are still open.
+// aborts streams that are still open: on both sides, their pending and
+// later reads and writes fail with an error, never a clean io.EOF, so a
+// stream cut short is not taken for a complete one.
+//
+// The streams a Session opens and accepts also implement Aborter.
 type Session interface {
 	// OpenStream opens a new stream to the peer. It blocks while the peer's
 	// stream limit is reached, until ctx is done.
@@ -35,13 +39,25 @@ type Session interface {
 //   - Close releases the stream in both directions at once. If CloseWrite was
 //     not called first, the write direction is aborted: data not yet
 //     delivered may be discarded and, where the transport can signal it
-//     (QUIC), the peer sees an error rather than a clean EOF. To send a last
+//     (QUIC), the peer sees an error rather than a clean EOF; Abort
+//     (Aborter) makes sure of that on every transport. To send a last
 //     message and finish, call CloseWrite and then Close.
 //   - SetDeadline applies to pending and future Read and Write calls.
 type Stream interface {
 	io.ReadWriteCloser
 	CloseWrite() error
 	SetDeadline(t time.Time) error
+}
+
+// Aborter is a stream that can be reset: Abort releases it in both
+// directions at once, like Close, and makes the peer's reads and writes on
+// it fail — whether or not CloseWrite was called — where Close may end the
+// peer's reading cleanly. Data not yet delivered may be discarded. It is
+// how a relay or agent passes on that the far end of a tunnel failed (a
+// service reset its connection): QUIC sends RESET_STREAM and
+// STOP_SENDING, yamux its RST frame. After Close, Abort does nothing.
+type Aborter interface {
+	Abort() error
 }
 
 // ErrClosed is returned (wrapped) by a Session that has been closed.

@@ -136,6 +136,22 @@ func (s *Stream) CloseWrite() error {
 	return s.Stream.Close()
 }
 
+// Abort resets both directions (transport.Aborter): RESET_STREAM for the
+// write direction, even after CloseWrite while data is still unacknowledged,
+// and STOP_SENDING for the read direction, so the peer's reads and writes
+// fail. After Close, Abort does nothing.
+func (s *Stream) Abort() error {
+	if s.readCanceled.Load() {
+		return nil // closed
+	}
+	s.writeClosed.Store(true)
+	s.Stream.CancelWrite(CodeAbort)
+	if !s.readCanceled.Swap(true) {
+		s.Stream.CancelRead(CodeAbort)
+	}
+	return nil
+}
+
 // Close releases both directions. A write direction that was not closed with
 // CloseWrite is reset, so the peer sees an error instead of a clean end.
 func (s *Stream) Close() error {

@@ -1,16 +1,20 @@
 // Package tcp adapts TLS 1.3 over TCP, multiplexed with hashicorp/yamux, to
 // the transport contract. It is the fallback for networks that block UDP.
 //
-// yamux cannot reset a stream: closing a stream always sends FIN, and a
-// stream cut by a failed session reads as io.EOF. A stream that Tether aborts
-// therefore looks to the peer like a clean end of that direction; the peer's
-// own copy loop then finishes or times out. QUIC, the preferred transport,
-// resets aborted streams so the peer sees an error.
+// yamux itself has no call to reset a stream (closing one sends FIN), and
+// it ends the streams of a closed session as if each had been closed
+// cleanly. The adapter supplies both, as QUIC has them: Stream.Abort
+// resets a stream with yamux's RST frame (see reset.go), so that the peer's
+// reads and writes fail rather than it reading a clean end; and a stream
+// whose session has ended reads an error wrapping transport.ErrClosed, not
+// io.EOF, so that a tunnel cut by a lost or closed session is never taken
+// for a complete one.
 package tcp
 
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -73,6 +77,7 @@ type Session struct {
 	mux  *yamux.Session
 	conn net.Conn
 	rec  *recordingConn
+	tap  *frameTap
 }
 
 // recordingConn keeps the first read error of the connection under yamux,
@@ -110,7 +115,8 @@ func newSession(conn net.Conn, cfg *yamux.Config, client bool) (*Session, error)
 	if tc, ok := conn.(*tls.Conn); ok {
 		under = batching(tc)
 	}
-	rec := &recordingConn{Conn: under}
+	tap := &frameTap{Conn: under}
+	rec := &recordingConn{Conn: tap}
 	start, role := yamux.Server, "server"
 	if client {
 		start, role = yamux.Client, "client"
@@ -119,7 +125,7 @@ func newSession(conn net.Conn, cfg *yamux.Config, client bool) (*Session, error)
 	if err != nil {
 		return nil, fmt.Errorf("start yamux %s: %w", role, err)
 	}
-	return &Session{mux: m, conn: conn, rec: rec}, nil
+	return &Session{mux: m, conn: conn, rec: rec, tap: tap}, nil
 }
 
 // Err returns why the session ended — the underlying connection's error
@@ -178,7 +184,7 @@ func (s *Session) OpenStream(ctx context.Context) (transport.Stream, error) {
 	if err != nil {
 		return nil, s.wrap("open stream", err)
 	}
-	return &Stream{Stream: st}, nil
+	return &Stream{Stream: st, sess: s}, nil
 }
 
 // AcceptStream implements transport.Session.
@@ -187,10 +193,11 @@ func (s *Session) AcceptStream(ctx context.Context) (transport.Stream, error) {
 	if err != nil {
 		return nil, s.wrap("accept stream", err)
 	}
-	return &Stream{Stream: st}, nil
+	return &Stream{Stream: st, sess: s}, nil
 }
 
-// Close closes the session and its connection; open streams fail.
+// Close closes the session and its connection; open streams fail (their
+// reads and writes return errors wrapping transport.ErrClosed).
 func (s *Session) Close() error {
 	err := s.mux.Close()
 	s.conn.Close()
@@ -224,20 +231,73 @@ func (s *Session) wrap(op string, err error) error {
 // Stream is a transport.Stream over one yamux stream.
 type Stream struct {
 	*yamux.Stream
-	closed atomic.Bool
+	sess      *Session
+	closed    atomic.Bool // Close or Abort was called
+	peerReset atomic.Bool // a read or write found the stream reset by the peer
+}
+
+// Read reads from the stream. After the peer's CloseWrite it returns io.EOF;
+// when the session ended first, an error wrapping transport.ErrClosed.
+func (s *Stream) Read(p []byte) (int, error) {
+	n, err := s.Stream.Read(p)
+	if err != nil {
+		err = s.streamErr("read", err)
+	}
+	return n, err
+}
+
+// Write writes to the stream.
+func (s *Stream) Write(p []byte) (int, error) {
+	n, err := s.Stream.Write(p)
+	if err != nil {
+		err = s.streamErr("write", err)
+	}
+	return n, err
+}
+
+// streamErr turns yamux's errors into the contract's: yamux ends the
+// streams of a session that closed or failed with io.EOF, as if the peer
+// had finished cleanly; such a stream was cut, and says so.
+func (s *Stream) streamErr(op string, err error) error {
+	switch {
+	case err == io.EOF && s.sess.mux.IsClosed():
+		return fmt.Errorf("%s: stream cut: %w", op, transport.ErrClosed)
+	case errors.Is(err, yamux.ErrConnectionReset):
+		s.peerReset.Store(true)
+	case errors.Is(err, yamux.ErrSessionShutdown):
+		return fmt.Errorf("%s: %w: %w", op, transport.ErrClosed, err)
+	}
+	return err
 }
 
 // CloseWrite sends FIN; reading continues until the peer's FIN.
 func (s *Stream) CloseWrite() error { return s.Stream.Close() }
 
 // Close releases the stream: pending reads and writes return at once and a
-// FIN is sent if CloseWrite was not called (yamux has no reset).
+// FIN is sent if CloseWrite was not called. To end the stream with a reset
+// instead, call Abort.
 func (s *Stream) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
 	_ = s.Stream.SetDeadline(time.Now())
 	return s.Stream.Close()
+}
+
+// Abort resets the stream (transport.Aborter): pending reads and writes
+// return at once, data not yet delivered is dropped, and the peer's reads
+// and writes on the stream fail with yamux.ErrConnectionReset instead of
+// it reading a clean end — also after CloseWrite. Both sessions forget
+// the stream. After Close, Abort does nothing.
+func (s *Stream) Abort() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	_ = s.Stream.SetDeadline(time.Now())
+	if !s.peerReset.Load() { // else both ends have forgotten it already
+		s.sess.tap.reset(s.Stream.StreamID())
+	}
+	return nil
 }
 
 type yamuxLogger struct{ l *slog.Logger }

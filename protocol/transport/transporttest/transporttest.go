@@ -42,6 +42,12 @@ func Run(t *testing.T, pair Pair) {
 		{"ConcurrentStreams", testConcurrentStreams},
 		{"LargeTransfer", testLargeTransfer},
 		{"SessionCloseEndsEverything", testSessionClose},
+		{"SessionCloseFailsStreams", testSessionCloseFailsStreams},
+		{"StreamsAreAborters", testStreamsAreAborters},
+		{"AbortFailsPeerRead", testAbortFailsPeerRead},
+		{"AbortFailsBlockedPeerWrite", testAbortFailsBlockedPeerWrite},
+		{"AbortAfterCloseWriteFailsPeerWrite", testAbortAfterCloseWriteFailsPeerWrite},
+		{"AbortUnblocksLocalRead", testAbortUnblocksLocalRead},
 		{"AcceptHonoursContext", testAcceptContext},
 		{"Deadline", testDeadline},
 	}
@@ -381,6 +387,208 @@ func testSessionClose(t *testing.T, pair Pair) {
 	}
 	if _, err := c.AcceptStream(ctx(t)); err == nil {
 		t.Fatal("AcceptStream on a closed session succeeded")
+	}
+}
+
+// streamPair opens a stream from s, writes one byte so that c learns of
+// it, and returns both ends with the byte read.
+func streamPair(t *testing.T, c, s transport.Session) (opened, accepted transport.Stream) {
+	t.Helper()
+	acc := make(chan transport.Stream, 1)
+	go func() {
+		st, err := c.AcceptStream(ctx(t))
+		if err != nil {
+			close(acc)
+			return
+		}
+		acc <- st
+	}()
+	opened, err := s.OpenStream(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { opened.Close() })
+	if _, err := opened.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	accepted, ok := <-acc
+	if !ok {
+		t.Fatal("AcceptStream failed")
+	}
+	t.Cleanup(func() { accepted.Close() })
+	if _, err := io.ReadFull(accepted, make([]byte, 1)); err != nil {
+		t.Fatalf("read the first byte: %v", err)
+	}
+	return opened, accepted
+}
+
+// readFails reads st until an error and fails the test unless it comes
+// within 5 s and is not a clean end (io.EOF).
+func readFails(t *testing.T, what string, st transport.Stream) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, st)
+		if err == nil {
+			err = io.EOF // io.Copy reports a clean end as nil
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if errors.Is(err, io.EOF) {
+			t.Fatalf("%s: read a clean end (%v), want an error", what, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: read still blocked after 5s", what)
+	}
+}
+
+// writeFails writes to st until a write fails and fails the test unless
+// that happens within 5 s.
+func writeFails(t *testing.T, what string, st transport.Stream) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 32<<10)
+		for {
+			if _, err := st.Write(buf); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		st.Close() // ends the writer
+		t.Fatalf("%s: writes still succeeding or blocked 5s after the abort", what)
+	}
+}
+
+// testSessionCloseFailsStreams: when a session is closed, its open streams
+// fail on both sides — an error, not the clean end a finished stream
+// reads — so that a tunnel cut short is not taken for a complete one.
+func testSessionCloseFailsStreams(t *testing.T, pair Pair) {
+	c, s := mustPair(t, pair)
+	opened, accepted := streamPair(t, c, s)
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	readFails(t, "stream of the closed session", opened)
+	readFails(t, "peer's stream of the closed session", accepted)
+}
+
+func testStreamsAreAborters(t *testing.T, pair Pair) {
+	c, s := mustPair(t, pair)
+	opened, accepted := streamPair(t, c, s)
+	for what, st := range map[string]transport.Stream{"opened": opened, "accepted": accepted} {
+		if _, ok := st.(transport.Aborter); !ok {
+			t.Errorf("%s stream %T does not implement transport.Aborter", what, st)
+		}
+	}
+}
+
+func abort(t *testing.T, st transport.Stream) {
+	t.Helper()
+	a, ok := st.(transport.Aborter)
+	if !ok {
+		t.Fatalf("stream %T does not implement transport.Aborter", st)
+	}
+	if err := a.Abort(); err != nil {
+		t.Fatalf("Abort: %v", err)
+	}
+}
+
+// testAbortFailsPeerRead: a peer reading a stream that the other side
+// aborts gets an error, not a clean end.
+func testAbortFailsPeerRead(t *testing.T, pair Pair) {
+	c, s := mustPair(t, pair)
+	for _, dir := range []struct {
+		name   string
+		opener bool
+	}{{"opener aborts", true}, {"acceptor aborts", false}} {
+		t.Run(dir.name, func(t *testing.T) {
+			opened, accepted := streamPair(t, c, s)
+			aborting, peer := opened, accepted
+			if !dir.opener {
+				aborting, peer = accepted, opened
+			}
+			abort(t, aborting)
+			readFails(t, "peer of an aborted stream", peer)
+			writeFails(t, "peer of an aborted stream", peer)
+		})
+	}
+}
+
+// testAbortFailsBlockedPeerWrite: a peer writing into a stream that the
+// other side no longer reads (its flow-control window full) learns of the
+// abort: its write fails instead of blocking for good. This is a tunnel
+// whose far end failed while the near end was uploading.
+func testAbortFailsBlockedPeerWrite(t *testing.T, pair Pair) {
+	c, s := mustPair(t, pair)
+	opened, accepted := streamPair(t, c, s)
+	blocked := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := accepted.Write(buf); err != nil {
+				blocked <- err
+				return
+			}
+		}
+	}()
+	// Nothing reads opened: the writer fills the flow-control windows and
+	// blocks, before or after the abort.
+	abort(t, opened)
+	select {
+	case err := <-blocked:
+		if err == nil {
+			t.Fatal("write after the abort returned no error")
+		}
+	case <-time.After(5 * time.Second):
+		accepted.Close() // ends the writer
+		<-blocked
+		t.Fatal("peer's write still blocked 5s after the stream was aborted")
+	}
+}
+
+// testAbortAfterCloseWriteFailsPeerWrite: an abort after CloseWrite still
+// reaches the peer: its writes fail.
+func testAbortAfterCloseWriteFailsPeerWrite(t *testing.T, pair Pair) {
+	c, s := mustPair(t, pair)
+	opened, accepted := streamPair(t, c, s)
+	if err := opened.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	abort(t, opened)
+	writeFails(t, "peer of a stream aborted after CloseWrite", accepted)
+}
+
+// testAbortUnblocksLocalRead: Abort, like Close, unblocks a Read in
+// progress on the same stream (Splice aborts one direction from the
+// other's goroutine).
+func testAbortUnblocksLocalRead(t *testing.T, pair Pair) {
+	c, s := mustPair(t, pair)
+	opened, _ := streamPair(t, c, s)
+	done := make(chan error, 1)
+	go func() {
+		_, err := opened.Read(make([]byte, 10))
+		done <- err
+	}()
+	abort(t, opened) // while the Read blocks, or before it starts
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Read after Abort returned no error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("local Read still blocked 5s after Abort")
+	}
+	// Abort after Abort, and Close after it, do nothing.
+	abort(t, opened)
+	if err := opened.Close(); err != nil {
+		t.Fatalf("Close after Abort: %v", err)
 	}
 }
 
