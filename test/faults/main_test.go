@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package faults is Tether's fault suite: the real tether-relay and
 // tether-agent, with real services behind the agent, on a network path
 // that loses, delays, reorders and corrupts packets, drops everything, or

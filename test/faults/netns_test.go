@@ -1,3 +1,5 @@
+//go:build linux
+
 package faults
 
 import (
@@ -9,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -57,25 +60,64 @@ const routingTable = "100"
 // It is set once by TestMain.
 var netnsUnavailable string
 
-// probeNetns reports why network namespaces cannot be used here, or "".
+// probeNetns reports why network namespaces cannot be made here, or "";
+// it first removes namespaces that earlier runs, killed before their
+// cleanups ran, left behind.
 func probeNetns() string {
 	if os.Geteuid() != 0 {
 		return "the fault suite needs root to create network namespaces (ip netns add)"
 	}
-	for _, tool := range []string{"ip", "iptables"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Sprintf("the fault suite needs %s (%v): scripts/deps.sh installs iptables; ip is in iproute2", tool, err)
-		}
+	if _, err := exec.LookPath("ip"); err != nil {
+		return fmt.Sprintf("the fault suite needs ip (iproute2) to create network namespaces: %v", err)
 	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		return fmt.Sprintf("the fault suite needs TUN devices: %v", err)
-	}
-	name := "tether-fault-probe-" + randomID()
+	sweepNamespaces()
+	name := nsPrefix + "probe-" + randomID()
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		return fmt.Sprintf("cannot create a network namespace: ip netns add: %v: %s", err, strings.TrimSpace(string(out)))
 	}
 	exec.Command("ip", "netns", "del", name).Run()
 	return ""
+}
+
+// nsPrefix begins the name of every namespace of the suite; the test
+// process's id follows (see sweepNamespaces).
+const nsPrefix = "tether-fault-"
+
+// sweepNamespaces deletes the namespaces of test processes that no longer
+// run, and with them their links, routes and iptables rules. (The root
+// ends of the links go with their peers; TUN devices and processes go
+// with the test process.)
+func sweepNamespaces() {
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), nsPrefix)
+		if !ok {
+			continue
+		}
+		pid, _, _ := strings.Cut(rest, "-")
+		n, err := strconv.Atoi(pid)
+		if err != nil || n <= 0 || processAlive(n) {
+			continue
+		}
+		exec.Command("ip", "netns", "del", e.Name()).Run()
+	}
+}
+
+func processAlive(pid int) bool {
+	err := unix.Kill(pid, 0)
+	return err == nil || errors.Is(err, unix.EPERM)
+}
+
+// checkTools fails the test when a tool the suite needs besides ip is
+// missing: scripts/deps.sh installs it.
+func checkTools(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("iptables"); err != nil {
+		t.Fatalf("the fault suite needs iptables: %v: run scripts/deps.sh", err)
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Fatalf("the fault suite needs TUN devices: %v", err)
+	}
 }
 
 // randomID names one topology's namespaces and links (8 hex digits: a
@@ -96,9 +138,10 @@ func needNetns(t *testing.T) {
 func newTopology(t *testing.T) *topology {
 	t.Helper()
 	needNetns(t)
+	checkTools(t)
 	tp := &topology{id: randomID()}
-	tp.router = "tether-fault-" + tp.id + "-router"
-	tp.agent = "tether-fault-" + tp.id + "-agent"
+	tp.router = fmt.Sprintf("%s%d-%s-router", nsPrefix, os.Getpid(), tp.id)
+	tp.agent = fmt.Sprintf("%s%d-%s-agent", nsPrefix, os.Getpid(), tp.id)
 	tp.rootUp, tp.rootLAN = "tf"+tp.id+"u", "tf"+tp.id+"l"
 	base := freeBlock(t)
 	at := func(net, host int) netip.Addr {
