@@ -20,28 +20,31 @@ import (
 
 // The topology of one test:
 //
-//	root namespace                 router namespace                agent namespace
-//	relay (agent port on .1) ─ uplink ─ uplink ═ tunIn ⇄ Go ⇄ tunOut ═ wan ─ wan ─ tether-agent
-//	services (PostgreSQL, HTTP) ─ lan ─────────────────────────────── lan
+//	root namespace        │ router namespace                  │ agent namespace
+//	relay ── uplink ──────┼── uplink ═╗                       │
+//	                      │           tunIn → Go → tunOut     │
+//	                      │     wan ══╝  (and back)  ─────────┼── wan ── tether-agent
+//	services ── lan ──────┼───────────────────────────────────┼── lan ──┘
 //
 // Every packet between the agent and the relay passes the router
-// namespace, where policy routing sends whatever arrives on "up" or "wan"
-// into the TUN device tunIn; the impairing router (router_test.go) reads
-// it there and writes it, when due, into tunOut, from which the kernel
-// forwards it by the main table. The agent reaches its services over a
-// link of its own ("lan"), which nothing impairs, as a tenant's agent
-// reaches its database over the tenant's LAN. The relay stays in the root
-// namespace (so the backend reaches its front doors on loopback), its
-// agent port bound to the root end of "up"; all its ports are free ports,
-// never default ones, so a relay with default settings may run beside.
+// namespace, where policy routing sends whatever arrives on "uplink" or
+// "wan" into the TUN device tunIn; the impairing router (router_test.go)
+// reads it there and writes it, when due, into tunOut, from which the
+// kernel forwards it by the main table. The agent reaches its services
+// (PostgreSQL, HTTP) over a link of its own ("lan"), which nothing
+// impairs, as a tenant's agent reaches its database over the tenant's
+// LAN. The relay stays in the root namespace (so the backend reaches its
+// front doors on loopback), its agent port bound to the root end of
+// "uplink"; all its ports are free ports, never default ones, so a relay
+// with default settings may run beside.
 type topology struct {
 	id     string // unique per topology: names of namespaces and links
 	router string // namespace names
 	agent  string
 
 	// Addresses: a /22 of 10/8 not used on this machine, one /24 per link.
-	relayIP  netip.Addr // root end of "up"; the relay's agent port
-	upRouter netip.Addr // router end of "up"
+	relayIP  netip.Addr // root end of "uplink": the relay's agent port
+	upRouter netip.Addr // router end of "uplink"
 	wanGW    netip.Addr // router end of "wan"
 	agentIP  netip.Addr // agent end of "wan" (changed by moveAgent)
 	wanNet   netip.Prefix
@@ -182,7 +185,7 @@ func newTopology(t *testing.T) *topology {
 		})
 	}))
 
-	// up: root ↔ router.
+	// uplink: root ↔ router.
 	mustIP(t, "link", "add", tp.rootUp, "type", "veth", "peer", "name", "uplink", "netns", tp.router)
 	mustIP(t, "addr", "add", tp.relayIP.String()+"/24", "dev", tp.rootUp)
 	mustIP(t, "link", "set", tp.rootUp, "up")
@@ -203,7 +206,7 @@ func newTopology(t *testing.T) *topology {
 	mustIP(t, "link", "set", tp.rootLAN, "up")
 	mustIP(t, "-n", tp.agent, "addr", "add", tp.lanAgent.String()+"/24", "dev", "lan")
 	mustIP(t, "-n", tp.agent, "link", "set", "lan", "up")
-	// Routes: root and agent reach each other's "up"/"wan" subnet
+	// Routes: root and agent reach each other's "uplink"/"wan" subnet
 	// through the router.
 	mustIP(t, "route", "add", tp.wanNet.String(), "via", tp.upRouter.String(), "dev", tp.rootUp)
 	mustIP(t, "-n", tp.agent, "route", "add", netip.PrefixFrom(tp.relayIP, 24).Masked().String(), "via", tp.wanGW.String(), "dev", "wan")
