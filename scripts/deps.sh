@@ -4,7 +4,9 @@
 # pgbench) used by test/internal/pgtest, curl, systemd-analyze (from
 # Debian's systemd package) used by the installer's unit tests, and headless
 # Chromium with its driver (Debian's chromium and chromium-driver) for the
-# dashboard's browser test (test/dashboard_test.go). It is idempotent and
+# dashboard's browser test (test/dashboard_test.go), and iptables (Debian's
+# iptables) with which the fault suite (test/faults) blocks UDP and makes
+# blackholes inside its network namespaces. It is idempotent and
 # prints nothing when everything is already present. It works from any
 # directory.
 #
@@ -104,6 +106,10 @@ fi
 if ! command -v chromedriver >/dev/null 2>&1; then
 	missing+=(chromium-driver)
 fi
+# iptables is in /usr/sbin, which a non-root PATH may lack.
+if ! PATH=$PATH:/usr/sbin:/sbin command -v iptables >/dev/null 2>&1; then
+	missing+=(iptables)
+fi
 if [[ ${DEPS_BENCH:-0} == 1 ]] && ! command -v proxychains4 >/dev/null 2>&1; then
 	missing+=(proxychains4)
 fi
@@ -126,6 +132,10 @@ if ! command -v curl >/dev/null 2>&1; then
 fi
 if [[ ${DEPS_BENCH:-0} == 1 ]] && ! command -v proxychains4 >/dev/null 2>&1; then
 	log "proxychains4 still not found after installing"
+	exit 1
+fi
+if ! PATH=$PATH:/usr/sbin:/sbin command -v iptables >/dev/null 2>&1; then
+	log "iptables still not found after installing"
 	exit 1
 fi
 for b in chromium chromedriver; do

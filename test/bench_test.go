@@ -329,9 +329,9 @@ func withCPU(b *testing.B, e *benchEnv, path string, fn func()) {
 		fn()
 		return
 	case "fwd":
-		rp, ap = e.fwdRelay.cmd.Process.Pid, e.fwdAgent.cmd.Process.Pid
+		rp, ap = e.fwdRelay.Pid(), e.fwdAgent.Pid()
 	default:
-		rp, ap = e.relay.cmd.Process.Pid, e.agents[path].cmd.Process.Pid
+		rp, ap = e.relay.Pid(), e.agents[path].Pid()
 	}
 	r0, a0 := cpuSeconds(rp), cpuSeconds(ap)
 	fn()
@@ -345,7 +345,7 @@ func BenchmarkTunnel(b *testing.B) {
 	// Agents connected, one stream served each, nothing else yet: idle.
 	idle := map[string]float64{}
 	for _, path := range []string{"quic", "tcp"} {
-		idle[path] = rssBytes(e.agents[path].cmd.Process.Pid)
+		idle[path] = rssBytes(e.agents[path].Pid())
 	}
 	for _, path := range benchPaths {
 		b.Run("upload-1/"+path, func(b *testing.B) { withCPU(b, e, path, func() { upload(b, e, path, 1) }) })
@@ -359,7 +359,7 @@ func BenchmarkTunnel(b *testing.B) {
 	// Resident memory of the agents: idle before the run, and the peak
 	// (VmHWM) under the load of the run.
 	for _, path := range []string{"quic", "tcp"} {
-		pid := e.agents[path].cmd.Process.Pid
+		pid := e.agents[path].Pid()
 		b.Run("agent-rss-idle/"+path, func(b *testing.B) { b.ReportMetric(idle[path]/(1<<20), "MiB") })
 		b.Run("agent-rss-peak/"+path, func(b *testing.B) { b.ReportMetric(procStatus(pid, "VmHWM:")/(1<<20), "MiB") })
 	}

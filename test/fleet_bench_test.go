@@ -90,7 +90,7 @@ func fleet(b *testing.B, n int, transport string) {
 	dialer.Timeout = 10 * time.Second
 
 	idle := relayStatsGC(b, debugAddr)
-	rss0 := rssBytes(r.cmd.Process.Pid)
+	rss0 := rssBytes(r.Pid())
 
 	// Enrol n agents, a few at a time, then run them.
 	dirs := make([]string, n)
@@ -164,7 +164,7 @@ func fleet(b *testing.B, n int, transport string) {
 		// The heap profile in text ends with the runtime's memory statistics.
 		saveProfile(b, "http://"+debugAddr+"/debug/pprof/heap?debug=1", filepath.Join(dir, fmt.Sprintf("relay-memstats-fleet-%d-%s.txt", n, transport)))
 	}
-	rss := rssBytes(r.cmd.Process.Pid)
+	rss := rssBytes(r.Pid())
 	b.ReportMetric((rss-rss0)/float64(n)/1024, "relay-rss-KiB/agent")
 	b.ReportMetric(float64(full.HeapInuse-idle.HeapInuse)/float64(n)/1024, "relay-heap-KiB/agent")
 	b.ReportMetric(float64(full.StackInuse-idle.StackInuse)/float64(n)/1024, "relay-stack-KiB/agent")

@@ -223,8 +223,8 @@ func forwardListeners(t *testing.T, p *proc, n int) map[string]string {
 			t.Fatalf("%s logged %d forwarding lines after 20s, want %d", p.name, count, n)
 		}
 		select {
-		case <-p.done:
-			t.Fatalf("%s exited (%v)", p.name, p.err)
+		case <-p.Done():
+			t.Fatalf("%s exited (%v)", p.name, p.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

@@ -107,7 +107,7 @@ func TestInstallScriptAndServiceMode(t *testing.T) {
 
 	// Nothing secret on its command line or in its environment.
 	for _, f := range []string{"cmdline", "environ"} {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", a.cmd.Process.Pid, f))
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", a.Pid(), f))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -6,11 +6,11 @@ package test
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/tetherhq/tether/test/internal/e2e"
 )
 
 // bins holds the paths of the binaries built for this test run.
@@ -32,20 +32,12 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	bins.relay = filepath.Join(dir, "tether-relay")
-	bins.agent = filepath.Join(dir, "tether-agent")
-	bins.ctl = filepath.Join(dir, "tetherctl")
-	args := []string{"build", "-o", dir}
-	if os.Getenv("TETHER_E2E_RACE") == "1" {
-		args = append(args, "-race")
-	}
-	args = append(args, "../cmd/tether-relay", "../cmd/tether-agent", "../cmd/tetherctl")
-	cmd := exec.Command("go", args...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build binaries:", err)
+	b, err := e2e.Build(dir, os.Getenv("TETHER_E2E_RACE") == "1")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	bins.relay, bins.agent, bins.ctl = b.Relay, b.Agent, b.Ctl
 	code := m.Run()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {

@@ -383,8 +383,8 @@ func TestSelfUpdateRefusals(t *testing.T) {
 				t.Fatal("the agent's binary changed")
 			}
 			select {
-			case <-a.done:
-				t.Fatalf("agent exited: %v", a.err)
+			case <-a.Done():
+				t.Fatalf("agent exited: %v", a.Err())
 			default:
 			}
 		})

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -66,6 +67,7 @@ type Server struct {
 	logPath string
 	runAs   string              // user the server runs as when the test runs as root
 	cred    *syscall.Credential // nil unless the test runs as root
+	opts    Options
 
 	mu         sync.Mutex
 	stopped    bool
@@ -90,7 +92,35 @@ type Server struct {
 // or "nobody" if there is none.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// Options change what Start sets up.
+type Options struct {
+	// ListenAddresses are IP addresses the server listens on besides
+	// 127.0.0.1 (which Addr keeps naming), such as the address of a
+	// network namespace's link that clients in that namespace reach.
+	ListenAddresses []string
+	// ClientNetworks are CIDR ranges from which clients may log in,
+	// besides 127.0.0.1/32; they authenticate with SCRAM-SHA-256 as
+	// local clients do.
+	ClientNetworks []string
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, o Options) *Server {
+	t.Helper()
 	begin := time.Now()
+	for _, a := range o.ListenAddresses {
+		if _, err := netip.ParseAddr(a); err != nil {
+			t.Fatalf("pgtest: listen address %q: %v", a, err)
+		}
+	}
+	for _, n := range o.ClientNetworks {
+		if _, err := netip.ParsePrefix(n); err != nil {
+			t.Fatalf("pgtest: client network %q: %v", n, err)
+		}
+	}
 
 	binDir, err := findBinDir()
 	if err != nil {
@@ -103,6 +133,7 @@ func Start(t testing.TB) *Server {
 		Database: DefaultDatabase,
 		t:        t,
 		binDir:   binDir,
+		opts:     o,
 	}
 	if os.Geteuid() == 0 {
 		s.runAs, s.cred, err = unprivilegedUser()
@@ -477,17 +508,29 @@ func (s *Server) initdb(ctx context.Context) error {
 	}
 	conf := fmt.Sprintf(`
 # pgtest
-listen_addresses = '127.0.0.1'
+listen_addresses = %s
 unix_socket_directories = %s
 fsync = off
 synchronous_commit = off
 full_page_writes = off
-`, quoteConf(sockets))
-	f, err := os.OpenFile(filepath.Join(s.dataDir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+`, quoteConf(strings.Join(append([]string{"127.0.0.1"}, s.opts.ListenAddresses...), ",")), quoteConf(sockets))
+	if err := appendFile(filepath.Join(s.dataDir, "postgresql.conf"), conf); err != nil {
+		return err
+	}
+	var hba strings.Builder
+	for _, n := range s.opts.ClientNetworks {
+		fmt.Fprintf(&hba, "host all all %s scram-sha-256\n", n)
+	}
+	return appendFile(filepath.Join(s.dataDir, "pg_hba.conf"), hba.String())
+}
+
+// appendFile appends text to the existing file path.
+func appendFile(path, text string) error {
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		return err
 	}
-	if _, err := f.WriteString(conf); err != nil {
+	if _, err := f.WriteString(text); err != nil {
 		f.Close()
 		return err
 	}

@@ -324,3 +324,41 @@ func TestCompareVersions(t *testing.T) {
 		t.Error("9.6 >= 10")
 	}
 }
+
+// StartWith's options: the server also listens on another address, and
+// lets clients in from the networks named (Linux routes all of 127/8 to
+// loopback, so a client can pick its source address there) and no others.
+func TestStartWithOptions(t *testing.T) {
+	s := StartWith(t, Options{ListenAddresses: []string{"127.0.0.3"}, ClientNetworks: []string{"127.0.0.2/32"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	connectFrom := func(src string) error {
+		cfg, err := pgx.ParseConfig(s.DSNFor(net.JoinHostPort("127.0.0.3", strconv.Itoa(s.Port))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		cfg.DialFunc = d.DialContext
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(context.Background())
+		var listen string
+		if err := conn.QueryRow(ctx, `SELECT current_setting('listen_addresses')`).Scan(&listen); err != nil {
+			return err
+		}
+		if listen != "127.0.0.1,127.0.0.3" {
+			t.Errorf("listen_addresses = %q, want 127.0.0.1,127.0.0.3", listen)
+		}
+		return nil
+	}
+	if err := connectFrom("127.0.0.2"); err != nil {
+		t.Fatalf("a client from an allowed network: %v", err)
+	}
+	err := connectFrom("127.0.0.4")
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "28000" {
+		t.Fatalf("a client from another network: got %v, want a refusal with SQLSTATE 28000 (no pg_hba.conf entry)", err)
+	}
+}
