@@ -239,18 +239,18 @@ func TestRevokedAgentStops(t *testing.T) {
 func wantExit(t *testing.T, p *proc, code int, d time.Duration) {
 	t.Helper()
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-time.After(d):
-		t.Fatalf("%s still running %v later, want exit status %d", p.name, d, code)
+		t.Fatalf("%s still running %v later, want exit status %d", p.Name, d, code)
 	}
 	var ee *exec.ExitError
 	got := 0
-	if errors.As(p.err, &ee) {
+	if errors.As(p.Err(), &ee) {
 		got = ee.ExitCode()
-	} else if p.err != nil {
-		t.Fatalf("%s: %v", p.name, p.err)
+	} else if p.Err() != nil {
+		t.Fatalf("%s: %v", p.Name, p.Err())
 	}
 	if got != code {
-		t.Fatalf("%s exited with status %d, want %d", p.name, got, code)
+		t.Fatalf("%s exited with status %d, want %d", p.Name, got, code)
 	}
 }
