@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deps.sh installs what the project's tests need and is not part of the Go
 # toolchain: the PostgreSQL server binaries (initdb, pg_ctl, postgres,
-# pgbench) used by test/internal/pgtest, curl, systemd-analyze (from
+# pgbench) used by internal/pgtest, curl, systemd-analyze (from
 # Debian's systemd package) used by the installer's unit tests, and headless
 # Chromium with its driver (Debian's chromium and chromium-driver) for the
 # dashboard's browser test (test/dashboard_test.go), and iptables (Debian's

@@ -17,7 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tetherhq/tether/relay/client"
-	"github.com/tetherhq/tether/test/internal/pgtest"
+	"github.com/tetherhq/tether/internal/pgtest"
 )
 
 // TestForwardPsqlAndPgDump: tetherctl forward, run as a process, lets

@@ -20,7 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tetherhq/tether/relay/client"
-	"github.com/tetherhq/tether/test/internal/pgtest"
+	"github.com/tetherhq/tether/internal/pgtest"
 )
 
 // BenchmarkPgbench runs PostgreSQL's pgbench against a real server, directly,

@@ -24,7 +24,7 @@ import (
 	"golang.org/x/net/proxy"
 
 	"github.com/tetherhq/tether/relay/client"
-	"github.com/tetherhq/tether/test/internal/pgtest"
+	"github.com/tetherhq/tether/internal/pgtest"
 )
 
 // env is a relay with one tenant "acme" whose agent exposes a PostgreSQL

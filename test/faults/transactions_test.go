@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tetherhq/tether/test/internal/e2e"
-	"github.com/tetherhq/tether/test/internal/pgtest"
+	"github.com/tetherhq/tether/internal/pgtest"
 )
 
 // lossy is the link of TestTransactionsOverALossyLink, both ways.

@@ -54,7 +54,13 @@ func (s *Store) writeChanges(ctx context.Context, fn func(*sql.Tx) ([]Change, er
 			return err
 		}
 		n = len(changes)
-		return s.appendChanges(ctx, tx, changes)
+		if n == 0 {
+			return nil
+		}
+		if err := s.appendChanges(ctx, tx, changes); err != nil {
+			return err
+		}
+		return s.d.notifyChanges(ctx, tx)
 	})
 	if err == nil && n > 0 {
 		s.notify()
@@ -170,6 +176,18 @@ const followBatch = 500
 func (s *Store) Follow(ctx context.Context, from int64, f Follower) error {
 	t := time.NewTicker(f.Poll)
 	defer t.Stop()
+	// Where the engine tells of other processes' commits, listen: they
+	// are then read at once rather than at the next poll.
+	lctx, stopListening := context.WithCancel(ctx)
+	listening := make(chan struct{})
+	go func() {
+		defer close(listening)
+		s.d.listen(lctx, s.notify, f.Error)
+	}()
+	defer func() {
+		stopListening()
+		<-listening
+	}()
 	for {
 		woken := s.Changed() // before reading: a commit after the read wakes the next round
 		if err := s.followOnce(ctx, &from, f); err != nil && ctx.Err() == nil && f.Error != nil {

@@ -42,6 +42,14 @@ type dialect interface {
 	// execInsertID runs a statement prepared from insertIDQuery and
 	// returns the new key.
 	execInsertID(ctx context.Context, stmt *sql.Stmt, args ...any) (int64, error)
+	// notifyChanges runs in every transaction that appended to the
+	// change feed, after it did: other processes learn of the change
+	// when it commits, where the engine can tell them.
+	notifyChanges(ctx context.Context, tx *sql.Tx) error
+	// listen calls wake whenever another process may have committed a
+	// change, until ctx ends; it returns at once where the engine cannot
+	// tell (followers then poll).
+	listen(ctx context.Context, wake func(), failed func(error))
 }
 
 // sqliteDialect is SQLite through modernc.org/sqlite.
@@ -109,3 +117,8 @@ func (sqliteDialect) execInsertID(ctx context.Context, stmt *sql.Stmt, args ...a
 	}
 	return res.LastInsertId()
 }
+
+// notifyChanges does nothing: SQLite cannot tell other processes.
+func (sqliteDialect) notifyChanges(context.Context, *sql.Tx) error { return nil }
+
+func (sqliteDialect) listen(context.Context, func(), func(error)) {}

@@ -6,8 +6,10 @@ import (
 	"time"
 )
 
-func TestAgentsLastSeen(t *testing.T) {
-	s, path := open(t)
+func TestAgentsLastSeen(t *testing.T) { eachEngine(t, testAgentsLastSeen) }
+
+func testAgentsLastSeen(t *testing.T, e engine) {
+	s, path := e.open(t)
 	s.AddTenant(ctx, "acme", t0)
 	const n = 1234 // more than one chunk
 	for i := range n {
@@ -30,7 +32,7 @@ func TestAgentsLastSeen(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	s2, err := Open(ctx, path) // survives a reopen
+	s2, err := OpenDSN(ctx, path) // survives a reopen
 	if err != nil {
 		t.Fatal(err)
 	}

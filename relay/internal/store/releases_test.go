@@ -25,8 +25,10 @@ func binary(n int, seed byte) ([]byte, string) {
 	return b, hex.EncodeToString(sum[:])
 }
 
-func TestReleasesAndRollouts(t *testing.T) {
-	s, _ := open(t)
+func TestReleasesAndRollouts(t *testing.T) { eachEngine(t, testReleasesAndRollouts) }
+
+func testReleasesAndRollouts(t *testing.T, e engine) {
+	s, _ := e.open(t)
 	// Over two blob parts, so that reading crosses rows.
 	bin, sum := binary(2*blobPart+12345, 1)
 	r := Release{Version: "1.2.0", OS: "linux", Arch: "amd64", Channel: "stable", SHA256: sum, Size: int64(len(bin)), ExpiresAt: t0, PublishedAt: t0,
@@ -133,7 +135,7 @@ func TestReleaseDirsImported(t *testing.T) {
 	writeVersion(t, path, 7,
 		fmt.Sprintf(`INSERT INTO releases (version, os, arch, channel, sha256, size, expires_at, dir, published_at) VALUES ('1.0.0', 'linux', 'amd64', 'stable', '%s', %d, 0, '%s', 0)`, sum, len(bin), relDir),
 		`INSERT INTO releases (version, os, arch, channel, sha256, size, expires_at, dir, published_at) VALUES ('0.9.0', 'linux', 'amd64', 'stable', 'ff', 1, 0, '/nonexistent', 0)`)
-	s, err := Open(ctx, path)
+	s, err := OpenDSN(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,8 +8,10 @@ import (
 	"time"
 )
 
-func TestRevokeAgent(t *testing.T) {
-	s, _ := open(t)
+func TestRevokeAgent(t *testing.T) { eachEngine(t, testRevokeAgent) }
+
+func testRevokeAgent(t *testing.T, e engine) {
+	s, _ := e.open(t)
 	s.AddTenant(ctx, "acme", t0)
 	for _, id := range []string{"a1", "a2"} {
 		if err := s.AddAgent(ctx, Agent{ID: id, Tenant: "acme", CreatedAt: t0}); err != nil {
@@ -46,8 +48,10 @@ func TestRevokeAgent(t *testing.T) {
 	}
 }
 
-func TestAudit(t *testing.T) {
-	s, _ := open(t)
+func TestAudit(t *testing.T) { eachEngine(t, testAudit) }
+
+func testAudit(t *testing.T, e engine) {
+	s, _ := e.open(t)
 	recs := []AuditRecord{
 		{At: t0, Kind: "agent.enrol", Outcome: "ok", Tenant: "acme", Agent: "a1", Detail: map[string]any{"token": "t1"}},
 		{At: t0.Add(time.Second), Kind: "stream", Outcome: "ok", Tenant: "acme", Agent: "a1", Backend: "billing", Detail: map[string]any{"bytes_to_service": 10.0}},
@@ -98,8 +102,10 @@ func TestAudit(t *testing.T) {
 	}
 }
 
-func TestLimits(t *testing.T) {
-	s, _ := open(t)
+func TestLimits(t *testing.T) { eachEngine(t, testLimits) }
+
+func testLimits(t *testing.T, e engine) {
+	s, _ := e.open(t)
 	s.AddTenant(ctx, "acme", t0)
 	if err := s.SetLimits(ctx, Limits{Tenant: "ghost", UpdatedAt: t0}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("limits for an unknown tenant: got %v, want ErrNotFound", err)
@@ -122,8 +128,10 @@ func TestLimits(t *testing.T) {
 	}
 }
 
-func TestAgentsByCertRoot(t *testing.T) {
-	s, _ := open(t)
+func TestAgentsByCertRoot(t *testing.T) { eachEngine(t, testAgentsByCertRoot) }
+
+func testAgentsByCertRoot(t *testing.T, e engine) {
+	s, _ := e.open(t)
 	s.AddTenant(ctx, "acme", t0)
 	for _, a := range []Agent{
 		{ID: "old1", Tenant: "acme", CreatedAt: t0, CertNotAfter: t0.Add(time.Hour)},                           // before rotation existed
@@ -193,7 +201,7 @@ func TestMigrationKeepsRowsOfVersion2(t *testing.T) {
 		`INSERT INTO tenants VALUES ('acme', 0)`,
 		`INSERT INTO agents (id, tenant, created_at, cert_serial, cert_not_after) VALUES ('a1', 'acme', 0, '01', 1900000000)`,
 		`INSERT INTO join_tokens (id, tenant, secret_hash, created_at, expires_at, max_uses) VALUES ('t1', 'acme', '00', 0, 1900000000, 1)`)
-	s, err := Open(ctx, path)
+	s, err := OpenDSN(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}

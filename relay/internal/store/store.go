@@ -69,6 +69,15 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	return s, nil
 }
 
+// OpenDSN opens the store at dsn: a PostgreSQL database when dsn is a
+// postgres:// URL, else the SQLite file at that path.
+func OpenDSN(ctx context.Context, dsn string) (*Store, error) {
+	if IsPostgres(dsn) {
+		return OpenPostgres(ctx, dsn)
+	}
+	return Open(ctx, dsn)
+}
+
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }
 

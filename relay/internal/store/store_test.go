@@ -4,31 +4,66 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/tetherhq/tether/internal/pgtest"
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	pgtest.StopShared()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 var (
 	ctx = context.Background()
 	t0  = time.Unix(1_800_000_000, 0).UTC()
 )
 
-func open(t *testing.T) (*Store, string) {
+// engine is a database engine the store's tests run on.
+type engine struct {
+	name string
+	// dsn returns where a new, empty store is: a file path or a URL.
+	dsn func(t *testing.T) string
+}
+
+// open opens a new, empty store and returns it with its DSN, with which
+// a test opens it again, as another process would.
+func (e engine) open(t *testing.T) (*Store, string) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "tether.db")
-	s, err := Open(ctx, path)
+	dsn := e.dsn(t)
+	s, err := OpenDSN(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return s, path
+	return s, dsn
+}
+
+var engines = []engine{
+	{"sqlite", func(t *testing.T) string { return filepath.Join(t.TempDir(), "tether.db") }},
+	// One server for the whole package, a database of its own per test.
+	{"postgres", func(t *testing.T) string { return pgtest.Shared(t).CreateDatabase(t) }},
+}
+
+// eachEngine runs test on every engine, as subtests named after them.
+func eachEngine(t *testing.T, test func(*testing.T, engine)) {
+	for _, e := range engines {
+		t.Run(e.name, func(t *testing.T) { test(t, e) })
+	}
 }
 
 func hash(s string) []byte {
@@ -40,8 +75,10 @@ func matches(secret string) func([]byte) bool {
 	return func(h []byte) bool { return string(h) == string(hash(secret)) }
 }
 
-func TestMigrations(t *testing.T) {
-	s, path := open(t)
+func TestMigrations(t *testing.T) { eachEngine(t, testMigrations) }
+
+func testMigrations(t *testing.T, e engine) {
+	s, path := e.open(t)
 	v, err := s.SchemaVersion(ctx)
 	if err != nil || v != latestMigration() {
 		t.Fatalf("SchemaVersion = %d, %v; want %d", v, err, latestMigration())
@@ -51,7 +88,7 @@ func TestMigrations(t *testing.T) {
 	}
 	s.Close()
 	// Reopening applies nothing and keeps the data.
-	s2, err := Open(ctx, path)
+	s2, err := OpenDSN(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,13 +98,15 @@ func TestMigrations(t *testing.T) {
 	}
 }
 
-func TestConcurrentOpenOfFreshFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "tether.db")
+func TestConcurrentOpenOfFreshFile(t *testing.T) { eachEngine(t, testConcurrentOpenOfFreshFile) }
+
+func testConcurrentOpenOfFreshFile(t *testing.T, e engine) {
+	path := e.dsn(t)
 	var wg sync.WaitGroup
 	errs := make([]error, 8)
 	stores := make([]*Store, 8)
 	for i := range stores {
-		wg.Go(func() { stores[i], errs[i] = Open(ctx, path) })
+		wg.Go(func() { stores[i], errs[i] = OpenDSN(ctx, path) })
 	}
 	wg.Wait()
 	for i, err := range errs {
@@ -82,8 +121,10 @@ func TestConcurrentOpenOfFreshFile(t *testing.T) {
 	}
 }
 
-func TestTenants(t *testing.T) {
-	s, _ := open(t)
+func TestTenants(t *testing.T) { eachEngine(t, testTenants) }
+
+func testTenants(t *testing.T, e engine) {
+	s, _ := e.open(t)
 	for _, n := range []string{"globex", "acme"} {
 		if err := s.AddTenant(ctx, n, t0); err != nil {
 			t.Fatal(err)
@@ -112,8 +153,10 @@ func addToken(t *testing.T, s *Store, id, secret string, uses int, ttl time.Dura
 	}
 }
 
-func TestConsumeToken(t *testing.T) {
-	s, _ := open(t)
+func TestConsumeToken(t *testing.T) { eachEngine(t, testConsumeToken) }
+
+func testConsumeToken(t *testing.T, e engine) {
+	s, _ := e.open(t)
 	s.AddTenant(ctx, "acme", t0)
 	if err := s.AddToken(ctx, Token{ID: "x", Tenant: "nosuch", SecretHash: hash("s"), ExpiresAt: t0.Add(time.Hour), MaxUses: 1}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("token for a missing tenant: got %v, want ErrNotFound", err)
@@ -169,12 +212,14 @@ func TestConsumeToken(t *testing.T) {
 // TestConsumeTokenRace: concurrent consumers — several goroutines on one
 // handle and on separate handles (as separate processes would) — never
 // overspend a token.
-func TestConsumeTokenRace(t *testing.T) {
+func TestConsumeTokenRace(t *testing.T) { eachEngine(t, testConsumeTokenRace) }
+
+func testConsumeTokenRace(t *testing.T, e engine) {
 	for _, uses := range []int{1, 3} {
-		s, path := open(t)
+		s, path := e.open(t)
 		s.AddTenant(ctx, "acme", t0)
 		addToken(t, s, "tok", "secret", uses, time.Hour)
-		other, err := Open(ctx, path)
+		other, err := OpenDSN(ctx, path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -204,8 +249,10 @@ func TestConsumeTokenRace(t *testing.T) {
 	}
 }
 
-func TestAgents(t *testing.T) {
-	s, _ := open(t)
+func TestAgents(t *testing.T) { eachEngine(t, testAgents) }
+
+func testAgents(t *testing.T, e engine) {
+	s, _ := e.open(t)
 	s.AddTenant(ctx, "acme", t0)
 	s.AddTenant(ctx, "globex", t0)
 	long := strings.Repeat("h", 10000)
@@ -258,8 +305,10 @@ func agentIDs(as []Agent) string {
 	return strings.Join(ids, ",")
 }
 
-func TestBackends(t *testing.T) {
-	s, _ := open(t)
+func TestBackends(t *testing.T) { eachEngine(t, testBackends) }
+
+func testBackends(t *testing.T, e engine) {
+	s, _ := e.open(t)
 	s.AddTenant(ctx, "acme", t0)
 	s.AddTenant(ctx, "globex", t0)
 	billing := []Grant{{"acme", "db"}, {"globex", Any}, {"acme", "api"}}
@@ -325,7 +374,7 @@ func grants(gs []Grant) string {
 // tenants, now as grants to all of their services.
 func TestMigrationToServiceGrants(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "tether.db")
-	s, err := Open(ctx, path)
+	s, err := OpenDSN(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +393,7 @@ func TestMigrationToServiceGrants(t *testing.T) {
 		}
 	}
 	s.Close()
-	s, err = Open(ctx, path)
+	s, err = OpenDSN(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,12 +404,14 @@ func TestMigrationToServiceGrants(t *testing.T) {
 	}
 }
 
-func TestSettings(t *testing.T) {
-	s, path := open(t)
+func TestSettings(t *testing.T) { eachEngine(t, testSettings) }
+
+func testSettings(t *testing.T, e engine) {
+	s, path := e.open(t)
 	if _, err := s.Setting(ctx, "k"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("missing setting: got %v", err)
 	}
-	other, err := Open(ctx, path)
+	other, err := OpenDSN(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}

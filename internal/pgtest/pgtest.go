@@ -60,7 +60,7 @@ type Server struct {
 	// Version is the major version of the server, e.g. "15".
 	Version string
 
-	t       testing.TB
+	logf    func(format string, args ...any) // reports trouble at Stop
 	binDir  string
 	baseDir string // our own temp dir: data dir, log, password file
 	dataDir string
@@ -110,73 +110,150 @@ type Options struct {
 // StartWith is Start with options.
 func StartWith(t testing.TB, o Options) *Server {
 	t.Helper()
+	s, err := start(o, t.Logf)
+	if s != nil {
+		t.Cleanup(func() {
+			if t.Failed() {
+				if tail := logTail(s.logPath); tail != "" {
+					t.Logf("pgtest: tail of the server log %s:\n%s", s.logPath, tail)
+				}
+			}
+			if err := s.Close(); err != nil {
+				t.Errorf("pgtest: %v", err)
+			}
+		})
+	}
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	return s
+}
+
+var shared struct {
+	mu  sync.Mutex
+	srv *Server
+	err error
+}
+
+// Shared returns a server that every test of the test binary shares,
+// starting it at the first call; each caller should work in a database of
+// its own (CreateDatabase). StopShared, from TestMain after m.Run, stops
+// it.
+func Shared(t testing.TB) *Server {
+	t.Helper()
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.srv == nil && shared.err == nil {
+		shared.srv, shared.err = start(Options{}, func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) })
+		if shared.err != nil && shared.srv != nil {
+			shared.srv.Close()
+			shared.srv = nil
+		}
+	}
+	if shared.err != nil {
+		t.Fatalf("pgtest: %v", shared.err)
+	}
+	return shared.srv
+}
+
+// StopShared stops the server Shared started, if any.
+func StopShared() {
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.srv != nil {
+		if err := shared.srv.Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "pgtest: %v\n", err)
+		}
+		shared.srv = nil
+	}
+}
+
+// Close stops the server and removes its files.
+func (s *Server) Close() error {
+	s.Stop()
+	if err := os.RemoveAll(s.baseDir); err != nil {
+		return fmt.Errorf("removing %s: %w", s.baseDir, err)
+	}
+	return nil
+}
+
+// CreateDatabase creates a new empty database on the server and returns
+// a connection URL for it.
+func (s *Server) CreateDatabase(t testing.TB) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.dsn(s.Addr(), "postgres"))
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	defer conn.Close(ctx)
+	name := "db_" + strings.ToLower(rand.Text())
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		t.Fatalf("pgtest: creating database %s: %v", name, err)
+	}
+	return s.dsn(s.Addr(), name)
+}
+
+// start creates and starts a server. On an error after the server's
+// directory was made, it returns the server too, for Close.
+func start(o Options, logf func(format string, args ...any)) (*Server, error) {
 	begin := time.Now()
 	for _, a := range o.ListenAddresses {
 		if _, err := netip.ParseAddr(a); err != nil {
-			t.Fatalf("pgtest: listen address %q: %v", a, err)
+			return nil, fmt.Errorf("listen address %q: %w", a, err)
 		}
 	}
 	for _, n := range o.ClientNetworks {
 		if _, err := netip.ParsePrefix(n); err != nil {
-			t.Fatalf("pgtest: client network %q: %v", n, err)
+			return nil, fmt.Errorf("client network %q: %w", n, err)
 		}
 	}
 
 	binDir, err := findBinDir()
 	if err != nil {
-		t.Fatalf("pgtest: %v: run scripts/deps.sh to install PostgreSQL", err)
+		return nil, fmt.Errorf("%w: run scripts/deps.sh to install PostgreSQL", err)
 	}
 	s := &Server{
 		Host:     "127.0.0.1",
 		User:     DefaultUser,
 		Password: rand.Text(),
 		Database: DefaultDatabase,
-		t:        t,
+		logf:     logf,
 		binDir:   binDir,
 		opts:     o,
 	}
 	if os.Geteuid() == 0 {
 		s.runAs, s.cred, err = unprivilegedUser()
 		if err != nil {
-			t.Fatalf("pgtest: running as root: %v", err)
+			return nil, fmt.Errorf("running as root: %w", err)
 		}
 	}
 	s.baseDir, err = makeBaseDir(s.cred)
 	if err != nil {
-		t.Fatalf("pgtest: %v", err)
+		return nil, err
 	}
 	s.dataDir = filepath.Join(s.baseDir, "data")
 	s.logPath = filepath.Join(s.baseDir, "server.log")
-	t.Cleanup(func() {
-		if t.Failed() {
-			if tail := logTail(s.logPath); tail != "" {
-				t.Logf("pgtest: tail of the server log %s:\n%s", s.logPath, tail)
-			}
-		}
-		s.Stop()
-		if err := os.RemoveAll(s.baseDir); err != nil {
-			t.Errorf("pgtest: removing %s: %v", s.baseDir, err)
-		}
-	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	if err := s.initdb(ctx); err != nil {
-		t.Fatalf("pgtest: %v", err)
+		return s, err
 	}
 	if err := s.start(ctx); err != nil {
-		t.Fatalf("pgtest: %v", err)
+		return s, err
 	}
 	if err := s.createDatabase(ctx); err != nil {
-		t.Fatalf("pgtest: %v\nserver log:\n%s", err, logTail(s.logPath))
+		return s, fmt.Errorf("%w\nserver log:\n%s", err, logTail(s.logPath))
 	}
 	who := ""
 	if s.cred != nil {
 		who = " as " + s.runAs
 	}
-	t.Logf("pgtest: PostgreSQL %s on %s%s, data in %s, started in %v",
+	logf("pgtest: PostgreSQL %s on %s%s, data in %s, started in %v",
 		s.Version, s.Addr(), who, s.dataDir, time.Since(begin).Round(time.Millisecond))
-	return s
+	return s, nil
 }
 
 // Addr returns the server's TCP address, "127.0.0.1:port".
@@ -265,10 +342,10 @@ func (s *Server) Stop() {
 		return
 	}
 	if err != nil {
-		s.t.Logf("pgtest: pg_ctl stop: %v: %s", err, bytes.TrimSpace(out))
+		s.logf("pgtest: pg_ctl stop: %v: %s", err, bytes.TrimSpace(out))
 	}
 	if err := killTree(pid); err != nil {
-		s.t.Errorf("pgtest: %v", err)
+		s.logf("pgtest: %v", err)
 	}
 }
 
