@@ -260,7 +260,7 @@ func TestVerifyFindsTampering(t *testing.T) {
 			if res.Problem.Tampering() != (tc.kind != ProblemTruncated) {
 				t.Errorf("%s counted as tampering: %v", tc.kind, res.Problem.Tampering())
 			}
-			if res.Lines != tc.line-1 && tc.kind != ProblemAltered && tc.kind != ProblemInserted {
+			if res.Lines != tc.line-1 {
 				t.Errorf("verify checked %d lines before the problem at line %d", res.Lines, tc.line)
 			}
 		})

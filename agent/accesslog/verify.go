@@ -197,6 +197,9 @@ func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptio
 			res.Follows, res.FirstSeq = cur.e.Prev, cur.e.Seq
 		} else if cur.e.Prev != p1.hash || cur.e.Seq != p1.e.Seq+1 {
 			res.Problem = diagnose(p2, p1, cur, ls.peek())
+			if res.Problem.File == p1.file && res.Problem.Line == p1.n {
+				res.Lines-- // the line before was counted, but it is the one at fault
+			}
 			break
 		}
 		if cur.e.Type == TypeCheckpoint {
