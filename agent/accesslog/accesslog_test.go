@@ -87,8 +87,26 @@ func TestRestartContinuesTheChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Type != TypeStart || e.Prev != hashLine(lines[3]) || e.Seq != 5 {
-		t.Fatalf("second run's first line: %+v; want a start line with seq 5 following the first run's checkpoint (%s)", e, hashLine(lines[3]))
+	if e.Type != TypeStart || e.Prev != hashLine(lines[3]) || e.Seq != 5 || e.Note != "" {
+		t.Fatalf("second run's first line: %+v; want a start line with seq 5 following the first run's checkpoint (%s), without a note after a clean stop", e, hashLine(lines[3]))
+	}
+}
+
+// A start after a run that did not stop cleanly (the log does not end
+// with a stop checkpoint) says so.
+func TestStartAfterAnUncleanStop(t *testing.T) {
+	cert := leaf(t, newTestCA(t), testAgent)
+	path := writeLog(t, cert, 2)
+	lines := readLines(t, path)
+	writeLines(t, path, lines[:len(lines)-1]) // as if killed before the stop checkpoint
+	l := startLog(t, Options{Path: path, Certificate: func() *tls.Certificate { return cert }})
+	l.stop()
+	es := entries(t, path)
+	if st := es[3]; st.Type != TypeStart || !strings.Contains(st.Note, "does not end with the checkpoint of a clean stop") {
+		t.Fatalf("start line: %+v, want a note about the unclean stop", st)
+	}
+	if res := mustVerify(t, VerifyOptions{Path: path}); !res.Intact {
+		t.Fatalf("verify: %+v", res)
 	}
 }
 
@@ -309,7 +327,7 @@ func TestIncompleteLastLineIsRepaired(t *testing.T) {
 		t.Fatalf("verify after the repair: %+v, want intact with 8 lines", res)
 	}
 	es := entries(t, path)
-	if st := es[5]; st.Type != TypeStart || st.Repaired != int64(len(partial)) || st.Note == "" {
+	if st := es[5]; st.Type != TypeStart || st.Repaired != int64(len(partial)) || !strings.Contains(st.Note, "cut 50 bytes") {
 		t.Fatalf("start line after the repair: %+v, want repaired_bytes %d and a note", st, len(partial))
 	}
 }

@@ -142,6 +142,7 @@ type tail struct {
 	tooLong  bool   // the last line (complete or not) is longer than MaxLine
 	badLast  bool   // the last complete line does not parse
 	hasLines bool   // the file holds at least one complete line
+	stopped  bool   // the last complete line is the checkpoint of a clean stop
 }
 
 // readTail reads the end of f (at most two lines' bound) to find the last
@@ -191,6 +192,7 @@ func readTail(f *os.File) (tail, error) {
 	t.head = hashLine(line)
 	if e, err := ParseLine(line); err == nil {
 		t.seq = e.Seq
+		t.stopped = e.Type == TypeCheckpoint && e.Why == WhyStop
 	} else {
 		t.badLast = true
 	}

@@ -246,6 +246,8 @@ func (l *Log) open() error {
 	}
 	if t.badLast {
 		l.note("the last line of the file does not parse: the chain continues from its hash, with seq starting again at 1")
+	} else if t.hasLines && !t.stopped {
+		l.note("the log does not end with the checkpoint of a clean stop: the agent was killed or crashed (or its last lines were removed)")
 	}
 	if !t.hasLines && t.size == 0 {
 		// An empty file: the chain continues from the newest rotated one.
