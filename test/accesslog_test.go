@@ -431,3 +431,43 @@ func TestAccessLogRequiredRefusesStreams(t *testing.T) {
 		t.Errorf("status: no access log error line in\n%s", text)
 	}
 }
+
+// TestAccessLogKeepsStreamsCutAtStop: a stream still open when the agent
+// is stopped, to a service that never closes its side, ends when the
+// agent's drain timeout cuts it; its line is still written, before the
+// log's last checkpoint.
+func TestAccessLogKeepsStreamsCutAtStop(t *testing.T) {
+	const drain = time.Second
+	for _, transport := range []string{"tcp", "quic"} {
+		t.Run(transport, func(t *testing.T) {
+			r := startRelay(t, relayOpts{})
+			r.addTenant(t, "acme")
+			d := r.backend(t, "billing", "acme")
+			svc, got, _ := holdingService(t)
+			a := startAgent(t, r, "acme", agentOpts{transport: transport, services: map[string]string{"hold": svc},
+				extra: "drain_timeout: " + drain.String() + "\n"})
+			c := waitDial(t, d, "hold.acme.tether:7", 20*time.Second)
+			defer c.Close()
+			req := c.(*client.Conn).RequestID
+			const query = "SELECT 1;\n"
+			if _, err := io.WriteString(c, query); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-got:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the service did not receive the query")
+			}
+			if err := a.stop(drain + 5*time.Second); err != nil {
+				t.Fatalf("agent exit after SIGTERM: %v", err)
+			}
+			lines := accessLogLines(t, a)
+			if len(lines) != 1 || lines[0].Request != req || lines[0].Code != "ok" || lines[0].End != accesslog.EndCut || lines[0].BytesToService != int64(len(query)) {
+				t.Fatalf("access log: %+v; want one line for request %s, ok, cut at the drain timeout, %d bytes to the service", lines, req, len(query))
+			}
+			if res, code := verifyAccessLog(t, "--config", a.config); code != 0 || !res.CleanStop {
+				t.Fatalf("verify: exit %d, %+v; want intact, ending with the stop checkpoint after the cut stream's line", code, res)
+			}
+		})
+	}
+}
