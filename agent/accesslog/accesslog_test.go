@@ -527,6 +527,23 @@ func TestQueueFullIsRecorded(t *testing.T) {
 	}
 }
 
+// A stop writes every record queued, even more than the writer holds in
+// memory at once.
+func TestStopWritesEverythingQueued(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	const n = maxPending + 1000
+	l := New(Options{Path: path, QueueSize: n})
+	for i := range n {
+		l.Add(record(i))
+	}
+	l.Open()
+	l.finish() // what Run does when its context is done
+	l.close()
+	if res := mustVerify(t, VerifyOptions{Path: path}); !res.Intact || res.Lines != n+1 {
+		t.Fatalf("verify: %d lines (intact %v), want the start line and %d streams", res.Lines, res.Intact, n)
+	}
+}
+
 // Two writers never share a log.
 func TestOneWriterPerLog(t *testing.T) {
 	if runtime.GOOS != "linux" && runtime.GOOS != "darwin" && runtime.GOOS != "windows" {

@@ -324,12 +324,7 @@ func (l *Log) Run(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
-			l.drain()
-			l.wantCkpt = WhyStop
-			l.flush()
-			if n := len(l.pending) + int(l.lostNoted+l.lost.Load()); n > 0 {
-				l.log.Error("access log: records not written at stop are lost", "records", n, "err", l.failing)
-			}
+			l.finish()
 			return
 		case r := <-queue:
 			l.pending = append(l.pending, r)
@@ -345,6 +340,22 @@ func (l *Log) Run(ctx context.Context) {
 		case <-retryC:
 			l.flush()
 		}
+	}
+}
+
+// finish writes everything queued, then the checkpoint of a clean stop.
+func (l *Log) finish() {
+	for {
+		l.drain()
+		if len(l.queue) == 0 || l.failing != nil {
+			break
+		}
+		l.flush()
+	}
+	l.wantCkpt = WhyStop
+	l.flush()
+	if n := len(l.pending) + len(l.queue) + int(l.lostNoted+l.lost.Load()); n > 0 {
+		l.log.Error("access log: records not written at stop are lost", "records", n, "err", l.failing)
 	}
 }
 
