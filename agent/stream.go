@@ -45,7 +45,7 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	}
 	rec := streamRecord(s, h)
 	if perr := a.accessLogRefusal(); perr != nil {
-		log.Info("refused: the access log cannot be written and access_log.required is set", ids...)
+		log.Debug("refused: the access log cannot be written and access_log.required is set", ids...) // the log says why, rate-limited
 		refuse(st, perr)
 		a.logRefusal(rec, started, perr) // written if the log recovers, else counted as lost
 		return
