@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tetherhq/tether/agent/accesslog"
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/transport/quic"
 )
@@ -57,6 +58,7 @@ type Agent struct {
 	refused    atomic.Pointer[RefusedError] // set when Run stops after a final refusal (refused.go)
 	rep        *reporter                    // bytes, dial failures and change notices for reports (report.go)
 	slots      slotTracker                  // what each connection slot is doing, for the status listener (status.go)
+	alog       *accesslog.Log               // the access log; nil when disabled (accesslog.go)
 }
 
 // New validates cfg and loads the agent's identity from cfg.StateDir.
@@ -110,6 +112,7 @@ func New(cfg Config) (*Agent, error) {
 		svcs = map[string]Service{}
 	}
 	a.services.Store(&svcs)
+	a.alog = a.newAccessLog()
 	return a, nil
 }
 
@@ -186,7 +189,9 @@ func (a *Agent) ID() (agentID, tenant string) { return a.state.AgentID, a.state.
 // cancelled. On cancellation each session tells the relay it is going away,
 // waits up to DrainTimeout for its streams, and closes. Run returns only
 // after every goroutine it started has exited; it returns nil after a
-// cancellation.
+// cancellation. The access log is written from start to finish: its
+// writer stops after the last stream has ended, so that a clean stop
+// loses no line.
 //
 // When a relay refuses the agent's identity for good (revoked, unknown to
 // it, certificate expired: finalRefusal), or the certificate has expired
@@ -202,6 +207,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.logEgress()
 	if a.cfg.Transport != TransportTCP {
 		a.logUDPBuffers()
+	}
+	if a.alog != nil {
+		// The writer outlives ctx: streams that end while the sessions
+		// drain are still logged. It stops when Run returns.
+		a.alog.Open()
+		logCtx, stopLog := context.WithCancel(context.WithoutCancel(ctx))
+		var logWG sync.WaitGroup
+		logWG.Go(func() { a.alog.Run(logCtx) })
+		defer func() {
+			stopLog()
+			logWG.Wait()
+		}()
 	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()

@@ -89,6 +89,8 @@ type Config struct {
 	Log LogConfig `yaml:"log"`
 	// Update configures self-update (update_config.go).
 	Update UpdateConfig `yaml:"update"`
+	// AccessLog configures the access log (accesslog.go).
+	AccessLog AccessLogConfig `yaml:"access_log"`
 
 	// ConfigFile is the file the config was loaded from; when set, the
 	// agent applies changes to its services without a restart.
@@ -338,6 +340,9 @@ func (c *Config) Validate() error {
 		add("reconnect.initial %v is larger than reconnect.max %v", c.Reconnect.Initial, c.Reconnect.Max)
 	}
 	if err := c.Update.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.AccessLog.validate(); err != nil {
 		errs = append(errs, err)
 	}
 	switch c.Log.Level {

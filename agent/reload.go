@@ -179,6 +179,9 @@ func (a *Agent) needsRestart(c Config) []string {
 	if c.Log != cur.Log {
 		out = append(out, "log")
 	}
+	if c.AccessLog != cur.AccessLog {
+		out = append(out, "access_log")
+	}
 	return out
 }
 

@@ -146,17 +146,18 @@ func (a *Agent) Report() *protocol.Report {
 	host, _ := os.Hostname()
 	svcs := *a.services.Load()
 	m := &protocol.Report{
-		AgentVersion: a.cfg.Version,
-		OS:           runtime.GOOS,
-		Arch:         runtime.GOARCH,
-		Hostname:     host,
-		StartedAt:    a.rep.started.UnixMilli(),
-		StreamsOpen:  a.streamsOpen.Load(),
-		StreamsTotal: a.streamsTotal.Load(),
-		CertNotAfter: a.NotAfter().UnixMilli(),
-		ConfigHash:   ConfigHash(svcs),
-		ConfigError:  clipText(a.ConfigError()),
-		Services:     slices.Sorted(maps.Keys(svcs)),
+		AgentVersion:   a.cfg.Version,
+		OS:             runtime.GOOS,
+		Arch:           runtime.GOARCH,
+		Hostname:       host,
+		StartedAt:      a.rep.started.UnixMilli(),
+		StreamsOpen:    a.streamsOpen.Load(),
+		StreamsTotal:   a.streamsTotal.Load(),
+		CertNotAfter:   a.NotAfter().UnixMilli(),
+		ConfigHash:     ConfigHash(svcs),
+		ConfigError:    clipText(a.ConfigError()),
+		AccessLogError: clipText(a.accessLogError()),
+		Services:       slices.Sorted(maps.Keys(svcs)),
 	}
 	a.rep.fill(m)
 	return m

@@ -19,6 +19,9 @@ import (
 type Status struct {
 	AgentID string `json:"agent_id"`
 	Tenant  string `json:"tenant"`
+	// AccessLog is the file the access log is written to (empty when it
+	// is disabled); Report.AccessLogError says when it cannot be.
+	AccessLog string `json:"access_log,omitempty"`
 	protocol.Report
 	Sessions []SessionStatus `json:"sessions"`
 }
@@ -99,7 +102,11 @@ func (t *slotTracker) snapshot() []SessionStatus {
 
 // Status returns the agent's status as the status listener serves it.
 func (a *Agent) Status() Status {
-	return Status{AgentID: a.state.AgentID, Tenant: a.state.Tenant, Report: *a.Report(), Sessions: a.slots.snapshot()}
+	st := Status{AgentID: a.state.AgentID, Tenant: a.state.Tenant, Report: *a.Report(), Sessions: a.slots.snapshot()}
+	if a.alog != nil {
+		st.AccessLog = a.alog.Path()
+	}
+	return st
 }
 
 // serveStatus serves GET /status on cfg.StatusListen until ctx ends.

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tetherhq/tether/agent/accesslog"
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/transport"
 )
@@ -17,16 +18,20 @@ import (
 const headerTimeout = 10 * time.Second
 
 // handleStream serves one stream the relay opened: read the header, check
-// the service against the allowlist, dial it, answer, and splice.
+// the service against the allowlist, dial it, answer, and splice. Every
+// stream served or refused (but the agent's own release downloads) gets a
+// line in the access log.
 func (a *Agent) handleStream(s *session, st transport.Stream) {
 	defer st.Close()
-	st.SetDeadline(time.Now().Add(headerTimeout))
+	started := time.Now()
+	st.SetDeadline(started.Add(headerTimeout))
 	h, err := protocol.ReadStreamHeader(st)
 	if err != nil {
 		s.log.Warn("bad stream header from relay", "err", err)
 		var pe *protocol.Error
 		if errors.As(err, &pe) {
 			refuse(st, pe)
+			a.logRefusal(streamRecord(s, protocol.StreamHeader{}), started, pe)
 		}
 		return
 	}
@@ -38,15 +43,26 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 		a.upd.updateStream(st, h)
 		return
 	}
+	rec := streamRecord(s, h)
+	if perr := a.accessLogRefusal(); perr != nil {
+		log.Debug("refused: the access log cannot be written and access_log.required is set", ids...) // the log says why, rate-limited
+		refuse(st, perr)
+		a.logRefusal(rec, started, perr) // written if the log recovers, else counted as lost
+		return
+	}
 	svc, ok := (*a.services.Load())[h.Service]
 	if !ok {
 		log.Info("refused: service not in this agent's allowlist", ids...)
-		refuse(st, protocol.Errorf(protocol.CodeUnknownService, "tenant %q's agent does not expose a service named %q", a.state.Tenant, h.Service))
+		perr := protocol.Errorf(protocol.CodeUnknownService, "tenant %q's agent does not expose a service named %q", a.state.Tenant, h.Service)
+		refuse(st, perr)
+		a.logRefusal(rec, started, perr)
 		return
 	}
 	if !svc.allows(h.Backend) {
 		log.Info("refused: backend not allowed for this service by the agent's config", ids...)
-		refuse(st, protocol.Errorf(protocol.CodeNotAllowed, "tenant %q's agent does not allow %s to reach service %q", a.state.Tenant, h.Backend, h.Service))
+		perr := protocol.Errorf(protocol.CodeNotAllowed, "tenant %q's agent does not allow %s to reach service %q", a.state.Tenant, h.Backend, h.Service)
+		refuse(st, perr)
+		a.logRefusal(rec, started, perr)
 		return
 	}
 	dctx, cancel := context.WithTimeout(context.Background(), a.cfg.DialTimeout)
@@ -57,17 +73,22 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 		a.rep.dialFailed(h.Service, perr.Message)
 		log.Warn("cannot reach service", slices.Concat(ids, []any{"address", svc.Address, "code", perr.Code.String(), "err", err})...)
 		refuse(st, perr)
+		a.logRefusal(rec, started, perr)
 		return
 	}
 	if !s.addService(conn) {
 		conn.Close()
 		log.Debug("session closing: stream dropped before the reply", ids...)
+		rec.Code, rec.End, rec.Message = protocol.CodeUnavailable.String(), accesslog.EndCut, "the agent's session to the relay was closing: dropped before the reply"
+		a.logStream(rec, started)
 		return
 	}
 	defer s.removeService(conn)
 	if err := protocol.WriteReply(st, protocol.Reply{}); err != nil {
 		conn.Close()
 		log.Debug("relay went away before the reply", slices.Concat(ids, []any{"err", err})...)
+		rec.Code, rec.End, rec.Message = protocol.CodeOK.String(), accesslog.EndCut, "the relay went away before the reply"
+		a.logStream(rec, started)
 		return
 	}
 	st.SetDeadline(time.Time{})
@@ -78,6 +99,8 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	res, err := transport.SpliceCounting(st, asStream(conn), a.cfg.IdleTimeout, ctr)
 	a.rep.streamEnded(ctr, res)
 	a.streamsOpen.Add(-1)
+	rec.Code, rec.End, rec.BytesToService, rec.BytesFromService = protocol.CodeOK.String(), streamEnd(err), res.AToB, res.BToA
+	a.logStream(rec, started)
 	attrs := slices.Concat(ids, []any{"bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(start).Round(time.Microsecond)})
 	switch {
 	case errors.Is(err, transport.ErrIdle):

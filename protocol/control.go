@@ -242,6 +242,11 @@ type Report struct {
 	ConfigError string `json:"config_error,omitempty"`
 	// Services are the service names the agent's config allows.
 	Services []string `json:"services,omitempty"`
+	// AccessLogError says why the agent's access log (the tenant's own
+	// record of the streams it serves) cannot be written now; empty when
+	// it can, or when the agent keeps none. Optional: a relay that does
+	// not know it ignores it.
+	AccessLogError string `json:"access_log_error,omitempty"`
 }
 
 // DialFailuresTotal is the sum of DialFailures over every service.

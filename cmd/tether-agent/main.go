@@ -37,6 +37,8 @@ Usage:
   tether-agent uninstall [--purge]
   tether-agent start | stop
   tether-agent status [--config FILE | --addr HOST:PORT] [-o text|json]
+  tether-agent access-log [--config FILE | --file PATH] [--since 2h] [--service NAME] [--backend NAME] [-o table|json]
+  tether-agent access-log --verify [--config FILE | --file PATH] [--ca FILE] [-o text|json]
   tether-agent unit
   tether-agent version
 
@@ -44,7 +46,8 @@ Exit status of run and service: 0 after a stop (SIGTERM, SIGINT, the
 service manager's stop); 3 when a relay refused the agent for good
 (revoked, unknown to the relay, certificate expired: enrol it again with a
 new join token; the service is not restarted); 75 to restart after a
-self-update; 1 on any other failure.
+self-update; 1 on any other failure. access-log --verify exits 0 when the
+log is intact, 1 when it is not (or cannot be read), 2 on a usage error.
 
 install copies the agent and its config into place and registers it as a
 service (systemd on Linux, the service control manager on Windows); the
@@ -86,6 +89,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return serviceCmd(args[0], args[1:], stdout, stderr)
 	case "status":
 		return status(args[1:], stdout, stderr)
+	case "access-log":
+		return accessLog(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return nil

@@ -117,6 +117,12 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 	if st.ConfigError != "" {
 		fmt.Fprintf(tw, "config error\t%s (the previous config stays in force)\n", st.ConfigError)
 	}
+	if st.AccessLog != "" {
+		fmt.Fprintf(tw, "access log\t%s\n", st.AccessLog)
+	}
+	if st.AccessLogError != "" {
+		fmt.Fprintf(tw, "access log error\t%s\n", st.AccessLogError)
+	}
 	if len(st.DialFailures) > 0 {
 		var parts []string
 		for _, name := range slices.Sorted(maps.Keys(st.DialFailures)) {

@@ -1,0 +1,263 @@
+// Package accesslog keeps the agent's access log: the tenant's own record,
+// on the tenant's machine, of every stream the agent served or refused.
+//
+// The log is a file of JSON lines. Every line names the SHA-256 of the line
+// before it ("prev"), so the lines form a hash chain that continues across
+// rotated files; every line also carries a sequence number ("seq") that
+// grows by one from line to line. Now and then (every minute while lines
+// are written, when a file is rotated and when the agent stops) the agent
+// appends a checkpoint: the chain head (the hash of the line before it),
+// the number of lines before it and the time, signed with the agent's own
+// key, with the certificate that verifies the signature. Verify walks the
+// chain and reports the first line that was altered, removed, inserted or
+// reordered; a checkpoint's signature shows that nobody without the agent's
+// key rewrote the lines it covers.
+//
+// Lines are written by one goroutine (Log.Run) that commits them in
+// batches, one write and one fsync per batch; the stream path only queues
+// a Record (Log.Add), which never blocks.
+package accesslog
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Line types.
+const (
+	TypeStream     = "stream"     // a stream the agent served or refused
+	TypeCheckpoint = "checkpoint" // a signed chain head
+	TypeStart      = "start"      // the agent started writing the log
+	TypeLost       = "lost"       // records that could not be written
+)
+
+// How a stream ended (Record.End).
+const (
+	EndClosed  = "closed"       // both sides finished cleanly
+	EndIdle    = "idle_timeout" // nothing moved for the idle timeout
+	EndReset   = "reset"        // the service or the backend's side reset it
+	EndCut     = "cut"          // the session to the relay ended under it (agent stopping, relay lost)
+	EndError   = "error"        // another failure while copying
+	EndRefused = "refused"      // the agent refused it (Record.Code says why)
+)
+
+// Why a checkpoint was written (Entry.Why).
+const (
+	WhyInterval = "interval" // lines were written since the last one
+	WhyRotate   = "rotate"   // the last line of a file before rotation
+	WhyStop     = "stop"     // the agent stopped cleanly
+)
+
+// MaxLine bounds the length of a line the reader accepts. The writer's
+// lines are far shorter (a checkpoint, the longest, is about 1.5 KiB).
+const MaxLine = 64 << 10
+
+// Genesis is the hash the first line of a new chain follows.
+var Genesis = strings.Repeat("0", sha256.Size*2)
+
+// Bounds on what a line may hold, checked by the reader.
+const (
+	maxCert     = 8 << 10 // base64 of a DER certificate
+	maxSig      = 512     // base64 of an ASN.1 ECDSA signature
+	maxMessage  = 512     // a refusal's message, as the writer clips it
+	maxField    = 1024    // any other string
+	checkpointV = "tether-agent access log checkpoint v1"
+)
+
+// Record is one stream the agent served or refused, as the agent hands
+// it to Add.
+type Record struct {
+	Time             time.Time     // when the stream ended or was refused
+	Request          string        // the relay's request id (StreamHeader.RequestID)
+	Backend          string        // the backend identity the relay asserted (StreamHeader.Backend)
+	Service          string        // the service asked for
+	Code             string        // the outcome's code (protocol.Code name: ok, unknown_service, …)
+	End              string        // how the stream ended (End…)
+	BytesToService   int64         // backend to service
+	BytesFromService int64         // service to backend
+	Duration         time.Duration // from the stream's header to its end
+	Relay            string        // the relay the stream came through
+	Session          string        // the relay's id of the session
+	Message          string        // a refusal's message
+}
+
+// Entry is one line of the log as read back: the fields of every type of
+// line, each set for the types that have it.
+type Entry struct {
+	Seq  uint64    `json:"seq"`
+	Time time.Time `json:"time"`
+	Type string    `json:"type"`
+	Prev string    `json:"prev"`
+
+	// stream
+	Request          string `json:"request,omitempty"`
+	Backend          string `json:"backend,omitempty"`
+	Service          string `json:"service,omitempty"`
+	Code             string `json:"code,omitempty"`
+	End              string `json:"end,omitempty"`
+	BytesToService   int64  `json:"bytes_to_service,omitempty"`
+	BytesFromService int64  `json:"bytes_from_service,omitempty"`
+	DurationMicros   int64  `json:"duration_us,omitempty"`
+	Relay            string `json:"relay,omitempty"`
+	Session          string `json:"session,omitempty"`
+	Message          string `json:"message,omitempty"`
+
+	// checkpoint
+	Why   string `json:"why,omitempty"`
+	Lines uint64 `json:"lines,omitempty"`
+	Cert  string `json:"cert,omitempty"`
+	Sig   string `json:"sig,omitempty"`
+
+	// start
+	Agent    string `json:"agent,omitempty"`
+	Version  string `json:"version,omitempty"`
+	Repaired int64  `json:"repaired_bytes,omitempty"`
+	Note     string `json:"note,omitempty"`
+
+	// lost
+	Lost uint64 `json:"lost,omitempty"`
+}
+
+// Duration is how long a stream lasted.
+func (e *Entry) Duration() time.Duration { return time.Duration(e.DurationMicros) * time.Microsecond }
+
+// The lines as written: one struct per type, so each has exactly its own
+// fields (a stream's zero byte counts included). prev comes last.
+type streamLine struct {
+	Seq              uint64    `json:"seq"`
+	Time             time.Time `json:"time"`
+	Type             string    `json:"type"`
+	Request          string    `json:"request"`
+	Backend          string    `json:"backend"`
+	Service          string    `json:"service"`
+	Code             string    `json:"code"`
+	End              string    `json:"end"`
+	BytesToService   int64     `json:"bytes_to_service"`
+	BytesFromService int64     `json:"bytes_from_service"`
+	DurationMicros   int64     `json:"duration_us"`
+	Relay            string    `json:"relay,omitempty"`
+	Session          string    `json:"session,omitempty"`
+	Message          string    `json:"message,omitempty"`
+	Prev             string    `json:"prev"`
+}
+
+type checkpointLine struct {
+	Seq   uint64    `json:"seq"`
+	Time  time.Time `json:"time"`
+	Type  string    `json:"type"`
+	Why   string    `json:"why"`
+	Lines uint64    `json:"lines"`
+	Cert  string    `json:"cert"`
+	Sig   string    `json:"sig"`
+	Prev  string    `json:"prev"`
+}
+
+type startLine struct {
+	Seq      uint64    `json:"seq"`
+	Time     time.Time `json:"time"`
+	Type     string    `json:"type"`
+	Agent    string    `json:"agent,omitempty"`
+	Version  string    `json:"version,omitempty"`
+	Repaired int64     `json:"repaired_bytes,omitempty"`
+	Note     string    `json:"note,omitempty"`
+	Prev     string    `json:"prev"`
+}
+
+type lostLine struct {
+	Seq  uint64    `json:"seq"`
+	Time time.Time `json:"time"`
+	Type string    `json:"type"`
+	Lost uint64    `json:"lost"`
+	Note string    `json:"note"`
+	Prev string    `json:"prev"`
+}
+
+// hashLine is the hex SHA-256 of a line without its newline: what the
+// next line names as prev.
+func hashLine(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// checkpointMessage is what a checkpoint's signature covers: the chain
+// head, the number of lines before the checkpoint and its time.
+func checkpointMessage(head string, lines uint64, t time.Time) []byte {
+	return fmt.Appendf(nil, "%s\nhead %s\nlines %d\ntime %s\n", checkpointV, head, lines, t.UTC().Format(time.RFC3339Nano))
+}
+
+// ParseLine decodes one line (without its newline) and checks its shape:
+// a known sequence number, a well-formed prev hash and bounded fields.
+// The line comes from a file anyone with access to the machine may have
+// edited: every field is checked, nothing is trusted.
+func ParseLine(b []byte) (Entry, error) {
+	var e Entry
+	if len(b) > MaxLine {
+		return e, fmt.Errorf("line longer than %d bytes", MaxLine)
+	}
+	if len(b) == 0 || b[0] != '{' {
+		return e, errors.New("not a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&e); err != nil {
+		return Entry{}, fmt.Errorf("not an access-log line: %w", err)
+	}
+	if dec.More() {
+		return Entry{}, errors.New("not an access-log line: data after the JSON object")
+	}
+	if e.Seq == 0 {
+		return Entry{}, errors.New("no seq")
+	}
+	if !isHash(e.Prev) {
+		return Entry{}, errors.New("prev is not a hex SHA-256")
+	}
+	if e.Type == "" || len(e.Type) > 32 {
+		return Entry{}, errors.New("no type")
+	}
+	if e.Time.IsZero() {
+		return Entry{}, errors.New("no time")
+	}
+	for _, s := range []string{e.Request, e.Backend, e.Service, e.Code, e.End, e.Relay, e.Session, e.Why, e.Agent, e.Version, e.Note} {
+		if len(s) > maxField {
+			return Entry{}, fmt.Errorf("a field is longer than %d bytes", maxField)
+		}
+	}
+	if len(e.Message) > maxField {
+		return Entry{}, fmt.Errorf("message longer than %d bytes", maxField)
+	}
+	if e.Type == TypeCheckpoint {
+		if len(e.Cert) == 0 || len(e.Cert) > maxCert {
+			return Entry{}, fmt.Errorf("checkpoint certificate missing or longer than %d bytes", maxCert)
+		}
+		if len(e.Sig) == 0 || len(e.Sig) > maxSig {
+			return Entry{}, fmt.Errorf("checkpoint signature missing or longer than %d bytes", maxSig)
+		}
+	}
+	return e, nil
+}
+
+func isHash(s string) bool {
+	if len(s) != sha256.Size*2 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// clip shortens s to at most n bytes of valid UTF-8.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "")
+}

@@ -1,0 +1,365 @@
+package accesslog
+
+import (
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+)
+
+// Kinds of problem Verify reports.
+const (
+	ProblemAltered    = "altered"    // a line's content changed
+	ProblemRemoved    = "removed"    // lines are missing
+	ProblemInserted   = "inserted"   // a line that the chain does not hold
+	ProblemReordered  = "reordered"  // lines out of their order
+	ProblemInvalid    = "invalid"    // not an access-log line at all
+	ProblemTooLong    = "too_long"   // a line longer than MaxLine
+	ProblemTruncated  = "truncated"  // the last line is incomplete: what a crash in the middle of a write leaves
+	ProblemCheckpoint = "checkpoint" // a checkpoint that does not verify: forged, or the lines it covers were rewritten
+)
+
+// Problem is the first place where the chain does not hold.
+type Problem struct {
+	Kind   string `json:"kind"`
+	File   string `json:"file"` // base name
+	Line   int    `json:"line"` // 1-based, in File
+	Detail string `json:"detail"`
+}
+
+func (p *Problem) String() string {
+	return fmt.Sprintf("%s:%d: %s: %s", p.File, p.Line, p.Kind, p.Detail)
+}
+
+// Tampering reports whether the problem is not what a crash leaves.
+func (p *Problem) Tampering() bool { return p.Kind != ProblemTruncated }
+
+// VerifyOptions say what to verify a log against.
+type VerifyOptions struct {
+	// Path is the log's current file (rotated files are found beside it).
+	Path string
+	// Roots are the CA roots that must have issued the certificates of
+	// checkpoints (the agent's ca.crt). Nil: the certificates are not
+	// checked, only the signatures against them.
+	Roots *x509.CertPool
+	// Agent is the SPIFFE ID the certificates of checkpoints must carry
+	// (the agent's own). Empty: any.
+	Agent string
+}
+
+// Result is what Verify found.
+type Result struct {
+	Intact bool     `json:"intact"`
+	Dir    string   `json:"dir"`
+	Files  []string `json:"files"` // base names, oldest first
+	// Lines is the number of lines checked (up to the problem, if any).
+	Lines    int    `json:"lines"`
+	FirstSeq uint64 `json:"first_seq,omitempty"`
+	LastSeq  uint64 `json:"last_seq,omitempty"`
+	// Follows is the hash the first line follows: Genesis for a chain
+	// that starts there, the hash of a deleted file's last line when the
+	// oldest files were rotated away.
+	Follows string `json:"follows,omitempty"`
+	// Checkpoints counts the checkpoints checked and Verified those whose
+	// signature verified (and, with roots, whose certificate was the
+	// agent's). Every checkpoint checked verified when they are equal.
+	Checkpoints         int  `json:"checkpoints"`
+	Verified            int  `json:"checkpoints_verified"`
+	CertificatesChecked bool `json:"certificates_checked"`
+	// Unsigned is the number of lines after the last checkpoint: lines
+	// removed from the end of the log are not detectable among them.
+	Unsigned int `json:"unsigned"`
+	// CleanStop is true when the last line is the checkpoint an agent
+	// writes when it stops cleanly.
+	CleanStop bool     `json:"clean_stop"`
+	Problem   *Problem `json:"problem,omitempty"`
+}
+
+// Verify walks the chain of the log at o.Path across its files and
+// checks every checkpoint. It stops at the first problem, which
+// Result.Problem describes; an error means the files could not be read.
+func Verify(o VerifyOptions) (Result, error) {
+	files, err := Files(o.Path)
+	if err != nil {
+		return Result{}, err
+	}
+	names := make([]string, len(files))
+	for i, f := range files {
+		names[i] = filepath.Base(f)
+	}
+	open := func(i int) (io.ReadCloser, error) { return os.Open(files[i]) }
+	res, err := verify(names, open, o)
+	res.Dir = filepath.Dir(o.Path)
+	return res, err
+}
+
+// vline is one line as the verifier sees it.
+type vline struct {
+	file     string
+	n        int // line number in file
+	last     bool
+	complete bool
+	tooLong  bool
+	e        Entry
+	perr     error // parse error
+	hash     string
+}
+
+// lines reads the lines of a sequence of files, one at a time.
+type lines struct {
+	names []string
+	open  func(int) (io.ReadCloser, error)
+	i     int
+	f     io.ReadCloser
+	lr    *lineReader
+	n     int
+	ahead *vline // a line read by peek
+	err   error
+}
+
+// next returns the next line, or nil at the end (or after an error, in
+// l.err).
+func (l *lines) next() *vline {
+	if v := l.ahead; v != nil {
+		l.ahead = nil
+		return v
+	}
+	for l.err == nil {
+		if l.f == nil {
+			if l.i >= len(l.names) {
+				return nil
+			}
+			f, err := l.open(l.i)
+			if err != nil {
+				l.err = fmt.Errorf("open %s: %w", l.names[l.i], err)
+				return nil
+			}
+			l.f, l.lr, l.n = f, newLineReader(f), 0
+		}
+		b, complete, tooLong, err := l.lr.next()
+		if errors.Is(err, io.EOF) {
+			l.f.Close()
+			l.f = nil
+			l.i++
+			continue
+		}
+		if err != nil {
+			l.err = fmt.Errorf("read %s: %w", l.names[l.i], err)
+			return nil
+		}
+		l.n++
+		v := &vline{file: l.names[l.i], n: l.n, last: l.i == len(l.names)-1, complete: complete, tooLong: tooLong}
+		if !tooLong {
+			v.hash = hashLine(b)
+			v.e, v.perr = ParseLine(b)
+		}
+		return v
+	}
+	return nil
+}
+
+// peek returns the line after the current one without consuming it.
+func (l *lines) peek() *vline {
+	if l.ahead == nil {
+		l.ahead = l.next()
+	}
+	return l.ahead
+}
+
+func (l *lines) close() {
+	if l.f != nil {
+		l.f.Close()
+	}
+}
+
+func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptions) (Result, error) {
+	res := Result{Files: slices.Clone(names), CertificatesChecked: o.Roots != nil}
+	ls := &lines{names: names, open: open}
+	defer ls.close()
+	var p2, p1 *vline // the two lines before the current one
+	sinceCkpt := 0
+	for {
+		cur := ls.next()
+		if cur == nil {
+			break
+		}
+		if p := lineProblem(cur, ls); p != nil {
+			res.Problem = p
+			break
+		}
+		if p1 == nil {
+			res.Follows, res.FirstSeq = cur.e.Prev, cur.e.Seq
+		} else if cur.e.Prev != p1.hash || cur.e.Seq != p1.e.Seq+1 {
+			res.Problem = diagnose(p2, p1, cur, ls.peek())
+			if res.Problem.File == p1.file && res.Problem.Line == p1.n {
+				res.Lines-- // the line before was counted, but it is the one at fault
+			}
+			break
+		}
+		if cur.e.Type == TypeCheckpoint {
+			res.Checkpoints++
+			if err := checkCheckpoint(&cur.e, o); err != nil {
+				res.Problem = &Problem{Kind: ProblemCheckpoint, File: cur.file, Line: cur.n, Detail: err.Error()}
+				break
+			}
+			res.Verified++
+			sinceCkpt = 0
+		} else {
+			sinceCkpt++
+		}
+		res.Lines++
+		res.LastSeq = cur.e.Seq
+		p2, p1 = p1, cur
+	}
+	if ls.err != nil {
+		return res, ls.err
+	}
+	res.Intact = res.Problem == nil
+	res.Unsigned = sinceCkpt
+	res.CleanStop = res.Intact && p1 != nil && p1.e.Type == TypeCheckpoint && p1.e.Why == WhyStop
+	return res, nil
+}
+
+// lineProblem checks a line on its own: complete, bounded, parseable.
+func lineProblem(v *vline, ls *lines) *Problem {
+	switch {
+	case !v.complete && v.last && !v.tooLong:
+		// Only the current file's last line may be incomplete: the
+		// writer was stopped in the middle of a write.
+		return &Problem{Kind: ProblemTruncated, File: v.file, Line: v.n,
+			Detail: "the last line is incomplete (no newline), as a crash or power cut in the middle of a write leaves it; the lines before it are intact and the agent cuts it off when it next starts"}
+	case v.tooLong:
+		return &Problem{Kind: ProblemTooLong, File: v.file, Line: v.n, Detail: fmt.Sprintf("line longer than %d bytes: not written by the agent", MaxLine)}
+	case !v.complete:
+		return &Problem{Kind: ProblemInvalid, File: v.file, Line: v.n, Detail: "a rotated file ends with an incomplete line: the agent never leaves one there"}
+	case v.perr != nil:
+		return &Problem{Kind: ProblemInvalid, File: v.file, Line: v.n, Detail: v.perr.Error()}
+	}
+	return nil
+}
+
+// diagnose explains why cur does not follow p1: which line was altered,
+// removed, inserted or reordered. p2 is the line before p1 (nil at the
+// start) and next the line after cur (nil at the end, or unreadable).
+func diagnose(p2, p1, cur, next *vline) *Problem {
+	if next != nil && (next.tooLong || next.perr != nil) {
+		next = nil
+	}
+	at := func(v *vline, kind, format string, args ...any) *Problem {
+		return &Problem{Kind: kind, File: v.file, Line: v.n, Detail: fmt.Sprintf(format, args...)}
+	}
+	want := p1.e.Seq + 1
+	switch {
+	case cur.e.Prev == p1.hash:
+		// Linked to the line before it, but numbered wrong: its seq was edited.
+		return at(cur, ProblemAltered, "its seq is %d but it follows %s:%d (seq %d)", cur.e.Seq, p1.file, p1.n, p1.e.Seq)
+	case cur.e.Seq > want && next != nil && next.e.Seq < cur.e.Seq && next.e.Seq >= want && next.e.Prev == p1.hash:
+		return at(cur, ProblemReordered, "seq %d comes before seq %d: lines were swapped or moved", cur.e.Seq, next.e.Seq)
+	case next != nil && next.e.Prev == p1.hash:
+		return at(cur, ProblemInserted, "the chain goes from %s:%d to the line after it: this line is not part of it", p1.file, p1.n)
+	case p2 != nil && cur.e.Prev == p2.hash:
+		return at(p1, ProblemInserted, "the chain goes from %s:%d to %s:%d: this line is not part of it", p2.file, p2.n, cur.file, cur.n)
+	case cur.e.Seq > want:
+		return at(cur, ProblemRemoved, "%d line(s) missing before it: seq jumps from %d to %d", cur.e.Seq-want, p1.e.Seq, cur.e.Seq)
+	case cur.e.Seq < want:
+		return at(cur, ProblemReordered, "seq %d comes after seq %d", cur.e.Seq, p1.e.Seq)
+	case next != nil && next.e.Prev != cur.hash && next.e.Seq == cur.e.Seq+1:
+		// Neither end of this line links: the line itself changed.
+		return at(cur, ProblemAltered, "it names hash %.12s… for %s:%d, which hashes to %.12s…, and the next line does not name its hash either", cur.e.Prev, p1.file, p1.n, p1.hash)
+	default:
+		return at(p1, ProblemAltered, "its hash is %.12s… but the next line, %s:%d, names %.12s…", p1.hash, cur.file, cur.n, cur.e.Prev)
+	}
+}
+
+// checkCheckpoint checks a checkpoint's signature over the chain head (its
+// prev), the lines before it and its time, and that its certificate is the
+// agent's.
+func checkCheckpoint(e *Entry, o VerifyOptions) error {
+	if e.Lines != e.Seq-1 {
+		return fmt.Errorf("it claims %d lines before it, but its seq is %d", e.Lines, e.Seq)
+	}
+	der, err := base64.StdEncoding.DecodeString(e.Cert)
+	if err != nil {
+		return fmt.Errorf("certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return fmt.Errorf("certificate: %w", err)
+	}
+	pub, ok := cert.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return errors.New("the certificate's key is not ECDSA")
+	}
+	sig, err := base64.StdEncoding.DecodeString(e.Sig)
+	if err != nil {
+		return fmt.Errorf("signature: %w", err)
+	}
+	digest := sha256.Sum256(checkpointMessage(e.Prev, e.Lines, e.Time))
+	if !ecdsa.VerifyASN1(pub, digest[:], sig) {
+		return errors.New("the signature does not verify: the checkpoint was forged or edited, or the lines it covers were rewritten")
+	}
+	if o.Agent != "" && (len(cert.URIs) != 1 || cert.URIs[0].String() != o.Agent) {
+		return fmt.Errorf("signed with a certificate of %v, not of this agent (%s)", cert.URIs, o.Agent)
+	}
+	if o.Roots != nil {
+		if _, err := cert.Verify(x509.VerifyOptions{Roots: o.Roots, CurrentTime: e.Time, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+			return fmt.Errorf("signed with a certificate that the agent's CA roots did not issue (or not valid at %s): %w", e.Time.UTC().Format("2006-01-02T15:04:05Z"), err)
+		}
+	}
+	return nil
+}
+
+// Read calls fn with every line of the log at path, oldest first, across
+// its rotated files, with the line as written (raw, valid until fn
+// returns). A line that does not parse comes with a non-nil err (and a
+// zero Entry); fn's error stops the reading and is returned.
+func Read(path string, fn func(file string, line int, e Entry, raw []byte, err error) error) error {
+	files, err := Files(path)
+	if err != nil {
+		return err
+	}
+	for _, name := range files {
+		if err := readFile(name, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readFile(name string, fn func(string, int, Entry, []byte, error) error) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", name, err)
+	}
+	defer f.Close()
+	base := filepath.Base(name)
+	lr := newLineReader(f)
+	for n := 1; ; n++ {
+		b, complete, tooLong, err := lr.next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", name, err)
+		}
+		var e Entry
+		var perr error
+		switch {
+		case tooLong:
+			perr = fmt.Errorf("line longer than %d bytes", MaxLine)
+		case !complete:
+			perr = errors.New("incomplete last line")
+		default:
+			e, perr = ParseLine(b)
+		}
+		if err := fn(base, n, e, b, perr); err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,678 @@
+package accesslog
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxSize            = 10 << 20
+	DefaultMaxFiles           = 10
+	DefaultCheckpointInterval = time.Minute
+	DefaultRetryInterval      = 5 * time.Second
+	DefaultQueueSize          = 4096
+)
+
+// maxPending bounds the records the writer holds while the log cannot be
+// written; beyond it the queue fills and Add counts what it drops.
+const maxPending = 16384
+
+// maxBatch bounds the records committed with one write and one fsync.
+const maxBatch = 1024
+
+// errorLogEvery is how often, at most, the writer repeats that the log
+// still cannot be written.
+const errorLogEvery = time.Minute
+
+// rotateRetry is how long the writer waits before it tries again to
+// rotate a file it could not rename.
+const rotateRetry = time.Minute
+
+// Options configure a Log. The zero value of every field but Path works.
+type Options struct {
+	// Path is the file written now; rotated files are kept beside it,
+	// named after it (access.log → access-20260102T150405.123456789Z.log).
+	// Required.
+	Path string
+	// MaxSize is the size at which the file is rotated: it is closed with
+	// a checkpoint and renamed, and a new one started. A file grows past
+	// it by at most one line and the checkpoint. Default 10 MiB.
+	MaxSize int64
+	// MaxFiles is how many files are kept, the current one included; the
+	// oldest rotated files beyond it are deleted. Default 10.
+	MaxFiles int
+	// CheckpointInterval is how often a checkpoint is written while lines
+	// are written. Default 1m.
+	CheckpointInterval time.Duration
+	// RetryInterval is how often the writer tries again while the log
+	// cannot be written. Default 5s.
+	RetryInterval time.Duration
+	// QueueSize bounds the records waiting for the writer; Add drops (and
+	// counts) records beyond it. Default 4096.
+	QueueSize int
+	// Certificate returns the key that signs checkpoints and its
+	// certificate (the agent's, replaced by renewals). The key must be
+	// ECDSA. Nil: no checkpoints.
+	Certificate func() *tls.Certificate
+	// Agent and Version are written in the start line: who writes the log.
+	Agent   string
+	Version string
+	// Logger receives the writer's errors; nil discards them.
+	Logger *slog.Logger
+	// Changed is called, from the writer's goroutine, when Err turns
+	// non-nil or nil again. It must not block.
+	Changed func()
+	// Now is the clock; nil uses time.Now.
+	Now func() time.Time
+}
+
+func (o *Options) setDefaults() {
+	if o.MaxSize <= 0 {
+		o.MaxSize = DefaultMaxSize
+	}
+	if o.MaxFiles <= 0 {
+		o.MaxFiles = DefaultMaxFiles
+	}
+	o.MaxFiles = max(o.MaxFiles, 2)
+	if o.CheckpointInterval <= 0 {
+		o.CheckpointInterval = DefaultCheckpointInterval
+	}
+	if o.RetryInterval <= 0 {
+		o.RetryInterval = DefaultRetryInterval
+	}
+	if o.QueueSize <= 0 {
+		o.QueueSize = DefaultQueueSize
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Changed == nil {
+		o.Changed = func() {}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// ErrUnwritable wraps every error Err returns.
+var ErrUnwritable = errors.New("access log cannot be written")
+
+// Log writes an access log. Create it with New, call Open once, then run
+// Run on a goroutine of its own; Add queues records from anywhere.
+type Log struct {
+	o     Options
+	log   *slog.Logger
+	queue chan Record
+	lost  atomic.Uint64 // records Add dropped and the writer has not noted yet
+
+	errMu sync.Mutex // guards err
+	err   error      // why the log cannot be written now; nil when it can
+
+	// The writer's state: touched by Open, then only by Run.
+	f           *os.File
+	unlock      func()
+	size        int64  // of f, committed
+	head        string // hash of the last committed line
+	seq         uint64 // seq of the last committed line
+	since       int    // committed lines since the last checkpoint
+	pending     []Record
+	start       *startLine // the start line, until written
+	lostNoted   uint64     // lost records taken from lost, not yet written
+	wantCkpt    string     // a checkpoint to write after the pending lines (Why…)
+	failing     error
+	failedAt    time.Time
+	lastErrLog  time.Time
+	rotateAfter time.Time // no rotation before this (after a failed one)
+	buf         bytes.Buffer
+}
+
+// New returns a log writing to o.Path; nothing is opened yet.
+func New(o Options) *Log {
+	o.setDefaults()
+	return &Log{o: o, log: o.Logger.With("access_log", o.Path), queue: make(chan Record, o.QueueSize), head: Genesis}
+}
+
+// Path is the file the log writes now.
+func (l *Log) Path() string { return l.o.Path }
+
+// Add queues r for the writer. It never blocks: when the queue is full the
+// record is dropped and counted, and Err says so until the writer has
+// written a line recording the loss.
+func (l *Log) Add(r Record) {
+	select {
+	case l.queue <- r:
+	default:
+		l.lost.Add(1)
+	}
+}
+
+// Err reports why the log cannot be written now (wrapping ErrUnwritable),
+// or nil. Records dropped because the writer fell behind count as a
+// failure until the writer has recorded their loss in the log.
+func (l *Log) Err() error {
+	l.errMu.Lock()
+	err := l.err
+	l.errMu.Unlock()
+	if err != nil {
+		return err
+	}
+	if n := l.lost.Load(); n > 0 {
+		return fmt.Errorf("%w: %d records dropped: the writer fell behind", ErrUnwritable, n)
+	}
+	return nil
+}
+
+// Open opens (creating it when needed) the log file, takes its lock,
+// finds where the chain stands and, when the agent stopped in the middle
+// of a line, cuts that incomplete line off (the start line says how many
+// bytes were cut). It queues a start line. A failure is logged and kept
+// for Err; Run tries again. Call Open once, before Run, on the goroutine
+// that then starts Run.
+func (l *Log) Open() {
+	l.start = &startLine{Type: TypeStart, Agent: l.o.Agent, Version: l.o.Version}
+	if err := l.open(); err != nil {
+		l.fail(err)
+	}
+}
+
+func (l *Log) open() error {
+	dir := filepath.Dir(l.o.Path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create directory: %w", err)
+	}
+	if l.unlock == nil {
+		unlock, err := lockFile(l.o.Path + ".lock")
+		if err != nil {
+			return err
+		}
+		l.unlock = unlock
+	}
+	f, err := os.OpenFile(l.o.Path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("open: %w", err)
+	}
+	_ = f.Chmod(0o600) // a file created by an older writer or by hand
+	t, err := readTail(f)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("read the end of the file: %w", err)
+	}
+	switch {
+	case t.tooLong:
+		// Not something this writer leaves: keep the file as it is for
+		// Verify to report, and start a new one.
+		f.Close()
+		aside := l.nextRotatedName()
+		if err := os.Rename(l.o.Path, aside); err != nil {
+			return fmt.Errorf("move aside a file whose last line is longer than %d bytes: %w", MaxLine, err)
+		}
+		l.note(fmt.Sprintf("%s ended with a line longer than %d bytes: moved aside as %s; the chain starts again", filepath.Base(l.o.Path), MaxLine, filepath.Base(aside)))
+		if f, err = os.OpenFile(l.o.Path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600); err != nil {
+			return fmt.Errorf("open: %w", err)
+		}
+		t = tail{head: Genesis}
+	case t.partial > 0:
+		// The agent stopped (a crash, a power cut) in the middle of a
+		// write: the line was never complete, so it was never part of
+		// the chain. Cut it off, and say so in the start line.
+		if err := f.Truncate(t.size - t.partial); err != nil {
+			f.Close()
+			return fmt.Errorf("cut an incomplete last line: %w", err)
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return fmt.Errorf("cut an incomplete last line: %w", err)
+		}
+		l.start.Repaired = t.partial
+		l.note(fmt.Sprintf("cut %d bytes of an incomplete last line: the agent stopped while writing it", t.partial))
+		t.size -= t.partial
+	}
+	if t.badLast {
+		l.note("the last line of the file does not parse: the chain continues from its hash, with seq starting again at 1")
+	} else if t.hasLines && !t.stopped {
+		l.note("the log does not end with the checkpoint of a clean stop: the agent was killed or crashed (or its last lines were removed)")
+	}
+	if !t.hasLines && t.size == 0 {
+		// An empty file: the chain continues from the newest rotated one.
+		if prev, err := l.rotatedTail(); err != nil {
+			f.Close()
+			return err
+		} else if prev.hasLines {
+			t.head, t.seq = prev.head, prev.seq
+		}
+	}
+	l.f, l.size, l.head, l.seq, l.since = f, t.size, t.head, t.seq, 0
+	return nil
+}
+
+// note adds a remark to the start line.
+func (l *Log) note(s string) {
+	l.log.Warn("access log: " + s)
+	if l.start == nil {
+		return
+	}
+	if l.start.Note != "" {
+		s = l.start.Note + "; " + s
+	}
+	l.start.Note = clip(s, maxField)
+}
+
+// rotatedTail reads the end of the newest rotated file.
+func (l *Log) rotatedTail() (tail, error) {
+	files, err := Files(l.o.Path)
+	if err != nil {
+		return tail{}, err
+	}
+	for i := len(files) - 1; i >= 0; i-- {
+		if files[i] == l.o.Path {
+			continue
+		}
+		f, err := os.Open(files[i])
+		if err != nil {
+			return tail{}, fmt.Errorf("read the newest rotated file: %w", err)
+		}
+		t, err := readTail(f)
+		f.Close()
+		if err != nil {
+			return tail{}, fmt.Errorf("read the newest rotated file: %w", err)
+		}
+		return t, nil
+	}
+	return tail{head: Genesis}, nil
+}
+
+// Run writes queued records until ctx is done, then writes what is still
+// queued, ends the file with a checkpoint and closes it. Records are
+// committed in batches: one write and one fsync for all the records that
+// queued up while the previous batch was written. While the log cannot be
+// written, Run keeps up to maxPending records and tries again every
+// RetryInterval. Records added after Run returned are not written.
+func (l *Log) Run(ctx context.Context) {
+	defer l.close()
+	ckpt := time.NewTicker(l.o.CheckpointInterval)
+	defer ckpt.Stop()
+	retry := time.NewTicker(l.o.RetryInterval)
+	defer retry.Stop()
+	if l.failing == nil {
+		l.flush() // the start line, at once: a full disk shows now, not at the first stream
+	}
+	for {
+		queue := l.queue
+		if len(l.pending) >= maxPending {
+			queue = nil // let the queue fill: Add counts what it drops
+		}
+		var retryC <-chan time.Time
+		if l.failing != nil {
+			retryC = retry.C
+		}
+		select {
+		case <-ctx.Done():
+			l.finish()
+			return
+		case r := <-queue:
+			l.pending = append(l.pending, r)
+			l.drain()
+			if l.failing == nil {
+				l.flush()
+			}
+		case <-ckpt.C:
+			if l.failing == nil && (l.since > 0 || len(l.pending) > 0) {
+				l.wantCkpt = WhyInterval
+				l.flush()
+			}
+		case <-retryC:
+			l.flush()
+		}
+	}
+}
+
+// finish writes everything queued, then the checkpoint of a clean stop.
+func (l *Log) finish() {
+	for {
+		l.drain()
+		if len(l.queue) == 0 || l.failing != nil {
+			break
+		}
+		l.flush()
+	}
+	l.wantCkpt = WhyStop
+	l.flush()
+	if n := len(l.pending) + len(l.queue) + int(l.lostNoted+l.lost.Load()); n > 0 {
+		l.log.Error("access log: records not written at stop are lost", "records", n, "err", l.failing)
+	}
+}
+
+// drain moves what is queued to pending, up to maxPending.
+func (l *Log) drain() {
+	for len(l.pending) < maxPending {
+		select {
+		case r := <-l.queue:
+			l.pending = append(l.pending, r)
+		default:
+			return
+		}
+	}
+}
+
+// commitState is the chain's position, as of the last line in buf.
+type commitState struct {
+	size  int64
+	head  string
+	seq   uint64
+	since int
+}
+
+// flush writes the start line, a line for lost records, the pending
+// records and a wanted checkpoint, rotating the file when it reaches
+// MaxSize. Each file's part is committed with one write and one fsync; a
+// failure rolls the file back to its last committed size and keeps what
+// was not committed for the next try.
+func (l *Log) flush() {
+	l.lostNoted += l.lost.Swap(0)
+	if l.start == nil && l.lostNoted == 0 && len(l.pending) == 0 && l.wantCkpt == "" {
+		return
+	}
+	if l.f == nil {
+		if err := l.open(); err != nil {
+			l.fail(err)
+			return
+		}
+	}
+	now := l.o.Now().UTC()
+	st := commitState{size: l.size, head: l.head, seq: l.seq, since: l.since}
+	l.buf.Reset()
+	// What buf holds beyond the last commit.
+	var bufStart, bufLost bool
+	bufRecs := 0
+	emit := func(v any, set func(seq uint64, prev string)) error {
+		set(st.seq+1, st.head)
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err // only for values json cannot encode: never for these types
+		}
+		l.buf.Write(b)
+		l.buf.WriteByte('\n')
+		st.head, st.seq = hashLine(b), st.seq+1
+		st.since++
+		return nil
+	}
+	commit := func() error {
+		if l.buf.Len() == 0 {
+			return nil
+		}
+		if _, err := l.f.Write(l.buf.Bytes()); err != nil {
+			return l.rollback(fmt.Errorf("write: %w", err))
+		}
+		if err := l.f.Sync(); err != nil {
+			return l.rollback(fmt.Errorf("sync: %w", err))
+		}
+		st.size += int64(l.buf.Len())
+		l.size, l.head, l.seq, l.since = st.size, st.head, st.seq, st.since
+		if bufStart {
+			l.start = nil
+		}
+		if bufLost {
+			l.lostNoted = 0
+		}
+		n := copy(l.pending, l.pending[bufRecs:]) // keep the array: bounded by maxPending
+		clear(l.pending[n:])
+		l.pending = l.pending[:n]
+		bufStart, bufLost, bufRecs = false, false, 0
+		l.buf.Reset()
+		return nil
+	}
+	// rotateIfFull closes a full file with a checkpoint and starts a new one.
+	rotateIfFull := func() error {
+		if st.size+int64(l.buf.Len()) < l.o.MaxSize || now.Before(l.rotateAfter) {
+			return nil
+		}
+		if err := l.emitCheckpoint(emit, &st, now, WhyRotate); err != nil {
+			return err
+		}
+		if err := commit(); err != nil {
+			return err
+		}
+		l.rotate(now)
+		if l.f == nil {
+			if err := l.open(); err != nil {
+				return err
+			}
+		}
+		st = commitState{size: l.size, head: l.head, seq: l.seq, since: l.since}
+		return nil
+	}
+	if s := l.start; s != nil {
+		s.Time = now
+		if err := emit(s, func(seq uint64, prev string) { s.Seq, s.Prev = seq, prev }); err != nil {
+			l.fail(err)
+			return
+		}
+		bufStart = true
+	}
+	if n := l.lostNoted; n > 0 {
+		v := &lostLine{Time: now, Type: TypeLost, Lost: n, Note: "records of streams dropped before they could be written: the writer fell behind or the log could not be written"}
+		if err := emit(v, func(seq uint64, prev string) { v.Seq, v.Prev = seq, prev }); err != nil {
+			l.fail(err)
+			return
+		}
+		bufLost = true
+	}
+	for bufRecs < len(l.pending) {
+		if err := rotateIfFull(); err != nil {
+			l.fail(err)
+			return
+		}
+		r := &l.pending[bufRecs]
+		v := &streamLine{
+			Time: r.Time.UTC(), Type: TypeStream, Request: r.Request, Backend: r.Backend, Service: r.Service,
+			Code: r.Code, End: r.End, BytesToService: r.BytesToService, BytesFromService: r.BytesFromService,
+			DurationMicros: r.Duration.Microseconds(), Relay: r.Relay, Session: r.Session, Message: clip(r.Message, maxMessage),
+		}
+		if r.Time.IsZero() {
+			v.Time = now
+		}
+		if err := emit(v, func(seq uint64, prev string) { v.Seq, v.Prev = seq, prev }); err != nil {
+			l.fail(err)
+			return
+		}
+		bufRecs++
+		if bufRecs >= maxBatch {
+			if err := commit(); err != nil { // cuts pending and counts from 0 again
+				l.fail(err)
+				return
+			}
+		}
+	}
+	if err := rotateIfFull(); err != nil {
+		l.fail(err)
+		return
+	}
+	// A stop always ends with a checkpoint, so that Verify can tell a
+	// clean stop; otherwise one is written only over new lines.
+	if why := l.wantCkpt; why != "" && (st.since > 0 || why == WhyStop) {
+		if err := l.emitCheckpoint(emit, &st, now, why); err != nil {
+			l.fail(err)
+			return
+		}
+	}
+	if err := commit(); err != nil {
+		l.fail(err)
+		return
+	}
+	l.wantCkpt = ""
+	l.recovered()
+}
+
+// emitCheckpoint adds a checkpoint of the chain as st has it. Without a
+// key (Options.Certificate nil) it adds nothing.
+func (l *Log) emitCheckpoint(emit func(any, func(uint64, string)) error, st *commitState, now time.Time, why string) error {
+	if l.o.Certificate == nil {
+		return nil
+	}
+	cert := l.o.Certificate()
+	if cert == nil || len(cert.Certificate) == 0 {
+		return nil
+	}
+	signer, ok := cert.PrivateKey.(crypto.Signer)
+	if !ok {
+		return errors.New("sign checkpoint: the agent's key cannot sign")
+	}
+	if _, ok := signer.Public().(*ecdsa.PublicKey); !ok {
+		return errors.New("sign checkpoint: the agent's key is not ECDSA")
+	}
+	lines := st.seq // the lines before the checkpoint
+	digest := sha256.Sum256(checkpointMessage(st.head, lines, now))
+	sig, err := signer.Sign(rand.Reader, digest[:], crypto.SHA256)
+	if err != nil {
+		return fmt.Errorf("sign checkpoint: %w", err)
+	}
+	v := &checkpointLine{Time: now, Type: TypeCheckpoint, Why: why, Lines: lines,
+		Cert: base64.StdEncoding.EncodeToString(cert.Certificate[0]), Sig: base64.StdEncoding.EncodeToString(sig)}
+	if err := emit(v, func(seq uint64, prev string) { v.Seq, v.Prev = seq, prev }); err != nil {
+		return err
+	}
+	st.since = 0
+	return nil
+}
+
+// rollback cuts the file back to its last committed size after a failed
+// write, so that no part of an uncommitted line stays in it. When even
+// that fails, the file is closed: the next try opens it again and finds
+// where the chain stands from what the file holds.
+func (l *Log) rollback(err error) error {
+	l.buf.Reset()
+	if terr := l.f.Truncate(l.size); terr != nil {
+		l.f.Close()
+		l.f = nil
+	}
+	return err
+}
+
+// rotate renames the (committed, checkpointed) file aside, starts a new
+// one and deletes the oldest rotated files beyond MaxFiles. A failed
+// rename keeps the file in use, and rotation is tried again later.
+func (l *Log) rotate(now time.Time) {
+	l.f.Close()
+	l.f = nil
+	name := l.nextRotatedName()
+	if err := os.Rename(l.o.Path, name); err != nil {
+		l.log.Error("access log: cannot rotate the file; it grows past max_size until a later try succeeds", "err", err)
+		l.rotateAfter = now.Add(rotateRetry)
+		return // flush opens the file again
+	}
+	syncDir(filepath.Dir(l.o.Path))
+	f, err := os.OpenFile(l.o.Path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return // flush tries to open it again, and fails loudly if it must
+	}
+	l.f, l.size = f, 0
+	l.prune()
+}
+
+// nextRotatedName names the file being rotated now: after the time of
+// the newest rotated file, whatever the clock says, so that the names
+// keep the order of the chain (two rotations within a clock tick, a clock
+// set back).
+func (l *Log) nextRotatedName() string {
+	at := l.o.Now().UTC()
+	if files, err := Files(l.o.Path); err == nil {
+		for _, f := range files {
+			if t, ok := rotatedTime(l.o.Path, filepath.Base(f)); ok && !at.After(t) {
+				at = t.Add(time.Nanosecond)
+			}
+		}
+	}
+	return rotatedName(l.o.Path, at)
+}
+
+// prune deletes the oldest rotated files beyond MaxFiles.
+func (l *Log) prune() {
+	files, err := Files(l.o.Path)
+	if err != nil {
+		l.log.Warn("access log: cannot list rotated files to delete the oldest", "err", err)
+		return
+	}
+	for len(files) > l.o.MaxFiles {
+		if err := os.Remove(files[0]); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			l.log.Warn("access log: cannot delete the oldest rotated file", "file", files[0], "err", err)
+			return
+		}
+		files = files[1:]
+	}
+}
+
+// fail records that the log cannot be written, and says so: at once the
+// first time, then at most every errorLogEvery while it lasts.
+func (l *Log) fail(err error) {
+	now := l.o.Now()
+	first := l.failing == nil
+	l.failing = err
+	if first {
+		l.failedAt = now
+	}
+	werr := fmt.Errorf("%w: %s: %w", ErrUnwritable, l.o.Path, err)
+	l.errMu.Lock()
+	l.err = werr
+	l.errMu.Unlock()
+	if first || now.Sub(l.lastErrLog) >= errorLogEvery {
+		l.lastErrLog = now
+		msg := "access log cannot be written: records wait in memory and are written when it can be"
+		if !first {
+			msg = "access log still cannot be written"
+		}
+		l.log.Error(msg, "err", err, "waiting", len(l.pending), "since", l.failedAt.UTC().Format(time.RFC3339))
+	}
+	if first {
+		l.o.Changed()
+	}
+}
+
+// recovered clears a failure after a successful commit.
+func (l *Log) recovered() {
+	if l.failing == nil {
+		return
+	}
+	l.log.Warn("access log can be written again", "was", l.failing, "failed_for", l.o.Now().Sub(l.failedAt).Round(time.Millisecond))
+	l.failing = nil
+	l.errMu.Lock()
+	l.err = nil
+	l.errMu.Unlock()
+	l.o.Changed()
+}
+
+// close syncs and closes the file and releases the lock.
+func (l *Log) close() {
+	if l.f != nil {
+		l.f.Close()
+		l.f = nil
+	}
+	if l.unlock != nil {
+		l.unlock()
+		l.unlock = nil
+	}
+}
+
+// syncDir makes a rename in dir durable where the system allows it.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}
