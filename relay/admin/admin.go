@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -93,13 +94,28 @@ type Options struct {
 	// TrustDomain names the CA's trust domain if the command creates the
 	// data directory; default "tether.internal".
 	TrustDomain string
+	// Existing refuses a data directory a relay has not initialised (no
+	// CA in it), with an error of class ErrNoDataDir, instead of creating
+	// one: what admin commands want, since a CA made by one would have
+	// the default trust domain whatever the relay is started with, and a
+	// mistyped --data-dir would silently hold a store of its own.
+	Existing bool
 }
 
+// ErrNoDataDir is the class of Open's error for a data directory that
+// does not exist or holds no relay state, with Options.Existing.
+var ErrNoDataDir = errors.New("no relay data directory")
+
 // Open opens the data directory for an offline command, creating it (with
-// a CA) when it does not exist yet.
+// a CA) when it does not exist yet, unless o.Existing.
 func Open(ctx context.Context, o Options) (*Admin, error) {
 	if o.TrustDomain == "" {
 		o.TrustDomain = "tether.internal"
+	}
+	if o.Existing {
+		if err := checkDataDir(o.DataDir); err != nil {
+			return nil, err
+		}
 	}
 	d, authority, err := datadir.Open(ctx, o.DataDir, o.TrustDomain, time.Now())
 	if err != nil {
@@ -117,6 +133,35 @@ func Open(ctx context.Context, o Options) (*Admin, error) {
 	a := &Admin{dir: d, auth: trust.NewAuthority(d.CADir(), authority), store: d.Store, audit: trail, log: logger, now: time.Now, certLifetime: DefaultCertLifetime}
 	a.close = func() error { return errors.Join(trail.Close(), d.Close()) }
 	return a, nil
+}
+
+// caSubdir is the directory of the CA in a data directory
+// (relay/internal/datadir): a relay's first start creates it.
+const caSubdir = "ca"
+
+// checkDataDir refuses dir unless a relay has initialised it.
+func checkDataDir(dir string) error {
+	if dir == "" {
+		return &classError{class: ErrNoDataDir, msg: "no data directory given"}
+	}
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return &classError{class: ErrNoDataDir, msg: fmt.Sprintf("data directory %s does not exist: give the relay's (--data-dir or TETHER_DATA_DIR), "+
+			"or create one by starting the relay: tether-relay serve --data-dir %s", dir, dir)}
+	case err != nil:
+		return fmt.Errorf("data directory: %w", err)
+	case !fi.IsDir():
+		return &classError{class: ErrNoDataDir, msg: fmt.Sprintf("data directory %s is not a directory: give the relay's (--data-dir or TETHER_DATA_DIR), "+
+			"or create one by starting the relay: tether-relay serve --data-dir DIR", dir)}
+	}
+	if _, err := os.Stat(filepath.Join(dir, caSubdir)); errors.Is(err, os.ErrNotExist) {
+		return &classError{class: ErrNoDataDir, msg: fmt.Sprintf("data directory %s holds no relay state (no CA): give the relay's (--data-dir or TETHER_DATA_DIR), "+
+			"or initialise it by starting the relay once: tether-relay serve --data-dir %s", dir, dir)}
+	} else if err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	return nil
 }
 
 // DefaultCertLifetime is the relay's default agent certificate lifetime.
@@ -332,15 +377,122 @@ type Limits struct {
 	CIDRs      []string `json:"cidrs"`
 }
 
-// SetLimits replaces tenant's limits. A running relay applies them within
-// Config.PolicyPoll.
+// SetLimits replaces tenant's limits: fields left zero become unlimited
+// (see PatchLimits to change some only). A running relay applies them
+// within Config.PolicyPoll.
 func (a *Admin) SetLimits(ctx context.Context, l Limits) error {
+	return a.dir.Locked(ctx, func() error {
+		clean, err := a.writeLimitsLocked(ctx, l)
+		if err != nil {
+			return err
+		}
+		a.Record(audit.LimitsSet, l.Tenant, "", "", limitsDetail(clean))
+		return nil
+	})
+}
+
+// LimitsPatch changes some of a tenant's limits: a nil field keeps the
+// tenant's current value; a non-nil one replaces it (0, or an empty list
+// of networks, means unlimited). JSON leaves out, or sends null for, the
+// fields it keeps.
+type LimitsPatch struct {
+	MaxAgents  *int      `json:"max_agents,omitempty"`
+	MaxStreams *int      `json:"max_streams,omitempty"`
+	OpenRate   *float64  `json:"open_rate,omitempty"`
+	OpenBurst  *int      `json:"open_burst,omitempty"`
+	CIDRs      *[]string `json:"cidrs,omitempty"`
+}
+
+// fields names the limits p changes, in JSON's names.
+func (p LimitsPatch) fields() []string {
+	var out []string
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{{"max_agents", p.MaxAgents != nil}, {"max_streams", p.MaxStreams != nil}, {"open_rate", p.OpenRate != nil},
+		{"open_burst", p.OpenBurst != nil}, {"cidrs", p.CIDRs != nil}} {
+		if f.set {
+			out = append(out, f.name)
+		}
+	}
+	return out
+}
+
+// PatchLimits changes the limits p sets of tenant and keeps the others,
+// and returns the limits that result. The read and the write hold the
+// data directory's lock, so patches from admin commands and the admin API
+// of relays on this data directory do not undo one another. The audit
+// record carries the resulting limits and the fields changed. A patch
+// that changes nothing is refused (ErrInvalid).
+func (a *Admin) PatchLimits(ctx context.Context, tenant string, p LimitsPatch) (Limits, error) {
+	changed := p.fields()
+	if len(changed) == 0 {
+		return Limits{}, invalidf("no limit to change: give at least one of max_agents, max_streams, open_rate, open_burst, cidrs")
+	}
+	var out Limits
+	err := a.dir.Locked(ctx, func() error {
+		cur, err := a.limitsOf(ctx, tenant)
+		if err != nil {
+			return err
+		}
+		if p.MaxAgents != nil {
+			cur.MaxAgents = *p.MaxAgents
+		}
+		if p.MaxStreams != nil {
+			cur.MaxStreams = *p.MaxStreams
+		}
+		if p.OpenRate != nil {
+			cur.OpenRate = *p.OpenRate
+		}
+		if p.OpenBurst != nil {
+			cur.OpenBurst = *p.OpenBurst
+		}
+		if p.CIDRs != nil {
+			cur.CIDRs = *p.CIDRs
+		}
+		clean, err := a.writeLimitsLocked(ctx, cur)
+		if err != nil {
+			return err
+		}
+		detail := limitsDetail(clean)
+		detail["changed"] = changed
+		a.Record(audit.LimitsSet, tenant, "", "", detail)
+		out = clean
+		return nil
+	})
+	return out, err
+}
+
+// Limits returns tenant's limits (all zero, unlimited, when it has none).
+func (a *Admin) Limits(ctx context.Context, tenant string) (Limits, error) {
+	return a.limitsOf(ctx, tenant)
+}
+
+// limitsOf reads tenant's limits, checking that it exists.
+func (a *Admin) limitsOf(ctx context.Context, tenant string) (Limits, error) {
+	if _, err := a.Tenant(ctx, tenant); err != nil {
+		return Limits{}, err
+	}
+	all, err := a.AllLimits(ctx)
+	if err != nil {
+		return Limits{}, err
+	}
+	if i := slices.IndexFunc(all, func(l Limits) bool { return l.Tenant == tenant }); i >= 0 {
+		return all[i], nil
+	}
+	return Limits{Tenant: tenant, CIDRs: []string{}}, nil
+}
+
+// writeLimitsLocked validates l and stores it as its tenant's limits,
+// returning it with its networks in canonical form; the caller holds the
+// data directory's lock.
+func (a *Admin) writeLimitsLocked(ctx context.Context, l Limits) (Limits, error) {
 	if l.MaxAgents < 0 || l.MaxStreams < 0 || l.OpenRate < 0 || l.OpenBurst < 0 {
-		return invalidf("limits must not be negative (0 means unlimited)")
+		return Limits{}, invalidf("limits must not be negative (0 means unlimited)")
 	}
 	nets, err := policy.ParseCIDRs(l.CIDRs)
 	if err != nil {
-		return invalid(err)
+		return Limits{}, invalid(err)
 	}
 	clean := make([]string, len(nets))
 	for i, n := range nets {
@@ -349,14 +501,18 @@ func (a *Admin) SetLimits(ctx context.Context, l Limits) error {
 	err = a.store.SetLimits(ctx, store.Limits{Tenant: l.Tenant, MaxAgents: l.MaxAgents, MaxStreams: l.MaxStreams,
 		OpenRate: l.OpenRate, OpenBurst: l.OpenBurst, CIDRs: clean, UpdatedAt: a.now()})
 	if errors.Is(err, store.ErrNotFound) {
-		return notFoundf("tenant %q does not exist", l.Tenant)
+		return Limits{}, notFoundf("tenant %q does not exist", l.Tenant)
 	}
 	if err != nil {
-		return err
+		return Limits{}, err
 	}
-	a.Record(audit.LimitsSet, l.Tenant, "", "", map[string]any{"max_agents": l.MaxAgents, "max_streams": l.MaxStreams,
-		"open_rate": l.OpenRate, "open_burst": l.OpenBurst, "cidrs": clean})
-	return nil
+	l.CIDRs = clean
+	return l, nil
+}
+
+func limitsDetail(l Limits) map[string]any {
+	return map[string]any{"max_agents": l.MaxAgents, "max_streams": l.MaxStreams,
+		"open_rate": l.OpenRate, "open_burst": l.OpenBurst, "cidrs": l.CIDRs}
 }
 
 // AllLimits lists the tenants that have limits.
