@@ -32,7 +32,7 @@ func (s *Server) routes(mux *http.ServeMux) {
 		})))
 	}
 	type m = map[string]http.HandlerFunc
-	const get, post, put, del = http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete
+	const get, post, put, patch, del = http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete
 	mux.Handle("/api/", s.authenticated(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		writeError(w, apiErrorf(http.StatusNotFound, CodeNotFound, "no API endpoint %s", req.URL.Path))
 	})))
@@ -40,7 +40,7 @@ func (s *Server) routes(mux *http.ServeMux) {
 	api("/api/v1/fleet", m{get: s.fleet})
 	api("/api/v1/tenants", m{get: s.tenants, post: s.addTenant})
 	api("/api/v1/tenants/{name}", m{get: s.tenant})
-	api("/api/v1/tenants/{name}/limits", m{get: s.tenantLimits, put: s.setLimits})
+	api("/api/v1/tenants/{name}/limits", m{get: s.tenantLimits, put: s.setLimits, patch: s.patchLimits})
 	api("/api/v1/agents", m{get: s.agents})
 	api("/api/v1/agents/{id}", m{get: s.agent})
 	api("/api/v1/agents/{id}/revoke", m{post: s.revoke})
@@ -178,6 +178,18 @@ func (s *Server) setLimits(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	s.tenantLimits(w, req)
+}
+
+// patchLimits changes the limits the body names and keeps the others
+// (admin.LimitsPatch); PUT replaces them all.
+func (s *Server) patchLimits(w http.ResponseWriter, req *http.Request) {
+	var p admin.LimitsPatch
+	if e := decodeJSON(req, &p); e != nil {
+		writeError(w, e)
+		return
+	}
+	l, err := s.adm.As(actor(req)).PatchLimits(req.Context(), req.PathValue("name"), p)
+	reply(w, http.StatusOK, l, err)
 }
 
 func (s *Server) agents(w http.ResponseWriter, req *http.Request) {
