@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/tetherhq/tether/agent"
 	"github.com/tetherhq/tether/cmd/internal/cli"
 	"github.com/tetherhq/tether/relay"
@@ -22,38 +24,53 @@ import (
 
 const demoTenant = "demo"
 
+func demoCmd(g *globals) *cobra.Command {
+	var o demoOptions
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Run a relay, an agent and a private service in one process, and a request through the tunnel",
+		Long: `Run the whole system in one process on a temporary data directory: a
+relay, an agent of tenant "demo" enrolled with a join token, and a private
+HTTP service behind the agent. It makes one request through the tunnel and
+prints curl lines that do the same; Ctrl-C stops it.`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return demo(cmd.Context(), o, g.info.Version, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	fs := cmd.Flags()
+	fs.BoolVar(&o.once, "once", false, "exit after the first request through the tunnel")
+	fs.StringVar(&o.socks, "socks-listen", "127.0.0.1:1080", "SOCKS5 front door (another port is picked if busy)")
+	fs.StringVar(&o.connect, "connect-listen", "127.0.0.1:3128", "HTTP CONNECT front door (another port is picked if busy)")
+	fs.BoolVarP(&o.verbose, "verbose", "v", false, "log what relay and agent do")
+	fs.BoolVar(&o.keep, "keep", false, "keep the temporary data directory")
+	return cmd
+}
+
+type demoOptions struct {
+	once, verbose, keep bool
+	socks, connect      string
+}
+
 // demo runs the whole system in one process on a temporary data directory:
 // a relay, an agent of tenant "demo" enrolled with a join token, and a
 // private HTTP service behind the agent. It makes one request through the
 // tunnel and prints a curl line that does the same.
-func demo(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("demo", stderr)
-	once := fs.Bool("once", false, "exit after the first request through the tunnel")
-	socks := fs.String("socks-listen", "127.0.0.1:1080", "SOCKS5 front door (another port is picked if busy)")
-	connect := fs.String("connect-listen", "127.0.0.1:3128", "HTTP CONNECT front door (another port is picked if busy)")
-	verbose := fs.Bool("v", false, "log what relay and agent do")
-	keep := fs.Bool("keep", false, "keep the temporary data directory")
-	if pos, err := cli.ParseInterspersed(fs, args); err != nil {
-		return err
-	} else if len(pos) > 0 {
-		return fmt.Errorf("demo takes no arguments (got %q)", pos)
-	}
+func demo(ctx context.Context, o demoOptions, version string, stdout, stderr io.Writer) error {
 	level := "warn"
-	if *verbose {
+	if o.verbose {
 		level = "info"
 	}
 	log, err := cli.NewLogger(stderr, level, "text")
 	if err != nil {
 		return err
 	}
-	ctx, stop := cli.SignalContext()
-	defer stop()
 
 	dir, err := os.MkdirTemp("", "tether-demo-")
 	if err != nil {
 		return err
 	}
-	if *keep {
+	if o.keep {
 		fmt.Fprintf(stderr, "data directory: %s\n", dir)
 	} else {
 		defer os.RemoveAll(dir)
@@ -62,23 +79,12 @@ func demo(args []string, stdout, stderr io.Writer) error {
 
 	// The operator's side: a tenant, a join token, a backend credential.
 	var token, apiKey string
-	err = withAdmin(relayDir, func(ctx context.Context, a *admin.Admin) error {
-		if err := a.AddTenant(ctx, demoTenant); err != nil {
-			return err
-		}
-		var err error
-		if token, _, err = a.CreateToken(ctx, demoTenant, 10*time.Minute, 1); err != nil {
-			return err
-		}
-		apiKey, err = a.AddBackend(ctx, demoTenant, []string{demoTenant})
-		return err
-	})
-	if err != nil {
+	if token, apiKey, err = demoSetup(ctx, relayDir); err != nil {
 		return err
 	}
 
 	r, err := newDemoRelay(relay.Config{
-		DataDir: relayDir, AgentListen: "127.0.0.1:0", SOCKSListen: *socks, ConnectListen: *connect,
+		DataDir: relayDir, AgentListen: "127.0.0.1:0", SOCKSListen: o.socks, ConnectListen: o.connect,
 		Logger: log.With("component", "relay"), Version: version,
 	})
 	if err != nil {
@@ -134,12 +140,30 @@ func demo(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "A request through the tunnel (backend -> SOCKS5 -> relay -> agent -> service) answered:\n  %s\n", body)
 	fmt.Fprintf(stdout, "Try it yourself:\n  curl --proxy %s http://hello.%s.tether/\n", proxyURL, demoTenant)
 	fmt.Fprintf(stdout, "  curl --proxytunnel --proxy http://%s:%s@%s http://hello.%s.tether/\n", demoTenant, apiKey, r.ConnectAddr(), demoTenant)
-	if *once {
+	if o.once {
 		return nil
 	}
 	fmt.Fprintf(stdout, "\nPress Ctrl-C to stop.\n")
 	<-ctx.Done()
 	return nil
+}
+
+// demoSetup creates the data directory with a tenant, a join token and a
+// backend credential.
+func demoSetup(ctx context.Context, dir string) (token, apiKey string, err error) {
+	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
+	if err != nil {
+		return "", "", err
+	}
+	defer a.Close()
+	if err := a.AddTenant(ctx, demoTenant); err != nil {
+		return "", "", err
+	}
+	if token, _, err = a.CreateToken(ctx, demoTenant, 10*time.Minute, 1); err != nil {
+		return "", "", err
+	}
+	apiKey, err = a.AddBackend(ctx, demoTenant, []string{demoTenant})
+	return token, apiKey, err
 }
 
 // newDemoRelay starts a relay, moving a busy front door to a free port.

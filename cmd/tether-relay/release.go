@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,183 +10,239 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/tetherhq/tether/cmd/internal/cli"
 	"github.com/tetherhq/tether/protocol/release"
 	"github.com/tetherhq/tether/relay/admin"
 )
 
-const releaseUsage = `usage:
-  tether-relay release keygen --out DIR
-  tether-relay release sign --file BIN --version V --os O --arch A [--channel stable] [--expires 30d] --key KEYFILE --out DIR
-  tether-relay release publish --signed DIR [--pub release.pub]
-  tether-relay release publish --file BIN --version V --os O --arch A [--channel stable] [--expires 30d] --key KEYFILE
-  tether-relay release list
-  tether-relay release rollout V (--percent N | --tenants a,b | --agents id,…) [--halt-at FRACTION] [--batch N]
-  tether-relay release status [--version V]`
-
-func releaseCmd(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("release", stderr)
-	dataDir := fs.String("data-dir", defaultDataDir(), "data directory")
-	out := fs.String("out", "", "keygen, sign: directory to write")
-	file := fs.String("file", "", "sign, publish: the agent binary")
-	version := fs.String("version", "", "sign, publish: its version (1.2.3); status: only this version")
-	goos := fs.String("os", "", "sign, publish: the OS it is built for (GOOS)")
-	arch := fs.String("arch", "", "sign, publish: the architecture it is built for (GOARCH)")
-	channel := fs.String("channel", release.DefaultChannel, "sign, publish: release channel")
-	expires := fs.String("expires", "30d", "sign, publish: how long agents accept the manifest (e.g. 30d, 12h)")
-	keyFile := fs.String("key", "", "sign, publish: the private signing key (release.key)")
-	signed := fs.String("signed", "", "publish: a directory written by release sign")
-	pubFile := fs.String("pub", "", "publish --signed: verify the signatures with this public key first")
-	percent := fs.Int("percent", 0, "rollout: this percentage of all agents")
-	tenants := fs.String("tenants", "", "rollout: the agents of these tenants (comma-separated)")
-	agents := fs.String("agents", "", "rollout: these agents (comma-separated ids)")
-	haltAt := fs.Float64("halt-at", 0, "rollout: halt when this fraction of the agents offered the release fail (0: never)")
-	batch := fs.Int("batch", 0, "rollout: at most this many agents updating at once (0: no limit)")
-	output := fs.String("o", "table", "output: table or json")
-	pos, err := cli.ParseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) == 0 {
-		return errors.New(releaseUsage)
-	}
-	manifest := func() (release.Manifest, error) {
-		d, err := parseDays(*expires)
-		if err != nil {
-			return release.Manifest{}, fmt.Errorf("--expires: %w", err)
-		}
-		if *file == "" || *version == "" || *goos == "" || *arch == "" || *keyFile == "" {
-			return release.Manifest{}, errors.New("need --file, --version, --os, --arch and --key")
-		}
-		return release.Manifest{Version: *version, OS: *goos, Arch: *arch, Channel: *channel, Expires: time.Now().Add(d).Truncate(time.Second)}, nil
-	}
-	sign := func(dir string) (release.Manifest, error) {
-		m, err := manifest()
-		if err != nil {
-			return m, err
-		}
-		keyText, err := os.ReadFile(*keyFile)
-		if err != nil {
-			return m, err
-		}
-		key, err := release.ParsePrivateKey(keyText)
-		if err != nil {
-			return m, err
-		}
-		return release.SignFile(key, m, *file, dir)
-	}
-	switch pos[0] {
-	case "keygen":
-		if *out == "" {
-			return errors.New("release keygen needs --out DIR")
-		}
-		return keygen(*out, stderr)
-	case "sign":
-		if *out == "" {
-			return errors.New("release sign needs --out DIR")
-		}
-		m, err := sign(*out)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stderr, "signed release %s %s/%s %s (sha256 %s, %d bytes, expires %s) in %s; publish it with: tether-relay release publish --signed %s\n",
-			m.Version, m.OS, m.Arch, m.Channel, m.SHA256, m.Size, m.Expires.Format(time.RFC3339), *out, *out)
-		return nil
-	case "publish":
-		dir := *signed
-		var keys release.Keys
-		if *pubFile != "" {
-			b, err := os.ReadFile(*pubFile)
-			if err != nil {
-				return err
-			}
-			if keys, err = release.ParseKeys([]string{string(b)}); err != nil {
-				return err
-			}
-		}
-		if dir == "" {
-			// Sign here, in this process, into a temporary directory: the
-			// relay's data directory receives only the signed files.
-			tmp, err := os.MkdirTemp("", "tether-release-")
-			if err != nil {
-				return err
-			}
-			defer os.RemoveAll(tmp)
-			if _, err := sign(tmp); err != nil {
-				return err
-			}
-			dir = tmp
-		}
-		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
-			r, err := a.PublishRelease(ctx, dir, keys)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(stderr, "published release %s %s/%s %s signed by key %s (expires %s)\n", r.Version, r.OS, r.Arch, r.Channel, r.KeyID, r.Expires.Format(time.RFC3339))
-			return nil
-		})
-	case "list":
-		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
-			rs, err := a.Releases(ctx)
-			if err != nil {
-				return err
-			}
-			return printList(stdout, *output, rs, "VERSION\tOS\tARCH\tCHANNEL\tSIZE\tKEY\tEXPIRES\tPUBLISHED", func(r admin.Release) string {
-				return strings.Join([]string{r.Version, r.OS, r.Arch, r.Channel, strconv.FormatInt(r.Size, 10), r.KeyID, r.Expires.Format(time.RFC3339), r.PublishedAt.Format(time.RFC3339)}, "\t")
-			})
-		})
-	case "rollout":
-		if len(pos) != 2 {
-			return errors.New("usage: tether-relay release rollout V (--percent N | --tenants a,b | --agents id,…) [--halt-at FRACTION] [--batch N]")
-		}
-		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
-			ro, warns, err := a.StartRollout(ctx, admin.Rollout{Version: pos[1], Percent: *percent, Tenants: splitComma(*tenants), Agents: splitComma(*agents), HaltAt: *haltAt, Batch: *batch})
-			if err != nil {
-				return err
-			}
-			for _, w := range warns {
-				fmt.Fprintln(stderr, "warning:", w)
-			}
-			fmt.Fprintf(stderr, "rollout %d of %s started; a running relay offers it to the agents it selects within a few seconds\n", ro.ID, ro.Version)
-			return nil
-		})
-	case "status":
-		return withAdmin(*dataDir, func(ctx context.Context, a *admin.Admin) error {
-			st, err := a.UpdateStatus(ctx, *version)
-			if err != nil {
-				return err
-			}
-			if *output == "json" {
-				return printJSON(stdout, st)
-			}
-			if err := printList(stdout, "table", st.Rollouts, "ROLLOUT\tVERSION\tSELECTS\tHALT AT\tSTATE\tREASON", func(r admin.Rollout) string {
-				sel := fmt.Sprintf("%d%%", r.Percent)
-				if len(r.Tenants) > 0 {
-					sel = "tenants " + strings.Join(r.Tenants, ",")
-				} else if len(r.Agents) > 0 {
-					sel = "agents " + strings.Join(r.Agents, ",")
-				}
-				return strings.Join([]string{strconv.FormatInt(r.ID, 10), r.Version, sel, strconv.FormatFloat(r.HaltAt, 'g', -1, 64), r.State, dash(r.Reason)}, "\t")
-			}); err != nil {
-				return err
-			}
-			fmt.Fprintln(stdout)
-			return printList(stdout, "table", st.Agents, "AGENT\tTENANT\tFROM\tVERSION\tSTATE\tREASON\tUPDATED\tMESSAGE", func(u admin.AgentUpdate) string {
-				return strings.Join([]string{u.Agent, u.Tenant, dash(u.From), u.Version, u.State, dash(u.Reason), u.UpdatedAt.Format(time.RFC3339), dash(u.Message)}, "\t")
-			})
-		})
-	}
-	return errors.New(releaseUsage)
+// manifestFlags describe the agent binary release sign and release
+// publish sign.
+type manifestFlags struct {
+	file, version, goos, arch, channel, expires, key string
 }
 
-func splitComma(s string) []string {
-	var out []string
-	for _, x := range strings.Split(s, ",") {
-		if x = strings.TrimSpace(x); x != "" {
-			out = append(out, x)
-		}
+func (m *manifestFlags) add(fs *pflag.FlagSet) {
+	fs.StringVar(&m.file, "file", "", "the agent binary")
+	fs.StringVar(&m.version, "version", "", "its version (1.2.3)")
+	fs.StringVar(&m.goos, "os", "", "the OS it is built for (GOOS)")
+	fs.StringVar(&m.arch, "arch", "", "the architecture it is built for (GOARCH)")
+	fs.StringVar(&m.channel, "channel", release.DefaultChannel, "release channel")
+	fs.StringVar(&m.expires, "expires", "30d", "how long agents accept the manifest (e.g. 30d, 12h)")
+	fs.StringVar(&m.key, "key", "", "the private signing key (release.key)")
+}
+
+// sign signs the binary into dir.
+func (m *manifestFlags) sign(dir string) (release.Manifest, error) {
+	d, err := parseDays(m.expires)
+	if err != nil {
+		return release.Manifest{}, cli.Usagef("--expires: %v", err)
 	}
-	return out
+	if m.file == "" || m.version == "" || m.goos == "" || m.arch == "" || m.key == "" {
+		return release.Manifest{}, cli.Usagef("need --file, --version, --os, --arch and --key")
+	}
+	man := release.Manifest{Version: m.version, OS: m.goos, Arch: m.arch, Channel: m.channel, Expires: time.Now().Add(d).Truncate(time.Second)}
+	keyText, err := os.ReadFile(m.key)
+	if err != nil {
+		return man, err
+	}
+	key, err := release.ParsePrivateKey(keyText)
+	if err != nil {
+		return man, err
+	}
+	return release.SignFile(key, man, m.file, dir)
+}
+
+func releaseCmd(g *globals) *cobra.Command {
+	var keyOut string
+	keygenCmd := &cobra.Command{
+		Use:   "keygen --out DIR",
+		Short: "Make a release signing key pair (release.key, release.pub); no data directory needed",
+		Args:  cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if keyOut == "" {
+				return cli.Usagef("release keygen needs --out DIR")
+			}
+			return keygen(keyOut, cmd.ErrOrStderr())
+		},
+	}
+	keygenCmd.Flags().StringVar(&keyOut, "out", "", "directory to write release.key (0600) and release.pub to (required)")
+
+	var signM manifestFlags
+	var signOut string
+	signCmd := &cobra.Command{
+		Use:   "sign --file BIN --version V --os O --arch A --key KEYFILE --out DIR",
+		Short: "Sign an agent binary into a directory to publish (no data directory needed)",
+		Args:  cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if signOut == "" {
+				return cli.Usagef("release sign needs --out DIR")
+			}
+			m, err := signM.sign(signOut)
+			if err != nil {
+				return err
+			}
+			say(cmd, "signed release %s %s/%s %s (sha256 %s, %d bytes, expires %s) in %s; publish it with: tether-relay release publish --signed %s",
+				m.Version, m.OS, m.Arch, m.Channel, m.SHA256, m.Size, m.Expires.UTC().Format(time.RFC3339), signOut, signOut)
+			return nil
+		},
+	}
+	signM.add(signCmd.Flags())
+	signCmd.Flags().StringVar(&signOut, "out", "", "directory to write the binary, its manifest and signature to (required)")
+
+	var pubM manifestFlags
+	var signed, pubFile string
+	publishCmd := &cobra.Command{
+		Use:   "publish (--signed DIR | --file BIN --version V --os O --arch A --key KEYFILE)",
+		Short: "Publish a signed release to the relay's update channel",
+		Long: `Publish a release: a directory written by release sign (--signed, checked
+with --pub first if given), or a binary signed here and now (--file …
+--key): the data directory receives only the signed files.`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var keys release.Keys
+			if pubFile != "" {
+				b, err := os.ReadFile(pubFile)
+				if err != nil {
+					return err
+				}
+				if keys, err = release.ParseKeys([]string{string(b)}); err != nil {
+					return err
+				}
+			}
+			dir := signed
+			if dir == "" {
+				tmp, err := os.MkdirTemp("", "tether-release-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(tmp)
+				if _, err := pubM.sign(tmp); err != nil {
+					return err
+				}
+				dir = tmp
+			}
+			return g.withAdmin(cmd, func(ctx context.Context, a *admin.Admin) error {
+				r, err := a.PublishRelease(ctx, dir, keys)
+				if err != nil {
+					return err
+				}
+				say(cmd, "published release %s %s/%s %s signed by key %s (expires %s)", r.Version, r.OS, r.Arch, r.Channel, r.KeyID, r.Expires.UTC().Format(time.RFC3339))
+				return nil
+			})
+		},
+	}
+	pubM.add(publishCmd.Flags())
+	publishCmd.Flags().StringVar(&signed, "signed", "", "a directory written by release sign")
+	publishCmd.Flags().StringVar(&pubFile, "pub", "", "with --signed: verify the signatures with this public key first")
+
+	listCmd := &cobra.Command{
+		Use:   "list",
+		Short: "List published releases",
+		Args:  cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.withAdmin(cmd, func(ctx context.Context, a *admin.Admin) error {
+				rs, err := a.Releases(ctx)
+				if err != nil {
+					return err
+				}
+				rs = nonNil(rs)
+				return cli.Print(cmd.OutOrStdout(), output(cmd), rs, func(w io.Writer) error {
+					now := time.Now()
+					rows := make([][]string, len(rs))
+					for i, r := range rs {
+						rows[i] = []string{r.Version, r.OS + "/" + r.Arch, r.Channel, cli.Bytes(uint64(max(r.Size, 0))), r.KeyID, cli.When(r.Expires, now), cli.Since(r.PublishedAt, now)}
+					}
+					return cli.WriteTable(w, []string{"VERSION", "PLATFORM", "CHANNEL", "SIZE", "KEY", "EXPIRES", "PUBLISHED"}, rows)
+				})
+			})
+		},
+	}
+
+	var ro rolloutFlags
+	rolloutCmd := &cobra.Command{
+		Use:   "rollout VERSION (--percent N | --tenants a,b | --agents id,...)",
+		Short: "Roll a published version out to agents (it supersedes the active rollout)",
+		Args:  cli.Args("VERSION"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withAdmin(cmd, func(ctx context.Context, a *admin.Admin) error {
+				r, warns, err := a.StartRollout(ctx, admin.Rollout{Version: args[0], Percent: ro.percent, Tenants: cleanList(ro.tenants),
+					Agents: cleanList(ro.agents), HaltAt: ro.haltAt, Batch: ro.batch})
+				if err != nil {
+					return err
+				}
+				for _, w := range warns {
+					say(cmd, "warning: %s", w)
+				}
+				say(cmd, "rollout %d of %s started; a running relay offers it to the agents it selects within a few seconds", r.ID, r.Version)
+				return nil
+			})
+		},
+	}
+	ro.add(rolloutCmd.Flags())
+
+	var statusVersion string
+	statusCmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show rollouts and where every agent's update stands",
+		Args:  cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.withAdmin(cmd, func(ctx context.Context, a *admin.Admin) error {
+				st, err := a.UpdateStatus(ctx, statusVersion)
+				if err != nil {
+					return err
+				}
+				st.Rollouts, st.Agents = nonNil(st.Rollouts), nonNil(st.Agents)
+				return cli.Print(cmd.OutOrStdout(), output(cmd), st, func(w io.Writer) error {
+					now := time.Now()
+					var rows [][]string
+					for _, r := range st.Rollouts {
+						rows = append(rows, []string{strconv.FormatInt(r.ID, 10), r.Version, rolloutTarget(r.Percent, r.Tenants, r.Agents),
+							strconv.FormatFloat(r.HaltAt, 'g', -1, 64), r.State, cli.Since(r.CreatedAt, now), r.Reason})
+					}
+					if err := cli.WriteTable(w, []string{"ROLLOUT", "VERSION", "TO", "HALT AT", "STATE", "STARTED", "REASON"}, rows); err != nil {
+						return err
+					}
+					fmt.Fprintln(w)
+					rows = nil
+					for _, u := range st.Agents {
+						rows = append(rows, []string{u.Agent, u.Tenant, u.From, u.Version, u.State, cli.Since(u.UpdatedAt, now), strings.TrimSpace(u.Reason + " " + u.Message)})
+					}
+					return cli.WriteTable(w, []string{"AGENT", "TENANT", "FROM", "VERSION", "STATE", "UPDATED", "REASON"}, rows)
+				})
+			})
+		},
+	}
+	statusCmd.Flags().StringVar(&statusVersion, "version", "", "only this version")
+	return cli.Group("release", "Agent releases: signing, publishing and rollouts", keygenCmd, signCmd, publishCmd, listCmd, rolloutCmd, statusCmd)
+}
+
+// rolloutFlags are release rollout's, in both binaries.
+type rolloutFlags struct {
+	percent, batch  int
+	tenants, agents []string
+	haltAt          float64
+}
+
+func (r *rolloutFlags) add(fs *pflag.FlagSet) {
+	fs.IntVar(&r.percent, "percent", 0, "this percentage of all agents (1-100)")
+	fs.StringSliceVar(&r.tenants, "tenants", nil, "the agents of these tenants (comma-separated)")
+	fs.StringSliceVar(&r.agents, "agents", nil, "these agents (comma-separated ids)")
+	fs.Float64Var(&r.haltAt, "halt-at", 0, "halt when this fraction of the agents offered the release fail (0: never)")
+	fs.IntVar(&r.batch, "batch", 0, "at most this many agents updating at once (0: no limit)")
+}
+
+// rolloutTarget says which agents a rollout selects.
+func rolloutTarget(percent int, tenants, agents []string) string {
+	switch {
+	case len(tenants) > 0:
+		return "tenants " + strings.Join(tenants, ",")
+	case len(agents) > 0:
+		return "agents " + strings.Join(agents, ",")
+	}
+	return fmt.Sprintf("%d%%", percent)
 }
 
 // parseDays is time.ParseDuration that also takes whole days ("30d").

@@ -21,9 +21,10 @@ import (
 
 // client calls the relay's admin API.
 type client struct {
-	base  *url.URL
-	token string
-	http  *http.Client
+	base   *url.URL
+	token  string
+	http   *http.Client
+	pinned bool // verifies the relay with --ca
 }
 
 // apiError is an error the API answered with.
@@ -91,7 +92,7 @@ func newClient(c clientConfig) (*client, error) {
 	}
 	tr := &http.Transport{TLSClientConfig: tc, Proxy: http.ProxyFromEnvironment, DialContext: (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
 		TLSHandshakeTimeout: 10 * time.Second, ForceAttemptHTTP2: true}
-	return &client{base: u, token: tok, http: &http.Client{Transport: tr, Timeout: c.timeout}}, nil
+	return &client{base: u, token: tok, http: &http.Client{Transport: tr, Timeout: c.timeout}, pinned: c.ca != ""}, nil
 }
 
 func verifyServer(cs tls.ConnectionState, roots *x509.CertPool, host string) error {
@@ -108,9 +109,53 @@ func verifyServer(cs tls.ConnectionState, roots *x509.CertPool, host string) err
 		opts.DNSName = host
 	}
 	if _, err := leaf.Verify(opts); err != nil {
-		return fmt.Errorf("admin API certificate: %w", err)
+		return &serverCertError{err: err}
 	}
 	return nil
+}
+
+// serverCertError is a relay certificate that does not verify with the
+// CA given (--ca).
+type serverCertError struct{ err error }
+
+func (e *serverCertError) Error() string { return "admin API certificate: " + e.err.Error() }
+func (e *serverCertError) Unwrap() error { return e.err }
+
+// hintError is an error with what to do about it.
+type hintError struct {
+	err  error
+	hint string
+}
+
+func (e *hintError) Error() string { return e.err.Error() + "; " + e.hint }
+func (e *hintError) Unwrap() error { return e.err }
+
+// explainTLS adds what to do to a TLS failure: name the relay's CA with
+// --ca (exported on the relay host), export it again when the one given
+// does not verify the relay, or point --url at the admin listener when
+// the address did not speak TLS.
+func explainTLS(err error, pinned bool) error {
+	var (
+		pinnedErr   *serverCertError
+		verifyErr   *tls.CertificateVerificationError
+		authority   x509.UnknownAuthorityError
+		hostname    x509.HostnameError
+		invalidCert x509.CertificateInvalidError
+		plain       tls.RecordHeaderError
+	)
+	switch {
+	case errors.As(err, &pinnedErr):
+		return &hintError{err, "the CA given with --ca (TETHER_ADMIN_CA) does not verify the relay: export the relay's CA again on its host with " +
+			"tether-relay ca export --out FILE and give that FILE to --ca"}
+	case errors.As(err, &verifyErr), errors.As(err, &authority), errors.As(err, &hostname), errors.As(err, &invalidCert):
+		if pinned {
+			return &hintError{err, "the relay's certificate does not verify with --ca (TETHER_ADMIN_CA): export its CA again on the relay host with tether-relay ca export --out FILE"}
+		}
+		return &hintError{err, "verify the relay with its CA: --ca FILE (or TETHER_ADMIN_CA=FILE), where FILE is written on the relay host by tether-relay ca export --out FILE"}
+	case errors.As(err, &plain):
+		return &hintError{err, "the address did not answer with TLS: --url (TETHER_ADMIN_URL) must be the relay's admin listener, https://HOST:PORT of tether-relay serve --admin-listen"}
+	}
+	return err
 }
 
 // isRelayCert reports whether leaf carries a relay SPIFFE ID and no host
@@ -155,7 +200,7 @@ func (c *client) do(ctx context.Context, method, path string, query url.Values, 
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("admin API: %w", err)
+		return fmt.Errorf("admin API: %w", explainTLS(err, c.pinned))
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))

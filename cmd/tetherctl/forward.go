@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -12,43 +11,29 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/tetherhq/tether/cmd/internal/cli"
 	tether "github.com/tetherhq/tether/relay/client"
 )
 
-const forwardUsage = `tetherctl forward: reach tenant services from tools that speak no proxy
-protocol (psql, pg_dump, JDBC, DBeaver, …) through local ports.
-
-Usage:
-  tetherctl forward TARGET --listen [HOST:]PORT [--listen …] [flags]
-  tetherctl forward --map [HOST:]PORT=TARGET [--map …] [flags]
+const forwardLong = `Reach tenant services from tools that speak no proxy protocol (psql,
+pg_dump, JDBC, DBeaver, …) through local ports.
 
 TARGET is <service>.<tenant>.tether[:PORT] (PORT defaults to the local one;
 the relay ignores it). HOST defaults to 127.0.0.1; give 0.0.0.0 to let other
 machines in, with the backend's rights. Both forms can be mixed.
 
-Relay and credential (flags, else environment; exactly one credential):
-  --relay HOST:PORT         TETHER_RELAY              the relay's CONNECT front door (its TLS door
-                                                      with --cert-dir or --relay-ca)
-  --backend NAME            TETHER_BACKEND            the backend's name, for its API key
-  --api-key-file FILE       TETHER_API_KEY_FILE       file holding the backend's API key
-                            TETHER_API_KEY            the API key itself
-  --bearer-token-file FILE  TETHER_BEARER_TOKEN_FILE  file holding a JWT from the relay's OIDC issuer
-                                                      (read again for every connection)
-                            TETHER_BEARER_TOKEN       the JWT itself
-  --cert-dir DIR            TETHER_CERT_DIR           backend.crt, backend.key and ca.crt from
-                                                      tether-relay backend certificate (the TLS door)
-  --relay-ca FILE           TETHER_RELAY_CA           speak TLS to the relay's TLS door, verifying it
-                                                      with this CA (tether-relay ca export)
-Secrets are never taken from the command line, where ps shows them.
+Relay and credential come from the flags, else the environment; exactly one
+credential: the backend's API key (--backend with --api-key-file, or
+TETHER_API_KEY), a client certificate (--cert-dir, for the relay's TLS door)
+or a bearer token (--bearer-token-file, or TETHER_BEARER_TOKEN). Secrets are
+never taken from the command line, where ps shows them. This command does not
+use the admin API: it talks to a front door, as the backend.`
 
-Other flags:
-  --relay-wait 10s   how long a new connection waits for a relay it cannot reach, then is closed
-  --spares 2         connections to the relay kept ready per listener while it is in use (0: none)
-  --drain 5s         on SIGINT or SIGTERM, how long open connections may go on before they are closed
-  --log-level info   debug, info, warn or error
-  --log-format auto  auto (JSON unless stderr is a terminal), json or text
-`
+const forwardExample = `  tetherctl forward db.acme.tether:5432 --listen 5432 --relay relay.example:3128 \
+      --backend billing --api-key-file billing.key
+  tetherctl forward --map 5432=db.acme.tether --map 8080=api.acme.tether --cert-dir certs/ --relay relay.example:3129`
 
 // forwardOpts are tetherctl forward's flags.
 type forwardOpts struct {
@@ -67,31 +52,51 @@ type mapping struct {
 	listen, target string
 }
 
-// forward runs tetherctl forward: it returns when SIGINT or SIGTERM has
-// stopped every listener and ended their connections (nil), or with an
-// error when it cannot start.
-func forward(args []string, stderr io.Writer) error {
-	o := forwardOpts{apiKeyEnv: env("TETHER_API_KEY"), bearerEnv: env("TETHER_BEARER_TOKEN")}
-	fs := flag.NewFlagSet(prog+" forward", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, forwardUsage) }
-	fs.Func("listen", "local [HOST:]PORT for TARGET (repeatable)", func(s string) error { o.listens = append(o.listens, s); return nil })
-	fs.Func("map", "[HOST:]PORT=TARGET (repeatable)", func(s string) error { o.maps = append(o.maps, s); return nil })
-	fs.StringVar(&o.relay, "relay", env("TETHER_RELAY"), "the relay's CONNECT front door, HOST:PORT")
-	fs.StringVar(&o.backend, "backend", env("TETHER_BACKEND"), "backend name (with an API key)")
-	fs.StringVar(&o.apiKeyFile, "api-key-file", env("TETHER_API_KEY_FILE"), "file holding the backend's API key")
-	fs.StringVar(&o.bearerFile, "bearer-token-file", env("TETHER_BEARER_TOKEN_FILE"), "file holding a bearer token (JWT)")
-	fs.StringVar(&o.certDir, "cert-dir", env("TETHER_CERT_DIR"), "directory with backend.crt, backend.key and ca.crt")
-	fs.StringVar(&o.relayCA, "relay-ca", env("TETHER_RELAY_CA"), "CA to verify the relay's TLS door with")
-	fs.DurationVar(&o.relayWait, "relay-wait", tether.DefaultRelayWait, "how long a connection waits for an unreachable relay")
-	fs.IntVar(&o.spares, "spares", tether.DefaultSpares, "relay connections kept ready per listener while in use (0: none)")
-	fs.DurationVar(&o.drain, "drain", 5*time.Second, "on SIGINT or SIGTERM, how long open connections may go on")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&o.logFormat, "log-format", "auto", "auto, json or text")
-	pos, err := cli.ParseInterspersed(fs, args)
-	if err != nil {
-		return err
+func forwardCmd(env func(string) string) *cobra.Command {
+	var o forwardOpts
+	cmd := &cobra.Command{
+		Use:         "forward (TARGET --listen [HOST:]PORT | --map [HOST:]PORT=TARGET)",
+		Short:       "Forward local ports to tenant services through the relay's front door",
+		Long:        forwardLong,
+		Example:     forwardExample,
+		Args:        cli.Args("[TARGET]"),
+		Annotations: map[string]string{cli.NoGlobalFlags: "true"},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fs := cmd.Flags()
+			for _, f := range []struct {
+				v         *string
+				flag, env string
+			}{{&o.relay, "relay", "TETHER_RELAY"}, {&o.backend, "backend", "TETHER_BACKEND"}, {&o.apiKeyFile, "api-key-file", "TETHER_API_KEY_FILE"},
+				{&o.bearerFile, "bearer-token-file", "TETHER_BEARER_TOKEN_FILE"}, {&o.certDir, "cert-dir", "TETHER_CERT_DIR"}, {&o.relayCA, "relay-ca", "TETHER_RELAY_CA"}} {
+				if !fs.Changed(f.flag) {
+					*f.v = env(f.env)
+				}
+			}
+			o.apiKeyEnv, o.bearerEnv = env("TETHER_API_KEY"), env("TETHER_BEARER_TOKEN")
+			return forward(cmd.Context(), o, args, cmd.ErrOrStderr())
+		},
 	}
+	fs := cmd.Flags()
+	fs.StringArrayVar(&o.listens, "listen", nil, "local [HOST:]PORT for TARGET (repeatable)")
+	fs.StringArrayVar(&o.maps, "map", nil, "[HOST:]PORT=TARGET (repeatable)")
+	fs.StringVar(&o.relay, "relay", "", "the relay's CONNECT front door, HOST:PORT; its TLS door with --cert-dir or --relay-ca (env TETHER_RELAY)")
+	fs.StringVar(&o.backend, "backend", "", "the backend's name, for its API key (env TETHER_BACKEND)")
+	fs.StringVar(&o.apiKeyFile, "api-key-file", "", "file holding the backend's API key (env TETHER_API_KEY_FILE; or the key itself in TETHER_API_KEY)")
+	fs.StringVar(&o.bearerFile, "bearer-token-file", "", "file holding a JWT from the relay's OIDC issuer, read again for every connection (env TETHER_BEARER_TOKEN_FILE; or the token in TETHER_BEARER_TOKEN)")
+	fs.StringVar(&o.certDir, "cert-dir", "", "backend.crt, backend.key and ca.crt from tether-relay backend certificate, for the TLS door (env TETHER_CERT_DIR)")
+	fs.StringVar(&o.relayCA, "relay-ca", "", "speak TLS to the relay's TLS door, verifying it with this CA from tether-relay ca export (env TETHER_RELAY_CA)")
+	fs.DurationVar(&o.relayWait, "relay-wait", tether.DefaultRelayWait, "how long a new connection waits for a relay it cannot reach, then is closed")
+	fs.IntVar(&o.spares, "spares", tether.DefaultSpares, "connections to the relay kept ready per listener while it is in use (0: none)")
+	fs.DurationVar(&o.drain, "drain", 5*time.Second, "on SIGINT or SIGTERM, how long open connections may go on before they are closed")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "auto", "auto (JSON unless stderr is a terminal), json or text")
+	return cmd
+}
+
+// forward runs tetherctl forward: it returns when ctx ends (SIGINT or
+// SIGTERM) and every listener has stopped and ended its connections
+// (nil), or with an error when it cannot start.
+func forward(ctx context.Context, o forwardOpts, pos []string, stderr io.Writer) error {
 	maps, err := forwardMappings(pos, o.listens, o.maps)
 	if err != nil {
 		return err
@@ -122,8 +127,6 @@ func forward(args []string, stderr io.Writer) error {
 		log.Warn("the API key goes to the relay unencrypted: use its TLS door (--relay-ca) unless the network between is trusted", "relay", d.Relay)
 	}
 
-	ctx, stop := cli.SignalContext()
-	defer stop()
 	// Every listener first: nothing is served unless all of them are.
 	lns := make([]net.Listener, 0, len(maps))
 	for _, m := range maps {
@@ -167,7 +170,7 @@ func forwardMappings(pos, listens, maps []string) ([]mapping, error) {
 	case len(pos) == 0 && len(listens) > 0:
 		return nil, errors.New("--listen needs a TARGET: tetherctl forward <service>.<tenant>.tether --listen PORT")
 	case len(pos) == 0 && len(maps) == 0:
-		return nil, errors.New("nothing to forward: tetherctl forward TARGET --listen PORT, or --map PORT=TARGET (tetherctl forward -h)")
+		return nil, errors.New("nothing to forward: tetherctl forward TARGET --listen PORT, or --map PORT=TARGET (tetherctl forward --help)")
 	}
 	add := func(listen, target string) error {
 		addr, err := tether.ListenAddr(listen)

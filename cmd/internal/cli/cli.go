@@ -1,5 +1,9 @@
-// Package cli holds what Tether's commands share: the choice of log handler
-// and a context cancelled by SIGINT/SIGTERM.
+// Package cli holds what Tether's commands share: how a command tree
+// behaves (cobra roots and groups, usage errors with suggestions, exit
+// statuses, commands one binary names but cannot run), output formats
+// (-o table, json, yaml), the human forms of times, durations and sizes
+// in tables, build information and the version command, the choice of log
+// handler, and a context cancelled by SIGINT/SIGTERM.
 package cli
 
 import (
@@ -16,20 +20,32 @@ import (
 // NewLogger builds the logger for a command: JSON when w is not a terminal
 // (or format is "json"), text otherwise.
 func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
-	var lv slog.Level
+	lv, err := ParseLevel(level)
+	if err != nil {
+		return nil, err
+	}
+	return NewLeveledLogger(w, lv, format)
+}
+
+// ParseLevel parses a log level: debug, info (also ""), warn or error.
+func ParseLevel(level string) (slog.Level, error) {
 	switch level {
 	case "", "info":
-		lv = slog.LevelInfo
+		return slog.LevelInfo, nil
 	case "debug":
-		lv = slog.LevelDebug
+		return slog.LevelDebug, nil
 	case "warn":
-		lv = slog.LevelWarn
+		return slog.LevelWarn, nil
 	case "error":
-		lv = slog.LevelError
-	default:
-		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+		return slog.LevelError, nil
 	}
-	opts := &slog.HandlerOptions{Level: lv}
+	return 0, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+}
+
+// NewLeveledLogger is NewLogger with a level that may change while the
+// logger is in use (a *slog.LevelVar).
+func NewLeveledLogger(w io.Writer, level slog.Leveler, format string) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: level}
 	switch format {
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
@@ -64,7 +80,8 @@ func SignalContext() (context.Context, context.CancelFunc) {
 	return ctx, cancel
 }
 
-// Fail prints an error for the operator and exits with status 1.
+// Fail prints an error for the operator and exits with status 1 (for
+// commands not built with NewRoot and Execute).
 func Fail(prog string, err error) {
 	fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
 	os.Exit(1)

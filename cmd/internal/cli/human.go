@@ -1,0 +1,144 @@
+package cli
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// How tables show times, durations and sizes, the same in every command.
+// JSON and YAML carry the raw values (RFC 3339 in UTC, nanoseconds,
+// bytes).
+
+// Since is t relative to now as people read it: "3m ago", or "in 2h"
+// for a time to come; "-" for the zero time.
+func Since(t, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := now.Sub(t)
+	if d < 0 {
+		return "in " + Duration(-d)
+	}
+	if d < time.Second {
+		return "just now"
+	}
+	return Duration(d) + " ago"
+}
+
+// When is t relative to now with the absolute time after it, for dates
+// that matter as dates (expiries): "in 2h (2025-06-01 14:00 UTC)",
+// "3d ago (…)"; "-" for the zero time.
+func When(t, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return Since(t, now) + " (" + Absolute(t) + ")"
+}
+
+// Absolute is t in UTC to the minute, for tables: "2025-06-01 14:00 UTC".
+func Absolute(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format("2006-01-02 15:04 UTC")
+}
+
+// Timestamp is t in RFC 3339 with milliseconds, UTC, for tables that are
+// logs (the audit trail).
+func Timestamp(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format("2006-01-02T15:04:05.000Z")
+}
+
+// Duration is d in at most two units, rounded down: "45s", "3m", "3m20s"
+// under ten minutes, "2h", "2h5m", "3d", "3d4h", "45d", "2y30d".
+func Duration(d time.Duration) string {
+	if d < 0 {
+		return "-" + Duration(-d)
+	}
+	const day, year = 24 * time.Hour, 365 * 24 * time.Hour
+	two := func(a time.Duration, au string, b time.Duration, bu string) string {
+		if b == 0 {
+			return fmt.Sprintf("%d%s", a, au)
+		}
+		return fmt.Sprintf("%d%s%d%s", a, au, b, bu)
+	}
+	switch {
+	case d < time.Second:
+		return Latency(d)
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", d/time.Second)
+	case d < 10*time.Minute:
+		return two(d/time.Minute, "m", d%time.Minute/time.Second, "s")
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	case d < day:
+		return two(d/time.Hour, "h", d%time.Hour/time.Minute, "m")
+	case d < 10*day:
+		return two(d/day, "d", d%day/time.Hour, "h")
+	case d < year:
+		return fmt.Sprintf("%dd", d/day)
+	}
+	return two(d/year, "y", d%year/day, "d")
+}
+
+// Latency is a short duration to three significant digits: "850µs",
+// "1.23ms", "12.3s"; "-" for zero.
+func Latency(d time.Duration) string {
+	if d == 0 {
+		return "-"
+	}
+	switch {
+	case d < time.Microsecond:
+		return d.String()
+	case d < time.Millisecond:
+		return sig3(float64(d)/float64(time.Microsecond)) + "µs"
+	case d < time.Second:
+		return sig3(float64(d)/float64(time.Millisecond)) + "ms"
+	}
+	return sig3(d.Seconds()) + "s"
+}
+
+// Bytes is a size in IEC units to three significant digits: "512 B",
+// "1.5 KiB", "12.3 MiB", "2 GiB".
+func Bytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, i := float64(n), -1
+	for v >= unit && i < 5 {
+		v /= unit
+		i++
+	}
+	return sig3(v) + " " + "KMGTPE"[i:i+1] + "iB"
+}
+
+// sig3 is v with three significant digits (more left of the point), no
+// trailing zeros.
+func sig3(v float64) string {
+	prec := 2
+	switch {
+	case v >= 100:
+		prec = 0
+	case v >= 10:
+		prec = 1
+	}
+	s := strconv.FormatFloat(v, 'f', prec, 64)
+	if strings.Contains(s, ".") {
+		s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
+	}
+	return s
+}
+
+// Limit is a limit where 0 means none: "unlimited", else the number.
+func Limit[T int | int64 | float64](v T) string {
+	if v == 0 {
+		return "unlimited"
+	}
+	return fmt.Sprint(v)
+}

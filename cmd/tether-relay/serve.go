@@ -1,0 +1,222 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/tetherhq/tether/cmd/internal/cli"
+	"github.com/tetherhq/tether/relay"
+)
+
+const serveLong = `Run the relay.
+
+Every setting is a flag, an environment variable TETHER_<NAME> (e.g.
+TETHER_AGENT_LISTEN) and a key of the config file (--config FILE or
+TETHER_CONFIG; YAML, e.g. "agent_listen: :7443"); a flag wins over the
+environment, which wins over the file, which wins over the default. The
+file is strict: an unknown key is an error naming it and its line. Every
+value is checked once, and every problem reported together.
+
+The config file is watched: when it changes, settings that can change live
+(log_level) are applied, and each changed setting that needs a restart is
+logged by name. A plain-text front door (SOCKS5, CONNECT) bound beyond
+loopback is logged as a warning: API keys cross it in the clear.`
+
+func serveCmd(g *globals) *cobra.Command {
+	settings := serveSettings()
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the relay",
+		Long:  serveLong,
+		Args:  cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return serve(cmd, g, settings)
+		},
+	}
+	addSettingFlags(cmd.Flags(), settings, "data-dir")
+	return cmd
+}
+
+func serve(cmd *cobra.Command, g *globals, settings []*setting) error {
+	path := g.configPath()
+	var file *configFile
+	if path != "" {
+		var err error
+		if file, err = readConfigFile(path, settings); err != nil {
+			return err
+		}
+	}
+	opts, _, err := resolve(settings, cmd.Flags(), g.env, file)
+	if err != nil {
+		return err
+	}
+	level := new(slog.LevelVar)
+	level.Set(opts.logLevel)
+	log, err := cli.NewLeveledLogger(cmd.ErrOrStderr(), level, opts.logFormat)
+	if err != nil {
+		return err
+	}
+	cfg := opts.relay
+	cfg.Logger = log
+	cfg.Version = g.info.Version
+	warnPlaintextDoors(log, cfg)
+	r, err := relay.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx := cmd.Context()
+	var wg sync.WaitGroup
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer wg.Wait()
+	defer stopWatch()
+	if path != "" {
+		rl := &reloader{path: path, settings: settings, flags: cmd.Flags(), env: g.env, log: log,
+			live: &liveRelay{level: level}, running: opts, loaded: file.data}
+		wg.Go(func() { rl.watch(wctx) })
+	}
+	return r.Run(ctx)
+}
+
+// warnPlaintextDoors warns about each plain-text front door that listens
+// beyond loopback: API keys and bearer tokens cross it in the clear.
+func warnPlaintextDoors(log *slog.Logger, cfg relay.Config) {
+	for _, d := range []struct{ door, key, addr string }{
+		{"SOCKS5", "socks_listen", cfg.SOCKSListen},
+		{"HTTP CONNECT", "connect_listen", cfg.ConnectListen},
+	} {
+		if d.addr == relay.Off || isLoopback(d.addr) {
+			continue
+		}
+		log.Warn("a plain-text front door listens beyond loopback: backends' API keys and bearer tokens cross the network in the clear; "+
+			"across hosts, give backends the TLS door (connect_tls_listen) and keep this one on loopback", "door", d.door, "listen", d.addr, "setting", d.key)
+	}
+}
+
+// isLoopback reports whether the listen address hostport accepts only
+// connections from this machine (an empty host listens on all).
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil || host == "" {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// reloadSettle lets a burst of file events (an editor's write, rename and
+// chmod) settle before the config file is read.
+const reloadSettle = 200 * time.Millisecond
+
+// reloader follows the config file of a running relay: it applies
+// settings that can change live and logs, by key, the changed ones that
+// need a restart.
+type reloader struct {
+	path     string
+	settings []*setting
+	flags    *pflag.FlagSet
+	env      func(string) string
+	log      *slog.Logger
+	live     *liveRelay
+	// running are the settings in effect; loaded is the file they were
+	// last compared with.
+	running serveOptions
+	loaded  []byte
+}
+
+// watch reloads the config file after changes in its directory (watched
+// rather than the file, so that a file renamed over it or swapped in by a
+// symlink, as Kubernetes does with config maps, is seen) until ctx ends.
+func (rl *reloader) watch(ctx context.Context) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		rl.log.Warn("cannot watch the config file for changes; restart the relay to apply them", "file", rl.path, "err", err)
+		return
+	}
+	defer w.Close()
+	dir := filepath.Dir(rl.path)
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	if err := w.Add(dir); err != nil {
+		rl.log.Warn("cannot watch the config file for changes; restart the relay to apply them", "file", rl.path, "err", err)
+		return
+	}
+	rl.log.Info("watching the config file", "file", rl.path)
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	defer settle.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			settle.Reset(reloadSettle)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			rl.log.Warn("watching the config file", "file", rl.path, "err", err)
+		case <-settle.C:
+			rl.reload()
+		}
+	}
+}
+
+// reload reads the config file and, if it changed, works out the
+// settings again (flags and environment still win), applies the live
+// ones that changed and logs each changed one that needs a restart. A
+// file with problems changes nothing.
+func (rl *reloader) reload() {
+	data, err := os.ReadFile(rl.path)
+	if err != nil {
+		rl.log.Error("config file not reloaded; the relay keeps its settings", "file", rl.path, "err", err)
+		return
+	}
+	if bytes.Equal(data, rl.loaded) {
+		return
+	}
+	rl.loaded = data
+	file, err := parseConfig(rl.path, data, rl.settings)
+	if err != nil {
+		rl.log.Error("config file not reloaded; the relay keeps its settings", "file", rl.path, "err", err)
+		return
+	}
+	next, from, err := resolve(rl.settings, rl.flags, rl.env, file)
+	if err != nil {
+		rl.log.Error("config file not reloaded; the relay keeps its settings", "file", rl.path, "err", err)
+		return
+	}
+	var applied, restart []string
+	for _, s := range rl.settings {
+		was, now := s.get(&rl.running), s.get(&next)
+		if was == now {
+			continue
+		}
+		if s.live == nil {
+			restart = append(restart, s.key())
+			rl.log.Warn("config file changes a setting that takes effect at the next restart", "key", s.key(), "running", was, "file", now)
+			continue
+		}
+		s.live(rl.live, &next)
+		s.set(&rl.running, from[s.name].text) // checked by resolve
+		applied = append(applied, s.key())
+		rl.log.Info("config file setting applied", "key", s.key(), "was", was, "now", now)
+	}
+	rl.log.Info("config file reloaded", "file", rl.path, "applied", applied, "restart_needed", restart)
+}

@@ -1,0 +1,470 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/tetherhq/tether/cmd/internal/cli"
+	"github.com/tetherhq/tether/relay"
+)
+
+// A setting is one setting of serve. Its value comes from its flag
+// (--agent-listen) when given, else from its environment variable
+// (TETHER_AGENT_LISTEN) when set and not empty, else from its key in the
+// config file (agent_listen), else from its default.
+type setting struct {
+	name  string // the flag's name
+	kind  string // what help calls its values: string, duration, int
+	def   string // the default, as text
+	usage string // one line, for --help
+	doc   string // for README's reference table; usage when empty
+	list  bool   // the config file may give a YAML list, joined with commas
+	// set parses text into o, or says what is wrong with it.
+	set func(o *serveOptions, text string) error
+	// get is o's value in canonical text, to compare and to log.
+	get func(o *serveOptions) string
+	// live, when set, makes the setting one a running relay applies when
+	// the config file changes; the others take effect at the next start.
+	live func(rt *liveRelay, o *serveOptions)
+}
+
+// key is the setting's key in the config file.
+func (s *setting) key() string { return strings.ReplaceAll(s.name, "-", "_") }
+
+// envVar is the setting's environment variable.
+func (s *setting) envVar() string { return "TETHER_" + strings.ToUpper(s.key()) }
+
+// serveOptions are serve's settings, parsed.
+type serveOptions struct {
+	relay      relay.Config
+	transports string
+	logLevel   slog.Level
+	logFormat  string
+}
+
+// liveRelay is what live settings change in a running relay.
+type liveRelay struct {
+	level *slog.LevelVar
+}
+
+// serveSettings returns every setting of serve. Each is a flag, an
+// environment variable and a config file key; README's reference table
+// is generated from this list (TestREADMESettings).
+func serveSettings() []*setting {
+	str := func(name string, field func(*serveOptions) *string, def, usage, doc string) *setting {
+		return &setting{name: name, kind: "string", def: def, usage: usage, doc: doc,
+			set: func(o *serveOptions, v string) error { *field(o) = v; return nil },
+			get: func(o *serveOptions) string { return *field(o) }}
+	}
+	dur := func(name string, field func(*serveOptions) *time.Duration, def time.Duration, usage, doc string) *setting {
+		return &setting{name: name, kind: "duration", def: def.String(), usage: usage, doc: doc,
+			set: func(o *serveOptions, v string) error {
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					return errors.New("want a duration such as 10s, 5m or 1h30m")
+				}
+				if d < 0 {
+					return errors.New("must not be negative")
+				}
+				*field(o) = d
+				return nil
+			},
+			get: func(o *serveOptions) string { return field(o).String() }}
+	}
+	num := func(name string, field func(*serveOptions) *int, def int, usage, doc string) *setting {
+		return &setting{name: name, kind: "int", def: strconv.Itoa(def), usage: usage, doc: doc,
+			set: func(o *serveOptions, v string) error {
+				n, err := strconv.Atoi(v)
+				if err != nil {
+					return errors.New("want a whole number")
+				}
+				if n < 0 {
+					return errors.New("must not be negative")
+				}
+				*field(o) = n
+				return nil
+			},
+			get: func(o *serveOptions) string { return strconv.Itoa(*field(o)) }}
+	}
+	c := func(o *serveOptions) *relay.Config { return &o.relay }
+	return []*setting{
+		str("data-dir", func(o *serveOptions) *string { return &c(o).DataDir }, defaultDataDir,
+			"the relay's data directory (CA, store, audit log)",
+			"the data directory: CA, store, audit log; created (mode 0700) at the first start"),
+		str("agent-listen", func(o *serveOptions) *string { return &c(o).AgentListen }, ":7443",
+			"agent address, UDP (QUIC) and TCP (TLS+yamux) on the same port",
+			"agents, on UDP (QUIC) and TCP (TLS+yamux, enrolment) on the same port"),
+		{name: "transports", kind: "string", def: "quic,tcp", list: true,
+			usage: "agent transports to serve: quic, tcp or both",
+			doc:   "agent transports to serve: `quic`, `tcp` or both (in the file, a string or a list)",
+			set: func(o *serveOptions, v string) error {
+				var quic, tcp bool
+				for _, t := range strings.Split(v, ",") {
+					switch strings.TrimSpace(t) {
+					case "quic":
+						quic = true
+					case "tcp":
+						tcp = true
+					default:
+						return errors.New("want quic, tcp or quic,tcp")
+					}
+				}
+				o.transports = v
+				o.relay.DisableQUIC, o.relay.DisableTCP = !quic, !tcp
+				return nil
+			},
+			get: func(o *serveOptions) string {
+				var ts []string
+				if !o.relay.DisableQUIC {
+					ts = append(ts, "quic")
+				}
+				if !o.relay.DisableTCP {
+					ts = append(ts, "tcp")
+				}
+				return strings.Join(ts, ",")
+			}},
+		str("socks-listen", func(o *serveOptions) *string { return &c(o).SOCKSListen }, "127.0.0.1:1080",
+			`SOCKS5 front door ("off" to disable)`,
+			"SOCKS5 front door (`off` disables it). Plain text: beyond loopback, API keys cross the network in the clear (the relay warns)"),
+		str("connect-listen", func(o *serveOptions) *string { return &c(o).ConnectListen }, "127.0.0.1:3128",
+			`HTTP CONNECT front door and Go Dialer endpoint ("off" to disable)`,
+			"HTTP CONNECT front door and Go Dialer endpoint (`off` disables it). Plain text, like the SOCKS5 door: across hosts use the TLS door"),
+		str("connect-tls-listen", func(o *serveOptions) *string { return &c(o).ConnectTLSListen }, relay.Off,
+			"HTTP CONNECT front door over TLS, where backends may also use client certificates",
+			"the CONNECT front door over TLS (the relay's certificate from its CA); backends may authenticate there with a client certificate too. The door to use across hosts"),
+		str("oidc-issuer", func(o *serveOptions) *string { return &c(o).OIDC.Issuer }, "",
+			"accept bearer tokens (JWT) from this OpenID Connect issuer at the CONNECT front doors", ""),
+		str("oidc-audience", func(o *serveOptions) *string { return &c(o).OIDC.Audience }, "",
+			"audience bearer tokens must be for (required with --oidc-issuer)", ""),
+		str("oidc-jwks-url", func(o *serveOptions) *string { return &c(o).OIDC.JWKSURL }, "",
+			"the issuer's key set (default: from its discovery document)",
+			"the issuer's key set, if not its discovery document's `jwks_uri`"),
+		str("oidc-backend-claim", func(o *serveOptions) *string { return &c(o).OIDC.BackendClaim }, "sub",
+			"token claim naming the backend (a registered backend; its grants apply)", ""),
+		str("oidc-tenant-claim", func(o *serveOptions) *string { return &c(o).OIDC.TenantClaim }, "tether_tenants",
+			"token claim listing the tenants the token is for (required in every token)",
+			"token claim listing the tenants the token is for: a name, `*`, or an array (required in every token)"),
+		str("trust-domain", func(o *serveOptions) *string { return &c(o).TrustDomain }, "tether.internal",
+			"SPIFFE trust domain of a new CA (first start only)", ""),
+		dur("agent-cert-lifetime", func(o *serveOptions) *time.Duration { return &c(o).AgentCertLifetime }, 24*time.Hour,
+			"validity of agent certificates; agents renew them, with a fresh key, when a third remains",
+			"validity of agent certificates; agents renew over their control stream, with a fresh key, when a third of it remains (at least `30s`; an agent offline longer than this must enrol again)"),
+		str("audit-log", func(o *serveOptions) *string { return &c(o).AuditLog }, "",
+			"file receiving one JSON line per audit record (default DATA-DIR/audit.log)",
+			"file receiving one JSON line per audit record (default `DATA-DIR/audit.log`); admin commands append to the same file (they read `audit_log` from the config file)"),
+		dur("heartbeat", func(o *serveOptions) *time.Duration { return &c(o).HeartbeatInterval }, 10*time.Second,
+			"control-stream heartbeat interval",
+			"control-stream ping interval; three missed ones drop the session"),
+		dur("update-interval", func(o *serveOptions) *time.Duration { return &c(o).UpdateInterval }, 5*time.Second,
+			"how often the active rollout's release is offered to agents that have not had it", ""),
+		dur("stream-open-timeout", func(o *serveOptions) *time.Duration { return &c(o).StreamOpenTimeout }, 15*time.Second,
+			"limit on opening a stream through an agent",
+			"limit on opening a stream through an agent (includes the agent's dial)"),
+		dur("idle-timeout", func(o *serveOptions) *time.Duration { return &c(o).IdleTimeout }, time.Hour,
+			"close tunnelled connections idle this long",
+			"close tunnelled connections idle in both directions this long"),
+		dur("drain-timeout", func(o *serveOptions) *time.Duration { return &c(o).DrainTimeout }, 10*time.Second,
+			"on shutdown, wait this long for tunnelled connections",
+			"on SIGTERM/SIGINT, wait this long for open tunnels"),
+		dur("reconnect-grace", func(o *serveOptions) *time.Duration { return &c(o).ReconnectGrace }, 30*time.Second,
+			"after start, streams to tenants whose agents were connected before wait this long for them to return",
+			"after a start, a stream to a tenant whose agents were connected before the stop waits (up to the stream-open timeout) for one to return instead of failing with `no_agent`"),
+		num("max-handshakes", func(o *serveOptions) *int { return &c(o).MaxHandshakes }, 512,
+			"agent handshakes in progress at once; more wait up to 8s, then are turned away to retry",
+			"agent handshakes (TLS and hello) and enrolments in progress at once; a connection that finds no slot within 8 s is closed and its agent retries after its jittered backoff, so a restart does not become a login storm. QUIC completes TLS before the relay sees the connection, so at most `max_quic_handshakes` QUIC TLS handshakes run at once; a QUIC connection beyond that is refused at its first packet, before any TLS work, and its agent tries QUIC again at a random moment within 5 s, a window that doubles with each refusal in a row up to the agent's `reconnect.max` (it does not fall back to TCP for that: a refusal costs the relay one packet)"),
+		num("max-quic-handshakes", func(o *serveOptions) *int { return &c(o).MaxQUICTLSHandshakes }, 0,
+			"QUIC TLS handshakes in progress at once; more are refused at their first packet and retry soon (0: 8 x --max-handshakes)",
+			"the bound on QUIC TLS handshakes in progress described above (0: 8 × `max_handshakes`)"),
+		str("download-listen", func(o *serveOptions) *string { return &c(o).DownloadListen }, relay.Off,
+			"serve --download-dir (agent binaries, install scripts) and the CA over HTTPS on this address, for the install scripts",
+			"serve `download_dir` and the CA at `/ca.der` over HTTPS with the relay's certificate, for the install scripts"),
+		str("download-dir", func(o *serveOptions) *string { return &c(o).DownloadDir }, "",
+			"directory of agent binaries and install scripts (scripts/release makes one)", ""),
+		str("metrics-listen", func(o *serveOptions) *string { return &c(o).MetricsListen }, relay.Off,
+			"Prometheus /metrics, /healthz and /readyz on this address (unauthenticated; names tenants)",
+			"Prometheus `/metrics`, `/healthz` and `/readyz` on this address (unauthenticated; metrics name tenants)"),
+		str("admin-listen", func(o *serveOptions) *string { return &c(o).AdminListen }, relay.Off,
+			"admin API (HTTPS; operator token or certificate) on this address; see tether-relay operator",
+			"the [admin API](#admin-api-and-tetherctl) over HTTPS on this address (authenticated: operator token, operator certificate or session)"),
+		str("admin-cert", func(o *serveOptions) *string { return &c(o).AdminCertFile }, "",
+			"admin listener certificate (PEM; default: one from the relay CA, see tether-relay ca export)",
+			"the admin listener's certificate (PEM), e.g. one with the host name browsers use; default one from the relay CA. Watched: a renewed file is served without a restart"),
+		str("admin-key", func(o *serveOptions) *string { return &c(o).AdminKeyFile }, "",
+			"admin listener key (PEM; with --admin-cert)", "the admin listener's key (PEM), with `admin_cert`"),
+		dur("admin-session-ttl", func(o *serveOptions) *time.Duration { return &c(o).AdminSessionTTL }, 12*time.Hour,
+			"lifetime of browser sessions opened at the admin listener's /login",
+			"lifetime of browser sessions opened at `/login` (never beyond the token's expiry)"),
+		str("debug-listen", func(o *serveOptions) *string { return &c(o).DebugListen }, relay.Off,
+			"pprof and /debug/tether on this address (loopback only; unauthenticated)",
+			"Go pprof profiles and `/debug/tether` (live counts, memory; `?gc=1` collects first) on this address: unauthenticated, bind it to loopback"),
+		{name: "log-level", kind: "string", def: "info",
+			usage: "debug, info, warn or error (changes live with the config file)",
+			doc:   "`debug`, `info`, `warn` or `error`. **Live**: a changed config file applies it without a restart",
+			set: func(o *serveOptions, v string) error {
+				lv, err := cli.ParseLevel(v)
+				if err != nil {
+					return errors.New("want debug, info, warn or error")
+				}
+				o.logLevel = lv
+				return nil
+			},
+			get:  func(o *serveOptions) string { return strings.ToLower(o.logLevel.String()) },
+			live: func(rt *liveRelay, o *serveOptions) { rt.level.Set(o.logLevel) }},
+		{name: "log-format", kind: "string", def: "auto",
+			usage: "json, text or auto (text on a terminal)",
+			doc:   "`json`, `text` or `auto` (JSON unless stderr is a terminal)",
+			set: func(o *serveOptions, v string) error {
+				switch v {
+				case "json", "text", "auto":
+					o.logFormat = v
+					return nil
+				}
+				return errors.New("want json, text or auto")
+			},
+			get: func(o *serveOptions) string { return o.logFormat }},
+	}
+}
+
+// flagValue is a setting's flag. It keeps the text given and checks
+// nothing, so that serve checks every setting once, whatever its source,
+// and reports every problem together.
+type flagValue struct {
+	text, kind string
+}
+
+func (v *flagValue) Set(s string) error { v.text = s; return nil }
+func (v *flagValue) String() string     { return v.text }
+func (v *flagValue) Type() string       { return v.kind }
+
+// addSettingFlags adds the flags of settings to fs, but those named in
+// skip (global flags the root has already).
+func addSettingFlags(fs *pflag.FlagSet, settings []*setting, skip ...string) {
+	for _, s := range settings {
+		if slices.Contains(skip, s.name) {
+			continue
+		}
+		fs.Var(&flagValue{text: s.def, kind: s.kind}, s.name, s.usage)
+	}
+}
+
+// origin is where a setting's value came from.
+type origin struct {
+	text  string
+	where string // "--heartbeat", "TETHER_HEARTBEAT", "relay.yaml:4: heartbeat", "default"
+	flag  bool
+}
+
+// resolve works out every setting from flags (those given), the
+// environment, the config file (nil for none) and the defaults, in that
+// order, and checks each value once: the error lists every problem.
+func resolve(settings []*setting, flags *pflag.FlagSet, env func(string) string, file *configFile) (serveOptions, map[string]origin, error) {
+	var o serveOptions
+	from := make(map[string]origin, len(settings))
+	var probs problems
+	for _, s := range settings {
+		or := origin{text: s.def, where: "default"}
+		if f := flags.Lookup(s.name); f != nil && f.Changed {
+			or = origin{text: f.Value.String(), where: "--" + s.name, flag: true}
+		} else if v := env(s.envVar()); v != "" {
+			or = origin{text: v, where: s.envVar()}
+		} else if fv, ok := file.value(s.key()); ok {
+			or = origin{text: fv.text, where: fmt.Sprintf("%s:%d: %s", file.path, fv.line, s.key())}
+		}
+		from[s.name] = or
+		if err := s.set(&o, or.text); err != nil {
+			probs = append(probs, problem{where: or.where, text: or.text, err: err, flag: or.flag})
+		}
+	}
+	if len(probs) > 0 {
+		return o, from, probs
+	}
+	return o, from, nil
+}
+
+// problem is one invalid setting.
+type problem struct {
+	where, text string
+	err         error
+	flag        bool // from a command-line flag
+}
+
+func (p problem) String() string {
+	if p.text == "" {
+		return fmt.Sprintf("%s: %v", p.where, p.err)
+	}
+	return fmt.Sprintf("%s %q: %v", p.where, p.text, p.err)
+}
+
+// problems are every problem found in the settings, reported together.
+type problems []problem
+
+func (ps problems) Error() string {
+	if len(ps) == 1 {
+		return "invalid setting: " + ps[0].String()
+	}
+	lines := make([]string, len(ps))
+	for i, p := range ps {
+		lines[i] = "  " + p.String()
+	}
+	return fmt.Sprintf("%d invalid settings:\n%s", len(ps), strings.Join(lines, "\n"))
+}
+
+// ExitCode is cli.ExitUsage when a command-line flag is wrong, else
+// cli.ExitFailure.
+func (ps problems) ExitCode() int {
+	for _, p := range ps {
+		if p.flag {
+			return cli.ExitUsage
+		}
+	}
+	return cli.ExitFailure
+}
+
+// configFile is a parsed config file: a YAML mapping of setting keys to
+// values.
+type configFile struct {
+	path   string
+	data   []byte
+	values map[string]fileValue
+}
+
+// fileValue is one key's value and the line it is on.
+type fileValue struct {
+	text string
+	line int
+}
+
+func (f *configFile) has(key string) bool {
+	_, ok := f.value(key)
+	return ok
+}
+
+func (f *configFile) value(key string) (fileValue, bool) {
+	if f == nil {
+		return fileValue{}, false
+	}
+	v, ok := f.values[key]
+	return v, ok
+}
+
+// maxConfigFile bounds the config file read.
+const maxConfigFile = 1 << 20
+
+// readConfigFile reads and parses the config file at path.
+func readConfigFile(path string, settings []*setting) (*configFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config file: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("config file: %w", err)
+	}
+	if len(data) > maxConfigFile {
+		return nil, fmt.Errorf("config file %s is larger than %d KiB", path, maxConfigFile>>10)
+	}
+	return parseConfig(path, data, settings)
+}
+
+// parseConfig parses a config file strictly: a mapping whose keys are
+// settings' keys, each at most once, with a single value (a list only for
+// settings that take one). The error names every bad key with its line.
+func parseConfig(path string, data []byte, settings []*setting) (*configFile, error) {
+	cf := &configFile{path: path, data: data, values: map[string]fileValue{}}
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return cf, nil // empty: every setting from elsewhere
+		}
+		return nil, fmt.Errorf("config file %s: %w", path, err)
+	}
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("config file %s: more than one YAML document", path)
+	}
+	if len(doc.Content) == 0 {
+		return cf, nil
+	}
+	root := doc.Content[0]
+	if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
+		return cf, nil // only comments
+	}
+	if root.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("%s:%d: want settings, one \"key: value\" a line", path, root.Line)
+	}
+	known := map[string]*setting{}
+	var keys []string
+	for _, s := range settings {
+		known[s.key()] = s
+		keys = append(keys, s.key())
+	}
+	var probs problems
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		where := fmt.Sprintf("%s:%d", path, k.Line)
+		if k.Kind != yaml.ScalarNode {
+			probs = append(probs, problem{where: where, err: errors.New("a key must be a setting's name")})
+			continue
+		}
+		s := known[k.Value]
+		if s == nil {
+			err := fmt.Errorf("unknown key %q", k.Value)
+			if near := cli.Nearest(k.Value, keys); near != "" {
+				err = fmt.Errorf("unknown key %q; did you mean %q?", k.Value, near)
+			}
+			probs = append(probs, problem{where: where, err: err})
+			continue
+		}
+		if prev, ok := cf.values[k.Value]; ok {
+			probs = append(probs, problem{where: where, err: fmt.Errorf("%s is given twice (first on line %d)", k.Value, prev.line)})
+			continue
+		}
+		text, err := nodeText(v, s.list)
+		if err != nil {
+			probs = append(probs, problem{where: where + ": " + k.Value, err: err})
+			continue
+		}
+		cf.values[k.Value] = fileValue{text: text, line: k.Line}
+	}
+	if len(probs) > 0 {
+		return nil, probs
+	}
+	return cf, nil
+}
+
+// nodeText is the text of a setting's value: a scalar, or a list of
+// scalars joined with commas when list.
+func nodeText(v *yaml.Node, list bool) (string, error) {
+	if v.Kind == yaml.AliasNode && v.Alias != nil {
+		v = v.Alias
+	}
+	switch {
+	case v.Kind == yaml.ScalarNode && v.Tag == "!!null":
+		return "", errors.New("no value (leave the key out for the default)")
+	case v.Kind == yaml.ScalarNode:
+		return v.Value, nil
+	case v.Kind == yaml.SequenceNode && list:
+		items := make([]string, 0, len(v.Content))
+		for _, c := range v.Content {
+			if c.Kind != yaml.ScalarNode {
+				return "", errors.New("want a list of words")
+			}
+			items = append(items, c.Value)
+		}
+		return strings.Join(items, ","), nil
+	}
+	return "", errors.New("want a single value")
+}

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tetherhq/tether/cmd/internal/cli"
+)
+
+func (x *ctl) auditCmd() *cobra.Command {
+	var tenant, agent, backend, kind, since, until, cursor string
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "audit",
+		Short: "Show audit records, newest first, a page at a time (--cursor for the next)",
+		Long: `Show audit records, newest first, a page (--limit) at a time: after a full
+page, the --cursor of the next is printed on stderr.`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{}
+			for k, v := range map[string]string{"tenant": tenant, "agent": agent, "backend": backend, "kind": kind, "since": since, "until": until, "cursor": cursor} {
+				if v != "" {
+					q.Set(k, v)
+				}
+			}
+			if limit != 0 {
+				q.Set("limit", strconv.Itoa(limit))
+			}
+			var next string
+			err := x.call(cmd, "GET", "/api/v1/audit", q, nil, func(w io.Writer, raw json.RawMessage) error {
+				var res struct {
+					Records []struct {
+						At      time.Time       `json:"at"`
+						Kind    string          `json:"kind"`
+						Outcome string          `json:"outcome"`
+						Tenant  string          `json:"tenant"`
+						Agent   string          `json:"agent"`
+						Backend string          `json:"backend"`
+						Actor   string          `json:"actor"`
+						Detail  json.RawMessage `json:"detail"`
+					} `json:"records"`
+				}
+				if err := json.Unmarshal(raw, &res); err != nil {
+					return err
+				}
+				rows := make([][]string, len(res.Records))
+				for i, r := range res.Records {
+					detail := string(r.Detail)
+					if detail == "null" {
+						detail = ""
+					}
+					rows[i] = []string{cli.Timestamp(r.At), r.Kind, r.Outcome, r.Tenant, r.Agent, r.Backend, r.Actor, detail}
+				}
+				return cli.WriteTable(w, []string{"TIME", "KIND", "OUTCOME", "TENANT", "AGENT", "BACKEND", "ACTOR", "DETAIL"}, rows)
+			}, func(raw json.RawMessage) {
+				var res struct {
+					NextCursor string `json:"next_cursor"`
+				}
+				json.Unmarshal(raw, &res)
+				next = res.NextCursor
+			})
+			if err == nil && next != "" {
+				say(cmd, "more: tetherctl audit --cursor %s (with the same filters)", next)
+			}
+			return err
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&tenant, "tenant", "", "only this tenant")
+	fs.StringVar(&agent, "agent", "", "only this agent")
+	fs.StringVar(&backend, "backend", "", "only this backend")
+	fs.StringVar(&kind, "kind", "", `only this kind (e.g. stream, agent.revoke), or a prefix ending in "." (agent.)`)
+	fs.StringVar(&since, "since", "", "from this time (RFC 3339) or this long ago (e.g. 2h)")
+	fs.StringVar(&until, "until", "", "before this time (RFC 3339) or this long ago")
+	fs.IntVar(&limit, "limit", 100, "records per page (at most 1000)")
+	fs.StringVar(&cursor, "cursor", "", "the next page: the cursor printed after a full page")
+	return cmd
+}

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/tetherhq/tether/cmd/internal/cli"
+)
+
+func (x *ctl) releaseCmd() *cobra.Command {
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List published releases",
+		Args:  cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return x.call(cmd, "GET", "/api/v1/releases", nil, nil, func(w io.Writer, raw json.RawMessage) error {
+				var res struct {
+					Releases []struct {
+						Version, OS, Arch, Channel, SHA256 string
+						Size                               int64
+						Expires                            time.Time
+						KeyID                              string    `json:"key_id"`
+						PublishedAt                        time.Time `json:"published_at"`
+					}
+				}
+				if err := json.Unmarshal(raw, &res); err != nil {
+					return err
+				}
+				now := time.Now()
+				rows := make([][]string, len(res.Releases))
+				for i, r := range res.Releases {
+					rows[i] = []string{r.Version, r.OS + "/" + r.Arch, r.Channel, cli.Bytes(uint64(max(r.Size, 0))), r.KeyID, cli.When(r.Expires, now), cli.Since(r.PublishedAt, now)}
+				}
+				return cli.WriteTable(w, []string{"VERSION", "PLATFORM", "CHANNEL", "SIZE", "KEY", "EXPIRES", "PUBLISHED"}, rows)
+			})
+		},
+	}
+
+	var ro rolloutFlags
+	rollout := &cobra.Command{
+		Use:   "rollout VERSION (--percent N | --tenants a,b | --agents id,...)",
+		Short: "Roll a published version out to agents (it supersedes the active rollout)",
+		Args:  cli.Args("VERSION"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			body := map[string]any{"version": args[0], "percent": ro.percent, "tenants": cleanList(ro.tenants),
+				"agents": cleanList(ro.agents), "halt_at": ro.haltAt, "batch": ro.batch}
+			return x.act(cmd, "POST", "/api/v1/rollouts", body, func(raw json.RawMessage) {
+				var res struct {
+					Rollout struct {
+						ID      int64
+						Version string
+					}
+					Warnings []string
+				}
+				json.Unmarshal(raw, &res)
+				for _, w := range res.Warnings {
+					say(cmd, "warning: %s", w)
+				}
+				say(cmd, "rollout %d of %s started; it supersedes any earlier rollout (tetherctl release status)", res.Rollout.ID, res.Rollout.Version)
+			})
+		},
+	}
+	ro.add(rollout.Flags())
+
+	var version string
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Show rollouts and where every agent's update stands",
+		Args:  cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{}
+			if version != "" {
+				q.Set("version", version)
+			}
+			return x.call(cmd, "GET", "/api/v1/rollouts", q, nil, func(w io.Writer, raw json.RawMessage) error {
+				var res struct {
+					Rollouts []struct {
+						ID              int64
+						Version, State  string
+						Reason          string
+						Percent         int
+						Tenants, Agents []string
+						HaltAt          float64   `json:"halt_at"`
+						CreatedAt       time.Time `json:"created_at"`
+					}
+					Agents []struct {
+						Agent, Tenant, Version, From, State, Reason, Message string
+						UpdatedAt                                            time.Time `json:"updated_at"`
+					}
+				}
+				if err := json.Unmarshal(raw, &res); err != nil {
+					return err
+				}
+				now := time.Now()
+				var rows [][]string
+				for _, r := range res.Rollouts {
+					rows = append(rows, []string{strconv.FormatInt(r.ID, 10), r.Version, rolloutTarget(r.Percent, r.Tenants, r.Agents),
+						strconv.FormatFloat(r.HaltAt, 'g', -1, 64), r.State, cli.Since(r.CreatedAt, now), r.Reason})
+				}
+				if err := cli.WriteTable(w, []string{"ROLLOUT", "VERSION", "TO", "HALT AT", "STATE", "STARTED", "REASON"}, rows); err != nil {
+					return err
+				}
+				fmt.Fprintln(w)
+				rows = nil
+				for _, a := range res.Agents {
+					rows = append(rows, []string{a.Agent, a.Tenant, a.From, a.Version, a.State, cli.Since(a.UpdatedAt, now), strings.TrimSpace(a.Reason + " " + a.Message)})
+				}
+				return cli.WriteTable(w, []string{"AGENT", "TENANT", "FROM", "VERSION", "STATE", "UPDATED", "REASON"}, rows)
+			})
+		},
+	}
+	status.Flags().StringVar(&version, "version", "", "only this version")
+
+	signing := "signing stays with the vendor's key, offline, and publishing with the relay's host (nothing signed passes through the API)"
+	return cli.Group("release", "Agent releases: rollouts and where every agent stands",
+		cli.UnavailableCommand("keygen --out DIR", "Make a release signing key pair", onRelayHost("release keygen --out DIR", signing)),
+		cli.UnavailableCommand("sign --file BIN ... --key KEYFILE --out DIR", "Sign an agent binary", onRelayHost("release sign", signing)),
+		cli.UnavailableCommand("publish --signed DIR", "Publish a signed release", onRelayHost("release publish --signed DIR", signing)),
+		list, rollout, status)
+}
+
+// rolloutFlags are release rollout's, in both binaries.
+type rolloutFlags struct {
+	percent, batch  int
+	tenants, agents []string
+	haltAt          float64
+}
+
+func (r *rolloutFlags) add(fs *pflag.FlagSet) {
+	fs.IntVar(&r.percent, "percent", 0, "this percentage of all agents (1-100)")
+	fs.StringSliceVar(&r.tenants, "tenants", nil, "the agents of these tenants (comma-separated)")
+	fs.StringSliceVar(&r.agents, "agents", nil, "these agents (comma-separated ids)")
+	fs.Float64Var(&r.haltAt, "halt-at", 0, "halt when this fraction of the agents offered the release fail (0: never)")
+	fs.IntVar(&r.batch, "batch", 0, "at most this many agents updating at once (0: no limit)")
+}
+
+// rolloutTarget says which agents a rollout selects.
+func rolloutTarget(percent int, tenants, agents []string) string {
+	switch {
+	case len(tenants) > 0:
+		return "tenants " + strings.Join(tenants, ",")
+	case len(agents) > 0:
+		return "agents " + strings.Join(agents, ",")
+	}
+	return fmt.Sprintf("%d%%", percent)
+}
+
+func operatorCmd() *cobra.Command {
+	why := "operators' credentials are made where the relay's data directory is"
+	token := cli.Group("token", "Admin API tokens of operators",
+		cli.UnavailableCommand("create --name NAME", "Create an admin API token for an operator", onRelayHost("operator token create --name NAME", why)),
+		cli.UnavailableCommand("list", "List operator tokens", onRelayHost("operator token list", why)),
+		cli.UnavailableCommand("revoke ID", "Revoke an operator token", onRelayHost("operator token revoke ID", why)))
+	return cli.Group("operator", "Operators' credentials for the admin API [on the relay host]", token,
+		cli.UnavailableCommand("certificate NAME --out DIR", "Write a client certificate for an operator",
+			onRelayHost("operator certificate NAME --out DIR", "it is signed with the relay CA's key, which stays in the data directory")))
+}
+
+func caCmd() *cobra.Command {
+	why := "the CA's keys and roots are in the relay's data directory"
+	return cli.Group("ca", "The relay's CA: status and rotation [on the relay host]",
+		cli.UnavailableCommand("status", "Show the CA's roots", onRelayHost("ca status", why)),
+		cli.UnavailableCommand("rotate", "Add a new root", onRelayHost("ca rotate", why)),
+		cli.UnavailableCommand("renew-now", "Ask agents on the old root to renew at once", onRelayHost("ca renew-now", why)),
+		cli.UnavailableCommand("retire", "End a rotation", onRelayHost("ca retire", why)),
+		cli.UnavailableCommand("export", "Write the CA's active roots (PEM)", onRelayHost("ca export --out FILE", why)))
+}
