@@ -176,7 +176,7 @@ func serveSettings() []*setting {
 			"close tunnelled connections idle in both directions this long"),
 		dur("drain-timeout", func(o *serveOptions) *time.Duration { return &c(o).DrainTimeout }, 10*time.Second,
 			"on shutdown, wait this long for tunnelled connections",
-			"on SIGTERM/SIGINT, wait this long for open tunnels"),
+			"on SIGTERM/SIGINT, wait this long for open tunnels; the GoAway tells agents, which keep those tunnels open as long (at most 1 h)"),
 		dur("reconnect-grace", func(o *serveOptions) *time.Duration { return &c(o).ReconnectGrace }, 30*time.Second,
 			"after start, streams to tenants whose agents were connected before wait this long for them to return",
 			"after a start, a stream to a tenant whose agents were connected before the stop waits (up to the stream-open timeout) for one to return instead of failing with `no_agent`"),
