@@ -50,13 +50,11 @@ func serveCmd(g *globals) *cobra.Command {
 func serve(cmd *cobra.Command, g *globals, settings []*setting) error {
 	path := g.configPath()
 	var file *configFile
+	var fileErr error
 	if path != "" {
-		var err error
-		if file, err = readConfigFile(path, settings); err != nil {
-			return err
-		}
+		file, fileErr = readConfigFile(path, settings)
 	}
-	opts, _, err := resolve(settings, cmd.Flags(), g.env, file)
+	opts, _, err := resolve(settings, cmd.Flags(), g.env, file, fileErr)
 	if err != nil {
 		return err
 	}
@@ -192,12 +190,8 @@ func (rl *reloader) reload() {
 		return
 	}
 	rl.loaded = data
-	file, err := parseConfig(rl.path, data, rl.settings)
-	if err != nil {
-		rl.log.Error("config file not reloaded; the relay keeps its settings", "file", rl.path, "err", err)
-		return
-	}
-	next, from, err := resolve(rl.settings, rl.flags, rl.env, file)
+	file, fileErr := parseConfig(rl.path, data, rl.settings)
+	next, from, err := resolve(rl.settings, rl.flags, rl.env, file, fileErr)
 	if err != nil {
 		rl.log.Error("config file not reloaded; the relay keeps its settings", "file", rl.path, "err", err)
 		return

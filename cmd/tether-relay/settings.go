@@ -30,6 +30,7 @@ type setting struct {
 	usage string // one line, for --help
 	doc   string // for README's reference table; usage when empty
 	list  bool   // the config file may give a YAML list, joined with commas
+	env   string // the environment variable, when not TETHER_<NAME>
 	// set parses text into o, or says what is wrong with it.
 	set func(o *serveOptions, text string) error
 	// get is o's value in canonical text, to compare and to log.
@@ -42,8 +43,14 @@ type setting struct {
 // key is the setting's key in the config file.
 func (s *setting) key() string { return strings.ReplaceAll(s.name, "-", "_") }
 
-// envVar is the setting's environment variable.
-func (s *setting) envVar() string { return "TETHER_" + strings.ToUpper(s.key()) }
+// envVar is the setting's environment variable: TETHER_<NAME> (such as
+// TETHER_AGENT_LISTEN) but where that is tetherctl's.
+func (s *setting) envVar() string {
+	if s.env != "" {
+		return s.env
+	}
+	return "TETHER_" + strings.ToUpper(s.key())
+}
 
 // serveOptions are serve's settings, parsed.
 type serveOptions struct {
@@ -68,7 +75,7 @@ func serveSettings() []*setting {
 			get: func(o *serveOptions) string { return *field(o) }}
 	}
 	dur := func(name string, field func(*serveOptions) *time.Duration, def time.Duration, usage, doc string) *setting {
-		return &setting{name: name, kind: "duration", def: def.String(), usage: usage, doc: doc,
+		return &setting{name: name, kind: "duration", def: durText(def), usage: usage, doc: doc,
 			set: func(o *serveOptions, v string) error {
 				d, err := time.ParseDuration(v)
 				if err != nil {
@@ -80,7 +87,7 @@ func serveSettings() []*setting {
 				*field(o) = d
 				return nil
 			},
-			get: func(o *serveOptions) string { return field(o).String() }}
+			get: func(o *serveOptions) string { return durText(*field(o)) }}
 	}
 	num := func(name string, field func(*serveOptions) *int, def int, usage, doc string) *setting {
 		return &setting{name: name, kind: "int", def: strconv.Itoa(def), usage: usage, doc: doc,
@@ -98,6 +105,7 @@ func serveSettings() []*setting {
 			get: func(o *serveOptions) string { return strconv.Itoa(*field(o)) }}
 	}
 	c := func(o *serveOptions) *relay.Config { return &o.relay }
+	withEnv := func(env string, s *setting) *setting { s.env = env; return s }
 	return []*setting{
 		str("data-dir", func(o *serveOptions) *string { return &c(o).DataDir }, defaultDataDir,
 			"the relay's data directory (CA, store, audit log)",
@@ -197,11 +205,14 @@ func serveSettings() []*setting {
 		str("admin-listen", func(o *serveOptions) *string { return &c(o).AdminListen }, relay.Off,
 			"admin API (HTTPS; operator token or certificate) on this address; see tether-relay operator",
 			"the [admin API](#admin-api-and-tetherctl) over HTTPS on this address (authenticated: operator token, operator certificate or session)"),
-		str("admin-cert", func(o *serveOptions) *string { return &c(o).AdminCertFile }, "",
+		// TETHER_ADMIN_CERT and TETHER_ADMIN_KEY are tetherctl's
+		// operator certificate: a shell set up for tetherctl must not give
+		// the relay its listener's.
+		withEnv("TETHER_ADMIN_SERVER_CERT", str("admin-cert", func(o *serveOptions) *string { return &c(o).AdminCertFile }, "",
 			"admin listener certificate (PEM; default: one from the relay CA, see tether-relay ca export)",
-			"the admin listener's certificate (PEM), e.g. one with the host name browsers use; default one from the relay CA. Watched: a renewed file is served without a restart"),
-		str("admin-key", func(o *serveOptions) *string { return &c(o).AdminKeyFile }, "",
-			"admin listener key (PEM; with --admin-cert)", "the admin listener's key (PEM), with `admin_cert`"),
+			"the admin listener's certificate (PEM), e.g. one with the host name browsers use; default one from the relay CA. Watched: a renewed file is served without a restart. Its variable is not `TETHER_ADMIN_CERT`, tetherctl's operator certificate")),
+		withEnv("TETHER_ADMIN_SERVER_KEY", str("admin-key", func(o *serveOptions) *string { return &c(o).AdminKeyFile }, "",
+			"admin listener key (PEM; with --admin-cert)", "the admin listener's key (PEM), with `admin_cert`. Its variable is not `TETHER_ADMIN_KEY`, tetherctl's")),
 		dur("admin-session-ttl", func(o *serveOptions) *time.Duration { return &c(o).AdminSessionTTL }, 12*time.Hour,
 			"lifetime of browser sessions opened at the admin listener's /login",
 			"lifetime of browser sessions opened at `/login` (never beyond the token's expiry)"),
@@ -236,6 +247,18 @@ func serveSettings() []*setting {
 	}
 }
 
+// durText is d as people write it: "24h", "1h30m", "10s".
+func durText(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}
+
 // flagValue is a setting's flag. It keeps the text given and checks
 // nothing, so that serve checks every setting once, whatever its source,
 // and reports every problem together.
@@ -267,11 +290,15 @@ type origin struct {
 
 // resolve works out every setting from flags (those given), the
 // environment, the config file (nil for none) and the defaults, in that
-// order, and checks each value once: the error lists every problem.
-func resolve(settings []*setting, flags *pflag.FlagSet, env func(string) string, file *configFile) (serveOptions, map[string]origin, error) {
+// order, and checks each value once: the error lists every problem, those
+// of the file first (fileErr, readConfigFile's).
+func resolve(settings []*setting, flags *pflag.FlagSet, env func(string) string, file *configFile, fileErr error) (serveOptions, map[string]origin, error) {
 	var o serveOptions
 	from := make(map[string]origin, len(settings))
 	var probs problems
+	if fileErr != nil && !errors.As(fileErr, &probs) {
+		return o, nil, fileErr
+	}
 	for _, s := range settings {
 		or := origin{text: s.def, where: "default"}
 		if f := flags.Lookup(s.name); f != nil && f.Changed {
@@ -380,7 +407,9 @@ func readConfigFile(path string, settings []*setting) (*configFile, error) {
 
 // parseConfig parses a config file strictly: a mapping whose keys are
 // settings' keys, each at most once, with a single value (a list only for
-// settings that take one). The error names every bad key with its line.
+// settings that take one). A file that is not such a mapping is an error;
+// bad keys are problems, each with its line, returned with the file of
+// the good ones (so that resolve reports them with its own).
 func parseConfig(path string, data []byte, settings []*setting) (*configFile, error) {
 	cf := &configFile{path: path, data: data, values: map[string]fileValue{}}
 	var doc yaml.Node
@@ -440,7 +469,7 @@ func parseConfig(path string, data []byte, settings []*setting) (*configFile, er
 		cf.values[k.Value] = fileValue{text: text, line: k.Line}
 	}
 	if len(probs) > 0 {
-		return nil, probs
+		return cf, probs
 	}
 	return cf, nil
 }

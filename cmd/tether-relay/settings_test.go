@@ -1,0 +1,238 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tetherhq/tether/cmd/internal/cli"
+)
+
+var update = flag.Bool("update", false, "rewrite README.md's table of serve settings")
+
+// Every flag of serve is a setting (and so a config key and an
+// environment variable) and every setting a flag.
+func TestEverySettingIsAFlag(t *testing.T) {
+	root := newRoot(cli.BuildInfo{Program: prog}, io.Discard, io.Discard)
+	serve, _, err := root.Find([]string{"serve"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flags []string
+	serve.InheritedFlags().VisitAll(func(f *pflag.Flag) {
+		if f.Name == "data-dir" {
+			flags = append(flags, f.Name)
+		}
+	})
+	serve.LocalNonPersistentFlags().VisitAll(func(f *pflag.Flag) { flags = append(flags, f.Name) })
+	var names []string
+	for _, s := range serveSettings() {
+		names = append(names, s.name)
+	}
+	slices.Sort(flags)
+	slices.Sort(names)
+	if !slices.Equal(flags, names) {
+		t.Fatalf("serve's flags and settings differ:\nflags    %v\nsettings %v", flags, names)
+	}
+}
+
+// No setting's environment variable is one that tetherctl or tether-agent
+// reads: a shell set up for those must not configure the relay.
+func TestEnvironmentVariablesAreTheRelays(t *testing.T) {
+	others := []string{"TETHER_ADMIN_URL", "TETHER_ADMIN_TOKEN", "TETHER_ADMIN_TOKEN_FILE", "TETHER_ADMIN_CA", "TETHER_ADMIN_CERT", "TETHER_ADMIN_KEY",
+		"TETHER_RELAY", "TETHER_BACKEND", "TETHER_API_KEY", "TETHER_API_KEY_FILE", "TETHER_BEARER_TOKEN", "TETHER_BEARER_TOKEN_FILE",
+		"TETHER_CERT_DIR", "TETHER_RELAY_CA", "TETHER_JOIN_TOKEN", "TETHER_UPDATE_TRIAL", "TETHER_CONFIG"}
+	seen := map[string]string{}
+	for _, s := range serveSettings() {
+		v := s.envVar()
+		if slices.Contains(others, v) {
+			t.Errorf("%s's variable %s is another command's", s.name, v)
+		}
+		if prev, ok := seen[v]; ok {
+			t.Errorf("%s and %s share the variable %s", prev, s.name, v)
+		}
+		seen[v] = s.name
+	}
+}
+
+const (
+	readmeBegin = "<!-- serve settings: generated from cmd/tether-relay/settings.go by go test ./cmd/tether-relay -run TestREADMESettings -update -->\n"
+	readmeEnd   = "<!-- end of serve settings -->\n"
+)
+
+// referenceTable is README's table of serve settings.
+func referenceTable(settings []*setting) string {
+	var b strings.Builder
+	b.WriteString("| config key | flag | environment | default | meaning |\n| --- | --- | --- | --- | --- |\n")
+	for _, s := range settings {
+		def := "none"
+		if s.def != "" {
+			def = "`" + s.def + "`"
+		}
+		doc := s.doc
+		if doc == "" {
+			doc = s.usage
+		}
+		fmt.Fprintf(&b, "| `%s` | `--%s` | `%s` | %s | %s |\n", s.key(), s.name, s.envVar(), def, strings.ReplaceAll(doc, "|", `\|`))
+	}
+	return b.String()
+}
+
+// README documents every setting, as the code defines it: its table is
+// generated from serveSettings (-update rewrites it).
+func TestREADMESettings(t *testing.T) {
+	const path = "../../README.md"
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(raw)
+	i, j := strings.Index(readme, readmeBegin), strings.Index(readme, readmeEnd)
+	if i < 0 || j < i {
+		t.Fatalf("README.md lacks the markers of the serve settings table:\n%s...\n%s", readmeBegin, readmeEnd)
+	}
+	want := referenceTable(serveSettings())
+	got := readme[i+len(readmeBegin) : j]
+	if got == want {
+		return
+	}
+	if *update {
+		if err := os.WriteFile(path, []byte(readme[:i+len(readmeBegin)]+want+readme[j:]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	t.Fatalf("README.md's table of serve settings is not the one the code defines; run go test ./cmd/tether-relay -run TestREADMESettings -update\ngot:\n%s\nwant:\n%s", got, want)
+}
+
+func TestParseConfig(t *testing.T) {
+	settings := serveSettings()
+	for _, tc := range []struct {
+		name, file string
+		want       map[string]string // key: text
+		errs       []string          // each in the error
+	}{
+		{"empty", "", map[string]string{}, nil},
+		{"comments only", "# nothing\n", map[string]string{}, nil},
+		{"values", "agent_listen: \":7444\"\nheartbeat: 5s\nmax_handshakes: 64\ntransports: [quic, tcp]\n",
+			map[string]string{"agent_listen": ":7444", "heartbeat": "5s", "max_handshakes": "64", "transports": "quic,tcp"}, nil},
+		{"unknown key, named with its line", "heartbeat: 5s\nagent_lisen: :1\n", nil, []string{`relay.yaml:2: unknown key "agent_lisen"; did you mean "agent_listen"?`}},
+		{"flag name instead of key", "agent-listen: :1\n", nil, []string{`relay.yaml:1: unknown key "agent-listen"; did you mean "agent_listen"?`}},
+		{"twice", "heartbeat: 5s\nheartbeat: 6s\n", nil, []string{"relay.yaml:2: heartbeat is given twice (first on line 1)"}},
+		{"list where one value goes", "heartbeat: [5s]\n", nil, []string{"relay.yaml:1: heartbeat: want a single value"}},
+		{"no value", "heartbeat:\n", nil, []string{"relay.yaml:1: heartbeat: no value"}},
+		{"nested", "oidc:\n  issuer: x\n", nil, []string{`relay.yaml:1: unknown key "oidc"`}},
+		{"every problem", "a: 1\nb: 2\n", nil, []string{`relay.yaml:1: unknown key "a"`, `relay.yaml:2: unknown key "b"`}},
+		{"not a mapping", "- a\n", nil, []string{"relay.yaml:1: want settings"}},
+		{"not YAML", "a: [\n", nil, []string{"config file relay.yaml: yaml:"}},
+		{"two documents", "heartbeat: 5s\n---\nheartbeat: 6s\n", nil, []string{"more than one YAML document"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cf, err := parseConfig("relay.yaml", []byte(tc.file), settings)
+			if len(tc.errs) > 0 {
+				if err == nil {
+					t.Fatalf("parsed %+v, want an error", cf)
+				}
+				for _, e := range tc.errs {
+					if !strings.Contains(err.Error(), e) {
+						t.Errorf("error %q lacks %q", err, e)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for k, v := range cf.values {
+				got[k] = v.text
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Errorf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// A flag wins over the environment, which wins over the file, which wins
+// over the default; every problem, whatever its source, is reported
+// together.
+func TestResolvePrecedence(t *testing.T) {
+	settings := serveSettings()
+	file, err := parseConfig("relay.yaml", []byte("heartbeat: 1s\nidle_timeout: 2s\ndrain_timeout: 3s\n"), settings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"TETHER_IDLE_TIMEOUT": "20s", "TETHER_DRAIN_TIMEOUT": "30s", "TETHER_HEARTBEAT": ""}
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	addSettingFlags(fs, settings)
+	if err := fs.Parse([]string{"--drain-timeout", "300s"}); err != nil {
+		t.Fatal(err)
+	}
+	o, from, err := resolve(settings, fs, func(k string) string { return env[k] }, file, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		got   time.Duration
+		want  time.Duration
+		where string
+	}{
+		{"heartbeat", o.relay.HeartbeatInterval, time.Second, "relay.yaml:1: heartbeat"}, // an empty variable is unset
+		{"idle-timeout", o.relay.IdleTimeout, 20 * time.Second, "TETHER_IDLE_TIMEOUT"},
+		{"drain-timeout", o.relay.DrainTimeout, 300 * time.Second, "--drain-timeout"},
+		{"stream-open-timeout", o.relay.StreamOpenTimeout, 15 * time.Second, "default"},
+	} {
+		if tc.got != tc.want || from[tc.name].where != tc.where {
+			t.Errorf("%s: got %v from %s, want %v from %s", tc.name, tc.got, from[tc.name].where, tc.want, tc.where)
+		}
+	}
+
+	file, fileErr := parseConfig("relay.yaml", []byte("heartbeat: soon\nbogus: 1\n"), settings)
+	env = map[string]string{"TETHER_MAX_HANDSHAKES": "-1"}
+	fs = pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	addSettingFlags(fs, settings)
+	fs.Parse([]string{"--log-level", "loud"})
+	_, _, err = resolve(settings, fs, func(k string) string { return env[k] }, file, fileErr)
+	var ps problems
+	if !errors.As(err, &ps) || len(ps) != 4 || ps.ExitCode() != cli.ExitUsage {
+		t.Fatalf("got %v, want 4 problems, a flag's among them", err)
+	}
+	for _, want := range []string{`relay.yaml:2: unknown key "bogus"`, `relay.yaml:1: heartbeat "soon": want a duration`,
+		`TETHER_MAX_HANDSHAKES "-1": must not be negative`, `--log-level "loud": want debug, info, warn or error`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%v\nlacks %q", err, want)
+		}
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	for _, s := range []string{"", "heartbeat: 5s\n", "transports: [quic, tcp]\n", "a: &x 1\nb: *x\n", "- 1\n", "heartbeat: {a: b}\n", "? [a]\n: 1\n"} {
+		f.Add([]byte(s))
+	}
+	settings := serveSettings()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cf, err := parseConfig("f.yaml", data, settings)
+		if err != nil {
+			var ps problems
+			if errors.As(err, &ps) && cf == nil {
+				t.Fatal("problems without the file of the good keys")
+			}
+			return
+		}
+		for k := range cf.values {
+			if !slices.ContainsFunc(settings, func(s *setting) bool { return s.key() == k }) {
+				t.Fatalf("unknown key %q accepted", k)
+			}
+		}
+	})
+}
