@@ -1,0 +1,206 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
+)
+
+func TestHumanForms(t *testing.T) {
+	now := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name, got, want string
+	}{
+		{"zero time", Since(time.Time{}, now), "-"},
+		{"just now", Since(now.Add(-300*time.Millisecond), now), "just now"},
+		{"seconds ago", Since(now.Add(-45*time.Second), now), "45s ago"},
+		{"minutes and seconds ago", Since(now.Add(-200*time.Second), now), "3m20s ago"},
+		{"minutes ago", Since(now.Add(-25*time.Minute), now), "25m ago"},
+		{"hours", Since(now.Add(-(2*time.Hour + 5*time.Minute)), now), "2h5m ago"},
+		{"whole hours", Since(now.Add(-2*time.Hour), now), "2h ago"},
+		{"days", Since(now.Add(-(3*24+4)*time.Hour), now), "3d4h ago"},
+		{"many days", Since(now.Add(-45*24*time.Hour), now), "45d ago"},
+		{"years", Since(now.Add(-(365+30)*24*time.Hour), now), "1y30d ago"},
+		{"to come", Since(now.Add(2*time.Hour), now), "in 2h"},
+		{"when, absolute in UTC", When(time.Date(2025, 6, 1, 16, 0, 0, 0, time.FixedZone("X", 2*3600)), now), "in 2h (2025-06-01 14:00 UTC)"},
+		{"timestamp", Timestamp(time.Date(2025, 6, 1, 14, 0, 1, 5e6, time.FixedZone("X", 2*3600))), "2025-06-01T12:00:01.005Z"},
+		{"latency µs", Latency(850 * time.Microsecond), "850µs"},
+		{"latency ms", Latency(1234 * time.Microsecond), "1.23ms"},
+		{"latency s", Latency(12300 * time.Millisecond), "12.3s"},
+		{"latency zero", Latency(0), "-"},
+		{"bytes", Bytes(512), "512 B"},
+		{"KiB", Bytes(1536), "1.5 KiB"},
+		{"MiB", Bytes(12_900_000), "12.3 MiB"},
+		{"GiB just under 1024", Bytes(1023 << 30), "1023 GiB"},
+		{"limit", Limit(0), "unlimited"},
+		{"limit set", Limit(5), "5"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("%s: got %q, want %q", tc.name, tc.got, tc.want)
+		}
+	}
+}
+
+// Print keeps JSON's field order in YAML, makes times UTC and leaves
+// other strings alone.
+func TestPrintFormats(t *testing.T) {
+	v := struct {
+		Name  string    `json:"name"`
+		At    time.Time `json:"at"`
+		Note  string    `json:"note"`
+		Count int       `json:"count"`
+		Rate  float64   `json:"rate"`
+		Tags  []string  `json:"tags"`
+		Off   bool      `json:"off"`
+		None  *int      `json:"none"`
+	}{"acme", time.Date(2025, 6, 1, 16, 0, 0, 0, time.FixedZone("X", 2*3600)), "true", 3, 0.5, []string{}, false, nil}
+
+	var js bytes.Buffer
+	if err := Print(&js, JSON, v, nil); err != nil {
+		t.Fatal(err)
+	}
+	var back map[string]any
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil {
+		t.Fatalf("json output does not parse: %v\n%s", err, js.String())
+	}
+	if back["at"] != "2025-06-01T14:00:00Z" || back["note"] != "true" || back["count"] != float64(3) {
+		t.Errorf("json: got %v", back)
+	}
+	if i, j := strings.Index(js.String(), `"name"`), strings.Index(js.String(), `"at"`); i < 0 || j < i {
+		t.Errorf("json: fields out of order:\n%s", js.String())
+	}
+
+	var ys bytes.Buffer
+	if err := Print(&ys, YAML, v, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := "name: acme\nat: \"2025-06-01T14:00:00Z\"\nnote: \"true\"\ncount: 3\nrate: 0.5\ntags: []\noff: false\nnone: null\n"
+	if ys.String() != want {
+		t.Errorf("yaml: got\n%s\nwant\n%s", ys.String(), want)
+	}
+	var yback map[string]any
+	if err := yaml.Unmarshal(ys.Bytes(), &yback); err != nil || yback["note"] != "true" || yback["count"] != 3 {
+		t.Errorf("yaml does not read back as written: %v, %v", yback, err)
+	}
+
+	var tbl bytes.Buffer
+	if err := Print(&tbl, Table, v, func(w io.Writer) error { return WriteTable(w, []string{"NAME", "NOTE"}, [][]string{{"acme", ""}}) }); err != nil {
+		t.Fatal(err)
+	}
+	if tbl.String() != "NAME  NOTE\nacme  -\n" {
+		t.Errorf("table: got %q", tbl.String())
+	}
+
+	// Raw JSON (an API's answer) is taken as it is.
+	js.Reset()
+	if err := Print(&js, JSON, json.RawMessage(`{"b":1,"a":"2025-06-01T16:00:00+02:00"}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(strings.Fields(js.String()), ""); got != `{"b":1,"a":"2025-06-01T14:00:00Z"}` {
+		t.Errorf("raw json: got %s", got)
+	}
+	if err := Print(&js, JSON, json.RawMessage(strings.Repeat("[", 200)+strings.Repeat("]", 200)), nil); err == nil {
+		t.Error("JSON nested 200 deep was printed")
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want int
+	}{
+		{nil, ExitOK},
+		{errors.New("refused"), ExitFailure},
+		{Usagef("missing NAME"), ExitUsage},
+		{fmt.Errorf("wrapped: %w", Usagef("x")), ExitUsage},
+		{coded(3), 3},
+	} {
+		if got := ExitCode(tc.err); got != tc.want {
+			t.Errorf("ExitCode(%v): got %d, want %d", tc.err, got, tc.want)
+		}
+	}
+}
+
+type coded int
+
+func (c coded) Error() string { return "coded" }
+func (c coded) ExitCode() int { return int(c) }
+
+// A tree as the binaries build it: what Execute prints and returns.
+func TestExecute(t *testing.T) {
+	var ran []string
+	leaf := func(use string, args cobra.PositionalArgs) *cobra.Command {
+		c := &cobra.Command{Use: use, Args: args, RunE: func(cmd *cobra.Command, args []string) error {
+			ran = append(ran, cmd.Name())
+			if cmd.Name() == "fail" {
+				return errors.New("the relay said no")
+			}
+			return nil
+		}}
+		c.Flags().String("tenant", "", "a tenant")
+		return c
+	}
+	build := func() (*cobra.Command, *bytes.Buffer, *bytes.Buffer) {
+		root := NewRoot("prog", "a program", "", BuildInfo{Program: "prog", Version: "1.2.3"})
+		var out, errOut bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(&errOut)
+		AddOutputFlag(root.PersistentFlags())
+		root.AddCommand(Group("agent", "agents", leaf("list", NoArgs), leaf("show ID", Args("ID")), leaf("fail", NoArgs)),
+			UnavailableCommand("drain ID", "drain", "it needs a running relay"))
+		return root, &out, &errOut
+	}
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		code       int
+		stderr     string
+		noUsage    bool
+		stdoutHas  string
+		ranCommand string
+	}{
+		{"ok", []string{"agent", "list"}, ExitOK, "", true, "", "list"},
+		{"global flag before the command", []string{"-o", "json", "agent", "show", "x"}, ExitOK, "", true, "", "show"},
+		{"typo of a command", []string{"agnet", "list"}, ExitUsage, `unknown command "agnet" for "prog"; did you mean "agent"?`, true, "", ""},
+		{"typo of a subcommand", []string{"agent", "lst"}, ExitUsage, `did you mean "list"?`, true, "", ""},
+		{"typo of a flag", []string{"agent", "list", "--tenat", "x"}, ExitUsage, "did you mean --tenant?", true, "", ""},
+		{"missing argument", []string{"agent", "show"}, ExitUsage, "agent show needs ID", true, "", ""},
+		{"extra argument", []string{"agent", "list", "x"}, ExitUsage, `agent list takes no arguments (got "x")`, true, "", ""},
+		{"bad output format", []string{"agent", "list", "-o", "xml"}, ExitUsage, "want table, json or yaml", true, "", ""},
+		{"failure", []string{"agent", "fail"}, ExitFailure, "prog: the relay said no\n", true, "", "fail"},
+		{"unavailable", []string{"drain", "x", "--whatever"}, ExitFailure, "drain is not available here: it needs a running relay", true, "", ""},
+		{"group alone", []string{"agent"}, ExitUsage, "Usage:", false, "", ""},
+		{"help", []string{"agent", "show", "--help"}, ExitOK, "", true, "--tenant", ""},
+		{"version", []string{"version", "--short"}, ExitOK, "", true, "1.2.3", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ran = nil
+			root, out, errOut := build()
+			code := Execute(context.Background(), root, tc.args, errOut)
+			if code != tc.code {
+				t.Errorf("exit %d, want %d; stderr %q", code, tc.code, errOut.String())
+			}
+			if !strings.Contains(errOut.String(), tc.stderr) {
+				t.Errorf("stderr %q lacks %q", errOut.String(), tc.stderr)
+			}
+			if tc.noUsage && strings.Contains(errOut.String()+out.String(), "Usage:") && tc.stdoutHas == "" {
+				t.Errorf("usage printed:\n%s%s", out.String(), errOut.String())
+			}
+			if !strings.Contains(out.String(), tc.stdoutHas) {
+				t.Errorf("stdout %q lacks %q", out.String(), tc.stdoutHas)
+			}
+			if got := strings.Join(ran, ","); got != tc.ranCommand {
+				t.Errorf("ran %q, want %q", got, tc.ranCommand)
+			}
+		})
+	}
+}
