@@ -262,11 +262,14 @@ func printLimits(cmd *cobra.Command, ls []admin.Limits, one bool) error {
 		for i, l := range ls {
 			rows[i] = limitsRow(l)
 		}
-		return cli.WriteTable(w, limitsHeader, rows)
+		return cli.WriteTable(w, limitsHeader(), rows)
 	})
 }
 
-var limitsHeader = []string{"TENANT", "MAX AGENTS", "MAX STREAMS", "OPEN RATE", "BURST", "NETWORKS"}
+// limitsHeader is the header of limits tables.
+func limitsHeader() []string {
+	return []string{"TENANT", "MAX AGENTS", "MAX STREAMS", "OPEN RATE", "BURST", "NETWORKS"}
+}
 
 func limitsRow(l admin.Limits) []string {
 	burst := fmt.Sprint(l.OpenBurst)

@@ -116,8 +116,11 @@ func (f *limitFlags) add(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.replace, "replace", false, "replace all the limits: those not given become unlimited")
 }
 
-var limitNames = []struct{ flag, field string }{
-	{"max-agents", "max_agents"}, {"max-streams", "max_streams"}, {"open-rate", "open_rate"}, {"open-burst", "open_burst"}, {"cidrs", "cidrs"},
+// limitNames are the limit flags with the API's names of the limits.
+func limitNames() []struct{ flag, field string } {
+	return []struct{ flag, field string }{
+		{"max-agents", "max_agents"}, {"max-streams", "max_streams"}, {"open-rate", "open_rate"}, {"open-burst", "open_burst"}, {"cidrs", "cidrs"},
+	}
 }
 
 // body is the API request the flags given make: a PATCH of the limits
@@ -128,7 +131,7 @@ func (f *limitFlags) body(fs *pflag.FlagSet) (method string, body map[string]any
 		return "PUT", all, true
 	}
 	body = map[string]any{}
-	for _, n := range limitNames {
+	for _, n := range limitNames() {
 		if fs.Changed(n.flag) {
 			body[n.field] = all[n.field]
 		}
@@ -171,7 +174,7 @@ func (x *ctl) tenantLimits() *cobra.Command {
 				if err := json.Unmarshal(raw, &l); err != nil {
 					return err
 				}
-				return cli.WriteTable(w, limitsHeader, [][]string{limitsRow(l)})
+				return cli.WriteTable(w, limitsHeader(), [][]string{limitsRow(l)})
 			}, msgs...)
 		},
 	}
@@ -208,11 +211,14 @@ func (x *ctl) allLimits(cmd *cobra.Command) error {
 		for i, l := range ls {
 			rows[i] = limitsRow(l)
 		}
-		return cli.WriteTable(w, limitsHeader, rows)
+		return cli.WriteTable(w, limitsHeader(), rows)
 	})
 }
 
-var limitsHeader = []string{"TENANT", "MAX AGENTS", "MAX STREAMS", "OPEN RATE", "BURST", "NETWORKS"}
+// limitsHeader is the header of limits tables.
+func limitsHeader() []string {
+	return []string{"TENANT", "MAX AGENTS", "MAX STREAMS", "OPEN RATE", "BURST", "NETWORKS"}
+}
 
 func limitsRow(l limits) []string {
 	burst := fmt.Sprint(l.OpenBurst)

@@ -203,8 +203,8 @@ func Name(cmd *cobra.Command) string {
 	return strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" ")
 }
 
-// NoArgs is Args().
-var NoArgs = Args()
+// NoArgs is the validator of a command that takes no arguments.
+func NoArgs(cmd *cobra.Command, args []string) error { return Args()(cmd, args) }
 
 // Unavailable is the annotation key of commands that a binary names, for
 // one vocabulary with the other, but cannot run.
