@@ -26,9 +26,6 @@ func NewRoot(name, short, long string, info BuildInfo) *cobra.Command {
 		Args:                       subcommandArgs,
 		RunE:                       groupRun,
 		Version:                    info.Version,
-		CompletionOptions: cobra.CompletionOptions{
-			HiddenDefaultCmd: false,
-		},
 	}
 	root.SetFlagErrorFunc(flagError)
 	root.SetUsageTemplate(usageTemplate)
