@@ -81,7 +81,7 @@ now: tetherctl agent list asks a running relay.`,
 	}
 	revoke.Flags().StringVar(&reason, "reason", "", "why (kept in the audit trail and told to the agent)")
 
-	drain := cli.UnavailableCommand("drain ID", "Tell an agent's sessions to go away; it reconnects",
+	drain := cli.UnavailableCommand("drain ID", "Tell an agent's sessions to go away; it reconnects", "tetherctl only",
 		notHere("agent drain ID", "an agent's sessions live in the running relay, not in the data directory"))
 	return cli.Group("agent", "Enrolled agents", list, show, revoke, drain)
 }

@@ -106,7 +106,7 @@ func (x *ctl) backendCmd() *cobra.Command {
 			})
 		},
 	}
-	cert := cli.UnavailableCommand("certificate NAME --out DIR", "Write a client certificate for a backend for the TLS door",
+	cert := relayHostOnly("certificate NAME --out DIR", "Write a client certificate for a backend for the TLS door",
 		onRelayHost("backend certificate NAME --out DIR", "it is signed with the relay CA's key, which stays in the data directory"))
 	return cli.Group("backend", "Backends: the SaaS side's credentials and grants", add, x.backendList(), show,
 		grants("grant", "Add grants to a backend (the relay applies them within 2s)"),

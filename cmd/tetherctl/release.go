@@ -121,9 +121,9 @@ func (x *ctl) releaseCmd() *cobra.Command {
 
 	signing := "signing stays with the vendor's key, offline, and publishing with the relay's host (nothing signed passes through the API)"
 	return cli.Group("release", "Agent releases: rollouts and where every agent stands",
-		cli.UnavailableCommand("keygen --out DIR", "Make a release signing key pair", onRelayHost("release keygen --out DIR", signing)),
-		cli.UnavailableCommand("sign --file BIN ... --key KEYFILE --out DIR", "Sign an agent binary", onRelayHost("release sign", signing)),
-		cli.UnavailableCommand("publish --signed DIR", "Publish a signed release", onRelayHost("release publish --signed DIR", signing)),
+		relayHostOnly("keygen --out DIR", "Make a release signing key pair", onRelayHost("release keygen --out DIR", signing)),
+		relayHostOnly("sign --file BIN ... --key KEYFILE --out DIR", "Sign an agent binary", onRelayHost("release sign", signing)),
+		relayHostOnly("publish --signed DIR", "Publish a signed release", onRelayHost("release publish --signed DIR", signing)),
 		list, rollout, status)
 }
 
@@ -156,20 +156,25 @@ func rolloutTarget(percent int, tenants, agents []string) string {
 func operatorCmd() *cobra.Command {
 	why := "operators' credentials are made where the relay's data directory is"
 	token := cli.Group("token", "Admin API tokens of operators",
-		cli.UnavailableCommand("create --name NAME", "Create an admin API token for an operator", onRelayHost("operator token create --name NAME", why)),
-		cli.UnavailableCommand("list", "List operator tokens", onRelayHost("operator token list", why)),
-		cli.UnavailableCommand("revoke ID", "Revoke an operator token", onRelayHost("operator token revoke ID", why)))
+		relayHostOnly("create --name NAME", "Create an admin API token for an operator", onRelayHost("operator token create --name NAME", why)),
+		relayHostOnly("list", "List operator tokens", onRelayHost("operator token list", why)),
+		relayHostOnly("revoke ID", "Revoke an operator token", onRelayHost("operator token revoke ID", why)))
 	return cli.Group("operator", "Operators' credentials for the admin API [on the relay host]", token,
-		cli.UnavailableCommand("certificate NAME --out DIR", "Write a client certificate for an operator",
+		relayHostOnly("certificate NAME --out DIR", "Write a client certificate for an operator",
 			onRelayHost("operator certificate NAME --out DIR", "it is signed with the relay CA's key, which stays in the data directory")))
 }
 
 func caCmd() *cobra.Command {
 	why := "the CA's keys and roots are in the relay's data directory"
 	return cli.Group("ca", "The relay's CA: status and rotation [on the relay host]",
-		cli.UnavailableCommand("status", "Show the CA's roots", onRelayHost("ca status", why)),
-		cli.UnavailableCommand("rotate", "Add a new root", onRelayHost("ca rotate", why)),
-		cli.UnavailableCommand("renew-now", "Ask agents on the old root to renew at once", onRelayHost("ca renew-now", why)),
-		cli.UnavailableCommand("retire", "End a rotation", onRelayHost("ca retire", why)),
-		cli.UnavailableCommand("export", "Write the CA's active roots (PEM)", onRelayHost("ca export --out FILE", why)))
+		relayHostOnly("status", "Show the CA's roots", onRelayHost("ca status", why)),
+		relayHostOnly("rotate", "Add a new root", onRelayHost("ca rotate", why)),
+		relayHostOnly("renew-now", "Ask agents on the old root to renew at once", onRelayHost("ca renew-now", why)),
+		relayHostOnly("retire", "End a rotation", onRelayHost("ca retire", why)),
+		relayHostOnly("export", "Write the CA's active roots (PEM)", onRelayHost("ca export --out FILE", why)))
+}
+
+// relayHostOnly is a command that needs the relay's data directory.
+func relayHostOnly(use, short, why string) *cobra.Command {
+	return cli.UnavailableCommand(use, short, "tether-relay only", why)
 }

@@ -156,7 +156,7 @@ func TestExecute(t *testing.T) {
 		root.SetErr(&errOut)
 		AddOutputFlag(root.PersistentFlags())
 		root.AddCommand(Group("agent", "agents", leaf("list", NoArgs), leaf("show ID", Args("ID")), leaf("fail", NoArgs)),
-			UnavailableCommand("drain ID", "drain", "it needs a running relay"))
+			UnavailableCommand("drain ID", "drain", "elsewhere only", "it needs a running relay"))
 		return root, &out, &errOut
 	}
 	for _, tc := range []struct {

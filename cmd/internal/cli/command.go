@@ -217,13 +217,14 @@ func (e *unavailableError) Error() string { return e.msg }
 func (e *unavailableError) Unwrap() error { return ErrUnavailable }
 
 // UnavailableCommand returns a command this binary names but cannot run,
-// so that tether-relay and tetherctl take the same commands: its help
-// says why and what to run instead (why, a sentence); run, it fails with
-// that, whatever its flags and arguments, with ExitFailure.
-func UnavailableCommand(use, short, why string) *cobra.Command {
+// so that tether-relay and tetherctl take the same commands: its short
+// help says where it runs (where: "tetherctl only"), its help why and what
+// to run instead (why, a sentence); run, it fails with that, whatever its
+// flags and arguments, with ExitFailure.
+func UnavailableCommand(use, short, where, why string) *cobra.Command {
 	return &cobra.Command{
 		Use:                use,
-		Short:              short + " [not here: see help]",
+		Short:              short + " [" + where + "]",
 		Long:               "Not available here: " + why,
 		Annotations:        map[string]string{Unavailable: why},
 		Args:               cobra.ArbitraryArgs,
