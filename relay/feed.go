@@ -31,6 +31,7 @@ func (r *Relay) follow(ctx context.Context, from int64) {
 		Poll:   r.cfg.ChangePoll,
 		Apply:  r.apply,
 		Resync: r.resync,
+		Read:   func(began time.Time) { r.metrics.storeOp("change_feed", began) },
 		Error:  func(err error) { r.log.Warn("read the change feed", "err", err) },
 	})
 }

@@ -16,8 +16,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/tetherhq/tether/relay/client"
 	"github.com/tetherhq/tether/internal/pgtest"
+	"github.com/tetherhq/tether/relay/client"
 )
 
 // TestForwardPsqlAndPgDump: tetherctl forward, run as a process, lets

@@ -110,7 +110,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		`tether_agent_certificate_expiry_timestamp_seconds{tenant="acme"}`,
 		`tether_store_seconds_count{op="backend_lookup"}`,
 		`tether_store_seconds_count{op="audit_commit"}`,
-		`tether_store_seconds_count{op="policy_poll"}`,
+		`tether_store_seconds_count{op="change_feed"}`,
 	} {
 		if m[name] <= 0 {
 			t.Errorf("%s = %v, want > 0", name, m[name])

@@ -19,8 +19,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/tetherhq/tether/relay/client"
 	"github.com/tetherhq/tether/internal/pgtest"
+	"github.com/tetherhq/tether/relay/client"
 )
 
 // BenchmarkPgbench runs PostgreSQL's pgbench against a real server, directly,

@@ -23,8 +23,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/net/proxy"
 
-	"github.com/tetherhq/tether/relay/client"
 	"github.com/tetherhq/tether/internal/pgtest"
+	"github.com/tetherhq/tether/relay/client"
 )
 
 // env is a relay with one tenant "acme" whose agent exposes a PostgreSQL

@@ -13,8 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/tetherhq/tether/test/internal/e2e"
 	"github.com/tetherhq/tether/internal/pgtest"
+	"github.com/tetherhq/tether/test/internal/e2e"
 )
 
 // lossy is the link of TestTransactionsOverALossyLink, both ways.

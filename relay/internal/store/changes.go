@@ -160,8 +160,8 @@ type Follower struct {
 	// read them: the follower must read its whole state again.
 	Resync func(context.Context)
 	// Read, when set, is told after each successful read of the feed
-	// (for a follower that must know how current it is).
-	Read func(at time.Time)
+	// when it began: the follower is current as of then.
+	Read func(began time.Time)
 	// Error, when set, is told when a read fails; Follow tries again at
 	// the next poll.
 	Error func(error)
@@ -204,6 +204,7 @@ func (s *Store) Follow(ctx context.Context, from int64, f Follower) error {
 
 func (s *Store) followOnce(ctx context.Context, from *int64, f Follower) error {
 	for {
+		began := time.Now()
 		changes, err := s.Changes(ctx, *from, followBatch)
 		if err != nil {
 			return err
@@ -228,7 +229,7 @@ func (s *Store) followOnce(ctx context.Context, from *int64, f Follower) error {
 			*from = c.Seq
 		}
 		if f.Read != nil {
-			f.Read(time.Now())
+			f.Read(began)
 		}
 		if len(changes) < followBatch {
 			return nil
