@@ -204,3 +204,86 @@ func TestExecute(t *testing.T) {
 		})
 	}
 }
+
+// An error marked Reported is not printed again, and exits with its code.
+func TestExecuteReported(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		err    error
+		code   int
+		stderr string
+	}{
+		{"reported, with a code", Reported(coded(3)), 3, ""},
+		{"reported, wrapped", fmt.Errorf("run: %w", Reported(coded(3))), 3, ""},
+		{"reported, no code", Reported(errors.New("logged")), ExitFailure, ""},
+		{"not reported", coded(3), 3, "prog: coded\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := NewRoot("prog", "a program", "", BuildInfo{Program: "prog"})
+			root.AddCommand(&cobra.Command{Use: "run", RunE: func(*cobra.Command, []string) error { return tc.err }})
+			var errOut bytes.Buffer
+			root.SetErr(&errOut)
+			if code := Execute(context.Background(), root, []string{"run"}, &errOut); code != tc.code || errOut.String() != tc.stderr {
+				t.Errorf("exit %d, stderr %q; want %d, %q", code, errOut.String(), tc.code, tc.stderr)
+			}
+		})
+	}
+	if Reported(nil) != nil {
+		t.Error("Reported(nil) is not nil")
+	}
+}
+
+// -o with aliases takes them for their formats, and the formats; OutputOf
+// reads it.
+func TestOutputFlagAliases(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want Format
+		code int
+	}{
+		{nil, Table, ExitOK},
+		{[]string{"-o", "text"}, Table, ExitOK},
+		{[]string{"-o", "json"}, JSON, ExitOK},
+		{[]string{"--output=yaml"}, YAML, ExitOK},
+		{[]string{"-o", "xml"}, "", ExitUsage},
+	} {
+		root := NewRoot("prog", "a program", "", BuildInfo{Program: "prog"})
+		AddOutputFlagAliases(root.PersistentFlags(), map[string]Format{"text": Table})
+		var got Format
+		root.AddCommand(&cobra.Command{Use: "show", RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			got, err = OutputOf(cmd)
+			return err
+		}})
+		var errOut bytes.Buffer
+		root.SetErr(&errOut)
+		if code := Execute(context.Background(), root, append([]string{"show"}, tc.args...), &errOut); code != tc.code || got != tc.want {
+			t.Errorf("%q: exit %d, format %q; want %d, %q (%s)", tc.args, code, got, tc.code, tc.want, errOut.String())
+		}
+	}
+}
+
+// YAMLItem's items, written one after another, read as one list, fields
+// in order and times in UTC.
+func TestYAMLItem(t *testing.T) {
+	var buf bytes.Buffer
+	for _, v := range []any{
+		json.RawMessage(`{"seq":1,"time":"2025-06-01T16:00:00+02:00","note":"true","nested":{"a":[1,2]}}`),
+		struct {
+			Seq  int    `json:"seq"`
+			Note string `json:"note"`
+		}{2, "second"},
+	} {
+		if err := YAMLItem(&buf, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := "- seq: 1\n  time: \"2025-06-01T14:00:00Z\"\n  note: \"true\"\n  nested:\n    a:\n      - 1\n      - 2\n- seq: 2\n  note: second\n"
+	if buf.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", buf.String(), want)
+	}
+	var back []map[string]any
+	if err := yaml.Unmarshal(buf.Bytes(), &back); err != nil || len(back) != 2 || back[1]["note"] != "second" {
+		t.Errorf("the items do not read back as a list: %v, %v", back, err)
+	}
+}

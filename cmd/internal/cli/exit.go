@@ -35,6 +35,21 @@ func Usagef(format string, args ...any) error {
 	return &UsageError{Err: fmt.Errorf(format, args...)}
 }
 
+// Reported marks err as reported already by the command that returned it
+// (tether-agent's refusal for good, which the agent has logged with what
+// to do): Execute prints nothing more and exits with err's ExitCode.
+func Reported(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &reportedError{err: err}
+}
+
+type reportedError struct{ err error }
+
+func (e *reportedError) Error() string { return e.err.Error() }
+func (e *reportedError) Unwrap() error { return e.err }
+
 // ExitCode is the status a command that returned err exits with: ExitOK
 // for nil, the code of the first error in the chain with an ExitCode()
 // method (a *UsageError: ExitUsage), else ExitFailure.
@@ -51,7 +66,8 @@ func ExitCode(err error) int {
 
 // Execute runs root with args under ctx, prints an error to stderr as
 // "PROG: message" (a usage error followed by a pointer to the command's
-// help) and returns the exit status for os.Exit.
+// help; nothing for an error marked Reported) and returns the exit status
+// for os.Exit.
 func Execute(ctx context.Context, root *cobra.Command, args []string, stderr io.Writer) int {
 	root.SetArgs(args)
 	cmd, err := root.ExecuteContextC(ctx)
@@ -60,6 +76,9 @@ func Execute(ctx context.Context, root *cobra.Command, args []string, stderr io.
 	}
 	if errors.Is(err, errHelpShown) {
 		return ExitUsage
+	}
+	if _, ok := errors.AsType[*reportedError](err); ok {
+		return ExitCode(err)
 	}
 	fmt.Fprintf(stderr, "%s: %v\n", root.Name(), err)
 	code := ExitCode(err)

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -48,6 +50,31 @@ func AddOutputFlag(fs *pflag.FlagSet) {
 	fs.VarP(&f, "output", "o", "output format: table, json or yaml")
 }
 
+// AddOutputFlagAliases is AddOutputFlag where -o also takes each alias
+// for the format it names: tether-agent's "text", its word for table
+// before its commands took the shared formats.
+func AddOutputFlagAliases(fs *pflag.FlagSet, aliases map[string]Format) {
+	names := slices.Sorted(maps.Keys(aliases))
+	for i, a := range names {
+		names[i] = a + " for " + string(aliases[a])
+	}
+	fs.VarP(&aliasedFormat{Format: Table, aliases: aliases}, "output", "o", "output format: table, json or yaml (also "+strings.Join(names, ", ")+")")
+}
+
+// aliasedFormat is a Format that also takes other words for formats.
+type aliasedFormat struct {
+	Format
+	aliases map[string]Format
+}
+
+func (f *aliasedFormat) Set(s string) error {
+	if a, ok := f.aliases[s]; ok {
+		f.Format = a
+		return nil
+	}
+	return f.Format.Set(s)
+}
+
 // OutputOf is the format cmd's -o/--output flag asks for; table when it
 // has none.
 func OutputOf(cmd *cobra.Command) (Format, error) {
@@ -55,11 +82,13 @@ func OutputOf(cmd *cobra.Command) (Format, error) {
 	if fl == nil {
 		return Table, nil
 	}
-	f, ok := fl.Value.(*Format)
-	if !ok {
-		return "", errors.New("the output flag is not a format")
+	switch f := fl.Value.(type) {
+	case *Format:
+		return *f, nil
+	case *aliasedFormat:
+		return f.Format, nil
 	}
-	return *f, nil
+	return "", errors.New("the output flag is not a format")
 }
 
 // Print writes v in format f: with table for Table, else v as JSON (v is
@@ -105,6 +134,27 @@ func JSONLine(w io.Writer, v any) error {
 	var buf bytes.Buffer
 	writeJSON(&buf, n)
 	buf.WriteByte('\n')
+	_, err = w.Write(buf.Bytes())
+	return err
+}
+
+// YAMLItem writes v as one item of a YAML list ("- key: value"), times
+// made UTC, so that records written one after another read as one list
+// (for streams of records, as JSONLine writes them in JSON).
+func YAMLItem(w io.Writer, v any) error {
+	n, err := toNode(v)
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(&yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq", Content: []*yaml.Node{n}}); err != nil {
+		return err
+	}
+	if err := enc.Close(); err != nil {
+		return err
+	}
 	_, err = w.Write(buf.Bytes())
 	return err
 }
