@@ -3,15 +3,17 @@ package main
 import (
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/tetherhq/tether/agent"
 	"github.com/tetherhq/tether/agent/accesslog"
+	"github.com/tetherhq/tether/cmd/internal/cli"
 	"github.com/tetherhq/tether/installer"
 )
 
@@ -22,61 +24,80 @@ var errLogBroken = errors.New("the access log is not intact")
 // maxWarnings bounds the warnings about unreadable lines when printing.
 const maxWarnings = 10
 
+type accessLogOptions struct {
+	configPath, file, caPath string
+	verify                   bool
+	since                    time.Duration
+	service, backend         string
+}
+
+func accessLogCmd() *cobra.Command {
+	var o accessLogOptions
+	cmd := &cobra.Command{
+		Use:   "access-log",
+		Short: "Print the agent's access log, or verify it (--verify)",
+		Long: `Print the agent's access log, oldest first, across its rotated files: a
+table of streams (and the agent's starts and lost records), or with -o json
+each line as written (-o yaml: a list of them). --since, --service and
+--backend select lines.
+
+--verify walks the log's hash chain across the files and checks every
+checkpoint's signature, that its certificate names this agent and that the
+agent's CA roots issued it, and reports the log as intact or the first
+problem at its file and line. It exits 0 when the log is intact and 1 when
+it is not (or cannot be read).
+
+The log is the one of --config FILE (default: the installed service's
+config), or --file PATH: a log anywhere (a copy, say), its rotated files
+beside it.`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return accessLog(o, output(cmd), cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	fs := cmd.Flags()
+	configFlag(cmd, &o.configPath, "agent config file, YAML: its access log is read (default: the installed service's config)")
+	fs.StringVar(&o.file, "file", "", "the access log's current file, instead of the config's (a copy, say); its rotated files are read beside it")
+	fs.StringVar(&o.caPath, "ca", "", "CA roots (PEM) that issued the agent's certificates, for --verify (default: ca.crt in the state directory)")
+	fs.BoolVar(&o.verify, "verify", false, "walk the hash chain across the files and check every checkpoint's signature: exit 0 intact, 1 broken")
+	fs.DurationVar(&o.since, "since", 0, "only lines written within this long, e.g. 2h")
+	fs.StringVar(&o.service, "service", "", "only streams to this service")
+	fs.StringVar(&o.backend, "backend", "", "only streams of this backend (name, or backend:name)")
+	cmd.MarkFlagFilename("file")
+	cmd.MarkFlagFilename("ca", "pem", "crt")
+	return cmd
+}
+
 // accessLog prints the agent's access log, or verifies it (--verify).
 // Exit status: 0 printed, or intact; 1 broken, or unreadable; 2 usage.
-func accessLog(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet(prog+" access-log", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "agent config file (YAML): its access log is read (default: the installed service's config)")
-	file := fs.String("file", "", "the access log's current file, instead of the config's (a copy, say); its rotated files are read beside it")
-	caPath := fs.String("ca", "", "CA roots (PEM) that issued the agent's certificates, for --verify (default: ca.crt in the state directory)")
-	verify := fs.Bool("verify", false, "walk the hash chain across the files and check every checkpoint's signature: exit 0 intact, 1 broken")
-	since := fs.Duration("since", 0, "only lines written within this long, e.g. 2h")
-	service := fs.String("service", "", "only streams to this service")
-	backend := fs.String("backend", "", "only streams of this backend (name, or backend:name)")
-	output := fs.String("o", "", "output: table (default) or json; with --verify: text (default) or json")
-	if err := fs.Parse(args); err != nil {
-		return flag.ErrHelp // the flag package has said what is wrong
+func accessLog(o accessLogOptions, f cli.Format, stdout, stderr io.Writer) error {
+	if o.since < 0 {
+		return cli.Usagef("access-log: --since %v: want a positive duration", o.since)
 	}
-	usage := func(format string, a ...any) error {
-		fmt.Fprintf(stderr, prog+" access-log: "+format+"\n", a...)
-		return flag.ErrHelp
-	}
-	if fs.NArg() > 0 {
-		return usage("takes no arguments (got %q)", fs.Args())
-	}
-	if *since < 0 {
-		return usage("--since %v: want a positive duration", *since)
-	}
-	switch {
-	case *verify && *output != "" && *output != "text" && *output != "json":
-		return usage("-o %q: want text or json with --verify", *output)
-	case !*verify && *output != "" && *output != "table" && *output != "json":
-		return usage("-o %q: want table or json", *output)
-	case *verify && (*since != 0 || *service != "" || *backend != ""):
-		return usage("--verify checks the whole log: --since, --service and --backend do not apply")
+	if o.verify && (o.since != 0 || o.service != "" || o.backend != "") {
+		return cli.Usagef("access-log: --verify checks the whole log: --since, --service and --backend do not apply")
 	}
 	cfg := agent.Config{}
-	if *configPath == "" && *file == "" {
-		*configPath = installer.DefaultLayout().ConfigPath
+	if o.configPath == "" && o.file == "" {
+		o.configPath = installer.DefaultLayout().ConfigPath
 	}
-	if *configPath != "" {
-		c, err := agent.LoadConfig(*configPath)
+	if o.configPath != "" {
+		c, err := agent.LoadConfig(o.configPath)
 		if err != nil {
-			if *file == "" && *configPath == installer.DefaultLayout().ConfigPath {
+			if o.file == "" && o.configPath == installer.DefaultLayout().ConfigPath {
 				return fmt.Errorf("%w (give --config FILE, or --file PATH for an access log anywhere)", err)
 			}
 			return err
 		}
 		cfg = c
 	}
-	if *file != "" {
-		cfg.AccessLog.Path = *file
+	if o.file != "" {
+		cfg.AccessLog.Path = o.file
 	}
-	if *verify {
-		return verifyAccessLog(cfg, *caPath, *output == "json", stdout)
+	if o.verify {
+		return verifyAccessLog(cfg, o.caPath, f, stdout)
 	}
-	return printAccessLog(cfg.AccessLogPath(), filter{since: *since, service: *service, backend: *backend, now: time.Now()}, *output == "json", stdout, stderr)
+	return printAccessLog(cfg.AccessLogPath(), filter{since: o.since, service: o.service, backend: o.backend, now: time.Now()}, f, stdout, stderr)
 }
 
 // filter selects the lines to print.
@@ -107,8 +128,9 @@ func (f filter) match(e *accesslog.Entry) bool {
 }
 
 // printAccessLog prints the lines of the log at path that f selects,
-// oldest first: each line as written (json), or the streams as a table.
-func printAccessLog(path string, f filter, asJSON bool, stdout, stderr io.Writer) error {
+// oldest first: each line as written (json), each line an item of a list
+// (yaml), or the streams as a table.
+func printAccessLog(path string, f filter, format cli.Format, stdout, stderr io.Writer) error {
 	files, err := accesslog.Files(path)
 	if err != nil {
 		return err
@@ -116,8 +138,9 @@ func printAccessLog(path string, f filter, asJSON bool, stdout, stderr io.Writer
 	if len(files) == 0 {
 		return fmt.Errorf("no access log at %s", path)
 	}
+	asTable := format == cli.Table
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	if !asJSON {
+	if asTable {
 		fmt.Fprintln(tw, "TIME\tREQUEST\tBACKEND\tSERVICE\tCODE\tEND\tTO SERVICE\tFROM SERVICE\tDURATION")
 	}
 	rows, warnings := 0, 0
@@ -131,9 +154,12 @@ func printAccessLog(path string, f filter, asJSON bool, stdout, stderr io.Writer
 		if !f.match(&e) {
 			return nil
 		}
-		if asJSON {
+		switch format {
+		case cli.JSON:
 			_, err := fmt.Fprintf(stdout, "%s\n", raw)
 			return err
+		case cli.YAML:
+			return cli.YAMLItem(stdout, json.RawMessage(raw))
 		}
 		ts := e.Time.UTC().Format("2006-01-02T15:04:05.000Z")
 		switch e.Type {
@@ -156,7 +182,7 @@ func printAccessLog(path string, f filter, asJSON bool, stdout, stderr io.Writer
 		}
 		return nil
 	})
-	if ferr := tw.Flush(); err == nil && !asJSON {
+	if ferr := tw.Flush(); err == nil && asTable {
 		err = ferr
 	}
 	if warnings > maxWarnings {
@@ -166,7 +192,7 @@ func printAccessLog(path string, f filter, asJSON bool, stdout, stderr io.Writer
 }
 
 // verifyAccessLog walks the chain and reports.
-func verifyAccessLog(cfg agent.Config, caPath string, asJSON bool, stdout io.Writer) error {
+func verifyAccessLog(cfg agent.Config, caPath string, format cli.Format, stdout io.Writer) error {
 	o, err := agent.AccessLogVerifyOptions(cfg, caPath)
 	if err != nil {
 		return err
@@ -175,13 +201,18 @@ func verifyAccessLog(cfg agent.Config, caPath string, asJSON bool, stdout io.Wri
 	if err != nil {
 		return err
 	}
-	if asJSON {
+	switch format {
+	case cli.JSON:
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(res); err != nil {
 			return err
 		}
-	} else {
+	case cli.YAML:
+		if err := cli.Print(stdout, format, res, nil); err != nil {
+			return err
+		}
+	default:
 		printVerify(stdout, res, o)
 	}
 	if !res.Intact {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -14,34 +13,54 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/tetherhq/tether/agent"
+	"github.com/tetherhq/tether/cmd/internal/cli"
 	"github.com/tetherhq/tether/installer"
 )
+
+func statusCmd() *cobra.Command {
+	var o statusOptions
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the agent's connections, streams and certificate",
+		Long: `Show a running agent's status, as its status listener serves it
+(status_listen in its config, loopback only): the agent and tenant, version,
+certificate expiry, streams and bytes, services, config and access log, and
+a table of its connections to relays (state, transport and why, RTT, last
+error). -o json prints the JSON the agent serves, as served.
+
+--config FILE asks the agent at that config's status_listen; --addr
+HOST:PORT asks the one there. Without either it reports on the installed
+service: its state from the service manager, then the agent's status
+through the installed config.`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return status(cmd.Context(), o, output(cmd), cmd.OutOrStdout())
+		},
+	}
+	fs := cmd.Flags()
+	configFlag(cmd, &o.configPath, "agent config file, YAML: its status_listen is asked")
+	fs.StringVar(&o.addr, "addr", "", "the agent's status address, HOST:PORT (instead of --config)")
+	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "give up after this long")
+	return cmd
+}
+
+type statusOptions struct {
+	configPath, addr string
+	timeout          time.Duration
+}
 
 // status asks a running agent's status listener for its status and prints
 // it. Without --config or --addr it reports on the installed service: its
 // state from the service manager, then the agent's status through the
 // status_listen of the service's config.
-func status(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet(prog+" status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "agent config file (YAML): its status_listen is asked")
-	addr := fs.String("addr", "", "the agent's status address, HOST:PORT (instead of --config)")
-	output := fs.String("o", "text", "output: text or json")
-	timeout := fs.Duration("timeout", 5*time.Second, "give up after this long")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("status takes no arguments (got %q)", fs.Args())
-	}
-	if *output != "text" && *output != "json" {
-		return fmt.Errorf("-o %q: want text or json", *output)
-	}
+func status(ctx context.Context, o statusOptions, f cli.Format, stdout io.Writer) error {
 	switch {
-	case *addr != "" && *configPath != "":
-		return errors.New("give --config or --addr, not both")
-	case *addr == "" && *configPath == "":
+	case o.addr != "" && o.configPath != "":
+		return cli.Usagef("give --config or --addr, not both")
+	case o.addr == "" && o.configPath == "":
 		// The installed service: its state from the service manager,
 		// then the agent's own status through the config it runs with.
 		l := installer.DefaultLayout()
@@ -49,49 +68,52 @@ func status(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("service %s: %w", l.Name, err)
 		}
-		if *output == "text" {
+		if f == cli.Table {
 			fmt.Fprintf(stdout, "service %s: %s\n", l.Name, svc)
 		}
 		if svc == "not installed" {
 			return errors.New("no installed agent: give --config FILE or --addr HOST:PORT for an agent run by hand")
 		}
-		*configPath = l.ConfigPath
+		o.configPath = l.ConfigPath
 		fallthrough
-	case *configPath != "":
-		cfg, err := agent.LoadConfig(*configPath)
+	case o.configPath != "":
+		cfg, err := agent.LoadConfig(o.configPath)
 		if err != nil {
 			return err
 		}
 		if cfg.StatusListen == "" {
-			return fmt.Errorf("%s has no status_listen: add status_listen: 127.0.0.1:7456 and restart the agent", *configPath)
+			return fmt.Errorf("%s has no status_listen: add status_listen: 127.0.0.1:7456 and restart the agent", o.configPath)
 		}
-		*addr = cfg.StatusListen
+		o.addr = cfg.StatusListen
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*addr+"/status", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+o.addr+"/status", nil)
 	if err != nil {
-		return fmt.Errorf("status address %q: %w", *addr, err)
+		return fmt.Errorf("status address %q: %w", o.addr, err)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("ask the agent at %s (is it running, with status_listen set?): %w", *addr, err)
+		return fmt.Errorf("ask the agent at %s (is it running, with status_listen set?): %w", o.addr, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	if err != nil {
-		return fmt.Errorf("read status from %s: %w", *addr, err)
+		return fmt.Errorf("read status from %s: %w", o.addr, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("agent at %s answered %s", *addr, resp.Status)
+		return fmt.Errorf("agent at %s answered %s", o.addr, resp.Status)
 	}
 	var st agent.Status
 	if err := json.Unmarshal(body, &st); err != nil {
-		return fmt.Errorf("status from %s: %w", *addr, err)
+		return fmt.Errorf("status from %s: %w", o.addr, err)
 	}
-	if *output == "json" {
-		_, err := stdout.Write(body)
+	switch f {
+	case cli.JSON:
+		_, err := stdout.Write(body) // as served
 		return err
+	case cli.YAML:
+		return cli.Print(stdout, f, json.RawMessage(body), nil)
 	}
 	printStatus(stdout, st, time.Now())
 	return nil

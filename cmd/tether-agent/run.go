@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tetherhq/tether/agent"
+	"github.com/tetherhq/tether/cmd/internal/cli"
+	"github.com/tetherhq/tether/installer"
+)
+
+// runExitStatus is what the help of run and service says of their exit
+// status (README's "Exit status" table says it at length).
+const runExitStatus = `Exit status: 0 after a stop (SIGTERM, SIGINT, the service manager's stop);
+1 on a failure (config, state directory, listener); 3 when a relay refused
+the agent for good (revoked, unknown to the relay, certificate expired):
+the agent logs once what to do (enrol it again with a new join token) and
+the service manager does not restart it; 75 to restart into a new binary
+after a self-update.`
+
+func (a *app) runCmd() *cobra.Command {
+	var configPath string
+	cmd := &cobra.Command{
+		Use:   "run --config FILE",
+		Short: "Run the agent in the foreground",
+		Long: `Run the agent in the foreground with the config file given: connect to the
+relays, and let them reach the services of its allowlist. The config file
+and the state directory are watched and reloaded on change. SIGTERM or
+SIGINT stop it: it drains its streams for up to drain_timeout, then exits.
+Logs go to stderr.
+
+` + runExitStatus,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configPath == "" {
+				return cli.Usagef("run needs --config FILE")
+			}
+			ag, err := a.newAgent(configPath, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			ctx, stop := cli.SignalContext()
+			err = ag.Run(ctx)
+			stop()
+			return agentEnded(err)
+		},
+	}
+	configFlag(cmd, &configPath, "agent config file, YAML (required)")
+	return cmd
+}
+
+func (a *app) serviceCmd() *cobra.Command {
+	var configPath string
+	cmd := &cobra.Command{
+		Use:   "service --config FILE",
+		Short: "Run the agent as the service manager starts it (what install registers)",
+		Long: `Run the agent under the service manager: the run mode that install registers
+(systemd's ExecStart, the Windows service's command line). It is run as
+run is, and stops cleanly, draining, on the service manager's stop. From a
+console it runs until SIGTERM or SIGINT.
+
+` + runExitStatus,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configPath == "" {
+				return cli.Usagef("service needs --config FILE")
+			}
+			ag, err := a.newAgent(configPath, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			err = installer.Run(installer.DefaultLayout(), func(ctx context.Context) error {
+				err := ag.Run(ctx)
+				if re, ok := errors.AsType[*agent.RestartError](err); ok {
+					// A self-update: exit with agent.ExitRestart for the
+					// service manager to start the new binary (or exec it).
+					return agent.Restart(re)
+				}
+				return err
+			})
+			return agentEnded(err)
+		},
+	}
+	configFlag(cmd, &configPath, "agent config file, YAML (required)")
+	return cmd
+}
+
+// agentEnded is what run and service return once the agent's Run has
+// returned err: a self-update restarts the process (exec, or exit with
+// agent.ExitRestart); a refusal for good, which the agent has logged with
+// what to do, ends it with agent.ExitRefused and nothing more printed.
+func agentEnded(err error) error {
+	if re, ok := errors.AsType[*agent.RestartError](err); ok {
+		return agent.Restart(re)
+	}
+	if _, ok := errors.AsType[*agent.RefusedError](err); ok {
+		return cli.Reported(err)
+	}
+	return err
+}
+
+// newAgent loads the config file and builds the agent it describes.
+func (a *app) newAgent(configPath string, stderr io.Writer) (*agent.Agent, error) {
+	cfg, err := agent.LoadConfig(configPath)
+	if err != nil {
+		return nil, err
+	}
+	log, err := cli.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Logger = log
+	cfg.Version = a.info.Version
+	cfg.ConfigFile = configPath
+	cfg.BuiltinUpdateKeys = strings.Split(updateKeys, ",")
+	cfg.UpdateTrial = a.env("TETHER_UPDATE_TRIAL") // set by the agent that tries this binary
+	cfg.Args = a.args
+	cfg.TrialOutput = stderr
+	return agent.New(cfg)
+}
