@@ -287,3 +287,29 @@ func TestYAMLItem(t *testing.T) {
 		t.Errorf("the items do not read back as a list: %v, %v", back, err)
 	}
 }
+
+// With CommandTyposBeforeFlags, a mistyped command followed by flags is
+// an unknown command with suggestions, not an unknown flag; flags of a
+// known command are not affected.
+func TestCommandTyposBeforeFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args   []string
+		stderr string
+	}{
+		{[]string{"agnet", "list", "--tenant", "x"}, `unknown command "agnet" for "prog"; did you mean "agent"?`},
+		{[]string{"agent", "lst", "--tenant", "x"}, `unknown command "lst" for "prog agent"; did you mean "list"?`},
+		{[]string{"agent", "list", "--tenat", "x"}, "unknown flag: --tenat; did you mean --tenant?"},
+		{[]string{"--tenant", "x", "agent"}, "unknown flag: --tenant"},
+	} {
+		root := NewRoot("prog", "a program", "", BuildInfo{Program: "prog"})
+		list := &cobra.Command{Use: "list", RunE: func(*cobra.Command, []string) error { return nil }}
+		list.Flags().String("tenant", "", "a tenant")
+		root.AddCommand(Group("agent", "agents", list))
+		CommandTyposBeforeFlags(root)
+		var errOut bytes.Buffer
+		root.SetErr(&errOut)
+		if code := Execute(context.Background(), root, tc.args, &errOut); code != ExitUsage || !strings.Contains(errOut.String(), tc.stderr) {
+			t.Errorf("%q: exit %d, stderr %q; want %d, %q", tc.args, code, errOut.String(), ExitUsage, tc.stderr)
+		}
+	}
+}

@@ -98,6 +98,21 @@ func quoteList(s []string) string {
 	return "one of " + strings.Join(q, ", ")
 }
 
+// CommandTyposBeforeFlags makes a mistyped command followed by flags
+// ("enrol --relay r") an unknown command with suggestions, as it is
+// without them, rather than an unknown flag of the group it was looked
+// for in (cobra parses the group's flags first): a flag error of a command
+// with subcommands whose first argument is none of them.
+func CommandTyposBeforeFlags(root *cobra.Command) {
+	prev := root.FlagErrorFunc()
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		if args := cmd.Flags().Args(); cmd.HasAvailableSubCommands() && len(args) > 0 {
+			return UnknownCommand(cmd, args[0])
+		}
+		return prev(cmd, err)
+	})
+}
+
 // flagError makes a flag that does not parse a usage error, suggesting the
 // flag meant when one is unknown.
 func flagError(cmd *cobra.Command, err error) error {
