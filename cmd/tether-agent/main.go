@@ -74,6 +74,7 @@ func newRoot(a *app, stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	cli.CommandTyposBeforeFlags(root)
 	cli.AddOutputFlagAliases(root.PersistentFlags(), map[string]cli.Format{"text": cli.Table})
 	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json", "yaml"}, cobra.ShellCompDirectiveNoFileComp))
 	root.AddGroup(&cobra.Group{ID: "agent", Title: "Enrol and run the agent:"},

@@ -136,6 +136,7 @@ func TestCommandLineMistakes(t *testing.T) {
 		stderr []string
 	}{
 		{"typo of a command", []string{"stauts"}, 2, []string{`unknown command "stauts" for "tether-agent"; did you mean one of "start", "status"?`, "Run 'tether-agent --help' for usage."}},
+		{"typo of a command, flags after it", []string{"enrol", "--relay", "r:7443", "--token-file", missing}, 2, []string{`unknown command "enrol" for "tether-agent"; did you mean "enroll"?`}},
 		{"typo of a hyphenated command", []string{"acess-log"}, 2, []string{`did you mean "access-log"?`}},
 		{"unknown command", []string{"frobnicate"}, 2, []string{`unknown command "frobnicate" for "tether-agent"; its commands are`}},
 		{"typo of a flag", []string{"run", "--conifg", missing}, 2, []string{"unknown flag: --conifg; did you mean --config?", "Run 'tether-agent run --help' for usage."}},
