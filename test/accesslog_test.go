@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/tetherhq/tether/agent/accesslog"
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/relay"
@@ -317,9 +319,30 @@ func testAccessLogTampering(t *testing.T, a *agentProc) {
 	if res, code := verifyAccessLog(t, "--config", a.config); code != 0 || !res.Intact {
 		t.Fatalf("verify of the untouched log: exit %d, %+v", code, res)
 	}
+	// The same, in YAML and as text; and the log itself in YAML: the lines
+	// that -o json prints, as a list.
+	var ys map[string]any
+	if err := yaml.Unmarshal([]byte(mustRun(t, bins.agent, "access-log", "--verify", "-o", "yaml", "--config", a.config)), &ys); err != nil || ys["intact"] != true || ys["lines"] != len(lines) {
+		t.Errorf("access-log --verify -o yaml: %v, %v; want intact, %d lines", ys, err, len(lines))
+	}
+	if text := mustRun(t, bins.agent, "access-log", "--verify", "--config", a.config); !strings.Contains(text, fmt.Sprintf("intact: %d lines", len(lines))) {
+		t.Errorf("access-log --verify:\n%s", text)
+	}
+	var items []map[string]any
+	if err := yaml.Unmarshal([]byte(mustRun(t, bins.agent, "access-log", "-o", "yaml", "--config", a.config)), &items); err != nil || len(items) != len(lines) {
+		t.Fatalf("access-log -o yaml: %d items (%v), want the %d lines", len(items), err, len(lines))
+	}
+	for i, line := range lines {
+		var e map[string]any
+		if err := json.Unmarshal(line, &e); err != nil || e["type"] != items[i]["type"] || fmt.Sprint(e["seq"]) != fmt.Sprint(items[i]["seq"]) {
+			t.Errorf("access-log -o yaml item %d: %v, want line %s", i, items[i], line)
+		}
+	}
 	// Usage errors exit with 2.
-	if _, _, err := runCmd(t, bins.agent, "access-log", "--verify", "-o", "yaml", "--config", a.config); exitCode(err) != 2 {
-		t.Errorf("access-log --verify -o yaml: %v, want exit status 2", err)
+	for _, args := range [][]string{{"-o", "xml"}, {"--since", "1h"}, {"--service", "echo"}} {
+		if _, _, err := runCmd(t, bins.agent, append([]string{"access-log", "--verify", "--config", a.config}, args...)...); exitCode(err) != 2 {
+			t.Errorf("access-log --verify %s: %v, want exit status 2", strings.Join(args, " "), err)
+		}
 	}
 }
 

@@ -210,6 +210,10 @@ func TestRevokedAgentStops(t *testing.T) {
 			if n := strings.Count(out, `"msg":"the relay refused this agent for good: stopping"`); n != 1 {
 				t.Errorf("the agent logged its refusal %d times, want once:\n%s", n, out)
 			}
+			// Said once: the command line does not print it again.
+			if n := strings.Count(out, "enrol it again with a new join token"); n != 1 {
+				t.Errorf("the agent said what to do %d times, want once:\n%s", n, out)
+			}
 			for _, want := range []string{"laptop stolen", "enrol it again with a new join token", "tether-agent enroll --force --state-dir " + a.stateDir} {
 				if !strings.Contains(out, want) {
 					t.Errorf("agent log lacks %q:\n%s", want, out)
@@ -229,6 +233,9 @@ func TestRevokedAgentStops(t *testing.T) {
 			wantExit(t, svc, 3, 20*time.Second)
 			if !strings.Contains(svc.out.String(), "revoked") {
 				t.Errorf("service run mode log does not say why:\n%s", svc.out.String())
+			}
+			if n := strings.Count(svc.out.String(), "enrol it again with a new join token"); n != 1 {
+				t.Errorf("the service run mode said what to do %d times, want once:\n%s", n, svc.out.String())
 			}
 			waitAudit(t, r, "the refused reconnection", kindOutcome("agent.connect", "revoked"), "--agent", a.id)
 		})

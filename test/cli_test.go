@@ -195,6 +195,14 @@ func TestCommandLineMistakes(t *testing.T) {
 		{bins.ctl, []string{"agent", "list"}, 1, []string{"no admin API address: set --url or TETHER_ADMIN_URL"}},
 		{bins.ctl, []string{"ca", "rotate"}, 1, []string{"ca rotate is not available here", "tether-relay ca rotate"}},
 		{bins.ctl, []string{"forward", "--map", "db.acme.tether"}, 1, []string{"want [HOST:]PORT=<service>.<tenant>.tether"}},
+		{bins.agent, []string{"stauts"}, 2, []string{`unknown command "stauts" for "tether-agent"; did you mean one of "start", "status"?`, "Run 'tether-agent --help' for usage."}},
+		{bins.agent, []string{"enrol", "--relay", "r:7443"}, 2, []string{`did you mean "enroll"?`}},
+		{bins.agent, []string{"run", "--conifg", "agent.yaml"}, 2, []string{"unknown flag: --conifg; did you mean --config?", "Run 'tether-agent run --help' for usage."}},
+		{bins.agent, []string{"run"}, 2, []string{"run needs --config FILE"}},
+		{bins.agent, []string{"access-log", "--verify", "--since", "1h"}, 2, []string{"--verify checks the whole log"}},
+		{bins.agent, []string{"run", "--config", "/nonexistent/agent.yaml"}, 1, []string{"tether-agent: ", "/nonexistent/agent.yaml"}},
+		{bins.agent, []string{"service", "-config", "/nonexistent/agent.yaml"}, 1, []string{"/nonexistent/agent.yaml"}},
+		{bins.agent, []string{"status", "--addr", "127.0.0.1:1", "-o", "text"}, 1, []string{"ask the agent at 127.0.0.1:1"}},
 	} {
 		name := filepath.Base(tc.bin) + " " + strings.Join(tc.args, " ")
 		t.Run(name, func(t *testing.T) {
@@ -218,7 +226,7 @@ func TestCommandLineMistakes(t *testing.T) {
 
 	// Success prints what was asked, no usage; completion scripts and
 	// the version come from both.
-	for _, bin := range []string{bins.relay, bins.ctl} {
+	for _, bin := range []string{bins.relay, bins.ctl, bins.agent} {
 		out := mustRun(t, bin, "version", "-o", "json")
 		var v struct{ Program, Version, Go string }
 		if err := json.Unmarshal([]byte(out), &v); err != nil || v.Program != filepath.Base(bin) || v.Version == "" || !strings.HasPrefix(v.Go, "go") {
@@ -237,6 +245,68 @@ func TestCommandLineMistakes(t *testing.T) {
 		if exitCode(err) != 2 || !strings.Contains(stderr, "Usage:") {
 			t.Errorf("%s alone: %v\n%s", filepath.Base(bin), err, stderr)
 		}
+	}
+}
+
+// TestAgentCommandHelp: every tether-agent command answers --help with
+// exit 0, its usage line and its own flags only, -o being the one global
+// flag; completion offers its commands and a command's own flags; the
+// version is the same in its short form.
+func TestAgentCommandHelp(t *testing.T) {
+	want := map[string][]string{
+		"enroll":     {"--force", "--proxy", "--relay", "--state-dir", "--timeout", "--token", "--token-file"},
+		"run":        {"--config"},
+		"service":    {"--config"},
+		"install":    {"--config", "--files-only"},
+		"uninstall":  {"--purge"},
+		"start":      {},
+		"stop":       {},
+		"unit":       {},
+		"status":     {"--addr", "--config", "--timeout"},
+		"access-log": {"--backend", "--ca", "--config", "--file", "--service", "--since", "--verify"},
+		"version":    {"--short"},
+	}
+	helps := leafHelps(t, bins.agent)
+	for path, flags := range want {
+		help, ok := helps[path]
+		if !ok {
+			t.Errorf("tether-agent --help does not lead to %s", path)
+			continue
+		}
+		delete(helps, path)
+		got := slices.DeleteFunc(helpSections(help)["Flags"], func(f string) bool { return f == "--help" })
+		slices.Sort(got)
+		if !slices.Equal(got, flags) {
+			t.Errorf("tether-agent %s --help lists %v, want %v", path, got, flags)
+		}
+		if g := helpSections(help)["Global Flags"]; !slices.Equal(g, []string{"--output"}) {
+			t.Errorf("tether-agent %s --help: global flags %v, want --output", path, g)
+		}
+		if !strings.Contains(help, "Usage:\n  tether-agent "+path) {
+			t.Errorf("tether-agent %s --help has no usage line:\n%s", path, help)
+		}
+	}
+	for path := range helps {
+		t.Errorf("tether-agent %s: a command this test does not know", path)
+	}
+
+	complete := func(args ...string) []string {
+		var words []string
+		for _, line := range strings.Split(mustRun(t, bins.agent, append([]string{"__complete"}, args...)...), "\n") {
+			if w, _, _ := strings.Cut(line, "\t"); w != "" && !strings.HasPrefix(w, ":") {
+				words = append(words, w)
+			}
+		}
+		return words
+	}
+	if got := complete("s"); !slices.Equal(got, []string{"service", "start", "status", "stop"}) {
+		t.Errorf("completion of s: %v", got)
+	}
+	if got := complete("enroll", "--t"); !slices.Equal(got, []string{"--timeout", "--token", "--token-file"}) {
+		t.Errorf("completion of enroll --t: %v", got)
+	}
+	if short, long := mustRun(t, bins.agent, "version", "--short"), mustRun(t, bins.agent, "version"); short == "" || !strings.HasPrefix(long, "tether-agent "+short+"\n") {
+		t.Errorf("version --short %q, version %q", short, long)
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetherhq/tether/agent"
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/protocol/transport/tcp"
@@ -257,6 +258,10 @@ func TestExpiredCertificateIsRefusedWithAClearMessage(t *testing.T) {
 	_, stderr, err := runCmd(t, bins.agent, "run", "--config", cfg)
 	if err == nil || !strings.Contains(stderr, "expired") || !strings.Contains(stderr, "enrol it again") {
 		t.Fatalf("tether-agent run with an expired certificate: err %v, stderr:\n%s", err, stderr)
+	}
+	// It exits with the status of a refusal for good, having said so once.
+	if code := exitCode(err); code != agent.ExitRefused || strings.Count(stderr, "enrol it again") != 1 {
+		t.Errorf("tether-agent run with an expired certificate: exit %d, want %d, saying once what to do:\n%s", code, agent.ExitRefused, stderr)
 	}
 }
 

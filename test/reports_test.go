@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/tetherhq/tether/agent"
 	"github.com/tetherhq/tether/relay"
 	"github.com/tetherhq/tether/relay/admin"
@@ -198,7 +200,16 @@ func TestAgentReports(t *testing.T) {
 			t.Errorf("status session: %+v", s)
 		}
 	}
+	// -o yaml: the same fields; -o text, the spelling of earlier
+	// versions, is the default's table.
+	var ys map[string]any
+	if err := yaml.Unmarshal([]byte(mustRun(t, bins.agent, "-o", "yaml", "status", "--addr", statusAddr)), &ys); err != nil || ys["agent_id"] != id || ys["tenant"] != "acme" {
+		t.Errorf("status -o yaml: %v (%v)", ys, err)
+	}
 	text := mustRun(t, bins.agent, "status", "--addr", statusAddr)
+	if again := mustRun(t, bins.agent, "status", "--addr", statusAddr, "-o", "text"); !strings.Contains(again, id+" (tenant acme)") {
+		t.Errorf("status -o text:\n%s", again)
+	}
 	t.Logf("tether-agent status:\n%s", text)
 	for _, want := range []string{id + " (tenant acme)", "certificate", "1048576 to services, 1048576 from services", "dead 1", "connected", "quic (auto: QUIC preferred)"} {
 		if !strings.Contains(text, want) {

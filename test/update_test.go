@@ -175,7 +175,7 @@ func (e *updateEnv) waitState(t *testing.T, agent, version string, d time.Durati
 
 func binVersion(t *testing.T, bin string) string {
 	t.Helper()
-	return mustRun(t, bin, "version")
+	return mustRun(t, bin, "version", "--short")
 }
 
 // TestSelfUpdate: a v1 agent updates itself to v2 during a rollout while a
