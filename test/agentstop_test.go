@@ -211,7 +211,7 @@ func TestRevokedAgentStops(t *testing.T) {
 				t.Errorf("the agent logged its refusal %d times, want once:\n%s", n, out)
 			}
 			// Said once: the command line does not print it again.
-			if n := strings.Count(out, "enrol it again with a new join token"); n != 1 {
+			if n := strings.Count(out, "restarting the agent will not help"); n != 1 {
 				t.Errorf("the agent said what to do %d times, want once:\n%s", n, out)
 			}
 			for _, want := range []string{"laptop stolen", "enrol it again with a new join token", "tether-agent enroll --force --state-dir " + a.stateDir} {
@@ -234,7 +234,7 @@ func TestRevokedAgentStops(t *testing.T) {
 			if !strings.Contains(svc.out.String(), "revoked") {
 				t.Errorf("service run mode log does not say why:\n%s", svc.out.String())
 			}
-			if n := strings.Count(svc.out.String(), "enrol it again with a new join token"); n != 1 {
+			if n := strings.Count(svc.out.String(), "restarting the agent will not help"); n != 1 {
 				t.Errorf("the service run mode said what to do %d times, want once:\n%s", n, svc.out.String())
 			}
 			waitAudit(t, r, "the refused reconnection", kindOutcome("agent.connect", "revoked"), "--agent", a.id)

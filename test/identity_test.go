@@ -260,8 +260,8 @@ func TestExpiredCertificateIsRefusedWithAClearMessage(t *testing.T) {
 		t.Fatalf("tether-agent run with an expired certificate: err %v, stderr:\n%s", err, stderr)
 	}
 	// It exits with the status of a refusal for good, having said so once.
-	if code := exitCode(err); code != agent.ExitRefused || strings.Count(stderr, "enrol it again") != 1 {
-		t.Errorf("tether-agent run with an expired certificate: exit %d, want %d, saying once what to do:\n%s", code, agent.ExitRefused, stderr)
+	if code, n := exitCode(err), strings.Count(stderr, "restarting the agent will not help"); code != agent.ExitRefused || n != 1 {
+		t.Errorf("tether-agent run with an expired certificate: exit %d (want %d), said what to do %d times (want once):\n%s", code, agent.ExitRefused, n, stderr)
 	}
 }
 
