@@ -310,6 +310,68 @@ func TestAgentCommandHelp(t *testing.T) {
 	}
 }
 
+// TestAgentEnrollSources: tether-agent enroll takes the join token from
+// standard input, a file or the environment without a word, and from
+// --token with a warning that it is a secret on the command line; it
+// prints the agent's id, or with -o json the enrolment's facts.
+func TestAgentEnrollSources(t *testing.T) {
+	r := startRelay(t, relayOpts{})
+	r.addTenant(t, "acme")
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	for _, tc := range []struct {
+		name    string
+		fromEnv bool
+		args    []string
+		warn    bool
+	}{
+		{"file, -o json", false, []string{"--token-file", tokenFile, "-o", "json"}, false},
+		{"environment", true, nil, false},
+		{"command line", false, []string{"--token", "TOKEN"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			token := r.token(t, "acme")
+			if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			stateDir := filepath.Join(t.TempDir(), "state")
+			args := []string{"enroll", "--relay", r.agentAddr, "--state-dir", stateDir}
+			for _, a := range tc.args {
+				args = append(args, strings.ReplaceAll(a, "TOKEN", token))
+			}
+			env := []string{"TETHER_JOIN_TOKEN="} // none from the test's own environment
+			if tc.fromEnv {
+				env = []string{"TETHER_JOIN_TOKEN=" + token}
+			}
+			stdout, stderr, err := runCmdEnv(t, env, bins.agent, args...)
+			if err != nil {
+				t.Fatalf("enroll: %v\n%s", err, stderr)
+			}
+			if warned := strings.Contains(stderr, "warning: --token puts the join token on the command line"); warned != tc.warn {
+				t.Errorf("warned about --token: %v, want %v:\n%s", warned, tc.warn, stderr)
+			}
+			if !strings.Contains(stderr, "enrolled as agent") {
+				t.Errorf("stderr:\n%s", stderr)
+			}
+			if !slices.Contains(tc.args, "json") {
+				if id := strings.TrimSpace(stdout); len(id) < 8 || strings.ContainsAny(id, " \n") {
+					t.Errorf("stdout %q, want the agent's id alone", stdout)
+				}
+				return
+			}
+			var got struct {
+				AgentID  string    `json:"agent_id"`
+				Tenant   string    `json:"tenant"`
+				NotAfter time.Time `json:"not_after"`
+				StateDir string    `json:"state_dir"`
+			}
+			if err := json.Unmarshal([]byte(stdout), &got); err != nil || got.AgentID == "" || got.Tenant != "acme" || got.StateDir != stateDir ||
+				got.NotAfter.Location() != time.UTC || !got.NotAfter.After(time.Now()) {
+				t.Errorf("enroll -o json: %+v (%v)\n%s", got, err, stdout)
+			}
+		})
+	}
+}
+
 // TestAdminCommandsRefuseAMissingDataDirectory: admin commands create no
 // data directory (only serve does): a missing one, or one no relay
 // initialised, is refused with how to make one, and left as it was.
