@@ -89,7 +89,7 @@ try {
     } catch {
         throw "could not download the agent from $Download (refused unless it comes from the relay's CA): $_"
     }
-    Write-Host "downloaded tether-agent $(& $exe version) over TLS pinned to the CA sha256:$wantFP"
+    Write-Host "downloaded tether-agent $(& $exe version --short) over TLS pinned to the CA sha256:$wantFP"
 
     $pd = $env:ProgramData
     $config = Join-Path $pd 'Tether\agent.yaml'

@@ -185,7 +185,7 @@ pinned() {
 pinned --max-filesize 209715200 -o "$tmp/tether-agent" "https://$name:$dl_port$path_prefix/tether-agent-linux-$arch" ||
 	die "could not download the agent from $download (refused unless it comes from the relay's CA)"
 chmod 0755 "$tmp/tether-agent"
-version=$("$tmp/tether-agent" version) || die "the downloaded agent does not run on this machine"
+version=$("$tmp/tether-agent" version --short) || die "the downloaded agent does not run on this machine"
 say "downloaded tether-agent $version (linux/$arch)"
 
 # 3. Enrol. The token goes through standard input.

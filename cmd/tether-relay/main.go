@@ -53,6 +53,7 @@ line (unknown command or flag, missing arguments).`
 func newRoot(info cli.BuildInfo, stdout, stderr io.Writer) *cobra.Command {
 	g := &globals{info: info, env: os.Getenv}
 	root := cli.NewRoot(prog, "The Tether relay and its administration", rootLong, info)
+	cli.CommandTyposBeforeFlags(root)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	pf := root.PersistentFlags()

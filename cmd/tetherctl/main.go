@@ -60,6 +60,7 @@ type ctl struct {
 func newRoot(info cli.BuildInfo, stdout, stderr io.Writer, env func(string) string) *cobra.Command {
 	x := &ctl{env: env}
 	root := cli.NewRoot(prog, "Administer a Tether relay through its admin API", rootLong, info)
+	cli.CommandTyposBeforeFlags(root)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	pf := root.PersistentFlags()
