@@ -20,6 +20,7 @@ const (
 	ChangeLimits        = "limits"         // a tenant's limits changed (Tenant)
 	ChangeToken         = "token"          // a join token was created or revoked (Tenant, Subject: the token)
 	ChangeOperatorToken = "operator_token" // an operator token was revoked (Subject: the token)
+	ChangeOperatorCert  = "operator_cert"  // an operator certificate was revoked (Subject: its serial)
 	ChangeCA            = "ca"             // the CA's roots changed: rotation, renew-now, retirement
 	ChangeRollout       = "rollout"        // a rollout started or was halted (Subject: its id)
 )

@@ -196,6 +196,29 @@ ALTER TABLE releases ADD COLUMN binary_signature {{blob}};
 ALTER TABLE releases ADD COLUMN manifest {{blob}};
 ALTER TABLE releases ADD COLUMN manifest_signature {{blob}};
 `},
+	// Operators scoped to one tenant with a role (operator tokens and the
+	// console sessions opened with them or by single sign-on); operator
+	// certificates recorded at issue, so that they can be revoked. Rows
+	// written before have tenant '' and role '': unscoped operators.
+	{9, `
+ALTER TABLE operator_tokens ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+ALTER TABLE operator_tokens ADD COLUMN role TEXT NOT NULL DEFAULT '';
+ALTER TABLE console_sessions ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+ALTER TABLE console_sessions ADD COLUMN role TEXT NOT NULL DEFAULT '';
+ALTER TABLE console_sessions ADD COLUMN cert_serial TEXT NOT NULL DEFAULT '';
+ALTER TABLE console_sessions ADD COLUMN subject TEXT NOT NULL DEFAULT '';
+CREATE INDEX console_sessions_token ON console_sessions(token_id);
+CREATE INDEX console_sessions_cert ON console_sessions(cert_serial);
+CREATE TABLE operator_certs (
+	serial     TEXT PRIMARY KEY,
+	name       TEXT NOT NULL,
+	tenant     TEXT NOT NULL DEFAULT '',
+	role       TEXT NOT NULL DEFAULT '',
+	created_at BIGINT NOT NULL,
+	not_after  BIGINT NOT NULL,
+	revoked_at BIGINT NOT NULL DEFAULT 0
+);
+`},
 }
 
 // latestMigration is the schema version a migrated store has.
