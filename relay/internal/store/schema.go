@@ -228,7 +228,12 @@ func (s *Store) migrate(ctx context.Context) error {
 	// In a write transaction: outside one, SQLite may find the schema
 	// changed under it by another process creating the same file and
 	// answer SQLITE_BUSY at once instead of waiting (tx retries that).
+	// Under the lock migrations take: PostgreSQL's CREATE TABLE IF NOT
+	// EXISTS is not safe against itself in another transaction.
 	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if err := s.d.orderChanges(ctx, tx); err != nil {
+			return err
+		}
 		_, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`)
 		return err
 	})
