@@ -124,3 +124,20 @@ func TestMigrationKeepsOperatorsOfVersion8(t *testing.T) {
 		t.Fatalf("session after migration: %+v, %v", cs, err)
 	}
 }
+
+// JoinToken returns one join token with its tenant (what a tenant-scoped
+// operator's revocation is checked against), without its secret.
+func TestJoinToken(t *testing.T) { eachEngine(t, testJoinToken) }
+
+func testJoinToken(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	s.AddTenant(ctx, "acme", t0)
+	addToken(t, s, "one", "s1", 1, time.Hour)
+	got, err := s.JoinToken(ctx, "one")
+	if err != nil || got.ID != "one" || got.Tenant != "acme" || got.SecretHash != nil || got.MaxUses != 1 {
+		t.Fatalf("JoinToken = %+v, %v", got, err)
+	}
+	if _, err := s.JoinToken(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown token: %v, want ErrNotFound", err)
+	}
+}

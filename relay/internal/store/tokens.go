@@ -48,6 +48,18 @@ func (s *Store) ListTokens(ctx context.Context, tenant string) ([]Token, error) 
 		WHERE $1 = '' OR tenant = $1 ORDER BY created_at DESC, id`, tenant)
 }
 
+// JoinToken returns one join token, without its secret hash.
+func (s *Store) JoinToken(ctx context.Context, id string) (Token, error) {
+	ts, err := queryTokens(ctx, s.db, `SELECT `+tokenCols+` FROM join_tokens WHERE id = $1`, id)
+	if err != nil {
+		return Token{}, err
+	}
+	if len(ts) == 0 {
+		return Token{}, fmt.Errorf("join token %s: %w", id, ErrNotFound)
+	}
+	return ts[0], nil
+}
+
 // LiveTokens returns the join tokens that can still enrol an agent at now
 // (not expired, uses left), newest first, without their secret hashes.
 func (s *Store) LiveTokens(ctx context.Context, now time.Time) ([]Token, error) {
