@@ -74,7 +74,7 @@ func newRoot(info cli.BuildInfo, stdout, stderr io.Writer, env func(string) stri
 	cli.AddOutputFlag(pf)
 	root.AddGroup(&cobra.Group{ID: "admin", Title: "Administer the relay (the same commands as tether-relay's):"},
 		&cobra.Group{ID: "backend", Title: "Reach tenant services:"})
-	for _, c := range []*cobra.Command{x.agentCmd(), x.tokenCmd(), x.backendCmd(), x.tenantCmd(), operatorCmd(), caCmd(), x.releaseCmd(), x.auditCmd(), x.whoamiCmd()} {
+	for _, c := range []*cobra.Command{x.agentCmd(), x.tokenCmd(), x.backendCmd(), x.tenantCmd(), x.operatorCmd(), caCmd(), x.releaseCmd(), x.auditCmd(), x.whoamiCmd()} {
 		c.GroupID = "admin"
 		root.AddCommand(c)
 	}
@@ -155,11 +155,15 @@ func (x *ctl) whoamiCmd() *cobra.Command {
 		Args:  cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return x.call(cmd, "GET", "/api/v1/whoami", nil, nil, func(w io.Writer, raw json.RawMessage) error {
-				var op struct{ Name, Via string }
+				var op struct{ Name, Via, Tenant, Role string }
 				if err := json.Unmarshal(raw, &op); err != nil {
 					return err
 				}
-				_, err := fmt.Fprintf(w, "%s (by %s)\n", op.Name, op.Via)
+				scope := ""
+				if op.Tenant != "" {
+					scope = fmt.Sprintf(", %s of tenant %s", op.Role, op.Tenant)
+				}
+				_, err := fmt.Fprintf(w, "%s (by %s)%s\n", op.Name, op.Via, scope)
 				return err
 			})
 		},

@@ -10,13 +10,13 @@ import (
 )
 
 // tetherctl takes every command of the shared vocabulary; those that need
-// the relay's data directory (the CA, operator credentials, backend
+// the relay's data directory (the CA, making operator credentials, backend
 // certificates, release signing and publishing) are named but refused.
 func TestVocabulary(t *testing.T) {
 	root := newRoot(cli.BuildInfo{Program: prog}, io.Discard, io.Discard, func(string) string { return "" })
 	leaves := cli.Leaves(root)
 	onRelayHost := func(path string) bool {
-		return strings.HasPrefix(path, "ca ") || strings.HasPrefix(path, "operator ") || path == "backend certificate" ||
+		return strings.HasPrefix(path, "ca ") || strings.HasPrefix(path, "operator token ") || path == "operator certificate create" || path == "backend certificate" ||
 			slices.Contains([]string{"release keygen", "release sign", "release publish"}, path)
 	}
 	for _, path := range cli.Vocabulary() {

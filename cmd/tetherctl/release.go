@@ -153,15 +153,66 @@ func rolloutTarget(percent int, tenants, agents []string) string {
 	return fmt.Sprintf("%d%%", percent)
 }
 
-func operatorCmd() *cobra.Command {
+// operatorCmd: operators' credentials are made on the relay host; the
+// certificates issued can be listed and revoked through the admin API
+// (by vendor operators).
+func (x *ctl) operatorCmd() *cobra.Command {
 	why := "operators' credentials are made where the relay's data directory is"
-	token := cli.Group("token", "Admin API tokens of operators",
+	token := cli.Group("token", "Admin API tokens of operators [on the relay host]",
 		relayHostOnly("create --name NAME", "Create an admin API token for an operator", onRelayHost("operator token create --name NAME", why)),
 		relayHostOnly("list", "List operator tokens", onRelayHost("operator token list", why)),
 		relayHostOnly("revoke ID", "Revoke an operator token", onRelayHost("operator token revoke ID", why)))
-	return cli.Group("operator", "Operators' credentials for the admin API [on the relay host]", token,
-		relayHostOnly("certificate NAME --out DIR", "Write a client certificate for an operator",
-			onRelayHost("operator certificate NAME --out DIR", "it is signed with the relay CA's key, which stays in the data directory")))
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the operator certificates issued, with their scope and state",
+		Args:  cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return x.call(cmd, "GET", "/api/v1/operator-certificates", nil, nil, func(w io.Writer, raw json.RawMessage) error {
+				var res struct {
+					Certificates []struct {
+						Serial, Name, Tenant, Role string
+						NotAfter                   time.Time  `json:"not_after"`
+						RevokedAt                  *time.Time `json:"revoked_at"`
+					}
+				}
+				if err := json.Unmarshal(raw, &res); err != nil {
+					return err
+				}
+				now := time.Now()
+				rows := make([][]string, len(res.Certificates))
+				for i, c := range res.Certificates {
+					state := "valid"
+					switch {
+					case c.RevokedAt != nil:
+						state = "revoked " + cli.Since(*c.RevokedAt, now)
+					case !now.Before(c.NotAfter):
+						state = "expired"
+					}
+					scope := c.Role
+					if c.Tenant != "" {
+						scope += " of tenant " + c.Tenant
+					}
+					rows[i] = []string{c.Serial, c.Name, scope, cli.When(c.NotAfter, now), state}
+				}
+				return cli.WriteTable(w, []string{"SERIAL", "NAME", "SCOPE", "EXPIRES", "STATE"}, rows)
+			})
+		},
+	}
+	revoke := &cobra.Command{
+		Use:   "revoke SERIAL",
+		Short: "Revoke an operator certificate: refused from the next request, its browser sessions end",
+		Args:  cli.Args("SERIAL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return x.act(cmd, "POST", "/api/v1/operator-certificates/"+url.PathEscape(args[0])+"/revoke", struct{}{}, func(json.RawMessage) {
+				say(cmd, "operator certificate %s revoked; the relay refuses it, and ends its browser sessions, from the next request", args[0])
+			})
+		},
+	}
+	cert := cli.Group("certificate", "Client certificates of operators: create [on the relay host], list, revoke",
+		relayHostOnly("create NAME --out DIR", "Write a client certificate for an operator",
+			onRelayHost("operator certificate create NAME --out DIR", "it is signed with the relay CA's key, which stays in the data directory")),
+		list, revoke)
+	return cli.Group("operator", "Operators' credentials for the admin API", token, cert)
 }
 
 func caCmd() *cobra.Command {

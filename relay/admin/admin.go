@@ -43,6 +43,9 @@ type Admin struct {
 	// actor names who acts in audit records; "" means "operator" (the
 	// command line on the relay host).
 	actor string
+	// scope is what actions may see and change (For); the zero Scope
+	// allows nothing.
+	scope Scope
 	close func() error
 }
 
@@ -72,15 +75,30 @@ type Config struct {
 
 // New returns the Admin of a running relay.
 func New(cfg Config) *Admin {
-	return &Admin{dir: cfg.Dir, auth: cfg.Authority, store: cfg.Dir.Store, audit: cfg.Audit, live: cfg.Live, log: cfg.Logger, now: cfg.Now, certLifetime: cfg.CertLifetime}
+	return &Admin{dir: cfg.Dir, auth: cfg.Authority, store: cfg.Dir.Store, audit: cfg.Audit, live: cfg.Live, log: cfg.Logger, now: cfg.Now,
+		certLifetime: cfg.CertLifetime, scope: Unscoped}
 }
 
-// As returns an Admin whose audit records name actor.
+// As returns an Admin whose audit records name actor, with a's scope.
 func (a *Admin) As(actor string) *Admin {
 	b := *a
 	b.actor = actor
 	b.close = nil
 	return &b
+}
+
+// For returns an Admin acting for an operator: its audit records name
+// actor, and every action is checked against scope. A tenant-scoped
+// operator sees only its tenant (other tenants' objects are not found),
+// changes only what its role allows (ErrForbidden), and nothing that is
+// not a tenant's: backends, releases, the CA, operators.
+func (a *Admin) For(actor string, scope Scope) *Admin {
+	b := a.As(actor)
+	b.scope = scope
+	if scope.Validate() != nil {
+		b.scope = Scope{} // allows nothing
+	}
+	return b
 }
 
 // Options are an offline command's.
@@ -130,7 +148,7 @@ func Open(ctx context.Context, o Options) (*Admin, error) {
 		d.Close()
 		return nil, err
 	}
-	a := &Admin{dir: d, auth: trust.NewAuthority(d.CADir(), authority), store: d.Store, audit: trail, log: logger, now: time.Now, certLifetime: DefaultCertLifetime}
+	a := &Admin{dir: d, auth: trust.NewAuthority(d.CADir(), authority), store: d.Store, audit: trail, log: logger, now: time.Now, certLifetime: DefaultCertLifetime, scope: Unscoped}
 	a.close = func() error { return errors.Join(trail.Close(), d.Close()) }
 	return a, nil
 }
@@ -180,6 +198,21 @@ func (a *Admin) Record(kind, tenant, agent, backend string, detail map[string]an
 	a.audit.Add(audit.Record{At: a.now(), Kind: kind, Outcome: audit.OutcomeOK, Tenant: tenant, Agent: agent, Backend: backend, Actor: cmp.Or(a.actor, "operator"), Detail: detail})
 }
 
+// RecordRefusal writes an audit record of something refused (outcome is
+// the refusal's code), before it returns.
+func (a *Admin) RecordRefusal(kind, outcome, tenant string, detail map[string]any) {
+	a.audit.Add(audit.Record{At: a.now(), Kind: kind, Outcome: outcome, Tenant: tenant, Actor: cmp.Or(a.actor, "operator"), Detail: detail})
+}
+
+// RecordQueued queues an audit record without waiting for it to be
+// written: for summaries of refusals, which nothing waits on.
+func (a *Admin) RecordQueued(rec audit.Record) {
+	if rec.At.IsZero() {
+		rec.At = a.now()
+	}
+	a.audit.Record(rec)
+}
+
 // TrustDomain is the SPIFFE trust domain of the relay's CA.
 func (a *Admin) TrustDomain() string { return a.auth.CA().TrustDomain() }
 
@@ -195,6 +228,9 @@ type Tenant struct {
 // AddTenant creates a tenant. Names are DNS labels because they appear in
 // addresses of the form <service>.<tenant>.tether.
 func (a *Admin) AddTenant(ctx context.Context, name string) error {
+	if err := a.vendorOnly("adding a tenant"); err != nil {
+		return err
+	}
 	if err := identity.ValidateName("tenant", name); err != nil {
 		return invalid(err)
 	}
@@ -208,15 +244,17 @@ func (a *Admin) AddTenant(ctx context.Context, name string) error {
 	return nil
 }
 
-// Tenants lists every tenant.
+// Tenants lists every tenant the scope sees.
 func (a *Admin) Tenants(ctx context.Context) ([]Tenant, error) {
 	ts, err := a.store.ListTenants(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Tenant, len(ts))
-	for i, t := range ts {
-		out[i] = Tenant{Name: t.Name, CreatedAt: t.CreatedAt}
+	out := make([]Tenant, 0, len(ts))
+	for _, t := range ts {
+		if a.scope.Sees(t.Name) {
+			out = append(out, Tenant{Name: t.Name, CreatedAt: t.CreatedAt})
+		}
 	}
 	return out, nil
 }
@@ -256,9 +294,13 @@ func (a *Admin) CreateToken(ctx context.Context, tenant string, ttl time.Duratio
 	if uses < 0 || uses > 100000 {
 		return "", TokenInfo{}, invalidf("token uses %d is out of range (1 to 100000)", uses)
 	}
+	noTenant := notFoundf("tenant %q does not exist (create it with: tether-relay tenant add %s)", tenant, tenant)
+	if err := a.administer(tenant, "creating a join token", noTenant); err != nil {
+		return "", TokenInfo{}, err
+	}
 	if _, err := a.store.Tenant(ctx, tenant); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			return "", TokenInfo{}, notFoundf("tenant %q does not exist (create it with: tether-relay tenant add %s)", tenant, tenant)
+			return "", TokenInfo{}, noTenant
 		}
 		return "", TokenInfo{}, err
 	}
@@ -281,8 +323,18 @@ func (a *Admin) CreateToken(ctx context.Context, tenant string, ttl time.Duratio
 	return tok.String(), tokenInfo(rec), nil
 }
 
-// Tokens lists join tokens (of one tenant, or all when tenant is "").
+// Tokens lists join tokens (of one tenant, or all the scope sees when
+// tenant is ""). A tenant's tokens are for its administrators.
 func (a *Admin) Tokens(ctx context.Context, tenant string) ([]TokenInfo, error) {
+	tenant, err := a.scopedTenant(tenant)
+	if err != nil {
+		return nil, err
+	}
+	if !a.scope.Vendor() {
+		if err := a.administer(tenant, "listing join tokens", notFoundf("no tenant %q", tenant)); err != nil {
+			return nil, err
+		}
+	}
 	ts, err := a.store.ListTokens(ctx, tenant)
 	if err != nil {
 		return nil, err
@@ -330,8 +382,13 @@ func agentInfo(x store.Agent) AgentInfo {
 	return ai
 }
 
-// Agents lists enrolled agents (of one tenant, or all when tenant is "").
+// Agents lists enrolled agents (of one tenant, or all the scope sees when
+// tenant is "").
 func (a *Admin) Agents(ctx context.Context, tenant string) ([]AgentInfo, error) {
+	tenant, err := a.scopedTenant(tenant)
+	if err != nil {
+		return nil, err
+	}
 	as, err := a.store.ListAgents(ctx, tenant)
 	if err != nil {
 		return nil, err
@@ -350,11 +407,15 @@ func (a *Admin) RevokeAgent(ctx context.Context, id, reason string) (AgentInfo, 
 	if len(reason) > 500 {
 		return AgentInfo{}, invalidf("revocation reason is longer than 500 bytes")
 	}
+	noAgent := notFoundf("no agent %q (list them with: tether-relay agent list)", id)
 	before, err := a.store.Agent(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return AgentInfo{}, notFoundf("no agent %q (list them with: tether-relay agent list)", id)
+		return AgentInfo{}, noAgent
 	}
 	if err != nil {
+		return AgentInfo{}, err
+	}
+	if err := a.administer(before.Tenant, "revoking an agent", noAgent); err != nil {
 		return AgentInfo{}, err
 	}
 	rec, err := a.store.RevokeAgent(ctx, id, reason, a.now())
@@ -485,14 +546,27 @@ func (a *Admin) limitsOf(ctx context.Context, tenant string) (Limits, error) {
 
 // writeLimitsLocked validates l and stores it as its tenant's limits,
 // returning it with its networks in canonical form; the caller holds the
-// data directory's lock.
+// data directory's lock. A tenant administrator may only lower its
+// tenant's limits (lowersOnly).
 func (a *Admin) writeLimitsLocked(ctx context.Context, l Limits) (Limits, error) {
+	if err := a.administer(l.Tenant, "changing limits", notFoundf("tenant %q does not exist", l.Tenant)); err != nil {
+		return Limits{}, err
+	}
 	if l.MaxAgents < 0 || l.MaxStreams < 0 || l.OpenRate < 0 || l.OpenBurst < 0 {
 		return Limits{}, invalidf("limits must not be negative (0 means unlimited)")
 	}
 	nets, err := policy.ParseCIDRs(l.CIDRs)
 	if err != nil {
 		return Limits{}, invalid(err)
+	}
+	if !a.scope.Vendor() {
+		old, err := a.limitsOf(ctx, l.Tenant)
+		if err != nil {
+			return Limits{}, err
+		}
+		if err := lowersOnly(old, l, nets); err != nil {
+			return Limits{}, err
+		}
 	}
 	clean := make([]string, len(nets))
 	for i, n := range nets {
@@ -515,7 +589,7 @@ func limitsDetail(l Limits) map[string]any {
 		"open_rate": l.OpenRate, "open_burst": l.OpenBurst, "cidrs": l.CIDRs}
 }
 
-// AllLimits lists the tenants that have limits.
+// AllLimits lists the tenants that have limits (those the scope sees).
 func (a *Admin) AllLimits(ctx context.Context) ([]Limits, error) {
 	all, err := a.store.AllLimits(ctx)
 	if err != nil {
@@ -523,6 +597,9 @@ func (a *Admin) AllLimits(ctx context.Context) ([]Limits, error) {
 	}
 	out := make([]Limits, 0, len(all))
 	for _, l := range all {
+		if !a.scope.Sees(l.Tenant) {
+			continue
+		}
 		out = append(out, Limits{Tenant: l.Tenant, MaxAgents: l.MaxAgents, MaxStreams: l.MaxStreams, OpenRate: l.OpenRate, OpenBurst: l.OpenBurst, CIDRs: l.CIDRs})
 	}
 	slices.SortFunc(out, func(x, y Limits) int { return strings.Compare(x.Tenant, y.Tenant) })
@@ -532,8 +609,13 @@ func (a *Admin) AllLimits(ctx context.Context) ([]Limits, error) {
 // AuditFilter selects audit records.
 type AuditFilter = store.AuditFilter
 
-// Audit returns audit records matching f.
+// Audit returns audit records matching f. A tenant-scoped operator sees
+// only records of its tenant.
 func (a *Admin) Audit(ctx context.Context, f AuditFilter) ([]audit.Record, error) {
+	var err error
+	if f.Tenant, err = a.scopedTenant(f.Tenant); err != nil {
+		return nil, err
+	}
 	return a.store.ListAudit(ctx, f)
 }
 
@@ -551,6 +633,9 @@ type BackendInfo struct {
 // "acme/postgres", "acme" for all of acme's services, "*/metrics") and
 // returns its API key. The key is shown once; only its hash is stored.
 func (a *Admin) AddBackend(ctx context.Context, name string, grants []string) (string, error) {
+	if err := a.vendorOnly("adding a backend"); err != nil {
+		return "", err
+	}
 	if err := identity.ValidateName("backend", name); err != nil {
 		return "", invalid(err)
 	}
@@ -597,6 +682,9 @@ func (a *Admin) Ungrant(ctx context.Context, name string, grants []string) error
 // changeGrants parses grants, applies them to backend name with apply and
 // audits the change as kind.
 func (a *Admin) changeGrants(ctx context.Context, name string, grants []string, kind string, apply func(context.Context, string, []Grant) error) error {
+	if err := a.vendorOnly("changing a backend's grants"); err != nil {
+		return err
+	}
 	gs, err := policy.ParseGrants(grants)
 	if err != nil {
 		return invalid(err)
@@ -621,6 +709,9 @@ func grantStrings(gs []Grant) []string {
 
 // Backends lists backend credentials.
 func (a *Admin) Backends(ctx context.Context) ([]BackendInfo, error) {
+	if err := a.vendorOnly("listing backends"); err != nil {
+		return nil, err
+	}
 	bs, err := a.store.ListBackends(ctx)
 	if err != nil {
 		return nil, err

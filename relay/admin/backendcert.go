@@ -95,6 +95,9 @@ func (c *ClientCertificate) WriteFiles(dir string) error {
 // backend's grants apply to it exactly as to its API key; removing the
 // backend makes the certificate useless.
 func (a *Admin) IssueBackendCertificate(ctx context.Context, name string, lifetime time.Duration) (*BackendCertificate, error) {
+	if err := a.vendorOnly("backend certificates"); err != nil {
+		return nil, err
+	}
 	if lifetime <= 0 {
 		return nil, invalidf("certificate lifetime must be positive (got %v)", lifetime)
 	}

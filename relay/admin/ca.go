@@ -54,6 +54,9 @@ func rootKeys(root *ca.Root) []string {
 // CAStatus reports the CA's roots and, for each, the agents and join
 // tokens that depend on it.
 func (a *Admin) CAStatus(ctx context.Context) (CAStatus, error) {
+	if err := a.vendorOnly("the CA"); err != nil {
+		return CAStatus{}, err
+	}
 	authority, err := ca.Load(a.auth.Dir())
 	if err != nil {
 		return CAStatus{}, err
@@ -119,6 +122,9 @@ func (a *Admin) caChanged(ctx context.Context, next *ca.CA) {
 // renewNow asks connected agents to renew at once instead of at two thirds
 // of their certificates' life.
 func (a *Admin) RotateCA(ctx context.Context, renewNow bool) (CAStatus, error) {
+	if err := a.vendorOnly("the CA"); err != nil {
+		return CAStatus{}, err
+	}
 	var next *ca.CA
 	err := a.dir.Locked(ctx, func() error {
 		var err error
@@ -138,6 +144,9 @@ func (a *Admin) RotateCA(ctx context.Context, renewNow bool) (CAStatus, error) {
 // root of a rotation to renew at once (and agents that connect later
 // during the overlap, as soon as they do).
 func (a *Admin) RenewNowCA(ctx context.Context) (CAStatus, error) {
+	if err := a.vendorOnly("the CA"); err != nil {
+		return CAStatus{}, err
+	}
 	var next *ca.CA
 	err := a.dir.Locked(ctx, func() error {
 		var err error
@@ -173,6 +182,9 @@ const maxStrandedListed = 20
 // serves a certificate from the new root and closes sessions that still
 // stand on the old one.
 func (a *Admin) RetireCA(ctx context.Context, force bool) (RetireResult, error) {
+	if err := a.vendorOnly("the CA"); err != nil {
+		return RetireResult{}, err
+	}
 	var res RetireResult
 	err := a.dir.Locked(ctx, func() error {
 		cur, err := ca.Load(a.auth.Dir())

@@ -159,6 +159,10 @@ type AgentDetail struct {
 // the sessions connected to this relay.
 func (a *Admin) Fleet(ctx context.Context, f FleetFilter) (Fleet, error) {
 	now := a.now()
+	var err error
+	if f.Tenant, err = a.scopedTenant(f.Tenant); err != nil {
+		return Fleet{}, err
+	}
 	infos, err := a.Agents(ctx, f.Tenant)
 	if err != nil {
 		return Fleet{}, err
@@ -349,6 +353,9 @@ func (a *Admin) DrainAgent(ctx context.Context, id, msg string) (int, error) {
 	}
 	if msg == "" {
 		msg = "drained by an operator"
+	}
+	if err := a.administer(info.Tenant, "draining an agent", notFoundf("no agent %q", id)); err != nil {
+		return 0, err
 	}
 	n := 0
 	if a.live != nil {

@@ -5,6 +5,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"errors"
+	"fmt"
+	"math/big"
+	"strings"
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/audit"
@@ -24,13 +27,19 @@ const (
 type OperatorTokenInfo struct {
 	ID        string     `json:"id"`
 	Name      string     `json:"name"`
+	Tenant    string     `json:"tenant,omitempty"`
+	Role      Role       `json:"role"`
 	CreatedAt time.Time  `json:"created_at"`
 	ExpiresAt time.Time  `json:"expires_at"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
 }
 
 func operatorTokenInfo(t store.OperatorToken) OperatorTokenInfo {
-	info := OperatorTokenInfo{ID: t.ID, Name: t.Name, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt}
+	sc, err := storedScope(t.Tenant, t.Role)
+	if err != nil {
+		sc = Scope{Tenant: t.Tenant, Role: Role(t.Role)} // shown as stored; refused when used
+	}
+	info := OperatorTokenInfo{ID: t.ID, Name: t.Name, Tenant: sc.Tenant, Role: sc.Role, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt}
 	if !t.RevokedAt.IsZero() {
 		r := t.RevokedAt
 		info.RevokedAt = &r
@@ -38,10 +47,40 @@ func operatorTokenInfo(t store.OperatorToken) OperatorTokenInfo {
 	return info
 }
 
-// CreateOperatorToken creates an admin API token for operator name, valid
-// for ttl (default DefaultOperatorTokenTTL). The token string is returned
-// once; only a hash of its secret is stored.
-func (a *Admin) CreateOperatorToken(ctx context.Context, name string, ttl time.Duration) (string, OperatorTokenInfo, error) {
+// checkNewScope validates the scope of a new operator credential: its
+// tenant must exist.
+func (a *Admin) checkNewScope(ctx context.Context, scope Scope) error {
+	if err := scope.Validate(); err != nil {
+		return err
+	}
+	if scope.Vendor() {
+		return nil
+	}
+	if _, err := a.store.Tenant(ctx, scope.Tenant); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return notFoundf("tenant %q does not exist (create it with: tether-relay tenant add %s)", scope.Tenant, scope.Tenant)
+		}
+		return err
+	}
+	return nil
+}
+
+// scopeDetail is how audit records describe a credential's scope.
+func scopeDetail(detail map[string]any, scope Scope) map[string]any {
+	detail["role"] = string(scope.Role)
+	if scope.Tenant != "" {
+		detail["scope_tenant"] = scope.Tenant
+	}
+	return detail
+}
+
+// CreateOperatorToken creates an admin API token for operator name with
+// scope, valid for ttl (default DefaultOperatorTokenTTL). The token string
+// is returned once; only a hash of its secret is stored.
+func (a *Admin) CreateOperatorToken(ctx context.Context, name string, scope Scope, ttl time.Duration) (string, OperatorTokenInfo, error) {
+	if err := a.vendorOnly("operator credentials"); err != nil {
+		return "", OperatorTokenInfo{}, err
+	}
 	if err := identity.ValidateName("operator", name); err != nil {
 		return "", OperatorTokenInfo{}, invalid(err)
 	}
@@ -51,18 +90,24 @@ func (a *Admin) CreateOperatorToken(ctx context.Context, name string, ttl time.D
 	if ttl < 0 || ttl > MaxOperatorTokenTTL {
 		return "", OperatorTokenInfo{}, invalidf("operator token lifetime %v is out of range (0 to %v)", ttl, MaxOperatorTokenTTL)
 	}
+	if err := a.checkNewScope(ctx, scope); err != nil {
+		return "", OperatorTokenInfo{}, err
+	}
 	token, id, secret := credential.NewOperatorToken()
 	now := a.now().Truncate(time.Second)
-	rec := store.OperatorToken{ID: id, Name: name, SecretHash: credential.Hash(secret), CreatedAt: now, ExpiresAt: now.Add(ttl)}
+	rec := store.OperatorToken{ID: id, Name: name, SecretHash: credential.Hash(secret), Tenant: scope.Tenant, Role: string(scope.Role), CreatedAt: now, ExpiresAt: now.Add(ttl)}
 	if err := a.store.AddOperatorToken(ctx, rec); err != nil {
 		return "", OperatorTokenInfo{}, err
 	}
-	a.Record(audit.OperatorToken, "", "", "", map[string]any{"operator": name, "token": id, "expires_at": rec.ExpiresAt})
+	a.Record(audit.OperatorToken, scope.Tenant, "", "", scopeDetail(map[string]any{"operator": name, "token": id, "expires_at": rec.ExpiresAt}, scope))
 	return token, operatorTokenInfo(rec), nil
 }
 
 // OperatorTokens lists operator tokens, newest first.
 func (a *Admin) OperatorTokens(ctx context.Context) ([]OperatorTokenInfo, error) {
+	if err := a.vendorOnly("operator credentials"); err != nil {
+		return nil, err
+	}
 	ts, err := a.store.ListOperatorTokens(ctx)
 	if err != nil {
 		return nil, err
@@ -78,6 +123,9 @@ func (a *Admin) OperatorTokens(ctx context.Context) ([]OperatorTokenInfo, error)
 // refuses it from the next request on. Browser sessions opened with it end
 // too.
 func (a *Admin) RevokeOperatorToken(ctx context.Context, id string) (OperatorTokenInfo, error) {
+	if err := a.vendorOnly("operator credentials"); err != nil {
+		return OperatorTokenInfo{}, err
+	}
 	t, err := a.store.RevokeOperatorToken(ctx, id, a.now())
 	if errors.Is(err, store.ErrNotFound) {
 		return OperatorTokenInfo{}, notFoundf("no operator token %q (list them with: tether-relay operator token list)", id)
@@ -85,40 +133,120 @@ func (a *Admin) RevokeOperatorToken(ctx context.Context, id string) (OperatorTok
 	if err != nil {
 		return OperatorTokenInfo{}, err
 	}
-	a.Record(audit.OperatorTokenRevoke, "", "", "", map[string]any{"operator": t.Name, "token": t.ID})
+	a.Record(audit.OperatorTokenRevoke, t.Tenant, "", "", map[string]any{"operator": t.Name, "token": t.ID})
 	return operatorTokenInfo(t), nil
+}
+
+// Credential is an authenticated operator: by an operator token, an
+// operator certificate or single sign-on (exactly one of TokenID,
+// CertSerial and Subject is set).
+type Credential struct {
+	Name  string
+	Scope Scope
+	// TokenID is the operator token's id.
+	TokenID string
+	// CertSerial is the operator certificate's serial (OperatorCertInfo).
+	CertSerial string
+	// Subject is the person's immutable identity at their identity
+	// provider: its issuer URL, "#", and their subject ("sub").
+	Subject string
+	// ExpiresAt is when the credential stops working; zero for single
+	// sign-on.
+	ExpiresAt time.Time
 }
 
 // ErrOperatorToken is the one answer to every bad operator token, so that
 // a caller learns nothing about which part was wrong.
 var ErrOperatorToken = errors.New("operator token is unknown, expired or revoked")
 
-// CheckOperatorToken returns the token record tok names if tok is valid
-// now (known, secret matches, not expired, not revoked), else
+// OperatorTokenID is the id an operator token claims ("" when tok is not
+// one), by which failed attempts with it are throttled.
+func OperatorTokenID(tok string) string {
+	id, _, ok := credential.SplitOperatorToken(tok)
+	if !ok {
+		return ""
+	}
+	return id
+}
+
+// CheckOperatorToken returns the operator tok authenticates if tok is
+// valid now (known, secret matches, not expired, not revoked), else
 // ErrOperatorToken.
-func (a *Admin) CheckOperatorToken(ctx context.Context, tok string) (store.OperatorToken, error) {
+func (a *Admin) CheckOperatorToken(ctx context.Context, tok string) (Credential, error) {
 	now := a.now()
 	id, secret, ok := credential.SplitOperatorToken(tok)
 	if !ok {
-		return store.OperatorToken{}, ErrOperatorToken
+		return Credential{}, ErrOperatorToken
 	}
 	rec, err := a.store.OperatorToken(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return store.OperatorToken{}, ErrOperatorToken
+		return Credential{}, ErrOperatorToken
 	}
 	if err != nil {
-		return store.OperatorToken{}, err
+		return Credential{}, err
 	}
 	if !credential.Matches(secret, rec.SecretHash) || !now.Before(rec.ExpiresAt) || !rec.RevokedAt.IsZero() {
-		return store.OperatorToken{}, ErrOperatorToken
+		return Credential{}, ErrOperatorToken
 	}
-	return rec, nil
+	sc, err := storedScope(rec.Tenant, rec.Role)
+	if err != nil {
+		return Credential{}, &classError{class: ErrOperatorToken, msg: fmt.Sprintf("operator token %s: %v", id, err)}
+	}
+	return Credential{Name: rec.Name, Scope: sc, TokenID: rec.ID, ExpiresAt: rec.ExpiresAt}, nil
+}
+
+// ErrOperatorCertificate is the class of every refusal of an operator's
+// client certificate.
+var ErrOperatorCertificate = errors.New("operator certificate refused")
+
+func certRefused(format string, args ...any) error {
+	return &classError{class: ErrOperatorCertificate, msg: fmt.Sprintf(format, args...)}
+}
+
+// CertificateSerial is how operator certificates' serial numbers are
+// written: lowercase hexadecimal without leading zeros.
+func CertificateSerial(c *x509.Certificate) string { return c.SerialNumber.Text(16) }
+
+// ParseCertificateSerial reads a serial number as an operator writes it:
+// hexadecimal, with or without colons, leading zeros or "0x".
+func ParseCertificateSerial(s string) (string, error) {
+	clean := strings.ToLower(strings.NewReplacer(":", "", " ", "").Replace(strings.TrimSpace(s)))
+	clean = strings.TrimPrefix(clean, "0x")
+	n, ok := new(big.Int).SetString(clean, 16)
+	if !ok || n.Sign() <= 0 || n.BitLen() > 160 {
+		return "", invalidf("serial %q: want the hexadecimal serial number of a certificate (operator certificate list)", s)
+	}
+	return n.Text(16), nil
 }
 
 // VerifyOperatorCertificate checks an operator's client certificate chain
-// and returns the operator it names.
-func (a *Admin) VerifyOperatorCertificate(certs []*x509.Certificate) (identity.Operator, error) {
-	return a.auth.VerifyOperator(certs, a.now())
+// against the relay CA and its record: a certificate the relay did not
+// record at issue (issued before it recorded them) or that was revoked is
+// refused. Refusals are ErrOperatorCertificate.
+func (a *Admin) VerifyOperatorCertificate(ctx context.Context, certs []*x509.Certificate) (Credential, error) {
+	id, err := a.auth.VerifyOperator(certs, a.now())
+	if err != nil {
+		return Credential{}, certRefused("%v", err)
+	}
+	serial := CertificateSerial(certs[0])
+	rec, err := a.store.OperatorCert(ctx, serial)
+	if errors.Is(err, store.ErrNotFound) {
+		return Credential{}, certRefused("operator certificate %s was not recorded when it was issued (certificates issued before the relay recorded them cannot be revoked, so they are refused): issue a new one", serial)
+	}
+	if err != nil {
+		return Credential{}, err
+	}
+	if !rec.RevokedAt.IsZero() {
+		return Credential{}, certRefused("operator certificate %s was revoked at %s", serial, rec.RevokedAt.Format(time.RFC3339))
+	}
+	if rec.Name != id.Name {
+		return Credential{}, certRefused("operator certificate %s names %q, its record %q", serial, id.Name, rec.Name)
+	}
+	sc, err := storedScope(rec.Tenant, rec.Role)
+	if err != nil {
+		return Credential{}, certRefused("operator certificate %s: %v", serial, err)
+	}
+	return Credential{Name: id.Name, Scope: sc, CertSerial: serial, ExpiresAt: certs[0].NotAfter}, nil
 }
 
 // maxConsoleSessions bounds the console sessions open at once.
@@ -126,17 +254,20 @@ const maxConsoleSessions = 10000
 
 // ConsoleSession is a browser session of the admin console.
 type ConsoleSession struct {
-	Operator  string
-	TokenID   string // the operator token it was opened with
+	Operator  Credential
 	CSRF      string
 	ExpiresAt time.Time
 }
 
-// OpenConsoleSession opens a session for the operator of token rec,
-// lasting ttl, and returns its id (the cookie's value). The store keeps a
-// hash of the id only, so sessions outlive a relay's restart and the
-// table opens none.
-func (a *Admin) OpenConsoleSession(ctx context.Context, rec store.OperatorToken, ttl time.Duration) (string, ConsoleSession, error) {
+// OpenConsoleSession opens a session for the operator c, lasting ttl, and
+// returns its id (the cookie's value). The store keeps a hash of the id
+// only, so sessions outlive a relay's restart and the table opens none.
+// The session ends early when the token or certificate it was opened with
+// is revoked or expires.
+func (a *Admin) OpenConsoleSession(ctx context.Context, c Credential, ttl time.Duration) (string, ConsoleSession, error) {
+	if err := c.Scope.Validate(); err != nil {
+		return "", ConsoleSession{}, err
+	}
 	now := a.now()
 	if err := a.store.PruneConsoleSessions(ctx, now); err != nil {
 		return "", ConsoleSession{}, err
@@ -149,19 +280,21 @@ func (a *Admin) OpenConsoleSession(ctx context.Context, rec store.OperatorToken,
 		return "", ConsoleSession{}, errors.New("too many open sessions")
 	}
 	id := credential.NewSessionID()
-	cs := store.ConsoleSession{IDHash: credential.Hash(id), Operator: rec.Name, TokenID: rec.ID, CSRF: credential.NewSessionID(), CreatedAt: now, ExpiresAt: now.Add(ttl)}
+	cs := store.ConsoleSession{IDHash: credential.Hash(id), Operator: c.Name, TokenID: c.TokenID, CertSerial: c.CertSerial, Subject: c.Subject,
+		Tenant: c.Scope.Tenant, Role: string(c.Scope.Role), CSRF: credential.NewSessionID(), CreatedAt: now, ExpiresAt: now.Add(ttl)}
 	if err := a.store.AddConsoleSession(ctx, cs); err != nil {
 		return "", ConsoleSession{}, err
 	}
-	return id, ConsoleSession{Operator: cs.Operator, TokenID: cs.TokenID, CSRF: cs.CSRF, ExpiresAt: cs.ExpiresAt}, nil
+	return id, ConsoleSession{Operator: c, CSRF: cs.CSRF, ExpiresAt: cs.ExpiresAt}, nil
 }
 
 // ErrNoSession is the class of the errors of a session id that opens no
 // session.
 var ErrNoSession = errors.New("session expired or unknown")
 
-// ConsoleSession returns the session with id while it lasts and its
-// operator token is valid, else an error wrapping ErrNoSession.
+// ConsoleSession returns the session with id while it lasts and the
+// credential it was opened with is valid, else an error wrapping
+// ErrNoSession.
 func (a *Admin) ConsoleSession(ctx context.Context, id string) (ConsoleSession, error) {
 	now := a.now()
 	cs, err := a.store.ConsoleSession(ctx, credential.Hash(id), now)
@@ -171,16 +304,39 @@ func (a *Admin) ConsoleSession(ctx context.Context, id string) (ConsoleSession, 
 	if err != nil {
 		return ConsoleSession{}, err
 	}
-	// A session lives no longer than the token it was opened with.
-	t, err := a.store.OperatorToken(ctx, cs.TokenID)
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return ConsoleSession{}, err
-	}
-	if err != nil || !t.RevokedAt.IsZero() || !now.Before(t.ExpiresAt) {
+	c := Credential{Name: cs.Operator, TokenID: cs.TokenID, CertSerial: cs.CertSerial, Subject: cs.Subject}
+	end := func(why string) (ConsoleSession, error) {
 		a.store.DeleteConsoleSession(ctx, cs.IDHash)
-		return ConsoleSession{}, &classError{class: ErrNoSession, msg: "the operator token of this session was revoked or expired"}
+		return ConsoleSession{}, &classError{class: ErrNoSession, msg: why}
 	}
-	return ConsoleSession{Operator: cs.Operator, TokenID: cs.TokenID, CSRF: cs.CSRF, ExpiresAt: cs.ExpiresAt}, nil
+	if c.Scope, err = storedScope(cs.Tenant, cs.Role); err != nil {
+		return end(err.Error())
+	}
+	// A session lives no longer than the credential it was opened with.
+	switch {
+	case cs.TokenID != "":
+		t, err := a.store.OperatorToken(ctx, cs.TokenID)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return ConsoleSession{}, err
+		}
+		if err != nil || !t.RevokedAt.IsZero() || !now.Before(t.ExpiresAt) {
+			return end("the operator token of this session was revoked or expired")
+		}
+		c.ExpiresAt = t.ExpiresAt
+	case cs.CertSerial != "":
+		rec, err := a.store.OperatorCert(ctx, cs.CertSerial)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return ConsoleSession{}, err
+		}
+		if err != nil || !rec.RevokedAt.IsZero() || !now.Before(rec.NotAfter) {
+			return end("the operator certificate of this session was revoked or expired")
+		}
+		c.ExpiresAt = rec.NotAfter
+	case cs.Subject != "":
+	default:
+		return end("the session names no credential")
+	}
+	return ConsoleSession{Operator: c, CSRF: cs.CSRF, ExpiresAt: cs.ExpiresAt}, nil
 }
 
 // CloseConsoleSession ends the session with id and reports whether it was
@@ -200,9 +356,14 @@ const (
 	OperatorCAFile   = "ca.crt"
 )
 
-// IssueOperatorCertificate issues a client certificate for operator name,
-// accepted by the admin API (mTLS) until it expires.
-func (a *Admin) IssueOperatorCertificate(name string, lifetime time.Duration) (*OperatorCertificate, error) {
+// IssueOperatorCertificate issues a client certificate for operator name
+// with scope, accepted by the admin API (mTLS) until it expires or is
+// revoked. It is recorded (serial, name, scope, expiry) before it is
+// returned: the admin API refuses certificates it has no record of.
+func (a *Admin) IssueOperatorCertificate(ctx context.Context, name string, scope Scope, lifetime time.Duration) (*OperatorCertificate, error) {
+	if err := a.vendorOnly("operator credentials"); err != nil {
+		return nil, err
+	}
 	if lifetime <= 0 || lifetime > MaxOperatorTokenTTL {
 		return nil, invalidf("certificate lifetime %v is out of range (0 to %v)", lifetime, MaxOperatorTokenTTL)
 	}
@@ -211,14 +372,92 @@ func (a *Admin) IssueOperatorCertificate(name string, lifetime time.Duration) (*
 	if err := id.Validate(); err != nil {
 		return nil, invalid(err)
 	}
+	if err := a.checkNewScope(ctx, scope); err != nil {
+		return nil, err
+	}
+	now := a.now()
 	c, err := a.issueClientCertificate(authority, "operator", id.String(), func(pub *ecdsa.PublicKey) (*x509.Certificate, error) {
-		return authority.SignOperator(authority.Signer(), pub, id, lifetime, a.now())
+		return authority.SignOperator(authority.Signer(), pub, id, lifetime, now)
 	})
 	if err != nil {
 		return nil, err
 	}
-	a.Record(audit.OperatorCert, "", "", "", map[string]any{"operator": name, "serial": c.Serial, "not_after": c.NotAfter.UTC().Format(time.RFC3339)})
+	rec := store.OperatorCert{Serial: c.Serial, Name: name, Tenant: scope.Tenant, Role: string(scope.Role), CreatedAt: now, NotAfter: c.NotAfter}
+	if err := a.store.AddOperatorCert(ctx, rec); err != nil {
+		return nil, fmt.Errorf("record operator certificate %s: %w", c.Serial, err)
+	}
+	a.Record(audit.OperatorCert, scope.Tenant, "", "", scopeDetail(map[string]any{"operator": name, "serial": c.Serial, "not_after": c.NotAfter.UTC().Format(time.RFC3339)}, scope))
 	return c, nil
+}
+
+// OperatorCertInfo describes an operator certificate the relay issued.
+type OperatorCertInfo struct {
+	Serial    string     `json:"serial"`
+	Name      string     `json:"name"`
+	Tenant    string     `json:"tenant,omitempty"`
+	Role      Role       `json:"role"`
+	CreatedAt time.Time  `json:"created_at"`
+	NotAfter  time.Time  `json:"not_after"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
+func operatorCertInfo(c store.OperatorCert) OperatorCertInfo {
+	sc, err := storedScope(c.Tenant, c.Role)
+	if err != nil {
+		sc = Scope{Tenant: c.Tenant, Role: Role(c.Role)}
+	}
+	info := OperatorCertInfo{Serial: c.Serial, Name: c.Name, Tenant: sc.Tenant, Role: sc.Role, CreatedAt: c.CreatedAt, NotAfter: c.NotAfter}
+	if !c.RevokedAt.IsZero() {
+		r := c.RevokedAt
+		info.RevokedAt = &r
+	}
+	return info
+}
+
+// OperatorCertificates lists the operator certificates issued (since the
+// relay records them), newest first.
+func (a *Admin) OperatorCertificates(ctx context.Context) ([]OperatorCertInfo, error) {
+	if err := a.vendorOnly("operator credentials"); err != nil {
+		return nil, err
+	}
+	cs, err := a.store.ListOperatorCerts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]OperatorCertInfo, len(cs))
+	for i, c := range cs {
+		out[i] = operatorCertInfo(c)
+	}
+	return out, nil
+}
+
+// RevokeOperatorCertificate revokes the operator certificate with serial
+// (ParseCertificateSerial): every relay sharing the store refuses it from
+// its next request on, and the browser sessions opened with it end.
+// Revoking a revoked certificate changes nothing.
+func (a *Admin) RevokeOperatorCertificate(ctx context.Context, serial string) (OperatorCertInfo, error) {
+	if err := a.vendorOnly("operator credentials"); err != nil {
+		return OperatorCertInfo{}, err
+	}
+	serial, err := ParseCertificateSerial(serial)
+	if err != nil {
+		return OperatorCertInfo{}, err
+	}
+	before, err := a.store.OperatorCert(ctx, serial)
+	if errors.Is(err, store.ErrNotFound) {
+		return OperatorCertInfo{}, notFoundf("no operator certificate %s (list them with: tether-relay operator certificate list)", serial)
+	}
+	if err != nil {
+		return OperatorCertInfo{}, err
+	}
+	c, err := a.store.RevokeOperatorCert(ctx, serial, a.now())
+	if err != nil {
+		return OperatorCertInfo{}, err
+	}
+	if before.RevokedAt.IsZero() {
+		a.Record(KindOperatorCertRevoke, c.Tenant, "", "", map[string]any{"operator": c.Name, "serial": c.Serial})
+	}
+	return operatorCertInfo(c), nil
 }
 
 // CABundlePEM is the relay CA's active roots (PEM): what agents, backends
@@ -235,12 +474,27 @@ func (a *Admin) Agent(ctx context.Context, id string) (AgentInfo, error) {
 	if err != nil {
 		return AgentInfo{}, err
 	}
+	if err := a.tenantHidden(x.Tenant, notFoundf("no agent %q", id)); err != nil {
+		return AgentInfo{}, err
+	}
 	return agentInfo(x), nil
 }
 
 // RevokeToken deletes join token id so that it enrols no more agents;
 // agents it already enrolled are not affected.
 func (a *Admin) RevokeToken(ctx context.Context, id string) (TokenInfo, error) {
+	if !a.scope.Vendor() {
+		t, err := a.store.JoinToken(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			return TokenInfo{}, notFoundf("no join token %q", id)
+		}
+		if err != nil {
+			return TokenInfo{}, err
+		}
+		if err := a.administer(t.Tenant, "revoking a join token", notFoundf("no join token %q", id)); err != nil {
+			return TokenInfo{}, err
+		}
+	}
 	t, err := a.store.DeleteToken(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return TokenInfo{}, notFoundf("no join token %q", id)
@@ -256,6 +510,9 @@ func (a *Admin) RevokeToken(ctx context.Context, id string) (TokenInfo, error) {
 // relay refuses its key and certificates within BackendCacheTTL; streams
 // already open continue.
 func (a *Admin) RemoveBackend(ctx context.Context, name string) error {
+	if err := a.vendorOnly("removing a backend"); err != nil {
+		return err
+	}
 	err := a.store.RemoveBackend(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		return notFoundf("no backend %q", name)
@@ -274,6 +531,9 @@ func (a *Admin) Tenant(ctx context.Context, name string) (Tenant, error) {
 		return Tenant{}, notFoundf("no tenant %q", name)
 	}
 	if err != nil {
+		return Tenant{}, err
+	}
+	if err := a.tenantHidden(name, notFoundf("no tenant %q", name)); err != nil {
 		return Tenant{}, err
 	}
 	return Tenant{Name: t.Name, CreatedAt: t.CreatedAt}, nil

@@ -37,6 +37,9 @@ func releaseInfo(r store.Release) Release {
 // (release.ReadDir); when keys are given, the signatures must also verify
 // with one of them.
 func (a *Admin) PublishRelease(ctx context.Context, dir string, keys release.Keys) (Release, error) {
+	if err := a.vendorOnly("releases"); err != nil {
+		return Release{}, err
+	}
 	f, err := release.ReadDir(dir, keys)
 	if err != nil {
 		return Release{}, fmt.Errorf("signed release in %s: %w", dir, err)
@@ -58,6 +61,9 @@ func (a *Admin) PublishRelease(ctx context.Context, dir string, keys release.Key
 
 // Releases lists the published releases, newest first.
 func (a *Admin) Releases(ctx context.Context) ([]Release, error) {
+	if err := a.vendorOnly("releases"); err != nil {
+		return nil, err
+	}
 	rs, err := a.store.Releases(ctx, "")
 	if err != nil {
 		return nil, err
@@ -91,6 +97,9 @@ type Rollout struct {
 // active rollout. It returns warnings worth showing the operator (an
 // expired release is still offered: agents refuse it, which is audited).
 func (a *Admin) StartRollout(ctx context.Context, ro Rollout) (Rollout, []string, error) {
+	if err := a.vendorOnly("rollouts"); err != nil {
+		return ro, nil, err
+	}
 	if !release.ValidVersion(ro.Version) {
 		return ro, nil, invalidf("version %q is not a semantic version (1.2.3)", ro.Version)
 	}
@@ -172,6 +181,9 @@ type UpdateStatus struct {
 // states for version ("" for every version).
 func (a *Admin) UpdateStatus(ctx context.Context, version string) (UpdateStatus, error) {
 	var st UpdateStatus
+	if err := a.vendorOnly("rollouts"); err != nil {
+		return st, err
+	}
 	ros, err := a.store.Rollouts(ctx, false)
 	if err != nil {
 		return st, err

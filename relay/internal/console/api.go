@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,37 +21,73 @@ import (
 	"github.com/tetherhq/tether/relay/internal/trust"
 )
 
-// The admin API: JSON over HTTPS on Config.AdminListen, for tetherctl and
+// The admin API: JSON over HTTPS on Config.Listen, for tetherctl and
 // the dashboard. Every request is authenticated, in this order:
 //
 //  1. a client certificate (mTLS) from the relay CA naming an operator,
-//     spiffe://<td>/operator/<name> (tether-relay operator certificate);
-//     a certificate that is presented but is not one is refused outright,
-//     so agent and backend certificates never act as operators;
+//     spiffe://<td>/operator/<name> (tether-relay operator certificate),
+//     recorded at issue and not revoked; a certificate that is presented
+//     but is not one is refused outright, so agent and backend
+//     certificates never act as operators;
 //  2. "Authorization: Bearer <operator token>" (tether-relay operator
 //     token create);
-//  3. the session cookie set by POST /login, for browsers. With a cookie,
-//     requests other than GET and HEAD must also carry the session's CSRF
-//     token (header X-CSRF-Token or form field csrf_token) and, when the
-//     browser sends one, an Origin of this host.
+//  3. the session cookie set by POST /login or single sign-on (sso.go),
+//     for browsers.
 //
-// Paths: /api/v1/… (adminroutes.go), POST /login and POST /logout. The
-// rest (/, /ui/…, /static/…, GET /login) is left to the dashboard.
+// Requests other than GET and HEAD from a browser (a session cookie, or a
+// certificate with an Origin or Sec-Fetch-Site header) must come from this
+// origin; with a cookie they must also carry the session's CSRF token
+// (header X-CSRF-Token or form field csrf_token).
+//
+// Failed authentication is throttled per source network and per claimed
+// identity (authlimit.go): after a burst, a source is refused with 429
+// and Retry-After before its credentials are even looked at.
+//
+// Paths: /api/v1/… (routes.go, with who may use each: access.go),
+// POST /login, POST /logout and the single sign-on paths under
+// /login/sso/. The rest (/, /ui/…, /static/…, GET /login) is left to the
+// dashboard.
 
 // Operator is who an admin request acts for.
 type Operator struct {
 	Name string `json:"name"`
-	// Via is how the operator authenticated: "certificate", "token" or
-	// "session".
+	// Via is how the operator authenticated: "certificate", "token",
+	// "session" (a browser session opened with a token or a certificate)
+	// or "sso" (a browser session opened by single sign-on).
 	Via string `json:"via"`
+	// Tenant and Role are the operator's scope (admin.Scope).
+	Tenant string     `json:"tenant,omitempty"`
+	Role   admin.Role `json:"role"`
+	// Subject is the person's issuer and subject ("iss#sub") for single
+	// sign-on, else "".
+	Subject string `json:"subject,omitempty"`
 	// CSRFToken is the session's token, which forms posted with the
-	// session cookie must carry as csrf_token ("" unless Via is
-	// "session").
+	// session cookie must carry as csrf_token ("" without a session).
 	CSRFToken string `json:"-"`
 }
 
-// Actor is how audit records name the operator: "operator:<name>".
-func (o Operator) Actor() string { return "operator:" + o.Name }
+// operatorOf is the operator of an authenticated credential.
+func operatorOf(c admin.Credential, via string) Operator {
+	return Operator{Name: c.Name, Via: via, Tenant: c.Scope.Tenant, Role: c.Scope.Role, Subject: c.Subject}
+}
+
+// Scope is what the operator may see and do.
+func (o Operator) Scope() admin.Scope { return admin.Scope{Tenant: o.Tenant, Role: o.Role} }
+
+// Actor is how audit records name the operator: "operator:<name>", or
+// for single sign-on "sso:<issuer>#<subject>", the person's identity that
+// never changes.
+func (o Operator) Actor() string {
+	if o.Subject != "" {
+		return "sso:" + o.Subject
+	}
+	return "operator:" + o.Name
+}
+
+// CanChange reports whether the operator may change anything of a
+// tenant's (revoke, drain, tokens): a vendor operator or a tenant
+// administrator.
+func (o Operator) CanChange() bool { return tenantAdmin.allows(o.Scope()) }
 
 type operatorKey struct{}
 
@@ -78,6 +115,8 @@ type Server struct {
 	ln    net.Listener
 	cert  *trust.CertFile // the listener's certificate from files, or nil
 	pages dashPages       // the dashboard's templates (dashboard.go)
+	guard *authGuard      // throttling and auditing of failed authentication (authlimit.go)
+	sso   *ssoFlow        // single sign-on (sso.go), nil when not configured
 }
 
 // Handler is the admin listener's handler.
@@ -87,13 +126,17 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/logout", s.logout)
 	s.routes(mux)
 	s.dashboard(mux) // /, /ui/, /static/ and GET /login
+	if s.sso != nil {
+		mux.HandleFunc("GET /login/sso/callback", s.ssoCallback)
+		mux.HandleFunc("GET /login/sso/{issuer}", s.ssoStart)
+	}
 	return http.MaxBytesHandler(mux, maxAdminBody)
 }
 
 // authenticated wraps h with the admin API's authentication.
 func (s *Server) authenticated(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		op, apiErr := s.authenticate(req)
+		op, apiErr := s.authenticate(req, doorAPI)
 		if apiErr != nil {
 			if apiErr.Status == http.StatusUnauthorized {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="tether-admin"`)
@@ -107,45 +150,110 @@ func (s *Server) authenticated(h http.Handler) http.Handler {
 	})
 }
 
-func (s *Server) authenticate(req *http.Request) (Operator, *APIError) {
-	if req.TLS != nil && len(req.TLS.PeerCertificates) > 0 {
-		id, err := s.adm.VerifyOperatorCertificate(req.TLS.PeerCertificates)
-		if err != nil {
-			return Operator{}, apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "client certificate refused: %v", err)
+// authenticate works out who req is from, at door. A source that failed
+// too often lately is refused (429) before anything else; every failure
+// is counted against the source and the identity claimed, and summed in
+// the audit trail.
+func (s *Server) authenticate(req *http.Request, door string) (Operator, *APIError) {
+	src := s.guard.source(req)
+	if e := s.guard.admit(door, src); e != nil {
+		return Operator{}, e
+	}
+	op, fail := s.credential(req)
+	if fail != nil {
+		return Operator{}, s.guard.failed(door, src, *fail)
+	}
+	return op, nil
+}
+
+// failure is why a credential was refused, with the identity it claimed.
+type failure struct {
+	reason   string // reasonBadToken and the like
+	identity string // "token:<id>", "cert:<serial>" or ""
+	err      *APIError
+}
+
+// credential checks the credential req carries.
+func (s *Server) credential(req *http.Request) (Operator, *failure) {
+	if hasCertificate(req) {
+		c, f := s.checkCertificate(req)
+		if f != nil {
+			return Operator{}, f
 		}
-		return Operator{Name: id.Name, Via: "certificate"}, nil
+		// A browser presents its certificate on any site's request: a
+		// change must come from this origin.
+		if req.Method != http.MethodGet && req.Method != http.MethodHead && !sameOrigin(req) {
+			return Operator{}, &failure{err: apiErrorf(http.StatusForbidden, CodeForbidden, "cross-origin request refused")}
+		}
+		return operatorOf(c, "certificate"), nil
 	}
 	if h := req.Header.Get("Authorization"); h != "" {
 		scheme, tok, ok := strings.Cut(h, " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") {
-			return Operator{}, apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, `the Authorization header must be "Bearer <operator token>"`)
+			return Operator{}, &failure{reasonBadToken, "", apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, `the Authorization header must be "Bearer <operator token>"`)}
 		}
-		rec, err := s.adm.CheckOperatorToken(req.Context(), strings.TrimSpace(tok))
-		if errors.Is(err, admin.ErrOperatorToken) {
-			return Operator{}, apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "%v", err)
+		c, f := s.checkToken(req.Context(), strings.TrimSpace(tok))
+		if f != nil {
+			return Operator{}, f
 		}
-		if err != nil {
-			return Operator{}, apiErrorf(http.StatusServiceUnavailable, CodeUnavailable, "check operator token: %v", err)
-		}
-		return Operator{Name: rec.Name, Via: "token"}, nil
+		return operatorOf(c, "token"), nil
 	}
 	if c, err := req.Cookie(SessionCookie); err == nil {
 		x, err := s.adm.ConsoleSession(req.Context(), c.Value)
 		if errors.Is(err, admin.ErrNoSession) {
-			return Operator{}, apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "%v: log in again", err)
+			return Operator{}, &failure{reasonBadSession, "", apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "%v: log in again", err)}
 		}
 		if err != nil {
-			return Operator{}, apiErrorf(http.StatusServiceUnavailable, CodeUnavailable, "check session: %v", err)
+			return Operator{}, &failure{err: apiErrorf(http.StatusServiceUnavailable, CodeUnavailable, "check session: %v", err)}
 		}
-		op := Operator{Name: x.Operator, Via: "session", CSRFToken: x.CSRF}
+		via := "session"
+		if x.Operator.Subject != "" {
+			via = "sso"
+		}
+		op := operatorOf(x.Operator, via)
+		op.CSRFToken = x.CSRF
 		if req.Method != http.MethodGet && req.Method != http.MethodHead {
 			if apiErr := checkCSRF(req, x.CSRF); apiErr != nil {
-				return Operator{}, apiErr
+				return Operator{}, &failure{err: apiErr}
 			}
 		}
 		return op, nil
 	}
-	return Operator{}, apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "authentication required: an operator token (Authorization: Bearer), an operator client certificate or a session")
+	return Operator{}, &failure{err: apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "authentication required: an operator token (Authorization: Bearer), an operator client certificate or a session")}
+}
+
+// hasCertificate reports whether req came with a client certificate.
+func hasCertificate(req *http.Request) bool {
+	return req.TLS != nil && len(req.TLS.PeerCertificates) > 0
+}
+
+// checkCertificate checks the client certificate of req.
+func (s *Server) checkCertificate(req *http.Request) (admin.Credential, *failure) {
+	identity := "cert:" + admin.CertificateSerial(req.TLS.PeerCertificates[0])
+	c, err := s.adm.VerifyOperatorCertificate(req.Context(), req.TLS.PeerCertificates)
+	if errors.Is(err, admin.ErrOperatorCertificate) {
+		return admin.Credential{}, &failure{reasonBadCert, identity, apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "client certificate refused: %v", err)}
+	}
+	if err != nil {
+		return admin.Credential{}, &failure{err: apiErrorf(http.StatusServiceUnavailable, CodeUnavailable, "check operator certificate: %v", err)}
+	}
+	return c, nil
+}
+
+// checkToken checks an operator token.
+func (s *Server) checkToken(ctx context.Context, tok string) (admin.Credential, *failure) {
+	identity := ""
+	if id := admin.OperatorTokenID(tok); id != "" {
+		identity = "token:" + id
+	}
+	c, err := s.adm.CheckOperatorToken(ctx, tok)
+	if errors.Is(err, admin.ErrOperatorToken) {
+		return admin.Credential{}, &failure{reasonBadToken, identity, apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "%v", admin.ErrOperatorToken)}
+	}
+	if err != nil {
+		return admin.Credential{}, &failure{err: apiErrorf(http.StatusServiceUnavailable, CodeUnavailable, "check operator token: %v", err)}
+	}
+	return c, nil
 }
 
 // checkCSRF refuses a state-changing request made with a session cookie
@@ -182,9 +290,11 @@ func isForm(req *http.Request) bool {
 }
 
 // login opens a browser session with an operator token, given as the
-// form field "token" or JSON {"token": "…"}. Form posts are redirected
-// (303) to "next" (a local path, default "/") or, on failure, to
-// "/login?error=1"; JSON posts get JSON.
+// form field "token" or JSON {"token": "…"}, or, without a token, with
+// the operator certificate the browser presents. Form posts are
+// redirected (303) to "next" (a path on this site, safeNext; default "/"
+// or the operator's tenant) or, on failure, to "/login?error=1"; JSON
+// posts get JSON. A source that failed too often lately gets 429.
 func (s *Server) login(w http.ResponseWriter, req *http.Request) {
 	if req.Method != http.MethodPost {
 		methodNotAllowed(w, http.MethodPost)
@@ -192,14 +302,23 @@ func (s *Server) login(w http.ResponseWriter, req *http.Request) {
 	}
 	form := isForm(req)
 	fail := func(e *APIError) {
-		if form {
+		switch {
+		case form && e.Status == http.StatusTooManyRequests:
+			setRetryAfter(w, e)
+			s.loginPageStatus(w, req, e.Status, "", loginThrottled)
+		case form:
 			http.Redirect(w, req, "/login?error=1", http.StatusSeeOther)
-			return
+		default:
+			writeError(w, e)
 		}
-		writeError(w, e)
 	}
 	if !sameOrigin(req) {
 		fail(apiErrorf(http.StatusForbidden, CodeForbidden, "cross-origin login refused"))
+		return
+	}
+	src := s.guard.source(req)
+	if e := s.guard.admit(doorLogin, src); e != nil {
+		fail(e)
 		return
 	}
 	var tok, next string
@@ -215,33 +334,56 @@ func (s *Server) login(w http.ResponseWriter, req *http.Request) {
 		}
 		tok = body.Token
 	}
-	now := s.cfg.Now()
-	rec, err := s.adm.CheckOperatorToken(req.Context(), strings.TrimSpace(tok))
-	if errors.Is(err, admin.ErrOperatorToken) {
-		fail(apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "%v", err))
+	var c admin.Credential
+	var f *failure
+	if strings.TrimSpace(tok) == "" && hasCertificate(req) {
+		c, f = s.checkCertificate(req)
+	} else {
+		c, f = s.checkToken(req.Context(), strings.TrimSpace(tok))
+	}
+	if f != nil {
+		fail(s.guard.failed(doorLogin, src, *f))
 		return
 	}
-	if err != nil {
-		fail(apiErrorf(http.StatusServiceUnavailable, CodeUnavailable, "check operator token: %v", err))
-		return
-	}
-	ttl := min(s.cfg.SessionTTL, rec.ExpiresAt.Sub(now))
-	id, x, err := s.adm.OpenConsoleSession(req.Context(), rec, ttl)
+	op := operatorOf(c, "session")
+	ttl := min(s.cfg.SessionTTL, c.ExpiresAt.Sub(s.cfg.Now()))
+	id, x, err := s.adm.OpenConsoleSession(req.Context(), c, ttl)
 	if err != nil {
 		fail(apiErrorf(http.StatusServiceUnavailable, CodeUnavailable, "%v", err))
 		return
 	}
-	s.adm.As(Operator{Name: rec.Name}.Actor()).Record(audit.OperatorLogin, "", "", "", map[string]any{"token": rec.ID})
-	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: id, Path: "/", Expires: x.ExpiresAt, MaxAge: int(ttl.Seconds()),
-		HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
+	detail := map[string]any{"role": string(op.Role)}
+	if c.TokenID != "" {
+		detail["token"] = c.TokenID
+	} else {
+		detail["certificate"] = c.CertSerial
+	}
+	s.adm.For(op.Actor(), op.Scope()).Record(audit.OperatorLogin, op.Tenant, "", "", detail)
+	setSessionCookie(w, id, x.ExpiresAt, ttl)
 	if form {
-		if next == "" || !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
-			next = "/"
-		}
-		http.Redirect(w, req, next, http.StatusSeeOther)
+		http.Redirect(w, req, landing(next, op), http.StatusSeeOther)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"operator": rec.Name, "expires_at": x.ExpiresAt, "csrf_token": x.CSRF})
+	writeJSON(w, http.StatusOK, map[string]any{"operator": op.Name, "tenant": op.Tenant, "role": op.Role, "expires_at": x.ExpiresAt, "csrf_token": x.CSRF})
+}
+
+// landing is where a browser goes after signing in: next when it is a
+// path on this site, else the overview, or a tenant-scoped operator's
+// tenant.
+func landing(next string, op Operator) string {
+	if safeNext(next) {
+		return next
+	}
+	if op.Tenant != "" {
+		return "/ui/tenants/" + url.PathEscape(op.Tenant)
+	}
+	return "/"
+}
+
+// setSessionCookie gives the browser its session.
+func setSessionCookie(w http.ResponseWriter, id string, expires time.Time, ttl time.Duration) {
+	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: id, Path: "/", Expires: expires, MaxAge: int(ttl.Seconds()),
+		HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
 }
 
 // logout ends the session of the request's cookie. Form posts are
@@ -258,7 +400,12 @@ func (s *Server) logout(w http.ResponseWriter, req *http.Request) {
 	if c, err := req.Cookie(SessionCookie); err == nil {
 		if x, err := s.adm.ConsoleSession(req.Context(), c.Value); err == nil {
 			s.adm.CloseConsoleSession(req.Context(), c.Value)
-			s.adm.As(Operator{Name: x.Operator}.Actor()).Record(audit.OperatorLogout, "", "", "", nil)
+			op := operatorOf(x.Operator, "session")
+			var detail map[string]any
+			if op.Subject != "" {
+				detail = map[string]any{"subject": op.Subject, "name": op.Name}
+			}
+			s.adm.For(op.Actor(), op.Scope()).Record(audit.OperatorLogout, op.Tenant, "", "", detail)
 		}
 	}
 	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
@@ -273,12 +420,13 @@ func (s *Server) logout(w http.ResponseWriter, req *http.Request) {
 const (
 	CodeBadRequest       = "bad_request"        // 400: malformed body, query or argument
 	CodeUnauthenticated  = "unauthenticated"    // 401: no, unknown, expired or revoked credential
-	CodeForbidden        = "forbidden"          // 403: CSRF or origin check failed
+	CodeForbidden        = "forbidden"          // 403: CSRF or origin check failed, or the operator's scope does not allow it
 	CodeNotFound         = "not_found"          // 404: no such tenant, agent, token, backend or path
 	CodeMethodNotAllowed = "method_not_allowed" // 405
 	CodeConflict         = "conflict"           // 409: exists already
 	CodeTooLarge         = "too_large"          // 413: body over 64 KiB
 	CodeUnsupportedMedia = "unsupported_media"  // 415: body is not JSON
+	CodeRateLimited      = "rate_limited"       // 429: too many failed authentications from this source or for this credential
 	CodeInternal         = "internal"           // 500
 	CodeUnavailable      = "unavailable"        // 503: store unreachable, timeout, too many sessions
 )
@@ -288,6 +436,8 @@ type APIError struct {
 	Status  int    `json:"-"`
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// RetryAfter, for 429, is when to try again (the Retry-After header).
+	RetryAfter time.Duration `json:"-"`
 }
 
 func (e *APIError) Error() string { return e.Code + ": " + e.Message }
@@ -306,6 +456,8 @@ func errorFrom(err error) *APIError {
 		return &APIError{Status: http.StatusNotFound, Code: CodeNotFound, Message: err.Error()}
 	case errors.Is(err, admin.ErrExists):
 		return &APIError{Status: http.StatusConflict, Code: CodeConflict, Message: err.Error()}
+	case errors.Is(err, admin.ErrForbidden):
+		return &APIError{Status: http.StatusForbidden, Code: CodeForbidden, Message: err.Error()}
 	case errors.Is(err, admin.ErrInvalid):
 		return &APIError{Status: http.StatusBadRequest, Code: CodeBadRequest, Message: err.Error()}
 	case errors.Is(err, context.DeadlineExceeded):
@@ -315,7 +467,16 @@ func errorFrom(err error) *APIError {
 }
 
 func writeError(w http.ResponseWriter, e *APIError) {
+	setRetryAfter(w, e)
 	writeJSON(w, e.Status, map[string]*APIError{"error": e})
+}
+
+// setRetryAfter sets the Retry-After header of a 429, in whole seconds
+// rounded up.
+func setRetryAfter(w http.ResponseWriter, e *APIError) {
+	if e.Status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", strconv.Itoa(int(max(time.Second, e.RetryAfter+time.Second-1)/time.Second)))
+	}
 }
 
 func methodNotAllowed(w http.ResponseWriter, allowed ...string) {

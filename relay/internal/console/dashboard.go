@@ -18,10 +18,12 @@ import (
 
 // The dashboard: server-rendered pages on the admin listener for operators
 // in a browser, built on the fleet view model (fleet.go). Every page needs
-// the same authentication as the admin API (adminapi.go); a browser without
-// a session is sent to the login page. Pages with live data hold one
-// element marked data-live that static/dash.js refreshes every few seconds
-// from the same URL with live=1, which renders just that element's content.
+// the same authentication as the admin API (api.go) and declares who may
+// see it (dashRoutes, access.go); a tenant-scoped operator sees its own
+// tenant only. A browser without a session is sent to the login page.
+// Pages with live data hold one element marked data-live that
+// static/dash.js refreshes every few seconds from the same URL with
+// live=1, which renders just that element's content.
 //
 //	GET  /                         fleet overview
 //	GET  /ui/agents                agent table (?tenant=&state=&q=)
@@ -30,7 +32,7 @@ import (
 //	POST /ui/agents/{id}/drain     drain its sessions (form with csrf_token)
 //	GET  /ui/tenants               tenants
 //	GET  /ui/tenants/{name}        one tenant
-//	GET  /login                    login form (POST /login is the API's)
+//	GET  /login                    login form and single sign-on buttons (POST /login is the API's)
 //	GET  /static/…                 CSS and script, no authentication
 
 //go:embed ui
@@ -57,7 +59,7 @@ type dashPages map[string]*template.Template
 
 func parseDashPages() dashPages {
 	p := dashPages{}
-	for _, name := range []string{"overview", "agents", "agent", "tenants", "tenant", "login", "error"} {
+	for _, name := range []string{"overview", "agents", "agent", "tenants", "tenant", "login", "signedin", "error"} {
 		p[name] = template.Must(template.New(name).Funcs(dashFuncs()).ParseFS(dashFiles, "ui/layout.html", "ui/parts.html", "ui/"+name+".html"))
 	}
 	return p
@@ -74,7 +76,30 @@ type dashView struct {
 	Data     any
 }
 
-// dashboard registers the dashboard's handlers on mux.
+// dashRoute is one authenticated page or form action of the dashboard.
+type dashRoute struct {
+	pattern string // method and path
+	access  access
+	page    string   // the page's template, for a page
+	data    pageData // the page's data, for a page
+	action  dashAction
+}
+
+// dashRoutes are the dashboard's pages and actions with who may use them.
+func (s *Server) dashRoutes() []dashRoute {
+	return []dashRoute{
+		{pattern: "GET /{$}", access: viewer, page: "overview", data: s.overviewData},
+		{pattern: "GET /ui/agents", access: viewer, page: "agents", data: s.agentsData},
+		{pattern: "GET /ui/agents/{id}", access: viewer, page: "agent", data: s.agentData},
+		{pattern: "POST /ui/agents/{id}/revoke", access: tenantAdmin, action: s.revokeAction},
+		{pattern: "POST /ui/agents/{id}/drain", access: tenantAdmin, action: s.drainAction},
+		{pattern: "GET /ui/tenants", access: viewer, page: "tenants", data: s.tenantsData},
+		{pattern: "GET /ui/tenants/{name}", access: viewer, page: "tenant", data: s.tenantData},
+	}
+}
+
+// dashboard registers the dashboard's handlers on mux. It panics on a
+// route without access.
 func (s *Server) dashboard(mux *http.ServeMux) {
 	s.pages = parseDashPages()
 	static, _ := fs.Sub(dashFiles, "ui/static")
@@ -85,13 +110,16 @@ func (s *Server) dashboard(mux *http.ServeMux) {
 		files.ServeHTTP(w, req)
 	}))
 	mux.HandleFunc("GET /login", s.loginPage)
-	mux.Handle("GET /{$}", s.page("overview", s.overviewData))
-	mux.Handle("GET /ui/agents", s.page("agents", s.agentsData))
-	mux.Handle("GET /ui/agents/{id}", s.page("agent", s.agentData))
-	mux.Handle("POST /ui/agents/{id}/revoke", s.action(s.revokeAction))
-	mux.Handle("POST /ui/agents/{id}/drain", s.action(s.drainAction))
-	mux.Handle("GET /ui/tenants", s.page("tenants", s.tenantsData))
-	mux.Handle("GET /ui/tenants/{name}", s.page("tenant", s.tenantData))
+	for _, r := range s.dashRoutes() {
+		switch {
+		case r.access == accessUnset:
+			panic("console: page " + r.pattern + " declares no access")
+		case r.action != nil:
+			mux.Handle(r.pattern, s.action(r.access, r.action))
+		default:
+			mux.Handle(r.pattern, s.page(r.page, r.access, r.data))
+		}
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
 		s.errorPage(w, req, http.StatusNotFound, "There is no page "+req.URL.Path+".")
 	})
@@ -116,20 +144,28 @@ func noStore(w http.ResponseWriter) {
 	w.Header().Set("Pragma", "no-cache")
 }
 
-// pageData builds a page's data for an authenticated request; it returns
-// the page title, or an error (an *APIError for its status).
-type pageData func(req *http.Request, op Operator, now time.Time) (title string, data any, err error)
+// pageData builds a page's data for an authenticated request with a,
+// scoped to its operator; it returns the page title, or an error (an
+// *APIError for its status).
+type pageData func(req *http.Request, op Operator, a *admin.Admin, now time.Time) (title string, data any, err error)
+
+// dashAction performs a form's action with a, scoped to the operator, and
+// returns where to redirect.
+type dashAction func(req *http.Request, op Operator, a *admin.Admin) (redirect string, err error)
 
 // signIn authenticates a dashboard request. A browser GET without a valid
 // session is redirected to the login page; other failures get an error
 // page (or a bare status for live refreshes, which the script handles).
-func (s *Server) signIn(w http.ResponseWriter, req *http.Request) (Operator, bool) {
+func (s *Server) signIn(w http.ResponseWriter, req *http.Request, need access) (Operator, bool) {
 	dashHeaders(w)
 	noStore(w)
-	op, apiErr := s.authenticate(req)
+	op, apiErr := s.authenticate(req, doorAPI)
 	if apiErr == nil {
-		return op, true
+		if apiErr = s.checkAccess(req, op, need); apiErr == nil {
+			return op, true
+		}
 	}
+	setRetryAfter(w, apiErr)
 	live := req.URL.Query().Get("live") == "1"
 	switch {
 	case apiErr.Status == http.StatusUnauthorized && req.Method == http.MethodGet && !live:
@@ -144,19 +180,23 @@ func (s *Server) signIn(w http.ResponseWriter, req *http.Request) (Operator, boo
 
 // page serves an authenticated page rendered with template name; with
 // live=1 it renders only the page's "live" block.
-func (s *Server) page(name string, data pageData) http.Handler {
+func (s *Server) page(name string, need access, data pageData) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		op, ok := s.signIn(w, req)
+		op, ok := s.signIn(w, req, need)
 		if !ok {
 			return
 		}
-		ctx, cancel := context.WithTimeout(req.Context(), adminRequestTimout)
+		ctx, cancel := context.WithTimeout(context.WithValue(req.Context(), operatorKey{}, op), adminRequestTimout)
 		defer cancel()
 		req = req.WithContext(ctx)
 		now := s.cfg.Now()
-		title, d, err := data(req, op, now)
+		title, d, err := data(req, op, s.adm.For(op.Actor(), op.Scope()), now)
 		if err != nil {
-			e := errorFrom(err)
+			e := s.refusal(req, op, err)
+			if req.URL.Query().Get("live") == "1" {
+				http.Error(w, e.Message, e.Status)
+				return
+			}
 			s.errorPage(w, req, e.Status, e.Message)
 			return
 		}
@@ -171,17 +211,18 @@ func (s *Server) page(name string, data pageData) http.Handler {
 
 // action serves an authenticated POST from a dashboard form (the
 // authentication checks its CSRF token) and redirects where it says.
-func (s *Server) action(do func(req *http.Request, op Operator) (redirect string, err error)) http.Handler {
+func (s *Server) action(need access, do dashAction) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		op, ok := s.signIn(w, req)
+		op, ok := s.signIn(w, req, need)
 		if !ok {
 			return
 		}
-		ctx, cancel := context.WithTimeout(req.Context(), adminRequestTimout)
+		ctx, cancel := context.WithTimeout(context.WithValue(req.Context(), operatorKey{}, op), adminRequestTimout)
 		defer cancel()
-		to, err := do(req.WithContext(ctx), op)
+		req = req.WithContext(ctx)
+		to, err := do(req, op, s.adm.For(op.Actor(), op.Scope()))
 		if err != nil {
-			e := errorFrom(err)
+			e := s.refusal(req, op, err)
 			s.errorPage(w, req, e.Status, e.Message)
 			return
 		}
@@ -214,26 +255,53 @@ func (s *Server) errorPage(w http.ResponseWriter, req *http.Request, status int,
 		}{status, msg}})
 }
 
-// loginPage shows the login form; the form posts to /login (adminapi.go).
+// loginPage shows the login form, which posts to /login (api.go), and a
+// button for each single sign-on issuer.
 func (s *Server) loginPage(w http.ResponseWriter, req *http.Request) {
 	dashHeaders(w)
 	noStore(w)
-	q := req.URL.Query()
-	next := q.Get("next")
-	if !localPath(next) {
-		next = "/"
+	msg := ""
+	if req.URL.Query().Get("error") != "" {
+		msg = "That operator token is unknown, expired or revoked."
 	}
-	s.render(w, http.StatusOK, "login", "page", dashView{Title: "Log in", Now: s.cfg.Now(),
-		Data: struct {
-			Next   string
-			Failed bool
-		}{next, q.Get("error") != ""}})
+	s.loginPageStatus(w, req, http.StatusOK, req.URL.Query().Get("next"), msg)
 }
 
-// localPath reports whether p is a path on this host (not "//host" or
-// "/\host", which browsers treat as another host).
-func localPath(p string) bool {
-	return strings.HasPrefix(p, "/") && !strings.HasPrefix(p, "//") && !strings.HasPrefix(p, "/\\")
+// loginThrottled is what the login page says to a source throttled for
+// its failures.
+const loginThrottled = "Too many failed sign-ins from here: wait a minute and try again."
+
+// loginView is the login page's data.
+type loginView struct {
+	Next    string // a path on this site (safeNext), default "/"
+	Message string // why the last attempt failed, or ""
+	SSO     []ssoButton
+}
+
+// ssoButton is a single sign-on issuer on the login page.
+type ssoButton struct{ Href, Display string }
+
+// loginPageStatus shows the login page with status, keeping next when it
+// is a path on this site, and msg.
+func (s *Server) loginPageStatus(w http.ResponseWriter, req *http.Request, status int, next, msg string) {
+	dashHeaders(w)
+	noStore(w)
+	if !safeNext(next) {
+		next = "/"
+	}
+	v := loginView{Next: next, Message: msg}
+	if s.sso != nil {
+		for _, i := range s.sso.issuers {
+			// Without a page asked for, single sign-on lands where the
+			// person's scope suggests (landing).
+			href := "/login/sso/" + url.PathEscape(i.Name)
+			if next != "/" {
+				href += "?next=" + url.QueryEscape(next)
+			}
+			v.SSO = append(v.SSO, ssoButton{href, i.Display})
+		}
+	}
+	s.render(w, status, "login", "page", dashView{Title: "Log in", Now: s.cfg.Now(), Data: v})
 }
 
 // overviewView is the fleet overview.
@@ -243,8 +311,8 @@ type overviewView struct {
 	More      int                // unhealthy agents not listed
 }
 
-func (s *Server) overviewData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
-	fl, err := s.adm.Fleet(req.Context(), admin.FleetFilter{Unhealthy: true})
+func (s *Server) overviewData(req *http.Request, _ Operator, a *admin.Admin, _ time.Time) (string, any, error) {
+	fl, err := a.Fleet(req.Context(), admin.FleetFilter{Unhealthy: true})
 	if err != nil {
 		return "", nil, err
 	}
@@ -274,7 +342,7 @@ const (
 	stateAll    = "all" // every state
 )
 
-func (s *Server) agentsData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
+func (s *Server) agentsData(req *http.Request, _ Operator, a *admin.Admin, _ time.Time) (string, any, error) {
 	q := req.URL.Query()
 	v := agentsView{Tenant: q.Get("tenant"), State: q.Get("state"), Query: strings.TrimSpace(q.Get("q"))}
 	if len(v.Query) > dashMaxQuery || len(v.Tenant) > dashMaxQuery {
@@ -290,9 +358,14 @@ func (s *Server) agentsData(req *http.Request, _ Operator, _ time.Time) (string,
 		}
 		f.State = h
 	}
+	if v.Tenant != "" {
+		if _, err := a.Tenant(req.Context(), v.Tenant); err != nil {
+			return "", nil, err
+		}
+	}
 	// All tenants for the filter's choices; the tenant filter is applied
 	// here so that the choices stay.
-	fl, err := s.adm.Fleet(req.Context(), f)
+	fl, err := a.Fleet(req.Context(), f)
 	if err != nil {
 		return "", nil, err
 	}
@@ -339,9 +412,9 @@ type agentView struct {
 	CertRoot string
 }
 
-func (s *Server) agentData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
+func (s *Server) agentData(req *http.Request, _ Operator, a *admin.Admin, _ time.Time) (string, any, error) {
 	id := req.PathValue("id")
-	d, err := s.adm.FleetAgent(req.Context(), id)
+	d, err := a.FleetAgent(req.Context(), id)
 	if err != nil {
 		return "", nil, err
 	}
@@ -352,34 +425,34 @@ func (s *Server) agentData(req *http.Request, _ Operator, _ time.Time) (string, 
 			v.Report = l
 		}
 	}
-	if info, err := s.adm.Agent(req.Context(), id); err == nil {
+	if info, err := a.Agent(req.Context(), id); err == nil {
 		v.CertRoot = info.CertRoot
 	}
-	v.Audit, err = s.adm.Audit(req.Context(), admin.AuditFilter{Agent: id, NewestFirst: true, Limit: dashAuditLimit})
+	v.Audit, err = a.Audit(req.Context(), admin.AuditFilter{Agent: id, NewestFirst: true, Limit: dashAuditLimit})
 	if err != nil {
 		return "", nil, err
 	}
 	return "Agent " + d.ID, v, nil
 }
 
-func (s *Server) revokeAction(req *http.Request, op Operator) (string, error) {
+func (s *Server) revokeAction(req *http.Request, _ Operator, a *admin.Admin) (string, error) {
 	id := req.PathValue("id")
-	if _, err := s.adm.As(op.Actor()).RevokeAgent(req.Context(), id, strings.TrimSpace(req.PostFormValue("reason"))); err != nil {
+	if _, err := a.RevokeAgent(req.Context(), id, strings.TrimSpace(req.PostFormValue("reason"))); err != nil {
 		return "", err
 	}
 	return "/ui/agents/" + url.PathEscape(id), nil
 }
 
-func (s *Server) drainAction(req *http.Request, op Operator) (string, error) {
+func (s *Server) drainAction(req *http.Request, _ Operator, a *admin.Admin) (string, error) {
 	id := req.PathValue("id")
-	if _, err := s.adm.As(op.Actor()).DrainAgent(req.Context(), id, strings.TrimSpace(req.PostFormValue("message"))); err != nil {
+	if _, err := a.DrainAgent(req.Context(), id, strings.TrimSpace(req.PostFormValue("message"))); err != nil {
 		return "", err
 	}
 	return "/ui/agents/" + url.PathEscape(id), nil
 }
 
-func (s *Server) tenantsData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
-	fl, err := s.adm.Fleet(req.Context(), admin.FleetFilter{State: admin.HealthDown}) // the agents are not shown
+func (s *Server) tenantsData(req *http.Request, _ Operator, a *admin.Admin, _ time.Time) (string, any, error) {
+	fl, err := a.Fleet(req.Context(), admin.FleetFilter{State: admin.HealthDown}) // the agents are not shown
 	if err != nil {
 		return "", nil, err
 	}
@@ -393,9 +466,9 @@ type tenantView struct {
 	Audit  []audit.Record
 }
 
-func (s *Server) tenantData(req *http.Request, _ Operator, _ time.Time) (string, any, error) {
+func (s *Server) tenantData(req *http.Request, _ Operator, a *admin.Admin, _ time.Time) (string, any, error) {
 	name := req.PathValue("name")
-	fl, err := s.adm.Fleet(req.Context(), admin.FleetFilter{Tenant: name})
+	fl, err := a.Fleet(req.Context(), admin.FleetFilter{Tenant: name})
 	if err != nil {
 		return "", nil, err
 	}
@@ -403,7 +476,7 @@ func (s *Server) tenantData(req *http.Request, _ Operator, _ time.Time) (string,
 		return "", nil, admin.Errorf(admin.ErrNotFound, "no tenant %q", name)
 	}
 	v := tenantView{Tenant: fl.Tenants[0], Agents: fl.Agents}
-	v.Audit, err = s.adm.Audit(req.Context(), admin.AuditFilter{Tenant: name, NewestFirst: true, Limit: dashAuditLimit})
+	v.Audit, err = a.Audit(req.Context(), admin.AuditFilter{Tenant: name, NewestFirst: true, Limit: dashAuditLimit})
 	if err != nil {
 		return "", nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/audit"
 	"github.com/tetherhq/tether/relay/internal/datadir"
+	"github.com/tetherhq/tether/relay/internal/throttle"
 	"github.com/tetherhq/tether/relay/internal/trust"
 
 	"github.com/tetherhq/tether/protocol"
@@ -29,6 +30,7 @@ import (
 // live agent sessions it shows are the test's own (live).
 type dashRelay struct {
 	adm  *admin.Admin
+	srv  *Server
 	dir  *datadir.Dir
 	live *fixedLive
 	base string // https://127.0.0.1:port
@@ -69,7 +71,7 @@ func (l *fixedLive) DrainAgent(tenant, id, msg string) int {
 	return n
 }
 
-func startDashRelay(t *testing.T) *dashRelay {
+func startDashRelay(t *testing.T, opts ...func(*Config)) *dashRelay {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	dir, authority, err := datadir.Open(ctx, t.TempDir(), "tether.internal", time.Now())
@@ -88,7 +90,14 @@ func startDashRelay(t *testing.T) *dashRelay {
 	}
 	live := &fixedLive{}
 	adm := admin.New(admin.Config{Dir: dir, Authority: auth, Audit: trail, Live: live, CertLifetime: 24 * time.Hour, Logger: log, Now: time.Now})
-	srv, err := New(Config{Listen: "127.0.0.1:0", SessionTTL: 12 * time.Hour, HandshakeTimeout: 10 * time.Second, Logger: log, Now: time.Now}, adm, tlsSrv)
+	// These tests try many wrong credentials on purpose: a burst that
+	// throttling does not reach (authlimit_test.go tests throttling).
+	cfg := Config{Listen: "127.0.0.1:0", SessionTTL: 12 * time.Hour, HandshakeTimeout: 10 * time.Second, Logger: log, Now: time.Now,
+		Throttle: throttle.Config{Burst: 1000}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := New(cfg, adm, tlsSrv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,11 +111,11 @@ func startDashRelay(t *testing.T) *dashRelay {
 		trail.Close()
 		dir.Close()
 	})
-	tok, _, err := adm.CreateOperatorToken(ctx, "alice", time.Hour)
+	tok, _, err := adm.CreateOperatorToken(ctx, "alice", admin.Unscoped, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &dashRelay{adm: adm, dir: dir, live: live, base: "https://" + srv.Addr().String(), tok: tok}
+	return &dashRelay{adm: adm, srv: srv, dir: dir, live: live, base: "https://" + srv.Addr().String(), tok: tok}
 }
 
 // client is an HTTPS client that trusts the relay CA (the relay's own

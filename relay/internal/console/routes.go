@@ -2,7 +2,6 @@ package console
 
 import (
 	"net/http"
-	"slices"
 	"strconv"
 	"time"
 
@@ -10,80 +9,83 @@ import (
 	"github.com/tetherhq/tether/relay/internal/audit"
 )
 
-// routes registers the /api/v1/ endpoints on mux. Every one is
-// authenticated; errors are JSON (see APIError).
-func (s *Server) routes(mux *http.ServeMux) {
-	api := func(pattern string, methods map[string]http.HandlerFunc) {
-		allowed := make([]string, 0, len(methods))
-		for m := range methods {
-			allowed = append(allowed, m)
-		}
-		slices.Sort(allowed)
-		mux.Handle(pattern, s.authenticated(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-			h := methods[req.Method]
-			if h == nil && req.Method == http.MethodHead {
-				h = methods[http.MethodGet]
-			}
-			if h == nil {
-				methodNotAllowed(w, allowed...)
-				return
-			}
-			h(w, req)
-		})))
-	}
-	type m = map[string]http.HandlerFunc
+// apiRoutes is the admin API: every route with the access it needs
+// (access.go). Every one is authenticated; errors are JSON (see APIError).
+func (s *Server) apiRoutes() []apiRoute {
 	const get, post, put, patch, del = http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete
+	return []apiRoute{
+		{get, "/api/v1/whoami", anyOperator, s.whoami},
+		{get, "/api/v1/fleet", viewer, s.fleet},
+		{get, "/api/v1/tenants", viewer, s.tenants},
+		{post, "/api/v1/tenants", vendorOnly, s.addTenant},
+		{get, "/api/v1/tenants/{name}", viewer, s.tenant},
+		{get, "/api/v1/tenants/{name}/limits", viewer, s.tenantLimits},
+		{put, "/api/v1/tenants/{name}/limits", tenantAdmin, s.setLimits},
+		{patch, "/api/v1/tenants/{name}/limits", tenantAdmin, s.patchLimits},
+		{get, "/api/v1/agents", viewer, s.agents},
+		{get, "/api/v1/agents/{id}", viewer, s.agent},
+		{post, "/api/v1/agents/{id}/revoke", tenantAdmin, s.revoke},
+		{post, "/api/v1/agents/{id}/drain", tenantAdmin, s.drain},
+		{get, "/api/v1/tokens", tenantAdmin, s.tokens},
+		{post, "/api/v1/tokens", tenantAdmin, s.createToken},
+		{del, "/api/v1/tokens/{id}", tenantAdmin, s.revokeToken},
+		{get, "/api/v1/backends", vendorOnly, s.backends},
+		{post, "/api/v1/backends", vendorOnly, s.addBackend},
+		{get, "/api/v1/backends/{name}", vendorOnly, s.backend},
+		{del, "/api/v1/backends/{name}", vendorOnly, s.removeBackend},
+		{post, "/api/v1/backends/{name}/grant", vendorOnly, s.grant},
+		{post, "/api/v1/backends/{name}/ungrant", vendorOnly, s.ungrant},
+		{get, "/api/v1/audit", viewer, s.audit},
+		{get, "/api/v1/releases", vendorOnly, s.releases},
+		{get, "/api/v1/rollouts", vendorOnly, s.rollouts},
+		{post, "/api/v1/rollouts", vendorOnly, s.startRollout},
+		{get, "/api/v1/operator-certificates", vendorOnly, s.operatorCerts},
+		{post, "/api/v1/operator-certificates/{serial}/revoke", vendorOnly, s.revokeOperatorCert},
+	}
+}
+
+// routes registers the admin API on mux, and a 404 for other /api/ paths.
+func (s *Server) routes(mux *http.ServeMux) {
 	mux.Handle("/api/", s.authenticated(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		writeError(w, apiErrorf(http.StatusNotFound, CodeNotFound, "no API endpoint %s", req.URL.Path))
 	})))
-	api("/api/v1/whoami", m{get: s.whoami})
-	api("/api/v1/fleet", m{get: s.fleet})
-	api("/api/v1/tenants", m{get: s.tenants, post: s.addTenant})
-	api("/api/v1/tenants/{name}", m{get: s.tenant})
-	api("/api/v1/tenants/{name}/limits", m{get: s.tenantLimits, put: s.setLimits, patch: s.patchLimits})
-	api("/api/v1/agents", m{get: s.agents})
-	api("/api/v1/agents/{id}", m{get: s.agent})
-	api("/api/v1/agents/{id}/revoke", m{post: s.revoke})
-	api("/api/v1/agents/{id}/drain", m{post: s.drain})
-	api("/api/v1/tokens", m{get: s.tokens, post: s.createToken})
-	api("/api/v1/tokens/{id}", m{del: s.revokeToken})
-	api("/api/v1/backends", m{get: s.backends, post: s.addBackend})
-	api("/api/v1/backends/{name}", m{get: s.backend, del: s.removeBackend})
-	api("/api/v1/backends/{name}/grant", m{post: s.grant})
-	api("/api/v1/backends/{name}/ungrant", m{post: s.ungrant})
-	api("/api/v1/audit", m{get: s.audit})
-	api("/api/v1/releases", m{get: s.releases})
-	api("/api/v1/rollouts", m{get: s.rollouts, post: s.startRollout})
+	s.registerAPI(mux, s.apiRoutes())
 }
 
-// actor is how audit records name the request's operator.
-func actor(req *http.Request) string {
-	op, _ := OperatorFrom(req.Context())
-	return op.Actor()
-}
-
-// do writes v with status, or err as an API error.
-func reply(w http.ResponseWriter, status int, v any, err error) {
+// reply writes v with status, or returns err.
+func reply(w http.ResponseWriter, status int, v any, err error) error {
 	if err != nil {
-		writeError(w, errorFrom(err))
-		return
+		return err
 	}
 	writeJSON(w, status, v)
+	return nil
 }
 
-func (s *Server) whoami(w http.ResponseWriter, req *http.Request) {
+// whoAmI is the answer of GET whoami.
+type whoAmI struct {
+	Name string `json:"name"`
+	// Via is how the operator authenticated: certificate, token, session
+	// (a browser session opened with a token or a certificate) or sso.
+	Via    string     `json:"via"`
+	Tenant string     `json:"tenant,omitempty"`
+	Role   admin.Role `json:"role"`
+	// Subject is the person's issuer and subject, for single sign-on.
+	Subject string `json:"subject,omitempty"`
+}
+
+func (s *Server) whoami(w http.ResponseWriter, req *http.Request, _ *admin.Admin) error {
 	op, _ := OperatorFrom(req.Context())
-	writeJSON(w, http.StatusOK, op)
+	writeJSON(w, http.StatusOK, whoAmI{Name: op.Name, Via: op.Via, Tenant: op.Tenant, Role: op.Role, Subject: op.Subject})
+	return nil
 }
 
-func (s *Server) fleet(w http.ResponseWriter, req *http.Request) {
+func (s *Server) fleet(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
 	f, apiErr := fleetFilter(req)
 	if apiErr != nil {
-		writeError(w, apiErr)
-		return
+		return apiErr
 	}
-	fl, err := s.adm.Fleet(req.Context(), f)
-	reply(w, http.StatusOK, fl, err)
+	fl, err := a.Fleet(req.Context(), f)
+	return reply(w, http.StatusOK, fl, err)
 }
 
 // fleetFilter reads ?tenant=&state=&unhealthy= .
@@ -107,242 +109,218 @@ func fleetFilter(req *http.Request) (admin.FleetFilter, *APIError) {
 	return f, nil
 }
 
-func (s *Server) tenants(w http.ResponseWriter, req *http.Request) {
-	fl, err := s.adm.Fleet(req.Context(), admin.FleetFilter{})
-	reply(w, http.StatusOK, map[string]any{"tenants": fl.Tenants}, err)
+func (s *Server) tenants(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	fl, err := a.Fleet(req.Context(), admin.FleetFilter{})
+	return reply(w, http.StatusOK, map[string]any{"tenants": fl.Tenants}, err)
 }
 
-func (s *Server) addTenant(w http.ResponseWriter, req *http.Request) {
+func (s *Server) addTenant(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
 	var body struct {
 		Name string `json:"name"`
 	}
 	if e := decodeJSON(req, &body); e != nil {
-		writeError(w, e)
-		return
+		return e
 	}
-	if err := s.adm.As(actor(req)).AddTenant(req.Context(), body.Name); err != nil {
-		writeError(w, errorFrom(err))
-		return
+	if err := a.AddTenant(req.Context(), body.Name); err != nil {
+		return err
 	}
-	s.tenantStatus(w, req, body.Name, http.StatusCreated)
+	return s.tenantStatus(w, req, a, body.Name, http.StatusCreated)
 }
 
-func (s *Server) tenant(w http.ResponseWriter, req *http.Request) {
-	s.tenantStatus(w, req, req.PathValue("name"), http.StatusOK)
+func (s *Server) tenant(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	return s.tenantStatus(w, req, a, req.PathValue("name"), http.StatusOK)
 }
 
-func (s *Server) tenantStatus(w http.ResponseWriter, req *http.Request, name string, status int) {
-	if _, err := s.adm.Tenant(req.Context(), name); err != nil {
-		writeError(w, errorFrom(err))
-		return
+func (s *Server) tenantStatus(w http.ResponseWriter, req *http.Request, a *admin.Admin, name string, status int) error {
+	if _, err := a.Tenant(req.Context(), name); err != nil {
+		return err
 	}
-	fl, err := s.adm.Fleet(req.Context(), admin.FleetFilter{Tenant: name})
+	fl, err := a.Fleet(req.Context(), admin.FleetFilter{Tenant: name})
 	if err == nil && len(fl.Tenants) != 1 {
 		err = admin.Errorf(admin.ErrNotFound, "no tenant %q", name)
 	}
 	if err != nil {
-		writeError(w, errorFrom(err))
-		return
+		return err
 	}
 	writeJSON(w, status, fl.Tenants[0])
+	return nil
 }
 
-func (s *Server) tenantLimits(w http.ResponseWriter, req *http.Request) {
-	name := req.PathValue("name")
-	if _, err := s.adm.Tenant(req.Context(), name); err != nil {
-		writeError(w, errorFrom(err))
-		return
-	}
-	all, err := s.adm.AllLimits(req.Context())
-	l := admin.Limits{Tenant: name, CIDRs: []string{}}
-	if i := slices.IndexFunc(all, func(l admin.Limits) bool { return l.Tenant == name }); i >= 0 {
-		l = all[i]
-	}
-	reply(w, http.StatusOK, l, err)
+func (s *Server) tenantLimits(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	l, err := a.Limits(req.Context(), req.PathValue("name"))
+	return reply(w, http.StatusOK, l, err)
 }
 
-func (s *Server) setLimits(w http.ResponseWriter, req *http.Request) {
+func (s *Server) setLimits(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
 	var l admin.Limits
 	if e := decodeJSON(req, &l); e != nil {
-		writeError(w, e)
-		return
+		return e
 	}
 	name := req.PathValue("name")
 	if l.Tenant != "" && l.Tenant != name {
-		writeError(w, apiErrorf(http.StatusBadRequest, CodeBadRequest, "body names tenant %q, the path %q", l.Tenant, name))
-		return
+		return apiErrorf(http.StatusBadRequest, CodeBadRequest, "body names tenant %q, the path %q", l.Tenant, name)
 	}
 	l.Tenant = name
-	if err := s.adm.As(actor(req)).SetLimits(req.Context(), l); err != nil {
-		writeError(w, errorFrom(err))
-		return
+	if err := a.SetLimits(req.Context(), l); err != nil {
+		return err
 	}
-	s.tenantLimits(w, req)
+	return s.tenantLimits(w, req, a)
 }
 
 // patchLimits changes the limits the body names and keeps the others
 // (admin.LimitsPatch); PUT replaces them all.
-func (s *Server) patchLimits(w http.ResponseWriter, req *http.Request) {
+func (s *Server) patchLimits(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
 	var p admin.LimitsPatch
 	if e := decodeJSON(req, &p); e != nil {
-		writeError(w, e)
-		return
+		return e
 	}
-	l, err := s.adm.As(actor(req)).PatchLimits(req.Context(), req.PathValue("name"), p)
-	reply(w, http.StatusOK, l, err)
+	l, err := a.PatchLimits(req.Context(), req.PathValue("name"), p)
+	return reply(w, http.StatusOK, l, err)
 }
 
-func (s *Server) agents(w http.ResponseWriter, req *http.Request) {
+func (s *Server) agents(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
 	f, apiErr := fleetFilter(req)
 	if apiErr != nil {
-		writeError(w, apiErr)
-		return
+		return apiErr
 	}
-	fl, err := s.adm.Fleet(req.Context(), f)
-	reply(w, http.StatusOK, map[string]any{"agents": fl.Agents}, err)
+	fl, err := a.Fleet(req.Context(), f)
+	return reply(w, http.StatusOK, map[string]any{"agents": fl.Agents}, err)
 }
 
-func (s *Server) agent(w http.ResponseWriter, req *http.Request) {
-	d, err := s.adm.FleetAgent(req.Context(), req.PathValue("id"))
-	reply(w, http.StatusOK, d, err)
+func (s *Server) agent(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	d, err := a.FleetAgent(req.Context(), req.PathValue("id"))
+	return reply(w, http.StatusOK, d, err)
 }
 
-func (s *Server) revoke(w http.ResponseWriter, req *http.Request) {
+func (s *Server) revoke(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
 	var body struct {
 		Reason string `json:"reason"`
 	}
 	if e := decodeJSON(req, &body); e != nil {
-		writeError(w, e)
-		return
+		return e
 	}
-	ai, err := s.adm.As(actor(req)).RevokeAgent(req.Context(), req.PathValue("id"), body.Reason)
-	reply(w, http.StatusOK, ai, err)
+	ai, err := a.RevokeAgent(req.Context(), req.PathValue("id"), body.Reason)
+	return reply(w, http.StatusOK, ai, err)
 }
 
-func (s *Server) drain(w http.ResponseWriter, req *http.Request) {
+func (s *Server) drain(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
 	var body struct {
 		Message string `json:"message"`
 	}
 	if e := decodeJSON(req, &body); e != nil {
-		writeError(w, e)
-		return
+		return e
 	}
-	n, err := s.adm.As(actor(req)).DrainAgent(req.Context(), req.PathValue("id"), body.Message)
-	reply(w, http.StatusOK, map[string]any{"agent": req.PathValue("id"), "sessions": n}, err)
+	n, err := a.DrainAgent(req.Context(), req.PathValue("id"), body.Message)
+	return reply(w, http.StatusOK, map[string]any{"agent": req.PathValue("id"), "sessions": n}, err)
 }
 
-func (s *Server) tokens(w http.ResponseWriter, req *http.Request) {
-	ts, err := s.adm.Tokens(req.Context(), req.URL.Query().Get("tenant"))
+func (s *Server) tokens(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	ts, err := a.Tokens(req.Context(), req.URL.Query().Get("tenant"))
 	if ts == nil {
 		ts = []admin.TokenInfo{}
 	}
-	reply(w, http.StatusOK, map[string]any{"tokens": ts}, err)
+	return reply(w, http.StatusOK, map[string]any{"tokens": ts}, err)
 }
 
-func (s *Server) createToken(w http.ResponseWriter, req *http.Request) {
+func (s *Server) createToken(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
 	var body struct {
 		Tenant string `json:"tenant"`
 		TTL    string `json:"ttl"` // a Go duration, default 1h
 		Uses   int    `json:"uses"`
 	}
 	if e := decodeJSON(req, &body); e != nil {
-		writeError(w, e)
-		return
+		return e
 	}
 	var ttl time.Duration
 	if body.TTL != "" {
 		d, err := time.ParseDuration(body.TTL)
 		if err != nil {
-			writeError(w, apiErrorf(http.StatusBadRequest, CodeBadRequest, "ttl %q: %v", body.TTL, err))
-			return
+			return apiErrorf(http.StatusBadRequest, CodeBadRequest, "ttl %q: %v", body.TTL, err)
 		}
 		ttl = d
 	}
-	tok, info, err := s.adm.As(actor(req)).CreateToken(req.Context(), body.Tenant, ttl, body.Uses)
-	reply(w, http.StatusCreated, map[string]any{"token": tok, "info": info}, err)
+	tok, info, err := a.CreateToken(req.Context(), body.Tenant, ttl, body.Uses)
+	return reply(w, http.StatusCreated, map[string]any{"token": tok, "info": info}, err)
 }
 
-func (s *Server) revokeToken(w http.ResponseWriter, req *http.Request) {
-	info, err := s.adm.As(actor(req)).RevokeToken(req.Context(), req.PathValue("id"))
-	reply(w, http.StatusOK, info, err)
+func (s *Server) revokeToken(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	info, err := a.RevokeToken(req.Context(), req.PathValue("id"))
+	return reply(w, http.StatusOK, info, err)
 }
 
-func (s *Server) backends(w http.ResponseWriter, req *http.Request) {
-	bs, err := s.adm.Backends(req.Context())
+func (s *Server) backends(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	bs, err := a.Backends(req.Context())
 	if bs == nil {
 		bs = []admin.BackendInfo{}
 	}
-	reply(w, http.StatusOK, map[string]any{"backends": bs}, err)
+	return reply(w, http.StatusOK, map[string]any{"backends": bs}, err)
 }
 
-func (s *Server) backend(w http.ResponseWriter, req *http.Request) {
-	bs, err := s.adm.Backends(req.Context())
+func (s *Server) backend(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	bs, err := a.Backends(req.Context())
 	if err != nil {
-		writeError(w, errorFrom(err))
-		return
+		return err
 	}
 	name := req.PathValue("name")
-	i := slices.IndexFunc(bs, func(b admin.BackendInfo) bool { return b.Name == name })
-	if i < 0 {
-		writeError(w, errorFrom(admin.Errorf(admin.ErrNotFound, "no backend %q", name)))
-		return
+	for _, b := range bs {
+		if b.Name == name {
+			writeJSON(w, http.StatusOK, b)
+			return nil
+		}
 	}
-	writeJSON(w, http.StatusOK, bs[i])
+	return admin.Errorf(admin.ErrNotFound, "no backend %q", name)
 }
 
-func (s *Server) addBackend(w http.ResponseWriter, req *http.Request) {
+func (s *Server) addBackend(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
 	var body struct {
 		Name   string   `json:"name"`
 		Grants []string `json:"grants"`
 	}
 	if e := decodeJSON(req, &body); e != nil {
-		writeError(w, e)
-		return
+		return e
 	}
-	key, err := s.adm.As(actor(req)).AddBackend(req.Context(), body.Name, body.Grants)
-	reply(w, http.StatusCreated, map[string]any{"name": body.Name, "api_key": key}, err)
+	key, err := a.AddBackend(req.Context(), body.Name, body.Grants)
+	return reply(w, http.StatusCreated, map[string]any{"name": body.Name, "api_key": key}, err)
 }
 
-func (s *Server) removeBackend(w http.ResponseWriter, req *http.Request) {
-	err := s.adm.As(actor(req)).RemoveBackend(req.Context(), req.PathValue("name"))
-	reply(w, http.StatusOK, map[string]any{"removed": req.PathValue("name")}, err)
+func (s *Server) removeBackend(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	err := a.RemoveBackend(req.Context(), req.PathValue("name"))
+	return reply(w, http.StatusOK, map[string]any{"removed": req.PathValue("name")}, err)
 }
 
-func (s *Server) grant(w http.ResponseWriter, req *http.Request) { s.changeGrants(w, req, true) }
-func (s *Server) ungrant(w http.ResponseWriter, req *http.Request) {
-	s.changeGrants(w, req, false)
+func (s *Server) grant(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	return s.changeGrants(w, req, a, true)
 }
 
-func (s *Server) changeGrants(w http.ResponseWriter, req *http.Request, add bool) {
+func (s *Server) ungrant(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	return s.changeGrants(w, req, a, false)
+}
+
+func (s *Server) changeGrants(w http.ResponseWriter, req *http.Request, a *admin.Admin, add bool) error {
 	var body struct {
 		Grants []string `json:"grants"`
 	}
 	if e := decodeJSON(req, &body); e != nil {
-		writeError(w, e)
-		return
+		return e
 	}
-	a := s.adm.As(actor(req))
 	apply := a.Ungrant
 	if add {
 		apply = a.Grant
 	}
 	if err := apply(req.Context(), req.PathValue("name"), body.Grants); err != nil {
-		writeError(w, errorFrom(err))
-		return
+		return err
 	}
-	s.backend(w, req)
+	return s.backend(w, req, a)
 }
 
-func (s *Server) audit(w http.ResponseWriter, req *http.Request) {
+func (s *Server) audit(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
 	f, err := admin.ParseAuditQuery(req.URL.Query(), s.cfg.Now())
 	if err != nil {
-		writeError(w, errorFrom(err))
-		return
+		return err
 	}
-	recs, err := s.adm.Audit(req.Context(), f)
+	recs, err := a.Audit(req.Context(), f)
 	if err != nil {
-		writeError(w, errorFrom(err))
-		return
+		return err
 	}
 	out := map[string]any{"records": recs}
 	if recs == nil {
@@ -352,33 +330,34 @@ func (s *Server) audit(w http.ResponseWriter, req *http.Request) {
 		out["next_cursor"] = strconv.FormatInt(recs[len(recs)-1].Seq, 10)
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
 }
 
-func (s *Server) releases(w http.ResponseWriter, req *http.Request) {
-	rs, err := s.adm.Releases(req.Context())
+func (s *Server) releases(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	rs, err := a.Releases(req.Context())
 	if rs == nil {
 		rs = []admin.Release{}
 	}
-	reply(w, http.StatusOK, map[string]any{"releases": rs}, err)
+	return reply(w, http.StatusOK, map[string]any{"releases": rs}, err)
 }
 
 // rollouts answers the rollouts, newest first, and every agent's update
 // state, for the version in ?version= or all.
-func (s *Server) rollouts(w http.ResponseWriter, req *http.Request) {
-	st, err := s.adm.UpdateStatus(req.Context(), req.URL.Query().Get("version"))
+func (s *Server) rollouts(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	st, err := a.UpdateStatus(req.Context(), req.URL.Query().Get("version"))
 	if st.Rollouts == nil {
 		st.Rollouts = []admin.Rollout{}
 	}
 	if st.Agents == nil {
 		st.Agents = []admin.AgentUpdate{}
 	}
-	reply(w, http.StatusOK, st, err)
+	return reply(w, http.StatusOK, st, err)
 }
 
 // startRollout rolls a published version out, superseding the active
 // rollout. Publishing stays with tether-relay release publish on the
 // relay's host: the signing key never comes near the API.
-func (s *Server) startRollout(w http.ResponseWriter, req *http.Request) {
+func (s *Server) startRollout(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
 	var body struct {
 		Version string   `json:"version"`
 		Percent int      `json:"percent"`
@@ -388,13 +367,28 @@ func (s *Server) startRollout(w http.ResponseWriter, req *http.Request) {
 		Batch   int      `json:"batch"`
 	}
 	if e := decodeJSON(req, &body); e != nil {
-		writeError(w, e)
-		return
+		return e
 	}
-	ro, warns, err := s.adm.As(actor(req)).StartRollout(req.Context(), admin.Rollout{Version: body.Version, Percent: body.Percent,
+	ro, warns, err := a.StartRollout(req.Context(), admin.Rollout{Version: body.Version, Percent: body.Percent,
 		Tenants: body.Tenants, Agents: body.Agents, HaltAt: body.HaltAt, Batch: body.Batch})
 	if warns == nil {
 		warns = []string{}
 	}
-	reply(w, http.StatusCreated, map[string]any{"rollout": ro, "warnings": warns}, err)
+	return reply(w, http.StatusCreated, map[string]any{"rollout": ro, "warnings": warns}, err)
+}
+
+// operatorCerts lists the operator certificates the relay issued.
+func (s *Server) operatorCerts(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	cs, err := a.OperatorCertificates(req.Context())
+	if cs == nil {
+		cs = []admin.OperatorCertInfo{}
+	}
+	return reply(w, http.StatusOK, map[string]any{"certificates": cs}, err)
+}
+
+// revokeOperatorCert revokes an operator certificate by serial: requests
+// with it are refused from the next on, and its browser sessions end.
+func (s *Server) revokeOperatorCert(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	c, err := a.RevokeOperatorCertificate(req.Context(), req.PathValue("serial"))
+	return reply(w, http.StatusOK, c, err)
 }

@@ -10,7 +10,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/tetherhq/tether/relay/admin"
+	"github.com/tetherhq/tether/relay/internal/throttle"
 	"github.com/tetherhq/tether/relay/internal/trust"
 )
 
@@ -26,8 +29,25 @@ type Config struct {
 	SessionTTL time.Duration
 	// HandshakeTimeout bounds reading a request's headers.
 	HandshakeTimeout time.Duration
-	Logger           *slog.Logger
-	Now              func() time.Time
+	// SSO lets people sign in with OpenID Connect (sso.go); the zero
+	// value has it off.
+	SSO SSOConfig
+	// SSOClient is the HTTP client for the identity providers; nil: one
+	// with 10 s timeouts that honours HTTPS_PROXY.
+	SSOClient *http.Client
+	// Throttle tunes the throttling of failed authentication per source
+	// and per identity (authlimit.go); zero fields take throttle's
+	// defaults: a burst of 10, then one attempt every 5 s.
+	Throttle throttle.Config
+	// AuthAuditInterval is how long failed authentications are summed
+	// per door, source and reason before their audit record is written
+	// (the first of each is written at once). Default 1m.
+	AuthAuditInterval time.Duration
+	// AuthRefusals, when set, counts failed and throttled
+	// authentications by door and reason (throttle.NewRefusals).
+	AuthRefusals *prometheus.CounterVec
+	Logger       *slog.Logger
+	Now          func() time.Time
 }
 
 // shutdownGrace is how long requests in progress get to finish when Run's
@@ -38,7 +58,20 @@ const shutdownGrace = 5 * time.Second
 // asked, tlsSrv provides the relay's certificate. Call Run, or Close if Run
 // will not be called.
 func New(cfg Config, adm *admin.Admin, tlsSrv *trust.Server) (*Server, error) {
-	s := &Server{cfg: cfg, log: cfg.Logger, adm: adm}
+	if cfg.AuthAuditInterval <= 0 {
+		cfg.AuthAuditInterval = time.Minute
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Throttle.Now == nil {
+		cfg.Throttle.Now = cfg.Now
+	}
+	sso, err := newSSOFlow(cfg.SSO, cfg.SSOClient)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, adm: adm, sso: sso, guard: newAuthGuard(cfg, adm)}
 	var tc *tls.Config
 	if cfg.CertFile != "" {
 		cf, err := trust.LoadCertFile(cfg.CertFile, cfg.KeyFile, cfg.Logger, cfg.Now)
@@ -93,6 +126,18 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.cert != nil {
 		wg.Go(func() { s.cert.Watch(watchCtx) })
 	}
+	// The guard outlives the listener by its last flush: every refusal
+	// is audited.
+	guardCtx, stopGuard := context.WithCancel(context.WithoutCancel(ctx))
+	guarded := make(chan struct{})
+	go func() {
+		defer close(guarded)
+		s.guard.run(guardCtx)
+	}()
+	defer func() {
+		stopGuard()
+		<-guarded
+	}()
 	served := make(chan error, 1)
 	wg.Go(func() { served <- srv.Serve(s.ln) })
 	select {

@@ -15,6 +15,11 @@
     });
   });
 
+  // After single sign-on, go on from this site, so that the browser sends
+  // the new session's SameSite=Strict cookie.
+  var cont = document.querySelector('a[data-continue]');
+  if (cont) { window.location.replace(cont.getAttribute('href')); return; }
+
   var live = document.querySelector('[data-live]');
   if (!live) { return; }
   var every = parseInt(live.getAttribute('data-refresh'), 10) || 3000;

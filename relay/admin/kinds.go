@@ -1,0 +1,17 @@
+package admin
+
+// Kinds of audit record about operators of the console, besides those of
+// relay/internal/audit (audit.OperatorLogin and the like).
+const (
+	// KindOperatorCertRevoke: an operator certificate was revoked.
+	KindOperatorCertRevoke = "operator.certificate_revoke"
+	// KindOperatorRefused: an authenticated operator was refused by its
+	// scope (or role): detail says the method and path, and the status
+	// answered.
+	KindOperatorRefused = "operator.refused"
+	// KindAuthRefused: failed or throttled authentication, summed per
+	// door, source and reason (throttle.Summary): detail has the door,
+	// source, reason, count, first and last, and up to five identities
+	// claimed.
+	KindAuthRefused = "auth.refused"
+)

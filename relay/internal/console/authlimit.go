@@ -1,0 +1,142 @@
+package console
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/tetherhq/tether/relay/admin"
+	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/throttle"
+)
+
+// Failed authentication at the console's doors is throttled and audited
+// (throttle): per source network (throttle.Source of the connection's
+// address; behind a reverse proxy every request has the proxy's) and per
+// identity claimed (an operator token's id, a certificate's serial, a
+// person's subject). A source that has failed its burst is refused with
+// 429 and Retry-After before its credentials are looked at; a credential
+// that has failed its burst from any sources gets 429 instead of 401 for
+// its next failures. Valid credentials are never counted, and a valid
+// credential from a source that is not throttled is never refused. Every
+// refusal is counted in tether_auth_refusals_total and summed in audit
+// records (admin.KindAuthRefused): at most two per door, source and
+// reason per interval.
+
+// Doors of the console, as counted and audited.
+const (
+	doorAPI   = "admin_api" // the admin API and the dashboard's pages
+	doorLogin = "login"     // POST /login
+	doorSSO   = "sso"       // the single sign-on callback
+)
+
+// Reasons of failed authentication, as counted and audited.
+const (
+	reasonBadToken   = "bad_token"       // unknown, expired, revoked or malformed operator token
+	reasonBadCert    = "bad_certificate" // refused operator certificate
+	reasonBadSession = "bad_session"     // unknown or ended session
+	reasonBadState   = "bad_state"       // a sign-on callback without its state (sso.go)
+	reasonBadIDToken = "bad_id_token"    // the identity provider's answer did not verify
+	reasonNoAccess   = "no_access"       // a person whose claims grant nothing
+)
+
+// authGuard throttles and audits failed authentication.
+type authGuard struct {
+	sources    *throttle.Limiter
+	identities *throttle.Limiter
+	tally      *throttle.Tally
+	interval   time.Duration
+}
+
+func newAuthGuard(cfg Config, adm *admin.Admin) *authGuard {
+	record := func(sm throttle.Summary) {
+		outcome := CodeUnauthenticated
+		if sm.Reason == throttle.ReasonThrottled {
+			outcome = CodeRateLimited
+		}
+		detail := map[string]any{"door": sm.Door, "source": sm.Source, "reason": sm.Reason, "count": sm.Count,
+			"first": sm.First.UTC().Format(time.RFC3339Nano), "last": sm.Last.UTC().Format(time.RFC3339Nano)}
+		if len(sm.Identities) > 0 {
+			detail["identities"] = sm.Identities
+		}
+		if !sm.Opening {
+			detail["summed"] = true
+		}
+		adm.RecordQueued(audit.Record{Kind: admin.KindAuthRefused, Outcome: outcome, Actor: "relay", Detail: detail})
+	}
+	return &authGuard{
+		sources:    throttle.New(cfg.Throttle),
+		identities: throttle.New(cfg.Throttle),
+		tally:      throttle.NewTally(throttle.TallyConfig{Record: record, Refusals: cfg.AuthRefusals, Now: cfg.Now}),
+		interval:   cfg.AuthAuditInterval,
+	}
+}
+
+// source is the throttling key of req's source.
+func (g *authGuard) source(req *http.Request) string { return throttle.Source(req.RemoteAddr) }
+
+// admit refuses an attempt at door from src while src is throttled.
+func (g *authGuard) admit(door, src string) *APIError {
+	if w := g.sources.Wait(src); w > 0 {
+		g.tally.Add(door, src, throttle.ReasonThrottled, "")
+		return rateLimited(w)
+	}
+	return nil
+}
+
+// failed counts a failed attempt at door from src and returns the error
+// to answer: f's own, or 429 when src or the identity claimed has no
+// attempts left. Failures that are not about a credential (none given, a
+// CSRF check, the store) are neither counted nor audited.
+func (g *authGuard) failed(door, src string, f failure) *APIError {
+	if f.reason == "" {
+		return f.err
+	}
+	w := g.sources.Take(src)
+	if f.identity != "" {
+		w = max(w, g.identities.Take(f.identity))
+	}
+	g.tally.Add(door, src, f.reason, f.identity)
+	if w > 0 {
+		return rateLimited(w)
+	}
+	return f.err
+}
+
+// refusedPerson counts a person refused at door (a verified identity
+// whose claims grant nothing) against src and the person: nil when the
+// door may audit the refusal on its own, or 429 when either has failed
+// too often lately, the refusal then summed with the others.
+func (g *authGuard) refusedPerson(door, src, identity string) *APIError {
+	w := max(g.sources.Take(src), g.identities.Take(identity))
+	if w > 0 {
+		g.tally.Add(door, src, reasonNoAccess, identity)
+		return rateLimited(w)
+	}
+	g.tally.Count(door, reasonNoAccess)
+	return nil
+}
+
+func rateLimited(wait time.Duration) *APIError {
+	e := apiErrorf(http.StatusTooManyRequests, CodeRateLimited, "too many failed authentications: try again in %s", wait.Round(time.Second))
+	e.RetryAfter = wait
+	return e
+}
+
+// run writes the tally's sums and tidies the limiters every interval
+// until ctx ends, then writes what is left.
+func (g *authGuard) run(ctx context.Context) {
+	t := time.NewTicker(g.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			g.tally.Flush()
+			return
+		case <-t.C:
+			g.tally.Flush()
+			g.sources.Tidy()
+			g.identities.Tidy()
+		}
+	}
+}
