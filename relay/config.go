@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/tetherhq/tether/relay/internal/console"
 	"github.com/tetherhq/tether/relay/internal/datadir"
 )
 
@@ -58,6 +59,10 @@ type Config struct {
 	// AdminSessionTTL bounds browser sessions opened by POST /login
 	// (never beyond the operator token's expiry). Default 12h.
 	AdminSessionTTL time.Duration
+	// AdminSSO lets people sign in to the console with OpenID Connect:
+	// the issuers, and how their claims map to roles and tenants
+	// (ParseAdminSSO reads it from YAML). Default: off.
+	AdminSSO AdminSSOConfig
 	// DownloadListen serves the files of DownloadDir over HTTPS (the
 	// relay's certificate) for the install scripts, and the CA at
 	// /ca.der. Default "off".
@@ -134,6 +139,12 @@ type Config struct {
 	Now func() time.Time
 }
 
+// AdminSSOConfig configures single sign-on to the console.
+type AdminSSOConfig = console.SSOConfig
+
+// ParseAdminSSO reads AdminSSO from YAML; unknown keys are an error.
+func ParseAdminSSO(data []byte) (AdminSSOConfig, error) { return console.ParseSSOConfig(data) }
+
 func (c *Config) setDefaults() {
 	def := func(s *string, v string) {
 		if *s == "" {
@@ -202,6 +213,11 @@ func (c *Config) validate() error {
 	}
 	if err := c.OIDC.validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if err := c.AdminSSO.Validate(); err != nil {
+		errs = append(errs, err)
+	} else if len(c.AdminSSO.Issuers) > 0 && c.AdminListen == Off {
+		errs = append(errs, errors.New("single sign-on to the console needs the admin listener"))
 	}
 	if (c.AdminCertFile == "") != (c.AdminKeyFile == "") {
 		errs = append(errs, errors.New("admin certificate and key files go together: give both or neither"))

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/relay/internal/throttle"
 )
 
 // metrics are the relay's Prometheus metrics, in a registry of its own (a
@@ -28,6 +29,7 @@ type metrics struct {
 	openSeconds   prometheus.Histogram     // backend request to the agent's answer
 	limitRefusals *prometheus.CounterVec   // tenant
 	storeSeconds  *prometheus.HistogramVec // op
+	authRefusals  *prometheus.CounterVec   // door, reason: failed and throttled authentication
 }
 
 func newMetrics(r *Relay) *metrics {
@@ -56,7 +58,8 @@ func newMetrics(r *Relay) *metrics {
 			Buckets: []float64{.0001, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5},
 		}, []string{"op"}),
 	}
-	m.reg.MustRegister(m.streams, m.streamBytes, m.openSeconds, m.limitRefusals, m.storeSeconds,
+	m.authRefusals = throttle.NewRefusals()
+	m.reg.MustRegister(m.streams, m.streamBytes, m.openSeconds, m.limitRefusals, m.storeSeconds, m.authRefusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&liveCollector{r: r})
 	return m

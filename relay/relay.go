@@ -222,7 +222,8 @@ func (r *Relay) listen() error {
 	}
 	if r.cfg.AdminListen != Off {
 		r.console, err = console.New(console.Config{Listen: r.cfg.AdminListen, CertFile: r.cfg.AdminCertFile, KeyFile: r.cfg.AdminKeyFile,
-			SessionTTL: r.cfg.AdminSessionTTL, HandshakeTimeout: r.cfg.HandshakeTimeout, Logger: r.log, Now: r.cfg.Now}, r.adm, r.tls)
+			SessionTTL: r.cfg.AdminSessionTTL, HandshakeTimeout: r.cfg.HandshakeTimeout, SSO: r.cfg.AdminSSO, AuthRefusals: r.metrics.authRefusals,
+			Logger: r.log, Now: r.cfg.Now}, r.adm, r.tls)
 		if err != nil {
 			return err
 		}

@@ -56,6 +56,7 @@ func (s *setting) envVar() string {
 type serveOptions struct {
 	relay      relay.Config
 	transports string
+	adminSSO   string // the file AdminSSO was read from
 	logLevel   slog.Level
 	logFormat  string
 }
@@ -204,7 +205,7 @@ func serveSettings() []*setting {
 			"Prometheus `/metrics`, `/healthz` and `/readyz` on this address (unauthenticated; metrics name tenants)"),
 		str("admin-listen", func(o *serveOptions) *string { return &c(o).AdminListen }, relay.Off,
 			"admin API (HTTPS; operator token or certificate) on this address; see tether-relay operator",
-			"the [admin API](#admin-api-and-tetherctl) over HTTPS on this address (authenticated: operator token, operator certificate or session)"),
+			"the [admin API](#admin-api-and-tetherctl) over HTTPS on this address (authenticated: operator token, operator certificate, session or single sign-on)"),
 		// TETHER_ADMIN_CERT and TETHER_ADMIN_KEY are tetherctl's
 		// operator certificate: a shell set up for tetherctl must not give
 		// the relay its listener's.
@@ -215,7 +216,23 @@ func serveSettings() []*setting {
 			"admin listener key (PEM; with --admin-cert)", "the admin listener's key (PEM), with `admin_cert`. Its variable is not `TETHER_ADMIN_KEY`, tetherctl's")),
 		dur("admin-session-ttl", func(o *serveOptions) *time.Duration { return &c(o).AdminSessionTTL }, 12*time.Hour,
 			"lifetime of browser sessions opened at the admin listener's /login",
-			"lifetime of browser sessions opened at `/login` (never beyond the token's expiry)"),
+			"lifetime of browser sessions opened at `/login` or by single sign-on (never beyond the token's or certificate's expiry)"),
+		{name: "admin-sso", kind: "string",
+			usage: "YAML file of the console's single sign-on: OpenID Connect issuers and how claims map to roles and tenants",
+			doc:   "a YAML file configuring [single sign-on](#single-sign-on) to the console: OpenID Connect issuers and how claims map to roles and tenants",
+			set: func(o *serveOptions, v string) error {
+				o.adminSSO, o.relay.AdminSSO = v, relay.AdminSSOConfig{}
+				if v == "" {
+					return nil
+				}
+				data, err := os.ReadFile(v)
+				if err != nil {
+					return err
+				}
+				o.relay.AdminSSO, err = relay.ParseAdminSSO(data)
+				return err
+			},
+			get: func(o *serveOptions) string { return o.adminSSO }},
 		str("debug-listen", func(o *serveOptions) *string { return &c(o).DebugListen }, relay.Off,
 			"pprof and /debug/tether on this address (loopback only; unauthenticated)",
 			"Go pprof profiles and `/debug/tether` (live counts, memory; `?gc=1` collects first) on this address: unauthenticated, bind it to loopback"),
