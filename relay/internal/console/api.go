@@ -209,6 +209,12 @@ func (s *Server) credential(req *http.Request) (Operator, *failure) {
 		via := "session"
 		if x.Operator.Subject != "" {
 			via = "sso"
+			// A sign-on session lasts only while its issuer is configured
+			// to grant what it carries.
+			if !s.sso.sessionValid(x.Operator) {
+				s.adm.CloseConsoleSession(req.Context(), c.Value)
+				return Operator{}, &failure{reasonBadSession, "", apiErrorf(http.StatusUnauthorized, CodeUnauthenticated, "%v: its sign-on issuer is no longer configured for it; sign in again", admin.ErrNoSession)}
+			}
 		}
 		op := operatorOf(x.Operator, via)
 		op.CSRFToken = x.CSRF

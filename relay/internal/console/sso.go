@@ -497,6 +497,19 @@ func (s *Server) ssoCallback(w http.ResponseWriter, req *http.Request) {
 		Data: struct{ Next, Name string }{landing(st.Next, person), name}})
 }
 
+// sessionValid reports whether a session opened by single sign-on for c
+// may go on: its issuer (the first part of c.Subject) is still configured
+// and, if it is a tenant's, for c's tenant.
+func (f *ssoFlow) sessionValid(c admin.Credential) bool {
+	if f == nil {
+		return false
+	}
+	iss, _, ok := strings.Cut(c.Subject, "#") // issuer URLs have no fragment
+	return ok && slices.ContainsFunc(f.issuers, func(i *ssoIssuer) bool {
+		return i.Issuer == iss && (i.Tenant == "" || (c.Scope.Tenant == i.Tenant && !c.Scope.Vendor()))
+	})
+}
+
 // personName is how the console shows the person: NameClaim, else the
 // first of email, preferred_username and name, else the subject.
 func (i *ssoIssuer) personName(claims map[string]any, sub string) string {

@@ -1,7 +1,9 @@
 package console
 
 import (
+	"context"
 	"errors"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -169,5 +171,41 @@ func TestSSOTenantIssuerFailsClosed(t *testing.T) {
 	got, why, err := iss.scopeOf(map[string]any{"groups": []any{"x", "y"}}, func(string) (bool, error) { return true, nil })
 	if err != nil || (got != admin.Scope{}) || why == "" {
 		t.Fatalf("got %+v (%q), %v; want nothing", got, why, err)
+	}
+}
+
+// A session opened by single sign-on ends when its issuer is no longer
+// configured, or no longer a tenant's issuer for the session's tenant.
+func TestSSOSessionNeedsItsIssuer(t *testing.T) {
+	c, err := ParseSSOConfig([]byte(goodSSO))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := startDashRelay(t, func(cfg *Config) { cfg.SSO = c })
+	ctx := context.Background()
+	for _, tn := range []string{"acme", "globex"} {
+		if err := d.adm.AddTenant(ctx, tn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		cred admin.Credential
+		ok   bool
+	}{
+		{"vendor of the vendor's issuer", admin.Credential{Name: "o", Scope: admin.Unscoped, Subject: "https://login.example.com#olivia"}, true},
+		{"admin of acme from acme's issuer", admin.Credential{Name: "a", Scope: admin.Scope{Tenant: "acme", Role: admin.RoleAdmin}, Subject: "http://127.0.0.1:9000/realms/acme#alan"}, true},
+		{"an issuer no longer configured", admin.Credential{Name: "g", Scope: admin.Unscoped, Subject: "https://gone.example#gus"}, false},
+		{"globex from acme's issuer", admin.Credential{Name: "m", Scope: admin.Scope{Tenant: "globex", Role: admin.RoleAdmin}, Subject: "http://127.0.0.1:9000/realms/acme#mallory"}, false},
+		{"vendor from acme's issuer", admin.Credential{Name: "v", Scope: admin.Unscoped, Subject: "http://127.0.0.1:9000/realms/acme#vic"}, false},
+	} {
+		id, _, err := d.adm.OpenConsoleSession(ctx, tc.cred, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := d.doBody(t, d.client(t), http.MethodGet, "/api/v1/whoami", "", map[string]string{"Cookie": SessionCookie + "=" + id})
+		if got := res.status == http.StatusOK; got != tc.ok || (tc.ok && !strings.Contains(res.body, `"via": "sso"`)) {
+			t.Errorf("%s: %d %s; want ok %v", tc.name, res.status, res.body, tc.ok)
+		}
 	}
 }
