@@ -334,7 +334,8 @@ func TestRevokedOperatorCertificateInBrowser(t *testing.T) {
 
 	b := startBrowser(t, "opcert")
 	b.do("open the login page", chromedp.Navigate(a.url+"/login"))
-	b.eventually("hand the session to the browser", fmt.Sprintf(`(document.cookie = "tether_session=%s; path=/; secure; samesite=strict", "ok")`, session), is("ok"))
+	b.eventually("the login page", `location.origin + location.pathname`, is(a.url+"/login"))
+	b.eventually("hand the session to the browser", fmt.Sprintf(`(document.cookie = "tether_session=%s; path=/; secure; samesite=strict", String(document.cookie.includes("tether_session=%[1]s")))`, session), is("true"))
 	b.do("open the agents", chromedp.Navigate(a.url+"/ui/agents"))
 	b.eventually("bob's session shows acme's agent", jsAgentIDs, is("acme/"+ag.id))
 	b.eventually("bob's scope", jsScope, is("admin of acme"))
