@@ -51,7 +51,7 @@ func TestHandshakeGate(t *testing.T) {
 // slot held by a handshake in progress, a new connection is refused at its
 // first packet, and the slot comes back when the handshake fails.
 func TestQUICHandshakeGate(t *testing.T) {
-	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", DisableTCP: true, MaxHandshakes: 1, MaxQUICTLSHandshakes: 1, DrainTimeout: time.Millisecond})
+	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off, DisableTCP: true, MaxHandshakes: 1, MaxQUICTLSHandshakes: 1, DrainTimeout: time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	addr := r.udpConn.LocalAddr().String()

@@ -11,9 +11,14 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // runRelay runs a relay with cfg until the test ends, when Run must return
-// without error; it returns once the relay serves.
+// without error; it returns once the relay serves. cfg must name every
+// listener that is on by default (a port 0 address or Off): a default port
+// would make the test fail wherever a relay runs with its defaults.
 func runRelay(t *testing.T, cfg Config) *Relay {
 	t.Helper()
+	if cfg.AgentListen == "" || cfg.SOCKSListen == "" || cfg.ConnectListen == "" {
+		t.Fatal("runRelay: set AgentListen, SOCKSListen and ConnectListen (127.0.0.1:0 or Off); the defaults are fixed ports")
+	}
 	r, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
