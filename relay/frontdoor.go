@@ -70,8 +70,14 @@ func (r *Relay) serveSOCKS(ctx context.Context, c net.Conn) {
 		return
 	}
 	attrs = with(attrs, "backend", who.name, "target", req.Host)
+	// The handshake is over. Its deadline must not reach into the stream
+	// open, which may take up to StreamOpenTimeout (longer than the
+	// handshake's): the reply, refusal or success, is written afterwards
+	// with a deadline of its own.
+	c.SetDeadline(time.Time{})
 	target := net.JoinHostPort(req.Host, fmt.Sprint(req.Port))
 	tun, err := r.dial(ctx, who, target)
+	c.SetWriteDeadline(time.Now().Add(r.cfg.HandshakeTimeout))
 	if err != nil {
 		r.log.Info("refused", with(targetAttrs(attrs, target), "code", protocol.CodeOf(err).String(), "err", err)...)
 		socks5.WriteReply(c, socksReply(protocol.CodeOf(err)), nil)
