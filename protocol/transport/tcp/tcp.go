@@ -82,15 +82,20 @@ type Session struct {
 
 // recordingConn keeps the first read error of the connection under yamux,
 // which yamux itself reports only as a closed session. It is how a TLS
-// alert from the peer (a refused certificate) reaches the caller.
+// alert from the peer (a refused certificate) reaches the caller. It also
+// counts the reads that returned data (Session.Reads).
 type recordingConn struct {
 	net.Conn
-	mu  sync.Mutex // guards err
-	err error
+	reads atomic.Uint64
+	mu    sync.Mutex // guards err
+	err   error
 }
 
 func (c *recordingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.reads.Add(1)
+	}
 	if err != nil {
 		c.mu.Lock()
 		if c.err == nil {
@@ -217,6 +222,12 @@ func (s *Session) ConnectionState() tls.ConnectionState {
 
 // RemoteAddr returns the peer's address.
 func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
+
+// Reads counts the reads of the connection under the session that returned
+// data: it moves whenever the peer sends anything at all (a frame of any
+// stream, a window update), so a peer busy sending data is seen alive while
+// its answer on one stream waits behind that data.
+func (s *Session) Reads() uint64 { return s.rec.reads.Load() }
 
 // NumStreams is the number of streams currently open.
 func (s *Session) NumStreams() int { return s.mux.NumStreams() }
