@@ -7,16 +7,19 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/audit"
 	"github.com/tetherhq/tether/relay/internal/policy"
 
+	"github.com/hashicorp/yamux"
 	quicgo "github.com/quic-go/quic-go"
 
 	"github.com/tetherhq/tether/protocol"
@@ -197,6 +200,7 @@ func (r *Relay) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess agentSe
 	ac.lastHeard.Store(time.Now().UnixNano())
 	ac.notAfter.Store(leaf.NotAfter.UnixNano())
 	ac.onUpdate = func(m protocol.Message) { r.updateMessage(ctx, ac, m) }
+	ac.onStall = func() { r.reg.doubtSiblings(ac) }
 	authority := r.st.CA()
 	if root := authority.IssuerOf(leaf); root != nil {
 		ac.setRoot(root.ID())
@@ -244,7 +248,9 @@ func (r *Relay) serveSession(ctx context.Context, ac *agentConn, br *bufio.Reade
 		r.seen.mark(ac.id.ID, time.Unix(0, ac.lastHeard.Load()))
 	}()
 	err := ac.run(ctx, br, r.cfg.HeartbeatInterval, func(m *protocol.RenewRequest) *protocol.RenewResponse { return r.renew(ctx, ac, m) })
-	ac.log.Info("agent disconnected", "session", ac.sessionID, "reason", err, "streams_total", ac.total.Load())
+	reason := disconnectReason(err)
+	r.metrics.disconnects.WithLabelValues(reason).Inc()
+	ac.log.Info("agent disconnected", "session", ac.sessionID, "reason", reason, "err", err, "streams_total", ac.total.Load())
 }
 
 func readHello(br *bufio.Reader) (*protocol.Hello, error) {
@@ -345,6 +351,24 @@ type agentConn struct {
 	pingSeq    atomic.Uint64
 	pingSentAt atomic.Int64
 
+	// Liveness beyond the heartbeat (see beat). A session is held
+	// unusable — no new streams — while stalled or doubted, until the
+	// agent is heard from again.
+	awaitSince   atomic.Int64          // Unix nanoseconds since when a ping has gone unanswered; 0: none is outstanding
+	awaitPackets atomic.Uint64         // what the transport had received from the agent at awaitSince
+	stalled      atomic.Bool           // a ping went unanswered for probeWait, and the transport heard nothing meanwhile
+	doubted      atomic.Bool           // another session of the same agent process stalled: this one is pinged at once
+	onStall      func()                // called each time the session stalls; must not block
+	cause        atomic.Pointer[error] // why the relay closed the session, when it did (closeWith, a newer process)
+
+	tickMu    sync.Mutex    // guards the fields below
+	tick      *time.Timer   // the session's heartbeat timer (run)
+	tickAt    int64         // Unix nanoseconds at which tick fires next
+	ticking   bool          // a tick is running
+	tickSoon  bool          // wake was called while a tick ran: tick again within activeTick
+	tickStop  bool          // run is returning: no more ticks
+	stallWait chan struct{} // closed when the session stalls; nil until a stream open waits for that
+
 	report   atomic.Pointer[protocol.Report] // the agent's latest report, nil before the first
 	reportAt atomic.Int64                    // Unix nanoseconds the latest report arrived
 	// dialFailedAt is when a report last showed more failed dials than
@@ -382,6 +406,7 @@ func (c *agentConn) send(m protocol.Message) error {
 // stream, written with a short deadline) and closes the session. New
 // streams stop going to it at once.
 func (c *agentConn) closeWith(err error) {
+	c.cause.CompareAndSwap(nil, &err)
 	c.draining.Store(true)
 	c.ctlMu.Lock()
 	c.ctl.SetDeadline(time.Now().Add(500 * time.Millisecond))
@@ -394,10 +419,11 @@ func (c *agentConn) closeWith(err error) {
 	c.sess.Close()
 }
 
-// healthy reports whether new streams may go to c: it is not draining, its
-// session is up and it was heard from after heardAfter (Unix nanoseconds).
+// healthy reports whether new streams may go to c: it is not draining, not
+// stalled or doubted (see beat), its session is up and it was heard from
+// after heardAfter (Unix nanoseconds).
 func (c *agentConn) healthy(heardAfter int64) bool {
-	if c.draining.Load() {
+	if c.draining.Load() || c.stalled.Load() || c.doubted.Load() {
 		return false
 	}
 	select {
@@ -414,18 +440,87 @@ func heardAfter(now time.Time, hb time.Duration) int64 {
 	return now.UnixNano() - int64(3*hb)
 }
 
+// Liveness while streams are open or being opened on a session (see beat).
+const (
+	// activeTick is how often the relay looks at, and pings, a session
+	// with streams open or being opened, or one in doubt. Idle sessions
+	// are pinged every heartbeat interval only.
+	activeTick = time.Second
+	// probeWait is how long a ping may go unanswered, with nothing at all
+	// received from the agent meanwhile, before the session stalls: no
+	// new streams go to it until it is heard from again.
+	probeWait = 2 * time.Second
+)
+
+// Why agent sessions end, as the errors run returns.
+var (
+	errRelayShutdown   = errors.New("relay shutting down")
+	errHeartbeatMissed = errors.New("no heartbeat")
+	errAgentClosed     = errors.New("agent closed its control stream")
+	errAgentRestarted  = errors.New("a newer process of this agent connected")
+	errSilentAgent     = errors.New("the transport gave up on the agent, which had stopped answering")
+)
+
+// Reasons an agent session ended, as logged ("agent disconnected") and
+// counted (tether_agent_disconnects_total). A refusal that ends a session
+// is named by its code (revoked, certificate_expired, unauthenticated for
+// a retired CA root).
+const (
+	reasonAgentClosed = "agent_closed"     // the agent closed its session or control stream
+	reasonIdleTimeout = "idle_timeout"     // the transport gave up on a silent agent (QUIC idle timeout; yamux: a write timeout, a stream open never acknowledged)
+	reasonHeartbeat   = "heartbeat_missed" // no control message for three heartbeats
+	reasonReset       = "connection_reset" // the connection was reset (a QUIC stateless reset, a TCP reset)
+	reasonShutdown    = "relay_shutdown"
+	reasonRestarted   = "agent_restarted" // a newer process of the same agent connected
+	reasonError       = "error"           // anything else (the log has the error)
+)
+
+// disconnectReasons lists the reasons known in advance, so that the
+// metric shows them at zero.
+var disconnectReasons = []string{reasonAgentClosed, reasonIdleTimeout, reasonHeartbeat, reasonReset, reasonShutdown, reasonRestarted,
+	protocol.CodeRevoked.String(), protocol.CodeCertExpired.String(), reasonError}
+
+// disconnectReason names why a session ended with err (what run returned).
+func disconnectReason(err error) string {
+	var (
+		pe    *protocol.Error
+		idle  *quicgo.IdleTimeoutError
+		reset *quicgo.StatelessResetError
+		app   *quicgo.ApplicationError
+	)
+	switch {
+	case errors.Is(err, errRelayShutdown):
+		return reasonShutdown
+	case errors.Is(err, errHeartbeatMissed):
+		return reasonHeartbeat
+	case errors.Is(err, errAgentRestarted):
+		return reasonRestarted
+	case errors.As(err, &pe):
+		return pe.Code.String()
+	case errors.As(err, &idle), errors.Is(err, errSilentAgent), errors.Is(err, yamux.ErrConnectionWriteTimeout), errors.Is(err, yamux.ErrKeepAliveTimeout):
+		return reasonIdleTimeout
+	case errors.As(err, &reset), errors.Is(err, syscall.ECONNRESET), errors.Is(err, yamux.ErrConnectionReset):
+		return reasonReset
+	case errors.Is(err, errAgentClosed), errors.As(err, &app) && app.Remote, errors.Is(err, io.EOF), errors.Is(err, yamux.ErrRemoteGoAway):
+		return reasonAgentClosed
+	}
+	return reasonError
+}
+
 // run serves the control stream until the session ends, the agent falls
-// silent for three heartbeats, or ctx is done. It returns why.
+// silent for three heartbeats, or ctx is done. It returns why (see
+// disconnectReason).
 //
 // The calling goroutine reads the control stream; heartbeats are sent from
 // a timer. An idle agent thus costs the relay one goroutine of its own
-// here, which matters at tens of thousands of agents.
+// here, which matters at tens of thousands of agents. The timer ticks every
+// heartbeat interval while the session is idle and every activeTick while
+// streams are open or being opened on it (beat).
 func (c *agentConn) run(ctx context.Context, br *bufio.Reader, hb time.Duration, renew func(*protocol.RenewRequest) *protocol.RenewResponse) error {
 	var (
-		mu      sync.Mutex // guards why and stopped
-		why     error
-		stopped bool
-		ticks   sync.WaitGroup
+		mu    sync.Mutex // guards why
+		why   error
+		ticks sync.WaitGroup
 	)
 	end := func(err error) {
 		mu.Lock()
@@ -435,55 +530,226 @@ func (c *agentConn) run(ctx context.Context, br *bufio.Reader, hb time.Duration,
 		mu.Unlock()
 		c.sess.Close()
 	}
-	stopCtx := context.AfterFunc(ctx, func() { end(errors.New("relay shutting down")) })
-	var timer *time.Timer
-	mu.Lock() // the callback reads timer under mu: assign it under mu too
-	timer = time.AfterFunc(hb, func() {
-		mu.Lock()
-		if stopped {
-			mu.Unlock()
+	stopCtx := context.AfterFunc(ctx, func() { end(errRelayShutdown) })
+	c.tickMu.Lock() // the callback reads tick under tickMu: assign it under tickMu too
+	c.tickAt = time.Now().Add(hb).UnixNano()
+	c.tick = time.AfterFunc(hb, func() {
+		c.tickMu.Lock()
+		if c.tickStop {
+			c.tickMu.Unlock()
 			return
 		}
+		if c.ticking { // a wake raced a tick: the running one ticks again soon
+			c.tickSoon = true
+			c.tickMu.Unlock()
+			return
+		}
+		c.ticking = true
 		ticks.Add(1)
-		mu.Unlock()
+		c.tickMu.Unlock()
 		defer ticks.Done()
-		if silent := time.Since(time.Unix(0, c.lastHeard.Load())); silent > 3*hb {
-			end(fmt.Errorf("no heartbeat for %v", silent.Round(time.Millisecond)))
-			return
+		start := time.Now()
+		next, err := c.beat(start, hb)
+		if err != nil {
+			end(err)
 		}
-		if na := time.Unix(0, c.notAfter.Load()); time.Now().After(na) {
-			c.closeWith(protocol.Errorf(protocol.CodeCertExpired, "the certificate of this session expired at %s and was not renewed", na.UTC().Format(time.RFC3339)))
-			end(errors.New("certificate expired"))
-			return
+		c.tickMu.Lock()
+		defer c.tickMu.Unlock()
+		c.ticking = false
+		if c.tickSoon {
+			next = min(next, activeTick)
+			c.tickSoon = false
 		}
-		seq := c.pingSeq.Add(1)
-		c.pingSentAt.Store(time.Now().UnixNano())
-		if err := c.send(&protocol.Ping{Seq: seq}); err != nil {
-			end(fmt.Errorf("send ping: %w", err))
-			return
+		if err == nil && !c.tickStop {
+			c.tick.Reset(next)
+			c.tickAt = start.Add(next).UnixNano()
 		}
-		mu.Lock()
-		if !stopped {
-			timer.Reset(hb)
-		}
-		mu.Unlock()
 	})
-	mu.Unlock()
+	c.tickMu.Unlock()
 
-	err := c.readLoop(br, renew)
-	if err == nil {
-		err = errors.New("agent closed its control stream")
-	}
+	err := c.ended(c.readLoop(br, renew))
 	end(err)
 	stopCtx()
-	mu.Lock()
-	stopped = true
-	mu.Unlock()
-	timer.Stop()
+	c.tickMu.Lock()
+	c.tickStop = true
+	c.tickMu.Unlock()
+	c.tick.Stop()
 	ticks.Wait()
 	mu.Lock()
 	defer mu.Unlock()
 	return why
+}
+
+// ended explains why the control stream's reader stopped with err: the
+// relay's own reason when it closed the session (closeWith), else the
+// transport's cause when the session failed under the stream (a QUIC idle
+// timeout reads as a closed stream), else err.
+func (c *agentConn) ended(err error) error {
+	if cause := c.cause.Load(); cause != nil {
+		return *cause
+	}
+	if !transport.IsClosedErr(err) {
+		return err
+	}
+	if s, ok := c.sess.(interface{ Err() error }); ok {
+		if cause := s.Err(); cause != nil && !errors.Is(cause, transport.ErrClosed) {
+			if c.stalled.Load() && errors.Is(cause, net.ErrClosed) {
+				// Closed here, by the transport itself (yamux aborts a
+				// stream open the agent does not acknowledge), while the
+				// agent was not answering.
+				return fmt.Errorf("%w: %w", errSilentAgent, cause)
+			}
+			return fmt.Errorf("control stream: %w", cause)
+		}
+	}
+	if errors.Is(err, io.EOF) {
+		return errAgentClosed
+	}
+	return fmt.Errorf("control stream: %w", err)
+}
+
+// beat is one tick of the session's timer, at now. It ends a session silent
+// for three heartbeats (returning why) or past its certificate; judges an
+// outstanding ping; and pings: at every tick while the session is idle (the
+// heartbeat), and while streams are open or being opened on it, or it is in
+// doubt, whenever no ping is outstanding. It returns when to tick next:
+// after hb while idle, else after activeTick.
+//
+// A ping is answered by anything the agent sends on the control stream. One
+// unanswered for probeWait, with nothing at all received from the agent
+// meanwhile (packets over QUIC, bytes over TCP: an agent busy sending data
+// is alive), stalls the session: no new streams go to it, a stream open
+// waiting on it moves to another connection of the tenant (openOn), and the
+// agent's other sessions are pinged at once (onStall). The first message
+// from the agent lifts it (heard). A frozen agent (stopped, or behind a
+// path that drops packets) is thus avoided within about probeWait plus
+// activeTick of the first stream sent to it, or of its freezing while
+// streams are open on it; idle sessions cost what they did.
+func (c *agentConn) beat(now time.Time, hb time.Duration) (time.Duration, error) {
+	if silent := now.Sub(time.Unix(0, c.lastHeard.Load())); silent > 3*hb {
+		return 0, fmt.Errorf("%w for %v", errHeartbeatMissed, silent.Round(time.Millisecond))
+	}
+	if na := time.Unix(0, c.notAfter.Load()); now.After(na) {
+		err := protocol.Errorf(protocol.CodeCertExpired, "the certificate of this session expired at %s and was not renewed", na.UTC().Format(time.RFC3339))
+		c.closeWith(err)
+		return 0, err
+	}
+	active := c.open.Load() > 0 || c.doubted.Load() || c.stalled.Load()
+	if since := c.awaitSince.Load(); since != 0 {
+		if got := c.received(); got != c.awaitPackets.Load() {
+			// The transport hears from the agent: alive, slow to answer.
+			c.awaitPackets.Store(got)
+			c.awaitSince.CompareAndSwap(since, now.UnixNano())
+		} else if waited := now.Sub(time.Unix(0, since)); waited >= probeWait && !c.stalled.Swap(true) {
+			c.log.Warn("agent stopped answering: no new streams go to this connection until it is heard from again",
+				"waited", waited.Round(time.Millisecond), "streams_open", c.open.Load())
+			c.notifyStall()
+			active = true
+		}
+	}
+	if !active || c.awaitSince.Load() == 0 {
+		if err := c.ping(now); err != nil {
+			return 0, fmt.Errorf("send ping: %w", err)
+		}
+	}
+	if active {
+		return min(activeTick, hb), nil
+	}
+	return hb, nil
+}
+
+// ping sends a ping at now.
+func (c *agentConn) ping(now time.Time) error {
+	seq := c.pingSeq.Add(1)
+	c.pingSentAt.Store(now.UnixNano())
+	if c.awaitSince.CompareAndSwap(0, now.UnixNano()) {
+		c.awaitPackets.Store(c.received())
+	}
+	return c.send(&protocol.Ping{Seq: seq})
+}
+
+// received is a count that moves whenever the transport receives anything
+// from the agent: QUIC packets, acknowledgements included, or reads of the
+// TCP connection. 0 where the transport does not tell.
+func (c *agentConn) received() uint64 {
+	switch s := c.sess.(type) {
+	case interface{ PacketsReceived() uint64 }:
+		return s.PacketsReceived()
+	case interface{ Reads() uint64 }:
+		return s.Reads()
+	}
+	return 0
+}
+
+// heard records a control message from the agent at now: it answers, so
+// an outstanding ping is answered and the session is usable again.
+func (c *agentConn) heard(now time.Time) {
+	c.lastHeard.Store(now.UnixNano())
+	if c.awaitSince.Load() != 0 {
+		c.awaitSince.Store(0)
+	}
+	if c.doubted.Load() {
+		c.doubted.Store(false)
+	}
+	if c.stalled.Load() && c.stalled.Swap(false) {
+		c.log.Info("agent answers again: new streams may go to this connection")
+	}
+}
+
+// notifyStall wakes stream opens waiting on the session (stalls) and tells
+// onStall.
+func (c *agentConn) notifyStall() {
+	c.tickMu.Lock()
+	if c.stallWait != nil {
+		close(c.stallWait)
+		c.stallWait = nil
+	}
+	c.tickMu.Unlock()
+	if c.onStall != nil {
+		c.onStall()
+	}
+}
+
+// stalls returns a channel closed when the session stalls; at once if it
+// has.
+func (c *agentConn) stalls() <-chan struct{} {
+	c.tickMu.Lock()
+	defer c.tickMu.Unlock()
+	if c.stallWait == nil {
+		c.stallWait = make(chan struct{})
+	}
+	ch := c.stallWait
+	if c.stalled.Load() {
+		close(ch)
+		c.stallWait = nil
+	}
+	return ch
+}
+
+// doubt holds the session unusable until the agent is heard from on it,
+// and pings it at once.
+func (c *agentConn) doubt() {
+	if c.stalled.Load() || c.doubted.Swap(true) {
+		return
+	}
+	c.wake(0)
+}
+
+// wake makes the session's timer tick within d, unless it is due sooner.
+func (c *agentConn) wake(d time.Duration) {
+	c.tickMu.Lock()
+	defer c.tickMu.Unlock()
+	if c.tick == nil || c.tickStop {
+		return
+	}
+	if c.ticking {
+		c.tickSoon = true
+		return
+	}
+	if at := time.Now().Add(d).UnixNano(); at < c.tickAt {
+		c.tick.Reset(d)
+		c.tickAt = at
+	}
 }
 
 func (c *agentConn) readLoop(br *bufio.Reader, renew func(*protocol.RenewRequest) *protocol.RenewResponse) error {
@@ -491,11 +757,11 @@ func (c *agentConn) readLoop(br *bufio.Reader, renew func(*protocol.RenewRequest
 		m, err := protocol.ReadMessage(br)
 		if err != nil {
 			if transport.IsClosedErr(err) {
-				return nil
+				return err // ended finds out why
 			}
 			return fmt.Errorf("control stream: %w", err)
 		}
-		c.lastHeard.Store(time.Now().UnixNano())
+		c.heard(time.Now())
 		switch m := m.(type) {
 		case *protocol.Ping:
 			if err := c.send(&protocol.Pong{Seq: m.Seq}); err != nil {
@@ -573,6 +839,7 @@ func (g *registry) add(c *agentConn) {
 		for _, old := range list {
 			if old.id.ID == c.id.ID && old.hello.BootID != "" && old.hello.BootID != c.hello.BootID && !old.draining.Swap(true) {
 				old.log.Info("closing stale session: the agent restarted", "new_boot_id", c.hello.BootID)
+				old.cause.CompareAndSwap(nil, &errAgentRestarted)
 				old.sess.Close()
 			}
 		}
@@ -632,6 +899,24 @@ func (g *registry) pick(tenant string, hb time.Duration, exclude map[*agentConn]
 		}
 	}
 	return best
+}
+
+// doubtSiblings doubts every other session of c's agent process (see
+// agentConn.doubt): when one session of an agent stops answering, its
+// others, from the same process and most often over the same path, have
+// most likely stopped too; a live one answers the ping within a round trip.
+func (g *registry) doubtSiblings(c *agentConn) {
+	g.mu.RLock()
+	var sibs []*agentConn
+	for _, o := range g.byTenant[c.id.Tenant] {
+		if o != c && o.id.ID == c.id.ID && o.hello.BootID == c.hello.BootID {
+			sibs = append(sibs, o)
+		}
+	}
+	g.mu.RUnlock()
+	for _, o := range sibs {
+		o.doubt()
+	}
 }
 
 // closeAgent closes every session of agent id (of tenant) with err and

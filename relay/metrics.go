@@ -30,6 +30,7 @@ type metrics struct {
 	limitRefusals *prometheus.CounterVec   // tenant
 	storeSeconds  *prometheus.HistogramVec // op
 	authRefusals  *prometheus.CounterVec   // door, reason: failed and throttled authentication
+	disconnects   *prometheus.CounterVec   // reason
 }
 
 func newMetrics(r *Relay) *metrics {
@@ -57,9 +58,16 @@ func newMetrics(r *Relay) *metrics {
 			Help:    "Latency of store operations: audit commits, policy polls, backend lookups, readiness pings.",
 			Buckets: []float64{.0001, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5},
 		}, []string{"op"}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_agent_disconnects_total",
+			Help: "Agent sessions ended, by reason: agent_closed, idle_timeout, heartbeat_missed, connection_reset, relay_shutdown, agent_restarted, revoked, certificate_expired, unauthenticated (a retired CA root), error.",
+		}, []string{"reason"}),
 	}
 	m.authRefusals = throttle.NewRefusals()
-	m.reg.MustRegister(m.streams, m.streamBytes, m.openSeconds, m.limitRefusals, m.storeSeconds, m.authRefusals,
+	for _, reason := range disconnectReasons {
+		m.disconnects.WithLabelValues(reason)
+	}
+	m.reg.MustRegister(m.streams, m.streamBytes, m.openSeconds, m.limitRefusals, m.storeSeconds, m.authRefusals, m.disconnects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&liveCollector{r: r})
 	return m

@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/audit"
@@ -179,6 +180,7 @@ func (r *Relay) route(ctx context.Context, c *caller, t Target) (*tunnel, error)
 	hdr := protocol.StreamHeader{Service: t.Service, Backend: c.Identity(), RequestID: newRequestID()}
 	tried := map[*agentConn]bool{}
 	var lastErr error
+	lastStalled := false // lastErr came from a connection whose agent stopped answering
 	for attempt := 0; attempt < maxRouteAttempts; attempt++ {
 		ac := r.reg.pick(t.Tenant, r.cfg.HeartbeatInterval, tried)
 		if ac == nil && attempt == 0 {
@@ -189,7 +191,7 @@ func (r *Relay) route(ctx context.Context, c *caller, t Target) (*tunnel, error)
 			break
 		}
 		tried[ac] = true
-		st, err := r.openOn(ctx, ac, hdr)
+		st, err := r.openOn(ctx, ac, hdr, func() bool { return r.reg.pick(t.Tenant, r.cfg.HeartbeatInterval, tried) != nil })
 		if err == nil {
 			return &tunnel{st: st, agent: ac, requestID: hdr.RequestID, target: t, caller: c, opened: time.Now()}, nil
 		}
@@ -201,13 +203,19 @@ func (r *Relay) route(ctx context.Context, c *caller, t Target) (*tunnel, error)
 			return nil, protocol.Errorf(protocol.CodeTimeout, "no answer from tenant %q's agent within %v", t.Tenant, r.cfg.StreamOpenTimeout)
 		}
 		ac.log.Warn("open stream failed; trying another connection", "request", hdr.RequestID, "err", err)
-		lastErr = err
+		lastErr, lastStalled = err, ac.stalled.Load()
+	}
+	if lastStalled {
+		// The transport gave up on the connection (yamux aborts a stream
+		// open the agent does not acknowledge) after the agent had
+		// stopped answering: the agent did not answer in time.
+		return nil, protocol.Errorf(protocol.CodeTimeout, "tenant %q's agent stopped answering: %v", t.Tenant, lastErr)
 	}
 	if lastErr != nil {
 		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agent connections failed: %v", t.Tenant, lastErr)
 	}
 	if r.reg.connected(t.Tenant) > 0 {
-		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agents are connected but none is healthy (draining or missing heartbeats)", t.Tenant)
+		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agents are connected but none is healthy (draining, or not answering heartbeats)", t.Tenant)
 	}
 	return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q has no agent connected", t.Tenant)
 }
@@ -252,11 +260,22 @@ func doorOf(attrs []any) string {
 	return ""
 }
 
+// errStalled ends a stream open on a connection that stalled (its agent
+// stopped answering pings) while another connection could take it.
+var errStalled = errors.New("the agent stopped answering on this connection")
+
 // openOn opens a stream on ac, sends hdr and waits for the agent's reply.
 // A refusal by the agent comes back as *protocol.Error; anything else is a
 // transport failure worth retrying on another connection.
-func (r *Relay) openOn(ctx context.Context, ac *agentConn, hdr protocol.StreamHeader) (transport.Stream, error) {
-	ac.open.Add(1)
+//
+// A reply slower than activeTick is watched: if ac stalls meanwhile (its
+// agent answers no ping, see agentConn.beat) and elsewhere reports another
+// usable connection, the open is abandoned with errStalled, to be tried
+// there. Without one it waits on, as the agent may yet answer.
+func (r *Relay) openOn(ctx context.Context, ac *agentConn, hdr protocol.StreamHeader, elsewhere func() bool) (transport.Stream, error) {
+	if ac.open.Add(1) == 1 {
+		ac.wake(activeTick) // watch the connection closely while streams use it
+	}
 	st, err := ac.sess.OpenStream(ctx)
 	if err != nil {
 		ac.open.Add(-1)
@@ -269,18 +288,37 @@ func (r *Relay) openOn(ctx context.Context, ac *agentConn, hdr protocol.StreamHe
 			ac.open.Add(-1)
 		}
 	}()
-	if dl, has := ctx.Deadline(); has {
+	dl, hasDeadline := ctx.Deadline()
+	if hasDeadline {
 		st.SetDeadline(dl)
 	}
-	if err := protocol.WriteStreamHeader(st, hdr); err != nil {
-		return nil, fmt.Errorf("send stream header: %w", err)
+	var gaveUp atomic.Bool
+	answered, watched := make(chan struct{}), make(chan struct{})
+	watch := time.AfterFunc(activeTick, func() {
+		defer close(watched)
+		select {
+		case <-ac.stalls():
+			if elsewhere() {
+				gaveUp.Store(true)
+				st.SetDeadline(time.Now()) // ends ReadReply below
+			}
+		case <-answered:
+		}
+	})
+	rep, err := writeHeaderReadReply(st, hdr)
+	close(answered)
+	if !watch.Stop() {
+		<-watched
 	}
-	rep, err := protocol.ReadReply(st)
 	if err != nil {
-		if ctx.Err() != nil {
+		if gaveUp.Load() {
+			return nil, fmt.Errorf("%w (no answer to a ping within %v)", errStalled, probeWait)
+		}
+		// The stream's deadline is ctx's: either may be first to expire.
+		if ctx.Err() != nil || (hasDeadline && !time.Now().Before(dl)) {
 			return nil, protocol.Errorf(protocol.CodeTimeout, "agent did not answer within %v", r.cfg.StreamOpenTimeout)
 		}
-		return nil, fmt.Errorf("read stream reply: %w", err)
+		return nil, err
 	}
 	if err := rep.Err(); err != nil {
 		return nil, err
@@ -289,6 +327,14 @@ func (r *Relay) openOn(ctx context.Context, ac *agentConn, hdr protocol.StreamHe
 	ac.total.Add(1)
 	ok = true
 	return st, nil
+}
+
+// writeHeaderReadReply sends a stream header and reads the agent's reply.
+func writeHeaderReadReply(st transport.Stream, hdr protocol.StreamHeader) (protocol.Reply, error) {
+	if err := protocol.WriteStreamHeader(st, hdr); err != nil {
+		return protocol.Reply{}, fmt.Errorf("send stream header: %w", err)
+	}
+	return protocol.ReadReply(st)
 }
 
 // bridge copies between a front-door connection and a tunnel until both
