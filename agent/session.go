@@ -32,6 +32,16 @@ const helloTimeout = 10 * time.Second
 // on one session.
 const maxStreamsPerSession = 10000
 
+// Watching the relay while streams are open (serve).
+const (
+	// activeTick is how often the agent looks at the relay, and pings it
+	// when it has heard nothing for that long, while streams are open.
+	activeTick = time.Second
+	// activeSilence ends a session on which streams are open when nothing
+	// at all has arrived from the relay for this long.
+	activeSilence = 3 * time.Second
+)
+
 // session is one live connection to a relay.
 type session struct {
 	a         *Agent
@@ -57,9 +67,10 @@ type session struct {
 	renewMu sync.Mutex                   // one renewal at a time
 	renewed chan *protocol.RenewResponse // the control reader hands answers over
 
-	wg         sync.WaitGroup // every goroutine of the session, streams included
-	open       atomic.Int64   // stream handlers running
-	streamDone chan struct{}  // signalled (non-blocking) when a stream handler ends
+	wg          sync.WaitGroup // every goroutine of the session, streams included
+	open        atomic.Int64   // stream handlers running
+	streamDone  chan struct{}  // signalled (non-blocking) when a stream handler ends
+	streamStart chan struct{}  // signalled (non-blocking) when a stream handler starts
 
 	goaway     chan struct{} // closed when the relay sends GoAway
 	goawayOnce sync.Once
@@ -189,7 +200,7 @@ func isUntrustedRelay(err error) bool {
 func (a *Agent) newSession(ts transport.Session, relay, name, why string, log *slog.Logger) *session {
 	s := &session{
 		a: a, t: ts, relay: relay, transport: name, why: why, baseLog: log,
-		goaway: make(chan struct{}), readDone: make(chan struct{}), streamDone: make(chan struct{}, 1),
+		goaway: make(chan struct{}), readDone: make(chan struct{}), streamDone: make(chan struct{}, 1), streamStart: make(chan struct{}, 1),
 		probed: make(chan probeResult, 1), renewed: make(chan *protocol.RenewResponse, 1),
 		rttKnown: make(chan struct{}, 1),
 	}
@@ -381,8 +392,61 @@ func (s *session) serve(ctx context.Context) endReason {
 	if !s.quicProbeAt.IsZero() {
 		armProbe(s.quicProbeAt)
 	}
+	// While streams are open the agent watches the relay closely: a relay
+	// that went silent (stopped, or behind a path that now drops packets)
+	// would otherwise hold them until three heartbeats were missed. Every
+	// activeTick it pings when it has heard nothing for that long, and it
+	// ends the session (and reconnects) once nothing at all — no control
+	// message, no packet over QUIC, no byte over TCP — has arrived from the
+	// relay for activeSilence. An idle session is watched by the heartbeat
+	// alone.
+	received := receivedCount(s.t)
+	liveTimer := time.NewTimer(time.Hour)
+	liveTimer.Stop()
+	defer liveTimer.Stop()
+	var (
+		live    <-chan time.Time
+		aliveAt time.Time // when the relay was last known to be alive
+		recvAt  uint64    // received() at aliveAt
+	)
+	watchRelay := func() {
+		if live == nil {
+			aliveAt, recvAt = time.Now(), received()
+			liveTimer.Reset(activeTick)
+			live = liveTimer.C
+		}
+	}
 	for {
 		select {
+		case <-s.streamStart:
+			watchRelay()
+		case <-live:
+			live = nil
+			if s.open.Load() == 0 {
+				break // idle again
+			}
+			now := time.Now()
+			heard := time.Unix(0, s.lastHeard.Load())
+			if heard.After(aliveAt) {
+				aliveAt = heard
+			}
+			if n := received(); n != recvAt {
+				aliveAt, recvAt = now, n
+			}
+			if silent := now.Sub(aliveAt); silent >= activeSilence {
+				s.setEnd(fmt.Errorf("relay silent for %v while %d streams were open", silent.Round(time.Millisecond), s.open.Load()))
+				return endLost
+			}
+			if now.Sub(heard) >= activeTick {
+				seq := s.pingSeq.Add(1)
+				s.pingSentAt.Store(now.UnixNano())
+				if err := s.send(&protocol.Ping{Seq: seq}); err != nil {
+					s.setEnd(fmt.Errorf("send ping: %w", err))
+					return endLost
+				}
+			}
+			liveTimer.Reset(activeTick)
+			live = liveTimer.C
 		case <-probe:
 			probe = nil
 			s.wg.Go(s.probeQUIC)
@@ -500,6 +564,10 @@ func (s *session) acceptLoop() {
 			return // the session is closing; serve notices through Done
 		}
 		s.open.Add(1)
+		select {
+		case s.streamStart <- struct{}{}:
+		default:
+		}
 		s.wg.Go(func() {
 			defer func() {
 				s.open.Add(-1)
@@ -570,6 +638,19 @@ func (s *session) close() {
 		}
 	default:
 	}
+}
+
+// receivedCount returns a count that moves whenever ts receives anything
+// from the relay: QUIC packets, acknowledgements included, or reads of the
+// TCP connection.
+func receivedCount(ts transport.Session) func() uint64 {
+	switch t := ts.(type) {
+	case interface{ PacketsReceived() uint64 }:
+		return t.PacketsReceived
+	case interface{ Reads() uint64 }:
+		return t.Reads
+	}
+	return func() uint64 { return 0 }
 }
 
 // isRelayBusy reports whether a QUIC dial was refused at the relay's
