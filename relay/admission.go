@@ -3,6 +3,8 @@ package relay
 import (
 	"context"
 	"errors"
+	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -71,21 +73,26 @@ func (g *handshakeGate) tryEnter() bool {
 // gateSlot is a TLS slot held by a QUIC connection from its first packet
 // until it is admitted or closed, whichever comes first.
 type gateSlot struct {
-	once sync.Once
-	gate *handshakeGate
-	stop func() bool // unregisters the release at the connection's end
+	once  sync.Once
+	gate  *handshakeGate
+	stop  func() bool // unregisters the release at the connection's end
+	leave func()      // uncounts the connection from its source (sourceLimit)
 }
 
 func (s *gateSlot) release() {
 	s.once.Do(func() {
 		s.stop()
 		s.gate.leave()
+		s.leave()
 	})
 }
 
 type gateSlotKey struct{}
 
-var errRelayBusy = errors.New("relay busy: too many agent handshakes in progress")
+var (
+	errRelayBusy  = errors.New("relay busy: too many agent handshakes in progress")
+	errSourceBusy = errors.New("relay busy: too many agent handshakes in progress from this address or network")
+)
 
 // quicTLSSlots is how many QUIC TLS handshakes may be in progress at once
 // per handshake slot (--max-handshakes).
@@ -104,13 +111,21 @@ const quicTLSSlots = 8
 // about a second of handshake CPU on two cores): it turns away only what
 // could not finish in time anyway. The slot is released when the relay
 // admits or refuses the agent, or when the connection ends, including a
-// handshake that fails or times out.
-func (r *Relay) quicConnContext(ctx context.Context, _ *quicgo.ClientInfo) (context.Context, error) {
+// handshake that fails or times out. The connection also counts against
+// its source's bound (sourceLimit) until then, and is refused the same way
+// when its source is at that bound.
+func (r *Relay) quicConnContext(ctx context.Context, info *quicgo.ClientInfo) (context.Context, error) {
+	leave, ok := r.agentSrc.enter(info.RemoteAddr)
+	if !ok {
+		r.hsSourceLimited.Add(1)
+		return nil, errSourceBusy
+	}
 	if !r.quicGate.tryEnter() {
+		leave()
 		r.hsThrottled.Add(1)
 		return nil, errRelayBusy
 	}
-	s := &gateSlot{gate: r.quicGate}
+	s := &gateSlot{gate: r.quicGate, leave: leave}
 	s.stop = context.AfterFunc(ctx, s.release)
 	return context.WithValue(ctx, gateSlotKey{}, s), nil
 }
@@ -122,4 +137,88 @@ func quicSlot(ctx context.Context) (release func(), ok bool) {
 		return nil, false
 	}
 	return s.release, true
+}
+
+// sourceLimit bounds the pre-authentication work in progress per source:
+// per address, and per network (a /24 for IPv4, a /64 for IPv6, so that
+// the addresses of one host or one site count together). The handshake
+// gate bounds the work in progress overall; without a bound per source, a
+// flood of connections from one place — opened and left silent, opened
+// again as the relay closes them — would hold every slot of the gate, and
+// agents from everywhere else would wait behind it. A connection beyond
+// its source's bound is turned away at once, before any work is done.
+type sourceLimit struct {
+	perAddr, perNet int
+	mu              sync.Mutex // guards n
+	n               map[netip.Prefix]int
+}
+
+func newSourceLimit(perAddr, perNet int) *sourceLimit {
+	return &sourceLimit{perAddr: perAddr, perNet: perNet, n: make(map[netip.Prefix]int)}
+}
+
+// sourceKeys returns the keys a's work is counted under: its address and
+// its network. An address that does not parse counts under the zero keys,
+// all such addresses together.
+func sourceKeys(a net.Addr) (addr, network netip.Prefix) {
+	var ip netip.Addr
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	case *net.UDPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	default:
+		if a != nil {
+			if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+				ip = ap.Addr()
+			}
+		}
+	}
+	ip = ip.Unmap().WithZone("")
+	if !ip.IsValid() {
+		return netip.Prefix{}, netip.Prefix{}
+	}
+	bits := 64
+	if ip.Is4() {
+		bits = 24
+	}
+	network, _ = ip.Prefix(bits)
+	return netip.PrefixFrom(ip, ip.BitLen()), network
+}
+
+// enter counts one more piece of work from a. It reports false, counting
+// nothing, when a's address or network is at its bound; otherwise leave
+// uncounts it (once; later calls do nothing).
+func (l *sourceLimit) enter(a net.Addr) (leave func(), ok bool) {
+	addr, network := sourceKeys(a)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[addr] >= l.perAddr || l.n[network] >= l.perNet {
+		return nil, false
+	}
+	l.n[addr]++
+	l.n[network]++
+	var once sync.Once
+	return func() { once.Do(func() { l.leave(addr, network) }) }, true
+}
+
+func (l *sourceLimit) leave(addr, network netip.Prefix) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, k := range []netip.Prefix{addr, network} {
+		if l.n[k]--; l.n[k] <= 0 {
+			delete(l.n, k)
+		}
+	}
+}
+
+// busy reports whether a's address or network has used half its bound or
+// more. Over QUIC, where a source address can be forged, such a source is
+// asked to prove its address (a Retry) before it may count at all: a
+// forger cannot take more than half of another's bound.
+func (l *sourceLimit) busy(a net.Addr) bool {
+	addr, network := sourceKeys(a)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return 2*l.n[addr] >= l.perAddr || 2*l.n[network] >= l.perNet
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"net"
 	"testing"
 	"time"
 
@@ -119,6 +120,76 @@ func TestQUICHandshakeGate(t *testing.T) {
 	for deadline := time.Now().Add(10 * time.Second); len(r.quicGate.slots)+len(r.gate.slots) != 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the second failed handshake never gave its slot back")
+		}
+	}
+}
+
+// A QUIC connection counts against its source's bound from its first
+// packet: with the one handshake its address may have in progress held,
+// another from that address is refused at the door, while one from
+// another address is let in.
+func TestQUICHandshakesPerSource(t *testing.T) {
+	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off, DisableTCP: true,
+		MaxHandshakesPerAddress: 1, MaxHandshakesPerNetwork: 8, DrainTimeout: time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addr := r.udpConn.LocalAddr()
+
+	// dial dials from src (a loopback address: Linux routes 127/8 to lo).
+	dial := func(src string, conf *tls.Config) error {
+		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(src)})
+		if err != nil {
+			return err
+		}
+		defer udp.Close()
+		tr := &quicgo.Transport{Conn: udp}
+		defer tr.Close()
+		dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		conn, err := tr.Dial(dctx, addr, conf, quic.Config(1))
+		if err == nil {
+			conn.CloseWithError(0, "")
+		}
+		return err
+	}
+	asked, goOn := make(chan struct{}), make(chan struct{})
+	holder := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{protocol.ALPN},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			close(asked)
+			<-goOn
+			return &tls.Certificate{}, nil
+		}}
+	first := make(chan error, 1)
+	go func() { first <- dial("127.0.0.1", holder) }()
+	select {
+	case <-asked:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the first handshake never reached the client certificate")
+	}
+	plain := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{protocol.ALPN}}
+	var terr *quicgo.TransportError
+	if err := dial("127.0.0.1", plain); !errors.As(err, &terr) || terr.ErrorCode != quicgo.ConnectionRefused {
+		t.Fatalf("a second handshake from the same address: got %v, want CONNECTION_REFUSED", err)
+	}
+	if r.hsSourceLimited.Load() < 1 {
+		t.Fatal("the refused handshake was not counted as source_limited")
+	}
+	// Another address is not held back (the relay turns it away later, for
+	// want of a certificate).
+	if err := dial("127.0.0.2", plain); errors.As(err, &terr) && terr.ErrorCode == quicgo.ConnectionRefused {
+		t.Fatalf("a handshake from another address: got %v", err)
+	}
+	close(goOn)
+	<-first
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		r.agentSrc.mu.Lock()
+		n := len(r.agentSrc.n)
+		r.agentSrc.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the handshakes never gave their source's count back")
 		}
 	}
 }

@@ -44,20 +44,37 @@ func (r *Relay) acceptTCP(ctx context.Context, wg *sync.WaitGroup) error {
 			}
 			return fmt.Errorf("accept agent TCP connection: %w", err)
 		}
-		wg.Go(func() { r.handleTCP(ctx, wg, c, tlsConf) })
+		// Turned away here, before a goroutine is spent on it, when its
+		// source is at its bound: a flood costs an accept and a close.
+		leaveSource, ok := r.agentSrc.enter(c.RemoteAddr())
+		if !ok {
+			r.hsSourceLimited.Add(1)
+			r.log.Debug("agent connection turned away: too many handshakes in progress from its address or network", "transport", "tcp", "remote", c.RemoteAddr().String())
+			c.Close()
+			continue
+		}
+		wg.Go(func() { r.handleTCP(ctx, wg, c, tlsConf, leaveSource) })
 	}
 }
 
-func (r *Relay) handleTCP(ctx context.Context, wg *sync.WaitGroup, c net.Conn, tlsConf *tls.Config) {
+// handleTCP serves one agent TCP connection, counted against its source's
+// bound until leaveSource is called (once the handshake is over).
+func (r *Relay) handleTCP(ctx context.Context, wg *sync.WaitGroup, c net.Conn, tlsConf *tls.Config, leaveSource func()) {
 	remote := c.RemoteAddr()
 	if !r.gate.enter(ctx) {
+		leaveSource()
 		r.hsThrottled.Add(1)
 		r.log.Debug("agent connection turned away: too many handshakes in progress", "transport", "tcp", "remote", remote.String())
 		c.Close()
 		return
 	}
 	var leaveOnce sync.Once
-	leave := func() { leaveOnce.Do(r.gate.leave) }
+	leave := func() {
+		leaveOnce.Do(func() {
+			r.gate.leave()
+			leaveSource()
+		})
+	}
 	defer leave()
 	tc := tls.Server(tcp.NewRawConn(c), tlsConf)
 	hctx, cancel := context.WithTimeout(ctx, r.cfg.HandshakeTimeout)

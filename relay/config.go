@@ -121,6 +121,20 @@ type Config struct {
 	// (see quicConnContext); more are refused at their first packet.
 	// Default 8 × MaxHandshakes.
 	MaxQUICTLSHandshakes int
+	// MaxHandshakesPerAddress and MaxHandshakesPerNetwork bound the agent
+	// handshakes and enrolments (over TCP and QUIC together) in progress
+	// from one source address, and from one source network (a /24 for
+	// IPv4, a /64 for IPv6), so that a flood from one place cannot hold
+	// the slots of MaxHandshakes that agents elsewhere need. A connection
+	// beyond either bound is closed at once, over QUIC refused at its first
+	// packet. Defaults 32 and 128.
+	MaxHandshakesPerAddress, MaxHandshakesPerNetwork int
+	// MaxFrontPendingPerAddress and MaxFrontPendingPerNetwork bound the
+	// front-door connections (SOCKS5, CONNECT, CONNECT over TLS) that have
+	// not yet authenticated, from one source address and one source
+	// network; a connection beyond either is closed at once. Defaults 256
+	// and 1024.
+	MaxFrontPendingPerAddress, MaxFrontPendingPerNetwork int
 	// ReconnectGrace is how long after start a stream open for a tenant
 	// whose agent was connected before the restart waits for that agent to
 	// come back (bounded by StreamOpenTimeout) instead of failing with
@@ -186,6 +200,15 @@ func (c *Config) setDefaults() {
 	if c.MaxQUICTLSHandshakes == 0 {
 		c.MaxQUICTLSHandshakes = quicTLSSlots * c.MaxHandshakes
 	}
+	defi := func(n *int, v int) {
+		if *n == 0 {
+			*n = v
+		}
+	}
+	defi(&c.MaxHandshakesPerAddress, 32)
+	defi(&c.MaxHandshakesPerNetwork, 128)
+	defi(&c.MaxFrontPendingPerAddress, 256)
+	defi(&c.MaxFrontPendingPerNetwork, 1024)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -227,6 +250,14 @@ func (c *Config) validate() error {
 	}
 	if c.MaxQUICTLSHandshakes < 0 {
 		errs = append(errs, fmt.Errorf("max QUIC handshakes must be positive (got %d)", c.MaxQUICTLSHandshakes))
+	}
+	for name, n := range map[string]int{
+		"max handshakes per address": c.MaxHandshakesPerAddress, "max handshakes per network": c.MaxHandshakesPerNetwork,
+		"max front-door pending per address": c.MaxFrontPendingPerAddress, "max front-door pending per network": c.MaxFrontPendingPerNetwork,
+	} {
+		if n < 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive (got %d)", name, n))
+		}
 	}
 	for name, d := range map[string]time.Duration{
 		"agent certificate lifetime": c.AgentCertLifetime, "heartbeat interval": c.HeartbeatInterval,

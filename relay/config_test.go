@@ -15,6 +15,10 @@ func TestConfigRefusesNegativeBounds(t *testing.T) {
 	}{
 		{"handshakes", func(c *Config) { c.MaxHandshakes = -1 }, "max handshakes must be positive (got -1)"},
 		{"QUIC handshakes", func(c *Config) { c.MaxQUICTLSHandshakes = -3 }, "max QUIC handshakes must be positive (got -3)"},
+		{"handshakes per address", func(c *Config) { c.MaxHandshakesPerAddress = -1 }, "max handshakes per address must be positive (got -1)"},
+		{"handshakes per network", func(c *Config) { c.MaxHandshakesPerNetwork = -2 }, "max handshakes per network must be positive (got -2)"},
+		{"front-door pending per address", func(c *Config) { c.MaxFrontPendingPerAddress = -1 }, "max front-door pending per address must be positive (got -1)"},
+		{"front-door pending per network", func(c *Config) { c.MaxFrontPendingPerNetwork = -1 }, "max front-door pending per network must be positive (got -1)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Config{DataDir: t.TempDir()}

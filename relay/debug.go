@@ -21,6 +21,9 @@ type Stats struct {
 	// handshake admission limit before any work was done.
 	HandshakesFailed    int64 `json:"handshakes_failed"`
 	HandshakesThrottled int64 `json:"handshakes_throttled"`
+	// HandshakesSourceLimited counts agent connections turned away by the
+	// bound per source address or network.
+	HandshakesSourceLimited int64 `json:"handshakes_source_limited"`
 	// LimitRefusals counts stream opens refused by a tenant limit.
 	LimitRefusals int64  `json:"limit_refusals"`
 	HeapAlloc     uint64 `json:"heap_alloc_bytes"`
@@ -45,6 +48,7 @@ func (r *Relay) Stats() Stats {
 	s.FrontConnections = r.front.len()
 	s.HandshakesFailed = r.hsFailed.Load()
 	s.HandshakesThrottled = r.hsThrottled.Load()
+	s.HandshakesSourceLimited = r.hsSourceLimited.Load()
 	s.LimitRefusals = r.limitRefusals.Load()
 	s.Goroutines = runtime.NumGoroutine()
 	var ms runtime.MemStats

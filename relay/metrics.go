@@ -115,7 +115,9 @@ var (
 	descFront = prometheus.NewDesc("tether_front_connections",
 		"Backend connections open at the front doors.", nil, nil)
 	descHandshakes = prometheus.NewDesc("tether_agent_handshakes_total",
-		"Agent handshakes by outcome: ok, failed (TLS or refused at hello), throttled (turned away by the admission limit).", []string{"outcome"}, nil)
+		"Agent handshakes by outcome: ok, failed (TLS or refused at hello), throttled (turned away by the admission limit), source_limited (turned away by the bound per source address or network).", []string{"outcome"}, nil)
+	descFrontLimited = prometheus.NewDesc("tether_front_source_limited_total",
+		"Front-door connections closed at once because their source address or network had too many connections not yet authenticated.", nil, nil)
 	descCertExpiry = prometheus.NewDesc("tether_agent_certificate_expiry_timestamp_seconds",
 		"Earliest certificate expiry among a tenant's connected agent sessions (Unix time).", []string{"tenant"}, nil)
 	descCAExpiry = prometheus.NewDesc("tether_ca_certificate_expiry_timestamp_seconds",
@@ -125,7 +127,7 @@ var (
 )
 
 func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAgents, descStreamsActive, descFront, descHandshakes, descCertExpiry, descCAExpiry, descAuditQueue} {
+	for _, d := range []*prometheus.Desc{descAgents, descStreamsActive, descFront, descHandshakes, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue} {
 		ch <- d
 	}
 }
@@ -158,6 +160,8 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(r.hsOK.Load()), "ok")
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(r.hsFailed.Load()), "failed")
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(r.hsThrottled.Load()), "throttled")
+	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(r.hsSourceLimited.Load()), "source_limited")
+	ch <- prometheus.MustNewConstMetric(descFrontLimited, prometheus.CounterValue, float64(r.frontSourceLimited.Load()))
 	ch <- prometheus.MustNewConstMetric(descCAExpiry, prometheus.GaugeValue, float64(r.st.CA().Signer().Cert.NotAfter.Unix()))
 	ch <- prometheus.MustNewConstMetric(descAuditQueue, prometheus.GaugeValue, float64(r.audit.Queued()))
 }

@@ -49,8 +49,15 @@ type Relay struct {
 
 	gate        *handshakeGate
 	quicGate    *handshakeGate // QUIC TLS handshakes in progress (admission.go)
+	agentSrc    *sourceLimit   // agent handshakes in progress per source (admission.go)
+	frontSrc    *sourceLimit   // unauthenticated front-door connections per source
 	hsFailed    atomic.Int64   // agent handshakes that failed (TLS or hello)
 	hsThrottled atomic.Int64   // agent handshakes turned away by the admission limit (over QUIC, once per Initial packet of the attempt)
+	// hsSourceLimited counts agent connections turned away because their
+	// source address or network was at its bound (agentSrc), and
+	// frontSourceLimited front-door connections (frontSrc).
+	hsSourceLimited    atomic.Int64
+	frontSourceLimited atomic.Int64
 
 	limitRefusals atomic.Int64 // stream opens refused by a tenant limit
 	hsOK          atomic.Int64 // agent sessions admitted
@@ -104,7 +111,8 @@ func New(cfg Config) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes), pol: policy.New(cfg.Logger), rolloutWake: make(chan struct{}, 1)}
+	r := &Relay{cfg: cfg, log: cfg.Logger, st: st, reg: newRegistry(), front: newConnSet(), gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes), pol: policy.New(cfg.Logger), rolloutWake: make(chan struct{}, 1),
+		agentSrc: newSourceLimit(cfg.MaxHandshakesPerAddress, cfg.MaxHandshakesPerNetwork), frontSrc: newSourceLimit(cfg.MaxFrontPendingPerAddress, cfg.MaxFrontPendingPerNetwork)}
 	r.metrics = newMetrics(r)
 	r.audit, err = audit.Open(ctx, st.store, cfg.AuditLog, cfg.Logger)
 	if err != nil {
@@ -265,7 +273,8 @@ func (r *Relay) listenAgents(host, port string) error {
 			return fmt.Errorf("agent listener (UDP): %w", err)
 		}
 		key := quicgo.StatelessResetKey(r.st.ResetKey)
-		r.quicTr = &quicgo.Transport{Conn: r.udpConn, StatelessResetKey: &key, ConnContext: r.quicConnContext}
+		r.quicTr = &quicgo.Transport{Conn: r.udpConn, StatelessResetKey: &key, ConnContext: r.quicConnContext,
+			VerifySourceAddress: r.agentSrc.busy}
 		// One incoming stream: the control stream. The relay opens every
 		// other stream itself (see tcp.RelayConfig for TCP).
 		if r.quicLn, err = r.quicTr.Listen(r.tls.Agents(), quic.Config(1)); err != nil {

@@ -74,7 +74,11 @@ func fleet(b *testing.B, n int, transport string) {
 	debugAddr := "127.0.0.1:" + strconv.Itoa(freePort(b))
 	// The relay is killed and restarted below while thousands of agents
 	// dial it: its port must not be one their own sockets can take.
-	extra := []string{"--debug-listen", debugAddr, "--log-level", "info", "--heartbeat", "10s"}
+	// Every agent connects from 127.0.0.1, standing for a fleet spread
+	// over many hosts: the bounds per source address and network are
+	// lifted.
+	extra := []string{"--debug-listen", debugAddr, "--log-level", "info", "--heartbeat", "10s",
+		"--max-handshakes-per-address", "1000000", "--max-handshakes-per-network", "1000000"}
 	// TETHER_BENCH_RELAY_FLAGS adds relay flags (admission experiments).
 	extra = append(extra, strings.Fields(os.Getenv("TETHER_BENCH_RELAY_FLAGS"))...)
 	r := startRelay(b, relayOpts{agentPort: stablePort(b), extra: extra})
