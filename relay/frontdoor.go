@@ -37,15 +37,25 @@ func (r *Relay) acceptSOCKS(ctx context.Context, wg *sync.WaitGroup) error {
 			}
 			return fmt.Errorf("accept SOCKS5 connection: %w", err)
 		}
+		leave, ok := r.frontSrc.enter(c.RemoteAddr())
+		if !ok {
+			r.frontSourceLimited.Add(1)
+			r.log.Debug("front-door connection closed: too many unauthenticated connections from its address or network", "door", "socks5", "remote", c.RemoteAddr().String())
+			c.Close()
+			continue
+		}
 		r.front.add(c)
 		wg.Go(func() {
 			defer r.front.remove(c)
-			r.serveSOCKS(ctx, c)
+			r.serveSOCKS(ctx, c, leave)
 		})
 	}
 }
 
-func (r *Relay) serveSOCKS(ctx context.Context, c net.Conn) {
+// serveSOCKS serves one SOCKS5 connection; authenticated is called once
+// the handshake is over (it uncounts the connection from its source's
+// bound on unauthenticated connections).
+func (r *Relay) serveSOCKS(ctx context.Context, c net.Conn, authenticated func()) {
 	// Per-stream attributes are passed to each log call rather than bound
 	// with Logger.With, which formats them up front: on the stream-open
 	// path that cost more than the log lines ever written.
@@ -59,6 +69,7 @@ func (r *Relay) serveSOCKS(ctx context.Context, c net.Conn) {
 		who, authErr = r.authenticate(ctx, user, pass)
 		return authErr == nil
 	})
+	authenticated()
 	if err != nil {
 		if authErr != nil {
 			r.log.Info("refused", with(attrs, "code", protocol.CodeOf(authErr).String(), "err", authErr)...)
@@ -145,14 +156,20 @@ func (r *Relay) connectServer(ctx context.Context) *http.Server {
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) { r.serveCONNECT(ctx, w, req) }),
 		ReadHeaderTimeout: r.cfg.HandshakeTimeout,
 		IdleTimeout:       r.cfg.HandshakeTimeout,
-		MaxHeaderBytes:    16 << 10,
+		MaxHeaderBytes:    maxConnectHeader,
 		ErrorLog:          slog.NewLogLogger(r.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ConnContext:       withFrontConn,
 	}
 }
 
 func (r *Relay) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *http.Request) {
 	attrs := []any{"door", "connect", "remote", req.RemoteAddr}
+	fc := frontConnOf(req.Context())
+	if fc != nil {
+		fc.serve()
+		defer fc.authenticated()
+	}
 	if req.Method != http.MethodConnect {
 		w.Header().Set("Allow", http.MethodConnect)
 		writeRefusal(w, "", protocol.Errorf(protocol.CodeBadRequest, "this is a CONNECT proxy: use CONNECT <service>.<tenant>.tether:<port>"), http.StatusMethodNotAllowed)
@@ -163,7 +180,17 @@ func (r *Relay) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *ht
 		door = "connect-tls"
 		attrs[1] = door
 	}
+	// Malformed before anything else: net/http lets through targets that
+	// are not host:port (user@host, an empty or over-long host).
+	if err := checkConnectTarget(req.RequestURI); err != nil {
+		r.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
+		writeRefusal(w, "", err, 0)
+		return
+	}
 	who, claimed, err := r.authenticateRequest(ctx, req)
+	if fc != nil {
+		fc.authenticated()
+	}
 	if err != nil {
 		r.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
 		r.auditUnauthenticated(door, req.RemoteAddr, claimed, err)
@@ -183,6 +210,9 @@ func (r *Relay) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *ht
 		tun.abandon()
 		r.log.Error("hijack CONNECT connection", with(attrs, "err", err)...)
 		return
+	}
+	if u, ok := conn.(interface{ unwrap() net.Conn }); ok {
+		conn = u.unwrap() // the frontConn's work is done
 	}
 	r.front.add(conn)
 	defer r.front.remove(conn)

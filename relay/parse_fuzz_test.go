@@ -17,6 +17,9 @@ func FuzzParseTarget(f *testing.F) {
 	for _, s := range []string{
 		"db.acme.tether:5432", "DB.Acme.Tether.:1", "web.acme.tether", "a.b.c.tether:1",
 		"example.com:80", "[::1]:80", ".acme.tether:1", "db..tether:1", "db.acme.tether:", "-x.acme.tether:1",
+		// Malformed requests front doors receive.
+		"db\x00.acme.tether:80", "db.acme.tether:http", "user@db.acme.tether:80", ":80", "", "db.acme.tether:99999",
+		"db.acme.tether:-1", strings.Repeat("a", 300) + ".acme.tether:80", "db.acme.tether:80:80", "db.acme.tether\r\n:80",
 	} {
 		f.Add(s)
 	}
@@ -25,6 +28,9 @@ func FuzzParseTarget(f *testing.F) {
 		if err != nil {
 			if !errors.Is(err, protocol.ErrBadRequest) {
 				t.Fatalf("ParseTarget(%q) error %v is not bad_request", addr, err)
+			}
+			if strings.ContainsAny(err.Error(), "\r\n") {
+				t.Fatalf("ParseTarget(%q) error %q is not one line", addr, err)
 			}
 			return
 		}

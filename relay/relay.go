@@ -365,8 +365,9 @@ func (r *Relay) run(ctx context.Context) error {
 		}
 		srv := r.connectServer(sessCtx)
 		connectSrvs = append(connectSrvs, srv)
+		fl := frontListener{Listener: ln, r: r, tlsDoor: ln == r.connectTLSLn, deadline: r.cfg.HandshakeTimeout}
 		wg.Go(func() {
-			err := srv.Serve(ln)
+			err := srv.Serve(fl)
 			if errors.Is(err, http.ErrServerClosed) {
 				err = nil
 			}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -31,10 +32,14 @@ type Target struct {
 }
 
 // ParseTarget parses "<service>.<tenant>.tether" with an optional ":port"
-// (the port is ignored: the agent's allowlist names the real address).
+// (the port is ignored: the agent's allowlist names the real address; it
+// must still be a number from 0 to 65535 when given).
 func ParseTarget(addr string) (Target, error) {
 	host := addr
-	if h, _, err := net.SplitHostPort(addr); err == nil {
+	if h, port, err := net.SplitHostPort(addr); err == nil {
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil && port != "" {
+			return Target{}, protocol.Errorf(protocol.CodeBadRequest, "address %q: port %q is not a number from 0 to 65535", addr, port)
+		}
 		host = h
 	}
 	host = strings.ToLower(strings.TrimSuffix(host, "."))
