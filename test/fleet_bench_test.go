@@ -372,3 +372,151 @@ func (l *failureLog) list() []string {
 	defer l.mu.Unlock()
 	return slices.Clone(l.msgs)
 }
+
+// BenchmarkIdleCPU compares the CPU a relay spends on a fleet of idle
+// agents with that of another relay binary (a base revision), side by
+// side: both relays run at once, each with its own fleet of n in-process
+// agents (TETHER_BENCH_FLEET, first size; default 2000), and their CPU
+// time is read over the same window (TETHER_BENCH_IDLE_WINDOW, default
+// 60s), so that the machine's load falls on both alike; each transport runs
+// TETHER_BENCH_IDLE_ROUNDS times (default 1). This relay runs with the
+// bounds per source lifted (every agent connects from 127.0.0.1);
+// TETHER_BENCH_BASE_RELAY_FLAGS adds flags to the base relay's. The base
+// relay is
+// TETHER_BENCH_BASE_RELAY, a tether-relay binary, e.g.
+//
+//	git archive main | tar -x -C /tmp/base && (cd /tmp/base && go build -o /tmp/relay-main ./cmd/tether-relay)
+//	TETHER_BENCH_BASE_RELAY=/tmp/relay-main go test -run '^$' -bench '^BenchmarkIdleCPU$' -benchtime 1x ./test/
+//
+// Sub-benchmarks are idle-<n>/<transport>/round-<r>; each runs once
+// whatever b.N.
+func BenchmarkIdleCPU(b *testing.B) {
+	base := os.Getenv("TETHER_BENCH_BASE_RELAY")
+	if base == "" {
+		b.Skip("TETHER_BENCH_BASE_RELAY names no base tether-relay binary")
+	}
+	n := 2000
+	if v := os.Getenv("TETHER_BENCH_FLEET"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(strings.TrimSpace(strings.Split(v, ",")[0])); err != nil || n < 1 {
+			b.Fatalf("TETHER_BENCH_FLEET=%q: want a positive count", v)
+		}
+	}
+	window := time.Minute
+	if v := os.Getenv("TETHER_BENCH_IDLE_WINDOW"); v != "" {
+		var err error
+		if window, err = time.ParseDuration(v); err != nil {
+			b.Fatalf("TETHER_BENCH_IDLE_WINDOW=%q: %v", v, err)
+		}
+	}
+	transports := []string{"tcp", "quic"}
+	if v := os.Getenv("TETHER_BENCH_FLEET_TRANSPORTS"); v != "" {
+		transports = strings.Split(v, ",")
+	}
+	rounds := 1 // TETHER_BENCH_IDLE_ROUNDS: runs of each transport, one after the other
+	if v := os.Getenv("TETHER_BENCH_IDLE_ROUNDS"); v != "" {
+		var err error
+		if rounds, err = strconv.Atoi(v); err != nil || rounds < 1 {
+			b.Fatalf("TETHER_BENCH_IDLE_ROUNDS=%q: want a positive count", v)
+		}
+	}
+	for round := range rounds {
+		for _, tr := range transports {
+			// Distinct names: a repeated one gets a "#01" suffix, which in
+			// a data directory's path SQLite reads as a URI fragment.
+			b.Run(fmt.Sprintf("idle-%d/%s/round-%d", n, tr, round+1), func(b *testing.B) { idleCPU(b, base, n, tr, window) })
+		}
+	}
+}
+
+// idleCPU is one run of BenchmarkIdleCPU.
+func idleCPU(b *testing.B, base string, n int, tr string, window time.Duration) {
+	if b.N > 1 {
+		b.Skip("runs once; use -benchtime 1x")
+	}
+	type side struct {
+		r     *relayProc
+		debug string
+	}
+	sides := map[string]*side{}
+	for name, bin := range map[string]string{"this": bins.relay, "base": base} {
+		debug := "127.0.0.1:" + strconv.Itoa(freePort(b))
+		extra := []string{"--debug-listen", debug, "--log-level", "info", "--heartbeat", "10s"}
+		if name == "this" {
+			extra = append(extra, "--max-handshakes-per-address", "1000000", "--max-handshakes-per-network", "1000000")
+		} else {
+			// TETHER_BENCH_BASE_RELAY_FLAGS: flags for the base relay
+			// (the same bounds, when it has them).
+			extra = append(extra, strings.Fields(os.Getenv("TETHER_BENCH_BASE_RELAY_FLAGS"))...)
+		}
+		sides[name] = &side{r: startRelay(b, relayOpts{agentPort: stablePort(b), extra: extra, bin: bin}), debug: debug}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var agents sync.WaitGroup
+	b.Cleanup(func() {
+		cancel()
+		agents.Wait()
+	})
+	echoAddr := tcpService(b, echo)
+	for _, s := range sides {
+		s.r.addTenant(b, "acme")
+		tok := s.r.token(b, "acme", "--uses", strconv.Itoa(n), "--ttl", "1h")
+		dirs := make([]string, n)
+		base := b.TempDir()
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for range 8 {
+			wg.Go(func() {
+				for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+					dirs[i] = filepath.Join(base, strconv.Itoa(i))
+					ectx, ecancel := context.WithTimeout(ctx, 30*time.Second)
+					_, err := agent.Enroll(ectx, agent.EnrollOptions{Relay: s.r.agentAddr, Token: tok, StateDir: dirs[i], Hostname: "idle"})
+					ecancel()
+					if err != nil {
+						errs <- fmt.Errorf("enrol agent %d: %w", i, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			b.Fatal(err)
+		}
+		for i := range n {
+			a, err := agent.New(agent.Config{
+				StateDir: dirs[i], Transport: tr, Connections: 1,
+				Services:    map[string]agent.Service{"echo": {Address: echoAddr}},
+				Reconnect:   agent.Backoff{Initial: 500 * time.Millisecond, Max: 30 * time.Second},
+				NoFileWatch: true,
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			agents.Go(func() { a.Run(ctx) })
+		}
+	}
+	for _, s := range sides {
+		waitConnected(b, s.debug, n, 5*time.Minute)
+	}
+	time.Sleep(5 * time.Second) // let the connects' work settle before measuring
+	cpu0 := map[string]float64{}
+	for name, s := range sides {
+		cpu0[name] = cpuSeconds(s.r.Pid())
+	}
+	time.Sleep(window)
+	per := map[string]float64{}
+	for name, s := range sides {
+		per[name] = (cpuSeconds(s.r.Pid()) - cpu0[name]) / window.Seconds()
+		if st := relayStats(b, s.debug); st.AgentConnections != n {
+			b.Errorf("%s relay: %d agents connected at the end of the window, want %d", name, st.AgentConnections, n)
+		}
+	}
+	b.ReportMetric(per["this"]*1000, "relay-cpu-ms/s")
+	b.ReportMetric(per["base"]*1000, "base-relay-cpu-ms/s")
+	if per["base"] > 0 {
+		b.ReportMetric(per["this"]/per["base"], "ratio")
+	}
+}

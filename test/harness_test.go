@@ -126,13 +126,14 @@ type relayOpts struct {
 	agentPort  int      // the agent port; default a free ephemeral one
 	transports string   // --transports; default both
 	extra      []string // more serve flags
+	bin        string   // the tether-relay binary; default bins.relay
 }
 
 // startRelay initialises a data directory and runs tether-relay serve on
 // free loopback ports with a 1 s heartbeat (e2e.StartRelay).
 func startRelay(t testing.TB, o relayOpts) *relayProc {
 	t.Helper()
-	r := e2e.StartRelay(t, bins.relay, e2e.RelayOptions{AgentPort: o.agentPort, Transports: o.transports,
+	r := e2e.StartRelay(t, cmp.Or(o.bin, bins.relay), e2e.RelayOptions{AgentPort: o.agentPort, Transports: o.transports,
 		Heartbeat: time.Second, Extra: o.extra})
 	return &relayProc{proc: wrapProc(t, r.Proc), r: r, dataDir: r.DataDir, agentAddr: r.AgentAddr,
 		socksAddr: r.SocksAddr, connectAddr: r.ConnectAddr}
