@@ -174,7 +174,7 @@ func serveSettings() []*setting {
 			"file receiving one JSON line per audit record (default `DATA-DIR/audit.log`); admin commands append to the same file (they read `audit_log` from the config file)"),
 		dur("heartbeat", func(o *serveOptions) *time.Duration { return &c(o).HeartbeatInterval }, 10*time.Second,
 			"control-stream heartbeat interval",
-			"control-stream ping interval; three missed ones drop the session"),
+			"control-stream ping interval of idle sessions; three missed ones drop the session (see [agents that stop answering](#agents-that-stop-answering) for sessions with streams)"),
 		dur("update-interval", func(o *serveOptions) *time.Duration { return &c(o).UpdateInterval }, 5*time.Second,
 			"how often the active rollout's release is offered to agents that have not had it", ""),
 		dur("stream-open-timeout", func(o *serveOptions) *time.Duration { return &c(o).StreamOpenTimeout }, 15*time.Second,
