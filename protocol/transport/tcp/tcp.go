@@ -201,6 +201,16 @@ func (s *Session) AcceptStream(ctx context.Context) (transport.Stream, error) {
 	return &Stream{Stream: st, sess: s}, nil
 }
 
+// Abort closes the session at once, for a peer deemed dead: the TCP
+// connection first, without the TLS close_notify Close sends, which could
+// only wait (up to its 5 s deadline) for a peer that no longer reads.
+func (s *Session) Abort() error {
+	if tc, ok := s.conn.(*tls.Conn); ok {
+		tc.NetConn().Close()
+	}
+	return s.Close()
+}
+
 // Close closes the session and its connection; open streams fail (their
 // reads and writes return errors wrapping transport.ErrClosed).
 func (s *Session) Close() error {
