@@ -357,7 +357,8 @@ type agentConn struct {
 	connectedAt time.Time
 	log         *slog.Logger
 
-	open      atomic.Int64 // streams open now
+	open      atomic.Int64 // streams open now, and being opened
+	opening   atomic.Int64 // streams being opened (openOn), a part of open
 	total     atomic.Uint64
 	draining  atomic.Bool // agent or relay said GoAway: no new streams
 	lastHeard atomic.Int64
@@ -374,6 +375,7 @@ type agentConn struct {
 	awaitSince   atomic.Int64          // Unix nanoseconds since when a ping has gone unanswered; 0: none is outstanding
 	awaitPackets atomic.Uint64         // what the transport had received from the agent at awaitSince
 	stalled      atomic.Bool           // a ping went unanswered for probeWait, and the transport heard nothing meanwhile
+	stalledAt    atomic.Int64          // Unix nanoseconds the session last stalled
 	doubted      atomic.Bool           // another session of the same agent process stalled: this one is pinged at once
 	onStall      func()                // called each time the session stalls; must not block
 	cause        atomic.Pointer[error] // why the relay closed the session, when it did (closeWith, a newer process)
@@ -467,6 +469,12 @@ const (
 	// received from the agent meanwhile, before the session stalls: no
 	// new streams go to it until it is heard from again.
 	probeWait = 2 * time.Second
+	// stallClose is how long a session may stay stalled while streams are
+	// open on it before it is closed: those streams can move no data, and
+	// their backends get an error rather than a hang. (Streams only being
+	// opened end with the stream-open timeout; an idle session is left to
+	// the heartbeat and the transport's idle timeout.)
+	stallClose = 5 * time.Second
 )
 
 // Why agent sessions end, as the errors run returns.
@@ -476,6 +484,7 @@ var (
 	errAgentClosed     = errors.New("agent closed its control stream")
 	errAgentRestarted  = errors.New("a newer process of this agent connected")
 	errSilentAgent     = errors.New("the transport gave up on the agent, which had stopped answering")
+	errNotAnswering    = errors.New("no answer to pings")
 )
 
 // Reasons an agent session ended, as logged ("agent disconnected") and
@@ -485,7 +494,7 @@ var (
 const (
 	reasonAgentClosed = "agent_closed"     // the agent closed its session or control stream
 	reasonIdleTimeout = "idle_timeout"     // the transport gave up on a silent agent (QUIC idle timeout; yamux: a write timeout, a stream open never acknowledged)
-	reasonHeartbeat   = "heartbeat_missed" // no control message for three heartbeats
+	reasonHeartbeat   = "heartbeat_missed" // no control message for three heartbeats, or for stallClose after stalling with streams open
 	reasonReset       = "connection_reset" // the connection was reset (a QUIC stateless reset, a TCP reset)
 	reasonShutdown    = "relay_shutdown"
 	reasonRestarted   = "agent_restarted" // a newer process of the same agent connected
@@ -508,7 +517,7 @@ func disconnectReason(err error) string {
 	switch {
 	case errors.Is(err, errRelayShutdown):
 		return reasonShutdown
-	case errors.Is(err, errHeartbeatMissed):
+	case errors.Is(err, errHeartbeatMissed), errors.Is(err, errNotAnswering):
 		return reasonHeartbeat
 	case errors.Is(err, errAgentRestarted):
 		return reasonRestarted
@@ -545,6 +554,10 @@ func (c *agentConn) run(ctx context.Context, br *bufio.Reader, hb time.Duration,
 			why = err
 		}
 		mu.Unlock()
+		if a, ok := c.sess.(interface{ Abort() error }); ok && (errors.Is(err, errNotAnswering) || errors.Is(err, errHeartbeatMissed)) {
+			a.Abort() // a silent agent: do not wait on it
+			return
+		}
 		c.sess.Close()
 	}
 	stopCtx := context.AfterFunc(ctx, func() { end(errRelayShutdown) })
@@ -626,7 +639,8 @@ func (c *agentConn) ended(err error) error {
 }
 
 // beat is one tick of the session's timer, at now. It ends a session silent
-// for three heartbeats (returning why) or past its certificate; judges an
+// for three heartbeats, stalled for stallClose with streams open (returning
+// why), or past its certificate; judges an
 // outstanding ping; and pings: at every tick while the session is idle (the
 // heartbeat), and while streams are open or being opened on it, or it is in
 // doubt, whenever no ping is outstanding. It returns when to tick next:
@@ -658,10 +672,18 @@ func (c *agentConn) beat(now time.Time, hb time.Duration) (time.Duration, error)
 			c.awaitPackets.Store(got)
 			c.awaitSince.CompareAndSwap(since, now.UnixNano())
 		} else if waited := now.Sub(time.Unix(0, since)); waited >= probeWait && !c.stalled.Swap(true) {
+			c.stalledAt.Store(now.UnixNano())
 			c.log.Warn("agent stopped answering: no new streams go to this connection until it is heard from again",
 				"waited", waited.Round(time.Millisecond), "streams_open", c.open.Load())
 			c.notifyStall()
 			active = true
+		}
+	}
+	if c.stalled.Load() {
+		if stalled := now.Sub(time.Unix(0, c.stalledAt.Load())); stalled >= stallClose {
+			if n := c.open.Load() - c.opening.Load(); n > 0 {
+				return 0, fmt.Errorf("%w for %v while %d streams were open", errNotAnswering, (probeWait + stalled).Round(time.Millisecond), n)
+			}
 		}
 	}
 	if !active || c.awaitSince.Load() == 0 {

@@ -281,6 +281,8 @@ func (r *Relay) openOn(ctx context.Context, ac *agentConn, hdr protocol.StreamHe
 	if ac.open.Add(1) == 1 {
 		ac.wake(activeTick) // watch the connection closely while streams use it
 	}
+	ac.opening.Add(1)
+	defer ac.opening.Add(-1)
 	st, err := ac.sess.OpenStream(ctx)
 	if err != nil {
 		ac.open.Add(-1)
