@@ -77,6 +77,7 @@ type session struct {
 	// drainUntil is when the relay's GoAway said it closes the streams in flight.
 	drainUntil atomic.Pointer[time.Time]
 	readDone   chan struct{} // closed when the control reader exits
+	pinging    atomic.Bool   // a ping is being written (ping)
 	lastHeard  atomic.Int64
 	rtt        atomic.Int64
 	pingSeq    atomic.Uint64
@@ -435,15 +436,20 @@ func (s *session) serve(ctx context.Context) endReason {
 			}
 			if silent := now.Sub(aliveAt); silent >= activeSilence {
 				s.setEnd(fmt.Errorf("relay silent for %v while %d streams were open", silent.Round(time.Millisecond), s.open.Load()))
+				abort(s.t)
+				if s.transport == TransportQUIC && s.a.cfg.Transport == TransportAuto {
+					// Not a packet, not even an acknowledgement: UDP
+					// may be blocked now. The next attempt goes over
+					// TCP rather than waiting out a QUIC handshake
+					// first; QUIC is tried again later, as after any
+					// fallback.
+					until := s.a.markQUICFailed(s.relay)
+					s.log.Warn("QUIC relay went silent; the next connection goes over TLS over TCP", "quic_retry_after", until.Format(time.RFC3339))
+				}
 				return endLost
 			}
 			if now.Sub(heard) >= activeTick {
-				seq := s.pingSeq.Add(1)
-				s.pingSentAt.Store(now.UnixNano())
-				if err := s.send(&protocol.Ping{Seq: seq}); err != nil {
-					s.setEnd(fmt.Errorf("send ping: %w", err))
-					return endLost
-				}
+				s.ping(now)
 			}
 			liveTimer.Reset(activeTick)
 			live = liveTimer.C
@@ -474,12 +480,7 @@ func (s *session) serve(ctx context.Context) endReason {
 				s.setEnd(fmt.Errorf("relay silent for %v", silent.Round(time.Millisecond)))
 				return endLost
 			}
-			seq := s.pingSeq.Add(1)
-			s.pingSentAt.Store(time.Now().UnixNano())
-			if err := s.send(&protocol.Ping{Seq: seq}); err != nil {
-				s.setEnd(fmt.Errorf("send ping: %w", err))
-				return endLost
-			}
+			s.ping(time.Now())
 			if packets != nil {
 				packetsAtPing = packets.PacketsReceived()
 				pongTimer.Reset(pongWait)
@@ -496,6 +497,26 @@ func (s *session) serve(ctx context.Context) endReason {
 			return endLost
 		}
 	}
+}
+
+// ping sends a ping without holding up serve, which must go on judging
+// the relay's silence meanwhile: a write to a relay that stopped reading
+// blocks once the connection's buffers are full (over TCP until yamux's
+// write timeout). At most one ping is being written at a time; one that
+// fails ends the session.
+func (s *session) ping(now time.Time) {
+	if !s.pinging.CompareAndSwap(false, true) {
+		return
+	}
+	seq := s.pingSeq.Add(1)
+	s.pingSentAt.Store(now.UnixNano())
+	s.wg.Go(func() {
+		defer s.pinging.Store(false)
+		if err := s.send(&protocol.Ping{Seq: seq}); err != nil {
+			s.setEnd(fmt.Errorf("send ping: %w", err))
+			s.t.Close() // serve returns through Done
+		}
+	})
 }
 
 func (s *session) readLoop() {
@@ -638,6 +659,16 @@ func (s *session) close() {
 		}
 	default:
 	}
+}
+
+// abort closes a session whose relay is deemed dead without waiting on it
+// (a transport's Abort, else Close).
+func abort(ts transport.Session) {
+	if a, ok := ts.(interface{ Abort() error }); ok {
+		a.Abort()
+		return
+	}
+	ts.Close()
 }
 
 // receivedCount returns a count that moves whenever ts receives anything
