@@ -183,6 +183,12 @@ func TestStoppedAgentRepliesAreTyped(t *testing.T) {
 	cs := newCallers(t, r, tlsAddr, "stopped-quic", "stopped-tcp", "slow")
 	for tenant := range agents {
 		waitDial(t, cs.connect, "web."+tenant+".tether:80", 15*time.Second).Close()
+		// Over before the agent stops: a stream open through a stopped
+		// agent ends the session (its streams can move nothing), and
+		// these cases are about streams being opened.
+		waitLine(t, r.proc, func(l string) bool {
+			return strings.Contains(l, `"msg":"stream closed"`) && strings.Contains(l, `"tenant":"`+tenant+`"`)
+		}, 10*time.Second, "the first stream of "+tenant+" closed")
 	}
 
 	results := map[string][]outcome{}
@@ -319,6 +325,48 @@ func TestStoppedAgentIsAvoided(t *testing.T) {
 			t.Logf("%d streams in the 9 s after the stop, %d of them after 5 s; the slowest took %v; the last one slower than 1 s was opened %v after the stop",
 				len(results), late, slowest.Round(time.Millisecond), lastSlow.Round(time.Millisecond))
 			r.waitOutput("agent stopped answering", 5*time.Second)
+		})
+	}
+}
+
+// TestStoppedAgentsStreamsEnd: the streams open through an agent that
+// stopped (SIGSTOP) can move no data; the relay closes the agent's session
+// once it has stayed unanswering for 5 s, so a backend reading from such a
+// stream gets an error within about 8 s rather than waiting for the
+// transport's 30 s idle timeout or the stream's hour.
+func TestStoppedAgentsStreamsEnd(t *testing.T) {
+	for _, transport := range []string{"quic", "tcp"} {
+		t.Run(transport, func(t *testing.T) {
+			r := startRelay(t, relayOpts{extra: []string{"--heartbeat", "10s"}})
+			r.addTenant(t, "acme")
+			d := r.backend(t, "billing", "acme")
+			a := startAgent(t, r, "acme", agentOpts{transport: transport, extra: "connections: 1\n", services: map[string]string{"web": tcpService(t, echo)}})
+			c := waitDial(t, d, "web.acme.tether:80", 15*time.Second)
+			defer c.Close()
+			if err := echoes(c); err != nil {
+				t.Fatal(err)
+			}
+			thaw := a.freeze(t)
+			defer thaw()
+			stopped := time.Now()
+			c.SetReadDeadline(time.Now().Add(25 * time.Second))
+			var b [1]byte
+			_, err := c.Read(b[:])
+			took := time.Since(stopped)
+			var ne net.Error
+			switch {
+			case err == nil:
+				t.Fatal("read a byte from a stream through a stopped agent")
+			case errors.As(err, &ne) && ne.Timeout():
+				t.Fatalf("the stream through the stopped agent was still open %v later", took.Round(time.Millisecond))
+			case took > 10*time.Second:
+				t.Errorf("the stream through the stopped agent ended %v after the stop (%v), want within 10 s", took.Round(time.Millisecond), err)
+			default:
+				t.Logf("the stream ended %v after the stop: %v", took.Round(time.Millisecond), err)
+			}
+			waitLine(t, r.proc, func(l string) bool {
+				return strings.Contains(l, `"msg":"agent disconnected"`) && strings.Contains(l, `"reason":"heartbeat_missed"`) && strings.Contains(l, "no answer to pings")
+			}, 5*time.Second, "the relay closing the stopped agent's session")
 		})
 	}
 }
