@@ -28,7 +28,6 @@ const streamEndLimit = 2 * noticeLimit
 // and once the blackhole is lifted the agent connects again and carries
 // new streams.
 func TestBlackholeMidStream(t *testing.T) {
-	pending(t, "dead peers noticed within 5 s on both sides (relay: relay/agents.go; agent: heartbeats in agent/session.go): today the agent notices after a heartbeat and its pong wait (QUIC, 5–15 s) or three silent heartbeats (TCP, 30 s), and the relay keeps routing to the dead connection for 30 s")
 	for _, transport := range []string{"quic", "tcp"} {
 		t.Run(transport, func(t *testing.T) {
 			testBlackhole(t, transport)

@@ -19,7 +19,6 @@ const freezeFor = 8 * time.Second
 // the frozen one within 5 s, so the second carries them and every stream
 // opens; after SIGCONT the first serves streams again.
 func TestFrozenAgent(t *testing.T) {
-	pending(t, "the relay to stop routing to an agent that stopped answering within 5 s (relay/agents.go, relay/route.go): today it sends new streams to the frozen agent, which time out after 15 s, for 30 s")
 	e := newEnv(t, "acme")
 	frozen := e.startAgent(t, "acme", e2e.AgentOptions{Services: map[string]string{"web": e.httpService(t, hello("A"))}})
 	e.startAgent(t, "acme", e2e.AgentOptions{Services: map[string]string{"web": e.httpService(t, hello("B"))}})

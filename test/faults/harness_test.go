@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -20,20 +19,6 @@ import (
 	"github.com/tetherhq/tether/relay/client"
 	"github.com/tetherhq/tether/test/internal/e2e"
 )
-
-// pendingEnv, set to 1, runs the tests that wait for a fix (pending).
-const pendingEnv = "TETHER_FAULTS_PENDING"
-
-// pending skips a test whose assertions fail on the current code because
-// of a product defect being fixed elsewhere; need says what it needs.
-// Remove the call once the fix is in, or set TETHER_FAULTS_PENDING=1 to
-// run it anyway.
-func pending(t *testing.T, need string) {
-	t.Helper()
-	if os.Getenv(pendingEnv) != "1" {
-		t.Skipf("needs %s (%s=1 runs it)", need, pendingEnv)
-	}
-}
 
 // env is one test's topology, its impairing router, a relay in the root
 // namespace (with its default heartbeat, 10 s) and a backend allowed to
