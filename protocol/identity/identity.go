@@ -3,7 +3,10 @@
 // configurations shared by agent and relay.
 //
 //	spiffe://<trust-domain>/tenant/<tenant>/agent/<agent-id>   an agent
-//	spiffe://<trust-domain>/relay                               a relay
+//	spiffe://<trust-domain>/relay                               a relay, to agents
+//	spiffe://<trust-domain>/relay/<relay-id>                    a relay, to the other relays of its cluster
+//	spiffe://<trust-domain>/backend/<name>                      a SaaS backend
+//	spiffe://<trust-domain>/operator/<name>                     an operator
 //
 // The tenant of an agent is always taken from its verified certificate, never
 // from anything the agent says.
