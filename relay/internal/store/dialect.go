@@ -50,6 +50,11 @@ type dialect interface {
 	// change, until ctx ends; it returns at once where the engine cannot
 	// tell (followers then poll).
 	listen(ctx context.Context, wake func(), failed func(error))
+	// lockStatements are the statements that take and release a lock
+	// shared by every process on the database, held by one connection
+	// and waiting until it is free ($1: the lock's key); "" where the
+	// engine has none (Store.Lock).
+	lockStatements() (lock, unlock string)
 }
 
 // sqliteDialect is SQLite through modernc.org/sqlite.
@@ -122,3 +127,7 @@ func (sqliteDialect) execInsertID(ctx context.Context, stmt *sql.Stmt, args ...a
 func (sqliteDialect) notifyChanges(context.Context, *sql.Tx) error { return nil }
 
 func (sqliteDialect) listen(context.Context, func(), func(error)) {}
+
+// lockStatements: SQLite has no lock a connection holds across
+// transactions without blocking every other writer.
+func (sqliteDialect) lockStatements() (string, string) { return "", "" }

@@ -86,6 +86,12 @@ func (postgresDialect) orderChanges(ctx context.Context, tx *sql.Tx) error {
 	return err
 }
 
+// lockStatements are session advisory locks: held by the connection until
+// released or until it closes.
+func (postgresDialect) lockStatements() (string, string) {
+	return `SELECT pg_advisory_lock($1)`, `SELECT pg_advisory_unlock($1)`
+}
+
 func (postgresDialect) insertIDQuery(query, key string) string { return query + " RETURNING " + key }
 
 func (postgresDialect) execInsertID(ctx context.Context, stmt *sql.Stmt, args ...any) (int64, error) {

@@ -219,6 +219,18 @@ CREATE TABLE operator_certs (
 	revoked_at BIGINT NOT NULL DEFAULT 0
 );
 `},
+	// The tenant CA's files, for a CA kept in the store (a cluster of
+	// relays on PostgreSQL; relay/internal/ca): certificates and the
+	// manifest in the clear, private keys sealed under a key-encryption
+	// key, which kek_id names ('' for a file in the clear).
+	{10, `
+CREATE TABLE ca_files (
+	name       TEXT PRIMARY KEY,
+	data       {{blob}} NOT NULL,
+	kek_id     TEXT NOT NULL DEFAULT '',
+	updated_at BIGINT NOT NULL
+);
+`},
 }
 
 // latestMigration is the schema version a migrated store has.
