@@ -129,7 +129,7 @@ func benchRelay(b *testing.B) *Relay {
 	cfg := Config{DataDir: b.TempDir(), TrustDomain: "bench.test"}
 	cfg.setDefaults()
 	ctx := context.Background()
-	st, err := openState(ctx, cfg.DataDir, cfg.TrustDomain, cfg.Now())
+	st, err := openState(ctx, cfg)
 	if err != nil {
 		b.Fatal(err)
 	}

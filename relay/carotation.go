@@ -20,7 +20,7 @@ import (
 // refreshCA applies a change of the CA's roots made by an admin command.
 // It runs on the change feed's goroutine.
 func (r *Relay) refreshCA(ctx context.Context) {
-	if _, _, err := r.st.auth.Reload(); err != nil {
+	if _, _, err := r.st.auth.Reload(ctx); err != nil {
 		if ctx.Err() == nil {
 			r.log.Warn("CA roots", "err", err)
 		}

@@ -120,7 +120,7 @@ func TestRelayFollowsCARotation(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "retired") || !strings.Contains(err.Error(), "enrol again") {
 		t.Fatalf("certificate from the retired root: %v", err)
 	}
-	if _, err := ca.Load(r.st.caDir()); err != nil {
+	if _, err := ca.Load(ctx, r.st.caStorage()); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -20,6 +20,15 @@ const Off = "off"
 type Config struct {
 	// DataDir holds the CA, the store and the relay's secrets. Required.
 	DataDir string
+	// Store is the store of a cluster of relays: a postgres:// URL.
+	// Default: SQLite in DataDir, with the CA in DataDir/ca. With
+	// PostgreSQL the store holds the CA too, its private keys sealed
+	// with CAKEK.
+	Store string
+	// CAKEK is the key-encryption key (32 random bytes) that seals the
+	// CA's private keys in a PostgreSQL store: required with one, the
+	// same on every relay of the cluster. Unused with SQLite.
+	CAKEK []byte
 
 	// AgentListen is where agents connect, on the same port number for UDP
 	// (QUIC) and TCP (TLS+yamux, and enrolment). Default ":7443".

@@ -107,7 +107,7 @@ func New(cfg Config) (*Relay, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	st, err := openState(ctx, cfg.DataDir, cfg.TrustDomain, cfg.Now())
+	st, err := openState(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"time"
 
 	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/datadir"
@@ -22,15 +21,15 @@ type state struct {
 // CA returns the tenant CA as last read.
 func (s *state) CA() *ca.CA { return s.auth.CA() }
 
-// caDir is the CA's directory.
-func (s *state) caDir() string { return s.CADir() }
+// caStorage is where the CA is kept.
+func (s *state) caStorage() ca.Storage { return s.CAStorage() }
 
-func openState(ctx context.Context, dir, trustDomain string, now time.Time) (*state, error) {
-	d, authority, err := datadir.Open(ctx, dir, trustDomain, now)
+func openState(ctx context.Context, cfg Config) (*state, error) {
+	d, authority, err := datadir.Open(ctx, cfg.DataDir, datadir.Options{TrustDomain: cfg.TrustDomain, Store: cfg.Store, CAKEK: cfg.CAKEK}, cfg.Now())
 	if err != nil {
 		return nil, err
 	}
-	s := &state{Dir: d, dir: d.Path, store: d.Store, auth: trust.NewAuthority(d.CADir(), authority)}
+	s := &state{Dir: d, dir: d.Path, store: d.Store, auth: trust.NewAuthority(d.CAStorage(), authority)}
 	return s, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -116,8 +117,16 @@ type Options struct {
 	// CA in it), with an error of class ErrNoDataDir, instead of creating
 	// one: what admin commands want, since a CA made by one would have
 	// the default trust domain whatever the relay is started with, and a
-	// mistyped --data-dir would silently hold a store of its own.
+	// mistyped --data-dir would silently hold a store of its own. With a
+	// PostgreSQL Store, it refuses a store no relay has started on (no
+	// CA in it); the data directory then only keeps the audit file.
 	Existing bool
+	// Store is the store of a cluster of relays (a postgres:// URL),
+	// which holds the CA too; empty for the SQLite store in DataDir.
+	Store string
+	// CAKEK is the cluster's key-encryption key (32 bytes), which seals
+	// the CA's private keys in a PostgreSQL store: required with one.
+	CAKEK []byte
 }
 
 // ErrNoDataDir is the class of Open's error for a data directory that
@@ -130,12 +139,16 @@ func Open(ctx context.Context, o Options) (*Admin, error) {
 	if o.TrustDomain == "" {
 		o.TrustDomain = "tether.internal"
 	}
-	if o.Existing {
+	if o.Existing && o.Store == "" {
 		if err := checkDataDir(o.DataDir); err != nil {
 			return nil, err
 		}
 	}
-	d, authority, err := datadir.Open(ctx, o.DataDir, o.TrustDomain, time.Now())
+	d, authority, err := datadir.Open(ctx, o.DataDir, datadir.Options{TrustDomain: o.TrustDomain, Store: o.Store, CAKEK: o.CAKEK, Existing: o.Existing}, time.Now())
+	if errors.Is(err, fs.ErrNotExist) && o.Existing {
+		return nil, &classError{class: ErrNoDataDir, msg: "the store holds no relay state (no CA): no relay has started on it; " +
+			"give the cluster's (--store or TETHER_STORE), or start a relay on it first: tether-relay serve --store URL --ca-kek-file FILE"}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +161,7 @@ func Open(ctx context.Context, o Options) (*Admin, error) {
 		d.Close()
 		return nil, err
 	}
-	a := &Admin{dir: d, auth: trust.NewAuthority(d.CADir(), authority), store: d.Store, audit: trail, log: logger, now: time.Now, certLifetime: DefaultCertLifetime, scope: Unscoped}
+	a := &Admin{dir: d, auth: trust.NewAuthority(d.CAStorage(), authority), store: d.Store, audit: trail, log: logger, now: time.Now, certLifetime: DefaultCertLifetime, scope: Unscoped}
 	a.close = func() error { return errors.Join(trail.Close(), d.Close()) }
 	return a, nil
 }

@@ -57,7 +57,7 @@ func (a *Admin) CAStatus(ctx context.Context) (CAStatus, error) {
 	if err := a.vendorOnly("the CA"); err != nil {
 		return CAStatus{}, err
 	}
-	authority, err := ca.Load(a.auth.Dir())
+	authority, err := ca.Load(ctx, a.auth.Storage())
 	if err != nil {
 		return CAStatus{}, err
 	}
@@ -106,8 +106,9 @@ func (a *Admin) CAStatus(ctx context.Context) (CAStatus, error) {
 
 // caChanged makes next the CA of this process and tells running relays,
 // through the change feed, to read the CA's roots again. The change is
-// already in the data directory: a relay that misses the notice finds it
-// at its next full read.
+// already where the CA is kept (the data directory, or the store a
+// cluster shares): a relay that misses the notice finds it at its next
+// full read.
 func (a *Admin) caChanged(ctx context.Context, next *ca.CA) {
 	a.auth.Replace(next)
 	if err := a.store.AppendChange(ctx, store.Change{Kind: store.ChangeCA}); err != nil {
@@ -128,7 +129,7 @@ func (a *Admin) RotateCA(ctx context.Context, renewNow bool) (CAStatus, error) {
 	var next *ca.CA
 	err := a.dir.Locked(ctx, func() error {
 		var err error
-		next, err = ca.Rotate(a.auth.Dir(), a.now(), renewNow)
+		next, err = ca.Rotate(ctx, a.auth.Storage(), a.now(), renewNow)
 		return err
 	})
 	if err != nil {
@@ -150,7 +151,7 @@ func (a *Admin) RenewNowCA(ctx context.Context) (CAStatus, error) {
 	var next *ca.CA
 	err := a.dir.Locked(ctx, func() error {
 		var err error
-		next, err = ca.SetRenewNow(a.auth.Dir(), true)
+		next, err = ca.SetRenewNow(ctx, a.auth.Storage(), true)
 		return err
 	})
 	if err != nil {
@@ -187,7 +188,7 @@ func (a *Admin) RetireCA(ctx context.Context, force bool) (RetireResult, error) 
 	}
 	var res RetireResult
 	err := a.dir.Locked(ctx, func() error {
-		cur, err := ca.Load(a.auth.Dir())
+		cur, err := ca.Load(ctx, a.auth.Storage())
 		if err != nil {
 			return err
 		}
@@ -228,7 +229,7 @@ func (a *Admin) RetireCA(ctx context.Context, force bool) (RetireResult, error) 
 				res.Tokens = append(res.Tokens, tokenInfo(t))
 			}
 		}
-		next, retired, err := ca.Retire(a.auth.Dir(), now)
+		next, retired, err := ca.Retire(ctx, a.auth.Storage(), now)
 		if err != nil {
 			return err
 		}

@@ -1,7 +1,9 @@
 // Package ca is the relay's narrow tenant CA: it issues agent certificates
 // from CSRs (the agent's key never leaves the agent) and the relay's own
-// server certificates. Its keys are ECDSA P-256 keys kept in the relay's
-// data directory with owner-only permissions.
+// server certificates. Its keys are ECDSA P-256 keys, kept in a Storage:
+// the relay's data directory with owner-only permissions (Dir), or, for a
+// cluster of relays, the store they share with the keys sealed under a
+// key-encryption key (StoreFiles, sealed.go).
 //
 // # Roots and rotation
 //
@@ -19,18 +21,29 @@
 // intermediate CAs below them — path length 0 — so it cannot be done for
 // them.)
 //
-// On disk, root generation 1 is ca.crt and ca.key, the names a CA had
-// before rotation existed, so such a directory loads unchanged; generation
-// n > 1 is ca-n.crt and ca-n.key. roots.json says which generations are
-// active and is replaced atomically, so a reader sees the roots before or
-// after a change and never half of one; without it the CA is generation 1
-// alone. Retired roots stay listed there, certificate only (their keys are
+// # Files
+//
+// Root generation 1 is ca.crt and ca.key, the names a CA had before
+// rotation existed, so such a directory loads unchanged; generation n > 1
+// is ca-n.crt and ca-n.key. roots.json says which generations are active
+// and is replaced atomically, so a reader sees the roots before or after a
+// change and never half of one; without it the CA is generation 1 alone.
+// Retired roots stay listed there, certificate only (their keys are
 // deleted), so that a certificate one of them issued can be refused with
-// the reason.
+// the reason. Every Storage holds the same files, byte for byte, and each
+// change writes them in the same order (a key before its certificate, the
+// certificate before roots.json names it), so that a change cut short
+// leaves the CA as it was.
+//
+// The functions that change the CA (LoadOrCreate, Rotate, Retire,
+// SetRenewNow) leave it to their caller to run one at a time across every
+// process that shares the storage: the data directory's file lock, and
+// for a CA in a shared store the store's lock too (relay/internal/datadir).
 package ca
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -47,16 +60,13 @@ import (
 	"io/fs"
 	"math/big"
 	"net/url"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
-	"github.com/tetherhq/tether/relay/internal/atomicfile"
 )
 
-// File names inside the CA directory.
+// File names in a CA's Storage.
 const (
 	CertFile     = "ca.crt" // root generation 1
 	KeyFile      = "ca.key" // root generation 1
@@ -147,12 +157,12 @@ type manifestRoot struct {
 	Certificate string `json:"certificate,omitempty"`
 }
 
-// LoadOrCreate loads the CA from dir, creating a new one for trust domain td
-// when dir holds none. The caller serialises calls across processes (the
-// relay holds a lock on its data directory). An existing CA keeps its own
-// trust domain; td only names a new one.
-func LoadOrCreate(dir, td string, now time.Time) (*CA, bool, error) {
-	c, err := Load(dir)
+// LoadOrCreate loads the CA from s, creating a new one for trust domain td
+// when s holds none. The caller serialises calls across processes (see the
+// package comment). An existing CA keeps its own trust domain; td only
+// names a new one.
+func LoadOrCreate(ctx context.Context, s Storage, td string, now time.Time) (*CA, bool, error) {
+	c, err := Load(ctx, s)
 	if err == nil {
 		return c, false, nil
 	}
@@ -162,37 +172,34 @@ func LoadOrCreate(dir, td string, now time.Time) (*CA, bool, error) {
 	if err := identity.ValidateTrustDomain(td); err != nil {
 		return nil, false, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, false, fmt.Errorf("create CA directory: %w", err)
-	}
-	if _, err := createRoot(dir, td, 1, now); err != nil {
+	if _, err := createRoot(ctx, s, td, 1, now); err != nil {
 		return nil, false, err
 	}
-	c, err = Load(dir)
+	c, err = Load(ctx, s)
 	return c, true, err
 }
 
-// Load reads the CA from dir. Only a directory with no CA at all (no
+// Load reads the CA from s. Only a storage with no CA at all (no
 // roots.json, ca.crt or ca.key) yields an error wrapping fs.ErrNotExist;
 // a CA with a file missing is an error of its own, never a reason to make
 // a new one.
-func Load(dir string) (*CA, error) {
-	raw, err := ReadManifest(dir)
+func Load(ctx context.Context, s Storage) (*CA, error) {
+	raw, err := ReadManifest(ctx, s)
 	if err != nil {
 		return nil, err
 	}
 	var m manifest
 	if raw == nil {
-		_, cerr := os.Stat(filepath.Join(dir, CertFile))
-		_, kerr := os.Stat(filepath.Join(dir, KeyFile))
+		_, cerr := s.ReadFile(ctx, CertFile)
+		_, kerr := s.ReadFile(ctx, KeyFile)
 		if errors.Is(cerr, fs.ErrNotExist) && errors.Is(kerr, fs.ErrNotExist) {
-			return nil, fmt.Errorf("no CA in %s: %w", dir, fs.ErrNotExist)
+			return nil, fmt.Errorf("no CA in %v: %w", s, fs.ErrNotExist)
 		}
 		m.Roots = []manifestRoot{{Generation: 1}}
 	} else if err := json.Unmarshal(raw, &m); err != nil {
-		return nil, fmt.Errorf("parse %s: %v", filepath.Join(dir, ManifestFile), err)
+		return nil, fmt.Errorf("parse %s: %v", where(s, ManifestFile), err)
 	}
-	c, err := fromManifest(dir, m)
+	c, err := fromManifest(ctx, s, m)
 	if err != nil {
 		return nil, err
 	}
@@ -200,16 +207,16 @@ func Load(dir string) (*CA, error) {
 	return c, nil
 }
 
-// ReadManifest returns the content of dir's roots.json, or nil when there is
-// none (a CA that was never rotated). A relay compares it with
+// ReadManifest returns the content of roots.json in s, or nil when there
+// is none (a CA that was never rotated). A relay compares it with
 // CA.Manifest to notice a rotation made by another process.
-func ReadManifest(dir string) ([]byte, error) {
-	raw, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+func ReadManifest(ctx context.Context, s Storage) ([]byte, error) {
+	raw, err := s.ReadFile(ctx, ManifestFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read CA roots: %v", err)
+		return nil, fmt.Errorf("read CA roots: %w", err)
 	}
 	return raw, nil
 }
@@ -218,7 +225,7 @@ func ReadManifest(dir string) ([]byte, error) {
 // none).
 func (c *CA) Manifest() []byte { return c.manifest }
 
-func fromManifest(dir string, m manifest) (*CA, error) {
+func fromManifest(ctx context.Context, s Storage, m manifest) (*CA, error) {
 	if n := len(m.Roots); n < 1 || n > 2 {
 		return nil, fmt.Errorf("%s lists %d active roots; want 1 or 2", ManifestFile, n)
 	}
@@ -227,7 +234,7 @@ func fromManifest(dir string, m manifest) (*CA, error) {
 		if mr.Generation < 1 || (i > 0 && mr.Generation <= m.Roots[i-1].Generation) {
 			return nil, fmt.Errorf("%s: root generations %d out of order", ManifestFile, mr.Generation)
 		}
-		r, err := loadRoot(dir, mr.Generation)
+		r, err := loadRoot(ctx, s, mr.Generation)
 		if err != nil {
 			return nil, err
 		}
@@ -270,18 +277,15 @@ func trustDomainOf(c *x509.Certificate) string {
 
 // loadRoot reads root generation gen's certificate and key and checks that
 // they belong together.
-func loadRoot(dir string, gen int) (*Root, error) {
-	certPath, keyPath := filepath.Join(dir, CertFileOf(gen)), filepath.Join(dir, KeyFileOf(gen))
-	certPEM, err := os.ReadFile(certPath)
+func loadRoot(ctx context.Context, s Storage, gen int) (*Root, error) {
+	certPath, keyPath := where(s, CertFileOf(gen)), where(s, KeyFileOf(gen))
+	certPEM, err := s.ReadFile(ctx, CertFileOf(gen))
 	if err != nil {
-		return nil, fmt.Errorf("read CA certificate: %v", err)
+		return nil, readError("CA certificate", err)
 	}
-	keyPEM, err := os.ReadFile(keyPath)
+	keyPEM, err := s.ReadFile(ctx, KeyFileOf(gen))
 	if err != nil {
-		return nil, fmt.Errorf("read CA key: %v", err)
-	}
-	if fi, err := os.Stat(keyPath); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("CA key %s has permissions %v: it must be readable by its owner only (chmod 600)", keyPath, fi.Mode().Perm())
+		return nil, readError("CA key", err)
 	}
 	cb, _ := pem.Decode(certPEM)
 	if cb == nil || cb.Type != "CERTIFICATE" {
@@ -315,9 +319,19 @@ func loadRoot(dir string, gen int) (*Root, error) {
 	return &Root{Generation: gen, Cert: cert, key: signer, fp: protocol.Fingerprint(cert.Raw)}, nil
 }
 
-// createRoot makes root generation gen in dir: key first, then certificate,
+// readError reports a file of an existing CA that cannot be read. A
+// missing one is damage, never "no CA": it does not wrap fs.ErrNotExist,
+// lest the caller make a new CA over this one.
+func readError(what string, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("read %s: %v", what, err)
+	}
+	return fmt.Errorf("read %s: %w", what, err)
+}
+
+// createRoot makes root generation gen in s: key first, then certificate,
 // each written atomically. It does not touch roots.json.
-func createRoot(dir, td string, gen int, now time.Time) (*Root, error) {
+func createRoot(ctx context.Context, s Storage, td string, gen int, now time.Time) (*Root, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -348,11 +362,11 @@ func createRoot(dir, td string, gen int, now time.Time) (*Root, error) {
 		return nil, err
 	}
 	// Key first: a certificate without its key would look like a CA.
-	if err := atomicfile.Write(filepath.Join(dir, KeyFileOf(gen)), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		return nil, err
+	if err := s.WriteFile(ctx, KeyFileOf(gen), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})); err != nil {
+		return nil, fmt.Errorf("write CA key: %w", err)
 	}
-	if err := atomicfile.Write(filepath.Join(dir, CertFileOf(gen)), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		return nil, err
+	if err := s.WriteFile(ctx, CertFileOf(gen), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})); err != nil {
+		return nil, fmt.Errorf("write CA certificate: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
@@ -361,12 +375,12 @@ func createRoot(dir, td string, gen int, now time.Time) (*Root, error) {
 	return &Root{Generation: gen, Cert: cert, AddedAt: now, key: key, fp: protocol.Fingerprint(der)}, nil
 }
 
-// Rotate adds a new root to the CA in dir and returns the CA with both
+// Rotate adds a new root to the CA in s and returns the CA with both
 // roots. renewNow asks agents to move to the new root at once. The caller
-// holds the data directory's lock. It fails with ErrRotating while an
-// earlier rotation's old root is still active.
-func Rotate(dir string, now time.Time, renewNow bool) (*CA, error) {
-	c, err := Load(dir)
+// holds the lock that serialises changes to the CA. It fails with
+// ErrRotating while an earlier rotation's old root is still active.
+func Rotate(ctx context.Context, s Storage, now time.Time, renewNow bool) (*CA, error) {
+	c, err := Load(ctx, s)
 	if err != nil {
 		return nil, err
 	}
@@ -379,24 +393,25 @@ func Rotate(dir string, now time.Time, renewNow bool) (*CA, error) {
 	}
 	// Files of gen left by a rotation that crashed before roots.json was
 	// written are not referenced by anything and are simply replaced.
-	root, err := createRoot(dir, c.td, gen, now.Truncate(time.Second))
+	root, err := createRoot(ctx, s, c.td, gen, now.Truncate(time.Second))
 	if err != nil {
 		return nil, err
 	}
 	m := c.toManifest()
 	m.Roots = append(m.Roots, manifestRoot{Generation: root.Generation, Fingerprint: root.ID(), AddedAt: root.AddedAt.UTC()})
 	m.RenewNow = renewNow
-	if err := writeManifest(dir, m); err != nil {
+	if err := writeManifest(ctx, s, m); err != nil {
 		return nil, err
 	}
-	return Load(dir)
+	return Load(ctx, s)
 }
 
 // Retire ends a rotation: the old root stops being trusted and its key is
 // deleted; the new root signs and serves alone. It returns the new CA and
-// the retired root. The caller holds the data directory's lock.
-func Retire(dir string, now time.Time) (*CA, *Root, error) {
-	c, err := Load(dir)
+// the retired root. The caller holds the lock that serialises changes to
+// the CA.
+func Retire(ctx context.Context, s Storage, now time.Time) (*CA, *Root, error) {
+	c, err := Load(ctx, s)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -411,15 +426,15 @@ func Retire(dir string, now time.Time) (*CA, *Root, error) {
 	m.Roots = m.Roots[1:]
 	m.Retired = append(m.Retired, retired)
 	m.RenewNow = false
-	if err := writeManifest(dir, m); err != nil {
+	if err := writeManifest(ctx, s, m); err != nil {
 		return nil, nil, err
 	}
 	// roots.json no longer names the old root: its files can go. A crash
 	// before this leaves them unused; the next retirement removes them.
-	if err := removeRetiredFiles(dir, m); err != nil {
+	if err := removeRetiredFiles(ctx, s, m); err != nil {
 		return nil, nil, err
 	}
-	nc, err := Load(dir)
+	nc, err := Load(ctx, s)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -427,9 +442,10 @@ func Retire(dir string, now time.Time) (*CA, *Root, error) {
 }
 
 // SetRenewNow asks agents with certificates from the old root to renew at
-// once (or stops asking). The caller holds the data directory's lock.
-func SetRenewNow(dir string, renewNow bool) (*CA, error) {
-	c, err := Load(dir)
+// once (or stops asking). The caller holds the lock that serialises
+// changes to the CA.
+func SetRenewNow(ctx context.Context, s Storage, renewNow bool) (*CA, error) {
+	c, err := Load(ctx, s)
 	if err != nil {
 		return nil, err
 	}
@@ -438,10 +454,10 @@ func SetRenewNow(dir string, renewNow bool) (*CA, error) {
 	}
 	m := c.toManifest()
 	m.RenewNow = renewNow
-	if err := writeManifest(dir, m); err != nil {
+	if err := writeManifest(ctx, s, m); err != nil {
 		return nil, err
 	}
-	return Load(dir)
+	return Load(ctx, s)
 }
 
 func (c *CA) toManifest() manifest {
@@ -456,36 +472,26 @@ func (c *CA) toManifest() manifest {
 	return m
 }
 
-func writeManifest(dir string, m manifest) error {
+func writeManifest(ctx context.Context, s Storage, m manifest) error {
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.Write(filepath.Join(dir, ManifestFile), append(b, '\n'), 0o644); err != nil {
+	if err := s.WriteFile(ctx, ManifestFile, append(b, '\n')); err != nil {
 		return fmt.Errorf("write %s: %w", ManifestFile, err)
 	}
-	syncDir(dir)
 	return nil
 }
 
-func removeRetiredFiles(dir string, m manifest) error {
+func removeRetiredFiles(ctx context.Context, s Storage, m manifest) error {
 	for _, r := range m.Retired {
 		for _, name := range []string{KeyFileOf(r.Generation), CertFileOf(r.Generation)} {
-			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := s.Remove(ctx, name); err != nil {
 				return fmt.Errorf("remove retired CA root: %w", err)
 			}
 		}
 	}
-	syncDir(dir)
 	return nil
-}
-
-// syncDir makes renames and removals in dir durable.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
 }
 
 // Roots returns the active roots, oldest first.
@@ -669,4 +675,44 @@ func randomSerial() *big.Int {
 		panic(err) // crypto/rand never fails on supported platforms
 	}
 	return n.Add(n, big.NewInt(1))
+}
+
+// IssuePeer issues a fresh key and certificate for relay id of a cluster,
+// for its relay-to-relay links: spiffe://<td>/relay/<id>, good for both
+// server and client authentication, since each relay of a link may be the
+// one that dials. It comes from the serving root, which every relay of the
+// cluster trusts, including one that has not yet read a rotation. The
+// chain holds the leaf alone: peers verify it against the CA's roots.
+func (c *CA) IssuePeer(id string, lifetime time.Duration, now time.Time) (*tls.Certificate, error) {
+	peer := identity.Relay{TrustDomain: c.td, ID: id}
+	if err := peer.Validate(); err != nil {
+		return nil, fmt.Errorf("issue relay-to-relay certificate: %w", err)
+	}
+	root := c.Serving()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	notAfter := now.Add(lifetime)
+	if notAfter.After(root.Cert.NotAfter) {
+		notAfter = root.Cert.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: randomSerial(),
+		Subject:      pkix.Name{CommonName: id, OrganizationalUnit: []string{"relay"}},
+		NotBefore:    now.Add(-5 * time.Minute),
+		NotAfter:     notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		URIs:         []*url.URL{peer.URI()},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.Cert, &key.PublicKey, root.key)
+	if err != nil {
+		return nil, fmt.Errorf("issue relay-to-relay certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
 }

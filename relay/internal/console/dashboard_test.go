@@ -74,7 +74,7 @@ func (l *fixedLive) DrainAgent(tenant, id, msg string) int {
 func startDashRelay(t *testing.T, opts ...func(*Config)) *dashRelay {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	dir, authority, err := datadir.Open(ctx, t.TempDir(), "tether.internal", time.Now())
+	dir, authority, err := datadir.Open(ctx, t.TempDir(), datadir.Options{TrustDomain: "tether.internal"}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func startDashRelay(t *testing.T, opts ...func(*Config)) *dashRelay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	auth := trust.NewAuthority(dir.CADir(), authority)
+	auth := trust.NewAuthority(dir.CAStorage(), authority)
 	tlsSrv, err := trust.NewServer(auth, trail, time.Now)
 	if err != nil {
 		t.Fatal(err)

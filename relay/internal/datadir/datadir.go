@@ -2,6 +2,12 @@
 // serialises changes to the CA between processes, the store and the CA
 // opened from it, and the files that belong to one relay host (the roster
 // of connected tenants, cached issuer keys, release copies).
+//
+// A relay on its own keeps its store (SQLite) and its CA (DATA/ca) in the
+// data directory. Relays of a cluster share a PostgreSQL store, which then
+// holds the CA too, its private keys sealed under a key-encryption key
+// each relay is given (ca.StoreFiles); the data directory keeps only what
+// belongs to its host.
 package datadir
 
 import (
@@ -11,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -36,6 +43,10 @@ const (
 	JWKSCacheFile = "oidc-keys.json"
 
 	resetKeyID = "quic_stateless_reset_key"
+
+	// caLock is the store's lock (store.Lock) that relays sharing a
+	// store take to change the CA kept in it.
+	caLock = "ca"
 )
 
 // Dir is an open data directory.
@@ -45,16 +56,53 @@ type Dir struct {
 	// ResetKey is the QUIC stateless reset key, shared by every relay
 	// process on this directory's store.
 	ResetKey [32]byte
+
+	ca       ca.Storage // where the CA is kept
+	caShared bool       // ca is in the store, shared by a cluster
+}
+
+// Options say where a relay's state is besides its data directory.
+type Options struct {
+	// TrustDomain names the SPIFFE trust domain of a CA created now.
+	TrustDomain string
+	// Store is the store's address. Empty: SQLite in the data directory,
+	// and the CA in DATA/ca (a relay on its own). A postgres:// URL: that
+	// PostgreSQL database, shared by the relays of a cluster, which holds
+	// the CA too, its private keys sealed with CAKEK.
+	Store string
+	// CAKEK is the key-encryption key (ca.KEKSize random bytes) that seals
+	// the CA's private keys in a PostgreSQL store; required with one, and
+	// the same on every relay of the cluster. Unused with SQLite.
+	CAKEK []byte
+	// Existing refuses to create a CA where there is none, with an error
+	// wrapping fs.ErrNotExist.
+	Existing bool
 }
 
 // Open prepares the data directory path: it creates it (0700) if needed,
-// creates the CA on first use (for trustDomain) and opens the store.
-// Initialisation runs under an exclusive lock on the directory so that a
-// relay starting and an admin command running at the same moment agree on
-// one CA. It returns the CA as read.
-func Open(ctx context.Context, path, trustDomain string, now time.Time) (*Dir, *ca.CA, error) {
+// opens the store o names, and creates the CA on first use (for
+// o.TrustDomain) in the data directory or in a PostgreSQL store.
+// Initialisation runs under an exclusive lock on the directory, and for
+// a CA in a shared store under the store's lock too, so that relays and
+// admin commands starting at the same moment agree on one CA. It returns
+// the CA as read.
+func Open(ctx context.Context, path string, o Options, now time.Time) (*Dir, *ca.CA, error) {
 	if path == "" {
 		return nil, nil, errors.New("data directory is required")
+	}
+	shared := o.Store != ""
+	var kek *ca.KEK
+	if shared {
+		if !store.IsPostgres(o.Store) {
+			return nil, nil, fmt.Errorf("store %q: want a postgres:// URL (without one, the store is SQLite in the data directory)", o.Store)
+		}
+		if len(o.CAKEK) == 0 {
+			return nil, nil, fmt.Errorf("tenant CA in the store: %w", ca.ErrNoKEK)
+		}
+		var err error
+		if kek, err = ca.NewKEK(o.CAKEK); err != nil {
+			return nil, nil, fmt.Errorf("CA key-encryption key: %w", err)
+		}
 	}
 	if err := os.MkdirAll(path, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("create data directory: %w", err)
@@ -65,15 +113,26 @@ func Open(ctx context.Context, path, trustDomain string, now time.Time) (*Dir, *
 	}
 	defer unlock()
 
-	authority, _, err := ca.LoadOrCreate(filepath.Join(path, caDir), trustDomain, now)
+	d := &Dir{Path: path, ca: ca.Dir(filepath.Join(path, caDir))}
+	if shared {
+		if d.Store, err = store.OpenDSN(ctx, o.Store); err != nil {
+			return nil, nil, fmt.Errorf("open store: %w", err)
+		}
+		d.ca, d.caShared = ca.InStore(d.Store, kek), true
+	}
+	authority, err := d.loadCA(ctx, o, now)
 	if err != nil {
+		if d.Store != nil {
+			d.Store.Close()
+		}
 		return nil, nil, fmt.Errorf("tenant CA: %w", err)
 	}
-	st, err := store.Open(ctx, filepath.Join(path, dbFile))
-	if err != nil {
-		return nil, nil, fmt.Errorf("open store: %w", err)
+	if !shared {
+		if d.Store, err = store.Open(ctx, filepath.Join(path, dbFile)); err != nil {
+			return nil, nil, fmt.Errorf("open store: %w", err)
+		}
 	}
-	d := &Dir{Path: path, Store: st}
+	st := d.Store
 	var fresh [32]byte
 	rand.Read(fresh[:])
 	keyHex, err := st.SetSettingIfAbsent(ctx, resetKeyID, hex.EncodeToString(fresh[:]))
@@ -90,23 +149,60 @@ func Open(ctx context.Context, path, trustDomain string, now time.Time) (*Dir, *
 	return d, authority, nil
 }
 
+// loadCA loads the CA, or creates it unless o.Existing; the caller holds
+// the data directory's lock, and this takes the store's for a CA kept
+// there.
+func (d *Dir) loadCA(ctx context.Context, o Options, now time.Time) (*ca.CA, error) {
+	if d.caShared {
+		unlock, err := d.Store.Lock(ctx, caLock)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+	}
+	if o.Existing {
+		c, err := ca.Load(ctx, d.ca)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%v holds no CA: no relay has started on it yet (%w)", d.ca, fs.ErrNotExist)
+		}
+		return c, err
+	}
+	c, _, err := ca.LoadOrCreate(ctx, d.ca, o.TrustDomain, now)
+	return c, err
+}
+
 // Close closes the store.
 func (d *Dir) Close() error { return d.Store.Close() }
 
-// CADir is the CA's directory.
-func (d *Dir) CADir() string { return filepath.Join(d.Path, caDir) }
+// CAStorage is where the CA is kept: the data directory's ca/, or the
+// store a cluster shares.
+func (d *Dir) CAStorage() ca.Storage { return d.ca }
+
+// CAShared reports whether the CA is kept in the store, shared by the
+// relays of a cluster.
+func (d *Dir) CAShared() bool { return d.caShared }
 
 // File is the path of name in the data directory.
 func (d *Dir) File(name string) string { return filepath.Join(d.Path, name) }
 
 // Locked runs fn holding the data directory's lock, which serialises
-// changes to the CA between processes.
+// changes to the CA (and other reads-then-writes of operators) between
+// processes of this host, and, when the CA is in a shared store, the
+// store's lock too, which serialises them across the relays of a
+// cluster.
 func (d *Dir) Locked(ctx context.Context, fn func() error) error {
 	unlock, err := lockDir(ctx, filepath.Join(d.Path, lockFile))
 	if err != nil {
 		return fmt.Errorf("lock data directory %s: %w", d.Path, err)
 	}
 	defer unlock()
+	if d.caShared {
+		unlockStore, err := d.Store.Lock(ctx, caLock)
+		if err != nil {
+			return fmt.Errorf("lock the store: %w", err)
+		}
+		defer unlockStore()
+	}
 	return fn()
 }
 

@@ -7,6 +7,7 @@ package trust
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -21,19 +22,20 @@ import (
 	"github.com/tetherhq/tether/relay/internal/ca"
 )
 
-// Authority is the tenant CA as the relay last read it from the data
-// directory; Reload reads it again after an operator changed its roots.
+// Authority is the tenant CA as the relay last read it from its storage
+// (the data directory, or the store a cluster shares); Reload reads it
+// again after an operator changed its roots, from this process or another.
 type Authority struct {
-	dir string // the CA's directory
+	storage ca.Storage // where the CA is kept
 
 	mu       sync.Mutex // serialises Reload
 	manifest []byte     // the CA's roots.json as last applied
 	cur      atomic.Pointer[ca.CA]
 }
 
-// NewAuthority starts from c, read from dir.
-func NewAuthority(dir string, c *ca.CA) *Authority {
-	a := &Authority{dir: dir, manifest: c.Manifest()}
+// NewAuthority starts from c, read from s.
+func NewAuthority(s ca.Storage, c *ca.CA) *Authority {
+	a := &Authority{storage: s, manifest: c.Manifest()}
 	a.cur.Store(c)
 	return a
 }
@@ -41,8 +43,8 @@ func NewAuthority(dir string, c *ca.CA) *Authority {
 // CA is the tenant CA as last read.
 func (a *Authority) CA() *ca.CA { return a.cur.Load() }
 
-// Dir is the CA's directory.
-func (a *Authority) Dir() string { return a.dir }
+// Storage is where the CA is kept.
+func (a *Authority) Storage() ca.Storage { return a.storage }
 
 // TrustDomain is the SPIFFE trust domain of the CA.
 func (a *Authority) TrustDomain() string { return a.CA().TrustDomain() }
@@ -51,17 +53,17 @@ func (a *Authority) TrustDomain() string { return a.CA().TrustDomain() }
 // before and after; otherwise prev is nil. A CA that changed but cannot be
 // read (another change may be under way) is an error, and the current one
 // is kept.
-func (a *Authority) Reload() (prev, next *ca.CA, err error) {
+func (a *Authority) Reload(ctx context.Context) (prev, next *ca.CA, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	raw, err := ca.ReadManifest(a.dir)
+	raw, err := ca.ReadManifest(ctx, a.storage)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read the CA's roots: %w", err)
 	}
 	if bytes.Equal(raw, a.manifest) {
 		return nil, a.CA(), nil
 	}
-	next, err = ca.Load(a.dir)
+	next, err = ca.Load(ctx, a.storage)
 	if err != nil {
 		return nil, nil, fmt.Errorf("the CA's roots changed but cannot be read; keeping the current ones: %w", err)
 	}
