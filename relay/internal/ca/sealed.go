@@ -34,7 +34,7 @@ const KEKSize = 32
 // Errors of a CA kept in a store.
 var (
 	ErrNoKEK = errors.New("no key-encryption key: a CA kept in a shared store has its private keys sealed with one; " +
-		"give every relay the same one with --ca-kek-file FILE or TETHER_CA_KEK (32 random bytes, base64: tether-relay ca kek makes one)")
+		"give every relay the same one with --ca-kek-file FILE or TETHER_CA_KEK (32 random bytes in base64, as openssl rand -base64 32 makes)")
 	ErrKEKSize = fmt.Errorf("a key-encryption key is %d random bytes", KEKSize)
 	// ErrWrongKEK: the key was sealed with a key-encryption key other
 	// than this relay's.
