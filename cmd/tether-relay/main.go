@@ -32,6 +32,8 @@ func main() {
 // globals are the flags every command takes.
 type globals struct {
 	dataDir string // --data-dir, else TETHER_DATA_DIR, else the config file's data_dir
+	store   string // --store, else TETHER_STORE, else the config file's store
+	kekFile string // --ca-kek-file, else TETHER_CA_KEK_FILE, else the config file's ca_kek_file
 	config  string // --config, else TETHER_CONFIG
 	info    cli.BuildInfo
 	env     func(string) string
@@ -58,7 +60,9 @@ func newRoot(info cli.BuildInfo, stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.dataDir, "data-dir", defaultDataDir, "the relay's data directory (CA, store, audit log) (env TETHER_DATA_DIR)")
-	pf.StringVar(&g.config, "config", "", "config file of serve (env TETHER_CONFIG); admin commands take data_dir and audit_log from it")
+	pf.StringVar(&g.store, "store", "", "the store of a cluster of relays, a postgres:// URL, which holds the CA too (env TETHER_STORE; default SQLite in the data directory)")
+	pf.StringVar(&g.kekFile, "ca-kek-file", "", "file of the key-encryption key sealing the CA's keys in a PostgreSQL store (env TETHER_CA_KEK_FILE, or the key itself in TETHER_CA_KEK)")
+	pf.StringVar(&g.config, "config", "", "config file of serve (env TETHER_CONFIG); admin commands take data_dir, store, ca_kek_file and audit_log from it")
 	cli.AddOutputFlag(pf)
 	root.AddGroup(&cobra.Group{ID: "relay", Title: "Run the relay:"}, &cobra.Group{ID: "admin", Title: "Administer it (the same commands as tetherctl's):"})
 	for _, c := range []*cobra.Command{serveCmd(g), demoCmd(g)} {
@@ -76,9 +80,10 @@ const defaultDataDir = "/var/lib/tether-relay"
 
 // adminOptions are where an admin command finds the relay's state: the
 // data directory from --data-dir, TETHER_DATA_DIR, the config file's
-// data_dir or the default, in that order; the audit log from
-// TETHER_AUDIT_LOG or the config file's audit_log (else the relay's
-// default, in the data directory).
+// data_dir or the default, in that order; the store of a cluster and its
+// CA key-encryption key likewise (--store, --ca-kek-file; or
+// TETHER_CA_KEK); the audit log from TETHER_AUDIT_LOG or the config
+// file's audit_log (else the relay's default, in the data directory).
 func (g *globals) adminOptions(cmd *cobra.Command) (admin.Options, error) {
 	o := admin.Options{DataDir: g.dataDir, Existing: true}
 	file, err := g.configFile()
@@ -98,7 +103,12 @@ func (g *globals) adminOptions(cmd *cobra.Command) (admin.Options, error) {
 	}
 	o.DataDir = pick(cmd.Flags().Changed("data-dir"), g.dataDir, "TETHER_DATA_DIR", "data_dir", defaultDataDir)
 	o.AuditLog = pick(false, "", "TETHER_AUDIT_LOG", "audit_log", "")
-	return o, nil
+	o.Store = pick(cmd.Flags().Changed("store"), g.store, "TETHER_STORE", "store", "")
+	if err := checkStore(o.Store); err != nil {
+		return o, fmt.Errorf("store %q: %w", redactStore(o.Store), err)
+	}
+	o.CAKEK, err = g.caKEK(pick(cmd.Flags().Changed("ca-kek-file"), g.kekFile, "TETHER_CA_KEK_FILE", "ca_kek_file", ""), o.Store)
+	return o, err
 }
 
 // configFile reads the config file named by --config or TETHER_CONFIG;

@@ -43,7 +43,7 @@ func serveCmd(g *globals) *cobra.Command {
 			return serve(cmd, g, settings)
 		},
 	}
-	addSettingFlags(cmd.Flags(), settings, "data-dir")
+	addSettingFlags(cmd.Flags(), settings, "data-dir", "store", "ca-kek-file")
 	return cmd
 }
 
@@ -65,6 +65,9 @@ func serve(cmd *cobra.Command, g *globals, settings []*setting) error {
 		return err
 	}
 	cfg := opts.relay
+	if cfg.CAKEK, err = g.caKEK(opts.kekFile, cfg.Store); err != nil {
+		return err
+	}
 	cfg.Logger = log
 	cfg.Version = g.info.Version
 	warnPlaintextDoors(log, cfg)

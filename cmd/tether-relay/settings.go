@@ -55,6 +55,7 @@ func (s *setting) envVar() string {
 // serveOptions are serve's settings, parsed.
 type serveOptions struct {
 	relay      relay.Config
+	kekFile    string // the file of relay.CAKEK
 	transports string
 	adminSSO   string // the file AdminSSO was read from
 	logLevel   slog.Level
@@ -111,6 +112,20 @@ func serveSettings() []*setting {
 		str("data-dir", func(o *serveOptions) *string { return &c(o).DataDir }, defaultDataDir,
 			"the relay's data directory (CA, store, audit log)",
 			"the data directory: CA, store, audit log; created (mode 0700) at the first start"),
+		{name: "store", kind: "string",
+			usage: "the store of a cluster of relays, a postgres:// URL, which holds the CA too (default: SQLite in the data directory)",
+			doc:   "the store of a [cluster of relays](#one-ca-for-a-cluster-of-relays): a `postgres://USER:PASSWORD@HOST:PORT/DB` URL. It holds the CA too, its private keys sealed with the key-encryption key (`ca_kek_file`, or `TETHER_CA_KEK`), which is then required. Default: SQLite in the data directory, with the CA in `DATA-DIR/ca`",
+			set: func(o *serveOptions, v string) error {
+				if err := checkStore(v); err != nil {
+					return err
+				}
+				o.relay.Store = v
+				return nil
+			},
+			get: func(o *serveOptions) string { return redactStore(o.relay.Store) }},
+		str("ca-kek-file", func(o *serveOptions) *string { return &o.kekFile }, "",
+			"file of the key-encryption key that seals the CA's keys in a PostgreSQL store (or the key itself in TETHER_CA_KEK)",
+			"file holding the key-encryption key (32 random bytes in base64, the same on every relay of the cluster) that seals the CA's private keys in a PostgreSQL store; or give the key itself in `TETHER_CA_KEK`, not both. Required with a PostgreSQL `store`"),
 		str("agent-listen", func(o *serveOptions) *string { return &c(o).AgentListen }, ":7443",
 			"agent address, UDP (QUIC) and TCP (TLS+yamux) on the same port",
 			"agents, on UDP (QUIC) and TCP (TLS+yamux, enrolment) on the same port"),
