@@ -3,6 +3,7 @@ package protocol
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Code classifies why a request was refused. Codes travel on the wire (as a
@@ -147,4 +148,13 @@ func CodeOf(err error) Code {
 		return pe.Code
 	}
 	return CodeInternal
+}
+
+// Clip bounds s, a text a peer sent, to n bytes of valid UTF-8 for logs
+// and records, marking a cut with "…".
+func Clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "…"
 }

@@ -14,40 +14,6 @@ import (
 	"github.com/tetherhq/tether/protocol/transport/quic"
 )
 
-func TestHandshakeGate(t *testing.T) {
-	g := newHandshakeGate(2)
-	g.wait = 50 * time.Millisecond
-	ctx := context.Background()
-	for i := range 2 {
-		if !g.enter(ctx) {
-			t.Fatalf("a gate of 2 refused entry %d", i+1)
-		}
-	}
-	if g.enter(ctx) {
-		t.Fatal("a full gate let a third in")
-	}
-	// A slot freed while a newcomer waits goes to it.
-	go func() {
-		time.Sleep(10 * time.Millisecond)
-		g.leave()
-	}()
-	g.wait = 5 * time.Second
-	if !g.enter(ctx) {
-		t.Fatal("a waiter did not get the slot that was freed")
-	}
-	// A cancelled context stops the wait.
-	cctx, cancel := context.WithCancel(ctx)
-	cancel()
-	if g.enter(cctx) {
-		t.Fatal("entered a full gate with a cancelled context")
-	}
-	g.leave()
-	g.leave()
-	if len(g.slots) != 0 {
-		t.Fatalf("%d slots still taken after every leave", len(g.slots))
-	}
-}
-
 // A QUIC connection takes its TLS slot before any TLS work: with every
 // slot held by a handshake in progress, a new connection is refused at its
 // first packet, and the slot comes back when the handshake fails.
@@ -55,7 +21,7 @@ func TestQUICHandshakeGate(t *testing.T) {
 	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off, DisableTCP: true, MaxHandshakes: 1, MaxQUICTLSHandshakes: 1, DrainTimeout: time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addr := r.udpConn.LocalAddr().String()
+	addr := r.AgentAddr().String()
 
 	// The first handshake stops at the client certificate until told to go
 	// on, holding the only slot.
@@ -97,14 +63,14 @@ func TestQUICHandshakeGate(t *testing.T) {
 	}
 	// Each Initial packet of the refused attempt is refused on its own
 	// (a post-quantum ClientHello spans two), so it counts at least once.
-	throttled := r.hsThrottled.Load()
+	throttled := r.sessions.Stats().Throttled.Load()
 	if throttled < 1 {
 		t.Fatal("the refused handshake was not counted as turned away")
 	}
 
 	close(goOn)
 	<-first
-	for deadline := time.Now().Add(10 * time.Second); len(r.quicGate.slots)+len(r.gate.slots) != 0; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); inProgress(r) != 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the failed handshake never gave its slot back")
 		}
@@ -114,10 +80,10 @@ func TestQUICHandshakeGate(t *testing.T) {
 	if err := dial(); errors.As(err, &terr) && terr.ErrorCode == quicgo.ConnectionRefused {
 		t.Fatalf("handshake with a free slot: got %v", err)
 	}
-	if n := r.hsThrottled.Load(); n != throttled {
+	if n := r.sessions.Stats().Throttled.Load(); n != throttled {
 		t.Fatalf("%d handshakes counted as turned away, want still %d", n, throttled)
 	}
-	for deadline := time.Now().Add(10 * time.Second); len(r.quicGate.slots)+len(r.gate.slots) != 0; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); inProgress(r) != 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the second failed handshake never gave its slot back")
 		}
@@ -133,7 +99,7 @@ func TestQUICHandshakesPerSource(t *testing.T) {
 		MaxHandshakesPerAddress: 1, MaxHandshakesPerNetwork: 8, DrainTimeout: time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addr := r.udpConn.LocalAddr()
+	addr, _ := net.ResolveUDPAddr("udp", r.AgentAddr().String())
 
 	// dial dials from src (a loopback address: Linux routes 127/8 to lo).
 	dial := func(src string, conf *tls.Config) error {
@@ -171,7 +137,7 @@ func TestQUICHandshakesPerSource(t *testing.T) {
 	if err := dial("127.0.0.1", plain); !errors.As(err, &terr) || terr.ErrorCode != quicgo.ConnectionRefused {
 		t.Fatalf("a second handshake from the same address: got %v, want CONNECTION_REFUSED", err)
 	}
-	if r.hsSourceLimited.Load() < 1 {
+	if r.sessions.Stats().SourceLimited.Load() < 1 {
 		t.Fatal("the refused handshake was not counted as source_limited")
 	}
 	// Another address is not held back (the relay turns it away later, for
@@ -182,14 +148,16 @@ func TestQUICHandshakesPerSource(t *testing.T) {
 	close(goOn)
 	<-first
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		r.agentSrc.mu.Lock()
-		n := len(r.agentSrc.n)
-		r.agentSrc.mu.Unlock()
-		if n == 0 {
+		if _, n := r.sessions.InProgress(); n == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("the handshakes never gave their source's count back")
 		}
 	}
+}
+
+func inProgress(r *Relay) int {
+	n, _ := r.sessions.InProgress()
+	return n
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -52,23 +53,23 @@ func TestRelayFollowsCARotation(t *testing.T) {
 	if err := a.AddTenant(ctx, "acme"); err != nil {
 		t.Fatal(err)
 	}
-	oldRoot := r.st.CA().Signer()
+	oldRoot := r.auth.CA().Signer()
 	id := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: "a1"}
-	if err := r.st.store.AddAgent(ctx, store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: time.Now(), CertRoot: oldRoot.ID()}); err != nil {
+	if err := r.dir.Store.AddAgent(ctx, store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: time.Now(), CertRoot: oldRoot.ID()}); err != nil {
 		t.Fatal(err)
 	}
 	issue := func() *x509.Certificate {
 		t.Helper()
-		resp, _, _, err := r.renewCert(ctx, id, &protocol.RenewRequest{CSR: csrFor(t)})
-		if err != nil {
-			t.Fatal(err)
+		resp := r.enrol.Renew(ctx, renewing{id}, &protocol.RenewRequest{CSR: csrFor(t)})
+		if resp.Code != "" {
+			t.Fatalf("renewal refused: %s: %s", resp.Code, resp.Message)
 		}
 		c, err := parsePEMCert(resp.Certificate)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n := strings.Count(resp.CACertificates, "BEGIN CERTIFICATE"); n != len(r.st.CA().Roots()) {
-			t.Fatalf("renewal sent %d roots, want %d", n, len(r.st.CA().Roots()))
+		if n := strings.Count(resp.CACertificates, "BEGIN CERTIFICATE"); n != len(r.auth.CA().Roots()) {
+			t.Fatalf("renewal sent %d roots, want %d", n, len(r.auth.CA().Roots()))
 		}
 		return c
 	}
@@ -85,20 +86,20 @@ func TestRelayFollowsCARotation(t *testing.T) {
 	if _, err := a.RotateCA(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	r.refreshCA(ctx)
-	newRoot := r.st.CA().Signer()
-	if newRoot.ID() == oldRoot.ID() || !r.st.CA().RenewNow() {
+	r.rotation.Apply(ctx)
+	newRoot := r.auth.CA().Signer()
+	if newRoot.ID() == oldRoot.ID() || !r.auth.CA().RenewNow() {
 		t.Fatal("the relay did not pick up the rotation")
 	}
 	fromNew := issue()
 	if fromNew.Issuer.CommonName != newRoot.Cert.Subject.CommonName {
 		t.Fatalf("renewal during the overlap issued by %q", fromNew.Issuer.CommonName)
 	}
-	if rec, _ := r.st.store.Agent(ctx, id.ID); rec.CertRoot != newRoot.ID() {
+	if rec, _ := r.dir.Store.Agent(ctx, id.ID); rec.CertRoot != newRoot.ID() {
 		t.Fatalf("store records root %s, want %s", rec.CertRoot, newRoot.ID())
 	}
 	for name, c := range map[string]*x509.Certificate{"old": fromOld, "new": fromNew} {
-		if _, err := r.st.auth.VerifyAgent([]*x509.Certificate{c}, r.cfg.Now()); err != nil {
+		if _, err := r.auth.VerifyAgent([]*x509.Certificate{c}, r.cfg.Now()); err != nil {
 			t.Errorf("during the overlap, a certificate from the %s root is refused: %v", name, err)
 		}
 	}
@@ -109,21 +110,29 @@ func TestRelayFollowsCARotation(t *testing.T) {
 	if _, err := a.RetireCA(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	r.refreshCA(ctx)
+	r.rotation.Apply(ctx)
 	if got := serverRoot(); got != newRoot.ID() {
 		t.Fatalf("server certificate after retirement chains to %s, want the new root", got)
 	}
-	if _, err := r.st.auth.VerifyAgent([]*x509.Certificate{fromNew}, r.cfg.Now()); err != nil {
+	if _, err := r.auth.VerifyAgent([]*x509.Certificate{fromNew}, r.cfg.Now()); err != nil {
 		t.Fatalf("certificate from the new root refused after retirement: %v", err)
 	}
-	_, err = r.st.auth.VerifyAgent([]*x509.Certificate{fromOld}, r.cfg.Now())
+	_, err = r.auth.VerifyAgent([]*x509.Certificate{fromOld}, r.cfg.Now())
 	if err == nil || !strings.Contains(err.Error(), "retired") || !strings.Contains(err.Error(), "enrol again") {
 		t.Fatalf("certificate from the retired root: %v", err)
 	}
-	if _, err := ca.Load(ctx, r.st.caStorage()); err != nil {
+	if _, err := ca.Load(ctx, r.auth.Storage()); err != nil {
 		t.Fatal(err)
 	}
 }
+
+// renewing is an agent session as renewal sees it, without a connection.
+type renewing struct{ id identity.Agent }
+
+func (a renewing) Identity() identity.Agent  { return a.id }
+func (a renewing) SessionID() string         { return "test" }
+func (a renewing) Logger() *slog.Logger      { return slog.New(slog.DiscardHandler) }
+func (a renewing) Renewed(time.Time, string) {}
 
 func parsePEMCert(s string) (*x509.Certificate, error) {
 	b, _ := pem.Decode([]byte(s))

@@ -10,6 +10,8 @@ import (
 
 	"github.com/tetherhq/tether/relay/internal/console"
 	"github.com/tetherhq/tether/relay/internal/datadir"
+	"github.com/tetherhq/tether/relay/internal/frontdoor"
+	"github.com/tetherhq/tether/relay/internal/session"
 )
 
 // Off disables a listener when used as its address.
@@ -162,6 +164,9 @@ type Config struct {
 	Now func() time.Time
 }
 
+// OIDCConfig configures bearer tokens at the CONNECT front doors.
+type OIDCConfig = frontdoor.OIDCConfig
+
 // AdminSSOConfig configures single sign-on to the console.
 type AdminSSOConfig = console.SSOConfig
 
@@ -188,7 +193,7 @@ func (c *Config) setDefaults() {
 	def(&c.AdminListen, Off)
 	defd(&c.AdminSessionTTL, 12*time.Hour)
 	def(&c.DownloadListen, Off)
-	c.OIDC.setDefaults()
+	c.OIDC.SetDefaults()
 	def(&c.TrustDomain, "tether.internal")
 	def(&c.Version, "dev")
 	defd(&c.AgentCertLifetime, 24*time.Hour)
@@ -207,7 +212,7 @@ func (c *Config) setDefaults() {
 		c.MaxHandshakes = 512
 	}
 	if c.MaxQUICTLSHandshakes == 0 {
-		c.MaxQUICTLSHandshakes = quicTLSSlots * c.MaxHandshakes
+		c.MaxQUICTLSHandshakes = session.QUICTLSSlots * c.MaxHandshakes
 	}
 	defi := func(n *int, v int) {
 		if *n == 0 {
@@ -243,7 +248,7 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("%s address %q: %w", name, addr, err))
 		}
 	}
-	if err := c.OIDC.validate(); err != nil {
+	if err := c.OIDC.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.AdminSSO.Validate(); err != nil {

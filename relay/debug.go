@@ -24,6 +24,11 @@ type Stats struct {
 	// HandshakesSourceLimited counts agent connections turned away by the
 	// bound per source address or network.
 	HandshakesSourceLimited int64 `json:"handshakes_source_limited"`
+	// HandshakesInProgress is the agent handshakes holding a slot now.
+	HandshakesInProgress int `json:"handshakes_in_progress"`
+	// FrontUnauthenticatedSources is the source addresses with front-door
+	// connections that have not yet authenticated.
+	FrontUnauthenticatedSources int `json:"front_unauthenticated_sources"`
 	// LimitRefusals counts stream opens refused by a tenant limit.
 	LimitRefusals int64  `json:"limit_refusals"`
 	HeapAlloc     uint64 `json:"heap_alloc_bytes"`
@@ -35,21 +40,22 @@ type Stats struct {
 // Stats returns a snapshot of connections, streams and memory.
 func (r *Relay) Stats() Stats {
 	s := Stats{ByTransport: map[string]int{}}
-	r.reg.mu.RLock()
-	s.Tenants = len(r.reg.byTenant)
-	for _, list := range r.reg.byTenant {
-		for _, c := range list {
-			s.AgentConnections++
-			s.ByTransport[c.transport]++
-			s.StreamsOpen += c.open.Load()
-		}
+	tenants := map[string]bool{}
+	for _, c := range r.sessions.Sessions().Select("", false, nil) {
+		tenants[c.Tenant()] = true
+		s.AgentConnections++
+		s.ByTransport[c.Transport()]++
+		s.StreamsOpen += c.Load()
 	}
-	r.reg.mu.RUnlock()
-	s.FrontConnections = r.front.len()
-	s.HandshakesFailed = r.hsFailed.Load()
-	s.HandshakesThrottled = r.hsThrottled.Load()
-	s.HandshakesSourceLimited = r.hsSourceLimited.Load()
-	s.LimitRefusals = r.limitRefusals.Load()
+	s.Tenants = len(tenants)
+	s.FrontConnections = r.doors.Open()
+	hs := r.sessions.Stats()
+	s.HandshakesFailed = hs.Failed.Load()
+	s.HandshakesThrottled = hs.Throttled.Load()
+	s.HandshakesSourceLimited = hs.SourceLimited.Load()
+	s.HandshakesInProgress, _ = r.sessions.InProgress()
+	s.FrontUnauthenticatedSources = r.doors.Unauthenticated()
+	s.LimitRefusals = r.doors.LimitRefusals.Load()
 	s.Goroutines = runtime.NumGoroutine()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)

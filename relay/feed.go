@@ -27,11 +27,11 @@ const (
 
 // follow applies the change feed from from until ctx ends.
 func (r *Relay) follow(ctx context.Context, from int64) {
-	r.st.store.Follow(ctx, from, store.Follower{
+	r.dir.Store.Follow(ctx, from, store.Follower{
 		Poll:   r.cfg.ChangePoll,
 		Apply:  r.apply,
 		Resync: r.resync,
-		Read:   func(began time.Time) { r.metrics.storeOp("change_feed", began) },
+		Read:   func(began time.Time) { r.metrics.StoreOp("change_feed", began) },
 		Error:  func(err error) { r.log.Warn("read the change feed", "err", err) },
 	})
 }
@@ -44,11 +44,11 @@ func (r *Relay) apply(ctx context.Context, c store.Change) {
 	case store.ChangeLimits:
 		r.loadLimits(ctx)
 	case store.ChangeBackend:
-		r.backends.forget(c.Subject)
+		r.doors.Forget(c.Subject)
 	case store.ChangeCA:
-		r.refreshCA(ctx)
+		r.rotation.Apply(ctx)
 	case store.ChangeRollout:
-		r.wakeRollout()
+		r.rollouts.Wake()
 	}
 }
 
@@ -57,10 +57,10 @@ func (r *Relay) apply(ctx context.Context, c store.Change) {
 func (r *Relay) resync(ctx context.Context) {
 	r.log.Warn("the change feed moved on while this relay was not reading it; reading its state again")
 	r.loadLimits(ctx)
-	r.backends.forgetAll()
-	r.refreshCA(ctx)
-	r.wakeRollout()
-	revs, err := r.st.store.RevokedSince(ctx, r.started.Add(-time.Second))
+	r.doors.ForgetAll()
+	r.rotation.Apply(ctx)
+	r.rollouts.Wake()
+	revs, err := r.dir.Store.RevokedSince(ctx, r.started.Add(-time.Second))
 	if err != nil {
 		r.log.Warn("read revocations", "err", err)
 		return
@@ -71,8 +71,8 @@ func (r *Relay) resync(ctx context.Context) {
 }
 
 func (r *Relay) loadLimits(ctx context.Context) {
-	defer r.metrics.storeOp("limits", time.Now())
-	if err := r.pol.LoadLimits(ctx, r.st.store); err != nil && ctx.Err() == nil {
+	defer r.metrics.StoreOp("limits", time.Now())
+	if err := r.pol.LoadLimits(ctx, r.dir.Store); err != nil && ctx.Err() == nil {
 		r.log.Warn("read tenant limits", "err", err)
 	}
 }
@@ -80,7 +80,7 @@ func (r *Relay) loadLimits(ctx context.Context) {
 // applyRevocation refuses agent from now on and closes its live sessions,
 // telling it why.
 func (r *Relay) applyRevocation(ctx context.Context, tenant, agent string) {
-	rec, err := r.st.store.Agent(ctx, agent)
+	rec, err := r.dir.Store.Agent(ctx, agent)
 	if err != nil {
 		rec = store.Agent{ID: agent, Tenant: tenant, RevokedAt: time.Now()}
 	}
@@ -90,13 +90,14 @@ func (r *Relay) applyRevocation(ctx context.Context, tenant, agent string) {
 	if !r.pol.Revoke(agent, why) {
 		return
 	}
-	if n := r.reg.sessionsOf(tenant, agent); n > 0 {
+	sessions := r.sessions.Sessions()
+	if n := sessions.SessionsOf(tenant, agent); n > 0 {
 		// Audited before the sessions close: what an operator sees happen
 		// is always in the trail.
 		r.audit.Add(audit.Record{Kind: audit.Disconnect, Outcome: protocol.CodeRevoked.String(), Tenant: tenant, Agent: agent, Actor: "relay",
 			Detail: map[string]any{"sessions": n, "revoked_at": rec.RevokedAt}})
 	}
-	if n := r.reg.closeAgent(tenant, agent, why); n > 0 {
+	if n := sessions.CloseAgent(tenant, agent, why); n > 0 {
 		r.log.Info("closed a revoked agent's sessions", "tenant", tenant, "agent", agent, "sessions", n)
 	}
 }
@@ -112,7 +113,7 @@ func (r *Relay) housekeep(ctx context.Context) {
 			return
 		case now := <-t.C:
 			r.pol.Tidy(now)
-			if _, err := r.st.store.PruneChanges(ctx, now.Add(-changesKept)); err != nil && ctx.Err() == nil {
+			if _, err := r.dir.Store.PruneChanges(ctx, now.Add(-changesKept)); err != nil && ctx.Err() == nil {
 				r.log.Warn("prune the change feed", "err", err)
 			}
 		}

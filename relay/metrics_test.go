@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/tetherhq/tether/protocol"
 )
 
 func TestReadiness(t *testing.T) {
@@ -34,22 +32,5 @@ func TestReadiness(t *testing.T) {
 	}
 	if err := r.ready(ctx); err == nil {
 		t.Fatal("stopped relay says it is ready")
-	}
-}
-
-func TestStreamMetricLabels(t *testing.T) {
-	for code, want := range map[protocol.Code][2]bool{
-		protocol.CodeOK:                {true, true},
-		protocol.CodeTargetUnreachable: {true, true},
-		protocol.CodeUnknownService:    {true, false},
-		protocol.CodeNoAgent:           {true, false},
-		protocol.CodeNotAllowed:        {false, false}, // the tenant may not exist
-		protocol.CodeUnknownTenant:     {false, false},
-		protocol.CodeUnauthenticated:   {false, false},
-		protocol.CodeBadRequest:        {false, false},
-	} {
-		if got := [2]bool{tenantVerified(code), serviceVerified(code)}; got != want {
-			t.Errorf("%v: tenant, service labelled = %v, want %v", code, got, want)
-		}
 	}
 }

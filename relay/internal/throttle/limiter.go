@@ -5,6 +5,8 @@
 // refusals into a bounded number of audit records per interval, counting
 // each in a metric. Both are for every door that authenticates: the admin
 // API and the console's login today, the front doors and enrolment later.
+// Sources bounds the unauthenticated work in progress per source address
+// and network, at the agent port and the front doors.
 package throttle
 
 import (

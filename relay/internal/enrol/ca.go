@@ -1,0 +1,141 @@
+package enrol
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/ca"
+	"github.com/tetherhq/tether/relay/internal/session"
+)
+
+// CA rotation. `tether-relay ca rotate` (admin.RotateCA) adds a new root
+// and tells running relays through the change feed; each relay reloads
+// the roots (trust.Authority.Reload) and brings its sessions in line
+// (CAChanged): from then on it issues agent certificates from the new root
+// and accepts certificates from both. Agents move to the new root at their
+// next renewal, or at once when the operator asks (RenewNow). `ca retire`
+// drops the old root once no agent depends on it; the relay then serves a
+// certificate from the new root, refuses certificates from the old one
+// and closes the sessions that still stand on it.
+
+// renewSpreadPerAgent is how much the window over which asked agents renew
+// grows per agent, between 1 s and 5 min: a renewal costs the relay a
+// signature and a store write, so ten thousand agents renew over 5 minutes.
+const renewSpreadPerAgent = 30 * time.Millisecond
+
+// Rotation brings a relay's sessions in line with the CA's roots. Run
+// waits for the requests it sends in the background.
+type Rotation struct {
+	cfg      Config
+	sessions *session.Set
+
+	mu      sync.Mutex // guards applied and stopped, and orders bg.Go before bg.Wait
+	applied *ca.CA     // the CA whose roots the sessions were last brought in line with
+	stopped bool       // Run has returned: no more background sends
+
+	bg sync.WaitGroup // renewal requests being sent
+}
+
+// NewRotation starts from the CA as the relay read it at start.
+func NewRotation(cfg Config, sessions *session.Set) *Rotation {
+	return &Rotation{cfg: cfg, sessions: sessions, applied: cfg.Authority.CA()}
+}
+
+// Run returns when ctx ends, once the renewal requests it sent are out.
+func (r *Rotation) Run(ctx context.Context) error {
+	<-ctx.Done()
+	r.mu.Lock()
+	r.stopped = true
+	r.mu.Unlock()
+	r.bg.Wait()
+	return nil
+}
+
+// Apply reloads the CA's roots and, when they changed since they were last
+// applied, closes the sessions standing on a root no longer trusted and
+// asks the agents to renew when the operator asked for it at once.
+func (r *Rotation) Apply(ctx context.Context) {
+	if _, _, err := r.cfg.Authority.Reload(ctx); err != nil {
+		if ctx.Err() == nil {
+			r.cfg.Logger.Warn("CA roots", "err", err)
+		}
+		return
+	}
+	r.mu.Lock()
+	// Against the CA whose change was last applied here: the Authority
+	// may have been replaced in this process already.
+	prev, next := r.applied, r.cfg.Authority.CA()
+	r.applied = next
+	r.mu.Unlock()
+	if next == prev {
+		return
+	}
+	var ids []string
+	active := map[string]bool{}
+	for _, root := range next.Roots() {
+		ids = append(ids, root.ID())
+		active[root.ID()] = true
+	}
+	r.cfg.Logger.Info("CA roots changed", "roots", ids, "signing_root", next.Signer().ID(), "serving_root", next.Serving().ID(), "renew_now", next.RenewNow())
+
+	// Sessions that stand on a root no longer trusted (retired with
+	// --force while its agents were still on it) end now, as revoked ones
+	// do: the operator retired the root so that nothing it issued counts.
+	for _, c := range r.sessions.Select("", false, func(c *session.Conn) bool { return !active[c.RootID()] }) {
+		root := next.Root(c.RootID())
+		why := protocol.Errorf(protocol.CodeUnauthenticated, "this agent's certificate comes from a CA root that was retired: enrol it again with a new join token")
+		if root != nil {
+			why = protocol.Errorf(protocol.CodeUnauthenticated, "this agent's certificate comes from CA root %d (%s), retired at %s: enrol it again with a new join token",
+				root.Generation, root.ID(), root.RetiredAt.UTC().Format(time.RFC3339))
+		}
+		id := c.Identity()
+		r.cfg.Audit.Add(audit.Record{Kind: audit.Disconnect, Outcome: protocol.CodeUnauthenticated.String(), Tenant: id.Tenant, Agent: id.ID, Actor: "relay",
+			Detail: map[string]any{"session": c.SessionID(), "ca_root": c.RootID(), "reason": "CA root retired"}})
+		c.CloseWith(why)
+	}
+	if next.RenewNow() && (!prev.RenewNow() || prev.Signer().ID() != next.Signer().ID()) {
+		r.askRenewals(next.Signer().ID())
+	}
+}
+
+// Connected asks an agent that connects during a rotation the operator
+// wants done at once to renew: it was offline when the others were asked.
+func (r *Rotation) Connected(c *session.Conn) {
+	authority := r.cfg.Authority.CA()
+	if authority.RenewNow() && c.RootID() != authority.Signer().ID() {
+		askRenewal(c, authority.Signer().ID(), time.Second)
+	}
+}
+
+// askRenewals asks every connected agent whose certificate is not from
+// root to renew now, spread over a window that grows with their number.
+func (r *Rotation) askRenewals(root string) {
+	conns := r.sessions.Select("", true, func(c *session.Conn) bool { return c.RootID() != root })
+	if len(conns) == 0 {
+		return
+	}
+	spread := min(max(time.Duration(len(conns))*renewSpreadPerAgent, time.Second), 5*time.Minute)
+	r.cfg.Logger.Info("asking agents to renew their certificates now", "agents", len(conns), "ca_root", root, "spread", spread)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopped {
+		return
+	}
+	r.bg.Go(func() {
+		for _, c := range conns {
+			askRenewal(c, root, spread)
+		}
+	})
+}
+
+// askRenewal sends c a RenewNow for root.
+func askRenewal(c *session.Conn, root string, spread time.Duration) {
+	if err := c.Send(&protocol.RenewNow{Root: root, SpreadMillis: spread.Milliseconds()}); err != nil {
+		c.Logger().Debug("send renewal request", "err", err)
+		return
+	}
+	c.Logger().Debug("asked the agent to renew its certificate now", "ca_root", root)
+}

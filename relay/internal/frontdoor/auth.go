@@ -1,0 +1,514 @@
+package frontdoor
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	"github.com/go-jose/go-jose/v4"
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/relay/internal/atomicfile"
+	"github.com/tetherhq/tether/relay/internal/credential"
+	"github.com/tetherhq/tether/relay/internal/policy"
+	"github.com/tetherhq/tether/relay/internal/route"
+	"github.com/tetherhq/tether/relay/internal/store"
+)
+
+// authenticateCertificate turns a client certificate, which the TLS
+// handshake verified (trust.Server.Front refuses any other), into a caller: the
+// backend it names must still exist.
+func (fd *Server) authenticateCertificate(ctx context.Context, certs []*x509.Certificate) (*caller, error) {
+	id, err := identity.BackendFromCertificate(certs[0], fd.cfg.Authority.TrustDomain())
+	if err != nil {
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend certificate refused: %v", err)
+	}
+	return fd.registeredCaller(ctx, id.Name, viaCertificate, nil)
+}
+
+// registeredCaller looks up a backend authenticated by certificate or
+// token, which carry its name but no API key.
+func (fd *Server) registeredCaller(ctx context.Context, name, via string, tenants []string) (*caller, error) {
+	b, err := fd.backends.get(ctx, name, fd.loadBackend)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend %q is not registered with this relay", name)
+	}
+	if err != nil {
+		return nil, protocol.Errorf(protocol.CodeInternal, "look up backend: %v", err)
+	}
+	return &caller{name: b.Name, grants: b.Grants, via: via, tenants: tenants}, nil
+}
+
+// OIDCConfig lets backends authenticate with a bearer token (a JWT) from
+// an OpenID Connect issuer.
+type OIDCConfig struct {
+	// Issuer is the issuer URL; tokens must carry it as "iss". Setting it
+	// turns bearer tokens on.
+	Issuer string
+	// Audience must be one of the token's "aud" values. Required.
+	Audience string
+	// JWKSURL is where the issuer publishes its signing keys. Default: the
+	// jwks_uri of the issuer's discovery document.
+	JWKSURL string
+	// BackendClaim names the claim holding the backend's name, which must
+	// be a registered backend: its grants apply. Default "sub".
+	BackendClaim string
+	// TenantClaim names the claim listing the tenants the token is for (a
+	// string or an array of strings; "*" for all). A token without it is
+	// refused. Default "tether_tenants".
+	TenantClaim string
+}
+
+// SetDefaults fills in the defaults of unset fields.
+func (c *OIDCConfig) SetDefaults() {
+	if c.BackendClaim == "" {
+		c.BackendClaim = "sub"
+	}
+	if c.TenantClaim == "" {
+		c.TenantClaim = "tether_tenants"
+	}
+}
+
+// Validate reports what is wrong with c.
+func (c *OIDCConfig) Validate() error {
+	if c.Issuer == "" {
+		if c.Audience != "" || c.JWKSURL != "" {
+			return errors.New("OIDC audience or JWKS URL set without an issuer")
+		}
+		return nil
+	}
+	if !strings.HasPrefix(c.Issuer, "https://") && !strings.HasPrefix(c.Issuer, "http://") {
+		return fmt.Errorf("OIDC issuer %q is not an http(s) URL", c.Issuer)
+	}
+	if c.Audience == "" {
+		return errors.New("OIDC audience is required with an issuer")
+	}
+	return nil
+}
+
+// bearerAuth verifies bearer tokens against an issuer's keys.
+type bearerAuth struct {
+	cfg      OIDCConfig
+	verifier *oidc.IDTokenVerifier
+	keys     *keyCache
+}
+
+// signingAlgs are the JWS algorithms accepted; "none" and HMAC never are.
+var signingAlgs = []string{
+	oidc.RS256, oidc.RS384, oidc.RS512, oidc.ES256, oidc.ES384, oidc.ES512, oidc.PS256, oidc.PS384, oidc.PS512, oidc.EdDSA,
+}
+
+func newBearerAuth(cfg OIDCConfig, cacheFile string, now func() time.Time, client *http.Client) *bearerAuth {
+	keys := &keyCache{issuer: cfg.Issuer, jwksURL: cfg.JWKSURL, file: cacheFile, client: client, now: now}
+	keys.load()
+	return &bearerAuth{
+		cfg:  cfg,
+		keys: keys,
+		verifier: oidc.NewVerifier(cfg.Issuer, keys, &oidc.Config{
+			ClientID: cfg.Audience, SupportedSigningAlgs: signingAlgs, Now: now,
+		}),
+	}
+}
+
+// authenticateBearer verifies a token and returns the backend it names,
+// narrowed to the tenants the token lists.
+func (fd *Server) authenticateBearer(ctx context.Context, token string) (*caller, error) {
+	if fd.bearer == nil {
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "bearer tokens are not accepted by this relay (no OIDC issuer configured): use an API key")
+	}
+	b := fd.bearer
+	tok, err := b.verifier.Verify(ctx, token)
+	if err != nil {
+		var exp *oidc.TokenExpiredError
+		if errors.As(err, &exp) {
+			return nil, protocol.Errorf(protocol.CodeUnauthenticated, "bearer token expired at %s", exp.Expiry.UTC().Format(time.RFC3339))
+		}
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "bearer token refused: %v", strings.TrimPrefix(err.Error(), "oidc: "))
+	}
+	var claims map[string]json.RawMessage
+	if err := tok.Claims(&claims); err != nil {
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "bearer token claims: %v", err)
+	}
+	var name string
+	if raw, ok := claims[b.cfg.BackendClaim]; !ok || json.Unmarshal(raw, &name) != nil || name == "" {
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "bearer token has no string claim %q naming the backend", b.cfg.BackendClaim)
+	}
+	if err := identity.ValidateName("backend", name); err != nil {
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "bearer token claim %q: %v", b.cfg.BackendClaim, err)
+	}
+	tenants, err := tenantClaim(claims[b.cfg.TenantClaim])
+	if err != nil {
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "bearer token claim %q: %v", b.cfg.TenantClaim, err)
+	}
+	if slices.Contains(tenants, store.Any) {
+		tenants = nil // the grants alone decide
+	}
+	return fd.registeredCaller(ctx, name, viaJWT, tenants)
+}
+
+// tenantClaim parses the tenant claim: a tenant name, "*", or an array of
+// them. It must be present and name at least one tenant.
+func tenantClaim(raw json.RawMessage) ([]string, error) {
+	if raw == nil {
+		return nil, errors.New("missing: the token names no tenant")
+	}
+	var one string
+	var many []string
+	if err := json.Unmarshal(raw, &one); err == nil {
+		many = []string{one}
+	} else if err := json.Unmarshal(raw, &many); err != nil {
+		return nil, errors.New("not a string or an array of strings")
+	}
+	if len(many) == 0 {
+		return nil, errors.New("empty: the token names no tenant")
+	}
+	for _, t := range many {
+		if t == store.Any {
+			continue
+		}
+		if err := identity.ValidateName("tenant", t); err != nil {
+			return nil, err
+		}
+	}
+	return many, nil
+}
+
+// keyCache holds an issuer's signing keys. It fetches them when a token
+// names a key it does not have (at most once per keyRefetchInterval, so
+// forged tokens cannot hammer the issuer) and when they are older than
+// keyMaxAge; a failed fetch keeps the keys it had. The keys are also kept
+// in a file, so a relay restarted while the issuer is down still accepts
+// tokens signed with them.
+type keyCache struct {
+	issuer  string
+	jwksURL string // discovered on first use when empty
+	file    string
+	client  *http.Client
+	now     func() time.Time
+
+	mu        sync.Mutex // guards the fields below and serialises fetches
+	keys      []jose.JSONWebKey
+	fetched   time.Time // last successful fetch
+	attempted time.Time // last attempt
+}
+
+const (
+	keyRefetchInterval = 10 * time.Second
+	keyMaxAge          = time.Hour
+	keyFetchTimeout    = 5 * time.Second
+	maxJWKSBytes       = 1 << 20
+)
+
+// errFetchedRecently: the keys were fetched moments ago; an unknown key is
+// not worth asking the issuer again yet.
+var errFetchedRecently = errors.New("the issuer's keys were fetched moments ago")
+
+type cachedKeys struct {
+	JWKSURL string          `json:"jwks_url"`
+	Fetched time.Time       `json:"fetched"`
+	Keys    json.RawMessage `json:"keys"` // the issuer's JWKS document
+}
+
+func (k *keyCache) load() {
+	raw, err := os.ReadFile(k.file)
+	if err != nil {
+		return
+	}
+	var c cachedKeys
+	var set jose.JSONWebKeySet
+	if json.Unmarshal(raw, &c) != nil || json.Unmarshal(c.Keys, &set) != nil {
+		return
+	}
+	if k.jwksURL == "" {
+		k.jwksURL = c.JWKSURL
+	}
+	k.keys, k.fetched = set.Keys, c.Fetched
+}
+
+// VerifySignature implements oidc.KeySet.
+func (k *keyCache) VerifySignature(ctx context.Context, token string) ([]byte, error) {
+	jws, err := jose.ParseSigned(token, toAlgs(signingAlgs))
+	if err != nil {
+		return nil, fmt.Errorf("malformed token: %w", err)
+	}
+	if len(jws.Signatures) != 1 {
+		return nil, errors.New("token must carry exactly one signature")
+	}
+	kid := jws.Signatures[0].Header.KeyID
+	keys, stale := k.current()
+	if p, ok := verifyWith(jws, keys, kid); ok && !stale {
+		return p, nil
+	}
+	fresh, ferr := k.refresh(ctx, !hasKey(keys, kid))
+	if ferr == nil {
+		keys = fresh
+	}
+	if p, ok := verifyWith(jws, keys, kid); ok {
+		return p, nil
+	}
+	switch {
+	case hasKey(keys, kid):
+		return nil, errors.New("signature does not verify with the issuer's keys")
+	case ferr != nil && !errors.Is(ferr, errFetchedRecently):
+		return nil, fmt.Errorf("signing key %q is unknown and the issuer's keys cannot be fetched: %w", kid, ferr)
+	}
+	return nil, fmt.Errorf("signing key %q is not one of the issuer's keys", kid)
+}
+
+func (k *keyCache) current() ([]jose.JSONWebKey, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.keys, k.now().Sub(k.fetched) > keyMaxAge
+}
+
+func hasKey(keys []jose.JSONWebKey, kid string) bool {
+	for _, key := range keys {
+		if kid == "" || key.KeyID == kid {
+			return true
+		}
+	}
+	return false
+}
+
+func verifyWith(jws *jose.JSONWebSignature, keys []jose.JSONWebKey, kid string) ([]byte, bool) {
+	for _, key := range keys {
+		if kid != "" && key.KeyID != kid {
+			continue
+		}
+		if key.Use != "" && key.Use != "sig" {
+			continue
+		}
+		if p, err := jws.Verify(&key); err == nil {
+			return p, true
+		}
+	}
+	return nil, false
+}
+
+// refresh fetches the keys unless an attempt was made very recently. An
+// unknown key id (unknownKey) justifies a fetch once per
+// keyRefetchInterval; stale keys are refreshed as often.
+func (k *keyCache) refresh(ctx context.Context, unknownKey bool) ([]jose.JSONWebKey, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	now := k.now()
+	if now.Sub(k.attempted) < keyRefetchInterval {
+		if unknownKey {
+			return k.keys, errFetchedRecently
+		}
+		return k.keys, nil
+	}
+	k.attempted = now
+	ctx, cancel := context.WithTimeout(ctx, keyFetchTimeout)
+	defer cancel()
+	if k.jwksURL == "" {
+		u, err := k.discover(ctx)
+		if err != nil {
+			return k.keys, err
+		}
+		k.jwksURL = u
+	}
+	raw, err := k.get(ctx, k.jwksURL)
+	if err != nil {
+		return k.keys, err
+	}
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(raw, &set); err != nil {
+		return k.keys, fmt.Errorf("issuer's key set: %w", err)
+	}
+	if len(set.Keys) == 0 {
+		return k.keys, errors.New("issuer's key set is empty")
+	}
+	k.keys, k.fetched = set.Keys, now
+	if b, err := json.Marshal(cachedKeys{JWKSURL: k.jwksURL, Fetched: now, Keys: raw}); err == nil {
+		atomicfile.Write(k.file, b, 0o600) // best effort: only a restart during an outage needs it
+	}
+	return k.keys, nil
+}
+
+func (k *keyCache) discover(ctx context.Context) (string, error) {
+	raw, err := k.get(ctx, strings.TrimSuffix(k.issuer, "/")+"/.well-known/openid-configuration")
+	if err != nil {
+		return "", fmt.Errorf("OIDC discovery: %w", err)
+	}
+	var doc struct {
+		Issuer  string `json:"issuer"`
+		JWKSURI string `json:"jwks_uri"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return "", fmt.Errorf("OIDC discovery document: %w", err)
+	}
+	if doc.Issuer != k.issuer {
+		return "", fmt.Errorf("OIDC discovery document is for issuer %q, not %q", doc.Issuer, k.issuer)
+	}
+	if doc.JWKSURI == "" {
+		return "", errors.New("OIDC discovery document has no jwks_uri")
+	}
+	return doc.JWKSURI, nil
+}
+
+func (k *keyCache) get(ctx context.Context, url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := k.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(body) > maxJWKSBytes {
+		return nil, fmt.Errorf("GET %s: response larger than %d bytes", url, maxJWKSBytes)
+	}
+	return body, nil
+}
+
+func toAlgs(names []string) []jose.SignatureAlgorithm {
+	out := make([]jose.SignatureAlgorithm, len(names))
+	for i, n := range names {
+		out[i] = jose.SignatureAlgorithm(n)
+	}
+	return out
+}
+
+// backendCacheTTL bounds how long a cached backend credential is used.
+// Changes (a new key, a removed backend, changed grants) reach a running
+// relay through the change feed, which drops the backend from the cache
+// (forget) within Config.ChangePoll; the TTL only bounds the damage of a
+// feed the relay cannot read.
+const backendCacheTTL = time.Minute
+
+// maxCachedBackends bounds the cache; past it the cache starts over.
+const maxCachedBackends = 10000
+
+type backendCache struct {
+	mu sync.Mutex
+	m  map[string]cachedBackend
+}
+
+type cachedBackend struct {
+	b       store.Backend
+	fetched time.Time
+}
+
+// get returns the named backend from the cache while it is fresh, else
+// from load. Unknown names are not cached, so a backend added while the
+// relay runs works at once.
+func (c *backendCache) get(ctx context.Context, name string, load func(context.Context, string) (store.Backend, error)) (store.Backend, error) {
+	c.mu.Lock()
+	e, ok := c.m[name]
+	c.mu.Unlock()
+	if ok && time.Since(e.fetched) < backendCacheTTL {
+		return e.b, nil
+	}
+	b, err := load(ctx, name)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case err == nil:
+		if c.m == nil || len(c.m) >= maxCachedBackends {
+			c.m = make(map[string]cachedBackend)
+		}
+		c.m[name] = cachedBackend{b: b, fetched: time.Now()}
+	case errors.Is(err, store.ErrNotFound):
+		delete(c.m, name)
+	}
+	return b, err
+}
+
+// forget drops name from the cache: its next use reads the store.
+func (c *backendCache) forget(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, name)
+}
+
+// forgetAll empties the cache.
+func (c *backendCache) forgetAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m = nil
+}
+
+// caller is an authenticated backend.
+type caller struct {
+	name   string
+	grants []policy.Grant
+	// via is how it proved who it is: api_key, certificate or jwt.
+	via string
+	// tenants, when not nil, narrows the grants to these tenants (the
+	// tenant claim of a bearer token).
+	tenants []string
+}
+
+// Identity is how the caller is named in stream headers and logs.
+func (c *caller) Identity() string { return "backend:" + c.name }
+
+// Ways a backend authenticates, as recorded in audit records.
+const (
+	viaAPIKey      = "api_key"
+	viaCertificate = "certificate"
+	viaJWT         = "jwt"
+)
+
+// authenticate checks a backend name and API key. Unknown names and wrong
+// keys get the same answer.
+func (fd *Server) authenticate(ctx context.Context, name, key string) (*caller, error) {
+	if name == "" || key == "" {
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend credentials required (backend name and API key)")
+	}
+	b, err := fd.backends.get(ctx, name, fd.loadBackend)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, protocol.Errorf(protocol.CodeInternal, "look up backend: %v", err)
+	}
+	if err != nil || !credential.Matches(key, b.KeyHash) {
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "wrong backend name or API key")
+	}
+	return &caller{name: b.Name, grants: b.Grants, via: viaAPIKey}, nil
+}
+
+// loadBackend reads a backend from the store, timing it.
+func (fd *Server) loadBackend(ctx context.Context, name string) (store.Backend, error) {
+	start := time.Now()
+	defer fd.cfg.Metrics.StoreOp("backend_lookup", start)
+	return fd.cfg.Store.Backend(ctx, name)
+}
+
+// authorize checks that c may reach service t.Service of tenant t.Tenant,
+// and that the tenant exists. A backend without a grant learns nothing,
+// not even whether the tenant exists.
+func (fd *Server) authorize(ctx context.Context, c *caller, t route.Target) error {
+	if !policy.Allows(c.grants, t.Tenant, t.Service) {
+		return protocol.Errorf(protocol.CodeNotAllowed, "backend %q may not reach service %q of tenant %q (no grant)", c.name, t.Service, t.Tenant)
+	}
+	if c.tenants != nil && !slices.Contains(c.tenants, t.Tenant) {
+		return protocol.Errorf(protocol.CodeNotAllowed, "backend %q's token does not name tenant %q", c.name, t.Tenant)
+	}
+	if fd.cfg.Routes.Connected(t.Tenant) > 0 {
+		return nil // a tenant with a connected agent exists
+	}
+	if _, err := fd.cfg.Store.Tenant(ctx, t.Tenant); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return protocol.Errorf(protocol.CodeUnknownTenant, "no tenant %q", t.Tenant)
+		}
+		return protocol.Errorf(protocol.CodeInternal, "look up tenant: %v", err)
+	}
+	return nil
+}

@@ -1,0 +1,206 @@
+package frontdoor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/credential"
+	"github.com/tetherhq/tether/relay/internal/route"
+)
+
+// tunnel is an open stream to a service through an agent, after the agent
+// answered OK.
+type tunnel struct {
+	*route.Tunnel
+	requestID string
+	target    route.Target
+	caller    *caller
+	release   func() // uncounts the stream from its tenant's limit
+}
+
+// abandon closes a tunnel that will not be bridged.
+func (t *tunnel) abandon() {
+	t.Abandon()
+	t.release()
+}
+
+// dial authenticates nothing: the front door has already. It authorizes c
+// for target, picks an agent connection and opens a stream to the service.
+func (fd *Server) dial(ctx context.Context, c *caller, addr string) (*tunnel, error) {
+	t, err := route.ParseTarget(addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := fd.authorize(ctx, c, t); err != nil {
+		return nil, err
+	}
+	// The tenant's bulkheads: they count and refuse only its own streams.
+	release, err := fd.cfg.Policy.AdmitStream(t.Tenant, c.name)
+	if err != nil {
+		fd.LimitRefusals.Add(1)
+		fd.cfg.Metrics.LimitRefusals.WithLabelValues(t.Tenant).Inc()
+		return nil, err
+	}
+	start := time.Now()
+	hdr := protocol.StreamHeader{Service: t.Service, Backend: c.Identity(), RequestID: credential.NewRequestID()}
+	rt, err := fd.cfg.Router.Dial(ctx, t.Tenant, hdr)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	fd.cfg.Metrics.OpenSeconds.Observe(time.Since(start).Seconds())
+	fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, protocol.CodeOK)
+	return &tunnel{Tunnel: rt, requestID: hdr.RequestID, target: t, caller: c, release: release}, nil
+}
+
+// auditRefusal records a stream the relay or the agent refused.
+func (fd *Server) auditRefusal(door, remote string, c *caller, addr string, err error) {
+	if len(addr) > 512 {
+		addr = addr[:512]
+	}
+	rec := audit.Record{Kind: audit.Stream, Outcome: protocol.CodeOf(err).String(), Backend: c.name, Actor: c.Identity(),
+		Detail: map[string]any{"door": door, "remote": remote, "target": addr, "auth": c.via, "error": err.Error()}}
+	t, perr := route.ParseTarget(addr)
+	if perr == nil {
+		rec.Tenant = t.Tenant
+		rec.Detail["service"] = t.Service
+	}
+	fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, protocol.CodeOf(err))
+	fd.cfg.Audit.Add(rec)
+}
+
+// auditUnauthenticated records a front-door connection whose credentials
+// were refused. The name it claimed is kept apart from Backend, which only
+// ever holds an authenticated identity.
+func (fd *Server) auditUnauthenticated(door, remote, claimed string, err error) {
+	if len(claimed) > 255 {
+		claimed = claimed[:255]
+	}
+	fd.cfg.Metrics.StreamOpened("", "", protocol.CodeOf(err))
+	fd.cfg.Audit.Add(audit.Record{Kind: audit.Stream, Outcome: protocol.CodeOf(err).String(), Actor: "unauthenticated",
+		Detail: map[string]any{"door": door, "remote": remote, "claimed_backend": claimed, "error": err.Error()}})
+}
+
+// doorOf finds the front door's name in a stream's log attributes.
+func doorOf(attrs []any) string {
+	for i := 0; i+1 < len(attrs); i += 2 {
+		if attrs[i] == "door" {
+			if s, ok := attrs[i+1].(string); ok {
+				return s
+			}
+		}
+	}
+	return ""
+}
+
+// bridge copies between a front-door connection and a tunnel until both
+// directions end, then releases the tunnel.
+func (fd *Server) bridge(front transport.Stream, t *tunnel, attrs []any) {
+	res, err := transport.Splice(front, t.Stream, fd.cfg.IdleTimeout)
+	t.End()
+	t.release()
+	fd.cfg.Metrics.StreamBytes.WithLabelValues(t.target.Tenant, "to_service").Add(float64(res.AToB))
+	fd.cfg.Metrics.StreamBytes.WithLabelValues(t.target.Tenant, "from_service").Add(float64(res.BToA))
+	outcome := audit.OutcomeOK
+	if errors.Is(err, transport.ErrIdle) {
+		outcome = "idle_timeout"
+	} else if err != nil && !transport.IsClosedErr(err) {
+		outcome = "error"
+	}
+	// The stream is over: its record need not hold this goroutine.
+	fd.cfg.Audit.Record(audit.Record{Kind: audit.Stream, Outcome: outcome, Tenant: t.target.Tenant, Agent: t.Carrier.Agent(), Backend: t.caller.name, Actor: t.caller.Identity(),
+		Detail: map[string]any{"service": t.target.Service, "request": t.requestID, "bytes_to_service": res.AToB, "bytes_from_service": res.BToA,
+			"duration_ms": time.Since(t.Opened).Milliseconds(), "door": doorOf(attrs), "auth": t.caller.via}})
+	log := fd.log
+	attrs = with(attrs, "request", t.requestID, "agent", t.Carrier.Agent(), "bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(t.Opened).Round(time.Microsecond))
+	switch {
+	case errors.Is(err, transport.ErrIdle):
+		log.Info("stream closed: idle timeout", attrs...)
+	case err != nil && !transport.IsClosedErr(err):
+		log.Info("stream ended with error", append(attrs, "err", err)...)
+	default:
+		log.Debug("stream closed", attrs...)
+	}
+}
+
+// connSet tracks open front-door connections so that shutdown can wait for
+// them and then close them.
+type connSet struct {
+	mu    sync.Mutex // guards conns and empty
+	conns map[net.Conn]struct{}
+	empty chan struct{} // closed while conns is empty; replaced when it fills
+}
+
+func newConnSet() *connSet {
+	e := make(chan struct{})
+	close(e)
+	return &connSet{conns: make(map[net.Conn]struct{}), empty: e}
+}
+
+func (s *connSet) add(c net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.conns) == 0 {
+		s.empty = make(chan struct{})
+	}
+	s.conns[c] = struct{}{}
+}
+
+func (s *connSet) remove(c net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.conns[c]; !ok {
+		return
+	}
+	delete(s.conns, c)
+	if len(s.conns) == 0 {
+		close(s.empty)
+	}
+}
+
+func (s *connSet) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+func (s *connSet) waitEmpty(d time.Duration) bool {
+	s.mu.Lock()
+	e := s.empty
+	s.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-e:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.Close()
+	}
+}
+
+// listenDoor listens on addr for a front door. Its connections are read
+// and written with raw system calls from the first byte (transport.Direct):
+// the SOCKS5 and CONNECT exchanges, the TLS under CONNECT-over-TLS, and
+// then the splice.
+func listenDoor(addr, door string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", door, err)
+	}
+	return transport.DirectListener(ln), nil
+}

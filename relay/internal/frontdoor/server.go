@@ -1,0 +1,223 @@
+// Package frontdoor is where SaaS backends come in: the SOCKS5 door, the
+// HTTP CONNECT door and CONNECT over TLS, the authentication of backends
+// (API keys, client certificates, OIDC bearer tokens), the authorization
+// of each stream (grants and the tenant's limits), and the bridge that
+// copies bytes between a backend's connection and the tunnel, auditing
+// every stream and every refusal.
+package frontdoor
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/metrics"
+	"github.com/tetherhq/tether/relay/internal/policy"
+	"github.com/tetherhq/tether/relay/internal/route"
+	"github.com/tetherhq/tether/relay/internal/store"
+	"github.com/tetherhq/tether/relay/internal/throttle"
+	"github.com/tetherhq/tether/relay/internal/trust"
+)
+
+// Config configures the front doors. An empty listen address leaves that
+// door off.
+type Config struct {
+	SOCKSListen, ConnectListen, ConnectTLSListen string
+	// HandshakeTimeout bounds a door's handshake (SOCKS5 greeting, CONNECT
+	// request, TLS); StreamOpenTimeout the stream open behind it;
+	// IdleTimeout closes tunnels idle in both directions.
+	HandshakeTimeout, StreamOpenTimeout, IdleTimeout time.Duration
+	// MaxPendingPerAddress and MaxPendingPerNetwork bound the connections
+	// not yet authenticated from one source address and network.
+	MaxPendingPerAddress, MaxPendingPerNetwork int
+	// OIDC, with an Issuer, accepts bearer tokens from that issuer;
+	// JWKSCacheFile keeps its keys across restarts.
+	OIDC          OIDCConfig
+	JWKSCacheFile string
+
+	Router    *route.Router
+	Routes    *route.Table
+	Store     *store.Store
+	Policy    *policy.Policy
+	Authority *trust.Authority
+	TLS       *trust.Server
+	Audit     *audit.Log
+	Metrics   *metrics.Metrics
+	// Fatal is told when a door's listener fails (the relay then shuts
+	// down).
+	Fatal  func(error)
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// Server is the front doors.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	backends backendCache
+	bearer   *bearerAuth  // nil unless an OIDC issuer is configured
+	oidc     *http.Client // fetches the issuer's keys
+	src      *throttle.Sources
+	front    *connSet // open front-door connections, closed at shutdown
+
+	socksLn, connectLn, connectTLSLn net.Listener
+	mu                               sync.Mutex     // guards connectSrvs and stopped
+	connectSrvs                      []*http.Server // the CONNECT doors' servers, once Run started them
+	stopped                          bool           // StopAccepting was called
+	handlers                         sync.WaitGroup // CONNECT handlers: a tunnel outlives the http.Server's tracking of its hijacked connection
+	stopping                         sync.WaitGroup // the CONNECT servers' shutdowns (StopAccepting)
+
+	// LimitRefusals counts stream opens refused by a tenant limit;
+	// SourceLimited connections closed for the bound per source.
+	LimitRefusals, SourceLimited atomic.Int64
+}
+
+// New binds the doors of cfg. Call Run, or Close if Run will not be
+// called.
+func New(cfg Config) (*Server, error) {
+	fd := &Server{cfg: cfg, log: cfg.Logger, front: newConnSet(),
+		src: throttle.NewSources(cfg.MaxPendingPerAddress, cfg.MaxPendingPerNetwork)}
+	if cfg.OIDC.Issuer != "" {
+		fd.oidc = &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSHandshakeTimeout: keyFetchTimeout, ResponseHeaderTimeout: keyFetchTimeout}}
+		fd.bearer = newBearerAuth(cfg.OIDC, cfg.JWKSCacheFile, cfg.Now, fd.oidc)
+	}
+	var err error
+	if cfg.SOCKSListen != "" {
+		if fd.socksLn, err = listenDoor(cfg.SOCKSListen, "SOCKS5 front door"); err != nil {
+			fd.Close()
+			return nil, err
+		}
+	}
+	if cfg.ConnectListen != "" {
+		if fd.connectLn, err = listenDoor(cfg.ConnectListen, "CONNECT front door"); err != nil {
+			fd.Close()
+			return nil, err
+		}
+	}
+	if cfg.ConnectTLSListen != "" {
+		ln, err := listenDoor(cfg.ConnectTLSListen, "CONNECT front door (TLS)")
+		if err != nil {
+			fd.Close()
+			return nil, err
+		}
+		fd.connectTLSLn = tls.NewListener(ln, cfg.TLS.Front())
+	}
+	return fd, nil
+}
+
+func addrOf(l net.Listener) net.Addr {
+	if l == nil {
+		return nil
+	}
+	return l.Addr()
+}
+
+// SOCKSAddr, ConnectAddr and ConnectTLSAddr are the doors' addresses, nil
+// for a door that is off.
+func (fd *Server) SOCKSAddr() net.Addr      { return addrOf(fd.socksLn) }
+func (fd *Server) ConnectAddr() net.Addr    { return addrOf(fd.connectLn) }
+func (fd *Server) ConnectTLSAddr() net.Addr { return addrOf(fd.connectTLSLn) }
+
+// Open is how many backend connections are open at the doors.
+func (fd *Server) Open() int { return fd.front.len() }
+
+// Unauthenticated reports how many source addresses have front-door
+// connections that have not yet authenticated.
+func (fd *Server) Unauthenticated() int { return fd.src.Held() }
+
+// Forget drops a backend's cached credential (it changed).
+func (fd *Server) Forget(backend string) { fd.backends.forget(backend) }
+
+// ForgetAll drops every cached credential.
+func (fd *Server) ForgetAll() { fd.backends.forgetAll() }
+
+// Close releases the listeners of a server whose Run was never called.
+func (fd *Server) Close() {
+	for _, l := range []net.Listener{fd.socksLn, fd.connectLn, fd.connectTLSLn} {
+		if l != nil {
+			l.Close()
+		}
+	}
+}
+
+// Run serves the doors until StopAccepting; the streams opened through
+// them use ctx, which the relay keeps alive while it drains. A door whose
+// listener fails is reported to Config.Fatal. Run returns once every
+// connection has ended (Drain, CloseAll) and every goroutine it started
+// has exited.
+func (fd *Server) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	fatal := func(err error) {
+		if err != nil && fd.cfg.Fatal != nil {
+			fd.cfg.Fatal(err)
+		}
+	}
+	if fd.socksLn != nil {
+		wg.Go(func() { fatal(fd.acceptSOCKS(ctx, &wg)) })
+	}
+	for _, ln := range []net.Listener{fd.connectLn, fd.connectTLSLn} {
+		if ln == nil {
+			continue
+		}
+		srv := fd.connectServer(ctx)
+		fd.mu.Lock()
+		if fd.stopped {
+			// StopAccepting came first: the server is closed before it
+			// serves, and Serve returns at once.
+			srv.Close()
+		}
+		fd.connectSrvs = append(fd.connectSrvs, srv)
+		fd.mu.Unlock()
+		fl := frontListener{Listener: ln, fd: fd, tlsDoor: ln == fd.connectTLSLn, deadline: fd.cfg.HandshakeTimeout}
+		wg.Go(func() {
+			err := srv.Serve(fl)
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			}
+			fatal(err)
+		})
+	}
+	wg.Wait()
+	fd.stopping.Wait()
+	fd.handlers.Wait()
+	if fd.oidc != nil {
+		fd.oidc.CloseIdleConnections()
+	}
+	return nil
+}
+
+// StopAccepting closes the doors; open tunnels go on. It returns at once:
+// CONNECT requests still choosing an agent finish on their own, within
+// the stream-open timeout (Run waits for them).
+func (fd *Server) StopAccepting(ctx context.Context, drain time.Duration) {
+	if fd.socksLn != nil {
+		fd.socksLn.Close()
+	}
+	fd.mu.Lock()
+	defer fd.mu.Unlock()
+	fd.stopped = true
+	for _, srv := range fd.connectSrvs {
+		fd.stopping.Go(func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drain+fd.cfg.StreamOpenTimeout)
+			defer cancel()
+			if err := srv.Shutdown(sctx); err != nil {
+				fd.log.Warn("CONNECT front door: handlers still running at shutdown", "err", err)
+				srv.Close()
+			}
+		})
+	}
+}
+
+// Drain waits up to d for the open tunnels to end and reports whether
+// they did.
+func (fd *Server) Drain(d time.Duration) bool { return fd.front.waitEmpty(d) }
+
+// CloseAll closes the connections still open.
+func (fd *Server) CloseAll() { fd.front.closeAll() }

@@ -1,0 +1,138 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	quicgo "github.com/quic-go/quic-go"
+)
+
+// handshakeGate bounds the agent handshakes (TLS, then the hello) the relay
+// works on at once. After a relay restart a whole fleet reconnects within
+// seconds; without a bound every handshake competes for the CPU, all of
+// them slow down past the agents' timeouts, and the agents retry: a login
+// storm that feeds itself. With the gate, handshakes in progress finish
+// quickly while the rest queue; a connection that finds no slot within
+// gateWait is closed before any work is done, and its agent retries after a
+// jittered backoff.
+//
+// A slot is held for the whole handshake, which includes round trips to the
+// agent, so the bound must be far above what the CPU alone would suggest: a
+// handshake over a 100 ms WAN path holds its slot for about 300 ms, and 512
+// slots then admit ~1 700 handshakes a second, more than two cores can
+// complete. The gate does not throttle a healthy relay; it keeps a storm of
+// ten thousand simultaneous handshakes from sharing the CPU so thinly that
+// all of them time out.
+type handshakeGate struct {
+	slots chan struct{}
+	wait  time.Duration
+}
+
+// gateWait is how long a new connection waits for a handshake slot.
+const gateWait = 8 * time.Second
+
+func newHandshakeGate(n int) *handshakeGate {
+	return &handshakeGate{slots: make(chan struct{}, n), wait: gateWait}
+}
+
+// enter takes a slot, waiting up to g.wait; it reports whether it got one.
+func (g *handshakeGate) enter(ctx context.Context) bool {
+	select {
+	case g.slots <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(g.wait)
+	defer t.Stop()
+	select {
+	case g.slots <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
+}
+
+// leave returns a slot taken by enter.
+func (g *handshakeGate) leave() { <-g.slots }
+
+// tryEnter takes a slot if one is free now.
+func (g *handshakeGate) tryEnter() bool {
+	select {
+	case g.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// gateSlot is a TLS slot held by a QUIC connection from its first packet
+// until it is admitted or closed, whichever comes first.
+type gateSlot struct {
+	once  sync.Once
+	gate  *handshakeGate
+	stop  func() bool // unregisters the release at the connection's end
+	leave func()      // uncounts the connection from its source (throttle.Sources)
+}
+
+func (s *gateSlot) release() {
+	s.once.Do(func() {
+		s.stop()
+		s.gate.leave()
+		s.leave()
+	})
+}
+
+type gateSlotKey struct{}
+
+var (
+	errRelayBusy  = errors.New("relay busy: too many agent handshakes in progress")
+	errSourceBusy = errors.New("relay busy: too many agent handshakes in progress from this address or network")
+)
+
+// QUICTLSSlots is how many QUIC TLS handshakes may be in progress at once
+// per handshake slot (--max-handshakes).
+const QUICTLSSlots = 8
+
+// quicConnContext bounds the QUIC TLS handshakes in progress. quic-go
+// completes the TLS handshake before Accept returns, so the handshake gate
+// entered after Accept (as for TCP) bounds only the hello; without a bound
+// before TLS, a fleet far larger than the relay can serve at once would
+// share the CPU among all of its handshakes until they time out. quic-go
+// calls this on its packet loop for the first packet of every new
+// connection, so it must not block: without a free slot the connection is
+// refused at once — a single CONNECTION_REFUSED packet — and its agent
+// retries after a jittered backoff. Refusal costs an agent seconds, so the
+// bound is generous (QUICTLSSlots per handshake slot, 4096 by default,
+// about a second of handshake CPU on two cores): it turns away only what
+// could not finish in time anyway. The slot is released when the relay
+// admits or refuses the agent, or when the connection ends, including a
+// handshake that fails or times out. The connection also counts against
+// its source's bound (throttle.Sources) until then, and is refused the same way
+// when its source is at that bound.
+func (s *Server) quicConnContext(ctx context.Context, info *quicgo.ClientInfo) (context.Context, error) {
+	leave, ok := s.src.Enter(info.RemoteAddr)
+	if !ok {
+		s.stats.SourceLimited.Add(1)
+		return nil, errSourceBusy
+	}
+	if !s.quicGate.tryEnter() {
+		leave()
+		s.stats.Throttled.Add(1)
+		return nil, errRelayBusy
+	}
+	slot := &gateSlot{gate: s.quicGate, leave: leave}
+	slot.stop = context.AfterFunc(ctx, slot.release)
+	return context.WithValue(ctx, gateSlotKey{}, slot), nil
+}
+
+// quicSlot returns the release of the slot quicConnContext took for conn.
+func quicSlot(ctx context.Context) (release func(), ok bool) {
+	s, ok := ctx.Value(gateSlotKey{}).(*gateSlot)
+	if !ok {
+		return nil, false
+	}
+	return s.release, true
+}

@@ -1,0 +1,551 @@
+package session
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	quicgo "github.com/quic-go/quic-go"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/protocol/transport/quic"
+	"github.com/tetherhq/tether/protocol/transport/tcp"
+	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/credential"
+	"github.com/tetherhq/tether/relay/internal/policy"
+	"github.com/tetherhq/tether/relay/internal/route"
+	"github.com/tetherhq/tether/relay/internal/store"
+	"github.com/tetherhq/tether/relay/internal/throttle"
+	"github.com/tetherhq/tether/relay/internal/trust"
+)
+
+// Config configures the agent side of a relay.
+type Config struct {
+	// Listen is where agents connect, on the same port for UDP (QUIC) and
+	// TCP (TLS+yamux, and enrolment).
+	Listen                  string
+	DisableQUIC, DisableTCP bool
+	// HandshakeTimeout bounds TLS and the hello; Heartbeat is how often
+	// the relay pings an idle agent; StreamOpenTimeout bounds opening a
+	// stream through an agent.
+	HandshakeTimeout, Heartbeat, StreamOpenTimeout time.Duration
+	// MaxHandshakes bounds the handshakes (and enrolments) in progress;
+	// MaxQUICTLSHandshakes the QUIC TLS handshakes before those;
+	// MaxHandshakesPerAddress and MaxHandshakesPerNetwork those from one
+	// source address and one source network.
+	MaxHandshakes, MaxQUICTLSHandshakes              int
+	MaxHandshakesPerAddress, MaxHandshakesPerNetwork int
+	// ResetKey is the QUIC stateless reset key.
+	ResetKey [32]byte
+
+	TLS       *trust.Server
+	Authority *trust.Authority
+	Store     *store.Store
+	Policy    *policy.Policy
+	Audit     *audit.Log
+	// Routes receives every admitted session as a carrier.
+	Routes *route.Table
+
+	// Enrol serves a connection that negotiated the enrolment protocol.
+	Enrol func(ctx context.Context, tc *tls.Conn)
+	// Renew answers a renewal request on a session's control stream.
+	Renew func(ctx context.Context, c *Conn, req *protocol.RenewRequest) *protocol.RenewResponse
+	// Update takes a session's update messages, with the session's
+	// context; it must not block.
+	Update func(ctx context.Context, c *Conn, m protocol.Message)
+	// Connected is told of each session admitted; it must not block.
+	Connected func(c *Conn)
+
+	// Disconnects counts ended sessions by reason (may be nil); StoreOp
+	// times store operations (may be nil).
+	Disconnects *prometheus.CounterVec
+	StoreOp     func(op string, start time.Time)
+	// Fatal is told when a listener fails (the relay then shuts down).
+	Fatal func(error)
+
+	Version string
+	Logger  *slog.Logger
+	Now     func() time.Time
+}
+
+// Stats counts agent handshakes by outcome.
+type Stats struct {
+	OK            atomic.Int64 // sessions admitted
+	Failed        atomic.Int64 // handshakes that failed (TLS or hello)
+	Throttled     atomic.Int64 // turned away by the handshake bound (over QUIC, once per Initial packet)
+	SourceLimited atomic.Int64 // turned away by the bound per source address or network
+}
+
+// Server accepts agent connections, admits them and serves their sessions.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	set   *Set
+	stats Stats
+	seen  lastSeen // agents' last-seen times waiting to be written
+
+	gate     *handshakeGate
+	quicGate *handshakeGate // QUIC TLS handshakes in progress
+	src      *throttle.Sources
+
+	tcpLn   net.Listener
+	udpConn *net.UDPConn
+	quicTr  *quicgo.Transport
+	quicLn  *quicgo.Listener
+}
+
+// DisconnectReasons are the reasons a session can end for, as the
+// Disconnects counter names them.
+var DisconnectReasons = disconnectReasons
+
+// New binds the agent listeners. Call Run, or Close if Run will not be
+// called.
+func New(cfg Config) (*Server, error) {
+	s := &Server{cfg: cfg, log: cfg.Logger, set: newSet(cfg.Routes),
+		gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes),
+		src: throttle.NewSources(cfg.MaxHandshakesPerAddress, cfg.MaxHandshakesPerNetwork)}
+	host, port, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, err
+	}
+	// TCP first: with port 0 the kernel picks a port, which UDP then reuses.
+	for attempt := 0; ; attempt++ {
+		if err := s.listen(host, port); err == nil {
+			return s, nil
+		} else if port != "0" || attempt == 5 {
+			s.Close()
+			return nil, err
+		}
+		s.Close()
+	}
+}
+
+func (s *Server) listen(host, port string) error {
+	var err error
+	if !s.cfg.DisableTCP {
+		if s.tcpLn, err = net.Listen("tcp", net.JoinHostPort(host, port)); err != nil {
+			return fmt.Errorf("agent listener (TCP): %w", err)
+		}
+		port = strconv.Itoa(s.tcpLn.Addr().(*net.TCPAddr).Port)
+	}
+	if !s.cfg.DisableQUIC {
+		ua, err := net.ResolveUDPAddr("udp", net.JoinHostPort(host, port))
+		if err != nil {
+			return fmt.Errorf("agent listener (UDP): %w", err)
+		}
+		if s.udpConn, err = net.ListenUDP("udp", ua); err != nil {
+			return fmt.Errorf("agent listener (UDP): %w", err)
+		}
+		key := quicgo.StatelessResetKey(s.cfg.ResetKey)
+		s.quicTr = &quicgo.Transport{Conn: s.udpConn, StatelessResetKey: &key, ConnContext: s.quicConnContext,
+			VerifySourceAddress: s.src.Busy}
+		// One incoming stream: the control stream. The relay opens every
+		// other stream itself (see tcp.RelayConfig for TCP).
+		if s.quicLn, err = s.quicTr.Listen(s.cfg.TLS.Agents(), quic.Config(1)); err != nil {
+			return fmt.Errorf("agent listener (QUIC): %w", err)
+		}
+		// quic-go has tried to raise the socket's buffers by now: warn
+		// with what to do when they are small, since every agent's
+		// packets arrive through this one socket.
+		recv, send, err := quic.SocketBuffers(s.udpConn)
+		quic.LogBuffers(s.log, recv, send, err)
+	}
+	return nil
+}
+
+// Addr is the address agents connect to (TCP; QUIC uses the same port on
+// UDP unless disabled).
+func (s *Server) Addr() net.Addr {
+	if s.tcpLn != nil {
+		return s.tcpLn.Addr()
+	}
+	return s.udpConn.LocalAddr()
+}
+
+// QUIC and TCP report which transports are served.
+func (s *Server) QUIC() bool { return s.quicLn != nil }
+func (s *Server) TCP() bool  { return s.tcpLn != nil }
+
+// Sessions is the set of live sessions.
+func (s *Server) Sessions() *Set { return s.set }
+
+// Stats counts handshakes by outcome.
+func (s *Server) Stats() *Stats { return &s.stats }
+
+// InProgress reports the handshakes holding a slot now (TLS over QUIC,
+// and TLS plus hello) and how many source addresses they come from.
+func (s *Server) InProgress() (handshakes, sources int) {
+	return len(s.gate.slots) + len(s.quicGate.slots), s.src.Held()
+}
+
+// StopAccepting closes the listeners; sessions go on.
+func (s *Server) StopAccepting() {
+	if s.tcpLn != nil {
+		s.tcpLn.Close()
+	}
+	if s.quicLn != nil {
+		s.quicLn.Close()
+	}
+}
+
+// Close releases the listeners and the UDP socket (after Run, or instead
+// of it).
+func (s *Server) Close() {
+	s.StopAccepting()
+	if s.quicTr != nil {
+		s.quicTr.Close()
+	}
+	if s.udpConn != nil {
+		s.udpConn.Close()
+	}
+}
+
+// Run accepts and serves agents until StopAccepting, and serves the
+// sessions until ctx ends (the relay keeps ctx alive while it drains). A
+// listener that fails is reported to Config.Fatal. Run returns once every
+// goroutine it started has exited, after writing when each agent was last
+// seen.
+func (s *Server) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	seenStop, seenDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(seenDone); s.keepLastSeen(context.WithoutCancel(ctx), seenStop) }()
+	fatal := func(err error) {
+		if err != nil && s.cfg.Fatal != nil {
+			s.cfg.Fatal(err)
+		}
+	}
+	if s.tcpLn != nil {
+		wg.Go(func() { fatal(s.acceptTCP(ctx, &wg)) })
+	}
+	if s.quicLn != nil {
+		wg.Go(func() { fatal(s.acceptQUIC(ctx, &wg)) })
+	}
+	wg.Wait()
+	close(seenStop) // after every session: disconnects are written
+	<-seenDone
+	return nil
+}
+
+func (s *Server) acceptTCP(ctx context.Context, wg *sync.WaitGroup) error {
+	tlsConf := s.cfg.TLS.AgentsTCP()
+	for {
+		c, err := s.tcpLn.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept agent TCP connection: %w", err)
+		}
+		// Turned away here, before a goroutine is spent on it, when its
+		// source is at its bound: a flood costs an accept and a close.
+		leaveSource, ok := s.src.Enter(c.RemoteAddr())
+		if !ok {
+			s.stats.SourceLimited.Add(1)
+			s.log.Debug("agent connection turned away: too many handshakes in progress from its address or network", "transport", "tcp", "remote", c.RemoteAddr().String())
+			c.Close()
+			continue
+		}
+		wg.Go(func() { s.handleTCP(ctx, wg, c, tlsConf, leaveSource) })
+	}
+}
+
+// handleTCP serves one agent TCP connection, counted against its source's
+// bound until leaveSource is called (once the handshake is over).
+func (s *Server) handleTCP(ctx context.Context, wg *sync.WaitGroup, c net.Conn, tlsConf *tls.Config, leaveSource func()) {
+	remote := c.RemoteAddr()
+	if !s.gate.enter(ctx) {
+		leaveSource()
+		s.stats.Throttled.Add(1)
+		s.log.Debug("agent connection turned away: too many handshakes in progress", "transport", "tcp", "remote", remote.String())
+		c.Close()
+		return
+	}
+	var leaveOnce sync.Once
+	leave := func() {
+		leaveOnce.Do(func() {
+			s.gate.leave()
+			leaveSource()
+		})
+	}
+	defer leave()
+	tc := tls.Server(tcp.NewRawConn(c), tlsConf)
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		s.stats.Failed.Add(1)
+		s.log.Warn("agent TLS handshake failed", "transport", "tcp", "remote", remote.String(), "err", err)
+		c.Close()
+		return
+	}
+	cs := tc.ConnectionState()
+	switch cs.NegotiatedProtocol {
+	case protocol.ALPNEnroll:
+		if s.cfg.Enrol != nil {
+			s.cfg.Enrol(ctx, tc)
+		} else {
+			tc.Close()
+		}
+		leave()
+	case protocol.ALPN:
+		sess, err := tcp.Server(tc, tcp.RelayConfig(s.log))
+		if err != nil {
+			s.log.Error("start yamux session", "remote", remote.String(), "err", err)
+			tc.Close()
+			return
+		}
+		s.serveAgent(ctx, wg, sess, cs, "tcp", remote, leave)
+	default:
+		tc.Close()
+	}
+}
+
+func (s *Server) acceptQUIC(ctx context.Context, wg *sync.WaitGroup) error {
+	for {
+		conn, err := s.quicLn.Accept(ctx)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, quicgo.ErrServerClosed) || ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accept agent QUIC connection: %w", err)
+		}
+		wg.Go(func() {
+			// The connection holds the TLS slot quicConnContext took
+			// before TLS began until the agent is admitted or refused
+			// (or the connection ends); the hello also waits for a
+			// handshake slot, as over TCP.
+			tlsDone, ok := quicSlot(conn.Context())
+			if !ok {
+				conn.CloseWithError(quic.CodeRefused, "relay busy")
+				return
+			}
+			defer tlsDone()
+			if !s.gate.enter(ctx) {
+				s.stats.Throttled.Add(1)
+				conn.CloseWithError(quic.CodeRefused, "relay busy")
+				return
+			}
+			var leaveOnce sync.Once
+			leave := func() {
+				leaveOnce.Do(func() {
+					s.gate.leave()
+					tlsDone()
+				})
+			}
+			defer leave()
+			s.serveAgent(ctx, wg, quic.NewSession(conn), conn.ConnectionState().TLS, "quic", conn.RemoteAddr(), leave)
+		})
+	}
+}
+
+// serveAgent runs one agent connection from the hello to its end. The
+// tenant comes from the verified certificate only.
+//
+// admitted is called once the handshake is over (the agent is welcomed or
+// refused), to free its handshake slot.
+//
+// A welcomed session is served on a goroutine of its own, added to wg, and
+// serveAgent returns. The calling goroutine did the handshake's deep work
+// (over TCP the TLS handshake itself; the store lookups of admission),
+// which grew its stack to 8 KiB or more, and the runtime halves a parked
+// goroutine's stack only while it uses under a quarter of it. Parked under
+// the handshake's frames, the control-stream reader kept 8 KiB per idle
+// agent; on a fresh goroutine the relay's goroutine stacks per idle agent
+// came to 16 KiB over TCP where they were 24, and 20 over QUIC where they
+// were 25 (BenchmarkFleet).
+func (s *Server) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess transport.Session, cs tls.ConnectionState, transportName string, remote net.Addr, admitted func()) {
+	defer admitted()
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			sess.Close()
+		}
+	}()
+	log := s.log.With("transport", transportName, "remote", remote.String())
+	if len(cs.PeerCertificates) == 0 {
+		log.Error("agent session without a peer certificate")
+		return
+	}
+	leaf := cs.PeerCertificates[0]
+	id, err := identity.AgentFromCertificate(leaf, s.cfg.Authority.TrustDomain())
+	if err != nil { // VerifyConnection already checked this
+		log.Error("agent identity", "err", err)
+		return
+	}
+	log = log.With("tenant", id.Tenant, "agent", id.ID)
+	connRec := audit.Record{Kind: audit.Connect, Tenant: id.Tenant, Agent: id.ID, Actor: "agent",
+		Detail: map[string]any{"transport": transportName, "remote": remote.String(), "cert_serial": leaf.SerialNumber.Text(16)}}
+
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	ctl, err := sess.AcceptStream(hctx)
+	cancel()
+	if err != nil {
+		log.Warn("agent opened no control stream", "err", err)
+		return
+	}
+	ctl.SetDeadline(s.cfg.Now().Add(s.cfg.HandshakeTimeout))
+	// Control messages are small; a small buffer keeps idle agents cheap.
+	br := bufio.NewReaderSize(ctl, 512)
+	hello, err := readHello(br)
+	if err == nil {
+		log = log.With("agent_version", hello.AgentVersion)
+		err = s.admitAgent(ctx, id, leaf, remote, hello)
+	}
+	if err != nil {
+		s.stats.Failed.Add(1)
+		log.Warn("agent refused", "err", err)
+		connRec.Outcome, connRec.Detail["error"] = protocol.CodeOf(err).String(), err.Error()
+		s.cfg.Audit.Add(connRec)
+		admitted() // the refusal's grace period holds no handshake slot
+		s.reject(sess, ctl, err)
+		return
+	}
+	ac := &Conn{srv: s,
+		id: id, sess: sess, ctl: ctl, transport: transportName, remote: remote,
+		hello: *hello, sessionID: credential.NewRequestID(), connectedAt: s.cfg.Now(), log: log,
+	}
+	ac.lastHeard.Store(time.Now().UnixNano())
+	ac.notAfter.Store(leaf.NotAfter.UnixNano())
+	authority := s.cfg.Authority.CA()
+	if root := authority.IssuerOf(leaf); root != nil {
+		ac.setRoot(root.ID())
+	}
+	welcome := &protocol.Welcome{
+		ProtocolVersion: protocol.Version, RelayVersion: s.cfg.Version,
+		AgentID: id.ID, Tenant: id.Tenant, SessionID: ac.sessionID,
+		HeartbeatMillis: s.cfg.Heartbeat.Milliseconds(),
+		Capabilities:    []string{protocol.CapHeartbeat, protocol.CapGoAway, protocol.CapRenew, protocol.CapRenewNow},
+	}
+	if err := ac.Send(welcome); err != nil {
+		log.Warn("send welcome", "err", err)
+		return
+	}
+	ctl.SetDeadline(time.Time{})
+	admitted()
+	s.stats.OK.Add(1)
+
+	s.set.add(ac)
+	s.seen.mark(id.ID, time.Now())
+	if rev := s.cfg.Policy.Revoked(id.ID); rev != nil {
+		// Revoked between the store lookup and now: the change feed may
+		// have looked at the set before this session joined it.
+		ac.CloseWith(rev)
+	}
+	connRec.Outcome, connRec.Detail["session"] = audit.OutcomeOK, ac.sessionID
+	connRec.Detail["ca_root"] = ac.RootID()
+	s.cfg.Audit.Add(connRec)
+	log.Info("agent connected", "session", ac.sessionID, "os", hello.OS, "arch", hello.Arch, "hostname", hello.Hostname, "transport_why", hello.TransportWhy)
+	if s.cfg.Connected != nil {
+		s.cfg.Connected(ac)
+	}
+	handedOff = true
+	wg.Go(func() { s.serveSession(ctx, ac, br) })
+}
+
+// serveSession serves a welcomed agent session, which serveAgent added to
+// the registry, until it ends; then it takes the session out and closes it.
+func (s *Server) serveSession(ctx context.Context, ac *Conn, br *bufio.Reader) {
+	defer ac.sess.Close()
+	defer func() {
+		s.set.remove(ac)
+		s.seen.mark(ac.id.ID, time.Unix(0, ac.lastHeard.Load()))
+	}()
+	err := ac.run(ctx, br, s.cfg.Heartbeat, func(m *protocol.RenewRequest) *protocol.RenewResponse { return s.cfg.Renew(ctx, ac, m) })
+	reason := disconnectReason(err)
+	if s.cfg.Disconnects != nil {
+		s.cfg.Disconnects.WithLabelValues(reason).Inc()
+	}
+	ac.log.Info("agent disconnected", "session", ac.sessionID, "reason", reason, "err", err, "streams_total", ac.total.Load())
+}
+
+func readHello(br *bufio.Reader) (*protocol.Hello, error) {
+	m, err := protocol.ReadMessage(br)
+	if err != nil {
+		return nil, fmt.Errorf("read hello: %w", err)
+	}
+	h, ok := m.(*protocol.Hello)
+	if !ok {
+		return nil, protocol.Errorf(protocol.CodeBadRequest, "expected hello, got message type %d", m.Type())
+	}
+	return h, nil
+}
+
+// admitAgent decides whether an authenticated agent may serve: its
+// certificate is current, it is registered and not revoked, and its
+// tenant's limits allow one more agent from where it connects.
+func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.Certificate, remote net.Addr, h *protocol.Hello) error {
+	if h.ProtocolVersion < protocol.MinVersion {
+		return protocol.Errorf(protocol.CodeUnsupportedVersion,
+			"agent speaks protocol version %d; this relay accepts %d to %d: upgrade the agent", h.ProtocolVersion, protocol.MinVersion, protocol.Version)
+	}
+	if now := s.cfg.Now(); now.After(leaf.NotAfter) {
+		return protocol.Errorf(protocol.CodeCertExpired, "agent %s's certificate expired at %s (the agent was offline longer than its certificate lived): enrol it again with a new join token",
+			id.ID, leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	rec, err := s.cfg.Store.Agent(ctx, id.ID)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && rec.Tenant != id.Tenant) {
+		return protocol.Errorf(protocol.CodeUnknownAgent, "agent %s is not registered with this relay: enrol it again with a new join token", id.ID)
+	}
+	if err != nil {
+		return protocol.Errorf(protocol.CodeInternal, "look up agent: %v", err)
+	}
+	if !rec.RevokedAt.IsZero() {
+		return policy.RevokedError(rec)
+	}
+	if serial := leaf.SerialNumber.Text(16); serial != rec.CertSerial {
+		// Not the certificate the relay last issued: the agent stopped
+		// between a renewal's answer and installing it. Record the one it
+		// uses, so that the CA root it depends on is counted right (ca
+		// status, ca retire).
+		if root := s.cfg.Authority.CA().IssuerOf(leaf); root != nil {
+			if err := s.cfg.Store.SetAgentCert(ctx, id.ID, serial, leaf.NotAfter, root.ID()); err != nil {
+				s.log.Warn("record the certificate an agent connected with", "agent", id.ID, "err", err)
+			}
+		}
+	}
+	if l := s.cfg.Policy.LimitsOf(id.Tenant); l != nil {
+		if !l.Allows(remote) {
+			return protocol.Errorf(protocol.CodeNotAllowed, "agent connects from %s, outside the networks tenant %q allows for its agents", remote, id.Tenant)
+		}
+		if l.MaxAgents > 0 && s.set.SessionsOf(id.Tenant, id.ID) == 0 && s.set.distinctAgents(id.Tenant) >= l.MaxAgents {
+			return protocol.Errorf(protocol.CodeLimitExceeded, "tenant %q already has %d agents connected, its limit", id.Tenant, l.MaxAgents)
+		}
+	}
+	return nil
+}
+
+// reject tells the agent why it is refused and closes the session once the
+// agent has read it (or after a short grace period).
+func (s *Server) reject(sess transport.Session, ctl transport.Stream, err error) {
+	ctl.SetDeadline(time.Now().Add(2 * time.Second))
+	if protocol.WriteMessage(ctl, protocol.RejectFor(err)) == nil {
+		ctl.CloseWrite()
+		t := time.NewTimer(2 * time.Second)
+		defer t.Stop()
+		select {
+		case <-sess.Done():
+		case <-t.C:
+		}
+	}
+	if qs, ok := sess.(*quic.Session); ok {
+		qs.CloseWithError(quic.CodeRefused, protocol.CodeOf(err).String())
+		return
+	}
+	sess.Close()
+}

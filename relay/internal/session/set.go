@@ -1,0 +1,176 @@
+package session
+
+import (
+	"sync"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/relay/internal/route"
+)
+
+// Set holds the live agent sessions by tenant, and keeps them in the
+// routing table as carriers.
+type Set struct {
+	routes *route.Table
+
+	mu       sync.RWMutex // guards byTenant and changed
+	byTenant map[string][]*Conn
+	changed  chan struct{} // closed and replaced when a session is added
+}
+
+func newSet(routes *route.Table) *Set {
+	return &Set{routes: routes, byTenant: map[string][]*Conn{}, changed: make(chan struct{})}
+}
+
+// Changes returns a channel closed at the next session added.
+func (s *Set) Changes() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.changed
+}
+
+// add registers c. Sessions of the same agent from an earlier process
+// (another boot id) are stale — that process is gone — so they are closed
+// at once rather than left to time out while streams are sent to them.
+func (s *Set) add(c *Conn) {
+	s.mu.Lock()
+	list := s.byTenant[c.id.Tenant]
+	if c.hello.BootID != "" {
+		for _, old := range list {
+			if old.id.ID == c.id.ID && old.hello.BootID != "" && old.hello.BootID != c.hello.BootID && !old.draining.Swap(true) {
+				old.log.Info("closing stale session: the agent restarted", "new_boot_id", c.hello.BootID)
+				old.cause.CompareAndSwap(nil, &errAgentRestarted)
+				old.sess.Close()
+			}
+		}
+	}
+	s.byTenant[c.id.Tenant] = append(list, c)
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+	s.routes.Add(c)
+}
+
+func (s *Set) remove(c *Conn) {
+	s.routes.Remove(c)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	list := s.byTenant[c.id.Tenant]
+	for i, x := range list {
+		if x == c {
+			list = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(s.byTenant, c.id.Tenant)
+	} else {
+		s.byTenant[c.id.Tenant] = list
+	}
+}
+
+// Select returns the sessions of tenant ("" for every tenant) for which
+// keep (nil: all) is true. With onePerAgent it returns at most one session
+// per agent, skipping draining ones: for what is asked of an agent once
+// (an update offer, a renewal), not of each of its sessions.
+func (s *Set) Select(tenant string, onePerAgent bool, keep func(*Conn) bool) []*Conn {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*Conn
+	var seen map[string]bool
+	if onePerAgent {
+		seen = map[string]bool{}
+	}
+	pick := func(list []*Conn) {
+		for _, c := range list {
+			if onePerAgent && (seen[c.id.ID] || c.draining.Load()) {
+				continue
+			}
+			if keep != nil && !keep(c) {
+				continue
+			}
+			if onePerAgent {
+				seen[c.id.ID] = true
+			}
+			out = append(out, c)
+		}
+	}
+	if tenant != "" {
+		pick(s.byTenant[tenant])
+		return out
+	}
+	for _, list := range s.byTenant {
+		pick(list)
+	}
+	return out
+}
+
+// ofAgent selects the sessions of agent id of tenant.
+func (s *Set) ofAgent(tenant, id string) []*Conn {
+	return s.Select(tenant, false, func(c *Conn) bool { return c.id.ID == id })
+}
+
+// doubtSiblings doubts every other session of c's agent process (see
+// Conn.doubt): when one session of an agent stops answering, its others,
+// from the same process and most often over the same path, have most
+// likely stopped too; a live one answers the ping within a round trip.
+func (s *Set) doubtSiblings(c *Conn) {
+	for _, o := range s.Select(c.id.Tenant, false, func(o *Conn) bool {
+		return o != c && o.id.ID == c.id.ID && o.hello.BootID == c.hello.BootID
+	}) {
+		o.doubt()
+	}
+}
+
+// CloseAgent closes every session of agent id (of tenant) with err and
+// reports how many there were.
+func (s *Set) CloseAgent(tenant, id string, err error) int {
+	conns := s.ofAgent(tenant, id)
+	for _, c := range conns {
+		c.CloseWith(err)
+	}
+	return len(conns)
+}
+
+// renewed moves every session of agent id to a certificate valid until
+// notAfter, issued by CA root root.
+func (s *Set) renewed(id identity.Agent, notAfter time.Time, root string) {
+	for _, c := range s.ofAgent(id.Tenant, id.ID) {
+		if c.notAfter.Load() <= notAfter.UnixNano() { // the same second as the last one: still the newer certificate
+			c.notAfter.Store(notAfter.UnixNano())
+			c.setRoot(root)
+		}
+	}
+}
+
+// SessionsOf counts the sessions of agent id of tenant.
+func (s *Set) SessionsOf(tenant, id string) int { return len(s.ofAgent(tenant, id)) }
+
+// distinctAgents counts the agents (not sessions) of tenant connected.
+func (s *Set) distinctAgents(tenant string) int { return len(s.Select(tenant, true, nil)) }
+
+// GoAway marks the sessions of agent id of tenant draining ("" for every
+// session) and sends each a GoAway with reason and msg that tells the
+// agent how long its streams in flight stay open (drain), so that it
+// keeps them that long rather than by its own drain timeout. The sends run
+// on wg because a send blocks while an agent is not reading; they end at
+// the latest when the sessions close. It returns how many sessions were
+// told.
+func (s *Set) GoAway(wg *sync.WaitGroup, tenant, id, reason, msg string, drain time.Duration) int {
+	var conns []*Conn
+	if id == "" {
+		conns = s.Select("", false, nil)
+	} else {
+		conns = s.ofAgent(tenant, id)
+	}
+	for _, c := range conns {
+		c.draining.Store(true)
+		wg.Go(func() {
+			if err := c.Send(&protocol.GoAway{Reason: reason, Message: msg, DrainMillis: drain.Milliseconds()}); err != nil {
+				c.log.Debug("send goaway", "err", err)
+			}
+		})
+	}
+	return len(conns)
+}

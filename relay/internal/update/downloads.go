@@ -1,0 +1,125 @@
+package update
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"regexp"
+	"time"
+
+	"github.com/tetherhq/tether/relay/internal/trust"
+)
+
+// Downloads is the download listener (--download-listen): it serves the
+// install scripts and the agent binaries of a directory (--download-dir,
+// laid out by scripts/release) over HTTPS with the relay's own
+// certificate, and the relay's CA certificate at /ca.der. Nothing there is
+// secret; what makes a download trustworthy is the client: the install
+// scripts check the CA against the fingerprint in the join token and then
+// accept only a server certificate from that CA (see scripts/install.sh).
+type Downloads struct {
+	dir  string
+	auth *trust.Authority
+	log  *slog.Logger
+	ln   net.Listener
+	srv  *http.Server
+}
+
+// downloadName is what may be downloaded: plain file names in the
+// directory, no paths, no dot files.
+var downloadName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// NewDownloads binds the download listener on addr for the files of dir.
+// Call Run, or Close if Run will not be called.
+func NewDownloads(addr, dir string, handshakeTimeout time.Duration, tlsSrv *trust.Server, auth *trust.Authority, log *slog.Logger) (*Downloads, error) {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("download listener: --download-dir must name a directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("download listener: %s is not a directory", dir)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("download listener: %w", err)
+	}
+	d := &Downloads{dir: dir, auth: auth, log: log, ln: tls.NewListener(ln, tlsSrv.Downloads())}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ca.der", func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Type", "application/pkix-cert")
+		http.ServeContent(w, req, "ca.der", time.Time{}, bytes.NewReader(d.auth.CA().Serving().Cert.Raw))
+	})
+	mux.HandleFunc("GET /{name}", d.serve)
+	d.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: handshakeTimeout,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	return d, nil
+}
+
+// Addr is the listener's address.
+func (d *Downloads) Addr() net.Addr { return d.ln.Addr() }
+
+// Close releases a listener whose Run was never called.
+func (d *Downloads) Close() error { return d.ln.Close() }
+
+// Run serves until ctx ends, then closes every connection (downloads in
+// progress are cut: the install scripts retry) and returns once the
+// server has stopped.
+func (d *Downloads) Run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { d.srv.Close() })
+	defer stop()
+	err := d.srv.Serve(d.ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return fmt.Errorf("download listener: %w", err)
+}
+
+func (d *Downloads) serve(w http.ResponseWriter, req *http.Request) {
+	name := req.PathValue("name")
+	log := d.log.With("door", "download", "remote", req.RemoteAddr, "file", name)
+	if !downloadName.MatchString(name) {
+		http.NotFound(w, req)
+		return
+	}
+	// os.Root keeps symbolic links from leading out of the directory.
+	root, err := os.OpenRoot(d.dir)
+	if err != nil {
+		log.Error("download directory", "err", err)
+		http.Error(w, "download directory unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	defer root.Close()
+	f, err := root.Open(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		log.Info("download: no such file")
+		http.NotFound(w, req)
+		return
+	}
+	if err != nil {
+		log.Warn("download", "err", err)
+		http.NotFound(w, req)
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		http.NotFound(w, req)
+		return
+	}
+	log.Info("download", "bytes", fi.Size())
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	http.ServeContent(w, req, name, fi.ModTime(), f)
+}

@@ -1,0 +1,488 @@
+// Package update carries agents' self-update on the relay's side: it
+// offers the active rollout's release to the agents the rollout selects,
+// sends the binary to those that ask for it, records what each agent
+// reports and halts a rollout that fails too often (Rollouts); and it
+// serves the install scripts and agent binaries for first installs
+// (Downloads).
+package update
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/protocol/release"
+	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/credential"
+	"github.com/tetherhq/tether/relay/internal/datadir"
+	"github.com/tetherhq/tether/relay/internal/store"
+)
+
+// Agent is one connected agent session, as rollouts need it.
+type Agent interface {
+	Identity() identity.Agent
+	Hello() *protocol.Hello
+	// Send writes a control message to the agent.
+	Send(protocol.Message) error
+	// NewStream opens a stream to the agent, to which the caller writes
+	// the stream header.
+	NewStream(ctx context.Context) (transport.Stream, error)
+	Logger() *slog.Logger
+	// Done is closed when the session has ended.
+	Done() <-chan struct{}
+}
+
+// Timeouts of the update payload stream.
+const (
+	openTimeout = 15 * time.Second // open the stream and read the agent's reply
+	sendTimeout = 30 * time.Minute // send the binary
+	// stale is how long an agent may stay offered, downloading or
+	// applied before it stops counting against a rollout's batch.
+	stale = 15 * time.Minute
+	// connectGap spaces the offer rounds that agents connecting wake: a
+	// reconnect storm brings them back by the thousand.
+	connectGap = time.Second
+	// maxText bounds the texts an agent reports that are stored.
+	maxText = 512
+)
+
+// Config configures Rollouts.
+type Config struct {
+	Dir   *datadir.Dir
+	Audit *audit.Log
+	// Agents returns one live, non-draining session per agent.
+	Agents func() []Agent
+	// Connected returns a channel closed at the next agent connection.
+	Connected func() <-chan struct{}
+	// Interval is how often offers are made again to agents whose
+	// earlier offer or download went nowhere.
+	Interval time.Duration
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+// Rollouts offers releases to agents. Run offers; Handle takes the
+// agents' update messages.
+type Rollouts struct {
+	cfg  Config
+	st   *store.Store
+	wake chan struct{}
+
+	mu      sync.Mutex // guards offered and stopped, and orders sends.Go before sends.Wait
+	offered map[Agent]*offerState
+	stopped bool // Run has returned: Handle starts nothing more
+
+	sends sync.WaitGroup // release sends and status records; Run waits for them
+}
+
+// offerState is what was offered on one agent session. mu orders the
+// records of an offer and the agent's answers to it: an agent can refuse
+// an offer before the relay has recorded making it.
+type offerState struct {
+	mu    sync.Mutex
+	offer *offer
+}
+
+// offer is the release offered on one agent session.
+type offer struct {
+	id      string
+	version string
+	rollout int64
+	dir     string // the release's files (datadir.Dir.ReleaseFiles)
+}
+
+// NewRollouts returns Rollouts; call Run.
+func NewRollouts(cfg Config) *Rollouts {
+	return &Rollouts{cfg: cfg, st: cfg.Dir.Store, wake: make(chan struct{}, 1), offered: map[Agent]*offerState{}}
+}
+
+// Wake has Run offer updates now (a rollout started or halted).
+func (u *Rollouts) Wake() {
+	select {
+	case u.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run offers the active rollout's release to the agents it selects until
+// ctx ends: when woken, when an agent connects (at most once per
+// connectGap), and every Interval. It returns once every send it started
+// has ended.
+func (u *Rollouts) Run(ctx context.Context) error {
+	defer func() {
+		u.mu.Lock()
+		u.stopped = true
+		u.mu.Unlock()
+		u.sends.Wait()
+	}()
+	t := time.NewTicker(u.cfg.Interval)
+	defer t.Stop()
+	var last time.Time
+	for {
+		connected := u.cfg.Connected()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-u.wake:
+		case <-connected:
+			if wait := connectGap - time.Since(last); wait > 0 {
+				gap := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					gap.Stop()
+					return nil
+				case <-gap.C:
+				}
+			}
+		}
+		last = time.Now()
+		if err := u.offerAll(ctx); err != nil && ctx.Err() == nil {
+			u.cfg.Logger.Warn("rollout: offering updates failed", "err", err)
+		}
+	}
+}
+
+// inFlight reports whether an agent in state s is still updating.
+func inFlight(s string) bool {
+	switch s {
+	case protocol.UpdateOffered, protocol.UpdateDownloading, protocol.UpdateDownloaded, protocol.UpdateApplied:
+		return true
+	}
+	return false
+}
+
+// settled reports whether an agent's state for a version means it is not
+// offered that version again: it runs it, or it refused it or failed with
+// it. A refusal because the agent was busy is not final.
+func settled(s store.AgentUpdate) bool {
+	switch s.State {
+	case protocol.UpdateSucceeded, protocol.UpdateRolledBack, protocol.UpdateFailed:
+		return true
+	case protocol.UpdateRefused:
+		return s.Reason != release.ReasonBusy
+	}
+	return false
+}
+
+// selects reports whether rollout ro covers agent id of tenant.
+func selects(ro store.Rollout, tenant, id string) bool {
+	switch {
+	case len(ro.Agents) > 0:
+		return slices.Contains(ro.Agents, id)
+	case len(ro.Tenants) > 0:
+		return slices.Contains(ro.Tenants, tenant)
+	}
+	h := fnv.New32a()
+	h.Write([]byte(id + "/" + ro.Version))
+	return int(h.Sum32()%100) < ro.Percent
+}
+
+// stateOf returns the offer state of a, creating it.
+func (u *Rollouts) stateOf(a Agent) *offerState {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	s := u.offered[a]
+	if s == nil {
+		s = &offerState{}
+		u.offered[a] = s
+	}
+	return s
+}
+
+// forgetEnded drops the offer state of sessions that ended.
+func (u *Rollouts) forgetEnded() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for a := range u.offered {
+		select {
+		case <-a.Done():
+			delete(u.offered, a)
+		default:
+		}
+	}
+}
+
+func (u *Rollouts) offerAll(ctx context.Context) error {
+	u.forgetEnded()
+	ro, err := u.st.ActiveRollout(ctx)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if halted, err := u.checkHalt(ctx, ro); err != nil || halted {
+		return err
+	}
+	rels, err := u.st.Releases(ctx, ro.Version)
+	if err != nil {
+		return err
+	}
+	us, err := u.st.AgentUpdates(ctx, ro.Version)
+	if err != nil {
+		return err
+	}
+	states := make(map[string]store.AgentUpdate, len(us))
+	busy := 0
+	for _, s := range us {
+		states[s.Agent] = s
+		if s.Rollout == ro.ID && inFlight(s.State) && time.Since(s.UpdatedAt) < stale {
+			busy++
+		}
+	}
+	for _, a := range u.cfg.Agents() {
+		id, hello := a.Identity(), a.Hello()
+		if !slices.Contains(hello.Capabilities, protocol.CapUpdate) || slices.Contains(hello.Capabilities, protocol.CapUpdateTrial) {
+			continue
+		}
+		if !selects(ro, id.Tenant, id.ID) || hello.AgentVersion == ro.Version {
+			continue
+		}
+		s, has := states[id.ID]
+		if has && settled(s) {
+			continue
+		}
+		ofs := u.stateOf(a)
+		ofs.mu.Lock()
+		already := ofs.offer != nil && ofs.offer.version == ro.Version
+		ofs.mu.Unlock()
+		if already {
+			continue // offered on this session already
+		}
+		channel := hello.UpdateChannel
+		if channel == "" {
+			channel = release.DefaultChannel
+		}
+		i := slices.IndexFunc(rels, func(x store.Release) bool {
+			return x.OS == hello.OS && x.Arch == hello.Arch && x.Channel == channel
+		})
+		if i < 0 {
+			continue // nothing for its platform and channel
+		}
+		if ro.Batch > 0 && busy >= ro.Batch && !(has && inFlight(s.State)) {
+			continue
+		}
+		if err := u.offer(ctx, a, ofs, ro, rels[i]); err != nil {
+			a.Logger().Warn("rollout: offer failed", "version", ro.Version, "err", err)
+			continue
+		}
+		if !(has && inFlight(s.State)) {
+			busy++
+		}
+	}
+	return nil
+}
+
+// offer sends the release's signed manifest to a.
+func (u *Rollouts) offer(ctx context.Context, a Agent, ofs *offerState, ro store.Rollout, rel store.Release) error {
+	dir, err := u.cfg.Dir.ReleaseFiles(ctx, rel)
+	if err != nil {
+		return err
+	}
+	read := func(name string, max int64) ([]byte, error) {
+		f, err := os.Open(filepath.Join(dir, name))
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		return io.ReadAll(io.LimitReader(f, max))
+	}
+	o := &offer{id: credential.NewRequestID(), version: ro.Version, rollout: ro.ID, dir: dir}
+	m := &protocol.UpdateOffer{ID: o.id, Version: ro.Version}
+	if m.Manifest, err = read(release.ManifestFile, release.MaxManifestSize); err != nil {
+		return err
+	}
+	if m.ManifestSignature, err = read(release.ManifestSignatureFile, release.MaxSignatureSize); err != nil {
+		return err
+	}
+	if m.BinarySignature, err = read(release.BinarySignatureFile, release.MaxSignatureSize); err != nil {
+		return err
+	}
+	ofs.mu.Lock() // the agent's answer is recorded after the offer
+	defer ofs.mu.Unlock()
+	ofs.offer = o
+	if err := a.Send(m); err != nil {
+		return err
+	}
+	id, hello := a.Identity(), a.Hello()
+	u.record(ctx, a, o, protocol.UpdateOffered, "", "", "")
+	u.cfg.Audit.Add(audit.Record{Kind: audit.UpdateOffer, Outcome: audit.OutcomeOK, Tenant: id.Tenant, Agent: id.ID, Actor: "relay",
+		Detail: map[string]any{"version": ro.Version, "rollout": ro.ID, "offer": o.id, "from": hello.AgentVersion, "os": rel.OS, "arch": rel.Arch, "channel": rel.Channel}})
+	a.Logger().Info("update offered", "version", ro.Version, "rollout", ro.ID, "offer", o.id)
+	return nil
+}
+
+// record stores a's state for the version of o.
+func (u *Rollouts) record(ctx context.Context, a Agent, o *offer, state, reason, message, from string) {
+	id := a.Identity()
+	s := store.AgentUpdate{Agent: id.ID, Tenant: id.Tenant, Version: o.version, Rollout: o.rollout, State: state,
+		Reason: protocol.Clip(reason, maxText), Message: protocol.Clip(message, maxText), From: protocol.Clip(from, maxText), UpdatedAt: u.cfg.Now()}
+	if from == "" && state == protocol.UpdateOffered {
+		s.From = a.Hello().AgentVersion
+	}
+	if err := u.st.SetAgentUpdate(ctx, s); err != nil {
+		a.Logger().Warn("record update state", "version", o.version, "state", state, "err", err)
+	}
+}
+
+// checkHalt halts ro when the fraction of its agents that failed reached
+// its HaltAt.
+func (u *Rollouts) checkHalt(ctx context.Context, ro store.Rollout) (bool, error) {
+	if ro.HaltAt <= 0 || ro.State != store.RolloutActive {
+		return false, nil
+	}
+	us, err := u.st.AgentUpdates(ctx, ro.Version)
+	if err != nil {
+		return false, err
+	}
+	var total, failed int
+	for _, s := range us {
+		if s.Rollout != ro.ID {
+			continue
+		}
+		total++
+		if s.State == protocol.UpdateRolledBack || s.State == protocol.UpdateFailed || (s.State == protocol.UpdateRefused && s.Reason != release.ReasonBusy) {
+			failed++
+		}
+	}
+	if total == 0 || float64(failed) < ro.HaltAt*float64(total) {
+		return false, nil
+	}
+	reason := fmt.Sprintf("%d of %d agents offered %s failed (halt at %.0f%%)", failed, total, ro.Version, ro.HaltAt*100)
+	ok, err := u.st.HaltRollout(ctx, ro.ID, reason, u.cfg.Now())
+	if err != nil || !ok {
+		return ok, err
+	}
+	u.cfg.Logger.Warn("rollout halted", "rollout", ro.ID, "version", ro.Version, "reason", reason)
+	u.cfg.Audit.Add(audit.Record{Kind: audit.RolloutHalt, Outcome: "halted", Actor: "relay",
+		Detail: map[string]any{"rollout": ro.ID, "version": ro.Version, "failed": failed, "offered": total, "halt_at": ro.HaltAt}})
+	return true, nil
+}
+
+// Handle takes an agent's update message, read on the control stream of
+// the session a, whose context ctx is. It does not block: the work runs on
+// a goroutine that Run waits for.
+func (u *Rollouts) Handle(ctx context.Context, a Agent, m protocol.Message) {
+	switch m := m.(type) {
+	case *protocol.UpdateFetch:
+		ofs := u.stateOf(a)
+		ofs.mu.Lock()
+		o := ofs.offer
+		ofs.mu.Unlock()
+		if o == nil || o.id != m.ID {
+			a.Logger().Warn("update: agent asked for a release it was not offered on this session", "offer", protocol.Clip(m.ID, maxText))
+			return
+		}
+		u.goSend(func() { u.send(ctx, a, o) })
+	case *protocol.UpdateStatus:
+		u.goSend(func() { u.reported(ctx, a, m) })
+	}
+}
+
+// goSend runs fn on a goroutine Run waits for, unless Run has returned.
+func (u *Rollouts) goSend(fn func()) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if !u.stopped {
+		u.sends.Go(fn)
+	}
+}
+
+// send opens an update stream to the agent and writes the binary.
+func (u *Rollouts) send(ctx context.Context, a Agent, o *offer) {
+	u.record(ctx, a, o, protocol.UpdateDownloading, "", "", "")
+	start := time.Now()
+	n, err := writeRelease(ctx, a, o)
+	id := a.Identity()
+	rec := audit.Record{Kind: audit.UpdateDownload, Outcome: audit.OutcomeOK, Tenant: id.Tenant, Agent: id.ID, Actor: "relay",
+		Detail: map[string]any{"version": o.version, "offer": o.id, "bytes": n, "duration_ms": time.Since(start).Milliseconds()}}
+	if err != nil {
+		rec.Outcome, rec.Detail["error"] = "error", err.Error()
+		a.Logger().Warn("update: sending the release failed", "version", o.version, "bytes", n, "err", err)
+	}
+	u.cfg.Audit.Add(rec)
+}
+
+func writeRelease(ctx context.Context, a Agent, o *offer) (int64, error) {
+	f, err := os.Open(filepath.Join(o.dir, release.BinaryFile))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	octx, cancel := context.WithTimeout(ctx, openTimeout)
+	defer cancel()
+	st, err := a.NewStream(octx)
+	if err != nil {
+		return 0, fmt.Errorf("open update stream: %w", err)
+	}
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(openTimeout))
+	if err := protocol.WriteStreamHeader(st, protocol.StreamHeader{Service: protocol.UpdateService, Backend: "relay", RequestID: o.id}); err != nil {
+		return 0, err
+	}
+	rep, err := protocol.ReadReply(st)
+	if err != nil {
+		return 0, err
+	}
+	if err := rep.Err(); err != nil {
+		return 0, fmt.Errorf("agent refused the update stream: %w", err)
+	}
+	st.SetDeadline(time.Now().Add(sendTimeout))
+	n, err := io.Copy(st, f)
+	if err != nil {
+		return n, err
+	}
+	return n, st.CloseWrite()
+}
+
+// reported records an agent's update status, audits it, and halts the
+// rollout when too many agents failed.
+func (u *Rollouts) reported(ctx context.Context, a Agent, m *protocol.UpdateStatus) {
+	if !release.ValidVersion(m.Version) {
+		a.Logger().Warn("update: status for an invalid version", "version", protocol.Clip(m.Version, maxText))
+		return
+	}
+	switch m.State {
+	case protocol.UpdateRefused, protocol.UpdateDownloaded, protocol.UpdateApplied, protocol.UpdateSucceeded, protocol.UpdateRolledBack, protocol.UpdateFailed:
+	default:
+		a.Logger().Warn("update: unknown state", "state", protocol.Clip(m.State, maxText))
+		return
+	}
+	ofs := u.stateOf(a)
+	ofs.mu.Lock()
+	o := &offer{version: m.Version}
+	if cur := ofs.offer; cur != nil && cur.id == m.ID && cur.version == m.Version {
+		o = cur
+	}
+	u.record(ctx, a, o, m.State, m.Reason, m.Message, m.From)
+	ofs.mu.Unlock()
+	outcome := audit.OutcomeOK
+	switch m.State {
+	case protocol.UpdateRefused, protocol.UpdateFailed, protocol.UpdateRolledBack:
+		outcome = m.State
+	}
+	id := a.Identity()
+	u.cfg.Audit.Add(audit.Record{Kind: audit.UpdatePrefix + m.State, Outcome: outcome, Tenant: id.Tenant, Agent: id.ID, Actor: "agent",
+		Detail: map[string]any{"version": m.Version, "from": protocol.Clip(m.From, maxText), "offer": protocol.Clip(m.ID, maxText), "reason": protocol.Clip(m.Reason, maxText), "message": protocol.Clip(m.Message, maxText)}})
+	a.Logger().Info("update status", "version", m.Version, "state", m.State, "reason", protocol.Clip(m.Reason, maxText), "message", protocol.Clip(m.Message, maxText))
+	if outcome != audit.OutcomeOK {
+		ro, err := u.st.ActiveRollout(ctx)
+		if err == nil && ro.Version == m.Version {
+			if _, err := u.checkHalt(ctx, ro); err != nil {
+				u.cfg.Logger.Warn("rollout: halt check failed", "err", err)
+			}
+		}
+	}
+}
