@@ -6,7 +6,7 @@
 // that agent's session, and copies bytes both ways.
 //
 // This package is the facade: Config, New, Run, Close, the addresses and
-// Stats. The parts it wires are described in doc.go.
+// Stats. doc.go describes the parts it wires.
 package relay
 
 import (
