@@ -115,11 +115,18 @@ func (fd *Server) bridge(front transport.Stream, t *tunnel, attrs []any) {
 		outcome = "error"
 	}
 	// The stream is over: its record need not hold this goroutine.
-	fd.cfg.Audit.Record(audit.Record{Kind: audit.Stream, Outcome: outcome, Tenant: t.target.Tenant, Agent: t.Carrier.Agent(), Backend: t.caller.name, Actor: t.caller.Identity(),
-		Detail: map[string]any{"service": t.target.Service, "request": t.requestID, "bytes_to_service": res.AToB, "bytes_from_service": res.BToA,
-			"duration_ms": time.Since(t.Opened).Milliseconds(), "door": doorOf(attrs), "auth": t.caller.via}})
+	detail := map[string]any{"service": t.target.Service, "request": t.requestID, "bytes_to_service": res.AToB, "bytes_from_service": res.BToA,
+		"duration_ms": time.Since(t.Opened).Milliseconds(), "door": doorOf(attrs), "auth": t.caller.via}
+	attrs = with(attrs, "request", t.requestID, "agent", t.Agent)
+	if t.Relay != "" {
+		// Forwarded: the agent is connected to that relay of the cluster.
+		detail["relay"] = t.Relay
+		attrs = with(attrs, "relay", t.Relay)
+	}
+	fd.cfg.Audit.Record(audit.Record{Kind: audit.Stream, Outcome: outcome, Tenant: t.target.Tenant, Agent: t.Agent, Backend: t.caller.name, Actor: t.caller.Identity(),
+		Detail: detail})
 	log := fd.log
-	attrs = with(attrs, "request", t.requestID, "agent", t.Carrier.Agent(), "bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(t.Opened).Round(time.Microsecond))
+	attrs = with(attrs, "bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(t.Opened).Round(time.Microsecond))
 	switch {
 	case errors.Is(err, transport.ErrIdle):
 		log.Info("stream closed: idle timeout", attrs...)
