@@ -31,8 +31,11 @@ func (r *Relay) follow(ctx context.Context, from int64) {
 		Poll:   r.cfg.ChangePoll,
 		Apply:  r.apply,
 		Resync: r.resync,
-		Read:   func(began time.Time) { r.metrics.StoreOp("change_feed", began) },
-		Error:  func(err error) { r.log.Warn("read the change feed", "err", err) },
+		Read: func(began time.Time) {
+			r.feedReadAt.Store(began.UnixNano())
+			r.metrics.StoreOp("change_feed", began)
+		},
+		Error: func(err error) { r.log.Warn("read the change feed", "err", err) },
 	})
 }
 

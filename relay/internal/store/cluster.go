@@ -230,3 +230,14 @@ func (s *Store) RemoveRelay(ctx context.Context, id string) error {
 		return nil
 	})
 }
+
+// LeaveCluster marks relay id (of run epoch) as gone at once: draining,
+// and silent since long ago, so that every reader counts neither it nor
+// its presence rows from its next read. A later run writes its row again.
+func (s *Store) LeaveCluster(ctx context.Context, id string, epoch int64) error {
+	_, err := s.exec(ctx, `UPDATE relays SET heartbeat_ms = 0, draining = 1, agents = 0, sessions = 0, streams = 0 WHERE id = $1 AND epoch = $2`, id, epoch)
+	if err != nil {
+		return err
+	}
+	return s.ClearPresence(ctx, id, -1)
+}
