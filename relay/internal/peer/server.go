@@ -59,8 +59,8 @@ type Server struct {
 	log *slog.Logger
 	ln  net.Listener
 
-	mu    sync.Mutex // guards links and closed
-	links map[*tcp.Session]string
+	mu     sync.Mutex // guards links and closed
+	links  map[*tcp.Session]string
 	closed bool
 	wg     sync.WaitGroup // links' and streams' goroutines
 }

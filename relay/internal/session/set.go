@@ -169,7 +169,6 @@ func (s *Set) renewed(id identity.Agent, notAfter time.Time, root string) {
 // SessionsOf counts the sessions of agent id of tenant.
 func (s *Set) SessionsOf(tenant, id string) int { return len(s.ofAgent(tenant, id)) }
 
-
 // GoAway marks the sessions of agent id of tenant draining ("" for every
 // session) and sends each a GoAway with reason and msg that tells the
 // agent how long its streams in flight stay open (drain), so that it
