@@ -168,6 +168,11 @@ func TestClusterSlotsOnDistinctRelays(t *testing.T) {
 			if h[0] != "r1" {
 				t.Fatalf("slot 0 moved to %s, want it to stay on r1", h[0])
 			}
+			for _, s := range a.Status().Sessions {
+				if strings.Contains(s.LastError, "dial "+victim.addr) {
+					t.Fatalf("slot %d dialled the relay it had just lost: %s", s.Slot, s.LastError)
+				}
+			}
 
 			// The cluster notices: the list drops the victim; then r4 joins.
 			var live []*testRelay
