@@ -312,6 +312,7 @@ func TestClusterTwoSlotsOnOneRelay(t *testing.T) {
 		newTestRelay(t, ca, "r3", "127.0.0.4", true),
 	}
 	nameA, nameB := rs[0].listen("127.0.0.1"), rs[0].listen("127.0.0.1")
+	rs[0].holdList(2) // both slots reach r1 before either knows the list
 	setLists(infos(rs...), rs...)
 	a := runClusterAgent(t, ca, Config{Relays: []string{nameA, nameB}, RelayConnections: 2, Transport: TransportTCP})
 	h := waitDistinct(t, a, 2, 10*time.Second, anyRelay)

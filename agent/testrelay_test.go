@@ -59,6 +59,10 @@ type testRelay struct {
 	hellos map[string]int      // by listener address
 	seq    int
 	dead   bool
+	// listAt, when above 1, holds the list back until that many sessions
+	// are open (then every session gets it): two sessions of one agent
+	// then surely both arrive before it knows the list.
+	listAt int
 }
 
 type relayListener struct {
@@ -234,6 +238,9 @@ func (r *testRelay) serve(ts transport.Session, via string) {
 		return
 	}
 	c.hello = *hello
+	// Opened before the Welcome is sent: the agent cannot act on this
+	// session (and close another) before openedAt.
+	c.openedAt = time.Now()
 	r.mu.Lock()
 	r.seq++
 	c.session = fmt.Sprintf("%s-%d", r.id, r.seq)
@@ -244,14 +251,21 @@ func (r *testRelay) serve(ts transport.Session, via string) {
 		w.Capabilities = append(w.Capabilities, protocol.CapRelays)
 	}
 	err = c.send(w)
-	if err == nil && r.announce && slices.Contains(hello.Capabilities, protocol.CapRelays) {
+	held := len(r.conns)+1 < r.listAt
+	if err == nil && r.announce && !held && slices.Contains(hello.Capabilities, protocol.CapRelays) {
 		err = c.send(&protocol.Relays{Relays: r.list})
 	}
 	if err != nil || r.dead {
 		r.mu.Unlock()
 		return
 	}
-	c.openedAt = time.Now()
+	if r.listAt > 1 && len(r.conns)+1 == r.listAt {
+		for o := range r.conns {
+			if err := o.send(&protocol.Relays{Relays: r.list}); err != nil {
+				r.t.Logf("relay %s: send the list: %v", r.id, err)
+			}
+		}
+	}
 	r.conns[c] = true
 	r.all = append(r.all, c)
 	r.hellos[via]++
@@ -298,6 +312,13 @@ func (r *testRelay) setList(list []protocol.RelayInfo) {
 			}
 		}
 	}
+}
+
+// holdList holds the list back until n sessions are open (listAt).
+func (r *testRelay) holdList(n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.listAt = n
 }
 
 // goAway sends a GoAway to every session.
