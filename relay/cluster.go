@@ -149,4 +149,35 @@ func (r *Relay) leave() {
 }
 
 // goAwayLeaving is the GoAway reason of a relay leaving its cluster.
-const goAwayLeaving = "leaving"
+const goAwayLeaving = protocol.GoAwayLeaving
+
+// relayList is the cluster's live relays as agents reach each one: those
+// that advertise an agent address, draining ones marked.
+func (r *Relay) relayList() []protocol.RelayInfo {
+	var out []protocol.RelayInfo
+	for _, m := range r.member.Live() {
+		if m.AgentAddr == "" || protocol.ValidateRelayID(m.ID) != nil || protocol.ValidateRelayAddr(m.AgentAddr) != nil {
+			continue
+		}
+		out = append(out, protocol.RelayInfo{ID: m.ID, Addr: m.AgentAddr, Draining: m.Draining})
+		if len(out) == protocol.MaxRelays {
+			break
+		}
+	}
+	return out
+}
+
+// tellAgents sends the relay list to the agents whenever it changes, until
+// ctx ends.
+func (r *Relay) tellAgents(ctx context.Context) {
+	for {
+		changed := r.member.Changes()
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+		n := r.sessions.SendRelays(&r.bg)
+		r.log.Debug("the cluster's relays changed; told the agents", "relays", len(r.relayList()), "sessions", n)
+	}
+}

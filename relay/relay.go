@@ -138,6 +138,8 @@ func (r *Relay) assemble(ctx context.Context) error {
 		Update:        func(ctx context.Context, c *session.Conn, m protocol.Message) { r.rollouts.Handle(ctx, c, m) },
 		Connected:     func(c *session.Conn) { r.rotation.Connected(c) },
 		Present:       func(tenant, agent string, n int) { r.member.Present(tenant, agent, n) },
+		Relays:        r.relayList,
+		RelayID:       r.relayID,
 		ClusterAgents: r.clusterAgents,
 		Disconnects:   r.metrics.Disconnects, StoreOp: r.metrics.StoreOp, Fatal: r.failed,
 		Version: cfg.Version, Logger: cfg.Logger, Now: cfg.Now,
@@ -316,6 +318,7 @@ func (r *Relay) run(ctx context.Context) error {
 	wg.Go(func() { r.sessions.Run(sessCtx) })
 	wg.Go(func() { r.doors.Run(sessCtx) })
 	wg.Go(func() { r.member.Run(sessCtx) })
+	wg.Go(func() { r.tellAgents(sessCtx) })
 	if r.peers != nil {
 		wg.Go(func() {
 			if err := r.peers.Run(sessCtx); err != nil {

@@ -2,9 +2,51 @@ package session
 
 import (
 	"context"
+	"slices"
 
+	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 )
+
+// relaysFor returns the Relays message for an agent that said hello h:
+// nil unless it asked for the list and there is one to send.
+func (s *Server) relaysFor(h *protocol.Hello) *protocol.Relays {
+	if s.cfg.Relays == nil || !slices.Contains(h.Capabilities, protocol.CapRelays) {
+		return nil
+	}
+	list := s.cfg.Relays()
+	if len(list) == 0 {
+		return nil
+	}
+	return &protocol.Relays{Relays: list}
+}
+
+// SendRelays sends the cluster's current relays to every agent session
+// that asked for them. It does not block: each send runs on its own
+// goroutine, counted in wg.
+func (s *Server) SendRelays(wg interface{ Go(func()) }) int {
+	var list []protocol.RelayInfo
+	if s.cfg.Relays != nil {
+		list = s.cfg.Relays()
+	}
+	if len(list) == 0 {
+		return 0
+	}
+	n := 0
+	for _, c := range s.set.Select("", false, nil) {
+		if !slices.Contains(c.hello.Capabilities, protocol.CapRelays) {
+			continue
+		}
+		n++
+		m := &protocol.Relays{Relays: list}
+		wg.Go(func() {
+			if err := c.Send(m); err != nil {
+				c.log.Debug("send the cluster's relays", "err", err)
+			}
+		})
+	}
+	return n
+}
 
 // connectedAgents counts the agents of id's tenant connected now, id's
 // own not among them: to this relay and, in a cluster, to any relay

@@ -67,6 +67,12 @@ type Config struct {
 	Update func(ctx context.Context, c *Conn, m protocol.Message)
 	// Connected is told of each session admitted; it must not block.
 	Connected func(c *Conn)
+	// RelayID names this relay in its cluster, in every Welcome.
+	RelayID string
+	// Relays, when set, returns the cluster's live relays as agents reach
+	// each one: sent to agents that ask for it (CapRelays) after the
+	// Welcome, and again by SendRelays.
+	Relays func() []protocol.RelayInfo
 	// Present, when set, is told how many sessions an agent holds here
 	// whenever that changes; it must not block.
 	Present func(tenant, agent string, sessions int)
@@ -439,9 +445,20 @@ func (s *Server) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess transp
 		HeartbeatMillis: s.cfg.Heartbeat.Milliseconds(),
 		Capabilities:    []string{protocol.CapHeartbeat, protocol.CapGoAway, protocol.CapRenew, protocol.CapRenewNow},
 	}
+	relays := s.relaysFor(hello)
+	if relays != nil {
+		welcome.Capabilities = append(welcome.Capabilities, protocol.CapRelays)
+	}
+	welcome.RelayID = s.cfg.RelayID
 	if err := ac.Send(welcome); err != nil {
 		log.Warn("send welcome", "err", err)
 		return
+	}
+	if relays != nil {
+		if err := ac.Send(relays); err != nil {
+			log.Warn("send the cluster's relays", "err", err)
+			return
+		}
 	}
 	ctl.SetDeadline(time.Time{})
 	admitted()
