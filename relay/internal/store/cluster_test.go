@@ -132,3 +132,44 @@ func testRelaysAndPresence(t *testing.T, e engine) {
 		t.Fatalf("removing a removed relay: %v", err)
 	}
 }
+
+func TestClaimAgentUpdate(t *testing.T) { eachEngine(t, testClaimAgentUpdate) }
+
+func testClaimAgentUpdate(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	now := t0.Add(time.Hour)
+	u := AgentUpdate{Agent: "a1", Tenant: "acme", Version: "1.1.0", Rollout: 1, State: "offered", UpdatedAt: now}
+	claim := func(at time.Time) bool {
+		t.Helper()
+		u.UpdatedAt = at
+		ok, err := s.ClaimAgentUpdate(ctx, u, at.Add(-15*time.Minute), at.Add(-30*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if !claim(now) {
+		t.Fatal("the first offer was not claimed")
+	}
+	if claim(now.Add(time.Second)) {
+		t.Fatal("a second offer a second later was claimed (two relays would both offer)")
+	}
+	if !claim(now.Add(time.Minute)) {
+		t.Fatal("an offer unanswered for a minute could not be offered again")
+	}
+	if err := s.SetAgentUpdate(ctx, AgentUpdate{Agent: "a1", Tenant: "acme", Version: "1.1.0", Rollout: 1, State: "downloading", UpdatedAt: now.Add(2 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if claim(now.Add(10 * time.Minute)) {
+		t.Fatal("an offer was claimed while the agent downloads")
+	}
+	if !claim(now.Add(20 * time.Minute)) {
+		t.Fatal("a download stale for 18 minutes kept the agent from another offer")
+	}
+	if err := s.SetAgentUpdate(ctx, AgentUpdate{Agent: "a1", Tenant: "acme", Version: "1.1.0", Rollout: 1, State: "refused", Reason: "busy", UpdatedAt: now.Add(21 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if !claim(now.Add(21*time.Minute + time.Second)) {
+		t.Fatal("an agent that refused for being busy could not be offered again")
+	}
+}
