@@ -52,6 +52,13 @@ func (r *Relay) apply(ctx context.Context, c store.Change) {
 		r.rotation.Apply(ctx)
 	case store.ChangeRollout:
 		r.rollouts.Wake()
+	case store.ChangeDrain:
+		// An operator drained the agent through another relay or an
+		// admin command; sessions this relay's admin API drained already
+		// are not told twice.
+		if n := r.sessions.Sessions().GoAway(&r.bg, c.Tenant, c.Subject, protocol.GoAwayDrain, "drained by an operator", 0); n > 0 {
+			r.log.Info("agent drained by an operator", "tenant", c.Tenant, "agent", c.Subject, "sessions", n)
+		}
 	}
 }
 

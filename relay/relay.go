@@ -116,10 +116,11 @@ func (r *Relay) assemble(ctx context.Context) error {
 	if r.tls, err = trust.NewServer(r.auth, r.audit, cfg.Now); err != nil {
 		return err
 	}
-	r.adm = admin.New(admin.Config{Dir: r.dir, Authority: r.auth, Audit: r.audit, Live: liveView{r}, CertLifetime: cfg.AgentCertLifetime, Logger: cfg.Logger, Now: cfg.Now})
 	if err := r.assemblePeers(); err != nil {
 		return err
 	}
+	r.adm = admin.New(admin.Config{Dir: r.dir, Authority: r.auth, Audit: r.audit, Live: liveView{r}, CertLifetime: cfg.AgentCertLifetime,
+		RelayID: r.relayID, Logger: cfg.Logger, Now: cfg.Now})
 	r.router = route.NewRouter(route.Config{Table: r.routes, StreamOpenTimeout: cfg.StreamOpenTimeout, ReconnectGrace: cfg.ReconnectGrace,
 		Dir: r.dir, Elsewhere: r.links, Admit: r.admit, Logger: cfg.Logger, Now: cfg.Now})
 	enrolCfg := enrol.Config{Store: r.dir.Store, Authority: r.auth, Policy: r.pol, Audit: r.audit, CertLifetime: cfg.AgentCertLifetime,
@@ -285,7 +286,7 @@ func (l liveView) LiveAgents(tenant string) []LiveAgent { return l.r.LiveAgents(
 // "drain"): the relay sends it no new streams there, streams in flight
 // continue, and the agent reconnects.
 func (l liveView) DrainAgent(tenant, id, msg string) int {
-	return l.r.sessions.Sessions().GoAway(&l.r.bg, tenant, id, "drain", msg, 0)
+	return l.r.sessions.Sessions().GoAway(&l.r.bg, tenant, id, protocol.GoAwayDrain, msg, 0)
 }
 
 // Run serves until ctx is cancelled, then shuts down gracefully: it stops

@@ -184,6 +184,9 @@ func (s *Set) GoAway(wg *sync.WaitGroup, tenant, id, reason, msg string, drain t
 		conns = s.ofAgent(tenant, id)
 	}
 	for _, c := range conns {
+		if reason == protocol.GoAwayDrain && c.draining.Load() {
+			continue // already told to go (an operator's drain seen twice)
+		}
 		c.draining.Store(true)
 		wg.Go(func() {
 			if err := c.Send(&protocol.GoAway{Reason: reason, Message: msg, DrainMillis: drain.Milliseconds()}); err != nil {
