@@ -62,10 +62,12 @@ func (r *Relay) apply(ctx context.Context, c store.Change) {
 	}
 }
 
-// resync reads again everything the feed would have told: changes were
-// pruned before this relay read them.
+// resync reads again everything the feed would have told: when changes
+// were pruned before this relay read them, and when the store's change
+// notices were interrupted (PostgreSQL restarted, or the network to it
+// failed).
 func (r *Relay) resync(ctx context.Context) {
-	r.log.Warn("the change feed moved on while this relay was not reading it; reading its state again")
+	r.log.Warn("reading the relay's state from the store again (its change feed was pruned past this relay's position, or its change notices were interrupted)")
 	r.loadLimits(ctx)
 	r.doors.ForgetAll()
 	r.rotation.Apply(ctx)

@@ -113,10 +113,16 @@ func (postgresDialect) notifyChanges(ctx context.Context, tx *sql.Tx) error {
 // and calls wake for each, and once after every (re)connection, since
 // notices sent while it was away are lost (the feed itself is not). It
 // reconnects with a jittered backoff until ctx ends.
-func (d postgresDialect) listen(ctx context.Context, wake func(), failed func(error)) {
+func (d postgresDialect) listen(ctx context.Context, wake, reconnected func(), failed func(error)) {
 	backoff := 100 * time.Millisecond
+	first := true
 	for ctx.Err() == nil {
-		err := d.listenOnce(ctx, wake)
+		err := d.listenOnce(ctx, func() {
+			if !first {
+				reconnected()
+			}
+			first = false
+		}, wake)
 		if ctx.Err() != nil {
 			return
 		}
@@ -134,7 +140,7 @@ func (d postgresDialect) listen(ctx context.Context, wake func(), failed func(er
 	}
 }
 
-func (d postgresDialect) listenOnce(ctx context.Context, wake func()) error {
+func (d postgresDialect) listenOnce(ctx context.Context, listening, wake func()) error {
 	conn, err := pgx.Connect(ctx, d.dsn)
 	if err != nil {
 		return err
@@ -143,6 +149,7 @@ func (d postgresDialect) listenOnce(ctx context.Context, wake func()) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
 		return err
 	}
+	listening()
 	wake() // whatever was notified while no connection listened
 	for {
 		if _, err := conn.WaitForNotification(ctx); err != nil {
