@@ -15,6 +15,7 @@ type Limits struct {
 	OpenRate   float64  // stream opens per second, per backend
 	OpenBurst  int      // token-bucket burst for OpenRate
 	CIDRs      []string // networks agents may connect from; empty: any
+	Bandwidth  int64    // bytes per second, each direction, through this relay
 	UpdatedAt  time.Time
 }
 
@@ -24,17 +25,17 @@ func (s *Store) SetLimits(ctx context.Context, l Limits) error {
 		if _, err := tenant(ctx, tx, l.Tenant); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO tenant_limits (tenant, max_agents, max_streams, open_rate, open_burst, cidrs, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)
-		ON CONFLICT (tenant) DO UPDATE SET max_agents = $2, max_streams = $3, open_rate = $4, open_burst = $5, cidrs = $6, updated_at = $7`,
-			l.Tenant, l.MaxAgents, l.MaxStreams, l.OpenRate, l.OpenBurst, strings.Join(l.CIDRs, ","), l.UpdatedAt.UnixMilli())
+		_, err := tx.ExecContext(ctx, `INSERT INTO tenant_limits (tenant, max_agents, max_streams, open_rate, open_burst, cidrs, bandwidth, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		ON CONFLICT (tenant) DO UPDATE SET max_agents = $2, max_streams = $3, open_rate = $4, open_burst = $5, cidrs = $6, bandwidth = $7, updated_at = $8`,
+			l.Tenant, l.MaxAgents, l.MaxStreams, l.OpenRate, l.OpenBurst, strings.Join(l.CIDRs, ","), l.Bandwidth, l.UpdatedAt.UnixMilli())
 		return err
 	}, Change{Kind: ChangeLimits, Tenant: l.Tenant})
 }
 
 // AllLimits returns the limits of every tenant that has any, by tenant.
 func (s *Store) AllLimits(ctx context.Context) (map[string]Limits, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT tenant, max_agents, max_streams, open_rate, open_burst, cidrs, updated_at FROM tenant_limits`)
+	rows, err := s.db.QueryContext(ctx, `SELECT tenant, max_agents, max_streams, open_rate, open_burst, cidrs, bandwidth, updated_at FROM tenant_limits`)
 	if err != nil {
 		return nil, err
 	}
@@ -44,7 +45,7 @@ func (s *Store) AllLimits(ctx context.Context) (map[string]Limits, error) {
 		var l Limits
 		var cidrs string
 		var updated int64
-		if err := rows.Scan(&l.Tenant, &l.MaxAgents, &l.MaxStreams, &l.OpenRate, &l.OpenBurst, &cidrs, &updated); err != nil {
+		if err := rows.Scan(&l.Tenant, &l.MaxAgents, &l.MaxStreams, &l.OpenRate, &l.OpenBurst, &cidrs, &l.Bandwidth, &updated); err != nil {
 			return nil, err
 		}
 		if cidrs != "" {

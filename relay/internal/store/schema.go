@@ -259,6 +259,11 @@ CREATE TABLE presence (
 );
 CREATE INDEX presence_tenant ON presence(tenant);
 `},
+	// A tenant's bandwidth limit, in bytes per second each way (0:
+	// unlimited). Version 12 is another change's.
+	{13, `
+ALTER TABLE tenant_limits ADD COLUMN bandwidth BIGINT NOT NULL DEFAULT 0;
+`},
 }
 
 // latestMigration is the schema version a migrated store has.

@@ -114,16 +114,28 @@ func testLimits(t *testing.T, e engine) {
 	if err := s.SetLimits(ctx, l); err != nil {
 		t.Fatal(err)
 	}
-	l2 := Limits{Tenant: "acme", MaxStreams: 4, UpdatedAt: t0.Add(time.Hour)}
-	if err := s.SetLimits(ctx, l2); err != nil {
+	// The bandwidth limit (migration 13) reads back, 64-bit.
+	l.Bandwidth = 5 << 30
+	if err := s.SetLimits(ctx, l); err != nil {
 		t.Fatal(err)
 	}
 	all, err := s.AllLimits(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if got := all["acme"]; got.Bandwidth != 5<<30 || got.MaxStreams != 10 {
+		t.Fatalf("limits with a bandwidth: got %+v, want bandwidth %d", got, int64(5<<30))
+	}
+	l2 := Limits{Tenant: "acme", MaxStreams: 4, UpdatedAt: t0.Add(time.Hour)}
+	if err := s.SetLimits(ctx, l2); err != nil {
+		t.Fatal(err)
+	}
+	all, err = s.AllLimits(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	got := all["acme"]
-	if len(all) != 1 || got.MaxStreams != 4 || got.MaxAgents != 0 || got.OpenRate != 0 || len(got.CIDRs) != 0 || !got.UpdatedAt.Equal(l2.UpdatedAt) {
+	if len(all) != 1 || got.MaxStreams != 4 || got.MaxAgents != 0 || got.OpenRate != 0 || got.Bandwidth != 0 || len(got.CIDRs) != 0 || !got.UpdatedAt.Equal(l2.UpdatedAt) {
 		t.Fatalf("limits after replacement: %+v", all)
 	}
 }
