@@ -453,6 +453,10 @@ type Limits struct {
 	OpenRate   float64  `json:"open_rate"`
 	OpenBurst  int      `json:"open_burst"`
 	CIDRs      []string `json:"cidrs"`
+	// Bandwidth is the tenant's bytes per second in each direction
+	// (to its services, and back), shared by all its streams through
+	// one relay: each relay of a cluster enforces it on its own.
+	Bandwidth int64 `json:"bandwidth"`
 }
 
 // SetLimits replaces tenant's limits: fields left zero become unlimited
@@ -479,6 +483,7 @@ type LimitsPatch struct {
 	OpenRate   *float64  `json:"open_rate,omitempty"`
 	OpenBurst  *int      `json:"open_burst,omitempty"`
 	CIDRs      *[]string `json:"cidrs,omitempty"`
+	Bandwidth  *int64    `json:"bandwidth,omitempty"`
 }
 
 // fields names the limits p changes, in JSON's names.
@@ -488,7 +493,7 @@ func (p LimitsPatch) fields() []string {
 		name string
 		set  bool
 	}{{"max_agents", p.MaxAgents != nil}, {"max_streams", p.MaxStreams != nil}, {"open_rate", p.OpenRate != nil},
-		{"open_burst", p.OpenBurst != nil}, {"cidrs", p.CIDRs != nil}} {
+		{"open_burst", p.OpenBurst != nil}, {"cidrs", p.CIDRs != nil}, {"bandwidth", p.Bandwidth != nil}} {
 		if f.set {
 			out = append(out, f.name)
 		}
@@ -505,7 +510,7 @@ func (p LimitsPatch) fields() []string {
 func (a *Admin) PatchLimits(ctx context.Context, tenant string, p LimitsPatch) (Limits, error) {
 	changed := p.fields()
 	if len(changed) == 0 {
-		return Limits{}, invalidf("no limit to change: give at least one of max_agents, max_streams, open_rate, open_burst, cidrs")
+		return Limits{}, invalidf("no limit to change: give at least one of max_agents, max_streams, open_rate, open_burst, cidrs, bandwidth")
 	}
 	var out Limits
 	err := a.dir.Locked(ctx, func() error {
@@ -527,6 +532,9 @@ func (a *Admin) PatchLimits(ctx context.Context, tenant string, p LimitsPatch) (
 		}
 		if p.CIDRs != nil {
 			cur.CIDRs = *p.CIDRs
+		}
+		if p.Bandwidth != nil {
+			cur.Bandwidth = *p.Bandwidth
 		}
 		clean, err := a.writeLimitsLocked(ctx, cur)
 		if err != nil {
@@ -569,7 +577,7 @@ func (a *Admin) writeLimitsLocked(ctx context.Context, l Limits) (Limits, error)
 	if err := a.administer(l.Tenant, "changing limits", notFoundf("tenant %q does not exist", l.Tenant)); err != nil {
 		return Limits{}, err
 	}
-	if l.MaxAgents < 0 || l.MaxStreams < 0 || l.OpenRate < 0 || l.OpenBurst < 0 {
+	if l.MaxAgents < 0 || l.MaxStreams < 0 || l.OpenRate < 0 || l.OpenBurst < 0 || l.Bandwidth < 0 {
 		return Limits{}, invalidf("limits must not be negative (0 means unlimited)")
 	}
 	nets, err := policy.ParseCIDRs(l.CIDRs)
@@ -590,7 +598,7 @@ func (a *Admin) writeLimitsLocked(ctx context.Context, l Limits) (Limits, error)
 		clean[i] = n.String()
 	}
 	err = a.store.SetLimits(ctx, store.Limits{Tenant: l.Tenant, MaxAgents: l.MaxAgents, MaxStreams: l.MaxStreams,
-		OpenRate: l.OpenRate, OpenBurst: l.OpenBurst, CIDRs: clean, UpdatedAt: a.now()})
+		OpenRate: l.OpenRate, OpenBurst: l.OpenBurst, CIDRs: clean, Bandwidth: l.Bandwidth, UpdatedAt: a.now()})
 	if errors.Is(err, store.ErrNotFound) {
 		return Limits{}, notFoundf("tenant %q does not exist", l.Tenant)
 	}
@@ -603,7 +611,7 @@ func (a *Admin) writeLimitsLocked(ctx context.Context, l Limits) (Limits, error)
 
 func limitsDetail(l Limits) map[string]any {
 	return map[string]any{"max_agents": l.MaxAgents, "max_streams": l.MaxStreams,
-		"open_rate": l.OpenRate, "open_burst": l.OpenBurst, "cidrs": l.CIDRs}
+		"open_rate": l.OpenRate, "open_burst": l.OpenBurst, "cidrs": l.CIDRs, "bandwidth": l.Bandwidth}
 }
 
 // AllLimits lists the tenants that have limits (those the scope sees).
@@ -617,7 +625,8 @@ func (a *Admin) AllLimits(ctx context.Context) ([]Limits, error) {
 		if !a.scope.Sees(l.Tenant) {
 			continue
 		}
-		out = append(out, Limits{Tenant: l.Tenant, MaxAgents: l.MaxAgents, MaxStreams: l.MaxStreams, OpenRate: l.OpenRate, OpenBurst: l.OpenBurst, CIDRs: l.CIDRs})
+		out = append(out, Limits{Tenant: l.Tenant, MaxAgents: l.MaxAgents, MaxStreams: l.MaxStreams, OpenRate: l.OpenRate, OpenBurst: l.OpenBurst, CIDRs: l.CIDRs,
+			Bandwidth: l.Bandwidth})
 	}
 	slices.SortFunc(out, func(x, y Limits) int { return strings.Compare(x.Tenant, y.Tenant) })
 	return out, nil

@@ -67,11 +67,19 @@ func TestPatchLimitsKeepsTheOthers(t *testing.T) {
 		t.Fatalf("a replacement's audit detail names changed fields: %v", recs[0].Detail)
 	}
 
+	// The bandwidth is patched like the others, and kept by patches of others.
+	if got, err = a.PatchLimits(ctx, "acme", LimitsPatch{Bandwidth: ptr(int64(10 << 20))}); err != nil || got.Bandwidth != 10<<20 || got.MaxStreams != 5 {
+		t.Fatalf("after patching bandwidth: got %+v, %v", got, err)
+	}
+	if got, err = a.PatchLimits(ctx, "acme", LimitsPatch{MaxStreams: ptr(6)}); err != nil || got.Bandwidth != 10<<20 {
+		t.Fatalf("a patch of max_streams changed the bandwidth: got %+v, %v", got, err)
+	}
+
 	// SetLimits replaces: what it leaves zero becomes unlimited.
 	if err := a.SetLimits(ctx, Limits{Tenant: "acme", MaxStreams: 7}); err != nil {
 		t.Fatal(err)
 	}
-	if l, _ := a.Limits(ctx, "acme"); l.MaxAgents != 0 || l.MaxStreams != 7 || l.OpenBurst != 0 {
+	if l, _ := a.Limits(ctx, "acme"); l.MaxAgents != 0 || l.MaxStreams != 7 || l.OpenBurst != 0 || l.Bandwidth != 0 {
 		t.Fatalf("after SetLimits: got %+v, want max_streams 7 alone", l)
 	}
 
@@ -83,6 +91,7 @@ func TestPatchLimitsKeepsTheOthers(t *testing.T) {
 	}{
 		{"nothing to change", "acme", LimitsPatch{}, ErrInvalid},
 		{"negative", "acme", LimitsPatch{MaxAgents: ptr(-1)}, ErrInvalid},
+		{"negative bandwidth", "acme", LimitsPatch{Bandwidth: ptr(int64(-1))}, ErrInvalid},
 		{"bad network", "acme", LimitsPatch{CIDRs: &[]string{"not-a-net"}}, ErrInvalid},
 		{"unknown tenant", "nope", LimitsPatch{MaxAgents: ptr(1)}, ErrNotFound},
 	} {

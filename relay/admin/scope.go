@@ -186,6 +186,7 @@ func lowersOnly(old, l Limits, nets []netip.Prefix) error {
 		{"max_streams", float64(old.MaxStreams), float64(l.MaxStreams)},
 		{"open_rate", old.OpenRate, l.OpenRate},
 		{"open_burst", float64(old.OpenBurst), float64(l.OpenBurst)},
+		{"bandwidth", float64(old.Bandwidth), float64(l.Bandwidth)},
 	} {
 		if f.old > 0 && (f.new == 0 || f.new > f.old) {
 			return refuse("%s %v → %v raises or lifts it", f.name, f.old, f.new)

@@ -251,6 +251,10 @@ func TestScopedLimits(t *testing.T) {
 		{"lower and narrow", Limits{MaxAgents: 3, MaxStreams: 50, CIDRs: []string{"10.1.0.0/16", "10.2.3.4/32"}}, true},
 		{"set an unset one", Limits{MaxAgents: 3, MaxStreams: 50, OpenRate: 5, OpenBurst: 10, CIDRs: []string{"10.1.0.0/16"}}, true},
 		{"raise back", Limits{MaxAgents: 10, MaxStreams: 50, OpenRate: 5, OpenBurst: 10, CIDRs: []string{"10.1.0.0/16"}}, false},
+		{"set a bandwidth", Limits{MaxAgents: 3, MaxStreams: 50, OpenRate: 5, OpenBurst: 10, CIDRs: []string{"10.1.0.0/16"}, Bandwidth: 8 << 20}, true},
+		{"raise the bandwidth", Limits{MaxAgents: 3, MaxStreams: 50, OpenRate: 5, OpenBurst: 10, CIDRs: []string{"10.1.0.0/16"}, Bandwidth: 9 << 20}, false},
+		{"lift the bandwidth", Limits{MaxAgents: 3, MaxStreams: 50, OpenRate: 5, OpenBurst: 10, CIDRs: []string{"10.1.0.0/16"}}, false},
+		{"lower the bandwidth", Limits{MaxAgents: 3, MaxStreams: 50, OpenRate: 5, OpenBurst: 10, CIDRs: []string{"10.1.0.0/16"}, Bandwidth: 1 << 20}, true},
 	} {
 		tc.l.Tenant = "acme"
 		err := adm.SetLimits(ctx, tc.l)
@@ -262,7 +266,7 @@ func TestScopedLimits(t *testing.T) {
 		}
 	}
 	got, err := root.Limits(ctx, "acme")
-	if err != nil || got.MaxAgents != 3 || got.OpenRate != 5 || len(got.CIDRs) != 1 {
+	if err != nil || got.MaxAgents != 3 || got.OpenRate != 5 || len(got.CIDRs) != 1 || got.Bandwidth != 1<<20 {
 		t.Fatalf("limits after the changes: %+v, %v", got, err)
 	}
 	// The vendor raises them again.
