@@ -124,6 +124,7 @@ type limitFlags struct {
 	maxAgents, maxStreams, openBurst int
 	openRate                         float64
 	cidrs                            []string
+	bandwidth                        cli.Size
 	replace                          bool
 }
 
@@ -132,7 +133,10 @@ const limitsLong = `Show a tenant's limits, or change them.
 With limit flags, only the limits given change: the others keep their
 values (so --max-streams 5 leaves the tenant's allowed networks alone).
 With --replace, the limits given replace all of them, and those not given
-become unlimited. 0, or an empty --cidrs, means unlimited. Without a NAME,
+become unlimited. 0, or an empty --cidrs, means unlimited. --bandwidth
+takes a size per second each way, such as 10MiB (10 MiB/s to the
+tenant's services and 10 MiB/s back), shared by all the tenant's
+streams through one relay. Without a NAME,
 list every tenant's limits. A running relay applies them within a second.`
 
 func (f *limitFlags) add(fs *pflag.FlagSet) {
@@ -141,12 +145,13 @@ func (f *limitFlags) add(fs *pflag.FlagSet) {
 	fs.Float64Var(&f.openRate, "open-rate", 0, "stream opens per second per backend (0: unlimited)")
 	fs.IntVar(&f.openBurst, "open-burst", 0, "burst of stream opens above the rate (0: the rate)")
 	fs.StringSliceVar(&f.cidrs, "cidrs", nil, "networks the tenant's agents may connect from, comma-separated (empty: any)")
+	fs.Var(&f.bandwidth, "bandwidth", "bytes per second each way, shared by the tenant's streams through each relay, such as 10MiB (0: unlimited)")
 	fs.BoolVar(&f.replace, "replace", false, "replace all the limits: those not given become unlimited")
 }
 
 // given reports whether any limit flag was given.
 func (f *limitFlags) given(fs *pflag.FlagSet) bool {
-	for _, n := range []string{"max-agents", "max-streams", "open-rate", "open-burst", "cidrs", "replace"} {
+	for _, n := range []string{"max-agents", "max-streams", "open-rate", "open-burst", "cidrs", "bandwidth", "replace"} {
 		if fs.Changed(n) {
 			return true
 		}
@@ -173,12 +178,16 @@ func (f *limitFlags) patch(fs *pflag.FlagSet) admin.LimitsPatch {
 		cidrs := cleanList(f.cidrs)
 		p.CIDRs = &cidrs
 	}
+	if fs.Changed("bandwidth") {
+		bw := int64(f.bandwidth)
+		p.Bandwidth = &bw
+	}
 	return p
 }
 
 // limits is what --replace sets.
 func (f *limitFlags) limits(tenant string) admin.Limits {
-	return admin.Limits{Tenant: tenant, MaxAgents: f.maxAgents, MaxStreams: f.maxStreams, OpenRate: f.openRate, OpenBurst: f.openBurst, CIDRs: cleanList(f.cidrs)}
+	return admin.Limits{Tenant: tenant, MaxAgents: f.maxAgents, MaxStreams: f.maxStreams, OpenRate: f.openRate, OpenBurst: f.openBurst, CIDRs: cleanList(f.cidrs), Bandwidth: int64(f.bandwidth)}
 }
 
 // cleanList drops empty items (--cidrs "" is no network).
@@ -268,7 +277,7 @@ func printLimits(cmd *cobra.Command, ls []admin.Limits, one bool) error {
 
 // limitsHeader is the header of limits tables.
 func limitsHeader() []string {
-	return []string{"TENANT", "MAX AGENTS", "MAX STREAMS", "OPEN RATE", "BURST", "NETWORKS"}
+	return []string{"TENANT", "MAX AGENTS", "MAX STREAMS", "OPEN RATE", "BURST", "BANDWIDTH", "NETWORKS"}
 }
 
 func limitsRow(l admin.Limits) []string {
@@ -276,11 +285,11 @@ func limitsRow(l admin.Limits) []string {
 	if l.OpenBurst == 0 {
 		burst = "the rate"
 	}
-	return []string{l.Tenant, cli.Limit(l.MaxAgents), cli.Limit(l.MaxStreams), rate(l.OpenRate), burst, networks(l.CIDRs)}
+	return []string{l.Tenant, cli.Limit(l.MaxAgents), cli.Limit(l.MaxStreams), rate(l.OpenRate), burst, cli.Rate(l.Bandwidth), networks(l.CIDRs)}
 }
 
 func limitsText(l admin.Limits) string {
-	return fmt.Sprintf("agents %s, streams %s, opens %s, networks %s", cli.Limit(l.MaxAgents), cli.Limit(l.MaxStreams), rate(l.OpenRate), networks(l.CIDRs))
+	return fmt.Sprintf("agents %s, streams %s, opens %s, bandwidth %s, networks %s", cli.Limit(l.MaxAgents), cli.Limit(l.MaxStreams), rate(l.OpenRate), cli.Rate(l.Bandwidth), networks(l.CIDRs))
 }
 
 func rate(r float64) string {

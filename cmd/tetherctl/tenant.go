@@ -49,6 +49,7 @@ type limits struct {
 	OpenRate   float64  `json:"open_rate"`
 	OpenBurst  int      `json:"open_burst"`
 	CIDRs      []string `json:"cidrs"`
+	Bandwidth  int64    `json:"bandwidth"`
 }
 
 type tenantSummary struct {
@@ -96,7 +97,10 @@ const limitsLong = `Show a tenant's limits, or change them.
 With limit flags, only the limits given change: the others keep their
 values (so --max-streams 5 leaves the tenant's allowed networks alone).
 With --replace, the limits given replace all of them, and those not given
-become unlimited. 0, or an empty --cidrs, means unlimited. Without a NAME,
+become unlimited. 0, or an empty --cidrs, means unlimited. --bandwidth
+takes a size per second each way, such as 10MiB (10 MiB/s to the
+tenant's services and 10 MiB/s back), shared by all the tenant's
+streams through one relay. Without a NAME,
 list every tenant's limits. The relay applies them within a second.`
 
 // limitFlags are the flags of tenant limits, in both binaries.
@@ -104,6 +108,7 @@ type limitFlags struct {
 	maxAgents, maxStreams, openBurst int
 	openRate                         float64
 	cidrs                            []string
+	bandwidth                        cli.Size
 	replace                          bool
 }
 
@@ -113,20 +118,21 @@ func (f *limitFlags) add(fs *pflag.FlagSet) {
 	fs.Float64Var(&f.openRate, "open-rate", 0, "stream opens per second per backend (0: unlimited)")
 	fs.IntVar(&f.openBurst, "open-burst", 0, "burst of stream opens above the rate (0: the rate)")
 	fs.StringSliceVar(&f.cidrs, "cidrs", nil, "networks the tenant's agents may connect from, comma-separated (empty: any)")
+	fs.Var(&f.bandwidth, "bandwidth", "bytes per second each way, shared by the tenant's streams through each relay, such as 10MiB (0: unlimited)")
 	fs.BoolVar(&f.replace, "replace", false, "replace all the limits: those not given become unlimited")
 }
 
 // limitNames are the limit flags with the API's names of the limits.
 func limitNames() []struct{ flag, field string } {
 	return []struct{ flag, field string }{
-		{"max-agents", "max_agents"}, {"max-streams", "max_streams"}, {"open-rate", "open_rate"}, {"open-burst", "open_burst"}, {"cidrs", "cidrs"},
+		{"max-agents", "max_agents"}, {"max-streams", "max_streams"}, {"open-rate", "open_rate"}, {"open-burst", "open_burst"}, {"cidrs", "cidrs"}, {"bandwidth", "bandwidth"},
 	}
 }
 
 // body is the API request the flags given make: a PATCH of the limits
 // given, or with --replace a PUT of them all.
 func (f *limitFlags) body(fs *pflag.FlagSet) (method string, body map[string]any, given bool) {
-	all := map[string]any{"max_agents": f.maxAgents, "max_streams": f.maxStreams, "open_rate": f.openRate, "open_burst": f.openBurst, "cidrs": cleanList(f.cidrs)}
+	all := map[string]any{"max_agents": f.maxAgents, "max_streams": f.maxStreams, "open_rate": f.openRate, "open_burst": f.openBurst, "cidrs": cleanList(f.cidrs), "bandwidth": int64(f.bandwidth)}
 	if f.replace {
 		return "PUT", all, true
 	}
@@ -217,7 +223,7 @@ func (x *ctl) allLimits(cmd *cobra.Command) error {
 
 // limitsHeader is the header of limits tables.
 func limitsHeader() []string {
-	return []string{"TENANT", "MAX AGENTS", "MAX STREAMS", "OPEN RATE", "BURST", "NETWORKS"}
+	return []string{"TENANT", "MAX AGENTS", "MAX STREAMS", "OPEN RATE", "BURST", "BANDWIDTH", "NETWORKS"}
 }
 
 func limitsRow(l limits) []string {
@@ -225,11 +231,11 @@ func limitsRow(l limits) []string {
 	if l.OpenBurst == 0 {
 		burst = "the rate"
 	}
-	return []string{l.Tenant, cli.Limit(l.MaxAgents), cli.Limit(l.MaxStreams), rate(l.OpenRate), burst, networks(l.CIDRs)}
+	return []string{l.Tenant, cli.Limit(l.MaxAgents), cli.Limit(l.MaxStreams), rate(l.OpenRate), burst, cli.Rate(l.Bandwidth), networks(l.CIDRs)}
 }
 
 func limitsText(l limits) string {
-	return fmt.Sprintf("agents %s, streams %s, opens %s, networks %s", cli.Limit(l.MaxAgents), cli.Limit(l.MaxStreams), rate(l.OpenRate), networks(l.CIDRs))
+	return fmt.Sprintf("agents %s, streams %s, opens %s, bandwidth %s, networks %s", cli.Limit(l.MaxAgents), cli.Limit(l.MaxStreams), rate(l.OpenRate), cli.Rate(l.Bandwidth), networks(l.CIDRs))
 }
 
 func rate(r float64) string {

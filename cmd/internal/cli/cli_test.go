@@ -50,6 +50,32 @@ func TestHumanForms(t *testing.T) {
 	}
 }
 
+// ParseBytes reads sizes with IEC and SI units and refuses what is not
+// one.
+func TestParseBytes(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+	}{
+		{"0", 0}, {"4096", 4096}, {"10MiB", 10 << 20}, {"10M", 10 << 20}, {"10 mib", 10 << 20},
+		{"1.5GiB", 3 << 29}, {"512KiB", 512 << 10}, {"10MB", 10_000_000}, {"2B", 2},
+	} {
+		got, err := ParseBytes(tc.in)
+		if err != nil || got != tc.want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+		}
+	}
+	for _, in := range []string{"", "-1", "MiB", "10XB", "1e30", "1.2.3MiB", "99999999TiB"} {
+		if got, err := ParseBytes(in); err == nil {
+			t.Errorf("ParseBytes(%q) = %d, want an error", in, got)
+		}
+	}
+	var z Size
+	if err := z.Set("10MiB"); err != nil || z.String() != "10MiB" || Rate(int64(z)) != "10 MiB/s" || Rate(0) != "unlimited" {
+		t.Errorf("Size 10MiB: %q, %v, rate %q", z.String(), err, Rate(int64(z)))
+	}
+}
+
 // Print keeps JSON's field order in YAML, makes times UTC and leaves
 // other strings alone.
 func TestPrintFormats(t *testing.T) {

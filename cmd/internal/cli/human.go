@@ -142,3 +142,68 @@ func Limit[T int | int64 | float64](v T) string {
 	}
 	return fmt.Sprint(v)
 }
+
+// ParseBytes reads a size as people write it: a number of bytes ("4096"),
+// or a number with a unit, IEC ("10MiB", "1.5 GiB", "512KiB", "10M" the
+// same as "10MiB") or SI ("10MB", 10 000 000 bytes); "0" is zero.
+// Units are case-insensitive but for the b/B of bits and bytes, which is
+// read as bytes either way.
+func ParseBytes(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := t, ""
+	if i >= 0 {
+		num, unit = t[:i], strings.TrimSpace(t[i:])
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || num == "" || v < 0 {
+		return 0, fmt.Errorf("size %q: want a number of bytes, or one with a unit such as 512KiB, 10MiB or 1GB", s)
+	}
+	mult := map[string]float64{"": 1, "b": 1,
+		"k": 1 << 10, "ki": 1 << 10, "kib": 1 << 10, "kb": 1e3,
+		"m": 1 << 20, "mi": 1 << 20, "mib": 1 << 20, "mb": 1e6,
+		"g": 1 << 30, "gi": 1 << 30, "gib": 1 << 30, "gb": 1e9,
+		"t": 1 << 40, "ti": 1 << 40, "tib": 1 << 40, "tb": 1e12,
+	}[strings.ToLower(unit)]
+	if mult == 0 {
+		return 0, fmt.Errorf("size %q: unknown unit %q (want B, KiB, MiB, GiB, TiB, or KB, MB, GB, TB)", s, unit)
+	}
+	n := v * mult
+	if n >= 1<<62 {
+		return 0, fmt.Errorf("size %q is too large", s)
+	}
+	return int64(n), nil
+}
+
+// Size is a flag value of bytes that accepts ParseBytes's forms and
+// prints as Bytes does.
+type Size int64
+
+func (z *Size) String() string {
+	if *z == 0 {
+		return "0"
+	}
+	return strings.ReplaceAll(Bytes(uint64(*z)), " ", "")
+}
+
+// Set implements pflag.Value.
+func (z *Size) Set(s string) error {
+	n, err := ParseBytes(s)
+	if err != nil {
+		return err
+	}
+	*z = Size(n)
+	return nil
+}
+
+// Type implements pflag.Value.
+func (z *Size) Type() string { return "size" }
+
+// Rate is a rate in bytes per second where 0 means none: "unlimited", or
+// "10 MiB/s".
+func Rate(bytesPerSecond int64) string {
+	if bytesPerSecond <= 0 {
+		return "unlimited"
+	}
+	return Bytes(uint64(bytesPerSecond)) + "/s"
+}
