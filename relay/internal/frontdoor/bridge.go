@@ -103,7 +103,7 @@ func doorOf(attrs []any) string {
 // bridge copies between a front-door connection and a tunnel until both
 // directions end, then releases the tunnel.
 func (fd *Server) bridge(front transport.Stream, t *tunnel, attrs []any) {
-	res, err := transport.Splice(front, t.Stream, fd.cfg.IdleTimeout)
+	res, err := transport.Splice(front, fd.throttle(t.target.Tenant, t.Stream), fd.cfg.IdleTimeout)
 	t.End()
 	t.release()
 	fd.cfg.Metrics.StreamBytes.WithLabelValues(t.target.Tenant, "to_service").Add(float64(res.AToB))

@@ -1,6 +1,7 @@
 // Package policy decides what the relay allows beyond identity: which
 // backends reach which services (grants.go), the tenants' limits (agents,
-// networks, concurrent streams, open rates) and which agents were revoked.
+// networks, concurrent streams, open rates, bandwidth) and which agents
+// were revoked.
 // Its state is read from the store and kept current by the change feed;
 // the checks themselves touch no store.
 package policy
@@ -96,7 +97,28 @@ type Policy struct {
 	streams  map[string]*atomic.Int64 // tenant → streams open through this relay
 	limiters map[limiterKey]*limiterEntry
 
+	bwMu      sync.Mutex            // guards bandwidth
+	bandwidth map[string]*Bandwidth // tenant → its limiters, for tenants with a bandwidth limit
+
 	revoked sync.Map // agent id → error: revocations applied since start
+}
+
+// Bandwidth is a tenant's bandwidth limit as token buckets of bytes, one
+// for each direction, shared by all the tenant's streams through this
+// relay. A change of the limit changes the buckets in place, so streams
+// already open follow it; a limit lifted makes them unlimited (rate.Inf).
+type Bandwidth struct {
+	// ToService limits the bytes the tenant's backends send to its
+	// services; FromService the bytes that come back.
+	ToService, FromService *rate.Limiter
+}
+
+// bandwidthBurst is the bucket size for a limit of bps bytes per second: a
+// tenth of a second's worth, at least 4 KiB and at most 4 MiB. A stream
+// that has waited moves at most this much at once, so the rate holds to
+// within a tenth of a second; small requests within it do not wait.
+func bandwidthBurst(bps int64) int {
+	return int(min(max(bps/10, 4<<10), 4<<20))
 }
 
 type limiterKey struct{ tenant, backend string }
@@ -111,7 +133,7 @@ type limiterEntry struct {
 // New returns a policy without limits or revocations; LoadLimits reads
 // them.
 func New(log *slog.Logger) *Policy {
-	p := &Policy{log: log, streams: map[string]*atomic.Int64{}, limiters: map[limiterKey]*limiterEntry{}}
+	p := &Policy{log: log, streams: map[string]*atomic.Int64{}, limiters: map[limiterKey]*limiterEntry{}, bandwidth: map[string]*Bandwidth{}}
 	empty := map[string]*Limits{}
 	p.limits.Store(&empty)
 	return p
@@ -138,7 +160,54 @@ func (p *Policy) LoadLimits(ctx context.Context, st *store.Store) error {
 		m[t] = &Limits{Limits: l, nets: nets}
 	}
 	p.limits.Store(&m)
+	p.setBandwidth(m)
 	return nil
+}
+
+// setBandwidth makes the bandwidth limiters match limits: new ones for
+// tenants that gained a limit, the same ones changed in place for those
+// whose limit changed, and those of tenants whose limit was lifted made
+// unlimited (for the streams that hold them) and forgotten.
+func (p *Policy) setBandwidth(limits map[string]*Limits) {
+	p.bwMu.Lock()
+	defer p.bwMu.Unlock()
+	for t, bw := range p.bandwidth {
+		if l := limits[t]; l == nil || l.Bandwidth <= 0 {
+			for _, lim := range []*rate.Limiter{bw.ToService, bw.FromService} {
+				lim.SetLimit(rate.Inf)
+			}
+			delete(p.bandwidth, t)
+			p.log.Info("tenant bandwidth limit lifted", "tenant", t)
+		}
+	}
+	for t, l := range limits {
+		if l.Bandwidth <= 0 {
+			continue
+		}
+		r, burst := rate.Limit(l.Bandwidth), bandwidthBurst(l.Bandwidth)
+		bw := p.bandwidth[t]
+		if bw == nil {
+			p.bandwidth[t] = &Bandwidth{ToService: rate.NewLimiter(r, burst), FromService: rate.NewLimiter(r, burst)}
+			p.log.Info("tenant bandwidth limit set", "tenant", t, "bytes_per_second", l.Bandwidth)
+			continue
+		}
+		if bw.ToService.Limit() == r && bw.ToService.Burst() == burst {
+			continue
+		}
+		for _, lim := range []*rate.Limiter{bw.ToService, bw.FromService} {
+			lim.SetLimit(r)
+			lim.SetBurst(burst)
+		}
+		p.log.Info("tenant bandwidth limit set", "tenant", t, "bytes_per_second", l.Bandwidth)
+	}
+}
+
+// BandwidthOf returns tenant's bandwidth limiters, or nil when its
+// bandwidth is unlimited.
+func (p *Policy) BandwidthOf(tenant string) *Bandwidth {
+	p.bwMu.Lock()
+	defer p.bwMu.Unlock()
+	return p.bandwidth[tenant]
 }
 
 // AdmitStream applies the tenant's limits to a stream backend opens: the
