@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/console"
@@ -174,6 +176,16 @@ type Config struct {
 	// network; a connection beyond either is closed at once. Defaults 256
 	// and 1024.
 	MaxFrontPendingPerAddress, MaxFrontPendingPerNetwork int
+	// MaxStreamMemory caps, in bytes, what the tunnels open through the
+	// front doors may make the relay hold: each is charged its worst case
+	// while it is open, a full receive window and two copy buffers (2.5
+	// MiB over TCP/yamux, 6.5 MiB over QUIC), and a stream that would
+	// pass the cap is refused with unavailable. The cap is what backends
+	// that never read, or agents that send and never read, can make the
+	// relay hold at most. Default: half the memory of the machine, or of
+	// the relay's cgroup when that is lower (4 GiB where neither can be
+	// read).
+	MaxStreamMemory int64
 	// ReconnectGrace is how long after start a stream open for a tenant
 	// whose agent was connected before the restart waits for that agent to
 	// come back (bounded by StreamOpenTimeout) instead of failing with
@@ -255,6 +267,9 @@ func (c *Config) setDefaults() {
 	defi(&c.MaxHandshakesPerNetwork, 128)
 	defi(&c.MaxFrontPendingPerAddress, 256)
 	defi(&c.MaxFrontPendingPerNetwork, 1024)
+	if c.MaxStreamMemory == 0 {
+		c.MaxStreamMemory = DefaultStreamMemory()
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -310,6 +325,9 @@ func (c *Config) validate() error {
 	if (c.AdminCertFile == "") != (c.AdminKeyFile == "") {
 		errs = append(errs, errors.New("admin certificate and key files go together: give both or neither"))
 	}
+	if c.MaxStreamMemory < 0 || (c.MaxStreamMemory > 0 && c.MaxStreamMemory < StreamMemoryWorstCase) {
+		errs = append(errs, fmt.Errorf("max stream memory %d bytes: want at least one stream's worst case, %d bytes", c.MaxStreamMemory, StreamMemoryWorstCase))
+	}
 	if c.MaxHandshakes < 0 {
 		errs = append(errs, fmt.Errorf("max handshakes must be positive (got %d)", c.MaxHandshakes))
 	}
@@ -364,4 +382,33 @@ func unspecifiedHost(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsUnspecified()
+}
+
+// StreamMemoryWorstCase is the most one stream is charged against
+// MaxStreamMemory (a QUIC stream's worst case).
+const StreamMemoryWorstCase = frontdoor.MaxStreamMemory
+
+// DefaultStreamMemory is MaxStreamMemory's default: half the memory of
+// the machine, or of the process's cgroup (v2) when that is lower; 4 GiB
+// where neither can be read.
+func DefaultStreamMemory() int64 {
+	var total int64
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
+				if kb, err := strconv.ParseInt(f[1], 10, 64); err == nil {
+					total = kb << 10
+				}
+			}
+		}
+	}
+	if b, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
+		if v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && v > 0 && (total == 0 || v < total) {
+			total = v
+		}
+	}
+	if total == 0 {
+		return 4 << 30
+	}
+	return total / 2
 }

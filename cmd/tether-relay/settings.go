@@ -233,6 +233,26 @@ func serveSettings() []*setting {
 		num("max-front-pending-per-network", func(o *serveOptions) *int { return &c(o).MaxFrontPendingPerNetwork }, 1024,
 			"front-door connections not yet authenticated from one /24 (IPv4) or /64 (IPv6); more are closed at once",
 			"the same bound for one source network (a /24 or /64)"),
+		{name: "max-stream-memory", kind: "size", def: "",
+			usage: "cap on what open streams may make the relay hold at worst, such as 8GiB; past it new streams are refused (default: half the memory)",
+			doc: "cap on the memory that the streams open through the front doors may make the relay hold: each is charged its worst case while open (a full receive window and two copy buffers: 2.5 MiB over TCP, 6.5 MiB over QUIC), so that backends or agents that never read cannot exhaust the relay; a stream past the cap is refused with `unavailable`, naming the cap. A size such as `8GiB`. Default: half the memory of the machine, or of the relay's cgroup when lower",
+			set: func(o *serveOptions, v string) error {
+				n, err := cli.ParseBytes(v)
+				if err != nil {
+					return err
+				}
+				if n > 0 && n < relay.StreamMemoryWorstCase {
+					return fmt.Errorf("%s is less than one stream's worst case (%s)", v, cli.Bytes(uint64(relay.StreamMemoryWorstCase)))
+				}
+				o.relay.MaxStreamMemory = n
+				return nil
+			},
+			get: func(o *serveOptions) string {
+				if o.relay.MaxStreamMemory == 0 {
+					return ""
+				}
+				return strings.ReplaceAll(cli.Bytes(uint64(o.relay.MaxStreamMemory)), " ", "")
+			}},
 		str("download-listen", func(o *serveOptions) *string { return &c(o).DownloadListen }, relay.Off,
 			"serve --download-dir (agent binaries, install scripts) and the CA over HTTPS on this address, for the install scripts",
 			"serve `download_dir` and the CA at `/ca.der` over HTTPS with the relay's certificate, for the install scripts"),

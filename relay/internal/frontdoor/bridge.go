@@ -48,16 +48,26 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr string) (*tunnel, er
 		fd.cfg.Metrics.LimitRefusals.WithLabelValues(t.Tenant).Inc()
 		return nil, err
 	}
+	// The relay's memory cap: the stream is charged the worst case of any
+	// transport until its carrier is known (memory.go).
+	charge, err := fd.mem.charge()
+	if err != nil {
+		fd.MemoryRefusals.Add(1)
+		release()
+		return nil, err
+	}
 	start := time.Now()
 	hdr := protocol.StreamHeader{Service: t.Service, Backend: c.Identity(), RequestID: credential.NewRequestID()}
 	rt, err := fd.cfg.Router.Dial(ctx, t.Tenant, hdr)
 	if err != nil {
+		charge.release()
 		release()
 		return nil, err
 	}
+	charge.settle(rt.Stream)
 	fd.cfg.Metrics.OpenSeconds.Observe(time.Since(start).Seconds())
 	fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, protocol.CodeOK)
-	return &tunnel{Tunnel: rt, requestID: hdr.RequestID, target: t, caller: c, release: release}, nil
+	return &tunnel{Tunnel: rt, requestID: hdr.RequestID, target: t, caller: c, release: func() { release(); charge.release() }}, nil
 }
 
 // auditRefusal records a stream the relay or the agent refused.

@@ -37,6 +37,10 @@ type Config struct {
 	// MaxPendingPerAddress and MaxPendingPerNetwork bound the connections
 	// not yet authenticated from one source address and network.
 	MaxPendingPerAddress, MaxPendingPerNetwork int
+	// MaxStreamMemory caps what the open tunnels may make the relay hold
+	// at their worst case (memory.go); a stream past it is refused with
+	// unavailable. 0: no cap.
+	MaxStreamMemory int64
 	// OIDC, with an Issuer, accepts bearer tokens from that issuer;
 	// JWKSCacheFile keeps its keys across restarts.
 	OIDC          OIDCConfig
@@ -66,6 +70,7 @@ type Server struct {
 	oidc     *http.Client // fetches the issuer's keys
 	src      *throttle.Sources
 	front    *connSet // open front-door connections, closed at shutdown
+	mem      *memoryBudget
 
 	socksLn, connectLn, connectTLSLn net.Listener
 	mu                               sync.Mutex     // guards connectSrvs and stopped
@@ -77,12 +82,14 @@ type Server struct {
 	// LimitRefusals counts stream opens refused by a tenant limit;
 	// SourceLimited connections closed for the bound per source.
 	LimitRefusals, SourceLimited atomic.Int64
+	// MemoryRefusals counts stream opens refused at the stream memory cap.
+	MemoryRefusals atomic.Int64
 }
 
 // New binds the doors of cfg. Call Run, or Close if Run will not be
 // called.
 func New(cfg Config) (*Server, error) {
-	fd := &Server{cfg: cfg, log: cfg.Logger, front: newConnSet(),
+	fd := &Server{cfg: cfg, log: cfg.Logger, front: newConnSet(), mem: &memoryBudget{cap: cfg.MaxStreamMemory},
 		src: throttle.NewSources(cfg.MaxPendingPerAddress, cfg.MaxPendingPerNetwork)}
 	if cfg.OIDC.Issuer != "" {
 		fd.oidc = &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSHandshakeTimeout: keyFetchTimeout, ResponseHeaderTimeout: keyFetchTimeout}}
