@@ -164,8 +164,7 @@ func (r *Relay) assemble(ctx context.Context) error {
 	r.doors, err = frontdoor.New(frontdoor.Config{
 		SOCKSListen: on(cfg.SOCKSListen), ConnectListen: on(cfg.ConnectListen), ConnectTLSListen: on(cfg.ConnectTLSListen),
 		HandshakeTimeout: cfg.HandshakeTimeout, StreamOpenTimeout: cfg.StreamOpenTimeout, IdleTimeout: cfg.IdleTimeout,
-		MaxPendingPerAddress: cfg.MaxFrontPendingPerAddress, MaxPendingPerNetwork: cfg.MaxFrontPendingPerNetwork,
-		MaxStreamMemory: cfg.MaxStreamMemory,
+		MaxPendingPerAddress: cfg.MaxFrontPendingPerAddress, MaxPendingPerNetwork: cfg.MaxFrontPendingPerNetwork, MaxStreamMemory: cfg.MaxStreamMemory,
 		OIDC: cfg.OIDC, JWKSCacheFile: r.dir.File(datadir.JWKSCacheFile),
 		Router: r.router, Routes: r.routes, Store: r.dir.Store, Policy: r.pol, Authority: r.auth, TLS: r.tls, Audit: r.audit, Metrics: r.metrics,
 		Fatal: r.failed, Logger: cfg.Logger, Now: cfg.Now,
