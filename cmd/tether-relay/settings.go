@@ -237,6 +237,10 @@ func serveSettings() []*setting {
 			usage: "cap on what open streams may make the relay hold at worst, such as 8GiB; past it new streams are refused (default: half the memory)",
 			doc:   "cap on the memory that the streams open through the front doors may make the relay hold: each is charged its worst case while open (a full receive window and two copy buffers: 2.5 MiB over TCP, 6.5 MiB over QUIC), so that backends or agents that never read cannot exhaust the relay; a stream past the cap is refused with `unavailable`, naming the cap. A size such as `8GiB`. Default: half the memory of the machine, or of the relay's cgroup when lower",
 			set: func(o *serveOptions, v string) error {
+				if v == "" {
+					o.relay.MaxStreamMemory = 0 // the default
+					return nil
+				}
 				n, err := cli.ParseBytes(v)
 				if err != nil {
 					return err

@@ -236,3 +236,35 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+// max_stream_memory takes a size; by default it is left to the relay
+// (half the memory); less than one stream's worst case is refused.
+func TestStreamMemorySetting(t *testing.T) {
+	settings := serveSettings()
+	for _, tc := range []struct {
+		flags []string
+		want  int64
+		err   string
+	}{
+		{nil, 0, ""},
+		{[]string{"--max-stream-memory", "8GiB"}, 8 << 30, ""},
+		{[]string{"--max-stream-memory", "1MiB"}, 0, "less than one stream's worst case"},
+		{[]string{"--max-stream-memory", "lots"}, 0, "want a number of bytes"},
+	} {
+		fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+		addSettingFlags(fs, settings)
+		if err := fs.Parse(tc.flags); err != nil {
+			t.Fatal(err)
+		}
+		o, _, err := resolve(settings, fs, func(string) string { return "" }, nil, nil)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%v: got %v, want an error saying %q", tc.flags, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || o.relay.MaxStreamMemory != tc.want {
+			t.Errorf("%v: got %d, %v; want %d", tc.flags, o.relay.MaxStreamMemory, err, tc.want)
+		}
+	}
+}
