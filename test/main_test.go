@@ -26,6 +26,9 @@ func runMain(m *testing.M) int {
 	if targets := os.Getenv(forwardEnv); targets != "" {
 		return runForwarder(targets) // a forwarder process of the benchmarks
 	}
+	if role := os.Getenv("FAIRNESS_HELPER"); role != "" {
+		return runFairnessHelper(role) // a service or flood of BenchmarkTenantFlood
+	}
 	dir, err := os.MkdirTemp("", "tether-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
