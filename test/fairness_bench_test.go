@@ -37,7 +37,7 @@ func BenchmarkTenantFlood(b *testing.B) {
 	sourceAddr := fairnessHelper(b, "source", nil)
 	debug := "127.0.0.1:" + strconv.Itoa(freePort(b))
 	transport := cmp.Or(os.Getenv("FAIRNESS_TRANSPORT"), "tcp")
-	r := startRelay(b, relayOpts{transports: transport, extra: []string{"--debug-listen", debug, "--log-level", "info"}})
+	r := startRelay(b, relayOpts{extra: []string{"--debug-listen", debug, "--log-level", "info"}})
 	fmt.Fprintf(os.Stderr, "fairness: relay debug listener %s\n", debug)
 	r.addTenant(b, "a")
 	r.addTenant(b, "b")
