@@ -27,7 +27,8 @@ import (
 // ratios (flood over alone): the tunnel's ratio beside the direct one is
 // the figure of issue 21. Run it with -benchtime=1x (scripts/bench/fairness);
 // FAIRNESS_PINGS sets the round trips per phase (default 3000),
-// FAIRNESS_STREAMS the flood's streams (default 200).
+// FAIRNESS_STREAMS the flood's streams (default 200),
+// FAIRNESS_B_BANDWIDTH a bandwidth limit for tenant b (such as 50MiB).
 func BenchmarkTenantFlood(b *testing.B) {
 	pings := envInt("FAIRNESS_PINGS", 3000)
 	streams := envInt("FAIRNESS_STREAMS", 200)
@@ -41,6 +42,9 @@ func BenchmarkTenantFlood(b *testing.B) {
 	fmt.Fprintf(os.Stderr, "fairness: relay debug listener %s\n", debug)
 	r.addTenant(b, "a")
 	r.addTenant(b, "b")
+	if bw := os.Getenv("FAIRNESS_B_BANDWIDTH"); bw != "" {
+		r.admin(b, "tenant", "limits", "b", "--bandwidth", bw)
+	}
 	d := r.backend(b, "bench", "a", "b")
 	startAgent(b, r, "a", agentOpts{transport: transport, services: map[string]string{"echo": echoAddr}, extra: "connections: 1\n", logLevel: "info"})
 	startAgent(b, r, "b", agentOpts{transport: transport, services: map[string]string{"source": sourceAddr}, extra: "connections: 1\n", logLevel: "info"})
