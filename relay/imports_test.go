@@ -15,11 +15,11 @@ func TestImportRules(t *testing.T) {
 	const mod = "github.com/tetherhq/tether/relay/"
 	never := map[string][]string{
 		"internal/route":     {"internal/session", "internal/peer", "internal/frontdoor", "internal/cluster"}, // routing sees carriers
-		"internal/session":   {"internal/frontdoor", "internal/peer", "internal/enrol", "internal/update"},   // agents' side knows no front door
-		"internal/frontdoor": {"internal/session", "internal/peer", "internal/cluster"},                      // front doors reach agents through routing
-		"internal/peer":      {"internal/frontdoor", "internal/session"},                                     // a forwarded stream is neither re-authenticated nor forwarded again
-		"internal/cluster":   {"internal/route", "internal/session", "internal/peer"},                        // membership knows nothing of streams
-		"internal/store":     {"internal/"},                                                                  // the ground
+		"internal/session":   {"internal/frontdoor", "internal/peer", "internal/enrol", "internal/update"},    // agents' side knows no front door
+		"internal/frontdoor": {"internal/session", "internal/peer", "internal/cluster"},                       // front doors reach agents through routing
+		"internal/peer":      {"internal/frontdoor", "internal/session"},                                      // a forwarded stream is neither re-authenticated nor forwarded again
+		"internal/cluster":   {"internal/route", "internal/session", "internal/peer"},                         // membership knows nothing of streams
+		"internal/store":     {"internal/"},                                                                   // the ground
 	}
 	lower := []string{"internal/policy", "internal/trust", "internal/audit", "internal/throttle", "internal/credential",
 		"internal/datadir", "internal/metrics", "internal/socks5", "internal/ca", "internal/atomicfile", "internal/store"}
