@@ -60,6 +60,14 @@ func (r *Relay) assembleMember() error {
 			agentAddr = r.sessions.Addr().String()
 		}
 	}
+	if store.IsPostgres(r.cfg.Store) {
+		if r.peers == nil {
+			r.log.Warn("no peer listener: the other relays of the cluster cannot forward streams to the agents connected here (set --peer-listen)")
+		}
+		if agentAddr == "" {
+			r.log.Warn("no advertised agent address: agents of the cluster are not told of this relay and reach it only through the address they were configured with (set --advertise)")
+		}
+	}
 	r.member = cluster.New(cluster.Config{Store: r.dir.Store, ID: r.relayID, Epoch: time.Now().UnixNano(),
 		AgentAddr: agentAddr, PeerAddr: peerAddr, Version: r.cfg.Version, Started: time.Now(),
 		Heartbeat: r.cfg.ClusterHeartbeat, DeadAfter: r.cfg.ClusterDeadAfter, Load: r.load,
