@@ -172,6 +172,9 @@ func (r *Relay) assemble(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := r.doors.SetForwards(ctx, cfg.Forwards); err != nil {
+		return err
+	}
 	if cfg.MetricsListen != Off {
 		if r.opsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
 			return fmt.Errorf("metrics listener: %w", err)
@@ -236,6 +239,14 @@ func (r *Relay) ConnectAddr() net.Addr { return r.doors.ConnectAddr() }
 // ConnectTLSAddr is the address of the CONNECT front door over TLS, or nil
 // when off.
 func (r *Relay) ConnectTLSAddr() net.Addr { return r.doors.ConnectTLSAddr() }
+
+// SetForwards replaces the relay-side forwards while the relay runs (a
+// reloaded config file): new addresses listen, removed ones stop (their
+// connections go on), changed ones take their new target and backend. It
+// applies all of fwds or, on any problem, none.
+func (r *Relay) SetForwards(ctx context.Context, fwds []Forward) error {
+	return r.doors.SetForwards(ctx, fwds)
+}
 
 // AdminAddr is the admin listener's address, or nil when off.
 func (r *Relay) AdminAddr() net.Addr {
