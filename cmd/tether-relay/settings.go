@@ -380,8 +380,8 @@ func (v *flagValue) Set(s string) error {
 	v.set = true
 	return nil
 }
-func (v *flagValue) String() string     { return v.text }
-func (v *flagValue) Type() string       { return v.kind }
+func (v *flagValue) String() string { return v.text }
+func (v *flagValue) Type() string   { return v.kind }
 
 // addSettingFlags adds the flags of settings to fs, but those named in
 // skip (global flags the root has already).
