@@ -218,6 +218,26 @@ func TestHTTPProxyPlainRequests(t *testing.T) {
 		}
 	})
 
+	// Every request is authorized, kept connection or not: a grant
+	// removed refuses the next request on billing's kept connection.
+	t.Run("grant removed", func(t *testing.T) {
+		if _, seen := get(t, c, "http://api.acme.tether/still"); seen.URI != "/still" {
+			t.Fatalf("GET before the ungrant: %+v", seen)
+		}
+		r.admin(t, "backend", "ungrant", "billing", "acme/api")
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			resp, _ := get(t, c, "http://api.acme.tether/still")
+			if resp.StatusCode == http.StatusForbidden && resp.Header.Get("Tether-Error") == "not_allowed" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("GET on a kept connection 10s after the grant was removed: %s, want 403 not_allowed", resp.Status)
+			}
+			time.Sleep(100 * time.Millisecond) // bounded poll: the relay applies the change within its change poll
+		}
+	})
+
 	// An upstream connection kept idle is a stream: the relay closes it
 	// when idle long enough or when it stops, and audits it then, with
 	// the id its answers carried.
