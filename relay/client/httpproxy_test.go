@@ -11,9 +11,9 @@ import (
 
 // The relay's CONNECT door as a plain HTTP proxy, in this process: a GET
 // and a POST reach the HTTP service behind the agent, a refusal is typed
-// with its request id, and the relay stops with upstream connections
-// kept idle and the client's keep-alive connection open, leaving no
-// goroutine behind (goleak in TestMain).
+// with its request id, a service closing its connection ends the stream,
+// and the relay stops with the client's keep-alive connection open,
+// leaving no goroutine behind (goleak in TestMain).
 func TestPlainHTTPProxy(t *testing.T) {
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections) // after the relay stopped (cleanups run last first)
@@ -44,5 +44,15 @@ func TestPlainHTTPProxy(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusForbidden || resp.Header.Get("Tether-Error") != "not_allowed" || len(resp.Header.Get("Tether-Request-Id")) != 16 {
 		t.Fatalf("a service without a grant: %s %v, want 403 not_allowed with a request id", resp.Status, resp.Header)
+	}
+	// The service closes the kept connection after this one: the stream
+	// ends, and the agent, stopped first, has none to wait for.
+	resp, err = c.Get("http://" + w.web + "/bye")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /bye: %s", resp.Status)
 	}
 }

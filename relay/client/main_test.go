@@ -35,7 +35,7 @@ type world struct {
 	greeter string         // greet.acme.tether:7: says hello, half-closes, then reads to EOF
 	greeted chan string    // what the greeter read from each connection
 	denied  string         // a service of acme the backend has no grant for
-	web     string         // web.acme.tether: an HTTP server answering "web <method> <path>"
+	web     string         // web.acme.tether: an HTTP server answering "web <method> <path>", closing the connection after /bye
 	echoes  *counter       // connections the echo service accepted
 	certDir string
 }
@@ -116,6 +116,9 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	}
 	webSrv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
 		io.Copy(io.Discard, req.Body)
+		if req.URL.Path == "/bye" {
+			rw.Header().Set("Connection", "close") // ends the connection, and so its stream
+		}
 		fmt.Fprintf(rw, "web %s %s", req.Method, req.URL.Path)
 	})}
 	webDone := make(chan struct{})
