@@ -33,8 +33,8 @@ func TestPlainHTTPProxy(t *testing.T) {
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || string(b) != tc.want || len(resp.Header.Get("Tether-Request-Id")) != 16 {
-			t.Fatalf("%s: %s %q (request %q), want 200 %q with a request id", tc.method, resp.Status, b, resp.Header.Get("Tether-Request-Id"), tc.want)
+		if resp.StatusCode != http.StatusOK || string(b) != tc.want || len(resp.Header.Get("Tether-Request-Id")) != 16 || resp.Header.Get("Tether-Error") != "" {
+			t.Fatalf("%s: %s %q (request %q), want 200 %q with a request id and no Tether-Error (%q)", tc.method, resp.Status, b, resp.Header.Get("Tether-Request-Id"), tc.want, resp.Header.Get("Tether-Error"))
 		}
 	}
 	resp, err := c.Get("http://" + strings.TrimSuffix(w.denied, ":7") + "/")

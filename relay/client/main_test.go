@@ -116,6 +116,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	}
 	webSrv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
 		io.Copy(io.Discard, req.Body)
+		rw.Header().Set("Tether-Error", "not_allowed") // a service cannot pass for the relay
 		if req.URL.Path == "/bye" {
 			rw.Header().Set("Connection", "close") // ends the connection, and so its stream
 		}

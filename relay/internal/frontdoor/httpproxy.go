@@ -305,8 +305,11 @@ func (p *httpProxy) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 }
 
 // modifyResponse marks an answer with the id of the stream that carried
-// it.
+// it. Tether's headers are the relay's to send: a service's own are
+// dropped, so that it cannot pass for a refusal.
 func (p *httpProxy) modifyResponse(resp *http.Response) error {
+	resp.Header.Del(HeaderError)
+	resp.Header.Del(HeaderRequestID)
 	if r := proxyRequestOf(resp.Request.Context()); r != nil {
 		if s := r.stream.Load(); s != nil {
 			resp.Header.Set(HeaderRequestID, *s)
