@@ -195,8 +195,8 @@ func serveSettings() []*setting {
 		str("connect-tls-listen", func(o *serveOptions) *string { return &c(o).ConnectTLSListen }, relay.Off,
 			"HTTP CONNECT front door over TLS, where backends may also use client certificates",
 			"the CONNECT front door over TLS (the relay's certificate from its CA); backends may authenticate there with a client certificate too. The door to use across hosts"),
-		{name: "forward", fileKey: "forwards", kind: "forward", repeat: true, node: forwardsNode,
-			usage: "relay-side forward LISTEN=SERVICE.TENANT@BACKEND, e.g. 127.0.0.1:15432=db.acme@billing (repeatable; changes live with the config file)",
+		{name: "forward", fileKey: "forwards", kind: "LISTEN=SERVICE.TENANT@BACKEND", repeat: true, node: forwardsNode,
+			usage: "relay-side forward, e.g. 127.0.0.1:15432=db.acme@billing: connections there reach that service as that backend (repeatable; changes live with the config file)",
 			doc: "relay-side [forwards](#relay-side-forwards): listeners whose every connection becomes a stream to one tenant service, opened as one registered backend, whose grants decide at each connection. " +
 				"Flag (repeatable) and `TETHER_FORWARDS` (comma-separated): `LISTEN=SERVICE.TENANT@BACKEND`; in the file a list of `{listen, target, backend}`. " +
 				"**Anyone who can reach a forward acts as its backend** (the relay warns beyond loopback). A backend that is not registered stops the relay at start. **Live**: a changed config file adds, removes and changes forwards without a restart",
