@@ -226,6 +226,10 @@ func (r *Relay) failed(err error) {
 // TrustDomain is the SPIFFE trust domain of the relay's CA.
 func (r *Relay) TrustDomain() string { return r.auth.TrustDomain() }
 
+// RelayID is this relay's id in its cluster (Config.RelayID, or the one
+// kept in the data directory).
+func (r *Relay) RelayID() string { return r.relayID }
+
 // AgentAddr is the address agents connect to (TCP; QUIC uses the same port
 // on UDP unless disabled).
 func (r *Relay) AgentAddr() net.Addr { return r.sessions.Addr() }
