@@ -54,8 +54,13 @@ func (r *Relay) assembleMember() error {
 			peerAddr = r.peers.Addr().String()
 		}
 	}
+	// A relay on its own (SQLite) names no address to its agents unless
+	// one is advertised: they keep to the address they were configured
+	// with, which is the one that reaches it from where they run (a DNS
+	// name, through their proxy), where its listen address may not. In a
+	// cluster a listen address on a specific host is the best guess left.
 	agentAddr := r.cfg.Advertise
-	if agentAddr == "" {
+	if agentAddr == "" && store.IsPostgres(r.cfg.Store) {
 		if host, _, err := net.SplitHostPort(r.cfg.AgentListen); err == nil && !unspecifiedHost(host) {
 			agentAddr = r.sessions.Addr().String()
 		}
