@@ -104,3 +104,19 @@ func TestBytesTotalsNeverGoDown(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkBytesFlow measures what counting costs a stream besides the
+// copy loop's atomic stores (transport's BenchmarkSpliceMem …-counted):
+// opening and closing its flow, from many streams at once.
+func BenchmarkBytesFlow(b *testing.B) {
+	by := newBytes()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			f := by.Open("acme", "a1")
+			f.Counter.AToB.Store(64)
+			f.Counter.BToA.Store(64)
+			by.Close(f)
+		}
+	})
+}
