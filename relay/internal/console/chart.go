@@ -318,10 +318,11 @@ func lineChart(id, title, note string, times []time.Time, u unit, ss []series) c
 	return c
 }
 
-// barX places bar i of n: its left edge and width.
+// barX places bar i of n: its left edge and width (at most 24, so that
+// a short history does not draw one wall).
 func barX(i, n int) (x, w float64) {
 	band := float64(plotW) / float64(max(n, 1))
-	w = max(band*0.8, 1)
+	w = min(max(band*0.8, 1), 24)
 	return round1(padL + band*float64(i) + (band-w)/2), round1(w)
 }
 
