@@ -8,9 +8,9 @@
 //
 // What it keeps is bounded whatever the fleet does: series for at most
 // MaxTenants tenants and MaxAgents agents (each an array of float32 per
-// value and interval: about 17 KiB a tenant and 4 KiB an agent with the
-// defaults), at most MaxEvents events, and a series is dropped once it had
-// nothing to show for a whole window.
+// value and interval: about 20 KiB a tenant and 6 KiB an agent with the
+// defaults, 26 MiB at the very most), at most MaxEvents events, and a
+// series is dropped once it had nothing to show for a whole window.
 package history
 
 import (
