@@ -124,17 +124,17 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descAuditQueue, prometheus.GaugeValue, float64(r.audit.Queued()))
 }
 
-// build is what tether_build_info and the console's health panel say
+// buildInfo is what tether_build_info and the console's health panel say
 // about the binary.
-type build struct {
+type buildInfo struct {
 	Version, Commit, Go string
 }
 
 // readBuild is the relay's version (Config.Version, else the module's),
 // the commit the binary was built from (as go build recorded it; "unknown"
 // without version control information) and the Go version.
-func readBuild(version string) build {
-	b := build{Version: version, Go: runtime.Version()}
+func readBuild(version string) buildInfo {
+	b := buildInfo{Version: version, Go: runtime.Version()}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		if b.Version == "" || b.Version == "dev" {
 			if v := bi.Main.Version; v != "" && v != "(devel)" {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tetherhq/tether/relay/admin"
+	"github.com/tetherhq/tether/relay/internal/audit"
 	"github.com/tetherhq/tether/relay/internal/history"
 )
 
@@ -445,6 +446,12 @@ type agentView struct {
 	Audit    auditPage
 	CertRoot string
 	Charts   *chartsView
+	// Request is the request id the "find a request id" box asked for,
+	// RequestErr what is wrong with it, and RequestAudit the records of
+	// that request the operator may see.
+	Request      string
+	RequestErr   string
+	RequestAudit []audit.Record
 }
 
 func (s *Server) agentData(req *http.Request, _ Operator, a *admin.Admin, _ time.Time) (string, any, error) {
@@ -470,6 +477,17 @@ func (s *Server) agentData(req *http.Request, _ Operator, a *admin.Admin, _ time
 		// a.FleetAgent has checked that the operator sees the agent.
 		w := r.History(history.Query{Tenant: d.Tenant, Agent: d.ID, Events: dashEvents, Live: true})
 		v.Charts = &chartsView{Charts: agentCharts(w, d.ID), Events: w.Events, Untracked: w.Untracked, Interval: w.Interval}
+	}
+	// A request id a tenant quotes from this agent's access log: the
+	// relay's records of it, the refusals that never reached an agent
+	// included (within the operator's scope, as every audit query). The
+	// live refresh renders no box: it does not search again.
+	if v.Request = strings.TrimSpace(req.URL.Query().Get("request")); v.Request != "" && req.URL.Query().Get("live") != "1" {
+		if err := admin.CheckRequestID(v.Request); err != nil {
+			v.RequestErr = err.Error()
+		} else if v.RequestAudit, err = a.Audit(req.Context(), admin.AuditFilter{Request: v.Request, NewestFirst: true, Limit: dashAuditLimit}); err != nil {
+			return "", nil, err
+		}
 	}
 	return "Agent " + d.ID, v, nil
 }

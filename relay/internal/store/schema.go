@@ -231,6 +231,34 @@ CREATE TABLE ca_files (
 	updated_at BIGINT NOT NULL
 );
 `},
+	// The relays of a cluster (cluster.go): each one's heartbeat row, by
+	// the database clock, and presence rows for the agents it holds,
+	// fenced by the run epoch of the relay that wrote them.
+	{11, `
+CREATE TABLE relays (
+	id           TEXT PRIMARY KEY,
+	epoch        BIGINT NOT NULL,
+	agent_addr   TEXT NOT NULL DEFAULT '',
+	peer_addr    TEXT NOT NULL DEFAULT '',
+	version      TEXT NOT NULL DEFAULT '',
+	started_at   BIGINT NOT NULL,
+	heartbeat_ms BIGINT NOT NULL,
+	draining     INTEGER NOT NULL DEFAULT 0,
+	agents       INTEGER NOT NULL DEFAULT 0,
+	sessions     INTEGER NOT NULL DEFAULT 0,
+	streams      BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE presence (
+	relay_id TEXT NOT NULL,
+	epoch    BIGINT NOT NULL,
+	tenant   TEXT NOT NULL,
+	agent    TEXT NOT NULL,
+	sessions INTEGER NOT NULL,
+	since_ms BIGINT NOT NULL,
+	PRIMARY KEY (relay_id, epoch, agent)
+);
+CREATE INDEX presence_tenant ON presence(tenant);
+`},
 }
 
 // latestMigration is the schema version a migrated store has.
