@@ -28,6 +28,7 @@ import (
 	"github.com/tetherhq/tether/relay/internal/datadir"
 	"github.com/tetherhq/tether/relay/internal/enrol"
 	"github.com/tetherhq/tether/relay/internal/frontdoor"
+	"github.com/tetherhq/tether/relay/internal/history"
 	"github.com/tetherhq/tether/relay/internal/metrics"
 	"github.com/tetherhq/tether/relay/internal/peer"
 	"github.com/tetherhq/tether/relay/internal/policy"
@@ -64,6 +65,7 @@ type Relay struct {
 	rollouts  *update.Rollouts
 	doors     *frontdoor.Server
 	console   *console.Server   // admin API and dashboard, or nil when off
+	history   *history.Recorder // the last hour, for the dashboard's charts (consoleview.go)
 	downloads *update.Downloads // install scripts and agent binaries, or nil when off
 	opsLn     net.Listener      // /metrics, /healthz, /readyz, or nil when off
 	debugLn   net.Listener      // pprof and /debug/tether, or nil when off
@@ -181,9 +183,10 @@ func (r *Relay) assemble(ctx context.Context) error {
 		}
 	}
 	if cfg.AdminListen != Off {
+		r.history = history.New(history.Config{Read: r.historyReading, Now: cfg.Now})
 		r.console, err = console.New(console.Config{Listen: cfg.AdminListen, CertFile: cfg.AdminCertFile, KeyFile: cfg.AdminKeyFile,
 			SessionTTL: cfg.AdminSessionTTL, HandshakeTimeout: cfg.HandshakeTimeout, SSO: cfg.AdminSSO, AuthRefusals: r.metrics.AuthRefusals,
-			Logger: cfg.Logger, Now: cfg.Now}, r.adm, r.tls)
+			Relay: consoleView{r}, Logger: cfg.Logger, Now: cfg.Now}, r.adm, r.tls)
 		if err != nil {
 			return err
 		}
@@ -359,6 +362,7 @@ func (r *Relay) run(ctx context.Context) error {
 				r.failed(err)
 			}
 		})
+		wg.Go(func() { r.history.Run(partsCtx) })
 	}
 	var debugSrv *http.Server
 	if r.debugLn != nil {

@@ -45,7 +45,7 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr, requestID string) (
 	release, err := fd.cfg.Policy.AdmitStream(t.Tenant, c.name)
 	if err != nil {
 		fd.LimitRefusals.Add(1)
-		fd.cfg.Metrics.LimitRefusals.WithLabelValues(t.Tenant).Inc()
+		fd.cfg.Metrics.LimitRefusals.WithLabelValues(t.Tenant, c.name).Inc()
 		return nil, err
 	}
 	start := time.Now()
@@ -55,8 +55,8 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr, requestID string) (
 		release()
 		return nil, err
 	}
-	fd.cfg.Metrics.OpenSeconds.Observe(time.Since(start).Seconds())
-	fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, protocol.CodeOK)
+	fd.cfg.Metrics.OpenDuration.Observe(time.Since(start).Seconds())
+	fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, c.name, protocol.CodeOK)
 	return &tunnel{Tunnel: rt, requestID: hdr.RequestID, target: t, caller: c, release: release}, nil
 }
 
@@ -72,7 +72,7 @@ func (fd *Server) auditRefusal(door, remote, requestID string, c *caller, addr s
 		rec.Tenant = t.Tenant
 		rec.Detail["service"] = t.Service
 	}
-	fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, protocol.CodeOf(err))
+	fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, c.name, protocol.CodeOf(err))
 	fd.cfg.Audit.Add(rec)
 }
 
@@ -83,7 +83,7 @@ func (fd *Server) auditUnauthenticated(door, remote, requestID, claimed string, 
 	if len(claimed) > 255 {
 		claimed = claimed[:255]
 	}
-	fd.cfg.Metrics.StreamOpened("", "", protocol.CodeOf(err))
+	fd.cfg.Metrics.StreamOpened("", "", "", protocol.CodeOf(err))
 	fd.cfg.Audit.Add(audit.Record{Kind: audit.Stream, Outcome: protocol.CodeOf(err).String(), Actor: "unauthenticated",
 		Detail: map[string]any{"door": door, "remote": remote, "request": requestID, "claimed_backend": claimed, "error": err.Error()}})
 }
@@ -102,13 +102,14 @@ func doorOf(attrs []any) string {
 
 // bridge copies between a front-door connection and a tunnel until both
 // directions end, then releases the tunnel. attrs, the door's log
-// attributes, carry the request id.
+// attributes, carry the request id. The bytes are counted as they move
+// (metrics.Bytes), not only when the stream ends.
 func (fd *Server) bridge(front transport.Stream, t *tunnel, attrs []any) {
-	res, err := transport.Splice(front, t.Stream, fd.cfg.IdleTimeout)
+	flow := fd.cfg.Metrics.Bytes.Open(t.target.Tenant, t.Agent)
+	res, err := transport.SpliceCounting(front, t.Stream, fd.cfg.IdleTimeout, &flow.Counter)
+	fd.cfg.Metrics.Bytes.Close(flow)
 	t.End()
 	t.release()
-	fd.cfg.Metrics.StreamBytes.WithLabelValues(t.target.Tenant, "to_service").Add(float64(res.AToB))
-	fd.cfg.Metrics.StreamBytes.WithLabelValues(t.target.Tenant, "from_service").Add(float64(res.BToA))
 	outcome := audit.OutcomeOK
 	if errors.Is(err, transport.ErrIdle) {
 		outcome = "idle_timeout"

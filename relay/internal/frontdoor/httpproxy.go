@@ -16,6 +16,7 @@ import (
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/metrics"
 	"github.com/tetherhq/tether/relay/internal/route"
 )
 
@@ -292,10 +293,11 @@ func (p *httpProxy) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 		fd.auditRefusal(r.door, r.remote, r.id, r.who, r.addr, err)
 		return nil, err
 	}
-	c := &proxyConn{tun: tun, p: p, door: r.door}
+	c := &proxyConn{tun: tun, p: p, door: r.door, flow: fd.cfg.Metrics.Bytes.Open(tun.target.Tenant, tun.Agent)}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
+		fd.cfg.Metrics.Bytes.Close(c.flow)
 		tun.abandon()
 		return nil, protocol.Errorf(protocol.CodeUnavailable, "the relay is shutting down")
 	}
@@ -366,26 +368,25 @@ func (p *httpProxy) close() {
 }
 
 // proxyConn is an upstream connection: a tunnel stream as a net.Conn for
-// net/http. Closing it ends the stream, which is then counted and
-// audited like any other.
+// net/http. Its bytes are counted as they move (flow); closing it ends
+// the stream, which is then audited like any other.
 type proxyConn struct {
-	tun         *tunnel
-	p           *httpProxy
-	door        string
-	toService   atomic.Int64
-	fromService atomic.Int64
-	closeOnce   sync.Once
+	tun       *tunnel
+	p         *httpProxy
+	door      string
+	flow      *metrics.Flow // a to b: to the service
+	closeOnce sync.Once
 }
 
 func (c *proxyConn) Read(b []byte) (int, error) {
 	n, err := c.tun.Stream.Read(b)
-	c.fromService.Add(int64(n))
+	c.flow.Counter.BToA.Add(int64(n))
 	return n, err
 }
 
 func (c *proxyConn) Write(b []byte) (int, error) {
 	n, err := c.tun.Stream.Write(b)
-	c.toService.Add(int64(n))
+	c.flow.Counter.AToB.Add(int64(n))
 	return n, err
 }
 
@@ -401,9 +402,8 @@ func (c *proxyConn) Close() error {
 		delete(p.conns, c)
 		p.mu.Unlock()
 		fd, t := p.fd, c.tun
-		to, from := c.toService.Load(), c.fromService.Load()
-		fd.cfg.Metrics.StreamBytes.WithLabelValues(t.target.Tenant, "to_service").Add(float64(to))
-		fd.cfg.Metrics.StreamBytes.WithLabelValues(t.target.Tenant, "from_service").Add(float64(from))
+		fd.cfg.Metrics.Bytes.Close(c.flow)
+		to, from := c.flow.Counter.AToB.Load(), c.flow.Counter.BToA.Load()
 		detail := map[string]any{"service": t.target.Service, "request": t.requestID, "bytes_to_service": to, "bytes_from_service": from,
 			"duration_ms": time.Since(t.Opened).Milliseconds(), "door": c.door, "auth": t.caller.via}
 		attrs := []any{"door", c.door, "request", t.requestID, "backend", t.caller.name, "tenant", t.target.Tenant, "service", t.target.Service, "agent", t.Agent}
