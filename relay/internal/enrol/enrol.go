@@ -109,9 +109,12 @@ func (e *Enrol) Serve(ctx context.Context, tc *tls.Conn) {
 		return
 	}
 	resp, tok, err := e.enroll(ctx, req, tc.RemoteAddr())
-	if reason, counts, summed := summedEnrolment(err); summed {
-		e.refusedEnrolment(tc, remote, req, reason, counts, err)
-		return
+	if reason, counts, ok := unauthenticatedEnrolment(err); ok {
+		var summed bool
+		if summed, err = e.refusedEnrolment(remote, req, reason, counts, err); summed {
+			protocol.WriteMessage(tc, protocol.RejectFor(err))
+			return
+		}
 	}
 	rec := audit.Record{Kind: audit.Enrol, Outcome: audit.OutcomeOK, Tenant: tok.Tenant, Actor: "agent",
 		Detail: map[string]any{"remote": remote, "hostname": truncate(req.Hostname, 255), "os": truncate(req.OS, 32), "arch": truncate(req.Arch, 32), "agent_version": truncate(req.AgentVersion, 64)}}
@@ -226,18 +229,26 @@ func (e *Enrol) enrolmentLimits(ctx context.Context, tenant string, remote net.A
 	return nil
 }
 
-// refusedEnrolment answers and sums an enrolment refused before a token
-// was accepted (summedEnrolment), counting it against its source and the
-// token id it claims (limits.go).
-func (e *Enrol) refusedEnrolment(tc *tls.Conn, remote string, req *protocol.EnrollRequest, reason string, counts bool, err error) {
+// refusedEnrolment counts an enrolment refused before a token was
+// accepted (unauthenticatedEnrolment) against its source and the token id
+// it claims, and returns whether it was summed and the refusal to answer
+// (err, or rate_limited): a source's first refusals (as many as its
+// failures may be) are left to be audited one by one, with why; the rest,
+// and every rate_limited one, are logged at debug level and summed in
+// auth.refused records (limits.go).
+func (e *Enrol) refusedEnrolment(remote string, req *protocol.EnrollRequest, reason string, counts bool, err error) (bool, error) {
 	src, id := throttle.Source(remote), ""
 	if tok, perr := protocol.ParseJoinToken(req.Token); perr == nil {
 		id = tok.IDString()
 	}
 	reason, err = e.limits.refusedEnrolment(src, id, reason, counts, err)
-	e.logRefusal(src, "enrolment refused", "remote", remote, "hostname", protocol.Clip(req.Hostname, 255), "token", id, "err", err)
+	if !errors.Is(err, protocol.ErrRateLimited) && e.limits.logs.Take(src) == 0 {
+		e.limits.tally.Count(doorEnrol, reason)
+		return false, err
+	}
+	e.cfg.Logger.Debug("enrolment refused", "remote", remote, "hostname", protocol.Clip(req.Hostname, 255), "token", id, "err", err)
 	e.limits.tally.Add(doorEnrol, src, reason, id)
-	protocol.WriteMessage(tc, protocol.RejectFor(err))
+	return true, err
 }
 
 // logRefusal logs a refusal at warning level for the first refusals of

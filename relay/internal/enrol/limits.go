@@ -11,18 +11,20 @@ import (
 	"github.com/tetherhq/tether/relay/internal/throttle"
 )
 
-// Enrolment with a wrong join token is throttled and audited in summed
-// form, as failed authentication is at the other doors (throttle): per
-// source (throttle.Source of the connection's address) and per token id
-// claimed. Every token is checked first: a valid one is never counted and
-// never refused for a throttled source or id. A wrong token once its
-// source or id has spent its burst is refused rate_limited instead of
-// invalid_token. Refusals before a token was accepted (a wrong token,
-// a malformed request) are counted in tether_auth_refusals_total{door=
-// "enrol"} and summed in auth.refused records, at most two per source and
-// reason per interval; refusals of a valid token (expired, used up, the
-// tenant's limits) are audited one by one as before, since only the
-// token's holder can cause them.
+// Enrolment with a wrong join token is throttled as failed
+// authentication is at the other doors (throttle): per source
+// (throttle.Source of the connection's address) and per token id claimed.
+// Every token is checked first: a valid one is never counted and never
+// refused for a throttled source or id. A wrong token once its source or
+// id has spent its burst is refused rate_limited instead of
+// invalid_token. Refusals before a token was accepted (a wrong token, a
+// malformed request) are counted in tether_auth_refusals_total{door=
+// "enrol"}; a source's first ones (as many as its failures may be: 10,
+// then one every 5 s) are audited one by one with why (agent.enrol), the
+// rest summed in auth.refused records, at most two per source and reason
+// per interval. Refusals of a valid token (expired, used up, the tenant's
+// limits) are audited one by one as before, since only the token's holder
+// can cause them.
 //
 // Renewals are limited per agent: one is due once the agent's newest
 // certificate is past half its life (agents renew at two thirds, counted
@@ -119,10 +121,11 @@ func newLimits(cfg Config) *limits {
 	}
 }
 
-// summedEnrolment classifies a refused enrolment: the reason it is summed
-// under and whether it counts against its source and token id, or ok
-// false for a refusal of a valid token, audited on its own.
-func summedEnrolment(err error) (reason string, counts, ok bool) {
+// unauthenticatedEnrolment classifies an enrolment refused before a
+// token was accepted: the reason it is counted under and whether it
+// counts against its source and token id; ok is false for any other
+// outcome (a refusal of a valid token is audited on its own).
+func unauthenticatedEnrolment(err error) (reason string, counts, ok bool) {
 	switch protocol.CodeOf(err) {
 	case protocol.CodeInvalidToken:
 		return reasonBadToken, true, true

@@ -14,7 +14,7 @@ import (
 
 // Failed authentication at the front doors (SOCKS5, CONNECT and CONNECT
 // over TLS, which share the backends' credentials and so one guard) is
-// throttled and audited in summed form (throttle), as at the console:
+// throttled, as at the console (throttle):
 // per source (throttle.Source of the connection's address) and per
 // identity claimed (the backend name given with an API key, or the SPIFFE
 // ID of a client certificate). Every credential is checked first: a
@@ -26,10 +26,11 @@ import (
 // cannot say why, the reply 0x01) instead of unauthenticated. Requests
 // without any credential are not counted (a client may try without
 // first, as curl does until it is asked). Every refusal is counted in
-// tether_auth_refusals_total and summed in audit records (audit.AuthRefused):
-// at most two per door, source and reason per interval; the log has the
-// first refusals of each source, then one every few seconds at info
-// level, the rest at debug level.
+// tether_auth_refusals_total. A source's first refusals are logged and
+// audited one by one with why, as many as its failures may be (10, then
+// one every 5 s); beyond that, refusals are summed in audit records
+// (audit.AuthRefused), at most two per door, source and reason per
+// interval, so that a flood writes a bounded number of records.
 
 // Reasons of refused front-door authentication, as counted and audited
 // (the console's vocabulary where it applies).
@@ -161,34 +162,31 @@ func (g *authGuard) refused(remote, reason, identity string, err error) error {
 }
 
 // refusedAuth logs and audits the refusal of a front-door connection's
-// credential (err, from refused) at door: logged at info level for the
-// first refusals of each source and then one every few seconds, at debug
-// level for the rest; every one counted and summed (auditUnauthenticated).
+// credential (err, from refused) at door. A source's first refusals (as
+// many as its failures may be: 10, then one every 5 s) are logged at info
+// level and audited one by one, with why (auditUnauthenticated); the rest,
+// and every rate_limited one, are logged at debug level and summed per
+// door, source and reason in auth.refused records. Every refusal is
+// counted in tether_auth_refusals_total.
 func (fd *Server) refusedAuth(ctx context.Context, door, remote, claimed string, err error, attrs []any) {
-	level := slog.LevelDebug
-	if fd.guard.logs.Take(throttle.Source(remote)) == 0 {
-		level = slog.LevelInfo
-	}
-	fd.log.Log(ctx, level, "refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
-	fd.auditUnauthenticated(door, remote, claimed, err)
-}
-
-// auditUnauthenticated counts a front-door connection whose credentials
-// were refused and sums it into the audit trail's auth.refused records
-// (by door, source and reason), so that a flood of refused attempts
-// writes a bounded number of records. The name it claimed is kept among
-// the summary's identities, apart from Backend, which only ever holds an
-// authenticated identity.
-func (fd *Server) auditUnauthenticated(door, remote, claimed string, err error) {
+	src := throttle.Source(remote)
 	reason, identity := protocol.CodeOf(err).String(), protocol.Clip(claimed, 255)
 	var ar *authRefusal
 	if errors.As(err, &ar) {
 		reason, identity = ar.reason, ar.identity
 	}
+	attrs = with(attrs, "code", protocol.CodeOf(err).String(), "err", err)
+	if !errors.Is(err, protocol.ErrRateLimited) && fd.guard.logs.Take(src) == 0 {
+		fd.log.Info("refused", attrs...)
+		fd.guard.tally.Count(door, reason)
+		fd.auditUnauthenticated(door, remote, claimed, err)
+		return
+	}
+	fd.log.Log(ctx, slog.LevelDebug, "refused", attrs...)
 	if fd.cfg.Metrics != nil {
 		fd.cfg.Metrics.StreamOpened("", "", protocol.CodeOf(err))
 	}
-	fd.guard.tally.Add(door, throttle.Source(remote), reason, identity)
+	fd.guard.tally.Add(door, src, reason, identity)
 }
 
 // run writes the tally's sums and tidies the limiters every interval

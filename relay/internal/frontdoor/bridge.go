@@ -76,6 +76,18 @@ func (fd *Server) auditRefusal(door, remote string, c *caller, addr string, err 
 	fd.cfg.Audit.Add(rec)
 }
 
+// auditUnauthenticated records a front-door connection whose credentials
+// were refused. The name it claimed is kept apart from Backend, which only
+// ever holds an authenticated identity.
+func (fd *Server) auditUnauthenticated(door, remote, claimed string, err error) {
+	if len(claimed) > 255 {
+		claimed = claimed[:255]
+	}
+	fd.cfg.Metrics.StreamOpened("", "", protocol.CodeOf(err))
+	fd.cfg.Audit.Add(audit.Record{Kind: audit.Stream, Outcome: protocol.CodeOf(err).String(), Actor: "unauthenticated",
+		Detail: map[string]any{"door": door, "remote": remote, "claimed_backend": claimed, "error": err.Error()}})
+}
+
 // doorOf finds the front door's name in a stream's log attributes.
 func doorOf(attrs []any) string {
 	for i := 0; i+1 < len(attrs); i += 2 {
