@@ -6,6 +6,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -58,6 +59,7 @@ type Agent struct {
 	refused    atomic.Pointer[RefusedError] // set when Run stops after a final refusal (refused.go)
 	rep        *reporter                    // bytes, dial failures and change notices for reports (report.go)
 	slots      slotTracker                  // what each connection slot is doing, for the status listener (status.go)
+	view       *relayView                   // the cluster's relays and what each slot holds (cluster.go)
 	alog       *accesslog.Log               // the access log; nil when disabled (accesslog.go)
 }
 
@@ -103,6 +105,7 @@ func New(cfg Config) (*Agent, error) {
 		renewNow: make(chan renewRequest, 1),
 		rep:      newReporter(),
 	}
+	a.view = newRelayView(st.Tenant+"/"+st.AgentID, cfg.Reconnect, a.log, a.rep.change)
 	a.cert.Store(&st.Cert)
 	a.certAt.Store(time.Now().UnixNano())
 	a.roots.Store(st.Roots)
@@ -185,8 +188,9 @@ func (a *Agent) setLive(s *session, live bool) {
 // ID returns the agent's id and tenant.
 func (a *Agent) ID() (agentID, tenant string) { return a.state.AgentID, a.state.Tenant }
 
-// Run keeps cfg.Connections connections to the relays until ctx is
-// cancelled. On cancellation each session tells the relay it is going away,
+// Run keeps cfg.RelayConnections connections to relays until ctx is
+// cancelled, each to a different relay of the cluster where the relays
+// send its list (cluster.go). On cancellation each session tells the relay it is going away,
 // waits up to DrainTimeout for its streams, and closes. Run returns only
 // after every goroutine it started has exited; it returns nil after a
 // cancellation. The access log is written from start to finish: its
@@ -203,7 +207,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return e
 	}
 	a.log.Info("agent starting", "version", a.cfg.Version, "relays", a.cfg.Relays, "transport", a.cfg.Transport,
-		"connections", a.cfg.Connections, "services", len(*a.services.Load()), "cert_not_after", a.NotAfter().Format(time.RFC3339))
+		"relay_connections", a.cfg.RelayConnections, "services", len(*a.services.Load()), "cert_not_after", a.NotAfter().Format(time.RFC3339))
 	a.logEgress()
 	if a.cfg.Transport != TransportTCP {
 		a.logUDPBuffers()
@@ -239,7 +243,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	refused := a.refusedBy(stop)
-	for i := 0; i < a.cfg.Connections; i++ {
+	for i := 0; i < a.cfg.RelayConnections; i++ {
 		wg.Go(func() { a.runSlot(ctx, i, &wg, refused) })
 	}
 	wg.Go(func() { a.renewLoop(ctx) })
@@ -260,21 +264,47 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // runSlot keeps one connection up: connect, serve until the session ends,
-// back off, repeat. A slot starts on relay i (mod the number of relays) and
-// moves to the next relay after a failure. Sessions that drain after a
-// relay's GoAway finish on wg while the slot reconnects. A refusal that no
-// retry can fix (finalRefusal) goes to refused, which stops the agent, and
-// ends the slot.
+// back off, repeat. Where it connects is the relay view's choice (a relay
+// of the cluster's list no other slot holds: cluster.go); without a list,
+// a slot starts on configured relay i (mod their number) and moves to the
+// next after a failure. Sessions that drain after a relay's GoAway, or
+// that the slot left for another relay, finish on wg while the slot goes
+// on. A refusal that no retry can fix (finalRefusal) goes to refused,
+// which stops the agent, and ends the slot.
 func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup, refused func(error)) {
-	relayIdx := slot
+	v := a.view
+	defer v.release(slot)
+	cfgIdx := slot
 	failures := 0
 	busy := 0 // refusals for being busy in a row
 	log := a.log.With("slot", slot)
+	// hold, when not nil, keeps a session whose relay is leaving open
+	// until this slot holds a connection elsewhere.
+	var hold chan struct{}
+	releaseHold := func() {
+		if hold != nil {
+			close(hold)
+			hold = nil
+		}
+	}
+	defer releaseHold()
+	if slot > 0 && len(a.cfg.Relays) == 1 {
+		// One configured address, likely a name shared by the relays of
+		// a cluster: the first connection's relay may send the list, and
+		// then this slot goes to another relay of it at once rather than
+		// land, perhaps, on the same one.
+		v.waitReady(ctx, firstWait)
+	}
 	for ctx.Err() == nil {
-		relay := a.cfg.Relays[relayIdx%len(a.cfg.Relays)]
-		a.slots.set(slot, relay, StateConnecting, nil, nil)
-		s, err := a.connect(ctx, relay, log)
+		tgt, listed := v.pick(slot)
+		if !listed {
+			tgt = target{addr: a.cfg.Relays[cfgIdx%len(a.cfg.Relays)]}
+			v.claim(slot, tgt)
+		}
+		a.slots.set(slot, tgt.addr, StateConnecting, nil, nil)
+		s, err := a.connect(ctx, tgt.addr, log)
 		if err != nil {
+			v.failed(slot, tgt)
 			if ctx.Err() != nil {
 				return
 			}
@@ -282,7 +312,9 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup, refus
 				refused(err)
 				return
 			}
-			relayIdx++
+			if !listed {
+				cfgIdx++
+			}
 			var d time.Duration
 			if isRelayBusy(err) {
 				// The relay turned this handshake away at its door
@@ -308,19 +340,22 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup, refus
 				// operator fixes the relay side.
 				d = a.cfg.Reconnect.Max/2 + rand.N(a.cfg.Reconnect.Max/2+1)
 			}
-			logConnectError(log, relay, err, d)
-			a.slots.set(slot, relay, StateRetrying, nil, err)
+			logConnectError(log, tgt.addr, err, d)
+			a.slots.set(slot, tgt.addr, StateRetrying, nil, err)
 			if !sleep(ctx, d) {
 				return
 			}
 			continue
 		}
 		busy = 0
+		s.relayID = cmp.Or(s.relayID, tgt.id)
+		v.connected(slot, s, s.sendsList())
+		releaseHold()
 		for s != nil {
 			started := time.Now()
 			a.slots.set(slot, s.relay, StateConnected, s, nil)
 			a.setLive(s, true)
-			why := s.serve(ctx)
+			why := a.serveSlot(ctx, slot, s)
 			a.setLive(s, false)
 			if time.Since(started) > 30*time.Second {
 				failures = 0
@@ -331,40 +366,135 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup, refus
 				// the TCP one tells the relay it is going away and drains.
 				old := s
 				s = old.next
-				if err := old.send(&protocol.GoAway{Reason: "upgrade", Message: "moving to QUIC"}); err != nil {
+				s.relayID = cmp.Or(s.relayID, old.relayID)
+				if err := old.send(&protocol.GoAway{Reason: protocol.GoAwayUpgrade, Message: "moving to QUIC"}); err != nil {
 					old.log.Debug("send goaway", "err", err)
 				}
 				until := time.Now().Add(a.cfg.DrainTimeout)
-				wg.Go(func() { old.drainAndClose(ctx, until) })
+				wg.Go(func() { old.drainAndClose(ctx, until, nil) })
+				v.connected(slot, s, s.sendsList())
 				s.log.Info("connected to relay", "transport_why", s.why, "relay_version", s.welcome.RelayVersion)
+			case endMove:
+				// This slot holds a connection to another relay now (the
+				// old one drains, has left the list, or another slot is on
+				// it): new streams go there; the old session tells its
+				// relay it is going away and keeps the streams in flight
+				// until they end — until the relay's drain deadline if it
+				// drains, at most an hour.
+				old := s
+				s = old.next
+				if err := old.send(&protocol.GoAway{Reason: protocol.GoAwayMoving, Message: "this agent holds a connection to another relay of the cluster now"}); err != nil {
+					old.log.Debug("send goaway", "err", err)
+				}
+				until := time.Now().Add(protocol.MaxGoAwayDrain)
+				wg.Go(func() { old.drainAndClose(ctx, until, nil) })
+				v.connected(slot, s, s.sendsList())
+				old.log.Info("left this relay for another; its streams in flight finish here", "to", s.relay, "to_relay_id", s.relayID, "streams", old.open.Load())
 			case endGoAway:
 				// The relay asked us to leave: in-flight streams finish on
 				// the old session — until the relay's drain deadline when
 				// its GoAway gave one — while we connect again at once
 				// (after a small jitter, so a fleet does not reconnect in
-				// lockstep).
+				// lockstep). A relay that is leaving the cluster is
+				// passed over, and its session stays open until this slot
+				// holds a connection elsewhere.
 				old := s
 				until := old.drainDeadline()
-				wg.Go(func() { old.drainAndClose(ctx, until) })
+				var h chan struct{}
+				if old.goawayReason == protocol.GoAwayLeaving {
+					v.leavingRelay(old.relayID, until)
+					releaseHold()
+					hold = make(chan struct{})
+					h = hold
+				}
+				wg.Go(func() { old.drainAndClose(ctx, until, h) })
+				v.release(slot)
 				s = nil
 				if !sleep(ctx, rand.N(500*time.Millisecond)) {
 					return
 				}
 			case endShutdown:
-				s.drainAndClose(ctx, time.Now().Add(a.cfg.DrainTimeout))
+				s.drainAndClose(ctx, time.Now().Add(a.cfg.DrainTimeout), nil)
 				return
 			default:
 				s.close()
+				v.failed(slot, target{id: s.relayID, addr: s.relay})
 				failures++
 				d := a.cfg.Reconnect.delay(failures - 1)
-				log.Warn("connection to relay lost; reconnecting", "relay", relay, "transport", s.transport, "reason", s.endErr(), "retry_in", d.Round(time.Millisecond))
-				a.slots.set(slot, relay, StateRetrying, nil, s.endErr())
+				log.Warn("connection to relay lost; reconnecting", "relay", s.relay, "relay_id", s.relayID, "transport", s.transport, "reason", s.endErr(), "retry_in", d.Round(time.Millisecond))
+				a.slots.set(slot, s.relay, StateRetrying, nil, s.endErr())
 				if !sleep(ctx, d) {
 					return
 				}
 				s = nil
 			}
 		}
+	}
+}
+
+// serveSlot serves s for slot and, meanwhile, watches whether the slot
+// should move to another relay of the cluster (moveWatch).
+func (a *Agent) serveSlot(ctx context.Context, slot int, s *session) endReason {
+	mctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { a.moveWatch(mctx, slot, s) })
+	why := s.serve(ctx)
+	stop()
+	wg.Wait()
+	return why
+}
+
+// moveWatch moves slot, connected through s, to another relay when the
+// relay view says it should (its relay drains or left the list, or it
+// shares its relay with a lower slot while another relay has none of the
+// agent's connections): it connects to the new relay first and then hands
+// the new session to s.serve, which ends with endMove. It returns when
+// ctx is done or the move is handed over.
+func (a *Agent) moveWatch(ctx context.Context, slot int, s *session) {
+	v := a.view
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	for {
+		changed := v.changes()
+		tgt, why, at, ok := v.moveTarget(slot)
+		if ok {
+			s.log.Info("moving this connection to another relay", "why", why, "to", tgt.addr, "to_relay_id", tgt.id)
+			ns, err := a.connect(ctx, tgt.addr, s.baseLog)
+			if err == nil {
+				ns.relayID = cmp.Or(ns.relayID, tgt.id)
+				if ns.relayID == s.relayID {
+					err = fmt.Errorf("the address %s of relay %s leads to relay %s, where this connection is already", tgt.addr, tgt.id, ns.relayID)
+					ns.close()
+				}
+			}
+			if err != nil {
+				v.moveDone(slot, tgt, true)
+				if ctx.Err() != nil {
+					return
+				}
+				s.log.Warn("cannot move this connection to another relay; staying", "to", tgt.addr, "err", err)
+				continue
+			}
+			select {
+			case s.moveTo <- ns:
+				return // runSlot records the move
+			case <-ctx.Done():
+				ns.close()
+				v.moveDone(slot, tgt, false)
+				return
+			}
+		}
+		if !at.IsZero() {
+			retry.Reset(time.Until(at))
+		}
+		select {
+		case <-changed:
+		case <-retry.C:
+		case <-ctx.Done():
+			return
+		}
+		retry.Stop()
 	}
 }
 

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,9 @@ import (
 	"github.com/tetherhq/tether/protocol/identity"
 )
 
+// MaxRelayConnections bounds Config.RelayConnections.
+const MaxRelayConnections = 16
+
 // Transport modes.
 const (
 	TransportAuto = "auto" // QUIC first, TLS over TCP when UDP is blocked
@@ -29,8 +33,12 @@ const (
 // Config configures an agent. It is usually loaded from a YAML file with
 // LoadConfig; every field has a default except StateDir and Services.
 type Config struct {
-	// Relays are the relay addresses (host:port) to connect to. Default: the
-	// relay the agent enrolled with.
+	// Relays are the relay addresses (host:port) to connect to: one DNS
+	// name that leads to any relay of a cluster (a load balancer) or the
+	// relays' own addresses. Default: the relay the agent enrolled with.
+	// Once a relay has sent the cluster's list, the agent dials the
+	// relays' own addresses from it, and these only when no listed relay
+	// answers.
 	Relays []string `yaml:"relays"`
 	// StateDir holds the agent's key, certificate and pinned CA (written by
 	// enrolment). Required.
@@ -50,8 +58,14 @@ type Config struct {
 	// NO_PROXY (or no_proxy) from the environment. Loopback relays never
 	// use the proxy.
 	NoProxy string `yaml:"no_proxy"`
-	// Connections is how many connections the agent keeps to its relays,
-	// spread over them round-robin. Default 2.
+	// RelayConnections is how many connections the agent keeps, 1 to 16
+	// (default 2). When the relays send the cluster's list, each goes to
+	// a different relay (two to one relay only while the cluster has
+	// fewer live relays than connections); otherwise they are spread
+	// over Relays round-robin, so with one relay address all go to it.
+	RelayConnections int `yaml:"relay_connections"`
+	// Connections is the former name of RelayConnections, still
+	// accepted with the same meaning; setting both is an error.
 	Connections int `yaml:"connections"`
 	// Services maps a service name to the address the agent dials for it.
 	// Only these can ever be reached through the agent: an empty map
@@ -250,9 +264,7 @@ func (c *Config) setDefaults() {
 	if c.Transport == "" {
 		c.Transport = TransportAuto
 	}
-	if c.Connections == 0 {
-		c.Connections = 2
-	}
+	c.RelayConnections = cmp.Or(c.RelayConnections, c.Connections, 2)
 	defd(&c.DialTimeout, 10*time.Second)
 	defd(&c.IdleTimeout, time.Hour)
 	defd(&c.QUICTimeout, 3*time.Second)
@@ -295,8 +307,14 @@ func (c *Config) Validate() error {
 			add("proxy: QUIC is unavailable through an HTTP proxy (a proxy carries TCP only): use transport auto or tcp with a proxy, or proxy: direct")
 		}
 	}
-	if c.Connections < 0 || c.Connections > 16 {
-		add("connections %d: want 1 to 16", c.Connections)
+	if c.RelayConnections < 0 || c.RelayConnections > MaxRelayConnections {
+		add("relay_connections %d: want 1 to %d", c.RelayConnections, MaxRelayConnections)
+	}
+	if c.Connections < 0 || c.Connections > MaxRelayConnections {
+		add("connections %d: want 1 to %d", c.Connections, MaxRelayConnections)
+	}
+	if c.Connections != 0 && c.RelayConnections != 0 {
+		add("connections and relay_connections are one setting (connections is its former name): set relay_connections only")
 	}
 	if c.DebugListen != "" {
 		if err := checkLoopback(c.DebugListen); err != nil {

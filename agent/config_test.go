@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -48,6 +49,64 @@ func TestServiceBackendsRefused(t *testing.T) {
 		_, err := ParseConfig([]byte(cfg))
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: got %v, want an error containing %q", cfg, err, want)
+		}
+	}
+}
+
+// relay_connections is the number of connection slots; connections, its
+// former name, means the same; both at once is an error.
+func TestRelayConnections(t *testing.T) {
+	for _, tc := range []struct {
+		yaml    string
+		want    int
+		wantErr string
+	}{
+		{"", 2, ""},
+		{"relay_connections: 3\n", 3, ""},
+		{"connections: 1\n", 1, ""},
+		{"relay_connections: 16\n", 16, ""},
+		{"relay_connections: 17\n", 0, "relay_connections 17: want 1 to 16"},
+		{"relay_connections: -1\n", 0, "relay_connections -1: want 1 to 16"},
+		{"connections: 17\n", 0, "connections 17: want 1 to 16"},
+		{"connections: 2\nrelay_connections: 2\n", 0, "set relay_connections only"},
+	} {
+		c, err := ParseConfig([]byte("state_dir: /x\n" + tc.yaml))
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%q: got %v, want an error containing %q", tc.yaml, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tc.yaml, err)
+			continue
+		}
+		c.setDefaults()
+		if c.RelayConnections != tc.want {
+			t.Errorf("%q: got %d connection slots, want %d", tc.yaml, c.RelayConnections, tc.want)
+		}
+	}
+}
+
+// A changed number of connections, under either name, is named among the
+// settings that need a restart; the same number under the other name is
+// no change.
+func TestRelayConnectionsNeedRestart(t *testing.T) {
+	a := &Agent{cfg: Config{StateDir: "/x", Connections: 2}}
+	a.cfg.setDefaults()
+	for _, tc := range []struct {
+		cfg  Config
+		want bool
+	}{
+		{Config{StateDir: "/x"}, false},
+		{Config{StateDir: "/x", RelayConnections: 2}, false},
+		{Config{StateDir: "/x", Connections: 2}, false},
+		{Config{StateDir: "/x", RelayConnections: 3}, true},
+		{Config{StateDir: "/x", Connections: 1}, true},
+	} {
+		got := slices.Contains(a.needsRestart(tc.cfg), "relay_connections")
+		if got != tc.want {
+			t.Errorf("%+v: relay_connections needs a restart: %v, want %v", tc.cfg, got, tc.want)
 		}
 	}
 }

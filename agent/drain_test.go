@@ -99,7 +99,7 @@ func TestDrainAndCloseDeadlines(t *testing.T) {
 		s, _ := testSession(t, a)
 		s.open.Add(1) // a stream in flight that does not end
 		start := time.Now()
-		s.drainAndClose(context.Background(), start.Add(1500*time.Millisecond))
+		s.drainAndClose(context.Background(), start.Add(1500*time.Millisecond), nil)
 		if el := time.Since(start); el < 1500*time.Millisecond || el > 5*time.Second {
 			t.Fatalf("closed after %v, want at the relay's deadline, 1.5s", el)
 		}
@@ -110,7 +110,7 @@ func TestDrainAndCloseDeadlines(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		start := time.Now()
 		time.AfterFunc(200*time.Millisecond, cancel)
-		s.drainAndClose(ctx, start.Add(time.Hour))
+		s.drainAndClose(ctx, start.Add(time.Hour), nil)
 		if el := time.Since(start); el < 500*time.Millisecond || el > 5*time.Second {
 			t.Fatalf("closed after %v, want the stop (0.2s) plus the agent's drain timeout (0.3s)", el)
 		}
@@ -123,7 +123,7 @@ func TestDrainAndCloseDeadlines(t *testing.T) {
 			s.open.Add(-1)
 			s.streamDone <- struct{}{}
 		})
-		s.drainAndClose(context.Background(), start.Add(time.Hour))
+		s.drainAndClose(context.Background(), start.Add(time.Hour), nil)
 		if el := time.Since(start); el > 5*time.Second {
 			t.Fatalf("closed after %v, want as soon as the last stream ended", el)
 		}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -167,8 +168,8 @@ func (a *Agent) needsRestart(c Config) []string {
 	if c.Transport != "" && c.Transport != cur.Transport {
 		out = append(out, "transport")
 	}
-	if c.Connections != 0 && c.Connections != cur.Connections {
-		out = append(out, "connections")
+	if k := cmp.Or(c.RelayConnections, c.Connections); k != 0 && k != cur.RelayConnections {
+		out = append(out, "relay_connections")
 	}
 	if c.StateDir != cur.StateDir {
 		out = append(out, "state_dir")

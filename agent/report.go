@@ -158,6 +158,7 @@ func (a *Agent) Report() *protocol.Report {
 		ConfigError:    clipText(a.ConfigError()),
 		AccessLogError: clipText(a.accessLogError()),
 		Services:       slices.Sorted(maps.Keys(svcs)),
+		Relays:         a.slots.held(),
 	}
 	a.rep.fill(m)
 	return m

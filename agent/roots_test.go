@@ -62,6 +62,12 @@ func (r testRoot) issue(t *testing.T, id identity.Agent, key *ecdsa.PrivateKey) 
 // issuer, and returns the agent loaded from it.
 func enrolled(t *testing.T, issuer testRoot, roots ...testRoot) *Agent {
 	t.Helper()
+	return enrolledWith(t, Config{Services: map[string]Service{}, Logger: slog.New(slog.DiscardHandler)}, issuer, roots...)
+}
+
+// enrolledWith is enrolled with cfg (its state directory is set here).
+func enrolledWith(t *testing.T, cfg Config, issuer testRoot, roots ...testRoot) *Agent {
+	t.Helper()
 	dir := t.TempDir()
 	id := identity.Agent{TrustDomain: "tether.internal", Tenant: "acme", ID: "a1"}
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -74,7 +80,8 @@ func enrolled(t *testing.T, issuer testRoot, roots ...testRoot) *Agent {
 	if err := s.save(pemBlock("PRIVATE KEY", kder), pemBlock("CERTIFICATE", issuer.issue(t, id, key).Raw), rootsPEM(certs)); err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(Config{StateDir: dir, Services: map[string]Service{}, Logger: slog.New(slog.DiscardHandler)})
+	cfg.StateDir = dir
+	a, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

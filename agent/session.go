@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,11 +45,15 @@ const (
 
 // session is one live connection to a relay.
 type session struct {
-	a         *Agent
-	t         transport.Session
-	ctl       transport.Stream
-	br        *bufio.Reader
-	relay     string
+	a     *Agent
+	t     transport.Session
+	ctl   transport.Stream
+	br    *bufio.Reader
+	relay string // the address dialled
+	// relayID is the relay's id from its Welcome, or the id of the listed
+	// relay dialled when the Welcome gives none; empty for a relay that
+	// says nothing of its cluster.
+	relayID   string
 	transport string
 	why       string // why this transport was used
 	welcome   protocol.Welcome
@@ -60,7 +65,8 @@ type session struct {
 
 	quicProbeAt time.Time        // non-zero on a TCP fallback: when to try QUIC again
 	probed      chan probeResult // outcome of a QUIC probe
-	next        *session         // the QUIC session replacing this one (endUpgrade)
+	next        *session         // the session replacing this one (endUpgrade, endMove)
+	moveTo      chan *session    // a session to another relay that replaces this one (endMove)
 
 	ctlMu sync.Mutex // serialises writes to ctl
 
@@ -74,6 +80,9 @@ type session struct {
 
 	goaway     chan struct{} // closed when the relay sends GoAway
 	goawayOnce sync.Once
+	// goawayReason is the reason of the relay's GoAway, set before goaway
+	// is closed.
+	goawayReason string
 	// drainUntil is when the relay's GoAway said it closes the streams in flight.
 	drainUntil atomic.Pointer[time.Time]
 	readDone   chan struct{} // closed when the control reader exits
@@ -100,6 +109,7 @@ const (
 	endGoAway                    // the relay asked the agent to go away
 	endShutdown                  // the agent is stopping
 	endUpgrade                   // a QUIC session (s.next) replaces this TCP fallback
+	endMove                      // a session to another relay (s.next) replaces this one
 )
 
 // connect dials relay with the configured transport (falling back from
@@ -115,9 +125,14 @@ func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*s
 		err       error
 		probeAt   time.Time // when a TCP fallback session tries QUIC again
 	)
-	proxy := a.egress.forRelay(relay) // New refused transport quic with a proxy
+	proxy := a.egress.forRelay(relay)
 	switch a.cfg.Transport {
 	case TransportQUIC:
+		if proxy != nil {
+			// A relay of the cluster's list (New refuses transport quic
+			// when a configured relay is behind the proxy).
+			return nil, fmt.Errorf("dial %s over quic: the relay is reached through the HTTP proxy %s and QUIC is unavailable through an HTTP proxy: use transport auto or tcp, or exempt it with no_proxy", relay, proxy.Redacted())
+		}
 		name, why = TransportQUIC, "configured"
 		ts, err = a.dialQUIC(ctx, relay, tlsConf)
 	case TransportTCP:
@@ -205,6 +220,7 @@ func (a *Agent) newSession(ts transport.Session, relay, name, why string, log *s
 		probed: make(chan probeResult, 1), renewed: make(chan *protocol.RenewResponse, 1),
 		rttKnown: make(chan struct{}, 1),
 	}
+	s.moveTo = make(chan *session)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.log = log.With("relay", relay, "transport", name)
 	return s
@@ -289,7 +305,7 @@ func (s *session) hello(ctx context.Context) error {
 	s.br = bufio.NewReader(ctl)
 	ctl.SetDeadline(time.Now().Add(helloTimeout))
 	host, _ := os.Hostname()
-	caps, bootID := []string{protocol.CapHeartbeat, protocol.CapGoAway, protocol.CapUpdate}, s.a.bootID
+	caps, bootID := []string{protocol.CapHeartbeat, protocol.CapGoAway, protocol.CapUpdate, protocol.CapRelays}, s.a.bootID
 	if s.a.cfg.UpdateTrial != "" {
 		// A trial must not push the running agent's sessions out.
 		caps, bootID = append(caps, protocol.CapUpdateTrial), ""
@@ -317,10 +333,24 @@ func (s *session) hello(ctx context.Context) error {
 	ctl.SetDeadline(time.Time{})
 	s.lastHeard.Store(time.Now().UnixNano())
 	s.log = s.log.With("session", s.welcome.SessionID)
+	if id := s.welcome.RelayID; id != "" {
+		if err := protocol.ValidateRelayID(id); err != nil {
+			s.log.Warn("the relay's id in its welcome is not valid: ignored", "err", err)
+		} else {
+			s.relayID = id
+			s.log = s.log.With("relay_id", id)
+		}
+	}
 	if s.a.upd != nil {
 		s.a.upd.sessionUp()
 	}
 	return nil
+}
+
+// sendsList reports whether the relay said, in its Welcome, that it sends
+// the cluster's relay list.
+func (s *session) sendsList() bool {
+	return slices.Contains(s.welcome.Capabilities, protocol.CapRelays)
 }
 
 func (s *session) send(m protocol.Message) error {
@@ -469,6 +499,9 @@ func (s *session) serve(ctx context.Context) endReason {
 			return endShutdown
 		case <-s.goaway:
 			return endGoAway
+		case ns := <-s.moveTo:
+			s.next = ns
+			return endMove
 		case <-s.t.Done():
 			s.setEnd(errors.New("session closed"))
 			return endLost
@@ -521,8 +554,21 @@ func (s *session) ping(now time.Time) {
 
 func (s *session) readLoop() {
 	defer close(s.readDone)
+	bad := 0
 	for {
 		m, err := protocol.ReadMessage(s.br)
+		if errors.Is(err, protocol.ErrBadRequest) {
+			// A whole message that does not decode (or breaks its
+			// rules, as a relay list too long): skipped, the next one
+			// is read. The first of a session is a warning.
+			s.lastHeard.Store(time.Now().UnixNano())
+			level := slog.LevelDebug
+			if bad++; bad == 1 {
+				level = slog.LevelWarn
+			}
+			s.log.Log(context.Background(), level, "the relay sent a message this agent cannot read: ignored", "err", err)
+			continue
+		}
 		if err != nil {
 			if !transport.IsClosedErr(err) {
 				s.setEnd(fmt.Errorf("control stream: %w", s.explain(err)))
@@ -555,7 +601,12 @@ func (s *session) readLoop() {
 				attrs = append(attrs, "relay_drain", d)
 			}
 			s.log.Info("relay asked this agent to reconnect", attrs...)
-			s.goawayOnce.Do(func() { close(s.goaway) })
+			s.goawayOnce.Do(func() {
+				s.goawayReason = m.Reason
+				close(s.goaway)
+			})
+		case *protocol.Relays:
+			s.a.view.setList(s, m.Relays)
 		case *protocol.RenewNow:
 			s.log.Info("relay asks for an early certificate renewal", "ca_root", m.Root, "spread_ms", m.SpreadMillis)
 			s.a.requestRenewal(m)
@@ -606,22 +657,41 @@ func (s *session) acceptLoop() {
 // at the latest, then closes the session and waits for all its goroutines.
 // When ctx is done first (the agent is stopping), it waits no longer than
 // the agent's drain timeout from then: a relay's longer drain does not
-// hold up the agent's exit.
-func (s *session) drainAndClose(ctx context.Context, until time.Time) {
+// hold up the agent's exit. When the relay sends a GoAway meanwhile with
+// an earlier deadline, that deadline applies. A non-nil hold keeps the
+// session open, streams or not, until it is closed (the slot holds a
+// connection elsewhere), the session ends, or the agent stops.
+func (s *session) drainAndClose(ctx context.Context, until time.Time, hold <-chan struct{}) {
 	t := time.NewTimer(time.Until(until))
 	defer t.Stop()
-	stopping := ctx.Done()
-	for s.open.Load() > 0 {
+	stopping, goaway := ctx.Done(), s.goaway
+	var ended <-chan struct{}
+	if hold != nil {
+		ended = s.t.Done()
+	}
+	for hold != nil || s.open.Load() > 0 {
 		select {
+		case <-hold:
+			hold, ended = nil, nil
+		case <-ended:
+			hold, ended = nil, nil
 		case <-s.streamDone:
+		case <-goaway:
+			goaway = nil
+			if d := s.drainUntil.Load(); d != nil && d.Before(until) {
+				until = *d
+				t.Reset(time.Until(until))
+			}
 		case <-stopping:
-			stopping = nil
+			stopping, hold, ended = nil, nil, nil
 			if own := time.Now().Add(s.a.cfg.DrainTimeout); own.Before(until) {
 				until = own
 				t.Reset(time.Until(until))
 			}
 		case <-t.C:
-			s.log.Warn("drain timeout: closing streams still open", "open", s.open.Load())
+			if n := s.open.Load(); n > 0 {
+				s.log.Warn("drain timeout: closing streams still open", "open", n)
+			}
 			s.close()
 			return
 		}
@@ -648,6 +718,7 @@ func (s *session) drainDeadline() time.Time {
 // service connections are closed too so that no stream handler can wait
 // on a service that never closes its side, whatever the transport.
 func (s *session) close() {
+	s.a.view.dropList(s)
 	s.cancel()
 	s.t.Close()
 	s.closeServices()

@@ -24,6 +24,10 @@ type Status struct {
 	AccessLog string `json:"access_log,omitempty"`
 	protocol.Report
 	Sessions []SessionStatus `json:"sessions"`
+	// Cluster is the relay list the relays sent (protocol.Relays), as
+	// this agent ranks it: the relay its next connection would prefer
+	// first. Empty when no relay sent one.
+	Cluster []protocol.RelayInfo `json:"cluster,omitempty"`
 }
 
 // Connection slot states.
@@ -37,8 +41,12 @@ const (
 // its session when connected.
 type SessionStatus struct {
 	Slot  int    `json:"slot"`
-	Relay string `json:"relay"`
-	State string `json:"state"`
+	Relay string `json:"relay"` // the address dialled
+	// RelayID is the id of the relay the slot is connected to (from its
+	// Welcome, or the listed relay dialled); empty when the relay gave
+	// none.
+	RelayID string `json:"relay_id,omitempty"`
+	State   string `json:"state"`
 	// Since is when the slot entered State (for a connected slot: when
 	// its session started).
 	Since        time.Time `json:"since"`
@@ -84,6 +92,17 @@ func (t *slotTracker) set(slot int, relay, state string, s *session, err error) 
 	}
 }
 
+// held lists the relays of the connected slots, in slot order.
+func (t *slotTracker) held() []protocol.HeldRelay {
+	var out []protocol.HeldRelay
+	for _, ss := range t.snapshot() {
+		if ss.State == StateConnected {
+			out = append(out, protocol.HeldRelay{ID: ss.RelayID, Addr: ss.Relay})
+		}
+	}
+	return out
+}
+
 func (t *slotTracker) snapshot() []SessionStatus {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -92,6 +111,7 @@ func (t *slotTracker) snapshot() []SessionStatus {
 		ss := SessionStatus{Slot: n, Relay: st.relay, State: st.state, Since: st.since.UTC(), LastError: st.lastErr}
 		if s := st.s; s != nil {
 			ss.SessionID, ss.Transport, ss.TransportWhy = s.welcome.SessionID, s.transport, s.why
+			ss.RelayID = s.relayID
 			ss.RTTMicros = s.rtt.Load() / int64(time.Microsecond)
 		}
 		out = append(out, ss)
@@ -102,7 +122,7 @@ func (t *slotTracker) snapshot() []SessionStatus {
 
 // Status returns the agent's status as the status listener serves it.
 func (a *Agent) Status() Status {
-	st := Status{AgentID: a.state.AgentID, Tenant: a.state.Tenant, Report: *a.Report(), Sessions: a.slots.snapshot()}
+	st := Status{AgentID: a.state.AgentID, Tenant: a.state.Tenant, Report: *a.Report(), Sessions: a.slots.snapshot(), Cluster: a.view.cluster()}
 	if a.alog != nil {
 		st.AccessLog = a.alog.Path()
 	}

@@ -33,6 +33,7 @@ const (
 	TypeUpdateOffer    MessageType = 13 // see update.go
 	TypeUpdateFetch    MessageType = 14
 	TypeUpdateStatus   MessageType = 15
+	TypeRelays         MessageType = 16 // see relays.go
 )
 
 // Message is one control or enrolment message.
@@ -75,6 +76,11 @@ type Welcome struct {
 	SessionID       string   `json:"session_id"`
 	HeartbeatMillis int64    `json:"heartbeat_ms"`
 	Capabilities    []string `json:"capabilities,omitempty"`
+	// RelayID is the id of the relay that answered, as in the Relays
+	// list (CapRelays): the agent learns which relay of the cluster it
+	// reached through a shared name. Optional: relays that are not part
+	// of a cluster may leave it out.
+	RelayID string `json:"relay_id,omitempty"`
 }
 
 // Reject refuses a Hello or an enrolment; the sender closes afterwards.
@@ -112,7 +118,7 @@ type Pong struct {
 // GoAway tells the peer that this session takes no new streams: streams in
 // flight finish, and the agent should connect again (possibly elsewhere).
 type GoAway struct {
-	Reason  string `json:"reason"` // "shutdown", "drain", …
+	Reason  string `json:"reason"` // one of the GoAway… reasons; others are taken as GoAwayShutdown
 	Message string `json:"message,omitempty"`
 	// DrainMillis is how long, from the sending of this GoAway, the sender
 	// keeps the session's streams in flight open before it closes them (a
@@ -121,6 +127,32 @@ type GoAway struct {
 	// say, and the receiver drains by its own timeout. See DrainTimeout.
 	DrainMillis int64 `json:"drain_ms,omitempty"`
 }
+
+// GoAway reasons.
+const (
+	// GoAwayShutdown: the sender is stopping (a relay: it closes the
+	// session after DrainMillis; an agent: it is stopping).
+	GoAwayShutdown = "shutdown"
+	// GoAwayDrain (relay): an operator asked this agent's sessions to
+	// reconnect.
+	GoAwayDrain = "drain"
+	// GoAwayLeaving (relay): this relay is leaving its cluster (it drains
+	// to stop or upgrade) and wants the agent to hold its connections on
+	// other relays. An agent that knows the reason first connects to
+	// another relay of the cluster's list — never this one — and closes
+	// this session only once that connection is up (or at DrainMillis);
+	// streams in flight finish here meanwhile, until DrainMillis. Agents
+	// that do not know the reason take it as GoAwayShutdown.
+	GoAwayLeaving = "leaving"
+	// GoAwayUpgrade (agent): this TCP fallback session is replaced by a
+	// QUIC session to the same relay.
+	GoAwayUpgrade = "upgrade"
+	// GoAwayMoving (agent): the agent holds a new connection to another
+	// relay of the cluster and leaves this one (this relay drains, has
+	// left the list, or the agent had two connections to it while
+	// another relay had none); streams in flight finish here.
+	GoAwayMoving = "moving"
+)
 
 // MaxGoAwayDrain bounds the drain a GoAway can ask for: a receiver holds
 // a session open no longer than this whatever the message says, so a
@@ -247,6 +279,20 @@ type Report struct {
 	// it can, or when the agent keeps none. Optional: a relay that does
 	// not know it ignores it.
 	AccessLogError string `json:"access_log_error,omitempty"`
+	// Relays are the relays the agent holds a connection to now, one per
+	// connection slot that is connected (at most 16), in slot order.
+	// Optional: a relay that does not know it ignores it.
+	Relays []HeldRelay `json:"relays,omitempty"`
+}
+
+// HeldRelay is one of an agent's connections in a Report.
+type HeldRelay struct {
+	// ID is the relay's id from its Welcome; empty when it sent none.
+	ID string `json:"id,omitempty"`
+	// Addr is the address the agent dialled: the relay's advertised
+	// address, or a configured one (possibly a name shared by several
+	// relays).
+	Addr string `json:"addr"`
 }
 
 // DialFailuresTotal is the sum of DialFailures over every service.
@@ -277,6 +323,7 @@ func (*RenewRequest) Type() MessageType   { return TypeRenewRequest }
 func (*RenewResponse) Type() MessageType  { return TypeRenewResponse }
 func (*RenewNow) Type() MessageType       { return TypeRenewNow }
 func (*Report) Type() MessageType         { return TypeReport }
+func (*Relays) Type() MessageType         { return TypeRelays }
 func (u *Unknown) Type() MessageType      { return u.MessageType }
 
 func newMessage(t MessageType) Message {
@@ -311,8 +358,17 @@ func newMessage(t MessageType) Message {
 		return new(UpdateFetch)
 	case TypeUpdateStatus:
 		return new(UpdateStatus)
+	case TypeRelays:
+		return new(Relays)
 	}
 	return nil
+}
+
+// validator is a message with rules beyond its JSON shape (Relays):
+// AppendMessage refuses to encode one that breaks them and DecodeMessage
+// to decode it.
+type validator interface {
+	Validate() error
 }
 
 // AppendMessage appends the framed encoding of m to b.
@@ -321,6 +377,11 @@ func AppendMessage(b []byte, m Message) ([]byte, error) {
 	if u, ok := m.(*Unknown); ok {
 		payload = u.Payload
 	} else {
+		if v, ok := m.(validator); ok {
+			if err := v.Validate(); err != nil {
+				return b, fmt.Errorf("encode message %d: %w", m.Type(), err)
+			}
+		}
 		var err error
 		if payload, err = json.Marshal(m); err != nil {
 			return b, fmt.Errorf("encode message %d: %w", m.Type(), err)
@@ -350,7 +411,10 @@ func WriteMessage(w io.Writer, m Message) error {
 var ErrMessageTooLarge = errors.New("message too large")
 
 // ReadMessage reads one framed message. A message of an unknown type comes
-// back as *Unknown. io.EOF is returned only at a clean frame boundary.
+// back as *Unknown. io.EOF is returned only at a clean frame boundary. An
+// error that matches ErrBadRequest is a frame read whole whose payload
+// does not decode or breaks the message's rules: r is at the next frame,
+// so a receiver may skip the message and read on.
 func ReadMessage(r *bufio.Reader) (Message, error) {
 	tb, err := r.ReadByte()
 	if err != nil {
@@ -378,6 +442,11 @@ func DecodeMessage(t MessageType, payload []byte) (Message, error) {
 	}
 	if err := json.Unmarshal(payload, m); err != nil {
 		return nil, Errorf(CodeBadRequest, "decode message type %d: %v", t, err)
+	}
+	if v, ok := m.(validator); ok {
+		if err := v.Validate(); err != nil {
+			return nil, Errorf(CodeBadRequest, "decode message type %d: %v", t, err)
+		}
 	}
 	return m, nil
 }

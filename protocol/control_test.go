@@ -36,6 +36,17 @@ func sampleMessages() []struct {
 			ProtocolVersion: 1, RelayVersion: "v1.0.0", AgentID: "a1", Tenant: "acme",
 			SessionID: "s-9", HeartbeatMillis: 15000, Capabilities: []string{protocol.CapGoAway},
 		}},
+		{"welcome from a relay of a cluster", &protocol.Welcome{
+			ProtocolVersion: 1, RelayVersion: "v1.1.0", AgentID: "a1", Tenant: "acme",
+			SessionID: "s-10", HeartbeatMillis: 15000, Capabilities: []string{protocol.CapGoAway, protocol.CapRelays}, RelayID: "relay-2",
+		}},
+		{"relays", &protocol.Relays{Relays: protocol.RelayList{
+			{ID: "relay-1", Addr: "10.0.0.1:7443"},
+			{ID: "relay-2", Addr: "relay-2.example.com:443", Draining: true},
+			{ID: "r3", Addr: "[2001:db8::3]:7443"},
+		}}},
+		{"relays, empty", &protocol.Relays{Relays: protocol.RelayList{}}},
+		{"goaway leaving", &protocol.GoAway{Reason: protocol.GoAwayLeaving, Message: "relay-2 is leaving the cluster", DrainMillis: 60000}},
 		{"reject", &protocol.Reject{Code: protocol.CodeUnknownAgent.String(), Message: "revoked"}},
 		{"ping", &protocol.Ping{Seq: 1<<64 - 1}},
 		{"pong", &protocol.Pong{Seq: 42}},
@@ -58,6 +69,8 @@ func sampleMessages() []struct {
 		{"report", &protocol.Report{AgentVersion: "1.2.3", OS: "linux", Arch: "arm64", Hostname: "gw", StartedAt: 1800000000000, Transport: "tcp", TransportWhy: "configured", RTTMicros: 900,
 			StreamsOpen: 1, StreamsTotal: 7, BytesIn: 1 << 40, BytesOut: 3, DialFailures: map[string]uint64{"db": 2}, LastDialError: "refused", CertNotAfter: 1800086400000,
 			ConfigHash: "ab", ConfigError: "line 1", Services: []string{"api", "db"}}},
+		{"report with relays", &protocol.Report{AgentVersion: "1.3.0", OS: "linux", Arch: "amd64", StartedAt: 1800000000000, Transport: "quic",
+			Relays: []protocol.HeldRelay{{ID: "relay-1", Addr: "relays.example.com:7443"}, {ID: "relay-3", Addr: "10.0.0.3:7443"}, {Addr: "old-relay:7443"}}}},
 		{"unicode strings", &protocol.GoAway{Reason: "shutdown", Message: "日本 🙂 <&> \"quoted\" \\ \u2028"}},
 		{"unknown type", &protocol.Unknown{MessageType: 200, Payload: []byte("not even JSON \x00\xff")}},
 		{"unknown type, empty payload", &protocol.Unknown{MessageType: 0, Payload: []byte{}}},
@@ -339,6 +352,11 @@ func TestMessageTypes(t *testing.T) {
 		{&protocol.RenewRequest{}, 9},
 		{&protocol.RenewResponse{}, 10},
 		{&protocol.RenewNow{}, 11},
+		{&protocol.Report{}, 12},
+		{&protocol.UpdateOffer{}, 13},
+		{&protocol.UpdateFetch{}, 14},
+		{&protocol.UpdateStatus{}, 15},
+		{&protocol.Relays{}, 16},
 		{&protocol.Unknown{MessageType: 42}, 42},
 	}
 	for _, tc := range tests {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/console"
@@ -32,6 +33,33 @@ type Config struct {
 	// same on every relay of the cluster. Unused with SQLite.
 	CAKEK []byte
 
+	// RelayID names this relay in its cluster (a DNS label, unique among
+	// the relays sharing the store). Default: the one kept in DataDir,
+	// made from the host name at the first start.
+	RelayID string
+	// Advertise is the address (host:port of the agent port) at which
+	// agents reach this relay on its own, sent to the agents of a cluster
+	// so that they keep their connections on distinct relays. Default: the
+	// agent listener's address when it names a host; with none (":7443"),
+	// agents are not told of this relay and reach it through the address
+	// they were configured with only.
+	Advertise string
+	// PeerListen is the relay-to-relay listener, where the other relays
+	// of a cluster forward streams for the agents connected here (mutual
+	// TLS with relay certificates from the cluster's CA). Default "off":
+	// this relay forwards to others but takes no forwarded streams.
+	PeerListen string
+	// AdvertisePeer is the address peers reach PeerListen at. Default:
+	// PeerListen's address when it names a host.
+	AdvertisePeer string
+	// ClusterHeartbeat is how often the relay writes its row in the
+	// store and reads the other relays'; ClusterDeadAfter how long after
+	// its last heartbeat a relay stops counting; StaleAfter how long a
+	// relay on a PostgreSQL store may go without confirming it is current
+	// (its heartbeat written and the change feed read) before it refuses
+	// new streams with unavailable. Defaults 2s, 10s, 15s.
+	ClusterHeartbeat, ClusterDeadAfter, StaleAfter time.Duration
+
 	// AgentListen is where agents connect, on the same port number for UDP
 	// (QUIC) and TCP (TLS+yamux, and enrolment). Default ":7443".
 	AgentListen string
@@ -55,6 +83,13 @@ type Config struct {
 	// OIDC, when its Issuer is set, lets backends authenticate at the
 	// CONNECT front doors with a bearer token from that issuer.
 	OIDC OIDCConfig
+
+	// Forwards are relay-side forwards: listeners whose every connection
+	// becomes a stream to one tenant service, opened as one registered
+	// backend (its grants decide at each connection). Anyone who can
+	// reach a forward acts as its backend. Default none; Relay.SetForwards
+	// changes them while the relay runs.
+	Forwards []Forward
 
 	// MetricsListen serves Prometheus /metrics, /healthz and /readyz.
 	// Default "off". They carry tenant names: keep it off public networks.
@@ -164,6 +199,13 @@ type Config struct {
 	Now func() time.Time
 }
 
+// Forward is a relay-side forward (Config.Forwards).
+type Forward = frontdoor.Forward
+
+// ParseForward parses LISTEN=SERVICE.TENANT@BACKEND, such as
+// "10.1.0.5:15432=db.acme@billing".
+func ParseForward(s string) (Forward, error) { return frontdoor.ParseForward(s) }
+
 // OIDCConfig configures bearer tokens at the CONNECT front doors.
 type OIDCConfig = frontdoor.OIDCConfig
 
@@ -188,6 +230,10 @@ func (c *Config) setDefaults() {
 	def(&c.SOCKSListen, "127.0.0.1:1080")
 	def(&c.ConnectListen, "127.0.0.1:3128")
 	def(&c.DebugListen, Off)
+	def(&c.PeerListen, Off)
+	defd(&c.ClusterHeartbeat, 2*time.Second)
+	defd(&c.ClusterDeadAfter, 10*time.Second)
+	defd(&c.StaleAfter, 15*time.Second)
 	def(&c.ConnectTLSListen, Off)
 	def(&c.MetricsListen, Off)
 	def(&c.AdminListen, Off)
@@ -240,7 +286,7 @@ func (c *Config) validate() error {
 	if c.DisableQUIC && c.DisableTCP {
 		errs = append(errs, errors.New("both agent transports are disabled"))
 	}
-	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen, "CONNECT TLS listen": c.ConnectTLSListen, "metrics listen": c.MetricsListen, "debug listen": c.DebugListen, "admin listen": c.AdminListen, "download listen": c.DownloadListen} {
+	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen, "CONNECT TLS listen": c.ConnectTLSListen, "metrics listen": c.MetricsListen, "debug listen": c.DebugListen, "admin listen": c.AdminListen, "download listen": c.DownloadListen, "peer listen": c.PeerListen} {
 		if addr == Off && name != "agent listen" {
 			continue
 		}
@@ -248,8 +294,32 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("%s address %q: %w", name, addr, err))
 		}
 	}
+	for name, addr := range map[string]string{"advertise": c.Advertise, "advertise peer": c.AdvertisePeer} {
+		if addr == "" {
+			continue
+		}
+		if err := checkAdvertised(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s address %q: %w", name, addr, err))
+		}
+	}
+	if c.AdvertisePeer != "" && c.PeerListen == Off {
+		errs = append(errs, errors.New("an advertised peer address without a peer listener"))
+	}
+	if c.PeerListen != Off && c.AdvertisePeer == "" {
+		if host, _, err := net.SplitHostPort(c.PeerListen); err == nil && unspecifiedHost(host) {
+			errs = append(errs, fmt.Errorf("peer listen address %q binds every address: give the address peers reach it at (advertise peer)", c.PeerListen))
+		}
+	}
+	if c.ClusterDeadAfter > 0 && c.ClusterHeartbeat >= c.ClusterDeadAfter/2 {
+		errs = append(errs, fmt.Errorf("cluster heartbeat %v must be well under the time after which a relay counts as dead (%v)", c.ClusterHeartbeat, c.ClusterDeadAfter))
+	}
 	if err := c.OIDC.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	for _, f := range c.Forwards {
+		if err := f.Check(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := c.AdminSSO.Validate(); err != nil {
 		errs = append(errs, err)
@@ -278,6 +348,7 @@ func (c *Config) validate() error {
 		"stream open timeout": c.StreamOpenTimeout, "idle timeout": c.IdleTimeout,
 		"handshake timeout": c.HandshakeTimeout, "drain timeout": c.DrainTimeout, "reconnect grace": c.ReconnectGrace,
 		"change poll": c.ChangePoll, "admin session lifetime": c.AdminSessionTTL,
+		"cluster heartbeat": c.ClusterHeartbeat, "cluster dead after": c.ClusterDeadAfter, "stale after": c.StaleAfter,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative (got %v)", name, d))
@@ -287,4 +358,29 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("agent certificate lifetime %v is shorter than 30s", c.AgentCertLifetime))
 	}
 	return errors.Join(errs...)
+}
+
+// checkAdvertised checks an address given to others: host:port with a
+// host that names one machine and a port that is not 0.
+func checkAdvertised(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if unspecifiedHost(host) {
+		return errors.New("name a host others can reach, not every address")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q: want 1 to 65535", port)
+	}
+	return nil
+}
+
+// unspecifiedHost reports a listen host that binds every address.
+func unspecifiedHost(host string) bool {
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
 }

@@ -31,8 +31,11 @@ func (r *Relay) follow(ctx context.Context, from int64) {
 		Poll:   r.cfg.ChangePoll,
 		Apply:  r.apply,
 		Resync: r.resync,
-		Read:   func(began time.Time) { r.metrics.StoreOp("change_feed", began) },
-		Error:  func(err error) { r.log.Warn("read the change feed", "err", err) },
+		Read: func(began time.Time) {
+			r.feedReadAt.Store(began.UnixNano())
+			r.metrics.StoreOp("change_feed", began)
+		},
+		Error: func(err error) { r.log.Warn("read the change feed", "err", err) },
 	})
 }
 
@@ -49,13 +52,22 @@ func (r *Relay) apply(ctx context.Context, c store.Change) {
 		r.rotation.Apply(ctx)
 	case store.ChangeRollout:
 		r.rollouts.Wake()
+	case store.ChangeDrain:
+		// An operator drained the agent through another relay or an
+		// admin command; sessions this relay's admin API drained already
+		// are not told twice.
+		if n := r.sessions.Sessions().GoAway(&r.bg, c.Tenant, c.Subject, protocol.GoAwayDrain, "drained by an operator", 0); n > 0 {
+			r.log.Info("agent drained by an operator", "tenant", c.Tenant, "agent", c.Subject, "sessions", n)
+		}
 	}
 }
 
-// resync reads again everything the feed would have told: changes were
-// pruned before this relay read them.
+// resync reads again everything the feed would have told: when changes
+// were pruned before this relay read them, and when the store's change
+// notices were interrupted (PostgreSQL restarted, or the network to it
+// failed).
 func (r *Relay) resync(ctx context.Context) {
-	r.log.Warn("the change feed moved on while this relay was not reading it; reading its state again")
+	r.log.Warn("reading the relay's state from the store again (its change feed was pruned past this relay's position, or its change notices were interrupted)")
 	r.loadLimits(ctx)
 	r.doors.ForgetAll()
 	r.rotation.Apply(ctx)

@@ -23,11 +23,13 @@ import (
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/cluster"
 	"github.com/tetherhq/tether/relay/internal/console"
 	"github.com/tetherhq/tether/relay/internal/datadir"
 	"github.com/tetherhq/tether/relay/internal/enrol"
 	"github.com/tetherhq/tether/relay/internal/frontdoor"
 	"github.com/tetherhq/tether/relay/internal/metrics"
+	"github.com/tetherhq/tether/relay/internal/peer"
 	"github.com/tetherhq/tether/relay/internal/policy"
 	"github.com/tetherhq/tether/relay/internal/route"
 	"github.com/tetherhq/tether/relay/internal/session"
@@ -48,6 +50,12 @@ type Relay struct {
 	pol     *policy.Policy
 	adm     *admin.Admin // operator actions, for the admin API
 
+	relayID string           // this relay's id in its cluster
+	member  *cluster.Cluster // its row and its agents' presence in the store
+	peerTLS *trust.Peer      // its relay-to-relay certificate
+	links   *peer.Links      // links to the other relays, for their agents
+	peers   *peer.Server     // streams other relays forward here, or nil when off
+
 	routes    *route.Table
 	router    *route.Router
 	sessions  *session.Server
@@ -60,11 +68,12 @@ type Relay struct {
 	opsLn     net.Listener      // /metrics, /healthz, /readyz, or nil when off
 	debugLn   net.Listener      // pprof and /debug/tether, or nil when off
 
-	feedFrom int64          // the change feed's newest change when New read the state
-	started  time.Time      // when Run began
-	serving  atomic.Bool    // listeners accepting: between Run's start and its shutdown
-	bg       sync.WaitGroup // drain requests' GoAway sends; waited for at shutdown
-	fatal    chan error     // a listener that failed (the first one)
+	feedFrom   int64          // the change feed's newest change when New read the state
+	feedReadAt atomic.Int64   // Unix nanoseconds the change feed was last read (admit)
+	started    time.Time      // when Run began
+	serving    atomic.Bool    // listeners accepting: between Run's start and its shutdown
+	bg         sync.WaitGroup // drain requests' GoAway sends; waited for at shutdown
+	fatal      chan error     // a listener that failed (the first one)
 
 	runOnce sync.Once
 }
@@ -86,6 +95,7 @@ func New(cfg Config) (*Relay, error) {
 	}
 	r := &Relay{cfg: cfg, log: cfg.Logger, dir: dir, auth: trust.NewAuthority(dir.CAStorage(), authority),
 		pol: policy.New(cfg.Logger), routes: route.NewTable(), fatal: make(chan error, 1)}
+	r.feedReadAt.Store(time.Now().UnixNano())
 	r.metrics = metrics.New(session.DisconnectReasons, throttle.NewRefusals(), &liveCollector{r: r})
 	if err := r.assemble(ctx); err != nil {
 		r.Close()
@@ -106,9 +116,13 @@ func (r *Relay) assemble(ctx context.Context) error {
 	if r.tls, err = trust.NewServer(r.auth, r.audit, cfg.Now); err != nil {
 		return err
 	}
-	r.adm = admin.New(admin.Config{Dir: r.dir, Authority: r.auth, Audit: r.audit, Live: liveView{r}, CertLifetime: cfg.AgentCertLifetime, Logger: cfg.Logger, Now: cfg.Now})
+	if err := r.assemblePeers(); err != nil {
+		return err
+	}
+	r.adm = admin.New(admin.Config{Dir: r.dir, Authority: r.auth, Audit: r.audit, Live: liveView{r}, CertLifetime: cfg.AgentCertLifetime,
+		RelayID: r.relayID, Logger: cfg.Logger, Now: cfg.Now})
 	r.router = route.NewRouter(route.Config{Table: r.routes, StreamOpenTimeout: cfg.StreamOpenTimeout, ReconnectGrace: cfg.ReconnectGrace,
-		Dir: r.dir, Logger: cfg.Logger, Now: cfg.Now})
+		Dir: r.dir, Elsewhere: r.links, Admit: r.admit, Logger: cfg.Logger, Now: cfg.Now})
 	enrolCfg := enrol.Config{Store: r.dir.Store, Authority: r.auth, Policy: r.pol, Audit: r.audit, CertLifetime: cfg.AgentCertLifetime,
 		HandshakeTimeout: cfg.HandshakeTimeout, Refusals: r.metrics.AuthRefusals, Logger: cfg.Logger, Now: cfg.Now}
 	r.enrol = enrol.New(enrolCfg)
@@ -122,12 +136,19 @@ func (r *Relay) assemble(ctx context.Context) error {
 		Renew: func(ctx context.Context, c *session.Conn, req *protocol.RenewRequest) *protocol.RenewResponse {
 			return r.enrol.Renew(ctx, c, req)
 		},
-		Update:      func(ctx context.Context, c *session.Conn, m protocol.Message) { r.rollouts.Handle(ctx, c, m) },
-		Connected:   func(c *session.Conn) { r.rotation.Connected(c) },
-		Disconnects: r.metrics.Disconnects, StoreOp: r.metrics.StoreOp, Fatal: r.failed,
+		Update:        func(ctx context.Context, c *session.Conn, m protocol.Message) { r.rollouts.Handle(ctx, c, m) },
+		Connected:     func(c *session.Conn) { r.rotation.Connected(c) },
+		Present:       func(tenant, agent string, n int) { r.member.Present(tenant, agent, n) },
+		Relays:        r.relayList,
+		RelayID:       r.relayID,
+		ClusterAgents: r.clusterAgents,
+		Disconnects:   r.metrics.Disconnects, StoreOp: r.metrics.StoreOp, Fatal: r.failed,
 		Version: cfg.Version, Logger: cfg.Logger, Now: cfg.Now,
 	})
 	if err != nil {
+		return err
+	}
+	if err := r.assembleMember(); err != nil {
 		return err
 	}
 	r.rotation = enrol.NewRotation(enrolCfg, r.sessions.Sessions())
@@ -149,6 +170,9 @@ func (r *Relay) assemble(ctx context.Context) error {
 		Fatal: r.failed, Logger: cfg.Logger, Now: cfg.Now,
 	})
 	if err != nil {
+		return err
+	}
+	if err := r.doors.SetForwards(ctx, cfg.Forwards); err != nil {
 		return err
 	}
 	if cfg.MetricsListen != Off {
@@ -202,6 +226,10 @@ func (r *Relay) failed(err error) {
 // TrustDomain is the SPIFFE trust domain of the relay's CA.
 func (r *Relay) TrustDomain() string { return r.auth.TrustDomain() }
 
+// RelayID is this relay's id in its cluster (Config.RelayID, or the one
+// kept in the data directory).
+func (r *Relay) RelayID() string { return r.relayID }
+
 // AgentAddr is the address agents connect to (TCP; QUIC uses the same port
 // on UDP unless disabled).
 func (r *Relay) AgentAddr() net.Addr { return r.sessions.Addr() }
@@ -215,6 +243,14 @@ func (r *Relay) ConnectAddr() net.Addr { return r.doors.ConnectAddr() }
 // ConnectTLSAddr is the address of the CONNECT front door over TLS, or nil
 // when off.
 func (r *Relay) ConnectTLSAddr() net.Addr { return r.doors.ConnectTLSAddr() }
+
+// SetForwards replaces the relay-side forwards while the relay runs (a
+// reloaded config file): new addresses listen, removed ones stop (their
+// connections go on), changed ones take their new target and backend. It
+// applies all of fwds or, on any problem, none.
+func (r *Relay) SetForwards(ctx context.Context, fwds []Forward) error {
+	return r.doors.SetForwards(ctx, fwds)
+}
 
 // AdminAddr is the admin listener's address, or nil when off.
 func (r *Relay) AdminAddr() net.Addr {
@@ -265,7 +301,7 @@ func (l liveView) LiveAgents(tenant string) []LiveAgent { return l.r.LiveAgents(
 // "drain"): the relay sends it no new streams there, streams in flight
 // continue, and the agent reconnects.
 func (l liveView) DrainAgent(tenant, id, msg string) int {
-	return l.r.sessions.Sessions().GoAway(&l.r.bg, tenant, id, "drain", msg, 0)
+	return l.r.sessions.Sessions().GoAway(&l.r.bg, tenant, id, protocol.GoAwayDrain, msg, 0)
 }
 
 // Run serves until ctx is cancelled, then shuts down gracefully: it stops
@@ -298,6 +334,15 @@ func (r *Relay) run(ctx context.Context) error {
 	wg.Go(func() { r.sessions.Run(sessCtx) })
 	wg.Go(func() { r.enrol.Run(sessCtx) })
 	wg.Go(func() { r.doors.Run(sessCtx) })
+	wg.Go(func() { r.member.Run(sessCtx) })
+	wg.Go(func() { r.tellAgents(sessCtx) })
+	if r.peers != nil {
+		wg.Go(func() {
+			if err := r.peers.Run(sessCtx); err != nil {
+				r.failed(err)
+			}
+		})
+	}
 	// The metrics listener outlives the others (so /readyz answers "not
 	// ready" while the relay drains): it is not in wg, which Run waits for
 	// before closing it, but in opsWG.
@@ -355,14 +400,19 @@ func (r *Relay) run(ctx context.Context) error {
 	stopDownloads()
 	stopParts()
 	r.router.SaveRoster() // before agents leave: they are expected back
-	// 2. Tell agents to go away; tunnels in flight continue.
-	r.sessions.Sessions().GoAway(&r.bg, "", "", "shutdown", "relay is shutting down", r.cfg.DrainTimeout)
+	// 2. Tell agents to go away; tunnels in flight continue. In a
+	// cluster, they are asked to move to the other relays first.
+	r.leave()
 	// 3. Drain.
 	if !r.doors.Drain(r.cfg.DrainTimeout) {
 		r.log.Warn("drain timeout: closing tunnelled connections still open", "open", r.doors.Open())
 	}
 	// 4. Close everything left and wait for every goroutine.
 	r.doors.CloseAll()
+	if r.peers != nil {
+		r.peers.Close()
+	}
+	r.links.Close()
 	stopSessions()
 	wg.Wait()
 	r.bg.Wait()
@@ -412,6 +462,12 @@ func (r *Relay) Close() error {
 		}
 		if r.doors != nil {
 			r.doors.Close()
+		}
+		if r.peers != nil {
+			r.peers.Close()
+		}
+		if r.links != nil {
+			r.links.Close()
 		}
 		if r.console != nil {
 			r.console.Close()

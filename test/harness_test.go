@@ -123,6 +123,7 @@ type relayProc struct {
 }
 
 type relayOpts struct {
+	agentHost  string   // the agent port's address; default 127.0.0.1
 	agentPort  int      // the agent port; default a free ephemeral one
 	transports string   // --transports; default both
 	extra      []string // more serve flags
@@ -133,7 +134,7 @@ type relayOpts struct {
 // free loopback ports with a 1 s heartbeat (e2e.StartRelay).
 func startRelay(t testing.TB, o relayOpts) *relayProc {
 	t.Helper()
-	r := e2e.StartRelay(t, cmp.Or(o.bin, bins.relay), e2e.RelayOptions{AgentPort: o.agentPort, Transports: o.transports,
+	r := e2e.StartRelay(t, cmp.Or(o.bin, bins.relay), e2e.RelayOptions{AgentHost: o.agentHost, AgentPort: o.agentPort, Transports: o.transports,
 		Heartbeat: time.Second, Extra: o.extra})
 	return &relayProc{proc: wrapProc(t, r.Proc), r: r, dataDir: r.DataDir, agentAddr: r.AgentAddr,
 		socksAddr: r.SocksAddr, connectAddr: r.ConnectAddr}

@@ -28,8 +28,9 @@ func statusCmd() *cobra.Command {
 		Long: `Show a running agent's status, as its status listener serves it
 (status_listen in its config, loopback only): the agent and tenant, version,
 certificate expiry, streams and bytes, services, config and access log, and
-a table of its connections to relays (state, transport and why, RTT, last
-error). -o json prints the JSON the agent serves, as served.
+a table of its connections to relays (address and relay id, state,
+transport and why, RTT, last error), and the relays of the cluster when
+the relays send their list. -o json prints the JSON the agent serves, as served.
 
 --config FILE asks the agent at that config's status_listen; --addr
 HOST:PORT asks the one there. Without either it reports on the installed
@@ -145,6 +146,16 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 	if st.AccessLogError != "" {
 		fmt.Fprintf(tw, "access log error\t%s\n", st.AccessLogError)
 	}
+	if len(st.Cluster) > 0 {
+		ids := make([]string, len(st.Cluster))
+		for i, r := range st.Cluster {
+			ids[i] = r.ID
+			if r.Draining {
+				ids[i] += " (draining)"
+			}
+		}
+		fmt.Fprintf(tw, "cluster\t%d relays, best first for this agent: %s\n", len(ids), strings.Join(ids, ", "))
+	}
 	if len(st.DialFailures) > 0 {
 		var parts []string
 		for _, name := range slices.Sorted(maps.Keys(st.DialFailures)) {
@@ -156,7 +167,7 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tRELAY\tSTATE\tSINCE\tTRANSPORT\tRTT\tLAST ERROR")
+	fmt.Fprintln(tw, "SLOT\tRELAY\tRELAY ID\tSTATE\tSINCE\tTRANSPORT\tRTT\tLAST ERROR")
 	for _, s := range st.Sessions {
 		transport, rtt := "-", "-"
 		if s.Transport != "" {
@@ -168,7 +179,7 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 		if s.RTTMicros > 0 {
 			rtt = (time.Duration(s.RTTMicros) * time.Microsecond).Round(10 * time.Microsecond).String()
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s ago\t%s\t%s\t%s\n", s.Slot, s.Relay, s.State, ago(s.Since), transport, rtt, orNone(s.LastError))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s ago\t%s\t%s\t%s\n", s.Slot, s.Relay, orNone(s.RelayID), s.State, ago(s.Since), transport, rtt, orNone(s.LastError))
 	}
 	tw.Flush()
 }

@@ -81,8 +81,22 @@ now: tetherctl agent list asks a running relay.`,
 	}
 	revoke.Flags().StringVar(&reason, "reason", "", "why (kept in the audit trail and told to the agent)")
 
-	drain := cli.UnavailableCommand("drain ID", "Tell an agent's sessions to go away; it reconnects", "tetherctl only",
-		notHere("agent drain ID", "an agent's sessions live in the running relay, not in the data directory"))
+	var message string
+	drain := &cobra.Command{
+		Use:   "drain ID",
+		Short: "Tell an agent's sessions to go away, on every relay holding them; it reconnects",
+		Args:  cli.Args("ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withAdmin(cmd, func(ctx context.Context, a *admin.Admin) error {
+				if _, err := a.DrainAgent(ctx, args[0], message); err != nil {
+					return err
+				}
+				say(cmd, "agent %s drained: the relays holding its sessions tell it to reconnect within a second or two", args[0])
+				return nil
+			})
+		},
+	}
+	drain.Flags().StringVar(&message, "message", "", "why, told to the agent and kept in the audit trail")
 	return cli.Group("agent", "Enrolled agents", list, show, revoke, drain)
 }
 

@@ -69,7 +69,7 @@ func newRoot(info cli.BuildInfo, stdout, stderr io.Writer) *cobra.Command {
 		c.GroupID = "relay"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{agentCmd(g), tokenCmd(g), backendCmd(g), tenantCmd(g), operatorCmd(g), caCmd(g), releaseCmd(g), auditCmd(g)} {
+	for _, c := range []*cobra.Command{agentCmd(g), tokenCmd(g), backendCmd(g), tenantCmd(g), relayCmd(g), operatorCmd(g), caCmd(g), releaseCmd(g), auditCmd(g)} {
 		c.GroupID = "admin"
 		root.AddCommand(c)
 	}
@@ -155,11 +155,6 @@ func output(cmd *cobra.Command) cli.Format {
 // say prints a message for the operator on stderr.
 func say(cmd *cobra.Command, format string, args ...any) {
 	fmt.Fprintf(cmd.ErrOrStderr(), format+"\n", args...)
-}
-
-// notHere is the message of a command only tetherctl can run.
-func notHere(ctl, why string) string {
-	return why + "; run it through the relay's admin API: tetherctl " + ctl
 }
 
 // nonNil is s, or an empty slice for nil (a JSON list, not null).

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -47,6 +48,7 @@ type fleetAgent struct {
 	Arch         string        `json:"arch"`
 	Transport    string        `json:"transport"`
 	RTT          time.Duration `json:"rtt_ns"`
+	Relays       []string      `json:"relays"`
 	Sessions     int           `json:"sessions"`
 	StreamsOpen  int64         `json:"streams_open"`
 	StreamsTotal uint64        `json:"streams_total"`
@@ -101,9 +103,9 @@ func (x *ctl) agentList() *cobra.Command {
 				rows := make([][]string, len(res.Agents))
 				for i, a := range res.Agents {
 					rows[i] = []string{a.State, a.Tenant, a.ID, a.Hostname, a.Version, a.platform(), a.Transport, a.rtt(),
-						fmt.Sprint(a.StreamsOpen), cli.Since(a.LastSeen, now), cli.Since(a.CertNotAfter, now), a.Reason}
+						fmt.Sprint(a.StreamsOpen), dash(strings.Join(a.Relays, ",")), cli.Since(a.LastSeen, now), cli.Since(a.CertNotAfter, now), a.Reason}
 				}
-				return cli.WriteTable(w, []string{"STATE", "TENANT", "AGENT", "HOSTNAME", "VERSION", "OS", "TRANSPORT", "RTT", "STREAMS", "LAST SEEN", "CERT EXPIRES", "REASON"}, rows)
+				return cli.WriteTable(w, []string{"STATE", "TENANT", "AGENT", "HOSTNAME", "VERSION", "OS", "TRANSPORT", "RTT", "STREAMS", "RELAYS", "LAST SEEN", "CERT EXPIRES", "REASON"}, rows)
 			})
 		},
 	}

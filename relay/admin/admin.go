@@ -47,7 +47,9 @@ type Admin struct {
 	// scope is what actions may see and change (For); the zero Scope
 	// allows nothing.
 	scope Scope
-	close func() error
+	// relayID is the running relay's id ("" for offline commands).
+	relayID string
+	close   func() error
 }
 
 // Live is a running relay's view of, and action on, the agents connected
@@ -70,14 +72,16 @@ type Config struct {
 	Audit        *audit.Log
 	Live         Live
 	CertLifetime time.Duration
-	Logger       *slog.Logger
-	Now          func() time.Time
+	// RelayID is the running relay's id in its cluster.
+	RelayID string
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // New returns the Admin of a running relay.
 func New(cfg Config) *Admin {
 	return &Admin{dir: cfg.Dir, auth: cfg.Authority, store: cfg.Dir.Store, audit: cfg.Audit, live: cfg.Live, log: cfg.Logger, now: cfg.Now,
-		certLifetime: cfg.CertLifetime, scope: Unscoped}
+		certLifetime: cfg.CertLifetime, scope: Unscoped, relayID: cfg.RelayID}
 }
 
 // As returns an Admin whose audit records name actor, with a's scope.

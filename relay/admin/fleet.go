@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/store"
 )
 
 // Health is an agent's state as operators see it.
@@ -71,6 +72,9 @@ type FleetAgent struct {
 	Transport string `json:"transport,omitempty"`
 	// RTT measured by the relay on that session.
 	RTT time.Duration `json:"rtt_ns"`
+	// Relays are the relays of the cluster holding sessions of the agent
+	// now (this one included), by id; empty when it is connected nowhere.
+	Relays []string `json:"relays,omitempty"`
 	// Sessions connected now; StreamsOpen and StreamsTotal sum over them.
 	Sessions     int    `json:"sessions"`
 	StreamsOpen  int64  `json:"streams_open"`
@@ -176,6 +180,7 @@ func (a *Admin) Fleet(ctx context.Context, f FleetFilter) (Fleet, error) {
 		return Fleet{}, err
 	}
 	all := BuildFleet(infos, a.liveAgents(f.Tenant), now, a.certLifetime)
+	a.withRelays(ctx, f.Tenant, all)
 	out := Fleet{At: now, Agents: []FleetAgent{}, Tenants: []TenantSummary{}}
 	byTenant := map[string]*StateCounts{}
 	for _, t := range tenants {
@@ -203,6 +208,24 @@ func (a *Admin) Fleet(ctx context.Context, f FleetFilter) (Fleet, error) {
 	return out, nil
 }
 
+// withRelays adds to each agent the relays holding it. An agent with no
+// session here but held by another relay of the cluster is up: what is
+// known of its health beyond that (its reports) is on that relay.
+func (a *Admin) withRelays(ctx context.Context, tenant string, agents []FleetAgent) {
+	held := a.agentRelays(ctx, tenant)
+	if len(held) == 0 {
+		return
+	}
+	for i := range agents {
+		fa := &agents[i]
+		fa.Relays = held[store.AgentKey{Tenant: fa.Tenant, Agent: fa.ID}]
+		if fa.State == HealthDown && len(fa.Relays) > 0 {
+			fa.State, fa.Reason = HealthUp, ""
+		}
+	}
+	SortFleet(agents)
+}
+
 // liveAgents is the live view of a running relay, nothing offline.
 func (a *Admin) liveAgents(tenant string) []LiveAgent {
 	if a.live == nil {
@@ -224,6 +247,7 @@ func (a *Admin) FleetAgent(ctx context.Context, id string) (AgentDetail, error) 
 		}
 	}
 	fa := BuildFleet([]AgentInfo{info}, live, a.now(), a.certLifetime)
+	a.withRelays(ctx, info.Tenant, fa)
 	if live == nil {
 		live = []LiveAgent{}
 	}
@@ -360,6 +384,11 @@ func (a *Admin) DrainAgent(ctx context.Context, id, msg string) (int, error) {
 	n := 0
 	if a.live != nil {
 		n = a.live.DrainAgent(info.Tenant, id, msg)
+	}
+	// Every relay holding sessions of the agent drains them (this one's
+	// sessions are not told twice).
+	if err := a.store.AppendChange(ctx, store.Change{Kind: store.ChangeDrain, Tenant: info.Tenant, Subject: id}); err != nil {
+		return n, fmt.Errorf("tell the other relays: %w", err)
 	}
 	a.Record(audit.Drain, info.Tenant, id, "", map[string]any{"sessions": n, "message": msg})
 	return n, nil

@@ -299,6 +299,7 @@ func Vocabulary() []string {
 		"token create", "token list", "token revoke",
 		"backend add", "backend list", "backend show", "backend grant", "backend ungrant", "backend remove", "backend certificate",
 		"tenant add", "tenant list", "tenant show", "tenant limits",
+		"relay list", "relay remove",
 		"operator token create", "operator token list", "operator token revoke",
 		"operator certificate create", "operator certificate list", "operator certificate revoke",
 		"ca status", "ca rotate", "ca renew-now", "ca retire", "ca export",

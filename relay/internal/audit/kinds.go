@@ -50,6 +50,9 @@ const (
 	OperatorLogin       = "operator.login"
 	OperatorLogout      = "operator.logout"
 
+	// The relays of a cluster.
+	RelayRemove = "relay.remove"
+
 	// Releases and self-update. The agent's own reports are recorded as
 	// UpdatePrefix + its state: update.refused, update.downloaded,
 	// update.applied, update.succeeded, update.rolled_back, update.failed.

@@ -152,6 +152,8 @@ func TestScopedOperatorsCannotReachAnotherTenant(t *testing.T) {
 		"POST /api/v1/rollouts":                              {path: "/api/v1/rollouts", body: `{"version":"1.0.0","tenants":["globex"]}`, viewerStatus: fb, adminStatus: fb},
 		"GET /api/v1/operator-certificates":                  {path: "/api/v1/operator-certificates", viewerStatus: fb, adminStatus: fb},
 		"POST /api/v1/operator-certificates/{serial}/revoke": {path: "/api/v1/operator-certificates/1f/revoke", body: `{}`, viewerStatus: fb, adminStatus: fb},
+		"GET /api/v1/relays":                                 {path: "/api/v1/relays", viewerStatus: fb, adminStatus: fb},
+		"DELETE /api/v1/relays/{id}":                         {path: "/api/v1/relays/r1", viewerStatus: fb, adminStatus: fb},
 		"GET /api/v1/whoami":                                 {path: "/api/v1/whoami", viewerStatus: 200, adminStatus: 200},
 	}
 	pages := map[string]scopedCase{

@@ -410,6 +410,12 @@ type agentView struct {
 	Report   *admin.LiveAgent
 	Audit    []audit.Record
 	CertRoot string
+	// Request is the request id the "find a request id" box asked for,
+	// RequestErr what is wrong with it, and RequestAudit the records of
+	// that request the operator may see.
+	Request      string
+	RequestErr   string
+	RequestAudit []audit.Record
 }
 
 func (s *Server) agentData(req *http.Request, _ Operator, a *admin.Admin, _ time.Time) (string, any, error) {
@@ -431,6 +437,17 @@ func (s *Server) agentData(req *http.Request, _ Operator, a *admin.Admin, _ time
 	v.Audit, err = a.Audit(req.Context(), admin.AuditFilter{Agent: id, NewestFirst: true, Limit: dashAuditLimit})
 	if err != nil {
 		return "", nil, err
+	}
+	// A request id a tenant quotes from this agent's access log: the
+	// relay's records of it, the refusals that never reached an agent
+	// included (within the operator's scope, as every audit query). The
+	// live refresh renders no box: it does not search again.
+	if v.Request = strings.TrimSpace(req.URL.Query().Get("request")); v.Request != "" && req.URL.Query().Get("live") != "1" {
+		if err := admin.CheckRequestID(v.Request); err != nil {
+			v.RequestErr = err.Error()
+		} else if v.RequestAudit, err = a.Audit(req.Context(), admin.AuditFilter{Request: v.Request, NewestFirst: true, Limit: dashAuditLimit}); err != nil {
+			return "", nil, err
+		}
 	}
 	return "Agent " + d.ID, v, nil
 }

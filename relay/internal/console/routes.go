@@ -41,6 +41,8 @@ func (s *Server) apiRoutes() []apiRoute {
 		{post, "/api/v1/rollouts", vendorOnly, s.startRollout},
 		{get, "/api/v1/operator-certificates", vendorOnly, s.operatorCerts},
 		{post, "/api/v1/operator-certificates/{serial}/revoke", vendorOnly, s.revokeOperatorCert},
+		{get, "/api/v1/relays", vendorOnly, s.relays},
+		{del, "/api/v1/relays/{id}", vendorOnly, s.removeRelay},
 	}
 }
 
@@ -391,4 +393,19 @@ func (s *Server) operatorCerts(w http.ResponseWriter, req *http.Request, a *admi
 func (s *Server) revokeOperatorCert(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
 	c, err := a.RevokeOperatorCertificate(req.Context(), req.PathValue("serial"))
 	return reply(w, http.StatusOK, c, err)
+}
+
+// relays lists the relays of the cluster.
+func (s *Server) relays(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	rs, err := a.Relays(req.Context())
+	return reply(w, http.StatusOK, map[string]any{"relays": rs}, err)
+}
+
+// removeRelay forgets a relay that is gone for good.
+func (s *Server) removeRelay(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	if err := a.RemoveRelay(req.Context(), req.PathValue("id")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }

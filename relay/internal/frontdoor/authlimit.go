@@ -161,14 +161,14 @@ func (g *authGuard) refused(remote, reason, identity string, err error) error {
 	return r
 }
 
-// refusedAuth logs and audits the refusal of a front-door connection's
-// credential (err, from refused) at door. A source's first refusals (as
+// refusedAuth logs and audits the refusal of the credential of request
+// requestID (err, from refused) at door. A source's first refusals (as
 // many as its failures may be: 10, then one every 5 s) are logged at info
 // level and audited one by one, with why (auditUnauthenticated); the rest,
 // and every rate_limited one, are logged at debug level and summed per
 // door, source and reason in auth.refused records. Every refusal is
 // counted in tether_auth_refusals_total.
-func (fd *Server) refusedAuth(ctx context.Context, door, remote, claimed string, err error, attrs []any) {
+func (fd *Server) refusedAuth(ctx context.Context, door, remote, requestID, claimed string, err error, attrs []any) {
 	src := throttle.Source(remote)
 	reason, identity := protocol.CodeOf(err).String(), protocol.Clip(claimed, 255)
 	var ar *authRefusal
@@ -179,7 +179,7 @@ func (fd *Server) refusedAuth(ctx context.Context, door, remote, claimed string,
 	if !errors.Is(err, protocol.ErrRateLimited) && fd.guard.logs.Take(src) == 0 {
 		fd.log.Info("refused", attrs...)
 		fd.guard.tally.Count(door, reason)
-		fd.auditUnauthenticated(door, remote, claimed, err)
+		fd.auditUnauthenticated(door, remote, requestID, claimed, err)
 		return
 	}
 	fd.log.Log(ctx, slog.LevelDebug, "refused", attrs...)

@@ -11,7 +11,6 @@ import (
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/transport"
 	"github.com/tetherhq/tether/relay/internal/audit"
-	"github.com/tetherhq/tether/relay/internal/credential"
 	"github.com/tetherhq/tether/relay/internal/route"
 )
 
@@ -32,8 +31,9 @@ func (t *tunnel) abandon() {
 }
 
 // dial authenticates nothing: the front door has already. It authorizes c
-// for target, picks an agent connection and opens a stream to the service.
-func (fd *Server) dial(ctx context.Context, c *caller, addr string) (*tunnel, error) {
+// for target, picks an agent connection and opens a stream to the service
+// under requestID, the id the door gave the request when it arrived.
+func (fd *Server) dial(ctx context.Context, c *caller, addr, requestID string) (*tunnel, error) {
 	t, err := route.ParseTarget(addr)
 	if err != nil {
 		return nil, err
@@ -49,7 +49,7 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr string) (*tunnel, er
 		return nil, err
 	}
 	start := time.Now()
-	hdr := protocol.StreamHeader{Service: t.Service, Backend: c.Identity(), RequestID: credential.NewRequestID()}
+	hdr := protocol.StreamHeader{Service: t.Service, Backend: c.Identity(), RequestID: requestID}
 	rt, err := fd.cfg.Router.Dial(ctx, t.Tenant, hdr)
 	if err != nil {
 		release()
@@ -61,12 +61,12 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr string) (*tunnel, er
 }
 
 // auditRefusal records a stream the relay or the agent refused.
-func (fd *Server) auditRefusal(door, remote string, c *caller, addr string, err error) {
+func (fd *Server) auditRefusal(door, remote, requestID string, c *caller, addr string, err error) {
 	if len(addr) > 512 {
 		addr = addr[:512]
 	}
 	rec := audit.Record{Kind: audit.Stream, Outcome: protocol.CodeOf(err).String(), Backend: c.name, Actor: c.Identity(),
-		Detail: map[string]any{"door": door, "remote": remote, "target": addr, "auth": c.via, "error": err.Error()}}
+		Detail: map[string]any{"door": door, "remote": remote, "request": requestID, "target": addr, "auth": c.via, "error": err.Error()}}
 	t, perr := route.ParseTarget(addr)
 	if perr == nil {
 		rec.Tenant = t.Tenant
@@ -79,13 +79,13 @@ func (fd *Server) auditRefusal(door, remote string, c *caller, addr string, err 
 // auditUnauthenticated records a front-door connection whose credentials
 // were refused. The name it claimed is kept apart from Backend, which only
 // ever holds an authenticated identity.
-func (fd *Server) auditUnauthenticated(door, remote, claimed string, err error) {
+func (fd *Server) auditUnauthenticated(door, remote, requestID, claimed string, err error) {
 	if len(claimed) > 255 {
 		claimed = claimed[:255]
 	}
 	fd.cfg.Metrics.StreamOpened("", "", protocol.CodeOf(err))
 	fd.cfg.Audit.Add(audit.Record{Kind: audit.Stream, Outcome: protocol.CodeOf(err).String(), Actor: "unauthenticated",
-		Detail: map[string]any{"door": door, "remote": remote, "claimed_backend": claimed, "error": err.Error()}})
+		Detail: map[string]any{"door": door, "remote": remote, "request": requestID, "claimed_backend": claimed, "error": err.Error()}})
 }
 
 // doorOf finds the front door's name in a stream's log attributes.
@@ -101,7 +101,8 @@ func doorOf(attrs []any) string {
 }
 
 // bridge copies between a front-door connection and a tunnel until both
-// directions end, then releases the tunnel.
+// directions end, then releases the tunnel. attrs, the door's log
+// attributes, carry the request id.
 func (fd *Server) bridge(front transport.Stream, t *tunnel, attrs []any) {
 	res, err := transport.Splice(front, t.Stream, fd.cfg.IdleTimeout)
 	t.End()
@@ -115,11 +116,18 @@ func (fd *Server) bridge(front transport.Stream, t *tunnel, attrs []any) {
 		outcome = "error"
 	}
 	// The stream is over: its record need not hold this goroutine.
-	fd.cfg.Audit.Record(audit.Record{Kind: audit.Stream, Outcome: outcome, Tenant: t.target.Tenant, Agent: t.Carrier.Agent(), Backend: t.caller.name, Actor: t.caller.Identity(),
-		Detail: map[string]any{"service": t.target.Service, "request": t.requestID, "bytes_to_service": res.AToB, "bytes_from_service": res.BToA,
-			"duration_ms": time.Since(t.Opened).Milliseconds(), "door": doorOf(attrs), "auth": t.caller.via}})
+	detail := map[string]any{"service": t.target.Service, "request": t.requestID, "bytes_to_service": res.AToB, "bytes_from_service": res.BToA,
+		"duration_ms": time.Since(t.Opened).Milliseconds(), "door": doorOf(attrs), "auth": t.caller.via}
+	attrs = with(attrs, "agent", t.Agent) // attrs carry the request id already
+	if t.Relay != "" {
+		// Forwarded: the agent is connected to that relay of the cluster.
+		detail["relay"] = t.Relay
+		attrs = with(attrs, "relay", t.Relay)
+	}
+	fd.cfg.Audit.Record(audit.Record{Kind: audit.Stream, Outcome: outcome, Tenant: t.target.Tenant, Agent: t.Agent, Backend: t.caller.name, Actor: t.caller.Identity(),
+		Detail: detail})
 	log := fd.log
-	attrs = with(attrs, "request", t.requestID, "agent", t.Carrier.Agent(), "bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(t.Opened).Round(time.Microsecond))
+	attrs = with(attrs, "bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(t.Opened).Round(time.Microsecond))
 	switch {
 	case errors.Is(err, transport.ErrIdle):
 		log.Info("stream closed: idle timeout", attrs...)

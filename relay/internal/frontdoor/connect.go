@@ -14,6 +14,7 @@ import (
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/relay/internal/credential"
 	"github.com/tetherhq/tether/relay/internal/route"
 )
 
@@ -66,15 +67,23 @@ func (fd *Server) connectServer(ctx context.Context) *http.Server {
 }
 
 func (fd *Server) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *http.Request) {
-	attrs := []any{"door", "connect", "remote", req.RemoteAddr}
+	// The request's id, from its arrival: every answer, log line and
+	// audit record of it carries this id, refusals included, and the
+	// stream opened for it is opened under it (the agent logs it too).
+	id := credential.NewRequestID()
+	attrs := []any{"door", "connect", "request", id, "remote", req.RemoteAddr}
 	fc := frontConnOf(req.Context())
 	if fc != nil {
 		fc.serve()
 		defer fc.authenticated()
 	}
 	if req.Method != http.MethodConnect {
+		if isProxyRequest(req) {
+			fd.serveHTTPProxy(ctx, w, req, id, fc)
+			return
+		}
 		w.Header().Set("Allow", http.MethodConnect)
-		writeRefusal(w, "", protocol.Errorf(protocol.CodeBadRequest, "this is a CONNECT proxy: use CONNECT <service>.<tenant>.tether:<port>"), http.StatusMethodNotAllowed)
+		writeRefusal(w, id, protocol.Errorf(protocol.CodeBadRequest, "this is a CONNECT proxy: use CONNECT <service>.<tenant>.tether:<port>, or a plain HTTP proxy request for http://<service>.<tenant>.tether/..."), http.StatusMethodNotAllowed)
 		return
 	}
 	door := "connect"
@@ -86,7 +95,7 @@ func (fd *Server) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *
 	// are not host:port (user@host, an empty or over-long host).
 	if err := checkConnectTarget(req.RequestURI); err != nil {
 		fd.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
-		writeRefusal(w, "", err, 0)
+		writeRefusal(w, id, err, 0)
 		return
 	}
 	who, claimed, err := fd.authenticateRequest(ctx, req)
@@ -94,16 +103,16 @@ func (fd *Server) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *
 		fc.authenticated()
 	}
 	if err != nil {
-		fd.refusedAuth(ctx, door, req.RemoteAddr, claimed, err, attrs)
-		writeRefusal(w, "", err, 0)
+		fd.refusedAuth(ctx, door, req.RemoteAddr, id, claimed, err, attrs)
+		writeRefusal(w, id, err, 0)
 		return
 	}
 	attrs = with(attrs, "backend", who.name, "target", req.Host)
-	tun, err := fd.dial(ctx, who, req.Host)
+	tun, err := fd.dial(ctx, who, req.Host, id)
 	if err != nil {
 		fd.log.Info("refused", with(targetAttrs(attrs, req.Host), "code", protocol.CodeOf(err).String(), "err", err)...)
-		fd.auditRefusal(door, req.RemoteAddr, who, req.Host, err)
-		writeRefusal(w, "", err, 0)
+		fd.auditRefusal(door, req.RemoteAddr, id, who, req.Host, err)
+		writeRefusal(w, id, err, 0)
 		return
 	}
 	conn, brw, err := http.NewResponseController(w).Hijack()
@@ -136,8 +145,9 @@ func (fd *Server) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *
 	fd.bridge(front, tun, with(attrs, "tenant", tun.target.Tenant, "service", tun.target.Service))
 }
 
-// writeRefusal answers a CONNECT request with the status for err's code,
-// the code in the Tether-Error header and the message in the body.
+// writeRefusal answers a CONNECT request (or a plain HTTP proxy request)
+// with the status for err's code, the code in the Tether-Error header, the
+// request id in Tether-Request-Id and the message in the body.
 func writeRefusal(w http.ResponseWriter, requestID string, err error, status int) {
 	code := protocol.CodeOf(err)
 	if status == 0 {

@@ -22,9 +22,31 @@ type Config struct {
 	// the roster waits for one of its agents to come back.
 	ReconnectGrace time.Duration
 	// Dir keeps the roster of tenants with agents connected.
-	Dir    *datadir.Dir
+	Dir *datadir.Dir
+	// Elsewhere, when set, offers carriers to other relays of the
+	// cluster holding agents of a tenant: Dial uses them when no carrier
+	// of this relay can take the stream.
+	Elsewhere Elsewhere
+	// Admit, when set, is asked before each Dial (not DialLocal): an
+	// error refuses the dial (a relay that cannot confirm it is current
+	// answers unavailable).
+	Admit  func() error
 	Logger *slog.Logger
 	Now    func() time.Time
+}
+
+// Elsewhere finds carriers on other relays.
+type Elsewhere interface {
+	// Carriers returns carriers to the other relays holding agents of
+	// tenant, the preferred first; fresh asks for what the cluster says
+	// now rather than what was read a moment ago.
+	Carriers(ctx context.Context, tenant string, fresh bool) ([]Carrier, error)
+}
+
+// AgentNamer is a stream that knows which agent took it (a stream a peer
+// relay opened names the peer's agent).
+type AgentNamer interface {
+	AgentID() string
 }
 
 // Router dials streams over the carriers of a Table.
@@ -134,7 +156,10 @@ func (r *Router) awaitCarrier(ctx context.Context, tenant string, exclude map[Ca
 type Tunnel struct {
 	Stream  transport.Stream
 	Carrier Carrier
-	Opened  time.Time
+	// Agent is the agent that took the stream; Relay the peer relay that
+	// carried it ("" when the agent is connected to this relay).
+	Agent, Relay string
+	Opened       time.Time
 
 	once sync.Once
 }
@@ -148,20 +173,49 @@ func (t *Tunnel) Abandon() {
 	t.End()
 }
 
-// Dial opens a stream with hdr to a carrier of tenant: the usable one with
-// the fewest streams, and, when carriers fail underneath it, up to
-// maxAttempts of them, all within StreamOpenTimeout. Just after a start it
-// waits for a carrier of a tenant expected back. Its errors are typed
-// (*protocol.Error): a refusal a carrier answered, no_agent or timeout.
+// RelayCarrier is a carrier to another relay.
+type RelayCarrier interface {
+	Carrier
+	// Relay is the id of the relay it leads to.
+	Relay() string
+}
+
+// Dial opens a stream with hdr to a carrier of tenant: the usable one of
+// this relay with the fewest streams or, when none can take it, one to
+// another relay of the cluster holding the tenant's agents (Elsewhere).
+// When carriers fail underneath it, it tries up to maxAttempts of this
+// relay's and as many of other relays', all within StreamOpenTimeout.
+// Just after a start it waits for a carrier of a tenant expected back.
+// Its errors are typed (*protocol.Error): a refusal a carrier answered,
+// no_agent, timeout, or Admit's.
 func (r *Router) Dial(ctx context.Context, tenant string, hdr protocol.StreamHeader) (*Tunnel, error) {
+	if r.cfg.Admit != nil {
+		if err := r.cfg.Admit(); err != nil {
+			return nil, err
+		}
+	}
+	return r.dial(ctx, tenant, hdr, r.cfg.Elsewhere)
+}
+
+// DialLocal is Dial on this relay's own carriers only: for a stream
+// another relay forwarded, which is never forwarded again.
+func (r *Router) DialLocal(ctx context.Context, tenant string, hdr protocol.StreamHeader) (*Tunnel, error) {
+	return r.dial(ctx, tenant, hdr, nil)
+}
+
+func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHeader, elsewhere Elsewhere) (*Tunnel, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.StreamOpenTimeout)
 	defer cancel()
 	tried := map[Carrier]bool{}
 	var lastErr error
 	lastStalled := false // lastErr came from a carrier that stopped answering
-	for attempt := 0; attempt < maxAttempts; attempt++ {
+	away := awayCarriers{tenant: tenant, from: elsewhere}
+	for local, remote := 0, 0; local < maxAttempts && remote < maxAttempts; {
 		c := r.cfg.Table.Pick(tenant, tried)
-		if c == nil && attempt == 0 {
+		if c == nil {
+			c = away.next(ctx, tried, r.cfg.Logger)
+		}
+		if c == nil && local+remote == 0 {
 			// Just restarted: the tenant's agent may be on its way back.
 			c = r.awaitCarrier(ctx, tenant, tried)
 		}
@@ -169,9 +223,20 @@ func (r *Router) Dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 			break
 		}
 		tried[c] = true
+		relay := ""
+		if rc, ok := c.(RelayCarrier); ok {
+			relay = rc.Relay()
+			remote++
+		} else {
+			local++
+		}
 		st, err := c.OpenStream(ctx, hdr, func() bool { return r.cfg.Table.Pick(tenant, tried) != nil })
 		if err == nil {
-			return &Tunnel{Stream: st, Carrier: c, Opened: time.Now()}, nil
+			agent := c.Agent()
+			if n, ok := st.(AgentNamer); ok {
+				agent = n.AgentID()
+			}
+			return &Tunnel{Stream: st, Carrier: c, Agent: agent, Relay: relay, Opened: time.Now()}, nil
 		}
 		var pe *protocol.Error
 		if errors.As(err, &pe) {
@@ -180,7 +245,11 @@ func (r *Router) Dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 		if ctx.Err() != nil {
 			return nil, protocol.Errorf(protocol.CodeTimeout, "no answer from tenant %q's agent within %v", tenant, r.cfg.StreamOpenTimeout)
 		}
-		r.cfg.Logger.Warn("open stream failed; trying another connection", "tenant", tenant, "agent", c.Agent(), "request", hdr.RequestID, "err", err)
+		where := "agent " + c.Agent()
+		if relay != "" {
+			where = "relay " + relay
+		}
+		r.cfg.Logger.Warn("open stream failed; trying another connection", "tenant", tenant, "via", where, "request", hdr.RequestID, "err", err)
 		lastErr, lastStalled = err, c.Stalled()
 	}
 	if lastStalled {
@@ -192,8 +261,46 @@ func (r *Router) Dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 	if lastErr != nil {
 		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agent connections failed: %v", tenant, lastErr)
 	}
+	if pe := (*protocol.Error)(nil); errors.As(away.err, &pe) {
+		return nil, pe
+	}
+	if away.err != nil {
+		return nil, protocol.Errorf(protocol.CodeUnavailable, "tenant %q has no agent connected to this relay, and the cluster's other relays could not be looked up: %v", tenant, away.err)
+	}
 	if r.cfg.Table.Connected(tenant) > 0 {
 		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agents are connected but none is healthy (draining, or not answering heartbeats)", tenant)
 	}
 	return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q has no agent connected", tenant)
+}
+
+// awayCarriers hands out, one dial's worth, the carriers to other relays:
+// first those the cluster said a moment ago, then, once those are tried,
+// what it says now (an agent may have moved meanwhile).
+type awayCarriers struct {
+	tenant string
+	from   Elsewhere
+	list   []Carrier
+	read   int   // reads of from: 0, 1 (cached), 2 (fresh)
+	err    error // the last read's error
+}
+
+func (a *awayCarriers) next(ctx context.Context, tried map[Carrier]bool, log *slog.Logger) Carrier {
+	if a.from == nil {
+		return nil
+	}
+	for {
+		for _, c := range a.list {
+			if !tried[c] && c.Usable(time.Now()) {
+				return c
+			}
+		}
+		if a.read == 2 {
+			return nil
+		}
+		a.read++
+		a.list, a.err = a.from.Carriers(ctx, a.tenant, a.read == 2)
+		if pe := (*protocol.Error)(nil); a.err != nil && !errors.As(a.err, &pe) {
+			log.Warn("look up the relays holding a tenant's agents", "tenant", a.tenant, "err", a.err)
+		}
+	}
 }

@@ -20,7 +20,7 @@ const testHeartbeat = 10 * time.Second
 // testServer is a server without listeners: enough for its sessions' own
 // bookkeeping.
 func testServer() *Server {
-	return &Server{cfg: Config{Heartbeat: testHeartbeat, Logger: discardLog, Now: time.Now}, log: discardLog, set: newSet(route.NewTable())}
+	return &Server{cfg: Config{Heartbeat: testHeartbeat, Logger: discardLog, Now: time.Now}, log: discardLog, set: newSet(route.NewTable(), nil)}
 }
 
 // benchSession is an agent session that is always up and whose streams

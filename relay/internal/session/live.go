@@ -45,6 +45,7 @@ type LiveAgent struct {
 const (
 	maxReportString   = 512
 	maxReportServices = 64
+	maxReportRelays   = 16 // an agent holds at most 16 connections
 )
 
 // boundReport returns m with its strings shortened and its lists and maps
@@ -70,6 +71,13 @@ func boundReport(m *protocol.Report) *protocol.Report {
 			fails[clip(k)] = r.DialFailures[k]
 		}
 		r.DialFailures = fails
+	}
+	if len(r.Relays) > maxReportRelays {
+		r.Relays = r.Relays[:maxReportRelays]
+	}
+	r.Relays = slices.Clone(r.Relays)
+	for i := range r.Relays {
+		r.Relays[i].ID, r.Relays[i].Addr = clip(r.Relays[i].ID), clip(r.Relays[i].Addr)
 	}
 	return &r
 }

@@ -67,6 +67,19 @@ type Config struct {
 	Update func(ctx context.Context, c *Conn, m protocol.Message)
 	// Connected is told of each session admitted; it must not block.
 	Connected func(c *Conn)
+	// RelayID names this relay in its cluster, in every Welcome.
+	RelayID string
+	// Relays, when set, returns the cluster's live relays as agents reach
+	// each one: sent to agents that ask for it (CapRelays) after the
+	// Welcome, and again by SendRelays.
+	Relays func() []protocol.RelayInfo
+	// Present, when set, is told how many sessions an agent holds here
+	// whenever that changes; it must not block.
+	Present func(tenant, agent string, sessions int)
+	// ClusterAgents, when set, lists the agents of a tenant connected to
+	// any relay of the cluster, for the tenant's limit on connected
+	// agents.
+	ClusterAgents func(ctx context.Context, tenant string) (map[string]bool, error)
 
 	// Disconnects counts ended sessions by reason (may be nil); StoreOp
 	// times store operations (may be nil).
@@ -113,7 +126,7 @@ var DisconnectReasons = disconnectReasons
 // New binds the agent listeners. Call Run, or Close if Run will not be
 // called.
 func New(cfg Config) (*Server, error) {
-	s := &Server{cfg: cfg, log: cfg.Logger, set: newSet(cfg.Routes),
+	s := &Server{cfg: cfg, log: cfg.Logger, set: newSet(cfg.Routes, cfg.Present),
 		gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes),
 		src: throttle.NewSources(cfg.MaxHandshakesPerAddress, cfg.MaxHandshakesPerNetwork)}
 	host, port, err := net.SplitHostPort(cfg.Listen)
@@ -436,9 +449,20 @@ func (s *Server) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess transp
 		HeartbeatMillis: s.cfg.Heartbeat.Milliseconds(),
 		Capabilities:    []string{protocol.CapHeartbeat, protocol.CapGoAway, protocol.CapRenew, protocol.CapRenewNow},
 	}
+	relays := s.relaysFor(hello)
+	if relays != nil {
+		welcome.Capabilities = append(welcome.Capabilities, protocol.CapRelays)
+	}
+	welcome.RelayID = s.cfg.RelayID
 	if err := ac.Send(welcome); err != nil {
 		log.Warn("send welcome", "err", err)
 		return
+	}
+	if relays != nil {
+		if err := ac.Send(relays); err != nil {
+			log.Warn("send the cluster's relays", "err", err)
+			return
+		}
 	}
 	ctl.SetDeadline(time.Time{})
 	admitted()
@@ -542,7 +566,7 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 		if !l.Allows(remote) {
 			return protocol.Errorf(protocol.CodeNotAllowed, "agent connects from %s, outside the networks tenant %q allows for its agents", remote, id.Tenant)
 		}
-		if l.MaxAgents > 0 && s.set.SessionsOf(id.Tenant, id.ID) == 0 && s.set.distinctAgents(id.Tenant) >= l.MaxAgents {
+		if l.MaxAgents > 0 && s.set.SessionsOf(id.Tenant, id.ID) == 0 && s.connectedAgents(ctx, id) >= l.MaxAgents {
 			return protocol.Errorf(protocol.CodeLimitExceeded, "tenant %q already has %d agents connected, its limit", id.Tenant, l.MaxAgents)
 		}
 	}

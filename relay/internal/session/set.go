@@ -12,14 +12,17 @@ import (
 // routing table as carriers.
 type Set struct {
 	routes *route.Table
+	// present, when set, is told how many sessions an agent holds here
+	// after each add and remove (cluster presence); it must not block.
+	present func(tenant, agent string, sessions int)
 
 	mu       sync.RWMutex // guards byTenant and changed
 	byTenant map[string][]*Conn
 	changed  chan struct{} // closed and replaced when a session is added
 }
 
-func newSet(routes *route.Table) *Set {
-	return &Set{routes: routes, byTenant: map[string][]*Conn{}, changed: make(chan struct{})}
+func newSet(routes *route.Table, present func(tenant, agent string, sessions int)) *Set {
+	return &Set{routes: routes, present: present, byTenant: map[string][]*Conn{}, changed: make(chan struct{})}
 }
 
 // Changes returns a channel closed at the next session added.
@@ -47,14 +50,28 @@ func (s *Set) add(c *Conn) {
 	s.byTenant[c.id.Tenant] = append(list, c)
 	close(s.changed)
 	s.changed = make(chan struct{})
+	n := s.countLocked(c.id.Tenant, c.id.ID)
 	s.mu.Unlock()
 	s.routes.Add(c)
+	if s.present != nil {
+		s.present(c.id.Tenant, c.id.ID, n)
+	}
+}
+
+// countLocked counts the sessions of agent id of tenant; s.mu is held.
+func (s *Set) countLocked(tenant, id string) int {
+	n := 0
+	for _, c := range s.byTenant[tenant] {
+		if c.id.ID == id {
+			n++
+		}
+	}
+	return n
 }
 
 func (s *Set) remove(c *Conn) {
 	s.routes.Remove(c)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	list := s.byTenant[c.id.Tenant]
 	for i, x := range list {
 		if x == c {
@@ -66,6 +83,11 @@ func (s *Set) remove(c *Conn) {
 		delete(s.byTenant, c.id.Tenant)
 	} else {
 		s.byTenant[c.id.Tenant] = list
+	}
+	n := s.countLocked(c.id.Tenant, c.id.ID)
+	s.mu.Unlock()
+	if s.present != nil {
+		s.present(c.id.Tenant, c.id.ID, n)
 	}
 }
 
@@ -151,9 +173,6 @@ func (s *Set) renewed(from *Conn, serial string, notAfter time.Time, root string
 // SessionsOf counts the sessions of agent id of tenant.
 func (s *Set) SessionsOf(tenant, id string) int { return len(s.ofAgent(tenant, id)) }
 
-// distinctAgents counts the agents (not sessions) of tenant connected.
-func (s *Set) distinctAgents(tenant string) int { return len(s.Select(tenant, true, nil)) }
-
 // GoAway marks the sessions of agent id of tenant draining ("" for every
 // session) and sends each a GoAway with reason and msg that tells the
 // agent how long its streams in flight stay open (drain), so that it
@@ -169,6 +188,9 @@ func (s *Set) GoAway(wg *sync.WaitGroup, tenant, id, reason, msg string, drain t
 		conns = s.ofAgent(tenant, id)
 	}
 	for _, c := range conns {
+		if reason == protocol.GoAwayDrain && c.draining.Load() {
+			continue // already told to go (an operator's drain seen twice)
+		}
 		c.draining.Store(true)
 		wg.Go(func() {
 			if err := c.Send(&protocol.GoAway{Reason: reason, Message: msg, DrainMillis: drain.Milliseconds()}); err != nil {

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"sync/atomic"
 	"time"
 )
 
@@ -180,10 +181,15 @@ func (s *Store) Follow(ctx context.Context, from int64, f Follower) error {
 	// Where the engine tells of other processes' commits, listen: they
 	// are then read at once rather than at the next poll.
 	lctx, stopListening := context.WithCancel(ctx)
+	// After the listener lost its connection (the database restarted,
+	// or the network between failed), the follower reads its whole state
+	// again, as well as the changes since: belt and braces, since the
+	// changes table alone misses nothing not pruned.
+	var resync atomic.Bool
 	listening := make(chan struct{})
 	go func() {
 		defer close(listening)
-		s.d.listen(lctx, s.notify, f.Error)
+		s.d.listen(lctx, s.notify, func() { resync.Store(true) }, f.Error)
 	}()
 	defer func() {
 		stopListening()
@@ -191,6 +197,9 @@ func (s *Store) Follow(ctx context.Context, from int64, f Follower) error {
 	}()
 	for {
 		woken := s.Changed() // before reading: a commit after the read wakes the next round
+		if resync.Swap(false) && f.Resync != nil {
+			f.Resync(ctx)
+		}
 		if err := s.followOnce(ctx, &from, f); err != nil && ctx.Err() == nil && f.Error != nil {
 			f.Error(err)
 		}

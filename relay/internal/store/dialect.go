@@ -49,7 +49,12 @@ type dialect interface {
 	// listen calls wake whenever another process may have committed a
 	// change, until ctx ends; it returns at once where the engine cannot
 	// tell (followers then poll).
-	listen(ctx context.Context, wake func(), failed func(error))
+	// reconnected is called (before wake) each time it listens again
+	// after losing its connection.
+	listen(ctx context.Context, wake, reconnected func(), failed func(error))
+	// nowMillis is an SQL expression for the database's clock, in Unix
+	// milliseconds: the one clock every relay of a cluster agrees on.
+	nowMillis() string
 	// lockStatements are the statements that take and release a lock
 	// shared by every process on the database, held by one connection
 	// and waiting until it is free ($1: the lock's key); "" where the
@@ -126,7 +131,11 @@ func (sqliteDialect) execInsertID(ctx context.Context, stmt *sql.Stmt, args ...a
 // notifyChanges does nothing: SQLite cannot tell other processes.
 func (sqliteDialect) notifyChanges(context.Context, *sql.Tx) error { return nil }
 
-func (sqliteDialect) listen(context.Context, func(), func(error)) {}
+func (sqliteDialect) listen(context.Context, func(), func(), func(error)) {}
+
+func (sqliteDialect) nowMillis() string {
+	return `CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)`
+}
 
 // lockStatements: SQLite has no lock a connection holds across
 // transactions without blocking every other writer.

@@ -358,6 +358,28 @@ func (s *Store) SetAgentUpdate(ctx context.Context, u AgentUpdate) error {
 	return err
 }
 
+// ClaimAgentUpdate records u (an offer) unless the agent's state for the
+// version shows an update in flight: downloading, downloaded or applied
+// since staleBefore, or offered since offeredBefore (an offer not taken
+// up by then was lost with its session). Of the relays of a cluster
+// holding sessions of one agent, one offers it the update. It reports
+// whether u was recorded.
+func (s *Store) ClaimAgentUpdate(ctx context.Context, u AgentUpdate, staleBefore, offeredBefore time.Time) (bool, error) {
+	res, err := s.exec(ctx, `INSERT INTO agent_updates (agent, version, tenant, rollout, state, reason, message, from_version, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		ON CONFLICT (agent, version) DO UPDATE SET tenant = excluded.tenant, rollout = excluded.rollout,
+			state = excluded.state, reason = excluded.reason, message = excluded.message,
+			from_version = CASE WHEN excluded.from_version = '' THEN agent_updates.from_version ELSE excluded.from_version END, updated_at = excluded.updated_at
+		WHERE NOT (agent_updates.state IN ('downloading', 'downloaded', 'applied') AND agent_updates.updated_at >= $10)
+			AND NOT (agent_updates.state = 'offered' AND agent_updates.updated_at >= $11)`,
+		u.Agent, u.Version, u.Tenant, u.Rollout, u.State, u.Reason, u.Message, u.From, unix(u.UpdatedAt), unix(staleBefore), unix(offeredBefore))
+	if err != nil {
+		return false, err
+	}
+	n, err := affected(res)
+	return n > 0, err
+}
+
 const agentUpdateCols = `agent, version, tenant, rollout, state, reason, message, from_version, updated_at`
 
 func scanAgentUpdate(sc interface{ Scan(...any) error }) (AgentUpdate, error) {

@@ -231,12 +231,40 @@ CREATE TABLE ca_files (
 	updated_at BIGINT NOT NULL
 );
 `},
-	// (11 is another change's.) Only an agent's newest certificate is
-	// accepted (agents.go, AgentCert): when it was issued (Unix
-	// milliseconds; 0 for rows written before, whose agents are accepted
-	// on any valid certificate until their next renewal records one), and
-	// the certificate it replaced with the end of the overlap during which
-	// that one is still accepted (Unix milliseconds).
+	// The relays of a cluster (cluster.go): each one's heartbeat row, by
+	// the database clock, and presence rows for the agents it holds,
+	// fenced by the run epoch of the relay that wrote them.
+	{11, `
+CREATE TABLE relays (
+	id           TEXT PRIMARY KEY,
+	epoch        BIGINT NOT NULL,
+	agent_addr   TEXT NOT NULL DEFAULT '',
+	peer_addr    TEXT NOT NULL DEFAULT '',
+	version      TEXT NOT NULL DEFAULT '',
+	started_at   BIGINT NOT NULL,
+	heartbeat_ms BIGINT NOT NULL,
+	draining     INTEGER NOT NULL DEFAULT 0,
+	agents       INTEGER NOT NULL DEFAULT 0,
+	sessions     INTEGER NOT NULL DEFAULT 0,
+	streams      BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE presence (
+	relay_id TEXT NOT NULL,
+	epoch    BIGINT NOT NULL,
+	tenant   TEXT NOT NULL,
+	agent    TEXT NOT NULL,
+	sessions INTEGER NOT NULL,
+	since_ms BIGINT NOT NULL,
+	PRIMARY KEY (relay_id, epoch, agent)
+);
+CREATE INDEX presence_tenant ON presence(tenant);
+`},
+	// Only an agent's newest certificate is accepted (agents.go,
+	// AgentCert): when it was issued (Unix milliseconds; 0 for rows
+	// written before, whose agents are accepted on any valid certificate
+	// until their next renewal records one), and the certificate it
+	// replaced with the end of the overlap during which that one is still
+	// accepted (Unix milliseconds).
 	{12, `
 ALTER TABLE agents ADD COLUMN cert_issued_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE agents ADD COLUMN prev_cert_serial TEXT NOT NULL DEFAULT '';

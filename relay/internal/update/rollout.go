@@ -50,6 +50,10 @@ const (
 	// stale is how long an agent may stay offered, downloading or
 	// applied before it stops counting against a rollout's batch.
 	stale = 15 * time.Minute
+	// offerLost is how long an offer may go unanswered before another
+	// session of the agent (on this relay or another of the cluster) may
+	// offer it again: agents answer an offer at once.
+	offerLost = 30 * time.Second
 	// connectGap spaces the offer rounds that agents connecting wake: a
 	// reconnect storm brings them back by the thousand.
 	connectGap = time.Second
@@ -310,14 +314,24 @@ func (u *Rollouts) offer(ctx context.Context, a Agent, ofs *offerState, ro store
 	if m.BinarySignature, err = read(release.BinarySignatureFile, release.MaxSignatureSize); err != nil {
 		return err
 	}
+	id, hello := a.Identity(), a.Hello()
+	// Claim the offer: another relay of the cluster holding a session of
+	// the same agent may be offering it at the same moment.
+	claimed, err := u.st.ClaimAgentUpdate(ctx, store.AgentUpdate{Agent: id.ID, Tenant: id.Tenant, Version: ro.Version, Rollout: ro.ID,
+		State: protocol.UpdateOffered, From: hello.AgentVersion, UpdatedAt: u.cfg.Now()}, u.cfg.Now().Add(-stale), u.cfg.Now().Add(-offerLost))
+	if err != nil {
+		return err
+	}
+	if !claimed {
+		a.Logger().Debug("update offered to this agent elsewhere (another session or relay)", "version", ro.Version)
+		return nil
+	}
 	ofs.mu.Lock() // the agent's answer is recorded after the offer
 	defer ofs.mu.Unlock()
 	ofs.offer = o
 	if err := a.Send(m); err != nil {
 		return err
 	}
-	id, hello := a.Identity(), a.Hello()
-	u.record(ctx, a, o, protocol.UpdateOffered, "", "", "")
 	u.cfg.Audit.Add(audit.Record{Kind: audit.UpdateOffer, Outcome: audit.OutcomeOK, Tenant: id.Tenant, Agent: id.ID, Actor: "relay",
 		Detail: map[string]any{"version": ro.Version, "rollout": ro.ID, "offer": o.id, "from": hello.AgentVersion, "os": rel.OS, "arch": rel.Arch, "channel": rel.Channel}})
 	a.Logger().Info("update offered", "version", ro.Version, "rollout", ro.ID, "offer", o.id)

@@ -1,0 +1,322 @@
+// Package cluster keeps a relay's membership of its cluster: its own
+// heartbeat row, the presence rows of the agents it holds, and the list of
+// live relays, all in the shared store (store/cluster.go says how rows are
+// fenced and judged alive). There is no consensus of its own: the
+// database is the truth, and each relay reads it.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tetherhq/tether/relay/internal/store"
+)
+
+// Defaults.
+const (
+	// DefaultHeartbeat is how often a relay writes its row and reads the
+	// others'.
+	DefaultHeartbeat = 2 * time.Second
+	// DefaultDeadAfter is how long after its last heartbeat a relay (and
+	// the agents it held) stops counting.
+	DefaultDeadAfter = 10 * time.Second
+	// presenceDelay gathers the presence changes of a burst of
+	// (re)connecting agents into one write.
+	presenceDelay = 50 * time.Millisecond
+	// holdersTTL is how long the relays holding a tenant are remembered
+	// between dials that ask.
+	holdersTTL = time.Second
+	// opTimeout bounds each store operation, so that a store that stops
+	// answering (a connection cut without a reset) holds up nothing past
+	// it: the next heartbeat tries again.
+	opTimeout = 5 * time.Second
+	// pruneEvery, pruneAfter and keepDead: the occasional removal of rows
+	// that no longer count (nothing depends on it).
+	pruneEvery = 10 * time.Minute
+	pruneAfter = time.Hour
+	keepDead   = 7 * 24 * time.Hour
+)
+
+// Config configures a relay's membership.
+type Config struct {
+	Store *store.Store
+	// ID names this relay in the cluster; Epoch grows at every start.
+	ID    string
+	Epoch int64
+	// AgentAddr and PeerAddr are where agents and peer relays reach this
+	// relay individually ("" when it does not say).
+	AgentAddr, PeerAddr string
+	Version             string
+	Started             time.Time
+	// Heartbeat and DeadAfter default to DefaultHeartbeat and
+	// DefaultDeadAfter.
+	Heartbeat, DeadAfter time.Duration
+	// Load reports what this relay holds, for its row.
+	Load func() (agents, sessions int, streams int64)
+	// Fenced is told when a later run of this relay's id took its row:
+	// two processes run under one id, and this one must stop.
+	Fenced func(error)
+	Logger *slog.Logger
+}
+
+// Cluster is a relay's membership.
+type Cluster struct {
+	cfg Config
+	log *slog.Logger
+
+	draining atomic.Bool
+	lastBeat atomic.Int64 // Unix nanoseconds of the last heartbeat written
+
+	mu       sync.Mutex // guards the fields below
+	pending  map[store.AgentKey]int
+	live     []store.Relay            // live relays, by id, this one included
+	changed  chan struct{}            // closed and replaced when live changes
+	holders  map[string]cachedHolders // by tenant
+	beatNow  chan struct{}            // a heartbeat is wanted before the next tick
+	presence chan struct{}            // presence changes are waiting
+}
+
+type cachedHolders struct {
+	hs []store.Holding
+	at time.Time
+}
+
+// New returns the membership of cfg; Run keeps it.
+func New(cfg Config) *Cluster {
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = DefaultHeartbeat
+	}
+	if cfg.DeadAfter <= 0 {
+		cfg.DeadAfter = DefaultDeadAfter
+	}
+	return &Cluster{cfg: cfg, log: cfg.Logger, pending: map[store.AgentKey]int{}, changed: make(chan struct{}),
+		holders: map[string]cachedHolders{}, beatNow: make(chan struct{}, 1), presence: make(chan struct{}, 1)}
+}
+
+// ID is this relay's id.
+func (c *Cluster) ID() string { return c.cfg.ID }
+
+// DeadAfter is how long a silent relay counts as alive.
+func (c *Cluster) DeadAfter() time.Duration { return c.cfg.DeadAfter }
+
+// Present records that this relay now holds sessions sessions of agent
+// of tenant (0: none). It does not block: the rows are written shortly.
+func (c *Cluster) Present(tenant, agent string, sessions int) {
+	c.mu.Lock()
+	c.pending[store.AgentKey{Tenant: tenant, Agent: agent}] = sessions
+	c.mu.Unlock()
+	select {
+	case c.presence <- struct{}{}:
+	default:
+	}
+}
+
+// SetDraining marks this relay as draining (or not) and writes its row at
+// once: agents and peers learn it within a heartbeat.
+func (c *Cluster) SetDraining(draining bool) {
+	c.draining.Store(draining)
+	select {
+	case c.beatNow <- struct{}{}:
+	default:
+	}
+}
+
+// Draining reports whether this relay drains.
+func (c *Cluster) Draining() bool { return c.draining.Load() }
+
+// LastHeartbeat is when this relay last wrote its row (the zero time
+// before the first).
+func (c *Cluster) LastHeartbeat() time.Time {
+	if n := c.lastBeat.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// Live returns the live relays, by id, this one included once it has
+// written its first heartbeat.
+func (c *Cluster) Live() []store.Relay {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.live)
+}
+
+// Changes returns a channel closed when the live list next changes (a
+// relay joins, leaves, starts to drain, or changes address).
+func (c *Cluster) Changes() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.changed
+}
+
+// Holders returns the other live relays that hold agents of tenant,
+// remembered for a second; fresh reads the store again.
+func (c *Cluster) Holders(ctx context.Context, tenant string, fresh bool) ([]store.Holding, error) {
+	c.mu.Lock()
+	e, ok := c.holders[tenant]
+	c.mu.Unlock()
+	if ok && !fresh && time.Since(e.at) < holdersTTL {
+		return e.hs, nil
+	}
+	all, err := c.cfg.Store.TenantRelays(ctx, tenant, c.cfg.DeadAfter)
+	if err != nil {
+		return nil, err
+	}
+	hs := slices.DeleteFunc(all, func(h store.Holding) bool { return h.RelayID == c.cfg.ID })
+	c.mu.Lock()
+	if len(c.holders) > 10000 {
+		clear(c.holders)
+	}
+	c.holders[tenant] = cachedHolders{hs: hs, at: time.Now()}
+	c.mu.Unlock()
+	return hs, nil
+}
+
+// AgentRelays maps each agent of tenant ("" for all) held by a live relay
+// to the relays holding it.
+func (c *Cluster) AgentRelays(ctx context.Context, tenant string) (map[store.AgentKey][]string, error) {
+	return c.cfg.Store.AgentRelays(ctx, tenant, c.cfg.DeadAfter)
+}
+
+// Run keeps the membership until ctx ends, then leaves the cluster: its
+// row marked gone and its presence rows deleted, so that peers stop
+// counting it at once rather than DeadAfter later.
+func (c *Cluster) Run(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, opTimeout)
+	err := c.cfg.Store.ClearPresence(cctx, c.cfg.ID, c.cfg.Epoch)
+	cancel()
+	if err != nil && ctx.Err() == nil {
+		c.log.Warn("clear the presence rows of this relay's earlier run", "err", err)
+	}
+	c.beat(ctx)
+	tick := time.NewTicker(c.cfg.Heartbeat)
+	defer tick.Stop()
+	prune := time.NewTicker(pruneEvery)
+	defer prune.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			c.leave()
+			return nil
+		case <-tick.C:
+			c.beat(ctx)
+		case <-c.beatNow:
+			c.beat(ctx)
+		case <-c.presence:
+			t := time.NewTimer(presenceDelay)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				c.leave()
+				return nil
+			case <-t.C:
+			}
+			fctx, cancel := context.WithTimeout(ctx, opTimeout)
+			c.flush(fctx)
+			cancel()
+		case <-prune.C:
+			pctx, cancel := context.WithTimeout(ctx, opTimeout)
+			err := c.cfg.Store.PruneRelays(pctx, pruneAfter, keepDead)
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				c.log.Warn("prune the cluster's rows", "err", err)
+			}
+		}
+	}
+}
+
+// beat writes this relay's row, then its waiting presence rows (a row
+// first, so that they count at once), then reads the live list.
+func (c *Cluster) beat(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	r := store.Relay{ID: c.cfg.ID, Epoch: c.cfg.Epoch, AgentAddr: c.cfg.AgentAddr, PeerAddr: c.cfg.PeerAddr,
+		Version: c.cfg.Version, StartedAt: c.cfg.Started, Draining: c.draining.Load()}
+	if c.cfg.Load != nil {
+		r.Agents, r.Sessions, r.Streams = c.cfg.Load()
+	}
+	began := time.Now()
+	err := c.cfg.Store.Heartbeat(ctx, r)
+	switch {
+	case errors.Is(err, store.ErrFenced):
+		c.log.Error("another process runs as this relay (a later start under the same relay id); stopping", "relay_id", c.cfg.ID)
+		if c.cfg.Fenced != nil {
+			c.cfg.Fenced(err)
+		}
+		return
+	case err != nil:
+		if ctx.Err() == nil {
+			c.log.Warn("write this relay's heartbeat", "err", err)
+		}
+		return
+	}
+	c.lastBeat.Store(began.UnixNano())
+	c.flush(ctx)
+	all, err := c.cfg.Store.Relays(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.Warn("read the cluster's relays", "err", err)
+		}
+		return
+	}
+	live := slices.DeleteFunc(all, func(r store.Relay) bool { return !r.Alive(c.cfg.DeadAfter) })
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !sameMembers(c.live, live) {
+		close(c.changed)
+		c.changed = make(chan struct{})
+	}
+	c.live = live
+}
+
+// sameMembers reports whether two lists name the same relays with the
+// same addresses and draining state (what agents and peers act on).
+func sameMembers(a, b []store.Relay) bool {
+	return slices.EqualFunc(a, b, func(x, y store.Relay) bool {
+		return x.ID == y.ID && x.AgentAddr == y.AgentAddr && x.PeerAddr == y.PeerAddr && x.Draining == y.Draining && x.Epoch == y.Epoch
+	})
+}
+
+// flush writes the waiting presence changes; on failure they wait for
+// the next try (a later change of the same agent replaces an earlier).
+func (c *Cluster) flush(ctx context.Context) {
+	c.mu.Lock()
+	if len(c.pending) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	batch := c.pending
+	c.pending = map[store.AgentKey]int{}
+	c.mu.Unlock()
+	ps := make([]store.Presence, 0, len(batch))
+	for k, n := range batch {
+		ps = append(ps, store.Presence{Tenant: k.Tenant, Agent: k.Agent, Sessions: n})
+	}
+	if err := c.cfg.Store.SetPresence(ctx, c.cfg.ID, c.cfg.Epoch, ps); err != nil {
+		if ctx.Err() == nil {
+			c.log.Warn("write the presence of this relay's agents", "err", err, "agents", len(ps))
+		}
+		c.mu.Lock()
+		for k, n := range batch {
+			if _, newer := c.pending[k]; !newer {
+				c.pending[k] = n
+			}
+		}
+		c.mu.Unlock() // the next heartbeat tries again
+	}
+}
+
+// leave marks this relay gone, with a few seconds of its own: the relay's
+// context has ended.
+func (c *Cluster) leave() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.cfg.Store.LeaveCluster(ctx, c.cfg.ID, c.cfg.Epoch); err != nil {
+		c.log.Warn("leave the cluster (peers will count this relay as gone after its heartbeat times out)", "err", err, "dead_after", c.cfg.DeadAfter)
+	}
+}

@@ -1,0 +1,285 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/protocol/transport/tcp"
+	"github.com/tetherhq/tether/relay/internal/route"
+	"github.com/tetherhq/tether/relay/internal/store"
+	"github.com/tetherhq/tether/relay/internal/trust"
+)
+
+// LinksConfig configures the entry side of links.
+type LinksConfig struct {
+	TLS *trust.Peer
+	// Holders returns the other live relays holding agents of a tenant
+	// (cluster.Cluster.Holders).
+	Holders func(ctx context.Context, tenant string, fresh bool) ([]store.Holding, error)
+	// DialTimeout bounds a link's TCP connect and TLS handshake.
+	DialTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+// failedPause is how long a relay whose link could not be opened is
+// passed over before the next try.
+const failedPause = 2 * time.Second
+
+// Links opens and keeps links to peer relays, one per relay, and hands
+// out carriers over them. It is the route.Elsewhere of a relay in a
+// cluster.
+type Links struct {
+	cfg LinksConfig
+	log *slog.Logger
+
+	mu       sync.Mutex // guards links, carriers and closed
+	links    map[string]*link
+	carriers map[carrierKey]*Carrier
+	closed   bool
+}
+
+type carrierKey struct{ relay, tenant string }
+
+// NewLinks returns the entry side of links.
+func NewLinks(cfg LinksConfig) *Links {
+	return &Links{cfg: cfg, log: cfg.Logger, links: map[string]*link{}, carriers: map[carrierKey]*Carrier{}}
+}
+
+// link is the link to one peer relay at one address.
+type link struct {
+	id, addr string
+
+	mu       sync.Mutex // held while dialing; guards sess and failedAt
+	sess     *tcp.Session
+	failedAt time.Time
+}
+
+// Carriers implements route.Elsewhere: a carrier per live relay holding
+// agents of tenant and taking forwarded streams (with a peer address),
+// relays that drain last.
+func (l *Links) Carriers(ctx context.Context, tenant string, fresh bool) ([]route.Carrier, error) {
+	hs, err := l.cfg.Holders(ctx, tenant, fresh)
+	if err != nil {
+		return nil, err
+	}
+	held := len(hs)
+	hs = slices.DeleteFunc(slices.Clone(hs), func(h store.Holding) bool { return h.PeerAddr == "" })
+	if held > 0 && len(hs) == 0 {
+		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agents are connected to other relays of the cluster, none of which takes forwarded streams (they have no peer listener: --peer-listen)", tenant)
+	}
+	// Relays that do not drain first; among them the one with the most
+	// of the tenant's agents, then by id (the store's order), so that a
+	// tenant's forwarded streams go the same way and keep its links warm.
+	slices.SortStableFunc(hs, func(a, b store.Holding) int {
+		if a.Draining != b.Draining {
+			if a.Draining {
+				return 1
+			}
+			return -1
+		}
+		return b.Agents - a.Agents
+	})
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil, errors.New("relay is shutting down")
+	}
+	out := make([]route.Carrier, 0, len(hs))
+	for _, h := range hs {
+		lk := l.links[h.RelayID]
+		if lk == nil || lk.addr != h.PeerAddr {
+			if lk != nil {
+				lk.close()
+			}
+			lk = &link{id: h.RelayID, addr: h.PeerAddr}
+			l.links[h.RelayID] = lk
+		}
+		k := carrierKey{h.RelayID, tenant}
+		c := l.carriers[k]
+		if c == nil || c.link != lk {
+			if len(l.carriers) > 100000 {
+				clear(l.carriers) // in use ones keep working: they hold their link
+			}
+			c = &Carrier{links: l, link: lk, tenant: tenant}
+			l.carriers[k] = c
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// Close closes every link: forwarded streams through them end.
+func (l *Links) Close() {
+	l.mu.Lock()
+	l.closed = true
+	links := l.links
+	l.links = map[string]*link{}
+	l.mu.Unlock()
+	for _, lk := range links {
+		lk.close()
+	}
+}
+
+func (lk *link) close() {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	if lk.sess != nil {
+		lk.sess.Close()
+		lk.sess = nil
+	}
+}
+
+// usable reports whether the link is up or worth dialing.
+func (lk *link) usable(now time.Time) bool {
+	if !lk.mu.TryLock() {
+		return true // being dialed
+	}
+	defer lk.mu.Unlock()
+	return lk.failedAt.IsZero() || now.Sub(lk.failedAt) > failedPause
+}
+
+// session returns the link's session, dialing it when it is down.
+func (l *Links) session(ctx context.Context, lk *link) (*tcp.Session, error) {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	if lk.sess != nil {
+		select {
+		case <-lk.sess.Done():
+			lk.sess = nil
+		default:
+			return lk.sess, nil
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, l.cfg.DialTimeout)
+	defer cancel()
+	d := &net.Dialer{KeepAlive: 15 * time.Second}
+	sess, err := tcp.Dial(dctx, d.DialContext, lk.addr, l.cfg.TLS.Dialer(lk.id), linkConfig(l.log))
+	if err != nil {
+		lk.failedAt = time.Now()
+		return nil, fmt.Errorf("link to relay %s at %s: %w", lk.id, lk.addr, err)
+	}
+	l.mu.Lock()
+	closed := l.closed || l.links[lk.id] != lk
+	l.mu.Unlock()
+	if closed {
+		sess.Close()
+		return nil, fmt.Errorf("link to relay %s: no longer wanted", lk.id)
+	}
+	lk.failedAt = time.Time{}
+	lk.sess = sess
+	l.log.Info("relay-to-relay link up", "relay", lk.id, "addr", lk.addr)
+	return sess, nil
+}
+
+// Carrier carries streams of one tenant to one peer relay.
+type Carrier struct {
+	links  *Links
+	link   *link
+	tenant string
+	open   atomic.Int64
+}
+
+var _ route.RelayCarrier = (*Carrier)(nil)
+
+// OpenStream opens a stream on the link, asks the peer relay for tenant's
+// service, and returns once it answered. A refusal the peer's agent
+// answered (an unknown service, an unreachable target) is a
+// *protocol.Error; that the peer had no agent to take it, or failed, is
+// a plain error, so that the router tries another carrier.
+func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, _ func() bool) (transport.Stream, error) {
+	sess, err := c.links.session(ctx, c.link)
+	if err != nil {
+		return nil, err
+	}
+	st, err := sess.OpenStream(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("relay %s: open stream: %w", c.link.id, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		st.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
+	rep, agent, err := c.ask(st, hdr)
+	stop()
+	if err == nil {
+		err = rep.Err()
+	}
+	if err != nil {
+		abort(st)
+		var pe *protocol.Error
+		if errors.As(err, &pe) {
+			switch pe.Code {
+			case protocol.CodeNoAgent, protocol.CodeUnavailable, protocol.CodeInternal, protocol.CodeTimeout, protocol.CodeBadRequest:
+				// The peer could not take it: another relay may.
+				return nil, fmt.Errorf("relay %s: %s: %s", c.link.id, pe.Code, pe.Message)
+			}
+			return nil, err
+		}
+		return nil, fmt.Errorf("relay %s: %w", c.link.id, err)
+	}
+	st.SetDeadline(time.Time{})
+	c.open.Add(1)
+	return &stream{Stream: st, agent: agent}, nil
+}
+
+func (c *Carrier) ask(st transport.Stream, hdr protocol.StreamHeader) (protocol.Reply, string, error) {
+	if err := writeRequest(st, request{Tenant: c.tenant, Header: hdr}); err != nil {
+		return protocol.Reply{}, "", fmt.Errorf("send request: %w", err)
+	}
+	return readAnswer(st)
+}
+
+func abort(st transport.Stream) {
+	if a, ok := st.(transport.Aborter); ok {
+		a.Abort()
+		return
+	}
+	st.Close()
+}
+
+// StreamDone implements route.Carrier.
+func (c *Carrier) StreamDone() { c.open.Add(-1) }
+
+// Usable implements route.Carrier: false for a while after the link
+// could not be opened.
+func (c *Carrier) Usable(now time.Time) bool { return c.link.usable(now) }
+
+// Load implements route.Carrier.
+func (c *Carrier) Load() int64 { return c.open.Load() }
+
+// Stalled implements route.Carrier.
+func (c *Carrier) Stalled() bool { return false }
+
+// Agent implements route.Carrier: the peer names the agent per stream.
+func (c *Carrier) Agent() string { return "" }
+
+// Tenant implements route.Carrier.
+func (c *Carrier) Tenant() string { return c.tenant }
+
+// Relay implements route.RelayCarrier.
+func (c *Carrier) Relay() string { return c.link.id }
+
+// stream is a forwarded stream; it names the agent that took it.
+type stream struct {
+	transport.Stream
+	agent string
+}
+
+func (s *stream) AgentID() string { return s.agent }
+
+// Abort passes a reset on to the peer relay.
+func (s *stream) Abort() error {
+	if a, ok := s.Stream.(transport.Aborter); ok {
+		return a.Abort()
+	}
+	return s.Stream.Close()
+}

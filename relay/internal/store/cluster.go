@@ -1,0 +1,243 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// The relays of a cluster. Each relay keeps a row of its own, heartbeat_ms
+// set from the database's clock (so relays' clocks may disagree), and a
+// presence row for each agent it holds sessions of. Both carry the relay's
+// run epoch, which grows at every start: a reader counts a presence row
+// only while its relay's row is alive and of the same epoch, so the rows
+// of a relay that died or restarted stop counting without anyone deleting
+// them, and a stale process of an earlier run cannot bring its rows back.
+
+// ErrFenced is returned to a relay whose id a later run has taken.
+var ErrFenced = errors.New("a later run of this relay id holds its row")
+
+// Relay is one relay's row.
+type Relay struct {
+	ID        string
+	Epoch     int64
+	AgentAddr string // where agents reach it individually ("" if it does not say)
+	PeerAddr  string // where peers reach it ("" if it takes no forwarded streams)
+	Version   string
+	StartedAt time.Time
+	Draining  bool
+	Agents    int   // distinct agents it holds
+	Sessions  int   // agent sessions it holds
+	Streams   int64 // streams open through it
+	// Age is how long ago its last heartbeat was, by the database clock
+	// (read only).
+	Age time.Duration
+}
+
+// Alive reports whether r heartbeat within deadAfter.
+func (r Relay) Alive(deadAfter time.Duration) bool { return r.Age < deadAfter }
+
+// Heartbeat writes r's row with the database's time. A row of a later
+// epoch is left alone and ErrFenced returned: another process runs under
+// this relay id.
+func (s *Store) Heartbeat(ctx context.Context, r Relay) error {
+	res, err := s.exec(ctx, fmt.Sprintf(`
+INSERT INTO relays (id, epoch, agent_addr, peer_addr, version, started_at, heartbeat_ms, draining, agents, sessions, streams)
+VALUES ($1, $2, $3, $4, $5, $6, %[1]s, $7, $8, $9, $10)
+ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, agent_addr = excluded.agent_addr, peer_addr = excluded.peer_addr,
+	version = excluded.version, started_at = excluded.started_at, heartbeat_ms = %[1]s, draining = excluded.draining,
+	agents = excluded.agents, sessions = excluded.sessions, streams = excluded.streams
+WHERE relays.epoch <= excluded.epoch`, s.d.nowMillis()),
+		r.ID, r.Epoch, r.AgentAddr, r.PeerAddr, r.Version, unix(r.StartedAt), boolInt(r.Draining), r.Agents, r.Sessions, r.Streams)
+	if err != nil {
+		return err
+	}
+	if n, err := affected(res); err != nil {
+		return err
+	} else if n == 0 {
+		return ErrFenced
+	}
+	return nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Relays lists every relay's row, live or not, by id.
+func (s *Store) Relays(ctx context.Context) ([]Relay, error) {
+	rows, err := s.db.QueryContext(ctx, fmt.Sprintf(`
+SELECT id, epoch, agent_addr, peer_addr, version, started_at, %s - heartbeat_ms, draining, agents, sessions, streams
+FROM relays ORDER BY id`, s.d.nowMillis()))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Relay
+	for rows.Next() {
+		var r Relay
+		var started, ageMS int64
+		var draining int
+		if err := rows.Scan(&r.ID, &r.Epoch, &r.AgentAddr, &r.PeerAddr, &r.Version, &started, &ageMS, &draining, &r.Agents, &r.Sessions, &r.Streams); err != nil {
+			return nil, err
+		}
+		r.StartedAt, r.Draining, r.Age = fromUnix(started), draining != 0, time.Duration(max(ageMS, 0))*time.Millisecond
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// Presence is how many sessions of one agent a relay holds.
+type Presence struct {
+	Tenant, Agent string
+	Sessions      int // 0 removes the row
+}
+
+// SetPresence records the sessions relay id (of run epoch) holds of each
+// agent in ps, in one transaction.
+func (s *Store) SetPresence(ctx context.Context, id string, epoch int64, ps []Presence) error {
+	if len(ps) == 0 {
+		return nil
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		for _, p := range ps {
+			var err error
+			if p.Sessions <= 0 {
+				_, err = tx.ExecContext(ctx, `DELETE FROM presence WHERE relay_id = $1 AND epoch = $2 AND agent = $3`, id, epoch, p.Agent)
+			} else {
+				_, err = tx.ExecContext(ctx, fmt.Sprintf(`
+INSERT INTO presence (relay_id, epoch, tenant, agent, sessions, since_ms) VALUES ($1, $2, $3, $4, $5, %s)
+ON CONFLICT (relay_id, epoch, agent) DO UPDATE SET sessions = excluded.sessions, tenant = excluded.tenant`, s.d.nowMillis()),
+					id, epoch, p.Tenant, p.Agent, p.Sessions)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// ClearPresence deletes relay id's presence rows of every epoch but keep
+// (0: of every epoch): at start, what an earlier run left; at a clean
+// stop, its own.
+func (s *Store) ClearPresence(ctx context.Context, id string, keep int64) error {
+	_, err := s.exec(ctx, `DELETE FROM presence WHERE relay_id = $1 AND epoch <> $2`, id, keep)
+	return err
+}
+
+// livePresence is the join that counts a presence row: its relay's row is
+// of the same epoch and heartbeat within $1 milliseconds.
+func (s *Store) livePresence() string {
+	return fmt.Sprintf(`presence p JOIN relays r ON r.id = p.relay_id AND r.epoch = p.epoch AND r.heartbeat_ms > %s - $1`, s.d.nowMillis())
+}
+
+// Holding is a live relay holding agents of a tenant.
+type Holding struct {
+	RelayID  string
+	PeerAddr string
+	Draining bool
+	Agents   int // the tenant's agents it holds
+}
+
+// TenantRelays lists the live relays (heartbeat within deadAfter) holding
+// agents of tenant.
+func (s *Store) TenantRelays(ctx context.Context, tenant string, deadAfter time.Duration) ([]Holding, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT r.id, r.peer_addr, r.draining, count(*) FROM `+s.livePresence()+`
+WHERE p.tenant = $2 GROUP BY r.id, r.peer_addr, r.draining ORDER BY r.id`, deadAfter.Milliseconds(), tenant)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Holding
+	for rows.Next() {
+		var h Holding
+		var draining int
+		if err := rows.Scan(&h.RelayID, &h.PeerAddr, &draining, &h.Agents); err != nil {
+			return nil, err
+		}
+		h.Draining = draining != 0
+		out = append(out, h)
+	}
+	return out, rows.Err()
+}
+
+// AgentRelays maps each agent of tenant ("" for every tenant) held by a
+// live relay to the ids of the relays holding it, sorted.
+func (s *Store) AgentRelays(ctx context.Context, tenant string, deadAfter time.Duration) (map[AgentKey][]string, error) {
+	q := `SELECT p.tenant, p.agent, r.id FROM ` + s.livePresence()
+	args := []any{deadAfter.Milliseconds()}
+	if tenant != "" {
+		q += ` WHERE p.tenant = $2`
+		args = append(args, tenant)
+	}
+	rows, err := s.db.QueryContext(ctx, q+` ORDER BY p.tenant, p.agent, r.id`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[AgentKey][]string{}
+	for rows.Next() {
+		var k AgentKey
+		var relay string
+		if err := rows.Scan(&k.Tenant, &k.Agent, &relay); err != nil {
+			return nil, err
+		}
+		out[k] = append(out[k], relay)
+	}
+	return out, rows.Err()
+}
+
+// AgentKey names an agent of a tenant.
+type AgentKey struct{ Tenant, Agent string }
+
+// PruneRelays deletes presence rows that no longer count and whose relay
+// has not heartbeat for olderThan, and relay rows silent for keepDead.
+// Nothing depends on it: rows that do not count are ignored by readers.
+func (s *Store) PruneRelays(ctx context.Context, olderThan, keepDead time.Duration) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		now := s.d.nowMillis()
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf(`DELETE FROM presence WHERE NOT EXISTS (
+SELECT 1 FROM relays r WHERE r.id = presence.relay_id AND r.epoch = presence.epoch AND r.heartbeat_ms > %s - $1)`, now), olderThan.Milliseconds()); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, fmt.Sprintf(`DELETE FROM relays WHERE heartbeat_ms < %s - $1`, now), keepDead.Milliseconds())
+		return err
+	})
+}
+
+// RemoveRelay deletes relay id's row and presence: an operator's "forget
+// this relay" (it may be running: it writes its row again at its next
+// heartbeat).
+func (s *Store) RemoveRelay(ctx context.Context, id string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM presence WHERE relay_id = $1`, id); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM relays WHERE id = $1`, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := affected(res); n == 0 {
+			return fmt.Errorf("relay %q: %w", strings.TrimSpace(id), ErrNotFound)
+		}
+		return nil
+	})
+}
+
+// LeaveCluster marks relay id (of run epoch) as gone at once: draining,
+// and silent since long ago, so that every reader counts neither it nor
+// its presence rows from its next read. A later run writes its row again.
+func (s *Store) LeaveCluster(ctx context.Context, id string, epoch int64) error {
+	_, err := s.exec(ctx, `UPDATE relays SET heartbeat_ms = 0, draining = 1, agents = 0, sessions = 0, streams = 0 WHERE id = $1 AND epoch = $2`, id, epoch)
+	if err != nil {
+		return err
+	}
+	return s.ClearPresence(ctx, id, -1)
+}

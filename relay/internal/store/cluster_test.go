@@ -1,0 +1,175 @@
+package store
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+)
+
+func TestRelaysAndPresence(t *testing.T) { eachEngine(t, testRelaysAndPresence) }
+
+func testRelaysAndPresence(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	const dead = 10 * time.Second
+	beat := func(id string, epoch int64, draining bool) {
+		t.Helper()
+		if err := s.Heartbeat(ctx, Relay{ID: id, Epoch: epoch, AgentAddr: id + ":7443", PeerAddr: id + ":7444", Version: "1.0.0", StartedAt: t0, Draining: draining, Agents: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// age sets a relay's heartbeat d in the past, by the database clock.
+	age := func(id string, d time.Duration) {
+		t.Helper()
+		if _, err := s.db.ExecContext(ctx, `UPDATE relays SET heartbeat_ms = `+s.d.nowMillis()+` - $1 WHERE id = $2`, d.Milliseconds(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	beat("r1", 100, false)
+	beat("r2", 100, false)
+	beat("r3", 100, true)
+	rs, err := s.Relays(ctx)
+	if err != nil || len(rs) != 3 {
+		t.Fatalf("Relays = %+v, %v", rs, err)
+	}
+	for _, r := range rs {
+		if !r.Alive(dead) || r.Age > 5*time.Second || r.PeerAddr != r.ID+":7444" || r.Draining != (r.ID == "r3") {
+			t.Fatalf("relay row %+v", r)
+		}
+	}
+
+	set := func(id string, epoch int64, ps ...Presence) {
+		t.Helper()
+		if err := s.SetPresence(ctx, id, epoch, ps); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set("r1", 100, Presence{"acme", "a1", 2}, Presence{"acme", "a2", 1}, Presence{"globex", "g1", 1})
+	set("r2", 100, Presence{"acme", "a1", 1})
+	set("r3", 100, Presence{"acme", "a2", 1})
+	holding := func(tenant string) []Holding {
+		t.Helper()
+		hs, err := s.TenantRelays(ctx, tenant, dead)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return hs
+	}
+	want := []Holding{{"r1", "r1:7444", false, 2}, {"r2", "r2:7444", false, 1}, {"r3", "r3:7444", true, 1}}
+	if got := holding("acme"); !reflect.DeepEqual(got, want) {
+		t.Fatalf("TenantRelays(acme) = %+v, want %+v", got, want)
+	}
+	ar, err := s.AgentRelays(ctx, "acme", dead)
+	if err != nil || !reflect.DeepEqual(ar, map[AgentKey][]string{{"acme", "a1"}: {"r1", "r2"}, {"acme", "a2"}: {"r1", "r3"}}) {
+		t.Fatalf("AgentRelays(acme) = %v, %v", ar, err)
+	}
+	if ar, _ := s.AgentRelays(ctx, "", dead); len(ar) != 3 {
+		t.Fatalf("AgentRelays(all) = %v", ar)
+	}
+
+	// An agent leaving r1 takes its row away; a count change updates it.
+	set("r1", 100, Presence{"acme", "a2", 0}, Presence{"acme", "a1", 1})
+	if got := holding("acme"); got[0] != (Holding{"r1", "r1:7444", false, 1}) {
+		t.Fatalf("after a2 left r1: %+v", got)
+	}
+
+	// A dead relay's rows stop counting, with nobody deleting them.
+	age("r2", 11*time.Second)
+	if got := holding("acme"); len(got) != 2 || got[0].RelayID != "r1" || got[1].RelayID != "r3" {
+		t.Fatalf("with r2 dead: %+v", got)
+	}
+	beat("r2", 100, false)
+
+	// r1 restarts (a later epoch): its earlier run's rows stop counting
+	// at once, and a stale process of the earlier run is fenced.
+	beat("r1", 200, false)
+	if got := holding("globex"); len(got) != 0 {
+		t.Fatalf("a restarted relay's earlier rows count: %+v", got)
+	}
+	if err := s.Heartbeat(ctx, Relay{ID: "r1", Epoch: 100, StartedAt: t0}); !errors.Is(err, ErrFenced) {
+		t.Fatalf("heartbeat of an earlier epoch: %v, want ErrFenced", err)
+	}
+	set("r1", 100, Presence{"globex", "g2", 1}) // the stale process writes on
+	if got := holding("globex"); len(got) != 0 {
+		t.Fatalf("a stale run's rows count: %+v", got)
+	}
+	set("r1", 200, Presence{"globex", "g1", 1})
+	if got := holding("globex"); len(got) != 1 || got[0].RelayID != "r1" {
+		t.Fatalf("after r1's new run wrote: %+v", got)
+	}
+	if err := s.ClearPresence(ctx, "r1", 200); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	s.db.QueryRowContext(ctx, `SELECT count(*) FROM presence WHERE relay_id = 'r1' AND epoch <> 200`).Scan(&n)
+	if n != 0 {
+		t.Fatalf("%d rows of r1's earlier run left after ClearPresence", n)
+	}
+
+	// Pruning removes rows that no longer count and long-dead relays.
+	age("r3", 2*time.Hour)
+	if err := s.PruneRelays(ctx, time.Hour, 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	s.db.QueryRowContext(ctx, `SELECT count(*) FROM presence WHERE relay_id = 'r3'`).Scan(&n)
+	if n != 0 {
+		t.Fatalf("%d presence rows of a relay dead for 2 h after pruning", n)
+	}
+	if rs, _ := s.Relays(ctx); len(rs) != 3 {
+		t.Fatalf("a relay dead for 2 h was removed: %+v", rs)
+	}
+	age("r3", 48*time.Hour)
+	if err := s.PruneRelays(ctx, time.Hour, 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if rs, _ := s.Relays(ctx); len(rs) != 2 {
+		t.Fatalf("a relay dead for 2 days was kept: %+v", rs)
+	}
+	if err := s.RemoveRelay(ctx, "r2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveRelay(ctx, "r2"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("removing a removed relay: %v", err)
+	}
+}
+
+func TestClaimAgentUpdate(t *testing.T) { eachEngine(t, testClaimAgentUpdate) }
+
+func testClaimAgentUpdate(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	now := t0.Add(time.Hour)
+	u := AgentUpdate{Agent: "a1", Tenant: "acme", Version: "1.1.0", Rollout: 1, State: "offered", UpdatedAt: now}
+	claim := func(at time.Time) bool {
+		t.Helper()
+		u.UpdatedAt = at
+		ok, err := s.ClaimAgentUpdate(ctx, u, at.Add(-15*time.Minute), at.Add(-30*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if !claim(now) {
+		t.Fatal("the first offer was not claimed")
+	}
+	if claim(now.Add(time.Second)) {
+		t.Fatal("a second offer a second later was claimed (two relays would both offer)")
+	}
+	if !claim(now.Add(time.Minute)) {
+		t.Fatal("an offer unanswered for a minute could not be offered again")
+	}
+	if err := s.SetAgentUpdate(ctx, AgentUpdate{Agent: "a1", Tenant: "acme", Version: "1.1.0", Rollout: 1, State: "downloading", UpdatedAt: now.Add(2 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if claim(now.Add(10 * time.Minute)) {
+		t.Fatal("an offer was claimed while the agent downloads")
+	}
+	if !claim(now.Add(20 * time.Minute)) {
+		t.Fatal("a download stale for 18 minutes kept the agent from another offer")
+	}
+	if err := s.SetAgentUpdate(ctx, AgentUpdate{Agent: "a1", Tenant: "acme", Version: "1.1.0", Rollout: 1, State: "refused", Reason: "busy", UpdatedAt: now.Add(21 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if !claim(now.Add(21*time.Minute + time.Second)) {
+		t.Fatal("an agent that refused for being busy could not be offered again")
+	}
+}
