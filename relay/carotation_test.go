@@ -133,6 +133,7 @@ type renewing struct {
 	id     identity.Agent
 	serial string
 	at     time.Time
+	boot   string
 }
 
 func (a *renewing) Identity() identity.Agent { return a.id }
@@ -140,6 +141,7 @@ func (a *renewing) SessionID() string        { return "test" }
 func (a *renewing) Logger() *slog.Logger     { return slog.New(slog.DiscardHandler) }
 func (a *renewing) CertSerial() string       { return a.serial }
 func (a *renewing) ConnectedAt() time.Time   { return a.at }
+func (a *renewing) Hello() *protocol.Hello   { return &protocol.Hello{BootID: a.boot} }
 func (a *renewing) Renewed(serial string, _ time.Time, _ string) {
 	a.serial = serial
 }

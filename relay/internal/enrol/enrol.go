@@ -83,9 +83,11 @@ type Agent interface {
 	SessionID() string
 	Logger() *slog.Logger
 	// CertSerial is the serial (hexadecimal) of the certificate the
-	// session stands on; ConnectedAt is when it was admitted.
+	// session stands on; ConnectedAt is when it was admitted; Hello is
+	// what the agent said then (its boot id names the agent process).
 	CertSerial() string
 	ConnectedAt() time.Time
+	Hello() *protocol.Hello
 	// Renewed moves every session of the agent process to the
 	// certificate with serial, valid until notAfter, issued by CA root
 	// root.
@@ -274,8 +276,8 @@ func truncate(s string, n int) string {
 // if the session stands on the agent's newest certificate and the renewal
 // is due or within the agent's burst (limits.go).
 func (e *Enrol) Renew(ctx context.Context, ac Agent, req *protocol.RenewRequest) *protocol.RenewResponse {
-	id, replaced := ac.Identity(), ac.CertSerial()
-	resp, cert, root, err := e.renewCert(ctx, ac, req)
+	id, session := ac.Identity(), ac.CertSerial()
+	rn, err := e.renewCert(ctx, ac, req)
 	rec := audit.Record{Kind: audit.Renew, Outcome: audit.OutcomeOK, Tenant: id.Tenant, Agent: id.ID, Actor: "agent",
 		Detail: map[string]any{"session": ac.SessionID()}}
 	var rr *renewRefusal
@@ -286,7 +288,7 @@ func (e *Enrol) Renew(ctx context.Context, ac Agent, req *protocol.RenewRequest)
 		} else {
 			ac.Logger().Debug("certificate renewal refused", "err", err)
 		}
-		e.limits.renews.Add(doorRenew, key, rr.reason, replaced)
+		e.limits.renews.Add(doorRenew, key, rr.reason, session)
 		rep := protocol.ReplyFor(err)
 		return &protocol.RenewResponse{Code: rep.Code.String(), Message: rep.Message}
 	}
@@ -302,77 +304,94 @@ func (e *Enrol) Renew(ctx context.Context, ac Agent, req *protocol.RenewRequest)
 	// holds the new key (the CSR's signature) over a session the old one
 	// authenticated. Its other sessions (it keeps two) are the same agent
 	// process and move with it, so none is cut when the old one expires.
-	serial, notAfter := cert.SerialNumber.Text(16), cert.NotAfter
+	serial, notAfter, root := rn.cert.SerialNumber.Text(16), rn.cert.NotAfter, rn.root
 	ac.Renewed(serial, notAfter, root.ID())
 	rec.Detail["not_after"] = notAfter
 	rec.Detail["ca_root"] = root.ID()
 	rec.Detail["cert_serial"] = serial
-	rec.Detail["replaced_serial"] = replaced
+	rec.Detail["replaced_serial"] = rn.replaced
 	e.cfg.Audit.Add(rec)
 	ac.Logger().Info("certificate renewed", "not_after", notAfter.Format(time.RFC3339), "ca_root", root.ID())
-	return resp
+	return rn.resp
 }
 
 // renewCert issues the new certificate from the CA's signing root (the new
 // root during a rotation) and answers with every active root, so that the
 // agent trusts the relay's server certificate before and after the old
 // root is retired.
-func (e *Enrol) renewCert(ctx context.Context, ac Agent, req *protocol.RenewRequest) (*protocol.RenewResponse, *x509.Certificate, *ca.Root, error) {
+func (e *Enrol) renewCert(ctx context.Context, ac Agent, req *protocol.RenewRequest) (*renewal, error) {
 	id := ac.Identity()
 	rec, err := e.cfg.Store.Agent(ctx, id.ID)
 	switch {
 	case errors.Is(err, store.ErrNotFound) || (err == nil && rec.Tenant != id.Tenant):
-		return nil, nil, nil, protocol.Errorf(protocol.CodeUnknownAgent, "agent %s is not registered with this relay", id.ID)
+		return nil, protocol.Errorf(protocol.CodeUnknownAgent, "agent %s is not registered with this relay", id.ID)
 	case err != nil:
-		return nil, nil, nil, protocol.Errorf(protocol.CodeInternal, "look up agent: %v", err)
+		return nil, protocol.Errorf(protocol.CodeInternal, "look up agent: %v", err)
 	case !rec.RevokedAt.IsZero():
-		return nil, nil, nil, policy.RevokedError(rec)
+		return nil, policy.RevokedError(rec)
 	}
-	now, serial := e.cfg.Now(), ac.CertSerial()
+	now, serial, bootID := e.cfg.Now(), ac.CertSerial(), ac.Hello().BootID
+	// replaced is the certificate the agent process holds, which the new
+	// one replaces: the session's, unless the process renewed since it
+	// was admitted.
+	replaced := serial
 	switch policy.StandingOf(rec, serial, now) {
 	case policy.CertSuperseded:
-		return nil, nil, nil, refuseRenewal(reasonSuperseded, policy.SupersededError(rec, serial))
+		return nil, refuseRenewal(reasonSuperseded, policy.SupersededError(rec, serial))
 	case policy.CertReplaced:
-		// Admitted on the replaced certificate during the overlap, the
-		// session is the agent that stopped before installing the new
-		// one: it renews. Admitted before that renewal, it is another
-		// process holding the same key pair, which the agent process
-		// that renewed did not take along (Renewed).
-		if ac.ConnectedAt().Before(rec.CertIssuedAt) {
-			return nil, nil, nil, refuseRenewal(reasonSuperseded, policy.SupersededError(rec, serial))
+		switch {
+		case !ac.ConnectedAt().Before(rec.CertIssuedAt):
+			// Admitted on the replaced certificate during the overlap:
+			// the agent stopped before installing the new one.
+		case bootID != "" && bootID == rec.CertBootID:
+			// Admitted before the renewal, by the process that renewed
+			// over another relay (this one did not move the session
+			// along): it holds the newest.
+			replaced = rec.CertSerial
+		default:
+			// Admitted before the renewal, by another process holding
+			// the same key pair, which the renewal did not take along.
+			return nil, refuseRenewal(reasonSuperseded, policy.SupersededError(rec, serial))
 		}
 	}
 	if !renewDue(rec, now) {
 		if w := e.limits.renewals.Take(id.ID); w > 0 {
-			return nil, nil, nil, refuseRenewal(throttle.ReasonThrottled, protocol.Errorf(protocol.CodeRateLimited,
+			return nil, refuseRenewal(throttle.ReasonThrottled, protocol.Errorf(protocol.CodeRateLimited,
 				"agent %s renewed its certificate too often lately, and its newest one is not due for renewal before %s: try again in %s",
 				id.ID, dueAt(rec).UTC().Format(time.RFC3339), max(w.Round(time.Second), time.Second)))
 		}
 	}
 	csr, err := ca.CheckCSR(req.CSR)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	authority := e.cfg.Authority.CA()
 	root := authority.Signer()
 	cert, err := authority.SignAgent(root, csr, id, e.cfg.CertLifetime, now)
 	if err != nil {
-		return nil, nil, nil, protocol.Errorf(protocol.CodeInternal, "%v", err)
+		return nil, protocol.Errorf(protocol.CodeInternal, "%v", err)
 	}
-	// The session's certificate is the one replaced: it stays accepted
-	// during the overlap, in case the agent stops before installing the
-	// new one.
+	// The replaced certificate stays accepted during the overlap, in case
+	// the agent stops before installing the new one.
 	err = e.cfg.Store.RenewAgentCert(ctx, id.ID, rec.CertSerial,
-		store.AgentCert{Serial: cert.SerialNumber.Text(16), NotAfter: cert.NotAfter, Root: root.ID(), IssuedAt: now}, serial, now.Add(e.cfg.CertOverlap))
+		store.AgentCert{Serial: cert.SerialNumber.Text(16), NotAfter: cert.NotAfter, Root: root.ID(), IssuedAt: now, BootID: bootID}, replaced, now.Add(e.cfg.CertOverlap))
 	switch {
 	case errors.Is(err, store.ErrCertChanged):
-		return nil, nil, nil, protocol.Errorf(protocol.CodeUnavailable, "another renewal of agent %s was recorded meanwhile: try again", id.ID)
+		return nil, protocol.Errorf(protocol.CodeUnavailable, "another renewal of agent %s was recorded meanwhile: try again", id.ID)
 	case err != nil:
-		return nil, nil, nil, protocol.Errorf(protocol.CodeInternal, "record certificate: %v", err)
+		return nil, protocol.Errorf(protocol.CodeInternal, "record certificate: %v", err)
 	}
 	var chain bytes.Buffer
 	pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
-	return &protocol.RenewResponse{Certificate: chain.String(), CACertificates: string(authority.BundlePEM())}, cert, root, nil
+	return &renewal{resp: &protocol.RenewResponse{Certificate: chain.String(), CACertificates: string(authority.BundlePEM())}, cert: cert, root: root, replaced: replaced}, nil
+}
+
+// renewal is a certificate issued by renewal, and the one it replaced.
+type renewal struct {
+	resp     *protocol.RenewResponse
+	cert     *x509.Certificate
+	root     *ca.Root
+	replaced string
 }
 
 // renewDue reports whether agent a's newest certificate is due for

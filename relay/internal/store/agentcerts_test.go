@@ -25,17 +25,17 @@ func testAgentCertificates(t *testing.T, e engine) {
 		t.Fatal(err)
 	}
 	a, err := s.Agent(ctx, "a1")
-	if err != nil || a.CertSerial != "01" || !a.CertIssuedAt.Equal(issued) || a.PrevCertSerial != "" || !a.PrevCertUntil.IsZero() {
+	if err != nil || a.CertSerial != "01" || !a.CertIssuedAt.Equal(issued) || a.CertBootID != "" || a.PrevCertSerial != "" || !a.PrevCertUntil.IsZero() {
 		t.Fatalf("enrolled agent: %+v, %v; want serial 01 issued at %v, no previous certificate", a, err, issued)
 	}
 
 	renewedAt := t0.Add(40 * time.Minute)
-	next := AgentCert{Serial: "02", NotAfter: renewedAt.Add(time.Hour), Root: "sha256:r2", IssuedAt: renewedAt}
+	next := AgentCert{Serial: "02", NotAfter: renewedAt.Add(time.Hour), Root: "sha256:r2", IssuedAt: renewedAt, BootID: "boot1"}
 	if err := s.RenewAgentCert(ctx, "a1", "01", next, "01", renewedAt.Add(5*time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	a, _ = s.Agent(ctx, "a1")
-	if a.CertSerial != "02" || a.CertRoot != "sha256:r2" || !a.CertNotAfter.Equal(next.NotAfter) || !a.CertIssuedAt.Equal(renewedAt) ||
+	if a.CertSerial != "02" || a.CertRoot != "sha256:r2" || !a.CertNotAfter.Equal(next.NotAfter) || !a.CertIssuedAt.Equal(renewedAt) || a.CertBootID != "boot1" ||
 		a.PrevCertSerial != "01" || !a.PrevCertUntil.Equal(renewedAt.Add(5*time.Minute)) {
 		t.Fatalf("after a renewal: %+v; want 02 newest, 01 accepted until %v", a, renewedAt.Add(5*time.Minute))
 	}

@@ -27,6 +27,9 @@ type Agent struct {
 	// all issued before migration 12), and then CertSerial is only the
 	// certificate last seen.
 	CertIssuedAt time.Time
+	// CertBootID is the boot id of the agent process that received the
+	// newest certificate by renewal ("" after an enrolment, or unknown).
+	CertBootID string
 	// PrevCertSerial is the certificate the newest one replaced, still
 	// accepted before PrevCertUntil: the overlap of a renewal, ended early
 	// by the first use of the newest one ("" and zero: none).
@@ -57,13 +60,13 @@ func (s *Store) AddAgent(ctx context.Context, a Agent) error {
 }
 
 const agentCols = `id, tenant, hostname, created_at, cert_serial, cert_not_after, cert_root, revoked_at, revoked_reason, last_seen,
-	cert_issued_at, prev_cert_serial, prev_cert_until`
+	cert_issued_at, cert_boot_id, prev_cert_serial, prev_cert_until`
 
 func scanAgent(sc interface{ Scan(...any) error }) (Agent, error) {
 	var a Agent
 	var created, notAfter, revoked, seen, issued, prevUntil int64
 	if err := sc.Scan(&a.ID, &a.Tenant, &a.Hostname, &created, &a.CertSerial, &notAfter, &a.CertRoot, &revoked, &a.RevokedReason, &seen,
-		&issued, &a.PrevCertSerial, &prevUntil); err != nil {
+		&issued, &a.CertBootID, &a.PrevCertSerial, &prevUntil); err != nil {
 		return Agent{}, err
 	}
 	a.CreatedAt, a.CertNotAfter = fromUnix(created), fromUnix(notAfter)
@@ -133,6 +136,7 @@ type AgentCert struct {
 	NotAfter time.Time
 	Root     string // the issuing CA root, printable fingerprint
 	IssuedAt time.Time
+	BootID   string // the agent process that received it ("" if unknown)
 }
 
 // RenewAgentCert records c as agent id's newest certificate, replacing
@@ -142,9 +146,9 @@ type AgentCert struct {
 // agent's newest certificate is no longer newest (another renewal came
 // first), it changes nothing and returns ErrCertChanged.
 func (s *Store) RenewAgentCert(ctx context.Context, id, newest string, c AgentCert, replaced string, overlapUntil time.Time) error {
-	res, err := s.exec(ctx, `UPDATE agents SET cert_serial = $3, cert_not_after = $4, cert_root = $5, cert_issued_at = $6, prev_cert_serial = $7, prev_cert_until = $8
-		WHERE id = $1 AND (cert_serial = $2 OR cert_issued_at = 0)`,
-		id, newest, c.Serial, unix(c.NotAfter), c.Root, c.IssuedAt.UnixMilli(), replaced, unixMilliOrZero(overlapUntil))
+	res, err := s.exec(ctx, `UPDATE agents SET cert_serial = $3, cert_not_after = $4, cert_root = $5, cert_issued_at = $6, cert_boot_id = $7,
+		prev_cert_serial = $8, prev_cert_until = $9 WHERE id = $1 AND (cert_serial = $2 OR cert_issued_at = 0)`,
+		id, newest, c.Serial, unix(c.NotAfter), c.Root, c.IssuedAt.UnixMilli(), c.BootID, replaced, unixMilliOrZero(overlapUntil))
 	if err != nil {
 		return err
 	}
