@@ -95,7 +95,7 @@ func NewTally(cfg TallyConfig) *Tally {
 func NewRefusals() *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tether_auth_refusals_total",
-		Help: "Failed and throttled authentication attempts, by door (admin_api, login, sso, socks5, connect, connect-tls, enrol, renew) and reason.",
+		Help: "Failed and throttled authentication attempts, by door (admin_api, login, sso, socks5, connect, connect-tls, http-proxy, http-proxy-tls, enrol; renew for refused renewals) and reason.",
 	}, []string{"door", "reason"})
 }
 
