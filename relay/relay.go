@@ -126,7 +126,7 @@ func (r *Relay) assemble(ctx context.Context) error {
 	r.router = route.NewRouter(route.Config{Table: r.routes, StreamOpenTimeout: cfg.StreamOpenTimeout, ReconnectGrace: cfg.ReconnectGrace,
 		Dir: r.dir, Elsewhere: r.links, Admit: r.admit, Logger: cfg.Logger, Now: cfg.Now})
 	enrolCfg := enrol.Config{Store: r.dir.Store, Authority: r.auth, Policy: r.pol, Audit: r.audit, CertLifetime: cfg.AgentCertLifetime,
-		HandshakeTimeout: cfg.HandshakeTimeout, Logger: cfg.Logger, Now: cfg.Now}
+		HandshakeTimeout: cfg.HandshakeTimeout, Refusals: r.metrics.AuthRefusals, Logger: cfg.Logger, Now: cfg.Now}
 	r.enrol = enrol.New(enrolCfg)
 	r.sessions, err = session.New(session.Config{
 		Listen: cfg.AgentListen, DisableQUIC: cfg.DisableQUIC, DisableTCP: cfg.DisableTCP,
@@ -335,6 +335,7 @@ func (r *Relay) run(ctx context.Context) error {
 	wg.Go(func() { r.rollouts.Run(partsCtx) })
 	wg.Go(func() { r.rotation.Run(partsCtx) })
 	wg.Go(func() { r.sessions.Run(sessCtx) })
+	wg.Go(func() { r.enrol.Run(sessCtx) })
 	wg.Go(func() { r.doors.Run(sessCtx) })
 	wg.Go(func() { r.member.Run(sessCtx) })
 	wg.Go(func() { r.tellAgents(sessCtx) })

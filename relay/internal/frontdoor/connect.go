@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -43,7 +44,7 @@ func HTTPStatus(c protocol.Code) int {
 		return http.StatusBadGateway
 	case protocol.CodeTimeout:
 		return http.StatusGatewayTimeout
-	case protocol.CodeLimitExceeded:
+	case protocol.CodeLimitExceeded, protocol.CodeRateLimited:
 		return http.StatusTooManyRequests
 	}
 	return http.StatusInternalServerError
@@ -102,8 +103,7 @@ func (fd *Server) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *
 		fc.authenticated()
 	}
 	if err != nil {
-		fd.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
-		fd.auditUnauthenticated(door, req.RemoteAddr, id, claimed, err)
+		fd.refusedAuth(ctx, door, req.RemoteAddr, id, claimed, err, attrs)
 		writeRefusal(w, id, err, 0)
 		return
 	}
@@ -161,6 +161,9 @@ func writeRefusal(w http.ResponseWriter, requestID string, err error, status int
 	if status == http.StatusProxyAuthRequired {
 		h.Set("Proxy-Authenticate", `Basic realm="tether"`)
 	}
+	if s := retryAfter(err); s > 0 {
+		h.Set("Retry-After", strconv.Itoa(s))
+	}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Connection", "close")
 	w.WriteHeader(status)
@@ -171,29 +174,33 @@ func writeRefusal(w http.ResponseWriter, requestID string, err error, status int
 // certificate verified in the TLS handshake, or the Proxy-Authorization
 // header (Basic: backend name and API key; Bearer: a token from the OIDC
 // issuer). claimed is the name a refused request claimed, for the audit.
+// A refused credential is counted against the request's source and the
+// name it claimed, and answered rate_limited once either has failed too
+// often (authlimit.go).
 func (fd *Server) authenticateRequest(ctx context.Context, req *http.Request) (who *caller, claimed string, err error) {
 	auth := req.Header.Get("Proxy-Authorization")
 	if req.TLS != nil && len(req.TLS.PeerCertificates) > 0 {
 		if auth != "" {
-			return nil, "", protocol.Errorf(protocol.CodeUnauthenticated, "send one credential: a client certificate or a Proxy-Authorization header, not both")
+			return nil, "", fd.guard.refused(req.RemoteAddr, reasonNoCredentials, "", protocol.Errorf(protocol.CodeUnauthenticated, "send one credential: a client certificate or a Proxy-Authorization header, not both"))
 		}
 		who, err := fd.authenticateCertificate(ctx, req.TLS.PeerCertificates)
 		if len(req.TLS.PeerCertificates[0].URIs) > 0 {
 			claimed = req.TLS.PeerCertificates[0].URIs[0].String()
 		}
-		return who, claimed, err
+		return who, claimed, fd.guard.refused(req.RemoteAddr, reasonBadCertificate, claimed, err)
 	}
 	scheme, cred, _ := strings.Cut(auth, " ")
 	switch {
 	case strings.EqualFold(scheme, "Bearer"):
 		who, err := fd.authenticateBearer(ctx, strings.TrimSpace(cred))
-		return who, "", err
+		return who, "", fd.guard.refused(req.RemoteAddr, reasonBadToken, "", err)
 	case strings.EqualFold(scheme, "Basic"):
 		name, key, _ := proxyBasicAuth(req)
 		who, err := fd.authenticate(ctx, name, key)
-		return who, name, err
+		return who, name, fd.guard.refused(req.RemoteAddr, reasonBadKey, name, err)
 	}
-	return fd.noCredentials()
+	who, claimed, err = fd.noCredentials()
+	return who, claimed, fd.guard.refused(req.RemoteAddr, reasonNoCredentials, "", err)
 }
 
 func (fd *Server) noCredentials() (*caller, string, error) {

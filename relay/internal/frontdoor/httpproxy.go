@@ -128,8 +128,7 @@ func (fd *Server) serveHTTPProxy(ctx context.Context, w http.ResponseWriter, req
 		fc.authenticated()
 	}
 	if err != nil {
-		fd.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
-		fd.auditUnauthenticated(door, req.RemoteAddr, id, claimed, err)
+		fd.refusedAuth(ctx, door, req.RemoteAddr, id, claimed, err, attrs)
 		writeRefusal(w, id, err, 0)
 		return
 	}

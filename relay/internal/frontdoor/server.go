@@ -44,6 +44,13 @@ type Config struct {
 	// JWKSCacheFile keeps its keys across restarts.
 	OIDC          OIDCConfig
 	JWKSCacheFile string
+	// Throttle tunes the throttling of failed authentication per source
+	// and per identity claimed (authlimit.go); the zero value is the
+	// throttle package's defaults (10 failures, then one every 5s).
+	Throttle throttle.Config
+	// AuthAuditInterval is how long refused authentications are summed
+	// before their audit record is written. Default 1 minute.
+	AuthAuditInterval time.Duration
 
 	Router    *route.Router
 	Routes    *route.Table
@@ -68,7 +75,8 @@ type Server struct {
 	bearer   *bearerAuth  // nil unless an OIDC issuer is configured
 	oidc     *http.Client // fetches the issuer's keys
 	src      *throttle.Sources
-	front    *connSet // open front-door connections, closed at shutdown
+	guard    *authGuard // throttling, logging and auditing of refused credentials (authlimit.go)
+	front    *connSet   // open front-door connections, closed at shutdown
 
 	socksLn, connectLn, connectTLSLn net.Listener
 	proxy                            *httpProxy                  // plain HTTP proxy requests at the CONNECT doors
@@ -89,7 +97,7 @@ type Server struct {
 // New binds the doors of cfg. Call Run, or Close if Run will not be
 // called.
 func New(cfg Config) (*Server, error) {
-	fd := &Server{cfg: cfg, log: cfg.Logger, front: newConnSet(),
+	fd := &Server{cfg: cfg, log: cfg.Logger, front: newConnSet(), guard: newAuthGuard(cfg),
 		src:  throttle.NewSources(cfg.MaxPendingPerAddress, cfg.MaxPendingPerNetwork),
 		stop: make(chan struct{}), forwardsChanged: make(chan struct{}, 1)}
 	fd.proxy = newHTTPProxy(fd)
@@ -165,6 +173,12 @@ func (fd *Server) Close() {
 // connection has ended (Drain, CloseAll) and every goroutine it started
 // has exited.
 func (fd *Server) Run(ctx context.Context) error {
+	// The guard writes its last sums once every connection has ended.
+	guardCtx, stopGuard := context.WithCancel(context.WithoutCancel(ctx))
+	var guardWG sync.WaitGroup
+	guardWG.Go(func() { fd.guard.run(guardCtx) })
+	defer guardWG.Wait()
+	defer stopGuard()
 	var wg sync.WaitGroup
 	fatal := func(err error) {
 		if err != nil && fd.cfg.Fatal != nil {

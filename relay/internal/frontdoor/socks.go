@@ -60,16 +60,22 @@ func (fd *Server) serveSOCKS(ctx context.Context, c net.Conn, authenticated func
 	req, err := socks5.Handshake(c, func(user, pass string) bool {
 		claimed = user
 		who, authErr = fd.authenticate(ctx, user, pass)
-		return authErr == nil
+		authErr = fd.guard.refused(c.RemoteAddr().String(), reasonBadKey, user, authErr)
+		// RFC 1929's status cannot say why: a throttled attempt is let
+		// past it, and its request answered with rate_limited's reply.
+		return authErr == nil || errors.Is(authErr, protocol.ErrRateLimited)
 	})
 	authenticated()
-	if err != nil {
-		if authErr != nil {
-			fd.log.Info("refused", with(attrs, "code", protocol.CodeOf(authErr).String(), "err", authErr)...)
-			fd.auditUnauthenticated("socks5", c.RemoteAddr().String(), id, claimed, authErr)
-		} else {
-			fd.log.Debug("SOCKS5 handshake failed", with(attrs, "err", err)...)
+	if authErr != nil {
+		if err == nil {
+			socks5.WriteReply(c, socksReply(protocol.CodeOf(authErr)), nil)
 		}
+		fd.refusedAuth(ctx, "socks5", c.RemoteAddr().String(), id, claimed, authErr, attrs)
+		c.Close()
+		return
+	}
+	if err != nil {
+		fd.log.Debug("SOCKS5 handshake failed", with(attrs, "err", err)...)
 		c.Close()
 		return
 	}
@@ -114,6 +120,8 @@ func socksReply(c protocol.Code) socks5.ReplyCode {
 		return socks5.ReplyConnectionRefused
 	case protocol.CodeTimeout:
 		return socks5.ReplyTTLExpired
+	case protocol.CodeLimitExceeded, protocol.CodeRateLimited:
+		return socks5.ReplyGeneralFailure
 	}
 	return socks5.ReplyGeneralFailure
 }
