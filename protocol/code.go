@@ -32,6 +32,8 @@ const (
 	CodeLimitExceeded      Code = 16 // a tenant or backend limit was reached
 	CodeCertExpired        Code = 17 // the agent's certificate has expired
 	CodeRevoked            Code = 18 // the agent's identity was revoked
+	CodeRateLimited        Code = 19 // too many failed attempts (credentials, renewals) lately: try again later
+	CodeCertSuperseded     Code = 20 // the agent's certificate was replaced by a newer one: only the newest is accepted
 )
 
 var codeNames = [...]string{
@@ -54,6 +56,8 @@ var codeNames = [...]string{
 	CodeLimitExceeded:      "limit_exceeded",
 	CodeCertExpired:        "certificate_expired",
 	CodeRevoked:            "revoked",
+	CodeRateLimited:        "rate_limited",
+	CodeCertSuperseded:     "certificate_superseded",
 }
 
 // String returns the stable snake_case name of c, or "code_N" for a code
@@ -79,7 +83,7 @@ func ParseCode(s string) (Code, bool) {
 // without anyone changing configuration.
 func (c Code) Temporary() bool {
 	switch c {
-	case CodeTargetUnreachable, CodeTimeout, CodeNoAgent, CodeInternal, CodeUnavailable, CodeLimitExceeded:
+	case CodeTargetUnreachable, CodeTimeout, CodeNoAgent, CodeInternal, CodeUnavailable, CodeLimitExceeded, CodeRateLimited:
 		return true
 	}
 	return false
@@ -135,6 +139,8 @@ var (
 	ErrLimitExceeded      = &Error{Code: CodeLimitExceeded}
 	ErrCertExpired        = &Error{Code: CodeCertExpired}
 	ErrRevoked            = &Error{Code: CodeRevoked}
+	ErrRateLimited        = &Error{Code: CodeRateLimited}
+	ErrCertSuperseded     = &Error{Code: CodeCertSuperseded}
 )
 
 // CodeOf returns the code carried by err, CodeOK for nil and CodeInternal for

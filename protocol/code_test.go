@@ -38,6 +38,8 @@ var allCodes = []struct {
 	{protocol.CodeLimitExceeded, 16, "limit_exceeded", protocol.ErrLimitExceeded, true},
 	{protocol.CodeCertExpired, 17, "certificate_expired", protocol.ErrCertExpired, false},
 	{protocol.CodeRevoked, 18, "revoked", protocol.ErrRevoked, false},
+	{protocol.CodeRateLimited, 19, "rate_limited", protocol.ErrRateLimited, true},
+	{protocol.CodeCertSuperseded, 20, "certificate_superseded", protocol.ErrCertSuperseded, false},
 }
 
 func TestCodes(t *testing.T) {

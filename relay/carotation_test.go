@@ -58,9 +58,10 @@ func TestRelayFollowsCARotation(t *testing.T) {
 	if err := r.dir.Store.AddAgent(ctx, store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: time.Now(), CertRoot: oldRoot.ID()}); err != nil {
 		t.Fatal(err)
 	}
+	session := &renewing{id: id, at: time.Now()}
 	issue := func() *x509.Certificate {
 		t.Helper()
-		resp := r.enrol.Renew(ctx, renewing{id}, &protocol.RenewRequest{CSR: csrFor(t)})
+		resp := r.enrol.Renew(ctx, session, &protocol.RenewRequest{CSR: csrFor(t)})
 		if resp.Code != "" {
 			t.Fatalf("renewal refused: %s: %s", resp.Code, resp.Message)
 		}
@@ -126,13 +127,24 @@ func TestRelayFollowsCARotation(t *testing.T) {
 	}
 }
 
-// renewing is an agent session as renewal sees it, without a connection.
-type renewing struct{ id identity.Agent }
+// renewing is an agent session as renewal sees it, without a connection:
+// it stands on the certificate it was last renewed to.
+type renewing struct {
+	id     identity.Agent
+	serial string
+	at     time.Time
+	boot   string
+}
 
-func (a renewing) Identity() identity.Agent  { return a.id }
-func (a renewing) SessionID() string         { return "test" }
-func (a renewing) Logger() *slog.Logger      { return slog.New(slog.DiscardHandler) }
-func (a renewing) Renewed(time.Time, string) {}
+func (a *renewing) Identity() identity.Agent { return a.id }
+func (a *renewing) SessionID() string        { return "test" }
+func (a *renewing) Logger() *slog.Logger     { return slog.New(slog.DiscardHandler) }
+func (a *renewing) CertSerial() string       { return a.serial }
+func (a *renewing) ConnectedAt() time.Time   { return a.at }
+func (a *renewing) Hello() *protocol.Hello   { return &protocol.Hello{BootID: a.boot} }
+func (a *renewing) Renewed(serial string, _ time.Time, _ string) {
+	a.serial = serial
+}
 
 func parsePEMCert(s string) (*x509.Certificate, error) {
 	b, _ := pem.Decode([]byte(s))

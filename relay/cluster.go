@@ -54,10 +54,23 @@ func (r *Relay) assembleMember() error {
 			peerAddr = r.peers.Addr().String()
 		}
 	}
+	// A relay on its own (SQLite) names no address to its agents unless
+	// one is advertised: they keep to the address they were configured
+	// with, which is the one that reaches it from where they run (a DNS
+	// name, through their proxy), where its listen address may not. In a
+	// cluster a listen address on a specific host is the best guess left.
 	agentAddr := r.cfg.Advertise
-	if agentAddr == "" {
+	if agentAddr == "" && store.IsPostgres(r.cfg.Store) {
 		if host, _, err := net.SplitHostPort(r.cfg.AgentListen); err == nil && !unspecifiedHost(host) {
 			agentAddr = r.sessions.Addr().String()
+		}
+	}
+	if store.IsPostgres(r.cfg.Store) {
+		if r.peers == nil {
+			r.log.Warn("no peer listener: the other relays of the cluster cannot forward streams to the agents connected here (set --peer-listen)")
+		}
+		if agentAddr == "" {
+			r.log.Warn("no advertised agent address: agents of the cluster are not told of this relay and reach it only through the address they were configured with (set --advertise)")
 		}
 	}
 	r.member = cluster.New(cluster.Config{Store: r.dir.Store, ID: r.relayID, Epoch: time.Now().UnixNano(),

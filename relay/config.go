@@ -86,6 +86,13 @@ type Config struct {
 	// CONNECT front doors with a bearer token from that issuer.
 	OIDC OIDCConfig
 
+	// Forwards are relay-side forwards: listeners whose every connection
+	// becomes a stream to one tenant service, opened as one registered
+	// backend (its grants decide at each connection). Anyone who can
+	// reach a forward acts as its backend. Default none; Relay.SetForwards
+	// changes them while the relay runs.
+	Forwards []Forward
+
 	// MetricsListen serves Prometheus /metrics, /healthz and /readyz.
 	// Default "off". They carry tenant names: keep it off public networks.
 	MetricsListen string
@@ -204,6 +211,13 @@ type Config struct {
 	Now func() time.Time
 }
 
+// Forward is a relay-side forward (Config.Forwards).
+type Forward = frontdoor.Forward
+
+// ParseForward parses LISTEN=SERVICE.TENANT@BACKEND, such as
+// "10.1.0.5:15432=db.acme@billing".
+func ParseForward(s string) (Forward, error) { return frontdoor.ParseForward(s) }
+
 // OIDCConfig configures bearer tokens at the CONNECT front doors.
 type OIDCConfig = frontdoor.OIDCConfig
 
@@ -316,6 +330,11 @@ func (c *Config) validate() error {
 	}
 	if err := c.OIDC.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	for _, f := range c.Forwards {
+		if err := f.Check(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := c.AdminSSO.Validate(); err != nil {
 		errs = append(errs, err)

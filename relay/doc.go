@@ -21,7 +21,10 @@ package relay
 //	internal/enrol      enrolment with join tokens, certificate renewal,
 //	                    following a CA rotation
 //	internal/update     agent rollouts, the download listener
-//	internal/metrics    the Prometheus registry and the relay's counters
+//	internal/metrics    the Prometheus registry and the relay's counters,
+//	                    bytes counted while streams move
+//	internal/history    the last hour in memory for the dashboard's charts,
+//	                    read from the parts by consoleview.go
 //	admin               every operator action; internal/console serves it
 //	                    as the admin API and dashboard
 //

@@ -1,6 +1,10 @@
 package relay
 
 import (
+	"cmp"
+	"runtime"
+	"runtime/debug"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -9,10 +13,20 @@ import (
 type liveCollector struct{ r *Relay }
 
 var (
+	descBuild = prometheus.NewDesc("tether_build_info",
+		"Always 1: the relay's version, the commit it was built from and the Go version.", []string{"version", "commit", "go_version"}, nil)
 	descAgents = prometheus.NewDesc("tether_agents_connected",
+		"Agents connected (distinct agents, however many sessions each holds), by tenant.", []string{"tenant"}, nil)
+	descSessions = prometheus.NewDesc("tether_agent_sessions",
 		"Agent sessions connected, by tenant and transport.", []string{"tenant", "transport"}, nil)
+	descRTT = prometheus.NewDesc("tether_agent_rtt_seconds",
+		"Round-trip time the relay last measured on each connected agent session, as a distribution across the sessions connected now (not cumulative), by tenant.", []string{"tenant"}, nil)
 	descStreamsActive = prometheus.NewDesc("tether_streams_active",
 		"Streams open through agents.", nil, nil)
+	descTenantStreams = prometheus.NewDesc("tether_tenant_streams_active",
+		"Streams open through the agents of a tenant connected to this relay.", []string{"tenant"}, nil)
+	descTenantLimit = prometheus.NewDesc("tether_tenant_max_streams",
+		"A tenant's limit on open streams (only tenants with one and agents connected).", []string{"tenant"}, nil)
 	descFront = prometheus.NewDesc("tether_front_connections",
 		"Backend connections open at the front doors.", nil, nil)
 	descHandshakes = prometheus.NewDesc("tether_agent_handshakes_total",
@@ -27,28 +41,73 @@ var (
 		"Audit records waiting to be written.", nil, nil)
 )
 
+// rttBuckets are the bounds of tether_agent_rtt_seconds.
+var rttBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
+
 func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAgents, descStreamsActive, descFront, descHandshakes, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue} {
+	for _, d := range []*prometheus.Desc{descBuild, descAgents, descSessions, descRTT, descStreamsActive, descTenantStreams, descTenantLimit, descFront, descHandshakes, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue} {
 		ch <- d
 	}
 }
 
+// rttDist is a tenant's session RTTs as a histogram.
+type rttDist struct {
+	n       uint64
+	sum     float64
+	buckets map[float64]uint64
+}
+
 func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	r := c.r
+	b := readBuild(r.cfg.Version)
+	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, b.Version, b.Commit, b.Go)
 	type key struct{ tenant, transport string }
-	agents := map[key]int{}
+	sessions := map[key]int{}
+	agents := map[string]map[string]bool{}
+	rtts := map[string]*rttDist{}
 	expiry := map[string]int64{}
+	streams := map[string]int64{}
 	var open int64
-	for _, ac := range r.sessions.Sessions().Select("", false, nil) {
-		tenant := ac.Tenant()
-		agents[key{tenant, ac.Transport()}]++
-		open += ac.Load()
-		if na := ac.NotAfter().UnixNano(); expiry[tenant] == 0 || na < expiry[tenant] {
+	for _, ac := range r.sessions.Sessions().Snapshot("") {
+		tenant := ac.Tenant
+		sessions[key{tenant, ac.Transport}]++
+		if agents[tenant] == nil {
+			agents[tenant] = map[string]bool{}
+		}
+		agents[tenant][ac.Agent] = true
+		open += ac.StreamsOpen
+		streams[tenant] += ac.StreamsOpen
+		if na := ac.CertNotAfter.UnixNano(); !ac.CertNotAfter.IsZero() && (expiry[tenant] == 0 || na < expiry[tenant]) {
 			expiry[tenant] = na
 		}
+		if ac.RTT > 0 {
+			d := rtts[tenant]
+			if d == nil {
+				d = &rttDist{buckets: map[float64]uint64{}}
+				rtts[tenant] = d
+			}
+			s := ac.RTT.Seconds()
+			d.n++
+			d.sum += s
+			for _, le := range rttBuckets {
+				if s <= le {
+					d.buckets[le]++
+				}
+			}
+		}
 	}
-	for k, n := range agents {
-		ch <- prometheus.MustNewConstMetric(descAgents, prometheus.GaugeValue, float64(n), k.tenant, k.transport)
+	for k, n := range sessions {
+		ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(n), k.tenant, k.transport)
+	}
+	for t, ids := range agents {
+		ch <- prometheus.MustNewConstMetric(descAgents, prometheus.GaugeValue, float64(len(ids)), t)
+		ch <- prometheus.MustNewConstMetric(descTenantStreams, prometheus.GaugeValue, float64(streams[t]), t)
+		if l := r.pol.LimitsOf(t); l != nil && l.MaxStreams > 0 {
+			ch <- prometheus.MustNewConstMetric(descTenantLimit, prometheus.GaugeValue, float64(l.MaxStreams), t)
+		}
+	}
+	for t, d := range rtts {
+		ch <- prometheus.MustNewConstHistogram(descRTT, d.n, d.sum, d.buckets, t)
 	}
 	for t, na := range expiry {
 		ch <- prometheus.MustNewConstMetric(descCertExpiry, prometheus.GaugeValue, float64(na)/1e9, t)
@@ -63,4 +122,31 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descFrontLimited, prometheus.CounterValue, float64(r.doors.SourceLimited.Load()))
 	ch <- prometheus.MustNewConstMetric(descCAExpiry, prometheus.GaugeValue, float64(r.auth.CA().Signer().Cert.NotAfter.Unix()))
 	ch <- prometheus.MustNewConstMetric(descAuditQueue, prometheus.GaugeValue, float64(r.audit.Queued()))
+}
+
+// buildInfo is what tether_build_info and the console's health panel say
+// about the binary.
+type buildInfo struct {
+	Version, Commit, Go string
+}
+
+// readBuild is the relay's version (Config.Version, else the module's),
+// the commit the binary was built from (as go build recorded it; "unknown"
+// without version control information) and the Go version.
+func readBuild(version string) buildInfo {
+	b := buildInfo{Version: version, Go: runtime.Version()}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if b.Version == "" || b.Version == "dev" {
+			if v := bi.Main.Version; v != "" && v != "(devel)" {
+				b.Version = v
+			}
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				b.Commit = s.Value
+			}
+		}
+	}
+	b.Version, b.Commit = cmp.Or(b.Version, "unknown"), cmp.Or(b.Commit, "unknown")
+	return b
 }

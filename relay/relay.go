@@ -28,6 +28,7 @@ import (
 	"github.com/tetherhq/tether/relay/internal/datadir"
 	"github.com/tetherhq/tether/relay/internal/enrol"
 	"github.com/tetherhq/tether/relay/internal/frontdoor"
+	"github.com/tetherhq/tether/relay/internal/history"
 	"github.com/tetherhq/tether/relay/internal/metrics"
 	"github.com/tetherhq/tether/relay/internal/peer"
 	"github.com/tetherhq/tether/relay/internal/policy"
@@ -64,6 +65,7 @@ type Relay struct {
 	rollouts  *update.Rollouts
 	doors     *frontdoor.Server
 	console   *console.Server   // admin API and dashboard, or nil when off
+	history   *history.Recorder // the last hour, for the dashboard's charts (consoleview.go)
 	downloads *update.Downloads // install scripts and agent binaries, or nil when off
 	opsLn     net.Listener      // /metrics, /healthz, /readyz, or nil when off
 	debugLn   net.Listener      // pprof and /debug/tether, or nil when off
@@ -124,7 +126,7 @@ func (r *Relay) assemble(ctx context.Context) error {
 	r.router = route.NewRouter(route.Config{Table: r.routes, StreamOpenTimeout: cfg.StreamOpenTimeout, ReconnectGrace: cfg.ReconnectGrace,
 		Dir: r.dir, Elsewhere: r.links, Admit: r.admit, Logger: cfg.Logger, Now: cfg.Now})
 	enrolCfg := enrol.Config{Store: r.dir.Store, Authority: r.auth, Policy: r.pol, Audit: r.audit, CertLifetime: cfg.AgentCertLifetime,
-		HandshakeTimeout: cfg.HandshakeTimeout, Logger: cfg.Logger, Now: cfg.Now}
+		HandshakeTimeout: cfg.HandshakeTimeout, Refusals: r.metrics.AuthRefusals, Logger: cfg.Logger, Now: cfg.Now}
 	r.enrol = enrol.New(enrolCfg)
 	r.sessions, err = session.New(session.Config{
 		Listen: cfg.AgentListen, DisableQUIC: cfg.DisableQUIC, DisableTCP: cfg.DisableTCP,
@@ -172,15 +174,19 @@ func (r *Relay) assemble(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := r.doors.SetForwards(ctx, cfg.Forwards); err != nil {
+		return err
+	}
 	if cfg.MetricsListen != Off {
 		if r.opsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
 			return fmt.Errorf("metrics listener: %w", err)
 		}
 	}
 	if cfg.AdminListen != Off {
+		r.history = history.New(history.Config{Read: r.historyReading, Now: cfg.Now})
 		r.console, err = console.New(console.Config{Listen: cfg.AdminListen, CertFile: cfg.AdminCertFile, KeyFile: cfg.AdminKeyFile,
 			SessionTTL: cfg.AdminSessionTTL, HandshakeTimeout: cfg.HandshakeTimeout, SSO: cfg.AdminSSO, AuthRefusals: r.metrics.AuthRefusals,
-			Logger: cfg.Logger, Now: cfg.Now}, r.adm, r.tls)
+			Relay: consoleView{r}, Logger: cfg.Logger, Now: cfg.Now}, r.adm, r.tls)
 		if err != nil {
 			return err
 		}
@@ -223,6 +229,10 @@ func (r *Relay) failed(err error) {
 // TrustDomain is the SPIFFE trust domain of the relay's CA.
 func (r *Relay) TrustDomain() string { return r.auth.TrustDomain() }
 
+// RelayID is this relay's id in its cluster (Config.RelayID, or the one
+// kept in the data directory).
+func (r *Relay) RelayID() string { return r.relayID }
+
 // AgentAddr is the address agents connect to (TCP; QUIC uses the same port
 // on UDP unless disabled).
 func (r *Relay) AgentAddr() net.Addr { return r.sessions.Addr() }
@@ -236,6 +246,14 @@ func (r *Relay) ConnectAddr() net.Addr { return r.doors.ConnectAddr() }
 // ConnectTLSAddr is the address of the CONNECT front door over TLS, or nil
 // when off.
 func (r *Relay) ConnectTLSAddr() net.Addr { return r.doors.ConnectTLSAddr() }
+
+// SetForwards replaces the relay-side forwards while the relay runs (a
+// reloaded config file): new addresses listen, removed ones stop (their
+// connections go on), changed ones take their new target and backend. It
+// applies all of fwds or, on any problem, none.
+func (r *Relay) SetForwards(ctx context.Context, fwds []Forward) error {
+	return r.doors.SetForwards(ctx, fwds)
+}
 
 // AdminAddr is the admin listener's address, or nil when off.
 func (r *Relay) AdminAddr() net.Addr {
@@ -317,6 +335,7 @@ func (r *Relay) run(ctx context.Context) error {
 	wg.Go(func() { r.rollouts.Run(partsCtx) })
 	wg.Go(func() { r.rotation.Run(partsCtx) })
 	wg.Go(func() { r.sessions.Run(sessCtx) })
+	wg.Go(func() { r.enrol.Run(sessCtx) })
 	wg.Go(func() { r.doors.Run(sessCtx) })
 	wg.Go(func() { r.member.Run(sessCtx) })
 	wg.Go(func() { r.tellAgents(sessCtx) })
@@ -344,6 +363,7 @@ func (r *Relay) run(ctx context.Context) error {
 				r.failed(err)
 			}
 		})
+		wg.Go(func() { r.history.Run(partsCtx) })
 	}
 	var debugSrv *http.Server
 	if r.debugLn != nil {

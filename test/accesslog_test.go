@@ -187,14 +187,16 @@ func testAccessLogMatchesRelayAudit(t *testing.T, transport string) {
 	if len(lines) != 5 {
 		t.Fatalf("%d stream lines in the access log, want 5: %+v", len(lines), lines)
 	}
+	// Every record, stream or refusal, carries the request id the relay
+	// sent the agent: the two sides match one to one by it.
 	byRequest := map[string]map[string]any{}
-	var relayRefusals []map[string]any
 	for _, rec := range recs {
-		if req, _ := detail(rec, "request").(string); req != "" {
-			byRequest[req] = rec
-		} else {
-			relayRefusals = append(relayRefusals, rec)
+		req, _ := detail(rec, "request").(string)
+		if req == "" {
+			t.Errorf("audit record without a request id: %v", rec)
+			continue
 		}
+		byRequest[req] = rec
 	}
 	sawEcho := false
 	for _, l := range lines {
@@ -214,20 +216,11 @@ func testAccessLogMatchesRelayAudit(t *testing.T, transport string) {
 			sawEcho = sawEcho || (l.Request == echoReq && l.Service == "echo")
 			continue
 		}
-		// The relay records refusals without the request id it sent the
-		// agent: match them by service, backend and code instead.
-		found := -1
-		for i, rec := range relayRefusals {
-			if rec["outcome"] == l.Code && detail(rec, "service") == l.Service && rec["actor"] == l.Backend {
-				found = i
-				break
-			}
-		}
-		if found < 0 {
-			t.Errorf("refusal %+v in the access log: no audit record of it at the relay; refusals there: %v", l, relayRefusals)
+		rec, ok := byRequest[l.Request]
+		if !ok || rec["outcome"] != l.Code || detail(rec, "service") != l.Service || rec["actor"] != l.Backend {
+			t.Errorf("refusal %+v in the access log: the relay's record of request %q is %v, want the same refusal", l, l.Request, rec)
 			continue
 		}
-		relayRefusals = append(relayRefusals[:found], relayRefusals[found+1:]...)
 		if l.End != accesslog.EndRefused || l.Request == "" || l.Message == "" {
 			t.Errorf("refusal %+v: want end refused, the relay's request id and a message", l)
 		}

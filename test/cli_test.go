@@ -187,7 +187,7 @@ func TestCommandLineMistakes(t *testing.T) {
 		{bins.relay, []string{"token", "create", "--ttl", "soon", "--tenant", "acme"}, 2, []string{`invalid argument "soon" for "--ttl"`}},
 		{bins.relay, []string{"tenant", "list", "-o", "xml"}, 2, []string{"want table, json or yaml"}},
 		{bins.relay, []string{"tenant", "list"}, 1, []string{"does not exist"}},
-		{bins.relay, []string{"agent", "drain", "x"}, 1, []string{"agent drain is not available here", "tetherctl agent drain"}},
+		{bins.relay, []string{"agent", "drain", "x", "--data-dir", "nowhere"}, 1, []string{"data directory nowhere does not exist"}},
 		{bins.ctl, []string{"agnet", "list"}, 2, []string{`did you mean "agent"?`}},
 		{bins.ctl, []string{"agent", "lsit"}, 2, []string{`unknown command "lsit" for "tetherctl agent"; did you mean "list"?`}},
 		{bins.ctl, []string{"tenant", "limits", "acme", "--max-stream", "5"}, 2, []string{"did you mean --max-streams?"}},

@@ -30,8 +30,8 @@ func TestRelayConnectionsOneRelay(t *testing.T) {
 				extra: fmt.Sprintf("%s: 2\nreport_interval: 300ms\nstatus_listen: %q\n", key, statusAddr)})
 			la := waitReport(t, r, "acme", id, "a report of two connections", func(la relay.LiveAgent) bool { return len(la.Report.Relays) == 2 })
 			for _, h := range la.Report.Relays {
-				if h != (protocol.HeldRelay{Addr: addr}) {
-					t.Errorf("the report lists %+v, want the relay's address %s and no id (it sends none)", la.Report.Relays, addr)
+				if h != (protocol.HeldRelay{ID: r.RelayID(), Addr: addr}) {
+					t.Errorf("the report lists %+v, want the relay's address %s and its id %s", la.Report.Relays, addr, r.RelayID())
 				}
 			}
 			if n := countLive(r, id); n != 2 {
@@ -41,11 +41,13 @@ func TestRelayConnectionsOneRelay(t *testing.T) {
 			if err := json.Unmarshal([]byte(mustRun(t, bins.agent, "status", "--config", a.config, "-o", "json")), &st); err != nil {
 				t.Fatal(err)
 			}
-			if len(st.Sessions) != 2 || len(st.Cluster) != 0 {
-				t.Fatalf("status: sessions %+v, cluster %+v; want two sessions and no cluster", st.Sessions, st.Cluster)
+			// A relay on its own is a cluster of one: the list, once it
+			// came, names it alone.
+			if len(st.Sessions) != 2 || len(st.Cluster) > 1 || (len(st.Cluster) == 1 && st.Cluster[0].ID != r.RelayID()) {
+				t.Fatalf("status: sessions %+v, cluster %+v; want two sessions and a cluster of this relay alone", st.Sessions, st.Cluster)
 			}
 			for _, s := range st.Sessions {
-				if s.State != agent.StateConnected || s.Relay != addr || s.RelayID != "" {
+				if s.State != agent.StateConnected || s.Relay != addr || s.RelayID != r.RelayID() {
 					t.Errorf("status session %+v, want connected to %s", s, addr)
 				}
 			}

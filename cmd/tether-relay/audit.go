@@ -20,7 +20,9 @@ func auditCmd(g *globals) *cobra.Command {
 		Use:   "audit",
 		Short: "Show the audit trail, oldest first (-o json: one record a line)",
 		Long: `Show the audit trail: the newest records that match (--limit), oldest
-first, like a log. -o json prints one JSON record a line; -o yaml a list.`,
+first, like a log. -o json prints one JSON record a line; -o yaml a list.
+--request ID shows the records of one request id (from a refusal's
+Tether-Request-Id, the relay's log or the agent's access log).`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			now := time.Now()
@@ -30,6 +32,11 @@ first, like a log. -o json prints one JSON record a line; -o yaml a list.`,
 			}
 			if f.Until, err = admin.ParseWhen(until, now); err != nil {
 				return cli.Usagef("--until: %v", err)
+			}
+			if f.Request != "" {
+				if err := admin.CheckRequestID(f.Request); err != nil {
+					return cli.Usagef("--request: %v", err)
+				}
 			}
 			f.NewestFirst = true
 			return g.withAdmin(cmd, func(ctx context.Context, a *admin.Admin) error {
@@ -68,6 +75,7 @@ first, like a log. -o json prints one JSON record a line; -o yaml a list.`,
 	fs.StringVar(&f.Agent, "agent", "", "only this agent")
 	fs.StringVar(&f.Backend, "backend", "", "only this backend")
 	fs.StringVar(&f.Kind, "kind", "", `only this kind (e.g. stream, agent.revoke), or a prefix ending in "." (agent.)`)
+	fs.StringVar(&f.Request, "request", "", "only the records of this request id (from a refusal, the relay's log or the agent's access log)")
 	fs.StringVar(&since, "since", "", "from this time (RFC 3339) or this long ago (e.g. 2h)")
 	fs.StringVar(&until, "until", "", "before this time (RFC 3339) or this long ago")
 	fs.IntVar(&f.Limit, "limit", 1000, "at most this many records (the newest)")

@@ -28,9 +28,16 @@ file is strict: an unknown key is an error naming it and its line. Every
 value is checked once, and every problem reported together.
 
 The config file is watched: when it changes, settings that can change live
-(log_level) are applied, and each changed setting that needs a restart is
-logged by name. A plain-text front door (SOCKS5, CONNECT) bound beyond
-loopback is logged as a warning: API keys cross it in the clear.`
+(log_level, forwards) are applied, and each changed setting that needs a
+restart is logged by name. A plain-text front door (SOCKS5, CONNECT) bound
+beyond loopback is logged as a warning: API keys cross it in the clear.
+
+A relay-side forward (--forward LISTEN=SERVICE.TENANT@BACKEND, repeatable;
+"forwards:" in the file, a list of {listen, target, backend}) listens on
+LISTEN and turns every connection into a stream to that service, opened as
+that backend: its grants decide, at each connection. Anyone who can reach
+the address acts as the backend (no credential is asked): the relay warns
+when one listens beyond loopback.`
 
 func serveCmd(g *globals) *cobra.Command {
 	settings := serveSettings()
@@ -82,7 +89,7 @@ func serve(cmd *cobra.Command, g *globals, settings []*setting) error {
 	defer stopWatch()
 	if path != "" {
 		rl := &reloader{path: path, settings: settings, flags: cmd.Flags(), env: g.env, log: log,
-			live: &liveRelay{level: level}, running: opts, loaded: file.data}
+			live: &liveRelay{level: level, relay: r}, running: opts, loaded: file.data}
 		wg.Go(func() { rl.watch(wctx) })
 	}
 	return r.Run(ctx)
@@ -174,7 +181,7 @@ func (rl *reloader) watch(ctx context.Context) {
 			}
 			rl.log.Warn("watching the config file", "file", rl.path, "err", err)
 		case <-settle.C:
-			rl.reload()
+			rl.reload(ctx)
 		}
 	}
 }
@@ -183,7 +190,7 @@ func (rl *reloader) watch(ctx context.Context) {
 // settings again (flags and environment still win), applies the live
 // ones that changed and logs each changed one that needs a restart. A
 // file with problems changes nothing.
-func (rl *reloader) reload() {
+func (rl *reloader) reload(ctx context.Context) {
 	data, err := os.ReadFile(rl.path)
 	if err != nil {
 		rl.log.Error("config file not reloaded; the relay keeps its settings", "file", rl.path, "err", err)
@@ -210,7 +217,10 @@ func (rl *reloader) reload() {
 			rl.log.Warn("config file changes a setting that takes effect at the next restart", "key", s.key(), "running", was, "file", now)
 			continue
 		}
-		s.live(rl.live, &next)
+		if err := s.live(ctx, rl.live, &next); err != nil {
+			rl.log.Error("config file setting not applied; the relay keeps the running one", "key", s.key(), "running", was, "file", now, "err", err)
+			continue
+		}
 		s.set(&rl.running, from[s.name].text) // checked by resolve
 		applied = append(applied, s.key())
 		rl.log.Info("config file setting applied", "key", s.key(), "was", was, "now", now)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -30,18 +31,33 @@ type setting struct {
 	usage string // one line, for --help
 	doc   string // for README's reference table; usage when empty
 	list  bool   // the config file may give a YAML list, joined with commas
-	env   string // the environment variable, when not TETHER_<NAME>
+	// repeat makes the flag repeatable: each use adds a comma-separated
+	// item.
+	repeat bool
+	// fileKey is the config file's key, when not the flag's name with
+	// "_" for "-".
+	fileKey string
+	// node, when set, turns the config file's value into the setting's
+	// text (for values that are not scalars or lists of them).
+	node func(v *yaml.Node) (string, error)
+	env  string // the environment variable, when not TETHER_<NAME>
 	// set parses text into o, or says what is wrong with it.
 	set func(o *serveOptions, text string) error
 	// get is o's value in canonical text, to compare and to log.
 	get func(o *serveOptions) string
 	// live, when set, makes the setting one a running relay applies when
 	// the config file changes; the others take effect at the next start.
-	live func(rt *liveRelay, o *serveOptions)
+	// An error leaves the running value in place.
+	live func(ctx context.Context, rt *liveRelay, o *serveOptions) error
 }
 
 // key is the setting's key in the config file.
-func (s *setting) key() string { return strings.ReplaceAll(s.name, "-", "_") }
+func (s *setting) key() string {
+	if s.fileKey != "" {
+		return s.fileKey
+	}
+	return strings.ReplaceAll(s.name, "-", "_")
+}
 
 // envVar is the setting's environment variable: TETHER_<NAME> (such as
 // TETHER_AGENT_LISTEN) but where that is tetherctl's.
@@ -65,6 +81,7 @@ type serveOptions struct {
 // liveRelay is what live settings change in a running relay.
 type liveRelay struct {
 	level *slog.LevelVar
+	relay *relay.Relay
 }
 
 // serveSettings returns every setting of serve. Each is a flag, an
@@ -178,6 +195,37 @@ func serveSettings() []*setting {
 		str("connect-tls-listen", func(o *serveOptions) *string { return &c(o).ConnectTLSListen }, relay.Off,
 			"HTTP CONNECT front door over TLS, where backends may also use client certificates",
 			"the CONNECT front door over TLS (the relay's certificate from its CA); backends may authenticate there with a client certificate too. The door to use across hosts"),
+		{name: "forward", fileKey: "forwards", kind: "LISTEN=SERVICE.TENANT@BACKEND", repeat: true, node: forwardsNode,
+			usage: "relay-side forward, e.g. 127.0.0.1:15432=db.acme@billing: connections there reach that service as that backend (repeatable; changes live with the config file)",
+			doc: "relay-side [forwards](#relay-side-forwards): listeners whose every connection becomes a stream to one tenant service, opened as one registered backend, whose grants decide at each connection. " +
+				"Flag (repeatable) and `TETHER_FORWARDS` (comma-separated): `LISTEN=SERVICE.TENANT@BACKEND`; in the file a list of `{listen, target, backend}`. " +
+				"**Anyone who can reach a forward acts as its backend** (the relay warns beyond loopback). A backend that is not registered stops the relay at start. **Live**: a changed config file adds, removes and changes forwards without a restart",
+			set: func(o *serveOptions, v string) error {
+				o.relay.Forwards = nil
+				if v == "" {
+					return nil
+				}
+				var errs []error
+				for _, item := range strings.Split(v, ",") {
+					f, err := relay.ParseForward(strings.TrimSpace(item))
+					if err != nil {
+						errs = append(errs, err)
+						continue
+					}
+					o.relay.Forwards = append(o.relay.Forwards, f)
+				}
+				return errors.Join(errs...)
+			},
+			get: func(o *serveOptions) string {
+				items := make([]string, len(o.relay.Forwards))
+				for i, f := range o.relay.Forwards {
+					items[i] = f.String()
+				}
+				return strings.Join(items, ",")
+			},
+			live: func(ctx context.Context, rt *liveRelay, o *serveOptions) error {
+				return rt.relay.SetForwards(ctx, o.relay.Forwards)
+			}},
 		str("oidc-issuer", func(o *serveOptions) *string { return &c(o).OIDC.Issuer }, "",
 			"accept bearer tokens (JWT) from this OpenID Connect issuer at the CONNECT front doors", ""),
 		str("oidc-audience", func(o *serveOptions) *string { return &c(o).OIDC.Audience }, "",
@@ -310,7 +358,7 @@ func serveSettings() []*setting {
 				return nil
 			},
 			get:  func(o *serveOptions) string { return strings.ToLower(o.logLevel.String()) },
-			live: func(rt *liveRelay, o *serveOptions) { rt.level.Set(o.logLevel) }},
+			live: func(_ context.Context, rt *liveRelay, o *serveOptions) error { rt.level.Set(o.logLevel); return nil }},
 		{name: "log-format", kind: "string", def: "auto",
 			usage: "json, text or auto (text on a terminal)",
 			doc:   "`json`, `text` or `auto` (JSON unless stderr is a terminal)",
@@ -343,11 +391,21 @@ func durText(d time.Duration) string {
 // and reports every problem together.
 type flagValue struct {
 	text, kind string
+	repeat     bool // each Set adds an item
+	set        bool // Set was called
 }
 
-func (v *flagValue) Set(s string) error { v.text = s; return nil }
-func (v *flagValue) String() string     { return v.text }
-func (v *flagValue) Type() string       { return v.kind }
+func (v *flagValue) Set(s string) error {
+	if v.repeat && v.set {
+		v.text += "," + s
+	} else {
+		v.text = s
+	}
+	v.set = true
+	return nil
+}
+func (v *flagValue) String() string { return v.text }
+func (v *flagValue) Type() string   { return v.kind }
 
 // addSettingFlags adds the flags of settings to fs, but those named in
 // skip (global flags the root has already).
@@ -356,7 +414,7 @@ func addSettingFlags(fs *pflag.FlagSet, settings []*setting, skip ...string) {
 		if slices.Contains(skip, s.name) {
 			continue
 		}
-		fs.Var(&flagValue{text: s.def, kind: s.kind}, s.name, s.usage)
+		fs.Var(&flagValue{text: s.def, kind: s.kind, repeat: s.repeat}, s.name, s.usage)
 	}
 }
 
@@ -540,7 +598,13 @@ func parseConfig(path string, data []byte, settings []*setting) (*configFile, er
 			probs = append(probs, problem{where: where, err: fmt.Errorf("%s is given twice (first on line %d)", k.Value, prev.line)})
 			continue
 		}
-		text, err := nodeText(v, s.list)
+		var text string
+		var err error
+		if s.node != nil {
+			text, err = s.node(v)
+		} else {
+			text, err = nodeText(v, s.list)
+		}
 		if err != nil {
 			probs = append(probs, problem{where: where + ": " + k.Value, err: err})
 			continue
@@ -575,4 +639,56 @@ func nodeText(v *yaml.Node, list bool) (string, error) {
 		return strings.Join(items, ","), nil
 	}
 	return "", errors.New("want a single value")
+}
+
+// forwardsNode reads the config file's forwards: a list whose items are
+// mappings of listen, target and backend (or LISTEN=SERVICE.TENANT@BACKEND
+// strings), strictly: an unknown or missing key is an error naming its
+// line.
+func forwardsNode(v *yaml.Node) (string, error) {
+	if v.Kind == yaml.AliasNode && v.Alias != nil {
+		v = v.Alias
+	}
+	if v.Kind == yaml.ScalarNode && v.Tag != "!!null" {
+		return v.Value, nil // one forward, or several comma-separated
+	}
+	if v.Kind != yaml.SequenceNode {
+		return "", errors.New("want a list of forwards, each {listen: HOST:PORT, target: SERVICE.TENANT, backend: NAME}")
+	}
+	items := make([]string, 0, len(v.Content))
+	for _, it := range v.Content {
+		if it.Kind == yaml.ScalarNode {
+			items = append(items, it.Value)
+			continue
+		}
+		if it.Kind != yaml.MappingNode {
+			return "", fmt.Errorf("line %d: want a forward {listen, target, backend}", it.Line)
+		}
+		var f relay.Forward
+		fields := map[string]*string{"listen": &f.Listen, "target": &f.Target, "backend": &f.Backend}
+		for i := 0; i+1 < len(it.Content); i += 2 {
+			k, val := it.Content[i], it.Content[i+1]
+			dst, ok := fields[k.Value]
+			if k.Kind != yaml.ScalarNode || !ok {
+				return "", fmt.Errorf("line %d: unknown key %q in a forward; want listen, target and backend", k.Line, k.Value)
+			}
+			if val.Kind != yaml.ScalarNode || val.Tag == "!!null" {
+				return "", fmt.Errorf("line %d: %s wants a single value", k.Line, k.Value)
+			}
+			if *dst != "" {
+				return "", fmt.Errorf("line %d: %s is given twice", k.Line, k.Value)
+			}
+			*dst = val.Value
+		}
+		for _, name := range []string{"listen", "target", "backend"} {
+			if *fields[name] == "" {
+				return "", fmt.Errorf("line %d: the forward has no %s", it.Line, name)
+			}
+		}
+		if strings.Contains(f.String(), ",") {
+			return "", fmt.Errorf("line %d: a forward's values hold no comma", it.Line)
+		}
+		items = append(items, f.String())
+	}
+	return strings.Join(items, ","), nil
 }

@@ -134,6 +134,13 @@ func TestParseConfig(t *testing.T) {
 		{"not a mapping", "- a\n", nil, []string{"relay.yaml:1: want settings"}},
 		{"not YAML", "a: [\n", nil, []string{"config file relay.yaml: yaml:"}},
 		{"two documents", "heartbeat: 5s\n---\nheartbeat: 6s\n", nil, []string{"more than one YAML document"}},
+		{"forwards", "forwards:\n  - listen: 127.0.0.1:15432\n    target: db.acme\n    backend: billing\n  - 127.0.0.1:18080=api.acme@billing\n",
+			map[string]string{"forwards": "127.0.0.1:15432=db.acme@billing,127.0.0.1:18080=api.acme@billing"}, nil},
+		{"forward with an unknown key", "forwards:\n  - listen: 127.0.0.1:1\n    target: db.acme\n    backnd: billing\n", nil,
+			[]string{`line 4: unknown key "backnd" in a forward`}},
+		{"forward without a backend", "forwards:\n  - listen: 127.0.0.1:1\n    target: db.acme\n", nil, []string{"line 2: the forward has no backend"}},
+		{"forward not a mapping", "forwards:\n  - [a, b]\n", nil, []string{"line 2: want a forward"}},
+		{"forward with a comma", "forwards:\n  - {listen: \"127.0.0.1:1\", target: \"db.acme,x\", backend: b}\n", nil, []string{"hold no comma"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cf, err := parseConfig("relay.yaml", []byte(tc.file), settings)
@@ -215,8 +222,33 @@ func TestResolvePrecedence(t *testing.T) {
 	}
 }
 
+// --forward is repeatable; its items, from any source, are checked with
+// every problem reported.
+func TestForwardSetting(t *testing.T) {
+	settings := serveSettings()
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	addSettingFlags(fs, settings)
+	if err := fs.Parse([]string{"--forward", "127.0.0.1:15432=db.acme@billing", "--forward", "10.1.0.5:18080=api.acme.tether:80@reports"}); err != nil {
+		t.Fatal(err)
+	}
+	o, _, err := resolve(settings, fs, func(string) string { return "" }, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(o.relay.Forwards); got != "[127.0.0.1:15432=db.acme@billing 10.1.0.5:18080=api.acme.tether:80@reports]" {
+		t.Fatalf("forwards %s", got)
+	}
+	env := map[string]string{"TETHER_FORWARDS": "127.0.0.1:1=db.acme,nohost=db.acme@b,127.0.0.1:2=db@b"}
+	_, _, err = resolve(settings, pflag.NewFlagSet("serve", pflag.ContinueOnError), func(k string) string { return env[k] }, nil, nil)
+	for _, want := range []string{"names no backend", `listen address "nohost" is not host:port`, `target "db": want SERVICE.TENANT`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("TETHER_FORWARDS with bad items: %v, want it to say %q", err, want)
+		}
+	}
+}
+
 func FuzzParseConfig(f *testing.F) {
-	for _, s := range []string{"", "heartbeat: 5s\n", "transports: [quic, tcp]\n", "a: &x 1\nb: *x\n", "- 1\n", "heartbeat: {a: b}\n", "? [a]\n: 1\n"} {
+	for _, s := range []string{"", "heartbeat: 5s\n", "forwards:\n  - {listen: a, target: b, backend: c}\n  - x=y@z\n", "forwards: [[1]]\n", "transports: [quic, tcp]\n", "a: &x 1\nb: *x\n", "- 1\n", "heartbeat: {a: b}\n", "? [a]\n: 1\n"} {
 		f.Add([]byte(s))
 	}
 	settings := serveSettings()

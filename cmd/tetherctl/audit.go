@@ -13,17 +13,22 @@ import (
 )
 
 func (x *ctl) auditCmd() *cobra.Command {
-	var tenant, agent, backend, kind, since, until, cursor string
+	var tenant, agent, backend, kind, request, since, until, cursor string
 	var limit int
 	cmd := &cobra.Command{
 		Use:   "audit",
 		Short: "Show audit records, newest first, a page at a time (--cursor for the next)",
 		Long: `Show audit records, newest first, a page (--limit) at a time: after a full
-page, the --cursor of the next is printed on stderr.`,
+page, the --cursor of the next is printed on stderr.
+
+--request ID shows the relay's records of one request: the id in a
+refusal's Tether-Request-Id header, in the Go Dialer's error, in the
+relay's log, or in the access log of the tenant's agent (tether-agent
+access-log), so one id finds a stream or a refusal on both sides.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q := url.Values{}
-			for k, v := range map[string]string{"tenant": tenant, "agent": agent, "backend": backend, "kind": kind, "since": since, "until": until, "cursor": cursor} {
+			for k, v := range map[string]string{"tenant": tenant, "agent": agent, "backend": backend, "kind": kind, "request": request, "since": since, "until": until, "cursor": cursor} {
 				if v != "" {
 					q.Set(k, v)
 				}
@@ -75,6 +80,7 @@ page, the --cursor of the next is printed on stderr.`,
 	fs.StringVar(&agent, "agent", "", "only this agent")
 	fs.StringVar(&backend, "backend", "", "only this backend")
 	fs.StringVar(&kind, "kind", "", `only this kind (e.g. stream, agent.revoke), or a prefix ending in "." (agent.)`)
+	fs.StringVar(&request, "request", "", "only the records of this request id (from a refusal, the relay's log or the agent's access log)")
 	fs.StringVar(&since, "since", "", "from this time (RFC 3339) or this long ago (e.g. 2h)")
 	fs.StringVar(&until, "until", "", "before this time (RFC 3339) or this long ago")
 	fs.IntVar(&limit, "limit", 100, "records per page (at most 1000)")

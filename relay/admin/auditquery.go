@@ -3,8 +3,10 @@ package admin
 import (
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 )
 
@@ -15,12 +17,19 @@ const (
 )
 
 // ParseAuditQuery reads an admin API audit query: tenant, agent, backend,
-// kind (exact, or a prefix ending in "."), since and until (RFC 3339 or a
+// kind (exact, or a prefix ending in "."), request (the records of one
+// request id, as the relay's front doors and the agent's access log give
+// it), since and until (RFC 3339 or a
 // duration before now, like "2h"), limit (1 to MaxAuditPage, default
 // DefaultAuditPage) and cursor (the next_cursor of the previous page).
 // Records come newest first. Errors are ErrInvalid.
 func ParseAuditQuery(q url.Values, now time.Time) (AuditFilter, error) {
 	f := AuditFilter{Tenant: q.Get("tenant"), Agent: q.Get("agent"), Backend: q.Get("backend"), Kind: q.Get("kind"), NewestFirst: true, Limit: DefaultAuditPage}
+	if f.Request = strings.TrimSpace(q.Get("request")); f.Request != "" {
+		if err := CheckRequestID(f.Request); err != nil {
+			return AuditFilter{}, err
+		}
+	}
 	for name, v := range map[string]string{"tenant": f.Tenant, "backend": f.Backend} {
 		if v != "" {
 			if err := identity.ValidateName(name, v); err != nil {
@@ -55,6 +64,21 @@ func ParseAuditQuery(q url.Values, now time.Time) (AuditFilter, error) {
 		f.BeforeSeq = n
 	}
 	return f, nil
+}
+
+// CheckRequestID checks a request id a person typed: 1 to 64 letters,
+// digits or "-" (the relay's are 16 hexadecimal digits). Errors are
+// ErrInvalid.
+func CheckRequestID(id string) error {
+	if id == "" || len(id) > 64 {
+		return invalidf("request id %q: want 1 to 64 letters, digits or \"-\", such as 3f2a9c0d1e4b5a67", protocol.Clip(id, 64))
+	}
+	for _, r := range id {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r == '-') {
+			return invalidf("request id %q: want letters, digits or \"-\" only, such as 3f2a9c0d1e4b5a67", protocol.Clip(id, 64))
+		}
+	}
+	return nil
 }
 
 // ParseWhen parses an RFC 3339 time or a duration before now (e.g. "2h");

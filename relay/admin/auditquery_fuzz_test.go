@@ -3,6 +3,7 @@ package admin
 import (
 	"errors"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 )
@@ -15,6 +16,7 @@ func FuzzParseAuditQuery(f *testing.F) {
 		"", "tenant=acme&since=2h&limit=10", "cursor=42", "cursor=-1", "cursor=99999999999999999999",
 		"since=2026-01-02T03:04:05Z&until=1h", "limit=0", "limit=1001", "kind=agent.", "since=-5m",
 		"tenant=A%00", "backend=..", "since=9999999999h", "limit=1e3", "%zz",
+		"request=3f2a9c0d1e4b5a67", "request=%25", "request=a_b", "request=" + strings.Repeat("a", 65),
 	} {
 		f.Add(s)
 	}
@@ -33,6 +35,9 @@ func FuzzParseAuditQuery(f *testing.F) {
 		}
 		if af.Limit < 1 || af.Limit > MaxAuditPage {
 			t.Fatalf("ParseAuditQuery(%q): limit %d out of range", raw, af.Limit)
+		}
+		if strings.Trim(af.Request, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "" || len(af.Request) > 64 {
+			t.Fatalf("ParseAuditQuery(%q): request id %q accepted", raw, af.Request)
 		}
 		if af.BeforeSeq < 0 || !af.NewestFirst {
 			t.Fatalf("ParseAuditQuery(%q): got %+v", raw, af)

@@ -23,7 +23,8 @@ const (
 	HealthDown Health = "down"
 	// HealthDegraded: connected, but something is wrong: a config error,
 	// failed dials to services in the last 10 minutes, a certificate whose renewal is overdue,
-	// every session draining, or no report received yet.
+	// every session draining, or no report received yet. FleetAgent.Failing
+	// says whether the agent or only its services fail.
 	HealthDegraded Health = "degraded"
 	// HealthUp: connected and reporting nothing wrong.
 	HealthUp Health = "up"
@@ -64,6 +65,14 @@ type FleetAgent struct {
 	// Reason says why the state is not up ("" when up); several reasons
 	// are joined with "; ".
 	Reason string `json:"reason,omitempty"`
+	// Failing says, for a degraded agent, what fails: FailingAgent when
+	// something about the agent itself is wrong (no report yet, a config
+	// error, an overdue renewal, every session draining), FailingService
+	// when its connections are fine and only dials to its services fail.
+	Failing Failing `json:"failing,omitempty"`
+	// FailingServices are the services whose dials failed, from the
+	// agent's latest report, while a dial failed in the last 10 minutes.
+	FailingServices []string `json:"failing_services,omitempty"`
 	// Version, OS and Arch come from the latest report, else the hello.
 	Version string `json:"version,omitempty"`
 	OS      string `json:"os,omitempty"`
@@ -95,20 +104,44 @@ type FleetAgent struct {
 	RevokedReason string     `json:"revoked_reason,omitempty"`
 }
 
+// Failing is what fails in a degraded agent.
+type Failing string
+
+const (
+	// FailingAgent: the agent itself (no report yet, a config error, an
+	// overdue renewal, every session draining), whatever its services do.
+	FailingAgent Failing = "agent"
+	// FailingService: the agent is connected and well, but dials to one
+	// or more of its services failed lately: the service (or the network
+	// to it, or the agent's allowlist entry) needs looking at, not the
+	// agent.
+	FailingService Failing = "service"
+)
+
 // StateCounts counts agents by state.
 type StateCounts struct {
 	Up       int `json:"up"`
 	Degraded int `json:"degraded"`
-	Down     int `json:"down"`
-	Revoked  int `json:"revoked"`
+	// ServiceFailing counts the degraded agents whose only trouble is a
+	// failing service (FailingService); they are counted in Degraded too.
+	ServiceFailing int `json:"service_failing"`
+	Down           int `json:"down"`
+	Revoked        int `json:"revoked"`
 }
 
-func (c *StateCounts) add(h Health) {
-	switch h {
+// AgentDegraded counts the degraded agents whose trouble is the agent's
+// own (FailingAgent).
+func (c StateCounts) AgentDegraded() int { return c.Degraded - c.ServiceFailing }
+
+func (c *StateCounts) add(a FleetAgent) {
+	switch a.State {
 	case HealthUp:
 		c.Up++
 	case HealthDegraded:
 		c.Degraded++
+		if a.Failing == FailingService {
+			c.ServiceFailing++
+		}
 	case HealthDown:
 		c.Down++
 	case HealthRevoked:
@@ -198,9 +231,9 @@ func (a *Admin) Fleet(ctx context.Context, f FleetFilter) (Fleet, error) {
 	}
 	for _, a := range all {
 		if c := byTenant[a.Tenant]; c != nil {
-			c.add(a.State)
+			c.add(a)
 		}
-		out.Totals.add(a.State)
+		out.Totals.add(a)
 		if f.match(a) {
 			out.Agents = append(out.Agents, a)
 		}
@@ -325,7 +358,8 @@ func fleetAgent(info AgentInfo, sessions []LiveAgent, now time.Time, certLifetim
 			a.Reason = "not connected; certificate expired " + a.CertNotAfter.UTC().Format(time.RFC3339) + ": the agent must enrol again"
 		}
 	default:
-		var why []string
+		// The agent's own troubles, then its services'.
+		var why, services []string
 		if allDraining {
 			why = append(why, "draining")
 		}
@@ -337,11 +371,12 @@ func fleetAgent(info AgentInfo, sessions []LiveAgent, now time.Time, certLifetim
 				why = append(why, "config error: "+rep.ConfigError)
 			}
 			if n := rep.DialFailuresTotal(); n > 0 && now.Sub(latest.DialFailedAt) < recentDialFailure {
-				s := fmt.Sprintf("%d failed dials to %s since the agent started, the latest within %s", n, strings.Join(slices.Sorted(maps.Keys(rep.DialFailures)), ", "), recentDialFailure)
+				a.FailingServices = slices.Sorted(maps.Keys(rep.DialFailures))
+				s := fmt.Sprintf("%d failed dials to %s since the agent started, the latest within %s", n, strings.Join(a.FailingServices, ", "), recentDialFailure)
 				if rep.LastDialError != "" {
 					s += " (last: " + rep.LastDialError + ")"
 				}
-				why = append(why, s)
+				services = append(services, s)
 			}
 		}
 		if left := a.CertNotAfter.Sub(now); certLifetime > 0 && !a.CertNotAfter.IsZero() && left < certLifetime/3 {
@@ -352,8 +387,11 @@ func fleetAgent(info AgentInfo, sessions []LiveAgent, now time.Time, certLifetim
 			}
 		}
 		a.State = HealthUp
-		if len(why) > 0 {
-			a.State, a.Reason = HealthDegraded, strings.Join(why, "; ")
+		switch {
+		case len(why) > 0:
+			a.State, a.Failing, a.Reason = HealthDegraded, FailingAgent, strings.Join(append(why, services...), "; ")
+		case len(services) > 0:
+			a.State, a.Failing, a.Reason = HealthDegraded, FailingService, "service failing: "+strings.Join(services, "; ")
 		}
 	}
 	return a

@@ -1,5 +1,7 @@
 package admin
 
+import "github.com/tetherhq/tether/relay/internal/audit"
+
 // Kinds of audit record about operators of the console, besides those of
 // relay/internal/audit (audit.OperatorLogin and the like).
 const (
@@ -13,5 +15,5 @@ const (
 	// door, source and reason (throttle.Summary): detail has the door,
 	// source, reason, count, first and last, and up to five identities
 	// claimed.
-	KindAuthRefused = "auth.refused"
+	KindAuthRefused = audit.AuthRefused
 )

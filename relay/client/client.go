@@ -47,6 +47,9 @@ var (
 	ErrBadRequest        = protocol.ErrBadRequest
 	ErrUnavailable       = protocol.ErrUnavailable
 	ErrLimitExceeded     = protocol.ErrLimitExceeded
+	// ErrRateLimited: this address, or the backend name given, failed
+	// authentication too often lately; the relay says when to try again.
+	ErrRateLimited = protocol.ErrRateLimited
 )
 
 // Error says why a connection was refused: a code and a message.

@@ -3,9 +3,11 @@ package client_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -33,6 +35,7 @@ type world struct {
 	greeter string         // greet.acme.tether:7: says hello, half-closes, then reads to EOF
 	greeted chan string    // what the greeter read from each connection
 	denied  string         // a service of acme the backend has no grant for
+	web     string         // web.acme.tether: an HTTP server answering "web <method> <path>", closing the connection after /bye
 	echoes  *counter       // connections the echo service accepted
 	certDir string
 }
@@ -48,7 +51,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	dir := t.TempDir()
 	relayDir := filepath.Join(dir, "relay")
 	w := &world{target: "echo.acme.tether:7", greeter: "greet.acme.tether:7", greeted: make(chan string, 16),
-		denied: "secret.acme.tether:7", echoes: &counter{}, certDir: filepath.Join(dir, "cert")}
+		denied: "secret.acme.tether:7", web: "web.acme.tether", echoes: &counter{}, certDir: filepath.Join(dir, "cert")}
 
 	a, err := admin.Open(ctx, admin.Options{DataDir: relayDir})
 	if err != nil {
@@ -61,7 +64,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := a.AddBackend(ctx, "billing", []string{"acme/echo", "acme/greet"})
+	key, err := a.AddBackend(ctx, "billing", []string{"acme/echo", "acme/greet", "acme/web"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,13 +110,34 @@ func newWorld(t testing.TB, o worldOpts) *world {
 		default:
 		}
 	})
+	webLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	webSrv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		io.Copy(io.Discard, req.Body)
+		rw.Header().Set("Tether-Error", "not_allowed") // a service cannot pass for the relay
+		if req.URL.Path == "/bye" {
+			rw.Header().Set("Connection", "close") // ends the connection, and so its stream
+		}
+		fmt.Fprintf(rw, "web %s %s", req.Method, req.URL.Path)
+	})}
+	webDone := make(chan struct{})
+	go func() {
+		defer close(webDone)
+		webSrv.Serve(webLn)
+	}()
+	t.Cleanup(func() {
+		webSrv.Close()
+		<-webDone
+	})
 	st, err := agent.Enroll(ctx, agent.EnrollOptions{Relay: r.AgentAddr().String(), Token: token, StateDir: filepath.Join(dir, "agent")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ag, err := agent.New(agent.Config{
 		StateDir: st.Dir, Transport: "tcp", NoFileWatch: true,
-		Services: map[string]agent.Service{"echo": {Address: echoAddr}, "greet": {Address: greetAddr}, "secret": {Address: echoAddr}},
+		Services: map[string]agent.Service{"echo": {Address: echoAddr}, "greet": {Address: greetAddr}, "secret": {Address: echoAddr}, "web": {Address: webLn.Addr().String()}},
 		Logger:   testLogger(t, slog.LevelWarn),
 	})
 	if err != nil {

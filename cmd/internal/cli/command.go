@@ -223,7 +223,7 @@ func NoArgs(cmd *cobra.Command, args []string) error { return Args()(cmd, args) 
 const Unavailable = "tether/unavailable"
 
 // ErrUnavailable is the class of the error of a command run where it
-// cannot be (tetherctl ca rotate, tether-relay agent drain).
+// cannot be (tetherctl ca rotate, which needs the store's CA keys).
 var ErrUnavailable = errors.New("not available here")
 
 type unavailableError struct{ msg string }

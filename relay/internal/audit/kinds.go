@@ -12,6 +12,17 @@ const (
 	Revoke     = "agent.revoke"
 	Disconnect = "agent.disconnect" // only when the relay ends the session for a reason worth auditing
 	Drain      = "agent.drain"
+	// StaleCertificate: an agent identity used a certificate other than
+	// the newest the relay issued it (and the one just replaced, during
+	// the short overlap of a renewal): at the handshake (one record per
+	// refused connection) or for a renewal (summed per agent and
+	// interval). Its key may have been copied.
+	StaleCertificate = "agent.stale_certificate"
+
+	// Failed or throttled authentication, summed per door, source and
+	// reason (throttle.Summary.Detail): the admin API and console, the
+	// front doors and enrolment.
+	AuthRefused = "auth.refused"
 
 	// Tenants, join tokens and backends.
 	TenantAdd      = "tenant.add"

@@ -27,7 +27,14 @@ type scopedRelay struct {
 
 func startScopedRelay(t *testing.T) *scopedRelay {
 	t.Helper()
-	d := startDashRelay(t)
+	return startScopedRelayWith(t, withHistory(newHistoryRelay()))
+}
+
+// startScopedRelayWith is startScopedRelay with options of its dashboard
+// relay.
+func startScopedRelayWith(t *testing.T, opts ...func(*Config)) *scopedRelay {
+	t.Helper()
+	d := startDashRelay(t, opts...)
 	ctx := context.Background()
 	now := time.Now()
 	r := &scopedRelay{dashRelay: d}
@@ -152,6 +159,8 @@ func TestScopedOperatorsCannotReachAnotherTenant(t *testing.T) {
 		"POST /api/v1/rollouts":                              {path: "/api/v1/rollouts", body: `{"version":"1.0.0","tenants":["globex"]}`, viewerStatus: fb, adminStatus: fb},
 		"GET /api/v1/operator-certificates":                  {path: "/api/v1/operator-certificates", viewerStatus: fb, adminStatus: fb},
 		"POST /api/v1/operator-certificates/{serial}/revoke": {path: "/api/v1/operator-certificates/1f/revoke", body: `{}`, viewerStatus: fb, adminStatus: fb},
+		"GET /api/v1/relays":                                 {path: "/api/v1/relays", viewerStatus: fb, adminStatus: fb},
+		"DELETE /api/v1/relays/{id}":                         {path: "/api/v1/relays/r1", viewerStatus: fb, adminStatus: fb},
 		"GET /api/v1/whoami":                                 {path: "/api/v1/whoami", viewerStatus: 200, adminStatus: 200},
 	}
 	pages := map[string]scopedCase{
@@ -162,6 +171,14 @@ func TestScopedOperatorsCannotReachAnotherTenant(t *testing.T) {
 		"POST /ui/agents/{id}/drain":  {path: "/ui/agents/globex-agent/drain", viewerStatus: fb, adminStatus: nf},
 		"GET /ui/tenants":             {path: "/ui/tenants", viewerStatus: 200, adminStatus: 200}, // filtered: checked below
 		"GET /ui/tenants/{name}":      {path: "/ui/tenants/globex", viewerStatus: nf, adminStatus: nf},
+		"GET /ui/tokens":              {path: "/ui/tokens?tenant=globex", viewerStatus: fb, adminStatus: nf},
+		"POST /ui/tokens/{id}/revoke": {path: "/ui/tokens/" + r.globexToken + "/revoke", viewerStatus: fb, adminStatus: nf},
+		"GET /ui/connect":             {path: "/ui/connect?tenant=globex", viewerStatus: fb, adminStatus: nf},
+		"POST /ui/connect":            {path: "/ui/connect", body: "tenant=globex&ttl=1h&relay=relay.example:7443&download=https://relay.example:7444", viewerStatus: fb, adminStatus: nf},
+		"GET /ui/backends":            {path: "/ui/backends", viewerStatus: fb, adminStatus: fb},
+		"GET /ui/backends/{name}":     {path: "/ui/backends/billing", viewerStatus: fb, adminStatus: fb},
+		"GET /ui/audit":               {path: "/ui/audit?tenant=globex", viewerStatus: nf, adminStatus: nf},
+		"GET /ui/releases":            {path: "/ui/releases", viewerStatus: fb, adminStatus: fb},
 	}
 	for _, rt := range (&Server{}).apiRoutes() {
 		if _, ok := api[rt.method+" "+rt.pattern]; !ok {
@@ -216,7 +233,8 @@ func TestScopedOperatorsCannotReachAnotherTenant(t *testing.T) {
 				var form url.Values
 				hdr := map[string]string{}
 				if method == http.MethodPost {
-					form = url.Values{CSRFField: {csrf}}
+					form, _ = url.ParseQuery(tc.body)
+					form.Set(CSRFField, csrf)
 					hdr["Origin"] = r.base
 				}
 				res := r.do(t, bc, method, tc.path, form, hdr)

@@ -89,6 +89,10 @@ func (o Operator) Actor() string {
 // administrator.
 func (o Operator) CanChange() bool { return tenantAdmin.allows(o.Scope()) }
 
+// Vendor reports whether the operator is a vendor operator, who sees
+// every tenant, backends, releases and the relay's health.
+func (o Operator) Vendor() bool { return vendorOnly.allows(o.Scope()) }
+
 type operatorKey struct{}
 
 // OperatorFrom returns the operator an admin request was authenticated

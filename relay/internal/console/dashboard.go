@@ -14,6 +14,7 @@ import (
 
 	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/history"
 )
 
 // The dashboard: server-rendered pages on the admin listener for operators
@@ -25,13 +26,21 @@ import (
 // static/dash.js refreshes every few seconds from the same URL with
 // live=1, which renders just that element's content.
 //
-//	GET  /                         fleet overview
+//	GET  /                         fleet overview, charts, the relay's health
 //	GET  /ui/agents                agent table (?tenant=&state=&q=)
-//	GET  /ui/agents/{id}           one agent
+//	GET  /ui/agents/{id}           one agent, its charts (?audit_before= pages its audit records)
 //	POST /ui/agents/{id}/revoke    revoke it (form with csrf_token)
 //	POST /ui/agents/{id}/drain     drain its sessions (form with csrf_token)
 //	GET  /ui/tenants               tenants
-//	GET  /ui/tenants/{name}        one tenant
+//	GET  /ui/tenants/{name}        one tenant, its charts (?audit_before=)
+//	GET  /ui/tokens                join tokens (?tenant=)
+//	POST /ui/tokens/{id}/revoke    revoke one (form with csrf_token)
+//	GET  /ui/connect               "add a connector": a form for a join token
+//	POST /ui/connect               create it; show it once with the install command
+//	GET  /ui/backends              backends and their grants
+//	GET  /ui/backends/{name}       one backend (?audit_before=)
+//	GET  /ui/audit                 audit search (the admin API's filters; ?cursor= pages)
+//	GET  /ui/releases              releases, rollouts, agents' updates
 //	GET  /login                    login form and single sign-on buttons (POST /login is the API's)
 //	GET  /static/…                 CSS and script, no authentication
 
@@ -59,7 +68,8 @@ type dashPages map[string]*template.Template
 
 func parseDashPages() dashPages {
 	p := dashPages{}
-	for _, name := range []string{"overview", "agents", "agent", "tenants", "tenant", "login", "signedin", "error"} {
+	for _, name := range []string{"overview", "agents", "agent", "tenants", "tenant", "tokens", "connect", "connected",
+		"backends", "backend", "audit", "releases", "login", "signedin", "error"} {
 		p[name] = template.Must(template.New(name).Funcs(dashFuncs()).ParseFS(dashFiles, "ui/layout.html", "ui/parts.html", "ui/"+name+".html"))
 	}
 	return p
@@ -95,6 +105,14 @@ func (s *Server) dashRoutes() []dashRoute {
 		{pattern: "POST /ui/agents/{id}/drain", access: tenantAdmin, action: s.drainAction},
 		{pattern: "GET /ui/tenants", access: viewer, page: "tenants", data: s.tenantsData},
 		{pattern: "GET /ui/tenants/{name}", access: viewer, page: "tenant", data: s.tenantData},
+		{pattern: "GET /ui/tokens", access: tenantAdmin, page: "tokens", data: s.tokensData},
+		{pattern: "POST /ui/tokens/{id}/revoke", access: tenantAdmin, action: s.revokeTokenAction},
+		{pattern: "GET /ui/connect", access: tenantAdmin, page: "connect", data: s.connectData},
+		{pattern: "POST /ui/connect", access: tenantAdmin, page: "connected", data: s.connectedData},
+		{pattern: "GET /ui/backends", access: vendorOnly, page: "backends", data: s.backendsData},
+		{pattern: "GET /ui/backends/{name}", access: vendorOnly, page: "backend", data: s.backendData},
+		{pattern: "GET /ui/audit", access: viewer, page: "audit", data: s.auditData},
+		{pattern: "GET /ui/releases", access: vendorOnly, page: "releases", data: s.releasesData},
 	}
 }
 
@@ -202,7 +220,7 @@ func (s *Server) page(name string, need access, data pageData) http.Handler {
 		}
 		v := dashView{Title: title, Nav: name, Operator: op, CSRF: op.CSRFToken, Now: now, Refresh: DashRefresh.Milliseconds(), Data: d}
 		block := "page"
-		if req.URL.Query().Get("live") == "1" {
+		if req.URL.Query().Get("live") == "1" && s.pages[name].Lookup("live") != nil {
 			block = "live"
 		}
 		s.render(w, http.StatusOK, name, block, v)
@@ -309,9 +327,14 @@ type overviewView struct {
 	Fleet     admin.Fleet
 	Attention []admin.FleetAgent // down and degraded agents, needing attention first
 	More      int                // unhealthy agents not listed
+	// Charts are the fleet's (every tenant's for a vendor operator, the
+	// operator's tenant's otherwise); nil without the relay's history.
+	Charts *chartsView
+	// Health is the relay's health panel, for vendor operators only.
+	Health *Health
 }
 
-func (s *Server) overviewData(req *http.Request, _ Operator, a *admin.Admin, _ time.Time) (string, any, error) {
+func (s *Server) overviewData(req *http.Request, op Operator, a *admin.Admin, _ time.Time) (string, any, error) {
 	fl, err := a.Fleet(req.Context(), admin.FleetFilter{Unhealthy: true})
 	if err != nil {
 		return "", nil, err
@@ -321,7 +344,19 @@ func (s *Server) overviewData(req *http.Request, _ Operator, a *admin.Admin, _ t
 		v.More = len(v.Attention) - dashAttention
 		v.Attention = v.Attention[:dashAttention]
 	}
-	return "admin.Fleet", v, nil
+	if r := s.cfg.Relay; r != nil {
+		// A vendor operator sees the relay and every tenant; anyone else
+		// the tenant of their scope, which a.Fleet has checked.
+		scope := op.Scope()
+		q := history.Query{Relay: scope.Vendor(), Tenant: scope.Tenant, Events: dashEvents, Live: true}
+		w := r.History(q)
+		v.Charts = &chartsView{Charts: overviewCharts(w, scope.Tenant), Events: w.Events, Untracked: w.Untracked, Interval: w.Interval}
+		if scope.Vendor() {
+			h := r.Health()
+			v.Health = &h
+		}
+	}
+	return "Fleet", v, nil
 }
 
 // agentsView is the agent table with its filter.
@@ -408,8 +443,15 @@ type agentView struct {
 	// Report is the latest report over the agent's sessions, nil when
 	// none has arrived; ReportAt is when it arrived.
 	Report   *admin.LiveAgent
-	Audit    []audit.Record
+	Audit    auditPage
 	CertRoot string
+	Charts   *chartsView
+	// Request is the request id the "find a request id" box asked for,
+	// RequestErr what is wrong with it, and RequestAudit the records of
+	// that request the operator may see.
+	Request      string
+	RequestErr   string
+	RequestAudit []audit.Record
 }
 
 func (s *Server) agentData(req *http.Request, _ Operator, a *admin.Admin, _ time.Time) (string, any, error) {
@@ -428,9 +470,24 @@ func (s *Server) agentData(req *http.Request, _ Operator, a *admin.Admin, _ time
 	if info, err := a.Agent(req.Context(), id); err == nil {
 		v.CertRoot = info.CertRoot
 	}
-	v.Audit, err = a.Audit(req.Context(), admin.AuditFilter{Agent: id, NewestFirst: true, Limit: dashAuditLimit})
-	if err != nil {
+	if v.Audit, err = s.pagedAudit(req, a, admin.AuditFilter{Agent: id}); err != nil {
 		return "", nil, err
+	}
+	if r := s.cfg.Relay; r != nil {
+		// a.FleetAgent has checked that the operator sees the agent.
+		w := r.History(history.Query{Tenant: d.Tenant, Agent: d.ID, Events: dashEvents, Live: true})
+		v.Charts = &chartsView{Charts: agentCharts(w, d.ID), Events: w.Events, Untracked: w.Untracked, Interval: w.Interval}
+	}
+	// A request id a tenant quotes from this agent's access log: the
+	// relay's records of it, the refusals that never reached an agent
+	// included (within the operator's scope, as every audit query). The
+	// live refresh renders no box: it does not search again.
+	if v.Request = strings.TrimSpace(req.URL.Query().Get("request")); v.Request != "" && req.URL.Query().Get("live") != "1" {
+		if err := admin.CheckRequestID(v.Request); err != nil {
+			v.RequestErr = err.Error()
+		} else if v.RequestAudit, err = a.Audit(req.Context(), admin.AuditFilter{Request: v.Request, NewestFirst: true, Limit: dashAuditLimit}); err != nil {
+			return "", nil, err
+		}
 	}
 	return "Agent " + d.ID, v, nil
 }
@@ -463,7 +520,8 @@ func (s *Server) tenantsData(req *http.Request, _ Operator, a *admin.Admin, _ ti
 type tenantView struct {
 	Tenant admin.TenantSummary
 	Agents []admin.FleetAgent
-	Audit  []audit.Record
+	Audit  auditPage
+	Charts *chartsView
 }
 
 func (s *Server) tenantData(req *http.Request, _ Operator, a *admin.Admin, _ time.Time) (string, any, error) {
@@ -476,9 +534,18 @@ func (s *Server) tenantData(req *http.Request, _ Operator, a *admin.Admin, _ tim
 		return "", nil, admin.Errorf(admin.ErrNotFound, "no tenant %q", name)
 	}
 	v := tenantView{Tenant: fl.Tenants[0], Agents: fl.Agents}
-	v.Audit, err = a.Audit(req.Context(), admin.AuditFilter{Tenant: name, NewestFirst: true, Limit: dashAuditLimit})
-	if err != nil {
+	if v.Audit, err = s.pagedAudit(req, a, admin.AuditFilter{Tenant: name}); err != nil {
 		return "", nil, err
 	}
-	return "admin.Tenant " + name, v, nil
+	if r := s.cfg.Relay; r != nil {
+		// a.Fleet has checked that the operator sees the tenant.
+		w := r.History(history.Query{Tenant: name, Agents: true, Events: dashEvents, Live: true})
+		var t history.TenantHistory
+		if len(w.Tenants) == 1 {
+			t = w.Tenants[0]
+		}
+		t.Name = name
+		v.Charts = &chartsView{Charts: tenantCharts(w, t, true), Events: w.Events, Untracked: w.Untracked, Interval: w.Interval}
+	}
+	return "Tenant " + name, v, nil
 }

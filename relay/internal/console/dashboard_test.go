@@ -332,7 +332,7 @@ func TestDashboardEscapesAgentStrings(t *testing.T) {
 // Every dashboard response carries a strict CSP and refuses framing;
 // authenticated pages are never cached.
 func TestDashboardSecurityHeaders(t *testing.T) {
-	d := startDashRelay(t)
+	d := startDashRelay(t, withHistory(newHistoryRelay()))
 	if err := d.adm.AddTenant(context.Background(), "acme"); err != nil {
 		t.Fatal(err)
 	}
@@ -366,7 +366,8 @@ func TestDashboardSecurityHeaders(t *testing.T) {
 		check(p, res, p == "/" || p == "/login")
 	}
 	d.login(t, c)
-	for _, p := range []string{"/", "/ui/agents", "/ui/tenants", "/ui/tenants/acme", "/ui/agents?live=1", "/ui/no-such-page", "/ui/agents/nope"} {
+	for _, p := range []string{"/", "/ui/agents", "/ui/tenants", "/ui/tenants/acme", "/ui/agents?live=1", "/ui/no-such-page", "/ui/agents/nope",
+		"/ui/tokens", "/ui/connect", "/ui/backends", "/ui/audit", "/ui/audit?kind=tenant.", "/ui/releases", "/?live=1", "/ui/tenants/acme?live=1"} {
 		res := d.do(t, c, http.MethodGet, p, nil, nil)
 		check(p, res, true)
 		want := http.StatusOK

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tetherhq/tether/relay/admin"
@@ -19,21 +20,28 @@ const noValue = "–"
 // dashFuncs are the functions the dashboard's templates call.
 func dashFuncs() template.FuncMap {
 	return template.FuncMap{
-		"bytes":     humanBytes,
-		"rtt":       humanRTT,
-		"ago":       humanAgo,
-		"until":     humanUntil,
-		"dur":       humanDuration,
-		"stamp":     stamp,
-		"dash":      orDash,
-		"noValue":   func() string { return noValue },
-		"pair":      func(now time.Time, v any) dashPair { return dashPair{now, v} },
-		"num":       humanCount,
-		"state":     func(h admin.Health) string { return "st-" + string(h) },
-		"uptime":    reportUptime,
-		"unixms":    func(ms int64) time.Time { return unixMillis(ms) },
-		"healths":   func() []admin.Health { return admin.Healths },
-		"auditText": auditDetail,
+		"bytes":      humanBytes,
+		"rtt":        humanRTT,
+		"ago":        humanAgo,
+		"until":      humanUntil,
+		"dur":        humanDuration,
+		"stamp":      stamp,
+		"dash":       orDash,
+		"noValue":    func() string { return noValue },
+		"pair":       func(now time.Time, v any) dashPair { return dashPair{now, v} },
+		"num":        humanCount,
+		"state":      func(h admin.Health) string { return "st-" + string(h) },
+		"uptime":     reportUptime,
+		"unixms":     func(ms int64) time.Time { return unixMillis(ms) },
+		"healths":    func() []admin.Health { return admin.Healths },
+		"auditText":  auditDetail,
+		"inc":        func(i int) int { return i + 1 },
+		"event":      eventLabel,
+		"tokenState": tokenState,
+		"lifetimes":  func() any { return tokenLifetimes },
+		"list":       func(s ...string) []string { return s },
+		"uint":       func(n int64) uint64 { return uint64(max(n, 0)) },
+		"contains":   strings.Contains,
 	}
 }
 

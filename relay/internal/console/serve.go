@@ -46,8 +46,12 @@ type Config struct {
 	// AuthRefusals, when set, counts failed and throttled
 	// authentications by door and reason (throttle.NewRefusals).
 	AuthRefusals *prometheus.CounterVec
-	Logger       *slog.Logger
-	Now          func() time.Time
+	// Relay is the running relay's history, health and addresses, for
+	// the dashboard's charts, health panel and install commands; nil
+	// leaves them out.
+	Relay  Relay
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // shutdownGrace is how long requests in progress get to finish when Run's

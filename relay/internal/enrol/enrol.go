@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/relay/internal/audit"
@@ -22,6 +24,7 @@ import (
 	"github.com/tetherhq/tether/relay/internal/credential"
 	"github.com/tetherhq/tether/relay/internal/policy"
 	"github.com/tetherhq/tether/relay/internal/store"
+	"github.com/tetherhq/tether/relay/internal/throttle"
 	"github.com/tetherhq/tether/relay/internal/trust"
 )
 
@@ -35,25 +38,60 @@ type Config struct {
 	CertLifetime time.Duration
 	// HandshakeTimeout bounds reading an enrolment request.
 	HandshakeTimeout time.Duration
-	Logger           *slog.Logger
-	Now              func() time.Time
+	// Throttle tunes the throttling of enrolments with a wrong join token
+	// per source and per token id (limits.go); the zero value is the
+	// throttle package's defaults (10 failures, then one every 5s).
+	Throttle throttle.Config
+	// RenewThrottle tunes the renewals an agent may make before its
+	// certificate is due. Default: 3, then one every 20 minutes.
+	RenewThrottle throttle.Config
+	// CertOverlap is how long, after a renewal, the certificate it
+	// replaced is still accepted, unless the new one is used first.
+	// Default 5 minutes.
+	CertOverlap time.Duration
+	// AuditInterval is how long refusals are summed before their audit
+	// record is written. Default 1 minute.
+	AuditInterval time.Duration
+	// Refusals, when set, counts refused enrolments and renewals
+	// (tether_auth_refusals_total, doors enrol and renew).
+	Refusals *prometheus.CounterVec
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
-// Enrol enrols and renews agents. It is passive: its methods run on the
-// callers' goroutines.
-type Enrol struct{ cfg Config }
+// Enrol enrols and renews agents. Its methods run on the callers'
+// goroutines; Run writes the summed refusals.
+type Enrol struct {
+	cfg    Config
+	limits *limits
+}
 
 // New returns Enrol.
-func New(cfg Config) *Enrol { return &Enrol{cfg: cfg} }
+func New(cfg Config) *Enrol {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.CertOverlap <= 0 {
+		cfg.CertOverlap = defaultCertOverlap
+	}
+	return &Enrol{cfg: cfg, limits: newLimits(cfg)}
+}
 
 // Agent is a connected agent session, as renewal needs it.
 type Agent interface {
 	Identity() identity.Agent
 	SessionID() string
 	Logger() *slog.Logger
-	// Renewed moves every session of the agent to a certificate valid
-	// until notAfter, issued by CA root root.
-	Renewed(notAfter time.Time, root string)
+	// CertSerial is the serial (hexadecimal) of the certificate the
+	// session stands on; ConnectedAt is when it was admitted; Hello is
+	// what the agent said then (its boot id names the agent process).
+	CertSerial() string
+	ConnectedAt() time.Time
+	Hello() *protocol.Hello
+	// Renewed moves every session of the agent process to the
+	// certificate with serial, valid until notAfter, issued by CA root
+	// root.
+	Renewed(serial string, notAfter time.Time, root string)
 }
 
 // Serve answers one enrolment request on a TLS connection that
@@ -64,7 +102,7 @@ func (e *Enrol) Serve(ctx context.Context, tc *tls.Conn) {
 	tc.SetDeadline(time.Now().Add(e.cfg.HandshakeTimeout))
 	m, err := protocol.ReadMessage(bufio.NewReader(tc))
 	if err != nil {
-		e.cfg.Logger.Warn("enrolment: read request", "remote", remote, "err", err)
+		e.logRefusal(throttle.Source(remote), "enrolment: read request", "remote", remote, "err", err)
 		return
 	}
 	req, ok := m.(*protocol.EnrollRequest)
@@ -73,6 +111,13 @@ func (e *Enrol) Serve(ctx context.Context, tc *tls.Conn) {
 		return
 	}
 	resp, tok, err := e.enroll(ctx, req, tc.RemoteAddr())
+	if reason, counts, ok := unauthenticatedEnrolment(err); ok {
+		var summed bool
+		if summed, err = e.refusedEnrolment(remote, req, reason, counts, err); summed {
+			protocol.WriteMessage(tc, protocol.RejectFor(err))
+			return
+		}
+	}
 	rec := audit.Record{Kind: audit.Enrol, Outcome: audit.OutcomeOK, Tenant: tok.Tenant, Actor: "agent",
 		Detail: map[string]any{"remote": remote, "hostname": truncate(req.Hostname, 255), "os": truncate(req.OS, 32), "arch": truncate(req.Arch, 32), "agent_version": truncate(req.AgentVersion, 64)}}
 	if tok.ID != "" {
@@ -149,7 +194,7 @@ func (e *Enrol) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 	}
 	if err := e.cfg.Store.AddAgent(ctx, store.Agent{
 		ID: id.ID, Tenant: id.Tenant, Hostname: hostname, CreatedAt: now,
-		CertSerial: cert.SerialNumber.Text(16), CertNotAfter: cert.NotAfter, CertRoot: root.ID(),
+		CertSerial: cert.SerialNumber.Text(16), CertNotAfter: cert.NotAfter, CertRoot: root.ID(), CertIssuedAt: now,
 	}); err != nil {
 		return nil, t, protocol.Errorf(protocol.CodeInternal, "register agent: %v", err)
 	}
@@ -186,6 +231,39 @@ func (e *Enrol) enrolmentLimits(ctx context.Context, tenant string, remote net.A
 	return nil
 }
 
+// refusedEnrolment counts an enrolment refused before a token was
+// accepted (unauthenticatedEnrolment) against its source and the token id
+// it claims, and returns whether it was summed and the refusal to answer
+// (err, or rate_limited): a source's first refusals (as many as its
+// failures may be) are left to be audited one by one, with why; the rest,
+// and every rate_limited one, are logged at debug level and summed in
+// auth.refused records (limits.go).
+func (e *Enrol) refusedEnrolment(remote string, req *protocol.EnrollRequest, reason string, counts bool, err error) (bool, error) {
+	src, id := throttle.Source(remote), ""
+	if tok, perr := protocol.ParseJoinToken(req.Token); perr == nil {
+		id = tok.IDString()
+	}
+	reason, err = e.limits.refusedEnrolment(src, id, reason, counts, err)
+	if !errors.Is(err, protocol.ErrRateLimited) && e.limits.logs.Take(src) == 0 {
+		e.limits.tally.Count(doorEnrol, reason)
+		return false, err
+	}
+	e.cfg.Logger.Debug("enrolment refused", "remote", remote, "hostname", protocol.Clip(req.Hostname, 255), "token", id, "err", err)
+	e.limits.tally.Add(doorEnrol, src, reason, id)
+	return true, err
+}
+
+// logRefusal logs a refusal at warning level for the first refusals of
+// key (a source or an agent) and then one every few seconds, at debug
+// level for the rest: a flood does not fill the log.
+func (e *Enrol) logRefusal(key, msg string, args ...any) {
+	if e.limits.logs.Take(key) == 0 {
+		e.cfg.Logger.Warn(msg, args...)
+		return
+	}
+	e.cfg.Logger.Debug(msg, args...)
+}
+
 func truncate(s string, n int) string {
 	if len(s) > n {
 		return s[:n]
@@ -194,12 +272,26 @@ func truncate(s string, n int) string {
 }
 
 // Renew answers an agent's RenewRequest on its control stream: a new
-// certificate for the session's own identity, to the fresh key in the CSR.
+// certificate for the session's own identity, to the fresh key in the CSR,
+// if the session stands on the agent's newest certificate and the renewal
+// is due or within the agent's burst (limits.go).
 func (e *Enrol) Renew(ctx context.Context, ac Agent, req *protocol.RenewRequest) *protocol.RenewResponse {
-	id := ac.Identity()
-	resp, notAfter, root, err := e.renewCert(ctx, id, req)
+	id, session := ac.Identity(), ac.CertSerial()
+	rn, err := e.renewCert(ctx, ac, req)
 	rec := audit.Record{Kind: audit.Renew, Outcome: audit.OutcomeOK, Tenant: id.Tenant, Agent: id.ID, Actor: "agent",
 		Detail: map[string]any{"session": ac.SessionID()}}
+	var rr *renewRefusal
+	if errors.As(err, &rr) {
+		key := agentKey(id.Tenant, id.ID)
+		if e.limits.logs.Take(key) == 0 {
+			ac.Logger().Warn("certificate renewal refused", "err", err)
+		} else {
+			ac.Logger().Debug("certificate renewal refused", "err", err)
+		}
+		e.limits.renews.Add(doorRenew, key, rr.reason, session)
+		rep := protocol.ReplyFor(err)
+		return &protocol.RenewResponse{Code: rep.Code.String(), Message: rep.Message}
+	}
 	if err != nil {
 		ac.Logger().Warn("certificate renewal refused", "err", err)
 		rec.Outcome = protocol.CodeOf(err).String()
@@ -212,43 +304,103 @@ func (e *Enrol) Renew(ctx context.Context, ac Agent, req *protocol.RenewRequest)
 	// holds the new key (the CSR's signature) over a session the old one
 	// authenticated. Its other sessions (it keeps two) are the same agent
 	// process and move with it, so none is cut when the old one expires.
-	ac.Renewed(notAfter, root.ID())
+	serial, notAfter, root := rn.cert.SerialNumber.Text(16), rn.cert.NotAfter, rn.root
+	ac.Renewed(serial, notAfter, root.ID())
 	rec.Detail["not_after"] = notAfter
 	rec.Detail["ca_root"] = root.ID()
+	rec.Detail["cert_serial"] = serial
+	rec.Detail["replaced_serial"] = rn.replaced
 	e.cfg.Audit.Add(rec)
 	ac.Logger().Info("certificate renewed", "not_after", notAfter.Format(time.RFC3339), "ca_root", root.ID())
-	return resp
+	return rn.resp
 }
 
 // renewCert issues the new certificate from the CA's signing root (the new
 // root during a rotation) and answers with every active root, so that the
 // agent trusts the relay's server certificate before and after the old
 // root is retired.
-func (e *Enrol) renewCert(ctx context.Context, id identity.Agent, req *protocol.RenewRequest) (*protocol.RenewResponse, time.Time, *ca.Root, error) {
+func (e *Enrol) renewCert(ctx context.Context, ac Agent, req *protocol.RenewRequest) (*renewal, error) {
+	id := ac.Identity()
 	rec, err := e.cfg.Store.Agent(ctx, id.ID)
 	switch {
 	case errors.Is(err, store.ErrNotFound) || (err == nil && rec.Tenant != id.Tenant):
-		return nil, time.Time{}, nil, protocol.Errorf(protocol.CodeUnknownAgent, "agent %s is not registered with this relay", id.ID)
+		return nil, protocol.Errorf(protocol.CodeUnknownAgent, "agent %s is not registered with this relay", id.ID)
 	case err != nil:
-		return nil, time.Time{}, nil, protocol.Errorf(protocol.CodeInternal, "look up agent: %v", err)
+		return nil, protocol.Errorf(protocol.CodeInternal, "look up agent: %v", err)
 	case !rec.RevokedAt.IsZero():
-		return nil, time.Time{}, nil, policy.RevokedError(rec)
+		return nil, policy.RevokedError(rec)
+	}
+	now, serial, bootID := e.cfg.Now(), ac.CertSerial(), ac.Hello().BootID
+	// replaced is the certificate the agent process holds, which the new
+	// one replaces: the session's, unless the process renewed since it
+	// was admitted.
+	replaced := serial
+	switch policy.StandingOf(rec, serial, now) {
+	case policy.CertSuperseded:
+		return nil, refuseRenewal(reasonSuperseded, policy.SupersededError(rec, serial))
+	case policy.CertReplaced:
+		switch {
+		case !ac.ConnectedAt().Before(rec.CertIssuedAt):
+			// Admitted on the replaced certificate during the overlap:
+			// the agent stopped before installing the new one.
+		case bootID != "" && bootID == rec.CertBootID:
+			// Admitted before the renewal, by the process that renewed
+			// over another relay (this one did not move the session
+			// along): it holds the newest.
+			replaced = rec.CertSerial
+		default:
+			// Admitted before the renewal, by another process holding
+			// the same key pair, which the renewal did not take along.
+			return nil, refuseRenewal(reasonSuperseded, policy.SupersededError(rec, serial))
+		}
+	}
+	if !renewDue(rec, now) {
+		if w := e.limits.renewals.Take(id.ID); w > 0 {
+			return nil, refuseRenewal(throttle.ReasonThrottled, protocol.Errorf(protocol.CodeRateLimited,
+				"agent %s renewed its certificate too often lately, and its newest one is not due for renewal before %s: try again in %s",
+				id.ID, dueAt(rec).UTC().Format(time.RFC3339), max(w.Round(time.Second), time.Second)))
+		}
 	}
 	csr, err := ca.CheckCSR(req.CSR)
 	if err != nil {
-		return nil, time.Time{}, nil, err
+		return nil, err
 	}
-	now := e.cfg.Now()
 	authority := e.cfg.Authority.CA()
 	root := authority.Signer()
 	cert, err := authority.SignAgent(root, csr, id, e.cfg.CertLifetime, now)
 	if err != nil {
-		return nil, time.Time{}, nil, protocol.Errorf(protocol.CodeInternal, "%v", err)
+		return nil, protocol.Errorf(protocol.CodeInternal, "%v", err)
 	}
-	if err := e.cfg.Store.SetAgentCert(ctx, id.ID, cert.SerialNumber.Text(16), cert.NotAfter, root.ID()); err != nil {
-		return nil, time.Time{}, nil, protocol.Errorf(protocol.CodeInternal, "record certificate: %v", err)
+	// The replaced certificate stays accepted during the overlap, in case
+	// the agent stops before installing the new one.
+	err = e.cfg.Store.RenewAgentCert(ctx, id.ID, rec.CertSerial,
+		store.AgentCert{Serial: cert.SerialNumber.Text(16), NotAfter: cert.NotAfter, Root: root.ID(), IssuedAt: now, BootID: bootID}, replaced, now.Add(e.cfg.CertOverlap))
+	switch {
+	case errors.Is(err, store.ErrCertChanged):
+		return nil, protocol.Errorf(protocol.CodeUnavailable, "another renewal of agent %s was recorded meanwhile: try again", id.ID)
+	case err != nil:
+		return nil, protocol.Errorf(protocol.CodeInternal, "record certificate: %v", err)
 	}
 	var chain bytes.Buffer
 	pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
-	return &protocol.RenewResponse{Certificate: chain.String(), CACertificates: string(authority.BundlePEM())}, cert.NotAfter, root, nil
+	return &renewal{resp: &protocol.RenewResponse{Certificate: chain.String(), CACertificates: string(authority.BundlePEM())}, cert: cert, root: root, replaced: replaced}, nil
+}
+
+// renewal is a certificate issued by renewal, and the one it replaced.
+type renewal struct {
+	resp     *protocol.RenewResponse
+	cert     *x509.Certificate
+	root     *ca.Root
+	replaced string
+}
+
+// renewDue reports whether agent a's newest certificate is due for
+// renewal at now: past renewDueFraction of its life, or not on record.
+func renewDue(a store.Agent, now time.Time) bool {
+	return a.CertIssuedAt.IsZero() || !now.Before(dueAt(a))
+}
+
+// dueAt is when agent a's newest certificate is due for renewal.
+func dueAt(a store.Agent) time.Time {
+	return a.CertIssuedAt.Add(time.Duration(float64(a.CertNotAfter.Sub(a.CertIssuedAt)) * renewDueFraction))
 }

@@ -142,7 +142,7 @@ func BenchmarkDial(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		tun, err := fd.dial(ctx, c, "postgres.acme.tether:5432")
+		tun, err := fd.dial(ctx, c, "postgres.acme.tether:5432", credential.NewRequestID())
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -11,7 +11,6 @@ import (
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/transport"
 	"github.com/tetherhq/tether/relay/internal/audit"
-	"github.com/tetherhq/tether/relay/internal/credential"
 	"github.com/tetherhq/tether/relay/internal/route"
 )
 
@@ -32,8 +31,9 @@ func (t *tunnel) abandon() {
 }
 
 // dial authenticates nothing: the front door has already. It authorizes c
-// for target, picks an agent connection and opens a stream to the service.
-func (fd *Server) dial(ctx context.Context, c *caller, addr string) (*tunnel, error) {
+// for target, picks an agent connection and opens a stream to the service
+// under requestID, the id the door gave the request when it arrived.
+func (fd *Server) dial(ctx context.Context, c *caller, addr, requestID string) (*tunnel, error) {
 	t, err := route.ParseTarget(addr)
 	if err != nil {
 		return nil, err
@@ -45,7 +45,7 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr string) (*tunnel, er
 	release, err := fd.cfg.Policy.AdmitStream(t.Tenant, c.name)
 	if err != nil {
 		fd.LimitRefusals.Add(1)
-		fd.cfg.Metrics.LimitRefusals.WithLabelValues(t.Tenant).Inc()
+		fd.cfg.Metrics.LimitRefusals.WithLabelValues(t.Tenant, c.name).Inc()
 		return nil, err
 	}
 	// The relay's memory cap: the stream is charged the worst case of any
@@ -57,7 +57,7 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr string) (*tunnel, er
 		return nil, err
 	}
 	start := time.Now()
-	hdr := protocol.StreamHeader{Service: t.Service, Backend: c.Identity(), RequestID: credential.NewRequestID()}
+	hdr := protocol.StreamHeader{Service: t.Service, Backend: c.Identity(), RequestID: requestID}
 	rt, err := fd.cfg.Router.Dial(ctx, t.Tenant, hdr)
 	if err != nil {
 		charge.release()
@@ -65,37 +65,37 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr string) (*tunnel, er
 		return nil, err
 	}
 	charge.settle(rt.Stream)
-	fd.cfg.Metrics.OpenSeconds.Observe(time.Since(start).Seconds())
-	fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, protocol.CodeOK)
+	fd.cfg.Metrics.OpenDuration.Observe(time.Since(start).Seconds())
+	fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, c.name, protocol.CodeOK)
 	return &tunnel{Tunnel: rt, requestID: hdr.RequestID, target: t, caller: c, release: func() { release(); charge.release() }}, nil
 }
 
 // auditRefusal records a stream the relay or the agent refused.
-func (fd *Server) auditRefusal(door, remote string, c *caller, addr string, err error) {
+func (fd *Server) auditRefusal(door, remote, requestID string, c *caller, addr string, err error) {
 	if len(addr) > 512 {
 		addr = addr[:512]
 	}
 	rec := audit.Record{Kind: audit.Stream, Outcome: protocol.CodeOf(err).String(), Backend: c.name, Actor: c.Identity(),
-		Detail: map[string]any{"door": door, "remote": remote, "target": addr, "auth": c.via, "error": err.Error()}}
+		Detail: map[string]any{"door": door, "remote": remote, "request": requestID, "target": addr, "auth": c.via, "error": err.Error()}}
 	t, perr := route.ParseTarget(addr)
 	if perr == nil {
 		rec.Tenant = t.Tenant
 		rec.Detail["service"] = t.Service
 	}
-	fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, protocol.CodeOf(err))
+	fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, c.name, protocol.CodeOf(err))
 	fd.cfg.Audit.Add(rec)
 }
 
 // auditUnauthenticated records a front-door connection whose credentials
 // were refused. The name it claimed is kept apart from Backend, which only
 // ever holds an authenticated identity.
-func (fd *Server) auditUnauthenticated(door, remote, claimed string, err error) {
+func (fd *Server) auditUnauthenticated(door, remote, requestID, claimed string, err error) {
 	if len(claimed) > 255 {
 		claimed = claimed[:255]
 	}
-	fd.cfg.Metrics.StreamOpened("", "", protocol.CodeOf(err))
+	fd.cfg.Metrics.StreamOpened("", "", "", protocol.CodeOf(err))
 	fd.cfg.Audit.Add(audit.Record{Kind: audit.Stream, Outcome: protocol.CodeOf(err).String(), Actor: "unauthenticated",
-		Detail: map[string]any{"door": door, "remote": remote, "claimed_backend": claimed, "error": err.Error()}})
+		Detail: map[string]any{"door": door, "remote": remote, "request": requestID, "claimed_backend": claimed, "error": err.Error()}})
 }
 
 // doorOf finds the front door's name in a stream's log attributes.
@@ -111,13 +111,15 @@ func doorOf(attrs []any) string {
 }
 
 // bridge copies between a front-door connection and a tunnel until both
-// directions end, then releases the tunnel.
+// directions end, then releases the tunnel. attrs, the door's log
+// attributes, carry the request id. The bytes are counted as they move
+// (metrics.Bytes), not only when the stream ends.
 func (fd *Server) bridge(front transport.Stream, t *tunnel, attrs []any) {
-	res, err := transport.Splice(front, fd.throttle(t.target.Tenant, t.Stream), fd.cfg.IdleTimeout)
+	flow := fd.cfg.Metrics.Bytes.Open(t.target.Tenant, t.Agent)
+	res, err := transport.SpliceCounting(front, fd.throttle(t.target.Tenant, t.Stream), fd.cfg.IdleTimeout, &flow.Counter)
+	fd.cfg.Metrics.Bytes.Close(flow)
 	t.End()
 	t.release()
-	fd.cfg.Metrics.StreamBytes.WithLabelValues(t.target.Tenant, "to_service").Add(float64(res.AToB))
-	fd.cfg.Metrics.StreamBytes.WithLabelValues(t.target.Tenant, "from_service").Add(float64(res.BToA))
 	outcome := audit.OutcomeOK
 	if errors.Is(err, transport.ErrIdle) {
 		outcome = "idle_timeout"
@@ -127,7 +129,7 @@ func (fd *Server) bridge(front transport.Stream, t *tunnel, attrs []any) {
 	// The stream is over: its record need not hold this goroutine.
 	detail := map[string]any{"service": t.target.Service, "request": t.requestID, "bytes_to_service": res.AToB, "bytes_from_service": res.BToA,
 		"duration_ms": time.Since(t.Opened).Milliseconds(), "door": doorOf(attrs), "auth": t.caller.via}
-	attrs = with(attrs, "request", t.requestID, "agent", t.Agent)
+	attrs = with(attrs, "agent", t.Agent) // attrs carry the request id already
 	if t.Relay != "" {
 		// Forwarded: the agent is connected to that relay of the cluster.
 		detail["relay"] = t.Relay

@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/relay/internal/credential"
 	"github.com/tetherhq/tether/relay/internal/route"
 )
 
@@ -42,7 +44,7 @@ func HTTPStatus(c protocol.Code) int {
 		return http.StatusBadGateway
 	case protocol.CodeTimeout:
 		return http.StatusGatewayTimeout
-	case protocol.CodeLimitExceeded:
+	case protocol.CodeLimitExceeded, protocol.CodeRateLimited:
 		return http.StatusTooManyRequests
 	}
 	return http.StatusInternalServerError
@@ -65,15 +67,23 @@ func (fd *Server) connectServer(ctx context.Context) *http.Server {
 }
 
 func (fd *Server) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *http.Request) {
-	attrs := []any{"door", "connect", "remote", req.RemoteAddr}
+	// The request's id, from its arrival: every answer, log line and
+	// audit record of it carries this id, refusals included, and the
+	// stream opened for it is opened under it (the agent logs it too).
+	id := credential.NewRequestID()
+	attrs := []any{"door", "connect", "request", id, "remote", req.RemoteAddr}
 	fc := frontConnOf(req.Context())
 	if fc != nil {
 		fc.serve()
 		defer fc.authenticated()
 	}
 	if req.Method != http.MethodConnect {
+		if isProxyRequest(req) {
+			fd.serveHTTPProxy(ctx, w, req, id, fc)
+			return
+		}
 		w.Header().Set("Allow", http.MethodConnect)
-		writeRefusal(w, "", protocol.Errorf(protocol.CodeBadRequest, "this is a CONNECT proxy: use CONNECT <service>.<tenant>.tether:<port>"), http.StatusMethodNotAllowed)
+		writeRefusal(w, id, protocol.Errorf(protocol.CodeBadRequest, "this is a CONNECT proxy: use CONNECT <service>.<tenant>.tether:<port>, or a plain HTTP proxy request for http://<service>.<tenant>.tether/..."), http.StatusMethodNotAllowed)
 		return
 	}
 	door := "connect"
@@ -85,7 +95,7 @@ func (fd *Server) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *
 	// are not host:port (user@host, an empty or over-long host).
 	if err := checkConnectTarget(req.RequestURI); err != nil {
 		fd.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
-		writeRefusal(w, "", err, 0)
+		writeRefusal(w, id, err, 0)
 		return
 	}
 	who, claimed, err := fd.authenticateRequest(ctx, req)
@@ -93,17 +103,16 @@ func (fd *Server) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *
 		fc.authenticated()
 	}
 	if err != nil {
-		fd.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
-		fd.auditUnauthenticated(door, req.RemoteAddr, claimed, err)
-		writeRefusal(w, "", err, 0)
+		fd.refusedAuth(ctx, door, req.RemoteAddr, id, claimed, err, attrs)
+		writeRefusal(w, id, err, 0)
 		return
 	}
 	attrs = with(attrs, "backend", who.name, "target", req.Host)
-	tun, err := fd.dial(ctx, who, req.Host)
+	tun, err := fd.dial(ctx, who, req.Host, id)
 	if err != nil {
 		fd.log.Info("refused", with(targetAttrs(attrs, req.Host), "code", protocol.CodeOf(err).String(), "err", err)...)
-		fd.auditRefusal(door, req.RemoteAddr, who, req.Host, err)
-		writeRefusal(w, "", err, 0)
+		fd.auditRefusal(door, req.RemoteAddr, id, who, req.Host, err)
+		writeRefusal(w, id, err, 0)
 		return
 	}
 	conn, brw, err := http.NewResponseController(w).Hijack()
@@ -136,8 +145,9 @@ func (fd *Server) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *
 	fd.bridge(front, tun, with(attrs, "tenant", tun.target.Tenant, "service", tun.target.Service))
 }
 
-// writeRefusal answers a CONNECT request with the status for err's code,
-// the code in the Tether-Error header and the message in the body.
+// writeRefusal answers a CONNECT request (or a plain HTTP proxy request)
+// with the status for err's code, the code in the Tether-Error header, the
+// request id in Tether-Request-Id and the message in the body.
 func writeRefusal(w http.ResponseWriter, requestID string, err error, status int) {
 	code := protocol.CodeOf(err)
 	if status == 0 {
@@ -151,6 +161,9 @@ func writeRefusal(w http.ResponseWriter, requestID string, err error, status int
 	if status == http.StatusProxyAuthRequired {
 		h.Set("Proxy-Authenticate", `Basic realm="tether"`)
 	}
+	if s := retryAfter(err); s > 0 {
+		h.Set("Retry-After", strconv.Itoa(s))
+	}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Connection", "close")
 	w.WriteHeader(status)
@@ -161,29 +174,33 @@ func writeRefusal(w http.ResponseWriter, requestID string, err error, status int
 // certificate verified in the TLS handshake, or the Proxy-Authorization
 // header (Basic: backend name and API key; Bearer: a token from the OIDC
 // issuer). claimed is the name a refused request claimed, for the audit.
+// A refused credential is counted against the request's source and the
+// name it claimed, and answered rate_limited once either has failed too
+// often (authlimit.go).
 func (fd *Server) authenticateRequest(ctx context.Context, req *http.Request) (who *caller, claimed string, err error) {
 	auth := req.Header.Get("Proxy-Authorization")
 	if req.TLS != nil && len(req.TLS.PeerCertificates) > 0 {
 		if auth != "" {
-			return nil, "", protocol.Errorf(protocol.CodeUnauthenticated, "send one credential: a client certificate or a Proxy-Authorization header, not both")
+			return nil, "", fd.guard.refused(req.RemoteAddr, reasonNoCredentials, "", protocol.Errorf(protocol.CodeUnauthenticated, "send one credential: a client certificate or a Proxy-Authorization header, not both"))
 		}
 		who, err := fd.authenticateCertificate(ctx, req.TLS.PeerCertificates)
 		if len(req.TLS.PeerCertificates[0].URIs) > 0 {
 			claimed = req.TLS.PeerCertificates[0].URIs[0].String()
 		}
-		return who, claimed, err
+		return who, claimed, fd.guard.refused(req.RemoteAddr, reasonBadCertificate, claimed, err)
 	}
 	scheme, cred, _ := strings.Cut(auth, " ")
 	switch {
 	case strings.EqualFold(scheme, "Bearer"):
 		who, err := fd.authenticateBearer(ctx, strings.TrimSpace(cred))
-		return who, "", err
+		return who, "", fd.guard.refused(req.RemoteAddr, reasonBadToken, "", err)
 	case strings.EqualFold(scheme, "Basic"):
 		name, key, _ := proxyBasicAuth(req)
 		who, err := fd.authenticate(ctx, name, key)
-		return who, name, err
+		return who, name, fd.guard.refused(req.RemoteAddr, reasonBadKey, name, err)
 	}
-	return fd.noCredentials()
+	who, claimed, err = fd.noCredentials()
+	return who, claimed, fd.guard.refused(req.RemoteAddr, reasonNoCredentials, "", err)
 }
 
 func (fd *Server) noCredentials() (*caller, string, error) {

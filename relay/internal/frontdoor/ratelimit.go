@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"time"
 
 	"golang.org/x/time/rate"
 
@@ -105,4 +106,20 @@ func (s *throttledStream) Abort() error {
 		return a.Abort()
 	}
 	return s.Stream.Close()
+}
+
+// SetReadDeadline and SetWriteDeadline pass on to the stream, when it has
+// them (the plain HTTP proxy sets them on its upstream connections).
+func (s *throttledStream) SetReadDeadline(t time.Time) error {
+	if d, ok := s.Stream.(interface{ SetReadDeadline(time.Time) error }); ok {
+		return d.SetReadDeadline(t)
+	}
+	return fmt.Errorf("tunnel stream %T has no read deadline", s.Stream)
+}
+
+func (s *throttledStream) SetWriteDeadline(t time.Time) error {
+	if d, ok := s.Stream.(interface{ SetWriteDeadline(time.Time) error }); ok {
+		return d.SetWriteDeadline(t)
+	}
+	return fmt.Errorf("tunnel stream %T has no write deadline", s.Stream)
 }

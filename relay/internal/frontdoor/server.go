@@ -1,5 +1,8 @@
 // Package frontdoor is where SaaS backends come in: the SOCKS5 door, the
-// HTTP CONNECT door and CONNECT over TLS, the authentication of backends
+// HTTP CONNECT door and CONNECT over TLS (which also serve plain HTTP
+// proxy requests for http:// URLs), the relay-side forwards (listeners
+// bound by an operator to one service and one backend), the
+// authentication of backends
 // (API keys, client certificates, OIDC bearer tokens), the authorization
 // of each stream (grants and the tenant's limits), and the bridge that
 // copies bytes between a backend's connection and the tunnel, auditing
@@ -45,6 +48,13 @@ type Config struct {
 	// JWKSCacheFile keeps its keys across restarts.
 	OIDC          OIDCConfig
 	JWKSCacheFile string
+	// Throttle tunes the throttling of failed authentication per source
+	// and per identity claimed (authlimit.go); the zero value is the
+	// throttle package's defaults (10 failures, then one every 5s).
+	Throttle throttle.Config
+	// AuthAuditInterval is how long refused authentications are summed
+	// before their audit record is written. Default 1 minute.
+	AuthAuditInterval time.Duration
 
 	Router    *route.Router
 	Routes    *route.Table
@@ -69,15 +79,20 @@ type Server struct {
 	bearer   *bearerAuth  // nil unless an OIDC issuer is configured
 	oidc     *http.Client // fetches the issuer's keys
 	src      *throttle.Sources
-	front    *connSet // open front-door connections, closed at shutdown
+	guard    *authGuard // throttling, logging and auditing of refused credentials (authlimit.go)
+	front    *connSet   // open front-door connections, closed at shutdown
 	mem      *memoryBudget
 
 	socksLn, connectLn, connectTLSLn net.Listener
-	mu                               sync.Mutex     // guards connectSrvs and stopped
-	connectSrvs                      []*http.Server // the CONNECT doors' servers, once Run started them
-	stopped                          bool           // StopAccepting was called
-	handlers                         sync.WaitGroup // CONNECT handlers: a tunnel outlives the http.Server's tracking of its hijacked connection
-	stopping                         sync.WaitGroup // the CONNECT servers' shutdowns (StopAccepting)
+	proxy                            *httpProxy                  // plain HTTP proxy requests at the CONNECT doors
+	mu                               sync.Mutex                  // guards connectSrvs, forwards and stopped
+	connectSrvs                      []*http.Server              // the CONNECT doors' servers, once Run started them
+	forwards                         map[string]*forwardListener // by Forward.Listen
+	stopped                          bool                        // StopAccepting was called
+	stop                             chan struct{}               // closed by StopAccepting
+	forwardsChanged                  chan struct{}               // SetForwards added a listener (capacity 1)
+	handlers                         sync.WaitGroup              // CONNECT handlers: a tunnel outlives the http.Server's tracking of its hijacked connection
+	stopping                         sync.WaitGroup              // the CONNECT servers' shutdowns (StopAccepting)
 
 	// LimitRefusals counts stream opens refused by a tenant limit;
 	// SourceLimited connections closed for the bound per source.
@@ -89,8 +104,10 @@ type Server struct {
 // New binds the doors of cfg. Call Run, or Close if Run will not be
 // called.
 func New(cfg Config) (*Server, error) {
-	fd := &Server{cfg: cfg, log: cfg.Logger, front: newConnSet(), mem: &memoryBudget{cap: cfg.MaxStreamMemory},
-		src: throttle.NewSources(cfg.MaxPendingPerAddress, cfg.MaxPendingPerNetwork)}
+	fd := &Server{cfg: cfg, log: cfg.Logger, front: newConnSet(), guard: newAuthGuard(cfg), mem: &memoryBudget{cap: cfg.MaxStreamMemory},
+		src:  throttle.NewSources(cfg.MaxPendingPerAddress, cfg.MaxPendingPerNetwork),
+		stop: make(chan struct{}), forwardsChanged: make(chan struct{}, 1)}
+	fd.proxy = newHTTPProxy(fd)
 	if cfg.OIDC.Issuer != "" {
 		fd.oidc = &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSHandshakeTimeout: keyFetchTimeout, ResponseHeaderTimeout: keyFetchTimeout}}
 		fd.bearer = newBearerAuth(cfg.OIDC, cfg.JWKSCacheFile, cfg.Now, fd.oidc)
@@ -152,6 +169,9 @@ func (fd *Server) Close() {
 			l.Close()
 		}
 	}
+	fd.mu.Lock()
+	defer fd.mu.Unlock()
+	fd.closeForwardsLocked()
 }
 
 // Run serves the doors until StopAccepting; the streams opened through
@@ -160,6 +180,12 @@ func (fd *Server) Close() {
 // connection has ended (Drain, CloseAll) and every goroutine it started
 // has exited.
 func (fd *Server) Run(ctx context.Context) error {
+	// The guard writes its last sums once every connection has ended.
+	guardCtx, stopGuard := context.WithCancel(context.WithoutCancel(ctx))
+	var guardWG sync.WaitGroup
+	guardWG.Go(func() { fd.guard.run(guardCtx) })
+	defer guardWG.Wait()
+	defer stopGuard()
 	var wg sync.WaitGroup
 	fatal := func(err error) {
 		if err != nil && fd.cfg.Fatal != nil {
@@ -169,6 +195,7 @@ func (fd *Server) Run(ctx context.Context) error {
 	if fd.socksLn != nil {
 		wg.Go(func() { fatal(fd.acceptSOCKS(ctx, &wg)) })
 	}
+	wg.Go(func() { fd.runForwards(ctx, &wg) })
 	for _, ln := range []net.Listener{fd.connectLn, fd.connectTLSLn} {
 		if ln == nil {
 			continue
@@ -194,13 +221,14 @@ func (fd *Server) Run(ctx context.Context) error {
 	wg.Wait()
 	fd.stopping.Wait()
 	fd.handlers.Wait()
+	fd.proxy.close()
 	if fd.oidc != nil {
 		fd.oidc.CloseIdleConnections()
 	}
 	return nil
 }
 
-// StopAccepting closes the doors; open tunnels go on. It returns at once:
+// StopAccepting closes the doors and the forwards; open tunnels go on. It returns at once:
 // CONNECT requests still choosing an agent finish on their own, within
 // the stream-open timeout (Run waits for them).
 func (fd *Server) StopAccepting(ctx context.Context, drain time.Duration) {
@@ -209,7 +237,11 @@ func (fd *Server) StopAccepting(ctx context.Context, drain time.Duration) {
 	}
 	fd.mu.Lock()
 	defer fd.mu.Unlock()
+	if !fd.stopped {
+		close(fd.stop)
+	}
 	fd.stopped = true
+	fd.closeForwardsLocked()
 	for _, srv := range fd.connectSrvs {
 		fd.stopping.Go(func() {
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drain+fd.cfg.StreamOpenTimeout)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/relay/internal/credential"
 	"github.com/tetherhq/tether/relay/internal/socks5"
 )
 
@@ -48,7 +49,10 @@ func (fd *Server) serveSOCKS(ctx context.Context, c net.Conn, authenticated func
 	// Per-stream attributes are passed to each log call rather than bound
 	// with Logger.With, which formats them up front: on the stream-open
 	// path that cost more than the log lines ever written.
-	attrs := []any{"door", "socks5", "remote", c.RemoteAddr().String()}
+	// SOCKS5 has no header to carry the request id: the relay's log and
+	// audit record carry it, and the agent's access log.
+	id := credential.NewRequestID()
+	attrs := []any{"door", "socks5", "request", id, "remote", c.RemoteAddr().String()}
 	c.SetDeadline(time.Now().Add(fd.cfg.HandshakeTimeout))
 	var who *caller
 	var authErr error
@@ -56,16 +60,22 @@ func (fd *Server) serveSOCKS(ctx context.Context, c net.Conn, authenticated func
 	req, err := socks5.Handshake(c, func(user, pass string) bool {
 		claimed = user
 		who, authErr = fd.authenticate(ctx, user, pass)
-		return authErr == nil
+		authErr = fd.guard.refused(c.RemoteAddr().String(), reasonBadKey, user, authErr)
+		// RFC 1929's status cannot say why: a throttled attempt is let
+		// past it, and its request answered with rate_limited's reply.
+		return authErr == nil || errors.Is(authErr, protocol.ErrRateLimited)
 	})
 	authenticated()
-	if err != nil {
-		if authErr != nil {
-			fd.log.Info("refused", with(attrs, "code", protocol.CodeOf(authErr).String(), "err", authErr)...)
-			fd.auditUnauthenticated("socks5", c.RemoteAddr().String(), claimed, authErr)
-		} else {
-			fd.log.Debug("SOCKS5 handshake failed", with(attrs, "err", err)...)
+	if authErr != nil {
+		if err == nil {
+			socks5.WriteReply(c, socksReply(protocol.CodeOf(authErr)), nil)
 		}
+		fd.refusedAuth(ctx, "socks5", c.RemoteAddr().String(), id, claimed, authErr, attrs)
+		c.Close()
+		return
+	}
+	if err != nil {
+		fd.log.Debug("SOCKS5 handshake failed", with(attrs, "err", err)...)
 		c.Close()
 		return
 	}
@@ -76,13 +86,13 @@ func (fd *Server) serveSOCKS(ctx context.Context, c net.Conn, authenticated func
 	// with a deadline of its own.
 	c.SetDeadline(time.Time{})
 	target := net.JoinHostPort(req.Host, fmt.Sprint(req.Port))
-	tun, err := fd.dial(ctx, who, target)
+	tun, err := fd.dial(ctx, who, target, id)
 	c.SetWriteDeadline(time.Now().Add(fd.cfg.HandshakeTimeout))
 	if err != nil {
 		fd.log.Info("refused", with(targetAttrs(attrs, target), "code", protocol.CodeOf(err).String(), "err", err)...)
 		socks5.WriteReply(c, socksReply(protocol.CodeOf(err)), nil)
 		c.Close()
-		fd.auditRefusal("socks5", c.RemoteAddr().String(), who, target, err)
+		fd.auditRefusal("socks5", c.RemoteAddr().String(), id, who, target, err)
 		return
 	}
 	if err := socks5.WriteReply(c, socks5.ReplySucceeded, nil); err != nil {
@@ -110,6 +120,8 @@ func socksReply(c protocol.Code) socks5.ReplyCode {
 		return socks5.ReplyConnectionRefused
 	case protocol.CodeTimeout:
 		return socks5.ReplyTTLExpired
+	case protocol.CodeLimitExceeded, protocol.CodeRateLimited:
+		return socks5.ReplyGeneralFailure
 	}
 	return socks5.ReplyGeneralFailure
 }

@@ -4,34 +4,52 @@
 // the relay's live state at scrape time are collectors the relay adds.
 //
 // Label values that come from requests are bounded: a stream's tenant is
-// only recorded once the relay knows the tenant exists, and its service
-// only once the tenant's agent served it, so a backend asking for random
-// names cannot grow the series without limit.
+// only recorded once the relay knows the tenant exists, its service only
+// once the tenant's agent served it, and its backend only once the
+// backend authenticated (backends are registered by operators), so a
+// backend asking for random names cannot grow the series without limit.
 package metrics
 
 import (
 	"context"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/tetherhq/tether/protocol"
 )
 
 // Metrics are the relay's counters and histograms.
 type Metrics struct {
-	Registry      *prometheus.Registry
-	Streams       *prometheus.CounterVec   // tenant, service, outcome
-	StreamBytes   *prometheus.CounterVec   // tenant, direction
-	OpenSeconds   prometheus.Histogram     // backend request to the agent's answer
-	LimitRefusals *prometheus.CounterVec   // tenant
-	StoreSeconds  *prometheus.HistogramVec // op
+	Registry *prometheus.Registry
+	Streams  *prometheus.CounterVec // tenant, service, backend, outcome
+	// Bytes counts what streams move while they move (bytes.go); it is
+	// tether_stream_bytes_total.
+	Bytes         *Bytes
+	OpenDuration  prometheus.Histogram     // backend request to the agent's answer
+	LimitRefusals *prometheus.CounterVec   // tenant, backend
+	StoreDuration *prometheus.HistogramVec // op
 	AuthRefusals  *prometheus.CounterVec   // door, reason: failed and throttled authentication
 	Disconnects   *prometheus.CounterVec   // reason
+
+	// opens mirrors Streams by tenant and outcome, for the relay's own
+	// history.
+	opens sync.Map // openKey → *atomic.Uint64
+	// disconnectReasons are the label values of Disconnects.
+	disconnectReasons []string
 }
+
+type openKey struct{ tenant, outcome string }
+
+// StoreOps are the store operations StoreOp is given, in the order the
+// console shows them.
+var StoreOps = []string{"audit_commit", "change_feed", "limits", "backend_lookup", "last_seen", "ping"}
 
 // New makes the metrics, with the reasons of Disconnects shown at zero,
 // authRefusals (which the doors that authenticate share) and live (the
@@ -41,24 +59,21 @@ func New(disconnectReasons []string, authRefusals *prometheus.CounterVec, live .
 		Registry: prometheus.NewRegistry(),
 		Streams: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_streams_opened_total",
-			Help: "Stream opens by outcome (ok or a refusal code). tenant is empty until the tenant is known to exist; service until its agent served it.",
-		}, []string{"tenant", "service", "outcome"}),
-		StreamBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tether_stream_bytes_total",
-			Help: "Bytes moved through tunnels, by tenant and direction (to_service, from_service), counted when a stream ends.",
-		}, []string{"tenant", "direction"}),
-		OpenSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "tether_stream_open_seconds",
+			Help: "Stream opens by outcome (ok or a refusal code). tenant is empty until the tenant is known to exist; service until its agent served it; backend until the backend authenticated.",
+		}, []string{"tenant", "service", "backend", "outcome"}),
+		Bytes: newBytes(),
+		OpenDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tether_stream_open_duration_seconds",
 			Help:    "Time from a backend's request to the agent's answer for streams that opened.",
 			Buckets: []float64{.0002, .0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 15},
 		}),
 		LimitRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_limit_refusals_total",
-			Help: "Stream opens refused by a tenant limit (concurrent streams or open rate).",
-		}, []string{"tenant"}),
-		StoreSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "tether_store_seconds",
-			Help:    "Latency of store operations: audit commits, change feed reads, backend lookups, readiness pings.",
+			Help: "Stream opens refused by a tenant limit (concurrent streams or open rate), by tenant and backend.",
+		}, []string{"tenant", "backend"}),
+		StoreDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tether_store_duration_seconds",
+			Help:    "Latency of store operations: audit commits, change feed reads, limits, backend lookups, last-seen writes, readiness pings.",
 			Buckets: []float64{.0001, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5},
 		}, []string{"op"}),
 		AuthRefusals: authRefusals,
@@ -67,10 +82,11 @@ func New(disconnectReasons []string, authRefusals *prometheus.CounterVec, live .
 			Help: "Agent sessions ended, by reason: agent_closed, idle_timeout, heartbeat_missed, connection_reset, relay_shutdown, agent_restarted, revoked, certificate_expired, unauthenticated (a retired CA root), error.",
 		}, []string{"reason"}),
 	}
+	m.disconnectReasons = disconnectReasons
 	for _, reason := range disconnectReasons {
 		m.Disconnects.WithLabelValues(reason)
 	}
-	m.Registry.MustRegister(m.Streams, m.StreamBytes, m.OpenSeconds, m.LimitRefusals, m.StoreSeconds, m.AuthRefusals, m.Disconnects,
+	m.Registry.MustRegister(m.Streams, &bytesCollector{m.Bytes}, m.OpenDuration, m.LimitRefusals, m.StoreDuration, m.AuthRefusals, m.Disconnects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Registry.MustRegister(live...)
 	return m
@@ -91,20 +107,80 @@ func serviceVerified(c protocol.Code) bool {
 }
 
 // StreamOpened counts one stream open or refusal with code for service of
-// tenant (empty when the request did not parse or was not authenticated).
-func (m *Metrics) StreamOpened(tenant, service string, code protocol.Code) {
+// tenant asked by backend (each empty when the request did not parse or
+// was not authenticated; backend must be an authenticated backend's name).
+func (m *Metrics) StreamOpened(tenant, service, backend string, code protocol.Code) {
 	if !tenantVerified(code) {
 		tenant = ""
 	}
 	if !serviceVerified(code) {
 		service = ""
 	}
-	m.Streams.WithLabelValues(tenant, service, code.String()).Inc()
+	outcome := code.String()
+	m.Streams.WithLabelValues(tenant, service, backend, outcome).Inc()
+	k := openKey{tenant, outcome}
+	n, ok := m.opens.Load(k)
+	if !ok {
+		n, _ = m.opens.LoadOrStore(k, new(atomic.Uint64))
+	}
+	n.(*atomic.Uint64).Add(1)
+}
+
+// OpenCount is how many streams of a tenant ("" when not known to exist)
+// ended in one outcome since the relay started.
+type OpenCount struct {
+	Tenant, Outcome string
+	N               uint64
+}
+
+// Opens returns the stream opens counted so far by tenant and outcome.
+func (m *Metrics) Opens() []OpenCount {
+	var out []OpenCount
+	m.opens.Range(func(k, v any) bool {
+		key := k.(openKey)
+		out = append(out, OpenCount{key.tenant, key.outcome, v.(*atomic.Uint64).Load()})
+		return true
+	})
+	return out
+}
+
+// Disconnected is how many agent sessions ended since the relay started,
+// whatever the reason.
+func (m *Metrics) Disconnected() uint64 {
+	var n float64
+	for _, reason := range m.disconnectReasons {
+		var d dto.Metric
+		if m.Disconnects.WithLabelValues(reason).Write(&d) == nil {
+			n += d.GetCounter().GetValue()
+		}
+	}
+	return uint64(n)
 }
 
 // StoreOp times a store operation that began at start.
 func (m *Metrics) StoreOp(op string, start time.Time) {
-	m.StoreSeconds.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	m.StoreDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+}
+
+// StoreTotal is how many store operations of one kind ran since the relay
+// started, and how long they took together.
+type StoreTotal struct {
+	Count uint64
+	Time  time.Duration
+}
+
+// StoreTotals returns the store operations of StoreOps timed so far, by
+// op.
+func (m *Metrics) StoreTotals() map[string]StoreTotal {
+	out := map[string]StoreTotal{}
+	for _, op := range StoreOps {
+		var d dto.Metric
+		if m.StoreDuration.WithLabelValues(op).(prometheus.Metric).Write(&d) == nil {
+			h := d.GetHistogram()
+			out[op] = StoreTotal{Count: h.GetSampleCount(), Time: time.Duration(h.GetSampleSum() * float64(time.Second))}
+		}
+	}
+	return out
 }
 
 // Handler serves /metrics, /healthz and /readyz.

@@ -71,7 +71,11 @@ func (l *Links) Carriers(ctx context.Context, tenant string, fresh bool) ([]rout
 	if err != nil {
 		return nil, err
 	}
+	held := len(hs)
 	hs = slices.DeleteFunc(slices.Clone(hs), func(h store.Holding) bool { return h.PeerAddr == "" })
+	if held > 0 && len(hs) == 0 {
+		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agents are connected to other relays of the cluster, none of which takes forwarded streams (they have no peer listener: --peer-listen)", tenant)
+	}
 	// Relays that do not drain first; among them the one with the most
 	// of the tenant's agents, then by id (the store's order), so that a
 	// tenant's forwarded streams go the same way and keep its links warm.

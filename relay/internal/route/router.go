@@ -261,6 +261,9 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 	if lastErr != nil {
 		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agent connections failed: %v", tenant, lastErr)
 	}
+	if pe := (*protocol.Error)(nil); errors.As(away.err, &pe) {
+		return nil, pe
+	}
 	if away.err != nil {
 		return nil, protocol.Errorf(protocol.CodeUnavailable, "tenant %q has no agent connected to this relay, and the cluster's other relays could not be looked up: %v", tenant, away.err)
 	}
@@ -296,7 +299,7 @@ func (a *awayCarriers) next(ctx context.Context, tried map[Carrier]bool, log *sl
 		}
 		a.read++
 		a.list, a.err = a.from.Carriers(ctx, a.tenant, a.read == 2)
-		if a.err != nil {
+		if pe := (*protocol.Error)(nil); a.err != nil && !errors.As(a.err, &pe) {
 			log.Warn("look up the relays holding a tenant's agents", "tenant", a.tenant, "err", a.err)
 		}
 	}

@@ -41,6 +41,7 @@ type Conn struct {
 	rtt       atomic.Int64           // nanoseconds, last measured
 	notAfter  atomic.Int64           // Unix nanoseconds: the session ends when its newest certificate expires
 	root      atomic.Pointer[string] // printable fingerprint of the CA root that issued the newest certificate
+	serial    atomic.Pointer[string] // serial (hexadecimal) of the session's newest certificate
 
 	pingSeq    atomic.Uint64
 	pingSentAt atomic.Int64
@@ -74,6 +75,21 @@ type Conn struct {
 }
 
 func (c *Conn) setRoot(id string) { c.root.Store(&id) }
+
+func (c *Conn) setSerial(serial string) { c.serial.Store(&serial) }
+
+// CertSerial is the serial (hexadecimal) of the session's newest
+// certificate: the one it authenticated with, or the one a renewal over
+// a session of the same agent process moved it to.
+func (c *Conn) CertSerial() string {
+	if p := c.serial.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// ConnectedAt is when the session was admitted.
+func (c *Conn) ConnectedAt() time.Time { return c.connectedAt }
 
 // RootID is the CA root of the session's newest certificate ("" if none
 // of the active roots issued it).
@@ -544,10 +560,15 @@ func (c *Conn) NewStream(ctx context.Context) (transport.Stream, error) {
 // Draining reports whether the agent or the relay said GoAway on c.
 func (c *Conn) Draining() bool { return c.draining.Load() }
 
-// Renewed moves every session of c's agent to a certificate valid until
-// notAfter, issued by CA root root: the agent proved it holds the new key
-// over this session, and its other sessions are the same agent process.
-func (c *Conn) Renewed(notAfter time.Time, root string) { c.srv.set.renewed(c.id, notAfter, root) }
+// Renewed moves every session of c's agent process (its boot id) to the
+// certificate with serial, valid until notAfter, issued by CA root root:
+// the agent proved it holds the new key over this session, and its other
+// sessions are the same agent process. A session of the same identity
+// from another process (a copy of its key pair) stays on its own
+// certificate, which no longer renews.
+func (c *Conn) Renewed(serial string, notAfter time.Time, root string) {
+	c.srv.set.renewed(c, serial, notAfter, root)
+}
 
 // errStalled ends a stream open on a connection that stalled (its agent
 // stopped answering pings) while another connection could take it.

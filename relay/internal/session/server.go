@@ -423,6 +423,9 @@ func (s *Server) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess transp
 	if err != nil {
 		s.stats.Failed.Add(1)
 		log.Warn("agent refused", "err", err)
+		if errors.Is(err, protocol.ErrCertSuperseded) {
+			connRec.Kind = audit.StaleCertificate // a possible copy of the agent's key pair
+		}
 		connRec.Outcome, connRec.Detail["error"] = protocol.CodeOf(err).String(), err.Error()
 		s.cfg.Audit.Add(connRec)
 		admitted() // the refusal's grace period holds no handshake slot
@@ -435,6 +438,7 @@ func (s *Server) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess transp
 	}
 	ac.lastHeard.Store(time.Now().UnixNano())
 	ac.notAfter.Store(leaf.NotAfter.UnixNano())
+	ac.setSerial(leaf.SerialNumber.Text(16))
 	authority := s.cfg.Authority.CA()
 	if root := authority.IssuerOf(leaf); root != nil {
 		ac.setRoot(root.ID())
@@ -511,8 +515,10 @@ func readHello(br *bufio.Reader) (*protocol.Hello, error) {
 }
 
 // admitAgent decides whether an authenticated agent may serve: its
-// certificate is current, it is registered and not revoked, and its
-// tenant's limits allow one more agent from where it connects.
+// certificate is current, it is registered and not revoked, the
+// certificate is the newest the relay issued it (or the one that replaced,
+// during a renewal's overlap: policy.StandingOf), and its tenant's limits
+// allow one more agent from where it connects.
 func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.Certificate, remote net.Addr, h *protocol.Hello) error {
 	if h.ProtocolVersion < protocol.MinVersion {
 		return protocol.Errorf(protocol.CodeUnsupportedVersion,
@@ -532,14 +538,27 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 	if !rec.RevokedAt.IsZero() {
 		return policy.RevokedError(rec)
 	}
-	if serial := leaf.SerialNumber.Text(16); serial != rec.CertSerial {
-		// Not the certificate the relay last issued: the agent stopped
-		// between a renewal's answer and installing it. Record the one it
-		// uses, so that the CA root it depends on is counted right (ca
-		// status, ca retire).
-		if root := s.cfg.Authority.CA().IssuerOf(leaf); root != nil {
-			if err := s.cfg.Store.SetAgentCert(ctx, id.ID, serial, leaf.NotAfter, root.ID()); err != nil {
-				s.log.Warn("record the certificate an agent connected with", "agent", id.ID, "err", err)
+	serial, now := leaf.SerialNumber.Text(16), s.cfg.Now()
+	switch policy.StandingOf(rec, serial, now) {
+	case policy.CertSuperseded:
+		return policy.SupersededError(rec, serial)
+	case policy.CertNewest:
+		if rec.PrevCertSerial != "" && now.Before(rec.PrevCertUntil) {
+			// The newest certificate in use: the agent installed it, and
+			// the one it replaced is refused from now on.
+			if _, err := s.cfg.Store.EndCertOverlap(ctx, id.ID, serial, now); err != nil {
+				s.log.Warn("end the overlap of an agent's previous certificate", "agent", id.ID, "err", err)
+			}
+		}
+	case policy.CertUnrecorded:
+		if serial != rec.CertSerial {
+			// An agent enrolled before the relay recorded the certificates
+			// it issues: record the one it uses, so that the CA root it
+			// depends on is counted right (ca status, ca retire).
+			if root := s.cfg.Authority.CA().IssuerOf(leaf); root != nil {
+				if err := s.cfg.Store.SetAgentCert(ctx, id.ID, serial, leaf.NotAfter, root.ID()); err != nil {
+					s.log.Warn("record the certificate an agent connected with", "agent", id.ID, "err", err)
+				}
 			}
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
-	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/relay/internal/route"
 )
 
@@ -155,13 +154,18 @@ func (s *Set) CloseAgent(tenant, id string, err error) int {
 	return len(conns)
 }
 
-// renewed moves every session of agent id to a certificate valid until
-// notAfter, issued by CA root root.
-func (s *Set) renewed(id identity.Agent, notAfter time.Time, root string) {
-	for _, c := range s.ofAgent(id.Tenant, id.ID) {
+// renewed moves every session of from's agent process (its boot id) to
+// the certificate with serial, valid until notAfter, issued by CA root
+// root.
+func (s *Set) renewed(from *Conn, serial string, notAfter time.Time, root string) {
+	for _, c := range s.ofAgent(from.id.Tenant, from.id.ID) {
+		if c != from && c.hello.BootID != from.hello.BootID {
+			continue
+		}
 		if c.notAfter.Load() <= notAfter.UnixNano() { // the same second as the last one: still the newer certificate
 			c.notAfter.Store(notAfter.UnixNano())
 			c.setRoot(root)
+			c.setSerial(serial)
 		}
 	}
 }

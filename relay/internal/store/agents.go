@@ -22,6 +22,19 @@ type Agent struct {
 	// newest certificate; "" for certificates issued before CA rotation
 	// existed.
 	CertRoot string
+	// CertIssuedAt is when the newest certificate (CertSerial) was issued;
+	// zero when the store does not know (agents whose certificates were
+	// all issued before migration 12), and then CertSerial is only the
+	// certificate last seen.
+	CertIssuedAt time.Time
+	// CertBootID is the boot id of the agent process that received the
+	// newest certificate by renewal ("" after an enrolment, or unknown).
+	CertBootID string
+	// PrevCertSerial is the certificate the newest one replaced, still
+	// accepted before PrevCertUntil: the overlap of a renewal, ended early
+	// by the first use of the newest one ("" and zero: none).
+	PrevCertSerial string
+	PrevCertUntil  time.Time
 	// RevokedAt is zero unless the agent was revoked.
 	RevokedAt     time.Time
 	RevokedReason string
@@ -36,8 +49,8 @@ func (s *Store) AddAgent(ctx context.Context, a Agent) error {
 		if _, err := tenant(ctx, tx, a.Tenant); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO agents (id, tenant, hostname, created_at, cert_serial, cert_not_after, cert_root) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-			a.ID, a.Tenant, a.Hostname, unix(a.CreatedAt), a.CertSerial, unix(a.CertNotAfter), a.CertRoot)
+		_, err := tx.ExecContext(ctx, `INSERT INTO agents (id, tenant, hostname, created_at, cert_serial, cert_not_after, cert_root, cert_issued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			a.ID, a.Tenant, a.Hostname, unix(a.CreatedAt), a.CertSerial, unix(a.CertNotAfter), a.CertRoot, unixMilliOrZero(a.CertIssuedAt))
 		return err
 	})
 	if s.unique(err) {
@@ -46,16 +59,19 @@ func (s *Store) AddAgent(ctx context.Context, a Agent) error {
 	return err
 }
 
-const agentCols = `id, tenant, hostname, created_at, cert_serial, cert_not_after, cert_root, revoked_at, revoked_reason, last_seen`
+const agentCols = `id, tenant, hostname, created_at, cert_serial, cert_not_after, cert_root, revoked_at, revoked_reason, last_seen,
+	cert_issued_at, cert_boot_id, prev_cert_serial, prev_cert_until`
 
 func scanAgent(sc interface{ Scan(...any) error }) (Agent, error) {
 	var a Agent
-	var created, notAfter, revoked, seen int64
-	if err := sc.Scan(&a.ID, &a.Tenant, &a.Hostname, &created, &a.CertSerial, &notAfter, &a.CertRoot, &revoked, &a.RevokedReason, &seen); err != nil {
+	var created, notAfter, revoked, seen, issued, prevUntil int64
+	if err := sc.Scan(&a.ID, &a.Tenant, &a.Hostname, &created, &a.CertSerial, &notAfter, &a.CertRoot, &revoked, &a.RevokedReason, &seen,
+		&issued, &a.CertBootID, &a.PrevCertSerial, &prevUntil); err != nil {
 		return Agent{}, err
 	}
 	a.CreatedAt, a.CertNotAfter = fromUnix(created), fromUnix(notAfter)
 	a.LastSeen = fromUnixOrZero(seen)
+	a.CertIssuedAt, a.PrevCertUntil = fromUnixMilliOrZero(issued), fromUnixMilliOrZero(prevUntil)
 	if revoked != 0 {
 		a.RevokedAt = fromUnixMilli(revoked)
 	}
@@ -99,17 +115,63 @@ func (s *Store) queryAgents(ctx context.Context, query string, args ...any) ([]A
 	return out, rows.Err()
 }
 
-// SetAgentCert records the serial, expiry and issuing CA root of an
-// agent's newest certificate.
+// SetAgentCert records the serial, expiry and issuing CA root of the
+// certificate an agent connected with, for an agent whose issued
+// certificates the store does not know (Agent.CertIssuedAt zero): it
+// records a certificate seen, not one issued, and keeps not knowing.
 func (s *Store) SetAgentCert(ctx context.Context, id, serial string, notAfter time.Time, root string) error {
-	res, err := s.exec(ctx, `UPDATE agents SET cert_serial = $2, cert_not_after = $3, cert_root = $4 WHERE id = $1`, id, serial, unix(notAfter), root)
+	res, err := s.exec(ctx, `UPDATE agents SET cert_serial = $2, cert_not_after = $3, cert_root = $4 WHERE id = $1 AND cert_issued_at = 0`, id, serial, unix(notAfter), root)
 	if err != nil {
 		return err
 	}
 	if n, _ := affected(res); n == 0 {
-		return fmt.Errorf("agent %s: %w", id, ErrNotFound)
+		return fmt.Errorf("agent %s (with no certificate issued on record): %w", id, ErrNotFound)
 	}
 	return nil
+}
+
+// AgentCert is a certificate the relay issued to an agent.
+type AgentCert struct {
+	Serial   string // hexadecimal
+	NotAfter time.Time
+	Root     string // the issuing CA root, printable fingerprint
+	IssuedAt time.Time
+	BootID   string // the agent process that received it ("" if unknown)
+}
+
+// RenewAgentCert records c as agent id's newest certificate, replacing
+// newest (the one the caller read as newest: "" or anything for an agent
+// whose issued certificates the store does not know), and replaced as the
+// certificate that c replaces, still accepted until overlapUntil. When the
+// agent's newest certificate is no longer newest (another renewal came
+// first), it changes nothing and returns ErrCertChanged.
+func (s *Store) RenewAgentCert(ctx context.Context, id, newest string, c AgentCert, replaced string, overlapUntil time.Time) error {
+	res, err := s.exec(ctx, `UPDATE agents SET cert_serial = $3, cert_not_after = $4, cert_root = $5, cert_issued_at = $6, cert_boot_id = $7,
+		prev_cert_serial = $8, prev_cert_until = $9 WHERE id = $1 AND (cert_serial = $2 OR cert_issued_at = 0)`,
+		id, newest, c.Serial, unix(c.NotAfter), c.Root, c.IssuedAt.UnixMilli(), c.BootID, replaced, unixMilliOrZero(overlapUntil))
+	if err != nil {
+		return err
+	}
+	if n, _ := affected(res); n > 0 {
+		return nil
+	}
+	if _, err := agent(ctx, s.db, id); err != nil {
+		return err
+	}
+	return fmt.Errorf("agent %s: %w", id, ErrCertChanged)
+}
+
+// EndCertOverlap ends, at now, the overlap during which agent id's
+// previous certificate is still accepted, if serial is its newest one
+// and the overlap has not ended: the newest certificate has been used.
+// It reports whether it ended one.
+func (s *Store) EndCertOverlap(ctx context.Context, id, serial string, now time.Time) (bool, error) {
+	res, err := s.exec(ctx, `UPDATE agents SET prev_cert_until = $3 WHERE id = $1 AND cert_serial = $2 AND prev_cert_until > $3`, id, serial, now.UnixMilli())
+	if err != nil {
+		return false, err
+	}
+	n, err := affected(res)
+	return n > 0, err
 }
 
 // RevokeAgent marks agent id revoked at now. Revoking twice keeps the first

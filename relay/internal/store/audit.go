@@ -51,7 +51,10 @@ func (s *Store) AddAudit(ctx context.Context, recs []AuditRecord) error {
 type AuditFilter struct {
 	Tenant, Agent, Backend string
 	// Kind matches exactly, or as a prefix when it ends in ".".
-	Kind        string
+	Kind string
+	// Request matches the records of one request id (their detail's
+	// "request"). Letters, digits and "-" only.
+	Request     string
 	Since       time.Time // inclusive
 	Until       time.Time // exclusive
 	AfterSeq    int64
@@ -82,6 +85,13 @@ func (s *Store) ListAudit(ctx context.Context, f AuditFilter) ([]AuditRecord, er
 		add(fmt.Sprintf("substr(kind, 1, %d) = ?", len(f.Kind)), f.Kind)
 	} else if f.Kind != "" {
 		add("kind = ?", f.Kind)
+	}
+	if f.Request != "" {
+		if strings.Trim(f.Request, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "" {
+			return nil, fmt.Errorf("audit request id %q: letters, digits and \"-\" only", f.Request)
+		}
+		// Details are stored as encoding/json writes them, without spaces.
+		add("detail LIKE ?", `%"request":"`+f.Request+`"%`)
 	}
 	if !f.Since.IsZero() {
 		add("at_ms >= ?", f.Since.UnixMilli())

@@ -259,8 +259,20 @@ CREATE TABLE presence (
 );
 CREATE INDEX presence_tenant ON presence(tenant);
 `},
+	// Only an agent's newest certificate is accepted (agents.go,
+	// AgentCert): when it was issued (Unix milliseconds; 0 for rows
+	// written before, whose agents are accepted on any valid certificate
+	// until their next renewal records one) and to which agent process
+	// (its boot id), and the certificate it replaced with the end of the
+	// overlap during which that one is still accepted (Unix milliseconds).
+	{12, `
+ALTER TABLE agents ADD COLUMN cert_issued_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN cert_boot_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE agents ADD COLUMN prev_cert_serial TEXT NOT NULL DEFAULT '';
+ALTER TABLE agents ADD COLUMN prev_cert_until BIGINT NOT NULL DEFAULT 0;
+`},
 	// A tenant's bandwidth limit, in bytes per second each way (0:
-	// unlimited). Version 12 is another change's.
+	// unlimited).
 	{13, `
 ALTER TABLE tenant_limits ADD COLUMN bandwidth BIGINT NOT NULL DEFAULT 0;
 `},

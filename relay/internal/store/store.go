@@ -35,6 +35,9 @@ var (
 	ErrTokenExpired = errors.New("join token expired")
 	ErrTokenUsedUp  = errors.New("join token has no uses left")
 	ErrTokenSecret  = errors.New("join token secret does not match")
+	// ErrCertChanged: an agent's newest certificate changed (another
+	// renewal recorded one) between reading it and replacing it.
+	ErrCertChanged = errors.New("the agent's newest certificate changed meanwhile")
 	// ErrRevoked is returned when an operation needs a live agent and the
 	// agent was revoked.
 	ErrRevoked = errors.New("agent was revoked")
@@ -154,6 +157,22 @@ func unix(t time.Time) int64     { return t.Unix() }
 func fromUnix(n int64) time.Time { return time.Unix(n, 0).UTC() }
 
 func fromUnixMilli(n int64) time.Time { return time.UnixMilli(n).UTC() }
+
+// unixMilliOrZero is t in Unix milliseconds, 0 for the zero time.
+func unixMilliOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+// fromUnixMilliOrZero is fromUnixMilli, with 0 meaning the zero time.
+func fromUnixMilliOrZero(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return fromUnixMilli(n)
+}
 
 // fromUnixOrZero is fromUnix, with 0 meaning "never" (the zero time).
 func fromUnixOrZero(n int64) time.Time {

@@ -30,6 +30,22 @@ type Summary struct {
 // MaxIdentities bounds Summary.Identities.
 const MaxIdentities = 5
 
+// Detail is the detail of the audit record of s: door, source, reason,
+// count, first and last (RFC 3339, UTC), the identities claimed when
+// there are any, and summed: true for the sum of an interval (not its
+// opening refusal).
+func (s Summary) Detail() map[string]any {
+	d := map[string]any{"door": s.Door, "source": s.Source, "reason": s.Reason, "count": s.Count,
+		"first": s.First.UTC().Format(time.RFC3339Nano), "last": s.Last.UTC().Format(time.RFC3339Nano)}
+	if len(s.Identities) > 0 {
+		d["identities"] = s.Identities
+	}
+	if !s.Opening {
+		d["summed"] = true
+	}
+	return d
+}
+
 // TallyConfig configures a Tally. The zero value works but records
 // nothing.
 type TallyConfig struct {
@@ -79,7 +95,7 @@ func NewTally(cfg TallyConfig) *Tally {
 func NewRefusals() *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tether_auth_refusals_total",
-		Help: "Failed and throttled authentication attempts, by door (admin_api, login, sso) and reason.",
+		Help: "Failed and throttled authentication attempts, by door (admin_api, login, sso, socks5, connect, connect-tls, http-proxy, http-proxy-tls, enrol; renew for refused renewals) and reason.",
 	}, []string{"door", "reason"})
 }
 

@@ -1,5 +1,5 @@
 // Tether dashboard: live refresh of the element marked data-live, without
-// a full reload, and two small form helpers. No inline script: the page's
+// a full reload, and small form helpers. No inline script: the page's
 // Content-Security-Policy allows only this file.
 (function () {
   'use strict';
@@ -12,6 +12,23 @@
   document.querySelectorAll('form[data-confirm]').forEach(function (f) {
     f.addEventListener('submit', function (ev) {
       if (!window.confirm(f.getAttribute('data-confirm'))) { ev.preventDefault(); }
+    });
+  });
+
+  // Copy buttons copy the field they name (the join token, install
+  // commands).
+  document.querySelectorAll('button[data-copy]').forEach(function (b) {
+    b.addEventListener('click', function () {
+      var field = document.getElementById(b.getAttribute('data-copy'));
+      if (!field) { return; }
+      field.select();
+      var done = function () { b.textContent = 'Copied'; };
+      if (navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(field.value).then(done, function () { document.execCommand('copy'); done(); });
+      } else {
+        document.execCommand('copy');
+        done();
+      }
     });
   });
 

@@ -1,0 +1,59 @@
+package policy
+
+import (
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/relay/internal/store"
+)
+
+// CertStanding is how a certificate an agent presents stands against the
+// store's record of the certificates the relay issued it. The relay
+// accepts only an agent's newest certificate, and the one it replaced
+// during the short overlap of a renewal (until the newest is first used,
+// or a few minutes), so that a copy of an older key pair cannot keep
+// serving, or renew itself, next to the agent.
+type CertStanding int
+
+// Standings.
+const (
+	// CertUnrecorded: the store records no certificate issued to the
+	// agent (every one was issued before the relay recorded them): any
+	// valid certificate is accepted until its next renewal records one.
+	CertUnrecorded CertStanding = iota
+	// CertNewest: the newest certificate the relay issued the agent.
+	CertNewest
+	// CertReplaced: the certificate the newest replaced, during the
+	// overlap of that renewal (the agent may have stopped between
+	// receiving the new one and installing it).
+	CertReplaced
+	// CertSuperseded: any other certificate of the agent: an older one, or
+	// the replaced one after the overlap.
+	CertSuperseded
+)
+
+// StandingOf is the standing at now of the certificate with serial
+// (hexadecimal, as store.Agent.CertSerial) of agent a.
+func StandingOf(a store.Agent, serial string, now time.Time) CertStanding {
+	switch {
+	case a.CertIssuedAt.IsZero():
+		return CertUnrecorded
+	case serial == a.CertSerial:
+		return CertNewest
+	case serial != "" && serial == a.PrevCertSerial && now.Before(a.PrevCertUntil):
+		return CertReplaced
+	}
+	return CertSuperseded
+}
+
+// SupersededError is the refusal of a certificate with serial of agent a
+// that is not its newest (StandingOf: CertSuperseded). The refusal names
+// both certificates and says what to do: the agent itself holds only its
+// newest (only an agent stopped between a renewal's answer and its
+// installation for longer than the overlap holds an older one).
+func SupersededError(a store.Agent, serial string) error {
+	return protocol.Errorf(protocol.CodeCertSuperseded,
+		"agent %s used certificate %s, which was replaced by certificate %s issued at %s: only an agent's newest certificate is accepted. "+
+			"If the agent itself holds it, enrol it again with a new join token; otherwise its key pair was copied: revoke the agent",
+		a.ID, serial, a.CertSerial, a.CertIssuedAt.UTC().Format(time.RFC3339))
+}
