@@ -224,16 +224,6 @@ func (a *statusAgent) waitHolds(t *testing.T, k int, d time.Duration, avoid ...s
 	}
 }
 
-// relayIndex is the index of the relay of id.
-func relayIndex(t *testing.T, id string) int {
-	t.Helper()
-	var i int
-	if _, err := fmt.Sscanf(id, "relay-%d", &i); err != nil {
-		t.Fatalf("relay id %q: %v", id, err)
-	}
-	return i - 1
-}
-
 // echoDial dials addr through d, checks that a line comes back and
 // closes: one whole use of a connection.
 func echoDial(ctx context.Context, d *client.Dialer, addr, line string) error {
