@@ -4,11 +4,16 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
+	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -256,4 +261,49 @@ func rendezvousBest(tenant, id string, ids ...string) string {
 		}
 	}
 	return best
+}
+
+// TestClusterRelayDiesMidStream: a relay dying with forwarded streams in
+// flight ends them at once, as README says: when the entry relay dies,
+// its host closes the backend's connection; when the relay holding the
+// agent dies, the entry relay resets the backend's connection (a read
+// fails with "connection reset", never an end of data that could pass
+// for a complete answer).
+func TestClusterRelayDiesMidStream(t *testing.T) {
+	c := startCluster(t, 3)
+	c.admin(t, "tenant", "add", "acme")
+	key := c.admin(t, "backend", "add", "billing", "--allow", "acme")
+	a := c.clusterAgent(t, c.relays[0], "acme", 1, "tcp")
+	a.waitHolds(t, 1, 20*time.Second)
+	// Both enter another relay than relay 1, which holds the agent.
+	viaRelay2 := waitDial(t, c.dialer(c.relays[1], "billing", key), "echo.acme.tether:7", 20*time.Second)
+	defer viaRelay2.Close()
+	viaRelay3 := waitDial(t, c.dialer(c.relays[2], "billing", key), "echo.acme.tether:7", 20*time.Second)
+	defer viaRelay3.Close()
+	for _, s := range []net.Conn{viaRelay2, viaRelay3} {
+		if err := echoLine(s, "before"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	c.relays[2].kill() // the entry relay of viaRelay3
+	killed := time.Now()
+	viaRelay3.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := io.Copy(io.Discard, viaRelay3)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("the entry relay died and the backend's connection through it is still open 5 s later")
+	}
+	t.Logf("entry relay killed: the backend's connection ended after %v (%v)", time.Since(killed).Round(time.Millisecond), err)
+	if err := echoLine(viaRelay2, "the other stream carries on"); err != nil {
+		t.Fatalf("a stream entering relay 2 after relay 3 died: %v", err)
+	}
+
+	c.relays[0].kill() // the relay holding the agent
+	killed = time.Now()
+	viaRelay2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = io.Copy(io.Discard, viaRelay2)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the relay holding the agent died: the backend's read through relay 2 ended with %v, want a connection reset", err)
+	}
+	t.Logf("holding relay killed: relay 2 reset the backend's connection after %v", time.Since(killed).Round(time.Millisecond))
 }
