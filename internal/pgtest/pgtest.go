@@ -349,6 +349,50 @@ func (s *Server) Stop() {
 	}
 }
 
+// Restart stops the server (pg_ctl stop -m fast: every client's
+// connection ends) and starts it again on the same data directory and
+// port, as an administrator's restart of the database would. Clients
+// must connect again; the data is kept. It fails when the server was
+// stopped for good (Stop, Close), or when the port was taken meanwhile.
+func (s *Server) Restart(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return errors.New("restart: the server was stopped")
+	}
+	if s.watchdog != nil {
+		_ = s.watchdog.Process.Kill()
+		_ = s.watchdog.Wait()
+		_ = s.watchdogIn.Close() // its cat reads EOF and exits
+		s.watchdog = nil
+	}
+	pid := s.pid
+	out, err := s.command(ctx, "pg_ctl", "-D", s.dataDir, "-m", "fast",
+		"-w", "-t", strconv.Itoa(int(stopTimeout/time.Second)), "stop").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("restart: pg_ctl stop: %v: %s", err, bytes.TrimSpace(out))
+	}
+	if processAlive(pid) {
+		if err := killTree(pid); err != nil {
+			return fmt.Errorf("restart: %w", err)
+		}
+	}
+	out, err = s.command(ctx, "pg_ctl",
+		"-D", s.dataDir,
+		"-l", s.logPath,
+		"-o", "-p "+strconv.Itoa(s.Port),
+		"-w", "-t", strconv.Itoa(int(startTimeout/time.Second)),
+		"start",
+	).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("restart: pg_ctl start on port %d: %v: %s\nserver log:\n%s", s.Port, err, bytes.TrimSpace(out), logTail(s.logPath))
+	}
+	if s.pid = readPostmasterPID(s.dataDir); s.pid == 0 {
+		return fmt.Errorf("restart: pg_ctl start succeeded but %s/postmaster.pid holds no pid", s.dataDir)
+	}
+	return s.startWatchdogLocked()
+}
+
 // findBinDir returns the directory holding initdb, pg_ctl and postgres.
 func findBinDir() (string, error) {
 	if d := os.Getenv(BinDirEnv); d != "" {
@@ -711,6 +755,12 @@ rm -rf -- "$base"
 // session, that stops the server if the test process dies without running
 // its cleanups.
 func (s *Server) startWatchdog() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.startWatchdogLocked()
+}
+
+func (s *Server) startWatchdogLocked() error {
 	cmd := exec.Command("/bin/sh", "-c", watchdogScript, "pgtest-watchdog",
 		strconv.Itoa(s.pid), s.dataDir, s.baseDir)
 	s.prepare(cmd)
@@ -722,9 +772,7 @@ func (s *Server) startWatchdog() error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting the watchdog: %w", err)
 	}
-	s.mu.Lock()
 	s.watchdog, s.watchdogIn = cmd, in
-	s.mu.Unlock()
 	return nil
 }
 

@@ -362,3 +362,45 @@ func TestStartWithOptions(t *testing.T) {
 		t.Fatalf("a client from another network: got %v, want a refusal with SQLSTATE 28000 (no pg_hba.conf entry)", err)
 	}
 }
+
+// TestRestart: Restart ends every client's connection and brings the
+// same server back on the same port with its data.
+func TestRestart(t *testing.T) {
+	s := Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `CREATE TABLE kept (v text); INSERT INTO kept VALUES ('before')`); err != nil {
+		t.Fatal(err)
+	}
+	port, pid := s.Port, readPostmasterPID(s.DataDir())
+	if err := s.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s.Port != port {
+		t.Errorf("port %d after the restart, want %d", s.Port, port)
+	}
+	if now := readPostmasterPID(s.DataDir()); now == pid || now == 0 {
+		t.Errorf("postmaster pid %d after the restart, was %d: not restarted", now, pid)
+	}
+	if err := conn.Ping(ctx); err == nil {
+		t.Error("a connection from before the restart still works")
+	}
+	again, err := pgx.Connect(ctx, s.DSN())
+	if err != nil {
+		t.Fatalf("connect after the restart: %v", err)
+	}
+	defer again.Close(context.Background())
+	var v string
+	if err := again.QueryRow(ctx, `SELECT v FROM kept`).Scan(&v); err != nil || v != "before" {
+		t.Fatalf("after the restart: %q, %v; want the row written before", v, err)
+	}
+	s.Stop()
+	if err := s.Restart(ctx); err == nil {
+		t.Error("Restart after Stop succeeded")
+	}
+}

@@ -12,7 +12,11 @@
 //
 //	if errors.Is(err, client.ErrNoAgent) { … the tenant's agent is offline … }
 //
-// The Dialer speaks HTTP CONNECT to the relay's CONNECT front door.
+// The Dialer speaks HTTP CONNECT to the relay's CONNECT front door. With
+// several relays of a cluster (Relays), it moves on to the next when one
+// cannot be reached, as a load balancer in front of them would:
+//
+//	d := &client.Dialer{Relays: []string{"relay-1:3128", "relay-2:3128", "relay-3:3128"}, Backend: "billing", APIKey: key}
 //
 // Forward serves the same connections to programs that speak no proxy
 // protocol (psql, pg_dump, JDBC drivers, …): it listens on a local port and
@@ -27,8 +31,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -57,10 +63,19 @@ var (
 type Error = protocol.Error
 
 // Dialer opens connections to tenant services through a relay. Its zero
-// value is not usable: Relay, Backend and APIKey are required.
+// value is not usable: Relay (or Relays) and a credential are required.
 type Dialer struct {
 	// Relay is the address of the relay's CONNECT front door (host:port).
 	Relay string
+	// Relays, instead of Relay, are the CONNECT front doors of several
+	// relays of a cluster, any of which reaches every tenant. Each dial
+	// starts at one chosen at random and moves on to the next only when
+	// that relay cannot be reached: the TCP connection or the TLS
+	// handshake fails, or the relay closes the connection before it
+	// answers the request (a relay shutting down closes its doors). An
+	// answer is never retried elsewhere: a refusal, unavailable included,
+	// is returned as it is. Set Relay or Relays, not both.
+	Relays []string
 	// Backend and APIKey are the backend credential created with
 	// `tether-relay backend add`.
 	Backend string
@@ -106,16 +121,67 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		ctx, cancel = context.WithTimeout(ctx, d.timeout())
 		defer cancel()
 	}
-	conn, err := d.dialRelay(ctx)
-	if err != nil {
-		return nil, err
+	relays := d.relays()
+	first := rand.N(len(relays))
+	var errs []error
+	for i := range relays {
+		relay := relays[(first+i)%len(relays)]
+		c, err := d.dialVia(ctx, relay, addr)
+		if err == nil {
+			return c, nil
+		}
+		if len(relays) == 1 || !unreachable(err) || ctx.Err() != nil {
+			return nil, err
+		}
+		errs = append(errs, err)
 	}
-	c, err := d.request(ctx, conn, addr)
-	if err != nil {
-		return nil, err
-	}
-	return c, nil
+	return nil, fmt.Errorf("tether: none of the %d relays could be reached: %w", len(relays), errors.Join(errs...))
 }
+
+// dialVia asks relay for a connection to addr.
+func (d *Dialer) dialVia(ctx context.Context, relay, addr string) (*Conn, error) {
+	conn, err := d.dialRelayAt(ctx, relay)
+	if err != nil {
+		return nil, err
+	}
+	return d.request(ctx, conn, addr)
+}
+
+// relays is Relays, or Relay alone.
+func (d *Dialer) relays() []string {
+	if len(d.Relays) > 0 {
+		return d.Relays
+	}
+	return []string{d.Relay}
+}
+
+// errNoAnswer marks a relay that could not be reached or closed the
+// connection before answering: another relay may be tried.
+var errNoAnswer = errors.New("no answer")
+
+// unreachable reports whether err says the relay could not be reached
+// or gave no answer, as opposed to an answer (a refusal, a reply that is
+// not HTTP) or a local problem.
+func unreachable(err error) bool {
+	return errors.Is(err, errNoAnswer)
+}
+
+// noAnswer wraps err, from reaching a relay or exchanging the request
+// with it, so that unreachable reports it when it is the connection
+// failing: a network error, or the relay closing it.
+func noAnswer(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return &relayError{err}
+	}
+	return err
+}
+
+// relayError is a connection-level failure to reach a relay.
+type relayError struct{ err error }
+
+func (e *relayError) Error() string   { return e.err.Error() }
+func (e *relayError) Unwrap() []error { return []error{e.err, errNoAnswer} }
 
 // timeout is Timeout or its default.
 func (d *Dialer) timeout() time.Duration {
@@ -125,18 +191,34 @@ func (d *Dialer) timeout() time.Duration {
 	return 30 * time.Second
 }
 
-// dialRelay opens a connection to the relay's front door: TCP, and the
-// TLS handshake when TLSConfig is set. Nothing is sent on it yet, so it
-// can wait (briefly: relays close a connection that sends no request
+// dialRelay opens a connection to a relay's front door (one of Relays,
+// from one chosen at random to the next that can be reached): TCP, and
+// the TLS handshake when TLSConfig is set. Nothing is sent on it yet, so
+// it can wait (briefly: relays close a connection that sends no request
 // within their handshake timeout) until request uses it.
 func (d *Dialer) dialRelay(ctx context.Context) (net.Conn, error) {
+	relays := d.relays()
+	first := rand.N(len(relays))
+	var errs []error
+	for i := range relays {
+		conn, err := d.dialRelayAt(ctx, relays[(first+i)%len(relays)])
+		if err == nil || len(relays) == 1 || !unreachable(err) || ctx.Err() != nil {
+			return conn, err
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("tether: none of the %d relays could be reached: %w", len(relays), errors.Join(errs...))
+}
+
+// dialRelayAt is dialRelay to relay.
+func (d *Dialer) dialRelayAt(ctx context.Context, relay string) (net.Conn, error) {
 	nd := d.NetDialer
 	if nd == nil {
 		nd = &net.Dialer{KeepAlive: 30 * time.Second}
 	}
-	raw, err := nd.DialContext(ctx, "tcp", d.Relay)
+	raw, err := nd.DialContext(ctx, "tcp", relay)
 	if err != nil {
-		return nil, fmt.Errorf("tether: connect to relay %s: %w", d.Relay, err)
+		return nil, noAnswer(fmt.Errorf("tether: connect to relay %s: %w", relay, err))
 	}
 	if d.TLSConfig == nil {
 		return raw, nil
@@ -144,7 +226,7 @@ func (d *Dialer) dialRelay(ctx context.Context) (net.Conn, error) {
 	tc := tls.Client(raw, d.TLSConfig)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
-		return nil, fmt.Errorf("tether: TLS handshake with relay %s: %w", d.Relay, err)
+		return nil, &relayError{fmt.Errorf("tether: TLS handshake with relay %s: %w", relay, err)}
 	}
 	return tc, nil
 }
@@ -175,8 +257,13 @@ func (d *Dialer) request(ctx context.Context, conn net.Conn, addr string) (*Conn
 
 // check makes sure the Dialer has a relay and exactly one credential.
 func (d *Dialer) check() error {
-	if d.Relay == "" {
-		return errors.New("tether: Dialer needs Relay")
+	switch {
+	case d.Relay == "" && len(d.Relays) == 0:
+		return errors.New("tether: Dialer needs Relay (or Relays)")
+	case d.Relay != "" && len(d.Relays) > 0:
+		return errors.New("tether: Dialer has both Relay and Relays: set one")
+	case slices.Contains(d.Relays, ""):
+		return errors.New("tether: Dialer.Relays holds an empty address")
 	}
 	n := 0
 	if d.APIKey != "" {
@@ -229,11 +316,16 @@ func (d *Dialer) connect(conn net.Conn, addr, auth string) (*Conn, error) {
 		return nil, protocol.Errorf(protocol.CodeBadRequest, "invalid address %q", addr)
 	}
 	if _, err := io.WriteString(conn, req); err != nil {
-		return nil, fmt.Errorf("tether: send CONNECT to relay: %w", err)
+		return nil, noAnswer(fmt.Errorf("tether: send CONNECT to relay: %w", err))
 	}
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
 	if err != nil {
+		if br.Buffered() == 0 {
+			// Nothing of an answer came: the relay closed the
+			// connection (or the network failed) before answering.
+			err = noAnswer(err)
+		}
 		return nil, fmt.Errorf("tether: read relay response: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {

@@ -143,7 +143,7 @@ func (f *Forward) Serve(ctx context.Context, ln net.Listener) error {
 	s := &forwardServer{
 		f:     f,
 		log:   logger(f.Logger).With("listen", ln.Addr().String(), "target", f.Target),
-		relay: f.Dialer.Relay,
+		relay: strings.Join(f.Dialer.relays(), ","),
 	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -173,7 +173,7 @@ func (f *Forward) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		wg.Go(func() { s.pool.run(ctx) })
 	}
-	s.log.Info("forwarding", "relay", f.Dialer.Relay, "spares", max(n, 0))
+	s.log.Info("forwarding", "relay", s.relay, "spares", max(n, 0))
 
 	closeLn := context.AfterFunc(ctx, func() { ln.Close() })
 	defer closeLn()
