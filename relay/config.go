@@ -41,8 +41,9 @@ type Config struct {
 	RelayID string
 	// Advertise is the address (host:port of the agent port) at which
 	// agents reach this relay on its own, sent to the agents of a cluster
-	// so that they keep their connections on distinct relays. Default: the
-	// agent listener's address when it names a host; with none (":7443"),
+	// so that they keep their connections on distinct relays. Default, on
+	// PostgreSQL: the agent listener's address when it names a host; with
+	// none (":7443"), and always on SQLite (a relay alone),
 	// agents are not told of this relay and reach it through the address
 	// they were configured with only.
 	Advertise string
