@@ -137,7 +137,9 @@ func runFairnessHelper(role string) int {
 		}
 		if relay := os.Getenv("FAIRNESS_RELAY"); relay != "" {
 			d := &client.Dialer{Relay: relay, Backend: os.Getenv("FAIRNESS_BACKEND"), APIKey: os.Getenv("FAIRNESS_KEY"), Timeout: 20 * time.Second}
-			dial = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", os.Getenv("FAIRNESS_TARGET")) }
+			dial = func(ctx context.Context) (net.Conn, error) {
+				return d.DialContext(ctx, "tcp", os.Getenv("FAIRNESS_TARGET"))
+			}
 		}
 		n := envInt("FAIRNESS_STREAMS", 200)
 		done := make(chan struct{})
