@@ -28,6 +28,8 @@ const (
 	// presenceDelay gathers the presence changes of a burst of
 	// (re)connecting agents into one write.
 	presenceDelay = 50 * time.Millisecond
+	// presenceChunk is how many presence rows one transaction writes.
+	presenceChunk = 500
 	// holdersTTL is how long the relays holding a tenant are remembered
 	// between dials that ask.
 	holdersTTL = time.Second
@@ -216,9 +218,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 				return nil
 			case <-t.C:
 			}
-			fctx, cancel := context.WithTimeout(ctx, opTimeout)
-			c.flush(fctx)
-			cancel()
+			c.flush(ctx)
 		case <-prune.C:
 			pctx, cancel := context.WithTimeout(ctx, opTimeout)
 			err := c.cfg.Store.PruneRelays(pctx, pruneAfter, keepDead)
@@ -232,8 +232,8 @@ func (c *Cluster) Run(ctx context.Context) error {
 
 // beat writes this relay's row, then its waiting presence rows (a row
 // first, so that they count at once), then reads the live list.
-func (c *Cluster) beat(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+func (c *Cluster) beat(parent context.Context) {
+	ctx, cancel := context.WithTimeout(parent, opTimeout)
 	defer cancel()
 	r := store.Relay{ID: c.cfg.ID, Epoch: c.cfg.Epoch, AgentAddr: c.cfg.AgentAddr, PeerAddr: c.cfg.PeerAddr,
 		Version: c.cfg.Version, StartedAt: c.cfg.Started, Draining: c.draining.Load()}
@@ -256,7 +256,7 @@ func (c *Cluster) beat(ctx context.Context) {
 		return
 	}
 	c.lastBeat.Store(began.UnixNano())
-	c.flush(ctx)
+	c.flush(parent)
 	all, err := c.cfg.Store.Relays(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -282,8 +282,12 @@ func sameMembers(a, b []store.Relay) bool {
 	})
 }
 
-// flush writes the waiting presence changes; on failure they wait for
-// the next try (a later change of the same agent replaces an earlier).
+// flush writes the waiting presence changes, presenceChunk rows to a
+// transaction, each with opTimeout of its own, so that every try makes
+// progress however long the backlog a reconnect storm left (one
+// transaction of it all could outlast any timeout and never commit). On a
+// failure the rows not written wait for the next try (a later change of
+// the same agent replaces an earlier).
 func (c *Cluster) flush(ctx context.Context) {
 	c.mu.Lock()
 	if len(c.pending) == 0 {
@@ -297,17 +301,26 @@ func (c *Cluster) flush(ctx context.Context) {
 	for k, n := range batch {
 		ps = append(ps, store.Presence{Tenant: k.Tenant, Agent: k.Agent, Sessions: n})
 	}
-	if err := c.cfg.Store.SetPresence(ctx, c.cfg.ID, c.cfg.Epoch, ps); err != nil {
-		if ctx.Err() == nil {
-			c.log.Warn("write the presence of this relay's agents", "err", err, "agents", len(ps))
-		}
-		c.mu.Lock()
-		for k, n := range batch {
-			if _, newer := c.pending[k]; !newer {
-				c.pending[k] = n
+	for len(ps) > 0 {
+		chunk := ps[:min(len(ps), presenceChunk)]
+		cctx, cancel := context.WithTimeout(ctx, opTimeout)
+		err := c.cfg.Store.SetPresence(cctx, c.cfg.ID, c.cfg.Epoch, chunk)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Warn("write the presence of this relay's agents", "err", err, "agents", len(ps))
 			}
+			c.mu.Lock()
+			for _, p := range ps {
+				k := store.AgentKey{Tenant: p.Tenant, Agent: p.Agent}
+				if _, newer := c.pending[k]; !newer {
+					c.pending[k] = p.Sessions
+				}
+			}
+			c.mu.Unlock() // the next heartbeat tries again
+			return
 		}
-		c.mu.Unlock() // the next heartbeat tries again
+		ps = ps[len(chunk):]
 	}
 }
 
