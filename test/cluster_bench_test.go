@@ -257,6 +257,41 @@ func clusterFleet(b *testing.B, n, k int, transport string) {
 	for _, f := range failures.list() {
 		b.Logf("failed stream: %s", f)
 	}
+	rate, err := presenceUpsertRate(db, 5000)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(rate, "store-presence-upserts/s")
+}
+
+// presenceUpsertRate times n presence rows written the way a relay
+// writes a batch (store.SetPresence: one upsert statement per agent, all
+// in one transaction) under a relay id no relay row has, so that no
+// reader counts them, and deletes them again: the store's cost per row,
+// apart from how fast agents connect.
+func presenceUpsertRate(db *pgx.Conn, n int) (float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	began := time.Now()
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(ctx)
+	for i := range n {
+		if _, err := tx.Exec(ctx, `
+INSERT INTO presence (relay_id, epoch, tenant, agent, sessions, since_ms) VALUES ($1, $2, $3, $4, $5, CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT))
+ON CONFLICT (relay_id, epoch, agent) DO UPDATE SET sessions = excluded.sessions, tenant = excluded.tenant`,
+			"bench-presence", int64(1), "bench", fmt.Sprintf("agent-%d", i), 1); err != nil {
+			return 0, err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, err
+	}
+	took := time.Since(began)
+	_, err = db.Exec(ctx, `DELETE FROM presence WHERE relay_id = 'bench-presence'`)
+	return float64(n) / took.Seconds(), err
 }
 
 // waitFleetHolds waits until every agent's k connections are on k
