@@ -27,6 +27,7 @@ const (
 	DefaultMaxFiles           = 10
 	DefaultCheckpointInterval = time.Minute
 	DefaultRetryInterval      = 5 * time.Second
+	DefaultCommitDelay        = 10 * time.Millisecond
 	DefaultQueueSize          = 4096
 )
 
@@ -64,6 +65,12 @@ type Options struct {
 	// RetryInterval is how often the writer tries again while the log
 	// cannot be written. Default 5s.
 	RetryInterval time.Duration
+	// CommitDelay is how long the writer gathers records after the first
+	// of a batch arrives before it writes and fsyncs them, so that a
+	// steady stream of short connections costs an fsync per CommitDelay
+	// rather than one per record (a record is durable at most CommitDelay
+	// later; a stream never waits for it). Default 10ms; negative: none.
+	CommitDelay time.Duration
 	// QueueSize bounds the records waiting for the writer; Add drops (and
 	// counts) records beyond it. Default 4096.
 	QueueSize int
@@ -99,6 +106,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.QueueSize <= 0 {
 		o.QueueSize = DefaultQueueSize
+	}
+	if o.CommitDelay == 0 {
+		o.CommitDelay = DefaultCommitDelay
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -310,6 +320,11 @@ func (l *Log) Run(ctx context.Context) {
 	defer ckpt.Stop()
 	retry := time.NewTicker(l.o.RetryInterval)
 	defer retry.Stop()
+	// gather is armed when a batch's first record arrives; the batch is
+	// written when it fires (CommitDelay) or when it is full.
+	gather := time.NewTimer(time.Hour)
+	gather.Stop()
+	var gathering bool
 	if l.failing == nil {
 		l.flush() // the start line, at once: a full disk shows now, not at the first stream
 	}
@@ -322,12 +337,28 @@ func (l *Log) Run(ctx context.Context) {
 		if l.failing != nil {
 			retryC = retry.C
 		}
+		var gatherC <-chan time.Time
+		if gathering {
+			gatherC = gather.C
+		}
 		select {
 		case <-ctx.Done():
+			gather.Stop()
 			l.finish()
 			return
 		case r := <-queue:
 			l.pending = append(l.pending, r)
+			l.drain()
+			switch {
+			case l.failing != nil:
+			case l.o.CommitDelay > 0 && !gathering && len(l.pending) < maxPending:
+				gathering = true
+				gather.Reset(l.o.CommitDelay)
+			case !gathering:
+				l.flush()
+			}
+		case <-gatherC:
+			gathering = false
 			l.drain()
 			if l.failing == nil {
 				l.flush()
