@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,7 +26,8 @@ import (
 // (FAIRNESS_TRANSPORT=quic for QUIC). It reports
 // a's round-trip p50 alone and under the flood on both paths, and the
 // ratios (flood over alone): the tunnel's ratio beside the direct one is
-// the figure of issue 21. Run it with -benchtime=1x (scripts/bench/fairness);
+// the figure of issue 21. It also reports the rate at which the flood
+// read while a made its round trips, on each path. Run it with -benchtime=1x (scripts/bench/fairness);
 // FAIRNESS_PINGS sets the round trips per phase (default 3000),
 // FAIRNESS_STREAMS the flood's streams (default 200),
 // FAIRNESS_B_BANDWIDTH a bandwidth limit for tenant b (such as 50MiB).
@@ -57,6 +59,7 @@ func BenchmarkTenantFlood(b *testing.B) {
 		return nd.DialContext(ctx, "tcp", echoAddr)
 	}
 	p50 := map[string]float64{}
+	floodRate := map[string]float64{} // the flood's MB/s while a made its round trips
 	for _, path := range []struct {
 		name  string
 		dial  func(context.Context) (net.Conn, error)
@@ -66,9 +69,9 @@ func BenchmarkTenantFlood(b *testing.B) {
 		{"direct", direct, []string{"FAIRNESS_TARGET=" + sourceAddr}},
 	} {
 		p50["alone/"+path.name] = pingP50(b, path.dial, pings)
-		stop := startFlood(b, append(path.flood, "FAIRNESS_STREAMS="+strconv.Itoa(streams)))
+		fp := startFlood(b, append(path.flood, "FAIRNESS_STREAMS="+strconv.Itoa(streams)))
 		p50["flood/"+path.name] = pingP50(b, path.dial, pings)
-		stop()
+		floodRate[path.name] = fp.stop()
 	}
 	b.ReportMetric(p50["alone/tunnel"], "tunnel-alone-p50-µs")
 	b.ReportMetric(p50["flood/tunnel"], "tunnel-flood-p50-µs")
@@ -76,6 +79,8 @@ func BenchmarkTenantFlood(b *testing.B) {
 	b.ReportMetric(p50["flood/direct"], "direct-flood-p50-µs")
 	b.ReportMetric(p50["flood/tunnel"]/p50["alone/tunnel"], "tunnel-ratio")
 	b.ReportMetric(p50["flood/direct"]/p50["alone/direct"], "direct-ratio")
+	b.ReportMetric(floodRate["tunnel"], "tunnel-flood-MB/s")
+	b.ReportMetric(floodRate["direct"], "direct-flood-MB/s")
 }
 
 // fairnessHelper runs this test binary as a helper process (see
@@ -91,13 +96,40 @@ func fairnessHelper(b *testing.B, role string, env []string) string {
 	return strings.TrimSpace(addr)
 }
 
-// startFlood runs the flood in a helper process; stop ends it.
-func startFlood(b *testing.B, env []string) (stop func()) {
+// floodProc is a running flood helper process.
+type floodProc struct {
+	p     *proc
+	start time.Time
+	bytes int64 // read by the flood when start was taken
+}
+
+// startFlood runs the flood in a helper process and lets it reach its pace.
+func startFlood(b *testing.B, env []string) *floodProc {
 	b.Helper()
 	p := startEnv(b, "fairness-flood", append(env, "FAIRNESS_HELPER=flood"), os.Args[0])
 	p.waitOutput("fairness helper ready", 60*time.Second)
 	time.Sleep(time.Second) // let the flood reach its pace before measuring
-	return func() { p.kill() }
+	return &floodProc{p: p, start: time.Now(), bytes: floodBytes(p)}
+}
+
+// stop ends the flood and returns the rate at which it read, in MB/s,
+// since startFlood returned (to within the helper's 100 ms reports).
+func (f *floodProc) stop() float64 {
+	n, d := floodBytes(f.p)-f.bytes, time.Since(f.start)
+	f.p.kill()
+	return float64(n) / 1e6 / d.Seconds()
+}
+
+// floodBytes is the last total the flood helper printed.
+func floodBytes(p *proc) int64 {
+	out := p.out.String()
+	i := strings.LastIndex(out, "fairness flood bytes ")
+	if i < 0 {
+		return 0
+	}
+	line, _, _ := strings.Cut(out[i+len("fairness flood bytes "):], "\n")
+	n, _ := strconv.ParseInt(strings.TrimSpace(line), 10, 64)
+	return n
 }
 
 // runFairnessHelper is BenchmarkTenantFlood's helper process: the test
@@ -106,7 +138,7 @@ func startFlood(b *testing.B, env []string) (stop func()) {
 // FAIRNESS_STREAMS streams to FAIRNESS_TARGET (through the relay's CONNECT
 // door when FAIRNESS_RELAY is set) and reads them as fast as they come.
 // Each prints "fairness helper ready" (and its address) and runs until it
-// is killed.
+// is killed; the flood then prints the bytes it has read every 100 ms.
 func runFairnessHelper(role string) int {
 	fail := func(err error) int { fmt.Fprintln(os.Stderr, err); return 1 }
 	switch role {
@@ -143,6 +175,7 @@ func runFairnessHelper(role string) int {
 		}
 		n := envInt("FAIRNESS_STREAMS", 200)
 		done := make(chan struct{})
+		var total atomic.Int64
 		for range n {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			c, err := dial(ctx)
@@ -154,15 +187,24 @@ func runFairnessHelper(role string) int {
 				defer func() { done <- struct{}{} }()
 				buf := make([]byte, 256<<10)
 				for {
-					if _, err := c.Read(buf); err != nil {
+					k, err := c.Read(buf)
+					total.Add(int64(k))
+					if err != nil {
 						return
 					}
 				}
 			}()
 		}
 		fmt.Printf("fairness helper ready %d streams\n", n)
-		<-done // a stream ended: the relay or the service went away
-		return 1
+		tick := time.NewTicker(100 * time.Millisecond)
+		for {
+			select {
+			case <-done: // a stream ended: the relay or the service went away
+				return 1
+			case <-tick.C:
+				fmt.Printf("fairness flood bytes %d\n", total.Load())
+			}
+		}
 	}
 	return fail(fmt.Errorf("unknown fairness helper %q", role))
 }

@@ -47,7 +47,7 @@ type SpliceResult struct {
 // Splice runs one direction on the calling goroutine and the other on a
 // goroutine that has exited by the time Splice returns.
 func Splice(a, b Stream, idle time.Duration) (SpliceResult, error) {
-	return splice(a, b, idle, nil)
+	return splice(a, b, idle, nil, nil)
 }
 
 // SpliceCounter shows how many bytes a running Splice has moved so far, for
@@ -63,10 +63,28 @@ type SpliceCounter struct {
 // SpliceCounting is Splice that also keeps c up to date while it runs. When
 // it returns, c holds the same totals as the result.
 func SpliceCounting(a, b Stream, idle time.Duration, c *SpliceCounter) (SpliceResult, error) {
-	return splice(a, b, idle, c)
+	return splice(a, b, idle, c, nil)
 }
 
-func splice(a, b Stream, idle time.Duration, c *SpliceCounter) (SpliceResult, error) {
+// SpliceOptions are the optional parts of a splice. The zero value is
+// Splice's behaviour.
+type SpliceOptions struct {
+	// Idle closes both streams when no byte has moved for this long
+	// (ErrIdle); 0 means never.
+	Idle time.Duration
+	// Counter, if not nil, is kept up to date as in SpliceCounting.
+	Counter *SpliceCounter
+	// Gate, if not nil, bounds this splice's bulk copies together with
+	// those of every other splice given the same gate (CopyGate).
+	Gate *CopyGate
+}
+
+// SpliceWith is Splice with options.
+func SpliceWith(a, b Stream, o SpliceOptions) (SpliceResult, error) {
+	return splice(a, b, o.Idle, o.Counter, o.Gate)
+}
+
+func splice(a, b Stream, idle time.Duration, c *SpliceCounter, gate *CopyGate) (SpliceResult, error) {
 	a, b = directStream(a), directStream(b)
 	var aToB, bToA *atomic.Int64
 	if c != nil {
@@ -96,13 +114,13 @@ func splice(a, b Stream, idle time.Duration, c *SpliceCounter) (SpliceResult, er
 	go func() {
 		defer close(done)
 		var err error
-		res.AToB, err = copyHalf(b, a, &act, aToB)
+		res.AToB, err = copyHalf(b, a, &act, aToB, gate)
 		if err != nil {
 			abort(err)
 		}
 	}()
 	var err error
-	res.BToA, err = copyHalf(a, b, &act, bToA)
+	res.BToA, err = copyHalf(a, b, &act, bToA, gate)
 	if err != nil {
 		abort(err)
 	}
@@ -129,7 +147,9 @@ func directStream(s Stream) Stream {
 
 // copyHalf copies src to dst and half-closes dst when src ends cleanly.
 // When counter is not nil, it holds the running total after each write.
-func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64) (int64, error) {
+// When gate is not nil, every write from the large buffer (bulk) holds a
+// slot of it; writes from the small buffer never wait for one.
+func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64, gate *CopyGate) (int64, error) {
 	small := smallBufs.Get().(*[]byte)
 	defer smallBufs.Put(small)
 	var large *[]byte
@@ -138,6 +158,11 @@ func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64) (int64, err
 			largeBufs.Put(large)
 		}
 	}()
+	var gw *gatedWrite
+	if gate != nil {
+		gw = &gatedWrite{gate: gate}
+		defer gw.stop()
+	}
 	buf := *small
 	var total int64
 	smallReads := 0 // consecutive reads the small buffer would have held
@@ -145,7 +170,13 @@ func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64) (int64, err
 		n, rerr := src.Read(buf)
 		if n > 0 {
 			act.touch()
-			w, werr := dst.Write(buf[:n])
+			var w int
+			var werr error
+			if gw != nil && large != nil {
+				w, werr = gw.write(dst, buf[:n])
+			} else {
+				w, werr = dst.Write(buf[:n])
+			}
 			total += int64(w)
 			if counter != nil {
 				counter.Store(total)

@@ -182,6 +182,13 @@ func (f closerFunc) Close() error { f(); return nil }
 
 // yamuxTopology runs over a real TLS+yamux session on loopback.
 func yamuxTopology(b *testing.B) *topology {
+	agent, relay, closeSessions := yamuxSessions(b)
+	return sessionTopology(b, agent, relay, closeSessions)
+}
+
+// yamuxSessions connects an agent session to a relay session over
+// TLS+yamux on loopback; closeSessions closes both and waits for them.
+func yamuxSessions(b *testing.B) (agent, relay transport.Session, closeSessions func()) {
 	serverTLS, clientTLS := transporttest.TLSConfigs(b)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -210,21 +217,21 @@ func yamuxTopology(b *testing.B) *topology {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
-	agent, err := tcp.Dial(ctx, nil, ln.Addr().String(), clientTLS, tcp.Config(nil))
+	a, err := tcp.Dial(ctx, nil, ln.Addr().String(), clientTLS, tcp.Config(nil))
 	if err != nil {
 		b.Fatal(err)
 	}
 	r := <-accepted
 	if r.err != nil {
-		agent.Close()
+		a.Close()
 		b.Fatal(r.err)
 	}
-	return sessionTopology(b, agent, r.s, func() {
-		agent.Close()
+	return a, r.s, func() {
+		a.Close()
 		r.s.Close()
-		<-agent.Done()
+		<-a.Done()
 		<-r.s.Done()
-	})
+	}
 }
 
 // quicTopology runs over a real QUIC connection on loopback.

@@ -70,20 +70,29 @@ func startSplice(t *testing.T, idle time.Duration) *splice {
 // is nil.
 func startSpliceCounting(t *testing.T, idle time.Duration, counter *transport.SpliceCounter) *splice {
 	t.Helper()
+	return startSpliceFunc(t, nil, func(a, b transport.Stream) (transport.SpliceResult, error) {
+		if counter != nil {
+			return transport.SpliceCounting(a, b, idle, counter)
+		}
+		return transport.Splice(a, b, idle)
+	})
+}
+
+// startSpliceFunc runs run between a and b. When prepare is not nil,
+// it is called with the four sockets before the splice starts.
+func startSpliceFunc(t *testing.T, prepare func(*splice), run func(a, b transport.Stream) (transport.SpliceResult, error)) *splice {
+	t.Helper()
 	s := &splice{done: make(chan spliceReturn, 1)}
 	s.aPeer, s.a = tcpPair(t)
 	s.b, s.bPeer = tcpPair(t)
 	for _, c := range []*net.TCPConn{s.aPeer, s.bPeer} {
 		_ = c.SetDeadline(time.Now().Add(hangGuard))
 	}
+	if prepare != nil {
+		prepare(s)
+	}
 	go func() {
-		var res transport.SpliceResult
-		var err error
-		if counter != nil {
-			res, err = transport.SpliceCounting(s.a, s.b, idle, counter)
-		} else {
-			res, err = transport.Splice(s.a, s.b, idle)
-		}
+		res, err := run(s.a, s.b)
 		s.done <- spliceReturn{res, err}
 	}()
 	t.Cleanup(func() {

@@ -113,10 +113,14 @@ func doorOf(attrs []any) string {
 // bridge copies between a front-door connection and a tunnel until both
 // directions end, then releases the tunnel. attrs, the door's log
 // attributes, carry the request id. The bytes are counted as they move
-// (metrics.Bytes), not only when the stream ends.
+// (metrics.Bytes), not only when the stream ends. Its bulk copies share
+// the tenant's copy slots (fairshare.go).
 func (fd *Server) bridge(front transport.Stream, t *tunnel, attrs []any) {
 	flow := fd.cfg.Metrics.Bytes.Open(t.target.Tenant, t.Agent)
-	res, err := transport.SpliceCounting(front, fd.throttle(t.target.Tenant, t.Stream), fd.cfg.IdleTimeout, &flow.Counter)
+	gate, done := fd.shares.take(t.target.Tenant)
+	res, err := transport.SpliceWith(front, fd.throttle(t.target.Tenant, t.Stream),
+		transport.SpliceOptions{Idle: fd.cfg.IdleTimeout, Counter: &flow.Counter, Gate: gate})
+	done()
 	fd.cfg.Metrics.Bytes.Close(flow)
 	t.End()
 	t.release()

@@ -82,6 +82,7 @@ type Server struct {
 	guard    *authGuard // throttling, logging and auditing of refused credentials (authlimit.go)
 	front    *connSet   // open front-door connections, closed at shutdown
 	mem      *memoryBudget
+	shares   *copyShares // each tenant's copy slots (fairshare.go)
 
 	socksLn, connectLn, connectTLSLn net.Listener
 	proxy                            *httpProxy                  // plain HTTP proxy requests at the CONNECT doors
@@ -104,7 +105,7 @@ type Server struct {
 // New binds the doors of cfg. Call Run, or Close if Run will not be
 // called.
 func New(cfg Config) (*Server, error) {
-	fd := &Server{cfg: cfg, log: cfg.Logger, front: newConnSet(), guard: newAuthGuard(cfg), mem: &memoryBudget{cap: cfg.MaxStreamMemory},
+	fd := &Server{cfg: cfg, log: cfg.Logger, front: newConnSet(), guard: newAuthGuard(cfg), mem: &memoryBudget{cap: cfg.MaxStreamMemory}, shares: newCopyShares(),
 		src:  throttle.NewSources(cfg.MaxPendingPerAddress, cfg.MaxPendingPerNetwork),
 		stop: make(chan struct{}), forwardsChanged: make(chan struct{}, 1)}
 	fd.proxy = newHTTPProxy(fd)
