@@ -559,3 +559,22 @@ func TestOneWriterPerLog(t *testing.T) {
 		t.Fatalf("first writer: %v", err)
 	}
 }
+
+// A record reaches the file while the writer runs, without a later record,
+// a checkpoint or a stop to push it out: the batch a record opens is
+// committed once its CommitDelay has passed. A burst of records added
+// within one delay shares a batch.
+func TestRecordsCommittedAfterTheDelay(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	l := startLog(t, Options{Path: path, CommitDelay: 20 * time.Millisecond, CheckpointInterval: time.Hour})
+	l.Add(record(1))
+	waitFor(t, "the lone record on disk", func() bool { return bytes.Contains(mustRead(t, path), []byte("req-001")) })
+	for i := 2; i <= 50; i++ {
+		l.Add(record(i))
+	}
+	waitFor(t, "the burst on disk", func() bool { return bytes.Contains(mustRead(t, path), []byte("req-050")) })
+	l.stop()
+	if res := mustVerify(t, VerifyOptions{Path: path}); !res.Intact || res.Lines != 1+50 {
+		t.Fatalf("verify: %d lines (intact %v), want the start line and 50 streams", res.Lines, res.Intact)
+	}
+}
