@@ -5,6 +5,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tetherhq/tether/protocol/transport"
 )
@@ -52,9 +53,18 @@ func TestBytesCountedWhileStreamsAreOpen(t *testing.T) {
 	if _, err := io.ReadFull(backend, make([]byte, n)); err != nil {
 		t.Fatal(err)
 	}
-	got := b.Totals()[AgentKey{"acme", "a1"}]
-	if got.ToService != n || got.FromService != n {
-		t.Errorf("while the stream is open: %+v, want %d each way", got, n)
+	// The splice counts a write once it returned, which may be just after
+	// its bytes came back through the echo: wait for the count, with a
+	// deadline, while the stream is still open.
+	var got Moved
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		got = b.Totals()[AgentKey{"acme", "a1"}]
+		if got.ToService == n && got.FromService == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("while the stream is open: %+v, want %d each way", got, n)
+		}
 	}
 
 	backend.Close()
