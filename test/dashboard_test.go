@@ -296,6 +296,10 @@ func TestDashboardInBrowser(t *testing.T) {
 	do("releases", chromedp.Navigate(base+"/ui/releases"), chromedp.WaitVisible(chromedp.CSS("#release-rows")))
 	eventually("no releases yet", `document.querySelector('#release-rows').textContent`, func(s string) bool { return strings.Contains(s, "No releases published") })
 	shot(t, ctx, artifacts, "dashboard-releases.png")
+	do("relays", chromedp.Navigate(base+"/ui/relays"), chromedp.WaitVisible(chromedp.CSS("#relay-rows")))
+	eventually("this relay up in the list", `document.querySelector('#relay-rows').textContent.replace(/\s+/g, ' ')`,
+		func(s string) bool { return strings.Contains(s, "(this relay)") && strings.Contains(s, " up ") })
+	shot(t, ctx, artifacts, "dashboard-relays.png")
 
 	// Audit search, paged.
 	do("search the audit trail", chromedp.Navigate(base+"/ui/audit?tenant=acme&kind=stream&limit=25"), chromedp.WaitVisible(chromedp.CSS("table.audit")))
@@ -349,6 +353,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	for _, page := range []struct{ path, shot string }{
 		{"/", "dashboard-760-overview.png"}, {"/ui/tenants/acme", "dashboard-760-tenant.png"}, {"/ui/agents/" + acme1.id, ""},
 		{"/ui/agents", ""}, {"/ui/tokens", ""}, {"/ui/connect", ""}, {"/ui/backends", ""}, {"/ui/audit", ""}, {"/ui/releases", ""},
+		{"/ui/relays", ""},
 	} {
 		do("narrow "+page.path, chromedp.Navigate(base+page.path), chromedp.WaitVisible(chromedp.CSS("main h1")))
 		eventually("no sideways scroll on "+page.path, `document.documentElement.scrollWidth + ' ' + document.documentElement.clientWidth`, func(s string) bool {

@@ -179,6 +179,7 @@ func TestScopedOperatorsCannotReachAnotherTenant(t *testing.T) {
 		"GET /ui/backends/{name}":     {path: "/ui/backends/billing", viewerStatus: fb, adminStatus: fb},
 		"GET /ui/audit":               {path: "/ui/audit?tenant=globex", viewerStatus: nf, adminStatus: nf},
 		"GET /ui/releases":            {path: "/ui/releases", viewerStatus: fb, adminStatus: fb},
+		"GET /ui/relays":              {path: "/ui/relays", viewerStatus: fb, adminStatus: fb},
 	}
 	for _, rt := range (&Server{}).apiRoutes() {
 		if _, ok := api[rt.method+" "+rt.pattern]; !ok {

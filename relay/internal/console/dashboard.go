@@ -41,6 +41,7 @@ import (
 //	GET  /ui/backends/{name}       one backend (?audit_before=)
 //	GET  /ui/audit                 audit search (the admin API's filters; ?cursor= pages)
 //	GET  /ui/releases              releases, rollouts, agents' updates
+//	GET  /ui/relays                the relays sharing the store (a cluster, or this one)
 //	GET  /login                    login form and single sign-on buttons (POST /login is the API's)
 //	GET  /static/…                 CSS and script, no authentication
 
@@ -69,7 +70,7 @@ type dashPages map[string]*template.Template
 func parseDashPages() dashPages {
 	p := dashPages{}
 	for _, name := range []string{"overview", "agents", "agent", "tenants", "tenant", "tokens", "connect", "connected",
-		"backends", "backend", "audit", "releases", "login", "signedin", "error"} {
+		"backends", "backend", "audit", "releases", "relays", "login", "signedin", "error"} {
 		p[name] = template.Must(template.New(name).Funcs(dashFuncs()).ParseFS(dashFiles, "ui/layout.html", "ui/parts.html", "ui/"+name+".html"))
 	}
 	return p
@@ -113,6 +114,7 @@ func (s *Server) dashRoutes() []dashRoute {
 		{pattern: "GET /ui/backends/{name}", access: vendorOnly, page: "backend", data: s.backendData},
 		{pattern: "GET /ui/audit", access: viewer, page: "audit", data: s.auditData},
 		{pattern: "GET /ui/releases", access: vendorOnly, page: "releases", data: s.releasesData},
+		{pattern: "GET /ui/relays", access: vendorOnly, page: "relays", data: s.relaysData},
 	}
 }
 

@@ -367,7 +367,7 @@ func TestDashboardSecurityHeaders(t *testing.T) {
 	}
 	d.login(t, c)
 	for _, p := range []string{"/", "/ui/agents", "/ui/tenants", "/ui/tenants/acme", "/ui/agents?live=1", "/ui/no-such-page", "/ui/agents/nope",
-		"/ui/tokens", "/ui/connect", "/ui/backends", "/ui/audit", "/ui/audit?kind=tenant.", "/ui/releases", "/?live=1", "/ui/tenants/acme?live=1"} {
+		"/ui/tokens", "/ui/connect", "/ui/backends", "/ui/audit", "/ui/audit?kind=tenant.", "/ui/releases", "/ui/relays", "/ui/relays?live=1", "/?live=1", "/ui/tenants/acme?live=1"} {
 		res := d.do(t, c, http.MethodGet, p, nil, nil)
 		check(p, res, true)
 		want := http.StatusOK

@@ -472,3 +472,12 @@ func (s *Server) releasesData(req *http.Request, _ Operator, a *admin.Admin, _ t
 	}
 	return "Releases", v, nil
 }
+
+// relaysData is the relays sharing the store, live ones first.
+func (s *Server) relaysData(req *http.Request, _ Operator, a *admin.Admin, _ time.Time) (string, any, error) {
+	rs, err := a.Relays(req.Context())
+	if err != nil {
+		return "", nil, err
+	}
+	return "Relays", rs, nil
+}

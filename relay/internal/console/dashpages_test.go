@@ -350,3 +350,46 @@ func TestBackendsAndReleasesPages(t *testing.T) {
 		t.Errorf("releases page: %d", res.status)
 	}
 }
+
+// The relays page lists the relays sharing the store with their state,
+// addresses and load; an empty store says so.
+func TestRelaysPage(t *testing.T) {
+	d := startDashRelay(t)
+	c := d.client(t)
+	d.login(t, c)
+	if res := d.do(t, c, http.MethodGet, "/ui/relays", nil, nil); res.status != http.StatusOK || !strings.Contains(res.body, "No relay has written its row yet") {
+		t.Errorf("relays page of an empty store: %d:\n%s", res.status, res.body)
+	}
+	ctx := context.Background()
+	for _, r := range []store.Relay{
+		{ID: "relay-1", Epoch: 1, AgentAddr: "10.0.1.1:7443", PeerAddr: "10.0.1.1:7445", Version: "1.4.0", StartedAt: time.Now(), Agents: 7, Sessions: 13, Streams: 42},
+		{ID: "relay-2", Epoch: 1, AgentAddr: "10.0.1.2:7443", Version: "1.4.0", StartedAt: time.Now(), Draining: true},
+	} {
+		if err := d.dir.Store.Heartbeat(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res := d.do(t, c, http.MethodGet, "/ui/relays?live=1", nil, nil)
+	if res.status != http.StatusOK {
+		t.Fatalf("relays page: %d", res.status)
+	}
+	row := func(id string) string {
+		i := strings.Index(res.body, `data-relay="`+id+`"`)
+		if i < 0 {
+			t.Fatalf("no row for %s:\n%s", id, res.body)
+		}
+		rest := res.body[i:]
+		if j := strings.Index(rest, "</tr>"); j >= 0 {
+			rest = rest[:j]
+		}
+		return rest
+	}
+	for _, want := range []string{"up", "10.0.1.1:7443", "10.0.1.1:7445", "1.4.0", ">7<", ">13<", ">42<"} {
+		if !strings.Contains(row("relay-1"), want) {
+			t.Errorf("relay-1's row lacks %q:\n%s", want, row("relay-1"))
+		}
+	}
+	if r2 := row("relay-2"); !strings.Contains(r2, "draining") || !strings.Contains(r2, "10.0.1.2:7443") {
+		t.Errorf("relay-2's row, want draining:\n%s", r2)
+	}
+}
