@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -77,7 +76,6 @@ func serve(cmd *cobra.Command, g *globals, settings []*setting) error {
 	}
 	cfg.Logger = log
 	cfg.Version = g.info.Version
-	warnPlaintextDoors(log, cfg)
 	r, err := relay.New(cfg)
 	if err != nil {
 		return err
@@ -93,35 +91,6 @@ func serve(cmd *cobra.Command, g *globals, settings []*setting) error {
 		wg.Go(func() { rl.watch(wctx) })
 	}
 	return r.Run(ctx)
-}
-
-// warnPlaintextDoors warns about each plain-text front door that listens
-// beyond loopback: API keys and bearer tokens cross it in the clear.
-func warnPlaintextDoors(log *slog.Logger, cfg relay.Config) {
-	for _, d := range []struct{ door, key, addr string }{
-		{"SOCKS5", "socks_listen", cfg.SOCKSListen},
-		{"HTTP CONNECT", "connect_listen", cfg.ConnectListen},
-	} {
-		if d.addr == relay.Off || isLoopback(d.addr) {
-			continue
-		}
-		log.Warn("a plain-text front door listens beyond loopback: backends' API keys and bearer tokens cross the network in the clear; "+
-			"across hosts, give backends the TLS door (connect_tls_listen) and keep this one on loopback", "door", d.door, "listen", d.addr, "setting", d.key)
-	}
-}
-
-// isLoopback reports whether the listen address hostport accepts only
-// connections from this machine (an empty host listens on all).
-func isLoopback(hostport string) bool {
-	host, _, err := net.SplitHostPort(hostport)
-	if err != nil || host == "" {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // reloadSettle lets a burst of file events (an editor's write, rename and

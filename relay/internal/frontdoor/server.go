@@ -134,7 +134,23 @@ func New(cfg Config) (*Server, error) {
 		}
 		fd.connectTLSLn = tls.NewListener(ln, cfg.TLS.Front())
 	}
+	fd.warnPlaintextDoors()
 	return fd, nil
+}
+
+// warnPlaintextDoors warns about each plain-text front door that listens
+// beyond loopback: API keys and bearer tokens cross it in the clear.
+func (fd *Server) warnPlaintextDoors() {
+	for _, d := range []struct{ door, key, addr string }{
+		{"SOCKS5", "socks_listen", fd.cfg.SOCKSListen},
+		{"HTTP CONNECT", "connect_listen", fd.cfg.ConnectListen},
+	} {
+		if d.addr == "" || isLoopback(d.addr) {
+			continue
+		}
+		fd.log.Warn("a plain-text front door listens beyond loopback: backends' API keys and bearer tokens cross the network in the clear; "+
+			"across hosts, give backends the TLS door (connect_tls_listen) and keep this one on loopback", "door", d.door, "listen", d.addr, "setting", d.key)
+	}
 }
 
 func addrOf(l net.Listener) net.Addr {
