@@ -123,20 +123,7 @@ func rateLimited(wait time.Duration) *APIError {
 	return e
 }
 
-// run writes the tally's sums and tidies the limiters every interval
-// until ctx ends, then writes what is left.
+// run keeps the tally and the limiters until ctx ends.
 func (g *authGuard) run(ctx context.Context) {
-	t := time.NewTicker(g.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			g.tally.Flush()
-			return
-		case <-t.C:
-			g.tally.Flush()
-			g.sources.Tidy()
-			g.identities.Tidy()
-		}
-	}
+	g.tally.Keep(ctx, g.interval, g.sources, g.identities)
 }

@@ -189,21 +189,7 @@ func (fd *Server) refusedAuth(ctx context.Context, door, remote, requestID, clai
 	fd.guard.tally.Add(door, src, reason, identity)
 }
 
-// run writes the tally's sums and tidies the limiters every interval
-// until ctx ends, then writes what is left.
+// run keeps the tally and the limiters until ctx ends.
 func (g *authGuard) run(ctx context.Context) {
-	t := time.NewTicker(g.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			g.tally.Flush()
-			return
-		case <-t.C:
-			g.tally.Flush()
-			g.sources.Tidy()
-			g.identities.Tidy()
-			g.logs.Tidy()
-		}
-	}
+	g.tally.Keep(ctx, g.interval, g.sources, g.identities, g.logs)
 }

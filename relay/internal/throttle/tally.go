@@ -1,6 +1,7 @@
 package throttle
 
 import (
+	"context"
 	"slices"
 	"sync"
 	"time"
@@ -159,5 +160,25 @@ func (t *Tally) Flush() {
 	slices.SortFunc(out, func(a, b Summary) int { return a.First.Compare(b.First) })
 	for _, s := range out {
 		t.cfg.Record(s)
+	}
+}
+
+// Keep writes t's sums and tidies the limiters every interval until ctx
+// ends, then writes what is left: the upkeep a door's throttling needs,
+// run by its owner on a goroutine it waits for.
+func (t *Tally) Keep(ctx context.Context, interval time.Duration, limiters ...*Limiter) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			t.Flush()
+			return
+		case <-tick.C:
+			t.Flush()
+			for _, l := range limiters {
+				l.Tidy()
+			}
+		}
 	}
 }
