@@ -45,18 +45,7 @@ import (
 func BenchmarkClusterFleet(b *testing.B) {
 	sizes := benchInts(b, "TETHER_BENCH_CLUSTER_FLEET", "2000")
 	ks := benchInts(b, "TETHER_BENCH_CLUSTER_K", "2")
-	transports := []string{"tcp"}
-	if v := os.Getenv("TETHER_BENCH_CLUSTER_TRANSPORTS"); v != "" {
-		transports = nil
-		for _, t := range strings.Split(v, ",") {
-			switch t = strings.TrimSpace(t); t {
-			case "tcp", "quic", "auto":
-				transports = append(transports, t)
-			default:
-				b.Fatalf("TETHER_BENCH_CLUSTER_TRANSPORTS=%q: want a comma-separated list of tcp, quic and auto", v)
-			}
-		}
-	}
+	transports := benchTransports(b, "TETHER_BENCH_CLUSTER_TRANSPORTS", "tcp")
 	for _, n := range sizes {
 		for _, k := range ks {
 			if k > 3 {
@@ -70,6 +59,22 @@ func BenchmarkClusterFleet(b *testing.B) {
 }
 
 // benchInts reads a comma-separated list of positive counts from env.
+// benchTransports reads the agents' transports from env, a comma-separated
+// list of tcp, quic and auto (def when unset).
+func benchTransports(b *testing.B, env, def string) []string {
+	v := cmp.Or(os.Getenv(env), def)
+	var out []string
+	for _, t := range strings.Split(v, ",") {
+		switch t = strings.TrimSpace(t); t {
+		case "tcp", "quic", "auto":
+			out = append(out, t)
+		default:
+			b.Fatalf("%s=%q: want a comma-separated list of tcp, quic and auto", env, v)
+		}
+	}
+	return out
+}
+
 func benchInts(b *testing.B, env, def string) []int {
 	v := cmp.Or(os.Getenv(env), def)
 	var out []int

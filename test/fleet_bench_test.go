@@ -45,18 +45,7 @@ func BenchmarkFleet(b *testing.B) {
 	// TETHER_BENCH_FLEET_TRANSPORTS picks the agents' transports (default
 	// "tcp,quic"; "auto" is the agents' default: QUIC, falling back to TCP
 	// when a QUIC handshake takes longer than quic_timeout).
-	transports := []string{"tcp", "quic"}
-	if v := os.Getenv("TETHER_BENCH_FLEET_TRANSPORTS"); v != "" {
-		transports = nil
-		for _, t := range strings.Split(v, ",") {
-			switch t = strings.TrimSpace(t); t {
-			case "tcp", "quic", "auto":
-				transports = append(transports, t)
-			default:
-				b.Fatalf("TETHER_BENCH_FLEET_TRANSPORTS=%q: want a comma-separated list of tcp, quic and auto", v)
-			}
-		}
-	}
+	transports := benchTransports(b, "TETHER_BENCH_FLEET_TRANSPORTS", "tcp,quic")
 	for _, n := range sizes {
 		for _, tr := range transports {
 			b.Run(fmt.Sprintf("fleet-%d/%s", n, tr), func(b *testing.B) { fleet(b, n, tr) })
