@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -251,7 +252,9 @@ func echoDial(ctx context.Context, d *client.Dialer, addr, line string) error {
 // 1); when relay 1 is killed, the agent moves to a relay of the list it
 // was sent, and the remaining relays reach it there within 10 s.
 func TestClusterForwarding(t *testing.T) {
-	c := startCluster(t, 3)
+	cfg := filepath.Join(t.TempDir(), "relay.yaml")
+	writeConfig(t, cfg, forwardsYAML())
+	c := startClusterWith(t, 3, clusterOpts{extra: []string{"--config", cfg}})
 	c.admin(t, "tenant", "add", "acme")
 	key := c.admin(t, "backend", "add", "billing", "--allow", "acme")
 	stateDir, id := enroll(t, c.relays[0].agentAddr, c.admin(t, "token", "create", "--tenant", "acme"))
@@ -268,6 +271,19 @@ func TestClusterForwarding(t *testing.T) {
 	// The entry relay audits the forwarded stream with the relay that
 	// carried it.
 	waitCount(t, c.relays[1].proc, `"relay":"relay-1"`, 1, 10*time.Second)
+
+	// A relay-side forward on every relay (each listens on a port of its
+	// own): the client's first bytes go with the request to the holding
+	// relay, and reach the agent's service once it answered.
+	writeConfig(t, cfg, forwardsYAML([3]string{"127.0.0.1:0", "echo.acme", "billing"}))
+	for i, r := range c.relays {
+		conn, err := net.DialTimeout("tcp", forwardListening(t, r.proc, "echo.acme"), 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		echoOnce(t, conn, "through relay "+string(rune('1'+i))+"'s forward")
+		conn.Close()
+	}
 
 	c.relays[0].kill()
 	start := time.Now()

@@ -47,7 +47,7 @@ type SpliceResult struct {
 // Splice runs one direction on the calling goroutine and the other on a
 // goroutine that has exited by the time Splice returns.
 func Splice(a, b Stream, idle time.Duration) (SpliceResult, error) {
-	return splice(a, b, idle, nil, nil)
+	return splice(a, b, idle, nil, nil, 0)
 }
 
 // SpliceCounter shows how many bytes a running Splice has moved so far, for
@@ -63,7 +63,7 @@ type SpliceCounter struct {
 // SpliceCounting is Splice that also keeps c up to date while it runs. When
 // it returns, c holds the same totals as the result.
 func SpliceCounting(a, b Stream, idle time.Duration, c *SpliceCounter) (SpliceResult, error) {
-	return splice(a, b, idle, c, nil)
+	return splice(a, b, idle, c, nil, 0)
 }
 
 // SpliceOptions are the optional parts of a splice. The zero value is
@@ -77,18 +77,23 @@ type SpliceOptions struct {
 	// Gate, if not nil, bounds this splice's bulk copies together with
 	// those of every other splice given the same gate (CopyGate).
 	Gate *CopyGate
+	// Early is how many bytes of a the caller has already written to b
+	// before the splice (a's first bytes sent with b's opening): they are
+	// counted in AToB, in the result and the Counter, from the start.
+	Early int64
 }
 
 // SpliceWith is Splice with options.
 func SpliceWith(a, b Stream, o SpliceOptions) (SpliceResult, error) {
-	return splice(a, b, o.Idle, o.Counter, o.Gate)
+	return splice(a, b, o.Idle, o.Counter, o.Gate, o.Early)
 }
 
-func splice(a, b Stream, idle time.Duration, c *SpliceCounter, gate *CopyGate) (SpliceResult, error) {
+func splice(a, b Stream, idle time.Duration, c *SpliceCounter, gate *CopyGate, early int64) (SpliceResult, error) {
 	a, b = directStream(a), directStream(b)
 	var aToB, bToA *atomic.Int64
 	if c != nil {
 		aToB, bToA = &c.AToB, &c.BToA
+		aToB.Store(early)
 	}
 	var res SpliceResult
 	act := activity{base: time.Now()}
@@ -114,13 +119,13 @@ func splice(a, b Stream, idle time.Duration, c *SpliceCounter, gate *CopyGate) (
 	go func() {
 		defer close(done)
 		var err error
-		res.AToB, err = copyHalf(b, a, &act, aToB, gate)
+		res.AToB, err = copyHalf(b, a, &act, aToB, gate, early)
 		if err != nil {
 			abort(err)
 		}
 	}()
 	var err error
-	res.BToA, err = copyHalf(a, b, &act, bToA, gate)
+	res.BToA, err = copyHalf(a, b, &act, bToA, gate, 0)
 	if err != nil {
 		abort(err)
 	}
@@ -146,10 +151,11 @@ func directStream(s Stream) Stream {
 }
 
 // copyHalf copies src to dst and half-closes dst when src ends cleanly.
-// When counter is not nil, it holds the running total after each write.
+// Its total starts at from (bytes the caller sent before). When counter is
+// not nil, it holds the running total after each write.
 // When gate is not nil, every write from the large buffer (bulk) holds a
 // slot of it; writes from the small buffer never wait for one.
-func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64, gate *CopyGate) (int64, error) {
+func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64, gate *CopyGate, from int64) (int64, error) {
 	small := smallBufs.Get().(*[]byte)
 	defer smallBufs.Put(small)
 	var large *[]byte
@@ -164,7 +170,7 @@ func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64, gate *CopyG
 		defer gw.stop()
 	}
 	buf := *small
-	var total int64
+	total := from
 	smallReads := 0 // consecutive reads the small buffer would have held
 	for {
 		n, rerr := src.Read(buf)

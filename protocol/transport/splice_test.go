@@ -569,3 +569,38 @@ func TestIsClosedErr(t *testing.T) {
 		})
 	}
 }
+
+// TestSpliceCountsEarlyBytes: bytes the caller sent before the splice
+// (SpliceOptions.Early) are in AToB from the start, in the counter while
+// the splice runs (before any byte moved) and in the result.
+func TestSpliceCountsEarlyBytes(t *testing.T) {
+	var ctr transport.SpliceCounter
+	started := make(chan struct{})
+	s := startSpliceFunc(t, nil, func(a, b transport.Stream) (transport.SpliceResult, error) {
+		close(started)
+		return transport.SpliceWith(a, b, transport.SpliceOptions{Counter: &ctr, Early: 100})
+	})
+	<-started
+	deadline := time.Now().Add(5 * time.Second)
+	for ctr.AToB.Load() != 100 {
+		if time.Now().After(deadline) {
+			t.Fatalf("counter before any byte moved: %d, want the 100 sent early", ctr.AToB.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := s.aPeer.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(s.bPeer, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	s.aPeer.CloseWrite()
+	s.bPeer.CloseWrite()
+	r := s.wait(t)
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.res.AToB != 105 || r.res.BToA != 0 || ctr.AToB.Load() != 105 {
+		t.Errorf("result %+v, counter %d: want AToB 105 (100 early + 5)", r.res, ctr.AToB.Load())
+	}
+}

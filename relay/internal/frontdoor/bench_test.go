@@ -52,7 +52,7 @@ type okCarrier struct {
 	open          atomic.Int64
 }
 
-func (c *okCarrier) OpenStream(_ context.Context, hdr protocol.StreamHeader, _ func() bool) (transport.Stream, error) {
+func (c *okCarrier) OpenStream(_ context.Context, hdr protocol.StreamHeader, _ route.Early, _ func() bool) (transport.Stream, error) {
 	st := &okStream{}
 	if err := protocol.WriteStreamHeader(st, hdr); err != nil {
 		return nil, err
@@ -142,7 +142,7 @@ func BenchmarkDial(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		tun, err := fd.dial(ctx, c, "postgres.acme.tether:5432", credential.NewRequestID())
+		tun, err := fd.dial(ctx, c, "postgres.acme.tether:5432", credential.NewRequestID(), nil)
 		if err != nil {
 			b.Fatal(err)
 		}

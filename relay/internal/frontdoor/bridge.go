@@ -21,6 +21,7 @@ type tunnel struct {
 	requestID string
 	target    route.Target
 	caller    *caller
+	early     int    // bytes of the client's sent with the stream's opening
 	release   func() // uncounts the stream from its tenant's limit
 }
 
@@ -33,7 +34,9 @@ func (t *tunnel) abandon() {
 // dial authenticates nothing: the front door has already. It authorizes c
 // for target, picks an agent connection and opens a stream to the service
 // under requestID, the id the door gave the request when it arrived.
-func (fd *Server) dial(ctx context.Context, c *caller, addr, requestID string) (*tunnel, error) {
+// early, when not nil, sends the client's first bytes with the stream's
+// opening (firstBytes).
+func (fd *Server) dial(ctx context.Context, c *caller, addr, requestID string, early route.Early) (*tunnel, error) {
 	t, err := route.ParseTarget(addr)
 	if err != nil {
 		return nil, err
@@ -58,7 +61,7 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr, requestID string) (
 	}
 	start := time.Now()
 	hdr := protocol.StreamHeader{Service: t.Service, Backend: c.Identity(), RequestID: requestID}
-	rt, err := fd.cfg.Router.Dial(ctx, t.Tenant, hdr)
+	rt, err := fd.cfg.Router.Dial(ctx, t.Tenant, hdr, early)
 	if err != nil {
 		charge.release()
 		release()
@@ -119,7 +122,7 @@ func (fd *Server) bridge(front transport.Stream, t *tunnel, attrs []any) {
 	flow := fd.cfg.Metrics.Bytes.Open(t.target.Tenant, t.Agent)
 	gate, done := fd.shares.take(t.target.Tenant)
 	res, err := transport.SpliceWith(front, fd.throttle(t.target.Tenant, t.Stream),
-		transport.SpliceOptions{Idle: fd.cfg.IdleTimeout, Counter: &flow.Counter, Gate: gate})
+		transport.SpliceOptions{Idle: fd.cfg.IdleTimeout, Counter: &flow.Counter, Gate: gate, Early: int64(t.early)})
 	done()
 	fd.cfg.Metrics.Bytes.Close(flow)
 	t.End()

@@ -108,7 +108,7 @@ func (fd *Server) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *
 		return
 	}
 	attrs = with(attrs, "backend", who.name, "target", req.Host)
-	tun, err := fd.dial(ctx, who, req.Host, id)
+	tun, err := fd.dial(ctx, who, req.Host, id, nil)
 	if err != nil {
 		fd.log.Info("refused", with(targetAttrs(attrs, req.Host), "code", protocol.CodeOf(err).String(), "err", err)...)
 		fd.auditRefusal(door, req.RemoteAddr, id, who, req.Host, err)

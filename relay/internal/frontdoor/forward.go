@@ -287,13 +287,23 @@ func (fd *Server) serveForward(ctx context.Context, c net.Conn, f Forward) {
 		c.Close()
 		return
 	}
-	tun, err := fd.dial(ctx, who, addr, id)
+	first := gatherFirstBytes(c)
+	tun, err := fd.dial(ctx, who, addr, id, first)
+	early, ferr := first.stop()
 	if err != nil {
 		fd.log.Info("refused", with(targetAttrs(attrs, addr), "code", protocol.CodeOf(err).String(), "err", err)...)
 		fd.auditRefusal("forward", remote, id, who, addr, err)
 		c.Close()
 		return
 	}
+	if ferr != nil {
+		// The client went away, or the stream failed, while it opened.
+		tun.abandon()
+		c.Close()
+		fd.log.Info("stream closed before it was bridged", with(attrs, "err", ferr)...)
+		return
+	}
+	tun.early = early
 	st, ok := c.(transport.Stream)
 	if !ok {
 		tun.abandon()

@@ -285,7 +285,7 @@ func (p *httpProxy) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	defer cancel()
 	defer context.AfterFunc(r.dialCtx, cancel)()
 	fd := p.fd
-	tun, err := fd.dial(ctx, r.who, r.addr, r.id)
+	tun, err := fd.dial(ctx, r.who, r.addr, r.id, nil)
 	if err != nil {
 		fd.log.Info("refused", "door", r.door, "request", r.id, "remote", r.remote, "backend", r.who.name, "target", r.addr,
 			"tenant", r.target.Tenant, "service", r.target.Service, "code", protocol.CodeOf(err).String(), "err", err)

@@ -86,7 +86,7 @@ func (fd *Server) serveSOCKS(ctx context.Context, c net.Conn, authenticated func
 	// with a deadline of its own.
 	c.SetDeadline(time.Time{})
 	target := net.JoinHostPort(req.Host, fmt.Sprint(req.Port))
-	tun, err := fd.dial(ctx, who, target, id)
+	tun, err := fd.dial(ctx, who, target, id, nil)
 	c.SetWriteDeadline(time.Now().Add(fd.cfg.HandshakeTimeout))
 	if err != nil {
 		fd.log.Info("refused", with(targetAttrs(attrs, target), "code", protocol.CodeOf(err).String(), "err", err)...)

@@ -195,7 +195,7 @@ var _ route.RelayCarrier = (*Carrier)(nil)
 // answered (an unknown service, an unreachable target) is a
 // *protocol.Error; that the peer had no agent to take it, or failed, is
 // a plain error, so that the router tries another carrier.
-func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, _ func() bool) (transport.Stream, error) {
+func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, early route.Early, _ func() bool) (transport.Stream, error) {
 	sess, err := c.links.session(ctx, c.link)
 	if err != nil {
 		return nil, err
@@ -208,7 +208,7 @@ func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, _ f
 		st.SetDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
-	rep, agent, err := c.ask(st, hdr)
+	rep, agent, err := c.ask(st, hdr, early)
 	stop()
 	if err == nil {
 		err = rep.Err()
@@ -231,8 +231,8 @@ func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, _ f
 	return &stream{Stream: st, agent: agent}, nil
 }
 
-func (c *Carrier) ask(st transport.Stream, hdr protocol.StreamHeader) (protocol.Reply, string, error) {
-	if err := writeRequest(st, request{Tenant: c.tenant, Header: hdr}); err != nil {
+func (c *Carrier) ask(st transport.Stream, hdr protocol.StreamHeader, early route.Early) (protocol.Reply, string, error) {
+	if err := writeRequest(st, request{Tenant: c.tenant, Header: hdr}, early); err != nil {
 		return protocol.Reply{}, "", fmt.Errorf("send request: %w", err)
 	}
 	return readAnswer(st)

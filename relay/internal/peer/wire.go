@@ -7,6 +7,7 @@ import (
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/relay/internal/route"
 )
 
 // The relay-to-relay stream protocol. A link is TLS 1.3 over TCP (both
@@ -38,7 +39,7 @@ type request struct {
 }
 
 // writeRequest encodes q and writes it with a single Write.
-func writeRequest(w io.Writer, q request) error {
+func writeRequest(w io.Writer, q request, early route.Early) error {
 	if err := identity.ValidateName("tenant", q.Tenant); err != nil {
 		return err
 	}
@@ -47,6 +48,11 @@ func writeRequest(w io.Writer, q request) error {
 	b, err := q.Header.AppendBinary(b)
 	if err != nil {
 		return err
+	}
+	if early != nil {
+		// The holding relay reads exactly the request: the client's
+		// first bytes after it wait for the holder's agent to answer.
+		return early.Attach(w, b)
 	}
 	_, err = w.Write(b)
 	return err

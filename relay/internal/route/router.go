@@ -188,22 +188,22 @@ type RelayCarrier interface {
 // Just after a start it waits for a carrier of a tenant expected back.
 // Its errors are typed (*protocol.Error): a refusal a carrier answered,
 // no_agent, timeout, or Admit's.
-func (r *Router) Dial(ctx context.Context, tenant string, hdr protocol.StreamHeader) (*Tunnel, error) {
+func (r *Router) Dial(ctx context.Context, tenant string, hdr protocol.StreamHeader, early Early) (*Tunnel, error) {
 	if r.cfg.Admit != nil {
 		if err := r.cfg.Admit(); err != nil {
 			return nil, err
 		}
 	}
-	return r.dial(ctx, tenant, hdr, r.cfg.Elsewhere)
+	return r.dial(ctx, tenant, hdr, early, r.cfg.Elsewhere)
 }
 
 // DialLocal is Dial on this relay's own carriers only: for a stream
 // another relay forwarded, which is never forwarded again.
 func (r *Router) DialLocal(ctx context.Context, tenant string, hdr protocol.StreamHeader) (*Tunnel, error) {
-	return r.dial(ctx, tenant, hdr, nil)
+	return r.dial(ctx, tenant, hdr, nil, nil)
 }
 
-func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHeader, elsewhere Elsewhere) (*Tunnel, error) {
+func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHeader, early Early, elsewhere Elsewhere) (*Tunnel, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.StreamOpenTimeout)
 	defer cancel()
 	tried := map[Carrier]bool{}
@@ -230,7 +230,7 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 		} else {
 			local++
 		}
-		st, err := c.OpenStream(ctx, hdr, func() bool { return r.cfg.Table.Pick(tenant, tried) != nil })
+		st, err := c.OpenStream(ctx, hdr, early, func() bool { return r.cfg.Table.Pick(tenant, tried) != nil })
 		if err == nil {
 			agent := c.Agent()
 			if n, ok := st.(AgentNamer); ok {

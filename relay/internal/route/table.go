@@ -2,6 +2,7 @@ package route
 
 import (
 	"context"
+	"io"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -14,13 +15,14 @@ import (
 // connection of one of the tenant's agents, or a link to a peer relay that
 // holds one.
 type Carrier interface {
-	// OpenStream opens a stream, sends hdr and waits for the answer. A
-	// refusal comes back as *protocol.Error; anything else is a failure of
+	// OpenStream opens a stream, sends hdr and waits for the answer. When
+	// early is not nil, it is attached to the stream with hdr (see
+	// Early). A refusal comes back as *protocol.Error; anything else is a failure of
 	// the carrier, worth trying another. While it waits, the carrier may
 	// give up early when it stops answering and elsewhere reports that
 	// another carrier could take the stream (an error that Stalled then
 	// explains). A stream it returns counts in Load until StreamDone.
-	OpenStream(ctx context.Context, hdr protocol.StreamHeader, elsewhere func() bool) (transport.Stream, error)
+	OpenStream(ctx context.Context, hdr protocol.StreamHeader, early Early, elsewhere func() bool) (transport.Stream, error)
 	// StreamDone uncounts a stream OpenStream returned, once it ended.
 	StreamDone()
 	// Usable reports whether new streams may go to the carrier at now.
@@ -34,6 +36,21 @@ type Carrier interface {
 	Agent() string
 	// Tenant is the tenant it carries streams to.
 	Tenant() string
+}
+
+// Early is a client's first bytes for the service, which go with each
+// stream opened for them rather than after the agent's answer: the agent
+// reads exactly the header (or a peer relay exactly its request), so they
+// wait in the stream until the agent has connected to the service and
+// answers OK, and are then the service's first bytes; a refusal discards
+// them. That saves the client's first message a trip through the tunnel.
+type Early interface {
+	// Attach writes opening (the stream's encoded header or request) and
+	// the bytes so far to st in one write, then the bytes that arrive
+	// later as they arrive, until another stream is attached or the
+	// bytes are no longer gathered. A carrier calls it once per stream,
+	// before waiting for the answer.
+	Attach(st io.Writer, opening []byte) error
 }
 
 // Table holds the carriers by tenant. It never hands a carrier to a

@@ -19,6 +19,7 @@ import (
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/relay/internal/route"
 )
 
 // Conn is one live, admitted agent session.
@@ -583,7 +584,7 @@ var errStalled = errors.New("the agent stopped answering on this connection")
 // agent answers no ping, see Conn.beat) and elsewhere reports another
 // usable connection, the open is abandoned with errStalled, to be tried
 // there. Without one it waits on, as the agent may yet answer.
-func (c *Conn) OpenStream(ctx context.Context, hdr protocol.StreamHeader, elsewhere func() bool) (transport.Stream, error) {
+func (c *Conn) OpenStream(ctx context.Context, hdr protocol.StreamHeader, early route.Early, elsewhere func() bool) (transport.Stream, error) {
 	ac := c
 	if ac.open.Add(1) == 1 {
 		ac.wake(activeTick) // watch the connection closely while streams use it
@@ -619,7 +620,7 @@ func (c *Conn) OpenStream(ctx context.Context, hdr protocol.StreamHeader, elsewh
 		case <-answered:
 		}
 	})
-	rep, err := writeHeaderReadReply(st, hdr)
+	rep, err := writeHeaderReadReply(st, hdr, early)
 	close(answered)
 	if !watch.Stop() {
 		<-watched
@@ -643,9 +644,20 @@ func (c *Conn) OpenStream(ctx context.Context, hdr protocol.StreamHeader, elsewh
 	return st, nil
 }
 
-// writeHeaderReadReply sends a stream header and reads the agent's reply.
-func writeHeaderReadReply(st transport.Stream, hdr protocol.StreamHeader) (protocol.Reply, error) {
-	if err := protocol.WriteStreamHeader(st, hdr); err != nil {
+// writeHeaderReadReply sends a stream header, early's bytes after it
+// (route.Early), and reads the agent's reply.
+func writeHeaderReadReply(st transport.Stream, hdr protocol.StreamHeader, early route.Early) (protocol.Reply, error) {
+	if early == nil {
+		if err := protocol.WriteStreamHeader(st, hdr); err != nil {
+			return protocol.Reply{}, fmt.Errorf("send stream header: %w", err)
+		}
+		return protocol.ReadReply(st)
+	}
+	b, err := hdr.AppendBinary(make([]byte, 0, 16+len(hdr.Service)+len(hdr.Backend)+len(hdr.RequestID)))
+	if err != nil {
+		return protocol.Reply{}, err
+	}
+	if err := early.Attach(st, b); err != nil {
 		return protocol.Reply{}, fmt.Errorf("send stream header: %w", err)
 	}
 	return protocol.ReadReply(st)
