@@ -63,3 +63,5 @@ tool (
 	golang.org/x/perf/cmd/benchstat
 	honnef.co/go/tools/cmd/staticcheck
 )
+
+replace github.com/hashicorp/yamux => ./third_party/yamux
