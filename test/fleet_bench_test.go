@@ -189,6 +189,11 @@ func fleet(b *testing.B, n int, transport string) {
 	stopTrace()
 	traced.Wait()
 	b.ReportMetric(time.Since(killed).Seconds(), "storm-reconnect-all-s")
+	// The restarted relay's CPU until every agent was back, per agent: its
+	// cost of a handshake (TLS, hello, admission, refusals; the backend's
+	// streams meanwhile too, a small part), a figure that holds on a
+	// machine that also runs the fleet.
+	b.ReportMetric(cpuSeconds(r.Pid())*1000/float64(n), "storm-relay-cpu-ms/agent")
 	time.Sleep(time.Second)
 	stopLoad()
 	load.Wait()

@@ -54,19 +54,7 @@ func waitFor(t *testing.T, w *lockedBuffer, want string) {
 // listener makes it (transport.Direct), and the client's side.
 func frontPair(t *testing.T) (front net.Conn, client *net.TCPConn) {
 	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err = net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := ln.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
+	client, c := loopPair(t)
 	front = transport.Direct(c)
 	t.Cleanup(func() { front.Close(); client.Close() })
 	return front, client
