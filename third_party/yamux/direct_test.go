@@ -119,3 +119,48 @@ func TestDirectWriteTimesOut(t *testing.T) {
 		t.Fatal("the session was not closed after a write timed out")
 	}
 }
+
+// TestWriteAfterIdleMeetsNoOldDeadline: the write deadline is moved on
+// only when less than half of ConnectionWriteTimeout is left (armDeadline);
+// a frame written, queued or not, long after the last one must not meet
+// the deadline that one left behind.
+func TestWriteAfterIdleMeetsNoOldDeadline(t *testing.T) {
+	a, b := net.Pipe()
+	conf := testConfNoKeepAlive()
+	conf.ConnectionWriteTimeout = 50 * time.Millisecond
+	client, err := Client(a, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := Server(b, testConfNoKeepAlive())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	st, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	peer, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	buf := make([]byte, 5)
+	for i := 0; i < 3; i++ {
+		if i > 0 {
+			time.Sleep(120 * time.Millisecond) // the idle time is the test: past the deadline the last write set
+		}
+		if _, err := st.Write([]byte("hello")); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		if _, err := io.ReadFull(peer, buf); err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+		if _, err := client.Ping(); err != nil { // a queued frame (and its answer)
+			t.Fatalf("ping %d: %v", i, err)
+		}
+	}
+}

@@ -74,6 +74,10 @@ type Session struct {
 	// deadlines is conn when it has write deadlines (a net.Conn): only
 	// then do senders write their frames themselves.
 	deadlines interface{ SetWriteDeadline(time.Time) error }
+	// renewAt is when the write deadline on conn must be moved on: every
+	// write under writeMu starts with at least half of
+	// ConnectionWriteTimeout left before the deadline (armDeadline).
+	renewAt time.Time
 
 	// sendCh is used to mark a stream as ready to send,
 	// or to send a header out directly.
@@ -515,9 +519,8 @@ func (s *Session) writeFrame(hdr header, body []byte) error {
 		return ErrSessionShutdown
 	default:
 	}
-	_ = s.deadlines.SetWriteDeadline(time.Now().Add(s.config.ConnectionWriteTimeout))
+	s.armDeadline()
 	err := s.writeFrameParts(hdr, body)
-	_ = s.deadlines.SetWriteDeadline(time.Time{})
 	if err == nil {
 		return nil
 	}
@@ -529,6 +532,24 @@ func (s *Session) writeFrame(hdr header, body []byte) error {
 	// Close waits for the receive loop, which may be the caller.
 	go s.exitErr(err)
 	return ret
+}
+
+// armDeadline makes sure the write about to start has at least half of
+// ConnectionWriteTimeout before the connection's write deadline, moving
+// the deadline on to a whole timeout from now when less is left: a
+// deadline set per write would cost two timer updates per frame. writeMu
+// is held; every write to conn takes this first, queued ones too, so none
+// meets a deadline left over from long ago.
+func (s *Session) armDeadline() {
+	if s.deadlines == nil {
+		return
+	}
+	now := time.Now()
+	if now.Before(s.renewAt) {
+		return
+	}
+	_ = s.deadlines.SetWriteDeadline(now.Add(s.config.ConnectionWriteTimeout))
+	s.renewAt = now.Add(s.config.ConnectionWriteTimeout / 2)
 }
 
 func (s *Session) writeFrameParts(hdr header, body []byte) error {
@@ -575,6 +596,7 @@ func (s *Session) sendLoop() error {
 // writeQueued writes one queued frame; it takes writeMu and leaves it held.
 func (s *Session) writeQueued(ready *sendReady, bodyBuf *bytes.Buffer) error {
 	s.writeMu.Lock()
+	s.armDeadline()
 	{
 		{
 			// Send a header if ready
