@@ -186,8 +186,9 @@ type RelayCarrier interface {
 // When carriers fail underneath it, it tries up to maxAttempts of this
 // relay's and as many of other relays', all within StreamOpenTimeout.
 // Just after a start it waits for a carrier of a tenant expected back.
-// Its errors are typed (*protocol.Error): a refusal a carrier answered,
-// no_agent, timeout, or Admit's.
+// early, when not nil, is attached to every attempt (Early). Its errors
+// are typed (*protocol.Error): a refusal a carrier answered, no_agent,
+// timeout, or Admit's.
 func (r *Router) Dial(ctx context.Context, tenant string, hdr protocol.StreamHeader, early Early) (*Tunnel, error) {
 	if r.cfg.Admit != nil {
 		if err := r.cfg.Admit(); err != nil {
