@@ -12,7 +12,6 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 
-	"sync"
 	"testing"
 	"time"
 
@@ -37,7 +36,7 @@ func TestRelayForwardFirstBytes(t *testing.T) {
 		fmt.Fprintf(w, "%d %s", len(body), hex.EncodeToString(sum[:]))
 	}))
 	defer web.Close()
-	banner := startBannerServer(t)
+	bannerService := tcpService(t, banner)
 
 	cfg := filepath.Join(t.TempDir(), "relay.yaml")
 	webAddr, bannerAddr, goneAddr := e2e.FreeAddr(t, "127.0.0.1"), e2e.FreeAddr(t, "127.0.0.1"), e2e.FreeAddr(t, "127.0.0.1")
@@ -46,7 +45,7 @@ func TestRelayForwardFirstBytes(t *testing.T) {
 	r.waitOutput(`"msg":"watching the config file"`, 20*time.Second)
 	r.addTenant(t, "acme")
 	r.admin(t, "backend", "add", "billing", "--allow", "acme")
-	startAgent(t, r, "acme", agentOpts{services: map[string]string{"web": web.Listener.Addr().String(), "banner": banner}})
+	startAgent(t, r, "acme", agentOpts{services: map[string]string{"web": web.Listener.Addr().String(), "banner": bannerService}})
 	d := r.r.Backend(t, "probe", "acme")
 	waitDial(t, d, "banner.acme.tether:1", 20*time.Second).Close()
 	writeConfig(t, cfg, forwardsYAML([3]string{webAddr, "web.acme", "billing"}, [3]string{bannerAddr, "banner.acme", "billing"},
@@ -122,44 +121,12 @@ func TestRelayForwardFirstBytes(t *testing.T) {
 	})
 }
 
-// startBannerServer runs a TCP service that greets each connection with
-// "220 ready\r\n" before reading anything, then echoes.
-func startBannerServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+// banner is a TCP service (for tcpService) that greets its connection
+// with "220 ready\r\n" before reading anything, then echoes.
+func banner(c net.Conn) {
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(c, "220 ready\r\n"); err != nil {
+		return
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				if _, err := io.WriteString(c, "220 ready\r\n"); err != nil {
-					return
-				}
-				io.Copy(c, c)
-			})
-		}
-	})
-	return ln.Addr().String()
+	io.Copy(c, c)
 }
