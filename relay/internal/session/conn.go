@@ -647,17 +647,15 @@ func (c *Conn) OpenStream(ctx context.Context, hdr protocol.StreamHeader, early 
 // writeHeaderReadReply sends a stream header, early's bytes after it
 // (route.Early), and reads the agent's reply.
 func writeHeaderReadReply(st transport.Stream, hdr protocol.StreamHeader, early route.Early) (protocol.Reply, error) {
-	if early == nil {
-		if err := protocol.WriteStreamHeader(st, hdr); err != nil {
-			return protocol.Reply{}, fmt.Errorf("send stream header: %w", err)
-		}
-		return protocol.ReadReply(st)
-	}
 	b, err := hdr.AppendBinary(make([]byte, 0, 16+len(hdr.Service)+len(hdr.Backend)+len(hdr.RequestID)))
-	if err != nil {
-		return protocol.Reply{}, err
+	switch {
+	case err != nil:
+	case early != nil:
+		err = early.Attach(st, b)
+	default:
+		_, err = st.Write(b)
 	}
-	if err := early.Attach(st, b); err != nil {
+	if err != nil {
 		return protocol.Reply{}, fmt.Errorf("send stream header: %w", err)
 	}
 	return protocol.ReadReply(st)
