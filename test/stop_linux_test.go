@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -36,3 +38,42 @@ func continueProcess(pid int) error { return syscall.Kill(pid, syscall.SIGCONT) 
 
 // errNoStop is never returned on Linux.
 var errNoStop = errors.New("stopping a process is implemented on Linux only")
+
+// allRead waits until the process at the far end of c (on this machine)
+// has read everything c sent: its socket's receive queue in
+// /proc/net/tcp is empty.
+func allRead(c net.Conn) error {
+	local, remote := c.RemoteAddr().(*net.TCPAddr), c.LocalAddr().(*net.TCPAddr)
+	hexAddr := func(a *net.TCPAddr) string {
+		ip := a.IP.To4()
+		if ip == nil {
+			return ""
+		}
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], a.Port)
+	}
+	want := hexAddr(local) + " " + hexAddr(remote)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		b, err := os.ReadFile("/proc/net/tcp")
+		if err != nil {
+			return err
+		}
+		found := false
+		for _, line := range strings.Split(string(b), "\n") {
+			// sl local_address rem_address st tx_queue:rx_queue …
+			f := strings.Fields(line)
+			if len(f) < 5 || f[1]+" "+f[2] != want {
+				continue
+			}
+			found = true
+			if _, rx, ok := strings.Cut(f[4], ":"); ok && strings.TrimLeft(rx, "0") == "" {
+				return nil
+			}
+		}
+		if !found {
+			return fmt.Errorf("no socket %s in /proc/net/tcp", want)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s has not read what %s sent after 10 s", local, remote)
+		}
+	}
+}

@@ -67,3 +67,8 @@ const (
 // OutcomeOK is the outcome of everything that succeeded; a refusal's
 // outcome is its code (protocol.Code.String).
 const OutcomeOK = "ok"
+
+// OutcomeAbandoned is the outcome of a stream the agent opened (it dialled
+// the service) that the relay never bridged: the client went away while
+// the stream opened, or could not be told it was open.
+const OutcomeAbandoned = "abandoned"

@@ -146,6 +146,7 @@ func BenchmarkDial(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		tun.abandon()
+		tun.Abandon()
+		tun.release()
 	}
 }

@@ -25,10 +25,32 @@ type tunnel struct {
 	release   func() // uncounts the stream from its tenant's limit
 }
 
-// abandon closes a tunnel that will not be bridged.
-func (t *tunnel) abandon() {
+// abandon closes a tunnel that will not be bridged: its client went away
+// while the stream opened, or the door could not tell it the stream was
+// open. The agent had dialled the service and keeps the stream in the
+// tenant's access log, so the relay's audit keeps it too, with the outcome
+// abandoned and why (the tenant's record must have the vendor's
+// counterpart). The client's first bytes sent with the opening, if any,
+// count as sent to the service.
+func (fd *Server) abandon(t *tunnel, door string, why error) {
 	t.Abandon()
 	t.release()
+	rec := t.record(door, audit.OutcomeAbandoned, int64(t.early), 0)
+	rec.Detail["error"] = why.Error()
+	fd.cfg.Audit.Record(rec)
+}
+
+// record is the audit record of the tunnel's stream, once it has ended
+// with outcome after moving the given bytes.
+func (t *tunnel) record(door, outcome string, toService, fromService int64) audit.Record {
+	detail := map[string]any{"service": t.target.Service, "request": t.requestID, "bytes_to_service": toService, "bytes_from_service": fromService,
+		"duration_ms": time.Since(t.Opened).Milliseconds(), "door": door, "auth": t.caller.via}
+	if t.Relay != "" {
+		// Forwarded: the agent is connected to that relay of the cluster.
+		detail["relay"] = t.Relay
+	}
+	return audit.Record{Kind: audit.Stream, Outcome: outcome, Tenant: t.target.Tenant, Agent: t.Agent, Backend: t.caller.name, Actor: t.caller.Identity(),
+		Detail: detail}
 }
 
 // dial authenticates nothing: the front door has already. It authorizes c
@@ -134,16 +156,11 @@ func (fd *Server) bridge(front transport.Stream, t *tunnel, attrs []any) {
 		outcome = "error"
 	}
 	// The stream is over: its record need not hold this goroutine.
-	detail := map[string]any{"service": t.target.Service, "request": t.requestID, "bytes_to_service": res.AToB, "bytes_from_service": res.BToA,
-		"duration_ms": time.Since(t.Opened).Milliseconds(), "door": doorOf(attrs), "auth": t.caller.via}
+	fd.cfg.Audit.Record(t.record(doorOf(attrs), outcome, res.AToB, res.BToA))
 	attrs = with(attrs, "agent", t.Agent) // attrs carry the request id already
 	if t.Relay != "" {
-		// Forwarded: the agent is connected to that relay of the cluster.
-		detail["relay"] = t.Relay
 		attrs = with(attrs, "relay", t.Relay)
 	}
-	fd.cfg.Audit.Record(audit.Record{Kind: audit.Stream, Outcome: outcome, Tenant: t.target.Tenant, Agent: t.Agent, Backend: t.caller.name, Actor: t.caller.Identity(),
-		Detail: detail})
 	log := fd.log
 	attrs = with(attrs, "bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(t.Opened).Round(time.Microsecond))
 	switch {

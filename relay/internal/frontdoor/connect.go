@@ -117,7 +117,7 @@ func (fd *Server) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *
 	}
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		tun.abandon()
+		fd.abandon(tun, door, fmt.Errorf("hijack the CONNECT connection: %w", err))
 		fd.log.Error("hijack CONNECT connection", with(attrs, "err", err)...)
 		return
 	}
@@ -128,13 +128,14 @@ func (fd *Server) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *
 	defer fd.front.remove(conn)
 	conn.SetDeadline(time.Time{})
 	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n"+HeaderRequestID+": "+tun.requestID+"\r\n\r\n"); err != nil {
-		tun.abandon()
+		fd.abandon(tun, door, fmt.Errorf("answer the CONNECT request: %w", err))
 		conn.Close()
+		fd.log.Info("stream closed before it was bridged", with(attrs, "err", err)...)
 		return
 	}
 	front, ok := conn.(transport.Stream)
 	if !ok {
-		tun.abandon()
+		fd.abandon(tun, door, fmt.Errorf("a %T cannot half-close", conn))
 		conn.Close()
 		fd.log.Error("CONNECT connection cannot half-close", with(attrs, "type", fmt.Sprintf("%T", conn))...)
 		return

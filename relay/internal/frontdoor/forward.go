@@ -298,7 +298,8 @@ func (fd *Server) serveForward(ctx context.Context, c net.Conn, f Forward) {
 	}
 	if ferr != nil {
 		// The client went away, or the stream failed, while it opened.
-		tun.abandon()
+		tun.early = early
+		fd.abandon(tun, "forward", ferr)
 		c.Close()
 		fd.log.Info("stream closed before it was bridged", with(attrs, "err", ferr)...)
 		return
@@ -306,7 +307,7 @@ func (fd *Server) serveForward(ctx context.Context, c net.Conn, f Forward) {
 	tun.early = early
 	st, ok := c.(transport.Stream)
 	if !ok {
-		tun.abandon()
+		fd.abandon(tun, "forward", fmt.Errorf("a %T cannot half-close", c))
 		c.Close()
 		fd.log.Error("forward connection cannot half-close", with(attrs, "type", fmt.Sprintf("%T", c))...)
 		return

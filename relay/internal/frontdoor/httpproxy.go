@@ -298,8 +298,9 @@ func (p *httpProxy) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	if p.closed {
 		p.mu.Unlock()
 		fd.cfg.Metrics.Bytes.Close(c.flow)
-		tun.abandon()
-		return nil, protocol.Errorf(protocol.CodeUnavailable, "the relay is shutting down")
+		err := protocol.Errorf(protocol.CodeUnavailable, "the relay is shutting down")
+		fd.abandon(tun, r.door, err)
+		return nil, err
 	}
 	p.conns[c] = struct{}{}
 	p.mu.Unlock()
@@ -404,16 +405,12 @@ func (c *proxyConn) Close() error {
 		fd, t := p.fd, c.tun
 		fd.cfg.Metrics.Bytes.Close(c.flow)
 		to, from := c.flow.Counter.AToB.Load(), c.flow.Counter.BToA.Load()
-		detail := map[string]any{"service": t.target.Service, "request": t.requestID, "bytes_to_service": to, "bytes_from_service": from,
-			"duration_ms": time.Since(t.Opened).Milliseconds(), "door": c.door, "auth": t.caller.via}
+		fd.cfg.Audit.Record(t.record(c.door, audit.OutcomeOK, to, from))
 		attrs := []any{"door", c.door, "request", t.requestID, "backend", t.caller.name, "tenant", t.target.Tenant, "service", t.target.Service, "agent", t.Agent}
 		if t.Relay != "" {
 			// Forwarded: the agent is connected to that relay of the cluster.
-			detail["relay"] = t.Relay
 			attrs = append(attrs, "relay", t.Relay)
 		}
-		fd.cfg.Audit.Record(audit.Record{Kind: audit.Stream, Outcome: audit.OutcomeOK, Tenant: t.target.Tenant, Agent: t.Agent, Backend: t.caller.name, Actor: t.caller.Identity(),
-			Detail: detail})
 		fd.log.Debug("stream closed", append(attrs, "bytes_to_service", to, "bytes_from_service", from, "duration", time.Since(t.Opened).Round(time.Microsecond))...)
 	})
 	return err

@@ -96,8 +96,9 @@ func (fd *Server) serveSOCKS(ctx context.Context, c net.Conn, authenticated func
 		return
 	}
 	if err := socks5.WriteReply(c, socks5.ReplySucceeded, nil); err != nil {
-		tun.abandon()
+		fd.abandon(tun, "socks5", fmt.Errorf("answer the SOCKS5 request: %w", err))
 		c.Close()
+		fd.log.Info("stream closed before it was bridged", with(attrs, "err", err)...)
 		return
 	}
 	c.SetDeadline(time.Time{})

@@ -1,0 +1,144 @@
+package test
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/test/internal/e2e"
+)
+
+// TestStreamsNeverBridgedAreAudited: a client that goes away while its
+// stream opens — after the relay has read its request, before the agent
+// has answered — leaves a stream the agent opened (it dialled the
+// service) and the relay never bridged. The tenant's access log holds it,
+// so the relay's audit must too: at the forward, the SOCKS5 and the
+// CONNECT door, every stream in the agent's access log has a relay record
+// with the same request id and the same bytes sent to the service, and
+// each door's is recorded as abandoned, with the agent and why. The agent is stopped (SIGSTOP) while each client goes, so that the open
+// is still waiting for its answer.
+func TestStreamsNeverBridgedAreAudited(t *testing.T) {
+	echoAddr := tcpService(t, echo)
+	cfg := filepath.Join(t.TempDir(), "relay.yaml")
+	writeConfig(t, cfg, forwardsYAML())
+	r := startRelay(t, relayOpts{extra: []string{"--config", cfg}})
+	r.waitOutput(`"msg":"watching the config file"`, 20*time.Second)
+	r.addTenant(t, "acme")
+	d := r.backend(t, "billing", "acme")
+	a := startAgent(t, r, "acme", agentOpts{services: map[string]string{"echo": echoAddr}})
+	waitDial(t, d, "echo.acme.tether:7", 20*time.Second).Close()
+	writeConfig(t, cfg, forwardsYAML([3]string{e2e.FreeAddr(t, "127.0.0.1"), "echo.acme", "billing"}))
+	fwdAddr := forwardListening(t, r.proc, "echo.acme")
+
+	// gone opens a connection to addr, sends what the door needs to open
+	// a stream (reading the answers that come before the open), waits
+	// until the relay has read all of it, and resets the connection,
+	// with the agent stopped meanwhile.
+	gone := func(addr string, exchange func(c net.Conn) error) {
+		t.Helper()
+		thaw := a.freeze(t)
+		defer thaw()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		if err := exchange(c); err != nil {
+			c.Close()
+			t.Fatal(err)
+		}
+		if err := allRead(c); err != nil {
+			c.Close()
+			t.Fatal(err)
+		}
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close() // a reset
+	}
+
+	gone(fwdAddr, func(c net.Conn) error {
+		_, err := io.WriteString(c, "hello")
+		return err
+	})
+	gone(r.socksAddr, func(c net.Conn) error {
+		msg := []byte{5, 1, 2, 1, byte(len(d.Backend))}
+		msg = append(msg, d.Backend...)
+		msg = append(msg, byte(len(d.APIKey)))
+		msg = append(msg, d.APIKey...)
+		if _, err := c.Write(msg); err != nil {
+			return err
+		}
+		var head [4]byte // method selection, authentication status
+		if _, err := io.ReadFull(c, head[:]); err != nil || head != [4]byte{5, 2, 1, 0} {
+			return fmt.Errorf("SOCKS5 negotiation: % x, %v", head, err)
+		}
+		host := "echo.acme.tether"
+		req := append([]byte{5, 1, 0, 3, byte(len(host))}, host...)
+		_, err := c.Write(binary.BigEndian.AppendUint16(req, 7))
+		return err
+	})
+	gone(r.connectAddr, func(c net.Conn) error {
+		auth := base64.StdEncoding.EncodeToString([]byte(d.Backend + ":" + d.APIKey))
+		_, err := io.WriteString(c, "CONNECT echo.acme.tether:7 HTTP/1.1\r\nHost: echo.acme.tether:7\r\nProxy-Authorization: Basic "+auth+"\r\n\r\n")
+		return err
+	})
+
+	// Every stream the agent logged, once it has logged all three.
+	deadline := time.Now().Add(20 * time.Second)
+	var logged map[string]int64 // request id → bytes to the service
+	for {
+		logged = map[string]int64{}
+		for _, e := range accessLogLines(t, a) {
+			if e.Service == "echo" {
+				logged[e.Request] = e.BytesToService
+			}
+		}
+		// The probe, then one per door.
+		if len(logged) >= 4 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(logged) < 4 {
+		t.Fatalf("the agent logged %d echo streams, want the probe's and one per door: %v", len(logged), logged)
+	}
+	recs := streamAudit(t, r.dataDir, "acme", len(logged), func(rec map[string]any) bool {
+		_, ok := logged[fmt.Sprint(detail(rec, "request"))]
+		return ok
+	})
+	byRequest := map[string]map[string]any{}
+	abandoned := map[string]map[string]any{} // door → record
+	for _, rec := range recs {
+		byRequest[fmt.Sprint(detail(rec, "request"))] = rec
+		if rec["outcome"] == "abandoned" {
+			abandoned[fmt.Sprint(detail(rec, "door"))] = rec
+		}
+	}
+	for req, sent := range logged {
+		rec := byRequest[req]
+		if rec == nil {
+			t.Errorf("request %s is in the agent's access log but not in the relay's audit", req)
+			continue
+		}
+		if got := detail(rec, "bytes_to_service"); got != float64(sent) {
+			t.Errorf("request %s: the relay audited %v bytes to the service, the agent logged %d: %v", req, got, sent, rec)
+		}
+	}
+	for _, door := range []string{"forward", "socks5", "connect"} {
+		rec := abandoned[door]
+		if rec == nil {
+			t.Errorf("no abandoned stream at the %s door: %v", door, recs)
+			continue
+		}
+		if detail(rec, "error") == nil || rec["agent"] != a.id {
+			t.Errorf("abandoned stream at %s: want the agent %s and why: %v", door, a.id, rec)
+		}
+	}
+	if got := detail(abandoned["forward"], "bytes_to_service"); abandoned["forward"] != nil && got != float64(len("hello")) {
+		t.Errorf("the forward's abandoned stream audited %v bytes to the service, want the %d sent with its opening", got, len("hello"))
+	}
+}
