@@ -10,12 +10,14 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,7 +28,9 @@ import (
 // BenchmarkFleet measures a relay serving a fleet of idle agents: the
 // relay's memory per agent, and a reconnect storm after the relay is killed
 // and restarted. The agents run in this process, each a real agent with its
-// own enrolled identity and its own connection. Fleet sizes come from
+// own enrolled identity and its own connection; beyond
+// TETHER_BENCH_FLEET_PER_PROCESS (default 4000) they are spread over worker
+// processes of this test binary. Fleet sizes come from
 // TETHER_BENCH_FLEET (default "1000"; scripts/bench/run uses "1000,10000").
 //
 // Sub-benchmarks are fleet-<n>/<transport>; each runs once whatever b.N.
@@ -121,27 +125,30 @@ func fleet(b *testing.B, n int, transport string) {
 	var agents sync.WaitGroup
 	var trace *stormTrace
 	if os.Getenv("TETHER_BENCH_STORM_TRACE") != "" {
+		// Of the agents in this process (with worker processes, the
+		// first share of the fleet).
 		trace = newStormTrace()
 	}
 	b.Cleanup(func() {
 		cancel()
 		agents.Wait()
 	})
-	for i := range n {
-		a, err := agent.New(agent.Config{
-			StateDir:    dirs[i],
-			Transport:   transport,
-			Connections: 1,
-			Services:    map[string]agent.Service{"echo": {Address: echoAddr}},
-			Reconnect:   agent.Backoff{Initial: 500 * time.Millisecond, Max: 30 * time.Second},
-			Logger:      fleetLogger(i, trace),
-			NoFileWatch: true, // inotify instances are a per-user limit (128)
-		})
+	// The first share of the fleet runs here, the rest in worker
+	// processes (fleetPerProcess).
+	per := fleetPerProcess()
+	local := min(n, per)
+	for i := range local {
+		a, err := fleetAgent(dirs[i], transport, echoAddr, fleetLogger(i, trace))
 		if err != nil {
 			b.Fatal(err)
 		}
 		agents.Go(func() { a.Run(ctx) })
-		_ = a
+	}
+	for lo := local; lo < n; lo += per {
+		startFleetWorker(b, fleetWork{Dirs: dirs[lo:min(lo+per, n)], Transport: transport, Echo: echoAddr})
+	}
+	if local < n {
+		b.ReportMetric(float64((n-local+per-1)/per), "worker-processes")
 	}
 	connectStart := time.Now()
 	waitConnected(b, debugAddr, n, 5*time.Minute)
@@ -210,6 +217,90 @@ func fleet(b *testing.B, n int, transport string) {
 	for _, f := range failures.list() {
 		b.Logf("failed stream: %s", f)
 	}
+}
+
+// fleetPerProcess is how many of the fleet's agents one process runs
+// (TETHER_BENCH_FLEET_PER_PROCESS, default 4000); the agents beyond the
+// first share run in worker processes of this test binary
+// (runFleetWorker), each with as many. An agent holds about three open
+// files, and a process may be held to 20 000 (a hard limit it cannot
+// raise): one process alone cannot run 10 000 agents.
+func fleetPerProcess() int { return envInt("TETHER_BENCH_FLEET_PER_PROCESS", 4000) }
+
+// fleetAgent is one agent of the fleet: the enrolled state directory dir,
+// serving echo at echoAddr.
+func fleetAgent(dir, transport, echoAddr string, log *slog.Logger) (*agent.Agent, error) {
+	return agent.New(agent.Config{
+		StateDir:    dir,
+		Transport:   transport,
+		Connections: 1,
+		Services:    map[string]agent.Service{"echo": {Address: echoAddr}},
+		Reconnect:   agent.Backoff{Initial: 500 * time.Millisecond, Max: 30 * time.Second},
+		Logger:      log,
+		NoFileWatch: true, // inotify instances are a per-user limit (128)
+	})
+}
+
+// fleetWorkerEnv names the file of a fleet worker's work (fleetWork, in
+// JSON): set, the test binary runs as a fleet worker (runMain).
+const fleetWorkerEnv = "TETHER_BENCH_FLEET_WORKER"
+
+// fleetWork is a fleet worker's share of the fleet.
+type fleetWork struct {
+	Dirs      []string // enrolled state directories, one per agent
+	Transport string
+	Echo      string // the echo service's address
+}
+
+// startFleetWorker runs w in a worker process until the benchmark ends,
+// and returns once its agents run.
+func startFleetWorker(b *testing.B, w fleetWork) {
+	b.Helper()
+	raw, err := json.Marshal(w)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f, err := os.CreateTemp(b.TempDir(), "fleet-work-*.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := f.Write(raw); err != nil {
+		b.Fatal(err)
+	}
+	f.Close()
+	p := startEnv(b, "fleet-worker", []string{fleetWorkerEnv + "=" + f.Name()}, os.Args[0])
+	p.waitOutput("fleet worker running", time.Minute)
+}
+
+// runFleetWorker is BenchmarkFleet's worker process: the test binary run
+// with fleetWorkerEnv set (runMain). It runs the agents of the work in
+// the named file, prints "fleet worker running N agents", and stops them
+// at SIGTERM or SIGINT (the benchmark kills it when it ends).
+func runFleetWorker(path string) int {
+	fail := func(err error) int { fmt.Fprintln(os.Stderr, "fleet worker:", err); return 1 }
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return fail(err)
+	}
+	var w fleetWork
+	if err := json.Unmarshal(raw, &w); err != nil {
+		return fail(fmt.Errorf("%s: %w", path, err))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var agents sync.WaitGroup
+	defer agents.Wait()
+	for _, dir := range w.Dirs {
+		a, err := fleetAgent(dir, w.Transport, w.Echo, nil)
+		if err != nil {
+			stop()
+			return fail(err)
+		}
+		agents.Go(func() { a.Run(ctx) })
+	}
+	fmt.Printf("fleet worker running %d agents\n", len(w.Dirs))
+	<-ctx.Done()
+	return 0
 }
 
 // backendLoad opens echo streams to random tenants until ctx ends, retrying

@@ -26,6 +26,9 @@ func runMain(m *testing.M) int {
 	if targets := os.Getenv(forwardEnv); targets != "" {
 		return runForwarder(targets) // a forwarder process of the benchmarks
 	}
+	if work := os.Getenv(fleetWorkerEnv); work != "" {
+		return runFleetWorker(work) // a fleet worker of BenchmarkFleet
+	}
 	if role := os.Getenv("FAIRNESS_HELPER"); role != "" {
 		return runFairnessHelper(role) // a service or flood of BenchmarkTenantFlood
 	}
