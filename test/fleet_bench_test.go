@@ -192,9 +192,18 @@ func fleet(b *testing.B, n int, transport string) {
 		traced.Go(func() { trace.report(traceCtx, debugAddr, killed, 5*time.Second) })
 	}
 	r.restart()
+	var profiled sync.WaitGroup
+	if dir := os.Getenv("TETHER_BENCH_PROFILE_DIR"); dir != "" {
+		// The restarted relay's CPU over the storm's first 20 seconds.
+		profiled.Go(func() {
+			waitDebug(debugAddr, 10*time.Second)
+			saveProfile(b, "http://"+debugAddr+"/debug/pprof/profile?seconds=20", filepath.Join(dir, fmt.Sprintf("relay-cpu-storm-%d-%s.pprof", n, transport)))
+		})
+	}
 	waitConnected(b, debugAddr, n, 5*time.Minute)
 	stopTrace()
 	traced.Wait()
+	profiled.Wait()
 	b.ReportMetric(time.Since(killed).Seconds(), "storm-reconnect-all-s")
 	// The restarted relay's CPU until every agent was back, per agent: its
 	// cost of a handshake (TLS, hello, admission, refusals; the backend's
@@ -338,6 +347,15 @@ func backendLoad(ctx context.Context, d *client.Dialer, tenants []string, seed u
 		select {
 		case <-ctx.Done():
 		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// waitDebug waits up to d for the relay's debug listener to answer.
+func waitDebug(addr string, d time.Duration) {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, err := tryStats(addr); err == nil {
+			return
 		}
 	}
 }
