@@ -49,20 +49,21 @@ func gatherFirstBytes(c net.Conn) *firstBytes {
 
 func (f *firstBytes) read() {
 	defer close(f.done)
-	tmp := make([]byte, 4<<10)
 	for {
+		// Only this goroutine extends buf, so it reads into buf's spare
+		// room without the lock: Attach reads only the bytes before it.
 		f.mu.Lock()
-		room := maxEarly - len(f.buf)
+		room := f.buf[len(f.buf):maxEarly]
 		f.mu.Unlock()
-		if room == 0 {
+		if len(room) == 0 {
 			return
 		}
-		n, err := f.c.Read(tmp[:min(room, len(tmp))])
+		n, err := f.c.Read(room)
 		f.mu.Lock()
 		if n > 0 {
-			f.buf = append(f.buf, tmp[:n]...)
+			f.buf = f.buf[:len(f.buf)+n]
 			if f.st != nil {
-				if _, werr := f.st.Write(tmp[:n]); werr != nil {
+				if _, werr := f.st.Write(room[:n]); werr != nil {
 					f.st, f.werr = nil, werr
 				}
 			}
