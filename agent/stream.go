@@ -86,7 +86,7 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	}
 	defer s.removeService(conn)
 	svcStream := asStream(conn)
-	pre, err := answer(st, conn)
+	pre, err := answer(st, conn, started.Add(headerTimeout))
 	if pre.serviceErr != nil {
 		svcStream = &errFirst{Stream: svcStream, err: pre.serviceErr}
 	}
@@ -150,19 +150,20 @@ type preSplice struct {
 // answer no later, since it was waiting for it. A service that does not
 // answer in time has its OK sent alone, as when no bytes came first (a
 // client waiting for a service that speaks first). It returns the bytes
-// it moved; err is the relay's side failing.
+// it moved; err is the relay's side failing. Writes to st are bounded by
+// deadline, as the stream header's read was.
 //
 // It looks with a read whose deadline has passed, which a yamux stream
 // (TCP) answers with what it holds; a QUIC stream (quic-go) reports the
 // deadline first, so over QUIC the OK goes at once, as it did before.
-func answer(st transport.Stream, conn net.Conn) (preSplice, error) {
+func answer(st transport.Stream, conn net.Conn, deadline time.Time) (preSplice, error) {
 	var pre preSplice
 	bp := firstBufs.Get().(*[]byte)
 	defer firstBufs.Put(bp)
 	buf := (*bp)[:cap(*bp)]
 	st.SetDeadline(time.Unix(1, 0)) // what has arrived, without waiting
 	n, _ := st.Read(buf[:maxFirstBytes])
-	st.SetDeadline(time.Time{})
+	st.SetDeadline(deadline)
 	// A read error other than the deadline (the relay's side ended) is
 	// met again by the splice.
 	if n > 0 {
