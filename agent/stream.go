@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"slices"
-	"sync"
 	"syscall"
 	"time"
 
@@ -85,16 +84,10 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 		return
 	}
 	defer s.removeService(conn)
-	svcStream := asStream(conn)
-	pre, err := answer(st, conn, started.Add(headerTimeout))
-	if pre.serviceErr != nil {
-		svcStream = &errFirst{Stream: svcStream, err: pre.serviceErr}
-	}
-	if err != nil {
+	if err := protocol.WriteReply(st, protocol.Reply{}); err != nil {
 		conn.Close()
 		log.Debug("relay went away before the reply", slices.Concat(ids, []any{"err", err})...)
 		rec.Code, rec.End, rec.Message = protocol.CodeOK.String(), accesslog.EndCut, "the relay went away before the reply"
-		rec.BytesToService = pre.toService // the client's first bytes reached the service
 		a.logStream(rec, started)
 		return
 	}
@@ -103,11 +96,7 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	a.streamsTotal.Add(1)
 	start := time.Now()
 	ctr := a.rep.streamStarted()
-	ctr.AToB.Add(pre.toService)
-	ctr.BToA.Add(pre.fromService)
-	res, err := transport.SpliceCounting(st, svcStream, a.cfg.IdleTimeout, ctr)
-	res.AToB += pre.toService
-	res.BToA += pre.fromService
+	res, err := transport.SpliceCounting(st, asStream(conn), a.cfg.IdleTimeout, ctr)
 	a.rep.streamEnded(ctr, res)
 	a.streamsOpen.Add(-1)
 	rec.Code, rec.End, rec.BytesToService, rec.BytesFromService = protocol.CodeOK.String(), streamEnd(err), res.AToB, res.BToA
@@ -121,92 +110,6 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	default:
 		log.Debug("stream closed", attrs...)
 	}
-}
-
-// answerHold bounds how long the agent holds its OK for the service's
-// first answer once it has handed the service the client's first bytes.
-const answerHold = 500 * time.Microsecond
-
-// maxFirstBytes is the most of the client's first bytes, and of the
-// service's first answer, that answer moves before the splice.
-const maxFirstBytes = 16 << 10
-
-var firstBufs = sync.Pool{New: func() any {
-	b := make([]byte, 0, 4+maxFirstBytes) // an OK reply is 4 bytes
-	return &b
-}}
-
-// preSplice is what answer moved before the splice.
-type preSplice struct {
-	toService, fromService int64
-	serviceErr             error // the service connection's error, for the splice to meet first
-}
-
-// answer answers the relay OK. A relay-side forward sends its client's
-// first bytes with the stream's opening; when they are already here,
-// answer hands them to the service and holds the OK for up to answerHold
-// for the service's first answer, to send both in one write: the relay
-// then takes one message where it took two, and the client has its
-// answer no later, since it was waiting for it. A service that does not
-// answer in time has its OK sent alone, as when no bytes came first (a
-// client waiting for a service that speaks first). It returns the bytes
-// it moved; err is the relay's side failing. Writes to st are bounded by
-// deadline, as the stream header's read was.
-//
-// It looks with a read whose deadline has passed, which a yamux stream
-// (TCP) answers with what it holds; a QUIC stream (quic-go) reports the
-// deadline first, so over QUIC the OK goes at once, as it did before.
-func answer(st transport.Stream, conn net.Conn, deadline time.Time) (preSplice, error) {
-	var pre preSplice
-	bp := firstBufs.Get().(*[]byte)
-	defer firstBufs.Put(bp)
-	buf := (*bp)[:cap(*bp)]
-	st.SetDeadline(time.Unix(1, 0)) // what has arrived, without waiting
-	n, _ := st.Read(buf[:maxFirstBytes])
-	st.SetDeadline(deadline)
-	// A read error other than the deadline (the relay's side ended) is
-	// met again by the splice.
-	if n > 0 {
-		conn.SetWriteDeadline(time.Now().Add(headerTimeout))
-		w, err := conn.Write(buf[:n])
-		conn.SetWriteDeadline(time.Time{})
-		pre.toService = int64(w)
-		if err != nil {
-			// Bytes read from the stream did not all reach the service:
-			// the splice must end the stream with an error at once, not
-			// go on without them.
-			pre.serviceErr = err
-		} else {
-			conn.SetReadDeadline(time.Now().Add(answerHold))
-			m, rerr := conn.Read(buf[4 : 4+maxFirstBytes])
-			conn.SetReadDeadline(time.Time{})
-			if m > 0 {
-				pre.fromService = int64(m)
-				buf = protocol.AppendReply(buf[:0], protocol.Reply{})
-				_, err := st.Write(buf[:4+m])
-				return pre, err
-			}
-			if rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) {
-				pre.serviceErr = rerr
-			}
-		}
-	}
-	return pre, protocol.WriteReply(st, protocol.Reply{})
-}
-
-// errFirst is a service connection whose first read returns err: an
-// error answer met before the splice.
-type errFirst struct {
-	transport.Stream
-	err error
-}
-
-func (e *errFirst) Read(p []byte) (int, error) {
-	if err := e.err; err != nil {
-		e.err = nil
-		return 0, err
-	}
-	return e.Stream.Read(p)
 }
 
 // refuse answers a stream with a refusal and ends it cleanly, so the relay

@@ -191,17 +191,13 @@ func ReplyFor(err error) Reply {
 // the message is replaced with U+FFFD, and a message longer than
 // MaxReplyMessage is truncated at a rune boundary.
 func WriteReply(w io.Writer, r Reply) error {
-	_, err := w.Write(AppendReply(make([]byte, 0, 4+len(r.Message)), r))
-	return err
-}
-
-// AppendReply appends the encoded r to b: 4 bytes and the message (made
-// valid UTF-8 and cut to MaxReplyMessage, as WriteReply sends it).
-func AppendReply(b []byte, r Reply) []byte {
 	msg := truncateUTF8(strings.ToValidUTF8(r.Message, "\uFFFD"), MaxReplyMessage)
-	b = append(b, replyVersion, byte(r.Code), 0, 0)
-	binary.BigEndian.PutUint16(b[len(b)-2:], uint16(len(msg)))
-	return append(b, msg...)
+	b := make([]byte, 4, 4+len(msg))
+	b[0], b[1] = replyVersion, byte(r.Code)
+	binary.BigEndian.PutUint16(b[2:], uint16(len(msg)))
+	b = append(b, msg...)
+	_, err := w.Write(b)
+	return err
 }
 
 // ReadReply reads one Reply from r, consuming exactly its bytes.
