@@ -27,9 +27,16 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	st.SetDeadline(started.Add(headerTimeout))
 	h, err := protocol.ReadStreamHeader(st)
 	if err != nil {
-		s.log.Warn("bad stream header from relay", "err", err)
 		var pe *protocol.Error
-		if errors.As(err, &pe) {
+		var ne net.Error
+		if !errors.As(err, &pe) && !(errors.As(err, &ne) && ne.Timeout()) {
+			// Reset or closed before its header was read: the relay gave
+			// up on the stream (an answer too slow, the client gone).
+			s.log.Debug("stream ended before its header was read", "err", err)
+			return
+		}
+		s.log.Warn("bad stream header from relay", "err", err)
+		if pe != nil {
 			refuse(st, pe)
 			a.logRefusal(streamRecord(s, protocol.StreamHeader{}), started, pe)
 		}

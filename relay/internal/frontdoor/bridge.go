@@ -31,7 +31,8 @@ type tunnel struct {
 // tenant's access log, so the relay's audit keeps it too, with the outcome
 // abandoned and why (the tenant's record must have the vendor's
 // counterpart). The client's first bytes sent with the opening, if any,
-// count as sent to the service.
+// count as sent to the service: they went to the agent, which may have
+// passed fewer on before the stream closed.
 func (fd *Server) abandon(t *tunnel, door string, why error) {
 	t.Abandon()
 	t.release()

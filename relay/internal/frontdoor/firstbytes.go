@@ -28,6 +28,7 @@ type firstBytes struct {
 	mu   sync.Mutex // guards the fields below
 	buf  []byte     // every byte read so far, at most maxEarly
 	st   io.Writer  // the stream attached last; nil once a write to it failed
+	sent bool       // bytes went (or began to go) to the stream attached last
 	werr error      // the failed write to the stream attached last
 	rerr error      // the client's read error (not the end, not stop's deadline)
 }
@@ -63,6 +64,7 @@ func (f *firstBytes) read() {
 		if n > 0 {
 			f.buf = f.buf[:len(f.buf)+n]
 			if f.st != nil {
+				f.sent = true
 				if _, werr := f.st.Write(room[:n]); werr != nil {
 					f.st, f.werr = nil, werr
 				}
@@ -82,12 +84,19 @@ func (f *firstBytes) read() {
 func (f *firstBytes) Attach(st io.Writer, opening []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.st, f.werr = st, nil
+	f.st, f.werr, f.sent = st, nil, len(f.buf) > 0
 	_, err := st.Write(append(opening, f.buf...))
 	if err != nil {
 		f.st, f.werr = nil, err
 	}
 	return err
+}
+
+// Sent implements route.Early.
+func (f *firstBytes) Sent() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sent
 }
 
 // stop ends the gathering and returns how many bytes were gathered (all

@@ -61,8 +61,8 @@ func frontPair(t *testing.T) (front net.Conn, client *net.TCPConn) {
 }
 
 // TestFirstBytes: the bytes a client sends while its stream opens go to
-// the stream attached last, after its opening, as they arrive; a stream
-// attached later (the router trying another carrier) gets them all;
+// the stream attached last, after its opening, as they arrive (and Sent
+// says so from the first); a stream attached later gets them all;
 // after stop the connection's next bytes are the splice's to read.
 func TestFirstBytes(t *testing.T) {
 	front, client := frontPair(t)
@@ -72,14 +72,23 @@ func TestFirstBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, first, "H1|")
+	if f.Sent() {
+		t.Error("Sent before the client sent anything")
+	}
 	client.Write([]byte("hello"))
 	waitFor(t, first, "H1|hello")
+	if !f.Sent() {
+		t.Error("not Sent after the client's bytes went to the stream")
+	}
 
 	second := &lockedBuffer{}
 	if err := f.Attach(second, []byte("H2|")); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, second, "H2|hello")
+	if !f.Sent() {
+		t.Error("not Sent after a stream was attached with the bytes so far")
+	}
 	client.Write([]byte(" world"))
 	waitFor(t, second, "H2|hello world")
 	if got := first.String(); got != "H1|hello" {

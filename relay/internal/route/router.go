@@ -3,6 +3,7 @@ package route
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -188,7 +189,8 @@ type RelayCarrier interface {
 // Just after a start it waits for a carrier of a tenant expected back.
 // early, when not nil, is attached to every attempt (Early). Its errors
 // are typed (*protocol.Error): a refusal a carrier answered, no_agent,
-// timeout, or Admit's.
+// timeout, or Admit's. An attempt that fails after early's bytes went
+// with it is not followed by another (Early.Sent).
 func (r *Router) Dial(ctx context.Context, tenant string, hdr protocol.StreamHeader, early Early) (*Tunnel, error) {
 	if r.cfg.Admit != nil {
 		if err := r.cfg.Admit(); err != nil {
@@ -250,8 +252,16 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 		if relay != "" {
 			where = "relay " + relay
 		}
-		r.cfg.Logger.Warn("open stream failed; trying another connection", "tenant", tenant, "via", where, "request", hdr.RequestID, "err", err)
 		lastErr, lastStalled = err, c.Stalled()
+		if early != nil && early.Sent() {
+			// The agent may have passed the client's first bytes to the
+			// service before the failure: another attempt could run a
+			// request twice. The client is told, and may retry itself.
+			r.cfg.Logger.Warn("open stream failed after the client's first bytes went with it; not trying another connection", "tenant", tenant, "via", where, "request", hdr.RequestID, "err", err)
+			lastErr = fmt.Errorf("%w (not tried on another connection: the client's first bytes had gone with it, and the service may have them)", err)
+			break
+		}
+		r.cfg.Logger.Warn("open stream failed; trying another connection", "tenant", tenant, "via", where, "request", hdr.RequestID, "err", err)
 	}
 	if lastStalled {
 		// The transport gave up on the connection (yamux aborts a stream

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -69,6 +70,8 @@ func (e fixedEarly) Attach(st io.Writer, opening []byte) error {
 	return err
 }
 
+func (e fixedEarly) Sent() bool { return len(e) > 0 }
+
 func newRouter(t *testing.T, carriers ...route.Carrier) *route.Router {
 	t.Helper()
 	tab := route.NewTable()
@@ -80,26 +83,46 @@ func newRouter(t *testing.T, carriers ...route.Carrier) *route.Router {
 }
 
 // TestDialSendsEarlyOnEveryAttempt: the client's first bytes are attached
-// to each attempt to open the stream, after its opening, so that a
-// carrier failing underneath the first costs the service none of them;
-// a refusal is not retried.
+// to each attempt to open the stream, after its opening; an attempt that
+// failed after some of them went with it is not followed by another (the
+// service may have them), one that failed before is; a refusal is not
+// retried.
 func TestDialSendsEarlyOnEveryAttempt(t *testing.T) {
-	early := fixedEarly("GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+	// Nothing gathered yet: an attempt that fails is followed by another,
+	// which carries the opening (and whatever has arrived by then).
 	broken := &fakeCarrier{name: "broken", err: errors.New("connection lost")}
 	good := &fakeCarrier{name: "good", load: 1} // tried second
 	r := newRouter(t, broken, good)
-	tun, err := r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r1"}, early)
+	tun, err := r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r0"}, fixedEarly(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tun.Stream.Close()
+	tun.Stream.Close()
 	if tun.Agent != "good" {
 		t.Fatalf("stream opened on %q, want good", tun.Agent)
 	}
 	for _, c := range []*fakeCarrier{broken, good} {
-		if got, want := c.sent(), "r1:"+string(early); len(got) != 1 || string(got[0]) != want {
-			t.Errorf("carrier %s was sent %q, want one open with %q", c.name, got, want)
+		if got := c.sent(); len(got) != 1 || string(got[0]) != "r0:" {
+			t.Errorf("carrier %s was sent %q, want one open with %q", c.name, got, "r0:")
 		}
+	}
+
+	// The client's bytes went with the failed attempt: the agent may have
+	// passed them on, so no other connection is tried (a request must not
+	// run twice), and the error says why.
+	early := fixedEarly("POST /pay HTTP/1.1\r\nHost: svc\r\nContent-Length: 0\r\n\r\n")
+	broken = &fakeCarrier{name: "broken", err: errors.New("connection lost")}
+	good = &fakeCarrier{name: "good", load: 1}
+	r = newRouter(t, broken, good)
+	_, err = r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r1"}, early)
+	if protocol.CodeOf(err) != protocol.CodeNoAgent || !strings.Contains(err.Error(), "not tried on another connection") {
+		t.Fatalf("Dial after a failure with the first bytes sent: %v, want no_agent saying it was not retried", err)
+	}
+	if got, want := broken.sent(), "r1:"+string(early); len(got) != 1 || string(got[0]) != want {
+		t.Errorf("carrier broken was sent %q, want one open with %q", got, want)
+	}
+	if got := good.sent(); len(got) != 0 {
+		t.Errorf("carrier good was sent %q after the first bytes went with a failed attempt, want nothing", got)
 	}
 
 	refusing := &fakeCarrier{name: "refusing", err: protocol.Errorf(protocol.CodeNotAllowed, "no")}

@@ -51,6 +51,12 @@ type Early interface {
 	// bytes are no longer gathered. A carrier calls it once per stream,
 	// before waiting for the answer.
 	Attach(st io.Writer, opening []byte) error
+	// Sent reports whether any of the client's bytes went to the stream
+	// attached last (its write may have failed part way). The agent may
+	// have handed them to the service before that stream failed, so the
+	// router does not try another connection: the service could get them
+	// twice (a request run twice).
+	Sent() bool
 }
 
 // Table holds the carriers by tenant. It never hands a carrier to a

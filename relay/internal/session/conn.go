@@ -596,12 +596,19 @@ func (c *Conn) OpenStream(ctx context.Context, hdr protocol.StreamHeader, early 
 		ac.open.Add(-1)
 		return nil, err
 	}
-	ok := false
+	ok, refused := false, false
 	defer func() {
-		if !ok {
-			st.Close()
-			ac.open.Add(-1)
+		if ok {
+			return
 		}
+		if a, isAborter := st.(transport.Aborter); isAborter && !refused {
+			// Given up before the agent answered: reset, so that an agent
+			// that has not read the stream yet never acts on it.
+			a.Abort()
+		} else {
+			st.Close()
+		}
+		ac.open.Add(-1)
 	}()
 	dl, hasDeadline := ctx.Deadline()
 	if hasDeadline {
@@ -636,6 +643,7 @@ func (c *Conn) OpenStream(ctx context.Context, hdr protocol.StreamHeader, early 
 		return nil, err
 	}
 	if err := rep.Err(); err != nil {
+		refused = true
 		return nil, err
 	}
 	st.SetDeadline(time.Time{})
