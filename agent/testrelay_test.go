@@ -299,6 +299,7 @@ func (c *relayConn) send(m protocol.Message) error {
 // setList makes list the cluster's relay list, sent to every session now
 // and to every session that starts later.
 func (r *testRelay) setList(list []protocol.RelayInfo) {
+	list = slices.Clone(list) // the caller may change its own afterwards
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.list = list

@@ -230,8 +230,12 @@ func TestAdminAPIThrottlesCredentialGuessing(t *testing.T) {
 	if n := metricSum(t, metricsURL, "tether_auth_refusals_total", `door="admin_api"`); n != attempts {
 		t.Errorf("tether_auth_refusals_total{door=admin_api} = %v, want %d", n, attempts)
 	}
-	if n := metricSum(t, metricsURL, "tether_auth_refusals_total", `door="admin_api"`, `reason="throttled"`); n != float64(statuses[http.StatusTooManyRequests]) {
-		t.Errorf("throttled refusals counted %v, answered %d", n, statuses[http.StatusTooManyRequests])
+	// A 429 is counted as throttled when the source was refused before
+	// its token was looked at; an attempt already past that check when
+	// the source ran out (at most one per worker) is counted as the bad
+	// token it was, and answered 429 all the same.
+	if n, answered := metricSum(t, metricsURL, "tether_auth_refusals_total", `door="admin_api"`, `reason="throttled"`), statuses[http.StatusTooManyRequests]; n > float64(answered) || float64(answered)-n > float64(workers) {
+		t.Errorf("throttled refusals counted %v, answered 429 %d; want all but at most %d", n, answered, workers)
 	}
 
 	// Stop the relay: it writes the sums of the interval in progress.
