@@ -104,8 +104,8 @@ func splice(a, b Stream, idle time.Duration, c *SpliceCounter, gate *CopyGate, e
 	abort := func(err error) {
 		once.Do(func() {
 			firstErr = err
-			abortStream(a)
-			abortStream(b)
+			Abort(a)
+			Abort(b)
 		})
 	}
 
@@ -220,10 +220,10 @@ func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64, gate *CopyG
 	}
 }
 
-// abortStream closes s without a clean end: a stream of a Session is reset
+// Abort closes s without a clean end: a stream of a Session is reset
 // (Aborter), a TCP connection gets a reset rather than a FIN, so a
 // truncated transfer is never mistaken for a complete one.
-func abortStream(s Stream) {
+func Abort(s Stream) {
 	if a, ok := s.(Aborter); ok {
 		_ = a.Abort()
 		return

@@ -214,7 +214,7 @@ func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, ear
 		err = rep.Err()
 	}
 	if err != nil {
-		abort(st)
+		transport.Abort(st)
 		var pe *protocol.Error
 		if errors.As(err, &pe) {
 			switch pe.Code {
@@ -236,14 +236,6 @@ func (c *Carrier) ask(st transport.Stream, hdr protocol.StreamHeader, early rout
 		return protocol.Reply{}, "", fmt.Errorf("send request: %w", err)
 	}
 	return readAnswer(st)
-}
-
-func abort(st transport.Stream) {
-	if a, ok := st.(transport.Aborter); ok {
-		a.Abort()
-		return
-	}
-	st.Close()
 }
 
 // StreamDone implements route.Carrier.

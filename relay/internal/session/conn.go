@@ -601,12 +601,12 @@ func (c *Conn) OpenStream(ctx context.Context, hdr protocol.StreamHeader, early 
 		if ok {
 			return
 		}
-		if a, isAborter := st.(transport.Aborter); isAborter && !refused {
+		if refused {
+			st.Close()
+		} else {
 			// Given up before the agent answered: reset, so that an agent
 			// that has not read the stream yet never acts on it.
-			a.Abort()
-		} else {
-			st.Close()
+			transport.Abort(st)
 		}
 		ac.open.Add(-1)
 	}()
