@@ -3,7 +3,6 @@ package test
 import (
 	"bufio"
 	"encoding/base64"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -69,20 +68,18 @@ func TestStreamsNeverBridgedAreAudited(t *testing.T) {
 		return err
 	})
 	gone(r.socksAddr, func(c net.Conn) error {
-		msg := []byte{5, 1, 2, 1, byte(len(d.Backend))}
-		msg = append(msg, d.Backend...)
-		msg = append(msg, byte(len(d.APIKey)))
-		msg = append(msg, d.APIKey...)
-		if _, err := c.Write(msg); err != nil {
+		// The greeting and credentials, their answers, then the request:
+		// once the relay has read the request, it has authenticated.
+		msg := socksConnectMsg(d.Backend, d.APIKey, "echo.acme.tether", 7)
+		auth := 3 + 2 + len(d.Backend) + 1 + len(d.APIKey)
+		if _, err := c.Write(msg[:auth]); err != nil {
 			return err
 		}
 		var head [4]byte // method selection, authentication status
 		if _, err := io.ReadFull(c, head[:]); err != nil || head != [4]byte{5, 2, 1, 0} {
 			return fmt.Errorf("SOCKS5 negotiation: % x, %v", head, err)
 		}
-		host := "echo.acme.tether"
-		req := append([]byte{5, 1, 0, 3, byte(len(host))}, host...)
-		_, err := c.Write(binary.BigEndian.AppendUint16(req, 7))
+		_, err := c.Write(msg[auth:])
 		return err
 	})
 	gone(r.connectAddr, func(c net.Conn) error {

@@ -34,6 +34,19 @@ func (p *proc) freeze(t *testing.T) (thaw func()) {
 	return func() { once.Do(func() { continueProcess(p.Pid()) }) }
 }
 
+// socksConnectMsg is a SOCKS5 client's whole side of a CONNECT to
+// host:port with username and password, sent at once: the greeting
+// offering that method, the credentials, and the request.
+func socksConnectMsg(user, pass, host string, port uint16) []byte {
+	msg := []byte{5, 1, 2, 1, byte(len(user))}
+	msg = append(msg, user...)
+	msg = append(msg, byte(len(pass)))
+	msg = append(msg, pass...)
+	msg = append(msg, 5, 1, 0, 3, byte(len(host)))
+	msg = append(msg, host...)
+	return binary.BigEndian.AppendUint16(msg, port)
+}
+
 // socksDial performs a SOCKS5 CONNECT to host:port by hand, as any SOCKS5
 // client would, and returns the relay's reply code. A missing or cut reply
 // is an error: every outcome must reach the caller as a reply. On success
@@ -44,14 +57,7 @@ func socksDial(addr, user, pass, host string, port uint16) (net.Conn, byte, erro
 		return nil, 0, err
 	}
 	c.SetDeadline(time.Now().Add(40 * time.Second))
-	msg := []byte{5, 1, 2, 1, byte(len(user))}
-	msg = append(msg, user...)
-	msg = append(msg, byte(len(pass)))
-	msg = append(msg, pass...)
-	msg = append(msg, 5, 1, 0, 3, byte(len(host)))
-	msg = append(msg, host...)
-	msg = binary.BigEndian.AppendUint16(msg, port)
-	if _, err := c.Write(msg); err != nil {
+	if _, err := c.Write(socksConnectMsg(user, pass, host, port)); err != nil {
 		c.Close()
 		return nil, 0, err
 	}
