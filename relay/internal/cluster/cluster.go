@@ -33,6 +33,10 @@ const (
 	// holdersTTL is how long the relays holding a tenant are remembered
 	// between dials that ask.
 	holdersTTL = time.Second
+	// holdersFresh is how old a read may be and still count as fresh: the
+	// dials that ask afresh at once (a burst of them while a tenant's
+	// agent moves between relays) share one read of the store.
+	holdersFresh = 25 * time.Millisecond
 	// opTimeout bounds each store operation, so that a store that stops
 	// answering (a connection cut without a reset) holds up nothing past
 	// it: the next heartbeat tries again.
@@ -157,12 +161,13 @@ func (c *Cluster) Changes() <-chan struct{} {
 }
 
 // Holders returns the other live relays that hold agents of tenant,
-// remembered for a second; fresh reads the store again.
+// remembered for a second; fresh reads the store again, unless it was
+// read in the last holdersFresh.
 func (c *Cluster) Holders(ctx context.Context, tenant string, fresh bool) ([]store.Holding, error) {
 	c.mu.Lock()
 	e, ok := c.holders[tenant]
 	c.mu.Unlock()
-	if ok && !fresh && time.Since(e.at) < holdersTTL {
+	if age := time.Since(e.at); ok && (age < holdersFresh || !fresh && age < holdersTTL) {
 		return e.hs, nil
 	}
 	all, err := c.cfg.Store.TenantRelays(ctx, tenant, c.cfg.DeadAfter)

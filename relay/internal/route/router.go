@@ -75,6 +75,17 @@ const (
 	// maxAttempts is how many carriers a stream open tries when carriers
 	// fail underneath it (a relay restart, a dying agent).
 	maxAttempts = 3
+	// moveWait is how long a dial waits for a tenant's agent that is
+	// between connections: its connections here drain or failed under the
+	// dial, or another relay holding it answered that it had none able to
+	// take the stream. An agent asked to leave a relay connects to another
+	// within a second (a jitter of up to 0.5 s, a handshake), and other
+	// relays learn where it is when that relay writes its presence (within
+	// presenceDelay and a write).
+	moveWait = 2 * time.Second
+	// moveRecheck is how often, while it waits, the dial asks the cluster
+	// again where the tenant's agents are.
+	moveRecheck = 100 * time.Millisecond
 )
 
 // NewRouter returns a router that expects back the tenants of the roster
@@ -153,6 +164,33 @@ func (r *Router) awaitCarrier(ctx context.Context, tenant string, exclude map[Ca
 	}
 }
 
+// awaitMoved waits, up to moveWait, for a carrier of tenant not in
+// exclude: one of this relay's that becomes usable, or one to another
+// relay that the cluster says now holds the tenant's agents (asked every
+// moveRecheck). It returns nil when ctx or the wait ends first.
+func (r *Router) awaitMoved(ctx context.Context, tenant string, exclude map[Carrier]bool, away *awayCarriers) Carrier {
+	ctx, cancel := context.WithTimeout(ctx, moveWait)
+	defer cancel()
+	tick := time.NewTicker(moveRecheck)
+	defer tick.Stop()
+	for {
+		changed := r.cfg.Table.Changes()
+		if c := r.cfg.Table.Pick(tenant, exclude); c != nil {
+			return c
+		}
+		select {
+		case <-changed:
+		case <-tick.C:
+			away.again()
+			if c := away.next(ctx, exclude, r.cfg.Logger); c != nil {
+				return c
+			}
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
 // Tunnel is an open stream to a service, after its agent answered OK.
 type Tunnel struct {
 	Stream  transport.Stream
@@ -197,16 +235,20 @@ func (r *Router) Dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 			return nil, err
 		}
 	}
-	return r.dial(ctx, tenant, hdr, early, r.cfg.Elsewhere)
+	return r.dial(ctx, tenant, hdr, early, r.cfg.Elsewhere, true)
 }
 
-// DialLocal is Dial on this relay's own carriers only: for a stream
-// another relay forwarded, which is never forwarded again.
+// DialLocal is Dial on this relay's own carriers only, and without
+// waiting for an agent that is between connections (the relay that
+// forwarded the stream waits, and may find the agent elsewhere): for a
+// stream another relay forwarded, which is never forwarded again.
 func (r *Router) DialLocal(ctx context.Context, tenant string, hdr protocol.StreamHeader) (*Tunnel, error) {
-	return r.dial(ctx, tenant, hdr, nil, nil)
+	return r.dial(ctx, tenant, hdr, nil, nil, false)
 }
 
-func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHeader, early Early, elsewhere Elsewhere) (*Tunnel, error) {
+// dial is Dial; when wait is set, a dial that finds the tenant's agents
+// only between connections waits for them (awaitMoved).
+func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHeader, early Early, elsewhere Elsewhere, wait bool) (*Tunnel, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.StreamOpenTimeout)
 	defer cancel()
 	tried := map[Carrier]bool{}
@@ -221,6 +263,14 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 		if c == nil && local+remote == 0 {
 			// Just restarted: the tenant's agent may be on its way back.
 			c = r.awaitCarrier(ctx, tenant, tried)
+		}
+		if c == nil && wait && (local+remote > 0 || r.cfg.Table.Connected(tenant) > 0) {
+			// The tenant has agents, but none could take the stream:
+			// draining ones here, or connections that failed under this
+			// dial (their relay is leaving, their agent moving). The agent
+			// is on its way to another connection: wait for it, once.
+			wait = false
+			c = r.awaitMoved(ctx, tenant, tried, &away)
 		}
 		if c == nil {
 			break
@@ -293,6 +343,13 @@ type awayCarriers struct {
 	list   []Carrier
 	read   int   // reads of from: 0, 1 (cached), 2 (fresh)
 	err    error // the last read's error
+}
+
+// again has the next call of next ask the cluster afresh once more.
+func (a *awayCarriers) again() {
+	if a.read == 2 {
+		a.read = 1
+	}
 }
 
 func (a *awayCarriers) next(ctx context.Context, tried map[Carrier]bool, log *slog.Logger) Carrier {

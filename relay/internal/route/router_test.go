@@ -136,3 +136,121 @@ func TestDialSendsEarlyOnEveryAttempt(t *testing.T) {
 		t.Fatalf("a refusal was followed by %d more opens, want none", n-1)
 	}
 }
+
+// relayCarrier is a fakeCarrier to another relay.
+type relayCarrier struct{ *fakeCarrier }
+
+func (c relayCarrier) Relay() string { return c.name }
+
+// shiftingCluster is the cluster as a dial sees it while an agent moves:
+// its reads of where the tenant's agents are answer before until the
+// moveAt-th, after from then on; onRead, when set, runs at each read.
+type shiftingCluster struct {
+	before, after []route.Carrier
+	moveAt        int
+	onRead        func(n int)
+
+	mu    sync.Mutex
+	reads int
+}
+
+func (c *shiftingCluster) Carriers(_ context.Context, _ string, _ bool) ([]route.Carrier, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reads++
+	if c.onRead != nil {
+		c.onRead(c.reads)
+	}
+	if c.moveAt > 0 && c.reads >= c.moveAt {
+		return c.after, nil
+	}
+	return c.before, nil
+}
+
+func (c *shiftingCluster) read() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reads
+}
+
+func newClusterRouter(t *testing.T, tab *route.Table, elsewhere route.Elsewhere) *route.Router {
+	t.Helper()
+	return route.NewRouter(route.Config{Table: tab, StreamOpenTimeout: 5 * time.Second, Elsewhere: elsewhere,
+		Dir: &datadir.Dir{Path: t.TempDir()}, Logger: slog.New(slog.DiscardHandler), Now: time.Now})
+}
+
+// TestDialWaitsForMovingAgent: a dial that finds the tenant's agents only
+// where they are leaving (the one relay said to hold them answers that it
+// has none able to take the stream: they drain while they move) waits for
+// the cluster to say where they went, rather than failing in the moment
+// between an agent's new connection and the cluster learning of it.
+func TestDialWaitsForMovingAgent(t *testing.T) {
+	leaving := relayCarrier{&fakeCarrier{name: "relay-1", err: errors.New("relay relay-1: no_agent: none is healthy")}}
+	moved := relayCarrier{&fakeCarrier{name: "relay-3"}}
+	// The first two reads (the remembered one, then the fresh one after
+	// relay-1 failed) do not know of relay-3 yet.
+	cl := &shiftingCluster{before: []route.Carrier{leaving}, after: []route.Carrier{leaving, moved}, moveAt: 3}
+	r := newClusterRouter(t, route.NewTable(), cl)
+	tun, err := r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r0"}, fixedEarly(nil))
+	if err != nil {
+		t.Fatalf("Dial while the agent moved from relay-1 to relay-3: %v", err)
+	}
+	tun.Stream.Close()
+	if tun.Relay != "relay-3" {
+		t.Fatalf("stream opened via %q, want relay-3", tun.Relay)
+	}
+	if n := len(leaving.sent()); n != 1 {
+		t.Errorf("relay-1 was tried %d times, want once", n)
+	}
+
+	// An agent whose connection here drains: the dial takes the agent's
+	// next connection here (it arrives while the dial looks elsewhere).
+	tab := route.NewTable()
+	draining := &unusableCarrier{&fakeCarrier{name: "draining"}}
+	tab.Add(draining)
+	next := &fakeCarrier{name: "next"}
+	cl = &shiftingCluster{onRead: func(n int) {
+		if n == 2 {
+			tab.Add(next)
+		}
+	}}
+	r = newClusterRouter(t, tab, cl)
+	tun, err = r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r1"}, fixedEarly(nil))
+	if err != nil {
+		t.Fatalf("Dial while the agent's connection here drained: %v", err)
+	}
+	tun.Stream.Close()
+	if tun.Agent != "next" {
+		t.Fatalf("stream opened on %q, want next", tun.Agent)
+	}
+	if n := len(draining.sent()); n != 0 {
+		t.Errorf("the draining connection was sent %d opens, want none", n)
+	}
+
+	// A tenant with no agent anywhere fails at once: the cluster is asked
+	// twice (remembered, fresh) and no more.
+	cl = &shiftingCluster{}
+	r = newClusterRouter(t, route.NewTable(), cl)
+	_, err = r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r2"}, fixedEarly(nil))
+	if protocol.CodeOf(err) != protocol.CodeNoAgent || !strings.Contains(err.Error(), "has no agent connected") {
+		t.Fatalf("Dial to a tenant without agents: %v, want no_agent", err)
+	}
+	if n := cl.read(); n != 2 {
+		t.Errorf("a dial to a tenant without agents asked the cluster %d times, want 2 (no waiting)", n)
+	}
+
+	// DialLocal (a stream another relay forwarded) does not wait: the relay
+	// that forwarded it does.
+	tab = route.NewTable()
+	tab.Add(&unusableCarrier{&fakeCarrier{name: "draining"}})
+	r = newClusterRouter(t, tab, nil)
+	_, err = r.DialLocal(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r3"})
+	if protocol.CodeOf(err) != protocol.CodeNoAgent || !strings.Contains(err.Error(), "none is healthy") {
+		t.Fatalf("DialLocal with the only agent draining: %v, want no_agent saying none is healthy", err)
+	}
+}
+
+// unusableCarrier is a connection that takes no new streams (draining).
+type unusableCarrier struct{ *fakeCarrier }
+
+func (unusableCarrier) Usable(time.Time) bool { return false }
