@@ -127,6 +127,41 @@ func (c *directConn) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// TryWrite writes what the socket's send buffer takes of p now, without
+// waiting for room (TryWriter): n < len(p) with a nil error means the
+// buffer is full.
+func (c *directConn) TryWrite(p []byte) (int, error) {
+	var n int
+	var errno syscall.Errno
+	err := c.rc.Write(func(fd uintptr) bool {
+		for n < len(p) {
+			chunk := p[n:]
+			if len(chunk) > maxRW {
+				chunk = chunk[:maxRW]
+			}
+			r, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(unsafe.SliceData(chunk))), uintptr(len(chunk)), syscall.MSG_NOSIGNAL, 0, 0)
+			switch e {
+			case 0:
+				n += int(r)
+			case syscall.EINTR:
+			case syscall.EAGAIN:
+				return true // no waiting: the caller keeps the rest
+			default:
+				errno = e
+				return true
+			}
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+		return n, c.opError("write", err)
+	case errno != 0:
+		return n, c.opError("write", os.NewSyscallError("write", errno))
+	}
+	return n, nil
+}
+
 // opError wraps err as the standard library wraps a connection's errors,
 // so errors.Is finds net.ErrClosed, os.ErrDeadlineExceeded and the errno.
 func (c *directConn) opError(op string, err error) error {

@@ -170,10 +170,26 @@ func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64, gate *CopyG
 		defer gw.stop()
 	}
 	buf := *small
-	total := from
+	tot := &halfTotal{counter: counter}
+	tot.n.Store(from)
+	// While the small buffer is in use, a stream that can have its
+	// transport deliver small messages straight to dst does (sink).
+	var dr DirectReader
+	var sink *directSink
+	if r, ok := src.(DirectReader); ok {
+		if tw, ok := dst.(TryWriter); ok {
+			dr, sink = r, &directSink{w: tw, act: act, tot: tot}
+		}
+	}
 	smallReads := 0 // consecutive reads the small buffer would have held
 	for {
-		n, rerr := src.Read(buf)
+		var n int
+		var rerr error
+		if sink != nil && large == nil {
+			n, rerr = dr.ReadDirect(buf, sink)
+		} else {
+			n, rerr = src.Read(buf)
+		}
 		if n > 0 {
 			act.touch()
 			var w int
@@ -183,22 +199,19 @@ func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64, gate *CopyG
 			} else {
 				w, werr = dst.Write(buf[:n])
 			}
-			total += int64(w)
-			if counter != nil {
-				counter.Store(total)
-			}
+			tot.add(w)
 			if werr != nil {
-				return total, werr
+				return tot.n.Load(), werr
 			}
 			if w != n {
-				return total, io.ErrShortWrite
+				return tot.n.Load(), io.ErrShortWrite
 			}
 		}
 		if rerr == io.EOF {
-			return total, dst.CloseWrite()
+			return tot.n.Load(), dst.CloseWrite()
 		}
 		if rerr != nil {
-			return total, rerr
+			return tot.n.Load(), rerr
 		}
 		// Pick the buffer for the next read: large after a read that
 		// filled the small one, small again after several reads in a row
@@ -218,6 +231,38 @@ func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64, gate *CopyG
 			buf = *small
 		}
 	}
+}
+
+// halfTotal is the bytes one direction of a splice wrote, kept in its
+// counter too when it has one.
+type halfTotal struct {
+	n       atomic.Int64
+	counter *atomic.Int64
+}
+
+func (t *halfTotal) add(n int) {
+	total := t.n.Add(int64(n))
+	if t.counter != nil {
+		t.counter.Store(total)
+	}
+}
+
+// directSink is a splice's destination as a stream's transport writes to
+// it directly (DirectReader): it counts the bytes and the activity as the
+// copy loop does.
+type directSink struct {
+	w   TryWriter
+	act *activity
+	tot *halfTotal
+}
+
+func (s *directSink) TryWrite(p []byte) (int, error) {
+	n, err := s.w.TryWrite(p)
+	if n > 0 {
+		s.act.touch()
+		s.tot.add(n)
+	}
+	return n, err
 }
 
 // Abort closes s without a clean end: a stream of a Session is reset

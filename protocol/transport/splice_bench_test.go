@@ -188,7 +188,7 @@ func yamuxTopology(b *testing.B) *topology {
 
 // yamuxSessions connects an agent session to a relay session over
 // TLS+yamux on loopback; closeSessions closes both and waits for them.
-func yamuxSessions(b *testing.B) (agent, relay transport.Session, closeSessions func()) {
+func yamuxSessions(b testing.TB) (agent, relay transport.Session, closeSessions func()) {
 	serverTLS, clientTLS := transporttest.TLSConfigs(b)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -60,6 +60,25 @@ type Aborter interface {
 	Abort() error
 }
 
+// TryWriter is a destination that can be written without waiting: a TCP
+// connection with raw-system-call I/O (Direct) on Linux.
+type TryWriter interface {
+	// TryWrite writes what it can of p now; n < len(p) with a nil error
+	// means it could take no more without waiting.
+	TryWrite(p []byte) (n int, err error)
+}
+
+// DirectReader is a stream whose transport can write small messages that
+// arrive on it to their destination itself, from the goroutine that reads
+// the connection, instead of waking the stream's reader for each: a
+// stream of a TCP session (yamux). Splice uses it when the destination is
+// a TryWriter. ReadDirect is Read for a caller that writes what it reads to
+// w and nothing else, before calling it again; bytes written to w meanwhile
+// were written with TryWrite.
+type DirectReader interface {
+	ReadDirect(p []byte, w TryWriter) (int, error)
+}
+
 // ErrClosed is returned (wrapped) by a Session that has been closed.
 var ErrClosed = errors.New("transport: session closed")
 

@@ -2,6 +2,7 @@ package yamux
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand"
@@ -162,5 +163,313 @@ func TestWriteAfterIdleMeetsNoOldDeadline(t *testing.T) {
 		if _, err := client.Ping(); err != nil { // a queued frame (and its answer)
 			t.Fatalf("ping %d: %v", i, err)
 		}
+	}
+}
+
+// Tests of ReadDirect: the receive loop writing small frames to a
+// stream's destination itself.
+
+// chokyWriter is a DirectWriter that takes a random part of each TryWrite
+// (often all, sometimes none), like a socket whose buffer fills now and
+// then, and records everything written to it either way; without rnd it
+// takes everything.
+type chokyWriter struct {
+	grew   chan struct{} // notified at each write, when not nil
+	mu     sync.Mutex
+	rnd    *rand.Rand
+	got    bytes.Buffer
+	tries  int // TryWrite calls
+	direct int // bytes TryWrite took
+	fail   error
+}
+
+func (w *chokyWriter) TryWrite(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.tries++
+	if w.fail != nil {
+		return 0, w.fail
+	}
+	n := len(p)
+	if w.rnd != nil && w.rnd.Intn(4) == 0 {
+		n = w.rnd.Intn(len(p) + 1)
+	}
+	w.got.Write(p[:n])
+	w.direct += n
+	w.notify()
+	return n, nil
+}
+
+func (w *chokyWriter) notify() {
+	if w.grew != nil {
+		select {
+		case w.grew <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// len is how many bytes the destination has.
+func (w *chokyWriter) len() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.got.Len()
+}
+
+// write is the reader's own write of what ReadDirect returned.
+func (w *chokyWriter) write(p []byte) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.got.Write(p)
+	w.notify()
+}
+
+func directPair(t *testing.T) (client, server *Session) {
+	t.Helper()
+	a, b := net.Pipe()
+	conf := testConfNoKeepAlive()
+	client, err := Client(a, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = Server(b, conf.Clone())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		client.Close()
+		server.Close()
+	})
+	return client, server
+}
+
+// TestReadDirectKeepsOrder: messages of every size, written one by one
+// (frames of up to 16 KiB are delivered by the receive loop, longer ones
+// and what the destination did not take are buffered and read), arrive
+// at the destination whole and in order, then the end of the stream; far
+// more than a stream's receive window goes through, so the window
+// updates the reader sends for the delivered bytes work.
+func TestReadDirectKeepsOrder(t *testing.T) {
+	for seed := int64(1); seed <= 8; seed++ {
+		readDirectInOrder(t, seed)
+	}
+}
+
+func readDirectInOrder(t *testing.T, seed int64) {
+	client, server := directPair(t)
+	rnd := rand.New(rand.NewSource(seed))
+	var sent bytes.Buffer
+	var sizes []int
+	for sent.Len() < 4*int(initialStreamWindow) {
+		n := 1 + rnd.Intn(64)
+		switch rnd.Intn(10) {
+		case 0:
+			n = 1 + rnd.Intn(directMax)
+		case 1:
+			n = directMax + 1 + rnd.Intn(2*directMax)
+		}
+		msg := make([]byte, n)
+		rnd.Read(msg)
+		sent.Write(msg)
+		sizes = append(sizes, n)
+	}
+	w := &chokyWriter{rnd: rand.New(rand.NewSource(seed + 100)), grew: make(chan struct{}, 1)}
+	errs := make(chan error, 1)
+	go func() {
+		st, err := client.OpenStream()
+		if err != nil {
+			errs <- err
+			return
+		}
+		defer st.Close()
+		data := sent.Bytes()
+		r := rand.New(rand.NewSource(seed + 200))
+		for _, n := range sizes {
+			if r.Intn(2) == 0 {
+				// Wait until the destination has all written so far, as
+				// a request waits for its answer: the reader is waiting
+				// when the next message arrives.
+				for w.len() < sent.Len()-len(data) {
+					<-w.grew
+				}
+			}
+			if _, err := st.Write(data[:n]); err != nil {
+				errs <- err
+				return
+			}
+			data = data[n:]
+		}
+		errs <- nil
+	}()
+	st, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.SetReadDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, directMax)
+	for {
+		n, err := st.ReadDirect(buf, w)
+		w.write(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("ReadDirect after %d bytes: %v", w.got.Len(), err)
+		}
+	}
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(w.got.Bytes(), sent.Bytes()) {
+		t.Fatalf("seed %d: the destination got %d bytes, not the %d sent in order", seed, w.got.Len(), sent.Len())
+	}
+	if w.direct == 0 {
+		t.Fatal("the receive loop wrote nothing to the destination itself")
+	}
+	t.Logf("seed %d: %d bytes, %d of them written by the receive loop in %d tries", seed, sent.Len(), w.direct, w.tries)
+}
+
+// TestReadDirectWriteError: a write the receive loop made that failed ends
+// ReadDirect with its error; the session goes on.
+func TestReadDirectWriteError(t *testing.T) {
+	client, server := directPair(t)
+	cst, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cst.Close()
+	if _, err := cst.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	st, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	buf := make([]byte, 64)
+	if n, err := st.Read(buf[:5]); err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("Read: %q, %v", buf[:n], err)
+	}
+	broken := errors.New("destination gone")
+	w := &chokyWriter{rnd: rand.New(rand.NewSource(4)), fail: broken}
+	done := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := st.ReadDirect(buf, w); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	// Writes until one reaches the waiting ReadDirect's destination.
+	for {
+		if _, err := cst.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if !errors.Is(err, broken) {
+				t.Fatalf("ReadDirect after the destination failed: %v, want %v", err, broken)
+			}
+			// The session still carries other streams.
+			other, err := client.OpenStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			other.Close()
+			return
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// TestReadDirectDeadline: ReadDirect waiting with nothing to read ends at
+// the read deadline, and nothing is delivered after it returned.
+func TestReadDirectDeadline(t *testing.T) {
+	client, server := directPair(t)
+	cst, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cst.Close()
+	cst.Write([]byte("x"))
+	st, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	w := &chokyWriter{rnd: rand.New(rand.NewSource(5))}
+	buf := make([]byte, 64)
+	if n, err := st.ReadDirect(buf, w); n != 1 || err != nil {
+		t.Fatalf("ReadDirect of the buffered byte: %d, %v", n, err)
+	}
+	st.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if _, err := st.ReadDirect(buf, w); err != ErrTimeout {
+		t.Fatalf("ReadDirect past its deadline: %v, want ErrTimeout", err)
+	}
+	if _, err := cst.Write([]byte("later")); err != nil {
+		t.Fatal(err)
+	}
+	st.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := st.Read(buf)
+	if err != nil || string(buf[:n]) != "later" {
+		t.Fatalf("Read after ReadDirect returned: %q, %v; want the bytes buffered, not delivered", buf[:n], err)
+	}
+	if w.tries != 0 {
+		t.Fatalf("the destination was tried %d times after ReadDirect returned", w.tries)
+	}
+}
+
+// TestReadDirectWindow: a stream whose every message the receive loop
+// delivers (the reader never gets one to read) still moves far more than
+// its receive window: the reader is woken to send the window update.
+func TestReadDirectWindow(t *testing.T) {
+	client, server := directPair(t)
+	w := &chokyWriter{rnd: rand.New(rand.NewSource(6)), grew: make(chan struct{}, 1)}
+	w.rnd = nil // takes everything
+	const msg, total = 1024, 4 * int(initialStreamWindow)
+	errs := make(chan error, 1)
+	go func() {
+		st, err := client.OpenStream()
+		if err != nil {
+			errs <- err
+			return
+		}
+		defer st.Close()
+		p := bytes.Repeat([]byte{'m'}, msg)
+		for sent := 0; sent < total; sent += msg {
+			for w.len() < sent {
+				<-w.grew
+			}
+			if _, err := st.Write(p); err != nil {
+				errs <- err
+				return
+			}
+		}
+		errs <- nil
+	}()
+	st, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.SetReadDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, directMax)
+	for {
+		n, err := st.ReadDirect(buf, w)
+		w.write(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("ReadDirect after %d bytes: %v", w.len(), err)
+		}
+	}
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	if w.len() != total || w.direct < total/2 {
+		t.Fatalf("the destination got %d bytes, %d of them from the receive loop; want %d, most from the receive loop", w.len(), w.direct, total)
 	}
 }

@@ -48,6 +48,13 @@ type Stream struct {
 	recvNotifyCh chan struct{}
 	sendNotifyCh chan struct{}
 
+	// sinkMu guards sink, sinkErr and every write to sink: ReadDirect
+	// holds it to arm and disarm the sink, the receive loop tries it
+	// (never waits for it) to deliver a frame (deliver).
+	sinkMu  sync.Mutex
+	sink    DirectWriter // set while ReadDirect waits with nothing buffered
+	sinkErr error        // the receive loop's failed write to sink
+
 	readDeadline  atomic.Value // time.Time
 	writeDeadline atomic.Value // time.Time
 
@@ -94,6 +101,16 @@ func (s *Stream) StreamID() uint32 {
 // Read is used to read from the stream
 func (s *Stream) Read(b []byte) (n int, err error) {
 	defer asyncNotify(s.recvNotifyCh)
+	return s.read(b, true)
+}
+
+// errWouldBlock is read's answer, when it may not wait, to a stream with
+// no data buffered that is still open.
+var errWouldBlock = errors.New("yamux: no data buffered")
+
+// read is Read; when wait is false, it returns errWouldBlock instead of
+// waiting for data.
+func (s *Stream) read(b []byte, wait bool) (n int, err error) {
 START:
 
 	// If the stream is closed and there's no data buffered, return EOF
@@ -136,6 +153,19 @@ START:
 	return n, err
 
 WAIT:
+	if !wait {
+		return 0, errWouldBlock
+	}
+	if err := s.waitRecv(); err != nil {
+		return 0, err
+	}
+	goto START
+}
+
+// waitRecv waits until the receive loop notifies the stream (data, a
+// change of state), the session shuts down or the read deadline passes
+// (ErrTimeout).
+func (s *Stream) waitRecv() error {
 	var timeout <-chan time.Time
 	var timer *time.Timer
 	readDeadline := s.readDeadline.Load().(time.Time)
@@ -148,14 +178,14 @@ WAIT:
 	case <-s.session.shutdownCh:
 	case <-s.recvNotifyCh:
 	case <-timeout:
-		return 0, ErrTimeout
+		return ErrTimeout
 	}
 	if timer != nil {
 		if !timer.Stop() {
 			<-timeout
 		}
 	}
-	goto START
+	return nil
 }
 
 // Write is used to write to the stream
@@ -486,6 +516,12 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 		return nil
 	}
 
+	if flags&(flagFIN|flagRST) == 0 && length <= directMax && s.sinkMu.TryLock() {
+		if delivered, err := s.deliver(length, conn); delivered || err != nil {
+			return err
+		}
+	}
+
 	// Wrap in a limited reader
 	conn = &io.LimitedReader{R: conn, N: int64(length)}
 
@@ -553,4 +589,122 @@ func (s *Stream) Shrink() {
 		s.recvBuf = nil
 	}
 	s.recvLock.Unlock()
+}
+
+// DirectWriter is where ReadDirect lets the session's receive loop write
+// a stream's data itself.
+type DirectWriter interface {
+	// TryWrite writes what it can of p without waiting (for room in a
+	// socket's buffer, say): n < len(p) with a nil error is not a failure.
+	TryWrite(p []byte) (n int, err error)
+}
+
+// directMax is the longest data frame the receive loop writes to a sink
+// itself; longer ones are bulk, which the reader's own copy moves better.
+const directMax = 16 << 10
+
+// directBufs hold the frames the receive loops deliver.
+var directBufs = sync.Pool{New: func() any { b := make([]byte, directMax); return &b }}
+
+// ReadDirect is Read for a caller that writes what it reads to w and
+// nothing else. While it waits with no data buffered, the session's
+// receive loop writes each data frame of up to 16 KiB that arrives to w
+// itself (TryWrite), rather than buffering it and waking the caller: a
+// stream that forwards small messages costs no goroutine hand-off per
+// message. What w does not take at once is buffered and read as usual,
+// after what went before it, so the bytes reach w in order provided the
+// caller writes what ReadDirect returns before calling it again. A failed
+// write to w ends ReadDirect with its error. Data frames that carry FIN or
+// RST are never delivered this way, so the end of the stream is seen only
+// after its data reached w.
+func (s *Stream) ReadDirect(b []byte, w DirectWriter) (int, error) {
+	for {
+		n, err := s.read(b, false)
+		if err != errWouldBlock {
+			return n, err
+		}
+		s.sinkMu.Lock()
+		if err := s.sinkErr; err != nil {
+			s.sinkMu.Unlock()
+			return 0, err
+		}
+		s.recvLock.Lock()
+		empty := s.recvBuf == nil || s.recvBuf.Len() == 0
+		s.recvLock.Unlock()
+		if !empty {
+			s.sinkMu.Unlock()
+			continue
+		}
+		s.sink = w
+		s.sinkMu.Unlock()
+		werr := s.waitRecv()
+		s.sinkMu.Lock()
+		s.sink = nil
+		err = s.sinkErr
+		s.sinkMu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+		// The receive loop asks for this once its deliveries used half
+		// of the window.
+		if err := s.sendWindowUpdate(); err != nil && err != ErrSessionShutdown {
+			return 0, err
+		}
+		if werr != nil {
+			return 0, werr
+		}
+	}
+}
+
+// deliver writes a data frame of length bytes, its body the next on conn,
+// to the stream's sink, when one is set and nothing is buffered before it;
+// what the sink does not take is buffered. It is called by the receive
+// loop holding sinkMu, and releases it. It reports false, having read
+// nothing, when the frame is to be buffered as usual.
+func (s *Stream) deliver(length uint32, conn io.Reader) (bool, error) {
+	defer s.sinkMu.Unlock()
+	if s.sink == nil || s.sinkErr != nil {
+		return false, nil
+	}
+	s.recvLock.Lock()
+	if length > s.recvWindow || (s.recvBuf != nil && s.recvBuf.Len() > 0) {
+		s.recvLock.Unlock()
+		return false, nil
+	}
+	s.recvWindow -= length
+	s.recvLock.Unlock()
+
+	bp := directBufs.Get().(*[]byte)
+	defer directBufs.Put(bp)
+	buf := (*bp)[:length]
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		s.session.logger.Printf("[ERR] yamux: Failed to read stream data: %v", err)
+		return true, err
+	}
+	n, err := s.sink.TryWrite(buf)
+	notify := false
+	switch {
+	case err != nil:
+		s.sinkErr = err
+		notify = true
+	case n < len(buf):
+		s.recvLock.Lock()
+		if s.recvBuf == nil {
+			s.recvBuf = bytes.NewBuffer(make([]byte, 0, len(buf)-n))
+		}
+		s.recvBuf.Write(buf[n:])
+		s.recvLock.Unlock()
+		notify = true
+	default:
+		// The reader sends window updates; wake it for one when the
+		// deliveries have used half of the window.
+		max := s.session.config.MaxStreamWindowSize
+		s.recvLock.Lock()
+		notify = max-s.recvWindow >= max/2
+		s.recvLock.Unlock()
+	}
+	if notify {
+		asyncNotify(s.recvNotifyCh)
+	}
+	return true, nil
 }

@@ -267,6 +267,16 @@ func (s *Stream) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// ReadDirect is Read that lets the session's receive loop write small
+// messages to w itself meanwhile (transport.DirectReader).
+func (s *Stream) ReadDirect(p []byte, w transport.TryWriter) (int, error) {
+	n, err := s.Stream.ReadDirect(p, w)
+	if err != nil {
+		err = s.streamErr("read", err)
+	}
+	return n, err
+}
+
 // Write writes to the stream.
 func (s *Stream) Write(p []byte) (int, error) {
 	n, err := s.Stream.Write(p)
