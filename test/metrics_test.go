@@ -82,10 +82,23 @@ func TestMetricsAndHealth(t *testing.T) {
 	if _, err := io.ReadFull(long, make([]byte, chunk)); err != nil {
 		t.Fatal(err)
 	}
-	m := scrape(t, ops)
-	for _, dir := range []string{"to_service", "from_service"} {
-		if got := m[`tether_stream_bytes_total{direction="`+dir+`",tenant="acme"}`]; got < chunk {
-			t.Errorf("while the stream is open: tether_stream_bytes_total %s = %v, want at least %d", dir, got, chunk)
+	// A copy loop counts its bytes just after its write returns, which may
+	// be a moment after the backend has read them: scrape until the counts
+	// are there, for a few seconds at most.
+	var m map[string]float64
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		m = scrape(t, ops)
+		short := ""
+		for _, dir := range []string{"to_service", "from_service"} {
+			if got := m[`tether_stream_bytes_total{direction="`+dir+`",tenant="acme"}`]; got < chunk {
+				short = fmt.Sprintf("tether_stream_bytes_total %s = %v, want at least %d", dir, got, chunk)
+			}
+		}
+		if short == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("while the stream is open: %s", short)
 		}
 	}
 	for _, name := range []string{`tether_streams_active`, `tether_tenant_streams_active{tenant="acme"}`} {

@@ -76,9 +76,8 @@ const (
 	// fail underneath it (a relay restart, a dying agent).
 	maxAttempts = 3
 	// moveWait is how long a dial waits for a tenant's agent that is
-	// between connections: its connections here drain or failed under the
-	// dial, or another relay holding it answered that it had none able to
-	// take the stream. An agent asked to leave a relay connects to another
+	// between connections: its connections here drain, or another relay
+	// said to hold it could not take the stream. An agent asked to leave a relay connects to another
 	// within a second (a jitter of up to 0.5 s, a handshake), and other
 	// relays learn where it is when that relay writes its presence (within
 	// presenceDelay and a write).
@@ -169,8 +168,8 @@ func (r *Router) awaitCarrier(ctx context.Context, tenant string, exclude map[Ca
 // relay that the cluster says now holds the tenant's agents (asked every
 // moveRecheck). It returns nil when ctx or the wait ends first.
 func (r *Router) awaitMoved(ctx context.Context, tenant string, exclude map[Carrier]bool, away *awayCarriers) Carrier {
-	ctx, cancel := context.WithTimeout(ctx, moveWait)
-	defer cancel()
+	waited := time.NewTimer(moveWait)
+	defer waited.Stop()
 	tick := time.NewTicker(moveRecheck)
 	defer tick.Stop()
 	for {
@@ -185,6 +184,8 @@ func (r *Router) awaitMoved(ctx context.Context, tenant string, exclude map[Carr
 			if c := away.next(ctx, exclude, r.cfg.Logger); c != nil {
 				return c
 			}
+		case <-waited.C:
+			return nil
 		case <-ctx.Done():
 			return nil
 		}
@@ -264,11 +265,13 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 			// Just restarted: the tenant's agent may be on its way back.
 			c = r.awaitCarrier(ctx, tenant, tried)
 		}
-		if c == nil && wait && (local+remote > 0 || r.cfg.Table.Connected(tenant) > 0) {
-			// The tenant has agents, but none could take the stream:
-			// draining ones here, or connections that failed under this
-			// dial (their relay is leaving, their agent moving). The agent
-			// is on its way to another connection: wait for it, once.
+		if c == nil && wait && (remote > 0 || r.cfg.Table.Draining(tenant)) {
+			// The tenant has agents, but none could take the stream: its
+			// connections here drain, or a relay said to hold its agents
+			// could not take it (that relay is leaving, its agents
+			// moving). The agent is on its way to another connection:
+			// wait for it, once. An agent here that stopped answering is
+			// not waited for: the client is told at once.
 			wait = false
 			c = r.awaitMoved(ctx, tenant, tried, &away)
 		}

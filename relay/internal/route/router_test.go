@@ -206,7 +206,7 @@ func TestDialWaitsForMovingAgent(t *testing.T) {
 	// An agent whose connection here drains: the dial takes the agent's
 	// next connection here (it arrives while the dial looks elsewhere).
 	tab := route.NewTable()
-	draining := &unusableCarrier{&fakeCarrier{name: "draining"}}
+	draining := &unusableCarrier{fakeCarrier: &fakeCarrier{name: "draining"}}
 	tab.Add(draining)
 	next := &fakeCarrier{name: "next"}
 	cl = &shiftingCluster{onRead: func(n int) {
@@ -239,18 +239,38 @@ func TestDialWaitsForMovingAgent(t *testing.T) {
 		t.Errorf("a dial to a tenant without agents asked the cluster %d times, want 2 (no waiting)", n)
 	}
 
+	// An agent here that stopped answering is not waited for: the client
+	// is told at once (the cluster is asked twice, as for no agent).
+	tab = route.NewTable()
+	tab.Add(&unusableCarrier{fakeCarrier: &fakeCarrier{name: "stalled"}, stalled: true})
+	cl = &shiftingCluster{}
+	r = newClusterRouter(t, tab, cl)
+	_, err = r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r3"}, fixedEarly(nil))
+	if protocol.CodeOf(err) != protocol.CodeNoAgent || !strings.Contains(err.Error(), "none is healthy") {
+		t.Fatalf("Dial with the only agent stalled: %v, want no_agent saying none is healthy", err)
+	}
+	if n := cl.read(); n != 2 {
+		t.Errorf("a dial to a stalled agent asked the cluster %d times, want 2 (no waiting)", n)
+	}
+
 	// DialLocal (a stream another relay forwarded) does not wait: the relay
 	// that forwarded it does.
 	tab = route.NewTable()
-	tab.Add(&unusableCarrier{&fakeCarrier{name: "draining"}})
+	tab.Add(&unusableCarrier{fakeCarrier: &fakeCarrier{name: "draining"}})
 	r = newClusterRouter(t, tab, nil)
-	_, err = r.DialLocal(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r3"})
+	_, err = r.DialLocal(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r4"})
 	if protocol.CodeOf(err) != protocol.CodeNoAgent || !strings.Contains(err.Error(), "none is healthy") {
 		t.Fatalf("DialLocal with the only agent draining: %v, want no_agent saying none is healthy", err)
 	}
 }
 
-// unusableCarrier is a connection that takes no new streams (draining).
-type unusableCarrier struct{ *fakeCarrier }
+// unusableCarrier is a connection that takes no new streams: draining,
+// or (stalled) one whose agent stopped answering.
+type unusableCarrier struct {
+	*fakeCarrier
+	stalled bool
+}
 
 func (unusableCarrier) Usable(time.Time) bool { return false }
+func (c unusableCarrier) Draining() bool      { return !c.stalled }
+func (c unusableCarrier) Stalled() bool       { return c.stalled }

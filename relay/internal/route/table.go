@@ -138,6 +138,20 @@ func (t *Table) Connected(tenant string) int {
 	return len(t.byTenant[tenant])
 }
 
+// Draining reports whether a carrier of tenant drains (its agent or relay
+// said GoAway: the agent is moving to another connection) and has not
+// stopped answering.
+func (t *Table) Draining(tenant string) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for _, c := range t.byTenant[tenant] {
+		if d, ok := c.(interface{ Draining() bool }); ok && d.Draining() && !c.Stalled() {
+			return true
+		}
+	}
+	return false
+}
+
 // Pick returns the usable carrier of tenant with the fewest open streams,
 // skipping those in exclude; ties are broken at random so load spreads.
 func (t *Table) Pick(tenant string, exclude map[Carrier]bool) Carrier {
