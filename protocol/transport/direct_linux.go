@@ -95,42 +95,16 @@ func (c *directConn) Read(p []byte) (int, error) {
 // Write writes all of p. It sends with MSG_NOSIGNAL: a write to a peer
 // that has gone away returns EPIPE, as with net.TCPConn, and the kernel
 // does not raise a SIGPIPE for the runtime to ignore.
-func (c *directConn) Write(p []byte) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			chunk := p[n:]
-			if len(chunk) > maxRW {
-				chunk = chunk[:maxRW]
-			}
-			r, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(unsafe.SliceData(chunk))), uintptr(len(chunk)), syscall.MSG_NOSIGNAL, 0, 0)
-			switch e {
-			case 0:
-				n += int(r)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false // the poller waits for room
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
-	})
-	switch {
-	case err != nil:
-		return n, c.opError("write", err)
-	case errno != 0:
-		return n, c.opError("write", os.NewSyscallError("write", errno))
-	}
-	return n, nil
-}
+func (c *directConn) Write(p []byte) (int, error) { return c.send(p, true) }
 
 // TryWrite writes what the socket's send buffer takes of p now, without
 // waiting for room (TryWriter): n < len(p) with a nil error means the
 // buffer is full.
-func (c *directConn) TryWrite(p []byte) (int, error) {
+func (c *directConn) TryWrite(p []byte) (int, error) { return c.send(p, false) }
+
+// send writes p; when the socket's buffer is full, it waits for room if
+// wait is set, else returns what it wrote.
+func (c *directConn) send(p []byte, wait bool) (int, error) {
 	var n int
 	var errno syscall.Errno
 	err := c.rc.Write(func(fd uintptr) bool {
@@ -145,7 +119,7 @@ func (c *directConn) TryWrite(p []byte) (int, error) {
 				n += int(r)
 			case syscall.EINTR:
 			case syscall.EAGAIN:
-				return true // no waiting: the caller keeps the rest
+				return !wait // false: the poller waits for room
 			default:
 				errno = e
 				return true

@@ -148,19 +148,7 @@ func (r *Router) awaitCarrier(ctx context.Context, tenant string, exclude map[Ca
 	if !r.expected[tenant] || !r.inGrace() {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.ReconnectGrace-time.Since(r.started))
-	defer cancel()
-	for {
-		changed := r.cfg.Table.Changes()
-		if c := r.cfg.Table.Pick(tenant, exclude); c != nil {
-			return c
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return nil
-		}
-	}
+	return r.await(ctx, tenant, exclude, r.cfg.ReconnectGrace-time.Since(r.started), nil)
 }
 
 // awaitMoved waits, up to moveWait, for a carrier of tenant not in
@@ -168,10 +156,24 @@ func (r *Router) awaitCarrier(ctx context.Context, tenant string, exclude map[Ca
 // relay that the cluster says now holds the tenant's agents (asked every
 // moveRecheck). It returns nil when ctx or the wait ends first.
 func (r *Router) awaitMoved(ctx context.Context, tenant string, exclude map[Carrier]bool, away *awayCarriers) Carrier {
-	waited := time.NewTimer(moveWait)
+	return r.await(ctx, tenant, exclude, moveWait, func() Carrier {
+		away.again()
+		return away.next(ctx, exclude, r.cfg.Logger)
+	})
+}
+
+// await waits up to wait for a usable carrier of this relay's for tenant,
+// not in exclude, and every moveRecheck asks elsewhere (when not nil) for
+// one. It returns nil when ctx or the wait ends first.
+func (r *Router) await(ctx context.Context, tenant string, exclude map[Carrier]bool, wait time.Duration, elsewhere func() Carrier) Carrier {
+	waited := time.NewTimer(wait)
 	defer waited.Stop()
-	tick := time.NewTicker(moveRecheck)
-	defer tick.Stop()
+	var recheck <-chan time.Time
+	if elsewhere != nil {
+		tick := time.NewTicker(moveRecheck)
+		defer tick.Stop()
+		recheck = tick.C
+	}
 	for {
 		changed := r.cfg.Table.Changes()
 		if c := r.cfg.Table.Pick(tenant, exclude); c != nil {
@@ -179,9 +181,8 @@ func (r *Router) awaitMoved(ctx context.Context, tenant string, exclude map[Carr
 		}
 		select {
 		case <-changed:
-		case <-tick.C:
-			away.again()
-			if c := away.next(ctx, exclude, r.cfg.Logger); c != nil {
+		case <-recheck:
+			if c := elsewhere(); c != nil {
 				return c
 			}
 		case <-waited.C:

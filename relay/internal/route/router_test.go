@@ -227,30 +227,27 @@ func TestDialWaitsForMovingAgent(t *testing.T) {
 		t.Errorf("the draining connection was sent %d opens, want none", n)
 	}
 
-	// A tenant with no agent anywhere fails at once: the cluster is asked
-	// twice (remembered, fresh) and no more.
-	cl = &shiftingCluster{}
-	r = newClusterRouter(t, route.NewTable(), cl)
-	_, err = r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r2"}, fixedEarly(nil))
-	if protocol.CodeOf(err) != protocol.CodeNoAgent || !strings.Contains(err.Error(), "has no agent connected") {
-		t.Fatalf("Dial to a tenant without agents: %v, want no_agent", err)
-	}
-	if n := cl.read(); n != 2 {
-		t.Errorf("a dial to a tenant without agents asked the cluster %d times, want 2 (no waiting)", n)
-	}
-
-	// An agent here that stopped answering is not waited for: the client
-	// is told at once (the cluster is asked twice, as for no agent).
-	tab = route.NewTable()
-	tab.Add(&unusableCarrier{fakeCarrier: &fakeCarrier{name: "stalled"}, stalled: true})
-	cl = &shiftingCluster{}
-	r = newClusterRouter(t, tab, cl)
-	_, err = r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r3"}, fixedEarly(nil))
-	if protocol.CodeOf(err) != protocol.CodeNoAgent || !strings.Contains(err.Error(), "none is healthy") {
-		t.Fatalf("Dial with the only agent stalled: %v, want no_agent saying none is healthy", err)
-	}
-	if n := cl.read(); n != 2 {
-		t.Errorf("a dial to a stalled agent asked the cluster %d times, want 2 (no waiting)", n)
+	// A tenant with no agent anywhere, and one whose only agent here
+	// stopped answering, fail at once: the cluster is asked twice
+	// (remembered, fresh) and no more.
+	stalled := route.NewTable()
+	stalled.Add(&unusableCarrier{fakeCarrier: &fakeCarrier{name: "stalled"}, stalled: true})
+	for _, c := range []struct {
+		name, want string
+		tab        *route.Table
+	}{
+		{"a tenant without agents", "has no agent connected", route.NewTable()},
+		{"the only agent stalled", "none is healthy", stalled},
+	} {
+		cl = &shiftingCluster{}
+		r = newClusterRouter(t, c.tab, cl)
+		_, err = r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r2"}, fixedEarly(nil))
+		if protocol.CodeOf(err) != protocol.CodeNoAgent || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("Dial with %s: %v, want no_agent saying %q", c.name, err, c.want)
+		}
+		if n := cl.read(); n != 2 {
+			t.Errorf("a dial with %s asked the cluster %d times, want 2 (no waiting)", c.name, n)
+		}
 	}
 
 	// DialLocal (a stream another relay forwarded) does not wait: the relay
@@ -258,7 +255,7 @@ func TestDialWaitsForMovingAgent(t *testing.T) {
 	tab = route.NewTable()
 	tab.Add(&unusableCarrier{fakeCarrier: &fakeCarrier{name: "draining"}})
 	r = newClusterRouter(t, tab, nil)
-	_, err = r.DialLocal(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r4"})
+	_, err = r.DialLocal(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r3"})
 	if protocol.CodeOf(err) != protocol.CodeNoAgent || !strings.Contains(err.Error(), "none is healthy") {
 		t.Fatalf("DialLocal with the only agent draining: %v, want no_agent saying none is healthy", err)
 	}
