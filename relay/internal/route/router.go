@@ -77,10 +77,10 @@ const (
 	maxAttempts = 3
 	// moveWait is how long a dial waits for a tenant's agent that is
 	// between connections: its connections here drain, or another relay
-	// said to hold it could not take the stream. An agent asked to leave a relay connects to another
-	// within a second (a jitter of up to 0.5 s, a handshake), and other
-	// relays learn where it is when that relay writes its presence (within
-	// presenceDelay and a write).
+	// said to hold it could not take the stream. An agent asked to leave
+	// a relay connects to another within a second (a jitter of up to
+	// 0.5 s, a handshake), and other relays learn where it is when that
+	// relay writes its presence (within presenceDelay and a write).
 	moveWait = 2 * time.Second
 	// moveRecheck is how often, while it waits, the dial asks the cluster
 	// again where the tenant's agents are.
