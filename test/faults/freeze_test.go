@@ -25,10 +25,12 @@ func TestFrozenAgent(t *testing.T) {
 	e.waitServedBy(t, "A", 20)
 	e.waitServedBy(t, "B", 20)
 
-	start := time.Now()
-	if err := frozen.Signal(syscall.SIGSTOP); err != nil {
+	// Once every thread of A is stopped: a request sent while the signal
+	// is still on its way could be answered by A and then hang.
+	if err := frozen.Freeze(); err != nil {
 		t.Fatal(err)
 	}
+	start := time.Now()
 	var results []dialResult
 	for time.Since(start) < freezeFor {
 		results = append(results, e.timedGet(start, 20*time.Second, "web", "acme"))
@@ -65,7 +67,7 @@ func TestFrozenRelay(t *testing.T) {
 	a := e.startAgent(t, "acme", e2e.AgentOptions{Services: map[string]string{"web": e.httpService(t, hello("A"))}})
 	e.waitServedBy(t, "A", 1)
 
-	if err := e.relay.Signal(syscall.SIGSTOP); err != nil {
+	if err := e.relay.Freeze(); err != nil {
 		t.Fatal(err)
 	}
 	// Nothing to wait for: the relay is frozen, and a stream through it
