@@ -184,9 +184,12 @@ func testFirstBytesNeverTwice(t *testing.T, transport string) {
 	}
 	echoAddr := tcpService(t, echo)
 	who := func(name string) string { return tcpService(t, func(c net.Conn) { io.WriteString(c, name+"\n") }) }
-	startAgent(t, r, "acme", agentOpts{transport: transport, services: map[string]string{"web": service(1, "B"), "echo": echoAddr, "who": who("B")}})
+	// B on one connection: with two, both held streams could sit on one
+	// of them and the other, as idle as A's, could be picked.
+	startAgent(t, r, "acme", agentOpts{transport: transport, services: map[string]string{"web": service(1, "B"), "echo": echoAddr, "who": who("B")},
+		extra: "connections: 1\n"})
 	// Two streams held open through B, the only agent yet: the relay
-	// picks the agent with fewer streams, A once it is there.
+	// picks the connection with fewest streams, one of A's once it is there.
 	for range 2 {
 		hold := waitDial(t, d, "echo.acme.tether:7", 20*time.Second)
 		defer hold.Close()
