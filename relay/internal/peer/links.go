@@ -194,7 +194,8 @@ var _ route.RelayCarrier = (*Carrier)(nil)
 // service, and returns once it answered. A refusal the peer's agent
 // answered (an unknown service, an unreachable target) is a
 // *protocol.Error; that the peer had no agent to take it, or failed, is
-// a plain error, so that the router tries another carrier.
+// a plain error, so that the router tries another carrier (marked
+// route.ErrStalled when the peer's agents stopped answering).
 func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, early route.Early, _ func() bool) (transport.Stream, error) {
 	sess, err := c.links.session(ctx, c.link)
 	if err != nil {
@@ -218,7 +219,12 @@ func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, ear
 		var pe *protocol.Error
 		if errors.As(err, &pe) {
 			switch pe.Code {
-			case protocol.CodeNoAgent, protocol.CodeUnavailable, protocol.CodeInternal, protocol.CodeTimeout, protocol.CodeBadRequest:
+			case protocol.CodeTimeout:
+				// The peer's agents of the tenant stopped answering:
+				// another relay may take it, but the dial need not wait
+				// for them to move.
+				return nil, stalledError(fmt.Sprintf("relay %s: %s: %s", c.link.id, pe.Code, pe.Message))
+			case protocol.CodeNoAgent, protocol.CodeUnavailable, protocol.CodeInternal, protocol.CodeBadRequest:
 				// The peer could not take it: another relay may.
 				return nil, fmt.Errorf("relay %s: %s: %s", c.link.id, pe.Code, pe.Message)
 			}
@@ -230,6 +236,13 @@ func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, ear
 	c.open.Add(1)
 	return &stream{Stream: st, agent: agent}, nil
 }
+
+// stalledError is a peer's refusal because its agents of the tenant
+// stopped answering (route.ErrStalled).
+type stalledError string
+
+func (e stalledError) Error() string        { return string(e) }
+func (e stalledError) Is(target error) bool { return target == route.ErrStalled }
 
 func (c *Carrier) ask(st transport.Stream, hdr protocol.StreamHeader, early route.Early) (protocol.Reply, string, error) {
 	if err := writeRequest(st, request{Tenant: c.tenant, Header: hdr}, early); err != nil {

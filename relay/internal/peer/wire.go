@@ -28,7 +28,10 @@ import (
 //
 // then bytes flow both ways as on any tunnel stream. The holding relay
 // opens the stream only on agents connected to it: a forwarded stream is
-// never forwarded again.
+// never forwarded again. Its refusal is timeout when the tenant's agents
+// connected to it stopped answering, so that the entry relay does not
+// wait for them to move (a relay of an earlier version answers no_agent,
+// and the entry relay then waits as for a leaving relay's agents).
 
 const requestVersion = 1
 

@@ -214,6 +214,12 @@ func (t *Tunnel) Abandon() {
 	t.End()
 }
 
+// ErrStalled marks a carrier's failure to open a stream because the
+// agents behind it stopped answering: a peer relay whose connections of
+// the tenant no longer answer heartbeats. A dial does not wait for such
+// an agent to move (awaitMoved), as it does not for one here.
+var ErrStalled = errors.New("agents stopped answering")
+
 // RelayCarrier is a carrier to another relay.
 type RelayCarrier interface {
 	Carrier
@@ -237,25 +243,32 @@ func (r *Router) Dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 			return nil, err
 		}
 	}
-	return r.dial(ctx, tenant, hdr, early, r.cfg.Elsewhere, true)
+	return r.dial(ctx, tenant, hdr, early, r.cfg.Elsewhere, true, false)
 }
 
 // DialLocal is Dial on this relay's own carriers only, and without
 // waiting for an agent that is between connections (the relay that
 // forwarded the stream waits, and may find the agent elsewhere): for a
 // stream another relay forwarded, which is never forwarded again.
+//
+// Its refusal when every connection of the tenant here stopped answering
+// heartbeats is a timeout, not no_agent, so that the relay that forwarded
+// the stream tells its client at once rather than waiting for the agent
+// to move.
 func (r *Router) DialLocal(ctx context.Context, tenant string, hdr protocol.StreamHeader) (*Tunnel, error) {
-	return r.dial(ctx, tenant, hdr, nil, nil, false)
+	return r.dial(ctx, tenant, hdr, nil, nil, false, true)
 }
 
 // dial is Dial; when wait is set, a dial that finds the tenant's agents
-// only between connections waits for them (awaitMoved).
-func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHeader, early Early, elsewhere Elsewhere, wait bool) (*Tunnel, error) {
+// only between connections waits for them (awaitMoved). forwarded marks
+// DialLocal's.
+func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHeader, early Early, elsewhere Elsewhere, wait, forwarded bool) (*Tunnel, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.StreamOpenTimeout)
 	defer cancel()
 	tried := map[Carrier]bool{}
 	var lastErr error
 	lastStalled := false // lastErr came from a carrier that stopped answering
+	moving := false      // a relay said to hold the agents could not take the stream, and not because they stalled
 	away := awayCarriers{tenant: tenant, from: elsewhere}
 	for local, remote := 0, 0; local < maxAttempts && remote < maxAttempts; {
 		c := r.cfg.Table.Pick(tenant, tried)
@@ -266,13 +279,14 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 			// Just restarted: the tenant's agent may be on its way back.
 			c = r.awaitCarrier(ctx, tenant, tried)
 		}
-		if c == nil && wait && (remote > 0 || r.cfg.Table.Draining(tenant)) {
+		if c == nil && wait && (moving || r.cfg.Table.Draining(tenant)) {
 			// The tenant has agents, but none could take the stream: its
 			// connections here drain, or a relay said to hold its agents
 			// could not take it (that relay is leaving, its agents
 			// moving). The agent is on its way to another connection:
-			// wait for it, once. An agent here that stopped answering is
-			// not waited for: the client is told at once.
+			// wait for it, once. An agent that stopped answering, here or
+			// at another relay, is not waited for: the client is told at
+			// once.
 			wait = false
 			c = r.awaitMoved(ctx, tenant, tried, &away)
 		}
@@ -307,6 +321,9 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 			where = "relay " + relay
 		}
 		lastErr, lastStalled = err, c.Stalled()
+		if relay != "" && !errors.Is(err, ErrStalled) {
+			moving = true
+		}
 		if early != nil && early.Sent() {
 			// The agent may have passed the client's first bytes to the
 			// service before the failure: another attempt could run a
@@ -333,6 +350,12 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 		return nil, protocol.Errorf(protocol.CodeUnavailable, "tenant %q has no agent connected to this relay, and the cluster's other relays could not be looked up: %v", tenant, away.err)
 	}
 	if r.cfg.Table.Connected(tenant) > 0 {
+		if forwarded && r.cfg.Table.Stalled(tenant) {
+			// DialLocal (a forwarded stream): every connection here
+			// stopped answering. Told so, the relay that forwarded it
+			// does not wait for the agent to move.
+			return nil, protocol.Errorf(protocol.CodeTimeout, "tenant %q's agents connected to this relay stopped answering heartbeats", tenant)
+		}
 		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agents are connected but none is healthy (draining, or not answering heartbeats)", tenant)
 	}
 	return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q has no agent connected", tenant)

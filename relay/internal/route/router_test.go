@@ -227,19 +227,23 @@ func TestDialWaitsForMovingAgent(t *testing.T) {
 		t.Errorf("the draining connection was sent %d opens, want none", n)
 	}
 
-	// A tenant with no agent anywhere, and one whose only agent here
-	// stopped answering, fail at once: the cluster is asked twice
+	// A tenant with no agent anywhere, one whose only agent here stopped
+	// answering, and one whose only agent, at another relay, stopped
+	// answering there, fail at once: the cluster is asked twice
 	// (remembered, fresh) and no more.
 	stalled := route.NewTable()
 	stalled.Add(&unusableCarrier{fakeCarrier: &fakeCarrier{name: "stalled"}, stalled: true})
+	stalledThere := relayCarrier{&fakeCarrier{name: "relay-2", err: stalledPeerError{}}}
 	for _, c := range []struct {
 		name, want string
 		tab        *route.Table
+		there      []route.Carrier
 	}{
-		{"a tenant without agents", "has no agent connected", route.NewTable()},
-		{"the only agent stalled", "none is healthy", stalled},
+		{"a tenant without agents", "has no agent connected", route.NewTable(), nil},
+		{"the only agent stalled", "none is healthy", stalled, nil},
+		{"the only agent stalled at another relay", "relay-2: timeout", route.NewTable(), []route.Carrier{stalledThere}},
 	} {
-		cl = &shiftingCluster{}
+		cl = &shiftingCluster{before: c.there, after: c.there}
 		r = newClusterRouter(t, c.tab, cl)
 		_, err = r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r2"}, fixedEarly(nil))
 		if protocol.CodeOf(err) != protocol.CodeNoAgent || !strings.Contains(err.Error(), c.want) {
@@ -259,7 +263,29 @@ func TestDialWaitsForMovingAgent(t *testing.T) {
 	if protocol.CodeOf(err) != protocol.CodeNoAgent || !strings.Contains(err.Error(), "none is healthy") {
 		t.Fatalf("DialLocal with the only agent draining: %v, want no_agent saying none is healthy", err)
 	}
+	// DialLocal's refusal when the only agent here stopped answering is a
+	// timeout, which tells the relay that forwarded the stream not to wait
+	// for the agent to move (that relay's carrier marks it ErrStalled).
+	r = newClusterRouter(t, stalled, nil)
+	_, err = r.DialLocal(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r4"})
+	if protocol.CodeOf(err) != protocol.CodeTimeout || !strings.Contains(err.Error(), "stopped answering") {
+		t.Fatalf("DialLocal with the only agent stalled: %v, want a timeout saying the agents stopped answering", err)
+	}
+	// Dial on the same relay keeps no_agent for it.
+	_, err = r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r5"}, nil)
+	if protocol.CodeOf(err) != protocol.CodeNoAgent {
+		t.Fatalf("Dial with the only agent stalled: %v, want no_agent", err)
+	}
 }
+
+// stalledPeerError is a peer relay's refusal because its agents of the
+// tenant stopped answering, as the peer carrier reports it.
+type stalledPeerError struct{}
+
+func (stalledPeerError) Error() string {
+	return "relay relay-2: timeout: tenant \"acme\"'s agents stopped answering"
+}
+func (stalledPeerError) Is(target error) bool { return target == route.ErrStalled }
 
 // unusableCarrier is a connection that takes no new streams: draining,
 // or (stalled) one whose agent stopped answering.

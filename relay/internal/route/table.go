@@ -152,6 +152,20 @@ func (t *Table) Draining(tenant string) bool {
 	return false
 }
 
+// Stalled reports whether tenant has carriers and every one of them
+// stopped answering.
+func (t *Table) Stalled(tenant string) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	list := t.byTenant[tenant]
+	for _, c := range list {
+		if !c.Stalled() {
+			return false
+		}
+	}
+	return len(list) > 0
+}
+
 // Pick returns the usable carrier of tenant with the fewest open streams,
 // skipping those in exclude; ties are broken at random so load spreads.
 func (t *Table) Pick(tenant string, exclude map[Carrier]bool) Carrier {
