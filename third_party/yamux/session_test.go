@@ -965,13 +965,20 @@ func TestHalfCloseSessionShutdown(t *testing.T) {
 		t.Fatalf("err: %v", err)
 	}
 
+	// All of it, then EOF. (One Read returns what has arrived: over TCP the
+	// last frames may still be on their way, so read until all is there.)
 	buf := make([]byte, dataSize)
-	n, err := stream2.Read(buf)
+	n, err := io.ReadFull(stream2, buf)
 	if err != nil {
-		t.Fatalf("err: %v", err)
+		t.Fatalf("err: %v after %d bytes", err, n)
 	}
 	if int64(n) != dataSize {
 		t.Fatalf("bad: %v", n)
+	}
+	for idx := range buf {
+		if buf[idx] != byte(idx%256) {
+			t.Fatalf("byte %d: %d, want %d", idx, buf[idx], byte(idx%256))
+		}
 	}
 
 	// EOF after close
