@@ -154,9 +154,13 @@ func TestStreamsNeverBridgedAreAudited(t *testing.T) {
 // it when it answers no ping, and since the client's bytes went with that
 // attempt it does not send them through B (A might have passed them on:
 // a request would run twice) — the client's connection is closed without
-// an answer — and it resets the attempt, so that A, resumed, never acts on
-// it. Neither service ever sees the request; the client's next connection
-// is served once.
+// an answer — and it resets the attempt. A, resumed, finds the opening and
+// the reset both waiting: it almost always sees the reset first and drops
+// the stream, but it may read the opening before its transport has
+// processed the reset (a full run on two loaded cores did, once, over
+// QUIC) and pass the request on once, as when an answer is lost after the
+// service acted. So B's service never sees the request, A's at most once;
+// the client's next connection is served once.
 func TestFirstBytesNeverTwice(t *testing.T) {
 	for _, transport := range []string{"tcp", "quic"} {
 		t.Run(transport, func(t *testing.T) { testFirstBytesNeverTwice(t, transport) })
@@ -225,15 +229,23 @@ func testFirstBytesNeverTwice(t *testing.T, transport string) {
 		t.Errorf("through a stopped agent the client was answered %q (%v); want its connection closed unanswered", answer, err)
 	}
 	thaw()
-	waitLine(t, a.proc, func(l string) bool { return strings.Contains(l, "stream ended before its header was read") }, 20*time.Second,
-		"agent A, resumed, dropping the stream the relay reset")
-	if na, nb := served[0].Load(), served[1].Load(); na != 0 || nb != 0 {
-		t.Fatalf("the request reached service A %d and service B %d times; want neither", na, nb)
+	// A's handling of the attempt ends in one of its log lines: dropped
+	// before the header (the reset came first), or, once it read the
+	// header, a line naming the service (the reset cut it later).
+	waitLine(t, a.proc, func(l string) bool {
+		return strings.Contains(l, "stream ended before its header was read") || strings.Contains(l, `"service":"web"`)
+	}, 20*time.Second, "agent A, resumed, ending the stream the relay reset")
+	na, nb := served[0].Load(), served[1].Load()
+	if nb != 0 || na > 1 {
+		t.Fatalf("the request reached service A %d and service B %d times; want B never and A at most once", na, nb)
+	}
+	if na == 1 {
+		t.Logf("agent A read the opening before the reset and passed the request on once")
 	}
 	if answer, err := ask(); err != nil || (answer != "A\n" && answer != "B\n") {
 		t.Fatalf("the next connection: %q, %v; want an answer", answer, err)
 	}
-	if n := served[0].Load() + served[1].Load(); n != 1 {
+	if n := served[0].Load() + served[1].Load() - na; n != 1 {
 		t.Fatalf("the next request was served %d times, want once", n)
 	}
 }
