@@ -321,8 +321,11 @@ func procStatus(pid int, field string) float64 {
 	return 0
 }
 
-// withCPU runs fn and reports relay and agent CPU seconds per GB moved.
-func withCPU(b *testing.B, e *benchEnv, path string, fn func()) {
+// withCPU runs fn and reports the CPU that the relay and the agent (on
+// "fwd", the chain's two forwarders, which sit where they do) spent on it,
+// per unit of the work fn did: per(seconds) turns CPU seconds into the
+// figure reported as "relay-"+unit and "agent-"+unit. Nothing on "direct".
+func withCPU(b *testing.B, e *benchEnv, path, unit string, per func(seconds float64) float64, fn func()) {
 	var rp, ap int
 	switch path {
 	case "direct":
@@ -335,9 +338,18 @@ func withCPU(b *testing.B, e *benchEnv, path string, fn func()) {
 	}
 	r0, a0 := cpuSeconds(rp), cpuSeconds(ap)
 	fn()
-	gb := float64(b.N) * chunk / 1e9
-	b.ReportMetric((cpuSeconds(rp)-r0)/gb, "relay-cpu-s/GB")
-	b.ReportMetric((cpuSeconds(ap)-a0)/gb, "agent-cpu-s/GB")
+	b.ReportMetric(per(cpuSeconds(rp)-r0), "relay-"+unit)
+	b.ReportMetric(per(cpuSeconds(ap)-a0), "agent-"+unit)
+}
+
+// perGB reports CPU seconds per GB moved by b.N chunks.
+func perGB(b *testing.B) func(float64) float64 {
+	return func(s float64) float64 { return s / (float64(b.N) * chunk / 1e9) }
+}
+
+// perConn reports CPU microseconds per each of b.N connections.
+func perConn(b *testing.B) func(float64) float64 {
+	return func(s float64) float64 { return s * 1e6 / float64(b.N) }
 }
 
 func BenchmarkTunnel(b *testing.B) {
@@ -348,12 +360,12 @@ func BenchmarkTunnel(b *testing.B) {
 		idle[path] = rssBytes(e.agents[path].Pid())
 	}
 	for _, path := range benchPaths {
-		b.Run("upload-1/"+path, func(b *testing.B) { withCPU(b, e, path, func() { upload(b, e, path, 1) }) })
-		b.Run("download-1/"+path, func(b *testing.B) { withCPU(b, e, path, func() { download(b, e, path, 1) }) })
+		b.Run("upload-1/"+path, func(b *testing.B) { withCPU(b, e, path, "cpu-s/GB", perGB(b), func() { upload(b, e, path, 1) }) })
+		b.Run("download-1/"+path, func(b *testing.B) { withCPU(b, e, path, "cpu-s/GB", perGB(b), func() { download(b, e, path, 1) }) })
 		b.Run("upload-8/"+path, func(b *testing.B) { upload(b, e, path, 8) })
 		b.Run("download-8/"+path, func(b *testing.B) { download(b, e, path, 8) })
 		b.Run("pingpong-64B/"+path, func(b *testing.B) { pingPong(b, e, path) })
-		b.Run("first-byte/"+path, func(b *testing.B) { firstByte(b, e, path) })
+		b.Run("first-byte/"+path, func(b *testing.B) { withCPU(b, e, path, "cpu-µs/conn", perConn(b), func() { firstByte(b, e, path) }) })
 		b.Run("opens/"+path, func(b *testing.B) { opens(b, e, path) })
 	}
 	// Resident memory of the agents: idle before the run, and the peak

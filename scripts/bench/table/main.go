@@ -354,6 +354,9 @@ func render(w io.Writer, u, p, f, g results) {
 			t.single(u, side+" CPU, "+dir, "BenchmarkTunnel/"+dir+"-1/%s", side+"-cpu-s/GB", "", nil)
 		}
 	}
+	for _, side := range []string{"relay", "agent"} {
+		t.single(u, side+" CPU per new connection", "BenchmarkTunnel/first-byte/%s", side+"-cpu-µs/conn", "", nil)
+	}
 	t.single(u, "agent resident memory, idle", "BenchmarkTunnel/agent-rss-idle/%s", "MiB", "≤ 25 MiB",
 		func(_ string, v float64) bool { return v <= 25 })
 	t.single(u, "agent resident memory, peak under load", "BenchmarkTunnel/agent-rss-peak/%s", "MiB", "", nil)
@@ -452,6 +455,10 @@ func render(w io.Writer, u, p, f, g results) {
 			floor = append(floor, floorRow{label: side + " CPU, " + dir, bench: "BenchmarkTunnel/" + dir + "-1",
 				unit: side + "-cpu-s/GB", ratio: true, r: u})
 		}
+	}
+	for _, side := range []string{"relay", "agent"} {
+		floor = append(floor, floorRow{label: side + " CPU per new connection", bench: "BenchmarkTunnel/first-byte",
+			unit: side + "-cpu-µs/conn", ratio: true, r: u})
 	}
 	p50Fwd, _ := p.get("BenchmarkTunnel/pingpong-64B/fwd", "p50-µs")
 	floor = append(floor,

@@ -40,6 +40,10 @@ BenchmarkTunnel/download-8/direct-2 	 1000	 100 ns/op	 2456 MB/s
 BenchmarkTunnel/download-8/fwd-2    	 1000	 100 ns/op	 842.3 MB/s
 BenchmarkTunnel/download-8/quic-2   	 1000	 100 ns/op	 105.7 MB/s
 BenchmarkTunnel/download-8/tcp-2    	 1000	 100 ns/op	 451.3 MB/s
+BenchmarkTunnel/first-byte/direct-2 	 2000	 100 ns/op	 36.16 p50-µs
+BenchmarkTunnel/first-byte/fwd-2    	 2000	 100 ns/op	 155.0 agent-cpu-µs/conn	 307.3 p50-µs	 160.0 relay-cpu-µs/conn
+BenchmarkTunnel/first-byte/quic-2   	 2000	 100 ns/op	 445.0 agent-cpu-µs/conn	 782.9 p50-µs	 535.0 relay-cpu-µs/conn
+BenchmarkTunnel/first-byte/tcp-2    	 2000	 100 ns/op	 315.0 agent-cpu-µs/conn	 635.7 p50-µs	 435.0 relay-cpu-µs/conn
 `
 
 const pinnedRun = `
@@ -84,6 +88,7 @@ func TestRenderHoldsTheChainToTheTargets(t *testing.T) {
 		"| pgbench tpcb (tps) | 2506 | 1087 | 0.43× | 806.9 | 0.32× | 0.74× | ≥ 0.70× | no |",
 		// CPU rows have no target.
 		"| relay CPU, upload (relay-cpu-s/GB) | – | 0.68 | – | 1.67 | – | 2.46× |  |  |",
+		"| agent CPU per new connection (agent-cpu-µs/conn) | – | 155.0 | – | 315.0 | – | 2.03× |  |  |",
 		"Two plain forwarders in Tether's place miss 5 of the 10 targets they were held to (last table).",
 	} {
 		if !strings.Contains(text, want) {
