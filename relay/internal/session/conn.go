@@ -605,7 +605,9 @@ func (c *Conn) OpenStream(ctx context.Context, hdr protocol.StreamHeader, early 
 			st.Close()
 		} else {
 			// Given up before the agent answered: reset, so that an agent
-			// that has not read the stream yet never acts on it.
+			// that has not read the stream yet drops it. One that was
+			// stopped while the opening and the reset both waited for it
+			// may still read the opening first (README: first bytes).
 			transport.Abort(st)
 		}
 		ac.open.Add(-1)
