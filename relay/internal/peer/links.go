@@ -219,14 +219,15 @@ func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, ear
 		var pe *protocol.Error
 		if errors.As(err, &pe) {
 			switch pe.Code {
-			case protocol.CodeTimeout:
-				// The peer's agents of the tenant stopped answering:
-				// another relay may take it, but the dial need not wait
-				// for them to move.
-				return nil, stalledError(fmt.Sprintf("relay %s: %s: %s", c.link.id, pe.Code, pe.Message))
-			case protocol.CodeNoAgent, protocol.CodeUnavailable, protocol.CodeInternal, protocol.CodeBadRequest:
+			case protocol.CodeNoAgent, protocol.CodeUnavailable, protocol.CodeInternal, protocol.CodeBadRequest, protocol.CodeTimeout:
 				// The peer could not take it: another relay may.
-				return nil, fmt.Errorf("relay %s: %s: %s", c.link.id, pe.Code, pe.Message)
+				refused := fmt.Sprintf("relay %s: %s: %s", c.link.id, pe.Code, pe.Message)
+				if pe.Code == protocol.CodeTimeout {
+					// Its agents of the tenant stopped answering: the
+					// dial need not wait for them to move.
+					return nil, stalledError(refused)
+				}
+				return nil, errors.New(refused)
 			}
 			return nil, err
 		}

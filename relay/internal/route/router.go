@@ -243,7 +243,7 @@ func (r *Router) Dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 			return nil, err
 		}
 	}
-	return r.dial(ctx, tenant, hdr, early, r.cfg.Elsewhere, true, false)
+	return r.dial(ctx, tenant, hdr, early, false)
 }
 
 // DialLocal is Dial on this relay's own carriers only, and without
@@ -256,13 +256,17 @@ func (r *Router) Dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 // the stream tells its client at once rather than waiting for the agent
 // to move.
 func (r *Router) DialLocal(ctx context.Context, tenant string, hdr protocol.StreamHeader) (*Tunnel, error) {
-	return r.dial(ctx, tenant, hdr, nil, nil, false, true)
+	return r.dial(ctx, tenant, hdr, nil, true)
 }
 
-// dial is Dial; when wait is set, a dial that finds the tenant's agents
-// only between connections waits for them (awaitMoved). forwarded marks
-// DialLocal's.
-func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHeader, early Early, elsewhere Elsewhere, wait, forwarded bool) (*Tunnel, error) {
+// dial is Dial, or DialLocal when forwarded: a forwarded dial asks no
+// other relay and does not wait for agents found only between
+// connections; Dial waits for them once (awaitMoved).
+func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHeader, early Early, forwarded bool) (*Tunnel, error) {
+	elsewhere, wait := r.cfg.Elsewhere, true
+	if forwarded {
+		elsewhere, wait = nil, false
+	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.StreamOpenTimeout)
 	defer cancel()
 	tried := map[Carrier]bool{}
