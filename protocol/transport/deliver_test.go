@@ -112,9 +112,16 @@ func TestSpliceDeliversSmallMessagesDirectly(t *testing.T) {
 	if dst.tries.Load() < 100 || dst.tried.Load() == 0 {
 		t.Errorf("the session's receive loop wrote to the backend %d times (%d bytes) over 600 small messages, want most of them", dst.tries.Load(), dst.tried.Load())
 	}
-	if n := ctr.BToA.Load(); n != int64(want.Len()) {
-		t.Errorf("counter while open: %d bytes to the backend, want %d", n, want.Len())
-	}
+	// The counter shows every byte while the stream is open. The writer
+	// adds to it just after its write returns, which may be a moment after
+	// the backend read the bytes: wait for it.
+	waitFor(t, "the counter while open to reach every byte written", func() bool {
+		n := ctr.BToA.Load()
+		if n > int64(want.Len()) {
+			t.Fatalf("counter while open: %d bytes to the backend, more than the %d sent", n, want.Len())
+		}
+		return n == int64(want.Len())
+	})
 
 	agentSide.CloseWrite()
 	if n, err := backend.Read(make([]byte, 1)); n != 0 || err != io.EOF {
