@@ -170,8 +170,7 @@ func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64, gate *CopyG
 		defer gw.stop()
 	}
 	buf := *small
-	tot := &halfTotal{counter: counter}
-	tot.n.Store(from)
+	tot := newHalfTotal(counter, from)
 	// While the small buffer is in use, a stream that can have its
 	// transport deliver small messages straight to dst does (sink).
 	var dr DirectReader
@@ -201,17 +200,17 @@ func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64, gate *CopyG
 			}
 			tot.add(w)
 			if werr != nil {
-				return tot.n.Load(), werr
+				return tot.load(), werr
 			}
 			if w != n {
-				return tot.n.Load(), io.ErrShortWrite
+				return tot.load(), io.ErrShortWrite
 			}
 		}
 		if rerr == io.EOF {
-			return tot.n.Load(), dst.CloseWrite()
+			return tot.load(), dst.CloseWrite()
 		}
 		if rerr != nil {
-			return tot.n.Load(), rerr
+			return tot.load(), rerr
 		}
 		// Pick the buffer for the next read: large after a read that
 		// filled the small one, small again after several reads in a row
@@ -233,19 +232,28 @@ func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64, gate *CopyG
 	}
 }
 
-// halfTotal is the bytes one direction of a splice wrote, kept in its
-// counter too when it has one.
+// halfTotal is the bytes one direction of a splice wrote: the caller's
+// counter when it has one, else a variable of its own. The copy loop and,
+// with direct delivery, the session's receive loop both add to it, so it
+// is one atomic sum; a total copied into the counter after each add could
+// be overwritten by the older of two totals and stay short until the next
+// write.
 type halfTotal struct {
-	n       atomic.Int64
-	counter *atomic.Int64
+	own atomic.Int64
+	n   *atomic.Int64
 }
 
-func (t *halfTotal) add(n int) {
-	total := t.n.Add(int64(n))
-	if t.counter != nil {
-		t.counter.Store(total)
+func newHalfTotal(counter *atomic.Int64, from int64) *halfTotal {
+	t := &halfTotal{n: counter}
+	if t.n == nil {
+		t.n = &t.own
 	}
+	t.n.Store(from)
+	return t
 }
+
+func (t *halfTotal) add(n int)   { t.n.Add(int64(n)) }
+func (t *halfTotal) load() int64 { return t.n.Load() }
 
 // directSink is a splice's destination as a stream's transport writes to
 // it directly (DirectReader): it counts the bytes and the activity as the
