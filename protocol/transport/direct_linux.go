@@ -22,8 +22,8 @@ import (
 // large part of the added latency: with every process on one CPU, a plain
 // Go forwarder adds 90–100 µs to a 64-byte round trip and the same
 // forwarder with raw system calls 40–65 µs, and Tether's own round trip
-// over TLS+yamux went from +300 to +140 µs over direct (README,
-// Performance).
+// over TLS+yamux went from +300 to +140 µs over direct
+// (docs/performance.md, round trips).
 //
 // A raw read or write of a non-blocking socket never waits (it returns
 // EAGAIN instead): at worst it holds its thread while the kernel copies
