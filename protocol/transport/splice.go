@@ -234,10 +234,10 @@ func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64, gate *CopyG
 
 // halfTotal is the bytes one direction of a splice wrote: the caller's
 // counter when it has one, else a variable of its own. The copy loop and,
-// with direct delivery, the session's receive loop both add to it, so it
-// is one atomic sum; a total copied into the counter after each add could
-// be overwritten by the older of two totals and stay short until the next
-// write.
+// with direct delivery, the session's receive loop both add to it; they
+// take turns (the stream's sink lock), but the total does not rely on
+// that: it is one atomic sum, where a total copied into the counter after
+// each add could be overwritten by the older of two.
 type halfTotal struct {
 	own atomic.Int64
 	n   *atomic.Int64
