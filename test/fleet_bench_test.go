@@ -74,7 +74,10 @@ func fleet(b *testing.B, n int, transport string) {
 		"--max-handshakes-per-address", "1000000", "--max-handshakes-per-network", "1000000"}
 	// TETHER_BENCH_RELAY_FLAGS adds relay flags (admission experiments).
 	extra = append(extra, strings.Fields(os.Getenv("TETHER_BENCH_RELAY_FLAGS"))...)
-	r := startRelay(b, relayOpts{agentPort: stablePort(b), extra: extra})
+	// TETHER_BENCH_RELAY_ENV adds environment variables to the relay
+	// alone (GOGC=200, say), not to the simulated agents.
+	env := strings.Fields(os.Getenv("TETHER_BENCH_RELAY_ENV"))
+	r := startRelay(b, relayOpts{agentPort: stablePort(b), extra: extra, env: env})
 	echoAddr := tcpService(b, echo)
 	tenants := make([]string, fleetTenants)
 	tokens := make([]string, fleetTenants)

@@ -127,6 +127,7 @@ type relayOpts struct {
 	agentPort  int      // the agent port; default a free ephemeral one
 	transports string   // --transports; default both
 	extra      []string // more serve flags
+	env        []string // more environment variables (NAME=value)
 	bin        string   // the tether-relay binary; default bins.relay
 }
 
@@ -135,7 +136,7 @@ type relayOpts struct {
 func startRelay(t testing.TB, o relayOpts) *relayProc {
 	t.Helper()
 	r := e2e.StartRelay(t, cmp.Or(o.bin, bins.relay), e2e.RelayOptions{AgentHost: o.agentHost, AgentPort: o.agentPort, Transports: o.transports,
-		Heartbeat: time.Second, Extra: o.extra})
+		Heartbeat: time.Second, Extra: o.extra, Env: o.env})
 	return &relayProc{proc: wrapProc(t, r.Proc), r: r, dataDir: r.DataDir, agentAddr: r.AgentAddr,
 		socksAddr: r.SocksAddr, connectAddr: r.ConnectAddr}
 }

@@ -24,6 +24,8 @@ type RelayOptions struct {
 	Heartbeat time.Duration
 	// Extra are more serve flags.
 	Extra []string
+	// Env are more environment variables (NAME=value) for the relay.
+	Env []string
 }
 
 // Relay is a tether-relay serve process and its data directory.
@@ -64,7 +66,7 @@ func StartRelay(t testing.TB, bin string, o RelayOptions) *Relay {
 			args = append(args, "--heartbeat", o.Heartbeat.String())
 		}
 		args = append(args, o.Extra...)
-		r.Proc = Start(t, "tether-relay", nil, args...)
+		r.Proc = Start(t, "tether-relay", o.Env, args...)
 		const serving = `"msg":"relay serving"`
 		if r.WaitOutputOrExit(serving, 20*time.Second) {
 			return r
