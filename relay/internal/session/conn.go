@@ -336,9 +336,10 @@ func (c *Conn) ended(err error) error {
 // A ping is answered by anything the agent sends on the control stream. One
 // unanswered for probeWait, with nothing at all received from the agent
 // meanwhile (packets over QUIC, bytes over TCP: an agent busy sending data
-// is alive), stalls the session: no new streams go to it, a stream open
-// waiting on it moves to another connection of the tenant (openOn), and the
-// agent's other sessions are pinged at once (onStall). The first message
+// is alive), stalls the session: no new streams go to it, the agent's
+// other sessions are held back and pinged at once (doubtSiblings), and
+// then a stream open waiting on it moves to another usable connection of
+// the tenant if there is one (OpenStream). The first message
 // from the agent lifts it (heard). A frozen agent (stopped, or behind a
 // path that drops packets) is thus avoided within about probeWait plus
 // activeTick of the first stream sent to it, or of its freezing while
@@ -358,7 +359,14 @@ func (c *Conn) beat(now time.Time, hb time.Duration) (time.Duration, error) {
 			// The transport hears from the agent: alive, slow to answer.
 			c.awaitPackets.Store(got)
 			c.awaitSince.CompareAndSwap(since, now.UnixNano())
-		} else if waited := now.Sub(time.Unix(0, since)); waited >= probeWait && !c.stalled.Swap(true) {
+		} else if waited := now.Sub(time.Unix(0, since)); waited >= probeWait && !c.stalled.Load() {
+			// The agent's other sessions are held back before this one
+			// stalls: an open woken by the stall (notifyStall) moves only
+			// if another connection is usable, and must not count a
+			// sibling withdrawn a moment later, where it would find none.
+			// Only beat sets stalled, on the session's one timer.
+			c.srv.set.doubtSiblings(c)
+			c.stalled.Store(true)
 			c.stalledAt.Store(now.UnixNano())
 			c.log.Warn("agent stopped answering: no new streams go to this connection until it is heard from again",
 				"waited", waited.Round(time.Millisecond), "streams_open", c.open.Load())
@@ -422,16 +430,14 @@ func (c *Conn) heard(now time.Time) {
 	}
 }
 
-// notifyStall wakes stream opens waiting on the session (stalls) and tells
-// onStall.
+// notifyStall wakes stream opens waiting on the session (stalls).
 func (c *Conn) notifyStall() {
 	c.tickMu.Lock()
+	defer c.tickMu.Unlock()
 	if c.stallWait != nil {
 		close(c.stallWait)
 		c.stallWait = nil
 	}
-	c.tickMu.Unlock()
-	c.srv.set.doubtSiblings(c)
 }
 
 // stalls returns a channel closed when the session stalls; at once if it
