@@ -170,7 +170,15 @@ func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64, gate *CopyG
 		defer gw.stop()
 	}
 	buf := *small
-	tot := newHalfTotal(counter, from)
+	// The total is the caller's counter when it has one. The copy loop
+	// and, with direct delivery, the session's receive loop both add to
+	// it; they take turns (the stream's sink lock), but one atomic sum does
+	// not rely on that.
+	tot := counter
+	if tot == nil {
+		tot = new(atomic.Int64)
+	}
+	tot.Store(from)
 	// While the small buffer is in use, a stream that can have its
 	// transport deliver small messages straight to dst does (sink).
 	var dr DirectReader
@@ -198,19 +206,19 @@ func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64, gate *CopyG
 			} else {
 				w, werr = dst.Write(buf[:n])
 			}
-			tot.add(w)
+			tot.Add(int64(w))
 			if werr != nil {
-				return tot.load(), werr
+				return tot.Load(), werr
 			}
 			if w != n {
-				return tot.load(), io.ErrShortWrite
+				return tot.Load(), io.ErrShortWrite
 			}
 		}
 		if rerr == io.EOF {
-			return tot.load(), dst.CloseWrite()
+			return tot.Load(), dst.CloseWrite()
 		}
 		if rerr != nil {
-			return tot.load(), rerr
+			return tot.Load(), rerr
 		}
 		// Pick the buffer for the next read: large after a read that
 		// filled the small one, small again after several reads in a row
@@ -232,43 +240,20 @@ func copyHalf(dst, src Stream, act *activity, counter *atomic.Int64, gate *CopyG
 	}
 }
 
-// halfTotal is the bytes one direction of a splice wrote: the caller's
-// counter when it has one, else a variable of its own. The copy loop and,
-// with direct delivery, the session's receive loop both add to it; they
-// take turns (the stream's sink lock), but the total does not rely on
-// that: it is one atomic sum, where a total copied into the counter after
-// each add could be overwritten by the older of two.
-type halfTotal struct {
-	own atomic.Int64
-	n   *atomic.Int64
-}
-
-func newHalfTotal(counter *atomic.Int64, from int64) *halfTotal {
-	t := &halfTotal{n: counter}
-	if t.n == nil {
-		t.n = &t.own
-	}
-	t.n.Store(from)
-	return t
-}
-
-func (t *halfTotal) add(n int)   { t.n.Add(int64(n)) }
-func (t *halfTotal) load() int64 { return t.n.Load() }
-
 // directSink is a splice's destination as a stream's transport writes to
 // it directly (DirectReader): it counts the bytes and the activity as the
 // copy loop does.
 type directSink struct {
 	w   TryWriter
 	act *activity
-	tot *halfTotal
+	tot *atomic.Int64
 }
 
 func (s *directSink) TryWrite(p []byte) (int, error) {
 	n, err := s.w.TryWrite(p)
 	if n > 0 {
 		s.act.touch()
-		s.tot.add(n)
+		s.tot.Add(int64(n))
 	}
 	return n, err
 }
