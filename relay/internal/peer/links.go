@@ -54,13 +54,24 @@ func NewLinks(cfg LinksConfig) *Links {
 	return &Links{cfg: cfg, log: cfg.Logger, links: map[string]*link{}, carriers: map[carrierKey]*Carrier{}}
 }
 
-// link is the link to one peer relay at one address.
+// link is the link to one peer relay at one address, of one run of it
+// (its epoch).
+//
+// Lock order: Links.mu may be held while taking a link's mu, never the
+// other way round, and a link's mu is never held while dialing or
+// waiting: a dial runs with dialing set, and whoever needs the link
+// meanwhile waits for dialing to close or for its own context.
 type link struct {
 	id, addr string
+	epoch    int64
 
-	mu       sync.Mutex // held while dialing; guards sess and failedAt
+	mu       sync.Mutex // guards the fields below
 	sess     *tcp.Session
-	failedAt time.Time
+	dialing  chan struct{} // closed when the dial in progress ends; nil when none
+	waiting  int           // callers waiting for that dial
+	failedAt time.Time     // when the last dial failed (zero: it did not)
+	failErr  error         // why
+	closed   bool          // replaced or shut down: no more dials
 }
 
 // Carriers implements route.Elsewhere: a carrier per live relay holding
@@ -88,6 +99,14 @@ func (l *Links) Carriers(ctx context.Context, tenant string, fresh bool) ([]rout
 		}
 		return b.Agents - a.Agents
 	})
+	var replaced []*link
+	defer func() {
+		// Closed once Links.mu is released: closing takes each link's
+		// mu, which a dialer of it may hold while it waits for Links.mu.
+		for _, lk := range replaced {
+			lk.close()
+		}
+	}()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -96,11 +115,16 @@ func (l *Links) Carriers(ctx context.Context, tenant string, fresh bool) ([]rout
 	out := make([]route.Carrier, 0, len(hs))
 	for _, h := range hs {
 		lk := l.links[h.RelayID]
-		if lk == nil || lk.addr != h.PeerAddr {
+		// A relay's address changes only with a new run, whose epoch is
+		// higher. Tenants' holdings are remembered apart, so one read
+		// before a relay restarted can name its old address after
+		// another named the new: the older run's address never replaces
+		// the newer's link (and its streams in flight).
+		if lk == nil || lk.addr != h.PeerAddr && h.Epoch >= lk.epoch {
 			if lk != nil {
-				lk.close()
+				replaced = append(replaced, lk)
 			}
-			lk = &link{id: h.RelayID, addr: h.PeerAddr}
+			lk = &link{id: h.RelayID, addr: h.PeerAddr, epoch: h.Epoch}
 			l.links[h.RelayID] = lk
 		}
 		k := carrierKey{h.RelayID, tenant}
@@ -129,55 +153,111 @@ func (l *Links) Close() {
 	}
 }
 
+// close ends the link: its session, if up, is closed (its streams end),
+// a dial in progress closes what it opens, and no dial follows.
 func (lk *link) close() {
 	lk.mu.Lock()
-	defer lk.mu.Unlock()
-	if lk.sess != nil {
-		lk.sess.Close()
-		lk.sess = nil
+	lk.closed = true
+	sess := lk.sess
+	lk.sess = nil
+	lk.mu.Unlock()
+	if sess != nil {
+		sess.Close()
 	}
 }
 
-// usable reports whether the link is up or worth dialing.
+// usable reports whether the link is up, being dialed, or worth dialing.
 func (lk *link) usable(now time.Time) bool {
-	if !lk.mu.TryLock() {
-		return true // being dialed
-	}
-	defer lk.mu.Unlock()
-	return lk.failedAt.IsZero() || now.Sub(lk.failedAt) > failedPause
-}
-
-// session returns the link's session, dialing it when it is down.
-func (l *Links) session(ctx context.Context, lk *link) (*tcp.Session, error) {
 	lk.mu.Lock()
 	defer lk.mu.Unlock()
-	if lk.sess != nil {
-		select {
-		case <-lk.sess.Done():
-			lk.sess = nil
-		default:
-			return lk.sess, nil
-		}
+	if lk.closed {
+		return false
 	}
+	return lk.dialing != nil || lk.failedAt.IsZero() || now.Sub(lk.failedAt) > failedPause
+}
+
+// session returns the link's session, dialing it when it is down. One
+// dial runs at a time; the callers that need the link meanwhile wait for
+// its outcome, or until their ctx ends, and share it: a failed dial is
+// not repeated for each of them (the link is passed over for failedPause
+// instead).
+func (l *Links) session(ctx context.Context, lk *link) (*tcp.Session, error) {
+	waited := false
+	for {
+		lk.mu.Lock()
+		switch {
+		case lk.closed:
+			lk.mu.Unlock()
+			return nil, fmt.Errorf("link to relay %s at %s: no longer wanted", lk.id, lk.addr)
+		case lk.sess != nil:
+			select {
+			case <-lk.sess.Done():
+				lk.sess = nil
+				continue // the lock is still held: dial below
+			default:
+			}
+			sess := lk.sess
+			lk.mu.Unlock()
+			return sess, nil
+		case lk.dialing != nil:
+			wait := lk.dialing
+			lk.waiting++
+			lk.mu.Unlock()
+			var err error
+			select {
+			case <-wait:
+				waited = true
+			case <-ctx.Done():
+				err = fmt.Errorf("link to relay %s at %s: waiting for its dial: %w", lk.id, lk.addr, context.Cause(ctx))
+			}
+			lk.mu.Lock()
+			lk.waiting--
+			lk.mu.Unlock()
+			if err != nil {
+				return nil, err
+			}
+			continue
+		case waited && !lk.failedAt.IsZero():
+			// The dial this caller waited for failed.
+			err := lk.failErr
+			lk.mu.Unlock()
+			return nil, fmt.Errorf("link to relay %s at %s: %w", lk.id, lk.addr, err)
+		}
+		done := make(chan struct{})
+		lk.dialing = done
+		lk.mu.Unlock()
+
+		sess, err := l.dial(ctx, lk)
+
+		lk.mu.Lock()
+		lk.dialing = nil
+		close(done)
+		closed := lk.closed
+		if err != nil {
+			lk.failedAt, lk.failErr = time.Now(), err
+		} else if !closed {
+			lk.failedAt, lk.failErr = time.Time{}, nil
+			lk.sess = sess
+		}
+		lk.mu.Unlock()
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("link to relay %s at %s: %w", lk.id, lk.addr, err)
+		case closed:
+			sess.Close()
+			return nil, fmt.Errorf("link to relay %s at %s: no longer wanted", lk.id, lk.addr)
+		}
+		l.log.Info("relay-to-relay link up", "relay", lk.id, "addr", lk.addr)
+		return sess, nil
+	}
+}
+
+// dial opens a session to lk's relay, within DialTimeout.
+func (l *Links) dial(ctx context.Context, lk *link) (*tcp.Session, error) {
 	dctx, cancel := context.WithTimeout(ctx, l.cfg.DialTimeout)
 	defer cancel()
 	d := &net.Dialer{KeepAlive: 15 * time.Second}
-	sess, err := tcp.Dial(dctx, d.DialContext, lk.addr, l.cfg.TLS.Dialer(lk.id), linkConfig(l.log))
-	if err != nil {
-		lk.failedAt = time.Now()
-		return nil, fmt.Errorf("link to relay %s at %s: %w", lk.id, lk.addr, err)
-	}
-	l.mu.Lock()
-	closed := l.closed || l.links[lk.id] != lk
-	l.mu.Unlock()
-	if closed {
-		sess.Close()
-		return nil, fmt.Errorf("link to relay %s: no longer wanted", lk.id)
-	}
-	lk.failedAt = time.Time{}
-	lk.sess = sess
-	l.log.Info("relay-to-relay link up", "relay", lk.id, "addr", lk.addr)
-	return sess, nil
+	return tcp.Dial(dctx, d.DialContext, lk.addr, l.cfg.TLS.Dialer(lk.id), linkConfig(l.log))
 }
 
 // Carrier carries streams of one tenant to one peer relay.

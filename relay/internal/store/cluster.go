@@ -141,6 +141,7 @@ func (s *Store) livePresence() string {
 // Holding is a live relay holding agents of a tenant.
 type Holding struct {
 	RelayID  string
+	Epoch    int64 // the relay's run, which grows at every start
 	PeerAddr string
 	Draining bool
 	Agents   int // the tenant's agents it holds
@@ -149,8 +150,8 @@ type Holding struct {
 // TenantRelays lists the live relays (heartbeat within deadAfter) holding
 // agents of tenant.
 func (s *Store) TenantRelays(ctx context.Context, tenant string, deadAfter time.Duration) ([]Holding, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT r.id, r.peer_addr, r.draining, count(*) FROM `+s.livePresence()+`
-WHERE p.tenant = $2 GROUP BY r.id, r.peer_addr, r.draining ORDER BY r.id`, deadAfter.Milliseconds(), tenant)
+	rows, err := s.db.QueryContext(ctx, `SELECT r.id, r.epoch, r.peer_addr, r.draining, count(*) FROM `+s.livePresence()+`
+WHERE p.tenant = $2 GROUP BY r.id, r.epoch, r.peer_addr, r.draining ORDER BY r.id`, deadAfter.Milliseconds(), tenant)
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +160,7 @@ WHERE p.tenant = $2 GROUP BY r.id, r.peer_addr, r.draining ORDER BY r.id`, deadA
 	for rows.Next() {
 		var h Holding
 		var draining int
-		if err := rows.Scan(&h.RelayID, &h.PeerAddr, &draining, &h.Agents); err != nil {
+		if err := rows.Scan(&h.RelayID, &h.Epoch, &h.PeerAddr, &draining, &h.Agents); err != nil {
 			return nil, err
 		}
 		h.Draining = draining != 0

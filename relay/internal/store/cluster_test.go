@@ -55,7 +55,7 @@ func testRelaysAndPresence(t *testing.T, e engine) {
 		}
 		return hs
 	}
-	want := []Holding{{"r1", "r1:7444", false, 2}, {"r2", "r2:7444", false, 1}, {"r3", "r3:7444", true, 1}}
+	want := []Holding{{"r1", 100, "r1:7444", false, 2}, {"r2", 100, "r2:7444", false, 1}, {"r3", 100, "r3:7444", true, 1}}
 	if got := holding("acme"); !reflect.DeepEqual(got, want) {
 		t.Fatalf("TenantRelays(acme) = %+v, want %+v", got, want)
 	}
@@ -69,7 +69,7 @@ func testRelaysAndPresence(t *testing.T, e engine) {
 
 	// An agent leaving r1 takes its row away; a count change updates it.
 	set("r1", 100, Presence{"acme", "a2", 0}, Presence{"acme", "a1", 1})
-	if got := holding("acme"); got[0] != (Holding{"r1", "r1:7444", false, 1}) {
+	if got := holding("acme"); got[0] != (Holding{"r1", 100, "r1:7444", false, 1}) {
 		t.Fatalf("after a2 left r1: %+v", got)
 	}
 
