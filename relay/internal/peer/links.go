@@ -45,22 +45,30 @@ type Links struct {
 	links    map[string]*link
 	carriers map[carrierKey]*Carrier
 	closed   bool
+
+	// Dials run on goroutines of their own (in dials), under ctx, which
+	// Close cancels: no caller's context ends a dial others wait for.
+	ctx    context.Context
+	cancel context.CancelFunc
+	dials  sync.WaitGroup
 }
 
 type carrierKey struct{ relay, tenant string }
 
 // NewLinks returns the entry side of links.
 func NewLinks(cfg LinksConfig) *Links {
-	return &Links{cfg: cfg, log: cfg.Logger, links: map[string]*link{}, carriers: map[carrierKey]*Carrier{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Links{cfg: cfg, log: cfg.Logger, links: map[string]*link{}, carriers: map[carrierKey]*Carrier{},
+		ctx: ctx, cancel: cancel}
 }
 
 // link is the link to one peer relay at one address, of one run of it
 // (its epoch).
 //
-// Lock order: Links.mu may be held while taking a link's mu, never the
-// other way round, and a link's mu is never held while dialing or
-// waiting: a dial runs with dialing set, and whoever needs the link
-// meanwhile waits for dialing to close or for its own context.
+// Lock order: a link's mu, then Links.mu (startDial); never Links.mu
+// while waiting for a link's mu, and neither while dialing or waiting: a
+// dial runs on its own goroutine with dialing set, and whoever needs the
+// link meanwhile waits for dialing to close or for its own context.
 type link struct {
 	id, addr string
 	epoch    int64
@@ -102,7 +110,7 @@ func (l *Links) Carriers(ctx context.Context, tenant string, fresh bool) ([]rout
 	var replaced []*link
 	defer func() {
 		// Closed once Links.mu is released: closing takes each link's
-		// mu, which a dialer of it may hold while it waits for Links.mu.
+		// mu, which startDial holds while it takes Links.mu.
 		for _, lk := range replaced {
 			lk.close()
 		}
@@ -141,16 +149,19 @@ func (l *Links) Carriers(ctx context.Context, tenant string, fresh bool) ([]rout
 	return out, nil
 }
 
-// Close closes every link: forwarded streams through them end.
+// Close closes every link: forwarded streams through them end. It
+// returns once the dials in progress have given up.
 func (l *Links) Close() {
 	l.mu.Lock()
 	l.closed = true
 	links := l.links
 	l.links = map[string]*link{}
 	l.mu.Unlock()
+	l.cancel()
 	for _, lk := range links {
 		lk.close()
 	}
+	l.dials.Wait()
 }
 
 // close ends the link: its session, if up, is closed (its streams end),
@@ -177,61 +188,72 @@ func (lk *link) usable(now time.Time) bool {
 }
 
 // session returns the link's session, dialing it when it is down. One
-// dial runs at a time; the callers that need the link meanwhile wait for
-// its outcome, or until their ctx ends, and share it: a failed dial is
-// not repeated for each of them (the link is passed over for failedPause
-// instead).
+// dial runs at a time, on a goroutine of its own; every caller that needs
+// the link meanwhile, the one that started it included, waits for its
+// outcome or until its own ctx ends. A failed dial is not repeated for
+// each of them: they all get its error (and the link is passed over for
+// failedPause).
 func (l *Links) session(ctx context.Context, lk *link) (*tcp.Session, error) {
 	waited := false
 	for {
 		lk.mu.Lock()
+		if lk.sess != nil {
+			select {
+			case <-lk.sess.Done():
+				lk.sess = nil
+			default:
+				sess := lk.sess
+				lk.mu.Unlock()
+				return sess, nil
+			}
+		}
 		switch {
 		case lk.closed:
 			lk.mu.Unlock()
 			return nil, fmt.Errorf("link to relay %s at %s: no longer wanted", lk.id, lk.addr)
-		case lk.sess != nil:
-			select {
-			case <-lk.sess.Done():
-				lk.sess = nil
-				continue // the lock is still held: dial below
-			default:
-			}
-			sess := lk.sess
-			lk.mu.Unlock()
-			return sess, nil
-		case lk.dialing != nil:
-			wait := lk.dialing
-			lk.waiting++
-			lk.mu.Unlock()
-			var err error
-			select {
-			case <-wait:
-				waited = true
-			case <-ctx.Done():
-				err = fmt.Errorf("link to relay %s at %s: waiting for its dial: %w", lk.id, lk.addr, context.Cause(ctx))
-			}
-			lk.mu.Lock()
-			lk.waiting--
-			lk.mu.Unlock()
-			if err != nil {
-				return nil, err
-			}
-			continue
-		case waited && !lk.failedAt.IsZero():
+		case lk.dialing == nil && waited && !lk.failedAt.IsZero():
 			// The dial this caller waited for failed.
 			err := lk.failErr
 			lk.mu.Unlock()
 			return nil, fmt.Errorf("link to relay %s at %s: %w", lk.id, lk.addr, err)
+		case lk.dialing == nil:
+			if err := l.startDial(lk); err != nil {
+				lk.mu.Unlock()
+				return nil, err
+			}
 		}
-		done := make(chan struct{})
-		lk.dialing = done
+		wait := lk.dialing
+		lk.waiting++
 		lk.mu.Unlock()
-
-		sess, err := l.dial(ctx, lk)
-
+		var err error
+		select {
+		case <-wait:
+			waited = true
+		case <-ctx.Done():
+			err = fmt.Errorf("link to relay %s at %s: waiting for its dial: %w", lk.id, lk.addr, context.Cause(ctx))
+		}
 		lk.mu.Lock()
-		lk.dialing = nil
-		close(done)
+		lk.waiting--
+		lk.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// startDial starts dialing lk, whose mu is held: lk.dialing is closed
+// when the dial has ended, with its outcome in lk.
+func (l *Links) startDial(lk *link) error {
+	l.mu.Lock() // after lk.mu, never the other way round
+	defer l.mu.Unlock()
+	if l.closed {
+		return errors.New("relay is shutting down")
+	}
+	done := make(chan struct{})
+	lk.dialing = done
+	l.dials.Go(func() {
+		sess, err := l.dial(l.ctx, lk)
+		lk.mu.Lock()
 		closed := lk.closed
 		if err != nil {
 			lk.failedAt, lk.failErr = time.Now(), err
@@ -239,17 +261,18 @@ func (l *Links) session(ctx context.Context, lk *link) (*tcp.Session, error) {
 			lk.failedAt, lk.failErr = time.Time{}, nil
 			lk.sess = sess
 		}
+		lk.dialing = nil
+		close(done)
 		lk.mu.Unlock()
 		switch {
 		case err != nil:
-			return nil, fmt.Errorf("link to relay %s at %s: %w", lk.id, lk.addr, err)
 		case closed:
 			sess.Close()
-			return nil, fmt.Errorf("link to relay %s at %s: no longer wanted", lk.id, lk.addr)
+		default:
+			l.log.Info("relay-to-relay link up", "relay", lk.id, "addr", lk.addr)
 		}
-		l.log.Info("relay-to-relay link up", "relay", lk.id, "addr", lk.addr)
-		return sess, nil
-	}
+	})
+	return nil
 }
 
 // dial opens a session to lk's relay, within DialTimeout.

@@ -213,8 +213,10 @@ func TestCarriersDoNotWaitForADial(t *testing.T) {
 
 	c := carrier(t, l, "acme")
 	dialed := make(chan result, 1)
+	first, giveUp := context.WithCancel(context.Background())
+	defer giveUp()
 	go func() {
-		s, err := l.session(context.Background(), c.link)
+		s, err := l.session(first, c.link)
 		dialed <- result{s, err}
 	}()
 	<-g.accepted // the dial is in its TLS handshake, held by the gate
@@ -233,10 +235,21 @@ func TestCarriersDoNotWaitForADial(t *testing.T) {
 		t.Errorf("session with an ended context during a dial: %v, want context.Canceled", err)
 	}
 
+	// The caller that started the dial gives up: it returns, and the
+	// dial goes on for the others.
+	giveUp()
+	if r, _ := within(t, "session whose context ended", func() (any, error) { r := <-dialed; return r, nil }); !errors.Is(r.(result).err, context.Canceled) {
+		t.Errorf("the dial's first caller, its context ended: %v, want context.Canceled", r.(result).err)
+	}
+	later := make(chan result, 1)
+	go func() {
+		s, err := l.session(context.Background(), c.link)
+		later <- result{s, err}
+	}()
 	g.open()
 	var r result
 	select {
-	case r = <-dialed:
+	case r = <-later:
 	case <-time.After(watchdog):
 		t.Fatal("the dial did not finish once the gate opened")
 	}
