@@ -241,7 +241,7 @@ func quicTopology(b *testing.B) *topology {
 	if err != nil {
 		b.Fatal(err)
 	}
-	tr := &quicgo.Transport{Conn: udp}
+	tr := &quicgo.Transport{Conn: quic.PacketConn(udp)}
 	ln, err := tr.Listen(serverTLS, quic.Config(16))
 	if err != nil {
 		udp.Close()

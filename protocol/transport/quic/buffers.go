@@ -34,8 +34,9 @@ func SocketBuffers(c *net.UDPConn) (recv, send int, err error) {
 // ProbeBuffers opens a UDP socket, raises its buffers the way quic-go
 // raises those of the sockets it dials from (up to the system's limit, or
 // past it where the process has the privilege), and reports what it got.
-// An agent dials QUIC through quic-go's own sockets, so this is how it
-// learns what they get.
+// An agent dials each QUIC connection from a socket of its own (Dial),
+// which quic-go raises the same way, so this is how it learns at start
+// what they will get.
 func ProbeBuffers() (recv, send int, err error) {
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {

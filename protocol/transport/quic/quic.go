@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,18 +45,46 @@ func Config(maxIncomingStreams int64) *quicgo.Config {
 // Session is a transport.Session over one QUIC connection.
 type Session struct {
 	conn *quicgo.Conn
+	// release, for a session that Dial opened, closes the socket and
+	// the quic-go transport it dialled from, once the connection has
+	// ended.
+	release func()
 }
 
 // NewSession wraps an established QUIC connection.
 func NewSession(conn *quicgo.Conn) *Session { return &Session{conn: conn} }
 
-// Dial opens a QUIC connection to addr and wraps it.
+// Dial opens a QUIC connection to addr, from a UDP socket of its own
+// (PacketConn: with receive offload where there is one), and wraps it. The
+// socket is closed when the connection ends.
 func Dial(ctx context.Context, addr string, tlsConf *tls.Config, conf *quicgo.Config) (*Session, error) {
-	conn, err := quicgo.DialAddr(ctx, addr, tlsConf, conf)
+	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, err
 	}
-	return NewSession(conn), nil
+	// As quic-go's DialAddr: every address, so that the socket reaches
+	// IPv4 and IPv6 relays alike.
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4zero})
+	if err != nil {
+		return nil, err
+	}
+	tr := &quicgo.Transport{Conn: PacketConn(udp)}
+	conn, err := tr.Dial(ctx, ua, tlsConf, conf)
+	if err != nil {
+		tr.Close()
+		udp.Close()
+		return nil, err
+	}
+	s := NewSession(conn)
+	s.release = sync.OnceFunc(func() {
+		tr.Close()
+		udp.Close()
+	})
+	go func() {
+		<-conn.Context().Done()
+		s.release()
+	}()
+	return s, nil
 }
 
 // OpenStream implements transport.Session.
@@ -82,6 +111,9 @@ func (s *Session) Close() error { return s.CloseWithError(CodeNoError, "") }
 // CloseWithError closes the connection with an application error code.
 func (s *Session) CloseWithError(code quicgo.ApplicationErrorCode, msg string) error {
 	err := s.conn.CloseWithError(code, msg)
+	if s.release != nil {
+		s.release()
+	}
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
 	}

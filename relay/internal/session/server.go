@@ -162,7 +162,9 @@ func (s *Server) listen(host, port string) error {
 			return fmt.Errorf("agent listener (UDP): %w", err)
 		}
 		key := quicgo.StatelessResetKey(s.cfg.ResetKey)
-		s.quicTr = &quicgo.Transport{Conn: s.udpConn, StatelessResetKey: &key, ConnContext: s.quicConnContext,
+		// quic.PacketConn: with the kernel's receive offload where there
+		// is one, so that a run of an agent's packets comes in one read.
+		s.quicTr = &quicgo.Transport{Conn: quic.PacketConn(s.udpConn), StatelessResetKey: &key, ConnContext: s.quicConnContext,
 			VerifySourceAddress: s.src.Busy}
 		// One incoming stream: the control stream. The relay opens every
 		// other stream itself (see tcp.RelayConfig for TCP).
