@@ -44,7 +44,7 @@ func (fd *Server) registeredCaller(ctx context.Context, name, via string, tenant
 		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend %q is not registered with this relay", name)
 	}
 	if err != nil {
-		return nil, protocol.Errorf(protocol.CodeInternal, "look up backend: %v", err)
+		return nil, fd.lookupFailed(ctx, "backend", err)
 	}
 	return &caller{name: b.Name, grants: b.Grants, via: via, tenants: tenants}, nil
 }
@@ -476,7 +476,7 @@ func (fd *Server) authenticate(ctx context.Context, name, key string) (*caller, 
 	}
 	b, err := fd.backends.get(ctx, name, fd.loadBackend)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return nil, protocol.Errorf(protocol.CodeInternal, "look up backend: %v", err)
+		return nil, fd.lookupFailed(ctx, "backend", err)
 	}
 	if err != nil || !credential.Matches(key, b.KeyHash) {
 		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "wrong backend name or API key")
@@ -488,7 +488,31 @@ func (fd *Server) authenticate(ctx context.Context, name, key string) (*caller, 
 func (fd *Server) loadBackend(ctx context.Context, name string) (store.Backend, error) {
 	start := time.Now()
 	defer fd.cfg.Metrics.StoreOp("backend_lookup", start)
+	ctx, cancel := fd.lookupContext(ctx)
+	defer cancel()
 	return fd.cfg.Store.Backend(ctx, name)
+}
+
+// lookupContext bounds one of a door's store reads by StreamOpenTimeout,
+// the time a request is given to be answered: a database that stalls
+// refuses the requests that need it (lookupFailed) instead of holding
+// them, and their goroutines, for as long as it stalls.
+func (fd *Server) lookupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if fd.cfg.StreamOpenTimeout <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, fd.cfg.StreamOpenTimeout)
+}
+
+// lookupFailed is the refusal for a store read of what (under ctx, the
+// request's) that failed with err: unavailable when the store did not
+// answer in time, so that the backend may try another relay; internal
+// otherwise.
+func (fd *Server) lookupFailed(ctx context.Context, what string, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return protocol.Errorf(protocol.CodeUnavailable, "look up %s: this relay's store did not answer within %v: try again, or another relay", what, fd.cfg.StreamOpenTimeout)
+	}
+	return protocol.Errorf(protocol.CodeInternal, "look up %s: %v", what, err)
 }
 
 // authorize checks that c may reach service t.Service of tenant t.Tenant,
@@ -504,11 +528,14 @@ func (fd *Server) authorize(ctx context.Context, c *caller, t route.Target) erro
 	if fd.cfg.Routes.Connected(t.Tenant) > 0 {
 		return nil // a tenant with a connected agent exists
 	}
-	if _, err := fd.cfg.Store.Tenant(ctx, t.Tenant); err != nil {
+	lctx, cancel := fd.lookupContext(ctx)
+	_, err := fd.cfg.Store.Tenant(lctx, t.Tenant)
+	cancel()
+	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return protocol.Errorf(protocol.CodeUnknownTenant, "no tenant %q", t.Tenant)
 		}
-		return protocol.Errorf(protocol.CodeInternal, "look up tenant: %v", err)
+		return fd.lookupFailed(ctx, "tenant", err)
 	}
 	return nil
 }

@@ -1,0 +1,70 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/relay/client"
+)
+
+// TestStoreStallRefusesInTime: a request that needs a store read (a
+// tenant with no agent connected here, whose existence the relay checks
+// in the store) while PostgreSQL does not answer that read (its table
+// locked by another session) is refused as unavailable, saying so, within
+// --stream-open-timeout, instead of being held for as long as the store
+// stalls; once the store answers again the same request gets its real
+// answer.
+func TestStoreStallRefusesInTime(t *testing.T) {
+	c := startClusterWith(t, 1, clusterOpts{extra: []string{"--stream-open-timeout", "2s"}})
+	c.admin(t, "tenant", "add", "ghost")
+	key := c.admin(t, "backend", "add", "billing", "--allow", "ghost")
+	d := c.dialer(c.relays[0], "billing", key)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, c.pg.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The dial's own limit is far beyond the relay's: the refusal must
+	// come from the relay.
+	dctx, dcancel := context.WithTimeout(ctx, 45*time.Second)
+	defer dcancel()
+	nc, err := d.DialContext(dctx, "tcp", "echo.ghost.tether:7")
+	if err == nil {
+		nc.Close()
+		t.Fatal("dial connected while the store was stalled")
+	}
+	var ref *client.Refusal
+	if !errors.As(err, &ref) || !errors.Is(err, protocol.ErrUnavailable) || !strings.Contains(err.Error(), "store did not answer") {
+		t.Fatalf("dial while the store stalled: %v (%T), want an unavailable refusal naming the store", err, err)
+	}
+
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nc, err = d.DialContext(dctx, "tcp", "echo.ghost.tether:7")
+	if err == nil {
+		nc.Close()
+		t.Fatal("dial to a tenant with no agent connected")
+	}
+	if !errors.Is(err, protocol.ErrNoAgent) {
+		t.Fatalf("dial once the store answers: %v, want no_agent", err)
+	}
+}
