@@ -44,11 +44,12 @@ import (
 const (
 	proxyIdlePerService = 8
 	proxyIdleTimeout    = 30 * time.Second
-	// maxProxyTransports bounds the (backend, service) pairs with a pool;
-	// past it the pool of one pair is dropped (its idle connections
-	// closed) for the new one.
-	maxProxyTransports = 4096
 )
+
+// maxProxyTransports bounds the (backend, service) pairs with a pool;
+// past it the pool of one pair is dropped (its idle connections closed)
+// for the new one. A variable for tests.
+var maxProxyTransports = 4096
 
 // isProxyRequest reports whether req is a plain HTTP proxy request: its
 // target in absolute form, for an http:// URL.
@@ -234,22 +235,34 @@ func (p *httpProxy) roundTrip(req *http.Request) (*http.Response, error) {
 
 // transport returns the pool of key, making it on first use.
 func (p *httpProxy) transport(key proxyKey) (*http.Transport, error) {
+	t, dropped, err := p.transportLocked(key)
+	if dropped != nil {
+		// Closed without mu: closing its idle connections closes their
+		// streams (proxyConn.Close), which takes mu.
+		dropped.CloseIdleConnections()
+	}
+	return t, err
+}
+
+// transportLocked is transport under mu; dropped is the pool dropped to
+// make room, whose idle connections the caller closes.
+func (p *httpProxy) transportLocked(key proxyKey) (t, dropped *http.Transport, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return nil, protocol.Errorf(protocol.CodeUnavailable, "the relay is shutting down")
+		return nil, nil, protocol.Errorf(protocol.CodeUnavailable, "the relay is shutting down")
 	}
 	if t, ok := p.transports[key]; ok {
-		return t, nil
+		return t, nil, nil
 	}
 	if len(p.transports) >= maxProxyTransports {
 		for k, t := range p.transports {
-			t.CloseIdleConnections()
+			dropped = t
 			delete(p.transports, k)
 			break
 		}
 	}
-	t := &http.Transport{
+	t = &http.Transport{
 		Proxy:                  nil, // never the relay's own proxy
 		DialContext:            p.dial,
 		ForceAttemptHTTP2:      false,
@@ -260,7 +273,7 @@ func (p *httpProxy) transport(key proxyKey) (*http.Transport, error) {
 		MaxResponseHeaderBytes: 1 << 20,
 	}
 	p.transports[key] = t
-	return t, nil
+	return t, dropped, nil
 }
 
 // dial opens an upstream connection: a stream to the request's service as
