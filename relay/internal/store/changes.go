@@ -167,7 +167,19 @@ type Follower struct {
 	// Error, when set, is told when a read fails; Follow tries again at
 	// the next poll.
 	Error func(error)
+	// ReadTimeout bounds each read of the feed (default
+	// DefaultFeedReadTimeout): a read the store never answers (a lost
+	// connection nobody reset, a locked table) fails and is tried again
+	// at the next poll, on another connection, rather than holding the
+	// follower — and the relay's claim to be current — for as long as
+	// it hangs.
+	ReadTimeout time.Duration
 }
+
+// DefaultFeedReadTimeout is Follower.ReadTimeout's default: well within
+// the 15 s after which a relay that has not read the feed refuses new
+// streams.
+const DefaultFeedReadTimeout = 5 * time.Second
 
 // followBatch is how many changes Follow reads at once.
 const followBatch = 500
@@ -213,9 +225,15 @@ func (s *Store) Follow(ctx context.Context, from int64, f Follower) error {
 }
 
 func (s *Store) followOnce(ctx context.Context, from *int64, f Follower) error {
+	timeout := f.ReadTimeout
+	if timeout <= 0 {
+		timeout = DefaultFeedReadTimeout
+	}
 	for {
 		began := time.Now()
-		changes, err := s.Changes(ctx, *from, followBatch)
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		changes, err := s.Changes(rctx, *from, followBatch)
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -223,7 +241,9 @@ func (s *Store) followOnce(ctx context.Context, from *int64, f Follower) error {
 			// A gap: either changes were pruned unread, or sequence
 			// numbers were skipped (a rolled-back insert). Only the
 			// first is a loss; tell them apart by the oldest kept.
-			oldest, err := s.OldestChange(ctx)
+			rctx, cancel := context.WithTimeout(ctx, timeout)
+			oldest, err := s.OldestChange(rctx)
+			cancel()
 			if err != nil {
 				return err
 			}

@@ -387,3 +387,75 @@ func TestFollowNotifiedPostgres(t *testing.T) {
 		t.Fatal("a change from another process did not reach a listening follower within 5 s, with polling off")
 	}
 }
+
+// TestFollowReadTimeoutPostgres: a read of the feed that the database
+// never answers (the changes table locked by another session) fails
+// after the follower's ReadTimeout and is tried again, so that the
+// follower reads on once the database answers, instead of hanging in
+// that read for as long as the database does.
+func TestFollowReadTimeoutPostgres(t *testing.T) {
+	s, dsn := engines[1].open(t)
+	other, err := OpenDSN(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	applied := make(chan Change, 4)
+	failed := make(chan error, 16)
+	read := make(chan struct{}, 16)
+	from, _ := s.LatestChange(ctx)
+	fctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Follow(fctx, from, Follower{Poll: 50 * time.Millisecond, ReadTimeout: 200 * time.Millisecond,
+			Apply: func(_ context.Context, c Change) { applied <- c },
+			Read: func(time.Time) {
+				select {
+				case read <- struct{}{}:
+				default:
+				}
+			},
+			Error: func(err error) {
+				select {
+				case failed <- err:
+				default:
+				}
+			}})
+	}()
+	defer func() {
+		stop()
+		<-done
+	}()
+	<-read
+
+	tx, err := other.db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, "LOCK TABLE changes IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-failed:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("the read of the locked feed failed with %v, want its deadline", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a read of the locked feed neither failed nor returned within 20 s (its timeout is 200 ms)")
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.AddTenant(ctx, "after-the-lock", t0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case c := <-applied:
+		if c.Tenant != "after-the-lock" {
+			t.Fatalf("applied %+v, want the tenant added after the lock", c)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the follower did not read on once the lock was gone")
+	}
+}
