@@ -11,14 +11,16 @@ import (
 )
 
 // lockingConn is a connection whose Close takes the proxy's lock, as an
-// upstream connection (proxyConn) does.
+// upstream connection (proxyConn) does, and counts closes under it.
 type lockingConn struct {
 	net.Conn
-	p *httpProxy
+	p      *httpProxy
+	closes *int // guarded by p.mu
 }
 
 func (c *lockingConn) Close() error {
 	c.p.mu.Lock()
+	*c.closes++
 	c.p.mu.Unlock()
 	return c.Conn.Close()
 }
@@ -43,13 +45,14 @@ func TestProxyPoolDropWithIdleConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var closes int
 	old.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		return &lockingConn{Conn: c, p: p}, nil
+		return &lockingConn{Conn: c, p: p, closes: &closes}, nil
 	}
 	resp, err := (&http.Client{Transport: old}).Get(srv.URL)
 	if err != nil {
@@ -74,9 +77,13 @@ func TestProxyPoolDropWithIdleConnections(t *testing.T) {
 	p.mu.Lock()
 	n := len(p.transports)
 	_, kept := p.transports[proxyKey{"billing", "acme", "api"}]
+	closed := closes
 	p.mu.Unlock()
 	if n != 1 || kept {
 		t.Errorf("%d pools, the dropped one kept: %v; want only the new one", n, kept)
+	}
+	if closed != 1 {
+		t.Errorf("the dropped pool's idle connection was closed %d times, want 1", closed)
 	}
 	p.close()
 }
