@@ -68,3 +68,42 @@ func TestStoreStallRefusesInTime(t *testing.T) {
 		t.Fatalf("dial once the store answers: %v, want no_agent", err)
 	}
 }
+
+// TestStoreStallRefusesAgentInTime: an agent's admission reads its record
+// from the store; while PostgreSQL does not answer that read (the agents
+// table locked by another session), the relay refuses the agent as
+// unavailable, saying the store did not answer, once the handshake's
+// time is up, instead of holding the handshake (and its slot, of which
+// a relay has a bounded number) for as long as the store stalls. Once
+// the store answers, the agent connects.
+func TestStoreStallRefusesAgentInTime(t *testing.T) {
+	c := startCluster(t, 1)
+	r := c.relays[0]
+	c.admin(t, "tenant", "add", "acme")
+	stateDir, id := enroll(t, r.agentAddr, c.admin(t, "token", "create", "--tenant", "acme"))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, c.pg.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "LOCK TABLE agents IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+
+	a := startAgentProc(t, stateDir, id, r.agentAddr, agentOpts{transport: "tcp"})
+	// The handshake's time is 10 s; the store stalls for longer than the
+	// wait below.
+	waitCount(t, r.proc, "store did not answer within the handshake", 1, 40*time.Second)
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, a.proc, `"msg":"connected to relay"`, 1, 60*time.Second)
+}

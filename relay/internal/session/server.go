@@ -415,12 +415,19 @@ func (s *Server) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess transp
 		return
 	}
 	ctl.SetDeadline(s.cfg.Now().Add(s.cfg.HandshakeTimeout))
+	// The store reads of the admission share the hello's time: a store
+	// that does not answer has the agent refused (and its handshake
+	// slot given back) rather than holding both for as long as it
+	// stalls; the welcome could not be written past the deadline anyway.
+	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
 	// Control messages are small; a small buffer keeps idle agents cheap.
 	br := bufio.NewReaderSize(ctl, 512)
 	hello, err := readHello(br)
 	if err == nil {
 		log = log.With("agent_version", hello.AgentVersion)
-		err = s.admitAgent(ctx, id, leaf, remote, hello)
+		actx, cancel := context.WithDeadline(ctx, deadline)
+		err = s.admitAgent(actx, id, leaf, remote, hello)
+		cancel()
 	}
 	if err != nil {
 		s.stats.Failed.Add(1)
@@ -533,6 +540,9 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 	rec, err := s.cfg.Store.Agent(ctx, id.ID)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && rec.Tenant != id.Tenant) {
 		return protocol.Errorf(protocol.CodeUnknownAgent, "agent %s is not registered with this relay: enrol it again with a new join token", id.ID)
+	}
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+		return protocol.Errorf(protocol.CodeUnavailable, "look up agent: this relay's store did not answer within the handshake's %v: try again, or another relay", s.cfg.HandshakeTimeout)
 	}
 	if err != nil {
 		return protocol.Errorf(protocol.CodeInternal, "look up agent: %v", err)
