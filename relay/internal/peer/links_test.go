@@ -364,16 +364,18 @@ func TestFailedDialIsShared(t *testing.T) {
 		_, err := l.session(context.Background(), c.link)
 		second <- err
 	}()
+	// Both callers wait for the one dial (its starter included), which
+	// the gate holds until it is opened.
 	deadline := time.Now().Add(watchdog)
 	for {
 		c.link.mu.Lock()
 		waiting := c.link.waiting
 		c.link.mu.Unlock()
-		if waiting == 1 {
+		if waiting == 2 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the second caller is not waiting for the dial")
+			t.Fatalf("%d callers waiting for the dial, want 2", waiting)
 		}
 		time.Sleep(time.Millisecond)
 	}
