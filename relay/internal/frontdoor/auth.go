@@ -196,10 +196,12 @@ type keyCache struct {
 	client  *http.Client
 	now     func() time.Time
 
-	mu        sync.Mutex // guards the fields below and serialises fetches
+	mu        sync.Mutex // guards the fields below; never held across a fetch
 	keys      []jose.JSONWebKey
-	fetched   time.Time // last successful fetch
-	attempted time.Time // last attempt
+	fetched   time.Time     // last successful fetch
+	attempted time.Time     // last attempt
+	fetching  chan struct{} // closed when the fetch under way ends; nil when none
+	fetchErr  error         // how the last fetch ended
 }
 
 const (
@@ -297,43 +299,86 @@ func verifyWith(jws *jose.JSONWebSignature, keys []jose.JSONWebKey, kid string) 
 
 // refresh fetches the keys unless an attempt was made very recently. An
 // unknown key id (unknownKey) justifies a fetch once per
-// keyRefetchInterval; stale keys are refreshed as often.
+// keyRefetchInterval; stale keys are refreshed as often. One fetch runs at
+// a time, without the cache's lock, so that requests whose keys are
+// cached never wait for the issuer: while it runs, a request for an
+// unknown key waits for it (or its own ctx), one with stale keys goes on
+// with them.
 func (k *keyCache) refresh(ctx context.Context, unknownKey bool) ([]jose.JSONWebKey, error) {
 	k.mu.Lock()
-	defer k.mu.Unlock()
+	if wait := k.fetching; wait != nil {
+		keys := k.keys
+		k.mu.Unlock()
+		if !unknownKey {
+			return keys, nil
+		}
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return keys, ctx.Err()
+		}
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		return k.keys, k.fetchErr
+	}
 	now := k.now()
 	if now.Sub(k.attempted) < keyRefetchInterval {
+		keys := k.keys
+		k.mu.Unlock()
 		if unknownKey {
-			return k.keys, errFetchedRecently
+			return keys, errFetchedRecently
 		}
-		return k.keys, nil
+		return keys, nil
 	}
 	k.attempted = now
-	ctx, cancel := context.WithTimeout(ctx, keyFetchTimeout)
-	defer cancel()
-	if k.jwksURL == "" {
-		u, err := k.discover(ctx)
-		if err != nil {
-			return k.keys, err
-		}
-		k.jwksURL = u
+	done := make(chan struct{})
+	k.fetching = done
+	jwksURL := k.jwksURL
+	k.mu.Unlock()
+
+	// Bounded by keyFetchTimeout alone: the requests waiting for this
+	// fetch do not fail because the one that started it went away.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keyFetchTimeout)
+	keys, raw, jwksURL, err := k.fetch(fctx, jwksURL)
+	cancel()
+
+	k.mu.Lock()
+	k.jwksURL = jwksURL
+	if err == nil {
+		k.keys, k.fetched = keys, now
 	}
-	raw, err := k.get(ctx, k.jwksURL)
-	if err != nil {
-		return k.keys, err
+	k.fetchErr = err
+	k.fetching = nil
+	close(done)
+	keys = k.keys
+	k.mu.Unlock()
+	if err == nil {
+		if b, err := json.Marshal(cachedKeys{JWKSURL: jwksURL, Fetched: now, Keys: raw}); err == nil {
+			atomicfile.Write(k.file, b, 0o600) // best effort: only a restart during an outage needs it
+		}
+	}
+	return keys, err
+}
+
+// fetch reads the issuer's key set from jwksURL, discovering it first when
+// it is empty; it returns the URL it used.
+func (k *keyCache) fetch(ctx context.Context, jwksURL string) (keys []jose.JSONWebKey, raw []byte, _ string, err error) {
+	if jwksURL == "" {
+		if jwksURL, err = k.discover(ctx); err != nil {
+			return nil, nil, "", err
+		}
+	}
+	if raw, err = k.get(ctx, jwksURL); err != nil {
+		return nil, nil, jwksURL, err
 	}
 	var set jose.JSONWebKeySet
 	if err := json.Unmarshal(raw, &set); err != nil {
-		return k.keys, fmt.Errorf("issuer's key set: %w", err)
+		return nil, nil, jwksURL, fmt.Errorf("issuer's key set: %w", err)
 	}
 	if len(set.Keys) == 0 {
-		return k.keys, errors.New("issuer's key set is empty")
+		return nil, nil, jwksURL, errors.New("issuer's key set is empty")
 	}
-	k.keys, k.fetched = set.Keys, now
-	if b, err := json.Marshal(cachedKeys{JWKSURL: k.jwksURL, Fetched: now, Keys: raw}); err == nil {
-		atomicfile.Write(k.file, b, 0o600) // best effort: only a restart during an outage needs it
-	}
-	return k.keys, nil
+	return set.Keys, raw, jwksURL, nil
 }
 
 func (k *keyCache) discover(ctx context.Context) (string, error) {
