@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -198,9 +199,7 @@ func testFollow(t *testing.T, e engine) {
 		Error:  func(err error) { t.Errorf("follow: %v", err) },
 	}
 	from, _ := s.LatestChange(ctx)
-	fctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Follow(fctx, from, f) }()
+	stop := follow(s, from, f)
 	next := func(what string) Change {
 		t.Helper()
 		select {
@@ -217,17 +216,15 @@ func testFollow(t *testing.T, e engine) {
 	if c := next("own commit"); c.Kind != ChangeTenant || c.Tenant != "acme" {
 		t.Fatalf("own commit: applied %+v", c)
 	}
-	stop()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 
 	// Another process's change is read at the next poll.
 	f.Poll = 50 * time.Millisecond
 	from, _ = s.LatestChange(ctx)
-	fctx, stop = context.WithCancel(ctx)
+	stop = follow(s, from, f)
 	defer stop()
-	go func() { done <- s.Follow(fctx, from, f) }()
 	if err := other.SetLimits(ctx, Limits{Tenant: "acme", MaxAgents: 1, UpdatedAt: t0}); err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +232,6 @@ func testFollow(t *testing.T, e engine) {
 		t.Fatalf("other process: applied %+v", c)
 	}
 	stop()
-	<-done
 
 	// Changes pruned before the follower read them: it resyncs.
 	from, _ = s.LatestChange(ctx)
@@ -247,9 +243,8 @@ func testFollow(t *testing.T, e engine) {
 	if _, err := other.PruneChanges(ctx, time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	fctx, stop = context.WithCancel(ctx)
+	stop = follow(s, from, f)
 	defer stop()
-	go func() { done <- s.Follow(fctx, from, f) }()
 	select {
 	case <-resynced:
 	case <-time.After(10 * time.Second):
@@ -258,8 +253,19 @@ func testFollow(t *testing.T, e engine) {
 	if c := next("after resync"); c.Tenant != "b3" {
 		t.Fatalf("after resync: applied %+v, want the newest change (b3)", c)
 	}
-	stop()
-	<-done
+}
+
+// follow runs s.Follow from from with f on a goroutine of its own; stop
+// ends it, waits for it and returns what Follow returned (once; later
+// calls return the same).
+func follow(s *Store, from int64, f Follower) (stop func() error) {
+	fctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Follow(fctx, from, f) }()
+	return sync.OnceValue(func() error {
+		cancel()
+		return <-done
+	})
 }
 
 // TestErrorClassesPostgres checks the PostgreSQL dialect's classification
@@ -344,22 +350,14 @@ func TestFollowNotifiedPostgres(t *testing.T) {
 	applied := make(chan Change, 4)
 	read := make(chan struct{}, 1)
 	from, _ := s.LatestChange(ctx)
-	fctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- s.Follow(fctx, from, Follower{Poll: time.Hour, Apply: func(_ context.Context, c Change) { applied <- c },
-			Resync: func(context.Context) { t.Error("unexpected resync") },
-			Read: func(time.Time) {
-				select {
-				case read <- struct{}{}:
-				default:
-				}
-			}})
-	}()
-	defer func() {
-		stop()
-		<-done
-	}()
+	defer follow(s, from, Follower{Poll: time.Hour, Apply: func(_ context.Context, c Change) { applied <- c },
+		Resync: func(context.Context) { t.Error("unexpected resync") },
+		Read: func(time.Time) {
+			select {
+			case read <- struct{}{}:
+			default:
+			}
+		}})()
 	<-read // the first read, at start, is over: what follows needs a notice
 	// The listener may not be listening yet; once one change has been
 	// applied it is (a change after the first read arrives only through
@@ -404,28 +402,20 @@ func TestFollowReadTimeoutPostgres(t *testing.T) {
 	failed := make(chan error, 16)
 	read := make(chan struct{}, 16)
 	from, _ := s.LatestChange(ctx)
-	fctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- s.Follow(fctx, from, Follower{Poll: 50 * time.Millisecond, ReadTimeout: 200 * time.Millisecond,
-			Apply: func(_ context.Context, c Change) { applied <- c },
-			Read: func(time.Time) {
-				select {
-				case read <- struct{}{}:
-				default:
-				}
-			},
-			Error: func(err error) {
-				select {
-				case failed <- err:
-				default:
-				}
-			}})
-	}()
-	defer func() {
-		stop()
-		<-done
-	}()
+	defer follow(s, from, Follower{Poll: 50 * time.Millisecond, ReadTimeout: 200 * time.Millisecond,
+		Apply: func(_ context.Context, c Change) { applied <- c },
+		Read: func(time.Time) {
+			select {
+			case read <- struct{}{}:
+			default:
+			}
+		},
+		Error: func(err error) {
+			select {
+			case failed <- err:
+			default:
+			}
+		}})()
 	<-read
 
 	tx, err := other.db.BeginTx(ctx, nil)
