@@ -26,25 +26,11 @@ func TestStoreStallRefusesInTime(t *testing.T) {
 	key := c.admin(t, "backend", "add", "billing", "--allow", "ghost")
 	d := c.dialer(c.relays[0], "billing", key)
 
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, c.pg.DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, "LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
+	unlock := lockTable(t, c, "tenants")
 
 	// The dial's own limit is far beyond the relay's: the refusal must
 	// come from the relay.
-	dctx, dcancel := context.WithTimeout(ctx, 45*time.Second)
+	dctx, dcancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer dcancel()
 	nc, err := d.DialContext(dctx, "tcp", "echo.ghost.tether:7")
 	if err == nil {
@@ -56,9 +42,7 @@ func TestStoreStallRefusesInTime(t *testing.T) {
 		t.Fatalf("dial while the store stalled: %v (%T), want an unavailable refusal naming the store", err, err)
 	}
 
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	unlock()
 	nc, err = d.DialContext(dctx, "tcp", "echo.ghost.tether:7")
 	if err == nil {
 		nc.Close()
@@ -82,28 +66,39 @@ func TestStoreStallRefusesAgentInTime(t *testing.T) {
 	c.admin(t, "tenant", "add", "acme")
 	stateDir, id := enroll(t, r.agentAddr, c.admin(t, "token", "create", "--tenant", "acme"))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, c.pg.DSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, "LOCK TABLE agents IN ACCESS EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
+	unlock := lockTable(t, c, "agents")
 
 	a := startAgentProc(t, stateDir, id, r.agentAddr, agentOpts{transport: "tcp"})
 	// The handshake's time is 10 s; the store stalls for longer than the
 	// wait below.
 	waitCount(t, r.proc, "store did not answer within the handshake", 1, 40*time.Second)
-	if err := tx.Rollback(ctx); err != nil {
+	unlock()
+	waitCount(t, a.proc, `"msg":"connected to relay"`, 1, 60*time.Second)
+}
+
+// lockTable locks table of the cluster's database from a session of its
+// own, so that the relays' reads of it wait, until unlock (or the test's
+// end).
+func lockTable(t *testing.T, c *testCluster, table string) (unlock func()) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, c.pg.DSN())
+	if err != nil {
 		t.Fatal(err)
 	}
-	waitCount(t, a.proc, `"msg":"connected to relay"`, 1, 60*time.Second)
+	t.Cleanup(func() { conn.Close(ctx) })
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback(ctx) })
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{table}.Sanitize()+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		t.Helper()
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
