@@ -177,6 +177,17 @@ type result struct {
 	err error
 }
 
+// sessionAsync calls l.session for lk on a goroutine of its own; its
+// result arrives on the channel returned.
+func sessionAsync(ctx context.Context, l *Links, lk *link) <-chan result {
+	ch := make(chan result, 1)
+	go func() {
+		s, err := l.session(ctx, lk)
+		ch <- result{s, err}
+	}()
+	return ch
+}
+
 // within runs f and fails the test unless it returns within watchdog.
 func within(t *testing.T, what string, f func() (any, error)) (any, error) {
 	t.Helper()
@@ -212,13 +223,9 @@ func TestCarriersDoNotWaitForADial(t *testing.T) {
 	l := newLinks(t, p1, &h)
 
 	c := carrier(t, l, "acme")
-	dialed := make(chan result, 1)
 	first, giveUp := context.WithCancel(context.Background())
 	defer giveUp()
-	go func() {
-		s, err := l.session(first, c.link)
-		dialed <- result{s, err}
-	}()
+	dialed := sessionAsync(first, l, c.link)
 	<-g.accepted // the dial is in its TLS handshake, held by the gate
 
 	v, _ := within(t, "Carriers of another tenant during the dial", func() (any, error) { return carrier(t, l, "beta"), nil })
@@ -241,11 +248,7 @@ func TestCarriersDoNotWaitForADial(t *testing.T) {
 	if r, _ := within(t, "session whose context ended", func() (any, error) { r := <-dialed; return r, nil }); !errors.Is(r.(result).err, context.Canceled) {
 		t.Errorf("the dial's first caller, its context ended: %v, want context.Canceled", r.(result).err)
 	}
-	later := make(chan result, 1)
-	go func() {
-		s, err := l.session(context.Background(), c.link)
-		later <- result{s, err}
-	}()
+	later := sessionAsync(context.Background(), l, c.link)
 	g.open()
 	var r result
 	select {
@@ -317,11 +320,7 @@ func TestLinkClosedDuringDial(t *testing.T) {
 	h.set("acme", store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: g.ln.Addr().String(), Agents: 1})
 	l := newLinks(t, p1, &h)
 	c := carrier(t, l, "acme")
-	dialed := make(chan result, 1)
-	go func() {
-		s, err := l.session(context.Background(), c.link)
-		dialed <- result{s, err}
-	}()
+	dialed := sessionAsync(context.Background(), l, c.link)
 	<-g.accepted
 	within(t, "close of a link being dialed", func() (any, error) { c.link.close(); return nil, nil })
 	g.open()
@@ -346,11 +345,7 @@ func TestFailedDialIsShared(t *testing.T) {
 	h.set("acme", store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: g.ln.Addr().String(), Agents: 1})
 	l := newLinks(t, p1, &h)
 	c := carrier(t, l, "acme")
-	first := make(chan error, 1)
-	go func() {
-		_, err := l.session(context.Background(), c.link)
-		first <- err
-	}()
+	first := sessionAsync(context.Background(), l, c.link)
 	<-g.accepted
 	// A second caller finds the dial running and waits for it.
 	c.link.mu.Lock()
@@ -359,11 +354,7 @@ func TestFailedDialIsShared(t *testing.T) {
 	if !running {
 		t.Fatal("no dial running while the gate holds it")
 	}
-	second := make(chan error, 1)
-	go func() {
-		_, err := l.session(context.Background(), c.link)
-		second <- err
-	}()
+	second := sessionAsync(context.Background(), l, c.link)
 	// Both callers wait for the one dial (its starter included), which
 	// the gate holds until it is opened.
 	deadline := time.Now().Add(watchdog)
@@ -380,10 +371,10 @@ func TestFailedDialIsShared(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	g.open()
-	for _, ch := range []chan error{first, second} {
+	for _, ch := range []<-chan result{first, second} {
 		select {
-		case err := <-ch:
-			if err == nil {
+		case r := <-ch:
+			if r.err == nil {
 				t.Error("a dial through a gate that drops connections succeeded")
 			}
 		case <-time.After(watchdog):
