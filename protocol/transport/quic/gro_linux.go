@@ -115,16 +115,15 @@ type groConn struct {
 	n     int
 	next  int
 	off   int
-	seg   int      // the packet size of datagram next
-	addr  net.Addr // its source
-	ctl   []byte   // its control messages but the packet size
+	seg   int    // the packet size of datagram next
+	ctl   []byte // its control messages but the packet size
 
-	// The last source seen, as the kernel wrote it and as an address:
-	// a run of datagrams from one peer shares one *net.UDPAddr, which
-	// nobody modifies.
-	lastName unix.RawSockaddrInet6
-	lastAddr net.Addr
-	ctlBuf   [groControl]byte
+	// The source of datagram next (and of the last one, between
+	// batches), as the kernel wrote it and as an address: datagrams from
+	// one peer share one *net.UDPAddr, which nobody modifies.
+	name   unix.RawSockaddrInet6
+	addr   net.Addr
+	ctlBuf [groControl]byte
 }
 
 // PacketConn returns the connection quic-go should be given for c: on
@@ -232,13 +231,13 @@ func (c *groConn) advance(i int) {
 		if h.n == 0 {
 			continue
 		}
-		if name := &c.batch.names[i]; c.lastAddr == nil || *name != c.lastName {
-			c.lastName, c.lastAddr = *name, sockaddr(name, h.hdr.Namelen)
+		if name := &c.batch.names[i]; c.addr == nil || *name != c.name {
+			c.name, c.addr = *name, sockaddr(name, h.hdr.Namelen)
 		}
-		if c.lastAddr == nil {
+		if c.addr == nil {
 			continue
 		}
-		c.next, c.off, c.addr = i, 0, c.lastAddr
+		c.next, c.off = i, 0
 		c.seg, c.ctl = splitControl(c.batch.ctl[i][:h.hdr.Controllen], c.ctlBuf[:0])
 		if c.seg <= 0 {
 			c.seg = int(h.n)
@@ -246,7 +245,7 @@ func (c *groConn) advance(i int) {
 		return
 	}
 	giveBatch(c.batch)
-	c.batch, c.n, c.next, c.off, c.addr, c.ctl = nil, 0, 0, 0, nil, nil
+	c.batch, c.n, c.next, c.off, c.ctl = nil, 0, 0, 0, nil
 }
 
 // splitControl finds the packet size (UDP_GRO) among a datagram's control
