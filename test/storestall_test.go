@@ -53,6 +53,43 @@ func TestStoreStallRefusesInTime(t *testing.T) {
 	}
 }
 
+// TestStoreStallAuditDoesNotHoldRefusal: a refusal's audit record is
+// queued, not waited for, so a store that does not answer the audit write
+// either (the audit table locked too) does not hold the client's answer
+// beyond the refusal's own bound; the record still reaches the trail once
+// the store answers.
+func TestStoreStallAuditDoesNotHoldRefusal(t *testing.T) {
+	c := startClusterWith(t, 1, clusterOpts{extra: []string{"--stream-open-timeout", "2s"}})
+	c.admin(t, "tenant", "add", "ghost")
+	key := c.admin(t, "backend", "add", "billing", "--allow", "ghost")
+	d := c.dialer(c.relays[0], "billing", key)
+
+	unlockAudit := lockTable(t, c, "audit")
+	unlockTenants := lockTable(t, c, "tenants")
+
+	// The relay refuses after --stream-open-timeout (2 s); an audit write
+	// waited for would add its store timeout (10 s) and outlast this.
+	dctx, dcancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer dcancel()
+	nc, err := d.DialContext(dctx, "tcp", "echo.ghost.tether:7")
+	if err == nil {
+		nc.Close()
+		t.Fatal("dial connected while the store was stalled")
+	}
+	var ref *client.Refusal
+	if !errors.As(err, &ref) || !errors.Is(err, protocol.ErrUnavailable) {
+		t.Fatalf("dial while the store and its audit table stalled: %v (%T), want an unavailable refusal", err, err)
+	}
+
+	if ref.RequestID == "" {
+		t.Fatal("the refusal carries no request id")
+	}
+
+	unlockTenants()
+	unlockAudit()
+	waitAudit(t, c.relays[0], "the refused request", detailIs("stream", "unavailable", "request", ref.RequestID), append([]string{"--kind", "stream"}, c.store...)...)
+}
+
 // TestStoreStallRefusesAgentInTime: an agent's admission reads its record
 // from the store; while PostgreSQL does not answer that read (the agents
 // table locked by another session), the relay refuses the agent as

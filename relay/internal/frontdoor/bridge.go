@@ -96,7 +96,12 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr, requestID string, e
 	return &tunnel{Tunnel: rt, requestID: hdr.RequestID, target: t, caller: c, release: func() { release(); charge.release() }}, nil
 }
 
-// auditRefusal records a stream the relay or the agent refused.
+// auditRefusal records a stream the relay or the agent refused. The
+// record is queued, not waited for: a refusal is over (nothing was
+// reached), and waiting for the audit commit held the client's answer
+// for as long as the store took — up to the writer's 10 s per batch when
+// it stalled, on top of the refusal itself. The record still reaches the
+// store, or the audit file marked store_error when the store fails.
 func (fd *Server) auditRefusal(door, remote, requestID string, c *caller, addr string, err error) {
 	if len(addr) > 512 {
 		addr = addr[:512]
@@ -109,18 +114,18 @@ func (fd *Server) auditRefusal(door, remote, requestID string, c *caller, addr s
 		rec.Detail["service"] = t.Service
 	}
 	fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, c.name, protocol.CodeOf(err))
-	fd.cfg.Audit.Add(rec)
+	fd.cfg.Audit.Record(rec)
 }
 
 // auditUnauthenticated records a front-door connection whose credentials
 // were refused. The name it claimed is kept apart from Backend, which only
-// ever holds an authenticated identity.
+// ever holds an authenticated identity. Queued, as auditRefusal's.
 func (fd *Server) auditUnauthenticated(door, remote, requestID, claimed string, err error) {
 	if len(claimed) > 255 {
 		claimed = claimed[:255]
 	}
 	fd.cfg.Metrics.StreamOpened("", "", "", protocol.CodeOf(err))
-	fd.cfg.Audit.Add(audit.Record{Kind: audit.Stream, Outcome: protocol.CodeOf(err).String(), Actor: "unauthenticated",
+	fd.cfg.Audit.Record(audit.Record{Kind: audit.Stream, Outcome: protocol.CodeOf(err).String(), Actor: "unauthenticated",
 		Detail: map[string]any{"door": door, "remote": remote, "request": requestID, "claimed_backend": claimed, "error": err.Error()}})
 }
 
