@@ -3,6 +3,11 @@ package test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -138,4 +143,56 @@ func lockTable(t *testing.T, c *testCluster, table string) (unlock func()) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestStoreStallOfferKeepsTheSession: while the relay waits for the store
+// to take an update offer's audit record (the audit table locked by
+// another session), the agent's answer to the offer (its fetch) does not
+// stop the relay reading the agent's control stream: the session outlives
+// three heartbeats, and the fetch is served once the record is written.
+func TestStoreStallOfferKeepsTheSession(t *testing.T) {
+	c := startClusterWith(t, 1, clusterOpts{extra: []string{"--update-interval", "300ms", "--heartbeat", "2s"}})
+	r := c.relays[0]
+	c.admin(t, "tenant", "add", "acme")
+	keyDir := t.TempDir()
+	mustRun(t, bins.relay, "release", "keygen", "--out", keyDir)
+	pub, err := os.ReadFile(filepath.Join(keyDir, "release.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.admin(t, "release", "publish", "--file", agentOfVersion(t, "9.0.0"), "--version", "9.0.0",
+		"--key", filepath.Join(keyDir, "release.key"), "--os", runtime.GOOS, "--arch", runtime.GOARCH)
+	stateDir, id := enroll(t, r.agentAddr, c.admin(t, "token", "create", "--tenant", "acme"))
+	a := runAgent(t, stateDir, id, r.agentAddr, agentOpts{transport: "tcp", bin: agentOfVersion(t, "1.0.0"),
+		extra: fmt.Sprintf("relay_connections: 1\nupdate: {public_keys: [%q], restart: exec}\n", pub)})
+	a.waitOutput(`"msg":"connected to relay"`, 20*time.Second)
+
+	unlock := lockTable(t, c, "audit")
+	// The rollout is stored before its own audit record, which waits for
+	// the lock: the command runs on until then.
+	rolled := make(chan error, 1)
+	go func() {
+		out, err := exec.Command(bins.relay, append([]string{"release", "rollout", "9.0.0", "--agents", id}, c.store...)...).CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("%w: %s", err, out)
+		}
+		rolled <- err
+	}()
+	a.waitOutput(`"msg":"update offered: manifest verified`, 20*time.Second)
+	// The relay writes the offer's record once the store takes it or,
+	// after the audit writer's 10 s, to the audit file alone: five
+	// heartbeats.
+	r.waitOutput(`"msg":"update offered"`, 30*time.Second)
+	if n := r.count(`"reason":"heartbeat_missed"`); n != 0 {
+		t.Fatalf("the relay ended the agent's session for missed heartbeats while the offer's record was written")
+	}
+	if n := a.count("connection to relay lost"); n != 0 {
+		t.Fatalf("the agent lost its session while the offer's record was written")
+	}
+	unlock()
+	if err := <-rolled; err != nil {
+		t.Fatalf("release rollout: %v", err)
+	}
+	// The fetch is served: the agent reports the download.
+	r.waitOutput(`"state":"downloaded"`, 60*time.Second)
 }

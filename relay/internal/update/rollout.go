@@ -59,6 +59,8 @@ const (
 	connectGap = time.Second
 	// maxText bounds the texts an agent reports that are stored.
 	maxText = 512
+	// recordTimeout bounds the store write of an agent's update state.
+	recordTimeout = 10 * time.Second
 )
 
 // Config configures Rollouts.
@@ -90,11 +92,9 @@ type Rollouts struct {
 	sends sync.WaitGroup // release sends and status records; Run waits for them
 }
 
-// offerState is what was offered on one agent session. mu orders the
-// records of an offer and the agent's answers to it: an agent can refuse
-// an offer before the relay has recorded making it.
+// offerState is what was offered on one agent session.
 type offerState struct {
-	mu    sync.Mutex
+	mu    sync.Mutex // guards offer; held for no store call or write
 	offer *offer
 }
 
@@ -104,6 +104,26 @@ type offer struct {
 	version string
 	rollout int64
 	dir     string // the release's files (datadir.Dir.ReleaseFiles)
+	// announced is closed once the offer is audited (or could not be
+	// sent). The agent's answers are recorded after it, on goroutines of
+	// their own: an agent can answer an offer before the relay has
+	// recorded making it.
+	announced chan struct{}
+}
+
+// wait returns once o is announced, or false if ctx ended first.
+func (o *offer) wait(ctx context.Context) bool {
+	select {
+	case <-o.announced:
+		return true
+	default:
+	}
+	select {
+	case <-o.announced:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // NewRollouts returns Rollouts; call Run.
@@ -303,7 +323,7 @@ func (u *Rollouts) offer(ctx context.Context, a Agent, ofs *offerState, ro store
 		defer f.Close()
 		return io.ReadAll(io.LimitReader(f, max))
 	}
-	o := &offer{id: credential.NewRequestID(), version: ro.Version, rollout: ro.ID, dir: dir}
+	o := &offer{id: credential.NewRequestID(), version: ro.Version, rollout: ro.ID, dir: dir, announced: make(chan struct{})}
 	m := &protocol.UpdateOffer{ID: o.id, Version: ro.Version}
 	if m.Manifest, err = read(release.ManifestFile, release.MaxManifestSize); err != nil {
 		return err
@@ -326,9 +346,16 @@ func (u *Rollouts) offer(ctx context.Context, a Agent, ofs *offerState, ro store
 		a.Logger().Debug("update offered to this agent elsewhere (another session or relay)", "version", ro.Version)
 		return nil
 	}
-	ofs.mu.Lock() // the agent's answer is recorded after the offer
-	defer ofs.mu.Unlock()
+	// The offer's lock is not held while the offer is written and
+	// audited: the session's control reader takes it for the agent's
+	// fetch, and the audit commit waits on the store (up to 10 s a batch
+	// when it stalls), which would stop the reader and have a healthy
+	// agent's session end as heartbeat_missed. The answers wait for
+	// announced instead, on goroutines of their own.
+	ofs.mu.Lock()
 	ofs.offer = o
+	ofs.mu.Unlock()
+	defer close(o.announced)
 	if err := a.Send(m); err != nil {
 		return err
 	}
@@ -338,8 +365,11 @@ func (u *Rollouts) offer(ctx context.Context, a Agent, ofs *offerState, ro store
 	return nil
 }
 
-// record stores a's state for the version of o.
+// record stores a's state for the version of o, waiting for the store no
+// longer than recordTimeout.
 func (u *Rollouts) record(ctx context.Context, a Agent, o *offer, state, reason, message, from string) {
+	ctx, cancel := context.WithTimeout(ctx, recordTimeout)
+	defer cancel()
 	id := a.Identity()
 	s := store.AgentUpdate{Agent: id.ID, Tenant: id.Tenant, Version: o.version, Rollout: o.rollout, State: state,
 		Reason: protocol.Clip(reason, maxText), Message: protocol.Clip(message, maxText), From: protocol.Clip(from, maxText), UpdatedAt: u.cfg.Now()}
@@ -416,6 +446,9 @@ func (u *Rollouts) goSend(fn func()) {
 
 // send opens an update stream to the agent and writes the binary.
 func (u *Rollouts) send(ctx context.Context, a Agent, o *offer) {
+	if !o.wait(ctx) {
+		return // the session ended
+	}
 	u.record(ctx, a, o, protocol.UpdateDownloading, "", "", "")
 	start := time.Now()
 	n, err := writeRelease(ctx, a, o)
@@ -480,8 +513,11 @@ func (u *Rollouts) reported(ctx context.Context, a Agent, m *protocol.UpdateStat
 	if cur := ofs.offer; cur != nil && cur.id == m.ID && cur.version == m.Version {
 		o = cur
 	}
-	u.record(ctx, a, o, m.State, m.Reason, m.Message, m.From)
 	ofs.mu.Unlock()
+	if o.announced != nil {
+		o.wait(ctx) // a session that ended still has the answer audited
+	}
+	u.record(ctx, a, o, m.State, m.Reason, m.Message, m.From)
 	outcome := audit.OutcomeOK
 	switch m.State {
 	case protocol.UpdateRefused, protocol.UpdateFailed, protocol.UpdateRolledBack:
