@@ -84,6 +84,11 @@ func (r *Rotation) Apply(ctx context.Context) {
 	// Sessions that stand on a root no longer trusted (retired with
 	// --force while its agents were still on it) end now, as revoked ones
 	// do: the operator retired the root so that nothing it issued counts.
+	// They are closed side by side (each audit record waits for its
+	// commit, each close for its Reject's deadline), since this runs on
+	// the change feed, which every stream of the relay waits on.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
 	for _, c := range r.sessions.Select("", false, func(c *session.Conn) bool { return !active[c.RootID()] }) {
 		root := next.Root(c.RootID())
 		why := protocol.Errorf(protocol.CodeUnauthenticated, "this agent's certificate comes from a CA root that was retired: enrol it again with a new join token")
@@ -92,10 +97,15 @@ func (r *Rotation) Apply(ctx context.Context) {
 				root.Generation, root.ID(), root.RetiredAt.UTC().Format(time.RFC3339))
 		}
 		id := c.Identity()
-		r.cfg.Audit.Add(audit.Record{Kind: audit.Disconnect, Outcome: protocol.CodeUnauthenticated.String(), Tenant: id.Tenant, Agent: id.ID, Actor: "relay",
-			Detail: map[string]any{"session": c.SessionID(), "ca_root": c.RootID(), "reason": "CA root retired"}})
-		c.CloseWith(why)
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			r.cfg.Audit.Add(audit.Record{Kind: audit.Disconnect, Outcome: protocol.CodeUnauthenticated.String(), Tenant: id.Tenant, Agent: id.ID, Actor: "relay",
+				Detail: map[string]any{"session": c.SessionID(), "ca_root": c.RootID(), "reason": "CA root retired"}})
+			c.CloseWith(why)
+		})
 	}
+	wg.Wait()
 	if next.RenewNow() && (!prev.RenewNow() || prev.Signer().ID() != next.Signer().ID()) {
 		r.askRenewals(next.Signer().ID())
 	}

@@ -110,12 +110,15 @@ func (c *Conn) Send(m protocol.Message) error {
 
 // CloseWith tells the agent why its session ends (a Reject on the control
 // stream, written with a short deadline) and closes the session. New
-// streams stop going to it at once.
+// streams stop going to it at once. It returns within about the deadline
+// even when a control write is blocked (an agent that reads nothing):
+// the deadline is set before the write lock is taken, and it ends the
+// write in progress too.
 func (c *Conn) CloseWith(err error) {
 	c.cause.CompareAndSwap(nil, &err)
 	c.draining.Store(true)
-	c.ctlMu.Lock()
 	c.ctl.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	c.ctlMu.Lock()
 	werr := protocol.WriteMessage(c.ctl, protocol.RejectFor(err))
 	c.ctlMu.Unlock()
 	if werr != nil {

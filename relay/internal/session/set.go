@@ -36,14 +36,20 @@ func (s *Set) Changes() <-chan struct{} {
 // (another boot id) are stale — that process is gone — so they are closed
 // at once rather than left to time out while streams are sent to them.
 func (s *Set) add(c *Conn) {
+	var stale []*Conn
+	defer func() { // after the lock is released: a close can take seconds
+		for _, old := range stale {
+			old.log.Info("closing stale session: the agent restarted", "new_boot_id", c.hello.BootID)
+			old.sess.Close()
+		}
+	}()
 	s.mu.Lock()
 	list := s.byTenant[c.id.Tenant]
 	if c.hello.BootID != "" {
 		for _, old := range list {
 			if old.id.ID == c.id.ID && old.hello.BootID != "" && old.hello.BootID != c.hello.BootID && !old.draining.Swap(true) {
-				old.log.Info("closing stale session: the agent restarted", "new_boot_id", c.hello.BootID)
 				old.cause.CompareAndSwap(nil, &errAgentRestarted)
-				old.sess.Close()
+				stale = append(stale, old)
 			}
 		}
 	}
@@ -148,9 +154,14 @@ func (s *Set) doubtSiblings(c *Conn) {
 // reports how many there were.
 func (s *Set) CloseAgent(tenant, id string, err error) int {
 	conns := s.ofAgent(tenant, id)
+	// At once, not one after another: each may wait for its Reject's
+	// deadline and its transport's close, and the caller is the change
+	// feed, which every relay's streams wait on.
+	var wg sync.WaitGroup
 	for _, c := range conns {
-		c.CloseWith(err)
+		wg.Go(func() { c.CloseWith(err) })
 	}
+	wg.Wait()
 	return len(conns)
 }
 
