@@ -404,7 +404,10 @@ func (s *session) serve(ctx context.Context) endReason {
 	// silence limit applies.
 	pongWait := min(max(hb/2, 2*time.Second), 5*time.Second)
 	packets, _ := s.t.(interface{ PacketsReceived() uint64 })
-	var packetsAtPing uint64
+	var (
+		packetsAtPing uint64
+		pingAt        int64 // Unix nanoseconds of the heartbeat the pong timer checks
+	)
 	pongTimer := time.NewTimer(time.Hour)
 	pongTimer.Stop()
 	defer pongTimer.Stop()
@@ -513,13 +516,18 @@ func (s *session) serve(ctx context.Context) endReason {
 				s.setEnd(fmt.Errorf("relay silent for %v", silent.Round(time.Millisecond)))
 				return endLost
 			}
-			s.ping(time.Now())
+			now := time.Now()
+			s.ping(now)
 			if packets != nil {
+				// The check counts from the heartbeat itself, not from
+				// when its ping was written: a ping still being written
+				// (the one before it blocked) leaves pingSentAt behind.
+				pingAt = now.UnixNano()
 				packetsAtPing = packets.PacketsReceived()
 				pongTimer.Reset(pongWait)
 			}
 		case <-pongTimer.C:
-			if s.lastHeard.Load() >= s.pingSentAt.Load() {
+			if s.lastHeard.Load() >= pingAt {
 				break
 			}
 			if n := packets.PacketsReceived(); n > packetsAtPing {
@@ -539,6 +547,7 @@ func (s *session) serve(ctx context.Context) endReason {
 // fails ends the session.
 func (s *session) ping(now time.Time) {
 	if !s.pinging.CompareAndSwap(false, true) {
+		s.log.Debug("the previous ping is still being written; no new one")
 		return
 	}
 	seq := s.pingSeq.Add(1)
