@@ -196,3 +196,34 @@ func TestStoreStallOfferKeepsTheSession(t *testing.T) {
 	// The fetch is served: the agent reports the download.
 	r.waitOutput(`"state":"downloaded"`, 60*time.Second)
 }
+
+// TestStoreStallRefusesEnrolmentInTime: an enrolment uses its join token
+// and registers the agent in one transaction, bounded by the handshake's
+// time. While PostgreSQL does not answer the registration (the agents
+// table locked by another session), the agent is refused as unavailable,
+// saying the token was not used; once the store answers, the same
+// single-use token enrols it.
+func TestStoreStallRefusesEnrolmentInTime(t *testing.T) {
+	c := startCluster(t, 1)
+	r := c.relays[0]
+	c.admin(t, "tenant", "add", "acme")
+	tok := c.admin(t, "token", "create", "--tenant", "acme", "--uses", "1")
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	unlock := lockTable(t, c, "agents")
+	// The agent's own enrolment deadline (30 s) is beyond the relay's
+	// (10 s): the refusal must come from the relay.
+	_, stderr, err := runCmd(t, bins.agent, "enroll", "--relay", r.agentAddr, "--token-file", tokenFile, "--state-dir", filepath.Join(t.TempDir(), "s"))
+	if err == nil {
+		t.Fatal("enrolment succeeded while the store was stalled")
+	}
+	if !strings.Contains(stderr, "unavailable") || !strings.Contains(stderr, "the join token was not used") {
+		t.Fatalf("enrolment while the store stalled: %v\n%s\nwant an unavailable refusal saying the token was not used", err, stderr)
+	}
+
+	unlock()
+	enroll(t, r.agentAddr, tok)
+}

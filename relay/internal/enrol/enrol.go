@@ -111,6 +111,10 @@ func (e *Enrol) Serve(ctx context.Context, tc *tls.Conn) {
 		return
 	}
 	resp, tok, err := e.enroll(ctx, req, tc.RemoteAddr())
+	// The store may have taken the handshake's time (enroll bounds it by
+	// that): the answer gets time of its own, so that an agent whose
+	// token was used gets its certificate.
+	tc.SetWriteDeadline(time.Now().Add(e.cfg.HandshakeTimeout))
 	if reason, counts, ok := unauthenticatedEnrolment(err); ok {
 		var summed bool
 		if summed, err = e.refusedEnrolment(remote, req, reason, counts, err); summed {
@@ -160,11 +164,41 @@ func (e *Enrol) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 		return nil, store.Token{}, err
 	}
 	now := e.cfg.Now()
-	var t store.Token
-	check := func(tenant string) error { return e.enrolmentLimits(ctx, tenant, remote) }
-	t, err = e.cfg.Store.ConsumeToken(ctx, tok.IDString(), tok.SecretMatches, now, check)
+	// The store's part — the tenant's limits, the token's use and the
+	// agent's record, the last two in one transaction — waits no longer
+	// than the handshake's time: a store that does not answer has the
+	// agent refused as unavailable with nothing spent, instead of holding
+	// the connection (and its handshake slot) for as long as it stalls.
+	sctx, cancel := context.WithTimeout(ctx, e.cfg.HandshakeTimeout)
+	defer cancel()
+	check := func(tenant string) error { return e.enrolmentLimits(sctx, tenant, remote) }
+	var (
+		id   identity.Agent
+		cert *x509.Certificate
+	)
+	// An agent that trusts the whole bundle gets its certificate from the
+	// newest root; an older one only trusts the root it found in the
+	// relay's TLS chain (the serving root), and moves at its first renewal.
+	root := authority.Serving()
+	if slices.Contains(req.Capabilities, protocol.CapRootBundle) {
+		root = authority.Signer()
+	}
+	register := func(t store.Token) (store.Agent, error) {
+		id = identity.Agent{TrustDomain: authority.TrustDomain(), Tenant: t.Tenant, ID: credential.NewID()}
+		var err error
+		if cert, err = authority.SignAgent(root, csr, id, e.cfg.CertLifetime, now); err != nil {
+			return store.Agent{}, protocol.Errorf(protocol.CodeInternal, "%v", err)
+		}
+		return store.Agent{
+			ID: id.ID, Tenant: id.Tenant, Hostname: truncate(req.Hostname, 255), CreatedAt: now,
+			CertSerial: cert.SerialNumber.Text(16), CertNotAfter: cert.NotAfter, CertRoot: root.ID(), CertIssuedAt: now,
+		}, nil
+	}
+	t, err := e.cfg.Store.EnrolAgent(sctx, tok.IDString(), tok.SecretMatches, now, check, register)
 	var pe *protocol.Error
 	switch {
+	case err != nil && sctx.Err() != nil && ctx.Err() == nil:
+		return nil, t, protocol.Errorf(protocol.CodeUnavailable, "enrolment: this relay's store did not answer within the handshake's %v; the join token was not used: try again, or another relay", e.cfg.HandshakeTimeout)
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrTokenSecret):
 		return nil, store.Token{}, protocol.Errorf(protocol.CodeInvalidToken, "join token is not known to this relay")
 	case errors.Is(err, store.ErrTokenExpired):
@@ -174,29 +208,7 @@ func (e *Enrol) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 	case errors.As(err, &pe):
 		return nil, t, err
 	case err != nil:
-		return nil, t, protocol.Errorf(protocol.CodeInternal, "use join token: %v", err)
-	}
-	id := identity.Agent{TrustDomain: authority.TrustDomain(), Tenant: t.Tenant, ID: credential.NewID()}
-	// An agent that trusts the whole bundle gets its certificate from the
-	// newest root; an older one only trusts the root it found in the
-	// relay's TLS chain (the serving root), and moves at its first renewal.
-	root := authority.Serving()
-	if slices.Contains(req.Capabilities, protocol.CapRootBundle) {
-		root = authority.Signer()
-	}
-	cert, err := authority.SignAgent(root, csr, id, e.cfg.CertLifetime, now)
-	if err != nil {
-		return nil, t, protocol.Errorf(protocol.CodeInternal, "%v", err)
-	}
-	hostname := req.Hostname
-	if len(hostname) > 255 {
-		hostname = hostname[:255]
-	}
-	if err := e.cfg.Store.AddAgent(ctx, store.Agent{
-		ID: id.ID, Tenant: id.Tenant, Hostname: hostname, CreatedAt: now,
-		CertSerial: cert.SerialNumber.Text(16), CertNotAfter: cert.NotAfter, CertRoot: root.ID(), CertIssuedAt: now,
-	}); err != nil {
-		return nil, t, protocol.Errorf(protocol.CodeInternal, "register agent: %v", err)
+		return nil, t, protocol.Errorf(protocol.CodeInternal, "use join token and register agent: %v", err)
 	}
 	var chain bytes.Buffer
 	pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})

@@ -45,17 +45,20 @@ type Agent struct {
 
 // AddAgent registers an agent; its tenant must exist.
 func (s *Store) AddAgent(ctx context.Context, a Agent) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tenant(ctx, tx, a.Tenant); err != nil {
-			return err
-		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO agents (id, tenant, hostname, created_at, cert_serial, cert_not_after, cert_root, cert_issued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-			a.ID, a.Tenant, a.Hostname, unix(a.CreatedAt), a.CertSerial, unix(a.CertNotAfter), a.CertRoot, unixMilliOrZero(a.CertIssuedAt))
-		return err
-	})
+	err := s.tx(ctx, func(tx *sql.Tx) error { return addAgent(ctx, tx, a) })
 	if s.unique(err) {
 		return fmt.Errorf("agent %s: %w", a.ID, ErrExists)
 	}
+	return err
+}
+
+// addAgent inserts a within tx, after checking that its tenant exists.
+func addAgent(ctx context.Context, tx *sql.Tx, a Agent) error {
+	if _, err := tenant(ctx, tx, a.Tenant); err != nil {
+		return err
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO agents (id, tenant, hostname, created_at, cert_serial, cert_not_after, cert_root, cert_issued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+		a.ID, a.Tenant, a.Hostname, unix(a.CreatedAt), a.CertSerial, unix(a.CertNotAfter), a.CertRoot, unixMilliOrZero(a.CertIssuedAt))
 	return err
 }
 

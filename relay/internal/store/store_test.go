@@ -209,6 +209,68 @@ func testConsumeToken(t *testing.T, e engine) {
 	}
 }
 
+// TestEnrolAgent: a join token's use and the agent it enrols are stored
+// together or not at all.
+func TestEnrolAgent(t *testing.T) { eachEngine(t, testEnrolAgent) }
+
+func testEnrolAgent(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	s.AddTenant(ctx, "acme", t0)
+	addToken(t, s, "one", "s1", 1, time.Hour)
+	agent := func(id, tenant string) func(Token) (Agent, error) {
+		return func(Token) (Agent, error) {
+			return Agent{ID: id, Tenant: tenant, Hostname: "h", CreatedAt: t0, CertSerial: "01", CertNotAfter: t0.Add(time.Hour)}, nil
+		}
+	}
+	uses := func() int {
+		t.Helper()
+		list, err := s.ListTokens(ctx, "acme")
+		if err != nil || len(list) != 1 {
+			t.Fatalf("ListTokens = %v, %v", list, err)
+		}
+		return list[0].Uses
+	}
+	failed := errors.New("signing failed")
+	if _, err := s.EnrolAgent(ctx, "one", matches("s1"), t0, nil, func(Token) (Agent, error) { return Agent{}, failed }); !errors.Is(err, failed) {
+		t.Fatalf("register failing: got %v, want its error", err)
+	}
+	if n := uses(); n != 0 {
+		t.Fatalf("a failed registration took a use of the token: uses %d", n)
+	}
+	if _, err := s.EnrolAgent(ctx, "one", matches("s1"), t0, nil, agent("a2", "other")); err == nil {
+		t.Fatal("an agent of another tenant than the token's was registered")
+	}
+	if err := s.AddAgent(ctx, Agent{ID: "taken", Tenant: "acme", CreatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.EnrolAgent(ctx, "one", matches("s1"), t0, nil, agent("taken", "acme")); !errors.Is(err, ErrExists) {
+		t.Fatalf("an agent id already taken: got %v, want ErrExists", err)
+	}
+	if n := uses(); n != 0 {
+		t.Fatalf("refused registrations took uses of the token: uses %d", n)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.EnrolAgent(cctx, "one", matches("s1"), t0, nil, agent("a3", "acme")); err == nil {
+		t.Fatal("an enrolment with an ended context succeeded")
+	}
+	tok, err := s.EnrolAgent(ctx, "one", matches("s1"), t0, nil, agent("a1", "acme"))
+	if err != nil || tok.Uses != 1 {
+		t.Fatalf("enrolment: got %+v, %v; want uses 1", tok, err)
+	}
+	if a, err := s.Agent(ctx, "a1"); err != nil || a.Tenant != "acme" {
+		t.Fatalf("enrolled agent: %+v, %v", a, err)
+	}
+	for _, id := range []string{"a2", "a3"} {
+		if _, err := s.Agent(ctx, id); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("agent %s of a refused enrolment: %v, want ErrNotFound", id, err)
+		}
+	}
+	if _, err := s.EnrolAgent(ctx, "one", matches("s1"), t0, nil, agent("a4", "acme")); !errors.Is(err, ErrTokenUsedUp) {
+		t.Fatalf("second enrolment with a single-use token: got %v, want ErrTokenUsedUp", err)
+	}
+}
+
 // TestConsumeTokenRace: concurrent consumers — several goroutines on one
 // handle and on separate handles (as separate processes would) — never
 // overspend a token.

@@ -101,6 +101,21 @@ func queryTokens(ctx context.Context, q querier, query string, args ...any) ([]T
 // the increment (and, on a refusal after the secret matched, the token as
 // read).
 func (s *Store) ConsumeToken(ctx context.Context, id string, secretMatches func(hash []byte) bool, now time.Time, check func(tenant string) error) (Token, error) {
+	return s.consumeToken(ctx, id, secretMatches, now, check, nil)
+}
+
+// EnrolAgent is ConsumeToken and the registration of the agent it enrols,
+// in one transaction: register, called with the token once its use is
+// taken, returns the agent to add (in the token's tenant). Either both are
+// stored or neither: a registration that fails — register's error, the
+// tenant gone, the store not answering before ctx ends — leaves the
+// token's use untaken, so a stalled or failing store never spends a join
+// token on an agent that was not enrolled.
+func (s *Store) EnrolAgent(ctx context.Context, id string, secretMatches func(hash []byte) bool, now time.Time, check func(tenant string) error, register func(Token) (Agent, error)) (Token, error) {
+	return s.consumeToken(ctx, id, secretMatches, now, check, register)
+}
+
+func (s *Store) consumeToken(ctx context.Context, id string, secretMatches func(hash []byte) bool, now time.Time, check func(tenant string) error, register func(Token) (Agent, error)) (Token, error) {
 	var t Token
 	var hashHex string
 	var created, expires int64
@@ -136,9 +151,28 @@ func (s *Store) ConsumeToken(ctx context.Context, id string, secretMatches func(
 		} else if n == 0 {
 			return fmt.Errorf("join token %s: %w", id, ErrTokenUsedUp)
 		}
-		return tx.QueryRowContext(ctx, `SELECT uses FROM join_tokens WHERE id = $1`, id).Scan(&t.Uses)
+		if err := tx.QueryRowContext(ctx, `SELECT uses FROM join_tokens WHERE id = $1`, id).Scan(&t.Uses); err != nil {
+			return err
+		}
+		if register == nil {
+			return nil
+		}
+		a, err := register(t)
+		if err != nil {
+			return err
+		}
+		if a.Tenant != t.Tenant {
+			return fmt.Errorf("agent %s: tenant %q is not the join token's %q", a.ID, a.Tenant, t.Tenant)
+		}
+		return addAgent(ctx, tx, a)
 	})
 	if errors.Is(err, ErrTokenUsedUp) {
+		return t, err
+	}
+	if register != nil && err != nil {
+		if s.unique(err) {
+			err = fmt.Errorf("register agent: %w", ErrExists)
+		}
 		return t, err
 	}
 	if err != nil {
