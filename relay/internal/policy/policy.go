@@ -8,6 +8,7 @@ package policy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -29,6 +30,19 @@ func RevokedError(a store.Agent) error {
 		msg += " (" + a.RevokedReason + ")"
 	}
 	return protocol.Errorf(protocol.CodeRevoked, "%s: enrol it again with a new join token if it should serve", msg)
+}
+
+// StoreStalled is the refusal of a step of an agent's handshake or
+// renewal (what) whose store call, bounded by ctx's deadline of limit
+// (the handshake's time), failed with err because the store did not
+// answer in time: unavailable, saying so, so that the agent tries again
+// later or at another relay. It is nil for any other failure, which the
+// caller maps itself.
+func StoreStalled(ctx context.Context, what string, limit time.Duration, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+		return protocol.Errorf(protocol.CodeUnavailable, "%s: this relay's store did not answer within the handshake's %v: try again, or another relay", what, limit)
+	}
+	return nil
 }
 
 // Limits is a tenant's limits as the relay enforces them.

@@ -541,8 +541,8 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 	if errors.Is(err, store.ErrNotFound) || (err == nil && rec.Tenant != id.Tenant) {
 		return protocol.Errorf(protocol.CodeUnknownAgent, "agent %s is not registered with this relay: enrol it again with a new join token", id.ID)
 	}
-	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
-		return protocol.Errorf(protocol.CodeUnavailable, "look up agent: this relay's store did not answer within the handshake's %v: try again, or another relay", s.cfg.HandshakeTimeout)
+	if stalled := policy.StoreStalled(ctx, "look up agent", s.cfg.HandshakeTimeout, err); stalled != nil {
+		return stalled
 	}
 	if err != nil {
 		return protocol.Errorf(protocol.CodeInternal, "look up agent: %v", err)
