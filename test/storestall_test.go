@@ -118,6 +118,72 @@ func TestStoreStallRefusesAgentInTime(t *testing.T) {
 	waitCount(t, a.proc, `"msg":"connected to relay"`, 1, 60*time.Second)
 }
 
+// TestStoreStallKeepsRenewingAgent: an agent's certificate renewal reads
+// and writes its record in the store; while PostgreSQL does not answer
+// (the agents table locked by another session) the relay refuses the
+// renewal as unavailable, saying the store did not answer, once the
+// handshake's 10 s are up, and reads the agent's control stream all the
+// while: the session, with a 2 s heartbeat, is not ended as
+// heartbeat_missed, and the agent keeps it. Once the store answers, the
+// agent's next try renews.
+func TestStoreStallKeepsRenewingAgent(t *testing.T) {
+	// 75 s certificates: due for renewal about 50 s after the agent
+	// starts, refused 10 s later, and renewed again well before expiry.
+	c := startClusterWith(t, 1, clusterOpts{extra: []string{"--heartbeat", "2s", "--agent-cert-lifetime", "75s"}})
+	r := c.relays[0]
+	c.admin(t, "tenant", "add", "acme")
+	stateDir, id := enroll(t, r.agentAddr, c.admin(t, "token", "create", "--tenant", "acme"))
+	cert := readCert(t, filepath.Join(stateDir, "agent.crt"))
+	started := time.Now()
+	a := startAgentProc(t, stateDir, id, r.agentAddr, agentOpts{transport: "tcp"})
+	waitCount(t, r.proc, `"msg":"agent connected"`, 1, 30*time.Second)
+	due := started.Add(cert.NotAfter.Sub(started) * 2 / 3) // the agent's renewAt, about
+
+	unlock := lockTable(t, c, "agents")
+	locked := time.Now()
+	// The relay logs a session's end once its reader returns: the agent
+	// tells when it lost the session.
+	ended := func() string {
+		if l := firstLine(r.proc, func(l string) bool { return strings.Contains(l, `"msg":"agent disconnected"`) }); l != "" {
+			return l
+		}
+		return firstLine(a.proc, func(l string) bool { return strings.Contains(l, "connection to relay lost") })
+	}
+	refused := func(l string) bool {
+		return strings.Contains(l, `"msg":"certificate renewal refused"`) && strings.Contains(l, "store did not answer")
+	}
+	for deadline := due.Add(40 * time.Second); firstLine(r.proc, refused) == ""; time.Sleep(20 * time.Millisecond) {
+		if l := ended(); l != "" {
+			t.Fatalf("the session ended while the renewal waited on the store, %v after it came due (heartbeat 2 s): %s",
+				time.Since(due).Round(time.Millisecond), l)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no refusal of the renewal %v after it came due", time.Since(due).Round(time.Millisecond))
+		}
+	}
+	t.Logf("renewal refused %v after it came due (%v after the lock)", time.Since(due).Round(time.Millisecond), time.Since(locked).Round(time.Millisecond))
+	waitLine(t, a.proc, func(l string) bool {
+		return strings.Contains(l, "certificate renewal failed; will retry") && strings.Contains(l, "store did not answer")
+	}, 10*time.Second, "the agent's refused renewal, to be retried")
+
+	unlock()
+	a.waitOutput(`"msg":"certificate renewed"`, 30*time.Second)
+	if l := ended(); l != "" {
+		t.Fatalf("a session was lost around the stalled renewal: %s", l)
+	}
+}
+
+// firstLine is the first line of p's output that satisfies match, "" if
+// none does.
+func firstLine(p *proc, match func(string) bool) string {
+	for _, l := range strings.Split(p.out.String(), "\n") {
+		if match(l) {
+			return l
+		}
+	}
+	return ""
+}
+
 // lockTable locks table of the cluster's database from a session of its
 // own, so that the relays' reads of it wait, until unlock (or the test's
 // end).

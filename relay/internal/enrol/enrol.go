@@ -36,7 +36,8 @@ type Config struct {
 	Audit     *audit.Log
 	// CertLifetime is the validity of agent certificates.
 	CertLifetime time.Duration
-	// HandshakeTimeout bounds reading an enrolment request.
+	// HandshakeTimeout bounds reading an enrolment request, and the
+	// store calls of a renewal (Renew).
 	HandshakeTimeout time.Duration
 	// Throttle tunes the throttling of enrolments with a wrong join token
 	// per source and per token id (limits.go); the zero value is the
@@ -287,9 +288,21 @@ func truncate(s string, n int) string {
 // certificate for the session's own identity, to the fresh key in the CSR,
 // if the session stands on the agent's newest certificate and the renewal
 // is due or within the agent's burst (limits.go).
+//
+// Its store calls share HandshakeTimeout: a store that does not answer
+// has the renewal refused as unavailable, saying so (the agent tries
+// again later), rather than holding the caller for as long as the store
+// stalls. Once the new certificate is recorded the deadline no longer
+// matters: it is answered with whatever time the audit write takes (its
+// own bound).
 func (e *Enrol) Renew(ctx context.Context, ac Agent, req *protocol.RenewRequest) *protocol.RenewResponse {
 	id, session := ac.Identity(), ac.CertSerial()
-	rn, err := e.renewCert(ctx, ac, req)
+	sctx, cancel := ctx, context.CancelFunc(func() {})
+	if e.cfg.HandshakeTimeout > 0 {
+		sctx, cancel = context.WithTimeout(ctx, e.cfg.HandshakeTimeout)
+	}
+	rn, err := e.renewCert(sctx, ac, req)
+	cancel()
 	rec := audit.Record{Kind: audit.Renew, Outcome: audit.OutcomeOK, Tenant: id.Tenant, Agent: id.ID, Actor: "agent",
 		Detail: map[string]any{"session": ac.SessionID()}}
 	var rr *renewRefusal
@@ -338,7 +351,7 @@ func (e *Enrol) renewCert(ctx context.Context, ac Agent, req *protocol.RenewRequ
 	case errors.Is(err, store.ErrNotFound) || (err == nil && rec.Tenant != id.Tenant):
 		return nil, protocol.Errorf(protocol.CodeUnknownAgent, "agent %s is not registered with this relay", id.ID)
 	case err != nil:
-		return nil, protocol.Errorf(protocol.CodeInternal, "look up agent: %v", err)
+		return nil, e.storeFailed(ctx, "look up agent", err)
 	case !rec.RevokedAt.IsZero():
 		return nil, policy.RevokedError(rec)
 	}
@@ -391,11 +404,29 @@ func (e *Enrol) renewCert(ctx context.Context, ac Agent, req *protocol.RenewRequ
 	case errors.Is(err, store.ErrCertChanged):
 		return nil, protocol.Errorf(protocol.CodeUnavailable, "another renewal of agent %s was recorded meanwhile: try again", id.ID)
 	case err != nil:
-		return nil, protocol.Errorf(protocol.CodeInternal, "record certificate: %v", err)
+		// Refused: the agent keeps the certificate it holds, and asks
+		// again. A deadline that passed while the store waited on the
+		// update (a lock, a hung connection) rolled it back; only one
+		// that passed while the commit was on its way can leave the new
+		// certificate recorded and never sent. The one the agent holds
+		// is then the replaced one, still accepted for CertOverlap, and
+		// the agent process's next renewal (CertReplaced, same boot id)
+		// replaces the unsent one with one it gets.
+		return nil, e.storeFailed(ctx, "record certificate", err)
 	}
 	var chain bytes.Buffer
 	pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
 	return &renewal{resp: &protocol.RenewResponse{Certificate: chain.String(), CACertificates: string(authority.BundlePEM())}, cert: cert, root: root, replaced: replaced}, nil
+}
+
+// storeFailed is the refusal of a renewal whose store call for what failed
+// with err under ctx: unavailable when the store did not answer within
+// HandshakeTimeout (policy.StoreStalled), internal otherwise.
+func (e *Enrol) storeFailed(ctx context.Context, what string, err error) error {
+	if stalled := policy.StoreStalled(ctx, what, e.cfg.HandshakeTimeout, err); stalled != nil {
+		return stalled
+	}
+	return protocol.Errorf(protocol.CodeInternal, "%s: %v", what, err)
 }
 
 // renewal is a certificate issued by renewal, and the one it replaced.

@@ -73,6 +73,13 @@ type Conn struct {
 
 	ctlMu sync.Mutex // serialises writes to ctl
 	ctl   transport.Stream
+
+	// A renewal is answered on a goroutine of its own (renewals), so
+	// that the control-stream reader never waits on the store; run waits
+	// for it before returning. renewing is set while one is in flight:
+	// the session has at most one.
+	renewing atomic.Bool
+	renewals sync.WaitGroup
 }
 
 func (c *Conn) setRoot(id string) { c.root.Store(&id) }
@@ -295,6 +302,10 @@ func (c *Conn) run(ctx context.Context, br *bufio.Reader, hb time.Duration, rene
 	c.tickMu.Unlock()
 	c.tick.Stop()
 	ticks.Wait()
+	// A renewal in flight ends within its own bound (the store calls'
+	// deadline, the audit write's); its answer, if it comes after the
+	// session closed, fails to be written.
+	c.renewals.Wait()
 	mu.Lock()
 	defer mu.Unlock()
 	return why
@@ -508,8 +519,8 @@ func (c *Conn) readLoop(ctx context.Context, br *bufio.Reader, renew func(*proto
 			c.draining.Store(true)
 			c.log.Info("agent is draining", "reason", m.Reason, "message", m.Message)
 		case *protocol.RenewRequest:
-			if err := c.Send(renew(m)); err != nil {
-				return fmt.Errorf("send renewal: %w", err)
+			if err := c.startRenewal(m, renew); err != nil {
+				return err
 			}
 		case *protocol.Report:
 			c.noteReport(m, time.Now())
@@ -522,6 +533,40 @@ func (c *Conn) readLoop(ctx context.Context, br *bufio.Reader, renew func(*proto
 			// forward compatibility.
 		}
 	}
+}
+
+// errRenewing refuses a renewal asked for while another of the same
+// session is being answered (an agent only asks again once it has given
+// up waiting on the first).
+var errRenewing = protocol.Errorf(protocol.CodeUnavailable, "a renewal over this session is still being answered: try again once it is")
+
+// startRenewal answers m with renew on a goroutine of its own, which run
+// waits for: renew reaches the store, and the control-stream reader must
+// go on reading the agent's pings and pongs meanwhile, or a stalled store
+// would end a healthy session as heartbeat_missed. A second request while
+// one is in flight is refused at once (errRenewing) rather than queued
+// behind it. A failed write of the answer ends the session, as it did
+// when the reader wrote it. The error is that of writing a refusal.
+func (c *Conn) startRenewal(m *protocol.RenewRequest, renew func(*protocol.RenewRequest) *protocol.RenewResponse) error {
+	if !c.renewing.CompareAndSwap(false, true) {
+		c.log.Warn("certificate renewal refused", "err", errRenewing)
+		rep := protocol.ReplyFor(errRenewing)
+		if err := c.Send(&protocol.RenewResponse{Code: rep.Code.String(), Message: rep.Message}); err != nil {
+			return fmt.Errorf("send renewal: %w", err)
+		}
+		return nil
+	}
+	c.renewals.Go(func() {
+		resp := renew(m)
+		// Answered: the agent may ask again once it has read this.
+		c.renewing.Store(false)
+		if err := c.Send(resp); err != nil {
+			err = fmt.Errorf("send renewal: %w", err)
+			c.cause.CompareAndSwap(nil, &err)
+			c.sess.Close()
+		}
+	})
+	return nil
 }
 
 // Carrier side (route.Carrier).
