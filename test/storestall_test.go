@@ -26,10 +26,7 @@ import (
 // stalls; once the store answers again the same request gets its real
 // answer.
 func TestStoreStallRefusesInTime(t *testing.T) {
-	c := startClusterWith(t, 1, clusterOpts{extra: []string{"--stream-open-timeout", "2s"}})
-	c.admin(t, "tenant", "add", "ghost")
-	key := c.admin(t, "backend", "add", "billing", "--allow", "ghost")
-	d := c.dialer(c.relays[0], "billing", key)
+	c, d := ghostCluster(t)
 
 	unlock := lockTable(t, c, "tenants")
 
@@ -58,16 +55,24 @@ func TestStoreStallRefusesInTime(t *testing.T) {
 	}
 }
 
+// ghostCluster is one relay on PostgreSQL with --stream-open-timeout 2s,
+// a tenant "ghost" with no agent, and a Dialer of a backend allowed to
+// reach it.
+func ghostCluster(t *testing.T) (*testCluster, *client.Dialer) {
+	t.Helper()
+	c := startClusterWith(t, 1, clusterOpts{extra: []string{"--stream-open-timeout", "2s"}})
+	c.admin(t, "tenant", "add", "ghost")
+	key := c.admin(t, "backend", "add", "billing", "--allow", "ghost")
+	return c, c.dialer(c.relays[0], "billing", key)
+}
+
 // TestStoreStallAuditDoesNotHoldRefusal: a refusal's audit record is
 // queued, not waited for, so a store that does not answer the audit write
 // either (the audit table locked too) does not hold the client's answer
 // beyond the refusal's own bound; the record still reaches the trail once
 // the store answers.
 func TestStoreStallAuditDoesNotHoldRefusal(t *testing.T) {
-	c := startClusterWith(t, 1, clusterOpts{extra: []string{"--stream-open-timeout", "2s"}})
-	c.admin(t, "tenant", "add", "ghost")
-	key := c.admin(t, "backend", "add", "billing", "--allow", "ghost")
-	d := c.dialer(c.relays[0], "billing", key)
+	c, d := ghostCluster(t)
 
 	unlockAudit := lockTable(t, c, "audit")
 	unlockTenants := lockTable(t, c, "tenants")
