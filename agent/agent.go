@@ -367,11 +367,11 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup, refus
 				old := s
 				s = old.next
 				s.relayID = cmp.Or(s.relayID, old.relayID)
-				if err := old.send(&protocol.GoAway{Reason: protocol.GoAwayUpgrade, Message: "moving to QUIC"}); err != nil {
-					old.log.Debug("send goaway", "err", err)
-				}
 				until := time.Now().Add(a.cfg.DrainTimeout)
-				wg.Go(func() { old.drainAndClose(ctx, until, nil) })
+				wg.Go(func() {
+					old.goAway(protocol.GoAwayUpgrade, "moving to QUIC")
+					old.drainAndClose(ctx, until, nil)
+				})
 				v.connected(slot, s, s.sendsList())
 				s.log.Info("connected to relay", "transport_why", s.why, "relay_version", s.welcome.RelayVersion)
 			case endMove:
@@ -383,11 +383,11 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup, refus
 				// drains, at most an hour.
 				old := s
 				s = old.next
-				if err := old.send(&protocol.GoAway{Reason: protocol.GoAwayMoving, Message: "this agent holds a connection to another relay of the cluster now"}); err != nil {
-					old.log.Debug("send goaway", "err", err)
-				}
 				until := time.Now().Add(protocol.MaxGoAwayDrain)
-				wg.Go(func() { old.drainAndClose(ctx, until, nil) })
+				wg.Go(func() {
+					old.goAway(protocol.GoAwayMoving, "this agent holds a connection to another relay of the cluster now")
+					old.drainAndClose(ctx, until, nil)
+				})
 				v.connected(slot, s, s.sendsList())
 				old.log.Info("left this relay for another; its streams in flight finish here", "to", s.relay, "to_relay_id", s.relayID, "streams", old.open.Load())
 			case endGoAway:

@@ -359,6 +359,17 @@ func (s *session) send(m protocol.Message) error {
 	return protocol.WriteMessage(s.ctl, m)
 }
 
+// goAway tells the relay this session is going away. It is called on the
+// goroutine that then drains the session, not on the slot's: a relay that
+// does not read (partitioned, its connection's buffers full) would
+// otherwise hold the write, and with it the serving of the slot's new
+// session, whose streams the relay already sends.
+func (s *session) goAway(reason, message string) {
+	if err := s.send(&protocol.GoAway{Reason: reason, Message: message}); err != nil {
+		s.log.Debug("send goaway", "err", err)
+	}
+}
+
 func (s *session) setEnd(err error) {
 	s.endMu.Lock()
 	defer s.endMu.Unlock()
