@@ -131,7 +131,9 @@ func (e *Enrol) Serve(ctx context.Context, tc *tls.Conn) {
 	if err != nil {
 		e.cfg.Logger.Warn("enrolment refused", "remote", remote, "hostname", req.Hostname, "err", err)
 		rec.Outcome, rec.Detail["error"] = protocol.CodeOf(err).String(), err.Error()
-		e.cfg.Audit.Add(rec)
+		// A refusal is queued, not waited for: nothing was done, and a
+		// stalled store would otherwise hold the answer.
+		e.cfg.Audit.Record(rec)
 		protocol.WriteMessage(tc, protocol.RejectFor(err))
 		return
 	}
@@ -321,7 +323,7 @@ func (e *Enrol) Renew(ctx context.Context, ac Agent, req *protocol.RenewRequest)
 		ac.Logger().Warn("certificate renewal refused", "err", err)
 		rec.Outcome = protocol.CodeOf(err).String()
 		rec.Detail["error"] = err.Error()
-		e.cfg.Audit.Add(rec)
+		e.cfg.Audit.Record(rec) // a refusal: queued, as at enrolment
 		rep := protocol.ReplyFor(err)
 		return &protocol.RenewResponse{Code: rep.Code.String(), Message: rep.Message}
 	}

@@ -436,7 +436,10 @@ func (s *Server) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess transp
 			connRec.Kind = audit.StaleCertificate // a possible copy of the agent's key pair
 		}
 		connRec.Outcome, connRec.Detail["error"] = protocol.CodeOf(err).String(), err.Error()
-		s.cfg.Audit.Add(connRec)
+		// A refusal is queued, not waited for: nothing was done, and a
+		// stalled store would otherwise hold the handshake slot and the
+		// agent's answer.
+		s.cfg.Audit.Record(connRec)
 		admitted() // the refusal's grace period holds no handshake slot
 		s.reject(sess, ctl, err)
 		return
