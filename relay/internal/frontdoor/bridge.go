@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -234,12 +236,20 @@ func (s *connSet) waitEmpty(d time.Duration) bool {
 	}
 }
 
+// closeAll closes every connection of s, each on a goroutine of its own
+// and without s's lock held: a TLS connection's close can wait up to 5 s
+// for its close_notify to be written, and the tunnels ending meanwhile
+// take the lock to remove themselves. The connections stay in s until
+// their handlers remove them; wait for that with waitEmpty.
 func (s *connSet) closeAll() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	for c := range s.conns {
-		c.Close()
+	conns := slices.Collect(maps.Keys(s.conns))
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() { c.Close() })
 	}
+	wg.Wait()
 }
 
 // listenDoor listens on addr for a front door. Its connections are read
