@@ -39,17 +39,20 @@ func (r *Relay) follow(ctx context.Context, from int64) {
 	})
 }
 
-// apply applies one change.
-func (r *Relay) apply(ctx context.Context, c store.Change) {
+// apply applies one change. ctx is bounded (the follower's read timeout):
+// a read the change needs that the store does not answer in time returns
+// its deadline's error, and the follower applies the change again at its
+// next poll rather than losing it.
+func (r *Relay) apply(ctx context.Context, c store.Change) error {
 	switch c.Kind {
 	case store.ChangeRevoke:
 		r.applyRevocation(ctx, c.Tenant, c.Subject)
 	case store.ChangeLimits:
-		r.loadLimits(ctx)
+		return r.loadLimits(ctx)
 	case store.ChangeBackend:
 		r.doors.Forget(c.Subject)
 	case store.ChangeCA:
-		r.rotation.Apply(ctx)
+		return r.rotation.Apply(ctx)
 	case store.ChangeRollout:
 		r.rollouts.Wake()
 	case store.ChangeDrain:
@@ -60,6 +63,7 @@ func (r *Relay) apply(ctx context.Context, c store.Change) {
 			r.log.Info("agent drained by an operator", "tenant", c.Tenant, "agent", c.Subject, "sessions", n)
 		}
 	}
+	return nil
 }
 
 // resync reads again everything the feed would have told: when changes
@@ -82,15 +86,21 @@ func (r *Relay) resync(ctx context.Context) {
 	}
 }
 
-func (r *Relay) loadLimits(ctx context.Context) {
+// loadLimits reads every tenant's limits again; on an error the limits
+// in force stay, and the error is returned (the change feed tries again
+// when the store did not answer in time).
+func (r *Relay) loadLimits(ctx context.Context) error {
 	defer r.metrics.StoreOp("limits", time.Now())
-	if err := r.pol.LoadLimits(ctx, r.dir.Store); err != nil && ctx.Err() == nil {
+	err := r.pol.LoadLimits(ctx, r.dir.Store)
+	if err != nil && ctx.Err() == nil {
 		r.log.Warn("read tenant limits", "err", err)
 	}
+	return err
 }
 
 // applyRevocation refuses agent from now on and closes its live sessions,
-// telling it why.
+// telling it why. The agent's record only dates the revocation: when the
+// store does not give it, the revocation takes effect dated now.
 func (r *Relay) applyRevocation(ctx context.Context, tenant, agent string) {
 	rec, err := r.dir.Store.Agent(ctx, agent)
 	if err != nil {

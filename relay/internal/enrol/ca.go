@@ -56,13 +56,14 @@ func (r *Rotation) Run(ctx context.Context) error {
 
 // Apply reloads the CA's roots and, when they changed since they were last
 // applied, closes the sessions standing on a root no longer trusted and
-// asks the agents to renew when the operator asked for it at once.
-func (r *Rotation) Apply(ctx context.Context) {
+// asks the agents to renew when the operator asked for it at once. It
+// returns the error of a reload that failed (the roots in force stay).
+func (r *Rotation) Apply(ctx context.Context) error {
 	if _, _, err := r.cfg.Authority.Reload(ctx); err != nil {
 		if ctx.Err() == nil {
 			r.cfg.Logger.Warn("CA roots", "err", err)
 		}
-		return
+		return err
 	}
 	r.mu.Lock()
 	// Against the CA whose change was last applied here: the Authority
@@ -71,7 +72,7 @@ func (r *Rotation) Apply(ctx context.Context) {
 	r.applied = next
 	r.mu.Unlock()
 	if next == prev {
-		return
+		return nil
 	}
 	var ids []string
 	active := map[string]bool{}
@@ -109,6 +110,7 @@ func (r *Rotation) Apply(ctx context.Context) {
 	if next.RenewNow() && (!prev.RenewNow() || prev.Signer().ID() != next.Signer().ID()) {
 		r.askRenewals(next.Signer().ID())
 	}
+	return nil
 }
 
 // Connected asks an agent that connects during a rotation the operator

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 )
@@ -156,8 +158,13 @@ type Follower struct {
 	// Poll is how often the feed is read for changes other processes
 	// made; this process's own commits are read at once.
 	Poll time.Duration
-	// Apply is called with each change, in order, on Follow's goroutine.
-	Apply func(context.Context, Change)
+	// Apply is called with each change, in order, on Follow's goroutine,
+	// with a context bounded by ReadTimeout. An error of that deadline
+	// (the store did not answer a read the change needs) stops the round
+	// before the change: it is applied again at the next poll, so that
+	// a store stalling for a moment costs a change nothing. Any other
+	// error goes to Error and the follower goes on.
+	Apply func(context.Context, Change) error
 	// Resync is called instead when changes were pruned before Follow
 	// read them: the follower must read its whole state again.
 	Resync func(context.Context)
@@ -167,7 +174,7 @@ type Follower struct {
 	// Error, when set, is told when a read fails; Follow tries again at
 	// the next poll.
 	Error func(error)
-	// ReadTimeout bounds each read of the feed (default
+	// ReadTimeout bounds each read of the feed, and each Apply (default
 	// DefaultFeedReadTimeout): a read the store never answers (a lost
 	// connection nobody reset, a locked table) fails and is tried again
 	// at the next poll, on another connection, rather than holding the
@@ -255,7 +262,16 @@ func (s *Store) followOnce(ctx context.Context, from *int64, f Follower) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			f.Apply(ctx, c)
+			actx, cancel := context.WithTimeout(ctx, timeout)
+			err := f.Apply(actx, c)
+			stalled := actx.Err() != nil && ctx.Err() == nil
+			cancel()
+			switch {
+			case err != nil && stalled && errors.Is(err, context.DeadlineExceeded):
+				return fmt.Errorf("apply change %d (%s): the store did not answer within %v; applied again at the next poll: %w", c.Seq, c.Kind, timeout, err)
+			case err != nil && f.Error != nil:
+				f.Error(fmt.Errorf("apply change %d (%s): %w", c.Seq, c.Kind, err))
+			}
 			*from = c.Seq
 		}
 		if f.Read != nil {

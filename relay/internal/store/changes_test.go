@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -194,7 +195,7 @@ func testFollow(t *testing.T, e engine) {
 	resynced := make(chan struct{}, 1)
 	f := Follower{
 		Poll:   time.Hour, // only wake-ups in the first part
-		Apply:  func(_ context.Context, c Change) { applied <- c },
+		Apply:  func(_ context.Context, c Change) error { applied <- c; return nil },
 		Resync: func(context.Context) { resynced <- struct{}{} },
 		Error:  func(err error) { t.Errorf("follow: %v", err) },
 	}
@@ -252,6 +253,87 @@ func testFollow(t *testing.T, e engine) {
 	}
 	if c := next("after resync"); c.Tenant != "b3" {
 		t.Fatalf("after resync: applied %+v, want the newest change (b3)", c)
+	}
+}
+
+// TestFollowApplyStall: a change whose Apply the store does not answer
+// in time (its context's deadline passes) is applied again at the next
+// poll, not skipped; a change whose Apply fails otherwise is reported and
+// passed over, so that one that can never apply does not stop the feed.
+func TestFollowApplyStall(t *testing.T) { eachEngine(t, testFollowApplyStall) }
+
+func testFollowApplyStall(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	type call struct {
+		c        Change
+		deadline bool
+	}
+	calls := make(chan call, 16)
+	errs := make(chan error, 16)
+	stalls, broken := 1, errors.New("cannot apply")
+	from, _ := s.LatestChange(ctx)
+	defer follow(s, from, Follower{Poll: 20 * time.Millisecond, ReadTimeout: 100 * time.Millisecond,
+		Apply: func(actx context.Context, c Change) error {
+			_, ok := actx.Deadline()
+			calls <- call{c, ok}
+			switch {
+			case c.Tenant == "stalls" && stalls > 0:
+				stalls--
+				<-actx.Done() // a store that does not answer
+				return fmt.Errorf("read: %w", actx.Err())
+			case c.Tenant == "broken":
+				return broken
+			}
+			return nil
+		},
+		Error: func(err error) { errs <- err },
+	})()
+	next := func(what string) call {
+		t.Helper()
+		select {
+		case c := <-calls:
+			if !c.deadline {
+				t.Fatalf("%s: Apply's context has no deadline", what)
+			}
+			return c
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no change applied", what)
+			return call{}
+		}
+	}
+	nextErr := func(what string) error {
+		t.Helper()
+		select {
+		case err := <-errs:
+			return err
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no error reported", what)
+			return nil
+		}
+	}
+	for _, name := range []string{"stalls", "broken", "after"} {
+		if err := s.AddTenant(ctx, name, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := next("the stalling change")
+	if first.c.Tenant != "stalls" {
+		t.Fatalf("first applied %+v, want the stalling change", first.c)
+	}
+	if err := nextErr("the stall"); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "applied again") {
+		t.Fatalf("the stall reported %v, want its deadline, saying the change is applied again", err)
+	}
+	if again := next("the stalled change again"); again.c.Seq != first.c.Seq {
+		t.Fatalf("after the stall applied %+v, want the stalled change (seq %d) again", again.c, first.c.Seq)
+	}
+	if c := next("the broken change"); c.c.Tenant != "broken" {
+		t.Fatalf("applied %+v, want the broken change", c.c)
+	}
+	if err := nextErr("the broken change"); !errors.Is(err, broken) {
+		t.Fatalf("the broken change reported %v, want its error", err)
+	}
+	if c := next("the change after"); c.c.Tenant != "after" {
+		t.Fatalf("applied %+v, want the change after the broken one (it is passed over)", c.c)
 	}
 }
 
@@ -350,7 +432,7 @@ func TestFollowNotifiedPostgres(t *testing.T) {
 	applied := make(chan Change, 4)
 	read := make(chan struct{}, 1)
 	from, _ := s.LatestChange(ctx)
-	defer follow(s, from, Follower{Poll: time.Hour, Apply: func(_ context.Context, c Change) { applied <- c },
+	defer follow(s, from, Follower{Poll: time.Hour, Apply: func(_ context.Context, c Change) error { applied <- c; return nil },
 		Resync: func(context.Context) { t.Error("unexpected resync") },
 		Read: func(time.Time) {
 			select {
@@ -403,7 +485,7 @@ func TestFollowReadTimeoutPostgres(t *testing.T) {
 	read := make(chan struct{}, 16)
 	from, _ := s.LatestChange(ctx)
 	defer follow(s, from, Follower{Poll: 50 * time.Millisecond, ReadTimeout: 200 * time.Millisecond,
-		Apply: func(_ context.Context, c Change) { applied <- c },
+		Apply: func(_ context.Context, c Change) error { applied <- c; return nil },
 		Read: func(time.Time) {
 			select {
 			case read <- struct{}{}:
