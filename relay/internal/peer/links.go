@@ -51,6 +51,11 @@ type Links struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	dials  sync.WaitGroup
+	// Replaced links are closed on goroutines of their own (in
+	// closing, added to under mu while not closed), not on the request
+	// that found them replaced: a session's close can wait seconds for
+	// its TLS close_notify to be written.
+	closing sync.WaitGroup
 }
 
 type carrierKey struct{ relay, tenant string }
@@ -112,7 +117,10 @@ func (l *Links) Carriers(ctx context.Context, tenant string, fresh bool) ([]rout
 		// Closed once Links.mu is released: closing takes each link's
 		// mu, which startDial holds while it takes Links.mu.
 		for _, lk := range replaced {
-			lk.close()
+			go func() {
+				defer l.closing.Done()
+				lk.close()
+			}()
 		}
 	}()
 	l.mu.Lock()
@@ -131,6 +139,7 @@ func (l *Links) Carriers(ctx context.Context, tenant string, fresh bool) ([]rout
 		if lk == nil || lk.addr != h.PeerAddr && h.Epoch >= lk.epoch {
 			if lk != nil {
 				replaced = append(replaced, lk)
+				l.closing.Add(1) // under mu, not closed: before Close waits
 			}
 			lk = &link{id: h.RelayID, addr: h.PeerAddr, epoch: h.Epoch}
 			l.links[h.RelayID] = lk
@@ -162,6 +171,7 @@ func (l *Links) Close() {
 		lk.close()
 	}
 	l.dials.Wait()
+	l.closing.Wait()
 }
 
 // close ends the link: its session, if up, is closed (its streams end),
