@@ -2,6 +2,8 @@ package relay
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
@@ -70,20 +72,24 @@ func (r *Relay) apply(ctx context.Context, c store.Change) error {
 // were pruned before this relay read them, and when the store's change
 // notices were interrupted (PostgreSQL restarted, or the network to it
 // failed).
-func (r *Relay) resync(ctx context.Context) {
+// ctx is bounded (the follower's resync timeout): the errors of what
+// could not be read are returned, and one of that deadline has the
+// follower resync again at its next poll.
+func (r *Relay) resync(ctx context.Context) error {
 	r.log.Warn("reading the relay's state from the store again (its change feed was pruned past this relay's position, or its change notices were interrupted)")
-	r.loadLimits(ctx)
+	lerr := r.loadLimits(ctx)
 	r.doors.ForgetAll()
-	r.rotation.Apply(ctx)
+	cerr := r.rotation.Apply(ctx)
 	r.rollouts.Wake()
 	revs, err := r.dir.Store.RevokedSince(ctx, r.started.Add(-time.Second))
 	if err != nil {
 		r.log.Warn("read revocations", "err", err)
-		return
+		return errors.Join(lerr, cerr, fmt.Errorf("read revocations: %w", err))
 	}
 	for _, rv := range revs {
 		r.applyRevocation(ctx, rv.Tenant, rv.Agent)
 	}
+	return errors.Join(lerr, cerr)
 }
 
 // loadLimits reads every tenant's limits again; on an error the limits

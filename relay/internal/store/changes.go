@@ -166,8 +166,12 @@ type Follower struct {
 	// error goes to Error and the follower goes on.
 	Apply func(context.Context, Change) error
 	// Resync is called instead when changes were pruned before Follow
-	// read them: the follower must read its whole state again.
-	Resync func(context.Context)
+	// read them, or the store's change notices were interrupted: the
+	// follower must read its whole state again. Its context is bounded
+	// by ResyncTimeout; an error of that deadline has it called again at
+	// the next poll (before any change after it is applied), any other
+	// goes to Error.
+	Resync func(context.Context) error
 	// Read, when set, is told after each successful read of the feed
 	// when it began: the follower is current as of then.
 	Read func(began time.Time)
@@ -181,6 +185,36 @@ type Follower struct {
 	// follower — and the relay's claim to be current — for as long as
 	// it hangs.
 	ReadTimeout time.Duration
+	// ResyncTimeout bounds each Resync (default DefaultResyncTimeout).
+	ResyncTimeout time.Duration
+}
+
+// DefaultResyncTimeout is Follower.ResyncTimeout's default: a resync
+// reads the whole state, more than one change needs.
+const DefaultResyncTimeout = 30 * time.Second
+
+// resync calls f.Resync with its bound. It returns an error when the
+// store did not answer in time, for the caller to try again; any other
+// error goes to f.Error.
+func (f Follower) resync(ctx context.Context) error {
+	if f.Resync == nil {
+		return nil
+	}
+	timeout := f.ResyncTimeout
+	if timeout <= 0 {
+		timeout = DefaultResyncTimeout
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	err := f.Resync(rctx)
+	stalled := rctx.Err() != nil && ctx.Err() == nil
+	cancel()
+	switch {
+	case err != nil && stalled && errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("read the whole state again: the store did not answer within %v; tried again at the next poll: %w", timeout, err)
+	case err != nil && f.Error != nil:
+		f.Error(fmt.Errorf("read the whole state again: %w", err))
+	}
+	return nil
 }
 
 // DefaultFeedReadTimeout is Follower.ReadTimeout's default: well within
@@ -216,8 +250,13 @@ func (s *Store) Follow(ctx context.Context, from int64, f Follower) error {
 	}()
 	for {
 		woken := s.Changed() // before reading: a commit after the read wakes the next round
-		if resync.Swap(false) && f.Resync != nil {
-			f.Resync(ctx)
+		if resync.Swap(false) {
+			if err := f.resync(ctx); err != nil {
+				resync.Store(true)
+				if f.Error != nil {
+					f.Error(err)
+				}
+			}
 		}
 		if err := s.followOnce(ctx, &from, f); err != nil && ctx.Err() == nil && f.Error != nil {
 			f.Error(err)
@@ -255,7 +294,11 @@ func (s *Store) followOnce(ctx context.Context, from *int64, f Follower) error {
 				return err
 			}
 			if oldest > *from+1 && *from > 0 {
-				f.Resync(ctx)
+				// Tried again, gap and all, at the next poll when the
+				// store does not answer it.
+				if err := f.resync(ctx); err != nil {
+					return err
+				}
 			}
 		}
 		for _, c := range changes {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -196,7 +197,7 @@ func testFollow(t *testing.T, e engine) {
 	f := Follower{
 		Poll:   time.Hour, // only wake-ups in the first part
 		Apply:  func(_ context.Context, c Change) error { applied <- c; return nil },
-		Resync: func(context.Context) { resynced <- struct{}{} },
+		Resync: func(context.Context) error { resynced <- struct{}{}; return nil },
 		Error:  func(err error) { t.Errorf("follow: %v", err) },
 	}
 	from, _ := s.LatestChange(ctx)
@@ -346,6 +347,79 @@ func testFollowApplyStall(t *testing.T, e engine) {
 	}
 }
 
+// TestFollowResyncStall: a resync (changes were pruned before the
+// follower read them) that the store does not answer in time is done
+// again at the next poll, before any later change is applied.
+func TestFollowResyncStall(t *testing.T) { eachEngine(t, testFollowResyncStall) }
+
+func testFollowResyncStall(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	from, _ := s.LatestChange(ctx)
+	if err := s.AddTenant(ctx, "seen", t0); err != nil {
+		t.Fatal(err)
+	}
+	from++ // the follower has applied "seen"; the changes after it go unread
+	for _, name := range []string{"b1", "b2", "b3"} {
+		if err := s.AddTenant(ctx, name, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.PruneChanges(ctx, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan string, 16)
+	errs := make(chan error, 16)
+	stalls := 1
+	defer follow(s, from, Follower{Poll: 20 * time.Millisecond, ReadTimeout: 500 * time.Millisecond, ResyncTimeout: 300 * time.Millisecond,
+		Apply: func(_ context.Context, c Change) error { events <- "apply " + c.Tenant; return nil },
+		Resync: func(rctx context.Context) error {
+			if _, ok := rctx.Deadline(); !ok {
+				t.Error("Resync's context has no deadline")
+			}
+			if stalls > 0 {
+				stalls--
+				events <- "resync stalled"
+				<-rctx.Done()
+				return fmt.Errorf("read limits: %w", rctx.Err())
+			}
+			events <- "resync"
+			return nil
+		},
+		Error: func(err error) {
+			select {
+			case errs <- err:
+			default:
+			}
+		},
+	})()
+	var got []string
+	for len(got) < 3 {
+		select {
+		case ev := <-events:
+			got = append(got, ev)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("after %v: nothing more within 10 s", got)
+		}
+	}
+	// Pruning keeps the newest change (b3), which follows the resync.
+	if want := []string{"resync stalled", "resync", "apply b3"}; !slices.Equal(got, want) {
+		t.Fatalf("the follower did %v, want %v", got, want)
+	}
+	for {
+		select {
+		case err := <-errs:
+			if strings.Contains(err.Error(), "read the whole state again") {
+				if !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("the stalled resync reported %v, want its deadline", err)
+				}
+				return
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the stalled resync was not reported")
+		}
+	}
+}
+
 // follow runs s.Follow from from with f on a goroutine of its own; stop
 // ends it, waits for it and returns what Follow returned (once; later
 // calls return the same).
@@ -442,7 +516,7 @@ func TestFollowNotifiedPostgres(t *testing.T) {
 	read := make(chan struct{}, 1)
 	from, _ := s.LatestChange(ctx)
 	defer follow(s, from, Follower{Poll: time.Hour, Apply: func(_ context.Context, c Change) error { applied <- c; return nil },
-		Resync: func(context.Context) { t.Error("unexpected resync") },
+		Resync: func(context.Context) error { t.Error("unexpected resync"); return nil },
 		Read: func(time.Time) {
 			select {
 			case read <- struct{}{}:
