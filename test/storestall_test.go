@@ -32,20 +32,12 @@ func TestStoreStallRefusesInTime(t *testing.T) {
 
 	// The dial's own limit is far beyond the relay's: the refusal must
 	// come from the relay.
-	dctx, dcancel := context.WithTimeout(context.Background(), 45*time.Second)
-	defer dcancel()
-	nc, err := d.DialContext(dctx, "tcp", "echo.ghost.tether:7")
-	if err == nil {
-		nc.Close()
-		t.Fatal("dial connected while the store was stalled")
-	}
-	var ref *client.Refusal
-	if !errors.As(err, &ref) || !errors.Is(err, protocol.ErrUnavailable) || !strings.Contains(err.Error(), "store did not answer") {
-		t.Fatalf("dial while the store stalled: %v (%T), want an unavailable refusal naming the store", err, err)
+	if err := refusedUnavailable(t, d, 45*time.Second); !strings.Contains(err.Error(), "store did not answer") {
+		t.Fatalf("dial while the store stalled: %v, want the refusal to name the store", err)
 	}
 
 	unlock()
-	nc, err = d.DialContext(dctx, "tcp", "echo.ghost.tether:7")
+	nc, err := d.Dial("tcp", "echo.ghost.tether:7")
 	if err == nil {
 		nc.Close()
 		t.Fatal("dial to a tenant with no agent connected")
@@ -66,6 +58,25 @@ func ghostCluster(t *testing.T) (*testCluster, *client.Dialer) {
 	return c, c.dialer(c.relays[0], "billing", key)
 }
 
+// refusedUnavailable dials the ghost tenant's echo service through d,
+// giving up after within, and returns the relay's refusal, which must be
+// unavailable.
+func refusedUnavailable(t *testing.T, d *client.Dialer, within time.Duration) *client.Refusal {
+	t.Helper()
+	dctx, dcancel := context.WithTimeout(context.Background(), within)
+	defer dcancel()
+	nc, err := d.DialContext(dctx, "tcp", "echo.ghost.tether:7")
+	if err == nil {
+		nc.Close()
+		t.Fatal("dial connected while the store was stalled")
+	}
+	var ref *client.Refusal
+	if !errors.As(err, &ref) || !errors.Is(err, protocol.ErrUnavailable) {
+		t.Fatalf("dial while the store stalled: %v (%T), want an unavailable refusal from the relay within %v", err, err, within)
+	}
+	return ref
+}
+
 // TestStoreStallAuditDoesNotHoldRefusal: a refusal's audit record is
 // queued, not waited for, so a store that does not answer the audit write
 // either (the audit table locked too) does not hold the client's answer
@@ -79,17 +90,7 @@ func TestStoreStallAuditDoesNotHoldRefusal(t *testing.T) {
 
 	// The relay refuses after --stream-open-timeout (2 s); an audit write
 	// waited for would add its store timeout (10 s) and outlast this.
-	dctx, dcancel := context.WithTimeout(context.Background(), 8*time.Second)
-	defer dcancel()
-	nc, err := d.DialContext(dctx, "tcp", "echo.ghost.tether:7")
-	if err == nil {
-		nc.Close()
-		t.Fatal("dial connected while the store was stalled")
-	}
-	var ref *client.Refusal
-	if !errors.As(err, &ref) || !errors.Is(err, protocol.ErrUnavailable) {
-		t.Fatalf("dial while the store and its audit table stalled: %v (%T), want an unavailable refusal", err, err)
-	}
+	ref := refusedUnavailable(t, d, 8*time.Second)
 
 	if ref.RequestID == "" {
 		t.Fatal("the refusal carries no request id")
