@@ -193,26 +193,36 @@ type Follower struct {
 // reads the whole state, more than one change needs.
 const DefaultResyncTimeout = 30 * time.Second
 
-// resync calls f.Resync with its bound. It returns an error when the
-// store did not answer in time, for the caller to try again; any other
-// error goes to f.Error.
+// resync calls f.Resync with its bound (bounded).
 func (f Follower) resync(ctx context.Context) error {
 	if f.Resync == nil {
 		return nil
 	}
-	timeout := f.ResyncTimeout
-	if timeout <= 0 {
-		timeout = DefaultResyncTimeout
+	return f.bounded(ctx, positive(f.ResyncTimeout, DefaultResyncTimeout), "read the whole state again", "tried again", f.Resync)
+}
+
+// positive is d, or def when d is not positive.
+func positive(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
 	}
-	rctx, cancel := context.WithTimeout(ctx, timeout)
-	err := f.Resync(rctx)
-	stalled := rctx.Err() != nil && ctx.Err() == nil
+	return d
+}
+
+// bounded runs step (what) under ctx bounded by timeout. It returns an
+// error when step failed with that bound's deadline — the store did not
+// answer in time — for the caller to do it again (again) at the next
+// poll; any other error of step goes to f.Error, and nil is returned.
+func (f Follower) bounded(ctx context.Context, timeout time.Duration, what, again string, step func(context.Context) error) error {
+	bctx, cancel := context.WithTimeout(ctx, timeout)
+	err := step(bctx)
+	stalled := bctx.Err() != nil && ctx.Err() == nil
 	cancel()
 	switch {
 	case err != nil && stalled && errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("read the whole state again: the store did not answer within %v; tried again at the next poll: %w", timeout, err)
+		return fmt.Errorf("%s: the store did not answer within %v; %s at the next poll: %w", what, timeout, again, err)
 	case err != nil && f.Error != nil:
-		f.Error(fmt.Errorf("read the whole state again: %w", err))
+		f.Error(fmt.Errorf("%s: %w", what, err))
 	}
 	return nil
 }
@@ -271,10 +281,7 @@ func (s *Store) Follow(ctx context.Context, from int64, f Follower) error {
 }
 
 func (s *Store) followOnce(ctx context.Context, from *int64, f Follower) error {
-	timeout := f.ReadTimeout
-	if timeout <= 0 {
-		timeout = DefaultFeedReadTimeout
-	}
+	timeout := positive(f.ReadTimeout, DefaultFeedReadTimeout)
 	for {
 		began := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, timeout)
@@ -305,15 +312,9 @@ func (s *Store) followOnce(ctx context.Context, from *int64, f Follower) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			actx, cancel := context.WithTimeout(ctx, timeout)
-			err := f.Apply(actx, c)
-			stalled := actx.Err() != nil && ctx.Err() == nil
-			cancel()
-			switch {
-			case err != nil && stalled && errors.Is(err, context.DeadlineExceeded):
-				return fmt.Errorf("apply change %d (%s): the store did not answer within %v; applied again at the next poll: %w", c.Seq, c.Kind, timeout, err)
-			case err != nil && f.Error != nil:
-				f.Error(fmt.Errorf("apply change %d (%s): %w", c.Seq, c.Kind, err))
+			apply := func(actx context.Context) error { return f.Apply(actx, c) }
+			if err := f.bounded(ctx, timeout, fmt.Sprintf("apply change %d (%s)", c.Seq, c.Kind), "applied again", apply); err != nil {
+				return err
 			}
 			*from = c.Seq
 		}
