@@ -287,12 +287,7 @@ func testFollowApplyStall(t *testing.T, e engine) {
 			}
 			return nil
 		},
-		Error: func(err error) {
-			select {
-			case errs <- err:
-			default:
-			}
-		},
+		Error: offer(errs),
 	})()
 	next := func(what string) call {
 		t.Helper()
@@ -307,20 +302,6 @@ func testFollowApplyStall(t *testing.T, e engine) {
 			return call{}
 		}
 	}
-	nextErr := func(what string) error { // of an apply: a slow read may report its own
-		t.Helper()
-		for {
-			select {
-			case err := <-errs:
-				if strings.HasPrefix(err.Error(), "apply change") {
-					return err
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatalf("%s: no error reported", what)
-				return nil
-			}
-		}
-	}
 	for _, name := range []string{"stalls", "broken", "after"} {
 		if err := s.AddTenant(ctx, name, t0); err != nil {
 			t.Fatal(err)
@@ -330,7 +311,7 @@ func testFollowApplyStall(t *testing.T, e engine) {
 	if first.c.Tenant != "stalls" {
 		t.Fatalf("first applied %+v, want the stalling change", first.c)
 	}
-	if err := nextErr("the stall"); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "applied again") {
+	if err := nextErr(t, errs, "apply change"); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "applied again") {
 		t.Fatalf("the stall reported %v, want its deadline, saying the change is applied again", err)
 	}
 	if again := next("the stalled change again"); again.c.Seq != first.c.Seq {
@@ -339,7 +320,7 @@ func testFollowApplyStall(t *testing.T, e engine) {
 	if c := next("the broken change"); c.c.Tenant != "broken" {
 		t.Fatalf("applied %+v, want the broken change", c.c)
 	}
-	if err := nextErr("the broken change"); !errors.Is(err, broken) {
+	if err := nextErr(t, errs, "apply change"); !errors.Is(err, broken) {
 		t.Fatalf("the broken change reported %v, want its error", err)
 	}
 	if c := next("the change after"); c.c.Tenant != "after" {
@@ -385,12 +366,7 @@ func testFollowResyncStall(t *testing.T, e engine) {
 			events <- "resync"
 			return nil
 		},
-		Error: func(err error) {
-			select {
-			case errs <- err:
-			default:
-			}
-		},
+		Error: offer(errs),
 	})()
 	var got []string
 	for len(got) < 3 {
@@ -405,17 +381,36 @@ func testFollowResyncStall(t *testing.T, e engine) {
 	if want := []string{"resync stalled", "resync", "apply b3"}; !slices.Equal(got, want) {
 		t.Fatalf("the follower did %v, want %v", got, want)
 	}
+	if err := nextErr(t, errs, "read the whole state again"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the stalled resync reported %v, want its deadline", err)
+	}
+}
+
+// offer is a Follower.Error that sends each error on ch, or drops it when
+// ch is full: the follower never waits on the test.
+func offer(ch chan error) func(error) {
+	return func(err error) {
+		select {
+		case ch <- err:
+		default:
+		}
+	}
+}
+
+// nextErr is the next error on errs that starts with prefix (a slow read
+// on a loaded machine may report its own first).
+func nextErr(t *testing.T, errs <-chan error, prefix string) error {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
 	for {
 		select {
 		case err := <-errs:
-			if strings.Contains(err.Error(), "read the whole state again") {
-				if !errors.Is(err, context.DeadlineExceeded) {
-					t.Fatalf("the stalled resync reported %v, want its deadline", err)
-				}
-				return
+			if strings.HasPrefix(err.Error(), prefix) {
+				return err
 			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("the stalled resync was not reported")
+		case <-deadline:
+			t.Fatalf("no error %q… reported within 10 s", prefix)
+			return nil
 		}
 	}
 }
@@ -575,12 +570,7 @@ func TestFollowReadTimeoutPostgres(t *testing.T) {
 			default:
 			}
 		},
-		Error: func(err error) {
-			select {
-			case failed <- err:
-			default:
-			}
-		}})()
+		Error: offer(failed)})()
 	<-read
 
 	tx, err := other.db.BeginTx(ctx, nil)
