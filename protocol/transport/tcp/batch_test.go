@@ -42,30 +42,6 @@ func (c *countingConn) count() int {
 	return c.writes
 }
 
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := <-accepted
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
-
 func yamuxHeader(typ byte, length uint32) []byte {
 	h := make([]byte, yamuxHeaderSize)
 	h[1] = typ
@@ -78,7 +54,7 @@ func yamuxHeader(typ byte, length uint32) []byte {
 // reach the socket in one write; a frame without a body in one more.
 func TestFrameConnBatchesHeaderAndBody(t *testing.T) {
 	serverTLS, clientTLS := transporttest.TLSConfigs(t)
-	a, b := tcpPair(t)
+	a, b := transporttest.TCPPair(t)
 	counted := &countingConn{Conn: a}
 	client := tls.Client(NewRawConn(counted), clientTLS)
 	server := tls.Server(NewRawConn(b), serverTLS)
@@ -124,7 +100,7 @@ func TestFrameConnBatchesHeaderAndBody(t *testing.T) {
 // Whatever mix of write and read sizes, RawConn's read-ahead delivers the
 // exact byte stream.
 func TestRawConnReadAhead(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := transporttest.TCPPair(t)
 	r := NewRawConn(b)
 	const total = 32 << 20
 	src := rand.New(rand.NewPCG(1, 2))
@@ -180,7 +156,7 @@ func TestRawConnReadAhead(t *testing.T) {
 // it and shares its socket write; alone, it still reaches the peer.
 func TestFrameConnHoldsOpeningFrame(t *testing.T) {
 	serverTLS, clientTLS := transporttest.TLSConfigs(t)
-	a, b := tcpPair(t)
+	a, b := transporttest.TCPPair(t)
 	counted := &countingConn{Conn: a}
 	raw := NewRawConn(counted)
 	// Held far longer than the test takes, so that a slow machine cannot
@@ -241,7 +217,7 @@ func TestFrameConnHoldsOpeningFrame(t *testing.T) {
 // carries one record's overhead, not two.
 func TestFrameConnOneRecordPerSmallFrame(t *testing.T) {
 	serverTLS, clientTLS := transporttest.TLSConfigs(t)
-	a, b := tcpPair(t)
+	a, b := transporttest.TCPPair(t)
 	counted := &countingConn{Conn: a}
 	client := tls.Client(NewRawConn(counted), clientTLS)
 	server := tls.Server(NewRawConn(b), serverTLS)

@@ -3,13 +3,13 @@ package session
 import (
 	"bytes"
 	"context"
-	"net"
 	"runtime"
 	"testing"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/transport/tcp"
+	"github.com/tetherhq/tether/protocol/transport/transporttest"
 )
 
 // TestCloseWithEndsABlockedControlWrite: closing a session whose agent
@@ -19,29 +19,12 @@ import (
 // and root retirements close sessions on the change feed, which every
 // stream of the relay waits on.
 func TestCloseWithEndsABlockedControlWrite(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	ac, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	ac, rc := transporttest.TCPPair(t)
 	agent, err := tcp.Client(ac, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer agent.Close()
-	rc := <-accepted
-	if rc == nil {
-		t.Fatal("accept failed")
-	}
 	relay, err := tcp.Server(rc, nil)
 	if err != nil {
 		t.Fatal(err)
