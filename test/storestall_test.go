@@ -269,6 +269,33 @@ func TestStoreStallOfferKeepsTheSession(t *testing.T) {
 	r.waitOutput(`"state":"downloaded"`, 60*time.Second)
 }
 
+// TestStoreStallAuditKeepsNewSession: while the audit store does not take
+// an admitted agent's connect record (the audit table locked by another
+// session), the relay serves the new session all the same: it reads the
+// agent's heartbeats and answers them, and the agent, whose heartbeat
+// (2 s) gives up on a relay silent for three of them, keeps its session
+// past the audit writer's 10 s.
+func TestStoreStallAuditKeepsNewSession(t *testing.T) {
+	c := startClusterWith(t, 1, clusterOpts{extra: []string{"--heartbeat", "2s"}})
+	r := c.relays[0]
+	c.admin(t, "tenant", "add", "acme")
+	stateDir, id := enroll(t, r.agentAddr, c.admin(t, "token", "create", "--tenant", "acme"))
+
+	unlock := lockTable(t, c, "audit")
+	a := runAgent(t, stateDir, id, r.agentAddr, agentOpts{transport: "tcp", extra: "relay_connections: 1\n"})
+	a.waitOutput(`"msg":"connected to relay"`, 20*time.Second)
+	// The connect record goes to the audit file alone once the writer's
+	// 10 s pass: five heartbeats.
+	r.waitOutput(`"msg":"audit: store write failed`, 30*time.Second)
+	if n := a.count("connection to relay lost"); n != 0 {
+		t.Fatalf("the agent lost its session while its connect record waited for the store:\n%s", firstLine(a.proc, func(l string) bool { return strings.Contains(l, "connection to relay lost") }))
+	}
+	if n := r.count(`"reason":"heartbeat_missed"`); n != 0 {
+		t.Fatal("the relay ended the agent's session for missed heartbeats while its connect record waited for the store")
+	}
+	unlock()
+}
+
 // TestStoreStallRefusesEnrolmentInTime: an enrolment uses its join token
 // and registers the agent in one transaction, bounded by the handshake's
 // time. While PostgreSQL does not answer the registration (the agents

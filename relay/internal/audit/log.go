@@ -165,6 +165,19 @@ func (a *Log) Add(rec Record) {
 	}
 }
 
+// Queue queues rec (stamping its time when unset) as Add does, and
+// returns a wait that returns once it is written: for a record that must
+// keep its place before what the caller does next, whose caller should not
+// wait for it right away.
+func (a *Log) Queue(rec Record) (wait func()) {
+	done := a.enqueue(rec, true)
+	return func() {
+		if done != nil {
+			<-done
+		}
+	}
+}
+
 // Record queues rec (stamping its time when unset) and returns without
 // waiting for the write: for records of something already over, such as a
 // stream that ended, where waiting would hold up nothing but the caller.

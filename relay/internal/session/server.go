@@ -480,6 +480,14 @@ func (s *Server) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess transp
 	admitted()
 	s.stats.OK.Add(1)
 
+	connRec.Outcome, connRec.Detail["session"] = audit.OutcomeOK, ac.sessionID
+	connRec.Detail["ca_root"] = ac.RootID()
+	// The admission's record is queued before the session, joining the
+	// set, can record anything, and waited for beside the session rather
+	// than before it: the session reads its control stream (and answers
+	// the agent's heartbeats) at once, while a slow store holds only this
+	// goroutine, for at most the audit writer's bound.
+	recorded := s.cfg.Audit.Queue(connRec)
 	s.set.add(ac)
 	s.seen.mark(id.ID, time.Now())
 	if rev := s.cfg.Policy.Revoked(id.ID); rev != nil {
@@ -487,15 +495,13 @@ func (s *Server) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess transp
 		// have looked at the set before this session joined it.
 		ac.CloseWith(rev)
 	}
-	connRec.Outcome, connRec.Detail["session"] = audit.OutcomeOK, ac.sessionID
-	connRec.Detail["ca_root"] = ac.RootID()
-	s.cfg.Audit.Add(connRec)
 	log.Info("agent connected", "session", ac.sessionID, "os", hello.OS, "arch", hello.Arch, "hostname", hello.Hostname, "transport_why", hello.TransportWhy)
 	if s.cfg.Connected != nil {
 		s.cfg.Connected(ac)
 	}
 	handedOff = true
 	wg.Go(func() { s.serveSession(ctx, ac, br) })
+	recorded()
 }
 
 // serveSession serves a welcomed agent session, which serveAgent added to
