@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -188,6 +190,7 @@ func fleet(b *testing.B, n int, transport string) {
 	time.Sleep(500 * time.Millisecond)
 	r.kill()
 	killed := time.Now()
+	udpDrops0 := udpRcvbufErrors()
 	var traced sync.WaitGroup
 	traceCtx, stopTrace := context.WithCancel(context.Background())
 	if trace != nil {
@@ -208,6 +211,12 @@ func fleet(b *testing.B, n int, transport string) {
 	traced.Wait()
 	profiled.Wait()
 	b.ReportMetric(time.Since(killed).Seconds(), "storm-reconnect-all-s")
+	// Datagrams the machine dropped for want of room in a socket's
+	// receive buffer over the storm, the relay's and the simulated
+	// agents' (a CPU-starved reader falls behind): lost QUIC packets,
+	// which stall connections for retransmission timeouts.
+	b.ReportMetric(float64(udpRcvbufErrors()-udpDrops0), "storm-udp-rcvbuf-drops")
+	b.ReportMetric(float64(udpSocketDrops(r.agentAddr)), "storm-relay-udp-drops")
 	// The restarted relay's CPU until every agent was back, per agent: its
 	// cost of a handshake (TLS, hello, admission, refusals; the backend's
 	// streams meanwhile too, a small part), a figure that holds on a
@@ -228,6 +237,16 @@ func fleet(b *testing.B, n int, transport string) {
 	b.ReportMetric(float64(failed.Load()), "storm-streams-failed-after-retry")
 	for _, f := range failures.list() {
 		b.Logf("failed stream: %s", f)
+	}
+	if dir := os.Getenv("TETHER_BENCH_PROFILE_DIR"); dir != "" && failed.Load() > 0 {
+		// The relay's log (TETHER_BENCH_RELAY_FLAGS=--log-level=debug
+		// names each stream), for the failed streams' story.
+		path := filepath.Join(dir, fmt.Sprintf("relay-log-storm-%d-%s.txt", n, transport))
+		if err := os.WriteFile(path, []byte(r.out.String()), 0o600); err != nil {
+			b.Error(err)
+		} else {
+			b.Logf("relay log: %s", path)
+		}
 	}
 }
 
@@ -303,7 +322,7 @@ func runFleetWorker(path string) int {
 	var agents sync.WaitGroup
 	defer agents.Wait()
 	for _, dir := range w.Dirs {
-		a, err := fleetAgent(dir, w.Transport, w.Echo, nil)
+		a, err := fleetAgent(dir, w.Transport, w.Echo, agentLog)
 		if err != nil {
 			stop()
 			return fail(err)
@@ -344,7 +363,7 @@ func backendLoad(ctx context.Context, d *client.Dialer, tenants []string, seed u
 			}
 			if err2 := try(addr); err2 != nil && ctx.Err() == nil {
 				failed.Add(1)
-				log.add(fmt.Sprintf("%s: %v, then after a retry: %v", addr, err, err2))
+				log.add(fmt.Sprintf("%s %s: %v, then after a retry: %v", time.Now().UTC().Format("15:04:05.000"), addr, err, err2))
 			}
 		}
 		select {
@@ -435,11 +454,33 @@ func fleetLogger(i int, trace *stormTrace) *slog.Logger {
 	if trace != nil {
 		return trace.logger()
 	}
+	if agentLog != nil {
+		return agentLog
+	}
 	if i == 0 && os.Getenv("SCRATCH") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return nil
 }
+
+// agentLog, when TETHER_BENCH_AGENT_LOG names a file, is the fleet's
+// agents' log at info level, in JSON, for a storm's failed streams' story:
+// this process's agents write to that file, each worker process's to the
+// file with its process id appended.
+var agentLog = func() *slog.Logger {
+	path := os.Getenv("TETHER_BENCH_AGENT_LOG")
+	if path == "" {
+		return nil
+	}
+	if os.Getenv(fleetWorkerEnv) != "" {
+		path += "." + strconv.Itoa(os.Getpid())
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		panic(fmt.Sprintf("TETHER_BENCH_AGENT_LOG: %v", err))
+	}
+	return slog.New(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}()
 
 // saveProfile stores a pprof profile fetched from url in path.
 func saveProfile(b testing.TB, url, path string) {
@@ -625,4 +666,54 @@ func idleCPU(b *testing.B, base string, n int, tr string, window time.Duration) 
 	if per["base"] > 0 {
 		b.ReportMetric(per["this"]/per["base"], "ratio")
 	}
+}
+
+// udpRcvbufErrors is the machine's count of UDP datagrams dropped for want
+// of room in a socket's receive buffer (Linux; 0 elsewhere).
+func udpRcvbufErrors() int64 {
+	raw, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		return 0
+	}
+	var names []string
+	for _, line := range strings.Split(string(raw), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "Udp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		if i := slices.Index(names, "RcvbufErrors"); i > 0 && i < len(f) {
+			n, _ := strconv.ParseInt(f[i], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// udpSocketDrops is the datagrams dropped by the UDP socket bound to addr
+// (host:port, IPv4) since it was opened (Linux; 0 elsewhere).
+func udpSocketDrops(addr string) int64 {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Is4() {
+		return 0
+	}
+	raw, err := os.ReadFile("/proc/net/udp")
+	if err != nil {
+		return 0
+	}
+	ip := ap.Addr().As4()
+	// /proc/net/udp prints the address's network-order bytes read as one
+	// word in the machine's order.
+	local := fmt.Sprintf("%08X:%04X", binary.NativeEndian.Uint32(ip[:]), ap.Port())
+	for _, line := range strings.Split(string(raw), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 13 && f[1] == local {
+			n, _ := strconv.ParseInt(f[len(f)-1], 10, 64)
+			return n
+		}
+	}
+	return 0
 }
