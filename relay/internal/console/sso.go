@@ -224,9 +224,20 @@ type ssoIssuer struct {
 	SSOIssuer
 	secret string
 
-	mu       sync.Mutex // guards provider and verifier
+	mu       sync.Mutex // guards the fields below
 	provider *oidc.Provider
 	verifier *oidc.IDTokenVerifier
+	pending  *discovery // the discovery in progress, nil when none
+}
+
+// discovery is one reading of an issuer's discovery document, which every
+// sign-in that needs it meanwhile waits for.
+type discovery struct {
+	done     chan struct{} // closed when the fields below are set
+	waiters  int           // sign-ins waiting for it besides the reader; guarded by ssoIssuer.mu
+	provider *oidc.Provider
+	verifier *oidc.IDTokenVerifier
+	err      error
 }
 
 // newSSOFlow prepares c (validated) for use; nil when it has no issuers.
@@ -289,21 +300,50 @@ const (
 )
 
 // discover returns the issuer's provider and token verifier, reading its
-// discovery document the first time (and again after a failure).
+// discovery document the first time (and again after a failure). Sign-ins
+// that need it while it is read wait for that one reading, each no longer
+// than its own request lasts (the one reading it, no longer than the
+// reading's ssoTimeout), instead of taking turns: an issuer that does not
+// answer holds each of them for at most ssoTimeout, not one ssoTimeout
+// per sign-in ahead of it.
 func (i *ssoIssuer) discover(ctx context.Context, client *http.Client) (*oidc.Provider, *oidc.IDTokenVerifier, error) {
 	i.mu.Lock()
-	defer i.mu.Unlock()
 	if i.provider != nil {
+		defer i.mu.Unlock()
 		return i.provider, i.verifier, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, ssoTimeout)
-	defer cancel()
-	p, err := oidc.NewProvider(oidc.ClientContext(ctx, client), i.Issuer)
-	if err != nil {
-		return nil, nil, fmt.Errorf("discover issuer %s: %w", i.Issuer, err)
+	d, lead := i.pending, i.pending == nil
+	if lead {
+		d = &discovery{done: make(chan struct{})}
+		i.pending = d
+	} else {
+		d.waiters++
 	}
-	i.provider, i.verifier = p, p.Verifier(&oidc.Config{ClientID: i.ClientID})
-	return i.provider, i.verifier, nil
+	i.mu.Unlock()
+	if lead {
+		// The reading serves every sign-in waiting for it, so it is not
+		// cut short when this one's request ends; it is bounded alike.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ssoTimeout)
+		p, err := oidc.NewProvider(oidc.ClientContext(dctx, client), i.Issuer)
+		cancel()
+		i.mu.Lock()
+		if err != nil {
+			d.err = fmt.Errorf("discover issuer %s: %w", i.Issuer, err)
+		} else {
+			i.provider, i.verifier = p, p.Verifier(&oidc.Config{ClientID: i.ClientID})
+			d.provider, d.verifier = i.provider, i.verifier
+		}
+		i.pending = nil
+		i.mu.Unlock()
+		close(d.done)
+		return d.provider, d.verifier, d.err
+	}
+	select {
+	case <-d.done:
+		return d.provider, d.verifier, d.err
+	case <-ctx.Done():
+		return nil, nil, fmt.Errorf("discover issuer %s: %w", i.Issuer, ctx.Err())
+	}
 }
 
 func (i *ssoIssuer) oauth2(p *oidc.Provider, redirectURL string) *oauth2.Config {

@@ -1,0 +1,115 @@
+package console
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestSSODiscoverySharedAndBounded: sign-ins that need an issuer's
+// discovery document while it is being read wait for that one reading,
+// not for one reading each in turn, and a sign-in whose request ends
+// stops waiting at once. Once read, the document is not read again; a
+// reading that failed is tried again by the next sign-in.
+func TestSSODiscoverySharedAndBounded(t *testing.T) {
+	release := make(chan struct{})
+	var reads atomic.Int32
+	var fail atomic.Bool
+	fail.Store(true)
+	var idp *httptest.Server
+	idp = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/.well-known/openid-configuration" {
+			http.NotFound(w, r)
+			return
+		}
+		reads.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		if fail.Load() {
+			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]any{
+			"issuer": idp.URL, "authorization_endpoint": idp.URL + "/auth", "token_endpoint": idp.URL + "/token",
+			"jwks_uri": idp.URL + "/keys", "id_token_signing_alg_values_supported": []string{"RS256"},
+		})
+	}))
+	defer idp.Close()
+	iss := &ssoIssuer{SSOIssuer: SSOIssuer{Name: "corp", Issuer: idp.URL, ClientID: "tether"}}
+
+	// Five sign-ins at once while the issuer does not answer, then one
+	// whose request ends meanwhile.
+	var wg sync.WaitGroup
+	errs := make(chan error, 5)
+	for range 5 {
+		wg.Go(func() {
+			_, _, err := iss.discover(context.Background(), idp.Client())
+			errs <- err
+		})
+	}
+	waiting := func(n int) func() bool {
+		return func() bool {
+			iss.mu.Lock()
+			defer iss.mu.Unlock()
+			return iss.pending != nil && iss.pending.waiters == n
+		}
+	}
+	waitFor(t, waiting(4)) // and one reading
+	gone, leave := context.WithCancel(context.Background())
+	goneErr := make(chan error, 1)
+	go func() {
+		_, _, err := iss.discover(gone, idp.Client())
+		goneErr <- err
+	}()
+	waitFor(t, waiting(5))
+	leave()
+	select {
+	case err := <-goneErr:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("a sign-in whose request ended: %v, want its context's end", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a sign-in whose request ended still waits for the issuer")
+	}
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err == nil {
+			t.Fatal("discovery succeeded against an issuer answering 503")
+		}
+	}
+	if n := reads.Load(); n != 1 {
+		t.Fatalf("%d readings of the discovery document for six sign-ins at once, want 1", n)
+	}
+
+	// The next sign-in tries again, and the document read stays.
+	fail.Store(false)
+	for range 3 {
+		if p, v, err := iss.discover(context.Background(), idp.Client()); err != nil || p == nil || v == nil {
+			t.Fatalf("discover after the issuer came back: %v", err)
+		}
+	}
+	if n := reads.Load(); n != 2 {
+		t.Fatalf("%d readings in all, want 2 (the failed one, then one kept)", n)
+	}
+}
+
+// waitFor polls cond until it holds, for at most 10 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10 s")
+		}
+	}
+}
