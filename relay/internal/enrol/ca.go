@@ -89,7 +89,7 @@ func (r *Rotation) Apply(ctx context.Context) error {
 	// commit, each close for its Reject's deadline), since this runs on
 	// the change feed, which every stream of the relay waits on.
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, 64)
+	sem := make(chan struct{}, sideBySide)
 	for _, c := range r.sessions.Select("", false, func(c *session.Conn) bool { return !active[c.RootID()] }) {
 		root := next.Root(c.RootID())
 		why := protocol.Errorf(protocol.CodeUnauthenticated, "this agent's certificate comes from a CA root that was retired: enrol it again with a new join token")
@@ -137,11 +137,25 @@ func (r *Rotation) askRenewals(root string) {
 		return
 	}
 	r.bg.Go(func() {
+		// Side by side: a write to an agent that reads nothing waits
+		// until its session ends (three heartbeats), and would hold up
+		// every agent after it.
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, sideBySide)
 		for _, c := range conns {
-			askRenewal(c, root, spread)
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				askRenewal(c, root, spread)
+			})
 		}
+		wg.Wait()
 	})
 }
+
+// sideBySide is how many sessions a rotation writes to, or closes, at
+// once.
+const sideBySide = 64
 
 // askRenewal sends c a RenewNow for root.
 func askRenewal(c *session.Conn, root string, spread time.Duration) {
