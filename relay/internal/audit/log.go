@@ -159,11 +159,7 @@ type item struct {
 // Add records rec (stamping its time when unset) and returns once it is in
 // the store and the file, so an action is never taken unaudited even when
 // the relay dies right after. Concurrent adds share one transaction.
-func (a *Log) Add(rec Record) {
-	if done := a.enqueue(rec, true); done != nil {
-		<-done
-	}
-}
+func (a *Log) Add(rec Record) { a.Queue(rec)() }
 
 // Queue queues rec (stamping its time when unset) as Add does, and
 // returns a wait that returns once it is written: for a record that must
