@@ -2,8 +2,16 @@ package test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -99,6 +107,53 @@ func TestStoreStallAuditDoesNotHoldRefusal(t *testing.T) {
 	unlockTenants()
 	unlockAudit()
 	waitAudit(t, c.relays[0], "the refused request", detailIs("stream", "unavailable", "request", ref.RequestID), append([]string{"--kind", "stream"}, c.store...)...)
+}
+
+// TestStoreStallAuditDoesNotHoldHandshakeRefusal: a TLS handshake refused
+// for its client certificate (here a self-signed one at the agents' port)
+// is answered at once while the audit store does not answer (the audit
+// table locked), not after the audit writer's 10 s, which would hold a
+// handshake slot per refusal; the record reaches the trail once the store
+// answers.
+func TestStoreStallAuditDoesNotHoldHandshakeRefusal(t *testing.T) {
+	c := startCluster(t, 1)
+	r := c.relays[0]
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := big.NewInt(0x5eed)
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: "intruder"},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	unlock := lockTable(t, c, "audit")
+	raw, err := net.Dial("tcp", r.agentAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{protocol.ALPN}, MinVersion: tls.VersionTLS13, //nolint:gosec // the relay's certificate is not what this test checks
+		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}})
+	defer tc.Close()
+	start := time.Now()
+	tc.SetDeadline(start.Add(30 * time.Second))
+	// In TLS 1.3 the client's handshake ends before the relay has checked
+	// its certificate: the refusal is the alert the next read meets.
+	err = tc.Handshake()
+	if err == nil {
+		_, err = tc.Read(make([]byte, 1))
+	}
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a self-signed client certificate: %v, want the relay's refusal", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the refusal came after %v (%v): it waited for the audit store", took.Round(time.Millisecond), err)
+	}
+	unlock()
+	waitAudit(t, r, "the refused handshake", detailIs("agent.handshake", "unauthenticated", "serial", serial.Text(16)), append([]string{"--kind", "agent.handshake"}, c.store...)...)
 }
 
 // TestStoreStallRefusesAgentInTime: an agent's admission reads its record

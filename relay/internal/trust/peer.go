@@ -77,7 +77,7 @@ func (a *Authority) VerifyPeer(certs []*x509.Certificate, now time.Time) (identi
 
 // Listener is the TLS configuration of the relay-to-relay listener: both
 // sides present relay-to-relay certificates of the cluster's CA. A
-// refused peer is audited.
+// refused peer is audited (queued, as every refusal).
 func (p *Peer) Listener() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
@@ -90,7 +90,7 @@ func (p *Peer) Listener() *tls.Config {
 				err = fmt.Errorf("peer presented this relay's own identity %s", r)
 			}
 			if err != nil {
-				p.audit.Add(audit.Record{Kind: audit.Handshake, Outcome: "unauthenticated", Actor: "peer",
+				p.audit.Record(audit.Record{Kind: audit.Handshake, Outcome: "unauthenticated", Actor: "peer",
 					Detail: WithCertificate(map[string]any{"error": err.Error(), "door": "peer"}, cs.PeerCertificates)})
 			}
 			return err

@@ -169,7 +169,9 @@ const certLifetime = 30 * 24 * time.Hour
 // Server is the relay's side of TLS: its server certificate, issued by the
 // tenant CA and renewed as it ages or as the CA's serving root changes,
 // and the configurations of its listeners. Handshakes refused for their
-// client certificate are audited.
+// client certificate are audited, queued rather than waited for, as every
+// refusal is: a stalled store would otherwise hold each refused handshake
+// (and its handshake slot) for the audit writer's 10 s.
 type Server struct {
 	auth  *Authority
 	audit *audit.Log
@@ -226,7 +228,7 @@ func (s *Server) Agents() *tls.Config {
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			_, err := s.auth.VerifyAgent(cs.PeerCertificates, s.now())
 			if err != nil {
-				s.audit.Add(audit.Record{Kind: audit.Handshake, Outcome: protocol.CodeUnauthenticated.String(), Actor: "agent",
+				s.audit.Record(audit.Record{Kind: audit.Handshake, Outcome: protocol.CodeUnauthenticated.String(), Actor: "agent",
 					Detail: WithCertificate(map[string]any{"error": err.Error()}, cs.PeerCertificates)})
 			}
 			return err
@@ -283,7 +285,7 @@ func (s *Server) Front() *tls.Config {
 			}
 			_, err := s.auth.VerifyBackend(cs.PeerCertificates, s.now())
 			if err != nil {
-				s.audit.Add(audit.Record{Kind: audit.Stream, Outcome: protocol.CodeUnauthenticated.String(), Actor: "unauthenticated",
+				s.audit.Record(audit.Record{Kind: audit.Stream, Outcome: protocol.CodeUnauthenticated.String(), Actor: "unauthenticated",
 					Detail: WithCertificate(map[string]any{"door": "connect-tls", "auth": "certificate", "error": "backend certificate refused: " + err.Error()}, cs.PeerCertificates)})
 			}
 			return err
