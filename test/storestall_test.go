@@ -156,6 +156,38 @@ func TestStoreStallAuditDoesNotHoldHandshakeRefusal(t *testing.T) {
 	waitAudit(t, r, "the refused handshake", detailIs("agent.handshake", "unauthenticated", "serial", serial.Text(16)), append([]string{"--kind", "agent.handshake"}, c.store...)...)
 }
 
+// TestStoreStallAuditDoesNotHoldRevocation: a revoked agent's sessions
+// close as soon as the relay reads the revocation from the change feed,
+// while the audit store does not answer (the audit table locked): the
+// relay's record of the disconnection is queued, not waited for on the
+// feed, and reaches the trail once the store answers.
+func TestStoreStallAuditDoesNotHoldRevocation(t *testing.T) {
+	c := startCluster(t, 1)
+	r := c.relays[0]
+	c.admin(t, "tenant", "add", "acme")
+	stateDir, id := enroll(t, r.agentAddr, c.admin(t, "token", "create", "--tenant", "acme"))
+	a := runAgent(t, stateDir, id, r.agentAddr, agentOpts{transport: "tcp", extra: "relay_connections: 1\n"})
+	a.waitOutput(`"msg":"connected to relay"`, 20*time.Second)
+
+	unlock := lockTable(t, c, "audit")
+	// The command stores the revocation, then waits to audit it.
+	revoked := make(chan error, 1)
+	go func() {
+		out, err := exec.Command(bins.relay, append([]string{"agent", "revoke", id}, c.store...)...).CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("%w: %s", err, out)
+		}
+		revoked <- err
+	}()
+	// An audit write waited for on the feed would take the writer's 10 s.
+	r.waitOutput("closed a revoked agent's sessions", 6*time.Second)
+	unlock()
+	if err := <-revoked; err != nil {
+		t.Fatalf("agent revoke: %v", err)
+	}
+	waitAudit(t, r, "the revoked agent's disconnection", detailIs("agent.disconnect", "revoked", "sessions", "1"), append([]string{"--kind", "agent.disconnect"}, c.store...)...)
+}
+
 // TestStoreStallRefusesAgentInTime: an agent's admission reads its record
 // from the store; while PostgreSQL does not answer that read (the agents
 // table locked by another session), the relay refuses the agent as

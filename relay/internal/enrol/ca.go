@@ -85,9 +85,11 @@ func (r *Rotation) Apply(ctx context.Context) error {
 	// Sessions that stand on a root no longer trusted (retired with
 	// --force while its agents were still on it) end now, as revoked ones
 	// do: the operator retired the root so that nothing it issued counts.
-	// They are closed side by side (each audit record waits for its
-	// commit, each close for its Reject's deadline), since this runs on
-	// the change feed, which every stream of the relay waits on.
+	// They are closed side by side (each close waits for its Reject's
+	// deadline), and each one's record is queued before it closes, not
+	// waited for (the retirement itself is audited by its command), since
+	// this runs on the change feed, which every stream of the relay waits
+	// on.
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, sideBySide)
 	for _, c := range r.sessions.Select("", false, func(c *session.Conn) bool { return !active[c.RootID()] }) {
@@ -101,7 +103,7 @@ func (r *Rotation) Apply(ctx context.Context) error {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			r.cfg.Audit.Add(audit.Record{Kind: audit.Disconnect, Outcome: protocol.CodeUnauthenticated.String(), Tenant: id.Tenant, Agent: id.ID, Actor: "relay",
+			r.cfg.Audit.Record(audit.Record{Kind: audit.Disconnect, Outcome: protocol.CodeUnauthenticated.String(), Tenant: id.Tenant, Agent: id.ID, Actor: "relay",
 				Detail: map[string]any{"session": c.SessionID(), "ca_root": c.RootID(), "reason": "CA root retired"}})
 			c.CloseWith(why)
 		})
