@@ -309,7 +309,8 @@ func (u *Rollouts) offerAll(ctx context.Context) error {
 	return nil
 }
 
-// offer sends the release's signed manifest to a.
+// offer claims the release's offer to a and sends a its signed manifest
+// (on a goroutine Run waits for).
 func (u *Rollouts) offer(ctx context.Context, a Agent, ofs *offerState, ro store.Rollout, rel store.Release) error {
 	dir, err := u.cfg.Dir.ReleaseFiles(ctx, rel)
 	if err != nil {
@@ -355,13 +356,23 @@ func (u *Rollouts) offer(ctx context.Context, a Agent, ofs *offerState, ro store
 	ofs.mu.Lock()
 	ofs.offer = o
 	ofs.mu.Unlock()
-	defer close(o.announced)
-	if err := a.Send(m); err != nil {
-		return err
+	// The offer is written and audited on a goroutine of its own, which
+	// Run waits for: a write to an agent that reads nothing waits until
+	// its session ends (three heartbeats), and the next agents' offers
+	// do not wait behind it, nor behind each offer's audit commit.
+	announce := func() {
+		defer close(o.announced)
+		if err := a.Send(m); err != nil {
+			a.Logger().Warn("rollout: offer failed", "version", ro.Version, "err", err)
+			return
+		}
+		u.cfg.Audit.Add(audit.Record{Kind: audit.UpdateOffer, Outcome: audit.OutcomeOK, Tenant: id.Tenant, Agent: id.ID, Actor: "relay",
+			Detail: map[string]any{"version": ro.Version, "rollout": ro.ID, "offer": o.id, "from": hello.AgentVersion, "os": rel.OS, "arch": rel.Arch, "channel": rel.Channel}})
+		a.Logger().Info("update offered", "version", ro.Version, "rollout", ro.ID, "offer", o.id)
 	}
-	u.cfg.Audit.Add(audit.Record{Kind: audit.UpdateOffer, Outcome: audit.OutcomeOK, Tenant: id.Tenant, Agent: id.ID, Actor: "relay",
-		Detail: map[string]any{"version": ro.Version, "rollout": ro.ID, "offer": o.id, "from": hello.AgentVersion, "os": rel.OS, "arch": rel.Arch, "channel": rel.Channel}})
-	a.Logger().Info("update offered", "version", ro.Version, "rollout", ro.ID, "offer", o.id)
+	if !u.goSend(announce) {
+		close(o.announced) // Run has returned: nothing is sent
+	}
 	return nil
 }
 
@@ -435,13 +446,15 @@ func (u *Rollouts) Handle(ctx context.Context, a Agent, m protocol.Message) {
 	}
 }
 
-// goSend runs fn on a goroutine Run waits for, unless Run has returned.
-func (u *Rollouts) goSend(fn func()) {
+// goSend runs fn on a goroutine Run waits for, unless Run has returned,
+// and reports whether it did.
+func (u *Rollouts) goSend(fn func()) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if !u.stopped {
 		u.sends.Go(fn)
 	}
+	return !u.stopped
 }
 
 // send opens an update stream to the agent and writes the binary.
