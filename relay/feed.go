@@ -123,9 +123,9 @@ func (r *Relay) applyRevocation(ctx context.Context, tenant, agent string) {
 		// Queued before the sessions close, so the trail has it before
 		// anything after them, and not waited for: the command that
 		// revoked the agent audits the revocation (agent.revoke), and
-		// this runs on the
-		// change feed, which a stalled store would hold for the audit
-		// writer's 10 s, the revoked agent still served meanwhile.
+		// this runs on the change feed, which a stalled store would hold
+		// for the audit writer's 10 s, the revoked agent still served
+		// meanwhile.
 		r.audit.Record(audit.Record{Kind: audit.Disconnect, Outcome: protocol.CodeRevoked.String(), Tenant: tenant, Agent: agent, Actor: "relay",
 			Detail: map[string]any{"sessions": n, "revoked_at": rec.RevokedAt}})
 	}

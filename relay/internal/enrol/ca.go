@@ -90,9 +90,8 @@ func (r *Rotation) Apply(ctx context.Context) error {
 	// waited for (the retirement itself is audited by its command), since
 	// this runs on the change feed, which every stream of the relay waits
 	// on.
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, sideBySide)
-	for _, c := range r.sessions.Select("", false, func(c *session.Conn) bool { return !active[c.RootID()] }) {
+	stranded := r.sessions.Select("", false, func(c *session.Conn) bool { return !active[c.RootID()] })
+	sideBySide(stranded, func(c *session.Conn) {
 		root := next.Root(c.RootID())
 		why := protocol.Errorf(protocol.CodeUnauthenticated, "this agent's certificate comes from a CA root that was retired: enrol it again with a new join token")
 		if root != nil {
@@ -100,15 +99,10 @@ func (r *Rotation) Apply(ctx context.Context) error {
 				root.Generation, root.ID(), root.RetiredAt.UTC().Format(time.RFC3339))
 		}
 		id := c.Identity()
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			r.cfg.Audit.Record(audit.Record{Kind: audit.Disconnect, Outcome: protocol.CodeUnauthenticated.String(), Tenant: id.Tenant, Agent: id.ID, Actor: "relay",
-				Detail: map[string]any{"session": c.SessionID(), "ca_root": c.RootID(), "reason": "CA root retired"}})
-			c.CloseWith(why)
-		})
-	}
-	wg.Wait()
+		r.cfg.Audit.Record(audit.Record{Kind: audit.Disconnect, Outcome: protocol.CodeUnauthenticated.String(), Tenant: id.Tenant, Agent: id.ID, Actor: "relay",
+			Detail: map[string]any{"session": c.SessionID(), "ca_root": c.RootID(), "reason": "CA root retired"}})
+		c.CloseWith(why)
+	})
 	if next.RenewNow() && (!prev.RenewNow() || prev.Signer().ID() != next.Signer().ID()) {
 		r.askRenewals(next.Signer().ID())
 	}
@@ -142,22 +136,25 @@ func (r *Rotation) askRenewals(root string) {
 		// Side by side: a write to an agent that reads nothing waits
 		// until its session ends (three heartbeats), and would hold up
 		// every agent after it.
-		var wg sync.WaitGroup
-		sem := make(chan struct{}, sideBySide)
-		for _, c := range conns {
-			sem <- struct{}{}
-			wg.Go(func() {
-				defer func() { <-sem }()
-				askRenewal(c, root, spread)
-			})
-		}
-		wg.Wait()
+		sideBySide(conns, func(c *session.Conn) { askRenewal(c, root, spread) })
 	})
 }
 
-// sideBySide is how many sessions a rotation writes to, or closes, at
-// once.
-const sideBySide = 64
+// sideBySide calls fn for each of conns, at most 64 at a time, and
+// returns once every call has: how a rotation writes to, or closes,
+// sessions, where one agent that reads nothing must not hold up the rest.
+func sideBySide(conns []*session.Conn, fn func(*session.Conn)) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	for _, c := range conns {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			fn(c)
+		})
+	}
+	wg.Wait()
+}
 
 // askRenewal sends c a RenewNow for root.
 func askRenewal(c *session.Conn, root string, spread time.Duration) {
