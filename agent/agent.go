@@ -232,12 +232,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.upd = upd
 	var wg sync.WaitGroup
-	if a.cfg.DebugListen != "" {
+	// A trial of a new binary runs with the running agent's own config,
+	// whose agent still holds these listeners' addresses: it opens
+	// neither, or it would fail at once on an address in use and the new
+	// version would be rolled back, and refused for good, for no fault of
+	// its own.
+	trial := a.cfg.UpdateTrial != ""
+	if a.cfg.DebugListen != "" && !trial {
 		if err := a.serveDebug(ctx, &wg); err != nil {
 			return err
 		}
 	}
-	if a.cfg.StatusListen != "" {
+	if a.cfg.StatusListen != "" && !trial {
 		if err := a.serveStatus(ctx, &wg); err != nil {
 			return err
 		}

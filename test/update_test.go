@@ -180,7 +180,10 @@ func binVersion(t *testing.T, bin string) string {
 
 // TestSelfUpdate: a v1 agent updates itself to v2 during a rollout while a
 // stream is open to another agent of the same tenant; then a v3 that
-// cannot start is rolled back to v2 and never offered again.
+// cannot start is rolled back to v2 and never offered again. The agent
+// has status and debug listeners, whose addresses the trial of the new
+// binary, which runs with the same config while the agent holds them,
+// must leave alone.
 func TestSelfUpdate(t *testing.T) {
 	v1 := agentOfVersion(t, "1.0.0")
 	v2 := agentOfVersion(t, "2.0.0")
@@ -189,7 +192,9 @@ func TestSelfUpdate(t *testing.T) {
 	other := startAgent(t, r, "acme", agentOpts{services: map[string]string{"echo": tcpService(t, echo)}})
 	_ = other
 	stateDir, id := enroll(t, r.agentAddr, r.token(t, "acme"))
-	a := runAgent(t, stateDir, id, r.agentAddr, agentOpts{bin: v1, extra: e.updateYAML(", health_timeout: 30s")})
+	status := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	a := runAgent(t, stateDir, id, r.agentAddr, agentOpts{bin: v1, extra: e.updateYAML(", health_timeout: 30s") +
+		fmt.Sprintf("status_listen: %q\ndebug_listen: %q\n", status, fmt.Sprintf("127.0.0.1:%d", freePort(t)))})
 	dialer := r.backend(t, "billing", "acme")
 	conn := waitDial(t, dialer, "echo.acme.tether:1", 20*time.Second)
 	defer conn.Close()
@@ -220,6 +225,9 @@ func TestSelfUpdate(t *testing.T) {
 	}
 	a.waitOutput(`"msg":"update succeeded"`, 10*time.Second)
 	r.waitOutput(`"agent_version":"2.0.0"`, 10*time.Second)
+	if out := mustRun(t, v1, "status", "--addr", status); !strings.Contains(out, "2.0.0") {
+		t.Fatalf("tether-agent status from the updated agent: %s", out)
+	}
 	echoLine("during and after") // the other agent's stream never noticed
 	// The other agent (version "dev") is not offered 2.0.0: it has no keys
 	// and refuses, and that is recorded too.
