@@ -14,8 +14,10 @@ import (
 	"github.com/tetherhq/tether/protocol/transport"
 )
 
-// headerTimeout bounds reading the stream header the relay sends first.
-const headerTimeout = 10 * time.Second
+// headerTimeout bounds reading the stream header the relay sends first,
+// and writing the answer once the service's dial is over. A variable for
+// tests.
+var headerTimeout = 10 * time.Second
 
 // handleStream serves one stream the relay opened: read the header, check
 // the service against the allowlist, dial it, answer, and splice. Every
@@ -75,6 +77,12 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	dctx, cancel := context.WithTimeout(context.Background(), a.cfg.DialTimeout)
 	conn, err := a.cfg.DialService(dctx, "tcp", svc.Address)
 	cancel()
+	// The answer gets a deadline of its own: the header's may have passed
+	// during the dial, which dial_timeout bounds from the header on. Over
+	// QUIC a write past its deadline fails at once, and the relay would
+	// read a reset instead of the refusal (and try the service again
+	// through another connection) or instead of the OK.
+	st.SetDeadline(time.Now().Add(headerTimeout))
 	if err != nil {
 		perr := dialError(h.Service, a.cfg.DialTimeout, err)
 		a.rep.dialFailed(h.Service, perr.Message)
