@@ -235,10 +235,14 @@ func (s *Store) RemoveRelay(ctx context.Context, id string) error {
 // LeaveCluster marks relay id (of run epoch) as gone at once: draining,
 // and silent since long ago, so that every reader counts neither it nor
 // its presence rows from its next read. A later run writes its row again.
+// A later run that already holds the id (this one was fenced: paused,
+// then found its row taken) keeps its row and its presence rows: only
+// this run's and earlier runs' are deleted.
 func (s *Store) LeaveCluster(ctx context.Context, id string, epoch int64) error {
 	_, err := s.exec(ctx, `UPDATE relays SET heartbeat_ms = 0, draining = 1, agents = 0, sessions = 0, streams = 0 WHERE id = $1 AND epoch = $2`, id, epoch)
 	if err != nil {
 		return err
 	}
-	return s.ClearPresence(ctx, id, -1)
+	_, err = s.exec(ctx, `DELETE FROM presence WHERE relay_id = $1 AND epoch <= $2`, id, epoch)
+	return err
 }

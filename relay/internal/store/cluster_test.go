@@ -97,6 +97,22 @@ func testRelaysAndPresence(t *testing.T, e engine) {
 	if got := holding("globex"); len(got) != 1 || got[0].RelayID != "r1" {
 		t.Fatalf("after r1's new run wrote: %+v", got)
 	}
+	// The fenced process of the earlier run stops and leaves: the new
+	// run's row and presence are not its to take away.
+	if err := s.LeaveCluster(ctx, "r1", 100); err != nil {
+		t.Fatal(err)
+	}
+	if got := holding("globex"); len(got) != 1 || got[0].RelayID != "r1" || got[0].Epoch != 200 {
+		t.Fatalf("after r1's fenced earlier run left: %+v, want r1's run 200 still holding g1", got)
+	}
+	if err := s.LeaveCluster(ctx, "r1", 200); err != nil {
+		t.Fatal(err)
+	}
+	if got := holding("globex"); len(got) != 0 {
+		t.Fatalf("after r1's run 200 left: %+v, want none", got)
+	}
+	set("r1", 200, Presence{"globex", "g1", 1})
+	beat("r1", 200, false)
 	if err := s.ClearPresence(ctx, "r1", 200); err != nil {
 		t.Fatal(err)
 	}
