@@ -172,7 +172,9 @@ func (a *Admin) scopedTenant(tenant string) (string, error) {
 // tenant administrator works within (the vendor sets them): a limit that
 // is set (non-zero) may be lowered but neither raised nor lifted (0 is
 // unlimited), and allowed networks may only narrow to networks within
-// those allowed. A limit that is not set may be set to anything.
+// those allowed. A limit that is not set may be set to anything. The
+// burst of stream opens is compared as enforced: under an open_rate, an
+// open_burst of 0 is a burst of the rate, not an unset limit.
 func lowersOnly(old, l Limits, nets []netip.Prefix) error {
 	refuse := func(format string, args ...any) error {
 		return &ScopeError{err: Errorf(ErrForbidden, "a tenant administrator may only lower the tenant's limits (the vendor sets the bounds): "+format, args...),
@@ -185,11 +187,16 @@ func lowersOnly(old, l Limits, nets []netip.Prefix) error {
 		{"max_agents", float64(old.MaxAgents), float64(l.MaxAgents)},
 		{"max_streams", float64(old.MaxStreams), float64(l.MaxStreams)},
 		{"open_rate", old.OpenRate, l.OpenRate},
-		{"open_burst", float64(old.OpenBurst), float64(l.OpenBurst)},
 		{"bandwidth", float64(old.Bandwidth), float64(l.Bandwidth)},
 	} {
 		if f.old > 0 && (f.new == 0 || f.new > f.old) {
 			return refuse("%s %v → %v raises or lifts it", f.name, f.old, f.new)
+		}
+	}
+	if old.OpenRate > 0 { // and so l.OpenRate > 0, checked above
+		ob, nb := policy.OpenBurst(old.OpenRate, old.OpenBurst), policy.OpenBurst(l.OpenRate, l.OpenBurst)
+		if nb > ob {
+			return refuse("open_burst %d → %d raises it (an open_burst of 0 is a burst of open_rate)", ob, nb)
 		}
 	}
 	if len(old.CIDRs) == 0 {

@@ -255,6 +255,12 @@ func TestScopedLimits(t *testing.T) {
 		{"raise the bandwidth", Limits{MaxAgents: 3, MaxStreams: 50, OpenRate: 5, OpenBurst: 10, CIDRs: []string{"10.1.0.0/16"}, Bandwidth: 9 << 20}, false},
 		{"lift the bandwidth", Limits{MaxAgents: 3, MaxStreams: 50, OpenRate: 5, OpenBurst: 10, CIDRs: []string{"10.1.0.0/16"}}, false},
 		{"lower the bandwidth", Limits{MaxAgents: 3, MaxStreams: 50, OpenRate: 5, OpenBurst: 10, CIDRs: []string{"10.1.0.0/16"}, Bandwidth: 1 << 20}, true},
+		{"raise the burst", Limits{MaxAgents: 3, MaxStreams: 50, OpenRate: 5, OpenBurst: 11, CIDRs: []string{"10.1.0.0/16"}, Bandwidth: 1 << 20}, false},
+		{"burst of the rate, lower", Limits{MaxAgents: 3, MaxStreams: 50, OpenRate: 5, CIDRs: []string{"10.1.0.0/16"}, Bandwidth: 1 << 20}, true},
+		{"raise a burst of the rate", Limits{MaxAgents: 3, MaxStreams: 50, OpenRate: 5, OpenBurst: 1000000, CIDRs: []string{"10.1.0.0/16"}, Bandwidth: 1 << 20}, false},
+		{"lower the rate, then its burst", Limits{MaxAgents: 3, MaxStreams: 50, OpenRate: 2, CIDRs: []string{"10.1.0.0/16"}, Bandwidth: 1 << 20}, true},
+		{"burst back to the old rate", Limits{MaxAgents: 3, MaxStreams: 50, OpenRate: 2, OpenBurst: 5, CIDRs: []string{"10.1.0.0/16"}, Bandwidth: 1 << 20}, false},
+		{"lower the burst below the rate", Limits{MaxAgents: 3, MaxStreams: 50, OpenRate: 2, OpenBurst: 1, CIDRs: []string{"10.1.0.0/16"}, Bandwidth: 1 << 20}, true},
 	} {
 		tc.l.Tenant = "acme"
 		err := adm.SetLimits(ctx, tc.l)
@@ -266,7 +272,7 @@ func TestScopedLimits(t *testing.T) {
 		}
 	}
 	got, err := root.Limits(ctx, "acme")
-	if err != nil || got.MaxAgents != 3 || got.OpenRate != 5 || len(got.CIDRs) != 1 || got.Bandwidth != 1<<20 {
+	if err != nil || got.MaxAgents != 3 || got.OpenRate != 2 || got.OpenBurst != 1 || len(got.CIDRs) != 1 || got.Bandwidth != 1<<20 {
 		t.Fatalf("limits after the changes: %+v, %v", got, err)
 	}
 	// The vendor raises them again.

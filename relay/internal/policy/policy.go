@@ -253,15 +253,22 @@ func (p *Policy) openStream(tenant string, l *Limits) (func(), error) {
 	return func() { once.Do(func() { n.Add(-1) }) }, nil
 }
 
+// OpenBurst is the burst of stream opens a tenant's limits allow a backend
+// at once, with open_rate rate (> 0) and open_burst burst: burst, or when
+// that is not set (0) the rate, at least 1.
+func OpenBurst(rate float64, burst int) int {
+	if burst > 0 {
+		return burst
+	}
+	return max(1, int(rate))
+}
+
 // allowOpen takes a token from backend's bucket for tenant.
 func (p *Policy) allowOpen(tenant, backend string, l *Limits) error {
 	if l == nil || l.OpenRate <= 0 {
 		return nil
 	}
-	burst := l.OpenBurst
-	if burst <= 0 {
-		burst = max(1, int(l.OpenRate))
-	}
+	burst := OpenBurst(l.OpenRate, l.OpenBurst)
 	k := limiterKey{tenant, backend}
 	p.mu.Lock()
 	e := p.limiters[k]
