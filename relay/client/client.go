@@ -88,6 +88,9 @@ type Dialer struct {
 	// (the relay's --connect-tls-listen). LoadCertificate builds one with
 	// a backend client certificate, which then is the credential: leave
 	// APIKey and BearerToken unset. RelayTLSConfig builds one without.
+	// Both keep TLS sessions for resumption (see RelayTLSConfig); a
+	// configuration built otherwise resumes only with a
+	// ClientSessionCache of its own.
 	TLSConfig *tls.Config
 	// Timeout bounds a dial when ctx has no deadline. Default 30s.
 	Timeout time.Duration

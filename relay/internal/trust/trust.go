@@ -163,7 +163,10 @@ func WithCertificate(detail map[string]any, certs []*x509.Certificate) map[strin
 }
 
 // certLifetime is the validity of the relay's own server certificate; it
-// is re-issued when a third of its life remains.
+// is re-issued when a third of its life remains. That third (10 days)
+// must outlast a TLS session a backend resumes (crypto/tls keeps one at
+// most 7 days), whose certificate the backend verifies again at each
+// resumption: a session never carries an expired certificate.
 const certLifetime = 30 * 24 * time.Hour
 
 // Server is the relay's side of TLS: its server certificate, issued by the
