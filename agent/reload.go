@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -20,8 +22,17 @@ import (
 )
 
 // reloadDelay lets a burst of file events (an editor's write, rename and
-// chmod) settle before the files are read.
+// chmod; Kubernetes' new directory, new link and rename) settle before the
+// files are read.
 const reloadDelay = 200 * time.Millisecond
+
+// reloadMaxDelay bounds how long events that keep coming (a busy watched
+// directory) can put the reading of the files off.
+const reloadMaxDelay = 2 * time.Second
+
+// maxLinks bounds the symbolic links followed from one file (Linux's
+// limit).
+const maxLinks = 40
 
 // ConfigError is the last config file problem, or "" once a valid file
 // was applied.
@@ -33,9 +44,15 @@ func (a *Agent) ConfigError() string {
 }
 
 // watchFiles reloads the config file (services) and the certificate, key
-// and CA files when they change, until ctx ends. It watches the
-// directories, not the files, so that editors and tools that replace a
-// file by renaming a new one over it are seen too.
+// and CA files when they change, until ctx ends. It watches directories,
+// not files: the config file's and the state directory, and, where one of
+// these files is a symbolic link, the directories the link leads through.
+// Any event there, whatever it names, has the files read again once the
+// events settle, and what reads differently from the last time is applied.
+// So a file written in place, a new file renamed over it, a link swapped to
+// a new target (as Kubernetes updates ConfigMap and Secret volumes: it
+// renames a new ..data link over the old one) and a link's target edited
+// in its own directory are all seen.
 func (a *Agent) watchFiles(ctx context.Context) {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -43,79 +60,232 @@ func (a *Agent) watchFiles(ctx context.Context) {
 		return
 	}
 	defer w.Close()
-	cfgPath := ""
+	f := &fileWatch{a: a, w: w, dirs: map[string]bool{}, failed: map[string]bool{}}
+	if f.stateDir, err = filepath.Abs(a.state.Dir); err != nil {
+		f.stateDir = a.state.Dir
+	}
 	if a.cfg.ConfigFile != "" {
-		if cfgPath, err = filepath.Abs(a.cfg.ConfigFile); err != nil {
-			cfgPath = a.cfg.ConfigFile
+		if f.cfgPath, err = filepath.Abs(a.cfg.ConfigFile); err != nil {
+			f.cfgPath = a.cfg.ConfigFile
 		}
 	}
-	stateDir, err := filepath.Abs(a.state.Dir)
-	if err != nil {
-		stateDir = a.state.Dir
+	f.watchDirs()
+	// Read the files once now, so that later events have something to be
+	// compared with and a change made since the agent loaded them is not
+	// missed.
+	if f.cfgPath != "" {
+		f.startConfig()
 	}
-	dirs := []string{stateDir}
-	if cfgPath != "" && filepath.Dir(cfgPath) != stateDir {
-		dirs = append(dirs, filepath.Dir(cfgPath))
-	}
-	for _, d := range dirs {
-		if err := w.Add(d); err != nil {
-			a.log.Warn("cannot watch directory for changes", "dir", d, "err", err)
-		}
-	}
+	f.checkCertificate()
+	a.log.Debug("watching files for changes", "config", f.cfgPath, "dirs", slices.Sorted(maps.Keys(f.dirs)))
+
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
-	var cfgChanged, certChanged bool
+	defer timer.Stop()
+	var first time.Time // the first event of the burst that timer waits out; zero if none
+	settle := func() {
+		now := time.Now()
+		if first.IsZero() {
+			first = now
+		}
+		timer.Reset(max(0, min(reloadDelay, first.Add(reloadMaxDelay).Sub(now))))
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case ev, ok := <-w.Events:
+		case _, ok := <-w.Events:
 			if !ok {
 				return
 			}
-			name, _ := filepath.Abs(ev.Name)
-			switch {
-			case name == cfgPath:
-				cfgChanged = true
-			case filepath.Dir(name) == stateDir && (filepath.Base(name) == certFile || filepath.Base(name) == keyFile || filepath.Base(name) == caFile):
-				certChanged = true
-			default:
-				continue
-			}
-			timer.Reset(reloadDelay)
+			settle()
 		case err, ok := <-w.Errors:
 			if !ok {
 				return
 			}
+			// Events may have been lost (a queue overflow): read the files
+			// again anyway.
 			a.log.Warn("file watcher", "err", err)
+			settle()
 		case <-timer.C:
-			if cfgChanged {
-				a.reloadConfig(cfgPath)
+			first = time.Time{}
+			if f.watchDirs() {
+				a.log.Debug("watching other directories for file changes", "dirs", slices.Sorted(maps.Keys(f.dirs)))
 			}
-			if certChanged {
-				a.reloadCertificate()
+			if f.cfgPath != "" {
+				f.checkConfig()
 			}
-			cfgChanged, certChanged = false, false
+			f.checkCertificate()
 		}
 	}
 }
 
-// reloadConfig applies a changed config file's services. A file that does
-// not parse or validate changes nothing: the agent keeps the services it
-// has, logs the problem and keeps it for the relay to show. Settings other
-// than services take effect at the next restart.
-func (a *Agent) reloadConfig(path string) {
-	c, err := LoadConfig(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			a.log.Warn("config file removed; keeping the services in use", "file", path)
+// fileWatch is what watchFiles watches and what it last read.
+type fileWatch struct {
+	a        *Agent
+	w        *fsnotify.Watcher
+	stateDir string // absolute
+	cfgPath  string // absolute; "" without a config file
+
+	dirs   map[string]bool // directories watched
+	failed map[string]bool // directories that could not be watched (logged once)
+
+	cfg     []byte // the config file's content at the last read, if cfgRead
+	cfgRead bool
+	cfgGone bool // the config file was missing at the last read
+
+	certs [3][sha256.Size]byte // the certificate, key and CA files at the last read
+}
+
+// watchDirs watches the directories that decide what the config and
+// certificate files read (linkDirs), and stops watching those that no
+// longer do: after a link swap, the old target's directory. A directory
+// that was removed and made again is watched again. It reports whether
+// the directories watched changed.
+func (f *fileWatch) watchDirs() bool {
+	want := map[string]bool{}
+	paths := []string{filepath.Join(f.stateDir, certFile), filepath.Join(f.stateDir, keyFile), filepath.Join(f.stateDir, caFile)}
+	if f.cfgPath != "" {
+		paths = append(paths, f.cfgPath)
+	}
+	for _, p := range paths {
+		for _, d := range linkDirs(p) {
+			want[d] = true
+		}
+	}
+	have := f.w.WatchList()
+	changed := false
+	for d := range f.dirs {
+		if !want[d] {
+			if slices.Contains(have, d) {
+				f.w.Remove(d) // an error means the directory is gone, and so is its watch
+			}
+			delete(f.dirs, d)
+			changed = true
+		}
+	}
+	for d := range want {
+		if f.dirs[d] && slices.Contains(have, d) {
+			continue
+		}
+		if err := f.w.Add(d); err != nil {
+			if !f.failed[d] {
+				f.a.log.Warn("cannot watch directory for changes", "dir", d, "err", err)
+			}
+			f.failed[d] = true
+			delete(f.dirs, d)
+			continue
+		}
+		delete(f.failed, d)
+		changed = changed || !f.dirs[d]
+		f.dirs[d] = true
+	}
+	for d := range f.failed {
+		if !want[d] {
+			delete(f.failed, d)
+		}
+	}
+	return changed
+}
+
+// linkDirs returns the directories whose entries decide what path reads:
+// its own, and that of each symbolic link met on the way to the file
+// (Kubernetes mounts agent.yaml -> ..data/agent.yaml, with ..data a link
+// to the current version's directory; a link may also lead to another
+// directory altogether). Each is given with its own links resolved, so
+// that one directory is watched under one name.
+func linkDirs(path string) []string {
+	var dirs []string
+	p := filepath.Clean(path)
+	for range maxLinks {
+		dir := filepath.Dir(p)
+		if r, err := filepath.EvalSymlinks(dir); err == nil {
+			dir = r
+		}
+		if !slices.Contains(dirs, dir) {
+			dirs = append(dirs, dir)
+		}
+		fi, err := os.Lstat(p)
+		if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+			break
+		}
+		target, err := os.Readlink(p)
+		if err != nil {
+			break
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(dir, target) // relative to the link's real directory
+		}
+		p = filepath.Clean(target)
+	}
+	return dirs
+}
+
+// startConfig reads the config file for later reads to be compared with.
+// If its services are the ones in use, that is all; otherwise the file
+// changed since the agent loaded it, and it is applied.
+func (f *fileWatch) startConfig() {
+	if data, err := os.ReadFile(f.cfgPath); err == nil {
+		if c, err := ParseConfig(data); err == nil && sameServices(c.Services, *f.a.services.Load()) {
+			f.cfg, f.cfgRead = data, true
 			return
 		}
-		msg := err.Error()
-		if old := a.configErr.Swap(&msg); old == nil || *old != msg {
-			a.rep.change()
+	}
+	f.checkConfig()
+}
+
+// checkConfig reads the config file and applies it if it reads
+// differently from the last time. A missing file keeps the services in use
+// (logged once); it is applied again when it comes back.
+func (f *fileWatch) checkConfig() {
+	data, err := os.ReadFile(f.cfgPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		if !f.cfgGone {
+			f.a.log.Warn("config file removed; keeping the services in use", "file", f.cfgPath)
 		}
-		a.log.Error("config file has errors; keeping the services in use", "file", path, "err", err)
+		f.cfg, f.cfgRead, f.cfgGone = nil, false, true
+		return
+	}
+	f.cfgGone = false
+	if err != nil {
+		f.cfg, f.cfgRead = nil, false
+		f.a.configFailed(f.cfgPath, fmt.Errorf("read config: %w", err))
+		return
+	}
+	if f.cfgRead && bytes.Equal(data, f.cfg) {
+		return
+	}
+	f.cfg, f.cfgRead = data, true
+	f.a.reloadConfig(f.cfgPath, data)
+}
+
+// checkCertificate reads the certificate, key and CA files and, if they
+// read differently from the last time, has reloadCertificate look at them:
+// the agent's own renewals and a pair caught halfway through a replacement
+// are looked at once, not at every event in the directory.
+func (f *fileWatch) checkCertificate() {
+	var files [3][]byte
+	var sums [3][sha256.Size]byte
+	for i, name := range []string{certFile, keyFile, caFile} {
+		files[i], _ = os.ReadFile(filepath.Join(f.stateDir, name))
+		sums[i] = sha256.Sum256(files[i])
+	}
+	if sums == f.certs {
+		return
+	}
+	f.certs = sums
+	f.a.reloadCertificate(files[0], files[1], files[2])
+}
+
+// reloadConfig applies a changed config file's services (data is what
+// the file read). A file that does not parse or validate changes nothing:
+// the agent keeps the services it has, logs the problem and keeps it for
+// the relay to show. Settings other than services take effect at the next
+// restart.
+func (a *Agent) reloadConfig(path string, data []byte) {
+	c, err := ParseConfig(data)
+	if err != nil {
+		a.configFailed(path, err)
 		return
 	}
 	if a.configErr.Swap(nil) != nil {
@@ -126,7 +296,7 @@ func (a *Agent) reloadConfig(path string) {
 		svcs = map[string]Service{}
 	}
 	old := *a.services.Load()
-	if maps.EqualFunc(old, svcs, func(x, y Service) bool { return x.Address == y.Address && slices.Equal(x.Backends, y.Backends) }) {
+	if sameServices(old, svcs) {
 		a.log.Debug("config file changed; services unchanged", "file", path)
 	} else {
 		a.services.Store(&svcs)
@@ -155,6 +325,22 @@ func (a *Agent) reloadConfig(path string) {
 	if restart := a.needsRestart(c); len(restart) > 0 {
 		a.log.Warn("config changes that take effect at the next restart", "settings", restart)
 	}
+}
+
+// configFailed keeps err as the config file's problem, for the relay to
+// show, and logs it; the services in use stay.
+func (a *Agent) configFailed(path string, err error) {
+	msg := err.Error()
+	if old := a.configErr.Swap(&msg); old == nil || *old != msg {
+		a.rep.change()
+	}
+	a.log.Error("config file has errors; keeping the services in use", "file", path, "err", err)
+}
+
+// sameServices reports whether x and y name the same services with the
+// same addresses and backends (nil and empty are the same).
+func sameServices(x, y map[string]Service) bool {
+	return maps.EqualFunc(x, y, func(s, t Service) bool { return s.Address == t.Address && slices.Equal(s.Backends, t.Backends) })
 }
 
 // needsRestart lists the settings of c, other than services, that differ
@@ -187,12 +373,12 @@ func (a *Agent) needsRestart(c Config) []string {
 }
 
 // reloadCertificate picks up a certificate, key or CA file replaced from
-// outside (the agent's own renewals install theirs directly). Files are
-// only read: a pair caught halfway through a replacement does not load and
-// is tried again at the next change. The identity must stay the same.
-func (a *Agent) reloadCertificate() {
-	dir := a.state.Dir
-	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, certFile), filepath.Join(dir, keyFile))
+// outside (the agent's own renewals install theirs directly), given what
+// the three files read. A pair caught halfway through a replacement does
+// not load and is tried again at the next change. The identity must stay
+// the same.
+func (a *Agent) reloadCertificate(certPEM, keyPEM, caPEM []byte) {
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		a.log.Debug("certificate files changed but do not load as a pair (yet)", "err", err)
 		return
@@ -209,11 +395,8 @@ func (a *Agent) reloadCertificate() {
 		a.log.Error("new certificate file has expired; keeping the current one", "not_after", pair.Leaf.NotAfter)
 		return
 	}
-	if caPEM, err := os.ReadFile(filepath.Join(dir, caFile)); err == nil {
-		roots := x509.NewCertPool()
-		if roots.AppendCertsFromPEM(caPEM) {
-			a.roots.Store(roots)
-		}
+	if roots := x509.NewCertPool(); roots.AppendCertsFromPEM(caPEM) {
+		a.roots.Store(roots)
 	}
 	a.cert.Store(&pair)
 	a.certAt.Store(time.Now().UnixNano())

@@ -1,0 +1,285 @@
+package agent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/protocol/identity"
+)
+
+// logSeen is a slog handler that logs to the test and counts the messages
+// logged, for a test to wait on.
+type logSeen struct {
+	slog.Handler
+	mu   *sync.Mutex
+	seen map[string]int
+}
+
+func (h logSeen) Handle(ctx context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.seen[r.Message]++
+	h.mu.Unlock()
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h logSeen) WithAttrs(as []slog.Attr) slog.Handler {
+	return logSeen{h.Handler.WithAttrs(as), h.mu, h.seen}
+}
+
+func (h logSeen) WithGroup(name string) slog.Handler {
+	return logSeen{h.Handler.WithGroup(name), h.mu, h.seen}
+}
+
+func (h logSeen) count(msg string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.seen[msg]
+}
+
+// wait waits until msg has been logged n times in all.
+func (h logSeen) wait(t *testing.T, msg string, n int) {
+	t.Helper()
+	waitFor(t, 5*time.Second, fmt.Sprintf("%d× %q in the log", n, msg), func() error {
+		if h.count(msg) < n {
+			return errNotYet
+		}
+		return nil
+	})
+}
+
+// watchLogger is a logger (debug level) for an agent whose log lines the
+// test waits on.
+func watchLogger(t *testing.T) (*slog.Logger, logSeen) {
+	h := logSeen{slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}), new(sync.Mutex), map[string]int{}}
+	return slog.New(h), h
+}
+
+// startWatch runs a.watchFiles until the test ends, and returns once it
+// watches the files.
+func startWatch(t *testing.T, a *Agent, log logSeen) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.watchFiles(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	log.wait(t, "watching files for changes", 1)
+}
+
+// waitServices waits until the agent's services are exactly want.
+func waitServices(t *testing.T, a *Agent, what string, want ...string) {
+	t.Helper()
+	waitFor(t, 5*time.Second, what, func() error {
+		got := *a.services.Load()
+		if len(got) != len(want) {
+			return fmt.Errorf("services %v, want %v", got, want)
+		}
+		for _, n := range want {
+			if _, ok := got[n]; !ok {
+				return fmt.Errorf("services %v, want %v", got, want)
+			}
+		}
+		return nil
+	})
+}
+
+// k8sVolume is a directory laid out and updated as kubelet does a
+// ConfigMap or Secret volume: each file name is a link to ..data/<name>,
+// ..data a link to the current version's directory.
+type k8sVolume struct {
+	t   *testing.T
+	dir string
+	ver int
+}
+
+// update writes files as the volume's next version and swaps ..data to it
+// (new directory, ..data_tmp link, rename over ..data, old one removed).
+func (v *k8sVolume) update(files map[string][]byte) {
+	t := v.t
+	t.Helper()
+	v.ver++
+	ver := fmt.Sprintf("..2024_01_01_00_00_%02d.%d", v.ver, v.ver)
+	if err := os.Mkdir(filepath.Join(v.dir, ver), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(v.dir, ver, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join("..data", name), filepath.Join(v.dir, name)); err != nil && !os.IsExist(err) {
+			t.Fatal(err)
+		}
+	}
+	old, _ := os.Readlink(filepath.Join(v.dir, "..data"))
+	if err := os.Symlink(ver, filepath.Join(v.dir, "..data_tmp")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(v.dir, "..data_tmp"), filepath.Join(v.dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if old != "" {
+		if err := os.RemoveAll(filepath.Join(v.dir, old)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+const reloadTestHead = "state_dir: /unused\n"
+
+// TestReloadConfigSymlinkSwap: a config file mounted from a Kubernetes
+// ConfigMap (agent.yaml -> ..data/agent.yaml) is reloaded when the volume
+// is updated, although no event names agent.yaml.
+func TestReloadConfigSymlinkSwap(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	vol := &k8sVolume{t: t, dir: t.TempDir()}
+	vol.update(map[string][]byte{"agent.yaml": []byte(reloadTestHead + "services:\n  db: 127.0.0.1:5432\n")})
+	logger, seen := watchLogger(t)
+	a := enrolledWith(t, Config{ConfigFile: filepath.Join(vol.dir, "agent.yaml"), Logger: logger,
+		Services: map[string]Service{"db": {Address: "127.0.0.1:5432"}}}, root, root)
+	startWatch(t, a, seen)
+
+	vol.update(map[string][]byte{"agent.yaml": []byte(reloadTestHead + "services:\n  api: 127.0.0.1:8080\n")})
+	waitServices(t, a, "the ConfigMap update", "api")
+	vol.update(map[string][]byte{"agent.yaml": []byte(reloadTestHead + "services: {}\n")})
+	waitServices(t, a, "the second ConfigMap update")
+}
+
+// TestReloadConfigSymlinkTarget: a config file that is a link to a file in
+// another directory is reloaded when that file is edited in place.
+func TestReloadConfigSymlinkTarget(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	real := filepath.Join(t.TempDir(), "agent.yaml")
+	link := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(real, []byte(reloadTestHead+"services:\n  db: 127.0.0.1:5432\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	logger, seen := watchLogger(t)
+	a := enrolledWith(t, Config{ConfigFile: link, Logger: logger, Services: map[string]Service{"db": {Address: "127.0.0.1:5432"}}}, root, root)
+	startWatch(t, a, seen)
+
+	if err := os.WriteFile(real, []byte(reloadTestHead+"services:\n  api: 127.0.0.1:8080\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitServices(t, a, "editing the link's target", "api")
+}
+
+// TestReloadConfigSymlinkRetarget: when the config link is pointed at a
+// file in a third directory, that file is applied, and editing it in place
+// later is seen too (the new target's directory is watched).
+func TestReloadConfigSymlinkRetarget(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	first := filepath.Join(t.TempDir(), "agent.yaml")
+	second := filepath.Join(t.TempDir(), "agent.yaml")
+	linkDir := t.TempDir()
+	link := filepath.Join(linkDir, "agent.yaml")
+	if err := os.WriteFile(first, []byte(reloadTestHead+"services:\n  db: 127.0.0.1:5432\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(second, []byte(reloadTestHead+"services:\n  api: 127.0.0.1:8080\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(first, link); err != nil {
+		t.Fatal(err)
+	}
+	logger, seen := watchLogger(t)
+	a := enrolledWith(t, Config{ConfigFile: link, Logger: logger, Services: map[string]Service{"db": {Address: "127.0.0.1:5432"}}}, root, root)
+	startWatch(t, a, seen)
+
+	// Point the link at second, as ln -sfn does.
+	if err := os.Symlink(second, filepath.Join(linkDir, ".tmp")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(linkDir, ".tmp"), link); err != nil {
+		t.Fatal(err)
+	}
+	waitServices(t, a, "pointing the link at another file", "api")
+	if err := os.WriteFile(second, []byte(reloadTestHead+"services:\n  web: 127.0.0.1:8081\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitServices(t, a, "editing the new target", "web")
+}
+
+// TestReloadConfigKeepsServices: an invalid config file and a removed one
+// keep the services in use; a valid one written afterwards is applied.
+func TestReloadConfigKeepsServices(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	path := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(path, []byte(reloadTestHead+"services:\n  db: 127.0.0.1:5432\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logger, seen := watchLogger(t)
+	a := enrolledWith(t, Config{ConfigFile: path, Logger: logger, Services: map[string]Service{"db": {Address: "127.0.0.1:5432"}}}, root, root)
+	startWatch(t, a, seen)
+
+	if err := os.WriteFile(path, []byte(reloadTestHead+"services:\n  api: {address: nowhere}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the config error", func() error {
+		if a.ConfigError() == "" {
+			return errNotYet
+		}
+		return nil
+	})
+	waitServices(t, a, "an invalid config", "db")
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	seen.wait(t, "config file removed; keeping the services in use", 1)
+	waitServices(t, a, "a removed config", "db")
+	if err := os.WriteFile(path, []byte(reloadTestHead+"services:\n  api: 127.0.0.1:8080\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitServices(t, a, "a valid config again", "api")
+	if e := a.ConfigError(); e != "" {
+		t.Errorf("config error after a valid file: %q", e)
+	}
+}
+
+// TestReloadCertificateSymlinkSwap: certificate, key and CA files mounted
+// in the state directory from a Kubernetes Secret are reloaded when the
+// volume is updated, although no event names them.
+func TestReloadCertificateSymlinkSwap(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	logger, seen := watchLogger(t)
+	a := enrolledWith(t, Config{Logger: logger, Services: map[string]Service{}}, root, root)
+	// Make the state directory a Secret volume holding the same files.
+	dir := a.state.Dir
+	files := map[string][]byte{}
+	for _, name := range []string{certFile, keyFile, caFile} {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[name] = data
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vol := &k8sVolume{t: t, dir: dir}
+	vol.update(files)
+	startWatch(t, a, seen)
+
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	kder, _ := x509.MarshalPKCS8PrivateKey(key)
+	id := identity.Agent{TrustDomain: a.state.TrustDomain, Tenant: a.state.Tenant, ID: a.state.AgentID}
+	cert := root.issue(t, id, key)
+	vol.update(map[string][]byte{certFile: pemBlock("CERTIFICATE", cert.Raw), keyFile: pemBlock("PRIVATE KEY", kder), caFile: files[caFile]})
+	waitFor(t, 5*time.Second, "the new certificate", func() error {
+		if c := a.cert.Load(); c == nil || c.Leaf == nil || !c.Leaf.Equal(cert) {
+			return errNotYet
+		}
+		return nil
+	})
+}
