@@ -376,30 +376,47 @@ func (a *Agent) needsRestart(c Config) []string {
 // outside (the agent's own renewals install theirs directly), given what
 // the three files read. A pair caught halfway through a replacement does
 // not load and is tried again at the next change. The identity must stay
-// the same.
+// the same. The CA file is read as at start (CA roots of the agent's trust
+// domain) and applies on its own too: a new set of roots with the same
+// certificate is a change.
 func (a *Agent) reloadCertificate(certPEM, keyPEM, caPEM []byte) {
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		a.log.Debug("certificate files changed but do not load as a pair (yet)", "err", err)
 		return
 	}
-	if cur := a.cert.Load(); cur != nil && len(cur.Certificate) > 0 && bytes.Equal(cur.Certificate[0], pair.Certificate[0]) {
-		return // our own renewal, or no change
+	cur := a.cert.Load()
+	newCert := cur == nil || len(cur.Certificate) == 0 || !bytes.Equal(cur.Certificate[0], pair.Certificate[0]) // else our own renewal, or no change
+	if newCert {
+		id, err := identity.AgentFromCertificate(pair.Leaf, a.state.TrustDomain)
+		if err != nil || id.Tenant != a.state.Tenant || id.ID != a.state.AgentID {
+			a.log.Error("new certificate file is not this agent's identity; keeping the current one", "err", fmt.Sprint(err), "want_agent", a.state.AgentID)
+			return
+		}
+		if time.Now().After(pair.Leaf.NotAfter) {
+			a.log.Error("new certificate file has expired; keeping the current one", "not_after", pair.Leaf.NotAfter)
+			return
+		}
 	}
-	id, err := identity.AgentFromCertificate(pair.Leaf, a.state.TrustDomain)
-	if err != nil || id.Tenant != a.state.Tenant || id.ID != a.state.AgentID {
-		a.log.Error("new certificate file is not this agent's identity; keeping the current one", "err", fmt.Sprint(err), "want_agent", a.state.AgentID)
-		return
-	}
-	if time.Now().After(pair.Leaf.NotAfter) {
-		a.log.Error("new certificate file has expired; keeping the current one", "not_after", pair.Leaf.NotAfter)
-		return
-	}
-	if roots := x509.NewCertPool(); roots.AppendCertsFromPEM(caPEM) {
+	newRoots := false
+	list, roots, err := parseRoots(caPEM, a.state.TrustDomain)
+	switch {
+	case err != nil:
+		a.log.Warn("CA file does not load; keeping the CA roots in use", "file", filepath.Join(a.state.Dir, caFile), "err", err)
+	case !slices.EqualFunc(list, *a.rootList.Load(), (*x509.Certificate).Equal):
+		a.rootList.Store(&list)
 		a.roots.Store(roots)
+		newRoots = true
 	}
-	a.cert.Store(&pair)
-	a.certAt.Store(time.Now().UnixNano())
-	a.rep.change()
-	a.log.Info("certificate reloaded from its file; new connections use it", "not_after", pair.Leaf.NotAfter.Format(time.RFC3339))
+	if newCert {
+		a.cert.Store(&pair)
+		a.certAt.Store(time.Now().UnixNano())
+		a.log.Info("certificate reloaded from its file; new connections use it", "not_after", pair.Leaf.NotAfter.Format(time.RFC3339))
+	}
+	if newRoots {
+		a.log.Info("CA roots reloaded from their file; new connections verify relays against them", "roots", len(list))
+	}
+	if newCert || newRoots {
+		a.rep.change()
+	}
 }

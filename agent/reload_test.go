@@ -283,3 +283,45 @@ func TestReloadCertificateSymlinkSwap(t *testing.T) {
 		return nil
 	})
 }
+
+// TestReloadCAFile: a CA file replaced from outside, with the certificate
+// unchanged, is applied on its own: a new set of roots is trusted for the
+// next connections; a file that is not the agent's trust domain's roots
+// is refused and the roots in use kept.
+func TestReloadCAFile(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	next := newTestRoot(t, "tether.internal", "next")
+	logger, seen := watchLogger(t)
+	a := enrolledWith(t, Config{Logger: logger, Services: map[string]Service{}}, root, root)
+	startWatch(t, a, seen)
+	path := filepath.Join(a.state.Dir, caFile)
+	if err := os.WriteFile(path, rootsPEM([]*x509.Certificate{root.cert, next.cert}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "both roots trusted", func() error {
+		if len(*a.rootList.Load()) != 2 {
+			return errNotYet
+		}
+		return nil
+	})
+	if _, err := next.issue(t, identity.Agent{TrustDomain: "tether.internal", Tenant: "acme", ID: "relay"}, mustKey(t)).Verify(x509.VerifyOptions{Roots: a.roots.Load(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("a certificate from the new root does not verify against the roots in use: %v", err)
+	}
+	other := newTestRoot(t, "other.internal", "other")
+	if err := os.WriteFile(path, rootsPEM([]*x509.Certificate{other.cert}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	seen.wait(t, "CA file does not load; keeping the CA roots in use", 1)
+	if n := len(*a.rootList.Load()); n != 2 {
+		t.Fatalf("%d roots after a CA file of another trust domain, want the 2 in use", n)
+	}
+}
+
+func mustKey(t *testing.T) *ecdsa.PrivateKey {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
