@@ -30,6 +30,25 @@ type Backend struct {
 	KeyHash   []byte
 	Grants    []Grant // sorted by tenant, then service
 	CreatedAt time.Time
+	// CertSerials are the serial numbers of the client certificates
+	// issued to it (lowercase hexadecimal without leading zeros), recorded
+	// at issue, less those expired when a later one was issued; sorted.
+	// Only Backend fills it.
+	CertSerials []string
+	// CertsUnrecorded is true for a backend added before the store
+	// recorded backend certificates (schema version 13 and older): the
+	// certificates issued to it until then are not in CertSerials.
+	CertsUnrecorded bool
+}
+
+// BackendCert is a backend's client certificate, recorded when it was
+// issued. Serial is the certificate's serial number in lowercase
+// hexadecimal without leading zeros.
+type BackendCert struct {
+	Serial    string
+	Backend   string
+	CreatedAt time.Time
+	NotAfter  time.Time
 }
 
 func backendChange(name string) Change { return Change{Kind: ChangeBackend, Subject: name} }
@@ -64,7 +83,7 @@ func (s *Store) AddBackend(ctx context.Context, b Backend) error {
 		if err := checkGrantTenants(ctx, tx, b.Grants); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO backends (name, key_hash, created_at) VALUES ($1, $2, $3)`, b.Name, hex.EncodeToString(b.KeyHash), unix(b.CreatedAt))
+		_, err := tx.ExecContext(ctx, `INSERT INTO backends (name, key_hash, created_at, certs_recorded) VALUES ($1, $2, $3, 1)`, b.Name, hex.EncodeToString(b.KeyHash), unix(b.CreatedAt))
 		if s.unique(err) {
 			return fmt.Errorf("backend %q: %w", b.Name, ErrExists)
 		}
@@ -111,9 +130,33 @@ func (s *Store) Ungrant(ctx context.Context, backend string, grants []Grant) err
 	}, backendChange(backend))
 }
 
-// RemoveBackend deletes a backend credential and its grants.
+// AddBackendCert records a certificate issued to a backend, which must
+// exist, and forgets the backend's certificates expired at c.CreatedAt.
+func (s *Store) AddBackendCert(ctx context.Context, c BackendCert) error {
+	return s.write(ctx, func(tx *sql.Tx) error {
+		if err := backendExists(ctx, tx, c.Backend); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM backend_certs WHERE backend = $1 AND not_after <= $2`, c.Backend, unix(c.CreatedAt)); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO backend_certs (serial, backend, created_at, not_after) VALUES ($1, $2, $3, $4)`,
+			c.Serial, c.Backend, unix(c.CreatedAt), unix(c.NotAfter))
+		if s.unique(err) {
+			return fmt.Errorf("backend certificate %s: %w", c.Serial, ErrExists)
+		}
+		return err
+	}, backendChange(c.Backend))
+}
+
+// RemoveBackend deletes a backend credential, its grants and the record
+// of its certificates, so that none of them is accepted again, even when
+// a backend of the same name is added.
 func (s *Store) RemoveBackend(ctx context.Context, name string) error {
 	return s.write(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM backend_certs WHERE backend = $1`, name); err != nil {
+			return err
+		}
 		res, err := tx.ExecContext(ctx, `DELETE FROM backends WHERE name = $1`, name)
 		if err != nil {
 			return err
@@ -139,8 +182,8 @@ func backendExists(ctx context.Context, tx *sql.Tx, name string) error {
 func (s *Store) Backend(ctx context.Context, name string) (Backend, error) {
 	var b Backend
 	var hashHex string
-	var created int64
-	err := s.db.QueryRowContext(ctx, `SELECT name, key_hash, created_at FROM backends WHERE name = $1`, name).Scan(&b.Name, &hashHex, &created)
+	var created, recorded int64
+	err := s.db.QueryRowContext(ctx, `SELECT name, key_hash, created_at, certs_recorded FROM backends WHERE name = $1`, name).Scan(&b.Name, &hashHex, &created, &recorded)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Backend{}, fmt.Errorf("backend %q: %w", name, ErrNotFound)
 	}
@@ -151,8 +194,30 @@ func (s *Store) Backend(ctx context.Context, name string) (Backend, error) {
 		return Backend{}, fmt.Errorf("backend %q: damaged key hash: %w", name, err)
 	}
 	b.CreatedAt = fromUnix(created)
-	b.Grants, err = s.backendGrants(ctx, name)
+	b.CertsUnrecorded = recorded == 0
+	if b.Grants, err = s.backendGrants(ctx, name); err != nil {
+		return Backend{}, err
+	}
+	b.CertSerials, err = s.backendCertSerials(ctx, name)
 	return b, err
+}
+
+func (s *Store) backendCertSerials(ctx context.Context, name string) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT serial FROM backend_certs WHERE backend = $1`, name)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var serial string
+		if err := rows.Scan(&serial); err != nil {
+			return nil, err
+		}
+		out = append(out, serial)
+	}
+	sort.Strings(out) // in Go: a database's collation may order otherwise
+	return out, rows.Err()
 }
 
 func (s *Store) backendGrants(ctx context.Context, name string) ([]Grant, error) {

@@ -276,6 +276,22 @@ ALTER TABLE agents ADD COLUMN prev_cert_until BIGINT NOT NULL DEFAULT 0;
 	{13, `
 ALTER TABLE tenant_limits ADD COLUMN bandwidth BIGINT NOT NULL DEFAULT 0;
 `},
+	// Backend certificates recorded at issue (backends.go, BackendCert),
+	// so that removing a backend ends them for good, even when a backend
+	// of the same name is added again. certs_recorded is 1 on the rows of
+	// backends added since; the rows written before have 0, as the
+	// certificates issued to them were not recorded (the front door
+	// accepts those while the backend stays: Backend.CertsUnrecorded).
+	{14, `
+CREATE TABLE backend_certs (
+	serial     TEXT PRIMARY KEY,
+	backend    TEXT NOT NULL REFERENCES backends(name) ON DELETE CASCADE,
+	created_at BIGINT NOT NULL,
+	not_after  BIGINT NOT NULL
+);
+CREATE INDEX backend_certs_backend ON backend_certs(backend);
+ALTER TABLE backends ADD COLUMN certs_recorded INTEGER NOT NULL DEFAULT 0;
+`},
 }
 
 // latestMigration is the schema version a migrated store has.

@@ -466,6 +466,88 @@ func TestMigrationToServiceGrants(t *testing.T) {
 	}
 }
 
+func TestBackendCerts(t *testing.T) { eachEngine(t, testBackendCerts) }
+
+// Certificates are recorded per backend, expired ones are forgotten at the
+// next issue, and removing a backend forgets them all: a backend added
+// again under the same name has none.
+func testBackendCerts(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	s.AddTenant(ctx, "acme", t0)
+	if err := s.AddBackend(ctx, Backend{Name: "billing", KeyHash: hash("k"), Grants: []Grant{{"acme", Any}}, CreatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := s.Backend(ctx, "billing"); err != nil || b.CertsUnrecorded || len(b.CertSerials) != 0 {
+		t.Fatalf("new backend: %+v, %v; want its certificates recorded, none yet", b, err)
+	}
+	if err := s.AddBackendCert(ctx, BackendCert{Serial: "ff", Backend: "nosuch", CreatedAt: t0, NotAfter: t0.Add(time.Hour)}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("certificate of a missing backend: got %v, want ErrNotFound", err)
+	}
+	for _, c := range []BackendCert{
+		{Serial: "b2", Backend: "billing", CreatedAt: t0, NotAfter: t0.Add(2 * time.Hour)},
+		{Serial: "a1", Backend: "billing", CreatedAt: t0, NotAfter: t0.Add(time.Hour)},
+	} {
+		if err := s.AddBackendCert(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.AddBackendCert(ctx, BackendCert{Serial: "a1", Backend: "billing", CreatedAt: t0, NotAfter: t0.Add(time.Hour)}); !errors.Is(err, ErrExists) {
+		t.Fatalf("same serial twice: got %v, want ErrExists", err)
+	}
+	if b, err := s.Backend(ctx, "billing"); err != nil || strings.Join(b.CertSerials, ",") != "a1,b2" {
+		t.Fatalf("Backend(billing).CertSerials = %q, %v; want a1,b2", b.CertSerials, err)
+	}
+	if err := s.AddBackendCert(ctx, BackendCert{Serial: "c3", Backend: "billing", CreatedAt: t0.Add(90 * time.Minute), NotAfter: t0.Add(3 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := s.Backend(ctx, "billing"); err != nil || strings.Join(b.CertSerials, ",") != "b2,c3" {
+		t.Fatalf("after an issue past a1's expiry: CertSerials = %q, %v; want b2,c3", b.CertSerials, err)
+	}
+	if err := s.RemoveBackend(ctx, "billing"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddBackend(ctx, Backend{Name: "billing", KeyHash: hash("k2"), Grants: []Grant{{"acme", Any}}, CreatedAt: t0.Add(2 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := s.Backend(ctx, "billing"); err != nil || len(b.CertSerials) != 0 || b.CertsUnrecorded {
+		t.Fatalf("backend added again: %+v, %v; want none of the old certificates", b, err)
+	}
+}
+
+func TestMigrationToBackendCerts(t *testing.T) { eachEngine(t, testMigrationToBackendCerts) }
+
+// Backends from before certificates were recorded say so; those added
+// since do not.
+func testMigrationToBackendCerts(t *testing.T, e engine) {
+	s, dsn := e.open(t)
+	// Go back to schema 13 by hand.
+	for _, q := range []string{
+		`DROP TABLE backend_certs`,
+		`ALTER TABLE backends DROP COLUMN certs_recorded`,
+		`DELETE FROM schema_migrations WHERE version = 14`,
+		`INSERT INTO backends (name, key_hash, created_at) VALUES ('billing', '00', 0)`,
+	} {
+		if _, err := s.db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	s.Close()
+	s, err := OpenDSN(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if b, err := s.Backend(ctx, "billing"); err != nil || !b.CertsUnrecorded || len(b.CertSerials) != 0 {
+		t.Fatalf("backend from before the migration: %+v, %v; want CertsUnrecorded", b, err)
+	}
+	if err := s.AddBackend(ctx, Backend{Name: "ops", KeyHash: hash("k"), CreatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := s.Backend(ctx, "ops"); err != nil || b.CertsUnrecorded {
+		t.Fatalf("backend added after the migration: %+v, %v; want its certificates recorded", b, err)
+	}
+}
+
 func TestSettings(t *testing.T) { eachEngine(t, testSettings) }
 
 func testSettings(t *testing.T, e engine) {
