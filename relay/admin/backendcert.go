@@ -92,8 +92,10 @@ func (c *ClientCertificate) WriteFiles(dir string) error {
 
 // IssueBackendCertificate issues a client certificate naming an existing
 // backend, for its front-door connections over TLS (ConnectTLSListen). The
-// backend's grants apply to it exactly as to its API key; removing the
-// backend makes the certificate useless.
+// backend's grants apply to it exactly as to its API key. Its serial is
+// recorded with the backend: removing the backend deletes the record, so
+// that the certificate stays refused even when a backend of the same name
+// is added again.
 func (a *Admin) IssueBackendCertificate(ctx context.Context, name string, lifetime time.Duration) (*BackendCertificate, error) {
 	if err := a.vendorOnly("backend certificates"); err != nil {
 		return nil, err
@@ -109,10 +111,18 @@ func (a *Admin) IssueBackendCertificate(ctx context.Context, name string, lifeti
 	}
 	authority := a.auth.CA()
 	id := identity.Backend{TrustDomain: authority.TrustDomain(), Name: name}
+	now := a.now()
 	c, err := a.issueClientCertificate(authority, "backend", id.String(), func(pub *ecdsa.PublicKey) (*x509.Certificate, error) {
-		return authority.SignBackend(authority.Signer(), pub, id, lifetime, a.now())
+		return authority.SignBackend(authority.Signer(), pub, id, lifetime, now)
 	})
 	if err != nil {
+		return nil, err
+	}
+	rec := store.BackendCert{Serial: c.Serial, Backend: name, CreatedAt: now, NotAfter: c.NotAfter}
+	if err := a.store.AddBackendCert(ctx, rec); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, notFoundf("backend %q was removed while its certificate was issued", name)
+		}
 		return nil, err
 	}
 	a.Record(audit.BackendCert, "", "", name, map[string]any{"serial": c.Serial, "not_after": c.NotAfter.UTC().Format(time.RFC3339)})

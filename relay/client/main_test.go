@@ -38,6 +38,7 @@ type world struct {
 	web     string         // web.acme.tether: an HTTP server answering "web <method> <path>", closing the connection after /bye
 	echoes  *counter       // connections the echo service accepted
 	certDir string
+	dataDir string // the relay's data directory, for admin.Open
 }
 
 type worldOpts struct {
@@ -51,7 +52,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	dir := t.TempDir()
 	relayDir := filepath.Join(dir, "relay")
 	w := &world{target: "echo.acme.tether:7", greeter: "greet.acme.tether:7", greeted: make(chan string, 16),
-		denied: "secret.acme.tether:7", web: "web.acme.tether", echoes: &counter{}, certDir: filepath.Join(dir, "cert")}
+		denied: "secret.acme.tether:7", web: "web.acme.tether", echoes: &counter{}, certDir: filepath.Join(dir, "cert"), dataDir: relayDir}
 
 	a, err := admin.Open(ctx, admin.Options{DataDir: relayDir})
 	if err != nil {

@@ -26,25 +26,76 @@ import (
 )
 
 // authenticateCertificate turns a client certificate, which the TLS
-// handshake verified (trust.Server.Front refuses any other), into a caller: the
-// backend it names must still exist.
+// handshake verified (trust.Server.Front refuses any other), into a caller:
+// the backend it names must still exist, and the certificate must be one
+// the relay issued to it (recorded with the backend, so that a backend
+// removed and added again does not get back the certificates of the one
+// removed).
 func (fd *Server) authenticateCertificate(ctx context.Context, certs []*x509.Certificate) (*caller, error) {
-	id, err := identity.BackendFromCertificate(certs[0], fd.cfg.Authority.TrustDomain())
+	leaf := certs[0]
+	id, err := identity.BackendFromCertificate(leaf, fd.cfg.Authority.TrustDomain())
 	if err != nil {
 		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend certificate refused: %v", err)
 	}
-	return fd.registeredCaller(ctx, id.Name, viaCertificate, nil)
-}
-
-// registeredCaller looks up a backend authenticated by certificate or
-// token, which carry its name but no API key.
-func (fd *Server) registeredCaller(ctx context.Context, name, via string, tenants []string) (*caller, error) {
-	b, err := fd.backends.get(ctx, name, fd.loadBackend)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend %q is not registered with this relay", name)
+	b, err := fd.registeredBackend(ctx, id.Name, false)
+	if err == nil && !certIssuedTo(b, leaf) {
+		// The backend may have been read before the certificate was
+		// issued (the change feed had not told yet): a certificate it does
+		// not list is checked against the store itself.
+		b, err = fd.registeredBackend(ctx, id.Name, true)
 	}
 	if err != nil {
-		return nil, fd.lookupFailed(ctx, "backend", err)
+		return nil, err
+	}
+	if !certIssuedTo(b, leaf) {
+		serial := leaf.SerialNumber.Text(16)
+		if b.CertsUnrecorded {
+			return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend certificate %s was issued before backend %q was added (to a backend of that name since removed): issue a new one with tether-relay backend certificate", serial, b.Name)
+		}
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend certificate %s is not one issued to backend %q (one issued to a backend of that name since removed, or before the relay recorded backend certificates): issue a new one with tether-relay backend certificate", serial, b.Name)
+	}
+	return &caller{name: b.Name, grants: b.Grants, via: viaCertificate}, nil
+}
+
+// certBackdate is how far before its issue a certificate's NotBefore is
+// set (ca.signClient), for clock skew.
+const certBackdate = 5 * time.Minute
+
+// certIssuedTo reports whether leaf, a certificate naming backend b, was
+// issued to b: its serial is recorded with b, or, for a backend added
+// before certificates were recorded (whose certificates from then are
+// not), it was issued after b was added.
+func certIssuedTo(b store.Backend, leaf *x509.Certificate) bool {
+	if _, ok := slices.BinarySearch(b.CertSerials, leaf.SerialNumber.Text(16)); ok {
+		return true
+	}
+	return b.CertsUnrecorded && !leaf.NotBefore.Add(certBackdate).Before(b.CreatedAt)
+}
+
+// registeredBackend looks up a backend by name: from the cache, or from
+// the store when fresh. A backend that does not exist is refused as
+// unauthenticated.
+func (fd *Server) registeredBackend(ctx context.Context, name string, fresh bool) (store.Backend, error) {
+	get := fd.backends.get
+	if fresh {
+		get = fd.backends.reload
+	}
+	b, err := get(ctx, name, fd.loadBackend)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Backend{}, protocol.Errorf(protocol.CodeUnauthenticated, "backend %q is not registered with this relay", name)
+	}
+	if err != nil {
+		return store.Backend{}, fd.lookupFailed(ctx, "backend", err)
+	}
+	return b, nil
+}
+
+// registeredCaller looks up a backend authenticated by a bearer token,
+// which carries its name but no API key.
+func (fd *Server) registeredCaller(ctx context.Context, name, via string, tenants []string) (*caller, error) {
+	b, err := fd.registeredBackend(ctx, name, false)
+	if err != nil {
+		return nil, err
 	}
 	return &caller{name: b.Name, grants: b.Grants, via: via, tenants: tenants}, nil
 }
@@ -463,6 +514,11 @@ func (c *backendCache) get(ctx context.Context, name string, load func(context.C
 	if ok && time.Since(e.fetched) < backendCacheTTL {
 		return e.b, nil
 	}
+	return c.reload(ctx, name, load)
+}
+
+// reload returns the named backend from load, and caches it.
+func (c *backendCache) reload(ctx context.Context, name string, load func(context.Context, string) (store.Backend, error)) (store.Backend, error) {
 	b, err := load(ctx, name)
 	c.mu.Lock()
 	defer c.mu.Unlock()
