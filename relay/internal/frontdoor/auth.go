@@ -497,6 +497,11 @@ const maxCachedBackends = 10000
 type backendCache struct {
 	mu sync.Mutex
 	m  map[string]cachedBackend
+	// gen counts the calls of forget and forgetAll. A load caches what
+	// it read only if gen did not move while it ran: otherwise the read
+	// may have begun before a change the feed has told of since, and
+	// caching it would undo that forget for backendCacheTTL.
+	gen uint64
 }
 
 type cachedBackend struct {
@@ -517,12 +522,20 @@ func (c *backendCache) get(ctx context.Context, name string, load func(context.C
 	return c.reload(ctx, name, load)
 }
 
-// reload returns the named backend from load, and caches it.
+// reload returns the named backend from load, and caches it unless a
+// backend was forgotten meanwhile. The caller gets what load read either
+// way: its request raced with the change.
 func (c *backendCache) reload(ctx context.Context, name string, load func(context.Context, string) (store.Backend, error)) (store.Backend, error) {
+	c.mu.Lock()
+	gen := c.gen
+	c.mu.Unlock()
 	b, err := load(ctx, name)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
+	case c.gen != gen:
+		// Possibly from before a change the feed told of: the next
+		// request reads the store again.
 	case err == nil:
 		if c.m == nil || len(c.m) >= maxCachedBackends {
 			c.m = make(map[string]cachedBackend)
@@ -539,6 +552,7 @@ func (c *backendCache) forget(name string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.m, name)
+	c.gen++
 }
 
 // forgetAll empties the cache.
@@ -546,6 +560,7 @@ func (c *backendCache) forgetAll() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.m = nil
+	c.gen++
 }
 
 // caller is an authenticated backend.
