@@ -87,7 +87,7 @@ type RawConn struct {
 	buf   *[]byte
 	held  bool        // the batch ends with a frame waiting for company
 	timer *time.Timer // flushes a held batch after holdMax
-	werr  error       // a failed write of a held batch, for the next caller
+	werr  error       // the first failed write of a batch: every write after it fails with it
 	// holdFor is how long a frame is held; 0 means holdMax. Tests set it.
 	holdFor time.Duration
 
@@ -183,9 +183,7 @@ func (c *RawConn) flushHeld() {
 	if !c.batch || !c.held {
 		return
 	}
-	if err := c.endLocked(); err != nil && c.werr == nil {
-		c.werr = err
-	}
+	c.endLocked()
 }
 
 // flush ends the batch with one write of everything collected.
@@ -195,18 +193,23 @@ func (c *RawConn) flush() error {
 	if !c.batch {
 		return c.werr // a held batch went out on its own
 	}
-	err := c.endLocked()
-	if c.werr != nil {
-		err = c.werr
-	}
-	return err
+	return c.endLocked()
 }
 
-// endLocked writes the batch and closes it.
+// endLocked writes the batch and closes it. A batch holds TLS records
+// whose sequence numbers are spent: once one failed to go out (whole or
+// in part), no later record may, or the peer would read it out of
+// sequence and fail the connection with a misleading error. So the
+// first failure is kept and returned for every batch and write after it.
 func (c *RawConn) endLocked() error {
 	buf := c.buf
 	c.batch, c.held, c.buf = false, false, nil
-	_, err := c.Conn.Write(*buf)
+	err := c.werr
+	if err == nil {
+		if _, err = c.Conn.Write(*buf); err != nil {
+			c.werr = err
+		}
+	}
 	if cap(*buf) <= maxPooledBatch {
 		*buf = (*buf)[:0]
 		batchPool.Put(buf)

@@ -244,3 +244,37 @@ func TestFrameConnOneRecordPerSmallFrame(t *testing.T) {
 		}
 	}
 }
+
+// A batch that fails to go out is the last: its TLS records' sequence
+// numbers are spent, so no later batch or write reaches the socket (the
+// peer would read it out of sequence), and each fails with the first
+// error.
+func TestRawConnFailedBatchIsFinal(t *testing.T) {
+	a, b := transporttest.TCPPair(t)
+	cc := &countingConn{Conn: a}
+	raw := &RawConn{Conn: cc}
+	raw.SetWriteDeadline(time.Now().Add(-time.Second)) // a deadline long past
+	raw.begin()
+	raw.Write([]byte("first"))
+	first := raw.flush()
+	if first == nil {
+		t.Fatal("a batch written past its deadline did not fail")
+	}
+	tried := cc.written() // the failed write's, which the deadline kept off the wire
+	raw.SetWriteDeadline(time.Time{})
+	raw.begin()
+	raw.Write([]byte("second"))
+	if err := raw.flush(); err != first {
+		t.Fatalf("the next batch: %v, want the first failure %v", err, first)
+	}
+	if _, err := raw.Write([]byte("third")); err != first {
+		t.Fatalf("a write outside a batch: %v, want the first failure %v", err, first)
+	}
+	if n := cc.written() - tried; n != 0 {
+		t.Fatalf("%d bytes went to the socket after the failure", n)
+	}
+	b.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if n, _ := b.Read(make([]byte, 64)); n != 0 {
+		t.Fatalf("the peer read %d bytes", n)
+	}
+}

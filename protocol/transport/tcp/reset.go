@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Resetting a stream.
@@ -89,6 +90,12 @@ func appendFrame(b []byte, typ uint8, flags uint16, stream, length uint32) []byt
 // own (see above).
 type frameTap struct {
 	net.Conn
+	// writeTimeout is yamux's ConnectionWriteTimeout. yamux sets the
+	// connection's write deadline before its own writes only; the frames
+	// a kick writes while yamux is not writing get one of their own, or
+	// they would meet whatever deadline yamux set last, long past on a
+	// quiet session (see kick).
+	writeTimeout time.Duration
 
 	wmu sync.Mutex   // held across every write to Conn; guards out
 	out frameScanner // the byte stream written to Conn
@@ -123,6 +130,14 @@ func (c *frameTap) Write(p []byte) (int, error) {
 // kick writes the queued frames now when nobody is writing and the
 // written stream is between frames. Otherwise whoever holds wmu writes
 // them: yamux after its current write (Write), or another kick.
+//
+// Its write is yamux's to time: it moves the connection's write deadline
+// on to a whole writeTimeout from now first (only ever later than the
+// one yamux set, which is at most that far from an earlier now). On a
+// session quiet for longer than that, yamux's deadline has passed: the
+// write failed at once, after TLS had sealed the frames into a record
+// with the next sequence number, and the peer then failed the whole
+// connection on the record after it (bad record MAC).
 func (c *frameTap) kick() {
 	for c.outWait.Load() && c.wmu.TryLock() {
 		if !c.out.between() {
@@ -130,6 +145,9 @@ func (c *frameTap) kick() {
 			// flushes.
 			c.wmu.Unlock()
 			return
+		}
+		if c.writeTimeout > 0 {
+			c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
 		}
 		err := c.flushLocked()
 		c.wmu.Unlock()

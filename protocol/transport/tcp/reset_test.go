@@ -24,6 +24,19 @@ import (
 // the way the agent and the relay run them (RawConn, batching, the tap).
 func loopbackPair(t *testing.T) (client, server *Session) {
 	t.Helper()
+	return loopbackPairTimeout(t, 0)
+}
+
+// loopbackPairTimeout is loopbackPair with ConnectionWriteTimeout
+// writeTimeout at both ends (0: the default).
+func loopbackPairTimeout(t *testing.T, writeTimeout time.Duration) (client, server *Session) {
+	t.Helper()
+	cfg := func(c *yamux.Config) *yamux.Config {
+		if writeTimeout > 0 {
+			c.ConnectionWriteTimeout = writeTimeout
+		}
+		return c
+	}
 	serverTLS, clientTLS := transporttest.TLSConfigs(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -47,12 +60,12 @@ func loopbackPair(t *testing.T) (client, server *Session) {
 			accepted <- res{err: err}
 			return
 		}
-		s, err := Server(tc, RelayConfig(nil))
+		s, err := Server(tc, cfg(RelayConfig(nil)))
 		accepted <- res{s, err}
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	client, err = Dial(ctx, nil, ln.Addr().String(), clientTLS, nil)
+	client, err = Dial(ctx, nil, ln.Addr().String(), clientTLS, cfg(Config(nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,6 +143,54 @@ func TestAbortForgetsStreamOnBothSides(t *testing.T) {
 // Streams aborted while others move data in both directions: the frames
 // a reset adds never land inside another frame (the sessions would fail
 // or corrupt data), and the sessions end with no stream left.
+// TestAbortAfterQuietSpellKeepsSession: a stream aborted on a session
+// that wrote nothing for longer than its write timeout ends alone: the
+// reset goes out with a write deadline of its own, not the one yamux set
+// at its last write, long past; the session carries the next stream.
+func TestAbortAfterQuietSpellKeepsSession(t *testing.T) {
+	const writeTimeout = 300 * time.Millisecond
+	client, server := loopbackPairTimeout(t, writeTimeout)
+	roundTrip := func(what string) (opened, accepted transport.Stream) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := server.OpenStream(ctx)
+		if err != nil {
+			t.Fatalf("%s: open: %v", what, err)
+		}
+		if _, err := st.Write([]byte("hello")); err != nil {
+			t.Fatalf("%s: write: %v", what, err)
+		}
+		a, err := client.AcceptStream(ctx)
+		if err != nil {
+			t.Fatalf("%s: accept: %v (session: %v)", what, err, client.Err())
+		}
+		a.SetDeadline(time.Now().Add(5 * time.Second))
+		got := make([]byte, 5)
+		if _, err := io.ReadFull(a, got); err != nil || string(got) != "hello" {
+			t.Fatalf("%s: read %q, %v", what, got, err)
+		}
+		return st, a
+	}
+	st, a := roundTrip("first stream")
+	// Quiet for three write timeouts: the deadline yamux set at its last
+	// write has passed on both ends.
+	time.Sleep(3 * writeTimeout)
+	st.(transport.Aborter).Abort()
+	if _, err := a.Read(make([]byte, 1)); !errors.Is(err, yamux.ErrConnectionReset) {
+		t.Fatalf("the aborted stream's peer read %v, want a reset", err)
+	}
+	a.Close()
+	roundTrip("second stream")
+	for name, s := range map[string]*Session{"client": client, "server": server} {
+		select {
+		case <-s.Done():
+			t.Fatalf("the %s session ended: %v", name, s.Err())
+		default:
+		}
+	}
+}
+
 func TestAbortAmidTraffic(t *testing.T) {
 	client, server := loopbackPair(t)
 	const streams = 24

@@ -120,7 +120,7 @@ func newSession(conn net.Conn, cfg *yamux.Config, client bool) (*Session, error)
 	if tc, ok := conn.(*tls.Conn); ok {
 		under = batching(tc)
 	}
-	tap := &frameTap{Conn: under}
+	tap := &frameTap{Conn: under, writeTimeout: cfg.ConnectionWriteTimeout}
 	rec := &recordingConn{Conn: tap}
 	start, role := yamux.Server, "server"
 	if client {
