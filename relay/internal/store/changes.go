@@ -159,24 +159,35 @@ type Follower struct {
 	// made; this process's own commits are read at once.
 	Poll time.Duration
 	// Apply is called with each change, in order, on Follow's goroutine,
-	// with a context bounded by ReadTimeout. An error of that deadline
-	// (the store did not answer a read the change needs) stops the round
-	// before the change: it is applied again at the next poll, so that
-	// a store stalling for a moment costs a change nothing. Any other
-	// error goes to Error and the follower goes on.
+	// with a context bounded by ReadTimeout. An error stops the round
+	// before the change: it is applied again at the next poll, and Read
+	// is not told until it has been, so that a store that stalls (the
+	// deadline passes) or fails for a moment (a connection terminated or
+	// refused, a statement cancelled) costs a change nothing, and the
+	// follower does not claim to be current while one is pending. A
+	// change whose Apply keeps failing otherwise than by that deadline,
+	// for RetryFor and at least applyAttempts times, is passed over, so
+	// that one that can never apply does not stop the feed: that is
+	// reported (an error wrapping ErrPassedOver) and Resync is called
+	// to read again whatever the change would have. Each failure goes to
+	// Error.
 	Apply func(context.Context, Change) error
 	// Resync is called instead when changes were pruned before Follow
-	// read them, or the store's change notices were interrupted: the
-	// follower must read its whole state again. Its context is bounded
-	// by ResyncTimeout; an error of that deadline has it called again at
-	// the next poll (before any change after it is applied), any other
-	// goes to Error.
+	// read them, when the store's change notices were interrupted, and
+	// after a change was passed over: the follower must read its whole
+	// state again. Its context is bounded by ResyncTimeout. After a gap
+	// in the feed, a Resync that fails is called again at the next poll,
+	// before any change after the gap is applied, and passed over as a
+	// change is (Resync is then called again as below). Otherwise a
+	// Resync that fails is called again at the next poll, then at
+	// intervals that double, from Poll up to maxResyncWait, while it
+	// keeps failing; the feed is followed meanwhile.
 	Resync func(context.Context) error
 	// Read, when set, is told after each successful read of the feed
 	// when it began: the follower is current as of then.
 	Read func(began time.Time)
-	// Error, when set, is told when a read fails; Follow tries again at
-	// the next poll.
+	// Error, when set, is told when a read, an Apply or a Resync fails;
+	// Follow tries again at the next poll.
 	Error func(error)
 	// ReadTimeout bounds each read of the feed, and each Apply (default
 	// DefaultFeedReadTimeout): a read the store never answers (a lost
@@ -187,19 +198,36 @@ type Follower struct {
 	ReadTimeout time.Duration
 	// ResyncTimeout bounds each Resync (default DefaultResyncTimeout).
 	ResyncTimeout time.Duration
+	// RetryFor is how long a change whose Apply keeps failing, other
+	// than by ReadTimeout's deadline, is applied again at each poll
+	// before it is passed over (default DefaultRetryFor).
+	RetryFor time.Duration
 }
 
 // DefaultResyncTimeout is Follower.ResyncTimeout's default: a resync
 // reads the whole state, more than one change needs.
 const DefaultResyncTimeout = 30 * time.Second
 
-// resync calls f.Resync with its bound (bounded).
-func (f Follower) resync(ctx context.Context) error {
-	if f.Resync == nil {
-		return nil
-	}
-	return f.bounded(ctx, positive(f.ResyncTimeout, DefaultResyncTimeout), "read the whole state again", "tried again", f.Resync)
-}
+// DefaultRetryFor is Follower.RetryFor's default. A connection the
+// server terminated or refused is replaced within a poll or two; a
+// change still failing after that is better read by a resync (tried
+// again for as long as it fails) than held, since a relay that has not
+// read its feed for 15 s refuses new streams, and every relay of a
+// cluster meets the same change at the same time.
+const DefaultRetryFor = 5 * time.Second
+
+// applyAttempts is how many times, at least, a change whose Apply fails
+// is tried before it is passed over, however long the tries took.
+const applyAttempts = 3
+
+// maxResyncWait is the longest wait between resyncs that keep failing
+// (a CA that cannot be read, say): each reads the whole state and logs.
+const maxResyncWait = 30 * time.Second
+
+// ErrPassedOver is wrapped by the error Follow reports when it passes
+// over a change, or a gap in the feed, that it failed to apply for
+// RetryFor: a resync is to read again what it would have changed.
+var ErrPassedOver = errors.New("passed over")
 
 // positive is d, or def when d is not positive.
 func positive(d, def time.Duration) time.Duration {
@@ -209,22 +237,14 @@ func positive(d, def time.Duration) time.Duration {
 	return d
 }
 
-// bounded runs step (what) under ctx bounded by timeout. It returns an
-// error when step failed with that bound's deadline — the store did not
-// answer in time — for the caller to do it again (again) at the next
-// poll; any other error of step goes to f.Error, and nil is returned.
-func (f Follower) bounded(ctx context.Context, timeout time.Duration, what, again string, step func(context.Context) error) error {
+// bounded runs step under ctx bounded by timeout, and returns its error,
+// and whether that error is the bound's deadline: the store did not
+// answer in time.
+func bounded(ctx context.Context, timeout time.Duration, step func(context.Context) error) (stalled bool, err error) {
 	bctx, cancel := context.WithTimeout(ctx, timeout)
-	err := step(bctx)
-	stalled := bctx.Err() != nil && ctx.Err() == nil
-	cancel()
-	switch {
-	case err != nil && stalled && errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("%s: the store did not answer within %v; %s at the next poll: %w", what, timeout, again, err)
-	case err != nil && f.Error != nil:
-		f.Error(fmt.Errorf("%s: %w", what, err))
-	}
-	return nil
+	defer cancel()
+	err = step(bctx)
+	return err != nil && bctx.Err() != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded), err
 }
 
 // DefaultFeedReadTimeout is Follower.ReadTimeout's default: well within
@@ -239,6 +259,7 @@ const followBatch = 500
 // until ctx ends, then returns nil. A follower that reads its state after
 // taking LatestChange, then follows from it, misses nothing.
 func (s *Store) Follow(ctx context.Context, from int64, f Follower) error {
+	fl := &following{s: s, f: f, from: from}
 	t := time.NewTicker(f.Poll)
 	defer t.Stop()
 	// Where the engine tells of other processes' commits, listen: they
@@ -248,11 +269,10 @@ func (s *Store) Follow(ctx context.Context, from int64, f Follower) error {
 	// or the network between failed), the follower reads its whole state
 	// again, as well as the changes since: belt and braces, since the
 	// changes table alone misses nothing not pruned.
-	var resync atomic.Bool
 	listening := make(chan struct{})
 	go func() {
 		defer close(listening)
-		s.d.listen(lctx, s.notify, func() { resync.Store(true) }, f.Error)
+		s.d.listen(lctx, s.notify, func() { fl.resync.Store(true) }, f.Error)
 	}()
 	defer func() {
 		stopListening()
@@ -260,16 +280,11 @@ func (s *Store) Follow(ctx context.Context, from int64, f Follower) error {
 	}()
 	for {
 		woken := s.Changed() // before reading: a commit after the read wakes the next round
-		if resync.Swap(false) {
-			if err := f.resync(ctx); err != nil {
-				resync.Store(true)
-				if f.Error != nil {
-					f.Error(err)
-				}
-			}
+		if !time.Now().Before(fl.resyncAt) && fl.resync.Swap(false) {
+			fl.resyncAgain(ctx)
 		}
-		if err := s.followOnce(ctx, &from, f); err != nil && ctx.Err() == nil && f.Error != nil {
-			f.Error(err)
+		if err := fl.once(ctx); err != nil && ctx.Err() == nil {
+			fl.report(err)
 		}
 		select {
 		case <-ctx.Done():
@@ -280,31 +295,144 @@ func (s *Store) Follow(ctx context.Context, from int64, f Follower) error {
 	}
 }
 
-func (s *Store) followOnce(ctx context.Context, from *int64, f Follower) error {
-	timeout := positive(f.ReadTimeout, DefaultFeedReadTimeout)
+// following is the state of one Follow, kept on its goroutine but for
+// resync, which the listener sets too.
+type following struct {
+	s    *Store
+	f    Follower
+	from int64 // the last change applied or passed over
+	// resync asks for the whole state to be read again, no sooner than
+	// resyncAt; resyncFailures is how many times in a row it failed.
+	resync         atomic.Bool
+	resyncAt       time.Time
+	resyncFailures int
+	// failing is the step (a change's Apply, a resync after a gap) that
+	// failed last, otherwise than by stalling, and is tried again:
+	// failures times since failingSince.
+	failing      string
+	failures     int
+	failingSince time.Time
+}
+
+func (fl *following) report(err error) {
+	if fl.f.Error != nil {
+		fl.f.Error(err)
+	}
+}
+
+// resyncStep calls Resync, when set.
+func (fl *following) resyncStep(ctx context.Context) error {
+	if fl.f.Resync == nil {
+		return nil
+	}
+	return fl.f.Resync(ctx)
+}
+
+// resyncAgain reads the whole state again, as the listener or a change
+// passed over asked. While that fails it is asked again: at the next
+// poll, then at intervals that double, up to maxResyncWait.
+func (fl *following) resyncAgain(ctx context.Context) {
+	timeout := positive(fl.f.ResyncTimeout, DefaultResyncTimeout)
+	stalled, err := bounded(ctx, timeout, fl.resyncStep)
+	if err == nil {
+		fl.resyncAt, fl.resyncFailures = time.Time{}, 0
+		return
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	fl.resync.Store(true)
+	fl.resyncFailures++
+	when := "at the next poll"
+	if fl.resyncFailures > 1 {
+		wait := fl.f.Poll
+		for i := 2; i < fl.resyncFailures && wait < maxResyncWait; i++ {
+			wait *= 2
+		}
+		wait = min(wait, maxResyncWait)
+		fl.resyncAt = time.Now().Add(wait)
+		when = fmt.Sprintf("in %v", wait)
+	}
+	how := "failed"
+	if stalled {
+		how = fmt.Sprintf("failed: the store did not answer within %v", timeout)
+	}
+	fl.report(fmt.Errorf("read the whole state again: attempt %d %s; tried again %s: %w", fl.resyncFailures, how, when, err))
+}
+
+// failed decides what becomes of step what (a change's Apply, a resync
+// after a gap), which failed with err, stalled telling whether by its
+// bound's deadline, timeout. It returns the error to report: the round
+// stops before the step, which is done again (again) at the next poll.
+// Or it returns nil when the step is passed over, having failed other
+// than by stalling at least applyAttempts times over at least RetryFor:
+// it reports that, loudly, and asks for the whole state to be read again.
+// A store that stalls is waited for, as long as it stalls: every relay
+// meets the same stall, and the next poll tells it from a step that can
+// never be done.
+func (fl *following) failed(what, again string, stalled bool, timeout time.Duration, err error) error {
+	if stalled {
+		return fmt.Errorf("%s: the store did not answer within %v; %s at the next poll: %w", what, timeout, again, err)
+	}
+	now := time.Now()
+	if fl.failing != what {
+		fl.failing, fl.failures, fl.failingSince = what, 0, now
+	}
+	fl.failures++
+	retryFor := positive(fl.f.RetryFor, DefaultRetryFor)
+	took := now.Sub(fl.failingSince)
+	if fl.failures < applyAttempts || took < retryFor {
+		return fmt.Errorf("%s: attempt %d failed; %s at the next poll (passed over if still failing after %v and %d attempts): %w", what, fl.failures, again, retryFor, applyAttempts, err)
+	}
+	fl.failing = ""
+	fl.resync.Store(true)
+	fl.report(fmt.Errorf("%s: failed %d times in %v; %w, and the whole state is read again instead: %w", what, fl.failures, took.Round(time.Millisecond), ErrPassedOver, err))
+	return nil
+}
+
+// succeeded forgets the failures of step what.
+func (fl *following) succeeded(what string) {
+	if fl.failing == what {
+		fl.failing = ""
+	}
+}
+
+// once reads and applies the changes after fl.from, up to the newest, and
+// tells Read. An error stops it (before a change that failed to apply).
+func (fl *following) once(ctx context.Context) error {
+	timeout := positive(fl.f.ReadTimeout, DefaultFeedReadTimeout)
 	for {
 		began := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, timeout)
-		changes, err := s.Changes(rctx, *from, followBatch)
+		changes, err := fl.s.Changes(rctx, fl.from, followBatch)
 		cancel()
 		if err != nil {
 			return err
 		}
-		if len(changes) > 0 && changes[0].Seq > *from+1 {
+		if len(changes) > 0 && changes[0].Seq > fl.from+1 {
 			// A gap: either changes were pruned unread, or sequence
 			// numbers were skipped (a rolled-back insert). Only the
 			// first is a loss; tell them apart by the oldest kept.
 			rctx, cancel := context.WithTimeout(ctx, timeout)
-			oldest, err := s.OldestChange(rctx)
+			oldest, err := fl.s.OldestChange(rctx)
 			cancel()
 			if err != nil {
 				return err
 			}
-			if oldest > *from+1 && *from > 0 {
-				// Tried again, gap and all, at the next poll when the
-				// store does not answer it.
-				if err := f.resync(ctx); err != nil {
-					return err
+			if oldest > fl.from+1 && fl.from > 0 {
+				// Done again, gap and all, at the next poll when it fails.
+				what := fmt.Sprintf("read the whole state again (changes after %d were pruned unread)", fl.from)
+				rtimeout := positive(fl.f.ResyncTimeout, DefaultResyncTimeout)
+				stalled, err := bounded(ctx, rtimeout, fl.resyncStep)
+				switch {
+				case err == nil:
+					fl.succeeded(what)
+				case ctx.Err() != nil:
+					return nil
+				default:
+					if err := fl.failed(what, "done again", stalled, rtimeout, err); err != nil {
+						return err
+					}
 				}
 			}
 		}
@@ -312,14 +440,22 @@ func (s *Store) followOnce(ctx context.Context, from *int64, f Follower) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			apply := func(actx context.Context) error { return f.Apply(actx, c) }
-			if err := f.bounded(ctx, timeout, fmt.Sprintf("apply change %d (%s)", c.Seq, c.Kind), "applied again", apply); err != nil {
-				return err
+			what := fmt.Sprintf("apply change %d (%s)", c.Seq, c.Kind)
+			stalled, err := bounded(ctx, timeout, func(actx context.Context) error { return fl.f.Apply(actx, c) })
+			switch {
+			case err == nil:
+				fl.succeeded(what)
+			case ctx.Err() != nil:
+				return nil
+			default:
+				if err := fl.failed(what, "applied again", stalled, timeout, err); err != nil {
+					return err
+				}
 			}
-			*from = c.Seq
+			fl.from = c.Seq
 		}
-		if f.Read != nil {
-			f.Read(began)
+		if fl.f.Read != nil {
+			fl.f.Read(began)
 		}
 		if len(changes) < followBatch {
 			return nil

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // TestChangeFeed checks that control-plane writes append to the change
@@ -259,8 +261,9 @@ func testFollow(t *testing.T, e engine) {
 
 // TestFollowApplyStall: a change whose Apply the store does not answer
 // in time (its context's deadline passes) is applied again at the next
-// poll, not skipped; a change whose Apply fails otherwise is reported and
-// passed over, so that one that can never apply does not stop the feed.
+// poll, not skipped; a change whose Apply keeps failing otherwise is
+// reported and, after RetryFor, passed over, so that one that can never
+// apply does not stop the feed.
 func TestFollowApplyStall(t *testing.T) { eachEngine(t, testFollowApplyStall) }
 
 func testFollowApplyStall(t *testing.T, e engine) {
@@ -273,7 +276,7 @@ func testFollowApplyStall(t *testing.T, e engine) {
 	errs := make(chan error, 16)
 	stalls, broken := 1, errors.New("cannot apply")
 	from, _ := s.LatestChange(ctx)
-	defer follow(s, from, Follower{Poll: 20 * time.Millisecond, ReadTimeout: 500 * time.Millisecond,
+	defer follow(s, from, Follower{Poll: 20 * time.Millisecond, ReadTimeout: 500 * time.Millisecond, RetryFor: 100 * time.Millisecond,
 		Apply: func(actx context.Context, c Change) error {
 			_, ok := actx.Deadline()
 			calls <- call{c, ok}
@@ -323,8 +326,20 @@ func testFollowApplyStall(t *testing.T, e engine) {
 	if err := nextErr(t, errs, "apply change"); !errors.Is(err, broken) {
 		t.Fatalf("the broken change reported %v, want its error", err)
 	}
-	if c := next("the change after"); c.c.Tenant != "after" {
+	// It is applied again for RetryFor, then passed over.
+	c := next("the change after")
+	for c.c.Tenant == "broken" {
+		c = next("the change after")
+	}
+	if c.c.Tenant != "after" {
 		t.Fatalf("applied %+v, want the change after the broken one (it is passed over)", c.c)
+	}
+	err := nextErr(t, errs, "apply change")
+	for !errors.Is(err, ErrPassedOver) {
+		err = nextErr(t, errs, "apply change")
+	}
+	if !errors.Is(err, broken) {
+		t.Fatalf("passing over the broken change reported %v, want its error", err)
 	}
 }
 
@@ -383,6 +398,284 @@ func testFollowResyncStall(t *testing.T, e engine) {
 	}
 	if err := nextErr(t, errs, "read the whole state again"); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("the stalled resync reported %v, want its deadline", err)
+	}
+}
+
+// TestFollowApplyRetry: a change whose Apply fails for a moment, other
+// than by its deadline (a connection the server terminated, a statement
+// it cancelled), is applied again at the next poll, before the changes
+// after it; the follower is not told it is current (Read) meanwhile.
+func TestFollowApplyRetry(t *testing.T) { eachEngine(t, testFollowApplyRetry) }
+
+func testFollowApplyRetry(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	var log eventLog
+	errs := make(chan error, 64)
+	fails, flaky := 2, errors.New("connection terminated")
+	from, _ := s.LatestChange(ctx)
+	defer follow(s, from, Follower{Poll: 20 * time.Millisecond, ReadTimeout: 500 * time.Millisecond,
+		Apply: func(_ context.Context, c Change) error {
+			if c.Tenant == "flaky" && fails > 0 {
+				fails--
+				log.add("fail " + c.Tenant)
+				return flaky
+			}
+			log.add("apply " + c.Tenant)
+			return nil
+		},
+		Read:  func(time.Time) { log.add("read") },
+		Error: offer(errs),
+	})()
+	for _, name := range []string{"flaky", "after1", "after2"} {
+		if err := s.AddTenant(ctx, name, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := log.waitFor(t, "apply after2")
+	var applied []string
+	pending := false
+	for _, ev := range got {
+		switch {
+		case ev == "fail flaky":
+			pending = true
+		case ev == "apply flaky":
+			pending = false
+		case ev == "read" && pending:
+			t.Fatalf("the follower was told it is current while a change it failed to apply was pending: %v", got)
+		}
+		if strings.HasPrefix(ev, "apply ") || strings.HasPrefix(ev, "fail ") {
+			applied = append(applied, ev)
+		}
+	}
+	if want := []string{"fail flaky", "fail flaky", "apply flaky", "apply after1", "apply after2"}; !slices.Equal(applied, want) {
+		t.Fatalf("the follower did %v, want %v: the failed change applied again, then those after it, in order", applied, want)
+	}
+	if err := nextErr(t, errs, "apply change"); !errors.Is(err, flaky) || !strings.Contains(err.Error(), "applied again") {
+		t.Fatalf("the failure reported %v, want its error, saying the change is applied again", err)
+	}
+}
+
+// TestFollowApplyPassedOver: a change whose Apply keeps failing is tried
+// again for RetryFor, at least three times, the follower not told it is
+// current meanwhile; then it is passed over, loudly (ErrPassedOver), the
+// whole state is read again, and the changes after it are applied.
+func TestFollowApplyPassedOver(t *testing.T) { eachEngine(t, testFollowApplyPassedOver) }
+
+func testFollowApplyPassedOver(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	var log eventLog
+	errs := make(chan error, 64)
+	broken := errors.New("cannot apply")
+	const retryFor = 300 * time.Millisecond
+	var firstFail, passedAt time.Time
+	from, _ := s.LatestChange(ctx)
+	defer follow(s, from, Follower{Poll: 20 * time.Millisecond, ReadTimeout: 500 * time.Millisecond, RetryFor: retryFor,
+		Apply: func(_ context.Context, c Change) error {
+			if c.Tenant == "broken" {
+				if firstFail.IsZero() {
+					firstFail = time.Now()
+				}
+				log.add("fail " + c.Tenant)
+				return broken
+			}
+			log.add("apply " + c.Tenant)
+			return nil
+		},
+		Resync: func(context.Context) error {
+			log.add("resync")
+			return nil
+		},
+		Read: func(time.Time) { log.add("read") },
+		Error: func(err error) {
+			if errors.Is(err, ErrPassedOver) {
+				passedAt = time.Now()
+				log.add("passed over")
+			}
+			offer(errs)(err)
+		},
+	})()
+	for _, name := range []string{"broken", "after"} {
+		if err := s.AddTenant(ctx, name, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := log.waitFor(t, "apply after")
+	log.waitFor(t, "resync")
+	fails, passed := 0, false
+	for _, ev := range log.all() {
+		switch ev {
+		case "fail broken":
+			if passed {
+				t.Fatalf("the broken change was tried again after it was passed over: %v", got)
+			}
+			fails++
+		case "passed over":
+			passed = true
+		case "read":
+			if fails > 0 && !passed {
+				t.Fatalf("the follower was told it is current while the broken change was pending: %v", got)
+			}
+		case "apply after":
+			if !passed {
+				t.Fatalf("the change after the broken one was applied before it was passed over: %v", got)
+			}
+		}
+	}
+	if fails < 3 {
+		t.Fatalf("the broken change was tried %d times, want at least 3 before it is passed over: %v", fails, got)
+	}
+	if took := passedAt.Sub(firstFail); took < retryFor {
+		t.Fatalf("the broken change was passed over %v after its first failure, want at least RetryFor (%v)", took, retryFor)
+	}
+	err := nextErr(t, errs, "apply change")
+	for !errors.Is(err, ErrPassedOver) {
+		if !errors.Is(err, broken) || !strings.Contains(err.Error(), "applied again") {
+			t.Fatalf("a failure of the broken change reported %v, want its error, saying it is applied again", err)
+		}
+		err = nextErr(t, errs, "apply change")
+	}
+	if !errors.Is(err, broken) || !strings.Contains(err.Error(), "read again") {
+		t.Fatalf("passing over reported %v, want its error, saying the state is read again", err)
+	}
+}
+
+// TestFollowResyncRetry: a resync after a gap in the feed (changes pruned
+// unread) that fails for a moment, other than by its deadline, is done
+// again at the next poll, before any change after the gap is applied;
+// a resync asked for otherwise that fails is asked again, the feed
+// going on meanwhile.
+func TestFollowResyncRetry(t *testing.T) { eachEngine(t, testFollowResyncRetry) }
+
+func testFollowResyncRetry(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	from, _ := s.LatestChange(ctx)
+	if err := s.AddTenant(ctx, "seen", t0); err != nil {
+		t.Fatal(err)
+	}
+	from++ // the follower has applied "seen"; the changes after it go unread
+	for _, name := range []string{"b1", "b2", "b3"} {
+		if err := s.AddTenant(ctx, name, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.PruneChanges(ctx, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	var log eventLog
+	errs := make(chan error, 64)
+	fails, lost := 1, errors.New("too many clients")
+	defer follow(s, from, Follower{Poll: 20 * time.Millisecond, ReadTimeout: 500 * time.Millisecond,
+		Apply: func(_ context.Context, c Change) error { log.add("apply " + c.Tenant); return nil },
+		Resync: func(context.Context) error {
+			if fails > 0 {
+				fails--
+				log.add("resync failed")
+				return lost
+			}
+			log.add("resync")
+			return nil
+		},
+		Error: offer(errs),
+	})()
+	// Pruning keeps the newest change (b3), which follows the resync.
+	got := log.waitFor(t, "apply b3")
+	if want := []string{"resync failed", "resync", "apply b3"}; !slices.Equal(got, want) {
+		t.Fatalf("the follower did %v, want %v", got, want)
+	}
+	if err := nextErr(t, errs, "read the whole state again"); !errors.Is(err, lost) {
+		t.Fatalf("the failed resync reported %v, want its error", err)
+	}
+}
+
+// TestFollowResyncAgain: a resync asked for by a change passed over that
+// fails is done again, at the next poll, then after a wait that doubles;
+// the feed is followed meanwhile.
+func TestFollowResyncAgain(t *testing.T) { eachEngine(t, testFollowResyncAgain) }
+
+func testFollowResyncAgain(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	var log eventLog
+	errs := make(chan error, 64)
+	fails, lost := 2, errors.New("out of memory")
+	from, _ := s.LatestChange(ctx)
+	defer follow(s, from, Follower{Poll: 20 * time.Millisecond, ReadTimeout: 500 * time.Millisecond, RetryFor: 50 * time.Millisecond,
+		Apply: func(_ context.Context, c Change) error {
+			if c.Tenant == "broken" {
+				return errors.New("cannot apply")
+			}
+			log.add("apply " + c.Tenant)
+			return nil
+		},
+		Resync: func(context.Context) error {
+			if fails > 0 {
+				fails--
+				log.add("resync failed")
+				return lost
+			}
+			log.add("resync")
+			return nil
+		},
+		Read:  func(time.Time) { log.add("read") },
+		Error: offer(errs),
+	})()
+	for _, name := range []string{"broken", "after"} {
+		if err := s.AddTenant(ctx, name, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := log.waitFor(t, "resync")
+	i := slices.Index(got, "apply after")
+	if i < 0 {
+		t.Fatalf("resynced before the change after the broken one was applied: %v", got)
+	}
+	var did []string
+	for _, ev := range got[i:] { // after any read before the changes
+		if len(did) == 0 || did[len(did)-1] != ev { // reads in a row as one
+			did = append(did, ev)
+		}
+	}
+	if want := []string{"apply after", "read", "resync failed", "read", "resync failed", "read", "resync"}; !slices.Equal(did, want) {
+		t.Fatalf("the follower did %v, want %v", did, want)
+	}
+	for i, when := range []string{"at the next poll", "in 20ms"} {
+		err := nextErr(t, errs, "read the whole state again")
+		if !errors.Is(err, lost) || !strings.Contains(err.Error(), fmt.Sprintf("attempt %d failed; tried again %s", i+1, when)) {
+			t.Fatalf("failed resync %d reported %v, want its error, saying it is tried again %s", i+1, err, when)
+		}
+	}
+}
+
+// eventLog is what a follower did, in order.
+type eventLog struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (l *eventLog) add(ev string) {
+	l.mu.Lock()
+	l.events = append(l.events, ev)
+	l.mu.Unlock()
+}
+
+func (l *eventLog) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.events)
+}
+
+// waitFor waits up to 10 s for ev and returns the events up to it.
+func (l *eventLog) waitFor(t *testing.T, ev string) []string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := l.all()
+		if i := slices.Index(got, ev); i >= 0 {
+			return got[:i+1]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q within 10 s; the follower did %v", ev, got)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -602,5 +895,109 @@ func TestFollowReadTimeoutPostgres(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("the follower did not read on once the lock was gone")
+	}
+}
+
+// TestFollowApplyTerminatedPostgres: a change whose apply fails because
+// the server terminated the connection it read on (SQLSTATE 57P01, as an
+// administrator or a pooler does) is applied again at the next poll, and
+// the follower is not told it is current meanwhile.
+func TestFollowApplyTerminatedPostgres(t *testing.T) {
+	s, dsn := engines[1].open(t)
+	other, err := OpenDSN(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if err := other.AddTenant(ctx, "acme", t0); err != nil {
+		t.Fatal(err)
+	}
+	// terminate ends the follower's pooled connections, but not its
+	// listener nor the one it runs on, and waits for them to be gone.
+	terminate := func() error {
+		conn, err := other.db.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		rows, err := conn.QueryContext(ctx, `SELECT pid FROM pg_stat_activity
+			WHERE datname = current_database() AND backend_type = 'client backend'
+			AND pid <> pg_backend_pid() AND query NOT LIKE 'LISTEN%'`)
+		if err != nil {
+			return err
+		}
+		var pids []string
+		for rows.Next() {
+			var pid int
+			if err := rows.Scan(&pid); err != nil {
+				rows.Close()
+				return err
+			}
+			pids = append(pids, fmt.Sprint(pid))
+		}
+		if err := rows.Err(); err != nil || len(pids) == 0 {
+			return errors.Join(err, errors.New("no connection to terminate"))
+		}
+		for _, pid := range pids {
+			if _, err := conn.ExecContext(ctx, `SELECT pg_terminate_backend(`+pid+`)`); err != nil {
+				return err
+			}
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			var n int
+			if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM pg_stat_activity WHERE pid IN (`+strings.Join(pids, ",")+`)`).Scan(&n); err != nil {
+				return err
+			}
+			if n == 0 {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("terminated connections %v still there after 10 s", pids)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	var log eventLog
+	errs := make(chan error, 64)
+	terminated := false
+	from, _ := s.LatestChange(ctx)
+	defer follow(s, from, Follower{Poll: 50 * time.Millisecond,
+		Apply: func(actx context.Context, c Change) error {
+			if c.Kind != ChangeLimits {
+				return nil
+			}
+			if !terminated {
+				terminated = true
+				if err := terminate(); err != nil {
+					t.Errorf("terminate the follower's connections: %v", err)
+				}
+			}
+			// As the relay does for a change of limits.
+			all, err := s.AllLimits(actx)
+			if err != nil {
+				log.add("fail")
+				return err
+			}
+			log.add(fmt.Sprintf("apply max_agents=%d", all["acme"].MaxAgents))
+			return nil
+		},
+		Read:  func(time.Time) { log.add("read") },
+		Error: offer(errs),
+	})()
+	log.waitFor(t, "read") // the follower has read the feed, on a pooled connection
+	if err := other.SetLimits(ctx, Limits{Tenant: "acme", MaxAgents: 7, UpdatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	got := log.waitFor(t, "apply max_agents=7")
+	i := slices.Index(got, "fail")
+	if i < 0 {
+		t.Fatalf("no apply failed after the follower's connections were terminated (the test did not reproduce it): %v", got)
+	}
+	if slices.Contains(got[i:], "read") {
+		t.Fatalf("the follower was told it is current while the change was pending: %v", got[i:])
+	}
+	var pe *pgconn.PgError
+	if err := nextErr(t, errs, "apply change"); !errors.As(err, &pe) || pe.Code != "57P01" || !strings.Contains(err.Error(), "applied again") {
+		t.Fatalf("the failure reported %v, want the server's 57P01, saying the change is applied again", err)
 	}
 }
