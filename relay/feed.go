@@ -37,14 +37,22 @@ func (r *Relay) follow(ctx context.Context, from int64) {
 			r.feedReadAt.Store(began.UnixNano())
 			r.metrics.StoreOp("change_feed", began)
 		},
-		Error: func(err error) { r.log.Warn("read the change feed", "err", err) },
+		Error: func(err error) {
+			if errors.Is(err, store.ErrPassedOver) {
+				r.log.Error("change feed: a change that kept failing was passed over; the relay reads its whole state again", "err", err)
+				return
+			}
+			r.log.Warn("read the change feed", "err", err)
+		},
 	})
 }
 
-// apply applies one change. ctx is bounded (the follower's read timeout):
-// a read the change needs that the store does not answer in time returns
-// its deadline's error, and the follower applies the change again at its
-// next poll rather than losing it.
+// apply applies one change. ctx is bounded (the follower's read timeout).
+// It returns the error of a read the change needs that failed (the store
+// did not answer in time, or answered with an error): the follower then
+// applies the change again at its next poll rather than losing it, and
+// this relay does not count as current meanwhile; one that keeps failing
+// is passed over after a few seconds, and resync reads everything again.
 func (r *Relay) apply(ctx context.Context, c store.Change) error {
 	switch c.Kind {
 	case store.ChangeRevoke:
@@ -69,14 +77,13 @@ func (r *Relay) apply(ctx context.Context, c store.Change) error {
 }
 
 // resync reads again everything the feed would have told: when changes
-// were pruned before this relay read them, and when the store's change
+// were pruned before this relay read them, when the store's change
 // notices were interrupted (PostgreSQL restarted, or the network to it
-// failed).
+// failed), and when a change that kept failing was passed over.
 // ctx is bounded (the follower's resync timeout): the errors of what
-// could not be read are returned, and one of that deadline has the
-// follower resync again at its next poll.
+// could not be read are returned, and the follower resyncs again.
 func (r *Relay) resync(ctx context.Context) error {
-	r.log.Warn("reading the relay's state from the store again (its change feed was pruned past this relay's position, or its change notices were interrupted)")
+	r.log.Warn("reading the relay's state from the store again (its change feed was pruned past this relay's position, its change notices were interrupted, or a change was passed over)")
 	lerr := r.loadLimits(ctx)
 	r.doors.ForgetAll()
 	cerr := r.rotation.Apply(ctx)
@@ -93,8 +100,7 @@ func (r *Relay) resync(ctx context.Context) error {
 }
 
 // loadLimits reads every tenant's limits again; on an error the limits
-// in force stay, and the error is returned (the change feed tries again
-// when the store did not answer in time).
+// in force stay, and the error is returned (the change feed tries again).
 func (r *Relay) loadLimits(ctx context.Context) error {
 	defer r.metrics.StoreOp("limits", time.Now())
 	err := r.pol.LoadLimits(ctx, r.dir.Store)
