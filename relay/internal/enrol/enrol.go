@@ -167,14 +167,20 @@ func (e *Enrol) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 		return nil, store.Token{}, err
 	}
 	now := e.cfg.Now()
-	// The store's part — the tenant's limits, the token's use and the
-	// agent's record, the last two in one transaction — waits no longer
-	// than the handshake's time: a store that does not answer has the
-	// agent refused as unavailable with nothing spent, instead of holding
-	// the connection (and its handshake slot) for as long as it stalls.
+	// The store's part — the count of the tenant's agents against its
+	// limit, the token's use and the agent's record, in one transaction —
+	// waits no longer than the handshake's time: a store that does not
+	// answer has the agent refused as unavailable with nothing spent,
+	// instead of holding the connection (and its handshake slot) for as
+	// long as it stalls.
 	sctx, cancel := context.WithTimeout(ctx, e.cfg.HandshakeTimeout)
 	defer cancel()
-	check := func(tenant string) error { return e.enrolmentLimits(sctx, tenant, remote) }
+	maxAgents := 0
+	check := func(tenant string) (int, error) {
+		var err error
+		maxAgents, err = e.enrolmentLimits(tenant, remote)
+		return maxAgents, err
+	}
 	var (
 		id   identity.Agent
 		cert *x509.Certificate
@@ -208,6 +214,8 @@ func (e *Enrol) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 		return nil, t, protocol.Errorf(protocol.CodeTokenExpired, "join token %s expired: ask the operator for a new one", tok.IDString())
 	case errors.Is(err, store.ErrTokenUsedUp):
 		return nil, t, protocol.Errorf(protocol.CodeTokenUsedUp, "join token %s has been used up: ask the operator for a new one", tok.IDString())
+	case errors.Is(err, store.ErrAgentLimit):
+		return nil, t, protocol.Errorf(protocol.CodeLimitExceeded, "tenant %q already has %d agents enrolled, its limit: revoke one or raise the limit", t.Tenant, maxAgents)
 	case errors.As(err, &pe):
 		return nil, t, err
 	case err != nil:
@@ -225,25 +233,19 @@ func (e *Enrol) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 }
 
 // enrolmentLimits checks tenant's limits for a new agent enrolling from
-// remote: its network, and the number of agents enrolled and not revoked.
-func (e *Enrol) enrolmentLimits(ctx context.Context, tenant string, remote net.Addr) error {
+// remote: its network. It returns the most agents the tenant may have
+// enrolled and not revoked (0: no limit), which the store counts in the
+// enrolment's transaction (store.EnrolAgent), so that enrolments at the
+// same moment cannot both take the last place.
+func (e *Enrol) enrolmentLimits(tenant string, remote net.Addr) (int, error) {
 	l := e.cfg.Policy.LimitsOf(tenant)
 	if l == nil {
-		return nil
+		return 0, nil
 	}
 	if !l.Allows(remote) {
-		return protocol.Errorf(protocol.CodeNotAllowed, "enrolment from %s, outside the networks tenant %q allows for its agents", remote, tenant)
+		return 0, protocol.Errorf(protocol.CodeNotAllowed, "enrolment from %s, outside the networks tenant %q allows for its agents", remote, tenant)
 	}
-	if l.MaxAgents > 0 {
-		n, err := e.cfg.Store.CountAgents(ctx, tenant)
-		if err != nil {
-			return protocol.Errorf(protocol.CodeInternal, "count agents: %v", err)
-		}
-		if n >= l.MaxAgents {
-			return protocol.Errorf(protocol.CodeLimitExceeded, "tenant %q already has %d agents enrolled, its limit: revoke one or raise the limit", tenant, l.MaxAgents)
-		}
-	}
-	return nil
+	return l.MaxAgents, nil
 }
 
 // refusedEnrolment counts an enrolment refused before a token was

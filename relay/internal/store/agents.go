@@ -226,8 +226,12 @@ func (s *Store) RevokedSince(ctx context.Context, since time.Time) ([]Revocation
 
 // CountAgents returns how many agents of tenant are enrolled and not revoked.
 func (s *Store) CountAgents(ctx context.Context, tenant string) (int, error) {
+	return countAgents(ctx, s.db, tenant)
+}
+
+func countAgents(ctx context.Context, q queryRower, tenant string) (int, error) {
 	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM agents WHERE tenant = $1 AND revoked_at = 0`, tenant).Scan(&n)
+	err := q.QueryRowContext(ctx, `SELECT count(*) FROM agents WHERE tenant = $1 AND revoked_at = 0`, tenant).Scan(&n)
 	return n, err
 }
 

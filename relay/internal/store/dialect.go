@@ -55,6 +55,10 @@ type dialect interface {
 	// nowMillis is an SQL expression for the database's clock, in Unix
 	// milliseconds: the one clock every relay of a cluster agrees on.
 	nowMillis() string
+	// lockRows is the clause that ends a SELECT of rows to lock them
+	// until the transaction ends, against other transactions that lock
+	// them so; "" where every transaction already excludes the others.
+	lockRows() string
 	// lockStatements are the statements that take and release a lock
 	// shared by every process on the database, held by one connection
 	// and waiting until it is free ($1: the lock's key); "" where the
@@ -136,6 +140,10 @@ func (sqliteDialect) listen(context.Context, func(), func(), func(error)) {}
 func (sqliteDialect) nowMillis() string {
 	return `CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)`
 }
+
+// lockRows: BEGIN IMMEDIATE already serialises the transactions that
+// write.
+func (sqliteDialect) lockRows() string { return "" }
 
 // lockStatements: SQLite has no lock a connection holds across
 // transactions without blocking every other writer.

@@ -90,6 +90,11 @@ func (postgresDialect) orderChanges(ctx context.Context, tx *sql.Tx) error {
 	return err
 }
 
+// lockRows takes the row lock that updates take when they leave the key
+// alone: the rows' lockers wait for each other, while inserts whose
+// foreign keys refer to the rows (which take KEY SHARE) do not wait.
+func (postgresDialect) lockRows() string { return " FOR NO KEY UPDATE" }
+
 // lockStatements are session advisory locks: held by the connection until
 // released or until it closes.
 func (postgresDialect) lockStatements() (string, string) {

@@ -35,6 +35,9 @@ var (
 	ErrTokenExpired = errors.New("join token expired")
 	ErrTokenUsedUp  = errors.New("join token has no uses left")
 	ErrTokenSecret  = errors.New("join token secret does not match")
+	// ErrAgentLimit: a tenant has as many agents enrolled (and not
+	// revoked) as its limit allows (EnrolAgent).
+	ErrAgentLimit = errors.New("tenant has as many agents as its limit allows")
 	// ErrCertChanged: an agent's newest certificate changed (another
 	// renewal recorded one) between reading it and replacing it.
 	ErrCertChanged = errors.New("the agent's newest certificate changed meanwhile")

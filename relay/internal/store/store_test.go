@@ -311,6 +311,90 @@ func testConsumeTokenRace(t *testing.T, e engine) {
 	}
 }
 
+// TestEnrolAgentLimit: enrolments that pass their checks at the same
+// moment — on one handle and on another, as on two relays sharing the
+// store — take a tenant no further than its limit on agents, because the
+// transaction that registers each counts the others: exactly as many
+// succeed as there are places left, the rest are refused with
+// ErrAgentLimit without taking a use of the token. Revoked agents do not
+// count.
+func TestEnrolAgentLimit(t *testing.T) { eachEngine(t, testEnrolAgentLimit) }
+
+func testEnrolAgentLimit(t *testing.T, e engine) {
+	s, dsn := e.open(t)
+	s.AddTenant(ctx, "acme", t0)
+	addToken(t, s, "tok", "secret", 10, time.Hour)
+	other, err := OpenDSN(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if err := s.AddAgent(ctx, Agent{ID: "gone", Tenant: "acme", CreatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RevokeAgent(ctx, "gone", "test", t0); err != nil {
+		t.Fatal(err)
+	}
+	enrolled := 0
+	for _, round := range []struct{ limit, enrolments int }{{1, 2}, {3, 4}} {
+		// Every enrolment waits in its check for all the others to reach
+		// theirs: none has begun its transaction when any counts.
+		var arrived sync.WaitGroup
+		arrived.Add(round.enrolments)
+		allThere := make(chan struct{})
+		go func() { arrived.Wait(); close(allThere) }()
+		check := func(string) (int, error) {
+			arrived.Done()
+			select {
+			case <-allThere:
+			case <-time.After(20 * time.Second):
+				t.Error("the enrolments never all reached their checks")
+			}
+			return round.limit, nil
+		}
+		var wg sync.WaitGroup
+		results := make([]error, round.enrolments)
+		for i := range results {
+			h := s
+			if i%2 == 1 {
+				h = other
+			}
+			id := fmt.Sprintf("l%d-%d", round.limit, i)
+			register := func(Token) (Agent, error) {
+				return Agent{ID: id, Tenant: "acme", CreatedAt: t0, CertSerial: "01", CertNotAfter: t0.Add(time.Hour)}, nil
+			}
+			wg.Go(func() { _, results[i] = h.EnrolAgent(ctx, "tok", matches("secret"), t0, check, register) })
+		}
+		wg.Wait()
+		ok := 0
+		for _, err := range results {
+			switch {
+			case err == nil:
+				ok++
+			case !errors.Is(err, ErrAgentLimit):
+				t.Errorf("limit %d: unexpected error %v", round.limit, err)
+			}
+		}
+		if want := round.limit - enrolled; ok != want {
+			t.Fatalf("limit %d with %d agents enrolled: %d of %d enrolments at once succeeded, want %d (errors %v)",
+				round.limit, enrolled, ok, round.enrolments, want, results)
+		}
+		enrolled += ok
+		if n, err := s.CountAgents(ctx, "acme"); err != nil || n != round.limit {
+			t.Fatalf("limit %d: %d agents enrolled (%v)", round.limit, n, err)
+		}
+	}
+	if tok, err := s.JoinToken(ctx, "tok"); err != nil || tok.Uses != enrolled {
+		t.Fatalf("join token after the enrolments: %+v, %v; want %d uses (refusals take none)", tok, err, enrolled)
+	}
+	// A limit already reached refuses at once, and says which tenant.
+	_, err = s.EnrolAgent(ctx, "tok", matches("secret"), t0, func(string) (int, error) { return 3, nil },
+		func(Token) (Agent, error) { return Agent{ID: "late", Tenant: "acme", CreatedAt: t0}, nil })
+	if !errors.Is(err, ErrAgentLimit) || !strings.Contains(err.Error(), `"acme"`) {
+		t.Fatalf("enrolment past the limit: %v, want ErrAgentLimit naming the tenant", err)
+	}
+}
+
 func TestAgents(t *testing.T) { eachEngine(t, testAgents) }
 
 func testAgents(t *testing.T, e engine) {

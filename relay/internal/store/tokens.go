@@ -101,7 +101,11 @@ func queryTokens(ctx context.Context, q querier, query string, args ...any) ([]T
 // the increment (and, on a refusal after the secret matched, the token as
 // read).
 func (s *Store) ConsumeToken(ctx context.Context, id string, secretMatches func(hash []byte) bool, now time.Time, check func(tenant string) error) (Token, error) {
-	return s.consumeToken(ctx, id, secretMatches, now, check, nil)
+	var limitless func(string) (int, error)
+	if check != nil {
+		limitless = func(tenant string) (int, error) { return 0, check(tenant) }
+	}
+	return s.consumeToken(ctx, id, secretMatches, now, limitless, nil)
 }
 
 // EnrolAgent is ConsumeToken and the registration of the agent it enrols,
@@ -111,11 +115,20 @@ func (s *Store) ConsumeToken(ctx context.Context, id string, secretMatches func(
 // tenant gone, the store not answering before ctx ends — leaves the
 // token's use untaken, so a stalled or failing store never spends a join
 // token on an agent that was not enrolled.
-func (s *Store) EnrolAgent(ctx context.Context, id string, secretMatches func(hash []byte) bool, now time.Time, check func(tenant string) error, register func(Token) (Agent, error)) (Token, error) {
+//
+// check, when not nil, runs as ConsumeToken's does (it must not wait on
+// the store: it runs outside the transaction), and returns with its
+// verdict the most agents the token's tenant may have (0: no limit).
+// Under a limit the transaction counts the tenant's agents enrolled and
+// not revoked, with the tenant locked against other enrolments, and
+// refuses with ErrAgentLimit when there are that many: concurrent
+// enrolments, in one process or on relays sharing the store, never take a
+// tenant past its limit. No use is taken then.
+func (s *Store) EnrolAgent(ctx context.Context, id string, secretMatches func(hash []byte) bool, now time.Time, check func(tenant string) (maxAgents int, err error), register func(Token) (Agent, error)) (Token, error) {
 	return s.consumeToken(ctx, id, secretMatches, now, check, register)
 }
 
-func (s *Store) consumeToken(ctx context.Context, id string, secretMatches func(hash []byte) bool, now time.Time, check func(tenant string) error, register func(Token) (Agent, error)) (Token, error) {
+func (s *Store) consumeToken(ctx context.Context, id string, secretMatches func(hash []byte) bool, now time.Time, check func(tenant string) (int, error), register func(Token) (Agent, error)) (Token, error) {
 	var t Token
 	var hashHex string
 	var created, expires int64
@@ -136,12 +149,18 @@ func (s *Store) consumeToken(ctx context.Context, id string, secretMatches func(
 	if !now.Before(t.ExpiresAt) {
 		return t, fmt.Errorf("join token %s: %w", id, ErrTokenExpired)
 	}
+	maxAgents := 0
 	if check != nil {
-		if err := check(t.Tenant); err != nil {
+		if maxAgents, err = check(t.Tenant); err != nil {
 			return t, err
 		}
 	}
 	err = s.tx(ctx, func(tx *sql.Tx) error {
+		if maxAgents > 0 {
+			if err := s.underAgentLimit(ctx, tx, t.Tenant, maxAgents); err != nil {
+				return err
+			}
+		}
 		res, err := tx.ExecContext(ctx, `UPDATE join_tokens SET uses = uses + 1 WHERE id = $1 AND uses < max_uses AND expires_at > $2`, id, unix(now))
 		if err != nil {
 			return err
@@ -166,7 +185,7 @@ func (s *Store) consumeToken(ctx context.Context, id string, secretMatches func(
 		}
 		return addAgent(ctx, tx, a)
 	})
-	if errors.Is(err, ErrTokenUsedUp) {
+	if errors.Is(err, ErrTokenUsedUp) || errors.Is(err, ErrAgentLimit) {
 		return t, err
 	}
 	if register != nil && err != nil {
@@ -179,6 +198,31 @@ func (s *Store) consumeToken(ctx context.Context, id string, secretMatches func(
 		return Token{}, err
 	}
 	return t, nil
+}
+
+// underAgentLimit returns ErrAgentLimit when tenant has maxAgents agents
+// or more enrolled and not revoked. It first locks the tenant's row until
+// tx ends, so that the enrolments of one tenant count one after another,
+// each seeing the agents of those before it (SQLite: every transaction
+// already holds the write lock). The lock leaves other writers that only
+// refer to the tenant (its agents, tokens, limits) free.
+func (s *Store) underAgentLimit(ctx context.Context, tx *sql.Tx, tenant string, maxAgents int) error {
+	var name string
+	err := tx.QueryRowContext(ctx, `SELECT name FROM tenants WHERE name = $1`+s.d.lockRows(), tenant).Scan(&name)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("tenant %q: %w", tenant, ErrNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	n, err := countAgents(ctx, tx, tenant)
+	if err != nil {
+		return err
+	}
+	if n >= maxAgents {
+		return fmt.Errorf("tenant %q has %d agents enrolled, its limit %d: %w", tenant, n, maxAgents, ErrAgentLimit)
+	}
+	return nil
 }
 
 // DeleteToken removes a join token, so that it enrols no more agents.
