@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
-	"github.com/tetherhq/tether/relay/internal/audit"
 	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/session"
 )
@@ -84,25 +83,14 @@ func (r *Rotation) Apply(ctx context.Context) error {
 
 	// Sessions that stand on a root no longer trusted (retired with
 	// --force while its agents were still on it) end now, as revoked ones
-	// do: the operator retired the root so that nothing it issued counts.
-	// They are closed side by side (each close waits for its Reject's
+	// do. They are closed side by side (each close waits for its Reject's
 	// deadline), and each one's record is queued before it closes, not
-	// waited for (the retirement itself is audited by its command), since
-	// this runs on the change feed, which every stream of the relay waits
-	// on.
+	// waited for, since this runs on the change feed, which every stream
+	// of the relay waits on. A session admitted after this looked is
+	// closed by its admission (session.Server), which looks again once
+	// the session is in the set.
 	stranded := r.sessions.Select("", false, func(c *session.Conn) bool { return !active[c.RootID()] })
-	sideBySide(stranded, func(c *session.Conn) {
-		root := next.Root(c.RootID())
-		why := protocol.Errorf(protocol.CodeUnauthenticated, "this agent's certificate comes from a CA root that was retired: enrol it again with a new join token")
-		if root != nil {
-			why = protocol.Errorf(protocol.CodeUnauthenticated, "this agent's certificate comes from CA root %d (%s), retired at %s: enrol it again with a new join token",
-				root.Generation, root.ID(), root.RetiredAt.UTC().Format(time.RFC3339))
-		}
-		id := c.Identity()
-		r.cfg.Audit.Record(audit.Record{Kind: audit.Disconnect, Outcome: protocol.CodeUnauthenticated.String(), Tenant: id.Tenant, Agent: id.ID, Actor: "relay",
-			Detail: map[string]any{"session": c.SessionID(), "ca_root": c.RootID(), "reason": "CA root retired"}})
-		c.CloseWith(why)
-	})
+	sideBySide(stranded, func(c *session.Conn) { c.CloseRetired(next.Root(c.RootID())) })
 	if next.RenewNow() && (!prev.RenewNow() || prev.Signer().ID() != next.Signer().ID()) {
 		r.askRenewals(next.Signer().ID())
 	}

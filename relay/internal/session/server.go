@@ -494,6 +494,16 @@ func (s *Server) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess transp
 		// Revoked between the store lookup and now: the change feed may
 		// have looked at the set before this session joined it.
 		ac.CloseWith(rev)
+	} else if now := s.cfg.Authority.CA(); !ac.OnActiveRoot(now) {
+		// The certificate's root was retired (with --force) since the TLS
+		// handshake verified it, which over QUIC may be seconds before the
+		// hello: the retirement's sweep of the set may have come before
+		// this session joined it.
+		root := now.Root(ac.RootID())
+		if root == nil {
+			root = now.RetiredIssuerOf(leaf)
+		}
+		ac.CloseRetired(root)
 	}
 	log.Info("agent connected", "session", ac.sessionID, "os", hello.OS, "arch", hello.Arch, "hostname", hello.Hostname, "transport_why", hello.TransportWhy)
 	if s.cfg.Connected != nil {
