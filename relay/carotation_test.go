@@ -58,7 +58,7 @@ func TestRelayFollowsCARotation(t *testing.T) {
 	if err := r.dir.Store.AddAgent(ctx, store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: time.Now(), CertRoot: oldRoot.ID()}); err != nil {
 		t.Fatal(err)
 	}
-	session := &renewing{id: id, at: time.Now()}
+	session := &renewing{id: id, at: time.Now(), root: oldRoot.ID()}
 	issue := func() *x509.Certificate {
 		t.Helper()
 		resp := r.enrol.Renew(ctx, session, &protocol.RenewRequest{CSR: csrFor(t)})
@@ -128,10 +128,11 @@ func TestRelayFollowsCARotation(t *testing.T) {
 }
 
 // renewing is an agent session as renewal sees it, without a connection:
-// it stands on the certificate it was last renewed to.
+// it stands on the certificate it was last renewed to, from CA root root.
 type renewing struct {
 	id     identity.Agent
 	serial string
+	root   string
 	at     time.Time
 	boot   string
 }
@@ -140,10 +141,11 @@ func (a *renewing) Identity() identity.Agent { return a.id }
 func (a *renewing) SessionID() string        { return "test" }
 func (a *renewing) Logger() *slog.Logger     { return slog.New(slog.DiscardHandler) }
 func (a *renewing) CertSerial() string       { return a.serial }
+func (a *renewing) RootID() string           { return a.root }
 func (a *renewing) ConnectedAt() time.Time   { return a.at }
 func (a *renewing) Hello() *protocol.Hello   { return &protocol.Hello{BootID: a.boot} }
-func (a *renewing) Renewed(serial string, _ time.Time, _ string) {
-	a.serial = serial
+func (a *renewing) Renewed(serial string, _ time.Time, root string) {
+	a.serial, a.root = serial, root
 }
 
 func parsePEMCert(s string) (*x509.Certificate, error) {

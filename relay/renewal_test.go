@@ -58,12 +58,13 @@ func TestRenewalNeedsTheNewestCertificate(t *testing.T) {
 		return rec
 	}
 	admitted := now.Add(-30 * time.Minute)
+	root := r.auth.CA().Signer().ID()
 
 	// The agent process b1 holds two sessions (over two relays), both
 	// admitted on aa. It renews over the first.
-	first := &renewing{id: id, serial: "aa", at: admitted, boot: "b1"}
-	second := &renewing{id: id, serial: "aa", at: admitted, boot: "b1"}
-	copied := &renewing{id: id, serial: "aa", at: admitted, boot: "mallory"}
+	first := &renewing{id: id, serial: "aa", at: admitted, boot: "b1", root: root}
+	second := &renewing{id: id, serial: "aa", at: admitted, boot: "b1", root: root}
+	copied := &renewing{id: id, serial: "aa", at: admitted, boot: "mallory", root: root}
 	if code := renew(first); code != "" {
 		t.Fatalf("renewal over a session on the newest certificate: %s", code)
 	}
@@ -87,14 +88,14 @@ func TestRenewalNeedsTheNewestCertificate(t *testing.T) {
 		t.Fatalf("after the second renewal: %+v; want %s newest, %s replaced", c2, second.serial, c1.CertSerial)
 	}
 	// aa is now older than the replaced certificate: nobody renews on it.
-	stale := &renewing{id: id, serial: "aa", at: now, boot: "b1"}
+	stale := &renewing{id: id, serial: "aa", at: now, boot: "b1", root: root}
 	if code := renew(stale); code != protocol.CodeCertSuperseded.String() {
 		t.Fatalf("renewal over a session on an older certificate: %q, want certificate_superseded", code)
 	}
 
 	// The agent stopped before installing the newest, and came back (a
 	// new process) on the replaced one during the overlap: it renews.
-	back := &renewing{id: id, serial: c1.CertSerial, at: time.Now(), boot: "b2"}
+	back := &renewing{id: id, serial: c1.CertSerial, at: time.Now(), boot: "b2", root: root}
 	if code := renew(back); code != "" {
 		t.Fatalf("renewal over a session admitted on the replaced certificate during the overlap: %q", code)
 	}

@@ -26,6 +26,61 @@ import (
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
+// A session whose certificate comes from a CA root retired with --force
+// (its agent still on it) renews nothing: a certificate from the new root
+// would carry it past the retirement that was to end it. The agent is
+// told to enrol again, and the store keeps its record as it was.
+func TestRenewalRefusedFromRetiredRoot(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	r, err := New(Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.audit.Start()
+	defer r.audit.Stop()
+	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.AddTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	oldRoot := r.auth.CA().Signer()
+	id := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: "a1"}
+	// Enrolled an hour ago with a two-hour certificate: due for renewal.
+	now := time.Now()
+	if err := r.dir.Store.AddAgent(ctx, store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: now, CertSerial: "aa", CertRoot: oldRoot.ID(),
+		CertIssuedAt: now.Add(-time.Hour), CertNotAfter: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.RotateCA(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	r.rotation.Apply(ctx)
+	if _, err := a.RetireCA(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	r.rotation.Apply(ctx)
+	if r.auth.CA().Rotating() {
+		t.Fatal("the relay did not pick up the retirement")
+	}
+
+	session := &renewing{id: id, serial: "aa", at: now.Add(-30 * time.Minute), boot: "b1", root: oldRoot.ID()}
+	resp := r.enrol.Renew(ctx, session, &protocol.RenewRequest{CSR: csrFor(t)})
+	if resp.Code != protocol.CodeUnauthenticated.String() || !strings.Contains(resp.Message, "retired") || !strings.Contains(resp.Message, "enrol the agent again") {
+		t.Fatalf("renewal over a session on the retired root: %q %q, want unauthenticated, saying the root was retired and to enrol again", resp.Code, resp.Message)
+	}
+	if resp.Certificate != "" || session.serial != "aa" || session.root != oldRoot.ID() {
+		t.Fatalf("the refused renewal issued a certificate (%q) or moved the session (to %s, root %s)", resp.Certificate, session.serial, session.root)
+	}
+	if rec, err := r.dir.Store.Agent(ctx, id.ID); err != nil || rec.CertSerial != "aa" || rec.CertRoot != oldRoot.ID() {
+		t.Fatalf("the agent's record after the refused renewal: %+v, %v; want it unchanged", rec, err)
+	}
+}
+
 // An agent whose TLS handshake ended before a forced retirement of its
 // certificate's root, and whose hello came after the retirement's sweep of
 // the sessions (over QUIC TLS ends before the relay takes the

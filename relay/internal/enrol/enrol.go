@@ -87,6 +87,9 @@ type Agent interface {
 	// session stands on; ConnectedAt is when it was admitted; Hello is
 	// what the agent said then (its boot id names the agent process).
 	CertSerial() string
+	// RootID is the CA root (printable fingerprint) of that certificate,
+	// "" when no active root issued it.
+	RootID() string
 	ConnectedAt() time.Time
 	Hello() *protocol.Hello
 	// Renewed moves every session of the agent process to the
@@ -359,6 +362,19 @@ func (e *Enrol) renewCert(ctx context.Context, ac Agent, req *protocol.RenewRequ
 	case !rec.RevokedAt.IsZero():
 		return nil, policy.RevokedError(rec)
 	}
+	// A session whose certificate's root was retired (with --force, while
+	// the agent was still on it) is closed by the retirement, or by its
+	// admission if it was admitted meanwhile; until then it renews
+	// nothing: a certificate from the new root would carry it past the
+	// retirement that was to end it.
+	authority := e.cfg.Authority.CA()
+	if root := authority.Root(ac.RootID()); root == nil || !root.RetiredAt.IsZero() {
+		if root == nil {
+			return nil, protocol.Errorf(protocol.CodeUnauthenticated, "this session's certificate does not come from a CA root this relay trusts: enrol the agent again with a new join token")
+		}
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "this session's certificate comes from CA root %d (%s), retired at %s: enrol the agent again with a new join token",
+			root.Generation, root.ID(), root.RetiredAt.UTC().Format(time.RFC3339))
+	}
 	now, serial, bootID := e.cfg.Now(), ac.CertSerial(), ac.Hello().BootID
 	// replaced is the certificate the agent process holds, which the new
 	// one replaces: the session's, unless the process renewed since it
@@ -394,7 +410,6 @@ func (e *Enrol) renewCert(ctx context.Context, ac Agent, req *protocol.RenewRequ
 	if err != nil {
 		return nil, err
 	}
-	authority := e.cfg.Authority.CA()
 	root := authority.Signer()
 	cert, err := authority.SignAgent(root, csr, id, e.cfg.CertLifetime, now)
 	if err != nil {
