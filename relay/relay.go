@@ -202,11 +202,16 @@ func (r *Relay) assemble(ctx context.Context) error {
 		}
 	}
 	// Limits apply from the first connection. The feed is followed from
-	// before they were read, so no change between is missed.
+	// before they were read, so no change between is missed. A relay that
+	// cannot read them does not start: it would serve every tenant
+	// without its limits (its allowed networks among them) until the next
+	// change to any tenant's.
 	if r.feedFrom, err = r.dir.Store.LatestChange(ctx); err != nil {
 		return fmt.Errorf("read the change feed: %w", err)
 	}
-	r.loadLimits(ctx)
+	if err := r.loadLimits(ctx); err != nil {
+		return err
+	}
 	return nil
 }
 

@@ -2,6 +2,9 @@ package relay
 
 import (
 	"context"
+	"database/sql"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -31,5 +34,35 @@ func TestRunReturnsWithEveryListener(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("Run did not return after its context was cancelled")
+	}
+}
+
+// A relay that cannot read the tenants' limits at start does not start:
+// it would serve every tenant without them (allowed networks, stream and
+// rate caps) until the next change to any tenant's limits.
+func TestNewRefusesWithoutLimits(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: "127.0.0.1:0"}
+	r, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "tether.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = db.Exec(`ALTER TABLE tenant_limits RENAME TO tenant_limits_gone`)
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err = New(cfg)
+	if err == nil {
+		r.Close()
+		t.Fatal("the relay started without reading the tenants' limits")
+	}
+	if !strings.Contains(err.Error(), "tenant limits") {
+		t.Fatalf("New: %v, want it to say the tenant limits could not be read", err)
 	}
 }
