@@ -123,8 +123,12 @@ func forward(ctx context.Context, o forwardOpts, pos []string, stderr io.Writer)
 			return err
 		}
 	}
-	if d.TLSConfig == nil && d.APIKey != "" && !isLoopback(d.Relay) {
-		log.Warn("the API key goes to the relay unencrypted: use its TLS door (--relay-ca) unless the network between is trusted", "relay", d.Relay)
+	if d.TLSConfig == nil && (d.APIKey != "" || d.BearerToken != nil) && !isLoopback(d.Relay) {
+		cred := "the API key"
+		if d.APIKey == "" {
+			cred = "the bearer token"
+		}
+		log.Warn(cred+" goes to the relay unencrypted: use its TLS door (--relay-ca) unless the network between is trusted", "relay", d.Relay)
 	}
 
 	// Every listener first: nothing is served unless all of them are.
