@@ -88,9 +88,9 @@ type Dialer struct {
 	// (the relay's --connect-tls-listen). LoadCertificate builds one with
 	// a backend client certificate, which then is the credential: leave
 	// APIKey and BearerToken unset. RelayTLSConfig builds one without.
-	// Both keep TLS sessions for resumption (see RelayTLSConfig); a
-	// configuration built otherwise resumes only with a
-	// ClientSessionCache of its own.
+	// Without a ClientSessionCache of its own, the Dialer resumes TLS
+	// sessions with each relay, apart for each client certificate (see
+	// resuming).
 	TLSConfig *tls.Config
 	// Timeout bounds a dial when ctx has no deadline. Default 30s.
 	Timeout time.Duration
@@ -226,7 +226,7 @@ func (d *Dialer) dialRelayAt(ctx context.Context, relay string) (net.Conn, error
 	if d.TLSConfig == nil {
 		return raw, nil
 	}
-	tc := tls.Client(raw, d.TLSConfig)
+	tc := tls.Client(raw, resuming(d.TLSConfig))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, &relayError{fmt.Errorf("tether: TLS handshake with relay %s: %w", relay, err)}

@@ -16,8 +16,11 @@ import (
 
 // TestTLSDoorResumesSessions: a Dialer with LoadCertificate's
 // configuration resumes its TLS session with the relay from its second
-// connection on, and a resumed connection is checked as a full one is:
-// once the backend is removed, a dial that resumes is refused.
+// connection on; a Dialer whose configuration is a copy of it with
+// another client identity (here none: an API key) never resumes a session
+// of the first's, which would present the first's certificate; and a
+// resumed connection is checked as a full one is: once the backend is
+// removed, a dial that resumes is refused.
 func TestTLSDoorResumesSessions(t *testing.T) {
 	w := newWorld(t, worldOpts{})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -57,6 +60,23 @@ func TestTLSDoorResumesSessions(t *testing.T) {
 		c.Close()
 		if n, didResume := last(); n != i+1 || didResume != (i > 0) {
 			t.Fatalf("after dial %d: %d handshakes, the last resumed: %v; want %d, %v", i, n, didResume, i+1, i > 0)
+		}
+	}
+
+	// Another identity on a copy of the configuration: its first
+	// handshake is a full one (a resumed one would be billing's
+	// certificate's), its second resumes its own session.
+	keyConf := conf.Clone()
+	keyConf.Certificates = nil
+	byKey := &client.Dialer{Relay: d.Relay, TLSConfig: keyConf, Backend: w.plain.Backend, APIKey: w.plain.APIKey, Timeout: 20 * time.Second}
+	for i := range 2 {
+		c, err := byKey.DialContext(ctx, "tcp", w.target)
+		if err != nil {
+			t.Fatalf("dial %d with the API key: %v", i, err)
+		}
+		c.Close()
+		if _, didResume := last(); didResume != (i > 0) {
+			t.Fatalf("dial %d with the API key: resumed %v, want %v", i, didResume, i > 0)
 		}
 	}
 

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -39,15 +40,6 @@ func LoadCertificate(dir string) (*tls.Config, error) {
 // whose certificate chains to the relay CA in caPEM (one or more PEM
 // certificates) and names the CA's trust domain. Relays are recognised by
 // that identity rather than by host name, so any address reaches them.
-//
-// It keeps the TLS sessions relays offer (a ClientSessionCache), so that
-// the next connection to the same relay resumes one: no certificate
-// signatures are made or checked in its handshake, which takes a third
-// off the CPU of a new connection at both ends. A resumed connection is
-// no less checked: the relay's certificate from the session is verified
-// again against the CA (VerifyConnection runs on every handshake), and
-// the relay verifies the backend's certificate, and whether the backend
-// is still registered, as on a full handshake.
 func RelayTLSConfig(caPEM []byte) (*tls.Config, error) {
 	roots := x509.NewCertPool()
 	td := ""
@@ -82,6 +74,57 @@ func RelayTLSConfig(caPEM []byte) (*tls.Config, error) {
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			return identity.VerifyRelay(cs, roots, td, time.Now())
 		},
-		ClientSessionCache: tls.NewLRUClientSessionCache(0),
 	}, nil
+}
+
+// sessions holds the TLS sessions relays offered the Dialers of this
+// process, under their client identity (scopedSessions).
+var sessions = tls.NewLRUClientSessionCache(256)
+
+// resuming returns conf for a connection to a relay: when conf has no
+// ClientSessionCache of its own, a copy whose cache is the process's,
+// scoped to conf's client certificate, so that the next connection to
+// the same relay with the same certificate resumes the session: its
+// handshake makes and checks no certificate signatures, which takes
+// about a seventh off a new connection's CPU and time at both ends. A
+// resumed connection is no less checked: the relay's certificate from
+// the session is verified again (VerifyConnection runs on every
+// handshake), and the relay verifies the backend's certificate, and that
+// the backend is still registered, as on a full handshake.
+//
+// The scope matters: crypto/tls finds a session by the server's address
+// alone, and a resumed session carries the client certificate of the
+// handshake that made it, not the configuration's. So configurations
+// that share one cache (Clone copies it) with different certificates
+// would present each other's identity. A configuration that picks its
+// certificate per handshake (GetClientCertificate) is not resumed.
+func resuming(conf *tls.Config) *tls.Config {
+	if conf.ClientSessionCache != nil || conf.GetClientCertificate != nil {
+		return conf
+	}
+	h := sha256.New()
+	for _, c := range conf.Certificates {
+		for _, der := range c.Certificate {
+			h.Write(der)
+		}
+		h.Write([]byte{0})
+	}
+	c := conf.Clone()
+	c.ClientSessionCache = scopedSessions{scope: string(h.Sum(nil)), cache: sessions}
+	return c
+}
+
+// scopedSessions is a ClientSessionCache that keeps its sessions in cache
+// under keys of their own scope.
+type scopedSessions struct {
+	scope string
+	cache tls.ClientSessionCache
+}
+
+func (s scopedSessions) Get(key string) (*tls.ClientSessionState, bool) {
+	return s.cache.Get(s.scope + "|" + key)
+}
+
+func (s scopedSessions) Put(key string, cs *tls.ClientSessionState) {
+	s.cache.Put(s.scope+"|"+key, cs)
 }

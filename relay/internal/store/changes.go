@@ -390,6 +390,24 @@ func (fl *following) failed(what, again string, stalled bool, timeout time.Durat
 	return nil
 }
 
+// try runs step what under timeout. The round goes on (goOn) when it
+// succeeded or was passed over (failed); otherwise it stops with err, the
+// failure to report, or nil when ctx ended.
+func (fl *following) try(ctx context.Context, what, again string, timeout time.Duration, step func(context.Context) error) (goOn bool, err error) {
+	stalled, err := bounded(ctx, timeout, step)
+	switch {
+	case err == nil:
+		fl.succeeded(what)
+		return true, nil
+	case ctx.Err() != nil:
+		return false, nil
+	}
+	if err := fl.failed(what, again, stalled, timeout, err); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
 // succeeded forgets the failures of step what.
 func (fl *following) succeeded(what string) {
 	if fl.failing == what {
@@ -422,17 +440,8 @@ func (fl *following) once(ctx context.Context) error {
 			if oldest > fl.from+1 && fl.from > 0 {
 				// Done again, gap and all, at the next poll when it fails.
 				what := fmt.Sprintf("read the whole state again (changes after %d were pruned unread)", fl.from)
-				rtimeout := positive(fl.f.ResyncTimeout, DefaultResyncTimeout)
-				stalled, err := bounded(ctx, rtimeout, fl.resyncStep)
-				switch {
-				case err == nil:
-					fl.succeeded(what)
-				case ctx.Err() != nil:
-					return nil
-				default:
-					if err := fl.failed(what, "done again", stalled, rtimeout, err); err != nil {
-						return err
-					}
+				if goOn, err := fl.try(ctx, what, "done again", positive(fl.f.ResyncTimeout, DefaultResyncTimeout), fl.resyncStep); !goOn {
+					return err
 				}
 			}
 		}
@@ -441,16 +450,8 @@ func (fl *following) once(ctx context.Context) error {
 				return nil
 			}
 			what := fmt.Sprintf("apply change %d (%s)", c.Seq, c.Kind)
-			stalled, err := bounded(ctx, timeout, func(actx context.Context) error { return fl.f.Apply(actx, c) })
-			switch {
-			case err == nil:
-				fl.succeeded(what)
-			case ctx.Err() != nil:
-				return nil
-			default:
-				if err := fl.failed(what, "applied again", stalled, timeout, err); err != nil {
-					return err
-				}
+			if goOn, err := fl.try(ctx, what, "applied again", timeout, func(actx context.Context) error { return fl.f.Apply(actx, c) }); !goOn {
+				return err
 			}
 			fl.from = c.Seq
 		}
