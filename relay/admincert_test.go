@@ -138,3 +138,44 @@ func TestAdminCertificateReload(t *testing.T) {
 	os.Rename(n6c, crt)
 	waitSerial(6)
 }
+
+// The admin certificate's files may be symbolic links into another
+// directory, and the pair is read again when the files there change: the
+// directories the links lead through are watched too.
+func TestAdminCertificateReloadThroughLinks(t *testing.T) {
+	real, links := t.TempDir(), t.TempDir()
+	crt, key := writePair(t, real, "admin", 1, time.Now().Add(24*time.Hour))
+	lcrt, lkey := filepath.Join(links, "admin.crt"), filepath.Join(links, "admin.key")
+	for link, target := range map[string]string{lcrt: crt, lkey: key} {
+		if err := os.Symlink(target, link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off,
+		AdminListen: "127.0.0.1:0", AdminCertFile: lcrt, AdminKeyFile: lkey, DrainTimeout: time.Millisecond})
+	serial := func() int64 {
+		t.Helper()
+		c, err := tls.Dial("tcp", r.AdminAddr().String(), &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
+	}
+	if got := serial(); got != 1 {
+		t.Fatalf("serial %d at start, want 1", got)
+	}
+	// Renewed where the links point, renamed over the old files there.
+	n2c, n2k := writePair(t, real, "next", 2, time.Now().Add(48*time.Hour))
+	if err := os.Rename(n2k, key); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(n2c, crt); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); serial() != 2; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the pair renewed where its links point was not served within 20 s")
+		}
+	}
+}

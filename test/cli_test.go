@@ -567,6 +567,32 @@ func TestListingFormats(t *testing.T) {
 // refused with its line; the file is watched: the log level changes live
 // and changed settings that need a restart are logged by key; a
 // plain-text front door beyond loopback is warned about.
+// TestServeConfigFileThroughLink: a config file that is a symbolic link
+// into another directory is reloaded when the file there is edited in
+// place, as one in the link's own directory is.
+func TestServeConfigFileThroughLink(t *testing.T) {
+	real, links := t.TempDir(), t.TempDir()
+	target, link := filepath.Join(real, "relay.yaml"), filepath.Join(links, "relay.yaml")
+	base := "data_dir: " + filepath.Join(real, "data") + "\nagent_listen: 127.0.0.1:0\nsocks_listen: \"off\"\nconnect_listen: 127.0.0.1:0\n" +
+		"log_format: json\ntransports: [tcp]\n"
+	if err := os.WriteFile(target, []byte(base+"log_level: info\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	r := startEnv(t, "tether-relay serve --config LINK", nil, bins.relay, "serve", "--config", link)
+	r.waitOutput(`"msg":"watching the config file"`, 20*time.Second)
+	r.waitOutput(`"msg":"relay serving"`, 20*time.Second)
+	if err := os.WriteFile(target, []byte(base+"log_level: debug\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.waitOutput(`"msg":"config file setting applied","key":"log_level","was":"info","now":"debug"`, 20*time.Second)
+	if err := r.stop(20 * time.Second); err != nil {
+		t.Errorf("relay after SIGTERM: %v", err)
+	}
+}
+
 func TestServeConfigFile(t *testing.T) {
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "relay.yaml")

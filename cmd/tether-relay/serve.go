@@ -5,7 +5,6 @@ import (
 	"context"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -113,9 +112,11 @@ type reloader struct {
 	loaded  []byte
 }
 
-// watch reloads the config file after changes in its directory (watched
-// rather than the file, so that a file renamed over it or swapped in by a
-// symlink, as Kubernetes does with config maps, is seen) until ctx ends.
+// watch reloads the config file after changes in its directory and in
+// those its symbolic links lead through (watched rather than the file, so
+// that a file renamed over it, swapped in by a symlink as Kubernetes does
+// with config maps, or edited where a link points is seen) until ctx
+// ends.
 func (rl *reloader) watch(ctx context.Context) {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -123,12 +124,9 @@ func (rl *reloader) watch(ctx context.Context) {
 		return
 	}
 	defer w.Close()
-	dir := filepath.Dir(rl.path)
-	if abs, err := filepath.Abs(dir); err == nil {
-		dir = abs
-	}
-	if err := w.Add(dir); err != nil {
-		rl.log.Warn("cannot watch the config file for changes; restart the relay to apply them", "file", rl.path, "err", err)
+	dirs := relay.NewWatchedDirs(w, rl.log, "the config file")
+	if !dirs.Sync(rl.path) {
+		rl.log.Warn("cannot watch the config file for changes; restart the relay to apply them", "file", rl.path)
 		return
 	}
 	rl.log.Info("watching the config file", "file", rl.path)
@@ -149,7 +147,9 @@ func (rl *reloader) watch(ctx context.Context) {
 				return
 			}
 			rl.log.Warn("watching the config file", "file", rl.path, "err", err)
+			settle.Reset(reloadSettle) // events may have been lost: read the file anyway
 		case <-settle.C:
+			dirs.Sync(rl.path)
 			rl.reload(ctx)
 		}
 	}

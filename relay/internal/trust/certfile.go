@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -17,10 +16,12 @@ import (
 
 // CertFile is a TLS certificate and key read from PEM files (the admin
 // listener's --admin-cert and --admin-key) and read again whenever a file
-// in their directories changes, so that a renewed certificate — written in
-// place, renamed over the old one, or swapped in by a symlink as Kubernetes
-// does with secrets — is served from the next handshake on, without a
-// restart and without dropping connections. A pair that does not load or
+// in their directories changes (WatchedDirs: the directories their
+// symbolic links lead through too), so that a renewed certificate —
+// written in place, renamed over the old one, swapped in by a symlink as
+// Kubernetes does with secrets, or edited where a link points — is served
+// from the next handshake on, without a restart and without dropping
+// connections. A pair that does not load or
 // has expired is logged and the previous one is kept.
 type CertFile struct {
 	certPath, keyPath string
@@ -86,12 +87,8 @@ func (c *CertFile) Watch(ctx context.Context) {
 		return
 	}
 	defer w.Close()
-	for _, d := range uniqueDirs(c.certPath, c.keyPath) {
-		if err := w.Add(d); err != nil {
-			c.log.Warn("cannot watch the admin certificate for changes; restart the relay to apply a new one", "dir", d, "err", err)
-			return
-		}
-	}
+	dirs := NewWatchedDirs(w, c.log, "the admin certificate")
+	dirs.Sync(c.certPath, c.keyPath)
 	settle := time.NewTimer(time.Hour)
 	settle.Stop()
 	defer settle.Stop()
@@ -109,7 +106,9 @@ func (c *CertFile) Watch(ctx context.Context) {
 				return
 			}
 			c.log.Warn("watching the admin certificate", "err", err)
+			settle.Reset(ReloadSettle) // events may have been lost: read the files anyway
 		case <-settle.C:
+			dirs.Sync(c.certPath, c.keyPath)
 			changed, err := c.load()
 			switch {
 			case err != nil:
@@ -121,20 +120,6 @@ func (c *CertFile) Watch(ctx context.Context) {
 			}
 		}
 	}
-}
-
-// uniqueDirs returns the absolute directories of paths, each once.
-func uniqueDirs(paths ...string) []string {
-	var dirs []string
-	for _, p := range paths {
-		if abs, err := filepath.Abs(p); err == nil {
-			p = abs
-		}
-		if d := filepath.Dir(p); !slices.Contains(dirs, d) {
-			dirs = append(dirs, d)
-		}
-	}
-	return dirs
 }
 
 // Reloads is how many times the served pair was replaced since start.
