@@ -314,7 +314,9 @@ func TestSelfUpdateRefusals(t *testing.T) {
 			os.WriteFile(p, bytes.Replace(b, []byte(`"size":`), []byte(`"size":1`), 1), 0o600)
 			return nil
 		}},
-		{"older version", "0.9.0", "not_newer", "not newer", func(t *testing.T, v string) func() {
+		// Not offered at all: the agent's own refusal of an older version
+		// (not_newer) is covered by protocol/release's tests.
+		{"older version", "0.9.0", "", "", func(t *testing.T, v string) func() {
 			e.publish(t, v2src, v)
 			return nil
 		}},
@@ -383,6 +385,17 @@ func TestSelfUpdateRefusals(t *testing.T) {
 				defer cleanup()
 			}
 			r.admin(t, "release", "rollout", tc.version, "--agents", id)
+			if tc.reason == "" {
+				// An agent on a newer version is not offered the release:
+				// ten offer rounds (--update-interval 300ms) pass without one.
+				time.Sleep(3 * time.Second)
+				for _, a := range e.status(t).Agents {
+					if a.Agent == id && a.Version == tc.version {
+						t.Fatalf("agent on 1.0.0 offered %s: state %q %q", tc.version, a.State, a.Reason)
+					}
+				}
+				return
+			}
 			reason, msg := e.waitState(t, id, tc.version, 60*time.Second, "refused", "rolled_back", "failed", "succeeded")
 			if reason != tc.reason || !strings.Contains(msg, tc.msg) {
 				t.Fatalf("got %q %q, want reason %q and a message with %q", reason, msg, tc.reason, tc.msg)

@@ -92,11 +92,23 @@ type Rollouts struct {
 	sends sync.WaitGroup // release sends and status records; Run waits for them
 }
 
-// offerState is what was offered on one agent session.
+// offerState is what was offered on one agent session, and how many of
+// the agent's update messages it took.
 type offerState struct {
-	mu    sync.Mutex // guards offer; held for no store call or write
+	mu    sync.Mutex // guards the fields; held for no store call or write
 	offer *offer
+	// unsolicited counts the statuses taken that name no offer of this
+	// session: reports about an offer made on another session (the agent
+	// reports on any live one, and after a restart on a new one).
+	unsolicited int
+	dropped     bool // a message was dropped (logged once per session)
 }
+
+// maxUnsolicited bounds the statuses a session takes that name no offer
+// of its own. An agent sends one or two (an update applied, then the
+// restarted binary's success or rollback); each costs a store write and
+// an audit record, so an agent that sends more is not followed.
+const maxUnsolicited = 4
 
 // offer is the release offered on one agent session.
 type offer struct {
@@ -109,6 +121,11 @@ type offer struct {
 	// their own: an agent can answer an offer before the relay has
 	// recorded making it.
 	announced chan struct{}
+	// fetched is set once the agent asked for the release: it is sent
+	// once per offer. states are the statuses taken for the offer, each
+	// once. Both are guarded by the session's offerState.mu.
+	fetched bool
+	states  map[string]bool
 }
 
 // wait returns once o is announced, or false if ctx ended first.
@@ -259,10 +276,16 @@ func (u *Rollouts) offerAll(ctx context.Context) error {
 		return err
 	}
 	states := make(map[string]store.AgentUpdate, len(us))
+	// counts is whether an agent's update counts against the batch: under
+	// way for this rollout, and not stale. Such an agent is offered again
+	// (its session may be new) without taking another place.
+	counts := func(s store.AgentUpdate) bool {
+		return s.Rollout == ro.ID && inFlight(s.State) && time.Since(s.UpdatedAt) < stale
+	}
 	busy := 0
 	for _, s := range us {
 		states[s.Agent] = s
-		if s.Rollout == ro.ID && inFlight(s.State) && time.Since(s.UpdatedAt) < stale {
+		if counts(s) {
 			busy++
 		}
 	}
@@ -273,6 +296,9 @@ func (u *Rollouts) offerAll(ctx context.Context) error {
 		}
 		if !selects(ro, id.Tenant, id.ID) || hello.AgentVersion == ro.Version {
 			continue
+		}
+		if release.ValidVersion(hello.AgentVersion) && release.CompareVersions(hello.AgentVersion, ro.Version) > 0 {
+			continue // already newer: it would refuse (not_newer), which is no failure of the release
 		}
 		s, has := states[id.ID]
 		if has && settled(s) {
@@ -295,14 +321,15 @@ func (u *Rollouts) offerAll(ctx context.Context) error {
 		if i < 0 {
 			continue // nothing for its platform and channel
 		}
-		if ro.Batch > 0 && busy >= ro.Batch && !(has && inFlight(s.State)) {
+		counted := has && counts(s)
+		if ro.Batch > 0 && busy >= ro.Batch && !counted {
 			continue
 		}
 		if err := u.offer(ctx, a, ofs, ro, rels[i]); err != nil {
 			a.Logger().Warn("rollout: offer failed", "version", ro.Version, "err", err)
 			continue
 		}
-		if !(has && inFlight(s.State)) {
+		if !counted {
 			busy++
 		}
 	}
@@ -404,7 +431,7 @@ func (u *Rollouts) checkHalt(ctx context.Context, ro store.Rollout) (bool, error
 	}
 	var total, failed int
 	for _, s := range us {
-		if s.Rollout != ro.ID {
+		if s.Rollout != ro.ID || (s.State == protocol.UpdateRefused && notApplicable(s.Reason)) {
 			continue
 		}
 		total++
@@ -426,23 +453,76 @@ func (u *Rollouts) checkHalt(ctx context.Context, ro store.Rollout) (bool, error
 	return true, nil
 }
 
+// notApplicable reports whether an agent's refusal for reason says the
+// release is not for it, rather than anything about the release: it
+// takes no updates (no keys trusted) or runs a version as new. Such
+// agents count neither as offered nor as failed when a rollout decides
+// whether to halt: a fleet with updates turned off here and there, or
+// partly on a newer line, must not halt a hotfix for the rest.
+func notApplicable(reason string) bool {
+	return reason == release.ReasonNoKeys || reason == release.ReasonNotNewer
+}
+
 // Handle takes an agent's update message, read on the control stream of
 // the session a, whose context ctx is. It does not block: the work runs on
 // a goroutine that Run waits for.
+//
+// Each message costs a goroutine and a store write, a release send much
+// more, so a session takes only what an agent following the protocol
+// sends: one fetch per offer, each status once per offer, and a few
+// statuses about offers of other sessions (maxUnsolicited). The rest is
+// dropped, logged once per session.
 func (u *Rollouts) Handle(ctx context.Context, a Agent, m protocol.Message) {
+	ofs := u.stateOf(a)
 	switch m := m.(type) {
 	case *protocol.UpdateFetch:
-		ofs := u.stateOf(a)
 		ofs.mu.Lock()
 		o := ofs.offer
+		take := o != nil && o.id == m.ID && !o.fetched
+		if take {
+			o.fetched = true
+		}
 		ofs.mu.Unlock()
-		if o == nil || o.id != m.ID {
-			a.Logger().Warn("update: agent asked for a release it was not offered on this session", "offer", protocol.Clip(m.ID, maxText))
+		if !take {
+			u.drop(a, ofs, "update: agent asked for a release it was not offered on this session, or asked again; not sent", "offer", protocol.Clip(m.ID, maxText))
 			return
 		}
 		u.goSend(func() { u.send(ctx, a, o) })
 	case *protocol.UpdateStatus:
+		ofs.mu.Lock()
+		take := true
+		if o := ofs.offer; o != nil && o.id == m.ID && o.version == m.Version {
+			take = !o.states[m.State]
+			if take {
+				if o.states == nil {
+					o.states = map[string]bool{}
+				}
+				o.states[m.State] = true
+			}
+		} else {
+			take = ofs.unsolicited < maxUnsolicited
+			if take {
+				ofs.unsolicited++
+			}
+		}
+		ofs.mu.Unlock()
+		if !take {
+			u.drop(a, ofs, "update: agent sent more update statuses than an update has; not recorded", "version", protocol.Clip(m.Version, maxText), "state", protocol.Clip(m.State, maxText))
+			return
+		}
 		u.goSend(func() { u.reported(ctx, a, m) })
+	}
+}
+
+// drop logs an update message of a's that is not taken, the first time
+// on the session.
+func (u *Rollouts) drop(a Agent, ofs *offerState, msg string, attrs ...any) {
+	ofs.mu.Lock()
+	first := !ofs.dropped
+	ofs.dropped = true
+	ofs.mu.Unlock()
+	if first {
+		a.Logger().Warn(msg+" (logged once per session)", attrs...)
 	}
 }
 
