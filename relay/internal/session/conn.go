@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -596,6 +597,10 @@ func (c *Conn) Identity() identity.Agent { return c.id }
 
 // Hello is what the agent said when it connected.
 func (c *Conn) Hello() *protocol.Hello { return &c.hello }
+
+// trial reports whether c is the session of an update trial: a new binary
+// that connects once to prove it works, then exits (CapUpdateTrial).
+func (c *Conn) trial() bool { return slices.Contains(c.hello.Capabilities, protocol.CapUpdateTrial) }
 
 // SessionID names the session in logs and records.
 func (c *Conn) SessionID() string { return c.sessionID }

@@ -9,11 +9,13 @@ import (
 )
 
 // Set holds the live agent sessions by tenant, and keeps them in the
-// routing table as carriers.
+// routing table as carriers. The session of an update trial (Conn.trial)
+// is held but is no carrier: it serves no streams.
 type Set struct {
 	routes *route.Table
 	// present, when set, is told how many sessions an agent holds here
-	// after each add and remove (cluster presence); it must not block.
+	// after each add and remove (cluster presence); it must not block. A
+	// trial's session is not counted: it cannot take the agent's streams.
 	present func(tenant, agent string, sessions int)
 
 	mu       sync.RWMutex // guards byTenant and changed
@@ -35,6 +37,11 @@ func (s *Set) Changes() <-chan struct{} {
 // add registers c. Sessions of the same agent from an earlier process
 // (another boot id) are stale — that process is gone — so they are closed
 // at once rather than left to time out while streams are sent to them.
+// The session of an update trial joins the set (it is listed, offered
+// nothing, closed with its agent's) but not the routing table: the trial
+// exits moments after its Welcome, and with no streams open it would
+// otherwise be the least loaded connection of its tenant, handed the
+// tenant's new streams only to cut them when it exits.
 func (s *Set) add(c *Conn) {
 	var stale []*Conn
 	defer func() { // after the lock is released: a close can take seconds
@@ -58,17 +65,21 @@ func (s *Set) add(c *Conn) {
 	s.changed = make(chan struct{})
 	n := s.countLocked(c.id.Tenant, c.id.ID)
 	s.mu.Unlock()
+	if c.trial() {
+		return
+	}
 	s.routes.Add(c)
 	if s.present != nil {
 		s.present(c.id.Tenant, c.id.ID, n)
 	}
 }
 
-// countLocked counts the sessions of agent id of tenant; s.mu is held.
+// countLocked counts the sessions of agent id of tenant that carry
+// streams (not an update trial's); s.mu is held.
 func (s *Set) countLocked(tenant, id string) int {
 	n := 0
 	for _, c := range s.byTenant[tenant] {
-		if c.id.ID == id {
+		if c.id.ID == id && !c.trial() {
 			n++
 		}
 	}
@@ -76,7 +87,10 @@ func (s *Set) countLocked(tenant, id string) int {
 }
 
 func (s *Set) remove(c *Conn) {
-	s.routes.Remove(c)
+	trial := c.trial()
+	if !trial {
+		s.routes.Remove(c)
+	}
 	s.mu.Lock()
 	list := s.byTenant[c.id.Tenant]
 	for i, x := range list {
@@ -92,7 +106,7 @@ func (s *Set) remove(c *Conn) {
 	}
 	n := s.countLocked(c.id.Tenant, c.id.ID)
 	s.mu.Unlock()
-	if s.present != nil {
+	if s.present != nil && !trial {
 		s.present(c.id.Tenant, c.id.ID, n)
 	}
 }
