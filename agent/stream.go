@@ -23,7 +23,19 @@ var headerTimeout = 10 * time.Second
 // the service against the allowlist, dial it, answer, and splice. Every
 // stream served or refused (but the agent's own release downloads) gets a
 // line in the access log.
+//
+// The trial of a new binary serves nothing: it resets every stream
+// without a reply (an older relay may send it some). The relay takes a
+// reset for a failure of the connection, not a refusal, and tries another
+// of the tenant's, the running agent's; a refusal would go to the client.
+// The trial keeps no access log, dials no service, and exits moments
+// later, cutting whatever it served.
 func (a *Agent) handleStream(s *session, st transport.Stream) {
+	if a.cfg.UpdateTrial != "" {
+		s.log.Info("update trial: resetting a stream the relay opened; a trial serves none, the relay tries another connection")
+		transport.Abort(st)
+		return
+	}
 	defer st.Close()
 	started := time.Now()
 	st.SetDeadline(started.Add(headerTimeout))
