@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -107,39 +108,46 @@ func (e *egress) dialer(relay string, forward dialFunc) dialFunc {
 	return (&proxyDialer{proxy: p, forward: forward}).DialContext
 }
 
+// proxyURLForm is the form of a proxy URL, for errors.
+const proxyURLForm = "want http://[user:password@]host:port; percent-encode / ? # @ : in the user name and password"
+
+// nonHTTPProxySchemes are schemes people try as the proxy's, which an
+// error may name: any other scheme is not repeated, as it is part of a
+// value that may hold a password.
+var nonHTTPProxySchemes = []string{"socks", "socks4", "socks4a", "socks5", "socks5h", "ftp", "ws", "wss"}
+
 // parseProxyURL accepts http://[user:password@]host[:port] and the same
 // with https:// (TLS to the proxy); a bare host:port means http. Errors
-// never contain the URL, which may hold a password.
+// contain no part of the URL, which may hold a password: not even the URL
+// parser's error, which quotes pieces of it (a password with an unencoded
+// '/' ends the host there, and the parser then reports the rest of the
+// password as an invalid port).
 func parseProxyURL(s string) (*url.URL, error) {
 	if !strings.Contains(s, "://") {
 		s = "http://" + s
 	}
 	u, err := url.Parse(s)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // url.Error repeats the whole URL
-		}
-		if _, ok := err.(url.EscapeError); ok {
-			err = errors.New("invalid %-escape") // the escape may be part of the password
-		}
-		return nil, fmt.Errorf("not a proxy URL (want http://[user:password@]host:port): %v", err)
+		return nil, errors.New("not a proxy URL (" + proxyURLForm + ")")
 	}
 	switch u.Scheme {
 	case "http", "https":
 	default:
-		return nil, fmt.Errorf("proxy scheme %q: want http or https (the agent tunnels through HTTP proxies with CONNECT)", u.Scheme)
+		if slices.Contains(nonHTTPProxySchemes, u.Scheme) {
+			return nil, fmt.Errorf("proxy scheme %q: want http or https (the agent tunnels through HTTP proxies with CONNECT)", u.Scheme)
+		}
+		return nil, errors.New("proxy scheme is not http or https (the agent tunnels through HTTP proxies with CONNECT; " + proxyURLForm + ")")
 	}
 	if u.Hostname() == "" {
-		return nil, errors.New("proxy URL has no host (want http://[user:password@]host:port)")
+		return nil, errors.New("proxy URL has no host (" + proxyURLForm + ")")
 	}
 	if p := u.Port(); p != "" {
 		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return nil, errors.New("proxy URL has an invalid port")
+			return nil, errors.New("proxy URL has an invalid port (" + proxyURLForm + ")")
 		}
 	}
 	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
-		return nil, errors.New("proxy URL must not have a path, query or fragment (want http://[user:password@]host:port)")
+		return nil, errors.New("proxy URL must not have a path, query or fragment (" + proxyURLForm + ")")
 	}
 	return u, nil
 }

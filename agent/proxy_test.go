@@ -11,6 +11,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -437,6 +438,7 @@ func TestProxyEgressInvalid(t *testing.T) {
 	for _, tc := range []struct{ setting, env, want string }{
 		{env: "socks5://u:secret@proxy:1080", want: `HTTPS_PROXY: proxy scheme "socks5"`},
 		{env: "http://u:secret@proxy:99999", want: "HTTPS_PROXY: proxy URL has an invalid port"},
+		{env: "secret://u@proxy:1080", want: "HTTPS_PROXY: proxy scheme is not http or https"},
 		{setting: "http://u:secret@pro xy:3128", want: "proxy in the config: not a proxy URL"},
 		{setting: "http://u:secret@proxy:3128/path", want: "must not have a path"},
 		{setting: "http://u:secret@:3128", want: "has no host"},
@@ -471,6 +473,51 @@ func TestProxyConfig(t *testing.T) {
 			t.Errorf("%q: got %v, want an error saying %q", tc.yaml, err, tc.want)
 		case err != nil && strings.Contains(err.Error(), "secret"):
 			t.Errorf("%q: error %q shows the password", tc.yaml, err)
+		}
+	}
+}
+
+// TestProxyPasswordNotInErrors: a proxy URL whose password holds an
+// unencoded '/', '?' or '#' (or a bad %-escape, or a space) does not
+// parse, and no part of the password reaches the error: not from the
+// config file, not from HTTPS_PROXY, not in the config error the agent
+// keeps and reports to the relay after a reload, not in its log.
+func TestProxyPasswordNotInErrors(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	for _, pw := range []string{"Tr0ub4dor/3", "Tr0ub4dor#3", "Tr0ub4dor?3", "Tr0ub4dor/", "Tr0ub%zz4dor", "Tr0ub 4dor", "Tr0ub4dor/3?x#y"} {
+		raw := "http://svc:" + pw + "@proxy.corp:3128"
+		shows := func(s string) bool { return strings.Contains(s, "Tr0ub") || strings.Contains(s, "4dor") }
+
+		_, err := ParseConfig([]byte("state_dir: /x\nservices: {}\nproxy: \"" + raw + "\"\n"))
+		if err == nil || !strings.Contains(err.Error(), "percent-encode") {
+			t.Errorf("%q in the config: got %v, want an error saying to percent-encode", pw, err)
+		} else if shows(err.Error()) {
+			t.Errorf("%q in the config: error %q shows part of the password", pw, err)
+		}
+
+		_, err = newEgress("", "", func(k string) string {
+			if k == "HTTPS_PROXY" {
+				return raw
+			}
+			return ""
+		})
+		if err == nil || !strings.HasPrefix(err.Error(), "HTTPS_PROXY: ") {
+			t.Errorf("%q in HTTPS_PROXY: got %v, want an error", pw, err)
+		} else if shows(err.Error()) {
+			t.Errorf("%q in HTTPS_PROXY: error %q shows part of the password", pw, err)
+		}
+
+		var logged strings.Builder
+		logger := slog.New(slog.NewTextHandler(&logged, nil))
+		a := enrolledWith(t, Config{Logger: logger, Services: map[string]Service{"db": {Address: "127.0.0.1:5432"}}}, root, root)
+		a.reloadConfig("agent.yaml", []byte("state_dir: /unused\nproxy: \""+raw+"\"\nservices:\n  db: 127.0.0.1:5432\n"))
+		if e := a.Report().ConfigError; e == "" {
+			t.Errorf("%q on reload: no config error reported", pw)
+		} else if shows(e) {
+			t.Errorf("%q on reload: config error reported to the relay %q shows part of the password", pw, e)
+		}
+		if shows(logged.String()) {
+			t.Errorf("%q on reload: the log shows part of the password: %s", pw, logged.String())
 		}
 	}
 }
