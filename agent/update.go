@@ -38,7 +38,9 @@ import (
 // exits 0. A child that crashes, exits otherwise, or does not connect
 // within the health timeout fails the trial: the previous binary is put
 // back, the version is recorded as failed (never tried again) and the
-// failure reported. Only a binary that passed its trial is restarted into
+// failure reported. A trial cut short because the agent is stopping is no
+// verdict on the binary: the previous one is put back, and the version is
+// neither recorded as failed nor reported as one. Only a binary that passed its trial is restarted into
 // (exec in the foreground, exit ExitRestart under a service manager); the
 // pending marker makes the restarted binary confirm itself, and restore
 // the previous one if it does not connect within the health timeout.
@@ -59,7 +61,17 @@ const (
 	failedSuffix     = ".failed"
 	trialEnv         = "TETHER_UPDATE_TRIAL"
 	statusSendWindow = 30 * time.Second
+	// trialStopGrace is how long, after the trial child failed, the
+	// updater waits to see whether the agent is stopping: a stop signal
+	// sent to the whole service (systemd's control group, a terminal's
+	// process group) reaches the child too, and the child, stopped before
+	// it connected, may exit before this process sees its own signal.
+	trialStopGrace = 2 * time.Second
 )
+
+// errTrialStopped is the trial's end when the agent stops during it: not a
+// failure of the new binary.
+var errTrialStopped = errors.New("the agent stopped during the trial of the new binary")
 
 // pending is an update between apply and confirmation.
 type pending struct {
@@ -254,8 +266,7 @@ func (u *updater) handle(ctx context.Context, s *session, o *protocol.UpdateOffe
 		return
 	}
 	log.Info("update applied; trying the new binary", "binary", u.exe, "previous", p.Previous, "health_timeout", u.a.cfg.Update.HealthTimeout)
-	if err := u.trial(ctx, m.Version); err != nil {
-		u.rollback(ctx, s, p, err.Error())
+	if !u.tryApplied(ctx, s, p) {
 		return
 	}
 	p.State = "applied"
@@ -400,17 +411,62 @@ func (u *updater) trial(ctx context.Context, version string) error {
 	case <-ctx.Done():
 		cmd.Process.Kill()
 		<-exited
-		return errors.New("the agent stopped during the trial of the new binary")
+		return errTrialStopped
 	}
 	got, _ := os.ReadFile(marker)
 	os.Remove(marker)
-	if werr != nil {
-		return fmt.Errorf("the new binary failed before connecting to a relay: %v", werr)
+	var err error
+	switch {
+	case werr != nil:
+		err = fmt.Errorf("the new binary failed before connecting to a relay: %v", werr)
+	case string(got) != version:
+		err = fmt.Errorf("the new binary exited without connecting to a relay as version %s", version)
+	default:
+		return nil
 	}
-	if string(got) != version {
-		return fmt.Errorf("the new binary exited without connecting to a relay as version %s", version)
+	// The child may have been stopped with this process.
+	grace := time.NewTimer(trialStopGrace)
+	defer grace.Stop()
+	select {
+	case <-ctx.Done():
+		return errTrialStopped
+	case <-grace.C:
 	}
-	return nil
+	return err
+}
+
+// tryApplied runs the trial of the applied version p.To and reports
+// whether it passed. When it did not, the previous binary is put back: a
+// failed trial is a rollback (the version is recorded as failed), a trial
+// cut short by the agent's stop is not.
+func (u *updater) tryApplied(ctx context.Context, s *session, p *pending) bool {
+	err := u.trial(ctx, p.To)
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, errTrialStopped):
+		u.abandonTrial(ctx, s, p)
+	default:
+		u.rollback(ctx, s, p, err.Error())
+	}
+	return false
+}
+
+// abandonTrial puts the previous binary back after a trial cut short by
+// the agent's stop. The new binary did not fail: its version is not
+// recorded as failed, and the relay is told the agent was busy, which
+// does not count against the rollout, so it offers the release again.
+func (u *updater) abandonTrial(ctx context.Context, s *session, p *pending) {
+	if err := u.restorePrevious(p); err != nil {
+		// pending.json stays: the binary that starts next settles the
+		// update (the new one confirms itself once connected, or puts the
+		// previous one back after the health timeout).
+		u.log.Error("update: the agent stopped during the trial of the new binary and cannot restore the previous binary; the next start settles the update", "version", p.To, "err", err)
+		return
+	}
+	u.removePending()
+	u.report(ctx, s, &protocol.UpdateStatus{ID: p.ID, Version: p.To, From: p.From, State: protocol.UpdateRefused, Reason: release.ReasonBusy,
+		Message: errTrialStopped.Error() + "; the previous binary is back and the release is tried again when offered"})
 }
 
 // rollback puts the previous binary back and records the version as failed.

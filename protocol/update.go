@@ -62,7 +62,7 @@ type UpdateStatus struct {
 
 // Update states an agent reports.
 const (
-	UpdateRefused     = "refused"     // the offer or the download failed a check; the binary was not touched
+	UpdateRefused     = "refused"     // the offer or the download failed a check; the binary was not touched (reason busy: or it was put back, the agent stopping during the trial)
 	UpdateDownloaded  = "downloaded"  // the binary is downloaded and verified
 	UpdateApplied     = "applied"     // the new binary passed its trial; the agent restarts into it
 	UpdateSucceeded   = "succeeded"   // the new binary runs and is connected

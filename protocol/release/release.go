@@ -84,7 +84,7 @@ const (
 	ReasonDownload  = "download"  // the download failed or took too long
 	ReasonNoKeys    = "no_keys"   // the agent trusts no update key: updates are off
 	ReasonApply     = "apply"     // replacing the binary failed
-	ReasonBusy      = "busy"      // another update is in progress
+	ReasonBusy      = "busy"      // another update is in progress, or the agent stopped during the trial: not a verdict on the release, which is offered again
 	ReasonUnhealthy = "unhealthy" // the new binary did not connect in time
 )
 
