@@ -40,10 +40,11 @@ import (
 // back, the version is recorded as failed (never tried again) and the
 // failure reported. A trial cut short because the agent is stopping is no
 // verdict on the binary: the previous one is put back, and the version is
-// neither recorded as failed nor reported as one. Only a binary that passed its trial is restarted into
-// (exec in the foreground, exit ExitRestart under a service manager); the
-// pending marker makes the restarted binary confirm itself, and restore
-// the previous one if it does not connect within the health timeout.
+// neither recorded as failed nor reported as one. Only a binary that
+// passed its trial is restarted into (exec in the foreground, exit
+// ExitRestart under a service manager); the pending marker makes the
+// restarted binary confirm itself, and restore the previous one if it
+// does not connect within the health timeout.
 //
 // Files, in <state_dir>/update/: pending.json (an update between apply and
 // confirmation), failed.json (versions never to try again),
