@@ -110,6 +110,12 @@ func (r *Relay) loadLimits(ctx context.Context) error {
 	return err
 }
 
+// revocationAudit bounds how long a revocation waits for its disconnect
+// record's commit before it closes the agent's sessions: a store answers
+// within milliseconds, and one that does not must not keep a revoked
+// agent served.
+const revocationAudit = time.Second
+
 // applyRevocation refuses agent from now on and closes its live sessions,
 // telling it why. The agent's record only dates the revocation: when the
 // store does not give it, the revocation takes effect dated now.
@@ -127,13 +133,14 @@ func (r *Relay) applyRevocation(ctx context.Context, tenant, agent string) {
 	sessions := r.sessions.Sessions()
 	if n := sessions.SessionsOf(tenant, agent); n > 0 {
 		// Queued before the sessions close, so the trail has it before
-		// anything after them, and not waited for: the command that
-		// revoked the agent audits the revocation (agent.revoke), and
-		// this runs on the change feed, which a stalled store would hold
-		// for the audit writer's 10 s, the revoked agent still served
-		// meanwhile.
-		r.audit.Record(audit.Record{Kind: audit.Disconnect, Outcome: protocol.CodeRevoked.String(), Tenant: tenant, Agent: agent, Actor: "relay",
-			Detail: map[string]any{"sessions": n, "revoked_at": rec.RevokedAt}})
+		// anything after them, and committed before they close, so that a
+		// relay killed right after keeps it: but waited for no longer
+		// than revocationAudit, since this runs on the change feed, and a
+		// stalled store would hold it for the audit writer's 10 s, the
+		// revoked agent still served meanwhile. The record then stays
+		// queued, written when the store answers.
+		r.audit.QueueWithin(audit.Record{Kind: audit.Disconnect, Outcome: protocol.CodeRevoked.String(), Tenant: tenant, Agent: agent, Actor: "relay",
+			Detail: map[string]any{"sessions": n, "revoked_at": rec.RevokedAt}}, revocationAudit)
 	}
 	if n := sessions.CloseAgent(tenant, agent, why); n > 0 {
 		r.log.Info("closed a revoked agent's sessions", "tenant", tenant, "agent", agent, "sessions", n)

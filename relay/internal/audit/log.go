@@ -174,6 +174,25 @@ func (a *Log) Queue(rec Record) (wait func()) {
 	}
 }
 
+// QueueWithin queues rec as Queue does and waits for its write for at most
+// d: for a record that should be committed before what the caller does
+// next (so that a relay killed right after keeps it), when the caller must
+// not wait long on a stalled store. It reports whether rec was written.
+func (a *Log) QueueWithin(rec Record, d time.Duration) bool {
+	done := a.enqueue(rec, true)
+	if done == nil {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
 // Record queues rec (stamping its time when unset) and returns without
 // waiting for the write: for records of something already over, such as a
 // stream that ended, where waiting would hold up nothing but the caller.

@@ -3,6 +3,7 @@ package audit
 import (
 	"bufio"
 	"context"
+	"database/sql"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -109,5 +110,62 @@ func TestRecordAndAdd(t *testing.T) {
 	}
 	if len(batches) > 8 { // generous: a loaded machine may split batches
 		t.Errorf("%d transactions for 11 queued records, want them batched", len(batches))
+	}
+}
+
+// QueueWithin returns once its record is written, which is in the store
+// then; with a store that does not answer (a write transaction held
+// elsewhere), it returns after its bound, and the record is written once
+// the store answers.
+func TestQueueWithin(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(dir, "relay.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	a, err := Open(ctx, st, filepath.Join(dir, "audit.log"), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Start()
+	defer a.Stop()
+	count := func() int {
+		t.Helper()
+		recs, err := st.ListAudit(ctx, store.AuditFilter{Kind: Disconnect})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(recs)
+	}
+	if !a.QueueWithin(Record{Kind: Disconnect, Outcome: "revoked", Tenant: "acme", Agent: "a1"}, 10*time.Second) {
+		t.Fatal("a record on a store that answers was not written within 10 s")
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("%d records in the store once QueueWithin returned, want 1", n)
+	}
+
+	holder, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "relay.db")+"?_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	tx, err := holder.Begin() // the write lock, held
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if a.QueueWithin(Record{Kind: Disconnect, Outcome: "revoked", Tenant: "acme", Agent: "a2"}, 300*time.Millisecond) {
+		t.Fatal("written while another connection held the store's write lock")
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("QueueWithin(300ms) returned after %v", took)
+	}
+	tx.Rollback()
+	for deadline := time.Now().Add(30 * time.Second); count() != 2; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the record queued while the store was locked was not written after it was released")
+		}
 	}
 }
