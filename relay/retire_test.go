@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -22,6 +23,7 @@ import (
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/protocol/transport/tcp"
 	"github.com/tetherhq/tether/relay/admin"
+	"github.com/tetherhq/tether/relay/internal/audit"
 	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
@@ -29,8 +31,17 @@ import (
 // A session whose certificate comes from a CA root retired with --force
 // (its agent still on it) renews nothing: a certificate from the new root
 // would carry it past the retirement that was to end it. The agent is
-// told to enrol again, and the store keeps its record as it was.
+// told to enrol again, and the store keeps its record as it was. So it is
+// when the relay has not applied the retirement yet (its change feed polls
+// every second or two): the renewal reads the CA's roots from their
+// storage.
 func TestRenewalRefusedFromRetiredRoot(t *testing.T) {
+	for _, applied := range []bool{true, false} {
+		t.Run(fmt.Sprintf("applied=%v", applied), func(t *testing.T) { renewalRefusedFromRetiredRoot(t, applied) })
+	}
+}
+
+func renewalRefusedFromRetiredRoot(t *testing.T, applied bool) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	r, err := New(Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off})
@@ -63,9 +74,13 @@ func TestRenewalRefusedFromRetiredRoot(t *testing.T) {
 	if _, err := a.RetireCA(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	r.rotation.Apply(ctx)
-	if r.auth.CA().Rotating() {
-		t.Fatal("the relay did not pick up the retirement")
+	if applied {
+		r.rotation.Apply(ctx)
+		if r.auth.CA().Rotating() {
+			t.Fatal("the relay did not pick up the retirement")
+		}
+	} else if !r.auth.CA().Rotating() {
+		t.Fatal("the relay applied the retirement on its own")
 	}
 
 	session := &renewing{id: id, serial: "aa", at: now.Add(-30 * time.Minute), boot: "b1", root: oldRoot.ID()}
@@ -195,6 +210,15 @@ func TestSessionAdmittedAcrossForcedRetirementIsClosed(t *testing.T) {
 	}
 	if reject.Code != protocol.CodeUnauthenticated.String() || !strings.Contains(reject.Message, "retired") || !strings.Contains(reject.Message, oldRoot.ID()) {
 		t.Fatalf("the session was closed with %q %q; want unauthenticated, naming the retired root", reject.Code, reject.Message)
+	}
+	// The disconnect's record was committed before the session closed: a
+	// relay killed right after the close keeps it.
+	recs, err := r.dir.Store.ListAudit(ctx, store.AuditFilter{Agent: id.ID, Kind: audit.Disconnect})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || recs[0].Detail["reason"] != "CA root retired" || recs[0].Detail["ca_root"] != oldRoot.ID() {
+		t.Fatalf("the audit trail when the agent was told of the close: %+v; want the disconnect record, naming the retired root", recs)
 	}
 	for deadline := time.Now().Add(10 * time.Second); r.sessions.Sessions().SessionsOf(id.Tenant, id.ID) != 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {

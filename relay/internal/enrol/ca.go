@@ -59,10 +59,7 @@ func (r *Rotation) Run(ctx context.Context) error {
 // returns the error of a reload that failed (the roots in force stay).
 func (r *Rotation) Apply(ctx context.Context) error {
 	if _, _, err := r.cfg.Authority.Reload(ctx); err != nil {
-		if ctx.Err() == nil {
-			r.cfg.Logger.Warn("CA roots", "err", err)
-		}
-		return err
+		return err // the change feed's follower reports it
 	}
 	r.mu.Lock()
 	// Against the CA whose change was last applied here: the Authority
@@ -84,9 +81,10 @@ func (r *Rotation) Apply(ctx context.Context) error {
 	// Sessions that stand on a root no longer trusted (retired with
 	// --force while its agents were still on it) end now, as revoked ones
 	// do. They are closed side by side (each close waits for its Reject's
-	// deadline), and each one's record is queued before it closes, not
-	// waited for, since this runs on the change feed, which every stream
-	// of the relay waits on. A session admitted after this looked is
+	// deadline), and each one's record is committed before it closes, or
+	// waited for at most a second (session.Conn.CloseRetired), since this
+	// runs on the change feed, which every stream of the relay waits on,
+	// and a stalled store must not hold it. A session admitted after this looked is
 	// closed by its admission (session.Server), which looks again once
 	// the session is in the set.
 	stranded := r.sessions.Select("", false, func(c *session.Conn) bool { return !active[c.RootID()] })

@@ -366,14 +366,12 @@ func (e *Enrol) renewCert(ctx context.Context, ac Agent, req *protocol.RenewRequ
 	// the agent was still on it) is closed by the retirement, or by its
 	// admission if it was admitted meanwhile; until then it renews
 	// nothing: a certificate from the new root would carry it past the
-	// retirement that was to end it.
-	authority := e.cfg.Authority.CA()
-	if root := authority.Root(ac.RootID()); root == nil || !root.RetiredAt.IsZero() {
-		if root == nil {
-			return nil, protocol.Errorf(protocol.CodeUnauthenticated, "this session's certificate does not come from a CA root this relay trusts: enrol the agent again with a new join token")
-		}
-		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "this session's certificate comes from CA root %d (%s), retired at %s: enrol the agent again with a new join token",
-			root.Generation, root.ID(), root.RetiredAt.UTC().Format(time.RFC3339))
+	// retirement that was to end it. The CA is read from its storage
+	// here, not taken as the change feed last applied it, which may be a
+	// poll behind a retirement.
+	authority, err := e.rootActive(ctx, ac)
+	if err != nil {
+		return nil, err
 	}
 	now, serial, bootID := e.cfg.Now(), ac.CertSerial(), ac.Hello().BootID
 	// replaced is the certificate the agent process holds, which the new
@@ -433,9 +431,36 @@ func (e *Enrol) renewCert(ctx context.Context, ac Agent, req *protocol.RenewRequ
 		// replaces the unsent one with one it gets.
 		return nil, e.storeFailed(ctx, "record certificate", err)
 	}
+	// A forced retirement committed while the certificate was signed and
+	// recorded is not outrun either: the certificate is not handed out.
+	// The agent keeps the one from the retired root, which the retirement
+	// ends; the record of the unsent one is never presented (as when a
+	// commit's answer is lost above).
+	if _, err := e.rootActive(ctx, ac); err != nil {
+		return nil, err
+	}
 	var chain bytes.Buffer
 	pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
 	return &renewal{resp: &protocol.RenewResponse{Certificate: chain.String(), CACertificates: string(authority.BundlePEM())}, cert: cert, root: root, replaced: replaced}, nil
+}
+
+// rootActive reads the CA from its storage and returns it when the root of
+// ac's certificate is one of its active roots; otherwise it refuses the
+// renewal, telling the agent to enrol again.
+func (e *Enrol) rootActive(ctx context.Context, ac Agent) (*ca.CA, error) {
+	if _, _, err := e.cfg.Authority.Reload(ctx); err != nil {
+		return nil, e.storeFailed(ctx, "read the CA's roots", err)
+	}
+	authority := e.cfg.Authority.CA()
+	root := authority.Root(ac.RootID())
+	switch {
+	case root == nil:
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "this session's certificate does not come from a CA root this relay trusts: enrol the agent again with a new join token")
+	case !root.RetiredAt.IsZero():
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "this session's certificate comes from CA root %d (%s), retired at %s: enrol the agent again with a new join token",
+			root.Generation, root.ID(), root.RetiredAt.UTC().Format(time.RFC3339))
+	}
+	return authority, nil
 }
 
 // storeFailed is the refusal of a renewal whose store call for what failed
