@@ -100,14 +100,11 @@ func (r *Relay) resync(ctx context.Context) error {
 }
 
 // loadLimits reads every tenant's limits again; on an error the limits
-// in force stay, and the error is returned (the change feed tries again).
+// in force stay, and the error is returned, not logged: the change feed's
+// follower reports it and tries again, and a relay starting fails with it.
 func (r *Relay) loadLimits(ctx context.Context) error {
 	defer r.metrics.StoreOp("limits", time.Now())
-	err := r.pol.LoadLimits(ctx, r.dir.Store)
-	if err != nil && ctx.Err() == nil {
-		r.log.Warn("read tenant limits", "err", err)
-	}
-	return err
+	return r.pol.LoadLimits(ctx, r.dir.Store)
 }
 
 // revocationAudit bounds how long a revocation waits for its disconnect
