@@ -481,20 +481,37 @@ func (u *updater) rollback(ctx context.Context, s *session, p *pending, why stri
 	u.report(ctx, s, &protocol.UpdateStatus{ID: p.ID, Version: p.To, From: p.From, State: protocol.UpdateRolledBack, Reason: release.ReasonUnhealthy, Message: why})
 }
 
+// restorePrevious puts the previous binary back at the binary's path. The
+// new binary is moved aside first (Windows cannot replace a running
+// executable); when the previous one cannot then take its place, the new
+// one is moved back, so that the path never stays empty and the service
+// still has a binary to start.
 func (u *updater) restorePrevious(p *pending) error {
 	if _, err := os.Stat(p.Previous); err != nil {
 		return err
 	}
-	os.Remove(p.Binary + failedSuffix)
-	if err := os.Rename(p.Binary, p.Binary+failedSuffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+	aside := p.Binary + failedSuffix
+	os.Remove(aside)
+	movedAside := true
+	if err := rename(p.Binary, aside); errors.Is(err, os.ErrNotExist) {
+		movedAside = false
+	} else if err != nil {
 		return err
 	}
-	if err := os.Rename(p.Previous, p.Binary); err != nil {
+	if err := rename(p.Previous, p.Binary); err != nil {
+		if movedAside {
+			if berr := rename(aside, p.Binary); berr != nil {
+				return fmt.Errorf("%v; and moving the new binary back failed too: %v (put %s or %s back at %s by hand)", err, berr, p.Previous, aside, p.Binary)
+			}
+		}
 		return err
 	}
-	os.Remove(p.Binary + failedSuffix) // fails on Windows while it runs; harmless
+	os.Remove(aside) // fails on Windows while it runs; harmless
 	return nil
 }
+
+// rename is os.Rename; a test replaces it to make one rename fail.
+var rename = os.Rename
 
 // confirm finishes an update the previous process left pending: this
 // process is the new version (confirm it once connected, or restore the

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -109,5 +110,32 @@ func TestUpdateTrialFails(t *testing.T) {
 	}
 	if !checkRestored(t, u) {
 		t.Errorf("version 2.0.0 not recorded as failed after a failed trial: %v", u.failed())
+	}
+}
+
+// TestRestorePreviousFailureKeepsABinary: when the previous binary cannot
+// be put back (a rename refused by the file system or an antivirus lock),
+// the new binary, already moved aside, goes back to the binary's path, so
+// the service still has a binary to start, and the error says where both
+// are.
+func TestRestorePreviousFailureKeepsABinary(t *testing.T) {
+	u, p := trialUpdater(t, "new binary")
+	refused := errors.New("rename refused")
+	rename = func(from, to string) error {
+		if from == p.Previous {
+			return &os.LinkError{Op: "rename", Old: from, New: to, Err: refused}
+		}
+		return os.Rename(from, to)
+	}
+	defer func() { rename = os.Rename }()
+	err := u.restorePrevious(p)
+	if !errors.Is(err, refused) {
+		t.Fatalf("restorePrevious: %v; want the refused rename", err)
+	}
+	if b, err := os.ReadFile(u.exe); err != nil || string(b) != "new binary" {
+		t.Errorf("binary after the failed restore: %q, %v; want the new binary still there", b, err)
+	}
+	if b, err := os.ReadFile(p.Previous); err != nil || string(b) != "previous binary" {
+		t.Errorf("previous binary after the failed restore: %q, %v; want it kept", b, err)
 	}
 }
