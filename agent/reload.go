@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -13,7 +12,9 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -280,8 +281,9 @@ func (f *fileWatch) checkCertificate() {
 // reloadConfig applies a changed config file's services (data is what
 // the file read). A file that does not parse or validate changes nothing:
 // the agent keeps the services it has, logs the problem and keeps it for
-// the relay to show. Settings other than services take effect at the next
-// restart.
+// the relay to show. The release keys (update.public_keys) apply at once
+// too; other settings take effect at the next restart, and a warning
+// names those that changed.
 func (a *Agent) reloadConfig(path string, data []byte) {
 	c, err := ParseConfig(data)
 	if err != nil {
@@ -322,6 +324,9 @@ func (a *Agent) reloadConfig(path string, data []byte) {
 		a.log.Info("services reloaded: new streams use them; streams already open continue",
 			"added", added, "removed", removed, "changed", changed, "services", len(svcs))
 	}
+	if a.upd != nil {
+		a.upd.reloadKeys(c.Update.PublicKeys)
+	}
 	if restart := a.needsRestart(c); len(restart) > 0 {
 		a.log.Warn("config changes that take effect at the next restart", "settings", restart)
 	}
@@ -343,31 +348,41 @@ func sameServices(x, y map[string]Service) bool {
 	return maps.EqualFunc(x, y, func(s, t Service) bool { return s.Address == t.Address && slices.Equal(s.Backends, t.Backends) })
 }
 
-// needsRestart lists the settings of c, other than services, that differ
-// from those the agent runs with.
+// needsRestart lists the settings of c that differ from those the agent
+// runs with and take effect only at the next restart, by their names in
+// the file (update.channel, dial_timeout): every setting but those applied
+// live (liveSettings). c's defaults are those the agent started with.
 func (a *Agent) needsRestart(c Config) []string {
+	c.setDefaults()
+	if len(c.Relays) == 0 {
+		c.Relays = a.cfg.Relays // the relay the agent enrolled with
+	}
+	return changedSettings(reflect.ValueOf(a.cfg), reflect.ValueOf(c), "")
+}
+
+// liveSettings are the settings a changed config file applies at once, and
+// connections, the old name of relay_connections (both are compared as
+// relay_connections).
+var liveSettings = map[string]bool{"services": true, "update.public_keys": true, "connections": true}
+
+// changedSettings lists the fields of the structs cur and next (of one
+// type) that differ, by their YAML names under prefix, going into nested
+// settings; fields that are not settings (yaml:"-") and liveSettings are
+// left out.
+func changedSettings(cur, next reflect.Value, prefix string) []string {
 	var out []string
-	cur := a.cfg
-	if len(c.Relays) > 0 && !slices.Equal(c.Relays, cur.Relays) {
-		out = append(out, "relays")
-	}
-	if c.Transport != "" && c.Transport != cur.Transport {
-		out = append(out, "transport")
-	}
-	if k := cmp.Or(c.RelayConnections, c.Connections); k != 0 && k != cur.RelayConnections {
-		out = append(out, "relay_connections")
-	}
-	if c.StateDir != cur.StateDir {
-		out = append(out, "state_dir")
-	}
-	if c.Proxy != cur.Proxy || c.NoProxy != cur.NoProxy {
-		out = append(out, "proxy")
-	}
-	if c.Log != cur.Log {
-		out = append(out, "log")
-	}
-	if c.AccessLog != cur.AccessLog {
-		out = append(out, "access_log")
+	t := cur.Type()
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if !t.Field(i).IsExported() || name == "" || name == "-" || liveSettings[prefix+name] {
+			continue
+		}
+		x, y := cur.Field(i), next.Field(i)
+		if x.Kind() == reflect.Struct {
+			out = append(out, changedSettings(x, y, prefix+name+".")...)
+		} else if !reflect.DeepEqual(x.Interface(), y.Interface()) {
+			out = append(out, prefix+name)
+		}
 	}
 	return out
 }

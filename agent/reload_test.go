@@ -5,16 +5,23 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"aead.dev/minisign"
+
 	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/protocol/release"
 )
 
 // logSeen is a slog handler that logs to the test and counts the messages
@@ -324,4 +331,115 @@ func mustKey(t *testing.T) *ecdsa.PrivateKey {
 		t.Fatal(err)
 	}
 	return key
+}
+
+// TestReloadReleaseKeys: a release key removed from a running agent's
+// config file is trusted no longer, and one added is trusted, without a
+// restart: a tenant who learns that a release key leaked takes it out of
+// the file and is safe from then on.
+func TestReloadReleaseKeys(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	type key struct {
+		priv minisign.PrivateKey
+		pub  string
+	}
+	newKey := func() key {
+		privText, pub, err := release.GenerateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		priv, err := release.ParsePrivateKey(privText)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return key{priv, string(pub)}
+	}
+	leaked, next := newKey(), newKey()
+	signedBy := func(k key) release.Signed {
+		bin := []byte("agent binary")
+		sum := sha256.Sum256(bin)
+		s, err := release.Sign(k.priv, release.Manifest{Version: "2.0.0", OS: "linux", Arch: "amd64", Channel: "stable",
+			Size: int64(len(bin)), SHA256: hex.EncodeToString(sum[:]), Expires: time.Now().Add(time.Hour)}, bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	path := filepath.Join(t.TempDir(), "agent.yaml")
+	logger, seen := watchLogger(t)
+	a := enrolledWith(t, Config{ConfigFile: path, Logger: logger, Services: map[string]Service{"db": {Address: "127.0.0.1:5432"}},
+		Update: UpdateConfig{PublicKeys: []string{leaked.pub}}}, root, root)
+	fileWith := func(k key) []byte {
+		return []byte("state_dir: " + strconv.Quote(a.cfg.StateDir) + "\nservices:\n  db: 127.0.0.1:5432\nupdate:\n  public_keys:\n    - " + strconv.Quote(k.pub) + "\n")
+	}
+	if err := os.WriteFile(path, fileWith(leaked), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	upd, err := newUpdater(a, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.upd = upd
+	trusts := func(k key) bool {
+		s := signedBy(k)
+		_, _, err := a.upd.trustedKeys().Verify(s.Manifest, s.ManifestSignature)
+		return err == nil
+	}
+	if !trusts(leaked) || trusts(next) {
+		t.Fatal("at start the agent does not trust exactly the config file's key")
+	}
+	startWatch(t, a, seen)
+
+	if err := os.WriteFile(path, fileWith(next), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	seen.wait(t, "update: release keys reloaded from the config file", 1)
+	if trusts(leaked) {
+		t.Error("a release key removed from the config file is still trusted")
+	}
+	if !trusts(next) {
+		t.Error("a release key added to the config file is not trusted")
+	}
+	if n := seen.count("config changes that take effect at the next restart"); n != 0 {
+		t.Errorf("a change of release keys alone was said to need a restart (%d×)", n)
+	}
+}
+
+// TestReloadNamesSettingsNeedingRestart: a changed config file names every
+// changed setting that is not applied live, by its name in the file, and
+// a setting written out at its default is no change.
+func TestReloadNamesSettingsNeedingRestart(t *testing.T) {
+	_, pub, err := release.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{cfg: Config{StateDir: "/x", Relays: []string{"relay.example:7443"}}}
+	a.cfg.setDefaults()
+	for _, tc := range []struct {
+		yaml string
+		want []string
+	}{
+		{"", nil},
+		{"dial_timeout: 10s\nrelay_connections: 2\nupdate: {channel: stable, public_keys: [" + strconv.Quote(string(pub)) + "]}\nrelays: [relay.example:7443]\n", nil},
+		{"dial_timeout: 3s\n", []string{"dial_timeout"}},
+		{"idle_timeout: 5m\ndrain_timeout: 30s\n", []string{"idle_timeout", "drain_timeout"}},
+		{"status_listen: 127.0.0.1:7456\ndebug_listen: 127.0.0.1:6060\n", []string{"debug_listen", "status_listen"}},
+		{"report_interval: 1m\n", []string{"report_interval"}},
+		{"reconnect: {max: 1m}\n", []string{"reconnect.max"}},
+		{"quic_timeout: 1s\nquic_retry: 1m\n", []string{"quic_timeout", "quic_retry"}},
+		{"update: {channel: beta, health_timeout: 5m, download_timeout: 1m, restart: exit}\n", []string{"update.channel", "update.download_timeout", "update.health_timeout", "update.restart"}},
+		{"access_log: {max_files: 3}\n", []string{"access_log.max_files"}},
+		{"log: {level: debug}\n", []string{"log.level"}},
+		{"relays: [other.example:7443]\ntransport: tcp\n", []string{"relays", "transport"}},
+		{"connections: 4\n", []string{"relay_connections"}},
+		{"proxy: http://proxy.example:3128\n", []string{"proxy"}},
+	} {
+		c, err := ParseConfig([]byte("state_dir: /x\n" + tc.yaml))
+		if err != nil {
+			t.Fatalf("%q: %v", tc.yaml, err)
+		}
+		if got := a.needsRestart(c); !slices.Equal(got, tc.want) {
+			t.Errorf("%q: needs a restart: %q, want %q", tc.yaml, got, tc.want)
+		}
+	}
 }

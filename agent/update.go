@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -99,12 +100,17 @@ type fetch struct {
 }
 
 type updater struct {
-	a      *Agent
-	log    *slog.Logger
-	keys   release.Keys
-	dir    string
-	exe    string // the binary's path when the agent started
-	offers chan offerOn
+	a   *Agent
+	log *slog.Logger
+	// keys are the release keys trusted now: those built in and the config
+	// file's, which a changed file replaces at once (reloadKeys), so that
+	// a key a tenant removes is trusted no longer; fileKeys are the file's.
+	keysMu   sync.Mutex
+	keys     release.Keys
+	fileKeys []string
+	dir      string
+	exe      string // the binary's path when the agent started
+	offers   chan offerOn
 
 	mu    sync.Mutex // guards fetch
 	fetch *fetch
@@ -129,8 +135,35 @@ func newUpdater(a *Agent, restart func(*RestartError)) (*updater, error) {
 			return nil, fmt.Errorf("find own binary: %w", err)
 		}
 	}
-	return &updater{a: a, log: a.log.With("component", "update"), keys: keys, dir: filepath.Join(a.cfg.StateDir, updateDirName), exe: exe,
+	return &updater{a: a, log: a.log.With("component", "update"), keys: keys, fileKeys: a.cfg.Update.PublicKeys, dir: filepath.Join(a.cfg.StateDir, updateDirName), exe: exe,
 		offers: make(chan offerOn, 1), connected: make(chan struct{}), restart: restart}, nil
+}
+
+// reloadKeys makes the built-in keys and fileKeys, the release keys of a
+// changed config file (validated), the keys trusted from now on. An offer
+// being verified keeps the keys it started with.
+func (u *updater) reloadKeys(fileKeys []string) {
+	u.keysMu.Lock()
+	defer u.keysMu.Unlock()
+	if slices.Equal(fileKeys, u.fileKeys) {
+		return
+	}
+	keys, err := release.ParseKeys(append(append([]string(nil), u.a.cfg.BuiltinUpdateKeys...), fileKeys...))
+	if err != nil {
+		// Validate parsed them; a key built into the binary did not
+		// change. Trust no key rather than the removed ones.
+		u.log.Error("update: the release keys of the changed config file do not parse; refusing every update until they do", "err", err)
+		keys = nil
+	}
+	u.keys, u.fileKeys = keys, slices.Clone(fileKeys)
+	u.log.Info("update: release keys reloaded from the config file", "keys", len(keys), "from_file", len(fileKeys))
+}
+
+// trustedKeys are the release keys trusted now.
+func (u *updater) trustedKeys() release.Keys {
+	u.keysMu.Lock()
+	defer u.keysMu.Unlock()
+	return u.keys
 }
 
 // sessionUp is called at each Welcome.
@@ -235,7 +268,7 @@ func (u *updater) handle(ctx context.Context, s *session, o *protocol.UpdateOffe
 		return
 	}
 	// 1. The signed manifest, before anything is downloaded.
-	m, key, err := u.keys.Verify(o.Manifest, o.ManifestSignature)
+	m, key, err := u.trustedKeys().Verify(o.Manifest, o.ManifestSignature)
 	if err == nil {
 		err = u.target().Check(m)
 	}
