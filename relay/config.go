@@ -310,6 +310,11 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("%s address %q: %w", name, addr, err))
 		}
 	}
+	if c.DebugListen != Off && c.DebugListen != "" && !frontdoor.IsLoopback(c.DebugListen) {
+		// Profiles, goroutine stacks and /debug/tether's counts of every
+		// tenant, unauthenticated.
+		errs = append(errs, fmt.Errorf("debug listen address %q is not a loopback address (127.0.0.1, ::1 or localhost): it serves profiles and live counts without authentication; reach it from another machine through an SSH tunnel", c.DebugListen))
+	}
 	for name, addr := range map[string]string{"advertise": c.Advertise, "advertise peer": c.AdvertisePeer} {
 		if addr == "" {
 			continue

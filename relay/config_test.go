@@ -39,3 +39,23 @@ func TestConfigRefusesNegativeBounds(t *testing.T) {
 		t.Fatalf("default QUIC handshakes: got %d, want 8 × 4", c.MaxQUICTLSHandshakes)
 	}
 }
+
+// TestConfigDebugListenLoopbackOnly: the debug listener serves profiles and
+// every tenant's live counts without authentication, so it listens on a
+// loopback address only, as the agent's does.
+func TestConfigDebugListenLoopbackOnly(t *testing.T) {
+	for addr, ok := range map[string]bool{
+		"127.0.0.1:6060": true, "[::1]:6060": true, "localhost:0": true, Off: true,
+		":6060": false, "0.0.0.0:6060": false, "10.0.0.5:6060": false, "[::]:6060": false, "relay.example:6060": false,
+	} {
+		c := Config{DataDir: t.TempDir(), DebugListen: addr}
+		c.setDefaults()
+		err := c.validate()
+		if ok && err != nil {
+			t.Errorf("debug listen %q: %v", addr, err)
+		}
+		if !ok && (err == nil || !strings.Contains(err.Error(), "not a loopback address")) {
+			t.Errorf("debug listen %q: %v; want it refused as not loopback", addr, err)
+		}
+	}
+}

@@ -187,7 +187,7 @@ func (fd *Server) SetForwards(ctx context.Context, fwds []Forward) error {
 		fd.forwards[addr] = fl
 		f := fl.fwd.Load()
 		fd.log.Info("forward listening", "listen", fl.ln.Addr().String(), "target", f.Target, "backend", f.Backend)
-		if !isLoopback(addr) {
+		if !IsLoopback(addr) {
 			fd.log.Warn("a forward listens beyond loopback: anyone who can reach it acts as its backend, with that backend's grants, and no credential is asked; "+
 				"bind it to an address only that backend's hosts can reach (or loopback)", "listen", addr, "target", f.Target, "backend", f.Backend)
 		}
@@ -315,9 +315,9 @@ func (fd *Server) serveForward(ctx context.Context, c net.Conn, f Forward) {
 	fd.bridge(st, tun, with(attrs, "tenant", tun.target.Tenant, "service", tun.target.Service))
 }
 
-// isLoopback reports whether the listen address hostport accepts only
+// IsLoopback reports whether the listen address hostport accepts only
 // connections from this machine (an empty host listens on all).
-func isLoopback(hostport string) bool {
+func IsLoopback(hostport string) bool {
 	host, _, err := net.SplitHostPort(hostport)
 	if err != nil || host == "" {
 		return false

@@ -145,7 +145,7 @@ func (fd *Server) warnPlaintextDoors() {
 		{"SOCKS5", "socks_listen", fd.cfg.SOCKSListen},
 		{"HTTP CONNECT", "connect_listen", fd.cfg.ConnectListen},
 	} {
-		if d.addr == "" || isLoopback(d.addr) {
+		if d.addr == "" || IsLoopback(d.addr) {
 			continue
 		}
 		fd.log.Warn("a plain-text front door listens beyond loopback: backends' API keys and bearer tokens cross the network in the clear; "+
