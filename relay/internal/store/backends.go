@@ -32,12 +32,14 @@ type Backend struct {
 	CreatedAt time.Time
 	// CertSerials are the serial numbers of the client certificates
 	// issued to it (lowercase hexadecimal without leading zeros), recorded
-	// at issue, less those expired when a later one was issued; sorted.
+	// at issue, less those expired when a later one was issued and those
+	// removed (RemoveBackendCert); sorted.
 	// Only Backend fills it.
 	CertSerials []string
 	// CertsUnrecorded is true for a backend added before the store
 	// recorded backend certificates (schema version 13 and older): the
 	// certificates issued to it until then are not in CertSerials.
+	// RefuseUnrecordedBackendCerts clears it.
 	CertsUnrecorded bool
 }
 
@@ -147,6 +149,99 @@ func (s *Store) AddBackendCert(ctx context.Context, c BackendCert) error {
 		}
 		return err
 	}, backendChange(c.Backend))
+}
+
+// BackendCerts returns the certificates recorded for a backend, which
+// must exist, newest first: those issued to it since the store records
+// them, less those it forgot (expired at a later issue, or removed with
+// RemoveBackendCert).
+func (s *Store) BackendCerts(ctx context.Context, backend string) ([]BackendCert, error) {
+	if ok, err := exists(ctx, s.db, `SELECT count(*) FROM backends WHERE name = $1`, backend); err != nil {
+		return nil, err
+	} else if !ok {
+		return nil, fmt.Errorf("backend %q: %w", backend, ErrNotFound)
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT serial, created_at, not_after FROM backend_certs WHERE backend = $1`, backend)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []BackendCert
+	for rows.Next() {
+		c := BackendCert{Backend: backend}
+		var created, notAfter int64
+		if err := rows.Scan(&c.Serial, &created, &notAfter); err != nil {
+			return nil, err
+		}
+		c.CreatedAt, c.NotAfter = fromUnix(created), fromUnix(notAfter)
+		out = append(out, c)
+	}
+	// In Go: a database's collation may order serials otherwise.
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
+			return out[i].CreatedAt.After(out[j].CreatedAt)
+		}
+		return out[i].Serial < out[j].Serial
+	})
+	return out, rows.Err()
+}
+
+// RemoveBackendCert deletes the record of the certificate with serial
+// (lowercase hexadecimal without leading zeros) issued to backend, so that
+// the front door refuses it, and returns the record. It is ErrNotFound
+// when the backend does not exist or has no such certificate recorded (one
+// issued to another backend included).
+func (s *Store) RemoveBackendCert(ctx context.Context, backend, serial string) (BackendCert, error) {
+	var c BackendCert
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var created, notAfter int64
+		err := tx.QueryRowContext(ctx, `SELECT created_at, not_after FROM backend_certs WHERE backend = $1 AND serial = $2`, backend, serial).Scan(&created, &notAfter)
+		if errors.Is(err, sql.ErrNoRows) {
+			if err := backendExists(ctx, tx, backend); err != nil {
+				return err
+			}
+			return fmt.Errorf("backend %q has no certificate %s: %w", backend, serial, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM backend_certs WHERE backend = $1 AND serial = $2`, backend, serial); err != nil {
+			return err
+		}
+		c = BackendCert{Serial: serial, Backend: backend, CreatedAt: fromUnix(created), NotAfter: fromUnix(notAfter)}
+		return nil
+	}, backendChange(backend))
+	if err != nil {
+		return BackendCert{}, err
+	}
+	return c, nil
+}
+
+// RefuseUnrecordedBackendCerts makes a backend added before the store
+// recorded backend certificates (Backend.CertsUnrecorded) accept only
+// the certificates recorded with it from now on, as a backend added since
+// does. It reports whether the backend accepted unrecorded certificates
+// until then; one that did not is left as it is (and no change is
+// written).
+func (s *Store) RefuseUnrecordedBackendCerts(ctx context.Context, backend string) (bool, error) {
+	var changed bool
+	err := s.writeChanges(ctx, func(tx *sql.Tx) ([]Change, error) {
+		changed = false
+		res, err := tx.ExecContext(ctx, `UPDATE backends SET certs_recorded = 1 WHERE name = $1 AND certs_recorded = 0`, backend)
+		if err != nil {
+			return nil, err
+		}
+		n, err := affected(res)
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return nil, backendExists(ctx, tx, backend)
+		}
+		changed = true
+		return []Change{backendChange(backend)}, nil
+	})
+	return changed, err
 }
 
 // RemoveBackend deletes a backend credential, its grants and the record

@@ -632,6 +632,123 @@ func testMigrationToBackendCerts(t *testing.T, e engine) {
 	}
 }
 
+func TestBackendCertRevocation(t *testing.T) { eachEngine(t, testBackendCertRevocation) }
+
+// A backend's recorded certificates are listed newest first; removing
+// one forgets it (and tells the change feed) and touches no other; an
+// unknown serial, another backend's serial and a missing backend are
+// ErrNotFound. A backend from before certificates were recorded stops
+// accepting unrecorded ones once told, once.
+func testBackendCertRevocation(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	s.AddTenant(ctx, "acme", t0)
+	for _, name := range []string{"billing", "ops"} {
+		if err := s.AddBackend(ctx, Backend{Name: name, KeyHash: hash(name), Grants: []Grant{{"acme", Any}}, CreatedAt: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if cs, err := s.BackendCerts(ctx, "billing"); err != nil || len(cs) != 0 {
+		t.Fatalf("BackendCerts of a backend without certificates = %+v, %v; want none", cs, err)
+	}
+	if _, err := s.BackendCerts(ctx, "nosuch"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("BackendCerts of a missing backend: got %v, want ErrNotFound", err)
+	}
+	for _, c := range []BackendCert{
+		{Serial: "a1", Backend: "billing", CreatedAt: t0, NotAfter: t0.Add(time.Hour)},
+		{Serial: "c3", Backend: "billing", CreatedAt: t0.Add(time.Minute), NotAfter: t0.Add(3 * time.Hour)},
+		{Serial: "b2", Backend: "billing", CreatedAt: t0, NotAfter: t0.Add(2 * time.Hour)},
+		{Serial: "d4", Backend: "ops", CreatedAt: t0, NotAfter: t0.Add(time.Hour)},
+	} {
+		if err := s.AddBackendCert(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list := func(name string) string {
+		t.Helper()
+		cs, err := s.BackendCerts(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, c := range cs {
+			if c.Backend != name {
+				t.Errorf("BackendCerts(%s) lists %+v", name, c)
+			}
+			out = append(out, fmt.Sprintf("%s@%d-%d", c.Serial, c.CreatedAt.Sub(t0)/time.Minute, c.NotAfter.Sub(t0)/time.Minute))
+		}
+		return strings.Join(out, ",")
+	}
+	if got, want := list("billing"), "c3@1-180,a1@0-60,b2@0-120"; got != want {
+		t.Fatalf("BackendCerts(billing) = %s, want %s (newest first)", got, want)
+	}
+
+	before, err := s.LatestChange(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.RemoveBackendCert(ctx, "billing", "a1")
+	if err != nil || c.Serial != "a1" || c.Backend != "billing" || !c.CreatedAt.Equal(t0) || !c.NotAfter.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("RemoveBackendCert(billing, a1) = %+v, %v", c, err)
+	}
+	if changes, err := s.Changes(ctx, before, 10); err != nil || len(changes) != 1 || changes[0].Kind != ChangeBackend || changes[0].Subject != "billing" {
+		t.Fatalf("changes after the removal = %+v, %v; want one backend change of billing", changes, err)
+	}
+	if b, err := s.Backend(ctx, "billing"); err != nil || strings.Join(b.CertSerials, ",") != "b2,c3" {
+		t.Fatalf("Backend(billing).CertSerials after removing a1 = %q, %v; want b2,c3", b.CertSerials, err)
+	}
+	for _, tc := range []struct{ backend, serial string }{
+		{"billing", "a1"},  // removed already
+		{"billing", "ff"},  // never issued
+		{"billing", "d4"},  // another backend's
+		{"nosuch", "b2"},   // no such backend
+		{"billing", "B2 "}, // the store takes serials as written at issue only
+	} {
+		if _, err := s.RemoveBackendCert(ctx, tc.backend, tc.serial); !errors.Is(err, ErrNotFound) {
+			t.Errorf("RemoveBackendCert(%s, %q): got %v, want ErrNotFound", tc.backend, tc.serial, err)
+		}
+	}
+	if got := list("ops"); got != "d4@0-60" {
+		t.Fatalf("BackendCerts(ops) = %s, want d4 untouched", got)
+	}
+	if got := list("billing"); got != "c3@1-180,b2@0-120" {
+		t.Fatalf("BackendCerts(billing) = %s, want c3 and b2", got)
+	}
+
+	// Unrecorded certificates: a backend added since they are recorded
+	// accepts none already.
+	if changed, err := s.RefuseUnrecordedBackendCerts(ctx, "billing"); err != nil || changed {
+		t.Fatalf("RefuseUnrecordedBackendCerts of a backend added with its certificates recorded = %v, %v; want false", changed, err)
+	}
+	if _, err := s.RefuseUnrecordedBackendCerts(ctx, "nosuch"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("RefuseUnrecordedBackendCerts of a missing backend: got %v, want ErrNotFound", err)
+	}
+	// ops as a backend from before the migration (schema 13 and older).
+	if _, err := s.db.ExecContext(ctx, `UPDATE backends SET certs_recorded = 0 WHERE name = 'ops'`); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := s.Backend(ctx, "ops"); err != nil || !b.CertsUnrecorded {
+		t.Fatalf("Backend(ops) = %+v, %v; want CertsUnrecorded", b, err)
+	}
+	if before, err = s.LatestChange(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := s.RefuseUnrecordedBackendCerts(ctx, "ops"); err != nil || !changed {
+		t.Fatalf("RefuseUnrecordedBackendCerts(ops) = %v, %v; want true", changed, err)
+	}
+	if b, err := s.Backend(ctx, "ops"); err != nil || b.CertsUnrecorded || strings.Join(b.CertSerials, ",") != "d4" {
+		t.Fatalf("Backend(ops) after refusing unrecorded certificates = %+v, %v; want its recorded d4 only", b, err)
+	}
+	if changes, err := s.Changes(ctx, before, 10); err != nil || len(changes) != 1 || changes[0].Kind != ChangeBackend || changes[0].Subject != "ops" {
+		t.Fatalf("changes after refusing unrecorded certificates = %+v, %v; want one backend change of ops", changes, err)
+	}
+	if changed, err := s.RefuseUnrecordedBackendCerts(ctx, "ops"); err != nil || changed {
+		t.Fatalf("RefuseUnrecordedBackendCerts(ops) again = %v, %v; want false", changed, err)
+	}
+	if changes, err := s.Changes(ctx, before, 10); err != nil || len(changes) != 1 {
+		t.Fatalf("changes after refusing again = %+v, %v; want none more", changes, err)
+	}
+}
+
 func TestSettings(t *testing.T) { eachEngine(t, testSettings) }
 
 func testSettings(t *testing.T, e engine) {
