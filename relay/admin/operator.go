@@ -210,11 +210,17 @@ func CertificateSerial(c *x509.Certificate) string { return c.SerialNumber.Text(
 // ParseCertificateSerial reads a serial number as an operator writes it:
 // hexadecimal, with or without colons, leading zeros or "0x".
 func ParseCertificateSerial(s string) (string, error) {
+	return parseSerial(s, "operator certificate list")
+}
+
+// parseSerial is ParseCertificateSerial, its refusal naming listCmd, the
+// command that lists the serials.
+func parseSerial(s, listCmd string) (string, error) {
 	clean := strings.ToLower(strings.NewReplacer(":", "", " ", "").Replace(strings.TrimSpace(s)))
 	clean = strings.TrimPrefix(clean, "0x")
 	n, ok := new(big.Int).SetString(clean, 16)
 	if !ok || n.Sign() <= 0 || n.BitLen() > 160 {
-		return "", invalidf("serial %q: want the hexadecimal serial number of a certificate (operator certificate list)", s)
+		return "", invalidf("serial %q: want the hexadecimal serial number of a certificate (%s)", s, listCmd)
 	}
 	return n.Text(16), nil
 }

@@ -2,8 +2,13 @@ package client_test
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,4 +85,136 @@ func TestBackendCertificateOfRemovedBackend(t *testing.T) {
 	if err := dial(w.tls); !errors.Is(err, client.ErrUnauthenticated) {
 		t.Fatalf("the old certificate, once a new one was issued: got %v, want unauthenticated", err)
 	}
+}
+
+// Revoking one of a backend's certificates ends it on every connection
+// made once the change feed told the front door (within 2 s), resumed TLS
+// sessions included, while the backend's other certificate and its API
+// key keep working; the revocation is audited.
+func TestBackendCertificateRevoked(t *testing.T) {
+	w := newWorld(t, worldOpts{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dial := func(d *client.Dialer, target string) error {
+		c, err := d.DialContext(ctx, "tcp", target)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	a, err := admin.Open(ctx, admin.Options{DataDir: w.dataDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+
+	// A second certificate of the same backend, beside the world's.
+	second, err := a.IssueBackendCertificate(ctx, "billing", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "second")
+	if err := second.WriteFiles(dir); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := client.LoadCertificate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := &client.Dialer{Relay: w.tls.Relay, TLSConfig: conf, Timeout: 20 * time.Second}
+	// The relay is to forget its cached copy of the backend for the
+	// revocation's own change: let it apply those written until now
+	// first (the issue's), which it has once it refuses a grant removed
+	// after them.
+	if err := a.Ungrant(ctx, "billing", []string{"acme/greet"}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		err := dial(w.plain, w.greeter)
+		if errors.Is(err, client.ErrNotAllowed) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("2 s after a grant was removed, a dial it allowed gets %v; want not allowed", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for name, d := range map[string]*client.Dialer{"the first certificate": w.tls, "the second certificate": other, "the API key": w.plain} {
+		// Twice: the second connection resumes the TLS session.
+		for range 2 {
+			if err := dial(d, w.target); err != nil {
+				t.Fatalf("dial with %s before the revocation: %v", name, err)
+			}
+		}
+	}
+
+	first := certSerial(t, filepath.Join(w.certDir, "backend.crt"))
+	l, err := a.BackendCertificates(ctx, "billing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed []string
+	for _, c := range l.Certificates {
+		if c.Expired || !c.NotAfter.After(c.CreatedAt) {
+			t.Errorf("BackendCertificates(billing) lists %+v", c)
+		}
+		listed = append(listed, c.Serial)
+	}
+	slices.Sort(listed)
+	want := []string{first, second.Serial}
+	slices.Sort(want)
+	if !slices.Equal(listed, want) || l.AcceptsUnrecorded {
+		t.Fatalf("BackendCertificates(billing) = %+v; want %v, no unrecorded ones", l, want)
+	}
+
+	// Revoked by the serial as an operator may copy it: upper case.
+	rc, err := a.RevokeBackendCertificate(ctx, "billing", strings.ToUpper(first))
+	if err != nil || rc.Serial != first {
+		t.Fatalf("RevokeBackendCertificate(billing, %s) = %+v, %v", strings.ToUpper(first), rc, err)
+	}
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		err := dial(w.tls, w.target)
+		if errors.Is(err, client.ErrUnauthenticated) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("2 s after its revocation the certificate still gets %v; want unauthenticated", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := dial(other, w.target); err != nil {
+		t.Fatalf("the backend's other certificate after the revocation: %v", err)
+	}
+	if err := dial(w.plain, w.target); err != nil {
+		t.Fatalf("the backend's API key after the revocation: %v", err)
+	}
+	if l, err := a.BackendCertificates(ctx, "billing"); err != nil || len(l.Certificates) != 1 || l.Certificates[0].Serial != second.Serial {
+		t.Fatalf("BackendCertificates(billing) after the revocation = %+v, %v; want %s only", l, err, second.Serial)
+	}
+	if _, err := a.RevokeBackendCertificate(ctx, "billing", first); !errors.Is(err, admin.ErrNotFound) || !strings.Contains(err.Error(), "no certificate "+first) {
+		t.Fatalf("revoking it again: got %v, want not found naming the serial", err)
+	}
+	recs, err := a.Audit(ctx, admin.AuditFilter{Kind: admin.KindBackendCertRevoke})
+	if err != nil || len(recs) != 1 || recs[0].Backend != "billing" || recs[0].Detail["serial"] != first {
+		t.Fatalf("audit of the revocation = %+v, %v; want one record of billing's %s", recs, err, first)
+	}
+}
+
+// certSerial is the serial of the certificate in file, as the relay
+// writes it.
+func certSerial(t *testing.T, file string) string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		t.Fatalf("%s holds no PEM block", file)
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.SerialNumber.Text(16)
 }

@@ -33,7 +33,12 @@ const (
 	BackendGrant   = "backend.grant"
 	BackendUngrant = "backend.ungrant"
 	BackendCert    = "backend.certificate"
-	BackendRemove  = "backend.remove"
+	// BackendCertRevoke: a backend's certificate was revoked (detail:
+	// serial and not_after), or its certificates the relay has no record
+	// of, issued before it recorded them, stopped being accepted (detail:
+	// unrecorded true).
+	BackendCertRevoke = "backend.certificate_revoke"
+	BackendRemove     = "backend.remove"
 
 	// Streams through the front doors, and their refusals.
 	Stream = "stream"

@@ -28,9 +28,9 @@ import (
 // authenticateCertificate turns a client certificate, which the TLS
 // handshake verified (trust.Server.Front refuses any other), into a caller:
 // the backend it names must still exist, and the certificate must be one
-// the relay issued to it (recorded with the backend, so that a backend
-// removed and added again does not get back the certificates of the one
-// removed).
+// the relay issued to it and did not revoke (recorded with the backend, so
+// that a backend removed and added again does not get back the
+// certificates of the one removed).
 func (fd *Server) authenticateCertificate(ctx context.Context, certs []*x509.Certificate) (*caller, error) {
 	leaf := certs[0]
 	id, err := identity.BackendFromCertificate(leaf, fd.cfg.Authority.TrustDomain())
@@ -52,7 +52,7 @@ func (fd *Server) authenticateCertificate(ctx context.Context, certs []*x509.Cer
 		if b.CertsUnrecorded {
 			return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend certificate %s was issued before backend %q was added (to a backend of that name since removed): issue a new one with tether-relay backend certificate", serial, b.Name)
 		}
-		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend certificate %s is not one issued to backend %q (one issued to a backend of that name since removed, or before the relay recorded backend certificates): issue a new one with tether-relay backend certificate", serial, b.Name)
+		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend certificate %s is not one issued to backend %q (revoked, issued to a backend of that name since removed, or issued before the relay recorded backend certificates): issue a new one with tether-relay backend certificate", serial, b.Name)
 	}
 	return &caller{name: b.Name, grants: b.Grants, via: viaCertificate}, nil
 }
