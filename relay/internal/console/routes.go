@@ -35,6 +35,9 @@ func (s *Server) apiRoutes() []apiRoute {
 		{del, "/api/v1/backends/{name}", vendorOnly, s.removeBackend},
 		{post, "/api/v1/backends/{name}/grant", vendorOnly, s.grant},
 		{post, "/api/v1/backends/{name}/ungrant", vendorOnly, s.ungrant},
+		{get, "/api/v1/backends/{name}/certificates", vendorOnly, s.backendCerts},
+		{del, "/api/v1/backends/{name}/certificates/unrecorded", vendorOnly, s.revokeUnrecordedBackendCerts},
+		{del, "/api/v1/backends/{name}/certificates/{serial}", vendorOnly, s.revokeBackendCert},
 		{get, "/api/v1/audit", viewer, s.audit},
 		{get, "/api/v1/releases", vendorOnly, s.releases},
 		{get, "/api/v1/rollouts", vendorOnly, s.rollouts},
@@ -313,6 +316,31 @@ func (s *Server) changeGrants(w http.ResponseWriter, req *http.Request, a *admin
 		return err
 	}
 	return s.backend(w, req, a)
+}
+
+// backendCerts lists the certificates recorded for a backend, and says
+// whether it still accepts those issued before the relay recorded them.
+func (s *Server) backendCerts(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	l, err := a.BackendCertificates(req.Context(), req.PathValue("name"))
+	if l.Certificates == nil {
+		l.Certificates = []admin.BackendCertInfo{}
+	}
+	return reply(w, http.StatusOK, l, err)
+}
+
+// revokeBackendCert revokes one of a backend's certificates by serial:
+// the front doors refuse it within 2 s.
+func (s *Server) revokeBackendCert(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	c, err := a.RevokeBackendCertificate(req.Context(), req.PathValue("name"), req.PathValue("serial"))
+	return reply(w, http.StatusOK, map[string]any{"backend": req.PathValue("name"), "revoked": c}, err)
+}
+
+// revokeUnrecordedBackendCerts makes the front doors refuse, within 2 s,
+// a backend's certificates issued before the relay recorded them
+// ("unrecorded" is no serial: it is not hexadecimal).
+func (s *Server) revokeUnrecordedBackendCerts(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	changed, err := a.RevokeUnrecordedBackendCertificates(req.Context(), req.PathValue("name"))
+	return reply(w, http.StatusOK, map[string]any{"backend": req.PathValue("name"), "accepts_unrecorded": false, "changed": changed}, err)
 }
 
 func (s *Server) audit(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
