@@ -289,6 +289,141 @@ func TestTetherctlCommands(t *testing.T) {
 	}
 }
 
+// A backend's certificates through both binaries: issued on the relay
+// host, which prints the serial and how to list and revoke; listed by
+// tetherctl (table and JSON) as by tether-relay; one revoked by its
+// serial in upper case, the next try at it refused as not_found; the
+// refusals of a malformed command line; --unrecorded on a backend that
+// accepts no unrecorded certificate changes nothing; every revocation is
+// audited with who made it.
+func TestTetherctlBackendCertificates(t *testing.T) {
+	a := startAdminRelay(t)
+	a.addTenant(t, "acme")
+	a.mustCtl(t, "backend", "add", "billing", "--allow", "acme")
+	dir := t.TempDir()
+	var serials []string
+	for _, d := range []string{"one", "two"} {
+		_, errOut, err := runCmd(t, bins.relay, "backend", "certificate", "billing", "--out", filepath.Join(dir, d), "--data-dir", a.dataDir)
+		if err != nil {
+			t.Fatalf("backend certificate: %v\n%s", err, errOut)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, d, "backend.crt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		block, _ := pem.Decode(b)
+		if block == nil {
+			t.Fatal("backend.crt holds no PEM block")
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		serial := c.SerialNumber.Text(16)
+		if !strings.Contains(errOut, "serial "+serial) || !strings.Contains(errOut, "backend revoke-certificate billing "+serial) {
+			t.Errorf("backend certificate says\n%s\nwant its serial %s and how to revoke it", errOut, serial)
+		}
+		serials = append(serials, serial)
+	}
+	slices.Sort(serials)
+
+	type certList struct {
+		Backend      string
+		Certificates []struct {
+			Serial    string
+			CreatedAt time.Time `json:"created_at"`
+			NotAfter  time.Time `json:"not_after"`
+			Expired   bool
+		}
+		AcceptsUnrecorded bool `json:"accepts_unrecorded"`
+	}
+	listed := func() []string {
+		t.Helper()
+		var l certList
+		a.ctlJSON(t, &l, "backend", "certificates", "billing")
+		if l.Backend != "billing" || l.AcceptsUnrecorded {
+			t.Errorf("backend certificates billing -o json: %+v", l)
+		}
+		out := []string{}
+		for _, c := range l.Certificates {
+			if c.Expired || c.CreatedAt.IsZero() || !c.NotAfter.After(time.Now()) {
+				t.Errorf("backend certificates billing -o json lists %+v", c)
+			}
+			out = append(out, c.Serial)
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got := listed(); !slices.Equal(got, serials) {
+		t.Fatalf("backend certificates billing: %v, want %v", got, serials)
+	}
+	for bin, table := range map[string]string{"tetherctl": a.mustCtl(t, "backend", "certificates", "billing"), "tether-relay": a.admin(t, "backend", "certificates", "billing")} {
+		if !strings.HasPrefix(table, "SERIAL") || !strings.Contains(table, serials[0]) || !strings.Contains(table, serials[1]) ||
+			strings.Count(table, "valid") != 2 || !strings.Contains(table, "backend billing accepts only the certificates listed") {
+			t.Errorf("%s backend certificates billing:\n%s", bin, table)
+		}
+	}
+
+	// Revoked by tetherctl, in upper case.
+	_, errOut, err := a.ctl(t, nil, "backend", "revoke-certificate", "billing", strings.ToUpper(serials[0]))
+	if err != nil || !strings.Contains(errOut, "certificate "+serials[0]+" of backend billing revoked") {
+		t.Fatalf("backend revoke-certificate billing %s: %v\n%s", strings.ToUpper(serials[0]), err, errOut)
+	}
+	if got := listed(); !slices.Equal(got, serials[1:]) {
+		t.Fatalf("backend certificates billing after the revocation: %v, want %v", got, serials[1:])
+	}
+	for _, tc := range []struct {
+		args   []string
+		code   int
+		stderr []string
+	}{
+		{[]string{"billing", serials[0]}, 1, []string{"not_found", "HTTP 404", `backend "billing" has no certificate ` + serials[0] + " recorded", "backend certificates billing"}},
+		{[]string{"nosuch", serials[1]}, 1, []string{"not_found", `no backend "nosuch"`}},
+		{[]string{"billing", "xyz"}, 1, []string{"HTTP 400", "hexadecimal serial number"}},
+		{[]string{"billing", serials[1], "--unrecorded"}, 2, []string{"a SERIAL or --unrecorded, not both"}},
+		{[]string{"billing"}, 2, []string{"needs a SERIAL", "or --unrecorded"}},
+	} {
+		_, errOut, err := a.ctl(t, nil, append([]string{"backend", "revoke-certificate"}, tc.args...)...)
+		if exitCode(err) != tc.code {
+			t.Errorf("backend revoke-certificate %v: exit %d, want %d\n%s", tc.args, exitCode(err), tc.code, errOut)
+		}
+		for _, w := range tc.stderr {
+			if !strings.Contains(errOut, w) {
+				t.Errorf("backend revoke-certificate %v: stderr lacks %q:\n%s", tc.args, w, errOut)
+			}
+		}
+	}
+	if got := listed(); !slices.Equal(got, serials[1:]) {
+		t.Fatalf("backend certificates billing after the refusals: %v, want %v", got, serials[1:])
+	}
+	var res struct {
+		Backend           string
+		AcceptsUnrecorded bool `json:"accepts_unrecorded"`
+		Changed           bool
+	}
+	a.ctlJSON(t, &res, "backend", "revoke-certificate", "billing", "--unrecorded")
+	if res.Backend != "billing" || res.AcceptsUnrecorded || res.Changed {
+		t.Errorf("backend revoke-certificate billing --unrecorded -o json: %+v; want nothing changed", res)
+	}
+
+	// Revoked on the relay host.
+	_, errOut, err = runCmd(t, bins.relay, "backend", "revoke-certificate", "billing", serials[1], "--data-dir", a.dataDir)
+	if err != nil || !strings.Contains(errOut, "certificate "+serials[1]+" of backend billing revoked") {
+		t.Fatalf("tether-relay backend revoke-certificate billing %s: %v\n%s", serials[1], err, errOut)
+	}
+	if got := listed(); len(got) != 0 {
+		t.Fatalf("backend certificates billing after both revocations: %v, want none", got)
+	}
+
+	byActor := map[string]bool{}
+	for _, r := range a.audit(t, "--kind", "backend.certificate_revoke") {
+		byActor[r.Actor+" "+fmt.Sprint(r.Detail["serial"])] = true
+	}
+	if len(byActor) != 2 || !byActor["operator:alice "+serials[0]] || !byActor["operator "+serials[1]] {
+		t.Errorf("audit of the revocations: %v; want %s by operator:alice and %s by operator (on the relay host)", byActor, serials[0], serials[1])
+	}
+}
+
 // The admin API's authentication: tokens (none, wrong, expired, revoked),
 // operator certificates (and refusal of others) and browser sessions.
 func TestAdminAuthentication(t *testing.T) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
@@ -123,14 +124,116 @@ func backendCmd(g *globals) *cobra.Command {
 				if err := c.WriteFiles(out); err != nil {
 					return err
 				}
-				say(cmd, "wrote %s: backend.crt and backend.key (identity %s, valid until %s) and ca.crt", out, c.Identity, c.NotAfter.UTC().Format(time.RFC3339))
+				say(cmd, "wrote %s: backend.crt and backend.key (identity %s, serial %s, valid until %s) and ca.crt", out, c.Identity, c.Serial, c.NotAfter.UTC().Format(time.RFC3339))
+				say(cmd, "list the backend's certificates with: backend certificates %s; revoke this one with: backend revoke-certificate %s %s", args[0], args[0], c.Serial)
 				return nil
 			})
 		},
 	}
 	cert.Flags().StringVar(&out, "out", "", "directory to write backend.crt, backend.key (0600) and ca.crt to (required)")
 	cert.Flags().DurationVar(&lifetime, "lifetime", 90*24*time.Hour, "validity of the certificate")
-	return cli.Group("backend", "Backends: the SaaS side's credentials and grants", add, list, show, grant, ungrant, remove, cert)
+	certs := &cobra.Command{
+		Use:   "certificates NAME",
+		Short: "List a backend's client certificates: serial, issued, expiry, state",
+		Long:  "List the client certificates issued to a backend, as the relay recorded them, newest first.\n\n" + backendCertsHelp,
+		Args:  cli.Args("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withAdmin(cmd, func(ctx context.Context, a *admin.Admin) error {
+				l, err := a.BackendCertificates(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				l.Certificates = nonNil(l.Certificates)
+				return cli.Print(cmd.OutOrStdout(), output(cmd), l, func(w io.Writer) error { return backendCertTable(w, l) })
+			})
+		},
+	}
+	return cli.Group("backend", "Backends: the SaaS side's credentials and grants", add, list, show, grant, ungrant, remove, cert, certs, backendRevokeCert(g))
+}
+
+// backendCertsHelp is the help of backend certificates, the same in
+// tetherctl.
+const backendCertsHelp = `The TLS door accepts a backend's certificate only while the relay has it
+on record and it has not expired; an expired one is forgotten at the
+backend's next certificate. A backend added before the relay recorded
+backend certificates (store schema version 13 and older) also accepts the
+certificates issued to it since it was added that are not on record: the
+last line says whether it still does.`
+
+// backendRevokeHelp is the help of backend revoke-certificate, the same
+// in tetherctl.
+const backendRevokeHelp = `Revoke a client certificate of a backend by its serial (hexadecimal, as
+backend certificate printed it and backend certificates lists it, in
+either case): the TLS door of every relay refuses it within 2 s;
+connections open with it continue. The backend's API key and its other
+certificates keep working.
+
+With --unrecorded instead of a SERIAL, refuse the backend's certificates
+that the relay has no record of: those issued before it recorded backend
+certificates (store schema version 13 and older), which a backend added
+before then still accepts. They cannot be listed or revoked one by one.
+Issue the backend new certificates first.`
+
+func backendCertTable(w io.Writer, l admin.BackendCertList) error {
+	now := time.Now()
+	rows := make([][]string, len(l.Certificates))
+	for i, c := range l.Certificates {
+		state := "valid"
+		if c.Expired {
+			state = "expired"
+		}
+		rows[i] = []string{c.Serial, cli.Since(c.CreatedAt, now), cli.When(c.NotAfter, now), state}
+	}
+	if err := cli.WriteTable(w, []string{"SERIAL", "ISSUED", "EXPIRES", "STATE"}, rows); err != nil {
+		return err
+	}
+	if l.AcceptsUnrecorded {
+		_, err := fmt.Fprintf(w, "backend %s also accepts the certificates issued to it before the relay recorded them (not listed); refuse them with: backend revoke-certificate %s --unrecorded\n", l.Backend, l.Backend)
+		return err
+	}
+	_, err := fmt.Fprintf(w, "backend %s accepts only the certificates listed, until they expire\n", l.Backend)
+	return err
+}
+
+func backendRevokeCert(g *globals) *cobra.Command {
+	var unrecorded bool
+	c := &cobra.Command{
+		Use:   "revoke-certificate NAME (SERIAL | --unrecorded)",
+		Short: "Revoke a backend's client certificate: the TLS door refuses it within 2s",
+		Long:  backendRevokeHelp,
+		Args:  cli.Args("NAME", "[SERIAL]"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			switch {
+			case unrecorded && len(args) == 2:
+				return cli.Usagef("backend revoke-certificate takes a SERIAL or --unrecorded, not both")
+			case !unrecorded && len(args) == 1:
+				return cli.Usagef("backend revoke-certificate needs a SERIAL (backend certificates %s lists them) or --unrecorded", name)
+			}
+			return g.withAdmin(cmd, func(ctx context.Context, a *admin.Admin) error {
+				if unrecorded {
+					changed, err := a.RevokeUnrecordedBackendCertificates(ctx, name)
+					if err != nil {
+						return err
+					}
+					if changed {
+						say(cmd, "backend %s: a running relay refuses its certificates issued before it recorded them within 2 s; those listed by backend certificates %s keep working", name, name)
+					} else {
+						say(cmd, "backend %s already accepts only the certificates the relay has on record; nothing changed", name)
+					}
+					return nil
+				}
+				rc, err := a.RevokeBackendCertificate(ctx, name, args[1])
+				if err != nil {
+					return err
+				}
+				say(cmd, "certificate %s of backend %s revoked; a running relay refuses it within 2 s", rc.Serial, name)
+				return nil
+			})
+		},
+	}
+	c.Flags().BoolVar(&unrecorded, "unrecorded", false, "instead of one SERIAL, refuse every certificate of the backend the relay has no record of (issued before it recorded them)")
+	return c
 }
 
 func (g *globals) changeGrants(cmd *cobra.Command, name string, grants []string, apply func(*admin.Admin, context.Context, string, []string) error) error {

@@ -108,10 +108,120 @@ func (x *ctl) backendCmd() *cobra.Command {
 	}
 	cert := relayHostOnly("certificate NAME --out DIR", "Write a client certificate for a backend for the TLS door",
 		onRelayHost("backend certificate NAME --out DIR", "it is signed with the relay CA's key, which stays in the data directory"))
+	certs := &cobra.Command{
+		Use:   "certificates NAME",
+		Short: "List a backend's client certificates: serial, issued, expiry, state",
+		Long:  "List the client certificates issued to a backend, as the relay recorded them, newest first.\n\n" + backendCertsHelp,
+		Args:  cli.Args("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return x.call(cmd, "GET", "/api/v1/backends/"+url.PathEscape(args[0])+"/certificates", nil, nil, func(w io.Writer, raw json.RawMessage) error {
+				var l backendCertList
+				if err := json.Unmarshal(raw, &l); err != nil {
+					return err
+				}
+				return l.write(w)
+			})
+		},
+	}
 	return cli.Group("backend", "Backends: the SaaS side's credentials and grants", add, x.backendList(), show,
 		grants("grant", "Add grants to a backend (the relay applies them within 2s)"),
 		grants("ungrant", "Remove grants from a backend (new streams they allowed are refused within 2s)"),
-		remove, cert)
+		remove, cert, certs, x.backendRevokeCert())
+}
+
+// backendCertsHelp is the help of backend certificates, the same in
+// tether-relay.
+const backendCertsHelp = `The TLS door accepts a backend's certificate only while the relay has it
+on record and it has not expired; an expired one is forgotten at the
+backend's next certificate. A backend added before the relay recorded
+backend certificates (store schema version 13 and older) also accepts the
+certificates issued to it since it was added that are not on record: the
+last line says whether it still does.`
+
+// backendRevokeHelp is the help of backend revoke-certificate, the same
+// in tether-relay.
+const backendRevokeHelp = `Revoke a client certificate of a backend by its serial (hexadecimal, as
+backend certificate printed it and backend certificates lists it, in
+either case): the TLS door of every relay refuses it within 2 s;
+connections open with it continue. The backend's API key and its other
+certificates keep working.
+
+With --unrecorded instead of a SERIAL, refuse the backend's certificates
+that the relay has no record of: those issued before it recorded backend
+certificates (store schema version 13 and older), which a backend added
+before then still accepts. They cannot be listed or revoked one by one.
+Issue the backend new certificates first.`
+
+// backendCertList is the answer of GET backends/{name}/certificates.
+type backendCertList struct {
+	Backend      string `json:"backend"`
+	Certificates []struct {
+		Serial    string    `json:"serial"`
+		CreatedAt time.Time `json:"created_at"`
+		NotAfter  time.Time `json:"not_after"`
+		Expired   bool      `json:"expired"`
+	} `json:"certificates"`
+	AcceptsUnrecorded bool `json:"accepts_unrecorded"`
+}
+
+func (l backendCertList) write(w io.Writer) error {
+	now := time.Now()
+	rows := make([][]string, len(l.Certificates))
+	for i, c := range l.Certificates {
+		state := "valid"
+		if c.Expired {
+			state = "expired"
+		}
+		rows[i] = []string{c.Serial, cli.Since(c.CreatedAt, now), cli.When(c.NotAfter, now), state}
+	}
+	if err := cli.WriteTable(w, []string{"SERIAL", "ISSUED", "EXPIRES", "STATE"}, rows); err != nil {
+		return err
+	}
+	if l.AcceptsUnrecorded {
+		_, err := fmt.Fprintf(w, "backend %s also accepts the certificates issued to it before the relay recorded them (not listed); refuse them with: backend revoke-certificate %s --unrecorded\n", l.Backend, l.Backend)
+		return err
+	}
+	_, err := fmt.Fprintf(w, "backend %s accepts only the certificates listed, until they expire\n", l.Backend)
+	return err
+}
+
+func (x *ctl) backendRevokeCert() *cobra.Command {
+	var unrecorded bool
+	c := &cobra.Command{
+		Use:   "revoke-certificate NAME (SERIAL | --unrecorded)",
+		Short: "Revoke a backend's client certificate: the TLS door refuses it within 2s",
+		Long:  backendRevokeHelp,
+		Args:  cli.Args("NAME", "[SERIAL]"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			path := "/api/v1/backends/" + url.PathEscape(name) + "/certificates/"
+			switch {
+			case unrecorded && len(args) == 2:
+				return cli.Usagef("backend revoke-certificate takes a SERIAL or --unrecorded, not both")
+			case unrecorded:
+				return x.act(cmd, "DELETE", path+"unrecorded", nil, func(raw json.RawMessage) {
+					var res struct{ Changed bool }
+					json.Unmarshal(raw, &res)
+					if res.Changed {
+						say(cmd, "backend %s: the relay refuses its certificates issued before it recorded them within 2 s; those listed by backend certificates %s keep working", name, name)
+					} else {
+						say(cmd, "backend %s already accepts only the certificates the relay has on record; nothing changed", name)
+					}
+				})
+			case len(args) == 1:
+				return cli.Usagef("backend revoke-certificate needs a SERIAL (backend certificates %s lists them) or --unrecorded", name)
+			}
+			return x.act(cmd, "DELETE", path+url.PathEscape(args[1]), nil, func(raw json.RawMessage) {
+				var res struct {
+					Revoked struct{ Serial string }
+				}
+				json.Unmarshal(raw, &res)
+				say(cmd, "certificate %s of backend %s revoked; the relay refuses it within 2 s", res.Revoked.Serial, name)
+			})
+		},
+	}
+	c.Flags().BoolVar(&unrecorded, "unrecorded", false, "instead of one SERIAL, refuse every certificate of the backend the relay has no record of (issued before it recorded them)")
+	return c
 }
 
 func (x *ctl) backendList() *cobra.Command {

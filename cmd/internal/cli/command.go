@@ -298,6 +298,7 @@ func Vocabulary() []string {
 		"agent list", "agent show", "agent revoke", "agent drain",
 		"token create", "token list", "token revoke",
 		"backend add", "backend list", "backend show", "backend grant", "backend ungrant", "backend remove", "backend certificate",
+		"backend certificates", "backend revoke-certificate",
 		"tenant add", "tenant list", "tenant show", "tenant limits",
 		"relay list", "relay remove",
 		"operator token create", "operator token list", "operator token revoke",
