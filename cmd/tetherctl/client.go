@@ -46,7 +46,7 @@ type clientConfig struct {
 
 func newClient(c clientConfig) (*client, error) {
 	if c.url == "" {
-		return nil, errors.New("no admin API address: set --url or TETHER_ADMIN_URL (e.g. https://relay.example:7444)")
+		return nil, errors.New("no admin API address: set --url or TETHER_ADMIN_URL (e.g. https://relay.example:7446)")
 	}
 	u, err := url.Parse(c.url)
 	if err != nil || u.Scheme != "https" || u.Host == "" {

@@ -31,7 +31,7 @@ or a bearer token (--bearer-token-file, or TETHER_BEARER_TOKEN). Secrets are
 never taken from the command line, where ps shows them. This command does not
 use the admin API: it talks to a front door, as the backend.`
 
-const forwardExample = `  tetherctl forward db.acme.tether:5432 --listen 5432 --relay relay.example:3128 \
+const forwardExample = `  tetherctl forward db.acme.tether:5432 --listen 5432 --relay relay.example:3129 --relay-ca relay-ca.crt \
       --backend billing --api-key-file billing.key
   tetherctl forward --map 5432=db.acme.tether --map 8080=api.acme.tether --cert-dir certs/ --relay relay.example:3129`
 
@@ -214,7 +214,7 @@ func forwardMappings(pos, listens, maps []string) ([]mapping, error) {
 // credential given.
 func forwardDialer(o forwardOpts) (*tether.Dialer, error) {
 	if o.relay == "" {
-		return nil, errors.New("no relay address: set --relay or TETHER_RELAY (the relay's CONNECT front door, e.g. relay.example.com:3128)")
+		return nil, errors.New("no relay address: set --relay or TETHER_RELAY (the relay's TLS door with --relay-ca or --cert-dir, e.g. relay.example.com:3129)")
 	}
 	if _, _, err := net.SplitHostPort(o.relay); err != nil {
 		return nil, fmt.Errorf("relay address %q: want HOST:PORT", o.relay)

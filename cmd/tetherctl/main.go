@@ -64,7 +64,7 @@ func newRoot(info cli.BuildInfo, stdout, stderr io.Writer, env func(string) stri
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	pf := root.PersistentFlags()
-	pf.StringVar(&x.conn.url, "url", "", "the admin API, e.g. https://relay.example:7444 (env TETHER_ADMIN_URL)")
+	pf.StringVar(&x.conn.url, "url", "", "the admin API, e.g. https://relay.example:7446 (env TETHER_ADMIN_URL)")
 	pf.StringVar(&x.conn.token, "token", "", "operator token (env TETHER_ADMIN_TOKEN; tether-relay operator token create)")
 	pf.StringVar(&x.conn.tokenFile, "token-file", "", "file holding the operator token (env TETHER_ADMIN_TOKEN_FILE)")
 	pf.StringVar(&x.conn.ca, "ca", "", "CA to verify the relay with, PEM (env TETHER_ADMIN_CA; tether-relay ca export)")

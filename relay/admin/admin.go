@@ -418,7 +418,7 @@ func (a *Admin) Agents(ctx context.Context, tenant string) ([]AgentInfo, error) 
 }
 
 // RevokeAgent revokes agent id: a running relay closes its live sessions
-// within a second or so (Config.PolicyPoll) and refuses its certificate
+// within a second or so (the relay's change feed, Config.ChangePoll) and refuses its certificate
 // from then on, across restarts. Revoking a revoked agent changes nothing.
 func (a *Admin) RevokeAgent(ctx context.Context, id, reason string) (AgentInfo, error) {
 	if len(reason) > 500 {
@@ -461,7 +461,7 @@ type Limits struct {
 
 // SetLimits replaces tenant's limits: fields left zero become unlimited
 // (see PatchLimits to change some only). A running relay applies them
-// within Config.PolicyPoll.
+// within its change feed's poll (relay.Config.ChangePoll).
 func (a *Admin) SetLimits(ctx context.Context, l Limits) error {
 	return a.dir.Locked(ctx, func() error {
 		clean, err := a.writeLimitsLocked(ctx, l)
@@ -687,7 +687,7 @@ func (a *Admin) AddBackend(ctx context.Context, name string, grants []string) (s
 }
 
 // Grant adds grants to a backend. A running relay applies them within
-// BackendCacheTTL.
+// about 2 s (its change feed makes its front doors forget the backend).
 func (a *Admin) Grant(ctx context.Context, name string, grants []string) error {
 	return a.changeGrants(ctx, name, grants, audit.BackendGrant, func(ctx context.Context, name string, gs []Grant) error {
 		err := a.store.Grant(ctx, name, gs)
@@ -699,7 +699,7 @@ func (a *Admin) Grant(ctx context.Context, name string, grants []string) error {
 }
 
 // Ungrant removes grants from a backend. A running relay refuses new
-// streams they allowed within BackendCacheTTL; streams already open
+// streams they allowed within about 2 s (its change feed); streams already open
 // continue.
 func (a *Admin) Ungrant(ctx context.Context, name string, grants []string) error {
 	return a.changeGrants(ctx, name, grants, audit.BackendUngrant, a.store.Ungrant)

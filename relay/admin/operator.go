@@ -513,7 +513,7 @@ func (a *Admin) RevokeToken(ctx context.Context, id string) (TokenInfo, error) {
 }
 
 // RemoveBackend deletes a backend credential and its grants. A running
-// relay refuses its key and certificates within BackendCacheTTL; streams
+// relay refuses its key and certificates within about 2 s (its change feed); streams
 // already open continue.
 func (a *Admin) RemoveBackend(ctx context.Context, name string) error {
 	if err := a.vendorOnly("removing a backend"); err != nil {

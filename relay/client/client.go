@@ -1,7 +1,8 @@
 // Package client is the Go API a SaaS backend uses to reach tenant services
 // through a Tether relay:
 //
-//	d := &client.Dialer{Relay: "relay.internal:3128", Backend: "billing", APIKey: key}
+//	tlsConf, err := client.RelayTLSConfig(caPEM) // from tether-relay ca export
+//	d := &client.Dialer{Relay: "relay.internal:3129", TLSConfig: tlsConf, Backend: "billing", APIKey: key}
 //	conn, err := d.DialContext(ctx, "tcp", "db.acme.tether:5432")
 //
 // DialContext has the signature of net.Dialer.DialContext, so it plugs into
@@ -12,11 +13,13 @@
 //
 //	if errors.Is(err, client.ErrNoAgent) { … the tenant's agent is offline … }
 //
-// The Dialer speaks HTTP CONNECT to the relay's CONNECT front door. With
+// The Dialer speaks HTTP CONNECT to the relay's front door: over TLS to
+// its TLS door (--connect-tls-listen) with TLSConfig, in plain text to its
+// CONNECT door otherwise, which listens on loopback unless told to. With
 // several relays of a cluster (Relays), it moves on to the next when one
 // cannot be reached, as a load balancer in front of them would:
 //
-//	d := &client.Dialer{Relays: []string{"relay-1:3128", "relay-2:3128", "relay-3:3128"}, Backend: "billing", APIKey: key}
+//	d := &client.Dialer{Relays: []string{"relay-1:3129", "relay-2:3129", "relay-3:3129"}, TLSConfig: tlsConf, Backend: "billing", APIKey: key}
 //
 // Forward serves the same connections to programs that speak no proxy
 // protocol (psql, pg_dump, JDBC drivers, …): it listens on a local port and

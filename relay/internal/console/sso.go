@@ -49,7 +49,7 @@ import (
 // it off.
 type SSOConfig struct {
 	// PublicURL is the console's address as browsers reach it, e.g.
-	// https://relay.example:7444: the issuers redirect back to
+	// https://relay.example:7446: the issuers redirect back to
 	// PublicURL/login/sso/callback, which must be registered with each as
 	// a redirect URI. Required with issuers.
 	PublicURL string `yaml:"public_url"`
