@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"slices"
 	"strings"
@@ -14,15 +13,12 @@ import (
 	"github.com/tetherhq/tether/relay/admin"
 )
 
-const grantHelp = `A grant is tenant/service, a tenant alone (all its services), or a
-pattern with "*" (acme/postgres, globex, */metrics).`
-
 func backendCmd(g *globals) *cobra.Command {
 	var allow, tenants []string
 	add := &cobra.Command{
 		Use:   "add NAME --allow GRANT,...",
 		Short: "Add a backend with its grants (only its API key on stdout, shown once)",
-		Long:  "Add a backend credential with its grants and print its API key, once.\n\n" + grantHelp,
+		Long:  "Add a backend credential with its grants and print its API key, once.\n\n" + cli.GrantHelp,
 		Args:  cli.Args("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			grants := cleanList(slices.Concat(allow, tenants))
@@ -77,7 +73,7 @@ func backendCmd(g *globals) *cobra.Command {
 	grant := &cobra.Command{
 		Use:   "grant NAME GRANT...",
 		Short: "Add grants to a backend (a running relay applies them within 2s)",
-		Long:  "Add grants to a backend; a running relay applies them within 2 s.\n\n" + grantHelp,
+		Long:  "Add grants to a backend; a running relay applies them within 2 s.\n\n" + cli.GrantHelp,
 		Args:  cli.Args("NAME", "GRANT..."),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.changeGrants(cmd, args[0], args[1:], (*admin.Admin).Grant)
@@ -135,7 +131,7 @@ func backendCmd(g *globals) *cobra.Command {
 	certs := &cobra.Command{
 		Use:   "certificates NAME",
 		Short: "List a backend's client certificates: serial, issued, expiry, state",
-		Long:  "List the client certificates issued to a backend, as the relay recorded them, newest first.\n\n" + backendCertsHelp,
+		Long:  "List the client certificates issued to a backend, as the relay recorded them, newest first.\n\n" + cli.BackendCertsHelp,
 		Args:  cli.Args("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withAdmin(cmd, func(ctx context.Context, a *admin.Admin) error {
@@ -144,55 +140,11 @@ func backendCmd(g *globals) *cobra.Command {
 					return err
 				}
 				l.Certificates = nonNil(l.Certificates)
-				return cli.Print(cmd.OutOrStdout(), output(cmd), l, func(w io.Writer) error { return backendCertTable(w, l) })
+				return cli.Print(cmd.OutOrStdout(), output(cmd), l, func(w io.Writer) error { return backendCerts(l).Write(w) })
 			})
 		},
 	}
 	return cli.Group("backend", "Backends: the SaaS side's credentials and grants", add, list, show, grant, ungrant, remove, cert, certs, backendRevokeCert(g))
-}
-
-// backendCertsHelp is the help of backend certificates, the same in
-// tetherctl.
-const backendCertsHelp = `The TLS door accepts a backend's certificate only while the relay has it
-on record and it has not expired; an expired one is forgotten at the
-backend's next certificate. A backend added before the relay recorded
-backend certificates (store schema version 13 and older) also accepts the
-certificates issued to it since it was added that are not on record: the
-last line says whether it still does.`
-
-// backendRevokeHelp is the help of backend revoke-certificate, the same
-// in tetherctl.
-const backendRevokeHelp = `Revoke a client certificate of a backend by its serial (hexadecimal, as
-backend certificate printed it and backend certificates lists it, in
-either case): the TLS door of every relay refuses it within 2 s;
-connections open with it continue. The backend's API key and its other
-certificates keep working.
-
-With --unrecorded instead of a SERIAL, refuse the backend's certificates
-that the relay has no record of: those issued before it recorded backend
-certificates (store schema version 13 and older), which a backend added
-before then still accepts. They cannot be listed or revoked one by one.
-Issue the backend new certificates first.`
-
-func backendCertTable(w io.Writer, l admin.BackendCertList) error {
-	now := time.Now()
-	rows := make([][]string, len(l.Certificates))
-	for i, c := range l.Certificates {
-		state := "valid"
-		if c.Expired {
-			state = "expired"
-		}
-		rows[i] = []string{c.Serial, cli.Since(c.CreatedAt, now), cli.When(c.NotAfter, now), state}
-	}
-	if err := cli.WriteTable(w, []string{"SERIAL", "ISSUED", "EXPIRES", "STATE"}, rows); err != nil {
-		return err
-	}
-	if l.AcceptsUnrecorded {
-		_, err := fmt.Fprintf(w, "backend %s also accepts the certificates issued to it before the relay recorded them (not listed); refuse them with: backend revoke-certificate %s --unrecorded\n", l.Backend, l.Backend)
-		return err
-	}
-	_, err := fmt.Fprintf(w, "backend %s accepts only the certificates listed, until they expire\n", l.Backend)
-	return err
 }
 
 func backendRevokeCert(g *globals) *cobra.Command {
@@ -200,7 +152,7 @@ func backendRevokeCert(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "revoke-certificate NAME (SERIAL | --unrecorded)",
 		Short: "Revoke a backend's client certificate: the TLS door refuses it within 2s",
-		Long:  backendRevokeHelp,
+		Long:  cli.BackendRevokeHelp,
 		Args:  cli.Args("NAME", "[SERIAL]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
@@ -272,4 +224,13 @@ func backendTable(w io.Writer, bs []admin.BackendInfo) error {
 		rows[i] = []string{b.Name, strings.Join(gs, ","), cli.Since(b.CreatedAt, now)}
 	}
 	return cli.WriteTable(w, []string{"NAME", "GRANTS", "CREATED"}, rows)
+}
+
+// backendCerts is l as the commands of both binaries print it.
+func backendCerts(l admin.BackendCertList) cli.BackendCerts {
+	out := cli.BackendCerts{Backend: l.Backend, AcceptsUnrecorded: l.AcceptsUnrecorded, Certificates: make([]cli.BackendCert, len(l.Certificates))}
+	for i, c := range l.Certificates {
+		out.Certificates[i] = cli.BackendCert{Serial: c.Serial, CreatedAt: c.CreatedAt, NotAfter: c.NotAfter, Expired: c.Expired}
+	}
+	return out
 }

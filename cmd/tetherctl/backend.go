@@ -14,9 +14,6 @@ import (
 	"github.com/tetherhq/tether/cmd/internal/cli"
 )
 
-const grantHelp = `A grant is tenant/service, a tenant alone (all its services), or a
-pattern with "*" (acme/postgres, globex, */metrics).`
-
 type backendInfo struct {
 	Name   string `json:"name"`
 	Grants []struct {
@@ -53,7 +50,7 @@ func (x *ctl) backendCmd() *cobra.Command {
 	add := &cobra.Command{
 		Use:   "add NAME --allow GRANT,...",
 		Short: "Add a backend with its grants (only its API key on stdout, shown once)",
-		Long:  "Add a backend credential with its grants and print its API key, once.\n\n" + grantHelp,
+		Long:  "Add a backend credential with its grants and print its API key, once.\n\n" + cli.GrantHelp,
 		Args:  cli.Args("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			grants := cleanList(slices.Concat(allow, tenants))
@@ -89,7 +86,7 @@ func (x *ctl) backendCmd() *cobra.Command {
 		return &cobra.Command{
 			Use:   verb + " NAME GRANT...",
 			Short: short,
-			Long:  short + ".\n\n" + grantHelp,
+			Long:  short + ".\n\n" + cli.GrantHelp,
 			Args:  cli.Args("NAME", "GRANT..."),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				return x.call(cmd, "POST", "/api/v1/backends/"+url.PathEscape(args[0])+"/"+verb, nil, map[string][]string{"grants": args[1:]}, oneBackend)
@@ -111,15 +108,15 @@ func (x *ctl) backendCmd() *cobra.Command {
 	certs := &cobra.Command{
 		Use:   "certificates NAME",
 		Short: "List a backend's client certificates: serial, issued, expiry, state",
-		Long:  "List the client certificates issued to a backend, as the relay recorded them, newest first.\n\n" + backendCertsHelp,
+		Long:  "List the client certificates issued to a backend, as the relay recorded them, newest first.\n\n" + cli.BackendCertsHelp,
 		Args:  cli.Args("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return x.call(cmd, "GET", "/api/v1/backends/"+url.PathEscape(args[0])+"/certificates", nil, nil, func(w io.Writer, raw json.RawMessage) error {
-				var l backendCertList
+				var l cli.BackendCerts
 				if err := json.Unmarshal(raw, &l); err != nil {
 					return err
 				}
-				return l.write(w)
+				return l.Write(w)
 			})
 		},
 	}
@@ -129,68 +126,12 @@ func (x *ctl) backendCmd() *cobra.Command {
 		remove, cert, certs, x.backendRevokeCert())
 }
 
-// backendCertsHelp is the help of backend certificates, the same in
-// tether-relay.
-const backendCertsHelp = `The TLS door accepts a backend's certificate only while the relay has it
-on record and it has not expired; an expired one is forgotten at the
-backend's next certificate. A backend added before the relay recorded
-backend certificates (store schema version 13 and older) also accepts the
-certificates issued to it since it was added that are not on record: the
-last line says whether it still does.`
-
-// backendRevokeHelp is the help of backend revoke-certificate, the same
-// in tether-relay.
-const backendRevokeHelp = `Revoke a client certificate of a backend by its serial (hexadecimal, as
-backend certificate printed it and backend certificates lists it, in
-either case): the TLS door of every relay refuses it within 2 s;
-connections open with it continue. The backend's API key and its other
-certificates keep working.
-
-With --unrecorded instead of a SERIAL, refuse the backend's certificates
-that the relay has no record of: those issued before it recorded backend
-certificates (store schema version 13 and older), which a backend added
-before then still accepts. They cannot be listed or revoked one by one.
-Issue the backend new certificates first.`
-
-// backendCertList is the answer of GET backends/{name}/certificates.
-type backendCertList struct {
-	Backend      string `json:"backend"`
-	Certificates []struct {
-		Serial    string    `json:"serial"`
-		CreatedAt time.Time `json:"created_at"`
-		NotAfter  time.Time `json:"not_after"`
-		Expired   bool      `json:"expired"`
-	} `json:"certificates"`
-	AcceptsUnrecorded bool `json:"accepts_unrecorded"`
-}
-
-func (l backendCertList) write(w io.Writer) error {
-	now := time.Now()
-	rows := make([][]string, len(l.Certificates))
-	for i, c := range l.Certificates {
-		state := "valid"
-		if c.Expired {
-			state = "expired"
-		}
-		rows[i] = []string{c.Serial, cli.Since(c.CreatedAt, now), cli.When(c.NotAfter, now), state}
-	}
-	if err := cli.WriteTable(w, []string{"SERIAL", "ISSUED", "EXPIRES", "STATE"}, rows); err != nil {
-		return err
-	}
-	if l.AcceptsUnrecorded {
-		_, err := fmt.Fprintf(w, "backend %s also accepts the certificates issued to it before the relay recorded them (not listed); refuse them with: backend revoke-certificate %s --unrecorded\n", l.Backend, l.Backend)
-		return err
-	}
-	_, err := fmt.Fprintf(w, "backend %s accepts only the certificates listed, until they expire\n", l.Backend)
-	return err
-}
-
 func (x *ctl) backendRevokeCert() *cobra.Command {
 	var unrecorded bool
 	c := &cobra.Command{
 		Use:   "revoke-certificate NAME (SERIAL | --unrecorded)",
 		Short: "Revoke a backend's client certificate: the TLS door refuses it within 2s",
-		Long:  backendRevokeHelp,
+		Long:  cli.BackendRevokeHelp,
 		Args:  cli.Args("NAME", "[SERIAL]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
