@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -471,5 +472,88 @@ func TestReadDirectWindow(t *testing.T) {
 	}
 	if w.len() != total || w.direct < total/2 {
 		t.Fatalf("the destination got %d bytes, %d of them from the receive loop; want %d, most from the receive loop", w.len(), w.direct, total)
+	}
+}
+
+// TestPingFloodBoundsGoroutines: a peer that sends pings and reads nothing
+// does not make the session start a goroutine per ping (upstream answered
+// each ping on a goroutine of its own, which waited for the write until
+// ConnectionWriteTimeout): the pings are answered in order by one, and
+// those beyond maxPendingPongs unanswered go unanswered.
+func TestPingFloodBoundsGoroutines(t *testing.T) {
+	clientConn, serverConn := testConnTCP(t)
+	conf := testConfNoKeepAlive()
+	conf.ConnectionWriteTimeout = 5 * time.Second
+	conf.LogOutput = io.Discard
+	server, err := Server(serverConn, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	base := runtime.NumGoroutine()
+
+	stop := make(chan struct{})
+	peak := make(chan int)
+	go func() {
+		most := 0
+		for {
+			if n := runtime.NumGoroutine(); n > most {
+				most = n
+			}
+			select {
+			case <-stop:
+				peak <- most
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	// 100 000 pings in frames of 1 000, never reading an answer.
+	batch := make([]byte, 0, 1000*headerSize)
+	for i := 0; i < 1000; i++ {
+		hdr := header(make([]byte, headerSize))
+		hdr.encode(typePing, flagSYN, 0, uint32(i))
+		batch = append(batch, hdr...)
+	}
+	clientConn.(net.Conn).SetWriteDeadline(time.Now().Add(10 * time.Second))
+	for i := 0; i < 100; i++ {
+		if _, err := clientConn.Write(batch); err != nil {
+			t.Fatalf("write pings: %v", err)
+		}
+	}
+	// Wait until the session has read them all: a ping then still gets
+	// its answer queued.
+	for deadline := time.Now().Add(10 * time.Second); server.pendingPongs() < maxPendingPongs; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the session holds %d pings to answer, want %d", server.pendingPongs(), maxPendingPongs)
+		}
+	}
+	close(stop)
+	if grew := <-peak - base; grew > 10 {
+		t.Errorf("the goroutines grew by %d during a ping flood; want a handful", grew)
+	}
+}
+
+// TestConcurrentPingsAnswered: many pings outstanding at once, as from
+// several callers of Ping and the keepalive, are all answered.
+func TestConcurrentPingsAnswered(t *testing.T) {
+	client, server := testClientServer(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*maxPendingPongs)
+	for _, s := range []*Session{client, server} {
+		for i := 0; i < maxPendingPongs; i++ {
+			wg.Add(1)
+			go func(s *Session) {
+				defer wg.Done()
+				if _, err := s.Ping(); err != nil {
+					errs <- err
+				}
+			}(s)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("ping: %v", err)
 	}
 }

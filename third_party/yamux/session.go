@@ -50,6 +50,15 @@ type Session struct {
 	pingID   uint32
 	pingLock sync.Mutex
 
+	// pongs are the ids of pings received and not answered yet, at most
+	// maxPendingPongs, answered in order by one goroutine (ponging is
+	// true while it runs), all guarded by pongLock. Upstream started a
+	// goroutine per ping received, so a peer that sent pings without
+	// reading made this side start goroutines without bound.
+	pongs    []uint32
+	ponging  bool
+	pongLock sync.Mutex
+
 	// streams maps a stream id to a stream, and inflight has an entry
 	// for any outgoing stream that has not yet been established. Both are
 	// protected by streamLock.
@@ -742,6 +751,43 @@ func (s *Session) handleStreamMessage(hdr header) error {
 }
 
 // handlePing is invokde for a typePing frame
+// maxPendingPongs bounds the pings received and not yet answered: a peer
+// waits for each of its pings' answer, so one that reads has a few
+// outstanding at most; pings beyond the bound go unanswered.
+const maxPendingPongs = 64
+
+// pendingPongs is how many pings received are not answered yet.
+func (s *Session) pendingPongs() int {
+	s.pongLock.Lock()
+	defer s.pongLock.Unlock()
+	return len(s.pongs)
+}
+
+// sendPongs answers the pings in s.pongs, in order, until none is left
+// or the session ends.
+func (s *Session) sendPongs() {
+	for {
+		s.pongLock.Lock()
+		if len(s.pongs) == 0 {
+			s.ponging = false
+			s.pongLock.Unlock()
+			return
+		}
+		id := s.pongs[0]
+		s.pongs = s.pongs[1:]
+		s.pongLock.Unlock()
+		hdr := header(make([]byte, headerSize)) // queued: a frame of its own
+		hdr.encode(typePing, flagACK, 0, id)
+		if err := s.sendNoWait(hdr); err != nil {
+			s.logger.Printf("[WARN] yamux: failed to send ping reply: %v", err)
+			s.pongLock.Lock()
+			s.pongs, s.ponging = nil, false
+			s.pongLock.Unlock()
+			return
+		}
+	}
+}
+
 func (s *Session) handlePing(hdr header) error {
 	flags := hdr.Flags()
 	pingID := hdr.Length()
@@ -749,13 +795,16 @@ func (s *Session) handlePing(hdr header) error {
 	// Check if this is a query, respond back in a separate context so we
 	// don't interfere with the receiving thread blocking for the write.
 	if flags&flagSYN == flagSYN {
-		go func() {
-			hdr := header(make([]byte, headerSize))
-			hdr.encode(typePing, flagACK, 0, pingID)
-			if err := s.sendNoWait(hdr); err != nil {
-				s.logger.Printf("[WARN] yamux: failed to send ping reply: %v", err)
-			}
-		}()
+		s.pongLock.Lock()
+		defer s.pongLock.Unlock()
+		if len(s.pongs) >= maxPendingPongs {
+			return nil // a peer with this many pings unanswered is not reading
+		}
+		s.pongs = append(s.pongs, pingID)
+		if !s.ponging {
+			s.ponging = true
+			go s.sendPongs()
+		}
 		return nil
 	}
 
