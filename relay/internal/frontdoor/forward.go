@@ -15,6 +15,7 @@ import (
 	"github.com/tetherhq/tether/relay/internal/credential"
 	"github.com/tetherhq/tether/relay/internal/route"
 	"github.com/tetherhq/tether/relay/internal/store"
+	"github.com/tetherhq/tether/relay/internal/throttle"
 )
 
 // Forward is a relay-side forward: a listener, set up by an operator, whose
@@ -244,14 +245,14 @@ func (fd *Server) closeForwardsLocked() {
 }
 
 func (fd *Server) acceptForward(ctx context.Context, fl *forwardListener, wg *sync.WaitGroup) {
+	var backoff throttle.AcceptBackoff
 	for {
 		c, err := fl.ln.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if backoff.Retry(ctx, err, fd.log, "forward listener "+fl.ln.Addr().String()) || ctx.Err() != nil {
 				continue
 			}
 			// One forward's listener failing leaves the others and the
@@ -259,6 +260,7 @@ func (fd *Server) acceptForward(ctx context.Context, fl *forwardListener, wg *sy
 			fd.log.Error("forward stopped accepting", "listen", fl.ln.Addr().String(), "err", err)
 			return
 		}
+		backoff.Accepted()
 		f := *fl.fwd.Load()
 		fd.front.add(c)
 		wg.Go(func() {

@@ -12,21 +12,23 @@ import (
 	"github.com/tetherhq/tether/protocol/transport"
 	"github.com/tetherhq/tether/relay/internal/credential"
 	"github.com/tetherhq/tether/relay/internal/socks5"
+	"github.com/tetherhq/tether/relay/internal/throttle"
 )
 
 func (fd *Server) acceptSOCKS(ctx context.Context, wg *sync.WaitGroup) error {
+	var backoff throttle.AcceptBackoff
 	for {
 		c, err := fd.socksLn.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if backoff.Retry(ctx, err, fd.log, "SOCKS5 listener") || ctx.Err() != nil {
 				continue
 			}
 			return fmt.Errorf("accept SOCKS5 connection: %w", err)
 		}
+		backoff.Accepted()
 		leave, ok := fd.src.Enter(c.RemoteAddr())
 		if !ok {
 			fd.SourceLimited.Add(1)

@@ -9,7 +9,6 @@ package peer
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,6 +21,7 @@ import (
 	"github.com/tetherhq/tether/protocol/transport"
 	"github.com/tetherhq/tether/protocol/transport/tcp"
 	"github.com/tetherhq/tether/relay/internal/route"
+	"github.com/tetherhq/tether/relay/internal/throttle"
 	"github.com/tetherhq/tether/relay/internal/trust"
 )
 
@@ -88,7 +88,7 @@ func (s *Server) Links() int {
 // it served has ended.
 func (s *Server) Run(ctx context.Context) error {
 	defer s.wg.Wait()
-	var delay time.Duration
+	var backoff throttle.AcceptBackoff
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
@@ -98,33 +98,17 @@ func (s *Server) Run(ctx context.Context) error {
 			if closed {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
-				// Out of file descriptors and the like: back off and
-				// go on rather than end the listener.
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.log.Warn("relay-to-relay listener: accept failed; retrying", "err", err, "in", delay)
-				t := time.NewTimer(delay)
-				select {
-				case <-ctx.Done():
-					t.Stop()
-					return nil
-				case <-t.C:
-				}
+			if backoff.Retry(ctx, err, s.log, "relay-to-relay listener") {
 				continue
+			}
+			if ctx.Err() != nil {
+				return nil
 			}
 			return fmt.Errorf("relay-to-relay listener: %w", err)
 		}
-		delay = 0
+		backoff.Accepted()
 		s.wg.Go(func() { s.serveLink(ctx, c) })
 	}
-}
-
-// isTemporary reports an accept error worth retrying (EMFILE, ENFILE,
-// ECONNABORTED and the like), which net reports as temporary.
-func isTemporary(err error) bool {
-	var t interface{ Temporary() bool }
-	return errors.As(err, &t) && t.Temporary()
 }
 
 // Close stops accepting and closes every link: their streams end.

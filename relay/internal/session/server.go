@@ -255,18 +255,19 @@ func (s *Server) Run(ctx context.Context) error {
 
 func (s *Server) acceptTCP(ctx context.Context, wg *sync.WaitGroup) error {
 	tlsConf := s.cfg.TLS.AgentsTCP()
+	var backoff throttle.AcceptBackoff
 	for {
 		c, err := s.tcpLn.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if backoff.Retry(ctx, err, s.log, "agent TCP listener") || ctx.Err() != nil {
 				continue
 			}
 			return fmt.Errorf("accept agent TCP connection: %w", err)
 		}
+		backoff.Accepted()
 		// Turned away here, before a goroutine is spent on it, when its
 		// source is at its bound: a flood costs an accept and a close.
 		leaveSource, ok := s.src.Enter(c.RemoteAddr())
