@@ -357,7 +357,10 @@ func (r *Relay) run(ctx context.Context) error {
 	var opsSrv *http.Server
 	var opsWG sync.WaitGroup
 	if r.opsLn != nil {
-		opsSrv = &http.Server{Handler: r.metrics.Handler(r.ready), ReadHeaderTimeout: r.cfg.HandshakeTimeout}
+		// Scraped over the network, unauthenticated: no connection is
+		// held longer than a request takes, or idle past a minute.
+		opsSrv = &http.Server{Handler: r.metrics.Handler(r.ready), ReadHeaderTimeout: r.cfg.HandshakeTimeout, ReadTimeout: r.cfg.HandshakeTimeout,
+			WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
 		opsWG.Go(func() { opsSrv.Serve(r.opsLn) })
 	}
 	consoleCtx, stopConsole := context.WithCancel(ctx)
@@ -372,7 +375,7 @@ func (r *Relay) run(ctx context.Context) error {
 	}
 	var debugSrv *http.Server
 	if r.debugLn != nil {
-		debugSrv = &http.Server{Handler: r.debugHandler(), ReadHeaderTimeout: r.cfg.HandshakeTimeout}
+		debugSrv = &http.Server{Handler: r.debugHandler(), ReadHeaderTimeout: r.cfg.HandshakeTimeout, IdleTimeout: time.Minute}
 		wg.Go(func() { debugSrv.Serve(r.debugLn) })
 	}
 	downloadsCtx, stopDownloads := context.WithCancel(ctx)

@@ -30,7 +30,16 @@ type Downloads struct {
 	log  *slog.Logger
 	ln   net.Listener
 	srv  *http.Server
+	// stall is how long a download may wait for its client to take more
+	// before it is cut (downloadStall).
+	stall time.Duration
 }
+
+// downloadStall cuts a download whose client has taken nothing for a
+// minute: one that stops reading would otherwise hold its connection,
+// a goroutine and the file open for as long as it likes. A slow client
+// that keeps reading is never cut.
+const downloadStall = time.Minute
 
 // downloadName is what may be downloaded: plain file names in the
 // directory, no paths, no dot files.
@@ -50,7 +59,7 @@ func NewDownloads(addr, dir string, handshakeTimeout time.Duration, tlsSrv *trus
 	if err != nil {
 		return nil, fmt.Errorf("download listener: %w", err)
 	}
-	d := &Downloads{dir: dir, auth: auth, log: log, ln: tls.NewListener(ln, tlsSrv.Downloads())}
+	d := &Downloads{dir: dir, auth: auth, log: log, ln: tls.NewListener(ln, tlsSrv.Downloads()), stall: downloadStall}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ca.der", func(w http.ResponseWriter, req *http.Request) {
 		w.Header().Set("Content-Type", "application/pkix-cert")
@@ -121,5 +130,19 @@ func (d *Downloads) serve(w http.ResponseWriter, req *http.Request) {
 	log.Info("download", "bytes", fi.Size())
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Cache-Control", "no-cache")
-	http.ServeContent(w, req, name, fi.ModTime(), f)
+	http.ServeContent(progressing{w, http.NewResponseController(w), d.stall}, req, name, fi.ModTime(), f)
+}
+
+// progressing is a ResponseWriter whose every write must go out within
+// stall: a client that keeps reading, however slowly, moves the
+// deadline on; one that stops is cut.
+type progressing struct {
+	http.ResponseWriter
+	rc    *http.ResponseController
+	stall time.Duration
+}
+
+func (p progressing) Write(b []byte) (int, error) {
+	p.rc.SetWriteDeadline(time.Now().Add(p.stall))
+	return p.ResponseWriter.Write(b)
 }
