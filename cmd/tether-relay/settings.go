@@ -345,7 +345,7 @@ func serveSettings() []*setting {
 			get: func(o *serveOptions) string { return o.adminSSO }},
 		str("debug-listen", func(o *serveOptions) *string { return &c(o).DebugListen }, relay.Off,
 			"pprof and /debug/tether on this address (loopback only; unauthenticated)",
-			"Go pprof profiles and `/debug/tether` (live counts, memory; `?gc=1` collects first) on this address: unauthenticated, bind it to loopback"),
+			"Go pprof profiles and `/debug/tether` (live counts, memory; `?gc=1` collects first) on this address: unauthenticated, so a loopback address only (127.0.0.1, ::1 or localhost)"),
 		{name: "log-level", kind: "string", def: "info",
 			usage: "debug, info, warn or error (changes live with the config file)",
 			doc:   "`debug`, `info`, `warn` or `error`. **Live**: a changed config file applies it without a restart",

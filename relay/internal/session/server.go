@@ -543,6 +543,11 @@ func readHello(br *bufio.Reader) (*protocol.Hello, error) {
 	return h, nil
 }
 
+// MaxSessionsPerAgent bounds the sessions one agent process holds with a
+// relay: twice the most connections an agent keeps (16), and one for the
+// trial of a new binary.
+const MaxSessionsPerAgent = 2*16 + 1
+
 // admitAgent decides whether an authenticated agent may serve: its
 // certificate is current, it is registered and not revoked, the
 // certificate is the newest the relay issued it (or the one that replaced,
@@ -552,6 +557,13 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 	if h.ProtocolVersion < protocol.MinVersion {
 		return protocol.Errorf(protocol.CodeUnsupportedVersion,
 			"agent speaks protocol version %d; this relay accepts %d to %d: upgrade the agent", h.ProtocolVersion, protocol.MinVersion, protocol.Version)
+	}
+	// An agent keeps at most 16 connections (agent.MaxRelayConnections),
+	// and each may reconnect before the relay has seen its old session
+	// die: more than twice that from one agent process is no agent's
+	// doing, and each holds a socket, goroutines and buffers.
+	if n := s.set.sessionsOfProcess(id.Tenant, id.ID, h.BootID); n >= MaxSessionsPerAgent {
+		return protocol.Errorf(protocol.CodeLimitExceeded, "agent %s already has %d sessions with this relay, the most one agent may hold: check that one agent identity is not run by many processes", id.ID, n)
 	}
 	if now := s.cfg.Now(); now.After(leaf.NotAfter) {
 		return protocol.Errorf(protocol.CodeCertExpired, "agent %s's certificate expired at %s (the agent was offline longer than its certificate lived): enrol it again with a new join token",

@@ -152,6 +152,16 @@ func (s *Set) ofAgent(tenant, id string) []*Conn {
 	return s.Select(tenant, false, func(c *Conn) bool { return c.id.ID == id })
 }
 
+// sessionsOfProcess counts the sessions of agent id of tenant from the
+// process that booted as boot (and those of agents too old to say): the
+// sessions a new one from that process joins, where those of another
+// process are closed as stale when it joins (add).
+func (s *Set) sessionsOfProcess(tenant, id, boot string) int {
+	return len(s.Select(tenant, false, func(c *Conn) bool {
+		return c.id.ID == id && (c.hello.BootID == boot || c.hello.BootID == "" || boot == "")
+	}))
+}
+
 // doubtSiblings doubts every other session of c's agent process (see
 // Conn.doubt): when one session of an agent stops answering, its others,
 // from the same process and most often over the same path, have most
