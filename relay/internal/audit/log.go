@@ -51,6 +51,17 @@ type Log struct {
 	// to be written (for metrics).
 	Committed func(start time.Time)
 	done      chan struct{}
+
+	everyMu   sync.Mutex    // guards every and stopEvery
+	every     []periodic    // registered by Every
+	stopEvery chan struct{} // closed by Stop; nil before Start and after Stop
+	everyWG   sync.WaitGroup
+}
+
+// periodic is a function Every calls at an interval.
+type periodic struct {
+	interval time.Duration
+	f        func()
 }
 
 // Open opens (creating, 0600) the audit file at path for appending. The
@@ -75,6 +86,47 @@ func (a *Log) Start() {
 	a.closed = false
 	a.mu.Unlock()
 	go a.run()
+	a.everyMu.Lock()
+	defer a.everyMu.Unlock()
+	a.stopEvery = make(chan struct{})
+	for _, p := range a.every {
+		a.startPeriodic(p)
+	}
+}
+
+// Every has f called every interval while the writer runs (from Start to
+// Stop), and once more as Stop begins, before the last records are
+// written: for a part that sums what it audits over an interval (a
+// throttle.Tally of refusals) and has no goroutine of its own to write
+// the sums. f must not block for long. Registered after Stop, f is not
+// called.
+func (a *Log) Every(interval time.Duration, f func()) {
+	a.everyMu.Lock()
+	defer a.everyMu.Unlock()
+	p := periodic{interval: interval, f: f}
+	a.every = append(a.every, p)
+	if a.stopEvery != nil {
+		a.startPeriodic(p)
+	}
+}
+
+// startPeriodic calls p.f every p.interval until stopEvery is closed,
+// then once more. everyMu is held.
+func (a *Log) startPeriodic(p periodic) {
+	stop := a.stopEvery
+	a.everyWG.Go(func() {
+		t := time.NewTicker(p.interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				p.f()
+				return
+			case <-t.C:
+				p.f()
+			}
+		}
+	})
 }
 
 // run writes queued records until Stop is called and the queue is empty.
@@ -259,9 +311,17 @@ func errString(err error) string {
 	return err.Error()
 }
 
-// Stop writes what is queued and stops the writer; later records are
-// written as they are added. Only call it after Start.
+// Stop has the functions given to Every called a last time, writes what
+// is queued and stops the writer; later records are written as they are
+// added. Only call it after Start.
 func (a *Log) Stop() {
+	a.everyMu.Lock()
+	if a.stopEvery != nil {
+		close(a.stopEvery)
+		a.stopEvery = nil
+	}
+	a.everyMu.Unlock()
+	a.everyWG.Wait() // their last records are queued while the writer runs
 	a.mu.Lock()
 	if !a.closed {
 		a.closed = true

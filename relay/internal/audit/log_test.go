@@ -169,3 +169,62 @@ func TestQueueWithin(t *testing.T) {
 		}
 	}
 }
+
+// A function given to Every is called at its interval while the writer
+// runs and once more as Stop begins: what it records then is written
+// before Stop returns. Registered after Start, it is called too.
+func TestEvery(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(dir, "relay.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	a, err := Open(ctx, st, filepath.Join(dir, "audit.log"), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	calls := make(chan string, 1000)
+	sum := func(name string) func() {
+		return func() {
+			calls <- name
+			a.Record(Record{Kind: AuthRefused, Outcome: "unauthenticated", Actor: name})
+		}
+	}
+	a.Every(10*time.Millisecond, sum("before"))
+	a.Start()
+	a.Every(time.Hour, sum("after")) // its only call is at Stop
+	for seen := 0; seen < 3; {
+		select {
+		case name := <-calls:
+			if name != "before" {
+				t.Fatalf("%s called before Stop", name)
+			}
+			seen++
+		case <-time.After(10 * time.Second):
+			t.Fatal("the function given to Every before Start was not called at its interval")
+		}
+	}
+	a.Stop()
+	close(calls)
+	n := map[string]int{}
+	for name := range calls {
+		n[name]++
+	}
+	if n["after"] != 1 {
+		t.Errorf("the function given to Every after Start was called %d times while Stop ran, want 1", n["after"])
+	}
+	recs, err := st.ListAudit(ctx, store.AuditFilter{Kind: AuthRefused})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byActor := map[string]int{}
+	for _, r := range recs {
+		byActor[r.Actor]++
+	}
+	if byActor["after"] != 1 || byActor["before"] < 3 {
+		t.Errorf("records written by Stop's return: %v, want at least 3 from before and 1 from after", byActor)
+	}
+}
