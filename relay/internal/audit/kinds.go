@@ -7,7 +7,7 @@ const (
 	// Agents.
 	Enrol      = "agent.enrol"
 	Connect    = "agent.connect"   // refused connections (TLS or hello) and admitted ones
-	Handshake  = "agent.handshake" // TLS handshakes that failed before an identity was known
+	Handshake  = "agent.handshake" // TLS handshakes that failed before an identity was known (a source's first; then AuthRefused)
 	Renew      = "agent.renew"
 	Revoke     = "agent.revoke"
 	Disconnect = "agent.disconnect" // only when the relay ends the session for a reason worth auditing
@@ -21,7 +21,8 @@ const (
 
 	// Failed or throttled authentication, summed per door, source and
 	// reason (throttle.Summary.Detail): the admin API and console, the
-	// front doors and enrolment.
+	// front doors, enrolment, and TLS handshakes refused for their client
+	// certificate (agent port, CONNECT over TLS, relay-to-relay listener).
 	AuthRefused = "auth.refused"
 
 	// Tenants, join tokens and backends.

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -25,10 +26,10 @@ const peerCertLifetime = 7 * 24 * time.Hour
 // spiffe://<td>/relay/<id>, issued by the cluster's CA, and the TLS
 // configurations that accept only other relays of the same CA.
 type Peer struct {
-	auth  *Authority
-	audit *audit.Log
-	id    string
-	now   func() time.Time
+	auth     *Authority
+	refusals *refusals
+	id       string
+	now      func() time.Time
 
 	mu   sync.Mutex // guards cert
 	cert *tls.Certificate
@@ -36,8 +37,10 @@ type Peer struct {
 
 // NewPeer returns the relay-to-relay TLS of relay id. It issues the first
 // certificate, so that an id that cannot be certified is reported at once.
+// Refused peers are audited in log (nil: not at all), which writes their
+// sums while it runs (audit.Log.Every).
 func NewPeer(auth *Authority, log *audit.Log, id string, now func() time.Time) (*Peer, error) {
-	p := &Peer{auth: auth, audit: log, id: id, now: now}
+	p := &Peer{auth: auth, refusals: newRefusals(log, now), id: id, now: now}
 	if _, err := p.certificate(); err != nil {
 		return nil, err
 	}
@@ -72,13 +75,22 @@ func (a *Authority) VerifyPeer(certs []*x509.Certificate, now time.Time) (identi
 	if err := VerifyClientChain(authority, certs, now); err != nil {
 		return identity.Relay{}, err
 	}
-	return identity.RelayFromCertificate(certs[0], authority.TrustDomain())
+	id, err := identity.RelayFromCertificate(certs[0], authority.TrustDomain())
+	if err != nil {
+		return identity.Relay{}, identityError{err}
+	}
+	return id, nil
 }
 
 // Listener is the TLS configuration of the relay-to-relay listener: both
 // sides present relay-to-relay certificates of the cluster's CA. A
-// refused peer is audited (queued, as every refusal).
-func (p *Peer) Listener() *tls.Config {
+// refused peer is audited (queued, as every refusal) as from the
+// connection's address (refusals.go).
+func (p *Peer) Listener() *tls.Config { return perConnection(p.listener) }
+
+// listener is the TLS configuration of a connection to the relay-to-relay
+// listener from remote.
+func (p *Peer) listener(remote net.Addr) *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		NextProtos:     []string{PeerALPN},
@@ -87,13 +99,13 @@ func (p *Peer) Listener() *tls.Config {
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			r, err := p.auth.VerifyPeer(cs.PeerCertificates, p.now())
 			if err == nil && r.ID == p.id {
-				err = fmt.Errorf("peer presented this relay's own identity %s", r)
+				err = identityError{fmt.Errorf("peer presented this relay's own identity %s", r)}
 			}
 			if err != nil {
-				p.audit.Record(audit.Record{Kind: audit.Handshake, Outcome: "unauthenticated", Actor: "peer",
-					Detail: WithCertificate(map[string]any{"error": err.Error(), "door": "peer"}, cs.PeerCertificates)})
+				return p.refusals.refused(doorPeer, remote, cs.PeerCertificates, err,
+					audit.Record{Kind: audit.Handshake, Outcome: "unauthenticated", Actor: "peer"})
 			}
-			return err
+			return nil
 		},
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -114,12 +115,16 @@ func (a *Authority) VerifyAgent(certs []*x509.Certificate, now time.Time) (ident
 	}
 	if err := VerifyClientChain(authority, certs, at); err != nil {
 		if old := authority.RetiredIssuerOf(leaf); old != nil {
-			return identity.Agent{}, fmt.Errorf("certificate issued by CA root %d (%s), retired at %s: the agent must enrol again with a new join token",
-				old.Generation, old.ID(), old.RetiredAt.UTC().Format(time.RFC3339))
+			return identity.Agent{}, &retiredRootError{err: err, msg: fmt.Sprintf("certificate issued by CA root %d (%s), retired at %s: the agent must enrol again with a new join token",
+				old.Generation, old.ID(), old.RetiredAt.UTC().Format(time.RFC3339))}
 		}
 		return identity.Agent{}, err
 	}
-	return identity.AgentFromCertificate(leaf, authority.TrustDomain())
+	id, err := identity.AgentFromCertificate(leaf, authority.TrustDomain())
+	if err != nil {
+		return identity.Agent{}, identityError{err}
+	}
+	return id, nil
 }
 
 // VerifyBackend checks a client certificate presented at the TLS front
@@ -133,7 +138,11 @@ func (a *Authority) VerifyBackend(certs []*x509.Certificate, now time.Time) (ide
 	if err := VerifyClientChain(authority, certs, now); err != nil {
 		return identity.Backend{}, err
 	}
-	return identity.BackendFromCertificate(certs[0], authority.TrustDomain())
+	id, err := identity.BackendFromCertificate(certs[0], authority.TrustDomain())
+	if err != nil {
+		return identity.Backend{}, identityError{err}
+	}
+	return id, nil
 }
 
 // VerifyOperator checks an operator's client certificate at the admin API.
@@ -149,14 +158,16 @@ func (a *Authority) VerifyOperator(certs []*x509.Certificate, now time.Time) (id
 }
 
 // WithCertificate adds to an audit record's detail what identifies a
-// refused certificate: its issuer, serial and first URI.
+// refused certificate: its issuer, serial and first URI, each clipped to
+// maxCertText (a certificate of the peer's own making says what it
+// likes, at any length).
 func WithCertificate(detail map[string]any, certs []*x509.Certificate) map[string]any {
 	if len(certs) > 0 {
 		leaf := certs[0]
-		detail["issuer"] = leaf.Issuer.String()
-		detail["serial"] = leaf.SerialNumber.Text(16)
+		detail["issuer"] = protocol.Clip(leaf.Issuer.String(), maxCertText)
+		detail["serial"] = protocol.Clip(leaf.SerialNumber.Text(16), maxCertText)
 		if len(leaf.URIs) > 0 {
-			detail["uri"] = leaf.URIs[0].String()
+			detail["uri"] = protocol.Clip(leaf.URIs[0].String(), maxCertText)
 		}
 	}
 	return detail
@@ -172,13 +183,13 @@ const certLifetime = 30 * 24 * time.Hour
 // Server is the relay's side of TLS: its server certificate, issued by the
 // tenant CA and renewed as it ages or as the CA's serving root changes,
 // and the configurations of its listeners. Handshakes refused for their
-// client certificate are audited, queued rather than waited for, as every
-// refusal is: a stalled store would otherwise hold each refused handshake
-// (and its handshake slot) for the audit writer's 10 s.
+// client certificate are audited (refusals.go), queued rather than waited
+// for, as every refusal is: a stalled store would otherwise hold each
+// refused handshake (and its handshake slot) for the audit writer's 10 s.
 type Server struct {
-	auth  *Authority
-	audit *audit.Log
-	now   func() time.Time
+	auth     *Authority
+	refusals *refusals
+	now      func() time.Time
 
 	certMu sync.Mutex // guards cert
 	cert   *tls.Certificate
@@ -186,9 +197,10 @@ type Server struct {
 
 // NewServer returns the TLS side of a relay whose CA is auth. It issues
 // the first server certificate, so that a CA that cannot sign is reported
-// at start.
+// at start. Refused client certificates are audited in log (nil: not at
+// all), which writes their sums while it runs (audit.Log.Every).
 func NewServer(auth *Authority, log *audit.Log, now func() time.Time) (*Server, error) {
-	s := &Server{auth: auth, audit: log, now: now}
+	s := &Server{auth: auth, refusals: newRefusals(log, now), now: now}
 	if _, err := s.Certificate(nil); err != nil {
 		return nil, err
 	}
@@ -221,8 +233,12 @@ func (s *Server) Certificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 // VerifyConnection (VerifyAgent), which lets an expired but otherwise good
 // certificate through to the hello, where it is refused with a message
 // saying what to do. It reads the CA's roots at each handshake, so a
-// rotation applies to the next connection.
-func (s *Server) Agents() *tls.Config {
+// rotation applies to the next connection. A refused certificate is
+// audited as from the connection's address (refusals.go).
+func (s *Server) Agents() *tls.Config { return perConnection(s.agents) }
+
+// agents is the TLS configuration of an agent connection from remote.
+func (s *Server) agents(remote net.Addr) *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: s.Certificate,
@@ -231,10 +247,10 @@ func (s *Server) Agents() *tls.Config {
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			_, err := s.auth.VerifyAgent(cs.PeerCertificates, s.now())
 			if err != nil {
-				s.audit.Record(audit.Record{Kind: audit.Handshake, Outcome: protocol.CodeUnauthenticated.String(), Actor: "agent",
-					Detail: WithCertificate(map[string]any{"error": err.Error()}, cs.PeerCertificates)})
+				return s.refusals.refused(doorAgent, remote, cs.PeerCertificates, err,
+					audit.Record{Kind: audit.Handshake, Outcome: protocol.CodeUnauthenticated.String(), Actor: "agent"})
 			}
-			return err
+			return nil
 		},
 	}
 }
@@ -254,14 +270,14 @@ func (s *Server) Enrolment() *tls.Config {
 // port by ALPN: agents with certificates negotiate tether/1, enrolling
 // agents tether-enroll/1.
 func (s *Server) AgentsTCP() *tls.Config {
-	agents, enrol := s.Agents(), s.Enrolment()
+	enrol := s.Enrolment()
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			for _, p := range hello.SupportedProtos {
 				switch p {
 				case protocol.ALPN:
-					return agents, nil
+					return s.agents(remoteOf(hello)), nil
 				case protocol.ALPNEnroll:
 					return enrol, nil
 				}
@@ -274,9 +290,14 @@ func (s *Server) AgentsTCP() *tls.Config {
 // Front is the TLS configuration of the CONNECT front door over TLS. A
 // backend may present a client certificate from the relay CA naming it
 // (tether-relay backend certificate); one that does not verify ends the
-// handshake and is audited. Without one, the backend authenticates in the
-// CONNECT request.
-func (s *Server) Front() *tls.Config {
+// handshake and is audited as from the connection's address
+// (refusals.go). Without one, the backend authenticates in the CONNECT
+// request.
+func (s *Server) Front() *tls.Config { return perConnection(s.front) }
+
+// front is the TLS configuration of a connection to the CONNECT front
+// door over TLS from remote.
+func (s *Server) front(remote net.Addr) *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: s.Certificate,
@@ -288,10 +309,10 @@ func (s *Server) Front() *tls.Config {
 			}
 			_, err := s.auth.VerifyBackend(cs.PeerCertificates, s.now())
 			if err != nil {
-				s.audit.Record(audit.Record{Kind: audit.Stream, Outcome: protocol.CodeUnauthenticated.String(), Actor: "unauthenticated",
-					Detail: WithCertificate(map[string]any{"door": "connect-tls", "auth": "certificate", "error": "backend certificate refused: " + err.Error()}, cs.PeerCertificates)})
+				return s.refusals.refused(doorConnectTLS, remote, cs.PeerCertificates, fmt.Errorf("backend certificate refused: %w", err),
+					audit.Record{Kind: audit.Stream, Outcome: protocol.CodeUnauthenticated.String(), Actor: "unauthenticated", Detail: map[string]any{"auth": "certificate"}})
 			}
-			return err
+			return nil
 		},
 	}
 }
