@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,31 +17,44 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // would make the test fail wherever a relay runs with its defaults.
 func runRelay(t *testing.T, cfg Config) *Relay {
 	t.Helper()
+	r, _ := startRelay(t, cfg)
+	return r
+}
+
+// startRelay runs a relay with cfg as runRelay does, and returns with it
+// a stop that ends Run and waits for it to return without error (at the
+// test's end, if not called before).
+func startRelay(t *testing.T, cfg Config) (*Relay, func()) {
+	t.Helper()
 	if cfg.AgentListen == "" || cfg.SOCKSListen == "" || cfg.ConnectListen == "" {
-		t.Fatal("runRelay: set AgentListen, SOCKSListen and ConnectListen (127.0.0.1:0 or Off); the defaults are fixed ports")
+		t.Fatal("runRelay, startRelay: set AgentListen, SOCKSListen and ConnectListen (127.0.0.1:0 or Off); the defaults are fixed ports")
 	}
 	r, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, stop := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		stop()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Error(err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Error(err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Error("Run did not return")
 			}
-		case <-time.After(30 * time.Second):
-			t.Error("Run did not return")
-		}
-	})
+		})
+	}
+	t.Cleanup(stop)
 	for deadline := time.Now().Add(20 * time.Second); !r.serving.Load(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("relay never started serving")
 		}
 	}
-	return r
+	return r, stop
 }
