@@ -390,7 +390,8 @@ func scanAgentUpdate(sc interface{ Scan(...any) error }) (AgentUpdate, error) {
 	return u, err
 }
 
-// AgentUpdates returns update states of version ("" for all), newest first.
+// AgentUpdates returns every update state of version ("" for all),
+// newest first (AgentUpdatePage returns them a page at a time).
 func (s *Store) AgentUpdates(ctx context.Context, version string) ([]AgentUpdate, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+agentUpdateCols+`
 		FROM agent_updates WHERE $1 = '' OR version = $1 ORDER BY updated_at DESC, agent`, version)
@@ -405,6 +406,113 @@ func (s *Store) AgentUpdates(ctx context.Context, version string) ([]AgentUpdate
 			return nil, err
 		}
 		out = append(out, u)
+	}
+	return out, rows.Err()
+}
+
+// AgentUpdateKey is where an agent's update state stands in the order in
+// which AgentUpdatePage lists them: (UpdatedAt, Agent, Version)
+// descending, newest first, ties broken by agent and version.
+type AgentUpdateKey struct {
+	UpdatedAt      time.Time
+	Agent, Version string
+}
+
+// Key is u's place in the order of AgentUpdatePage.
+func (u AgentUpdate) Key() AgentUpdateKey {
+	return AgentUpdateKey{UpdatedAt: u.UpdatedAt, Agent: u.Agent, Version: u.Version}
+}
+
+// AgentUpdateFilter selects a page of agents' update states.
+type AgentUpdateFilter struct {
+	Version, Tenant, State string // "" for any
+	// After, when set, is the key of the last row of the previous page:
+	// the page starts after it.
+	After *AgentUpdateKey
+	// Limit is the most rows of the page (1000 when not positive).
+	Limit int
+}
+
+// agentUpdateWhere is the WHERE clause ("" for none) and its arguments
+// selecting the rows of version and tenant ("" for any), and, when
+// state is not "", of that state.
+func agentUpdateWhere(version, tenant, state string) (string, []any) {
+	var conds []string
+	var args []any
+	for _, c := range []struct{ col, v string }{{"version", version}, {"tenant", tenant}, {"state", state}} {
+		if c.v != "" {
+			args = append(args, c.v)
+			conds = append(conds, fmt.Sprintf("%s = $%d", c.col, len(args)))
+		}
+	}
+	if len(conds) == 0 {
+		return "", nil
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
+}
+
+// AgentUpdatePage returns a page of the update states f selects, newest
+// first (AgentUpdateKey). Following the pages lists every row once; a row
+// updated while they are followed moves to the front (a later first page
+// shows it) and is left out of the pages after its old place.
+func (s *Store) AgentUpdatePage(ctx context.Context, f AgentUpdateFilter) ([]AgentUpdate, error) {
+	q, args := agentUpdatePageQuery(f)
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []AgentUpdate
+	for rows.Next() {
+		u, err := scanAgentUpdate(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
+}
+
+// agentUpdatePageQuery is the query of AgentUpdatePage and its arguments.
+func agentUpdatePageQuery(f AgentUpdateFilter) (string, []any) {
+	where, args := agentUpdateWhere(f.Version, f.Tenant, f.State)
+	if f.After != nil {
+		// A row value: both engines compare it in the order of an index
+		// on the same columns, and seek to it.
+		n := len(args)
+		cond := fmt.Sprintf("(updated_at, agent, version) < ($%d, $%d, $%d)", n+1, n+2, n+3)
+		args = append(args, unix(f.After.UpdatedAt), f.After.Agent, f.After.Version)
+		if where == "" {
+			where = " WHERE " + cond
+		} else {
+			where += " AND " + cond
+		}
+	}
+	if f.Limit <= 0 {
+		f.Limit = 1000
+	}
+	return `SELECT ` + agentUpdateCols + ` FROM agent_updates` + where +
+		fmt.Sprintf(` ORDER BY updated_at DESC, agent DESC, version DESC LIMIT %d`, f.Limit), args
+}
+
+// CountAgentUpdates counts the update states of version and tenant ("" for
+// any) by state. Without a version, an agent counts once for each version
+// it was offered.
+func (s *Store) CountAgentUpdates(ctx context.Context, version, tenant string) (map[string]int, error) {
+	where, args := agentUpdateWhere(version, tenant, "")
+	rows, err := s.db.QueryContext(ctx, `SELECT state, count(*) FROM agent_updates`+where+` GROUP BY state`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var state string
+		var n int
+		if err := rows.Scan(&state, &n); err != nil {
+			return nil, err
+		}
+		out[state] = n
 	}
 	return out, rows.Err()
 }

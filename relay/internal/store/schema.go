@@ -292,6 +292,19 @@ CREATE TABLE backend_certs (
 CREATE INDEX backend_certs_backend ON backend_certs(backend);
 ALTER TABLE backends ADD COLUMN certs_recorded INTEGER NOT NULL DEFAULT 0;
 `},
+	// Agents' update states are listed a page at a time, newest first
+	// ((updated_at, agent, version) descending, releases.go,
+	// AgentUpdatePage): an index in that order for the whole table, and
+	// one for each filter that narrows it most (a version, a tenant), so
+	// that a page reads its rows in order and stops, however many rows
+	// accumulate. The version index replaces the one on version alone,
+	// which it begins with.
+	{15, `
+CREATE INDEX agent_updates_recent ON agent_updates(updated_at, agent, version);
+CREATE INDEX agent_updates_version_recent ON agent_updates(version, updated_at, agent);
+CREATE INDEX agent_updates_tenant_recent ON agent_updates(tenant, updated_at, agent, version);
+DROP INDEX agent_updates_version;
+`},
 }
 
 // latestMigration is the schema version a migrated store has.
