@@ -190,7 +190,7 @@ with --pub first if given), or a binary signed here and now (--file …
 		Args:  cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.withAdmin(cmd, func(ctx context.Context, a *admin.Admin) error {
-				st, err := a.UpdateStatus(ctx, statusVersion)
+				st, err := a.UpdateStatus(ctx, admin.UpdateQuery{Version: statusVersion})
 				if err != nil {
 					return err
 				}

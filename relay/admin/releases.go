@@ -3,12 +3,19 @@ package admin
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"net/url"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/audit"
 
+	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/protocol/release"
 	"github.com/tetherhq/tether/relay/internal/store"
@@ -171,17 +178,132 @@ type AgentUpdate struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
-// UpdateStatus is the state of rollouts and of every agent's updates.
+// Pages of agents' update states (UpdateStatus).
+const (
+	DefaultUpdatePage = 200
+	MaxUpdatePage     = 1000
+)
+
+// UpdateStates are the states of an agent's update, in the order of a
+// rollout: offered, on its way, done, then the ways it can end otherwise.
+var UpdateStates = []string{protocol.UpdateOffered, protocol.UpdateDownloading, protocol.UpdateDownloaded, protocol.UpdateApplied,
+	protocol.UpdateSucceeded, protocol.UpdateRefused, protocol.UpdateFailed, protocol.UpdateRolledBack}
+
+// UpdateQuery selects the agents' update states UpdateStatus lists.
+type UpdateQuery struct {
+	Version, Tenant, State string // "" for any
+	// Limit is the most agents' states listed: 1 to MaxUpdatePage; 0 is
+	// DefaultUpdatePage.
+	Limit int
+	// Cursor is the NextCursor of the previous page; "" for the first.
+	Cursor string
+}
+
+// ParseUpdateQuery reads an admin API query of agents' update states:
+// version, tenant, state (one of UpdateStates), limit (1 to
+// MaxUpdatePage, default DefaultUpdatePage) and cursor (the next_cursor
+// of the previous page). Errors are ErrInvalid.
+func ParseUpdateQuery(q url.Values) (UpdateQuery, error) {
+	uq := UpdateQuery{Version: q.Get("version"), Tenant: q.Get("tenant"), State: q.Get("state"), Cursor: q.Get("cursor")}
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > MaxUpdatePage {
+			return UpdateQuery{}, invalidf("limit %q: want a number from 1 to %d", protocol.Clip(s, 32), MaxUpdatePage)
+		}
+		uq.Limit = n
+	}
+	if _, err := uq.filter(); err != nil {
+		return UpdateQuery{}, err
+	}
+	return uq, nil
+}
+
+// filter checks q and returns the store's filter of its page. Errors are
+// ErrInvalid.
+func (q UpdateQuery) filter() (store.AgentUpdateFilter, error) {
+	f := store.AgentUpdateFilter{Version: q.Version, Tenant: q.Tenant, State: q.State, Limit: q.Limit}
+	if f.Version != "" && !release.ValidVersion(f.Version) {
+		return f, invalidf("version %q is not a semantic version (1.2.3)", protocol.Clip(f.Version, 64))
+	}
+	if f.Tenant != "" {
+		if err := identity.ValidateName("tenant", f.Tenant); err != nil {
+			return f, invalid(err)
+		}
+	}
+	if f.State != "" && !slices.Contains(UpdateStates, f.State) {
+		return f, invalidf("state %q: want one of %s", protocol.Clip(f.State, 32), strings.Join(UpdateStates, ", "))
+	}
+	switch {
+	case f.Limit == 0:
+		f.Limit = DefaultUpdatePage
+	case f.Limit < 0 || f.Limit > MaxUpdatePage:
+		return f, invalidf("limit %d: want 1 to %d", f.Limit, MaxUpdatePage)
+	}
+	if q.Cursor != "" {
+		k, err := parseUpdateCursor(q.Cursor)
+		if err != nil {
+			return f, invalidf("cursor %q: not one this API returned", protocol.Clip(q.Cursor, 64))
+		}
+		f.After = &k
+	}
+	return f, nil
+}
+
+// updateCursor is the cursor of the page after the one that ended with k:
+// k, opaque to the reader.
+func updateCursor(k store.AgentUpdateKey) string {
+	b, _ := json.Marshal(cursorKey{At: k.UpdatedAt.Unix(), Agent: k.Agent, Version: k.Version})
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// cursorKey is what a cursor of agents' update states holds.
+type cursorKey struct {
+	At      int64  `json:"t"`
+	Agent   string `json:"a"`
+	Version string `json:"v"`
+}
+
+func parseUpdateCursor(s string) (store.AgentUpdateKey, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return store.AgentUpdateKey{}, err
+	}
+	var c cursorKey
+	if err := json.Unmarshal(b, &c); err != nil {
+		return store.AgentUpdateKey{}, err
+	}
+	if c.Agent == "" || c.Version == "" {
+		return store.AgentUpdateKey{}, errors.New("no agent or version")
+	}
+	return store.AgentUpdateKey{UpdatedAt: time.Unix(c.At, 0).UTC(), Agent: c.Agent, Version: c.Version}, nil
+}
+
+// UpdateStatus is the state of rollouts and a page of agents' updates.
 type UpdateStatus struct {
 	Rollouts []Rollout     `json:"rollouts"`
 	Agents   []AgentUpdate `json:"agents"`
+	// Counts counts the agents' update states of the version and tenant
+	// queried by state, whatever the state queried and the page: every
+	// one of UpdateStates, 0 or not. Without a version, an agent counts
+	// once for each version it was offered.
+	Counts map[string]int `json:"counts"`
+	// NextCursor, when more agents' states follow, is the Cursor of the
+	// next page.
+	NextCursor string `json:"next_cursor,omitempty"`
 }
 
-// UpdateStatus returns the rollouts (newest first) and the agents' update
-// states for version ("" for every version).
-func (a *Admin) UpdateStatus(ctx context.Context, version string) (UpdateStatus, error) {
+// UpdateStatus returns the rollouts (newest first; those of q.Version
+// only, when given) and a page of the agents' update states q selects,
+// newest first by their last change, with their counts by state. An
+// agent whose state changes while the pages are followed moves to the
+// front: a new first page shows it. Errors in q are ErrInvalid.
+func (a *Admin) UpdateStatus(ctx context.Context, q UpdateQuery) (UpdateStatus, error) {
 	var st UpdateStatus
 	if err := a.vendorOnly("rollouts"); err != nil {
+		return st, err
+	}
+	f, err := q.filter()
+	if err != nil {
 		return st, err
 	}
 	ros, err := a.store.Rollouts(ctx, false)
@@ -189,20 +311,34 @@ func (a *Admin) UpdateStatus(ctx context.Context, version string) (UpdateStatus,
 		return st, err
 	}
 	for _, r := range ros {
-		if version != "" && r.Version != version {
+		if q.Version != "" && r.Version != q.Version {
 			continue
 		}
 		st.Rollouts = append(st.Rollouts, Rollout{ID: r.ID, Version: r.Version, Percent: r.Percent, Tenants: r.Tenants, Agents: r.Agents,
 			HaltAt: r.HaltAt, Batch: r.Batch, State: r.State, Reason: r.Reason, CreatedAt: r.CreatedAt})
 	}
-	us, err := a.store.AgentUpdates(ctx, version)
+	// One row more than the page tells whether more follow.
+	limit := f.Limit
+	f.Limit++
+	us, err := a.store.AgentUpdatePage(ctx, f)
 	if err != nil {
 		return st, err
+	}
+	if len(us) > limit {
+		us = us[:limit]
+		st.NextCursor = updateCursor(us[limit-1].Key())
 	}
 	for _, u := range us {
 		st.Agents = append(st.Agents, AgentUpdate{Agent: u.Agent, Tenant: u.Tenant, Version: u.Version, From: u.From, Rollout: u.Rollout,
 			State: u.State, Reason: u.Reason, Message: u.Message, UpdatedAt: u.UpdatedAt})
 	}
-	slices.SortStableFunc(st.Agents, func(x, y AgentUpdate) int { return y.UpdatedAt.Compare(x.UpdatedAt) })
+	if st.Counts, err = a.store.CountAgentUpdates(ctx, q.Version, q.Tenant); err != nil {
+		return st, err
+	}
+	for _, s := range UpdateStates {
+		if _, ok := st.Counts[s]; !ok {
+			st.Counts[s] = 0
+		}
+	}
 	return st, nil
 }

@@ -165,7 +165,7 @@ func TestScopedAdmin(t *testing.T) {
 			"IssueBackendCertificate":  func() error { _, err := a.IssueBackendCertificate(ctx, "b", time.Hour); return err }(),
 			"Releases":                 func() error { _, err := a.Releases(ctx); return err }(),
 			"StartRollout":             func() error { _, _, err := a.StartRollout(ctx, Rollout{Version: "1.0.0", Percent: 5}); return err }(),
-			"UpdateStatus":             func() error { _, err := a.UpdateStatus(ctx, ""); return err }(),
+			"UpdateStatus":             func() error { _, err := a.UpdateStatus(ctx, UpdateQuery{}); return err }(),
 			"CAStatus":                 func() error { _, err := a.CAStatus(ctx); return err }(),
 			"RotateCA":                 func() error { _, err := a.RotateCA(ctx, false); return err }(),
 			"RenewNowCA":               func() error { _, err := a.RenewNowCA(ctx); return err }(),

@@ -461,14 +461,16 @@ func (s *Server) releasesData(req *http.Request, _ Operator, a *admin.Admin, _ t
 	if err != nil {
 		return "", nil, err
 	}
-	st, err := a.UpdateStatus(req.Context(), "")
+	st, err := a.UpdateStatus(req.Context(), admin.UpdateQuery{Limit: dashListLimit})
 	if err != nil {
 		return "", nil, err
 	}
 	v := releasesView{Releases: rs, Status: st}
-	if len(v.Status.Agents) > dashListLimit {
-		v.More = len(v.Status.Agents) - dashListLimit
-		v.Status.Agents = v.Status.Agents[:dashListLimit]
+	if st.NextCursor != "" {
+		for _, n := range st.Counts {
+			v.More += n
+		}
+		v.More = max(v.More-len(st.Agents), 0)
 	}
 	return "Releases", v, nil
 }

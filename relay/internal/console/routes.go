@@ -371,10 +371,15 @@ func (s *Server) releases(w http.ResponseWriter, req *http.Request, a *admin.Adm
 	return reply(w, http.StatusOK, map[string]any{"releases": rs}, err)
 }
 
-// rollouts answers the rollouts, newest first, and every agent's update
-// state, for the version in ?version= or all.
+// rollouts answers the rollouts, newest first, and a page of the agents'
+// update states, newest first, with their counts by state
+// (admin.ParseUpdateQuery: ?version=&tenant=&state=&limit=&cursor=).
 func (s *Server) rollouts(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
-	st, err := a.UpdateStatus(req.Context(), req.URL.Query().Get("version"))
+	q, err := admin.ParseUpdateQuery(req.URL.Query())
+	if err != nil {
+		return err
+	}
+	st, err := a.UpdateStatus(req.Context(), q)
 	if st.Rollouts == nil {
 		st.Rollouts = []admin.Rollout{}
 	}

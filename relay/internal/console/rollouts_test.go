@@ -1,0 +1,130 @@
+package console
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/relay/internal/store"
+)
+
+// updatesAt is when the newest update state addUpdates writes changed.
+var updatesAt = time.Now().Add(-time.Hour).Truncate(time.Second)
+
+// addUpdates writes the update states of n agents of acme to version, the
+// newest first in the order of the agents' numbers, from first on: agent
+// i's state changed i seconds before updatesAt.
+func addUpdates(t *testing.T, d *dashRelay, version string, first, n int, state string) {
+	t.Helper()
+	at := updatesAt
+	for i := range n {
+		u := store.AgentUpdate{Agent: fmt.Sprintf("ag%04d", first+i), Tenant: "acme", Version: version, State: state, UpdatedAt: at.Add(-time.Duration(first+i) * time.Second)}
+		if err := d.dir.Store.SetAgentUpdate(context.Background(), u); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// rolloutsPage is the answer of GET /api/v1/rollouts.
+type rolloutsPage struct {
+	Rollouts []json.RawMessage `json:"rollouts"`
+	Agents   []struct {
+		Agent   string `json:"agent"`
+		Version string `json:"version"`
+		State   string `json:"state"`
+	} `json:"agents"`
+	Counts     map[string]int `json:"counts"`
+	NextCursor *string        `json:"next_cursor"`
+}
+
+// GET /api/v1/rollouts answers a page of the agents' update states (200
+// unless limit says otherwise, at most 1000), with the rollouts, the
+// counts by state and, when more follow, next_cursor; following it lists
+// every agent once. A bad limit, state or cursor is a 400 saying what is
+// wanted.
+func TestRolloutsAPIPages(t *testing.T) {
+	d := startDashRelay(t)
+	addUpdates(t, d, "1.2.0", 0, 250, "succeeded")
+	addUpdates(t, d, "1.2.0", 250, 7, "failed")
+	addUpdates(t, d, "1.1.0", 0, 5, "rolled_back")
+	c := d.client(t)
+	bearer := map[string]string{"Authorization": "Bearer " + d.tok}
+	get := func(query string) (int, rolloutsPage, string) {
+		t.Helper()
+		res := d.do(t, c, http.MethodGet, "/api/v1/rollouts"+query, nil, bearer)
+		var p rolloutsPage
+		if res.status == http.StatusOK {
+			if err := json.Unmarshal([]byte(res.body), &p); err != nil {
+				t.Fatalf("%s: %v\n%s", query, err, res.body)
+			}
+			if p.Rollouts == nil || p.Agents == nil || p.Counts == nil {
+				t.Fatalf("%s: an answer without rollouts, agents or counts:\n%s", query, res.body)
+			}
+		}
+		return res.status, p, res.body
+	}
+
+	status, p, body := get("")
+	if status != http.StatusOK || len(p.Agents) != 200 || p.NextCursor == nil {
+		t.Fatalf("the first page: %d, %d agents, next cursor %v, want 200 agents and a cursor:\n%.500s", status, len(p.Agents), p.NextCursor, body)
+	}
+	// Ties (ag0000 to ag0004 of both versions) are broken by version.
+	if p.Agents[0].Agent != "ag0000" || p.Agents[0].Version != "1.2.0" || p.Agents[1].Version != "1.1.0" || p.Agents[199].Agent != "ag0194" {
+		t.Errorf("the first page is not the newest first: %+v … %+v", p.Agents[0], p.Agents[199])
+	}
+	if p.Counts["succeeded"] != 250 || p.Counts["failed"] != 7 || p.Counts["rolled_back"] != 5 || p.Counts["offered"] != 0 || len(p.Counts) != 8 {
+		t.Errorf("counts of every version: %v", p.Counts)
+	}
+
+	// Following the cursors of 1.2.0 lists its 257 agents once.
+	seen := map[string]bool{}
+	q := url.Values{"version": {"1.2.0"}, "limit": {"100"}}
+	for pages := 1; ; pages++ {
+		status, p, body := get("?" + q.Encode())
+		if status != http.StatusOK {
+			t.Fatalf("page %d: %d\n%s", pages, status, body)
+		}
+		if p.Counts["succeeded"] != 250 || p.Counts["failed"] != 7 || p.Counts["rolled_back"] != 0 {
+			t.Errorf("page %d: counts of 1.2.0 %v", pages, p.Counts)
+		}
+		for _, a := range p.Agents {
+			if seen[a.Agent] || a.Version != "1.2.0" {
+				t.Errorf("page %d lists %+v again or of another version", pages, a)
+			}
+			seen[a.Agent] = true
+		}
+		if p.NextCursor == nil {
+			if pages != 3 || len(seen) != 257 {
+				t.Errorf("%d pages listed %d agents, want 3 pages and 257", pages, len(seen))
+			}
+			break
+		}
+		q.Set("cursor", *p.NextCursor)
+	}
+	if status, p, _ := get("?version=1.2.0&state=failed&limit=1000"); status != http.StatusOK || len(p.Agents) != 7 || p.NextCursor != nil || p.Counts["succeeded"] != 250 {
+		t.Errorf("failed agents of 1.2.0: %d, %d agents, next %v, counts %v; want 7, no cursor, every state counted", status, len(p.Agents), p.NextCursor, p.Counts)
+	}
+
+	for query, want := range map[string]string{
+		"?limit=0":            "limit",
+		"?limit=1001":         "limit",
+		"?limit=-1":           "limit",
+		"?limit=all":          "limit",
+		"?state=updated":      "state",
+		"?version=latest":     "version",
+		"?tenant=..%2Fx":      "tenant",
+		"?cursor=not-a-page!": "cursor",
+	} {
+		status, _, body := get(query)
+		var e struct{ Error APIError }
+		json.Unmarshal([]byte(body), &e)
+		if status != http.StatusBadRequest || e.Error.Code != CodeBadRequest || !strings.Contains(e.Error.Message, want) {
+			t.Errorf("%s: %d %s; want 400 bad_request about %s", query, status, body, want)
+		}
+	}
+}
