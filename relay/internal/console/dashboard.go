@@ -40,7 +40,7 @@ import (
 //	GET  /ui/backends              backends and their grants
 //	GET  /ui/backends/{name}       one backend (?audit_before=)
 //	GET  /ui/audit                 audit search (the admin API's filters; ?cursor= pages)
-//	GET  /ui/releases              releases, rollouts, agents' updates
+//	GET  /ui/releases              releases, rollouts, agents' updates by state and the newest 200 (?version=&tenant=&state=)
 //	GET  /ui/relays                the relays sharing the store (a cluster, or this one)
 //	GET  /login                    login form and single sign-on buttons (POST /login is the API's)
 //	GET  /static/…                 CSS and script, no authentication

@@ -2,6 +2,7 @@ package console
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/audit"
@@ -448,29 +450,97 @@ func (s *Server) backendData(req *http.Request, _ Operator, a *admin.Admin, _ ti
 	return "Backend " + name, v, nil
 }
 
-// releasesView is the releases, the rollouts and where agents stand.
+// releasesView is the releases, the rollouts and where agents stand: the
+// counts by state and the first page of the agents' update states of the
+// version, tenant and state in the page's query (?version=&tenant=&state=).
 type releasesView struct {
 	Releases []admin.Release
 	Status   admin.UpdateStatus
-	// More counts the agents' update states not listed.
-	More int
+	// The filters as given, for the form, and the versions and states
+	// to choose from.
+	Version, Tenant, State string
+	Versions, States       []string
+	// Counts are Status.Counts in the order of a rollout; Total is their
+	// sum and Selected the agents' states the filters select.
+	Counts          []stateCount
+	Total, Selected int
+	// More, when the first page is not all, is the command that lists the
+	// next page.
+	More string
+}
+
+// stateCount is how many agents' update states are in a state; Class is
+// the CSS class of its box.
+type stateCount struct {
+	State, Class string
+	N            int
+}
+
+// stateClass is the CSS class of the box counting an update state:
+// done, failed, refused; those under way have none.
+func stateClass(state string) string {
+	switch state {
+	case protocol.UpdateSucceeded:
+		return "st-up"
+	case protocol.UpdateFailed, protocol.UpdateRolledBack:
+		return "st-down"
+	case protocol.UpdateRefused:
+		return "st-revoked"
+	}
+	return ""
 }
 
 func (s *Server) releasesData(req *http.Request, _ Operator, a *admin.Admin, _ time.Time) (string, any, error) {
+	q, err := admin.ParseUpdateQuery(req.URL.Query())
+	if err != nil {
+		return "", nil, err
+	}
+	// The first page only: the admin API and tetherctl page the rest.
+	q.Limit, q.Cursor = dashListLimit, ""
 	rs, err := a.Releases(req.Context())
 	if err != nil {
 		return "", nil, err
 	}
-	st, err := a.UpdateStatus(req.Context(), admin.UpdateQuery{Limit: dashListLimit})
+	st, err := a.UpdateStatus(req.Context(), q)
 	if err != nil {
 		return "", nil, err
 	}
-	v := releasesView{Releases: rs, Status: st}
-	if st.NextCursor != "" {
-		for _, n := range st.Counts {
-			v.More += n
+	v := releasesView{Releases: rs, Status: st, Version: q.Version, Tenant: q.Tenant, State: q.State, States: admin.UpdateStates}
+	// The versions published, then any other rolled out or asked for.
+	versions := make([]string, 0, len(rs)+len(st.Rollouts)+1)
+	for _, r := range rs {
+		versions = append(versions, r.Version)
+	}
+	for _, r := range st.Rollouts {
+		versions = append(versions, r.Version)
+	}
+	for _, version := range append(versions, q.Version) {
+		if version != "" && !slices.Contains(v.Versions, version) {
+			v.Versions = append(v.Versions, version)
 		}
-		v.More = max(v.More-len(st.Agents), 0)
+	}
+	for _, state := range admin.UpdateStates {
+		v.Counts = append(v.Counts, stateCount{state, stateClass(state), st.Counts[state]})
+	}
+	for _, state := range slices.Sorted(maps.Keys(st.Counts)) {
+		if !slices.Contains(admin.UpdateStates, state) {
+			v.Counts = append(v.Counts, stateCount{state, "", st.Counts[state]})
+		}
+	}
+	for _, c := range v.Counts {
+		v.Total += c.N
+	}
+	if v.Selected = v.Total; q.State != "" {
+		v.Selected = st.Counts[q.State]
+	}
+	if st.NextCursor != "" {
+		args := []string{"tetherctl release status"}
+		for _, f := range [][2]string{{"version", q.Version}, {"tenant", q.Tenant}, {"state", q.State}} {
+			if f[1] != "" {
+				args = append(args, "--"+f[0], f[1])
+			}
+		}
+		v.More = strings.Join(append(args, "--limit", strconv.Itoa(dashListLimit), "--cursor", st.NextCursor), " ")
 	}
 	return "Releases", v, nil
 }

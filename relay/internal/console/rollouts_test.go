@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -126,5 +127,45 @@ func TestRolloutsAPIPages(t *testing.T) {
 		if status != http.StatusBadRequest || e.Error.Code != CodeBadRequest || !strings.Contains(e.Error.Message, want) {
 			t.Errorf("%s: %d %s; want 400 bad_request about %s", query, status, body, want)
 		}
+	}
+}
+
+// The releases page shows the counts by state and the first page of the
+// agents' updates of its filters (kept in its form), with the command that
+// lists the next page when there is one.
+func TestReleasesPageCountsAndFirstPage(t *testing.T) {
+	d := startDashRelay(t)
+	addUpdates(t, d, "1.2.0", 0, dashListLimit+30, "succeeded")
+	addUpdates(t, d, "1.1.0", 0, 5, "failed")
+	c := d.client(t)
+	d.login(t, c)
+	rows := regexp.MustCompile(`<a href="/ui/agents/ag\d+">`)
+	count := func(body, state string) string {
+		m := regexp.MustCompile(`data-state="` + state + `"><span class="n">([^<]*)</span>`).FindStringSubmatch(body)
+		if m == nil {
+			return "none"
+		}
+		return m[1]
+	}
+	res := d.do(t, c, http.MethodGet, "/ui/releases?live=1", nil, nil)
+	if n := len(rows.FindAllString(res.body, -1)); res.status != http.StatusOK || n != dashListLimit {
+		t.Fatalf("releases page: %d, %d agents' rows, want %d", res.status, n, dashListLimit)
+	}
+	if count(res.body, "succeeded") != "230" || count(res.body, "failed") != "5" || count(res.body, "offered") != "0" || count(res.body, "") != "235" {
+		t.Errorf("counts of every version: succeeded %s, failed %s, offered %s, in all %s", count(res.body, "succeeded"), count(res.body, "failed"), count(res.body, "offered"), count(res.body, ""))
+	}
+	more := regexp.MustCompile(`id="updates-more">The 200 most recent of 235 are shown; the next ones: <code>tetherctl release status --limit 200 --cursor [A-Za-z0-9_-]+</code>`)
+	if !more.MatchString(res.body) {
+		t.Errorf("no note of the agents not shown:\n%s", res.body)
+	}
+	res = d.do(t, c, http.MethodGet, "/ui/releases?version=1.1.0", nil, nil)
+	if n := len(rows.FindAllString(res.body, -1)); res.status != http.StatusOK || n != 5 || strings.Contains(res.body, `id="updates-more"`) || count(res.body, "failed") != "5" || count(res.body, "succeeded") != "0" {
+		t.Errorf("releases page of 1.1.0: %d, %d agents' rows, a note of more %v, failed %s; want its 5 and no note", res.status, n, strings.Contains(res.body, `id="updates-more"`), count(res.body, "failed"))
+	}
+	if !strings.Contains(res.body, `<option value="1.1.0" selected>`) {
+		t.Errorf("the filter form does not keep the version shown")
+	}
+	if res := d.do(t, c, http.MethodGet, "/ui/releases?state=updated", nil, nil); res.status != http.StatusBadRequest {
+		t.Errorf("releases page of an unknown state: %d, want 400", res.status)
 	}
 }
