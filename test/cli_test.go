@@ -100,7 +100,7 @@ func TestCommandHelp(t *testing.T) {
 		"--reason":      {"agent revoke"},
 		"--message":     {"agent drain"},
 		"--unhealthy":   {"agent list"},
-		"--cursor":      {"audit"},
+		"--cursor":      {"audit", "release status"},
 		"--renew-now":   {"ca rotate"},
 		"--uses":        {"token create"},
 		"--listen":      {"forward"},

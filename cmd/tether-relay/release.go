@@ -183,19 +183,20 @@ with --pub first if given), or a binary signed here and now (--file …
 	}
 	ro.add(rolloutCmd.Flags())
 
-	var statusVersion string
+	var sf cli.ReleaseStatusFlags
 	statusCmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show rollouts and where every agent's update stands",
+		Short: "Show rollouts, agents' updates counted by state, and a page of them, newest first (--cursor for the next)",
+		Long:  cli.ReleaseStatusHelp,
 		Args:  cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.withAdmin(cmd, func(ctx context.Context, a *admin.Admin) error {
-				st, err := a.UpdateStatus(ctx, admin.UpdateQuery{Version: statusVersion})
+				st, err := a.UpdateStatus(ctx, admin.UpdateQuery{Version: sf.Version, Tenant: sf.Tenant, State: sf.State, Limit: sf.Limit, Cursor: sf.Cursor})
 				if err != nil {
 					return err
 				}
 				st.Rollouts, st.Agents = nonNil(st.Rollouts), nonNil(st.Agents)
-				return cli.Print(cmd.OutOrStdout(), output(cmd), st, func(w io.Writer) error {
+				err = cli.Print(cmd.OutOrStdout(), output(cmd), st, func(w io.Writer) error {
 					now := time.Now()
 					var rows [][]string
 					for _, r := range st.Rollouts {
@@ -206,16 +207,24 @@ with --pub first if given), or a binary signed here and now (--file …
 						return err
 					}
 					fmt.Fprintln(w)
+					if err := sf.WriteCounts(w, st.Counts); err != nil {
+						return err
+					}
+					fmt.Fprintln(w)
 					rows = nil
 					for _, u := range st.Agents {
 						rows = append(rows, []string{u.Agent, u.Tenant, u.From, u.Version, u.State, cli.Since(u.UpdatedAt, now), strings.TrimSpace(u.Reason + " " + u.Message)})
 					}
 					return cli.WriteTable(w, []string{"AGENT", "TENANT", "FROM", "VERSION", "STATE", "UPDATED", "REASON"}, rows)
 				})
+				if err == nil && st.NextCursor != "" {
+					say(cmd, "%s", sf.More("tether-relay", st.NextCursor, len(st.Agents), st.Counts))
+				}
+				return err
 			})
 		},
 	}
-	statusCmd.Flags().StringVar(&statusVersion, "version", "", "only this version")
+	sf.Add(statusCmd.Flags())
 	return cli.Group("release", "Agent releases: signing, publishing and rollouts", keygenCmd, signCmd, publishCmd, listCmd, rolloutCmd, statusCmd)
 }
 

@@ -70,17 +70,17 @@ func (x *ctl) releaseCmd() *cobra.Command {
 	}
 	ro.add(rollout.Flags())
 
-	var version string
+	var sf cli.ReleaseStatusFlags
 	status := &cobra.Command{
 		Use:   "status",
-		Short: "Show rollouts and where every agent's update stands",
+		Short: "Show rollouts, agents' updates counted by state, and a page of them, newest first (--cursor for the next)",
+		Long:  cli.ReleaseStatusHelp,
 		Args:  cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			q := url.Values{}
-			if version != "" {
-				q.Set("version", version)
-			}
-			return x.call(cmd, "GET", "/api/v1/rollouts", q, nil, func(w io.Writer, raw json.RawMessage) error {
+			var next string
+			var shown int
+			var counts map[string]int
+			err := x.call(cmd, "GET", "/api/v1/rollouts", sf.Query(), nil, func(w io.Writer, raw json.RawMessage) error {
 				var res struct {
 					Rollouts []struct {
 						ID              int64
@@ -95,6 +95,7 @@ func (x *ctl) releaseCmd() *cobra.Command {
 						Agent, Tenant, Version, From, State, Reason, Message string
 						UpdatedAt                                            time.Time `json:"updated_at"`
 					}
+					Counts map[string]int
 				}
 				if err := json.Unmarshal(raw, &res); err != nil {
 					return err
@@ -109,15 +110,31 @@ func (x *ctl) releaseCmd() *cobra.Command {
 					return err
 				}
 				fmt.Fprintln(w)
+				if err := sf.WriteCounts(w, res.Counts); err != nil {
+					return err
+				}
+				fmt.Fprintln(w)
 				rows = nil
 				for _, a := range res.Agents {
 					rows = append(rows, []string{a.Agent, a.Tenant, a.From, a.Version, a.State, cli.Since(a.UpdatedAt, now), strings.TrimSpace(a.Reason + " " + a.Message)})
 				}
 				return cli.WriteTable(w, []string{"AGENT", "TENANT", "FROM", "VERSION", "STATE", "UPDATED", "REASON"}, rows)
+			}, func(raw json.RawMessage) {
+				var res struct {
+					Agents     []json.RawMessage `json:"agents"`
+					Counts     map[string]int    `json:"counts"`
+					NextCursor string            `json:"next_cursor"`
+				}
+				json.Unmarshal(raw, &res)
+				next, shown, counts = res.NextCursor, len(res.Agents), res.Counts
 			})
+			if err == nil && next != "" {
+				say(cmd, "%s", sf.More("tetherctl", next, shown, counts))
+			}
+			return err
 		},
 	}
-	status.Flags().StringVar(&version, "version", "", "only this version")
+	sf.Add(status.Flags())
 
 	signing := "signing stays with the vendor's key, offline, and publishing with the relay's host (nothing signed passes through the API)"
 	return cli.Group("release", "Agent releases: rollouts and where every agent stands",
