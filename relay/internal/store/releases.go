@@ -393,8 +393,14 @@ func scanAgentUpdate(sc interface{ Scan(...any) error }) (AgentUpdate, error) {
 // AgentUpdates returns every update state of version ("" for all),
 // newest first (AgentUpdatePage returns them a page at a time).
 func (s *Store) AgentUpdates(ctx context.Context, version string) ([]AgentUpdate, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+agentUpdateCols+`
-		FROM agent_updates WHERE $1 = '' OR version = $1 ORDER BY updated_at DESC, agent`, version)
+	// Two statements, not "$1 = '' OR version = $1": a plan made for
+	// both cannot use the index on version, and the rollout loop reads
+	// one version's rows every few seconds, among every version's.
+	q, args := `SELECT `+agentUpdateCols+` FROM agent_updates ORDER BY updated_at DESC, agent`, []any(nil)
+	if version != "" {
+		q, args = `SELECT `+agentUpdateCols+` FROM agent_updates WHERE version = $1 ORDER BY updated_at DESC, agent`, []any{version}
+	}
+	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}

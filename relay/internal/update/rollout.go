@@ -264,14 +264,16 @@ func (u *Rollouts) offerAll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if halted, err := u.checkHalt(ctx, ro); err != nil || halted {
-		return err
-	}
-	rels, err := u.st.Releases(ctx, ro.Version)
+	// One read of the agents' states of the version serves the halt
+	// check and the offers (at fleet scale, thousands of rows each tick).
+	us, err := u.st.AgentUpdates(ctx, ro.Version)
 	if err != nil {
 		return err
 	}
-	us, err := u.st.AgentUpdates(ctx, ro.Version)
+	if halted, err := u.haltIfFailing(ctx, ro, us); err != nil || halted {
+		return err
+	}
+	rels, err := u.st.Releases(ctx, ro.Version)
 	if err != nil {
 		return err
 	}
@@ -428,6 +430,15 @@ func (u *Rollouts) checkHalt(ctx context.Context, ro store.Rollout) (bool, error
 	us, err := u.st.AgentUpdates(ctx, ro.Version)
 	if err != nil {
 		return false, err
+	}
+	return u.haltIfFailing(ctx, ro, us)
+}
+
+// haltIfFailing is checkHalt given us, the agents' update states of
+// ro's version.
+func (u *Rollouts) haltIfFailing(ctx context.Context, ro store.Rollout, us []store.AgentUpdate) (bool, error) {
+	if ro.HaltAt <= 0 || ro.State != store.RolloutActive {
+		return false, nil
 	}
 	var total, failed int
 	for _, s := range us {
