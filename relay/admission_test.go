@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -160,4 +161,104 @@ func TestQUICHandshakesPerSource(t *testing.T) {
 func inProgress(r *Relay) int {
 	n, _ := r.sessions.InProgress()
 	return n
+}
+
+// dialFrom opens a TCP connection to addr from src, a loopback address
+// (Linux routes all of 127/8 to lo, so 127.0.N.1 is a /24 of its own).
+func dialFrom(t *testing.T, src, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 10 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// waitUntil polls cond until it holds, failing the test after 10 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("never: %s", what)
+		}
+	}
+}
+
+// Silent TCP connections (no ClientHello) from a few networks, each below
+// its bound per address and per network, cannot hold the handshake gate:
+// once more than half of it is taken a network may have only its share in
+// progress, and an agent from another network is served at once (it sends
+// no client certificate, so the relay answers its ClientHello and then
+// refuses it with an alert).
+func TestHandshakeGateShare(t *testing.T) {
+	const gate = 16 // busy with 9 slots taken; a share of 1 per network
+	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off, DisableQUIC: true,
+		MaxHandshakes: gate, HandshakeTimeout: 30 * time.Second, DrainTimeout: time.Millisecond})
+	addr := r.AgentAddr().String()
+	stats := r.sessions.Stats()
+	const perNet, nets = 32, 4 // within the default bounds, 32 per address and 128 per network
+	dialed := 0
+	for n := 1; n <= nets; n++ {
+		for range perNet {
+			dialFrom(t, fmt.Sprintf("127.0.%d.1", n), addr)
+			dialed++
+			// Each connection holds its slot or is turned away before the
+			// next (or the gate is full and it waits).
+			waitUntil(t, "a silent connection held a slot or was turned away", func() bool {
+				n := inProgress(r)
+				return n == gate || n+int(stats.SourceLimited.Load()) == dialed
+			})
+		}
+	}
+	held, limited := inProgress(r), stats.SourceLimited.Load()
+	if want := gate/2 + nets; held != want {
+		t.Errorf("silent connections hold %d slots, want %d (%d before the gate was busy, then one per other network)", held, want, gate/2+1)
+	}
+	if limited != int64(nets*perNet-held) {
+		t.Errorf("%d connections counted as source_limited, want %d", limited, nets*perNet-held)
+	}
+
+	raw := dialFrom(t, "127.0.9.1", addr)
+	tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{protocol.ALPN}})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := tc.HandshakeContext(ctx)
+	if err == nil {
+		// TLS 1.3: the client may finish before the relay reads its
+		// (empty) certificate; the relay's alert comes next.
+		raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = tc.Read(make([]byte, 1))
+	}
+	// A TLS alert from the relay comes as a "remote error".
+	var alert *net.OpError
+	if !errors.As(err, &alert) || alert.Op != "remote error" {
+		t.Fatalf("an agent from another network got no TLS answer in %v with the gate held by silent connections: %v", time.Since(start).Round(time.Millisecond), err)
+	}
+}
+
+// A relay that is not busy lets one network have its whole bound in
+// progress (a big site, many agents behind one NAT), far above its share
+// of a busy gate.
+func TestHandshakeGateWholeBoundWhenNotBusy(t *testing.T) {
+	const gate, perNet = 64, 16 // busy past 32 slots taken, then a share of 4
+	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off, DisableQUIC: true,
+		MaxHandshakes: gate, MaxHandshakesPerAddress: perNet, MaxHandshakesPerNetwork: perNet, HandshakeTimeout: 30 * time.Second, DrainTimeout: time.Millisecond})
+	addr := r.AgentAddr().String()
+	stats := r.sessions.Stats()
+	for i := range perNet {
+		dialFrom(t, fmt.Sprintf("127.0.5.%d", 1+i%2), addr)
+	}
+	waitUntil(t, fmt.Sprintf("one network held %d slots", perNet), func() bool { return inProgress(r) == perNet })
+	if n := stats.SourceLimited.Load(); n != 0 {
+		t.Fatalf("%d connections of one network within its bound counted as source_limited", n)
+	}
+	// Its bound still holds.
+	dialFrom(t, "127.0.5.3", addr)
+	waitUntil(t, "a connection past the network's bound was turned away", func() bool { return stats.SourceLimited.Load() == 1 })
+	if n := inProgress(r); n != perNet {
+		t.Fatalf("%d slots held, want %d", n, perNet)
+	}
 }

@@ -68,6 +68,25 @@ func (g *handshakeGate) tryEnter() bool {
 	}
 }
 
+// busy reports whether more than half of the gate's slots are taken.
+func (g *handshakeGate) busy() bool { return 2*len(g.slots) > cap(g.slots) }
+
+// networkShare is how many handshakes one source network may have in
+// progress while the handshake gate of n slots is busy (more than half of
+// its slots taken; throttle.Sources.ShareWhenBusy): a sixteenth of the gate
+// (at least one), or the network's own bound (--max-handshakes-per-network)
+// when that is lower, TCP and QUIC together. The bound per network alone
+// let a few networks hold the whole gate — four /24s at 128 each fill 512
+// slots with connections that send nothing — while agents from everywhere
+// else waited behind them until they were turned away. With the share,
+// filling the gate takes at least ten networks (two at their whole bound
+// before it is busy, eight at their share), and keeping it full sixteen,
+// since silent connections time out and come back to a busy gate. A big
+// site (many agents behind one NAT) still has its whole bound while the
+// gate is not busy, and when it is, 32 handshakes at a time with the
+// default 512 slots: about a hundred a second over a 100 ms path.
+func networkShare(n int) int { return max(1, n/16) }
+
 // gateSlot is a TLS slot held by a QUIC connection from its first packet
 // until it is admitted or closed, whichever comes first.
 type gateSlot struct {
@@ -110,8 +129,9 @@ const QUICTLSSlots = 8
 // could not finish in time anyway. The slot is released when the relay
 // admits or refuses the agent, or when the connection ends, including a
 // handshake that fails or times out. The connection also counts against
-// its source's bound (throttle.Sources) until then, and is refused the same way
-// when its source is at that bound.
+// its source's bound (throttle.Sources, with its share of a busy gate:
+// networkShare) until then, and is refused the same way when its source is at
+// that bound.
 func (s *Server) quicConnContext(ctx context.Context, info *quicgo.ClientInfo) (context.Context, error) {
 	leave, ok := s.src.Enter(info.RemoteAddr)
 	if !ok {

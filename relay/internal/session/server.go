@@ -127,8 +127,11 @@ var DisconnectReasons = disconnectReasons
 // called.
 func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, set: newSet(cfg.Routes, cfg.Present),
-		gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes),
-		src: throttle.NewSources(cfg.MaxHandshakesPerAddress, cfg.MaxHandshakesPerNetwork)}
+		gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes)}
+	// While the handshake gate is busy, a source network may have only its
+	// share of it in progress (networkShare).
+	s.src = throttle.NewSources(cfg.MaxHandshakesPerAddress, cfg.MaxHandshakesPerNetwork).
+		ShareWhenBusy(s.gate.busy, networkShare(cfg.MaxHandshakes))
 	host, port, err := net.SplitHostPort(cfg.Listen)
 	if err != nil {
 		return nil, err
@@ -270,10 +273,14 @@ func (s *Server) acceptTCP(ctx context.Context, wg *sync.WaitGroup) error {
 		backoff.Accepted()
 		// Turned away here, before a goroutine is spent on it, when its
 		// source is at its bound: a flood costs an accept and a close.
-		leaveSource, ok := s.src.Enter(c.RemoteAddr())
+		leaveSource, ok, byShare := s.src.EnterShared(c.RemoteAddr())
 		if !ok {
 			s.stats.SourceLimited.Add(1)
-			s.log.Debug("agent connection turned away: too many handshakes in progress from its address or network", "transport", "tcp", "remote", c.RemoteAddr().String())
+			if byShare {
+				s.log.Debug("agent connection turned away: the relay is busy and its network has its share of the handshakes in progress", "transport", "tcp", "remote", c.RemoteAddr().String(), "share", networkShare(s.cfg.MaxHandshakes))
+			} else {
+				s.log.Debug("agent connection turned away: too many handshakes in progress from its address or network", "transport", "tcp", "remote", c.RemoteAddr().String())
+			}
 			c.Close()
 			continue
 		}
