@@ -176,7 +176,10 @@ type Config struct {
 	// IPv4, a /64 for IPv6), so that a flood from one place cannot hold
 	// the slots of MaxHandshakes that agents elsewhere need. A connection
 	// beyond either bound is closed at once, over QUIC refused at its first
-	// packet. Defaults 32 and 128.
+	// packet. While more than half of MaxHandshakes is taken, a network may
+	// have at most a sixteenth of it in progress (at least 1), or
+	// MaxHandshakesPerNetwork if lower, so that a few networks cannot hold
+	// every slot. Defaults 32 and 128.
 	MaxHandshakesPerAddress, MaxHandshakesPerNetwork int
 	// MaxFrontPendingPerAddress and MaxFrontPendingPerNetwork bound the
 	// front-door connections (SOCKS5, CONNECT, CONNECT over TLS) that have

@@ -30,7 +30,7 @@ var (
 	descFront = prometheus.NewDesc("tether_front_connections",
 		"Backend connections open at the front doors.", nil, nil)
 	descHandshakes = prometheus.NewDesc("tether_agent_handshakes_total",
-		"Agent handshakes by outcome: ok, failed (TLS or refused at hello), throttled (turned away by the admission limit), source_limited (turned away by the bound per source address or network).", []string{"outcome"}, nil)
+		"Agent handshakes by outcome: ok, failed (TLS or refused at hello), throttled (turned away by the admission limit), source_limited (turned away by the bound per source address or network, or by a network's share of a busy gate).", []string{"outcome"}, nil)
 	descFrontLimited = prometheus.NewDesc("tether_front_source_limited_total",
 		"Front-door connections closed at once because their source address or network had too many connections not yet authenticated.", nil, nil)
 	descCertExpiry = prometheus.NewDesc("tether_agent_certificate_expiry_timestamp_seconds",
