@@ -173,7 +173,7 @@ type Config struct {
 	// MaxHandshakesPerAddress and MaxHandshakesPerNetwork bound the agent
 	// handshakes and enrolments (over TCP and QUIC together) in progress
 	// from one source address, and from one source network (a /24 for
-	// IPv4, a /64 for IPv6), so that a flood from one place cannot hold
+	// IPv4, a /56 for IPv6), so that a flood from one place cannot hold
 	// the slots of MaxHandshakes that agents elsewhere need. A connection
 	// beyond either bound is closed at once, over QUIC refused at its first
 	// packet. While more than half of MaxHandshakes is taken, a network may

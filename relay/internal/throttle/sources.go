@@ -7,8 +7,10 @@ import (
 )
 
 // Sources bounds the pre-authentication work in progress per source:
-// per address, and per network (a /24 for IPv4, a /64 for IPv6, so that
-// the addresses of one host or one site count together). The handshake
+// per address, and per network (a /24 for IPv4, a /56 for IPv6, so that
+// the addresses of one host or one site count together: a site is given a
+// /56 or a /48 by its provider, and can spread its hosts over as many /64s
+// as it likes). The handshake
 // gate bounds the work in progress overall; without a bound per source, a
 // flood of connections from one place — opened and left silent, opened
 // again as the relay closes them — would hold every slot of the gate, and
@@ -72,7 +74,7 @@ func sourceKeys(a net.Addr) (addr, network netip.Prefix) {
 	if !ip.IsValid() {
 		return netip.Prefix{}, netip.Prefix{}
 	}
-	bits := 64
+	bits := 56
 	if ip.Is4() {
 		bits = 24
 	}

@@ -35,12 +35,12 @@ func TestSourceLimit(t *testing.T) {
 	enter(tcp("192.0.2.3:1000"), true)
 	enter(tcp("192.0.2.4:1000"), false)
 
-	// IPv6: a /64 counts together; a zone is ignored.
+	// IPv6: a /56 counts together, across its /64s; a zone is ignored.
 	enter(tcp("[2001:db8:0:1::1]:1"), true)
-	enter(tcp("[2001:db8:0:1::2]:1"), true)
-	enter(tcp("[2001:db8:0:1::3%eth0]:1"), true)
-	enter(tcp("[2001:db8:0:1::4]:1"), false)
 	enter(tcp("[2001:db8:0:2::1]:1"), true)
+	enter(tcp("[2001:db8:0:ff::3%eth0]:1"), true)
+	enter(tcp("[2001:db8:0:3::4]:1"), false)
+	enter(tcp("[2001:db8:0:100::1]:1"), true) // the next /56
 
 	for _, leave := range leaves {
 		leave()
