@@ -262,3 +262,52 @@ func TestHandshakeGateWholeBoundWhenNotBusy(t *testing.T) {
 		t.Fatalf("%d slots held, want %d", n, perNet)
 	}
 }
+
+// The share counts TCP and QUIC together: with the gate busy, a QUIC
+// connection from a network that has its share in progress over TCP is
+// refused at the door, while one from another network is not.
+func TestHandshakeGateShareQUIC(t *testing.T) {
+	const gate = 16 // busy with 9 slots taken; a share of 1 per network
+	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off,
+		MaxHandshakes: gate, HandshakeTimeout: 30 * time.Second, DrainTimeout: time.Millisecond})
+	addr := r.AgentAddr().String()
+	for i := range gate/2 + 1 {
+		dialFrom(t, "127.0.1.1", addr)
+		waitUntil(t, "a silent connection held a slot", func() bool { return inProgress(r) == i+1 })
+	}
+	uaddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := func(src string) error {
+		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(src)})
+		if err != nil {
+			return err
+		}
+		defer udp.Close()
+		tr := &quicgo.Transport{Conn: udp}
+		defer tr.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		conn, err := tr.Dial(ctx, uaddr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{protocol.ALPN}}, quic.Config(1))
+		if err == nil {
+			conn.CloseWithError(0, "")
+		}
+		return err
+	}
+	var terr *quicgo.TransportError
+	if err := dial("127.0.1.2"); !errors.As(err, &terr) || terr.ErrorCode != quicgo.ConnectionRefused {
+		t.Fatalf("QUIC from a network with its share in progress over TCP: got %v, want CONNECTION_REFUSED", err)
+	}
+	if r.sessions.Stats().SourceLimited.Load() < 1 {
+		t.Fatal("the refused QUIC connection was not counted as source_limited")
+	}
+	if n := r.sessions.Stats().Throttled.Load(); n != 0 {
+		t.Fatalf("%d connections counted as throttled, want none: the gate had free slots", n)
+	}
+	// Another network is served (and turned away later, for want of a
+	// certificate).
+	if err := dial("127.0.2.1"); errors.As(err, &terr) && terr.ErrorCode == quicgo.ConnectionRefused {
+		t.Fatalf("QUIC from another network: got %v", err)
+	}
+}
