@@ -135,3 +135,33 @@ func TestAcceptSurvivesDescriptorShortage(t *testing.T) {
 		})
 	}
 }
+
+// TestFailedHandshakeWarningsBounded: a source whose TLS handshakes at the
+// agent port keep failing (a scanner, a flood, a misconfigured client) is
+// warned about for its first 10, then once every 5 s: not a line per
+// connection.
+func TestFailedHandshakeWarningsBounded(t *testing.T) {
+	var logs syncBuffer
+	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off,
+		DisableQUIC: true, DrainTimeout: time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	const attempts = 50
+	for range attempts {
+		c, err := net.Dial("tcp", r.AgentAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		// A handshake that is not TLS at all fails at once.
+		c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+		c.Read(make([]byte, 1))
+		c.Close()
+	}
+	for deadline := time.Now().Add(10 * time.Second); r.sessions.Stats().Failed.Load() < attempts; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d handshakes counted as failed", r.sessions.Stats().Failed.Load(), attempts)
+		}
+	}
+	if n := strings.Count(logs.String(), "agent TLS handshake failed"); n < 1 || n > 11 {
+		t.Fatalf("%d warnings for %d failed handshakes from one address; want the first 10 (and at most one more)", n, attempts)
+	}
+}

@@ -112,6 +112,10 @@ type Server struct {
 	gate     *handshakeGate
 	quicGate *handshakeGate // QUIC TLS handshakes in progress
 	src      *throttle.Sources
+	// failLogs bounds the warnings of failed TLS handshakes per source
+	// (the first 10, then one every 5 s; the rest at debug level): a
+	// scanner or a flood would otherwise write a line per connection.
+	failLogs *throttle.Limiter
 
 	tcpLn   net.Listener
 	udpConn *net.UDPConn
@@ -127,7 +131,8 @@ var DisconnectReasons = disconnectReasons
 // called.
 func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, set: newSet(cfg.Routes, cfg.Present),
-		gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes)}
+		gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes),
+		failLogs: throttle.New(throttle.Config{Burst: 10, Every: 5 * time.Second, MaxKeys: 4096, Now: cfg.Now})}
 	// While the handshake gate is busy, a source network may have only its
 	// share of it in progress (networkShare).
 	s.src = throttle.NewSources(cfg.MaxHandshakesPerAddress, cfg.MaxHandshakesPerNetwork).
@@ -313,7 +318,11 @@ func (s *Server) handleTCP(ctx context.Context, wg *sync.WaitGroup, c net.Conn, 
 	cancel()
 	if err != nil {
 		s.stats.Failed.Add(1)
-		s.log.Warn("agent TLS handshake failed", "transport", "tcp", "remote", remote.String(), "err", err)
+		level := slog.LevelWarn
+		if s.failLogs.Take(throttle.Source(remote.String())) != 0 {
+			level = slog.LevelDebug
+		}
+		s.log.Log(ctx, level, "agent TLS handshake failed", "transport", "tcp", "remote", remote.String(), "err", err)
 		c.Close()
 		return
 	}
