@@ -194,8 +194,10 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 // refuses it with an alert).
 func TestHandshakeGateShare(t *testing.T) {
 	const gate = 16 // busy with 9 slots taken; a share of 1 per network
+	// The bound per network below the gate's size: one of the gate's size
+	// or more lifts the share (TestHandshakeGateShareLifted).
 	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off, DisableQUIC: true,
-		MaxHandshakes: gate, HandshakeTimeout: 30 * time.Second, DrainTimeout: time.Millisecond})
+		MaxHandshakes: gate, MaxHandshakesPerNetwork: gate - 1, HandshakeTimeout: 30 * time.Second, DrainTimeout: time.Millisecond})
 	addr := r.AgentAddr().String()
 	stats := r.sessions.Stats()
 	const perNet, nets = 32, 4 // within the default bounds, 32 per address and 128 per network
@@ -239,6 +241,25 @@ func TestHandshakeGateShare(t *testing.T) {
 	}
 }
 
+// An operator who lifted the bound per network (to the gate's size or
+// more: a fleet behind one NAT, or a benchmark's agents all from one
+// address) lifts the share of a busy gate too: one network may take the
+// whole gate.
+func TestHandshakeGateShareLifted(t *testing.T) {
+	const gate = 16 // busy with 9 slots taken
+	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off, DisableQUIC: true,
+		MaxHandshakes: gate, MaxHandshakesPerAddress: gate, MaxHandshakesPerNetwork: gate, HandshakeTimeout: 30 * time.Second, DrainTimeout: time.Millisecond})
+	addr := r.AgentAddr().String()
+	stats := r.sessions.Stats()
+	for i := range gate {
+		dialFrom(t, fmt.Sprintf("127.0.6.%d", 1+i%2), addr)
+	}
+	waitUntil(t, fmt.Sprintf("one network held all %d slots", gate), func() bool { return inProgress(r) == gate })
+	if n := stats.SourceLimited.Load(); n != 0 {
+		t.Fatalf("%d connections of one network whose bound was lifted counted as source_limited", n)
+	}
+}
+
 // A relay that is not busy lets one network have its whole bound in
 // progress (a big site, many agents behind one NAT), far above its share
 // of a busy gate.
@@ -269,7 +290,7 @@ func TestHandshakeGateWholeBoundWhenNotBusy(t *testing.T) {
 func TestHandshakeGateShareQUIC(t *testing.T) {
 	const gate = 16 // busy with 9 slots taken; a share of 1 per network
 	r := runRelay(t, Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off,
-		MaxHandshakes: gate, HandshakeTimeout: 30 * time.Second, DrainTimeout: time.Millisecond})
+		MaxHandshakes: gate, MaxHandshakesPerNetwork: gate - 1, HandshakeTimeout: 30 * time.Second, DrainTimeout: time.Millisecond})
 	addr := r.AgentAddr().String()
 	for i := range gate/2 + 1 {
 		dialFrom(t, "127.0.1.1", addr)

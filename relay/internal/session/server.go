@@ -134,9 +134,13 @@ func New(cfg Config) (*Server, error) {
 		gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes),
 		failLogs: throttle.New(throttle.Config{Burst: 10, Every: 5 * time.Second, MaxKeys: 4096, Now: cfg.Now})}
 	// While the handshake gate is busy, a source network may have only its
-	// share of it in progress (networkShare).
-	s.src = throttle.NewSources(cfg.MaxHandshakesPerAddress, cfg.MaxHandshakesPerNetwork).
-		ShareWhenBusy(s.gate.busy, networkShare(cfg.MaxHandshakes))
+	// share of it in progress (networkShare), unless the operator lifted
+	// the bound per network (to the gate's size or more: every agent from
+	// one network, a fleet behind one NAT or a benchmark's).
+	s.src = throttle.NewSources(cfg.MaxHandshakesPerAddress, cfg.MaxHandshakesPerNetwork)
+	if cfg.MaxHandshakesPerNetwork < cfg.MaxHandshakes {
+		s.src.ShareWhenBusy(s.gate.busy, networkShare(cfg.MaxHandshakes))
+	}
 	host, port, err := net.SplitHostPort(cfg.Listen)
 	if err != nil {
 		return nil, err
