@@ -427,7 +427,7 @@ func (a *Admin) RevokeAgent(ctx context.Context, id, reason string) (AgentInfo, 
 	noAgent := notFoundf("no agent %q (list them with: tether-relay agent list)", id)
 	before, err := a.store.Agent(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return AgentInfo{}, noAgent
+		return AgentInfo{}, a.missing(noAgent)
 	}
 	if err != nil {
 		return AgentInfo{}, err

@@ -475,7 +475,7 @@ func (a *Admin) CABundlePEM() []byte { return a.auth.CA().BundlePEM() }
 func (a *Admin) Agent(ctx context.Context, id string) (AgentInfo, error) {
 	x, err := a.store.Agent(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return AgentInfo{}, notFoundf("no agent %q", id)
+		return AgentInfo{}, a.missing(notFoundf("no agent %q", id))
 	}
 	if err != nil {
 		return AgentInfo{}, err
@@ -492,7 +492,7 @@ func (a *Admin) RevokeToken(ctx context.Context, id string) (TokenInfo, error) {
 	if !a.scope.Vendor() {
 		t, err := a.store.JoinToken(ctx, id)
 		if errors.Is(err, store.ErrNotFound) {
-			return TokenInfo{}, notFoundf("no join token %q", id)
+			return TokenInfo{}, a.missing(notFoundf("no join token %q", id))
 		}
 		if err != nil {
 			return TokenInfo{}, err
@@ -532,14 +532,16 @@ func (a *Admin) RemoveBackend(ctx context.Context, name string) error {
 
 // Tenant returns one tenant.
 func (a *Admin) Tenant(ctx context.Context, name string) (Tenant, error) {
+	// The scope first: another tenant's name is refused whether it exists
+	// or not.
+	if err := a.tenantHidden(name, notFoundf("no tenant %q", name)); err != nil {
+		return Tenant{}, err
+	}
 	t, err := a.store.Tenant(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		return Tenant{}, notFoundf("no tenant %q", name)
 	}
 	if err != nil {
-		return Tenant{}, err
-	}
-	if err := a.tenantHidden(name, notFoundf("no tenant %q", name)); err != nil {
 		return Tenant{}, err
 	}
 	return Tenant{Name: t.Name, CreatedAt: t.CreatedAt}, nil

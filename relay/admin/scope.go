@@ -138,6 +138,17 @@ func (a *Admin) tenantHidden(tenant string, notFound error) error {
 	return nil
 }
 
+// missing is the refusal of a lookup that found nothing: for a tenant's
+// operator, the same refusal (recorded the same way) as of an object of
+// another tenant (tenantHidden), so that what exists outside its scope
+// cannot be told from what does not exist at all.
+func (a *Admin) missing(notFound error) error {
+	if a.scope.Vendor() {
+		return notFound
+	}
+	return &ScopeError{err: notFound, Reason: "not found"}
+}
+
 // administer refuses a change to tenant's agents, tokens or limits that
 // the scope does not allow: another tenant's are not found (notFound), a
 // viewer's own are forbidden.
