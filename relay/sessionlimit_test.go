@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,7 +36,10 @@ func TestSessionsPerAgentBounded(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	r := runRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off, DrainTimeout: time.Millisecond})
+	// Every session comes from one address: its bound on handshakes in
+	// progress lifted, for the sessions opened at once below.
+	r := runRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off, DrainTimeout: time.Millisecond,
+		MaxHandshakesPerAddress: 1000, MaxHandshakesPerNetwork: 1000})
 	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
 	if err != nil {
 		t.Fatal(err)
@@ -80,36 +84,52 @@ func TestSessionsPerAgentBounded(t *testing.T) {
 			m.Close()
 		}
 	}()
-	// hello opens a session as process boot and returns the relay's answer.
-	hello := func(boot string) protocol.Message {
-		t.Helper()
+	var mu sync.Mutex
+	// open opens a session as process boot and returns the relay's first
+	// answer, and its control stream's reader for the rest.
+	open := func(boot string) (protocol.Message, *bufio.Reader, error) {
 		conn, err := (&tls.Dialer{Config: conf}).DialContext(ctx, "tcp", r.AgentAddr().String())
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		mux, err := yamux.Client(conn, tcp.Config(slog.New(slog.DiscardHandler)))
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
+		mu.Lock()
 		muxes = append(muxes, mux)
+		mu.Unlock()
 		ctl, err := mux.OpenStream()
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
-		ctl.SetDeadline(time.Now().Add(10 * time.Second))
+		ctl.SetDeadline(time.Now().Add(20 * time.Second))
 		if err := protocol.WriteMessage(ctl, &protocol.Hello{ProtocolVersion: protocol.Version, AgentVersion: "test", OS: "linux", Arch: "amd64", BootID: boot}); err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
-		m, err := protocol.ReadMessage(bufio.NewReader(ctl))
+		br := bufio.NewReader(ctl)
+		m, err := protocol.ReadMessage(br)
+		return m, br, err
+	}
+	hello := func(boot string) protocol.Message {
+		t.Helper()
+		m, _, err := open(boot)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctl.SetDeadline(time.Time{})
 		return m
 	}
 	for i := range session.MaxSessionsPerAgent {
 		if m := hello("b1"); m.Type() != protocol.TypeWelcome {
 			t.Fatalf("session %d of one process: %#v; want it welcomed", i+1, m)
+		}
+	}
+	// Each joins the relay's set just after its Welcome: once all have,
+	// one more is refused at its hello. (One that races in beside them is
+	// closed as it joins the set, with the same refusal.)
+	for deadline := time.Now().Add(10 * time.Second); r.sessions.Sessions().SessionsOf(id.Tenant, id.ID) != session.MaxSessionsPerAgent; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the relay holds %d sessions of the agent, want %d", r.sessions.Sessions().SessionsOf(id.Tenant, id.ID), session.MaxSessionsPerAgent)
 		}
 	}
 	m := hello("b1")
@@ -130,4 +150,41 @@ func TestSessionsPerAgentBounded(t *testing.T) {
 			t.Fatalf("the old process's sessions are not closed: %d sessions", r.sessions.Sessions().SessionsOf(id.Tenant, id.ID))
 		}
 	}
+
+	// Many at once from the new process: those admitted beside others
+	// that had not joined the set yet are closed as they join it, each
+	// told why, and the bound holds.
+	const burst = session.MaxSessionsPerAgent + 8
+	var wg sync.WaitGroup
+	refused := make(chan bool, burst)
+	for range burst {
+		wg.Go(func() {
+			m, br, err := open("b2")
+			for err == nil {
+				if rej, ok := m.(*protocol.Reject); ok {
+					refused <- rej.Code == protocol.CodeLimitExceeded.String()
+					return
+				}
+				m, err = protocol.ReadMessage(br) // after a Welcome, a Reject if one too many
+
+			}
+		})
+	}
+	for deadline := time.Now().Add(20 * time.Second); r.sessions.Sessions().SessionsOf(id.Tenant, id.ID) > session.MaxSessionsPerAgent || len(refused) < burst+1-session.MaxSessionsPerAgent; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %d sessions at once (and one before) the relay holds %d sessions of the agent and refused %d; want at most %d held, the rest refused",
+				burst, r.sessions.Sessions().SessionsOf(id.Tenant, id.ID), len(refused), session.MaxSessionsPerAgent)
+		}
+	}
+	for range burst + 1 - session.MaxSessionsPerAgent {
+		if !<-refused {
+			t.Error("a session over the bound was refused with another code than limit_exceeded")
+		}
+	}
+	mu.Lock()
+	for _, m := range muxes {
+		m.Close() // ends the readers above
+	}
+	mu.Unlock()
+	wg.Wait()
 }

@@ -511,7 +511,11 @@ func (s *Server) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess transp
 	recorded := s.cfg.Audit.Queue(connRec)
 	s.set.add(ac)
 	s.seen.mark(id.ID, time.Now())
-	if rev := s.cfg.Policy.Revoked(id.ID); rev != nil {
+	if n := s.set.sessionsOfProcess(id.Tenant, id.ID, hello.BootID); n > MaxSessionsPerAgent {
+		// Admitted beside others of the same process, which joined the
+		// set after admitAgent counted: one too many.
+		ac.CloseWith(tooManySessions(id.ID, n-1))
+	} else if rev := s.cfg.Policy.Revoked(id.ID); rev != nil {
 		// Revoked between the store lookup and now: the change feed may
 		// have looked at the set before this session joined it.
 		ac.CloseWith(rev)
@@ -568,6 +572,11 @@ func readHello(br *bufio.Reader) (*protocol.Hello, error) {
 // trial of a new binary.
 const MaxSessionsPerAgent = 2*16 + 1
 
+// tooManySessions refuses a session of agent id, which holds n already.
+func tooManySessions(id string, n int) error {
+	return protocol.Errorf(protocol.CodeLimitExceeded, "agent %s already has %d sessions with this relay, the most one agent may hold: check that one agent identity is not run by many processes", id, n)
+}
+
 // admitAgent decides whether an authenticated agent may serve: its
 // certificate is current, it is registered and not revoked, the
 // certificate is the newest the relay issued it (or the one that replaced,
@@ -583,7 +592,7 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 	// die: more than twice that from one agent process is no agent's
 	// doing, and each holds a socket, goroutines and buffers.
 	if n := s.set.sessionsOfProcess(id.Tenant, id.ID, h.BootID); n >= MaxSessionsPerAgent {
-		return protocol.Errorf(protocol.CodeLimitExceeded, "agent %s already has %d sessions with this relay, the most one agent may hold: check that one agent identity is not run by many processes", id.ID, n)
+		return tooManySessions(id.ID, n)
 	}
 	if now := s.cfg.Now(); now.After(leaf.NotAfter) {
 		return protocol.Errorf(protocol.CodeCertExpired, "agent %s's certificate expired at %s (the agent was offline longer than its certificate lived): enrol it again with a new join token",
