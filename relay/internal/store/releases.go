@@ -393,13 +393,17 @@ func scanAgentUpdate(sc interface{ Scan(...any) error }) (AgentUpdate, error) {
 // AgentUpdates returns every update state of version ("" for all),
 // newest first (AgentUpdatePage returns them a page at a time).
 func (s *Store) AgentUpdates(ctx context.Context, version string) ([]AgentUpdate, error) {
-	// Two statements, not "$1 = '' OR version = $1": a plan made for
-	// both cannot use the index on version, and the rollout loop reads
-	// one version's rows every few seconds, among every version's.
-	q, args := `SELECT `+agentUpdateCols+` FROM agent_updates ORDER BY updated_at DESC, agent`, []any(nil)
-	if version != "" {
-		q, args = `SELECT `+agentUpdateCols+` FROM agent_updates WHERE version = $1 ORDER BY updated_at DESC, agent`, []any{version}
-	}
+	// A WHERE clause only when version is given, not "$1 = '' OR version
+	// = $1": a plan made for both cannot use the index on version, and
+	// the rollout loop reads one version's rows every few seconds, among
+	// every version's.
+	where, args := agentUpdateWhere(version, "", "")
+	return s.queryAgentUpdates(ctx, `SELECT `+agentUpdateCols+` FROM agent_updates`+where+` ORDER BY updated_at DESC, agent`, args...)
+}
+
+// queryAgentUpdates runs q, a SELECT of agentUpdateCols, and returns its
+// rows.
+func (s *Store) queryAgentUpdates(ctx context.Context, q string, args ...any) ([]AgentUpdate, error) {
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
@@ -463,20 +467,7 @@ func agentUpdateWhere(version, tenant, state string) (string, []any) {
 // shows it) and is left out of the pages after its old place.
 func (s *Store) AgentUpdatePage(ctx context.Context, f AgentUpdateFilter) ([]AgentUpdate, error) {
 	q, args := agentUpdatePageQuery(f)
-	rows, err := s.db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []AgentUpdate
-	for rows.Next() {
-		u, err := scanAgentUpdate(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, u)
-	}
-	return out, rows.Err()
+	return s.queryAgentUpdates(ctx, q, args...)
 }
 
 // agentUpdatePageQuery is the query of AgentUpdatePage and its arguments.
