@@ -2,11 +2,21 @@ package relay
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/relay/internal/ca"
+	"github.com/tetherhq/tether/relay/internal/store"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -57,4 +67,33 @@ func startRelay(t *testing.T, cfg Config) (*Relay, func()) {
 		}
 	}
 	return r, stop
+}
+
+// recordedAgent issues agent id of r's CA a certificate of an hour from
+// root and records the agent as enrolled with it, as an enrolment would:
+// the certificate (with its Leaf) and key an agent would present.
+func recordedAgent(t *testing.T, r *Relay, id identity.Agent, root *ca.Root) *tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: id.ID}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := ca.CheckCSR(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	leaf, err := r.auth.CA().SignAgent(root, csr, id, time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.dir.Store.AddAgent(context.Background(), store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: now, CertSerial: leaf.SerialNumber.Text(16),
+		CertNotAfter: leaf.NotAfter, CertRoot: root.ID(), CertIssuedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
 }

@@ -3,12 +3,8 @@ package relay
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,7 +20,6 @@ import (
 	"github.com/tetherhq/tether/protocol/transport/tcp"
 	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/audit"
-	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
@@ -120,27 +115,8 @@ func TestSessionAdmittedAcrossForcedRetirementIsClosed(t *testing.T) {
 	authority := r.auth.CA()
 	oldRoot := authority.Signer()
 	id := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: "a1"}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: id.ID}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := ca.CheckCSR(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	leaf, err := authority.SignAgent(oldRoot, csr, id, time.Hour, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.dir.Store.AddAgent(ctx, store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: now, CertSerial: leaf.SerialNumber.Text(16),
-		CertNotAfter: leaf.NotAfter, CertRoot: oldRoot.ID(), CertIssuedAt: now}); err != nil {
-		t.Fatal(err)
-	}
+	cert := recordedAgent(t, r, id, oldRoot)
+	leaf := cert.Leaf
 	if _, err := a.RotateCA(ctx, false); err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +129,6 @@ func TestSessionAdmittedAcrossForcedRetirementIsClosed(t *testing.T) {
 	// TLS, then a round trip over the session: the relay has verified the
 	// certificate (it starts the session only after the handshake) and
 	// waits for the hello.
-	cert := &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
 	conf := identity.AgentClientConfig(roots, r.TrustDomain(), func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil })
 	conn, err := (&tls.Dialer{Config: conf}).DialContext(ctx, "tcp", r.AgentAddr().String())
 	if err != nil {

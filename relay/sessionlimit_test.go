@@ -3,12 +3,8 @@ package relay
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"log/slog"
 	"strings"
 	"sync"
@@ -21,9 +17,7 @@ import (
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/protocol/transport/tcp"
 	"github.com/tetherhq/tether/relay/admin"
-	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/session"
-	"github.com/tetherhq/tether/relay/internal/store"
 )
 
 // TestSessionsPerAgentBounded: one agent process holds at most
@@ -50,32 +44,11 @@ func TestSessionsPerAgentBounded(t *testing.T) {
 	}
 	authority := r.auth.CA()
 	id := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: "a1"}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: id.ID}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := ca.CheckCSR(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now, root := time.Now(), authority.Signer()
-	leaf, err := authority.SignAgent(root, csr, id, time.Hour, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.dir.Store.AddAgent(ctx, store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: now, CertSerial: leaf.SerialNumber.Text(16),
-		CertNotAfter: leaf.NotAfter, CertRoot: root.ID(), CertIssuedAt: now}); err != nil {
-		t.Fatal(err)
-	}
+	cert := recordedAgent(t, r, id, authority.Signer())
 	roots := x509.NewCertPool()
 	for _, rt := range authority.Roots() {
 		roots.AddCert(rt.Cert)
 	}
-	cert := &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
 	conf := identity.AgentClientConfig(roots, r.TrustDomain(), func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil })
 
 	var muxes []*yamux.Session
