@@ -180,9 +180,10 @@ func TestScopedOperatorsCannotReachAnotherTenant(t *testing.T) {
 		"POST /ui/connect":            {path: "/ui/connect", body: "tenant=globex&ttl=1h&relay=relay.example:7443&download=https://relay.example:7444", viewerStatus: fb, adminStatus: nf},
 		"GET /ui/backends":            {path: "/ui/backends", viewerStatus: fb, adminStatus: fb},
 		"GET /ui/backends/{name}":     {path: "/ui/backends/billing", viewerStatus: fb, adminStatus: fb},
-		"GET /ui/audit":               {path: "/ui/audit?tenant=globex", viewerStatus: nf, adminStatus: nf},
-		"GET /ui/releases":            {path: "/ui/releases", viewerStatus: fb, adminStatus: fb},
-		"GET /ui/relays":              {path: "/ui/relays", viewerStatus: fb, adminStatus: fb},
+		"POST /ui/backends/{name}/certificates/{serial}/revoke": {path: "/ui/backends/billing/certificates/1f/revoke", viewerStatus: fb, adminStatus: fb},
+		"GET /ui/audit":    {path: "/ui/audit?tenant=globex", viewerStatus: nf, adminStatus: nf},
+		"GET /ui/releases": {path: "/ui/releases", viewerStatus: fb, adminStatus: fb},
+		"GET /ui/relays":   {path: "/ui/relays", viewerStatus: fb, adminStatus: fb},
 	}
 	for _, rt := range (&Server{}).apiRoutes() {
 		if _, ok := api[rt.method+" "+rt.pattern]; !ok {

@@ -38,7 +38,9 @@ import (
 //	GET  /ui/connect               "add a connector": a form for a join token
 //	POST /ui/connect               create it; show it once with the install command
 //	GET  /ui/backends              backends and their grants
-//	GET  /ui/backends/{name}       one backend (?audit_before=)
+//	GET  /ui/backends/{name}       one backend, its certificates (?audit_before=)
+//	POST /ui/backends/{name}/certificates/{serial}/revoke
+//	                               revoke one certificate, or "unrecorded" ones (form with csrf_token)
 //	GET  /ui/audit                 audit search (the admin API's filters; ?cursor= pages)
 //	GET  /ui/releases              releases, rollouts, agents' updates by state and the newest 200 (?version=&tenant=&state=)
 //	GET  /ui/relays                the relays sharing the store (a cluster, or this one)
@@ -112,6 +114,7 @@ func (s *Server) dashRoutes() []dashRoute {
 		{pattern: "POST /ui/connect", access: tenantAdmin, page: "connected", data: s.connectedData},
 		{pattern: "GET /ui/backends", access: vendorOnly, page: "backends", data: s.backendsData},
 		{pattern: "GET /ui/backends/{name}", access: vendorOnly, page: "backend", data: s.backendData},
+		{pattern: "POST /ui/backends/{name}/certificates/{serial}/revoke", access: vendorOnly, action: s.revokeBackendCertAction},
 		{pattern: "GET /ui/audit", access: viewer, page: "audit", data: s.auditData},
 		{pattern: "GET /ui/releases", access: vendorOnly, page: "releases", data: s.releasesData},
 		{pattern: "GET /ui/relays", access: vendorOnly, page: "relays", data: s.relaysData},

@@ -427,9 +427,11 @@ func (s *Server) backendsData(req *http.Request, _ Operator, a *admin.Admin, _ t
 	return "Backends", backendsView{Backends: bs}, nil
 }
 
-// backendView is one backend with its recent audit records.
+// backendView is one backend with its client certificates and its
+// recent audit records.
 type backendView struct {
 	Backend admin.BackendInfo
+	Certs   admin.BackendCertList
 	Audit   auditPage
 }
 
@@ -444,10 +446,31 @@ func (s *Server) backendData(req *http.Request, _ Operator, a *admin.Admin, _ ti
 		return "", nil, admin.Errorf(admin.ErrNotFound, "no backend %q", name)
 	}
 	v := backendView{Backend: bs[i]}
+	if v.Certs, err = a.BackendCertificates(req.Context(), name); err != nil {
+		return "", nil, err
+	}
 	if v.Audit, err = s.pagedAudit(req, a, admin.AuditFilter{Backend: name}); err != nil {
 		return "", nil, err
 	}
 	return "Backend " + name, v, nil
+}
+
+// revokeBackendCertAction revokes one client certificate of a backend
+// (admin.Admin.RevokeBackendCertificate), or, for the serial
+// "unrecorded", those issued before the relay recorded them
+// (RevokeUnrecordedBackendCertificates), and returns to its page.
+func (s *Server) revokeBackendCertAction(req *http.Request, _ Operator, a *admin.Admin) (string, error) {
+	name, serial := req.PathValue("name"), req.PathValue("serial")
+	var err error
+	if serial == "unrecorded" {
+		_, err = a.RevokeUnrecordedBackendCertificates(req.Context(), name)
+	} else {
+		_, err = a.RevokeBackendCertificate(req.Context(), name, serial)
+	}
+	if err != nil {
+		return "", err
+	}
+	return "/ui/backends/" + url.PathEscape(name), nil
 }
 
 // releasesView is the releases, the rollouts and where agents stand: the

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetherhq/tether/relay/admin"
+	"github.com/tetherhq/tether/relay/internal/audit"
 	"github.com/tetherhq/tether/relay/internal/history"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
@@ -348,6 +350,77 @@ func TestBackendsAndReleasesPages(t *testing.T) {
 	}
 	if res := d.do(t, c, http.MethodGet, "/ui/releases", nil, nil); res.status != http.StatusOK || !strings.Contains(res.body, "No releases published") {
 		t.Errorf("releases page: %d", res.status)
+	}
+}
+
+// A backend's page lists its client certificates, and its Revoke button
+// (a form with the session's CSRF token) revokes one: the TLS door's
+// authority no longer accepts it, the other stays, and the revocation is
+// audited as the operator's.
+func TestBackendPageRevokesCertificate(t *testing.T) {
+	d := startDashRelay(t)
+	ctx := context.Background()
+	if err := d.adm.AddTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.adm.AddBackend(ctx, "billing", []string{"acme"}); err != nil {
+		t.Fatal(err)
+	}
+	var serials []string
+	for range 2 {
+		c, err := d.adm.IssueBackendCertificate(ctx, "billing", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		serials = append(serials, c.Serial)
+	}
+	c := d.client(t)
+	csrf := d.login(t, c)
+	page := d.do(t, c, http.MethodGet, "/ui/backends/billing", nil, nil)
+	for _, s := range serials {
+		if !strings.Contains(page.body, `data-serial="`+s+`" data-state="valid"`) || !strings.Contains(page.body, `action="/ui/backends/billing/certificates/`+s+`/revoke"`) {
+			t.Fatalf("billing's page does not list certificate %s with a revoke form:\n%s", s, page.body)
+		}
+	}
+	if strings.Contains(page.body, "refuse-unrecorded") {
+		t.Error("a backend added after the relay recorded certificates is offered to refuse unrecorded ones")
+	}
+	path := "/ui/backends/billing/certificates/" + serials[0] + "/revoke"
+	if res := d.do(t, c, http.MethodPost, path, url.Values{}, map[string]string{"Origin": d.base}); res.status != http.StatusForbidden {
+		t.Errorf("revoke without a CSRF token: status %d, want 403", res.status)
+	}
+	res := d.do(t, c, http.MethodPost, path, url.Values{CSRFField: {csrf}}, map[string]string{"Origin": d.base})
+	if res.status != http.StatusSeeOther || res.header.Get("Location") != "/ui/backends/billing" {
+		t.Fatalf("revoke: status %d, Location %q; want 303 to the backend's page: %s", res.status, res.header.Get("Location"), res.body)
+	}
+	list, err := d.adm.BackendCertificates(ctx, "billing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Certificates) != 1 || list.Certificates[0].Serial != serials[1] {
+		t.Fatalf("certificates after revoking %s: %+v, want only %s", serials[0], list.Certificates, serials[1])
+	}
+	recs, err := d.adm.Audit(ctx, admin.AuditFilter{Backend: "billing", Kind: audit.BackendCertRevoke})
+	if err != nil || len(recs) != 1 || recs[0].Actor != "operator:alice" || recs[0].Detail["serial"] != serials[0] {
+		t.Fatalf("audit of the revocation: %+v, %v; want one record of %s by operator:alice", recs, err, serials[0])
+	}
+	page = d.do(t, c, http.MethodGet, "/ui/backends/billing", nil, nil)
+	if strings.Contains(page.body, serials[0]+`/revoke`) || !strings.Contains(page.body, `data-serial="`+serials[1]+`"`) {
+		t.Errorf("billing's page after the revocation still offers %s or lost %s", serials[0], serials[1])
+	}
+	// Revoking it again, or a serial never issued, is a not-found page,
+	// not a redirect.
+	if res := d.do(t, c, http.MethodPost, path, url.Values{CSRFField: {csrf}}, map[string]string{"Origin": d.base}); res.status != http.StatusNotFound {
+		t.Errorf("revoking %s again: status %d, want 404", serials[0], res.status)
+	}
+	// Refusing unrecorded certificates of a backend that accepts none
+	// changes nothing and is not audited.
+	res = d.do(t, c, http.MethodPost, "/ui/backends/billing/certificates/unrecorded/revoke", url.Values{CSRFField: {csrf}}, map[string]string{"Origin": d.base})
+	if res.status != http.StatusSeeOther {
+		t.Errorf("refusing unrecorded certificates: status %d, want 303: %s", res.status, res.body)
+	}
+	if recs, err := d.adm.Audit(ctx, admin.AuditFilter{Backend: "billing", Kind: audit.BackendCertRevoke}); err != nil || len(recs) != 1 {
+		t.Errorf("audit after refusing no unrecorded certificates: %d records, %v; want still 1", len(recs), err)
 	}
 }
 
