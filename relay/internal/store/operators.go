@@ -183,14 +183,15 @@ func (s *Store) RevokeOperatorCert(ctx context.Context, serial string, now time.
 
 // ConsoleSession is a browser session of the admin console, opened by
 // signing in with an operator token (TokenID), an operator certificate
-// (CertSerial) or single sign-on (Subject). Only a hash of its id is
-// stored, so the table alone opens no session.
+// (CertSerial) or single sign-on (Subject, and SSOIssuer). Only a hash of
+// its id is stored, so the table alone opens no session.
 type ConsoleSession struct {
 	IDHash     []byte
 	Operator   string
 	TokenID    string // the operator token it was opened with, or ""
 	CertSerial string // the operator certificate it was opened with, or ""
 	Subject    string // the person's issuer and subject, for single sign-on, or ""
+	SSOIssuer  string // the name of the configured sign-on issuer that granted it, or "" (and for sessions stored before schema 16)
 	Tenant     string // "" for an operator of every tenant
 	Role       string
 	CSRF       string // the session's anti-forgery token
@@ -200,9 +201,9 @@ type ConsoleSession struct {
 
 // AddConsoleSession stores a console session.
 func (s *Store) AddConsoleSession(ctx context.Context, cs ConsoleSession) error {
-	_, err := s.exec(ctx, `INSERT INTO console_sessions (id_hash, operator, token_id, cert_serial, subject, tenant, role, csrf, created_at, expires_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-		hex.EncodeToString(cs.IDHash), cs.Operator, cs.TokenID, cs.CertSerial, cs.Subject, cs.Tenant, cs.Role, cs.CSRF, unix(cs.CreatedAt), unix(cs.ExpiresAt))
+	_, err := s.exec(ctx, `INSERT INTO console_sessions (id_hash, operator, token_id, cert_serial, subject, sso_issuer, tenant, role, csrf, created_at, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+		hex.EncodeToString(cs.IDHash), cs.Operator, cs.TokenID, cs.CertSerial, cs.Subject, cs.SSOIssuer, cs.Tenant, cs.Role, cs.CSRF, unix(cs.CreatedAt), unix(cs.ExpiresAt))
 	return err
 }
 
@@ -211,9 +212,9 @@ func (s *Store) AddConsoleSession(ctx context.Context, cs ConsoleSession) error 
 func (s *Store) ConsoleSession(ctx context.Context, idHash []byte, now time.Time) (ConsoleSession, error) {
 	cs := ConsoleSession{IDHash: idHash}
 	var created, expires int64
-	err := s.db.QueryRowContext(ctx, `SELECT operator, token_id, cert_serial, subject, tenant, role, csrf, created_at, expires_at FROM console_sessions
+	err := s.db.QueryRowContext(ctx, `SELECT operator, token_id, cert_serial, subject, sso_issuer, tenant, role, csrf, created_at, expires_at FROM console_sessions
 		WHERE id_hash = $1 AND expires_at > $2`, hex.EncodeToString(idHash), unix(now)).
-		Scan(&cs.Operator, &cs.TokenID, &cs.CertSerial, &cs.Subject, &cs.Tenant, &cs.Role, &cs.CSRF, &created, &expires)
+		Scan(&cs.Operator, &cs.TokenID, &cs.CertSerial, &cs.Subject, &cs.SSOIssuer, &cs.Tenant, &cs.Role, &cs.CSRF, &created, &expires)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ConsoleSession{}, fmt.Errorf("console session: %w", ErrNotFound)
 	}

@@ -25,12 +25,12 @@ func testOperatorScopes(t *testing.T, e engine) {
 	if err != nil || len(list) != 1 || list[0].Tenant != "acme" || list[0].Role != "viewer" {
 		t.Fatalf("ListOperatorTokens = %+v, %v", list, err)
 	}
-	cs := ConsoleSession{IDHash: hash("s1"), Operator: "Ann", Subject: "https://idp.example#ann", Tenant: "acme", Role: "admin", CSRF: "c", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}
+	cs := ConsoleSession{IDHash: hash("s1"), Operator: "Ann", Subject: "https://idp.example#ann", SSOIssuer: "acme-idp", Tenant: "acme", Role: "admin", CSRF: "c", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}
 	if err := s.AddConsoleSession(ctx, cs); err != nil {
 		t.Fatal(err)
 	}
 	gs, err := s.ConsoleSession(ctx, hash("s1"), t0)
-	if err != nil || gs.Subject != cs.Subject || gs.Tenant != "acme" || gs.Role != "admin" || gs.TokenID != "" || gs.CertSerial != "" {
+	if err != nil || gs.Subject != cs.Subject || gs.SSOIssuer != "acme-idp" || gs.Tenant != "acme" || gs.Role != "admin" || gs.TokenID != "" || gs.CertSerial != "" {
 		t.Fatalf("ConsoleSession = %+v, %v; want %+v", gs, err, cs)
 	}
 }
@@ -121,6 +121,23 @@ func TestMigrationKeepsOperatorsOfVersion8(t *testing.T) {
 	}
 	cs, err := s.ConsoleSession(ctx, []byte{0xaa}, t0)
 	if err != nil || cs.TokenID != "op1" || cs.Tenant != "" || cs.CertSerial != "" || cs.Subject != "" {
+		t.Fatalf("session after migration: %+v, %v", cs, err)
+	}
+}
+
+// A database of schema version 15 keeps its single sign-on sessions,
+// with no sign-on issuer recorded (the admin package ends them).
+func TestMigrationToSessionIssuer(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tether.db")
+	writeVersion(t, path, 15,
+		`INSERT INTO console_sessions (id_hash, operator, subject, tenant, role, csrf, created_at, expires_at) VALUES ('bb', 'ann', 'https://idp.example#ann', 'acme', 'admin', 'c', 0, 1900000000)`)
+	s, err := OpenDSN(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cs, err := s.ConsoleSession(ctx, []byte{0xbb}, t0)
+	if err != nil || cs.Subject != "https://idp.example#ann" || cs.SSOIssuer != "" || cs.Tenant != "acme" {
 		t.Fatalf("session after migration: %+v, %v", cs, err)
 	}
 }

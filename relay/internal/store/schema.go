@@ -305,6 +305,14 @@ CREATE INDEX agent_updates_version_recent ON agent_updates(version, updated_at, 
 CREATE INDEX agent_updates_tenant_recent ON agent_updates(tenant, updated_at, agent, version);
 DROP INDEX agent_updates_version;
 `},
+	// The single sign-on issuer (its name in the relay's configuration)
+	// that granted a console session: the session lasts only while that
+	// very issuer is configured to grant it, even when another issuer
+	// has the same issuer URL. Sessions written before have '' and end
+	// at their next request (admin.ConsoleSession).
+	{16, `
+ALTER TABLE console_sessions ADD COLUMN sso_issuer TEXT NOT NULL DEFAULT '';
+`},
 }
 
 // latestMigration is the schema version a migrated store has.
