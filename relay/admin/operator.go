@@ -150,6 +150,11 @@ type Credential struct {
 	// Subject is the person's immutable identity at their identity
 	// provider: its issuer URL, "#", and their subject ("sub").
 	Subject string
+	// Issuer is the name of the configured single sign-on issuer that
+	// granted the scope, with Subject. Several configured issuers may
+	// have the same issuer URL (a vendor's and a tenant's, both at one
+	// provider), so Subject alone does not say which one did.
+	Issuer string
 	// ExpiresAt is when the credential stops working; zero for single
 	// sign-on.
 	ExpiresAt time.Time
@@ -286,7 +291,10 @@ func (a *Admin) OpenConsoleSession(ctx context.Context, c Credential, ttl time.D
 		return "", ConsoleSession{}, errors.New("too many open sessions")
 	}
 	id := credential.NewSessionID()
-	cs := store.ConsoleSession{IDHash: credential.Hash(id), Operator: c.Name, TokenID: c.TokenID, CertSerial: c.CertSerial, Subject: c.Subject,
+	if c.Subject != "" && c.Issuer == "" {
+		return "", ConsoleSession{}, errors.New("a single sign-on session needs the name of the issuer that granted it")
+	}
+	cs := store.ConsoleSession{IDHash: credential.Hash(id), Operator: c.Name, TokenID: c.TokenID, CertSerial: c.CertSerial, Subject: c.Subject, SSOIssuer: c.Issuer,
 		Tenant: c.Scope.Tenant, Role: string(c.Scope.Role), CSRF: credential.NewSessionID(), CreatedAt: now, ExpiresAt: now.Add(ttl)}
 	if err := a.store.AddConsoleSession(ctx, cs); err != nil {
 		return "", ConsoleSession{}, err
@@ -310,7 +318,7 @@ func (a *Admin) ConsoleSession(ctx context.Context, id string) (ConsoleSession, 
 	if err != nil {
 		return ConsoleSession{}, err
 	}
-	c := Credential{Name: cs.Operator, TokenID: cs.TokenID, CertSerial: cs.CertSerial, Subject: cs.Subject}
+	c := Credential{Name: cs.Operator, TokenID: cs.TokenID, CertSerial: cs.CertSerial, Subject: cs.Subject, Issuer: cs.SSOIssuer}
 	end := func(why string) (ConsoleSession, error) {
 		a.store.DeleteConsoleSession(ctx, cs.IDHash)
 		return ConsoleSession{}, &classError{class: ErrNoSession, msg: why}
@@ -339,6 +347,12 @@ func (a *Admin) ConsoleSession(ctx context.Context, id string) (ConsoleSession, 
 		}
 		c.ExpiresAt = rec.NotAfter
 	case cs.Subject != "":
+		// Whether its issuer still grants it is the console's to say
+		// (it has the configuration); a session stored before sessions
+		// recorded their issuer cannot be checked, and ends.
+		if cs.SSOIssuer == "" {
+			return end("this single sign-on session does not record which issuer granted it (it was opened before the relay recorded that)")
+		}
 	default:
 		return end("the session names no credential")
 	}

@@ -60,8 +60,9 @@ type SSOConfig struct {
 // SSOIssuer is one OpenID Connect issuer and how its people's claims map
 // to scopes.
 type SSOIssuer struct {
-	// Name identifies the issuer in the console's URLs and the audit
-	// trail (a DNS label). Required.
+	// Name identifies the issuer in the console's URLs, the audit trail
+	// and the sessions it grants (a DNS label; renaming an issuer ends
+	// them). Required.
 	Name string `yaml:"name"`
 	// Display is the text of its button on the login page. Default
 	// "Sign in with NAME".
@@ -521,7 +522,7 @@ func (s *Server) ssoCallback(w http.ResponseWriter, req *http.Request) {
 		s.loginPageStatus(w, req, http.StatusForbidden, "", "You are signed in at the identity provider, but nothing there gives you access to this console.")
 		return
 	}
-	id, x, err := s.adm.OpenConsoleSession(req.Context(), admin.Credential{Name: name, Scope: scope, Subject: subject}, s.cfg.SessionTTL)
+	id, x, err := s.adm.OpenConsoleSession(req.Context(), admin.Credential{Name: name, Scope: scope, Subject: subject, Issuer: iss.Name}, s.cfg.SessionTTL)
 	if err != nil {
 		s.loginPageStatus(w, req, http.StatusServiceUnavailable, st.Next, "The console cannot open a session right now; try again later.")
 		return
@@ -538,16 +539,19 @@ func (s *Server) ssoCallback(w http.ResponseWriter, req *http.Request) {
 }
 
 // sessionValid reports whether a session opened by single sign-on for c
-// may go on: its issuer (the first part of c.Subject) is still configured
-// and, if it is a tenant's, for c's tenant.
+// may go on: the very issuer that granted it (c.Issuer, its name) is
+// still configured, at the issuer URL of c.Subject, and, if it is a
+// tenant's, for c's tenant. Another configured issuer with the same URL
+// does not keep it going: a vendor's issuer and a tenant's may both be at
+// one provider (Google, say), and removing the tenant's must end the
+// sessions it granted.
 func (f *ssoFlow) sessionValid(c admin.Credential) bool {
-	if f == nil {
+	if f == nil || c.Issuer == "" {
 		return false
 	}
-	iss, _, ok := strings.Cut(c.Subject, "#") // issuer URLs have no fragment
-	return ok && slices.ContainsFunc(f.issuers, func(i *ssoIssuer) bool {
-		return i.Issuer == iss && (i.Tenant == "" || (c.Scope.Tenant == i.Tenant && !c.Scope.Vendor()))
-	})
+	issuerURL, _, ok := strings.Cut(c.Subject, "#") // issuer URLs have no fragment
+	i := f.issuer(c.Issuer)
+	return ok && i != nil && i.Issuer == issuerURL && (i.Tenant == "" || (c.Scope.Tenant == i.Tenant && !c.Scope.Vendor()))
 }
 
 // personName is how the console shows the person: NameClaim, else the

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/tetherhq/tether/relay/admin"
+	"github.com/tetherhq/tether/relay/internal/credential"
+	"github.com/tetherhq/tether/relay/internal/store"
 )
 
 const goodSSO = `
@@ -174,8 +176,10 @@ func TestSSOTenantIssuerFailsClosed(t *testing.T) {
 	}
 }
 
-// A session opened by single sign-on ends when its issuer is no longer
-// configured, or no longer a tenant's issuer for the session's tenant.
+// A session opened by single sign-on ends when the issuer that granted it
+// is no longer configured, no longer at the session's issuer URL, or no
+// longer a tenant's issuer for the session's tenant; a session that does
+// not record its issuer (opened before sessions recorded it) ends too.
 func TestSSOSessionNeedsItsIssuer(t *testing.T) {
 	c, err := ParseSSOConfig([]byte(goodSSO))
 	if err != nil {
@@ -188,16 +192,20 @@ func TestSSOSessionNeedsItsIssuer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	acmeAdmin := admin.Scope{Tenant: "acme", Role: admin.RoleAdmin}
 	for _, tc := range []struct {
 		name string
 		cred admin.Credential
 		ok   bool
 	}{
-		{"vendor of the vendor's issuer", admin.Credential{Name: "o", Scope: admin.Unscoped, Subject: "https://login.example.com#olivia"}, true},
-		{"admin of acme from acme's issuer", admin.Credential{Name: "a", Scope: admin.Scope{Tenant: "acme", Role: admin.RoleAdmin}, Subject: "http://127.0.0.1:9000/realms/acme#alan"}, true},
-		{"an issuer no longer configured", admin.Credential{Name: "g", Scope: admin.Unscoped, Subject: "https://gone.example#gus"}, false},
-		{"globex from acme's issuer", admin.Credential{Name: "m", Scope: admin.Scope{Tenant: "globex", Role: admin.RoleAdmin}, Subject: "http://127.0.0.1:9000/realms/acme#mallory"}, false},
-		{"vendor from acme's issuer", admin.Credential{Name: "v", Scope: admin.Unscoped, Subject: "http://127.0.0.1:9000/realms/acme#vic"}, false},
+		{"vendor of the vendor's issuer", admin.Credential{Name: "o", Scope: admin.Unscoped, Subject: "https://login.example.com#olivia", Issuer: "corp"}, true},
+		{"admin of acme from acme's issuer", admin.Credential{Name: "a", Scope: acmeAdmin, Subject: "http://127.0.0.1:9000/realms/acme#alan", Issuer: "acme"}, true},
+		{"admin of acme from the vendor's issuer", admin.Credential{Name: "t", Scope: acmeAdmin, Subject: "https://login.example.com#tara", Issuer: "corp"}, true},
+		{"an issuer no longer configured", admin.Credential{Name: "g", Scope: admin.Unscoped, Subject: "https://gone.example#gus", Issuer: "gone"}, false},
+		{"an issuer no longer configured, its URL another's", admin.Credential{Name: "g", Scope: admin.Unscoped, Subject: "https://login.example.com#gus", Issuer: "gone"}, false},
+		{"an issuer's name now at another URL", admin.Credential{Name: "m", Scope: acmeAdmin, Subject: "https://login.example.com#mo", Issuer: "acme"}, false},
+		{"globex from acme's issuer", admin.Credential{Name: "m", Scope: admin.Scope{Tenant: "globex", Role: admin.RoleAdmin}, Subject: "http://127.0.0.1:9000/realms/acme#mallory", Issuer: "acme"}, false},
+		{"vendor from acme's issuer", admin.Credential{Name: "v", Scope: admin.Unscoped, Subject: "http://127.0.0.1:9000/realms/acme#vic", Issuer: "acme"}, false},
 	} {
 		id, _, err := d.adm.OpenConsoleSession(ctx, tc.cred, time.Hour)
 		if err != nil {
@@ -206,6 +214,78 @@ func TestSSOSessionNeedsItsIssuer(t *testing.T) {
 		res := d.doBody(t, d.client(t), http.MethodGet, "/api/v1/whoami", "", map[string]string{"Cookie": SessionCookie + "=" + id})
 		if got := res.status == http.StatusOK; got != tc.ok || (tc.ok && !strings.Contains(res.body, `"via": "sso"`)) {
 			t.Errorf("%s: %d %s; want ok %v", tc.name, res.status, res.body, tc.ok)
+		}
+	}
+
+	// A session stored without its issuer, as every sign-on session
+	// was before the relay recorded it: it ends, and is deleted.
+	if _, _, err := d.adm.OpenConsoleSession(ctx, admin.Credential{Name: "o", Scope: admin.Unscoped, Subject: "https://login.example.com#olivia"}, time.Hour); err == nil {
+		t.Error("a sign-on session without its issuer was opened")
+	}
+	const old = "tcs1_an-old-session-from-before-the-upgrade"
+	if err := d.dir.Store.AddConsoleSession(ctx, store.ConsoleSession{IDHash: credential.Hash(old), Operator: "o", Subject: "https://login.example.com#olivia",
+		CSRF: "c", CreatedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	res := d.doBody(t, d.client(t), http.MethodGet, "/api/v1/whoami", "", map[string]string{"Cookie": SessionCookie + "=" + old})
+	if res.status != http.StatusUnauthorized || !strings.Contains(res.body, "does not record which issuer granted it") {
+		t.Errorf("a session from before the upgrade: %d %s; want 401 saying why", res.status, res.body)
+	}
+	if _, err := d.dir.Store.ConsoleSession(ctx, credential.Hash(old), time.Now()); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the session from before the upgrade is still stored: %v", err)
+	}
+}
+
+// Two issuers at one issuer URL, the vendor's and acme's (one provider
+// for both): once acme's is removed from the file, a session it granted
+// ends although the vendor's, at the same URL, stays; a session the
+// vendor's granted goes on.
+func TestSSOSessionEndsWithItsIssuerBesideOneOfTheSameURL(t *testing.T) {
+	const both = `
+public_url: https://relay.example:7444
+issuers:
+  - name: corp
+    issuer: https://accounts.example.com
+    client_id: tether
+  - name: acme
+    issuer: https://accounts.example.com
+    client_id: tether
+    tenant: acme
+`
+	const vendorOnly = `
+public_url: https://relay.example:7444
+issuers:
+  - name: corp
+    issuer: https://accounts.example.com
+    client_id: tether
+`
+	acmeAdmin := admin.Scope{Tenant: "acme", Role: admin.RoleAdmin}
+	byAcme := admin.Credential{Name: "a", Scope: acmeAdmin, Subject: "https://accounts.example.com#alan", Issuer: "acme"}
+	byCorp := admin.Credential{Name: "t", Scope: acmeAdmin, Subject: "https://accounts.example.com#tara", Issuer: "corp"}
+	for _, tc := range []struct {
+		file           string
+		acmeOK, corpOK bool
+	}{{both, true, true}, {vendorOnly, false, true}} {
+		c, err := ParseSSOConfig([]byte(tc.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := startDashRelay(t, func(cfg *Config) { cfg.SSO = c })
+		if err := d.adm.AddTenant(context.Background(), "acme"); err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range []struct {
+			cred admin.Credential
+			ok   bool
+		}{{byAcme, tc.acmeOK}, {byCorp, tc.corpOK}} {
+			id, _, err := d.adm.OpenConsoleSession(context.Background(), x.cred, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res := d.doBody(t, d.client(t), http.MethodGet, "/api/v1/whoami", "", map[string]string{"Cookie": SessionCookie + "=" + id})
+			if got := res.status == http.StatusOK; got != x.ok {
+				t.Errorf("issuers %v, a session granted by %s: %d %s; want ok %v", len(c.Issuers), x.cred.Issuer, res.status, res.body, x.ok)
+			}
 		}
 	}
 }
