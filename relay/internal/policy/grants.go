@@ -89,3 +89,14 @@ func Allows(gs []Grant, tenant, service string) bool {
 	}
 	return false
 }
+
+// AllowsTenant reports whether any grant lets its holder reach some
+// service of tenant.
+func AllowsTenant(gs []Grant, tenant string) bool {
+	for _, g := range gs {
+		if matchName(g.Tenant, tenant) {
+			return true
+		}
+	}
+	return false
+}

@@ -55,3 +55,22 @@ func TestGrantsAllow(t *testing.T) {
 		t.Error("no grants allowed a stream: the policy must be default deny")
 	}
 }
+
+// AllowsTenant: some service of the tenant is granted.
+func TestGrantsAllowTenant(t *testing.T) {
+	gs, err := ParseGrants([]string{"acme/db", "globex", "eu-*/pg-*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tenant, want := range map[string]bool{"acme": true, "globex": true, "eu-west": true, "initech": false, "acmex": false, "us-east": false} {
+		if got := AllowsTenant(gs, tenant); got != want {
+			t.Errorf("AllowsTenant(%s) = %v, want %v", tenant, got, want)
+		}
+	}
+	if all, _ := ParseGrants([]string{"*/metrics"}); !AllowsTenant(all, "anyone") {
+		t.Error("a grant of a service of every tenant does not cover a tenant")
+	}
+	if AllowsTenant(nil, "acme") {
+		t.Error("no grants covered a tenant")
+	}
+}
