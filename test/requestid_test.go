@@ -121,7 +121,8 @@ func refusalID(t *testing.T, d *client.Dialer, addr string, want error) string {
 // in its audit record (tether-relay audit --request, and tetherctl audit
 // --request through the admin API) and, when the agent refused, in the
 // agent's access log. A tenant-scoped operator sees only its tenant's
-// records. A SOCKS5 refusal, which has no header, is logged and audited
+// records, and not the refusals of a backend with no grant for its
+// tenant (the relay's). A SOCKS5 refusal, which has no header, is logged and audited
 // with its id.
 func TestRequestIDFindsARefusalOnBothSides(t *testing.T) {
 	a := startAdminRelay(t)
@@ -154,13 +155,17 @@ func TestRequestIDFindsARefusalOnBothSides(t *testing.T) {
 
 	t.Run("not allowed by the relay", func(t *testing.T) {
 		id := refusalID(t, d, "db.globex.tether:5432", client.ErrNotAllowed)
-		check(t, id, "not_allowed", "globex", "connect")
-		// Scoped operators: globex's sees it, acme's does not.
-		if got := ctlAuditByRequest(t, a, []string{"TETHER_ADMIN_TOKEN=" + globexTok}, id); len(got) != 1 {
-			t.Errorf("globex's operator: %d records of %s, want 1", len(got), id)
+		// Billing has no grant for globex: the refusal is the relay's
+		// (no tenant), with the target, not globex's.
+		if rec := check(t, id, "not_allowed", "", "connect"); rec.Detail["target"] != "db.globex.tether:5432" {
+			t.Errorf("audit record %+v: want the target asked for", rec)
+		}
+		// Scoped operators: neither globex's nor acme's sees it.
+		if got := ctlAuditByRequest(t, a, []string{"TETHER_ADMIN_TOKEN=" + globexTok}, id); len(got) != 0 {
+			t.Errorf("globex's operator sees a refusal of a backend with no grant for globex: %+v", got)
 		}
 		if got := ctlAuditByRequest(t, a, []string{"TETHER_ADMIN_TOKEN=" + acmeTok}, id); len(got) != 0 {
-			t.Errorf("acme's operator sees globex's refusal: %+v", got)
+			t.Errorf("acme's operator sees billing's refusal for globex: %+v", got)
 		}
 	})
 
@@ -210,7 +215,7 @@ func TestRequestIDFindsARefusalOnBothSides(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		check(t, id, "not_allowed", "globex", "socks5")
+		check(t, id, "not_allowed", "", "socks5")
 	})
 
 	t.Run("malformed id", func(t *testing.T) {

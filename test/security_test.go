@@ -20,7 +20,9 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -197,6 +199,10 @@ func TestSecurityMatrix(t *testing.T) {
 		return r.admin(t, "backend", "add", name, "--allow", strings.Join(grants, ","))
 	}
 	dialers := map[string]*client.Dialer{}
+	// The tenants each backend has a grant for (some service of): its
+	// requests for another tenant are the relay's to record, not that
+	// tenant's.
+	grantedTenants := map[string][]string{}
 	for name, grants := range map[string][]string{
 		"billing":   {"acme", "globex/db"},
 		"reports":   {"*/api"},
@@ -204,6 +210,11 @@ func TestSecurityMatrix(t *testing.T) {
 		"eve":       {"initech"},
 	} {
 		dialers[name] = &client.Dialer{Relay: r.connectAddr, Backend: name, APIKey: key(name, grants...), Timeout: 20 * time.Second}
+		for _, tenant := range []string{"acme", "globex", "initech", "ghost"} {
+			if slices.ContainsFunc(grants, func(g string) bool { ok, _ := path.Match(strings.SplitN(g, "/", 2)[0], tenant); return ok }) {
+				grantedTenants[name] = append(grantedTenants[name], tenant)
+			}
+		}
 	}
 
 	// What each backend may do; every other combination is not_allowed.
@@ -240,7 +251,11 @@ func TestSecurityMatrix(t *testing.T) {
 					t.Errorf("%s: got %v (%v), want %v", combo, got, err, want)
 					continue
 				}
-				audited[combo+" "+want.String()] = true
+				recorded := tenant
+				if !slices.Contains(grantedTenants[backend], tenant) {
+					recorded = "<nil>" // no tenant: the relay's trail
+				}
+				audited[fmt.Sprintf("%s %s/%s %s", backend, recorded, svc, want)] = true
 				if want != protocol.CodeOK {
 					continue
 				}
@@ -270,6 +285,17 @@ func TestSecurityMatrix(t *testing.T) {
 		// The token names acme only, although billing's grants cover globex/db.
 		if _, err := fetch(bearer(good), "db.globex.tether:80"); !errors.Is(err, client.ErrNotAllowed) {
 			t.Fatalf("tenant outside the token's claim: got %v, want not_allowed", err)
+		}
+		// A token that does not name globex grants nothing of globex: the
+		// refusal is the relay's to record, not globex's.
+		waitAudit(t, r, "the refusal of a token that does not name globex", func(m map[string]any) bool {
+			d, _ := m["detail"].(map[string]any)
+			return m["outcome"] == "not_allowed" && m["backend"] == "billing" && d["auth"] == "jwt" && d["target"] == "db.globex.tether:80"
+		}, "--kind", "stream")
+		for _, m := range auditRecords(t, r, "--kind", "stream", "--tenant", "globex", "--backend", "billing") {
+			if d, _ := m["detail"].(map[string]any); d["auth"] == "jwt" {
+				t.Errorf("globex's trail holds the refusal of a token that does not name globex: %v", m)
+			}
 		}
 		all := sign(t, p.key, "k1", p.claims("billing", "*"))
 		if body, err := fetch(bearer(all), "db.globex.tether:80"); err != nil || body != "tenant=globex service=db" {

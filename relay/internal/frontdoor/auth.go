@@ -577,6 +577,18 @@ type caller struct {
 // Identity is how the caller is named in stream headers and logs.
 func (c *caller) Identity() string { return "backend:" + c.name }
 
+// grantedTenant reports whether c may reach some service of tenant: a
+// grant names it and, with a bearer token, the token does too. Only then
+// do c's requests for the tenant belong in the tenant's audit trail: a
+// backend with no grant for a tenant must not write into the trail the
+// tenant's operators read by asking for its services.
+func (c *caller) grantedTenant(tenant string) bool {
+	if c.tenants != nil && !slices.Contains(c.tenants, tenant) {
+		return false
+	}
+	return policy.AllowsTenant(c.grants, tenant)
+}
+
 // Ways a backend authenticates, as recorded in audit records.
 const (
 	viaAPIKey      = "api_key"

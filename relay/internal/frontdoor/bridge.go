@@ -104,6 +104,14 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr, requestID string, e
 // for as long as the store took — up to the writer's 10 s per batch when
 // it stalled, on top of the refusal itself. The record still reaches the
 // store, or the audit file marked store_error when the store fails.
+//
+// The record is the tenant's (in the trail its operators read) only when
+// c has a grant for some service of the tenant it asked for. A backend
+// with no grant for the tenant could otherwise write into any tenant's
+// trail by asking for its services; its refusal is recorded under no
+// tenant (the relay's trail, which vendor operators read), with the
+// target it asked for and the reason, as the metrics leave it
+// unattributed.
 func (fd *Server) auditRefusal(door, remote, requestID string, c *caller, addr string, err error) {
 	if len(addr) > 512 {
 		addr = addr[:512]
@@ -112,7 +120,9 @@ func (fd *Server) auditRefusal(door, remote, requestID string, c *caller, addr s
 		Detail: map[string]any{"door": door, "remote": remote, "request": requestID, "target": addr, "auth": c.via, "error": err.Error()}}
 	t, perr := route.ParseTarget(addr)
 	if perr == nil {
-		rec.Tenant = t.Tenant
+		if c.grantedTenant(t.Tenant) {
+			rec.Tenant = t.Tenant
+		}
 		rec.Detail["service"] = t.Service
 	}
 	fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, c.name, protocol.CodeOf(err))
