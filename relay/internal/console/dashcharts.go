@@ -21,7 +21,9 @@ type chartsView struct {
 	Charts []chart
 	Events []history.Event
 	// Untracked counts tenants and agents the relay keeps no history of
-	// (its bounds reached).
+	// (its bounds reached): of the page's tenant (a tenant-scoped
+	// operator's pages are all its tenant's), or of the relay on a vendor
+	// operator's overview.
 	Untracked int
 	// Interval is how often the relay samples.
 	Interval time.Duration

@@ -176,6 +176,50 @@ func TestScopedOperatorsChartTheirTenantOnly(t *testing.T) {
 	}
 }
 
+// The count of tenants and agents without a history that a page shows is
+// of what the page charts: a tenant-scoped operator's counts its own
+// tenant's agents only, never those of another tenant that outgrew the
+// relay's bounds; a vendor operator's overview counts the whole relay.
+func TestUntrackedCountIsTheTenants(t *testing.T) {
+	rec := history.New(history.Config{MaxAgents: 2})
+	t0 := time.Now().Add(-20 * time.Second)
+	agents := map[history.Agent]history.AgentReading{{Tenant: "acme", ID: "acme-agent"}: {Sessions: 1, ToService: 10}}
+	for i := range 5 {
+		agents[history.Agent{Tenant: "globex", ID: fmt.Sprintf("globex-%d", i)}] = history.AgentReading{Sessions: 1, ToService: 10}
+	}
+	rec.Record(history.Reading{At: t0})
+	rec.Record(history.Reading{At: t0.Add(10 * time.Second), Agents: agents})
+	h := &historyRelay{rec: rec}
+	r := startScopedRelayWith(t, withHistory(h))
+	stamp := regexp.MustCompile(`(\d+) tenants or agents have no history`)
+	untracked := func(c *http.Client, path string) string {
+		t.Helper()
+		res := r.do(t, c, http.MethodGet, path, nil, nil)
+		if res.status != http.StatusOK {
+			t.Fatalf("GET %s: %d", path, res.status)
+		}
+		if m := stamp.FindStringSubmatch(res.body); m != nil {
+			return m[1]
+		}
+		return "none"
+	}
+	scoped := r.client(t)
+	r.loginWith(t, scoped, r.viewerTok)
+	for _, p := range []string{"/", "/ui/tenants/acme", "/ui/agents/acme-agent"} {
+		if got := untracked(scoped, p); got != "none" {
+			t.Errorf("acme's operator, GET %s: %s without history, want none (globex's agents are not acme's)", p, got)
+		}
+	}
+	vendor := r.client(t)
+	r.login(t, vendor)
+	if got := untracked(vendor, "/"); got != "4" {
+		t.Errorf("the vendor's overview: %s without history, want 4 (globex's agents beyond the bound)", got)
+	}
+	if got := untracked(vendor, "/ui/tenants/globex"); got != "4" {
+		t.Errorf("globex's page: %s without history, want 4", got)
+	}
+}
+
 // The "add a connector" flow: a tenant administrator creates a join
 // token for its tenant and gets the install commands, which hold the
 // relay's address and the install script's hash but never the token;

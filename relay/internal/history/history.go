@@ -11,6 +11,20 @@
 // value and interval: about 20 KiB a tenant and 6 KiB an agent with the
 // defaults, 26 MiB at the very most), at most MaxEvents events, and a
 // series is dropped once it had nothing to show for a whole window.
+//
+// The agents' series and the events are shared fairly between tenants,
+// not first come, first served: one tenant with many agents, or with
+// agents that keep reconnecting, cannot leave another without any. A
+// tenant's new agent takes a series from the tenant holding the most when
+// that one holds at least two more than its own tenant, so no tenant
+// holds more than one series more than a tenant with an agent left
+// without one (each of T tenants with agents to show has at least
+// MaxAgents/T - 1). Events beyond MaxEvents are dropped oldest first from
+// the tenants with the most, down to a level every tenant keeps. The
+// bounds themselves are unchanged: the worst case is still MaxAgents
+// agent series, MaxTenants tenant series and MaxEvents events, plus, for
+// the last sample, a count per tenant of what had no series (no more
+// tenants than the reading named).
 package history
 
 import (
@@ -31,7 +45,8 @@ type Config struct {
 	Samples int
 	// MaxTenants and MaxAgents bound the tenants and agents with series
 	// of their own (default 1000 each); MaxEvents the connects and
-	// disconnects kept (default 1000).
+	// disconnects kept (default 1000). Agents' series and events are
+	// shared fairly between tenants (see the package's doc).
 	MaxTenants, MaxAgents, MaxEvents int
 	// Read takes a reading of the relay; Run calls it every Interval,
 	// Window for a provisional last point.
@@ -113,11 +128,17 @@ type Recorder struct {
 	tick uint64     // samples recorded
 	at   []time.Time
 	// series by tenant, by agent, and the relay's.
-	tenants   map[string]*series
-	agents    map[Agent]*series
-	relay     *series
-	events    []Event // oldest first, at most MaxEvents
-	untracked int     // tenants and agents refused a series at the last sample
+	tenants map[string]*series
+	agents  map[Agent]*series
+	// agentsOf counts the agents' series by tenant (tenants with none
+	// are absent): at most MaxAgents entries.
+	agentsOf map[string]int
+	relay    *series
+	events   []Event // oldest first, at most MaxEvents
+	// untracked counts, by tenant, the tenant's own series and its
+	// agents' that had something to show at the last sample but no
+	// series, the bounds being reached.
+	untracked map[string]int
 }
 
 // New returns a recorder with cfg's defaults filled in.
@@ -134,7 +155,8 @@ func New(cfg Config) *Recorder {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Recorder{cfg: cfg, at: make([]time.Time, cfg.Samples), tenants: map[string]*series{}, agents: map[Agent]*series{}, relay: newSeries()}
+	return &Recorder{cfg: cfg, at: make([]time.Time, cfg.Samples), tenants: map[string]*series{}, agents: map[Agent]*series{},
+		agentsOf: map[string]int{}, relay: newSeries(), untracked: map[string]int{}}
 }
 
 // Interval is the time between samples.
@@ -370,17 +392,8 @@ func (r *Recorder) storeLocked(s sample) {
 	for k, v := range s.relay {
 		r.relay.set(k, slot, n, v)
 	}
-	r.untracked = 0
-	put := func(get func() (*series, bool), add func(*series), full bool, values map[string]float64) {
-		se, ok := get()
-		if !ok {
-			if full {
-				r.untracked++
-				return
-			}
-			se = newSeries()
-			add(se)
-		}
+	clear(r.untracked)
+	write := func(se *series, values map[string]float64) {
 		se.last = r.tick
 		for k, v := range values {
 			se.set(k, slot, n, v)
@@ -393,12 +406,46 @@ func (r *Recorder) storeLocked(s sample) {
 		se.clear(slot)
 	}
 	for name, v := range s.tenants {
-		put(func() (*series, bool) { se, ok := r.tenants[name]; return se, ok }, func(se *series) { r.tenants[name] = se },
-			len(r.tenants) >= r.cfg.MaxTenants, v)
+		se, ok := r.tenants[name]
+		if !ok {
+			if len(r.tenants) >= r.cfg.MaxTenants {
+				r.untracked[name]++
+				continue
+			}
+			se = newSeries()
+			r.tenants[name] = se
+		}
+		write(se, v)
 	}
+	// Agents with a series go on; the others are given one in turns, a
+	// tenant at a time, while there is room or a fairer share to take.
+	var fresh []Agent
 	for id, v := range s.agents {
-		put(func() (*series, bool) { se, ok := r.agents[id]; return se, ok }, func(se *series) { r.agents[id] = se },
-			len(r.agents) >= r.cfg.MaxAgents, v)
+		if se, ok := r.agents[id]; ok {
+			write(se, v)
+		} else {
+			fresh = append(fresh, id)
+		}
+	}
+	most := -1 // the most series a tenant holds; -1 until needed
+	for _, id := range inTurns(fresh) {
+		if len(r.agents) >= r.cfg.MaxAgents {
+			if most < 0 {
+				most = maxCount(r.agentsOf)
+			}
+			if most < r.agentsOf[id.Tenant]+2 || !r.evictAgentLocked(id.Tenant) {
+				r.untracked[id.Tenant]++
+				continue
+			}
+			most = -1
+		}
+		se := newSeries()
+		r.agents[id] = se
+		r.agentsOf[id.Tenant]++
+		if most >= 0 {
+			most = max(most, r.agentsOf[id.Tenant])
+		}
+		write(se, s.agents[id])
 	}
 	for name, se := range r.tenants {
 		if r.tick-se.last >= uint64(n) {
@@ -407,11 +454,130 @@ func (r *Recorder) storeLocked(s sample) {
 	}
 	for id, se := range r.agents {
 		if r.tick-se.last >= uint64(n) {
-			delete(r.agents, id)
+			r.dropAgentLocked(id)
 		}
 	}
 	r.events = append(r.events, s.events...)
-	if extra := len(r.events) - r.cfg.MaxEvents; extra > 0 {
-		r.events = slices.Delete(r.events, 0, extra)
+	r.events = fairTrim(r.events, r.cfg.MaxEvents)
+}
+
+// inTurns orders agents a tenant at a time (tenants by name, each
+// tenant's agents by id): every tenant's first, then every tenant's
+// second, and so on.
+func inTurns(ids []Agent) []Agent {
+	if len(ids) < 2 {
+		return ids
 	}
+	slices.SortFunc(ids, func(a, b Agent) int { return cmp.Or(cmp.Compare(a.Tenant, b.Tenant), cmp.Compare(a.ID, b.ID)) })
+	turn := make([]int, len(ids)) // each agent's place among its tenant's
+	for i := 1; i < len(ids); i++ {
+		if ids[i].Tenant == ids[i-1].Tenant {
+			turn[i] = turn[i-1] + 1
+		}
+	}
+	order := make([]int, len(ids))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(turn[a], turn[b]) })
+	out := make([]Agent, len(ids))
+	for i, j := range order {
+		out[i] = ids[j]
+	}
+	return out
+}
+
+// maxCount is the largest count of m, 0 when it is empty.
+func maxCount(m map[string]int) int {
+	most := 0
+	for _, c := range m {
+		most = max(most, c)
+	}
+	return most
+}
+
+// evictAgentLocked makes room for an agent of tenant: it drops the series
+// of the tenant holding the most (the first by name among equals), if
+// that one holds at least two more than tenant, that was written longest
+// ago (the first by id among equals), and reports whether it did. A
+// series written at this sample had something to show: its agent counts
+// as untracked.
+func (r *Recorder) evictAgentLocked(tenant string) bool {
+	richest, most := "", 0
+	for t, c := range r.agentsOf {
+		if c > most || (c == most && t < richest) {
+			richest, most = t, c
+		}
+	}
+	if most < r.agentsOf[tenant]+2 {
+		return false
+	}
+	var victim Agent
+	var oldest *series
+	for id, se := range r.agents {
+		if id.Tenant != richest {
+			continue
+		}
+		if oldest == nil || se.last < oldest.last || (se.last == oldest.last && id.ID < victim.ID) {
+			victim, oldest = id, se
+		}
+	}
+	if oldest.last == r.tick {
+		r.untracked[richest]++
+	}
+	r.dropAgentLocked(victim)
+	return true
+}
+
+// dropAgentLocked forgets an agent's series.
+func (r *Recorder) dropAgentLocked(id Agent) {
+	delete(r.agents, id)
+	if r.agentsOf[id.Tenant]--; r.agentsOf[id.Tenant] <= 0 {
+		delete(r.agentsOf, id.Tenant)
+	}
+}
+
+// fairTrim keeps at most limit of events (oldest first): when there are
+// more, every tenant keeps its newest, up to the largest number each can
+// keep within limit, and the tenants with more lose their oldest.
+func fairTrim(events []Event, limit int) []Event {
+	if len(events) <= limit {
+		return events
+	}
+	counts := map[string]int{}
+	for _, e := range events {
+		counts[e.Tenant]++
+	}
+	within := func(level int) bool {
+		sum := 0
+		for _, c := range counts {
+			sum += min(c, level)
+		}
+		return sum <= limit
+	}
+	lo, hi := 0, limit // within(lo) holds; the level is at most limit
+	for lo < hi {
+		mid := lo + (hi-lo+1)/2
+		if within(mid) {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	kept := map[string]int{}
+	keep := make([]bool, len(events))
+	for i := len(events) - 1; i >= 0; i-- {
+		if t := events[i].Tenant; kept[t] < lo {
+			kept[t]++
+			keep[i] = true
+		}
+	}
+	out := events[:0]
+	for i, e := range events {
+		if keep[i] {
+			out = append(out, e)
+		}
+	}
+	clear(events[len(out):]) // no stale strings kept past the slice's end
+	return out
 }

@@ -2,7 +2,9 @@ package history
 
 import (
 	"context"
+	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -164,6 +166,104 @@ func TestBounds(t *testing.T) {
 	}
 	if len(w.Events) != 2 {
 		t.Errorf("%d events kept, want 2", len(w.Events))
+	}
+}
+
+// agentsOfTenant makes n connected agents of tenant, ids tenant-00 ….
+func agentsOfTenant(tenant string, n int, into map[Agent]AgentReading) map[Agent]AgentReading {
+	if into == nil {
+		into = map[Agent]AgentReading{}
+	}
+	for i := range n {
+		into[Agent{tenant, fmt.Sprintf("%s-%02d", tenant, i)}] = AgentReading{Sessions: 1, ToService: 100}
+	}
+	return into
+}
+
+// One tenant with many agents cannot leave another without agent
+// series: the bound on agents is shared fairly, and the share does not
+// swing back and forth. The count of agents without a series is each
+// tenant's own.
+func TestAgentSeriesSharedBetweenTenants(t *testing.T) {
+	r := New(Config{MaxAgents: 4})
+	r.Record(Reading{At: at(0)})
+	// Big comes first and takes every series.
+	r.Record(Reading{At: at(10), Agents: agentsOfTenant("big", 10, nil)})
+	if w := r.Window(Query{Tenant: "big", Agents: true}); len(w.Agents) != 4 || w.Untracked != 6 {
+		t.Fatalf("big alone: %d agents with a series, %d without; want 4 and 6", len(w.Agents), w.Untracked)
+	}
+	// Small's two agents connect: they get series, taken from big.
+	both := agentsOfTenant("small", 2, agentsOfTenant("big", 10, nil))
+	for i := 2; i <= 4; i++ {
+		r.Record(Reading{At: at(10 * i), Agents: both})
+	}
+	small := r.Window(Query{Tenant: "small", Agents: true})
+	if len(small.Agents) != 2 {
+		t.Fatalf("small has %d agents with a series beside big's ten, want 2 (of a bound of 4)", len(small.Agents))
+	}
+	for _, a := range small.Agents {
+		// Every sample since it connected, without a gap.
+		if got := a.Sessions.Points(); got != 3 {
+			t.Errorf("small's agent %s has %d points, want 3", a.ID, got)
+		}
+	}
+	if small.Untracked != 0 {
+		t.Errorf("small's page counts %d without history, want 0 (big's are not its own)", small.Untracked)
+	}
+	big := r.Window(Query{Tenant: "big", Agents: true})
+	if len(big.Agents) != 2 || big.Untracked != 8 {
+		t.Errorf("big: %d agents with a series, %d without; want 2 and 8", len(big.Agents), big.Untracked)
+	}
+	// Big keeps the same two (no swinging): each has a point at every
+	// sample.
+	for _, a := range big.Agents {
+		if a.Sessions.Points() != 4 {
+			t.Errorf("big's agent %s: %d points, want 4 (kept throughout)", a.ID, a.Sessions.Points())
+		}
+	}
+	if all := r.Window(Query{Agents: true}); len(all.Agents) != 4 || all.Untracked != 8 {
+		t.Errorf("the relay: %d agents with a series, %d without; want 4 and 8", len(all.Agents), all.Untracked)
+	}
+
+	// Three tenants wanting ten each share seven: none holds more than
+	// one more than another.
+	r = New(Config{MaxAgents: 7})
+	r.Record(Reading{At: at(0)})
+	three := agentsOfTenant("c", 10, agentsOfTenant("b", 10, agentsOfTenant("a", 10, nil)))
+	for i := 1; i <= 3; i++ {
+		r.Record(Reading{At: at(10 * i), Agents: three})
+	}
+	held := map[string]int{}
+	for _, a := range r.Window(Query{Agents: true}).Agents {
+		held[a.Tenant]++
+	}
+	if held["a"]+held["b"]+held["c"] != 7 || slices.Max([]int{held["a"], held["b"], held["c"]})-slices.Min([]int{held["a"], held["b"], held["c"]}) > 1 {
+		t.Errorf("seven series among three tenants: %v, want 3, 2, 2 in some order", held)
+	}
+}
+
+// One tenant whose agents keep connecting and disconnecting cannot push
+// another tenant's connects and disconnects out of the history.
+func TestEventsSharedBetweenTenants(t *testing.T) {
+	r := New(Config{MaxEvents: 10})
+	r.Record(Reading{At: at(0)})
+	calm := Agent{"calm", "c1"}
+	for i := 1; i <= 6; i++ {
+		rd := Reading{At: at(10 * i), Agents: map[Agent]AgentReading{calm: {Sessions: 1}}}
+		if i%2 == 1 {
+			rd.Agents = agentsOfTenant("flappy", 20, rd.Agents) // 20 connects, then 20 disconnects
+		}
+		r.Record(rd)
+	}
+	if got := r.Window(Query{Tenant: "calm", Events: 10}).Events; len(got) != 1 || got[0].Agent != "c1" || !got[0].Connected {
+		t.Errorf("calm's events after flappy's 120: %+v, want its one connect", got)
+	}
+	all := r.Window(Query{Events: 100}).Events
+	if len(all) != 10 {
+		t.Errorf("%d events kept, want the bound, 10", len(all))
+	}
+	if n := len(r.Window(Query{Tenant: "flappy", Events: 100}).Events); n != 9 {
+		t.Errorf("flappy keeps %d events, want 9 (the rest of the bound)", n)
 	}
 }
 

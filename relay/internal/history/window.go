@@ -42,7 +42,7 @@ type Window struct {
 	Interval time.Duration
 	// Untracked counts the tenants and agents that had something to show
 	// in the last interval but no series, the Recorder's bounds being
-	// reached.
+	// reached: of the tenant asked for (Query.Tenant), or of every tenant.
 	Untracked int
 }
 
@@ -131,7 +131,13 @@ func (r *Recorder) Window(q Query) Window {
 	for i := range slots {
 		slots[i] = int((r.tick - uint64(count) + uint64(i)) % uint64(n))
 	}
-	w := Window{Interval: r.cfg.Interval, Untracked: r.untracked}
+	w := Window{Interval: r.cfg.Interval, Untracked: r.untracked[q.Tenant]}
+	if q.Tenant == "" {
+		w.Untracked = 0
+		for _, n := range r.untracked {
+			w.Untracked += n
+		}
+	}
 	for _, s := range slots {
 		w.Times = append(w.Times, r.at[s])
 	}
