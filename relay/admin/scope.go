@@ -170,6 +170,9 @@ func (a *Admin) scopedTenant(tenant string) (string, error) {
 	if s.Vendor() {
 		return tenant, nil
 	}
+	if s.Tenant == "" { // the zero Scope, which allows nothing: "" is no filter
+		return "", &ScopeError{err: Errorf(ErrForbidden, "this credential allows nothing"), Reason: "no scope"}
+	}
 	if tenant == "" {
 		return s.Tenant, nil
 	}

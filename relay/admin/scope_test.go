@@ -231,6 +231,20 @@ func TestScopedAdmin(t *testing.T) {
 	}
 	_, err = none.Agent(ctx, "acme-agent")
 	wantRefused(t, "invalid scope: Agent", err, ErrNotFound)
+	// Its lists, which a scope's tenant filters, are refused rather than
+	// left unfiltered.
+	recs, err = none.Audit(ctx, AuditFilter{Limit: 1000})
+	wantRefused(t, "invalid scope: Audit", err, ErrForbidden)
+	if len(recs) != 0 {
+		t.Errorf("invalid scope: Audit listed %d records", len(recs))
+	}
+	as, err := none.Agents(ctx, "")
+	wantRefused(t, "invalid scope: Agents", err, ErrForbidden)
+	if len(as) != 0 {
+		t.Errorf("invalid scope: Agents listed %+v", as)
+	}
+	_, err = none.Fleet(ctx, FleetFilter{})
+	wantRefused(t, "invalid scope: Fleet", err, ErrForbidden)
 }
 
 // A tenant administrator may only lower its tenant's limits.
