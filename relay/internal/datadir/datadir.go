@@ -43,6 +43,9 @@ const (
 	JWKSCacheFile = "oidc-keys.json"
 
 	resetKeyID = "quic_stateless_reset_key"
+	// auditCursorKeyID names the key of the audit cursors tenant-scoped
+	// operators page their audit trail with (relay/admin).
+	auditCursorKeyID = "audit_cursor_key"
 
 	// caLock is the store's lock (store.Lock) that relays sharing a
 	// store take to change the CA kept in it.
@@ -56,6 +59,10 @@ type Dir struct {
 	// ResetKey is the QUIC stateless reset key, shared by every relay
 	// process on this directory's store.
 	ResetKey [32]byte
+	// AuditCursorKey is the key the audit cursors given to tenant-scoped
+	// operators are encrypted under (relay/admin), shared like ResetKey so
+	// that a cursor one relay of a cluster gave works on every other.
+	AuditCursorKey [32]byte
 
 	ca       ca.Storage // where the CA is kept
 	caShared bool       // ca is in the store, shared by a cluster
@@ -133,20 +140,37 @@ func Open(ctx context.Context, path string, o Options, now time.Time) (*Dir, *ca
 		}
 	}
 	st := d.Store
-	var fresh [32]byte
-	rand.Read(fresh[:])
-	keyHex, err := st.SetSettingIfAbsent(ctx, resetKeyID, hex.EncodeToString(fresh[:]))
-	if err != nil {
-		st.Close()
-		return nil, nil, fmt.Errorf("read QUIC reset key: %w", err)
-	}
-	if b, err := hex.DecodeString(keyHex); err != nil || len(b) != len(d.ResetKey) {
-		st.Close()
-		return nil, nil, errors.New("stored QUIC reset key is damaged")
-	} else {
-		copy(d.ResetKey[:], b)
+	for _, k := range []struct {
+		id, what string
+		key      *[32]byte
+	}{
+		{resetKeyID, "QUIC reset key", &d.ResetKey},
+		{auditCursorKeyID, "audit cursor key", &d.AuditCursorKey},
+	} {
+		if err := sharedKey(ctx, st, k.id, k.what, k.key); err != nil {
+			st.Close()
+			return nil, nil, err
+		}
 	}
 	return d, authority, nil
+}
+
+// sharedKey reads the random key stored under the setting id into key,
+// storing a fresh one first unless there is one, so that every relay
+// sharing the store (and every command run on it) holds the same.
+func sharedKey(ctx context.Context, st *store.Store, id, what string, key *[32]byte) error {
+	var fresh [32]byte
+	rand.Read(fresh[:])
+	keyHex, err := st.SetSettingIfAbsent(ctx, id, hex.EncodeToString(fresh[:]))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", what, err)
+	}
+	b, err := hex.DecodeString(keyHex)
+	if err != nil || len(b) != len(key) {
+		return fmt.Errorf("stored %s is damaged", what)
+	}
+	copy(key[:], b)
+	return nil
 }
 
 // loadCA loads the CA, or creates it unless o.Existing; the caller holds

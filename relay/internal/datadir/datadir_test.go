@@ -58,11 +58,16 @@ func TestOpenSQLite(t *testing.T) {
 		t.Fatalf("reopen: %v", err)
 	}
 	d2.Close()
+	// The keys kept in the store are made once.
+	if d2.AuditCursorKey != d.AuditCursorKey || d2.ResetKey != d.ResetKey || d.AuditCursorKey == ([32]byte{}) || d.AuditCursorKey == d.ResetKey {
+		t.Fatal("reopened, the data directory holds other keys, or keys not made")
+	}
 }
 
 // TestOpenPostgresAtOnce: three relays, each with a data directory of its
 // own, start at once against one empty PostgreSQL database: one creates
-// the CA, the others load it, and none makes a CA of its own.
+// the CA, the others load it, and none makes a CA of its own; all hold
+// the QUIC reset key and audit cursor key the first stored.
 func TestOpenPostgresAtOnce(t *testing.T) {
 	for round := range 5 {
 		dsn := pgtest.Shared(t).CreateDatabase(t)
@@ -90,6 +95,11 @@ func TestOpenPostgresAtOnce(t *testing.T) {
 			}
 			if _, err := os.Stat(filepath.Join(paths[i], caDir)); !errors.Is(err, fs.ErrNotExist) {
 				t.Fatalf("round %d: relay %d made a CA directory (%v)", round, i, err)
+			}
+			// Each holds the keys the first stored: a cursor one gives,
+			// another reads.
+			if dirs[i].AuditCursorKey != dirs[0].AuditCursorKey || dirs[i].ResetKey != dirs[0].ResetKey || dirs[i].AuditCursorKey == ([32]byte{}) {
+				t.Fatalf("round %d: relay %d holds other keys than relay 0", round, i)
 			}
 			// Each reads what is in the store now: the same CA.
 			now, err := ca.Load(ctx, dirs[i].CAStorage())
