@@ -13,7 +13,7 @@ import (
 // and keeps what it accepts within bounds.
 func FuzzParseAuditQuery(f *testing.F) {
 	for _, s := range []string{
-		"", "tenant=acme&since=2h&limit=10", "cursor=42", "cursor=-1", "cursor=99999999999999999999",
+		"", "tenant=acme&since=2h&limit=10", "cursor=42", "cursor=-1", "cursor=99999999999999999999", "cursor=AAAAAAAAAAAAAAAAAAAAAA", "cursor=a%2Bb", "cursor=" + strings.Repeat("9", 65),
 		"since=2026-01-02T03:04:05Z&until=1h", "limit=0", "limit=1001", "kind=agent.", "since=-5m",
 		"tenant=A%00", "backend=..", "since=9999999999h", "limit=1e3", "%zz",
 		"request=3f2a9c0d1e4b5a67", "request=%25", "request=a_b", "request=" + strings.Repeat("a", 65),
@@ -39,8 +39,11 @@ func FuzzParseAuditQuery(f *testing.F) {
 		if strings.Trim(af.Request, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "" || len(af.Request) > 64 {
 			t.Fatalf("ParseAuditQuery(%q): request id %q accepted", raw, af.Request)
 		}
-		if af.BeforeSeq < 0 || !af.NewestFirst {
+		if af.BeforeSeq != 0 || af.AfterSeq != 0 || !af.NewestFirst {
 			t.Fatalf("ParseAuditQuery(%q): got %+v", raw, af)
+		}
+		if len(af.Cursor) > maxAuditCursor || strings.Trim(af.Cursor, auditCursorChars) != "" {
+			t.Fatalf("ParseAuditQuery(%q): cursor %q accepted", raw, af.Cursor)
 		}
 	})
 }

@@ -15,7 +15,6 @@ import (
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/relay/admin"
-	"github.com/tetherhq/tether/relay/internal/audit"
 )
 
 // The dashboard's pages for join tokens, the "add a connector" flow,
@@ -27,7 +26,7 @@ const dashListLimit = 200
 // auditPage is a page of audit records, newest first, with links to the
 // older records and back to the newest.
 type auditPage struct {
-	Records []audit.Record
+	Records []admin.AuditEntry
 	// Older is the link to the next page of older records, "" on the
 	// last page; Newest the link back to the first, "" on it.
 	Older, Newest string
@@ -49,29 +48,30 @@ func pageLink(req *http.Request, key, value string) string {
 	return req.URL.Path + "?" + q.Encode()
 }
 
-// pagedAudit reads a page of f's records for an agent's, tenant's or
-// backend's page: dashAuditLimit of them before ?audit_before= .
-func (s *Server) pagedAudit(req *http.Request, a *admin.Admin, f admin.AuditFilter) (auditPage, error) {
-	f.NewestFirst, f.Limit = true, dashAuditLimit
-	if b := req.URL.Query().Get("audit_before"); b != "" {
-		n, err := strconv.ParseInt(b, 10, 64)
-		if err != nil || n < 1 {
-			return auditPage{}, admin.Errorf(admin.ErrInvalid, "audit_before %q: not a page of this list", b)
-		}
-		f.BeforeSeq = n
-	}
-	recs, err := a.Audit(req.Context(), f)
+// auditPageOf reads the page q asks for (admin.AuditPage: a
+// tenant-scoped operator's cursors are sealed, a vendor's are seqs) and
+// links it to the next with the query parameter key.
+func auditPageOf(req *http.Request, a *admin.Admin, q admin.AuditQuery, key string) (auditPage, error) {
+	res, err := a.AuditPage(req.Context(), q)
 	if err != nil {
 		return auditPage{}, err
 	}
-	p := auditPage{Records: recs}
-	if len(recs) == f.Limit {
-		p.Older = pageLink(req, "audit_before", strconv.FormatInt(recs[len(recs)-1].Seq, 10))
+	p := auditPage{Records: res.Records}
+	if res.NextCursor != "" {
+		p.Older = pageLink(req, key, res.NextCursor)
 	}
-	if f.BeforeSeq != 0 {
-		p.Newest = pageLink(req, "audit_before", "")
+	if q.Cursor != "" {
+		p.Newest = pageLink(req, key, "")
 	}
 	return p, nil
+}
+
+// pagedAudit reads a page of f's records for an agent's, tenant's or
+// backend's page: dashAuditLimit of them before ?audit_before= (a
+// cursor of the page before).
+func (s *Server) pagedAudit(req *http.Request, a *admin.Admin, f admin.AuditFilter) (auditPage, error) {
+	f.NewestFirst, f.Limit = true, dashAuditLimit
+	return auditPageOf(req, a, admin.AuditQuery{AuditFilter: f, Cursor: req.URL.Query().Get("audit_before")}, "audit_before")
 }
 
 // auditView is the audit search page.
@@ -84,24 +84,16 @@ type auditView struct {
 
 func (s *Server) auditData(req *http.Request, _ Operator, a *admin.Admin, now time.Time) (string, any, error) {
 	q := req.URL.Query()
-	f, err := admin.ParseAuditQuery(q, now)
+	aq, err := admin.ParseAuditQuery(q, now)
 	if err != nil {
 		return "", nil, err
 	}
-	v := auditView{Tenant: f.Tenant, Agent: f.Agent, Backend: f.Backend, Kind: f.Kind, Since: q.Get("since"), Until: q.Get("until"), Limit: q.Get("limit")}
-	recs, err := a.Audit(req.Context(), f)
-	if err != nil {
+	v := auditView{Tenant: aq.Tenant, Agent: aq.Agent, Backend: aq.Backend, Kind: aq.Kind, Since: q.Get("since"), Until: q.Get("until"), Limit: q.Get("limit")}
+	if v.Page, err = auditPageOf(req, a, aq, "cursor"); err != nil {
 		return "", nil, err
 	}
 	if v.Tenants, err = a.Tenants(req.Context()); err != nil {
 		return "", nil, err
-	}
-	v.Page.Records = recs
-	if len(recs) == f.Limit {
-		v.Page.Older = pageLink(req, "cursor", strconv.FormatInt(recs[len(recs)-1].Seq, 10))
-	}
-	if f.BeforeSeq != 0 {
-		v.Page.Newest = pageLink(req, "cursor", "")
 	}
 	return "Audit", v, nil
 }

@@ -2,11 +2,9 @@ package console
 
 import (
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/tetherhq/tether/relay/admin"
-	"github.com/tetherhq/tether/relay/internal/audit"
 )
 
 // apiRoutes is the admin API: every route with the access it needs
@@ -343,23 +341,20 @@ func (s *Server) revokeUnrecordedBackendCerts(w http.ResponseWriter, req *http.R
 	return reply(w, http.StatusOK, map[string]any{"backend": req.PathValue("name"), "accepts_unrecorded": false, "changed": changed}, err)
 }
 
+// audit answers a page of audit records, newest first
+// (admin.ParseAuditQuery), with next_cursor after a full page. A
+// tenant-scoped operator's records carry a cursor each instead of their
+// seq (admin.AuditPage).
 func (s *Server) audit(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
-	f, err := admin.ParseAuditQuery(req.URL.Query(), s.cfg.Now())
+	q, err := admin.ParseAuditQuery(req.URL.Query(), s.cfg.Now())
 	if err != nil {
 		return err
 	}
-	recs, err := a.Audit(req.Context(), f)
+	p, err := a.AuditPage(req.Context(), q)
 	if err != nil {
 		return err
 	}
-	out := map[string]any{"records": recs}
-	if recs == nil {
-		out["records"] = []audit.Record{}
-	}
-	if len(recs) == f.Limit {
-		out["next_cursor"] = strconv.FormatInt(recs[len(recs)-1].Seq, 10)
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, p)
 	return nil
 }
 
