@@ -58,10 +58,16 @@ func tenantCursorBlock(key *[32]byte, tenant string) cipher.Block {
 
 // sealAuditCursor is the cursor of tenant's record seq (seq > 0).
 func sealAuditCursor(key *[32]byte, tenant string, seq int64) string {
+	return sealAuditCursorWith(tenantCursorBlock(key, tenant), seq)
+}
+
+// sealAuditCursorWith is the cursor of seq under a tenant's block cipher
+// (tenantCursorBlock), for a page of records under one.
+func sealAuditCursorWith(b cipher.Block, seq int64) string {
 	var block [aes.BlockSize]byte
 	copy(block[:8], auditCursorMagic[:])
 	binary.BigEndian.PutUint64(block[8:], uint64(seq))
-	tenantCursorBlock(key, tenant).Encrypt(block[:], block[:])
+	b.Encrypt(block[:], block[:])
 	return base64.RawURLEncoding.EncodeToString(block[:])
 }
 

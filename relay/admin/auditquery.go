@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"crypto/cipher"
 	"net/url"
 	"strconv"
 	"strings"
@@ -142,12 +143,15 @@ func (a *Admin) AuditPage(ctx context.Context, q AuditQuery) (AuditPage, error) 
 		return AuditPage{}, err
 	}
 	p := AuditPage{Records: make([]AuditEntry, len(recs))}
-	key := &a.dir.AuditCursorKey
+	var sealer cipher.Block
+	if scoped {
+		sealer = tenantCursorBlock(&a.dir.AuditCursorKey, f.Tenant)
+	}
 	for i, r := range recs {
 		p.Records[i].Record = r
 		if scoped {
 			p.Records[i].Seq = 0
-			p.Records[i].Cursor = sealAuditCursor(key, f.Tenant, r.Seq)
+			p.Records[i].Cursor = sealAuditCursorWith(sealer, r.Seq)
 		}
 	}
 	if n := len(recs); n == f.Limit {
