@@ -7,16 +7,18 @@ import (
 	"time"
 
 	quicgo "github.com/quic-go/quic-go"
+
+	"github.com/tetherhq/tether/relay/internal/throttle"
 )
 
-// handshakeGate bounds the agent handshakes (TLS, then the hello) the relay
-// works on at once. After a relay restart a whole fleet reconnects within
-// seconds; without a bound every handshake competes for the CPU, all of
-// them slow down past the agents' timeouts, and the agents retry: a login
-// storm that feeds itself. With the gate, handshakes in progress finish
-// quickly while the rest queue; a connection that finds no slot within
-// gateWait is closed before any work is done, and its agent retries after a
-// jittered backoff.
+// The handshake gate (throttle.Gate, Server.gate) bounds the agent
+// handshakes (TLS, then the hello) the relay works on at once. After a
+// relay restart a whole fleet reconnects within seconds; without a bound
+// every handshake competes for the CPU, all of them slow down past the
+// agents' timeouts, and the agents retry: a login storm that feeds
+// itself. With the gate, handshakes in progress finish quickly while the
+// rest queue; a connection that finds no slot within gateWait is closed
+// before any work is done, and its agent retries after a jittered backoff.
 //
 // A slot is held for the whole handshake, which includes round trips to the
 // agent, so the bound must be far above what the CPU alone would suggest: a
@@ -25,51 +27,9 @@ import (
 // complete. The gate does not throttle a healthy relay; it keeps a storm of
 // ten thousand simultaneous handshakes from sharing the CPU so thinly that
 // all of them time out.
-type handshakeGate struct {
-	slots chan struct{}
-	wait  time.Duration
-}
 
 // gateWait is how long a new connection waits for a handshake slot.
 const gateWait = 8 * time.Second
-
-func newHandshakeGate(n int) *handshakeGate {
-	return &handshakeGate{slots: make(chan struct{}, n), wait: gateWait}
-}
-
-// enter takes a slot, waiting up to g.wait; it reports whether it got one.
-func (g *handshakeGate) enter(ctx context.Context) bool {
-	select {
-	case g.slots <- struct{}{}:
-		return true
-	default:
-	}
-	t := time.NewTimer(g.wait)
-	defer t.Stop()
-	select {
-	case g.slots <- struct{}{}:
-		return true
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	return false
-}
-
-// leave returns a slot taken by enter.
-func (g *handshakeGate) leave() { <-g.slots }
-
-// tryEnter takes a slot if one is free now.
-func (g *handshakeGate) tryEnter() bool {
-	select {
-	case g.slots <- struct{}{}:
-		return true
-	default:
-		return false
-	}
-}
-
-// busy reports whether more than half of the gate's slots are taken.
-func (g *handshakeGate) busy() bool { return 2*len(g.slots) > cap(g.slots) }
 
 // networkShare is how many handshakes one source network may have in
 // progress while the handshake gate of n slots is busy (more than half of
@@ -91,7 +51,7 @@ func networkShare(n int) int { return max(1, n/16) }
 // until it is admitted or closed, whichever comes first.
 type gateSlot struct {
 	once  sync.Once
-	gate  *handshakeGate
+	gate  *throttle.Gate
 	stop  func() bool // unregisters the release at the connection's end
 	leave func()      // uncounts the connection from its source (throttle.Sources)
 }
@@ -99,7 +59,7 @@ type gateSlot struct {
 func (s *gateSlot) release() {
 	s.once.Do(func() {
 		s.stop()
-		s.gate.leave()
+		s.gate.Leave()
 		s.leave()
 	})
 }
@@ -138,7 +98,7 @@ func (s *Server) quicConnContext(ctx context.Context, info *quicgo.ClientInfo) (
 		s.stats.SourceLimited.Add(1)
 		return nil, errSourceBusy
 	}
-	if !s.quicGate.tryEnter() {
+	if !s.quicGate.TryEnter() {
 		leave()
 		s.stats.Throttled.Add(1)
 		return nil, errRelayBusy

@@ -109,8 +109,8 @@ type Server struct {
 	stats Stats
 	seen  lastSeen // agents' last-seen times waiting to be written
 
-	gate     *handshakeGate
-	quicGate *handshakeGate // QUIC TLS handshakes in progress
+	gate     *throttle.Gate // handshakes in progress (admission.go)
+	quicGate *throttle.Gate // QUIC TLS handshakes in progress
 	src      *throttle.Sources
 	// failLogs bounds the warnings of failed TLS handshakes per source
 	// (the first 10, then one every 5 s; the rest at debug level): a
@@ -131,7 +131,7 @@ var DisconnectReasons = disconnectReasons
 // called.
 func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, set: newSet(cfg.Routes, cfg.Present),
-		gate: newHandshakeGate(cfg.MaxHandshakes), quicGate: newHandshakeGate(cfg.MaxQUICTLSHandshakes),
+		gate: throttle.NewGate(cfg.MaxHandshakes, gateWait), quicGate: throttle.NewGate(cfg.MaxQUICTLSHandshakes, gateWait),
 		failLogs: throttle.New(throttle.Config{Burst: 10, Every: 5 * time.Second, MaxKeys: 4096, Now: cfg.Now})}
 	// While the handshake gate is busy, a source network may have only its
 	// share of it in progress (networkShare), unless the operator lifted
@@ -139,7 +139,7 @@ func New(cfg Config) (*Server, error) {
 	// one network, a fleet behind one NAT or a benchmark's).
 	s.src = throttle.NewSources(cfg.MaxHandshakesPerAddress, cfg.MaxHandshakesPerNetwork)
 	if cfg.MaxHandshakesPerNetwork < cfg.MaxHandshakes {
-		s.src.ShareWhenBusy(s.gate.busy, networkShare(cfg.MaxHandshakes))
+		s.src.ShareWhenBusy(s.gate.Busy, networkShare(cfg.MaxHandshakes))
 	}
 	host, port, err := net.SplitHostPort(cfg.Listen)
 	if err != nil {
@@ -214,7 +214,7 @@ func (s *Server) Stats() *Stats { return &s.stats }
 // InProgress reports the handshakes holding a slot now (TLS over QUIC,
 // and TLS plus hello) and how many source addresses they come from.
 func (s *Server) InProgress() (handshakes, sources int) {
-	return len(s.gate.slots) + len(s.quicGate.slots), s.src.Held()
+	return s.gate.InUse() + s.quicGate.InUse(), s.src.Held()
 }
 
 // StopAccepting closes the listeners; sessions go on.
@@ -301,7 +301,7 @@ func (s *Server) acceptTCP(ctx context.Context, wg *sync.WaitGroup) error {
 // bound until leaveSource is called (once the handshake is over).
 func (s *Server) handleTCP(ctx context.Context, wg *sync.WaitGroup, c net.Conn, tlsConf *tls.Config, leaveSource func()) {
 	remote := c.RemoteAddr()
-	if !s.gate.enter(ctx) {
+	if !s.gate.Enter(ctx) {
 		leaveSource()
 		s.stats.Throttled.Add(1)
 		s.log.Debug("agent connection turned away: too many handshakes in progress", "transport", "tcp", "remote", remote.String())
@@ -311,7 +311,7 @@ func (s *Server) handleTCP(ctx context.Context, wg *sync.WaitGroup, c net.Conn, 
 	var leaveOnce sync.Once
 	leave := func() {
 		leaveOnce.Do(func() {
-			s.gate.leave()
+			s.gate.Leave()
 			leaveSource()
 		})
 	}
@@ -372,7 +372,7 @@ func (s *Server) acceptQUIC(ctx context.Context, wg *sync.WaitGroup) error {
 				return
 			}
 			defer tlsDone()
-			if !s.gate.enter(ctx) {
+			if !s.gate.Enter(ctx) {
 				s.stats.Throttled.Add(1)
 				conn.CloseWithError(quic.CodeRefused, "relay busy")
 				return
@@ -380,7 +380,7 @@ func (s *Server) acceptQUIC(ctx context.Context, wg *sync.WaitGroup) error {
 			var leaveOnce sync.Once
 			leave := func() {
 				leaveOnce.Do(func() {
-					s.gate.leave()
+					s.gate.Leave()
 					tlsDone()
 				})
 			}
