@@ -48,7 +48,13 @@ func peers(t *testing.T) (*trust.Peer, *trust.Peer) {
 // serve runs relay-2's peer listener until the test ends.
 func serve(t *testing.T, tlsPeer *trust.Peer) *Server {
 	t.Helper()
-	srv, err := NewServer(ServerConfig{Listen: "127.0.0.1:0", TLS: tlsPeer, HandshakeTimeout: watchdog,
+	return serveWith(t, tlsPeer, watchdog)
+}
+
+// serveWith is serve with a handshake timeout of its own.
+func serveWith(t *testing.T, tlsPeer *trust.Peer, handshakeTimeout time.Duration) *Server {
+	t.Helper()
+	srv, err := NewServer(ServerConfig{Listen: "127.0.0.1:0", TLS: tlsPeer, HandshakeTimeout: handshakeTimeout,
 		IdleTimeout: time.Minute, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -40,6 +41,37 @@ func linkConfig(log *slog.Logger) *yamux.Config {
 	return c
 }
 
+// The bounds on the handshakes of links in progress, before the peer is
+// authenticated: a connection counts against its source address and
+// network (throttle.Sources) from its accept, and holds a slot of the gate
+// (throttle.Gate) from before its TLS handshake, until the handshake
+// ends. One beyond its source's bound is closed at once; one that finds no
+// slot within half the handshake timeout is closed then. A reachable peer
+// listener (it is meant for the cluster's private network, but nothing
+// makes it so) otherwise ran a handshake, a goroutine and a timer for
+// every connection anyone opened, as many at once as they liked, each for
+// up to the handshake timeout.
+//
+// They are fixed: what the relays of a cluster need is far below them. A
+// relay dials one link to each other relay, one dial at a time, and
+// waits failedPause after one that failed; when a relay starts, every
+// other one dials it at once, so a cluster of N relays brings N-1
+// handshakes together. 64 slots hold that for a cluster of 64 relays,
+// and 32 a network (a /24, a /56) for 32 relays on one subnet at once,
+// as the README's example puts them; 8 an address for relays behind one
+// NAT address. A flood from one address then holds 8 handshakes, from one
+// network 32, and while more than half of the slots are taken a network
+// may hold only its share (a sixteenth of them, 4): filling them takes
+// nine networks, and until then a relay from a network the flood does not
+// use gets in at once. A relay turned away dials again after failedPause;
+// the streams that wanted its link try another relay meanwhile.
+const (
+	maxHandshakes           = 64
+	maxHandshakesPerAddress = 8
+	maxHandshakesPerNetwork = 32
+	networkShare            = maxHandshakes / 16
+)
+
 // ServerConfig configures the holding side of links.
 type ServerConfig struct {
 	// Listen is the relay-to-relay listener's address.
@@ -48,16 +80,31 @@ type ServerConfig struct {
 	// Router opens streams on this relay's own agents (DialLocal).
 	Router *route.Router
 	// HandshakeTimeout bounds a link's TLS handshake and a stream's
-	// request; IdleTimeout closes forwarded streams idle both ways.
+	// request; a connection waits for a handshake slot at most half as
+	// long, so that a peer dialing within HandshakeTimeout (its links'
+	// DialTimeout) that got one still has time to finish. IdleTimeout
+	// closes forwarded streams idle both ways.
 	HandshakeTimeout, IdleTimeout time.Duration
 	Logger                        *slog.Logger
 }
 
+// Stats counts the links' handshakes by outcome, as session.Stats counts
+// the agents'.
+type Stats struct {
+	OK            atomic.Int64 // links up
+	Failed        atomic.Int64 // TLS handshakes that failed or timed out
+	Throttled     atomic.Int64 // turned away: no handshake slot within the wait
+	SourceLimited atomic.Int64 // turned away by the bound per source address or network, or a network's share of a busy gate
+}
+
 // Server accepts links from peer relays and serves their streams.
 type Server struct {
-	cfg ServerConfig
-	log *slog.Logger
-	ln  net.Listener
+	cfg   ServerConfig
+	log   *slog.Logger
+	ln    net.Listener
+	stats Stats
+	gate  *throttle.Gate    // handshakes in progress
+	src   *throttle.Sources // of them, per source address and network
 
 	mu     sync.Mutex // guards links and closed
 	links  map[*tcp.Session]string
@@ -71,7 +118,18 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("relay-to-relay listener: %w", err)
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, ln: ln, links: map[*tcp.Session]string{}}, nil
+	gate := throttle.NewGate(maxHandshakes, cfg.HandshakeTimeout/2)
+	src := throttle.NewSources(maxHandshakesPerAddress, maxHandshakesPerNetwork).ShareWhenBusy(gate.Busy, networkShare)
+	return &Server{cfg: cfg, log: cfg.Logger, ln: ln, links: map[*tcp.Session]string{}, gate: gate, src: src}, nil
+}
+
+// Stats counts the links' handshakes by outcome.
+func (s *Server) Stats() *Stats { return &s.stats }
+
+// InProgress reports the handshakes holding a slot now and how many source
+// addresses they come from.
+func (s *Server) InProgress() (handshakes, sources int) {
+	return s.gate.InUse(), s.src.Held()
 }
 
 // Addr is the listener's address.
@@ -107,7 +165,20 @@ func (s *Server) Run(ctx context.Context) error {
 			return fmt.Errorf("relay-to-relay listener: %w", err)
 		}
 		backoff.Accepted()
-		s.wg.Go(func() { s.serveLink(ctx, c) })
+		// Turned away here, before a goroutine is spent on it, when its
+		// source is at its bound: a flood costs an accept and a close.
+		leaveSource, ok, byShare := s.src.EnterShared(c.RemoteAddr())
+		if !ok {
+			s.stats.SourceLimited.Add(1)
+			if byShare {
+				s.log.Debug("relay-to-relay connection turned away: the listener is busy and its network has its share of the handshakes in progress", "remote", c.RemoteAddr().String(), "share", networkShare)
+			} else {
+				s.log.Debug("relay-to-relay connection turned away: too many handshakes in progress from its address or network", "remote", c.RemoteAddr().String())
+			}
+			c.Close()
+			continue
+		}
+		s.wg.Go(func() { s.serveLink(ctx, c, leaveSource) })
 	}
 }
 
@@ -126,16 +197,30 @@ func (s *Server) Close() {
 	}
 }
 
-func (s *Server) serveLink(ctx context.Context, c net.Conn) {
+// serveLink serves one connection, counted against its source's bound
+// until leaveSource is called (once its handshake is over), from its TLS
+// handshake to the link's end.
+func (s *Server) serveLink(ctx context.Context, c net.Conn, leaveSource func()) {
+	if !s.gate.Enter(ctx) {
+		leaveSource()
+		s.stats.Throttled.Add(1)
+		s.log.Debug("relay-to-relay connection turned away: too many handshakes in progress", "remote", c.RemoteAddr().String())
+		c.Close()
+		return
+	}
 	tc := tls.Server(tcp.NewRawConn(c), s.cfg.TLS.Listener())
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
+	s.gate.Leave()
+	leaveSource()
 	if err != nil {
+		s.stats.Failed.Add(1)
 		s.log.Warn("relay-to-relay link refused", "remote", c.RemoteAddr().String(), "err", err)
 		c.Close()
 		return
 	}
+	s.stats.OK.Add(1)
 	peer := tc.ConnectionState().PeerCertificates[0].URIs[0].String()
 	sess, err := tcp.Server(tc, linkConfig(s.log))
 	if err != nil {

@@ -6,8 +6,9 @@
 // each in a metric. Both are for every door that authenticates: the admin
 // API and the console's login today, the front doors and enrolment later.
 // Sources bounds the unauthenticated work in progress per source address
-// and network, at the agent port and the front doors; Gate bounds it
-// overall, at the agent port.
+// and network, at the agent port, the front doors and the relay-to-relay
+// listener; Gate bounds it overall, at the agent port and the
+// relay-to-relay listener.
 package throttle
 
 import (
