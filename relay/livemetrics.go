@@ -31,6 +31,8 @@ var (
 		"Backend connections open at the front doors.", nil, nil)
 	descHandshakes = prometheus.NewDesc("tether_agent_handshakes_total",
 		"Agent handshakes by outcome: ok, failed (TLS or refused at hello), throttled (turned away by the admission limit), source_limited (turned away by the bound per source address or network, or by a network's share of a busy gate).", []string{"outcome"}, nil)
+	descPeerHandshakes = prometheus.NewDesc("tether_peer_handshakes_total",
+		"Handshakes of links from other relays at the relay-to-relay listener by outcome: ok, failed (TLS, or timed out), throttled (no handshake slot in time), source_limited (turned away by the bound per source address or network, or by a network's share of a busy listener). Only with a relay-to-relay listener.", []string{"outcome"}, nil)
 	descFrontLimited = prometheus.NewDesc("tether_front_source_limited_total",
 		"Front-door connections closed at once because their source address or network had too many connections not yet authenticated.", nil, nil)
 	descCertExpiry = prometheus.NewDesc("tether_agent_certificate_expiry_timestamp_seconds",
@@ -45,7 +47,7 @@ var (
 var rttBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
 
 func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuild, descAgents, descSessions, descRTT, descStreamsActive, descTenantStreams, descTenantLimit, descFront, descHandshakes, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue} {
+	for _, d := range []*prometheus.Desc{descBuild, descAgents, descSessions, descRTT, descStreamsActive, descTenantStreams, descTenantLimit, descFront, descHandshakes, descPeerHandshakes, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue} {
 		ch <- d
 	}
 }
@@ -119,6 +121,13 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(hs.Failed.Load()), "failed")
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(hs.Throttled.Load()), "throttled")
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(hs.SourceLimited.Load()), "source_limited")
+	if r.peers != nil {
+		ps := r.peers.Stats()
+		ch <- prometheus.MustNewConstMetric(descPeerHandshakes, prometheus.CounterValue, float64(ps.OK.Load()), "ok")
+		ch <- prometheus.MustNewConstMetric(descPeerHandshakes, prometheus.CounterValue, float64(ps.Failed.Load()), "failed")
+		ch <- prometheus.MustNewConstMetric(descPeerHandshakes, prometheus.CounterValue, float64(ps.Throttled.Load()), "throttled")
+		ch <- prometheus.MustNewConstMetric(descPeerHandshakes, prometheus.CounterValue, float64(ps.SourceLimited.Load()), "source_limited")
+	}
 	ch <- prometheus.MustNewConstMetric(descFrontLimited, prometheus.CounterValue, float64(r.doors.SourceLimited.Load()))
 	ch <- prometheus.MustNewConstMetric(descCAExpiry, prometheus.GaugeValue, float64(r.auth.CA().Signer().Cert.NotAfter.Unix()))
 	ch <- prometheus.MustNewConstMetric(descAuditQueue, prometheus.GaugeValue, float64(r.audit.Queued()))
