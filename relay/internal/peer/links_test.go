@@ -54,8 +54,14 @@ func serve(t *testing.T, tlsPeer *trust.Peer) *Server {
 // serveWith is serve with a handshake timeout of its own.
 func serveWith(t *testing.T, tlsPeer *trust.Peer, handshakeTimeout time.Duration) *Server {
 	t.Helper()
+	return serveLogged(t, tlsPeer, handshakeTimeout, slog.New(slog.DiscardHandler))
+}
+
+// serveLogged is serveWith logging to log.
+func serveLogged(t *testing.T, tlsPeer *trust.Peer, handshakeTimeout time.Duration, log *slog.Logger) *Server {
+	t.Helper()
 	srv, err := NewServer(ServerConfig{Listen: "127.0.0.1:0", TLS: tlsPeer, HandshakeTimeout: handshakeTimeout,
-		IdleTimeout: time.Minute, Logger: slog.New(slog.DiscardHandler)})
+		IdleTimeout: time.Minute, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

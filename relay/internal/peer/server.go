@@ -105,6 +105,11 @@ type Server struct {
 	stats Stats
 	gate  *throttle.Gate    // handshakes in progress
 	src   *throttle.Sources // of them, per source address and network
+	// failLogs bounds the warnings of failed handshakes per source (the
+	// first 10, then one every 5 s; the rest at debug level), as at the
+	// agent port: a scanner or a flood would otherwise write a line per
+	// connection.
+	failLogs *throttle.Limiter
 
 	mu     sync.Mutex // guards links and closed
 	links  map[*tcp.Session]string
@@ -120,7 +125,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	gate := throttle.NewGate(maxHandshakes, cfg.HandshakeTimeout/2)
 	src := throttle.NewSources(maxHandshakesPerAddress, maxHandshakesPerNetwork).ShareWhenBusy(gate.Busy, networkShare)
-	return &Server{cfg: cfg, log: cfg.Logger, ln: ln, links: map[*tcp.Session]string{}, gate: gate, src: src}, nil
+	return &Server{cfg: cfg, log: cfg.Logger, ln: ln, links: map[*tcp.Session]string{}, gate: gate, src: src,
+		failLogs: throttle.New(throttle.Config{Burst: 10, Every: 5 * time.Second, MaxKeys: 4096})}, nil
 }
 
 // Stats counts the links' handshakes by outcome.
@@ -216,7 +222,11 @@ func (s *Server) serveLink(ctx context.Context, c net.Conn, leaveSource func()) 
 	leaveSource()
 	if err != nil {
 		s.stats.Failed.Add(1)
-		s.log.Warn("relay-to-relay link refused", "remote", c.RemoteAddr().String(), "err", err)
+		level := slog.LevelWarn
+		if s.failLogs.Take(throttle.Source(c.RemoteAddr().String())) != 0 {
+			level = slog.LevelDebug
+		}
+		s.log.Log(ctx, level, "relay-to-relay link refused", "remote", c.RemoteAddr().String(), "err", err)
 		c.Close()
 		return
 	}

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -172,5 +174,57 @@ func TestLinkHandshakeTimeout(t *testing.T) {
 	waitUntil(t, "both gave their slots back", func() bool { n, _ := srv.InProgress(); return n == 0 })
 	if n := srv.Stats().Failed.Load(); n != 2 {
 		t.Errorf("%d handshakes counted as failed, want 2", n)
+	}
+}
+
+// levels counts the records of one message by level.
+type levels struct {
+	msg string
+	mu  sync.Mutex
+	n   map[slog.Level]int
+}
+
+func (l *levels) Enabled(context.Context, slog.Level) bool { return true }
+func (l *levels) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *levels) WithGroup(string) slog.Handler            { return l }
+func (l *levels) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == l.msg {
+		l.mu.Lock()
+		l.n[r.Level]++
+		l.mu.Unlock()
+	}
+	return nil
+}
+
+func (l *levels) count(level slog.Level) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n[level]
+}
+
+// Failed handshakes are warned about for a source's first 10, and logged
+// at debug level beyond: a flood of connections that are not TLS writes a
+// handful of warnings, not one each.
+func TestLinkRefusalsLogBounded(t *testing.T) {
+	_, p2 := peers(t)
+	logged := &levels{msg: "relay-to-relay link refused", n: map[slog.Level]int{}}
+	srv := serveLogged(t, p2, watchdog, slog.New(logged))
+	const n = 25
+	for i := range n {
+		c := dialFrom(t, "127.0.0.1", srv.Addr().String())
+		if _, err := c.Write([]byte("GET / HTTP/1.1\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		if !closedByServer(c, watchdog) {
+			t.Fatalf("connection %d, not TLS, is still open", i+1)
+		}
+		c.Close()
+	}
+	waitUntil(t, "every refusal logged", func() bool { return logged.count(slog.LevelWarn)+logged.count(slog.LevelDebug) == n })
+	if w, d := logged.count(slog.LevelWarn), logged.count(slog.LevelDebug); w != 10 || d != n-10 {
+		t.Errorf("%d refused handshakes from one address logged %d warnings and %d debug lines, want 10 and %d", n, w, d, n-10)
+	}
+	if f := srv.Stats().Failed.Load(); f != n {
+		t.Errorf("%d handshakes counted as failed, want %d", f, n)
 	}
 }
