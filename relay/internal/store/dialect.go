@@ -64,6 +64,17 @@ type dialect interface {
 	// and waiting until it is free ($1: the lock's key); "" where the
 	// engine has none (Store.Lock).
 	lockStatements() (lock, unlock string)
+	// agentUpdateSeq is an SQL expression for the seq of an agent_updates
+	// row written now, in a statement whose parameter versionParam is the
+	// row's version. A reader that read the version's rows up to a mark
+	// (agentUpdateMark) and then reads those whose seq is at least that
+	// mark misses no row committed since, however the writers of a
+	// cluster interleave (releases.go, AgentUpdatesSince).
+	agentUpdateSeq(versionParam string) string
+	// agentUpdateMark returns, taken before a read of agent_updates, the
+	// lowest seq that a row that read does not see can have; -1 where it
+	// is the highest seq the read returns plus one.
+	agentUpdateMark(ctx context.Context, q queryRower) (int64, error)
 }
 
 // sqliteDialect is SQLite through modernc.org/sqlite.
@@ -148,3 +159,15 @@ func (sqliteDialect) lockRows() string { return "" }
 // lockStatements: SQLite has no lock a connection holds across
 // transactions without blocking every other writer.
 func (sqliteDialect) lockStatements() (string, string) { return "", "" }
+
+// agentUpdateSeq numbers a version's rows one after another: writers take
+// the write lock at BEGIN (BEGIN IMMEDIATE), one at a time, so a row
+// committed later has a higher seq than every row of its version
+// committed before. The index on (version, seq) finds the highest.
+func (sqliteDialect) agentUpdateSeq(versionParam string) string {
+	return `(SELECT coalesce(max(seq), 0) + 1 FROM agent_updates WHERE version = ` + versionParam + `)`
+}
+
+// agentUpdateMark: a read sees every row committed before it, and rows
+// committed after it have a higher seq than those it returns.
+func (sqliteDialect) agentUpdateMark(context.Context, queryRower) (int64, error) { return -1, nil }

@@ -101,6 +101,25 @@ func (postgresDialect) lockStatements() (string, string) {
 	return `SELECT pg_advisory_lock($1)`, `SELECT pg_advisory_unlock($1)`
 }
 
+// agentUpdateSeq is the id of the transaction that writes the row (64
+// bits: it never wraps). Writers of a cluster neither wait for one another
+// nor commit in the order of their ids; agentUpdateMark makes up for it.
+func (postgresDialect) agentUpdateSeq(string) string {
+	return `CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT)`
+}
+
+// agentUpdateMark is the oldest transaction still running (the xmin of a
+// snapshot taken now): a transaction whose rows a later read does not see
+// was running when that read's snapshot was taken, or began after it, and
+// either way its id is at least this one. Rows of transactions that
+// committed meanwhile are read again: a long transaction elsewhere in the
+// database makes reads longer, never wrong.
+func (postgresDialect) agentUpdateMark(ctx context.Context, q queryRower) (int64, error) {
+	var mark int64
+	err := q.QueryRowContext(ctx, `SELECT CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT)`).Scan(&mark)
+	return mark, err
+}
+
 func (postgresDialect) insertIDQuery(query, key string) string { return query + " RETURNING " + key }
 
 func (postgresDialect) execInsertID(ctx context.Context, stmt *sql.Stmt, args ...any) (int64, error) {

@@ -349,11 +349,16 @@ type AgentUpdate struct {
 
 // SetAgentUpdate records an agent's update state for a version.
 func (s *Store) SetAgentUpdate(ctx context.Context, u AgentUpdate) error {
-	_, err := s.exec(ctx, `INSERT INTO agent_updates (agent, version, tenant, rollout, state, reason, message, from_version, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+	return s.tx(ctx, func(tx *sql.Tx) error { return s.setAgentUpdate(ctx, tx, u) })
+}
+
+func (s *Store) setAgentUpdate(ctx context.Context, tx *sql.Tx, u AgentUpdate) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO agent_updates (agent, version, tenant, rollout, state, reason, message, from_version, updated_at, seq)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, `+s.d.agentUpdateSeq("$2")+`)
 		ON CONFLICT (agent, version) DO UPDATE SET tenant = excluded.tenant, rollout = CASE WHEN excluded.rollout = 0 THEN agent_updates.rollout ELSE excluded.rollout END,
 			state = excluded.state, reason = excluded.reason, message = excluded.message,
-			from_version = CASE WHEN excluded.from_version = '' THEN agent_updates.from_version ELSE excluded.from_version END, updated_at = excluded.updated_at`,
+			from_version = CASE WHEN excluded.from_version = '' THEN agent_updates.from_version ELSE excluded.from_version END, updated_at = excluded.updated_at,
+			seq = excluded.seq`,
 		u.Agent, u.Version, u.Tenant, u.Rollout, u.State, u.Reason, u.Message, u.From, unix(u.UpdatedAt))
 	return err
 }
@@ -365,11 +370,12 @@ func (s *Store) SetAgentUpdate(ctx context.Context, u AgentUpdate) error {
 // holding sessions of one agent, one offers it the update. It reports
 // whether u was recorded.
 func (s *Store) ClaimAgentUpdate(ctx context.Context, u AgentUpdate, staleBefore, offeredBefore time.Time) (bool, error) {
-	res, err := s.exec(ctx, `INSERT INTO agent_updates (agent, version, tenant, rollout, state, reason, message, from_version, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+	res, err := s.exec(ctx, `INSERT INTO agent_updates (agent, version, tenant, rollout, state, reason, message, from_version, updated_at, seq)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, `+s.d.agentUpdateSeq("$2")+`)
 		ON CONFLICT (agent, version) DO UPDATE SET tenant = excluded.tenant, rollout = excluded.rollout,
 			state = excluded.state, reason = excluded.reason, message = excluded.message,
-			from_version = CASE WHEN excluded.from_version = '' THEN agent_updates.from_version ELSE excluded.from_version END, updated_at = excluded.updated_at
+			from_version = CASE WHEN excluded.from_version = '' THEN agent_updates.from_version ELSE excluded.from_version END, updated_at = excluded.updated_at,
+			seq = excluded.seq
 		WHERE NOT (agent_updates.state IN ('downloading', 'downloaded', 'applied') AND agent_updates.updated_at >= $10)
 			AND NOT (agent_updates.state = 'offered' AND agent_updates.updated_at >= $11)`,
 		u.Agent, u.Version, u.Tenant, u.Rollout, u.State, u.Reason, u.Message, u.From, unix(u.UpdatedAt), unix(staleBefore), unix(offeredBefore))
@@ -399,6 +405,46 @@ func (s *Store) AgentUpdates(ctx context.Context, version string) ([]AgentUpdate
 	// every version's.
 	where, args := agentUpdateWhere(version, "", "")
 	return s.queryAgentUpdates(ctx, `SELECT `+agentUpdateCols+` FROM agent_updates`+where+` ORDER BY updated_at DESC, agent`, args...)
+}
+
+// AgentUpdatesSince returns the update states of version written since
+// mark, in no particular order, and the mark to pass next time: with 0,
+// every one; with a mark it returned, at least every row written or
+// changed since the read that returned it, by any process on the store,
+// whatever the order in which their writes committed (and possibly some
+// read then). The rollout loop reads the active version's states every
+// few seconds on every relay of a cluster, thousands of rows at fleet
+// scale, of which a handful change between two reads: it keeps them, and
+// reads only what changed. Rows written around the store (by hand, a
+// backup restored) may be missed until a read from 0.
+func (s *Store) AgentUpdatesSince(ctx context.Context, version string, mark int64) ([]AgentUpdate, int64, error) {
+	next, err := s.d.agentUpdateMark(ctx, s.db)
+	if err != nil {
+		return nil, 0, err
+	}
+	fromRows := next < 0
+	if fromRows {
+		next = mark
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT `+agentUpdateCols+`, seq FROM agent_updates WHERE version = $1 AND seq >= $2`, version, mark)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	var out []AgentUpdate
+	for rows.Next() {
+		var u AgentUpdate
+		var at, seq int64
+		if err := rows.Scan(&u.Agent, &u.Version, &u.Tenant, &u.Rollout, &u.State, &u.Reason, &u.Message, &u.From, &at, &seq); err != nil {
+			return nil, 0, err
+		}
+		u.UpdatedAt = fromUnix(at)
+		if fromRows {
+			next = max(next, seq+1)
+		}
+		out = append(out, u)
+	}
+	return out, next, rows.Err()
 }
 
 // queryAgentUpdates runs q, a SELECT of agentUpdateCols, and returns its

@@ -313,6 +313,17 @@ DROP INDEX agent_updates_version;
 	{16, `
 ALTER TABLE console_sessions ADD COLUMN sso_issuer TEXT NOT NULL DEFAULT '';
 `},
+	// Agents' update states are read by what changed since the last read
+	// (releases.go, AgentUpdatesSince): seq is set at every write of a
+	// row, to a number after those of the version's rows committed before
+	// (SQLite) or to the id of the writing transaction (PostgreSQL; the
+	// dialect's agentUpdateSeq and agentUpdateMark), and an index finds a
+	// version's rows from a seq on. Rows written before have 0: a read of
+	// every row (from 0) finds them.
+	{17, `
+ALTER TABLE agent_updates ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX agent_updates_version_seq ON agent_updates(version, seq);
+`},
 }
 
 // latestMigration is the schema version a migrated store has.
