@@ -61,6 +61,11 @@ const (
 	maxText = 512
 	// recordTimeout bounds the store write of an agent's update state.
 	recordTimeout = 10 * time.Second
+	// fullReadEvery is how often the agents' update states of the active
+	// version are read whole rather than only as they changed since the
+	// last read (withAgentUpdates): a safety net for rows written
+	// around the store.
+	fullReadEvery = time.Minute
 )
 
 // Config configures Rollouts.
@@ -90,6 +95,24 @@ type Rollouts struct {
 	stopped bool // Run has returned: Handle starts nothing more
 
 	sends sync.WaitGroup // release sends and status records; Run waits for them
+
+	// statesMu (a lock whose wait a context ends) guards states, the
+	// agents' update states of a version as last read.
+	statesMu chan struct{}
+	states   versionStates
+}
+
+// versionStates are the agents' update states of one version, kept up to
+// date by reading only what changed since the last read.
+type versionStates struct {
+	version string
+	rows    map[string]store.AgentUpdate // by agent
+	mark    int64                        // where the next read starts (store.AgentUpdatesSince)
+	fullAt  time.Time                    // when they were last read whole
+	// read is how many rows the last read returned, and full whether
+	// it read them all.
+	read int
+	full bool
 }
 
 // offerState is what was offered on one agent session, and how many of
@@ -145,7 +168,8 @@ func (o *offer) wait(ctx context.Context) bool {
 
 // NewRollouts returns Rollouts; call Run.
 func NewRollouts(cfg Config) *Rollouts {
-	return &Rollouts{cfg: cfg, st: cfg.Dir.Store, wake: make(chan struct{}, 1), offered: map[Agent]*offerState{}}
+	return &Rollouts{cfg: cfg, st: cfg.Dir.Store, wake: make(chan struct{}, 1), offered: map[Agent]*offerState{},
+		statesMu: make(chan struct{}, 1)}
 }
 
 // Wake has Run offer updates now (a rollout started or halted).
@@ -259,39 +283,50 @@ func (u *Rollouts) offerAll(ctx context.Context) error {
 	u.forgetEnded()
 	ro, err := u.st.ActiveRollout(ctx)
 	if errors.Is(err, store.ErrNotFound) {
+		u.forgetAgentUpdates()
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	// One read of the agents' states of the version serves the halt
-	// check and the offers (at fleet scale, thousands of rows each tick).
-	us, err := u.st.AgentUpdates(ctx, ro.Version)
-	if err != nil {
-		return err
-	}
-	if halted, err := u.haltIfFailing(ctx, ro, us); err != nil || halted {
-		return err
-	}
-	rels, err := u.st.Releases(ctx, ro.Version)
-	if err != nil {
-		return err
-	}
-	states := make(map[string]store.AgentUpdate, len(us))
 	// counts is whether an agent's update counts against the batch: under
 	// way for this rollout, and not stale. Such an agent is offered again
 	// (its session may be new) without taking another place.
 	counts := func(s store.AgentUpdate) bool {
 		return s.Rollout == ro.ID && inFlight(s.State) && time.Since(s.UpdatedAt) < stale
 	}
-	busy := 0
-	for _, s := range us {
-		states[s.Agent] = s
-		if counts(s) {
-			busy++
+	// One read of the agents' states of the version serves the halt
+	// check and the offers: of what changed since the last (at fleet
+	// scale a handful of rows, where the version has thousands). What
+	// the offers need of them is taken while they are held: the count of
+	// agents updating, and the states of the agents connected here.
+	agents := u.cfg.Agents()
+	states := make(map[string]store.AgentUpdate, len(agents))
+	var total, failed, busy int
+	err = u.withAgentUpdates(ctx, ro.Version, func(rows map[string]store.AgentUpdate) {
+		total, failed = failures(ro, rows)
+		for _, s := range rows {
+			if counts(s) {
+				busy++
+			}
 		}
+		for _, a := range agents {
+			if s, ok := rows[a.Identity().ID]; ok {
+				states[s.Agent] = s
+			}
+		}
+	})
+	if err != nil {
+		return err
 	}
-	for _, a := range u.cfg.Agents() {
+	if halted, err := u.haltIfFailing(ctx, ro, total, failed); err != nil || halted {
+		return err
+	}
+	rels, err := u.st.Releases(ctx, ro.Version)
+	if err != nil {
+		return err
+	}
+	for _, a := range agents {
 		id, hello := a.Identity(), a.Hello()
 		if !slices.Contains(hello.Capabilities, protocol.CapUpdate) || slices.Contains(hello.Capabilities, protocol.CapUpdateTrial) {
 			continue
@@ -427,21 +462,70 @@ func (u *Rollouts) checkHalt(ctx context.Context, ro store.Rollout) (bool, error
 	if ro.HaltAt <= 0 || ro.State != store.RolloutActive {
 		return false, nil
 	}
-	us, err := u.st.AgentUpdates(ctx, ro.Version)
+	var total, failed int
+	err := u.withAgentUpdates(ctx, ro.Version, func(rows map[string]store.AgentUpdate) { total, failed = failures(ro, rows) })
 	if err != nil {
 		return false, err
 	}
-	return u.haltIfFailing(ctx, ro, us)
+	return u.haltIfFailing(ctx, ro, total, failed)
 }
 
-// haltIfFailing is checkHalt given us, the agents' update states of
-// ro's version.
-func (u *Rollouts) haltIfFailing(ctx context.Context, ro store.Rollout, us []store.AgentUpdate) (bool, error) {
-	if ro.HaltAt <= 0 || ro.State != store.RolloutActive {
-		return false, nil
+// withAgentUpdates calls fn with every agent's update state of version
+// as the store holds it now, by agent; fn must not keep rows. It reads
+// only the rows written since its last read (of the same version), by
+// this relay or any other of the cluster (store.AgentUpdatesSince), and
+// all of them when the version changed and every fullReadEvery. Run's
+// offers and the halt checks of agents' reports share what it read.
+func (u *Rollouts) withAgentUpdates(ctx context.Context, version string, fn func(rows map[string]store.AgentUpdate)) error {
+	select {
+	case u.statesMu <- struct{}{}:
+	case <-ctx.Done():
+		return context.Cause(ctx)
 	}
-	var total, failed int
-	for _, s := range us {
+	defer func() { <-u.statesMu }()
+	vs := &u.states
+	now := u.cfg.Now()
+	full := vs.rows == nil || vs.version != version || now.Sub(vs.fullAt) >= fullReadEvery
+	mark := vs.mark
+	if full {
+		mark = 0
+	}
+	rows, next, err := u.st.AgentUpdatesSince(ctx, version, mark)
+	if err == nil && !full && next < mark {
+		// The store's marks went back (a database restored from a
+		// backup, or another put in its place): read it whole.
+		full = true
+		rows, next, err = u.st.AgentUpdatesSince(ctx, version, 0)
+	}
+	if err != nil {
+		return err
+	}
+	if full {
+		*vs = versionStates{version: version, rows: make(map[string]store.AgentUpdate, len(rows)), fullAt: now}
+	}
+	for _, s := range rows {
+		vs.rows[s.Agent] = s
+	}
+	vs.mark, vs.read, vs.full = next, len(rows), full
+	fn(vs.rows)
+	return nil
+}
+
+// forgetAgentUpdates drops the agents' update states kept, once no rollout
+// is active (unless they are being read: then at a later tick).
+func (u *Rollouts) forgetAgentUpdates() {
+	select {
+	case u.statesMu <- struct{}{}:
+		u.states = versionStates{}
+		<-u.statesMu
+	default:
+	}
+}
+
+// failures counts, of rows (the agents' update states of ro's version),
+// those of the agents ro was offered to, and of them those that failed.
+func failures(ro store.Rollout, rows map[string]store.AgentUpdate) (total, failed int) {
+	for _, s := range rows {
 		if s.Rollout != ro.ID || (s.State == protocol.UpdateRefused && notApplicable(s.Reason)) {
 			continue
 		}
@@ -449,6 +533,15 @@ func (u *Rollouts) haltIfFailing(ctx context.Context, ro store.Rollout, us []sto
 		if s.State == protocol.UpdateRolledBack || s.State == protocol.UpdateFailed || (s.State == protocol.UpdateRefused && s.Reason != release.ReasonBusy) {
 			failed++
 		}
+	}
+	return total, failed
+}
+
+// haltIfFailing is checkHalt given, of the agents ro was offered to, how
+// many there are and how many failed.
+func (u *Rollouts) haltIfFailing(ctx context.Context, ro store.Rollout, total, failed int) (bool, error) {
+	if ro.HaltAt <= 0 || ro.State != store.RolloutActive {
+		return false, nil
 	}
 	if total == 0 || float64(failed) < ro.HaltAt*float64(total) {
 		return false, nil

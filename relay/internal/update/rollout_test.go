@@ -106,7 +106,7 @@ func TestHandleBoundsUpdateMessages(t *testing.T) {
 
 // newTestRollouts is Rollouts on a data directory of its own (SQLite),
 // with agents as its live sessions.
-func newTestRollouts(t *testing.T, agents []Agent) (*Rollouts, *datadir.Dir) {
+func newTestRollouts(t testing.TB, agents []Agent) (*Rollouts, *datadir.Dir) {
 	t.Helper()
 	ctx := context.Background()
 	dir, _, err := datadir.Open(ctx, t.TempDir(), datadir.Options{TrustDomain: "update.test"}, time.Now())
@@ -125,7 +125,7 @@ func newTestRollouts(t *testing.T, agents []Agent) (*Rollouts, *datadir.Dir) {
 // publish records a release of version for linux/amd64 (stand-ins for its
 // signed files: offering reads them, the agent checks them) and starts a
 // rollout of it, ro's settings, to every agent.
-func publish(t *testing.T, st *store.Store, version string, ro store.Rollout) int64 {
+func publish(t testing.TB, st *store.Store, version string, ro store.Rollout) int64 {
 	t.Helper()
 	ctx := context.Background()
 	bin := "binary " + version
