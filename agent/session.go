@@ -324,6 +324,11 @@ func (s *session) hello(ctx context.Context) error {
 	}
 	switch m := m.(type) {
 	case *protocol.Welcome:
+		// The session id goes into every access-log line, the logs and
+		// the status: a relay's id of any other shape is refused.
+		if err := protocol.ValidateSessionID(m.SessionID); err != nil {
+			return fmt.Errorf("relay's welcome refused: %w", err)
+		}
 		s.welcome = *m
 	case *protocol.Reject:
 		return fmt.Errorf("relay refused this agent: %w", m.Err())

@@ -83,6 +83,28 @@ type Welcome struct {
 	RelayID string `json:"relay_id,omitempty"`
 }
 
+// MaxSessionIDLen bounds Welcome.SessionID. A relay names a session with
+// 16 hex digits; the agent copies the id into its logs, its status and
+// every line of its access log, so it takes no other.
+const MaxSessionIDLen = 64
+
+// ValidateSessionID checks the session id of a Welcome: 1 to
+// MaxSessionIDLen letters, digits, '.', '_', '-' and ':'. An agent refuses
+// a Welcome whose id is not: a relay could otherwise make the lines of the
+// tenant's access log too long for its reader, or forge rows where the id
+// is printed.
+func ValidateSessionID(id string) error {
+	if id == "" || len(id) > MaxSessionIDLen {
+		return fmt.Errorf("session id of %d bytes: want 1 to %d", len(id), MaxSessionIDLen)
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; !isAlnum(c) && c != '.' && c != '_' && c != '-' && c != ':' {
+			return fmt.Errorf("session id %q: only letters, digits, '.', '_', '-' and ':'", id)
+		}
+	}
+	return nil
+}
+
 // Reject refuses a Hello or an enrolment; the sender closes afterwards.
 type Reject struct {
 	Code    string `json:"code"` // a Code name

@@ -58,6 +58,8 @@ const (
 // lines are far shorter (a checkpoint, the longest, is about 1.5 KiB).
 const MaxLine = 64 << 10
 
+var _ = [MaxLine - maxStreamLine]struct{}{} // a compile-time check: maxStreamLine <= MaxLine
+
 // Genesis is the hash the first line of a new chain follows.
 var Genesis = strings.Repeat("0", sha256.Size*2)
 
@@ -260,4 +262,39 @@ func clip(s string, n int) string {
 		return s
 	}
 	return strings.ToValidUTF8(s[:n], "")
+}
+
+// field is s as the writer puts it in a line: valid UTF-8 (each run of
+// invalid bytes replaced with U+FFFD, as encoding/json would, but before
+// clipping, so that the replacement cannot lengthen it) of at most n
+// bytes, n being at most what ParseLine takes.
+func field(s string, n int) string {
+	return clip(strings.ToValidUTF8(s, "\uFFFD"), n)
+}
+
+// maxStreamLine bounds the length of a stream line as the writer encodes
+// it: every string field clipped to maxField bytes (the message to
+// maxMessage), each byte at most six in JSON (a control character is
+// \u00XX), the numbers and the time at their longest, the names and
+// punctuation. It is below MaxLine, so the reader takes every line the
+// writer writes, whatever the relay put in a stream's header or Welcome.
+const maxStreamLine = (7*maxField+maxMessage)*6 + 1024
+
+// lineTime is t as a line holds it: UTC, or now when t is zero or cannot
+// be written in RFC 3339 (a year outside 0 to 9999).
+func lineTime(t, now time.Time) time.Time {
+	if u := t.UTC(); !t.IsZero() && u.Year() >= 0 && u.Year() <= 9999 {
+		return u
+	}
+	return now
+}
+
+// line is the stream line of r, its fields clipped to the reader's bounds.
+func (r *Record) line(now time.Time) *streamLine {
+	return &streamLine{
+		Time: lineTime(r.Time, now), Type: TypeStream, Request: field(r.Request, maxField), Backend: field(r.Backend, maxField),
+		Service: field(r.Service, maxField), Code: field(r.Code, maxField), End: field(r.End, maxField),
+		BytesToService: r.BytesToService, BytesFromService: r.BytesFromService, DurationMicros: r.Duration.Microseconds(),
+		Relay: field(r.Relay, maxField), Session: field(r.Session, maxField), Message: field(r.Message, maxMessage),
+	}
 }

@@ -151,12 +151,18 @@ type Log struct {
 	lastErrLog  time.Time
 	rotateAfter time.Time // no rotation before this (after a failed one)
 	buf         bytes.Buffer
+	line        bytes.Buffer  // one line being encoded
+	enc         *json.Encoder // into line
+	certWarned  bool          // the warning about a certificate too long for a checkpoint was logged
 }
 
 // New returns a log writing to o.Path; nothing is opened yet.
 func New(o Options) *Log {
 	o.setDefaults()
-	return &Log{o: o, log: o.Logger.With("access_log", o.Path), queue: make(chan Record, o.QueueSize), head: Genesis}
+	l := &Log{o: o, log: o.Logger.With("access_log", o.Path), queue: make(chan Record, o.QueueSize), head: Genesis}
+	l.enc = json.NewEncoder(&l.line)
+	l.enc.SetEscapeHTML(false) // '<' is one byte, not six: lines stay short
+	return l
 }
 
 // Path is the file the log writes now.
@@ -434,9 +440,15 @@ func (l *Log) flush() {
 	bufRecs := 0
 	emit := func(v any, set func(seq uint64, prev string)) error {
 		set(st.seq+1, st.head)
-		b, err := json.Marshal(v)
-		if err != nil {
-			return err // only for values json cannot encode: never for these types
+		l.line.Reset()
+		if err := l.enc.Encode(v); err != nil {
+			return err // only for values json cannot encode: never for these types, their times checked by lineTime
+		}
+		b := bytes.TrimSuffix(l.line.Bytes(), []byte("\n"))
+		if len(b) > MaxLine {
+			// Never with fields clipped as they are (see maxStreamLine):
+			// a line its own reader would refuse is not written.
+			return fmt.Errorf("a %T of %d bytes, over the reader's bound of %d", v, len(b), MaxLine)
 		}
 		l.buf.Write(b)
 		l.buf.WriteByte('\n')
@@ -491,6 +503,7 @@ func (l *Log) flush() {
 	}
 	if s := l.start; s != nil {
 		s.Time = now
+		s.Agent, s.Version, s.Note = field(s.Agent, maxField), field(s.Version, maxField), field(s.Note, maxField)
 		if err := emit(s, func(seq uint64, prev string) { s.Seq, s.Prev = seq, prev }); err != nil {
 			l.fail(err)
 			return
@@ -511,14 +524,7 @@ func (l *Log) flush() {
 			return
 		}
 		r := &l.pending[bufRecs]
-		v := &streamLine{
-			Time: r.Time.UTC(), Type: TypeStream, Request: r.Request, Backend: r.Backend, Service: r.Service,
-			Code: r.Code, End: r.End, BytesToService: r.BytesToService, BytesFromService: r.BytesFromService,
-			DurationMicros: r.Duration.Microseconds(), Relay: r.Relay, Session: r.Session, Message: clip(r.Message, maxMessage),
-		}
-		if r.Time.IsZero() {
-			v.Time = now
-		}
+		v := r.line(now)
 		if err := emit(v, func(seq uint64, prev string) { v.Seq, v.Prev = seq, prev }); err != nil {
 			l.fail(err)
 			return
@@ -568,6 +574,18 @@ func (l *Log) emitCheckpoint(emit func(any, func(uint64, string)) error, st *com
 	if _, ok := signer.Public().(*ecdsa.PublicKey); !ok {
 		return errors.New("sign checkpoint: the agent's key is not ECDSA")
 	}
+	certB64 := base64.StdEncoding.EncodeToString(cert.Certificate[0])
+	if len(certB64) > maxCert {
+		// The reader takes no certificate this long: a checkpoint with it
+		// would read as invalid. The lines go on, unsigned, until a
+		// renewal brings a certificate of an ordinary size.
+		if !l.certWarned {
+			l.certWarned = true
+			l.log.Error("access log: the agent's certificate is too long to put in a checkpoint: no checkpoint is written until a renewal replaces it", "bytes", len(cert.Certificate[0]), "max_base64", maxCert)
+		}
+		return nil
+	}
+	l.certWarned = false
 	lines := st.seq // the lines before the checkpoint
 	digest := sha256.Sum256(checkpointMessage(st.head, lines, now))
 	sig, err := signer.Sign(rand.Reader, digest[:], crypto.SHA256)
@@ -575,7 +593,7 @@ func (l *Log) emitCheckpoint(emit func(any, func(uint64, string)) error, st *com
 		return fmt.Errorf("sign checkpoint: %w", err)
 	}
 	v := &checkpointLine{Time: now, Type: TypeCheckpoint, Why: why, Lines: lines,
-		Cert: base64.StdEncoding.EncodeToString(cert.Certificate[0]), Sig: base64.StdEncoding.EncodeToString(sig)}
+		Cert: certB64, Sig: base64.StdEncoding.EncodeToString(sig)}
 	if err := emit(v, func(seq uint64, prev string) { v.Seq, v.Prev = seq, prev }); err != nil {
 		return err
 	}

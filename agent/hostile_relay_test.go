@@ -1,0 +1,136 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/agent/accesslog"
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/transport/tcp"
+)
+
+// helloAgainst runs the agent's hello over a yamux pair on a pipe against
+// a relay that answers with w, and returns the session and hello's error.
+func helloAgainst(t *testing.T, a *Agent, w *protocol.Welcome) (*session, error) {
+	t.Helper()
+	ac, rc := net.Pipe()
+	as, err := tcp.Client(ac, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := tcp.Server(rc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rs.Close() })
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		ctl, err := rs.AcceptStream(ctx)
+		if err != nil {
+			done <- err
+			return
+		}
+		if _, err := protocol.ReadMessage(bufio.NewReader(ctl)); err != nil {
+			done <- err
+			return
+		}
+		done <- protocol.WriteMessage(ctl, w)
+	}()
+	s := a.newSession(as, "relay:7443", TransportTCP, "configured", a.log)
+	t.Cleanup(s.close)
+	herr := s.hello(context.Background())
+	if err := <-done; err != nil {
+		t.Fatalf("relay side: %v", err)
+	}
+	return s, herr
+}
+
+// A relay's Welcome whose session id is not 1 to 64 letters, digits,
+// '.', '_', '-' or ':' is refused, with an error that says why: the id
+// goes into every line of the access log, whose reader takes no field
+// over 1 KiB, and into the status and logs, where a newline forges rows.
+// The ids relays send (16 hex digits, as relay/internal/credential's
+// NewRequestID makes them) pass.
+func TestWelcomeSessionIDChecked(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	a := enrolled(t, root, root)
+	for _, c := range []struct {
+		id string
+		ok bool
+	}{
+		{"0123456789abcdef", true},
+		{"r1-7", true},
+		{strings.Repeat("s", 64), true},
+		{strings.Repeat("s", 65), false},
+		{strings.Repeat("<", 10000), false}, // 60 KB of JSON: within a control message
+		{"", false},
+		{"s\nbackend:billing", false},
+		{"s\x1b[8m", false},
+		{"s p", false},
+	} {
+		s, err := helloAgainst(t, a, &protocol.Welcome{ProtocolVersion: protocol.Version, SessionID: c.id, HeartbeatMillis: 1000})
+		switch {
+		case c.ok && err != nil:
+			t.Errorf("session id %q: hello failed: %v", c.id, err)
+		case c.ok && s.welcome.SessionID != c.id:
+			t.Errorf("session id %q: the session has %q", c.id, s.welcome.SessionID)
+		case !c.ok && err == nil:
+			t.Errorf("session id of %d bytes %.40q: welcome accepted, want refused", len(c.id), c.id)
+		case !c.ok && (!strings.Contains(err.Error(), "welcome refused: session id") || len(err.Error()) > 200):
+			t.Errorf("session id of %d bytes: error %.300q, want a short one saying the welcome's session id was refused", len(c.id), err)
+		case !c.ok && s.welcome.SessionID != "":
+			t.Errorf("session id of %d bytes: kept by the session although refused", len(c.id))
+		}
+	}
+}
+
+// Whatever a relay's header and Welcome hold, the record of a served
+// stream reaches the access log in a line its reader takes and --verify
+// finds intact: the writer clips every field to the reader's bounds.
+func TestAccessLogLineOfHostileFieldsReadable(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	a := enrolled(t, root, root)
+	svcs := map[string]Service{"db": {Address: echoService(t)}}
+	a.services.Store(&svcs)
+	stopLog := runAccessLog(t, a)
+	s, rs := relayPair(t, a)
+	// A session id as an older agent took it, unchecked: the relay's Welcome.
+	s.welcome.SessionID = strings.Repeat("\x01", 20000)
+	ctl := strings.Repeat("\x01", protocol.MaxBackendLen)
+	st, err := openStream(t, s, rs, protocol.StreamHeader{Service: "db", Backend: ctl, RequestID: "r-exfil"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.CloseWrite()
+	st.Close()
+	s.close()
+	stopLog()
+	seen := 0
+	err = accesslog.Read(a.cfg.AccessLogPath(), func(f string, n int, e accesslog.Entry, _ []byte, err error) error {
+		if err != nil {
+			t.Errorf("%s:%d: the reader skips a line the agent wrote: %v", f, n, err)
+		} else if e.Request == "r-exfil" {
+			seen++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen != 1 {
+		t.Errorf("%d lines for the served stream r-exfil, want 1", seen)
+	}
+	o, err := AccessLogVerifyOptions(a.cfg, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := accesslog.Verify(o); err != nil || !res.Intact {
+		t.Errorf("verify: %+v, %v; want intact", res, err)
+	}
+}
