@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -132,5 +133,76 @@ func TestAccessLogLineOfHostileFieldsReadable(t *testing.T) {
 	}
 	if res, err := accesslog.Verify(o); err != nil || !res.Intact {
 		t.Errorf("verify: %+v, %v; want intact", res, err)
+	}
+}
+
+// A relay refusing streams by the thousand (they cost it nothing) cannot
+// push the record of a stream the agent served out of the access log:
+// beyond a burst, refusals are counted in `refusals` lines, so 3000 of
+// them with the longest fields a header carries write a few hundred KB
+// rather than megabytes, and rotation keeps the served stream's line. The
+// status tells the tenant when rotation deletes young records.
+func TestRefusalFloodKeepsServedRecord(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	a := enrolled(t, root, root)
+	a.cfg.AccessLog = AccessLogConfig{MaxSize: 1 << 20, MaxFiles: 2}
+	a.alog = a.newAccessLog()
+	svcs := map[string]Service{"db": {Address: echoService(t)}}
+	a.services.Store(&svcs)
+	stopLog := runAccessLog(t, a)
+	s, rs := relayPair(t, a)
+	st, err := openStream(t, s, rs, protocol.StreamHeader{Service: "db", Backend: "backend:exfil", RequestID: "r-exfil"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.CloseWrite()
+	st.Close()
+	service := strings.Repeat("\x01", protocol.MaxServiceLen)
+	backend := strings.Repeat("\x01", protocol.MaxBackendLen)
+	const flood = 3000
+	for i := range flood {
+		h := protocol.StreamHeader{Service: service, Backend: backend, RequestID: fmt.Sprintf("%064d", i)}
+		if _, err := openStream(t, s, rs, h); err == nil {
+			t.Fatal("a stream to a service not in the allowlist was accepted")
+		}
+	}
+	s.close()
+	stopLog()
+	var served, refused, counted uint64
+	err = accesslog.Read(a.cfg.AccessLogPath(), func(f string, n int, e accesslog.Entry, _ []byte, err error) error {
+		switch {
+		case err != nil:
+			return fmt.Errorf("%s:%d: %w", f, n, err)
+		case e.Request == "r-exfil":
+			served++
+		case e.Type == accesslog.TypeStream && e.End == accesslog.EndRefused:
+			refused++
+		case e.Type == accesslog.TypeRefusals:
+			counted += e.Count
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if served != 1 {
+		t.Errorf("the served stream r-exfil has %d lines after %d refusals, want 1", served, flood)
+	}
+	if refused > accesslog.DefaultRefusalBurst+1 || refused+counted != flood {
+		t.Errorf("%d refusal lines and %d refusals counted; want at most %d lines and %d in all", refused, counted, accesslog.DefaultRefusalBurst+1, flood)
+	}
+	files, err := accesslog.Files(a.cfg.AccessLogPath())
+	if err != nil || len(files) != 1 {
+		t.Errorf("files %v (%v): want the one, never rotated", files, err)
+	}
+	o, err := AccessLogVerifyOptions(a.cfg, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := accesslog.Verify(o); err != nil || !res.Intact {
+		t.Errorf("verify: %+v, %v", res, err)
+	}
+	if w := a.Status().AccessLogWarning; w != "" {
+		t.Errorf("status warns %q without rotation", w)
 	}
 }

@@ -22,6 +22,9 @@ type Status struct {
 	// AccessLog is the file the access log is written to (empty when it
 	// is disabled); Report.AccessLogError says when it cannot be.
 	AccessLog string `json:"access_log,omitempty"`
+	// AccessLogWarning says that rotation deletes access-log records
+	// less than a day old (accesslog.Log.Warning); empty otherwise.
+	AccessLogWarning string `json:"access_log_warning,omitempty"`
 	protocol.Report
 	Sessions []SessionStatus `json:"sessions"`
 	// Cluster is the relay list the relays sent (protocol.Relays), as
@@ -124,7 +127,7 @@ func (t *slotTracker) snapshot() []SessionStatus {
 func (a *Agent) Status() Status {
 	st := Status{AgentID: a.state.AgentID, Tenant: a.state.Tenant, Report: *a.Report(), Sessions: a.slots.snapshot(), Cluster: a.view.cluster()}
 	if a.alog != nil {
-		st.AccessLog = a.alog.Path()
+		st.AccessLog, st.AccessLogWarning = a.alog.Path(), a.alog.Warning()
 	}
 	return st
 }

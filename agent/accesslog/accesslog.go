@@ -35,6 +35,7 @@ const (
 	TypeCheckpoint = "checkpoint" // a signed chain head
 	TypeStart      = "start"      // the agent started writing the log
 	TypeLost       = "lost"       // records that could not be written
+	TypeRefusals   = "refusals"   // refused streams beyond the budget of lines, counted
 )
 
 // How a stream ended (Record.End).
@@ -124,6 +125,12 @@ type Entry struct {
 
 	// lost
 	Lost uint64 `json:"lost,omitempty"`
+
+	// refusals (with request, backend, service, code, relay, session and
+	// time from the stream's fields: the first refusal's request, relay
+	// and session, the last one's time)
+	Since time.Time `json:"since,omitzero"` // the first refusal counted
+	Count uint64    `json:"count,omitempty"`
 }
 
 // Duration is how long a stream lasted.
@@ -178,6 +185,22 @@ type lostLine struct {
 	Lost uint64    `json:"lost"`
 	Note string    `json:"note"`
 	Prev string    `json:"prev"`
+}
+
+type refusalsLine struct {
+	Seq     uint64    `json:"seq"`
+	Time    time.Time `json:"time"`
+	Type    string    `json:"type"`
+	Since   time.Time `json:"since"`
+	Service string    `json:"service"`
+	Backend string    `json:"backend"`
+	Code    string    `json:"code"`
+	Count   uint64    `json:"count"`
+	Request string    `json:"request"`
+	Relay   string    `json:"relay,omitempty"`
+	Session string    `json:"session,omitempty"`
+	Note    string    `json:"note,omitempty"`
+	Prev    string    `json:"prev"`
 }
 
 // hashLine is the hex SHA-256 of a line without its newline: what the

@@ -29,7 +29,12 @@ const (
 	DefaultRetryInterval      = 5 * time.Second
 	DefaultCommitDelay        = 10 * time.Millisecond
 	DefaultQueueSize          = 4096
+	DefaultMinRetention       = 24 * time.Hour
 )
+
+// warnLogEvery is how often, at most, the writer repeats that rotation
+// deletes records too young.
+const warnLogEvery = time.Hour
 
 // maxPending bounds the records the writer holds while the log cannot be
 // written; beyond it the queue fills and Add counts what it drops.
@@ -72,8 +77,20 @@ type Options struct {
 	// later; a stream never waits for it). Default 10ms; negative: none.
 	CommitDelay time.Duration
 	// QueueSize bounds the records waiting for the writer; Add drops (and
-	// counts) records beyond it. Default 4096.
+	// counts) records beyond it. Refusals take at most half of it.
+	// Default 4096.
 	QueueSize int
+	// RefusalBurst and RefusalEvery are the budget of lines of refused
+	// streams: a burst of RefusalBurst, then one per RefusalEvery; the
+	// refusals beyond it are counted and written every SummaryInterval
+	// (see refusals.go). Defaults 50, 10s and 1m.
+	RefusalBurst    int
+	RefusalEvery    time.Duration
+	SummaryInterval time.Duration
+	// MinRetention: when rotation deletes a file rotated less than this
+	// long ago, the log holds less than MinRetention of records, and the
+	// writer warns (Logger, Warning). Default 24h.
+	MinRetention time.Duration
 	// Certificate returns the key that signs checkpoints and its
 	// certificate (the agent's, replaced by renewals). The key must be
 	// ECDSA. Nil: no checkpoints.
@@ -110,6 +127,18 @@ func (o *Options) setDefaults() {
 	if o.CommitDelay == 0 {
 		o.CommitDelay = DefaultCommitDelay
 	}
+	if o.RefusalBurst <= 0 {
+		o.RefusalBurst = DefaultRefusalBurst
+	}
+	if o.RefusalEvery <= 0 {
+		o.RefusalEvery = DefaultRefusalEvery
+	}
+	if o.SummaryInterval <= 0 {
+		o.SummaryInterval = DefaultSummaryInterval
+	}
+	if o.MinRetention <= 0 {
+		o.MinRetention = DefaultMinRetention
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -135,6 +164,15 @@ type Log struct {
 	errMu sync.Mutex // guards err
 	err   error      // why the log cannot be written now; nil when it can
 
+	refMu    sync.Mutex // guards tokens, refilled, acc
+	tokens   float64    // refusal lines the budget allows now
+	refilled time.Time
+	acc      refusalSet // refusals beyond the budget, not yet taken by the writer
+
+	warnMu   sync.Mutex // guards warning, warnedAt
+	warning  string     // rotation deletes records too young; "" when not
+	warnedAt time.Time
+
 	// The writer's state: touched by Open, then only by Run.
 	f           *os.File
 	unlock      func()
@@ -146,6 +184,8 @@ type Log struct {
 	start       *startLine // the start line, until written
 	lostNoted   uint64     // lost records taken from lost, not yet written
 	wantCkpt    string     // a checkpoint to write after the pending lines (Why…)
+	sums        refusalSet // refusals counted, to write
+	lastWarnLog time.Time
 	failing     error
 	failedAt    time.Time
 	lastErrLog  time.Time
@@ -159,7 +199,7 @@ type Log struct {
 // New returns a log writing to o.Path; nothing is opened yet.
 func New(o Options) *Log {
 	o.setDefaults()
-	l := &Log{o: o, log: o.Logger.With("access_log", o.Path), queue: make(chan Record, o.QueueSize), head: Genesis}
+	l := &Log{o: o, log: o.Logger.With("access_log", o.Path), queue: make(chan Record, o.QueueSize), head: Genesis, tokens: float64(o.RefusalBurst)}
 	l.enc = json.NewEncoder(&l.line)
 	l.enc.SetEscapeHTML(false) // '<' is one byte, not six: lines stay short
 	return l
@@ -170,13 +210,33 @@ func (l *Log) Path() string { return l.o.Path }
 
 // Add queues r for the writer. It never blocks: when the queue is full the
 // record is dropped and counted, and Err says so until the writer has
-// written a line recording the loss.
+// written a line recording the loss. A refusal (End EndRefused) beyond the
+// budget of refusal lines, or while the queue is half full, is counted
+// for the next `refusals` line instead.
 func (l *Log) Add(r Record) {
+	if r.End == EndRefused && !l.admitRefusal(&r) {
+		return
+	}
 	select {
 	case l.queue <- r:
 	default:
+		if r.End == EndRefused {
+			l.countRefusal(&r)
+			return
+		}
 		l.lost.Add(1)
 	}
+}
+
+// Warning says, for a day after it last happened, that rotation deleted
+// records younger than MinRetention; "" otherwise.
+func (l *Log) Warning() string {
+	l.warnMu.Lock()
+	defer l.warnMu.Unlock()
+	if l.warning != "" && l.o.Now().Sub(l.warnedAt) > l.o.MinRetention {
+		l.warning = ""
+	}
+	return l.warning
 }
 
 // Err reports why the log cannot be written now (wrapping ErrUnwritable),
@@ -326,6 +386,8 @@ func (l *Log) Run(ctx context.Context) {
 	defer ckpt.Stop()
 	retry := time.NewTicker(l.o.RetryInterval)
 	defer retry.Stop()
+	summary := time.NewTicker(l.o.SummaryInterval)
+	defer summary.Stop()
 	// gather is armed when a batch's first record arrives; the batch is
 	// written when it fires (CommitDelay) or when it is full.
 	gather := time.NewTimer(time.Hour)
@@ -376,6 +438,12 @@ func (l *Log) Run(ctx context.Context) {
 			}
 		case <-retryC:
 			l.flush()
+		case <-summary.C:
+			l.takeRefusals()
+			if l.failing == nil && !l.sums.empty() {
+				l.drain()
+				l.flush()
+			}
 		}
 	}
 }
@@ -389,6 +457,7 @@ func (l *Log) finish() {
 		}
 		l.flush()
 	}
+	l.takeRefusals()
 	l.wantCkpt = WhyStop
 	l.flush()
 	if n := len(l.pending) + len(l.queue) + int(l.lostNoted+l.lost.Load()); n > 0 {
@@ -423,7 +492,7 @@ type commitState struct {
 // was not committed for the next try.
 func (l *Log) flush() {
 	l.lostNoted += l.lost.Swap(0)
-	if l.start == nil && l.lostNoted == 0 && len(l.pending) == 0 && l.wantCkpt == "" {
+	if l.start == nil && l.lostNoted == 0 && len(l.pending) == 0 && l.wantCkpt == "" && l.sums.empty() {
 		return
 	}
 	if l.f == nil {
@@ -436,7 +505,7 @@ func (l *Log) flush() {
 	st := commitState{size: l.size, head: l.head, seq: l.seq, since: l.since}
 	l.buf.Reset()
 	// What buf holds beyond the last commit.
-	var bufStart, bufLost bool
+	var bufStart, bufLost, bufSums bool
 	bufRecs := 0
 	emit := func(v any, set func(seq uint64, prev string)) error {
 		set(st.seq+1, st.head)
@@ -474,10 +543,13 @@ func (l *Log) flush() {
 		if bufLost {
 			l.lostNoted = 0
 		}
+		if bufSums {
+			l.sums = refusalSet{}
+		}
 		n := copy(l.pending, l.pending[bufRecs:]) // keep the array: bounded by maxPending
 		clear(l.pending[n:])
 		l.pending = l.pending[:n]
-		bufStart, bufLost, bufRecs = false, false, 0
+		bufStart, bufLost, bufSums, bufRecs = false, false, false, 0
 		l.buf.Reset()
 		return nil
 	}
@@ -517,6 +589,15 @@ func (l *Log) flush() {
 			return
 		}
 		bufLost = true
+	}
+	if !l.sums.empty() {
+		for _, v := range l.sums.lines() {
+			if err := emit(v, func(seq uint64, prev string) { v.Seq, v.Prev = seq, prev }); err != nil {
+				l.fail(err)
+				return
+			}
+		}
+		bufSums = true
 	}
 	for bufRecs < len(l.pending) {
 		if err := rotateIfFull(); err != nil {
@@ -658,12 +739,36 @@ func (l *Log) prune() {
 		l.log.Warn("access log: cannot list rotated files to delete the oldest", "err", err)
 		return
 	}
+	now := l.o.Now()
 	for len(files) > l.o.MaxFiles {
 		if err := os.Remove(files[0]); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			l.log.Warn("access log: cannot delete the oldest rotated file", "file", files[0], "err", err)
 			return
 		}
+		if at, ok := rotatedTime(l.o.Path, filepath.Base(files[0])); ok && now.Sub(at) < l.o.MinRetention {
+			l.rotatedTooFast(now, now.Sub(at))
+		}
 		files = files[1:]
+	}
+}
+
+// rotatedTooFast says that rotation deleted a file whose last line was
+// written only kept ago: the log holds less than MinRetention of records.
+// Logged at once, then at most every warnLogEvery; Warning says so for
+// MinRetention after the last time.
+func (l *Log) rotatedTooFast(now time.Time, kept time.Duration) {
+	msg := fmt.Sprintf("rotation deleted access-log records written only %v ago: the log keeps less than %v of records (max_size × max_files is too small for the streams it records, or a flood of streams is pushing records out)",
+		kept.Round(time.Second), l.o.MinRetention)
+	l.warnMu.Lock()
+	first := l.warning == ""
+	l.warning, l.warnedAt = msg, now
+	l.warnMu.Unlock()
+	if first || now.Sub(l.lastWarnLog) >= warnLogEvery {
+		l.lastWarnLog = now
+		l.log.Warn("access log: "+msg, "max_size", l.o.MaxSize, "max_files", l.o.MaxFiles)
+	}
+	if first {
+		l.o.Changed()
 	}
 }
 

@@ -37,7 +37,8 @@ func accessLogCmd() *cobra.Command {
 		Use:   "access-log",
 		Short: "Print the agent's access log, or verify it (--verify)",
 		Long: `Print the agent's access log, oldest first, across its rotated files: a
-table of streams (and the agent's starts and lost records), or with -o json
+table of streams (and the agent's starts, lost records and counts of
+refused streams beyond the log's budget for them), or with -o json
 each line as written (-o yaml: a list of them). --since, --service and
 --backend select lines.
 
@@ -115,7 +116,7 @@ func (f filter) match(e *accesslog.Entry) bool {
 	if f.service == "" && f.backend == "" {
 		return true
 	}
-	if e.Type != accesslog.TypeStream {
+	if e.Type != accesslog.TypeStream && e.Type != accesslog.TypeRefusals {
 		return false
 	}
 	if f.service != "" && e.Service != f.service {
@@ -174,6 +175,13 @@ func printAccessLog(path string, f filter, format cli.Format, stdout, stderr io.
 			fmt.Fprintf(tw, "%s\t(agent %s started, version %s%s)\n", ts, e.Agent, e.Version, note)
 		case accesslog.TypeLost:
 			fmt.Fprintf(tw, "%s\t(%d records lost: %s)\n", ts, e.Lost, e.Note)
+		case accesslog.TypeRefusals:
+			what := "of other services, backends and codes"
+			if e.Note == "" {
+				what = fmt.Sprintf("of service %s by %s: %s", orNone(e.Service), orNone(e.Backend), orNone(e.Code))
+			}
+			fmt.Fprintf(tw, "%s\t(%d refused streams %s, counted since %s; the first was request %s)\n", ts, e.Count, what,
+				e.Since.UTC().Format("2006-01-02T15:04:05.000Z"), orNone(e.Request))
 		default:
 			return nil // checkpoints: see --verify
 		}

@@ -146,6 +146,9 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 	if st.AccessLogError != "" {
 		fmt.Fprintf(tw, "access log error\t%s\n", st.AccessLogError)
 	}
+	if st.AccessLogWarning != "" {
+		fmt.Fprintf(tw, "access log warning\t%s\n", st.AccessLogWarning)
+	}
 	if len(st.Cluster) > 0 {
 		ids := make([]string, len(st.Cluster))
 		for i, r := range st.Cluster {
