@@ -148,7 +148,7 @@ func printAccessLog(path string, f filter, format cli.Format, stdout, stderr io.
 	err = accesslog.Read(path, func(file string, n int, e accesslog.Entry, raw []byte, perr error) error {
 		if perr != nil {
 			if warnings++; warnings <= maxWarnings {
-				fmt.Fprintf(stderr, "%s:%d: skipped: %v (tether-agent access-log --verify checks the log)\n", file, n, perr)
+				fmt.Fprintf(stderr, "%s:%d: skipped: %s (tether-agent access-log --verify checks the log)\n", esc(file), n, esc(perr.Error()))
 			}
 			return nil
 		}
@@ -165,23 +165,23 @@ func printAccessLog(path string, f filter, format cli.Format, stdout, stderr io.
 		ts := e.Time.UTC().Format("2006-01-02T15:04:05.000Z")
 		switch e.Type {
 		case accesslog.TypeStream:
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", ts, orNone(e.Request), orNone(e.Backend), orNone(e.Service),
-				e.Code, e.End, e.BytesToService, e.BytesFromService, e.Duration().Round(time.Millisecond))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", ts, escNone(e.Request), escNone(e.Backend), escNone(e.Service),
+				escNone(e.Code), escNone(e.End), e.BytesToService, e.BytesFromService, e.Duration().Round(time.Millisecond))
 		case accesslog.TypeStart:
 			note := ""
 			if e.Note != "" {
-				note = ": " + e.Note
+				note = ": " + esc(e.Note)
 			}
-			fmt.Fprintf(tw, "%s\t(agent %s started, version %s%s)\n", ts, e.Agent, e.Version, note)
+			fmt.Fprintf(tw, "%s\t(agent %s started, version %s%s)\n", ts, esc(e.Agent), esc(e.Version), note)
 		case accesslog.TypeLost:
-			fmt.Fprintf(tw, "%s\t(%d records lost: %s)\n", ts, e.Lost, e.Note)
+			fmt.Fprintf(tw, "%s\t(%d records lost: %s)\n", ts, e.Lost, esc(e.Note))
 		case accesslog.TypeRefusals:
 			what := "of other services, backends and codes"
 			if e.Note == "" {
-				what = fmt.Sprintf("of service %s by %s: %s", orNone(e.Service), orNone(e.Backend), orNone(e.Code))
+				what = fmt.Sprintf("of service %s by %s: %s", escNone(e.Service), escNone(e.Backend), escNone(e.Code))
 			}
 			fmt.Fprintf(tw, "%s\t(%d refused streams %s, counted since %s; the first was request %s)\n", ts, e.Count, what,
-				e.Since.UTC().Format("2006-01-02T15:04:05.000Z"), orNone(e.Request))
+				e.Since.UTC().Format("2006-01-02T15:04:05.000Z"), escNone(e.Request))
 		default:
 			return nil // checkpoints: see --verify
 		}
@@ -230,16 +230,16 @@ func verifyAccessLog(cfg agent.Config, caPath string, format cli.Format, stdout 
 }
 
 func printVerify(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
-	fmt.Fprintf(w, "access log %s: %d file(s)", res.Dir, len(res.Files))
+	fmt.Fprintf(w, "access log %s: %d file(s)", esc(res.Dir), len(res.Files))
 	if len(res.Files) > 0 {
-		fmt.Fprintf(w, ", %s … %s", res.Files[0], res.Files[len(res.Files)-1])
+		fmt.Fprintf(w, ", %s … %s", esc(res.Files[0]), esc(res.Files[len(res.Files)-1]))
 	}
 	fmt.Fprintln(w)
 	if p := res.Problem; p != nil {
 		if p.Tampering() {
-			fmt.Fprintf(w, "BROKEN at %s:%d: %s: %s\n", p.File, p.Line, p.Kind, p.Detail)
+			fmt.Fprintf(w, "BROKEN at %s:%d: %s: %s\n", esc(p.File), p.Line, p.Kind, esc(p.Detail))
 		} else {
-			fmt.Fprintf(w, "INCOMPLETE at %s:%d (not tampering): %s\n", p.File, p.Line, p.Detail)
+			fmt.Fprintf(w, "INCOMPLETE at %s:%d (not tampering): %s\n", esc(p.File), p.Line, esc(p.Detail))
 		}
 		fmt.Fprintf(w, "checked before it: %d lines, %d checkpoints (%d verified)\n", res.Lines, res.Checkpoints, res.Verified)
 		return
@@ -258,7 +258,7 @@ func printVerify(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
 	case res.Checkpoints == 0:
 		fmt.Fprintln(w, "checkpoints: none yet (no line is signed)")
 	case res.CertificatesChecked:
-		fmt.Fprintf(w, "checkpoints: %d, every signature verified, by certificates of %s issued by the agent's CA roots\n", res.Checkpoints, orNone(o.Agent))
+		fmt.Fprintf(w, "checkpoints: %d, every signature verified, by certificates of %s issued by the agent's CA roots\n", res.Checkpoints, escNone(o.Agent))
 	default:
 		fmt.Fprintf(w, "checkpoints: %d, every signature verified against its own certificate (no CA roots to check the certificates: give --ca or --config)\n", res.Checkpoints)
 	}

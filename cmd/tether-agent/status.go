@@ -124,35 +124,35 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	ago := func(t time.Time) string { return now.Sub(t).Round(time.Second).String() }
 	ms := func(n int64) time.Time { return time.UnixMilli(n) }
-	fmt.Fprintf(tw, "agent\t%s (tenant %s)\n", st.AgentID, st.Tenant)
-	fmt.Fprintf(tw, "version\t%s %s/%s on %s\n", st.AgentVersion, st.OS, st.Arch, st.Hostname)
+	fmt.Fprintf(tw, "agent\t%s (tenant %s)\n", esc(st.AgentID), esc(st.Tenant))
+	fmt.Fprintf(tw, "version\t%s %s/%s on %s\n", esc(st.AgentVersion), esc(st.OS), esc(st.Arch), esc(st.Hostname))
 	fmt.Fprintf(tw, "up\t%s (since %s)\n", ago(ms(st.StartedAt)), ms(st.StartedAt).UTC().Format(time.RFC3339))
 	certLeft := ms(st.CertNotAfter).Sub(now).Round(time.Minute)
 	fmt.Fprintf(tw, "certificate\texpires %s (in %s)\n", ms(st.CertNotAfter).UTC().Format(time.RFC3339), certLeft)
 	fmt.Fprintf(tw, "streams\t%d open, %d total\n", st.StreamsOpen, st.StreamsTotal)
 	fmt.Fprintf(tw, "bytes\t%d to services, %d from services\n", st.BytesOut, st.BytesIn)
-	fmt.Fprintf(tw, "services\t%s\n", orNone(strings.Join(st.Services, ", ")))
+	fmt.Fprintf(tw, "services\t%s\n", escNone(strings.Join(st.Services, ", ")))
 	hash := st.ConfigHash
 	if len(hash) > 12 {
 		hash = hash[:12]
 	}
-	fmt.Fprintf(tw, "config\t%s\n", hash)
+	fmt.Fprintf(tw, "config\t%s\n", esc(hash))
 	if st.ConfigError != "" {
-		fmt.Fprintf(tw, "config error\t%s (the previous config stays in force)\n", st.ConfigError)
+		fmt.Fprintf(tw, "config error\t%s (the previous config stays in force)\n", esc(st.ConfigError))
 	}
 	if st.AccessLog != "" {
-		fmt.Fprintf(tw, "access log\t%s\n", st.AccessLog)
+		fmt.Fprintf(tw, "access log\t%s\n", esc(st.AccessLog))
 	}
 	if st.AccessLogError != "" {
-		fmt.Fprintf(tw, "access log error\t%s\n", st.AccessLogError)
+		fmt.Fprintf(tw, "access log error\t%s\n", esc(st.AccessLogError))
 	}
 	if st.AccessLogWarning != "" {
-		fmt.Fprintf(tw, "access log warning\t%s\n", st.AccessLogWarning)
+		fmt.Fprintf(tw, "access log warning\t%s\n", esc(st.AccessLogWarning))
 	}
 	if len(st.Cluster) > 0 {
 		ids := make([]string, len(st.Cluster))
 		for i, r := range st.Cluster {
-			ids[i] = r.ID
+			ids[i] = esc(r.ID)
 			if r.Draining {
 				ids[i] += " (draining)"
 			}
@@ -162,10 +162,10 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 	if len(st.DialFailures) > 0 {
 		var parts []string
 		for _, name := range slices.Sorted(maps.Keys(st.DialFailures)) {
-			parts = append(parts, fmt.Sprintf("%s %d", name, st.DialFailures[name]))
+			parts = append(parts, fmt.Sprintf("%s %d", esc(name), st.DialFailures[name]))
 		}
 		fmt.Fprintf(tw, "dial failures\t%s\n", strings.Join(parts, ", "))
-		fmt.Fprintf(tw, "last dial error\t%s\n", st.LastDialError)
+		fmt.Fprintf(tw, "last dial error\t%s\n", esc(st.LastDialError))
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
@@ -174,15 +174,15 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 	for _, s := range st.Sessions {
 		transport, rtt := "-", "-"
 		if s.Transport != "" {
-			transport = s.Transport
+			transport = esc(s.Transport)
 			if s.TransportWhy != "" {
-				transport += " (" + s.TransportWhy + ")"
+				transport += " (" + esc(s.TransportWhy) + ")"
 			}
 		}
 		if s.RTTMicros > 0 {
 			rtt = (time.Duration(s.RTTMicros) * time.Microsecond).Round(10 * time.Microsecond).String()
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s ago\t%s\t%s\t%s\n", s.Slot, s.Relay, orNone(s.RelayID), s.State, ago(s.Since), transport, rtt, orNone(s.LastError))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s ago\t%s\t%s\t%s\n", s.Slot, esc(s.Relay), escNone(s.RelayID), esc(s.State), ago(s.Since), transport, rtt, escNone(s.LastError))
 	}
 	tw.Flush()
 }
@@ -193,3 +193,13 @@ func orNone(s string) string {
 	}
 	return s
 }
+
+// esc is s as a human-readable output prints it: the agent's status and
+// access log carry text a relay chose (its rejection's message, its ids,
+// a stream's backend and service), in which a newline would forge a row
+// and an escape sequence hide columns. JSON and YAML output stay as they
+// are: their encoders escape it.
+func esc(s string) string { return cli.Printable(s) }
+
+// escNone is esc of s, or "-" for "".
+func escNone(s string) string { return orNone(esc(s)) }

@@ -339,3 +339,20 @@ func TestCommandTyposBeforeFlags(t *testing.T) {
 		}
 	}
 }
+
+func TestPrintable(t *testing.T) {
+	for in, want := range map[string]string{
+		"backend:billing":  "backend:billing",
+		"dienst-ü 日本 \\n":  "dienst-ü 日本 \\n",
+		"a\nb\tc\r":        `a\nb\tc\r`,
+		"\x1b[8mhidden":    `\x1b[8mhidden`,
+		"x\u0085y\u2028z":  `x\u0085y\u2028z`,
+		"\u202eevil":       `\u202eevil`,
+		"bad\xff\xfebytes": `bad\xff\xfebytes`,
+		"\x7f":             `\x7f`,
+	} {
+		if got := Printable(in); got != want {
+			t.Errorf("Printable(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // How tables show times, durations and sizes, the same in every command.
@@ -206,4 +207,47 @@ func Rate(bytesPerSecond int64) string {
 		return "unlimited"
 	}
 	return Bytes(uint64(bytesPerSecond)) + "/s"
+}
+
+// Printable is s as a table or a message may print it when s comes from
+// elsewhere (a relay, a file anyone may have edited): control characters
+// (tab, newline and escape included, C1 too), Unicode line and paragraph
+// separators and bidirectional controls, and bytes that are not UTF-8 are
+// written as Go escapes (\n, \x1b, \u2028, \xff), so that the text cannot
+// start a row of its own, move the cursor, hide what follows or reorder
+// it. Other text, backslashes included, is left as it is.
+func Printable(s string) string {
+	clean := true
+	for _, r := range s {
+		if unprintable(r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case unprintable(r):
+			q := strconv.QuoteRuneToASCII(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+func unprintable(r rune) bool {
+	switch {
+	case r < 0x20, r >= 0x7f && r < 0xa0, r == utf8.RuneError:
+		return true
+	case r == 0x2028, r == 0x2029, r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069, r == 0x200e, r == 0x200f, r == 0x061c:
+		return true
+	}
+	return false
 }

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/agent"
+	"github.com/tetherhq/tether/agent/accesslog"
+	"github.com/tetherhq/tether/cmd/internal/cli"
+	"github.com/tetherhq/tether/protocol"
+)
+
+// forged is text a relay chooses that, printed raw, would add a row to a
+// table and hide what follows it on a terminal.
+func forged(now time.Time) string {
+	return "backend:x\n" + now.UTC().Format("2006-01-02T15:04:05.000Z") + "  r-2  backend:billing  db  ok  closed  10  20  1ms\x1b[8m\t\u2028"
+}
+
+// checkOneRowEach fails when out holds a raw control character or more
+// lines than want.
+func checkOneRowEach(t *testing.T, out string, want int) {
+	t.Helper()
+	if n := strings.Count(out, "\n"); n != want {
+		t.Errorf("%d lines printed, want %d:\n%s", n, want, out)
+	}
+	for _, c := range []string{"\x1b", "\u2028"} {
+		if strings.Contains(out, c) {
+			t.Errorf("output holds a raw %q: %q", c, out)
+		}
+	}
+	if !strings.Contains(out, `backend:x\n`) || !strings.Contains(out, `\x1b[8m\t\u2028`) {
+		t.Errorf("output does not show the escaped text: %q", out)
+	}
+}
+
+// The table of `tether-agent access-log` prints what the relay chose (the
+// backend, the service, the request id) with its control characters
+// escaped: one stream is one row. JSON prints the line as written.
+func TestAccessLogTableEscapesRelayText(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	l := accesslog.New(accesslog.Options{Path: path, CommitDelay: -1})
+	l.Open()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { l.Run(ctx) })
+	now := time.Now()
+	l.Add(accesslog.Record{Time: now, Request: "r-1", Backend: forged(now), Service: "db", Code: "ok", End: "closed"})
+	cancel()
+	wg.Wait()
+	var out, errb bytes.Buffer
+	if err := printAccessLog(path, filter{now: time.Now()}, cli.Table, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	checkOneRowEach(t, out.String(), 3) // the header, the start line, the stream
+	out.Reset()
+	if err := printAccessLog(path, filter{now: time.Now()}, cli.JSON, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `"backend":"backend:x\n`) {
+		t.Errorf("json: %s; want the line as written", out.String())
+	}
+}
+
+// `tether-agent status` prints a relay's rejection (LastError), its ids
+// and its list with control characters escaped.
+func TestStatusEscapesRelayText(t *testing.T) {
+	now := time.Now()
+	st := agent.Status{AgentID: "a1", Tenant: "acme", Report: protocol.Report{AgentVersion: "1.0"},
+		Cluster: []protocol.RelayInfo{{ID: "r1\x1b[2J"}},
+		Sessions: []agent.SessionStatus{{Slot: 0, Relay: "relay:7443", RelayID: "r1", State: agent.StateRetrying, Since: now,
+			LastError: "relay refused this agent: not_allowed: " + forged(now)}}}
+	var out bytes.Buffer
+	printStatus(&out, st, now)
+	s := out.String()
+	if strings.Contains(s, "\x1b") || strings.Contains(s, "\u2028") {
+		t.Errorf("status holds raw control characters: %q", s)
+	}
+	if !strings.Contains(s, `r1\x1b[2J`) || !strings.Contains(s, `not_allowed: backend:x\n`) {
+		t.Errorf("status does not show the escaped text:\n%s", s)
+	}
+	// Summary lines, a blank line, the sessions' header and one row.
+	if rows := strings.Split(strings.TrimSuffix(s, "\n"), "\n"); !strings.HasPrefix(rows[len(rows)-1], "0 ") || !strings.HasPrefix(rows[len(rows)-2], "SLOT") {
+		t.Errorf("the session is not one row after the header:\n%s", s)
+	}
+}
