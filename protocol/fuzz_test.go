@@ -21,7 +21,7 @@ func FuzzReadStreamHeader(f *testing.F) {
 	for _, h := range []protocol.StreamHeader{
 		{Service: "ssh"},
 		{Service: "postgres", Backend: "backend:billing", RequestID: "01HZX3K8Q9"},
-		{Service: "dienst-ü", Backend: "日本", RequestID: "🙂"},
+		{Service: "dienst-ü", Backend: "日本", RequestID: "r~!"},
 	} {
 		b, err := h.AppendBinary(nil)
 		if err != nil {
@@ -35,6 +35,7 @@ func FuzzReadStreamHeader(f *testing.F) {
 	f.Add(header(concat(valid, []byte{7, 9, 'x'})))                                      // extension past the end
 	f.Add(header(concat(bytes.Repeat([]byte{0xff}, 10), []byte{1})))                     // uvarint overflow
 	f.Add(header(concat(field("s\xff"), field(""), field(""))))                          // not UTF-8
+	f.Add(header(concat(field("s"), field(""), field("r\n1"))))                          // request id not printable
 	f.Add([]byte{1, 0xff, 0xff})                                                         // body too long
 	f.Add([]byte{2, 0, 0})                                                               // bad version
 	f.Add([]byte{1, 0, 6, 0x80, 0x00, 0x81, 0x00, 0x80, 0x00})                           // non-minimal uvarints

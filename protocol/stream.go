@@ -13,7 +13,7 @@ import (
 const (
 	MaxServiceLen   = 63   // a DNS label
 	MaxBackendLen   = 255  // an identity such as "backend:billing"
-	MaxRequestIDLen = 64   // printable request id
+	MaxRequestIDLen = 64   // printable ASCII request id (see ValidRequestID)
 	MaxHeaderBody   = 4096 // whole header body including extensions
 	MaxReplyMessage = 1024 // human-readable reply text, in bytes
 )
@@ -67,7 +67,22 @@ func (h StreamHeader) Validate() error {
 	if !utf8.ValidString(h.Service) || !utf8.ValidString(h.Backend) || !utf8.ValidString(h.RequestID) {
 		return Errorf(CodeBadRequest, "stream header: field is not UTF-8")
 	}
+	if !ValidRequestID(h.RequestID) {
+		return Errorf(CodeBadRequest, "stream header: request id is not printable ASCII")
+	}
 	return nil
+}
+
+// ValidRequestID reports whether id is printable ASCII without spaces
+// (relays send 16 hex digits), or empty. The agent writes it in its access
+// log and prints it in tables: a decoder refuses any other.
+func ValidRequestID(id string) bool {
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 // AppendBinary appends the encoded header to b.
@@ -134,6 +149,9 @@ func ParseStreamHeaderBody(body []byte) (StreamHeader, error) {
 	}
 	if h.RequestID, body, err = readString(body, MaxRequestIDLen); err != nil {
 		return fail("request id", err)
+	}
+	if !ValidRequestID(h.RequestID) {
+		return fail("request id", errors.New("not printable ASCII"))
 	}
 	for len(body) > 0 { // extensions: skip the ones we do not know (all of them, today)
 		var tag uint64

@@ -26,7 +26,7 @@ func TestStreamHeaderRoundTrip(t *testing.T) {
 			RequestID: strings.Repeat("r", protocol.MaxRequestIDLen),
 		}},
 		{"length needing a two-byte uvarint", protocol.StreamHeader{Service: "x", Backend: strings.Repeat("b", 200)}},
-		{"multi-byte UTF-8", protocol.StreamHeader{Service: "dienst-ü", Backend: "backend:日本", RequestID: "🙂"}},
+		{"multi-byte UTF-8", protocol.StreamHeader{Service: "dienst-ü", Backend: "backend:日本", RequestID: "r-1"}},
 		{"empty request id, set backend", protocol.StreamHeader{Service: "web", Backend: "backend:x"}},
 	}
 	for _, tc := range tests {
@@ -113,6 +113,9 @@ func TestStreamHeaderEncodeRefuses(t *testing.T) {
 		{"service not UTF-8", protocol.StreamHeader{Service: "s\xff"}},
 		{"backend not UTF-8", protocol.StreamHeader{Service: "s", Backend: "\xc3"}},
 		{"request id not UTF-8", protocol.StreamHeader{Service: "s", RequestID: "\xed\xa0\x80"}}, // a UTF-16 surrogate
+		{"request id with a newline", protocol.StreamHeader{Service: "s", RequestID: "r\nforged"}},
+		{"request id with a space", protocol.StreamHeader{Service: "s", RequestID: "r 1"}},
+		{"request id not ASCII", protocol.StreamHeader{Service: "s", RequestID: "🙂"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -200,6 +203,8 @@ func TestReadStreamHeaderHostile(t *testing.T) {
 		{"service not UTF-8", header(concat(field("ss\xff"), field(""), field("")))},
 		{"backend not UTF-8", header(concat(field("s"), field("\xc0\xaf"), field("")))}, // overlong '/'
 		{"request id not UTF-8", header(concat(field("s"), field(""), field("\xed\xa0\x80")))},
+		{"request id with an escape", header(concat(field("s"), field(""), field("r\x1b[8m")))},
+		{"request id not ASCII", header(concat(field("s"), field(""), field("🙂")))},
 		{"missing request id", header(concat(field("s"), field("b")))},
 		{"extension tag truncated", header(concat(valid, []byte{0x80}))},
 		{"extension tag overflows uvarint", header(concat(valid, overflow))},
