@@ -177,6 +177,13 @@ func (a *Agent) logStream(r accesslog.Record, started time.Time) {
 	a.alog.Add(r)
 }
 
+// logOpen queues the open line of a stream accepted now, started when
+// its header came.
+func (a *Agent) logOpen(r accesslog.Record, started time.Time) {
+	r.Opened = true
+	a.logStream(r, started)
+}
+
 // logRefusal queues the record of a refused stream.
 func (a *Agent) logRefusal(r accesslog.Record, started time.Time, e *protocol.Error) {
 	r.Code, r.End, r.Message = e.Code.String(), accesslog.EndRefused, e.Message

@@ -116,7 +116,7 @@ func TestAccessLogLineOfHostileFieldsReadable(t *testing.T) {
 	err = accesslog.Read(a.cfg.AccessLogPath(), func(f string, n int, e accesslog.Entry, _ []byte, err error) error {
 		if err != nil {
 			t.Errorf("%s:%d: the reader skips a line the agent wrote: %v", f, n, err)
-		} else if e.Request == "r-exfil" {
+		} else if e.Request == "r-exfil" && e.Type == accesslog.TypeStream {
 			seen++
 		}
 		return nil
@@ -173,7 +173,7 @@ func TestRefusalFloodKeepsServedRecord(t *testing.T) {
 		switch {
 		case err != nil:
 			return fmt.Errorf("%s:%d: %w", f, n, err)
-		case e.Request == "r-exfil":
+		case e.Request == "r-exfil" && e.Type == accesslog.TypeStream:
 			served++
 		case e.Type == accesslog.TypeStream && e.End == accesslog.EndRefused:
 			refused++
@@ -204,5 +204,55 @@ func TestRefusalFloodKeepsServedRecord(t *testing.T) {
 	}
 	if w := a.Status().AccessLogWarning; w != "" {
 		t.Errorf("status warns %q without rotation", w)
+	}
+}
+
+// A stream the agent accepts has an open line in the access log within
+// moments, while it runs: if the agent is killed before the stream ends
+// (here: the log stops under it), verify lists it as opened and not ended.
+func TestAccessLogOpenLineWhileStreamRuns(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	a := enrolled(t, root, root)
+	svcs := map[string]Service{"db": {Address: echoService(t)}}
+	a.services.Store(&svcs)
+	stopLog := runAccessLog(t, a)
+	s, rs := relayPair(t, a)
+	st, err := openStream(t, s, rs, protocol.StreamHeader{Service: "db", Backend: "backend:exfil", RequestID: "r-long"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := roundTrip(st, "COPY customers TO STDOUT"); err != nil {
+		t.Fatal(err)
+	}
+	// The writer commits within its CommitDelay: poll the file, the only
+	// observable.
+	var open accesslog.Entry
+	waitFor(t, 10*time.Second, "the open line of r-long on disk", func() error {
+		err := accesslog.Read(a.cfg.AccessLogPath(), func(_ string, _ int, e accesslog.Entry, _ []byte, _ error) error {
+			if e.Request == "r-long" {
+				open = e
+			}
+			return nil
+		})
+		if err == nil && open.Request == "" {
+			err = errNotYet
+		}
+		return err
+	})
+	if open.Type != "open" || open.Service != "db" || open.Backend != "backend:exfil" || open.Session != "sess-1" || open.Relay != "relay:7443" {
+		t.Errorf("the line of the running stream: %+v; want an open line of db for backend:exfil on sess-1", open)
+	}
+	stopLog() // the agent is killed: the stream's end is never written
+	o, err := AccessLogVerifyOptions(a.cfg, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := accesslog.Verify(o)
+	if err != nil || !res.Intact {
+		t.Fatalf("verify: %+v, %v", res, err)
+	}
+	if res.UnclosedCount != 1 || len(res.Unclosed) != 1 || res.Unclosed[0].Request != "r-long" {
+		t.Errorf("verify: unclosed %d %+v; want r-long", res.UnclosedCount, res.Unclosed)
 	}
 }

@@ -22,7 +22,8 @@ var headerTimeout = 10 * time.Second
 // handleStream serves one stream the relay opened: read the header, check
 // the service against the allowlist, dial it, answer, and splice. Every
 // stream served or refused (but the agent's own release downloads) gets a
-// line in the access log.
+// line in the access log when it ends, and one served also an open line
+// when it is accepted.
 //
 // The trial of a new binary serves nothing: it resets every stream
 // without a reply (an older relay may send it some). The relay takes a
@@ -119,6 +120,9 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 		return
 	}
 	st.SetDeadline(time.Time{})
+	// The open line: a stream that lasts leaves a trace at once, even if
+	// the agent is killed before it ends and writes its line.
+	a.logOpen(rec, started)
 	a.streamsOpen.Add(1)
 	a.streamsTotal.Add(1)
 	start := time.Now()

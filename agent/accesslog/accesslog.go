@@ -31,7 +31,8 @@ import (
 
 // Line types.
 const (
-	TypeStream     = "stream"     // a stream the agent served or refused
+	TypeStream     = "stream"     // a stream the agent served or refused, when it ended
+	TypeOpen       = "open"       // a stream the agent accepted, when it did: its stream line follows when it ends
 	TypeCheckpoint = "checkpoint" // a signed chain head
 	TypeStart      = "start"      // the agent started writing the log
 	TypeLost       = "lost"       // records that could not be written
@@ -88,6 +89,10 @@ type Record struct {
 	Relay            string        // the relay the stream came through
 	Session          string        // the relay's id of the session
 	Message          string        // a refusal's message
+	// Opened makes the record an open line: the stream was accepted at
+	// Time (Duration after its header), and a record of its end follows.
+	// Only Request, Backend, Service, Relay and Session are kept.
+	Opened bool
 }
 
 // Entry is one line of the log as read back: the fields of every type of
@@ -156,6 +161,19 @@ type streamLine struct {
 	Prev             string    `json:"prev"`
 }
 
+type openLine struct {
+	Seq            uint64    `json:"seq"`
+	Time           time.Time `json:"time"`
+	Type           string    `json:"type"`
+	Request        string    `json:"request"`
+	Backend        string    `json:"backend"`
+	Service        string    `json:"service"`
+	DurationMicros int64     `json:"duration_us"`
+	Relay          string    `json:"relay,omitempty"`
+	Session        string    `json:"session,omitempty"`
+	Prev           string    `json:"prev"`
+}
+
 type checkpointLine struct {
 	Seq   uint64    `json:"seq"`
 	Time  time.Time `json:"time"`
@@ -202,6 +220,12 @@ type refusalsLine struct {
 	Note    string    `json:"note,omitempty"`
 	Prev    string    `json:"prev"`
 }
+
+// lineOf is a line the writer encodes: set gives it its seq and prev.
+type lineOf interface{ set(seq uint64, prev string) }
+
+func (v *streamLine) set(seq uint64, prev string) { v.Seq, v.Prev = seq, prev }
+func (v *openLine) set(seq uint64, prev string)   { v.Seq, v.Prev = seq, prev }
 
 // hashLine is the hex SHA-256 of a line without its newline: what the
 // next line names as prev.
@@ -312,8 +336,16 @@ func lineTime(t, now time.Time) time.Time {
 	return now
 }
 
-// line is the stream line of r, its fields clipped to the reader's bounds.
-func (r *Record) line(now time.Time) *streamLine {
+// line is the line of r (an open line, or a stream line), its fields
+// clipped to the reader's bounds.
+func (r *Record) line(now time.Time) lineOf {
+	if r.Opened {
+		return &openLine{
+			Time: lineTime(r.Time, now), Type: TypeOpen, Request: field(r.Request, maxField), Backend: field(r.Backend, maxField),
+			Service: field(r.Service, maxField), DurationMicros: r.Duration.Microseconds(),
+			Relay: field(r.Relay, maxField), Session: field(r.Session, maxField),
+		}
+	}
 	return &streamLine{
 		Time: lineTime(r.Time, now), Type: TypeStream, Request: field(r.Request, maxField), Backend: field(r.Backend, maxField),
 		Service: field(r.Service, maxField), Code: field(r.Code, maxField), End: field(r.End, maxField),

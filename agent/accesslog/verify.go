@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 )
 
 // Kinds of problem Verify reports.
@@ -79,6 +80,105 @@ type Result struct {
 	// writes when it stops cleanly.
 	CleanStop bool     `json:"clean_stop"`
 	Problem   *Problem `json:"problem,omitempty"`
+	// Unclosed lists the streams whose open line has no stream line after
+	// it (the first MaxUnclosed, oldest first), and UnclosedCount counts
+	// them: streams still open while the agent runs, or whose end was
+	// never recorded (the agent was killed or crashed while they were
+	// open: then Restarted, when it started again since). Lines older than
+	// the open lines (written before agents recorded them) count nothing.
+	Unclosed      []Unclosed `json:"unclosed,omitempty"`
+	UnclosedCount int        `json:"unclosed_count,omitempty"`
+}
+
+// MaxUnclosed bounds Result.Unclosed.
+const MaxUnclosed = 100
+
+// maxTracked bounds the open lines Verify holds while it looks for their
+// ends; beyond it, open lines are not followed (Result says so with an
+// UnclosedCount of at least maxTracked).
+const maxTracked = 100000
+
+// Unclosed is a stream with an open line and no line of its end.
+type Unclosed struct {
+	File      string    `json:"file"`
+	Line      int       `json:"line"`
+	Time      time.Time `json:"time"`
+	Request   string    `json:"request"`
+	Backend   string    `json:"backend"`
+	Service   string    `json:"service"`
+	Relay     string    `json:"relay,omitempty"`
+	Session   string    `json:"session,omitempty"`
+	Restarted bool      `json:"restarted,omitempty"` // the agent started again after it opened
+}
+
+// streamKey is what an open line and its stream's end line share.
+type streamKey struct{ relay, session, request, service, backend string }
+
+func keyOf(e *Entry) streamKey {
+	return streamKey{e.Relay, e.Session, e.Request, e.Service, e.Backend}
+}
+
+// openStreams follows open lines to their ends.
+type openStreams struct {
+	byKey   map[streamKey][]*openRef
+	n       int
+	full    bool // open lines were left unfollowed
+	starts  int  // start lines seen
+	ordinal int
+}
+
+type openRef struct {
+	u       Unclosed
+	starts  int // start lines before it
+	ordinal int
+}
+
+func (o *openStreams) line(v *vline) {
+	e := &v.e
+	switch e.Type {
+	case TypeStart:
+		o.starts++
+	case TypeOpen:
+		if o.n >= maxTracked {
+			o.full = true
+			return
+		}
+		if o.byKey == nil {
+			o.byKey = make(map[streamKey][]*openRef)
+		}
+		k := keyOf(e)
+		o.ordinal++
+		o.byKey[k] = append(o.byKey[k], &openRef{starts: o.starts, ordinal: o.ordinal, u: Unclosed{File: v.file, Line: v.n, Time: e.Time,
+			Request: e.Request, Backend: e.Backend, Service: e.Service, Relay: e.Relay, Session: e.Session}})
+		o.n++
+	case TypeStream:
+		k := keyOf(e)
+		if refs := o.byKey[k]; len(refs) > 0 {
+			if len(refs) == 1 {
+				delete(o.byKey, k)
+			} else {
+				o.byKey[k] = refs[1:]
+			}
+			o.n--
+		}
+	}
+}
+
+// result fills res's Unclosed and UnclosedCount.
+func (o *openStreams) result(res *Result) {
+	var all []*openRef
+	for _, refs := range o.byKey {
+		all = append(all, refs...)
+	}
+	slices.SortFunc(all, func(a, b *openRef) int { return a.ordinal - b.ordinal })
+	res.UnclosedCount = len(all)
+	if o.full {
+		res.UnclosedCount = max(res.UnclosedCount, maxTracked)
+	}
+	for _, r := range all[:min(len(all), MaxUnclosed)] {
+		r.u.Restarted = o.starts > r.starts
+		res.Unclosed = append(res.Unclosed, r.u)
+	}
 }
 
 // Verify walks the chain of the log at o.Path across its files and
@@ -184,6 +284,7 @@ func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptio
 	defer ls.close()
 	var p2, p1 *vline // the two lines before the current one
 	sinceCkpt := 0
+	var opens openStreams
 	for {
 		cur := ls.next()
 		if cur == nil {
@@ -215,8 +316,10 @@ func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptio
 		}
 		res.Lines++
 		res.LastSeq = cur.e.Seq
+		opens.line(cur)
 		p2, p1 = p1, cur
 	}
+	opens.result(&res)
 	if ls.err != nil {
 		return res, ls.err
 	}

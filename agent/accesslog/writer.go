@@ -604,9 +604,8 @@ func (l *Log) flush() {
 			l.fail(err)
 			return
 		}
-		r := &l.pending[bufRecs]
-		v := r.line(now)
-		if err := emit(v, func(seq uint64, prev string) { v.Seq, v.Prev = seq, prev }); err != nil {
+		v := l.pending[bufRecs].line(now)
+		if err := emit(v, v.set); err != nil {
 			l.fail(err)
 			return
 		}

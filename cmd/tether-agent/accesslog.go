@@ -37,15 +37,17 @@ func accessLogCmd() *cobra.Command {
 		Use:   "access-log",
 		Short: "Print the agent's access log, or verify it (--verify)",
 		Long: `Print the agent's access log, oldest first, across its rotated files: a
-table of streams (and the agent's starts, lost records and counts of
-refused streams beyond the log's budget for them), or with -o json
+table of streams (their open and end lines, and the agent's starts, lost
+records and counts of refused streams beyond the log's budget for them),
+or with -o json
 each line as written (-o yaml: a list of them). --since, --service and
 --backend select lines.
 
 --verify walks the log's hash chain across the files and checks every
 checkpoint's signature, that its certificate names this agent and that the
 agent's CA roots issued it, and reports the log as intact or the first
-problem at its file and line. It exits 0 when the log is intact and 1 when
+problem at its file and line, and the streams opened whose end it does not
+hold (still open, or the agent was killed before it recorded their end). It exits 0 when the log is intact and 1 when
 it is not (or cannot be read).
 
 The log is the one of --config FILE (default: the installed service's
@@ -116,7 +118,7 @@ func (f filter) match(e *accesslog.Entry) bool {
 	if f.service == "" && f.backend == "" {
 		return true
 	}
-	if e.Type != accesslog.TypeStream && e.Type != accesslog.TypeRefusals {
+	if e.Type != accesslog.TypeStream && e.Type != accesslog.TypeOpen && e.Type != accesslog.TypeRefusals {
 		return false
 	}
 	if f.service != "" && e.Service != f.service {
@@ -167,6 +169,9 @@ func printAccessLog(path string, f filter, format cli.Format, stdout, stderr io.
 		case accesslog.TypeStream:
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", ts, escNone(e.Request), escNone(e.Backend), escNone(e.Service),
 				escNone(e.Code), escNone(e.End), e.BytesToService, e.BytesFromService, e.Duration().Round(time.Millisecond))
+		case accesslog.TypeOpen:
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ts, escNone(e.Request), escNone(e.Backend), escNone(e.Service),
+				"-", "(opened)", "-", "-", "-")
 		case accesslog.TypeStart:
 			note := ""
 			if e.Note != "" {
@@ -242,6 +247,7 @@ func printVerify(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
 			fmt.Fprintf(w, "INCOMPLETE at %s:%d (not tampering): %s\n", esc(p.File), p.Line, esc(p.Detail))
 		}
 		fmt.Fprintf(w, "checked before it: %d lines, %d checkpoints (%d verified)\n", res.Lines, res.Checkpoints, res.Verified)
+		printUnclosed(w, res)
 		return
 	}
 	if res.Lines == 0 {
@@ -267,5 +273,28 @@ func printVerify(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
 		fmt.Fprintln(w, "last line: the checkpoint of a clean stop")
 	case res.Unsigned > 0:
 		fmt.Fprintf(w, "last %d line(s) after the last checkpoint are not signed yet (the agent is running, or did not stop cleanly)\n", res.Unsigned)
+	}
+	printUnclosed(w, res)
+}
+
+// printUnclosed lists the streams opened whose end the log does not hold.
+func printUnclosed(w io.Writer, res accesslog.Result) {
+	if res.UnclosedCount == 0 {
+		return
+	}
+	fmt.Fprintf(w, "opened and not ended: %d stream(s): still open (while the agent runs), or the agent was killed or crashed before it could record their end\n", res.UnclosedCount)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  OPENED\tREQUEST\tBACKEND\tSERVICE\tSESSION\tLINE\tAGENT STARTED AGAIN SINCE")
+	for _, u := range res.Unclosed {
+		again := "no"
+		if u.Restarted {
+			again = "yes: never ended in this log"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s:%d\t%s\n", u.Time.UTC().Format("2006-01-02T15:04:05.000Z"), escNone(u.Request), escNone(u.Backend),
+			escNone(u.Service), escNone(u.Session), esc(u.File), u.Line, again)
+	}
+	tw.Flush()
+	if n := res.UnclosedCount - len(res.Unclosed); n > 0 {
+		fmt.Fprintf(w, "  … and %d more (-o json lists the first %d)\n", n, accesslog.MaxUnclosed)
 	}
 }

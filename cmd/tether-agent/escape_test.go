@@ -88,3 +88,34 @@ func TestStatusEscapesRelayText(t *testing.T) {
 		t.Errorf("the session is not one row after the header:\n%s", s)
 	}
 }
+
+// --verify's report lists the streams opened and not ended, and the table
+// shows an open line as a row of its own.
+func TestVerifyPrintsUnclosed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	l := accesslog.New(accesslog.Options{Path: path, CommitDelay: -1})
+	l.Open()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { l.Run(ctx) })
+	now := time.Now()
+	l.Add(accesslog.Record{Time: now, Request: "r-long", Backend: "backend:x", Service: "db", Session: "s\n1", Opened: true})
+	cancel()
+	wg.Wait()
+	res, err := accesslog.Verify(accesslog.VerifyOptions{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	printVerify(&out, res, accesslog.VerifyOptions{})
+	if s := out.String(); !strings.Contains(s, "opened and not ended: 1 stream(s)") || !strings.Contains(s, "r-long") || !strings.Contains(s, `s\n1`) {
+		t.Errorf("verify report:\n%s\nwant r-long listed as opened and not ended", s)
+	}
+	out.Reset()
+	if err := printAccessLog(path, filter{now: time.Now(), service: "db"}, cli.Table, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	if s := out.String(); !strings.Contains(s, "r-long") || !strings.Contains(s, "(opened)") {
+		t.Errorf("table:\n%s\nwant the open line of r-long", s)
+	}
+}
