@@ -40,6 +40,7 @@ type Agent struct {
 	services atomic.Pointer[map[string]Service]
 	// configErr is the last config file problem seen by the watcher.
 	configErr atomic.Pointer[string]
+	hashKey   []byte // keys ConfigHash (confighash.go)
 
 	liveMu sync.Mutex            // guards live
 	live   map[*session]struct{} // sessions serving now
@@ -116,6 +117,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.services.Store(&svcs)
 	a.alog = a.newAccessLog()
+	a.hashKey = loadConfigHashKey(cfg.StateDir, a.log)
 	return a, nil
 }
 

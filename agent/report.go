@@ -1,9 +1,6 @@
 package agent
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"maps"
 	"os"
 	"runtime"
@@ -117,29 +114,6 @@ func clipText(s string) string {
 	return strings.ToValidUTF8(s[:maxReportText], "") + "…"
 }
 
-// ConfigHash identifies a service configuration: the hex SHA-256 of its
-// canonical form, JSON with the services sorted by name, each with its
-// address and its sorted backend patterns. Two files that allow the same
-// services hash alike whatever their layout, order or comments.
-func ConfigHash(services map[string]Service) string {
-	type canon struct {
-		Address  string   `json:"address"`
-		Backends []string `json:"backends"`
-	}
-	c := make(map[string]canon, len(services)) // encoding/json sorts map keys
-	for name, s := range services {
-		b := slices.Clone(s.Backends)
-		if b == nil {
-			b = []string{}
-		}
-		slices.Sort(b)
-		c[name] = canon{Address: s.Address, Backends: b}
-	}
-	raw, _ := json.Marshal(c) // strings and slices only: cannot fail
-	sum := sha256.Sum256(raw)
-	return hex.EncodeToString(sum[:])
-}
-
 // Report returns the agent's report without session details (transport,
 // RTT): the same for every session.
 func (a *Agent) Report() *protocol.Report {
@@ -154,7 +128,7 @@ func (a *Agent) Report() *protocol.Report {
 		StreamsOpen:    a.streamsOpen.Load(),
 		StreamsTotal:   a.streamsTotal.Load(),
 		CertNotAfter:   a.NotAfter().UnixMilli(),
-		ConfigHash:     ConfigHash(svcs),
+		ConfigHash:     ConfigHash(a.hashKey, svcs),
 		ConfigError:    clipText(a.ConfigError()),
 		AccessLogError: clipText(a.accessLogError()),
 		Services:       slices.Sorted(maps.Keys(svcs)),

@@ -40,10 +40,11 @@ func TestConfigHashCanonical(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ConfigHash(a.Services) != ConfigHash(b.Services) {
+	key := []byte("the agent's key")
+	if ConfigHash(key, a.Services) != ConfigHash(key, b.Services) {
 		t.Error("the same services in another layout and order hash differently")
 	}
-	if h := ConfigHash(a.Services); len(h) != 64 {
+	if h := ConfigHash(key, a.Services); len(h) != 64 {
 		t.Errorf("hash %q: want 64 hex digits", h)
 	}
 	for name, other := range map[string]map[string]Service{
@@ -52,7 +53,7 @@ func TestConfigHashCanonical(t *testing.T) {
 		"service removed": {"db": {Address: "10.0.0.5:5432", Backends: []string{"billing", "reports-*"}}},
 		"none":            nil,
 	} {
-		if ConfigHash(other) == ConfigHash(a.Services) {
+		if ConfigHash(key, other) == ConfigHash(key, a.Services) {
 			t.Errorf("%s: same hash", name)
 		}
 	}

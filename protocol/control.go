@@ -289,9 +289,11 @@ type Report struct {
 	LastDialError string            `json:"last_dial_error,omitempty"`
 	// CertNotAfter is when the agent's certificate expires, Unix milliseconds.
 	CertNotAfter int64 `json:"cert_not_after_ms,omitempty"`
-	// ConfigHash identifies the service configuration in force (hex SHA-256
-	// of its canonical form); ConfigError is the last reload error, empty
-	// when the file on disk is the one in force.
+	// ConfigHash identifies the service configuration in force (hex
+	// HMAC-SHA256 of its canonical form, under a key the agent keeps to
+	// itself: it changes when the configuration does, and tells the relay
+	// nothing else); ConfigError is the last reload error, empty when the
+	// file on disk is the one in force.
 	ConfigHash  string `json:"config_hash,omitempty"`
 	ConfigError string `json:"config_error,omitempty"`
 	// Services are the service names the agent's config allows.

@@ -126,7 +126,11 @@ func TestAgentReports(t *testing.T) {
 	la := waitReport(t, r, "acme", id, "a report with an RTT", func(la relay.LiveAgent) bool { return la.Report.RTTMicros > 0 })
 	rep := la.Report
 	host, _ := os.Hostname()
-	wantHash := agent.ConfigHash(map[string]agent.Service{"echo": {Address: echoAddr}, "dead": {Address: deadAddr}})
+	hashKey, err := agent.ReadConfigHashKey(stateDir) // made at the agent's first start
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantHash := agent.ConfigHash(hashKey, map[string]agent.Service{"echo": {Address: echoAddr}, "dead": {Address: deadAddr}})
 	certPair, err := tls.LoadX509KeyPair(filepath.Join(stateDir, "agent.crt"), filepath.Join(stateDir, "agent.key"))
 	if err != nil {
 		t.Fatal(err)
@@ -225,7 +229,7 @@ func TestAgentReports(t *testing.T) {
 		t.Errorf("config error %q, hash %s; want the bad address named and the old services (hash %s) in force", la.Report.ConfigError, la.Report.ConfigHash, wantHash)
 	}
 	replaceAgentConfig(t, a, head+fmt.Sprintf("services:\n  echo: %q\n", echoAddr), true)
-	newHash := agent.ConfigHash(map[string]agent.Service{"echo": {Address: echoAddr}})
+	newHash := agent.ConfigHash(hashKey, map[string]agent.Service{"echo": {Address: echoAddr}})
 	la = waitReport(t, r, "acme", id, "the fixed config", func(la relay.LiveAgent) bool {
 		return la.Report.ConfigError == "" && la.Report.ConfigHash == newHash
 	})
@@ -288,7 +292,11 @@ func TestAgentReportsAChangeAtOnce(t *testing.T) {
 		t.Errorf("config error %q, hash %s; want the unknown key named and the old hash %s", la.Report.ConfigError, la.Report.ConfigHash, hash)
 	}
 	replaceAgentConfig(t, a, head+fmt.Sprintf("services:\n  echo: %q\n  web: %q\n", echoAddr, echoAddr), true)
-	want := agent.ConfigHash(map[string]agent.Service{"echo": {Address: echoAddr}, "web": {Address: echoAddr}})
+	key, err := agent.ReadConfigHashKey(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := agent.ConfigHash(key, map[string]agent.Service{"echo": {Address: echoAddr}, "web": {Address: echoAddr}})
 	waitReport(t, r, "acme", id, "the fix", func(la relay.LiveAgent) bool { return la.Report.ConfigError == "" && la.Report.ConfigHash == want })
 }
 
