@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -61,5 +62,46 @@ func TestConfigHashKeyed(t *testing.T) {
 	}
 	if key, err := readOrMakeConfigHashKey(keyPath); err != nil || ConfigHash(key, svcs) == sent {
 		t.Errorf("after replacing a broken key: %v, or the old hash", err)
+	}
+}
+
+// The report tells the relay that the config file has errors and where
+// (lines, top-level settings), never the file's values; the status, on
+// the tenant's machine, keeps the whole message.
+func TestConfigErrorForRelayHasNoValues(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	a := enrolled(t, root, root)
+	path := filepath.Join(t.TempDir(), "agent.yaml")
+	for _, c := range []struct {
+		name, file string
+		where      []string
+	}{
+		{"parse", "state_dir: /x\nservices:\n  db: 10.0.37.5\n  hr: {address: hr.corp.internal:443, backends: [Payroll]}\nreconnect: {initial: hunter2}\n", []string{"does not parse", "line 5"}},
+		{"validate", "state_dir: /x\nservices:\n  db: 10.0.37.5\n  hr: {address: hr.corp.internal:443, backends: [\"Pay*roll*\"]}\nlog: {level: hunter2}\n", []string{"does not validate", "services", "log"}},
+	} {
+		a.reloadConfig(path, []byte(c.file))
+		full := a.Status().ConfigError
+		sent := a.Report().ConfigError
+		t.Logf("%s: the relay is told %q", c.name, sent)
+		if full == "" || sent == "" {
+			t.Fatalf("%s: status %q, report %q: want the error in both", c.name, full, sent)
+		}
+		for _, secret := range []string{"10.0.37.5", "hr.corp.internal", "Payroll", "Pay*roll*", "hunter2"} {
+			if strings.Contains(sent, secret) {
+				t.Errorf("%s: the report's config_error %q carries %q from the tenant's file", c.name, sent, secret)
+			}
+		}
+		for _, w := range c.where {
+			if !strings.Contains(sent, w) {
+				t.Errorf("%s: the report's config_error %q does not say %q", c.name, sent, w)
+			}
+		}
+		if !strings.Contains(full, "hunter2") {
+			t.Errorf("%s: the status's config_error %q lost the detail", c.name, full)
+		}
+	}
+	a.reloadConfig(path, []byte("state_dir: /x\nservices:\n  db: 10.0.37.5:5432\n"))
+	if e := a.Report().ConfigError; e != "" {
+		t.Errorf("after a valid file: %q", e)
 	}
 }

@@ -3,6 +3,8 @@ package agent
 import (
 	"maps"
 	"os"
+	"reflect"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -129,7 +131,7 @@ func (a *Agent) Report() *protocol.Report {
 		StreamsTotal:   a.streamsTotal.Load(),
 		CertNotAfter:   a.NotAfter().UnixMilli(),
 		ConfigHash:     ConfigHash(a.hashKey, svcs),
-		ConfigError:    clipText(a.ConfigError()),
+		ConfigError:    configErrorForRelay(a.ConfigError()), // where, not what: the file's values stay on the machine
 		AccessLogError: clipText(a.accessLogError()),
 		Services:       slices.Sorted(maps.Keys(svcs)),
 		Relays:         a.slots.held(),
@@ -200,4 +202,69 @@ func (s *session) sendReport() {
 	if err := s.send(s.report()); err != nil {
 		s.log.Debug("send report", "err", err)
 	}
+}
+
+// The relay is told that the config file has a problem, and where, but
+// not what the file says there: an error message quotes the file's values
+// (an address, a host name, a backend pattern), which are the tenant's.
+// The agent's log and its status keep the whole message.
+
+var lineRef = regexp.MustCompile(`\bline (\d+)\b`)
+
+// configKeys are the top-level settings of the config file.
+var configKeys = func() map[string]bool {
+	keys := map[string]bool{}
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ","); name != "" && name != "-" {
+			keys[name] = true
+		}
+	}
+	return keys
+}()
+
+// maxConfigErrorPlaces bounds the places configErrorForRelay names.
+const maxConfigErrorPlaces = 8
+
+// configErrorForRelay is what the relay is told of the config problem msg
+// (ConfigError): its kind and the lines or top-level settings where it
+// is, never a value from the file.
+func configErrorForRelay(msg string) string {
+	const more = "; the services in use stay, and the agent's log and `tether-agent status` say what is wrong"
+	switch {
+	case msg == "":
+		return ""
+	case strings.HasPrefix(msg, "read config:"):
+		return "the config file cannot be read" + more
+	case msg == "config is empty":
+		return "the config file is empty" + more
+	}
+	kind := "does not validate"
+	if strings.HasPrefix(msg, "parse config:") {
+		kind = "does not parse"
+	}
+	var places []string
+	add := func(p string) {
+		if !slices.Contains(places, p) && len(places) < maxConfigErrorPlaces {
+			places = append(places, p)
+		}
+	}
+	for l := range strings.SplitSeq(msg, "\n") {
+		if m := lineRef.FindStringSubmatch(l); m != nil {
+			add("line " + m[1])
+			continue
+		}
+		key := strings.TrimSpace(l)
+		if i := strings.IndexAny(key, ".[ :"); i >= 0 {
+			key = key[:i]
+		}
+		if configKeys[key] {
+			add(key)
+		}
+	}
+	where := ""
+	if len(places) > 0 {
+		where = " at " + strings.Join(places, ", ")
+	}
+	return "the config file " + kind + where + more
 }

@@ -126,6 +126,7 @@ func (t *slotTracker) snapshot() []SessionStatus {
 // Status returns the agent's status as the status listener serves it.
 func (a *Agent) Status() Status {
 	st := Status{AgentID: a.state.AgentID, Tenant: a.state.Tenant, Report: *a.Report(), Sessions: a.slots.snapshot(), Cluster: a.view.cluster()}
+	st.ConfigError = clipText(a.ConfigError()) // the whole message: the status is the tenant's
 	if a.alog != nil {
 		st.AccessLog, st.AccessLogWarning = a.alog.Path(), a.alog.Warning()
 	}

@@ -225,8 +225,8 @@ func TestAgentReports(t *testing.T) {
 	head := fmt.Sprintf("relays: [%q]\nstate_dir: %q\nreconnect: {initial: 100ms, max: 1s}\nlog: {level: debug, format: json}\nreport_interval: 1h\nstatus_listen: %q\n", r.AgentAddr().String(), stateDir, statusAddr)
 	replaceAgentConfig(t, a, head+"services:\n  echo: not-an-address\n", true)
 	la = waitReport(t, r, "acme", id, "the config error", func(la relay.LiveAgent) bool { return la.Report.ConfigError != "" })
-	if !strings.Contains(la.Report.ConfigError, "not-an-address") || la.Report.ConfigHash != wantHash {
-		t.Errorf("config error %q, hash %s; want the bad address named and the old services (hash %s) in force", la.Report.ConfigError, la.Report.ConfigHash, wantHash)
+	if !strings.Contains(la.Report.ConfigError, "does not validate at services") || strings.Contains(la.Report.ConfigError, "not-an-address") || la.Report.ConfigHash != wantHash {
+		t.Errorf("config error %q, hash %s; want the setting named, not the bad address (which stays on the agent's machine), and the old services (hash %s) in force", la.Report.ConfigError, la.Report.ConfigHash, wantHash)
 	}
 	replaceAgentConfig(t, a, head+fmt.Sprintf("services:\n  echo: %q\n", echoAddr), true)
 	newHash := agent.ConfigHash(hashKey, map[string]agent.Service{"echo": {Address: echoAddr}})
@@ -288,8 +288,8 @@ func TestAgentReportsAChangeAtOnce(t *testing.T) {
 	head := fmt.Sprintf("relays: [%q]\nstate_dir: %q\nreconnect: {initial: 100ms, max: 1s}\nlog: {level: debug, format: json}\nreport_interval: 1h\n", r.AgentAddr().String(), stateDir)
 	replaceAgentConfig(t, a, head+"services:\n  echo: {address: 127.0.0.1:1, colour: blue}\n", false)
 	la = waitReport(t, r, "acme", id, "the config error", func(la relay.LiveAgent) bool { return la.Report.ConfigError != "" })
-	if !strings.Contains(la.Report.ConfigError, "colour") || la.Report.ConfigHash != hash {
-		t.Errorf("config error %q, hash %s; want the unknown key named and the old hash %s", la.Report.ConfigError, la.Report.ConfigHash, hash)
+	if !strings.Contains(la.Report.ConfigError, "does not parse at line") || strings.Contains(la.Report.ConfigError, "colour") || la.Report.ConfigHash != hash {
+		t.Errorf("config error %q, hash %s; want the line of the unknown key named (not what the file says there) and the old hash %s", la.Report.ConfigError, la.Report.ConfigHash, hash)
 	}
 	replaceAgentConfig(t, a, head+fmt.Sprintf("services:\n  echo: %q\n  web: %q\n", echoAddr, echoAddr), true)
 	key, err := agent.ReadConfigHashKey(stateDir)
