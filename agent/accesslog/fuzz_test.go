@@ -88,15 +88,16 @@ func FuzzVerify(f *testing.F) {
 // line that the reader takes, with the record's fields as far as the
 // bounds let them through, and the log verifies.
 func FuzzWriteRead(f *testing.F) {
-	f.Add("req-1", "backend:billing", "db", "ok", "closed", "relay:7443", "0123456789abcdef", "", int64(0))
-	f.Add(strings.Repeat("<", 3000), strings.Repeat("\x01", 5000), "\xff\xfe", "x\ny", "\x1b[8m", strings.Repeat("é", 700), strings.Repeat("\x00", 70000), strings.Repeat("\"", 2000), int64(-1))
-	f.Add(strings.Repeat("\xff", 2000), "", "", "", "", "", "", strings.Repeat("\u2028", 400), int64(1)<<62)
+	f.Add("req-1", "backend:billing", "db", "ok", "closed", "relay:7443", "0123456789abcdef", "", int64(0), false)
+	f.Add(strings.Repeat("<", 3000), strings.Repeat("\x01", 5000), "\xff\xfe", "x\ny", "\x1b[8m", strings.Repeat("é", 700), strings.Repeat("\x00", 70000), strings.Repeat("\"", 2000), int64(-1), true)
+	f.Add(strings.Repeat("\xff", 2000), "", "", "", "", "", "", strings.Repeat("\u2028", 400), int64(1)<<62, false)
+	f.Add(strings.Repeat("\x01", 5000), strings.Repeat("\x01", 5000), strings.Repeat("\x01", 5000), "", "", strings.Repeat("\x01", 5000), strings.Repeat("\x01", 5000), "", int64(5), true)
 	ca := newTestCA(f)
 	cert := leaf(f, ca, testAgent)
-	f.Fuzz(func(t *testing.T, request, backend, service, code, end, relay, session, message string, unix int64) {
+	f.Fuzz(func(t *testing.T, request, backend, service, code, end, relay, session, message string, unix int64, opened bool) {
 		path := filepath.Join(t.TempDir(), "access.log")
 		l := startLog(t, Options{Path: path, CommitDelay: -1, Certificate: func() *tls.Certificate { return cert }, Agent: testAgent, Version: session, Logger: slog.New(slog.DiscardHandler)})
-		r := Record{Time: time.Unix(unix, 0), Request: request, Backend: backend, Service: service, Code: code, End: end, Relay: relay, Session: session, Message: message, Duration: time.Duration(unix)}
+		r := Record{Time: time.Unix(unix, 0), Request: request, Backend: backend, Service: service, Code: code, End: end, Relay: relay, Session: session, Message: message, Duration: time.Duration(unix), Opened: opened}
 		l.Add(r)
 		l.stop()
 		if err := l.Err(); err != nil {
@@ -107,7 +108,7 @@ func FuzzWriteRead(f *testing.F) {
 			if err != nil {
 				t.Fatalf("%s:%d (%d bytes): the reader refuses a line the writer wrote: %v", file, n, len(raw), err)
 			}
-			if e.Type == TypeStream {
+			if e.Type == TypeStream || e.Type == TypeOpen || e.Type == TypeRefusals {
 				got = append(got, e)
 			}
 			return nil
@@ -116,13 +117,17 @@ func FuzzWriteRead(f *testing.F) {
 			t.Fatal(err)
 		}
 		if len(got) != 1 {
-			t.Fatalf("%d stream lines, want 1", len(got))
+			t.Fatalf("%d lines of the record, want 1", len(got))
 		}
 		e := got[0]
-		for _, c := range []struct{ name, in, out string }{
+		fields := []struct{ name, in, out string }{
 			{"request", request, e.Request}, {"backend", backend, e.Backend}, {"service", service, e.Service},
-			{"code", code, e.Code}, {"end", end, e.End}, {"relay", relay, e.Relay}, {"session", session, e.Session}, {"message", message, e.Message},
-		} {
+			{"relay", relay, e.Relay}, {"session", session, e.Session},
+		}
+		if e.Type == TypeStream {
+			fields = append(fields, []struct{ name, in, out string }{{"code", code, e.Code}, {"end", end, e.End}, {"message", message, e.Message}}...)
+		}
+		for _, c := range fields {
 			if utf8.ValidString(c.in) && !strings.HasPrefix(c.in, c.out) {
 				t.Errorf("%s: wrote %.60q, read back %.60q: not a prefix", c.name, c.in, c.out)
 			}
