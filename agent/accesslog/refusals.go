@@ -20,7 +20,10 @@ import (
 // first and last one's time and the first one's request id, relay and
 // session. However many refusals a relay sends, they cost at most
 // RefusalBurst lines, then one line per RefusalEvery and maxRefusalKeys+1
-// lines per SummaryInterval. Served streams have no budget: their records
+// lines per SummaryInterval: with the defaults and the longest fields a
+// stream header carries, all control characters (six bytes each in
+// JSON), a refusal line is about 4.2 KB and a summary 2.3 KB, so about
+// 29 KB a minute, 42 MB a day; with ordinary names a tenth of that. Served streams have no budget: their records
 // are never summarised, nor dropped to make room for refusals (a refusal
 // is queued only while the queue is less than half full, so that
 // refusals never fill it).
@@ -28,13 +31,13 @@ import (
 // Defaults of the refusal budget (Options).
 const (
 	DefaultRefusalBurst    = 50
-	DefaultRefusalEvery    = 10 * time.Second
+	DefaultRefusalEvery    = 30 * time.Second
 	DefaultSummaryInterval = time.Minute
 )
 
 // maxRefusalKeys bounds the (service, backend, code) counted apart in one
 // summary; refusals of other keys are counted together.
-const maxRefusalKeys = 16
+const maxRefusalKeys = 8
 
 // refusalKey is what refusals beyond the budget are counted by.
 type refusalKey struct{ service, backend, code string }

@@ -83,7 +83,7 @@ type Options struct {
 	// RefusalBurst and RefusalEvery are the budget of lines of refused
 	// streams: a burst of RefusalBurst, then one per RefusalEvery; the
 	// refusals beyond it are counted and written every SummaryInterval
-	// (see refusals.go). Defaults 50, 10s and 1m.
+	// (see refusals.go). Defaults 50, 30s and 1m.
 	RefusalBurst    int
 	RefusalEvery    time.Duration
 	SummaryInterval time.Duration
