@@ -25,6 +25,9 @@ func TestVerifyListsUnclosedStreams(t *testing.T) {
 	l.Add(record(1))
 	l.Add(opened(3)) // ended
 	l.Add(record(3))
+	refused := record(2)
+	refused.End, refused.Code = EndRefused, "not_allowed" // req-002's ids again (a relay's choice), refused: ends nothing
+	l.Add(refused)
 	l.stop()
 	if res := mustVerify(t, VerifyOptions{Path: path, Roots: ca.roots, Agent: testAgent}); res.UnclosedCount != 1 || len(res.Unclosed) != 1 ||
 		res.Unclosed[0].Request != "req-002" || res.Unclosed[0].Restarted || !res.Intact {

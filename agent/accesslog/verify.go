@@ -152,6 +152,9 @@ func (o *openStreams) line(v *vline) {
 			Request: e.Request, Backend: e.Backend, Service: e.Service, Relay: e.Relay, Session: e.Session}})
 		o.n++
 	case TypeStream:
+		if e.End == EndRefused {
+			return // a refused stream never had an open line
+		}
 		k := keyOf(e)
 		if refs := o.byKey[k]; len(refs) > 0 {
 			if len(refs) == 1 {
