@@ -290,7 +290,7 @@ func (k *keyCache) load() {
 
 // VerifySignature implements oidc.KeySet.
 func (k *keyCache) VerifySignature(ctx context.Context, token string) ([]byte, error) {
-	jws, err := jose.ParseSigned(token, toAlgs(signingAlgs))
+	jws, err := jose.ParseSignedCompact(token, toAlgs(signingAlgs))
 	if err != nil {
 		return nil, fmt.Errorf("malformed token: %w", err)
 	}
