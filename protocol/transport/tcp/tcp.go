@@ -239,6 +239,16 @@ func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 // its answer on one stream waits behind that data.
 func (s *Session) Reads() uint64 { return s.rec.reads.Load() }
 
+// Ping sends yamux's ping and waits for the peer's answer, up to the
+// session's ConnectionWriteTimeout; it returns the round trip.
+func (s *Session) Ping() (time.Duration, error) {
+	d, err := s.mux.Ping()
+	if err != nil {
+		return 0, s.wrap("ping", err)
+	}
+	return d, nil
+}
+
 // NumStreams is the number of streams currently open.
 func (s *Session) NumStreams() int { return s.mux.NumStreams() }
 
