@@ -220,11 +220,31 @@ func (t *Tunnel) Abandon() {
 // an agent to move (awaitMoved), as it does not for one here.
 var ErrStalled = errors.New("agents stopped answering")
 
+// ErrUnreachable marks a carrier's failure to open a stream because the
+// relay it leads to could not be reached: its link could not be opened,
+// or answered nothing to the stream's opening within the attempt's
+// bound. The relay's agents are not moving (it still heartbeats): a dial
+// does not wait for them to (awaitMoved).
+var ErrUnreachable = errors.New("relay not reachable")
+
 // RelayCarrier is a carrier to another relay.
 type RelayCarrier interface {
 	Carrier
 	// Relay is the id of the relay it leads to.
 	Relay() string
+}
+
+// Suspecter is a carrier that can be in doubt: usable, but the last
+// time it was tried it did not answer (a link to a relay that answered
+// nothing to a stream's opening, or could not be opened). Of the
+// carriers to other relays a dial tries those in doubt last.
+type Suspecter interface {
+	Suspect() bool
+}
+
+func suspect(c Carrier) bool {
+	s, ok := c.(Suspecter)
+	return ok && s.Suspect()
 }
 
 // Dial opens a stream with hdr to a carrier of tenant: the usable one of
@@ -305,7 +325,14 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 		} else {
 			local++
 		}
-		st, err := c.OpenStream(ctx, hdr, early, func() bool { return r.cfg.Table.Pick(tenant, tried) != nil })
+		others := func() bool { return r.cfg.Table.Pick(tenant, tried) != nil }
+		if relay != "" {
+			// A carrier to another relay asks, on the dial's goroutine,
+			// before it waits for its link: another relay's carrier
+			// counts too.
+			others = func() bool { return r.cfg.Table.Pick(tenant, tried) != nil || away.usable(tried) }
+		}
+		st, err := c.OpenStream(ctx, hdr, early, others)
 		if err == nil {
 			agent := c.Agent()
 			if n, ok := st.(AgentNamer); ok {
@@ -325,7 +352,7 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 			where = "relay " + relay
 		}
 		lastErr, lastStalled = err, c.Stalled()
-		if relay != "" && !errors.Is(err, ErrStalled) {
+		if relay != "" && !errors.Is(err, ErrStalled) && !errors.Is(err, ErrUnreachable) {
 			moving = true
 		}
 		if early != nil && early.Sent() {
@@ -353,6 +380,9 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 	if away.err != nil {
 		return nil, protocol.Errorf(protocol.CodeUnavailable, "tenant %q has no agent connected to this relay, and the cluster's other relays could not be looked up: %v", tenant, away.err)
 	}
+	if away.unreachable != "" && r.cfg.Table.Connected(tenant) == 0 {
+		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agents are connected to relay %s, which this relay cannot reach now (its link failed lately and is tried again after a pause)", tenant, away.unreachable)
+	}
 	if r.cfg.Table.Connected(tenant) > 0 {
 		if forwarded && r.cfg.Table.Stalled(tenant) {
 			// DialLocal (a forwarded stream): every connection here
@@ -374,6 +404,21 @@ type awayCarriers struct {
 	list   []Carrier
 	read   int   // reads of from: 0, 1 (cached), 2 (fresh)
 	err    error // the last read's error
+	// unreachable names a relay of the list that was passed over, not
+	// usable (its link failed lately), when no carrier was handed out.
+	unreachable string
+}
+
+// usable reports whether a carrier of the list read last, not in tried,
+// is usable now. It does not read the cluster.
+func (a *awayCarriers) usable(tried map[Carrier]bool) bool {
+	now := time.Now()
+	for _, c := range a.list {
+		if !tried[c] && c.Usable(now) {
+			return true
+		}
+	}
+	return false
 }
 
 // again has the next call of next ask the cluster afresh once more.
@@ -388,10 +433,28 @@ func (a *awayCarriers) next(ctx context.Context, tried map[Carrier]bool, log *sl
 		return nil
 	}
 	for {
+		// Carriers in doubt (Suspecter) last: the list's order otherwise.
+		var doubted Carrier
+		now := time.Now()
 		for _, c := range a.list {
-			if !tried[c] && c.Usable(time.Now()) {
+			if tried[c] {
+				continue
+			}
+			if !c.Usable(now) {
+				if rc, ok := c.(RelayCarrier); ok && a.unreachable == "" {
+					a.unreachable = rc.Relay()
+				}
+				continue
+			}
+			if !suspect(c) {
 				return c
 			}
+			if doubted == nil {
+				doubted = c
+			}
+		}
+		if doubted != nil {
+			return doubted
 		}
 		if a.read == 2 {
 			return nil

@@ -297,3 +297,75 @@ type unusableCarrier struct {
 func (unusableCarrier) Usable(time.Time) bool { return false }
 func (c unusableCarrier) Draining() bool      { return !c.stalled }
 func (c unusableCarrier) Stalled() bool       { return c.stalled }
+
+// unreachableError is a link to another relay that could not be opened,
+// or answered nothing in time, as the peer carrier reports it.
+type unreachableError struct{}
+
+func (unreachableError) Error() string {
+	return "relay relay-2: the link answered nothing to the stream's opening within 3s"
+}
+func (unreachableError) Is(target error) bool { return target == route.ErrUnreachable }
+
+// doubtedCarrier is a carrier to another relay in doubt (route.Suspecter).
+type doubtedCarrier struct{ relayCarrier }
+
+func (doubtedCarrier) Suspect() bool { return true }
+
+// pausedCarrier is a carrier to another relay whose link is passed over
+// after failed dials.
+type pausedCarrier struct{ relayCarrier }
+
+func (pausedCarrier) Usable(time.Time) bool { return false }
+
+// TestDialAroundUnreachableRelay: of the relays holding a tenant's
+// agents, a dial tries those in doubt last, whatever the cluster's order
+// (it puts the holder of most agents first); a relay that cannot be
+// reached is not waited for as if its agents were moving (they are not:
+// it still heartbeats), and a relay passed over is named in the answer.
+func TestDialAroundUnreachableRelay(t *testing.T) {
+	doubted := doubtedCarrier{relayCarrier{&fakeCarrier{name: "relay-2"}}}
+	healthy := relayCarrier{&fakeCarrier{name: "relay-3"}}
+	cl := &shiftingCluster{before: []route.Carrier{doubted, healthy}, after: []route.Carrier{doubted, healthy}}
+	r := newClusterRouter(t, route.NewTable(), cl)
+	tun, err := r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r0"}, fixedEarly(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun.Stream.Close()
+	if tun.Relay != "relay-3" || len(doubted.sent()) != 0 {
+		t.Errorf("stream via %q, relay-2 (in doubt) tried %d times; want relay-3, relay-2 not tried", tun.Relay, len(doubted.sent()))
+	}
+	// In doubt but the only one: tried.
+	cl = &shiftingCluster{before: []route.Carrier{doubted}, after: []route.Carrier{doubted}}
+	r = newClusterRouter(t, route.NewTable(), cl)
+	tun, err = r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r1"}, fixedEarly(nil))
+	if err != nil || tun.Relay != "relay-2" {
+		t.Fatalf("stream with relay-2, in doubt, the only holder: %v; want it tried", err)
+	}
+	tun.Stream.Close()
+
+	// The only holder cannot be reached: no_agent at once, the cluster
+	// asked twice (remembered, fresh), not for moveWait.
+	cut := relayCarrier{&fakeCarrier{name: "relay-2", err: unreachableError{}}}
+	cl = &shiftingCluster{before: []route.Carrier{cut}, after: []route.Carrier{cut}}
+	r = newClusterRouter(t, route.NewTable(), cl)
+	start := time.Now()
+	_, err = r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r2"}, fixedEarly(nil))
+	if protocol.CodeOf(err) != protocol.CodeNoAgent || !strings.Contains(err.Error(), "answered nothing") {
+		t.Fatalf("Dial with the only holder unreachable: %v, want no_agent saying why", err)
+	}
+	if n := cl.read(); n != 2 {
+		t.Errorf("a dial whose only holder could not be reached asked the cluster %d times in %v, want 2 (no waiting for its agents to move)", n, time.Since(start).Round(time.Millisecond))
+	}
+
+	// The only holder's link is passed over after failed dials: the
+	// answer names it.
+	paused := pausedCarrier{relayCarrier{&fakeCarrier{name: "relay-2"}}}
+	cl = &shiftingCluster{before: []route.Carrier{paused}, after: []route.Carrier{paused}}
+	r = newClusterRouter(t, route.NewTable(), cl)
+	_, err = r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r3"}, fixedEarly(nil))
+	if protocol.CodeOf(err) != protocol.CodeNoAgent || !strings.Contains(err.Error(), "relay relay-2, which this relay cannot reach") {
+		t.Fatalf("Dial with the only holder's link passed over: %v, want no_agent naming relay-2", err)
+	}
+}
