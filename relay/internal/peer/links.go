@@ -25,14 +25,70 @@ type LinksConfig struct {
 	// Holders returns the other live relays holding agents of a tenant
 	// (cluster.Cluster.Holders).
 	Holders func(ctx context.Context, tenant string, fresh bool) ([]store.Holding, error)
-	// DialTimeout bounds a link's TCP connect and TLS handshake.
+	// DialTimeout bounds a link's TCP connect and TLS handshake; 0 means
+	// defaultDialTimeout.
 	DialTimeout time.Duration
 	Logger      *slog.Logger
 }
 
-// failedPause is how long a relay whose link could not be opened is
-// passed over before the next try.
-const failedPause = 2 * time.Second
+// A relay cut off from the others but not from the store (a partition,
+// a firewall rule, a hung network path) keeps heartbeating: the cluster
+// goes on naming it as the holder of its agents, and entry relays go on
+// choosing it. What a link to it costs a stream is bounded here, so that
+// the router has time left for another relay within the stream-open
+// budget (--stream-open-timeout, 15 s by default):
+//
+//   - a dial gives up after defaultDialTimeout (relays reach each other
+//     on a private network: a connect and a TLS 1.3 handshake take
+//     milliseconds there), and a link whose dial failed is passed over
+//     for firstPause, doubling with each failure that follows up to
+//     maxPause, until a dial succeeds;
+//   - a stream waits for its link to be dialed, or for the link to
+//     answer anything at all once the stream's opening went, at most
+//     answerBound: answerMax, or a third of what is left of its budget
+//     when that is less. A link that answered nothing in that time is
+//     suspect (tried after the other relays), and it is closed unless it
+//     answers a ping within probeWait: yamux would otherwise close it
+//     only when its stream open timeout (10 s) passed;
+//   - a stream does not wait for the dial of a link in doubt (suspect,
+//     or whose last dial failed) while the router has another carrier
+//     to try: the dial goes on, and the stream is told the link is not
+//     usable now.
+//
+// A healthy link answers a stream's opening (yamux's acknowledgement of
+// it) within a round trip, long before its agent's answer, so a stream
+// whose agent takes long to answer (a slow service) still waits for it
+// for its whole budget.
+const (
+	defaultDialTimeout = 2 * time.Second
+	firstPause         = 2 * time.Second
+	maxPause           = 30 * time.Second
+	answerMax          = 3 * time.Second
+	answerMin          = 250 * time.Millisecond
+	probeWait          = time.Second
+)
+
+// pause is how long a link is passed over after failures failed dials
+// in a row.
+func pause(failures int) time.Duration {
+	d := firstPause
+	for i := 1; i < failures && d < maxPause; i++ {
+		d *= 2
+	}
+	return min(d, maxPause)
+}
+
+// answerBound is how long a stream whose budget ends at ctx's deadline
+// waits, at now, for its link to be up or to answer anything: answerMax,
+// or a third of the budget left when that is less, but no less than
+// answerMin.
+func answerBound(ctx context.Context, now time.Time) time.Duration {
+	b := answerMax
+	if dl, ok := ctx.Deadline(); ok {
+		b = min(b, dl.Sub(now)/3)
+	}
+	return max(b, answerMin)
+}
 
 // Links opens and keeps links to peer relays, one per relay, and hands
 // out carriers over them. It is the route.Elsewhere of a relay in a
@@ -56,12 +112,17 @@ type Links struct {
 	// that found them replaced: a session's close can wait seconds for
 	// its TLS close_notify to be written.
 	closing sync.WaitGroup
+	// Probes of suspect links (probe) run on goroutines of their own.
+	probes sync.WaitGroup
 }
 
 type carrierKey struct{ relay, tenant string }
 
 // NewLinks returns the entry side of links.
 func NewLinks(cfg LinksConfig) *Links {
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = defaultDialTimeout
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Links{cfg: cfg, log: cfg.Logger, links: map[string]*link{}, carriers: map[carrierKey]*Carrier{},
 		ctx: ctx, cancel: cancel}
@@ -84,6 +145,9 @@ type link struct {
 	waiting  int           // callers waiting for that dial
 	failedAt time.Time     // when the last dial failed (zero: it did not)
 	failErr  error         // why
+	failures int           // dials failed in a row (0: the last succeeded)
+	suspect  bool          // sess answered nothing to a stream's opening in time; cleared by a dial or a ping answered
+	probing  bool          // a ping of sess is under way (probe)
 	closed   bool          // replaced or shut down: no more dials
 }
 
@@ -172,6 +236,7 @@ func (l *Links) Close() {
 	}
 	l.dials.Wait()
 	l.closing.Wait()
+	l.probes.Wait()
 }
 
 // close ends the link: its session, if up, is closed (its streams end),
@@ -187,23 +252,75 @@ func (lk *link) close() {
 	}
 }
 
-// usable reports whether the link is up, being dialed, or worth dialing.
+// usable reports whether the link is up, being dialed, or worth dialing:
+// not while it is passed over after failed dials (pause).
 func (lk *link) usable(now time.Time) bool {
 	lk.mu.Lock()
 	defer lk.mu.Unlock()
 	if lk.closed {
 		return false
 	}
-	return lk.dialing != nil || lk.failedAt.IsZero() || now.Sub(lk.failedAt) > failedPause
+	return lk.dialing != nil || lk.failures == 0 || now.Sub(lk.failedAt) > pause(lk.failures)
 }
+
+// doubtful reports whether the link is in doubt: it answered nothing to
+// a stream's opening in time, or its last dial failed.
+func (lk *link) doubtful() bool {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	return lk.suspect || lk.failures > 0
+}
+
+// inDoubt reports whether streams should go to other relays first: the
+// link is in doubt (doubtful) and being dialed again, or up but being
+// probed after a stream's opening went unanswered. A link in doubt that
+// is down and past its pause is not: the next stream that picks it
+// starts its dial, and goes to another relay meanwhile when it has one
+// (session).
+func (lk *link) inDoubt() bool {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	switch {
+	case !lk.suspect && lk.failures == 0:
+		return false
+	case lk.dialing != nil:
+		return true
+	case lk.sess == nil || !lk.suspect:
+		return false
+	}
+	select {
+	case <-lk.sess.Done():
+		return false
+	default:
+		return true
+	}
+}
+
+// notUsableNow is a link's answer to a stream that has another carrier to
+// try, while the link is in doubt and being dialed (route.ErrUnreachable).
+type notUsableNow string
+
+func (e notUsableNow) Error() string        { return string(e) }
+func (e notUsableNow) Is(target error) bool { return target == route.ErrUnreachable }
+
+// unreachableError is a link's failure to be dialed or to answer in
+// time (route.ErrUnreachable).
+type unreachableError struct{ err error }
+
+func (e unreachableError) Error() string        { return e.err.Error() }
+func (e unreachableError) Unwrap() error        { return e.err }
+func (e unreachableError) Is(target error) bool { return target == route.ErrUnreachable }
 
 // session returns the link's session, dialing it when it is down. One
 // dial runs at a time, on a goroutine of its own; every caller that needs
 // the link meanwhile, the one that started it included, waits for its
 // outcome or until its own ctx ends. A failed dial is not repeated for
 // each of them: they all get its error (and the link is passed over for
-// failedPause).
-func (l *Links) session(ctx context.Context, lk *link) (*tcp.Session, error) {
+// a pause). Except that while the link is in doubt (doubtful), a caller
+// for whom others (when not nil) reports another carrier to try does not
+// wait for its dial: it gets a notUsableNow at once, and the dial goes on
+// for the streams that follow. others is called without any lock held.
+func (l *Links) session(ctx context.Context, lk *link, others func() bool) (*tcp.Session, error) {
 	waited := false
 	for {
 		lk.mu.Lock()
@@ -221,11 +338,11 @@ func (l *Links) session(ctx context.Context, lk *link) (*tcp.Session, error) {
 		case lk.closed:
 			lk.mu.Unlock()
 			return nil, fmt.Errorf("link to relay %s at %s: no longer wanted", lk.id, lk.addr)
-		case lk.dialing == nil && waited && !lk.failedAt.IsZero():
+		case lk.dialing == nil && waited && lk.failures > 0:
 			// The dial this caller waited for failed.
 			err := lk.failErr
 			lk.mu.Unlock()
-			return nil, fmt.Errorf("link to relay %s at %s: %w", lk.id, lk.addr, err)
+			return nil, unreachableError{fmt.Errorf("link to relay %s at %s: %w", lk.id, lk.addr, err)}
 		case lk.dialing == nil:
 			if err := l.startDial(lk); err != nil {
 				lk.mu.Unlock()
@@ -233,6 +350,12 @@ func (l *Links) session(ctx context.Context, lk *link) (*tcp.Session, error) {
 			}
 		}
 		wait := lk.dialing
+		doubt := lk.suspect || lk.failures > 0
+		lk.mu.Unlock()
+		if doubt && !waited && others != nil && others() {
+			return nil, notUsableNow(fmt.Sprintf("link to relay %s at %s: not usable now (being dialed again after it failed or answered nothing; another relay is tried meanwhile)", lk.id, lk.addr))
+		}
+		lk.mu.Lock()
 		lk.waiting++
 		lk.mu.Unlock()
 		var err error
@@ -240,7 +363,7 @@ func (l *Links) session(ctx context.Context, lk *link) (*tcp.Session, error) {
 		case <-wait:
 			waited = true
 		case <-ctx.Done():
-			err = fmt.Errorf("link to relay %s at %s: waiting for its dial: %w", lk.id, lk.addr, context.Cause(ctx))
+			err = unreachableError{fmt.Errorf("link to relay %s at %s: waiting for its dial: %w", lk.id, lk.addr, context.Cause(ctx))}
 		}
 		lk.mu.Lock()
 		lk.waiting--
@@ -265,16 +388,21 @@ func (l *Links) startDial(lk *link) error {
 		sess, err := l.dial(l.ctx, lk)
 		lk.mu.Lock()
 		closed := lk.closed
+		var failures int
 		if err != nil {
-			lk.failedAt, lk.failErr = time.Now(), err
+			lk.failures++
+			lk.failedAt, lk.failErr, failures = time.Now(), err, lk.failures
 		} else if !closed {
-			lk.failedAt, lk.failErr = time.Time{}, nil
+			lk.failedAt, lk.failErr, lk.failures, lk.suspect = time.Time{}, nil, 0, false
 			lk.sess = sess
 		}
 		lk.dialing = nil
 		close(done)
 		lk.mu.Unlock()
 		switch {
+		case err != nil && !closed:
+			l.log.Warn("relay-to-relay link could not be opened; streams go to other relays holding the tenants' agents meanwhile",
+				"relay", lk.id, "addr", lk.addr, "failures", failures, "next_try_after", pause(failures), "err", err)
 		case err != nil:
 		case closed:
 			sess.Close()
@@ -283,6 +411,63 @@ func (l *Links) startDial(lk *link) error {
 		}
 	})
 	return nil
+}
+
+// suspect marks lk, whose session sess answered nothing to a stream's
+// opening within bound, suspect, and probes sess unless a probe is under
+// way: a ping it does not answer within probeWait closes it (its streams
+// end: they cross a link that answers nothing), one it answers clears
+// the mark.
+func (l *Links) suspect(lk *link, sess *tcp.Session, bound time.Duration) {
+	lk.mu.Lock()
+	if lk.sess != sess || lk.closed {
+		lk.mu.Unlock()
+		return // replaced or closed meanwhile
+	}
+	lk.suspect = true
+	if lk.probing {
+		lk.mu.Unlock()
+		return
+	}
+	lk.probing = true
+	lk.mu.Unlock()
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.probes.Add(1) // under mu, not closed: before Close waits
+	l.mu.Unlock()
+	go func() {
+		defer l.probes.Done()
+		pong := make(chan error, 1)
+		go func() {
+			_, err := sess.Ping()
+			pong <- err
+		}()
+		t := time.NewTimer(probeWait)
+		var err error
+		select {
+		case err = <-pong:
+		case <-t.C:
+			err = fmt.Errorf("no answer to a ping within %v", probeWait)
+		}
+		t.Stop()
+		lk.mu.Lock()
+		lk.probing = false
+		if err == nil && lk.sess == sess {
+			lk.suspect = false
+		}
+		lk.mu.Unlock()
+		if err == nil {
+			l.log.Info("relay-to-relay link answered a ping after a stream's opening went unanswered; kept", "relay", lk.id, "addr", lk.addr, "bound", bound)
+			return
+		}
+		l.log.Warn("relay-to-relay link answered nothing to a stream's opening nor to a ping; closed, to be dialed again",
+			"relay", lk.id, "addr", lk.addr, "bound", bound, "err", err)
+		sess.Abort()
+		<-pong // ends with the session
+	}()
 }
 
 // dial opens a session to lk's relay, within DialTimeout.
@@ -308,12 +493,21 @@ var _ route.RelayCarrier = (*Carrier)(nil)
 // answered (an unknown service, an unreachable target) is a
 // *protocol.Error; that the peer had no agent to take it, or failed, is
 // a plain error, so that the router tries another carrier (marked
-// route.ErrStalled when the peer's agents stopped answering).
-func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, early route.Early, _ func() bool) (transport.Stream, error) {
-	sess, err := c.links.session(ctx, c.link)
+// route.ErrStalled when the peer's agents stopped answering, and
+// route.ErrUnreachable when the link could not be opened, or answered
+// nothing, within answerBound).
+//
+// others, when not nil, reports whether the router has another carrier
+// to try; it is called on this goroutine (session).
+func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, early route.Early, others func() bool) (transport.Stream, error) {
+	bound := answerBound(ctx, time.Now())
+	wctx, cancel := context.WithTimeout(ctx, bound)
+	sess, err := c.links.session(wctx, c.link, others)
+	cancel()
 	if err != nil {
 		return nil, err
 	}
+	heard := sess.Reads()
 	st, err := sess.OpenStream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("relay %s: open stream: %w", c.link.id, err)
@@ -322,8 +516,27 @@ func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, ear
 		st.SetDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
+	// A link that has read nothing since the opening went, within the
+	// bound, answered nothing to it (a healthy peer acknowledges the
+	// opening within a round trip): the stream gives up on it. One that
+	// did read goes on waiting for the answer, which its agent may take
+	// long to give. The answer, when it comes, was read after heard: the
+	// watch, should it run late, then finds the link heard from.
+	var silent atomic.Bool
+	watch := time.AfterFunc(bound, func() {
+		if sess.Reads() == heard {
+			silent.Store(true)
+			st.SetDeadline(time.Now())
+		}
+	})
 	rep, agent, err := c.ask(st, hdr, early)
+	watch.Stop()
 	stop()
+	if err != nil && silent.Load() && ctx.Err() == nil {
+		transport.Abort(st)
+		c.links.suspect(c.link, sess, bound)
+		return nil, unreachableError{fmt.Errorf("relay %s: the link answered nothing to the stream's opening within %v (%w)", c.link.id, bound, err)}
+	}
 	if err == nil {
 		err = rep.Err()
 	}
@@ -371,6 +584,9 @@ func (c *Carrier) StreamDone() { c.open.Add(-1) }
 // Usable implements route.Carrier: false for a while after the link
 // could not be opened.
 func (c *Carrier) Usable(now time.Time) bool { return c.link.usable(now) }
+
+// Suspect implements route.Suspecter: the link is in doubt (inDoubt).
+func (c *Carrier) Suspect() bool { return c.link.inDoubt() }
 
 // Load implements route.Carrier.
 func (c *Carrier) Load() int64 { return c.open.Load() }

@@ -194,7 +194,7 @@ type result struct {
 func sessionAsync(ctx context.Context, l *Links, lk *link) <-chan result {
 	ch := make(chan result, 1)
 	go func() {
-		s, err := l.session(ctx, lk)
+		s, err := l.session(ctx, lk, nil)
 		ch <- result{s, err}
 	}()
 	return ch
@@ -250,7 +250,7 @@ func TestCarriersDoNotWaitForADial(t *testing.T) {
 	// Another caller's context is honoured while the dial runs.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := within(t, "session with an ended context", func() (any, error) { return l.session(ctx, c.link) }); !errors.Is(err, context.Canceled) {
+	if _, err := within(t, "session with an ended context", func() (any, error) { return l.session(ctx, c.link, nil) }); !errors.Is(err, context.Canceled) {
 		t.Errorf("session with an ended context during a dial: %v, want context.Canceled", err)
 	}
 
@@ -271,7 +271,7 @@ func TestCarriersDoNotWaitForADial(t *testing.T) {
 	if r.err != nil {
 		t.Fatalf("dial through the gate: %v", r.err)
 	}
-	again, err := within(t, "session of an up link", func() (any, error) { return l.session(context.Background(), c.link) })
+	again, err := within(t, "session of an up link", func() (any, error) { return l.session(context.Background(), c.link, nil) })
 	if err != nil || again != r.v {
 		t.Errorf("session of the up link = %v, %v; want the same session", again, err)
 	}
@@ -290,7 +290,7 @@ func TestNewerRunReplacesLink(t *testing.T) {
 	h.set("acme", store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: old.Addr().String(), Agents: 1})
 	l := newLinks(t, p1, &h)
 	c1 := carrier(t, l, "acme")
-	s1, err := within(t, "dial of the old run", func() (any, error) { return l.session(context.Background(), c1.link) })
+	s1, err := within(t, "dial of the old run", func() (any, error) { return l.session(context.Background(), c1.link, nil) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,13 +305,13 @@ func TestNewerRunReplacesLink(t *testing.T) {
 	case <-time.After(watchdog):
 		t.Error("the replaced link's session is still open")
 	}
-	if _, err := l.session(context.Background(), c1.link); err == nil {
+	if _, err := l.session(context.Background(), c1.link, nil); err == nil {
 		t.Error("the replaced link dialed again")
 	}
 	if c1.link.usable(time.Now()) {
 		t.Error("the replaced link is usable")
 	}
-	if _, err := within(t, "dial of the new run", func() (any, error) { return l.session(context.Background(), c2.link) }); err != nil {
+	if _, err := within(t, "dial of the new run", func() (any, error) { return l.session(context.Background(), c2.link, nil) }); err != nil {
 		t.Fatal(err)
 	}
 
@@ -340,7 +340,7 @@ func TestLinkClosedDuringDial(t *testing.T) {
 	if r.err == nil {
 		t.Fatal("the dial of a closed link handed out its session")
 	}
-	if _, err := l.session(context.Background(), c.link); err == nil {
+	if _, err := l.session(context.Background(), c.link, nil); err == nil {
 		t.Error("a closed link dialed again")
 	}
 	if n := g.dials.Load(); n != 1 {

@@ -54,7 +54,7 @@ func linkConfig(log *slog.Logger) *yamux.Config {
 //
 // They are fixed: what the relays of a cluster need is far below them. A
 // relay dials one link to each other relay, one dial at a time, and
-// waits failedPause after one that failed; when a relay starts, every
+// waits at least firstPause after one that failed; when a relay starts, every
 // other one dials it at once, so a cluster of N relays brings N-1
 // handshakes together. 64 slots hold that for a cluster of 64 relays,
 // and 32 a network (a /24, a /56) for 32 relays on one subnet at once,
@@ -63,7 +63,7 @@ func linkConfig(log *slog.Logger) *yamux.Config {
 // network 32, and while more than half of the slots are taken a network
 // may hold only its share (a sixteenth of them, 4): filling them takes
 // nine networks, and until then a relay from a network the flood does not
-// use gets in at once. A relay turned away dials again after failedPause;
+// use gets in at once. A relay turned away dials again after firstPause (longer after further failures);
 // the streams that wanted its link try another relay meanwhile.
 const (
 	maxHandshakes           = 64
@@ -81,9 +81,11 @@ type ServerConfig struct {
 	Router *route.Router
 	// HandshakeTimeout bounds a link's TLS handshake and a stream's
 	// request; a connection waits for a handshake slot at most half as
-	// long, so that a peer dialing within HandshakeTimeout (its links'
-	// DialTimeout) that got one still has time to finish. IdleTimeout
-	// closes forwarded streams idle both ways.
+	// long, so that a peer dialing within HandshakeTimeout that got one
+	// still has time to finish (a relay's links dial within
+	// defaultDialTimeout, 2 s: one kept waiting longer has given up, and
+	// dials again after its pause). IdleTimeout closes forwarded streams
+	// idle both ways.
 	HandshakeTimeout, IdleTimeout time.Duration
 	Logger                        *slog.Logger
 }

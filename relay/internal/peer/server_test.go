@@ -113,7 +113,7 @@ func TestLinkHandshakesBounded(t *testing.T) {
 	l := newLinks(t, p1, &h)
 	c := carrier(t, l, "acme")
 	start := time.Now()
-	if _, err := within(t, "a link dialed during the flood", func() (any, error) { return l.session(context.Background(), c.link) }); err != nil {
+	if _, err := within(t, "a link dialed during the flood", func() (any, error) { return l.session(context.Background(), c.link, nil) }); err != nil {
 		t.Fatalf("relay-1's link to relay-2 during a flood of %d silent connections: %v", dialed, err)
 	}
 	waitUntil(t, "relay-2 took the link", func() bool { return srv.Links() == 1 })

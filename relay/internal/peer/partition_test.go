@@ -1,0 +1,441 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/relay/internal/datadir"
+	"github.com/tetherhq/tether/relay/internal/route"
+	"github.com/tetherhq/tether/relay/internal/store"
+	"github.com/tetherhq/tether/relay/internal/trust"
+)
+
+// relayTLS returns the relay-to-relay TLS of relays of one CA, by id.
+func relayTLS(t *testing.T, ids ...string) []*trust.Peer {
+	t.Helper()
+	dir, authority, err := datadir.Open(context.Background(), t.TempDir(), datadir.Options{TrustDomain: "peer.test"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dir.Close() })
+	auth := trust.NewAuthority(dir.CAStorage(), authority)
+	out := make([]*trust.Peer, len(ids))
+	for i, id := range ids {
+		if out[i], err = trust.NewPeer(auth, nil, id, time.Now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// fakeAgent is a carrier of a holding relay's own: it answers every
+// stream after delay, with a stream that reads and drops what it is sent.
+type fakeAgent struct {
+	name, tenant string
+	delay        time.Duration
+	wg           *sync.WaitGroup
+}
+
+// pipeStream is one end of a net.Pipe as a transport.Stream; CloseWrite
+// closes it (the fake agent's end then ends too).
+type pipeStream struct{ net.Conn }
+
+func (p pipeStream) CloseWrite() error { return p.Conn.Close() }
+
+func (a *fakeAgent) OpenStream(ctx context.Context, _ protocol.StreamHeader, _ route.Early, _ func() bool) (transport.Stream, error) {
+	if a.delay > 0 {
+		t := time.NewTimer(a.delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	here, there := net.Pipe()
+	a.wg.Go(func() {
+		io.Copy(io.Discard, there)
+		there.Close()
+	})
+	return pipeStream{here}, nil
+}
+
+func (a *fakeAgent) StreamDone()           {}
+func (a *fakeAgent) Usable(time.Time) bool { return true }
+func (a *fakeAgent) Load() int64           { return 0 }
+func (a *fakeAgent) Stalled() bool         { return false }
+func (a *fakeAgent) Agent() string         { return a.name }
+func (a *fakeAgent) Tenant() string        { return a.tenant }
+
+// holder runs a relay's peer listener whose router holds agent (of
+// tenant acme) after delay.
+func holder(t *testing.T, tlsPeer *trust.Peer, agent string, delay time.Duration) *Server {
+	t.Helper()
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // after the server's cleanup, registered below: it ends the streams
+	tab := route.NewTable()
+	tab.Add(&fakeAgent{name: agent, tenant: "acme", delay: delay, wg: &wg})
+	log := slog.New(slog.DiscardHandler)
+	router := route.NewRouter(route.Config{Table: tab, StreamOpenTimeout: 15 * time.Second,
+		Dir: &datadir.Dir{Path: t.TempDir()}, Logger: log, Now: time.Now})
+	srv, err := NewServer(ServerConfig{Listen: "127.0.0.1:0", TLS: tlsPeer, Router: router,
+		HandshakeTimeout: watchdog, IdleTimeout: time.Minute, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		cancel()
+		<-done
+	})
+	return srv
+}
+
+// entry returns an entry relay's router (no agent of its own, 15 s to
+// open a stream, as --stream-open-timeout by default) forwarding over
+// links with the default dial timeout.
+func entry(t *testing.T, tlsPeer *trust.Peer, h *holdings, budget time.Duration) (*route.Router, *Links) {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	l := NewLinks(LinksConfig{TLS: tlsPeer, Holders: h.get, Logger: log})
+	t.Cleanup(l.Close)
+	r := route.NewRouter(route.Config{Table: route.NewTable(), StreamOpenTimeout: budget, Elsewhere: l,
+		Dir: &datadir.Dir{Path: t.TempDir()}, Logger: log, Now: time.Now})
+	return r, l
+}
+
+// cutter is a TCP proxy in front of a peer listener that, once cut, moves
+// no byte either way and closes nothing, and holds the connections it
+// accepts unanswered: a relay cut off from the others by a silent
+// partition (no FIN, no RST), while it still reaches the store.
+type cutter struct {
+	ln  net.Listener
+	cut atomic.Bool
+	mu  sync.Mutex
+	cs  []net.Conn
+	wg  sync.WaitGroup
+}
+
+func newCutter(t *testing.T, target string) *cutter {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := &cutter{ln: ln}
+	x.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			x.keep(c)
+			if x.cut.Load() {
+				continue // held, never answered
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			x.keep(up)
+			x.wg.Go(func() { x.pipe(up, c) })
+			x.wg.Go(func() { x.pipe(c, up) })
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		x.mu.Lock()
+		for _, c := range x.cs {
+			c.Close()
+		}
+		x.mu.Unlock()
+		x.wg.Wait()
+	})
+	return x
+}
+
+func (x *cutter) keep(c net.Conn) {
+	x.mu.Lock()
+	x.cs = append(x.cs, c)
+	x.mu.Unlock()
+}
+
+// pipe copies src to dst while not cut; cut, it swallows what it reads.
+func (x *cutter) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !x.cut.Load() {
+			dst.Write(buf[:n])
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// linkTo returns the link of l to relay for tenant acme.
+func linkTo(t *testing.T, l *Links, relay string) *link {
+	t.Helper()
+	cs, err := l.Carriers(context.Background(), "acme", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		if c := c.(*Carrier); c.link.id == relay {
+			return c.link
+		}
+	}
+	t.Fatalf("no carrier to %s", relay)
+	return nil
+}
+
+// dial opens a stream to acme's service through r, and returns the relay
+// that carried it, how long it took and the error.
+func dial(r *route.Router, id string) (string, time.Duration, error) {
+	start := time.Now()
+	tun, err := r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "db", RequestID: id}, nil)
+	took := time.Since(start)
+	if err != nil {
+		return "", took, err
+	}
+	tun.Abandon()
+	return tun.Relay, took, nil
+}
+
+// A relay cut off from the others but not from the store (relay-2,
+// holding two of acme's agents, so preferred) still heartbeats, and the
+// entry relay goes on being told it holds them. A stream gives up on its
+// link within answerMax and reaches acme's agent on relay-3, the other
+// holder, within the stream-open budget; the link, which answers no ping
+// either, is closed, and the streams that follow go to relay-3 at once.
+// Before, the first stream waited 10 s (yamux's stream open timeout), and
+// each redial 10 s (the handshake timeout) every 2 s.
+func TestPartitionedHolderPassedOver(t *testing.T) {
+	tls := relayTLS(t, "relay-1", "relay-2", "relay-3")
+	r2, r3 := holder(t, tls[1], "agent-2", 0), holder(t, tls[2], "agent-3", 0)
+	cut := newCutter(t, r2.Addr().String())
+	var h holdings
+	h.set("acme",
+		store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: cut.ln.Addr().String(), Agents: 2},
+		store.Holding{RelayID: "relay-3", Epoch: 1, PeerAddr: r3.Addr().String(), Agents: 1})
+	r, l := entry(t, tls[0], &h, 15*time.Second)
+
+	if via, _, err := dial(r, "warm"); err != nil || via != "relay-2" {
+		t.Fatalf("stream before the cut went through %q (%v), want relay-2, the holder of most agents", via, err)
+	}
+	lk := linkTo(t, l, "relay-2")
+	lk.mu.Lock()
+	sess := lk.sess
+	lk.mu.Unlock()
+
+	cut.cut.Store(true)
+	cutAt := time.Now()
+	via, took, err := dial(r, "first")
+	t.Logf("first stream after the cut: via %s in %v (%v)", via, took.Round(time.Millisecond), err)
+	if err != nil || via != "relay-3" {
+		t.Fatalf("first stream after the cut: via %q, %v; want relay-3", via, err)
+	}
+	if took > answerMax+time.Second {
+		t.Errorf("first stream after the cut took %v to reach relay-3; want the attempt on the cut link to give up within %v", took.Round(time.Millisecond), answerMax)
+	}
+	closeBy := answerMax + probeWait + 2*time.Second // the stream's bound, the ping's, and slack
+	select {
+	case <-sess.Done():
+	case <-time.After(time.Until(cutAt.Add(closeBy))):
+	}
+	if closed := time.Since(cutAt); closed > closeBy {
+		t.Errorf("the cut link, which answers no ping, was still open %v after the cut; want it closed within %v", closed.Round(time.Millisecond), closeBy)
+	} else {
+		t.Logf("cut link closed %v after the cut", closed.Round(time.Millisecond))
+	}
+	for i, id := range []string{"second", "third"} {
+		via, took, err := dial(r, id)
+		t.Logf("%s stream: via %s in %v (%v)", id, via, took.Round(time.Millisecond), err)
+		if err != nil || via != "relay-3" {
+			t.Errorf("stream %d after the cut: via %q, %v; want relay-3", i+2, via, err)
+		} else if took > time.Second {
+			t.Errorf("stream %d after the cut took %v; want relay-3 at once", i+2, took.Round(time.Millisecond))
+		}
+	}
+
+	// The cut heals: once the link's pause is over, it is dialed again and
+	// acme's streams go back to relay-2.
+	cut.cut.Store(false)
+	healed := time.Now()
+	for {
+		via, _, err := dial(r, "healed")
+		if err != nil {
+			t.Fatalf("stream after the heal: %v", err)
+		}
+		if via == "relay-2" {
+			t.Logf("streams back on relay-2 %v after the heal", time.Since(healed).Round(time.Millisecond))
+			break
+		}
+		if time.Since(healed) > maxPause+watchdog {
+			t.Fatalf("streams still go to %s %v after the heal", via, time.Since(healed).Round(time.Millisecond))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if lk.inDoubt() {
+		t.Error("the link is still in doubt after a stream went through it")
+	}
+}
+
+// A tenant whose only holder is cut off is answered no_agent within the
+// attempt's bound, not after 10 s; once the redial failed, at once, and
+// the answer names the relay that cannot be reached.
+func TestPartitionedOnlyHolderFailsFast(t *testing.T) {
+	tls := relayTLS(t, "relay-1", "relay-2")
+	r2 := holder(t, tls[1], "agent-2", 0)
+	cut := newCutter(t, r2.Addr().String())
+	var h holdings
+	h.set("acme", store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: cut.ln.Addr().String(), Agents: 1})
+	r, l := entry(t, tls[0], &h, 15*time.Second)
+	if via, _, err := dial(r, "warm"); err != nil || via != "relay-2" {
+		t.Fatalf("stream before the cut went through %q (%v), want relay-2", via, err)
+	}
+	cut.cut.Store(true)
+
+	_, took, err := dial(r, "first")
+	t.Logf("first stream after the cut: %v after %v", err, took.Round(time.Millisecond))
+	if protocol.CodeOf(err) != protocol.CodeNoAgent || took > answerMax+time.Second {
+		t.Errorf("first stream after the cut: %v after %v; want no_agent within %v", err, took.Round(time.Millisecond), answerMax)
+	}
+	lk := linkTo(t, l, "relay-2")
+	waitUntil(t, "the cut link closed", func() bool {
+		lk.mu.Lock()
+		defer lk.mu.Unlock()
+		if lk.sess == nil {
+			return true
+		}
+		select {
+		case <-lk.sess.Done():
+			return true
+		default:
+			return false
+		}
+	})
+	// The redial: nothing else to try, so the stream waits for it, up to
+	// the dial timeout.
+	_, took, err = dial(r, "second")
+	t.Logf("second stream: %v after %v", err, took.Round(time.Millisecond))
+	if protocol.CodeOf(err) != protocol.CodeNoAgent || took > defaultDialTimeout+time.Second {
+		t.Errorf("second stream after the cut: %v after %v; want no_agent within the dial timeout %v", err, took.Round(time.Millisecond), defaultDialTimeout)
+	}
+	// Within the pause after the failed redial: at once.
+	_, took, err = dial(r, "third")
+	t.Logf("third stream: %v after %v", err, took.Round(time.Millisecond))
+	if protocol.CodeOf(err) != protocol.CodeNoAgent || took > 500*time.Millisecond || !strings.Contains(err.Error(), "relay-2, which this relay cannot reach") {
+		t.Errorf("third stream after the cut: %v after %v; want no_agent at once naming relay-2 as not reachable", err, took.Round(time.Millisecond))
+	}
+}
+
+// On a healthy link, a stream whose agent takes longer than the attempt's
+// bound to answer (a slow service) still opens: the link acknowledged
+// the opening at once, and the stream waits on for its agent.
+func TestSlowAgentBehindHealthyLink(t *testing.T) {
+	tls := relayTLS(t, "relay-1", "relay-2")
+	budget := 3 * time.Second // the bound is a third of it: 1 s
+	delay := budget / 2
+	r2 := holder(t, tls[1], "agent-2", delay)
+	var h holdings
+	h.set("acme", store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: r2.Addr().String(), Agents: 1})
+	r, l := entry(t, tls[0], &h, budget)
+	via, took, err := dial(r, "slow")
+	if err != nil || via != "relay-2" {
+		t.Fatalf("stream to an agent answering after %v: via %q, %v; want relay-2", delay, via, err)
+	}
+	if took < delay {
+		t.Errorf("stream opened after %v, before its agent answered (%v)", took, delay)
+	}
+	if lk := linkTo(t, l, "relay-2"); lk.inDoubt() || lk.doubtful() {
+		t.Error("a link that answered a stream's opening at once is in doubt")
+	}
+}
+
+// A stream does not wait for the redial of a link in doubt while it has
+// another carrier to try: it is told the link is not usable now (it goes
+// elsewhere), and the dial goes on; one with no other carrier waits for
+// the dial. One dial serves both.
+func TestDoubtfulDialNotWaitedFor(t *testing.T) {
+	p1, p2 := peers(t)
+	srv := serve(t, p2)
+	g := newGate(t, srv.Addr().String(), false)
+	var h holdings
+	h.set("acme", store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: g.ln.Addr().String(), Agents: 1})
+	l := newLinks(t, p1, &h)
+	c := carrier(t, l, "acme")
+	c.link.mu.Lock()
+	c.link.failures, c.link.failedAt = 1, time.Now().Add(-time.Minute) // failed once, its pause over
+	c.link.mu.Unlock()
+	if !c.Usable(time.Now()) || c.Suspect() {
+		t.Fatal("a link past its pause is not usable, or in doubt before its redial")
+	}
+
+	_, err := within(t, "session of a doubtful link with another carrier", func() (any, error) {
+		return l.session(context.Background(), c.link, func() bool { return true })
+	})
+	if !errors.Is(err, route.ErrUnreachable) {
+		t.Fatalf("session of a link in doubt, another carrier to try: %v, want route.ErrUnreachable at once", err)
+	}
+	<-g.accepted // its dial started, held by the gate
+	if !c.Suspect() {
+		t.Error("a link in doubt being dialed again is not suspect")
+	}
+	waiter := sessionAsync(context.Background(), l, c.link) // no other carrier: waits
+	waitUntil(t, "the second caller waits for the dial", func() bool {
+		c.link.mu.Lock()
+		defer c.link.mu.Unlock()
+		return c.link.waiting == 1
+	})
+	g.open()
+	select {
+	case r := <-waiter:
+		if r.err != nil {
+			t.Fatalf("the dial the second caller waited for: %v", r.err)
+		}
+	case <-time.After(watchdog):
+		t.Fatal("the second caller did not return once the dial was let through")
+	}
+	if c.Suspect() || c.link.doubtful() {
+		t.Error("a link dialed successfully is still in doubt")
+	}
+	if n := g.dials.Load(); n != 1 {
+		t.Errorf("%d dials, want 1", n)
+	}
+}
+
+// The pause after failed dials doubles from firstPause up to maxPause.
+func TestDialBackoff(t *testing.T) {
+	want := []time.Duration{0, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second}
+	for n := 1; n < len(want); n++ {
+		if got := pause(n); got != want[n] {
+			t.Errorf("pause after %d failures = %v, want %v", n, got, want[n])
+		}
+	}
+	lk := &link{failures: 3, failedAt: time.Now()}
+	if lk.usable(time.Now().Add(7 * time.Second)) {
+		t.Error("a link usable 7 s after its third failed dial (pause 8 s)")
+	}
+	if !lk.usable(time.Now().Add(9 * time.Second)) {
+		t.Error("a link not usable 9 s after its third failed dial (pause 8 s)")
+	}
+}
