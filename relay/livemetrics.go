@@ -33,6 +33,8 @@ var (
 		"Agent handshakes by outcome: ok, failed (TLS or refused at hello), throttled (turned away by the admission limit), source_limited (turned away by the bound per source address or network, or by a network's share of a busy gate).", []string{"outcome"}, nil)
 	descPeerHandshakes = prometheus.NewDesc("tether_peer_handshakes_total",
 		"Handshakes of links from other relays at the relay-to-relay listener by outcome: ok, failed (TLS, or timed out), throttled (no handshake slot in time), source_limited (turned away by the bound per source address or network, or by a network's share of a busy listener). Only with a relay-to-relay listener.", []string{"outcome"}, nil)
+	descPeerLinkFailures = prometheus.NewDesc("tether_peer_link_failures_total",
+		"Failures of this relay's links to another relay, by relay and reason: dial (a dial failed or timed out), unanswered (a forwarded stream gave up on a link that answered nothing to its opening in time), closed (such a link closed for answering no ping either). Every relay a link was made to.", []string{"relay", "reason"}, nil)
 	descFrontLimited = prometheus.NewDesc("tether_front_source_limited_total",
 		"Front-door connections closed at once because their source address or network had too many connections not yet authenticated.", nil, nil)
 	descCertExpiry = prometheus.NewDesc("tether_agent_certificate_expiry_timestamp_seconds",
@@ -47,7 +49,7 @@ var (
 var rttBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
 
 func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuild, descAgents, descSessions, descRTT, descStreamsActive, descTenantStreams, descTenantLimit, descFront, descHandshakes, descPeerHandshakes, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue} {
+	for _, d := range []*prometheus.Desc{descBuild, descAgents, descSessions, descRTT, descStreamsActive, descTenantStreams, descTenantLimit, descFront, descHandshakes, descPeerHandshakes, descPeerLinkFailures, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue} {
 		ch <- d
 	}
 }
@@ -127,6 +129,13 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descPeerHandshakes, prometheus.CounterValue, float64(ps.Failed.Load()), "failed")
 		ch <- prometheus.MustNewConstMetric(descPeerHandshakes, prometheus.CounterValue, float64(ps.Throttled.Load()), "throttled")
 		ch <- prometheus.MustNewConstMetric(descPeerHandshakes, prometheus.CounterValue, float64(ps.SourceLimited.Load()), "source_limited")
+	}
+	if r.links != nil {
+		for _, f := range r.links.Failures() {
+			ch <- prometheus.MustNewConstMetric(descPeerLinkFailures, prometheus.CounterValue, float64(f.Dial), f.Relay, "dial")
+			ch <- prometheus.MustNewConstMetric(descPeerLinkFailures, prometheus.CounterValue, float64(f.Unanswered), f.Relay, "unanswered")
+			ch <- prometheus.MustNewConstMetric(descPeerLinkFailures, prometheus.CounterValue, float64(f.Closed), f.Relay, "closed")
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(descFrontLimited, prometheus.CounterValue, float64(r.doors.SourceLimited.Load()))
 	ch <- prometheus.MustNewConstMetric(descCAExpiry, prometheus.GaugeValue, float64(r.auth.CA().Signer().Cert.NotAfter.Unix()))

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,9 +98,10 @@ type Links struct {
 	cfg LinksConfig
 	log *slog.Logger
 
-	mu       sync.Mutex // guards links, carriers and closed
+	mu       sync.Mutex // guards links, carriers, failures and closed
 	links    map[string]*link
 	carriers map[carrierKey]*Carrier
+	failures map[string]*failureCounts // by relay id, over its links
 	closed   bool
 
 	// Dials run on goroutines of their own (in dials), under ctx, which
@@ -118,6 +120,37 @@ type Links struct {
 
 type carrierKey struct{ relay, tenant string }
 
+// failureCounts counts what went wrong with the links to one relay.
+type failureCounts struct {
+	dial       atomic.Int64 // dials that failed or timed out
+	unanswered atomic.Int64 // streams whose opening the link answered nothing to in time
+	closed     atomic.Int64 // links closed for answering no ping after that
+}
+
+// LinkFailures is what went wrong with the links to one relay since this
+// relay started (tether_peer_link_failures_total).
+type LinkFailures struct {
+	Relay string
+	// Dial counts the dials that failed or timed out; Unanswered the
+	// streams that gave up on a link that answered nothing to their
+	// opening in time; Closed the links closed when they answered no
+	// ping after that.
+	Dial, Unanswered, Closed int64
+}
+
+// Failures returns the failures of the links to each relay a link was
+// made to, by relay id.
+func (l *Links) Failures() []LinkFailures {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []LinkFailures
+	for id, f := range l.failures {
+		out = append(out, LinkFailures{Relay: id, Dial: f.dial.Load(), Unanswered: f.unanswered.Load(), Closed: f.closed.Load()})
+	}
+	slices.SortFunc(out, func(a, b LinkFailures) int { return strings.Compare(a.Relay, b.Relay) })
+	return out
+}
+
 // NewLinks returns the entry side of links.
 func NewLinks(cfg LinksConfig) *Links {
 	if cfg.DialTimeout <= 0 {
@@ -125,7 +158,7 @@ func NewLinks(cfg LinksConfig) *Links {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Links{cfg: cfg, log: cfg.Logger, links: map[string]*link{}, carriers: map[carrierKey]*Carrier{},
-		ctx: ctx, cancel: cancel}
+		failures: map[string]*failureCounts{}, ctx: ctx, cancel: cancel}
 }
 
 // link is the link to one peer relay at one address, of one run of it
@@ -138,6 +171,7 @@ func NewLinks(cfg LinksConfig) *Links {
 type link struct {
 	id, addr string
 	epoch    int64
+	failed   *failureCounts // the relay's, shared with its other links
 
 	mu       sync.Mutex // guards the fields below
 	sess     *tcp.Session
@@ -205,7 +239,12 @@ func (l *Links) Carriers(ctx context.Context, tenant string, fresh bool) ([]rout
 				replaced = append(replaced, lk)
 				l.closing.Add(1) // under mu, not closed: before Close waits
 			}
-			lk = &link{id: h.RelayID, addr: h.PeerAddr, epoch: h.Epoch}
+			f := l.failures[h.RelayID]
+			if f == nil {
+				f = &failureCounts{}
+				l.failures[h.RelayID] = f
+			}
+			lk = &link{id: h.RelayID, addr: h.PeerAddr, epoch: h.Epoch, failed: f}
 			l.links[h.RelayID] = lk
 		}
 		k := carrierKey{h.RelayID, tenant}
@@ -401,6 +440,7 @@ func (l *Links) startDial(lk *link) error {
 		lk.mu.Unlock()
 		switch {
 		case err != nil && !closed:
+			lk.failed.dial.Add(1)
 			l.log.Warn("relay-to-relay link could not be opened; streams go to other relays holding the tenants' agents meanwhile",
 				"relay", lk.id, "addr", lk.addr, "failures", failures, "next_try_after", pause(failures), "err", err)
 		case err != nil:
@@ -463,6 +503,7 @@ func (l *Links) suspect(lk *link, sess *tcp.Session, bound time.Duration) {
 			l.log.Info("relay-to-relay link answered a ping after a stream's opening went unanswered; kept", "relay", lk.id, "addr", lk.addr, "bound", bound)
 			return
 		}
+		lk.failed.closed.Add(1)
 		l.log.Warn("relay-to-relay link answered nothing to a stream's opening nor to a ping; closed, to be dialed again",
 			"relay", lk.id, "addr", lk.addr, "bound", bound, "err", err)
 		sess.Abort()
@@ -534,6 +575,7 @@ func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, ear
 	stop()
 	if err != nil && silent.Load() && ctx.Err() == nil {
 		transport.Abort(st)
+		c.link.failed.unanswered.Add(1)
 		c.links.suspect(c.link, sess, bound)
 		return nil, unreachableError{fmt.Errorf("relay %s: the link answered nothing to the stream's opening within %v (%w)", c.link.id, bound, err)}
 	}

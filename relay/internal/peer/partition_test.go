@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -345,6 +346,12 @@ func TestPartitionedOnlyHolderFailsFast(t *testing.T) {
 	t.Logf("third stream: %v after %v", err, took.Round(time.Millisecond))
 	if protocol.CodeOf(err) != protocol.CodeNoAgent || took > 500*time.Millisecond || !strings.Contains(err.Error(), "relay-2, which this relay cannot reach") {
 		t.Errorf("third stream after the cut: %v after %v; want no_agent at once naming relay-2 as not reachable", err, took.Round(time.Millisecond))
+	}
+	// Counted for tether_peer_link_failures_total: one stream gave up on
+	// the silent link, which was closed; one redial failed.
+	want := []LinkFailures{{Relay: "relay-2", Dial: 1, Unanswered: 1, Closed: 1}}
+	if got := l.Failures(); !slices.Equal(got, want) {
+		t.Errorf("link failures %+v, want %+v", got, want)
 	}
 }
 
