@@ -66,7 +66,7 @@ const (
 	maxPause           = 30 * time.Second
 	answerMax          = 3 * time.Second
 	answerMin          = 250 * time.Millisecond
-	probeWait          = time.Second
+	probeWait          = 2 * time.Second
 )
 
 // pause is how long a link is passed over after failures failed dials
