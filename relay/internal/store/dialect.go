@@ -20,7 +20,32 @@ const (
 	classUnique              // a uniqueness (or primary key) violation
 	classForeignKey          // a foreign key violation
 	classRetry               // worth running the transaction again: locked, busy, serialization failure, deadlock
+	// classConnUnsent: the connection failed before anything of the
+	// statement reached the server (a dead pooled connection found when
+	// writing to it, a connection that could not be made): the
+	// statement had no effect, even a COMMIT's.
+	classConnUnsent
+	// classConnLost: the connection ended under the statement (the
+	// server terminated it: a restart, an administrator, a pooler; the
+	// network failed). What the server did with a COMMIT is then unknown,
+	// but a transaction not yet committing was rolled back with it.
+	classConnLost
 )
+
+// retryable reports whether a transaction that failed with an error of
+// class c is worth running again: a lock, a serialization failure or a
+// connection that failed before the statement was sent, at any time; a
+// connection lost under a statement only before the transaction began to
+// commit, since a COMMIT whose answer was lost may have committed.
+func retryable(c errClass, committing bool) bool {
+	switch c {
+	case classRetry, classConnUnsent:
+		return true
+	case classConnLost:
+		return !committing
+	}
+	return false
+}
 
 // dialect is what differs between database engines. Errors are classified
 // by the driver's error code, never by message text.

@@ -3,10 +3,14 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -41,11 +45,20 @@ func OpenPostgres(ctx context.Context, dsn string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store address: %w", err)
 	}
-	db := stdlib.OpenDB(*cfg)
+	// A pooled connection is pinged before it is reused when it has been
+	// idle over a second (pgx's default), and when it was last taken
+	// before a connection of the pool was found lost: the server
+	// restarted or a pooler dropped its clients, and the others are
+	// likely gone too, so they are found dead and replaced by the pool
+	// rather than failing one transaction each.
+	lost := new(atomic.Int64)
+	db := stdlib.OpenDB(*cfg, stdlib.OptionShouldPing(func(_ context.Context, p stdlib.ShouldPingParams) bool {
+		return p.IdleDuration > time.Second || time.Now().Add(-p.IdleDuration).UnixNano() <= lost.Load()
+	}))
 	db.SetMaxOpenConns(16)
 	db.SetMaxIdleConns(16)
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	s := &Store{db: db, d: postgresDialect{dsn: dsn}, wake: make(chan struct{})}
+	s := &Store{db: db, d: postgresDialect{dsn: dsn}, wake: make(chan struct{}), connLost: lost}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate %s: %w", redact(cfg), err)
@@ -60,18 +73,48 @@ func redact(cfg *pgx.ConnConfig) string {
 
 func (postgresDialect) classify(err error) errClass {
 	var pe *pgconn.PgError
-	if !errors.As(err, &pe) {
+	if errors.As(err, &pe) {
+		switch {
+		case pe.Code == "23505": // unique_violation
+			return classUnique
+		case pe.Code == "23503": // foreign_key_violation
+			return classForeignKey
+		case pe.Code == "40001", pe.Code == "40P01": // serialization_failure, deadlock_detected
+			return classRetry
+		case pe.Code == "57P01", pe.Code == "57P02", pe.Code == "57P03":
+			// admin_shutdown (a restart, pg_terminate_backend, a pooler),
+			// crash_shutdown, cannot_connect_now (starting up, shutting
+			// down): the server ended the connection or refused a new one.
+			if connectFailed(err) {
+				return classConnUnsent
+			}
+			return classConnLost
+		case strings.HasPrefix(pe.Code, "08"): // connection_exception
+			if connectFailed(err) {
+				return classConnUnsent
+			}
+			return classConnLost
+		}
 		return classOther
 	}
-	switch pe.Code {
-	case "23505": // unique_violation
-		return classUnique
-	case "23503": // foreign_key_violation
-		return classForeignKey
-	case "40001", "40P01": // serialization_failure, deadlock_detected
-		return classRetry
+	switch {
+	case pgconn.Timeout(err):
+		// A statement that timed out: the server may still be working on
+		// it, and the caller's time is spent.
+		return classOther
+	case pgconn.SafeToRetry(err), errors.Is(err, driver.ErrBadConn), connectFailed(err):
+		return classConnUnsent // nothing reached the server
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return classConnLost
 	}
 	return classOther
+}
+
+// connectFailed reports whether err is a failure to make a connection (to
+// reach the server, or to be let in): nothing was sent on it.
+func connectFailed(err error) bool {
+	var ce *pgconn.ConnectError
+	return errors.As(err, &ce)
 }
 
 func (postgresDialect) nowMillis() string {

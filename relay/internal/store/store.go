@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -53,11 +54,17 @@ type Store struct {
 
 	wakeMu sync.Mutex    // guards wake
 	wake   chan struct{} // closed and replaced when this process commits a change (changes.go)
+
+	// connLost, where the engine has connections to lose (PostgreSQL),
+	// is when (Unix nanoseconds) a transaction last found its connection
+	// lost: pooled connections last used before then are checked before
+	// they are used again.
+	connLost *atomic.Int64
 }
 
 // retryAttempts bounds how often a transaction that failed for a reason
 // worth retrying (a lock held by another process, a serialization failure
-// or deadlock) is run again.
+// or deadlock, a lost connection) is run again.
 const retryAttempts = 8
 
 // Open opens (creating if needed) the SQLite database at path and applies
@@ -90,15 +97,26 @@ func (s *Store) Close() error { return s.db.Close() }
 // Ping checks that the database answers.
 func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 
-// tx runs fn in a transaction and commits it. A failure that the dialect
-// classifies as worth retrying runs fn again, after a short jittered wait,
-// up to retryAttempts times; fn must therefore have no effect outside the
-// transaction.
+// tx runs fn in a transaction and commits it. A failure worth retrying
+// (retryable: a lock, a serialization failure, a connection that failed
+// before the transaction's effects could commit) runs fn again, after a
+// short jittered wait, up to retryAttempts times; fn must therefore have
+// no effect outside the transaction. A connection found lost has the
+// pool's other connections checked before their next use (OpenPostgres),
+// so that a restarted server costs one retry, not one per pooled
+// connection.
 func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	wait := 5 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		err := s.txOnce(ctx, fn)
-		if err == nil || s.d.classify(err) != classRetry || attempt == retryAttempts {
+		committing, err := s.txOnce(ctx, fn)
+		if err == nil {
+			return nil
+		}
+		class := s.d.classify(err)
+		if s.connLost != nil && (class == classConnLost || class == classConnUnsent) {
+			s.connLost.Store(time.Now().UnixNano())
+		}
+		if !retryable(class, committing) || attempt == retryAttempts || ctx.Err() != nil {
 			return err
 		}
 		t := time.NewTimer(wait + rand.N(wait))
@@ -112,16 +130,19 @@ func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	}
 }
 
-func (s *Store) txOnce(ctx context.Context, fn func(*sql.Tx) error) error {
+// txOnce runs fn in a transaction and commits it. committing reports
+// whether err came from the COMMIT, whose effects may have been made
+// whatever the error.
+func (s *Store) txOnce(ctx context.Context, fn func(*sql.Tx) error) (committing bool, err error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if err := fn(tx); err != nil {
 		tx.Rollback()
-		return err
+		return false, err
 	}
-	return tx.Commit()
+	return true, tx.Commit()
 }
 
 // exec runs one statement outside an explicit transaction, retried like

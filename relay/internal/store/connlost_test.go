@@ -1,0 +1,120 @@
+package store
+
+import (
+	"database/sql"
+	"fmt"
+	"io"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/tetherhq/tether/internal/pgtest"
+)
+
+// After PostgreSQL restarts, every connection the pool kept is dead, and
+// the first statement on each fails with SQLSTATE 57P01; transactions
+// that meet one run again on a live connection, so that none of those
+// started after the restart fails, however many pooled connections died.
+func TestPostgresRestartCostsNoTransaction(t *testing.T) {
+	pg := pgtest.Start(t) // a server of its own: it is restarted
+	s, err := OpenPostgres(ctx, pg.CreateDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	// Fill the pool: 16 transactions open at once, each on a connection of
+	// its own, which the pool keeps once they commit.
+	const conns = 16
+	var in sync.WaitGroup
+	in.Add(conns)
+	all := make(chan struct{})
+	errs := make(chan error, conns)
+	for range conns {
+		go func() {
+			errs <- s.tx(ctx, func(tx *sql.Tx) error {
+				in.Done()
+				<-all
+				_, err := tx.ExecContext(ctx, `SELECT 1`)
+				return err
+			})
+		}()
+	}
+	in.Wait()
+	close(all)
+	for range conns {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := s.db.Stats().Idle; n != conns {
+		t.Fatalf("%d idle connections in the pool, want %d", n, conns)
+	}
+
+	if err := pg.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// As many writes at once as the pool held connections, and audit
+	// batches: every one succeeds.
+	var wg sync.WaitGroup
+	fail := make(chan error, 2*conns)
+	for i := range conns {
+		wg.Go(func() {
+			if err := s.AddTenant(ctx, fmt.Sprintf("t%d", i), t0); err != nil {
+				fail <- fmt.Errorf("add tenant after the restart: %w", err)
+			}
+		})
+		wg.Go(func() {
+			if err := s.AddAudit(ctx, []AuditRecord{{At: t0, Kind: "tenant.add", Outcome: "ok", Tenant: fmt.Sprintf("t%d", i)}}); err != nil {
+				fail <- fmt.Errorf("audit batch after the restart: %w", err)
+			}
+		})
+	}
+	wg.Wait()
+	close(fail)
+	for err := range fail {
+		t.Error(err)
+	}
+	tenants, err := s.ListTenants(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tenants) != conns {
+		t.Errorf("%d tenants after the restart, want %d", len(tenants), conns)
+	}
+}
+
+// A connection lost before COMMIT was sent is worth a retry; one lost
+// under the COMMIT is not, since the transaction may have committed; one
+// that failed before anything was sent is, even for the COMMIT.
+func TestRetryableConnectionFailures(t *testing.T) {
+	d := postgresDialect{}
+	cases := []struct {
+		err              error
+		class            errClass
+		before, atCommit bool
+	}{
+		{&pgconn.PgError{Code: "57P01"}, classConnLost, true, false},
+		{&pgconn.PgError{Code: "57P02"}, classConnLost, true, false},
+		{&pgconn.PgError{Code: "57P03"}, classConnLost, true, false},
+		{&pgconn.PgError{Code: "08006"}, classConnLost, true, false},
+		{fmt.Errorf("read: %w", io.ErrUnexpectedEOF), classConnLost, true, false},
+		{&pgconn.PgError{Code: "40001"}, classRetry, true, true},
+		{&pgconn.PgError{Code: "23505"}, classUnique, false, false},
+		{&pgconn.PgError{Code: "57014"}, classOther, false, false}, // query_canceled
+		{&pgconn.PgError{Code: "28P01"}, classOther, false, false}, // invalid_password
+	}
+	for _, c := range cases {
+		got := d.classify(c.err)
+		if got != c.class {
+			t.Errorf("classify(%v) = %d, want %d", c.err, got, c.class)
+		}
+		if r := retryable(got, false); r != c.before {
+			t.Errorf("%v before COMMIT: retryable %v, want %v", c.err, r, c.before)
+		}
+		if r := retryable(got, true); r != c.atCommit {
+			t.Errorf("%v at COMMIT: retryable %v, want %v", c.err, r, c.atCommit)
+		}
+	}
+}
