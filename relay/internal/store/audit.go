@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -21,12 +22,19 @@ type AuditRecord struct {
 	Backend string         `json:"backend,omitempty"`
 	Actor   string         `json:"actor,omitempty"` // who acted: "operator", "relay", a backend, an agent
 	Detail  map[string]any `json:"detail,omitempty"`
+	// Key, when set, is the record's own key, unique in the store:
+	// AddAudit stores a record with a key at most once, however often it
+	// is given. Not read back by ListAudit.
+	Key string `json:"key,omitempty"`
 }
 
-// AddAudit appends records in one transaction and sets their Seq.
+// AddAudit appends records in one transaction and sets their Seq. A
+// record whose Key the store already holds is not added again: it gets
+// the Seq it was stored with (so that a batch tried again after its
+// commit's answer was lost adds nothing twice).
 func (s *Store) AddAudit(ctx context.Context, recs []AuditRecord) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		stmt, err := tx.PrepareContext(ctx, s.d.insertIDQuery(`INSERT INTO audit (at_ms, kind, outcome, tenant, agent, backend, actor, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, "seq"))
+		stmt, err := tx.PrepareContext(ctx, s.d.insertIDQuery(`INSERT INTO audit (at_ms, kind, outcome, tenant, agent, backend, actor, detail, record_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING`, "seq"))
 		if err != nil {
 			return err
 		}
@@ -39,7 +47,15 @@ func (s *Store) AddAudit(ctx context.Context, recs []AuditRecord) error {
 					return fmt.Errorf("audit detail: %w", err)
 				}
 			}
-			if r.Seq, err = s.d.execInsertID(ctx, stmt, r.At.UnixMilli(), r.Kind, r.Outcome, r.Tenant, r.Agent, r.Backend, r.Actor, string(detail)); err != nil {
+			var key any // NULL without a key
+			if r.Key != "" {
+				key = r.Key
+			}
+			r.Seq, err = s.d.execInsertID(ctx, stmt, r.At.UnixMilli(), r.Kind, r.Outcome, r.Tenant, r.Agent, r.Backend, r.Actor, string(detail), key)
+			if errors.Is(err, sql.ErrNoRows) && r.Key != "" { // stored already
+				err = tx.QueryRowContext(ctx, `SELECT seq FROM audit WHERE record_key = $1`, r.Key).Scan(&r.Seq)
+			}
+			if err != nil {
 				return err
 			}
 		}

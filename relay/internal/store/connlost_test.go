@@ -118,3 +118,45 @@ func TestRetryableConnectionFailures(t *testing.T) {
 		}
 	}
 }
+
+// A record with a key is stored once however often it is given (a batch
+// tried again after its commit's answer was lost, a record read back
+// from the audit file), and keeps its place; records without a key are
+// stored each time, as before.
+func TestAddAuditOnceByKey(t *testing.T) { eachEngine(t, testAddAuditOnceByKey) }
+
+func testAddAuditOnceByKey(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	batch := []AuditRecord{
+		{At: t0, Kind: "tenant.add", Outcome: "ok", Tenant: "acme", Key: "k1"},
+		{At: t0, Kind: "tenant.add", Outcome: "ok", Tenant: "acme"},
+		{At: t0, Kind: "tenant.add", Outcome: "ok", Tenant: "acme", Key: "k2"},
+	}
+	if err := s.AddAudit(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	first := []int64{batch[0].Seq, batch[1].Seq, batch[2].Seq}
+	again := []AuditRecord{batch[0], batch[2], {At: t0, Kind: "tenant.add", Outcome: "ok", Tenant: "acme", Key: "k3"}}
+	if err := s.AddAudit(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	if again[0].Seq != first[0] || again[1].Seq != first[2] {
+		t.Errorf("records given again got seq %d, %d; want the seqs they were stored with, %d, %d", again[0].Seq, again[1].Seq, first[0], first[2])
+	}
+	if again[2].Seq <= first[2] {
+		t.Errorf("a new record after them got seq %d, want more than %d", again[2].Seq, first[2])
+	}
+	recs, err := s.ListAudit(ctx, AuditFilter{Tenant: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 4 {
+		t.Fatalf("%d records stored, want 4 (3, then 1 new)", len(recs))
+	}
+	if err := s.AddAudit(ctx, []AuditRecord{batch[1]}); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ := s.ListAudit(ctx, AuditFilter{Tenant: "acme"}); len(recs) != 5 {
+		t.Errorf("a record without a key given again: %d records, want 5", len(recs))
+	}
+}

@@ -65,7 +65,8 @@ type dialect interface {
 	// new key.
 	insertIDQuery(query, key string) string
 	// execInsertID runs a statement prepared from insertIDQuery and
-	// returns the new key.
+	// returns the new key; sql.ErrNoRows when it inserted no row (ON
+	// CONFLICT DO NOTHING).
 	execInsertID(ctx context.Context, stmt *sql.Stmt, args ...any) (int64, error)
 	// notifyChanges runs in every transaction that appended to the
 	// change feed, after it did: other processes learn of the change
@@ -164,6 +165,11 @@ func (sqliteDialect) execInsertID(ctx context.Context, stmt *sql.Stmt, args ...a
 	res, err := stmt.ExecContext(ctx, args...)
 	if err != nil {
 		return 0, err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return 0, err
+	} else if n == 0 {
+		return 0, sql.ErrNoRows
 	}
 	return res.LastInsertId()
 }

@@ -324,6 +324,16 @@ ALTER TABLE console_sessions ADD COLUMN sso_issuer TEXT NOT NULL DEFAULT '';
 ALTER TABLE agent_updates ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX agent_updates_version_seq ON agent_updates(version, seq);
 `},
+	// A key of its own for each audit record, unique, which the relay's
+	// audit writer gives a record before it first tries to store it: a
+	// record tried again (its transaction failed, or committed with the
+	// answer lost; or read back from the audit file) is stored once.
+	// Records written before have none (NULL: unique indexes let NULLs
+	// repeat).
+	{18, `
+ALTER TABLE audit ADD COLUMN record_key TEXT;
+CREATE UNIQUE INDEX audit_record_key ON audit(record_key);
+`},
 }
 
 // latestMigration is the schema version a migrated store has.
