@@ -44,7 +44,7 @@ func (s *Store) AddAudit(ctx context.Context, recs []AuditRecord) error {
 			detail := []byte("{}")
 			if len(r.Detail) > 0 {
 				if detail, err = json.Marshal(r.Detail); err != nil {
-					return fmt.Errorf("audit detail: %w", err)
+					return fmt.Errorf("audit detail: %w", refusedError{err})
 				}
 			}
 			var key any // NULL without a key

@@ -1,7 +1,9 @@
 package store
 
 import (
+	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -100,6 +102,7 @@ func TestRetryableConnectionFailures(t *testing.T) {
 		{&pgconn.PgError{Code: "57P03"}, classConnLost, true, false},
 		{&pgconn.PgError{Code: "08006"}, classConnLost, true, false},
 		{fmt.Errorf("read: %w", io.ErrUnexpectedEOF), classConnLost, true, false},
+		{fmt.Errorf("commit: %w", pgconn.ErrConnClosed), classConnLost, true, false},
 		{&pgconn.PgError{Code: "40001"}, classRetry, true, true},
 		{&pgconn.PgError{Code: "23505"}, classUnique, false, false},
 		{&pgconn.PgError{Code: "57014"}, classOther, false, false}, // query_canceled
@@ -158,5 +161,30 @@ func testAddAuditOnceByKey(t *testing.T, e engine) {
 	}
 	if recs, _ := s.ListAudit(ctx, AuditFilter{Tenant: "acme"}); len(recs) != 5 {
 		t.Errorf("a record without a key given again: %d records, want 5", len(recs))
+	}
+}
+
+// Refused tells a write the database refused (it would fail again) from
+// one that failed otherwise (it may succeed later).
+func TestRefused(t *testing.T) {
+	s := &Store{d: postgresDialect{}}
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{&pgconn.PgError{Code: "22021"}, true}, // invalid byte sequence (a NUL)
+		{&pgconn.PgError{Code: "23502"}, true},
+		{&pgconn.PgError{Code: "42703"}, true}, // undefined column
+		{fmt.Errorf("audit detail: %w", refusedError{errors.New("json: unsupported value: NaN")}), true},
+		{&pgconn.PgError{Code: "57P01"}, false},
+		{&pgconn.PgError{Code: "53300"}, false}, // too many connections
+		{&pgconn.PgError{Code: "40001"}, false},
+		{fmt.Errorf("write: %w", context.DeadlineExceeded), false},
+		{errors.New("something else"), false},
+		{nil, false},
+	} {
+		if got := s.Refused(c.err); got != c.want {
+			t.Errorf("Refused(%v) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }

@@ -52,6 +52,9 @@ func retryable(c errClass, committing bool) bool {
 type dialect interface {
 	// classify maps an error returned by the driver to a class.
 	classify(err error) errClass
+	// refused reports whether err says the database refused the data
+	// or the statement it was given (Store.Refused).
+	refused(err error) bool
 	// ddl expands the engine-specific fragments of a migration: {{serial}}
 	// (an auto-incrementing 64-bit primary key) and {{blob}} (bytes).
 	ddl(portable string) string
@@ -148,6 +151,20 @@ func (sqliteDialect) classify(err error) errClass {
 		return classRetry
 	}
 	return classOther
+}
+
+// refused: a constraint, a value of the wrong type, too big or out of
+// range.
+func (sqliteDialect) refused(err error) bool {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.Code() & 0xff {
+	case sqlite3.SQLITE_CONSTRAINT, sqlite3.SQLITE_MISMATCH, sqlite3.SQLITE_TOOBIG, sqlite3.SQLITE_RANGE, sqlite3.SQLITE_ERROR:
+		return true
+	}
+	return false
 }
 
 func (sqliteDialect) ddl(portable string) string {

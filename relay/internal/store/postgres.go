@@ -104,10 +104,22 @@ func (postgresDialect) classify(err error) errClass {
 		return classOther
 	case pgconn.SafeToRetry(err), errors.Is(err, driver.ErrBadConn), connectFailed(err):
 		return classConnUnsent // nothing reached the server
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE),
+		errors.Is(err, pgconn.ErrConnClosed): // closed by a failure earlier in the same operation
 		return classConnLost
 	}
 	return classOther
+}
+
+// refused: a data exception (22: text that is not UTF-8 or holds a NUL,
+// a number out of range), an integrity constraint (23), a statement
+// the database does not know (42: a column or table missing).
+func (postgresDialect) refused(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	return strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23") || strings.HasPrefix(pe.Code, "42")
 }
 
 // connectFailed reports whether err is a failure to make a connection (to

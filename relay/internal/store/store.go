@@ -157,6 +157,26 @@ func (s *Store) exec(ctx context.Context, query string, args ...any) (sql.Result
 	return res, err
 }
 
+// Refused reports whether err, returned by a write, says the store
+// refused what it was given — a value it cannot hold (text that is not
+// UTF-8, say), a constraint, a statement it does not know — rather than
+// that it did not answer as it should (a lock, a lost connection, a time
+// limit, a server short of resources, or anything else): the same write
+// would fail again, while one that failed otherwise may succeed later.
+func (s *Store) Refused(err error) bool {
+	if err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var re refusedError
+	return errors.As(err, &re) || s.d.refused(err)
+}
+
+// refusedError is a value a write was given that no store could hold,
+// found before the database was asked.
+type refusedError struct{ error }
+
+func (e refusedError) Unwrap() error { return e.error }
+
 // unique reports whether err is a uniqueness violation.
 func (s *Store) unique(err error) bool { return err != nil && s.d.classify(err) == classUnique }
 
