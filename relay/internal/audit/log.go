@@ -5,11 +5,16 @@ package audit
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
+	mrand "math/rand/v2"
 	"os"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/store"
@@ -29,12 +34,33 @@ const (
 	// storeTimeout bounds one batch's write to the store (the store
 	// retries a busy database within it).
 	storeTimeout = 10 * time.Second
+	// auditBacklog bounds the records the writer keeps for the store
+	// after a write failed (they are in the file already) and writes
+	// again, before what came after them, until the store takes them.
+	// Beyond it, records are in the file only (Lost counts them).
+	auditBacklog = 4096
+	// auditOverflow bounds the records added while the queue is full
+	// (they go to the file at once) that are kept to be written to the
+	// store in their place. Beyond it, they are in the file only.
+	auditOverflow = 4096
+	// retryMin and retryMax bound the wait before the writer tries the
+	// records it keeps again when nothing new comes to write.
+	retryMin = 500 * time.Millisecond
+	retryMax = 30 * time.Second
 )
 
 // Log writes audit records to the store and, one JSON object per line, to
 // an append-only file. Until Start, and after Stop, each record is written
 // as it is added; in between one goroutine, which Stop waits for, writes
 // them in batches.
+//
+// A batch the store does not take (it is down, restarting, stalled) is
+// written to the file at once, marked store_error, and kept (up to
+// auditBacklog records): the writer writes it again, before the records
+// that came after it, with the next batch and, when none comes, after a
+// backoff, until the store takes it. Every record has a key of its own
+// (Record.Key), so one whose transaction committed although its answer was
+// lost is not stored twice.
 type Log struct {
 	ctx  context.Context // for store writes: not cancelled, so that shutdown loses no record
 	st   *store.Store
@@ -51,6 +77,27 @@ type Log struct {
 	// to be written (for metrics).
 	Committed func(start time.Time)
 	done      chan struct{}
+
+	keyPrefix string        // this Log's part of every record's key
+	keySeq    atomic.Uint64 // the other part
+
+	// orderMu orders the records as they are added: it guards nextSeq,
+	// the handing over to queue and overflow.
+	orderMu  sync.Mutex
+	nextSeq  uint64
+	overflow []item // added while queue was full, in order; filed already
+	// overflowed wakes the writer when a record was added to overflow.
+	overflowed chan struct{}
+	// overflowN is len(overflow), and backlogN len(backlog), for Queued.
+	overflowN atomic.Int64
+	backlogN  atomic.Int64
+	lost      atomic.Int64 // records in the file only, never to be stored
+
+	// The writer goroutine's own.
+	backlog   []Record      // filed, not yet stored, in order
+	retry     *time.Timer   // tries backlog again
+	retryWait time.Duration // the next wait of retry
+	buf       []Record
 
 	everyMu   sync.Mutex    // guards every and stopEvery
 	every     []periodic    // registered by Every
@@ -73,11 +120,19 @@ func Open(ctx context.Context, st *store.Store, path string, log *slog.Logger) (
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
 	return &Log{ctx: context.WithoutCancel(ctx), st: st, log: log, path: path, file: f, closed: true,
-		queue: make(chan item, auditQueue), done: make(chan struct{})}, nil
+		queue: make(chan item, auditQueue), done: make(chan struct{}), overflowed: make(chan struct{}, 1),
+		keyPrefix: rand.Text()[:16] + "."}, nil
 }
 
-// Queued is how many records wait to be written.
-func (a *Log) Queued() int { return len(a.queue) }
+// Queued is how many records wait to be written to the store: queued,
+// or written to the file and kept for the store after a write failed.
+func (a *Log) Queued() int {
+	return len(a.queue) + int(a.overflowN.Load()) + int(a.backlogN.Load())
+}
+
+// Lost is how many records since Open are in the audit file only: kept
+// beyond the bounds while the store failed, or refused by the store.
+func (a *Log) Lost() int64 { return a.lost.Load() }
 
 // Start starts the writer goroutine: from now on records are written in
 // batches. Stop ends it.
@@ -133,29 +188,53 @@ func (a *Log) startPeriodic(p periodic) {
 // It commits whatever has queued up while the previous batch was written
 // (group commit): one transaction per batch under load. A batch that
 // somebody waits for is written at once; one that nobody waits for (only
-// records from Record) lingers up to auditLinger for company.
+// records from Record) lingers up to auditLinger for company. Records
+// kept after a failed write go first, in the same transaction.
 func (a *Log) run() {
 	defer close(a.done)
 	items := make([]item, 0, auditBatch)
-	recs := make([]Record, 0, auditBatch)
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	for it := range a.queue {
-		items = append(items[:0], it)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	a.retry = time.NewTimer(time.Hour)
+	a.retry.Stop()
+	defer a.retry.Stop()
+	for {
+		items = items[:0]
+		// Records that overflowed are taken below, once the queue holds
+		// nothing added before them: no waiting for more then.
+		if a.overflowN.Load() == 0 {
+			select {
+			case it, ok := <-a.queue:
+				if !ok {
+					a.commit(nil)
+					if n := len(a.backlog); n > 0 {
+						a.log.Error("audit: stopping with records the store did not take; they are in the audit file only, marked store_error", "records", n)
+					}
+					return
+				}
+				items = a.add(items, it)
+			case <-a.retry.C:
+			case <-a.overflowed:
+			}
+		}
 	fill:
 		for len(items) < auditBatch {
 			select {
 			case it, ok := <-a.queue:
-				if !ok {
+				if !ok { // Stop: nothing more is queued
+					items = a.takeOverflow(items, math.MaxUint64)
 					break fill
 				}
-				items = append(items, it)
+				items = a.add(items, it)
 			default:
+				// Queue empty: whatever overflowed came before anything
+				// queued from now on.
+				items = a.takeOverflow(items, math.MaxUint64)
 				break fill
 			}
 		}
-		if !waited(items) && len(items) < auditBatch {
-			timer.Reset(auditLinger)
+		if len(items) > 0 && !waited(items) && len(items) < auditBatch {
+			linger.Reset(auditLinger)
 		linger:
 			for len(items) < auditBatch {
 				select {
@@ -163,32 +242,148 @@ func (a *Log) run() {
 					if !ok {
 						break linger
 					}
-					items = append(items, it)
+					items = a.add(items, it)
 					if it.done != nil {
 						break linger // someone waits: write now
 					}
-				case <-timer.C:
+				case <-linger.C:
 					break linger
 				}
 			}
-			timer.Stop()
+			linger.Stop()
 		}
-		recs = recs[:0]
-		for _, it := range items {
-			recs = append(recs, it.rec)
-		}
-		start := time.Now()
-		a.write(recs)
-		if a.Committed != nil {
-			a.Committed(start)
-		}
-		for _, it := range items {
-			if it.done != nil {
-				close(it.done)
-			}
-		}
+		a.commit(items)
 		clear(items) // drop references to written records
 	}
+}
+
+// add appends it to items, after the records added before it while the
+// queue was full.
+func (a *Log) add(items []item, it item) []item {
+	if a.overflowN.Load() > 0 {
+		items = a.takeOverflow(items, it.seq)
+	}
+	return append(items, it)
+}
+
+// takeOverflow appends to items the overflowed records added before seq.
+func (a *Log) takeOverflow(items []item, seq uint64) []item {
+	a.orderMu.Lock()
+	defer a.orderMu.Unlock()
+	n := 0
+	for n < len(a.overflow) && a.overflow[n].seq < seq {
+		n++
+	}
+	items = append(items, a.overflow[:n]...)
+	rest := copy(a.overflow, a.overflow[n:])
+	clear(a.overflow[rest:])
+	a.overflow = a.overflow[:rest]
+	a.overflowN.Store(int64(rest))
+	return items
+}
+
+// commit writes the records kept from failed writes and then items to the
+// store, and items not yet in the file to the file, and tells whoever
+// waits for items. What the store did not take is kept, up to
+// auditBacklog records, and tried again.
+func (a *Log) commit(items []item) {
+	if len(items) == 0 && len(a.backlog) == 0 {
+		return
+	}
+	kept := len(a.backlog)
+	recs := append(a.buf[:0], a.backlog...)
+	for _, it := range items {
+		recs = append(recs, it.rec)
+	}
+	start := time.Now()
+	done, refused, err := a.store(recs)
+	if a.Committed != nil {
+		a.Committed(start)
+	}
+	lines := make([]auditLine, 0, len(items))
+	for i, it := range items {
+		if it.filed {
+			continue
+		}
+		l := auditLine{Record: it.rec}
+		if j := kept + i; j >= done {
+			l.StoreError = errString(err)
+		} else if rerr, ok := refused[j]; ok {
+			l.StoreError = rerr.Error()
+		}
+		lines = append(lines, l)
+	}
+	a.appendFile(lines)
+	for _, it := range items {
+		if it.done != nil {
+			close(it.done)
+		}
+	}
+	if err == nil {
+		if kept > 0 {
+			a.log.Info("audit: the store answers again; the records kept for it are written", "records", kept)
+		}
+		a.backlog = nil
+		a.retryWait = 0
+		a.retry.Stop()
+	} else {
+		rest := recs[done:]
+		if over := len(rest) - auditBacklog; over > 0 {
+			rest = rest[:auditBacklog]
+			a.lose(over, "kept for the store while it fails")
+		}
+		a.backlog = append([]Record(nil), rest...)
+		a.log.Error("audit: store write failed; records written to the audit file, marked store_error, and kept to be written again",
+			"records", len(items), "kept", len(a.backlog), "err", err)
+		a.retryWait = min(max(2*a.retryWait, retryMin), retryMax)
+		a.retry.Reset(a.retryWait/2 + mrand.N(a.retryWait/2+1))
+	}
+	a.backlogN.Store(int64(len(a.backlog)))
+	clear(recs)
+	a.buf = recs[:0]
+}
+
+// store writes recs to the store, in order, and returns how many of them
+// are done with, from the first: stored, or refused by the store (a
+// record it could never hold, whose error refused holds by index: it
+// stays in the file only). err, when not nil, is the failure that stopped
+// it before recs[done], to be tried again. A batch the store refuses is
+// split until the records it refuses are alone, so that one record it
+// cannot hold does not keep the others out.
+func (a *Log) store(recs []Record) (done int, refused map[int]error, err error) {
+	ctx, cancel := context.WithTimeout(a.ctx, storeTimeout)
+	err = a.st.AddAudit(ctx, recs)
+	cancel()
+	if err == nil {
+		return len(recs), nil, nil
+	}
+	if !a.st.Refused(err) {
+		return 0, nil, err
+	}
+	if len(recs) == 1 {
+		a.lose(1, "refused by the store")
+		a.log.Error("audit: the store refused a record; it is in the audit file only", "kind", recs[0].Kind, "err", err)
+		return 1, map[int]error{0: err}, nil
+	}
+	half := len(recs) / 2
+	done, refused, err = a.store(recs[:half])
+	if err != nil {
+		return done, refused, err
+	}
+	d2, r2, err := a.store(recs[half:])
+	for i, e := range r2 {
+		if refused == nil {
+			refused = map[int]error{}
+		}
+		refused[half+i] = e
+	}
+	return half + d2, refused, err
+}
+
+// lose counts n records that are in the audit file only, and says why.
+func (a *Log) lose(n int, why string) {
+	total := a.lost.Add(int64(n))
+	a.log.Error("audit: records written to the audit file only, not to the store", "records", n, "why", why, "total", total)
 }
 
 // waited reports whether anyone waits for one of items to be written.
@@ -204,13 +399,17 @@ func waited(items []item) bool {
 // item is a queued record and the channel closed once it is written (nil
 // when nobody waits for it).
 type item struct {
-	rec  Record
-	done chan struct{}
+	rec   Record
+	done  chan struct{}
+	seq   uint64 // the order it was added in
+	filed bool   // written to the file already (added while the queue was full)
 }
 
 // Add records rec (stamping its time when unset) and returns once it is in
 // the store and the file, so an action is never taken unaudited even when
-// the relay dies right after. Concurrent adds share one transaction.
+// the relay dies right after. Concurrent adds share one transaction. When
+// the store fails (or the queue is full), Add returns once rec is in the
+// file, marked, and the writer keeps it for the store (see Log).
 func (a *Log) Add(rec Record) { a.Queue(rec)() }
 
 // Queue queues rec (stamping its time when unset) as Add does, and
@@ -248,15 +447,23 @@ func (a *Log) QueueWithin(rec Record, d time.Duration) bool {
 // Record queues rec (stamping its time when unset) and returns without
 // waiting for the write: for records of something already over, such as a
 // stream that ended, where waiting would hold up nothing but the caller.
-// The queue is bounded; when it is full, Record waits for room.
+// The queue is bounded; when it is full (the store stalls), Record writes
+// rec to the file at once and leaves it to the writer for the store
+// (enqueue): it never waits for the store.
 func (a *Log) Record(rec Record) { a.enqueue(rec, false) }
 
 // enqueue hands rec to run. Without a writer goroutine it writes at once
 // and returns nil. With wait it returns the channel closed once run has
-// written rec.
+// written rec. When the queue is full it writes rec to the file, marked
+// store_queue_full, and returns nil: it is in the file, the writer stores
+// it after the records added before it (up to auditOverflow such records;
+// beyond, it stays in the file only).
 func (a *Log) enqueue(rec Record, wait bool) chan struct{} {
 	if rec.At.IsZero() {
 		rec.At = time.Now()
+	}
+	if rec.Key == "" {
+		rec.Key = a.keyPrefix + strconv.FormatUint(a.keySeq.Add(1), 36)
 	}
 	a.mu.RLock()
 	if a.closed {
@@ -268,14 +475,39 @@ func (a *Log) enqueue(rec Record, wait bool) chan struct{} {
 	if wait {
 		it.done = make(chan struct{})
 	}
-	a.queue <- it // run drains the queue while close waits for this lock
+	a.orderMu.Lock()
+	it.seq = a.nextSeq
+	a.nextSeq++
+	select {
+	case a.queue <- it:
+		a.orderMu.Unlock()
+		a.mu.RUnlock()
+		return it.done
+	default:
+	}
+	it.done, it.filed = nil, true
+	keep := len(a.overflow) < auditOverflow
+	if keep {
+		a.overflow = append(a.overflow, it)
+		a.overflowN.Store(int64(len(a.overflow)))
+	}
+	a.orderMu.Unlock()
 	a.mu.RUnlock()
-	return it.done
+	select {
+	case a.overflowed <- struct{}{}:
+	default:
+	}
+	a.appendFile([]auditLine{{Record: rec, StoreQueueFull: true}})
+	if !keep {
+		a.lose(1, "the audit queue is full")
+	}
+	return nil
 }
 
-// write stores recs and appends them to the file. A record the store could
-// not take is still written to the file, marked store_error, so nothing is
-// lost.
+// write stores recs and appends them to the file, without a writer
+// goroutine (before Start, after Stop: the admin commands). A record the
+// store could not take is still written to the file, marked store_error,
+// so nothing is lost; it is not tried again.
 func (a *Log) write(recs []Record) {
 	ctx, cancel := context.WithTimeout(a.ctx, storeTimeout)
 	err := a.st.AddAudit(ctx, recs)
@@ -283,11 +515,23 @@ func (a *Log) write(recs []Record) {
 	if err != nil {
 		a.log.Error("audit: store write failed; records kept in the audit file only", "records", len(recs), "err", err)
 	}
-	buf := make([]byte, 0, 256*len(recs))
-	for _, r := range recs {
-		line, merr := json.Marshal(auditLine{Record: r, StoreError: errString(err)})
+	lines := make([]auditLine, len(recs))
+	for i, r := range recs {
+		lines[i] = auditLine{Record: r, StoreError: errString(err)}
+	}
+	a.appendFile(lines)
+}
+
+// appendFile appends lines to the file.
+func (a *Log) appendFile(lines []auditLine) {
+	if len(lines) == 0 {
+		return
+	}
+	buf := make([]byte, 0, 256*len(lines))
+	for _, l := range lines {
+		line, merr := json.Marshal(l)
 		if merr != nil {
-			a.log.Error("audit: encode record", "kind", r.Kind, "err", merr)
+			a.log.Error("audit: encode record", "kind", l.Kind, "err", merr)
 			continue
 		}
 		buf = append(append(buf, line...), '\n')
@@ -295,13 +539,19 @@ func (a *Log) write(recs []Record) {
 	a.fileMu.Lock()
 	defer a.fileMu.Unlock()
 	if _, werr := a.file.Write(buf); werr != nil {
-		a.log.Error("audit: append to file failed", "path", a.path, "records", len(recs), "err", werr)
+		a.log.Error("audit: append to file failed", "path", a.path, "records", len(lines), "err", werr)
 	}
 }
 
+// auditLine is a line of the audit file. StoreError says the store had
+// not taken the record when it was written to the file (the writer tries
+// it again, as long as it keeps it: see Log); StoreQueueFull that it was
+// written to the file as it was added, the queue being full (the writer
+// stores it in its place, as far as it keeps it).
 type auditLine struct {
 	Record
-	StoreError string `json:"store_error,omitempty"`
+	StoreError     string `json:"store_error,omitempty"`
+	StoreQueueFull bool   `json:"store_queue_full,omitempty"`
 }
 
 func errString(err error) string {
