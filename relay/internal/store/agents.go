@@ -81,9 +81,15 @@ func scanAgent(sc interface{ Scan(...any) error }) (Agent, error) {
 	return a, nil
 }
 
-// Agent returns one agent.
+// Agent returns one agent (run again when its connection was lost: an
+// agent is looked up at every connection).
 func (s *Store) Agent(ctx context.Context, id string) (Agent, error) {
-	return agent(ctx, s.db, id)
+	var a Agent
+	err := s.read(ctx, func() (err error) {
+		a, err = agent(ctx, s.db, id)
+		return err
+	})
+	return a, err
 }
 
 func agent(ctx context.Context, q queryRower, id string) (Agent, error) {

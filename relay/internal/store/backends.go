@@ -273,8 +273,18 @@ func backendExists(ctx context.Context, tx *sql.Tx, name string) error {
 	return err
 }
 
-// Backend returns one backend credential.
+// Backend returns one backend credential (run again when its connection
+// was lost: the front doors look a backend up on a cache miss).
 func (s *Store) Backend(ctx context.Context, name string) (Backend, error) {
+	var b Backend
+	err := s.read(ctx, func() (err error) {
+		b, err = s.backend(ctx, name)
+		return err
+	})
+	return b, err
+}
+
+func (s *Store) backend(ctx context.Context, name string) (Backend, error) {
 	var b Backend
 	var hashHex string
 	var created, recorded int64

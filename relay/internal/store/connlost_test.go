@@ -25,33 +25,8 @@ func TestPostgresRestartCostsNoTransaction(t *testing.T) {
 	}
 	defer s.Close()
 
-	// Fill the pool: 16 transactions open at once, each on a connection of
-	// its own, which the pool keeps once they commit.
 	const conns = 16
-	var in sync.WaitGroup
-	in.Add(conns)
-	all := make(chan struct{})
-	errs := make(chan error, conns)
-	for range conns {
-		go func() {
-			errs <- s.tx(ctx, func(tx *sql.Tx) error {
-				in.Done()
-				<-all
-				_, err := tx.ExecContext(ctx, `SELECT 1`)
-				return err
-			})
-		}()
-	}
-	in.Wait()
-	close(all)
-	for range conns {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n := s.db.Stats().Idle; n != conns {
-		t.Fatalf("%d idle connections in the pool, want %d", n, conns)
-	}
+	fillPool(t, s, conns)
 
 	if err := pg.Restart(ctx); err != nil {
 		t.Fatal(err)
@@ -84,6 +59,70 @@ func TestPostgresRestartCostsNoTransaction(t *testing.T) {
 	}
 	if len(tenants) != conns {
 		t.Errorf("%d tenants after the restart, want %d", len(tenants), conns)
+	}
+}
+
+// An agent's or a backend's lookup right after PostgreSQL restarted, on
+// a pooled connection that died with it, is run again on a live one.
+func TestPostgresRestartCostsNoLookup(t *testing.T) {
+	pg := pgtest.Start(t)
+	s, err := OpenPostgres(ctx, pg.CreateDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	fillPool(t, s, 8)
+	if err := pg.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	fail := make(chan error, 16)
+	for i := range 8 {
+		wg.Go(func() {
+			if _, err := s.Agent(ctx, fmt.Sprintf("a%d", i)); !errors.Is(err, ErrNotFound) {
+				fail <- fmt.Errorf("agent lookup after the restart: %v, want not found", err)
+			}
+		})
+		wg.Go(func() {
+			if _, err := s.Backend(ctx, fmt.Sprintf("b%d", i)); !errors.Is(err, ErrNotFound) {
+				fail <- fmt.Errorf("backend lookup after the restart: %v, want not found", err)
+			}
+		})
+	}
+	wg.Wait()
+	close(fail)
+	for err := range fail {
+		t.Error(err)
+	}
+}
+
+// fillPool has n transactions open at once, each on a connection of its
+// own, which the pool keeps once they commit.
+func fillPool(t *testing.T, s *Store, n int) {
+	t.Helper()
+	var in sync.WaitGroup
+	in.Add(n)
+	all := make(chan struct{})
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			errs <- s.tx(ctx, func(tx *sql.Tx) error {
+				in.Done()
+				<-all
+				_, err := tx.ExecContext(ctx, `SELECT 1`)
+				return err
+			})
+		}()
+	}
+	in.Wait()
+	close(all)
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if idle := s.db.Stats().Idle; idle != n {
+		t.Fatalf("%d idle connections in the pool, want %d", idle, n)
 	}
 }
 

@@ -112,22 +112,54 @@ func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 		if err == nil {
 			return nil
 		}
-		class := s.d.classify(err)
-		if s.connLost != nil && (class == classConnLost || class == classConnUnsent) {
-			s.connLost.Store(time.Now().UnixNano())
-		}
-		if !retryable(class, committing) || attempt == retryAttempts || ctx.Err() != nil {
+		class := s.noteLost(err)
+		if !retryable(class, committing) || attempt == retryAttempts || !pause(ctx, &wait) {
 			return err
 		}
-		t := time.NewTimer(wait + rand.N(wait))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return err
-		case <-t.C:
-		}
-		wait = min(2*wait, time.Second)
 	}
+}
+
+// read runs fn, a read outside a transaction, and runs it again, as tx
+// does, when it failed for a reason worth retrying: a read has no
+// effect, so a connection lost under it is, whenever it was lost.
+func (s *Store) read(ctx context.Context, fn func() error) error {
+	wait := 5 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		if !retryable(s.noteLost(err), false) || attempt == retryAttempts || !pause(ctx, &wait) {
+			return err
+		}
+	}
+}
+
+// noteLost classifies err and, for a lost connection, has the pool's
+// connections last used before now checked before their next use.
+func (s *Store) noteLost(err error) errClass {
+	class := s.d.classify(err)
+	if s.connLost != nil && (class == classConnLost || class == classConnUnsent) {
+		s.connLost.Store(time.Now().UnixNano())
+	}
+	return class
+}
+
+// pause waits about *wait (jittered) and doubles it, up to a second; it
+// reports false, at once, when ctx ends first.
+func pause(ctx context.Context, wait *time.Duration) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	t := time.NewTimer(*wait + rand.N(*wait))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	}
+	*wait = min(2**wait, time.Second)
+	return true
 }
 
 // txOnce runs fn in a transaction and commits it. committing reports
