@@ -4,10 +4,13 @@
 package audit
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	mrand "math/rand/v2"
@@ -47,6 +50,9 @@ const (
 	// records it keeps again when nothing new comes to write.
 	retryMin = 500 * time.Millisecond
 	retryMax = 30 * time.Second
+	// replayTail is how much of the end of the audit file the writer
+	// reads as it starts, for records the store had not taken (unstored).
+	replayTail = 16 << 20
 )
 
 // Log writes audit records to the store and, one JSON object per line, to
@@ -198,6 +204,14 @@ func (a *Log) run() {
 	a.retry = time.NewTimer(time.Hour)
 	a.retry.Stop()
 	defer a.retry.Stop()
+	if recs := a.unstored(); len(recs) > 0 {
+		// Written before anything recorded from now on; those the store
+		// holds already are skipped by their keys.
+		a.backlog = recs
+		a.backlogN.Store(int64(len(recs)))
+		a.log.Info("audit: records of the audit file marked as not in the store are written to it again", "records", len(recs))
+		a.retry.Reset(0)
+	}
 	for {
 		items = items[:0]
 		// Records that overflowed are taken below, once the queue holds
@@ -255,6 +269,54 @@ func (a *Log) run() {
 		a.commit(items)
 		clear(items) // drop references to written records
 	}
+}
+
+// unstored returns the records of the last replayTail bytes of the audit
+// file marked store_error or store_queue_full that have a key (up to the
+// last auditBacklog of them), in the order of the file: records a relay
+// stopped or killed before the store took them, and records of the admin
+// commands (which do not try again). Lines without a key (written before
+// records had one) are passed over: they could be stored twice.
+func (a *Log) unstored() []Record {
+	f, err := os.Open(a.path)
+	if err != nil {
+		a.log.Error("audit: read the audit file for records not in the store", "err", err)
+		return nil
+	}
+	defer f.Close()
+	var from int64
+	if fi, err := f.Stat(); err == nil && fi.Size() > replayTail {
+		from = fi.Size() - replayTail
+	}
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		a.log.Error("audit: read the audit file for records not in the store", "err", err)
+		return nil
+	}
+	var recs []Record
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
+	for skip := from > 0; sc.Scan(); skip = false {
+		b := sc.Bytes()
+		if skip || (!bytes.Contains(b, []byte(`"store_error"`)) && !bytes.Contains(b, []byte(`"store_queue_full"`))) {
+			continue // a line cut by the start of the tail, or one in the store
+		}
+		var l auditLine
+		if err := json.Unmarshal(b, &l); err != nil || l.Key == "" || (l.StoreError == "" && !l.StoreQueueFull) {
+			continue
+		}
+		l.Record.Seq = 0
+		if len(recs) == 2*auditBacklog { // keep the last ones
+			recs = append(recs[:0], recs[auditBacklog:]...)
+		}
+		recs = append(recs, l.Record)
+	}
+	if err := sc.Err(); err != nil {
+		a.log.Error("audit: read the audit file for records not in the store", "err", err)
+	}
+	if n := len(recs) - auditBacklog; n > 0 {
+		recs = recs[n:]
+	}
+	return recs
 }
 
 // add appends it to items, after the records added before it while the

@@ -419,3 +419,52 @@ func (p *proxy) clientToServer(c, s net.Conn) {
 		}
 	}
 }
+
+// Records a relay stopped with before the store took them (in its audit
+// file, marked store_error) are written to the store when the next relay
+// on the same file starts, once, however often it starts.
+func TestUnstoredRecordsWrittenAtStart(t *testing.T) {
+	pg := pgtest.Start(t)
+	p := startProxy(t, pg.Addr())
+	path := filepath.Join(t.TempDir(), "audit.log")
+	start := func(dsn string) (*store.Store, *Log) {
+		st, err := store.OpenPostgres(context.Background(), dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := Open(context.Background(), st, path, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.Start()
+		return st, a
+	}
+	stop := func(st *store.Store, a *Log) {
+		a.Stop()
+		a.Close()
+		st.Close()
+	}
+	st, a := start(pg.DSNFor(p.addr()))
+	a.Add(Record{Kind: Stream, Outcome: OutcomeOK, Tenant: "acme", Detail: map[string]any{"n": 0}})
+	p.setDown(true)
+	for i := 1; i < 4; i++ {
+		a.Add(Record{Kind: Stream, Outcome: OutcomeOK, Tenant: "acme", Detail: map[string]any{"n": i}})
+	}
+	stop(st, a) // its last try fails: the three are in the file only
+	p.setDown(false)
+
+	direct, err := store.OpenPostgres(context.Background(), pg.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	if recs, err := direct.ListAudit(context.Background(), store.AuditFilter{Tenant: "acme"}); err != nil || len(recs) != 1 {
+		t.Fatalf("%d records in the store after a stop with the store down (%v), want 1", len(recs), err)
+	}
+	for range 2 {
+		st, a := start(pg.DSN())
+		a.Add(Record{Kind: Stream, Outcome: OutcomeOK, Tenant: "other"}) // after the records kept
+		stop(st, a)
+	}
+	inOrder(t, waitStored(t, direct, "acme", 4), 4)
+}
