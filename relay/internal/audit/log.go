@@ -222,7 +222,7 @@ func (a *Log) run() {
 				if !ok {
 					a.commit(nil)
 					if n := len(a.backlog); n > 0 {
-						a.log.Error("audit: stopping with records the store did not take; they are in the audit file only, marked store_error", "records", n)
+						a.log.Error("audit: stopping with records the store did not take; they are in the audit file, marked store_error, and written to the store when the relay next starts on it", "records", n)
 					}
 					return
 				}
