@@ -42,6 +42,10 @@ func (r *Relay) follow(ctx context.Context, from int64) {
 				r.log.Error("change feed: a change that kept failing was passed over; the relay reads its whole state again", "err", err)
 				return
 			}
+			if errors.Is(err, store.ErrRewound) {
+				r.log.Error("change feed: the store's feed went back (a failover to a replica or a restore from a backup lost its newest changes); the relay reads its whole state again and follows the feed from its newest change", "err", err)
+				return
+			}
 			r.log.Warn("read the change feed", "err", err)
 		},
 	})
@@ -79,11 +83,13 @@ func (r *Relay) apply(ctx context.Context, c store.Change) error {
 // resync reads again everything the feed would have told: when changes
 // were pruned before this relay read them, when the store's change
 // notices were interrupted (PostgreSQL restarted, or the network to it
-// failed), and when a change that kept failing was passed over.
+// failed), when a change that kept failing was passed over, and when the
+// feed went back under this relay (a failover or a restore lost its
+// newest changes).
 // ctx is bounded (the follower's resync timeout): the errors of what
 // could not be read are returned, and the follower resyncs again.
 func (r *Relay) resync(ctx context.Context) error {
-	r.log.Warn("reading the relay's state from the store again (its change feed was pruned past this relay's position, its change notices were interrupted, or a change was passed over)")
+	r.log.Warn("reading the relay's state from the store again (its change feed was pruned past this relay's position or went back below it, its change notices were interrupted, or a change was passed over)")
 	lerr := r.loadLimits(ctx)
 	r.doors.ForgetAll()
 	cerr := r.rotation.Apply(ctx)

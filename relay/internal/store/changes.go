@@ -173,10 +173,12 @@ type Follower struct {
 	// Error.
 	Apply func(context.Context, Change) error
 	// Resync is called instead when changes were pruned before Follow
-	// read them, when the store's change notices were interrupted, and
-	// after a change was passed over: the follower must read its whole
-	// state again. Its context is bounded by ResyncTimeout. After a gap
-	// in the feed, a Resync that fails is called again at the next poll,
+	// read them, when the store's change notices were interrupted, after
+	// a change was passed over, and when the feed went back under Follow
+	// (ErrRewound; Follow then goes on from the feed's newest change):
+	// the follower must read its whole state again. Its context is
+	// bounded by ResyncTimeout. After a gap in the feed, or the feed
+	// going back, a Resync that fails is called again at the next poll,
 	// before any change after the gap is applied, and passed over as a
 	// change is (Resync is then called again as below). Otherwise a
 	// Resync that fails is called again at the next poll, then at
@@ -229,6 +231,15 @@ const maxResyncWait = 30 * time.Second
 // RetryFor: a resync is to read again what it would have changed.
 var ErrPassedOver = errors.New("passed over")
 
+// ErrRewound is wrapped by the error Follow reports when the change feed
+// went back under it: the change it applied last is gone, and no later
+// one kept, or another change holds its number. That happens when the
+// database fails over to an asynchronous replica that lacked the newest
+// changes, or is restored from a backup; the changes written since may
+// carry numbers the follower has passed. Follow then reads the whole
+// state again (Resync) and follows the feed from its newest change.
+var ErrRewound = errors.New("the change feed went back")
+
 // positive is d, or def when d is not positive.
 func positive(d, def time.Duration) time.Duration {
 	if d <= 0 {
@@ -268,7 +279,9 @@ func (s *Store) Follow(ctx context.Context, from int64, f Follower) error {
 	// After the listener lost its connection (the database restarted,
 	// or the network between failed), the follower reads its whole state
 	// again, as well as the changes since: belt and braces, since the
-	// changes table alone misses nothing not pruned.
+	// changes table alone misses nothing not pruned. A lost connection
+	// is also how a failover shows: the read that follows the reconnect,
+	// as every read, checks that the feed did not go back.
 	listening := make(chan struct{})
 	go func() {
 		defer close(listening)
@@ -301,6 +314,13 @@ type following struct {
 	s    *Store
 	f    Follower
 	from int64 // the last change applied or passed over
+	// last is the change at from, once a read has returned it (known):
+	// another change under its number tells a feed that went back.
+	last  Change
+	known bool
+	// rewoundAt is the position at which the feed was last reported gone
+	// back, so that a resync retried at each poll reports it once.
+	rewoundAt int64
 	// resync asks for the whole state to be read again, no sooner than
 	// resyncAt; resyncFailures is how many times in a row it failed.
 	resync         atomic.Bool
@@ -417,15 +437,55 @@ func (fl *following) succeeded(what string) {
 
 // once reads and applies the changes after fl.from, up to the newest, and
 // tells Read. An error stops it (before a change that failed to apply).
+//
+// Each read takes the change at fl.from too, the last one applied: while
+// it is still there, and still the change that was applied, the feed has
+// not gone back. When it is gone and nothing came after it, or another
+// change holds its number, the feed went back under the follower (the
+// database failed over to a replica that lacked the newest changes, or
+// was restored from a backup): the changes written since carry numbers
+// the follower has passed, and would never be read. rewound then reads
+// the whole state again and follows the feed from its newest change.
 func (fl *following) once(ctx context.Context) error {
 	timeout := positive(fl.f.ReadTimeout, DefaultFeedReadTimeout)
 	for {
 		began := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, timeout)
-		changes, err := fl.s.Changes(rctx, fl.from, followBatch)
+		changes, err := fl.s.Changes(rctx, max(fl.from-1, 0), followBatch)
 		cancel()
 		if err != nil {
 			return err
+		}
+		full := len(changes) == followBatch
+		if fl.from > 0 {
+			switch {
+			case len(changes) > 0 && changes[0].Seq == fl.from && (!fl.known || sameChange(changes[0], fl.last)):
+				fl.last, fl.known = changes[0], true
+				changes = changes[1:]
+			case len(changes) > 0 && changes[0].Seq == fl.from:
+				why := fmt.Sprintf("change %d is no longer the one this relay applied (%s, now %s)", fl.from, describe(fl.last), describe(changes[0]))
+				if again, err := fl.rewound(ctx, why); !again {
+					return err
+				}
+				continue
+			default:
+				// The change at fl.from is gone. Pruned, with later
+				// changes kept, is the gap below; gone with older ones
+				// kept, or with nothing after it, the feed went back.
+				rctx, cancel := context.WithTimeout(ctx, timeout)
+				oldest, err := fl.s.OldestChange(rctx)
+				cancel()
+				if err != nil {
+					return err
+				}
+				if len(changes) == 0 || oldest <= fl.from {
+					why := fmt.Sprintf("change %d, the last this relay applied, is gone", fl.from)
+					if again, err := fl.rewound(ctx, why); !again {
+						return err
+					}
+					continue
+				}
+			}
 		}
 		if len(changes) > 0 && changes[0].Seq > fl.from+1 {
 			// A gap: either changes were pruned unread, or sequence
@@ -453,13 +513,52 @@ func (fl *following) once(ctx context.Context) error {
 			if goOn, err := fl.try(ctx, what, "applied again", timeout, func(actx context.Context) error { return fl.f.Apply(actx, c) }); !goOn {
 				return err
 			}
-			fl.from = c.Seq
+			fl.from, fl.last, fl.known = c.Seq, c, true
 		}
 		if fl.f.Read != nil {
 			fl.f.Read(began)
 		}
-		if len(changes) < followBatch {
+		if !full {
 			return nil
 		}
 	}
+}
+
+// rewound handles a feed that went back under the follower (why says how
+// it was found): it reports it, loudly (an error wrapping ErrRewound),
+// reads the newest change's number, reads the whole state again and
+// follows the feed from that change. again is true when the caller is to
+// read the feed again from the new position; otherwise err is the
+// failure to report, and the next poll finds the feed gone back again
+// and tries again (a resync that keeps failing is passed over as a
+// change is).
+func (fl *following) rewound(ctx context.Context, why string) (again bool, err error) {
+	timeout := positive(fl.f.ReadTimeout, DefaultFeedReadTimeout)
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	latest, err := fl.s.LatestChange(rctx)
+	cancel()
+	if err != nil {
+		return false, err
+	}
+	if fl.rewoundAt != fl.from {
+		fl.rewoundAt = fl.from
+		fl.report(fmt.Errorf("%w: %s, and the newest change is %d: the database failed over to a copy that lacked this relay's latest changes, or was restored from a backup, and changes written since may carry numbers this relay has passed; it reads its whole state again and follows the feed from change %d",
+			ErrRewound, why, latest, latest))
+	}
+	what := fmt.Sprintf("read the whole state again (the change feed went back below %d)", fl.from)
+	if goOn, err := fl.try(ctx, what, "done again", positive(fl.f.ResyncTimeout, DefaultResyncTimeout), fl.resyncStep); !goOn {
+		return false, err
+	}
+	fl.from, fl.known, fl.rewoundAt = latest, false, 0
+	return true, nil
+}
+
+// sameChange reports whether a and b are the same row of the feed.
+func sameChange(a, b Change) bool {
+	return a.Seq == b.Seq && a.At.Equal(b.At) && a.Kind == b.Kind && a.Tenant == b.Tenant && a.Subject == b.Subject
+}
+
+// describe names a change for a log.
+func describe(c Change) string {
+	return fmt.Sprintf("%s %q/%q at %s", c.Kind, c.Tenant, c.Subject, c.At.UTC().Format(time.RFC3339Nano))
 }
