@@ -73,6 +73,8 @@ func (r *Relay) assembleMember() error {
 			r.log.Warn("no advertised agent address: agents of the cluster are not told of this relay and reach it only through the address they were configured with (set --advertise)")
 		}
 	}
+	// The epoch is proposed from this host's clock; the store raises it
+	// above the last run's when this clock is behind that run's.
 	r.member = cluster.New(cluster.Config{Store: r.dir.Store, ID: r.relayID, Epoch: time.Now().UnixNano(),
 		AgentAddr: agentAddr, PeerAddr: peerAddr, Version: r.cfg.Version, Started: time.Now(),
 		Heartbeat: r.cfg.ClusterHeartbeat, DeadAfter: r.cfg.ClusterDeadAfter, Load: r.load,

@@ -51,7 +51,11 @@ const (
 // Config configures a relay's membership.
 type Config struct {
 	Store *store.Store
-	// ID names this relay in the cluster; Epoch grows at every start.
+	// ID names this relay in the cluster. Epoch is the run epoch this
+	// start proposes (its time on this host's clock): the store takes it,
+	// or one above the id's last epoch when that is not below it (a
+	// clock behind an earlier run's), so that epochs grow at every start
+	// (store.JoinCluster); Epoch says which was taken.
 	ID    string
 	Epoch int64
 	// AgentAddr and PeerAddr are where agents and peer relays reach this
@@ -77,6 +81,7 @@ type Cluster struct {
 
 	draining atomic.Bool
 	lastBeat atomic.Int64 // Unix nanoseconds of the last heartbeat written
+	epoch    atomic.Int64 // this run's epoch, once it joined (0 before)
 
 	mu       sync.Mutex // guards the fields below
 	pending  map[store.AgentKey]int
@@ -106,6 +111,10 @@ func New(cfg Config) *Cluster {
 
 // ID is this relay's id.
 func (c *Cluster) ID() string { return c.cfg.ID }
+
+// Epoch is this run's epoch, as the store gave it when it joined the
+// cluster (0 before it has).
+func (c *Cluster) Epoch() int64 { return c.epoch.Load() }
 
 // DeadAfter is how long a silent relay counts as alive.
 func (c *Cluster) DeadAfter() time.Duration { return c.cfg.DeadAfter }
@@ -194,12 +203,6 @@ func (c *Cluster) AgentRelays(ctx context.Context, tenant string) (map[store.Age
 // row marked gone and its presence rows deleted, so that peers stop
 // counting it at once rather than DeadAfter later.
 func (c *Cluster) Run(ctx context.Context) error {
-	cctx, cancel := context.WithTimeout(ctx, opTimeout)
-	err := c.cfg.Store.ClearPresence(cctx, c.cfg.ID, c.cfg.Epoch)
-	cancel()
-	if err != nil && ctx.Err() == nil {
-		c.log.Warn("clear the presence rows of this relay's earlier run", "err", err)
-	}
 	c.beat(ctx)
 	tick := time.NewTicker(c.cfg.Heartbeat)
 	defer tick.Stop()
@@ -235,18 +238,24 @@ func (c *Cluster) Run(ctx context.Context) error {
 	}
 }
 
-// beat writes this relay's row, then its waiting presence rows (a row
-// first, so that they count at once), then reads the live list.
+// beat writes this relay's row (joining the cluster, the first time),
+// then its waiting presence rows (a row first, so that they count at
+// once), then reads the live list.
 func (c *Cluster) beat(parent context.Context) {
 	ctx, cancel := context.WithTimeout(parent, opTimeout)
 	defer cancel()
-	r := store.Relay{ID: c.cfg.ID, Epoch: c.cfg.Epoch, AgentAddr: c.cfg.AgentAddr, PeerAddr: c.cfg.PeerAddr,
+	r := store.Relay{ID: c.cfg.ID, Epoch: c.epoch.Load(), AgentAddr: c.cfg.AgentAddr, PeerAddr: c.cfg.PeerAddr,
 		Version: c.cfg.Version, StartedAt: c.cfg.Started, Draining: c.draining.Load()}
 	if c.cfg.Load != nil {
 		r.Agents, r.Sessions, r.Streams = c.cfg.Load()
 	}
 	began := time.Now()
-	err := c.cfg.Store.Heartbeat(ctx, r)
+	var err error
+	if r.Epoch == 0 {
+		err = c.join(ctx, r)
+	} else {
+		err = c.cfg.Store.Heartbeat(ctx, r)
+	}
 	switch {
 	case errors.Is(err, store.ErrFenced):
 		c.log.Error("another process runs as this relay (a later start under the same relay id); stopping", "relay_id", c.cfg.ID)
@@ -279,6 +288,25 @@ func (c *Cluster) beat(parent context.Context) {
 	c.live = live
 }
 
+// join writes this run's first row, taking its epoch from the store,
+// and deletes the presence rows earlier runs left.
+func (c *Cluster) join(ctx context.Context, r store.Relay) error {
+	r.Epoch = c.cfg.Epoch
+	epoch, err := c.cfg.Store.JoinCluster(ctx, r)
+	if err != nil {
+		return err
+	}
+	c.epoch.Store(epoch)
+	if epoch != c.cfg.Epoch {
+		c.log.Info("joined the cluster with an epoch above this start's clock: an earlier run of this relay id had a later one (a clock stepped back, or a host moved)",
+			"relay_id", c.cfg.ID, "epoch", epoch, "proposed", c.cfg.Epoch)
+	}
+	if err := c.cfg.Store.ClearPresence(ctx, c.cfg.ID, epoch); err != nil && ctx.Err() == nil {
+		c.log.Warn("clear the presence rows of this relay's earlier run", "err", err)
+	}
+	return nil
+}
+
 // sameMembers reports whether two lists name the same relays with the
 // same addresses and draining state (what agents and peers act on).
 func sameMembers(a, b []store.Relay) bool {
@@ -294,6 +322,10 @@ func sameMembers(a, b []store.Relay) bool {
 // failure the rows not written wait for the next try (a later change of
 // the same agent replaces an earlier).
 func (c *Cluster) flush(ctx context.Context) {
+	epoch := c.epoch.Load()
+	if epoch == 0 {
+		return // not joined yet: written after the first heartbeat
+	}
 	c.mu.Lock()
 	if len(c.pending) == 0 {
 		c.mu.Unlock()
@@ -309,7 +341,7 @@ func (c *Cluster) flush(ctx context.Context) {
 	for len(ps) > 0 {
 		chunk := ps[:min(len(ps), presenceChunk)]
 		cctx, cancel := context.WithTimeout(ctx, opTimeout)
-		err := c.cfg.Store.SetPresence(cctx, c.cfg.ID, c.cfg.Epoch, chunk)
+		err := c.cfg.Store.SetPresence(cctx, c.cfg.ID, epoch, chunk)
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil {
@@ -332,9 +364,13 @@ func (c *Cluster) flush(ctx context.Context) {
 // leave marks this relay gone, with a few seconds of its own: the relay's
 // context has ended.
 func (c *Cluster) leave() {
+	epoch := c.epoch.Load()
+	if epoch == 0 {
+		return // it never joined
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := c.cfg.Store.LeaveCluster(ctx, c.cfg.ID, c.cfg.Epoch); err != nil {
+	if err := c.cfg.Store.LeaveCluster(ctx, c.cfg.ID, epoch); err != nil {
 		c.log.Warn("leave the cluster (peers will count this relay as gone after its heartbeat times out)", "err", err, "dead_after", c.cfg.DeadAfter)
 	}
 }

@@ -12,10 +12,12 @@ import (
 // The relays of a cluster. Each relay keeps a row of its own, heartbeat_ms
 // set from the database's clock (so relays' clocks may disagree), and a
 // presence row for each agent it holds sessions of. Both carry the relay's
-// run epoch, which grows at every start: a reader counts a presence row
-// only while its relay's row is alive and of the same epoch, so the rows
-// of a relay that died or restarted stop counting without anyone deleting
-// them, and a stale process of an earlier run cannot bring its rows back.
+// run epoch, which grows at every start (JoinCluster makes sure of it,
+// whatever the clocks of the hosts it ran on): a reader counts a presence
+// row only while its relay's row is alive and of the same epoch, so the
+// rows of a relay that died or restarted stop counting without anyone
+// deleting them, and a stale process of an earlier run cannot bring its
+// rows back.
 
 // ErrFenced is returned to a relay whose id a later run has taken.
 var ErrFenced = errors.New("a later run of this relay id holds its row")
@@ -40,9 +42,35 @@ type Relay struct {
 // Alive reports whether r heartbeat within deadAfter.
 func (r Relay) Alive(deadAfter time.Duration) bool { return r.Age < deadAfter }
 
-// Heartbeat writes r's row with the database's time. A row of a later
-// epoch is left alone and ErrFenced returned: another process runs under
-// this relay id.
+// JoinCluster writes the row of a run of relay r.ID that starts now, with
+// the database's time, and returns the run's epoch: r.Epoch, proposed by
+// the relay (its start on its own clock), or one more than the row's
+// epoch when that is not below it — an earlier run's, on a clock that was
+// ahead of this one's (an NTP step, a VM restored or moved between
+// hosts). Epochs of one relay id thus grow at every start, whatever the
+// hosts' clocks, and the epoch is taken and the row written in one
+// statement, so that two runs joining at once get two. A run that joins
+// always takes the row: an earlier run still running (two processes
+// under one id) is fenced at its next Heartbeat. Later heartbeats of the
+// run give the epoch returned.
+func (s *Store) JoinCluster(ctx context.Context, r Relay) (epoch int64, err error) {
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, fmt.Sprintf(`
+INSERT INTO relays (id, epoch, agent_addr, peer_addr, version, started_at, heartbeat_ms, draining, agents, sessions, streams)
+VALUES ($1, $2, $3, $4, $5, $6, %[1]s, $7, $8, $9, $10)
+ON CONFLICT (id) DO UPDATE SET epoch = CASE WHEN relays.epoch >= excluded.epoch THEN relays.epoch + 1 ELSE excluded.epoch END,
+	agent_addr = excluded.agent_addr, peer_addr = excluded.peer_addr,
+	version = excluded.version, started_at = excluded.started_at, heartbeat_ms = %[1]s, draining = excluded.draining,
+	agents = excluded.agents, sessions = excluded.sessions, streams = excluded.streams
+RETURNING epoch`, s.d.nowMillis()),
+			r.ID, r.Epoch, r.AgentAddr, r.PeerAddr, r.Version, unix(r.StartedAt), boolInt(r.Draining), r.Agents, r.Sessions, r.Streams).Scan(&epoch)
+	})
+	return epoch, err
+}
+
+// Heartbeat writes r's row with the database's time, for a run that
+// joined with epoch r.Epoch (JoinCluster). A row of a later epoch is left
+// alone and ErrFenced returned: another process runs under this relay id.
 func (s *Store) Heartbeat(ctx context.Context, r Relay) error {
 	res, err := s.exec(ctx, fmt.Sprintf(`
 INSERT INTO relays (id, epoch, agent_addr, peer_addr, version, started_at, heartbeat_ms, draining, agents, sessions, streams)

@@ -189,3 +189,91 @@ func testClaimAgentUpdate(t *testing.T, e engine) {
 		t.Fatal("an agent that refused for being busy could not be offered again")
 	}
 }
+
+// TestJoinClusterEpoch: a run's epoch is the relay's proposal (its start
+// on its own clock), or one more than the last run's when the proposal is
+// not above it, so that a relay restarted on a clock that went back (an
+// NTP step, a VM restored) joins rather than being fenced by its own
+// earlier run; and a run that joined fences any earlier one still
+// heartbeating, whatever their clocks.
+func TestJoinClusterEpoch(t *testing.T) { eachEngine(t, testJoinClusterEpoch) }
+
+func testJoinClusterEpoch(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	join := func(proposed int64) int64 {
+		t.Helper()
+		epoch, err := s.JoinCluster(ctx, Relay{ID: "relay-1", Epoch: proposed, StartedAt: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return epoch
+	}
+	beat := func(epoch int64) error {
+		return s.Heartbeat(ctx, Relay{ID: "relay-1", Epoch: epoch, StartedAt: time.Now()})
+	}
+	now := time.Now().UnixNano()
+	first := join(now)
+	if first != now {
+		t.Fatalf("first run's epoch %d, want its proposal %d", first, now)
+	}
+	if err := beat(first); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.LeaveCluster(ctx, "relay-1", first); err != nil { // a clean stop
+		t.Fatal(err)
+	}
+	// Restarted on a host whose clock is 30 s behind.
+	second := join(now - int64(30*time.Second))
+	if second <= first {
+		t.Fatalf("a run started on a clock 30 s behind got epoch %d, not above the earlier run's %d", second, first)
+	}
+	if err := beat(second); err != nil {
+		t.Fatalf("the restarted relay (no other process under its id) heartbeats: %v", err)
+	}
+	// The earlier run, still heartbeating (two processes under one id):
+	// fenced.
+	if err := beat(first); !errors.Is(err, ErrFenced) {
+		t.Fatalf("an earlier run's heartbeat after a later run joined: %v, want ErrFenced", err)
+	}
+	// A third run joins while the second runs, its clock a minute behind:
+	// it takes the row, and the second is fenced.
+	third := join(now - int64(time.Minute))
+	if third <= second {
+		t.Fatalf("third run's epoch %d, not above the second's %d", third, second)
+	}
+	if err := beat(second); !errors.Is(err, ErrFenced) {
+		t.Fatalf("the second run's heartbeat after the third joined: %v, want ErrFenced", err)
+	}
+	if err := beat(third); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := s.Relays(ctx)
+	if err != nil || len(rs) != 1 || rs[0].Epoch != third || !rs[0].Alive(10*time.Second) {
+		t.Fatalf("relays %+v, %v; want relay-1 alive at epoch %d", rs, err, third)
+	}
+	// A proposal above the row's epoch is taken as it is.
+	if later := time.Now().Add(time.Hour).UnixNano(); join(later) != later {
+		t.Fatal("a proposal above the last epoch was not taken")
+	}
+	// Runs joining at once get epochs of their own.
+	const n = 8
+	epochs := make(chan int64, n)
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			epoch, err := s.JoinCluster(ctx, Relay{ID: "relay-2", Epoch: 1, StartedAt: time.Now()})
+			epochs <- epoch
+			errs <- err
+		}()
+	}
+	seen := map[int64]bool{}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+		seen[<-epochs] = true
+	}
+	if len(seen) != n {
+		t.Fatalf("%d runs joining at once got %d epochs: %v", n, len(seen), seen)
+	}
+}
