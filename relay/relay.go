@@ -91,7 +91,7 @@ func New(cfg Config) (*Relay, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	dir, authority, err := datadir.Open(ctx, cfg.DataDir, datadir.Options{TrustDomain: cfg.TrustDomain, Store: cfg.Store, CAKEK: cfg.CAKEK}, cfg.Now())
+	dir, authority, err := datadir.Open(ctx, cfg.DataDir, datadir.Options{TrustDomain: cfg.TrustDomain, Store: cfg.Store, CAKEK: cfg.CAKEK, Logger: cfg.Logger}, cfg.Now())
 	if err != nil {
 		return nil, err
 	}

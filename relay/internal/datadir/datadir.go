@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -84,15 +85,18 @@ type Options struct {
 	// Existing refuses to create a CA where there is none, with an error
 	// wrapping fs.ErrNotExist.
 	Existing bool
+	// Logger, when set, is told of a wait for the store's CA lock.
+	Logger *slog.Logger
 }
 
 // Open prepares the data directory path: it creates it (0700) if needed,
 // opens the store o names, and creates the CA on first use (for
 // o.TrustDomain) in the data directory or in a PostgreSQL store.
-// Initialisation runs under an exclusive lock on the directory, and for
-// a CA in a shared store under the store's lock too, so that relays and
-// admin commands starting at the same moment agree on one CA. It returns
-// the CA as read.
+// Initialisation runs under an exclusive lock on the directory, and the
+// creation of a CA in a shared store under the store's lock too, so that
+// relays and admin commands starting at the same moment agree on one CA
+// (an existing one is loaded without that lock). It returns the CA as
+// read.
 func Open(ctx context.Context, path string, o Options, now time.Time) (*Dir, *ca.CA, error) {
 	if path == "" {
 		return nil, nil, errors.New("data directory is required")
@@ -174,11 +178,23 @@ func sharedKey(ctx context.Context, st *store.Store, id, what string, key *[32]b
 }
 
 // loadCA loads the CA, or creates it unless o.Existing; the caller holds
-// the data directory's lock, and this takes the store's for a CA kept
-// there.
+// the data directory's lock. A CA kept in the store is loaded without the
+// store's lock, as running relays reload it: a start that only loads the
+// CA does not wait for whoever holds that lock (an admin command rotating
+// the CA, or one that hung, or a host that vanished holding it, which
+// PostgreSQL keeps until its connection times out). The lock is taken
+// only when the CA could not be loaded — none yet, or one changing
+// (files of a retirement removed after a load read its list of roots) —
+// and the CA read again under it, so that relays starting at once agree
+// on one CA; the wait is logged.
 func (d *Dir) loadCA(ctx context.Context, o Options, now time.Time) (*ca.CA, error) {
 	if d.caShared {
-		unlock, err := d.Store.Lock(ctx, caLock)
+		if c, err := ca.Load(ctx, d.ca); err == nil {
+			return c, nil
+		} else if ctx.Err() != nil {
+			return nil, err
+		}
+		unlock, err := d.lockCA(ctx, o.Logger)
 		if err != nil {
 			return nil, err
 		}
@@ -193,6 +209,40 @@ func (d *Dir) loadCA(ctx context.Context, o Options, now time.Time) (*ca.CA, err
 	}
 	c, _, err := ca.LoadOrCreate(ctx, d.ca, o.TrustDomain, now)
 	return c, err
+}
+
+// lockWaitLog is how long a wait for the store's CA lock goes before it
+// is logged, and then again at each further such interval.
+var lockWaitLog = 5 * time.Second
+
+// lockCA takes the store's CA lock, telling log (when set) while it waits.
+func (d *Dir) lockCA(ctx context.Context, log *slog.Logger) (func(), error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	began := time.Now()
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(lockWaitLog)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				log.Warn("waiting for the store's CA lock, held by another relay or admin command (creating, rotating or retiring the CA; or one that hung or lost its host, whose lock PostgreSQL keeps until its connection times out)",
+					"waited", time.Since(began).Round(time.Second))
+			}
+		}
+	}()
+	unlock, err := d.Store.Lock(ctx, caLock)
+	close(stop)
+	<-done
+	if err != nil {
+		return nil, fmt.Errorf("lock the store's CA (waited %v): %w", time.Since(began).Round(time.Millisecond), err)
+	}
+	return unlock, nil
 }
 
 // Close closes the store.

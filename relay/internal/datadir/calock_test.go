@@ -1,0 +1,133 @@
+package datadir
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/internal/pgtest"
+	"github.com/tetherhq/tether/relay/internal/store"
+)
+
+// holdCALock takes the store's CA lock through a store handle of its own
+// (another process: an admin command mid-rotation that hung, or one whose
+// host vanished), until the test ends.
+func holdCALock(t *testing.T, dsn string) {
+	t.Helper()
+	holder, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Close() })
+	unlock, err := holder.Lock(ctx, caLock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unlock)
+}
+
+// TestStartWhileCALockHeld: the CA exists in the store and another
+// process holds the store's CA lock; a relay starting (a restart, or a
+// new relay of the cluster) only loads the CA, and does so without
+// waiting for the lock. It waited for as long as the lock was held, and
+// one stuck holder kept every relay of the cluster from restarting.
+func TestStartWhileCALockHeld(t *testing.T) {
+	dsn := pgtest.Shared(t).CreateDatabase(t)
+	kek := newKEK()
+	_, made := open(t, t.TempDir(), Options{TrustDomain: "tether.example", Store: dsn, CAKEK: kek}) // the first relay made the CA
+	holdCALock(t, dsn)
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second) // relay.New allows 30 s
+	defer cancel()
+	began := time.Now()
+	d, c, err := Open(sctx, t.TempDir(), Options{TrustDomain: "tether.example", Store: dsn, CAKEK: kek}, time.Now())
+	if err != nil {
+		t.Fatalf("a relay start (the CA exists, only loaded) while another process holds the store's CA lock failed after %v: %v", time.Since(began).Round(time.Millisecond), err)
+	}
+	defer d.Close()
+	if c.Fingerprint() != made.Fingerprint() {
+		t.Fatal("the relay loaded another CA than the one in the store")
+	}
+	// Admin commands on an existing store likewise.
+	d2, _, err := Open(sctx, t.TempDir(), Options{Store: dsn, CAKEK: kek, Existing: true}, time.Now())
+	if err != nil {
+		t.Fatalf("an admin command's open while the CA lock is held: %v", err)
+	}
+	d2.Close()
+}
+
+// syncBuffer is a log destination safe for concurrent writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestCreateWaitsForCALock: with no CA in the store yet, a relay that
+// would create it waits for the store's CA lock (a relay starting at the
+// same moment may be creating one), says so in its log while it waits,
+// and creates the CA once the lock is free.
+func TestCreateWaitsForCALock(t *testing.T) {
+	defer func(d time.Duration) { lockWaitLog = d }(lockWaitLog)
+	lockWaitLog = 20 * time.Millisecond
+	dsn := pgtest.Shared(t).CreateDatabase(t)
+	kek := newKEK()
+	holder, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	unlock, err := holder.Lock(ctx, caLock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	type result struct {
+		d   *Dir
+		err error
+	}
+	opened := make(chan result, 1)
+	go func() {
+		d, _, err := Open(ctx, t.TempDir(), Options{TrustDomain: "tether.example", Store: dsn, CAKEK: kek, Logger: log}, time.Now())
+		opened <- result{d, err}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "waiting for the store's CA lock") {
+		if time.Now().After(deadline) {
+			unlock()
+			t.Fatalf("no wait for the CA lock logged within 10 s; logs: %q", logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case r := <-opened:
+		t.Fatalf("a relay created a CA while another process held the store's CA lock: %v", errors.Join(r.err))
+	default:
+	}
+	unlock()
+	select {
+	case r := <-opened:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		r.d.Close()
+	case <-time.After(10 * time.Second):
+		t.Fatal("no CA 10 s after the lock was freed")
+	}
+}
