@@ -48,6 +48,14 @@ const (
 	keepDead   = 7 * 24 * time.Hour
 )
 
+// presenceRewrite is the period, in heartbeats, at which a relay writes
+// the presence of every agent it holds again (about a minute at the
+// default heartbeat), a statement for every 500 agents: presence rows lost
+// otherwise than with the relay's row (a failover to a replica that
+// lacked the newest writes) come back within it. A relay whose row was
+// gone writes them at once. (A variable for tests.)
+var presenceRewrite = 30
+
 // Config configures a relay's membership.
 type Config struct {
 	Store *store.Store
@@ -83,8 +91,11 @@ type Cluster struct {
 	lastBeat atomic.Int64 // Unix nanoseconds of the last heartbeat written
 	epoch    atomic.Int64 // this run's epoch, once it joined (0 before)
 
+	beats int // heartbeats written, on Run's goroutine
+
 	mu       sync.Mutex // guards the fields below
 	pending  map[store.AgentKey]int
+	held     map[store.AgentKey]int   // every agent held, with its sessions
 	live     []store.Relay            // live relays, by id, this one included
 	changed  chan struct{}            // closed and replaced when live changes
 	holders  map[string]cachedHolders // by tenant
@@ -105,7 +116,7 @@ func New(cfg Config) *Cluster {
 	if cfg.DeadAfter <= 0 {
 		cfg.DeadAfter = DefaultDeadAfter
 	}
-	return &Cluster{cfg: cfg, log: cfg.Logger, pending: map[store.AgentKey]int{}, changed: make(chan struct{}),
+	return &Cluster{cfg: cfg, log: cfg.Logger, pending: map[store.AgentKey]int{}, held: map[store.AgentKey]int{}, changed: make(chan struct{}),
 		holders: map[string]cachedHolders{}, beatNow: make(chan struct{}, 1), presence: make(chan struct{}, 1)}
 }
 
@@ -122,8 +133,14 @@ func (c *Cluster) DeadAfter() time.Duration { return c.cfg.DeadAfter }
 // Present records that this relay now holds sessions sessions of agent
 // of tenant (0: none). It does not block: the rows are written shortly.
 func (c *Cluster) Present(tenant, agent string, sessions int) {
+	k := store.AgentKey{Tenant: tenant, Agent: agent}
 	c.mu.Lock()
-	c.pending[store.AgentKey{Tenant: tenant, Agent: agent}] = sessions
+	c.pending[k] = sessions
+	if sessions > 0 {
+		c.held[k] = sessions
+	} else {
+		delete(c.held, k)
+	}
 	c.mu.Unlock()
 	select {
 	case c.presence <- struct{}{}:
@@ -251,10 +268,11 @@ func (c *Cluster) beat(parent context.Context) {
 	}
 	began := time.Now()
 	var err error
+	created := false
 	if r.Epoch == 0 {
 		err = c.join(ctx, r)
 	} else {
-		err = c.cfg.Store.Heartbeat(ctx, r)
+		created, err = c.cfg.Store.Heartbeat(ctx, r)
 	}
 	switch {
 	case errors.Is(err, store.ErrFenced):
@@ -270,6 +288,13 @@ func (c *Cluster) beat(parent context.Context) {
 		return
 	}
 	c.lastBeat.Store(began.UnixNano())
+	c.beats++
+	if created {
+		c.log.Warn("this relay's row was missing from the store (an operator removed it, or a failover lost it): written again, with the presence of every agent it holds",
+			"relay_id", c.cfg.ID, "agents", c.rewrite())
+	} else if c.beats%presenceRewrite == 0 {
+		c.rewrite()
+	}
 	c.flush(parent)
 	all, err := c.cfg.Store.Relays(ctx)
 	if err != nil {
@@ -313,6 +338,22 @@ func sameMembers(a, b []store.Relay) bool {
 	return slices.EqualFunc(a, b, func(x, y store.Relay) bool {
 		return x.ID == y.ID && x.AgentAddr == y.AgentAddr && x.PeerAddr == y.PeerAddr && x.Draining == y.Draining && x.Epoch == y.Epoch
 	})
+}
+
+// rewrite queues the presence of every agent this relay holds, to be
+// written again at the next flush: the rows may have been lost (a relay
+// row removed takes them with it; a failover may lose some), and nothing
+// else would write them until the agents' sessions change. It returns
+// how many agents it queued.
+func (c *Cluster) rewrite() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, n := range c.held {
+		if _, newer := c.pending[k]; !newer {
+			c.pending[k] = n
+		}
+	}
+	return len(c.held)
 }
 
 // flush writes the waiting presence changes, presenceChunk rows to a

@@ -482,7 +482,7 @@ func TestRelaysPage(t *testing.T) {
 		{ID: "relay-1", Epoch: 1, AgentAddr: "10.0.1.1:7443", PeerAddr: "10.0.1.1:7445", Version: "1.4.0", StartedAt: time.Now(), Agents: 7, Sessions: 13, Streams: 42},
 		{ID: "relay-2", Epoch: 1, AgentAddr: "10.0.1.2:7443", Version: "1.4.0", StartedAt: time.Now(), Draining: true},
 	} {
-		if err := d.dir.Store.Heartbeat(ctx, r); err != nil {
+		if _, err := d.dir.Store.Heartbeat(ctx, r); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -71,24 +72,48 @@ RETURNING epoch`, s.d.nowMillis()),
 // Heartbeat writes r's row with the database's time, for a run that
 // joined with epoch r.Epoch (JoinCluster). A row of a later epoch is left
 // alone and ErrFenced returned: another process runs under this relay id.
-func (s *Store) Heartbeat(ctx context.Context, r Relay) error {
-	res, err := s.exec(ctx, fmt.Sprintf(`
+// created reports that the run's row was not there, and was written
+// anew: it was removed (an operator's RemoveRelay), lost (a failover to
+// a replica that lacked it) or taken back from an earlier run; the
+// presence rows of the run may be gone with it, and are to be written
+// again.
+func (s *Store) Heartbeat(ctx context.Context, r Relay) (created bool, err error) {
+	args := []any{r.ID, r.Epoch, r.AgentAddr, r.PeerAddr, r.Version, unix(r.StartedAt), boolInt(r.Draining), r.Agents, r.Sessions, r.Streams}
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		created = false
+		// The run's own row, as at nearly every heartbeat.
+		res, err := tx.ExecContext(ctx, fmt.Sprintf(`
+UPDATE relays SET agent_addr = $3, peer_addr = $4, version = $5, started_at = $6, heartbeat_ms = %s, draining = $7,
+	agents = $8, sessions = $9, streams = $10
+WHERE id = $1 AND epoch = $2`, s.d.nowMillis()), args...)
+		if err != nil {
+			return err
+		}
+		if n, err := affected(res); err != nil || n == 1 {
+			return err
+		}
+		// No row, or another run's.
+		res, err = tx.ExecContext(ctx, fmt.Sprintf(`
 INSERT INTO relays (id, epoch, agent_addr, peer_addr, version, started_at, heartbeat_ms, draining, agents, sessions, streams)
 VALUES ($1, $2, $3, $4, $5, $6, %[1]s, $7, $8, $9, $10)
 ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, agent_addr = excluded.agent_addr, peer_addr = excluded.peer_addr,
 	version = excluded.version, started_at = excluded.started_at, heartbeat_ms = %[1]s, draining = excluded.draining,
 	agents = excluded.agents, sessions = excluded.sessions, streams = excluded.streams
-WHERE relays.epoch <= excluded.epoch`, s.d.nowMillis()),
-		r.ID, r.Epoch, r.AgentAddr, r.PeerAddr, r.Version, unix(r.StartedAt), boolInt(r.Draining), r.Agents, r.Sessions, r.Streams)
-	if err != nil {
-		return err
-	}
-	if n, err := affected(res); err != nil {
-		return err
-	} else if n == 0 {
-		return ErrFenced
-	}
-	return nil
+WHERE relays.epoch <= excluded.epoch`, s.d.nowMillis()), args...)
+		if err != nil {
+			return err
+		}
+		n, err := affected(res)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return ErrFenced
+		}
+		created = true
+		return nil
+	})
+	return created, err
 }
 
 func boolInt(b bool) int {
@@ -128,29 +153,65 @@ type Presence struct {
 }
 
 // SetPresence records the sessions relay id (of run epoch) holds of each
-// agent in ps, in one transaction.
+// agent in ps (for an agent named more than once, the last), in one
+// transaction, with a statement for up to presenceBatch agents: the
+// relays write the presence of all their agents again from time to time.
 func (s *Store) SetPresence(ctx context.Context, id string, epoch int64, ps []Presence) error {
 	if len(ps) == 0 {
 		return nil
 	}
+	last := make(map[string]Presence, len(ps))
+	for _, p := range ps {
+		last[p.Agent] = p
+	}
+	var gone []string
+	var held []Presence
+	for _, p := range last {
+		if p.Sessions <= 0 {
+			gone = append(gone, p.Agent)
+		} else {
+			held = append(held, p)
+		}
+	}
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		for _, p := range ps {
-			var err error
-			if p.Sessions <= 0 {
-				_, err = tx.ExecContext(ctx, `DELETE FROM presence WHERE relay_id = $1 AND epoch = $2 AND agent = $3`, id, epoch, p.Agent)
-			} else {
-				_, err = tx.ExecContext(ctx, fmt.Sprintf(`
-INSERT INTO presence (relay_id, epoch, tenant, agent, sessions, since_ms) VALUES ($1, $2, $3, $4, $5, %s)
-ON CONFLICT (relay_id, epoch, agent) DO UPDATE SET sessions = excluded.sessions, tenant = excluded.tenant`, s.d.nowMillis()),
-					id, epoch, p.Tenant, p.Agent, p.Sessions)
+		for batch := range slices.Chunk(gone, presenceBatch) {
+			args := []any{id, epoch}
+			marks := make([]string, len(batch))
+			for i, agent := range batch {
+				args = append(args, agent)
+				marks[i] = fmt.Sprintf("$%d", len(args))
 			}
-			if err != nil {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM presence WHERE relay_id = $1 AND epoch = $2 AND agent IN (`+strings.Join(marks, ", ")+`)`, args...); err != nil {
+				return err
+			}
+		}
+		if len(held) == 0 {
+			return nil
+		}
+		var now int64 // since_ms, by the database's clock
+		if err := tx.QueryRowContext(ctx, `SELECT `+s.d.nowMillis()).Scan(&now); err != nil {
+			return err
+		}
+		for batch := range slices.Chunk(held, presenceBatch) {
+			args := []any{id, epoch, now}
+			rows := make([]string, len(batch))
+			for i, p := range batch {
+				args = append(args, p.Tenant, p.Agent, p.Sessions)
+				n := len(args)
+				rows[i] = fmt.Sprintf("($1, $2, $%d, $%d, $%d, $3)", n-2, n-1, n)
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO presence (relay_id, epoch, tenant, agent, sessions, since_ms) VALUES `+strings.Join(rows, ", ")+`
+ON CONFLICT (relay_id, epoch, agent) DO UPDATE SET sessions = excluded.sessions, tenant = excluded.tenant`, args...); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
 }
+
+// presenceBatch is how many agents' presence one statement writes:
+// 3 parameters each, well within both engines' bounds (32 766 and 65 535).
+const presenceBatch = 500
 
 // ClearPresence deletes relay id's presence rows of every epoch but keep
 // (0: of every epoch): at start, what an earlier run left; at a clean

@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -14,7 +15,7 @@ func testRelaysAndPresence(t *testing.T, e engine) {
 	const dead = 10 * time.Second
 	beat := func(id string, epoch int64, draining bool) {
 		t.Helper()
-		if err := s.Heartbeat(ctx, Relay{ID: id, Epoch: epoch, AgentAddr: id + ":7443", PeerAddr: id + ":7444", Version: "1.0.0", StartedAt: t0, Draining: draining, Agents: 1}); err != nil {
+		if _, err := s.Heartbeat(ctx, Relay{ID: id, Epoch: epoch, AgentAddr: id + ":7443", PeerAddr: id + ":7444", Version: "1.0.0", StartedAt: t0, Draining: draining, Agents: 1}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -86,7 +87,7 @@ func testRelaysAndPresence(t *testing.T, e engine) {
 	if got := holding("globex"); len(got) != 0 {
 		t.Fatalf("a restarted relay's earlier rows count: %+v", got)
 	}
-	if err := s.Heartbeat(ctx, Relay{ID: "r1", Epoch: 100, StartedAt: t0}); !errors.Is(err, ErrFenced) {
+	if _, err := s.Heartbeat(ctx, Relay{ID: "r1", Epoch: 100, StartedAt: t0}); !errors.Is(err, ErrFenced) {
 		t.Fatalf("heartbeat of an earlier epoch: %v, want ErrFenced", err)
 	}
 	set("r1", 100, Presence{"globex", "g2", 1}) // the stale process writes on
@@ -209,7 +210,8 @@ func testJoinClusterEpoch(t *testing.T, e engine) {
 		return epoch
 	}
 	beat := func(epoch int64) error {
-		return s.Heartbeat(ctx, Relay{ID: "relay-1", Epoch: epoch, StartedAt: time.Now()})
+		_, err := s.Heartbeat(ctx, Relay{ID: "relay-1", Epoch: epoch, StartedAt: time.Now()})
+		return err
 	}
 	now := time.Now().UnixNano()
 	first := join(now)
@@ -275,5 +277,64 @@ func testJoinClusterEpoch(t *testing.T, e engine) {
 	}
 	if len(seen) != n {
 		t.Fatalf("%d runs joining at once got %d epochs: %v", n, len(seen), seen)
+	}
+}
+
+// TestHeartbeatCreated: Heartbeat tells a run when its row was gone and
+// written anew (removed by an operator, lost in a failover), so that the
+// relay writes its presence rows again; SetPresence writes many agents
+// at once, the last of an agent named twice counting.
+func TestHeartbeatCreated(t *testing.T) { eachEngine(t, testHeartbeatCreated) }
+
+func testHeartbeatCreated(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	beat := func(epoch int64) bool {
+		t.Helper()
+		created, err := s.Heartbeat(ctx, Relay{ID: "relay-1", Epoch: epoch, StartedAt: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return created
+	}
+	epoch, err := s.JoinCluster(ctx, Relay{ID: "relay-1", Epoch: 100, StartedAt: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if beat(epoch) {
+		t.Fatal("a heartbeat of the run that holds the row says it created it")
+	}
+	var ps []Presence
+	for i := range 1234 {
+		ps = append(ps, Presence{Tenant: "acme", Agent: fmt.Sprintf("a%04d", i), Sessions: 1 + i%3})
+	}
+	ps = append(ps, Presence{Tenant: "acme", Agent: "a0000", Sessions: 0}, Presence{Tenant: "acme", Agent: "a0001", Sessions: 7})
+	if err := s.SetPresence(ctx, "relay-1", epoch, ps); err != nil {
+		t.Fatal(err)
+	}
+	held, err := s.AgentRelays(ctx, "acme", 10*time.Second)
+	if err != nil || len(held) != 1233 || held[AgentKey{"acme", "a0000"}] != nil {
+		t.Fatalf("%d agents held (%v), want 1233 without a0000", len(held), err)
+	}
+	var sessions int
+	s.db.QueryRowContext(ctx, `SELECT sessions FROM presence WHERE agent = 'a0001'`).Scan(&sessions)
+	if sessions != 7 {
+		t.Fatalf("a0001 has %d sessions, want the last given (7)", sessions)
+	}
+	if err := s.RemoveRelay(ctx, "relay-1"); err != nil {
+		t.Fatal(err)
+	}
+	if !beat(epoch) {
+		t.Fatal("the heartbeat after the relay's row was removed does not say it wrote the row anew")
+	}
+	if beat(epoch) {
+		t.Fatal("the heartbeat after that says it created the row again")
+	}
+	// A later run (by a heartbeat of a later epoch) takes the row: its
+	// presence rows are to be written too.
+	if !beat(epoch + 1) {
+		t.Fatal("a heartbeat that took the row from an earlier run does not say so")
+	}
+	if _, err := s.Heartbeat(ctx, Relay{ID: "relay-1", Epoch: epoch, StartedAt: time.Now()}); !errors.Is(err, ErrFenced) {
+		t.Fatalf("the earlier run's heartbeat: %v, want ErrFenced", err)
 	}
 }
