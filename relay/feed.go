@@ -94,7 +94,7 @@ func (r *Relay) resync(ctx context.Context) error {
 	r.doors.ForgetAll()
 	cerr := r.rotation.Apply(ctx)
 	r.rollouts.Wake()
-	revs, err := r.dir.Store.RevokedSince(ctx, r.started.Add(-time.Second))
+	revs, err := r.dir.Store.RevokedSince(ctx, r.started.Add(-revocationSkew))
 	if err != nil {
 		r.log.Warn("read revocations", "err", err)
 		return errors.Join(lerr, cerr, fmt.Errorf("read revocations: %w", err))
@@ -112,6 +112,13 @@ func (r *Relay) loadLimits(ctx context.Context) error {
 	defer r.metrics.StoreOp("limits", time.Now())
 	return r.pol.LoadLimits(ctx, r.dir.Store)
 }
+
+// revocationSkew is how far before this relay's start resync reads
+// revocations back. Sessions of agents revoked before the start were
+// refused at admission; the revocations resync must not miss are those
+// written since, each dated by the clock of the host that wrote it (an
+// admin command, another relay), which may be behind this one's.
+const revocationSkew = 10 * time.Minute
 
 // revocationAudit bounds how long a revocation waits for its disconnect
 // record's commit before it closes the agent's sessions: a store answers
