@@ -63,7 +63,7 @@ type Config struct {
 	// start proposes (its time on this host's clock): the store takes it,
 	// or one above the id's last epoch when that is not below it (a
 	// clock behind an earlier run's), so that epochs grow at every start
-	// (store.JoinCluster); Epoch says which was taken.
+	// (store.JoinCluster); Cluster.Epoch says which it took.
 	ID    string
 	Epoch int64
 	// AgentAddr and PeerAddr are where agents and peer relays reach this

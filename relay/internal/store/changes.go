@@ -463,7 +463,7 @@ func (fl *following) once(ctx context.Context) error {
 				fl.last, fl.known = changes[0], true
 				changes = changes[1:]
 			case len(changes) > 0 && changes[0].Seq == fl.from:
-				why := fmt.Sprintf("change %d is no longer the one this relay applied (%s, now %s)", fl.from, describe(fl.last), describe(changes[0]))
+				why := fmt.Sprintf("change %d is no longer the one the follower applied (%s, now %s)", fl.from, describe(fl.last), describe(changes[0]))
 				if again, err := fl.rewound(ctx, why); !again {
 					return err
 				}
@@ -479,7 +479,7 @@ func (fl *following) once(ctx context.Context) error {
 					return err
 				}
 				if len(changes) == 0 || oldest <= fl.from {
-					why := fmt.Sprintf("change %d, the last this relay applied, is gone", fl.from)
+					why := fmt.Sprintf("change %d, the last the follower applied, is gone", fl.from)
 					if again, err := fl.rewound(ctx, why); !again {
 						return err
 					}
@@ -542,7 +542,7 @@ func (fl *following) rewound(ctx context.Context, why string) (again bool, err e
 	}
 	if fl.rewoundAt != fl.from {
 		fl.rewoundAt = fl.from
-		fl.report(fmt.Errorf("%w: %s, and the newest change is %d: the database failed over to a copy that lacked this relay's latest changes, or was restored from a backup, and changes written since may carry numbers this relay has passed; it reads its whole state again and follows the feed from change %d",
+		fl.report(fmt.Errorf("%w: %s, and the newest change is %d: the database failed over to a copy that lacked the latest changes the follower applied, or was restored from a backup, and changes written since may carry numbers the follower has passed; it reads its whole state again and follows the feed from change %d",
 			ErrRewound, why, latest, latest))
 	}
 	what := fmt.Sprintf("read the whole state again (the change feed went back below %d)", fl.from)

@@ -69,7 +69,7 @@ func testFollowRewound(t *testing.T, e engine) {
 	if !log.within(10*time.Second, "resync", applied) {
 		t.Fatalf("the change written after the feed went back (seq %d, below the follower's position %d) was neither applied nor read by a resync within 10 s; the follower did %v (reads left out)", seq, from, log.acts())
 	}
-	if err := nextErr(t, errs, ErrRewound.Error()); !strings.Contains(err.Error(), fmt.Sprintf("change %d, the last this relay applied, is gone", from)) {
+	if err := nextErr(t, errs, ErrRewound.Error()); !strings.Contains(err.Error(), fmt.Sprintf("change %d, the last the follower applied, is gone", from)) {
 		t.Fatalf("reported %v, want the position that is gone", err)
 	}
 	if err := s.AddTenant(ctx, "later", t0); err != nil {
@@ -126,7 +126,7 @@ func testFollowRewrittenPastPosition(t *testing.T, e engine) {
 	if !log.within(10*time.Second, "resync") {
 		t.Fatalf("the feed was rewritten past the follower's position %d (changes %d to %d written anew) and the follower did not read its state again within 10 s; it did %v (reads left out)", from, from-2, from+1, log.acts())
 	}
-	if err := nextErr(t, errs, ErrRewound.Error()); !strings.Contains(err.Error(), fmt.Sprintf("change %d is no longer the one this relay applied", from)) {
+	if err := nextErr(t, errs, ErrRewound.Error()); !strings.Contains(err.Error(), fmt.Sprintf("change %d is no longer the one the follower applied", from)) {
 		t.Fatalf("reported %v, want the position rewritten", err)
 	}
 	if slices.ContainsFunc(log.all(), func(ev string) bool { return strings.HasPrefix(ev, "apply n") }) {
