@@ -291,9 +291,10 @@ func (c *Cluster) beat(parent context.Context) {
 	c.beats++
 	if created {
 		c.log.Warn("this relay's row was missing from the store (an operator removed it, or a failover lost it): written again, with the presence of every agent it holds",
-			"relay_id", c.cfg.ID, "agents", c.rewrite())
-	} else if c.beats%presenceRewrite == 0 {
-		c.rewrite()
+			"relay_id", c.cfg.ID)
+	}
+	if created || c.beats%presenceRewrite == 0 {
+		c.restore(parent)
 	}
 	c.flush(parent)
 	all, err := c.cfg.Store.Relays(ctx)
@@ -340,20 +341,49 @@ func sameMembers(a, b []store.Relay) bool {
 	})
 }
 
-// rewrite queues the presence of every agent this relay holds, to be
-// written again at the next flush: the rows may have been lost (a relay
-// row removed takes them with it; a failover may lose some), and nothing
-// else would write them until the agents' sessions change. It returns
-// how many agents it queued.
-func (c *Cluster) rewrite() int {
+// restore writes the presence rows of the agents this relay holds that
+// are missing from the store (those there are left alone), presenceChunk
+// agents to a transaction: they may have been lost (a relay row removed
+// takes them with it; a failover may lose some), and nothing else would
+// write them until the agents' sessions change. Agents with a change
+// pending are left to flush. What a failure leaves unwritten is queued
+// for flush.
+func (c *Cluster) restore(ctx context.Context) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	ps := make([]store.Presence, 0, len(c.held))
 	for k, n := range c.held {
-		if _, newer := c.pending[k]; !newer {
-			c.pending[k] = n
+		if _, pending := c.pending[k]; !pending {
+			ps = append(ps, store.Presence{Tenant: k.Tenant, Agent: k.Agent, Sessions: n})
 		}
 	}
-	return len(c.held)
+	c.mu.Unlock()
+	for len(ps) > 0 {
+		chunk := ps[:min(len(ps), presenceChunk)]
+		cctx, cancel := context.WithTimeout(ctx, opTimeout)
+		err := c.cfg.Store.RestorePresence(cctx, c.cfg.ID, c.epoch.Load(), chunk)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Warn("write the presence of this relay's agents again", "err", err, "agents", len(ps))
+			}
+			c.requeue(ps)
+			return
+		}
+		ps = ps[len(chunk):]
+	}
+}
+
+// requeue queues ps for the next flush, but for the agents with a newer
+// change pending.
+func (c *Cluster) requeue(ps []store.Presence) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range ps {
+		k := store.AgentKey{Tenant: p.Tenant, Agent: p.Agent}
+		if _, newer := c.pending[k]; !newer {
+			c.pending[k] = p.Sessions
+		}
+	}
 }
 
 // flush writes the waiting presence changes, presenceChunk rows to a
@@ -388,14 +418,7 @@ func (c *Cluster) flush(ctx context.Context) {
 			if ctx.Err() == nil {
 				c.log.Warn("write the presence of this relay's agents", "err", err, "agents", len(ps))
 			}
-			c.mu.Lock()
-			for _, p := range ps {
-				k := store.AgentKey{Tenant: p.Tenant, Agent: p.Agent}
-				if _, newer := c.pending[k]; !newer {
-					c.pending[k] = p.Sessions
-				}
-			}
-			c.mu.Unlock() // the next heartbeat tries again
+			c.requeue(ps) // the next heartbeat tries again
 			return
 		}
 		ps = ps[len(chunk):]

@@ -160,13 +160,9 @@ func (s *Store) SetPresence(ctx context.Context, id string, epoch int64, ps []Pr
 	if len(ps) == 0 {
 		return nil
 	}
-	last := make(map[string]Presence, len(ps))
-	for _, p := range ps {
-		last[p.Agent] = p
-	}
 	var gone []string
 	var held []Presence
-	for _, p := range last {
+	for _, p := range lastOfEach(ps) {
 		if p.Sessions <= 0 {
 			gone = append(gone, p.Agent)
 		} else {
@@ -185,28 +181,66 @@ func (s *Store) SetPresence(ctx context.Context, id string, epoch int64, ps []Pr
 				return err
 			}
 		}
-		if len(held) == 0 {
-			return nil
+		return s.insertPresence(ctx, tx, id, epoch, held, `DO UPDATE SET sessions = excluded.sessions, tenant = excluded.tenant`)
+	})
+}
+
+// RestorePresence writes the presence rows of ps that are missing, for
+// relay id of run epoch, and leaves those there as they are: a relay
+// writes every agent it holds so from time to time, in case rows were
+// lost (a failover to a replica that lacked the newest writes). Rows
+// already there cost an index lookup each, and no write.
+func (s *Store) RestorePresence(ctx context.Context, id string, epoch int64, ps []Presence) error {
+	held := slices.DeleteFunc(lastOfEach(ps), func(p Presence) bool { return p.Sessions <= 0 })
+	if len(held) == 0 {
+		return nil
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		return s.insertPresence(ctx, tx, id, epoch, held, `DO NOTHING`)
+	})
+}
+
+// lastOfEach is ps with each agent once, as last named (one statement
+// may not write a row twice).
+func lastOfEach(ps []Presence) []Presence {
+	at := make(map[string]int, len(ps))
+	var out []Presence
+	for _, p := range ps {
+		if i, ok := at[p.Agent]; ok {
+			out[i] = p
+			continue
 		}
-		var now int64 // since_ms, by the database's clock
-		if err := tx.QueryRowContext(ctx, `SELECT `+s.d.nowMillis()).Scan(&now); err != nil {
+		at[p.Agent] = len(out)
+		out = append(out, p)
+	}
+	return out
+}
+
+// insertPresence inserts the presence rows of held (each agent once),
+// presenceBatch to a statement, doing onConflict (an ON CONFLICT action)
+// where a row is there.
+func (s *Store) insertPresence(ctx context.Context, tx *sql.Tx, id string, epoch int64, held []Presence, onConflict string) error {
+	if len(held) == 0 {
+		return nil
+	}
+	var now int64 // since_ms, by the database's clock
+	if err := tx.QueryRowContext(ctx, `SELECT `+s.d.nowMillis()).Scan(&now); err != nil {
+		return err
+	}
+	for batch := range slices.Chunk(held, presenceBatch) {
+		args := []any{id, epoch, now}
+		rows := make([]string, len(batch))
+		for i, p := range batch {
+			args = append(args, p.Tenant, p.Agent, p.Sessions)
+			n := len(args)
+			rows[i] = fmt.Sprintf("($1, $2, $%d, $%d, $%d, $3)", n-2, n-1, n)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO presence (relay_id, epoch, tenant, agent, sessions, since_ms) VALUES `+strings.Join(rows, ", ")+`
+ON CONFLICT (relay_id, epoch, agent) `+onConflict, args...); err != nil {
 			return err
 		}
-		for batch := range slices.Chunk(held, presenceBatch) {
-			args := []any{id, epoch, now}
-			rows := make([]string, len(batch))
-			for i, p := range batch {
-				args = append(args, p.Tenant, p.Agent, p.Sessions)
-				n := len(args)
-				rows[i] = fmt.Sprintf("($1, $2, $%d, $%d, $%d, $3)", n-2, n-1, n)
-			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO presence (relay_id, epoch, tenant, agent, sessions, since_ms) VALUES `+strings.Join(rows, ", ")+`
-ON CONFLICT (relay_id, epoch, agent) DO UPDATE SET sessions = excluded.sessions, tenant = excluded.tenant`, args...); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // presenceBatch is how many agents' presence one statement writes:

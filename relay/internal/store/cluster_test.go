@@ -338,3 +338,45 @@ func testHeartbeatCreated(t *testing.T, e engine) {
 		t.Fatalf("the earlier run's heartbeat: %v, want ErrFenced", err)
 	}
 }
+
+// TestRestorePresence: RestorePresence writes the rows that are missing
+// and leaves those there as they are.
+func TestRestorePresence(t *testing.T) { eachEngine(t, testRestorePresence) }
+
+func testRestorePresence(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	epoch, err := s.JoinCluster(ctx, Relay{ID: "relay-1", Epoch: 100, StartedAt: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetPresence(ctx, "relay-1", epoch, []Presence{{"acme", "a1", 2}}); err != nil {
+		t.Fatal(err)
+	}
+	var ps []Presence
+	for i := range 700 {
+		ps = append(ps, Presence{Tenant: "acme", Agent: fmt.Sprintf("a%d", i), Sessions: 5})
+	}
+	ps = append(ps, Presence{"acme", "left", 0}, Presence{"acme", "a2", 6})
+	if err := s.RestorePresence(ctx, "relay-1", epoch, ps); err != nil {
+		t.Fatal(err)
+	}
+	held, err := s.AgentRelays(ctx, "acme", 10*time.Second)
+	if err != nil || len(held) != 700 || held[AgentKey{"acme", "left"}] != nil {
+		t.Fatalf("%d agents held (%v), want 700, without the one with no session", len(held), err)
+	}
+	got := map[string]int{}
+	rows, err := s.db.QueryContext(ctx, `SELECT agent, sessions FROM presence WHERE agent IN ('a1', 'a2')`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var agent string
+		var n int
+		rows.Scan(&agent, &n)
+		got[agent] = n
+	}
+	if got["a1"] != 2 || got["a2"] != 6 {
+		t.Fatalf("sessions %v: want a1's row left as it was (2), a2's written as last given (6)", got)
+	}
+}
