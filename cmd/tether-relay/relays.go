@@ -31,7 +31,7 @@ func relayCmd(g *globals) *cobra.Command {
 	}
 	remove := &cobra.Command{
 		Use:   "remove ID",
-		Short: "Forget a relay that is gone for good (one still running comes back at its next heartbeat)",
+		Short: "Forget a relay that is gone for good (one still running comes back, with its agents, at its next heartbeat)",
 		Args:  cli.Args("ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withAdmin(cmd, func(ctx context.Context, a *admin.Admin) error {

@@ -67,7 +67,7 @@ func (x *ctl) relayList() *cobra.Command {
 func (x *ctl) relayCmd() *cobra.Command {
 	remove := &cobra.Command{
 		Use:   "remove ID",
-		Short: "Forget a relay that is gone for good (one still running comes back at its next heartbeat)",
+		Short: "Forget a relay that is gone for good (one still running comes back, with its agents, at its next heartbeat)",
 		Args:  cli.Args("ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return x.act(cmd, "DELETE", "/api/v1/relays/"+url.PathEscape(args[0]), nil, func(json.RawMessage) {

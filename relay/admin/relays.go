@@ -58,7 +58,7 @@ func (a *Admin) Relays(ctx context.Context) ([]Relay, error) {
 
 // RemoveRelay forgets a relay that is gone for good (its row and its
 // agents' presence). A relay that still runs writes its row again at its
-// next heartbeat.
+// next heartbeat, and its agents' presence with it.
 func (a *Admin) RemoveRelay(ctx context.Context, id string) error {
 	if err := a.vendorOnly("removing a relay"); err != nil {
 		return err
