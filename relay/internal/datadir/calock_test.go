@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tetherhq/tether/internal/pgtest"
+	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
@@ -58,6 +59,17 @@ func TestStartWhileCALockHeld(t *testing.T) {
 		t.Fatalf("an admin command's open while the CA lock is held: %v", err)
 	}
 	d2.Close()
+	// A relay given another KEK cannot read the CA, and waits for the
+	// lock in case the CA was changing; when it gives up, it says why it
+	// could not read the CA, not only that the lock was held.
+	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if d3, _, err := Open(wctx, t.TempDir(), Options{Store: dsn, CAKEK: newKEK()}, time.Now()); !errors.Is(err, ca.ErrWrongKEK) {
+		if d3 != nil {
+			d3.Close()
+		}
+		t.Fatalf("a start with another KEK while the lock is held: %v, want ca.ErrWrongKEK among its causes", err)
+	}
 }
 
 // syncBuffer is a log destination safe for concurrent writes.

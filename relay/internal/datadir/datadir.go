@@ -189,13 +189,20 @@ func sharedKey(ctx context.Context, st *store.Store, id, what string, key *[32]b
 // on one CA; the wait is logged.
 func (d *Dir) loadCA(ctx context.Context, o Options, now time.Time) (*ca.CA, error) {
 	if d.caShared {
-		if c, err := ca.Load(ctx, d.ca); err == nil {
+		c, loadErr := ca.Load(ctx, d.ca)
+		if loadErr == nil {
 			return c, nil
 		} else if ctx.Err() != nil {
-			return nil, err
+			return nil, loadErr
 		}
 		unlock, err := d.lockCA(ctx, o.Logger)
 		if err != nil {
+			if !errors.Is(loadErr, fs.ErrNotExist) {
+				// Say why the lock was needed: a CA that cannot be read
+				// (a KEK other than the one that sealed it, say) is
+				// the likelier fault than the lock.
+				return nil, fmt.Errorf("%w (it was needed because the CA in the store could not be read: %w)", err, loadErr)
+			}
 			return nil, err
 		}
 		defer unlock()
