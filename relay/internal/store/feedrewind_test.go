@@ -13,17 +13,32 @@ import (
 // rewind makes the change feed go back to seq, as a failover to an
 // asynchronous replica that lacked the newest changes, or a restore from
 // a backup, does: the rows after seq are gone and the next change is
-// numbered seq+1 again.
-func rewind(t *testing.T, s *Store, e engine, seq int64) {
+// numbered seq+1 again. Then, in the same transaction (a follower sees
+// the feed before or after, nothing between), it writes changes of
+// kind tenant for each of tenants, as from another process: no wake-up.
+func rewind(t *testing.T, s *Store, e engine, seq int64, tenants ...string) {
 	t.Helper()
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM changes WHERE seq > $1`, seq); err != nil {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `DELETE FROM changes WHERE seq > $1`, seq); err != nil {
 		t.Fatal(err)
 	}
 	q := `UPDATE sqlite_sequence SET seq = $1 WHERE name = 'changes'`
 	if e.name == "postgres" {
 		q = `SELECT setval(pg_get_serial_sequence('changes', 'seq'), $1)`
 	}
-	if _, err := s.db.ExecContext(ctx, q, seq); err != nil {
+	if _, err := tx.ExecContext(ctx, q, seq); err != nil {
+		t.Fatal(err)
+	}
+	for _, tenant := range tenants {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO changes (at_ms, kind, tenant, subject) VALUES ($1, 'tenant', $2, '')`, time.Now().UnixMilli(), tenant); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -114,11 +129,7 @@ func testFollowRewrittenPastPosition(t *testing.T, e engine) {
 
 	// The feed goes back 3 changes; 4 are written before the follower
 	// reads again (no wake-up: as from another process).
-	rewind(t, s, e, from-3)
-	if _, err := s.db.ExecContext(ctx, `INSERT INTO changes (at_ms, kind, tenant, subject) VALUES
-		($1, 'tenant', 'n1', ''), ($1, 'tenant', 'n2', ''), ($1, 'tenant', 'n3', ''), ($1, 'tenant', 'n4', '')`, time.Now().UnixMilli()); err != nil {
-		t.Fatal(err)
-	}
+	rewind(t, s, e, from-3, "n1", "n2", "n3", "n4")
 	if latest, _ := s.LatestChange(ctx); latest != from+1 {
 		t.Fatalf("newest change %d after rewriting, want %d", latest, from+1)
 	}
