@@ -85,7 +85,9 @@ type Options struct {
 	// Existing refuses to create a CA where there is none, with an error
 	// wrapping fs.ErrNotExist.
 	Existing bool
-	// Logger, when set, is told of a wait for the store's CA lock.
+	// Logger, when set, is told of a wait for the store's CA lock. The
+	// store warns of a schema newer than this binary's to it, or to
+	// slog.Default() when nil (admin commands).
 	Logger *slog.Logger
 }
 
@@ -126,7 +128,7 @@ func Open(ctx context.Context, path string, o Options, now time.Time) (*Dir, *ca
 
 	d := &Dir{Path: path, ca: ca.Dir(filepath.Join(path, caDir))}
 	if shared {
-		if d.Store, err = store.OpenDSN(ctx, o.Store); err != nil {
+		if d.Store, err = store.OpenDSN(ctx, o.Store, store.WithLogger(o.Logger)); err != nil {
 			return nil, nil, fmt.Errorf("open store: %w", err)
 		}
 		d.ca, d.caShared = ca.InStore(d.Store, kek), true
@@ -139,7 +141,7 @@ func Open(ctx context.Context, path string, o Options, now time.Time) (*Dir, *ca
 		return nil, nil, fmt.Errorf("tenant CA: %w", err)
 	}
 	if !shared {
-		if d.Store, err = store.Open(ctx, filepath.Join(path, dbFile)); err != nil {
+		if d.Store, err = store.Open(ctx, filepath.Join(path, dbFile), store.WithLogger(o.Logger)); err != nil {
 			return nil, nil, fmt.Errorf("open store: %w", err)
 		}
 	}

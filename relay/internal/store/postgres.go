@@ -39,8 +39,9 @@ func IsPostgres(dsn string) bool {
 }
 
 // OpenPostgres connects to the PostgreSQL database dsn (a postgres:// URL)
-// and applies pending migrations.
-func OpenPostgres(ctx context.Context, dsn string) (*Store, error) {
+// and applies pending migrations. It refuses, with a SchemaTooNewError, a
+// store whose schema requires a binary newer than this one.
+func OpenPostgres(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("store address: %w", err)
@@ -58,7 +59,7 @@ func OpenPostgres(ctx context.Context, dsn string) (*Store, error) {
 	db.SetMaxOpenConns(16)
 	db.SetMaxIdleConns(16)
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	s := &Store{db: db, d: postgresDialect{dsn: dsn}, wake: make(chan struct{}), connLost: lost}
+	s := newStore(db, postgresDialect{dsn: dsn}, lost, opts)
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate %s: %w", redact(cfg), err)

@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -11,14 +13,49 @@ import (
 // the fragments the dialect expands (dialect.ddl).
 type migration struct {
 	version int
-	sql     string
+	// compatibleFrom is the oldest schema version a binary must know to
+	// keep working correctly on a store this migration was applied to:
+	// the migration's own version when a binary that does not know it
+	// would misbehave on it (fail, lose or corrupt data, or leave a
+	// security check undone that the operator did not opt into), or
+	// anyBinary when older binaries keep working as they did, at worst
+	// without the migration's new feature (README, "Upgrading the
+	// store's schema", says which features wait for every relay). The
+	// store records the highest of its applied migrations'
+	// (schemaRequiresKey), and a binary that knows less refuses to open
+	// it (SchemaTooNewError).
+	compatibleFrom int
+	sql            string
 }
+
+// anyBinary is the compatibleFrom of a migration that older binaries
+// may run on: what they do not know of it, they leave alone, without
+// harm beyond the new feature's.
+const anyBinary = 1
+
+// schemaRequiresKey is the setting that holds the schema version a
+// binary must know to open the store: the highest compatibleFrom of the
+// migrations applied to it, never lowered (an older binary that knows
+// less does not lower what a newer one recorded).
+const schemaRequiresKey = "schema_requires_binary"
 
 // migrations are applied in order, each in its own transaction. Never edit
 // one that has shipped: add a new one. (Replacing SQLite's spelling of a
-// fragment with the {{…}} that expands to exactly it edits nothing.)
+// fragment with the {{…}} that expands to exactly it edits nothing; so
+// does giving each its compatibleFrom, which binaries before it ignore.)
+//
+// The compatibleFrom of the migrations before the check existed (1-18):
+// 2 (revocations that older binaries would not enforce), 3 (drops the
+// table older binaries read grants from), 4 (CA rotation's roots), 8 (the
+// change feed, which older binaries' writes would bypass, and release
+// files in the store, which they cannot read), 9 (tenant-scoped operators,
+// whom an older admin API would take for unscoped ones), 10 (the CA kept
+// in the store) and 11 (the cluster's relay and presence rows) break
+// older binaries; 5-7 and 12-18 add tables, columns or indexes that older
+// binaries leave alone (12-14, 16-18 with a feature that waits for every
+// relay to be upgraded, see README). A store at 18 thus requires 11.
 var migrations = []migration{
-	{1, `
+	{1, 1, `
 CREATE TABLE tenants (
 	name       TEXT PRIMARY KEY,
 	created_at BIGINT NOT NULL
@@ -57,7 +94,7 @@ CREATE TABLE settings (
 	value TEXT NOT NULL
 );
 `},
-	{2, `
+	{2, 2, `
 ALTER TABLE agents ADD COLUMN revoked_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE agents ADD COLUMN revoked_reason TEXT NOT NULL DEFAULT '';
 CREATE INDEX agents_revoked ON agents(revoked_at);
@@ -87,7 +124,7 @@ CREATE TABLE tenant_limits (
 );
 `},
 	// Grants name services as well as tenants, each a pattern.
-	{3, `
+	{3, 3, `
 CREATE TABLE backend_grants (
 	backend TEXT NOT NULL REFERENCES backends(name) ON DELETE CASCADE,
 	tenant  TEXT NOT NULL,
@@ -100,13 +137,13 @@ DROP TABLE backend_tenants;
 	// The CA root (printable fingerprint) that issued each agent's newest
 	// certificate, and the root each join token pins. '' on rows written
 	// before CA rotation existed: those are the CA's first root.
-	{4, `
+	{4, 4, `
 ALTER TABLE agents ADD COLUMN cert_root TEXT NOT NULL DEFAULT '';
 ALTER TABLE join_tokens ADD COLUMN ca_root TEXT NOT NULL DEFAULT '';
 `},
 	// Operator tokens for the admin API: a name, a hash of the secret, an
 	// expiry and a revocation time.
-	{5, `
+	{5, anyBinary, `
 CREATE TABLE operator_tokens (
 	id          TEXT PRIMARY KEY,
 	name        TEXT NOT NULL,
@@ -118,7 +155,7 @@ CREATE TABLE operator_tokens (
 CREATE INDEX operator_tokens_name ON operator_tokens(name);
 `},
 	// Agent releases, rollouts and each agent's update state.
-	{6, `
+	{6, anyBinary, `
 CREATE TABLE releases (
 	version      TEXT NOT NULL,
 	os           TEXT NOT NULL,
@@ -161,14 +198,14 @@ CREATE TABLE agent_updates (
 CREATE INDEX agent_updates_version ON agent_updates(version);
 `},
 	// When the relay last heard from each agent, Unix seconds (0: never).
-	{7, `
+	{7, anyBinary, `
 ALTER TABLE agents ADD COLUMN last_seen BIGINT NOT NULL DEFAULT 0;
 `},
 	// The change feed (changes.go); console sessions that outlive a
 	// relay's restart (operators.go); release files kept in the store by
 	// content hash instead of in a directory named by an absolute path
 	// (releases.go: rows still naming a directory are imported at open).
-	{8, `
+	{8, 8, `
 CREATE TABLE changes (
 	seq     {{serial}},
 	at_ms   BIGINT NOT NULL,
@@ -200,7 +237,7 @@ ALTER TABLE releases ADD COLUMN manifest_signature {{blob}};
 	// console sessions opened with them or by single sign-on); operator
 	// certificates recorded at issue, so that they can be revoked. Rows
 	// written before have tenant '' and role '': unscoped operators.
-	{9, `
+	{9, 9, `
 ALTER TABLE operator_tokens ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
 ALTER TABLE operator_tokens ADD COLUMN role TEXT NOT NULL DEFAULT '';
 ALTER TABLE console_sessions ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
@@ -223,7 +260,7 @@ CREATE TABLE operator_certs (
 	// relays on PostgreSQL; relay/internal/ca): certificates and the
 	// manifest in the clear, private keys sealed under a key-encryption
 	// key, which kek_id names ('' for a file in the clear).
-	{10, `
+	{10, 10, `
 CREATE TABLE ca_files (
 	name       TEXT PRIMARY KEY,
 	data       {{blob}} NOT NULL,
@@ -234,7 +271,7 @@ CREATE TABLE ca_files (
 	// The relays of a cluster (cluster.go): each one's heartbeat row, by
 	// the database clock, and presence rows for the agents it holds,
 	// fenced by the run epoch of the relay that wrote them.
-	{11, `
+	{11, 11, `
 CREATE TABLE relays (
 	id           TEXT PRIMARY KEY,
 	epoch        BIGINT NOT NULL,
@@ -265,7 +302,7 @@ CREATE INDEX presence_tenant ON presence(tenant);
 	// until their next renewal records one) and to which agent process
 	// (its boot id), and the certificate it replaced with the end of the
 	// overlap during which that one is still accepted (Unix milliseconds).
-	{12, `
+	{12, anyBinary, `
 ALTER TABLE agents ADD COLUMN cert_issued_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE agents ADD COLUMN cert_boot_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE agents ADD COLUMN prev_cert_serial TEXT NOT NULL DEFAULT '';
@@ -273,7 +310,7 @@ ALTER TABLE agents ADD COLUMN prev_cert_until BIGINT NOT NULL DEFAULT 0;
 `},
 	// A tenant's bandwidth limit, in bytes per second each way (0:
 	// unlimited).
-	{13, `
+	{13, anyBinary, `
 ALTER TABLE tenant_limits ADD COLUMN bandwidth BIGINT NOT NULL DEFAULT 0;
 `},
 	// Backend certificates recorded at issue (backends.go, BackendCert),
@@ -282,7 +319,7 @@ ALTER TABLE tenant_limits ADD COLUMN bandwidth BIGINT NOT NULL DEFAULT 0;
 	// backends added since; the rows written before have 0, as the
 	// certificates issued to them were not recorded (the front door
 	// accepts those while the backend stays: Backend.CertsUnrecorded).
-	{14, `
+	{14, anyBinary, `
 CREATE TABLE backend_certs (
 	serial     TEXT PRIMARY KEY,
 	backend    TEXT NOT NULL REFERENCES backends(name) ON DELETE CASCADE,
@@ -299,7 +336,7 @@ ALTER TABLE backends ADD COLUMN certs_recorded INTEGER NOT NULL DEFAULT 0;
 	// that a page reads its rows in order and stops, however many rows
 	// accumulate. The version index replaces the one on version alone,
 	// which it begins with.
-	{15, `
+	{15, anyBinary, `
 CREATE INDEX agent_updates_recent ON agent_updates(updated_at, agent, version);
 CREATE INDEX agent_updates_version_recent ON agent_updates(version, updated_at, agent);
 CREATE INDEX agent_updates_tenant_recent ON agent_updates(tenant, updated_at, agent, version);
@@ -310,7 +347,7 @@ DROP INDEX agent_updates_version;
 	// very issuer is configured to grant it, even when another issuer
 	// has the same issuer URL. Sessions written before have '' and end
 	// at their next request (admin.ConsoleSession).
-	{16, `
+	{16, anyBinary, `
 ALTER TABLE console_sessions ADD COLUMN sso_issuer TEXT NOT NULL DEFAULT '';
 `},
 	// Agents' update states are read by what changed since the last read
@@ -320,7 +357,7 @@ ALTER TABLE console_sessions ADD COLUMN sso_issuer TEXT NOT NULL DEFAULT '';
 	// dialect's agentUpdateSeq and agentUpdateMark), and an index finds a
 	// version's rows from a seq on. Rows written before have 0: a read of
 	// every row (from 0) finds them.
-	{17, `
+	{17, anyBinary, `
 ALTER TABLE agent_updates ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX agent_updates_version_seq ON agent_updates(version, seq);
 `},
@@ -330,7 +367,7 @@ CREATE INDEX agent_updates_version_seq ON agent_updates(version, seq);
 	// answer lost; or read back from the audit file) is stored once.
 	// Records written before have none (NULL: unique indexes let NULLs
 	// repeat).
-	{18, `
+	{18, anyBinary, `
 ALTER TABLE audit ADD COLUMN record_key TEXT;
 CREATE UNIQUE INDEX audit_record_key ON audit(record_key);
 `},
@@ -338,6 +375,57 @@ CREATE UNIQUE INDEX audit_record_key ON audit(record_key);
 
 // latestMigration is the schema version a migrated store has.
 func latestMigration() int { return migrations[len(migrations)-1].version }
+
+// requiredByMigrations is the schema version a binary must know to open a
+// store every migration of this binary was applied to.
+func requiredByMigrations() int {
+	req := 0
+	for _, m := range migrations {
+		req = max(req, m.compatibleFrom)
+	}
+	return req
+}
+
+// BinarySchemaVersion is the newest schema version this binary knows: its
+// latest migration.
+func BinarySchemaVersion() int { return latestMigration() }
+
+// ErrSchemaTooNew is what a SchemaTooNewError is (errors.Is).
+var ErrSchemaTooNew = errors.New("the store's schema requires a newer binary")
+
+// SchemaTooNewError refuses a store whose schema a binary does not know
+// well enough to work on correctly: migrations it does not know were
+// applied to it, one of which requires binaries to know at least
+// Requires.
+type SchemaTooNewError struct {
+	Store    int // the store's schema version: its newest migration
+	Requires int // the schema version a binary must know to open it
+	Binary   int // the newest schema version this binary knows
+}
+
+func (e *SchemaTooNewError) Error() string {
+	return fmt.Sprintf("the store's schema is at version %d and requires a binary that knows schema version %d or newer; "+
+		"this binary knows only up to version %d and would not work correctly on it: upgrade this tether-relay binary "+
+		"(to the release the other relays or admin hosts of this store run) and start it again; the store is left as it is",
+		e.Store, e.Requires, e.Binary)
+}
+
+// Is makes errors.Is(err, ErrSchemaTooNew) true.
+func (e *SchemaTooNewError) Is(target error) bool { return target == ErrSchemaTooNew }
+
+// SchemaState is what opening the store found of its schema.
+type SchemaState struct {
+	Store    int // the store's schema version (its newest migration), after this binary's were applied
+	Binary   int // the newest schema version this binary knows
+	Requires int // the schema version a binary must know to open the store
+}
+
+// Newer reports whether the store's schema is newer than this binary's
+// (which still works on it: it opened).
+func (st SchemaState) Newer() bool { return st.Store > st.Binary }
+
+// Schema returns what opening the store found of its schema.
+func (s *Store) Schema() SchemaState { return s.schema }
 
 func (s *Store) migrate(ctx context.Context) error {
 	// In a write transaction: outside one, SQLite may find the schema
@@ -352,6 +440,12 @@ func (s *Store) migrate(ctx context.Context) error {
 		_, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`)
 		return err
 	})
+	if err != nil {
+		return err
+	}
+	// Before anything is applied: a binary older than the store's schema
+	// requires changes nothing.
+	storeVersion, err := s.checkSchema(ctx)
 	if err != nil {
 		return err
 	}
@@ -372,14 +466,97 @@ func (s *Store) migrate(ctx context.Context) error {
 			if _, err := tx.ExecContext(ctx, s.d.ddl(m.sql)); err != nil {
 				return fmt.Errorf("migration %d: %w", m.version, err)
 			}
-			_, err = tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)`, m.version, time.Now().Unix())
-			return err
+			if _, err = tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)`, m.version, time.Now().Unix()); err != nil {
+				return err
+			}
+			// With the migration, in its transaction: no binary that
+			// requirement refuses sees the migration without it.
+			return raiseRequirement(ctx, tx, m.compatibleFrom)
 		})
 		if err != nil {
 			return err
 		}
 	}
+	// The requirement of the migrations applied before it was recorded
+	// (a store migrated by a binary that did not record it).
+	requires := requiredByMigrations()
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		if err := s.d.orderChanges(ctx, tx); err != nil {
+			return err
+		}
+		if err := raiseRequirement(ctx, tx, requires); err != nil {
+			return err
+		}
+		requires, err = storedRequirement(ctx, tx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	s.schema = SchemaState{Store: max(storeVersion, latestMigration()), Binary: latestMigration(), Requires: requires}
+	if s.schema.Newer() {
+		s.log.Warn("the store's schema is newer than this binary's; this binary still works on it correctly, "+
+			"but lacks what the newer migrations brought: upgrade it (to the release the other relays or admin hosts of this store run)",
+			"store_schema", s.schema.Store, "binary_schema", s.schema.Binary, "requires_binary_schema", s.schema.Requires)
+	}
 	return s.importReleaseDirs(ctx)
+}
+
+// checkSchema returns the store's schema version (0 for a new store) and
+// refuses, with a SchemaTooNewError, a store whose schema requires a
+// binary that knows more than this one.
+func (s *Store) checkSchema(ctx context.Context) (version int, err error) {
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		if err := s.d.orderChanges(ctx, tx); err != nil {
+			return err
+		}
+		var v sql.NullInt64
+		if err := tx.QueryRowContext(ctx, `SELECT max(version) FROM schema_migrations`).Scan(&v); err != nil {
+			return err
+		}
+		version = int(v.Int64)
+		if version == 0 {
+			return nil // a new store
+		}
+		requires, err := storedRequirement(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if requires > latestMigration() {
+			return &SchemaTooNewError{Store: version, Requires: requires, Binary: latestMigration()}
+		}
+		return nil
+	})
+	return version, err
+}
+
+// storedRequirement reads the schema version a binary must know to open
+// the store; 0 where none is recorded.
+func storedRequirement(ctx context.Context, tx *sql.Tx) (int, error) {
+	var v string
+	err := tx.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = $1`, schemaRequiresKey).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read the schema version the store requires: %w", err)
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("setting %s is damaged: %q", schemaRequiresKey, v)
+	}
+	return n, nil
+}
+
+// raiseRequirement records that a binary must know schema version req to
+// open the store, unless a higher requirement is recorded.
+func raiseRequirement(ctx context.Context, tx *sql.Tx, req int) error {
+	cur, err := storedRequirement(ctx, tx)
+	if err != nil || cur >= req {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = $2`, schemaRequiresKey, strconv.Itoa(req))
+	return err
 }
 
 // SchemaVersion is the highest migration applied.

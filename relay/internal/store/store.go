@@ -22,6 +22,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -60,6 +61,31 @@ type Store struct {
 	// lost: pooled connections last used before then are checked before
 	// they are used again.
 	connLost *atomic.Int64
+
+	log    *slog.Logger // where opening the store logs (WithLogger)
+	schema SchemaState  // what opening it found of its schema
+}
+
+// Option is an option of Open, OpenPostgres and OpenDSN.
+type Option func(*Store)
+
+// WithLogger has the store log to l what opening it does and finds (a
+// schema newer than this binary's); slog.Default() without it.
+func WithLogger(l *slog.Logger) Option {
+	return func(s *Store) {
+		if l != nil {
+			s.log = l
+		}
+	}
+}
+
+// newStore is a Store on db, with opts applied.
+func newStore(db *sql.DB, d dialect, lost *atomic.Int64, opts []Option) *Store {
+	s := &Store{db: db, d: d, wake: make(chan struct{}), connLost: lost, log: slog.Default()}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // retryAttempts bounds how often a transaction that failed for a reason
@@ -68,13 +94,14 @@ type Store struct {
 const retryAttempts = 8
 
 // Open opens (creating if needed) the SQLite database at path and applies
-// pending migrations.
-func Open(ctx context.Context, path string) (*Store, error) {
+// pending migrations. It refuses, with a SchemaTooNewError, a store whose
+// schema requires a binary newer than this one.
+func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	db, err := openSQLite(path)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	s := &Store{db: db, d: sqliteDialect{}, wake: make(chan struct{})}
+	s := newStore(db, sqliteDialect{}, nil, opts)
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate %s: %w", path, err)
@@ -84,11 +111,11 @@ func Open(ctx context.Context, path string) (*Store, error) {
 
 // OpenDSN opens the store at dsn: a PostgreSQL database when dsn is a
 // postgres:// URL, else the SQLite file at that path.
-func OpenDSN(ctx context.Context, dsn string) (*Store, error) {
+func OpenDSN(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	if IsPostgres(dsn) {
-		return OpenPostgres(ctx, dsn)
+		return OpenPostgres(ctx, dsn, opts...)
 	}
-	return Open(ctx, dsn)
+	return Open(ctx, dsn, opts...)
 }
 
 // Close closes the database.
