@@ -30,6 +30,10 @@ const (
 	// network failed). What the server did with a COMMIT is then unknown,
 	// but a transaction not yet committing was rolled back with it.
 	classConnLost
+	// classLockTimeout: a statement gave up waiting for a lock, as the
+	// transaction's lock timeout told it to (a migration's: dialect
+	// lockTimeout).
+	classLockTimeout
 )
 
 // retryable reports whether a transaction that failed with an error of
@@ -93,6 +97,12 @@ type dialect interface {
 	// and waiting until it is free ($1: the lock's key); "" where the
 	// engine has none (Store.Lock).
 	lockStatements() (lock, unlock string)
+	// lockTimeout is the statement that bounds, for the rest of the
+	// transaction, how long a statement waits for a lock on a table
+	// (a migration's: it gives up rather than queue every reader of
+	// the table behind it); "" where the engine has no such bound
+	// (SQLite: busy_timeout bounds the wait for the write lock).
+	lockTimeout(d time.Duration) string
 	// agentUpdateSeq is an SQL expression for the seq of an agent_updates
 	// row written now, in a statement whose parameter versionParam is the
 	// row's version. A reader that read the version's rows up to a mark
@@ -207,6 +217,8 @@ func (sqliteDialect) lockRows() string { return "" }
 // lockStatements: SQLite has no lock a connection holds across
 // transactions without blocking every other writer.
 func (sqliteDialect) lockStatements() (string, string) { return "", "" }
+
+func (sqliteDialect) lockTimeout(time.Duration) string { return "" }
 
 // agentUpdateSeq numbers a version's rows one after another: writers take
 // the write lock at BEGIN (BEGIN IMMEDIATE), one at a time, so a row

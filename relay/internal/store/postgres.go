@@ -82,6 +82,8 @@ func (postgresDialect) classify(err error) errClass {
 			return classForeignKey
 		case pe.Code == "40001", pe.Code == "40P01": // serialization_failure, deadlock_detected
 			return classRetry
+		case pe.Code == "55P03": // lock_not_available: lock_timeout, a migration's
+			return classLockTimeout
 		case pe.Code == "57P01", pe.Code == "57P02", pe.Code == "57P03":
 			// admin_shutdown (a restart, pg_terminate_backend, a pooler),
 			// crash_shutdown, cannot_connect_now (starting up, shutting
@@ -155,6 +157,13 @@ func (postgresDialect) lockRows() string { return " FOR NO KEY UPDATE" }
 // released or until it closes.
 func (postgresDialect) lockStatements() (string, string) {
 	return `SELECT pg_advisory_lock($1)`, `SELECT pg_advisory_unlock($1)`
+}
+
+// lockTimeout is SET LOCAL lock_timeout: it ends with the transaction.
+// It bounds each wait for a lock, the advisory lock's too: run it once
+// the transaction holds that one.
+func (postgresDialect) lockTimeout(d time.Duration) string {
+	return fmt.Sprintf("SET LOCAL lock_timeout = %d", d.Milliseconds())
 }
 
 // agentUpdateSeq is the id of the transaction that writes the row (64

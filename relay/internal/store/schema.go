@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"time"
 )
@@ -449,57 +450,160 @@ func (s *Store) migrate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, m := range migrations {
-		// Each migration checks and applies under a lock that one
-		// process holds at a time (SQLite: the write lock BEGIN
-		// IMMEDIATE takes; other engines: the lock that orders the
-		// change feed), so two processes opening a fresh database
-		// cannot both apply it.
-		err := s.tx(ctx, func(tx *sql.Tx) error {
-			if err := s.d.orderChanges(ctx, tx); err != nil {
-				return err
-			}
-			done, err := exists(ctx, tx, `SELECT count(*) FROM schema_migrations WHERE version = $1`, m.version)
-			if err != nil || done {
-				return err
-			}
-			if _, err := tx.ExecContext(ctx, s.d.ddl(m.sql)); err != nil {
-				return fmt.Errorf("migration %d: %w", m.version, err)
-			}
-			if _, err = tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)`, m.version, time.Now().Unix()); err != nil {
-				return err
-			}
-			// With the migration, in its transaction: no binary that
-			// requirement refuses sees the migration without it.
-			return raiseRequirement(ctx, tx, m.compatibleFrom)
-		})
-		if err != nil {
-			return err
-		}
-	}
-	// The requirement of the migrations applied before it was recorded
-	// (a store migrated by a binary that did not record it).
-	requires := requiredByMigrations()
-	err = s.tx(ctx, func(tx *sql.Tx) error {
-		if err := s.d.orderChanges(ctx, tx); err != nil {
-			return err
-		}
-		if err := raiseRequirement(ctx, tx, requires); err != nil {
-			return err
-		}
-		requires, err = storedRequirement(ctx, tx)
-		return err
-	})
+	pending, err := s.pendingMigrations(ctx)
 	if err != nil {
 		return err
 	}
-	s.schema = SchemaState{Store: max(storeVersion, latestMigration()), Binary: latestMigration(), Requires: requires}
+	began := time.Now()
+	for _, m := range pending {
+		if err := s.applyMigration(ctx, m, storeVersion == 0); err != nil {
+			return err
+		}
+	}
+	if len(pending) > 0 && ctx.Err() != nil {
+		// The migrations outlasted the caller's bound (relay.New's 30
+		// s), not their own: they are committed, and the next start
+		// finds them applied.
+		return fmt.Errorf("store migrations %d-%d applied, in %v, longer than this start may take: start again: %w",
+			pending[0].version, pending[len(pending)-1].version, time.Since(began).Round(time.Millisecond), ctx.Err())
+	}
+	// The requirement of the migrations applied before it was recorded
+	// (a store migrated by a binary that did not record it); and the
+	// check again, for a newer binary's migrations applied meanwhile.
+	var requires int
+	if err := s.tx(ctx, func(tx *sql.Tx) error {
+		if err := s.d.orderChanges(ctx, tx); err != nil {
+			return err
+		}
+		if err := raiseRequirement(ctx, tx, requiredByMigrations()); err != nil {
+			return err
+		}
+		var err error
+		storeVersion, requires, err = checkRequirement(ctx, tx)
+		return err
+	}); err != nil {
+		return err
+	}
+	s.schema = SchemaState{Store: storeVersion, Binary: latestMigration(), Requires: requires}
 	if s.schema.Newer() {
 		s.log.Warn("the store's schema is newer than this binary's; this binary still works on it correctly, "+
 			"but lacks what the newer migrations brought: upgrade it (to the release the other relays or admin hosts of this store run)",
 			"store_schema", s.schema.Store, "binary_schema", s.schema.Binary, "requires_binary_schema", s.schema.Requires)
 	}
 	return s.importReleaseDirs(ctx)
+}
+
+// MigrationTimeout bounds how long a migration may take, waiting for
+// another process's migration included, whatever the deadline of the
+// caller of Open (relay.New gives the whole start 30 s): a migration
+// cut short is rolled back and tried again at the next start, holding
+// the lock that orders every write of the cluster meanwhile, so an index
+// built on a large table must be given the time to finish.
+// MigrationLockTimeout bounds, on PostgreSQL, each wait of a migration
+// for a lock on a table that another transaction holds: waiting, it
+// would queue every reader of the table behind it.
+var (
+	MigrationTimeout     = 10 * time.Minute
+	MigrationLockTimeout = 5 * time.Second
+)
+
+// pendingMigrations returns the migrations not yet applied, as they were
+// when it looked: another process may be applying them.
+func (s *Store) pendingMigrations(ctx context.Context) ([]migration, error) {
+	applied := map[int]bool{}
+	err := s.read(ctx, func() error {
+		rows, err := s.db.QueryContext(ctx, `SELECT version FROM schema_migrations`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		clear(applied)
+		for rows.Next() {
+			var v int
+			if err := rows.Scan(&v); err != nil {
+				return err
+			}
+			applied[v] = true
+		}
+		return rows.Err()
+	})
+	var pending []migration
+	for _, m := range migrations {
+		if !applied[m.version] {
+			pending = append(pending, m)
+		}
+	}
+	return pending, err
+}
+
+// applyMigration applies m unless another process did meanwhile. It has
+// MigrationTimeout, from now, whatever ctx's deadline (ctx's end by
+// cancellation still ends it), and gives up at once waiting
+// MigrationLockTimeout for a table's lock. Its start and end are logged
+// (at Debug for a new store, whose migrations are only its creation).
+func (s *Store) applyMigration(ctx context.Context, m migration, newStore bool) error {
+	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), MigrationTimeout)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			cancel()
+		}
+	})
+	defer stop()
+	level := slog.LevelInfo
+	if newStore {
+		level = slog.LevelDebug
+	}
+	var start time.Time
+	applied := false
+	// Each migration checks and applies under a lock that one process
+	// holds at a time (SQLite: the write lock BEGIN IMMEDIATE takes;
+	// other engines: the lock that orders the change feed), so two
+	// processes opening a fresh database cannot both apply it.
+	err := s.tx(mctx, func(tx *sql.Tx) error {
+		applied = false
+		if err := s.d.orderChanges(mctx, tx); err != nil {
+			return err
+		}
+		done, err := exists(mctx, tx, `SELECT count(*) FROM schema_migrations WHERE version = $1`, m.version)
+		if err != nil || done {
+			return err
+		}
+		// Once the lock above is held: it bounds the wait for that one
+		// too, which is another process's migration or a short write.
+		if q := s.d.lockTimeout(MigrationLockTimeout); q != "" {
+			if _, err := tx.ExecContext(mctx, q); err != nil {
+				return err
+			}
+		}
+		start = time.Now()
+		s.log.Log(mctx, level, "applying store migration", "migration", m.version)
+		if _, err := tx.ExecContext(mctx, s.d.ddl(m.sql)); err != nil {
+			if s.d.classify(err) == classLockTimeout {
+				return fmt.Errorf("migration %d: gave up after waiting %v for a lock on a table that another transaction holds "+
+					"(it would have queued every reader of the table behind it); nothing was changed: start again once that transaction is over: %w",
+					m.version, MigrationLockTimeout, err)
+			}
+			return fmt.Errorf("migration %d: %w", m.version, err)
+		}
+		if _, err = tx.ExecContext(mctx, `INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)`, m.version, time.Now().Unix()); err != nil {
+			return err
+		}
+		applied = true
+		// With the migration, in its transaction: no binary that
+		// requirement refuses sees the migration without it.
+		return raiseRequirement(mctx, tx, m.compatibleFrom)
+	})
+	switch {
+	case err != nil && !start.IsZero():
+		s.log.Error("store migration failed", "migration", m.version, "took", time.Since(start).Round(time.Millisecond), "err", err)
+		if errors.Is(mctx.Err(), context.DeadlineExceeded) {
+			err = fmt.Errorf("migration %d did not finish within %v and was rolled back: %w", m.version, MigrationTimeout, err)
+		}
+	case applied:
+		s.log.Log(mctx, level, "applied store migration", "migration", m.version, "took", time.Since(start).Round(time.Millisecond))
+	}
+	return err
 }
 
 // checkSchema returns the store's schema version (0 for a new store) and
@@ -510,24 +614,31 @@ func (s *Store) checkSchema(ctx context.Context) (version int, err error) {
 		if err := s.d.orderChanges(ctx, tx); err != nil {
 			return err
 		}
-		var v sql.NullInt64
-		if err := tx.QueryRowContext(ctx, `SELECT max(version) FROM schema_migrations`).Scan(&v); err != nil {
-			return err
-		}
-		version = int(v.Int64)
-		if version == 0 {
-			return nil // a new store
-		}
-		requires, err := storedRequirement(ctx, tx)
-		if err != nil {
-			return err
-		}
-		if requires > latestMigration() {
-			return &SchemaTooNewError{Store: version, Requires: requires, Binary: latestMigration()}
-		}
-		return nil
+		version, _, err = checkRequirement(ctx, tx)
+		return err
 	})
 	return version, err
+}
+
+// checkRequirement returns the store's schema version (0 for a new
+// store) and the version it requires a binary to know, or a
+// SchemaTooNewError when that is more than this binary knows.
+func checkRequirement(ctx context.Context, tx *sql.Tx) (version, requires int, err error) {
+	var v sql.NullInt64
+	if err := tx.QueryRowContext(ctx, `SELECT max(version) FROM schema_migrations`).Scan(&v); err != nil {
+		return 0, 0, err
+	}
+	version = int(v.Int64)
+	if version == 0 {
+		return 0, 0, nil // a new store
+	}
+	if requires, err = storedRequirement(ctx, tx); err != nil {
+		return 0, 0, err
+	}
+	if requires > latestMigration() {
+		return 0, 0, &SchemaTooNewError{Store: version, Requires: requires, Binary: latestMigration()}
+	}
+	return version, requires, nil
 }
 
 // storedRequirement reads the schema version a binary must know to open

@@ -2,13 +2,17 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"database/sql"
 	"errors"
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/tetherhq/tether/internal/pgtest"
 )
 
 // requirementKey is schemaRequiresKey, spelt out: the tests check what
@@ -159,4 +163,115 @@ func requirement(t *testing.T, s *Store) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// undoLastMigration opens the PostgreSQL store at dsn, which it leaves
+// migrated but for migration 18 (the audit records' key), which its next
+// open applies: an ALTER TABLE of audit, which waits for every reader of
+// the table. It returns a connection of its own to the database.
+func undoLastMigration(t *testing.T, dsn string) *sql.DB {
+	t.Helper()
+	if latestMigration() != 18 {
+		// Another migration after 18 would have to be undone too.
+		t.Skipf("undoes migration 18; the latest is %d", latestMigration())
+	}
+	s, err := OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if _, err := db.ExecContext(ctx, `DROP INDEX audit_record_key; ALTER TABLE audit DROP COLUMN record_key; DELETE FROM schema_migrations WHERE version = 18`); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// holdTable begins a transaction that reads table, so holds a lock on it
+// that an ALTER TABLE waits for, until the function returned is called.
+func holdTable(t *testing.T, db *sql.DB, table string) (release func()) {
+	t.Helper()
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, `SELECT count(*) FROM `+table); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release = func() { once.Do(func() { tx.Rollback() }) }
+	t.Cleanup(release)
+	return release
+}
+
+// A migration that waits for a table another transaction holds gives up
+// after MigrationLockTimeout, saying so, rather than wait (queueing every
+// reader of the table behind it) for as long as the caller lets it; once
+// the table is free, the migration is applied, its start and end logged.
+func TestMigrationLockTimeout(t *testing.T) {
+	dsn := pgtest.Shared(t).CreateDatabase(t)
+	db := undoLastMigration(t, dsn)
+	release := holdTable(t, db, "audit")
+
+	defer func(d time.Duration) { MigrationLockTimeout = d }(MigrationLockTimeout)
+	MigrationLockTimeout = 300 * time.Millisecond
+	octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	s, err := OpenPostgres(octx, dsn)
+	took := time.Since(start)
+	if err == nil {
+		s.Close()
+		t.Fatal("migration 18 applied while another transaction held the audit table")
+	}
+	if !strings.Contains(err.Error(), "migration 18: gave up after waiting 300ms for a lock on a table that another transaction holds") || took > 3*time.Second {
+		t.Fatalf("open with the audit table held: %v after %v; want migration 18 to give up on the lock within 3 s, saying so", err, took.Round(time.Millisecond))
+	}
+
+	release()
+	var logs bytes.Buffer
+	s, err = OpenPostgres(ctx, dsn, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	if err != nil {
+		t.Fatalf("open once the table is free: %v", err)
+	}
+	defer s.Close()
+	if v, err := s.SchemaVersion(ctx); err != nil || v != 18 {
+		t.Fatalf("schema version %d, %v; want 18", v, err)
+	}
+	if !strings.Contains(logs.String(), `msg="applying store migration" migration=18`) || !strings.Contains(logs.String(), `msg="applied store migration" migration=18 took=`) {
+		t.Errorf("log of the migration: %q; want its start and its end with its duration", logs.String())
+	}
+}
+
+// A migration has MigrationTimeout of its own: one that outlasts the
+// caller's deadline (relay.New gives its whole start 30 s) is still
+// applied, rather than rolled back to be tried again, and blocking the
+// cluster's writes again, at every start.
+func TestMigrationOutlastsCallerDeadline(t *testing.T) {
+	dsn := pgtest.Shared(t).CreateDatabase(t)
+	db := undoLastMigration(t, dsn)
+	release := holdTable(t, db, "audit")
+	time.AfterFunc(1500*time.Millisecond, release)
+
+	octx, cancel := context.WithTimeout(ctx, 700*time.Millisecond)
+	defer cancel()
+	s, err := OpenPostgres(octx, dsn)
+	if err == nil {
+		s.Close()
+	}
+	t.Logf("open with a 700 ms deadline: %v", err)
+	var v int
+	if err := db.QueryRowContext(ctx, `SELECT max(version) FROM schema_migrations`).Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	if v != 18 {
+		t.Fatalf("schema version %d after an open whose caller's deadline passed while migration 18 waited 1.5 s; want 18 (applied)", v)
+	}
+	if err == nil || !strings.Contains(err.Error(), "store migrations 18-18 applied") {
+		t.Errorf("open: %v; want it to say the migrations were applied and to start again", err)
+	}
 }
