@@ -46,7 +46,7 @@ func relayCmd(g *globals) *cobra.Command {
 	return cli.Group("relay", "The relays of a cluster sharing one store", list, remove)
 }
 
-var relayHeader = []string{"RELAY", "STATE", "AGENT ADDRESS", "PEER ADDRESS", "VERSION", "HEARTBEAT", "AGENTS", "SESSIONS", "STREAMS", "STARTED"}
+var relayHeader = []string{"RELAY", "STATE", "AGENT ADDRESS", "PEER ADDRESS", "VERSION", "SCHEMA", "HEARTBEAT", "AGENTS", "SESSIONS", "STREAMS", "STARTED"}
 
 func relayRows(rs []admin.Relay, now time.Time) [][]string {
 	rows := make([][]string, len(rs))
@@ -62,7 +62,7 @@ func relayRows(rs []admin.Relay, now time.Time) [][]string {
 		if r.This {
 			id += " (this)"
 		}
-		rows[i] = []string{id, state, dash(r.AgentAddr), dash(r.PeerAddr), r.Version, cli.Duration(r.HeartbeatAge) + " ago",
+		rows[i] = []string{id, state, dash(r.AgentAddr), dash(r.PeerAddr), r.Version, schemaCell(r.Schema), cli.Duration(r.HeartbeatAge) + " ago",
 			fmt.Sprint(r.Agents), fmt.Sprint(r.Sessions), fmt.Sprint(r.Streams), cli.Since(r.StartedAt, now)}
 	}
 	return rows
@@ -73,4 +73,12 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// schemaCell is a relay's schema version in a table: "-" when not known.
+func schemaCell(v int) string {
+	if v == 0 {
+		return "-"
+	}
+	return fmt.Sprint(v)
 }

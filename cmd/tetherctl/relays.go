@@ -18,6 +18,7 @@ type relay struct {
 	AgentAddr    string        `json:"agent_addr"`
 	PeerAddr     string        `json:"peer_addr"`
 	Version      string        `json:"version"`
+	Schema       int           `json:"schema"`
 	StartedAt    time.Time     `json:"started_at"`
 	HeartbeatAge time.Duration `json:"heartbeat_age_ns"`
 	Alive        bool          `json:"alive"`
@@ -55,10 +56,10 @@ func (x *ctl) relayList() *cobra.Command {
 					if r.This {
 						id += " (this)"
 					}
-					rows[i] = []string{id, state, dash(r.AgentAddr), dash(r.PeerAddr), r.Version, cli.Duration(r.HeartbeatAge) + " ago",
+					rows[i] = []string{id, state, dash(r.AgentAddr), dash(r.PeerAddr), r.Version, schemaCell(r.Schema), cli.Duration(r.HeartbeatAge) + " ago",
 						fmt.Sprint(r.Agents), fmt.Sprint(r.Sessions), fmt.Sprint(r.Streams), cli.Since(r.StartedAt, now)}
 				}
-				return cli.WriteTable(w, []string{"RELAY", "STATE", "AGENT ADDRESS", "PEER ADDRESS", "VERSION", "HEARTBEAT", "AGENTS", "SESSIONS", "STREAMS", "STARTED"}, rows)
+				return cli.WriteTable(w, []string{"RELAY", "STATE", "AGENT ADDRESS", "PEER ADDRESS", "VERSION", "SCHEMA", "HEARTBEAT", "AGENTS", "SESSIONS", "STREAMS", "STARTED"}, rows)
 			})
 		},
 	}
@@ -83,4 +84,12 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// schemaCell is a relay's schema version in a table: "-" when not known.
+func schemaCell(v int) string {
+	if v == 0 {
+		return "-"
+	}
+	return fmt.Sprint(v)
 }

@@ -15,9 +15,14 @@ type Relay struct {
 	ID string `json:"id"`
 	// AgentAddr and PeerAddr are where agents and the other relays reach
 	// it ("" when it does not say).
-	AgentAddr string    `json:"agent_addr,omitempty"`
-	PeerAddr  string    `json:"peer_addr,omitempty"`
-	Version   string    `json:"version"`
+	AgentAddr string `json:"agent_addr,omitempty"`
+	PeerAddr  string `json:"peer_addr,omitempty"`
+	Version   string `json:"version"`
+	// Schema is the newest store schema version its binary knows (0: not
+	// known, a binary from before schema 19): while it is below the
+	// store's, the relay runs an older release than the store's schema
+	// (README, "Upgrading the store's schema").
+	Schema    int       `json:"schema,omitempty"`
 	StartedAt time.Time `json:"started_at"`
 	// HeartbeatAge is how long ago it last wrote its row, by the store's
 	// clock; Alive is false once that is past the time after which a
@@ -44,7 +49,7 @@ func (a *Admin) Relays(ctx context.Context) ([]Relay, error) {
 	}
 	live, gone := []Relay{}, []Relay{}
 	for _, r := range rs {
-		x := Relay{ID: r.ID, AgentAddr: r.AgentAddr, PeerAddr: r.PeerAddr, Version: r.Version, StartedAt: r.StartedAt,
+		x := Relay{ID: r.ID, AgentAddr: r.AgentAddr, PeerAddr: r.PeerAddr, Version: r.Version, Schema: r.Schema, StartedAt: r.StartedAt,
 			HeartbeatAge: r.Age, Alive: r.Alive(cluster.DefaultDeadAfter), Draining: r.Draining, This: r.ID == a.relayID && a.relayID != ""}
 		if x.Alive {
 			x.Agents, x.Sessions, x.Streams = r.Agents, r.Sessions, r.Streams

@@ -35,6 +35,10 @@ type Relay struct {
 	Agents    int   // distinct agents it holds
 	Sessions  int   // agent sessions it holds
 	Streams   int64 // streams open through it
+	// Schema is the newest store schema version its binary knows (read
+	// only: a relay writes its own binary's, BinarySchemaVersion); 0
+	// when not known, for a binary from before schema 19.
+	Schema int
 	// Age is how long ago its last heartbeat was, by the database clock
 	// (read only).
 	Age time.Duration
@@ -57,14 +61,15 @@ func (r Relay) Alive(deadAfter time.Duration) bool { return r.Age < deadAfter }
 func (s *Store) JoinCluster(ctx context.Context, r Relay) (epoch int64, err error) {
 	err = s.tx(ctx, func(tx *sql.Tx) error {
 		return tx.QueryRowContext(ctx, fmt.Sprintf(`
-INSERT INTO relays (id, epoch, agent_addr, peer_addr, version, started_at, heartbeat_ms, draining, agents, sessions, streams)
-VALUES ($1, $2, $3, $4, $5, $6, %[1]s, $7, $8, $9, $10)
+INSERT INTO relays (id, epoch, agent_addr, peer_addr, version, started_at, heartbeat_ms, draining, agents, sessions, streams, schema_version, schema_of)
+VALUES ($1, $2, $3, $4, $5, $6, %[1]s, $7, $8, $9, $10, $11, $5)
 ON CONFLICT (id) DO UPDATE SET epoch = CASE WHEN relays.epoch >= excluded.epoch THEN relays.epoch + 1 ELSE excluded.epoch END,
 	agent_addr = excluded.agent_addr, peer_addr = excluded.peer_addr,
 	version = excluded.version, started_at = excluded.started_at, heartbeat_ms = %[1]s, draining = excluded.draining,
-	agents = excluded.agents, sessions = excluded.sessions, streams = excluded.streams
+	agents = excluded.agents, sessions = excluded.sessions, streams = excluded.streams,
+	schema_version = excluded.schema_version, schema_of = excluded.schema_of
 RETURNING epoch`, s.d.nowMillis()),
-			r.ID, r.Epoch, r.AgentAddr, r.PeerAddr, r.Version, unix(r.StartedAt), boolInt(r.Draining), r.Agents, r.Sessions, r.Streams).Scan(&epoch)
+			r.ID, r.Epoch, r.AgentAddr, r.PeerAddr, r.Version, unix(r.StartedAt), boolInt(r.Draining), r.Agents, r.Sessions, r.Streams, latestMigration()).Scan(&epoch)
 	})
 	return epoch, err
 }
@@ -78,13 +83,13 @@ RETURNING epoch`, s.d.nowMillis()),
 // presence rows of the run may be gone with it, and are to be written
 // again.
 func (s *Store) Heartbeat(ctx context.Context, r Relay) (created bool, err error) {
-	args := []any{r.ID, r.Epoch, r.AgentAddr, r.PeerAddr, r.Version, unix(r.StartedAt), boolInt(r.Draining), r.Agents, r.Sessions, r.Streams}
+	args := []any{r.ID, r.Epoch, r.AgentAddr, r.PeerAddr, r.Version, unix(r.StartedAt), boolInt(r.Draining), r.Agents, r.Sessions, r.Streams, latestMigration()}
 	err = s.tx(ctx, func(tx *sql.Tx) error {
 		created = false
 		// The run's own row, as at nearly every heartbeat.
 		res, err := tx.ExecContext(ctx, fmt.Sprintf(`
 UPDATE relays SET agent_addr = $3, peer_addr = $4, version = $5, started_at = $6, heartbeat_ms = %s, draining = $7,
-	agents = $8, sessions = $9, streams = $10
+	agents = $8, sessions = $9, streams = $10, schema_version = $11, schema_of = $5
 WHERE id = $1 AND epoch = $2`, s.d.nowMillis()), args...)
 		if err != nil {
 			return err
@@ -94,11 +99,12 @@ WHERE id = $1 AND epoch = $2`, s.d.nowMillis()), args...)
 		}
 		// No row, or another run's.
 		res, err = tx.ExecContext(ctx, fmt.Sprintf(`
-INSERT INTO relays (id, epoch, agent_addr, peer_addr, version, started_at, heartbeat_ms, draining, agents, sessions, streams)
-VALUES ($1, $2, $3, $4, $5, $6, %[1]s, $7, $8, $9, $10)
+INSERT INTO relays (id, epoch, agent_addr, peer_addr, version, started_at, heartbeat_ms, draining, agents, sessions, streams, schema_version, schema_of)
+VALUES ($1, $2, $3, $4, $5, $6, %[1]s, $7, $8, $9, $10, $11, $5)
 ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, agent_addr = excluded.agent_addr, peer_addr = excluded.peer_addr,
 	version = excluded.version, started_at = excluded.started_at, heartbeat_ms = %[1]s, draining = excluded.draining,
-	agents = excluded.agents, sessions = excluded.sessions, streams = excluded.streams
+	agents = excluded.agents, sessions = excluded.sessions, streams = excluded.streams,
+	schema_version = excluded.schema_version, schema_of = excluded.schema_of
 WHERE relays.epoch <= excluded.epoch`, s.d.nowMillis()), args...)
 		if err != nil {
 			return err
@@ -126,7 +132,8 @@ func boolInt(b bool) int {
 // Relays lists every relay's row, live or not, by id.
 func (s *Store) Relays(ctx context.Context) ([]Relay, error) {
 	rows, err := s.db.QueryContext(ctx, fmt.Sprintf(`
-SELECT id, epoch, agent_addr, peer_addr, version, started_at, %s - heartbeat_ms, draining, agents, sessions, streams
+SELECT id, epoch, agent_addr, peer_addr, version, started_at, %s - heartbeat_ms, draining, agents, sessions, streams,
+	CASE WHEN schema_of = version THEN schema_version ELSE 0 END
 FROM relays ORDER BY id`, s.d.nowMillis()))
 	if err != nil {
 		return nil, err
@@ -137,7 +144,7 @@ FROM relays ORDER BY id`, s.d.nowMillis()))
 		var r Relay
 		var started, ageMS int64
 		var draining int
-		if err := rows.Scan(&r.ID, &r.Epoch, &r.AgentAddr, &r.PeerAddr, &r.Version, &started, &ageMS, &draining, &r.Agents, &r.Sessions, &r.Streams); err != nil {
+		if err := rows.Scan(&r.ID, &r.Epoch, &r.AgentAddr, &r.PeerAddr, &r.Version, &started, &ageMS, &draining, &r.Agents, &r.Sessions, &r.Streams, &r.Schema); err != nil {
 			return nil, err
 		}
 		r.StartedAt, r.Draining, r.Age = fromUnix(started), draining != 0, time.Duration(max(ageMS, 0))*time.Millisecond

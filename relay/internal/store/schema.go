@@ -54,7 +54,8 @@ const schemaRequiresKey = "schema_requires_binary"
 // in the store) and 11 (the cluster's relay and presence rows) break
 // older binaries; 5-7 and 12-18 add tables, columns or indexes that older
 // binaries leave alone (12-14, 16-18 with a feature that waits for every
-// relay to be upgraded, see README). A store at 18 thus requires 11.
+// relay to be upgraded, see README). A store at 18 thus requires 11; so
+// does one at 19, which adds columns older binaries leave alone.
 var migrations = []migration{
 	{1, 1, `
 CREATE TABLE tenants (
@@ -371,6 +372,15 @@ CREATE INDEX agent_updates_version_seq ON agent_updates(version, seq);
 	{18, anyBinary, `
 ALTER TABLE audit ADD COLUMN record_key TEXT;
 CREATE UNIQUE INDEX audit_record_key ON audit(record_key);
+`},
+	// The newest schema version each relay's binary knows (its latest
+	// migration; cluster.go, Relay.Schema), with the binary version it
+	// goes with: a row written again by a binary from before this
+	// migration (a relay rolled back under its id) keeps the newer
+	// run's, under another version, and its schema reads as unknown (0).
+	{19, anyBinary, `
+ALTER TABLE relays ADD COLUMN schema_version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE relays ADD COLUMN schema_of TEXT NOT NULL DEFAULT '';
 `},
 }
 
