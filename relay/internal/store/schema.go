@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -579,6 +580,11 @@ func (s *Store) applyMigration(ctx context.Context, m migration, newStore bool) 
 		if err != nil || done {
 			return err
 		}
+		if m.compatibleFrom == m.version {
+			if err := s.olderRelaysRunning(mctx, tx, m.version); err != nil {
+				return err
+			}
+		}
 		// Once the lock above is held: it bounds the wait for that one
 		// too, which is another process's migration or a short write.
 		if q := s.d.lockTimeout(MigrationLockTimeout); q != "" {
@@ -614,6 +620,57 @@ func (s *Store) applyMigration(ctx context.Context, m migration, newStore bool) 
 		s.log.Log(mctx, level, "applied store migration", "migration", m.version, "took", time.Since(start).Round(time.Millisecond))
 	}
 	return err
+}
+
+// relayLiveWindow is how long after its last heartbeat a relay's row
+// counts as a running relay (cluster.DefaultDeadAfter).
+const relayLiveWindow = 10 * time.Second
+
+// olderRelaysRunning refuses to apply migration version, which breaks
+// binaries that do not know it, while relays that run such binaries are
+// live on the store (a heartbeat within relayLiveWindow, by the database
+// clock): they would go on running on a schema they do not know, since
+// a relay checks the schema only as it starts. Stopped, their rows stop
+// counting within relayLiveWindow.
+func (s *Store) olderRelaysRunning(ctx context.Context, tx *sql.Tx, version int) error {
+	relays, err := exists(ctx, tx, `SELECT count(*) FROM schema_migrations WHERE version = 11`)
+	if err != nil || !relays {
+		return err
+	}
+	withSchema, err := exists(ctx, tx, `SELECT count(*) FROM schema_migrations WHERE version = 19`)
+	if err != nil {
+		return err
+	}
+	schema := "0" // relays from before migration 19 do not say
+	if withSchema {
+		schema = "CASE WHEN schema_of = version THEN schema_version ELSE 0 END"
+	}
+	rows, err := tx.QueryContext(ctx, fmt.Sprintf(`SELECT id, version, %s FROM relays WHERE heartbeat_ms > %s - $1 ORDER BY id`, schema, s.d.nowMillis()),
+		relayLiveWindow.Milliseconds())
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	var older []string
+	for rows.Next() {
+		var id, v string
+		var sv int
+		if err := rows.Scan(&id, &v, &sv); err != nil {
+			return err
+		}
+		if sv < version {
+			older = append(older, fmt.Sprintf("%s (version %q, schema %d)", id, v, sv))
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if len(older) > 0 {
+		return fmt.Errorf("migration %d breaks binaries that do not know it, and relays that run one are live on this store: %s; "+
+			"stop every relay of the older release (their rows stop counting %v after their last heartbeat), then start this one again; nothing was changed",
+			version, strings.Join(older, ", "), relayLiveWindow)
+	}
+	return nil
 }
 
 // checkSchema returns the store's schema version (0 for a new store) and

@@ -5,7 +5,9 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -300,5 +302,60 @@ func testRelaySchema(t *testing.T, e engine) {
 	}
 	if rs[0].Schema != BinarySchemaVersion() || rs[1].Schema != 0 {
 		t.Errorf("schemas %d (written by this binary), %d (rewritten by an older one); want %d, 0", rs[0].Schema, rs[1].Schema, BinarySchemaVersion())
+	}
+}
+
+// withMigration runs test with m added to this binary's migrations, as a
+// newer binary would have it.
+func withMigration(m migration, test func()) {
+	saved := migrations
+	migrations = append(slices.Clip(migrations), m)
+	defer func() { migrations = saved }()
+	test()
+}
+
+// A newer binary does not apply a migration that breaks older binaries
+// while relays of an older release are live on the store; once they are
+// gone it does, and the binaries of the older release are refused from
+// then on.
+func TestBreakingMigrationWaitsForOlderRelays(t *testing.T) {
+	eachEngine(t, testBreakingMigrationWaitsForOlderRelays)
+}
+
+func testBreakingMigrationWaitsForOlderRelays(t *testing.T, e engine) {
+	s, dsn := e.open(t)
+	if _, err := s.JoinCluster(ctx, Relay{ID: "old-1", Epoch: 1, Version: "1.0.0", StartedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	next := latestMigration() + 1
+	breaking := migration{next, next, `CREATE TABLE breaking_change (x INTEGER)`}
+	withMigration(breaking, func() {
+		s2, err := OpenDSN(ctx, dsn)
+		if err == nil {
+			s2.Close()
+			t.Fatalf("migration %d, which breaks older binaries, applied while relay old-1 of an older release runs", next)
+		}
+		if !strings.Contains(err.Error(), fmt.Sprintf(`migration %d breaks binaries that do not know it, and relays that run one are live on this store: old-1 (version "1.0.0", schema %d)`, next, next-1)) {
+			t.Fatalf("open: %v; want it refused, naming old-1", err)
+		}
+	})
+	// old-1 stopped: its heartbeat ages past the live window.
+	if _, err := s.db.ExecContext(ctx, `UPDATE relays SET heartbeat_ms = `+s.d.nowMillis()+` - 11000`); err != nil {
+		t.Fatal(err)
+	}
+	withMigration(breaking, func() {
+		s2, err := OpenDSN(ctx, dsn)
+		if err != nil {
+			t.Fatalf("open once old-1 is gone: %v", err)
+		}
+		defer s2.Close()
+		if st := s2.Schema(); st.Store != next || st.Requires != next {
+			t.Fatalf("Schema() = %+v after the breaking migration; want store %d requiring %d", st, next, next)
+		}
+	})
+	// This binary is the older release now.
+	_, err := OpenDSN(ctx, dsn)
+	if !errors.Is(err, ErrSchemaTooNew) {
+		t.Fatalf("open by a binary that does not know migration %d, which breaks it: %v; want ErrSchemaTooNew", next, err)
 	}
 }
