@@ -217,6 +217,12 @@ type EnrollResponse struct {
 	// announced CapRootBundle may receive a certificate issued by any of
 	// them; others receive one from the root their join token pinned.
 	CACertificates string `json:"ca_certificates"`
+	// CAEndorsements are the endorsements of the roots in CACertificates,
+	// PEM: for each root made by a CA rotation, its certificate issued by
+	// the root before it. An agent accepts a root it does not trust yet
+	// only with an endorsement from one it trusts. Agents from before
+	// endorsements ignore it.
+	CAEndorsements string `json:"ca_endorsements,omitempty"`
 }
 
 // RenewRequest asks the relay, on an established control stream, for a new
@@ -234,6 +240,9 @@ type RenewResponse struct {
 	// CACertificates are every root the agent should trust for the relay,
 	// PEM; during a CA rotation both the old and the new root.
 	CACertificates string `json:"ca_certificates,omitempty"`
+	// CAEndorsements, PEM, as in EnrollResponse: what makes a root of
+	// CACertificates that the agent does not trust yet acceptable to it.
+	CAEndorsements string `json:"ca_endorsements,omitempty"`
 	Code           string `json:"code,omitempty"` // a Code name when refused
 	Message        string `json:"message,omitempty"`
 }

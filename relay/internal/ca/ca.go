@@ -21,6 +21,24 @@
 // intermediate CAs below them — path length 0 — so it cannot be done for
 // them.)
 //
+// # Endorsements
+//
+// An agent accepts a root it does not trust yet only when a root it
+// trusts endorses it: otherwise whoever could answer one renewal (a relay
+// leaf key on the path, without the CA's key) could add a root of their
+// own, and drop the genuine one at the next. The endorsement of root n is
+// a certificate for root n's subject and public key issued by the key of
+// the root before it (the active root at the rotation that made root n).
+// It is not used to build chains — the issuing root's path length 0
+// forbids that, and agents never add it to a pool — only checked by agents
+// against the roots they trust (agent/renew.go). Rotate makes it while
+// both keys exist and keeps it in roots.json with the root, in the clear
+// like the certificates; renewal and enrolment answers carry the
+// endorsements of the active roots (EndorsementsPEM). A CA read in an
+// overlap that began before endorsements existed (no endorsement stored
+// for the new root) gets one made as it is read, with the old root's key,
+// and the next change to the CA stores it.
+//
 // # Files
 //
 // Root generation 1 is ca.crt and ca.key, the names a CA had before
@@ -104,6 +122,11 @@ type Root struct {
 	Cert       *x509.Certificate
 	AddedAt    time.Time
 	RetiredAt  time.Time // zero while active
+	// Endorsement is root's certificate issued by the root before it
+	// (see Endorsements in the package comment); nil for the first root,
+	// and for a root made before endorsements existed once the root
+	// before it is retired.
+	Endorsement *x509.Certificate
 
 	key crypto.Signer // nil once retired
 	fp  [32]byte
@@ -155,6 +178,9 @@ type manifestRoot struct {
 	RetiredAt   time.Time `json:"retired_at,omitzero"`
 	// Certificate is the PEM of a retired root, whose files are gone.
 	Certificate string `json:"certificate,omitempty"`
+	// Endorsement is the PEM of the root's certificate issued by the root
+	// before it (Root.Endorsement).
+	Endorsement string `json:"endorsement,omitempty"`
 }
 
 // LoadOrCreate loads the CA from s, creating a new one for trust domain td
@@ -245,6 +271,9 @@ func fromManifest(ctx context.Context, s Storage, m manifest) (*CA, error) {
 		if r.AddedAt.IsZero() {
 			r.AddedAt = r.Cert.NotBefore.Add(5 * time.Minute) // roots are backdated by 5 minutes
 		}
+		if r.Endorsement, err = parseEndorsement(mr); err != nil {
+			return nil, err
+		}
 		c.active = append(c.active, r)
 		c.pool.AddCert(r.Cert)
 	}
@@ -263,9 +292,103 @@ func fromManifest(ctx context.Context, s Storage, m manifest) (*CA, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: retired root %d: %v", ManifestFile, mr.Generation, err)
 		}
-		c.retired = append(c.retired, &Root{Generation: mr.Generation, Cert: cert, AddedAt: mr.AddedAt, RetiredAt: mr.RetiredAt, fp: protocol.Fingerprint(cert.Raw)})
+		r := &Root{Generation: mr.Generation, Cert: cert, AddedAt: mr.AddedAt, RetiredAt: mr.RetiredAt, fp: protocol.Fingerprint(cert.Raw)}
+		if r.Endorsement, err = parseEndorsement(mr); err != nil {
+			return nil, err
+		}
+		c.retired = append(c.retired, r)
+	}
+	if err := c.checkEndorsements(); err != nil {
+		return nil, err
+	}
+	if len(c.active) == 2 && c.active[1].Endorsement == nil {
+		// An overlap begun before endorsements existed: the old root
+		// endorses the new one now, while both keys exist. Each reader
+		// makes its own (ECDSA signatures differ; every one verifies);
+		// the next change to the CA stores one.
+		e, err := endorse(c.active[0], c.active[1])
+		if err != nil {
+			return nil, fmt.Errorf("CA root %d: endorse with root %d: %w", c.active[1].Generation, c.active[0].Generation, err)
+		}
+		c.active[1].Endorsement = e
 	}
 	return c, nil
+}
+
+// parseEndorsement reads the endorsement of a root of roots.json, if any.
+func parseEndorsement(mr manifestRoot) (*x509.Certificate, error) {
+	if mr.Endorsement == "" {
+		return nil, nil
+	}
+	b, _ := pem.Decode([]byte(mr.Endorsement))
+	if b == nil || b.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("%s: the endorsement of root %d is not a PEM certificate", ManifestFile, mr.Generation)
+	}
+	e, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: the endorsement of root %d: %v", ManifestFile, mr.Generation, err)
+	}
+	return e, nil
+}
+
+// checkEndorsements checks that each endorsement kept is of its root and
+// issued by the root of the generation before it, so that a damaged
+// roots.json is noticed here rather than by every agent.
+func (c *CA) checkEndorsements() error {
+	all := append(c.Roots(), c.retired...)
+	for _, r := range all {
+		if r.Endorsement == nil {
+			continue
+		}
+		var by *Root
+		for _, p := range all {
+			if p.Generation < r.Generation && (by == nil || p.Generation > by.Generation) {
+				by = p
+			}
+		}
+		if by == nil || !Endorses(by.Cert, r.Cert, r.Endorsement) {
+			return fmt.Errorf("%s: the endorsement of CA root %d is not its certificate from the root before it", ManifestFile, r.Generation)
+		}
+	}
+	return nil
+}
+
+// Endorses reports whether e is an endorsement of root by endorser: a
+// certificate for root's subject and public key, issued by endorser. It
+// does not look at e's validity period (agents do).
+func Endorses(endorser, root, e *x509.Certificate) bool {
+	pub, ok := e.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && pub.Equal(root.PublicKey) && bytes.Equal(e.RawSubject, root.RawSubject) &&
+		bytes.Equal(e.RawIssuer, endorser.RawSubject) && e.CheckSignatureFrom(endorser) == nil
+}
+
+// endorse issues with by's key the endorsement of root: a certificate for
+// root's subject, public key and trust domain, valid as long as root but
+// not beyond by.
+func endorse(by, root *Root) (*x509.Certificate, error) {
+	if by.key == nil {
+		return nil, errors.New("the endorsing root has no key")
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          randomSerial(),
+		RawSubject:            root.Cert.RawSubject,
+		NotBefore:             root.Cert.NotBefore,
+		NotAfter:              root.Cert.NotAfter,
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		MaxPathLenZero:        true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		URIs:                  root.Cert.URIs,
+		SubjectKeyId:          root.Cert.SubjectKeyId,
+	}
+	if tmpl.NotAfter.After(by.Cert.NotAfter) {
+		tmpl.NotAfter = by.Cert.NotAfter
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, by.Cert, root.Cert.PublicKey, by.key)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
 }
 
 func trustDomainOf(c *x509.Certificate) string {
@@ -397,8 +520,15 @@ func Rotate(ctx context.Context, s Storage, now time.Time, renewNow bool) (*CA, 
 	if err != nil {
 		return nil, err
 	}
+	// The current root endorses the new one, so that agents, which trust
+	// the current root, accept the new one (and no root without it).
+	e, err := endorse(c.active[0], root)
+	if err != nil {
+		return nil, fmt.Errorf("endorse the new CA root: %w", err)
+	}
 	m := c.toManifest()
-	m.Roots = append(m.Roots, manifestRoot{Generation: root.Generation, Fingerprint: root.ID(), AddedAt: root.AddedAt.UTC()})
+	m.Roots = append(m.Roots, manifestRoot{Generation: root.Generation, Fingerprint: root.ID(), AddedAt: root.AddedAt.UTC(),
+		Endorsement: string(pemCert(e))})
 	m.RenewNow = renewNow
 	if err := writeManifest(ctx, s, m); err != nil {
 		return nil, err
@@ -463,13 +593,22 @@ func SetRenewNow(ctx context.Context, s Storage, renewNow bool) (*CA, error) {
 func (c *CA) toManifest() manifest {
 	m := manifest{RenewNow: c.renewNow}
 	for _, r := range c.active {
-		m.Roots = append(m.Roots, manifestRoot{Generation: r.Generation, Fingerprint: r.ID(), AddedAt: r.AddedAt.UTC()})
+		m.Roots = append(m.Roots, manifestRoot{Generation: r.Generation, Fingerprint: r.ID(), AddedAt: r.AddedAt.UTC(),
+			Endorsement: string(pemCert(r.Endorsement))})
 	}
 	for _, r := range c.retired {
 		m.Retired = append(m.Retired, manifestRoot{Generation: r.Generation, Fingerprint: r.ID(), AddedAt: r.AddedAt.UTC(),
-			RetiredAt: r.RetiredAt.UTC(), Certificate: string(r.PEM())})
+			RetiredAt: r.RetiredAt.UTC(), Certificate: string(r.PEM()), Endorsement: string(pemCert(r.Endorsement))})
 	}
 	return m
+}
+
+// pemCert encodes c in PEM form; nil for nil.
+func pemCert(c *x509.Certificate) []byte {
+	if c == nil {
+		return nil
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 }
 
 func writeManifest(ctx context.Context, s Storage, m manifest) error {
@@ -523,6 +662,17 @@ func (c *CA) BundlePEM() []byte {
 	var b []byte
 	for _, r := range c.active {
 		b = append(b, r.PEM()...)
+	}
+	return b
+}
+
+// EndorsementsPEM returns the endorsements of the active roots in PEM
+// form, oldest first (none for a CA never rotated): what lets an agent
+// accept a root of BundlePEM it does not trust yet.
+func (c *CA) EndorsementsPEM() []byte {
+	var b []byte
+	for _, r := range c.active {
+		b = append(b, pemCert(r.Endorsement)...)
 	}
 	return b
 }

@@ -452,3 +452,148 @@ func editManifest(t *testing.T, s Storage, edit func(*manifest)) {
 		t.Fatal(err)
 	}
 }
+
+// endorsementOf returns the endorsement of root generation gen in roots.json
+// of s ("" when there is none).
+func endorsementOf(t *testing.T, s Storage, gen int) string {
+	t.Helper()
+	var m manifest
+	if err := json.Unmarshal(mustReadFile(t, s, ManifestFile), &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range append(m.Roots, m.Retired...) {
+		if r.Generation == gen {
+			return r.Endorsement
+		}
+	}
+	t.Fatalf("roots.json has no root %d", gen)
+	return ""
+}
+
+// A rotation's new root is endorsed by the root before it, kept with it in
+// roots.json through renew-now, retirement and the next rotation, and
+// carried in EndorsementsPEM; the endorsement widens no chain.
+func TestRotationEndorsesNewRoot(t *testing.T) {
+	eachStorage(t, func(t *testing.T, s Storage) {
+		c, _, err := LoadOrCreate(ctx, s, "tether.internal", t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Signer().Endorsement != nil || len(c.EndorsementsPEM()) != 0 {
+			t.Fatal("a CA never rotated has an endorsement")
+		}
+		r, err := Rotate(ctx, s, t0.Add(time.Minute), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		old, nw := r.Serving(), r.Signer()
+		e := nw.Endorsement
+		if e == nil || !Endorses(old.Cert, nw.Cert, e) {
+			t.Fatalf("the new root is not endorsed by the old one: %v", e)
+		}
+		if Endorses(nw.Cert, nw.Cert, e) || Endorses(old.Cert, old.Cert, e) {
+			t.Fatal("Endorses accepts the endorsement for the wrong roots")
+		}
+		stored := endorsementOf(t, s, 2)
+		if stored != string(pemCert(e)) || string(r.EndorsementsPEM()) != stored {
+			t.Fatalf("roots.json keeps %q, EndorsementsPEM %q; want the endorsement", stored, r.EndorsementsPEM())
+		}
+		// Not an intermediate: the old root's path length 0 forbids it.
+		leaf := signAgent(t, r, nw)
+		old1 := x509.NewCertPool()
+		old1.AddCert(old.Cert)
+		inter := x509.NewCertPool()
+		inter.AddCert(e)
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: old1, Intermediates: inter, CurrentTime: t0.Add(2 * time.Minute),
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
+			t.Fatal("a certificate from the new root chains to the old root through the endorsement")
+		}
+		if _, err := SetRenewNow(ctx, s, true); err != nil {
+			t.Fatal(err)
+		}
+		if got := endorsementOf(t, s, 2); got != stored {
+			t.Fatal("renew-now dropped or changed the endorsement")
+		}
+		done, _, err := Retire(ctx, s, t0.Add(time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := endorsementOf(t, s, 2); got != stored || string(done.EndorsementsPEM()) != stored {
+			t.Fatal("retirement dropped or changed the endorsement")
+		}
+		r3, err := Rotate(ctx, s, t0.Add(2*time.Hour), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !Endorses(r3.Serving().Cert, r3.Signer().Cert, r3.Signer().Endorsement) || r3.Serving().Endorsement == nil {
+			t.Fatal("the second rotation's root is not endorsed by the first's, or the first's endorsement is gone")
+		}
+		if got := strings.Count(string(r3.EndorsementsPEM()), "BEGIN CERTIFICATE"); got != 2 {
+			t.Fatalf("EndorsementsPEM holds %d certificates, want 2 (a chain from root 1)", got)
+		}
+	})
+}
+
+// An overlap begun before endorsements existed gets one from the old root
+// as the CA is read, and the next change to the CA stores it; an
+// endorsement that is not from the root before is refused.
+func TestEndorsementOfEarlierOverlap(t *testing.T) {
+	s := Dir(filepath.Join(t.TempDir(), "ca"))
+	if _, _, err := LoadOrCreate(ctx, s, "tether.internal", t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Rotate(ctx, s, t0.Add(time.Minute), false); err != nil {
+		t.Fatal(err)
+	}
+	var m manifest
+	if err := json.Unmarshal(mustReadFile(t, s, ManifestFile), &m); err != nil {
+		t.Fatal(err)
+	}
+	good := m.Roots[1].Endorsement
+	m.Roots[1].Endorsement = "" // as a rotation before endorsements wrote it
+	if err := writeManifest(ctx, s, m); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !Endorses(c.Serving().Cert, c.Signer().Cert, c.Signer().Endorsement) {
+		t.Fatal("no endorsement made for an overlap begun before endorsements")
+	}
+	if endorsementOf(t, s, 2) != "" {
+		t.Fatal("reading the CA wrote to it")
+	}
+	if _, err := SetRenewNow(ctx, s, true); err != nil {
+		t.Fatal(err)
+	}
+	if endorsementOf(t, s, 2) == "" {
+		t.Fatal("the next change to the CA did not store the endorsement")
+	}
+
+	// An endorsement by another key (a root of another CA) is damage.
+	other := Dir(filepath.Join(t.TempDir(), "other"))
+	if _, _, err := LoadOrCreate(ctx, other, "tether.internal", t0); err != nil {
+		t.Fatal(err)
+	}
+	oc, err := Rotate(ctx, other, t0.Add(time.Minute), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, pemText := range map[string]string{"foreign": string(pemCert(oc.Signer().Endorsement)), "garbage": "not pem", "self": string(c.Signer().PEM())} {
+		m.Roots[1].Endorsement = pemText
+		if err := writeManifest(ctx, s, m); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Load(ctx, s); err == nil || !strings.Contains(err.Error(), "endorsement") {
+			t.Errorf("%s endorsement: Load = %v, want a refusal naming the endorsement", name, err)
+		}
+	}
+	m.Roots[1].Endorsement = good
+	if err := writeManifest(ctx, s, m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -232,6 +232,7 @@ func (e *Enrol) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 		TrustDomain:    id.TrustDomain,
 		Certificate:    chain.String(),
 		CACertificates: string(authority.BundlePEM()),
+		CAEndorsements: string(authority.EndorsementsPEM()),
 	}, t, nil
 }
 
@@ -441,7 +442,8 @@ func (e *Enrol) renewCert(ctx context.Context, ac Agent, req *protocol.RenewRequ
 	}
 	var chain bytes.Buffer
 	pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
-	return &renewal{resp: &protocol.RenewResponse{Certificate: chain.String(), CACertificates: string(authority.BundlePEM())}, cert: cert, root: root, replaced: replaced}, nil
+	return &renewal{resp: &protocol.RenewResponse{Certificate: chain.String(), CACertificates: string(authority.BundlePEM()),
+		CAEndorsements: string(authority.EndorsementsPEM())}, cert: cert, root: root, replaced: replaced}, nil
 }
 
 // rootActive reads the CA from its storage and returns it when the root of
