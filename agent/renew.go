@@ -173,9 +173,11 @@ func (a *Agent) renewOnce(ctx context.Context) error {
 // certificate is for the new key, names this same agent and tenant, and
 // chains to the roots the agent trusts or to roots the relay sent in the
 // same answer, over a session those trusted roots authenticated: that is
-// how a CA rotation reaches agents. The roots sent must keep at least one
-// the agent trusts now, so that an answer cannot cut the agent off from
-// every relay it knows. It returns the roots to trust from now on (nil to
+// how a CA rotation reaches agents. A root sent that the agent does not
+// trust yet must come with an endorsement from one it trusts
+// (checkEndorsed), and the roots sent must keep at least one the agent
+// trusts now, so that an answer cannot cut the agent off from every relay
+// it knows. It returns the roots to trust from now on (nil to
 // keep the current ones) and their PEM for ca.crt.
 func (a *Agent) checkRenewal(resp *protocol.RenewResponse, key *ecdsa.PrivateKey) (*x509.Certificate, []*x509.Certificate, []byte, error) {
 	block, _ := pem.Decode([]byte(resp.Certificate))
@@ -206,6 +208,9 @@ func (a *Agent) checkRenewal(resp *protocol.RenewResponse, key *ecdsa.PrivateKey
 		current := *a.rootList.Load()
 		if !slices.ContainsFunc(sent, func(c *x509.Certificate) bool { return slices.ContainsFunc(current, c.Equal) }) {
 			return nil, nil, nil, errors.New("renewal: the relay sent CA roots that share none with the roots this agent trusts")
+		}
+		if err := checkEndorsed(sent, current, []byte(resp.CAEndorsements), time.Now()); err != nil {
+			return nil, nil, nil, fmt.Errorf("renewal: %w", err)
 		}
 		caPEM = rootsPEM(sent)
 	}

@@ -106,6 +106,7 @@ func TestRenewalOntoANewRoot(t *testing.T) {
 	oldRoot, newRoot := newTestRoot(t, "tether.internal", "old"), newTestRoot(t, "tether.internal", "new")
 	a := enrolled(t, oldRoot, oldRoot)
 	resp, key := renewalFrom(t, a, newRoot, oldRoot, newRoot)
+	resp.CAEndorsements = string(pemBlock("CERTIFICATE", endorseRoot(t, oldRoot, newRoot, time.Time{}).Raw))
 
 	if a.certFromRoot(protocol.FormatFingerprint(protocol.Fingerprint(newRoot.cert.Raw))) {
 		t.Fatal("certFromRoot says the old certificate comes from the new root")
@@ -158,6 +159,7 @@ func TestInterruptedRenewalStillLoads(t *testing.T) {
 	}
 	// Stopped after the key was replaced, before the certificate moved in.
 	resp, key := renewalFrom(t, a, newRoot, oldRoot, newRoot)
+	resp.CAEndorsements = string(pemBlock("CERTIFICATE", endorseRoot(t, oldRoot, newRoot, time.Time{}).Raw))
 	cert, _, _, err := a.checkRenewal(resp, key)
 	if err != nil {
 		t.Fatal(err)
