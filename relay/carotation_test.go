@@ -7,9 +7,13 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -72,6 +76,7 @@ func TestRelayFollowsCARotation(t *testing.T) {
 		if n := strings.Count(resp.CACertificates, "BEGIN CERTIFICATE"); n != len(r.auth.CA().Roots()) {
 			t.Fatalf("renewal sent %d roots, want %d", n, len(r.auth.CA().Roots()))
 		}
+		checkEndorsements(t, resp.CAEndorsements, oldRoot, r.auth.CA().Roots()...)
 		return c
 	}
 	serverRoot := func() string {
@@ -118,12 +123,115 @@ func TestRelayFollowsCARotation(t *testing.T) {
 	if _, err := r.auth.VerifyAgent([]*x509.Certificate{fromNew}, r.cfg.Now()); err != nil {
 		t.Fatalf("certificate from the new root refused after retirement: %v", err)
 	}
+	issue() // the answer still carries the new root's endorsement (the chain a later rotation extends)
 	_, err = r.auth.VerifyAgent([]*x509.Certificate{fromOld}, r.cfg.Now())
 	if err == nil || !strings.Contains(err.Error(), "retired") || !strings.Contains(err.Error(), "enrol again") {
 		t.Fatalf("certificate from the retired root: %v", err)
 	}
 	if _, err := ca.Load(ctx, r.auth.Storage()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// checkEndorsements checks that a renewal's endorsements (PEM) are those
+// the CA's rotations made: for each of roots after first, its certificate
+// from the root before it; none for first.
+func checkEndorsements(t *testing.T, endorsements string, first *ca.Root, roots ...*ca.Root) {
+	t.Helper()
+	var got []*x509.Certificate
+	for rest := []byte(endorsements); ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, c)
+	}
+	want := 0
+	for i, r := range roots {
+		if r.ID() == first.ID() {
+			continue
+		}
+		want++
+		by := first
+		if i > 0 {
+			by = roots[i-1]
+		}
+		if !slices.ContainsFunc(got, func(e *x509.Certificate) bool { return ca.Endorses(by.Cert, r.Cert, e) }) {
+			t.Fatalf("the renewal carries no endorsement of CA root %d by root %d (%d endorsements)", r.Generation, by.Generation, len(got))
+		}
+	}
+	if len(got) != want {
+		t.Fatalf("the renewal carries %d endorsements, want %d", len(got), want)
+	}
+}
+
+// TestRelayEndorsesOverlapBegunBefore: a relay that starts in an overlap
+// whose roots.json has no endorsement of the new root (a rotation made by
+// a relay from before endorsements) has the old root endorse it, and
+// sends that with renewals, so that agents it serves can move; the next
+// change to the CA (renew-now here) stores it.
+func TestRelayEndorsesOverlapBegunBefore(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.AddTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.RotateCA(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	manifest := filepath.Join(dir, "ca", ca.ManifestFile)
+	var m map[string]any
+	raw, err := os.ReadFile(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	roots := m["roots"].([]any)
+	if roots[1].(map[string]any)["endorsement"] == nil {
+		t.Fatal("ca rotate stored no endorsement of the new root")
+	}
+	delete(roots[1].(map[string]any), "endorsement")
+	raw, _ = json.Marshal(m)
+	if err := os.WriteFile(manifest, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	r, err := New(Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.audit.Start()
+	defer r.audit.Stop()
+	c := r.auth.CA()
+	oldRoot := c.Serving()
+	id := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: "a1"}
+	if err := r.dir.Store.AddAgent(ctx, store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: time.Now(), CertRoot: oldRoot.ID()}); err != nil {
+		t.Fatal(err)
+	}
+	resp := r.enrol.Renew(ctx, &renewing{id: id, at: time.Now(), root: oldRoot.ID()}, &protocol.RenewRequest{CSR: csrFor(t)})
+	if resp.Code != "" {
+		t.Fatalf("renewal refused: %s: %s", resp.Code, resp.Message)
+	}
+	checkEndorsements(t, resp.CAEndorsements, oldRoot, c.Roots()...)
+
+	if _, err := a.RenewNowCA(ctx); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ = os.ReadFile(manifest)
+	if !strings.Contains(string(raw), `"endorsement"`) {
+		t.Fatalf("ca renew-now did not store the endorsement:\n%s", raw)
 	}
 }
 

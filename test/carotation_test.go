@@ -1,7 +1,9 @@
 package test
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -83,6 +85,14 @@ func testCARotation(t *testing.T, transport string, renewNow bool) {
 		}
 	}
 
+	// The old root endorsed the new one, and the CA keeps the endorsement
+	// with the new root: what lets the agent accept the new root.
+	manifest, err := os.ReadFile(filepath.Join(r.dataDir, "ca", "roots.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEndorsed(t, manifest, readCert(t, filepath.Join(r.dataDir, "ca", "ca.crt")), readCert(t, filepath.Join(r.dataDir, "ca", "ca-2.crt")))
+
 	// During the overlap an agent that has not renewed still connects: the
 	// relay's certificate still comes from the old root, which the agent
 	// trusts, and certificates from the old root are accepted.
@@ -93,7 +103,8 @@ func testCARotation(t *testing.T, transport string, renewNow bool) {
 		t.Fatalf("an agent on the old root cannot connect during the overlap: %v", err)
 	}
 
-	// The agent renews onto the new root and trusts both.
+	// The agent renews onto the new root and trusts both: it accepts the
+	// new root only with the old root's endorsement.
 	a.waitOutput(`"msg":"certificate renewed"`, 60*time.Second)
 	if renewNow && !strings.Contains(a.out.String(), "renewing the certificate now, as the relay asked") {
 		t.Errorf("the agent renewed, but not because the relay asked:\n%s", a.out.String())
@@ -176,7 +187,7 @@ func testCARotation(t *testing.T, transport string, renewNow bool) {
 	// The token made during the overlap no longer enrols, and says why.
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	os.WriteFile(tokenFile, []byte(overlapToken), 0o600)
-	_, stderr, err := runCmd(t, bins.agent, "enroll", "--relay", r.agentAddr, "--token-file", tokenFile, "--state-dir", t.TempDir())
+	_, stderr, err = runCmd(t, bins.agent, "enroll", "--relay", r.agentAddr, "--token-file", tokenFile, "--state-dir", t.TempDir())
 	if err == nil || !strings.Contains(stderr, "retired since") {
 		t.Errorf("enrolment with a token pinning the retired root: err %v, stderr:\n%s", err, stderr)
 	}
@@ -199,6 +210,41 @@ func testCARotation(t *testing.T, transport string, renewNow bool) {
 		det, _ := m["detail"].(map[string]any)
 		return m["kind"] == "agent.renew" && m["outcome"] == "ok" && det != nil && det["ca_root"] != nil
 	}, "--agent", a.id)
+}
+
+// checkEndorsed checks that the CA's roots.json (manifest) holds, with
+// root generation 2, its endorsement by old: a certificate for newRoot's
+// subject and key issued by old's key.
+func checkEndorsed(t *testing.T, manifest []byte, old, newRoot *x509.Certificate) {
+	t.Helper()
+	var m struct {
+		Roots []struct {
+			Generation  int    `json:"generation"`
+			Endorsement string `json:"endorsement"`
+		} `json:"roots"`
+	}
+	if err := json.Unmarshal(manifest, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range m.Roots {
+		if r.Generation != 2 {
+			continue
+		}
+		b, _ := pem.Decode([]byte(r.Endorsement))
+		if b == nil {
+			t.Fatalf("the CA keeps no endorsement of its new root:\n%s", manifest)
+		}
+		e, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, ok := e.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+		if err := e.CheckSignatureFrom(old); err != nil || !ok || !pub.Equal(newRoot.PublicKey) || !bytes.Equal(e.RawSubject, newRoot.RawSubject) {
+			t.Fatalf("the new root's endorsement is not its certificate from the old root (signature: %v)", err)
+		}
+		return
+	}
+	t.Fatalf("roots.json lists no root 2:\n%s", manifest)
 }
 
 // traffic keeps a held stream echoing and opens new streams until stopped,

@@ -1,10 +1,13 @@
 package test
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"io/fs"
 	"os"
@@ -12,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/tetherhq/tether/internal/pgtest"
 	"github.com/tetherhq/tether/protocol"
@@ -72,6 +77,33 @@ func TestClusterSharesOneCA(t *testing.T) {
 	for _, r := range []*relayProc{r1, r2} {
 		waitCount(t, r.proc, `"msg":"CA roots changed"`, 1, 10*time.Second)
 	}
+	// The endorsement of the new root by the old is in the store (in the
+	// clear, as certificates are), where every relay reads it: the agent,
+	// enrolled through relay 1, accepts the new root at relay 2 with it.
+	db, err := pgx.Connect(context.Background(), pg.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(context.Background())
+	caFile := func(name string) []byte {
+		t.Helper()
+		var data []byte
+		var kek string
+		if err := db.QueryRow(context.Background(), `SELECT data, kek_id FROM ca_files WHERE name = $1`, name).Scan(&data, &kek); err != nil || kek != "" {
+			t.Fatalf("CA file %s in the store: kek %q, %v", name, kek, err)
+		}
+		return data
+	}
+	pemCert := func(name string) *x509.Certificate {
+		t.Helper()
+		b, _ := pem.Decode(caFile(name))
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	checkEndorsed(t, caFile("roots.json"), pemCert("ca.crt"), pemCert("ca-2.crt"))
 	a.waitOutput(`"msg":"certificate renewed"`, 30*time.Second)
 	if got := readKeyPair(t, a.stateDir).Leaf.Issuer.CommonName; got != secondRootName {
 		t.Fatalf("the agent renewed at the other relay onto %q, want %q", got, secondRootName)
