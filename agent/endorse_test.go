@@ -9,11 +9,13 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 )
 
@@ -210,4 +212,32 @@ func fuzzRoot(f *testing.F, name string, key *ecdsa.PrivateKey, parent *x509.Cer
 		f.Fatal(err)
 	}
 	return c
+}
+
+// Enrolment during a rotation brings the new root too: the agent keeps it
+// only with the pinned root's endorsement, and otherwise writes nothing.
+func TestEnrolmentRefusesUnendorsedRoot(t *testing.T) {
+	pinned, newRoot := newTestRoot(t, "tether.internal", "old"), newTestRoot(t, "tether.internal", "new")
+	id := identity.Agent{TrustDomain: "tether.internal", Tenant: "acme", ID: "a1"}
+	for _, endorsed := range []bool{false, true} {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		resp := &protocol.EnrollResponse{AgentID: id.ID, Tenant: id.Tenant, TrustDomain: id.TrustDomain,
+			Certificate:    string(pemBlock("CERTIFICATE", newRoot.issue(t, id, key).Raw)),
+			CACertificates: string(rootsPEM([]*x509.Certificate{pinned.cert, newRoot.cert}))}
+		if endorsed {
+			resp.CAEndorsements = endorsementsPEM(endorseRoot(t, pinned, newRoot, time.Time{}))
+		}
+		dir := t.TempDir()
+		st, err := storeEnrolment(EnrollOptions{StateDir: dir, Relay: "relay:7443"}, resp, key, pinned.cert)
+		switch {
+		case !endorsed && (err == nil || !strings.Contains(err.Error(), "which no root this agent trusts endorses")):
+			t.Fatalf("unendorsed root at enrolment: %v", err)
+		case !endorsed:
+			if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+				t.Fatalf("a refused enrolment wrote %d files", len(entries))
+			}
+		case err != nil || len(st.RootCerts) != 2:
+			t.Fatalf("endorsed root at enrolment: %v", err)
+		}
+	}
 }

@@ -147,9 +147,9 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 
 // storeEnrolment checks the relay's answer before trusting it: the
 // certificate must be for our key, chain to the pinned CA or to a root the
-// relay sent with it (the new root of a CA rotation: the answer came over
-// a connection the pinned CA authenticated), and name the agent and tenant
-// the relay says. The agent then trusts the pinned CA and the roots sent.
+// relay sent with it (the new root of a CA rotation, which the pinned CA
+// must endorse: checkEndorsed), and name the agent and tenant the relay
+// says. The agent then trusts the pinned CA and the roots sent.
 func storeEnrolment(o EnrollOptions, resp *protocol.EnrollResponse, key *ecdsa.PrivateKey, caCert *x509.Certificate) (*State, error) {
 	block, _ := pem.Decode([]byte(resp.Certificate))
 	if block == nil {
@@ -171,6 +171,12 @@ func storeEnrolment(o EnrollOptions, resp *protocol.EnrollResponse, key *ecdsa.P
 		sent, _, err := parseRoots([]byte(resp.CACertificates), td)
 		if err != nil {
 			return nil, fmt.Errorf("relay sent unusable CA certificates: %w", err)
+		}
+		// A root other than the pinned one (the new root of a rotation)
+		// needs the pinned root's endorsement, as at renewal: the answer
+		// may come from whoever holds one relay's certificate key.
+		if err := checkEndorsed(sent, []*x509.Certificate{caCert}, []byte(resp.CAEndorsements), time.Now()); err != nil {
+			return nil, err
 		}
 		rootCerts = sent
 		if !slices.ContainsFunc(sent, caCert.Equal) {
