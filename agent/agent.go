@@ -42,6 +42,10 @@ type Agent struct {
 	configErr atomic.Pointer[string]
 	hashKey   []byte // keys ConfigHash (confighash.go)
 
+	// rootRefused says why the last renewal answer's CA roots were
+	// refused (checkEndorsed); nil once an answer is accepted.
+	rootRefused atomic.Pointer[string]
+
 	liveMu sync.Mutex            // guards live
 	live   map[*session]struct{} // sessions serving now
 

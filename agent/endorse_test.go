@@ -83,6 +83,9 @@ func TestRenewalRefusesUnendorsedRoot(t *testing.T) {
 	if got := *a.rootList.Load(); len(got) != 1 || !got[0].Equal(root.cert) {
 		t.Fatalf("the agent trusts %d roots after the refusals", len(got))
 	}
+	if why := a.Status().CARootRefused; !strings.Contains(why, `CA root "attacker"`) {
+		t.Fatalf("the status does not say why the renewal was refused: %q", why)
+	}
 	after, err := LoadState(a.state.Dir)
 	if err != nil {
 		t.Fatal(err)
@@ -133,8 +136,14 @@ func TestRenewalEndorsementChecks(t *testing.T) {
 	// one that sends no root the agent does not trust, endorsed or not.
 	resp, key := renewalFrom(t, a, newRoot, oldRoot, newRoot)
 	resp.CAEndorsements = endorsementsPEM(endorseRoot(t, other, newRoot, time.Time{}), good)
+	if a.Status().CARootRefused == "" {
+		t.Fatal("the status does not say why the last renewal was refused")
+	}
 	if _, roots, _, err := a.checkRenewal(resp, key); err != nil || len(roots) != 2 {
 		t.Fatalf("endorsed renewal: %d roots, %v", len(roots), err)
+	}
+	if why := a.Status().CARootRefused; why != "" {
+		t.Fatalf("the status still shows a refusal after an accepted renewal: %q", why)
 	}
 	resp, key = renewalFrom(t, a, oldRoot, oldRoot)
 	resp.CAEndorsements = "garbage"

@@ -210,6 +210,8 @@ func (a *Agent) checkRenewal(resp *protocol.RenewResponse, key *ecdsa.PrivateKey
 			return nil, nil, nil, errors.New("renewal: the relay sent CA roots that share none with the roots this agent trusts")
 		}
 		if err := checkEndorsed(sent, current, []byte(resp.CAEndorsements), time.Now()); err != nil {
+			why := clipText(err.Error())
+			a.rootRefused.Store(&why)
 			return nil, nil, nil, fmt.Errorf("renewal: %w", err)
 		}
 		caPEM = rootsPEM(sent)
@@ -217,6 +219,7 @@ func (a *Agent) checkRenewal(resp *protocol.RenewResponse, key *ecdsa.PrivateKey
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return nil, nil, nil, fmt.Errorf("renewal: certificate does not chain to the relay's CA: %w", err)
 	}
+	a.rootRefused.Store(nil)
 	return cert, sent, caPEM, nil
 }
 

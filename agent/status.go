@@ -25,6 +25,11 @@ type Status struct {
 	// AccessLogWarning says that rotation deletes access-log records
 	// less than a day old (accesslog.Log.Warning); empty otherwise.
 	AccessLogWarning string `json:"access_log_warning,omitempty"`
+	// CARootRefused says why the last renewal answer was refused for a
+	// CA root that no root this agent trusts endorses (see checkEndorsed);
+	// the agent keeps its roots and certificate. Empty once a renewal is
+	// accepted.
+	CARootRefused string `json:"ca_root_refused,omitempty"`
 	protocol.Report
 	Sessions []SessionStatus `json:"sessions"`
 	// Cluster is the relay list the relays sent (protocol.Relays), as
@@ -127,6 +132,9 @@ func (t *slotTracker) snapshot() []SessionStatus {
 func (a *Agent) Status() Status {
 	st := Status{AgentID: a.state.AgentID, Tenant: a.state.Tenant, Report: *a.Report(), Sessions: a.slots.snapshot(), Cluster: a.view.cluster()}
 	st.ConfigError = clipText(a.ConfigError()) // the whole message: the status is the tenant's
+	if why := a.rootRefused.Load(); why != nil {
+		st.CARootRefused = *why
+	}
 	if a.alog != nil {
 		st.AccessLog, st.AccessLogWarning = a.alog.Path(), a.alog.Warning()
 	}
