@@ -103,7 +103,7 @@ func checkEndorsed(sent, current []*x509.Certificate, pemData []byte, now time.T
 	}
 	if len(pending) > 0 {
 		r := pending[0]
-		return fmt.Errorf("the relay sent CA root %q (%s), which no root this agent trusts endorses: refused, the agent keeps the roots it trusts",
+		return fmt.Errorf("the relay sent CA root %q (%s), which no root this agent trusts endorses",
 			r.Subject.CommonName, protocol.FormatFingerprint(protocol.Fingerprint(r.Raw)))
 	}
 	return nil

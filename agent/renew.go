@@ -210,6 +210,7 @@ func (a *Agent) checkRenewal(resp *protocol.RenewResponse, key *ecdsa.PrivateKey
 			return nil, nil, nil, errors.New("renewal: the relay sent CA roots that share none with the roots this agent trusts")
 		}
 		if err := checkEndorsed(sent, current, []byte(resp.CAEndorsements), time.Now()); err != nil {
+			err = fmt.Errorf("%w: refused; the agent keeps the roots and certificate it has", err)
 			why := clipText(err.Error())
 			a.rootRefused.Store(&why)
 			return nil, nil, nil, fmt.Errorf("renewal: %w", err)
