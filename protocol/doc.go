@@ -52,6 +52,8 @@ const (
 	// CapRootBundle, in an EnrollRequest: the agent trusts every root in
 	// EnrollResponse.CACertificates, so the relay may issue its certificate
 	// from a root other than the one the join token pinned (the new root
-	// of a CA rotation).
+	// of a CA rotation). Agents that check endorsements trust such a root
+	// only with its endorsement in EnrollResponse.CAEndorsements, which
+	// relays that send endorsements always include.
 	CapRootBundle = "root-bundle"
 )

@@ -31,7 +31,7 @@
 // the root before it (the active root at the rotation that made root n).
 // It is not used to build chains — the issuing root's path length 0
 // forbids that, and agents never add it to a pool — only checked by agents
-// against the roots they trust (agent/renew.go). Rotate makes it while
+// against the roots they trust (agent/endorse.go). Rotate makes it while
 // both keys exist and keeps it in roots.json with the root, in the clear
 // like the certificates; renewal and enrolment answers carry the
 // endorsements of the active roots (EndorsementsPEM). A CA read in an
