@@ -89,8 +89,12 @@ func TestRelayFollowsCARotation(t *testing.T) {
 	}
 	fromOld := issue()
 
-	if _, err := a.RotateCA(ctx, true); err != nil {
+	st, err := a.RotateCA(ctx, true)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if len(st.Roots) != 2 || st.Roots[0].EndorsedBy != 0 || st.Roots[1].EndorsedBy != 1 {
+		t.Fatalf("ca status after the rotation: %+v; want root 2 endorsed by root 1", st.Roots)
 	}
 	r.rotation.Apply(ctx)
 	newRoot := r.auth.CA().Signer()

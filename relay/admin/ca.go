@@ -29,6 +29,11 @@ type CARoot struct {
 	// from this root; Tokens how many usable join tokens pin it.
 	Agents int `json:"agents"`
 	Tokens int `json:"tokens"`
+	// EndorsedBy is the generation of the root that endorsed this one at
+	// its rotation (agents accept it with that endorsement); 0 for the
+	// first root and for one rotated before endorsements whose endorser
+	// was retired before any was made.
+	EndorsedBy int `json:"endorsed_by,omitempty"`
 }
 
 // CAStatus describes the tenant CA: its active roots (two during a
@@ -84,6 +89,13 @@ func (a *Admin) CAStatus(ctx context.Context) (CAStatus, error) {
 		if !root.RetiredAt.IsZero() {
 			t := root.RetiredAt.UTC()
 			cr.RetiredAt = &t
+		}
+		if e := root.Endorsement; e != nil {
+			for _, by := range append(authority.Roots(), authority.Retired()...) {
+				if ca.Endorses(by.Cert, root.Cert, e) {
+					cr.EndorsedBy = by.Generation
+				}
+			}
 		}
 		return cr
 	}
