@@ -44,6 +44,14 @@ type Config struct {
 	// and send a RST to the remote side.
 	StreamCloseTimeout time.Duration
 
+	// ClosedStreamTimeout is how long a stream closed for both reading
+	// (CloseRead) and writing (Close), in either order, waits for the
+	// remote side's FIN before it is reset and forgotten, as
+	// StreamCloseTimeout does for a stream closed for writing only; the
+	// shorter of the two applies. Zero waits for ever. (A Tether
+	// addition: see TETHER.md.)
+	ClosedStreamTimeout time.Duration
+
 	// LogOutput is used to control the log destination. Either Logger or
 	// LogOutput can be set, not both.
 	LogOutput io.Writer

@@ -36,6 +36,9 @@ type Stream struct {
 
 	recvBuf  *bytes.Buffer
 	recvLock sync.Mutex
+	// readClosed is set by CloseRead (guarded by recvLock): data that
+	// arrives is discarded, not buffered.
+	readClosed bool
 
 	controlHdr     header
 	controlErr     chan error
@@ -112,6 +115,12 @@ var errWouldBlock = errors.New("yamux: no data buffered")
 // waiting for data.
 func (s *Stream) read(b []byte, wait bool) (n int, err error) {
 START:
+	s.recvLock.Lock()
+	if s.readClosed {
+		s.recvLock.Unlock()
+		return 0, ErrStreamClosed
+	}
+	s.recvLock.Unlock()
 
 	// If the stream is closed and there's no data buffered, return EOF
 	s.stateLock.Lock()
@@ -309,6 +318,9 @@ func (s *Stream) sendWindowUpdate() error {
 
 	// Determine the flags if any
 	flags := s.sendFlags()
+	if s.readClosed {
+		delta = 0 // nothing is read any more: the window is not given back
+	}
 
 	// Check if we can omit the update
 	if delta < (max/2) && flags == 0 {
@@ -394,9 +406,13 @@ SEND_CLOSE:
 	// remote side poorly behaves and never responds with a FIN to complete
 	// the close. After the specified timeout, we clean our resources up no
 	// matter what.
-	if !closeStream && s.session.config.StreamCloseTimeout > 0 {
-		s.closeTimer = time.AfterFunc(
-			s.session.config.StreamCloseTimeout, s.closeTimeout)
+	if !closeStream {
+		s.recvLock.Lock()
+		readClosed := s.readClosed
+		s.recvLock.Unlock()
+		if d := s.closeTimeoutFor(readClosed); d > 0 {
+			s.closeTimer = time.AfterFunc(d, s.closeTimeout)
+		}
 	}
 
 	s.stateLock.Unlock()
@@ -405,6 +421,43 @@ SEND_CLOSE:
 	if closeStream {
 		s.session.closeStream(s.id)
 	}
+	return nil
+}
+
+// closeTimeoutFor is how long a stream closed for writing waits for the
+// remote side's FIN, by whether it is closed for reading too; 0 is for
+// ever.
+func (s *Stream) closeTimeoutFor(readClosed bool) time.Duration {
+	d := s.session.config.StreamCloseTimeout
+	if c := s.session.config.ClosedStreamTimeout; readClosed && c > 0 && (d <= 0 || c < d) {
+		d = c
+	}
+	return d
+}
+
+// CloseRead closes the stream for reading (a Tether addition, see
+// TETHER.md): the data buffered is dropped, and data that arrives from
+// then on is read off the connection and discarded, still counted
+// against the receive window, which is not given back any more (so the
+// remote side can send at most what is left of it). Read and ReadDirect
+// return ErrStreamClosed. Once the stream is closed for writing too
+// (Close, before or after), it waits ClosedStreamTimeout for the remote
+// side's FIN, then is reset and forgotten. It does not tell the remote
+// side anything.
+func (s *Stream) CloseRead() error {
+	s.stateLock.Lock()
+	s.recvLock.Lock()
+	already := s.readClosed
+	s.readClosed = true
+	s.recvBuf = nil
+	s.recvLock.Unlock()
+	if !already && s.state == streamLocalClose && s.closeTimer == nil {
+		if d := s.closeTimeoutFor(true); d > 0 {
+			s.closeTimer = time.AfterFunc(d, s.closeTimeout)
+		}
+	}
+	s.stateLock.Unlock()
+	s.notifyWaiting()
 	return nil
 }
 
@@ -532,6 +585,17 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 		s.session.logger.Printf("[ERR] yamux: receive window exceeded (stream: %d, remain: %d, recv: %d)", s.id, s.recvWindow, length)
 		s.recvLock.Unlock()
 		return ErrRecvWindowExceeded
+	}
+
+	if s.readClosed {
+		// CloseRead: counted, not kept.
+		s.recvWindow -= length
+		s.recvLock.Unlock()
+		if _, err := io.Copy(io.Discard, conn); err != nil {
+			s.session.logger.Printf("[ERR] yamux: Failed to discard stream data: %v", err)
+			return err
+		}
+		return nil
 	}
 
 	if s.recvBuf == nil {
@@ -667,7 +731,7 @@ func (s *Stream) deliver(length uint32, conn io.Reader) (bool, error) {
 		return false, nil
 	}
 	s.recvLock.Lock()
-	if length > s.recvWindow || (s.recvBuf != nil && s.recvBuf.Len() > 0) {
+	if s.readClosed || length > s.recvWindow || (s.recvBuf != nil && s.recvBuf.Len() > 0) {
 		s.recvLock.Unlock()
 		return false, nil
 	}

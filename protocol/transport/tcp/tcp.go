@@ -44,10 +44,20 @@ func Config(logger *slog.Logger) *yamux.Config {
 	// StreamCloseTimeout regardless of activity. Idle streams are closed by
 	// transport.Splice instead.
 	c.StreamCloseTimeout = 0
+	// A stream closed both ways (Stream.Close) keeps no data (CloseRead),
+	// but stays in the session until the peer closes its side too: a peer
+	// that never does gets a reset after ClosedStreamTimeout, and the
+	// stream is forgotten.
+	c.ClosedStreamTimeout = ClosedStreamTimeout
 	c.LogOutput = nil
 	c.Logger = yamuxLogger{logger}
 	return c
 }
+
+// ClosedStreamTimeout is how long a stream closed with Stream.Close waits
+// for the peer's FIN before it is reset (yamux's Config.ClosedStreamTimeout).
+// A peer that read a refusal and closes its side takes a round trip.
+const ClosedStreamTimeout = 5 * time.Second
 
 // RelayConfig is Config for the relay's end of an agent session. Agents
 // open exactly one stream, the control stream; the relay opens all the
@@ -315,13 +325,17 @@ func (s *Stream) streamErr(op string, err error) error {
 func (s *Stream) CloseWrite() error { return s.Stream.Close() }
 
 // Close releases the stream: pending reads and writes return at once and a
-// FIN is sent if CloseWrite was not called. To end the stream with a reset
-// instead, call Abort.
+// FIN is sent if CloseWrite was not called. What the peer sent that was not
+// read is dropped, and what it sends from then on is discarded (it can send
+// at most what is left of the stream's receive window); a peer that has not
+// closed its side within ClosedStreamTimeout gets a reset, and both sessions
+// forget the stream. To end the stream with a reset at once, call Abort.
 func (s *Stream) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
 	_ = s.Stream.SetDeadline(time.Now())
+	_ = s.Stream.CloseRead()
 	return s.Stream.Close()
 }
 

@@ -1,0 +1,82 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/protocol/transport/tcp"
+)
+
+// TestYamuxClosedStreamsHoldNoData: over TLS+yamux, a stream the agent
+// refused and closed keeps nothing of what the relay sent, even while the
+// relay never closes its side, and is forgotten once the relay has not
+// closed it within tcp.ClosedStreamTimeout. Before, each kept up to its
+// 256 KiB window until the relay closed its side: 150 refused streams that
+// each sent a header and 250 000 bytes pinned 73 MiB (the audit's case).
+func TestYamuxClosedStreamsHoldNoData(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	a := enrolled(t, root, root)
+	a.cfg.AccessLog.Disabled = true
+	a.alog = nil
+	s, rs := relayPair(t, a)
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	before := ms.HeapInuse
+	const n = 150
+	payload := make([]byte, 250_000)
+	hdr, err := protocol.StreamHeader{Service: "nosuch", Backend: "backend:x", RequestID: "r"}.AppendBinary(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var keep []transport.Stream
+	for range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		st, err := rs.OpenStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Write(append(hdr, payload...)); err != nil {
+			t.Fatal(err)
+		}
+		ast, err := s.t.AcceptStream(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() { a.handleStream(s, ast) })
+		st.SetDeadline(time.Now().Add(10 * time.Second))
+		if rep, err := protocol.ReadReply(st); err != nil || rep.Code != protocol.CodeUnknownService {
+			t.Fatalf("reply %v %v, want unknown_service", rep, err)
+		}
+		keep = append(keep, st) // the relay never closes its side
+	}
+	wg.Wait() // every handler has returned, and closed its stream
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	grown := int64(ms.HeapInuse) - int64(before)
+	t.Logf("heap in use grew by %d KiB for %d refused streams, each sent 250 000 bytes", grown>>10, n)
+	if limit := int64(n) * 16 << 10; grown > limit {
+		t.Errorf("%d refused, closed streams hold %d MiB of the agent's memory, want under %d KiB", n, grown>>20, limit>>10)
+	}
+	// The relay never closes them: they are reset and forgotten.
+	ts := s.t.(*tcp.Session)
+	waitFor(t, tcp.ClosedStreamTimeout+10*time.Second, "the refused streams forgotten", func() error {
+		if k := ts.NumStreams(); k > 0 {
+			return fmt.Errorf("%d streams held", k)
+		}
+		return nil
+	})
+	for _, st := range keep {
+		if _, err := st.Write([]byte("x")); err == nil {
+			t.Fatal("the relay's write on a stream the agent reset succeeded")
+		}
+	}
+}
