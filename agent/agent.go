@@ -58,6 +58,9 @@ type Agent struct {
 
 	streamsOpen  atomic.Int64
 	streamsTotal atomic.Uint64
+	// streamsOverLimit counts the streams refused because their session
+	// had maxStreamsPerSession open (session.go).
+	streamsOverLimit atomic.Uint64
 
 	upd        *updater                     // self-update (update.go)
 	restartErr atomic.Pointer[RestartError] // set when Run stops to restart

@@ -2,8 +2,12 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -78,5 +82,82 @@ func TestYamuxClosedStreamsHoldNoData(t *testing.T) {
 		if _, err := st.Write([]byte("x")); err == nil {
 			t.Fatal("the relay's write on a stream the agent reset succeeded")
 		}
+	}
+}
+
+// TestYamuxStreamLimit: over TLS+yamux the relay may have at most
+// maxStreamsPerSession streams open on a session, as over QUIC; one more
+// is refused with limit_exceeded, and counted, until one ends.
+func TestYamuxStreamLimit(t *testing.T) {
+	defer func(n int) { maxStreamsPerSession = n }(maxStreamsPerSession)
+	maxStreamsPerSession = 3
+	root := newTestRoot(t, "tether.internal", "root")
+	a := enrolled(t, root, root)
+	a.cfg.AccessLog.Disabled = true
+	a.alog = nil
+	svcs := map[string]Service{"echo": {Address: listen(t, func(c net.Conn) {
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})}}
+	a.services.Store(&svcs)
+	s, rs := relayPair(t, a)
+	s.wg.Go(s.acceptLoop)
+	open := func() (transport.Stream, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		st, err := rs.OpenStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := protocol.WriteStreamHeader(st, protocol.StreamHeader{Service: "echo", Backend: "backend:x", RequestID: "r"}); err != nil {
+			t.Fatal(err)
+		}
+		st.SetDeadline(time.Now().Add(10 * time.Second))
+		rep, err := protocol.ReadReply(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rep.Err(); err != nil {
+			st.Close()
+			return nil, err
+		}
+		st.SetDeadline(time.Time{})
+		return st, nil
+	}
+	var held []transport.Stream
+	for i := range maxStreamsPerSession {
+		st, err := open()
+		if err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+		held = append(held, st)
+	}
+	_, err := open()
+	var pe *protocol.Error
+	if !errors.As(err, &pe) || pe.Code != protocol.CodeLimitExceeded || !strings.Contains(pe.Message, "3 streams open on this connection") {
+		t.Fatalf("stream over the limit: %v, want limit_exceeded", err)
+	}
+	if got := a.Status().StreamsOverLimit; got != 1 {
+		t.Errorf("streams_over_limit %d, want 1", got)
+	}
+	// One ends (both sides close): a new stream is served.
+	held[0].CloseWrite()
+	io.Copy(io.Discard, held[0])
+	held[0].Close()
+	waitFor(t, 10*time.Second, "a stream slot free", func() error {
+		if k := s.streams(); k >= maxStreamsPerSession {
+			return fmt.Errorf("%d streams", k)
+		}
+		return nil
+	})
+	st, err := open()
+	if err != nil {
+		t.Fatalf("after one ended: %v", err)
+	}
+	if err := roundTrip(st, "hello"); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range append(held[1:], st) {
+		st.Close()
 	}
 }

@@ -30,8 +30,17 @@ import (
 const helloTimeout = 10 * time.Second
 
 // maxStreamsPerSession is how many streams the relay may have open at once
-// on one session.
-const maxStreamsPerSession = 10000
+// on one session. QUIC enforces it: the relay cannot open more. yamux has
+// no such bound, so over TLS and TCP the agent counts the session's
+// streams — those it closed and the relay has not closed yet among them —
+// and refuses those beyond it (acceptLoop). A variable for tests.
+var maxStreamsPerSession = 10000
+
+// overLimitReplies is how many streams beyond maxStreamsPerSession a
+// yamux session answers with a refusal; beyond those (a relay that keeps
+// opening streams without reading the refusals) they are reset without a
+// reply, so that they cost no goroutine.
+const overLimitReplies = 64
 
 // Watching the relay while streams are open (serve).
 const (
@@ -92,6 +101,9 @@ type session struct {
 	pingSeq    atomic.Uint64
 	pingSentAt atomic.Int64
 	rttKnown   chan struct{} // signalled (non-blocking) when the first RTT is measured
+	// overLimitLogAt is when (Unix nanoseconds) a stream refused over
+	// maxStreamsPerSession was last logged.
+	overLimitLogAt atomic.Int64
 
 	endMu sync.Mutex // guards ended
 	ended error
@@ -253,7 +265,7 @@ func (s *session) probeQUIC() {
 }
 
 func (a *Agent) dialQUIC(ctx context.Context, relay string, tlsConf *tls.Config) (transport.Session, error) {
-	return quic.Dial(ctx, relay, tlsConf, quic.Config(maxStreamsPerSession))
+	return quic.Dial(ctx, relay, tlsConf, quic.Config(int64(maxStreamsPerSession)))
 }
 
 func (a *Agent) dialTCP(ctx context.Context, relay string, tlsConf *tls.Config) (transport.Session, error) {
@@ -660,6 +672,10 @@ func (s *session) acceptLoop() {
 		if err != nil {
 			return // the session is closing; serve notices through Done
 		}
+		if n := s.streams(); n > maxStreamsPerSession {
+			s.refuseOverLimit(st, n)
+			continue
+		}
 		s.open.Add(1)
 		select {
 		case s.streamStart <- struct{}{}:
@@ -677,6 +693,46 @@ func (s *session) acceptLoop() {
 		})
 	}
 }
+
+// streams counts the session's streams the relay opened, st included, where
+// the transport does not bound them itself: yamux's, which include those
+// closed here that the relay has not closed yet. It is 0 over QUIC.
+func (s *session) streams() int {
+	c, ok := s.t.(interface{ NumStreams() int })
+	if !ok {
+		return 0
+	}
+	n := c.NumStreams()
+	if s.ctl != nil {
+		n-- // the control stream, which the agent opened
+	}
+	return n
+}
+
+// refuseOverLimit turns away st, a stream the relay opened beyond
+// maxStreamsPerSession: with a refusal (limit_exceeded), or, beyond
+// overLimitReplies of them, with a reset. Either is counted (the status's
+// streams_over_limit) and logged at most once every overLimitLogEvery per
+// session.
+func (s *session) refuseOverLimit(st transport.Stream, n int) {
+	total := s.a.streamsOverLimit.Add(1)
+	if now := time.Now().UnixNano(); now-s.overLimitLogAt.Load() >= int64(overLimitLogEvery) {
+		s.overLimitLogAt.Store(now)
+		s.log.Warn("refused a stream: the relay has too many open on this connection", "streams", n, "limit", maxStreamsPerSession, "refused_total", total)
+	}
+	if n > maxStreamsPerSession+overLimitReplies {
+		transport.Abort(st)
+		return
+	}
+	s.wg.Go(func() {
+		defer st.Close()
+		st.SetDeadline(time.Now().Add(headerTimeout))
+		refuse(st, protocol.Errorf(protocol.CodeLimitExceeded, "tenant %q's agent has %d streams open on this connection, its limit: the relay must close some before it opens more", s.a.state.Tenant, maxStreamsPerSession))
+	})
+}
+
+// overLimitLogEvery spaces the warnings about streams refused over the limit.
+const overLimitLogEvery = 10 * time.Second
 
 // drainAndClose waits for the session's streams in flight to finish, until
 // at the latest, then closes the session and waits for all its goroutines.

@@ -36,6 +36,9 @@ type Status struct {
 	// this agent ranks it: the relay its next connection would prefer
 	// first. Empty when no relay sent one.
 	Cluster []protocol.RelayInfo `json:"cluster,omitempty"`
+	// StreamsOverLimit counts the streams the relays opened beyond the
+	// agent's limit per connection (10 000), which it refused.
+	StreamsOverLimit uint64 `json:"streams_over_limit,omitempty"`
 }
 
 // Connection slot states.
@@ -130,7 +133,8 @@ func (t *slotTracker) snapshot() []SessionStatus {
 
 // Status returns the agent's status as the status listener serves it.
 func (a *Agent) Status() Status {
-	st := Status{AgentID: a.state.AgentID, Tenant: a.state.Tenant, Report: *a.Report(), Sessions: a.slots.snapshot(), Cluster: a.view.cluster()}
+	st := Status{AgentID: a.state.AgentID, Tenant: a.state.Tenant, Report: *a.Report(), Sessions: a.slots.snapshot(), Cluster: a.view.cluster(),
+		StreamsOverLimit: a.streamsOverLimit.Load()}
 	st.ConfigError = clipText(a.ConfigError()) // the whole message: the status is the tenant's
 	if why := a.rootRefused.Load(); why != nil {
 		st.CARootRefused = *why
