@@ -49,7 +49,8 @@ type Agent struct {
 	liveMu sync.Mutex            // guards live
 	live   map[*session]struct{} // sessions serving now
 
-	egress *egress // which relays are reached through an HTTP proxy
+	egress *egress     // which relays are reached through an HTTP proxy
+	guard  *relayGuard // which addresses of the relays' list are dialled (relayaddr.go)
 
 	fbMu     sync.Mutex           // guards fallback
 	fallback map[string]time.Time // relay → time until which auto mode uses TCP
@@ -98,6 +99,10 @@ func New(cfg Config) (*Agent, error) {
 			}
 		}
 	}
+	nets, err := parseRelayNetworks(cfg.RelayNetworks)
+	if err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
 	if cfg.DialService == nil {
 		d := &net.Dialer{KeepAlive: 30 * time.Second}
 		cfg.DialService = d.DialContext
@@ -113,6 +118,7 @@ func New(cfg Config) (*Agent, error) {
 		renewNow: make(chan renewRequest, 1),
 		rep:      newReporter(),
 	}
+	a.guard = newRelayGuard(cfg.Relays, nets, a.log)
 	a.view = newRelayView(st.Tenant+"/"+st.AgentID, cfg.Reconnect, a.log, a.rep.change)
 	a.cert.Store(&st.Cert)
 	a.certAt.Store(time.Now().UnixNano())
@@ -323,6 +329,12 @@ func (a *Agent) runSlot(ctx context.Context, slot int, wg *sync.WaitGroup, refus
 			if ctx.Err() != nil {
 				return
 			}
+			if isRelayRefused(err) {
+				// Logged once by the guard; the slot picks another at
+				// once.
+				v.refuse(tgt)
+				continue
+			}
 			if finalRefusal(err) {
 				refused(err)
 				return
@@ -487,6 +499,10 @@ func (a *Agent) moveWatch(ctx context.Context, slot int, s *session) {
 				v.moveDone(slot, tgt, true)
 				if ctx.Err() != nil {
 					return
+				}
+				if isRelayRefused(err) {
+					v.refuse(tgt) // logged once by the guard
+					continue
 				}
 				s.log.Warn("cannot move this connection to another relay; staying", "to", tgt.addr, "err", err)
 				continue

@@ -435,6 +435,19 @@ func (v *relayView) markFailedLocked(key string, now time.Time) {
 	v.fails[key] = m
 }
 
+// refusedFor is how long a listed relay whose address the agent refused to
+// dial (relayaddr.go) is passed over.
+const refusedFor = 10 * time.Minute
+
+// refuse records that t's address was refused (relayaddr.go): slots pass
+// it over for refusedFor.
+func (v *relayView) refuse(t target) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.fails[t.key()] = failMark{n: 1, until: time.Now().Add(refusedFor)}
+	v.notifyLocked()
+}
+
 // release records that slot holds no relay (it stopped, or its session
 // went away on the relay's request).
 func (v *relayView) release(slot int) {

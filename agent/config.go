@@ -58,6 +58,13 @@ type Config struct {
 	// NO_PROXY (or no_proxy) from the environment. Loopback relays never
 	// use the proxy.
 	NoProxy string `yaml:"no_proxy"`
+	// RelayNetworks are where the relays' list may also send the agent:
+	// CIDR ranges, IP addresses and DNS domains (with their subdomains).
+	// An address of the list that is not in Relays is dialled only when it
+	// is public, or on loopback or a private range where a configured
+	// relay is too, or within these (relayaddr.go); link-local, multicast
+	// and unspecified addresses never are.
+	RelayNetworks []string `yaml:"relay_networks"`
 	// RelayConnections is how many connections the agent keeps, 1 to 16
 	// (default 2). When the relays send the cluster's list, each goes to
 	// a different relay (two to one relay only while the cluster has
@@ -293,6 +300,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(r); err != nil {
 			add("relays[%d] %q: want host:port", i, r)
 		}
+	}
+	if _, err := parseRelayNetworks(c.RelayNetworks); err != nil {
+		errs = append(errs, err)
 	}
 	switch c.Transport {
 	case "", TransportAuto, TransportQUIC, TransportTCP:

@@ -34,7 +34,8 @@ import (
 //	garbage  answer with something that is not HTTP
 type connectProxy struct {
 	mode       string
-	user, pass string // credentials required when user != ""
+	user, pass string            // credentials required when user != ""
+	route      map[string]string // CONNECT target → address dialled for it (default: the target)
 
 	ln   net.Listener
 	addr string
@@ -129,7 +130,11 @@ func (p *connectProxy) serve(c net.Conn) {
 			return
 		}
 	}
-	up, err := net.Dial("tcp", req.RequestURI)
+	target := req.RequestURI
+	if a, ok := p.route[target]; ok {
+		target = a
+	}
+	up, err := net.Dial("tcp", target)
 	if err != nil {
 		io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
 		return

@@ -165,12 +165,15 @@ func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*s
 		ts, err = a.dialQUIC(qctx, relay, tlsConf)
 		cancel()
 		name, why = TransportQUIC, "auto: QUIC preferred"
-		if err != nil && ctx.Err() == nil && !isTLSRefusal(err) && !isUntrustedRelay(err) && !isRelayBusy(err) {
+		if err != nil && ctx.Err() == nil && !isTLSRefusal(err) && !isUntrustedRelay(err) && !isRelayBusy(err) && !isRelayRefused(err) {
 			until := a.markQUICFailed(relay)
 			log.Warn("QUIC to relay failed (UDP blocked?); falling back to TLS over TCP", "relay", relay, "err", err, "quic_retry_after", until.Format(time.RFC3339))
 			name, why, probeAt = TransportTCP, fmt.Sprintf("fallback: QUIC failed: %v", err), until
 			ts, err = a.dialTCP(ctx, relay, tlsConf)
 		}
+	}
+	if isRelayRefused(err) {
+		return nil, err
 	}
 	if isRelayBusy(err) {
 		return nil, fmt.Errorf("dial %s over %s: the relay is busy with other agents' handshakes and refused this one; retrying after a backoff: %w", relay, name, err)
@@ -189,6 +192,11 @@ func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*s
 	if err := s.hello(ctx); err != nil {
 		ts.Close()
 		return nil, err
+	}
+	if proxy == nil {
+		if ra, ok := ts.(interface{ RemoteAddr() net.Addr }); ok {
+			a.guard.reachedAt(relay, ra.RemoteAddr())
+		}
 	}
 	s.log.Info("connected to relay", "transport_why", why, "relay_version", s.welcome.RelayVersion)
 	return s, nil
@@ -265,13 +273,29 @@ func (s *session) probeQUIC() {
 }
 
 func (a *Agent) dialQUIC(ctx context.Context, relay string, tlsConf *tls.Config) (transport.Session, error) {
-	return quic.Dial(ctx, relay, tlsConf, quic.Config(int64(maxStreamsPerSession)))
+	addr := relay
+	if a.guard.listed(relay) {
+		var err error
+		if addr, err = a.guard.quicAddr(ctx, relay); err != nil {
+			return nil, err
+		}
+	}
+	return quic.Dial(ctx, addr, tlsConf, quic.Config(int64(maxStreamsPerSession)))
 }
 
 func (a *Agent) dialTCP(ctx context.Context, relay string, tlsConf *tls.Config) (transport.Session, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	d := &net.Dialer{KeepAlive: 15 * time.Second}
+	if a.guard.listed(relay) {
+		if a.egress.forRelay(relay) != nil {
+			if err := a.guard.checkProxied(ctx, relay); err != nil {
+				return nil, err
+			}
+		} else {
+			d.Control = a.guard.control(relay)
+		}
+	}
 	return tcp.Dial(ctx, a.egress.dialer(relay, d.DialContext), relay, tlsConf, tcp.Config(a.log))
 }
 
@@ -643,7 +667,7 @@ func (s *session) readLoop() {
 				close(s.goaway)
 			})
 		case *protocol.Relays:
-			s.a.view.setList(s, m.Relays)
+			s.a.view.setList(s, s.a.guard.filter(m.Relays))
 		case *protocol.RenewNow:
 			s.log.Info("relay asks for an early certificate renewal", "ca_root", m.Root, "spread_ms", m.SpreadMillis)
 			s.a.requestRenewal(m)
