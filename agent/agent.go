@@ -62,6 +62,9 @@ type Agent struct {
 	// streamsOverLimit counts the streams refused because their session
 	// had maxStreamsPerSession open (session.go).
 	streamsOverLimit atomic.Uint64
+	// renewAskedAt is when (Unix nanoseconds) a relay's RenewNow last went
+	// to renewNow (earlyRenewalAllowed, session.go).
+	renewAskedAt atomic.Int64
 
 	upd        *updater                     // self-update (update.go)
 	restartErr atomic.Pointer[RestartError] // set when Run stops to restart

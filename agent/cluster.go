@@ -91,6 +91,9 @@ type relayView struct {
 	fails   map[string]failMark   // by relay key
 	leaving map[string]*leaveMark // by relay id: relays that said GoAway "leaving"
 	changed chan struct{}         // closed and replaced at every change
+	// loggedAt is when the ranked list was last logged at info level
+	// (rankLocked).
+	loggedAt time.Time
 }
 
 // heard is a list as a session received it.
@@ -251,9 +254,18 @@ func (v *relayView) rankLocked() {
 				ids[i] += " (draining)"
 			}
 		}
-		v.log.Info("relays of the cluster", "relays", ids)
+		// A relay that changes its list again and again gets a line at
+		// info level every listLogEvery, the rest at debug level.
+		level := slog.LevelDebug
+		if now := time.Now(); now.Sub(v.loggedAt) >= listLogEvery {
+			level, v.loggedAt = slog.LevelInfo, now
+		}
+		v.log.Log(context.Background(), level, "relays of the cluster", "relays", ids)
 	}
 }
+
+// listLogEvery spaces the info lines about the relay list changing.
+const listLogEvery = 10 * time.Second
 
 func sameRelays(a, b []rankedRelay) bool {
 	return slices.EqualFunc(a, b, func(x, y rankedRelay) bool { return x.RelayInfo == y.RelayInfo })

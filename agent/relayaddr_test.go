@@ -16,7 +16,7 @@ import (
 	"github.com/tetherhq/tether/protocol"
 )
 
-// countingHandler counts the log records at warning level and above, by
+// countingHandler counts the log records at info level and above, by
 // message, and keeps their text.
 type countingHandler struct {
 	mu    sync.Mutex
@@ -28,7 +28,7 @@ func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return tru
 func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
 func (h *countingHandler) WithGroup(string) slog.Handler            { return h }
 func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
-	if r.Level < slog.LevelWarn {
+	if r.Level < slog.LevelInfo {
 		return nil
 	}
 	var b strings.Builder

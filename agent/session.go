@@ -431,10 +431,7 @@ func (s *session) serve(ctx context.Context) endReason {
 	s.wg.Go(s.readLoop)
 	s.wg.Go(s.acceptLoop)
 	s.wg.Go(s.reportLoop)
-	hb := time.Duration(s.welcome.HeartbeatMillis) * time.Millisecond
-	if hb <= 0 {
-		hb = 10 * time.Second
-	}
+	hb := heartbeatOf(s.welcome)
 	// A first ping at once measures the RTT for the first reports rather
 	// than a heartbeat later.
 	s.pingSentAt.Store(time.Now().UnixNano())
@@ -592,6 +589,50 @@ func (s *session) serve(ctx context.Context) endReason {
 	}
 }
 
+// The heartbeat a relay's Welcome may set is kept within these: the
+// agent pings at that interval and ends a session silent for three of
+// them, so a relay that said 1 ms would have it ping every millisecond
+// and drop the session after 3 ms of quiet.
+const (
+	minHeartbeat     = time.Second
+	maxHeartbeat     = 5 * time.Minute
+	defaultHeartbeat = 10 * time.Second
+)
+
+// heartbeatOf is the heartbeat interval w asks for, within minHeartbeat
+// and maxHeartbeat (defaultHeartbeat when it asks for none).
+func heartbeatOf(w protocol.Welcome) time.Duration {
+	if w.HeartbeatMillis <= 0 {
+		return defaultHeartbeat
+	}
+	if w.HeartbeatMillis > maxHeartbeat.Milliseconds() {
+		return maxHeartbeat
+	}
+	return max(time.Duration(w.HeartbeatMillis)*time.Millisecond, minHeartbeat)
+}
+
+// earlyRenewalGap is how often, at most, a relay's RenewNow is passed to
+// the renewal loop: each makes the agent renew its certificate (a new key,
+// a round trip, the state directory rewritten), and a relay could send it
+// without end. A CA rotation asks once per session (the agent's several
+// sessions at about the same time), and the renewal loop renews on its
+// own when the certificate nears its expiry.
+const earlyRenewalGap = time.Minute
+
+// earlyRenewalAllowed reports whether a RenewNow received at now goes to
+// the renewal loop: the first, and then one per earlyRenewalGap.
+func (a *Agent) earlyRenewalAllowed(now time.Time) bool {
+	for {
+		last := a.renewAskedAt.Load()
+		if last != 0 && now.UnixNano()-last < int64(earlyRenewalGap) {
+			return false
+		}
+		if a.renewAskedAt.CompareAndSwap(last, now.UnixNano()) {
+			return true
+		}
+	}
+}
+
 // ping sends a ping without holding up serve, which must go on judging
 // the relay's silence meanwhile: a write to a relay that stopped reading
 // blocks once the connection's buffers are full (over TCP until yamux's
@@ -669,6 +710,10 @@ func (s *session) readLoop() {
 		case *protocol.Relays:
 			s.a.view.setList(s, s.a.guard.filter(m.Relays))
 		case *protocol.RenewNow:
+			if !s.a.earlyRenewalAllowed(time.Now()) {
+				s.log.Debug("relay asks for an early certificate renewal again within a minute: ignored", "ca_root", m.Root)
+				break
+			}
 			s.log.Info("relay asks for an early certificate renewal", "ca_root", m.Root, "spread_ms", m.SpreadMillis)
 			s.a.requestRenewal(m)
 		case *protocol.RenewResponse:
