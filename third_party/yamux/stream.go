@@ -36,9 +36,12 @@ type Stream struct {
 
 	recvBuf  *bytes.Buffer
 	recvLock sync.Mutex
-	// readClosed is set by CloseRead (guarded by recvLock): data that
-	// arrives is discarded, not buffered.
-	readClosed bool
+	// readClosed is set by CloseRead, with recvLock held: data that
+	// arrives is discarded, not buffered. It is read without locks where
+	// stateLock is held (Close), which must not wait for recvLock: a
+	// reader holds recvLock while it waits for stateLock
+	// (sendWindowUpdate).
+	readClosed atomic.Bool
 
 	controlHdr     header
 	controlErr     chan error
@@ -115,12 +118,9 @@ var errWouldBlock = errors.New("yamux: no data buffered")
 // waiting for data.
 func (s *Stream) read(b []byte, wait bool) (n int, err error) {
 START:
-	s.recvLock.Lock()
-	if s.readClosed {
-		s.recvLock.Unlock()
+	if s.readClosed.Load() {
 		return 0, ErrStreamClosed
 	}
-	s.recvLock.Unlock()
 
 	// If the stream is closed and there's no data buffered, return EOF
 	s.stateLock.Lock()
@@ -318,7 +318,7 @@ func (s *Stream) sendWindowUpdate() error {
 
 	// Determine the flags if any
 	flags := s.sendFlags()
-	if s.readClosed {
+	if s.readClosed.Load() {
 		delta = 0 // nothing is read any more: the window is not given back
 	}
 
@@ -407,10 +407,7 @@ SEND_CLOSE:
 	// the close. After the specified timeout, we clean our resources up no
 	// matter what.
 	if !closeStream {
-		s.recvLock.Lock()
-		readClosed := s.readClosed
-		s.recvLock.Unlock()
-		if d := s.closeTimeoutFor(readClosed); d > 0 {
+		if d := s.closeTimeoutFor(s.readClosed.Load()); d > 0 {
 			s.closeTimer = time.AfterFunc(d, s.closeTimeout)
 		}
 	}
@@ -445,18 +442,20 @@ func (s *Stream) closeTimeoutFor(readClosed bool) time.Duration {
 // side's FIN, then is reset and forgotten. It does not tell the remote
 // side anything.
 func (s *Stream) CloseRead() error {
-	s.stateLock.Lock()
 	s.recvLock.Lock()
-	already := s.readClosed
-	s.readClosed = true
+	already := s.readClosed.Swap(true)
 	s.recvBuf = nil
 	s.recvLock.Unlock()
-	if !already && s.state == streamLocalClose && s.closeTimer == nil {
-		if d := s.closeTimeoutFor(true); d > 0 {
-			s.closeTimer = time.AfterFunc(d, s.closeTimeout)
+	if !already {
+		// Not under recvLock: see readClosed.
+		s.stateLock.Lock()
+		if s.state == streamLocalClose && s.closeTimer == nil {
+			if d := s.closeTimeoutFor(true); d > 0 {
+				s.closeTimer = time.AfterFunc(d, s.closeTimeout)
+			}
 		}
+		s.stateLock.Unlock()
 	}
-	s.stateLock.Unlock()
 	s.notifyWaiting()
 	return nil
 }
@@ -587,7 +586,7 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 		return ErrRecvWindowExceeded
 	}
 
-	if s.readClosed {
+	if s.readClosed.Load() {
 		// CloseRead: counted, not kept.
 		s.recvWindow -= length
 		s.recvLock.Unlock()
@@ -731,7 +730,7 @@ func (s *Stream) deliver(length uint32, conn io.Reader) (bool, error) {
 		return false, nil
 	}
 	s.recvLock.Lock()
-	if s.readClosed || length > s.recvWindow || (s.recvBuf != nil && s.recvBuf.Len() > 0) {
+	if s.readClosed.Load() || length > s.recvWindow || (s.recvBuf != nil && s.recvBuf.Len() > 0) {
 		s.recvLock.Unlock()
 		return false, nil
 	}
@@ -753,10 +752,12 @@ func (s *Stream) deliver(length uint32, conn io.Reader) (bool, error) {
 		notify = true
 	case n < len(buf):
 		s.recvLock.Lock()
-		if s.recvBuf == nil {
-			s.recvBuf = bytes.NewBuffer(make([]byte, 0, len(buf)-n))
+		if !s.readClosed.Load() { // else CloseRead came meanwhile: dropped
+			if s.recvBuf == nil {
+				s.recvBuf = bytes.NewBuffer(make([]byte, 0, len(buf)-n))
+			}
+			s.recvBuf.Write(buf[n:])
 		}
-		s.recvBuf.Write(buf[n:])
 		s.recvLock.Unlock()
 		notify = true
 	default:
