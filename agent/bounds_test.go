@@ -161,3 +161,63 @@ func TestYamuxStreamLimit(t *testing.T) {
 		st.Close()
 	}
 }
+
+// TestYamuxStreamLimitHostileRelay: a relay that keeps opening streams
+// over the limit and never closes the refused ones gets overLimitReplies
+// refusals, then resets, which cost the agent no goroutine.
+func TestYamuxStreamLimitHostileRelay(t *testing.T) {
+	defer func(n int) { maxStreamsPerSession = n }(maxStreamsPerSession)
+	maxStreamsPerSession = 2
+	root := newTestRoot(t, "tether.internal", "root")
+	a := enrolled(t, root, root)
+	a.cfg.AccessLog.Disabled = true
+	a.alog = nil
+	svcs := map[string]Service{"echo": {Address: listen(t, func(c net.Conn) { io.Copy(c, c) })}}
+	a.services.Store(&svcs)
+	s, rs := relayPair(t, a)
+	s.wg.Go(s.acceptLoop)
+	hdr, err := protocol.StreamHeader{Service: "echo", Backend: "backend:x", RequestID: "r"}.AppendBinary(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keep []transport.Stream
+	const over = overLimitReplies + 20
+	refused, reset := 0, 0
+	for i := range maxStreamsPerSession + over {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		st, err := rs.OpenStream(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keep = append(keep, st) // never closed
+		st.SetDeadline(time.Now().Add(10 * time.Second))
+		var rep protocol.Reply
+		if _, err = st.Write(hdr); err == nil { // a stream reset at once fails here
+			rep, err = protocol.ReadReply(st)
+		}
+		switch {
+		case i < maxStreamsPerSession:
+			if err != nil || rep.Code != protocol.CodeOK {
+				t.Fatalf("stream %d: %v %v, want served", i, rep, err)
+			}
+		case err == nil && rep.Code == protocol.CodeLimitExceeded:
+			refused++
+		case err != nil && reset == 0 && refused < overLimitReplies:
+			t.Fatalf("stream %d reset after %d refusals, want %d refusals first", i, refused, overLimitReplies)
+		case err != nil:
+			reset++
+		default:
+			t.Fatalf("stream %d: %v, want limit_exceeded or a reset", i, rep)
+		}
+	}
+	if refused != overLimitReplies || reset != over-overLimitReplies {
+		t.Errorf("%d refused and %d reset of %d over the limit, want %d and %d", refused, reset, over, overLimitReplies, over-overLimitReplies)
+	}
+	if got := a.Status().StreamsOverLimit; got != over {
+		t.Errorf("streams_over_limit %d, want %d", got, over)
+	}
+	for _, st := range keep {
+		st.Close()
+	}
+}
