@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -140,5 +141,45 @@ func TestRelayListLogRateLimited(t *testing.T) {
 	}
 	if got := h.count("relays of the cluster"); got != 1 {
 		t.Errorf("%d info lines for 40 changed lists, want 1", got)
+	}
+}
+
+// TestRefusalLogRateLimited: a relay that opens stream after stream for a
+// service the agent does not expose gets 10 info lines about it every 10 s,
+// not one per stream; the next line at info level says how many were not.
+func TestRefusalLogRateLimited(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	a := enrolled(t, root, root)
+	a.cfg.AccessLog.Disabled = true
+	a.alog = nil
+	h := &countingHandler{}
+	a.log = slog.New(h)
+	s, rs := relayPair(t, a)
+	const n = 40
+	for i := range n {
+		if _, err := openStream(t, s, rs, protocol.StreamHeader{Service: "nosuch", Backend: "backend:x", RequestID: fmt.Sprint("r", i)}); err == nil {
+			t.Fatal("accepted")
+		}
+	}
+	const msg = "refused: service not in this agent's allowlist"
+	if got := h.count(msg); got != logBurst {
+		t.Errorf("%d info lines for %d refused streams, want %d", got, n, logBurst)
+	}
+	// The window ends: the next line goes at info level and says how many
+	// were held back.
+	s.refusalLog.mu.Lock()
+	s.refusalLog.start = s.refusalLog.start.Add(-logWindow)
+	s.refusalLog.mu.Unlock()
+	if _, err := openStream(t, s, rs, protocol.StreamHeader{Service: "nosuch", Backend: "backend:x", RequestID: "last"}); err == nil {
+		t.Fatal("accepted")
+	}
+	if got := h.count(msg); got != logBurst+1 {
+		t.Errorf("%d info lines after the window, want %d", got, logBurst+1)
+	}
+	h.mu.Lock()
+	last := h.lines[len(h.lines)-1]
+	h.mu.Unlock()
+	if want := fmt.Sprintf("not_logged=%d", n-logBurst); !strings.Contains(last, want) {
+		t.Errorf("the line after the window: %q, want it to say %s", last, want)
 	}
 }

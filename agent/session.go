@@ -104,6 +104,8 @@ type session struct {
 	// overLimitLogAt is when (Unix nanoseconds) a stream refused over
 	// maxStreamsPerSession was last logged.
 	overLimitLogAt atomic.Int64
+	// refusalLog bounds the lines about streams refused (stream.go).
+	refusalLog logLimiter
 
 	endMu sync.Mutex // guards ended
 	ended error

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"slices"
@@ -50,7 +51,7 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 			s.log.Debug("stream ended before its header was read", "err", err)
 			return
 		}
-		s.log.Warn("bad stream header from relay", "err", err)
+		s.refusalLog.log(s.log, slog.LevelWarn, "bad stream header from relay", "err", err)
 		if pe != nil {
 			refuse(st, pe)
 			a.logRefusal(streamRecord(s, protocol.StreamHeader{}), started, pe)
@@ -74,14 +75,14 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	}
 	svc, ok := (*a.services.Load())[h.Service]
 	if !ok {
-		log.Info("refused: service not in this agent's allowlist", ids...)
+		s.refusalLog.log(log, slog.LevelInfo, "refused: service not in this agent's allowlist", ids...)
 		perr := protocol.Errorf(protocol.CodeUnknownService, "tenant %q's agent does not expose a service named %q", a.state.Tenant, h.Service)
 		refuse(st, perr)
 		a.logRefusal(rec, started, perr)
 		return
 	}
 	if !svc.allows(h.Backend) {
-		log.Info("refused: backend not allowed for this service by the agent's config", ids...)
+		s.refusalLog.log(log, slog.LevelInfo, "refused: backend not allowed for this service by the agent's config", ids...)
 		perr := protocol.Errorf(protocol.CodeNotAllowed, "tenant %q's agent does not allow %s to reach service %q", a.state.Tenant, h.Backend, h.Service)
 		refuse(st, perr)
 		a.logRefusal(rec, started, perr)
