@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -92,6 +93,10 @@ func testCARotation(t *testing.T, transport string, renewNow bool) {
 		t.Fatal(err)
 	}
 	checkEndorsed(t, manifest, readCert(t, filepath.Join(r.dataDir, "ca", "ca.crt")), readCert(t, filepath.Join(r.dataDir, "ca", "ca-2.crt")))
+	// ca status's table says so too: root 2, endorsed by root 1.
+	if out := r.admin(t, "ca", "status"); !regexp.MustCompile(`(?m)^2 .* root 1\s*$`).MatchString(out) || !strings.Contains(out, "ENDORSED BY") {
+		t.Errorf("ca status does not show root 2 endorsed by root 1:\n%s", out)
+	}
 
 	// During the overlap an agent that has not renewed still connects: the
 	// relay's certificate still comes from the old root, which the agent

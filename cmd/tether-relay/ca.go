@@ -125,10 +125,16 @@ func caCmd(g *globals) *cobra.Command {
 func printCAStatus(cmd *cobra.Command, st admin.CAStatus) error {
 	return cli.Print(cmd.OutOrStdout(), output(cmd), st, func(w io.Writer) error {
 		now := time.Now()
+		endorsedBy := func(r admin.CARoot) string {
+			if r.EndorsedBy == 0 {
+				return "-"
+			}
+			return "root " + strconv.Itoa(r.EndorsedBy)
+		}
 		var rows [][]string
 		for _, r := range st.Roots {
 			rows = append(rows, []string{strconv.Itoa(r.Generation), strings.Join(r.Roles, ","), r.Fingerprint, cli.Since(r.AddedAt, now),
-				cli.When(r.NotAfter, now), strconv.Itoa(r.Agents), strconv.Itoa(r.Tokens)})
+				cli.When(r.NotAfter, now), strconv.Itoa(r.Agents), strconv.Itoa(r.Tokens), endorsedBy(r)})
 		}
 		for _, r := range st.Retired {
 			state := "retired"
@@ -136,9 +142,9 @@ func printCAStatus(cmd *cobra.Command, st admin.CAStatus) error {
 				state += " " + cli.Since(*r.RetiredAt, now)
 			}
 			rows = append(rows, []string{strconv.Itoa(r.Generation), state, r.Fingerprint, cli.Since(r.AddedAt, now),
-				cli.When(r.NotAfter, now), strconv.Itoa(r.Agents), strconv.Itoa(r.Tokens)})
+				cli.When(r.NotAfter, now), strconv.Itoa(r.Agents), strconv.Itoa(r.Tokens), endorsedBy(r)})
 		}
-		if err := cli.WriteTable(w, []string{"ROOT", "STATE", "FINGERPRINT", "ADDED", "NOT AFTER", "AGENTS", "TOKENS"}, rows); err != nil {
+		if err := cli.WriteTable(w, []string{"ROOT", "STATE", "FINGERPRINT", "ADDED", "NOT AFTER", "AGENTS", "TOKENS", "ENDORSED BY"}, rows); err != nil {
 			return err
 		}
 		switch {
