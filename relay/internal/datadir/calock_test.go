@@ -143,3 +143,45 @@ func TestCreateWaitsForCALock(t *testing.T) {
 		t.Fatal("no CA 10 s after the lock was freed")
 	}
 }
+
+// TestChangeWaitsForCALockSaysSo: a change to a shared CA (ca rotate,
+// ca retire: Dir.Locked) waits for the store's CA lock another process
+// holds, and says so while it waits, as a start that creates the CA does
+// (it waited without a word).
+func TestChangeWaitsForCALockSaysSo(t *testing.T) {
+	defer func(d time.Duration) { lockWaitLog = d }(lockWaitLog)
+	lockWaitLog = 20 * time.Millisecond
+	dsn := pgtest.Shared(t).CreateDatabase(t)
+	kek := newKEK()
+	var logs syncBuffer
+	d, _ := open(t, t.TempDir(), Options{TrustDomain: "tether.example", Store: dsn, CAKEK: kek, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	holder, err := store.OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	unlock, err := holder.Lock(ctx, caLock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- d.Locked(ctx, func() error { return nil }) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "waiting for the store's CA lock") {
+		if time.Now().After(deadline) {
+			unlock()
+			<-ran
+			t.Fatalf("no wait for the CA lock logged within 10 s by a change to the CA; logs: %q", logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case err := <-ran:
+		t.Fatalf("a change to the CA ran while another process held the store's CA lock: %v", err)
+	default:
+	}
+	unlock()
+	if err := <-ran; err != nil {
+		t.Fatal(err)
+	}
+}

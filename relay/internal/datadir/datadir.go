@@ -65,8 +65,9 @@ type Dir struct {
 	// that a cursor one relay of a cluster gave works on every other.
 	AuditCursorKey [32]byte
 
-	ca       ca.Storage // where the CA is kept
-	caShared bool       // ca is in the store, shared by a cluster
+	ca       ca.Storage   // where the CA is kept
+	caShared bool         // ca is in the store, shared by a cluster
+	log      *slog.Logger // told of a wait for the store's CA lock
 }
 
 // Options say where a relay's state is besides its data directory.
@@ -85,9 +86,10 @@ type Options struct {
 	// Existing refuses to create a CA where there is none, with an error
 	// wrapping fs.ErrNotExist.
 	Existing bool
-	// Logger, when set, is told of a wait for the store's CA lock. The
-	// store warns of a schema newer than this binary's to it, or to
-	// slog.Default() when nil (admin commands).
+	// Logger is told of a wait for the store's CA lock (at a start, and
+	// for a change to the CA: Dir.Locked), and the store warns of a
+	// schema newer than this binary's to it; slog.Default() when nil
+	// (admin commands, whose messages go to standard error).
 	Logger *slog.Logger
 }
 
@@ -126,7 +128,10 @@ func Open(ctx context.Context, path string, o Options, now time.Time) (*Dir, *ca
 	}
 	defer unlock()
 
-	d := &Dir{Path: path, ca: ca.Dir(filepath.Join(path, caDir))}
+	d := &Dir{Path: path, ca: ca.Dir(filepath.Join(path, caDir)), log: o.Logger}
+	if d.log == nil {
+		d.log = slog.Default()
+	}
 	if shared {
 		if d.Store, err = store.OpenDSN(ctx, o.Store, store.WithLogger(o.Logger)); err != nil {
 			return nil, nil, fmt.Errorf("open store: %w", err)
@@ -197,7 +202,7 @@ func (d *Dir) loadCA(ctx context.Context, o Options, now time.Time) (*ca.CA, err
 		} else if ctx.Err() != nil {
 			return nil, loadErr
 		}
-		unlock, err := d.lockCA(ctx, o.Logger)
+		unlock, err := d.lockCA(ctx)
 		if err != nil {
 			if !errors.Is(loadErr, fs.ErrNotExist) {
 				// Say why the lock was needed: a CA that cannot be read
@@ -224,11 +229,9 @@ func (d *Dir) loadCA(ctx context.Context, o Options, now time.Time) (*ca.CA, err
 // is logged, and then again at each further such interval.
 var lockWaitLog = 5 * time.Second
 
-// lockCA takes the store's CA lock, telling log (when set) while it waits.
-func (d *Dir) lockCA(ctx context.Context, log *slog.Logger) (func(), error) {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+// lockCA takes the store's CA lock, telling d's logger while it waits.
+func (d *Dir) lockCA(ctx context.Context) (func(), error) {
+	log := d.log
 	began := time.Now()
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -280,9 +283,9 @@ func (d *Dir) Locked(ctx context.Context, fn func() error) error {
 	}
 	defer unlock()
 	if d.caShared {
-		unlockStore, err := d.Store.Lock(ctx, caLock)
+		unlockStore, err := d.lockCA(ctx)
 		if err != nil {
-			return fmt.Errorf("lock the store: %w", err)
+			return err
 		}
 		defer unlockStore()
 	}
