@@ -435,12 +435,16 @@ func (l *Links) startDial(lk *link) error {
 			lk.failedAt, lk.failErr, lk.failures, lk.suspect = time.Time{}, nil, 0, false
 			lk.sess = sess
 		}
+		if err != nil && !closed {
+			// Counted before the waiters are told, so that whoever saw
+			// the dial fail sees it counted.
+			lk.failed.dial.Add(1)
+		}
 		lk.dialing = nil
 		close(done)
 		lk.mu.Unlock()
 		switch {
 		case err != nil && !closed:
-			lk.failed.dial.Add(1)
 			l.log.Warn("relay-to-relay link could not be opened; streams go to other relays holding the tenants' agents meanwhile",
 				"relay", lk.id, "addr", lk.addr, "failures", failures, "next_try_after", pause(failures), "err", err)
 		case err != nil:
