@@ -6,6 +6,8 @@ import (
 	"runtime/debug"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tetherhq/tether/relay/internal/throttle"
 )
 
 // liveCollector reports gauges read from the relay's parts at scrape time.
@@ -118,17 +120,9 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descStreamsActive, prometheus.GaugeValue, float64(open))
 	ch <- prometheus.MustNewConstMetric(descFront, prometheus.GaugeValue, float64(r.doors.Open()))
-	hs := r.sessions.Stats()
-	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(hs.OK.Load()), "ok")
-	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(hs.Failed.Load()), "failed")
-	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(hs.Throttled.Load()), "throttled")
-	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(hs.SourceLimited.Load()), "source_limited")
+	handshakeMetrics(ch, descHandshakes, r.sessions.Stats())
 	if r.peers != nil {
-		ps := r.peers.Stats()
-		ch <- prometheus.MustNewConstMetric(descPeerHandshakes, prometheus.CounterValue, float64(ps.OK.Load()), "ok")
-		ch <- prometheus.MustNewConstMetric(descPeerHandshakes, prometheus.CounterValue, float64(ps.Failed.Load()), "failed")
-		ch <- prometheus.MustNewConstMetric(descPeerHandshakes, prometheus.CounterValue, float64(ps.Throttled.Load()), "throttled")
-		ch <- prometheus.MustNewConstMetric(descPeerHandshakes, prometheus.CounterValue, float64(ps.SourceLimited.Load()), "source_limited")
+		handshakeMetrics(ch, descPeerHandshakes, r.peers.Stats())
 	}
 	if r.links != nil {
 		for _, f := range r.links.Failures() {
@@ -167,4 +161,12 @@ func readBuild(version string) buildInfo {
 	}
 	b.Version, b.Commit = cmp.Or(b.Version, "unknown"), cmp.Or(b.Commit, "unknown")
 	return b
+}
+
+// handshakeMetrics sends a listener's handshake counts by outcome as desc.
+func handshakeMetrics(ch chan<- prometheus.Metric, desc *prometheus.Desc, hs *throttle.HandshakeStats) {
+	ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(hs.OK.Load()), "ok")
+	ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(hs.Failed.Load()), "failed")
+	ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(hs.Throttled.Load()), "throttled")
+	ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(hs.SourceLimited.Load()), "source_limited")
 }

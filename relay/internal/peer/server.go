@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -92,12 +91,7 @@ type ServerConfig struct {
 
 // Stats counts the links' handshakes by outcome, as session.Stats counts
 // the agents'.
-type Stats struct {
-	OK            atomic.Int64 // links up
-	Failed        atomic.Int64 // TLS handshakes that failed or timed out
-	Throttled     atomic.Int64 // turned away: no handshake slot within the wait
-	SourceLimited atomic.Int64 // turned away by the bound per source address or network, or a network's share of a busy gate
-}
+type Stats = throttle.HandshakeStats
 
 // Server accepts links from peer relays and serves their streams.
 type Server struct {

@@ -11,7 +11,6 @@ import (
 	"net"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	quicgo "github.com/quic-go/quic-go"
@@ -94,12 +93,7 @@ type Config struct {
 }
 
 // Stats counts agent handshakes by outcome.
-type Stats struct {
-	OK            atomic.Int64 // sessions admitted
-	Failed        atomic.Int64 // handshakes that failed (TLS or hello)
-	Throttled     atomic.Int64 // turned away by the handshake bound (over QUIC, once per Initial packet)
-	SourceLimited atomic.Int64 // turned away by the bound per source address or network
-}
+type Stats = throttle.HandshakeStats
 
 // Server accepts agent connections, admits them and serves their sessions.
 type Server struct {

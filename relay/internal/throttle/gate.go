@@ -2,8 +2,20 @@ package throttle
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 )
+
+// HandshakeStats counts a listener's handshakes by outcome: the agent
+// port's (session.Stats) and the relay-to-relay listener's (peer.Stats),
+// reported as tether_agent_handshakes_total and
+// tether_peer_handshakes_total.
+type HandshakeStats struct {
+	OK            atomic.Int64 // admitted: an agent's session, a peer's link up
+	Failed        atomic.Int64 // handshakes that failed or timed out (TLS, or an agent's hello)
+	Throttled     atomic.Int64 // turned away: no handshake slot within the gate's wait (over QUIC, once per Initial packet)
+	SourceLimited atomic.Int64 // turned away by the bound per source address or network, or a network's share of a busy gate
+}
 
 // Gate bounds the handshakes a listener works on at once, before their
 // connections are authenticated: a connection holds a slot from before its
