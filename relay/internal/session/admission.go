@@ -3,6 +3,8 @@ package session
 import (
 	"context"
 	"errors"
+	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -95,12 +97,16 @@ const QUICTLSSlots = 8
 func (s *Server) quicConnContext(ctx context.Context, info *quicgo.ClientInfo) (context.Context, error) {
 	leave, ok := s.src.Enter(info.RemoteAddr)
 	if !ok {
-		s.stats.SourceLimited.Add(1)
+		if s.refused.first(info.RemoteAddr) {
+			s.stats.SourceLimited.Add(1)
+		}
 		return nil, errSourceBusy
 	}
 	if !s.quicGate.TryEnter() {
 		leave()
-		s.stats.Throttled.Add(1)
+		if s.refused.first(info.RemoteAddr) {
+			s.stats.Throttled.Add(1)
+		}
 		return nil, errRelayBusy
 	}
 	slot := &gateSlot{gate: s.quicGate, leave: leave}
@@ -115,4 +121,59 @@ func quicSlot(ctx context.Context) (release func(), ok bool) {
 		return nil, false
 	}
 	return s.release, true
+}
+
+// refusedAttempts remembers the source addresses (with their ports) of
+// the QUIC connection attempts quicConnContext refused lately, so that an
+// attempt counts once in the handshake statistics however many Initial
+// packets it sent: quic-go asks about each one of a refused attempt as
+// about a new connection, and a post-quantum ClientHello spans two (a
+// retransmission, sent before the refusal arrived, one more). An attempt's
+// packets arrive within a round trip of each other; the same address and
+// port seen again after attemptWindow is a new attempt (an agent retries
+// after a backoff of seconds, and from a new socket).
+type refusedAttempts struct {
+	mu    sync.Mutex
+	at    map[netip.AddrPort]time.Time // when each was first refused
+	swept time.Time                    // when at was last cleared of expired entries
+}
+
+const (
+	attemptWindow = time.Second
+	// maxAttempts bounds the addresses remembered; beyond it (a storm
+	// turned away by the thousand within a second), packets count each
+	// as before until the window lets some go: over-counting a storm
+	// rather than missing it.
+	maxAttempts = 16384
+)
+
+// first reports whether addr's refused packet is the first of its
+// attempt, and remembers it.
+func (r *refusedAttempts) first(addr net.Addr) bool {
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return true
+	}
+	key := ua.AddrPort()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now() // monotonic: a clock step neither merges nor splits attempts
+	if t, ok := r.at[key]; ok && now.Sub(t) < attemptWindow {
+		return false
+	}
+	if r.at == nil {
+		r.at = map[netip.AddrPort]time.Time{}
+	}
+	if len(r.at) >= maxAttempts && now.Sub(r.swept) >= attemptWindow/4 {
+		r.swept = now
+		for k, t := range r.at {
+			if now.Sub(t) >= attemptWindow {
+				delete(r.at, k)
+			}
+		}
+	}
+	if len(r.at) < maxAttempts {
+		r.at[key] = now
+	}
+	return true
 }

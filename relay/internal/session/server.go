@@ -106,6 +106,7 @@ type Server struct {
 	gate     *throttle.Gate // handshakes in progress (admission.go)
 	quicGate *throttle.Gate // QUIC TLS handshakes in progress
 	src      *throttle.Sources
+	refused  refusedAttempts // QUIC attempts turned away lately, counted once each
 	// failLogs bounds the warnings of failed TLS handshakes per source
 	// (the first 10, then one every 5 s; the rest at debug level): a
 	// scanner or a flood would otherwise write a line per connection.

@@ -13,7 +13,7 @@ import (
 type HandshakeStats struct {
 	OK            atomic.Int64 // admitted: an agent's session, a peer's link up
 	Failed        atomic.Int64 // handshakes that failed or timed out (TLS, or an agent's hello)
-	Throttled     atomic.Int64 // turned away: no handshake slot within the gate's wait (over QUIC, once per Initial packet)
+	Throttled     atomic.Int64 // turned away: no handshake slot within the gate's wait (over QUIC, once per attempt however many Initial packets it sent)
 	SourceLimited atomic.Int64 // turned away by the bound per source address or network, or a network's share of a busy gate
 }
 
