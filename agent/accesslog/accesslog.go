@@ -37,6 +37,7 @@ const (
 	TypeStart      = "start"      // the agent started writing the log
 	TypeLost       = "lost"       // records that could not be written
 	TypeRefusals   = "refusals"   // refused streams beyond the budget of lines, counted
+	TypeKey        = "key"        // the log key that signs the checkpoints after it, signed by the key in force before it
 )
 
 // How a stream ended (Record.End).
@@ -68,7 +69,8 @@ var Genesis = strings.Repeat("0", sha256.Size*2)
 // Bounds on what a line may hold, checked by the reader.
 const (
 	maxCert     = 8 << 10 // base64 of a DER certificate
-	maxSig      = 512     // base64 of an ASN.1 ECDSA signature
+	maxSig      = 512     // base64 of an ASN.1 ECDSA signature (an ed25519 one is 88)
+	maxKey      = 64      // base64 of an ed25519 public key (44)
 	maxMessage  = 512     // a refusal's message, as the writer clips it
 	maxField    = 1024    // any other string
 	checkpointV = "tether-agent access log checkpoint v1"
@@ -116,10 +118,11 @@ type Entry struct {
 	Session          string `json:"session,omitempty"`
 	Message          string `json:"message,omitempty"`
 
-	// checkpoint
+	// checkpoint (Key and Sig: also key)
 	Why   string `json:"why,omitempty"`
 	Lines uint64 `json:"lines,omitempty"`
-	Cert  string `json:"cert,omitempty"`
+	Cert  string `json:"cert,omitempty"` // the agent's certificate, in checkpoints of earlier versions
+	Key   string `json:"key,omitempty"`  // the log key (base64 of the ed25519 public key)
 	Sig   string `json:"sig,omitempty"`
 
 	// start
@@ -183,6 +186,30 @@ type checkpointLine struct {
 	Cert  string    `json:"cert"`
 	Sig   string    `json:"sig"`
 	Prev  string    `json:"prev"`
+}
+
+// keyedCheckpointLine is a checkpoint signed with the log key.
+type keyedCheckpointLine struct {
+	Seq   uint64    `json:"seq"`
+	Time  time.Time `json:"time"`
+	Type  string    `json:"type"`
+	Why   string    `json:"why"`
+	Lines uint64    `json:"lines"`
+	Key   string    `json:"key"`
+	Sig   string    `json:"sig"`
+	Prev  string    `json:"prev"`
+}
+
+// keyLine names the log key that signs the checkpoints after it; Sig is
+// the signature of the key in force before it (of the key itself at the
+// start of the chain) over keyMessage.
+type keyLine struct {
+	Seq  uint64    `json:"seq"`
+	Time time.Time `json:"time"`
+	Type string    `json:"type"`
+	Key  string    `json:"key"`
+	Sig  string    `json:"sig"`
+	Prev string    `json:"prev"`
 }
 
 type startLine struct {
@@ -279,29 +306,38 @@ func ParseLine(b []byte) (Entry, error) {
 	if len(e.Message) > maxField {
 		return Entry{}, fmt.Errorf("message longer than %d bytes", maxField)
 	}
-	if e.Type == TypeCheckpoint {
-		if len(e.Cert) == 0 || len(e.Cert) > maxCert {
+	if len(e.Key) > maxKey {
+		return Entry{}, fmt.Errorf("key longer than %d bytes", maxKey)
+	}
+	if len(e.Cert) > maxCert || len(e.Sig) > maxSig {
+		return Entry{}, fmt.Errorf("certificate longer than %d bytes or signature longer than %d", maxCert, maxSig)
+	}
+	switch e.Type {
+	case TypeCheckpoint:
+		switch {
+		case e.Cert != "" && e.Key != "":
+			return Entry{}, errors.New("checkpoint with both a certificate and a log key")
+		case e.Key == "" && (len(e.Cert) == 0 || len(e.Cert) > maxCert):
 			return Entry{}, fmt.Errorf("checkpoint certificate missing or longer than %d bytes", maxCert)
 		}
 		if len(e.Sig) == 0 || len(e.Sig) > maxSig {
 			return Entry{}, fmt.Errorf("checkpoint signature missing or longer than %d bytes", maxSig)
 		}
+	case TypeKey:
+		if e.Key == "" {
+			return Entry{}, errors.New("key line without a key")
+		}
+		if len(e.Sig) == 0 || len(e.Sig) > maxSig {
+			return Entry{}, fmt.Errorf("key line signature missing or longer than %d bytes", maxSig)
+		}
+		if e.Cert != "" {
+			return Entry{}, errors.New("key line with a certificate")
+		}
 	}
 	return e, nil
 }
 
-func isHash(s string) bool {
-	if len(s) != sha256.Size*2 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
-}
+func isHash(s string) bool { return len(s) == sha256.Size*2 && isHex(s) }
 
 // clip shortens s to at most n bytes of valid UTF-8.
 func clip(s string, n int) string {

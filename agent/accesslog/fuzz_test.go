@@ -2,6 +2,7 @@ package accesslog
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
@@ -15,10 +16,17 @@ import (
 )
 
 // seedLines are lines of a real log (a start line, streams, a signed
-// checkpoint) written in a temporary directory.
-func seedLines(f *testing.F) [][]byte {
+// checkpoint) written in a temporary directory: with a log key (a key
+// line, a checkpoint signed with the key) when key is set, else as
+// earlier versions wrote them (a checkpoint signed with a certificate).
+func seedLines(f *testing.F, key ed25519.PrivateKey) [][]byte {
 	ca := newTestCA(f)
-	path := writeLog(f, leaf(f, ca, testAgent), 2)
+	path := ""
+	if key != nil {
+		path = writeKeyedLog(f, key, nil, Options{}, 2)
+	} else {
+		path = writeLog(f, leaf(f, ca, testAgent), 2)
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		f.Fatal(err)
@@ -27,11 +35,15 @@ func seedLines(f *testing.F) [][]byte {
 }
 
 // FuzzParseLine: whatever a line holds, parsing it and checking it as a
-// checkpoint return an error or a bounded entry, never a panic.
+// checkpoint or a key line return an error or a bounded entry, never a
+// panic.
 func FuzzParseLine(f *testing.F) {
-	for _, l := range seedLines(f) {
+	key := newLogKey(f)
+	for _, l := range append(seedLines(f, nil), seedLines(f, key)...) {
 		f.Add(l)
 	}
+	f.Add([]byte(`{"seq":2,"time":"2026-01-01T00:00:00Z","type":"key","prev":"` + Genesis + `","key":"AAAA","sig":"AAAA"}`))
+	f.Add([]byte(`{"seq":2,"time":"2026-01-01T00:00:00Z","type":"checkpoint","prev":"` + Genesis + `","lines":1,"key":"AAAA","cert":"AAAA","sig":"AAAA"}`))
 	f.Add([]byte(`{"seq":1,"time":"2026-01-01T00:00:00Z","type":"checkpoint","prev":"` + Genesis + `","lines":0,"cert":"AAAA","sig":"AAAA"}`))
 	f.Add([]byte(`{"seq":18446744073709551615,"prev":"` + Genesis + `"}`))
 	f.Add([]byte(`{}`))
@@ -42,12 +54,18 @@ func FuzzParseLine(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if e.Seq == 0 || !isHash(e.Prev) || len(e.Message) > maxField {
+		if e.Seq == 0 || !isHash(e.Prev) || len(e.Message) > maxField || len(e.Key) > maxKey || len(e.Sig) > maxSig || len(e.Cert) > maxCert {
 			t.Fatalf("ParseLine accepted %q as %+v", b, e)
 		}
-		if e.Type == TypeCheckpoint {
-			checkCheckpoint(&e, VerifyOptions{Roots: roots, Agent: testAgent})
-			checkCheckpoint(&e, VerifyOptions{})
+		if e.Type == TypeKey && (e.Key == "" || e.Sig == "") {
+			t.Fatalf("ParseLine accepted a key line without a key or signature: %q", b)
+		}
+		v := &vline{file: "access.log", n: 1, complete: true, e: e}
+		for _, o := range []VerifyOptions{{Roots: roots, Agent: testAgent}, {}} {
+			(&keyChain{}).line(v, o)
+			(&keyChain{pinned: fingerprintOf(key)}).line(v, o)
+			kc := &keyChain{cur: key.Public().(ed25519.PublicKey), curAt: "access.log:1"}
+			kc.line(v, o)
 		}
 	})
 }
@@ -55,18 +73,27 @@ func FuzzParseLine(f *testing.F) {
 // FuzzVerify: whatever two files of a log hold, Verify returns a result
 // (intact or with a problem at a line that exists), never a panic.
 func FuzzVerify(f *testing.F) {
-	lines := seedLines(f)
-	all := append(bytes.Join(lines, []byte("\n")), '\n')
-	f.Add(all, []byte{})
-	f.Add(all[:len(all)/2], all[len(all)/2:])
-	f.Add(append(bytes.Join(lines[:2], []byte("\n")), '\n'), append(bytes.Join(lines[3:], []byte("\n")), '\n'))
-	f.Add([]byte("\n\n\n"), []byte("{"))
-	f.Fuzz(func(t *testing.T, a, b []byte) {
+	key := newLogKey(f)
+	for _, lines := range [][][]byte{seedLines(f, nil), seedLines(f, key)} {
+		all := append(bytes.Join(lines, []byte("\n")), '\n')
+		f.Add(all, []byte{}, false)
+		f.Add(all[:len(all)/2], all[len(all)/2:], true)
+		f.Add(append(bytes.Join(lines[:2], []byte("\n")), '\n'), append(bytes.Join(lines[3:], []byte("\n")), '\n'), true)
+	}
+	f.Add([]byte("\n\n\n"), []byte("{"), false)
+	f.Fuzz(func(t *testing.T, a, b []byte, pinned bool) {
 		files := [][]byte{a, b}
 		open := func(i int) (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(files[i])), nil }
-		res, err := verify([]string{"access-1.log", "access.log"}, open, VerifyOptions{Agent: testAgent})
+		o := VerifyOptions{Agent: testAgent}
+		if pinned {
+			o.Key = fingerprintOf(key)
+		}
+		res, err := verify([]string{"access-1.log", "access.log"}, open, o)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if res.Intact && pinned && res.Lines > 0 && res.FirstKey != o.Key {
+			t.Fatalf("result %+v: intact, pinned to %s, from another first key", res, o.Key)
 		}
 		if res.Intact != (res.Problem == nil) {
 			t.Fatalf("result %+v: intact and problem disagree", res)
@@ -94,9 +121,14 @@ func FuzzWriteRead(f *testing.F) {
 	f.Add(strings.Repeat("\x01", 5000), strings.Repeat("\x01", 5000), strings.Repeat("\x01", 5000), "", "", strings.Repeat("\x01", 5000), strings.Repeat("\x01", 5000), "", int64(5), true)
 	ca := newTestCA(f)
 	cert := leaf(f, ca, testAgent)
+	key := newLogKey(f)
 	f.Fuzz(func(t *testing.T, request, backend, service, code, end, relay, session, message string, unix int64, opened bool) {
 		path := filepath.Join(t.TempDir(), "access.log")
-		l := startLog(t, Options{Path: path, CommitDelay: -1, Certificate: func() *tls.Certificate { return cert }, Agent: testAgent, Version: session, Logger: slog.New(slog.DiscardHandler)})
+		o := Options{Path: path, CommitDelay: -1, Certificate: func() *tls.Certificate { return cert }, Agent: testAgent, Version: session, Logger: slog.New(slog.DiscardHandler)}
+		if !opened {
+			o.Key = key // a log key for stream lines, the certificate (as earlier versions) for open lines
+		}
+		l := startLog(t, o)
 		r := Record{Time: time.Unix(unix, 0), Request: request, Backend: backend, Service: service, Code: code, End: end, Relay: relay, Session: session, Message: message, Duration: time.Duration(unix), Opened: opened}
 		l.Add(r)
 		l.stop()
@@ -135,9 +167,13 @@ func FuzzWriteRead(f *testing.F) {
 				t.Errorf("%s: wrote %q, read back %q", c.name, c.in, c.out)
 			}
 		}
-		res := mustVerify(t, VerifyOptions{Path: path, Roots: ca.roots, Agent: testAgent})
-		if !res.Intact || res.Verified != 1 || !res.CleanStop {
-			t.Fatalf("verify: %+v, want intact with its checkpoint verified", res)
+		vo := VerifyOptions{Path: path, Roots: ca.roots, Agent: testAgent}
+		if o.Key != nil {
+			vo.Key = fingerprintOf(key)
+		}
+		res := mustVerify(t, vo)
+		if !res.Intact || res.Verified != 1 || !res.CleanStop || (o.Key != nil) != (res.KeyLines == 1) {
+			t.Fatalf("verify: %+v, want intact with its checkpoint verified (and its key line, with a key)", res)
 		}
 	})
 }

@@ -24,6 +24,7 @@ const (
 	ProblemTooLong    = "too_long"   // a line longer than MaxLine
 	ProblemTruncated  = "truncated"  // the last line is incomplete: what a crash in the middle of a write leaves
 	ProblemCheckpoint = "checkpoint" // a checkpoint that does not verify: forged, or the lines it covers were rewritten
+	ProblemKey        = "key"        // the chain of log keys is broken, or a checkpoint is signed by a key outside it
 )
 
 // Problem is the first place where the chain does not hold.
@@ -52,6 +53,14 @@ type VerifyOptions struct {
 	// Agent is the SPIFFE ID the certificates of checkpoints must carry
 	// (the agent's own). Empty: any.
 	Agent string
+	// Key is the fingerprint (Fingerprint) of the log key the chain of
+	// keys must start from: the one the tenant recorded, or the one in the
+	// agent's state directory. With it, a log that names no log key at all
+	// is not intact: its checkpoints are signed with certificates only,
+	// which whoever runs the CA can make. Empty: the chain starts from the
+	// first key the log names, whatever it is (Result.FirstKey says which,
+	// to compare with a fingerprint recorded elsewhere).
+	Key string
 }
 
 // Result is what Verify found.
@@ -76,6 +85,24 @@ type Result struct {
 	// Unsigned is the number of lines after the last checkpoint: lines
 	// removed from the end of the log are not detectable among them.
 	Unsigned int `json:"unsigned"`
+	// FirstKey is the fingerprint of the first log key the log names and
+	// Key that of the key in force at its end (they differ when a key
+	// line introduced a new key); both are empty for a log that names
+	// none. Pinned is the fingerprint the first key had to match
+	// (VerifyOptions.Key), empty when none was given. KeyLines counts the
+	// key lines checked.
+	FirstKey string `json:"first_key,omitempty"`
+	Key      string `json:"key,omitempty"`
+	Pinned   string `json:"pinned_key,omitempty"`
+	KeyLines int    `json:"key_lines,omitempty"`
+	// CAOnly counts the lines, before the first key line, that a
+	// checkpoint signed with the agent's certificate covers: lines of
+	// earlier versions of the agent, verified against the CA only.
+	// Whoever runs the CA could have rewritten them before the agent
+	// named its log key (afterwards, the key's signatures cover them
+	// through the chain). Up to the last checkpoint when the log names no
+	// key.
+	CAOnly int `json:"ca_only_lines,omitempty"`
 	// CleanStop is true when the last line is the checkpoint an agent
 	// writes when it stops cleanly.
 	CleanStop bool     `json:"clean_stop"`
@@ -288,6 +315,7 @@ func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptio
 	var p2, p1 *vline // the two lines before the current one
 	sinceCkpt := 0
 	var opens openStreams
+	keys := keyChain{pinned: o.Key}
 	for {
 		cur := ls.next()
 		if cur == nil {
@@ -308,14 +336,19 @@ func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptio
 		}
 		if cur.e.Type == TypeCheckpoint {
 			res.Checkpoints++
-			if err := checkCheckpoint(&cur.e, o); err != nil {
-				res.Problem = &Problem{Kind: ProblemCheckpoint, File: cur.file, Line: cur.n, Detail: err.Error()}
-				break
-			}
+		}
+		if kind, detail := keys.line(cur, o); kind != "" {
+			res.Problem = &Problem{Kind: kind, File: cur.file, Line: cur.n, Detail: detail}
+			break
+		}
+		if cur.e.Type == TypeCheckpoint {
 			res.Verified++
 			sinceCkpt = 0
 		} else {
 			sinceCkpt++
+		}
+		if keys.cur == nil && cur.e.Type == TypeCheckpoint {
+			res.CAOnly = res.Lines + 1 // the lines this certificate-signed checkpoint covers, and itself
 		}
 		res.Lines++
 		res.LastSeq = cur.e.Seq
@@ -325,6 +358,17 @@ func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptio
 	opens.result(&res)
 	if ls.err != nil {
 		return res, ls.err
+	}
+	res.Pinned, res.FirstKey, res.KeyLines = o.Key, keys.first, keys.keys
+	if keys.cur != nil {
+		res.Key = Fingerprint(keys.cur)
+	}
+	if res.Problem == nil && o.Key != "" && keys.cur == nil && p1 != nil {
+		// Lines of an earlier version only, after the agent made its
+		// key: what a log rewritten and signed again by whoever the CA
+		// certifies for this agent would look like.
+		res.Problem = &Problem{Kind: ProblemKey, File: p1.file, Line: p1.n, Detail: fmt.Sprintf(
+			"no line of the log names the log key %s: every checkpoint is signed with a certificate, which whoever runs the CA can make for this agent. A log of an earlier version, or a copy kept from before the agent made its key, looks like this too: verify it without the key (--file PATH --ca FILE) to check it against the CA only", o.Key)}
 	}
 	res.Intact = res.Problem == nil
 	res.Unsigned = sinceCkpt
@@ -381,6 +425,29 @@ func diagnose(p2, p1, cur, next *vline) *Problem {
 	default:
 		return at(p1, ProblemAltered, "its hash is %.12s… but the next line, %s:%d, names %.12s…", p1.hash, cur.file, cur.n, cur.e.Prev)
 	}
+}
+
+// line checks what cur says about the log keys: a key line, a checkpoint
+// signed with the key in force, or a checkpoint of an earlier version,
+// signed with the agent's certificate, which only comes before the first
+// key line. It returns the kind of problem and why, or "".
+func (kc *keyChain) line(cur *vline, o VerifyOptions) (kind, detail string) {
+	e := &cur.e
+	at := fmt.Sprintf("%s:%d", cur.file, cur.n)
+	switch {
+	case e.Type == TypeKey:
+		return kc.keyLine(e, at)
+	case e.Type != TypeCheckpoint:
+		return "", ""
+	case e.Key != "":
+		return kc.checkpoint(e)
+	case kc.cur != nil:
+		return ProblemKey, fmt.Sprintf("signed with a certificate, after the log named its own key %s (at %s): a key outside the chain, which whoever runs the CA can certify for this agent", Fingerprint(kc.cur), kc.curAt)
+	}
+	if err := checkCheckpoint(e, o); err != nil {
+		return ProblemCheckpoint, err.Error()
+	}
+	return "", ""
 }
 
 // checkCheckpoint checks a checkpoint's signature over the chain head (its

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -91,9 +92,14 @@ type Options struct {
 	// long ago, the log holds less than MinRetention of records, and the
 	// writer warns (Logger, Warning). Default 24h.
 	MinRetention time.Duration
-	// Certificate returns the key that signs checkpoints and its
-	// certificate (the agent's, replaced by renewals). The key must be
-	// ECDSA. Nil: no checkpoints.
+	// Key is the log key (keys.go): it signs the checkpoints, and a key
+	// line naming it follows each start line and heads each new file.
+	// Made on the tenant's machine and never sent anywhere.
+	Key ed25519.PrivateKey
+	// Certificate, when Key is nil, returns the key that signs checkpoints
+	// and its certificate (the agent's, replaced by renewals), as earlier
+	// versions signed them: Verify can then check them against the CA
+	// only. The key must be ECDSA. Nil, with Key nil: no checkpoints.
 	Certificate func() *tls.Certificate
 	// Agent and Version are written in the start line: who writes the log.
 	Agent   string
@@ -184,6 +190,7 @@ type Log struct {
 	start       *startLine // the start line, until written
 	lostNoted   uint64     // lost records taken from lost, not yet written
 	wantCkpt    string     // a checkpoint to write after the pending lines (Why…)
+	keyDue      bool       // a key line is to follow the start line, or head a new file
 	sums        refusalSet // refusals counted, to write
 	lastWarnLog time.Time
 	failing     error
@@ -263,6 +270,7 @@ func (l *Log) Err() error {
 // that then starts Run.
 func (l *Log) Open() {
 	l.start = &startLine{Type: TypeStart, Agent: l.o.Agent, Version: l.o.Version}
+	l.keyDue = l.o.Key != nil
 	if err := l.open(); err != nil {
 		l.fail(err)
 	}
@@ -505,7 +513,7 @@ func (l *Log) flush() {
 	st := commitState{size: l.size, head: l.head, seq: l.seq, since: l.since}
 	l.buf.Reset()
 	// What buf holds beyond the last commit.
-	var bufStart, bufLost, bufSums bool
+	var bufStart, bufKey, bufLost, bufSums bool
 	bufRecs := 0
 	emit := func(v any, set func(seq uint64, prev string)) error {
 		set(st.seq+1, st.head)
@@ -540,6 +548,9 @@ func (l *Log) flush() {
 		if bufStart {
 			l.start = nil
 		}
+		if bufKey {
+			l.keyDue = false
+		}
 		if bufLost {
 			l.lostNoted = 0
 		}
@@ -549,7 +560,7 @@ func (l *Log) flush() {
 		n := copy(l.pending, l.pending[bufRecs:]) // keep the array: bounded by maxPending
 		clear(l.pending[n:])
 		l.pending = l.pending[:n]
-		bufStart, bufLost, bufSums, bufRecs = false, false, false, 0
+		bufStart, bufKey, bufLost, bufSums, bufRecs = false, false, false, false, 0
 		l.buf.Reset()
 		return nil
 	}
@@ -571,6 +582,15 @@ func (l *Log) flush() {
 			}
 		}
 		st = commitState{size: l.size, head: l.head, seq: l.seq, since: l.since}
+		if l.size == 0 && l.o.Key != nil {
+			// A new file: it starts with the key in force, so that the
+			// log names it even when the files before are deleted.
+			l.keyDue = true
+			if err := l.emitKey(emit, &st, now); err != nil {
+				return err
+			}
+			bufKey = true
+		}
 		return nil
 	}
 	if s := l.start; s != nil {
@@ -581,6 +601,13 @@ func (l *Log) flush() {
 			return
 		}
 		bufStart = true
+	}
+	if l.keyDue && !bufKey {
+		if err := l.emitKey(emit, &st, now); err != nil {
+			l.fail(err)
+			return
+		}
+		bufKey = true
 	}
 	if n := l.lostNoted; n > 0 {
 		v := &lostLine{Time: now, Type: TypeLost, Lost: n, Note: "records of streams dropped before they could be written: the writer fell behind or the log could not be written"}
@@ -637,9 +664,29 @@ func (l *Log) flush() {
 	l.recovered()
 }
 
-// emitCheckpoint adds a checkpoint of the chain as st has it. Without a
-// key (Options.Certificate nil) it adds nothing.
+// emitKey adds a key line naming the log key, signed with it.
+func (l *Log) emitKey(emit func(any, func(uint64, string)) error, st *commitState, now time.Time) error {
+	pub := encodeKey(l.o.Key.Public().(ed25519.PublicKey))
+	v := &keyLine{Time: now, Type: TypeKey, Key: pub,
+		Sig: base64.StdEncoding.EncodeToString(ed25519.Sign(l.o.Key, keyMessage(st.head, st.seq, now, pub)))}
+	return emit(v, func(seq uint64, prev string) { v.Seq, v.Prev = seq, prev })
+}
+
+// emitCheckpoint adds a checkpoint of the chain as st has it, signed
+// with the log key, or else with the agent's certificate key. Without
+// either (Options.Key and Certificate nil) it adds nothing.
 func (l *Log) emitCheckpoint(emit func(any, func(uint64, string)) error, st *commitState, now time.Time, why string) error {
+	if l.o.Key != nil {
+		pub := encodeKey(l.o.Key.Public().(ed25519.PublicKey))
+		lines := st.seq // the lines before the checkpoint
+		v := &keyedCheckpointLine{Time: now, Type: TypeCheckpoint, Why: why, Lines: lines, Key: pub,
+			Sig: base64.StdEncoding.EncodeToString(ed25519.Sign(l.o.Key, keyedCheckpointMessage(st.head, lines, now, pub)))}
+		if err := emit(v, func(seq uint64, prev string) { v.Seq, v.Prev = seq, prev }); err != nil {
+			return err
+		}
+		st.since = 0
+		return nil
+	}
 	if l.o.Certificate == nil {
 		return nil
 	}
