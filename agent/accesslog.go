@@ -133,7 +133,7 @@ func (a *Agent) newAccessLog() *accesslog.Log {
 	id := identity.Agent{TrustDomain: a.state.TrustDomain, Tenant: a.state.Tenant, ID: a.state.AgentID}
 	return accesslog.New(accesslog.Options{
 		Path: a.cfg.AccessLogPath(), MaxSize: int64(c.MaxSize), MaxFiles: c.MaxFiles, CheckpointInterval: c.CheckpointInterval,
-		Certificate: a.cert.Load, Agent: id.String(), Version: a.cfg.Version, Logger: a.log,
+		Key: a.logKey, Agent: id.String(), Version: a.cfg.Version, Logger: a.log,
 		Changed: a.rep.change,
 	})
 }
@@ -213,13 +213,30 @@ func streamEnd(err error) string {
 }
 
 // AccessLogVerifyOptions returns what verifying the access log of cfg's
-// agent checks it against: the agent's identity from its state directory
-// and the CA roots in rootsFile (default the state directory's ca.crt,
-// which holds two roots during a CA rotation). Without a state directory
-// and rootsFile, checkpoints are checked against their own certificates
-// only.
-func AccessLogVerifyOptions(cfg Config, rootsFile string) (accesslog.VerifyOptions, error) {
+// agent checks it against: the log key whose fingerprint is key (as the
+// tenant recorded it; default the key in the state directory,
+// LogKeyFile), the agent's identity from its state directory and the CA
+// roots in rootsFile (default the state directory's ca.crt, which holds
+// two roots during a CA rotation), for the checkpoints of earlier
+// versions. Without a state directory, key and rootsFile, the chain of
+// keys starts from the first key the log names, and certificate-signed
+// checkpoints are checked against their own certificates only.
+func AccessLogVerifyOptions(cfg Config, rootsFile, key string) (accesslog.VerifyOptions, error) {
 	o := accesslog.VerifyOptions{Path: cfg.AccessLogPath()}
+	switch {
+	case key != "":
+		fp, err := accesslog.ParseFingerprint(key)
+		if err != nil {
+			return o, err
+		}
+		o.Key = fp
+	case cfg.StateDir != "":
+		fp, err := LogKeyFingerprint(cfg.StateDir)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return o, fmt.Errorf("access log key: %w", err)
+		}
+		o.Key = fp
+	}
 	td := ""
 	raw, err := os.ReadFile(filepath.Join(cfg.StateDir, identityFile))
 	switch {

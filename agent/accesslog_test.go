@@ -210,7 +210,7 @@ func TestAccessLogRecordsStreams(t *testing.T) {
 	if len(got) != 5 {
 		t.Errorf("%d stream lines, want 5", len(got))
 	}
-	o, err := AccessLogVerifyOptions(a.cfg, "")
+	o, err := AccessLogVerifyOptions(a.cfg, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +304,7 @@ func TestRunWritesTheAccessLog(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	o, err := AccessLogVerifyOptions(a.cfg, "")
+	o, err := AccessLogVerifyOptions(a.cfg, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,8 +312,12 @@ func TestRunWritesTheAccessLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !res.Intact || !res.CleanStop || res.Lines != 2 {
-		t.Fatalf("verify: %+v, want the start line and a stop checkpoint", res)
+	fp, err := LogKeyFingerprint(a.cfg.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Intact || !res.CleanStop || res.Lines != 3 || res.KeyLines != 1 || res.Pinned != fp || res.FirstKey != fp {
+		t.Fatalf("verify: %+v, want the start line, its key line and a stop checkpoint, from the state directory's key %s", res, fp)
 	}
 }
 

@@ -8,6 +8,7 @@ package agent
 import (
 	"cmp"
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -16,6 +17,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -73,6 +75,7 @@ type Agent struct {
 	slots      slotTracker                  // what each connection slot is doing, for the status listener (status.go)
 	view       *relayView                   // the cluster's relays and what each slot holds (cluster.go)
 	alog       *accesslog.Log               // the access log; nil when disabled (accesslog.go)
+	logKey     ed25519.PrivateKey           // signs the access log's checkpoints (logkey.go); nil when the log is disabled
 }
 
 // New validates cfg and loads the agent's identity from cfg.StateDir.
@@ -132,6 +135,17 @@ func New(cfg Config) (*Agent, error) {
 		svcs = map[string]Service{}
 	}
 	a.services.Store(&svcs)
+	if !cfg.AccessLog.Disabled && cfg.UpdateTrial == "" {
+		key, made, err := loadOrMakeLogKey(cfg.StateDir)
+		if err != nil {
+			return nil, err
+		}
+		a.logKey = key
+		if made {
+			a.log.Info("made the access log's key, which signs its checkpoints: record its fingerprint to verify the log anywhere (tether-agent access-log --verify --key FINGERPRINT)",
+				"file", filepath.Join(cfg.StateDir, LogKeyFile), "fingerprint", accesslog.Fingerprint(key.Public().(ed25519.PublicKey)))
+		}
+	}
 	a.alog = a.newAccessLog()
 	a.hashKey = loadConfigHashKey(cfg.StateDir, a.log)
 	return a, nil

@@ -210,5 +210,11 @@ func storeEnrolment(o EnrollOptions, resp *protocol.EnrollResponse, key *ecdsa.P
 	if err := s.save(pemBlock("PRIVATE KEY", kder), pemBlock("CERTIFICATE", cert.Raw), rootsPEM(rootCerts)); err != nil {
 		return nil, err
 	}
+	// The access log's key: made now, so that its fingerprint is printed
+	// at enrolment; kept when an identity is replaced (--force), so that
+	// the log goes on in the one chain of keys.
+	if _, _, err := loadOrMakeLogKey(o.StateDir); err != nil {
+		return nil, err
+	}
 	return LoadState(o.StateDir)
 }

@@ -127,7 +127,7 @@ func TestAccessLogLineOfHostileFieldsReadable(t *testing.T) {
 	if seen != 1 {
 		t.Errorf("%d lines for the served stream r-exfil, want 1", seen)
 	}
-	o, err := AccessLogVerifyOptions(a.cfg, "")
+	o, err := AccessLogVerifyOptions(a.cfg, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestRefusalFloodKeepsServedRecord(t *testing.T) {
 	if err != nil || len(files) != 1 {
 		t.Errorf("files %v (%v): want the one, never rotated", files, err)
 	}
-	o, err := AccessLogVerifyOptions(a.cfg, "")
+	o, err := AccessLogVerifyOptions(a.cfg, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +244,7 @@ func TestAccessLogOpenLineWhileStreamRuns(t *testing.T) {
 		t.Errorf("the line of the running stream: %+v; want an open line of db for backend:exfil on sess-1", open)
 	}
 	stopLog() // the agent is killed: the stream's end is never written
-	o, err := AccessLogVerifyOptions(a.cfg, "")
+	o, err := AccessLogVerifyOptions(a.cfg, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tetherhq/tether/agent/accesslog"
 	"github.com/tetherhq/tether/protocol"
 )
 
@@ -25,6 +27,11 @@ type Status struct {
 	// AccessLogWarning says that rotation deletes access-log records
 	// less than a day old (accesslog.Log.Warning); empty otherwise.
 	AccessLogWarning string `json:"access_log_warning,omitempty"`
+	// AccessLogKey is the fingerprint of the access log's key (LogKeyFile,
+	// accesslog.Fingerprint): what the tenant records to verify the log
+	// anywhere (tether-agent access-log --verify --key). Empty when the
+	// log is disabled.
+	AccessLogKey string `json:"access_log_key,omitempty"`
 	// CARootRefused says why the last renewal answer was refused for a
 	// CA root that no root this agent trusts endorses (see checkEndorsed);
 	// the agent keeps its roots and certificate. Empty once a renewal is
@@ -141,6 +148,9 @@ func (a *Agent) Status() Status {
 	}
 	if a.alog != nil {
 		st.AccessLog, st.AccessLogWarning = a.alog.Path(), a.alog.Warning()
+		if a.logKey != nil {
+			st.AccessLogKey = accesslog.Fingerprint(a.logKey.Public().(ed25519.PublicKey))
+		}
 	}
 	return st
 }

@@ -25,10 +25,10 @@ var errLogBroken = errors.New("the access log is not intact")
 const maxWarnings = 10
 
 type accessLogOptions struct {
-	configPath, file, caPath string
-	verify                   bool
-	since                    time.Duration
-	service, backend         string
+	configPath, file, caPath, key string
+	verify                        bool
+	since                         time.Duration
+	service, backend              string
 }
 
 func accessLogCmd() *cobra.Command {
@@ -44,15 +44,23 @@ each line as written (-o yaml: a list of them). --since, --service and
 --backend select lines.
 
 --verify walks the log's hash chain across the files and checks every
-checkpoint's signature, that its certificate names this agent and that the
-agent's CA roots issued it, and reports the log as intact or the first
-problem at its file and line, and the streams opened whose end it does not
-hold (still open, or the agent was killed before it recorded their end). It exits 0 when the log is intact and 1 when
-it is not (or cannot be read).
+checkpoint's signature with the log key (access-log.key in the state
+directory, made on this machine and never sent anywhere), following the
+chain of keys from the pinned one: --key FINGERPRINT (as tether-agent status
+and enroll print it), else the state directory's key. A checkpoint signed
+by a key outside that chain is reported, whatever the CA says. Checkpoints
+of earlier versions, signed with the agent's certificate, are checked
+against the agent's CA roots (that the certificate names this agent and
+that they issued it), and the report says that those lines are verified
+against the CA only. It reports the log as intact or the first problem at
+its file and line, and the streams opened whose end it does not hold
+(still open, or the agent was killed before it recorded their end). It
+exits 0 when the log is intact and 1 when it is not (or cannot be read).
 
 The log is the one of --config FILE (default: the installed service's
 config), or --file PATH: a log anywhere (a copy, say), its rotated files
-beside it.`,
+beside it; give --key with it, or the chain of keys starts from whatever
+key the log names first (the report prints its fingerprint).`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return accessLog(o, output(cmd), cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -63,6 +71,7 @@ beside it.`,
 	fs.StringVar(&o.file, "file", "", "the access log's current file, instead of the config's (a copy, say); its rotated files are read beside it")
 	fs.StringVar(&o.caPath, "ca", "", "CA roots (PEM) that issued the agent's certificates, for --verify (default: ca.crt in the state directory)")
 	fs.BoolVar(&o.verify, "verify", false, "walk the hash chain across the files and check every checkpoint's signature: exit 0 intact, 1 broken")
+	fs.StringVar(&o.key, "key", "", "fingerprint of the log key the chain of keys starts from, for --verify (default: the key in the state directory; tether-agent status prints it)")
 	fs.DurationVar(&o.since, "since", 0, "only lines written within this long, e.g. 2h")
 	fs.StringVar(&o.service, "service", "", "only streams to this service")
 	fs.StringVar(&o.backend, "backend", "", "only streams of this backend (name, or backend:name)")
@@ -79,6 +88,14 @@ func accessLog(o accessLogOptions, f cli.Format, stdout, stderr io.Writer) error
 	}
 	if o.verify && (o.since != 0 || o.service != "" || o.backend != "") {
 		return cli.Usagef("access-log: --verify checks the whole log: --since, --service and --backend do not apply")
+	}
+	if o.key != "" {
+		if !o.verify {
+			return cli.Usagef("access-log: --key is for --verify")
+		}
+		if _, err := accesslog.ParseFingerprint(o.key); err != nil {
+			return cli.Usagef("access-log: --key: %v", err)
+		}
 	}
 	cfg := agent.Config{}
 	if o.configPath == "" && o.file == "" {
@@ -98,7 +115,7 @@ func accessLog(o accessLogOptions, f cli.Format, stdout, stderr io.Writer) error
 		cfg.AccessLog.Path = o.file
 	}
 	if o.verify {
-		return verifyAccessLog(cfg, o.caPath, f, stdout)
+		return verifyAccessLog(cfg, o.caPath, o.key, f, stdout)
 	}
 	return printAccessLog(cfg.AccessLogPath(), filter{since: o.since, service: o.service, backend: o.backend, now: time.Now()}, f, stdout, stderr)
 }
@@ -205,8 +222,8 @@ func printAccessLog(path string, f filter, format cli.Format, stdout, stderr io.
 }
 
 // verifyAccessLog walks the chain and reports.
-func verifyAccessLog(cfg agent.Config, caPath string, format cli.Format, stdout io.Writer) error {
-	o, err := agent.AccessLogVerifyOptions(cfg, caPath)
+func verifyAccessLog(cfg agent.Config, caPath, key string, format cli.Format, stdout io.Writer) error {
+	o, err := agent.AccessLogVerifyOptions(cfg, caPath, key)
 	if err != nil {
 		return err
 	}
@@ -247,6 +264,9 @@ func printVerify(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
 			fmt.Fprintf(w, "INCOMPLETE at %s:%d (not tampering): %s\n", esc(p.File), p.Line, esc(p.Detail))
 		}
 		fmt.Fprintf(w, "checked before it: %d lines, %d checkpoints (%d verified)\n", res.Lines, res.Checkpoints, res.Verified)
+		if res.Pinned != "" {
+			fmt.Fprintf(w, "pinned log key: %s\n", res.Pinned)
+		}
 		printUnclosed(w, res)
 		return
 	}
@@ -260,13 +280,34 @@ func printVerify(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
 	} else {
 		fmt.Fprintf(w, ", following hash %.16s… (older files were rotated away)\n", res.Follows)
 	}
-	switch {
-	case res.Checkpoints == 0:
+	if res.Checkpoints == 0 {
 		fmt.Fprintln(w, "checkpoints: none yet (no line is signed)")
-	case res.CertificatesChecked:
-		fmt.Fprintf(w, "checkpoints: %d, every signature verified, by certificates of %s issued by the agent's CA roots\n", res.Checkpoints, escNone(o.Agent))
+	} else {
+		fmt.Fprintf(w, "checkpoints: %d, every signature verified\n", res.Checkpoints)
+	}
+	switch {
+	case res.KeyLines == 0:
+	case res.Pinned != "":
+		fmt.Fprintf(w, "log key: signed by the pinned key %s", res.Pinned)
 	default:
-		fmt.Fprintf(w, "checkpoints: %d, every signature verified against its own certificate (no CA roots to check the certificates: give --ca or --config)\n", res.Checkpoints)
+		fmt.Fprintf(w, "log key: signed by %s, the first key the log names; NOT PINNED: compare it with the fingerprint recorded when the agent was enrolled (tether-agent status shows it), or give --key FINGERPRINT", res.FirstKey)
+	}
+	if res.KeyLines > 0 {
+		if res.Key != res.FirstKey {
+			fmt.Fprintf(w, ", then by %s, which a line signed by the key before it introduced", res.Key)
+		}
+		fmt.Fprintln(w)
+	}
+	if res.CAOnly > 0 {
+		signer := fmt.Sprintf("certificates of %s issued by the agent's CA roots", escNone(o.Agent))
+		if !res.CertificatesChecked {
+			signer = "their own certificates (no CA roots to check the certificates: give --ca or --config)"
+		}
+		if res.KeyLines == 0 {
+			fmt.Fprintf(w, "VERIFIED AGAINST THE CA ONLY: the log names no log key (written by an earlier version of the agent); its checkpoints are signed with %s, which whoever runs the CA can make for this agent\n", signer)
+		} else {
+			fmt.Fprintf(w, "the first %d line(s), written by an earlier version of the agent, are verified against the CA only: their checkpoints are signed with %s (the log key's signatures cover them since the agent made its key)\n", res.CAOnly, signer)
+		}
 	}
 	switch {
 	case res.CleanStop:

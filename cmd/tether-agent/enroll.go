@@ -84,12 +84,17 @@ func (a *app) enroll(cmd *cobra.Command, o enrollOptions) error {
 	if err != nil {
 		return fmt.Errorf("enrolment failed: %w", err)
 	}
+	logKey, err := agent.LogKeyFingerprint(st.Dir)
+	if err != nil {
+		return fmt.Errorf("enrolment: %w", err)
+	}
 	result := struct {
-		AgentID  string    `json:"agent_id"`
-		Tenant   string    `json:"tenant"`
-		NotAfter time.Time `json:"not_after"`
-		StateDir string    `json:"state_dir"`
-	}{st.AgentID, st.Tenant, st.NotAfter(), st.Dir}
+		AgentID      string    `json:"agent_id"`
+		Tenant       string    `json:"tenant"`
+		NotAfter     time.Time `json:"not_after"`
+		StateDir     string    `json:"state_dir"`
+		AccessLogKey string    `json:"access_log_key"`
+	}{st.AgentID, st.Tenant, st.NotAfter(), st.Dir, logKey}
 	if err := cli.Print(cmd.OutOrStdout(), output(cmd), result, func(w io.Writer) error {
 		_, err := fmt.Fprintln(w, st.AgentID)
 		return err
@@ -98,6 +103,7 @@ func (a *app) enroll(cmd *cobra.Command, o enrollOptions) error {
 	}
 	fmt.Fprintf(stderr, "enrolled as agent %s of tenant %s (certificate valid until %s); identity stored in %s\n",
 		st.AgentID, st.Tenant, st.NotAfter().Format(time.RFC3339), st.Dir)
+	fmt.Fprintf(stderr, "access log key: %s\n  record this fingerprint: it signs the agent's access log, and tether-agent access-log --verify --key %s\n  checks the log, or a copy of it anywhere, against it without trusting the relay's CA\n", logKey, logKey)
 	return nil
 }
 

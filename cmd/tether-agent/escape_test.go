@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -117,5 +119,71 @@ func TestVerifyPrintsUnclosed(t *testing.T) {
 	}
 	if s := out.String(); !strings.Contains(s, "r-long") || !strings.Contains(s, "(opened)") {
 		t.Errorf("table:\n%s\nwant the open line of r-long", s)
+	}
+}
+
+// --verify --key checks a log anywhere (a copy, with --file) against a
+// recorded fingerprint and says so; without --key it names the key the
+// log starts from and says that it is not pinned; a log of an earlier
+// version is said to be verified against the CA only.
+func TestVerifyKeyFlag(t *testing.T) {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := accesslog.Fingerprint(key.Public().(ed25519.PublicKey))
+	write := func(key ed25519.PrivateKey) string {
+		path := filepath.Join(t.TempDir(), "access.log")
+		l := accesslog.New(accesslog.Options{Path: path, CommitDelay: -1, Key: key})
+		l.Open()
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		wg.Go(func() { l.Run(ctx) })
+		l.Add(accesslog.Record{Time: time.Now(), Request: "r-1", Backend: "backend:x", Service: "db", Code: "ok", End: "closed"})
+		cancel()
+		wg.Wait()
+		return path
+	}
+	path := write(key)
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		code  int
+		wants []string
+	}{
+		{"pinned", []string{"--key", "SHA256:" + strings.ToUpper(fp)}, 0, []string{"intact: 4 lines", "log key: signed by the pinned key " + fp}},
+		{"not pinned", nil, 0, []string{"intact: 4 lines", "log key: signed by " + fp + ", the first key the log names; NOT PINNED"}},
+		{"another key", []string{"--key", strings.Repeat("ab", 32)}, 1, []string{"BROKEN at access.log:2: key: the log's key is " + fp + ", not the pinned key", "pinned log key: " + strings.Repeat("ab", 32)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := run(t, nil, "", append([]string{"access-log", "--verify", "--file", path}, tc.args...)...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d\n%s%s", code, tc.code, stdout, stderr)
+			}
+			for _, w := range tc.wants {
+				if !strings.Contains(stdout, w) {
+					t.Errorf("output lacks %q:\n%s", w, stdout)
+				}
+			}
+		})
+	}
+	// A log of an earlier version: certificate-signed checkpoints only.
+	res := accesslog.Result{Intact: true, Lines: 3, FirstSeq: 1, LastSeq: 3, Follows: accesslog.Genesis, Checkpoints: 1, Verified: 1, CertificatesChecked: true, CAOnly: 3, CleanStop: true}
+	var out bytes.Buffer
+	printVerify(&out, res, accesslog.VerifyOptions{Agent: "spiffe://tether.internal/tenant/acme/agent/a1"})
+	if s := out.String(); !strings.Contains(s, "VERIFIED AGAINST THE CA ONLY") || strings.Contains(s, "log key:") {
+		t.Errorf("verify report of an earlier version's log:\n%s", s)
+	}
+	res.KeyLines, res.FirstKey, res.Key, res.Pinned, res.Lines = 1, fp, fp, fp, 6
+	out.Reset()
+	printVerify(&out, res, accesslog.VerifyOptions{Agent: "spiffe://tether.internal/tenant/acme/agent/a1"})
+	if s := out.String(); !strings.Contains(s, "the first 3 line(s), written by an earlier version of the agent, are verified against the CA only") {
+		t.Errorf("verify report across the switch:\n%s", s)
+	}
+	// The status shows the fingerprint to record.
+	out.Reset()
+	printStatus(&out, agent.Status{AccessLog: path, AccessLogKey: fp}, time.Now())
+	if s := out.String(); !strings.Contains(s, "access log key  "+fp) {
+		t.Errorf("status:\n%s\nwant the access log key's fingerprint", s)
 	}
 }

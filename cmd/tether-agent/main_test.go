@@ -79,7 +79,7 @@ func TestCommandHelpListsItsOwnFlags(t *testing.T) {
 		"stop":       nil,
 		"unit":       nil,
 		"status":     {"addr", "config", "timeout"},
-		"access-log": {"backend", "ca", "config", "file", "service", "since", "verify"},
+		"access-log": {"backend", "ca", "config", "file", "key", "service", "since", "verify"},
 		"version":    {"short"},
 	}
 	root := newRoot(&app{env: func(string) string { return "" }}, nil, &bytes.Buffer{}, &bytes.Buffer{})
@@ -151,6 +151,8 @@ func TestCommandLineMistakes(t *testing.T) {
 		{"bad output format", []string{"status", "-o", "xml"}, 2, []string{`invalid argument "xml" for "-o, --output" flag: want table, json or yaml`}},
 		{"status, both addresses", []string{"status", "--config", missing, "--addr", "127.0.0.1:1"}, 2, []string{"give --config or --addr, not both"}},
 		{"access-log --verify with a filter", []string{"access-log", "--verify", "--service", "db", "--file", missing}, 2, []string{"--verify checks the whole log"}},
+		{"access-log --key without --verify", []string{"access-log", "--key", strings.Repeat("ab", 32), "--file", missing}, 2, []string{"--key is for --verify"}},
+		{"access-log --key malformed", []string{"access-log", "--verify", "--key", "abc", "--file", missing}, 2, []string{"want the 64 hex digits"}},
 		{"access-log --since negative", []string{"access-log", "--since", "-2h", "--file", missing}, 2, []string{"want a positive duration"}},
 		{"a missing config", []string{"run", "--config", missing}, 1, []string{"tether-agent: ", "missing.yaml"}},
 		{"the single-dash spelling", []string{"run", "-config", missing}, 1, []string{"missing.yaml"}},

@@ -143,6 +143,9 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 	if st.AccessLog != "" {
 		fmt.Fprintf(tw, "access log\t%s\n", esc(st.AccessLog))
 	}
+	if st.AccessLogKey != "" {
+		fmt.Fprintf(tw, "access log key\t%s (record it: access-log --verify --key checks a copy of the log anywhere against it)\n", esc(st.AccessLogKey))
+	}
 	if st.AccessLogError != "" {
 		fmt.Fprintf(tw, "access log error\t%s\n", esc(st.AccessLogError))
 	}
