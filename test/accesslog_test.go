@@ -20,6 +20,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tetherhq/tether/agent"
 	"github.com/tetherhq/tether/agent/accesslog"
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/relay"
@@ -243,9 +244,33 @@ func testAccessLogMatchesRelayAudit(t *testing.T, transport string) {
 		t.Errorf("access-log --service echo --backend billing: %+v, want the echo stream only", got)
 	}
 
+	fp, err := agent.LogKeyFingerprint(a.stateDir)
+	if err != nil {
+		t.Fatalf("the enrolled agent's access log key: %v", err)
+	}
 	res, code := verifyAccessLog(t, "--config", a.config)
-	if code != 0 || !res.Intact || !res.CleanStop || res.Checkpoints == 0 || res.Verified != res.Checkpoints || !res.CertificatesChecked {
-		t.Fatalf("verify: exit %d, %+v; want 0, intact, ending with the checkpoint of a clean stop, every checkpoint verified against the agent's CA", code, res)
+	if code != 0 || !res.Intact || !res.CleanStop || res.Checkpoints == 0 || res.Verified != res.Checkpoints || res.Pinned != fp || res.KeyLines == 0 || res.CAOnly != 0 {
+		t.Fatalf("verify: exit %d, %+v; want 0, intact, ending with the checkpoint of a clean stop, every checkpoint verified with the state directory's log key %s", code, res, fp)
+	}
+	// A copy anywhere, against the fingerprint the tenant recorded; and
+	// without it, the key the log starts from, not pinned.
+	copyDir := t.TempDir()
+	b, err := os.ReadFile(filepath.Join(a.stateDir, "access-log", "access.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyPath := filepath.Join(copyDir, "access.log")
+	if err := os.WriteFile(copyPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res, code := verifyAccessLog(t, "--file", copyPath, "--key", fp); code != 0 || !res.Intact || res.Pinned != fp {
+		t.Fatalf("verify --file COPY --key %s: exit %d, %+v", fp, code, res)
+	}
+	if res, code := verifyAccessLog(t, "--file", copyPath); code != 0 || !res.Intact || res.Pinned != "" || res.FirstKey != fp {
+		t.Fatalf("verify --file COPY: exit %d, %+v; want intact, not pinned, from %s", code, res, fp)
+	}
+	if res, code := verifyAccessLog(t, "--file", copyPath, "--key", strings.Repeat("0", 64)); code != 1 || res.Intact || res.Problem.Kind != accesslog.ProblemKey {
+		t.Fatalf("verify --file COPY --key (another): exit %d, %+v; want exit 1, a key problem", code, res)
 	}
 	testAccessLogTampering(t, a)
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/tetherhq/tether/agent"
 )
 
 // helpSections parses a command's --help: each section's entries by
@@ -352,6 +354,11 @@ func TestAgentEnrollSources(t *testing.T) {
 			if !strings.Contains(stderr, "enrolled as agent") {
 				t.Errorf("stderr:\n%s", stderr)
 			}
+			// The access log key's fingerprint, to record.
+			fp, err := agent.LogKeyFingerprint(stateDir)
+			if err != nil || !strings.Contains(stderr, "access log key: "+fp+"\n") {
+				t.Errorf("access log key %s (%v): not on stderr:\n%s", fp, err, stderr)
+			}
 			if !slices.Contains(tc.args, "json") {
 				if id := strings.TrimSpace(stdout); len(id) < 8 || strings.ContainsAny(id, " \n") {
 					t.Errorf("stdout %q, want the agent's id alone", stdout)
@@ -359,13 +366,14 @@ func TestAgentEnrollSources(t *testing.T) {
 				return
 			}
 			var got struct {
-				AgentID  string    `json:"agent_id"`
-				Tenant   string    `json:"tenant"`
-				NotAfter time.Time `json:"not_after"`
-				StateDir string    `json:"state_dir"`
+				AgentID      string    `json:"agent_id"`
+				Tenant       string    `json:"tenant"`
+				NotAfter     time.Time `json:"not_after"`
+				StateDir     string    `json:"state_dir"`
+				AccessLogKey string    `json:"access_log_key"`
 			}
 			if err := json.Unmarshal([]byte(stdout), &got); err != nil || got.AgentID == "" || got.Tenant != "acme" || got.StateDir != stateDir ||
-				got.NotAfter.Location() != time.UTC || !got.NotAfter.After(time.Now()) {
+				got.NotAfter.Location() != time.UTC || !got.NotAfter.After(time.Now()) || got.AccessLogKey != fp {
 				t.Errorf("enroll -o json: %+v (%v)\n%s", got, err, stdout)
 			}
 		})
