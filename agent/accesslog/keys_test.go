@@ -481,3 +481,24 @@ func TestParseFingerprint(t *testing.T) {
 		}
 	}
 }
+
+// A log key of the wrong size is a failure of the log (Err), not a panic.
+func TestMalformedLogKeyFails(t *testing.T) {
+	changed := make(chan struct{}, 1)
+	l := startLog(t, Options{Path: filepath.Join(t.TempDir(), "access.log"), Key: ed25519.PrivateKey("short"),
+		Changed: func() {
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		}})
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the writer did not report a failure within 10s")
+	}
+	if err := l.Err(); err == nil || !strings.Contains(err.Error(), "not an ed25519 private key") {
+		t.Fatalf("Err: %v", err)
+	}
+	l.stop()
+}

@@ -666,6 +666,9 @@ func (l *Log) flush() {
 
 // emitKey adds a key line naming the log key, signed with it.
 func (l *Log) emitKey(emit func(any, func(uint64, string)) error, st *commitState, now time.Time) error {
+	if len(l.o.Key) != ed25519.PrivateKeySize {
+		return errors.New("sign key line: the log key is not an ed25519 private key")
+	}
 	pub := encodeKey(l.o.Key.Public().(ed25519.PublicKey))
 	v := &keyLine{Time: now, Type: TypeKey, Key: pub,
 		Sig: base64.StdEncoding.EncodeToString(ed25519.Sign(l.o.Key, keyMessage(st.head, st.seq, now, pub)))}
@@ -677,6 +680,9 @@ func (l *Log) emitKey(emit func(any, func(uint64, string)) error, st *commitStat
 // either (Options.Key and Certificate nil) it adds nothing.
 func (l *Log) emitCheckpoint(emit func(any, func(uint64, string)) error, st *commitState, now time.Time, why string) error {
 	if l.o.Key != nil {
+		if len(l.o.Key) != ed25519.PrivateKeySize {
+			return errors.New("sign checkpoint: the log key is not an ed25519 private key")
+		}
 		pub := encodeKey(l.o.Key.Public().(ed25519.PublicKey))
 		lines := st.seq // the lines before the checkpoint
 		v := &keyedCheckpointLine{Time: now, Type: TypeCheckpoint, Why: why, Lines: lines, Key: pub,
