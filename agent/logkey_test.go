@@ -120,51 +120,7 @@ func TestAccessLogRewriteSignedByTheCAIsDetected(t *testing.T) {
 	logRecords(a, 0, 4)
 	stop()
 
-	path := a.cfg.AccessLogPath()
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := bytes.Split(bytes.TrimSuffix(raw, []byte("\n")), []byte("\n"))
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	id := identity.Agent{TrustDomain: "tether.internal", Tenant: "acme", ID: "a1"}
-	forged := root.issue(t, id, key)
-	var out [][]byte
-	prev := accesslog.Genesis
-	for _, l := range lines {
-		var m map[string]any
-		dec := json.NewDecoder(bytes.NewReader(l))
-		dec.UseNumber()
-		if err := dec.Decode(&m); err != nil {
-			t.Fatal(err)
-		}
-		switch m["type"] {
-		case accesslog.TypeKey:
-			continue
-		case accesslog.TypeStream:
-			if m["request"] == "req-001" {
-				m["bytes_from_service"] = 1 // what the forger hides
-			}
-		case accesslog.TypeCheckpoint:
-			at, _ := time.Parse(time.RFC3339Nano, m["time"].(string))
-			lines := uint64(len(out))
-			digest := sha256.Sum256(fmt.Appendf(nil, "tether-agent access log checkpoint v1\nhead %s\nlines %d\ntime %s\n", prev, lines, at.UTC().Format(time.RFC3339Nano)))
-			sig, err := key.Sign(rand.Reader, digest[:], crypto.SHA256)
-			if err != nil {
-				t.Fatal(err)
-			}
-			delete(m, "key")
-			m["lines"], m["cert"], m["sig"] = lines, base64.StdEncoding.EncodeToString(forged.Raw), base64.StdEncoding.EncodeToString(sig)
-		}
-		m["seq"], m["prev"] = len(out)+1, prev
-		b, _ := json.Marshal(m)
-		out = append(out, b)
-		sum := sha256.Sum256(b)
-		prev = fmt.Sprintf("%x", sum)
-	}
-	if err := os.WriteFile(path, append(bytes.Join(out, []byte("\n")), '\n'), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	forgeSignedByCA(t, a.cfg.AccessLogPath(), root)
 
 	// Against the CA only (no log key: a copy verified without --key or a
 	// state directory), the rewrite verifies: that is what it defeats.
@@ -271,4 +227,58 @@ func TestLogKeyMadeOnceAndKept(t *testing.T) {
 	if _, err := ReadLogKey(dir); err == nil || !strings.Contains(err.Error(), "not an ed25519 key") {
 		t.Fatalf("an ECDSA key: %v, want refused", err)
 	}
+}
+
+// forgeSignedByCA rewrites the log at path as whoever runs root, the
+// agent's CA, can: it issues a certificate for the agent's identity with
+// a key of its own, hides how much req-001 read from the service,
+// re-chains every line without the key lines and signs the checkpoints
+// with that certificate, as earlier versions signed them.
+func forgeSignedByCA(t *testing.T, path string, root testRoot) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Split(bytes.TrimSuffix(raw, []byte("\n")), []byte("\n"))
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	id := identity.Agent{TrustDomain: "tether.internal", Tenant: "acme", ID: "a1"}
+	forged := root.issue(t, id, key)
+	var out [][]byte
+	prev := accesslog.Genesis
+	for _, l := range lines {
+		var m map[string]any
+		dec := json.NewDecoder(bytes.NewReader(l))
+		dec.UseNumber()
+		if err := dec.Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		switch m["type"] {
+		case accesslog.TypeKey:
+			continue
+		case accesslog.TypeStream:
+			if m["request"] == "req-001" {
+				m["bytes_from_service"] = 1 // what the forger hides
+			}
+		case accesslog.TypeCheckpoint:
+			at, _ := time.Parse(time.RFC3339Nano, m["time"].(string))
+			lines := uint64(len(out))
+			digest := sha256.Sum256(fmt.Appendf(nil, "tether-agent access log checkpoint v1\nhead %s\nlines %d\ntime %s\n", prev, lines, at.UTC().Format(time.RFC3339Nano)))
+			sig, err := key.Sign(rand.Reader, digest[:], crypto.SHA256)
+			if err != nil {
+				t.Fatal(err)
+			}
+			delete(m, "key")
+			m["lines"], m["cert"], m["sig"] = lines, base64.StdEncoding.EncodeToString(forged.Raw), base64.StdEncoding.EncodeToString(sig)
+		}
+		m["seq"], m["prev"] = len(out)+1, prev
+		b, _ := json.Marshal(m)
+		out = append(out, b)
+		sum := sha256.Sum256(b)
+		prev = fmt.Sprintf("%x", sum)
+	}
+	if err := os.WriteFile(path, append(bytes.Join(out, []byte("\n")), '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
 }

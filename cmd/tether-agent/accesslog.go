@@ -300,6 +300,9 @@ func printVerify(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
 	}
 	if res.CAOnly > 0 {
 		signer := fmt.Sprintf("certificates of %s issued by the agent's CA roots", escNone(o.Agent))
+		if o.Agent == "" {
+			signer = "certificates, of any agent, issued by the CA roots given (--config names the agent)"
+		}
 		if !res.CertificatesChecked {
 			signer = "their own certificates (no CA roots to check the certificates: give --ca or --config)"
 		}
