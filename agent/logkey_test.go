@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -60,7 +61,7 @@ func TestAccessLogKeyAcrossRenewalAndRestart(t *testing.T) {
 	if got := a.Status().AccessLogKey; got != fp {
 		t.Fatalf("status access_log_key %q, want %s", got, fp)
 	}
-	if fi, err := os.Stat(filepath.Join(a.cfg.StateDir, LogKeyFile)); err != nil || fi.Mode().Perm()&0o077 != 0 {
+	if fi, err := os.Stat(filepath.Join(a.cfg.StateDir, LogKeyFile)); err != nil || (runtime.GOOS != "windows" && fi.Mode().Perm()&0o077 != 0) {
 		t.Fatalf("%s: %v, %v; want owner-only", LogKeyFile, fi, err)
 	}
 
