@@ -442,7 +442,7 @@ func (kc *keyChain) line(cur *vline, o VerifyOptions) (kind, detail string) {
 	case e.Key != "":
 		return kc.checkpoint(e)
 	case kc.cur != nil:
-		return ProblemKey, fmt.Sprintf("signed with a certificate, after the log named its own key %s (at %s): a key outside the chain, which whoever runs the CA can certify for this agent", Fingerprint(kc.cur), kc.curAt)
+		return ProblemKey, fmt.Sprintf("signed with a certificate, after the log named its own key %s (at %s): a key outside the chain, which whoever runs the CA can certify for this agent (an earlier version of the agent, run again after this one, signs so too: nothing tells the two apart)", Fingerprint(kc.cur), kc.curAt)
 	}
 	if err := checkCheckpoint(e, o); err != nil {
 		return ProblemCheckpoint, err.Error()
