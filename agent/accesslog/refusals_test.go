@@ -151,3 +151,36 @@ func TestRotationTooFastWarns(t *testing.T) {
 		t.Errorf("warning with a retention of 1ns: %q", w)
 	}
 }
+
+// Files rotated before the clock went back carry names after the new
+// time (and those rotated next follow them, to keep the order): deleting
+// them says nothing of how fast the log rotates, and must not warn of
+// records "written only -72h ago".
+func TestRotationAfterClockBackDoesNotWarn(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	ahead := func() time.Time { return time.Now().Add(72 * time.Hour) }
+	before := startLog(t, Options{Path: path, MaxSize: 1 << 10, MaxFiles: 100, CommitDelay: -1, Now: ahead})
+	for i := range 40 {
+		before.Add(record(i))
+	}
+	before.stop()
+	if files, err := Files(path); err != nil || len(files) < 4 {
+		t.Fatalf("files before the clock went back: %v, %v; want several rotated", files, err)
+	}
+	var logged strings.Builder
+	after := startLog(t, Options{Path: path, MaxSize: 1 << 10, MaxFiles: 2, CommitDelay: -1, Now: time.Now,
+		Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	for i := range 40 {
+		after.Add(record(i))
+	}
+	after.stop()
+	if files, err := Files(path); err != nil || len(files) > 3 {
+		t.Fatalf("files after: %v, %v; want the rotated ones deleted down to 2", files, err)
+	}
+	if w := after.Warning(); w != "" {
+		t.Errorf("warning after the clock went back: %q", w)
+	}
+	if strings.Contains(logged.String(), "rotation deleted") {
+		t.Errorf("logged:\n%s", logged.String())
+	}
+}

@@ -797,7 +797,10 @@ func (l *Log) prune() {
 			l.log.Warn("access log: cannot delete the oldest rotated file", "file", files[0], "err", err)
 			return
 		}
-		if at, ok := rotatedTime(l.o.Path, filepath.Base(files[0])); ok && now.Sub(at) < l.o.MinRetention {
+		// A file named after now was rotated before the clock went back (or
+		// named after such a one, to keep the order): its age says
+		// nothing of how fast the log rotates.
+		if at, ok := rotatedTime(l.o.Path, filepath.Base(files[0])); ok && !at.After(now) && now.Sub(at) < l.o.MinRetention {
 			l.rotatedTooFast(now, now.Sub(at))
 		}
 		files = files[1:]
