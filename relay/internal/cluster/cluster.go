@@ -50,10 +50,11 @@ const (
 
 // presenceRewrite is the period, in heartbeats, at which a relay writes
 // the presence of every agent it holds again (about a minute at the
-// default heartbeat), a statement for every 500 agents: presence rows lost
-// otherwise than with the relay's row (a failover to a replica that
-// lacked the newest writes) come back within it. A relay whose row was
-// gone writes them at once. (A variable for tests.)
+// default heartbeat), a statement for every 500 agents, and deletes its
+// rows of agents it does not hold: presence rows lost otherwise than with
+// the relay's row (a failover to a replica that lacked the newest writes)
+// come back within it, and rows whose deletion was lost go. A relay whose
+// row was gone writes them at once. (A variable for tests.)
 var presenceRewrite = 30
 
 // Config configures a relay's membership.
@@ -341,14 +342,16 @@ func sameMembers(a, b []store.Relay) bool {
 	})
 }
 
-// restore writes the presence rows of the agents this relay holds that
-// are missing from the store (those there are left alone), presenceChunk
-// agents to a transaction: they may have been lost (a relay row removed
-// takes them with it; a failover may lose some), and nothing else would
-// write them until the agents' sessions change. Agents with a change
-// pending are left to flush. What a failure leaves unwritten is queued
-// for flush.
+// restore makes the store's presence rows of this run say what it holds.
+// It deletes the rows of agents it does not hold (unstale), then writes
+// the rows of the agents it holds that are missing from the store (those
+// there are left alone), presenceChunk agents to a transaction: they may
+// have been lost (a relay row removed takes them with it; a failover may
+// lose some), and nothing else would write them until the agents'
+// sessions change. Agents with a change pending are left to flush. What
+// a failure leaves unwritten is queued for flush.
 func (c *Cluster) restore(ctx context.Context) {
+	c.unstale(ctx)
 	c.mu.Lock()
 	ps := make([]store.Presence, 0, len(c.held))
 	for k, n := range c.held {
@@ -371,6 +374,52 @@ func (c *Cluster) restore(ctx context.Context) {
 		}
 		ps = ps[len(chunk):]
 	}
+}
+
+// unstale deletes this run's presence rows of agents it does not hold: a
+// deletion lost in a failover to a replica would otherwise leave the
+// other relays forwarding that agent's streams here for as long as this
+// run lasts. An agent counts as held, and its row is kept, when it is in
+// held or has a change pending. Presence rows are written only by flush
+// and restore, on Run's goroutine, as this is: a row read here was
+// written before, and an agent that connects meanwhile (its change
+// pending, or made after the check) has its row written by the next
+// flush, after this deletion.
+func (c *Cluster) unstale(ctx context.Context) {
+	epoch := c.epoch.Load()
+	if epoch == 0 {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	rows, err := c.cfg.Store.PresentAgents(cctx, c.cfg.ID, epoch)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.Warn("read the presence rows of this relay", "err", err)
+		}
+		return
+	}
+	var stale []store.Presence
+	c.mu.Lock()
+	for _, k := range rows {
+		_, held := c.held[k]
+		_, pending := c.pending[k]
+		if !held && !pending {
+			stale = append(stale, store.Presence{Tenant: k.Tenant, Agent: k.Agent})
+		}
+	}
+	c.mu.Unlock()
+	if len(stale) == 0 {
+		return
+	}
+	if err := c.cfg.Store.SetPresence(cctx, c.cfg.ID, epoch, stale); err != nil {
+		if ctx.Err() == nil {
+			c.log.Warn("delete the presence rows of agents this relay no longer holds", "err", err, "agents", len(stale))
+		}
+		return
+	}
+	c.log.Warn("deleted presence rows that said this relay holds agents it does not hold (their deletion was lost, as in a failover to a replica that lacked it)",
+		"relay_id", c.cfg.ID, "agents", len(stale))
 }
 
 // requeue queues ps for the next flush, but for the agents with a newer

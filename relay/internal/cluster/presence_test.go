@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"log/slog"
 	"slices"
 	"testing"
 	"time"
@@ -81,6 +82,83 @@ func TestPresenceRewritten(t *testing.T) {
 		r.c.Present("acme", "a1", 0)
 		if !holdsWithin(t, st, false) {
 			t.Fatal("a1 left relay-1, and is still held by it 10 s later")
+		}
+	})
+}
+
+// presentAgents is the agents of relay-1's presence rows of epoch.
+func presentAgents(t *testing.T, st *store.Store, epoch int64) []string {
+	t.Helper()
+	ks, err := st.PresentAgents(context.Background(), "relay-1", epoch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, k := range ks {
+		out = append(out, k.Agent)
+	}
+	return out
+}
+
+// TestPresenceStaleRowsDeleted: a presence row of the relay's run for an
+// agent it does not hold (its deletion lost in a failover to a replica)
+// is deleted by the periodic rewrite; the other relays forwarded that
+// agent's streams to it otherwise, for as long as the run lasted. The
+// rows of the agents it holds stay.
+func TestPresenceStaleRowsDeleted(t *testing.T) {
+	defer func(n int) { presenceRewrite = n }(presenceRewrite)
+	presenceRewrite = 5
+	eachEngine(t, func(t *testing.T, open func() *store.Store) {
+		st := open()
+		r := start(t, st, time.Now().UnixNano())
+		r.c.Present("acme", "a1", 1)
+		if !holdsWithin(t, st, true) {
+			t.Fatal("relay-1's agent a1 not in the store within 10 s")
+		}
+		// The row of an agent that left, as a replica lacking its
+		// deletion has it.
+		if err := st.SetPresence(context.Background(), "relay-1", r.c.Epoch(), []store.Presence{{Tenant: "acme", Agent: "ghost", Sessions: 1}}); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got := presentAgents(t, st, r.c.Epoch())
+			if slices.Equal(got, []string{"a1"}) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("relay-1's presence rows 10 s after a row of an agent it does not hold was written (rewrite every %d heartbeats of 20 ms): %v, want [a1]", presenceRewrite, got)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
+// TestPresenceRewriteKeepsConnecting: the rewrite does not delete the row
+// of an agent whose connect is in flight (its change not yet written):
+// only the rows of agents neither held nor pending go.
+func TestPresenceRewriteKeepsConnecting(t *testing.T) {
+	eachEngine(t, func(t *testing.T, open func() *store.Store) {
+		ctx := context.Background()
+		st := open()
+		c := New(Config{Store: st, ID: "relay-1", Epoch: 1, Logger: slog.New(slog.DiscardHandler)})
+		c.beat(ctx)
+		rows := []store.Presence{{Tenant: "acme", Agent: "a1", Sessions: 1}, {Tenant: "acme", Agent: "b1", Sessions: 1}, {Tenant: "acme", Agent: "ghost", Sessions: 1}}
+		if err := st.SetPresence(ctx, "relay-1", c.Epoch(), rows); err != nil {
+			t.Fatal(err)
+		}
+		c.Present("acme", "a1", 1)
+		c.flush(ctx)
+		c.Present("acme", "b1", 1) // connecting: pending, not flushed
+		c.restore(ctx)
+		if got, want := presentAgents(t, st, c.Epoch()), []string{"a1", "b1"}; !slices.Equal(got, want) {
+			t.Fatalf("presence rows after the rewrite: %v, want %v", got, want)
+		}
+		c.Present("acme", "b1", 0) // left again before its row was written
+		c.restore(ctx)
+		c.flush(ctx)
+		if got, want := presentAgents(t, st, c.Epoch()), []string{"a1"}; !slices.Equal(got, want) {
+			t.Fatalf("presence rows after b1 left: %v, want %v", got, want)
 		}
 	})
 }

@@ -207,6 +207,26 @@ func (s *Store) RestorePresence(ctx context.Context, id string, epoch int64, ps 
 	})
 }
 
+// PresentAgents lists the agents relay id's presence rows of run epoch
+// name, by agent: what the store says the run holds, for the run to
+// compare with what it does hold.
+func (s *Store) PresentAgents(ctx context.Context, id string, epoch int64) ([]AgentKey, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT tenant, agent FROM presence WHERE relay_id = $1 AND epoch = $2 ORDER BY agent`, id, epoch)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []AgentKey
+	for rows.Next() {
+		var k AgentKey
+		if err := rows.Scan(&k.Tenant, &k.Agent); err != nil {
+			return nil, err
+		}
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}
+
 // lastOfEach is ps with each agent once, as last named (one statement
 // may not write a row twice).
 func lastOfEach(ps []Presence) []Presence {
