@@ -211,16 +211,7 @@ func (l *Links) Carriers(ctx context.Context, tenant string, fresh bool) ([]rout
 		return b.Agents - a.Agents
 	})
 	var replaced []*link
-	defer func() {
-		// Closed once Links.mu is released: closing takes each link's
-		// mu, which startDial holds while it takes Links.mu.
-		for _, lk := range replaced {
-			go func() {
-				defer l.closing.Done()
-				lk.close()
-			}()
-		}
-	}()
+	defer func() { l.closeReplaced(replaced) }()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -228,25 +219,7 @@ func (l *Links) Carriers(ctx context.Context, tenant string, fresh bool) ([]rout
 	}
 	out := make([]route.Carrier, 0, len(hs))
 	for _, h := range hs {
-		lk := l.links[h.RelayID]
-		// A relay's address changes only with a new run, whose epoch is
-		// higher. Tenants' holdings are remembered apart, so one read
-		// before a relay restarted can name its old address after
-		// another named the new: the older run's address never replaces
-		// the newer's link (and its streams in flight).
-		if lk == nil || lk.addr != h.PeerAddr && h.Epoch >= lk.epoch {
-			if lk != nil {
-				replaced = append(replaced, lk)
-				l.closing.Add(1) // under mu, not closed: before Close waits
-			}
-			f := l.failures[h.RelayID]
-			if f == nil {
-				f = &failureCounts{}
-				l.failures[h.RelayID] = f
-			}
-			lk = &link{id: h.RelayID, addr: h.PeerAddr, epoch: h.Epoch, failed: f}
-			l.links[h.RelayID] = lk
-		}
+		lk := l.linkLocked(h.RelayID, h.PeerAddr, h.Epoch, &replaced)
 		k := carrierKey{h.RelayID, tenant}
 		c := l.carriers[k]
 		if c == nil || c.link != lk {
@@ -259,6 +232,117 @@ func (l *Links) Carriers(ctx context.Context, tenant string, fresh bool) ([]rout
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// linkLocked returns the link to relay id at addr of run epoch, made
+// when there is none, or when the one there is to an earlier run's
+// address; a link so replaced is added to replaced (and to closing), to
+// be closed once mu is released. l.mu is held, and l is not closed.
+func (l *Links) linkLocked(id, addr string, epoch int64, replaced *[]*link) *link {
+	lk := l.links[id]
+	// A relay's address changes only with a new run, whose epoch is
+	// higher. Tenants' holdings are remembered apart, so one read before
+	// a relay restarted can name its old address after another named the
+	// new: the older run's address never replaces the newer's link (and
+	// its streams in flight).
+	if lk == nil || lk.addr != addr && epoch >= lk.epoch {
+		if lk != nil {
+			*replaced = append(*replaced, lk)
+			l.closing.Add(1) // under mu, not closed: before Close waits
+		}
+		f := l.failures[id]
+		if f == nil {
+			f = &failureCounts{}
+			l.failures[id] = f
+		}
+		lk = &link{id: id, addr: addr, epoch: epoch, failed: f}
+		l.links[id] = lk
+	}
+	return lk
+}
+
+// closeReplaced closes links replaced by linkLocked, on goroutines of
+// their own (in closing), once Links.mu is released: closing takes each
+// link's mu, which startDial holds while it takes Links.mu.
+func (l *Links) closeReplaced(replaced []*link) {
+	for _, lk := range replaced {
+		go func() {
+			defer l.closing.Done()
+			lk.close()
+		}()
+	}
+}
+
+// StoreStatus is a peer relay's answer to whether it reaches the store.
+type StoreStatus struct {
+	Relay string
+	// Known is false when the relay did not say: it could not be asked
+	// (Err says why), or it is of an earlier version that does not know
+	// the question.
+	Known bool
+	// Beat is whether it has written its heartbeat since it started, and
+	// Age how long ago it last did, as it saw it when it answered.
+	Beat bool
+	Age  time.Duration
+	Err  error
+}
+
+// StoreStatus asks each relay of relays (their ids, peer addresses and
+// epochs, as the cluster last listed them; those without a peer address
+// are passed over) whether it reaches the store, all at once, each
+// within ctx, over the links to them (dialed when down).
+func (l *Links) StoreStatus(ctx context.Context, relays []store.Relay) []StoreStatus {
+	var replaced []*link
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	var lks []*link
+	for _, r := range relays {
+		if r.PeerAddr != "" {
+			lks = append(lks, l.linkLocked(r.ID, r.PeerAddr, r.Epoch, &replaced))
+		}
+	}
+	l.mu.Unlock()
+	l.closeReplaced(replaced)
+	out := make([]StoreStatus, len(lks))
+	var wg sync.WaitGroup
+	for i, lk := range lks {
+		wg.Go(func() { out[i] = l.askStatus(ctx, lk) })
+	}
+	wg.Wait()
+	return out
+}
+
+// askStatus asks lk's relay whether it reaches the store.
+func (l *Links) askStatus(ctx context.Context, lk *link) StoreStatus {
+	st := StoreStatus{Relay: lk.id}
+	sess, err := l.session(ctx, lk, nil)
+	if err != nil {
+		st.Err = err
+		return st
+	}
+	s, err := sess.OpenStream(ctx)
+	if err != nil {
+		st.Err = fmt.Errorf("relay %s: open stream: %w", lk.id, err)
+		return st
+	}
+	defer s.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		s.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { s.SetDeadline(time.Now()) })
+	defer stop()
+	if err := writeStatusRequest(s); err != nil {
+		st.Err = fmt.Errorf("relay %s: send status request: %w", lk.id, err)
+		return st
+	}
+	st.Age, st.Beat, st.Known, err = readStatusAnswer(s)
+	if err != nil {
+		st.Known, st.Err = false, fmt.Errorf("relay %s: %w", lk.id, err)
+	}
+	return st
 }
 
 // Close closes every link: forwarded streams through them end. It

@@ -86,7 +86,11 @@ type ServerConfig struct {
 	// dials again after its pause). IdleTimeout closes forwarded streams
 	// idle both ways.
 	HandshakeTimeout, IdleTimeout time.Duration
-	Logger                        *slog.Logger
+	// LastHeartbeat is when this relay last wrote its heartbeat to the
+	// store (the zero time: never), for peers that ask whether it
+	// reaches the store; nil: it answers that it never did.
+	LastHeartbeat func() time.Time
+	Logger        *slog.Logger
 }
 
 // Stats counts the links' handshakes by outcome, as session.Stats counts
@@ -267,6 +271,15 @@ func (s *Server) serveStream(ctx context.Context, st transport.Stream, log *slog
 	if err != nil {
 		log.Warn("relay-to-relay stream refused", "err", err)
 		writeAnswer(st, protocol.ReplyFor(err), "")
+		st.Close()
+		return
+	}
+	if q.Status {
+		var last time.Time
+		if s.cfg.LastHeartbeat != nil {
+			last = s.cfg.LastHeartbeat()
+		}
+		writeStatusAnswer(st, time.Since(last), !last.IsZero())
 		st.Close()
 		return
 	}

@@ -1,9 +1,11 @@
 package peer
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
@@ -32,17 +34,100 @@ import (
 // connected to it stopped answering, so that the entry relay does not
 // wait for them to move (a relay of an earlier version answers no_agent,
 // and the entry relay then waits as for a leaving relay's agents).
+//
+// A relay may also ask another, on a stream of its own, whether it
+// reaches the store (a relay that has lost its store asks before it
+// sends its agents away: Links.StoreStatus):
+//
+//	u8   version (2)
+//	u8   0 (reserved)
+//
+// answered with
+//
+//	     a stream reply (protocol.WriteReply): ok
+//	u8   version (1)
+//	u64  milliseconds since the relay last wrote its heartbeat to the
+//	     store, big endian (all ones: it never has)
+//
+// A relay of an earlier version answers the request as a request of a
+// version it does not know: a bad_request reply, taken as "does not say".
 
-const requestVersion = 1
+const (
+	requestVersion = 1
+	// statusVersion is the first byte of a store status request.
+	statusVersion = 2
+	// statusAnswerVersion is the first byte after the reply of its answer.
+	statusAnswerVersion = 1
+	// neverBeat is the age a relay that never wrote its heartbeat gives.
+	neverBeat = ^uint64(0)
+)
 
-// request is what an entry relay asks of a holding relay.
+// request is what an entry relay asks of a holding relay: a stream to
+// Tenant's service, or (Status) whether it reaches the store.
 type request struct {
+	Status bool
 	Tenant string
 	Header protocol.StreamHeader
 }
 
+// writeStatusRequest writes a store status request.
+func writeStatusRequest(w io.Writer) error {
+	_, err := w.Write([]byte{statusVersion, 0})
+	return err
+}
+
+// writeStatusAnswer writes the answer to a store status request: this
+// relay last wrote its heartbeat age ago (never when !beat).
+func writeStatusAnswer(w io.Writer, age time.Duration, beat bool) error {
+	var b writeBuf
+	if err := protocol.WriteReply(&b, protocol.Reply{}); err != nil {
+		return err
+	}
+	ms := neverBeat
+	if beat {
+		ms = uint64(max(age.Milliseconds(), 0))
+	}
+	b = append(b, statusAnswerVersion)
+	b = binary.BigEndian.AppendUint64(b, ms)
+	_, err := w.Write(b)
+	return err
+}
+
+// maxStatusAge is the longest age a status answer gives as such: longer
+// ones (a relay that never wrote its heartbeat among them) read as never.
+const maxStatusAge = 100 * 365 * 24 * time.Hour
+
+// readStatusAnswer reads the answer to a store status request: known is
+// false when the peer does not say (a relay of an earlier version
+// refuses the request); beat is false when it says it never wrote its
+// heartbeat, and age is then 0.
+func readStatusAnswer(r io.Reader) (age time.Duration, beat, known bool, err error) {
+	rep, err := protocol.ReadReply(r)
+	if err != nil {
+		return 0, false, false, err
+	}
+	if rep.Code != protocol.CodeOK {
+		return 0, false, false, nil
+	}
+	var b [9]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return 0, false, false, fmt.Errorf("read relay-to-relay status answer: %w", err)
+	}
+	if b[0] != statusAnswerVersion {
+		return 0, false, false, protocol.Errorf(protocol.CodeBadRequest, "relay-to-relay status answer: version %d", b[0])
+	}
+	ms := binary.BigEndian.Uint64(b[1:])
+	if ms >= uint64(maxStatusAge.Milliseconds()) {
+		return 0, false, true, nil
+	}
+	return time.Duration(ms) * time.Millisecond, true, true, nil
+}
+
 // writeRequest encodes q and writes it with a single Write.
 func writeRequest(w io.Writer, q request, early route.Early) error {
+	if q.Status {
+		return writeStatusRequest(w)
+	}
 	if err := identity.ValidateName("tenant", q.Tenant); err != nil {
 		return err
 	}
@@ -69,6 +154,12 @@ func readRequest(r io.Reader) (request, error) {
 	var pre [2]byte
 	if _, err := io.ReadFull(r, pre[:]); err != nil {
 		return request{}, fmt.Errorf("read relay-to-relay request: %w", err)
+	}
+	if pre[0] == statusVersion {
+		if pre[1] != 0 {
+			return request{}, protocol.Errorf(protocol.CodeBadRequest, "%v: status request with %d in its reserved byte", errBadRequest, pre[1])
+		}
+		return request{Status: true}, nil
 	}
 	if pre[0] != requestVersion {
 		return request{}, protocol.Errorf(protocol.CodeBadRequest, "%v: version %d", errBadRequest, pre[0])

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/tetherhq/tether/protocol"
 )
@@ -29,7 +30,9 @@ func FuzzReadRequest(f *testing.F) {
 	f.Add([]byte{requestVersion, 0})                         // no tenant
 	f.Add([]byte{requestVersion, 64})                        // tenant too long
 	f.Add([]byte{requestVersion, 3, 'A', '/', '.', 1, 0, 0}) // tenant not a name
-	f.Add([]byte{2, 1, 'a'})                                 // another version
+	f.Add([]byte{statusVersion, 1, 'a'})                     // a status request with its reserved byte set
+	f.Add([]byte{statusVersion, 0, 'a'})                     // a status request, and a byte after it
+	f.Add([]byte{3, 1, 'a'})                                 // another version
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)
 		q, err := readRequest(r)
@@ -39,11 +42,18 @@ func FuzzReadRequest(f *testing.F) {
 			}
 			return
 		}
-		// The tenant, then the stream header: its version byte, its
-		// length and its body.
-		hdrAt := 2 + int(data[1])
-		if consumed, want := len(data)-r.Len(), hdrAt+3+int(binary.BigEndian.Uint16(data[hdrAt+1:hdrAt+3])); consumed != want {
-			t.Fatalf("consumed %d bytes, want the %d of the request", consumed, want)
+		if q.Status {
+			// Two bytes, and nothing else in it.
+			if consumed := len(data) - r.Len(); consumed != 2 || !reflect.DeepEqual(q, request{Status: true}) {
+				t.Fatalf("status request %+v consumed %d bytes, want 2 and nothing but Status", q, consumed)
+			}
+		} else {
+			// The tenant, then the stream header: its version byte, its
+			// length and its body.
+			hdrAt := 2 + int(data[1])
+			if consumed, want := len(data)-r.Len(), hdrAt+3+int(binary.BigEndian.Uint16(data[hdrAt+1:hdrAt+3])); consumed != want {
+				t.Fatalf("consumed %d bytes, want the %d of the request", consumed, want)
+			}
 		}
 		var enc bytes.Buffer
 		if err := writeRequest(&enc, q, nil); err != nil {
@@ -93,6 +103,55 @@ func FuzzReadAnswer(f *testing.F) {
 		}
 		if !reflect.DeepEqual(gotRep, rep) || gotAgent != agent {
 			t.Fatalf("got %+v, %q after a round trip, want %+v, %q", gotRep, gotAgent, rep, agent)
+		}
+	})
+}
+
+func FuzzReadStatusAnswer(f *testing.F) {
+	for _, a := range []struct {
+		age  time.Duration
+		beat bool
+	}{{0, true}, {1500 * time.Millisecond, true}, {0, false}, {maxStatusAge, true}} {
+		var b writeBuf
+		if err := writeStatusAnswer(&b, a.age, a.beat); err != nil {
+			f.Fatal(err)
+		}
+		f.Add([]byte(b))
+		f.Add(append([]byte(b), "more"...))
+	}
+	var old writeBuf // an earlier relay's refusal
+	if err := writeAnswer(&old, protocol.Reply{Code: protocol.CodeBadRequest, Message: "malformed relay-to-relay request: version 2"}, ""); err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte(old))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := bytes.NewReader(data)
+		age, beat, known, err := readStatusAnswer(r)
+		if err != nil {
+			if age != 0 || beat || known {
+				t.Fatalf("got age %v, beat %v, known %v with error %v, want nothing", age, beat, known, err)
+			}
+			return
+		}
+		if !known {
+			if age != 0 || beat {
+				t.Fatalf("an answer that does not say gave age %v, beat %v", age, beat)
+			}
+			return
+		}
+		if age < 0 || age >= maxStatusAge || !beat && age != 0 {
+			t.Fatalf("age %v, beat %v out of range", age, beat)
+		}
+		if consumed := len(data) - r.Len(); consumed != 4+int(binary.BigEndian.Uint16(data[2:4]))+9 {
+			t.Fatalf("consumed %d bytes, want the reply and 9", consumed)
+		}
+		var enc writeBuf
+		if err := writeStatusAnswer(&enc, age, beat); err != nil {
+			t.Fatal(err)
+		}
+		a2, b2, k2, err := readStatusAnswer(bytes.NewReader(enc))
+		if err != nil || a2 != age || b2 != beat || !k2 {
+			t.Fatalf("round trip of age %v, beat %v: %v, %v, %v, %v", age, beat, a2, b2, k2, err)
 		}
 	})
 }
