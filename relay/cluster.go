@@ -9,6 +9,7 @@ import (
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/relay/internal/cluster"
 	"github.com/tetherhq/tether/relay/internal/peer"
+	"github.com/tetherhq/tether/relay/internal/session"
 	"github.com/tetherhq/tether/relay/internal/store"
 	"github.com/tetherhq/tether/relay/internal/trust"
 )
@@ -46,7 +47,8 @@ func (r *Relay) assembleMember() error {
 	if r.cfg.PeerListen != Off {
 		var err error
 		r.peers, err = peer.NewServer(peer.ServerConfig{Listen: r.cfg.PeerListen, TLS: r.peerTLS, Router: r.router,
-			HandshakeTimeout: r.cfg.HandshakeTimeout, IdleTimeout: r.cfg.IdleTimeout, Logger: r.log})
+			HandshakeTimeout: r.cfg.HandshakeTimeout, IdleTimeout: r.cfg.IdleTimeout, Logger: r.log,
+			LastHeartbeat: func() time.Time { return r.member.LastHeartbeat() }})
 		if err != nil {
 			return err
 		}
@@ -195,4 +197,157 @@ func (r *Relay) tellAgents(ctx context.Context) {
 		n := r.sessions.SendRelays(&r.bg)
 		r.log.Debug("the cluster's relays changed; told the agents", "relays", len(r.relayList()), "sessions", n)
 	}
+}
+
+// A relay cut off from the store while the agents and the other relays
+// still reach it keeps its agents' sessions, but the other relays stop
+// counting it (and the presence of its agents) DeadAfter after its last
+// heartbeat: a tenant whose agents are held here only is then
+// unreachable through every other relay for as long as the cut lasts.
+// From inside, "this relay lost the store" and "the store is down for
+// every relay" look alike, and in the latter case sending agents away
+// would reconnect the whole fleet for nothing. So a relay whose last
+// heartbeat is older than DeadAfter asks the relays it last saw live,
+// over the relay-to-relay links, how long ago each last wrote its own
+// (peer.Links.StoreStatus). Only when one of them did within DeadAfter/2
+// does it send its agents away and refuse new ones (isolated), until its
+// own heartbeat is written again. A relay that lost the store at the same
+// time as this one last wrote at most a heartbeat (under DeadAfter/2, as
+// Config requires) before this one's last: it answers an age above
+// DeadAfter/2, and does not count as reaching the store.
+
+const (
+	// storeAskTimeout bounds the question to the peers.
+	storeAskTimeout = 3 * time.Second
+	// sendAwayPerAgent and maxSendAway pace the GoAways of an isolated
+	// relay: agents are told one after another over a window that grows
+	// with their number, so that the other relays do not take them all
+	// in the same second.
+	sendAwayPerAgent = 10 * time.Millisecond
+	maxSendAway      = 30 * time.Second
+)
+
+// errIsolated refuses agents while the relay is isolated.
+var errIsolated = protocol.Errorf(protocol.CodeUnavailable,
+	"this relay has lost its store, which other relays of the cluster reach: connect to another relay")
+
+// admitAgent refuses new agent sessions while the relay is isolated
+// (session.Config.Admit).
+func (r *Relay) admitAgent() error {
+	if r.isolated.Load() {
+		return errIsolated
+	}
+	return nil
+}
+
+// watchStore watches this relay's heartbeat until ctx ends, and isolates
+// the relay (above) while it has lost the store and a peer reaches it.
+func (r *Relay) watchStore(ctx context.Context) {
+	if !store.IsPostgres(r.cfg.Store) {
+		return
+	}
+	tick := time.NewTicker(r.cfg.ClusterHeartbeat)
+	defer tick.Stop()
+	kept := false // this outage's "keeps its agents" was logged
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		last := r.member.LastHeartbeat()
+		if last.IsZero() {
+			continue // not joined yet: nobody counts this relay's agents
+		}
+		lost := time.Since(last)
+		if lost <= r.member.DeadAfter() {
+			if r.isolated.Swap(false) {
+				r.log.Info("this relay reaches its store again: it accepts agents again", "relay_id", r.relayID)
+			} else if kept {
+				r.log.Info("this relay reaches its store again", "relay_id", r.relayID)
+			}
+			kept = false
+			continue
+		}
+		if r.isolated.Load() {
+			continue
+		}
+		var peers []store.Relay
+		for _, m := range r.member.Live() {
+			if m.ID != r.relayID {
+				peers = append(peers, m)
+			}
+		}
+		actx, cancel := context.WithTimeout(ctx, storeAskTimeout)
+		answers := r.links.StoreStatus(actx, peers)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		var reach *peer.StoreStatus
+		for i, a := range answers {
+			if a.Known && a.Beat && a.Age < r.member.DeadAfter()/2 && (reach == nil || a.Age < reach.Age) {
+				reach = &answers[i]
+			}
+		}
+		if reach == nil {
+			if !kept {
+				kept = true
+				r.log.Warn("this relay has not written its heartbeat to the store for longer than the other relays count it, and no other relay says it reaches the store: keeping its agents (the store may be down for every relay)",
+					"relay_id", r.relayID, "store_lost_for", lost.Round(time.Millisecond), "peers_asked", len(answers), "answers", storeAnswers(answers))
+			}
+			continue
+		}
+		r.isolated.Store(true)
+		r.isolations.Add(1)
+		agents := r.sessions.Sessions().Select("", true, nil)
+		r.log.Error("this relay has lost its store while another relay reaches it: the others no longer count its agents, so it sends them to the other relays and refuses new agents until its store is back",
+			"relay_id", r.relayID, "store_lost_for", lost.Round(time.Millisecond), "peer", reach.Relay, "peer_heartbeat_age", reach.Age, "agents", len(agents))
+		r.sendAway(ctx, agents)
+	}
+}
+
+// sendAway tells the agents of conns (one session each) to move to
+// another relay, one after another over a window that grows with their
+// number, until they all are told, ctx ends, or the relay reaches its
+// store again.
+func (r *Relay) sendAway(ctx context.Context, conns []*session.Conn) {
+	if len(conns) == 0 {
+		return
+	}
+	step := min(time.Duration(len(conns))*sendAwayPerAgent, maxSendAway) / time.Duration(len(conns))
+	set := r.sessions.Sessions()
+	for i, c := range conns {
+		if i > 0 && step > 0 {
+			t := time.NewTimer(step)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		if time.Since(r.member.LastHeartbeat()) <= r.member.DeadAfter() {
+			return // the store is back
+		}
+		set.GoAway(&r.bg, c.Tenant(), c.Agent(), goAwayLeaving, "relay has lost its store, which other relays reach: move to another relay", r.cfg.DrainTimeout)
+	}
+}
+
+// storeAnswers sums up the peers' answers, for a log line.
+func storeAnswers(as []peer.StoreStatus) []string {
+	out := make([]string, 0, len(as))
+	for _, a := range as {
+		switch {
+		case a.Err != nil:
+			out = append(out, fmt.Sprintf("%s: %v", a.Relay, a.Err))
+		case !a.Known:
+			out = append(out, a.Relay+": does not say (an earlier version)")
+		case !a.Beat:
+			out = append(out, a.Relay+": never wrote its heartbeat")
+		default:
+			out = append(out, fmt.Sprintf("%s: last heartbeat %v ago", a.Relay, a.Age.Round(time.Millisecond)))
+		}
+	}
+	return out
 }

@@ -30,7 +30,11 @@ type Stats struct {
 	// connections that have not yet authenticated.
 	FrontUnauthenticatedSources int `json:"front_unauthenticated_sources"`
 	// LimitRefusals counts stream opens refused by a tenant limit.
-	LimitRefusals int64  `json:"limit_refusals"`
+	LimitRefusals int64 `json:"limit_refusals"`
+	// StoreIsolated is true while the relay has lost its store and
+	// another relay of the cluster reaches it: its agents were sent to
+	// the other relays, and new ones are refused until the store is back.
+	StoreIsolated bool   `json:"store_isolated"`
 	HeapAlloc     uint64 `json:"heap_alloc_bytes"`
 	HeapInuse     uint64 `json:"heap_inuse_bytes"`
 	StackInuse    uint64 `json:"stack_inuse_bytes"`
@@ -56,6 +60,7 @@ func (r *Relay) Stats() Stats {
 	s.HandshakesInProgress, _ = r.sessions.InProgress()
 	s.FrontUnauthenticatedSources = r.doors.Unauthenticated()
 	s.LimitRefusals = r.doors.LimitRefusals.Load()
+	s.StoreIsolated = r.isolated.Load()
 	s.Goroutines = runtime.NumGoroutine()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)

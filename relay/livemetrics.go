@@ -45,13 +45,17 @@ var (
 		"Expiry of the relay CA's certificate (Unix time).", nil, nil)
 	descAuditQueue = prometheus.NewDesc("tether_audit_queue_length",
 		"Audit records waiting to be written.", nil, nil)
+	descStoreIsolated = prometheus.NewDesc("tether_cluster_store_isolated",
+		"1 while this relay has lost its store and another relay of the cluster reaches it: it has sent its agents to the other relays and refuses new ones until its store is back; else 0.", nil, nil)
+	descStoreIsolations = prometheus.NewDesc("tether_cluster_store_isolations_total",
+		"Times this relay lost its store while another relay of the cluster reached it, and sent its agents away.", nil, nil)
 )
 
 // rttBuckets are the bounds of tether_agent_rtt_seconds.
 var rttBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
 
 func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuild, descAgents, descSessions, descRTT, descStreamsActive, descTenantStreams, descTenantLimit, descFront, descHandshakes, descPeerHandshakes, descPeerLinkFailures, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue} {
+	for _, d := range []*prometheus.Desc{descBuild, descAgents, descSessions, descRTT, descStreamsActive, descTenantStreams, descTenantLimit, descFront, descHandshakes, descPeerHandshakes, descPeerLinkFailures, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue, descStoreIsolated, descStoreIsolations} {
 		ch <- d
 	}
 }
@@ -134,6 +138,12 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descFrontLimited, prometheus.CounterValue, float64(r.doors.SourceLimited.Load()))
 	ch <- prometheus.MustNewConstMetric(descCAExpiry, prometheus.GaugeValue, float64(r.auth.CA().Signer().Cert.NotAfter.Unix()))
 	ch <- prometheus.MustNewConstMetric(descAuditQueue, prometheus.GaugeValue, float64(r.audit.Queued()))
+	isolated := 0.0
+	if r.isolated.Load() {
+		isolated = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descStoreIsolated, prometheus.GaugeValue, isolated)
+	ch <- prometheus.MustNewConstMetric(descStoreIsolations, prometheus.CounterValue, float64(r.isolations.Load()))
 }
 
 // buildInfo is what tether_build_info and the console's health panel say

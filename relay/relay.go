@@ -70,6 +70,12 @@ type Relay struct {
 	opsLn     net.Listener      // /metrics, /healthz, /readyz, or nil when off
 	debugLn   net.Listener      // pprof and /debug/tether, or nil when off
 
+	// isolated: this relay lost its store while another relay reaches it;
+	// its agents were sent away, and new ones are refused (watchStore).
+	// isolations counts the times it was so.
+	isolated   atomic.Bool
+	isolations atomic.Int64
+
 	feedFrom   int64          // the change feed's newest change when New read the state
 	feedReadAt atomic.Int64   // Unix nanoseconds the change feed was last read (admit)
 	started    time.Time      // when Run began
@@ -144,6 +150,7 @@ func (r *Relay) assemble(ctx context.Context) error {
 		Relays:        r.relayList,
 		RelayID:       r.relayID,
 		ClusterAgents: r.clusterAgents,
+		Admit:         r.admitAgent,
 		Disconnects:   r.metrics.Disconnects, StoreOp: r.metrics.StoreOp, Fatal: r.failed,
 		Version: cfg.Version, Logger: cfg.Logger, Now: cfg.Now,
 	})
@@ -344,6 +351,7 @@ func (r *Relay) run(ctx context.Context) error {
 	wg.Go(func() { r.doors.Run(sessCtx) })
 	wg.Go(func() { r.member.Run(sessCtx) })
 	wg.Go(func() { r.tellAgents(sessCtx) })
+	wg.Go(func() { r.watchStore(partsCtx) })
 	if r.peers != nil {
 		wg.Go(func() {
 			if err := r.peers.Run(sessCtx); err != nil {
@@ -450,6 +458,9 @@ func (r *Relay) run(ctx context.Context) error {
 func (r *Relay) ready(ctx context.Context) error {
 	if !r.serving.Load() {
 		return errNotServing
+	}
+	if r.isolated.Load() {
+		return errors.New("this relay has lost its store, which other relays of the cluster reach: its agents were sent to them")
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()

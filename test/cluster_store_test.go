@@ -6,12 +6,14 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/tetherhq/tether/internal/pgtest"
 	"github.com/tetherhq/tether/relay/client"
+	"github.com/tetherhq/tether/test/internal/e2e"
 )
 
 // TestClusterPostgresRestart: PostgreSQL restarts under a cluster of two
@@ -74,19 +76,32 @@ func TestClusterPostgresRestart(t *testing.T) {
 }
 
 // TestClusterPostgresCutOff: a proxy between relay 2 and PostgreSQL stops
-// forwarding, without closing anything. Relay 2's streams carry on; its
-// new dials are served until it has gone 15 s without confirming that it
-// is current, then refused with unavailable; relay 1 serves on
-// throughout. An agent of relay 2 revoked meanwhile through the store is
-// cut off once the proxy forwards again, and relay 2 serves new dials.
+// forwarding, without closing anything, and so does a proxy between relay
+// 2 and relay 1's peer listener: relay 2 cannot learn that relay 1
+// reaches the store, and keeps its agent (TestClusterStoreLostMovesAgents
+// is a relay that can, and sends its agents away). Relay 2's streams
+// carry on; its new dials are served until it has gone 15 s without
+// confirming that it is current, then refused with unavailable; relay 1
+// serves on throughout. An agent of relay 2 revoked meanwhile through the
+// store is cut off once the proxies forward again, and relay 2 serves new
+// dials.
 func TestClusterPostgresCutOff(t *testing.T) {
 	var proxy *pausableProxy
+	// Relay 1's peer listener, as relay 2 reaches it (relay 1 advertises
+	// the proxy's address).
+	peerListen := net.JoinHostPort(relayHost(0), strconv.Itoa(e2e.FreePort(t, relayHost(0))))
+	peerProxy := newPausableProxy(t, peerListen)
 	c := startClusterWith(t, 2, clusterOpts{dsn: func(pg *pgtest.Server, i int) string {
 		if i == 1 {
 			proxy = newPausableProxy(t, pg.Addr())
 			return pg.DSNFor(proxy.addr)
 		}
 		return pg.DSN()
+	}, extraFor: func(i int) []string {
+		if i == 0 {
+			return []string{"--peer-listen", peerListen, "--advertise-peer", peerProxy.addr}
+		}
+		return nil
 	}})
 	c.admin(t, "tenant", "add", "acme")
 	c.admin(t, "tenant", "add", "beta")
@@ -106,6 +121,7 @@ func TestClusterPostgresCutOff(t *testing.T) {
 	defer held.Close()
 
 	proxy.pause()
+	peerProxy.pause()
 	cut := time.Now()
 	// Relay 2 serves new dials until it refuses them with unavailable,
 	// not before 15 s less a heartbeat of the store (it confirmed being
@@ -142,7 +158,12 @@ func TestClusterPostgresCutOff(t *testing.T) {
 
 	// Revoked while relay 2 cannot read the store.
 	c.admin(t, "agent", "revoke", a.id)
+	c.relays[1].waitOutput("no other relay says it reaches the store: keeping its agents", 5*time.Second)
+	if n := c.relays[1].count("this relay has lost its store while another relay reaches it"); n != 0 {
+		t.Errorf("relay 2 sent its agents away, though it could not reach relay 1 to learn that it reaches the store")
+	}
 	proxy.resume()
+	peerProxy.resume()
 	healed := time.Now()
 	waitClosed(t, held, 20*time.Second, "the stream of the agent revoked during the cut")
 	t.Logf("relay 2 closed the revoked agent's stream %v after the proxy forwarded again", time.Since(healed).Round(time.Millisecond))

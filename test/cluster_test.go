@@ -39,6 +39,8 @@ type clusterOpts struct {
 	// dsn, when set, is relay i's store URL (default the PostgreSQL
 	// server's): a relay can reach it through a proxy.
 	dsn func(pg *pgtest.Server, i int) string
+	// extraFor, when set, gives relay i more serve flags (after extra).
+	extraFor func(i int) []string
 }
 
 func startCluster(t *testing.T, n int) *testCluster {
@@ -62,6 +64,9 @@ func startClusterWith(t *testing.T, n int, o clusterOpts) *testCluster {
 			dsn = o.dsn(pg, i)
 		}
 		extra := slices.Clone(o.extra)
+		if o.extraFor != nil {
+			extra = append(extra, o.extraFor(i)...)
+		}
 		var adminAddr string
 		if o.admin {
 			adminAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))

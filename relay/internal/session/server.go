@@ -79,6 +79,10 @@ type Config struct {
 	// any relay of the cluster, for the tenant's limit on connected
 	// agents.
 	ClusterAgents func(ctx context.Context, tenant string) (map[string]bool, error)
+	// Admit, when set, is asked first at every agent's admission: an
+	// error refuses the agent with it (a temporary one has the agent try
+	// another relay), before any store read.
+	Admit func() error
 
 	// Disconnects counts ended sessions by reason (may be nil); StoreOp
 	// times store operations (may be nil).
@@ -581,6 +585,11 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 	if h.ProtocolVersion < protocol.MinVersion {
 		return protocol.Errorf(protocol.CodeUnsupportedVersion,
 			"agent speaks protocol version %d; this relay accepts %d to %d: upgrade the agent", h.ProtocolVersion, protocol.MinVersion, protocol.Version)
+	}
+	if s.cfg.Admit != nil {
+		if err := s.cfg.Admit(); err != nil {
+			return err
+		}
 	}
 	// An agent keeps at most 16 connections (agent.MaxRelayConnections),
 	// and each may reconnect before the relay has seen its old session

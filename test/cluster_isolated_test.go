@@ -1,0 +1,146 @@
+package test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/internal/pgtest"
+)
+
+// TestClusterStoreLostMovesAgents: a proxy between relay 2 and PostgreSQL
+// stops forwarding (relay 2 alone loses its store; the agents and relay 1
+// still reach it). Relay 1 stops counting relay 2, and the presence of the
+// agent it holds, 10 s after its last heartbeat: an agent of relay 2 with
+// relay_connections 1 was unreachable through relay 1 for as long as the
+// cut lasted. Relay 2 now asks relay 1 whether it reaches the store, and
+// as it does, sends its agent away: the agent moves to relay 1, and a
+// backend through relay 1 reaches the tenant's service within 25 s of the
+// cut. Once the proxy forwards again relay 2 accepts agents again.
+func TestClusterStoreLostMovesAgents(t *testing.T) {
+	var proxy *pausableProxy
+	c := startClusterWith(t, 2, clusterOpts{dsn: func(pg *pgtest.Server, i int) string {
+		if i == 1 {
+			proxy = newPausableProxy(t, pg.Addr())
+			return pg.DSNFor(proxy.addr)
+		}
+		return pg.DSN()
+	}})
+	c.admin(t, "tenant", "add", "acme")
+	key := c.admin(t, "backend", "add", "billing", "--allow", "acme")
+	a := c.clusterAgent(t, c.relays[1], "acme", 1, "tcp")
+	if got := a.waitHolds(t, 1, 20*time.Second); got[0] != relayID(1) {
+		t.Fatalf("the agent holds %v, want %s", got, relayID(1))
+	}
+	d1 := c.dialer(c.relays[0], "billing", key)
+	conn := waitDial(t, d1, "echo.acme.tether:7", 20*time.Second) // forwarded to relay 2
+	conn.Close()
+	// An agent that will know relay 2's address only, enrolled now.
+	newState, newID := enroll(t, c.relays[0].agentAddr, c.admin(t, "token", "create", "--tenant", "acme"))
+
+	proxy.pause()
+	cut := time.Now()
+	const bound = 25 * time.Second
+	got := a.waitHolds(t, 1, bound, relayID(1))
+	t.Logf("the agent moved from relay 2 to %v %v after relay 2 lost its store", got, time.Since(cut).Round(time.Millisecond))
+	if got[0] != relayID(0) {
+		t.Fatalf("the agent holds %v, want %s", got, relayID(0))
+	}
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := echoDial(ctx, d1, "echo.acme.tether:7", "after relay 2 lost its store")
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Since(cut) > bound {
+			t.Fatalf("a backend through relay 1 still cannot reach acme's service %v after relay 2 lost its store: %v", bound, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("a backend through relay 1 reached acme's service %v after relay 2 lost its store", time.Since(cut).Round(time.Millisecond))
+	r2 := c.relays[1]
+	r2.waitOutput(`"msg":"this relay has lost its store while another relay reaches it`, 5*time.Second)
+	if line := outputLine(r2.out.String(), "this relay has lost its store while another relay reaches it"); !strings.Contains(line, `"peer":"`+relayID(0)+`"`) || !strings.Contains(line, `"store_lost_for"`) {
+		t.Errorf("relay 2's error names neither the peer that reaches the store nor how long its store was gone: %s", line)
+	}
+
+	// A new agent is refused while relay 2 has lost its store, with a
+	// refusal that has it try again (another relay, had it a list), not
+	// a permanent one.
+	b := runAgentNoWait(t, newState, newID, r2.agentAddr, agentOpts{transport: "tcp"})
+	b.waitOutput("which other relays of the cluster reach: connect to another relay", 20*time.Second)
+	if line := outputLine(b.out.String(), "which other relays of the cluster reach"); !strings.Contains(line, `"level":"WARN"`) || !strings.Contains(line, `"msg":"cannot connect to relay"`) {
+		t.Errorf("the new agent's refusal by relay 2 is not a temporary one: %s", line)
+	}
+
+	proxy.resume()
+	r2.waitOutput(`"msg":"this relay reaches its store again: it accepts agents again"`, 30*time.Second)
+	b.waitOutput(`"msg":"connected to relay"`, 20*time.Second)
+}
+
+// TestClusterStoreDownKeepsAgents: PostgreSQL stops answering every relay
+// (a proxy in front of it for each stops forwarding). Each relay finds,
+// past 10 s, that no other reaches the store either, and keeps its
+// agents: none is sent away, which would reconnect the whole fleet for
+// nothing.
+func TestClusterStoreDownKeepsAgents(t *testing.T) {
+	var proxies []*pausableProxy
+	c := startClusterWith(t, 2, clusterOpts{dsn: func(pg *pgtest.Server, i int) string {
+		p := newPausableProxy(t, pg.Addr())
+		proxies = append(proxies, p)
+		return pg.DSNFor(p.addr)
+	}})
+	c.admin(t, "tenant", "add", "acme")
+	key := c.admin(t, "backend", "add", "billing", "--allow", "acme")
+	a := c.clusterAgent(t, c.relays[1], "acme", 1, "tcp")
+	if got := a.waitHolds(t, 1, 20*time.Second); got[0] != relayID(1) {
+		t.Fatalf("the agent holds %v, want %s", got, relayID(1))
+	}
+	d2 := c.dialer(c.relays[1], "billing", key)
+	held := waitDial(t, d2, "echo.acme.tether:7", 20*time.Second)
+	defer held.Close()
+	before, err := a.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, p := range proxies {
+		p.pause()
+	}
+	for _, r := range c.relays {
+		r.waitOutput(`"msg":"this relay has not written its heartbeat to the store for longer than the other relays count it, and no other relay says it reaches the store: keeping its agents`, 30*time.Second)
+	}
+	after, err := a.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := connectedRelays(after); len(got) != 1 || got[0] != relayID(1) || !after.Sessions[0].Since.Equal(before.Sessions[0].Since) {
+		t.Fatalf("the agent's sessions after both relays kept their agents: %+v, want its session to relay 2 of before the outage (%+v)", after.Sessions, before.Sessions)
+	}
+	if err := echoLine(held, "through the outage"); err != nil {
+		t.Fatalf("the stream through relay 2: %v", err)
+	}
+	for i, r := range c.relays {
+		if n := r.count("this relay has lost its store while another relay reaches it"); n != 0 {
+			t.Errorf("relay %d sent its agents away while the store was down for every relay", i+1)
+		}
+	}
+	for _, p := range proxies {
+		p.resume()
+	}
+	c.relays[1].waitOutput(`"msg":"this relay reaches its store again"`, 30*time.Second)
+	conn := waitDial(t, c.dialer(c.relays[0], "billing", key), "echo.acme.tether:7", 20*time.Second)
+	conn.Close()
+}
+
+// outputLine is the first line of out that contains s.
+func outputLine(out, s string) string {
+	for line := range strings.Lines(out) {
+		if strings.Contains(line, s) {
+			return line
+		}
+	}
+	return ""
+}
