@@ -270,6 +270,9 @@ func (r *Relay) watchStore(ctx context.Context) {
 			continue
 		}
 		if r.isolated.Load() {
+			// An agent admitted as the relay was deciding (its sessions
+			// not draining yet) is sent after the others.
+			r.sendAway(ctx, r.sessions.Sessions().Select("", true, nil))
 			continue
 		}
 		var peers []store.Relay
@@ -307,7 +310,8 @@ func (r *Relay) watchStore(ctx context.Context) {
 	}
 }
 
-// sendAway tells the agents of conns (one session each) to move to
+// sendAway tells the agents of conns (one session each, none draining:
+// session.Set.Select with onePerAgent) to move to
 // another relay, one after another over a window that grows with their
 // number, until they all are told, ctx ends, or the relay reaches its
 // store again.
