@@ -2,6 +2,8 @@ package test
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -20,13 +22,22 @@ import (
 // cut. Once the proxy forwards again relay 2 accepts agents again.
 func TestClusterStoreLostMovesAgents(t *testing.T) {
 	var proxy *pausableProxy
+	ops := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // relay 2's metrics listener
 	c := startClusterWith(t, 2, clusterOpts{dsn: func(pg *pgtest.Server, i int) string {
 		if i == 1 {
 			proxy = newPausableProxy(t, pg.Addr())
 			return pg.DSNFor(proxy.addr)
 		}
 		return pg.DSN()
+	}, extraFor: func(i int) []string {
+		if i == 1 {
+			return []string{"--metrics-listen", ops}
+		}
+		return nil
 	}})
+	if m := scrape(t, ops); m["tether_cluster_store_isolated"] != 0 {
+		t.Fatalf("tether_cluster_store_isolated of relay 2 before the cut: %v, want 0", m["tether_cluster_store_isolated"])
+	}
 	c.admin(t, "tenant", "add", "acme")
 	key := c.admin(t, "backend", "add", "billing", "--allow", "acme")
 	a := c.clusterAgent(t, c.relays[1], "acme", 1, "tcp")
@@ -66,6 +77,13 @@ func TestClusterStoreLostMovesAgents(t *testing.T) {
 		t.Errorf("relay 2's error names neither the peer that reaches the store nor how long its store was gone: %s", line)
 	}
 
+	if m := scrape(t, ops); m["tether_cluster_store_isolated"] != 1 || m["tether_cluster_store_isolations_total"] != 1 {
+		t.Errorf("relay 2's tether_cluster_store_isolated %v, tether_cluster_store_isolations_total %v while it has sent its agents away; want 1, 1",
+			m["tether_cluster_store_isolated"], m["tether_cluster_store_isolations_total"])
+	}
+	if code, body := httpStatus(t, "http://"+ops+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "lost its store, which other relays of the cluster reach") {
+		t.Errorf("relay 2's /readyz while it has sent its agents away: %d %q, want 503 saying why", code, body)
+	}
 	// A new agent is refused while relay 2 has lost its store, with a
 	// refusal that has it try again (another relay, had it a list), not
 	// a permanent one.
@@ -78,6 +96,9 @@ func TestClusterStoreLostMovesAgents(t *testing.T) {
 	proxy.resume()
 	r2.waitOutput(`"msg":"this relay reaches its store again: it accepts agents again"`, 30*time.Second)
 	b.waitOutput(`"msg":"connected to relay"`, 20*time.Second)
+	if m := scrape(t, ops); m["tether_cluster_store_isolated"] != 0 {
+		t.Errorf("tether_cluster_store_isolated of relay 2 once its store is back: %v, want 0", m["tether_cluster_store_isolated"])
+	}
 }
 
 // TestClusterStoreDownKeepsAgents: PostgreSQL stops answering every relay
