@@ -184,15 +184,23 @@ func (r *Relay) assemble(ctx context.Context) error {
 	if err := r.doors.SetForwards(ctx, cfg.Forwards); err != nil {
 		return err
 	}
+	fds := fdLimit()
+	metricsLim, adminLim, downloadLim, scaled := opsLimits(cfg.MetricsListen != Off, cfg.AdminListen != Off, cfg.DownloadListen != Off, fds)
+	if scaled {
+		r.log.Info("few file descriptors: the operator listeners hold fewer connections", "fd_limit", fds,
+			"metrics", metricsLim.Total, "admin", adminLim.Total, "download", downloadLim.Total)
+	}
 	if cfg.MetricsListen != Off {
 		if r.opsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
 			return fmt.Errorf("metrics listener: %w", err)
 		}
+		r.opsLn = throttle.LimitListener(r.opsLn, metricsLim, r.refusedBy(listenerMetrics))
 	}
 	if cfg.AdminListen != Off {
 		r.history = history.New(history.Config{Read: r.historyReading, Now: cfg.Now})
 		r.console, err = console.New(console.Config{Listen: cfg.AdminListen, CertFile: cfg.AdminCertFile, KeyFile: cfg.AdminKeyFile,
 			SessionTTL: cfg.AdminSessionTTL, HandshakeTimeout: cfg.HandshakeTimeout, SSO: cfg.AdminSSO, AuthRefusals: r.metrics.AuthRefusals,
+			Limits: adminLim, Refused: r.refusedBy(listenerAdmin),
 			Relay: consoleView{r}, Logger: cfg.Logger, Now: cfg.Now}, r.adm, r.tls)
 		if err != nil {
 			return err
@@ -204,7 +212,8 @@ func (r *Relay) assemble(ctx context.Context) error {
 		}
 	}
 	if cfg.DownloadListen != Off {
-		if r.downloads, err = update.NewDownloads(cfg.DownloadListen, cfg.DownloadDir, cfg.HandshakeTimeout, r.tls, r.auth, cfg.Logger); err != nil {
+		if r.downloads, err = update.NewDownloads(update.DownloadsConfig{Listen: cfg.DownloadListen, Dir: cfg.DownloadDir,
+			HandshakeTimeout: cfg.HandshakeTimeout, Limits: downloadLim, Refused: r.refusedBy(listenerDownload), Logger: cfg.Logger}, r.tls, r.auth); err != nil {
 			return err
 		}
 	}
@@ -366,9 +375,11 @@ func (r *Relay) run(ctx context.Context) error {
 	var opsWG sync.WaitGroup
 	if r.opsLn != nil {
 		// Scraped over the network, unauthenticated: no connection is
-		// held longer than a request takes, or idle past a minute.
+		// held longer than a request takes, or idle past
+		// metricsIdleTimeout, and the listener bounds how many are held
+		// (opslimits.go).
 		opsSrv = &http.Server{Handler: r.metrics.Handler(r.ready), ReadHeaderTimeout: r.cfg.HandshakeTimeout, ReadTimeout: r.cfg.HandshakeTimeout,
-			WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
+			WriteTimeout: 30 * time.Second, IdleTimeout: metricsIdleTimeout, MaxHeaderBytes: 16 << 10}
 		opsWG.Go(func() { opsSrv.Serve(r.opsLn) })
 	}
 	consoleCtx, stopConsole := context.WithCancel(ctx)

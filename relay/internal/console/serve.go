@@ -43,6 +43,13 @@ type Config struct {
 	// per door, source and reason before their audit record is written
 	// (the first of each is written at once). Default 1m.
 	AuthAuditInterval time.Duration
+	// Limits bounds the connections the listener holds open per source
+	// address, per source network and in all (throttle.LimitListener);
+	// zero fields take DefaultLimits'.
+	Limits throttle.ListenerLimits
+	// Refused, when set, is told the reason of each connection the
+	// listener closed at accept for being beyond Limits.
+	Refused func(reason string)
 	// AuthRefusals, when set, counts failed and throttled
 	// authentications by door and reason (throttle.NewRefusals).
 	AuthRefusals *prometheus.CounterVec
@@ -52,6 +59,17 @@ type Config struct {
 	Relay  Relay
 	Logger *slog.Logger
 	Now    func() time.Time
+}
+
+// DefaultLimits are the admin listener's bounds on connections held open
+// (Config.Limits): 64 from one address, 256 from one network, 512 in all.
+// A browser holds up to 6 connections to the console, and tetherctl one
+// per command, so one address (often a NAT or proxy in front of a team)
+// has room for about ten people at once; the total bounds what the
+// listener can take of the relay's file descriptors, which the agent
+// port and the front doors need.
+func DefaultLimits() throttle.ListenerLimits {
+	return throttle.ListenerLimits{PerAddress: 64, PerNetwork: 256, Total: 512}
 }
 
 // shutdownGrace is how long requests in progress get to finish when Run's
@@ -68,6 +86,7 @@ func New(cfg Config, adm *admin.Admin, tlsSrv *trust.Server) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	cfg.Limits = cfg.Limits.Or(DefaultLimits())
 	if cfg.Throttle.Now == nil {
 		cfg.Throttle.Now = cfg.Now
 	}
@@ -89,7 +108,7 @@ func New(cfg Config, adm *admin.Admin, tlsSrv *trust.Server) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
-	s.ln = tls.NewListener(ln, tc)
+	s.ln = tls.NewListener(throttle.LimitListener(ln, cfg.Limits, cfg.Refused), tc)
 	return s, nil
 }
 
@@ -116,7 +135,7 @@ func (s *Server) Run(ctx context.Context) error {
 		ReadHeaderTimeout: s.cfg.HandshakeTimeout,
 		ReadTimeout:       time.Minute,
 		WriteTimeout:      2 * time.Minute,
-		IdleTimeout:       2 * time.Minute,
+		IdleTimeout:       time.Minute, // a person reading a page; the next click makes a new connection
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug), // TLS handshake failures and the like
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },

@@ -37,6 +37,10 @@ type Metrics struct {
 	StoreDuration *prometheus.HistogramVec // op
 	AuthRefusals  *prometheus.CounterVec   // door, reason: failed and throttled authentication
 	Disconnects   *prometheus.CounterVec   // reason
+	// ListenerRefused counts the connections the operator listeners
+	// (metrics, admin, download) closed at accept, by listener and reason
+	// (throttle.LimitListener).
+	ListenerRefused *prometheus.CounterVec
 
 	// opens mirrors Streams by tenant and outcome, for the relay's own
 	// history.
@@ -81,12 +85,16 @@ func New(disconnectReasons []string, authRefusals *prometheus.CounterVec, live .
 			Name: "tether_agent_disconnects_total",
 			Help: "Agent sessions ended, by reason: agent_closed, idle_timeout, heartbeat_missed, connection_reset, relay_shutdown, agent_restarted, revoked, certificate_expired, unauthenticated (a retired CA root), error.",
 		}, []string{"reason"}),
+		ListenerRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_listener_refused_total",
+			Help: "Connections the operator listeners (metrics, admin, download) closed at accept, before reading them, by listener and reason: source_limited (the source address or network holds its bound), listener_full (the listener holds its total).",
+		}, []string{"listener", "reason"}),
 	}
 	m.disconnectReasons = disconnectReasons
 	for _, reason := range disconnectReasons {
 		m.Disconnects.WithLabelValues(reason)
 	}
-	m.Registry.MustRegister(m.Streams, &bytesCollector{m.Bytes}, m.OpenDuration, m.LimitRefusals, m.StoreDuration, m.AuthRefusals, m.Disconnects,
+	m.Registry.MustRegister(m.Streams, &bytesCollector{m.Bytes}, m.OpenDuration, m.LimitRefusals, m.StoreDuration, m.AuthRefusals, m.Disconnects, m.ListenerRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Registry.MustRegister(live...)
 	return m

@@ -92,3 +92,16 @@ func (c *limitedConn) Close() error {
 	c.once.Do(c.leave)
 	return err
 }
+
+// Or returns l with each bound of 0 or less taken from def.
+func (l ListenerLimits) Or(def ListenerLimits) ListenerLimits {
+	for _, f := range []struct {
+		v *int
+		d int
+	}{{&l.PerAddress, def.PerAddress}, {&l.PerNetwork, def.PerNetwork}, {&l.Total, def.Total}} {
+		if *f.v <= 0 {
+			*f.v = f.d
+		}
+	}
+	return l
+}

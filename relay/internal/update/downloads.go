@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/tetherhq/tether/relay/internal/throttle"
 	"github.com/tetherhq/tether/relay/internal/trust"
 )
 
@@ -45,9 +46,44 @@ const downloadStall = time.Minute
 // directory, no paths, no dot files.
 var downloadName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
-// NewDownloads binds the download listener on addr for the files of dir.
+// DownloadsConfig configures the download listener.
+type DownloadsConfig struct {
+	// Listen is its address (HTTPS).
+	Listen string
+	// Dir holds the files it serves.
+	Dir string
+	// HandshakeTimeout bounds the TLS handshake and reading a request's
+	// headers.
+	HandshakeTimeout time.Duration
+	// Limits bounds the connections it holds open per source address, per
+	// source network and in all (throttle.LimitListener); zero fields
+	// take DefaultDownloadLimits'.
+	Limits throttle.ListenerLimits
+	// Refused, when set, is told the reason of each connection the
+	// listener closed at accept for being beyond Limits.
+	Refused func(reason string)
+	Logger  *slog.Logger
+}
+
+// DefaultDownloadLimits are the download listener's bounds on connections
+// held open: 64 from one address, 256 from one network, 512 in all.
+// Agents fetch releases through their tunnel, not here: the listener
+// serves the install scripts, whose install of one host makes a few short
+// connections one after the other (the script, the CA, the binary), so one
+// address (a NAT in front of a site) may install 64 hosts at once. The
+// total bounds what the listener can take of the relay's file
+// descriptors, which the agent port and the front doors need.
+func DefaultDownloadLimits() throttle.ListenerLimits {
+	return throttle.ListenerLimits{PerAddress: 64, PerNetwork: 256, Total: 512}
+}
+
+// NewDownloads binds the download listener for the files of cfg.Dir.
 // Call Run, or Close if Run will not be called.
-func NewDownloads(addr, dir string, handshakeTimeout time.Duration, tlsSrv *trust.Server, auth *trust.Authority, log *slog.Logger) (*Downloads, error) {
+func NewDownloads(cfg DownloadsConfig, tlsSrv *trust.Server, auth *trust.Authority) (*Downloads, error) {
+	dir, log := cfg.Dir, cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	fi, err := os.Stat(dir)
 	if err != nil {
 		return nil, fmt.Errorf("download listener: --download-dir must name a directory: %w", err)
@@ -55,10 +91,11 @@ func NewDownloads(addr, dir string, handshakeTimeout time.Duration, tlsSrv *trus
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("download listener: %s is not a directory", dir)
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("download listener: %w", err)
 	}
+	ln = throttle.LimitListener(ln, cfg.Limits.Or(DefaultDownloadLimits()), cfg.Refused)
 	d := &Downloads{dir: dir, auth: auth, log: log, ln: tls.NewListener(ln, tlsSrv.Downloads()), stall: downloadStall}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ca.der", func(w http.ResponseWriter, req *http.Request) {
@@ -68,8 +105,8 @@ func NewDownloads(addr, dir string, handshakeTimeout time.Duration, tlsSrv *trus
 	mux.HandleFunc("GET /{name}", d.serve)
 	d.srv = &http.Server{
 		Handler:           mux,
-		ReadHeaderTimeout: handshakeTimeout,
-		IdleTimeout:       time.Minute,
+		ReadHeaderTimeout: cfg.HandshakeTimeout,
+		IdleTimeout:       15 * time.Second, // the install scripts make a connection per file
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}

@@ -37,7 +37,7 @@ func TestDownloadStalledClientCut(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(files, "tether-agent"), make([]byte, size), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d, err := NewDownloads("127.0.0.1:0", files, 5*time.Second, tlsSrv, auth, slog.New(slog.DiscardHandler))
+	d, err := NewDownloads(DownloadsConfig{Listen: "127.0.0.1:0", Dir: files, HandshakeTimeout: 5 * time.Second, Logger: slog.New(slog.DiscardHandler)}, tlsSrv, auth)
 	if err != nil {
 		t.Fatal(err)
 	}
