@@ -68,6 +68,7 @@ type Relay struct {
 	history   *history.Recorder // the last hour, for the dashboard's charts (consoleview.go)
 	downloads *update.Downloads // install scripts and agent binaries, or nil when off
 	opsLn     net.Listener      // /metrics, /healthz, /readyz, or nil when off
+	readyMemo *readiness        // ready's answers as /readyz reuses them (readiness.go)
 	debugLn   net.Listener      // pprof and /debug/tether, or nil when off
 
 	// isolated: this relay lost its store while another relay reaches it;
@@ -104,6 +105,7 @@ func New(cfg Config) (*Relay, error) {
 	r := &Relay{cfg: cfg, log: cfg.Logger, dir: dir, auth: trust.NewAuthority(dir.CAStorage(), authority),
 		pol: policy.New(cfg.Logger), routes: route.NewTable(), fatal: make(chan error, 1)}
 	r.feedReadAt.Store(time.Now().UnixNano())
+	r.readyMemo = newReadiness(r.ready, readyFor)
 	r.metrics = metrics.New(session.DisconnectReasons, throttle.NewRefusals(), &liveCollector{r: r})
 	if err := r.assemble(ctx); err != nil {
 		r.Close()
@@ -378,7 +380,7 @@ func (r *Relay) run(ctx context.Context) error {
 		// held longer than a request takes, or idle past
 		// metricsIdleTimeout, and the listener bounds how many are held
 		// (opslimits.go).
-		opsSrv = &http.Server{Handler: r.metrics.Handler(r.ready), ReadHeaderTimeout: r.cfg.HandshakeTimeout, ReadTimeout: r.cfg.HandshakeTimeout,
+		opsSrv = &http.Server{Handler: r.metrics.Handler(r.readyz), ReadHeaderTimeout: r.cfg.HandshakeTimeout, ReadTimeout: r.cfg.HandshakeTimeout,
 			WriteTimeout: 30 * time.Second, IdleTimeout: metricsIdleTimeout, MaxHeaderBytes: 16 << 10}
 		opsWG.Go(func() { opsSrv.Serve(r.opsLn) })
 	}
