@@ -90,7 +90,7 @@ func New(cfg Config, adm *admin.Admin, tlsSrv *trust.Server) (*Server, error) {
 	if cfg.Throttle.Now == nil {
 		cfg.Throttle.Now = cfg.Now
 	}
-	sso, err := newSSOFlow(cfg.SSO, cfg.SSOClient)
+	sso, err := newSSOFlow(cfg.SSO, cfg.SSOClient, cfg.Logger, cfg.Now)
 	if err != nil {
 		return nil, err
 	}

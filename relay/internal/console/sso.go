@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -217,6 +218,8 @@ type ssoFlow struct {
 	redirectURL string
 	client      *http.Client
 	issuers     []*ssoIssuer
+	log         *slog.Logger
+	now         func() time.Time
 }
 
 // ssoIssuer is an issuer with its secret read and, once discovered, its
@@ -229,6 +232,8 @@ type ssoIssuer struct {
 	provider *oidc.Provider
 	verifier *oidc.IDTokenVerifier
 	pending  *discovery // the discovery in progress, nil when none
+	failed   error      // the last reading's failure, while it is remembered
+	failedAt time.Time  // when that reading ended
 }
 
 // discovery is one reading of an issuer's discovery document, which every
@@ -242,7 +247,9 @@ type discovery struct {
 }
 
 // newSSOFlow prepares c (validated) for use; nil when it has no issuers.
-func newSSOFlow(c SSOConfig, client *http.Client) (*ssoFlow, error) {
+// log (nil: discard) is told when an issuer cannot be reached; now (nil:
+// time.Now) is the clock.
+func newSSOFlow(c SSOConfig, client *http.Client, log *slog.Logger, now func() time.Time) (*ssoFlow, error) {
 	if len(c.Issuers) == 0 {
 		return nil, nil
 	}
@@ -252,7 +259,13 @@ func newSSOFlow(c SSOConfig, client *http.Client) (*ssoFlow, error) {
 	if client == nil {
 		client = &http.Client{Timeout: ssoTimeout, Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSHandshakeTimeout: ssoTimeout, ResponseHeaderTimeout: ssoTimeout}}
 	}
-	f := &ssoFlow{redirectURL: strings.TrimSuffix(c.PublicURL, "/") + ssoCallbackPath, client: client}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if now == nil {
+		now = time.Now
+	}
+	f := &ssoFlow{redirectURL: strings.TrimSuffix(c.PublicURL, "/") + ssoCallbackPath, client: client, log: log, now: now}
 	var errs []error
 	for _, iss := range c.Issuers {
 		i := &ssoIssuer{SSOIssuer: iss, secret: iss.ClientSecret}
@@ -294,6 +307,7 @@ func (f *ssoFlow) issuer(name string) *ssoIssuer {
 // Limits of single sign-on.
 const (
 	ssoTimeout      = 10 * time.Second // each request to an issuer
+	ssoRetryFailed  = 5 * time.Second  // a failed discovery is not tried again sooner
 	ssoStateTTL     = 10 * time.Minute // from start to callback
 	ssoCookie       = "__Host-tether_sso"
 	ssoCallbackPath = "/login/sso/callback"
@@ -306,12 +320,20 @@ const (
 // than its own request lasts (the one reading it, no longer than the
 // reading's ssoTimeout), instead of taking turns: an issuer that does not
 // answer holds each of them for at most ssoTimeout, not one ssoTimeout
-// per sign-in ahead of it.
-func (i *ssoIssuer) discover(ctx context.Context, client *http.Client) (*oidc.Provider, *oidc.IDTokenVerifier, error) {
+// per sign-in ahead of it. A reading that failed is remembered for
+// ssoRetryFailed: sign-ins meanwhile get its error at once, so that
+// however many ask (the start of a sign-in needs no credential), an
+// issuer that is down is asked once per ssoRetryFailed, and the warning
+// that it cannot be reached is logged once per reading, by discover.
+func (i *ssoIssuer) discover(ctx context.Context, f *ssoFlow) (*oidc.Provider, *oidc.IDTokenVerifier, error) {
 	i.mu.Lock()
 	if i.provider != nil {
 		defer i.mu.Unlock()
 		return i.provider, i.verifier, nil
+	}
+	if i.failed != nil && f.now().Sub(i.failedAt) < ssoRetryFailed {
+		defer i.mu.Unlock()
+		return nil, nil, i.failed
 	}
 	d, lead := i.pending, i.pending == nil
 	if lead {
@@ -325,18 +347,23 @@ func (i *ssoIssuer) discover(ctx context.Context, client *http.Client) (*oidc.Pr
 		// The reading serves every sign-in waiting for it, so it is not
 		// cut short when this one's request ends; it is bounded alike.
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ssoTimeout)
-		p, err := oidc.NewProvider(oidc.ClientContext(dctx, client), i.Issuer)
+		p, err := oidc.NewProvider(oidc.ClientContext(dctx, f.client), i.Issuer)
 		cancel()
 		i.mu.Lock()
 		if err != nil {
 			d.err = fmt.Errorf("discover issuer %s: %w", i.Issuer, err)
+			i.failed, i.failedAt = d.err, f.now()
 		} else {
 			i.provider, i.verifier = p, p.Verifier(&oidc.Config{ClientID: i.ClientID})
 			d.provider, d.verifier = i.provider, i.verifier
+			i.failed = nil
 		}
 		i.pending = nil
 		i.mu.Unlock()
 		close(d.done)
+		if d.err != nil {
+			f.log.Warn("single sign-on: identity provider unreachable", "issuer", i.Name, "err", d.err, "retry_after", ssoRetryFailed)
+		}
 		return d.provider, d.verifier, d.err
 	}
 	select {
@@ -400,14 +427,20 @@ func randomString() string {
 func (s *Server) ssoStart(w http.ResponseWriter, req *http.Request) {
 	dashHeaders(w)
 	noStore(w)
+	// A source throttled for failed sign-ins is refused here too: a
+	// start needs no credential, but leads to the issuer.
+	if e := s.guard.admit(doorSSO, s.guard.source(req)); e != nil {
+		setRetryAfter(w, e)
+		s.loginPageStatus(w, req, e.Status, "", loginThrottled)
+		return
+	}
 	iss := s.sso.issuer(req.PathValue("issuer"))
 	if iss == nil {
 		s.loginPageStatus(w, req, http.StatusNotFound, "", "There is no such sign-on.")
 		return
 	}
-	p, _, err := iss.discover(req.Context(), s.sso.client)
-	if err != nil {
-		s.log.Warn("single sign-on: identity provider unreachable", "issuer", iss.Name, "err", err)
+	p, _, err := iss.discover(req.Context(), s.sso)
+	if err != nil { // logged by discover
 		s.loginPageStatus(w, req, http.StatusServiceUnavailable, "", "The identity provider cannot be reached; try again later or use an operator token.")
 		return
 	}
@@ -469,9 +502,8 @@ func (s *Server) ssoCallback(w http.ResponseWriter, req *http.Request) {
 		s.loginPageStatus(w, req, http.StatusUnauthorized, st.Next, "The identity provider did not sign you in ("+clean(e, 64)+").")
 		return
 	}
-	p, verifier, err := iss.discover(req.Context(), s.sso.client)
-	if err != nil {
-		s.log.Warn("single sign-on: identity provider unreachable", "issuer", iss.Name, "err", err)
+	p, verifier, err := iss.discover(req.Context(), s.sso)
+	if err != nil { // logged by discover
 		s.loginPageStatus(w, req, http.StatusServiceUnavailable, st.Next, "The identity provider cannot be reached; try again later.")
 		return
 	}

@@ -113,7 +113,7 @@ func TestSSOScopeOf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	flow, err := newSSOFlow(c, nil)
+	flow, err := newSSOFlow(c, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -16,7 +17,9 @@ import (
 // discovery document while it is being read wait for that one reading,
 // not for one reading each in turn, and a sign-in whose request ends
 // stops waiting at once. Once read, the document is not read again; a
-// reading that failed is tried again by the next sign-in.
+// reading that failed is remembered for ssoRetryFailed (sign-ins
+// meanwhile get its error without a reading), then tried again by the
+// next sign-in.
 func TestSSODiscoverySharedAndBounded(t *testing.T) {
 	release := make(chan struct{})
 	var reads atomic.Int32
@@ -45,6 +48,8 @@ func TestSSODiscoverySharedAndBounded(t *testing.T) {
 	}))
 	defer idp.Close()
 	iss := &ssoIssuer{SSOIssuer: SSOIssuer{Name: "corp", Issuer: idp.URL, ClientID: "tether"}}
+	clock := newTestClock()
+	flow := &ssoFlow{client: idp.Client(), log: slog.New(slog.DiscardHandler), now: clock.now}
 
 	// Five sign-ins at once while the issuer does not answer, then one
 	// whose request ends meanwhile.
@@ -52,7 +57,7 @@ func TestSSODiscoverySharedAndBounded(t *testing.T) {
 	errs := make(chan error, 5)
 	for range 5 {
 		wg.Go(func() {
-			_, _, err := iss.discover(context.Background(), idp.Client())
+			_, _, err := iss.discover(context.Background(), flow)
 			errs <- err
 		})
 	}
@@ -67,7 +72,7 @@ func TestSSODiscoverySharedAndBounded(t *testing.T) {
 	gone, leave := context.WithCancel(context.Background())
 	goneErr := make(chan error, 1)
 	go func() {
-		_, _, err := iss.discover(gone, idp.Client())
+		_, _, err := iss.discover(gone, flow)
 		goneErr <- err
 	}()
 	waitFor(t, waiting(5))
@@ -92,16 +97,47 @@ func TestSSODiscoverySharedAndBounded(t *testing.T) {
 		t.Fatalf("%d readings of the discovery document for six sign-ins at once, want 1", n)
 	}
 
-	// The next sign-in tries again, and the document read stays.
+	// The failure is remembered: the issuer is not asked again before
+	// ssoRetryFailed.
 	fail.Store(false)
+	clock.advance(ssoRetryFailed - time.Millisecond)
+	if _, _, err := iss.discover(context.Background(), flow); err == nil {
+		t.Fatal("a sign-in within ssoRetryFailed of a failed reading did not get its failure")
+	}
+	if n := reads.Load(); n != 1 {
+		t.Fatalf("%d readings within ssoRetryFailed of the failed one, want 1", n)
+	}
+
+	// The next sign-in after it tries again, and the document read stays.
+	clock.advance(time.Millisecond)
 	for range 3 {
-		if p, v, err := iss.discover(context.Background(), idp.Client()); err != nil || p == nil || v == nil {
+		if p, v, err := iss.discover(context.Background(), flow); err != nil || p == nil || v == nil {
 			t.Fatalf("discover after the issuer came back: %v", err)
 		}
 	}
 	if n := reads.Load(); n != 2 {
 		t.Fatalf("%d readings in all, want 2 (the failed one, then one kept)", n)
 	}
+}
+
+// testClock is a clock that moves only when told.
+type testClock struct {
+	mu sync.Mutex // guards t
+	t  time.Time
+}
+
+func newTestClock() *testClock { return &testClock{t: time.Now()} }
+
+func (c *testClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
 }
 
 // waitFor polls cond until it holds, for at most 10 s.
