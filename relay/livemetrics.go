@@ -49,6 +49,12 @@ var (
 		"1 while this relay has lost its store and another relay of the cluster reaches it: it has sent its agents to the other relays and refuses new ones until its store is back; else 0.", nil, nil)
 	descStoreIsolations = prometheus.NewDesc("tether_cluster_store_isolations_total",
 		"Times this relay lost its store while another relay of the cluster reached it, and sent its agents away.", nil, nil)
+	descAuditLost = prometheus.NewDesc("tether_audit_lost_total",
+		"Audit records never to be in the store, by kept_in: file (in the audit file only) or none (in the audit file neither).", []string{"kept_in"}, nil)
+	descAuditFileErrors = prometheus.NewDesc("tether_audit_file_errors_total",
+		"Appends to the audit file that failed.", nil, nil)
+	descAuditUnwritten = prometheus.NewDesc("tether_audit_unwritten",
+		"Audit records in memory only: the store and the audit file both failed to take them (the relay is not ready meanwhile).", nil, nil)
 )
 
 // rttBuckets are the bounds of tether_agent_rtt_seconds.
@@ -56,6 +62,9 @@ var rttBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5
 
 func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descAgents, descSessions, descRTT, descStreamsActive, descTenantStreams, descTenantLimit, descFront, descHandshakes, descPeerHandshakes, descPeerLinkFailures, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue, descStoreIsolated, descStoreIsolations} {
+		ch <- d
+	}
+	for _, d := range []*prometheus.Desc{descAuditLost, descAuditFileErrors, descAuditUnwritten} {
 		ch <- d
 	}
 }
@@ -144,6 +153,10 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descStoreIsolated, prometheus.GaugeValue, isolated)
 	ch <- prometheus.MustNewConstMetric(descStoreIsolations, prometheus.CounterValue, float64(r.isolations.Load()))
+	ch <- prometheus.MustNewConstMetric(descAuditLost, prometheus.CounterValue, float64(r.audit.LostFiled()), "file")
+	ch <- prometheus.MustNewConstMetric(descAuditLost, prometheus.CounterValue, float64(r.audit.LostUnfiled()), "none")
+	ch <- prometheus.MustNewConstMetric(descAuditFileErrors, prometheus.CounterValue, float64(r.audit.FileErrors()))
+	ch <- prometheus.MustNewConstMetric(descAuditUnwritten, prometheus.GaugeValue, float64(r.audit.Unwritten()))
 }
 
 // buildInfo is what tether_build_info and the console's health panel say

@@ -2,9 +2,13 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tetherhq/tether/internal/fulldisk"
+	"github.com/tetherhq/tether/relay/internal/audit"
 )
 
 func TestReadiness(t *testing.T) {
@@ -32,5 +36,51 @@ func TestReadiness(t *testing.T) {
 	}
 	if err := r.ready(ctx); err == nil {
 		t.Fatal("stopped relay says it is ready")
+	}
+}
+
+// A relay whose store and audit file both fail (a full disk) cannot audit
+// what it does: it says it is not ready, so that a load balancer moves
+// traffic to relays that can, until space returns.
+func TestReadinessFullDisk(t *testing.T) {
+	dir := fulldisk.Dir(t, "16m")
+	if dir == "" {
+		return
+	}
+	r, err := New(Config{DataDir: dir, AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx) }()
+	defer func() {
+		stop()
+		<-done
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for r.ready(ctx) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("serving relay not ready: %v", r.ready(ctx))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	free := fulldisk.Fill(t, dir)
+	pad := strings.Repeat("x", 4096) // more than the audit file's last page holds
+	for i := 0; r.audit.Unwritten() == 0; i++ {
+		if i == 20 {
+			t.Fatal("20 audit records on a full disk, and none in memory only")
+		}
+		r.audit.Add(audit.Record{Kind: audit.TenantAdd, Outcome: audit.OutcomeOK, Tenant: "acme", Detail: map[string]any{"pad": pad}})
+	}
+	if err := r.ready(ctx); !errors.Is(err, audit.ErrNotDurable) {
+		t.Fatalf("ready on a full disk = %v, want audit.ErrNotDurable", err)
+	}
+	t.Logf("ready on a full disk: %v", r.ready(ctx))
+	free()
+	r.audit.Add(audit.Record{Kind: audit.TenantAdd, Outcome: audit.OutcomeOK, Tenant: "acme"})
+	if err := r.ready(ctx); err != nil {
+		t.Fatalf("ready once space returned: %v", err)
 	}
 }

@@ -466,14 +466,19 @@ func (r *Relay) run(ctx context.Context) error {
 }
 
 // ready reports why the relay cannot serve, or nil: it must be accepting
-// (not starting, not shutting down) and its store must answer within a
-// second.
+// (not starting, not shutting down), able to audit (audit.Log.Durable: not
+// while its store and its audit file both fail, e.g. on a full disk, so a
+// load balancer moves traffic to relays that can audit it) and its store
+// must answer within a second.
 func (r *Relay) ready(ctx context.Context) error {
 	if !r.serving.Load() {
 		return errNotServing
 	}
 	if r.isolated.Load() {
 		return errors.New("this relay has lost its store, which other relays of the cluster reach: its agents were sent to them")
+	}
+	if err := r.audit.Durable(); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()

@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -38,9 +39,10 @@ const (
 	// retries a busy database within it).
 	storeTimeout = 10 * time.Second
 	// auditBacklog bounds the records the writer keeps for the store
-	// after a write failed (they are in the file already) and writes
-	// again, before what came after them, until the store takes them.
-	// Beyond it, records are in the file only (Lost counts them).
+	// after a write failed (in the file already, unless the file failed
+	// too) and writes again, before what came after them, until the
+	// store takes them. Beyond it, records are in the file only, or
+	// nowhere (Lost counts them).
 	auditBacklog = 4096
 	// auditOverflow bounds the records added while the queue is full
 	// (they go to the file at once) that are kept to be written to the
@@ -67,14 +69,25 @@ const (
 // backoff, until the store takes it. Every record has a key of its own
 // (Record.Key), so one whose transaction committed although its answer was
 // lost is not stored twice.
+//
+// When the file cannot be written either (the disk is full), the records
+// the store did not take are in memory only: the writer keeps them (as far
+// as auditBacklog) and writes them to the store and to the file again
+// until one of them takes them; Unwritten counts them, and Durable says
+// the trail is not durable until none is left. Those it drops, and those
+// it still keeps at Stop, are lost (Lost, LostUnfiled). A failed or short
+// append is cut back off the file, so the next line starts on a line of
+// its own.
 type Log struct {
 	ctx  context.Context // for store writes: not cancelled, so that shutdown loses no record
 	st   *store.Store
 	log  *slog.Logger
 	path string
 
-	fileMu sync.Mutex // serialises appends to file
-	file   *os.File
+	fileMu      sync.Mutex // serialises appends to file; guards lastFileErr
+	file        *os.File
+	lastFileErr error // the last append's failure, nil once one succeeds
+	fileErrors  atomic.Int64
 
 	mu     sync.RWMutex // enqueue holds it shared; Stop exclusively, to close queue
 	closed bool         // no writer goroutine: write at once
@@ -97,13 +110,20 @@ type Log struct {
 	// overflowN is len(overflow), and backlogN len(backlog), for Queued.
 	overflowN atomic.Int64
 	backlogN  atomic.Int64
-	lost      atomic.Int64 // records in the file only, never to be stored
+	// overflowUnfiled counts the records of overflow whose append to
+	// the file failed, and backlogUnfiled those of backlog: records in
+	// memory only (Unwritten).
+	overflowUnfiled atomic.Int64
+	backlogUnfiled  atomic.Int64
+	// Records never to be stored: in the file only, or nowhere.
+	lostFiled, lostUnfiled atomic.Int64
 
 	// The writer goroutine's own.
-	backlog   []Record      // filed, not yet stored, in order
+	backlog   []item        // not yet stored, in order (filed, unless the file failed)
 	retry     *time.Timer   // tries backlog again
 	retryWait time.Duration // the next wait of retry
-	buf       []Record
+	buf       []item
+	recBuf    []Record
 
 	everyMu   sync.Mutex    // guards every and stopEvery
 	every     []periodic    // registered by Every
@@ -121,8 +141,12 @@ type periodic struct {
 // log writes each record as it is added (as the short-lived admin
 // commands need) until Start.
 func Open(ctx context.Context, st *store.Store, path string, log *slog.Logger) (*Log, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	if err := endLine(f); err != nil {
+		f.Close()
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
 	return &Log{ctx: context.WithoutCancel(ctx), st: st, log: log, path: path, file: f, closed: true,
@@ -136,9 +160,63 @@ func (a *Log) Queued() int {
 	return len(a.queue) + int(a.overflowN.Load()) + int(a.backlogN.Load())
 }
 
-// Lost is how many records since Open are in the audit file only: kept
-// beyond the bounds while the store failed, or refused by the store.
-func (a *Log) Lost() int64 { return a.lost.Load() }
+// endLine ends the file's last line when a process stopped in the
+// middle of writing it, so that the next record is not glued onto it.
+func endLine(f *os.File) error {
+	fi, err := f.Stat()
+	if err != nil || fi.Size() == 0 {
+		return err
+	}
+	last := make([]byte, 1)
+	if _, err := f.ReadAt(last, fi.Size()-1); err != nil {
+		return err
+	}
+	if last[0] != '\n' {
+		_, err = f.Write([]byte{'\n'})
+	}
+	return err
+}
+
+// Lost is how many records since Open will never be in the store: kept
+// beyond the bounds while the store failed, refused by the store, or
+// kept in memory only (the file failed too) when the writer stopped.
+// LostUnfiled says how many of them are not in the audit file either.
+func (a *Log) Lost() int64 { return a.lostFiled.Load() + a.lostUnfiled.Load() }
+
+// LostUnfiled is how many records of Lost are not in the audit file
+// either: the store and the file both failed to take them; LostFiled
+// how many are in the file only.
+func (a *Log) LostUnfiled() int64 { return a.lostUnfiled.Load() }
+
+// LostFiled is how many records of Lost are in the audit file only.
+func (a *Log) LostFiled() int64 { return a.lostFiled.Load() }
+
+// FileErrors is how many appends to the audit file failed since Open.
+func (a *Log) FileErrors() int64 { return a.fileErrors.Load() }
+
+// Unwritten is how many records are in memory only: the store did not
+// take them and the append to the audit file failed. The writer tries
+// both again; they are lost if the relay stops or dies before.
+func (a *Log) Unwritten() int {
+	return int(a.overflowUnfiled.Load() + a.backlogUnfiled.Load())
+}
+
+// ErrNotDurable is what Durable returns while records are in memory only.
+var ErrNotDurable = errors.New("the audit trail cannot be written: the store and the audit file both fail")
+
+// Durable returns nil, or an error wrapping ErrNotDurable (with the
+// number of records in memory only and the file's last failure) while
+// Unwritten is not 0.
+func (a *Log) Durable() error {
+	n := a.Unwritten()
+	if n == 0 {
+		return nil
+	}
+	a.fileMu.Lock()
+	ferr := a.lastFileErr
+	a.fileMu.Unlock()
+	return fmt.Errorf("%w: %d records in memory only (audit file: %v)", ErrNotDurable, n, ferr)
+}
 
 // Start starts the writer goroutine: from now on records are written in
 // batches. Stop ends it.
@@ -207,7 +285,10 @@ func (a *Log) run() {
 	if recs := a.unstored(); len(recs) > 0 {
 		// Written before anything recorded from now on; those the store
 		// holds already are skipped by their keys.
-		a.backlog = recs
+		a.backlog = make([]item, len(recs))
+		for i, r := range recs {
+			a.backlog[i] = item{rec: r, filed: true}
+		}
 		a.backlogN.Store(int64(len(recs)))
 		a.log.Info("audit: records of the audit file marked as not in the store are written to it again", "records", len(recs))
 		a.retry.Reset(0)
@@ -221,9 +302,7 @@ func (a *Log) run() {
 			case it, ok := <-a.queue:
 				if !ok {
 					a.commit(nil)
-					if n := len(a.backlog); n > 0 {
-						a.log.Error("audit: stopping with records the store did not take; they are in the audit file, marked store_error, and written to the store when the relay next starts on it", "records", n)
-					}
+					a.stopKept()
 					return
 				}
 				items = a.add(items, it)
@@ -345,64 +424,131 @@ func (a *Log) takeOverflow(items []item, seq uint64) []item {
 }
 
 // commit writes the records kept from failed writes and then items to the
-// store, and items not yet in the file to the file, and tells whoever
-// waits for items. What the store did not take is kept, up to
-// auditBacklog records, and tried again.
+// store, and those of them not yet in the file to the file, and tells
+// whoever waits for items. What the store did not take is kept, up to
+// auditBacklog records, and tried again (with the file, for the records
+// the file did not take either).
 func (a *Log) commit(items []item) {
 	if len(items) == 0 && len(a.backlog) == 0 {
 		return
 	}
 	kept := len(a.backlog)
-	recs := append(a.buf[:0], a.backlog...)
-	for _, it := range items {
+	all := append(append(a.buf[:0], a.backlog...), items...)
+	recs := a.recBuf[:0]
+	for _, it := range all {
 		recs = append(recs, it.rec)
+	}
+	var fromOverflow int64 // records taken from overflow, counted in overflowUnfiled
+	for _, it := range items {
+		if it.overflow && !it.filed {
+			fromOverflow++
+		}
 	}
 	start := time.Now()
 	done, refused, err := a.store(recs)
 	if a.Committed != nil {
 		a.Committed(start)
 	}
-	lines := make([]auditLine, 0, len(items))
-	for i, it := range items {
+	var lines []auditLine
+	for j, it := range all {
 		if it.filed {
 			continue
 		}
 		l := auditLine{Record: it.rec}
-		if j := kept + i; j >= done {
+		if j >= done {
 			l.StoreError = errString(err)
 		} else if rerr, ok := refused[j]; ok {
 			l.StoreError = rerr.Error()
 		}
 		lines = append(lines, l)
 	}
-	a.appendFile(lines)
-	for _, it := range items {
-		if it.done != nil {
-			close(it.done)
+	ferr := a.appendFile(lines)
+	if ferr == nil {
+		for j := range all {
+			all[j].filed = true
 		}
+	}
+	if len(refused) > 0 {
+		unfiled := 0
+		for j := range refused {
+			if !all[j].filed {
+				unfiled++
+			}
+		}
+		a.lose(len(refused), unfiled, "refused by the store")
 	}
 	if err == nil {
 		if kept > 0 {
 			a.log.Info("audit: the store answers again; the records kept for it are written", "records", kept)
 		}
+		if ferr != nil {
+			a.log.Error("audit: records written to the store but not to the audit file", "path", a.path, "records", len(lines), "err", ferr)
+		}
 		a.backlog = nil
 		a.retryWait = 0
 		a.retry.Stop()
 	} else {
-		rest := recs[done:]
+		rest := all[done:]
 		if over := len(rest) - auditBacklog; over > 0 {
+			a.lose(over, countUnfiled(rest[auditBacklog:]), "kept for the store while it fails")
 			rest = rest[:auditBacklog]
-			a.lose(over, "kept for the store while it fails")
 		}
-		a.backlog = append([]Record(nil), rest...)
-		a.log.Error("audit: store write failed; records written to the audit file, marked store_error, and kept to be written again",
-			"records", len(items), "kept", len(a.backlog), "err", err)
+		a.backlog = append(a.backlog[:0:0], rest...)
+		if ferr == nil {
+			a.log.Error("audit: store write failed; records written to the audit file, marked store_error, and kept to be written again",
+				"records", len(items), "kept", len(a.backlog), "err", err)
+		} else {
+			a.log.Error("audit: store write failed, and so did the append to the audit file; records kept in memory only, to be written to both again (lost if the relay stops first)",
+				"records", len(items), "kept", len(a.backlog), "in_memory_only", countUnfiled(a.backlog), "err", err, "file_err", ferr)
+		}
 		a.retryWait = min(max(2*a.retryWait, retryMin), retryMax)
 		a.retry.Reset(a.retryWait/2 + mrand.N(a.retryWait/2+1))
 	}
 	a.backlogN.Store(int64(len(a.backlog)))
+	a.backlogUnfiled.Store(int64(countUnfiled(a.backlog)))
+	// After backlogUnfiled: Unwritten never dips meanwhile.
+	a.overflowUnfiled.Add(-fromOverflow)
+	// Last: a waiter sees what this write did (Unwritten, Lost).
+	for _, it := range items {
+		if it.done != nil {
+			close(it.done)
+		}
+	}
+	clear(all)
+	a.buf = all[:0]
 	clear(recs)
-	a.buf = recs[:0]
+	a.recBuf = recs[:0]
+}
+
+// stopKept reports, as the writer stops, the records it still keeps for
+// the store: those in the file are written to the store when a relay next
+// starts on it (unstored); the others are lost.
+func (a *Log) stopKept() {
+	n := len(a.backlog)
+	if n == 0 {
+		return
+	}
+	unfiled := countUnfiled(a.backlog)
+	if unfiled == 0 {
+		a.log.Error("audit: stopping with records the store did not take; they are in the audit file, marked store_error, and written to the store when the relay next starts on it", "records", n)
+	} else {
+		a.log.Error("audit: stopping with records the store did not take; those in the audit file, marked store_error, are written to the store when the relay next starts on it; the others, which the audit file did not take either, are lost",
+			"records", n, "in_file", n-unfiled, "lost", unfiled)
+		a.lose(unfiled, unfiled, "the writer stopped while the store and the audit file failed")
+	}
+	a.backlog = nil
+	a.backlogN.Store(0)
+	a.backlogUnfiled.Store(0)
+}
+
+func countUnfiled(items []item) int {
+	n := 0
+	for _, it := range items {
+		if !it.filed {
+			n++
+		}
+	}
+	return n
 }
 
 // store writes recs to the store, in order, and returns how many of them
@@ -423,8 +569,7 @@ func (a *Log) store(recs []Record) (done int, refused map[int]error, err error) 
 		return 0, nil, err
 	}
 	if len(recs) == 1 {
-		a.lose(1, "refused by the store")
-		a.log.Error("audit: the store refused a record; it is in the audit file only", "kind", recs[0].Kind, "err", err)
+		a.log.Error("audit: the store refused a record", "kind", recs[0].Kind, "err", err)
 		return 1, map[int]error{0: err}, nil
 	}
 	half := len(recs) / 2
@@ -442,10 +587,16 @@ func (a *Log) store(recs []Record) (done int, refused map[int]error, err error) 
 	return half + d2, refused, err
 }
 
-// lose counts n records that are in the audit file only, and says why.
-func (a *Log) lose(n int, why string) {
-	total := a.lost.Add(int64(n))
-	a.log.Error("audit: records written to the audit file only, not to the store", "records", n, "why", why, "total", total)
+// lose counts n records that will never be in the store, unfiled of them
+// in the audit file neither, and says why.
+func (a *Log) lose(n, unfiled int, why string) {
+	a.lostFiled.Add(int64(n - unfiled))
+	a.lostUnfiled.Add(int64(unfiled))
+	if unfiled == 0 {
+		a.log.Error("audit: records written to the audit file only, not to the store", "records", n, "why", why, "total", a.Lost())
+		return
+	}
+	a.log.Error("audit: records lost: not in the store, and not in the audit file either", "records", unfiled, "in_file_only", n-unfiled, "why", why, "total", a.Lost(), "total_unfiled", a.LostUnfiled())
 }
 
 // waited reports whether anyone waits for one of items to be written.
@@ -464,7 +615,10 @@ type item struct {
 	rec   Record
 	done  chan struct{}
 	seq   uint64 // the order it was added in
-	filed bool   // written to the file already (added while the queue was full)
+	filed bool   // written to the file already
+	// overflow: added while the queue was full (written to the file as
+	// it was added, unless that failed: overflowUnfiled counts it then).
+	overflow bool
 }
 
 // Add records rec (stamping its time when unset) and returns once it is in
@@ -547,11 +701,23 @@ func (a *Log) enqueue(rec Record, wait bool) chan struct{} {
 		return it.done
 	default:
 	}
-	it.done, it.filed = nil, true
+	a.orderMu.Unlock()
+	// The queue is full: to the file first (still holding mu, so that the
+	// writer is not stopped meanwhile), then to overflow, in the order of
+	// the records added from now on (one added concurrently may come
+	// before it: their order was never set).
+	ferr := a.appendFile([]auditLine{{Record: rec, StoreQueueFull: true}})
+	it.done, it.filed, it.overflow = nil, ferr == nil, true
+	a.orderMu.Lock()
+	it.seq = a.nextSeq
+	a.nextSeq++
 	keep := len(a.overflow) < auditOverflow
 	if keep {
 		a.overflow = append(a.overflow, it)
 		a.overflowN.Store(int64(len(a.overflow)))
+		if !it.filed {
+			a.overflowUnfiled.Add(1)
+		}
 	}
 	a.orderMu.Unlock()
 	a.mu.RUnlock()
@@ -559,9 +725,13 @@ func (a *Log) enqueue(rec Record, wait bool) chan struct{} {
 	case a.overflowed <- struct{}{}:
 	default:
 	}
-	a.appendFile([]auditLine{{Record: rec, StoreQueueFull: true}})
-	if !keep {
-		a.lose(1, "the audit queue is full")
+	switch {
+	case !keep && it.filed:
+		a.lose(1, 0, "the audit queue is full")
+	case !keep:
+		a.lose(1, 1, "the audit queue is full and the audit file failed")
+	case !it.filed:
+		a.log.Error("audit: the audit queue is full and the append to the audit file failed; the record is kept in memory for both", "kind", rec.Kind, "err", ferr)
 	}
 	return nil
 }
@@ -574,20 +744,29 @@ func (a *Log) write(recs []Record) {
 	ctx, cancel := context.WithTimeout(a.ctx, storeTimeout)
 	err := a.st.AddAudit(ctx, recs)
 	cancel()
-	if err != nil {
-		a.log.Error("audit: store write failed; records kept in the audit file only", "records", len(recs), "err", err)
-	}
 	lines := make([]auditLine, len(recs))
 	for i, r := range recs {
 		lines[i] = auditLine{Record: r, StoreError: errString(err)}
 	}
-	a.appendFile(lines)
+	ferr := a.appendFile(lines)
+	switch {
+	case err != nil && ferr != nil:
+		a.log.Error("audit: store write failed, and so did the append to the audit file", "records", len(recs), "err", err, "file_err", ferr)
+		a.lose(len(recs), len(recs), "the store and the audit file failed")
+	case err != nil:
+		a.log.Error("audit: store write failed; records kept in the audit file only", "records", len(recs), "err", err)
+	case ferr != nil:
+		a.log.Error("audit: records written to the store but not to the audit file", "path", a.path, "records", len(recs), "err", ferr)
+	}
 }
 
-// appendFile appends lines to the file.
-func (a *Log) appendFile(lines []auditLine) {
+// appendFile appends lines to the file and reports whether they reached
+// it: a failed or short write is cut back off the file (the next line
+// must start on a line of its own for the file to be read: unstored),
+// and the error is returned, for the caller to say what it means.
+func (a *Log) appendFile(lines []auditLine) error {
 	if len(lines) == 0 {
-		return
+		return nil
 	}
 	buf := make([]byte, 0, 256*len(lines))
 	for _, l := range lines {
@@ -600,9 +779,43 @@ func (a *Log) appendFile(lines []auditLine) {
 	}
 	a.fileMu.Lock()
 	defer a.fileMu.Unlock()
-	if _, werr := a.file.Write(buf); werr != nil {
-		a.log.Error("audit: append to file failed", "path", a.path, "records", len(lines), "err", werr)
+	n, err := a.file.Write(buf)
+	if err != nil {
+		a.fileErrors.Add(1)
+		if n > 0 {
+			err = errors.Join(err, a.cutLocked(n))
+		}
+		a.lastFileErr = err
+		return fmt.Errorf("append to audit file: %w", err)
 	}
+	a.lastFileErr = nil
+	return nil
+}
+
+// cutLocked removes the n bytes a failed append left at the end of the
+// file. They end where the write left the file's offset (O_APPEND). When
+// an admin command appended after them meanwhile, they cannot be cut
+// without its line: cutLocked ends them with a newline instead, so that
+// only they are lost. fileMu is held.
+func (a *Log) cutLocked(n int) error {
+	end, err := a.file.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return fmt.Errorf("cut a partly written line: %w", err)
+	}
+	fi, err := a.file.Stat()
+	if err != nil {
+		return fmt.Errorf("cut a partly written line: %w", err)
+	}
+	if fi.Size() == end {
+		if err := a.file.Truncate(end - int64(n)); err != nil {
+			return fmt.Errorf("cut a partly written line: %w", err)
+		}
+		return nil
+	}
+	if _, err := a.file.Write([]byte{'\n'}); err != nil {
+		return fmt.Errorf("end a partly written line: %w", err)
+	}
+	return nil
 }
 
 // auditLine is a line of the audit file. StoreError says the store had
