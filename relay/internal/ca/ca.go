@@ -221,6 +221,11 @@ func Load(ctx context.Context, s Storage) (*CA, error) {
 		if errors.Is(cerr, fs.ErrNotExist) && errors.Is(kerr, fs.ErrNotExist) {
 			return nil, fmt.Errorf("no CA in %v: %w", s, fs.ErrNotExist)
 		}
+		if errors.Is(cerr, fs.ErrNotExist) && kerr == nil {
+			if err := finishCreation(ctx, s); err != nil {
+				return nil, err
+			}
+		}
 		m.Roots = []manifestRoot{{Generation: 1}}
 	} else if err := json.Unmarshal(raw, &m); err != nil {
 		return nil, fmt.Errorf("parse %s: %v", where(s, ManifestFile), err)
@@ -452,8 +457,57 @@ func readError(what string, err error) error {
 	return fmt.Errorf("read %s: %w", what, err)
 }
 
-// createRoot makes root generation gen in s: key first, then certificate,
-// each written atomically. It does not touch roots.json.
+// pendingSuffix names the copy of a new root's certificate that
+// createRoot writes before its key (CertFileOf(gen)+pendingSuffix).
+const pendingSuffix = ".pending"
+
+// finishCreation completes the creation of the first root that a process
+// stopped between writing ca.key and ca.crt (createRoot): it writes the
+// certificate from its pending copy when that copy belongs to the key.
+// Without one, it refuses, saying what happened and what an operator may
+// do: the certificate was lost after the fact, and a new CA would cut off
+// every agent enrolled with the old one.
+func finishCreation(ctx context.Context, s Storage) error {
+	pending := CertFile + pendingSuffix
+	certPEM, err := s.ReadFile(ctx, pending)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("CA key %s exists without its certificate %s: the CA cannot be used, and the relay does not make a new one over it. "+
+			"If the first start of this relay was stopped while it created its CA, and no agent was ever enrolled with it, remove %s and start again to create a new CA; "+
+			"otherwise restore %s from a backup", where(s, KeyFile), where(s, CertFile), where(s, KeyFile), where(s, CertFile))
+	}
+	if err != nil {
+		return readError("pending CA certificate", err)
+	}
+	// loadRoot checks that the pending certificate belongs to the key.
+	if _, err := loadRoot(ctx, pendingCert{s}, 1); err != nil {
+		return fmt.Errorf("finish the CA's creation, cut short, from %s: %w", where(s, pending), err)
+	}
+	if err := s.WriteFile(ctx, CertFile, certPEM); err != nil {
+		return fmt.Errorf("finish the CA's creation, cut short: write CA certificate: %w", err)
+	}
+	if err := s.Remove(ctx, pending); err != nil {
+		return fmt.Errorf("finish the CA's creation, cut short: %w", err)
+	}
+	return nil
+}
+
+// pendingCert is s, whose root certificates are read from their pending
+// copies.
+type pendingCert struct{ Storage }
+
+func (p pendingCert) ReadFile(ctx context.Context, name string) ([]byte, error) {
+	if !isKey(name) {
+		name += pendingSuffix
+	}
+	return p.Storage.ReadFile(ctx, name)
+}
+
+// createRoot makes root generation gen in s, each file written
+// atomically: the certificate under a pending name, then the key, then
+// the certificate under its own name. A process stopped after the key
+// leaves the pending certificate for Load to finish with (finishCreation);
+// one stopped before leaves no key, so no CA. It does not touch
+// roots.json.
 func createRoot(ctx context.Context, s Storage, td string, gen int, now time.Time) (*Root, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -484,12 +538,20 @@ func createRoot(ctx context.Context, s Storage, td string, gen int, now time.Tim
 	if err != nil {
 		return nil, err
 	}
-	// Key first: a certificate without its key would look like a CA.
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	if err := s.WriteFile(ctx, CertFileOf(gen)+pendingSuffix, certPEM); err != nil {
+		return nil, fmt.Errorf("write CA certificate: %w", err)
+	}
+	// Key before the certificate's own name: a certificate without its
+	// key would look like a CA.
 	if err := s.WriteFile(ctx, KeyFileOf(gen), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})); err != nil {
 		return nil, fmt.Errorf("write CA key: %w", err)
 	}
-	if err := s.WriteFile(ctx, CertFileOf(gen), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})); err != nil {
+	if err := s.WriteFile(ctx, CertFileOf(gen), certPEM); err != nil {
 		return nil, fmt.Errorf("write CA certificate: %w", err)
+	}
+	if err := s.Remove(ctx, CertFileOf(gen)+pendingSuffix); err != nil {
+		return nil, fmt.Errorf("remove pending CA certificate: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {

@@ -597,3 +597,82 @@ func TestEndorsementOfEarlierOverlap(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// stopAt is a Storage whose process stops (every write fails from then
+// on) as it is about to write the file stop.
+type stopAt struct {
+	Storage
+	stop    string
+	stopped bool
+}
+
+func (s *stopAt) WriteFile(ctx context.Context, name string, data []byte) error {
+	if name == s.stop || s.stopped {
+		s.stopped = true
+		return errors.New("the process stopped")
+	}
+	return s.Storage.WriteFile(ctx, name, data)
+}
+
+// TestInterruptedCreation: a first start stopped between writing the
+// CA's key and its certificate leaves a CA the next start finishes (the
+// key and certificate it made, not new ones); one stopped before the key
+// leaves none, and the next start makes one. A key whose certificate was
+// lost otherwise is refused, saying what an operator may do, never
+// replaced.
+func TestInterruptedCreation(t *testing.T) {
+	t.Run("stopped before the certificate", func(t *testing.T) {
+		eachStorage(t, func(t *testing.T, s Storage) {
+			if _, _, err := LoadOrCreate(ctx, &stopAt{Storage: s, stop: CertFile}, "tether.internal", t0); err == nil {
+				t.Fatal("LoadOrCreate succeeded while the process stopped")
+			}
+			key := mustReadFile(t, s, KeyFile)
+			c, _, err := LoadOrCreate(ctx, s, "tether.internal", t0)
+			if err != nil {
+				t.Fatalf("start after a creation stopped before the certificate: %v", err)
+			}
+			if got := mustReadFile(t, s, KeyFile); string(got) != string(key) {
+				t.Fatal("the CA's key was replaced")
+			}
+			if _, err := s.ReadFile(ctx, CertFile+pendingSuffix); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("pending certificate left behind: %v", err)
+			}
+			if again, err := Load(ctx, s); err != nil || again.Fingerprint() != c.Fingerprint() {
+				t.Fatalf("Load after the creation was finished: %v", err)
+			}
+		})
+	})
+	t.Run("stopped before the key", func(t *testing.T) {
+		eachStorage(t, func(t *testing.T, s Storage) {
+			if _, _, err := LoadOrCreate(ctx, &stopAt{Storage: s, stop: KeyFile}, "tether.internal", t0); err == nil {
+				t.Fatal("LoadOrCreate succeeded while the process stopped")
+			}
+			if _, created, err := LoadOrCreate(ctx, s, "tether.internal", t0); err != nil || !created {
+				t.Fatalf("start after a creation stopped before the key: created %v, %v", created, err)
+			}
+		})
+	})
+	t.Run("certificate lost", func(t *testing.T) {
+		eachStorage(t, func(t *testing.T, s Storage) {
+			if _, _, err := LoadOrCreate(ctx, s, "tether.internal", t0); err != nil {
+				t.Fatal(err)
+			}
+			key := mustReadFile(t, s, KeyFile)
+			if err := s.Remove(ctx, CertFile); err != nil {
+				t.Fatal(err)
+			}
+			_, created, err := LoadOrCreate(ctx, s, "tether.internal", t0)
+			if err == nil || created || errors.Is(err, fs.ErrNotExist) {
+				t.Fatalf("LoadOrCreate with the certificate lost: created %v, %v", created, err)
+			}
+			for _, want := range []string{"exists without its certificate", "no agent was ever enrolled", "remove"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+			if got := mustReadFile(t, s, KeyFile); string(got) != string(key) {
+				t.Fatal("the CA's key was replaced")
+			}
+		})
+	})
+}
