@@ -5,12 +5,17 @@
 package atomicfile
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 )
 
 // Write writes data with mode perm to a temporary file in path's
-// directory, syncs it, and renames it over path.
+// directory, syncs it, renames it over path, and syncs the directory, so
+// that once Write returns the new content is what a start after a power
+// loss reads (without the directory's sync, the rename itself may not
+// be on disk yet).
 func Write(path string, data []byte, perm os.FileMode) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -40,5 +45,22 @@ func Write(path string, data []byte, perm os.FileMode) error {
 		return err
 	}
 	ok = true
+	return syncDir(filepath.Dir(path))
+}
+
+// syncDir makes the renames in dir durable. (Windows cannot sync a
+// directory; its file systems journal the rename.)
+func syncDir(dir string) error {
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
 	return nil
 }

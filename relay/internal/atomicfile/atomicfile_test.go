@@ -2,7 +2,10 @@ package atomicfile
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 )
 
@@ -26,5 +29,60 @@ func TestWrite(t *testing.T) {
 	}
 	if err := Write(filepath.Join(dir, "missing", "f"), nil, 0o600); err == nil {
 		t.Fatal("wrote into a directory that does not exist")
+	}
+}
+
+// helperEnv, in a child process of the test binary, names the file
+// TestWriteSyncsDir's child writes.
+const helperEnv = "ATOMICFILE_HELPER_PATH"
+
+// TestWriteSyncsDir runs Write in a child process under strace and checks
+// that the directory is synced after the rename: without it, a power
+// loss after Write returned can undo the rename.
+func TestWriteSyncsDir(t *testing.T) {
+	if p := os.Getenv(helperEnv); p != "" {
+		if err := Write(p, []byte("relay-1\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if _, err := exec.LookPath("strace"); err != nil {
+		t.Skipf("needs strace to see the system calls of Write: %v", err)
+	}
+	if out, err := exec.Command("strace", "-o", os.DevNull, "true").CombinedOutput(); err != nil {
+		t.Skipf("strace cannot trace here (ptrace refused?): %v: %s", err, out)
+	}
+	dir := t.TempDir()
+	path, trace := filepath.Join(dir, "relay-id"), filepath.Join(t.TempDir(), "trace")
+	cmd := exec.Command("strace", "-f", "-qq", "-o", trace, "-e", "trace=openat,rename,renameat,renameat2,fsync,fdatasync",
+		os.Args[0], "-test.run=^TestWriteSyncsDir$", "-test.count=1")
+	cmd.Env = append(os.Environ(), helperEnv+"="+path)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("child: %v: %s", err, out)
+	}
+	raw, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	renamed, synced := false, false
+	dirFDs := map[string]bool{}
+	openDir := regexp.MustCompile(`openat\(AT_FDCWD, "` + regexp.QuoteMeta(dir) + `", [^)]*\) = (\d+)`)
+	fsync := regexp.MustCompile(`f(?:data)?sync\((\d+)\)\s+= 0`)
+	for _, line := range strings.Split(string(raw), "\n") {
+		if m := openDir.FindStringSubmatch(line); m != nil {
+			dirFDs[m[1]] = true
+		}
+		if strings.Contains(line, "rename") && strings.Contains(line, `"`+path+`"`) && strings.HasSuffix(line, "= 0") {
+			renamed = true
+		}
+		if m := fsync.FindStringSubmatch(line); m != nil && renamed && dirFDs[m[1]] {
+			synced = true
+		}
+	}
+	if !renamed {
+		t.Fatalf("no rename to %s in the trace:\n%s", path, raw)
+	}
+	if !synced {
+		t.Errorf("the directory %s was not synced after the rename; trace:\n%s", dir, raw)
 	}
 }

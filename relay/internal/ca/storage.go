@@ -70,8 +70,8 @@ func (d Dir) ReadFile(_ context.Context, name string) ([]byte, error) {
 	return io.ReadAll(f)
 }
 
-// WriteFile replaces the file name atomically (atomicfile) and makes the
-// rename durable.
+// WriteFile replaces the file name atomically and durably (atomicfile
+// syncs the directory after the rename).
 func (d Dir) WriteFile(_ context.Context, name string, data []byte) error {
 	if err := os.MkdirAll(string(d), 0o700); err != nil {
 		return fmt.Errorf("create CA directory: %w", err)
@@ -80,11 +80,7 @@ func (d Dir) WriteFile(_ context.Context, name string, data []byte) error {
 	if isKey(name) {
 		perm = 0o600
 	}
-	if err := atomicfile.Write(filepath.Join(string(d), name), data, perm); err != nil {
-		return err
-	}
-	d.sync()
-	return nil
+	return atomicfile.Write(filepath.Join(string(d), name), data, perm)
 }
 
 // Remove deletes the file name.

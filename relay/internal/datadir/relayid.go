@@ -29,9 +29,9 @@ func (d *Dir) RelayID(explicit string) (string, error) {
 	raw, err := os.ReadFile(d.File(relayIDFile))
 	switch {
 	case err == nil:
-		id := strings.TrimSpace(string(raw))
-		if err := identity.ValidateName("relay id", id); err != nil {
-			return "", fmt.Errorf("%s: %w", d.File(relayIDFile), err)
+		id, err := parseRelayID(raw)
+		if err != nil {
+			return "", fmt.Errorf("relay id file %s: %w; give the relay its id with --relay-id (the one it had in its cluster: another makes it a new relay), or remove the file for a new id", d.File(relayIDFile), err)
 		}
 		return id, nil
 	case !errors.Is(err, os.ErrNotExist):
@@ -41,9 +41,30 @@ func (d *Dir) RelayID(explicit string) (string, error) {
 	return id, d.saveRelayID(id)
 }
 
+// parseRelayID reads the content of relay-id: the id on one line, ended
+// by a newline, as saveRelayID writes it. A file cut short (a write torn
+// by a crash: "vm-5f" of "vm-5f3a2b\n") lacks the newline, and is refused
+// rather than taken for another relay's id.
+func parseRelayID(raw []byte) (string, error) {
+	s := string(raw)
+	if !strings.HasSuffix(s, "\n") {
+		return "", fmt.Errorf("%q is cut short: it does not end with a newline", s)
+	}
+	id := strings.TrimSpace(s)
+	if strings.ContainsAny(id, "\r\n") {
+		return "", fmt.Errorf("%q holds more than one line", s)
+	}
+	if err := identity.ValidateName("relay id", id); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
 func (d *Dir) saveRelayID(id string) error {
-	if raw, err := os.ReadFile(d.File(relayIDFile)); err == nil && strings.TrimSpace(string(raw)) == id {
-		return nil
+	if raw, err := os.ReadFile(d.File(relayIDFile)); err == nil {
+		if kept, err := parseRelayID(raw); err == nil && kept == id {
+			return nil
+		}
 	}
 	return atomicfile.Write(d.File(relayIDFile), []byte(id+"\n"), 0o600)
 }
