@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/atomicfile"
@@ -68,6 +69,9 @@ type Dir struct {
 	ca       ca.Storage   // where the CA is kept
 	caShared bool         // ca is in the store, shared by a cluster
 	log      *slog.Logger // told of a wait for the store's CA lock
+
+	releasesMu      sync.Mutex      // guards releasesChecked
+	releasesChecked map[string]bool // release directories checked by this process (ReleaseFiles)
 }
 
 // Options say where a relay's state is besides its data directory.
