@@ -104,6 +104,9 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	s := newStore(db, sqliteDialect{}, nil, opts)
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
+		if full, avail := diskFull(path, err); full {
+			return nil, fmt.Errorf("migrate %s: %w (%d bytes available): free some space there and start again: %w", path, ErrDiskFull, avail, err)
+		}
 		return nil, fmt.Errorf("migrate %s: %w", path, err)
 	}
 	return s, nil
