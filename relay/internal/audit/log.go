@@ -146,8 +146,8 @@ func Open(ctx context.Context, st *store.Store, path string, log *slog.Logger) (
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
 	if err := endLine(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("open audit log: %w", err)
+		// Not fatal: the next record is glued onto the cut line.
+		log.Error("audit: end a line of the audit file cut short", "path", path, "err", err)
 	}
 	return &Log{ctx: context.WithoutCancel(ctx), st: st, log: log, path: path, file: f, closed: true,
 		queue: make(chan item, auditQueue), done: make(chan struct{}), overflowed: make(chan struct{}, 1),
