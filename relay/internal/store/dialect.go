@@ -123,12 +123,22 @@ type sqliteDialect struct{}
 // IMMEDIATE (it takes the write lock first), so one process at a time
 // writes and changes commit in order; readers proceed concurrently in WAL
 // mode.
+//
+// Every connection is synchronous FULL: a commit returns once the WAL is
+// synced, so what a caller was told is done (an enrolment, a revocation,
+// the audit record written before the relay acts) survives a power loss.
+// NORMAL, SQLite's usual choice with WAL, syncs only at checkpoints: the
+// last commits before a power loss roll back. Audit batches keep FULL
+// too: the relay writes the record of an action before acting so that it
+// is never taken unaudited, and batches (group commit) already share one
+// sync among many records. (The WAL is one file: a NORMAL commit would
+// in any case become durable with the next FULL one.)
 func openSQLite(path string) (*sql.DB, error) {
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(10000)")
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "foreign_keys(1)")
-	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Add("_pragma", "synchronous(FULL)")
 	q.Set("_txlock", "immediate")
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
