@@ -215,7 +215,10 @@ func (a *Log) Durable() error {
 	a.fileMu.Lock()
 	ferr := a.lastFileErr
 	a.fileMu.Unlock()
-	return fmt.Errorf("%w: %d records in memory only (audit file: %v)", ErrNotDurable, n, ferr)
+	if ferr == nil {
+		return fmt.Errorf("%w: %d records in memory only", ErrNotDurable, n)
+	}
+	return fmt.Errorf("%w: %d records in memory only (%v)", ErrNotDurable, n, ferr)
 }
 
 // Start starts the writer goroutine: from now on records are written in
