@@ -3,6 +3,9 @@ package relay
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -77,10 +80,33 @@ func TestReadinessFullDisk(t *testing.T) {
 	if err := r.ready(ctx); !errors.Is(err, audit.ErrNotDurable) {
 		t.Fatalf("ready on a full disk = %v, want audit.ErrNotDurable", err)
 	}
-	t.Logf("ready on a full disk: %v", r.ready(ctx))
+	ops := r.metrics.Handler(r.ready)
+	get := func(path string) (int, string) {
+		w := httptest.NewRecorder()
+		ops.ServeHTTP(w, httptest.NewRequest(http.MethodGet, path, nil))
+		return w.Code, w.Body.String()
+	}
+	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "the audit trail cannot be written") {
+		t.Errorf("/readyz on a full disk: %d %q, want 503 saying the audit trail cannot be written", code, body)
+	}
+	_, m := get("/metrics")
+	for _, want := range []string{"tether_audit_unwritten " + strconv.Itoa(r.audit.Unwritten()), "tether_audit_file_errors_total ", `tether_audit_lost_total{kept_in="none"} 0`} {
+		if !strings.Contains(m, "\n"+want) {
+			t.Errorf("/metrics on a full disk has no %q", want)
+		}
+	}
+	if strings.Contains(m, "\ntether_audit_file_errors_total 0\n") {
+		t.Error("/metrics on a full disk: tether_audit_file_errors_total 0")
+	}
 	free()
 	r.audit.Add(audit.Record{Kind: audit.TenantAdd, Outcome: audit.OutcomeOK, Tenant: "acme"})
 	if err := r.ready(ctx); err != nil {
 		t.Fatalf("ready once space returned: %v", err)
+	}
+	if code, body := get("/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz once space returned: %d %q", code, body)
+	}
+	if _, m := get("/metrics"); !strings.Contains(m, "\ntether_audit_unwritten 0\n") {
+		t.Error("/metrics once space returned: tether_audit_unwritten is not 0")
 	}
 }
