@@ -466,7 +466,9 @@ func (r *Relay) run(ctx context.Context) error {
 }
 
 // ready reports why the relay cannot serve, or nil: it must be accepting
-// (not starting, not shutting down), able to audit (audit.Log.Durable: not
+// (not starting, not shutting down), not isolated from its store while
+// other relays reach it (cluster.go: its agents were sent to them), able
+// to audit (audit.Log.Durable: not
 // while its store and its audit file both fail, e.g. on a full disk, so a
 // load balancer moves traffic to relays that can audit it) and its store
 // must answer within a second.

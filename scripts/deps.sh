@@ -106,6 +106,11 @@ fi
 if ! command -v chromedriver >/dev/null 2>&1; then
 	missing+=(chromium-driver)
 fi
+# strace watches the system calls of an atomic write (atomicfile's
+# TestWriteSyncsDir: the directory is synced after the rename).
+if ! command -v strace >/dev/null 2>&1; then
+	missing+=(strace)
+fi
 # iptables is in /usr/sbin, which a non-root PATH may lack.
 if ! PATH=$PATH:/usr/sbin:/sbin command -v iptables >/dev/null 2>&1; then
 	missing+=(iptables)
