@@ -6,7 +6,9 @@
 # Chromium with its driver (Debian's chromium and chromium-driver) for the
 # dashboard's browser test (test/dashboard_test.go), and iptables (Debian's
 # iptables) with which the fault suite (test/faults) blocks UDP and makes
-# blackholes inside its network namespaces. It is idempotent and
+# blackholes inside its network namespaces, and strace (Debian's strace),
+# with which the agent's crash tests kill an enrolment, a renewal or a
+# self-update at each change of its files. It is idempotent and
 # prints nothing when everything is already present. It works from any
 # directory.
 #
@@ -107,7 +109,9 @@ if ! command -v chromedriver >/dev/null 2>&1; then
 	missing+=(chromium-driver)
 fi
 # strace watches the system calls of an atomic write (atomicfile's
-# TestWriteSyncsDir: the directory is synced after the rename).
+# TestWriteSyncsDir: the directory is synced after the rename), and kills
+# the agent's enrolment, renewal and self-update at each change of their
+# files (agent/crash_linux_test.go).
 if ! command -v strace >/dev/null 2>&1; then
 	missing+=(strace)
 fi
@@ -143,7 +147,7 @@ if ! PATH=$PATH:/usr/sbin:/sbin command -v iptables >/dev/null 2>&1; then
 	log "iptables still not found after installing"
 	exit 1
 fi
-for b in chromium chromedriver; do
+for b in chromium chromedriver strace; do
 	if ! command -v "$b" >/dev/null 2>&1; then
 		log "$b still not found after installing"
 		exit 1
