@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/tetherhq/tether/protocol/identity"
@@ -21,6 +22,17 @@ const (
 	certFile     = "agent.crt"
 	caFile       = "ca.crt"
 	identityFile = "agent.json"
+)
+
+// stateFiles are the files of an identity, in the order a save moves them
+// in.
+var stateFiles = [...]string{keyFile, certFile, caFile, identityFile}
+
+// An enrolment writes the new identity beside the old one, each file as
+// <name>.enrol, then the marker enrol.ready, then moves the files in (save).
+const (
+	enrolSuffix    = ".enrol"
+	enrolReadyFile = "enrol.ready"
 )
 
 // State is an enrolled agent's identity as stored in its state directory.
@@ -51,7 +63,12 @@ type identityJSON struct {
 var ErrNotEnrolled = errors.New("agent is not enrolled")
 
 // LoadState reads the identity from dir and checks that its parts agree.
+// An enrolment cut short after its new identity was complete on disk is
+// finished first (finishEnrolment).
 func LoadState(dir string) (*State, error) {
+	if err := finishEnrolment(dir); err != nil {
+		return nil, err
+	}
 	raw, err := os.ReadFile(filepath.Join(dir, identityFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s has no %s (run tether-agent enroll first)", ErrNotEnrolled, dir, identityFile)
@@ -61,7 +78,7 @@ func LoadState(dir string) (*State, error) {
 	}
 	var id identityJSON
 	if err := json.Unmarshal(raw, &id); err != nil {
-		return nil, fmt.Errorf("parse %s: %w", filepath.Join(dir, identityFile), err)
+		return nil, fmt.Errorf("parse %s: %w; %s", filepath.Join(dir, identityFile), err, reenrolHint(dir))
 	}
 	s := &State{Dir: dir, AgentID: id.AgentID, Tenant: id.Tenant, TrustDomain: id.TrustDomain, Relay: id.Relay, EnrolledAt: id.EnrolledAt}
 	for _, f := range []string{keyFile, certFile} {
@@ -85,14 +102,34 @@ func LoadState(dir string) (*State, error) {
 		return nil, fmt.Errorf("agent certificate: %w", err)
 	}
 	if got.Tenant != s.Tenant || got.ID != s.AgentID {
-		return nil, fmt.Errorf("agent certificate names %s, but %s says tenant %q agent %q", got, identityFile, s.Tenant, s.AgentID)
+		return nil, fmt.Errorf("the agent certificate %s names %s, but %s says tenant %q agent %q; %s",
+			filepath.Join(dir, certFile), got, filepath.Join(dir, identityFile), s.Tenant, s.AgentID, reenrolHint(dir))
 	}
 	return s, nil
 }
 
-// save writes the state to s.Dir: key first, identity last, each file
-// replaced atomically, so an interrupted save never leaves a state that
-// loads but mismatches.
+// reenrolHint is the way out of a state directory whose identity does not
+// load.
+func reenrolHint(dir string) string {
+	return fmt.Sprintf("this identity cannot be used: enrol the agent again with a new join token (tether-agent enroll --force --state-dir %s …)", dir)
+}
+
+// save writes a new identity to s.Dir, replacing the one there (enroll
+// --force), so that a crash at any point leaves one whole identity, the
+// old or the new, never parts of both:
+//
+//  1. the four files are written and synced beside the old ones as
+//     <name>.enrol;
+//  2. the marker enrol.ready is written: from here on the new identity
+//     counts;
+//  3. each <name>.enrol is renamed to <name>;
+//  4. the marker is removed.
+//
+// The directory is synced after each step. A save cut short before the
+// marker leaves the old identity as it was (the .enrol files are removed
+// when the save fails, and overwritten by the next save after a crash);
+// one cut short after it is finished by the next LoadState or save
+// (finishEnrolment).
 func (s *State) save(keyPEM, certPEM, caPEM []byte) error {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return fmt.Errorf("create state directory: %w", err)
@@ -101,14 +138,58 @@ func (s *State) save(keyPEM, certPEM, caPEM []byte) error {
 	if err != nil {
 		return err
 	}
-	for _, f := range []struct {
-		name string
-		data []byte
-	}{{keyFile, keyPEM}, {certFile, certPEM}, {caFile, caPEM}, {identityFile, append(id, '\n')}} {
-		if err := writeFileAtomic(filepath.Join(s.Dir, f.name), f.data); err != nil {
-			return fmt.Errorf("write %s: %w", f.name, err)
+	// A marker of an earlier save cut short would move the files below in
+	// before they are all written.
+	if err := finishEnrolment(s.Dir); err != nil {
+		return err
+	}
+	data := map[string][]byte{keyFile: keyPEM, certFile: certPEM, caFile: caPEM, identityFile: append(id, '\n')}
+	discard := func() {
+		for _, name := range stateFiles {
+			os.Remove(filepath.Join(s.Dir, name+enrolSuffix))
 		}
 	}
+	for _, name := range stateFiles {
+		if err := writeFileAtomic(filepath.Join(s.Dir, name+enrolSuffix), data[name]); err != nil {
+			discard()
+			return fmt.Errorf("write %s: %w", name+enrolSuffix, err)
+		}
+	}
+	if err := writeFileAtomic(filepath.Join(s.Dir, enrolReadyFile), []byte("agent "+s.AgentID+"\n")); err != nil {
+		discard()
+		return fmt.Errorf("write %s: %w", enrolReadyFile, err)
+	}
+	return finishEnrolment(s.Dir)
+}
+
+// finishEnrolment completes, in dir, the move of a new identity that save
+// started: when the marker is there, every <name>.enrol still there is
+// renamed to <name> (those already moved are gone), a certificate an
+// interrupted renewal of the old identity left is removed, and the marker
+// last. Without the marker it does nothing: .enrol files are then the
+// unfinished writes of a save cut short, and the identity in place is
+// whole.
+func finishEnrolment(dir string) error {
+	marker := filepath.Join(dir, enrolReadyFile)
+	if _, err := os.Stat(marker); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("finish an interrupted enrolment: %w", err)
+	}
+	for _, name := range stateFiles {
+		p := filepath.Join(dir, name)
+		if err := os.Rename(p+enrolSuffix, p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("finish an interrupted enrolment: %w", err)
+		}
+		syncDir(dir)
+	}
+	if err := os.Remove(filepath.Join(dir, certFile+nextSuffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("finish an interrupted enrolment: %w", err)
+	}
+	if err := os.Remove(marker); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("finish an interrupted enrolment: %w", err)
+	}
+	syncDir(dir)
 	return nil
 }
 
@@ -118,17 +199,49 @@ func (s *State) save(keyPEM, certPEM, caPEM []byte) error {
 // to the files, and the rename is finished here.
 func loadKeyPair(dir string) (tls.Certificate, error) {
 	crt, key := filepath.Join(dir, certFile), filepath.Join(dir, keyFile)
-	pair, err := tls.LoadX509KeyPair(crt, key)
+	pair, err := readKeyPair(crt, key)
 	if err == nil {
 		return pair, nil
 	}
-	if next, nerr := tls.LoadX509KeyPair(crt+nextSuffix, key); nerr == nil {
+	if next, nerr := readKeyPair(crt+nextSuffix, key); nerr == nil {
 		if rerr := os.Rename(crt+nextSuffix, crt); rerr != nil {
 			return tls.Certificate{}, fmt.Errorf("finish an interrupted certificate renewal: %w", rerr)
 		}
+		syncDir(dir)
 		return next, nil
 	}
-	return tls.Certificate{}, fmt.Errorf("load agent certificate and key: %w", err)
+	var pe *fs.PathError
+	if errors.As(err, &pe) && !errors.Is(err, fs.ErrNotExist) {
+		// Not the files' content (permissions, an I/O error): enrolling
+		// again would not help.
+		return tls.Certificate{}, fmt.Errorf("load agent certificate and key: %w", err)
+	}
+	return tls.Certificate{}, fmt.Errorf("load agent certificate and key: %w; %s", err, reenrolHint(dir))
+}
+
+// readKeyPair loads a key pair; its errors name the file at fault.
+func readKeyPair(crtPath, keyPath string) (tls.Certificate, error) {
+	certPEM, err := os.ReadFile(crtPath)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err == nil {
+		return pair, nil
+	}
+	if b, _ := pem.Decode(certPEM); b == nil || b.Type != "CERTIFICATE" {
+		return tls.Certificate{}, fmt.Errorf("%s holds no certificate (damaged or cut short): %w", crtPath, err)
+	} else if _, cerr := x509.ParseCertificate(b.Bytes); cerr != nil {
+		return tls.Certificate{}, fmt.Errorf("%s: unreadable certificate (damaged or cut short): %w", crtPath, cerr)
+	}
+	if b, _ := pem.Decode(keyPEM); b == nil || !strings.HasSuffix(b.Type, "PRIVATE KEY") {
+		return tls.Certificate{}, fmt.Errorf("%s holds no private key (damaged or cut short): %w", keyPath, err)
+	}
+	return tls.Certificate{}, fmt.Errorf("the key in %s does not go with the certificate in %s: %w", keyPath, crtPath, err)
 }
 
 // nextSuffix names the files a renewal writes before moving them in place.
@@ -148,6 +261,9 @@ func (s *State) replaceKeyPair(keyPEM, certPEM, caPEM []byte) error {
 	if err := writeFileAtomic(crt+nextSuffix, certPEM); err != nil {
 		return fmt.Errorf("write new certificate: %w", err)
 	}
+	// writeFileAtomic syncs the directory after its rename: the new key is
+	// on disk before the certificate moves, so that a power loss cannot
+	// keep the certificate's rename and lose the key's.
 	if err := writeFileAtomic(key, keyPEM); err != nil {
 		os.Remove(crt + nextSuffix)
 		return fmt.Errorf("write new key: %w", err)
@@ -216,8 +332,9 @@ func rootsPEM(roots []*x509.Certificate) []byte {
 // NotAfter is when the agent's certificate expires.
 func (s *State) NotAfter() time.Time { return s.Cert.Leaf.NotAfter }
 
-// writeFileAtomic writes data (mode 0600) to a temporary file next to path
-// and renames it into place.
+// writeFileAtomic writes data (mode 0600) to a temporary file next to path,
+// syncs it, renames it into place and syncs the directory: the new content
+// is on disk, whole, when it returns.
 func writeFileAtomic(path string, data []byte) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -235,7 +352,11 @@ func writeFileAtomic(path string, data []byte) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(f.Name(), path)
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	syncDir(filepath.Dir(path))
+	return nil
 }
 
 func pemBlock(typ string, der []byte) []byte {
