@@ -31,8 +31,11 @@ import (
 // expiry, newer than itself, not failed here before), asks for the binary,
 // receives it on a stream the relay opens, checks its size and SHA-256
 // while it is still a file in the state directory, and only then applies
-// it with minio/selfupdate (with the checksum and a minisign Verifier of
-// the binary's own signature), keeping the previous binary next to it.
+// it: minio/selfupdate checks it again (the checksum and a minisign
+// Verifier of the binary's own signature) and writes it beside the
+// binary, and it is moved in so that the binary's path holds a whole
+// binary at every moment, keeping the previous binary next to it
+// (installBinary).
 //
 // The new binary is then tried while this process keeps serving: it runs
 // as a child in trial mode, connects once to a relay, writes a marker and
@@ -50,7 +53,8 @@ import (
 // Files, in <state_dir>/update/: pending.json (an update between apply and
 // confirmation), failed.json (versions never to try again),
 // tether-agent.unverified (a download before its checks), tether-agent.minisig,
-// trial-ok (written by a passing trial). Next to the binary: <binary>.previous.
+// trial-ok (written by a passing trial). Next to the binary:
+// <binary>.previous, and .<binary>.new while an update is being applied.
 
 const (
 	updateDirName    = "update"
@@ -60,7 +64,6 @@ const (
 	binarySigFile    = "tether-agent.minisig"
 	trialOKFile      = "trial-ok"
 	previousSuffix   = ".previous"
-	failedSuffix     = ".failed"
 	trialEnv         = "TETHER_UPDATE_TRIAL"
 	statusSendWindow = 30 * time.Second
 	// trialStopGrace is how long, after the trial child failed, the
@@ -389,7 +392,12 @@ func (u *updater) updateStream(st transport.Stream, h protocol.StreamHeader) {
 	}
 }
 
-// apply replaces the binary with the verified download.
+// apply replaces the binary with the verified download. selfupdate checks
+// the bytes (the checksum and the minisign Verifier of the binary's own
+// signature) and writes them beside the binary as .<name>.new before
+// anything is renamed; installBinary then moves them in (update_unix.go,
+// update_other.go). A .new left by a failed write (a full disk) is
+// removed.
 func (u *updater) apply(path string, m release.Manifest, key minisign.PublicKey, binarySig []byte) error {
 	sigPath := filepath.Join(u.dir, binarySigFile)
 	if err := os.WriteFile(sigPath, binarySig, 0o600); err != nil {
@@ -411,13 +419,23 @@ func (u *updater) apply(path string, m release.Manifest, key minisign.PublicKey,
 	}
 	defer f.Close()
 	defer os.Remove(path)
-	err = selfupdate.Apply(io.LimitReader(f, m.Size), selfupdate.Options{
-		TargetPath: u.exe, TargetMode: mode, Checksum: sum, Verifier: v, OldSavePath: u.exe + previousSuffix,
-	})
-	if rerr := selfupdate.RollbackError(err); rerr != nil {
-		return fmt.Errorf("%v; and restoring the previous binary failed too: %v (put %s back at %s by hand)", err, rerr, u.exe+previousSuffix, u.exe)
+	opts := selfupdate.Options{TargetPath: u.exe, TargetMode: mode, Checksum: sum, Verifier: v, OldSavePath: u.exe + previousSuffix}
+	newPath := newBinaryPath(u.exe)
+	if err := selfupdate.PrepareAndCheckBinary(io.LimitReader(f, m.Size), opts); err != nil {
+		os.Remove(newPath)
+		return err
 	}
-	return err
+	if err := installBinary(newPath, opts); err != nil {
+		os.Remove(newPath)
+		return err
+	}
+	return nil
+}
+
+// newBinaryPath is where selfupdate.PrepareAndCheckBinary writes the
+// checked binary: .<name>.new beside exe.
+func newBinaryPath(exe string) string {
+	return filepath.Join(filepath.Dir(exe), "."+filepath.Base(exe)+".new")
 }
 
 // trial runs the new binary in trial mode and waits until it has
@@ -514,33 +532,14 @@ func (u *updater) rollback(ctx context.Context, s *session, p *pending, why stri
 	u.report(ctx, s, &protocol.UpdateStatus{ID: p.ID, Version: p.To, From: p.From, State: protocol.UpdateRolledBack, Reason: release.ReasonUnhealthy, Message: why})
 }
 
-// restorePrevious puts the previous binary back at the binary's path. The
-// new binary is moved aside first (Windows cannot replace a running
-// executable); when the previous one cannot then take its place, the new
-// one is moved back, so that the path never stays empty and the service
-// still has a binary to start.
+// restorePrevious puts the previous binary back at the binary's path
+// (restoreBinary, per system) so that the path never stays empty and the
+// service still has a binary to start.
 func (u *updater) restorePrevious(p *pending) error {
 	if _, err := os.Stat(p.Previous); err != nil {
 		return err
 	}
-	aside := p.Binary + failedSuffix
-	os.Remove(aside)
-	movedAside := true
-	if err := rename(p.Binary, aside); errors.Is(err, os.ErrNotExist) {
-		movedAside = false
-	} else if err != nil {
-		return err
-	}
-	if err := rename(p.Previous, p.Binary); err != nil {
-		if movedAside {
-			if berr := rename(aside, p.Binary); berr != nil {
-				return fmt.Errorf("%v; and moving the new binary back failed too: %v (put %s or %s back at %s by hand)", err, berr, p.Previous, aside, p.Binary)
-			}
-		}
-		return err
-	}
-	os.Remove(aside) // fails on Windows while it runs; harmless
-	return nil
+	return restoreBinary(p.Previous, p.Binary)
 }
 
 // rename is os.Rename; a test replaces it to make one rename fail.

@@ -115,9 +115,9 @@ func TestUpdateTrialFails(t *testing.T) {
 
 // TestRestorePreviousFailureKeepsABinary: when the previous binary cannot
 // be put back (a rename refused by the file system or an antivirus lock),
-// the new binary, already moved aside, goes back to the binary's path, so
-// the service still has a binary to start, and the error says where both
-// are.
+// the new binary is still at the binary's path (on Windows, where it is
+// moved aside first, it goes back), so the service still has a binary to
+// start, and the previous one is kept.
 func TestRestorePreviousFailureKeepsABinary(t *testing.T) {
 	u, p := trialUpdater(t, "new binary")
 	refused := errors.New("rename refused")
