@@ -111,6 +111,10 @@ func TestFileOpChild(t *testing.T) {
 		err = applyChild(u, in)
 	case "rollback":
 		err = u.restorePrevious(&pending{Binary: u.exe, Previous: u.exe + previousSuffix})
+	case "pending":
+		if err = os.MkdirAll(u.dir, 0o700); err == nil {
+			err = u.savePending(&pending{ID: "offer-1", From: "1.0.0", To: "2.0.0", State: "trial", Binary: u.exe, Previous: u.exe + previousSuffix})
+		}
 	case "apply-full-disk":
 		// DIR/bin is a 1 MiB tmpfs here: fill it, then apply.
 		if err := os.WriteFile(u.exe, []byte("old binary"), 0o755); err != nil {

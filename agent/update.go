@@ -663,7 +663,10 @@ func (u *updater) addFailed(version, why string) {
 	}
 }
 
-// writeFileSync replaces path atomically and durably.
+// writeFileSync replaces path atomically and durably: pending.json is on
+// disk before the binary is replaced, so that a power loss cannot leave
+// the new binary without the record that makes it confirm itself or roll
+// back.
 func writeFileSync(path string, data []byte) error {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -681,5 +684,9 @@ func writeFileSync(path string, data []byte) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	syncDir(filepath.Dir(path))
+	return nil
 }

@@ -127,7 +127,10 @@ func prepareRollback(t *testing.T, dir string) {
 
 // TestUpdateChangesDurableInOrder: an update syncs the new binary before
 // it renames it in and the binary's directory after each rename or link
-// into it; putting the previous binary back syncs the directory too.
+// into it; putting the previous binary back syncs the directory too, and
+// so does writing pending.json (before the binary is replaced: a power
+// loss must not keep the new binary and lose the record that makes it
+// confirm itself or roll back).
 func TestUpdateChangesDurableInOrder(t *testing.T) {
 	bin, in := signedRelease(t)
 	t.Run("apply", func(t *testing.T) {
@@ -135,6 +138,10 @@ func TestUpdateChangesDurableInOrder(t *testing.T) {
 			func(dir string) string { return newBinaryPath(childExe(dir)) })
 	})
 	t.Run("rollback", func(t *testing.T) { checkDurableOrder(t, "rollback", "bin", prepareRollback, nil) })
+	// pending.json, written before the binary is replaced.
+	t.Run("pending", func(t *testing.T) {
+		checkDurableOrder(t, "pending", "update", func(t *testing.T, dir string) { writeChildInput(t, dir, childInput{}) }, nil)
+	})
 }
 
 // TestUpdateApplyFullDisk: an update that finds the binary's disk full
