@@ -14,8 +14,9 @@ import (
 
 // Streams whose receive windows a hostile pair fills (the service sends
 // without end, the backend never reads) make the relay hold at most its
-// stream memory cap: the streams past it are refused with unavailable,
-// naming the cap, at the CONNECT and SOCKS5 doors; the relay's heap stays
+// stream memory cap, and one tenant at most half of it: the streams past
+// it are refused with unavailable, naming the cap, at the CONNECT and
+// SOCKS5 doors; the relay's heap stays
 // under the cap; and once the streams close, new ones open again.
 func TestStreamMemoryCap(t *testing.T) {
 	for _, tc := range []struct {
@@ -51,8 +52,10 @@ func testStreamMemoryCap(t *testing.T, transport string, charge int64) {
 	waitDial(t, d, "flood.acme.tether:1", 20*time.Second).Close()
 	base := relayStatsGC(t, debug).HeapInuse
 
-	// Open streams that nobody reads until the relay refuses one.
-	want := int((memCap-maxCharge)/charge) + 1
+	// Open streams that nobody reads until the relay refuses one. acme is
+	// the only tenant: it may hold up to half the cap, and past it no
+	// more than its share, a quarter (less than what it holds then).
+	want := int((memCap/2-maxCharge)/charge) + 1
 	var open []net.Conn
 	defer func() {
 		for _, c := range open {
@@ -70,10 +73,10 @@ func testStreamMemoryCap(t *testing.T, transport string, charge int64) {
 	}
 	t.Logf("%s: %d streams open when the relay refused one: %v", transport, len(open), refusal)
 	if !errors.Is(refusal, client.ErrUnavailable) || !strings.Contains(refusal.Error(), "max_stream_memory 40 MiB") {
-		t.Fatalf("stream %d past the cap: got %v, want unavailable naming max_stream_memory 40 MiB", len(open)+1, refusal)
+		t.Fatalf("stream %d past the tenant's share: got %v, want unavailable naming max_stream_memory 40 MiB", len(open)+1, refusal)
 	}
 	if len(open) != want {
-		t.Errorf("%d streams opened under a 40 MiB cap, want %d at %d bytes each", len(open), want, charge)
+		t.Errorf("%d streams opened under a 40 MiB cap (one tenant: half of it), want %d at %d bytes each", len(open), want, charge)
 	}
 	// The SOCKS5 door maps it like its other refusals of capacity.
 	if c, code, err := socksDial(r.socksAddr, d.Backend, d.APIKey, "flood.acme.tether", 1); err != nil || code != 3 {
@@ -110,4 +113,56 @@ func testStreamMemoryCap(t *testing.T, transport string, charge int64) {
 	}
 	open = nil
 	waitDial(t, d, "flood.acme.tether:1", 10*time.Second).Close()
+}
+
+// One tenant's backend holding idle streams up to what the relay lets it
+// take does not take the others' streams with it: past half the stream
+// memory cap a tenant may hold a quarter, so backend payroll's stream to
+// tenant globex opens while billing's streams to acme hold all acme may;
+// acme's refusal names the tenant and its share, and the refusals are
+// counted in tether_stream_memory_refusals_total by tenant and reason.
+func TestStreamMemoryCapSharedByTenants(t *testing.T) {
+	r := startRelay(t, relayOpts{extra: []string{"--max-stream-memory", "40MiB", "--metrics-listen", "127.0.0.1:0"}})
+	metricsURL := "http://" + servingAddrs(t, r)["metrics_addr"]
+	r.addTenant(t, "acme")
+	r.addTenant(t, "globex")
+	acme := r.backend(t, "billing", "acme")
+	globex := r.backend(t, "payroll", "globex")
+	startAgent(t, r, "acme", agentOpts{transport: "tcp", services: map[string]string{"echo": tcpService(t, echo)}})
+	startAgent(t, r, "globex", agentOpts{transport: "tcp", services: map[string]string{"echo": tcpService(t, echo)}})
+	waitDial(t, acme, "echo.acme.tether:7", 20*time.Second).Close()
+	waitDial(t, globex, "echo.globex.tether:7", 20*time.Second).Close()
+
+	var open []net.Conn
+	defer func() {
+		for _, c := range open {
+			c.Close()
+		}
+	}()
+	var refusal error
+	for len(open) < 100 {
+		c, err := acme.Dial("tcp", "echo.acme.tether:7")
+		if err != nil {
+			refusal = err
+			break
+		}
+		open = append(open, c)
+	}
+	t.Logf("billing holds %d idle streams to acme's echo; the next: %v", len(open), refusal)
+	for i := range 2 {
+		c, err := globex.Dial("tcp", "echo.globex.tether:7")
+		if err != nil {
+			t.Fatalf("payroll's stream %d to globex while billing holds acme's share: %v; want it open", i+1, err)
+		}
+		open = append(open, c)
+	}
+	if !errors.Is(refusal, client.ErrUnavailable) || !strings.Contains(refusal.Error(), `tenant "acme"`) || !strings.Contains(refusal.Error(), "its share") {
+		t.Fatalf("acme's stream past its share: %v; want unavailable naming tenant acme and its share", refusal)
+	}
+	if n := metricSum(t, metricsURL, "tether_stream_memory_refusals_total", `tenant="acme"`, `backend="billing"`, `reason="tenant_share"`); n != 1 {
+		t.Errorf("tether_stream_memory_refusals_total{tenant=acme,reason=tenant_share} = %v, want 1", n)
+	}
+	if n := metricSum(t, metricsURL, "tether_stream_memory_refusals_total", `tenant="globex"`); n != 0 {
+		t.Errorf("tether_stream_memory_refusals_total{tenant=globex} = %v, want 0", n)
+	}
 }

@@ -76,11 +76,18 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr, requestID string, e
 		fd.cfg.Metrics.LimitRefusals.WithLabelValues(t.Tenant, c.name).Inc()
 		return nil, err
 	}
-	// The relay's memory cap: the stream is charged the worst case of any
+	// The relay's memory cap, and the tenant's share of it while the
+	// relay is busy: the stream is charged the worst case of any
 	// transport until its carrier is known (memory.go).
-	charge, err := fd.mem.charge()
+	charge, err := fd.mem.charge(t.Tenant)
 	if err != nil {
 		fd.MemoryRefusals.Add(1)
+		reason := memoryReasonCap
+		var mr *memoryRefusal
+		if errors.As(err, &mr) {
+			reason = mr.reason
+		}
+		fd.cfg.Metrics.MemoryRefusals.WithLabelValues(t.Tenant, c.name, reason).Inc()
 		release()
 		return nil, err
 	}

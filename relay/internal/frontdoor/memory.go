@@ -2,7 +2,6 @@ package frontdoor
 
 import (
 	"sync"
-	"sync/atomic"
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/transport"
@@ -46,56 +45,114 @@ func streamMemory(s transport.Stream) int64 {
 // memoryBudget is the relay's cap on what its open tunnels may hold:
 // each is charged its worst case (streamMemory) while it is open, and a
 // new stream that would take the total past the cap is refused.
+//
+// The cap is shared fairly between tenants once the relay is busy, the
+// same idea as throttle.Sources.ShareWhenBusy for sources: while at most
+// half the cap is held, any tenant's stream is charged up to the cap;
+// past half, a tenant may hold at most a quarter of the cap (its share)
+// and a stream that would take it past its share is refused, even with
+// room left under the cap. One tenant whose backends hold streams open
+// (idle, or never reading) so gets at most half the cap, whatever its
+// own limits allow, and the other half stays for the others, two of
+// them at least getting a quarter each; a relay that is not busy still
+// gives one tenant all it asks up to half the cap. A quarter rather than
+// a half: with a half, a second tenant could take all that the first
+// left and a third would find nothing.
 type memoryBudget struct {
-	cap  int64 // 0: no cap
-	used atomic.Int64
+	cap int64 // 0: no cap
+
+	mu   sync.Mutex       // guards used and held
+	used int64            // charged in all
+	held map[string]int64 // charged per tenant, for tenants with charges
 }
 
-// charge reserves MaxStreamMemory for a stream about to open, or refuses
-// with unavailable when that would pass the cap. Once the stream is open,
-// settle lowers the charge to its transport's worst case.
-func (b *memoryBudget) charge() (*streamCharge, error) {
-	if err := b.reserve(MaxStreamMemory); err != nil {
+// Why a stream was refused memory, as counted in
+// tether_stream_memory_refusals_total.
+const (
+	memoryReasonCap   = "cap"          // the relay's cap would be passed
+	memoryReasonShare = "tenant_share" // the relay is busy and the tenant has its share
+)
+
+// memoryRefusal is a refused charge: the refusal answered (unavailable)
+// and why (memoryReasonCap or memoryReasonShare). It unwraps to the
+// *protocol.Error answered.
+type memoryRefusal struct {
+	err    *protocol.Error
+	reason string
+}
+
+func (r *memoryRefusal) Error() string { return r.err.Error() }
+func (r *memoryRefusal) Unwrap() error { return r.err }
+
+// share is the most a tenant may hold while the relay is busy.
+func (b *memoryBudget) share() int64 { return b.cap / 4 }
+
+// charge reserves MaxStreamMemory for a stream of tenant about to open,
+// or refuses with unavailable (a *memoryRefusal) when that would pass the
+// cap, or the tenant's share while the relay is busy. Once the stream is
+// open, settle lowers the charge to its transport's worst case.
+func (b *memoryBudget) charge(tenant string) (*streamCharge, error) {
+	if err := b.reserve(tenant, MaxStreamMemory); err != nil {
 		return nil, err
 	}
-	return &streamCharge{b: b, n: MaxStreamMemory}, nil
+	return &streamCharge{b: b, tenant: tenant, n: MaxStreamMemory}, nil
 }
 
 // streamCharge is what one stream holds of the budget.
 type streamCharge struct {
-	b    *memoryBudget
-	n    int64
-	once sync.Once
+	b      *memoryBudget
+	tenant string
+	n      int64
+	once   sync.Once
 }
 
 // settle charges s's own worst case instead of the largest; call it
 // before release can run.
 func (c *streamCharge) settle(s transport.Stream) {
 	n := streamMemory(s)
-	c.b.release(c.n - n)
+	c.b.release(c.tenant, c.n-n)
 	c.n = n
 }
 
 // release gives the charge back; later calls do nothing.
-func (c *streamCharge) release() { c.once.Do(func() { c.b.release(c.n) }) }
+func (c *streamCharge) release() { c.once.Do(func() { c.b.release(c.tenant, c.n) }) }
 
-// reserve charges n bytes, or refuses with unavailable when the cap
-// would be passed.
-func (b *memoryBudget) reserve(n int64) error {
+// reserve charges n bytes to tenant, or refuses with unavailable when
+// the cap would be passed, or when more than half the cap would be held
+// and tenant would hold more than its share.
+func (b *memoryBudget) reserve(tenant string, n int64) error {
 	if b.cap <= 0 {
 		return nil
 	}
-	if v := b.used.Add(n); v > b.cap {
-		b.used.Add(-n)
-		return protocol.Errorf(protocol.CodeUnavailable,
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	used, held := b.used+n, b.held[tenant]+n
+	if used > b.cap {
+		return &memoryRefusal{reason: memoryReasonCap, err: protocol.Errorf(protocol.CodeUnavailable,
 			"the relay is at its stream memory cap (max_stream_memory %d MiB, %d MiB held for open streams at their worst case): try again later or through another relay",
-			b.cap>>20, (v-n)>>20)
+			b.cap>>20, b.used>>20)}
 	}
+	if 2*used > b.cap && held > b.share() {
+		return &memoryRefusal{reason: memoryReasonShare, err: protocol.Errorf(protocol.CodeUnavailable,
+			"tenant %q holds %d MiB of the relay's stream memory, its share while the relay is busy (a quarter of max_stream_memory %d MiB, of which %d MiB is held for open streams at their worst case): close some of the tenant's streams, try again later or through another relay",
+			tenant, b.held[tenant]>>20, b.cap>>20, b.used>>20)}
+	}
+	b.used = used
+	if b.held == nil {
+		b.held = make(map[string]int64)
+	}
+	b.held[tenant] = held
 	return nil
 }
 
-func (b *memoryBudget) release(n int64) {
-	if b.cap > 0 {
-		b.used.Add(-n)
+func (b *memoryBudget) release(tenant string, n int64) {
+	if b.cap <= 0 || n == 0 {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.used -= n
+	if b.held[tenant] -= n; b.held[tenant] <= 0 {
+		delete(b.held, tenant)
 	}
 }

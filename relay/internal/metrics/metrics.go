@@ -32,11 +32,15 @@ type Metrics struct {
 	// Bytes counts what streams move while they move (bytes.go); it is
 	// tether_stream_bytes_total.
 	Bytes         *Bytes
-	OpenDuration  prometheus.Histogram     // backend request to the agent's answer
-	LimitRefusals *prometheus.CounterVec   // tenant, backend
-	StoreDuration *prometheus.HistogramVec // op
-	AuthRefusals  *prometheus.CounterVec   // door, reason: failed and throttled authentication
-	Disconnects   *prometheus.CounterVec   // reason
+	OpenDuration  prometheus.Histogram   // backend request to the agent's answer
+	LimitRefusals *prometheus.CounterVec // tenant, backend
+	// MemoryRefusals counts stream opens refused at the stream memory
+	// cap, by tenant, backend and reason (cap, or tenant_share: the
+	// relay was busy and the tenant held its share).
+	MemoryRefusals *prometheus.CounterVec
+	StoreDuration  *prometheus.HistogramVec // op
+	AuthRefusals   *prometheus.CounterVec   // door, reason: failed and throttled authentication
+	Disconnects    *prometheus.CounterVec   // reason
 	// ListenerRefused counts the connections the operator listeners
 	// (metrics, admin, download) closed at accept, by listener and reason
 	// (throttle.LimitListener).
@@ -75,6 +79,10 @@ func New(disconnectReasons []string, authRefusals *prometheus.CounterVec, live .
 			Name: "tether_limit_refusals_total",
 			Help: "Stream opens refused by a tenant limit (concurrent streams or open rate), by tenant and backend.",
 		}, []string{"tenant", "backend"}),
+		MemoryRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_stream_memory_refusals_total",
+			Help: "Stream opens refused for the relay's stream memory (max_stream_memory), by tenant, backend and reason: cap (the cap would be passed) or tenant_share (more than half the cap was held and the tenant held its share, a quarter of the cap).",
+		}, []string{"tenant", "backend", "reason"}),
 		StoreDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tether_store_duration_seconds",
 			Help:    "Latency of store operations: audit commits, change feed reads, limits, backend lookups, last-seen writes, readiness pings.",
@@ -94,7 +102,7 @@ func New(disconnectReasons []string, authRefusals *prometheus.CounterVec, live .
 	for _, reason := range disconnectReasons {
 		m.Disconnects.WithLabelValues(reason)
 	}
-	m.Registry.MustRegister(m.Streams, &bytesCollector{m.Bytes}, m.OpenDuration, m.LimitRefusals, m.StoreDuration, m.AuthRefusals, m.Disconnects, m.ListenerRefused,
+	m.Registry.MustRegister(m.Streams, &bytesCollector{m.Bytes}, m.OpenDuration, m.LimitRefusals, m.MemoryRefusals, m.StoreDuration, m.AuthRefusals, m.Disconnects, m.ListenerRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Registry.MustRegister(live...)
 	return m
