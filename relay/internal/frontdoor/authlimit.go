@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
@@ -80,7 +81,12 @@ type authGuard struct {
 	identities *throttle.Limiter // failures per identity claimed
 	logs       *throttle.Limiter // refusals logged at info level, per source
 	tally      *throttle.Tally
-	interval   time.Duration
+	// streams sums the refused streams of the forwards beyond their
+	// source's log budget (refusedForward): a forward asks nothing of
+	// its client, so its refusals are as anonymous as a failed
+	// authentication.
+	streams  *throttle.Tally
+	interval time.Duration
 }
 
 func newAuthGuard(cfg Config) *authGuard {
@@ -112,11 +118,25 @@ func newAuthGuard(cfg Config) *authGuard {
 	if interval <= 0 {
 		interval = defaultAuthAuditInterval
 	}
+	// A summed record of refused forward streams is a stream record of
+	// the forward's tenant (whose trail has the first ones one by one),
+	// with its count, as the auth.refused records have theirs.
+	recordStreams := func(sm throttle.Summary) {
+		if cfg.Audit == nil {
+			return
+		}
+		rec := audit.Record{At: now(), Kind: audit.Stream, Outcome: sm.Reason, Tenant: sm.Tenant, Actor: "relay", Detail: sm.Detail()}
+		if len(sm.Identities) == 1 {
+			rec.Backend = sm.Identities[0]
+		}
+		cfg.Audit.Record(rec)
+	}
 	return &authGuard{
 		sources:    throttle.New(lim),
 		identities: throttle.New(lim),
 		logs:       throttle.New(throttle.Config{Burst: logBurst, Every: logEvery, Now: now}),
 		tally:      throttle.NewTally(tc),
+		streams:    throttle.NewTally(throttle.TallyConfig{Record: recordStreams, Now: now}),
 		interval:   interval,
 	}
 }
@@ -189,7 +209,18 @@ func (fd *Server) refusedAuth(ctx context.Context, door, remote, requestID, clai
 	fd.guard.tally.Add(door, src, reason, identity)
 }
 
-// run keeps the tally and the limiters until ctx ends.
+// run keeps the tallies and the limiters until ctx ends.
 func (g *authGuard) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { g.streams.Keep(ctx, g.interval) })
 	g.tally.Keep(ctx, g.interval, g.sources, g.identities, g.logs)
+	wg.Wait()
+}
+
+// logged reports whether a refusal from remote (host:port) is within its
+// source's log budget (10, then one every 5 s, shared by every refusal
+// of the source at the front doors before or without authentication):
+// such a refusal is logged at info level, the others at debug level.
+func (g *authGuard) logged(remote string) bool {
+	return g.logs.Take(throttle.Source(remote)) == 0
 }

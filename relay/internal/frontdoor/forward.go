@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -261,11 +262,21 @@ func (fd *Server) acceptForward(ctx context.Context, fl *forwardListener, wg *sy
 			return
 		}
 		backoff.Accepted()
+		// A forward asks nothing of its client: until its stream opens, a
+		// connection counts against its source's bound, as the other
+		// doors' unauthenticated connections do (and with them).
+		leave, ok := fd.src.Enter(c.RemoteAddr())
+		if !ok {
+			fd.SourceLimited.Add(1)
+			fd.log.Debug("front-door connection closed: too many connections in progress from its address or network", "door", "forward", "listen", fl.ln.Addr().String(), "remote", c.RemoteAddr().String())
+			c.Close()
+			continue
+		}
 		f := *fl.fwd.Load()
 		fd.front.add(c)
 		wg.Go(func() {
 			defer fd.front.remove(c)
-			fd.serveForward(ctx, c, f)
+			fd.serveForward(ctx, c, f, leave)
 		})
 	}
 }
@@ -276,25 +287,27 @@ const viaForward = "forward"
 
 // serveForward opens a stream for one connection to forward f, as f's
 // backend, and bridges the two; a refusal is logged and audited with the
-// connection's request id and the connection closed.
-func (fd *Server) serveForward(ctx context.Context, c net.Conn, f Forward) {
+// connection's request id (refusedForward) and the connection closed.
+// opened is called once the stream is open or refused (it uncounts the
+// connection from its source's bound).
+func (fd *Server) serveForward(ctx context.Context, c net.Conn, f Forward, opened func()) {
 	id := credential.NewRequestID()
 	remote := c.RemoteAddr().String()
 	addr := f.address()
 	attrs := []any{"door", "forward", "request", id, "remote", remote, "listen", f.Listen, "backend", f.Backend, "target", addr}
 	who, err := fd.registeredCaller(ctx, f.Backend, viaForward, nil)
 	if err != nil {
-		fd.log.Info("refused", with(targetAttrs(attrs, addr), "code", protocol.CodeOf(err).String(), "err", err)...)
-		fd.auditUnauthenticated("forward", remote, id, f.Backend, err)
+		opened()
+		fd.refusedForward(ctx, remote, id, nil, f, addr, err, attrs)
 		c.Close()
 		return
 	}
 	first := gatherFirstBytes(c)
 	tun, err := fd.dial(ctx, who, addr, id, first)
+	opened()
 	early, ferr := first.stop()
 	if err != nil {
-		fd.log.Info("refused", with(targetAttrs(attrs, addr), "code", protocol.CodeOf(err).String(), "err", err)...)
-		fd.auditRefusal("forward", remote, id, who, addr, err)
+		fd.refusedForward(ctx, remote, id, who, f, addr, err, attrs)
 		c.Close()
 		return
 	}
@@ -315,6 +328,45 @@ func (fd *Server) serveForward(ctx context.Context, c net.Conn, f Forward) {
 		return
 	}
 	fd.bridge(st, tun, with(attrs, "tenant", tun.target.Tenant, "service", tun.target.Service))
+}
+
+// refusedForward logs and audits the refusal (err) of the stream of
+// request requestID, from remote, to forward f as who (nil when f's
+// backend could not be found). Anyone who reaches a forward causes its
+// refusals, with nothing to prove: as refused authentications are
+// (refusedAuth), a source's first refusals (10, then one every 5 s,
+// from the budget its refusals at the other doors share) are logged at
+// info level and audited one by one (in the tenant's trail when the
+// backend has a grant for it, as auditRefusal decides); the rest are
+// logged at debug level and summed per tenant, source and refusal in
+// stream records of the door forward (count, first, last, summed). Each
+// is counted in tether_streams_opened_total. Streams that open are
+// audited one by one, as at every door.
+func (fd *Server) refusedForward(ctx context.Context, remote, requestID string, who *caller, f Forward, addr string, err error, attrs []any) {
+	attrs = with(targetAttrs(attrs, addr), "code", protocol.CodeOf(err).String(), "err", err)
+	if fd.guard.logged(remote) {
+		fd.log.Info("refused", attrs...)
+		if who == nil {
+			fd.auditUnauthenticated("forward", remote, requestID, f.Backend, err)
+		} else {
+			fd.auditRefusal("forward", remote, requestID, who, addr, err)
+		}
+		return
+	}
+	fd.log.Log(ctx, slog.LevelDebug, "refused", attrs...)
+	// As auditRefusal counts and attributes them.
+	var t route.Target
+	var trail, backend string
+	if who != nil {
+		backend = who.name
+		if t, _ = route.ParseTarget(addr); who.grantedTenant(t.Tenant) {
+			trail = t.Tenant
+		}
+	}
+	if fd.cfg.Metrics != nil {
+		fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, backend, protocol.CodeOf(err))
+	}
+	fd.guard.streams.AddFor(trail, "forward", throttle.Source(remote), protocol.CodeOf(err).String(), f.Backend)
 }
 
 // IsLoopback reports whether the listen address hostport accepts only

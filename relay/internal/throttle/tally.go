@@ -19,8 +19,10 @@ const (
 // once (Count 1, Opening), the rest together at the interval's end.
 type Summary struct {
 	Door, Source, Reason string
-	Count                int
-	First, Last          time.Time
+	// Tenant is the tenant the refusals are of (AddFor), "" for none.
+	Tenant      string
+	Count       int
+	First, Last time.Time
 	// Identities are the claimed identities seen (token ids, certificate
 	// serials, subjects), at most MaxIdentities of them.
 	Identities []string
@@ -75,7 +77,7 @@ type Tally struct {
 	sums map[tallyKey]*Summary
 }
 
-type tallyKey struct{ door, source, reason string }
+type tallyKey struct{ tenant, door, source, reason string }
 
 // NewTally returns a Tally.
 func NewTally(cfg TallyConfig) *Tally {
@@ -103,11 +105,18 @@ func NewRefusals() *prometheus.CounterVec {
 // Add counts one refusal at door of an attempt from source (Source) for
 // reason, claiming identity ("" if none).
 func (t *Tally) Add(door, source, reason, identity string) {
+	t.AddFor("", door, source, reason, identity)
+}
+
+// AddFor is Add for a refusal of tenant's: it is summed apart from the
+// other tenants' (Summary.Tenant), so that its audit record may go into
+// the tenant's trail.
+func (t *Tally) AddFor(tenant, door, source, reason, identity string) {
 	if t.cfg.Refusals != nil {
 		t.cfg.Refusals.WithLabelValues(door, reason).Inc()
 	}
 	now := t.cfg.Now()
-	k := tallyKey{door, source, reason}
+	k := tallyKey{tenant, door, source, reason}
 	t.mu.Lock()
 	s := t.sums[k]
 	if s == nil && len(t.sums) >= t.cfg.MaxKeys {
@@ -117,9 +126,9 @@ func (t *Tally) Add(door, source, reason, identity string) {
 	if s == nil {
 		// The first of the interval is told at once; the sum starts
 		// after it.
-		t.sums[k] = &Summary{Door: door, Source: k.source, Reason: reason}
+		t.sums[k] = &Summary{Tenant: tenant, Door: door, Source: k.source, Reason: reason}
 		t.mu.Unlock()
-		first := Summary{Door: door, Source: k.source, Reason: reason, Count: 1, First: now, Last: now, Opening: true}
+		first := Summary{Tenant: tenant, Door: door, Source: k.source, Reason: reason, Count: 1, First: now, Last: now, Opening: true}
 		if identity != "" {
 			first.Identities = []string{identity}
 		}

@@ -205,6 +205,25 @@ func TestTallyBoundsRecords(t *testing.T) {
 	}
 }
 
+// AddFor sums each tenant's refusals apart, and tells whose they are.
+func TestTallyPerTenant(t *testing.T) {
+	var got []Summary
+	tl := NewTally(TallyConfig{Record: func(s Summary) { got = append(got, s) }})
+	for range 5 {
+		tl.AddFor("acme", "forward", "192.0.2.1", "no_agent", "billing")
+		tl.AddFor("globex", "forward", "192.0.2.1", "no_agent", "payroll")
+	}
+	tl.Add("forward", "192.0.2.1", "no_agent", "")
+	tl.Flush()
+	count := map[string]int{}
+	for _, s := range got {
+		count[s.Tenant] += s.Count
+	}
+	if len(got) != 5 || count["acme"] != 5 || count["globex"] != 5 || count[""] != 1 {
+		t.Fatalf("%d summaries counting %v; want 5 (an opening and a sum per tenant, one opening without), 5 for each tenant and 1 for none", len(got), count)
+	}
+}
+
 func TestTallyMaxKeys(t *testing.T) {
 	var got []Summary
 	tl := NewTally(TallyConfig{MaxKeys: 3, Record: func(s Summary) { got = append(got, s) }})
