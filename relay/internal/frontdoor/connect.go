@@ -92,9 +92,19 @@ func (fd *Server) serveCONNECT(ctx context.Context, w http.ResponseWriter, req *
 		attrs[1] = door
 	}
 	// Malformed before anything else: net/http lets through targets that
-	// are not host:port (user@host, an empty or over-long host).
+	// are not host:port (user@host, an empty or over-long host). Nothing
+	// is authenticated yet: logged at info level within the source's log
+	// budget (as refused credentials are), at debug level beyond it, and
+	// counted in tether_streams_opened_total (outcome bad_request).
 	if err := checkConnectTarget(req.RequestURI); err != nil {
-		fd.log.Info("refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
+		level := slog.LevelDebug
+		if fd.guard.logged(req.RemoteAddr) {
+			level = slog.LevelInfo
+		}
+		fd.log.Log(ctx, level, "refused", with(attrs, "code", protocol.CodeOf(err).String(), "err", err)...)
+		if fd.cfg.Metrics != nil {
+			fd.cfg.Metrics.StreamOpened("", "", "", protocol.CodeOf(err))
+		}
 		writeRefusal(w, id, err, 0)
 		return
 	}
