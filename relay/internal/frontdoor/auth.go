@@ -491,12 +491,24 @@ func toAlgs(names []string) []jose.SignatureAlgorithm {
 // feed the relay cannot read.
 const backendCacheTTL = time.Minute
 
-// maxCachedBackends bounds the cache; past it the cache starts over.
+// unknownBackendTTL is how long a name the store does not know is
+// remembered as unknown: repeated attempts with it (a guesser's, a
+// misconfigured client's) are answered from memory, not with a store read
+// each. A backend added under that name is forgotten as unknown when the
+// change feed tells (forget), within Config.ChangePoll; the TTL bounds a
+// feed the relay cannot read, as backendCacheTTL does.
+const unknownBackendTTL = 10 * time.Second
+
+// maxCachedBackends bounds the cache, and its unknown names apart;
+// past it the cache (or its unknown names) starts over.
 const maxCachedBackends = 10000
 
 type backendCache struct {
-	mu sync.Mutex
+	mu sync.Mutex // guards m, unknown and gen
 	m  map[string]cachedBackend
+	// unknown holds the names the store did not know, with when it said
+	// so.
+	unknown map[string]time.Time
 	// gen counts the calls of forget and forgetAll. A load caches what
 	// it read only if gen did not move while it ran: otherwise the read
 	// may have begun before a change the feed has told of since, and
@@ -509,22 +521,35 @@ type cachedBackend struct {
 	fetched time.Time
 }
 
-// get returns the named backend from the cache while it is fresh, else
-// from load. Unknown names are not cached, so a backend added while the
-// relay runs works at once.
+// get returns the named backend from the cache while it is fresh (or
+// store.ErrNotFound while it is remembered as unknown), else from load.
 func (c *backendCache) get(ctx context.Context, name string, load func(context.Context, string) (store.Backend, error)) (store.Backend, error) {
 	c.mu.Lock()
 	e, ok := c.m[name]
+	at, missing := c.unknown[name]
 	c.mu.Unlock()
 	if ok && time.Since(e.fetched) < backendCacheTTL {
 		return e.b, nil
 	}
+	if !ok && missing && time.Since(at) < unknownBackendTTL {
+		return store.Backend{}, fmt.Errorf("backend %q: %w", name, store.ErrNotFound)
+	}
 	return c.reload(ctx, name, load)
 }
 
-// reload returns the named backend from load, and caches it unless a
-// backend was forgotten meanwhile. The caller gets what load read either
-// way: its request raced with the change.
+// known reports whether the cache holds the named backend, fresh or not:
+// a read of the store for it would be for a backend that exists, or did
+// until the feed told otherwise.
+func (c *backendCache) known(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.m[name]
+	return ok
+}
+
+// reload returns the named backend from load, and caches it (or that it
+// is unknown) unless a backend was forgotten meanwhile. The caller gets
+// what load read either way: its request raced with the change.
 func (c *backendCache) reload(ctx context.Context, name string, load func(context.Context, string) (store.Backend, error)) (store.Backend, error) {
 	c.mu.Lock()
 	gen := c.gen
@@ -541,17 +566,30 @@ func (c *backendCache) reload(ctx context.Context, name string, load func(contex
 			c.m = make(map[string]cachedBackend)
 		}
 		c.m[name] = cachedBackend{b: b, fetched: time.Now()}
+		delete(c.unknown, name)
 	case errors.Is(err, store.ErrNotFound):
 		delete(c.m, name)
+		if c.unknown == nil || len(c.unknown) >= maxCachedBackends {
+			c.unknown = make(map[string]time.Time)
+		}
+		c.unknown[name] = time.Now()
 	}
 	return b, err
 }
 
-// forget drops name from the cache: its next use reads the store.
+// forget drops what the cache holds of name, known or unknown: its next
+// use reads the store. The name stays known (an entry that is never
+// fresh): the change was to a backend of that name, which a source
+// throttled for failed attempts may then still have read (authenticate),
+// so that a backend just added works at once there too.
 func (c *backendCache) forget(name string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.m, name)
+	if c.m == nil || len(c.m) >= maxCachedBackends {
+		c.m = make(map[string]cachedBackend)
+	}
+	c.m[name] = cachedBackend{} // fetched at the zero time: never fresh
+	delete(c.unknown, name)
 	c.gen++
 }
 
@@ -560,6 +598,7 @@ func (c *backendCache) forgetAll() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.m = nil
+	c.unknown = nil
 	c.gen++
 }
 
@@ -596,17 +635,40 @@ const (
 	viaJWT         = "jwt"
 )
 
-// authenticate checks a backend name and API key. Unknown names and wrong
-// keys get the same answer.
-func (fd *Server) authenticate(ctx context.Context, name, key string) (*caller, error) {
+// unknownKeyHash is what the API key given with an unknown backend name
+// is compared with: the same hash and constant-time comparison as for a
+// known name, so that the answer's timing does not tell which names are
+// registered. No key hashes to it (it is not a SHA-256 of anything
+// known).
+var unknownKeyHash = credential.Hash("no backend has this key: " + credential.NewAPIKey())
+
+// authenticate checks a backend name and API key given from remote
+// (host:port). Unknown names and wrong keys get the same answer, after
+// the same work: a name the relay has in memory (the backends it served
+// lately, the names it knows to be unknown) is checked without the store;
+// another is read from the store, unless its source is throttled for
+// failed attempts (authGuard): then it is refused as unknown without
+// reading the store (and answered rate_limited), so that a throttled
+// source guessing names costs the store nothing. A backend the relay
+// has in memory is checked as usual from a throttled source, so its
+// valid key still works behind an address someone else is guessing from.
+func (fd *Server) authenticate(ctx context.Context, remote, name, key string) (*caller, error) {
 	if name == "" || key == "" {
 		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend credentials required (backend name and API key)")
 	}
-	b, err := fd.backends.get(ctx, name, fd.loadBackend)
+	var b store.Backend
+	err := store.ErrNotFound
+	if fd.backends.known(name) || !fd.guard.throttled(remote) {
+		b, err = fd.backends.get(ctx, name, fd.loadBackend)
+	}
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, fd.lookupFailed(ctx, "backend", err)
 	}
-	if err != nil || !credential.Matches(key, b.KeyHash) {
+	hash := b.KeyHash
+	if err != nil {
+		hash = unknownKeyHash
+	}
+	if !credential.Matches(key, hash) || err != nil {
 		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "wrong backend name or API key")
 	}
 	return &caller{name: b.Name, grants: b.Grants, via: viaAPIKey}, nil

@@ -217,6 +217,12 @@ func (g *authGuard) run(ctx context.Context) {
 	wg.Wait()
 }
 
+// throttled reports whether remote's source (host:port) has no failed
+// attempts left for now, without spending one.
+func (g *authGuard) throttled(remote string) bool {
+	return g.sources.Wait(throttle.Source(remote)) > 0
+}
+
 // logged reports whether a refusal from remote (host:port) is within its
 // source's log budget (10, then one every 5 s, shared by every refusal
 // of the source at the front doors before or without authentication):

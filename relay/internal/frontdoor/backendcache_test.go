@@ -2,6 +2,7 @@ package frontdoor
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/tetherhq/tether/relay/internal/store"
@@ -50,5 +51,49 @@ func TestBackendCacheForgetDuringLoad(t *testing.T) {
 				t.Fatalf("second read after the change: %+v, %v, %d loads; want it from the cache", b, err, loads)
 			}
 		})
+	}
+}
+
+// A name the store does not know is remembered as unknown: the next
+// request does not read the store. The change feed's forget (a backend of
+// that name was added) drops that, and keeps the name known, so that the
+// next request reads the store even from a throttled source; forgetAll
+// forgets both.
+func TestBackendCacheUnknownNames(t *testing.T) {
+	ctx := context.Background()
+	var c backendCache
+	loads := 0
+	exists := false
+	load := func(_ context.Context, name string) (store.Backend, error) {
+		loads++
+		if !exists {
+			return store.Backend{}, store.ErrNotFound
+		}
+		return store.Backend{Name: name}, nil
+	}
+	for i := range 3 {
+		if _, err := c.get(ctx, "payroll", load); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("get %d of an unknown name: %v; want not found", i+1, err)
+		}
+	}
+	if loads != 1 || c.known("payroll") {
+		t.Fatalf("an unknown name asked 3 times: %d loads, known %v; want 1 load, not known", loads, c.known("payroll"))
+	}
+	exists = true
+	c.forget("payroll") // the feed: payroll was added
+	if !c.known("payroll") {
+		t.Fatal("after the feed told of payroll, it is not known: a throttled source would not read it")
+	}
+	if b, err := c.get(ctx, "payroll", load); err != nil || b.Name != "payroll" || loads != 2 {
+		t.Fatalf("after the feed told of payroll: %+v, %v, %d loads; want it read from the store", b, err, loads)
+	}
+	exists = false
+	c.forget("payroll") // removed
+	if _, err := c.get(ctx, "payroll", load); !errors.Is(err, store.ErrNotFound) || c.known("payroll") || loads != 3 {
+		t.Fatalf("after payroll was removed: %v, known %v, %d loads; want not found from the store, and no longer known", err, c.known("payroll"), loads)
+	}
+	c.forgetAll()
+	if _, err := c.get(ctx, "payroll", load); !errors.Is(err, store.ErrNotFound) || loads != 4 {
+		t.Fatalf("after forgetAll: %v, %d loads; want the store read again", err, loads)
 	}
 }

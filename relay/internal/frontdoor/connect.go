@@ -207,7 +207,7 @@ func (fd *Server) authenticateRequest(ctx context.Context, req *http.Request) (w
 		return who, "", fd.guard.refused(req.RemoteAddr, reasonBadToken, "", err)
 	case strings.EqualFold(scheme, "Basic"):
 		name, key, _ := proxyBasicAuth(req)
-		who, err := fd.authenticate(ctx, name, key)
+		who, err := fd.authenticate(ctx, req.RemoteAddr, name, key)
 		return who, name, fd.guard.refused(req.RemoteAddr, reasonBadKey, name, err)
 	}
 	who, claimed, err = fd.noCredentials()

@@ -61,7 +61,7 @@ func (fd *Server) serveSOCKS(ctx context.Context, c net.Conn, authenticated func
 	var claimed string
 	req, err := socks5.Handshake(c, func(user, pass string) bool {
 		claimed = user
-		who, authErr = fd.authenticate(ctx, user, pass)
+		who, authErr = fd.authenticate(ctx, c.RemoteAddr().String(), user, pass)
 		authErr = fd.guard.refused(c.RemoteAddr().String(), reasonBadKey, user, authErr)
 		// RFC 1929's status cannot say why: a throttled attempt is let
 		// past it, and its request answered with rate_limited's reply.
