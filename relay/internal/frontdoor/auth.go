@@ -2,6 +2,7 @@ package frontdoor
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -638,9 +639,9 @@ const (
 // unknownKeyHash is what the API key given with an unknown backend name
 // is compared with: the same hash and constant-time comparison as for a
 // known name, so that the answer's timing does not tell which names are
-// registered. No key hashes to it (it is not a SHA-256 of anything
-// known).
-var unknownKeyHash = credential.Hash("no backend has this key: " + credential.NewAPIKey())
+// registered. No key is known to hash to it (all zeros); the name being
+// unknown refuses the key whatever the comparison says. Never written.
+var unknownKeyHash [sha256.Size]byte
 
 // authenticate checks a backend name and API key given from remote
 // (host:port). Unknown names and wrong keys get the same answer, after
@@ -666,7 +667,7 @@ func (fd *Server) authenticate(ctx context.Context, remote, name, key string) (*
 	}
 	hash := b.KeyHash
 	if err != nil {
-		hash = unknownKeyHash
+		hash = unknownKeyHash[:]
 	}
 	if !credential.Matches(key, hash) || err != nil {
 		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "wrong backend name or API key")
