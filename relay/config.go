@@ -183,7 +183,8 @@ type Config struct {
 	MaxHandshakesPerAddress, MaxHandshakesPerNetwork int
 	// MaxFrontPendingPerAddress and MaxFrontPendingPerNetwork bound the
 	// front-door connections (SOCKS5, CONNECT, CONNECT over TLS) that have
-	// not yet authenticated, from one source address and one source
+	// not yet authenticated, and the relay-side forward connections whose
+	// stream is not open yet, from one source address and one source
 	// network; a connection beyond either is closed at once. Defaults 256
 	// and 1024.
 	MaxFrontPendingPerAddress, MaxFrontPendingPerNetwork int

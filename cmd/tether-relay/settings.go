@@ -277,7 +277,7 @@ func serveSettings() []*setting {
 			"the same bound for one source network: a /24 for IPv4, a /56 for IPv6 (a site's allocation: each of its hosts may have a /64 of its own). While more than half of the slots of `max_handshakes` are taken, a network may have at most a sixteenth of them in progress (32 of the default 512; at least 1), or this bound if it is lower, so that filling the slots takes many networks rather than four; a connection beyond that share is turned away in the same way and counts as `source_limited`. A big site behind one NAT still has this whole bound while the relay is not busy; set this bound to `max_handshakes` or more to lift the share too (one network then has no bound of its own)"),
 		num("max-front-pending-per-address", func(o *serveOptions) *int { return &c(o).MaxFrontPendingPerAddress }, 256,
 			"front-door connections not yet authenticated from one source address; more are closed at once",
-			"front-door connections (SOCKS5, CONNECT, CONNECT over TLS) not yet authenticated from one source address; more are closed at once"),
+			"front-door connections (SOCKS5, CONNECT, CONNECT over TLS) not yet authenticated from one source address, and relay-side forward connections whose stream is not open yet (a forward asks for no credential); more are closed at once"),
 		num("max-front-pending-per-network", func(o *serveOptions) *int { return &c(o).MaxFrontPendingPerNetwork }, 1024,
 			"front-door connections not yet authenticated from one /24 (IPv4) or /56 (IPv6); more are closed at once",
 			"the same bound for one source network (a /24 or /56)"),

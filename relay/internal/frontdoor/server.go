@@ -38,7 +38,8 @@ type Config struct {
 	// IdleTimeout closes tunnels idle in both directions.
 	HandshakeTimeout, StreamOpenTimeout, IdleTimeout time.Duration
 	// MaxPendingPerAddress and MaxPendingPerNetwork bound the connections
-	// not yet authenticated from one source address and network.
+	// not yet authenticated (at a forward: whose stream is not open yet)
+	// from one source address and network.
 	MaxPendingPerAddress, MaxPendingPerNetwork int
 	// MaxStreamMemory caps what the open tunnels may make the relay hold
 	// at their worst case (memory.go); a stream past it is refused with
