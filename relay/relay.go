@@ -230,6 +230,12 @@ func (r *Relay) assemble(ctx context.Context) error {
 	if err := r.loadLimits(ctx); err != nil {
 		return err
 	}
+	// Backends' credentials are held in memory from the first request
+	// (frontdoor.Server.LoadBackends); a relay that cannot read them
+	// reads each as it is used.
+	if err := r.doors.LoadBackends(ctx); err != nil {
+		r.log.Warn("backends' credentials not read at start: each is read from the store as it is used", "err", err)
+	}
 	return nil
 }
 

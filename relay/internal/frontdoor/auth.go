@@ -594,6 +594,28 @@ func (c *backendCache) forget(name string) {
 	c.gen++
 }
 
+// fill caches bs, every backend the store had when read, in place of
+// what the cache held, unless a backend was forgotten since gen (a
+// change the read may have missed: its backends are then read as they
+// are used). Past maxCachedBackends, the rest are read as they are used.
+func (c *backendCache) fill(gen uint64, bs []store.Backend) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen {
+		return false
+	}
+	now := time.Now()
+	c.m = make(map[string]cachedBackend, min(len(bs), maxCachedBackends))
+	for _, b := range bs {
+		if len(c.m) >= maxCachedBackends {
+			break
+		}
+		c.m[b.Name] = cachedBackend{b: b, fetched: now}
+		delete(c.unknown, b.Name)
+	}
+	return true
+}
+
 // forgetAll empties the cache.
 func (c *backendCache) forgetAll() {
 	c.mu.Lock()
@@ -645,14 +667,15 @@ var unknownKeyHash [sha256.Size]byte
 
 // authenticate checks a backend name and API key given from remote
 // (host:port). Unknown names and wrong keys get the same answer, after
-// the same work: a name the relay has in memory (the backends it served
-// lately, the names it knows to be unknown) is checked without the store;
-// another is read from the store, unless its source is throttled for
-// failed attempts (authGuard): then it is refused as unknown without
-// reading the store (and answered rate_limited), so that a throttled
-// source guessing names costs the store nothing. A backend the relay
-// has in memory is checked as usual from a throttled source, so its
-// valid key still works behind an address someone else is guessing from.
+// the same work: a name the relay has in memory (every registered
+// backend, LoadBackends, kept current by the change feed; the names it
+// knows to be unknown) is checked without the store; another is read from
+// the store, unless its source is throttled for failed attempts
+// (authGuard): then it is refused as unknown without reading the store
+// (and answered rate_limited), so that a throttled source guessing names
+// costs the store nothing. A backend the relay has in memory is checked
+// as usual from a throttled source, so its valid key still works behind
+// an address someone else is guessing from.
 func (fd *Server) authenticate(ctx context.Context, remote, name, key string) (*caller, error) {
 	if name == "" || key == "" {
 		return nil, protocol.Errorf(protocol.CodeUnauthenticated, "backend credentials required (backend name and API key)")

@@ -13,6 +13,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -179,6 +180,31 @@ func (fd *Server) Forget(backend string) { fd.backends.forget(backend) }
 
 // ForgetAll drops every cached credential.
 func (fd *Server) ForgetAll() { fd.backends.forgetAll() }
+
+// LoadBackends reads every backend's credential into memory, in place of
+// those held: the relay calls it as it starts and when it reads its
+// whole state again (ForgetAll first), and the change feed keeps them
+// current (Forget). Authentication then reads the store only for a
+// credential older than a minute, or a name the relay does not hold; a
+// source throttled for failed attempts has a name the relay does not
+// hold refused without a read (authenticate), so that every registered
+// backend's valid key works from it. A change told by the feed while it
+// read leaves the credentials to be read as they are used.
+func (fd *Server) LoadBackends(ctx context.Context) error {
+	fd.backends.mu.Lock()
+	gen := fd.backends.gen
+	fd.backends.mu.Unlock()
+	start := time.Now()
+	bs, err := fd.cfg.Store.BackendCredentials(ctx)
+	if fd.cfg.Metrics != nil {
+		fd.cfg.Metrics.StoreOp("backend_lookup", start)
+	}
+	if err != nil {
+		return fmt.Errorf("read backends: %w", err)
+	}
+	fd.backends.fill(gen, bs)
+	return nil
+}
 
 // Close releases the listeners of a server whose Run was never called.
 func (fd *Server) Close() {

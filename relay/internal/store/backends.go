@@ -380,3 +380,95 @@ func (s *Store) ListBackends(ctx context.Context) ([]Backend, error) {
 	}
 	return out, nil
 }
+
+// BackendCredentials returns every backend as Backend does (key hash,
+// grants, certificate serials), sorted by name: what a relay keeps in
+// memory to authenticate backends without reading the store per request.
+func (s *Store) BackendCredentials(ctx context.Context) ([]Backend, error) {
+	var out []Backend
+	err := s.read(ctx, func() (err error) {
+		out, err = s.backendCredentials(ctx)
+		return err
+	})
+	return out, err
+}
+
+func (s *Store) backendCredentials(ctx context.Context) ([]Backend, error) {
+	byName := map[string]*Backend{}
+	var names []string
+	rows, err := s.db.QueryContext(ctx, `SELECT name, key_hash, created_at, certs_recorded FROM backends`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var b Backend
+		var hashHex string
+		var created, recorded int64
+		if err := rows.Scan(&b.Name, &hashHex, &created, &recorded); err != nil {
+			return nil, err
+		}
+		if b.KeyHash, err = hex.DecodeString(hashHex); err != nil {
+			return nil, fmt.Errorf("backend %q: damaged key hash: %w", b.Name, err)
+		}
+		b.CreatedAt = fromUnix(created)
+		b.CertsUnrecorded = recorded == 0
+		byName[b.Name] = &b
+		names = append(names, b.Name)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows.Close()
+	grants, err := s.db.QueryContext(ctx, `SELECT backend, tenant, service FROM backend_grants`)
+	if err != nil {
+		return nil, err
+	}
+	defer grants.Close()
+	for grants.Next() {
+		var name string
+		var g Grant
+		if err := grants.Scan(&name, &g.Tenant, &g.Service); err != nil {
+			return nil, err
+		}
+		if b := byName[name]; b != nil {
+			b.Grants = append(b.Grants, g)
+		}
+	}
+	if err := grants.Err(); err != nil {
+		return nil, err
+	}
+	grants.Close()
+	certs, err := s.db.QueryContext(ctx, `SELECT backend, serial FROM backend_certs`)
+	if err != nil {
+		return nil, err
+	}
+	defer certs.Close()
+	for certs.Next() {
+		var name, serial string
+		if err := certs.Scan(&name, &serial); err != nil {
+			return nil, err
+		}
+		if b := byName[name]; b != nil {
+			b.CertSerials = append(b.CertSerials, serial)
+		}
+	}
+	if err := certs.Err(); err != nil {
+		return nil, err
+	}
+	// In Go: a database's collation may order otherwise.
+	sort.Strings(names)
+	out := make([]Backend, len(names))
+	for i, n := range names {
+		b := byName[n]
+		sort.Slice(b.Grants, func(i, j int) bool {
+			if b.Grants[i].Tenant != b.Grants[j].Tenant {
+				return b.Grants[i].Tenant < b.Grants[j].Tenant
+			}
+			return b.Grants[i].Service < b.Grants[j].Service
+		})
+		sort.Strings(b.CertSerials)
+		out[i] = *b
+	}
+	return out, nil
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -586,6 +587,20 @@ func testBackendCerts(t *testing.T, e engine) {
 	}
 	if b, err := s.Backend(ctx, "billing"); err != nil || strings.Join(b.CertSerials, ",") != "b2,c3" {
 		t.Fatalf("after an issue past a1's expiry: CertSerials = %q, %v; want b2,c3", b.CertSerials, err)
+	}
+	// BackendCredentials reads every backend as Backend reads one.
+	if err := s.AddBackend(ctx, Backend{Name: "ops", KeyHash: hash("o"), Grants: []Grant{{"acme", "db"}, {"acme", "api"}, {"*", "metrics"}}, CreatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	all, err := s.BackendCredentials(ctx)
+	if err != nil || len(all) != 2 || all[0].Name != "billing" || all[1].Name != "ops" {
+		t.Fatalf("BackendCredentials = %+v, %v; want billing and ops", all, err)
+	}
+	for _, got := range all {
+		want, err := s.Backend(ctx, got.Name)
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("BackendCredentials has %+v; Backend(%s) = %+v, %v", got, got.Name, want, err)
+		}
 	}
 	if err := s.RemoveBackend(ctx, "billing"); err != nil {
 		t.Fatal(err)
