@@ -145,7 +145,7 @@ func serveSettings() []*setting {
 			"file holding the key-encryption key (32 random bytes in base64, the same on every relay of the cluster) that seals the CA's private keys in a PostgreSQL store; or give the key itself in `TETHER_CA_KEK`, not both. Required with a PostgreSQL `store`"),
 		str("relay-id", func(o *serveOptions) *string { return &c(o).RelayID }, "",
 			"this relay's id in its cluster, a DNS label (default: kept in the data directory, made from the host name)",
-			"this relay's id in its cluster, a DNS label unique among the relays sharing the store (default: kept in the data directory as `relay-id`, made from the host name at the first start)"),
+			"this relay's id in its cluster, a DNS label unique among the relays sharing the store (default: kept in the data directory as `relay-id`, made from the host name at the first start; the file holds the id on one line ended by a newline, and one cut short by a crash is refused rather than read as another id: give `--relay-id` then)"),
 		str("advertise", func(o *serveOptions) *string { return &c(o).Advertise }, "",
 			"host:port at which agents reach this relay on its own (default on PostgreSQL: the agent address when it names a host)",
 			"host:port of this relay's agent port as agents reach it on its own: the relays of a [cluster](#running-several-relays) tell their agents each other's, so that agents keep their connections on distinct relays. Default on PostgreSQL: the agent address when it names a host; with none (and always for a relay alone on SQLite), agents are not told of this relay and keep the address they were configured with"),
