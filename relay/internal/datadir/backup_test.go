@@ -95,7 +95,9 @@ func TestBackup(t *testing.T) {
 		name   string
 		damage func(dir string) error
 	}{
-		{"changed", func(dir string) error { return os.WriteFile(filepath.Join(dir, "relay-id"), []byte("other-1\n"), 0o600) }},
+		{"changed", func(dir string) error {
+			return os.WriteFile(filepath.Join(dir, "relay-id"), []byte("other-1\n"), 0o600)
+		}},
 		{"added", func(dir string) error { return os.WriteFile(filepath.Join(dir, "ca", "ca-2.key"), []byte("x"), 0o600) }},
 		{"missing", func(dir string) error { return os.Remove(filepath.Join(dir, "ca", "ca.key")) }},
 		{"no manifest", func(dir string) error { return os.Remove(filepath.Join(dir, BackupManifestFile)) }},
