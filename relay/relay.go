@@ -32,6 +32,7 @@ import (
 	"github.com/tetherhq/tether/relay/internal/metrics"
 	"github.com/tetherhq/tether/relay/internal/peer"
 	"github.com/tetherhq/tether/relay/internal/policy"
+	"github.com/tetherhq/tether/relay/internal/restore"
 	"github.com/tetherhq/tether/relay/internal/route"
 	"github.com/tetherhq/tether/relay/internal/session"
 	"github.com/tetherhq/tether/relay/internal/throttle"
@@ -123,6 +124,17 @@ func (r *Relay) assemble(ctx context.Context) error {
 		return fmt.Errorf("audit log: %w", err)
 	}
 	r.audit.Committed = func(start time.Time) { r.metrics.StoreOp("audit_commit", start) }
+	// A data directory restored from a backup is a step back in time:
+	// its first start catches up from the audit file and closes what
+	// the step back would reopen, before any state is read or any
+	// listener bound.
+	// It may have a large audit file to read: it is not held to the
+	// start's time limit.
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
+	defer rcancel()
+	if _, _, err := restore.Handle(rctx, restore.Config{Dir: r.dir, AuditFile: cfg.AuditLog, Audit: r.audit, Logger: cfg.Logger, Now: cfg.Now}); err != nil {
+		return fmt.Errorf("restored data directory: %w", err)
+	}
 	if r.tls, err = trust.NewServer(r.auth, r.audit, cfg.Now); err != nil {
 		return err
 	}

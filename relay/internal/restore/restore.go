@@ -1,0 +1,418 @@
+// Package restore handles the first start of a relay on a data directory
+// restored from a backup (datadir.Backup): a step back in time.
+//
+// The restored store knows nothing of what happened after the backup was
+// taken: agents revoked since would be accepted again, join tokens used
+// since could enrol again, agents enrolled since are unknown, and
+// certificates issued since (every renewal) are not the newest on record,
+// so their agents would be refused as superseded. At the restored copy's
+// first start, before any listener accepts, Handle:
+//
+//   - replays, from the relay's audit file (which is not part of a backup
+//     and, kept from the directory being replaced, records what happened
+//     since), the records written after the backup was taken: into the
+//     store's audit trail, and those it can act on into the state —
+//     tenants added, agents enrolled, certificates renewed, and every
+//     revocation (agents, join tokens, backends and their certificates,
+//     operator tokens and certificates);
+//   - spends every join token of the backup that has uses left, since it
+//     may have been used since (a token made since is not in the store);
+//   - logs, as warnings, when the backup was taken, what it replayed, and
+//     what it could not — anything whose secret the audit trail does not
+//     hold (join tokens, backend keys and certificates, operator
+//     credentials made since), limits and grants changed, a CA rotation —
+//     for the operator to redo; and records it all in the audit trail;
+//   - marks the restore handled, in the restored store.
+//
+// An audit file that holds nothing after the backup (lost with the old
+// directory) leaves the revocations since unknown: the warning says so
+// and names what to revoke again by hand.
+package restore
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/datadir"
+	"github.com/tetherhq/tether/relay/internal/store"
+)
+
+// Kind is the kind of the audit record of a restore handled.
+const Kind = "relay.restore"
+
+// kindOperatorCertRevoke is admin.KindOperatorCertRevoke (restore does
+// not import the admin package for one name; a test holds them equal).
+const kindOperatorCertRevoke = "operator.certificate_revoke"
+
+// Config is Handle's.
+type Config struct {
+	Dir *datadir.Dir
+	// AuditFile is the relay's audit file, read for what happened after
+	// the backup.
+	AuditFile string
+	// Audit receives the record of the restore. Required.
+	Audit *audit.Log
+	// Logger receives the warnings; slog.Default() when nil.
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// Report is what Handle did.
+type Report struct {
+	Backup datadir.BackupManifest
+	// Imported counts the audit file's records after the backup that
+	// were added to the store's audit trail; Malformed its lines that
+	// could not be read.
+	Imported, Malformed int
+	// Replayed lists what was applied to the restored state, one line
+	// each ("agent.revoke acme/a1"); Unreplayable what happened since that
+	// the operator must redo ("token.create acme token t1").
+	Replayed, Unreplayable []string
+	// SpentTokens are the backup's join tokens whose uses left were
+	// taken.
+	SpentTokens []store.Token
+}
+
+// maxLine bounds a line of the audit file; a longer one is skipped as
+// malformed.
+const maxLine = 1 << 20
+
+// Handle handles the first start of a relay on a restored data directory
+// (see the package comment). It reports handled false, doing nothing,
+// for a data directory that was not restored or whose restore was
+// handled. An error leaves the restore unhandled: the relay must not
+// start.
+func Handle(ctx context.Context, cfg Config) (r Report, handled bool, err error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	m, _, first, err := cfg.Dir.Restored(ctx)
+	if err != nil || !first {
+		return r, false, err
+	}
+	r.Backup = m
+	st := cfg.Dir.Store
+	acts, err := r.readAuditFile(ctx, st, cfg.AuditFile, m.TakenAt)
+	if err != nil {
+		return r, false, err
+	}
+	for _, rec := range acts {
+		if err := r.replay(ctx, st, rec); err != nil {
+			return r, false, fmt.Errorf("replay %s of %s from the audit file: %w", rec.Kind, rec.At.Format(time.RFC3339), err)
+		}
+	}
+	if r.SpentTokens, err = st.SpendJoinTokens(ctx, m.TakenAt); err != nil {
+		return r, false, fmt.Errorf("spend the backup's join tokens: %w", err)
+	}
+	spent := make([]string, len(r.SpentTokens))
+	for i, t := range r.SpentTokens {
+		spent[i] = t.Tenant + "/" + t.ID
+	}
+	log.Warn("this relay starts on a data directory restored from a backup: its state is as it was when the backup was taken, and what happened since is unknown to it except what its audit file recorded",
+		"backup", m.ID, "taken_at", m.TakenAt.Format(time.RFC3339), "age", now().Sub(m.TakenAt).Round(time.Second).String(),
+		"change_feed_at", m.Store.LatestChange, "audit_file", cfg.AuditFile, "audit_records_after_backup", r.Imported, "audit_lines_unreadable", r.Malformed)
+	if len(r.Replayed) > 0 {
+		log.Warn("restore: applied what the audit file recorded after the backup", "count", len(r.Replayed), "applied", r.Replayed)
+	}
+	if r.Imported == 0 {
+		log.Warn("restore: the audit file records nothing after the backup (it was not kept from the directory replaced, or nothing happened): " +
+			"agents revoked, backends removed, backend certificates and operator credentials revoked since the backup are accepted again. " +
+			"Revoke them again now (tether-relay agent revoke, backend remove, backend revoke-certificate, operator token revoke, operator certificate revoke), " +
+			"from the audit trail kept elsewhere (a copy of the audit file, a log collector); agents enrolled since are refused (unknown_agent) and enrol again with new join tokens; " +
+			"agents that renewed their certificate since are refused (cert_superseded) and enrol again")
+	}
+	if len(r.Unreplayable) > 0 {
+		log.Warn("restore: happened after the backup and could not be applied: redo what is still wanted", "count", len(r.Unreplayable), "not_applied", r.Unreplayable)
+	}
+	if len(spent) > 0 {
+		log.Warn("restore: the backup's join tokens that had uses left are spent (they may have been used since the backup): create new ones for agents still to enrol",
+			"count", len(spent), "tokens", spent)
+	}
+	detail := map[string]any{"backup": m.ID, "taken_at": m.TakenAt, "change_feed_at": m.Store.LatestChange, "audit_records_imported": r.Imported,
+		"audit_lines_unreadable": r.Malformed, "applied": nonNil(r.Replayed), "not_applied": nonNil(r.Unreplayable), "tokens_spent": spent}
+	cfg.Audit.Add(audit.Record{At: now(), Kind: Kind, Outcome: audit.OutcomeOK, Actor: "relay", Detail: detail})
+	if err := cfg.Dir.MarkRestored(ctx, m); err != nil {
+		return r, false, fmt.Errorf("record that the restore was handled: %w", err)
+	}
+	return r, true, nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// readAuditFile adds the records of the audit file at path dated after
+// takenAt to the store's audit trail (once: records carry a key) and
+// returns those Handle acts on (replay), oldest first. A missing file
+// holds nothing; lines that are not records are counted and skipped.
+func (r *Report) readAuditFile(ctx context.Context, st *store.Store, path string, takenAt time.Time) ([]store.AuditRecord, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the audit file: %w", err)
+	}
+	defer f.Close()
+	var acts, batch []store.AuditRecord
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		// The store orders the trail by its seq; the file's order (of
+		// the writers' appends) is kept.
+		if err := st.AddAudit(ctx, batch); err != nil {
+			return fmt.Errorf("add the audit file's records to the store: %w", err)
+		}
+		r.Imported += len(batch)
+		batch = batch[:0]
+		return nil
+	}
+	br := bufio.NewReaderSize(f, 64<<10)
+	for {
+		line, err := readLine(br)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			if errors.Is(err, errLongLine) {
+				r.Malformed++
+				continue
+			}
+			return nil, fmt.Errorf("read the audit file: %w", err)
+		}
+		line = bytes.TrimSpace(line)
+		if len(line) == 0 {
+			continue
+		}
+		var rec store.AuditRecord
+		if err := json.Unmarshal(line, &rec); err != nil || rec.Kind == "" || rec.At.IsZero() {
+			r.Malformed++ // a line cut short by a crash, or not a record
+			continue
+		}
+		if !rec.At.After(takenAt) {
+			continue
+		}
+		rec.Seq = 0
+		batch = append(batch, rec)
+		if rec.Outcome == audit.OutcomeOK && acted(rec.Kind) {
+			acts = append(acts, rec)
+		}
+		if len(batch) == 512 {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	sort.SliceStable(acts, func(i, j int) bool { return acts[i].At.Before(acts[j].At) })
+	return acts, nil
+}
+
+var errLongLine = errors.New("line too long")
+
+// readLine reads a line of at most maxLine bytes; a longer one is
+// consumed and reported as errLongLine.
+func readLine(br *bufio.Reader) ([]byte, error) {
+	var line []byte
+	long := false
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if !long && len(line)+len(chunk) > maxLine {
+			long, line = true, nil
+		}
+		if !long {
+			line = append(line, chunk...)
+		}
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case long && (err == nil || errors.Is(err, io.EOF)):
+			return nil, errLongLine
+		case errors.Is(err, io.EOF) && len(line) > 0:
+			return line, nil
+		}
+		return line, err
+	}
+}
+
+// acted reports whether Handle acts on records of kind: it applies them,
+// or tells the operator to redo them.
+func acted(kind string) bool {
+	switch kind {
+	case audit.TenantAdd, audit.Enrol, audit.Renew, audit.Revoke, audit.TokenRevoke, audit.BackendRemove, audit.BackendCertRevoke,
+		audit.OperatorTokenRevoke, kindOperatorCertRevoke,
+		audit.TokenCreate, audit.BackendAdd, audit.BackendGrant, audit.BackendUngrant, audit.BackendCert, audit.LimitsSet,
+		audit.OperatorToken, audit.OperatorCert, audit.CARotate, audit.CARetire, audit.CARenewNow, audit.ReleasePublish, audit.ReleaseRollout, audit.RolloutHalt:
+		return true
+	}
+	return false
+}
+
+// replay applies rec, a record of something done after the backup, to
+// the restored state, or notes it for the operator. Applying is
+// idempotent: what the backup holds already is left as it is.
+func (r *Report) replay(ctx context.Context, st *store.Store, rec store.AuditRecord) error {
+	str := func(key string) string {
+		s, _ := rec.Detail[key].(string)
+		return s
+	}
+	applied := func(what string) { r.Replayed = append(r.Replayed, rec.Kind+" "+what) }
+	redo := func(what string) { r.Unreplayable = append(r.Unreplayable, rec.Kind+" "+what) }
+	ignoreMissing := func(err error) error {
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrExists) {
+			return nil
+		}
+		return err
+	}
+	switch rec.Kind {
+	case audit.TenantAdd:
+		if err := st.AddTenant(ctx, rec.Tenant, rec.At); err != nil {
+			return ignoreMissing(err)
+		}
+		applied(rec.Tenant)
+	case audit.Enrol:
+		if rec.Agent == "" || rec.Tenant == "" {
+			return nil
+		}
+		// The certificate it was issued is not in the record: the agent
+		// is accepted on a valid certificate of the CA for its identity
+		// until its next renewal records one (as an agent enrolled
+		// before the relay recorded certificates).
+		err := st.AddAgent(ctx, store.Agent{ID: rec.Agent, Tenant: rec.Tenant, Hostname: truncate(str("hostname"), 255), CreatedAt: rec.At})
+		if err != nil {
+			return ignoreMissing(err)
+		}
+		applied(rec.Tenant + "/" + rec.Agent)
+	case audit.Renew:
+		serial, root := str("cert_serial"), str("ca_root")
+		notAfter, perr := time.Parse(time.RFC3339Nano, str("not_after"))
+		if serial == "" || perr != nil {
+			return nil
+		}
+		a, err := st.Agent(ctx, rec.Agent)
+		if err != nil {
+			return ignoreMissing(err)
+		}
+		if a.CertSerial == serial || a.CertIssuedAt.After(rec.At) {
+			return nil
+		}
+		err = st.RenewAgentCert(ctx, a.ID, a.CertSerial, store.AgentCert{Serial: serial, NotAfter: notAfter, Root: root, IssuedAt: rec.At}, "", time.Time{})
+		if err != nil {
+			return ignoreMissing(err)
+		}
+		applied(a.Tenant + "/" + a.ID + " certificate " + serial)
+	case audit.Revoke:
+		a, err := st.Agent(ctx, rec.Agent)
+		if err != nil {
+			return ignoreMissing(err)
+		}
+		if !a.RevokedAt.IsZero() {
+			return nil
+		}
+		if _, err := st.RevokeAgent(ctx, a.ID, str("reason"), rec.At); err != nil {
+			return err
+		}
+		applied(a.Tenant + "/" + a.ID)
+	case audit.TokenRevoke:
+		if _, err := st.DeleteToken(ctx, str("token")); err != nil {
+			return ignoreMissing(err)
+		}
+		applied(rec.Tenant + "/" + str("token"))
+	case audit.BackendRemove:
+		if err := st.RemoveBackend(ctx, rec.Backend); err != nil {
+			return ignoreMissing(err)
+		}
+		applied(rec.Backend)
+	case audit.BackendCertRevoke:
+		if unrecorded, _ := rec.Detail["unrecorded"].(bool); unrecorded {
+			changed, err := st.RefuseUnrecordedBackendCerts(ctx, rec.Backend)
+			if err != nil {
+				return ignoreMissing(err)
+			}
+			if changed {
+				applied(rec.Backend + " unrecorded certificates")
+			}
+			return nil
+		}
+		if _, err := st.RemoveBackendCert(ctx, rec.Backend, str("serial")); err != nil {
+			return ignoreMissing(err)
+		}
+		applied(rec.Backend + " certificate " + str("serial"))
+	case audit.OperatorTokenRevoke:
+		t, err := st.OperatorToken(ctx, str("token"))
+		if err != nil {
+			return ignoreMissing(err)
+		}
+		if !t.RevokedAt.IsZero() {
+			return nil
+		}
+		if _, err := st.RevokeOperatorToken(ctx, t.ID, rec.At); err != nil {
+			return ignoreMissing(err)
+		}
+		applied(str("operator") + " token " + t.ID)
+	case kindOperatorCertRevoke:
+		c, err := st.OperatorCert(ctx, str("serial"))
+		if err != nil {
+			return ignoreMissing(err)
+		}
+		if !c.RevokedAt.IsZero() {
+			return nil
+		}
+		if _, err := st.RevokeOperatorCert(ctx, c.Serial, rec.At); err != nil {
+			return ignoreMissing(err)
+		}
+		applied(c.Name + " certificate " + c.Serial)
+
+	// What the audit trail does not hold enough of to redo.
+	case audit.TokenCreate:
+		redo(rec.Tenant + " token " + str("token") + " (its secret is not recorded; create a new one)")
+	case audit.BackendAdd:
+		redo(rec.Backend + " (its key is not recorded: it is unknown now; add it again for a new key)")
+	case audit.BackendGrant, audit.BackendUngrant:
+		redo(rec.Backend + " " + fmt.Sprint(rec.Detail["grants"]))
+	case audit.BackendCert:
+		redo(rec.Backend + " certificate " + str("serial") + " (not recorded now: refused; issue a new one)")
+	case audit.LimitsSet:
+		redo(rec.Tenant + " (set the limits again)")
+	case audit.OperatorToken:
+		redo(str("operator") + " token " + str("token") + " (unknown now: refused; create a new one)")
+	case audit.OperatorCert:
+		redo(str("operator") + " certificate " + str("serial") + " (not recorded now: refused; issue a new one)")
+	case audit.CARotate, audit.CARetire, audit.CARenewNow:
+		redo(strings.TrimSpace(str("ca_root") + " (the restored CA is the backup's: agents whose certificates come from a root made since cannot connect and enrol again)"))
+	case audit.ReleasePublish, audit.ReleaseRollout, audit.RolloutHalt:
+		redo(fmt.Sprint(rec.Detail) + " (publish or roll out again)")
+	}
+	return nil
+}
+
+// truncate cuts s to at most n bytes.
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}

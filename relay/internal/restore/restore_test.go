@@ -1,0 +1,214 @@
+package restore
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/tetherhq/tether/relay/admin"
+	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/datadir"
+	"github.com/tetherhq/tether/relay/internal/store"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var ctx = context.Background()
+
+func TestKindNames(t *testing.T) {
+	if kindOperatorCertRevoke != admin.KindOperatorCertRevoke {
+		t.Fatalf("kindOperatorCertRevoke %q, admin's %q", kindOperatorCertRevoke, admin.KindOperatorCertRevoke)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func openDir(t *testing.T, path string) *datadir.Dir {
+	t.Helper()
+	d, _, err := datadir.Open(ctx, path, datadir.Options{TrustDomain: "tether.example"}, time.Now())
+	must(t, err)
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// copyTree copies a backup into place as an operator would (cp -a).
+func copyTree(t *testing.T, dst, src string) {
+	t.Helper()
+	must(t, os.CopyFS(dst, os.DirFS(src)))
+	must(t, filepath.Walk(dst, func(path string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if fi.IsDir() {
+			return os.Chmod(path, 0o700)
+		}
+		return os.Chmod(path, 0o600)
+	}))
+}
+
+// The first start of a restored data directory replays what the audit
+// file recorded after the backup — revocations, enrolments, renewals —
+// spends the backup's join tokens, says what it could not redo, and does
+// it once.
+func TestHandle(t *testing.T) {
+	live := t.TempDir()
+	d := openDir(t, live)
+	st := d.Store
+	t0 := time.Now().Add(-time.Hour).Truncate(time.Second)
+	must(t, st.AddTenant(ctx, "acme", t0))
+	for _, id := range []string{"a1", "a2", "a3"} {
+		must(t, st.AddAgent(ctx, store.Agent{ID: id, Tenant: "acme", CreatedAt: t0, CertSerial: "s-" + id, CertNotAfter: t0.Add(24 * time.Hour), CertIssuedAt: t0}))
+	}
+	must(t, st.AddToken(ctx, store.Token{ID: "tok-old", Tenant: "acme", SecretHash: []byte("h"), CreatedAt: t0, ExpiresAt: t0.Add(48 * time.Hour), MaxUses: 5}))
+	must(t, st.AddBackend(ctx, store.Backend{Name: "billing", KeyHash: []byte("k"), CreatedAt: t0}))
+	backup := filepath.Join(t.TempDir(), "b")
+	m, err := d.Backup(ctx, backup, datadir.BackupOptions{})
+	must(t, err)
+
+	// After the backup, on the live directory: what the operator and the
+	// agents did, in the store and the audit file.
+	trail, err := audit.Open(ctx, st, d.File(datadir.AuditFile), slog.New(slog.DiscardHandler))
+	must(t, err)
+	after := m.TakenAt.Add(time.Second)
+	add := func(rec audit.Record) {
+		rec.Outcome = audit.OutcomeOK
+		trail.Add(rec)
+	}
+	_, err = st.RevokeAgent(ctx, "a1", "stolen laptop", after)
+	must(t, err)
+	add(audit.Record{At: after, Kind: audit.Revoke, Tenant: "acme", Agent: "a1", Detail: map[string]any{"reason": "stolen laptop"}})
+	must(t, st.AddAgent(ctx, store.Agent{ID: "a4", Tenant: "acme", Hostname: "db-2", CreatedAt: after}))
+	add(audit.Record{At: after, Kind: audit.Enrol, Tenant: "acme", Agent: "a4", Detail: map[string]any{"hostname": "db-2", "token": "tok-old"}})
+	renewedAt := after.Add(time.Second)
+	add(audit.Record{At: renewedAt, Kind: audit.Renew, Tenant: "acme", Agent: "a2",
+		Detail: map[string]any{"cert_serial": "s-a2-renewed", "not_after": renewedAt.Add(24 * time.Hour), "ca_root": m.CARoots[0], "replaced_serial": "s-a2"}})
+	add(audit.Record{At: after, Kind: audit.TokenCreate, Tenant: "acme", Detail: map[string]any{"token": "tok-new"}})
+	add(audit.Record{At: after, Kind: audit.BackendRemove, Backend: "billing"})
+	// A record from before the backup is not replayed: a3 stays.
+	add(audit.Record{At: m.TakenAt.Add(-time.Minute), Kind: audit.Revoke, Tenant: "acme", Agent: "a3"})
+	must(t, trail.Close())
+	// A line cut short by a crash.
+	f, err := os.OpenFile(d.File(datadir.AuditFile), os.O_APPEND|os.O_WRONLY, 0)
+	must(t, err)
+	fmt.Fprintf(f, `{"at":"%s","kind":"agent.rev`, after.Format(time.RFC3339))
+	f.Close()
+
+	// Restore: the backup in place of the directory, the audit file kept.
+	restored := filepath.Join(t.TempDir(), "data")
+	copyTree(t, restored, backup)
+	raw, err := os.ReadFile(d.File(datadir.AuditFile))
+	must(t, err)
+	must(t, os.WriteFile(filepath.Join(restored, datadir.AuditFile), raw, 0o600))
+
+	r := openDir(t, restored)
+	trail2, err := audit.Open(ctx, r.Store, r.File(datadir.AuditFile), slog.New(slog.DiscardHandler))
+	must(t, err)
+	defer trail2.Close()
+	var logs bytes.Buffer
+	cfg := Config{Dir: r, AuditFile: r.File(datadir.AuditFile), Audit: trail2, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+	rep, handled, err := Handle(ctx, cfg)
+	must(t, err)
+	if !handled || rep.Backup.ID != m.ID {
+		t.Fatalf("handled %v, backup %q; want the restore of %q handled", handled, rep.Backup.ID, m.ID)
+	}
+	a1, err := r.Store.Agent(ctx, "a1")
+	if err != nil || a1.RevokedAt.IsZero() || a1.RevokedReason != "stolen laptop" {
+		t.Fatalf("a1 revoked after the backup: %+v, %v; want revoked again", a1, err)
+	}
+	if a3, _ := r.Store.Agent(ctx, "a3"); !a3.RevokedAt.IsZero() {
+		t.Fatal("a record from before the backup was replayed")
+	}
+	if a4, err := r.Store.Agent(ctx, "a4"); err != nil || a4.Hostname != "db-2" || !a4.CertIssuedAt.IsZero() {
+		t.Fatalf("a4 enrolled after the backup: %+v, %v; want registered, its certificate unrecorded", a4, err)
+	}
+	if a2, _ := r.Store.Agent(ctx, "a2"); a2.CertSerial != "s-a2-renewed" || !a2.CertIssuedAt.Equal(renewedAt.Truncate(time.Millisecond)) {
+		t.Fatalf("a2 renewed after the backup: newest certificate %q issued %v; want s-a2-renewed", a2.CertSerial, a2.CertIssuedAt)
+	}
+	if _, err := r.Store.Backend(ctx, "billing"); err == nil {
+		t.Fatal("backend removed after the backup is back")
+	}
+	tok, err := r.Store.JoinToken(ctx, "tok-old")
+	if err != nil || tok.Uses != tok.MaxUses {
+		t.Fatalf("backup's join token: %+v, %v; want spent", tok, err)
+	}
+	if rep.Malformed != 1 || !slices.ContainsFunc(rep.Unreplayable, func(s string) bool { return strings.Contains(s, "tok-new") }) {
+		t.Fatalf("report %+v", rep)
+	}
+	for _, want := range []string{"restored from a backup", "tok-old", "tok-new", "agent.revoke acme/a1"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("the warnings lack %q:\n%s", want, logs.String())
+		}
+	}
+	recs, err := r.Store.ListAudit(ctx, store.AuditFilter{Kind: Kind})
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("audit records of the restore: %v, %v", recs, err)
+	}
+	if recs, _ := r.Store.ListAudit(ctx, store.AuditFilter{Kind: audit.Revoke}); len(recs) != 1 || recs[0].Agent != "a1" {
+		t.Fatalf("the store's trail has agent.revoke records %v; want the one dated after the backup (those dated before are taken to be in it)", recs)
+	}
+
+	// Once.
+	if _, handled, err := Handle(ctx, cfg); err != nil || handled {
+		t.Fatalf("second start: handled %v, %v", handled, err)
+	}
+}
+
+// Without an audit file that records what happened since, the warning
+// says what to do by hand.
+func TestHandleWithoutAuditFile(t *testing.T) {
+	d := openDir(t, t.TempDir())
+	backup := filepath.Join(t.TempDir(), "b")
+	_, err := d.Backup(ctx, backup, datadir.BackupOptions{})
+	must(t, err)
+	r := openDir(t, backup)
+	trail, err := audit.Open(ctx, r.Store, filepath.Join(t.TempDir(), "audit.log"), slog.New(slog.DiscardHandler))
+	must(t, err)
+	defer trail.Close()
+	var logs bytes.Buffer
+	_, handled, err := Handle(ctx, Config{Dir: r, AuditFile: filepath.Join(t.TempDir(), "missing.log"), Audit: trail, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil || !handled {
+		t.Fatalf("handled %v, %v", handled, err)
+	}
+	if !strings.Contains(logs.String(), "Revoke them again now") {
+		t.Fatalf("no warning to revoke again by hand:\n%s", logs.String())
+	}
+}
+
+// Lines of any length and content are read or skipped, never fatal.
+func TestReadLine(t *testing.T) {
+	long := strings.Repeat("x", maxLine+10)
+	in := "a\n" + long + "\nb\n" + long
+	br := bufioReader(in)
+	var got []string
+	for {
+		line, err := readLine(br)
+		if err == errLongLine {
+			got = append(got, "LONG")
+			continue
+		}
+		if err != nil {
+			break
+		}
+		got = append(got, strings.TrimSpace(string(line)))
+	}
+	if want := []string{"a", "LONG", "b", "LONG"}; !slices.Equal(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+}
+
+func bufioReader(s string) *bufio.Reader { return bufio.NewReaderSize(strings.NewReader(s), 4096) }
