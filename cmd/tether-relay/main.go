@@ -69,7 +69,7 @@ func newRoot(info cli.BuildInfo, stdout, stderr io.Writer) *cobra.Command {
 		c.GroupID = "relay"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{agentCmd(g), tokenCmd(g), backendCmd(g), tenantCmd(g), relayCmd(g), operatorCmd(g), caCmd(g), releaseCmd(g), auditCmd(g)} {
+	for _, c := range []*cobra.Command{agentCmd(g), tokenCmd(g), backendCmd(g), tenantCmd(g), relayCmd(g), operatorCmd(g), caCmd(g), releaseCmd(g), auditCmd(g), backupCmd(g)} {
 		c.GroupID = "admin"
 		root.AddCommand(c)
 	}
@@ -86,20 +86,9 @@ const defaultDataDir = "/var/lib/tether-relay"
 // file's audit_log (else the relay's default, in the data directory).
 func (g *globals) adminOptions(cmd *cobra.Command) (admin.Options, error) {
 	o := admin.Options{DataDir: g.dataDir, Existing: true}
-	file, err := g.configFile()
+	pick, err := g.picker()
 	if err != nil {
 		return o, err
-	}
-	pick := func(flagGiven bool, flagValue, env, key, def string) string {
-		switch {
-		case flagGiven:
-			return flagValue
-		case g.env(env) != "":
-			return g.env(env)
-		case file != nil && file.has(key):
-			return file.values[key].text
-		}
-		return def
 	}
 	o.DataDir = pick(cmd.Flags().Changed("data-dir"), g.dataDir, "TETHER_DATA_DIR", "data_dir", defaultDataDir)
 	o.AuditLog = pick(false, "", "TETHER_AUDIT_LOG", "audit_log", "")
@@ -109,6 +98,37 @@ func (g *globals) adminOptions(cmd *cobra.Command) (admin.Options, error) {
 	}
 	o.CAKEK, err = g.caKEK(pick(cmd.Flags().Changed("ca-kek-file"), g.kekFile, "TETHER_CA_KEK_FILE", "ca_kek_file", ""), o.Store)
 	return o, err
+}
+
+// picker returns what picks a setting of an admin command: the flag when
+// given, else the environment variable, else the config file's key, else
+// the default.
+func (g *globals) picker() (func(flagGiven bool, flagValue, env, key, def string) string, error) {
+	file, err := g.configFile()
+	if err != nil {
+		return nil, err
+	}
+	return func(flagGiven bool, flagValue, env, key, def string) string {
+		switch {
+		case flagGiven:
+			return flagValue
+		case g.env(env) != "":
+			return g.env(env)
+		case file != nil && file.has(key):
+			return file.values[key].text
+		}
+		return def
+	}, nil
+}
+
+// adminStore is the store an admin command acts on, as adminOptions
+// finds it: "" for SQLite in the data directory.
+func (g *globals) adminStore(cmd *cobra.Command) (string, error) {
+	pick, err := g.picker()
+	if err != nil {
+		return "", err
+	}
+	return pick(cmd.Flags().Changed("store"), g.store, "TETHER_STORE", "store", ""), nil
 }
 
 // configFile reads the config file named by --config or TETHER_CONFIG;
@@ -132,11 +152,17 @@ func (g *globals) configPath() string {
 // command: one that a relay has initialised, or an error saying how to
 // make one.
 func (g *globals) withAdmin(cmd *cobra.Command, fn func(ctx context.Context, a *admin.Admin) error) error {
+	return g.withAdminFor(cmd, time.Minute, fn)
+}
+
+// withAdminFor is withAdmin with a time limit other than a minute, for
+// a command that may take longer (backup).
+func (g *globals) withAdminFor(cmd *cobra.Command, limit time.Duration, fn func(ctx context.Context, a *admin.Admin) error) error {
 	o, err := g.adminOptions(cmd)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
+	ctx, cancel := context.WithTimeout(cmd.Context(), limit)
 	defer cancel()
 	a, err := admin.Open(ctx, o)
 	if err != nil {

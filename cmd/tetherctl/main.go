@@ -74,7 +74,7 @@ func newRoot(info cli.BuildInfo, stdout, stderr io.Writer, env func(string) stri
 	cli.AddOutputFlag(pf)
 	root.AddGroup(&cobra.Group{ID: "admin", Title: "Administer the relay (the same commands as tether-relay's):"},
 		&cobra.Group{ID: "backend", Title: "Reach tenant services:"})
-	for _, c := range []*cobra.Command{x.agentCmd(), x.tokenCmd(), x.backendCmd(), x.tenantCmd(), x.relayCmd(), x.operatorCmd(), caCmd(), x.releaseCmd(), x.auditCmd(), x.whoamiCmd()} {
+	for _, c := range []*cobra.Command{x.agentCmd(), x.tokenCmd(), x.backendCmd(), x.tenantCmd(), x.relayCmd(), x.operatorCmd(), caCmd(), x.releaseCmd(), x.auditCmd(), backupCmd(), x.whoamiCmd()} {
 		c.GroupID = "admin"
 		root.AddCommand(c)
 	}

@@ -16,7 +16,7 @@ func TestVocabulary(t *testing.T) {
 	root := newRoot(cli.BuildInfo{Program: prog}, io.Discard, io.Discard, func(string) string { return "" })
 	leaves := cli.Leaves(root)
 	onRelayHost := func(path string) bool {
-		return strings.HasPrefix(path, "ca ") || strings.HasPrefix(path, "operator token ") || path == "operator certificate create" || path == "backend certificate" ||
+		return strings.HasPrefix(path, "ca ") || strings.HasPrefix(path, "operator token ") || path == "operator certificate create" || path == "backend certificate" || path == "backup" ||
 			slices.Contains([]string{"release keygen", "release sign", "release publish"}, path)
 	}
 	for _, path := range cli.Vocabulary() {

@@ -242,6 +242,13 @@ func caCmd() *cobra.Command {
 		relayHostOnly("export", "Write the CA's active roots (PEM)", onRelayHost("ca export --out FILE", why)))
 }
 
+// backupCmd is tether-relay backup, which runs on the relay's host only:
+// a backup holds the CA's private keys, which the admin API never sends.
+func backupCmd() *cobra.Command {
+	return relayHostOnly("backup DEST", "Back up the data directory [on the relay host]",
+		onRelayHost("backup DEST", "a backup holds the CA's private keys, which never leave the relay's host: the admin API does not send them"))
+}
+
 // relayHostOnly is a command that needs the relay's data directory.
 func relayHostOnly(use, short, why string) *cobra.Command {
 	return cli.UnavailableCommand(use, short, "tether-relay only", why)

@@ -306,6 +306,7 @@ func Vocabulary() []string {
 		"ca status", "ca rotate", "ca renew-now", "ca retire", "ca export",
 		"release keygen", "release sign", "release publish", "release list", "release rollout", "release status",
 		"audit",
+		"backup",
 	}
 }
 

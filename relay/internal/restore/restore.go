@@ -50,7 +50,7 @@ import (
 )
 
 // Kind is the kind of the audit record of a restore handled.
-const Kind = "relay.restore"
+const Kind = "relay.restore" // admin.KindRestore
 
 // kindOperatorCertRevoke is admin.KindOperatorCertRevoke (restore does
 // not import the admin package for one name; a test holds them equal).

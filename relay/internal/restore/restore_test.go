@@ -29,6 +29,9 @@ func TestKindNames(t *testing.T) {
 	if kindOperatorCertRevoke != admin.KindOperatorCertRevoke {
 		t.Fatalf("kindOperatorCertRevoke %q, admin's %q", kindOperatorCertRevoke, admin.KindOperatorCertRevoke)
 	}
+	if Kind != admin.KindRestore {
+		t.Fatalf("Kind %q, admin.KindRestore %q", Kind, admin.KindRestore)
+	}
 }
 
 func must(t *testing.T, err error) {
