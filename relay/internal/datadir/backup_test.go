@@ -217,3 +217,27 @@ func copyTree(dst, src string) error {
 		return copyFile(path, filepath.Join(dst, rel))
 	})
 }
+
+// A backup's manifest is read from a file anyone with the backup could
+// have changed: any content is an error or a manifest, never a panic.
+func FuzzReadBackupManifest(f *testing.F) {
+	f.Add([]byte(`{"format":1,"id":"X","taken_at":"2026-12-07T03:45:01Z","store":{"schema_version":19},"trust_domain":"t","ca_roots":["sha256:00"],"files":[{"path":"tether.db","size":1,"sha256":"00"}]}`))
+	f.Add([]byte(`{"format":2}`))
+	f.Add([]byte(`{"format":1,"id":"","unknown":true}`))
+	f.Add([]byte("\x00\xff"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, BackupManifestFile), raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		m, err := ReadBackupManifest(dir)
+		if err == nil && (m.Format != backupFormat || m.ID == "" || m.TakenAt.IsZero()) {
+			t.Fatalf("accepted a manifest without format, id or time: %+v", m)
+		}
+		// VerifyBackup of the same directory fails (no store) without
+		// panicking.
+		if _, err := VerifyBackup(ctx, dir); err == nil {
+			t.Fatal("a directory with only a manifest verified")
+		}
+	})
+}

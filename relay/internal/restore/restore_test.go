@@ -215,3 +215,28 @@ func TestReadLine(t *testing.T) {
 }
 
 func bufioReader(s string) *bufio.Reader { return bufio.NewReaderSize(strings.NewReader(s), 4096) }
+
+// The audit file is read line by line whatever it holds: every byte is
+// in a line returned or in one skipped as too long, and nothing panics.
+func FuzzReadLine(f *testing.F) {
+	f.Add([]byte("{\"at\":\"2026-12-07T03:45:01Z\",\"kind\":\"agent.revoke\"}\n{\"at\""), 16)
+	f.Add([]byte("\n\n\n"), 1)
+	f.Add([]byte(strings.Repeat("x", 5000)), 3)
+	f.Fuzz(func(t *testing.T, in []byte, bufSize int) {
+		br := bufio.NewReaderSize(bytes.NewReader(in), 16+bufSize%8192)
+		var got []byte
+		for range len(in) + 2 {
+			line, err := readLine(br)
+			if err == errLongLine {
+				t.Fatalf("a line of at most %d bytes reported too long", len(in))
+			}
+			got = append(got, line...)
+			if err != nil {
+				break
+			}
+		}
+		if !bytes.Equal(got, in) {
+			t.Fatalf("lines read join to %q, want %q", got, in)
+		}
+	})
+}
