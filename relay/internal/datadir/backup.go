@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -296,8 +297,12 @@ func copyFile(src, dst string) error {
 	return err
 }
 
-// syncDir makes the entries of dir durable.
+// syncDir makes the entries of dir durable. Windows cannot sync a
+// directory (NTFS journals the renames).
 func syncDir(dir string) error {
+	if runtime.GOOS == "windows" {
+		return nil
+	}
 	f, err := os.Open(dir)
 	if err != nil {
 		return err
