@@ -76,6 +76,9 @@ type Report struct {
 	// were added to the store's audit trail; Malformed its lines that
 	// could not be read.
 	Imported, Malformed int
+	// Gap reports an audit file whose first record is dated after the
+	// backup: records between may be missing (a rotated file).
+	Gap bool
 	// Replayed lists what was applied to the restored state, one line
 	// each ("agent.revoke acme/a1"); Unreplayable what happened since that
 	// the operator must redo ("token.create acme token t1").
@@ -138,6 +141,10 @@ func Handle(ctx context.Context, cfg Config) (r Report, handled bool, err error)
 			"from the audit trail kept elsewhere (a copy of the audit file, a log collector); agents enrolled since are refused (unknown_agent) and enrol again with new join tokens; " +
 			"agents that renewed their certificate since are refused (cert_superseded) and enrol again")
 	}
+	if r.Gap {
+		log.Warn("restore: the audit file begins after the backup was taken: what happened between is missing from it (a log rotated since the backup?). " +
+			"Revoke again by hand what was revoked in that time (see the checklist in README, \"Backup and restore\"), or stop the relay, put the rotated files' lines before the current ones in the audit file, and restore again")
+	}
 	if len(r.Unreplayable) > 0 {
 		log.Warn("restore: happened after the backup and could not be applied: redo what is still wanted", "count", len(r.Unreplayable), "not_applied", r.Unreplayable)
 	}
@@ -146,7 +153,7 @@ func Handle(ctx context.Context, cfg Config) (r Report, handled bool, err error)
 			"count", len(spent), "tokens", spent)
 	}
 	detail := map[string]any{"backup": m.ID, "taken_at": m.TakenAt, "change_feed_at": m.Store.LatestChange, "audit_records_imported": r.Imported,
-		"audit_lines_unreadable": r.Malformed, "applied": nonNil(r.Replayed), "not_applied": nonNil(r.Unreplayable), "tokens_spent": spent}
+		"audit_lines_unreadable": r.Malformed, "audit_file_gap": r.Gap, "applied": nonNil(r.Replayed), "not_applied": nonNil(r.Unreplayable), "tokens_spent": spent}
 	cfg.Audit.Add(audit.Record{At: now(), Kind: Kind, Outcome: audit.OutcomeOK, Actor: "relay", Detail: detail})
 	if err := cfg.Dir.MarkRestored(ctx, m); err != nil {
 		return r, false, fmt.Errorf("record that the restore was handled: %w", err)
@@ -175,6 +182,7 @@ func (r *Report) readAuditFile(ctx context.Context, st *store.Store, path string
 	}
 	defer f.Close()
 	var acts, batch []store.AuditRecord
+	seenBefore := false
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
@@ -211,6 +219,7 @@ func (r *Report) readAuditFile(ctx context.Context, st *store.Store, path string
 			continue
 		}
 		if !rec.At.After(takenAt) {
+			seenBefore = true
 			continue
 		}
 		rec.Seq = 0
@@ -227,6 +236,7 @@ func (r *Report) readAuditFile(ctx context.Context, st *store.Store, path string
 	if err := flush(); err != nil {
 		return nil, err
 	}
+	r.Gap = r.Imported > 0 && !seenBefore
 	sort.SliceStable(acts, func(i, j int) bool { return acts[i].At.Before(acts[j].At) })
 	return acts, nil
 }

@@ -149,6 +149,9 @@ func TestHandle(t *testing.T) {
 	if err != nil || tok.Uses != tok.MaxUses {
 		t.Fatalf("backup's join token: %+v, %v; want spent", tok, err)
 	}
+	if rep.Gap {
+		t.Fatal("a gap reported in an audit file that begins before the backup")
+	}
 	if rep.Malformed != 1 || !slices.ContainsFunc(rep.Unreplayable, func(s string) bool { return strings.Contains(s, "tok-new") }) {
 		t.Fatalf("report %+v", rep)
 	}
@@ -239,4 +242,33 @@ func FuzzReadLine(f *testing.F) {
 			t.Fatalf("lines read join to %q, want %q", got, in)
 		}
 	})
+}
+
+// An audit file that begins after the backup (rotated since) is applied,
+// with a warning that what happened in between is missing.
+func TestHandleAuditFileGap(t *testing.T) {
+	d := openDir(t, t.TempDir())
+	must(t, d.Store.AddTenant(ctx, "acme", time.Now()))
+	must(t, d.Store.AddAgent(ctx, store.Agent{ID: "a1", Tenant: "acme", CreatedAt: time.Now()}))
+	backup := filepath.Join(t.TempDir(), "b")
+	m, err := d.Backup(ctx, backup, datadir.BackupOptions{})
+	must(t, err)
+	r := openDir(t, backup)
+	file := filepath.Join(t.TempDir(), "audit.log")
+	trail, err := audit.Open(ctx, d.Store, file, slog.New(slog.DiscardHandler))
+	must(t, err)
+	trail.Add(audit.Record{At: m.TakenAt.Add(time.Hour), Kind: audit.Revoke, Outcome: audit.OutcomeOK, Tenant: "acme", Agent: "a1"})
+	must(t, trail.Close())
+	trail2, err := audit.Open(ctx, r.Store, filepath.Join(t.TempDir(), "other.log"), slog.New(slog.DiscardHandler))
+	must(t, err)
+	defer trail2.Close()
+	var logs bytes.Buffer
+	rep, _, err := Handle(ctx, Config{Dir: r, AuditFile: file, Audit: trail2, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	must(t, err)
+	if !rep.Gap || !strings.Contains(logs.String(), "begins after the backup") {
+		t.Fatalf("gap %v; logs:\n%s", rep.Gap, logs.String())
+	}
+	if a1, _ := r.Store.Agent(ctx, "a1"); a1.RevokedAt.IsZero() {
+		t.Fatal("the revocation the file holds was not applied")
+	}
 }
