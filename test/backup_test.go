@@ -46,8 +46,10 @@ func TestBackupWhileServingAndRestore(t *testing.T) {
 	var enrolled, errs []string
 	var wg sync.WaitGroup
 	first := make(chan struct{})
+	firstDone := sync.OnceFunc(func() { close(first) })
 	wg.Go(func() {
-		for i := 0; ; i++ {
+		defer firstDone()
+		for {
 			select {
 			case <-stop:
 				return
@@ -70,9 +72,7 @@ func TestBackupWhileServingAndRestore(t *testing.T) {
 				enrolled = append(enrolled, strings.TrimSpace(id))
 			}
 			mu.Unlock()
-			if i == 0 {
-				close(first)
-			}
+			firstDone()
 		}
 	})
 	<-first
