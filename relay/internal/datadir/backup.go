@@ -409,6 +409,9 @@ func ReadBackupManifest(dir string) (BackupManifest, error) {
 // the CA loads, with the roots the manifest names. It changes nothing.
 func VerifyBackup(ctx context.Context, dir string) (BackupManifest, error) {
 	fi, err := os.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return BackupManifest{}, fmt.Errorf("no backup at %s: %w", dir, fs.ErrNotExist)
+	}
 	if err != nil {
 		return BackupManifest{}, err
 	}
