@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -238,4 +239,91 @@ func TestBackupKilledAndRefused(t *testing.T) {
 	if _, err := os.Stat(dest); err == nil {
 		t.Fatal("a refused backup wrote its destination")
 	}
+}
+
+// copyDir copies the directory src to dst with each file's mode, as cp -a
+// would.
+func copyDir(t *testing.T, dst, src string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(path string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		info, err := e.Info()
+		if err != nil {
+			return err
+		}
+		if e.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), info.Mode().Perm())
+		}
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), raw, info.Mode().Perm())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A relay restored from a backup older than an agent's renewal, without
+// the audit log that recorded it (lost with the old disk), accepts the
+// agent's renewed certificate — the relay issued it between the backup
+// and the restore, and it is newer than the one on record — and records
+// it as the agent's newest: the agent serves at once instead of being
+// refused as superseded. A copy of the agent's older key pair, the one
+// the backup knew, is refused from then on.
+func TestRestoreKeepsRenewedAgents(t *testing.T) {
+	r := startRelay(t, relayOpts{extra: []string{"--agent-cert-lifetime", "45s"}})
+	r.addTenant(t, "acme")
+	d := r.backend(t, "billing", "acme")
+	echoAddr := tcpService(t, echo)
+	a := startAgent(t, r, "acme", agentOpts{services: map[string]string{"echo": echoAddr}})
+	check := func(step string) {
+		t.Helper()
+		c := waitDial(t, d, "echo.acme.tether:7", 30*time.Second)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, step+"\n")
+		if got, err := readLine(c); err != nil || got != step {
+			t.Fatalf("%s: echo got %q, %v", step, got, err)
+		}
+	}
+	check("before the backup")
+	oldState := filepath.Join(t.TempDir(), "old-state")
+	copyDir(t, oldState, a.stateDir) // the key pair the backup will know
+	dest := filepath.Join(t.TempDir(), "backup")
+	mustRun(t, bins.relay, "backup", dest, "--data-dir", r.dataDir)
+
+	a.waitOutput(`"msg":"certificate renewed"`, 60*time.Second)
+	if err := r.stop(15 * time.Second); err != nil {
+		t.Fatalf("stop relay: %v", err)
+	}
+	// The old disk is gone, its audit log with it.
+	if err := os.RemoveAll(r.dataDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(dest, r.dataDir); err != nil {
+		t.Fatal(err)
+	}
+	r.restart()
+	waitCount(t, r.proc, `"msg":"relay serving"`, 2, 30*time.Second)
+	check("after the restore")
+	if !strings.Contains(r.out.String(), "accepted a certificate the relay issued between the backup") {
+		t.Fatalf("the relay did not say it took the agent's renewed certificate:\n%s", r.out.String())
+	}
+	// The key pair of the backup's time, copied, is superseded now.
+	cfg := filepath.Join(t.TempDir(), "agent.yaml")
+	raw, err := os.ReadFile(a.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte(strings.ReplaceAll(string(raw), a.stateDir, oldState)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stale := start(t, "stale agent", bins.agent, "run", "--config", cfg)
+	stale.waitOutput("certificate_superseded", 30*time.Second)
+	check("with the stale copy refused")
 }

@@ -18,6 +18,11 @@ const (
 	// refused connection) or for a renewal (summed per agent and
 	// interval). Its key may have been copied.
 	StaleCertificate = "agent.stale_certificate"
+	// RestoredCertificate: an agent connected with a certificate the
+	// relay issued between the backup its store was restored from and the
+	// restore, which the restored store had lost: it is recorded as the
+	// agent's newest (policy.LostRenewal).
+	RestoredCertificate = "agent.restored_certificate"
 
 	// Failed or throttled authentication, summed per door, source and
 	// reason (throttle.Summary.Detail): the admin API and console, the

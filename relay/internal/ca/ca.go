@@ -107,6 +107,11 @@ func KeyFileOf(gen int) string {
 	return fmt.Sprintf("ca-%d.key", gen)
 }
 
+// AgentBackdate is how long before its issue an agent certificate's
+// validity begins (NotBefore), for clocks a little behind: the moment it
+// was issued is its NotBefore plus AgentBackdate.
+const AgentBackdate = 5 * time.Minute
+
 // Lifetime of a newly created root.
 const caLifetime = 10 * 365 * 24 * time.Hour
 
@@ -834,7 +839,7 @@ func signClient(root *Root, pub crypto.PublicKey, subject pkix.Name, uri *url.UR
 	tmpl := &x509.Certificate{
 		SerialNumber: randomSerial(),
 		Subject:      subject,
-		NotBefore:    now.Add(-5 * time.Minute),
+		NotBefore:    now.Add(-AgentBackdate),
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},

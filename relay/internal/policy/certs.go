@@ -57,3 +57,21 @@ func SupersededError(a store.Agent, serial string) error {
 			"If the agent itself holds it, enrol it again with a new join token; otherwise its key pair was copied: revoke the agent",
 		a.ID, serial, a.CertSerial, a.CertIssuedAt.UTC().Format(time.RFC3339))
 }
+
+// restoreSlack widens a restore window back from the backup's time, for
+// a renewal issued just before the backup was taken and committed just
+// after its copy of the store began.
+const restoreSlack = time.Minute
+
+// LostRenewal reports whether a certificate of agent a issued at issued,
+// other than its newest on record (CertSuperseded), is one that a store
+// restored from a backup lost: issued by the relay between the backup and
+// the restore (w, store.RestoreWindow), and after the newest on record. A
+// store that was never restored always records the newest certificate
+// issued, so none qualifies there; in a restored one, a renewal made
+// after the backup does, and a copy of any certificate the restored store
+// knows, or of one older than its newest, never does.
+func LostRenewal(a store.Agent, issued time.Time, w store.RestoreWindow) bool {
+	return !a.CertIssuedAt.IsZero() && issued.After(a.CertIssuedAt) &&
+		issued.After(w.From.Add(-restoreSlack)) && issued.Before(w.To)
+}

@@ -22,6 +22,12 @@
 //     hold (join tokens, backend keys and certificates, operator
 //     credentials made since), limits and grants changed, a CA rotation —
 //     for the operator to redo; and records it all in the audit trail;
+//   - records the window between the backup and the restore
+//     (store.RestoreWindow), in which certificates were issued that the
+//     restored store does not know: an agent's newest of them, newer than
+//     the one on record, is then accepted and recorded at its handshake
+//     (policy.LostRenewal), so that agents that renewed since the backup
+//     keep serving even without the audit file;
 //   - marks the restore handled, in the restored store.
 //
 // An audit file that holds nothing after the backup (lost with the old
@@ -155,6 +161,12 @@ func Handle(ctx context.Context, cfg Config) (r Report, handled bool, err error)
 	detail := map[string]any{"backup": m.ID, "taken_at": m.TakenAt, "change_feed_at": m.Store.LatestChange, "audit_records_imported": r.Imported,
 		"audit_lines_unreadable": r.Malformed, "audit_file_gap": r.Gap, "applied": nonNil(r.Replayed), "not_applied": nonNil(r.Unreplayable), "tokens_spent": spent}
 	cfg.Audit.Add(audit.Record{At: now(), Kind: Kind, Outcome: audit.OutcomeOK, Actor: "relay", Detail: detail})
+	// Certificates issued from the backup until now are not on record:
+	// the newest of an agent's is accepted once it is newer than the
+	// newest on record (policy.LostRenewal).
+	if err := st.SetRestoreWindow(ctx, store.RestoreWindow{From: m.TakenAt, To: now()}); err != nil {
+		return r, false, fmt.Errorf("record the restore's window: %w", err)
+	}
 	if err := cfg.Dir.MarkRestored(ctx, m); err != nil {
 		return r, false, fmt.Errorf("record that the restore was handled: %w", err)
 	}

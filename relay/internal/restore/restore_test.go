@@ -168,6 +168,9 @@ func TestHandle(t *testing.T) {
 		t.Fatalf("the store's trail has agent.revoke records %v; want the one dated after the backup (those dated before are taken to be in it)", recs)
 	}
 
+	if w, ok, err := r.Store.RestoreWindow(ctx); err != nil || !ok || !w.From.Equal(m.TakenAt.Truncate(time.Millisecond)) {
+		t.Fatalf("restore window %+v %v, %v; want from the backup's time %v", w, ok, err, m.TakenAt)
+	}
 	// Once.
 	if _, handled, err := Handle(ctx, cfg); err != nil || handled {
 		t.Fatalf("second start: handled %v, %v", handled, err)

@@ -22,6 +22,7 @@ import (
 	"github.com/tetherhq/tether/protocol/transport/quic"
 	"github.com/tetherhq/tether/protocol/transport/tcp"
 	"github.com/tetherhq/tether/relay/internal/audit"
+	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/credential"
 	"github.com/tetherhq/tether/relay/internal/policy"
 	"github.com/tetherhq/tether/relay/internal/route"
@@ -618,7 +619,9 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 	serial, now := leaf.SerialNumber.Text(16), s.cfg.Now()
 	switch policy.StandingOf(rec, serial, now) {
 	case policy.CertSuperseded:
-		return policy.SupersededError(rec, serial)
+		if !s.lostRenewal(ctx, rec, leaf) {
+			return policy.SupersededError(rec, serial)
+		}
 	case policy.CertNewest:
 		if rec.PrevCertSerial != "" && now.Before(rec.PrevCertUntil) {
 			// The newest certificate in use: the agent installed it, and
@@ -648,6 +651,39 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 		}
 	}
 	return nil
+}
+
+// lostRenewal reports whether leaf, a certificate of agent rec other than
+// its newest on record, is a renewal that a store restored from a backup
+// lost (policy.LostRenewal), and if so records it as the agent's newest:
+// from now on only it (and its renewals) is accepted. Without it, every
+// agent that renewed after the backup would be refused as superseded
+// after a restore, and would have to enrol again.
+func (s *Server) lostRenewal(ctx context.Context, rec store.Agent, leaf *x509.Certificate) bool {
+	w, restored, err := s.cfg.Store.RestoreWindow(ctx)
+	if err != nil {
+		s.log.Warn("read the store's restore window", "err", err)
+		return false
+	}
+	if !restored {
+		return false
+	}
+	issued := leaf.NotBefore.Add(ca.AgentBackdate)
+	root := s.cfg.Authority.CA().IssuerOf(leaf)
+	if root == nil || !policy.LostRenewal(rec, issued, w) {
+		return false
+	}
+	serial := leaf.SerialNumber.Text(16)
+	c := store.AgentCert{Serial: serial, NotAfter: leaf.NotAfter, Root: root.ID(), IssuedAt: issued}
+	if err := s.cfg.Store.RenewAgentCert(ctx, rec.ID, rec.CertSerial, c, "", time.Time{}); err != nil {
+		s.log.Warn("record a certificate issued before the restore as an agent's newest", "agent", rec.ID, "err", err)
+		return false
+	}
+	s.log.Warn("accepted a certificate the relay issued between the backup its store was restored from and the restore, and recorded it as the agent's newest",
+		"tenant", rec.Tenant, "agent", rec.ID, "certificate", serial, "issued_at", issued.UTC().Format(time.RFC3339), "replaces", rec.CertSerial)
+	s.cfg.Audit.Record(audit.Record{Kind: audit.RestoredCertificate, Outcome: audit.OutcomeOK, Tenant: rec.Tenant, Agent: rec.ID, Actor: "relay",
+		Detail: map[string]any{"cert_serial": serial, "not_after": leaf.NotAfter, "ca_root": root.ID(), "issued_at": issued, "replaced_serial": rec.CertSerial}})
+	return true
 }
 
 // reject tells the agent why it is refused and closes the session once the

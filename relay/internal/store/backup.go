@@ -190,3 +190,34 @@ func (s *Store) SpendJoinTokens(ctx context.Context, createdBy time.Time) ([]Tok
 	})
 	return spent, err
 }
+
+// restoreWindowKey is the setting holding a restored store's
+// RestoreWindow.
+const restoreWindowKey = "restore_window"
+
+// RestoreWindow is, for a store restored from a backup, the time between
+// the backup (From) and the restore (To): certificates the relay issued
+// then are not on record in the restored store.
+type RestoreWindow struct{ From, To time.Time }
+
+// SetRestoreWindow records w, replacing an earlier restore's.
+func (s *Store) SetRestoreWindow(ctx context.Context, w RestoreWindow) error {
+	return s.SetSetting(ctx, restoreWindowKey, fmt.Sprintf("%d %d", w.From.UnixMilli(), w.To.UnixMilli()))
+}
+
+// RestoreWindow returns the window SetRestoreWindow recorded; ok false
+// for a store never restored.
+func (s *Store) RestoreWindow(ctx context.Context) (w RestoreWindow, ok bool, err error) {
+	v, err := s.Setting(ctx, restoreWindowKey)
+	if errors.Is(err, ErrNotFound) {
+		return w, false, nil
+	}
+	if err != nil {
+		return w, false, err
+	}
+	var from, to int64
+	if _, err := fmt.Sscanf(v, "%d %d", &from, &to); err != nil || from > to {
+		return w, false, fmt.Errorf("setting %s is damaged: %q", restoreWindowKey, v)
+	}
+	return RestoreWindow{From: fromUnixMilli(from), To: fromUnixMilli(to)}, true, nil
+}

@@ -190,3 +190,26 @@ func TestSpendJoinTokens(t *testing.T) {
 		t.Fatalf("changes %+v; want one for the spent token", ch)
 	}
 }
+
+// A restored store's window between backup and restore is kept in its
+// settings; a store never restored has none.
+func TestRestoreWindow(t *testing.T) {
+	s, _ := engines[0].open(t)
+	if _, ok, err := s.RestoreWindow(ctx); err != nil || ok {
+		t.Fatalf("a store never restored: window %v, %v", ok, err)
+	}
+	w := RestoreWindow{From: t0, To: t0.Add(36 * time.Hour)}
+	if err := s.SetRestoreWindow(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := s.RestoreWindow(ctx)
+	if err != nil || !ok || got != w {
+		t.Fatalf("window %+v %v, %v; want %+v", got, ok, err, w)
+	}
+	if err := s.SetSetting(ctx, restoreWindowKey, "junk"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := s.RestoreWindow(ctx); err == nil || ok {
+		t.Fatalf("a damaged window read as %v, %v", ok, err)
+	}
+}
