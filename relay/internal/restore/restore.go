@@ -144,8 +144,8 @@ func Handle(ctx context.Context, cfg Config) (r Report, handled bool, err error)
 		log.Warn("restore: the audit file records nothing after the backup (it was not kept from the directory replaced, or nothing happened): " +
 			"agents revoked, backends removed, backend certificates and operator credentials revoked since the backup are accepted again. " +
 			"Revoke them again now (tether-relay agent revoke, backend remove, backend revoke-certificate, operator token revoke, operator certificate revoke), " +
-			"from the audit trail kept elsewhere (a copy of the audit file, a log collector); agents enrolled since are refused (unknown_agent) and enrol again with new join tokens; " +
-			"agents that renewed their certificate since are refused (cert_superseded) and enrol again")
+			"from the audit trail kept elsewhere (a copy of the audit file, a log collector); agents enrolled since are refused (unknown_agent) and enrol again with new join tokens " +
+			"(agents that renewed their certificate since are accepted on it: see README, \"Backup and restore\")")
 	}
 	if r.Gap {
 		log.Warn("restore: the audit file begins after the backup was taken: what happened between is missing from it (a log rotated since the backup?). " +
