@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/datadir"
@@ -39,6 +40,9 @@ func (a *Admin) Backup(ctx context.Context, dest string, force bool, version str
 	m, err := a.dir.Backup(ctx, dest, datadir.BackupOptions{Force: force, RelayVersion: version, Now: a.now})
 	if err != nil {
 		return m, err
+	}
+	if abs, err := filepath.Abs(dest); err == nil {
+		dest = abs
 	}
 	a.Record(KindBackup, "", "", "", map[string]any{"path": dest, "backup": m.ID, "taken_at": m.TakenAt.Format(time.RFC3339Nano),
 		"change_feed_at": m.Store.LatestChange})
