@@ -183,7 +183,7 @@ func (d *Dir) Backup(ctx context.Context, dest string, o BackupOptions) (BackupM
 		return BackupManifest{}, fmt.Errorf("write the backup's manifest: %w", err)
 	}
 	for _, dir := range []string{filepath.Join(tmp, caDir), tmp} {
-		if err := syncDir(dir); err != nil {
+		if err := syncBackupDir(dir); err != nil {
 			return BackupManifest{}, err
 		}
 	}
@@ -244,7 +244,7 @@ func replace(tmp, dest string, force bool) error {
 		}
 		return fmt.Errorf("backup: %w", err)
 	}
-	if err := syncDir(parent); err != nil {
+	if err := syncBackupDir(parent); err != nil {
 		return err
 	}
 	if old != "" {
@@ -297,9 +297,9 @@ func copyFile(src, dst string) error {
 	return err
 }
 
-// syncDir makes the entries of dir durable. Windows cannot sync a
+// syncBackupDir makes the entries of dir durable. Windows cannot sync a
 // directory (NTFS journals the renames).
-func syncDir(dir string) error {
+func syncBackupDir(dir string) error {
 	if runtime.GOOS == "windows" {
 		return nil
 	}
