@@ -45,12 +45,12 @@ func Write(path string, data []byte, perm os.FileMode) error {
 		return err
 	}
 	ok = true
-	return syncDir(filepath.Dir(path))
+	return SyncDir(filepath.Dir(path))
 }
 
-// syncDir makes the renames in dir durable. (Windows cannot sync a
-// directory; its file systems journal the rename.)
-func syncDir(dir string) error {
+// SyncDir makes the renames and new files in dir durable. (Windows
+// cannot sync a directory; its file systems journal the rename.)
+func SyncDir(dir string) error {
 	if runtime.GOOS == "windows" {
 		return nil
 	}

@@ -13,7 +13,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -183,7 +182,7 @@ func (d *Dir) Backup(ctx context.Context, dest string, o BackupOptions) (BackupM
 		return BackupManifest{}, fmt.Errorf("write the backup's manifest: %w", err)
 	}
 	for _, dir := range []string{filepath.Join(tmp, caDir), tmp} {
-		if err := syncBackupDir(dir); err != nil {
+		if err := atomicfile.SyncDir(dir); err != nil {
 			return BackupManifest{}, err
 		}
 	}
@@ -244,7 +243,7 @@ func replace(tmp, dest string, force bool) error {
 		}
 		return fmt.Errorf("backup: %w", err)
 	}
-	if err := syncBackupDir(parent); err != nil {
+	if err := atomicfile.SyncDir(parent); err != nil {
 		return err
 	}
 	if old != "" {
@@ -295,23 +294,6 @@ func copyFile(src, dst string) error {
 		err = cerr
 	}
 	return err
-}
-
-// syncBackupDir makes the entries of dir durable. Windows cannot sync a
-// directory (NTFS journals the renames).
-func syncBackupDir(dir string) error {
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }
 
 // listFiles lists the files under root, the manifest excepted, with

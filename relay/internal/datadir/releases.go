@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 
 	"github.com/tetherhq/tether/protocol/release"
+	"github.com/tetherhq/tether/relay/internal/atomicfile"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
@@ -102,7 +103,7 @@ func (d *Dir) writeRelease(ctx context.Context, dest string, full store.Release)
 	if got := hex.EncodeToString(h.Sum(nil)); got != full.SHA256 {
 		return fmt.Errorf("release %s %s/%s %s: the stored binary hashes to %s, not %s", full.Version, full.OS, full.Arch, full.Channel, got, full.SHA256)
 	}
-	if err := syncDir(tmp); err != nil {
+	if err := atomicfile.SyncDir(tmp); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, dest); err != nil {
@@ -112,10 +113,10 @@ func (d *Dir) writeRelease(ctx context.Context, dest string, full store.Release)
 		// Another process wrote its copy first: keep that one.
 	}
 	// The rename, and the version's directory if it is new.
-	if err := syncDir(parent); err != nil {
+	if err := atomicfile.SyncDir(parent); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(parent))
+	return atomicfile.SyncDir(filepath.Dir(parent))
 }
 
 // releaseSmallFiles are the files of full besides the binary.
@@ -142,18 +143,6 @@ func writeSynced(path string, r io.Reader, h io.Writer) error {
 		err = cerr
 	}
 	return err
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }
 
 // checkRelease checks the release files in dir against full, as the
