@@ -52,20 +52,29 @@ import (
 //
 // Files, in <state_dir>/update/: pending.json (an update between apply and
 // confirmation), failed.json (versions never to try again),
+// interrupted.json (updates the agent stopped in before a verdict, by
+// version),
 // tether-agent.unverified (a download before its checks), tether-agent.minisig,
 // trial-ok (written by a passing trial). Next to the binary:
 // <binary>.previous, and .<binary>.new while an update is being applied.
 
 const (
-	updateDirName    = "update"
-	pendingFile      = "pending.json"
-	failedFile       = "failed.json"
-	unverifiedFile   = "tether-agent.unverified"
-	binarySigFile    = "tether-agent.minisig"
-	trialOKFile      = "trial-ok"
-	previousSuffix   = ".previous"
-	trialEnv         = "TETHER_UPDATE_TRIAL"
-	statusSendWindow = 30 * time.Second
+	updateDirName   = "update"
+	pendingFile     = "pending.json"
+	failedFile      = "failed.json"
+	interruptedFile = "interrupted.json"
+	// maxInterruptedTrials is how many times the agent may stop during an
+	// update to one version, before the trial's verdict, until the
+	// version is recorded as failed: a binary whose trial brings the
+	// machine or the agent down (memory, a crash of the service manager)
+	// is not tried for ever.
+	maxInterruptedTrials = 3
+	unverifiedFile       = "tether-agent.unverified"
+	binarySigFile        = "tether-agent.minisig"
+	trialOKFile          = "trial-ok"
+	previousSuffix       = ".previous"
+	trialEnv             = "TETHER_UPDATE_TRIAL"
+	statusSendWindow     = 30 * time.Second
 	// trialStopGrace is how long, after the trial child failed, the
 	// updater waits to see whether the agent is stopping: a stop signal
 	// sent to the whole service (systemd's control group, a terminal's
@@ -563,6 +572,25 @@ func (u *updater) confirm(ctx context.Context) {
 		// The previous binary runs: the new one was rolled back, or never
 		// took over.
 		why := p.Message
+		if p.State == "trial" {
+			// The previous process stopped (killed, the machine went down)
+			// before its trial of the new binary gave a verdict, perhaps
+			// before the new binary was even in place: no verdict on the
+			// binary. It is offered again, unless such stops recur.
+			n := u.interruptedAgain(p.To)
+			if n < maxInterruptedTrials {
+				u.log.Warn("update: the agent stopped during the update before the trial of the new binary ended; the previous binary runs, and the release is tried again when offered",
+					"version", p.To, "times", n)
+				u.removePending()
+				if !u.waitConnected(ctx, 0) {
+					return
+				}
+				u.report(ctx, nil, &protocol.UpdateStatus{ID: p.ID, Version: p.To, From: p.From, State: protocol.UpdateRefused, Reason: release.ReasonBusy,
+					Message: "the agent stopped during the update before the trial of the new binary ended; the release is tried again when offered"})
+				return
+			}
+			why = fmt.Sprintf("the agent stopped %d times during the update to %s before the trial of the new binary ended", n, p.To)
+		}
 		if why == "" {
 			why = "the new binary did not take over"
 		}
@@ -649,6 +677,24 @@ func (u *updater) failed() map[string]bool {
 		}
 	}
 	return out
+}
+
+// interruptedAgain counts one more update to version that the agent
+// stopped in before its trial's verdict (interruptedFile), and returns the
+// count so far.
+func (u *updater) interruptedAgain(version string) int {
+	path := filepath.Join(u.dir, interruptedFile)
+	m := map[string]int{}
+	if b, err := os.ReadFile(path); err == nil {
+		json.Unmarshal(b, &m)
+	}
+	m[version]++
+	n := m[version]
+	b, _ := json.MarshalIndent(m, "", "  ")
+	if err := writeFileSync(path, b); err != nil {
+		u.log.Error("update: cannot record the interrupted update", "version", version, "err", err)
+	}
+	return n
 }
 
 func (u *updater) addFailed(version, why string) {

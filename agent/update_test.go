@@ -139,3 +139,37 @@ func TestRestorePreviousFailureKeepsABinary(t *testing.T) {
 		t.Errorf("previous binary after the failed restore: %q, %v; want it kept", b, err)
 	}
 }
+
+// TestUpdateInterruptedBeforeVerdict: the agent killed during an update,
+// before the trial of the new binary gave its verdict (pending.json still
+// says "trial"), starts again on the previous binary. That is no verdict
+// on the new one: it is not recorded as failed and is taken when offered
+// again, until such stops recur (maxInterruptedTrials).
+func TestUpdateInterruptedBeforeVerdict(t *testing.T) {
+	u, p := trialUpdater(t, "#!/bin/sh\nexit 0\n")
+	offer := release.Manifest{Version: "2.0.0", OS: runtime.GOOS, Arch: runtime.GOARCH, Channel: u.a.cfg.Update.Channel, Expires: time.Now().Add(time.Hour)}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // no relay: the report would wait for one
+	for i := 1; i <= maxInterruptedTrials; i++ {
+		if i > 1 {
+			if err := u.savePending(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		u.confirm(ctx) // the previous binary, 1.0.0, starts
+		if got, err := u.loadPending(); got != nil || err != nil {
+			t.Fatalf("stop %d: pending update after the start: %+v, %v", i, got, err)
+		}
+		failed := u.failed()["2.0.0"]
+		if i < maxInterruptedTrials {
+			if failed {
+				t.Fatalf("stop %d before the trial's verdict recorded 2.0.0 as failed: %v", i, u.failed())
+			}
+			if err := u.target().Check(offer); err != nil {
+				t.Fatalf("stop %d: a later offer of 2.0.0 is refused: %v", i, err)
+			}
+		} else if !failed {
+			t.Fatalf("%d stops before the trial's verdict: 2.0.0 not recorded as failed", i)
+		}
+	}
+}
