@@ -49,7 +49,8 @@ func streamMemory(s transport.Stream) int64 {
 // The cap is shared fairly between tenants once the relay is busy, the
 // same idea as throttle.Sources.ShareWhenBusy for sources: while at most
 // half the cap is held, any tenant's stream is charged up to the cap;
-// past half, a tenant may hold at most a quarter of the cap (its share)
+// past half, a tenant may hold at most a quarter of the cap (its share,
+// and at least one stream's largest charge)
 // and a stream that would take it past its share is refused, even with
 // room left under the cap. One tenant whose backends hold streams open
 // (idle, or never reading) so gets at most half the cap, whatever its
@@ -84,8 +85,11 @@ type memoryRefusal struct {
 func (r *memoryRefusal) Error() string { return r.err.Error() }
 func (r *memoryRefusal) Unwrap() error { return r.err }
 
-// share is the most a tenant may hold while the relay is busy.
-func (b *memoryBudget) share() int64 { return b.cap / 4 }
+// share is the most a tenant may hold while the relay is busy: a quarter
+// of the cap, and never less than one stream's largest charge, so that a
+// tenant holding nothing is not refused with room left under a small cap
+// (one under four streams' worst case, which the settings allow).
+func (b *memoryBudget) share() int64 { return max(b.cap/4, MaxStreamMemory) }
 
 // charge reserves MaxStreamMemory for a stream of tenant about to open,
 // or refuses with unavailable (a *memoryRefusal) when that would pass the

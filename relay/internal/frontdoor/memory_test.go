@@ -76,3 +76,25 @@ func TestMemoryBudgetShareWhenBusy(t *testing.T) {
 		t.Fatalf("no cap: %v, used %d", err, none.used)
 	}
 }
+
+// With a cap under four streams' worst case (the settings allow one down
+// to one stream's), a tenant holding nothing still gets a stream while
+// there is room under the cap: its share is at least one stream.
+func TestMemoryShareAtLeastOneStream(t *testing.T) {
+	b := &memoryBudget{cap: 24 << 20}
+	a, err := b.charge("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.release()
+	c, err := b.charge("globex")
+	if err != nil {
+		t.Fatalf("globex, holding nothing, refused with %d MiB of %d MiB free: %v", (b.cap-b.used)>>20, b.cap>>20, err)
+	}
+	defer c.release()
+	// acme, past half the cap and holding its one stream's share, waits.
+	if d, err := b.charge("acme"); err == nil {
+		d.release()
+		t.Fatal("acme's second stream past half of a small cap was not refused")
+	}
+}
