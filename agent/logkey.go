@@ -74,11 +74,22 @@ func LogKeyFingerprint(dir string) (string, error) {
 // read is an error, never replaced: a new key breaks the log's chain of
 // keys, which only the tenant should decide.
 func loadOrMakeLogKey(dir string) (key ed25519.PrivateKey, made bool, err error) {
-	for range 2 {
+	for range 3 {
 		key, err := ReadLogKey(dir)
 		switch {
 		case err == nil:
 			return key, false, nil
+		case emptyFile(filepath.Join(dir, LogKeyFile)):
+			// Left empty by an earlier version killed (or a power loss)
+			// between making the file and its bytes reaching the disk: the
+			// key is lost. A new one is made rather than the agent never
+			// starting again; if the lost key had signed lines of the log,
+			// --verify reports the chain of keys broken where the new one
+			// starts, as after a key file moved aside.
+			if err := os.Remove(filepath.Join(dir, LogKeyFile)); err != nil {
+				return nil, false, fmt.Errorf("access log key: %w", err)
+			}
+			continue
 		case !errors.Is(err, fs.ErrNotExist):
 			return nil, false, fmt.Errorf("access log key: %w (move the file aside and the agent makes a new key; --verify then reports the log's chain of keys broken where the new key starts)", err)
 		}
@@ -93,25 +104,39 @@ func loadOrMakeLogKey(dir string) (key ed25519.PrivateKey, made bool, err error)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, false, fmt.Errorf("access log key: %w", err)
 		}
-		// Made exclusively: of two processes starting at once (an
-		// update's trial beside the running agent), both end up with the
-		// one key.
+		// Written whole to a file of its own, then linked to its name,
+		// which fails when the name exists: of two processes starting at
+		// once (an update's trial beside the running agent), both end up
+		// with the one key, and a crash or power loss at any moment leaves
+		// either no key or a whole one under the name, never a file cut
+		// short.
 		path := filepath.Join(dir, LogKeyFile)
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		tmp, err := os.CreateTemp(dir, "."+LogKeyFile+".*")
+		if err != nil {
+			return nil, false, fmt.Errorf("access log key: %w", err)
+		}
+		_, werr := tmp.Write(pemBlock("PRIVATE KEY", der))
+		serr := tmp.Sync()
+		if err := errors.Join(werr, serr, tmp.Close()); err != nil {
+			os.Remove(tmp.Name())
+			return nil, false, fmt.Errorf("access log key: write %s: %w", tmp.Name(), err)
+		}
+		err = os.Link(tmp.Name(), path)
+		os.Remove(tmp.Name())
 		if errors.Is(err, fs.ErrExist) {
 			continue // the other one made it: read it
 		}
 		if err != nil {
 			return nil, false, fmt.Errorf("access log key: %w", err)
 		}
-		_, werr := f.Write(pemBlock("PRIVATE KEY", der))
-		serr := f.Sync()
-		if err := errors.Join(werr, serr, f.Close()); err != nil {
-			os.Remove(path)
-			return nil, false, fmt.Errorf("access log key: write %s: %w", path, err)
-		}
 		syncDir(dir)
 		return key, true, nil
 	}
 	return nil, false, fmt.Errorf("access log key: %s: made and gone again", filepath.Join(dir, LogKeyFile))
+}
+
+// emptyFile reports whether path is a regular file of no bytes.
+func emptyFile(path string) bool {
+	fi, err := os.Lstat(path)
+	return err == nil && fi.Mode().IsRegular() && fi.Size() == 0
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -282,4 +284,54 @@ func forgeSignedByCA(t *testing.T, path string, root testRoot) {
 		t.Fatal(err)
 	}
 
+}
+
+// The access log's key appears under its name whole or not at all: a file
+// left empty by an earlier version killed between making it and writing
+// it is made again (the agent would otherwise never start), a file with
+// other bytes is still refused, never replaced, and processes making the
+// key at once all end up with the one key, leaving no temporary file.
+func TestLogKeyMadeWhole(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, LogKeyFile)
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key, made, err := loadOrMakeLogKey(dir)
+	if err != nil || !made {
+		t.Fatalf("with an empty key file: made %v, %v; want a new key", made, err)
+	}
+	if again, err := ReadLogKey(dir); err != nil || !again.Equal(key) {
+		t.Fatalf("the key made is not the one read back: %v", err)
+	}
+
+	if err := os.WriteFile(path, []byte("-----BEGIN PRIV"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := loadOrMakeLogKey(dir); err == nil {
+		t.Fatal("a key file cut short was replaced; want it refused")
+	}
+
+	dir = t.TempDir()
+	keys := make([]ed25519.PrivateKey, 8)
+	var wg sync.WaitGroup
+	for i := range keys {
+		wg.Go(func() {
+			k, _, err := loadOrMakeLogKey(dir)
+			if err != nil {
+				t.Error(err)
+			}
+			keys[i] = k
+		})
+	}
+	wg.Wait()
+	for _, k := range keys[1:] {
+		if !k.Equal(keys[0]) {
+			t.Fatal("processes making the key at once ended up with different keys")
+		}
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil || len(ents) != 1 || ents[0].Name() != LogKeyFile {
+		t.Fatalf("the state directory holds %v (%v); want the key file alone", ents, err)
+	}
 }
