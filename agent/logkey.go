@@ -122,6 +122,17 @@ func loadOrMakeLogKey(dir string) (key ed25519.PrivateKey, made bool, err error)
 			return nil, false, fmt.Errorf("access log key: write %s: %w", tmp.Name(), err)
 		}
 		err = os.Link(tmp.Name(), path)
+		if err != nil && !errors.Is(err, fs.ErrExist) {
+			// A file system without hard links: renamed into place when
+			// nothing is there yet (two processes racing here are rare:
+			// the one to rename last wins, and the other's key would only
+			// sign until its restart).
+			if _, serr := os.Lstat(path); errors.Is(serr, fs.ErrNotExist) {
+				err = os.Rename(tmp.Name(), path)
+			} else {
+				err = fs.ErrExist
+			}
+		}
 		os.Remove(tmp.Name())
 		if errors.Is(err, fs.ErrExist) {
 			continue // the other one made it: read it
