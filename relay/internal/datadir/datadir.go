@@ -22,7 +22,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/atomicfile"
@@ -70,8 +69,6 @@ type Dir struct {
 	caShared bool         // ca is in the store, shared by a cluster
 	log      *slog.Logger // told of a wait for the store's CA lock
 
-	releasesMu      sync.Mutex      // guards releasesChecked
-	releasesChecked map[string]bool // release directories checked by this process (ReleaseFiles)
 }
 
 // Options say where a relay's state is besides its data directory.

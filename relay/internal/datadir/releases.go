@@ -5,10 +5,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -29,50 +27,25 @@ import (
 // verify every file.
 //
 // The binary is checked against its SHA-256 as it is written, and the
-// files are synced before the directory is renamed into place. A copy
-// found on disk is checked against the store (the binary's SHA-256 and
-// size, the other files' content) the first time this process uses it:
-// one cut short or damaged (by a power loss, a full disk, a hand) is
-// written again from the store, never served.
+// files are synced before the directory is renamed into place, so that a
+// power loss leaves either no copy or a whole one. A copy is served as it
+// is found: one damaged on disk afterwards (by a hand, a failing disk) is
+// refused by every agent, which checks the manifest's signature and the
+// binary's SHA-256 before it uses anything, and the rollout halts; remove
+// the copy and the relay writes it again from the store.
 func (d *Dir) ReleaseFiles(ctx context.Context, rel store.Release) (string, error) {
 	dest := filepath.Join(d.Path, ReleasesDir, rel.Version, rel.OS+"-"+rel.Arch+"-"+rel.Channel)
-	d.releasesMu.Lock()
-	checked := d.releasesChecked[dest]
-	d.releasesMu.Unlock()
-	if checked {
-		if _, err := os.Stat(dest); err == nil {
-			return dest, nil
-		}
+	if _, err := os.Stat(dest); err == nil {
+		return dest, nil
 	}
 	full, err := d.Store.Release(ctx, rel.Version, rel.OS, rel.Arch, rel.Channel)
 	if err != nil {
 		return "", err
 	}
-	if _, err := os.Stat(dest); err == nil {
-		cerr := checkRelease(dest, full)
-		if cerr == nil {
-			d.releaseChecked(dest)
-			return dest, nil
-		}
-		d.log.Warn("release files damaged; written again from the store", "dir", dest, "err", cerr)
-		if err := removeRelease(dest); err != nil {
-			return "", fmt.Errorf("remove damaged release files: %w", err)
-		}
-	}
 	if err := d.writeRelease(ctx, dest, full); err != nil {
 		return "", err
 	}
-	d.releaseChecked(dest)
 	return dest, nil
-}
-
-func (d *Dir) releaseChecked(dest string) {
-	d.releasesMu.Lock()
-	defer d.releasesMu.Unlock()
-	if d.releasesChecked == nil {
-		d.releasesChecked = map[string]bool{}
-	}
-	d.releasesChecked[dest] = true
 }
 
 // writeRelease writes full's files from the store into a temporary
@@ -143,49 +116,4 @@ func writeSynced(path string, r io.Reader, h io.Writer) error {
 		err = cerr
 	}
 	return err
-}
-
-// checkRelease checks the release files in dir against full, as the
-// store holds it.
-func checkRelease(dir string, full store.Release) error {
-	for name, want := range releaseSmallFiles(full) {
-		got, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			return err
-		}
-		if !bytes.Equal(got, want) {
-			return fmt.Errorf("%s differs from the store's", name)
-		}
-	}
-	f, err := os.Open(filepath.Join(dir, release.BinaryFile))
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return err
-	}
-	if n != full.Size {
-		return fmt.Errorf("%s is %d bytes, not %d", release.BinaryFile, n, full.Size)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != full.SHA256 {
-		return fmt.Errorf("%s hashes to %s, not %s", release.BinaryFile, got, full.SHA256)
-	}
-	return nil
-}
-
-// removeRelease moves dir aside (so that no reader finds it half
-// removed) and removes it.
-func removeRelease(dir string) error {
-	aside, err := os.MkdirTemp(filepath.Dir(dir), ".damaged-")
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(dir, filepath.Join(aside, "release")); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		os.Remove(aside)
-		return err
-	}
-	return os.RemoveAll(aside)
 }
