@@ -265,7 +265,7 @@ func TestAgentCommandHelp(t *testing.T) {
 		"stop":       {},
 		"unit":       {},
 		"status":     {"--addr", "--config", "--timeout"},
-		"access-log": {"--backend", "--ca", "--config", "--file", "--service", "--since", "--verify"},
+		"access-log": {"--backend", "--ca", "--config", "--file", "--key", "--service", "--since", "--verify"},
 		"version":    {"--short"},
 	}
 	helps := leafHelps(t, bins.agent)
