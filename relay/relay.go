@@ -132,7 +132,7 @@ func (r *Relay) assemble(ctx context.Context) error {
 	// start's time limit.
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
 	defer rcancel()
-	if _, _, err := restore.Handle(rctx, restore.Config{Dir: r.dir, AuditFile: cfg.AuditLog, Audit: r.audit, Logger: cfg.Logger, Now: cfg.Now}); err != nil {
+	if _, _, err := restore.Handle(rctx, restore.Config{Dir: r.dir, AuditFile: cfg.AuditLog, Audit: r.audit, Logger: cfg.Logger, Now: cfg.Now, CertLifetime: cfg.AgentCertLifetime}); err != nil {
 		return fmt.Errorf("restored data directory: %w", err)
 	}
 	if r.tls, err = trust.NewServer(r.auth, r.audit, cfg.Now); err != nil {

@@ -73,6 +73,10 @@ type Config struct {
 	// Logger receives the warnings; slog.Default() when nil.
 	Logger *slog.Logger
 	Now    func() time.Time
+	// CertLifetime is how long the agent certificates the relay issues
+	// live (24 hours when 0): the windows of earlier restores that ended
+	// longer ago than that are dropped (store.AddRestoreWindow).
+	CertLifetime time.Duration
 }
 
 // Report is what Handle did.
@@ -163,8 +167,14 @@ func Handle(ctx context.Context, cfg Config) (r Report, handled bool, err error)
 	cfg.Audit.Add(audit.Record{At: now(), Kind: Kind, Outcome: audit.OutcomeOK, Actor: "relay", Detail: detail})
 	// Certificates issued from the backup until now are not on record:
 	// the newest of an agent's is accepted once it is newer than the
-	// newest on record (policy.LostRenewal).
-	if err := st.SetRestoreWindow(ctx, store.RestoreWindow{From: m.TakenAt, To: now()}); err != nil {
+	// newest on record (policy.LostRenewal). The windows of earlier
+	// restores are kept while certificates issued in them may live.
+	lifetime := cfg.CertLifetime
+	if lifetime <= 0 {
+		lifetime = 24 * time.Hour
+	}
+	at := now()
+	if err := st.AddRestoreWindow(ctx, store.RestoreWindow{From: m.TakenAt, To: at}, at.Add(-lifetime)); err != nil {
 		return r, false, fmt.Errorf("record the restore's window: %w", err)
 	}
 	if err := cfg.Dir.MarkRestored(ctx, m); err != nil {

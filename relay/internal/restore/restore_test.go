@@ -168,8 +168,8 @@ func TestHandle(t *testing.T) {
 		t.Fatalf("the store's trail has agent.revoke records %v; want the one dated after the backup (those dated before are taken to be in it)", recs)
 	}
 
-	if w, ok, err := r.Store.RestoreWindow(ctx); err != nil || !ok || !w.From.Equal(m.TakenAt.Truncate(time.Millisecond)) {
-		t.Fatalf("restore window %+v %v, %v; want from the backup's time %v", w, ok, err, m.TakenAt)
+	if ws, err := r.Store.RestoreWindows(ctx); err != nil || len(ws) != 1 || !ws[0].From.Equal(m.TakenAt.Truncate(time.Millisecond)) {
+		t.Fatalf("restore windows %+v, %v; want one from the backup's time %v", ws, err, m.TakenAt)
 	}
 	// Once.
 	if _, handled, err := Handle(ctx, cfg); err != nil || handled {
@@ -273,5 +273,37 @@ func TestHandleAuditFileGap(t *testing.T) {
 	}
 	if a1, _ := r.Store.Agent(ctx, "a1"); a1.RevokedAt.IsZero() {
 		t.Fatal("the revocation the file holds was not applied")
+	}
+}
+
+// A backup taken of a store restored before holds that restore's window:
+// restoring it keeps the window beside the new one (certificates issued
+// in it may still be unknown to the store), unless it ended longer ago
+// than certificates live.
+func TestHandleKeepsEarlierRestoreWindows(t *testing.T) {
+	d := openDir(t, t.TempDir())
+	now := time.Now().Truncate(time.Millisecond)
+	earlier := store.RestoreWindow{From: now.Add(-10 * time.Hour), To: now.Add(-9 * time.Hour)}
+	expired := store.RestoreWindow{From: now.Add(-40 * time.Hour), To: now.Add(-30 * time.Hour)}
+	must(t, d.Store.AddRestoreWindow(ctx, expired, time.Time{}))
+	must(t, d.Store.AddRestoreWindow(ctx, earlier, time.Time{}))
+	backup := filepath.Join(t.TempDir(), "b")
+	m, err := d.Backup(ctx, backup, datadir.BackupOptions{})
+	must(t, err)
+	r := openDir(t, backup)
+	trail, err := audit.Open(ctx, r.Store, filepath.Join(t.TempDir(), "audit.log"), slog.New(slog.DiscardHandler))
+	must(t, err)
+	defer trail.Close()
+	restoredAt := m.TakenAt.Add(time.Hour).Truncate(time.Millisecond)
+	_, handled, err := Handle(ctx, Config{Dir: r, AuditFile: filepath.Join(t.TempDir(), "missing.log"), Audit: trail, Logger: slog.New(slog.DiscardHandler),
+		Now: func() time.Time { return restoredAt }, CertLifetime: 24 * time.Hour})
+	if err != nil || !handled {
+		t.Fatalf("handled %v, %v", handled, err)
+	}
+	ws, err := r.Store.RestoreWindows(ctx)
+	must(t, err)
+	want := []store.RestoreWindow{{From: m.TakenAt.Truncate(time.Millisecond), To: restoredAt}, earlier}
+	if !slices.EqualFunc(ws, want, func(a, b store.RestoreWindow) bool { return a.From.Equal(b.From) && a.To.Equal(b.To) }) {
+		t.Fatalf("windows after the second restore: %+v; want %+v (the earlier restore's kept, the one ended 30 h ago dropped)", ws, want)
 	}
 }

@@ -617,17 +617,23 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 		return policy.RevokedError(rec)
 	}
 	serial, now := leaf.SerialNumber.Text(16), s.cfg.Now()
+	// What admission records in the store is written once every check
+	// has passed: a refused agent changes nothing.
+	var record func() error
 	switch policy.StandingOf(rec, serial, now) {
 	case policy.CertSuperseded:
-		if !s.lostRenewal(ctx, rec, leaf) {
-			return policy.SupersededError(rec, serial)
+		if record, err = s.lostRenewal(ctx, rec, leaf); err != nil {
+			return err
 		}
 	case policy.CertNewest:
 		if rec.PrevCertSerial != "" && now.Before(rec.PrevCertUntil) {
 			// The newest certificate in use: the agent installed it, and
 			// the one it replaced is refused from now on.
-			if _, err := s.cfg.Store.EndCertOverlap(ctx, id.ID, serial, now); err != nil {
-				s.log.Warn("end the overlap of an agent's previous certificate", "agent", id.ID, "err", err)
+			record = func() error {
+				if _, err := s.cfg.Store.EndCertOverlap(ctx, id.ID, serial, now); err != nil {
+					s.log.Warn("end the overlap of an agent's previous certificate", "agent", id.ID, "err", err)
+				}
+				return nil
 			}
 		}
 	case policy.CertUnrecorded:
@@ -636,8 +642,11 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 			// it issues: record the one it uses, so that the CA root it
 			// depends on is counted right (ca status, ca retire).
 			if root := s.cfg.Authority.CA().IssuerOf(leaf); root != nil {
-				if err := s.cfg.Store.SetAgentCert(ctx, id.ID, serial, leaf.NotAfter, root.ID()); err != nil {
-					s.log.Warn("record the certificate an agent connected with", "agent", id.ID, "err", err)
+				record = func() error {
+					if err := s.cfg.Store.SetAgentCert(ctx, id.ID, serial, leaf.NotAfter, root.ID()); err != nil {
+						s.log.Warn("record the certificate an agent connected with", "agent", id.ID, "err", err)
+					}
+					return nil
 				}
 			}
 		}
@@ -650,40 +659,78 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 			return protocol.Errorf(protocol.CodeLimitExceeded, "tenant %q already has %d agents connected, its limit", id.Tenant, l.MaxAgents)
 		}
 	}
+	if record != nil {
+		return record()
+	}
 	return nil
 }
 
-// lostRenewal reports whether leaf, a certificate of agent rec other than
-// its newest on record, is a renewal that a store restored from a backup
-// lost (policy.LostRenewal), and if so records it as the agent's newest:
-// from now on only it (and its renewals) is accepted. Without it, every
+// lostRenewal decides on leaf, a certificate of agent rec other than its
+// newest on record: a renewal that a store restored from a backup lost
+// (policy.LostRenewal) is accepted, and record, called once the agent is
+// admitted, records it as the agent's newest and as the newest of a
+// restore window seen from it: from then on only it (and its renewals) is
+// accepted, and no older certificate of a window. Without it, every
 // agent that renewed after the backup would be refused as superseded
-// after a restore, and would have to enrol again.
-func (s *Server) lostRenewal(ctx context.Context, rec store.Agent, leaf *x509.Certificate) bool {
-	w, restored, err := s.cfg.Store.RestoreWindow(ctx)
+// after a restore, and would have to enrol again. Any other certificate
+// is refused (err) as superseded.
+//
+// Two different certificates of a window in use for one agent (an older
+// one after a newer was recorded, or a newer one after an older one or
+// one of its renewals was) mean that two holders have the agent's
+// identity: it is logged and audited as a possible copy of its key pair.
+func (s *Server) lostRenewal(ctx context.Context, rec store.Agent, leaf *x509.Certificate) (record func() error, err error) {
+	serial := leaf.SerialNumber.Text(16)
+	refuse := policy.SupersededError(rec, serial)
+	ws, err := s.cfg.Store.RestoreWindows(ctx)
 	if err != nil {
-		s.log.Warn("read the store's restore window", "err", err)
-		return false
+		s.log.Warn("read the store's restore windows", "err", err)
+		return nil, refuse
 	}
-	if !restored {
-		return false
+	if len(ws) == 0 {
+		return nil, refuse
 	}
 	issued := leaf.NotBefore.Add(ca.AgentBackdate)
 	root := s.cfg.Authority.CA().IssuerOf(leaf)
-	if root == nil || !policy.LostRenewal(rec, issued, w) {
-		return false
+	if root == nil {
+		return nil, refuse
 	}
-	serial := leaf.SerialNumber.Text(16)
-	c := store.AgentCert{Serial: serial, NotAfter: leaf.NotAfter, Root: root.ID(), IssuedAt: issued}
-	if err := s.cfg.Store.RenewAgentCert(ctx, rec.ID, rec.CertSerial, c, "", time.Time{}); err != nil {
-		s.log.Warn("record a certificate issued before the restore as an agent's newest", "agent", rec.ID, "err", err)
-		return false
+	if !policy.LostRenewal(rec, issued, ws) {
+		if rec.WindowCertSerial != "" && serial != rec.WindowCertSerial && policy.InWindow(issued, ws) && !issued.After(rec.WindowCertIssuedAt) {
+			s.log.Warn("refused a certificate issued before the restore that is older than another one of the agent's used since: its key pair was probably copied",
+				"tenant", rec.Tenant, "agent", rec.ID, "certificate", serial, "issued_at", issued.UTC().Format(time.RFC3339),
+				"newer_certificate", rec.WindowCertSerial, "newer_issued_at", rec.WindowCertIssuedAt.UTC().Format(time.RFC3339))
+			return nil, policy.WindowCertSuperseded(rec, serial, issued)
+		}
+		return nil, refuse
 	}
-	s.log.Warn("accepted a certificate the relay issued between the backup its store was restored from and the restore, and recorded it as the agent's newest",
-		"tenant", rec.Tenant, "agent", rec.ID, "certificate", serial, "issued_at", issued.UTC().Format(time.RFC3339), "replaces", rec.CertSerial)
-	s.cfg.Audit.Record(audit.Record{Kind: audit.RestoredCertificate, Outcome: audit.OutcomeOK, Tenant: rec.Tenant, Agent: rec.ID, Actor: "relay",
-		Detail: map[string]any{"cert_serial": serial, "not_after": leaf.NotAfter, "ca_root": root.ID(), "issued_at": issued, "replaced_serial": rec.CertSerial}})
-	return true
+	return func() error {
+		c := store.AgentCert{Serial: serial, NotAfter: leaf.NotAfter, Root: root.ID(), IssuedAt: issued}
+		if err := s.cfg.Store.RecordWindowCert(ctx, rec.ID, rec.CertSerial, c); err != nil {
+			s.log.Warn("record a certificate issued before the restore as an agent's newest", "agent", rec.ID, "err", err)
+			return refuse
+		}
+		detail := map[string]any{"cert_serial": serial, "not_after": leaf.NotAfter, "ca_root": root.ID(), "issued_at": issued, "replaced_serial": rec.CertSerial}
+		// The newest on record came from an older certificate of the
+		// window accepted since the restore, or from a renewal made
+		// since (of it, or of the backup's certificate): someone else
+		// connected on the agent's identity with an older key pair.
+		if rec.WindowCertSerial != "" || !issued.After(rec.CertIssuedAt) {
+			detail["clone_suspected"] = true
+			if rec.WindowCertSerial != "" {
+				detail["older_window_serial"] = rec.WindowCertSerial
+			}
+			s.log.Warn("accepted a certificate issued before the restore that is newer than the one the agent's identity was accepted on since: "+
+				"the certificates it replaces come from an older key pair of the agent, probably copied; they are refused from now on",
+				"tenant", rec.Tenant, "agent", rec.ID, "certificate", serial, "issued_at", issued.UTC().Format(time.RFC3339),
+				"replaces", rec.CertSerial, "older_window_certificate", rec.WindowCertSerial)
+		} else {
+			s.log.Warn("accepted a certificate the relay issued between the backup its store was restored from and the restore, and recorded it as the agent's newest",
+				"tenant", rec.Tenant, "agent", rec.ID, "certificate", serial, "issued_at", issued.UTC().Format(time.RFC3339), "replaces", rec.CertSerial)
+		}
+		s.cfg.Audit.Record(audit.Record{Kind: audit.RestoredCertificate, Outcome: audit.OutcomeOK, Tenant: rec.Tenant, Agent: rec.ID, Actor: "relay", Detail: detail})
+		return nil
+	}, nil
 }
 
 // reject tells the agent why it is refused and closes the session once the

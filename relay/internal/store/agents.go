@@ -35,6 +35,13 @@ type Agent struct {
 	// by the first use of the newest one ("" and zero: none).
 	PrevCertSerial string
 	PrevCertUntil  time.Time
+	// WindowCertSerial is the newest certificate issued in a restore
+	// window (RestoreWindows) that the relay accepted from the agent
+	// since the restore (RecordWindowCert), issued at WindowCertIssuedAt
+	// ("" and zero: none). The agent's newest certificate is it or one
+	// of its renewals until a newer certificate of a window displaces it.
+	WindowCertSerial   string
+	WindowCertIssuedAt time.Time
 	// RevokedAt is zero unless the agent was revoked.
 	RevokedAt     time.Time
 	RevokedReason string
@@ -63,18 +70,19 @@ func addAgent(ctx context.Context, tx *sql.Tx, a Agent) error {
 }
 
 const agentCols = `id, tenant, hostname, created_at, cert_serial, cert_not_after, cert_root, revoked_at, revoked_reason, last_seen,
-	cert_issued_at, cert_boot_id, prev_cert_serial, prev_cert_until`
+	cert_issued_at, cert_boot_id, prev_cert_serial, prev_cert_until, window_cert_serial, window_cert_issued_at`
 
 func scanAgent(sc interface{ Scan(...any) error }) (Agent, error) {
 	var a Agent
-	var created, notAfter, revoked, seen, issued, prevUntil int64
+	var created, notAfter, revoked, seen, issued, prevUntil, windowIssued int64
 	if err := sc.Scan(&a.ID, &a.Tenant, &a.Hostname, &created, &a.CertSerial, &notAfter, &a.CertRoot, &revoked, &a.RevokedReason, &seen,
-		&issued, &a.CertBootID, &a.PrevCertSerial, &prevUntil); err != nil {
+		&issued, &a.CertBootID, &a.PrevCertSerial, &prevUntil, &a.WindowCertSerial, &windowIssued); err != nil {
 		return Agent{}, err
 	}
 	a.CreatedAt, a.CertNotAfter = fromUnix(created), fromUnix(notAfter)
 	a.LastSeen = fromUnixOrZero(seen)
 	a.CertIssuedAt, a.PrevCertUntil = fromUnixMilliOrZero(issued), fromUnixMilliOrZero(prevUntil)
+	a.WindowCertIssuedAt = fromUnixMilliOrZero(windowIssued)
 	if revoked != 0 {
 		a.RevokedAt = fromUnixMilli(revoked)
 	}
@@ -158,6 +166,30 @@ func (s *Store) RenewAgentCert(ctx context.Context, id, newest string, c AgentCe
 	res, err := s.exec(ctx, `UPDATE agents SET cert_serial = $3, cert_not_after = $4, cert_root = $5, cert_issued_at = $6, cert_boot_id = $7,
 		prev_cert_serial = $8, prev_cert_until = $9 WHERE id = $1 AND (cert_serial = $2 OR cert_issued_at = 0)`,
 		id, newest, c.Serial, unix(c.NotAfter), c.Root, c.IssuedAt.UnixMilli(), c.BootID, replaced, unixMilliOrZero(overlapUntil))
+	if err != nil {
+		return err
+	}
+	if n, _ := affected(res); n > 0 {
+		return nil
+	}
+	if _, err := agent(ctx, s.db, id); err != nil {
+		return err
+	}
+	return fmt.Errorf("agent %s: %w", id, ErrCertChanged)
+}
+
+// RecordWindowCert records c, a certificate issued in a restore window
+// that agent id connected with, as its newest certificate (with no
+// overlap for the one it replaces) and as the newest of a window seen
+// from it (Agent.WindowCertSerial), replacing newest (the one the caller
+// read as newest). When the agent's newest certificate is no longer
+// newest, or a certificate of a window as new as c or newer was
+// recorded meanwhile, it changes nothing and returns ErrCertChanged.
+func (s *Store) RecordWindowCert(ctx context.Context, id, newest string, c AgentCert) error {
+	res, err := s.exec(ctx, `UPDATE agents SET cert_serial = $3, cert_not_after = $4, cert_root = $5, cert_issued_at = $6, cert_boot_id = '',
+		prev_cert_serial = '', prev_cert_until = 0, window_cert_serial = $3, window_cert_issued_at = $6
+		WHERE id = $1 AND cert_serial = $2 AND window_cert_issued_at < $6`,
+		id, newest, c.Serial, unix(c.NotAfter), c.Root, c.IssuedAt.UnixMilli())
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"sort"
 	"strings"
 	"time"
 )
@@ -191,33 +192,85 @@ func (s *Store) SpendJoinTokens(ctx context.Context, createdBy time.Time) ([]Tok
 	return spent, err
 }
 
-// restoreWindowKey is the setting holding a restored store's
-// RestoreWindow.
+// restoreWindowKey is the setting holding a restored store's restore
+// windows (RestoreWindows): "from to" in Unix milliseconds, one pair per
+// window, separated by ";" (a store restored once by a binary from before
+// it kept more than one holds a single pair).
 const restoreWindowKey = "restore_window"
+
+// MaxRestoreWindows bounds the restore windows a store keeps: past it,
+// AddRestoreWindow drops the oldest.
+const MaxRestoreWindows = 16
 
 // RestoreWindow is, for a store restored from a backup, the time between
 // the backup (From) and the restore (To): certificates the relay issued
 // then are not on record in the restored store.
 type RestoreWindow struct{ From, To time.Time }
 
-// SetRestoreWindow records w, replacing an earlier restore's.
-func (s *Store) SetRestoreWindow(ctx context.Context, w RestoreWindow) error {
-	return s.SetSetting(ctx, restoreWindowKey, fmt.Sprintf("%d %d", w.From.UnixMilli(), w.To.UnixMilli()))
+// AddRestoreWindow records w beside the windows of earlier restores: a
+// certificate issued in any of them may still be unknown to the store (a
+// backup taken before an earlier restore, restored again, knows nothing
+// of that restore's window). Windows that ended before dropBefore (the
+// restore's time less the longest an agent certificate lives: every
+// certificate issued in them has expired) are dropped, and past
+// MaxRestoreWindows the oldest.
+func (s *Store) AddRestoreWindow(ctx context.Context, w RestoreWindow, dropBefore time.Time) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var v string
+		err := tx.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = $1`, restoreWindowKey).Scan(&v)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		ws, err := parseRestoreWindows(v)
+		if err != nil {
+			// A damaged value is replaced: the new window still counts.
+			ws = nil
+		}
+		kept := []RestoreWindow{w}
+		for _, o := range ws {
+			if !o.To.Before(dropBefore) && o != w {
+				kept = append(kept, o)
+			}
+		}
+		sort.Slice(kept, func(i, j int) bool { return kept[i].To.After(kept[j].To) })
+		if len(kept) > MaxRestoreWindows {
+			kept = kept[:MaxRestoreWindows]
+		}
+		parts := make([]string, len(kept))
+		for i, k := range kept {
+			parts[i] = fmt.Sprintf("%d %d", k.From.UnixMilli(), k.To.UnixMilli())
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = $2`,
+			restoreWindowKey, strings.Join(parts, ";"))
+		return err
+	})
 }
 
-// RestoreWindow returns the window SetRestoreWindow recorded; ok false
-// for a store never restored.
-func (s *Store) RestoreWindow(ctx context.Context) (w RestoreWindow, ok bool, err error) {
+// RestoreWindows returns the windows AddRestoreWindow recorded, newest
+// first; none for a store never restored.
+func (s *Store) RestoreWindows(ctx context.Context) ([]RestoreWindow, error) {
 	v, err := s.Setting(ctx, restoreWindowKey)
 	if errors.Is(err, ErrNotFound) {
-		return w, false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return w, false, err
+		return nil, err
 	}
-	var from, to int64
-	if _, err := fmt.Sscanf(v, "%d %d", &from, &to); err != nil || from > to {
-		return w, false, fmt.Errorf("setting %s is damaged: %q", restoreWindowKey, v)
+	return parseRestoreWindows(v)
+}
+
+func parseRestoreWindows(v string) ([]RestoreWindow, error) {
+	if v == "" {
+		return nil, nil
 	}
-	return RestoreWindow{From: fromUnixMilli(from), To: fromUnixMilli(to)}, true, nil
+	var ws []RestoreWindow
+	for _, p := range strings.Split(v, ";") {
+		var from, to int64
+		var rest string
+		if n, _ := fmt.Sscanf(p, "%d %d%s", &from, &to, &rest); n != 2 || from > to {
+			return nil, fmt.Errorf("setting %s is damaged: %q", restoreWindowKey, v)
+		}
+		ws = append(ws, RestoreWindow{From: fromUnixMilli(from), To: fromUnixMilli(to)})
+	}
+	return ws, nil
 }

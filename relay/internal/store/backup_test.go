@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -191,25 +192,98 @@ func TestSpendJoinTokens(t *testing.T) {
 	}
 }
 
-// A restored store's window between backup and restore is kept in its
-// settings; a store never restored has none.
-func TestRestoreWindow(t *testing.T) {
+// A restored store's windows between backup and restore are kept in its
+// settings, every restore's (restoring twice keeps the first restore's
+// window), until they ended longer ago than certificates live; a store
+// never restored has none.
+func TestRestoreWindows(t *testing.T) {
 	s, _ := engines[0].open(t)
-	if _, ok, err := s.RestoreWindow(ctx); err != nil || ok {
-		t.Fatalf("a store never restored: window %v, %v", ok, err)
+	if ws, err := s.RestoreWindows(ctx); err != nil || ws != nil {
+		t.Fatalf("a store never restored: windows %v, %v", ws, err)
 	}
-	w := RestoreWindow{From: t0, To: t0.Add(36 * time.Hour)}
-	if err := s.SetRestoreWindow(ctx, w); err != nil {
+	// A store restored once by a binary that kept one window.
+	first := RestoreWindow{From: t0, To: t0.Add(36 * time.Hour)}
+	if err := s.SetSetting(ctx, restoreWindowKey, fmt.Sprintf("%d %d", first.From.UnixMilli(), first.To.UnixMilli())); err != nil {
 		t.Fatal(err)
 	}
-	got, ok, err := s.RestoreWindow(ctx)
-	if err != nil || !ok || got != w {
-		t.Fatalf("window %+v %v, %v; want %+v", got, ok, err, w)
+	second := RestoreWindow{From: t0.Add(40 * time.Hour), To: t0.Add(50 * time.Hour)}
+	if err := s.AddRestoreWindow(ctx, second, second.To.Add(-24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	ws, err := s.RestoreWindows(ctx)
+	if err != nil || !slices.Equal(ws, []RestoreWindow{second, first}) {
+		t.Fatalf("restored twice: windows %+v, %v; want %+v and %+v", ws, err, second, first)
+	}
+	// Once the first window ended longer ago than a certificate lives,
+	// it is dropped.
+	third := RestoreWindow{From: t0.Add(60 * time.Hour), To: t0.Add(70 * time.Hour)}
+	if err := s.AddRestoreWindow(ctx, third, third.To.Add(-24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if ws, err := s.RestoreWindows(ctx); err != nil || !slices.Equal(ws, []RestoreWindow{third, second}) {
+		t.Fatalf("restored a third time: windows %+v, %v; want %+v and %+v", ws, err, third, second)
+	}
+	// At most MaxRestoreWindows, the newest.
+	for i := range MaxRestoreWindows + 3 {
+		w := RestoreWindow{From: t0.Add(time.Duration(100+i) * time.Hour), To: t0.Add(time.Duration(100+i)*time.Hour + time.Minute)}
+		if err := s.AddRestoreWindow(ctx, w, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ws, err := s.RestoreWindows(ctx); err != nil || len(ws) != MaxRestoreWindows || !ws[0].From.Equal(t0.Add(time.Duration(100+MaxRestoreWindows+2)*time.Hour)) {
+		t.Fatalf("many restores: %d windows, newest %+v, %v", len(ws), ws[0], err)
 	}
 	if err := s.SetSetting(ctx, restoreWindowKey, "junk"); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok, err := s.RestoreWindow(ctx); err == nil || ok {
-		t.Fatalf("a damaged window read as %v, %v", ok, err)
+	if ws, err := s.RestoreWindows(ctx); err == nil || ws != nil {
+		t.Fatalf("damaged windows read as %v, %v", ws, err)
+	}
+}
+
+// A certificate of a restore window accepted from an agent becomes its
+// newest and the newest of a window seen; one of a window as old or
+// older is not recorded over it, nor one read against a newest that
+// changed.
+func TestRecordWindowCert(t *testing.T) { eachEngine(t, testRecordWindowCert) }
+
+func testRecordWindowCert(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	s.AddTenant(ctx, "acme", t0)
+	if err := s.AddAgent(ctx, Agent{ID: "a1", Tenant: "acme", CreatedAt: t0, CertSerial: "c0", CertNotAfter: t0.Add(time.Hour), CertIssuedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	c1 := AgentCert{Serial: "c1", NotAfter: t0.Add(2 * time.Hour), Root: "sha256:r1", IssuedAt: t0.Add(time.Hour)}
+	if err := s.RecordWindowCert(ctx, "a1", "c0", c1); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := s.Agent(ctx, "a1")
+	if a.CertSerial != "c1" || !a.CertIssuedAt.Equal(c1.IssuedAt) || a.WindowCertSerial != "c1" || !a.WindowCertIssuedAt.Equal(c1.IssuedAt) || a.PrevCertSerial != "" {
+		t.Fatalf("after recording c1: %+v", a)
+	}
+	// A renewal keeps the window's newest seen.
+	c3 := AgentCert{Serial: "c3", NotAfter: t0.Add(5 * time.Hour), IssuedAt: t0.Add(3 * time.Hour)}
+	if err := s.RenewAgentCert(ctx, "a1", "c1", c3, "c1", t0.Add(3*time.Hour+time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ = s.Agent(ctx, "a1"); a.WindowCertSerial != "c1" {
+		t.Fatalf("after a renewal: %+v; want c1 the window's newest seen", a)
+	}
+	older := AgentCert{Serial: "c-old", NotAfter: t0.Add(2 * time.Hour), IssuedAt: t0.Add(30 * time.Minute)}
+	if err := s.RecordWindowCert(ctx, "a1", "c3", older); !errors.Is(err, ErrCertChanged) {
+		t.Fatalf("an older certificate of the window recorded over c1: %v", err)
+	}
+	c2 := AgentCert{Serial: "c2", NotAfter: t0.Add(3 * time.Hour), IssuedAt: t0.Add(2 * time.Hour)}
+	if err := s.RecordWindowCert(ctx, "a1", "c1", c2); !errors.Is(err, ErrCertChanged) {
+		t.Fatalf("recorded against a newest that changed: %v", err)
+	}
+	if err := s.RecordWindowCert(ctx, "a1", "c3", c2); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ = s.Agent(ctx, "a1"); a.CertSerial != "c2" || a.WindowCertSerial != "c2" || a.PrevCertSerial != "" {
+		t.Fatalf("after recording c2: %+v", a)
+	}
+	if err := s.RecordWindowCert(ctx, "missing", "c0", c2); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("an unknown agent: %v", err)
 	}
 }

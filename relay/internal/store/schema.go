@@ -383,6 +383,19 @@ CREATE UNIQUE INDEX audit_record_key ON audit(record_key);
 ALTER TABLE relays ADD COLUMN schema_version INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE relays ADD COLUMN schema_of TEXT NOT NULL DEFAULT '';
 `},
+	// The newest certificate issued in a restore window (backup.go,
+	// RestoreWindows) that the relay has accepted from an agent since
+	// (agents.go, Agent.WindowCertSerial): its serial and when it was
+	// issued (Unix milliseconds; 0: none). A certificate of the window
+	// older than it is refused, and only a newer one of the window may
+	// take the agent's newest certificate back from a renewal of it
+	// (policy.LostRenewal). Older binaries leave the columns alone and
+	// accept, as before, any certificate of the window newer than the
+	// one on record.
+	{20, anyBinary, `
+ALTER TABLE agents ADD COLUMN window_cert_serial TEXT NOT NULL DEFAULT '';
+ALTER TABLE agents ADD COLUMN window_cert_issued_at BIGINT NOT NULL DEFAULT 0;
+`},
 }
 
 // latestMigration is the schema version a migrated store has.
