@@ -84,7 +84,8 @@ type Report struct {
 	Backup datadir.BackupManifest
 	// Imported counts the audit file's records after the backup that
 	// were added to the store's audit trail; Malformed its lines that
-	// could not be read.
+	// could not be read, and those dated in the future (after the
+	// restore, beyond maxSkew), which are neither imported nor applied.
 	Imported, Malformed int
 	// Gap reports an audit file whose first record is dated after the
 	// backup: records between may be missing (a rotated file).
@@ -93,10 +94,21 @@ type Report struct {
 	// each ("agent.revoke acme/a1"); Unreplayable what happened since that
 	// the operator must redo ("token.create acme token t1").
 	Replayed, Unreplayable []string
+	// Skipped lists the records that were not applied because they do
+	// not hold together ("agent.renew acme/a1: ..."): a record naming an
+	// agent of another tenant, a renewal by an unknown CA root or one
+	// that expired before it was made. A damaged or planted line must
+	// not re-point or revoke an agent.
+	Skipped []string
 	// SpentTokens are the backup's join tokens whose uses left were
 	// taken.
 	SpentTokens []store.Token
 }
+
+// maxSkew is how far in the future, past the restore, an audit record
+// may be dated (clocks of hosts that wrote the file differ a little):
+// one dated later is malformed.
+const maxSkew = 5 * time.Minute
 
 // maxLine bounds a line of the audit file; a longer one is skipped as
 // malformed.
@@ -122,12 +134,16 @@ func Handle(ctx context.Context, cfg Config) (r Report, handled bool, err error)
 	}
 	r.Backup = m
 	st := cfg.Dir.Store
-	acts, err := r.readAuditFile(ctx, st, cfg.AuditFile, m.TakenAt)
+	acts, err := r.readAuditFile(ctx, st, cfg.AuditFile, m.TakenAt, now().Add(maxSkew))
 	if err != nil {
 		return r, false, err
 	}
+	roots := make(map[string]bool, len(m.CARoots))
+	for _, id := range m.CARoots {
+		roots[id] = true
+	}
 	for _, rec := range acts {
-		if err := r.replay(ctx, st, rec); err != nil {
+		if err := r.replay(ctx, st, rec, roots); err != nil {
 			return r, false, fmt.Errorf("replay %s of %s from the audit file: %w", rec.Kind, rec.At.Format(time.RFC3339), err)
 		}
 	}
@@ -155,6 +171,10 @@ func Handle(ctx context.Context, cfg Config) (r Report, handled bool, err error)
 		log.Warn("restore: the audit file begins after the backup was taken: what happened between is missing from it (a log rotated since the backup?). " +
 			"Revoke again by hand what was revoked in that time (see the checklist in README, \"Backup and restore\"), or stop the relay, put the rotated files' lines before the current ones in the audit file, and restore again")
 	}
+	if len(r.Skipped) > 0 {
+		log.Warn("restore: records in the audit file that do not hold together were not applied (a damaged or altered audit file?): check them against the trail kept elsewhere",
+			"count", len(r.Skipped), "skipped", r.Skipped)
+	}
 	if len(r.Unreplayable) > 0 {
 		log.Warn("restore: happened after the backup and could not be applied: redo what is still wanted", "count", len(r.Unreplayable), "not_applied", r.Unreplayable)
 	}
@@ -163,7 +183,7 @@ func Handle(ctx context.Context, cfg Config) (r Report, handled bool, err error)
 			"count", len(spent), "tokens", spent)
 	}
 	detail := map[string]any{"backup": m.ID, "taken_at": m.TakenAt, "change_feed_at": m.Store.LatestChange, "audit_records_imported": r.Imported,
-		"audit_lines_unreadable": r.Malformed, "audit_file_gap": r.Gap, "applied": nonNil(r.Replayed), "not_applied": nonNil(r.Unreplayable), "tokens_spent": spent}
+		"audit_lines_unreadable": r.Malformed, "audit_file_gap": r.Gap, "applied": nonNil(r.Replayed), "skipped": nonNil(r.Skipped), "not_applied": nonNil(r.Unreplayable), "tokens_spent": spent}
 	cfg.Audit.Add(audit.Record{At: now(), Kind: Kind, Outcome: audit.OutcomeOK, Actor: "relay", Detail: detail})
 	// Certificates issued from the backup until now are not on record:
 	// the newest of an agent's is accepted once it is newer than the
@@ -193,8 +213,9 @@ func nonNil(s []string) []string {
 // readAuditFile adds the records of the audit file at path dated after
 // takenAt to the store's audit trail (once: records carry a key) and
 // returns those Handle acts on (replay), oldest first. A missing file
-// holds nothing; lines that are not records are counted and skipped.
-func (r *Report) readAuditFile(ctx context.Context, st *store.Store, path string, takenAt time.Time) ([]store.AuditRecord, error) {
+// holds nothing; lines that are not records, and records dated after
+// latest, are counted and skipped.
+func (r *Report) readAuditFile(ctx context.Context, st *store.Store, path string, takenAt, latest time.Time) ([]store.AuditRecord, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -238,6 +259,10 @@ func (r *Report) readAuditFile(ctx context.Context, st *store.Store, path string
 		var rec store.AuditRecord
 		if err := json.Unmarshal(line, &rec); err != nil || rec.Kind == "" || rec.At.IsZero() {
 			r.Malformed++ // a line cut short by a crash, or not a record
+			continue
+		}
+		if rec.At.After(latest) {
+			r.Malformed++ // dated after the restore: not written by this relay before it
 			continue
 		}
 		if !rec.At.After(takenAt) {
@@ -306,13 +331,21 @@ func acted(kind string) bool {
 // replay applies rec, a record of something done after the backup, to
 // the restored state, or notes it for the operator. Applying is
 // idempotent: what the backup holds already is left as it is.
-func (r *Report) replay(ctx context.Context, st *store.Store, rec store.AuditRecord) error {
+//
+// A record that names an agent is applied only to that agent of the
+// tenant it names; a renewal only when its certificate comes from one of
+// the backup's CA roots (roots) and expires after the renewal was made.
+// Others are skipped (Report.Skipped).
+func (r *Report) replay(ctx context.Context, st *store.Store, rec store.AuditRecord, roots map[string]bool) error {
 	str := func(key string) string {
 		s, _ := rec.Detail[key].(string)
 		return s
 	}
 	applied := func(what string) { r.Replayed = append(r.Replayed, rec.Kind+" "+what) }
 	redo := func(what string) { r.Unreplayable = append(r.Unreplayable, rec.Kind+" "+what) }
+	skip := func(why string) {
+		r.Skipped = append(r.Skipped, rec.Kind+" "+rec.Tenant+"/"+rec.Agent+" of "+rec.At.UTC().Format(time.RFC3339)+": "+why)
+	}
 	ignoreMissing := func(err error) error {
 		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrExists) {
 			return nil
@@ -348,6 +381,17 @@ func (r *Report) replay(ctx context.Context, st *store.Store, rec store.AuditRec
 		if err != nil {
 			return ignoreMissing(err)
 		}
+		switch {
+		case a.Tenant != rec.Tenant:
+			skip("agent " + a.ID + " is tenant " + a.Tenant + "'s")
+			return nil
+		case !roots[root]:
+			skip("certificate " + serial + " from CA root " + root + ", not one of the backup's")
+			return nil
+		case !notAfter.After(rec.At):
+			skip("certificate " + serial + " expired (" + notAfter.UTC().Format(time.RFC3339) + ") before it was issued")
+			return nil
+		}
 		if a.CertSerial == serial || a.CertIssuedAt.After(rec.At) {
 			return nil
 		}
@@ -360,6 +404,10 @@ func (r *Report) replay(ctx context.Context, st *store.Store, rec store.AuditRec
 		a, err := st.Agent(ctx, rec.Agent)
 		if err != nil {
 			return ignoreMissing(err)
+		}
+		if a.Tenant != rec.Tenant {
+			skip("agent " + a.ID + " is tenant " + a.Tenant + "'s")
+			return nil
 		}
 		if !a.RevokedAt.IsZero() {
 			return nil

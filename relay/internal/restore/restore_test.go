@@ -18,6 +18,7 @@ import (
 	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/audit"
 	"github.com/tetherhq/tether/relay/internal/datadir"
+	"github.com/tetherhq/tether/relay/internal/policy"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
@@ -266,13 +267,87 @@ func TestHandleAuditFileGap(t *testing.T) {
 	must(t, err)
 	defer trail2.Close()
 	var logs bytes.Buffer
-	rep, _, err := Handle(ctx, Config{Dir: r, AuditFile: file, Audit: trail2, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	// Restored two hours after the backup.
+	restoredAt := func() time.Time { return m.TakenAt.Add(2 * time.Hour) }
+	rep, _, err := Handle(ctx, Config{Dir: r, AuditFile: file, Audit: trail2, Logger: slog.New(slog.NewTextHandler(&logs, nil)), Now: restoredAt})
 	must(t, err)
 	if !rep.Gap || !strings.Contains(logs.String(), "begins after the backup") {
 		t.Fatalf("gap %v; logs:\n%s", rep.Gap, logs.String())
 	}
 	if a1, _ := r.Store.Agent(ctx, "a1"); a1.RevokedAt.IsZero() {
 		t.Fatal("the revocation the file holds was not applied")
+	}
+}
+
+// A damaged or planted line in the audit file cannot re-point or revoke
+// an agent: a renewal or revocation that names another tenant than the
+// agent's, a renewal by a CA root the backup does not have or whose
+// certificate expired before it was issued, is skipped and reported; a
+// record dated after the restore is malformed. The agent's real
+// certificate, renewed after the backup, is still accepted.
+func TestHandleSkipsRecordsThatDoNotHoldTogether(t *testing.T) {
+	d := openDir(t, t.TempDir())
+	st := d.Store
+	t0 := time.Now().Add(-time.Hour).Truncate(time.Second)
+	must(t, st.AddTenant(ctx, "acme", t0))
+	must(t, st.AddTenant(ctx, "other", t0))
+	for _, id := range []string{"a2", "a3"} {
+		must(t, st.AddAgent(ctx, store.Agent{ID: id, Tenant: "acme", CreatedAt: t0, CertSerial: "s-" + id, CertNotAfter: t0.Add(24 * time.Hour), CertIssuedAt: t0}))
+	}
+	backup := filepath.Join(t.TempDir(), "b")
+	m, err := d.Backup(ctx, backup, datadir.BackupOptions{})
+	must(t, err)
+	restored := filepath.Join(t.TempDir(), "data")
+	copyTree(t, restored, backup)
+
+	after := m.TakenAt.Add(time.Second)
+	far := time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC)
+	renew := func(at time.Time, tenant, agent, serial string, notAfter time.Time, root string) string {
+		return fmt.Sprintf(`{"at":%q,"kind":"agent.renew","outcome":"ok","tenant":%q,"agent":%q,"detail":{"cert_serial":%q,"not_after":%q,"ca_root":%q}}`+"\n",
+			at.Format(time.RFC3339Nano), tenant, agent, serial, notAfter.Format(time.RFC3339Nano), root)
+	}
+	root := m.CARoots[0]
+	lines := renew(far, "other", "a2", "bogus-2099", far.Add(time.Hour), root) + // dated in the future
+		renew(far, "acme", "a2", "bogus-2099-acme", far.Add(time.Hour), root) + // dated in the future, right tenant
+		renew(after, "other", "a2", "bogus-tenant", after.Add(time.Hour), root) + // another tenant
+		renew(after, "acme", "a2", "bogus-root", after.Add(time.Hour), "sha256:unknown") + // unknown CA root
+		renew(after, "acme", "a2", "bogus-expired", after.Add(-time.Hour), root) + // expired when issued
+		fmt.Sprintf(`{"at":%q,"kind":"agent.revoke","outcome":"ok","tenant":"other","agent":"a2","detail":{"reason":"planted"}}`+"\n", after.Format(time.RFC3339Nano)) +
+		renew(after, "acme", "a3", "s-a3-renewed", after.Add(time.Hour), root) // genuine
+	must(t, os.WriteFile(filepath.Join(restored, datadir.AuditFile), []byte(lines), 0o600))
+
+	r := openDir(t, restored)
+	trail, err := audit.Open(ctx, r.Store, filepath.Join(t.TempDir(), "trail.log"), slog.New(slog.DiscardHandler))
+	must(t, err)
+	defer trail.Close()
+	var logs bytes.Buffer
+	restoredAt := m.TakenAt.Add(time.Hour)
+	rep, handled, err := Handle(ctx, Config{Dir: r, AuditFile: r.File(datadir.AuditFile), Audit: trail, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		Now: func() time.Time { return restoredAt }})
+	must(t, err)
+	if !handled {
+		t.Fatal("not handled")
+	}
+	a2, err := r.Store.Agent(ctx, "a2")
+	must(t, err)
+	if a2.CertSerial != "s-a2" || !a2.RevokedAt.IsZero() {
+		t.Errorf("a2 after the restore: newest %q issued %v, revoked %v; want s-a2 as backed up, not revoked", a2.CertSerial, a2.CertIssuedAt, a2.RevokedAt)
+	}
+	ws, err := r.Store.RestoreWindows(ctx)
+	must(t, err)
+	if genuine := m.TakenAt.Add(2 * time.Second); !policy.LostRenewal(a2, genuine, ws) {
+		t.Errorf("a2's real certificate renewed after the backup (issued %v) is refused: newest on record %q issued %v", genuine, a2.CertSerial, a2.CertIssuedAt)
+	}
+	if a3, _ := r.Store.Agent(ctx, "a3"); a3.CertSerial != "s-a3-renewed" {
+		t.Errorf("a3's genuine renewal not applied: newest %q", a3.CertSerial)
+	}
+	if rep.Malformed != 2 || len(rep.Skipped) != 4 {
+		t.Errorf("malformed %d (want the 2 dated 2099), skipped %v (want 4)", rep.Malformed, rep.Skipped)
+	}
+	for _, want := range []string{"audit_lines_unreadable=2", "do not hold together", "tenant acme's", "not one of the backup's", "expired"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("the warnings lack %q:\n%s", want, logs.String())
+		}
 	}
 }
 
