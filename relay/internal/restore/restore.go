@@ -14,7 +14,10 @@
 //     store's audit trail, and those it can act on into the state —
 //     tenants added, agents enrolled, certificates renewed, and every
 //     revocation (agents, join tokens, backends and their certificates,
-//     operator tokens and certificates);
+//     operator tokens and certificates); a record that does not hold
+//     together (another tenant's agent, a renewal by a CA root the
+//     backup does not have or expired when made, a date after the
+//     restore) is skipped and reported;
 //   - spends every join token of the backup that has uses left, since it
 //     may have been used since (a token made since is not in the store);
 //   - logs, as warnings, when the backup was taken, what it replayed, and
@@ -23,11 +26,12 @@
 //     credentials made since), limits and grants changed, a CA rotation —
 //     for the operator to redo; and records it all in the audit trail;
 //   - records the window between the backup and the restore
-//     (store.RestoreWindow), in which certificates were issued that the
-//     restored store does not know: an agent's newest of them, newer than
-//     the one on record, is then accepted and recorded at its handshake
-//     (policy.LostRenewal), so that agents that renewed since the backup
-//     keep serving even without the audit file;
+//     (store.AddRestoreWindow, beside earlier restores' windows whose
+//     certificates may still live), in which certificates were issued
+//     that the restored store does not know: an agent's newest of them,
+//     newer than the one on record, is then accepted and recorded at its
+//     handshake (policy.LostRenewal), so that agents that renewed since
+//     the backup keep serving even without the audit file;
 //   - marks the restore handled, in the restored store.
 //
 // An audit file that holds nothing after the backup (lost with the old
