@@ -118,15 +118,14 @@ func (r *Relay) admit() error {
 	if !store.IsPostgres(r.cfg.Store) {
 		return nil
 	}
-	last := time.Unix(0, r.feedReadAt.Load())
+	// Ages on the monotonic clock: a step of the wall clock neither
+	// refuses streams nor lets them through.
 	beat := r.member.LastHeartbeat()
 	if beat.IsZero() {
 		beat = r.started // no heartbeat yet: the first is on its way
 	}
-	if beat.Before(last) {
-		last = beat
-	}
-	if since := time.Since(last); since > r.cfg.StaleAfter {
+	since := max(time.Since(*r.feedReadAt.Load()), time.Since(beat))
+	if since > r.cfg.StaleAfter {
 		return protocol.Errorf(protocol.CodeUnavailable, "this relay has not reached its store for %v and cannot confirm it is current: try another relay", since.Round(time.Second))
 	}
 	return nil
@@ -346,7 +345,7 @@ func storeAnswers(as []peer.StoreStatus) []string {
 		case a.Err != nil:
 			out = append(out, fmt.Sprintf("%s: %v", a.Relay, a.Err))
 		case !a.Known:
-			out = append(out, a.Relay+": does not say (an earlier version)")
+			out = append(out, a.Relay+": does not say (an earlier version, or it cannot tell)")
 		case !a.Beat:
 			out = append(out, a.Relay+": never wrote its heartbeat")
 		default:

@@ -34,7 +34,7 @@ func (r *Relay) follow(ctx context.Context, from int64) {
 		Apply:  r.apply,
 		Resync: r.resync,
 		Read: func(began time.Time) {
-			r.feedReadAt.Store(began.UnixNano())
+			r.feedReadAt.Store(&began)
 			r.metrics.StoreOp("change_feed", began)
 		},
 		Error: func(err error) {

@@ -78,12 +78,12 @@ type Relay struct {
 	isolated   atomic.Bool
 	isolations atomic.Int64
 
-	feedFrom   int64          // the change feed's newest change when New read the state
-	feedReadAt atomic.Int64   // Unix nanoseconds the change feed was last read (admit)
-	started    time.Time      // when Run began
-	serving    atomic.Bool    // listeners accepting: between Run's start and its shutdown
-	bg         sync.WaitGroup // drain requests' GoAway sends; waited for at shutdown
-	fatal      chan error     // a listener that failed (the first one)
+	feedFrom   int64                     // the change feed's newest change when New read the state
+	feedReadAt atomic.Pointer[time.Time] // when the change feed was last read, with its monotonic reading (admit)
+	started    time.Time                 // when Run began
+	serving    atomic.Bool               // listeners accepting: between Run's start and its shutdown
+	bg         sync.WaitGroup            // drain requests' GoAway sends; waited for at shutdown
+	fatal      chan error                // a listener that failed (the first one)
 
 	runOnce sync.Once
 }
@@ -105,7 +105,8 @@ func New(cfg Config) (*Relay, error) {
 	}
 	r := &Relay{cfg: cfg, log: cfg.Logger, dir: dir, auth: trust.NewAuthority(dir.CAStorage(), authority),
 		pol: policy.New(cfg.Logger), routes: route.NewTable(), fatal: make(chan error, 1)}
-	r.feedReadAt.Store(time.Now().UnixNano())
+	now := time.Now()
+	r.feedReadAt.Store(&now)
 	r.readyMemo = newReadiness(r.ready, readyFor)
 	r.metrics = metrics.New(session.DisconnectReasons, throttle.NewRefusals(), &liveCollector{r: r})
 	if err := r.assemble(ctx); err != nil {

@@ -89,7 +89,13 @@ type Cluster struct {
 	log *slog.Logger
 
 	draining atomic.Bool
-	lastBeat atomic.Int64 // Unix nanoseconds of the last heartbeat written
+	// lastBeat is when the last heartbeat written began, as time.Now
+	// gave it: with its monotonic reading, so that its age
+	// (time.Since) does not move with a step of the wall clock (an NTP
+	// correction, a VM resumed), which would have a healthy relay think
+	// it lost its store, or a peer that lost it answer that it just
+	// wrote. nil before the first.
+	lastBeat atomic.Pointer[time.Time]
 	epoch    atomic.Int64 // this run's epoch, once it joined (0 before)
 
 	beats int // heartbeats written, on Run's goroutine
@@ -163,10 +169,13 @@ func (c *Cluster) SetDraining(draining bool) {
 func (c *Cluster) Draining() bool { return c.draining.Load() }
 
 // LastHeartbeat is when this relay last wrote its row (the zero time
-// before the first).
+// before the first). It carries a monotonic clock reading: time.Since
+// of it is the heartbeat's age whatever the wall clock did since. (Drop
+// it with Round(0) before comparing with a time read back from
+// elsewhere.)
 func (c *Cluster) LastHeartbeat() time.Time {
-	if n := c.lastBeat.Load(); n != 0 {
-		return time.Unix(0, n)
+	if t := c.lastBeat.Load(); t != nil {
+		return *t
 	}
 	return time.Time{}
 }
@@ -288,7 +297,7 @@ func (c *Cluster) beat(parent context.Context) {
 		}
 		return
 	}
-	c.lastBeat.Store(began.UnixNano())
+	c.lastBeat.Store(&began)
 	c.beats++
 	if created {
 		c.log.Warn("this relay's row was missing from the store (an operator removed it, or a failover lost it): written again, with the presence of every agent it holds",

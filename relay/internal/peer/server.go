@@ -88,7 +88,9 @@ type ServerConfig struct {
 	HandshakeTimeout, IdleTimeout time.Duration
 	// LastHeartbeat is when this relay last wrote its heartbeat to the
 	// store (the zero time: never), for peers that ask whether it
-	// reaches the store; nil: it answers that it never did.
+	// reaches the store; nil: it answers that it never did. Its age is
+	// time.Since of it: a time with a monotonic reading (as time.Now
+	// gives) is immune to steps of the wall clock.
 	LastHeartbeat func() time.Time
 	Logger        *slog.Logger
 }

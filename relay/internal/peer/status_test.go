@@ -69,6 +69,39 @@ func TestStoreStatusEarlierVersion(t *testing.T) {
 	}
 }
 
+// A peer whose heartbeat time is ahead of its clock (a time without a
+// monotonic reading, and a wall clock that went back since its last
+// heartbeat) cannot say how long ago it wrote: it answers that it does
+// not say, not "age 0", which would read as reaching the store right
+// now however long ago it really last wrote.
+func TestStoreStatusClockStepBack(t *testing.T) {
+	ps := relayTLS(t, "relay-1", "relay-2")
+	beat := time.Now().Add(10 * time.Minute) // the clock went back 10 min after the write
+	srv := serveBeating(t, ps[1], func() time.Time { return beat })
+	l := newLinks(t, ps[0], &holdings{})
+	ctx, cancel := context.WithTimeout(context.Background(), watchdog)
+	defer cancel()
+	got := l.StoreStatus(ctx, []store.Relay{{ID: "relay-2", Epoch: 1, PeerAddr: srv.Addr().String()}})
+	if len(got) != 1 {
+		t.Fatalf("%d answers, want 1: %+v", len(got), got)
+	}
+	if a := got[0]; a.Known || a.Beat || a.Age != 0 || a.Err != nil {
+		t.Errorf("answer of a relay whose clock went back: %+v, want not known (it does not say), no error", a)
+	}
+}
+
+// A negative age is encoded as a refusal, read as "does not say".
+func TestStatusAnswerNegativeAge(t *testing.T) {
+	var b writeBuf
+	if err := writeStatusAnswer(&b, -time.Second, true); err != nil {
+		t.Fatal(err)
+	}
+	age, beat, known, err := readStatusAnswer(bytes.NewReader(b))
+	if err != nil || known || beat || age != 0 {
+		t.Fatalf("a negative age read as age %v, beat %v, known %v, err %v; want not known, no error", age, beat, known, err)
+	}
+}
+
 // serveBeating runs a peer listener whose relay last heartbeat at
 // last(), until the test ends.
 func serveBeating(t *testing.T, tlsPeer *trust.Peer, last func() time.Time) *Server {

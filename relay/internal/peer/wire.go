@@ -51,6 +51,8 @@ import (
 //
 // A relay of an earlier version answers the request as a request of a
 // version it does not know: a bad_request reply, taken as "does not say".
+// A relay that cannot tell its heartbeat's age answers unavailable,
+// taken the same way.
 
 const (
 	requestVersion = 1
@@ -77,15 +79,23 @@ func writeStatusRequest(w io.Writer) error {
 }
 
 // writeStatusAnswer writes the answer to a store status request: this
-// relay last wrote its heartbeat age ago (never when !beat).
+// relay last wrote its heartbeat age ago (never when !beat). A negative
+// age (a heartbeat time without a monotonic reading, and a wall clock
+// that went back since) says nothing of how long ago it was: the answer
+// is then a refusal, which the asker reads as "does not say", not as a
+// heartbeat written just now.
 func writeStatusAnswer(w io.Writer, age time.Duration, beat bool) error {
+	if beat && age < 0 {
+		return protocol.WriteReply(w, protocol.Reply{Code: protocol.CodeUnavailable,
+			Message: "this relay cannot tell how long ago it wrote its heartbeat (its clock went back)"})
+	}
 	var b writeBuf
 	if err := protocol.WriteReply(&b, protocol.Reply{}); err != nil {
 		return err
 	}
 	ms := neverBeat
 	if beat {
-		ms = uint64(max(age.Milliseconds(), 0))
+		ms = uint64(age.Milliseconds())
 	}
 	b = append(b, statusAnswerVersion)
 	b = binary.BigEndian.AppendUint64(b, ms)
