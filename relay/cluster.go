@@ -218,6 +218,10 @@ func (r *Relay) tellAgents(ctx context.Context) {
 const (
 	// storeAskTimeout bounds the question to the peers.
 	storeAskTimeout = 3 * time.Second
+	// liftAfter is how many rounds in a row (one a heartbeat) of an
+	// isolated relay's questions must find no peer reaching the store
+	// before it accepts agents again.
+	liftAfter = 2
 	// sendAwayPerAgent and maxSendAway pace the GoAways of an isolated
 	// relay: agents are told one after another over a window that grows
 	// with their number, so that the other relays do not take them all
@@ -247,7 +251,8 @@ func (r *Relay) watchStore(ctx context.Context) {
 	}
 	tick := time.NewTicker(r.cfg.ClusterHeartbeat)
 	defer tick.Stop()
-	kept := false // this outage's "keeps its agents" was logged
+	kept := false  // this outage's "keeps its agents" was logged
+	unreached := 0 // rounds in a row, while isolated, that found no peer reaching the store
 	for {
 		select {
 		case <-ctx.Done():
@@ -265,32 +270,35 @@ func (r *Relay) watchStore(ctx context.Context) {
 			} else if kept {
 				r.log.Info("this relay reaches its store again", "relay_id", r.relayID)
 			}
-			kept = false
+			kept, unreached = false, 0
 			continue
 		}
-		if r.isolated.Load() {
-			// An agent admitted as the relay was deciding (its sessions
-			// not draining yet) is sent after the others.
-			r.sendAway(ctx, r.sessions.Sessions().Select("", true, nil))
-			continue
-		}
-		var peers []store.Relay
-		for _, m := range r.member.Live() {
-			if m.ID != r.relayID {
-				peers = append(peers, m)
-			}
-		}
-		actx, cancel := context.WithTimeout(ctx, storeAskTimeout)
-		answers := r.links.StoreStatus(actx, peers)
-		cancel()
+		reach, answers := r.askPeers(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		var reach *peer.StoreStatus
-		for i, a := range answers {
-			if a.Known && a.Beat && a.Age < r.member.DeadAfter()/2 && (reach == nil || a.Age < reach.Age) {
-				reach = &answers[i]
+		if r.isolated.Load() {
+			if reach != nil {
+				unreached = 0
+				// An agent admitted as the relay was deciding (its sessions
+				// not draining yet) is sent after the others.
+				r.sendAway(ctx, r.sessions.Sessions().Select("", true, nil))
+				continue
 			}
+			// No other relay reaches the store any more (the one that
+			// did died, or lost it too): nobody counts the agents that
+			// were sent away either, and refusing them here leaves
+			// their tenants with no relay at all. Twice in a row, so
+			// that one lost answer does not lift it.
+			if unreached++; unreached < liftAfter {
+				continue
+			}
+			unreached = 0
+			r.isolated.Store(false)
+			kept = true
+			r.log.Warn("no other relay says it reaches the store any more: this relay accepts agents again and keeps those it holds (the store may be down for every relay)",
+				"relay_id", r.relayID, "store_lost_for", lost.Round(time.Millisecond), "peers_asked", len(answers), "answers", storeAnswers(answers))
+			continue
 		}
 		if reach == nil {
 			if !kept {
@@ -300,6 +308,7 @@ func (r *Relay) watchStore(ctx context.Context) {
 			}
 			continue
 		}
+		kept = false
 		r.isolated.Store(true)
 		r.isolations.Add(1)
 		agents := r.sessions.Sessions().Select("", true, nil)
@@ -307,6 +316,28 @@ func (r *Relay) watchStore(ctx context.Context) {
 			"relay_id", r.relayID, "store_lost_for", lost.Round(time.Millisecond), "peer", reach.Relay, "peer_heartbeat_age", reach.Age, "agents", len(agents))
 		r.sendAway(ctx, agents)
 	}
+}
+
+// askPeers asks the relays this one last saw live whether they reach the
+// store, and returns the one that wrote its heartbeat most lately, if
+// within DeadAfter/2 (nil: none does), with every answer.
+func (r *Relay) askPeers(ctx context.Context) (*peer.StoreStatus, []peer.StoreStatus) {
+	var peers []store.Relay
+	for _, m := range r.member.Live() {
+		if m.ID != r.relayID {
+			peers = append(peers, m)
+		}
+	}
+	actx, cancel := context.WithTimeout(ctx, storeAskTimeout)
+	answers := r.links.StoreStatus(actx, peers)
+	cancel()
+	var reach *peer.StoreStatus
+	for i, a := range answers {
+		if a.Known && a.Beat && a.Age < r.member.DeadAfter()/2 && (reach == nil || a.Age < reach.Age) {
+			reach = &answers[i]
+		}
+	}
+	return reach, answers
 }
 
 // sendAway tells the agents of conns (one session each, none draining:

@@ -156,6 +156,54 @@ func TestClusterStoreDownKeepsAgents(t *testing.T) {
 	conn.Close()
 }
 
+// TestClusterIsolationEndsWhenStoreDownForAll: relay 2 alone loses its
+// store and isolates itself (relay 1 reaches it); then relay 1 loses it
+// too. Nobody counts the agents relay 2 sent away any more, and refusing
+// them leaves their tenants with no relay: relay 2 keeps asking while it
+// is isolated, finds that no relay reaches the store any more, and
+// accepts agents again (its isolation gauge back to 0) while its own
+// store is still gone. It used to stay isolated until its own heartbeat
+// was written again, for the whole outage.
+func TestClusterIsolationEndsWhenStoreDownForAll(t *testing.T) {
+	var proxies []*pausableProxy
+	ops := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // relay 2's metrics listener
+	c := startClusterWith(t, 2, clusterOpts{dsn: func(pg *pgtest.Server, i int) string {
+		p := newPausableProxy(t, pg.Addr())
+		proxies = append(proxies, p)
+		return pg.DSNFor(p.addr)
+	}, extraFor: func(i int) []string {
+		if i == 1 {
+			return []string{"--metrics-listen", ops}
+		}
+		return nil
+	}})
+	r2 := c.relays[1]
+	// Relay 1 lists relay 2 once relay 2 has written its heartbeat (and,
+	// in it, read relay 1's).
+	c.relays[0].waitOutput(`"relays":2`, 20*time.Second)
+	proxies[1].pause()
+	r2.waitOutput(`"msg":"this relay has lost its store while another relay reaches it`, 30*time.Second)
+	if m := scrape(t, ops); m["tether_cluster_store_isolated"] != 1 {
+		t.Fatalf("relay 2's tether_cluster_store_isolated once isolated: %v, want 1", m["tether_cluster_store_isolated"])
+	}
+	proxies[0].pause()
+	cut := time.Now()
+	r2.waitOutput(`"msg":"no other relay says it reaches the store any more: this relay accepts agents again`, 30*time.Second)
+	t.Logf("relay 2 lifted its isolation %v after relay 1 lost the store too", time.Since(cut).Round(time.Millisecond))
+	if m := scrape(t, ops); m["tether_cluster_store_isolated"] != 0 || m["tether_cluster_store_isolations_total"] != 1 {
+		t.Errorf("relay 2's tether_cluster_store_isolated %v, tether_cluster_store_isolations_total %v once no relay reaches the store; want 0, 1",
+			m["tether_cluster_store_isolated"], m["tether_cluster_store_isolations_total"])
+	}
+	if line := outputLine(r2.out.String(), "no other relay says it reaches the store any more"); !strings.Contains(line, relayID(0)+": last heartbeat") {
+		t.Errorf("relay 2's line does not give relay 1's answer: %s", line)
+	}
+
+	for _, p := range proxies {
+		p.resume()
+	}
+	r2.waitOutput(`"msg":"this relay reaches its store again"`, 30*time.Second)
+}
+
 // outputLine is the first line of out that contains s.
 func outputLine(out, s string) string {
 	for line := range strings.Lines(out) {
