@@ -210,10 +210,14 @@ func (r *Relay) tellAgents(ctx context.Context) {
 // over the relay-to-relay links, how long ago each last wrote its own
 // (peer.Links.StoreStatus). Only when one of them did within DeadAfter/2
 // does it send its agents away and refuse new ones (isolated), until its
-// own heartbeat is written again. A relay that lost the store at the same
-// time as this one last wrote at most a heartbeat (under DeadAfter/2, as
-// Config requires) before this one's last: it answers an age above
-// DeadAfter/2, and does not count as reaching the store.
+// own heartbeat is written again, or until, asked again at every
+// heartbeat, no relay reaches the store any more (the store is down for
+// all, and nobody counts the agents sent away either). An agent sent
+// away that comes back is admitted and kept (strays.go). A relay that
+// lost the store at the same time as this one last wrote at most a
+// heartbeat (under DeadAfter/2, as Config requires) before this one's
+// last: it answers an age above DeadAfter/2, and does not count as
+// reaching the store.
 
 const (
 	// storeAskTimeout bounds the question to the peers.
@@ -235,10 +239,20 @@ var errIsolated = protocol.Errorf(protocol.CodeUnavailable,
 	"this relay has lost its store, which other relays of the cluster reach: connect to another relay")
 
 // admitAgent refuses new agent sessions while the relay is isolated
-// (session.Config.Admit).
-func (r *Relay) admitAgent() error {
-	if r.isolated.Load() {
+// (session.Config.Admit), but for an agent that comes back after it was
+// sent away (strays.go).
+func (r *Relay) admitAgent(tenant, agent string) error {
+	if !r.isolated.Load() {
+		return nil
+	}
+	ok, first := r.strays.returned(store.AgentKey{Tenant: tenant, Agent: agent}, time.Now())
+	if !ok {
 		return errIsolated
+	}
+	if first {
+		r.strayKept.Add(1)
+		r.log.Warn("an agent this relay sent away came back: it could not connect to another relay, so this relay, which lost its store, admits and keeps it (the other relays do not count it)",
+			"relay_id", r.relayID, "tenant", tenant, "agent", agent)
 	}
 	return nil
 }
@@ -266,6 +280,7 @@ func (r *Relay) watchStore(ctx context.Context) {
 		lost := time.Since(last)
 		if lost <= r.member.DeadAfter() {
 			if r.isolated.Swap(false) {
+				r.strays.forget()
 				r.log.Info("this relay reaches its store again: it accepts agents again", "relay_id", r.relayID)
 			} else if kept {
 				r.log.Info("this relay reaches its store again", "relay_id", r.relayID)
@@ -295,6 +310,7 @@ func (r *Relay) watchStore(ctx context.Context) {
 			}
 			unreached = 0
 			r.isolated.Store(false)
+			r.strays.forget()
 			kept = true
 			r.log.Warn("no other relay says it reaches the store any more: this relay accepts agents again and keeps those it holds (the store may be down for every relay)",
 				"relay_id", r.relayID, "store_lost_for", lost.Round(time.Millisecond), "peers_asked", len(answers), "answers", storeAnswers(answers))
@@ -341,10 +357,11 @@ func (r *Relay) askPeers(ctx context.Context) (*peer.StoreStatus, []peer.StoreSt
 }
 
 // sendAway tells the agents of conns (one session each, none draining:
-// session.Set.Select with onePerAgent) to move to
-// another relay, one after another over a window that grows with their
-// number, until they all are told, ctx ends, or the relay reaches its
-// store again.
+// session.Set.Select with onePerAgent) to move to another relay, one
+// after another over a window that grows with their number, until they
+// all are told, ctx ends, or the relay reaches its store again; it
+// remembers them (strays), and passes over those that came back and are
+// kept.
 func (r *Relay) sendAway(ctx context.Context, conns []*session.Conn) {
 	if len(conns) == 0 {
 		return
@@ -363,6 +380,9 @@ func (r *Relay) sendAway(ctx context.Context, conns []*session.Conn) {
 		}
 		if time.Since(r.member.LastHeartbeat()) <= r.member.DeadAfter() {
 			return // the store is back
+		}
+		if !r.strays.sentAway(store.AgentKey{Tenant: c.Tenant(), Agent: c.Agent()}, time.Now()) {
+			continue // came back and is kept
 		}
 		set.GoAway(&r.bg, c.Tenant(), c.Agent(), goAwayLeaving, "relay has lost its store, which other relays reach: move to another relay", r.cfg.DrainTimeout)
 	}

@@ -49,6 +49,8 @@ var (
 		"1 while this relay has lost its store and another relay of the cluster reaches it: it has sent its agents to the other relays and refuses new ones until its store is back; else 0.", nil, nil)
 	descStoreIsolations = prometheus.NewDesc("tether_cluster_store_isolations_total",
 		"Times this relay lost its store while another relay of the cluster reached it, and sent its agents away.", nil, nil)
+	descStoreIsolatedKept = prometheus.NewDesc("tether_cluster_store_isolated_agents_kept_total",
+		"Agents this relay sent away while isolated from its store that came back (they could not connect to another relay), and that it admitted and kept.", nil, nil)
 	descAuditLost = prometheus.NewDesc("tether_audit_lost_total",
 		"Audit records never to be in the store, by kept_in: file (in the audit file only) or none (in the audit file neither).", []string{"kept_in"}, nil)
 	descAuditFileErrors = prometheus.NewDesc("tether_audit_file_errors_total",
@@ -61,7 +63,7 @@ var (
 var rttBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
 
 func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuild, descAgents, descSessions, descRTT, descStreamsActive, descTenantStreams, descTenantLimit, descFront, descHandshakes, descPeerHandshakes, descPeerLinkFailures, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue, descStoreIsolated, descStoreIsolations} {
+	for _, d := range []*prometheus.Desc{descBuild, descAgents, descSessions, descRTT, descStreamsActive, descTenantStreams, descTenantLimit, descFront, descHandshakes, descPeerHandshakes, descPeerLinkFailures, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue, descStoreIsolated, descStoreIsolations, descStoreIsolatedKept} {
 		ch <- d
 	}
 	for _, d := range []*prometheus.Desc{descAuditLost, descAuditFileErrors, descAuditUnwritten} {
@@ -153,6 +155,7 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descStoreIsolated, prometheus.GaugeValue, isolated)
 	ch <- prometheus.MustNewConstMetric(descStoreIsolations, prometheus.CounterValue, float64(r.isolations.Load()))
+	ch <- prometheus.MustNewConstMetric(descStoreIsolatedKept, prometheus.CounterValue, float64(r.strayKept.Load()))
 	ch <- prometheus.MustNewConstMetric(descAuditLost, prometheus.CounterValue, float64(r.audit.LostFiled()), "file")
 	ch <- prometheus.MustNewConstMetric(descAuditLost, prometheus.CounterValue, float64(r.audit.LostUnfiled()), "none")
 	ch <- prometheus.MustNewConstMetric(descAuditFileErrors, prometheus.CounterValue, float64(r.audit.FileErrors()))

@@ -77,6 +77,10 @@ type Relay struct {
 	// isolations counts the times it was so.
 	isolated   atomic.Bool
 	isolations atomic.Int64
+	// strays remembers the agents sent away while isolated, and admits
+	// and keeps those that come back (returned counts them).
+	strays    strays
+	strayKept atomic.Int64
 
 	feedFrom   int64                     // the change feed's newest change when New read the state
 	feedReadAt atomic.Pointer[time.Time] // when the change feed was last read, with its monotonic reading (admit)

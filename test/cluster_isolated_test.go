@@ -4,10 +4,14 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tetherhq/tether/agent"
 	"github.com/tetherhq/tether/internal/pgtest"
 )
 
@@ -202,6 +206,122 @@ func TestClusterIsolationEndsWhenStoreDownForAll(t *testing.T) {
 		p.resume()
 	}
 	r2.waitOutput(`"msg":"this relay reaches its store again"`, 30*time.Second)
+}
+
+// TestClusterIsolatedKeepsAgentThatCannotMove: relay 2's store turns
+// read-only for it alone (its role's transactions read-only, its
+// connections ended), so that it cannot write its heartbeat but reads
+// its agents' records; relay 1 writes on. Relay 2 isolates itself and
+// sends its agent away, but the agent can reach relay 2 only (relay 1
+// advertises an agent address where nothing listens): it comes back,
+// and relay 2 admits it and keeps it (one line, counted) rather than
+// refuse it with unavailable for the rest of the outage, which left its
+// tenant with no relay at all.
+func TestClusterIsolatedKeepsAgentThatCannotMove(t *testing.T) {
+	ctx := context.Background()
+	var db *pgx.Conn
+	ops := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // relay 2's metrics listener
+	c := startClusterWith(t, 2, clusterOpts{dsn: func(pg *pgtest.Server, i int) string {
+		if i == 0 {
+			return pg.DSN()
+		}
+		// Relay 1 has made the schema; relay 2 runs as a role of its own.
+		var err error
+		if db, err = pgx.Connect(ctx, pg.DSN()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close(context.Background()) })
+		for _, q := range []string{
+			`CREATE ROLE relay_two LOGIN PASSWORD 'relay-two'`,
+			`GRANT ALL ON SCHEMA public TO relay_two`,
+			`GRANT ALL ON ALL TABLES IN SCHEMA public TO relay_two`,
+			`GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO relay_two`,
+		} {
+			if _, err := db.Exec(ctx, q); err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+		}
+		u := url.URL{Scheme: "postgres", User: url.UserPassword("relay_two", "relay-two"), Host: pg.Addr(), Path: "/" + pg.Database, RawQuery: "sslmode=disable"}
+		return u.String()
+	}, extraFor: func(i int) []string {
+		if i == 0 {
+			return []string{"--advertise", fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+		}
+		return []string{"--metrics-listen", ops}
+	}})
+	c.admin(t, "tenant", "add", "acme")
+	a := c.clusterAgent(t, c.relays[1], "acme", 1, "tcp")
+	if got := a.waitHolds(t, 1, 20*time.Second); got[0] != relayID(1) {
+		t.Fatalf("the agent holds %v, want %s", got, relayID(1))
+	}
+	c.relays[0].waitOutput(`"relays":2`, 20*time.Second)
+
+	for _, q := range []string{
+		`ALTER ROLE relay_two SET default_transaction_read_only = on`,
+		`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'relay_two'`,
+	} {
+		if _, err := db.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	r2 := c.relays[1]
+	r2.waitOutput(`"msg":"this relay has lost its store while another relay reaches it`, 30*time.Second)
+	isolated := time.Now()
+	// The agent is sent away, cannot connect to relay 1, and comes back.
+	var before agent.Status
+	for {
+		st, err := a.Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := connectedRelays(st); len(got) == 1 && got[0] == relayID(1) && st.Sessions[0].Since.After(isolated) {
+			before = st
+			break
+		}
+		if time.Since(isolated) > time.Minute {
+			t.Fatalf("the agent, sent away by relay 2 and unable to reach relay 1, has no session to relay 2 a minute later: %+v; its last refusal: %s",
+				st.Sessions, lastLine(a.out.String(), "cannot connect to relay"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("the agent came back to relay 2 and was admitted %v after relay 2 isolated itself", time.Since(isolated).Round(time.Millisecond))
+	if line := outputLine(r2.out.String(), "an agent this relay sent away came back"); !strings.Contains(line, `"tenant":"acme"`) {
+		t.Errorf("relay 2 did not say it kept the agent of acme that came back: %q", line)
+	}
+	if m := scrape(t, ops); m["tether_cluster_store_isolated"] != 1 || m["tether_cluster_store_isolated_agents_kept_total"] != 1 {
+		t.Errorf("relay 2's tether_cluster_store_isolated %v, tether_cluster_store_isolated_agents_kept_total %v; want 1, 1",
+			m["tether_cluster_store_isolated"], m["tether_cluster_store_isolated_agents_kept_total"])
+	}
+	if _, err := db.Exec(ctx, `ALTER ROLE relay_two RESET default_transaction_read_only`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'relay_two'`); err != nil {
+		t.Fatal(err)
+	}
+	r2.waitOutput(`"msg":"this relay reaches its store again: it accepts agents again"`, 30*time.Second)
+	// Relay 2 asked its peers and swept its agents every heartbeat (2 s)
+	// meanwhile: the agent kept was not sent away again.
+	after, err := a.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := connectedRelays(after); len(got) != 1 || got[0] != relayID(1) || !after.Sessions[0].Since.Equal(before.Sessions[0].Since) {
+		t.Fatalf("the agent's sessions once relay 2's store is back: %+v, want the session it came back with (%+v)", after.Sessions, before.Sessions)
+	}
+	if n := r2.count("this relay has lost its store while another relay reaches it"); n != 1 {
+		t.Errorf("relay 2 isolated itself %d times, want 1", n)
+	}
+}
+
+// lastLine is the last line of out that contains s.
+func lastLine(out, s string) string {
+	last := ""
+	for line := range strings.Lines(out) {
+		if strings.Contains(line, s) {
+			last = line
+		}
+	}
+	return last
 }
 
 // outputLine is the first line of out that contains s.

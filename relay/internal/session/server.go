@@ -80,10 +80,11 @@ type Config struct {
 	// any relay of the cluster, for the tenant's limit on connected
 	// agents.
 	ClusterAgents func(ctx context.Context, tenant string) (map[string]bool, error)
-	// Admit, when set, is asked first at every agent's admission: an
-	// error refuses the agent with it (a temporary one has the agent try
+	// Admit, when set, is asked first at every agent's admission, with
+	// the tenant and agent id of its verified certificate: an error
+	// refuses the agent with it (a temporary one has the agent try
 	// another relay), before any store read.
-	Admit func() error
+	Admit func(tenant, agent string) error
 
 	// Disconnects counts ended sessions by reason (may be nil); StoreOp
 	// times store operations (may be nil).
@@ -588,7 +589,7 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 			"agent speaks protocol version %d; this relay accepts %d to %d: upgrade the agent", h.ProtocolVersion, protocol.MinVersion, protocol.Version)
 	}
 	if s.cfg.Admit != nil {
-		if err := s.cfg.Admit(); err != nil {
+		if err := s.cfg.Admit(id.Tenant, id.ID); err != nil {
 			return err
 		}
 	}
