@@ -111,7 +111,7 @@ func FuzzReadStatusAnswer(f *testing.F) {
 	for _, a := range []struct {
 		age  time.Duration
 		beat bool
-	}{{0, true}, {1500 * time.Millisecond, true}, {0, false}, {maxStatusAge, true}} {
+	}{{0, true}, {1500 * time.Millisecond, true}, {0, false}, {maxStatusAge, true}, {-time.Second, true}} {
 		var b writeBuf
 		if err := writeStatusAnswer(&b, a.age, a.beat); err != nil {
 			f.Fatal(err)
