@@ -299,95 +299,147 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// ConfigProblem is one problem with a Config: what is wrong and the
+// fields it involves, so that a caller can name where each came from.
+type ConfigProblem struct {
+	Fields []string // Config's field names, such as "AgentCertLifetime"
+	Err    error
+}
+
+func (p ConfigProblem) Error() string { return p.Err.Error() }
+func (p ConfigProblem) Unwrap() error { return p.Err }
+
+// Check reports every problem New would refuse c for, with c's defaults
+// applied (c itself is not changed).
+func (c Config) Check() []ConfigProblem {
+	c.setDefaults()
+	return c.check()
+}
+
 // validate reports every problem at once.
 func (c *Config) validate() error {
 	var errs []error
+	for _, p := range c.check() {
+		errs = append(errs, p)
+	}
+	return errors.Join(errs...)
+}
+
+// check is every problem of a Config whose defaults are set.
+func (c *Config) check() []ConfigProblem {
+	var probs []ConfigProblem
+	add := func(err error, fields ...string) {
+		probs = append(probs, ConfigProblem{Fields: fields, Err: err})
+	}
 	if c.DataDir == "" {
-		errs = append(errs, errors.New("data directory is required"))
+		add(errors.New("data directory is required"), "DataDir")
 	}
 	if c.DisableQUIC && c.DisableTCP {
-		errs = append(errs, errors.New("both agent transports are disabled"))
+		add(errors.New("both agent transports are disabled"), "DisableQUIC", "DisableTCP")
 	}
-	for name, addr := range map[string]string{"agent listen": c.AgentListen, "SOCKS listen": c.SOCKSListen, "CONNECT listen": c.ConnectListen, "CONNECT TLS listen": c.ConnectTLSListen, "metrics listen": c.MetricsListen, "debug listen": c.DebugListen, "admin listen": c.AdminListen, "download listen": c.DownloadListen, "peer listen": c.PeerListen} {
-		if addr == Off && name != "agent listen" {
+	for _, l := range []struct{ name, field, addr string }{
+		{"agent listen", "AgentListen", c.AgentListen}, {"SOCKS listen", "SOCKSListen", c.SOCKSListen},
+		{"CONNECT listen", "ConnectListen", c.ConnectListen}, {"CONNECT TLS listen", "ConnectTLSListen", c.ConnectTLSListen},
+		{"metrics listen", "MetricsListen", c.MetricsListen}, {"debug listen", "DebugListen", c.DebugListen},
+		{"admin listen", "AdminListen", c.AdminListen}, {"download listen", "DownloadListen", c.DownloadListen},
+		{"peer listen", "PeerListen", c.PeerListen},
+	} {
+		if l.addr == Off && l.name != "agent listen" {
 			continue
 		}
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			errs = append(errs, fmt.Errorf("%s address %q: %w", name, addr, err))
+		if _, _, err := net.SplitHostPort(l.addr); err != nil {
+			add(fmt.Errorf("%s address %q: %w", l.name, l.addr, err), l.field)
 		}
 	}
 	if c.DebugListen != Off && c.DebugListen != "" && !frontdoor.IsLoopback(c.DebugListen) {
 		// Profiles, goroutine stacks and /debug/tether's counts of every
 		// tenant, unauthenticated.
-		errs = append(errs, fmt.Errorf("debug listen address %q is not a loopback address (127.0.0.1, ::1 or localhost): it serves profiles and live counts without authentication; reach it from another machine through an SSH tunnel", c.DebugListen))
+		add(fmt.Errorf("debug listen address %q is not a loopback address (127.0.0.1, ::1 or localhost): it serves profiles and live counts without authentication; reach it from another machine through an SSH tunnel", c.DebugListen), "DebugListen")
 	}
-	for name, addr := range map[string]string{"advertise": c.Advertise, "advertise peer": c.AdvertisePeer} {
-		if addr == "" {
+	for _, a := range []struct{ name, field, addr string }{
+		{"advertise", "Advertise", c.Advertise}, {"advertise peer", "AdvertisePeer", c.AdvertisePeer},
+	} {
+		if a.addr == "" {
 			continue
 		}
-		if err := checkAdvertised(addr); err != nil {
-			errs = append(errs, fmt.Errorf("%s address %q: %w", name, addr, err))
+		if err := checkAdvertised(a.addr); err != nil {
+			add(fmt.Errorf("%s address %q: %w", a.name, a.addr, err), a.field)
 		}
 	}
 	if c.AdvertisePeer != "" && c.PeerListen == Off {
-		errs = append(errs, errors.New("an advertised peer address without a peer listener"))
+		add(errors.New("an advertised peer address without a peer listener"), "AdvertisePeer", "PeerListen")
 	}
 	if c.PeerListen != Off && c.AdvertisePeer == "" {
 		if host, _, err := net.SplitHostPort(c.PeerListen); err == nil && unspecifiedHost(host) {
-			errs = append(errs, fmt.Errorf("peer listen address %q binds every address: give the address peers reach it at (advertise peer)", c.PeerListen))
+			add(fmt.Errorf("peer listen address %q binds every address: give the address peers reach it at (advertise peer)", c.PeerListen), "PeerListen", "AdvertisePeer")
 		}
 	}
 	if c.ClusterDeadAfter > 0 && c.ClusterHeartbeat >= c.ClusterDeadAfter/2 {
-		errs = append(errs, fmt.Errorf("cluster heartbeat %v must be well under the time after which a relay counts as dead (%v)", c.ClusterHeartbeat, c.ClusterDeadAfter))
+		add(fmt.Errorf("cluster heartbeat %v must be well under the time after which a relay counts as dead (%v)", c.ClusterHeartbeat, c.ClusterDeadAfter), "ClusterHeartbeat", "ClusterDeadAfter")
 	}
 	if err := c.OIDC.Validate(); err != nil {
-		errs = append(errs, err)
+		add(err, "OIDC")
 	}
 	for _, f := range c.Forwards {
 		if err := f.Check(); err != nil {
-			errs = append(errs, err)
+			add(err, "Forwards")
 		}
 	}
 	if err := c.AdminSSO.Validate(); err != nil {
-		errs = append(errs, err)
+		add(err, "AdminSSO")
 	} else if len(c.AdminSSO.Issuers) > 0 && c.AdminListen == Off {
-		errs = append(errs, errors.New("single sign-on to the console needs the admin listener"))
+		add(errors.New("single sign-on to the console needs the admin listener"), "AdminSSO", "AdminListen")
 	}
 	if (c.AdminCertFile == "") != (c.AdminKeyFile == "") {
-		errs = append(errs, errors.New("admin certificate and key files go together: give both or neither"))
+		add(errors.New("admin certificate and key files go together: give both or neither"), "AdminCertFile", "AdminKeyFile")
 	}
 	if c.MaxStreamMemory < 0 || (c.MaxStreamMemory > 0 && c.MaxStreamMemory < StreamMemoryWorstCase) {
-		errs = append(errs, fmt.Errorf("max stream memory %d bytes: want at least one stream's worst case, %d bytes", c.MaxStreamMemory, StreamMemoryWorstCase))
+		add(fmt.Errorf("max stream memory %d bytes: want at least one stream's worst case, %d bytes", c.MaxStreamMemory, StreamMemoryWorstCase), "MaxStreamMemory")
 	}
 	if c.MaxHandshakes < 0 {
-		errs = append(errs, fmt.Errorf("max handshakes must be positive (got %d)", c.MaxHandshakes))
+		add(fmt.Errorf("max handshakes must be positive (got %d)", c.MaxHandshakes), "MaxHandshakes")
 	}
 	if c.MaxQUICTLSHandshakes < 0 {
-		errs = append(errs, fmt.Errorf("max QUIC handshakes must be positive (got %d)", c.MaxQUICTLSHandshakes))
+		add(fmt.Errorf("max QUIC handshakes must be positive (got %d)", c.MaxQUICTLSHandshakes), "MaxQUICTLSHandshakes")
 	}
-	for name, n := range map[string]int{
-		"max handshakes per address": c.MaxHandshakesPerAddress, "max handshakes per network": c.MaxHandshakesPerNetwork,
-		"max front-door pending per address": c.MaxFrontPendingPerAddress, "max front-door pending per network": c.MaxFrontPendingPerNetwork,
+	for _, b := range []struct {
+		name, field string
+		n           int
+	}{
+		{"max handshakes per address", "MaxHandshakesPerAddress", c.MaxHandshakesPerAddress},
+		{"max handshakes per network", "MaxHandshakesPerNetwork", c.MaxHandshakesPerNetwork},
+		{"max front-door pending per address", "MaxFrontPendingPerAddress", c.MaxFrontPendingPerAddress},
+		{"max front-door pending per network", "MaxFrontPendingPerNetwork", c.MaxFrontPendingPerNetwork},
 	} {
-		if n < 0 {
-			errs = append(errs, fmt.Errorf("%s must be positive (got %d)", name, n))
+		if b.n < 0 {
+			add(fmt.Errorf("%s must be positive (got %d)", b.name, b.n), b.field)
 		}
 	}
-	for name, d := range map[string]time.Duration{
-		"agent certificate lifetime": c.AgentCertLifetime, "heartbeat interval": c.HeartbeatInterval,
-		"stream open timeout": c.StreamOpenTimeout, "idle timeout": c.IdleTimeout,
-		"handshake timeout": c.HandshakeTimeout, "drain timeout": c.DrainTimeout, "reconnect grace": c.ReconnectGrace,
-		"change poll": c.ChangePoll, "admin session lifetime": c.AdminSessionTTL,
-		"cluster heartbeat": c.ClusterHeartbeat, "cluster dead after": c.ClusterDeadAfter, "stale after": c.StaleAfter,
+	for _, d := range []struct {
+		name, field string
+		d           time.Duration
+	}{
+		{"agent certificate lifetime", "AgentCertLifetime", c.AgentCertLifetime},
+		{"heartbeat interval", "HeartbeatInterval", c.HeartbeatInterval},
+		{"stream open timeout", "StreamOpenTimeout", c.StreamOpenTimeout},
+		{"idle timeout", "IdleTimeout", c.IdleTimeout},
+		{"handshake timeout", "HandshakeTimeout", c.HandshakeTimeout},
+		{"drain timeout", "DrainTimeout", c.DrainTimeout},
+		{"reconnect grace", "ReconnectGrace", c.ReconnectGrace},
+		{"change poll", "ChangePoll", c.ChangePoll},
+		{"admin session lifetime", "AdminSessionTTL", c.AdminSessionTTL},
+		{"cluster heartbeat", "ClusterHeartbeat", c.ClusterHeartbeat},
+		{"cluster dead after", "ClusterDeadAfter", c.ClusterDeadAfter},
+		{"stale after", "StaleAfter", c.StaleAfter},
 	} {
-		if d < 0 {
-			errs = append(errs, fmt.Errorf("%s must not be negative (got %v)", name, d))
+		if d.d < 0 {
+			add(fmt.Errorf("%s must not be negative (got %v)", d.name, d.d), d.field)
 		}
 	}
 	if c.AgentCertLifetime > 0 && c.AgentCertLifetime < 30*time.Second {
-		errs = append(errs, fmt.Errorf("agent certificate lifetime %v is shorter than 30s", c.AgentCertLifetime))
+		add(fmt.Errorf("agent certificate lifetime %v is shorter than 30s", c.AgentCertLifetime), "AgentCertLifetime")
 	}
-	return errors.Join(errs...)
+	return probs
 }
 
 // checkAdvertised checks an address given to others: host:port with a

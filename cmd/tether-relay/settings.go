@@ -436,6 +436,7 @@ func resolve(settings []*setting, flags *pflag.FlagSet, env func(string) string,
 	if fileErr != nil && !errors.As(fileErr, &probs) {
 		return o, nil, fileErr
 	}
+	bad := make(map[string]bool) // settings whose value is a problem
 	for _, s := range settings {
 		or := origin{text: s.def, where: "default"}
 		if f := flags.Lookup(s.name); f != nil && f.Changed {
@@ -448,12 +449,87 @@ func resolve(settings []*setting, flags *pflag.FlagSet, env func(string) string,
 		from[s.name] = or
 		if err := s.set(&o, or.text); err != nil {
 			probs = append(probs, problem{where: or.where, text: or.text, err: err, flag: or.flag})
+			bad[s.name] = true
 		}
 	}
+	probs = append(probs, checkTogether(settings, o, from, bad)...)
 	if len(probs) > 0 {
 		return o, from, probs
 	}
 	return o, from, nil
+}
+
+// configSettings are the settings that give each field of relay.Config
+// that relay.Config.Check may name.
+var configSettings = map[string][]string{
+	"DataDir": {"data-dir"}, "DisableQUIC": {"transports"}, "DisableTCP": {"transports"},
+	"AgentListen": {"agent-listen"}, "SOCKSListen": {"socks-listen"}, "ConnectListen": {"connect-listen"},
+	"ConnectTLSListen": {"connect-tls-listen"}, "MetricsListen": {"metrics-listen"}, "DebugListen": {"debug-listen"},
+	"AdminListen": {"admin-listen"}, "DownloadListen": {"download-listen"}, "PeerListen": {"peer-listen"},
+	"Advertise": {"advertise"}, "AdvertisePeer": {"advertise-peer"},
+	"OIDC":     {"oidc-issuer", "oidc-audience", "oidc-jwks-url", "oidc-backend-claim", "oidc-tenant-claim"},
+	"Forwards": {"forward"}, "AdminSSO": {"admin-sso"}, "AdminCertFile": {"admin-cert"}, "AdminKeyFile": {"admin-key"},
+	"MaxStreamMemory": {"max-stream-memory"}, "MaxHandshakes": {"max-handshakes"}, "MaxQUICTLSHandshakes": {"max-quic-handshakes"},
+	"MaxHandshakesPerAddress": {"max-handshakes-per-address"}, "MaxHandshakesPerNetwork": {"max-handshakes-per-network"},
+	"MaxFrontPendingPerAddress": {"max-front-pending-per-address"}, "MaxFrontPendingPerNetwork": {"max-front-pending-per-network"},
+	"AgentCertLifetime": {"agent-cert-lifetime"}, "HeartbeatInterval": {"heartbeat"}, "StreamOpenTimeout": {"stream-open-timeout"},
+	"IdleTimeout": {"idle-timeout"}, "DrainTimeout": {"drain-timeout"}, "ReconnectGrace": {"reconnect-grace"},
+	"AdminSessionTTL": {"admin-session-ttl"}, "TrustDomain": {"trust-domain"},
+}
+
+// checkTogether runs the checks relay.New makes of the whole
+// configuration (values that must go together, bounds) on o, so that
+// their problems are reported with the others, each naming the settings
+// involved and where their values came from. A problem that involves a
+// setting already reported (bad) is left out: that value was not set.
+func checkTogether(settings []*setting, o serveOptions, from map[string]origin, bad map[string]bool) problems {
+	var probs problems
+next:
+	for _, cp := range o.relay.Check() {
+		var names []string
+		for _, f := range cp.Fields {
+			for _, n := range configSettings[f] {
+				if !slices.Contains(names, n) {
+					names = append(names, n)
+				}
+			}
+		}
+		if len(names) > 1 {
+			// Of several settings (OIDC's), name those not left at
+			// their default, when there are such.
+			var given []string
+			for _, n := range names {
+				if from[n].where != "default" {
+					given = append(given, n)
+				}
+			}
+			if len(given) > 0 {
+				names = given
+			}
+		}
+		p := problem{err: cp.Err, where: "settings"}
+		var wheres []string
+		for _, n := range names {
+			if bad[n] {
+				continue next
+			}
+			or, ok := from[n]
+			if !ok {
+				continue
+			}
+			p.flag = p.flag || or.flag
+			if or.where == "default" {
+				wheres = append(wheres, fmt.Sprintf("--%s default %q", n, or.text))
+			} else {
+				wheres = append(wheres, fmt.Sprintf("%s %q", or.where, or.text))
+			}
+		}
+		if len(wheres) > 0 {
+			p.where = strings.Join(wheres, " with ")
+		}
+		probs = append(probs, p)
+	}
+	return probs
 }
 
 // problem is one invalid setting.

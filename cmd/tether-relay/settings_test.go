@@ -300,3 +300,53 @@ func TestStreamMemorySetting(t *testing.T) {
 		}
 	}
 }
+
+// The checks relay.New makes of the whole configuration run with the
+// others: their problems come together with those of single values, each
+// naming the settings involved and where their values came from, and a
+// wrong flag among them makes it a usage error (exit 2).
+func TestResolveChecksTogether(t *testing.T) {
+	settings := serveSettings()
+	file, err := parseConfig("relay.yaml", []byte("advertise_peer: relay-1.example.com:7445\n"), settings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"TETHER_DEBUG_LISTEN": ":6060"}
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	addSettingFlags(fs, settings)
+	if err := fs.Parse([]string{"--agent-cert-lifetime", "10s", "--heartbeat", "abc"}); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = resolve(settings, fs, func(k string) string { return env[k] }, file, nil)
+	var ps problems
+	if !errors.As(err, &ps) || len(ps) != 4 || ps.ExitCode() != cli.ExitUsage {
+		t.Fatalf("got %v, want 4 problems and a usage error", err)
+	}
+	for _, want := range []string{
+		`--heartbeat "abc": want a duration`,
+		`--agent-cert-lifetime "10s": agent certificate lifetime 10s is shorter than 30s`,
+		`TETHER_DEBUG_LISTEN ":6060": debug listen address ":6060" is not a loopback address`,
+		`relay.yaml:1: advertise_peer "relay-1.example.com:7445": an advertised peer address without a peer listener`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%v\nlacks %q", err, want)
+		}
+	}
+
+	// From the file and the environment alone: exit 1.
+	_, _, err = resolve(settings, pflag.NewFlagSet("serve", pflag.ContinueOnError), func(k string) string { return env[k] }, file, nil)
+	if !errors.As(err, &ps) || len(ps) != 2 || ps.ExitCode() != cli.ExitFailure {
+		t.Fatalf("got %v, want 2 problems and a failure", err)
+	}
+}
+
+// Every setting relay.Config.Check may name is one of serve's.
+func TestConfigSettingsAreSettings(t *testing.T) {
+	for field, names := range configSettings {
+		for _, n := range names {
+			if !slices.ContainsFunc(serveSettings(), func(s *setting) bool { return s.name == n }) {
+				t.Errorf("field %s: %q is no setting", field, n)
+			}
+		}
+	}
+}
