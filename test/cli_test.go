@@ -513,6 +513,38 @@ func TestLimitsPatchKeepsTheOtherLimits(t *testing.T) {
 	}
 }
 
+// TestLimitsListEveryTenant: tenant limits without a name lists every
+// tenant, from both binaries alike, one without limits as unlimited.
+func TestLimitsListEveryTenant(t *testing.T) {
+	a := startAdminRelay(t)
+	for _, n := range []string{"acme", "globex"} {
+		a.addTenant(t, n)
+	}
+	a.admin(t, "tenant", "limits", "acme", "--max-streams", "5")
+	type limits struct {
+		Tenant     string   `json:"tenant"`
+		MaxStreams int      `json:"max_streams"`
+		CIDRs      []string `json:"cidrs"`
+	}
+	want := "[{acme 5 []} {globex 0 []}]"
+	var local, remote []limits
+	if err := json.Unmarshal([]byte(a.admin(t, "tenant", "limits", "-o", "json")), &local); err != nil {
+		t.Fatal(err)
+	}
+	a.ctlJSON(t, &remote, "tenant", "limits")
+	for what, got := range map[string][]limits{"tether-relay": local, "tetherctl": remote} {
+		if fmt.Sprint(got) != want {
+			t.Errorf("%s tenant limits -o json: got %v, want %s", what, got, want)
+		}
+	}
+	for what, table := range map[string]string{"tether-relay": a.admin(t, "tenant", "limits"), "tetherctl": a.mustCtl(t, "tenant", "limits")} {
+		lines := strings.Split(strings.TrimSpace(table), "\n")
+		if len(lines) != 3 || !strings.HasPrefix(lines[2], "globex") || !strings.Contains(lines[2], "unlimited") {
+			t.Errorf("%s tenant limits:\n%s\nwant a row for acme and one for globex, unlimited", what, table)
+		}
+	}
+}
+
 // TestListingFormats: a listing in each format, from both binaries: a
 // table for people, JSON and YAML with the same fields and times in UTC.
 func TestListingFormats(t *testing.T) {

@@ -136,8 +136,9 @@ With --replace, the limits given replace all of them, and those not given
 become unlimited. 0, or an empty --cidrs, means unlimited. --bandwidth
 takes a size per second each way, such as 10MiB (10 MiB/s to the
 tenant's services and 10 MiB/s back), shared by all the tenant's
-streams through one relay. Without a NAME,
-list every tenant's limits. A running relay applies them within a second.`
+streams through one relay. Without a NAME, list every tenant's limits,
+"unlimited" (0 in JSON and YAML) where a tenant has none. A running relay
+applies them within a second.`
 
 func (f *limitFlags) add(fs *pflag.FlagSet) {
 	fs.IntVar(&f.maxAgents, "max-agents", 0, "agents enrolled and connected (0: unlimited)")
@@ -215,7 +216,7 @@ func limitsCmd(g *globals) *cobra.Command {
 					return cli.Usagef("tenant limits: name the tenant whose limits to change")
 				}
 				return g.withAdmin(cmd, func(ctx context.Context, a *admin.Admin) error {
-					ls, err := a.AllLimits(ctx)
+					ls, err := a.EveryTenantLimits(ctx)
 					if err != nil {
 						return err
 					}

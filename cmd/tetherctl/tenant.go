@@ -100,8 +100,9 @@ With --replace, the limits given replace all of them, and those not given
 become unlimited. 0, or an empty --cidrs, means unlimited. --bandwidth
 takes a size per second each way, such as 10MiB (10 MiB/s to the
 tenant's services and 10 MiB/s back), shared by all the tenant's
-streams through one relay. Without a NAME,
-list every tenant's limits. The relay applies them within a second.`
+streams through one relay. Without a NAME, list every tenant's limits,
+"unlimited" (0 in JSON and YAML) where a tenant has none. The relay
+applies them within a second.`
 
 // limitFlags are the flags of tenant limits, in both binaries.
 type limitFlags struct {
@@ -188,7 +189,8 @@ func (x *ctl) tenantLimits() *cobra.Command {
 	return cmd
 }
 
-// allLimits lists the limits of every tenant that has some.
+// allLimits lists the limits of every tenant, unlimited where it has
+// none.
 func (x *ctl) allLimits(cmd *cobra.Command) error {
 	c, err := x.client()
 	if err != nil {
@@ -202,14 +204,15 @@ func (x *ctl) allLimits(cmd *cobra.Command) error {
 	}
 	ls := []limits{}
 	for _, t := range res.Tenants {
+		var l limits // none: unlimited
 		if t.Limits != nil {
-			l := *t.Limits
-			l.Tenant = t.Name
-			if l.CIDRs == nil {
-				l.CIDRs = []string{}
-			}
-			ls = append(ls, l)
+			l = *t.Limits
 		}
+		l.Tenant = t.Name
+		if l.CIDRs == nil {
+			l.CIDRs = []string{}
+		}
+		ls = append(ls, l)
 	}
 	f, _ := cli.OutputOf(cmd)
 	return cli.Print(cmd.OutOrStdout(), f, ls, func(w io.Writer) error {

@@ -632,6 +632,29 @@ func (a *Admin) AllLimits(ctx context.Context) ([]Limits, error) {
 	return out, nil
 }
 
+// EveryTenantLimits lists the limits of every tenant the scope sees, by
+// name: all zero (unlimited) for a tenant that has none.
+func (a *Admin) EveryTenantLimits(ctx context.Context) ([]Limits, error) {
+	ts, err := a.Tenants(ctx)
+	if err != nil {
+		return nil, err
+	}
+	some, err := a.AllLimits(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Limits, 0, len(ts))
+	for _, t := range ts {
+		l := Limits{Tenant: t.Name, CIDRs: []string{}}
+		if i := slices.IndexFunc(some, func(l Limits) bool { return l.Tenant == t.Name }); i >= 0 {
+			l = some[i]
+		}
+		out = append(out, l)
+	}
+	slices.SortFunc(out, func(x, y Limits) int { return strings.Compare(x.Tenant, y.Tenant) })
+	return out, nil
+}
+
 // AuditFilter selects audit records.
 type AuditFilter = store.AuditFilter
 
