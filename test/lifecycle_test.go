@@ -162,6 +162,9 @@ func TestDemoCommandWorksAsPrinted(t *testing.T) {
 	if !strings.Contains(out, "HTTP 200: Hello from tenant \"demo\"") {
 		t.Fatalf("demo --once output lacks the answer through the tunnel:\n%s", out)
 	}
+	if strings.Contains(out, "curl ") {
+		t.Fatalf("demo --once prints curl lines for doors closed when it exits:\n%s", out)
+	}
 	// Now the long-running demo: run the curl lines it prints, as printed.
 	p := start(t, "demo", bins.relay, "demo", "--socks-listen", "127.0.0.1:0", "--connect-listen", "127.0.0.1:0")
 	p.waitOutput("Press Ctrl-C to stop.", 60*time.Second)

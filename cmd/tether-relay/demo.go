@@ -32,14 +32,17 @@ func demoCmd(g *globals) *cobra.Command {
 		Long: `Run the whole system in one process on a temporary data directory: a
 relay, an agent of tenant "demo" enrolled with a join token, and a private
 HTTP service behind the agent. It makes one request through the tunnel and
-prints curl lines that do the same; Ctrl-C stops it.`,
+prints curl lines that do the same; Ctrl-C stops it. With --once it exits
+after that request, and prints no curl lines (its doors close with it).
+A front door whose port is busy moves to a free port; the other keeps
+its own.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return demo(cmd.Context(), o, g.info.Version, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	fs := cmd.Flags()
-	fs.BoolVar(&o.once, "once", false, "exit after the first request through the tunnel")
+	fs.BoolVar(&o.once, "once", false, "exit after the demo's own request through the tunnel")
 	fs.StringVar(&o.socks, "socks-listen", "127.0.0.1:1080", "SOCKS5 front door (another port is picked if busy)")
 	fs.StringVar(&o.connect, "connect-listen", "127.0.0.1:3128", "HTTP CONNECT front door (another port is picked if busy)")
 	fs.BoolVarP(&o.verbose, "verbose", "v", false, "log what relay and agent do")
@@ -86,7 +89,7 @@ func demo(ctx context.Context, o demoOptions, version string, stdout, stderr io.
 	r, err := newDemoRelay(relay.Config{
 		DataDir: relayDir, AgentListen: "127.0.0.1:0", SOCKSListen: o.socks, ConnectListen: o.connect,
 		Logger: log.With("component", "relay"), Version: version,
-	})
+	}, stderr)
 	if err != nil {
 		return err
 	}
@@ -138,11 +141,12 @@ func demo(ctx context.Context, o demoOptions, version string, stdout, stderr io.
 	}
 	fmt.Fprintf(stdout, "Tether demo: a relay, an agent enrolled in tenant %q, and a private HTTP service %q behind it.\n\n", demoTenant, "hello")
 	fmt.Fprintf(stdout, "A request through the tunnel (backend -> SOCKS5 -> relay -> agent -> service) answered:\n  %s\n", body)
-	fmt.Fprintf(stdout, "Try it yourself:\n  curl --proxy %s http://hello.%s.tether/\n", proxyURL, demoTenant)
-	fmt.Fprintf(stdout, "  curl --proxytunnel --proxy http://%s:%s@%s http://hello.%s.tether/\n", demoTenant, apiKey, r.ConnectAddr(), demoTenant)
 	if o.once {
+		// The doors close as the demo exits: curl lines would not work.
 		return nil
 	}
+	fmt.Fprintf(stdout, "Try it yourself:\n  curl --proxy %s http://hello.%s.tether/\n", proxyURL, demoTenant)
+	fmt.Fprintf(stdout, "  curl --proxytunnel --proxy http://%s:%s@%s http://hello.%s.tether/\n", demoTenant, apiKey, r.ConnectAddr(), demoTenant)
 	fmt.Fprintf(stdout, "\nPress Ctrl-C to stop.\n")
 	<-ctx.Done()
 	return nil
@@ -166,14 +170,41 @@ func demoSetup(ctx context.Context, dir string) (token, apiKey string, err error
 	return token, apiKey, err
 }
 
-// newDemoRelay starts a relay, moving a busy front door to a free port.
-func newDemoRelay(cfg relay.Config) (*relay.Relay, error) {
+// newDemoRelay starts a relay, moving a front door whose port is busy to
+// a free port on the same host, and saying so on stderr; a door whose
+// port is free keeps it.
+func newDemoRelay(cfg relay.Config, stderr io.Writer) (*relay.Relay, error) {
 	r, err := relay.New(cfg)
-	if err != nil && errors.Is(err, syscall.EADDRINUSE) {
-		cfg.SOCKSListen, cfg.ConnectListen = "127.0.0.1:0", "127.0.0.1:0"
-		r, err = relay.New(cfg)
+	if err == nil || !errors.Is(err, syscall.EADDRINUSE) {
+		return r, err
 	}
-	return r, err
+	moved := false
+	for _, d := range []struct {
+		name string
+		addr *string
+	}{{"SOCKS5", &cfg.SOCKSListen}, {"HTTP CONNECT", &cfg.ConnectListen}} {
+		host, _, serr := net.SplitHostPort(*d.addr)
+		if serr != nil || !addrInUse(*d.addr) {
+			continue
+		}
+		fmt.Fprintf(stderr, "%s is in use: the %s door takes a free port instead\n", *d.addr, d.name)
+		*d.addr, moved = net.JoinHostPort(host, "0"), true
+	}
+	if !moved {
+		return nil, err
+	}
+	return relay.New(cfg)
+}
+
+// addrInUse reports whether a TCP listener cannot be opened on addr
+// because another holds it.
+func addrInUse(addr string) bool {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return errors.Is(err, syscall.EADDRINUSE)
+	}
+	l.Close()
+	return false
 }
 
 // demoRequest fetches the demo service through the SOCKS5 front door,
