@@ -162,3 +162,23 @@ func purgeAccount(l Layout, out io.Writer) error {
 	fmt.Fprintf(out, "removed user %s\n", l.Name)
 	return nil
 }
+
+// statusCommand is the command with which the service manager that
+// kardianos/service chose answers for the service's state.
+func statusCommand(name string) []string {
+	sys := service.ChosenSystem()
+	if sys == nil {
+		return nil
+	}
+	switch sys.String() {
+	case "linux-systemd":
+		return []string{"systemctl", "is-active", name + ".service"}
+	case "linux-upstart":
+		return []string{"initctl", "status", name}
+	case "linux-openrc":
+		return []string{"rc-service", name, "status"}
+	case "unix-systemv":
+		return []string{"service", name, "status"}
+	}
+	return nil
+}

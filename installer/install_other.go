@@ -16,3 +16,6 @@ func serviceConfig(Layout) (*service.Config, error) { return nil, ErrUnsupported
 func install(Options) error { return ErrUnsupported }
 
 func purgeAccount(Layout, io.Writer) error { return ErrUnsupported }
+
+// statusCommand is nil: the service manager's error says what is wrong.
+func statusCommand(string) []string { return nil }

@@ -144,3 +144,6 @@ func setSDDL(path, sddl string) error {
 	}
 	return nil
 }
+
+// statusCommand is nil: the service manager's error says what is wrong.
+func statusCommand(string) []string { return nil }

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"github.com/kardianos/service"
 )
@@ -138,13 +140,34 @@ func Status(l Layout) (string, error) {
 	case errors.Is(err, service.ErrNotInstalled):
 		return "not installed", nil
 	case err != nil:
-		return "", err
+		return "", managerError(err, statusCommand(l.Name))
 	case st == service.StatusRunning:
 		return "running", nil
 	case st == service.StatusStopped:
 		return "stopped", nil
 	}
 	return "unknown", nil
+}
+
+// managerError is err, a failure of the service manager's status
+// command argv, with what that command says when run again:
+// kardianos/service keeps only its exit status ("exit status 1"), which
+// does not tell a service that is not installed from a service manager
+// that cannot run (systemd not being PID 1, in a container).
+func managerError(err error, argv []string) error {
+	var exit *exec.ExitError
+	if len(argv) == 0 || !errors.As(err, &exit) {
+		return err
+	}
+	out, _ := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+	msg := strings.Join(strings.Fields(strings.ToValidUTF8(string(out), "?")), " ")
+	if len(msg) > 500 {
+		msg = msg[:500] + "…"
+	}
+	if msg == "" {
+		return fmt.Errorf("%q failed (%w) without saying why", strings.Join(argv, " "), err)
+	}
+	return fmt.Errorf("%q failed (%w): %s", strings.Join(argv, " "), err, msg)
 }
 
 // copyFile copies src to dst through a temporary file in dst's directory

@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tetherhq/tether/agent"
 	"github.com/tetherhq/tether/cmd/internal/cli"
@@ -302,5 +306,24 @@ func TestGoFlagSpellings(t *testing.T) {
 		if got := goFlagSpellings(root, tc.in); !slices.Equal(got, tc.want) {
 			t.Errorf("%q: got %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// status without --config or --addr, where the service manager cannot
+// answer (no systemd as PID 1, as in a container), says what the
+// service manager said and how to ask an agent run by hand.
+func TestStatusWithoutServiceManager(t *testing.T) {
+	err := status(t.Context(), statusOptions{timeout: time.Second}, cli.Table, io.Discard)
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) {
+		t.Skipf("the service manager answered (%v): nothing to check here", err)
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "give --config FILE or --addr HOST:PORT") || !strings.Contains(msg, "failed (exit status") {
+		t.Fatalf("got %q, want the service manager's command and message, and --config/--addr", msg)
+	}
+	said, _, _ := strings.Cut(msg, "; for an agent not run by the service manager")
+	if _, said, ok := strings.Cut(said, "): "); !ok || strings.TrimSpace(said) == "" {
+		t.Fatalf("got %q: the service manager's own message is missing", msg)
 	}
 }

@@ -67,7 +67,7 @@ func status(ctx context.Context, o statusOptions, f cli.Format, stdout io.Writer
 		l := installer.DefaultLayout()
 		svc, err := installer.Status(l)
 		if err != nil {
-			return fmt.Errorf("service %s: %w", l.Name, err)
+			return fmt.Errorf("service %s: %w; for an agent not run by the service manager, give --config FILE or --addr HOST:PORT", l.Name, err)
 		}
 		if f == cli.Table {
 			fmt.Fprintf(stdout, "service %s: %s\n", l.Name, svc)
