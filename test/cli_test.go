@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -542,6 +543,32 @@ func TestLimitsListEveryTenant(t *testing.T) {
 		if len(lines) != 3 || !strings.HasPrefix(lines[2], "globex") || !strings.Contains(lines[2], "unlimited") {
 			t.Errorf("%s tenant limits:\n%s\nwant a row for acme and one for globex, unlimited", what, table)
 		}
+	}
+}
+
+// TestSecretMessageSaysWhereItWent: backend add prints the API key on
+// stdout and a message on stderr; with stdout redirected to a file, the
+// message names the file rather than pointing "above".
+func TestSecretMessageSaysWhereItWent(t *testing.T) {
+	r := startRelay(t, relayOpts{})
+	r.addTenant(t, "acme")
+	keyFile := filepath.Join(t.TempDir(), "billing.key")
+	out, err := os.Create(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	var stderr strings.Builder
+	cmd := exec.Command(bins.relay, "backend", "add", "billing", "--allow", "acme", "--data-dir", r.dataDir)
+	cmd.Stdout, cmd.Stderr = out, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("backend add: %v\n%s", err, stderr.String())
+	}
+	if key, err := os.ReadFile(keyFile); err != nil || len(strings.TrimSpace(string(key))) == 0 {
+		t.Fatalf("the key file holds %q (%v)", key, err)
+	}
+	if want := "backend billing added; its API key (written to " + keyFile + ") is shown only once\n"; stderr.String() != want {
+		t.Errorf("stderr: got %q, want %q", stderr.String(), want)
 	}
 }
 

@@ -31,7 +31,7 @@ func backendCmd(g *globals) *cobra.Command {
 					return err
 				}
 				return printCreated(cmd, key, map[string]any{"name": args[0], "api_key": key}, func() {
-					say(cmd, "backend %s added; its API key (above) is shown only once", args[0])
+					say(cmd, "backend %s added; its API key %s is shown only once", args[0], cli.SecretWent(cmd.OutOrStdout()))
 				})
 			})
 		},

@@ -33,7 +33,7 @@ func operatorCmd(g *globals) *cobra.Command {
 					return err
 				}
 				return printCreated(cmd, tok, map[string]any{"token": tok, "info": info}, func() {
-					say(cmd, "operator token %s for %s, %s (above; shown only once), expires %s", info.ID, info.Name, scope, cli.When(info.ExpiresAt, time.Now()))
+					say(cmd, "operator token %s for %s, %s %s, shown only once, expires %s", info.ID, info.Name, scope, cli.SecretWent(cmd.OutOrStdout()), cli.When(info.ExpiresAt, time.Now()))
 				})
 			})
 		},

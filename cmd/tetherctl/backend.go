@@ -66,7 +66,7 @@ func (x *ctl) backendCmd() *cobra.Command {
 					return err
 				}
 				fmt.Fprintln(w, res.APIKey)
-				say(cmd, "backend %s added; its API key (above) is shown only once", args[0])
+				say(cmd, "backend %s added; its API key %s is shown only once", args[0], cli.SecretWent(cmd.OutOrStdout()))
 				return nil
 			})
 		},

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -354,5 +356,30 @@ func TestPrintable(t *testing.T) {
 		if got := Printable(in); got != want {
 			t.Errorf("Printable(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// A secret's message says where it went: a file by its name, a pipe as
+// standard output.
+func TestSecretWent(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "billing.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if got, want := SecretWent(f), "(written to "+f.Name()+")"; got != want {
+		t.Errorf("a file: got %q, want %q", got, want)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	if got, want := SecretWent(w), "(on standard output)"; got != want {
+		t.Errorf("a pipe: got %q, want %q", got, want)
+	}
+	if got, want := SecretWent(io.Discard), "(on standard output)"; got != want {
+		t.Errorf("a writer: got %q, want %q", got, want)
 	}
 }
