@@ -66,7 +66,7 @@ type Config struct {
 	// and unspecified addresses never are.
 	RelayNetworks []string `yaml:"relay_networks"`
 	// RelayConnections is how many connections the agent keeps, 1 to 16
-	// (default 2). When the relays send the cluster's list, each goes to
+	// (0, the default: 2). When the relays send the cluster's list, each goes to
 	// a different relay (two to one relay only while the cluster has
 	// fewer live relays than connections); otherwise they are spread
 	// over Relays round-robin, so with one relay address all go to it.
