@@ -23,7 +23,9 @@ TETHER_AGENT_LISTEN) and a key of the config file (--config FILE or
 TETHER_CONFIG; YAML, e.g. "agent_listen: :7443"); a flag wins over the
 environment, which wins over the file, which wins over the default. The
 file is strict: an unknown key is an error naming it and its line. Every
-value is checked once, and every problem reported together.
+value is checked once, and so are the settings that go together (such as
+advertise_peer and peer_listen); every problem is reported together,
+naming where its values came from.
 
 The config file is watched: when it changes, settings that can change live
 (log_level, forwards) are applied, and each changed setting that needs a
