@@ -192,7 +192,7 @@ type Config struct {
 	// front doors may make the relay hold: each is charged its worst case
 	// while it is open, a full receive window and two copy buffers (2.5
 	// MiB over TCP/yamux, 6.5 MiB over QUIC), and a stream that would
-	// pass the cap is refused with unavailable. Past half the cap, a
+	// pass the cap is refused with unavailable. Past three quarters of the cap, a
 	// tenant may hold at most a quarter of it (frontdoor's memoryBudget),
 	// so that one tenant cannot take the others' streams. The cap is what backends
 	// that never read, or agents that send and never read, can make the

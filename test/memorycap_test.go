@@ -53,9 +53,10 @@ func testStreamMemoryCap(t *testing.T, transport string, charge int64) {
 	base := relayStatsGC(t, debug).HeapInuse
 
 	// Open streams that nobody reads until the relay refuses one. acme is
-	// the only tenant: it may hold up to half the cap, and past it no
-	// more than its share, a quarter (less than what it holds then).
-	want := int((memCap/2-maxCharge)/charge) + 1
+	// the only tenant: it may hold up to three quarters of the cap, and
+	// past it no more than its share, a quarter (less than what it holds
+	// then).
+	want := int((memCap*3/4-maxCharge)/charge) + 1
 	var open []net.Conn
 	defer func() {
 		for _, c := range open {
@@ -76,7 +77,7 @@ func testStreamMemoryCap(t *testing.T, transport string, charge int64) {
 		t.Fatalf("stream %d past the tenant's share: got %v, want unavailable naming max_stream_memory 40 MiB", len(open)+1, refusal)
 	}
 	if len(open) != want {
-		t.Errorf("%d streams opened under a 40 MiB cap (one tenant: half of it), want %d at %d bytes each", len(open), want, charge)
+		t.Errorf("%d streams opened under a 40 MiB cap (one tenant: three quarters of it), want %d at %d bytes each", len(open), want, charge)
 	}
 	// The SOCKS5 door maps it like its other refusals of capacity.
 	if c, code, err := socksDial(r.socksAddr, d.Backend, d.APIKey, "flood.acme.tether", 1); err != nil || code != 3 {
@@ -116,8 +117,8 @@ func testStreamMemoryCap(t *testing.T, transport string, charge int64) {
 }
 
 // One tenant's backend holding idle streams up to what the relay lets it
-// take does not take the others' streams with it: past half the stream
-// memory cap a tenant may hold a quarter, so backend payroll's stream to
+// take does not take the others' streams with it: past three quarters of
+// the stream memory cap a tenant may hold a quarter, so backend payroll's stream to
 // tenant globex opens while billing's streams to acme hold all acme may;
 // acme's refusal names the tenant and its share, and the refusals are
 // counted in tether_stream_memory_refusals_total by tenant and reason.

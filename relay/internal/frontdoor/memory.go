@@ -48,17 +48,17 @@ func streamMemory(s transport.Stream) int64 {
 //
 // The cap is shared fairly between tenants once the relay is busy, the
 // same idea as throttle.Sources.ShareWhenBusy for sources: while at most
-// half the cap is held, any tenant's stream is charged up to the cap;
-// past half, a tenant may hold at most a quarter of the cap (its share,
-// and at least one stream's largest charge)
-// and a stream that would take it past its share is refused, even with
-// room left under the cap. One tenant whose backends hold streams open
-// (idle, or never reading) so gets at most half the cap, whatever its
-// own limits allow, and the other half stays for the others, two of
-// them at least getting a quarter each; a relay that is not busy still
-// gives one tenant all it asks up to half the cap. A quarter rather than
-// a half: with a half, a second tenant could take all that the first
-// left and a third would find nothing.
+// three quarters of the cap are held, any tenant's stream is charged up
+// to that; past it, a tenant may hold at most a quarter of the cap (its
+// share, and at least one stream's largest charge) and a stream that
+// would take it past its share is refused, even with room left under the
+// cap. One tenant alone, or one whose backends hold streams open (idle,
+// or never reading), so gets three quarters of the cap at most, and the
+// last quarter stays for the others: a tenant holding less than its
+// share may open streams until the cap itself is reached. A relay
+// serving one tenant so loses only that quarter (a busy threshold of a
+// half cost it half the cap, and refused a single tenant's burst of new
+// streams, each charged its largest until it opens, at half the cap).
 type memoryBudget struct {
 	cap int64 // 0: no cap
 
@@ -122,8 +122,8 @@ func (c *streamCharge) settle(s transport.Stream) {
 func (c *streamCharge) release() { c.once.Do(func() { c.b.release(c.tenant, c.n) }) }
 
 // reserve charges n bytes to tenant, or refuses with unavailable when
-// the cap would be passed, or when more than half the cap would be held
-// and tenant would hold more than its share.
+// the cap would be passed, or when more than three quarters of the cap
+// would be held and tenant would hold more than its share.
 func (b *memoryBudget) reserve(tenant string, n int64) error {
 	if b.cap <= 0 {
 		return nil
@@ -136,7 +136,7 @@ func (b *memoryBudget) reserve(tenant string, n int64) error {
 			"the relay is at its stream memory cap (max_stream_memory %d MiB, %d MiB held for open streams at their worst case): try again later or through another relay",
 			b.cap>>20, b.used>>20)}
 	}
-	if 2*used > b.cap && held > b.share() {
+	if 4*used > 3*b.cap && held > b.share() {
 		return &memoryRefusal{reason: memoryReasonShare, err: protocol.Errorf(protocol.CodeUnavailable,
 			"tenant %q holds %d MiB of the relay's stream memory, its share while the relay is busy (a quarter of max_stream_memory %d MiB, of which %d MiB is held for open streams at their worst case): close some of the tenant's streams, try again later or through another relay",
 			tenant, b.held[tenant]>>20, b.cap>>20, b.used>>20)}

@@ -81,7 +81,7 @@ func New(disconnectReasons []string, authRefusals *prometheus.CounterVec, live .
 		}, []string{"tenant", "backend"}),
 		MemoryRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tether_stream_memory_refusals_total",
-			Help: "Stream opens refused for the relay's stream memory (max_stream_memory), by tenant, backend and reason: cap (the cap would be passed) or tenant_share (more than half the cap was held and the tenant held its share, a quarter of the cap).",
+			Help: "Stream opens refused for the relay's stream memory (max_stream_memory), by tenant, backend and reason: cap (the cap would be passed) or tenant_share (more than three quarters of the cap were held and the tenant held its share, a quarter of the cap).",
 		}, []string{"tenant", "backend", "reason"}),
 		StoreDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tether_store_duration_seconds",
