@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -215,8 +216,15 @@ func scrapeOnce(metricsURL string) map[string]float64 {
 	if _, err := io.WriteString(c, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {
 		return nil
 	}
-	raw, err := io.ReadAll(c)
-	if err != nil || !strings.HasPrefix(string(raw), "HTTP/1.1 200") {
+	// The body comes in chunks, whose boundaries may fall inside a line:
+	// read it as HTTP.
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
 		return nil
 	}
 	out := map[string]float64{}
