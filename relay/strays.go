@@ -12,10 +12,15 @@ import (
 // out to this relay's address only, a relay list it cannot use) comes
 // back: refused, its tenant would have no relay at all, where before the
 // isolation it kept its session here. So the relay remembers, for a
-// while, the agents it sent away; one that comes back within
-// strayReturn is admitted (as far as isolation goes: its admission
-// still reads its record from the store) and kept: it is not sent away
-// again until the isolation ends. The others moved, and the tenants of
+// while, the agents it sent away; one that comes back strayReturns
+// times within strayReturn is admitted (as far as isolation goes: its
+// admission still reads its record from the store) and kept: it is not
+// sent away again until the isolation ends. Not at its first return: an
+// agent that knows the relays by one address (a load balancer) may land
+// here again by chance on its way elsewhere, and is refused, to try
+// again; landing here three times in a row is unlikely for an agent
+// that can reach another relay (one in eight behind a load balancer of
+// two relays, less behind more). The others moved, and the tenants of
 // the agents that moved are reachable through every other relay, as the
 // isolation means them to be; an agent kept here is invisible to the
 // other relays as before, but it had nowhere else to be.
@@ -26,6 +31,9 @@ const (
 	// to leave passes over this relay until the GoAway's drain deadline
 	// (DrainTimeout) and a few seconds more, then retries with backoff.
 	strayReturn = 5 * time.Minute
+	// strayReturns is the return (counted since it was sent away) at
+	// which an agent is admitted: the first two are refused.
+	strayReturns = 3
 	// maxStrays bounds the agents remembered.
 	maxStrays = 100_000
 )
@@ -39,8 +47,9 @@ type strays struct {
 // stray is one agent sent away: when, and whether it came back and is
 // kept.
 type stray struct {
-	sent time.Time
-	kept bool
+	sent    time.Time
+	returns int // times it came back and was refused
+	kept    bool
 }
 
 // sentAway records that the agent was told to leave at now. It reports
@@ -70,7 +79,8 @@ func (s *strays) sentAway(k store.AgentKey, now time.Time) bool {
 
 // returned reports whether the agent may be admitted while the relay is
 // isolated: it is kept, or it was sent away within strayReturn of now
-// (it is then kept from now on, and first says so).
+// and this is its strayReturns-th return (it is then kept from now on,
+// and first says so).
 func (s *strays) returned(k store.AgentKey, now time.Time) (ok, first bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -81,6 +91,10 @@ func (s *strays) returned(k store.AgentKey, now time.Time) (ok, first bool) {
 	case e.kept:
 		return true, false
 	case now.Sub(e.sent) <= strayReturn:
+		if e.returns++; e.returns < strayReturns {
+			s.m[k] = e
+			return false, false
+		}
 		e.kept = true
 		s.m[k] = e
 		return true, true

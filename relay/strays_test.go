@@ -25,7 +25,9 @@ func TestStrays(t *testing.T) {
 		k         store.AgentKey
 		ok, first bool
 	}{
-		{"sent away, back within the window", back, true, true},
+		{"sent away, back within the window", back, false, false},
+		{"sent away, back a second time", back, false, false},
+		{"sent away, back a third time", back, true, true},
 		{"kept, back again", back, true, false},
 		{"sent away too long ago", late, false, false},
 		{"never sent away", never, false, false},
@@ -66,6 +68,8 @@ func TestStraysBounded(t *testing.T) {
 	if n := len(s.m); n != 1 {
 		t.Fatalf("%d agents remembered once the others are past the window, want 1", n)
 	}
+	s.returned(extra, later)
+	s.returned(extra, later)
 	if ok, first := s.returned(extra, later); !ok || !first {
 		t.Errorf("returned %v, %v for an agent remembered after the others went; want true, true", ok, first)
 	}
