@@ -656,9 +656,13 @@ func (u *updater) loadPending() (*pending, error) {
 	return &p, nil
 }
 
+// savePending writes p atomically and durably (writeFileAtomic syncs the
+// file and its directory): pending.json is on disk before the binary is
+// replaced, so that a power loss cannot leave the new binary without the
+// record that makes it confirm itself or roll back.
 func (u *updater) savePending(p *pending) error {
 	b, _ := json.Marshal(p)
-	return writeFileSync(filepath.Join(u.dir, pendingFile), b)
+	return writeFileAtomic(filepath.Join(u.dir, pendingFile), b)
 }
 
 func (u *updater) removePending() { os.Remove(filepath.Join(u.dir, pendingFile)) }
@@ -691,7 +695,7 @@ func (u *updater) interruptedAgain(version string) int {
 	m[version]++
 	n := m[version]
 	b, _ := json.MarshalIndent(m, "", "  ")
-	if err := writeFileSync(path, b); err != nil {
+	if err := writeFileAtomic(path, b); err != nil {
 		u.log.Error("update: cannot record the interrupted update", "version", version, "err", err)
 	}
 	return n
@@ -704,35 +708,7 @@ func (u *updater) addFailed(version, why string) {
 	}
 	m[version] = strings.TrimSpace(why)
 	b, _ := json.MarshalIndent(m, "", "  ")
-	if err := writeFileSync(filepath.Join(u.dir, failedFile), b); err != nil {
+	if err := writeFileAtomic(filepath.Join(u.dir, failedFile), b); err != nil {
 		u.log.Error("update: cannot record the failed version", "version", version, "err", err)
 	}
-}
-
-// writeFileSync replaces path atomically and durably: pending.json is on
-// disk before the binary is replaced, so that a power loss cannot leave
-// the new binary without the record that makes it confirm itself or roll
-// back.
-func writeFileSync(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	syncDir(filepath.Dir(path))
-	return nil
 }
