@@ -124,7 +124,7 @@ func (d *Dir) Backup(ctx context.Context, dest string, o BackupOptions) (BackupM
 		return BackupManifest{}, err
 	}
 	parent := filepath.Dir(dest)
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dest)+".partial-")
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dest)+partialInfix)
 	if err != nil {
 		return BackupManifest{}, fmt.Errorf("backup: %w", err)
 	}
@@ -373,6 +373,18 @@ func ReadBackupManifest(dir string) (BackupManifest, error) {
 	return m, nil
 }
 
+// partialInfix is in the name of the directory a backup is written to
+// before its rename: ".DEST.partial-RANDOM".
+const partialInfix = ".partial-"
+
+// isPartialDir reports whether dir is named as a backup's working
+// directory.
+func isPartialDir(dir string) bool {
+	base := filepath.Base(filepath.Clean(dir))
+	i := strings.LastIndex(base, partialInfix)
+	return strings.HasPrefix(base, ".") && i > 0 && i+len(partialInfix) < len(base) && !strings.ContainsAny(base[i+len(partialInfix):], ".")
+}
+
 // VerifyBackup checks that the backup dir can be restored: its manifest
 // is whole, every file it lists is there unchanged (size and SHA-256)
 // and none is missing or added, the store passes SQLite's integrity check
@@ -388,6 +400,13 @@ func VerifyBackup(ctx context.Context, dir string) (BackupManifest, error) {
 	}
 	if !fi.IsDir() {
 		return BackupManifest{}, fmt.Errorf("%s is not a directory: a backup is a directory (tether-relay backup DEST)", dir)
+	}
+	if isPartialDir(dir) {
+		// A backup killed after its manifest and before its rename leaves
+		// a whole copy here, but nothing says its last writes reached the
+		// disk, and an operator who restores from a hidden directory has
+		// picked the wrong one: only the renamed destination is a backup.
+		return BackupManifest{}, fmt.Errorf("%s is the working directory of an interrupted backup, not a backup: remove it and take the backup again", dir)
 	}
 	m, err := ReadBackupManifest(dir)
 	if errors.Is(err, fs.ErrNotExist) {

@@ -151,6 +151,39 @@ func TestBackupInterrupted(t *testing.T) {
 	}
 }
 
+// A backup killed after its manifest and before its rename leaves a
+// complete copy under its working name; verify refuses it by that name,
+// and the same files renamed by the operator verify.
+func TestBackupPartialDirRefused(t *testing.T) {
+	d, _ := open(t, t.TempDir(), Options{TrustDomain: "tether.example"})
+	parent := t.TempDir()
+	dest := filepath.Join(parent, "b")
+	if _, err := d.Backup(ctx, dest, BackupOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	partial := filepath.Join(parent, ".b.partial-123456")
+	if err := os.Rename(dest, partial); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := VerifyBackup(ctx, partial); err == nil || !strings.Contains(err.Error(), "interrupted backup") {
+		t.Fatalf("verify a complete copy under the working name: %v", err)
+	}
+	if _, err := VerifyBackup(ctx, partial+string(filepath.Separator)); err == nil {
+		t.Fatal("verify the working directory named with a trailing separator: accepted")
+	}
+	for _, name := range []string{"b", ".b", "b.partial-1", ".partial-1", ".b.partial-"} {
+		if isPartialDir(filepath.Join(parent, name)) {
+			t.Errorf("%q taken for a backup's working directory", name)
+		}
+	}
+	if err := os.Rename(partial, dest); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := VerifyBackup(ctx, dest); err != nil {
+		t.Fatalf("verify the backup renamed into place: %v", err)
+	}
+}
+
 // A data directory restored from a backup knows it until a relay marks
 // the restore handled; the same backup restored again is handled again.
 func TestRestored(t *testing.T) {
