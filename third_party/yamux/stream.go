@@ -67,6 +67,10 @@ type Stream struct {
 	// establishCh is notified if the stream is established or being closed.
 	establishCh chan struct{}
 
+	// answered is set once the remote end answered the stream's opening
+	// (Tether: see Answered).
+	answered atomic.Bool
+
 	// closeTimer is set with stateLock held to honor the StreamCloseTimeout
 	// setting on Session.
 	closeTimer *time.Timer
@@ -91,7 +95,20 @@ func newStream(session *Session, id uint32, state streamState) *Stream {
 	}
 	s.readDeadline.Store(time.Time{})
 	s.writeDeadline.Store(time.Time{})
+	if state == streamSYNReceived {
+		s.answered.Store(true) // the remote end opened it
+	}
 	return s
+}
+
+// Answered reports whether the remote end has answered the stream's
+// opening: it acknowledged, closed or reset the stream, or opened it
+// itself. Other frames of the session say nothing of this stream: frames
+// in flight when the path to the remote end was cut, or a remote end
+// that still sends on other streams over a path cut the other way, go
+// on arriving while this stream's SYN never does. (Tether's addition.)
+func (s *Stream) Answered() bool {
+	return s.answered.Load()
 }
 
 // Session returns the associated stream session
@@ -504,6 +521,9 @@ func (s *Stream) processFlags(flags uint16) error {
 		}
 	}()
 
+	if flags&(flagACK|flagFIN|flagRST) != 0 {
+		s.answered.Store(true)
+	}
 	if flags&flagACK == flagACK {
 		if s.state == streamSYNSent {
 			s.state = streamEstablished

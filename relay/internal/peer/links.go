@@ -44,10 +44,11 @@ type LinksConfig struct {
 //     milliseconds there), and a link whose dial failed is passed over
 //     for firstPause, doubling with each failure that follows up to
 //     maxPause, until a dial succeeds;
-//   - a stream waits for its link to be dialed, or for the link to
-//     answer anything at all once the stream's opening went, at most
-//     answerBound: answerMax, or a third of what is left of its budget
-//     when that is less. A link that answered nothing in that time is
+//   - a stream waits for its link to be dialed, or for the peer to
+//     acknowledge the stream's opening (frames of other streams do not
+//     count), at most answerBound: answerMax, or a third of what is
+//     left of its budget when that is less. A link that answered
+//     nothing to the opening in that time is
 //     suspect (tried after the other relays), and it is closed unless it
 //     answers a ping within probeWait: yamux would otherwise close it
 //     only when its stream open timeout (10 s) passed;
@@ -80,7 +81,7 @@ func pause(failures int) time.Duration {
 }
 
 // answerBound is how long a stream whose budget ends at ctx's deadline
-// waits, at now, for its link to be up or to answer anything: answerMax,
+// waits, at now, for its link to be up or to answer its opening: answerMax,
 // or a third of the budget left when that is less, but no less than
 // answerMin.
 func answerBound(ctx context.Context, now time.Time) time.Duration {
@@ -575,8 +576,10 @@ func (l *Links) suspect(lk *link, sess *tcp.Session, bound time.Duration) {
 		}()
 		t := time.NewTimer(probeWait)
 		var err error
+		pinging := true
 		select {
 		case err = <-pong:
+			pinging = false
 		case <-t.C:
 			err = fmt.Errorf("no answer to a ping within %v", probeWait)
 		}
@@ -595,7 +598,9 @@ func (l *Links) suspect(lk *link, sess *tcp.Session, bound time.Duration) {
 		l.log.Warn("relay-to-relay link answered nothing to a stream's opening nor to a ping; closed, to be dialed again",
 			"relay", lk.id, "addr", lk.addr, "bound", bound, "err", err)
 		sess.Abort()
-		<-pong // ends with the session
+		if pinging {
+			<-pong // ends with the session
+		}
 	}()
 }
 
@@ -636,7 +641,6 @@ func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, ear
 	if err != nil {
 		return nil, err
 	}
-	heard := sess.Reads()
 	st, err := sess.OpenStream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("relay %s: open stream: %w", c.link.id, err)
@@ -645,15 +649,19 @@ func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, ear
 		st.SetDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
-	// A link that has read nothing since the opening went, within the
-	// bound, answered nothing to it (a healthy peer acknowledges the
-	// opening within a round trip): the stream gives up on it. One that
-	// did read goes on waiting for the answer, which its agent may take
-	// long to give. The answer, when it comes, was read after heard: the
-	// watch, should it run late, then finds the link heard from.
+	// A link whose peer has not acknowledged the stream's opening within
+	// the bound answered nothing to it (a healthy peer acknowledges it
+	// within a round trip): the stream gives up on it. One that did goes
+	// on waiting for the answer, which its agent may take long to give;
+	// the answer, when it comes, follows the acknowledgement, so the
+	// watch, should it run late, then finds the stream answered. Only
+	// this stream's acknowledgement counts: frames of other streams go
+	// on arriving over a path cut the other way, or in flight at the
+	// moment of a cut.
+	answered, _ := st.(interface{ Answered() bool })
 	var silent atomic.Bool
 	watch := time.AfterFunc(bound, func() {
-		if sess.Reads() == heard {
+		if answered != nil && !answered.Answered() {
 			silent.Store(true)
 			st.SetDeadline(time.Now())
 		}

@@ -45,6 +45,9 @@ type fakeAgent struct {
 	name, tenant string
 	delay        time.Duration
 	wg           *sync.WaitGroup
+	// talk, when set, makes every stream also send a byte every talk
+	// until it ends: a stream busy carrying a service's answer.
+	talk time.Duration
 }
 
 // pipeStream is one end of a net.Pipe as a transport.Stream; CloseWrite
@@ -68,6 +71,17 @@ func (a *fakeAgent) OpenStream(ctx context.Context, _ protocol.StreamHeader, _ r
 		io.Copy(io.Discard, there)
 		there.Close()
 	})
+	if a.talk > 0 {
+		a.wg.Go(func() {
+			tick := time.NewTicker(a.talk)
+			defer tick.Stop()
+			for range tick.C {
+				if _, err := there.Write([]byte{'.'}); err != nil {
+					return
+				}
+			}
+		})
+	}
 	return pipeStream{here}, nil
 }
 
@@ -82,10 +96,18 @@ func (a *fakeAgent) Tenant() string        { return a.tenant }
 // tenant acme) after delay.
 func holder(t *testing.T, tlsPeer *trust.Peer, agent string, delay time.Duration) *Server {
 	t.Helper()
+	return holderOf(t, tlsPeer, &fakeAgent{name: agent, delay: delay})
+}
+
+// holderOf is holder with the fake agent a (its tenant and wg are set
+// here).
+func holderOf(t *testing.T, tlsPeer *trust.Peer, a *fakeAgent) *Server {
+	t.Helper()
 	var wg sync.WaitGroup
 	t.Cleanup(wg.Wait) // after the server's cleanup, registered below: it ends the streams
 	tab := route.NewTable()
-	tab.Add(&fakeAgent{name: agent, tenant: "acme", delay: delay, wg: &wg})
+	a.tenant, a.wg = "acme", &wg
+	tab.Add(a)
 	log := slog.New(slog.DiscardHandler)
 	router := route.NewRouter(route.Config{Table: tab, StreamOpenTimeout: 15 * time.Second,
 		Dir: &datadir.Dir{Path: t.TempDir()}, Logger: log, Now: time.Now})
@@ -128,9 +150,12 @@ func entry(t *testing.T, tlsPeer *trust.Peer, h *holdings, budget time.Duration)
 type cutter struct {
 	ln  net.Listener
 	cut atomic.Bool
-	mu  sync.Mutex
-	cs  []net.Conn
-	wg  sync.WaitGroup
+	// cutUp, once set, drops only the bytes toward the peer listener: a
+	// one-way partition, in which the peer's frames still arrive.
+	cutUp atomic.Bool
+	mu    sync.Mutex
+	cs    []net.Conn
+	wg    sync.WaitGroup
 }
 
 func newCutter(t *testing.T, target string) *cutter {
@@ -156,8 +181,8 @@ func newCutter(t *testing.T, target string) *cutter {
 				continue
 			}
 			x.keep(up)
-			x.wg.Go(func() { x.pipe(up, c) })
-			x.wg.Go(func() { x.pipe(c, up) })
+			x.wg.Go(func() { x.pipe(up, c, &x.cutUp) })
+			x.wg.Go(func() { x.pipe(c, up, nil) })
 		}
 	})
 	t.Cleanup(func() {
@@ -178,12 +203,13 @@ func (x *cutter) keep(c net.Conn) {
 	x.mu.Unlock()
 }
 
-// pipe copies src to dst while not cut; cut, it swallows what it reads.
-func (x *cutter) pipe(dst, src net.Conn) {
+// pipe copies src to dst while not cut (nor oneWay, when not nil); cut,
+// it swallows what it reads.
+func (x *cutter) pipe(dst, src net.Conn, oneWay *atomic.Bool) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
-		if n > 0 && !x.cut.Load() {
+		if n > 0 && !x.cut.Load() && (oneWay == nil || !oneWay.Load()) {
 			dst.Write(buf[:n])
 		}
 		if err != nil {
@@ -297,6 +323,71 @@ func TestPartitionedHolderPassedOver(t *testing.T) {
 	}
 	if lk.inDoubt() {
 		t.Error("the link is still in doubt after a stream went through it")
+	}
+}
+
+// A link cut one way (what the entry relay sends is lost, what the
+// holder sends still arrives) while the holder is busy sending on an
+// open stream: the link reads all along, but the holder never
+// acknowledges the new stream's opening, and the stream gives up on the
+// link within answerMax all the same. Before, any byte read after the
+// opening counted as the link's answer, and the stream waited for
+// yamux's stream open timeout (10 s); a frame in flight at the moment
+// of a cut did the same, now and then.
+func TestOneWayCutWhileHolderTalks(t *testing.T) {
+	tls := relayTLS(t, "relay-1", "relay-2", "relay-3")
+	r2 := holderOf(t, tls[1], &fakeAgent{name: "agent-2", talk: 20 * time.Millisecond})
+	r3 := holder(t, tls[2], "agent-3", 0)
+	cut := newCutter(t, r2.Addr().String())
+	var h holdings
+	h.set("acme",
+		store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: cut.ln.Addr().String(), Agents: 2},
+		store.Holding{RelayID: "relay-3", Epoch: 1, PeerAddr: r3.Addr().String(), Agents: 1})
+	r, l := entry(t, tls[0], &h, 15*time.Second)
+
+	busy, err := r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "db", RequestID: "busy"}, nil)
+	if err != nil || busy.Relay != "relay-2" {
+		t.Fatalf("stream before the cut: %v; want one through relay-2", err)
+	}
+	defer busy.Abandon()
+	lk := linkTo(t, l, "relay-2")
+	lk.mu.Lock()
+	sess := lk.sess
+	lk.mu.Unlock()
+	before := sess.Reads()
+
+	cut.cutUp.Store(true)
+	via, took, err := dial(r, "first")
+	t.Logf("first stream after the one-way cut: via %s in %v (%v); the link read %d times meanwhile", via, took.Round(time.Millisecond), err, sess.Reads()-before)
+	if err != nil || via != "relay-3" {
+		t.Fatalf("first stream after the cut: via %q, %v; want relay-3", via, err)
+	}
+	if took > answerMax+time.Second {
+		t.Errorf("first stream after the one-way cut took %v to reach relay-3; want the attempt on the cut link to give up within %v", took.Round(time.Millisecond), answerMax)
+	}
+	if sess.Reads() == before {
+		t.Error("the link read nothing after the cut: the holder's stream did not keep it busy, and the test shows nothing")
+	}
+
+	// The relay stops while the cut link's ping is under way: the ping
+	// fails with the session, and Close returns. Before, the probe then
+	// waited for a second answer of the ping that never came, and Close
+	// with it, for ever.
+	lk.mu.Lock()
+	probing := lk.probing
+	lk.mu.Unlock()
+	if !probing {
+		t.Fatal("the cut link is not being probed: the stop below shows nothing")
+	}
+	closed := make(chan struct{})
+	go func() {
+		l.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(probeWait + watchdog):
+		t.Fatalf("Links.Close has not returned %v after the relay stopped during a probe", probeWait+watchdog)
 	}
 }
 
