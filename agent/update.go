@@ -50,6 +50,17 @@ import (
 // restarted binary confirm itself, and restore the previous one if it
 // does not connect within the health timeout.
 //
+// A confirmed binary is then on probation: pending.json stays, marked
+// "probation", until one process of the new version has run for
+// UpdateConfig.Probation. Each start marks it running and each clean stop
+// clears the mark, so a start that finds the mark set follows a stop
+// without a clean exit (a crash, a kill, a power loss); the
+// maxUncleanStops-th such stop since the binary took over brings the
+// previous binary back and records the version as failed, as a failed
+// trial does. A trial proves a binary connects once; this catches one
+// that crashes minutes later, or at every start, which the service
+// manager would otherwise restart for ever.
+//
 // Files, in <state_dir>/update/: pending.json (an update between apply and
 // confirmation), failed.json (versions never to try again),
 // interrupted.json (updates the agent stopped in before a verdict, by
@@ -63,6 +74,9 @@ const (
 	pendingFile     = "pending.json"
 	failedFile      = "failed.json"
 	interruptedFile = "interrupted.json"
+	// maxUncleanStops is how many stops without a clean exit a new
+	// binary on probation may have before the previous one comes back.
+	maxUncleanStops = 3
 	// maxInterruptedTrials is how many times the agent may stop during an
 	// update to one version, before the trial's verdict, until the
 	// version is recorded as failed: a binary whose trial brings the
@@ -92,11 +106,16 @@ type pending struct {
 	ID       string `json:"id"`
 	From     string `json:"from"`
 	To       string `json:"to"`
-	State    string `json:"state"` // "trial", "applied", "rolled_back"
+	State    string `json:"state"` // "trial", "applied", "probation", "rolled_back"
 	Binary   string `json:"binary"`
 	Previous string `json:"previous"`
 	Reason   string `json:"reason,omitempty"`
 	Message  string `json:"message,omitempty"`
+	// Running is set while a process of version To runs (from its start
+	// to its clean stop): found set at a start, the last process of To
+	// stopped without a clean exit, counted in Unclean.
+	Running bool `json:"running,omitempty"`
+	Unclean int  `json:"unclean,omitempty"`
 }
 
 type offerOn struct {
@@ -204,11 +223,20 @@ func (u *updater) run(ctx context.Context) {
 		u.log.Error("self-update disabled: cannot create its directory", "dir", u.dir, "err", err)
 		return
 	}
-	u.confirm(ctx)
+	var probation <-chan time.Time
+	if u.confirm(ctx) {
+		t := time.NewTimer(u.a.cfg.Update.Probation)
+		defer t.Stop()
+		probation = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
+			u.stoppedCleanly()
 			return
+		case <-probation:
+			probation = nil
+			u.endProbation()
 		case o := <-u.offers:
 			u.handle(ctx, o.s, o.m)
 		}
@@ -275,10 +303,13 @@ func (u *updater) target() release.Target {
 
 // handle takes one offer from verification to restart or rollback.
 func (u *updater) handle(ctx context.Context, s *session, o *protocol.UpdateOffer) {
-	if p, _ := u.loadPending(); p != nil {
+	if p, _ := u.loadPending(); p != nil && (p.State != "probation" || p.To != u.a.cfg.Version) {
 		u.refuse(ctx, s, o, &release.Refusal{Reason: release.ReasonBusy, Message: "an earlier update is still pending"})
 		return
 	}
+	// A version on probation (this one) does not hold a newer release
+	// back: the offer, if taken, replaces pending.json, and this binary,
+	// which runs now, becomes the previous one to come back to.
 	// 1. The signed manifest, before anything is downloaded.
 	m, key, err := u.trustedKeys().Verify(o.Manifest, o.ManifestSignature)
 	if err == nil {
@@ -556,19 +587,29 @@ var rename = os.Rename
 
 // confirm finishes an update the previous process left pending: this
 // process is the new version (confirm it once connected, or restore the
-// previous binary after the health timeout), or the previous one after a
-// rollback (report it).
-func (u *updater) confirm(ctx context.Context) {
+// previous binary after the health timeout; count a stop without a clean
+// exit while on probation), or the previous one after a rollback (report
+// it). It reports whether this process runs a new version on probation.
+func (u *updater) confirm(ctx context.Context) bool {
 	p, err := u.loadPending()
 	if err != nil {
 		u.log.Warn("update: unreadable pending update; ignoring it", "err", err)
 		u.removePending()
-		return
+		return false
 	}
 	if p == nil {
-		return
+		return false
 	}
 	if p.To != u.a.cfg.Version {
+		if p.State == "probation" {
+			// The new version took over and confirmed itself, and another
+			// binary was put in its place since (by hand): nothing to
+			// settle, nothing to hold against the version.
+			u.log.Warn("update: the version on probation no longer runs; another binary was put in its place; the update is over",
+				"version", p.To, "running", u.a.cfg.Version)
+			u.removePending()
+			return false
+		}
 		// The previous binary runs: the new one was rolled back, or never
 		// took over.
 		why := p.Message
@@ -583,11 +624,11 @@ func (u *updater) confirm(ctx context.Context) {
 					"version", p.To, "times", n)
 				u.removePending()
 				if !u.waitConnected(ctx, 0) {
-					return
+					return false
 				}
 				u.report(ctx, nil, &protocol.UpdateStatus{ID: p.ID, Version: p.To, From: p.From, State: protocol.UpdateRefused, Reason: release.ReasonBusy,
 					Message: "the agent stopped during the update before the trial of the new binary ended; the release is tried again when offered"})
-				return
+				return false
 			}
 			why = fmt.Sprintf("the agent stopped %d times during the update to %s before the trial of the new binary ended", n, p.To)
 		}
@@ -597,28 +638,104 @@ func (u *updater) confirm(ctx context.Context) {
 		u.addFailed(p.To, why)
 		u.removePending()
 		if !u.waitConnected(ctx, 0) {
-			return
+			return false
 		}
 		u.report(ctx, nil, &protocol.UpdateStatus{ID: p.ID, Version: p.To, From: p.From, State: protocol.UpdateRolledBack, Reason: release.ReasonUnhealthy, Message: why})
-		return
+		return false
+	}
+	// This process is the new version.
+	if p.Running {
+		p.Unclean++
+		if p.Unclean >= maxUncleanStops {
+			u.uncleanRollback(p)
+			return false
+		}
+		u.log.Warn("update: the last run of the new version stopped without a clean exit (a crash, or it was killed)",
+			"version", p.To, "unclean_stops", p.Unclean, "previous_back_at", maxUncleanStops, "probation", u.a.cfg.Update.Probation)
+	}
+	p.Running = true
+	if err := u.savePending(p); err != nil {
+		u.log.Error("update: cannot record the new version's start; its crashes go uncounted", "version", p.To, "err", err)
+	}
+	if p.State == "probation" {
+		// Confirmed before (reported succeeded then).
+		u.onProbation(p)
+		return true
 	}
 	if u.waitConnected(ctx, u.a.cfg.Update.HealthTimeout) {
-		u.removePending()
+		p.State = "probation"
+		if err := u.savePending(p); err != nil {
+			u.log.Error("update: cannot record the new version's confirmation", "version", p.To, "err", err)
+		}
+		u.onProbation(p)
 		u.report(ctx, nil, &protocol.UpdateStatus{ID: p.ID, Version: p.To, From: p.From, State: protocol.UpdateSucceeded})
-		return
+		return true
 	}
 	if ctx.Err() != nil {
-		return // stopped before the verdict: the next start decides
+		return false // stopped before the verdict: the next start decides (run clears Running)
 	}
 	why := fmt.Sprintf("version %s did not connect to a relay within %v of starting", p.To, u.a.cfg.Update.HealthTimeout)
 	u.log.Error("update: the new binary is unhealthy; restoring the previous one", "version", p.To, "previous", p.Previous)
 	if err := u.restorePrevious(p); err != nil {
 		u.log.Error("update: cannot restore the previous binary", "err", err)
-		return
+		return false
 	}
-	p.State, p.Reason, p.Message = "rolled_back", release.ReasonUnhealthy, why
+	p.State, p.Reason, p.Message, p.Running = "rolled_back", release.ReasonUnhealthy, why, false
 	u.savePending(p)
 	u.restart(&RestartError{Path: u.exe, Why: "run version " + p.From + " again"})
+	return false
+}
+
+func (u *updater) onProbation(p *pending) {
+	u.log.Info("update: the new version is on probation: it must run this long from a start before the update is final",
+		"version", p.To, "probation", u.a.cfg.Update.Probation, "unclean_stops", p.Unclean, "previous_back_at", maxUncleanStops)
+}
+
+// uncleanRollback brings the previous binary back after the new version,
+// on probation, stopped without a clean exit maxUncleanStops times; the
+// previous binary, restarted into, records the version as failed and
+// reports the rollback.
+func (u *updater) uncleanRollback(p *pending) {
+	why := fmt.Sprintf("version %s stopped without a clean exit (a crash, or it was killed) %d times since it took over, each within %v of starting", p.To, p.Unclean, u.a.cfg.Update.Probation)
+	u.log.Error("update: the new binary keeps stopping without a clean exit; restoring the previous one", "version", p.To, "previous", p.Previous, "unclean_stops", p.Unclean)
+	if err := u.restorePrevious(p); err != nil {
+		// Keep this version running rather than none; the next unclean
+		// stop tries again.
+		u.log.Error("update: cannot restore the previous binary; the new version keeps running", "err", err)
+		p.Running = true
+		u.savePending(p)
+		return
+	}
+	p.State, p.Reason, p.Message, p.Running = "rolled_back", release.ReasonUnhealthy, why, false
+	if err := u.savePending(p); err != nil {
+		u.log.Error("update: cannot record the rollback", "version", p.To, "err", err)
+	}
+	u.restart(&RestartError{Path: u.exe, Why: "run version " + p.From + " again"})
+}
+
+// stoppedCleanly clears the running mark of this version's pending update,
+// if any, as the agent stops cleanly: the next start is not counted as
+// following a crash.
+func (u *updater) stoppedCleanly() {
+	p, err := u.loadPending()
+	if err != nil || p == nil || p.To != u.a.cfg.Version || !p.Running {
+		return
+	}
+	p.Running = false
+	if err := u.savePending(p); err != nil {
+		u.log.Error("update: cannot record the clean stop of the new version; the next start counts as following a crash", "version", p.To, "err", err)
+	}
+}
+
+// endProbation makes the update final once this process of the new
+// version has run for the probation period.
+func (u *updater) endProbation() {
+	p, err := u.loadPending()
+	if err != nil || p == nil || p.To != u.a.cfg.Version || p.State != "probation" {
+		return
+	}
+	u.removePending()
+	u.log.Info("update: the new version ran through its probation; the update is final", "version", p.To, "probation", u.a.cfg.Update.Probation, "unclean_stops", p.Unclean)
 }
 
 // waitConnected waits for the first Welcome (d 0: no limit but ctx).

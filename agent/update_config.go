@@ -35,6 +35,12 @@ type UpdateConfig struct {
 	// HealthTimeout is how long a new binary has to connect to a relay
 	// before the previous binary is restored. Default 2m.
 	HealthTimeout time.Duration `yaml:"health_timeout"`
+	// Probation is how long a new binary must run, from each of its
+	// starts, before its update is final: until then, a binary that
+	// stopped without a clean exit (a crash, a kill) maxUncleanStops
+	// times since it took over is replaced by the previous one, and its
+	// version recorded as failed. Default 10m.
+	Probation time.Duration `yaml:"probation"`
 	// Restart is how the agent starts its new binary: auto (default),
 	// exec or exit.
 	Restart string `yaml:"restart"`
@@ -50,6 +56,9 @@ func (u *UpdateConfig) setDefaults() {
 	if u.HealthTimeout == 0 {
 		u.HealthTimeout = 2 * time.Minute
 	}
+	if u.Probation == 0 {
+		u.Probation = 10 * time.Minute
+	}
 	if u.Restart == "" {
 		u.Restart = RestartAuto
 	}
@@ -63,8 +72,8 @@ func (u *UpdateConfig) validate() error {
 	if u.Channel != "" && !validWord(u.Channel) {
 		errs = append(errs, fmt.Errorf("update.channel %q: want lower-case letters, digits and hyphens", u.Channel))
 	}
-	if u.DownloadTimeout < 0 || u.HealthTimeout < 0 {
-		errs = append(errs, errors.New("update.download_timeout and update.health_timeout must not be negative"))
+	if u.DownloadTimeout < 0 || u.HealthTimeout < 0 || u.Probation < 0 {
+		errs = append(errs, errors.New("update.download_timeout, update.health_timeout and update.probation must not be negative"))
 	}
 	switch u.Restart {
 	case "", RestartAuto, RestartExec, RestartExit:

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -171,5 +172,118 @@ func TestUpdateInterruptedBeforeVerdict(t *testing.T) {
 		} else if !failed {
 			t.Fatalf("%d stops before the trial's verdict: 2.0.0 not recorded as failed", i)
 		}
+	}
+}
+
+// TestUpdateProbation: a new binary that confirmed itself is on probation.
+// A clean stop is not counted; each start after a stop without a clean
+// exit is, and the maxUncleanStops-th brings the previous binary back and
+// restarts into it, which records the version as failed. One process that
+// runs through the probation makes the update final.
+func TestUpdateProbation(t *testing.T) {
+	u, p := trialUpdater(t, "new binary")
+	u.a.cfg.Version = "2.0.0" // this process is the new version
+	u.a.cfg.Update.Probation = time.Hour
+	p.State = "applied"
+	if err := u.savePending(p); err != nil {
+		t.Fatal(err)
+	}
+	u.connected = make(chan struct{})
+	close(u.connected)
+	var restarts []*RestartError
+	u.restart = func(e *RestartError) { restarts = append(restarts, e) }
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond) // bounds the report, which finds no relay
+	defer cancel()
+	state := func(when string) *pending {
+		t.Helper()
+		got, err := u.loadPending()
+		if err != nil || got == nil {
+			t.Fatalf("%s: pending update %+v, %v", when, got, err)
+		}
+		return got
+	}
+
+	if !u.confirm(ctx) {
+		t.Fatal("the first start of the new version is not on probation")
+	}
+	if got := state("first start"); got.State != "probation" || !got.Running || got.Unclean != 0 {
+		t.Fatalf("after the first start: %+v; want on probation, running, no unclean stop", got)
+	}
+	u.stoppedCleanly()
+	if got := state("clean stop"); got.Running {
+		t.Fatalf("after a clean stop: %+v; want not running", got)
+	}
+	if !u.confirm(ctx) || state("start after a clean stop").Unclean != 0 {
+		t.Fatalf("the start after a clean stop: %+v; want on probation, no unclean stop counted", state("start"))
+	}
+	// The process ends without stoppedCleanly: a crash.
+	for i := 1; i < maxUncleanStops; i++ {
+		if !u.confirm(ctx) {
+			t.Fatalf("start after unclean stop %d: not on probation", i)
+		}
+		if got := state("unclean stop"); got.Unclean != i || !got.Running || got.State != "probation" {
+			t.Fatalf("after unclean stop %d: %+v", i, got)
+		}
+		if b, _ := os.ReadFile(u.exe); string(b) != "new binary" || len(restarts) != 0 {
+			t.Fatalf("after unclean stop %d: binary %q, restarts %v; want the new binary still", i, b, restarts)
+		}
+	}
+	if u.confirm(ctx) {
+		t.Fatalf("start after unclean stop %d: still on probation", maxUncleanStops)
+	}
+	got := state("rollback")
+	if got.State != "rolled_back" || got.Reason != release.ReasonUnhealthy || !strings.Contains(got.Message, "stopped without a clean exit") || got.Running {
+		t.Fatalf("after %d unclean stops: %+v; want rolled back for stops without a clean exit", maxUncleanStops, got)
+	}
+	if len(restarts) != 1 || !strings.Contains(restarts[0].Why, "1.0.0") {
+		t.Fatalf("restarts %+v; want one, into 1.0.0", restarts)
+	}
+	// The previous binary starts, and settles the rollback.
+	u.a.cfg.Version = "1.0.0"
+	stopped, stop := context.WithCancel(context.Background())
+	stop()
+	u.confirm(stopped)
+	if !checkRestored(t, u) {
+		t.Fatalf("2.0.0 not recorded as failed: %v", u.failed())
+	}
+}
+
+// TestUpdateProbationEnds: a process of the new version that runs through
+// its probation makes the update final: nothing pending, the binary kept,
+// and a stop after it is no longer counted.
+func TestUpdateProbationEnds(t *testing.T) {
+	u, p := trialUpdater(t, "new binary")
+	u.a.cfg.Version = "2.0.0"
+	u.a.cfg.Update.Probation = 50 * time.Millisecond
+	p.State, p.Running, p.Unclean = "probation", true, maxUncleanStops-2
+	if err := u.savePending(p); err != nil {
+		t.Fatal(err)
+	}
+	u.restart = func(e *RestartError) { t.Errorf("restart %+v", e) }
+	u.offers = make(chan offerOn)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		u.run(ctx)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := u.loadPending()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still pending 10 s into a probation of 50 ms: %+v", got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if b, _ := os.ReadFile(u.exe); string(b) != "new binary" {
+		t.Fatalf("binary after the probation: %q", b)
 	}
 }

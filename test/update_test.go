@@ -264,6 +264,81 @@ func TestSelfUpdate(t *testing.T) {
 	echoLine("end")
 }
 
+// TestSelfUpdateCrashLoopRolledBack: a new binary that passes its trial
+// and confirms itself, then stops without a clean exit (killed here, as a
+// crash ends it) at every start, is replaced by the previous binary at
+// its third such stop within its probation: the version is recorded as
+// failed and reported rolled_back, and the previous version serves. A
+// clean stop in between is not counted. Before, nothing watched the binary
+// once it had confirmed itself: the service manager restarted it for ever.
+func TestSelfUpdateCrashLoopRolledBack(t *testing.T) {
+	v1 := agentOfVersion(t, "1.0.0")
+	v2 := agentOfVersion(t, "2.0.0")
+	e := newUpdateEnv(t)
+	r := e.relay
+	stateDir, id := enroll(t, r.agentAddr, r.token(t, "acme"))
+	a := runAgent(t, stateDir, id, r.agentAddr, agentOpts{bin: v1, extra: e.updateYAML(", health_timeout: 30s")})
+	e.publish(t, v2, "2.0.0")
+	r.admin(t, "release", "rollout", "2.0.0", "--agents", id)
+	if reason, msg := e.waitState(t, id, "2.0.0", 90*time.Second, "succeeded", "rolled_back", "refused", "failed"); reason != "" {
+		t.Fatalf("update to 2.0.0: %s %s", reason, msg)
+	}
+	const onProbation = "update: the new version is on probation"
+	waitCount(t, a.proc, onProbation, 1, 20*time.Second)
+	pendingOf := func() map[string]any {
+		t.Helper()
+		var p map[string]any
+		raw, err := os.ReadFile(filepath.Join(stateDir, "update", "pending.json"))
+		if err != nil || json.Unmarshal(raw, &p) != nil {
+			t.Fatalf("pending.json on probation: %s, %v", raw, err)
+		}
+		return p
+	}
+	if p := pendingOf(); p["state"] != "probation" || p["running"] != true {
+		t.Fatalf("pending.json after the update: %v; want on probation, running", p)
+	}
+
+	// A clean stop: not counted.
+	if err := a.stop(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if p := pendingOf(); p["running"] == true {
+		t.Fatalf("pending.json after a clean stop: %v; want not running", p)
+	}
+	a.restart()
+	waitCount(t, a.proc, onProbation, 2, 20*time.Second)
+	if p := pendingOf(); p["unclean"] != nil {
+		t.Fatalf("pending.json after a clean stop and a start: %v; want no unclean stop", p)
+	}
+
+	// Stops without a clean exit.
+	for i := 1; i <= 3; i++ {
+		a.kill()
+		a.restart()
+		if i < 3 {
+			waitCount(t, a.proc, onProbation, 2+i, 20*time.Second)
+			if p := pendingOf(); p["unclean"] != float64(i) {
+				t.Fatalf("pending.json after unclean stop %d: %v", i, p)
+			}
+			if got := binVersion(t, v1); got != "2.0.0" {
+				t.Fatalf("binary after unclean stop %d: %s, want 2.0.0 still", i, got)
+			}
+		}
+	}
+	reason, msg := e.waitState(t, id, "2.0.0", 60*time.Second, "rolled_back")
+	if reason != "unhealthy" || !strings.Contains(msg, "stopped without a clean exit") {
+		t.Fatalf("rollback of 2.0.0: reason %q message %q", reason, msg)
+	}
+	if got := binVersion(t, v1); got != "1.0.0" {
+		t.Fatalf("agent binary after the rollback: %s, want 1.0.0", got)
+	}
+	failed, err := os.ReadFile(filepath.Join(stateDir, "update", "failed.json"))
+	if err != nil || !bytes.Contains(failed, []byte(`"2.0.0"`)) {
+		t.Fatalf("failed.json: %s, %v", failed, err)
+	}
+	r.waitOutput(`"agent_version":"1.0.0"`, 10*time.Second)
+}
+
 // TestSelfUpdateRefusals: each hostile or unusable release is refused with
 // a clear reason, and the running binary is never touched.
 func TestSelfUpdateRefusals(t *testing.T) {
