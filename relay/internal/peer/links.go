@@ -67,6 +67,7 @@ const (
 	maxPause           = 30 * time.Second
 	answerMax          = 3 * time.Second
 	answerMin          = 250 * time.Millisecond
+	quietWait          = 250 * time.Millisecond
 	probeWait          = 2 * time.Second
 )
 
@@ -569,6 +570,7 @@ func (l *Links) suspect(lk *link, sess *tcp.Session, bound time.Duration) {
 	l.mu.Unlock()
 	go func() {
 		defer l.probes.Done()
+		reads := sess.Reads()
 		pong := make(chan error, 1)
 		go func() {
 			_, err := sess.Ping()
@@ -581,6 +583,11 @@ func (l *Links) suspect(lk *link, sess *tcp.Session, bound time.Duration) {
 		case err = <-pong:
 			pinging = false
 		case <-t.C:
+			if sess.Reads() != reads {
+				// No pong yet, but the link reads: the pong waits behind
+				// other streams' data on a busy link. Kept.
+				break
+			}
 			err = fmt.Errorf("no answer to a ping within %v", probeWait)
 		}
 		t.Stop()
@@ -591,7 +598,10 @@ func (l *Links) suspect(lk *link, sess *tcp.Session, bound time.Duration) {
 		}
 		lk.mu.Unlock()
 		if err == nil {
-			l.log.Info("relay-to-relay link answered a ping after a stream's opening went unanswered; kept", "relay", lk.id, "addr", lk.addr, "bound", bound)
+			l.log.Info("relay-to-relay link answered a ping, or went on reading, after a stream's opening went unanswered; kept", "relay", lk.id, "addr", lk.addr, "bound", bound)
+			if pinging {
+				<-pong // the ping ends with its answer or the session
+			}
 			return
 		}
 		lk.failed.closed.Add(1)
@@ -650,23 +660,36 @@ func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, ear
 	}
 	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
 	// A link whose peer has not acknowledged the stream's opening within
-	// the bound answered nothing to it (a healthy peer acknowledges it
-	// within a round trip): the stream gives up on it. One that did goes
-	// on waiting for the answer, which its agent may take long to give;
-	// the answer, when it comes, follows the acknowledgement, so the
-	// watch, should it run late, then finds the stream answered. Only
-	// this stream's acknowledgement counts: frames of other streams go
-	// on arriving over a path cut the other way, or in flight at the
-	// moment of a cut.
+	// the bound, and that has read nothing for quietWait since, answered
+	// nothing to it (a healthy peer acknowledges it within a round trip):
+	// the stream gives up on it. One whose peer acknowledged it goes on
+	// waiting for the answer, which its agent may take long to give; the
+	// answer, when it comes, follows the acknowledgement, so the watch,
+	// should it run late, then finds the stream answered. A link still
+	// reading when the acknowledgement is late is busy, not cut: the
+	// acknowledgement waits behind other streams' data (a link full of
+	// downloads), and the stream waits for it, looking again every
+	// quietWait. Frames in flight at the moment of a cut stop arriving
+	// within a round trip, so they keep no stream waiting.
 	answered, _ := st.(interface{ Answered() bool })
-	var silent atomic.Bool
-	watch := time.AfterFunc(bound, func() {
-		if answered != nil && !answered.Answered() {
-			silent.Store(true)
-			st.SetDeadline(time.Now())
+	var silent, done atomic.Bool
+	var lastReads atomic.Uint64
+	var look func()
+	look = func() {
+		if done.Load() || answered == nil || answered.Answered() {
+			return
 		}
-	})
+		if r := sess.Reads(); r != lastReads.Swap(r) {
+			time.AfterFunc(quietWait, look) // still reading: busy
+			return
+		}
+		silent.Store(true)
+		st.SetDeadline(time.Now())
+	}
+	lastReads.Store(sess.Reads())
+	watch := time.AfterFunc(bound, look)
 	rep, agent, err := c.ask(st, hdr, early)
+	done.Store(true)
 	watch.Stop()
 	stop()
 	if err != nil && silent.Load() && ctx.Err() == nil {
