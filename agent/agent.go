@@ -232,7 +232,7 @@ func (a *Agent) ID() (agentID, tenant string) { return a.state.AgentID, a.state.
 // When a relay refuses the agent's identity for good (revoked, unknown to
 // it, certificate expired: finalRefusal), or the certificate has expired
 // before Run starts, Run logs what to do and returns a *RefusedError.
-func (a *Agent) Run(ctx context.Context) error {
+func (a *Agent) Run(ctx context.Context) (err error) {
 	if err := a.certExpired(); err != nil {
 		e := a.refusedError(err)
 		a.log.Error("this agent's certificate has expired: not starting", "code", e.Err.Code.String(), "err", e, "exit_status", ExitRefused)
@@ -263,6 +263,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("self-update: %w", err)
 	}
 	a.upd = upd
+	upd.begin()
+	if e := a.restartErr.Load(); e != nil {
+		// begin brought the previous binary back: start it.
+		return e
+	}
+	defer func() {
+		// A stop or restart asked for, or a relay's final refusal, is a
+		// clean stop; an error return is not, and counts at the next
+		// start of a new version as a crash does (begin).
+		if a.cfg.UpdateTrial == "" && (err == nil || errors.As(err, new(*RestartError)) || errors.As(err, new(*RefusedError))) {
+			upd.stoppedCleanly()
+		}
+	}()
 	var wg sync.WaitGroup
 	// A trial of a new binary runs with the running agent's own config,
 	// whose agent still holds these listeners' addresses: it opens

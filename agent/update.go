@@ -232,7 +232,6 @@ func (u *updater) run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			u.stoppedCleanly()
 			return
 		case <-probation:
 			probation = nil
@@ -303,13 +302,18 @@ func (u *updater) target() release.Target {
 
 // handle takes one offer from verification to restart or rollback.
 func (u *updater) handle(ctx context.Context, s *session, o *protocol.UpdateOffer) {
-	if p, _ := u.loadPending(); p != nil && (p.State != "probation" || p.To != u.a.cfg.Version) {
-		u.refuse(ctx, s, o, &release.Refusal{Reason: release.ReasonBusy, Message: "an earlier update is still pending"})
+	if p, _ := u.loadPending(); p != nil {
+		// One update at a time, its probation included: taking another
+		// would make this binary the previous one and lose the one this
+		// version's probation would bring back. Busy is not final: the
+		// relay offers the release again.
+		msg := "an earlier update is still pending"
+		if p.State == "probation" {
+			msg = fmt.Sprintf("version %s is on probation (update.probation: %v from its start); the release is taken once it ends", p.To, u.a.cfg.Update.Probation)
+		}
+		u.refuse(ctx, s, o, &release.Refusal{Reason: release.ReasonBusy, Message: msg})
 		return
 	}
-	// A version on probation (this one) does not hold a newer release
-	// back: the offer, if taken, replaces pending.json, and this binary,
-	// which runs now, becomes the previous one to come back to.
 	// 1. The signed manifest, before anything is downloaded.
 	m, key, err := u.trustedKeys().Verify(o.Manifest, o.ManifestSignature)
 	if err == nil {
@@ -643,19 +647,11 @@ func (u *updater) confirm(ctx context.Context) bool {
 		u.report(ctx, nil, &protocol.UpdateStatus{ID: p.ID, Version: p.To, From: p.From, State: protocol.UpdateRolledBack, Reason: release.ReasonUnhealthy, Message: why})
 		return false
 	}
-	// This process is the new version.
-	if p.Running {
-		p.Unclean++
-		if p.Unclean >= maxUncleanStops {
-			u.uncleanRollback(p)
-			return false
-		}
-		u.log.Warn("update: the last run of the new version stopped without a clean exit (a crash, or it was killed)",
-			"version", p.To, "unclean_stops", p.Unclean, "previous_back_at", maxUncleanStops, "probation", u.a.cfg.Update.Probation)
-	}
-	p.Running = true
-	if err := u.savePending(p); err != nil {
-		u.log.Error("update: cannot record the new version's start; its crashes go uncounted", "version", p.To, "err", err)
+	// This process is the new version (begin counted its start).
+	switch p.State {
+	case "applied", "probation":
+	default:
+		return false // rolled back at this start (begin): the previous binary reports it
 	}
 	if p.State == "probation" {
 		// Confirmed before (reported succeeded then).
@@ -691,6 +687,37 @@ func (u *updater) onProbation(p *pending) {
 		"version", p.To, "probation", u.a.cfg.Update.Probation, "unclean_stops", p.Unclean, "previous_back_at", maxUncleanStops)
 }
 
+// begin runs as the agent starts, before anything that may fail: when
+// this process is a new version being confirmed or on probation, it
+// counts the last run's stop without a clean exit (its running mark still
+// set), brings the previous binary back at the maxUncleanStops-th (the
+// restart it asks for stops the agent), and marks this run. A start that
+// fails after it (an exit with an error) leaves the mark set and counts
+// at the next start, as a crash does; only a stop or restart asked for,
+// and a relay's final refusal, clear it (finish).
+func (u *updater) begin() {
+	if u.a.cfg.UpdateTrial != "" {
+		return
+	}
+	p, err := u.loadPending()
+	if err != nil || p == nil || p.To != u.a.cfg.Version || (p.State != "applied" && p.State != "probation") {
+		return // confirm reports or settles it
+	}
+	if p.Running {
+		p.Unclean++
+		if p.Unclean >= maxUncleanStops {
+			u.uncleanRollback(p)
+			return
+		}
+		u.log.Warn("update: the last run of the new version stopped without a clean exit (a crash, an error at start, or it was killed)",
+			"version", p.To, "unclean_stops", p.Unclean, "previous_back_at", maxUncleanStops, "probation", u.a.cfg.Update.Probation)
+	}
+	p.Running = true
+	if err := u.savePending(p); err != nil {
+		u.log.Error("update: cannot record the new version's start; its crashes go uncounted", "version", p.To, "err", err)
+	}
+}
+
 // uncleanRollback brings the previous binary back after the new version,
 // on probation, stopped without a clean exit maxUncleanStops times; the
 // previous binary, restarted into, records the version as failed and
@@ -714,8 +741,9 @@ func (u *updater) uncleanRollback(p *pending) {
 }
 
 // stoppedCleanly clears the running mark of this version's pending update,
-// if any, as the agent stops cleanly: the next start is not counted as
-// following a crash.
+// if any, as the agent stops as asked (Run returns nil, a restart, or a
+// relay's final refusal): the next start is not counted as following a
+// crash.
 func (u *updater) stoppedCleanly() {
 	p, err := u.loadPending()
 	if err != nil || p == nil || p.To != u.a.cfg.Version || !p.Running {

@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -11,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/release"
 )
 
@@ -194,6 +197,10 @@ func TestUpdateProbation(t *testing.T) {
 	u.restart = func(e *RestartError) { restarts = append(restarts, e) }
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond) // bounds the report, which finds no relay
 	defer cancel()
+	start := func() bool { // a start of the agent: begin, then confirm
+		u.begin()
+		return u.confirm(ctx)
+	}
 	state := func(when string) *pending {
 		t.Helper()
 		got, err := u.loadPending()
@@ -203,7 +210,7 @@ func TestUpdateProbation(t *testing.T) {
 		return got
 	}
 
-	if !u.confirm(ctx) {
+	if !start() {
 		t.Fatal("the first start of the new version is not on probation")
 	}
 	if got := state("first start"); got.State != "probation" || !got.Running || got.Unclean != 0 {
@@ -213,12 +220,12 @@ func TestUpdateProbation(t *testing.T) {
 	if got := state("clean stop"); got.Running {
 		t.Fatalf("after a clean stop: %+v; want not running", got)
 	}
-	if !u.confirm(ctx) || state("start after a clean stop").Unclean != 0 {
+	if !start() || state("start after a clean stop").Unclean != 0 {
 		t.Fatalf("the start after a clean stop: %+v; want on probation, no unclean stop counted", state("start"))
 	}
 	// The process ends without stoppedCleanly: a crash.
 	for i := 1; i < maxUncleanStops; i++ {
-		if !u.confirm(ctx) {
+		if !start() {
 			t.Fatalf("start after unclean stop %d: not on probation", i)
 		}
 		if got := state("unclean stop"); got.Unclean != i || !got.Running || got.State != "probation" {
@@ -228,7 +235,7 @@ func TestUpdateProbation(t *testing.T) {
 			t.Fatalf("after unclean stop %d: binary %q, restarts %v; want the new binary still", i, b, restarts)
 		}
 	}
-	if u.confirm(ctx) {
+	if start() {
 		t.Fatalf("start after unclean stop %d: still on probation", maxUncleanStops)
 	}
 	got := state("rollback")
@@ -261,6 +268,7 @@ func TestUpdateProbationEnds(t *testing.T) {
 	}
 	u.restart = func(e *RestartError) { t.Errorf("restart %+v", e) }
 	u.offers = make(chan offerOn)
+	u.begin()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -285,5 +293,86 @@ func TestUpdateProbationEnds(t *testing.T) {
 	<-done
 	if b, _ := os.ReadFile(u.exe); string(b) != "new binary" {
 		t.Fatalf("binary after the probation: %q", b)
+	}
+}
+
+// TestUpdateRefusedOnProbation: an offer while the version runs on
+// probation is refused as busy (not final: offered again), saying why,
+// and the probation record stays as it was.
+func TestUpdateRefusedOnProbation(t *testing.T) {
+	u, p := trialUpdater(t, "new binary")
+	u.a.cfg.Version = "2.0.0"
+	u.a.cfg.Update.Probation = time.Hour
+	p.State, p.Running, p.Unclean = "probation", true, 1
+	if err := u.savePending(p); err != nil {
+		t.Fatal(err)
+	}
+	var logged bytes.Buffer
+	u.log = slog.New(slog.NewJSONHandler(&logged, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // no relay: the report would wait for one
+	u.handle(ctx, nil, &protocol.UpdateOffer{ID: "offer-2", Version: "3.0.0"})
+	if !strings.Contains(logged.String(), `"reason":"busy"`) || !strings.Contains(logged.String(), "version 2.0.0 is on probation") {
+		t.Fatalf("offer during the probation: logged %s; want refused busy, saying 2.0.0 is on probation", logged.String())
+	}
+	if got, err := u.loadPending(); err != nil || got == nil || *got != *p {
+		t.Fatalf("pending after the refused offer: %+v, %v; want %+v", got, err, p)
+	}
+}
+
+// TestUpdateStartFailureCounted: a new version on probation whose every
+// start fails with an error (here its status listener's address is
+// taken) is counted as stopping without a clean exit, and the fourth
+// start brings the previous binary back and asks to restart into it.
+// Before, the mark was set only once the updater's goroutine ran, after
+// the listeners: such starts were never counted.
+func TestUpdateStartFailureCounted(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	root := newTestRoot(t, "tether.internal", "root")
+	exe := filepath.Join(t.TempDir(), "tether-agent")
+	if err := os.WriteFile(exe, []byte("new binary"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(exe+previousSuffix, []byte("previous binary"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := enrolledWith(t, Config{Services: map[string]Service{}, Logger: slog.New(slog.DiscardHandler), Version: "2.0.0",
+		Relays: []string{"127.0.0.1:1"}, StatusListen: busy.Addr().String(), Executable: exe, NoFileWatch: true}, root, root)
+	u := &updater{dir: filepath.Join(a.cfg.StateDir, updateDirName)}
+	if err := os.MkdirAll(u.dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.savePending(&pending{ID: "o", From: "1.0.0", To: "2.0.0", State: "probation", Binary: exe, Previous: exe + previousSuffix}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= maxUncleanStops; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := a.Run(ctx)
+		cancel()
+		var re *RestartError
+		if errors.As(err, &re) {
+			t.Fatalf("start %d: restart %+v; want the start to fail", i, re)
+		}
+		p, _ := u.loadPending()
+		if p == nil || p.Unclean != i-1 || !p.Running {
+			t.Fatalf("after failed start %d: pending %+v; want %d unclean stops counted and the mark set", i, p, i-1)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = a.Run(ctx)
+	var re *RestartError
+	if !errors.As(err, &re) || !strings.Contains(re.Why, "1.0.0") {
+		t.Fatalf("start %d: %v; want a restart into 1.0.0", maxUncleanStops+1, err)
+	}
+	if b, _ := os.ReadFile(exe); string(b) != "previous binary" {
+		t.Fatalf("binary after %d failed starts: %q; want the previous one back", maxUncleanStops, b)
+	}
+	if p, _ := u.loadPending(); p == nil || p.State != "rolled_back" || !strings.Contains(p.Message, "without a clean exit") {
+		t.Fatalf("pending after the rollback: %+v", p)
 	}
 }

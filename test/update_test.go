@@ -193,7 +193,7 @@ func TestSelfUpdate(t *testing.T) {
 	_ = other
 	stateDir, id := enroll(t, r.agentAddr, r.token(t, "acme"))
 	status := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	a := runAgent(t, stateDir, id, r.agentAddr, agentOpts{bin: v1, extra: e.updateYAML(", health_timeout: 30s") +
+	a := runAgent(t, stateDir, id, r.agentAddr, agentOpts{bin: v1, extra: e.updateYAML(", health_timeout: 30s, probation: 1s") +
 		fmt.Sprintf("status_listen: %q\ndebug_listen: %q\n", status, fmt.Sprintf("127.0.0.1:%d", freePort(t)))})
 	dialer := r.backend(t, "billing", "acme")
 	conn := waitDial(t, dialer, "echo.acme.tether:1", 20*time.Second)
@@ -235,7 +235,10 @@ func TestSelfUpdate(t *testing.T) {
 		t.Fatalf("agent without keys: refused with %q, want no_keys", reason)
 	}
 
-	// A v3 that exits at once is rolled back; v2 keeps running.
+	// A v3 that exits at once is rolled back; v2 keeps running. (Offered
+	// once 2.0.0's probation, 1 s here, is over: during it the agent
+	// refuses offers as busy.)
+	a.waitOutput("ran through its probation", 20*time.Second)
 	broken := filepath.Join(t.TempDir(), "broken")
 	if err := os.WriteFile(broken, []byte("#!/bin/sh\necho broken agent >&2\nexit 3\n"), 0o755); err != nil {
 		t.Fatal(err)

@@ -54,6 +54,11 @@ const (
 	// session of the agent (on this relay or another of the cluster) may
 	// offer it again: agents answer an offer at once.
 	offerLost = 30 * time.Second
+	// busyRetry is how long after an agent refused an offer as busy
+	// (another update of its own under way, its new version's probation
+	// included) the release is offered again on the same session: busy
+	// is not final, and the session may last for days.
+	busyRetry = time.Minute
 	// connectGap spaces the offer rounds that agents connecting wake: a
 	// reconnect storm brings them back by the thousand.
 	connectGap = time.Second
@@ -345,8 +350,8 @@ func (u *Rollouts) offerAll(ctx context.Context) error {
 		ofs.mu.Lock()
 		already := ofs.offer != nil && ofs.offer.version == ro.Version
 		ofs.mu.Unlock()
-		if already {
-			continue // offered on this session already
+		if already && !(has && s.Rollout == ro.ID && s.State == protocol.UpdateRefused && s.Reason == release.ReasonBusy && u.cfg.Now().Sub(s.UpdatedAt) >= busyRetry) {
+			continue // offered on this session already (and not refused as busy a while ago)
 		}
 		channel := hello.UpdateChannel
 		if channel == "" {

@@ -209,3 +209,48 @@ func TestRolloutBatchCountsStaleAgents(t *testing.T) {
 		t.Fatalf("batch 1 with one agent downloading: the agent whose offer went stale was offered %d times, want 0", n)
 	}
 }
+
+// An agent that refused an offer as busy (an update of its own under way,
+// its probation included) is offered the release again on the same
+// session once busyRetry has passed, not before; before, only its next
+// session was, which may be days away.
+func TestRolloutOffersAgainAfterBusy(t *testing.T) {
+	ctx := context.Background()
+	a := &fakeAgent{id: "a1"}
+	u, dir := newTestRollouts(t, []Agent{a})
+	rid := publish(t, dir.Store, "2.0.0", store.Rollout{})
+	round := func() int64 {
+		t.Helper()
+		if err := u.offerAll(ctx); err != nil {
+			t.Fatal(err)
+		}
+		u.sends.Wait()
+		return a.offers.Load()
+	}
+	if n := round(); n != 1 {
+		t.Fatalf("offers: %d, want 1", n)
+	}
+	busy := func(at time.Time) {
+		t.Helper()
+		if err := dir.Store.SetAgentUpdate(ctx, store.AgentUpdate{Agent: "a1", Tenant: "acme", Version: "2.0.0", Rollout: rid,
+			State: protocol.UpdateRefused, Reason: release.ReasonBusy, UpdatedAt: at}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	busy(time.Now())
+	if n := round(); n != 1 {
+		t.Fatalf("offers right after a busy refusal: %d, want still 1", n)
+	}
+	busy(time.Now().Add(-busyRetry - time.Second))
+	if n := round(); n != 2 {
+		t.Fatalf("offers %v after a busy refusal: %d, want 2", busyRetry, n)
+	}
+	// Another refusal is final: not offered again.
+	if err := dir.Store.SetAgentUpdate(ctx, store.AgentUpdate{Agent: "a1", Tenant: "acme", Version: "2.0.0", Rollout: rid,
+		State: protocol.UpdateRefused, Reason: release.ReasonNoKeys, UpdatedAt: time.Now().Add(-time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if n := round(); n != 2 {
+		t.Fatalf("offers after a final refusal: %d, want still 2", n)
+	}
+}
