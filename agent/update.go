@@ -668,7 +668,7 @@ func (u *updater) confirm(ctx context.Context) bool {
 		return true
 	}
 	if ctx.Err() != nil {
-		return false // stopped before the verdict: the next start decides (run clears Running)
+		return false // stopped before the verdict: the next start decides (Run clears the mark)
 	}
 	why := fmt.Sprintf("version %s did not connect to a relay within %v of starting", p.To, u.a.cfg.Update.HealthTimeout)
 	u.log.Error("update: the new binary is unhealthy; restoring the previous one", "version", p.To, "previous", p.Previous)
@@ -694,7 +694,7 @@ func (u *updater) onProbation(p *pending) {
 // restart it asks for stops the agent), and marks this run. A start that
 // fails after it (an exit with an error) leaves the mark set and counts
 // at the next start, as a crash does; only a stop or restart asked for,
-// and a relay's final refusal, clear it (finish).
+// and a relay's final refusal, clear it (stoppedCleanly, from Run).
 func (u *updater) begin() {
 	if u.a.cfg.UpdateTrial != "" {
 		return
@@ -723,7 +723,7 @@ func (u *updater) begin() {
 // previous binary, restarted into, records the version as failed and
 // reports the rollback.
 func (u *updater) uncleanRollback(p *pending) {
-	why := fmt.Sprintf("version %s stopped without a clean exit (a crash, or it was killed) %d times since it took over, each within %v of starting", p.To, p.Unclean, u.a.cfg.Update.Probation)
+	why := fmt.Sprintf("version %s stopped without a clean exit (a crash, an error at start, or it was killed) %d times since it took over, each within %v of starting", p.To, p.Unclean, u.a.cfg.Update.Probation)
 	u.log.Error("update: the new binary keeps stopping without a clean exit; restoring the previous one", "version", p.To, "previous", p.Previous, "unclean_stops", p.Unclean)
 	if err := u.restorePrevious(p); err != nil {
 		// Keep this version running rather than none; the next unclean
