@@ -187,11 +187,29 @@ func fakeAgent(t *testing.T, ctx context.Context, r *Relay) <-chan net.Conn {
 	if err := protocol.WriteMessage(ctl, &protocol.Hello{ProtocolVersion: protocol.Version, AgentVersion: "test", OS: "linux", Arch: "amd64", BootID: "b1"}); err != nil {
 		t.Fatal(err)
 	}
-	if m, err := protocol.ReadMessage(bufio.NewReader(ctl)); err != nil || m.Type() != protocol.TypeWelcome {
+	br := bufio.NewReader(ctl)
+	if m, err := protocol.ReadMessage(br); err != nil || m.Type() != protocol.TypeWelcome {
 		t.Fatalf("fake agent's hello: %#v, %v; want a welcome", m, err)
 	}
 	streams := make(chan net.Conn, 16)
 	var wg sync.WaitGroup
+	// It answers the relay's pings, as an agent does: a session whose
+	// pings go unanswered for 2 s while a stream is open stalls, and
+	// takes no new stream (the test's next one then waited, on a loaded
+	// machine, for the stream-open timeout).
+	wg.Go(func() {
+		for {
+			m, err := protocol.ReadMessage(br)
+			if err != nil {
+				return
+			}
+			if p, ok := m.(*protocol.Ping); ok {
+				if protocol.WriteMessage(ctl, &protocol.Pong{Seq: p.Seq}) != nil {
+					return
+				}
+			}
+		}
+	})
 	wg.Go(func() {
 		for {
 			s, err := mux.AcceptStream()
