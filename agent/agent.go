@@ -68,7 +68,10 @@ type Agent struct {
 	// to renewNow (earlyRenewalAllowed, session.go).
 	renewAskedAt atomic.Int64
 
-	upd        *updater                     // self-update (update.go)
+	upd *updater // self-update (update.go)
+	// updState is upd for the status, which may be asked for from
+	// other goroutines before Run sets upd.
+	updState   atomic.Pointer[updater]
 	restartErr atomic.Pointer[RestartError] // set when Run stops to restart
 	refused    atomic.Pointer[RefusedError] // set when Run stops after a final refusal (refused.go)
 	rep        *reporter                    // bytes, dial failures and change notices for reports (report.go)
@@ -263,6 +266,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("self-update: %w", err)
 	}
 	a.upd = upd
+	a.updState.Store(upd)
 	upd.begin()
 	if e := a.restartErr.Load(); e != nil {
 		// begin brought the previous binary back: start it.

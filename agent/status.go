@@ -46,6 +46,9 @@ type Status struct {
 	// StreamsOverLimit counts the streams the relays opened beyond the
 	// agent's limit per connection (10 000), which it refused.
 	StreamsOverLimit uint64 `json:"streams_over_limit,omitempty"`
+	// Update is a self-update under way: a new version being tried,
+	// confirmed, or on probation (see UpdateState). Absent otherwise.
+	Update *UpdateState `json:"update,omitempty"`
 }
 
 // Connection slot states.
@@ -145,6 +148,9 @@ func (a *Agent) Status() Status {
 	st.ConfigError = clipText(a.ConfigError()) // the whole message: the status is the tenant's
 	if why := a.rootRefused.Load(); why != nil {
 		st.CARootRefused = *why
+	}
+	if u := a.updState.Load(); u != nil {
+		st.Update = u.state()
 	}
 	if a.alog != nil {
 		st.AccessLog, st.AccessLogWarning = a.alog.Path(), a.alog.Warning()

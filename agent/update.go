@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"aead.dev/minisign"
@@ -150,6 +151,8 @@ type updater struct {
 	connected     chan struct{} // closed at the first Welcome
 
 	restart func(*RestartError) // stops Run with a restart
+
+	probationEnds atomic.Pointer[time.Time] // when this run's probation ends (status)
 }
 
 func newUpdater(a *Agent, restart func(*RestartError)) (*updater, error) {
@@ -228,6 +231,8 @@ func (u *updater) run(ctx context.Context) {
 		t := time.NewTimer(u.a.cfg.Update.Probation)
 		defer t.Stop()
 		probation = t.C
+		ends := time.Now().Add(u.a.cfg.Update.Probation)
+		u.probationEnds.Store(&ends)
 	}
 	for {
 		select {
@@ -755,6 +760,38 @@ func (u *updater) stoppedCleanly() {
 	}
 }
 
+// UpdateState is a self-update of the agent under way, as
+// update/pending.json records it, for the status: the new version being
+// tried, confirmed, or on probation.
+type UpdateState struct {
+	Version string `json:"version"`
+	From    string `json:"from"`
+	// State is trial (the new binary is being tried), applied (it is
+	// being confirmed) or probation.
+	State string `json:"state"`
+	// UncleanStops counts the new version's stops without a clean exit
+	// since it took over; the previous binary comes back at
+	// UncleanStopsMax.
+	UncleanStops    int `json:"unclean_stops"`
+	UncleanStopsMax int `json:"unclean_stops_max"`
+	// ProbationEnds is when this run's probation ends (zero before it
+	// started).
+	ProbationEnds time.Time `json:"probation_ends,omitzero"`
+}
+
+// state reports the update under way, or nil.
+func (u *updater) state() *UpdateState {
+	p, err := u.loadPending()
+	if err != nil || p == nil || (p.State != "trial" && p.State != "applied" && p.State != "probation") {
+		return nil
+	}
+	st := &UpdateState{Version: p.To, From: p.From, State: p.State, UncleanStops: p.Unclean, UncleanStopsMax: maxUncleanStops}
+	if ends := u.probationEnds.Load(); ends != nil && p.State == "probation" && p.To == u.a.cfg.Version {
+		st.ProbationEnds = ends.UTC()
+	}
+	return st
+}
+
 // endProbation makes the update final once this process of the new
 // version has run for the probation period.
 func (u *updater) endProbation() {
@@ -763,6 +800,7 @@ func (u *updater) endProbation() {
 		return
 	}
 	u.removePending()
+	u.probationEnds.Store(nil)
 	u.log.Info("update: the new version ran through its probation; the update is final", "version", p.To, "probation", u.a.cfg.Update.Probation, "unclean_stops", p.Unclean)
 }
 

@@ -216,6 +216,9 @@ func TestUpdateProbation(t *testing.T) {
 	if got := state("first start"); got.State != "probation" || !got.Running || got.Unclean != 0 {
 		t.Fatalf("after the first start: %+v; want on probation, running, no unclean stop", got)
 	}
+	if st := u.state(); st == nil || *st != (UpdateState{Version: "2.0.0", From: "1.0.0", State: "probation", UncleanStopsMax: maxUncleanStops}) {
+		t.Fatalf("the status's update after the first start: %+v", st)
+	}
 	u.stoppedCleanly()
 	if got := state("clean stop"); got.Running {
 		t.Fatalf("after a clean stop: %+v; want not running", got)
@@ -230,6 +233,9 @@ func TestUpdateProbation(t *testing.T) {
 		}
 		if got := state("unclean stop"); got.Unclean != i || !got.Running || got.State != "probation" {
 			t.Fatalf("after unclean stop %d: %+v", i, got)
+		}
+		if st := u.state(); st == nil || st.UncleanStops != i {
+			t.Fatalf("the status's update after unclean stop %d: %+v", i, st)
 		}
 		if b, _ := os.ReadFile(u.exe); string(b) != "new binary" || len(restarts) != 0 {
 			t.Fatalf("after unclean stop %d: binary %q, restarts %v; want the new binary still", i, b, restarts)
@@ -246,6 +252,9 @@ func TestUpdateProbation(t *testing.T) {
 		t.Fatalf("restarts %+v; want one, into 1.0.0", restarts)
 	}
 	// The previous binary starts, and settles the rollback.
+	if st := u.state(); st != nil {
+		t.Fatalf("the status's update after the rollback: %+v; want none", st)
+	}
 	u.a.cfg.Version = "1.0.0"
 	stopped, stop := context.WithCancel(context.Background())
 	stop()

@@ -140,6 +140,24 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 	if st.ConfigError != "" {
 		fmt.Fprintf(tw, "config error\t%s (the previous config stays in force)\n", esc(st.ConfigError))
 	}
+	if u := st.Update; u != nil {
+		line := fmt.Sprintf("%s (from %s) %s", esc(u.Version), esc(u.From), esc(u.State))
+		switch u.State {
+		case "trial":
+			line = fmt.Sprintf("trying %s (from %s)", esc(u.Version), esc(u.From))
+		case "applied":
+			line = fmt.Sprintf("%s (from %s) applied, confirming itself", esc(u.Version), esc(u.From))
+		case "probation":
+			line = fmt.Sprintf("%s (from %s) on probation", esc(u.Version), esc(u.From))
+			if !u.ProbationEnds.IsZero() {
+				line += fmt.Sprintf(" until %s (in %s)", u.ProbationEnds.UTC().Format(time.RFC3339), u.ProbationEnds.Sub(now).Round(time.Second))
+			}
+		}
+		if u.UncleanStops > 0 {
+			line += fmt.Sprintf("; %d stops without a clean exit, the previous version comes back at %d", u.UncleanStops, u.UncleanStopsMax)
+		}
+		fmt.Fprintf(tw, "update\t%s\n", line)
+	}
 	if st.AccessLog != "" {
 		fmt.Fprintf(tw, "access log\t%s\n", esc(st.AccessLog))
 	}
