@@ -173,6 +173,25 @@ func (e *updateEnv) waitState(t *testing.T, agent, version string, d time.Durati
 	return "", ""
 }
 
+// checkRolledBack waits for agent's rollback of version (reason
+// unhealthy, a message containing why), then checks that the binary at
+// bin is version running again and that failed.json, in the agent's
+// stateDir, names version.
+func (e *updateEnv) checkRolledBack(t *testing.T, agent, stateDir, version, why, bin, running string) {
+	t.Helper()
+	reason, msg := e.waitState(t, agent, version, 60*time.Second, "rolled_back")
+	if reason != "unhealthy" || !strings.Contains(msg, why) {
+		t.Fatalf("rollback of %s: reason %q message %q", version, reason, msg)
+	}
+	if got := binVersion(t, bin); got != running {
+		t.Fatalf("agent binary version after the rollback of %s: got %q, want %s", version, got, running)
+	}
+	failed, err := os.ReadFile(filepath.Join(stateDir, "update", "failed.json"))
+	if err != nil || !bytes.Contains(failed, []byte(`"`+version+`"`)) {
+		t.Fatalf("failed.json after the rollback of %s: %s, %v", version, failed, err)
+	}
+}
+
 func binVersion(t *testing.T, bin string) string {
 	t.Helper()
 	return mustRun(t, bin, "version", "--short")
@@ -245,17 +264,7 @@ func TestSelfUpdate(t *testing.T) {
 	}
 	e.publish(t, broken, "3.0.0")
 	r.admin(t, "release", "rollout", "3.0.0", "--agents", id)
-	reason, msg := e.waitState(t, id, "3.0.0", 60*time.Second, "rolled_back")
-	if reason != "unhealthy" || !strings.Contains(msg, "exit status 3") {
-		t.Fatalf("rollback of 3.0.0: reason %q message %q", reason, msg)
-	}
-	if got := binVersion(t, v1); got != "2.0.0" {
-		t.Fatalf("agent binary version after the rollback: got %q, want 2.0.0", got)
-	}
-	failed, err := os.ReadFile(filepath.Join(stateDir, "update", "failed.json"))
-	if err != nil || !bytes.Contains(failed, []byte(`"3.0.0"`)) {
-		t.Fatalf("failed.json: %s, %v", failed, err)
-	}
+	e.checkRolledBack(t, id, stateDir, "3.0.0", "exit status 3", v1, "2.0.0")
 	// Never offered again, even to a new session of the agent.
 	a.stop(20 * time.Second)
 	a.restart()
@@ -328,17 +337,7 @@ func TestSelfUpdateCrashLoopRolledBack(t *testing.T) {
 			}
 		}
 	}
-	reason, msg := e.waitState(t, id, "2.0.0", 60*time.Second, "rolled_back")
-	if reason != "unhealthy" || !strings.Contains(msg, "stopped without a clean exit") {
-		t.Fatalf("rollback of 2.0.0: reason %q message %q", reason, msg)
-	}
-	if got := binVersion(t, v1); got != "1.0.0" {
-		t.Fatalf("agent binary after the rollback: %s, want 1.0.0", got)
-	}
-	failed, err := os.ReadFile(filepath.Join(stateDir, "update", "failed.json"))
-	if err != nil || !bytes.Contains(failed, []byte(`"2.0.0"`)) {
-		t.Fatalf("failed.json: %s, %v", failed, err)
-	}
+	e.checkRolledBack(t, id, stateDir, "2.0.0", "stopped without a clean exit", v1, "1.0.0")
 	r.waitOutput(`"agent_version":"1.0.0"`, 10*time.Second)
 }
 

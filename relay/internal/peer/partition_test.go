@@ -15,6 +15,7 @@ import (
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/protocol/transport/tcp"
 	"github.com/tetherhq/tether/relay/internal/datadir"
 	"github.com/tetherhq/tether/relay/internal/route"
 	"github.com/tetherhq/tether/relay/internal/store"
@@ -239,6 +240,29 @@ func (x *cutter) pipe(dst, src net.Conn, oneWay *atomic.Bool) {
 	}
 }
 
+// cutOffHolder has acme's agents held by r2 (two, so preferred), behind
+// a cutter, and by relay-3 (one, a holder of its own), and returns the
+// entry relay's router and links (tls[0], 15 s to open a stream) and the
+// cutter in front of r2.
+func cutOffHolder(t *testing.T, tls []*trust.Peer, r2 *Server) (*route.Router, *Links, *cutter) {
+	t.Helper()
+	r3 := holder(t, tls[2], "agent-3", 0)
+	cut := newCutter(t, r2.Addr().String())
+	var h holdings
+	h.set("acme",
+		store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: cut.ln.Addr().String(), Agents: 2},
+		store.Holding{RelayID: "relay-3", Epoch: 1, PeerAddr: r3.Addr().String(), Agents: 1})
+	r, l := entry(t, tls[0], &h, 15*time.Second)
+	return r, l, cut
+}
+
+// session returns lk's session as it is now (nil when down).
+func (lk *link) session() *tcp.Session {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	return lk.sess
+}
+
 // linkTo returns the link of l to relay for tenant acme.
 func linkTo(t *testing.T, l *Links, relay string) *link {
 	t.Helper()
@@ -278,21 +302,13 @@ func dial(r *route.Router, id string) (string, time.Duration, error) {
 // each redial 10 s (the handshake timeout) every 2 s.
 func TestPartitionedHolderPassedOver(t *testing.T) {
 	tls := relayTLS(t, "relay-1", "relay-2", "relay-3")
-	r2, r3 := holder(t, tls[1], "agent-2", 0), holder(t, tls[2], "agent-3", 0)
-	cut := newCutter(t, r2.Addr().String())
-	var h holdings
-	h.set("acme",
-		store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: cut.ln.Addr().String(), Agents: 2},
-		store.Holding{RelayID: "relay-3", Epoch: 1, PeerAddr: r3.Addr().String(), Agents: 1})
-	r, l := entry(t, tls[0], &h, 15*time.Second)
+	r, l, cut := cutOffHolder(t, tls, holder(t, tls[1], "agent-2", 0))
 
 	if via, _, err := dial(r, "warm"); err != nil || via != "relay-2" {
 		t.Fatalf("stream before the cut went through %q (%v), want relay-2, the holder of most agents", via, err)
 	}
 	lk := linkTo(t, l, "relay-2")
-	lk.mu.Lock()
-	sess := lk.sess
-	lk.mu.Unlock()
+	sess := lk.session()
 
 	cut.cut.Store(true)
 	cutAt := time.Now()
@@ -358,14 +374,7 @@ func TestPartitionedHolderPassedOver(t *testing.T) {
 func TestOneWayCutWhileHolderTalks(t *testing.T) {
 	tls := relayTLS(t, "relay-1", "relay-2", "relay-3")
 	quiet := make(chan struct{})
-	r2 := holderOf(t, tls[1], &fakeAgent{name: "agent-2", talk: 20 * time.Millisecond, quiet: quiet})
-	r3 := holder(t, tls[2], "agent-3", 0)
-	cut := newCutter(t, r2.Addr().String())
-	var h holdings
-	h.set("acme",
-		store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: cut.ln.Addr().String(), Agents: 2},
-		store.Holding{RelayID: "relay-3", Epoch: 1, PeerAddr: r3.Addr().String(), Agents: 1})
-	r, l := entry(t, tls[0], &h, 15*time.Second)
+	r, l, cut := cutOffHolder(t, tls, holderOf(t, tls[1], &fakeAgent{name: "agent-2", talk: 20 * time.Millisecond, quiet: quiet}))
 
 	busy, err := r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "db", RequestID: "busy"}, nil)
 	if err != nil || busy.Relay != "relay-2" {
@@ -373,9 +382,7 @@ func TestOneWayCutWhileHolderTalks(t *testing.T) {
 	}
 	defer busy.Abandon()
 	lk := linkTo(t, l, "relay-2")
-	lk.mu.Lock()
-	sess := lk.sess
-	lk.mu.Unlock()
+	sess := lk.session()
 	before := sess.Reads()
 
 	cut.cutUp.Store(true)
@@ -449,9 +456,7 @@ func TestSaturatedLinkKeepsStreams(t *testing.T) {
 		readers.Wait()
 	}()
 	lk := linkTo(t, l, "relay-2")
-	lk.mu.Lock()
-	sess := lk.sess
-	lk.mu.Unlock()
+	sess := lk.session()
 	before := sess.Reads()
 	close(bulk)
 	// The downloads fill the path: the link has read a few hundred
