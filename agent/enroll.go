@@ -62,7 +62,9 @@ func EnrollProxy(o EnrollOptions) (proxy, source string, err error) {
 
 // Enroll creates the agent's key locally, sends a certificate request with
 // the join token to the relay, and stores key, certificate and the pinned CA
-// in the state directory. The relay is authenticated by the CA fingerprint
+// in the state directory, holding its lock (LockStateDir) throughout: a
+// state directory an agent is running with is refused with a
+// *StateDirBusyError. The relay is authenticated by the CA fingerprint
 // carried in the token, so a man in the middle cannot enrol the agent with
 // another relay. Refusals by the relay come back as *protocol.Error
 // (invalid_token, token_expired, token_used_up, …).
@@ -77,6 +79,16 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 	if _, _, err := net.SplitHostPort(o.Relay); err != nil {
 		return nil, fmt.Errorf("relay address %q: want host:port", o.Relay)
 	}
+	// Not under a running agent: replacing the identity it runs with would
+	// leave it serving with one and renewing into the other's files.
+	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	lock, err := LockStateDir(o.StateDir, "enroll")
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Release()
 	if !o.Force {
 		if s, err := LoadState(o.StateDir); err == nil {
 			return nil, fmt.Errorf("%s already holds the identity of agent %s (tenant %s); use --force to replace it", o.StateDir, s.AgentID, s.Tenant)

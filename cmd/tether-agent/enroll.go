@@ -30,7 +30,9 @@ leaves the machine), send a certificate request with the join token, and
 store the certificate and the relay's CA roots there, owner-only. The join
 token names the relay's CA, so no other relay is trusted. The agent's id is
 printed on stdout (with -o json or yaml: id, tenant, certificate expiry and
-state directory), messages on stderr.
+state directory), messages on stderr. A state directory an agent is
+running with is refused (its lock, agent.lock, is held): stop that agent
+first, enrol, then start it again.
 
 The join token comes from --token-file FILE ("-" for standard input), else
 $TETHER_JOIN_TOKEN. --token TOKEN works too but is warned about: a command

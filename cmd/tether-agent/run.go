@@ -31,7 +31,9 @@ func (a *app) runCmd() *cobra.Command {
 relays, and let them reach the services of its allowlist. The config file
 and the state directory are watched and reloaded on change. SIGTERM or
 SIGINT stop it: it drains its streams for up to drain_timeout, then exits.
-Logs go to stderr.
+Logs go to stderr. One agent at a time uses a state directory: it holds
+the lock agent.lock there, and a second one on it exits 1 at once, naming
+the first one's pid.
 
 ` + runExitStatus,
 		Args: cli.NoArgs,
@@ -39,14 +41,15 @@ Logs go to stderr.
 			if configPath == "" {
 				return cli.Usagef("run needs --config FILE")
 			}
-			ag, err := a.newAgent(configPath, cmd.ErrOrStderr())
+			ag, lock, err := a.newAgent(configPath, cmd.ErrOrStderr(), "run")
 			if err != nil {
 				return err
 			}
 			ctx, stop := cli.SignalContext()
 			err = ag.Run(ctx)
 			stop()
-			return agentEnded(err)
+			lock.Stopping()
+			return agentEnded(err, lock)
 		},
 	}
 	configFlag(cmd, &configPath, "agent config file, YAML (required)")
@@ -69,20 +72,25 @@ console it runs until SIGTERM or SIGINT.
 			if configPath == "" {
 				return cli.Usagef("service needs --config FILE")
 			}
-			ag, err := a.newAgent(configPath, cmd.ErrOrStderr())
+			ag, lock, err := a.newAgent(configPath, cmd.ErrOrStderr(), "service")
 			if err != nil {
 				return err
 			}
 			err = installer.Run(installer.DefaultLayout(), func(ctx context.Context) error {
 				err := ag.Run(ctx)
+				// The service manager may start the agent again as soon
+				// as it hears of the stop: the new process waits for the
+				// lock of a holder that is stopping.
+				lock.Stopping()
 				if re, ok := errors.AsType[*agent.RestartError](err); ok {
 					// A self-update: exit with agent.ExitRestart for the
 					// service manager to start the new binary (or exec it).
+					lock.Release()
 					return agent.Restart(re)
 				}
 				return err
 			})
-			return agentEnded(err)
+			return agentEnded(err, lock)
 		},
 	}
 	configFlag(cmd, &configPath, "agent config file, YAML (required)")
@@ -91,10 +99,14 @@ console it runs until SIGTERM or SIGINT.
 
 // agentEnded is what run and service return once the agent's Run has
 // returned err: a self-update restarts the process (exec, or exit with
-// agent.ExitRestart); a refusal for good, which the agent has logged with
-// what to do, ends it with agent.ExitRefused and nothing more printed.
-func agentEnded(err error) error {
+// agent.ExitRestart), letting go of the state directory's lock first
+// (the new binary takes it again: the lock file is close-on-exec anyway,
+// so an exec cannot leave it held by a file the new binary does not
+// know); a refusal for good, which the agent has logged with what to do,
+// ends it with agent.ExitRefused and nothing more printed.
+func agentEnded(err error, lock *agent.StateLock) error {
 	if re, ok := errors.AsType[*agent.RestartError](err); ok {
+		lock.Release()
 		return agent.Restart(re)
 	}
 	if _, ok := errors.AsType[*agent.RefusedError](err); ok {
@@ -103,15 +115,31 @@ func agentEnded(err error) error {
 	return err
 }
 
-// newAgent loads the config file and builds the agent it describes.
-func (a *app) newAgent(configPath string, stderr io.Writer) (*agent.Agent, error) {
+// newAgent loads the config file, takes the lock of its state directory
+// for this process (command: run or service), and builds the agent it
+// describes. The lock is taken before anything in the state directory is
+// read or written, so that a second agent on it fails here having
+// touched nothing (the self-update's records included: its start does not
+// count as a stop of the first one). A trial of a new binary, which runs
+// while its parent agent holds the lock, takes none (lock nil).
+func (a *app) newAgent(configPath string, stderr io.Writer, command string) (_ *agent.Agent, lock *agent.StateLock, err error) {
 	cfg, err := agent.LoadConfig(configPath)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	log, err := cli.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	if a.env("TETHER_UPDATE_TRIAL") == "" {
+		if lock, err = agent.LockStateDir(cfg.StateDir, command); err != nil {
+			return nil, nil, err
+		}
+		defer func() {
+			if err != nil {
+				lock.Release()
+			}
+		}()
 	}
 	cfg.Logger = log
 	cfg.Version = a.info.Version
@@ -120,5 +148,9 @@ func (a *app) newAgent(configPath string, stderr io.Writer) (*agent.Agent, error
 	cfg.UpdateTrial = a.env("TETHER_UPDATE_TRIAL") // set by the agent that tries this binary
 	cfg.Args = a.args
 	cfg.TrialOutput = stderr
-	return agent.New(cfg)
+	ag, err := agent.New(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ag, lock, nil
 }

@@ -1,0 +1,162 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestLockStateDirRefusesASecondHolder: while a process holds a state
+// directory, a second LockStateDir fails at once, naming the directory,
+// the lock file and the holder's pid, and leaves the holder's record as it
+// was; once the holder lets go, the directory can be locked again.
+func TestLockStateDirRefusesASecondHolder(t *testing.T) {
+	dir := t.TempDir()
+	l, err := LockStateDir(dir, "run")
+	if err != nil {
+		t.Fatal(err)
+	}
+	record, _ := os.ReadFile(filepath.Join(dir, StateLockFile))
+	if h := parseHolder(record); h.PID != os.Getpid() || h.Command != "run" || h.State != holderRunning {
+		t.Fatalf("lock file record %q: want this process, run, running", record)
+	}
+	for _, cmd := range []string{"run", "enroll"} {
+		began := time.Now()
+		_, err = LockStateDir(dir, cmd)
+		var busy *StateDirBusyError
+		if !errors.As(err, &busy) {
+			t.Fatalf("%s on a held state directory: %v, want a *StateDirBusyError", cmd, err)
+		}
+		if d := time.Since(began); d > time.Second {
+			t.Fatalf("%s on a held state directory failed after %v, want at once", cmd, d)
+		}
+		msg := err.Error()
+		for _, want := range []string{dir, filepath.Join(dir, StateLockFile), fmt.Sprintf("pid %d", os.Getpid()), "tether-agent run", "Stop th"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("%s: error %q does not say %q", cmd, msg, want)
+			}
+		}
+		if busy.Stopping {
+			t.Errorf("%s: holder reported stopping: %v", cmd, err)
+		}
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, StateLockFile)); string(got) != string(record) {
+		t.Fatalf("the refused process changed the lock file: %q, was %q", got, record)
+	}
+	l.Release()
+	l.Release() // idempotent
+	l2, err := LockStateDir(dir, "run")
+	if err != nil {
+		t.Fatalf("lock after the holder let go: %v", err)
+	}
+	l2.Release()
+}
+
+// TestLockStateDirWaitsForAStoppingHolder: a holder that has recorded
+// that it is stopping (a restart under way) is waited for, within the
+// bound; one that does not let go within it fails the wait, saying so.
+func TestLockStateDirWaitsForAStoppingHolder(t *testing.T) {
+	dir := t.TempDir()
+	l, err := LockStateDir(dir, "service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Stopping()
+	began := time.Now()
+	_, err = lockStateDir(dir, "service", 300*time.Millisecond, 20*time.Millisecond)
+	var busy *StateDirBusyError
+	if !errors.As(err, &busy) || !busy.Stopping {
+		t.Fatalf("lock held by a stopping holder that never lets go: %v, want a *StateDirBusyError, stopping", err)
+	}
+	if d := time.Since(began); d < 300*time.Millisecond {
+		t.Fatalf("gave up on a stopping holder after %v, want a wait of 300ms", d)
+	}
+	if !strings.Contains(err.Error(), "stopping, but still holding it") {
+		t.Fatalf("error %q does not say the holder is stopping", err)
+	}
+
+	released := time.AfterFunc(200*time.Millisecond, l.Release)
+	defer released.Stop()
+	began = time.Now()
+	l2, err := lockStateDir(dir, "service", 10*time.Second, 20*time.Millisecond)
+	if err != nil {
+		t.Fatalf("lock after a stopping holder let go: %v", err)
+	}
+	defer l2.Release()
+	if d := time.Since(began); d < 150*time.Millisecond {
+		t.Fatalf("took the lock of a stopping holder after %v, before it let go", d)
+	}
+}
+
+// TestLockStateDirWaitsForAGoneHolder: a lock whose record names a
+// process that no longer exists (Windows releases a dead process's locks
+// a little after it ends) is waited for rather than refused at once.
+func TestLockStateDirWaitsForAGoneHolder(t *testing.T) {
+	dir := t.TempDir()
+	l, err := LockStateDir(dir, "run")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	gone := exec.Command(os.Args[0], "-test.run=^$")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	l.h.PID = gone.Process.Pid
+	if err := l.write(); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	_, err = lockStateDir(dir, "run", 300*time.Millisecond, 20*time.Millisecond)
+	var busy *StateDirBusyError
+	if !errors.As(err, &busy) || !busy.Stopping || busy.PID != gone.Process.Pid {
+		t.Fatalf("lock recorded by a gone process: %v, want a *StateDirBusyError after waiting", err)
+	}
+	if d := time.Since(began); d < 300*time.Millisecond {
+		t.Fatalf("gave up on a gone holder after %v, want a wait of 300ms", d)
+	}
+}
+
+// TestLockStateDirMissing: a state directory that does not exist is not
+// enrolled (and is not created).
+func TestLockStateDirMissing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "nothing")
+	if _, err := LockStateDir(dir, "run"); !errors.Is(err, ErrNotEnrolled) {
+		t.Fatalf("lock of a missing state directory: %v, want ErrNotEnrolled", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the missing state directory was created: %v", err)
+	}
+}
+
+// FuzzParseHolder: any lock file content is a holder or an unknown one,
+// never a panic, and never a pid out of range or a command or state not
+// among the known ones.
+func FuzzParseHolder(f *testing.F) {
+	f.Add([]byte(`{"pid":123,"host":"h","command":"run","state":"running","since":"2026-01-02T03:04:05Z"}`))
+	f.Add([]byte(`{"pid":-1}`))
+	f.Add([]byte(`{"pid":99999999999,"command":"rm -rf /"}`))
+	f.Add([]byte("\x00\xff"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h := parseHolder(b)
+		if h.PID < 0 || h.PID > 1<<31-1 || (h.PID == 0 && h != holder{}) {
+			t.Fatalf("holder %+v", h)
+		}
+		switch h.Command {
+		case "", "run", "service", "enroll":
+		default:
+			t.Fatalf("command %q", h.Command)
+		}
+		switch h.State {
+		case "", holderRunning, holderStopping:
+		default:
+			t.Fatalf("state %q", h.State)
+		}
+		_ = (&StateDirBusyError{Dir: "d", PID: h.PID, Host: h.Host, HolderCommand: h.Command, Since: h.Since}).Error()
+	})
+}
