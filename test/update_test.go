@@ -244,6 +244,11 @@ func TestSelfUpdate(t *testing.T) {
 	}
 	a.waitOutput(`"msg":"update succeeded"`, 10*time.Second)
 	r.waitOutput(`"agent_version":"2.0.0"`, 10*time.Second)
+	// The new binary, exec'd in place (the same pid), holds the state
+	// directory's lock again: the old image's lock file was not passed on
+	// to it, and it took the lock at its start.
+	began := time.Now()
+	wantRefusedAtOnce(t, start(t, "second agent", v1, "run", "--config", a.config), began, stateDir, a.Pid())
 	if out := mustRun(t, v1, "status", "--addr", status); !strings.Contains(out, "2.0.0") {
 		t.Fatalf("tether-agent status from the updated agent: %s", out)
 	}
