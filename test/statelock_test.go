@@ -2,6 +2,7 @@ package test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -168,10 +169,20 @@ func TestEnrollRefusedUnderARunningAgent(t *testing.T) {
 	enroll(t, r.agentAddr, tok) // the token was not spent by the refused enrolment
 	echoLineOn(t, conn, "after the enrolment")
 
-	// Once the agent has stopped, enroll --force goes ahead.
+	// Once the agent has stopped, enroll --force goes ahead. (The agent
+	// marked itself stopping as it stopped: a start meanwhile would
+	// have waited for it.)
 	conn.Close()
+	pid := a.Pid()
 	if err := a.stop(20 * time.Second); err != nil {
 		t.Fatal(err)
+	}
+	var rec struct {
+		PID   int    `json:"pid"`
+		State string `json:"state"`
+	}
+	if b, err := os.ReadFile(filepath.Join(a.stateDir, "agent.lock")); err != nil || json.Unmarshal(b, &rec) != nil || rec.PID != pid || rec.State != "stopping" {
+		t.Fatalf("agent.lock after the agent stopped: %+v, %v; want pid %d, stopping", rec, err, pid)
 	}
 	_, stderr, err = runCmdEnv(t, []string{"TETHER_JOIN_TOKEN=" + r.token(t, "acme")}, bins.agent, "enroll", "--relay", r.agentAddr, "--state-dir", a.stateDir, "--force")
 	if err != nil {
