@@ -149,7 +149,7 @@ func TestCommandHelp(t *testing.T) {
 	for path, rh := range relayHelp {
 		ch, ok := ctlHelp[path]
 		if !ok {
-			if path != "serve" && path != "demo" && path != "version" {
+			if path != "serve" && path != "init" && path != "demo" && path != "version" {
 				t.Errorf("tether-relay %s has no tetherctl counterpart", path)
 			}
 			continue

@@ -42,7 +42,7 @@ type globals struct {
 const rootLong = `tether-relay runs the Tether relay (serve) and administers its data
 directory (every other command). Admin commands act on the data directory of
 a relay, while it serves or not; they refuse a directory no relay has
-initialised (only serve and demo create one). tetherctl takes the same
+initialised (serve, init and demo create one). tetherctl takes the same
 commands through a relay's admin API, from anywhere.
 
 Global flags may come anywhere on the line. -o json and -o yaml print what a
@@ -65,7 +65,7 @@ func newRoot(info cli.BuildInfo, stdout, stderr io.Writer) *cobra.Command {
 	pf.StringVar(&g.config, "config", "", "config file of serve (env TETHER_CONFIG); admin commands take data_dir, store, ca_kek_file and audit_log from it")
 	cli.AddOutputFlag(pf)
 	root.AddGroup(&cobra.Group{ID: "relay", Title: "Run the relay:"}, &cobra.Group{ID: "admin", Title: "Administer it (the same commands as tetherctl's):"})
-	for _, c := range []*cobra.Command{serveCmd(g), demoCmd(g)} {
+	for _, c := range []*cobra.Command{serveCmd(g), initCmd(g), demoCmd(g)} {
 		c.GroupID = "relay"
 		root.AddCommand(c)
 	}

@@ -61,7 +61,7 @@ func serve(cmd *cobra.Command, g *globals, settings []*setting) error {
 	if path != "" {
 		file, fileErr = readConfigFile(path, settings)
 	}
-	opts, _, err := resolve(settings, cmd.Flags(), g.env, file, fileErr)
+	opts, from, err := resolve(settings, cmd.Flags(), g.env, file, fileErr)
 	if err != nil {
 		return err
 	}
@@ -80,6 +80,12 @@ func serve(cmd *cobra.Command, g *globals, settings []*setting) error {
 	r, err := relay.New(cfg)
 	if err != nil {
 		return err
+	}
+	if td := from["trust-domain"]; td.where != "default" && r.TrustDomain() != cfg.TrustDomain {
+		// The setting names a new CA's trust domain; an existing CA keeps
+		// its own, which a configuration that says otherwise should hear.
+		log.Warn("the trust domain setting applies only to a new CA: this data directory's CA serves another, which does not change",
+			"setting", td.where, "configured", cfg.TrustDomain, "trust_domain", r.TrustDomain())
 	}
 	ctx := cmd.Context()
 	var wg sync.WaitGroup

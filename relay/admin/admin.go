@@ -151,7 +151,7 @@ func Open(ctx context.Context, o Options) (*Admin, error) {
 	d, authority, err := datadir.Open(ctx, o.DataDir, datadir.Options{TrustDomain: o.TrustDomain, Store: o.Store, CAKEK: o.CAKEK, Existing: o.Existing}, time.Now())
 	if errors.Is(err, fs.ErrNotExist) && o.Existing {
 		return nil, &classError{class: ErrNoDataDir, msg: "the store holds no relay state (no CA): no relay has started on it; " +
-			"give the cluster's (--store or TETHER_STORE), or start a relay on it first: tether-relay serve --store URL --ca-kek-file FILE"}
+			"give the cluster's (--store or TETHER_STORE), or initialise it first: tether-relay init --store URL --ca-kek-file FILE (or start a relay on it: tether-relay serve --store URL --ca-kek-file FILE)"}
 	}
 	if err != nil {
 		return nil, err
@@ -183,16 +183,16 @@ func checkDataDir(dir string) error {
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return &classError{class: ErrNoDataDir, msg: fmt.Sprintf("data directory %s does not exist: give the relay's (--data-dir or TETHER_DATA_DIR), "+
-			"or create one by starting the relay: tether-relay serve --data-dir %s", dir, dir)}
+			"or create one: tether-relay init --data-dir %s (or start the relay on it: tether-relay serve --data-dir %s)", dir, dir, dir)}
 	case err != nil:
 		return fmt.Errorf("data directory: %w", err)
 	case !fi.IsDir():
 		return &classError{class: ErrNoDataDir, msg: fmt.Sprintf("data directory %s is not a directory: give the relay's (--data-dir or TETHER_DATA_DIR), "+
-			"or create one by starting the relay: tether-relay serve --data-dir DIR", dir)}
+			"or create one: tether-relay init --data-dir DIR (or start the relay on it: tether-relay serve --data-dir DIR)", dir)}
 	}
 	if _, err := os.Stat(filepath.Join(dir, caSubdir)); errors.Is(err, os.ErrNotExist) {
 		return &classError{class: ErrNoDataDir, msg: fmt.Sprintf("data directory %s holds no relay state (no CA): give the relay's (--data-dir or TETHER_DATA_DIR), "+
-			"or initialise it by starting the relay once: tether-relay serve --data-dir %s", dir, dir)}
+			"or initialise it: tether-relay init --data-dir %s (or start the relay on it once: tether-relay serve --data-dir %s)", dir, dir, dir)}
 	} else if err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
