@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -92,12 +91,7 @@ func parseHolder(b []byte) holder {
 
 // readHolder reads the record of the lock file at path.
 func readHolder(path string) holder {
-	f, err := os.Open(path)
-	if err != nil {
-		return holder{}
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxHolderSize))
+	b, err := filelock.ReadFile(path, maxHolderSize)
 	if err != nil {
 		return holder{}
 	}

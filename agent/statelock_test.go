@@ -160,3 +160,43 @@ func FuzzParseHolder(f *testing.F) {
 		_ = (&StateDirBusyError{Dir: "d", PID: h.PID, Host: h.Host, HolderCommand: h.Command, Since: h.Since}).Error()
 	})
 }
+
+// TestLockStateDirLinkNotFollowed: an agent.lock that is a symbolic link
+// or a hard link to another file (left by a restore, or planted by
+// whoever can write the state directory) is refused with an error naming
+// it, and the file it leads to is left as it was. (Lock used to follow
+// the link, lock the file it leads to, then truncate it and write its
+// record over it: the agent's key, or any file the agent's user may
+// write.)
+func TestLockStateDirLinkNotFollowed(t *testing.T) {
+	for _, kind := range []string{"symbolic link", "hard link"} {
+		t.Run(strings.ReplaceAll(kind, " ", "_"), func(t *testing.T) {
+			dir := t.TempDir()
+			victim := filepath.Join(t.TempDir(), "precious")
+			const content = "a file the agent must never write\n"
+			if err := os.WriteFile(victim, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			link := filepath.Join(dir, StateLockFile)
+			var err error
+			if kind == "symbolic link" {
+				err = os.Symlink(victim, link)
+			} else {
+				err = os.Link(victim, link)
+			}
+			if err != nil {
+				t.Skipf("%s: %v", kind, err)
+			}
+			l, err := LockStateDir(dir, "run")
+			if err == nil {
+				l.Release()
+			}
+			if got, rerr := os.ReadFile(victim); rerr != nil || string(got) != content {
+				t.Fatalf("the file an agent.lock %s leads to: %q, %v after LockStateDir; want it untouched (%q)", kind, got, rerr, content)
+			}
+			if err == nil || !strings.Contains(err.Error(), link) || !strings.Contains(err.Error(), "remove it") {
+				t.Fatalf("LockStateDir with agent.lock a %s: %v; want refused, naming %s and what to do", kind, err, link)
+			}
+		})
+	}
+}
