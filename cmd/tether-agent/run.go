@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -146,6 +147,11 @@ func (a *app) newAgent(configPath string, stderr io.Writer, command string) (_ *
 	cfg.ConfigFile = configPath
 	cfg.BuiltinUpdateKeys = strings.Split(updateKeys, ",")
 	cfg.UpdateTrial = a.env("TETHER_UPDATE_TRIAL") // set by the agent that tries this binary
+	if cfg.UpdateTrial != "" {
+		// The agent that started this trial, and holds the lock for it:
+		// the trial stops when it is gone.
+		cfg.TrialParent = os.Getppid()
+	}
 	cfg.Args = a.args
 	cfg.TrialOutput = stderr
 	ag, err := agent.New(cfg)
