@@ -51,6 +51,11 @@ const (
 	holderStopping = "stopping"
 )
 
+// unknownHolderWait is how long a record that does not parse is read
+// again before it counts as an unknown holder's: one being written
+// parses a moment later.
+const unknownHolderWait = 200 * time.Millisecond
+
 // maxHolderSize bounds what is read of a lock file: the holder's record
 // is a line of about a hundred bytes.
 const maxHolderSize = 4096
@@ -120,8 +125,12 @@ type StateDirBusyError struct {
 	HolderCommand string
 	Since         time.Time
 	// Stopping says that the holder was stopping but did not let go
-	// within StateLockWait.
+	// within StateLockWait; Gone, that the process its record names does
+	// not exist here (it ended, or runs in another PID namespace: another
+	// container on the same state directory) but the lock stayed held
+	// for as long.
 	Stopping bool
+	Gone     bool
 	Waited   time.Duration
 }
 
@@ -139,8 +148,11 @@ func (e *StateDirBusyError) Error() string {
 	if !e.Since.IsZero() {
 		who = append(who, "since "+e.Since.UTC().Format(time.RFC3339))
 	}
-	if e.Stopping {
+	switch {
+	case e.Stopping:
 		who = append(who, fmt.Sprintf("stopping, but still holding it after %v", e.Waited.Round(100*time.Millisecond)))
+	case e.Gone:
+		who = append(who, fmt.Sprintf("a process that does not exist here, perhaps one of another container or PID namespace, yet the lock is still held after %v", e.Waited.Round(100*time.Millisecond)))
 	}
 	holderText := "another tether-agent process"
 	if len(who) > 0 {
@@ -190,10 +202,16 @@ func lockStateDir(dir, command string, wait, poll time.Duration) (*StateLock, er
 		}
 		h := readHolder(path)
 		otherHost := h.Host != "" && h.Host != host
-		leaving := h.State == holderStopping || (h.PID > 0 && !otherHost && processGone(h.PID))
+		stopping := h.State == holderStopping
+		gone := !stopping && h.PID > 0 && !otherHost && processGone(h.PID)
+		// A record that does not parse may be one being written (the
+		// holder has just taken the lock, or is marking itself
+		// stopping): it is read again for a moment before it counts as
+		// an unknown holder's.
+		unread := h.PID == 0 && time.Since(began) < unknownHolderWait
 		waited := time.Since(began)
-		if !leaving || waited >= wait {
-			e := &StateDirBusyError{Dir: dir, Command: command, PID: h.PID, HolderCommand: h.Command, Since: h.Since, Stopping: leaving, Waited: waited}
+		if !(stopping || gone || unread) || waited >= wait {
+			e := &StateDirBusyError{Dir: dir, Command: command, PID: h.PID, HolderCommand: h.Command, Since: h.Since, Stopping: stopping, Gone: gone, Waited: waited}
 			if otherHost {
 				e.Host = h.Host
 			}
@@ -203,15 +221,18 @@ func lockStateDir(dir, command string, wait, poll time.Duration) (*StateLock, er
 	}
 }
 
-// write records l's holder in the lock file.
+// write records l's holder in the lock file: over the record there, then
+// cut to its length, so that the file is never empty in between (a
+// record rewritten as stopping is longer than the running one it
+// replaces).
 func (l *StateLock) write() error {
 	b, _ := json.Marshal(l.h)
+	b = append(b, '\n')
 	f := l.f.File()
-	if err := f.Truncate(0); err != nil {
+	if _, err := f.WriteAt(b, 0); err != nil {
 		return err
 	}
-	_, err := f.WriteAt(append(b, '\n'), 0)
-	return err
+	return f.Truncate(int64(len(b)))
 }
 
 // Stopping records that this process is stopping (its agent has stopped;
