@@ -65,7 +65,7 @@ const maxHolderSize = 4096
 type holder struct {
 	PID     int       `json:"pid"`
 	Host    string    `json:"host,omitempty"`
-	Command string    `json:"command,omitempty"` // run, service or enroll
+	Command string    `json:"command,omitempty"` // run, service, enroll or demo (tether-relay demo's agent)
 	State   string    `json:"state,omitempty"`   // running or stopping
 	Since   time.Time `json:"since,omitzero"`
 }
@@ -79,7 +79,7 @@ func parseHolder(b []byte) holder {
 		return holder{}
 	}
 	switch h.Command {
-	case "run", "service", "enroll":
+	case "run", "service", "enroll", "demo":
 	default:
 		h.Command = ""
 	}
@@ -142,7 +142,11 @@ func (e *StateDirBusyError) Error() string {
 	if e.Host != "" {
 		who = append(who, "on host "+strconv.Quote(e.Host))
 	}
-	if e.HolderCommand != "" {
+	switch e.HolderCommand {
+	case "":
+	case "demo":
+		who = append(who, "the agent of tether-relay demo")
+	default:
 		who = append(who, "tether-agent "+e.HolderCommand)
 	}
 	if !e.Since.IsZero() {
@@ -168,7 +172,8 @@ func (e *StateDirBusyError) Error() string {
 }
 
 // LockStateDir takes the lock of the state directory dir for this
-// process, as command (run, service or enroll), and records this
+// process, as command (run, service, enroll, or demo: the agent of
+// tether-relay demo), and records this
 // process in it. When another process holds it, it fails at once with a
 // *StateDirBusyError, unless that process is stopping or gone: then it
 // waits for the lock, for at most StateLockWait. The directory must

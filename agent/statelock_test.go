@@ -199,7 +199,7 @@ func FuzzParseHolder(f *testing.F) {
 			t.Fatalf("holder %+v", h)
 		}
 		switch h.Command {
-		case "", "run", "service", "enroll":
+		case "", "run", "service", "enroll", "demo":
 		default:
 			t.Fatalf("command %q", h.Command)
 		}
