@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -89,7 +90,10 @@ const (
 	trialOKFile          = "trial-ok"
 	previousSuffix       = ".previous"
 	trialEnv             = "TETHER_UPDATE_TRIAL"
-	statusSendWindow     = 30 * time.Second
+	// trialParentEnv gives a trial the pid of the agent that started it
+	// (Config.TrialParent).
+	trialParentEnv   = "TETHER_UPDATE_TRIAL_PARENT"
+	statusSendWindow = 30 * time.Second
 	// trialStopGrace is how long, after the trial child failed, the
 	// updater waits to see whether the agent is stopping: a stop signal
 	// sent to the whole service (systemd's control group, a terminal's
@@ -546,7 +550,7 @@ func (u *updater) trial(ctx context.Context, version string) error {
 	marker := filepath.Join(u.dir, trialOKFile)
 	os.Remove(marker)
 	cmd := exec.Command(u.exe, u.a.cfg.Args...)
-	cmd.Env = append(os.Environ(), trialEnv+"="+marker)
+	cmd.Env = append(os.Environ(), trialEnv+"="+marker, trialParentEnv+"="+strconv.Itoa(os.Getpid()))
 	cmd.Stdout, cmd.Stderr = u.a.cfg.TrialOutput, u.a.cfg.TrialOutput
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start the new binary: %v", err)

@@ -20,11 +20,26 @@ import (
 // TestSelfUpdateTrialOutlivesNoParent: the trial of a new binary
 // (TETHER_UPDATE_TRIAL) runs without the state directory's lock, under
 // the lock of the agent that started it; when that agent is gone (killed,
-// crashed) before the trial connected, the trial stops at once. It used
-// to run on, unlocked, connecting as the agent's identity for as long as
-// it could not reach a relay, beside the agent the service manager
-// started next on the same state directory.
+// crashed) before the trial connected, the trial stops at once, whether
+// the agent went while the trial ran or before it had started (then the
+// trial knows its parent from TETHER_UPDATE_TRIAL_PARENT, which the agent
+// sets). It used to run on, unlocked, connecting as the agent's identity
+// for as long as it could not reach a relay, beside the agent the service
+// manager started next on the same state directory.
 func TestSelfUpdateTrialOutlivesNoParent(t *testing.T) {
+	t.Run("parent exits during the trial", func(t *testing.T) {
+		trialWithoutParent(t, `"$0" run --config "$1" & echo "trial pid $!"; read x`)
+	})
+	t.Run("parent gone before the trial starts", func(t *testing.T) {
+		trialWithoutParent(t, `TETHER_UPDATE_TRIAL_PARENT=$$ "$0" run --config "$1" & echo "trial pid $!"; exit 0`)
+	})
+}
+
+// trialWithoutParent runs a trial of tether-agent from a shell running
+// script ($0 the agent, $1 its config), which exits when its standard
+// input closes or before, and checks that the trial stops once the shell
+// has exited.
+func trialWithoutParent(t *testing.T, script string) {
 	r := startRelay(t, relayOpts{})
 	r.addTenant(t, "acme")
 	stateDir, _ := enroll(t, r.agentAddr, r.token(t, "acme"))
@@ -42,7 +57,7 @@ func TestSelfUpdateTrialOutlivesNoParent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	parent := exec.Command("/bin/sh", "-c", `"$0" run --config "$1" & echo "trial pid $!"; read x`, bins.agent, cfg)
+	parent := exec.Command("/bin/sh", "-c", script, bins.agent, cfg)
 	parent.Env = append(os.Environ(), "TETHER_UPDATE_TRIAL="+filepath.Join(t.TempDir(), "trial-ok"))
 	parent.Stdout, parent.Stderr = w, w
 	in, err := parent.StdinPipe()
@@ -96,7 +111,11 @@ func TestSelfUpdateTrialOutlivesNoParent(t *testing.T) {
 	select {
 	case <-started:
 	case <-eof:
-		t.Fatalf("the trial exited before it started:\n%s", output())
+		select {
+		case <-started: // and stopped already
+		default:
+			t.Fatalf("the trial exited before it started:\n%s", output())
+		}
 	case <-time.After(20 * time.Second):
 		t.Fatalf("the trial did not start:\n%s", output())
 	}

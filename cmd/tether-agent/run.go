@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -153,8 +154,12 @@ func (a *app) newAgent(configPath string, stderr io.Writer, command string) (_ *
 	cfg.UpdateTrial = a.env("TETHER_UPDATE_TRIAL") // set by the agent that tries this binary
 	if cfg.UpdateTrial != "" {
 		// The agent that started this trial, and holds the lock for it:
-		// the trial stops when it is gone.
+		// the trial stops when it is gone. It says who it is (an agent
+		// of an earlier version does not: then the parent process).
 		cfg.TrialParent = os.Getppid()
+		if pid, err := strconv.Atoi(a.env("TETHER_UPDATE_TRIAL_PARENT")); err == nil && pid > 0 {
+			cfg.TrialParent = pid
+		}
 	}
 	cfg.Args = a.args
 	cfg.TrialOutput = stderr
