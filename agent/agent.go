@@ -306,6 +306,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		wg.Go(func() { a.watchFiles(ctx) })
 	}
 	wg.Go(func() { upd.run(ctx) })
+	if trial {
+		wg.Go(func() { upd.watchTrial(ctx, stop) })
+	}
 	wg.Wait()
 	if e := a.refused.Load(); e != nil {
 		return e // logged by refusedBy

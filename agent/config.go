@@ -132,6 +132,13 @@ type Config struct {
 	// UpdateTrial, when set, runs the agent as the trial of a new binary:
 	// at its first connection it writes its version to this file and stops.
 	UpdateTrial string `yaml:"-"`
+	// TrialParent, for a trial (UpdateTrial set), is the pid of the agent
+	// process that started it, which holds the state directory's lock for
+	// it: the trial stops as soon as that process is gone (0: not
+	// watched). A trial stops anyway once it has run for its health
+	// timeout and as long again (at most 10 s more), by when the agent
+	// that started it has given up on it.
+	TrialParent int `yaml:"-"`
 	// Executable is the agent's binary (default os.Executable()) and Args
 	// the arguments it runs with, given again to a trial of a new binary.
 	Executable string   `yaml:"-"`

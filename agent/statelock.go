@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -52,6 +51,11 @@ const (
 	holderStopping = "stopping"
 )
 
+// unknownHolderWait is how long a record that does not parse is read
+// again before it counts as an unknown holder's: one being written
+// parses a moment later.
+const unknownHolderWait = 200 * time.Millisecond
+
 // maxHolderSize bounds what is read of a lock file: the holder's record
 // is a line of about a hundred bytes.
 const maxHolderSize = 4096
@@ -61,7 +65,7 @@ const maxHolderSize = 4096
 type holder struct {
 	PID     int       `json:"pid"`
 	Host    string    `json:"host,omitempty"`
-	Command string    `json:"command,omitempty"` // run, service or enroll
+	Command string    `json:"command,omitempty"` // run, service, enroll or demo (tether-relay demo's agent)
 	State   string    `json:"state,omitempty"`   // running or stopping
 	Since   time.Time `json:"since,omitzero"`
 }
@@ -75,7 +79,7 @@ func parseHolder(b []byte) holder {
 		return holder{}
 	}
 	switch h.Command {
-	case "run", "service", "enroll":
+	case "run", "service", "enroll", "demo":
 	default:
 		h.Command = ""
 	}
@@ -92,12 +96,7 @@ func parseHolder(b []byte) holder {
 
 // readHolder reads the record of the lock file at path.
 func readHolder(path string) holder {
-	f, err := os.Open(path)
-	if err != nil {
-		return holder{}
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxHolderSize))
+	b, err := filelock.ReadFile(path, maxHolderSize)
 	if err != nil {
 		return holder{}
 	}
@@ -126,8 +125,12 @@ type StateDirBusyError struct {
 	HolderCommand string
 	Since         time.Time
 	// Stopping says that the holder was stopping but did not let go
-	// within StateLockWait.
+	// within StateLockWait; Gone, that the process its record names does
+	// not exist here (it ended, or runs in another PID namespace: another
+	// container on the same state directory) but the lock stayed held
+	// for as long.
 	Stopping bool
+	Gone     bool
 	Waited   time.Duration
 }
 
@@ -139,14 +142,21 @@ func (e *StateDirBusyError) Error() string {
 	if e.Host != "" {
 		who = append(who, "on host "+strconv.Quote(e.Host))
 	}
-	if e.HolderCommand != "" {
+	switch e.HolderCommand {
+	case "":
+	case "demo":
+		who = append(who, "the agent of tether-relay demo")
+	default:
 		who = append(who, "tether-agent "+e.HolderCommand)
 	}
 	if !e.Since.IsZero() {
 		who = append(who, "since "+e.Since.UTC().Format(time.RFC3339))
 	}
-	if e.Stopping {
+	switch {
+	case e.Stopping:
 		who = append(who, fmt.Sprintf("stopping, but still holding it after %v", e.Waited.Round(100*time.Millisecond)))
+	case e.Gone:
+		who = append(who, fmt.Sprintf("a process that does not exist here, perhaps one of another container or PID namespace, yet the lock is still held after %v", e.Waited.Round(100*time.Millisecond)))
 	}
 	holderText := "another tether-agent process"
 	if len(who) > 0 {
@@ -162,7 +172,8 @@ func (e *StateDirBusyError) Error() string {
 }
 
 // LockStateDir takes the lock of the state directory dir for this
-// process, as command (run, service or enroll), and records this
+// process, as command (run, service, enroll, or demo: the agent of
+// tether-relay demo), and records this
 // process in it. When another process holds it, it fails at once with a
 // *StateDirBusyError, unless that process is stopping or gone: then it
 // waits for the lock, for at most StateLockWait. The directory must
@@ -196,10 +207,16 @@ func lockStateDir(dir, command string, wait, poll time.Duration) (*StateLock, er
 		}
 		h := readHolder(path)
 		otherHost := h.Host != "" && h.Host != host
-		leaving := h.State == holderStopping || (h.PID > 0 && !otherHost && processGone(h.PID))
+		stopping := h.State == holderStopping
+		gone := !stopping && h.PID > 0 && !otherHost && processGone(h.PID)
+		// A record that does not parse may be one being written (the
+		// holder has just taken the lock, or is marking itself
+		// stopping): it is read again for a moment before it counts as
+		// an unknown holder's.
+		unread := h.PID == 0 && time.Since(began) < unknownHolderWait
 		waited := time.Since(began)
-		if !leaving || waited >= wait {
-			e := &StateDirBusyError{Dir: dir, Command: command, PID: h.PID, HolderCommand: h.Command, Since: h.Since, Stopping: leaving, Waited: waited}
+		if !(stopping || gone || unread) || waited >= wait {
+			e := &StateDirBusyError{Dir: dir, Command: command, PID: h.PID, HolderCommand: h.Command, Since: h.Since, Stopping: stopping, Gone: gone, Waited: waited}
 			if otherHost {
 				e.Host = h.Host
 			}
@@ -209,15 +226,18 @@ func lockStateDir(dir, command string, wait, poll time.Duration) (*StateLock, er
 	}
 }
 
-// write records l's holder in the lock file.
+// write records l's holder in the lock file: over the record there, then
+// cut to its length, so that the file is never empty in between (a
+// record rewritten as stopping is longer than the running one it
+// replaces).
 func (l *StateLock) write() error {
 	b, _ := json.Marshal(l.h)
+	b = append(b, '\n')
 	f := l.f.File()
-	if err := f.Truncate(0); err != nil {
+	if _, err := f.WriteAt(b, 0); err != nil {
 		return err
 	}
-	_, err := f.WriteAt(append(b, '\n'), 0)
-	return err
+	return f.Truncate(int64(len(b)))
 }
 
 // Stopping records that this process is stopping (its agent has stopped;

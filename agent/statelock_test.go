@@ -113,12 +113,63 @@ func TestLockStateDirWaitsForAGoneHolder(t *testing.T) {
 	}
 	began := time.Now()
 	_, err = lockStateDir(dir, "run", 300*time.Millisecond, 20*time.Millisecond)
-	var busy *StateDirBusyError
-	if !errors.As(err, &busy) || !busy.Stopping || busy.PID != gone.Process.Pid {
-		t.Fatalf("lock recorded by a gone process: %v, want a *StateDirBusyError after waiting", err)
-	}
 	if d := time.Since(began); d < 300*time.Millisecond {
 		t.Fatalf("gave up on a gone holder after %v, want a wait of 300ms", d)
+	}
+	var busy *StateDirBusyError
+	if !errors.As(err, &busy) || busy.PID != gone.Process.Pid {
+		t.Fatalf("lock recorded by a gone process: %v, want a *StateDirBusyError after waiting", err)
+	}
+	// The holder never said it was stopping: the message must not say so
+	// (it used to), but what was found.
+	if msg := err.Error(); strings.Contains(msg, "stopping") || !strings.Contains(msg, "does not exist here") {
+		t.Fatalf("error for a holder whose process is gone, which never recorded stopping: %q; want it to say the process does not exist here, not that it was stopping", msg)
+	}
+}
+
+// TestLockStateDirRereadsAnUnreadableRecord: a record that does not parse
+// (the holder has just taken the lock and not yet written it, or is
+// rewriting it) is read again for a moment before the holder counts as
+// unknown; a holder found stopping then is waited for. (A start that read
+// the record while it was being written used to fail at once, without
+// naming the holder.)
+func TestLockStateDirRereadsAnUnreadableRecord(t *testing.T) {
+	dir := t.TempDir()
+	// A holder that has taken the lock, its record not written yet.
+	l, err := LockStateDir(dir, "service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.f.File().Truncate(0); err != nil {
+		t.Fatal(err)
+	}
+	marked := time.AfterFunc(50*time.Millisecond, l.Stopping)
+	defer marked.Stop()
+	released := time.AfterFunc(400*time.Millisecond, l.Release)
+	defer released.Stop()
+	l2, err := lockStateDir(dir, "service", 5*time.Second, 20*time.Millisecond)
+	if err != nil {
+		t.Fatalf("lock held by a holder whose record was being written, then stopping: %v; want the record read again and the stopping holder waited for", err)
+	}
+	l2.Release()
+
+	// A holder whose record never parses is refused, after the moment.
+	l, err = LockStateDir(dir, "run")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	if _, err := l.f.File().WriteAt([]byte("garbage garbage garbage garbage garbage garbage garbage garbage garbage garbage"), 0); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	_, err = lockStateDir(dir, "run", 5*time.Second, 20*time.Millisecond)
+	var busy *StateDirBusyError
+	if !errors.As(err, &busy) || busy.PID != 0 || busy.Stopping || busy.Gone {
+		t.Fatalf("lock held with a record that never parses: %v; want a *StateDirBusyError for an unknown holder", err)
+	}
+	if d := time.Since(began); d > 2*time.Second {
+		t.Fatalf("an unknown holder was refused after %v; want after a moment", d)
 	}
 }
 
@@ -148,7 +199,7 @@ func FuzzParseHolder(f *testing.F) {
 			t.Fatalf("holder %+v", h)
 		}
 		switch h.Command {
-		case "", "run", "service", "enroll":
+		case "", "run", "service", "enroll", "demo":
 		default:
 			t.Fatalf("command %q", h.Command)
 		}
@@ -159,4 +210,44 @@ func FuzzParseHolder(f *testing.F) {
 		}
 		_ = (&StateDirBusyError{Dir: "d", PID: h.PID, Host: h.Host, HolderCommand: h.Command, Since: h.Since}).Error()
 	})
+}
+
+// TestLockStateDirLinkNotFollowed: an agent.lock that is a symbolic link
+// or a hard link to another file (left by a restore, or planted by
+// whoever can write the state directory) is refused with an error naming
+// it, and the file it leads to is left as it was. (Lock used to follow
+// the link, lock the file it leads to, then truncate it and write its
+// record over it: the agent's key, or any file the agent's user may
+// write.)
+func TestLockStateDirLinkNotFollowed(t *testing.T) {
+	for _, kind := range []string{"symbolic link", "hard link"} {
+		t.Run(strings.ReplaceAll(kind, " ", "_"), func(t *testing.T) {
+			dir := t.TempDir()
+			victim := filepath.Join(t.TempDir(), "precious")
+			const content = "a file the agent must never write\n"
+			if err := os.WriteFile(victim, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			link := filepath.Join(dir, StateLockFile)
+			var err error
+			if kind == "symbolic link" {
+				err = os.Symlink(victim, link)
+			} else {
+				err = os.Link(victim, link)
+			}
+			if err != nil {
+				t.Skipf("%s: %v", kind, err)
+			}
+			l, err := LockStateDir(dir, "run")
+			if err == nil {
+				l.Release()
+			}
+			if got, rerr := os.ReadFile(victim); rerr != nil || string(got) != content {
+				t.Fatalf("the file an agent.lock %s leads to: %q, %v after LockStateDir; want it untouched (%q)", kind, got, rerr, content)
+			}
+			if err == nil || !strings.Contains(err.Error(), link) || !strings.Contains(err.Error(), "remove it") {
+				t.Fatalf("LockStateDir with agent.lock a %s: %v; want refused, naming %s and what to do", kind, err, link)
+			}
+		})
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -89,7 +90,10 @@ const (
 	trialOKFile          = "trial-ok"
 	previousSuffix       = ".previous"
 	trialEnv             = "TETHER_UPDATE_TRIAL"
-	statusSendWindow     = 30 * time.Second
+	// trialParentEnv gives a trial the pid of the agent that started it
+	// (Config.TrialParent).
+	trialParentEnv   = "TETHER_UPDATE_TRIAL_PARENT"
+	statusSendWindow = 30 * time.Second
 	// trialStopGrace is how long, after the trial child failed, the
 	// updater waits to see whether the agent is stopping: a stop signal
 	// sent to the whole service (systemd's control group, a terminal's
@@ -259,6 +263,59 @@ func (u *updater) runTrial(ctx context.Context) {
 	}
 	u.log.Info("update trial: connected to a relay; exiting so the parent restarts into this version", "version", u.a.cfg.Version)
 	u.restart(nil)
+}
+
+// trialOverrun bounds how long a trial may run beyond its health
+// timeout (and at most as long again as the timeout) before it stops on
+// its own: by then the agent that started it has killed it, or is gone.
+const trialOverrun = 10 * time.Second
+
+// trialParentPoll is how often a trial looks for the agent that started
+// it.
+const trialParentPoll = 200 * time.Millisecond
+
+// watchTrial stops a trial (stop) whose parent agent is gone, or that has
+// outlived its health timeout, until ctx ends. A trial runs without the
+// state directory's lock, under the lock of the agent that started it
+// and waits for it; without that agent (killed, crashed) nothing would
+// end it if it never connected, and it would keep connecting as the
+// agent's identity, unlocked, beside the agent started next.
+func (u *updater) watchTrial(ctx context.Context, stop context.CancelFunc) {
+	hc := u.a.cfg.Update.HealthTimeout
+	bound := time.NewTimer(hc + min(hc, trialOverrun))
+	defer bound.Stop()
+	var poll <-chan time.Time
+	if u.a.cfg.TrialParent > 0 {
+		t := time.NewTicker(trialParentPoll)
+		defer t.Stop()
+		poll = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-bound.C:
+			u.log.Error("update trial: still running past the health timeout, by when the agent that started it gave up on it; stopping", "health_timeout", hc)
+			stop()
+			return
+		case <-poll:
+			if trialParentGone(u.a.cfg.TrialParent) {
+				u.log.Error("update trial: the agent that started this trial is gone; stopping", "parent_pid", u.a.cfg.TrialParent)
+				stop()
+				return
+			}
+		}
+	}
+}
+
+// trialParentGone reports whether the process parent, which started this
+// one, is gone: it has ended (or no longer exists), or this process has
+// another parent now (on Unix an orphan is given another).
+func trialParentGone(parent int) bool {
+	if runtime.GOOS != "windows" && os.Getppid() != parent {
+		return true
+	}
+	return processGone(parent)
 }
 
 // report sends a status on s, or on any live session when s is nil or
@@ -493,7 +550,7 @@ func (u *updater) trial(ctx context.Context, version string) error {
 	marker := filepath.Join(u.dir, trialOKFile)
 	os.Remove(marker)
 	cmd := exec.Command(u.exe, u.a.cfg.Args...)
-	cmd.Env = append(os.Environ(), trialEnv+"="+marker)
+	cmd.Env = append(os.Environ(), trialEnv+"="+marker, trialParentEnv+"="+strconv.Itoa(os.Getpid()))
 	cmd.Stdout, cmd.Stderr = u.a.cfg.TrialOutput, u.a.cfg.TrialOutput
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start the new binary: %v", err)

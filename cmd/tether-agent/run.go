@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -16,11 +18,11 @@ import (
 // runExitStatus is what the help of run and service says of their exit
 // status (README's "Exit status" table says it at length).
 const runExitStatus = `Exit status: 0 after a stop (SIGTERM, SIGINT, the service manager's stop);
-1 on a failure (config, state directory, listener); 3 when a relay refused
-the agent for good (revoked, unknown to the relay, certificate expired):
-the agent logs once what to do (enrol it again with a new join token) and
-the service manager does not restart it; 75 to restart into a new binary
-after a self-update.`
+1 on a failure (config, state directory, another agent holding the state
+directory, listener); 3 when a relay refused the agent for good (revoked,
+unknown to the relay, certificate expired): the agent logs once what to
+do (enrol it again with a new join token) and the service manager does
+not restart it; 75 to restart into a new binary after a self-update.`
 
 func (a *app) runCmd() *cobra.Command {
 	var configPath string
@@ -33,7 +35,9 @@ and the state directory are watched and reloaded on change. SIGTERM or
 SIGINT stop it: it drains its streams for up to drain_timeout, then exits.
 Logs go to stderr. One agent at a time uses a state directory: it holds
 the lock agent.lock there, and a second one on it exits 1 at once, naming
-the first one's pid.
+the first one's pid; it waits up to 5 s first when the first one has
+recorded that it is stopping, or its process is gone (a restart under
+way).
 
 ` + runExitStatus,
 		Args: cli.NoArgs,
@@ -64,7 +68,9 @@ func (a *app) serviceCmd() *cobra.Command {
 		Long: `Run the agent under the service manager: the run mode that install registers
 (systemd's ExecStart, the Windows service's command line). It is run as
 run is, and stops cleanly, draining, on the service manager's stop. From a
-console it runs until SIGTERM or SIGINT.
+console it runs until SIGTERM or SIGINT. Like run, it holds the state
+directory's lock, agent.lock, and exits 1 when another agent holds it
+(after waiting up to 5 s for one that is stopping).
 
 ` + runExitStatus,
 		Args: cli.NoArgs,
@@ -146,6 +152,15 @@ func (a *app) newAgent(configPath string, stderr io.Writer, command string) (_ *
 	cfg.ConfigFile = configPath
 	cfg.BuiltinUpdateKeys = strings.Split(updateKeys, ",")
 	cfg.UpdateTrial = a.env("TETHER_UPDATE_TRIAL") // set by the agent that tries this binary
+	if cfg.UpdateTrial != "" {
+		// The agent that started this trial, and holds the lock for it:
+		// the trial stops when it is gone. It says who it is (an agent
+		// of an earlier version does not: then the parent process).
+		cfg.TrialParent = os.Getppid()
+		if pid, err := strconv.Atoi(a.env("TETHER_UPDATE_TRIAL_PARENT")); err == nil && pid > 0 {
+			cfg.TrialParent = pid
+		}
+	}
 	cfg.Args = a.args
 	cfg.TrialOutput = stderr
 	ag, err := agent.New(cfg)

@@ -121,17 +121,28 @@ func demo(ctx context.Context, o demoOptions, version string, stdout, stderr io.
 	if err != nil {
 		return fmt.Errorf("enrol demo agent: %w", err)
 	}
+	// The demo's agent holds its state directory as tether-agent run
+	// does: with --keep, an agent started on the directory the demo
+	// printed is refused rather than run beside it.
+	lock, err := agent.LockStateDir(st.Dir, "demo")
+	if err != nil {
+		return err
+	}
 	a, err := agent.New(agent.Config{
 		StateDir: st.Dir,
 		Services: map[string]agent.Service{"hello": {Address: svc.Addr().String()}},
 		Logger:   log.With("component", "agent"), Version: version,
 	})
 	if err != nil {
+		lock.Release()
 		return err
 	}
 	agentCtx, stopAgent := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAgent()
-	wg.Go(func() { a.Run(agentCtx) })
+	wg.Go(func() {
+		defer lock.Release() // once the agent has stopped
+		a.Run(agentCtx)
+	})
 
 	// The SaaS backend's side: one request through the SOCKS5 front door.
 	proxyURL := &url.URL{Scheme: "socks5h", User: url.UserPassword(demoTenant, apiKey), Host: r.SOCKSAddr().String()}

@@ -3,10 +3,19 @@
 // ends (a kill, a crash), and a program the process execs does not
 // inherit it (the file is opened close-on-exec, as os.OpenFile always
 // does).
+//
+// A lock file is written by its holder, so it is opened only when it is
+// a regular file of its own: a symbolic link, a file with other hard
+// links, or a special file (a named pipe, a device) at its path is
+// refused with ErrNotLockFile rather than followed, so that a link
+// planted or left there cannot make the holder truncate and overwrite
+// another file (the agent's key, or any file its user may write).
 package filelock
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"os"
 )
 
@@ -14,6 +23,11 @@ import (
 // file in this process: the lock belongs to the open file, not to the
 // process).
 var ErrLocked = errors.New("locked by another process")
+
+// ErrNotLockFile means that the path of a lock file holds something else
+// than a regular file of its own: a symbolic link, a file with other hard
+// links, or a special file.
+var ErrNotLockFile = errors.New("refused as a lock file, whose holder would write through it to another file; remove it")
 
 // File is a file locked by Lock. Its content is free for the holder to
 // write and for others to read (on Windows the locked byte lies far
@@ -25,10 +39,11 @@ type File struct {
 
 // Lock opens path read-write, creating it (mode 0600) when missing, and
 // takes an exclusive lock on it without waiting: a lock held elsewhere is
-// ErrLocked (wrapped). The lock is held until Unlock, or until the
-// process ends.
+// ErrLocked (wrapped), and a path that is not a regular file of its own
+// is ErrNotLockFile (wrapped). The lock is held until Unlock, or until
+// the process ends.
 func Lock(path string) (*File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := open(path, os.O_RDWR|os.O_CREATE)
 	if err != nil {
 		return nil, err
 	}
@@ -37,6 +52,24 @@ func Lock(path string) (*File, error) {
 		return nil, err
 	}
 	return &File{f: f}, nil
+}
+
+// ReadFile reads at most limit bytes of the lock file at path, which may
+// be locked by another process; a path that is not a regular file of its
+// own is ErrNotLockFile (wrapped), and is not read (a named pipe would
+// block the reader).
+func ReadFile(path string, limit int64) ([]byte, error) {
+	f, err := open(path, os.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, limit))
+}
+
+// notLockFile is the error for path, which holds what, not a lock file.
+func notLockFile(path, what string) error {
+	return fmt.Errorf("%s is %s: %w", path, what, ErrNotLockFile)
 }
 
 // File is the open locked file.
