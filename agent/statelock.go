@@ -79,7 +79,7 @@ func parseHolder(b []byte) holder {
 		return holder{}
 	}
 	switch h.Command {
-	case "run", "service", "enroll", "demo":
+	case "run", "service", "enroll", "demo", "uninstall":
 	default:
 		h.Command = ""
 	}
@@ -163,6 +163,10 @@ func (e *StateDirBusyError) Error() string {
 		holderText += " (" + strings.Join(who, ", ") + ")"
 	}
 	lock := filepath.Join(e.Dir, StateLockFile)
+	if e.Command == "uninstall" {
+		return fmt.Sprintf("the state directory %s is in use by %s, which holds its lock %s: not removing the identity of an agent that is running with it. Stop that agent, then run tether-agent uninstall --purge again",
+			e.Dir, holderText, lock)
+	}
 	if e.Command == "enroll" {
 		return fmt.Sprintf("the state directory %s is in use by %s, which holds its lock %s: enrolling would replace the identity of an agent that is running with it. Stop that agent first (tether-agent stop, for the installed service), enrol, then start it again",
 			e.Dir, holderText, lock)

@@ -75,8 +75,10 @@ func newService(l Layout, p service.Interface) (service.Service, error) {
 
 // Uninstall stops the service and removes its registration. With purge it
 // also removes the binary, the config and the state (the agent's identity)
-// and, on Linux, the service user.
-func Uninstall(l Layout, purge bool, out io.Writer) error {
+// and, on Linux, the service user, once mayPurge (when not nil), called
+// after the service has stopped, has not refused: an agent started by
+// hand on the same state directory would lose its identity while it runs.
+func Uninstall(l Layout, purge bool, out io.Writer, mayPurge func() error) error {
 	s, err := newService(l, nil)
 	if err != nil {
 		return err
@@ -93,6 +95,11 @@ func Uninstall(l Layout, purge bool, out io.Writer) error {
 	if !purge {
 		fmt.Fprintf(out, "kept %s, %s and %s (uninstall --purge removes them)\n", l.BinaryPath, l.ConfigPath, l.StateDir)
 		return nil
+	}
+	if mayPurge != nil {
+		if err := mayPurge(); err != nil {
+			return fmt.Errorf("service %s removed, but not purging: %w", l.Name, err)
+		}
 	}
 	for _, p := range []string{l.StateDir, l.ConfigDir(), l.BinDir()} {
 		if err := os.RemoveAll(p); err != nil {

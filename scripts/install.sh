@@ -191,8 +191,22 @@ say "downloaded tether-agent $version (linux/$arch)"
 # 3. Enrol. The token goes through standard input.
 state="$root/var/lib/tether-agent"
 config="$root/etc/tether-agent/agent.yaml"
-printf '%s\n' "$token" | "$tmp/tether-agent" enroll --relay "$relay" --token-file - --state-dir "$state" $force >/dev/null ||
+# With --force over an installed agent that runs, stop it first: an agent
+# holds its state directory, and enrol refuses to replace the identity
+# under it. It is started again if the enrolment fails.
+stopped=''
+if [ -n "$force" ] && [ -z "$root" ] && [ -x /opt/tether-agent/bin/tether-agent ] &&
+	command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet tether-agent; then
+	say "stopping the running agent to enrol this machine again (--force)"
+	/opt/tether-agent/bin/tether-agent stop || die "could not stop the running agent (tether-agent stop)"
+	stopped=1
+fi
+if ! printf '%s\n' "$token" | "$tmp/tether-agent" enroll --relay "$relay" --token-file - --state-dir "$state" $force >/dev/null; then
+	if [ -n "$stopped" ]; then
+		/opt/tether-agent/bin/tether-agent start && say "started the agent again with its previous identity"
+	fi
 	die "enrolment failed"
+fi
 token=''
 
 # 4. The config: relay, state, and the services this machine allows.

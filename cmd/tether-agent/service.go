@@ -1,7 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -61,10 +64,18 @@ func uninstallCmd() *cobra.Command {
 		Use:   "uninstall",
 		Short: "Stop and unregister the service",
 		Long: `Stop the service and unregister it from the service manager. The binary,
-the config and the agent's identity stay unless --purge is given.`,
+the config and the agent's identity stay unless --purge is given. --purge
+removes the state directory the installed config names (state_dir), and
+refuses while another agent process (one started by hand) holds it.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return installer.Uninstall(installer.DefaultLayout(), purge, cmd.OutOrStdout())
+			l := installer.DefaultLayout()
+			var mayPurge func() error
+			if purge {
+				l = installedLayout(l, cmd.ErrOrStderr())
+				mayPurge = func() error { return stateDirFree(l.StateDir) }
+			}
+			return installer.Uninstall(l, purge, cmd.OutOrStdout(), mayPurge)
 		},
 	}
 	cmd.Flags().BoolVar(&purge, "purge", false, "also remove the binary, the config, the agent's identity and (Linux) the service user")
@@ -117,4 +128,38 @@ func unitCmd() *cobra.Command {
 			return err
 		},
 	}
+}
+
+// installedLayout is l with the state directory of the installed config
+// (l.ConfigPath), as install gave the service: install takes state_dir
+// from the config, so a purge must remove that one, not the default. A
+// config that cannot be read leaves l as it is, which is said on w.
+func installedLayout(l installer.Layout, w io.Writer) installer.Layout {
+	cfg, err := agent.LoadConfig(l.ConfigPath)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return l
+	case err != nil:
+		fmt.Fprintf(w, "the installed config %s cannot be read (%v): purging the default state directory %s\n", l.ConfigPath, err, l.StateDir)
+		return l
+	}
+	if filepath.IsAbs(cfg.StateDir) && filepath.Clean(cfg.StateDir) != filepath.Clean(l.StateDir) {
+		l.StateDir = filepath.Clean(cfg.StateDir)
+		l.UpdateDir = filepath.Join(l.StateDir, "update")
+	}
+	return l
+}
+
+// stateDirFree refuses (*agent.StateDirBusyError) while another process
+// holds the state directory dir; a directory that does not exist is free.
+func stateDirFree(dir string) error {
+	lock, err := agent.LockStateDir(dir, "uninstall")
+	if errors.Is(err, agent.ErrNotEnrolled) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	lock.Release()
+	return nil
 }
