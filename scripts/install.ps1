@@ -102,6 +102,17 @@ try {
     if (Test-Path $config) { Copy-Item $config $cfgTmp; Write-Host "keeping the existing $config" }
     else { Set-Content -Path $cfgTmp -Value $lines -Encoding ASCII }
 
+    # With -Force over an installed agent that runs, stop it first: an
+    # agent holds its state directory, and enrol refuses to replace the
+    # identity under it. It is started again if the enrolment fails.
+    $stopped = $false
+    $svc = Get-Service -Name 'tether-agent' -ErrorAction SilentlyContinue
+    if ($Force -and $svc -and $svc.Status -eq 'Running') {
+        Write-Host 'stopping the running agent to enrol this machine again (-Force)'
+        Stop-Service -Name 'tether-agent' -ErrorAction Stop
+        $stopped = $true
+    }
+
     # install first: it creates the protected state directory that
     # enrolment then writes the key into.
     & $exe install --config $cfgTmp
@@ -110,7 +121,10 @@ try {
     $enrollArgs = @('enroll', '--relay', $Relay, '--token-file', '-', '--state-dir', $state)
     if ($Force) { $enrollArgs += '--force' }
     $token | & $agent @enrollArgs | Out-Null
-    if ($LASTEXITCODE) { throw 'enrolment failed' }
+    if ($LASTEXITCODE) {
+        if ($stopped) { Start-Service -Name 'tether-agent'; Write-Host 'started the agent again with its previous identity' }
+        throw 'enrolment failed'
+    }
     $token = $null
     & $agent start
     if ($LASTEXITCODE) { throw 'starting the service failed' }
