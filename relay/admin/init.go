@@ -2,7 +2,6 @@ package admin
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/tetherhq/tether/protocol/identity"
@@ -43,6 +42,13 @@ func (e *TrustDomainMismatchError) Error() string {
 // there (Created false); when strictTrustDomain and the CA's trust
 // domain is not o.TrustDomain, that is a *TrustDomainMismatchError.
 // o.Existing is ignored.
+//
+// Whether Init made the CA is what the data directory's open found under
+// its locks (the data directory's, and the store's CA lock for a
+// cluster's store), so that of inits racing on one store (hosts of a
+// cluster provisioned at once) or one data directory, only the one that
+// made the CA says so and records it; the others see that CA as one
+// already there, and are held to the trust domain they asked for.
 func Init(ctx context.Context, o Options, strictTrustDomain bool) (Initialised, error) {
 	if o.TrustDomain == "" {
 		o.TrustDomain = "tether.internal"
@@ -50,20 +56,14 @@ func Init(ctx context.Context, o Options, strictTrustDomain bool) (Initialised, 
 	if err := identity.ValidateTrustDomain(o.TrustDomain); err != nil {
 		return Initialised{}, err
 	}
-	o.Existing = true
+	o.Existing = false
 	a, err := Open(ctx, o)
-	created := false
-	if errors.Is(err, ErrNoDataDir) {
-		o.Existing = false
-		a, err = Open(ctx, o)
-		created = true
-	}
 	if err != nil {
 		return Initialised{}, err
 	}
 	defer a.Close()
-	res := Initialised{Created: created, DataDir: o.DataDir, TrustDomain: a.TrustDomain(), CAFingerprint: a.CAFingerprint()}
-	if created {
+	res := Initialised{Created: a.dir.CACreated, DataDir: o.DataDir, TrustDomain: a.TrustDomain(), CAFingerprint: a.CAFingerprint()}
+	if res.Created {
 		a.Record(KindInit, "", "", "", map[string]any{"trust_domain": res.TrustDomain, "ca_fingerprint": res.CAFingerprint})
 		return res, nil
 	}

@@ -64,6 +64,11 @@ type Dir struct {
 	// operators are encrypted under (relay/admin), shared like ResetKey so
 	// that a cursor one relay of a cluster gave works on every other.
 	AuditCursorKey [32]byte
+	// CACreated says that Open made the CA (none was there, in the data
+	// directory or the store): false when it loaded one, made by this
+	// process's predecessors or by another relay or command that won a
+	// race to make it.
+	CACreated bool
 
 	ca       ca.Storage   // where the CA is kept
 	caShared bool         // ca is in the store, shared by a cluster
@@ -222,7 +227,8 @@ func (d *Dir) loadCA(ctx context.Context, o Options, now time.Time) (*ca.CA, err
 		}
 		return c, err
 	}
-	c, _, err := ca.LoadOrCreate(ctx, d.ca, o.TrustDomain, now)
+	c, created, err := ca.LoadOrCreate(ctx, d.ca, o.TrustDomain, now)
+	d.CACreated = created
 	return c, err
 }
 
