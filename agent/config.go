@@ -392,3 +392,23 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// ReadStateDir reads only state_dir from the YAML config file at path,
+// without checking the rest: for uninstall --purge, which must find the
+// state directory install gave the service even when the config is no
+// longer one this version accepts (a key of another version, a setting
+// out of range), since that directory holds the agent's identity. An
+// error that wraps fs.ErrNotExist: no file.
+func ReadStateDir(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read config: %w", err)
+	}
+	var c struct {
+		StateDir string `yaml:"state_dir"`
+	}
+	if err := yaml.Unmarshal(data, &c); err != nil {
+		return "", fmt.Errorf("parse config: %w", err)
+	}
+	return c.StateDir, nil
+}

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"path/filepath"
 
@@ -65,14 +64,22 @@ func uninstallCmd() *cobra.Command {
 		Short: "Stop and unregister the service",
 		Long: `Stop the service and unregister it from the service manager. The binary,
 the config and the agent's identity stay unless --purge is given. --purge
-removes the state directory the installed config names (state_dir), and
-refuses while another agent process (one started by hand) holds it.`,
+removes the state directory the installed config names (state_dir, read
+even from a config this version no longer accepts), and refuses while
+another agent process (one started by hand) holds it; with an installed
+config that cannot be parsed or names no absolute state_dir, it changes
+nothing and says what to fix.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l := installer.DefaultLayout()
 			var mayPurge func() error
 			if purge {
-				l = installedLayout(l, cmd.ErrOrStderr())
+				// Before anything is stopped: a purge that cannot tell
+				// which state directory is the service's changes nothing.
+				var err error
+				if l, err = installedLayout(l); err != nil {
+					return err
+				}
 				mayPurge = func() error { return stateDirFree(l.StateDir) }
 			}
 			return installer.Uninstall(l, purge, cmd.OutOrStdout(), mayPurge)
@@ -132,22 +139,30 @@ func unitCmd() *cobra.Command {
 
 // installedLayout is l with the state directory of the installed config
 // (l.ConfigPath), as install gave the service: install takes state_dir
-// from the config, so a purge must remove that one, not the default. A
-// config that cannot be read leaves l as it is, which is said on w.
-func installedLayout(l installer.Layout, w io.Writer) installer.Layout {
-	cfg, err := agent.LoadConfig(l.ConfigPath)
+// from the config, so a purge must remove that one, not the default. Only
+// state_dir is read, so that a config this version no longer accepts
+// still names it. Without an installed config, l is the default layout.
+// A config that cannot be parsed, or that names no absolute state_dir
+// (install refuses one that does not), is an error: the state directory
+// the service was given is unknown, and purging the default instead
+// would leave the agent's identity behind while saying it was removed.
+func installedLayout(l installer.Layout) (installer.Layout, error) {
+	dir, err := agent.ReadStateDir(l.ConfigPath)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return l
+		return l, nil
 	case err != nil:
-		fmt.Fprintf(w, "the installed config %s cannot be read (%v): purging the default state directory %s\n", l.ConfigPath, err, l.StateDir)
-		return l
+		return l, fmt.Errorf("the installed config %s cannot be read (%w), so the state directory to purge is unknown: "+
+			"fix its state_dir, or remove the config to purge the default %s, and run uninstall --purge again", l.ConfigPath, err, l.StateDir)
+	case !filepath.IsAbs(dir):
+		return l, fmt.Errorf("the installed config %s names no absolute state_dir (%q), so the state directory to purge is unknown: "+
+			"set it to the one the service ran with, or remove the config to purge the default %s, and run uninstall --purge again", l.ConfigPath, dir, l.StateDir)
 	}
-	if filepath.IsAbs(cfg.StateDir) && filepath.Clean(cfg.StateDir) != filepath.Clean(l.StateDir) {
-		l.StateDir = filepath.Clean(cfg.StateDir)
+	if filepath.Clean(dir) != filepath.Clean(l.StateDir) {
+		l.StateDir = filepath.Clean(dir)
 		l.UpdateDir = filepath.Join(l.StateDir, "update")
 	}
-	return l
+	return l, nil
 }
 
 // stateDirFree refuses (*agent.StateDirBusyError) while another process

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -14,32 +13,46 @@ import (
 
 // TestUninstallPurgesTheInstalledStateDir: uninstall --purge removes the
 // state directory the installed config names, as install gave it to the
-// service, not the default one; without an installed config, or with one
-// that cannot be read (said), the default stays.
+// service, not the default one; without an installed config, the default.
+// A config this version no longer accepts (a key of another version)
+// still names it: it used to be purged the default instead, leaving the
+// agent's identity behind. One that cannot be parsed, or names no
+// absolute state_dir, is refused with what to do, not guessed at.
 func TestUninstallPurgesTheInstalledStateDir(t *testing.T) {
 	dir := t.TempDir()
 	l := installer.LinuxLayout(dir)
 	if err := os.MkdirAll(filepath.Dir(l.ConfigPath), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	var w bytes.Buffer
-	if got := installedLayout(l, &w); got != l || w.Len() != 0 {
-		t.Fatalf("no installed config: %+v (%q), want the default layout", got, w.String())
+	if got, err := installedLayout(l); got != l || err != nil {
+		t.Fatalf("no installed config: %+v, %v; want the default layout", got, err)
 	}
 	custom := filepath.Join(dir, "srv", "tether-state")
-	cfg := "relays: [relay.example:443]\nstate_dir: " + custom + "\nservices:\n  web: 127.0.0.1:8080\n"
-	if err := os.WriteFile(l.ConfigPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
+	for name, cfg := range map[string]string{
+		"valid":                    "relays: [relay.example:443]\nstate_dir: " + custom + "\nservices:\n  web: 127.0.0.1:8080\n",
+		"key of another version":   "relays: [relay.example:443]\nstate_dir: " + custom + "\nservices:\n  web: 127.0.0.1:8080\nsetting_of_another_version: 1\n",
+		"not valid for this agent": "relays: [relay.example]\nstate_dir: " + custom + "\n",
+	} {
+		if err := os.WriteFile(l.ConfigPath, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := installedLayout(l)
+		if err != nil || got.StateDir != custom || got.UpdateDir != filepath.Join(custom, "update") || got.ConfigPath != l.ConfigPath || got.BinaryPath != l.BinaryPath {
+			t.Fatalf("installed config (%s) with state_dir %s: layout %+v, %v", name, custom, got, err)
+		}
 	}
-	got := installedLayout(l, &w)
-	if got.StateDir != custom || got.UpdateDir != filepath.Join(custom, "update") || got.ConfigPath != l.ConfigPath || got.BinaryPath != l.BinaryPath {
-		t.Fatalf("installed config with state_dir %s: layout %+v", custom, got)
-	}
-	if err := os.WriteFile(l.ConfigPath, []byte("state_dir: [\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if got := installedLayout(l, &w); got.StateDir != l.StateDir || !strings.Contains(w.String(), "cannot be read") {
-		t.Fatalf("unreadable installed config: %+v (%q)", got, w.String())
+	for name, cfg := range map[string]string{
+		"unparseable":        "state_dir: [\n",
+		"no state_dir":       "relays: [relay.example:443]\n",
+		"relative state_dir": "state_dir: state\n",
+	} {
+		if err := os.WriteFile(l.ConfigPath, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := installedLayout(l); err == nil || !strings.Contains(err.Error(), "state directory to purge is unknown") ||
+			!strings.Contains(err.Error(), "run uninstall --purge again") {
+			t.Fatalf("installed config (%s): %+v, %v; want a refusal saying what to do", name, got, err)
+		}
 	}
 }
 
