@@ -102,29 +102,36 @@ try {
     if (Test-Path $config) { Copy-Item $config $cfgTmp; Write-Host "keeping the existing $config" }
     else { Set-Content -Path $cfgTmp -Value $lines -Encoding ASCII }
 
-    # With -Force over an installed agent that runs, stop it first: an
-    # agent holds its state directory, and enrol refuses to replace the
-    # identity under it. It is started again if the enrolment fails.
+    # With -Force over an installed agent that runs (or is starting), stop
+    # it first: an agent holds its state directory, and enrol refuses to
+    # replace the identity under it. It is started again if install or the
+    # enrolment fails, with its previous identity.
     $stopped = $false
     $svc = Get-Service -Name 'tether-agent' -ErrorAction SilentlyContinue
-    if ($Force -and $svc -and $svc.Status -eq 'Running') {
+    if ($Force -and $svc -and @('Running', 'StartPending') -contains [string]$svc.Status) {
         Write-Host 'stopping the running agent to enrol this machine again (-Force)'
         Stop-Service -Name 'tether-agent' -ErrorAction Stop
         $stopped = $true
+    }
+    function Restore-Agent {
+        if (-not $stopped) { return }
+        try {
+            Start-Service -Name 'tether-agent' -ErrorAction Stop
+            Write-Host 'started the agent again with its previous identity'
+        } catch {
+            Write-Host "could not start the agent again (it is stopped): $_"
+        }
     }
 
     # install first: it creates the protected state directory that
     # enrolment then writes the key into.
     & $exe install --config $cfgTmp
-    if ($LASTEXITCODE) { throw 'tether-agent install failed' }
+    if ($LASTEXITCODE) { Restore-Agent; throw 'tether-agent install failed' }
     $agent = Join-Path $env:ProgramFiles 'Tether\tether-agent.exe'
     $enrollArgs = @('enroll', '--relay', $Relay, '--token-file', '-', '--state-dir', $state)
     if ($Force) { $enrollArgs += '--force' }
     $token | & $agent @enrollArgs | Out-Null
-    if ($LASTEXITCODE) {
-        if ($stopped) { Start-Service -Name 'tether-agent'; Write-Host 'started the agent again with its previous identity' }
-        throw 'enrolment failed'
-    }
+    if ($LASTEXITCODE) { Restore-Agent; throw 'enrolment failed' }
     $token = $null
     & $agent start
     if ($LASTEXITCODE) { throw 'starting the service failed' }

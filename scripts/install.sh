@@ -191,19 +191,28 @@ say "downloaded tether-agent $version (linux/$arch)"
 # 3. Enrol. The token goes through standard input.
 state="$root/var/lib/tether-agent"
 config="$root/etc/tether-agent/agent.yaml"
-# With --force over an installed agent that runs, stop it first: an agent
-# holds its state directory, and enrol refuses to replace the identity
-# under it. It is started again if the enrolment fails.
+# With --force over an installed agent that runs (or is being restarted by
+# systemd), stop it first: an agent holds its state directory, and enrol
+# refuses to replace the identity under it. It is started again if the
+# enrolment fails, and with the new identity in step 5. --no-service leaves
+# the service alone: stopped here, nothing would start it again.
 stopped=''
-if [ -n "$force" ] && [ -z "$root" ] && [ -x /opt/tether-agent/bin/tether-agent ] &&
-	command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet tether-agent; then
-	say "stopping the running agent to enrol this machine again (--force)"
-	/opt/tether-agent/bin/tether-agent stop || die "could not stop the running agent (tether-agent stop)"
-	stopped=1
+if [ -n "$force" ] && [ -z "$root" ] && [ -z "$no_service" ] && [ -x /opt/tether-agent/bin/tether-agent ] &&
+	command -v systemctl >/dev/null 2>&1; then
+	case $(systemctl is-active tether-agent 2>/dev/null || true) in
+	active|activating|reloading)
+		say "stopping the running agent to enrol this machine again (--force)"
+		/opt/tether-agent/bin/tether-agent stop || die "could not stop the running agent (tether-agent stop)"
+		stopped=1 ;;
+	esac
 fi
 if ! printf '%s\n' "$token" | "$tmp/tether-agent" enroll --relay "$relay" --token-file - --state-dir "$state" $force >/dev/null; then
 	if [ -n "$stopped" ]; then
-		/opt/tether-agent/bin/tether-agent start && say "started the agent again with its previous identity"
+		if /opt/tether-agent/bin/tether-agent start; then
+			say "started the agent again with its previous identity"
+		else
+			say "could not start the agent again (tether-agent start): it is stopped"
+		fi
 	fi
 	die "enrolment failed"
 fi
