@@ -30,7 +30,7 @@ func TestVocabulary(t *testing.T) {
 		extra = append(extra, path)
 	}
 	slices.Sort(extra)
-	if want := []string{"demo", "serve", "version"}; !slices.Equal(extra, want) {
+	if want := []string{"demo", "init", "serve", "version"}; !slices.Equal(extra, want) {
 		t.Errorf("commands outside the vocabulary: %v, want %v", extra, want)
 	}
 }
