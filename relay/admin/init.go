@@ -26,11 +26,18 @@ type Initialised struct {
 // trust domain never changes (every identity it issued names it).
 type TrustDomainMismatchError struct {
 	Dir, Have, Want string
+	// Store says that the CA is the one in the cluster's store (which
+	// Dir does not hold).
+	Store bool
 }
 
 func (e *TrustDomainMismatchError) Error() string {
+	where, other := e.Dir, "another data directory"
+	if e.Store {
+		where, other = "the cluster's store", "another store"
+	}
 	return fmt.Sprintf("%s is initialised already, with trust domain %q, not %q: a CA's trust domain does not change (every certificate it issued names it); "+
-		"drop the trust domain from the command or the config, or initialise another data directory", e.Dir, e.Have, e.Want)
+		"drop the trust domain from the command or the config, or initialise %s", where, e.Have, e.Want, other)
 }
 
 // Init initialises the data directory o.DataDir (with o.Store, the
@@ -68,7 +75,7 @@ func Init(ctx context.Context, o Options, strictTrustDomain bool) (Initialised, 
 		return res, nil
 	}
 	if strictTrustDomain && res.TrustDomain != o.TrustDomain {
-		return res, &TrustDomainMismatchError{Dir: o.DataDir, Have: res.TrustDomain, Want: o.TrustDomain}
+		return res, &TrustDomainMismatchError{Dir: o.DataDir, Have: res.TrustDomain, Want: o.TrustDomain, Store: o.Store != ""}
 	}
 	return res, nil
 }
