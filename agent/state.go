@@ -21,8 +21,12 @@ const (
 	keyFile      = "agent.key"
 	certFile     = "agent.crt"
 	caFile       = "ca.crt"
-	identityFile = "agent.json"
+	identityFile = IdentityFile
 )
+
+// IdentityFile is the file in the state directory that says which agent
+// it holds (id, tenant): a directory with it is an agent's.
+const IdentityFile = "agent.json"
 
 // stateFiles are the files of an identity, in the order a save moves them
 // in.

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -68,7 +70,8 @@ removes the state directory the installed config names (state_dir, read
 even from a config this version no longer accepts), and refuses while
 another agent process (one started by hand) holds it; with an installed
 config that cannot be parsed or names no absolute state_dir, it changes
-nothing and says what to fix.`,
+nothing and says what to fix. A state directory that holds files but no
+agent identity (agent.json) is not removed.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l := installer.DefaultLayout()
@@ -166,8 +169,37 @@ func installedLayout(l installer.Layout) (installer.Layout, error) {
 }
 
 // stateDirFree refuses (*agent.StateDirBusyError) while another process
-// holds the state directory dir; a directory that does not exist is free.
+// holds the state directory dir, and refuses a directory that does not
+// look like an agent's state directory: one holding something but no
+// identity (agent.json), such as /var/lib named as state_dir by mistake,
+// which the purge would otherwise remove whole. A directory that does
+// not exist is free.
 func stateDirFree(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read the state directory %s: %w", dir, err)
+	}
+	identity := false
+	var others []string
+	for _, e := range ents {
+		switch e.Name() {
+		case agent.IdentityFile:
+			identity = true
+		case agent.StateLockFile:
+		default:
+			others = append(others, e.Name())
+		}
+	}
+	if !identity && len(others) > 0 {
+		if len(others) > 3 {
+			others = append(others[:3], "…")
+		}
+		return fmt.Errorf("the state directory %s holds no agent identity (%s) but other files (%s): not removing a directory that may not be the agent's; remove it by hand if it is",
+			dir, agent.IdentityFile, strings.Join(others, ", "))
+	}
 	lock, err := agent.LockStateDir(dir, "uninstall")
 	if errors.Is(err, agent.ErrNotEnrolled) {
 		return nil

@@ -79,3 +79,35 @@ func TestUninstallPurgeRefusedWhileHeld(t *testing.T) {
 		t.Fatalf("purge of a missing state directory: %v", err)
 	}
 }
+
+// TestUninstallPurgeRefusesAStrangeDirectory: a state_dir that holds
+// files but no agent identity (a system directory named by mistake) is
+// not purged, and not written to (no agent.lock left in it); an agent's
+// state directory, and an empty one, are.
+func TestUninstallPurgeRefusesAStrangeDirectory(t *testing.T) {
+	strange := t.TempDir()
+	for _, name := range []string{"postgresql", "dpkg", "apt"} {
+		if err := os.Mkdir(filepath.Join(strange, name), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := stateDirFree(strange)
+	if err == nil || !strings.Contains(err.Error(), "holds no agent identity (agent.json)") || !strings.Contains(err.Error(), "apt, dpkg, postgresql") {
+		t.Fatalf("purge of a directory that is not an agent's: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(strange, agent.StateLockFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the check left %s in a directory that is not an agent's (%v)", agent.StateLockFile, err)
+	}
+	state := t.TempDir()
+	for _, name := range []string{agent.IdentityFile, "agent.key", "update"} {
+		if err := os.WriteFile(filepath.Join(state, name), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := stateDirFree(state); err != nil {
+		t.Fatalf("purge of an agent's state directory: %v", err)
+	}
+	if err := stateDirFree(t.TempDir()); err != nil {
+		t.Fatalf("purge of an empty state directory: %v", err)
+	}
+}
