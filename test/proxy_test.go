@@ -259,7 +259,11 @@ func TestProxyEgress(t *testing.T) {
 	}
 
 	// A wrong password in the config: the agent says why, as an error,
-	// and keeps retrying.
+	// and keeps retrying. (The same state directory: the first agent
+	// stops first, since one agent at a time holds it.)
+	if err := agent.stop(20 * time.Second); err != nil {
+		t.Fatalf("agent after SIGTERM: %v", err)
+	}
 	badConfig := strings.Replace(config, password, "wrong-pw", 1)
 	bad := startEnv(t, "tether-agent (wrong proxy password)", nil, bins.agent, "run", "--config", writeAgentConfig(t, badConfig))
 	bad.waitOutput("refused CONNECT to "+relayName+": 407 Proxy Authentication Required (the proxy did not accept the user name and password in the proxy URL)", 20*time.Second)
