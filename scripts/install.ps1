@@ -128,7 +128,9 @@ try {
     & $exe install --config $cfgTmp
     if ($LASTEXITCODE) { Restore-Agent; throw 'tether-agent install failed' }
     $agent = Join-Path $env:ProgramFiles 'Tether\tether-agent.exe'
-    $enrollArgs = @('enroll', '--relay', $Relay, '--token-file', '-', '--state-dir', $state)
+    # The installed config (kept when there was one) names the state
+    # directory the service runs with: the identity goes there.
+    $enrollArgs = @('enroll', '--relay', $Relay, '--token-file', '-', '--config', $config)
     if ($Force) { $enrollArgs += '--force' }
     $token | & $agent @enrollArgs | Out-Null
     if ($LASTEXITCODE) { Restore-Agent; throw 'enrolment failed' }

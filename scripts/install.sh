@@ -206,7 +206,13 @@ if [ -n "$force" ] && [ -z "$root" ] && [ -z "$no_service" ] && [ -x /opt/tether
 		stopped=1 ;;
 	esac
 fi
-if ! printf '%s\n' "$token" | "$tmp/tether-agent" enroll --relay "$relay" --token-file - --state-dir "$state" $force >/dev/null; then
+# An existing config is kept (step 4), so the identity goes where it says
+# the agent keeps its state, which need not be the default.
+where="--state-dir=$state"
+if [ -e "$config" ]; then
+	where="--config=$config"
+fi
+if ! printf '%s\n' "$token" | "$tmp/tether-agent" enroll --relay "$relay" --token-file - "$where" $force >/dev/null; then
 	if [ -n "$stopped" ]; then
 		if /opt/tether-agent/bin/tether-agent start; then
 			say "started the agent again with its previous identity"

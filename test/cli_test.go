@@ -257,7 +257,7 @@ func TestCommandLineMistakes(t *testing.T) {
 // version is the same in its short form.
 func TestAgentCommandHelp(t *testing.T) {
 	want := map[string][]string{
-		"enroll":     {"--force", "--proxy", "--relay", "--state-dir", "--timeout", "--token", "--token-file"},
+		"enroll":     {"--config", "--force", "--proxy", "--relay", "--state-dir", "--timeout", "--token", "--token-file"},
 		"run":        {"--config"},
 		"service":    {"--config"},
 		"install":    {"--config", "--files-only"},
@@ -326,10 +326,12 @@ func TestAgentEnrollSources(t *testing.T) {
 		fromEnv bool
 		args    []string
 		warn    bool
+		config  bool // the state directory from an agent config's state_dir (--config)
 	}{
-		{"file, -o json", false, []string{"--token-file", tokenFile, "-o", "json"}, false},
-		{"environment", true, nil, false},
-		{"command line", false, []string{"--token", "TOKEN"}, true},
+		{"file, -o json", false, []string{"--token-file", tokenFile, "-o", "json"}, false, false},
+		{"environment", true, nil, false, false},
+		{"command line", false, []string{"--token", "TOKEN"}, true, false},
+		{"state directory from the config, -o json", false, []string{"--token-file", tokenFile, "-o", "json"}, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			token := r.token(t, "acme")
@@ -338,6 +340,19 @@ func TestAgentEnrollSources(t *testing.T) {
 			}
 			stateDir := filepath.Join(t.TempDir(), "state")
 			args := []string{"enroll", "--relay", r.agentAddr, "--state-dir", stateDir}
+			if tc.config {
+				config := filepath.Join(t.TempDir(), "agent.yaml")
+				// Only state_dir is read: a key this version does not know is no matter.
+				body := "relays: [" + r.agentAddr + "]\nstate_dir: " + stateDir + "\nservices: {}\nsetting_of_a_later_version: 1\n"
+				if err := os.WriteFile(config, []byte(body), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if _, stderr, err := runCmd(t, bins.agent, append(slices.Clone(args), "--config", config, "--token-file", tokenFile)...); exitCode(err) != 2 ||
+					!strings.Contains(stderr, "--state-dir or --config, not both") {
+					t.Fatalf("enroll with --state-dir and --config: %v\n%s", err, stderr)
+				}
+				args = []string{"enroll", "--relay", r.agentAddr, "--config", config}
+			}
 			for _, a := range tc.args {
 				args = append(args, strings.ReplaceAll(a, "TOKEN", token))
 			}

@@ -16,6 +16,7 @@ import (
 
 type enrollOptions struct {
 	relay, token, tokenFile, stateDir, proxy string
+	config                                   string // --config: state_dir from this agent config
 	force                                    bool
 	timeout                                  time.Duration
 }
@@ -32,7 +33,9 @@ token names the relay's CA, so no other relay is trusted. The agent's id is
 printed on stdout (with -o json or yaml: id, tenant, certificate expiry and
 state directory), messages on stderr. A state directory an agent is
 running with is refused (its lock, agent.lock, is held): stop that agent
-first, enrol, then start it again.
+first, enrol, then start it again. --config FILE takes the state directory
+from the state_dir of the agent config FILE (the one the agent will run
+with) instead of --state-dir.
 
 The join token comes from --token-file FILE ("-" for standard input), else
 $TETHER_JOIN_TOKEN. --token TOKEN works too but is warned about: a command
@@ -47,7 +50,8 @@ history.`,
 	fs.StringVar(&o.relay, "relay", "", "the relay's agent address, HOST:PORT (required)")
 	fs.StringVar(&o.tokenFile, "token-file", "", `file holding the join token ("-" for standard input)`)
 	fs.StringVar(&o.token, "token", "", "the join token itself: a secret on the command line (prefer --token-file or $TETHER_JOIN_TOKEN)")
-	fs.StringVar(&o.stateDir, "state-dir", "", "directory for the agent's key and certificate (required)")
+	fs.StringVar(&o.stateDir, "state-dir", "", "directory for the agent's key and certificate (required, unless --config names it)")
+	configFlag(cmd, &o.config, "agent config file whose state_dir is the state directory (instead of --state-dir)")
 	fs.BoolVar(&o.force, "force", false, "replace an existing identity in the state directory")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "give up after this long")
 	fs.StringVar(&o.proxy, "proxy", "", `HTTP proxy to the relay, http://[user:password@]host:port ("direct" for none; default $HTTPS_PROXY unless $NO_PROXY exempts the relay)`)
@@ -69,8 +73,21 @@ func (a *app) enroll(cmd *cobra.Command, o enrollOptions) error {
 	if err != nil {
 		return err
 	}
+	if o.config != "" {
+		if o.stateDir != "" {
+			return cli.Usagef("give the state directory with --state-dir or --config, not both")
+		}
+		dir, err := agent.ReadStateDir(o.config)
+		if err != nil {
+			return err
+		}
+		if dir == "" {
+			return fmt.Errorf("%s names no state_dir", o.config)
+		}
+		o.stateDir = dir
+	}
 	if o.relay == "" || o.stateDir == "" {
-		return cli.Usagef("enroll needs --relay and --state-dir")
+		return cli.Usagef("enroll needs --relay and --state-dir (or --config)")
 	}
 	opts := agent.EnrollOptions{Relay: o.relay, Token: tok, StateDir: o.stateDir, Force: o.force, Version: a.info.Version, Proxy: o.proxy}
 	via, source, err := agent.EnrollProxy(opts)
