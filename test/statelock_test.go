@@ -197,19 +197,7 @@ func TestEnrollRefusedUnderARunningAgent(t *testing.T) {
 // agent (a second agent used to find the running agent's mark set, count
 // it, and run alongside), and later stops are counted as before.
 func TestSecondAgentDuringProbationNotCounted(t *testing.T) {
-	v1 := agentOfVersion(t, "1.0.0")
-	v2 := agentOfVersion(t, "2.0.0")
-	e := newUpdateEnv(t)
-	r := e.relay
-	stateDir, id := enroll(t, r.agentAddr, r.token(t, "acme"))
-	a := runAgent(t, stateDir, id, r.agentAddr, agentOpts{bin: v1, extra: e.updateYAML(", health_timeout: 30s")})
-	e.publish(t, v2, "2.0.0")
-	r.admin(t, "release", "rollout", "2.0.0", "--agents", id)
-	if reason, msg := e.waitState(t, id, "2.0.0", 90*time.Second, "succeeded", "rolled_back", "refused", "failed"); reason != "" {
-		t.Fatalf("update to 2.0.0: %s %s", reason, msg)
-	}
-	const onProbation = "update: the new version is on probation"
-	waitCount(t, a.proc, onProbation, 1, 20*time.Second)
+	_, stateDir, _, a, v1 := startOnProbation(t)
 	pendingPath := filepath.Join(stateDir, "update", "pending.json")
 	pending, err := os.ReadFile(pendingPath)
 	if err != nil || !bytes.Contains(pending, []byte(`"state":"probation"`)) || !bytes.Contains(pending, []byte(`"running":true`)) || bytes.Contains(pending, []byte(`"unclean"`)) {

@@ -289,19 +289,8 @@ func TestSelfUpdate(t *testing.T) {
 // clean stop in between is not counted. Before, nothing watched the binary
 // once it had confirmed itself: the service manager restarted it for ever.
 func TestSelfUpdateCrashLoopRolledBack(t *testing.T) {
-	v1 := agentOfVersion(t, "1.0.0")
-	v2 := agentOfVersion(t, "2.0.0")
-	e := newUpdateEnv(t)
+	e, stateDir, id, a, v1 := startOnProbation(t)
 	r := e.relay
-	stateDir, id := enroll(t, r.agentAddr, r.token(t, "acme"))
-	a := runAgent(t, stateDir, id, r.agentAddr, agentOpts{bin: v1, extra: e.updateYAML(", health_timeout: 30s")})
-	e.publish(t, v2, "2.0.0")
-	r.admin(t, "release", "rollout", "2.0.0", "--agents", id)
-	if reason, msg := e.waitState(t, id, "2.0.0", 90*time.Second, "succeeded", "rolled_back", "refused", "failed"); reason != "" {
-		t.Fatalf("update to 2.0.0: %s %s", reason, msg)
-	}
-	const onProbation = "update: the new version is on probation"
-	waitCount(t, a.proc, onProbation, 1, 20*time.Second)
 	pendingOf := func() map[string]any {
 		t.Helper()
 		var p map[string]any
@@ -541,4 +530,29 @@ func TestRolloutHalts(t *testing.T) {
 	if out := r.admin(t, "audit", "--kind", "release.halt"); !strings.Contains(out, "1.5.0") {
 		t.Fatalf("halt not audited: %s", out)
 	}
+}
+
+// onProbation is what an agent logs as it starts a new version on
+// probation.
+const onProbation = "update: the new version is on probation"
+
+// startOnProbation runs an agent of 1.0.0 (whose binary, at v1, a
+// self-update replaces), rolls 2.0.0 out to it, and waits until 2.0.0
+// runs on probation: the update environment, the agent's state directory
+// and id, the running agent, and v1, which holds 2.0.0 now.
+func startOnProbation(t *testing.T) (e *updateEnv, stateDir, id string, a *agentProc, v1 string) {
+	t.Helper()
+	v1 = agentOfVersion(t, "1.0.0")
+	v2 := agentOfVersion(t, "2.0.0")
+	e = newUpdateEnv(t)
+	r := e.relay
+	stateDir, id = enroll(t, r.agentAddr, r.token(t, "acme"))
+	a = runAgent(t, stateDir, id, r.agentAddr, agentOpts{bin: v1, extra: e.updateYAML(", health_timeout: 30s")})
+	e.publish(t, v2, "2.0.0")
+	r.admin(t, "release", "rollout", "2.0.0", "--agents", id)
+	if reason, msg := e.waitState(t, id, "2.0.0", 90*time.Second, "succeeded", "rolled_back", "refused", "failed"); reason != "" {
+		t.Fatalf("update to 2.0.0: %s %s", reason, msg)
+	}
+	waitCount(t, a.proc, onProbation, 1, 20*time.Second)
+	return e, stateDir, id, a, v1
 }
