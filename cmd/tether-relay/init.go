@@ -43,10 +43,9 @@ func initCmd(g *globals) *cobra.Command {
 				return err
 			}
 			o.TrustDomain = pick(cmd.Flags().Changed("trust-domain"), trustDomain, "TETHER_TRUST_DOMAIN", "trust_domain", "")
-			strict := o.TrustDomain != ""
 			ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
 			defer cancel()
-			res, err := admin.Init(ctx, o, strict)
+			res, err := admin.Init(ctx, o)
 			if err != nil {
 				return err
 			}

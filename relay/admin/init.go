@@ -46,9 +46,10 @@ func (e *TrustDomainMismatchError) Error() string {
 // — so that admin commands can prepare it (tenants, join tokens,
 // backends) before the relay first serves. On a data directory a relay
 // or an earlier Init initialised, it changes nothing and reports what is
-// there (Created false); when strictTrustDomain and the CA's trust
-// domain is not o.TrustDomain, that is a *TrustDomainMismatchError.
-// o.Existing is ignored.
+// there (Created false); when o.TrustDomain was given and the CA's
+// trust domain is another, that is a *TrustDomainMismatchError. An empty
+// o.TrustDomain makes a new CA of Open's default and accepts any CA
+// already there. o.Existing is ignored.
 //
 // Whether Init made the CA is what the data directory's open found under
 // its locks (the data directory's, and the store's CA lock for a
@@ -56,12 +57,13 @@ func (e *TrustDomainMismatchError) Error() string {
 // cluster provisioned at once) or one data directory, only the one that
 // made the CA says so and records it; the others see that CA as one
 // already there, and are held to the trust domain they asked for.
-func Init(ctx context.Context, o Options, strictTrustDomain bool) (Initialised, error) {
-	if o.TrustDomain == "" {
-		o.TrustDomain = "tether.internal"
-	}
-	if err := identity.ValidateTrustDomain(o.TrustDomain); err != nil {
-		return Initialised{}, err
+func Init(ctx context.Context, o Options) (Initialised, error) {
+	asked := o.TrustDomain
+	if asked != "" {
+		// Refused before anything is made.
+		if err := identity.ValidateTrustDomain(asked); err != nil {
+			return Initialised{}, err
+		}
 	}
 	o.Existing = false
 	a, err := Open(ctx, o)
@@ -74,8 +76,8 @@ func Init(ctx context.Context, o Options, strictTrustDomain bool) (Initialised, 
 		a.Record(KindInit, "", "", "", map[string]any{"trust_domain": res.TrustDomain, "ca_fingerprint": res.CAFingerprint})
 		return res, nil
 	}
-	if strictTrustDomain && res.TrustDomain != o.TrustDomain {
-		return res, &TrustDomainMismatchError{Dir: o.DataDir, Have: res.TrustDomain, Want: o.TrustDomain, Store: o.Store != ""}
+	if asked != "" && res.TrustDomain != asked {
+		return res, &TrustDomainMismatchError{Dir: o.DataDir, Have: res.TrustDomain, Want: asked, Store: o.Store != ""}
 	}
 	return res, nil
 }

@@ -26,11 +26,11 @@ func TestInitClusterStore(t *testing.T) {
 	kek := make([]byte, ca.KEKSize)
 	rand.Read(kek)
 
-	made, err := Init(ctx, Options{DataDir: t.TempDir(), Store: dsn, CAKEK: kek, TrustDomain: "tether.example"}, true)
+	made, err := Init(ctx, Options{DataDir: t.TempDir(), Store: dsn, CAKEK: kek, TrustDomain: "tether.example"})
 	if err != nil || !made.Created || made.TrustDomain != "tether.example" {
 		t.Fatalf("init of an empty store: %+v, %v", made, err)
 	}
-	second, err := Init(ctx, Options{DataDir: t.TempDir(), Store: dsn, CAKEK: kek}, false)
+	second, err := Init(ctx, Options{DataDir: t.TempDir(), Store: dsn, CAKEK: kek})
 	if err != nil || second.Created || second.CAFingerprint != made.CAFingerprint || second.TrustDomain != "tether.example" {
 		t.Fatalf("init on a second host: %+v, %v; want the CA the first made (%s)", second, err, made.CAFingerprint)
 	}
@@ -39,7 +39,7 @@ func TestInitClusterStore(t *testing.T) {
 		t.Fatalf("admin command after init: %v", err)
 	}
 	a.Close()
-	_, err = Init(ctx, Options{DataDir: t.TempDir(), Store: dsn, CAKEK: kek, TrustDomain: "other.example"}, true)
+	_, err = Init(ctx, Options{DataDir: t.TempDir(), Store: dsn, CAKEK: kek, TrustDomain: "other.example"})
 	if mm, ok := errors.AsType[*TrustDomainMismatchError](err); !ok || mm.Have != "tether.example" || mm.Want != "other.example" ||
 		!strings.HasPrefix(err.Error(), "the cluster's store is initialised already") {
 		t.Fatalf("init asking for another trust domain: %v", err)
@@ -48,7 +48,7 @@ func TestInitClusterStore(t *testing.T) {
 	// second CA.
 	wrong := make([]byte, ca.KEKSize)
 	rand.Read(wrong)
-	if res, err := Init(ctx, Options{DataDir: t.TempDir(), Store: dsn, CAKEK: wrong}, false); err == nil || !strings.Contains(err.Error(), "another key-encryption key") {
+	if res, err := Init(ctx, Options{DataDir: t.TempDir(), Store: dsn, CAKEK: wrong}); err == nil || !strings.Contains(err.Error(), "another key-encryption key") {
 		t.Fatalf("init with another key: %+v, %v; want the error that names the key", res, err)
 	}
 }
@@ -85,7 +85,7 @@ func TestInitRace(t *testing.T) {
 	results := make(chan result, 2)
 	for _, td := range []string{"one.example", "two.example"} {
 		go func() {
-			res, err := Init(ctx, Options{DataDir: t.TempDir(), Store: dsn, CAKEK: kek, TrustDomain: td}, true)
+			res, err := Init(ctx, Options{DataDir: t.TempDir(), Store: dsn, CAKEK: kek, TrustDomain: td})
 			results <- result{td, res, err}
 		}()
 	}
