@@ -137,7 +137,8 @@ func (a *app) newAgent(configPath string, stderr io.Writer, command string) (_ *
 	if err != nil {
 		return nil, nil, err
 	}
-	if a.env("TETHER_UPDATE_TRIAL") == "" {
+	cfg.UpdateTrial = a.env("TETHER_UPDATE_TRIAL") // set by the agent that tries this binary
+	if cfg.UpdateTrial == "" {
 		if lock, err = agent.LockStateDir(cfg.StateDir, command); err != nil {
 			return nil, nil, err
 		}
@@ -151,7 +152,6 @@ func (a *app) newAgent(configPath string, stderr io.Writer, command string) (_ *
 	cfg.Version = a.info.Version
 	cfg.ConfigFile = configPath
 	cfg.BuiltinUpdateKeys = strings.Split(updateKeys, ",")
-	cfg.UpdateTrial = a.env("TETHER_UPDATE_TRIAL") // set by the agent that tries this binary
 	if cfg.UpdateTrial != "" {
 		// The agent that started this trial, and holds the lock for it:
 		// the trial stops when it is gone. It says who it is (an agent
