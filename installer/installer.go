@@ -74,11 +74,13 @@ func newService(l Layout, p service.Interface) (service.Service, error) {
 }
 
 // Uninstall stops the service and removes its registration. With purge it
-// also removes the binary, the config and the state (the agent's identity)
-// and, on Linux, the service user, once mayPurge (when not nil), called
-// after the service has stopped, has not refused: an agent started by
-// hand on the same state directory would lose its identity while it runs.
-func Uninstall(l Layout, purge bool, out io.Writer, mayPurge func() error) error {
+// also removes the state (the agent's identity), the config, the binary
+// and, on Linux, the service user. removeState, when not nil, removes the
+// state directory in place of os.RemoveAll, after the service has
+// stopped and before anything else is removed; when it refuses (an agent
+// started by hand holds the directory, which would lose its identity
+// while it runs) nothing is removed.
+func Uninstall(l Layout, purge bool, out io.Writer, removeState func() error) error {
 	s, err := newService(l, nil)
 	if err != nil {
 		return err
@@ -96,12 +98,14 @@ func Uninstall(l Layout, purge bool, out io.Writer, mayPurge func() error) error
 		fmt.Fprintf(out, "kept %s, %s and %s (uninstall --purge removes them)\n", l.BinaryPath, l.ConfigPath, l.StateDir)
 		return nil
 	}
-	if mayPurge != nil {
-		if err := mayPurge(); err != nil {
-			return fmt.Errorf("service %s removed, but not purging: %w", l.Name, err)
-		}
+	if removeState == nil {
+		removeState = func() error { return os.RemoveAll(l.StateDir) }
 	}
-	for _, p := range []string{l.StateDir, l.ConfigDir(), l.BinDir()} {
+	if err := removeState(); err != nil {
+		return fmt.Errorf("service %s removed, but not purging: %w", l.Name, err)
+	}
+	fmt.Fprintf(out, "removed %s\n", l.StateDir)
+	for _, p := range []string{l.ConfigDir(), l.BinDir()} {
 		if err := os.RemoveAll(p); err != nil {
 			return fmt.Errorf("remove %s: %w", p, err)
 		}

@@ -75,7 +75,7 @@ agent identity (agent.json) is not removed.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l := installer.DefaultLayout()
-			var mayPurge func() error
+			var removeState func() error
 			if purge {
 				// Before anything is stopped: a purge that cannot tell
 				// which state directory is the service's changes nothing.
@@ -83,9 +83,9 @@ agent identity (agent.json) is not removed.`,
 				if l, err = installedLayout(l); err != nil {
 					return err
 				}
-				mayPurge = func() error { return stateDirFree(l.StateDir) }
+				removeState = func() error { return purgeStateDir(l.StateDir, nil) }
 			}
-			return installer.Uninstall(l, purge, cmd.OutOrStdout(), mayPurge)
+			return installer.Uninstall(l, purge, cmd.OutOrStdout(), removeState)
 		},
 	}
 	cmd.Flags().BoolVar(&purge, "purge", false, "also remove the binary, the config, the agent's identity and (Linux) the service user")
@@ -168,13 +168,21 @@ func installedLayout(l installer.Layout) (installer.Layout, error) {
 	return l, nil
 }
 
-// stateDirFree refuses (*agent.StateDirBusyError) while another process
-// holds the state directory dir, and refuses a directory that does not
-// look like an agent's state directory: one holding something but no
-// identity (agent.json), such as /var/lib named as state_dir by mistake,
-// which the purge would otherwise remove whole. A directory that does
-// not exist is free.
-func stateDirFree(dir string) error {
+// purgeStateDir removes the state directory dir, the agent's identity
+// with it. It refuses (*agent.StateDirBusyError) while another process
+// holds the directory, and refuses a directory that does not look like
+// an agent's state directory: one holding something but no identity
+// (agent.json), such as /var/lib named as state_dir by mistake, which
+// would otherwise be removed whole. A refusal removes nothing; a
+// directory that does not exist is already purged.
+//
+// The directory's contents go while this process holds its lock, so an
+// agent started meanwhile (by hand) either is refused or finds no
+// identity: it never runs on one that is then removed. The lock file
+// and the directory go last: on Unix while the lock is still held; on
+// Windows, where an open file cannot be removed, just after it is let
+// go. afterUnlock, when not nil, runs just after it is let go (tests).
+func purgeStateDir(dir string, afterUnlock func()) error {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -207,6 +215,42 @@ func stateDirFree(dir string) error {
 	if err != nil {
 		return err
 	}
-	lock.Release()
+	unlock := func() {
+		lock.Release()
+		if afterUnlock != nil {
+			afterUnlock()
+			afterUnlock = nil
+		}
+	}
+	defer unlock()
+	// Read again under the lock: an enrolment may have written since.
+	if ents, err = os.ReadDir(dir); err != nil {
+		return fmt.Errorf("read the state directory %s: %w", dir, err)
+	}
+	// The identity first, so that nothing is left to run on if a removal
+	// after it fails.
+	if err := os.Remove(filepath.Join(dir, agent.IdentityFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("purge the state directory %s: %w", dir, err)
+	}
+	for _, e := range ents {
+		if e.Name() == agent.StateLockFile || e.Name() == agent.IdentityFile {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("purge the state directory %s: %w", dir, err)
+		}
+	}
+	lockPath := filepath.Join(dir, agent.StateLockFile)
+	if err := os.Remove(lockPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		unlock() // Windows: the held file cannot be removed while open
+		if err := os.Remove(lockPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("purge the state directory %s: %w", dir, err)
+		}
+	}
+	// Remove, not RemoveAll: whatever appeared since (an enrolment in the
+	// moment after the lock was let go) is not removed unseen.
+	if err := os.Remove(dir); err != nil {
+		return fmt.Errorf("purge the state directory %s: the agent's files are removed, but not the directory: %w", dir, err)
+	}
 	return nil
 }

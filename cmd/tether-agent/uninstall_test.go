@@ -56,27 +56,81 @@ func TestUninstallPurgesTheInstalledStateDir(t *testing.T) {
 	}
 }
 
-// TestUninstallPurgeRefusedWhileHeld: the purge's check refuses a state
-// directory another agent process holds (an open file of its own here:
-// the lock belongs to the open file), saying what to do, and lets a free
-// or missing one go.
+// TestUninstallPurgeRefusedWhileHeld: the purge refuses a state directory
+// another agent process holds (an open file of its own here: the lock
+// belongs to the open file), saying what to do and removing nothing, and
+// purges a free one whole; a missing one is already purged.
 func TestUninstallPurgeRefusedWhileHeld(t *testing.T) {
-	dir := t.TempDir()
+	dir := filepath.Join(t.TempDir(), "state")
+	writeStateFiles(t, dir, agent.IdentityFile, "agent.key", "update/pending.json")
 	held, err := agent.LockStateDir(dir, "run")
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = stateDirFree(dir)
+	err = purgeStateDir(dir, nil)
 	if busy, ok := errors.AsType[*agent.StateDirBusyError](err); !ok || busy.PID != os.Getpid() ||
 		!strings.Contains(err.Error(), "not removing the identity of an agent that is running") || !strings.Contains(err.Error(), "uninstall --purge again") {
 		t.Fatalf("purge of a held state directory: %v", err)
 	}
+	for _, name := range []string{agent.IdentityFile, "agent.key", "update/pending.json"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Errorf("a refused purge removed %s: %v", name, err)
+		}
+	}
 	held.Release()
-	if err := stateDirFree(dir); err != nil {
+	if err := purgeStateDir(dir, nil); err != nil {
 		t.Fatalf("purge of a free state directory: %v", err)
 	}
-	if err := stateDirFree(filepath.Join(dir, "missing")); err != nil {
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the purged state directory is still there (%v)", err)
+	}
+	if err := purgeStateDir(dir, nil); err != nil {
 		t.Fatalf("purge of a missing state directory: %v", err)
+	}
+}
+
+// TestUninstallPurgeLeavesNothingToRunOn: the purge removes the agent's
+// identity while it holds the state directory's lock, so an agent started
+// in the moment the purge lets the lock go (by hand, or a service manager
+// that had not given up) finds nothing to run on, rather than taking the
+// lock, reading the identity and then losing it to the removal while it
+// runs. It used to check the lock, let it go, and then remove the
+// directory.
+func TestUninstallPurgeLeavesNothingToRunOn(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	writeStateFiles(t, dir, agent.IdentityFile, "agent.key", "agent.crt")
+	ran := false
+	err := purgeStateDir(dir, func() {
+		ran = true
+		l, err := agent.LockStateDir(dir, "run")
+		if err == nil {
+			defer l.Release()
+		}
+		if _, serr := os.Stat(filepath.Join(dir, agent.IdentityFile)); !errors.Is(serr, os.ErrNotExist) {
+			t.Errorf("an agent started as the purge let the lock go found its identity (lock: %v, identity: %v)", err, serr)
+		}
+	})
+	if err != nil {
+		t.Fatalf("purge: %v", err)
+	}
+	if !ran {
+		t.Fatal("the purge never let the lock go")
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the purged state directory is still there (%v)", err)
+	}
+}
+
+func writeStateFiles(t *testing.T, dir string, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("{}"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -91,23 +145,29 @@ func TestUninstallPurgeRefusesAStrangeDirectory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	err := stateDirFree(strange)
+	err := purgeStateDir(strange, nil)
 	if err == nil || !strings.Contains(err.Error(), "holds no agent identity (agent.json)") || !strings.Contains(err.Error(), "apt, dpkg, postgresql") {
 		t.Fatalf("purge of a directory that is not an agent's: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(strange, agent.StateLockFile)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the check left %s in a directory that is not an agent's (%v)", agent.StateLockFile, err)
+	ents, _ := os.ReadDir(strange)
+	if len(ents) != 3 {
+		t.Errorf("a refused purge changed a directory that is not an agent's: %d entries, want 3 (no %s left in it)", len(ents), agent.StateLockFile)
 	}
-	state := t.TempDir()
-	for _, name := range []string{agent.IdentityFile, "agent.key", "update"} {
-		if err := os.WriteFile(filepath.Join(state, name), nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := stateDirFree(state); err != nil {
+	state := filepath.Join(t.TempDir(), "state")
+	writeStateFiles(t, state, agent.IdentityFile, "agent.key", "update/pending.json")
+	if err := purgeStateDir(state, nil); err != nil {
 		t.Fatalf("purge of an agent's state directory: %v", err)
 	}
-	if err := stateDirFree(t.TempDir()); err != nil {
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.Mkdir(empty, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := purgeStateDir(empty, nil); err != nil {
 		t.Fatalf("purge of an empty state directory: %v", err)
+	}
+	for _, d := range []string{state, empty} {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("purged %s is still there (%v)", d, err)
+		}
 	}
 }
