@@ -54,6 +54,9 @@ type fakeAgent struct {
 	// bulk, when not nil, makes every stream send 32 KiB writes without
 	// end once it is closed: a download in progress.
 	bulk chan struct{}
+	// sink, when set, gets what every stream is sent, instead of dropping
+	// it.
+	sink io.Writer
 }
 
 // pipeStream is one end of a net.Pipe as a transport.Stream; CloseWrite
@@ -73,8 +76,12 @@ func (a *fakeAgent) OpenStream(ctx context.Context, _ protocol.StreamHeader, _ r
 		}
 	}
 	here, there := net.Pipe()
+	sink := a.sink
+	if sink == nil {
+		sink = io.Discard
+	}
 	a.wg.Go(func() {
-		io.Copy(io.Discard, there)
+		io.Copy(sink, there)
 		there.Close()
 	})
 	if a.talk > 0 {
