@@ -101,3 +101,33 @@ func TestRefusedForwardWithFirstBytesTriedElsewhere(t *testing.T) {
 	}
 	waitUntil(t, "relay-3's agent gets the client's first bytes", func() bool { return got.String() == string(early) })
 }
+
+// An entry relay that gives up on a forwarded stream before the holding
+// relay's agent answered (its client went away, its budget ran out)
+// resets the stream; the holding relay stops opening it on its agent at
+// once, rather than going on for its own whole stream-open budget: a
+// backend that gives up and retries against a slow service otherwise
+// piles up opens on the tenant's agent that nobody waits for, each
+// dialing the service, and goroutines on the holding relay.
+func TestHolderGivesUpWithEntry(t *testing.T) {
+	tls := relayTLS(t, "relay-1", "relay-2")
+	agent := &fakeAgent{name: "agent-2", delay: time.Minute, abandoned: make(chan struct{}, 1)}
+	r2 := holderOf(t, tls[1], agent)
+	var h holdings
+	h.set("acme", store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: r2.Addr().String(), Agents: 1})
+	r, _ := entry(t, tls[0], &h, 15*time.Second)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if tun, err := r.Dial(ctx, "acme", protocol.StreamHeader{Service: "db", RequestID: "gone"}, nil); err == nil {
+		tun.Abandon()
+		t.Fatal("stream opened, want the entry relay to give up before relay-2's agent answered")
+	}
+	gaveUp := time.Now()
+	select {
+	case <-agent.abandoned:
+		t.Logf("relay-2 gave up opening the stream on its agent %v after the entry relay did", time.Since(gaveUp).Round(time.Millisecond))
+	case <-time.After(watchdog):
+		t.Fatalf("relay-2 still opening the stream on its agent %v after the entry relay gave up on it", watchdog)
+	}
+}

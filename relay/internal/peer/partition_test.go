@@ -57,6 +57,9 @@ type fakeAgent struct {
 	// sink, when set, gets what every stream is sent, instead of dropping
 	// it.
 	sink io.Writer
+	// abandoned, when not nil, gets a value for every open whose context
+	// ended while it waited for delay.
+	abandoned chan struct{}
 }
 
 // pipeStream is one end of a net.Pipe as a transport.Stream; CloseWrite
@@ -72,6 +75,9 @@ func (a *fakeAgent) OpenStream(ctx context.Context, _ protocol.StreamHeader, _ r
 		select {
 		case <-t.C:
 		case <-ctx.Done():
+			if a.abandoned != nil {
+				a.abandoned <- struct{}{}
+			}
 			return nil, ctx.Err()
 		}
 	}
