@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -99,7 +100,13 @@ func TestRefusedForwardWithFirstBytesTriedElsewhere(t *testing.T) {
 	if tun.Relay != "relay-3" {
 		t.Fatalf("stream opened through %q, want relay-3", tun.Relay)
 	}
-	waitUntil(t, "relay-3's agent gets the client's first bytes", func() bool { return got.String() == string(early) })
+	// What the client sends once the stream is open follows its first
+	// bytes, in order.
+	more := strings.Repeat("after the opening ", 4096) // 72 KiB
+	if _, err := tun.Stream.Write([]byte(more)); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "relay-3's agent gets the client's first bytes, then the rest", func() bool { return got.String() == string(early)+more })
 }
 
 // An entry relay that gives up on a forwarded stream before the holding
