@@ -707,14 +707,13 @@ func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, ear
 		if errors.As(err, &pe) {
 			switch pe.Code {
 			case protocol.CodeNoAgent, protocol.CodeUnavailable, protocol.CodeInternal, protocol.CodeBadRequest, protocol.CodeTimeout:
-				// The peer could not take it: another relay may.
-				refused := fmt.Sprintf("relay %s: %s: %s", c.link.id, pe.Code, pe.Message)
-				if pe.Code == protocol.CodeTimeout {
-					// Its agents of the tenant stopped answering: the
-					// dial need not wait for them to move.
-					return nil, stalledError(refused)
-				}
-				return nil, errors.New(refused)
+				// The peer could not take it: another relay may. It
+				// answered before reading past the request, so the
+				// client's first bytes reached none of its agents.
+				// Its agents of the tenant stopped answering (timeout):
+				// the dial need not wait for them to move.
+				return nil, refusedError{msg: fmt.Sprintf("relay %s: %s: %s", c.link.id, pe.Code, pe.Message),
+					stalled: pe.Code == protocol.CodeTimeout}
 			}
 			return nil, err
 		}
@@ -725,12 +724,20 @@ func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, ear
 	return &stream{Stream: st, agent: agent}, nil
 }
 
-// stalledError is a peer's refusal because its agents of the tenant
-// stopped answering (route.ErrStalled).
-type stalledError string
+// refusedError is a peer's refusal of a stream it could not take: its
+// answer, which it gives before it reads anything past the request, so
+// that the client's first bytes sent with it reached no agent
+// (route.ErrUnread). stalled: because its agents of the tenant stopped
+// answering (route.ErrStalled).
+type refusedError struct {
+	msg     string
+	stalled bool
+}
 
-func (e stalledError) Error() string        { return string(e) }
-func (e stalledError) Is(target error) bool { return target == route.ErrStalled }
+func (e refusedError) Error() string { return e.msg }
+func (e refusedError) Is(target error) bool {
+	return target == route.ErrUnread || e.stalled && target == route.ErrStalled
+}
 
 func (c *Carrier) ask(st transport.Stream, hdr protocol.StreamHeader, early route.Early) (protocol.Reply, string, error) {
 	if err := writeRequest(st, request{Tenant: c.tenant, Header: hdr}, early); err != nil {

@@ -54,6 +54,12 @@ type fakeAgent struct {
 	// bulk, when not nil, makes every stream send 32 KiB writes without
 	// end once it is closed: a download in progress.
 	bulk chan struct{}
+	// sink, when set, gets what every stream is sent, instead of dropping
+	// it.
+	sink io.Writer
+	// abandoned, when not nil, gets a value for every open whose context
+	// ended while it waited for delay.
+	abandoned chan struct{}
 }
 
 // pipeStream is one end of a net.Pipe as a transport.Stream; CloseWrite
@@ -69,12 +75,19 @@ func (a *fakeAgent) OpenStream(ctx context.Context, _ protocol.StreamHeader, _ r
 		select {
 		case <-t.C:
 		case <-ctx.Done():
+			if a.abandoned != nil {
+				a.abandoned <- struct{}{}
+			}
 			return nil, ctx.Err()
 		}
 	}
 	here, there := net.Pipe()
+	sink := a.sink
+	if sink == nil {
+		sink = io.Discard
+	}
 	a.wg.Go(func() {
-		io.Copy(io.Discard, there)
+		io.Copy(sink, there)
 		there.Close()
 	})
 	if a.talk > 0 {

@@ -9,10 +9,13 @@ package peer
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -286,7 +289,18 @@ func (s *Server) serveStream(ctx context.Context, st transport.Stream, log *slog
 		return
 	}
 	st.SetDeadline(time.Time{})
-	t, err := s.cfg.Router.DialLocal(ctx, q.Tenant, q.Header)
+	// The entry relay resets the stream when it gives up on it (its
+	// client went away, its budget ran out): the open on the agent
+	// stops then, rather than at the end of this relay's own budget.
+	dctx, cancel := context.WithCancel(ctx)
+	w := watchOpening(st, cancel)
+	t, err := s.cfg.Router.DialLocal(dctx, q.Tenant, q.Header)
+	first, gone := w.stop()
+	cancel()
+	if err == nil && gone != nil {
+		t.Abandon()
+		err = fmt.Errorf("the relay that forwarded the stream gave up on it: %w", gone)
+	}
 	if err != nil {
 		log.Debug("forwarded stream refused", "tenant", q.Tenant, "service", q.Header.Service, "request", q.Header.RequestID, "err", err)
 		writeAnswer(st, protocol.ReplyFor(err), "")
@@ -299,5 +313,60 @@ func (s *Server) serveStream(ctx context.Context, st transport.Stream, log *slog
 		st.Close()
 		return
 	}
+	if len(first) > 0 {
+		if _, err := t.Stream.Write(first); err != nil {
+			transport.Abort(t.Stream)
+			transport.Abort(st)
+			return
+		}
+	}
 	transport.Splice(st, t.Stream, s.cfg.IdleTimeout)
+}
+
+// maxFirstBytes bounds what watchOpening keeps of the bytes that follow a
+// request: the client's first bytes an entry relay sends with it, at most
+// 16 KiB (frontdoor's maxEarly). Past it, the watch stops reading.
+const maxFirstBytes = 64 << 10
+
+// opening watches a forwarded stream while it opens on an agent.
+type opening struct {
+	st       transport.Stream
+	done     chan struct{}
+	stopping atomic.Bool
+	first    []byte // what followed the request
+	gone     error  // why the stream ended under the watch, nil if it did not
+}
+
+// watchOpening reads st (past its request) until stop, keeping what it
+// reads, and calls cancel if the stream ends with an error meanwhile: the
+// entry relay reset it, or the link was lost. Its end (the client's
+// CloseWrite) is not one.
+func watchOpening(st transport.Stream, cancel context.CancelFunc) *opening {
+	o := &opening{st: st, done: make(chan struct{})}
+	go func() {
+		defer close(o.done)
+		var b [4096]byte
+		for len(o.first) < maxFirstBytes {
+			n, err := st.Read(b[:min(len(b), maxFirstBytes-len(o.first))])
+			o.first = append(o.first, b[:n]...)
+			if err != nil {
+				if !errors.Is(err, io.EOF) && !o.stopping.Load() {
+					o.gone = err
+					cancel()
+				}
+				return
+			}
+		}
+	}()
+	return o
+}
+
+// stop ends the watch and returns what followed the request, and why the
+// stream ended meanwhile (nil: it did not).
+func (o *opening) stop() ([]byte, error) {
+	o.stopping.Store(true)
+	o.st.SetDeadline(time.Now()) // wakes the read
+	<-o.done
+	o.st.SetDeadline(time.Time{})
+	return o.first, o.gone
 }

@@ -227,6 +227,13 @@ var ErrStalled = errors.New("agents stopped answering")
 // does not wait for them to (awaitMoved).
 var ErrUnreachable = errors.New("relay not reachable")
 
+// ErrUnread marks a carrier's failure after which the client's first
+// bytes sent with the attempt (Early) are known to have reached no agent:
+// a peer relay refused the stream, which it answers before it reads
+// anything past its request. A dial tries another carrier after it, with
+// those bytes, as after a failure before any of them went.
+var ErrUnread = errors.New("the client's first bytes were not read")
+
 // RelayCarrier is a carrier to another relay.
 type RelayCarrier interface {
 	Carrier
@@ -256,7 +263,8 @@ func suspect(c Carrier) bool {
 // early, when not nil, is attached to every attempt (Early). Its errors
 // are typed (*protocol.Error): a refusal a carrier answered, no_agent,
 // timeout, or Admit's. An attempt that fails after early's bytes went
-// with it is not followed by another (Early.Sent).
+// with it is not followed by another (Early.Sent), unless the failure
+// says they were not read (ErrUnread).
 func (r *Router) Dial(ctx context.Context, tenant string, hdr protocol.StreamHeader, early Early) (*Tunnel, error) {
 	if r.cfg.Admit != nil {
 		if err := r.cfg.Admit(); err != nil {
@@ -355,7 +363,7 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 		if relay != "" && !errors.Is(err, ErrStalled) && !errors.Is(err, ErrUnreachable) {
 			moving = true
 		}
-		if early != nil && early.Sent() {
+		if early != nil && early.Sent() && !errors.Is(err, ErrUnread) {
 			// The agent may have passed the client's first bytes to the
 			// service before the failure: another attempt could run a
 			// request twice. The client is told, and may retry itself.

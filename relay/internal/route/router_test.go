@@ -369,3 +369,34 @@ func TestDialAroundUnreachableRelay(t *testing.T) {
 		t.Fatalf("Dial with the only holder's link passed over: %v, want no_agent naming relay-2", err)
 	}
 }
+
+// unreadError is a failure after which the client's first bytes are known
+// not to have been read (route.ErrUnread).
+type unreadError struct{}
+
+func (unreadError) Error() string        { return "relay relay-1: no_agent: none here" }
+func (unreadError) Is(target error) bool { return target == route.ErrUnread }
+
+// TestDialRetriesUnreadEarly: an attempt that failed after the client's
+// first bytes went with it, but whose carrier says they were not read (a
+// peer relay refused the stream before reading past its request), is
+// followed by another, which carries them again.
+func TestDialRetriesUnreadEarly(t *testing.T) {
+	early := fixedEarly("POST /pay HTTP/1.1\r\nHost: svc\r\nContent-Length: 0\r\n\r\n")
+	refusing := &fakeCarrier{name: "refusing", err: unreadError{}}
+	good := &fakeCarrier{name: "good", load: 1} // tried second
+	r := newRouter(t, refusing, good)
+	tun, err := r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r3"}, early)
+	if err != nil {
+		t.Fatalf("Dial after a refusal that read none of the first bytes: %v, want the stream opened on another carrier", err)
+	}
+	tun.Stream.Close()
+	if tun.Agent != "good" {
+		t.Fatalf("stream opened on %q, want good", tun.Agent)
+	}
+	for _, c := range []*fakeCarrier{refusing, good} {
+		if got, want := c.sent(), "r3:"+string(early); len(got) != 1 || string(got[0]) != want {
+			t.Errorf("carrier %s was sent %q, want one open with %q", c.name, got, want)
+		}
+	}
+}
