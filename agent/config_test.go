@@ -45,6 +45,11 @@ func TestServiceBackendsRefused(t *testing.T) {
 		"state_dir: /x\nservices: {db: {address: a:1, backends: ['a**']}}\n":      "single *",
 		"state_dir: /x\nservices: {db: {address: a:1, backends: billing}}\n":      "parse config",
 		"state_dir: /x\nservices: {db: {address: a:1, backends: ['bad/name']}}\n": "services.db.backends[0]",
+		// An empty list would allow every backend: refused, whether
+		// written so or left by a file cut off after "backends:".
+		"state_dir: /x\nservices: {db: {address: a:1, backends: []}}\n":        "backends is empty",
+		"state_dir: /x\nservices:\n  db:\n    address: a:1\n    backends:\n":   "backends is empty",
+		"state_dir: /x\nservices:\n  db:\n    address: a:1\n    backends: ~\n": "backends is empty",
 	} {
 		_, err := ParseConfig([]byte(cfg))
 		if err == nil || !strings.Contains(err.Error(), want) {

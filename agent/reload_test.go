@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -441,5 +442,38 @@ func TestReloadNamesSettingsNeedingRestart(t *testing.T) {
 		if got := a.needsRestart(c); !slices.Equal(got, tc.want) {
 			t.Errorf("%q: needs a restart: %q, want %q", tc.yaml, got, tc.want)
 		}
+	}
+}
+
+// A config file caught while it is being written, cut off after
+// "backends:", does not open the service to every backend: it is an
+// error, and the agent keeps the services it has, the list included.
+func TestReloadConfigCutAfterBackends(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	path := filepath.Join(t.TempDir(), "agent.yaml")
+	full := reloadTestHead + "services:\n  db:\n    address: 127.0.0.1:5432\n    backends:\n      - billing\n"
+	if err := os.WriteFile(path, []byte(full), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logger, seen := watchLogger(t)
+	a := enrolledWith(t, Config{ConfigFile: path, Logger: logger, Services: map[string]Service{"db": {Address: "127.0.0.1:5432", Backends: []string{"billing"}}}}, root, root)
+	startWatch(t, a, seen)
+
+	cut := full[:strings.Index(full, "      - billing")]
+	if err := os.WriteFile(path, []byte(cut), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the config error", func() error {
+		if a.ConfigError() == "" {
+			return errNotYet
+		}
+		return nil
+	})
+	if e := a.ConfigError(); !strings.Contains(e, "backends is empty") {
+		t.Errorf("config error %q, want one saying backends is empty", e)
+	}
+	db := (*a.services.Load())["db"]
+	if db.allows("backend:analytics") || !db.allows("backend:billing") {
+		t.Errorf("after a file cut off after backends: db is %+v, want it to allow billing only", db)
 	}
 }
