@@ -363,6 +363,9 @@ func (c *Config) Validate() error {
 		addr := c.Services[n].Address
 		if host, port, err := net.SplitHostPort(addr); err != nil || host == "" || port == "" {
 			add("services.%s: address %q: want host:port", n, addr)
+		} else if p, err := net.LookupPort("tcp", port); err != nil || p == 0 {
+			// Else every stream to it would fail, as "unreachable".
+			add("services.%s: address %q: port %q: want 1 to 65535, or a service name known to this machine", n, addr, port)
 		}
 		for i, b := range c.Services[n].Backends {
 			if err := validateBackendPattern(b); err != nil {

@@ -115,3 +115,28 @@ func TestRelayConnectionsNeedRestart(t *testing.T) {
 		}
 	}
 }
+
+// A service's port is checked with the rest of the file: one that no
+// dial can use (0, beyond 65535, not a number nor a known service name)
+// is an error there, not an "unreachable" refusal of every stream.
+func TestServicePortChecked(t *testing.T) {
+	for addr, ok := range map[string]bool{
+		"10.0.0.5:5432":      true,
+		"[fe80::1%eth0]:22":  true,
+		"db.internal:65535":  true,
+		"db.internal:https":  true,
+		"10.0.0.5:0":         false,
+		"10.0.0.5:65536":     false,
+		"10.0.0.5:99999":     false,
+		"10.0.0.5:-1":        false,
+		"10.0.0.5:no-such-x": false,
+	} {
+		_, err := ParseConfig([]byte("state_dir: /x\nservices: {db: \"" + addr + "\"}\n"))
+		switch {
+		case ok && err != nil:
+			t.Errorf("%s: %v", addr, err)
+		case !ok && (err == nil || !strings.Contains(err.Error(), "want 1 to 65535")):
+			t.Errorf("%s: got %v, want an error about the port", addr, err)
+		}
+	}
+}
