@@ -3,6 +3,8 @@ package accesslog
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -576,5 +578,53 @@ func TestRecordsCommittedAfterTheDelay(t *testing.T) {
 	l.stop()
 	if res := mustVerify(t, VerifyOptions{Path: path}); !res.Intact || res.Lines != 1+50 {
 		t.Fatalf("verify: %d lines (intact %v), want the start line and 50 streams", res.Lines, res.Intact)
+	}
+}
+
+// Lines removed from the end of the log back to an earlier clean stop
+// (here the whole last run of the agent) leave a shorter chain that
+// verifies on its own. The mark the writer keeps outside the log tells:
+// Verify given it reports the lines as removed, and the next start says
+// so in its start line. A copy verified without the mark is not held to
+// it, and an untouched log verifies against it.
+func TestTailRemovedBackToACleanStop(t *testing.T) {
+	pub, key, _ := ed25519.GenerateKey(rand.Reader)
+	dir := t.TempDir()
+	path, markPath := filepath.Join(dir, "log", "access.log"), filepath.Join(dir, "access-log.mark")
+	run := func(n int) {
+		l := startLog(t, Options{Path: path, Key: key, Mark: markPath, Agent: testAgent, Version: "test"})
+		for i := range n {
+			l.Add(record(i))
+		}
+		l.stop()
+	}
+	run(3)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(5)
+	o := VerifyOptions{Path: path, Key: Fingerprint(pub), Mark: markPath}
+	if res := mustVerify(t, o); !res.Intact {
+		t.Fatalf("verify of the untouched log against its mark: %+v", res.Problem)
+	}
+	if err := os.Truncate(path, fi.Size()); err != nil { // back to the end of the first run
+		t.Fatal(err)
+	}
+	res := mustVerify(t, o)
+	if res.Intact || res.Problem == nil || res.Problem.Kind != ProblemRemoved || !strings.Contains(res.Problem.Detail, "were removed") ||
+		res.Problem.File != "access.log" || res.Problem.Line != 7 {
+		t.Errorf("verify of a log cut back to an earlier clean stop: intact %v, problem %v; want removed at access.log:7", res.Intact, res.Problem)
+	}
+	if res := mustVerify(t, VerifyOptions{Path: path, Key: Fingerprint(pub)}); !res.Intact {
+		t.Errorf("verify without the mark (a copy): %v, want intact", res.Problem)
+	}
+	run(1)
+	es := entries(t, path)
+	if st := es[6]; st.Type != TypeStart || !strings.Contains(st.Note, "the lines after seq 6 were removed") {
+		t.Errorf("start line after the cut: %+v, want a note that lines were removed", st)
+	}
+	if res := mustVerify(t, o); !res.Intact {
+		t.Errorf("verify once the agent has started again and written its checkpoint: %v, want intact (the start line says what happened)", res.Problem)
 	}
 }

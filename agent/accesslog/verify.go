@@ -61,6 +61,10 @@ type VerifyOptions struct {
 	// first key the log names, whatever it is (Result.FirstKey says which,
 	// to compare with a fingerprint recorded elsewhere).
 	Key string
+	// Mark is the writer's mark file (Options.Mark): a log that ends
+	// before the checkpoint it records had its last lines removed. Empty:
+	// not checked (a copy of the log, which may rightly be older).
+	Mark string
 }
 
 // Result is what Verify found.
@@ -115,6 +119,8 @@ type Result struct {
 	// the open lines (written before agents recorded them) count nothing.
 	Unclosed      []Unclosed `json:"unclosed,omitempty"`
 	UnclosedCount int        `json:"unclosed_count,omitempty"`
+
+	lastLine int // the number of lines checked in the last file
 }
 
 // MaxUnclosed bounds Result.Unclosed.
@@ -215,6 +221,16 @@ func (o *openStreams) result(res *Result) {
 // checks every checkpoint. It stops at the first problem, which
 // Result.Problem describes; an error means the files could not be read.
 func Verify(o VerifyOptions) (Result, error) {
+	// The mark is read before the log: a writer records it after the
+	// lines it names, so the log read next holds them.
+	var m mark
+	hasMark := false
+	if o.Mark != "" {
+		var err error
+		if m, hasMark, err = readMark(o.Mark); err != nil {
+			return Result{}, err
+		}
+	}
 	files, err := Files(o.Path)
 	if err != nil {
 		return Result{}, err
@@ -226,6 +242,14 @@ func Verify(o VerifyOptions) (Result, error) {
 	open := func(i int) (io.ReadCloser, error) { return os.Open(files[i]) }
 	res, err := verify(names, open, o)
 	res.Dir = filepath.Dir(o.Path)
+	if err == nil && res.Problem == nil && hasMark && m.seq > res.LastSeq {
+		p := &Problem{Kind: ProblemRemoved, Detail: removedFromEnd(res.LastSeq, m, o.Mark)}
+		if len(names) > 0 {
+			p.File = names[len(names)-1]
+		}
+		p.Line = res.lastLine + 1
+		res.Problem, res.Intact, res.CleanStop = p, false, false
+	}
 	return res, err
 }
 
@@ -352,6 +376,9 @@ func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptio
 		}
 		res.Lines++
 		res.LastSeq = cur.e.Seq
+		if cur.last {
+			res.lastLine = cur.n
+		}
 		opens.line(cur)
 		p2, p1 = p1, cur
 	}

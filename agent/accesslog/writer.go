@@ -101,6 +101,11 @@ type Options struct {
 	// versions signed them: Verify can then check them against the CA
 	// only. The key must be ECDSA. Nil, with Key nil: no checkpoints.
 	Certificate func() *tls.Certificate
+	// Mark, when not empty, is a file outside the log's directory where
+	// the writer records how far the chain reached at each checkpoint
+	// (mark.go): a start whose log ends before it says so in its start
+	// line. The agent keeps it in its state directory.
+	Mark string
 	// Agent and Version are written in the start line: who writes the log.
 	Agent   string
 	Version string
@@ -342,6 +347,14 @@ func (l *Log) open() error {
 			t.head, t.seq = prev.head, prev.seq
 		}
 	}
+	if l.start != nil && l.o.Mark != "" {
+		switch m, ok, err := readMark(l.o.Mark); {
+		case err != nil:
+			l.note(fmt.Sprintf("cannot read the mark of the last checkpoint: %v", err))
+		case ok && m.seq > t.seq:
+			l.note(removedFromEnd(t.seq, m, l.o.Mark))
+		}
+	}
 	l.f, l.size, l.head, l.seq, l.since = f, t.size, t.head, t.seq, 0
 	return nil
 }
@@ -514,6 +527,7 @@ func (l *Log) flush() {
 	l.buf.Reset()
 	// What buf holds beyond the last commit.
 	var bufStart, bufKey, bufLost, bufSums bool
+	ckpt := false // a checkpoint was written: the mark follows
 	bufRecs := 0
 	emit := func(v any, set func(seq uint64, prev string)) error {
 		set(st.seq+1, st.head)
@@ -572,6 +586,7 @@ func (l *Log) flush() {
 		if err := l.emitCheckpoint(emit, &st, now, WhyRotate); err != nil {
 			return err
 		}
+		ckpt = true
 		if err := commit(); err != nil {
 			return err
 		}
@@ -655,10 +670,16 @@ func (l *Log) flush() {
 			l.fail(err)
 			return
 		}
+		ckpt = true
 	}
 	if err := commit(); err != nil {
 		l.fail(err)
 		return
+	}
+	if ckpt && l.o.Mark != "" {
+		if err := writeMark(l.o.Mark, mark{seq: l.seq, head: l.head}); err != nil {
+			l.log.Warn("access log: cannot record the mark of the last checkpoint; removing lines from the end of the log may go unnoticed until it can", "mark", l.o.Mark, "err", err)
+		}
 	}
 	l.wantCkpt = ""
 	l.recovered()
