@@ -628,3 +628,63 @@ func TestTailRemovedBackToACleanStop(t *testing.T) {
 		t.Errorf("verify once the agent has started again and written its checkpoint: %v, want intact (the start line says what happened)", res.Problem)
 	}
 }
+
+// A line appended after a clean stop, chained by someone without the log
+// key, looks like a line the agent wrote and had not signed yet; the next
+// start would continue the chain from it, and its checkpoints would cover
+// it. The mark records the clean stop: Verify given it reports the line
+// as inserted while the agent has not started since, and the next start
+// says so in its start line. While the agent runs, its own lines after
+// the stop (not signed yet) are not taken for added ones.
+func TestLinesAddedAfterACleanStop(t *testing.T) {
+	pub, key, _ := ed25519.GenerateKey(rand.Reader)
+	dir := t.TempDir()
+	path, markPath := filepath.Join(dir, "log", "access.log"), filepath.Join(dir, "access-log.mark")
+	opts := Options{Path: path, Key: key, Mark: markPath, Agent: testAgent, Version: "test"}
+	run := func(n int) {
+		l := startLog(t, opts)
+		for i := range n {
+			l.Add(record(i))
+		}
+		l.stop()
+	}
+	run(2)
+	lines := readLines(t, path)
+	last, err := ParseLine(lines[len(lines)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, err := json.Marshal(streamLine{Seq: last.Seq + 1, Time: time.Now().UTC(), Type: TypeStream, Request: "r-forged", Backend: "backend:billing",
+		Service: "db", Code: "ok", End: EndClosed, Prev: hashLine(lines[len(lines)-1])})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeLines(t, path, append(lines, forged))
+
+	o := VerifyOptions{Path: path, Key: Fingerprint(pub), Mark: markPath}
+	res := mustVerify(t, o)
+	if res.Intact || res.Problem == nil || res.Problem.Kind != ProblemInserted || res.Problem.File != "access.log" || res.Problem.Line != 6 ||
+		!strings.Contains(res.Problem.Detail, "added by someone other than the agent") {
+		t.Errorf("verify of a log with a line added after the clean stop: intact %v, problem %v; want inserted at access.log:6", res.Intact, res.Problem)
+	}
+	if res := mustVerify(t, VerifyOptions{Path: path, Key: Fingerprint(pub)}); !res.Intact || res.Unsigned != 1 {
+		t.Errorf("verify without the mark (a copy): %v, %d unsigned; want intact with 1 unsigned line", res.Problem, res.Unsigned)
+	}
+	run(1)
+	es := entries(t, path)
+	if st := es[6]; st.Type != TypeStart || !strings.Contains(st.Note, "the lines after seq 5 were added by someone other than the agent") ||
+		strings.Contains(st.Note, "killed or crashed") {
+		t.Errorf("start line after the added line: %+v, want a note that lines were added (and none of a crash)", st)
+	}
+
+	// A run in progress: its lines follow the clean stop, unsigned.
+	n := len(readLines(t, path))
+	l := startLog(t, opts)
+	l.Add(record(9))
+	waitFor(t, "the run's first lines", func() bool { return len(readLines(t, path)) >= n+3 })
+	waitFor(t, "the mark moved on from the clean stop", func() bool { m, ok, _ := readMark(markPath); return ok && !m.stop })
+	if res := mustVerify(t, o); !res.Intact {
+		t.Errorf("verify while the agent runs, before its first checkpoint: %v, want intact", res.Problem)
+	}
+	l.stop()
+}

@@ -65,6 +65,8 @@ type VerifyOptions struct {
 	// before the checkpoint it records had its last lines removed. Empty:
 	// not checked (a copy of the log, which may rightly be older).
 	Mark string
+
+	mark *mark // what Mark held, for verify
 }
 
 // Result is what Verify found.
@@ -120,7 +122,9 @@ type Result struct {
 	Unclosed      []Unclosed `json:"unclosed,omitempty"`
 	UnclosedCount int        `json:"unclosed_count,omitempty"`
 
-	lastLine int // the number of lines checked in the last file
+	lastLine    int    // the number of lines checked in the last file
+	lastCkptSeq uint64 // the seq of the last checkpoint verified
+	afterMark   *Problem
 }
 
 // MaxUnclosed bounds Result.Unclosed.
@@ -230,6 +234,9 @@ func Verify(o VerifyOptions) (Result, error) {
 		if m, hasMark, err = readMark(o.Mark); err != nil {
 			return Result{}, err
 		}
+		if hasMark {
+			o.mark = &m
+		}
 	}
 	files, err := Files(o.Path)
 	if err != nil {
@@ -249,6 +256,16 @@ func Verify(o VerifyOptions) (Result, error) {
 		}
 		p.Line = res.lastLine + 1
 		res.Problem, res.Intact, res.CleanStop = p, false, false
+	}
+	if err == nil && res.Problem == nil && hasMark && m.stop && res.LastSeq > m.seq && res.lastCkptSeq <= m.seq && res.afterMark != nil {
+		// Lines after the agent's clean stop that no checkpoint of its
+		// own follows; unless the agent started meanwhile and moved the
+		// mark on (then they are its own, not checkpointed yet).
+		if again, ok, _ := readMark(o.Mark); ok && again == m {
+			p := res.afterMark
+			p.Kind, p.Detail = ProblemInserted, addedAfterStop(res.LastSeq, m, o.Mark)
+			res.Problem, res.Intact, res.CleanStop = p, false, false
+		}
 	}
 	return res, err
 }
@@ -367,12 +384,16 @@ func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptio
 		}
 		if cur.e.Type == TypeCheckpoint {
 			res.Verified++
+			res.lastCkptSeq = cur.e.Seq
 			sinceCkpt = 0
 		} else {
 			sinceCkpt++
 		}
 		if keys.cur == nil && cur.e.Type == TypeCheckpoint {
 			res.CAOnly = res.Lines + 1 // the lines this certificate-signed checkpoint covers, and itself
+		}
+		if o.mark != nil && res.afterMark == nil && cur.e.Seq == o.mark.seq+1 {
+			res.afterMark = &Problem{File: cur.file, Line: cur.n}
 		}
 		res.Lines++
 		res.LastSeq = cur.e.Seq

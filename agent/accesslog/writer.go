@@ -333,9 +333,25 @@ func (l *Log) open() error {
 		l.note(fmt.Sprintf("cut %d bytes of an incomplete last line: the agent stopped while writing it", t.partial))
 		t.size -= t.partial
 	}
-	if t.badLast {
+	// The mark (mark.go) tells more than the file: lines removed back to
+	// a checkpoint, or added after a clean stop.
+	markNote := ""
+	if l.start != nil && l.o.Mark != "" {
+		switch m, ok, err := readMark(l.o.Mark); {
+		case err != nil:
+			l.note(fmt.Sprintf("cannot read the mark of the last checkpoint: %v", err))
+		case ok && m.seq > t.seq:
+			markNote = removedFromEnd(t.seq, m, l.o.Mark)
+		case ok && m.stop && t.seq > m.seq && !t.stopped:
+			markNote = addedAfterStop(t.seq, m, l.o.Mark)
+		}
+	}
+	switch {
+	case t.badLast:
 		l.note("the last line of the file does not parse: the chain continues from its hash, with seq starting again at 1")
-	} else if t.hasLines && !t.stopped {
+	case markNote != "":
+		l.note(markNote)
+	case t.hasLines && !t.stopped:
 		l.note("the log does not end with the checkpoint of a clean stop: the agent was killed or crashed (or its last lines were removed)")
 	}
 	if !t.hasLines && t.size == 0 {
@@ -345,14 +361,6 @@ func (l *Log) open() error {
 			return err
 		} else if prev.hasLines {
 			t.head, t.seq = prev.head, prev.seq
-		}
-	}
-	if l.start != nil && l.o.Mark != "" {
-		switch m, ok, err := readMark(l.o.Mark); {
-		case err != nil:
-			l.note(fmt.Sprintf("cannot read the mark of the last checkpoint: %v", err))
-		case ok && m.seq > t.seq:
-			l.note(removedFromEnd(t.seq, m, l.o.Mark))
 		}
 	}
 	l.f, l.size, l.head, l.seq, l.since = f, t.size, t.head, t.seq, 0
@@ -528,6 +536,8 @@ func (l *Log) flush() {
 	// What buf holds beyond the last commit.
 	var bufStart, bufKey, bufLost, bufSums bool
 	ckpt := false // a checkpoint was written: the mark follows
+	stop := false // the last line written is the checkpoint of a clean stop
+	starting := l.start != nil
 	bufRecs := 0
 	emit := func(v any, set func(seq uint64, prev string)) error {
 		set(st.seq+1, st.head)
@@ -670,14 +680,16 @@ func (l *Log) flush() {
 			l.fail(err)
 			return
 		}
-		ckpt = true
+		ckpt, stop = true, why == WhyStop
 	}
 	if err := commit(); err != nil {
 		l.fail(err)
 		return
 	}
-	if ckpt && l.o.Mark != "" {
-		if err := writeMark(l.o.Mark, mark{seq: l.seq, head: l.head}); err != nil {
+	// The start line moves the mark on too: the lines after a clean
+	// stop's are this run's from then on.
+	if (ckpt || starting && l.start == nil) && l.o.Mark != "" {
+		if err := writeMark(l.o.Mark, mark{seq: l.seq, head: l.head, stop: stop}); err != nil {
 			l.log.Warn("access log: cannot record the mark of the last checkpoint; removing lines from the end of the log may go unnoticed until it can", "mark", l.o.Mark, "err", err)
 		}
 	}
