@@ -8,10 +8,12 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -687,4 +689,43 @@ func TestLinesAddedAfterACleanStop(t *testing.T) {
 		t.Errorf("verify while the agent runs, before its first checkpoint: %v, want intact", res.Problem)
 	}
 	l.stop()
+}
+
+// A mark that cannot be written costs the log nothing but the warning,
+// logged once while it lasts rather than at every checkpoint.
+func TestMarkUnwritable(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "log", "access.log")
+	var out syncBuffer
+	l := startLog(t, Options{Path: path, Key: key, Mark: filepath.Join(dir, "no-such-dir", "access-log.mark"), Logger: slog.New(slog.NewTextHandler(&out, nil))})
+	l.Add(record(1))
+	waitFor(t, "the first lines", func() bool { b, _ := os.ReadFile(path); return bytes.Count(b, []byte("\n")) >= 3 })
+	l.stop()
+	if err := l.Err(); err != nil {
+		t.Fatalf("the log failed with its mark: %v", err)
+	}
+	if n := strings.Count(out.String(), "cannot record the mark"); n != 1 {
+		t.Errorf("%d warnings about the mark, want 1:\n%s", n, out.String())
+	}
+	if res := mustVerify(t, VerifyOptions{Path: path}); !res.Intact || !res.CleanStop {
+		t.Errorf("verify: %+v", res)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -206,6 +206,7 @@ type Log struct {
 	line        bytes.Buffer  // one line being encoded
 	enc         *json.Encoder // into line
 	certWarned  bool          // the warning about a certificate too long for a checkpoint was logged
+	markWarned  bool          // the warning about a mark that cannot be written was logged
 }
 
 // New returns a log writing to o.Path; nothing is opened yet.
@@ -689,7 +690,10 @@ func (l *Log) flush() {
 	// The start line moves the mark on too: the lines after a clean
 	// stop's are this run's from then on.
 	if (ckpt || starting && l.start == nil) && l.o.Mark != "" {
-		if err := writeMark(l.o.Mark, mark{seq: l.seq, head: l.head, stop: stop}); err != nil {
+		if err := writeMark(l.o.Mark, mark{seq: l.seq, head: l.head, stop: stop}); err == nil {
+			l.markWarned = false
+		} else if !l.markWarned {
+			l.markWarned = true // until it works again: not at every checkpoint
 			l.log.Warn("access log: cannot record the mark of the last checkpoint; removing lines from the end of the log may go unnoticed until it can", "mark", l.o.Mark, "err", err)
 		}
 	}
