@@ -133,7 +133,7 @@ func (a *Agent) newAccessLog() *accesslog.Log {
 	id := identity.Agent{TrustDomain: a.state.TrustDomain, Tenant: a.state.Tenant, ID: a.state.AgentID}
 	return accesslog.New(accesslog.Options{
 		Path: a.cfg.AccessLogPath(), MaxSize: int64(c.MaxSize), MaxFiles: c.MaxFiles, CheckpointInterval: c.CheckpointInterval,
-		Key: a.logKey, Agent: id.String(), Version: a.cfg.Version, Logger: a.log,
+		Key: a.logKey, Mark: filepath.Join(a.state.Dir, LogMarkFile), Agent: id.String(), Version: a.cfg.Version, Logger: a.log,
 		Changed: a.rep.change,
 	})
 }
@@ -223,6 +223,9 @@ func streamEnd(err error) string {
 // checkpoints are checked against their own certificates only.
 func AccessLogVerifyOptions(cfg Config, rootsFile, key string) (accesslog.VerifyOptions, error) {
 	o := accesslog.VerifyOptions{Path: cfg.AccessLogPath()}
+	if cfg.StateDir != "" {
+		o.Mark = filepath.Join(cfg.StateDir, LogMarkFile)
+	}
 	switch {
 	case key != "":
 		fp, err := accesslog.ParseFingerprint(key)

@@ -40,6 +40,10 @@ type Agent struct {
 	rootList atomic.Pointer[[]*x509.Certificate] // the certificates in roots
 	renewNow chan renewRequest                   // early renewals the relay asked for (buffered)
 	services atomic.Pointer[map[string]Service]
+	// served are the streams connected to a service now, which a
+	// reload of the config cuts when it no longer allows them.
+	servedMu sync.Mutex
+	served   map[*servedStream]struct{}
 	// configErr is the last config file problem seen by the watcher.
 	configErr atomic.Pointer[string]
 	hashKey   []byte // keys ConfigHash (confighash.go)

@@ -167,7 +167,8 @@ type Service struct {
 	// service: names of backend identities as the relay authenticated them
 	// (the relay passes the identity with every stream), each a name or a
 	// pattern with "*". The relay's own policy applies first; this list
-	// can only narrow it.
+	// can only narrow it. In the file, an empty list is an error (it would
+	// allow every backend, which leaving it out says).
 	Backends []string `yaml:"backends"`
 }
 
@@ -212,6 +213,13 @@ func (s *Service) UnmarshalYAML(n *yaml.Node) error {
 			case "backends":
 				if err := v.Decode(&s.Backends); err != nil {
 					return err
+				}
+				// An empty list would allow every backend, as no list
+				// does: "backends: []" meant as "none for now", or a
+				// file cut off after "backends:" by a write still in
+				// progress, must not open the service to all of them.
+				if len(s.Backends) == 0 {
+					return fmt.Errorf("line %d: backends is empty, which would allow every backend: list the backends allowed, or leave backends out to allow every backend the relay lets through", k.Line)
 				}
 			default:
 				return fmt.Errorf("line %d: field %s not found in service", k.Line, k.Value)
@@ -355,6 +363,9 @@ func (c *Config) Validate() error {
 		addr := c.Services[n].Address
 		if host, port, err := net.SplitHostPort(addr); err != nil || host == "" || port == "" {
 			add("services.%s: address %q: want host:port", n, addr)
+		} else if p, err := net.LookupPort("tcp", port); err != nil || p == 0 {
+			// Else every stream to it would fail, as "unreachable".
+			add("services.%s: address %q: port %q: want 1 to 65535, or a service name known to this machine", n, addr, port)
 		}
 		for i, b := range c.Services[n].Backends {
 			if err := validateBackendPattern(b); err != nil {

@@ -45,6 +45,11 @@ func TestServiceBackendsRefused(t *testing.T) {
 		"state_dir: /x\nservices: {db: {address: a:1, backends: ['a**']}}\n":      "single *",
 		"state_dir: /x\nservices: {db: {address: a:1, backends: billing}}\n":      "parse config",
 		"state_dir: /x\nservices: {db: {address: a:1, backends: ['bad/name']}}\n": "services.db.backends[0]",
+		// An empty list would allow every backend: refused, whether
+		// written so or left by a file cut off after "backends:".
+		"state_dir: /x\nservices: {db: {address: a:1, backends: []}}\n":        "backends is empty",
+		"state_dir: /x\nservices:\n  db:\n    address: a:1\n    backends:\n":   "backends is empty",
+		"state_dir: /x\nservices:\n  db:\n    address: a:1\n    backends: ~\n": "backends is empty",
 	} {
 		_, err := ParseConfig([]byte(cfg))
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -107,6 +112,31 @@ func TestRelayConnectionsNeedRestart(t *testing.T) {
 		got := slices.Contains(a.needsRestart(tc.cfg), "relay_connections")
 		if got != tc.want {
 			t.Errorf("%+v: relay_connections needs a restart: %v, want %v", tc.cfg, got, tc.want)
+		}
+	}
+}
+
+// A service's port is checked with the rest of the file: one that no
+// dial can use (0, beyond 65535, not a number nor a known service name)
+// is an error there, not an "unreachable" refusal of every stream.
+func TestServicePortChecked(t *testing.T) {
+	for addr, ok := range map[string]bool{
+		"10.0.0.5:5432":      true,
+		"[fe80::1%eth0]:22":  true,
+		"db.internal:65535":  true,
+		"db.internal:https":  true,
+		"10.0.0.5:0":         false,
+		"10.0.0.5:65536":     false,
+		"10.0.0.5:99999":     false,
+		"10.0.0.5:-1":        false,
+		"10.0.0.5:no-such-x": false,
+	} {
+		_, err := ParseConfig([]byte("state_dir: /x\nservices: {db: \"" + addr + "\"}\n"))
+		switch {
+		case ok && err != nil:
+			t.Errorf("%s: %v", addr, err)
+		case !ok && (err == nil || !strings.Contains(err.Error(), "want 1 to 65535")):
+			t.Errorf("%s: got %v, want an error about the port", addr, err)
 		}
 	}
 }

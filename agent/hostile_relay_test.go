@@ -3,9 +3,11 @@ package agent
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -254,5 +256,39 @@ func TestAccessLogOpenLineWhileStreamRuns(t *testing.T) {
 	}
 	if res.UnclosedCount != 1 || len(res.Unclosed) != 1 || res.Unclosed[0].Request != "r-long" {
 		t.Errorf("verify: unclosed %d %+v; want r-long", res.UnclosedCount, res.Unclosed)
+	}
+}
+
+// The allowlist is looked up by the exact name the header carries: no
+// spelling of a listed name other than itself (case, a trailing dot or
+// space, a NUL, a zero-width or full-width character, a name at the
+// header's bound) reaches its service, nor does the update service's
+// name when no release is being fetched. Each is refused as
+// unknown_service (the update service: not_allowed) and the agent dials
+// nothing.
+func TestServiceNameSpellingsRefused(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	a := enrolled(t, root, root)
+	var dials atomic.Int32
+	a.cfg.DialService = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		return nil, fmt.Errorf("dialled %s", addr)
+	}
+	svcs := map[string]Service{"db": {Address: "127.0.0.1:1"}}
+	a.services.Store(&svcs)
+	s, rs := relayPair(t, a)
+	for _, name := range []string{
+		"DB", "Db", "db.", "db ", " db", "db\x00", "db\u200b", "\uff44\uff42", "db:5432", "db/", "d\u0431",
+		"db" + strings.Repeat("x", protocol.MaxServiceLen-2), protocol.UpdateService,
+	} {
+		_, err := openStream(t, s, rs, protocol.StreamHeader{Service: name, Backend: "backend:billing", RequestID: "r-1"})
+		var pe *protocol.Error
+		if !errors.As(err, &pe) || pe.Code != protocol.CodeUnknownService && pe.Code != protocol.CodeNotAllowed {
+			t.Errorf("service %q: %v, want refused as unknown_service or not_allowed", name, err)
+		}
+	}
+	s.close()
+	if n := dials.Load(); n != 0 {
+		t.Errorf("the agent dialled %d times for names not in its allowlist", n)
 	}
 }

@@ -24,6 +24,11 @@ import (
 // again (--force) keeps it: the log goes on.
 const LogKeyFile = "access-log.key"
 
+// LogMarkFile holds, in the state directory, how far the access log's
+// chain reached at its last checkpoint (accesslog.Options.Mark), kept
+// apart from the log so that lines removed from its end are noticed.
+const LogMarkFile = "access-log.mark"
+
 // maxLogKeyFile bounds what is read of LogKeyFile.
 const maxLogKeyFile = 4 << 10
 

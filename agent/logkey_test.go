@@ -125,13 +125,14 @@ func TestAccessLogRewriteSignedByTheCAIsDetected(t *testing.T) {
 
 	forgeSignedByCA(t, a.cfg.AccessLogPath(), root)
 
-	// Against the CA only (no log key: a copy verified without --key or a
-	// state directory), the rewrite verifies: that is what it defeats.
+	// Against the CA only (no log key, no mark: a copy verified without
+	// --key or a state directory), the rewrite verifies: that is what it
+	// defeats.
 	o, err := AccessLogVerifyOptions(a.cfg, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	o.Key = ""
+	o.Key, o.Mark = "", ""
 	if res, _ := accesslog.Verify(o); !res.Intact || res.CAOnly != res.Lines {
 		t.Fatalf("verify against the CA only: %+v, want intact (the rewrite is CA-signed)", res)
 	}

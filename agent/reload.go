@@ -279,7 +279,7 @@ func (f *fileWatch) checkCertificate() {
 }
 
 // reloadConfig applies a changed config file's services (data is what
-// the file read). A file that does not parse or validate changes nothing:
+// the file read), and cuts the open streams they no longer allow. A file that does not parse or validate changes nothing:
 // the agent keeps the services it has, logs the problem and keeps it for
 // the relay to show. The release keys (update.public_keys) apply at once
 // too; other settings take effect at the next restart, and a warning
@@ -321,8 +321,9 @@ func (a *Agent) reloadConfig(path string, data []byte) {
 		slices.Sort(added)
 		slices.Sort(removed)
 		slices.Sort(changed)
-		a.log.Info("services reloaded: new streams use them; streams already open continue",
-			"added", added, "removed", removed, "changed", changed, "services", len(svcs))
+		cut := a.cutDisallowed(svcs)
+		a.log.Info("services reloaded: new streams use them; open streams the new config does not allow are cut",
+			"added", added, "removed", removed, "changed", changed, "services", len(svcs), "streams_cut", cut)
 	}
 	if a.upd != nil {
 		a.upd.reloadKeys(c.Update.PublicKeys)

@@ -8,20 +8,27 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"aead.dev/minisign"
 
+	"github.com/tetherhq/tether/agent/accesslog"
+	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/protocol/release"
+	"github.com/tetherhq/tether/protocol/transport"
 )
 
 // logSeen is a slog handler that logs to the test and counts the messages
@@ -440,6 +447,142 @@ func TestReloadNamesSettingsNeedingRestart(t *testing.T) {
 		}
 		if got := a.needsRestart(c); !slices.Equal(got, tc.want) {
 			t.Errorf("%q: needs a restart: %q, want %q", tc.yaml, got, tc.want)
+		}
+	}
+}
+
+// A config file caught while it is being written, cut off after
+// "backends:", does not open the service to every backend: it is an
+// error, and the agent keeps the services it has, the list included.
+func TestReloadConfigCutAfterBackends(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	path := filepath.Join(t.TempDir(), "agent.yaml")
+	full := reloadTestHead + "services:\n  db:\n    address: 127.0.0.1:5432\n    backends:\n      - billing\n"
+	if err := os.WriteFile(path, []byte(full), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logger, seen := watchLogger(t)
+	a := enrolledWith(t, Config{ConfigFile: path, Logger: logger, Services: map[string]Service{"db": {Address: "127.0.0.1:5432", Backends: []string{"billing"}}}}, root, root)
+	startWatch(t, a, seen)
+
+	cut := full[:strings.Index(full, "      - billing")]
+	if err := os.WriteFile(path, []byte(cut), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the config error", func() error {
+		if a.ConfigError() == "" {
+			return errNotYet
+		}
+		return nil
+	})
+	if e := a.ConfigError(); !strings.Contains(e, "backends is empty") {
+		t.Errorf("config error %q, want one saying backends is empty", e)
+	}
+	db := (*a.services.Load())["db"]
+	if db.allows("backend:analytics") || !db.allows("backend:billing") {
+		t.Errorf("after a file cut off after backends: db is %+v, want it to allow billing only", db)
+	}
+}
+
+// A reload that removes a service, changes its address or takes a
+// backend off its list cuts the streams open that it no longer allows,
+// at once: their service connection and the stream to the relay are
+// reset, and the access log records them as cut, saying why. Streams the
+// new config still allows carry on.
+func TestReloadCutsStreamsNoLongerAllowed(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	echo, other := echoService(t), echoService(t)
+	cfg := func(db bool, repBackends, movedAddr string) string {
+		y := reloadTestHead + "services:\n"
+		if db {
+			y += "  db: " + echo + "\n"
+		}
+		return y + "  api: " + echo + "\n  rep: {address: " + echo + ", backends: [" + repBackends + "]}\n  moved: " + movedAddr + "\n"
+	}
+	path := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(path, []byte(cfg(true, "billing, other", echo)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ParseConfig([]byte(cfg(true, "billing, other", echo)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger, seen := watchLogger(t)
+	a := enrolledWith(t, Config{ConfigFile: path, Logger: logger, Services: c.Services}, root, root)
+	stopLog := runAccessLog(t, a)
+	s, rs := relayPair(t, a)
+	startWatch(t, a, seen)
+
+	streams := map[string]transport.Stream{}
+	for _, h := range []protocol.StreamHeader{
+		{Service: "db", Backend: "backend:billing", RequestID: "r-db"},
+		{Service: "api", Backend: "backend:billing", RequestID: "r-api"},
+		{Service: "rep", Backend: "backend:billing", RequestID: "r-rep-billing"},
+		{Service: "rep", Backend: "backend:other", RequestID: "r-rep-other"},
+		{Service: "moved", Backend: "backend:billing", RequestID: "r-moved"},
+	} {
+		st, err := openStream(t, s, rs, h)
+		if err != nil {
+			t.Fatalf("%s: %v", h.RequestID, err)
+		}
+		if err := roundTrip(st, "before"); err != nil {
+			t.Fatalf("%s: %v", h.RequestID, err)
+		}
+		streams[h.RequestID] = st
+	}
+
+	if err := os.WriteFile(path, []byte(cfg(false, "other", other)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitServices(t, a, "the new config", "api", "rep", "moved")
+	for _, req := range []string{"r-db", "r-rep-billing", "r-moved"} {
+		st := streams[req]
+		st.SetDeadline(time.Now().Add(5 * time.Second))
+		var ne net.Error
+		if _, err := io.Copy(io.Discard, st); err == nil || errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("%s: the stream the new config does not allow ended with %v, want a reset", req, err)
+		}
+	}
+	for _, req := range []string{"r-api", "r-rep-other"} {
+		streams[req].SetDeadline(time.Now().Add(5 * time.Second))
+		if err := roundTrip(streams[req], "after"); err != nil {
+			t.Errorf("%s: the stream the new config allows: %v", req, err)
+		}
+		streams[req].CloseWrite()
+		io.Copy(io.Discard, streams[req])
+	}
+	for _, st := range streams {
+		st.Close()
+	}
+	s.close()
+	stopLog()
+
+	got := map[string]accesslog.Entry{}
+	err = accesslog.Read(a.cfg.AccessLogPath(), func(file string, n int, e accesslog.Entry, _ []byte, err error) error {
+		if err != nil {
+			return fmt.Errorf("%s:%d: %w", file, n, err)
+		}
+		if e.Type == accesslog.TypeStream {
+			got[e.Request] = e
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for req, want := range map[string]string{
+		"r-db":          "removed",
+		"r-rep-billing": "no longer allows this backend",
+		"r-moved":       "address changed",
+		"r-api":         "",
+		"r-rep-other":   "",
+	} {
+		e := got[req]
+		switch {
+		case want != "" && (e.End != accesslog.EndCut || !strings.Contains(e.Message, want)):
+			t.Errorf("%s: logged end %q message %q, want cut saying %q", req, e.End, e.Message, want)
+		case want == "" && (e.End != accesslog.EndClosed || e.Message != ""):
+			t.Errorf("%s: logged end %q message %q, want closed", req, e.End, e.Message)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -113,6 +114,8 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 		return
 	}
 	defer s.removeService(conn)
+	ss := a.addServed(h, svc.Address, conn)
+	defer a.removeServed(ss)
 	if err := protocol.WriteReply(st, protocol.Reply{}); err != nil {
 		conn.Close()
 		log.Debug("relay went away before the reply", slices.Concat(ids, []any{"err", err})...)
@@ -132,6 +135,10 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	a.rep.streamEnded(ctr, res)
 	a.streamsOpen.Add(-1)
 	rec.Code, rec.End, rec.BytesToService, rec.BytesFromService = protocol.CodeOK.String(), streamEnd(err), res.AToB, res.BToA
+	if why := ss.cutWhy(); why != "" {
+		rec.End, rec.Message = accesslog.EndCut, why
+		log.Info("stream cut: the agent's config no longer allows it", slices.Concat(ids, []any{"why", why})...)
+	}
 	a.logStream(rec, started)
 	attrs := slices.Concat(ids, []any{"bytes_to_service", res.AToB, "bytes_from_service", res.BToA, "duration", time.Since(start).Round(time.Microsecond)})
 	switch {
@@ -219,4 +226,86 @@ func (s *session) closeServices() {
 		c.Close()
 	}
 	clear(s.svcConns)
+}
+
+// servedStream is a stream connected to its service, as the config
+// allowed it then.
+type servedStream struct {
+	service, backend, address string
+	conn                      net.Conn
+	cut                       atomic.Pointer[string] // why a reload cut it
+}
+
+func (ss *servedStream) cutWhy() string {
+	if p := ss.cut.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// addServed records a stream connected to address for the service and
+// backend of h. If the services changed since the stream was checked
+// against them and no longer allow it, it is cut at once: a reload that
+// stored them before this ran did not see the stream.
+func (a *Agent) addServed(h protocol.StreamHeader, address string, conn net.Conn) *servedStream {
+	ss := &servedStream{service: h.Service, backend: h.Backend, address: address, conn: conn}
+	a.servedMu.Lock()
+	defer a.servedMu.Unlock()
+	if a.served == nil {
+		a.served = make(map[*servedStream]struct{})
+	}
+	a.served[ss] = struct{}{}
+	if why := disallowed(*a.services.Load(), ss); why != "" {
+		ss.cutNow(why)
+	}
+	return ss
+}
+
+func (a *Agent) removeServed(ss *servedStream) {
+	a.servedMu.Lock()
+	defer a.servedMu.Unlock()
+	delete(a.served, ss)
+}
+
+// cutDisallowed cuts the streams that svcs, the services just loaded,
+// no longer allow: their service was removed, its address changed, or
+// its backends no longer include the stream's. It returns how many.
+func (a *Agent) cutDisallowed(svcs map[string]Service) int {
+	a.servedMu.Lock()
+	defer a.servedMu.Unlock()
+	n := 0
+	for ss := range a.served {
+		if ss.cutWhy() != "" {
+			continue
+		}
+		if why := disallowed(svcs, ss); why != "" {
+			ss.cutNow(why)
+			n++
+		}
+	}
+	return n
+}
+
+// disallowed says why svcs do not allow ss, or "" if they do.
+func disallowed(svcs map[string]Service, ss *servedStream) string {
+	svc, ok := svcs[ss.service]
+	switch {
+	case !ok:
+		return "cut: the service was removed from the agent's config"
+	case svc.Address != ss.address:
+		return "cut: the service's address changed in the agent's config"
+	case !svc.allows(ss.backend):
+		return "cut: the agent's config no longer allows this backend to reach the service"
+	}
+	return ""
+}
+
+// cutNow resets the stream's service connection, which ends its splice
+// and resets the stream to the relay too.
+func (ss *servedStream) cutNow(why string) {
+	ss.cut.Store(&why)
+	if tc, ok := ss.conn.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	ss.conn.Close()
 }

@@ -3,13 +3,17 @@ package accesslog
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -577,4 +581,151 @@ func TestRecordsCommittedAfterTheDelay(t *testing.T) {
 	if res := mustVerify(t, VerifyOptions{Path: path}); !res.Intact || res.Lines != 1+50 {
 		t.Fatalf("verify: %d lines (intact %v), want the start line and 50 streams", res.Lines, res.Intact)
 	}
+}
+
+// Lines removed from the end of the log back to an earlier clean stop
+// (here the whole last run of the agent) leave a shorter chain that
+// verifies on its own. The mark the writer keeps outside the log tells:
+// Verify given it reports the lines as removed, and the next start says
+// so in its start line. A copy verified without the mark is not held to
+// it, and an untouched log verifies against it.
+func TestTailRemovedBackToACleanStop(t *testing.T) {
+	pub, key, _ := ed25519.GenerateKey(rand.Reader)
+	dir := t.TempDir()
+	path, markPath := filepath.Join(dir, "log", "access.log"), filepath.Join(dir, "access-log.mark")
+	run := func(n int) {
+		l := startLog(t, Options{Path: path, Key: key, Mark: markPath, Agent: testAgent, Version: "test"})
+		for i := range n {
+			l.Add(record(i))
+		}
+		l.stop()
+	}
+	run(3)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(5)
+	o := VerifyOptions{Path: path, Key: Fingerprint(pub), Mark: markPath}
+	if res := mustVerify(t, o); !res.Intact {
+		t.Fatalf("verify of the untouched log against its mark: %+v", res.Problem)
+	}
+	if err := os.Truncate(path, fi.Size()); err != nil { // back to the end of the first run
+		t.Fatal(err)
+	}
+	res := mustVerify(t, o)
+	if res.Intact || res.Problem == nil || res.Problem.Kind != ProblemRemoved || !strings.Contains(res.Problem.Detail, "were removed") ||
+		res.Problem.File != "access.log" || res.Problem.Line != 7 {
+		t.Errorf("verify of a log cut back to an earlier clean stop: intact %v, problem %v; want removed at access.log:7", res.Intact, res.Problem)
+	}
+	if res := mustVerify(t, VerifyOptions{Path: path, Key: Fingerprint(pub)}); !res.Intact {
+		t.Errorf("verify without the mark (a copy): %v, want intact", res.Problem)
+	}
+	run(1)
+	es := entries(t, path)
+	if st := es[6]; st.Type != TypeStart || !strings.Contains(st.Note, "the lines after seq 6 were removed") {
+		t.Errorf("start line after the cut: %+v, want a note that lines were removed", st)
+	}
+	if res := mustVerify(t, o); !res.Intact {
+		t.Errorf("verify once the agent has started again and written its checkpoint: %v, want intact (the start line says what happened)", res.Problem)
+	}
+}
+
+// A line appended after a clean stop, chained by someone without the log
+// key, looks like a line the agent wrote and had not signed yet; the next
+// start would continue the chain from it, and its checkpoints would cover
+// it. The mark records the clean stop: Verify given it reports the line
+// as inserted while the agent has not started since, and the next start
+// says so in its start line. While the agent runs, its own lines after
+// the stop (not signed yet) are not taken for added ones.
+func TestLinesAddedAfterACleanStop(t *testing.T) {
+	pub, key, _ := ed25519.GenerateKey(rand.Reader)
+	dir := t.TempDir()
+	path, markPath := filepath.Join(dir, "log", "access.log"), filepath.Join(dir, "access-log.mark")
+	opts := Options{Path: path, Key: key, Mark: markPath, Agent: testAgent, Version: "test"}
+	run := func(n int) {
+		l := startLog(t, opts)
+		for i := range n {
+			l.Add(record(i))
+		}
+		l.stop()
+	}
+	run(2)
+	lines := readLines(t, path)
+	last, err := ParseLine(lines[len(lines)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, err := json.Marshal(streamLine{Seq: last.Seq + 1, Time: time.Now().UTC(), Type: TypeStream, Request: "r-forged", Backend: "backend:billing",
+		Service: "db", Code: "ok", End: EndClosed, Prev: hashLine(lines[len(lines)-1])})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeLines(t, path, append(lines, forged))
+
+	o := VerifyOptions{Path: path, Key: Fingerprint(pub), Mark: markPath}
+	res := mustVerify(t, o)
+	if res.Intact || res.Problem == nil || res.Problem.Kind != ProblemInserted || res.Problem.File != "access.log" || res.Problem.Line != 6 ||
+		!strings.Contains(res.Problem.Detail, "added by someone other than the agent") {
+		t.Errorf("verify of a log with a line added after the clean stop: intact %v, problem %v; want inserted at access.log:6", res.Intact, res.Problem)
+	}
+	if res := mustVerify(t, VerifyOptions{Path: path, Key: Fingerprint(pub)}); !res.Intact || res.Unsigned != 1 {
+		t.Errorf("verify without the mark (a copy): %v, %d unsigned; want intact with 1 unsigned line", res.Problem, res.Unsigned)
+	}
+	run(1)
+	es := entries(t, path)
+	if st := es[6]; st.Type != TypeStart || !strings.Contains(st.Note, "the lines after seq 5 were added by someone other than the agent") ||
+		strings.Contains(st.Note, "killed or crashed") {
+		t.Errorf("start line after the added line: %+v, want a note that lines were added (and none of a crash)", st)
+	}
+
+	// A run in progress: its lines follow the clean stop, unsigned.
+	n := len(readLines(t, path))
+	l := startLog(t, opts)
+	l.Add(record(9))
+	waitFor(t, "the run's first lines", func() bool { return len(readLines(t, path)) >= n+3 })
+	waitFor(t, "the mark moved on from the clean stop", func() bool { m, ok, _ := readMark(markPath); return ok && !m.stop })
+	if res := mustVerify(t, o); !res.Intact {
+		t.Errorf("verify while the agent runs, before its first checkpoint: %v, want intact", res.Problem)
+	}
+	l.stop()
+}
+
+// A mark that cannot be written costs the log nothing but the warning,
+// logged once while it lasts rather than at every checkpoint.
+func TestMarkUnwritable(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "log", "access.log")
+	var out syncBuffer
+	l := startLog(t, Options{Path: path, Key: key, Mark: filepath.Join(dir, "no-such-dir", "access-log.mark"), Logger: slog.New(slog.NewTextHandler(&out, nil))})
+	l.Add(record(1))
+	waitFor(t, "the first lines", func() bool { b, _ := os.ReadFile(path); return bytes.Count(b, []byte("\n")) >= 3 })
+	l.stop()
+	if err := l.Err(); err != nil {
+		t.Fatalf("the log failed with its mark: %v", err)
+	}
+	if n := strings.Count(out.String(), "cannot record the mark"); n != 1 {
+		t.Errorf("%d warnings about the mark, want 1:\n%s", n, out.String())
+	}
+	if res := mustVerify(t, VerifyOptions{Path: path}); !res.Intact || !res.CleanStop {
+		t.Errorf("verify: %+v", res)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -61,6 +61,12 @@ type VerifyOptions struct {
 	// first key the log names, whatever it is (Result.FirstKey says which,
 	// to compare with a fingerprint recorded elsewhere).
 	Key string
+	// Mark is the writer's mark file (Options.Mark): a log that ends
+	// before the checkpoint it records had its last lines removed. Empty:
+	// not checked (a copy of the log, which may rightly be older).
+	Mark string
+
+	mark *mark // what Mark held, for verify
 }
 
 // Result is what Verify found.
@@ -115,6 +121,10 @@ type Result struct {
 	// the open lines (written before agents recorded them) count nothing.
 	Unclosed      []Unclosed `json:"unclosed,omitempty"`
 	UnclosedCount int        `json:"unclosed_count,omitempty"`
+
+	lastLine    int    // the number of lines checked in the last file
+	lastCkptSeq uint64 // the seq of the last checkpoint verified
+	afterMark   *Problem
 }
 
 // MaxUnclosed bounds Result.Unclosed.
@@ -215,6 +225,19 @@ func (o *openStreams) result(res *Result) {
 // checks every checkpoint. It stops at the first problem, which
 // Result.Problem describes; an error means the files could not be read.
 func Verify(o VerifyOptions) (Result, error) {
+	// The mark is read before the log: a writer records it after the
+	// lines it names, so the log read next holds them.
+	var m mark
+	hasMark := false
+	if o.Mark != "" {
+		var err error
+		if m, hasMark, err = readMark(o.Mark); err != nil {
+			return Result{}, err
+		}
+		if hasMark {
+			o.mark = &m
+		}
+	}
 	files, err := Files(o.Path)
 	if err != nil {
 		return Result{}, err
@@ -226,6 +249,24 @@ func Verify(o VerifyOptions) (Result, error) {
 	open := func(i int) (io.ReadCloser, error) { return os.Open(files[i]) }
 	res, err := verify(names, open, o)
 	res.Dir = filepath.Dir(o.Path)
+	if err == nil && res.Problem == nil && hasMark && m.seq > res.LastSeq {
+		p := &Problem{Kind: ProblemRemoved, Detail: removedFromEnd(res.LastSeq, m, o.Mark)}
+		if len(names) > 0 {
+			p.File = names[len(names)-1]
+		}
+		p.Line = res.lastLine + 1
+		res.Problem, res.Intact, res.CleanStop = p, false, false
+	}
+	if err == nil && res.Problem == nil && hasMark && m.stop && res.LastSeq > m.seq && res.lastCkptSeq <= m.seq && res.afterMark != nil {
+		// Lines after the agent's clean stop that no checkpoint of its
+		// own follows; unless the agent started meanwhile and moved the
+		// mark on (then they are its own, not checkpointed yet).
+		if again, ok, _ := readMark(o.Mark); ok && again == m {
+			p := res.afterMark
+			p.Kind, p.Detail = ProblemInserted, addedAfterStop(res.LastSeq, m, o.Mark)
+			res.Problem, res.Intact, res.CleanStop = p, false, false
+		}
+	}
 	return res, err
 }
 
@@ -343,6 +384,7 @@ func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptio
 		}
 		if cur.e.Type == TypeCheckpoint {
 			res.Verified++
+			res.lastCkptSeq = cur.e.Seq
 			sinceCkpt = 0
 		} else {
 			sinceCkpt++
@@ -350,8 +392,14 @@ func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptio
 		if keys.cur == nil && cur.e.Type == TypeCheckpoint {
 			res.CAOnly = res.Lines + 1 // the lines this certificate-signed checkpoint covers, and itself
 		}
+		if o.mark != nil && res.afterMark == nil && cur.e.Seq == o.mark.seq+1 {
+			res.afterMark = &Problem{File: cur.file, Line: cur.n}
+		}
 		res.Lines++
 		res.LastSeq = cur.e.Seq
+		if cur.last {
+			res.lastLine = cur.n
+		}
 		opens.line(cur)
 		p2, p1 = p1, cur
 	}

@@ -101,6 +101,11 @@ type Options struct {
 	// versions signed them: Verify can then check them against the CA
 	// only. The key must be ECDSA. Nil, with Key nil: no checkpoints.
 	Certificate func() *tls.Certificate
+	// Mark, when not empty, is a file outside the log's directory where
+	// the writer records how far the chain reached at each checkpoint
+	// (mark.go): a start whose log ends before it says so in its start
+	// line. The agent keeps it in its state directory.
+	Mark string
 	// Agent and Version are written in the start line: who writes the log.
 	Agent   string
 	Version string
@@ -201,6 +206,7 @@ type Log struct {
 	line        bytes.Buffer  // one line being encoded
 	enc         *json.Encoder // into line
 	certWarned  bool          // the warning about a certificate too long for a checkpoint was logged
+	markWarned  bool          // the warning about a mark that cannot be written was logged
 }
 
 // New returns a log writing to o.Path; nothing is opened yet.
@@ -328,9 +334,25 @@ func (l *Log) open() error {
 		l.note(fmt.Sprintf("cut %d bytes of an incomplete last line: the agent stopped while writing it", t.partial))
 		t.size -= t.partial
 	}
-	if t.badLast {
+	// The mark (mark.go) tells more than the file: lines removed back to
+	// a checkpoint, or added after a clean stop.
+	markNote := ""
+	if l.start != nil && l.o.Mark != "" {
+		switch m, ok, err := readMark(l.o.Mark); {
+		case err != nil:
+			l.note(fmt.Sprintf("cannot read the mark of the last checkpoint: %v", err))
+		case ok && m.seq > t.seq:
+			markNote = removedFromEnd(t.seq, m, l.o.Mark)
+		case ok && m.stop && t.seq > m.seq && !t.stopped:
+			markNote = addedAfterStop(t.seq, m, l.o.Mark)
+		}
+	}
+	switch {
+	case t.badLast:
 		l.note("the last line of the file does not parse: the chain continues from its hash, with seq starting again at 1")
-	} else if t.hasLines && !t.stopped {
+	case markNote != "":
+		l.note(markNote)
+	case t.hasLines && !t.stopped:
 		l.note("the log does not end with the checkpoint of a clean stop: the agent was killed or crashed (or its last lines were removed)")
 	}
 	if !t.hasLines && t.size == 0 {
@@ -514,6 +536,9 @@ func (l *Log) flush() {
 	l.buf.Reset()
 	// What buf holds beyond the last commit.
 	var bufStart, bufKey, bufLost, bufSums bool
+	ckpt := false // a checkpoint was written: the mark follows
+	stop := false // the last line written is the checkpoint of a clean stop
+	starting := l.start != nil
 	bufRecs := 0
 	emit := func(v any, set func(seq uint64, prev string)) error {
 		set(st.seq+1, st.head)
@@ -572,6 +597,7 @@ func (l *Log) flush() {
 		if err := l.emitCheckpoint(emit, &st, now, WhyRotate); err != nil {
 			return err
 		}
+		ckpt = true
 		if err := commit(); err != nil {
 			return err
 		}
@@ -655,10 +681,21 @@ func (l *Log) flush() {
 			l.fail(err)
 			return
 		}
+		ckpt, stop = true, why == WhyStop
 	}
 	if err := commit(); err != nil {
 		l.fail(err)
 		return
+	}
+	// The start line moves the mark on too: the lines after a clean
+	// stop's are this run's from then on.
+	if (ckpt || starting && l.start == nil) && l.o.Mark != "" {
+		if err := writeMark(l.o.Mark, mark{seq: l.seq, head: l.head, stop: stop}); err == nil {
+			l.markWarned = false
+		} else if !l.markWarned {
+			l.markWarned = true // until it works again: not at every checkpoint
+			l.log.Warn("access log: cannot record the mark of the last checkpoint; removing lines from the end of the log may go unnoticed until it can", "mark", l.o.Mark, "err", err)
+		}
 	}
 	l.wantCkpt = ""
 	l.recovered()

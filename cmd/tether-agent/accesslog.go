@@ -115,7 +115,7 @@ func accessLog(o accessLogOptions, f cli.Format, stdout, stderr io.Writer) error
 		cfg.AccessLog.Path = o.file
 	}
 	if o.verify {
-		return verifyAccessLog(cfg, o.caPath, o.key, f, stdout)
+		return verifyAccessLog(cfg, o.caPath, o.key, o.file == "", f, stdout)
 	}
 	return printAccessLog(cfg.AccessLogPath(), filter{since: o.since, service: o.service, backend: o.backend, now: time.Now()}, f, stdout, stderr)
 }
@@ -222,10 +222,15 @@ func printAccessLog(path string, f filter, format cli.Format, stdout, stderr io.
 }
 
 // verifyAccessLog walks the chain and reports.
-func verifyAccessLog(cfg agent.Config, caPath, key string, format cli.Format, stdout io.Writer) error {
+func verifyAccessLog(cfg agent.Config, caPath, key string, own bool, format cli.Format, stdout io.Writer) error {
 	o, err := agent.AccessLogVerifyOptions(cfg, caPath, key)
 	if err != nil {
 		return err
+	}
+	if !own {
+		// A copy (--file) may rightly end before the agent's last
+		// checkpoint: the mark says nothing of it.
+		o.Mark = ""
 	}
 	res, err := accesslog.Verify(o)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -185,5 +186,47 @@ func TestVerifyKeyFlag(t *testing.T) {
 	printStatus(&out, agent.Status{AccessLog: path, AccessLogKey: fp}, time.Now())
 	if s := out.String(); !strings.Contains(s, "access log key  "+fp) {
 		t.Errorf("status:\n%s\nwant the access log key's fingerprint", s)
+	}
+}
+
+// --verify of the config's own log holds it to the mark in the state
+// directory: a log cut back to an earlier clean stop is reported as
+// removed. A copy given with --file is not held to it.
+func TestVerifyMark(t *testing.T) {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "access-log", "access.log")
+	write := func() {
+		l := accesslog.New(accesslog.Options{Path: path, CommitDelay: -1, Key: key, Mark: filepath.Join(dir, agent.LogMarkFile)})
+		l.Open()
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		wg.Go(func() { l.Run(ctx) })
+		l.Add(accesslog.Record{Time: time.Now(), Request: "r-1", Backend: "backend:x", Service: "db", Code: "ok", End: "closed"})
+		cancel()
+		wg.Wait()
+	}
+	write()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write()
+	if err := os.Truncate(path, fi.Size()); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(cfg, []byte("state_dir: "+dir+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := run(t, nil, "", "access-log", "--verify", "--config", cfg)
+	if code != 1 || !strings.Contains(stdout, "BROKEN at access.log:5: removed: the log ends at seq 4, but the agent had written a checkpoint at seq 8") {
+		t.Errorf("verify --config of a log cut back: exit %d\n%s%s\nwant 1, removed at access.log:5", code, stdout, stderr)
+	}
+	if code, stdout, stderr := run(t, nil, "", "access-log", "--verify", "--file", path); code != 0 {
+		t.Errorf("verify --file of the same log (a copy): exit %d\n%s%s\nwant 0", code, stdout, stderr)
 	}
 }
