@@ -49,7 +49,10 @@ type Admin struct {
 	scope Scope
 	// relayID is the running relay's id ("" for offline commands).
 	relayID string
-	close   func() error
+	// sessionBounds bound the console sessions open at once (zero: the
+	// defaults, maxCredentialSessions and the others).
+	sessionBounds sessionBounds
+	close         func() error
 }
 
 // Live is a running relay's view of, and action on, the agents connected

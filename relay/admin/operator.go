@@ -260,8 +260,30 @@ func (a *Admin) VerifyOperatorCertificate(ctx context.Context, certs []*x509.Cer
 	return Credential{Name: id.Name, Scope: sc, CertSerial: serial, ExpiresAt: certs[0].NotAfter}, nil
 }
 
-// maxConsoleSessions bounds the console sessions open at once.
-const maxConsoleSessions = 10000
+// Bounds of the console sessions open at once. Each credential (an
+// operator token, an operator certificate, a person signed in by single
+// sign-on) keeps its newest maxCredentialSessions: signing in again ends
+// its oldest, so that no one credential fills the table. Tenant-scoped
+// operators hold at most maxTenantSessions per tenant (a tenant's own
+// identity provider can make as many people as it likes) and
+// maxConsoleSessions in all; vendor operators are bounded per credential
+// only, so that no tenant can keep them out of the console.
+const (
+	maxCredentialSessions = 32
+	maxTenantSessions     = 1000
+	maxConsoleSessions    = 10000
+)
+
+// sessionBounds are the bounds OpenConsoleSession holds to; the zero
+// value stands for the constants above (tests set smaller ones).
+type sessionBounds struct{ perCredential, perTenant, scoped int }
+
+func (b sessionBounds) orDefault() sessionBounds {
+	if b == (sessionBounds{}) {
+		return sessionBounds{maxCredentialSessions, maxTenantSessions, maxConsoleSessions}
+	}
+	return b
+}
 
 // ConsoleSession is a browser session of the admin console.
 type ConsoleSession struct {
@@ -274,26 +296,33 @@ type ConsoleSession struct {
 // returns its id (the cookie's value). The store keeps a hash of the id
 // only, so sessions outlive a relay's restart and the table opens none.
 // The session ends early when the token or certificate it was opened with
-// is revoked or expires.
+// is revoked or expires, and when c opens its maxCredentialSessions-th
+// newer one.
 func (a *Admin) OpenConsoleSession(ctx context.Context, c Credential, ttl time.Duration) (string, ConsoleSession, error) {
 	if err := c.Scope.Validate(); err != nil {
 		return "", ConsoleSession{}, err
+	}
+	if c.Subject != "" && c.Issuer == "" {
+		return "", ConsoleSession{}, errors.New("a single sign-on session needs the name of the issuer that granted it")
 	}
 	now := a.now()
 	if err := a.store.PruneConsoleSessions(ctx, now); err != nil {
 		return "", ConsoleSession{}, err
 	}
-	n, err := a.store.CountConsoleSessions(ctx)
-	if err != nil {
+	bounds := a.sessionBounds.orDefault()
+	if _, err := a.store.TrimConsoleSessions(ctx, c.TokenID, c.CertSerial, c.Subject, bounds.perCredential-1); err != nil {
 		return "", ConsoleSession{}, err
 	}
-	if n >= maxConsoleSessions {
-		return "", ConsoleSession{}, errors.New("too many open sessions")
+	if !c.Scope.Vendor() {
+		all, ofTenant, err := a.store.CountScopedConsoleSessions(ctx, c.Scope.Tenant)
+		if err != nil {
+			return "", ConsoleSession{}, err
+		}
+		if ofTenant >= bounds.perTenant || all >= bounds.scoped {
+			return "", ConsoleSession{}, errors.New("too many open sessions")
+		}
 	}
 	id := credential.NewSessionID()
-	if c.Subject != "" && c.Issuer == "" {
-		return "", ConsoleSession{}, errors.New("a single sign-on session needs the name of the issuer that granted it")
-	}
 	cs := store.ConsoleSession{IDHash: credential.Hash(id), Operator: c.Name, TokenID: c.TokenID, CertSerial: c.CertSerial, Subject: c.Subject, SSOIssuer: c.Issuer,
 		Tenant: c.Scope.Tenant, Role: string(c.Scope.Role), CSRF: credential.NewSessionID(), CreatedAt: now, ExpiresAt: now.Add(ttl)}
 	if err := a.store.AddConsoleSession(ctx, cs); err != nil {

@@ -383,3 +383,37 @@ func TestSecretWent(t *testing.T) {
 		t.Errorf("a writer: got %q, want %q", got, want)
 	}
 }
+
+// Tables and fields print text that agents and relays chose (a hostname,
+// a version, a config or dial error, an audit detail) escaped as
+// Printable does: an agent whose hostname holds a newline and tabs must
+// not add a row of its own to tetherctl agent list, and one holding an
+// escape sequence must not reach the operator's terminal (set its title,
+// write its clipboard, hide what follows).
+func TestTablesPrintHostileTextEscaped(t *testing.T) {
+	hostile := "db1\nup\tacme\tforged-agent\x1b]52;c;ZWNobyBoaQ==\x07\x1b[8m\u202e"
+	var table, fields strings.Builder
+	if err := WriteTable(&table, []string{"AGENT", "HOSTNAME"}, [][]string{{"a1", hostile}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFields(&fields, [][2]string{{"agent", "a1"}, {"hostname", hostile}}); err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		out   string
+		lines int
+	}{"table": {table.String(), 2}, "fields": {fields.String(), 2}} {
+		if n := strings.Count(tc.out, "\n"); n != tc.lines {
+			t.Errorf("%s: %d lines, want %d (one per row):\n%s", name, n, tc.lines, tc.out)
+		}
+		for _, r := range strings.TrimSuffix(tc.out, "\n") {
+			if r != '\n' && unprintable(r) {
+				t.Errorf("%s: prints %U raw: %q", name, r, tc.out)
+				break
+			}
+		}
+		if want := Printable(hostile); !strings.Contains(tc.out, want) {
+			t.Errorf("%s: %q does not show the hostname as %q", name, tc.out, want)
+		}
+	}
+}

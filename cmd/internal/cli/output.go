@@ -291,14 +291,17 @@ func writeString(buf *bytes.Buffer, s string) {
 }
 
 // WriteTable writes rows under header with aligned columns; an empty cell
-// is shown as "-".
+// is shown as "-". Cells are written as Printable makes them: they carry
+// text agents and relays chose (hostnames, versions, errors), which must
+// neither start a row of its own nor reach the terminal as control
+// sequences.
 func WriteTable(w io.Writer, header []string, rows [][]string) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, strings.Join(header, "\t"))
 	for _, r := range rows {
 		cells := make([]string, len(r))
 		for i, c := range r {
-			cells[i] = Dash(c)
+			cells[i] = Dash(Printable(c))
 		}
 		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
@@ -306,11 +309,12 @@ func WriteTable(w io.Writer, header []string, rows [][]string) error {
 }
 
 // WriteFields writes name/value pairs, one a line, values aligned ("tenant:
-// acme"); an empty value is shown as "-".
+// acme"); an empty value is shown as "-". Values are written as Printable
+// makes them (see WriteTable).
 func WriteFields(w io.Writer, fields [][2]string) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, f := range fields {
-		fmt.Fprintf(tw, "%s:\t%s\n", f[0], Dash(f[1]))
+		fmt.Fprintf(tw, "%s:\t%s\n", f[0], Dash(Printable(f[1])))
 	}
 	return tw.Flush()
 }

@@ -146,13 +146,21 @@ func (s *Server) refusal(req *http.Request, op Operator, err error) *APIError {
 // maxAuditedPath bounds the request path kept in a refusal's audit record.
 const maxAuditedPath = 300
 
+// maxSummedPath bounds the request path a sum of refusals names.
+const maxSummedPath = 100
+
 // auditRefusal records that op was refused req. The record is the
 // operator's tenant's (its administrators see what their people were
 // refused) and says only what the operator sent and was answered, never
 // what the refused object is, which would tell a tenant about another.
-// why is kept for vendor operators in the relay's log.
+// why is kept for vendor operators in the relay's log. Beyond a burst
+// of one operator's refusals (Config.ScopeRefusals), they are summed
+// instead: one record per operator and outcome per interval.
 func (s *Server) auditRefusal(req *http.Request, op Operator, e *APIError, why string) {
 	path := req.URL.RequestURI()
+	if !s.guard.scopeRefused(op.Scope().Tenant, op.Actor(), e.Code, req.Method+" "+clean(path, maxSummedPath)) {
+		return
+	}
 	if len(path) > maxAuditedPath {
 		path = path[:maxAuditedPath]
 	}

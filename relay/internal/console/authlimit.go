@@ -3,6 +3,7 @@ package console
 import (
 	"context"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/tetherhq/tether/relay/admin"
@@ -40,13 +41,24 @@ const (
 	reasonNoAccess   = "no_access"       // a person whose claims grant nothing
 )
 
-// authGuard throttles and audits failed authentication.
+// authGuard throttles and audits failed authentication, and bounds the
+// audit records of operators refused by their scope.
 type authGuard struct {
 	sources    *throttle.Limiter
 	identities *throttle.Limiter
 	tally      *throttle.Tally
 	interval   time.Duration
+	// scoped allows each operator (by actor) a burst of refusals by its
+	// scope audited one by one; scopeTally sums the rest per operator
+	// and outcome, so that a tenant's credential cannot fill the trail.
+	scoped     *throttle.Limiter
+	scopeTally *throttle.Tally
 }
+
+// defaultScopeRefusalBurst is how many refusals by its scope of one
+// operator are audited one by one before they are summed (then one more
+// every 5 s).
+const defaultScopeRefusalBurst = 20
 
 func newAuthGuard(cfg Config, adm *admin.Admin) *authGuard {
 	record := func(sm throttle.Summary) {
@@ -64,12 +76,35 @@ func newAuthGuard(cfg Config, adm *admin.Admin) *authGuard {
 		}
 		adm.RecordQueued(audit.Record{Kind: admin.KindAuthRefused, Outcome: outcome, Actor: "relay", Detail: detail})
 	}
+	// A sum of an operator's refusals by its scope goes into its
+	// tenant's trail, as each refusal does (Server.auditRefusal).
+	recordScoped := func(sm throttle.Summary) {
+		detail := map[string]any{"count": sm.Count, "first": sm.First.UTC().Format(time.RFC3339Nano), "last": sm.Last.UTC().Format(time.RFC3339Nano),
+			"requests": sm.Identities}
+		if !sm.Opening {
+			detail["summed"] = true
+		}
+		adm.RecordQueued(audit.Record{Kind: admin.KindOperatorRefused, Outcome: sm.Reason, Tenant: sm.Tenant, Actor: sm.Source, Detail: detail})
+	}
 	return &authGuard{
 		sources:    throttle.New(cfg.Throttle),
 		identities: throttle.New(cfg.Throttle),
 		tally:      throttle.NewTally(throttle.TallyConfig{Record: record, Refusals: cfg.AuthRefusals, Now: cfg.Now}),
 		interval:   cfg.AuthAuditInterval,
+		scoped:     throttle.New(cfg.ScopeRefusals),
+		scopeTally: throttle.NewTally(throttle.TallyConfig{Record: recordScoped, Now: cfg.Now}),
 	}
+}
+
+// scopeRefused reports whether the refusal by its scope of the operator
+// actor (of tenant) may be audited on its own; if not, it is summed with
+// the operator's others of the interval, naming request ("METHOD path").
+func (g *authGuard) scopeRefused(tenant, actor, code, request string) bool {
+	if g.scoped.Take(actor) == 0 {
+		return true
+	}
+	g.scopeTally.AddFor(tenant, doorAPI, actor, code, request)
+	return false
 }
 
 // source is the throttling key of req's source.
@@ -123,7 +158,10 @@ func rateLimited(wait time.Duration) *APIError {
 	return e
 }
 
-// run keeps the tally and the limiters until ctx ends.
+// run keeps the tallies and the limiters until ctx ends.
 func (g *authGuard) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { g.scopeTally.Keep(ctx, g.interval, g.scoped) })
 	g.tally.Keep(ctx, g.interval, g.sources, g.identities)
+	wg.Wait()
 }

@@ -194,3 +194,67 @@ func TestLoginThrottled(t *testing.T) {
 	// Another source logs in.
 	d.loginWith(t, d.clientFrom(t, "127.0.0.4"), d.tok)
 }
+
+// A tenant's operator refused by its scope again and again cannot fill
+// the audit trail, which every tenant and the relay share: before, each
+// refusal wrote an operator.refused record, so a viewer's token in a loop
+// (GET another tenant's agent) wrote one record per request for as long
+// as it ran. Now each operator's first refusals are audited one by one;
+// beyond its burst they are summed, the first of each interval at once
+// and the rest at the interval's end, and the counts add up to every
+// refusal. Another operator keeps its own burst.
+func TestScopeRefusalsAuditedBounded(t *testing.T) {
+	r := startScopedRelayWith(t, func(c *Config) {
+		c.ScopeRefusals = throttle.Config{Burst: 5, Every: time.Hour}
+		c.AuthAuditInterval = time.Hour // flushed by hand below
+	})
+	c := r.client(t)
+	refused := func(tok string) {
+		t.Helper()
+		res := r.doBody(t, c, http.MethodGet, "/api/v1/agents/globex-agent", "", map[string]string{"Authorization": "Bearer " + tok})
+		if res.status != http.StatusNotFound {
+			t.Fatalf("another tenant's agent: status %d, want 404: %s", res.status, res.body)
+		}
+	}
+	records := func(want int) (count map[string]int, summed int) {
+		t.Helper()
+		var recs []store.AuditRecord
+		waitFor(t, func() bool { recs = r.refusals(t); return len(recs) >= want }) // sums are queued
+		if len(recs) != want {
+			t.Fatalf("%d operator.refused records, want %d: %+v", len(recs), want, recs)
+		}
+		count = map[string]int{}
+		for _, rec := range recs {
+			if rec.Tenant != "acme" || rec.Outcome != CodeNotFound {
+				t.Errorf("refusal record of tenant %q, outcome %q: %+v", rec.Tenant, rec.Outcome, rec)
+			}
+			n := 1
+			if v, ok := rec.Detail["count"].(float64); ok {
+				n = int(v)
+				if reqs, _ := rec.Detail["requests"].([]any); len(reqs) != 1 || reqs[0] != "GET /api/v1/agents/globex-agent" {
+					t.Errorf("sum names requests %v", rec.Detail["requests"])
+				}
+			} else if rec.Detail["path"] != "/api/v1/agents/globex-agent" {
+				t.Errorf("refusal record %+v", rec)
+			}
+			if rec.Detail["summed"] == true {
+				summed++
+			}
+			count[rec.Actor] += n
+		}
+		return count, summed
+	}
+	const burst, flood = 5, 300
+	for range burst + flood {
+		refused(r.viewerTok)
+	}
+	refused(r.adminTok)
+	// The viewer's burst one by one, the first refusal beyond it at once;
+	// the administrator's refusal one by one.
+	records(burst + 1 + 1)
+	r.srv.guard.scopeTally.Flush()
+	count, summed := records(burst + 1 + 1 + 1)
+	if count["operator:vic"] != burst+flood || count["operator:ann"] != 1 || summed != 1 {
+		t.Errorf("refusals counted %v (%d summed records); want %d of vic's, 1 of ann's, one sum", count, summed, burst+flood)
+	}
+}

@@ -90,10 +90,11 @@ func startDashRelay(t *testing.T, opts ...func(*Config)) *dashRelay {
 	}
 	live := &fixedLive{}
 	adm := admin.New(admin.Config{Dir: dir, Authority: auth, Audit: trail, Live: live, CertLifetime: 24 * time.Hour, Logger: log, Now: time.Now})
-	// These tests try many wrong credentials on purpose: a burst that
-	// throttling does not reach (authlimit_test.go tests throttling).
+	// These tests try many wrong credentials and refused requests on
+	// purpose: a burst that throttling and the summing of refusals do not
+	// reach (authlimit_test.go tests them).
 	cfg := Config{Listen: "127.0.0.1:0", SessionTTL: 12 * time.Hour, HandshakeTimeout: 10 * time.Second, Logger: log, Now: time.Now,
-		Throttle: throttle.Config{Burst: 1000}}
+		Throttle: throttle.Config{Burst: 1000}, ScopeRefusals: throttle.Config{Burst: 1000}}
 	for _, o := range opts {
 		o(&cfg)
 	}

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"encoding/json"
 	"fmt"
 	"html/template"
 	"maps"
@@ -192,7 +193,10 @@ func reportUptime(now time.Time, startedMs int64) string {
 }
 
 // auditDetail renders an audit record's detail as "key=value" pairs in key
-// order.
+// order. Values come partly from agents (an enrolment's hostname, an
+// update's error), so that none passes for pairs of its own a string is
+// quoted as Go quotes it unless it is plain (no space, "=", quote or
+// unprintable character), and lists and objects are written as JSON.
 func auditDetail(d map[string]any) string {
 	if len(d) == 0 {
 		return ""
@@ -203,7 +207,40 @@ func auditDetail(d map[string]any) string {
 		if i > 0 {
 			b = append(b, ' ')
 		}
-		b = fmt.Appendf(b, "%s=%v", k, d[k])
+		b = append(b, k...)
+		b = append(b, '=')
+		switch v := d[k].(type) {
+		case string:
+			if plainDetail(v) {
+				b = append(b, v...)
+			} else {
+				b = strconv.AppendQuote(b, v)
+			}
+		case nil, bool, float64, int, int64, uint64:
+			b = fmt.Append(b, v)
+		default:
+			j, err := json.Marshal(v)
+			if err != nil {
+				b = strconv.AppendQuote(b, fmt.Sprint(v))
+				continue
+			}
+			b = append(b, j...)
+		}
 	}
 	return string(b)
+}
+
+// plainDetail reports whether s may be shown unquoted in an audit
+// record's detail: not empty, and no space, "=", quote or character
+// strconv would escape.
+func plainDetail(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if r == ' ' || r == '=' || r == '"' || !strconv.IsPrint(r) {
+			return false
+		}
+	}
+	return true
 }

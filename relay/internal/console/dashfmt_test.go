@@ -38,6 +38,14 @@ func TestDashFormat(t *testing.T) {
 		{"uptime", reportUptime(now, now.Add(-90*time.Minute).UnixMilli()), "1 h"},
 		{"no start", reportUptime(now, 0), "–"},
 		{"audit detail", auditDetail(map[string]any{"b": 2, "a": "x"}), "a=x b=2"},
+		// Values agents chose (an enrolment's hostname, an update's
+		// error) cannot pass for pairs of their own.
+		{"audit detail with spaces", auditDetail(map[string]any{"hostname": "db1 outcome=ok actor=operator:alice"}),
+			`hostname="db1 outcome=ok actor=operator:alice"`},
+		{"audit detail with a quote", auditDetail(map[string]any{"reason": `a" b="c`}), `reason="a\" b=\"c"`},
+		{"audit detail empty", auditDetail(map[string]any{"reason": "", "n": 1.5}), `n=1.5 reason=""`},
+		{"audit detail list", auditDetail(map[string]any{"grants": []any{"acme/db x=y", "globex"}}), `grants=["acme/db x=y","globex"]`},
+		{"audit detail control", auditDetail(map[string]any{"os": "linux\nkind=operator.login"}), `os="linux\nkind=operator.login"`},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s: got %q, want %q", tc.name, tc.got, tc.want)

@@ -41,8 +41,14 @@ type Config struct {
 	Throttle throttle.Config
 	// AuthAuditInterval is how long failed authentications are summed
 	// per door, source and reason before their audit record is written
-	// (the first of each is written at once). Default 1m.
+	// (the first of each is written at once), and an operator's refusals
+	// by its scope beyond ScopeRefusals' burst alike. Default 1m.
 	AuthAuditInterval time.Duration
+	// ScopeRefusals tunes how many refusals by its scope of one operator
+	// are audited one by one (authlimit.go): zero fields take a burst of
+	// 20, then one every 5 s; beyond, they are summed per operator and
+	// outcome over AuthAuditInterval.
+	ScopeRefusals throttle.Config
 	// Limits bounds the connections the listener holds open per source
 	// address, per source network and in all (throttle.LimitListener);
 	// zero fields take DefaultLimits'.
@@ -89,6 +95,12 @@ func New(cfg Config, adm *admin.Admin, tlsSrv *trust.Server) (*Server, error) {
 	cfg.Limits = cfg.Limits.Or(DefaultLimits())
 	if cfg.Throttle.Now == nil {
 		cfg.Throttle.Now = cfg.Now
+	}
+	if cfg.ScopeRefusals.Burst <= 0 {
+		cfg.ScopeRefusals.Burst = defaultScopeRefusalBurst
+	}
+	if cfg.ScopeRefusals.Now == nil {
+		cfg.ScopeRefusals.Now = cfg.Now
 	}
 	sso, err := newSSOFlow(cfg.SSO, cfg.SSOClient, cfg.Logger, cfg.Now)
 	if err != nil {

@@ -187,6 +187,35 @@ func checkIssuerURL(s string) error {
 	return fmt.Errorf("%q: want https (http only on a loopback address)", s)
 }
 
+// checkEndpoints holds the endpoints of a discovery document that the
+// relay itself calls (the token endpoint, the key set) to the issuer's
+// rule: https, or http on a loopback address. The document is the
+// issuer's to write, a tenant's for a tenant's issuer, and the relay
+// calls them for anyone who starts a sign-in: a plain-http URL elsewhere
+// would have the relay post to, and read from, services of its own
+// network (a cloud metadata address, an internal port).
+func checkEndpoints(p *oidc.Provider) error {
+	var doc struct {
+		JWKS string `json:"jwks_uri"`
+	}
+	if err := p.Claims(&doc); err != nil {
+		return err
+	}
+	for _, e := range [][2]string{{"token_endpoint", p.Endpoint().TokenURL}, {"jwks_uri", doc.JWKS}} {
+		u, err := url.Parse(e[1])
+		ok := err == nil && u.Host != "" && u.User == nil
+		if ok && u.Scheme != "https" {
+			host := u.Hostname()
+			ip := net.ParseIP(host)
+			ok = u.Scheme == "http" && (host == "localhost" || (ip != nil && ip.IsLoopback()))
+		}
+		if !ok {
+			return fmt.Errorf("%s %q: want https (http only on a loopback address)", e[0], e[1])
+		}
+	}
+	return nil
+}
+
 // groupScope parses a group mapping of iss: "vendor", "ROLE@TENANT", or
 // for a tenant's issuer "ROLE" (its tenant). A tenant's issuer may not map
 // to vendor or to another tenant.
@@ -349,6 +378,9 @@ func (i *ssoIssuer) discover(ctx context.Context, f *ssoFlow) (*oidc.Provider, *
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ssoTimeout)
 		p, err := oidc.NewProvider(oidc.ClientContext(dctx, f.client), i.Issuer)
 		cancel()
+		if err == nil {
+			err = checkEndpoints(p)
+		}
 		i.mu.Lock()
 		if err != nil {
 			d.err = fmt.Errorf("discover issuer %s: %w", i.Issuer, err)

@@ -149,3 +149,46 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 	}
 }
+
+// An issuer's discovery document names the endpoints the relay itself
+// calls (the token endpoint it posts codes to, the key set it reads), and
+// a tenant's own issuer is the tenant's to write: the relay holds them to
+// the issuer's own rule, https (http only on a loopback address), so that
+// a tenant cannot point the relay's requests at plain-http services of
+// its network (a cloud metadata address, an internal admin port) by
+// starting a sign-in. Before, any URL was taken and called.
+func TestSSODiscoveryEndpointsHeldToIssuerRule(t *testing.T) {
+	for name, tc := range map[string]struct {
+		token, keys string
+		ok          bool
+	}{
+		"token endpoint on another network": {token: "http://192.0.2.10/token", keys: "/keys"},
+		"key set at a metadata address":     {token: "/token", keys: "http://169.254.169.254/latest/meta-data/"},
+		"not a URL":                         {token: "token", keys: "/keys"},
+		"the issuer's own, on loopback":     {token: "/token", keys: "/keys", ok: true},
+		"https elsewhere":                   {token: "https://oauth2.example.com/token", keys: "https://keys.example.com/jwks", ok: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var idp *httptest.Server
+			idp = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				abs := func(u string) string {
+					if u != "" && u[0] == '/' {
+						return idp.URL + u
+					}
+					return u
+				}
+				json.NewEncoder(w).Encode(map[string]any{
+					"issuer": idp.URL, "authorization_endpoint": idp.URL + "/auth", "token_endpoint": abs(tc.token),
+					"jwks_uri": abs(tc.keys), "id_token_signing_alg_values_supported": []string{"RS256"},
+				})
+			}))
+			defer idp.Close()
+			iss := &ssoIssuer{SSOIssuer: SSOIssuer{Name: "acme", Issuer: idp.URL, ClientID: "tether", Tenant: "acme"}}
+			flow := &ssoFlow{client: idp.Client(), log: slog.New(slog.DiscardHandler), now: time.Now}
+			_, _, err := iss.discover(context.Background(), flow)
+			if (err == nil) != tc.ok {
+				t.Errorf("discover with token endpoint %q, key set %q: %v; want ok %v", tc.token, tc.keys, err, tc.ok)
+			}
+		})
+	}
+}

@@ -7,7 +7,9 @@
 // only recorded once the relay knows the tenant exists, its service only
 // once the tenant's agent served it, and its backend only once the
 // backend authenticated (backends are registered by operators), so a
-// backend asking for random names cannot grow the series without limit.
+// backend asking for random names cannot grow the series without limit;
+// and a tenant's services are labelled up to maxServiceLabels of them,
+// since its agent may answer for any name.
 package metrics
 
 import (
@@ -49,11 +51,48 @@ type Metrics struct {
 	// opens mirrors Streams by tenant and outcome, for the relay's own
 	// history.
 	opens sync.Map // openKey → *atomic.Uint64
+
+	mu sync.Mutex // guards services
+	// services are the service label values of each tenant so far, at
+	// most maxServiceLabels each (serviceLabel).
+	services map[string]map[string]bool
 	// disconnectReasons are the label values of Disconnects.
 	disconnectReasons []string
 }
 
 type openKey struct{ tenant, outcome string }
+
+// Bounds of the service label. A stream's service is labelled once the
+// tenant's agent served it, but an agent answers for whatever name a
+// backend asks for (a hostile one says ok to anything), and backends may
+// ask for names a tenant chose: a tenant's first maxServiceLabels
+// services are labelled, the rest counted under otherServices (a name no
+// service can have).
+const (
+	maxServiceLabels = 256
+	otherServices    = "_other"
+)
+
+// serviceLabel is the service label value of tenant's service.
+func (m *Metrics) serviceLabel(tenant, service string) string {
+	if service == "" {
+		return ""
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := m.services[tenant]
+	if seen == nil {
+		seen = map[string]bool{}
+		m.services[tenant] = seen
+	}
+	if !seen[service] {
+		if len(seen) >= maxServiceLabels {
+			return otherServices
+		}
+		seen[service] = true
+	}
+	return service
+}
 
 // StoreOps are the store operations StoreOp is given, in the order the
 // console shows them.
@@ -99,6 +138,7 @@ func New(disconnectReasons []string, authRefusals *prometheus.CounterVec, live .
 		}, []string{"listener", "reason"}),
 	}
 	m.disconnectReasons = disconnectReasons
+	m.services = map[string]map[string]bool{}
 	for _, reason := range disconnectReasons {
 		m.Disconnects.WithLabelValues(reason)
 	}
@@ -132,6 +172,7 @@ func (m *Metrics) StreamOpened(tenant, service, backend string, code protocol.Co
 	if !serviceVerified(code) {
 		service = ""
 	}
+	service = m.serviceLabel(tenant, service)
 	outcome := code.String()
 	m.Streams.WithLabelValues(tenant, service, backend, outcome).Inc()
 	k := openKey{tenant, outcome}

@@ -1001,3 +1001,44 @@ func TestFollowApplyTerminatedPostgres(t *testing.T) {
 		t.Fatalf("the failure reported %v, want the server's 57P01, saying the change is applied again", err)
 	}
 }
+
+func TestConsoleSessionBounds(t *testing.T) { eachEngine(t, testConsoleSessionBounds) }
+
+// testConsoleSessionBounds: TrimConsoleSessions keeps a credential's newest
+// sessions and no one else's; CountScopedConsoleSessions counts tenants'
+// sessions, not vendor operators'.
+func testConsoleSessionBounds(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	add := func(name, token, tenant string, at time.Time) {
+		t.Helper()
+		role := "viewer"
+		if tenant == "" {
+			role = "vendor"
+		}
+		if err := s.AddConsoleSession(ctx, ConsoleSession{IDHash: hash(name), Operator: "o", TokenID: token, Tenant: tenant, Role: role, CSRF: "c",
+			CreatedAt: at, ExpiresAt: at.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 5 {
+		add(fmt.Sprintf("vic-%d", i), "vic", "acme", t0.Add(time.Duration(i)*time.Second))
+	}
+	add("ann", "ann", "acme", t0)
+	add("gil", "gil", "globex", t0)
+	add("vera", "vera", "", t0)
+	if all, acme, err := s.CountScopedConsoleSessions(ctx, "acme"); err != nil || all != 7 || acme != 6 {
+		t.Fatalf("CountScopedConsoleSessions(acme) = %d, %d, %v; want 7, 6", all, acme, err)
+	}
+	if all, none, err := s.CountScopedConsoleSessions(ctx, "initech"); err != nil || all != 7 || none != 0 {
+		t.Fatalf("CountScopedConsoleSessions(initech) = %d, %d, %v; want 7, 0", all, none, err)
+	}
+	if n, err := s.TrimConsoleSessions(ctx, "vic", "", "", 2); err != nil || n != 3 {
+		t.Fatalf("TrimConsoleSessions(vic, 2) = %d, %v; want 3 ended", n, err)
+	}
+	for name, live := range map[string]bool{"vic-0": false, "vic-1": false, "vic-2": false, "vic-3": true, "vic-4": true, "ann": true, "gil": true, "vera": true} {
+		_, err := s.ConsoleSession(ctx, hash(name), t0)
+		if (err == nil) != live {
+			t.Errorf("session %s after trimming vic's: %v, want live %v", name, err, live)
+		}
+	}
+}

@@ -232,11 +232,52 @@ func (s *Store) DeleteConsoleSession(ctx context.Context, idHash []byte) (bool, 
 	return n > 0, err
 }
 
-// CountConsoleSessions counts the sessions stored.
-func (s *Store) CountConsoleSessions(ctx context.Context) (int, error) {
-	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM console_sessions`).Scan(&n)
-	return n, err
+// CountScopedConsoleSessions counts the stored sessions of tenant-scoped
+// operators: all of them, and those of tenant.
+func (s *Store) CountScopedConsoleSessions(ctx context.Context, tenant string) (all, ofTenant int, err error) {
+	err = s.db.QueryRowContext(ctx, `SELECT count(*), COALESCE(SUM(CASE WHEN tenant = $1 THEN 1 ELSE 0 END), 0) FROM console_sessions
+		WHERE tenant <> ''`, tenant).Scan(&all, &ofTenant)
+	return all, ofTenant, err
+}
+
+// TrimConsoleSessions ends the sessions opened with one credential (an
+// operator token's id, an operator certificate's serial or a person's
+// subject, the others "") but its newest keep, and reports how many it
+// ended.
+func (s *Store) TrimConsoleSessions(ctx context.Context, tokenID, certSerial, subject string, keep int) (int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id_hash FROM console_sessions WHERE token_id = $1 AND cert_serial = $2 AND subject = $3
+		ORDER BY created_at DESC, expires_at DESC, id_hash`, tokenID, certSerial, subject)
+	if err != nil {
+		return 0, err
+	}
+	var old []string
+	for i := 0; rows.Next(); i++ {
+		var h string
+		if err := rows.Scan(&h); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		if i >= keep {
+			old = append(old, h)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, h := range old {
+		res, err := s.exec(ctx, `DELETE FROM console_sessions WHERE id_hash = $1`, h)
+		if err != nil {
+			return n, err
+		}
+		k, err := affected(res)
+		if err != nil {
+			return n, err
+		}
+		n += int(k)
+	}
+	return n, nil
 }
 
 // PruneConsoleSessions deletes the sessions expired at now.
