@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -168,5 +170,69 @@ func TestReadyzPingsStoreBounded(t *testing.T) {
 	}
 	if limit := uint64(elapsed/readyFor) + 2; n > limit {
 		t.Fatalf("%d requests to /readyz in %v pinged the store %d times, want at most %d (about one a second)", asked.Load(), elapsed.Round(time.Millisecond), n, limit)
+	}
+}
+
+// TestReadyzHidesStoreErrors: /readyz, which anyone who reaches the
+// metrics listener may ask, says that the store does not answer but not
+// the driver's error (which names the database's host, user and name);
+// the relay's log has it, once however often /readyz asks. It used to answer "not ready: store unreachable: " and the error.
+func TestReadyzHidesStoreErrors(t *testing.T) {
+	var logs syncBuffer
+	r, err := New(Config{DataDir: t.TempDir(), AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off, MetricsListen: "127.0.0.1:0",
+		Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() {
+		stop()
+		<-done // the store was closed under it: its end is not this test's
+	}()
+	url := "http://" + r.opsLn.Addr().String() + "/readyz"
+	get := func() (int, string) {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if code, _ := get(); code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz not ready within 10 s")
+		}
+	}
+	// The store's database closed: every ping fails with the driver's
+	// own error, as a PostgreSQL that refuses connections does.
+	r.dir.Store.Close()
+	var code int
+	var body string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if code, body = get(); code != http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz still ready 10 s after the store was closed")
+		}
+	}
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "store unreachable: a ping failed (the relay's log has the details)") || strings.Contains(body, "sql:") || strings.Contains(body, "closed") {
+		t.Fatalf("/readyz with the store down: %d %q, want 503 saying the store is unreachable without the driver's error", code, body)
+	}
+	// Two more failed pings: logged once in all.
+	pings := func() uint64 { return r.metrics.StoreTotals()["ping"].Count }
+	for p0, deadline := pings(), time.Now().Add(10*time.Second); pings() < p0+2; time.Sleep(10 * time.Millisecond) {
+		if code, _ := get(); code == http.StatusOK || time.Now().After(deadline) {
+			t.Fatalf("/readyz with the store closed: %d, %d pings", code, pings()-p0)
+		}
+	}
+	if n := strings.Count(logs.String(), `"msg":"not ready: the store does not answer a ping","err":"sql: database is closed"`); n != 1 {
+		t.Fatalf("the log says %d times that the store does not answer, with the driver's error; want once:\n%s", n, logs.String())
 	}
 }

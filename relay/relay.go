@@ -77,6 +77,9 @@ type Relay struct {
 	// isolations counts the times it was so.
 	isolated   atomic.Bool
 	isolations atomic.Int64
+	// storeUnready is set while readiness finds the store not answering
+	// (logged when it changes).
+	storeUnready atomic.Bool
 	// strays remembers the agents sent away while isolated, and admits
 	// and keeps those that come back (returned counts them).
 	strays    strays
@@ -511,7 +514,19 @@ func (r *Relay) ready(ctx context.Context) error {
 	err := r.dir.Store.Ping(ctx)
 	r.metrics.StoreOp("ping", start)
 	if err != nil {
-		return fmt.Errorf("store unreachable: %w", err)
+		// The driver's error names the database's host, user and name:
+		// /readyz, which anyone who reaches the metrics listener may
+		// ask, says only what kind of failure it is; the log says which.
+		if !r.storeUnready.Swap(true) {
+			r.log.Warn("not ready: the store does not answer a ping", "err", err)
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			return errors.New("store unreachable: no answer to a ping within 1s (the relay's log has the details)")
+		}
+		return errors.New("store unreachable: a ping failed (the relay's log has the details)")
+	}
+	if r.storeUnready.Swap(false) {
+		r.log.Info("ready again: the store answers")
 	}
 	return nil
 }
