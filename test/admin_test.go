@@ -534,7 +534,7 @@ func TestAdminAuthentication(t *testing.T) {
 		resp.Body.Close()
 		var cookie *http.Cookie
 		for _, ck := range resp.Cookies() {
-			if ck.Name == "tether_session" {
+			if ck.Name == "__Host-tether_session" {
 				cookie = ck
 			}
 		}

@@ -324,7 +324,7 @@ func TestRevokedOperatorCertificateInBrowser(t *testing.T) {
 	resp.Body.Close()
 	var session string
 	for _, ck := range resp.Cookies() {
-		if ck.Name == "tether_session" {
+		if ck.Name == "__Host-tether_session" {
 			session = ck.Value
 		}
 	}
@@ -335,7 +335,7 @@ func TestRevokedOperatorCertificateInBrowser(t *testing.T) {
 	b := startBrowser(t, "opcert")
 	b.do("open the login page", chromedp.Navigate(a.url+"/login"))
 	b.eventually("the login page", `location.origin + location.pathname`, is(a.url+"/login"))
-	b.eventually("hand the session to the browser", fmt.Sprintf(`(document.cookie = "tether_session=%s; path=/; secure; samesite=strict", String(document.cookie.includes("tether_session=%[1]s")))`, session), is("true"))
+	b.eventually("hand the session to the browser", fmt.Sprintf(`(document.cookie = "__Host-tether_session=%s; path=/; secure; samesite=strict", String(document.cookie.includes("__Host-tether_session=%[1]s")))`, session), is("true"))
 	b.do("open the agents", chromedp.Navigate(a.url+"/ui/agents"))
 	b.eventually("bob's session shows acme's agent", jsAgentIDs, is("acme/"+ag.id))
 	b.eventually("bob's scope", jsScope, is("admin of acme"))

@@ -104,7 +104,11 @@ func OperatorFrom(ctx context.Context) (Operator, bool) {
 
 // Limits of the admin API.
 const (
-	SessionCookie      = "tether_session"
+	// SessionCookie names the browser session's cookie. The __Host-
+	// prefix makes browsers accept it only from this host, over HTTPS,
+	// for path /, without a Domain: a host on a sibling subdomain cannot
+	// plant one of its own for the victim to work in.
+	SessionCookie      = "__Host-tether_session"
 	CSRFHeader         = "X-CSRF-Token"
 	CSRFField          = "csrf_token"
 	maxAdminBody       = 64 << 10

@@ -70,6 +70,16 @@ func TestRevokedOperatorCertificate(t *testing.T) {
 	if res := get(browser, "/api/v1/whoami", withCookie); res.status != 200 || !strings.Contains(res.body, `"via": "session"`) {
 		t.Fatalf("the certificate's session: %d %s", res.status, res.body)
 	}
+	// The cookie is one browsers take from this host only (__Host-: a
+	// sibling subdomain cannot plant a session of its own in its name),
+	// and a session id under the unprefixed name, which any sibling
+	// subdomain may set, opens nothing.
+	if set := res.header.Get("Set-Cookie"); !strings.HasPrefix(set, "__Host-tether_session=") || !strings.Contains(set, "Path=/") || !strings.Contains(set, "Secure") || strings.Contains(set, "Domain=") {
+		t.Errorf("session cookie %q: want __Host-tether_session, Path=/, Secure, no Domain", set)
+	}
+	if res := get(browser, "/api/v1/whoami", map[string]string{"Cookie": "tether_session=" + cookie}); res.status != http.StatusUnauthorized {
+		t.Errorf("a session id under the unprefixed cookie name: %d %s; want 401", res.status, res.body)
+	}
 	list, err := d.adm.OperatorCertificates(ctx)
 	if err != nil || len(list) != 1 || list[0].Serial != oc.Serial {
 		t.Fatalf("certificates: %+v, %v", list, err)
