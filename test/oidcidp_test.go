@@ -35,8 +35,11 @@ type testIdP struct {
 	redirectURI string
 	people      map[string]map[string]any // login name → claims besides iss, sub, aud, exp, iat, nonce
 
-	mu    sync.Mutex // guards codes and the counters
+	mu    sync.Mutex // guards codes, the counters and namesItself
 	codes map[string]idpGrant
+	// namesItself makes the provider name itself in its authorization
+	// answers (iss, RFC 9207) and say so in its discovery document.
+	namesItself bool
 	// pkceChecked counts token requests whose code_verifier matched the
 	// challenge; pkceRefused those whose did not (or had none).
 	pkceChecked, pkceRefused int
@@ -68,6 +71,19 @@ func startIdP(t testing.TB, clientID, secret, redirectURI string, people map[str
 	return p
 }
 
+// nameItself makes the provider name itself in its answers (RFC 9207).
+func (p *testIdP) nameItself() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.namesItself = true
+}
+
+func (p *testIdP) naming() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.namesItself
+}
+
 // issuer is the provider's issuer URL.
 func (p *testIdP) issuer() string { return p.srv.URL }
 
@@ -75,7 +91,7 @@ func (p *testIdP) issuer() string { return p.srv.URL }
 func (p *testIdP) subject(person string) string { return p.issuer() + "#" + person }
 
 func (p *testIdP) discovery(w http.ResponseWriter, _ *http.Request) {
-	writeIdPJSON(w, http.StatusOK, map[string]any{
+	doc := map[string]any{
 		"issuer":                                p.issuer(),
 		"authorization_endpoint":                p.issuer() + "/authorize",
 		"token_endpoint":                        p.issuer() + "/token",
@@ -84,7 +100,11 @@ func (p *testIdP) discovery(w http.ResponseWriter, _ *http.Request) {
 		"subject_types_supported":               []string{"public"},
 		"id_token_signing_alg_values_supported": []string{"ES256"},
 		"code_challenge_methods_supported":      []string{"S256"},
-	})
+	}
+	if p.naming() {
+		doc["authorization_response_iss_parameter_supported"] = true
+	}
+	writeIdPJSON(w, http.StatusOK, doc)
 }
 
 func (p *testIdP) jwks(w http.ResponseWriter, _ *http.Request) {
@@ -165,6 +185,9 @@ func (p *testIdP) authorize(w http.ResponseWriter, req *http.Request) {
 	q := to.Query()
 	q.Set("code", code)
 	q.Set("state", f.Get("state"))
+	if p.naming() {
+		q.Set("iss", p.issuer())
+	}
 	to.RawQuery = q.Encode()
 	http.Redirect(w, req, to.String(), http.StatusSeeOther)
 }

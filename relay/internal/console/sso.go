@@ -528,6 +528,15 @@ func (s *Server) ssoCallback(w http.ResponseWriter, req *http.Request) {
 		refuse(reasonBadState, http.StatusBadRequest, "This sign-in names an issuer the console does not know: start again.")
 		return
 	}
+	// An answer that names its issuer (RFC 9207) must name the one the
+	// sign-in began with: an answer another issuer gave (a mix-up, an
+	// issuer of the attacker's sending the browser on to another one)
+	// would send that issuer's code to this one's token endpoint.
+	if got, ok := q["iss"]; ok && (len(got) != 1 || got[0] != iss.Issuer) {
+		s.log.Info("single sign-on: answer from another issuer refused", "issuer", iss.Name, "iss", clean(strings.Join(got, ","), 256))
+		refuse(reasonBadState, http.StatusBadRequest, "This sign-in's answer came from another identity provider than the one it was started with: start again.")
+		return
+	}
 	if e := q.Get("error"); e != "" {
 		// The person cancelled or the issuer refused: nothing was tried
 		// against the console.
@@ -537,6 +546,13 @@ func (s *Server) ssoCallback(w http.ResponseWriter, req *http.Request) {
 	p, verifier, err := iss.discover(req.Context(), s.sso)
 	if err != nil { // logged by discover
 		s.loginPageStatus(w, req, http.StatusServiceUnavailable, st.Next, "The identity provider cannot be reached; try again later.")
+		return
+	}
+	if _, ok := q["iss"]; !ok && namesItself(p) {
+		// The issuer says its answers name it: one that does not was
+		// not its.
+		s.log.Info("single sign-on: answer without the issuer it names itself with refused", "issuer", iss.Name)
+		refuse(reasonBadState, http.StatusBadRequest, "This sign-in's answer came from another identity provider than the one it was started with: start again.")
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithValue(req.Context(), oauth2.HTTPClient, s.sso.client), ssoTimeout)
@@ -777,4 +793,13 @@ func (i *ssoIssuer) claimsDetail(claims map[string]any, detail map[string]any) m
 		}
 	}
 	return detail
+}
+
+// namesItself reports whether the issuer's discovery document says that
+// its authorization answers carry its issuer URL (RFC 9207).
+func namesItself(p *oidc.Provider) bool {
+	var m struct {
+		Supported bool `json:"authorization_response_iss_parameter_supported"`
+	}
+	return p.Claims(&m) == nil && m.Supported
 }
