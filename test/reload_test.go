@@ -3,6 +3,7 @@ package test
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,7 +66,8 @@ func TestAgentReloadsItsServices(t *testing.T) {
 	}
 
 	// Removing a service while a stream to it is open: new streams are
-	// refused at once, the open one continues.
+	// refused at once, and the open one is cut (the tenant's config no
+	// longer allows it).
 	replaceAgentConfig(t, a, head+fmt.Sprintf("services:\n  api: %q\n", api.addr), false)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -81,7 +83,13 @@ func TestAgentReloadsItsServices(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	echoOnce(t, held, "still open")
+	held.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(held, "cut\n"); err == nil {
+		if line, err := readLine(held); err == nil {
+			t.Fatalf("the stream to the removed service still echoes (%q), want it cut", line)
+		}
+	}
+	a.waitOutput(`"msg":"stream cut: the agent's config no longer allows it"`, 10*time.Second)
 	if !strings.Contains(a.out.String(), `"removed":["echo"]`) {
 		t.Errorf("the agent did not log the removal of echo")
 	}
