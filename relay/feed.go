@@ -133,6 +133,8 @@ const revocationAudit = time.Second
 // telling it why. The agent's record only dates the revocation: when the
 // store does not give it, the revocation takes effect dated now.
 func (r *Relay) applyRevocation(ctx context.Context, tenant, agent string) {
+	// Its record kept for a store outage is of before: dropped.
+	r.sessions.ForgetRecord(agent)
 	rec, err := r.dir.Store.Agent(ctx, agent)
 	if err != nil {
 		rec = store.Agent{ID: agent, Tenant: tenant, RevokedAt: time.Now()}

@@ -84,6 +84,10 @@ type Relay struct {
 	// and keeps those that come back (returned counts them).
 	strays    strays
 	strayKept atomic.Int64
+	// downForAll: the relay has lost its store and every other relay it
+	// last saw live says it has too (watchStore); with the outage grace
+	// (outage.go) it then serves from what it last read.
+	downForAll atomic.Bool
 
 	feedFrom   int64                     // the change feed's newest change when New read the state
 	feedReadAt atomic.Pointer[time.Time] // when the change feed was last read, with its monotonic reading (admit)
@@ -173,6 +177,7 @@ func (r *Relay) assemble(ctx context.Context) error {
 		RelayID:       r.relayID,
 		ClusterAgents: r.clusterAgents,
 		Admit:         r.admitAgent,
+		Outage:        r.storeOutage,
 		Disconnects:   r.metrics.Disconnects, StoreOp: r.metrics.StoreOp, Fatal: r.failed,
 		Version: cfg.Version, Logger: cfg.Logger, Now: cfg.Now,
 	})
@@ -196,7 +201,7 @@ func (r *Relay) assemble(ctx context.Context) error {
 		SOCKSListen: on(cfg.SOCKSListen), ConnectListen: on(cfg.ConnectListen), ConnectTLSListen: on(cfg.ConnectTLSListen),
 		HandshakeTimeout: cfg.HandshakeTimeout, StreamOpenTimeout: cfg.StreamOpenTimeout, IdleTimeout: cfg.IdleTimeout,
 		MaxPendingPerAddress: cfg.MaxFrontPendingPerAddress, MaxPendingPerNetwork: cfg.MaxFrontPendingPerNetwork, MaxStreamMemory: cfg.MaxStreamMemory,
-		OIDC: cfg.OIDC, JWKSCacheFile: r.dir.File(datadir.JWKSCacheFile),
+		OIDC: cfg.OIDC, JWKSCacheFile: r.dir.File(datadir.JWKSCacheFile), BackendCacheTTL: cfg.backendCacheTTL, Outage: r.storeOutage,
 		Router: r.router, Routes: r.routes, Store: r.dir.Store, Policy: r.pol, Authority: r.auth, TLS: r.tls, Audit: r.audit, Metrics: r.metrics,
 		Fatal: r.failed, Logger: cfg.Logger, Now: cfg.Now,
 	})

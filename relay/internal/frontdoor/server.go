@@ -57,6 +57,17 @@ type Config struct {
 	// AuthAuditInterval is how long refused authentications are summed
 	// before their audit record is written. Default 1 minute.
 	AuthAuditInterval time.Duration
+	// BackendCacheTTL is how long a backend's credential read from the
+	// store is used before it is read again. Default 1 minute.
+	BackendCacheTTL time.Duration
+	// Outage, when set, reports whether the relay serves from what it
+	// last read because its store is down for every relay it can ask
+	// (relay.Config.StoreOutageGrace). Meanwhile the doors' store reads
+	// are bounded by outageLookup, and a backend whose read fails because
+	// the store is unreachable is authenticated from its credential last
+	// read, however old (never one the store said does not exist, nor one
+	// the change feed said changed).
+	Outage func() bool
 
 	Router    *route.Router
 	Routes    *route.Table
@@ -111,6 +122,8 @@ func New(cfg Config) (*Server, error) {
 		src:  throttle.NewSources(cfg.MaxPendingPerAddress, cfg.MaxPendingPerNetwork),
 		stop: make(chan struct{}), forwardsChanged: make(chan struct{}, 1)}
 	fd.proxy = newHTTPProxy(fd)
+	fd.backends.ttl = cfg.BackendCacheTTL
+	fd.backends.stale = func(err error) bool { return fd.outage() && cfg.Store.Unreachable(err) }
 	if cfg.OIDC.Issuer != "" {
 		fd.oidc = &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSHandshakeTimeout: keyFetchTimeout, ResponseHeaderTimeout: keyFetchTimeout}}
 		fd.bearer = newBearerAuth(cfg.OIDC, cfg.JWKSCacheFile, cfg.Now, fd.oidc)
