@@ -740,14 +740,21 @@ func (fd *Server) loadBackend(ctx context.Context, name string) (store.Backend, 
 // bound is outageLookup: the store has been down for a while, and a
 // backend read before is answered from the cache when the read fails.
 func (fd *Server) lookupContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	limit := fd.cfg.StreamOpenTimeout
-	if fd.outage() && (limit <= 0 || limit > outageLookup) {
-		limit = outageLookup
-	}
+	limit := fd.lookupLimit()
 	if limit <= 0 {
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, limit)
+}
+
+// lookupLimit is the bound of a door's store read now (lookupContext);
+// 0 for none.
+func (fd *Server) lookupLimit() time.Duration {
+	limit := fd.cfg.StreamOpenTimeout
+	if fd.outage() && (limit <= 0 || limit > outageLookup) {
+		limit = outageLookup
+	}
+	return limit
 }
 
 // outageLookup bounds a door's store reads while the relay serves from
@@ -769,7 +776,7 @@ func (fd *Server) StaleBackends() int64 { return fd.backends.staleUsed.Load() }
 // otherwise.
 func (fd *Server) lookupFailed(ctx context.Context, what string, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-		return protocol.Errorf(protocol.CodeUnavailable, "look up %s: this relay's store did not answer within %v: try again, or another relay", what, fd.cfg.StreamOpenTimeout)
+		return protocol.Errorf(protocol.CodeUnavailable, "look up %s: this relay's store did not answer within %v: try again, or another relay", what, fd.lookupLimit())
 	}
 	return protocol.Errorf(protocol.CodeInternal, "look up %s: %v", what, err)
 }

@@ -643,7 +643,7 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 	}
 	if err != nil {
 		if outage && s.cfg.Store.Unreachable(err) {
-			return protocol.Errorf(protocol.CodeUnavailable, "look up agent: this relay cannot reach its store, and did not admit this agent before: try another relay: %v", err)
+			return protocol.Errorf(protocol.CodeUnavailable, "look up agent: this relay cannot reach its store, and keeps no record of this agent from an earlier admission (none here, or changed since): try another relay: %v", err)
 		}
 		return protocol.Errorf(protocol.CodeInternal, "look up agent: %v", err)
 	}

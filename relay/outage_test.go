@@ -1,0 +1,542 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/tetherhq/tether/internal/pgtest"
+	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/protocol/transport/tcp"
+	"github.com/tetherhq/tether/relay/client"
+)
+
+// outageRelay is a relay on PostgreSQL reached through a proxy that the
+// test can pause (the store down for it), with short cluster timings: a
+// relay alone on its store has no other to ask, and finds the store down
+// for every relay as soon as it has lost it past DeadAfter.
+type outageRelay struct {
+	*Relay
+	proxy *storeProxy
+	logs  *testLogs
+	key   string // backend billing's API key (a grant for acme)
+}
+
+func startOutageRelay(t *testing.T, grace time.Duration) *outageRelay {
+	t.Helper()
+	pg := pgtest.Start(t)
+	proxy := newStoreProxy(t, pg.Addr())
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	logs := &testLogs{t: t}
+	r := runRelay(t, Config{DataDir: t.TempDir(), Store: pg.DSNFor(proxy.addr), CAKEK: kek,
+		AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: "127.0.0.1:0",
+		ClusterHeartbeat: 100 * time.Millisecond, ClusterDeadAfter: 600 * time.Millisecond, StaleAfter: time.Second,
+		StoreOutageGrace: grace, backendCacheTTL: 500 * time.Millisecond, ChangePoll: 100 * time.Millisecond,
+		HandshakeTimeout: 8 * time.Second, StreamOpenTimeout: 5 * time.Second, DrainTimeout: 100 * time.Millisecond,
+		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	t.Cleanup(proxy.resume) // the relay stops (cleanups run last first) with its store back
+	ctx := context.Background()
+	if err := r.adm.AddTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	key, err := r.adm.AddBackend(ctx, "billing", []string{"acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &outageRelay{Relay: r, proxy: proxy, logs: logs, key: key}
+}
+
+// dial opens a stream to acme's echo service as billing and checks that
+// it echoes.
+func (r *outageRelay) dial(t *testing.T) error {
+	t.Helper()
+	d := &client.Dialer{Relay: r.ConnectAddr().String(), Backend: "billing", APIKey: r.key, Timeout: 15 * time.Second}
+	c, err := d.DialContext(context.Background(), "tcp", "echo.acme.tether:7")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "ping\n"); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || line != "ping\n" {
+		return fmt.Errorf("echo: %q, %v", line, err)
+	}
+	return nil
+}
+
+// cut pauses the store's proxy and waits until the relay has gone
+// StaleAfter without confirming it is current, and has found that no
+// other relay reaches the store (there is none).
+func (r *outageRelay) cut(t *testing.T) time.Time {
+	t.Helper()
+	r.proxy.pause()
+	cut := time.Now()
+	for deadline := time.Now().Add(30 * time.Second); !r.downForAll.Load() || r.staleFor() <= r.cfg.StaleAfter; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("30 s after the store was cut: stale for %v, down for all %v", r.staleFor(), r.downForAll.Load())
+		}
+	}
+	return cut
+}
+
+// TestStoreOutageGrace: the store goes down for every relay (a relay
+// alone on it: nobody else to ask). Past StaleAfter, and past the
+// backend cache's TTL, a backend opens a new stream through the relay
+// (it used to be refused with unavailable, "this relay has not reached
+// its store … and cannot confirm it is current"); an agent whose
+// connection is cut is admitted again from the record read at its
+// earlier admission (it used to be refused: its record is read at every
+// admission); an agent revoked before the outage is still refused. The
+// grace is logged once as it begins and once as it ends, shown by the
+// gauge and /debug/tether, and ends when the store is back.
+func TestStoreOutageGrace(t *testing.T) {
+	r := startOutageRelay(t, time.Minute)
+	ctx := context.Background()
+	a1 := newTestAgent(t, r.Relay, "a1")
+	a2 := newTestAgent(t, r.Relay, "a2")
+	s1, err := a1.connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := a2.connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.dial(t); err != nil {
+		t.Fatalf("a stream before the outage: %v", err)
+	}
+	// Revoked before the outage: its session closes, and its record
+	// kept from its admission is dropped.
+	if _, err := r.adm.RevokeAgent(ctx, "a2", "lost laptop"); err != nil {
+		t.Fatal(err)
+	}
+	s2.waitClosed(t)
+
+	cut := r.cut(t)
+	t.Logf("stale, the store down for every relay, %v after the cut", time.Since(cut).Round(time.Millisecond))
+	// The backend's credential was last read from the store before the
+	// cut, longer ago than the cache's TTL.
+	if age := time.Since(cut); age <= r.cfg.backendCacheTTL {
+		t.Fatalf("only %v since the cut, want more than the backend cache's TTL", age)
+	}
+	if err := r.dial(t); err != nil {
+		t.Fatalf("a new stream %v after the store went down for every relay: %v, want it served from what the relay last read", time.Since(cut).Round(time.Millisecond), err)
+	}
+	if !r.Stats().StoreOutageGrace {
+		t.Error("/debug/tether's store_outage_grace is false while the relay serves from what it last read")
+	}
+	if g := gaugeValue(t, r.Relay, "tether_store_outage_grace"); g != 1 {
+		t.Errorf("tether_store_outage_grace %v while the relay serves from what it last read, want 1", g)
+	}
+
+	// a1's connection is cut; it connects again, and is admitted from
+	// the record kept.
+	s1.close()
+	s1.waitClosed(t)
+	s1, err = a1.connect(ctx)
+	if err != nil {
+		t.Fatalf("agent a1, admitted before the outage, connecting again during it: %v, want it admitted from the record read then", err)
+	}
+	if n := r.logs.count("admitted an agent from the record read at its last admission here"); n != 1 {
+		t.Errorf("%d lines of an agent admitted from its record kept, want 1", n)
+	}
+	if err := r.dial(t); err != nil {
+		t.Fatalf("a new stream through a1's new session: %v", err)
+	}
+	// a2, revoked before the outage, is refused.
+	if _, err := a2.connect(ctx); err == nil {
+		t.Fatal("agent a2, revoked before the outage, was admitted during it")
+	} else {
+		t.Logf("revoked agent a2 during the outage: %v", err)
+	}
+
+	r.proxy.resume()
+	for deadline := time.Now().Add(30 * time.Second); r.storeOutage() || r.staleFor() > r.cfg.StaleAfter; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the relay does not reach its store again 30 s after it came back")
+		}
+	}
+	r.logs.wait(t, "the store outage grace ends: this relay reaches its store again")
+	if err := r.dial(t); err != nil {
+		t.Fatalf("a new stream once the store is back: %v", err)
+	}
+	if n := r.logs.count("the store is down for every relay this relay can ask"); n != 1 {
+		t.Errorf("the grace's beginning logged %d times, want once", n)
+	}
+	if n := r.logs.count("the store outage grace "); n != 1 {
+		t.Errorf("the grace's end logged %d times, want once", n)
+	}
+	if g := gaugeValue(t, r.Relay, "tether_store_outage_grace"); g != 0 {
+		t.Errorf("tether_store_outage_grace %v once the store is back, want 0", g)
+	}
+	s1.close()
+}
+
+// TestStoreOutageGraceSpent: past the grace, counted from when the relay
+// was last current, new streams and agents are refused again, as without
+// it.
+func TestStoreOutageGraceSpent(t *testing.T) {
+	const grace = 4 * time.Second
+	r := startOutageRelay(t, grace)
+	ctx := context.Background()
+	a1 := newTestAgent(t, r.Relay, "a1")
+	s1, err := a1.connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.dial(t); err != nil {
+		t.Fatal(err)
+	}
+	cut := r.cut(t)
+	if err := r.dial(t); err != nil {
+		t.Fatalf("a new stream within the grace: %v", err)
+	}
+	r.logs.wait(t, "the store outage grace is spent")
+	t.Logf("grace spent %v after the cut", time.Since(cut).Round(time.Millisecond))
+	if r.storeOutage() || r.Stats().StoreOutageGrace {
+		t.Fatal("still serving from what it last read once the grace is spent")
+	}
+	// Refused at the backend's store read (its credential is older than
+	// the cache's TTL), or by admit.
+	if err := r.dial(t); !errors.Is(err, client.ErrUnavailable) {
+		t.Errorf("a new stream past the grace: %v, want unavailable", err)
+	}
+	s1.close()
+	s1.waitClosed(t)
+	if _, err := a1.connect(ctx); !errors.Is(err, protocol.ErrUnavailable) {
+		t.Errorf("agent a1 connecting again past the grace: %v, want unavailable", err)
+	}
+}
+
+// TestStoreOutageGraceOff: with the grace off, a relay that has lost its
+// store refuses new streams past StaleAfter and agents whose record it
+// cannot read, although no relay reaches the store.
+func TestStoreOutageGraceOff(t *testing.T) {
+	r := startOutageRelay(t, -1)
+	ctx := context.Background()
+	a1 := newTestAgent(t, r.Relay, "a1")
+	s1, err := a1.connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.dial(t); err != nil {
+		t.Fatal(err)
+	}
+	r.cut(t)
+	if r.storeOutage() {
+		t.Fatal("serving from what it last read with the grace off")
+	}
+	if err := r.dial(t); !errors.Is(err, client.ErrUnavailable) {
+		t.Errorf("a new stream with the grace off: %v, want unavailable", err)
+	}
+	s1.close()
+	s1.waitClosed(t)
+	if _, err := a1.connect(ctx); err == nil {
+		t.Error("agent a1 connecting again with the grace off was admitted, want refused (its record cannot be read)")
+	}
+	if n := r.logs.count("the store is down for every relay this relay can ask"); n != 0 {
+		t.Errorf("the grace's beginning logged %d times with the grace off", n)
+	}
+}
+
+// gaugeValue is the value of the relay's gauge name (no labels).
+func gaugeValue(t *testing.T, r *Relay, name string) float64 {
+	t.Helper()
+	mfs, err := r.metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no gauge %s", name)
+	return 0
+}
+
+// testLogs collects a relay's JSON log lines.
+type testLogs struct {
+	t   *testing.T
+	mu  sync.Mutex // guards buf
+	buf bytes.Buffer
+}
+
+func (l *testLogs) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// count is how many lines hold s.
+func (l *testLogs) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.buf.String(), s)
+}
+
+// wait waits until a line holds s.
+func (l *testLogs) wait(t *testing.T, s string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); l.count(s) == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line with %q after 30 s", s)
+		}
+	}
+}
+
+// testAgent is an agent of tenant acme, recorded as enrolled, that
+// connects over TLS+yamux, answers pings and serves the echo service on
+// every stream the relay opens.
+type testAgent struct {
+	t    *testing.T
+	addr string
+	conf *tls.Config
+}
+
+func newTestAgent(t *testing.T, r *Relay, id string) *testAgent {
+	t.Helper()
+	authority := r.auth.CA()
+	cert := recordedAgent(t, r, identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: id}, authority.Signer())
+	roots := x509.NewCertPool()
+	for _, rt := range authority.Roots() {
+		roots.AddCert(rt.Cert)
+	}
+	conf := identity.AgentClientConfig(roots, r.TrustDomain(), func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil })
+	return &testAgent{t: t, addr: r.AgentAddr().String(), conf: conf}
+}
+
+// agentSession is a testAgent's admitted session.
+type agentSession struct {
+	mux *yamux.Session
+	wg  sync.WaitGroup
+}
+
+// connect connects and says hello: the session once welcomed, or the
+// relay's refusal.
+func (a *testAgent) connect(ctx context.Context) (*agentSession, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	conn, err := (&tls.Dialer{Config: a.conf}).DialContext(ctx, "tcp", a.addr)
+	if err != nil {
+		return nil, err
+	}
+	mux, err := yamux.Client(conn, tcp.Config(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	ctl, err := mux.OpenStream()
+	if err != nil {
+		mux.Close()
+		return nil, err
+	}
+	ctl.SetDeadline(time.Now().Add(20 * time.Second))
+	if err := protocol.WriteMessage(ctl, &protocol.Hello{ProtocolVersion: protocol.Version, AgentVersion: "test", OS: "linux", Arch: "amd64", BootID: "b1"}); err != nil {
+		mux.Close()
+		return nil, err
+	}
+	br := bufio.NewReader(ctl)
+	m, err := protocol.ReadMessage(br)
+	if err != nil {
+		mux.Close()
+		return nil, fmt.Errorf("read the answer to hello: %w", err)
+	}
+	if rej, ok := m.(*protocol.Reject); ok {
+		mux.Close()
+		return nil, rej.Err()
+	}
+	if m.Type() != protocol.TypeWelcome {
+		mux.Close()
+		return nil, fmt.Errorf("answer to hello: %#v, want a welcome", m)
+	}
+	ctl.SetDeadline(time.Time{})
+	s := &agentSession{mux: mux}
+	s.wg.Go(func() {
+		for {
+			m, err := protocol.ReadMessage(br)
+			if err != nil {
+				return
+			}
+			if p, ok := m.(*protocol.Ping); ok {
+				if protocol.WriteMessage(ctl, &protocol.Pong{Seq: p.Seq}) != nil {
+					return
+				}
+			}
+		}
+	})
+	s.wg.Go(func() {
+		for {
+			st, err := mux.AcceptStream()
+			if err != nil {
+				return
+			}
+			s.wg.Go(func() {
+				defer st.Close()
+				if _, err := protocol.ReadStreamHeader(st); err != nil {
+					return
+				}
+				if protocol.WriteReply(st, protocol.Reply{}) != nil {
+					return
+				}
+				io.Copy(st, st)
+			})
+		}
+	})
+	a.t.Cleanup(s.close)
+	return s, nil
+}
+
+// close ends the session and waits for its goroutines.
+func (s *agentSession) close() {
+	s.mux.Close()
+	s.wg.Wait()
+}
+
+// waitClosed waits until the session is closed, by either side.
+func (s *agentSession) waitClosed(t *testing.T) {
+	t.Helper()
+	select {
+	case <-s.mux.CloseChan():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the agent's session is still open after 20 s")
+	}
+}
+
+// storeProxy forwards TCP connections to the store until paused: then
+// it forwards nothing either way and connects nothing new, but closes
+// nothing either, as a network path that drops every packet would; once
+// resumed, what was held goes through.
+type storeProxy struct {
+	addr string
+
+	mu      sync.Mutex    // guards resumed
+	resumed chan struct{} // closed while forwarding; replaced by pause
+	done    chan struct{} // closed when the test ends
+}
+
+func newStoreProxy(t *testing.T, target string) *storeProxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &storeProxy{addr: l.Addr().String(), resumed: make(chan struct{}), done: make(chan struct{})}
+	close(p.resumed)
+	var wg sync.WaitGroup
+	var mu sync.Mutex // guards conns
+	conns := map[net.Conn]bool{}
+	track := func(c net.Conn) {
+		mu.Lock()
+		conns[c] = true
+		mu.Unlock()
+	}
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			track(c)
+			wg.Go(func() {
+				if !p.wait() {
+					return
+				}
+				u, err := net.Dial("tcp", target)
+				if err != nil {
+					c.Close()
+					return
+				}
+				track(u)
+				wg.Go(func() { p.copy(u, c) })
+				wg.Go(func() { p.copy(c, u) })
+			})
+		}
+	})
+	t.Cleanup(func() {
+		close(p.done)
+		l.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return p
+}
+
+func (p *storeProxy) pause() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.resumed:
+		p.resumed = make(chan struct{})
+	default: // paused already
+	}
+}
+
+func (p *storeProxy) resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.resumed: // forwarding already
+	default:
+		close(p.resumed)
+	}
+}
+
+// wait waits while the proxy is paused; false when the test ended.
+func (p *storeProxy) wait() bool {
+	p.mu.Lock()
+	resumed := p.resumed
+	p.mu.Unlock()
+	select {
+	case <-resumed:
+		return true
+	case <-p.done:
+		return false
+	}
+}
+
+// copy copies from src to dst, holding what it read while paused.
+func (p *storeProxy) copy(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if !p.wait() {
+				return
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				src.Close()
+				return
+			}
+		}
+		if err != nil {
+			if p.wait() {
+				dst.(*net.TCPConn).CloseWrite()
+			}
+			return
+		}
+	}
+}
