@@ -40,17 +40,9 @@ type outageRelay struct {
 func startOutageRelay(t *testing.T, grace time.Duration) *outageRelay {
 	t.Helper()
 	pg := pgtest.Start(t)
-	proxy := newStoreProxy(t, pg.Addr())
 	kek := make([]byte, 32)
 	rand.Read(kek)
-	logs := &testLogs{t: t}
-	r := runRelay(t, Config{DataDir: t.TempDir(), Store: pg.DSNFor(proxy.addr), CAKEK: kek,
-		AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: "127.0.0.1:0",
-		ClusterHeartbeat: 100 * time.Millisecond, ClusterDeadAfter: 600 * time.Millisecond, StaleAfter: time.Second,
-		StoreOutageGrace: grace, backendCacheTTL: 500 * time.Millisecond, ChangePoll: 100 * time.Millisecond,
-		HandshakeTimeout: 8 * time.Second, StreamOpenTimeout: 5 * time.Second, DrainTimeout: 100 * time.Millisecond,
-		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	t.Cleanup(proxy.resume) // the relay stops (cleanups run last first) with its store back
+	r := startOutageRelayOn(t, pg, kek, "relay-1", grace)
 	ctx := context.Background()
 	if err := r.adm.AddTenant(ctx, "acme"); err != nil {
 		t.Fatal(err)
@@ -59,7 +51,24 @@ func startOutageRelay(t *testing.T, grace time.Duration) *outageRelay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &outageRelay{Relay: r, proxy: proxy, logs: logs, key: key}
+	r.key = key
+	return r
+}
+
+// startOutageRelayOn starts relay id of a cluster on pg (kek its CA's
+// key-encryption key), with a peer listener.
+func startOutageRelayOn(t *testing.T, pg *pgtest.Server, kek []byte, id string, grace time.Duration) *outageRelay {
+	t.Helper()
+	proxy := newStoreProxy(t, pg.Addr())
+	logs := &testLogs{}
+	r := runRelay(t, Config{DataDir: t.TempDir(), Store: pg.DSNFor(proxy.addr), CAKEK: kek, RelayID: id, PeerListen: "127.0.0.1:0",
+		AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: "127.0.0.1:0",
+		ClusterHeartbeat: 100 * time.Millisecond, ClusterDeadAfter: 600 * time.Millisecond, StaleAfter: time.Second,
+		StoreOutageGrace: grace, backendCacheTTL: 500 * time.Millisecond, ChangePoll: 100 * time.Millisecond,
+		HandshakeTimeout: 8 * time.Second, StreamOpenTimeout: 5 * time.Second, DrainTimeout: 100 * time.Millisecond,
+		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	t.Cleanup(proxy.resume) // the relay stops (cleanups run last first) with its store back
+	return &outageRelay{Relay: r, proxy: proxy, logs: logs}
 }
 
 // dial opens a stream to acme's echo service as billing and checks that
@@ -258,6 +267,113 @@ func TestStoreOutageGraceOff(t *testing.T) {
 	}
 }
 
+// TestStoreOutageGraceNotWhenIsolated: relay 2 alone loses its store
+// while relay 1 reaches it. Relay 2 asks relay 1, isolates itself and
+// sends its agent away; past StaleAfter it refuses new streams and
+// agents, as without the grace: relay 1 may have taken revocations.
+func TestStoreOutageGraceNotWhenIsolated(t *testing.T) {
+	pg := pgtest.Start(t)
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	r1 := startOutageRelayOn(t, pg, kek, "relay-1", time.Minute)
+	ctx := context.Background()
+	if err := r1.adm.AddTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	key, err := r1.adm.AddBackend(ctx, "billing", []string{"acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 := startOutageRelayOn(t, pg, kek, "relay-2", time.Minute)
+	r2.key = key
+	for deadline := time.Now().Add(20 * time.Second); len(r2.member.Live()) < 2; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("relay 2 does not list relay 1 as live")
+		}
+	}
+	a1 := newTestAgent(t, r2.Relay, "a1")
+	s1, err := a1.connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.dial(t); err != nil {
+		t.Fatal(err)
+	}
+
+	r2.proxy.pause()
+	r2.logs.wait(t, "this relay has lost its store while another relay reaches it")
+	for deadline := time.Now().Add(20 * time.Second); r2.staleFor() <= r2.cfg.StaleAfter; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("relay 2 not stale 20 s after its store was cut")
+		}
+	}
+	if r2.downForAll.Load() || r2.storeOutage() || r2.Stats().StoreOutageGrace {
+		t.Fatal("relay 2, isolated while relay 1 reaches the store, serves from what it last read")
+	}
+	if err := r2.dial(t); !errors.Is(err, client.ErrUnavailable) {
+		t.Errorf("a new stream through relay 2, isolated: %v, want unavailable", err)
+	}
+	select {
+	case g := <-s1.goAway:
+		if g.Reason != protocol.GoAwayLeaving {
+			t.Errorf("relay 2's GoAway to its agent: %+v, want %q", g, protocol.GoAwayLeaving)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("relay 2, isolated, did not send its agent away within 20 s")
+	}
+	s1.close() // it moves
+	if _, err := a1.connect(ctx); !errors.Is(err, protocol.ErrUnavailable) || !strings.Contains(err.Error(), "other relays of the cluster reach") {
+		t.Errorf("agent a1 connecting again to relay 2, isolated: %v, want unavailable (isolated)", err)
+	}
+	if n := r2.logs.count("the store is down for every relay this relay can ask"); n != 0 {
+		t.Errorf("relay 2, isolated, logged the grace's beginning %d times", n)
+	}
+}
+
+// TestStoreOutageGraceClusterDown: the store goes down for both relays
+// of a cluster. Relay 2 asks relay 1, which answers that it has lost
+// the store too, and serves new streams from what it last read.
+func TestStoreOutageGraceClusterDown(t *testing.T) {
+	pg := pgtest.Start(t)
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	r1 := startOutageRelayOn(t, pg, kek, "relay-1", time.Minute)
+	ctx := context.Background()
+	if err := r1.adm.AddTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	key, err := r1.adm.AddBackend(ctx, "billing", []string{"acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 := startOutageRelayOn(t, pg, kek, "relay-2", time.Minute)
+	r2.key = key
+	for deadline := time.Now().Add(20 * time.Second); len(r2.member.Live()) < 2; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("relay 2 does not list relay 1 as live")
+		}
+	}
+	a1 := newTestAgent(t, r2.Relay, "a1")
+	if _, err := a1.connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.dial(t); err != nil {
+		t.Fatal(err)
+	}
+	r1.proxy.pause()
+	cut := r2.cut(t)
+	if err := r2.dial(t); err != nil {
+		t.Fatalf("a new stream through relay 2 %v after the store went down for both relays: %v", time.Since(cut).Round(time.Millisecond), err)
+	}
+	r2.logs.wait(t, "the store is down for every relay this relay can ask")
+	if line := r2.logs.line("no other relay says it reaches the store"); !strings.Contains(line, "relay-1: last heartbeat") {
+		t.Errorf("relay 2's line does not give relay 1's answer: %s", line)
+	}
+	if r2.isolated.Load() {
+		t.Error("relay 2 isolated itself")
+	}
+}
+
 // gaugeValue is the value of the relay's gauge name (no labels).
 func gaugeValue(t *testing.T, r *Relay, name string) float64 {
 	t.Helper()
@@ -276,7 +392,6 @@ func gaugeValue(t *testing.T, r *Relay, name string) float64 {
 
 // testLogs collects a relay's JSON log lines.
 type testLogs struct {
-	t   *testing.T
 	mu  sync.Mutex // guards buf
 	buf bytes.Buffer
 }
@@ -292,6 +407,18 @@ func (l *testLogs) count(s string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return strings.Count(l.buf.String(), s)
+}
+
+// line is the first line that holds s.
+func (l *testLogs) line(s string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for line := range strings.Lines(l.buf.String()) {
+		if strings.Contains(line, s) {
+			return line
+		}
+	}
+	return ""
 }
 
 // wait waits until a line holds s.
@@ -327,8 +454,9 @@ func newTestAgent(t *testing.T, r *Relay, id string) *testAgent {
 
 // agentSession is a testAgent's admitted session.
 type agentSession struct {
-	mux *yamux.Session
-	wg  sync.WaitGroup
+	mux    *yamux.Session
+	goAway chan *protocol.GoAway // the relay's GoAways
+	wg     sync.WaitGroup
 }
 
 // connect connects and says hello: the session once welcomed, or the
@@ -370,16 +498,22 @@ func (a *testAgent) connect(ctx context.Context) (*agentSession, error) {
 		return nil, fmt.Errorf("answer to hello: %#v, want a welcome", m)
 	}
 	ctl.SetDeadline(time.Time{})
-	s := &agentSession{mux: mux}
+	s := &agentSession{mux: mux, goAway: make(chan *protocol.GoAway, 4)}
 	s.wg.Go(func() {
 		for {
 			m, err := protocol.ReadMessage(br)
 			if err != nil {
 				return
 			}
-			if p, ok := m.(*protocol.Ping); ok {
-				if protocol.WriteMessage(ctl, &protocol.Pong{Seq: p.Seq}) != nil {
+			switch m := m.(type) {
+			case *protocol.Ping:
+				if protocol.WriteMessage(ctl, &protocol.Pong{Seq: m.Seq}) != nil {
 					return
+				}
+			case *protocol.GoAway:
+				select {
+				case s.goAway <- m:
+				default:
 				}
 			}
 		}
