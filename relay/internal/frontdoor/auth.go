@@ -534,6 +534,10 @@ type backendCache struct {
 type cachedBackend struct {
 	b       store.Backend
 	fetched time.Time
+	// expired: read before changes the relay may have missed
+	// (expireAll): read again at its next use, answered from the cache
+	// only as stale allows.
+	expired bool
 }
 
 // get returns the named backend from the cache while it is fresh (or
@@ -543,7 +547,7 @@ func (c *backendCache) get(ctx context.Context, name string, load func(context.C
 	e, ok := c.m[name]
 	at, missing := c.unknown[name]
 	c.mu.Unlock()
-	if ok && time.Since(e.fetched) < cmp.Or(c.ttl, backendCacheTTL) {
+	if ok && !e.expired && time.Since(e.fetched) < cmp.Or(c.ttl, backendCacheTTL) {
 		return e.b, nil
 	}
 	if !ok && missing && time.Since(at) < unknownBackendTTL {
@@ -638,6 +642,20 @@ func (c *backendCache) fill(gen uint64, bs []store.Backend) bool {
 		delete(c.unknown, b.Name)
 	}
 	return true
+}
+
+// expireAll has every backend read again at its next use, keeping what
+// was read for stale answers (backendCache.stale), and forgets the names
+// known to be unknown.
+func (c *backendCache) expireAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for name, e := range c.m {
+		e.expired = true
+		c.m[name] = e
+	}
+	c.unknown = nil
+	c.gen++
 }
 
 // forgetAll empties the cache.

@@ -145,3 +145,29 @@ func TestBackendCacheStaleIfUnreachable(t *testing.T) {
 		})
 	}
 }
+
+// expireAll (the relay reads its whole state again and the store cannot
+// be read) has every backend read again at its next use, but keeps it
+// for a stale answer; forgetAll keeps nothing.
+func TestBackendCacheExpireAll(t *testing.T) {
+	ctx := context.Background()
+	errDown := errors.New("store unreachable")
+	billing := store.Backend{Name: "billing", Grants: []store.Grant{{Tenant: "acme", Service: store.Any}}}
+	cache := backendCache{stale: func(err error) bool { return errors.Is(err, errDown) }}
+	if _, err := cache.get(ctx, "billing", func(context.Context, string) (store.Backend, error) { return billing, nil }); err != nil {
+		t.Fatal(err)
+	}
+	cache.expireAll()
+	reads := 0
+	b, err := cache.get(ctx, "billing", func(context.Context, string) (store.Backend, error) {
+		reads++
+		return store.Backend{}, errDown
+	})
+	if reads != 1 || err != nil || b.Name != "billing" {
+		t.Fatalf("after expireAll, the store down: %d reads, %+v, %v; want one read and billing from the cache", reads, b, err)
+	}
+	cache.forgetAll()
+	if _, err := cache.get(ctx, "billing", func(context.Context, string) (store.Backend, error) { return store.Backend{}, errDown }); !errors.Is(err, errDown) {
+		t.Fatalf("after forgetAll, the store down: %v, want the read's error", err)
+	}
+}

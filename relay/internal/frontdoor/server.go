@@ -191,12 +191,24 @@ func (fd *Server) Unauthenticated() int { return fd.src.Held() }
 // Forget drops a backend's cached credential (it changed).
 func (fd *Server) Forget(backend string) { fd.backends.forget(backend) }
 
-// ForgetAll drops every cached credential.
-func (fd *Server) ForgetAll() { fd.backends.forgetAll() }
+// ReloadBackends reads every backend's credential again, in place of
+// those held, when the relay reads its whole state again (it may have
+// missed changes). When that fails, those held are read again at their
+// next use; while the store cannot be reached they are kept for that
+// read's failure (Config.Outage: the store may be down for every
+// relay), otherwise forgotten.
+func (fd *Server) ReloadBackends(ctx context.Context) error {
+	fd.backends.expireAll() // read again as they are used meanwhile
+	filled, err := fd.loadBackends(ctx)
+	if !filled && (err == nil || !fd.cfg.Store.Unreachable(err)) {
+		fd.backends.forgetAll()
+	}
+	return err
+}
 
 // LoadBackends reads every backend's credential into memory, in place of
-// those held: the relay calls it as it starts and when it reads its
-// whole state again (ForgetAll first), and the change feed keeps them
+// those held: the relay calls it as it starts (and ReloadBackends when
+// it reads its whole state again), and the change feed keeps them
 // current (Forget). Authentication then reads the store only for a
 // credential older than a minute, or a name the relay does not hold; a
 // source throttled for failed attempts has a name the relay does not
@@ -204,6 +216,13 @@ func (fd *Server) ForgetAll() { fd.backends.forgetAll() }
 // backend's valid key works from it. A change told by the feed while it
 // read leaves the credentials to be read as they are used.
 func (fd *Server) LoadBackends(ctx context.Context) error {
+	_, err := fd.loadBackends(ctx)
+	return err
+}
+
+// loadBackends is LoadBackends; filled reports whether what it read
+// replaced what the cache held (no backend was forgotten meanwhile).
+func (fd *Server) loadBackends(ctx context.Context) (filled bool, _ error) {
 	fd.backends.mu.Lock()
 	gen := fd.backends.gen
 	fd.backends.mu.Unlock()
@@ -213,10 +232,9 @@ func (fd *Server) LoadBackends(ctx context.Context) error {
 		fd.cfg.Metrics.StoreOp("backend_lookup", start)
 	}
 	if err != nil {
-		return fmt.Errorf("read backends: %w", err)
+		return false, fmt.Errorf("read backends: %w", err)
 	}
-	fd.backends.fill(gen, bs)
-	return nil
+	return fd.backends.fill(gen, bs), nil
 }
 
 // Close releases the listeners of a server whose Run was never called.
