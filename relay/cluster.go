@@ -33,10 +33,7 @@ func (r *Relay) assemblePeers() error {
 	if r.peerTLS, err = trust.NewPeer(r.auth, r.audit, id, r.cfg.Now); err != nil {
 		return err
 	}
-	r.links = peer.NewLinks(peer.LinksConfig{TLS: r.peerTLS, Logger: r.log,
-		Holders: func(ctx context.Context, tenant string, fresh bool) ([]store.Holding, error) {
-			return r.member.Holders(ctx, tenant, fresh)
-		}})
+	r.links = peer.NewLinks(peer.LinksConfig{TLS: r.peerTLS, Logger: r.log, Holders: r.holdersOf})
 	return nil
 }
 

@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"context"
+	"sync"
 	"time"
 
 	"github.com/tetherhq/tether/relay/internal/store"
@@ -20,7 +22,9 @@ import (
 // streams are admitted with the grants, limits and revocations in
 // memory; a backend's credential older than the cache's minute is used
 // when the store cannot be read (frontdoor.Config.Outage); an agent it
-// admitted before is admitted from that record (session.Config.Outage).
+// admitted before is admitted from that record (session.Config.Outage);
+// a stream to a tenant whose agents are held by another relay is
+// forwarded to the relays last read as holding them (holdersOf).
 // A relay alone on its store (no other relay) has nobody to ask, and
 // counts as the only one. A relay whose store others reach (isolated),
 // or that cannot ask one of them, refuses as before. What an operator
@@ -82,4 +86,61 @@ func (r *Relay) noteOutage(graced *bool) {
 		r.log.Warn("the store outage grace ends: another relay reaches the store, or cannot be asked; this relay refuses new connections until it reaches its store again", "relay_id", r.relayID,
 			"last_current", since.Round(time.Millisecond))
 	}
+}
+
+// outageLookup bounds a store read while the relay serves from what it
+// last read: the store has been down for a while.
+const outageLookup = 2 * time.Second
+
+// holdersOf is the other live relays holding agents of tenant
+// (cluster.Cluster.Holders), for forwarding. While the relay serves from
+// what it last read, a read that fails because the store cannot be
+// reached (bounded by outageLookup) is answered with the relays last
+// read as holding them: the agents may have moved since, and a relay
+// that no longer holds one answers so (no_agent).
+func (r *Relay) holdersOf(ctx context.Context, tenant string, fresh bool) ([]store.Holding, error) {
+	outage := r.storeOutage()
+	if outage {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, outageLookup)
+		defer cancel()
+	}
+	hs, err := r.member.Holders(ctx, tenant, fresh)
+	if err == nil {
+		r.holders.put(tenant, hs)
+		return hs, nil
+	}
+	if outage && r.dir.Store.Unreachable(err) {
+		if hs, ok := r.holders.get(tenant); ok {
+			return hs, nil
+		}
+	}
+	return nil, err
+}
+
+// maxHolders bounds the tenants whose holders are kept (lastHolders);
+// past it, the kept ones start over.
+const maxHolders = 100000
+
+// lastHolders keeps, per tenant, the relays last read as holding its
+// agents (holdersOf).
+type lastHolders struct {
+	mu sync.Mutex // guards m
+	m  map[string][]store.Holding
+}
+
+func (l *lastHolders) put(tenant string, hs []store.Holding) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil || len(l.m) >= maxHolders {
+		l.m = make(map[string][]store.Holding)
+	}
+	l.m[tenant] = hs
+}
+
+func (l *lastHolders) get(tenant string) ([]store.Holding, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	hs, ok := l.m[tenant]
+	return hs, ok
 }

@@ -331,8 +331,10 @@ func TestStoreOutageGraceNotWhenIsolated(t *testing.T) {
 }
 
 // TestStoreOutageGraceClusterDown: the store goes down for both relays
-// of a cluster. Relay 2 asks relay 1, which answers that it has lost
-// the store too, and serves new streams from what it last read.
+// of a cluster. Each asks the other, which answers that it has lost the
+// store too, and serves new streams from what it last read: relay 2 to
+// its agent, relay 1 forwarding to relay 2, which it last read as
+// holding the agent.
 func TestStoreOutageGraceClusterDown(t *testing.T) {
 	pg := pgtest.Start(t)
 	kek := make([]byte, 32)
@@ -346,11 +348,12 @@ func TestStoreOutageGraceClusterDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	r1.key = key
 	r2 := startOutageRelayOn(t, pg, kek, "relay-2", time.Minute)
 	r2.key = key
-	for deadline := time.Now().Add(20 * time.Second); len(r2.member.Live()) < 2; time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(20 * time.Second); len(r2.member.Live()) < 2 || len(r1.member.Live()) < 2; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatal("relay 2 does not list relay 1 as live")
+			t.Fatal("relays 1 and 2 do not list each other as live")
 		}
 	}
 	a1 := newTestAgent(t, r2.Relay, "a1")
@@ -360,10 +363,25 @@ func TestStoreOutageGraceClusterDown(t *testing.T) {
 	if err := r2.dial(t); err != nil {
 		t.Fatal(err)
 	}
+	// Forwarded: relay 1 reads that relay 2 holds a1 once its presence
+	// is written.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		err := r1.dial(t)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a stream through relay 1, forwarded to relay 2: %v", err)
+		}
+	}
 	r1.proxy.pause()
 	cut := r2.cut(t)
+	r1.cut(t)
 	if err := r2.dial(t); err != nil {
 		t.Fatalf("a new stream through relay 2 %v after the store went down for both relays: %v", time.Since(cut).Round(time.Millisecond), err)
+	}
+	if err := r1.dial(t); err != nil {
+		t.Fatalf("a new stream through relay 1, forwarded to relay 2, %v after the store went down for both relays: %v", time.Since(cut).Round(time.Millisecond), err)
 	}
 	r2.logs.wait(t, "the store is down for every relay this relay can ask")
 	if line := r2.logs.line("no other relay says it reaches the store"); !strings.Contains(line, "relay-1: last heartbeat") {

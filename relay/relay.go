@@ -86,8 +86,10 @@ type Relay struct {
 	strayKept atomic.Int64
 	// downForAll: the relay has lost its store and every other relay it
 	// last saw live says it has too (watchStore); with the outage grace
-	// (outage.go) it then serves from what it last read.
+	// (outage.go) it then serves from what it last read, holders among
+	// it: the relays last read as holding each tenant's agents.
 	downForAll atomic.Bool
+	holders    lastHolders
 
 	feedFrom   int64                     // the change feed's newest change when New read the state
 	feedReadAt atomic.Pointer[time.Time] // when the change feed was last read, with its monotonic reading (admit)

@@ -66,7 +66,9 @@ type Config struct {
 	// are bounded by outageLookup, and a backend whose read fails because
 	// the store is unreachable is authenticated from its credential last
 	// read, however old (never one the store said does not exist, nor one
-	// the change feed said changed).
+	// the change feed said changed), and a tenant that cannot be read
+	// is taken to exist (its grant names it: routing finds its agents,
+	// or answers no_agent).
 	Outage func() bool
 
 	Router    *route.Router
