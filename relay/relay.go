@@ -35,6 +35,7 @@ import (
 	"github.com/tetherhq/tether/relay/internal/restore"
 	"github.com/tetherhq/tether/relay/internal/route"
 	"github.com/tetherhq/tether/relay/internal/session"
+	"github.com/tetherhq/tether/relay/internal/store"
 	"github.com/tetherhq/tether/relay/internal/throttle"
 	"github.com/tetherhq/tether/relay/internal/trust"
 	"github.com/tetherhq/tether/relay/internal/update"
@@ -159,6 +160,13 @@ func (r *Relay) assemble(ctx context.Context) error {
 		RelayID: r.relayID, Logger: cfg.Logger, Now: cfg.Now})
 	r.router = route.NewRouter(route.Config{Table: r.routes, StreamOpenTimeout: cfg.StreamOpenTimeout, ReconnectGrace: cfg.ReconnectGrace,
 		Dir: r.dir, Elsewhere: r.links, Admit: r.admit, Logger: cfg.Logger, Now: cfg.Now})
+	// What serves from what was last read during a store outage
+	// (outage.go): with a cluster's store and the grace on only, so that
+	// a relay on SQLite keeps no admission records for it.
+	var outage func() bool
+	if store.IsPostgres(cfg.Store) && cfg.StoreOutageGrace > 0 {
+		outage = r.storeOutage
+	}
 	enrolCfg := enrol.Config{Store: r.dir.Store, Authority: r.auth, Policy: r.pol, Audit: r.audit, CertLifetime: cfg.AgentCertLifetime,
 		HandshakeTimeout: cfg.HandshakeTimeout, Refusals: r.metrics.AuthRefusals, Logger: cfg.Logger, Now: cfg.Now}
 	r.enrol = enrol.New(enrolCfg)
@@ -179,7 +187,7 @@ func (r *Relay) assemble(ctx context.Context) error {
 		RelayID:       r.relayID,
 		ClusterAgents: r.clusterAgents,
 		Admit:         r.admitAgent,
-		Outage:        r.storeOutage,
+		Outage:        outage,
 		Disconnects:   r.metrics.Disconnects, StoreOp: r.metrics.StoreOp, Fatal: r.failed,
 		Version: cfg.Version, Logger: cfg.Logger, Now: cfg.Now,
 	})
@@ -203,7 +211,7 @@ func (r *Relay) assemble(ctx context.Context) error {
 		SOCKSListen: on(cfg.SOCKSListen), ConnectListen: on(cfg.ConnectListen), ConnectTLSListen: on(cfg.ConnectTLSListen),
 		HandshakeTimeout: cfg.HandshakeTimeout, StreamOpenTimeout: cfg.StreamOpenTimeout, IdleTimeout: cfg.IdleTimeout,
 		MaxPendingPerAddress: cfg.MaxFrontPendingPerAddress, MaxPendingPerNetwork: cfg.MaxFrontPendingPerNetwork, MaxStreamMemory: cfg.MaxStreamMemory,
-		OIDC: cfg.OIDC, JWKSCacheFile: r.dir.File(datadir.JWKSCacheFile), BackendCacheTTL: cfg.backendCacheTTL, Outage: r.storeOutage,
+		OIDC: cfg.OIDC, JWKSCacheFile: r.dir.File(datadir.JWKSCacheFile), BackendCacheTTL: cfg.backendCacheTTL, Outage: outage,
 		Router: r.router, Routes: r.routes, Store: r.dir.Store, Policy: r.pol, Authority: r.auth, TLS: r.tls, Audit: r.audit, Metrics: r.metrics,
 		Fatal: r.failed, Logger: cfg.Logger, Now: cfg.Now,
 	})

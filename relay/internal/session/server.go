@@ -91,7 +91,8 @@ type Config struct {
 	// the store does not give (it is unreachable, or does not answer in
 	// time: reads are bounded by outageLookup) is admitted from the
 	// record this relay read at its last admission, with every check
-	// made of it, and without the writes admission makes.
+	// made of it, and without the writes admission makes. Without it no
+	// record is kept.
 	Outage func() bool
 
 	// Disconnects counts ended sessions by reason (may be nil); StoreOp
@@ -715,7 +716,7 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 			return err
 		}
 	}
-	if standing != policy.CertSuperseded {
+	if s.cfg.Outage != nil && standing != policy.CertSuperseded {
 		// A lost renewal just recorded changed the record: the agent
 		// is admitted from the store again next time, or not at all.
 		s.records.put(gen, rec)
