@@ -156,6 +156,9 @@ func TestStoreOutageGrace(t *testing.T) {
 	if g := gaugeValue(t, r.Relay, "tether_store_outage_grace"); g != 1 {
 		t.Errorf("tether_store_outage_grace %v while the relay serves from what it last read, want 1", g)
 	}
+	if err := r.ready(ctx); err != nil {
+		t.Errorf("not ready while it serves from what it last read: %v", err)
+	}
 
 	// a1's connection is cut; it connects again, and is admitted from
 	// the record kept.
@@ -254,6 +257,9 @@ func TestStoreOutageGraceOff(t *testing.T) {
 	if r.storeOutage() {
 		t.Fatal("serving from what it last read with the grace off")
 	}
+	if err := r.ready(ctx); err == nil {
+		t.Error("ready with its store gone and the grace off")
+	}
 	if err := r.dial(t); !errors.Is(err, client.ErrUnavailable) {
 		t.Errorf("a new stream with the grace off: %v, want unavailable", err)
 	}
@@ -309,6 +315,9 @@ func TestStoreOutageGraceNotWhenIsolated(t *testing.T) {
 	}
 	if r2.downForAll.Load() || r2.storeOutage() || r2.Stats().StoreOutageGrace {
 		t.Fatal("relay 2, isolated while relay 1 reaches the store, serves from what it last read")
+	}
+	if err := r2.ready(ctx); err == nil {
+		t.Error("relay 2, isolated, is ready")
 	}
 	if err := r2.dial(t); !errors.Is(err, client.ErrUnavailable) {
 		t.Errorf("a new stream through relay 2, isolated: %v, want unavailable", err)

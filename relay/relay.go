@@ -512,7 +512,8 @@ func (r *Relay) run(ctx context.Context) error {
 // to audit (audit.Log.Durable: not
 // while its store and its audit file both fail, e.g. on a full disk, so a
 // load balancer moves traffic to relays that can audit it) and its store
-// must answer within a second.
+// must answer within a second, but while the store is down for every
+// relay and this one serves from what it last read (outage.go).
 func (r *Relay) ready(ctx context.Context) error {
 	if !r.serving.Load() {
 		return errNotServing
@@ -528,6 +529,11 @@ func (r *Relay) ready(ctx context.Context) error {
 	start := time.Now()
 	err := r.dir.Store.Ping(ctx)
 	r.metrics.StoreOp("ping", start)
+	if err != nil && r.storeOutage() {
+		// Down for every relay, the store is served from what was last
+		// read (outage.go): every relay is as ready as this one.
+		return nil
+	}
 	if err != nil {
 		// The driver's error names the database's host, user and name:
 		// /readyz, which anyone who reaches the metrics listener may
