@@ -2,7 +2,6 @@ package relay
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/tetherhq/tether/internal/pgtest"
 	"github.com/tetherhq/tether/protocol"
@@ -33,7 +33,7 @@ import (
 type outageRelay struct {
 	*Relay
 	proxy *storeProxy
-	logs  *testLogs
+	logs  *logBuffer
 	key   string // backend billing's API key (a grant for acme)
 }
 
@@ -60,13 +60,13 @@ func startOutageRelay(t *testing.T, grace time.Duration) *outageRelay {
 func startOutageRelayOn(t *testing.T, pg *pgtest.Server, kek []byte, id string, grace time.Duration) *outageRelay {
 	t.Helper()
 	proxy := newStoreProxy(t, pg.Addr())
-	logs := &testLogs{}
+	logs := &logBuffer{}
 	r := runRelay(t, Config{DataDir: t.TempDir(), Store: pg.DSNFor(proxy.addr), CAKEK: kek, RelayID: id, PeerListen: "127.0.0.1:0",
 		AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: "127.0.0.1:0",
 		ClusterHeartbeat: 100 * time.Millisecond, ClusterDeadAfter: 600 * time.Millisecond, StaleAfter: time.Second,
 		StoreOutageGrace: grace, backendCacheTTL: 500 * time.Millisecond, ChangePoll: 100 * time.Millisecond,
 		HandshakeTimeout: 8 * time.Second, StreamOpenTimeout: 5 * time.Second, DrainTimeout: 100 * time.Millisecond,
-		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+		Logger: debugLogger(logs)})
 	t.Cleanup(proxy.resume) // the relay stops (cleanups run last first) with its store back
 	return &outageRelay{Relay: r, proxy: proxy, logs: logs}
 }
@@ -158,6 +158,9 @@ func TestStoreOutageGrace(t *testing.T) {
 	}
 	if err := r.ready(ctx); err != nil {
 		t.Errorf("not ready while it serves from what it last read: %v", err)
+	}
+	if n := counterOf(t, r.Relay, "tether_store_outage_stale_credentials_total"); n < 1 {
+		t.Errorf("tether_store_outage_stale_credentials_total %v after a backend was authenticated from its credential past the TTL, want at least 1", n)
 	}
 
 	// a1's connection is cut; it connects again, and is admitted from
@@ -404,40 +407,40 @@ func TestStoreOutageGraceClusterDown(t *testing.T) {
 // gaugeValue is the value of the relay's gauge name (no labels).
 func gaugeValue(t *testing.T, r *Relay, name string) float64 {
 	t.Helper()
+	return metricOf(t, r, name).GetGauge().GetValue()
+}
+
+// counterOf is the value of the relay's counter name (no labels).
+func counterOf(t *testing.T, r *Relay, name string) float64 {
+	t.Helper()
+	return metricOf(t, r, name).GetCounter().GetValue()
+}
+
+// metricOf is the relay's metric name (no labels).
+func metricOf(t *testing.T, r *Relay, name string) *dto.Metric {
+	t.Helper()
 	mfs, err := r.metrics.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
+			return mf.GetMetric()[0]
 		}
 	}
-	t.Fatalf("no gauge %s", name)
-	return 0
-}
-
-// testLogs collects a relay's JSON log lines.
-type testLogs struct {
-	mu  sync.Mutex // guards buf
-	buf bytes.Buffer
-}
-
-func (l *testLogs) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
+	t.Fatalf("no metric %s", name)
+	return nil
 }
 
 // count is how many lines hold s.
-func (l *testLogs) count(s string) int {
+func (l *logBuffer) count(s string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return strings.Count(l.buf.String(), s)
 }
 
 // line is the first line that holds s.
-func (l *testLogs) line(s string) string {
+func (l *logBuffer) line(s string) string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for line := range strings.Lines(l.buf.String()) {
@@ -449,7 +452,7 @@ func (l *testLogs) line(s string) string {
 }
 
 // wait waits until a line holds s.
-func (l *testLogs) wait(t *testing.T, s string) {
+func (l *logBuffer) wait(t *testing.T, s string) {
 	t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); l.count(s) == 0; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
