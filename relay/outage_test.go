@@ -3,9 +3,13 @@ package relay
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -112,9 +116,11 @@ func (r *outageRelay) cut(t *testing.T) time.Time {
 // backend cache's TTL, a backend opens a new stream through the relay
 // (it used to be refused with unavailable, "this relay has not reached
 // its store … and cannot confirm it is current"); an agent whose
-// connection is cut is admitted again from the record read at its
-// earlier admission (it used to be refused: its record is read at every
-// admission); an agent revoked before the outage is still refused. The
+// connection is cut is admitted again, with the certificate it renewed
+// over its session before the outage, from the record read at its
+// earlier admission and again at the renewal (it used to be refused:
+// its record is read at every admission); an agent revoked before the
+// outage is still refused. The
 // grace is logged once as it begins and once as it ends, shown by the
 // gauge and /debug/tether, and ends when the store is back.
 func TestStoreOutageGrace(t *testing.T) {
@@ -133,6 +139,9 @@ func TestStoreOutageGrace(t *testing.T) {
 	if err := r.dial(t); err != nil {
 		t.Fatalf("a stream before the outage: %v", err)
 	}
+	// a1 renews its certificate over its session (renewals are not in
+	// the change feed): it comes back with the new one.
+	a1.renew(t, s1)
 	// Revoked before the outage: its session closes, and its record
 	// kept from its admission is dropped.
 	if _, err := r.adm.RevokeAgent(ctx, "a2", "lost laptop"); err != nil {
@@ -468,25 +477,80 @@ type testAgent struct {
 	t    *testing.T
 	addr string
 	conf *tls.Config
+
+	mu   sync.Mutex // guards cert
+	cert *tls.Certificate
 }
 
 func newTestAgent(t *testing.T, r *Relay, id string) *testAgent {
 	t.Helper()
 	authority := r.auth.CA()
-	cert := recordedAgent(t, r, identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: id}, authority.Signer())
+	a := &testAgent{t: t, addr: r.AgentAddr().String(),
+		cert: recordedAgent(t, r, identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: id}, authority.Signer())}
 	roots := x509.NewCertPool()
 	for _, rt := range authority.Roots() {
 		roots.AddCert(rt.Cert)
 	}
-	conf := identity.AgentClientConfig(roots, r.TrustDomain(), func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil })
-	return &testAgent{t: t, addr: r.AgentAddr().String(), conf: conf}
+	a.conf = identity.AgentClientConfig(roots, r.TrustDomain(), func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.cert, nil
+	})
+	return a
+}
+
+// renew renews the agent's certificate over s, with a new key, and
+// connects with the new one from then on.
+func (a *testAgent) renew(t *testing.T, s *agentSession) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "renewal"}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.send(&protocol.RenewRequest{CSR: csr}); err != nil {
+		t.Fatal(err)
+	}
+	var resp *protocol.RenewResponse
+	select {
+	case resp = <-s.renewed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no answer to the renewal within 20 s")
+	}
+	if resp.Code != "" {
+		t.Fatalf("renewal refused: %s: %s", resp.Code, resp.Message)
+	}
+	block, _ := pem.Decode([]byte(resp.Certificate))
+	if block == nil {
+		t.Fatal("the renewal's answer holds no certificate")
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	a.cert = &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
+	a.mu.Unlock()
 }
 
 // agentSession is a testAgent's admitted session.
 type agentSession struct {
-	mux    *yamux.Session
-	goAway chan *protocol.GoAway // the relay's GoAways
-	wg     sync.WaitGroup
+	mux     *yamux.Session
+	ctl     net.Conn
+	wmu     sync.Mutex                   // guards writes to ctl
+	goAway  chan *protocol.GoAway        // the relay's GoAways
+	renewed chan *protocol.RenewResponse // its answers to renewals
+	wg      sync.WaitGroup
+}
+
+// send writes m on the session's control stream.
+func (s *agentSession) send(m protocol.Message) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return protocol.WriteMessage(s.ctl, m)
 }
 
 // connect connects and says hello: the session once welcomed, or the
@@ -528,7 +592,7 @@ func (a *testAgent) connect(ctx context.Context) (*agentSession, error) {
 		return nil, fmt.Errorf("answer to hello: %#v, want a welcome", m)
 	}
 	ctl.SetDeadline(time.Time{})
-	s := &agentSession{mux: mux, goAway: make(chan *protocol.GoAway, 4)}
+	s := &agentSession{mux: mux, ctl: ctl, goAway: make(chan *protocol.GoAway, 4), renewed: make(chan *protocol.RenewResponse, 4)}
 	s.wg.Go(func() {
 		for {
 			m, err := protocol.ReadMessage(br)
@@ -537,12 +601,17 @@ func (a *testAgent) connect(ctx context.Context) (*agentSession, error) {
 			}
 			switch m := m.(type) {
 			case *protocol.Ping:
-				if protocol.WriteMessage(ctl, &protocol.Pong{Seq: m.Seq}) != nil {
+				if s.send(&protocol.Pong{Seq: m.Seq}) != nil {
 					return
 				}
 			case *protocol.GoAway:
 				select {
 				case s.goAway <- m:
+				default:
+				}
+			case *protocol.RenewResponse:
+				select {
+				case s.renewed <- m:
 				default:
 				}
 			}

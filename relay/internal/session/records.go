@@ -1,8 +1,10 @@
 package session
 
 import (
+	"context"
 	"sync"
 
+	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
@@ -12,7 +14,9 @@ const maxRecords = 100000
 
 // recordCache keeps the store record each agent was last admitted with,
 // for admission while the store is down for every relay (Config.Outage).
-// A record is kept from a successful admission until the change feed
+// A record is kept from a successful admission (and read again after a
+// renewal over the agent's session here: renewals are not in the feed,
+// and the agent comes back with the new certificate) until the change feed
 // tells of a revocation of its agent (Server.ForgetRecord; a resync
 // applies every recent revocation again, and so forgets them too).
 type recordCache struct {
@@ -70,3 +74,24 @@ func (c *recordCache) forget(id string) {
 // admission during a store outage: the change feed told of a change to
 // it (a revocation).
 func (s *Server) ForgetRecord(id string) { s.records.forget(id) }
+
+// renewed keeps the record of agent id read again after a renewal over
+// one of its sessions here changed its newest certificate, when a record
+// is kept for it (best effort: on a failed read the old record stays,
+// and an admission from it with the new certificate is refused).
+func (s *Server) renewed(ctx context.Context, id identity.Agent) {
+	if s.cfg.Outage == nil {
+		return
+	}
+	if _, ok := s.records.get(id.ID); !ok {
+		return
+	}
+	gen := s.records.generation()
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	defer cancel()
+	rec, err := s.cfg.Store.Agent(ctx, id.ID)
+	if err != nil || rec.Tenant != id.Tenant || !rec.RevokedAt.IsZero() {
+		return
+	}
+	s.records.put(gen, rec)
+}

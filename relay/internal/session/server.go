@@ -560,7 +560,13 @@ func (s *Server) serveSession(ctx context.Context, ac *Conn, br *bufio.Reader) {
 		s.set.remove(ac)
 		s.seen.mark(ac.id.ID, time.Unix(0, ac.lastHeard.Load()))
 	}()
-	err := ac.run(ctx, br, s.cfg.Heartbeat, func(m *protocol.RenewRequest) *protocol.RenewResponse { return s.cfg.Renew(ctx, ac, m) })
+	err := ac.run(ctx, br, s.cfg.Heartbeat, func(m *protocol.RenewRequest) *protocol.RenewResponse {
+		resp := s.cfg.Renew(ctx, ac, m)
+		if resp != nil && resp.Code == "" && resp.Certificate != "" {
+			s.renewed(ctx, ac.id)
+		}
+		return resp
+	})
 	reason := disconnectReason(err)
 	if s.cfg.Disconnects != nil {
 		s.cfg.Disconnects.WithLabelValues(reason).Inc()
