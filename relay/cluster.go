@@ -33,10 +33,7 @@ func (r *Relay) assemblePeers() error {
 	if r.peerTLS, err = trust.NewPeer(r.auth, r.audit, id, r.cfg.Now); err != nil {
 		return err
 	}
-	r.links = peer.NewLinks(peer.LinksConfig{TLS: r.peerTLS, Logger: r.log,
-		Holders: func(ctx context.Context, tenant string, fresh bool) ([]store.Holding, error) {
-			return r.member.Holders(ctx, tenant, fresh)
-		}})
+	r.links = peer.NewLinks(peer.LinksConfig{TLS: r.peerTLS, Logger: r.log, Holders: r.holdersOf})
 	return nil
 }
 
@@ -112,20 +109,16 @@ func (r *Relay) clusterAgents(ctx context.Context, tenant string) (map[string]bo
 // confirm that it is current: its change feed read and its heartbeat
 // written within StaleAfter. It might otherwise let through a stream that
 // a revocation or a removed grant, written meanwhile through another
-// relay, forbids. Streams already open go on. On SQLite the store is this
-// relay's own file, written by this host only: nothing to fall behind.
+// relay, forbids; but for the outage grace, while the store is down for
+// every relay (outage.go). Streams already open go on. On SQLite the
+// store is this relay's own file, written by this host only: nothing to
+// fall behind.
 func (r *Relay) admit() error {
 	if !store.IsPostgres(r.cfg.Store) {
 		return nil
 	}
-	// Ages on the monotonic clock: a step of the wall clock neither
-	// refuses streams nor lets them through.
-	beat := r.member.LastHeartbeat()
-	if beat.IsZero() {
-		beat = r.started // no heartbeat yet: the first is on its way
-	}
-	since := max(time.Since(*r.feedReadAt.Load()), time.Since(beat))
-	if since > r.cfg.StaleAfter {
+	since := r.staleFor()
+	if since > r.cfg.StaleAfter && !r.inOutageGrace(since) {
 		return protocol.Errorf(protocol.CodeUnavailable, "this relay has not reached its store for %v and cannot confirm it is current: try another relay", since.Round(time.Second))
 	}
 	return nil
@@ -265,20 +258,24 @@ func (r *Relay) watchStore(ctx context.Context) {
 	}
 	tick := time.NewTicker(r.cfg.ClusterHeartbeat)
 	defer tick.Stop()
-	kept := false  // this outage's "keeps its agents" was logged
-	unreached := 0 // rounds in a row, while isolated, that found no peer reaching the store
+	kept := false   // this outage's "keeps its agents" was logged
+	unreached := 0  // rounds in a row, while isolated, that found no peer reaching the store
+	graced := false // serving from what it last read (outage.go), at the last round
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
+		// The last round's decision, in the logs.
+		r.noteOutage(&graced)
 		last := r.member.LastHeartbeat()
 		if last.IsZero() {
 			continue // not joined yet: nobody counts this relay's agents
 		}
 		lost := time.Since(last)
 		if lost <= r.member.DeadAfter() {
+			r.downForAll.Store(false)
 			if r.isolated.Swap(false) {
 				r.strays.forget()
 				r.log.Info("this relay reaches its store again: it accepts agents again", "relay_id", r.relayID)
@@ -288,10 +285,13 @@ func (r *Relay) watchStore(ctx context.Context) {
 			kept, unreached = false, 0
 			continue
 		}
-		reach, answers := r.askPeers(ctx)
+		reach, answers, all := r.askPeers(ctx)
 		if ctx.Err() != nil {
 			return
 		}
+		// Down for every relay when each it can ask answers that it has
+		// lost the store too (outage.go).
+		r.downForAll.Store(reach == nil && all && !r.isolated.Load())
 		if r.isolated.Load() {
 			if reach != nil {
 				unreached = 0
@@ -311,6 +311,7 @@ func (r *Relay) watchStore(ctx context.Context) {
 			unreached = 0
 			r.isolated.Store(false)
 			r.strays.forget()
+			r.downForAll.Store(all)
 			kept = true
 			r.log.Warn("no other relay says it reaches the store any more: this relay accepts agents again and keeps those it holds (the store may be down for every relay)",
 				"relay_id", r.relayID, "store_lost_for", lost.Round(time.Millisecond), "peers_asked", len(answers), "answers", storeAnswers(answers))
@@ -336,8 +337,10 @@ func (r *Relay) watchStore(ctx context.Context) {
 
 // askPeers asks the relays this one last saw live whether they reach the
 // store, and returns the one that wrote its heartbeat most lately, if
-// within DeadAfter/2 (nil: none does), with every answer.
-func (r *Relay) askPeers(ctx context.Context) (*peer.StoreStatus, []peer.StoreStatus) {
+// within DeadAfter/2 (nil: none does), with every answer; all is whether
+// every one of them answered (none that could not be asked, or does not
+// say).
+func (r *Relay) askPeers(ctx context.Context) (reach *peer.StoreStatus, answers []peer.StoreStatus, all bool) {
 	var peers []store.Relay
 	for _, m := range r.member.Live() {
 		if m.ID != r.relayID {
@@ -345,15 +348,18 @@ func (r *Relay) askPeers(ctx context.Context) (*peer.StoreStatus, []peer.StoreSt
 		}
 	}
 	actx, cancel := context.WithTimeout(ctx, storeAskTimeout)
-	answers := r.links.StoreStatus(actx, peers)
+	answers = r.links.StoreStatus(actx, peers)
 	cancel()
-	var reach *peer.StoreStatus
+	all = len(answers) == len(peers)
 	for i, a := range answers {
 		if a.Known && a.Beat && a.Age < r.member.DeadAfter()/2 && (reach == nil || a.Age < reach.Age) {
 			reach = &answers[i]
 		}
+		if !a.Known || a.Err != nil {
+			all = false
+		}
 	}
-	return reach, answers
+	return reach, answers, all
 }
 
 // sendAway tells the agents of conns (one session each, none draining:

@@ -62,6 +62,21 @@ type Config struct {
 	// (its heartbeat written and the change feed read) before it refuses
 	// new streams with unavailable. Defaults 2s, 10s, 15s.
 	ClusterHeartbeat, ClusterDeadAfter, StaleAfter time.Duration
+	// StoreOutageGrace is how long, counted from when it was last
+	// current, a relay on a PostgreSQL store that has gone StaleAfter
+	// without it serves new connections from what it last read (grants,
+	// limits, revocations, backends' credentials, the records of agents
+	// it admitted before), while no relay of the cluster it can ask
+	// reaches the store either (outage.go). A revocation written
+	// meanwhile straight to the store (an admin command) applies once
+	// the relay reaches the store again. Default 5m; a negative value
+	// turns it off: the relay refuses new connections StaleAfter after
+	// it was last current, as it does while another relay reaches the
+	// store.
+	StoreOutageGrace time.Duration
+	// backendCacheTTL is how long a backend's credential read from the
+	// store is used before it is read again (default 1m; for tests).
+	backendCacheTTL time.Duration
 
 	// AgentListen is where agents connect, on the same port number for UDP
 	// (QUIC) and TCP (TLS+yamux, and enrolment). Default ":7443".
@@ -218,6 +233,9 @@ type Config struct {
 	Now func() time.Time
 }
 
+// DefaultStoreOutageGrace is Config.StoreOutageGrace's default.
+const DefaultStoreOutageGrace = 5 * time.Minute
+
 // Forward is a relay-side forward (Config.Forwards).
 type Forward = frontdoor.Forward
 
@@ -253,6 +271,7 @@ func (c *Config) setDefaults() {
 	defd(&c.ClusterHeartbeat, 2*time.Second)
 	defd(&c.ClusterDeadAfter, 10*time.Second)
 	defd(&c.StaleAfter, 15*time.Second)
+	defd(&c.StoreOutageGrace, DefaultStoreOutageGrace)
 	def(&c.ConnectTLSListen, Off)
 	def(&c.MetricsListen, Off)
 	def(&c.AdminListen, Off)

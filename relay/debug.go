@@ -34,11 +34,15 @@ type Stats struct {
 	// StoreIsolated is true while the relay has lost its store and
 	// another relay of the cluster reaches it: its agents were sent to
 	// the other relays, and new ones are refused until the store is back.
-	StoreIsolated bool   `json:"store_isolated"`
-	HeapAlloc     uint64 `json:"heap_alloc_bytes"`
-	HeapInuse     uint64 `json:"heap_inuse_bytes"`
-	StackInuse    uint64 `json:"stack_inuse_bytes"`
-	Sys           uint64 `json:"sys_bytes"`
+	StoreIsolated bool `json:"store_isolated"`
+	// StoreOutageGrace is true while the relay serves new connections
+	// from what it last read, the store down for every relay it can ask
+	// (Config.StoreOutageGrace).
+	StoreOutageGrace bool   `json:"store_outage_grace"`
+	HeapAlloc        uint64 `json:"heap_alloc_bytes"`
+	HeapInuse        uint64 `json:"heap_inuse_bytes"`
+	StackInuse       uint64 `json:"stack_inuse_bytes"`
+	Sys              uint64 `json:"sys_bytes"`
 }
 
 // Stats returns a snapshot of connections, streams and memory.
@@ -61,6 +65,7 @@ func (r *Relay) Stats() Stats {
 	s.FrontUnauthenticatedSources = r.doors.Unauthenticated()
 	s.LimitRefusals = r.doors.LimitRefusals.Load()
 	s.StoreIsolated = r.isolated.Load()
+	s.StoreOutageGrace = r.storeOutage()
 	s.Goroutines = runtime.NumGoroutine()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)

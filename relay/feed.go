@@ -91,8 +91,7 @@ func (r *Relay) apply(ctx context.Context, c store.Change) error {
 func (r *Relay) resync(ctx context.Context) error {
 	r.log.Warn("reading the relay's state from the store again (its change feed was pruned past this relay's position or went back below it, its change notices were interrupted, or a change was passed over)")
 	lerr := r.loadLimits(ctx)
-	r.doors.ForgetAll()
-	if err := r.doors.LoadBackends(ctx); err != nil {
+	if err := r.doors.ReloadBackends(ctx); err != nil {
 		lerr = errors.Join(lerr, err)
 	}
 	cerr := r.rotation.Apply(ctx)
@@ -133,6 +132,8 @@ const revocationAudit = time.Second
 // telling it why. The agent's record only dates the revocation: when the
 // store does not give it, the revocation takes effect dated now.
 func (r *Relay) applyRevocation(ctx context.Context, tenant, agent string) {
+	// Its record kept for a store outage is of before: dropped.
+	r.sessions.ForgetRecord(agent)
 	rec, err := r.dir.Store.Agent(ctx, agent)
 	if err != nil {
 		rec = store.Agent{ID: agent, Tenant: tenant, RevokedAt: time.Now()}

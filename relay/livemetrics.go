@@ -51,6 +51,10 @@ var (
 		"Times this relay lost its store while another relay of the cluster reached it, and sent its agents away.", nil, nil)
 	descStoreIsolatedKept = prometheus.NewDesc("tether_cluster_store_isolated_agents_kept_total",
 		"Agents this relay sent away while isolated from its store that came back (they could not connect to another relay), and that it admitted and kept.", nil, nil)
+	descStoreOutageGrace = prometheus.NewDesc("tether_store_outage_grace",
+		"1 while this relay serves new connections from what it last read because the store is down for every relay it can ask (store_outage_grace); else 0.", nil, nil)
+	descStaleCredentials = prometheus.NewDesc("tether_store_outage_stale_credentials_total",
+		"Backend authentications answered from a credential read longer ago than the cache's minute, the store unreachable while this relay served from what it last read (store_outage_grace).", nil, nil)
 	descAuditLost = prometheus.NewDesc("tether_audit_lost_total",
 		"Audit records never to be in the store, by kept_in: file (in the audit file only) or none (in the audit file neither).", []string{"kept_in"}, nil)
 	descAuditFileErrors = prometheus.NewDesc("tether_audit_file_errors_total",
@@ -63,7 +67,7 @@ var (
 var rttBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
 
 func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuild, descAgents, descSessions, descRTT, descStreamsActive, descTenantStreams, descTenantLimit, descFront, descHandshakes, descPeerHandshakes, descPeerLinkFailures, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue, descStoreIsolated, descStoreIsolations, descStoreIsolatedKept} {
+	for _, d := range []*prometheus.Desc{descBuild, descAgents, descSessions, descRTT, descStreamsActive, descTenantStreams, descTenantLimit, descFront, descHandshakes, descPeerHandshakes, descPeerLinkFailures, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue, descStoreIsolated, descStoreIsolations, descStoreIsolatedKept, descStoreOutageGrace, descStaleCredentials} {
 		ch <- d
 	}
 	for _, d := range []*prometheus.Desc{descAuditLost, descAuditFileErrors, descAuditUnwritten} {
@@ -156,6 +160,12 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descStoreIsolated, prometheus.GaugeValue, isolated)
 	ch <- prometheus.MustNewConstMetric(descStoreIsolations, prometheus.CounterValue, float64(r.isolations.Load()))
 	ch <- prometheus.MustNewConstMetric(descStoreIsolatedKept, prometheus.CounterValue, float64(r.strayKept.Load()))
+	graced := 0.0
+	if r.storeOutage() {
+		graced = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descStoreOutageGrace, prometheus.GaugeValue, graced)
+	ch <- prometheus.MustNewConstMetric(descStaleCredentials, prometheus.CounterValue, float64(r.doors.StaleBackends()))
 	ch <- prometheus.MustNewConstMetric(descAuditLost, prometheus.CounterValue, float64(r.audit.LostFiled()), "file")
 	ch <- prometheus.MustNewConstMetric(descAuditLost, prometheus.CounterValue, float64(r.audit.LostUnfiled()), "none")
 	ch <- prometheus.MustNewConstMetric(descAuditFileErrors, prometheus.CounterValue, float64(r.audit.FileErrors()))

@@ -35,6 +35,7 @@ import (
 	"github.com/tetherhq/tether/relay/internal/restore"
 	"github.com/tetherhq/tether/relay/internal/route"
 	"github.com/tetherhq/tether/relay/internal/session"
+	"github.com/tetherhq/tether/relay/internal/store"
 	"github.com/tetherhq/tether/relay/internal/throttle"
 	"github.com/tetherhq/tether/relay/internal/trust"
 	"github.com/tetherhq/tether/relay/internal/update"
@@ -84,6 +85,12 @@ type Relay struct {
 	// and keeps those that come back (returned counts them).
 	strays    strays
 	strayKept atomic.Int64
+	// downForAll: the relay has lost its store and every other relay it
+	// last saw live says it has too (watchStore); with the outage grace
+	// (outage.go) it then serves from what it last read, holders among
+	// it: the relays last read as holding each tenant's agents.
+	downForAll atomic.Bool
+	holders    lastHolders
 
 	feedFrom   int64                     // the change feed's newest change when New read the state
 	feedReadAt atomic.Pointer[time.Time] // when the change feed was last read, with its monotonic reading (admit)
@@ -153,6 +160,13 @@ func (r *Relay) assemble(ctx context.Context) error {
 		RelayID: r.relayID, Logger: cfg.Logger, Now: cfg.Now})
 	r.router = route.NewRouter(route.Config{Table: r.routes, StreamOpenTimeout: cfg.StreamOpenTimeout, ReconnectGrace: cfg.ReconnectGrace,
 		Dir: r.dir, Elsewhere: r.links, Admit: r.admit, Logger: cfg.Logger, Now: cfg.Now})
+	// What serves from what was last read during a store outage
+	// (outage.go): with a cluster's store and the grace on only, so that
+	// a relay on SQLite keeps no admission records for it.
+	var outage func() bool
+	if store.IsPostgres(cfg.Store) && cfg.StoreOutageGrace > 0 {
+		outage = r.storeOutage
+	}
 	enrolCfg := enrol.Config{Store: r.dir.Store, Authority: r.auth, Policy: r.pol, Audit: r.audit, CertLifetime: cfg.AgentCertLifetime,
 		HandshakeTimeout: cfg.HandshakeTimeout, Refusals: r.metrics.AuthRefusals, Logger: cfg.Logger, Now: cfg.Now}
 	r.enrol = enrol.New(enrolCfg)
@@ -173,6 +187,7 @@ func (r *Relay) assemble(ctx context.Context) error {
 		RelayID:       r.relayID,
 		ClusterAgents: r.clusterAgents,
 		Admit:         r.admitAgent,
+		Outage:        outage,
 		Disconnects:   r.metrics.Disconnects, StoreOp: r.metrics.StoreOp, Fatal: r.failed,
 		Version: cfg.Version, Logger: cfg.Logger, Now: cfg.Now,
 	})
@@ -196,7 +211,7 @@ func (r *Relay) assemble(ctx context.Context) error {
 		SOCKSListen: on(cfg.SOCKSListen), ConnectListen: on(cfg.ConnectListen), ConnectTLSListen: on(cfg.ConnectTLSListen),
 		HandshakeTimeout: cfg.HandshakeTimeout, StreamOpenTimeout: cfg.StreamOpenTimeout, IdleTimeout: cfg.IdleTimeout,
 		MaxPendingPerAddress: cfg.MaxFrontPendingPerAddress, MaxPendingPerNetwork: cfg.MaxFrontPendingPerNetwork, MaxStreamMemory: cfg.MaxStreamMemory,
-		OIDC: cfg.OIDC, JWKSCacheFile: r.dir.File(datadir.JWKSCacheFile),
+		OIDC: cfg.OIDC, JWKSCacheFile: r.dir.File(datadir.JWKSCacheFile), BackendCacheTTL: cfg.backendCacheTTL, Outage: outage,
 		Router: r.router, Routes: r.routes, Store: r.dir.Store, Policy: r.pol, Authority: r.auth, TLS: r.tls, Audit: r.audit, Metrics: r.metrics,
 		Fatal: r.failed, Logger: cfg.Logger, Now: cfg.Now,
 	})
@@ -497,7 +512,8 @@ func (r *Relay) run(ctx context.Context) error {
 // to audit (audit.Log.Durable: not
 // while its store and its audit file both fail, e.g. on a full disk, so a
 // load balancer moves traffic to relays that can audit it) and its store
-// must answer within a second.
+// must answer within a second, but while the store is down for every
+// relay and this one serves from what it last read (outage.go).
 func (r *Relay) ready(ctx context.Context) error {
 	if !r.serving.Load() {
 		return errNotServing
@@ -513,6 +529,11 @@ func (r *Relay) ready(ctx context.Context) error {
 	start := time.Now()
 	err := r.dir.Store.Ping(ctx)
 	r.metrics.StoreOp("ping", start)
+	if err != nil && r.storeOutage() {
+		// Down for every relay, the store is served from what was last
+		// read (outage.go): every relay is as ready as this one.
+		return nil
+	}
 	if err != nil {
 		// The driver's error names the database's host, user and name:
 		// /readyz, which anyone who reaches the metrics listener may

@@ -264,6 +264,25 @@ func serveSettings() []*setting {
 		dur("reconnect-grace", func(o *serveOptions) *time.Duration { return &c(o).ReconnectGrace }, 30*time.Second,
 			"after start, streams to tenants whose agents were connected before wait this long for them to return",
 			"after a start, a stream to a tenant whose agents were connected before the stop waits (up to the stream-open timeout) for one to return instead of failing with `no_agent`"),
+		{name: "store-outage-grace", kind: "duration", def: durText(relay.DefaultStoreOutageGrace),
+			usage: "while the store is down for every relay of the cluster, serve new connections from what was last read for at most this long (0: refuse, as a relay cut off alone does)",
+			doc: "while PostgreSQL is down for every relay of the [cluster](#running-several-relays) (each it can ask says so), serve new connections from what the relay last read — grants, limits, revocations, backends' credentials, the records of agents it admitted before — for at most this long after it last reached the store, instead of refusing them with `unavailable` 15 s after; a revocation written to the store meanwhile applies once it is back (see **A store down for every relay**). " +
+				"`0` turns it off: the relay refuses new connections 15 s after it last reached the store, as it does when it alone is cut off",
+			set: func(o *serveOptions, v string) error {
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					return errors.New("want a duration such as 10s, 5m or 1h30m")
+				}
+				if d < 0 {
+					return errors.New("must not be negative (0 turns it off)")
+				}
+				if d == 0 {
+					d = -1 // off: relay.Config's 0 is the default
+				}
+				o.relay.StoreOutageGrace = d
+				return nil
+			},
+			get: func(o *serveOptions) string { return durText(max(o.relay.StoreOutageGrace, 0)) }},
 		num("max-handshakes", func(o *serveOptions) *int { return &c(o).MaxHandshakes }, 512,
 			"agent handshakes in progress at once; more wait up to 8s, then are turned away to retry",
 			"agent handshakes (TLS and hello) and enrolments in progress at once; a connection that finds no slot within 8 s is closed and its agent retries after its jittered backoff, so a restart does not become a login storm. QUIC completes TLS before the relay sees the connection, so at most `max_quic_handshakes` QUIC TLS handshakes run at once; a QUIC connection beyond that is refused at its first packet, before any TLS work, and its agent tries QUIC again at a random moment within 5 s, a window that doubles with each refusal in a row up to the agent's `reconnect.max` (it does not fall back to TCP for that: a refusal costs the relay one packet)"),

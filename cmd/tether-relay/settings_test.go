@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/tetherhq/tether/cmd/internal/cli"
+	"github.com/tetherhq/tether/relay"
 )
 
 var update = flag.Bool("update", false, "rewrite README.md's table of serve settings")
@@ -348,5 +349,49 @@ func TestConfigSettingsAreSettings(t *testing.T) {
 				t.Errorf("field %s: %q is no setting", field, n)
 			}
 		}
+	}
+}
+
+// store_outage_grace: 5m by default; 0 turns the grace off (a negative
+// relay.Config value, since the Config's 0 is its default), shown as 0s;
+// a negative value is refused.
+func TestStoreOutageGraceSetting(t *testing.T) {
+	settings := serveSettings()
+	var s *setting
+	for _, x := range settings {
+		if x.name == "store-outage-grace" {
+			s = x
+		}
+	}
+	if s == nil {
+		t.Fatal("no store-outage-grace setting")
+	}
+	for _, tc := range []struct {
+		flags []string
+		env   string
+		want  time.Duration
+		text  string
+	}{
+		{nil, "", relay.DefaultStoreOutageGrace, "5m"},
+		{[]string{"--store-outage-grace", "0"}, "", -1, "0s"},
+		{nil, "90s", 90 * time.Second, "1m30s"},
+	} {
+		fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+		addSettingFlags(fs, settings)
+		if err := fs.Parse(tc.flags); err != nil {
+			t.Fatal(err)
+		}
+		env := map[string]string{"TETHER_STORE_OUTAGE_GRACE": tc.env}
+		o, _, err := resolve(settings, fs, func(k string) string { return env[k] }, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.relay.StoreOutageGrace != tc.want || s.get(&o) != tc.text {
+			t.Errorf("%v %q: got %v (%q), want %v (%q)", tc.flags, tc.env, o.relay.StoreOutageGrace, s.get(&o), tc.want, tc.text)
+		}
+	}
+	var o serveOptions
+	if err := s.set(&o, "-1s"); err == nil {
+		t.Error("a negative store_outage_grace was taken")
 	}
 }

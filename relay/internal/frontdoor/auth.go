@@ -1,6 +1,7 @@
 package frontdoor
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -13,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
@@ -485,11 +487,14 @@ func toAlgs(names []string) []jose.SignatureAlgorithm {
 	return out
 }
 
-// backendCacheTTL bounds how long a cached backend credential is used.
-// Changes (a new key, a removed backend, changed grants) reach a running
-// relay through the change feed, which drops the backend from the cache
-// (forget) within Config.ChangePoll; the TTL only bounds the damage of a
-// feed the relay cannot read.
+// backendCacheTTL bounds how long a cached backend credential is used
+// (Config.BackendCacheTTL's default). Changes (a new key, a removed
+// backend, changed grants) reach a running relay through the change
+// feed, which drops the backend from the cache (forget) within
+// Config.ChangePoll; the TTL only bounds the damage of a feed the relay
+// cannot read. While the store is down for every relay (Config.Outage) a
+// credential older than that is still used when the store cannot be read
+// (backendCache.stale).
 const backendCacheTTL = time.Minute
 
 // unknownBackendTTL is how long a name the store does not know is
@@ -515,11 +520,24 @@ type backendCache struct {
 	// may have begun before a change the feed has told of since, and
 	// caching it would undo that forget for backendCacheTTL.
 	gen uint64
+	// ttl is how long a read is used without reading the store again
+	// (0: backendCacheTTL). stale, when set, reports whether a read of
+	// the store that failed with err may be answered with the backend
+	// last read however old (not one forgotten since): the store is
+	// unreachable and down for every relay. staleUsed counts those
+	// answers.
+	ttl       time.Duration
+	stale     func(err error) bool
+	staleUsed atomic.Int64
 }
 
 type cachedBackend struct {
 	b       store.Backend
 	fetched time.Time
+	// expired: read before changes the relay may have missed
+	// (expireAll): read again at its next use, answered from the cache
+	// only as stale allows.
+	expired bool
 }
 
 // get returns the named backend from the cache while it is fresh (or
@@ -529,13 +547,23 @@ func (c *backendCache) get(ctx context.Context, name string, load func(context.C
 	e, ok := c.m[name]
 	at, missing := c.unknown[name]
 	c.mu.Unlock()
-	if ok && time.Since(e.fetched) < backendCacheTTL {
+	if ok && !e.expired && time.Since(e.fetched) < cmp.Or(c.ttl, backendCacheTTL) {
 		return e.b, nil
 	}
 	if !ok && missing && time.Since(at) < unknownBackendTTL {
 		return store.Backend{}, fmt.Errorf("backend %q: %w", name, store.ErrNotFound)
 	}
-	return c.reload(ctx, name, load)
+	b, err := c.reload(ctx, name, load)
+	if err != nil && c.stale != nil && c.stale(err) {
+		c.mu.Lock()
+		e, ok := c.m[name]
+		c.mu.Unlock()
+		if ok && !e.fetched.IsZero() { // not forgotten since
+			c.staleUsed.Add(1)
+			return e.b, nil
+		}
+	}
+	return b, err
 }
 
 // known reports whether the cache holds the named backend, fresh or not:
@@ -614,6 +642,20 @@ func (c *backendCache) fill(gen uint64, bs []store.Backend) bool {
 		delete(c.unknown, b.Name)
 	}
 	return true
+}
+
+// expireAll has every backend read again at its next use, keeping what
+// was read for stale answers (backendCache.stale), and forgets the names
+// known to be unknown.
+func (c *backendCache) expireAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for name, e := range c.m {
+		e.expired = true
+		c.m[name] = e
+	}
+	c.unknown = nil
+	c.gen++
 }
 
 // forgetAll empties the cache.
@@ -711,12 +753,40 @@ func (fd *Server) loadBackend(ctx context.Context, name string) (store.Backend, 
 // the time a request is given to be answered: a database that stalls
 // refuses the requests that need it (lookupFailed) instead of holding
 // them, and their goroutines, for as long as it stalls.
+//
+// While the relay serves from what it last read (Config.Outage) the
+// bound is outageLookup: the store has been down for a while, and a
+// backend read before is answered from the cache when the read fails.
 func (fd *Server) lookupContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	if fd.cfg.StreamOpenTimeout <= 0 {
+	limit := fd.lookupLimit()
+	if limit <= 0 {
 		return context.WithCancel(ctx)
 	}
-	return context.WithTimeout(ctx, fd.cfg.StreamOpenTimeout)
+	return context.WithTimeout(ctx, limit)
 }
+
+// lookupLimit is the bound of a door's store read now (lookupContext);
+// 0 for none.
+func (fd *Server) lookupLimit() time.Duration {
+	limit := fd.cfg.StreamOpenTimeout
+	if fd.outage() && (limit <= 0 || limit > outageLookup) {
+		limit = outageLookup
+	}
+	return limit
+}
+
+// outageLookup bounds a door's store reads while the relay serves from
+// what it last read (Config.Outage).
+const outageLookup = 2 * time.Second
+
+// outage reports whether the relay serves from what it last read, its
+// store down for every relay (Config.Outage).
+func (fd *Server) outage() bool { return fd.cfg.Outage != nil && fd.cfg.Outage() }
+
+// StaleBackends is how many backend authentications were answered from
+// a credential older than the cache's TTL, the store down for every
+// relay.
+func (fd *Server) StaleBackends() int64 { return fd.backends.staleUsed.Load() }
 
 // lookupFailed is the refusal for a store read of what (under ctx, the
 // request's) that failed with err: unavailable when the store did not
@@ -724,7 +794,7 @@ func (fd *Server) lookupContext(ctx context.Context) (context.Context, context.C
 // otherwise.
 func (fd *Server) lookupFailed(ctx context.Context, what string, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-		return protocol.Errorf(protocol.CodeUnavailable, "look up %s: this relay's store did not answer within %v: try again, or another relay", what, fd.cfg.StreamOpenTimeout)
+		return protocol.Errorf(protocol.CodeUnavailable, "look up %s: this relay's store did not answer within %v: try again, or another relay", what, fd.lookupLimit())
 	}
 	return protocol.Errorf(protocol.CodeInternal, "look up %s: %v", what, err)
 }
@@ -748,6 +818,11 @@ func (fd *Server) authorize(ctx context.Context, c *caller, t route.Target) erro
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return protocol.Errorf(protocol.CodeUnknownTenant, "no tenant %q", t.Tenant)
+		}
+		if fd.outage() && fd.cfg.Store.Unreachable(err) {
+			// The grant names it: routing finds its agents elsewhere,
+			// or answers no_agent.
+			return nil
 		}
 		return fd.lookupFailed(ctx, "tenant", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/tetherhq/tether/relay/internal/store"
 )
@@ -95,5 +96,78 @@ func TestBackendCacheUnknownNames(t *testing.T) {
 	c.forgetAll()
 	if _, err := c.get(ctx, "payroll", load); !errors.Is(err, store.ErrNotFound) || loads != 4 {
 		t.Fatalf("after forgetAll: %v, %d loads; want the store read again", err, loads)
+	}
+}
+
+// While the store is down for every relay (stale says so of the read's
+// error), a credential older than the TTL is answered from the cache
+// when the read fails; never when the store answered that the backend
+// does not exist, nor for a backend the change feed said changed, nor
+// when the read failed otherwise.
+func TestBackendCacheStaleIfUnreachable(t *testing.T) {
+	ctx := context.Background()
+	errDown := errors.New("store unreachable")
+	billing := store.Backend{Name: "billing", Grants: []store.Grant{{Tenant: "acme", Service: store.Any}}}
+	for _, c := range []struct {
+		name    string
+		outage  bool  // stale answers for errDown
+		readErr error // what the read after the TTL returns
+		forget  bool  // the feed said billing changed
+		want    error // nil: billing from the cache
+	}{
+		{name: "unreachable", outage: true, readErr: errDown},
+		{name: "no outage", readErr: errDown, want: errDown},
+		{name: "not found", outage: true, readErr: store.ErrNotFound, want: store.ErrNotFound},
+		{name: "other error", outage: true, readErr: errors.New("permission denied"), want: errors.New("")},
+		{name: "forgotten", outage: true, readErr: errDown, forget: true, want: errDown},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cache := backendCache{ttl: time.Nanosecond, // every read is past it
+				stale: func(err error) bool { return c.outage && errors.Is(err, errDown) }}
+			if _, err := cache.get(ctx, "billing", func(context.Context, string) (store.Backend, error) { return billing, nil }); err != nil {
+				t.Fatal(err)
+			}
+			if c.forget {
+				cache.forget("billing")
+			}
+			b, err := cache.get(ctx, "billing", func(context.Context, string) (store.Backend, error) { return store.Backend{}, c.readErr })
+			switch {
+			case c.want == nil && (err != nil || b.Name != "billing" || len(b.Grants) != 1):
+				t.Errorf("got %+v, %v; want billing from the cache", b, err)
+			case c.want != nil && err == nil:
+				t.Errorf("got %+v; want the read's error", b)
+			case c.want != nil && c.want.Error() != "" && !errors.Is(err, c.want):
+				t.Errorf("got %v, want %v", err, c.want)
+			}
+			if n := cache.staleUsed.Load(); (n == 1) != (c.want == nil) {
+				t.Errorf("stale answers counted %d", n)
+			}
+		})
+	}
+}
+
+// expireAll (the relay reads its whole state again and the store cannot
+// be read) has every backend read again at its next use, but keeps it
+// for a stale answer; forgetAll keeps nothing.
+func TestBackendCacheExpireAll(t *testing.T) {
+	ctx := context.Background()
+	errDown := errors.New("store unreachable")
+	billing := store.Backend{Name: "billing", Grants: []store.Grant{{Tenant: "acme", Service: store.Any}}}
+	cache := backendCache{stale: func(err error) bool { return errors.Is(err, errDown) }}
+	if _, err := cache.get(ctx, "billing", func(context.Context, string) (store.Backend, error) { return billing, nil }); err != nil {
+		t.Fatal(err)
+	}
+	cache.expireAll()
+	reads := 0
+	b, err := cache.get(ctx, "billing", func(context.Context, string) (store.Backend, error) {
+		reads++
+		return store.Backend{}, errDown
+	})
+	if reads != 1 || err != nil || b.Name != "billing" {
+		t.Fatalf("after expireAll, the store down: %d reads, %+v, %v; want one read and billing from the cache", reads, b, err)
+	}
+	cache.forgetAll()
+	if _, err := cache.get(ctx, "billing", func(context.Context, string) (store.Backend, error) { return store.Backend{}, errDown }); !errors.Is(err, errDown) {
+		t.Fatalf("after forgetAll, the store down: %v, want the read's error", err)
 	}
 }

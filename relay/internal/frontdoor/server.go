@@ -57,6 +57,19 @@ type Config struct {
 	// AuthAuditInterval is how long refused authentications are summed
 	// before their audit record is written. Default 1 minute.
 	AuthAuditInterval time.Duration
+	// BackendCacheTTL is how long a backend's credential read from the
+	// store is used before it is read again. Default 1 minute.
+	BackendCacheTTL time.Duration
+	// Outage, when set, reports whether the relay serves from what it
+	// last read because its store is down for every relay it can ask
+	// (relay.Config.StoreOutageGrace). Meanwhile the doors' store reads
+	// are bounded by outageLookup, and a backend whose read fails because
+	// the store is unreachable is authenticated from its credential last
+	// read, however old (never one the store said does not exist, nor one
+	// the change feed said changed), and a tenant that cannot be read
+	// is taken to exist (its grant names it: routing finds its agents,
+	// or answers no_agent).
+	Outage func() bool
 
 	Router    *route.Router
 	Routes    *route.Table
@@ -111,6 +124,8 @@ func New(cfg Config) (*Server, error) {
 		src:  throttle.NewSources(cfg.MaxPendingPerAddress, cfg.MaxPendingPerNetwork),
 		stop: make(chan struct{}), forwardsChanged: make(chan struct{}, 1)}
 	fd.proxy = newHTTPProxy(fd)
+	fd.backends.ttl = cfg.BackendCacheTTL
+	fd.backends.stale = func(err error) bool { return fd.outage() && cfg.Store.Unreachable(err) }
 	if cfg.OIDC.Issuer != "" {
 		fd.oidc = &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSHandshakeTimeout: keyFetchTimeout, ResponseHeaderTimeout: keyFetchTimeout}}
 		fd.bearer = newBearerAuth(cfg.OIDC, cfg.JWKSCacheFile, cfg.Now, fd.oidc)
@@ -178,12 +193,24 @@ func (fd *Server) Unauthenticated() int { return fd.src.Held() }
 // Forget drops a backend's cached credential (it changed).
 func (fd *Server) Forget(backend string) { fd.backends.forget(backend) }
 
-// ForgetAll drops every cached credential.
-func (fd *Server) ForgetAll() { fd.backends.forgetAll() }
+// ReloadBackends reads every backend's credential again, in place of
+// those held, when the relay reads its whole state again (it may have
+// missed changes). When that fails, those held are read again at their
+// next use; while the store cannot be reached they are kept for that
+// read's failure (Config.Outage: the store may be down for every
+// relay), otherwise forgotten.
+func (fd *Server) ReloadBackends(ctx context.Context) error {
+	fd.backends.expireAll() // read again as they are used meanwhile
+	filled, err := fd.loadBackends(ctx)
+	if !filled && (err == nil || !fd.cfg.Store.Unreachable(err)) {
+		fd.backends.forgetAll()
+	}
+	return err
+}
 
 // LoadBackends reads every backend's credential into memory, in place of
-// those held: the relay calls it as it starts and when it reads its
-// whole state again (ForgetAll first), and the change feed keeps them
+// those held: the relay calls it as it starts (and ReloadBackends when
+// it reads its whole state again), and the change feed keeps them
 // current (Forget). Authentication then reads the store only for a
 // credential older than a minute, or a name the relay does not hold; a
 // source throttled for failed attempts has a name the relay does not
@@ -191,6 +218,13 @@ func (fd *Server) ForgetAll() { fd.backends.forgetAll() }
 // backend's valid key works from it. A change told by the feed while it
 // read leaves the credentials to be read as they are used.
 func (fd *Server) LoadBackends(ctx context.Context) error {
+	_, err := fd.loadBackends(ctx)
+	return err
+}
+
+// loadBackends is LoadBackends; filled reports whether what it read
+// replaced what the cache held (no backend was forgotten meanwhile).
+func (fd *Server) loadBackends(ctx context.Context) (filled bool, _ error) {
 	fd.backends.mu.Lock()
 	gen := fd.backends.gen
 	fd.backends.mu.Unlock()
@@ -200,10 +234,9 @@ func (fd *Server) LoadBackends(ctx context.Context) error {
 		fd.cfg.Metrics.StoreOp("backend_lookup", start)
 	}
 	if err != nil {
-		return fmt.Errorf("read backends: %w", err)
+		return false, fmt.Errorf("read backends: %w", err)
 	}
-	fd.backends.fill(gen, bs)
-	return nil
+	return fd.backends.fill(gen, bs), nil
 }
 
 // Close releases the listeners of a server whose Run was never called.

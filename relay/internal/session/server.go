@@ -85,6 +85,15 @@ type Config struct {
 	// refuses the agent with it (a temporary one has the agent try
 	// another relay), before any store read.
 	Admit func(tenant, agent string) error
+	// Outage, when set, reports whether the relay serves from what it
+	// last read because its store is down for every relay it can ask
+	// (relay.Config.StoreOutageGrace). Meanwhile an agent whose record
+	// the store does not give (it is unreachable, or does not answer in
+	// time: reads are bounded by outageLookup) is admitted from the
+	// record this relay read at its last admission, with every check
+	// made of it, and without the writes admission makes. Without it no
+	// record is kept.
+	Outage func() bool
 
 	// Disconnects counts ended sessions by reason (may be nil); StoreOp
 	// times store operations (may be nil).
@@ -108,6 +117,9 @@ type Server struct {
 	set   *Set
 	stats Stats
 	seen  lastSeen // agents' last-seen times waiting to be written
+	// records are the records agents were last admitted with, for
+	// admission during a store outage (Config.Outage).
+	records recordCache
 
 	gate     *throttle.Gate // handshakes in progress (admission.go)
 	quicGate *throttle.Gate // QUIC TLS handshakes in progress
@@ -548,7 +560,13 @@ func (s *Server) serveSession(ctx context.Context, ac *Conn, br *bufio.Reader) {
 		s.set.remove(ac)
 		s.seen.mark(ac.id.ID, time.Unix(0, ac.lastHeard.Load()))
 	}()
-	err := ac.run(ctx, br, s.cfg.Heartbeat, func(m *protocol.RenewRequest) *protocol.RenewResponse { return s.cfg.Renew(ctx, ac, m) })
+	err := ac.run(ctx, br, s.cfg.Heartbeat, func(m *protocol.RenewRequest) *protocol.RenewResponse {
+		resp := s.cfg.Renew(ctx, ac, m)
+		if resp != nil && resp.Code == "" && resp.Certificate != "" {
+			s.renewed(ctx, ac.id)
+		}
+		return resp
+	})
 	reason := disconnectReason(err)
 	if s.cfg.Disconnects != nil {
 		s.cfg.Disconnects.WithLabelValues(reason).Inc()
@@ -604,14 +622,36 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 		return protocol.Errorf(protocol.CodeCertExpired, "agent %s's certificate expired at %s (the agent was offline longer than its certificate lived): enrol it again with a new join token",
 			id.ID, leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
-	rec, err := s.cfg.Store.Agent(ctx, id.ID)
+	outage := s.cfg.Outage != nil && s.cfg.Outage()
+	lookup := ctx
+	if outage {
+		// The store has been down for a while: a read that does not
+		// answer soon will not, and the record kept is used instead.
+		var cancel context.CancelFunc
+		lookup, cancel = context.WithTimeout(ctx, outageLookup)
+		defer cancel()
+	}
+	gen := s.records.generation()
+	rec, err := s.cfg.Store.Agent(lookup, id.ID)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && rec.Tenant != id.Tenant) {
 		return protocol.Errorf(protocol.CodeUnknownAgent, "agent %s is not registered with this relay: enrol it again with a new join token", id.ID)
+	}
+	// kept: admitted from the record kept, the store unreachable; the
+	// read's error is the refusal of anything that needs the store.
+	var kept, storeErr error
+	if err != nil && outage && s.cfg.Store.Unreachable(err) && ctx.Err() == nil {
+		if k, ok := s.records.get(id.ID); ok && k.Tenant == id.Tenant {
+			kept = protocol.Errorf(protocol.CodeUnavailable, "look up agent: this relay cannot reach its store: %v", err)
+			rec, storeErr, err = k, err, nil
+		}
 	}
 	if stalled := policy.StoreStalled(ctx, "look up agent", s.cfg.HandshakeTimeout, err); stalled != nil {
 		return stalled
 	}
 	if err != nil {
+		if outage && s.cfg.Store.Unreachable(err) {
+			return protocol.Errorf(protocol.CodeUnavailable, "look up agent: this relay cannot reach its store, and keeps no record of this agent from an earlier admission (none here, or changed since): try another relay: %v", err)
+		}
 		return protocol.Errorf(protocol.CodeInternal, "look up agent: %v", err)
 	}
 	if !rec.RevokedAt.IsZero() {
@@ -621,8 +661,15 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 	// What admission records in the store is written once every check
 	// has passed: a refused agent changes nothing.
 	var record func() error
-	switch policy.StandingOf(rec, serial, now) {
+	var writes string // what record writes, for the log when it is skipped
+	standing := policy.StandingOf(rec, serial, now)
+	switch standing {
 	case policy.CertSuperseded:
+		if kept != nil {
+			// Perhaps a renewal a restore lost, which only the store's
+			// restore windows tell, and which is to be recorded.
+			return kept
+		}
 		if record, err = s.lostRenewal(ctx, rec, leaf); err != nil {
 			return err
 		}
@@ -630,6 +677,7 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 		if rec.PrevCertSerial != "" && now.Before(rec.PrevCertUntil) {
 			// The newest certificate in use: the agent installed it, and
 			// the one it replaced is refused from now on.
+			writes = "the end of the overlap of the agent's previous certificate"
 			record = func() error {
 				if _, err := s.cfg.Store.EndCertOverlap(ctx, id.ID, serial, now); err != nil {
 					s.log.Warn("end the overlap of an agent's previous certificate", "agent", id.ID, "err", err)
@@ -643,6 +691,7 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 			// it issues: record the one it uses, so that the CA root it
 			// depends on is counted right (ca status, ca retire).
 			if root := s.cfg.Authority.CA().IssuerOf(leaf); root != nil {
+				writes = "the certificate the agent connected with"
 				record = func() error {
 					if err := s.cfg.Store.SetAgentCert(ctx, id.ID, serial, leaf.NotAfter, root.ID()); err != nil {
 						s.log.Warn("record the certificate an agent connected with", "agent", id.ID, "err", err)
@@ -656,15 +705,34 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 		if !l.Allows(remote) {
 			return protocol.Errorf(protocol.CodeNotAllowed, "agent connects from %s, outside the networks tenant %q allows for its agents", remote, id.Tenant)
 		}
-		if l.MaxAgents > 0 && s.set.SessionsOf(id.Tenant, id.ID) == 0 && s.connectedAgents(ctx, id) >= l.MaxAgents {
+		if l.MaxAgents > 0 && s.set.SessionsOf(id.Tenant, id.ID) == 0 && s.connectedAgents(lookup, id) >= l.MaxAgents {
 			return protocol.Errorf(protocol.CodeLimitExceeded, "tenant %q already has %d agents connected, its limit", id.Tenant, l.MaxAgents)
 		}
 	}
+	if kept != nil {
+		s.log.Warn("admitted an agent from the record read at its last admission here: the store is down for every relay, and this relay serves from what it last read",
+			"tenant", id.Tenant, "agent", id.ID, "certificate", serial, "store_error", storeErr)
+		if record != nil {
+			s.log.Warn("skipped a write of the admission while the store is down (best effort: made at a later admission)", "tenant", id.Tenant, "agent", id.ID, "certificate", serial, "write", writes)
+		}
+		return nil
+	}
 	if record != nil {
-		return record()
+		if err := record(); err != nil {
+			return err
+		}
+	}
+	if s.cfg.Outage != nil && standing != policy.CertSuperseded {
+		// A lost renewal just recorded changed the record: the agent
+		// is admitted from the store again next time, or not at all.
+		s.records.put(gen, rec)
 	}
 	return nil
 }
+
+// outageLookup bounds an admission's store reads while the relay serves
+// from what it last read (Config.Outage).
+const outageLookup = 2 * time.Second
 
 // lostRenewal decides on leaf, a certificate of agent rec other than its
 // newest on record: a renewal that a store restored from a backup lost

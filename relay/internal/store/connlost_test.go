@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -224,6 +225,32 @@ func TestRefused(t *testing.T) {
 	} {
 		if got := s.Refused(c.err); got != c.want {
 			t.Errorf("Refused(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+}
+
+// Unreachable tells a read that found no store (it could not connect,
+// lost its connection, ran out of time) from one the store answered.
+func TestUnreachable(t *testing.T) {
+	s := &Store{d: postgresDialect{}}
+	for _, c := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"deadline", fmt.Errorf("look up agent: %w", context.DeadlineExceeded), true},
+		{"connect", &pgconn.ConnectError{}, true},
+		{"admin shutdown", &pgconn.PgError{Code: "57P01"}, true},
+		{"connection exception", &pgconn.PgError{Code: "08006"}, true},
+		{"reset", fmt.Errorf("read: %w", syscall.ECONNRESET), true},
+		{"not found", fmt.Errorf("agent a1: %w", ErrNotFound), false},
+		{"canceled", context.Canceled, false},
+		{"undefined column", &pgconn.PgError{Code: "42703"}, false},
+		{"other", errors.New("something else"), false},
+		{"nil", nil, false},
+	} {
+		if got := s.Unreachable(c.err); got != c.want {
+			t.Errorf("%s: Unreachable(%v) = %v, want %v", c.name, c.err, got, c.want)
 		}
 	}
 }

@@ -233,6 +233,26 @@ func (s *Store) Refused(err error) bool {
 	return errors.As(err, &re) || s.d.refused(err)
 }
 
+// Unreachable reports whether err, returned by a read, says the store
+// could not be reached or did not answer in time — a connection that
+// could not be made or was lost, a time limit passed — rather than that
+// it answered (not found, a refusal, any other error of the database's
+// own). context.Canceled is neither: the caller went away.
+func (s *Store) Unreachable(err error) bool {
+	if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	switch s.d.classify(err) {
+	case classConnUnsent, classConnLost:
+		return true
+	}
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
+}
+
 // refusedError is a value a write was given that no store could hold,
 // found before the database was asked.
 type refusedError struct{ error }
