@@ -782,6 +782,11 @@ type stream struct {
 
 func (s *stream) AgentID() string { return s.agent }
 
+// Transport is the link's stream that carries s (streammem.Wrapper): at
+// the entry relay a forwarded stream holds its memory, the link's yamux
+// buffer, and none of the agent's.
+func (s *stream) Transport() transport.Stream { return s.Stream }
+
 // Abort passes a reset on to the peer relay.
 func (s *stream) Abort() error {
 	if a, ok := s.Stream.(transport.Aborter); ok {

@@ -65,6 +65,10 @@ func TestHolderRefusesPastMemoryCap(t *testing.T) {
 	if first.Relay != "relay-2" {
 		t.Fatalf("first stream opened through %q, want relay-2", first.Relay)
 	}
+	// The entry relay holds a forwarded stream's link stream, yamux.
+	if n := streammem.Of(first.Stream); n != streammem.Yamux {
+		t.Errorf("the entry relay charges a forwarded stream %d bytes, want %d (streammem.Yamux: the link's stream)", n, streammem.Yamux)
+	}
 
 	hdr.RequestID = "second"
 	early := fixedEarly("hello")

@@ -54,8 +54,13 @@ const (
 )
 
 // Of is what a stream s through a front door is charged: the worst case
-// of its transport, or Max when s is of another kind.
+// of its transport, or Max when s is of another kind. A stream that
+// wraps another (Wrapper: a stream forwarded to another relay, over its
+// link's yamux stream) is charged as the one it wraps.
 func Of(s transport.Stream) int64 {
+	if w, ok := s.(Wrapper); ok {
+		s = w.Transport()
+	}
 	switch s.(type) {
 	case *tcp.Stream:
 		return Yamux
@@ -63,6 +68,12 @@ func Of(s transport.Stream) int64 {
 		return QUIC
 	}
 	return Max
+}
+
+// Wrapper is a stream over another stream of a transport, whose memory
+// is that one's: the relay holds no buffer of its own for it.
+type Wrapper interface {
+	Transport() transport.Stream
 }
 
 // Forwarded is what a forwarded stream is charged once agent, its stream
