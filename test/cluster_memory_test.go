@@ -139,3 +139,101 @@ func TestClusterStreamMemoryForwarded(t *testing.T) {
 	globexOpen.Close()
 	waitHeld("every stream closed", 0)
 }
+
+// TestClusterHolderAtMemoryCap: acme's agents are connected to relay 1,
+// whose stream memory cap (10 MiB) holds one forwarded stream (4.5 MiB
+// once open, to an agent over TCP; 8.5 MiB while it opens), and to relay
+// 2, uncapped; globex's only to relay 1. Backends enter relay 3. acme's
+// first stream goes to relay 1; its second, past relay 1's cap, is
+// refused there with unavailable and opened through relay 2. globex's
+// stream, past relay 1's cap with no other relay holding globex, is
+// answered unavailable, naming relay 1's cap. Relay 1 counts both
+// refusals, and holds nothing once the streams are closed.
+func TestClusterHolderAtMemoryCap(t *testing.T) {
+	const mib = 1 << 20
+	debug := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	c := startClusterWith(t, 3, clusterOpts{extraFor: func(i int) []string {
+		if i == 0 {
+			return []string{"--max-stream-memory", "10MiB", "--debug-listen", debug, "--metrics-listen", "127.0.0.1:0"}
+		}
+		return nil
+	}})
+	metricsURL := "http://" + servingAddrs(t, c.relays[0])["metrics_addr"]
+	c.admin(t, "tenant", "add", "acme")
+	c.admin(t, "tenant", "add", "globex")
+	billingKey := c.admin(t, "backend", "add", "billing", "--allow", "acme")
+	payrollKey := c.admin(t, "backend", "add", "payroll", "--allow", "globex")
+	for _, a := range []struct {
+		tenant string
+		relay  int
+	}{{"acme", 0}, {"acme", 1}, {"globex", 0}} {
+		stateDir, id := enroll(t, c.relays[a.relay].agentAddr, c.admin(t, "token", "create", "--tenant", a.tenant))
+		ag := runAgent(t, stateDir, id, c.relays[a.relay].agentAddr, agentOpts{transport: "tcp", logLevel: "info", extra: "relay_connections: 1\n",
+			services: map[string]string{"echo": tcpService(t, echo)}})
+		ag.waitOutput(`"relay_id":"`+relayID(a.relay)+`"`, 20*time.Second)
+	}
+	acme := c.dialer(c.relays[2], "billing", billingKey)
+	globex := c.dialer(c.relays[2], "payroll", payrollKey)
+	// Wait until relay 3 knows both of acme's holders: while globex's
+	// stream fills relay 1's cap, acme's opens (through relay 2) once it
+	// does.
+	waitDial(t, globex, "echo.globex.tether:7", 20*time.Second).Close()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		conn := waitDial(t, globex, "echo.globex.tether:7", 20*time.Second)
+		other, err := acme.Dial("tcp", "echo.acme.tether:7")
+		conn.Close()
+		if err == nil {
+			other.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("acme's stream through relay 3 while globex's fills relay 1's cap: %v", err)
+		}
+	}
+	held := func() int64 { return relayStats(t, debug).StreamMemoryHeld }
+	waitHeld := func(what string, want int64) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); held() != want; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("relay 1 holds %.1f MiB of stream memory, want %.1f MiB: %s", float64(held())/mib, float64(want)/mib, what)
+			}
+		}
+	}
+	waitHeld("the first streams closed", 0)
+	before := metricSum(t, metricsURL, "tether_stream_memory_refusals_total", `reason="cap"`)
+
+	first, err := acme.Dial("tcp", "echo.acme.tether:7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if err := echoLine(first, "first"); err != nil {
+		t.Fatal(err)
+	}
+	// Relay 1, holding the most of acme's agents with relay 2 and first
+	// by id, took it.
+	waitHeld("acme's first stream open through relay 1", 4*mib+512<<10)
+	second, err := acme.Dial("tcp", "echo.acme.tether:7")
+	if err != nil {
+		t.Fatalf("acme's second stream, past relay 1's cap, relay 2 holding acme too: %v; want it opened through relay 2", err)
+	}
+	defer second.Close()
+	if err := echoLine(second, "second"); err != nil {
+		t.Fatal(err)
+	}
+	if h := held(); h != 4*mib+512<<10 {
+		t.Errorf("relay 1 holds %.1f MiB with acme's second stream open, want 4.5 MiB (the second went through relay 2)", float64(h)/mib)
+	}
+	if conn, err := globex.Dial("tcp", "echo.globex.tether:7"); err == nil {
+		conn.Close()
+		t.Fatal("globex's stream past relay 1's cap, relay 1 its only holder: opened")
+	} else if !errors.Is(err, client.ErrUnavailable) || !strings.Contains(err.Error(), "max_stream_memory 10 MiB") {
+		t.Fatalf("globex's stream past relay 1's cap, relay 1 its only holder: %v; want unavailable naming relay 1's cap", err)
+	}
+	if got := metricSum(t, metricsURL, "tether_stream_memory_refusals_total", `reason="cap"`) - before; got != 2 {
+		t.Errorf(`relay 1's tether_stream_memory_refusals_total{reason="cap"} grew by %v, want 2 (acme's second stream, globex's)`, got)
+	}
+	first.Close()
+	second.Close()
+	waitHeld("every stream closed", 0)
+}
