@@ -44,7 +44,7 @@ func (r *Relay) assembleMember() error {
 	if r.cfg.PeerListen != Off {
 		var err error
 		r.peers, err = peer.NewServer(peer.ServerConfig{Listen: r.cfg.PeerListen, TLS: r.peerTLS, Router: r.router,
-			HandshakeTimeout: r.cfg.HandshakeTimeout, IdleTimeout: r.cfg.IdleTimeout, Logger: r.log,
+			HandshakeTimeout: r.cfg.HandshakeTimeout, IdleTimeout: r.cfg.IdleTimeout, Memory: r.mem, Logger: r.log,
 			LastHeartbeat: func() time.Time { return r.member.LastHeartbeat() }})
 		if err != nil {
 			return err

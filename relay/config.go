@@ -15,6 +15,7 @@ import (
 	"github.com/tetherhq/tether/relay/internal/datadir"
 	"github.com/tetherhq/tether/relay/internal/frontdoor"
 	"github.com/tetherhq/tether/relay/internal/session"
+	"github.com/tetherhq/tether/relay/internal/streammem"
 )
 
 // Off disables a listener when used as its address.
@@ -204,16 +205,21 @@ type Config struct {
 	// and 1024.
 	MaxFrontPendingPerAddress, MaxFrontPendingPerNetwork int
 	// MaxStreamMemory caps, in bytes, what the tunnels open through the
-	// front doors may make the relay hold: each is charged its worst case
-	// while it is open, a full receive window and two copy buffers (2.5
-	// MiB over TCP/yamux, 6.5 MiB over QUIC), and a stream that would
-	// pass the cap is refused with unavailable. Past three quarters of the cap, a
-	// tenant may hold at most a quarter of it (frontdoor's memoryBudget),
-	// so that one tenant cannot take the others' streams. The cap is what backends
-	// that never read, or agents that send and never read, can make the
-	// relay hold at most. Default: half the memory of the machine, or of
-	// the relay's cgroup when that is lower (4 GiB where neither can be
-	// read).
+	// front doors, and the streams other relays of the cluster forward
+	// to this relay's agents, may make the relay hold (one budget for
+	// both, streammem.Budget): each is charged its worst case while it
+	// is open, and a stream that would pass the cap is refused with
+	// unavailable. A front door's stream holds a full receive window and
+	// two copy buffers (2.5 MiB over TCP/yamux, 6.5 MiB over QUIC); a
+	// forwarded stream two receive windows, the link's and its agent
+	// stream's, and two copy buffers (4.5 MiB to an agent over TCP, 8.5
+	// MiB over QUIC). Past three quarters of the cap, a tenant may hold
+	// at most a quarter of it, its streams of both kinds together, so
+	// that one tenant cannot take the others' streams. The cap is what
+	// backends that never read, or agents that send and never read, can
+	// make the relay hold at most. Default: half the memory of the
+	// machine, or of the relay's cgroup when that is lower (4 GiB where
+	// neither can be read).
 	MaxStreamMemory int64
 	// ReconnectGrace is how long after start a stream open for a tenant
 	// whose agent was connected before the restart waits for that agent to
@@ -486,9 +492,12 @@ func unspecifiedHost(host string) bool {
 	return ip != nil && ip.IsUnspecified()
 }
 
-// StreamMemoryWorstCase is the most one stream is charged against
-// MaxStreamMemory (a QUIC stream's worst case).
-const StreamMemoryWorstCase = frontdoor.MaxStreamMemory
+// StreamMemoryWorstCase is the most a stream through the front doors is
+// charged against MaxStreamMemory (a QUIC stream's worst case), and the
+// least MaxStreamMemory may be. A stream forwarded by another relay is
+// charged up to streammem.MaxForwarded (8.5 MiB): a cap under it refuses
+// every forwarded stream to an agent over QUIC.
+const StreamMemoryWorstCase = streammem.Max
 
 // DefaultStreamMemory is MaxStreamMemory's default: half the memory of
 // the machine, or of the process's cgroup (v2) when that is lower; 4 GiB

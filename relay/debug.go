@@ -31,6 +31,10 @@ type Stats struct {
 	FrontUnauthenticatedSources int `json:"front_unauthenticated_sources"`
 	// LimitRefusals counts stream opens refused by a tenant limit.
 	LimitRefusals int64 `json:"limit_refusals"`
+	// StreamMemoryHeld is what the open streams are charged against
+	// max_stream_memory, those through the front doors and those other
+	// relays forwarded here together (0 when there is no cap).
+	StreamMemoryHeld int64 `json:"stream_memory_held_bytes"`
 	// StoreIsolated is true while the relay has lost its store and
 	// another relay of the cluster reaches it: its agents were sent to
 	// the other relays, and new ones are refused until the store is back.
@@ -64,6 +68,7 @@ func (r *Relay) Stats() Stats {
 	s.HandshakesInProgress, _ = r.sessions.InProgress()
 	s.FrontUnauthenticatedSources = r.doors.Unauthenticated()
 	s.LimitRefusals = r.doors.LimitRefusals.Load()
+	s.StreamMemoryHeld = r.mem.Held()
 	s.StoreIsolated = r.isolated.Load()
 	s.StoreOutageGrace = r.storeOutage()
 	s.Goroutines = runtime.NumGoroutine()

@@ -30,9 +30,10 @@ package relay
 //
 // Below them: policy (grants, limits, revocations in memory), trust (the
 // live CA and every listener's TLS configuration), audit, throttle,
-// credential, datadir, ca, store, socks5, atomicfile, and restore (the
-// first start on a data directory restored from a backup, which New runs
-// before any state is read). Imports point down:
+// credential, datadir, ca, store, socks5, atomicfile, streammem (the
+// stream memory cap, one budget the front doors and the peer listener
+// share), and restore (the first start on a data directory restored from
+// a backup, which New runs before any state is read). Imports point down:
 // route knows nothing of sessions (it sees carriers), session nothing of
 // front doors, and no part imports this package.
 //

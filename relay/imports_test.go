@@ -22,7 +22,7 @@ func TestImportRules(t *testing.T) {
 		"internal/store":     {"internal/"},                                                                   // the ground
 	}
 	lower := []string{"internal/policy", "internal/trust", "internal/audit", "internal/throttle", "internal/credential",
-		"internal/datadir", "internal/metrics", "internal/socks5", "internal/ca", "internal/atomicfile", "internal/store", "internal/restore"}
+		"internal/datadir", "internal/metrics", "internal/socks5", "internal/ca", "internal/atomicfile", "internal/store", "internal/restore", "internal/streammem"}
 	parts := []string{"internal/session", "internal/route", "internal/frontdoor", "internal/peer", "internal/cluster",
 		"internal/enrol", "internal/update", "internal/console", "admin"}
 	for _, l := range lower {

@@ -36,6 +36,7 @@ import (
 	"github.com/tetherhq/tether/relay/internal/route"
 	"github.com/tetherhq/tether/relay/internal/session"
 	"github.com/tetherhq/tether/relay/internal/store"
+	"github.com/tetherhq/tether/relay/internal/streammem"
 	"github.com/tetherhq/tether/relay/internal/throttle"
 	"github.com/tetherhq/tether/relay/internal/trust"
 	"github.com/tetherhq/tether/relay/internal/update"
@@ -52,6 +53,11 @@ type Relay struct {
 	metrics *metrics.Metrics
 	pol     *policy.Policy
 	adm     *admin.Admin // operator actions, for the admin API
+
+	// mem is the stream memory cap (max_stream_memory), one for the
+	// streams through the front doors and those forwarded here by other
+	// relays (peers).
+	mem *streammem.Budget
 
 	relayID string           // this relay's id in its cluster
 	member  *cluster.Cluster // its row and its agents' presence in the store
@@ -123,6 +129,9 @@ func New(cfg Config) (*Relay, error) {
 	r.feedReadAt.Store(&now)
 	r.readyMemo = newReadiness(r.ready, readyFor)
 	r.metrics = metrics.New(session.DisconnectReasons, throttle.NewRefusals(), &liveCollector{r: r})
+	r.mem = streammem.New(cfg.MaxStreamMemory, func(tenant, backend, reason string) {
+		r.metrics.MemoryRefusals.WithLabelValues(tenant, backend, reason).Inc()
+	})
 	if err := r.assemble(ctx); err != nil {
 		r.Close()
 		return nil, err
@@ -210,7 +219,7 @@ func (r *Relay) assemble(ctx context.Context) error {
 	r.doors, err = frontdoor.New(frontdoor.Config{
 		SOCKSListen: on(cfg.SOCKSListen), ConnectListen: on(cfg.ConnectListen), ConnectTLSListen: on(cfg.ConnectTLSListen),
 		HandshakeTimeout: cfg.HandshakeTimeout, StreamOpenTimeout: cfg.StreamOpenTimeout, IdleTimeout: cfg.IdleTimeout,
-		MaxPendingPerAddress: cfg.MaxFrontPendingPerAddress, MaxPendingPerNetwork: cfg.MaxFrontPendingPerNetwork, MaxStreamMemory: cfg.MaxStreamMemory,
+		MaxPendingPerAddress: cfg.MaxFrontPendingPerAddress, MaxPendingPerNetwork: cfg.MaxFrontPendingPerNetwork, Memory: r.mem,
 		OIDC: cfg.OIDC, JWKSCacheFile: r.dir.File(datadir.JWKSCacheFile), BackendCacheTTL: cfg.backendCacheTTL, Outage: outage,
 		Router: r.router, Routes: r.routes, Store: r.dir.Store, Policy: r.pol, Authority: r.auth, TLS: r.tls, Audit: r.audit, Metrics: r.metrics,
 		Fatal: r.failed, Logger: cfg.Logger, Now: cfg.Now,

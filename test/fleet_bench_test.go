@@ -392,6 +392,7 @@ type fleetStats struct {
 	StackInuse          uint64         `json:"stack_inuse_bytes"`
 	HandshakesFailed    int64          `json:"handshakes_failed"`
 	HandshakesThrottled int64          `json:"handshakes_throttled"`
+	StreamMemoryHeld    int64          `json:"stream_memory_held_bytes"`
 }
 
 func relayStats(b testing.TB, addr string) fleetStats {

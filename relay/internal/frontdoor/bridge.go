@@ -78,16 +78,11 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr, requestID string, e
 	}
 	// The relay's memory cap, and the tenant's share of it while the
 	// relay is busy: the stream is charged the worst case of any
-	// transport until its carrier is known (memory.go).
-	charge, err := fd.mem.charge(t.Tenant)
+	// transport until its carrier is known (streammem). The budget counts
+	// the refusal (tether_stream_memory_refusals_total).
+	charge, err := fd.cfg.Memory.Charge(t.Tenant, c.name)
 	if err != nil {
 		fd.MemoryRefusals.Add(1)
-		reason := memoryReasonCap
-		var mr *memoryRefusal
-		if errors.As(err, &mr) {
-			reason = mr.reason
-		}
-		fd.cfg.Metrics.MemoryRefusals.WithLabelValues(t.Tenant, c.name, reason).Inc()
 		release()
 		return nil, err
 	}
@@ -95,14 +90,14 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr, requestID string, e
 	hdr := protocol.StreamHeader{Service: t.Service, Backend: c.Identity(), RequestID: requestID}
 	rt, err := fd.cfg.Router.Dial(ctx, t.Tenant, hdr, early)
 	if err != nil {
-		charge.release()
+		charge.Release()
 		release()
 		return nil, err
 	}
-	charge.settle(rt.Stream)
+	charge.Settle(rt.Stream)
 	fd.cfg.Metrics.OpenDuration.Observe(time.Since(start).Seconds())
 	fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, c.name, protocol.CodeOK)
-	return &tunnel{Tunnel: rt, requestID: hdr.RequestID, target: t, caller: c, release: func() { release(); charge.release() }}, nil
+	return &tunnel{Tunnel: rt, requestID: hdr.RequestID, target: t, caller: c, release: func() { release(); charge.Release() }}, nil
 }
 
 // auditRefusal records a stream the relay or the agent refused. The

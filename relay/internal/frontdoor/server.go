@@ -26,6 +26,7 @@ import (
 	"github.com/tetherhq/tether/relay/internal/policy"
 	"github.com/tetherhq/tether/relay/internal/route"
 	"github.com/tetherhq/tether/relay/internal/store"
+	"github.com/tetherhq/tether/relay/internal/streammem"
 	"github.com/tetherhq/tether/relay/internal/throttle"
 	"github.com/tetherhq/tether/relay/internal/trust"
 )
@@ -42,10 +43,11 @@ type Config struct {
 	// not yet authenticated (at a forward: whose stream is not open yet)
 	// from one source address and network.
 	MaxPendingPerAddress, MaxPendingPerNetwork int
-	// MaxStreamMemory caps what the open tunnels may make the relay hold
-	// at their worst case (memory.go); a stream past it is refused with
-	// unavailable. 0: no cap.
-	MaxStreamMemory int64
+	// Memory caps what the open tunnels may make the relay hold at their
+	// worst case, shared with the streams the relay holds for other
+	// relays of the cluster (peer.Server); a stream past it is refused
+	// with unavailable. nil: no cap.
+	Memory *streammem.Budget
 	// OIDC, with an Issuer, accepts bearer tokens from that issuer;
 	// JWKSCacheFile keeps its keys across restarts.
 	OIDC          OIDCConfig
@@ -94,9 +96,8 @@ type Server struct {
 	bearer   *bearerAuth  // nil unless an OIDC issuer is configured
 	oidc     *http.Client // fetches the issuer's keys
 	src      *throttle.Sources
-	guard    *authGuard // throttling, logging and auditing of refused credentials (authlimit.go)
-	front    *connSet   // open front-door connections, closed at shutdown
-	mem      *memoryBudget
+	guard    *authGuard  // throttling, logging and auditing of refused credentials (authlimit.go)
+	front    *connSet    // open front-door connections, closed at shutdown
 	shares   *copyShares // each tenant's copy slots (fairshare.go)
 
 	socksLn, connectLn, connectTLSLn net.Listener
@@ -120,7 +121,7 @@ type Server struct {
 // New binds the doors of cfg. Call Run, or Close if Run will not be
 // called.
 func New(cfg Config) (*Server, error) {
-	fd := &Server{cfg: cfg, log: cfg.Logger, front: newConnSet(), guard: newAuthGuard(cfg), mem: &memoryBudget{cap: cfg.MaxStreamMemory}, shares: newCopyShares(),
+	fd := &Server{cfg: cfg, log: cfg.Logger, front: newConnSet(), guard: newAuthGuard(cfg), shares: newCopyShares(),
 		src:  throttle.NewSources(cfg.MaxPendingPerAddress, cfg.MaxPendingPerNetwork),
 		stop: make(chan struct{}), forwardsChanged: make(chan struct{}, 1)}
 	fd.proxy = newHTTPProxy(fd)

@@ -14,6 +14,7 @@ import (
 	"github.com/tetherhq/tether/relay/internal/datadir"
 	"github.com/tetherhq/tether/relay/internal/route"
 	"github.com/tetherhq/tether/relay/internal/store"
+	"github.com/tetherhq/tether/relay/internal/streammem"
 	"github.com/tetherhq/tether/relay/internal/trust"
 )
 
@@ -50,11 +51,17 @@ func (b *lockedBuffer) String() string {
 // of the tenant have just left it.
 func emptyHolder(t *testing.T, tlsPeer *trust.Peer) *Server {
 	t.Helper()
+	return emptyHolderCapped(t, tlsPeer, nil)
+}
+
+// emptyHolderCapped is emptyHolder with the stream memory budget mem.
+func emptyHolderCapped(t *testing.T, tlsPeer *trust.Peer, mem *streammem.Budget) *Server {
+	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	router := route.NewRouter(route.Config{Table: route.NewTable(), StreamOpenTimeout: 15 * time.Second,
 		Dir: &datadir.Dir{Path: t.TempDir()}, Logger: log, Now: time.Now})
 	srv, err := NewServer(ServerConfig{Listen: "127.0.0.1:0", TLS: tlsPeer, Router: router,
-		HandshakeTimeout: watchdog, IdleTimeout: time.Minute, Logger: log})
+		HandshakeTimeout: watchdog, IdleTimeout: time.Minute, Memory: mem, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -712,8 +712,10 @@ func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, ear
 				// client's first bytes reached none of its agents.
 				// Its agents of the tenant stopped answering (timeout):
 				// the dial need not wait for them to move.
+				// Unavailable: it is at its stream memory cap, or the
+				// tenant holds its share of it (route.ErrBusy).
 				return nil, refusedError{msg: fmt.Sprintf("relay %s: %s: %s", c.link.id, pe.Code, pe.Message),
-					stalled: pe.Code == protocol.CodeTimeout}
+					stalled: pe.Code == protocol.CodeTimeout, busy: pe.Code == protocol.CodeUnavailable}
 			}
 			return nil, err
 		}
@@ -728,15 +730,16 @@ func (c *Carrier) OpenStream(ctx context.Context, hdr protocol.StreamHeader, ear
 // answer, which it gives before it reads anything past the request, so
 // that the client's first bytes sent with it reached no agent
 // (route.ErrUnread). stalled: because its agents of the tenant stopped
-// answering (route.ErrStalled).
+// answering (route.ErrStalled); busy: because it could not take more
+// streams now (route.ErrBusy).
 type refusedError struct {
-	msg     string
-	stalled bool
+	msg           string
+	stalled, busy bool
 }
 
 func (e refusedError) Error() string { return e.msg }
 func (e refusedError) Is(target error) bool {
-	return target == route.ErrUnread || e.stalled && target == route.ErrStalled
+	return target == route.ErrUnread || e.stalled && target == route.ErrStalled || e.busy && target == route.ErrBusy
 }
 
 func (c *Carrier) ask(st transport.Stream, hdr protocol.StreamHeader, early route.Early) (protocol.Reply, string, error) {
@@ -778,6 +781,11 @@ type stream struct {
 }
 
 func (s *stream) AgentID() string { return s.agent }
+
+// Transport is the link's stream that carries s (streammem.Wrapper): at
+// the entry relay a forwarded stream holds its memory, the link's yamux
+// buffer, and none of the agent's.
+func (s *stream) Transport() transport.Stream { return s.Stream }
 
 // Abort passes a reset on to the peer relay.
 func (s *stream) Abort() error {

@@ -19,6 +19,7 @@ import (
 	"github.com/tetherhq/tether/relay/internal/datadir"
 	"github.com/tetherhq/tether/relay/internal/route"
 	"github.com/tetherhq/tether/relay/internal/store"
+	"github.com/tetherhq/tether/relay/internal/streammem"
 	"github.com/tetherhq/tether/relay/internal/trust"
 )
 
@@ -138,6 +139,12 @@ func holder(t *testing.T, tlsPeer *trust.Peer, agent string, delay time.Duration
 // here).
 func holderOf(t *testing.T, tlsPeer *trust.Peer, a *fakeAgent) *Server {
 	t.Helper()
+	return holderCapped(t, tlsPeer, a, nil)
+}
+
+// holderCapped is holderOf with the stream memory budget mem.
+func holderCapped(t *testing.T, tlsPeer *trust.Peer, a *fakeAgent, mem *streammem.Budget) *Server {
+	t.Helper()
 	var wg sync.WaitGroup
 	t.Cleanup(wg.Wait) // after the server's cleanup, registered below: it ends the streams
 	tab := route.NewTable()
@@ -147,7 +154,7 @@ func holderOf(t *testing.T, tlsPeer *trust.Peer, a *fakeAgent) *Server {
 	router := route.NewRouter(route.Config{Table: tab, StreamOpenTimeout: 15 * time.Second,
 		Dir: &datadir.Dir{Path: t.TempDir()}, Logger: log, Now: time.Now})
 	srv, err := NewServer(ServerConfig{Listen: "127.0.0.1:0", TLS: tlsPeer, Router: router,
-		HandshakeTimeout: watchdog, IdleTimeout: time.Minute, Logger: log})
+		HandshakeTimeout: watchdog, IdleTimeout: time.Minute, Memory: mem, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/tetherhq/tether/protocol/transport"
 	"github.com/tetherhq/tether/protocol/transport/tcp"
 	"github.com/tetherhq/tether/relay/internal/route"
+	"github.com/tetherhq/tether/relay/internal/streammem"
 	"github.com/tetherhq/tether/relay/internal/throttle"
 	"github.com/tetherhq/tether/relay/internal/trust"
 )
@@ -95,7 +97,13 @@ type ServerConfig struct {
 	// time.Since of it: a time with a monotonic reading (as time.Now
 	// gives) is immune to steps of the wall clock.
 	LastHeartbeat func() time.Time
-	Logger        *slog.Logger
+	// Memory is the relay's stream memory budget, shared with its front
+	// doors: each forwarded stream is charged its worst case here while
+	// it is open (streammem.ChargeForwarded), and one past the cap, or
+	// past its tenant's share while the relay is busy, is refused with
+	// unavailable. nil: no cap.
+	Memory *streammem.Budget
+	Logger *slog.Logger
 }
 
 // Stats counts the links' handshakes by outcome, as session.Stats counts
@@ -288,6 +296,22 @@ func (s *Server) serveStream(ctx context.Context, st transport.Stream, log *slog
 		st.Close()
 		return
 	}
+	// The relay's stream memory cap, shared with its front doors'
+	// streams: the stream is charged the worst case of the link's stream
+	// and of any agent's transport until its stream to the agent is open,
+	// then of the link's and that one's, and the charge is held until the
+	// stream ends. Refused, it is answered unavailable before anything
+	// past the request is read: the entry relay tries another relay
+	// holding the tenant's agents with the client's first bytes, or
+	// tells its client unavailable.
+	charge, err := s.cfg.Memory.ChargeForwarded(q.Tenant, strings.TrimPrefix(q.Header.Backend, "backend:"))
+	if err != nil {
+		log.Debug("forwarded stream refused", "tenant", q.Tenant, "service", q.Header.Service, "request", q.Header.RequestID, "err", err)
+		writeAnswer(st, protocol.ReplyFor(err), "")
+		st.Close()
+		return
+	}
+	defer charge.Release()
 	st.SetDeadline(time.Time{})
 	// The entry relay resets the stream when it gives up on it (its
 	// client went away, its budget ran out): the open on the agent
@@ -308,6 +332,7 @@ func (s *Server) serveStream(ctx context.Context, st transport.Stream, log *slog
 		return
 	}
 	defer t.End()
+	charge.Settle(t.Stream)
 	if err := writeAnswer(st, protocol.Reply{}, t.Agent); err != nil {
 		t.Stream.Close()
 		st.Close()

@@ -234,6 +234,14 @@ var ErrUnreachable = errors.New("relay not reachable")
 // those bytes, as after a failure before any of them went.
 var ErrUnread = errors.New("the client's first bytes were not read")
 
+// ErrBusy marks a carrier's failure because the relay it leads to could
+// not take more streams now (it answered unavailable: its stream memory
+// cap, or the tenant's share of it). Its agents are not moving: a dial
+// does not wait for them to (awaitMoved), it tries another relay holding
+// the tenant's agents, and when none takes the stream its client is told
+// unavailable, with that relay's reason, rather than no_agent.
+var ErrBusy = errors.New("relay cannot take more streams now")
+
 // RelayCarrier is a carrier to another relay.
 type RelayCarrier interface {
 	Carrier
@@ -300,6 +308,7 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 	tried := map[Carrier]bool{}
 	var lastErr error
 	lastStalled := false // lastErr came from a carrier that stopped answering
+	var busy error       // the last refusal of a relay that could not take more streams (ErrBusy)
 	moving := false      // a relay said to hold the agents could not take the stream, and not because they stalled
 	away := awayCarriers{tenant: tenant, from: elsewhere}
 	for local, remote := 0, 0; local < maxAttempts && remote < maxAttempts; {
@@ -360,7 +369,9 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 			where = "relay " + relay
 		}
 		lastErr, lastStalled = err, c.Stalled()
-		if relay != "" && !errors.Is(err, ErrStalled) && !errors.Is(err, ErrUnreachable) {
+		if errors.Is(err, ErrBusy) {
+			busy = err
+		} else if relay != "" && !errors.Is(err, ErrStalled) && !errors.Is(err, ErrUnreachable) {
 			moving = true
 		}
 		if early != nil && early.Sent() && !errors.Is(err, ErrUnread) {
@@ -378,6 +389,11 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 		// open the agent does not acknowledge) after the agent had
 		// stopped answering: the agent did not answer in time.
 		return nil, protocol.Errorf(protocol.CodeTimeout, "tenant %q's agent stopped answering: %v", tenant, lastErr)
+	}
+	if busy != nil {
+		// A relay holding the tenant's agents is at its capacity, and no
+		// other took the stream: the client may try again later.
+		return nil, protocol.Errorf(protocol.CodeUnavailable, "tenant %q's agents are connected to relays that cannot take more streams now: %v", tenant, busy)
 	}
 	if lastErr != nil {
 		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agent connections failed: %v", tenant, lastErr)

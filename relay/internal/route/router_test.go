@@ -400,3 +400,48 @@ func TestDialRetriesUnreadEarly(t *testing.T) {
 		}
 	}
 }
+
+// busyError is a peer relay's refusal because it cannot take more streams
+// now (its stream memory cap), as the peer carrier reports it.
+type busyError struct{}
+
+func (busyError) Error() string {
+	return "relay relay-2: unavailable: the relay is at its stream memory cap (max_stream_memory 10 MiB, 8 MiB held for open streams at their worst case)"
+}
+func (busyError) Is(target error) bool { return target == route.ErrBusy || target == route.ErrUnread }
+
+// TestDialAroundBusyRelay: a relay holding the tenant's agents that
+// cannot take more streams (route.ErrBusy) is followed by another
+// holding them, with the client's first bytes; when it is the only one,
+// the client is told unavailable with its reason at once, the cluster
+// asked twice (remembered, fresh): its agents are not moving, and are
+// not waited for.
+func TestDialAroundBusyRelay(t *testing.T) {
+	early := fixedEarly("hello")
+	busy := relayCarrier{&fakeCarrier{name: "relay-2", err: busyError{}}}
+	other := relayCarrier{&fakeCarrier{name: "relay-3"}}
+	cl := &shiftingCluster{before: []route.Carrier{busy, other}, after: []route.Carrier{busy, other}}
+	r := newClusterRouter(t, route.NewTable(), cl)
+	tun, err := r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r0"}, early)
+	if err != nil {
+		t.Fatalf("Dial with relay-2 busy and relay-3 holding acme too: %v", err)
+	}
+	tun.Stream.Close()
+	if tun.Relay != "relay-3" {
+		t.Fatalf("stream via %q, want relay-3", tun.Relay)
+	}
+	if got := other.sent(); len(got) != 1 || string(got[0]) != "r0:hello" {
+		t.Errorf("relay-3 was sent %q, want one open with the first bytes", got)
+	}
+
+	cl = &shiftingCluster{before: []route.Carrier{busy}, after: []route.Carrier{busy}}
+	r = newClusterRouter(t, route.NewTable(), cl)
+	start := time.Now()
+	_, err = r.Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r1"}, early)
+	if protocol.CodeOf(err) != protocol.CodeUnavailable || !strings.Contains(err.Error(), "max_stream_memory 10 MiB") {
+		t.Fatalf("Dial with the only holder busy: %v, want unavailable with its reason", err)
+	}
+	if n := cl.read(); n != 2 {
+		t.Errorf("a dial whose only holder was busy asked the cluster %d times in %v, want 2 (no waiting for its agents to move)", n, time.Since(start).Round(time.Millisecond))
+	}
+}
