@@ -36,7 +36,7 @@ import (
 // for every relay as soon as it has lost it past DeadAfter.
 type outageRelay struct {
 	*Relay
-	proxy *storeProxy
+	proxy *pgtest.Proxy
 	logs  *logBuffer
 	key   string // backend billing's API key (a grant for acme)
 }
@@ -63,15 +63,15 @@ func startOutageRelay(t *testing.T, grace time.Duration) *outageRelay {
 // key-encryption key), with a peer listener.
 func startOutageRelayOn(t *testing.T, pg *pgtest.Server, kek []byte, id string, grace time.Duration) *outageRelay {
 	t.Helper()
-	proxy := newStoreProxy(t, pg.Addr())
+	proxy := pgtest.NewProxy(t, pg.Addr())
 	logs := &logBuffer{}
-	r := runRelay(t, Config{DataDir: t.TempDir(), Store: pg.DSNFor(proxy.addr), CAKEK: kek, RelayID: id, PeerListen: "127.0.0.1:0",
+	r := runRelay(t, Config{DataDir: t.TempDir(), Store: pg.DSNFor(proxy.Addr), CAKEK: kek, RelayID: id, PeerListen: "127.0.0.1:0",
 		AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: "127.0.0.1:0",
 		ClusterHeartbeat: 100 * time.Millisecond, ClusterDeadAfter: 600 * time.Millisecond, StaleAfter: time.Second,
 		StoreOutageGrace: grace, backendCacheTTL: 500 * time.Millisecond, ChangePoll: 100 * time.Millisecond,
 		HandshakeTimeout: 8 * time.Second, StreamOpenTimeout: 5 * time.Second, DrainTimeout: 100 * time.Millisecond,
 		Logger: debugLogger(logs)})
-	t.Cleanup(proxy.resume) // the relay stops (cleanups run last first) with its store back
+	t.Cleanup(proxy.Resume) // the relay stops (cleanups run last first) with its store back
 	return &outageRelay{Relay: r, proxy: proxy, logs: logs}
 }
 
@@ -101,7 +101,7 @@ func (r *outageRelay) dial(t *testing.T) error {
 // other relay reaches the store (there is none).
 func (r *outageRelay) cut(t *testing.T) time.Time {
 	t.Helper()
-	r.proxy.pause()
+	r.proxy.Pause()
 	cut := time.Now()
 	for deadline := time.Now().Add(30 * time.Second); !r.downForAll.Load() || r.staleFor() <= r.cfg.StaleAfter; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -193,7 +193,7 @@ func TestStoreOutageGrace(t *testing.T) {
 		t.Logf("revoked agent a2 during the outage: %v", err)
 	}
 
-	r.proxy.resume()
+	r.proxy.Resume()
 	for deadline := time.Now().Add(30 * time.Second); r.storeOutage() || r.staleFor() > r.cfg.StaleAfter; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the relay does not reach its store again 30 s after it came back")
@@ -318,7 +318,7 @@ func TestStoreOutageGraceNotWhenIsolated(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r2.proxy.pause()
+	r2.proxy.Pause()
 	r2.logs.wait(t, "this relay has lost its store while another relay reaches it")
 	for deadline := time.Now().Add(20 * time.Second); r2.staleFor() <= r2.cfg.StaleAfter; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -395,7 +395,7 @@ func TestStoreOutageGraceClusterDown(t *testing.T) {
 			t.Fatalf("a stream through relay 1, forwarded to relay 2: %v", err)
 		}
 	}
-	r1.proxy.pause()
+	r1.proxy.Pause()
 	cut := r2.cut(t)
 	r1.cut(t)
 	if err := r2.dial(t); err != nil {
@@ -652,124 +652,5 @@ func (s *agentSession) waitClosed(t *testing.T) {
 	case <-s.mux.CloseChan():
 	case <-time.After(20 * time.Second):
 		t.Fatal("the agent's session is still open after 20 s")
-	}
-}
-
-// storeProxy forwards TCP connections to the store until paused: then
-// it forwards nothing either way and connects nothing new, but closes
-// nothing either, as a network path that drops every packet would; once
-// resumed, what was held goes through.
-type storeProxy struct {
-	addr string
-
-	mu      sync.Mutex    // guards resumed
-	resumed chan struct{} // closed while forwarding; replaced by pause
-	done    chan struct{} // closed when the test ends
-}
-
-func newStoreProxy(t *testing.T, target string) *storeProxy {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &storeProxy{addr: l.Addr().String(), resumed: make(chan struct{}), done: make(chan struct{})}
-	close(p.resumed)
-	var wg sync.WaitGroup
-	var mu sync.Mutex // guards conns
-	conns := map[net.Conn]bool{}
-	track := func(c net.Conn) {
-		mu.Lock()
-		conns[c] = true
-		mu.Unlock()
-	}
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			track(c)
-			wg.Go(func() {
-				if !p.wait() {
-					return
-				}
-				u, err := net.Dial("tcp", target)
-				if err != nil {
-					c.Close()
-					return
-				}
-				track(u)
-				wg.Go(func() { p.copy(u, c) })
-				wg.Go(func() { p.copy(c, u) })
-			})
-		}
-	})
-	t.Cleanup(func() {
-		close(p.done)
-		l.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return p
-}
-
-func (p *storeProxy) pause() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	select {
-	case <-p.resumed:
-		p.resumed = make(chan struct{})
-	default: // paused already
-	}
-}
-
-func (p *storeProxy) resume() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	select {
-	case <-p.resumed: // forwarding already
-	default:
-		close(p.resumed)
-	}
-}
-
-// wait waits while the proxy is paused; false when the test ended.
-func (p *storeProxy) wait() bool {
-	p.mu.Lock()
-	resumed := p.resumed
-	p.mu.Unlock()
-	select {
-	case <-resumed:
-		return true
-	case <-p.done:
-		return false
-	}
-}
-
-// copy copies from src to dst, holding what it read while paused.
-func (p *storeProxy) copy(dst, src net.Conn) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			if !p.wait() {
-				return
-			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				src.Close()
-				return
-			}
-		}
-		if err != nil {
-			if p.wait() {
-				dst.(*net.TCPConn).CloseWrite()
-			}
-			return
-		}
 	}
 }

@@ -25,12 +25,12 @@ import (
 // backend through relay 1 reaches the tenant's service within 25 s of the
 // cut. Once the proxy forwards again relay 2 accepts agents again.
 func TestClusterStoreLostMovesAgents(t *testing.T) {
-	var proxy *pausableProxy
+	var proxy *pgtest.Proxy
 	ops := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // relay 2's metrics listener
 	c := startClusterWith(t, 2, clusterOpts{dsn: func(pg *pgtest.Server, i int) string {
 		if i == 1 {
-			proxy = newPausableProxy(t, pg.Addr())
-			return pg.DSNFor(proxy.addr)
+			proxy = pgtest.NewProxy(t, pg.Addr())
+			return pg.DSNFor(proxy.Addr)
 		}
 		return pg.DSN()
 	}, extraFor: func(i int) []string {
@@ -54,7 +54,7 @@ func TestClusterStoreLostMovesAgents(t *testing.T) {
 	// An agent that will know relay 2's address only, enrolled now.
 	newState, newID := enroll(t, c.relays[0].agentAddr, c.admin(t, "token", "create", "--tenant", "acme"))
 
-	proxy.pause()
+	proxy.Pause()
 	cut := time.Now()
 	const bound = 25 * time.Second
 	got := a.waitHolds(t, 1, bound, relayID(1))
@@ -97,7 +97,7 @@ func TestClusterStoreLostMovesAgents(t *testing.T) {
 		t.Errorf("the new agent's refusal by relay 2 is not a temporary one: %s", line)
 	}
 
-	proxy.resume()
+	proxy.Resume()
 	r2.waitOutput(`"msg":"this relay reaches its store again: it accepts agents again"`, 30*time.Second)
 	b.waitOutput(`"msg":"connected to relay"`, 20*time.Second)
 	if m := scrape(t, ops); m["tether_cluster_store_isolated"] != 0 {
@@ -111,11 +111,11 @@ func TestClusterStoreLostMovesAgents(t *testing.T) {
 // agents: none is sent away, which would reconnect the whole fleet for
 // nothing.
 func TestClusterStoreDownKeepsAgents(t *testing.T) {
-	var proxies []*pausableProxy
+	var proxies []*pgtest.Proxy
 	c := startClusterWith(t, 2, clusterOpts{dsn: func(pg *pgtest.Server, i int) string {
-		p := newPausableProxy(t, pg.Addr())
+		p := pgtest.NewProxy(t, pg.Addr())
 		proxies = append(proxies, p)
-		return pg.DSNFor(p.addr)
+		return pg.DSNFor(p.Addr)
 	}})
 	c.admin(t, "tenant", "add", "acme")
 	key := c.admin(t, "backend", "add", "billing", "--allow", "acme")
@@ -132,7 +132,7 @@ func TestClusterStoreDownKeepsAgents(t *testing.T) {
 	}
 
 	for _, p := range proxies {
-		p.pause()
+		p.Pause()
 	}
 	for _, r := range c.relays {
 		r.waitOutput(`"msg":"this relay has not written its heartbeat to the store for longer than the other relays count it, and no other relay says it reaches the store: keeping its agents`, 30*time.Second)
@@ -153,7 +153,7 @@ func TestClusterStoreDownKeepsAgents(t *testing.T) {
 		}
 	}
 	for _, p := range proxies {
-		p.resume()
+		p.Resume()
 	}
 	c.relays[1].waitOutput(`"msg":"this relay reaches its store again"`, 30*time.Second)
 	conn := waitDial(t, c.dialer(c.relays[0], "billing", key), "echo.acme.tether:7", 20*time.Second)
@@ -169,12 +169,12 @@ func TestClusterStoreDownKeepsAgents(t *testing.T) {
 // store is still gone. It used to stay isolated until its own heartbeat
 // was written again, for the whole outage.
 func TestClusterIsolationEndsWhenStoreDownForAll(t *testing.T) {
-	var proxies []*pausableProxy
+	var proxies []*pgtest.Proxy
 	ops := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // relay 2's metrics listener
 	c := startClusterWith(t, 2, clusterOpts{dsn: func(pg *pgtest.Server, i int) string {
-		p := newPausableProxy(t, pg.Addr())
+		p := pgtest.NewProxy(t, pg.Addr())
 		proxies = append(proxies, p)
-		return pg.DSNFor(p.addr)
+		return pg.DSNFor(p.Addr)
 	}, extraFor: func(i int) []string {
 		if i == 1 {
 			return []string{"--metrics-listen", ops}
@@ -185,12 +185,12 @@ func TestClusterIsolationEndsWhenStoreDownForAll(t *testing.T) {
 	// Relay 1 lists relay 2 once relay 2 has written its heartbeat (and,
 	// in it, read relay 1's).
 	c.relays[0].waitOutput(`"relays":2`, 20*time.Second)
-	proxies[1].pause()
+	proxies[1].Pause()
 	r2.waitOutput(`"msg":"this relay has lost its store while another relay reaches it`, 30*time.Second)
 	if m := scrape(t, ops); m["tether_cluster_store_isolated"] != 1 {
 		t.Fatalf("relay 2's tether_cluster_store_isolated once isolated: %v, want 1", m["tether_cluster_store_isolated"])
 	}
-	proxies[0].pause()
+	proxies[0].Pause()
 	cut := time.Now()
 	r2.waitOutput(`"msg":"no other relay says it reaches the store any more: this relay accepts agents again`, 30*time.Second)
 	t.Logf("relay 2 lifted its isolation %v after relay 1 lost the store too", time.Since(cut).Round(time.Millisecond))
@@ -203,7 +203,7 @@ func TestClusterIsolationEndsWhenStoreDownForAll(t *testing.T) {
 	}
 
 	for _, p := range proxies {
-		p.resume()
+		p.Resume()
 	}
 	r2.waitOutput(`"msg":"this relay reaches its store again"`, 30*time.Second)
 }

@@ -20,11 +20,11 @@ import (
 // its record's read timed out. Once the store is back the relays say
 // the grace has ended.
 func TestClusterStoreDownServesFromLastRead(t *testing.T) {
-	var proxies []*pausableProxy
+	var proxies []*pgtest.Proxy
 	c := startClusterWith(t, 2, clusterOpts{dsn: func(pg *pgtest.Server, i int) string {
-		p := newPausableProxy(t, pg.Addr())
+		p := pgtest.NewProxy(t, pg.Addr())
 		proxies = append(proxies, p)
-		return pg.DSNFor(p.addr)
+		return pg.DSNFor(p.Addr)
 	}})
 	c.admin(t, "tenant", "add", "acme")
 	key := c.admin(t, "backend", "add", "billing", "--allow", "acme")
@@ -38,7 +38,7 @@ func TestClusterStoreDownServesFromLastRead(t *testing.T) {
 	conn.Close()
 
 	for _, p := range proxies {
-		p.pause()
+		p.Pause()
 	}
 	cut := time.Now()
 	for _, r := range c.relays {
@@ -74,7 +74,7 @@ func TestClusterStoreDownServesFromLastRead(t *testing.T) {
 	}
 
 	for _, p := range proxies {
-		p.resume()
+		p.Resume()
 	}
 	for _, r := range c.relays {
 		r.waitOutput(`"msg":"the store outage grace ends: this relay reaches its store again`, 40*time.Second)

@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -86,20 +85,20 @@ func TestClusterPostgresRestart(t *testing.T) {
 // store is cut off once the proxies forward again, and relay 2 serves new
 // dials.
 func TestClusterPostgresCutOff(t *testing.T) {
-	var proxy *pausableProxy
+	var proxy *pgtest.Proxy
 	// Relay 1's peer listener, as relay 2 reaches it (relay 1 advertises
 	// the proxy's address).
 	peerListen := net.JoinHostPort(relayHost(0), strconv.Itoa(e2e.FreePort(t, relayHost(0))))
-	peerProxy := newPausableProxy(t, peerListen)
+	peerProxy := pgtest.NewProxy(t, peerListen)
 	c := startClusterWith(t, 2, clusterOpts{dsn: func(pg *pgtest.Server, i int) string {
 		if i == 1 {
-			proxy = newPausableProxy(t, pg.Addr())
-			return pg.DSNFor(proxy.addr)
+			proxy = pgtest.NewProxy(t, pg.Addr())
+			return pg.DSNFor(proxy.Addr)
 		}
 		return pg.DSN()
 	}, extraFor: func(i int) []string {
 		if i == 0 {
-			return []string{"--peer-listen", peerListen, "--advertise-peer", peerProxy.addr}
+			return []string{"--peer-listen", peerListen, "--advertise-peer", peerProxy.Addr}
 		}
 		return nil
 	}})
@@ -120,8 +119,8 @@ func TestClusterPostgresCutOff(t *testing.T) {
 	held := waitDial(t, d2, "echo.acme.tether:7", 20*time.Second)
 	defer held.Close()
 
-	proxy.pause()
-	peerProxy.pause()
+	proxy.Pause()
+	peerProxy.Pause()
 	cut := time.Now()
 	// Relay 2 serves new dials until it refuses them with unavailable,
 	// not before 15 s less a heartbeat of the store (it confirmed being
@@ -162,8 +161,8 @@ func TestClusterPostgresCutOff(t *testing.T) {
 	if n := c.relays[1].count("this relay has lost its store while another relay reaches it"); n != 0 {
 		t.Errorf("relay 2 sent its agents away, though it could not reach relay 1 to learn that it reaches the store")
 	}
-	proxy.resume()
-	peerProxy.resume()
+	proxy.Resume()
+	peerProxy.Resume()
 	healed := time.Now()
 	waitClosed(t, held, 20*time.Second, "the stream of the agent revoked during the cut")
 	t.Logf("relay 2 closed the revoked agent's stream %v after the proxy forwarded again", time.Since(healed).Round(time.Millisecond))
@@ -180,116 +179,5 @@ func waitClosed(t *testing.T, c net.Conn, d time.Duration, what string) {
 	_, err := io.Copy(io.Discard, c)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("%s is still open after %v", what, d)
-	}
-}
-
-// pausableProxy forwards TCP connections to a target until paused: then
-// it forwards nothing either way, and connects nothing new, but closes
-// nothing either, as a network path that drops every packet would; once
-// resumed, what was held goes through.
-type pausableProxy struct {
-	addr string
-
-	mu      sync.Mutex    // guards resumed
-	resumed chan struct{} // closed while forwarding; replaced by pause
-	done    chan struct{} // closed when the test ends
-}
-
-func newPausableProxy(t *testing.T, target string) *pausableProxy {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &pausableProxy{addr: l.Addr().String(), resumed: make(chan struct{}), done: make(chan struct{})}
-	close(p.resumed)
-	var wg sync.WaitGroup
-	var mu sync.Mutex // guards conns
-	conns := map[net.Conn]bool{}
-	track := func(c net.Conn) {
-		mu.Lock()
-		conns[c] = true
-		mu.Unlock()
-	}
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			track(c)
-			wg.Go(func() {
-				if !p.wait() {
-					return
-				}
-				u, err := net.Dial("tcp", target)
-				if err != nil {
-					c.Close()
-					return
-				}
-				track(u)
-				wg.Go(func() { p.copy(u, c) })
-				wg.Go(func() { p.copy(c, u) })
-			})
-		}
-	})
-	t.Cleanup(func() {
-		close(p.done)
-		l.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return p
-}
-
-func (p *pausableProxy) pause() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.resumed = make(chan struct{})
-}
-
-func (p *pausableProxy) resume() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	close(p.resumed)
-}
-
-// wait waits while the proxy is paused; false when the test ended.
-func (p *pausableProxy) wait() bool {
-	p.mu.Lock()
-	resumed := p.resumed
-	p.mu.Unlock()
-	select {
-	case <-resumed:
-		return true
-	case <-p.done:
-		return false
-	}
-}
-
-// copy copies from src to dst, holding what it read while paused.
-func (p *pausableProxy) copy(dst, src net.Conn) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			if !p.wait() {
-				return
-			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				src.Close()
-				return
-			}
-		}
-		if err != nil {
-			if p.wait() {
-				dst.(*net.TCPConn).CloseWrite()
-			}
-			return
-		}
 	}
 }
