@@ -82,7 +82,6 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr, requestID string, e
 	// the refusal (tether_stream_memory_refusals_total).
 	charge, err := fd.cfg.Memory.Charge(t.Tenant, c.name)
 	if err != nil {
-		fd.MemoryRefusals.Add(1)
 		release()
 		return nil, err
 	}

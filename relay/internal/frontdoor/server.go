@@ -114,8 +114,6 @@ type Server struct {
 	// LimitRefusals counts stream opens refused by a tenant limit;
 	// SourceLimited connections closed for the bound per source.
 	LimitRefusals, SourceLimited atomic.Int64
-	// MemoryRefusals counts stream opens refused at the stream memory cap.
-	MemoryRefusals atomic.Int64
 }
 
 // New binds the doors of cfg. Call Run, or Close if Run will not be
