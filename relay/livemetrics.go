@@ -53,6 +53,10 @@ var (
 		"Agents this relay sent away while isolated from its store that came back (they could not connect to another relay), and that it admitted and kept.", nil, nil)
 	descStoreOutageGrace = prometheus.NewDesc("tether_store_outage_grace",
 		"1 while this relay serves new connections from what it last read because the store is down for every relay it can ask (store_outage_grace); else 0.", nil, nil)
+	descStreamMemory = prometheus.NewDesc("tether_stream_memory_held_bytes",
+		"What the open streams, through this relay's front doors and forwarded to it by other relays, are charged against max_stream_memory (each its worst case).", nil, nil)
+	descStreamMemoryCap = prometheus.NewDesc("tether_stream_memory_cap_bytes",
+		"max_stream_memory: the cap on what the open streams may be charged; 0 without a cap.", nil, nil)
 	descStaleCredentials = prometheus.NewDesc("tether_store_outage_stale_credentials_total",
 		"Backend authentications answered from a credential read longer ago than the cache's minute, the store unreachable while this relay served from what it last read (store_outage_grace).", nil, nil)
 	descAuditLost = prometheus.NewDesc("tether_audit_lost_total",
@@ -67,7 +71,7 @@ var (
 var rttBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
 
 func (c *liveCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuild, descAgents, descSessions, descRTT, descStreamsActive, descTenantStreams, descTenantLimit, descFront, descHandshakes, descPeerHandshakes, descPeerLinkFailures, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue, descStoreIsolated, descStoreIsolations, descStoreIsolatedKept, descStoreOutageGrace, descStaleCredentials} {
+	for _, d := range []*prometheus.Desc{descBuild, descAgents, descSessions, descRTT, descStreamsActive, descTenantStreams, descTenantLimit, descFront, descHandshakes, descPeerHandshakes, descPeerLinkFailures, descFrontLimited, descCertExpiry, descCAExpiry, descAuditQueue, descStoreIsolated, descStoreIsolations, descStoreIsolatedKept, descStoreOutageGrace, descStaleCredentials, descStreamMemory, descStreamMemoryCap} {
 		ch <- d
 	}
 	for _, d := range []*prometheus.Desc{descAuditLost, descAuditFileErrors, descAuditUnwritten} {
@@ -166,6 +170,8 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descStoreOutageGrace, prometheus.GaugeValue, graced)
 	ch <- prometheus.MustNewConstMetric(descStaleCredentials, prometheus.CounterValue, float64(r.doors.StaleBackends()))
+	ch <- prometheus.MustNewConstMetric(descStreamMemory, prometheus.GaugeValue, float64(r.mem.Held()))
+	ch <- prometheus.MustNewConstMetric(descStreamMemoryCap, prometheus.GaugeValue, float64(r.mem.Cap()))
 	ch <- prometheus.MustNewConstMetric(descAuditLost, prometheus.CounterValue, float64(r.audit.LostFiled()), "file")
 	ch <- prometheus.MustNewConstMetric(descAuditLost, prometheus.CounterValue, float64(r.audit.LostUnfiled()), "none")
 	ch <- prometheus.MustNewConstMetric(descAuditFileErrors, prometheus.CounterValue, float64(r.audit.FileErrors()))

@@ -166,4 +166,10 @@ func TestStreamMemoryCapSharedByTenants(t *testing.T) {
 	if n := metricSum(t, metricsURL, "tether_stream_memory_refusals_total", `tenant="globex"`); n != 0 {
 		t.Errorf("tether_stream_memory_refusals_total{tenant=globex} = %v, want 0", n)
 	}
+	// Each open stream to an agent over TCP is charged 2.5 MiB.
+	const mib = 1 << 20
+	m := scrape(t, strings.TrimPrefix(metricsURL, "http://"))
+	if held, limit := m["tether_stream_memory_held_bytes"], m["tether_stream_memory_cap_bytes"]; held != float64(len(open))*2.5*mib || limit != 40*mib {
+		t.Errorf("tether_stream_memory_held_bytes %v and _cap_bytes %v with %d streams open; want %v and %v", held, limit, len(open), float64(len(open))*2.5*mib, 40*mib)
+	}
 }
