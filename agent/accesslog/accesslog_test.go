@@ -626,8 +626,17 @@ func TestTailRemovedBackToACleanStop(t *testing.T) {
 	if st := es[6]; st.Type != TypeStart || !strings.Contains(st.Note, "the lines after seq 6 were removed") {
 		t.Errorf("start line after the cut: %+v, want a note that lines were removed", st)
 	}
-	if res := mustVerify(t, o); !res.Intact {
+	res = mustVerify(t, o)
+	if !res.Intact {
 		t.Errorf("verify once the agent has started again and written its checkpoint: %v, want intact (the start line says what happened)", res.Problem)
+	}
+	// The start line's note is reported, with or without the mark (a
+	// copy of the log), as the evidence that remains.
+	for _, o := range []VerifyOptions{o, {Path: path, Key: Fingerprint(pub)}} {
+		if res := mustVerify(t, o); res.AlteredCount != 1 || len(res.Altered) != 1 || res.Altered[0].Seq != 7 || res.Altered[0].Line != 7 ||
+			!strings.Contains(res.Altered[0].Note, "the lines after seq 6 were removed") {
+			t.Errorf("verify (mark %q) after the agent started again: altered %d %+v; want the start line at seq 7 and its note", o.Mark, res.AlteredCount, res.Altered)
+		}
 	}
 }
 
@@ -677,6 +686,9 @@ func TestLinesAddedAfterACleanStop(t *testing.T) {
 	if st := es[6]; st.Type != TypeStart || !strings.Contains(st.Note, "the lines after seq 5 were added by someone other than the agent") ||
 		strings.Contains(st.Note, "killed or crashed") {
 		t.Errorf("start line after the added line: %+v, want a note that lines were added (and none of a crash)", st)
+	}
+	if res := mustVerify(t, o); !res.Intact || res.AlteredCount != 1 || !strings.Contains(res.Altered[0].Note, "were added by someone other than the agent") {
+		t.Errorf("verify after the agent started again: intact %v, altered %d %+v; want intact, and the start line's note reported", res.Intact, res.AlteredCount, res.Altered)
 	}
 
 	// A run in progress: its lines follow the clean stop, unsigned.

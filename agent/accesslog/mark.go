@@ -85,11 +85,19 @@ func writeMark(path string, m mark) error {
 // removedFromEnd says how lines were removed from the end of a log
 // whose last line has seq last, given the mark m read from path.
 func removedFromEnd(last uint64, m mark, path string) string {
-	return fmt.Sprintf("the log ends at seq %d, but the agent had written a checkpoint at seq %d (recorded in %s): the lines after seq %d were removed", last, m.seq, path, last)
+	return fmt.Sprintf(notedRemoved+"%d, but the agent had written a checkpoint at seq %d (recorded in %s): the lines after seq %d were removed", last, m.seq, path, last)
 }
+
+// How the notes of removedFromEnd and addedAfterStop begin: a start
+// line whose note holds one records that the log was altered before
+// that start (Result.Altered).
+const (
+	notedRemoved = "the log ends at seq "
+	notedAdded   = "the agent stopped cleanly at seq "
+)
 
 // addedAfterStop says how lines were added after the clean stop m
 // records, up to seq last.
 func addedAfterStop(last uint64, m mark, path string) string {
-	return fmt.Sprintf("the agent stopped cleanly at seq %d (recorded in %s), but the log goes on to seq %d with no checkpoint after it: the lines after seq %d were added by someone other than the agent (or by an earlier version of it, which keeps no mark, run since and killed)", m.seq, path, last, m.seq)
+	return fmt.Sprintf(notedAdded+"%d (recorded in %s), but the log goes on to seq %d with no checkpoint after it: the lines after seq %d were added by someone other than the agent (or by an earlier version of it, which keeps no mark, run since and killed)", m.seq, path, last, m.seq)
 }

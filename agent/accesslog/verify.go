@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -121,13 +122,36 @@ type Result struct {
 	// the open lines (written before agents recorded them) count nothing.
 	Unclosed      []Unclosed `json:"unclosed,omitempty"`
 	UnclosedCount int        `json:"unclosed_count,omitempty"`
+	// Altered lists the start lines whose note records that the log was
+	// altered before that start, as the agent found from the mark in its
+	// state directory (lines removed from the end back to a checkpoint,
+	// or lines added after a clean stop): the chain goes on intact from
+	// the altered log, so this note is the evidence that remains (the
+	// first MaxUnclosed, oldest first; AlteredCount counts them all).
+	Altered      []Noted `json:"altered,omitempty"`
+	AlteredCount int     `json:"altered_count,omitempty"`
 
 	lastLine    int    // the number of lines checked in the last file
 	lastCkptSeq uint64 // the seq of the last checkpoint verified
 	afterMark   *Problem
 }
 
-// MaxUnclosed bounds Result.Unclosed.
+// Noted is a start line and its note.
+type Noted struct {
+	File string    `json:"file"`
+	Line int       `json:"line"`
+	Seq  uint64    `json:"seq"`
+	Time time.Time `json:"time"`
+	Note string    `json:"note"`
+}
+
+// altersNoted reports whether a start line's note records that the log
+// was altered before that start (removedFromEnd, addedAfterStop).
+func altersNoted(note string) bool {
+	return strings.Contains(note, notedRemoved) || strings.Contains(note, notedAdded)
+}
+
+// MaxUnclosed bounds Result.Unclosed and Result.Altered.
 const MaxUnclosed = 100
 
 // maxTracked bounds the open lines Verify holds while it looks for their
@@ -401,6 +425,12 @@ func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptio
 			res.lastLine = cur.n
 		}
 		opens.line(cur)
+		if cur.e.Type == TypeStart && altersNoted(cur.e.Note) {
+			if res.AlteredCount < MaxUnclosed {
+				res.Altered = append(res.Altered, Noted{File: cur.file, Line: cur.n, Seq: cur.e.Seq, Time: cur.e.Time, Note: cur.e.Note})
+			}
+			res.AlteredCount++
+		}
 		p2, p1 = p1, cur
 	}
 	opens.result(&res)

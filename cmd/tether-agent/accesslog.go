@@ -272,6 +272,7 @@ func printVerify(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
 		if res.Pinned != "" {
 			fmt.Fprintf(w, "pinned log key: %s\n", res.Pinned)
 		}
+		printAltered(w, res)
 		printUnclosed(w, res)
 		return
 	}
@@ -323,7 +324,24 @@ func printVerify(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
 	case res.Unsigned > 0:
 		fmt.Fprintf(w, "last %d line(s) after the last checkpoint are not signed yet (the agent is running, or did not stop cleanly)\n", res.Unsigned)
 	}
+	printAltered(w, res)
 	printUnclosed(w, res)
+}
+
+// printAltered lists the start lines that record that the log was
+// altered before them: the chain goes on intact from the altered log,
+// and these notes are what remains of it.
+func printAltered(w io.Writer, res accesslog.Result) {
+	if res.AlteredCount == 0 {
+		return
+	}
+	fmt.Fprintf(w, "ALTERED BEFORE %d START(S) of the agent, as it found at the start (the chain goes on intact from the altered log):\n", res.AlteredCount)
+	for _, n := range res.Altered {
+		fmt.Fprintf(w, "  %s:%d seq %d at %s: %s\n", esc(n.File), n.Line, n.Seq, n.Time.UTC().Format(time.RFC3339), esc(n.Note))
+	}
+	if res.AlteredCount > len(res.Altered) {
+		fmt.Fprintf(w, "  … and %d more\n", res.AlteredCount-len(res.Altered))
+	}
 }
 
 // printUnclosed lists the streams opened whose end the log does not hold.

@@ -229,4 +229,12 @@ func TestVerifyMark(t *testing.T) {
 	if code, stdout, stderr := run(t, nil, "", "access-log", "--verify", "--file", path); code != 0 {
 		t.Errorf("verify --file of the same log (a copy): exit %d\n%s%s\nwant 0", code, stdout, stderr)
 	}
+	// The agent starts again on the cut log: its start line records the
+	// cut, and verify, which finds the chain intact from there, says so.
+	write()
+	code, stdout, stderr = run(t, nil, "", "access-log", "--verify", "--config", cfg)
+	if code != 0 || !strings.Contains(stdout, "intact: ") || !strings.Contains(stdout, "ALTERED BEFORE 1 START(S) of the agent") ||
+		!strings.Contains(stdout, "access.log:5 seq 5 at ") || !strings.Contains(stdout, "the lines after seq 4 were removed") {
+		t.Errorf("verify --config once the agent started again on the cut log: exit %d\n%s%s\nwant 0, intact, and the start line's note of the cut", code, stdout, stderr)
+	}
 }
