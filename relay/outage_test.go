@@ -61,6 +61,35 @@ func startOutageRelay(t *testing.T, grace time.Duration) *outageRelay {
 
 // startOutageRelayOn starts relay id of a cluster on pg (kek its CA's
 // key-encryption key), with a peer listener.
+// startOutagePair starts relays 1 and 2 of a cluster on one PostgreSQL,
+// each through a proxy of its own, with the grace a minute, tenant acme
+// and backend billing (its key in both), and waits until each lists the
+// other as live.
+func startOutagePair(t *testing.T) (r1, r2 *outageRelay) {
+	t.Helper()
+	pg := pgtest.Start(t)
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	r1 = startOutageRelayOn(t, pg, kek, "relay-1", time.Minute)
+	ctx := context.Background()
+	if err := r1.adm.AddTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	key, err := r1.adm.AddBackend(ctx, "billing", []string{"acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1.key = key
+	r2 = startOutageRelayOn(t, pg, kek, "relay-2", time.Minute)
+	r2.key = key
+	for deadline := time.Now().Add(20 * time.Second); len(r2.member.Live()) < 2 || len(r1.member.Live()) < 2; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("relays 1 and 2 do not list each other as live")
+		}
+	}
+	return r1, r2
+}
+
 func startOutageRelayOn(t *testing.T, pg *pgtest.Server, kek []byte, id string, grace time.Duration) *outageRelay {
 	t.Helper()
 	proxy := pgtest.NewProxy(t, pg.Addr())
@@ -290,25 +319,8 @@ func TestStoreOutageGraceOff(t *testing.T) {
 // sends its agent away; past StaleAfter it refuses new streams and
 // agents, as without the grace: relay 1 may have taken revocations.
 func TestStoreOutageGraceNotWhenIsolated(t *testing.T) {
-	pg := pgtest.Start(t)
-	kek := make([]byte, 32)
-	rand.Read(kek)
-	r1 := startOutageRelayOn(t, pg, kek, "relay-1", time.Minute)
+	_, r2 := startOutagePair(t) // relay 1 reaches the store throughout
 	ctx := context.Background()
-	if err := r1.adm.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
-	key, err := r1.adm.AddBackend(ctx, "billing", []string{"acme"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r2 := startOutageRelayOn(t, pg, kek, "relay-2", time.Minute)
-	r2.key = key
-	for deadline := time.Now().Add(20 * time.Second); len(r2.member.Live()) < 2; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("relay 2 does not list relay 1 as live")
-		}
-	}
 	a1 := newTestAgent(t, r2.Relay, "a1")
 	s1, err := a1.connect(ctx)
 	if err != nil {
@@ -357,26 +369,8 @@ func TestStoreOutageGraceNotWhenIsolated(t *testing.T) {
 // its agent, relay 1 forwarding to relay 2, which it last read as
 // holding the agent.
 func TestStoreOutageGraceClusterDown(t *testing.T) {
-	pg := pgtest.Start(t)
-	kek := make([]byte, 32)
-	rand.Read(kek)
-	r1 := startOutageRelayOn(t, pg, kek, "relay-1", time.Minute)
+	r1, r2 := startOutagePair(t)
 	ctx := context.Background()
-	if err := r1.adm.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
-	key, err := r1.adm.AddBackend(ctx, "billing", []string{"acme"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r1.key = key
-	r2 := startOutageRelayOn(t, pg, kek, "relay-2", time.Minute)
-	r2.key = key
-	for deadline := time.Now().Add(20 * time.Second); len(r2.member.Live()) < 2 || len(r1.member.Live()) < 2; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("relays 1 and 2 do not list each other as live")
-		}
-	}
 	a1 := newTestAgent(t, r2.Relay, "a1")
 	if _, err := a1.connect(ctx); err != nil {
 		t.Fatal(err)
