@@ -532,6 +532,7 @@ func (a *testAgent) renew(t *testing.T, s *agentSession) {
 
 // agentSession is a testAgent's admitted session.
 type agentSession struct {
+	id      string // the session's id, from its welcome
 	mux     *yamux.Session
 	ctl     net.Conn
 	wmu     sync.Mutex                   // guards writes to ctl
@@ -586,7 +587,7 @@ func (a *testAgent) connect(ctx context.Context) (*agentSession, error) {
 		return nil, fmt.Errorf("answer to hello: %#v, want a welcome", m)
 	}
 	ctl.SetDeadline(time.Time{})
-	s := &agentSession{mux: mux, ctl: ctl, goAway: make(chan *protocol.GoAway, 4), renewed: make(chan *protocol.RenewResponse, 4)}
+	s := &agentSession{id: m.(*protocol.Welcome).SessionID, mux: mux, ctl: ctl, goAway: make(chan *protocol.GoAway, 4), renewed: make(chan *protocol.RenewResponse, 4)}
 	s.wg.Go(func() {
 		for {
 			m, err := protocol.ReadMessage(br)

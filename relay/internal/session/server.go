@@ -500,30 +500,51 @@ func (s *Server) serveAgent(ctx context.Context, wg *sync.WaitGroup, sess transp
 		welcome.Capabilities = append(welcome.Capabilities, protocol.CapRelays)
 	}
 	welcome.RelayID = s.cfg.RelayID
-	if err := ac.Send(welcome); err != nil {
-		log.Warn("send welcome", "err", err)
-		return
-	}
-	if relays != nil {
-		if err := ac.Send(relays); err != nil {
-			log.Warn("send the cluster's relays", "err", err)
-			return
-		}
-	}
-	ctl.SetDeadline(time.Time{})
 	admitted()
 	s.stats.OK.Add(1)
 
 	connRec.Outcome, connRec.Detail["session"] = audit.OutcomeOK, ac.sessionID
 	connRec.Detail["ca_root"] = ac.RootID()
+	// The session joins the set before its welcome is written, so that
+	// once the agent holds its welcome a backend's stream finds it (it
+	// used to join just after: a stream opened as the agent read its
+	// welcome was refused no_agent). The control stream's write lock is
+	// held from before the session joins until the welcome (and the
+	// cluster's relays) are written: whatever the set's holders send
+	// this session (a GoAway as the relay drains, a renewal call, a
+	// refusal) comes after its welcome, never as the answer to its
+	// hello. Streams opened to it meanwhile wait in its accept queue.
+	//
 	// The admission's record is queued before the session, joining the
 	// set, can record anything, and waited for beside the session rather
 	// than before it: the session reads its control stream (and answers
 	// the agent's heartbeats) at once, while a slow store holds only this
 	// goroutine, for at most the audit writer's bound.
 	recorded := s.cfg.Audit.Queue(connRec)
+	ac.ctlMu.Lock()
 	s.set.add(ac)
 	s.seen.mark(id.ID, time.Now())
+	err = protocol.WriteMessage(ctl, welcome)
+	if err != nil {
+		err = fmt.Errorf("send welcome: %w", err)
+	} else if relays != nil {
+		if err = protocol.WriteMessage(ctl, relays); err != nil {
+			err = fmt.Errorf("send the cluster's relays: %w", err)
+		}
+	}
+	if err == nil && !ac.draining.Load() {
+		// Not when a CloseWith, waiting for the lock, has set the
+		// deadline its refusal is written by.
+		ctl.SetDeadline(time.Time{})
+	}
+	ac.ctlMu.Unlock()
+	if err != nil {
+		// Served all the same, to be taken out of the set and recorded
+		// as ended the one way every session is: its reader fails at
+		// once on the closed session.
+		log.Warn("agent lost as it was welcomed", "err", err)
+		ac.sess.Close()
+	}
 	if n := s.set.sessionsOfProcess(id.Tenant, id.ID, hello.BootID); n > MaxSessionsPerAgent {
 		// Admitted beside others of the same process, which joined the
 		// set after admitAgent counted: one too many.
