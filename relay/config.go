@@ -492,12 +492,13 @@ func unspecifiedHost(host string) bool {
 	return ip != nil && ip.IsUnspecified()
 }
 
-// StreamMemoryWorstCase is the most a stream through the front doors is
-// charged against MaxStreamMemory (a QUIC stream's worst case), and the
-// least MaxStreamMemory may be. A stream forwarded by another relay is
-// charged up to streammem.MaxForwarded (8.5 MiB): a cap under it refuses
-// every forwarded stream to an agent over QUIC.
-const StreamMemoryWorstCase = streammem.Max
+// StreamMemoryWorstCase is the most one stream is charged against
+// MaxStreamMemory, and the least MaxStreamMemory may be: a stream another
+// relay forwards to an agent here over QUIC (streammem.MaxForwarded, 8.5
+// MiB; through a front door a stream is charged at most streammem.Max,
+// 6.5 MiB). It used to be the front doors' 6.5 MiB, and a cap between the
+// two refused every forwarded stream while it let the front doors' through.
+const StreamMemoryWorstCase = max(streammem.Max, streammem.MaxForwarded)
 
 // DefaultStreamMemory is MaxStreamMemory's default: half the memory of
 // the machine, or of the process's cgroup (v2) when that is lower; 4 GiB

@@ -282,6 +282,10 @@ func TestStreamMemorySetting(t *testing.T) {
 		{nil, 0, ""},
 		{[]string{"--max-stream-memory", "8GiB"}, 8 << 30, ""},
 		{[]string{"--max-stream-memory", "1MiB"}, 0, "less than one stream's worst case"},
+		// Under a stream forwarded to an agent over QUIC (8.5 MiB): it
+		// would refuse every forwarded stream.
+		{[]string{"--max-stream-memory", "7MiB"}, 0, "less than one stream's worst case"},
+		{[]string{"--max-stream-memory", "8704KiB"}, 8704 << 10, ""},
 		{[]string{"--max-stream-memory", "lots"}, 0, "want a number of bytes"},
 	} {
 		fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
