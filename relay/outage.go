@@ -97,7 +97,8 @@ const outageLookup = 2 * time.Second
 // what it last read, a read that fails because the store cannot be
 // reached (bounded by outageLookup) is answered with the relays last
 // read as holding them: the agents may have moved since, and a relay
-// that no longer holds one answers so (no_agent).
+// that no longer holds one answers so (no_agent). With the grace off
+// nothing is kept.
 func (r *Relay) holdersOf(ctx context.Context, tenant string, fresh bool) ([]store.Holding, error) {
 	outage := r.storeOutage()
 	if outage {
@@ -107,7 +108,9 @@ func (r *Relay) holdersOf(ctx context.Context, tenant string, fresh bool) ([]sto
 	}
 	hs, err := r.member.Holders(ctx, tenant, fresh)
 	if err == nil {
-		r.holders.put(tenant, hs)
+		if r.cfg.StoreOutageGrace > 0 { // else never served from: not kept
+			r.holders.put(tenant, hs)
+		}
 		return hs, nil
 	}
 	if outage && r.dir.Store.Unreachable(err) {
