@@ -125,14 +125,23 @@ func TestRefusedForwardWithFirstBytesTriedElsewhere(t *testing.T) {
 // dialing the service, and goroutines on the holding relay.
 func TestHolderGivesUpWithEntry(t *testing.T) {
 	tls := relayTLS(t, "relay-1", "relay-2")
-	agent := &fakeAgent{name: "agent-2", delay: time.Minute, abandoned: make(chan struct{}, 1)}
+	agent := &fakeAgent{name: "agent-2", delay: time.Minute, abandoned: make(chan struct{}, 1), opening: make(chan struct{}, 1)}
 	r2 := holderOf(t, tls[1], agent)
 	var h holdings
 	h.set("acme", store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: r2.Addr().String(), Agents: 1})
 	r, _ := entry(t, tls[0], &h, 15*time.Second)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	// The entry relay gives up once relay-2 is opening the stream on its
+	// agent (a fixed time could end before the link was even up).
+	ctx, cancel := context.WithTimeout(context.Background(), watchdog)
 	defer cancel()
+	go func() {
+		select {
+		case <-agent.opening:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	if tun, err := r.Dial(ctx, "acme", protocol.StreamHeader{Service: "db", RequestID: "gone"}, nil); err == nil {
 		tun.Abandon()
 		t.Fatal("stream opened, want the entry relay to give up before relay-2's agent answered")

@@ -61,6 +61,9 @@ type fakeAgent struct {
 	// abandoned, when not nil, gets a value for every open whose context
 	// ended while it waited for delay.
 	abandoned chan struct{}
+	// opening, when not nil, gets a value (if it has room) as an open
+	// starts waiting for delay.
+	opening chan struct{}
 }
 
 // pipeStream is one end of a net.Pipe as a transport.Stream; CloseWrite
@@ -73,6 +76,12 @@ func (a *fakeAgent) OpenStream(ctx context.Context, _ protocol.StreamHeader, _ r
 	if a.delay > 0 {
 		t := time.NewTimer(a.delay)
 		defer t.Stop()
+		if a.opening != nil {
+			select {
+			case a.opening <- struct{}{}:
+			default:
+			}
+		}
 		select {
 		case <-t.C:
 		case <-ctx.Done():

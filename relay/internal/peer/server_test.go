@@ -132,9 +132,11 @@ func TestLinkHandshakeTimeout(t *testing.T) {
 	srv := serveWith(t, p2, timeout)
 	addr := srv.Addr().String()
 
+	// The server's clock starts at its accept, which can come before
+	// the dial returns here: start before dialling.
+	start := time.Now()
 	silent := dialFrom(t, "127.0.0.1", addr)
 	trickle := dialFrom(t, "127.0.0.2", addr)
-	start := time.Now()
 	stop := make(chan struct{})
 	trickled := make(chan struct{})
 	go func() {
