@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -526,10 +527,45 @@ func decodeJSON(req *http.Request, v any) *APIError {
 	case errors.As(err, &tooLarge):
 		return apiErrorf(http.StatusRequestEntityTooLarge, CodeTooLarge, "request body is larger than %d bytes", tooLarge.Limit)
 	case err != nil:
-		return apiErrorf(http.StatusBadRequest, CodeBadRequest, "request body: %v", err)
+		return apiErrorf(http.StatusBadRequest, CodeBadRequest, "request body: %s", jsonProblem(err))
 	}
 	if dec.More() {
 		return apiErrorf(http.StatusBadRequest, CodeBadRequest, "request body: more than one JSON value")
 	}
 	return nil
+}
+
+// jsonProblem says what is wrong with a request body in the API's terms
+// (its field names and JSON's kinds of value), not Go's: encoding/json's
+// own errors name Go types and struct fields ("cannot unmarshal string
+// into Go struct field req.max_streams of type int").
+func jsonProblem(err error) string {
+	var typ *json.UnmarshalTypeError
+	var syn *json.SyntaxError
+	switch {
+	case errors.As(err, &typ):
+		want := "a " + typ.Type.Kind().String()
+		switch typ.Type.Kind() {
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+			reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Float32, reflect.Float64:
+			want = "a number"
+		case reflect.String:
+			want = "a string"
+		case reflect.Bool:
+			want = "true or false"
+		case reflect.Slice, reflect.Array:
+			want = "a list"
+		case reflect.Map, reflect.Struct:
+			want = "an object"
+		}
+		if typ.Field == "" {
+			return fmt.Sprintf("want %s, got a JSON %s", want, typ.Value)
+		}
+		return fmt.Sprintf("field %q: want %s, got a JSON %s", typ.Field, want, typ.Value)
+	case errors.As(err, &syn):
+		return fmt.Sprintf("not valid JSON at byte %d: %s", syn.Offset, strings.TrimPrefix(syn.Error(), "json: "))
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "not valid JSON: it ends too soon"
+	}
+	return strings.TrimPrefix(err.Error(), "json: ")
 }
