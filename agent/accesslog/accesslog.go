@@ -132,7 +132,8 @@ type Entry struct {
 	Note     string `json:"note,omitempty"`
 
 	// lost
-	Lost uint64 `json:"lost,omitempty"`
+	Lost    uint64    `json:"lost,omitempty"`
+	Stopped time.Time `json:"stopped,omitzero"` // the stop at which they were lost (a start writes it from Options.StopLosses)
 
 	// refusals (with request, backend, service, code, relay, session and
 	// time from the stream's fields: the first refusal's request, relay
@@ -224,12 +225,13 @@ type startLine struct {
 }
 
 type lostLine struct {
-	Seq  uint64    `json:"seq"`
-	Time time.Time `json:"time"`
-	Type string    `json:"type"`
-	Lost uint64    `json:"lost"`
-	Note string    `json:"note"`
-	Prev string    `json:"prev"`
+	Seq     uint64    `json:"seq"`
+	Time    time.Time `json:"time"`
+	Type    string    `json:"type"`
+	Lost    uint64    `json:"lost"`
+	Stopped time.Time `json:"stopped,omitzero"`
+	Note    string    `json:"note"`
+	Prev    string    `json:"prev"`
 }
 
 type refusalsLine struct {

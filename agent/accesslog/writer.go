@@ -106,6 +106,13 @@ type Options struct {
 	// (mark.go): a start whose log ends before it says so in its start
 	// line. The agent keeps it in its state directory.
 	Mark string
+	// StopLosses, when not empty, is a file outside the log's directory
+	// where a stop that cannot write every record records how many it
+	// lost, when and why (lost.go); the next start that can write the
+	// log writes a lost line for each such stop, says so in its start
+	// line, and then removes the file. The agent keeps it in its state
+	// directory. Empty: such records are lost with only an error logged.
+	StopLosses string
 	// Agent and Version are written in the start line: who writes the log.
 	Agent   string
 	Version string
@@ -207,6 +214,14 @@ type Log struct {
 	enc         *json.Encoder // into line
 	certWarned  bool          // the warning about a certificate too long for a checkpoint was logged
 	markWarned  bool          // the warning about a mark that cannot be written was logged
+	// Stops of earlier runs that lost records (StopLosses), read by Open:
+	// their lost lines go with the start line; the file is removed once
+	// they are committed (stopsWritten). stopsBad: the file does not
+	// parse; the start line says so, and it is removed once that is
+	// committed.
+	stops        []stopLoss
+	stopsBad     bool
+	stopsWritten bool
 }
 
 // New returns a log writing to o.Path; nothing is opened yet.
@@ -277,6 +292,19 @@ func (l *Log) Err() error {
 func (l *Log) Open() {
 	l.start = &startLine{Type: TypeStart, Agent: l.o.Agent, Version: l.o.Version}
 	l.keyDue = l.o.Key != nil
+	if l.o.StopLosses != "" {
+		stops, bad, err := readStopLosses(l.o.StopLosses)
+		switch {
+		case err != nil && bad:
+			l.stopsBad = true
+			l.note(fmt.Sprintf("cannot read the record of the agent's stops that could not write the log, removed once this line is written: %v", err))
+		case err != nil:
+			// Kept: it may well be readable at the next start.
+			l.note(fmt.Sprintf("cannot read the record of the agent's stops that could not write the log: %v", err))
+		default:
+			l.stops = stops
+		}
+	}
 	if err := l.open(); err != nil {
 		l.fail(err)
 	}
@@ -347,14 +375,6 @@ func (l *Log) open() error {
 			markNote = addedAfterStop(t.seq, m, l.o.Mark)
 		}
 	}
-	switch {
-	case t.badLast:
-		l.note("the last line of the file does not parse: the chain continues from its hash, with seq starting again at 1")
-	case markNote != "":
-		l.note(markNote)
-	case t.hasLines && !t.stopped:
-		l.note("the log does not end with the checkpoint of a clean stop: the agent was killed or crashed (or its last lines were removed)")
-	}
 	if !t.hasLines && t.size == 0 {
 		// An empty file: the chain continues from the newest rotated one.
 		if prev, err := l.rotatedTail(); err != nil {
@@ -362,10 +382,52 @@ func (l *Log) open() error {
 			return err
 		} else if prev.hasLines {
 			t.head, t.seq = prev.head, prev.seq
+			t.stopped = prev.stopped
 		}
+	}
+	// Where the last stop that could not write the log left it: its
+	// lines are the last, or it never wrote any, or the log went on.
+	leftByStop, movedOn := false, false
+	if n := len(l.stops); n > 0 && l.start != nil {
+		if s := l.stops[n-1]; s.at {
+			leftByStop = s.seq == t.seq && s.head == t.head
+			movedOn = !leftByStop
+		}
+	}
+	switch {
+	case t.badLast:
+		l.note("the last line of the file does not parse: the chain continues from its hash, with seq starting again at 1")
+	case markNote != "":
+		l.note(markNote)
+	case leftByStop && !t.stopped:
+		l.note(fmt.Sprintf("the log does not end with the checkpoint of a clean stop: the agent stopped at %s but could not write its last records and that checkpoint", l.stops[len(l.stops)-1].time.Format(time.RFC3339Nano)))
+	case t.hasLines && !t.stopped:
+		l.note("the log does not end with the checkpoint of a clean stop: the agent was killed or crashed (or its last lines were removed)")
+	}
+	if l.start != nil && len(l.stops) > 0 {
+		l.note(stopsNote(l.stops, l.o.StopLosses, movedOn))
 	}
 	l.f, l.size, l.head, l.seq, l.since = f, t.size, t.head, t.seq, 0
 	return nil
+}
+
+// stopsNote says, in a start line, that earlier stops lost records,
+// which the lost lines after it count.
+func stopsNote(stops []stopLoss, path string, movedOn bool) string {
+	var n uint64
+	for _, s := range stops {
+		n = addCount(n, s.lost)
+	}
+	last := stops[len(stops)-1]
+	s := fmt.Sprintf("the agent's last stop, at %s, could not write %d records of streams to the log (%s): they are lost, and a lost line counts them", last.time.Format(time.RFC3339Nano), last.lost, last.err)
+	if len(stops) > 1 {
+		s = fmt.Sprintf("%d stops of the agent could not write %d records of streams to the log (the last, at %s: %s): they are lost, and a lost line for each stop counts them", len(stops), n, last.time.Format(time.RFC3339Nano), last.err)
+	}
+	s += fmt.Sprintf(" (recorded in %s)", path)
+	if movedOn {
+		s += "; the log went on after that stop: if it already holds a lost line for it, the agent was stopped after writing that line and before removing the record, and verify counts it once"
+	}
+	return s
 }
 
 // note adds a remark to the start line.
@@ -490,9 +552,52 @@ func (l *Log) finish() {
 	l.takeRefusals()
 	l.wantCkpt = WhyStop
 	l.flush()
-	if n := len(l.pending) + len(l.queue) + int(l.lostNoted+l.lost.Load()); n > 0 {
-		l.log.Error("access log: records not written at stop are lost", "records", n, "err", l.failing)
+	n := uint64(len(l.pending)+len(l.queue)) + l.lostNoted + l.lost.Load()
+	for _, c := range l.sums.lines() {
+		n = addCount(n, c.Count) // refused streams counted, not written
 	}
+	if n == 0 {
+		if l.stopsWritten {
+			l.removeStops() // again, if it failed after the commit
+		}
+		return
+	}
+	if l.o.StopLosses == "" {
+		l.log.Error("access log: records not written at stop are lost", "records", n, "err", l.failing)
+		return
+	}
+	why := "records queued after the stop's last write"
+	if l.failing != nil {
+		why = l.failing.Error()
+	}
+	s := stopLoss{time: l.o.Now().UTC(), lost: n, err: why}
+	if l.start == nil {
+		// This run wrote its start line: the lines lost follow the last
+		// one it committed.
+		s.at, s.seq, s.head = true, l.seq, l.head
+	}
+	// Stops read at the start and not written since are kept: their
+	// counts are lost with nothing else.
+	stops := addStop(l.stops, s)
+	if err := writeStopLosses(l.o.StopLosses, stops); err != nil {
+		l.log.Error("access log: records not written at stop are lost, and the loss cannot be recorded for the next start either", "records", n, "err", l.failing, "record", l.o.StopLosses, "record_err", err)
+		return
+	}
+	l.stopsWritten = false // the file is this stop's now
+	l.log.Error("access log: records not written at stop are lost; the next start records the loss in the log", "records", n, "err", l.failing, "record", l.o.StopLosses)
+}
+
+// removeStops removes the record of stops that lost records, once the
+// lost lines that count them (or the start line that says it did not
+// parse) are committed.
+func (l *Log) removeStops() {
+	if err := removeStopLosses(l.o.StopLosses); err != nil {
+		// Kept for a retry at the stop; should it stay, the next start
+		// writes its lost lines again, and verify counts each stop once.
+		l.log.Warn("access log: cannot remove the record of stops that lost records, now in the log", "record", l.o.StopLosses, "err", err)
+		return
+	}
+	l.stopsWritten = false
 }
 
 // drain moves what is queued to pending, up to maxPending.
@@ -535,7 +640,7 @@ func (l *Log) flush() {
 	st := commitState{size: l.size, head: l.head, seq: l.seq, since: l.since}
 	l.buf.Reset()
 	// What buf holds beyond the last commit.
-	var bufStart, bufKey, bufLost, bufSums bool
+	var bufStart, bufKey, bufStops, bufLost, bufSums bool
 	ckpt := false // a checkpoint was written: the mark follows
 	stop := false // the last line written is the checkpoint of a clean stop
 	starting := l.start != nil
@@ -576,6 +681,12 @@ func (l *Log) flush() {
 		if bufKey {
 			l.keyDue = false
 		}
+		if bufStops || bufStart && l.stopsBad {
+			// Only now that the lines saying what the file held are on
+			// disk is it removed.
+			l.stops, l.stopsBad, l.stopsWritten = nil, false, true
+			l.removeStops()
+		}
 		if bufLost {
 			l.lostNoted = 0
 		}
@@ -585,7 +696,7 @@ func (l *Log) flush() {
 		n := copy(l.pending, l.pending[bufRecs:]) // keep the array: bounded by maxPending
 		clear(l.pending[n:])
 		l.pending = l.pending[:n]
-		bufStart, bufKey, bufLost, bufSums, bufRecs = false, false, false, false, 0
+		bufStart, bufKey, bufStops, bufLost, bufSums, bufRecs = false, false, false, false, false, 0
 		l.buf.Reset()
 		return nil
 	}
@@ -634,6 +745,14 @@ func (l *Log) flush() {
 			return
 		}
 		bufKey = true
+	}
+	for _, st := range l.stops {
+		v := &lostLine{Time: now, Type: TypeLost, Lost: st.lost, Stopped: st.time, Note: field(stopLossNote(st), maxField)}
+		if err := emit(v, func(seq uint64, prev string) { v.Seq, v.Prev = seq, prev }); err != nil {
+			l.fail(err)
+			return
+		}
+		bufStops = true
 	}
 	if n := l.lostNoted; n > 0 {
 		v := &lostLine{Time: now, Type: TypeLost, Lost: n, Note: "records of streams dropped before they could be written: the writer fell behind or the log could not be written"}
