@@ -88,7 +88,7 @@ func FuzzVerify(f *testing.F) {
 		if pinned {
 			o.Key = fingerprintOf(key)
 		}
-		res, err := verify([]string{"access-1.log", "access.log"}, open, o)
+		res, err := verify([]string{"access-1.log", "access.log"}, open, o, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -174,6 +174,40 @@ func FuzzWriteRead(f *testing.F) {
 		res := mustVerify(t, vo)
 		if !res.Intact || res.Verified != 1 || !res.CleanStop || (o.Key != nil) != (res.KeyLines == 1) {
 			t.Fatalf("verify: %+v, want intact with its checkpoint verified (and its key line, with a key)", res)
+		}
+	})
+}
+
+// FuzzParseStopLosses: whatever the record of stops that lost records
+// holds (a file in the state directory anyone with access may edit),
+// parsing it returns an error or bounded stops, never a panic; what it
+// takes, written again, reads back the same, and as the same bytes.
+func FuzzParseStopLosses(f *testing.F) {
+	t0 := time.Date(2026, 12, 7, 16, 33, 20, 123456789, time.UTC)
+	f.Add(formatStopLosses([]stopLoss{{time: t0, lost: 12, at: true, seq: 41, head: Genesis, err: "write: no space left on device"}}))
+	f.Add(formatStopLosses([]stopLoss{{time: t0, lost: 1, err: "open: mkdir /var/lib/tether/access-log: not a directory"},
+		{time: t0.Add(time.Hour), lost: 18446744073709551615, at: true, seq: 7, head: Genesis, err: "\x00\"\\\n\u2028é"}}))
+	f.Add([]byte(stopLossHeader + "\nstop 2026-12-07T16:33:20Z lost 01 error \"x\"\n"))
+	f.Add([]byte(stopLossHeader + "\nstop 2026-12-07T16:33:20+01:00 lost 1 error \"x\" \"y\"\n"))
+	f.Add([]byte(stopLossHeader + "\n"))
+	f.Add([]byte(""))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		stops, err := parseStopLosses(b)
+		if err != nil {
+			return
+		}
+		if len(stops) == 0 || len(stops) > maxStops {
+			t.Fatalf("parsed %d stops from %q", len(stops), b)
+		}
+		for _, s := range stops {
+			if s.lost == 0 || len(s.err) > maxStopError || !utf8.ValidString(s.err) || s.at && !isHash(s.head) || !s.at && (s.seq != 0 || s.head != "") ||
+				s.time.Location() != time.UTC {
+				t.Fatalf("parsed %+v from %q", s, b)
+			}
+		}
+		again := formatStopLosses(stops)
+		if !bytes.Equal(again, b) {
+			t.Fatalf("parsed %q, written again as %q", b, again)
 		}
 	})
 }

@@ -135,8 +135,8 @@ func parseStopLine(s string) (stopLoss, error) {
 	if len(quoted) == 0 || quoted[0] != '"' {
 		return sl, errors.New("error: want a quoted string")
 	}
-	if sl.err, err = strconv.Unquote(quoted); err != nil {
-		return sl, errors.New("error: not a quoted string, or more after it")
+	if sl.err, err = strconv.Unquote(quoted); err != nil || strconv.Quote(sl.err) != quoted {
+		return sl, errors.New("error: not a string quoted as Go quotes it, or more after it")
 	}
 	if len(sl.err) > maxStopError || !utf8.ValidString(sl.err) {
 		return sl, fmt.Errorf("error: longer than %d bytes, or not UTF-8", maxStopError)

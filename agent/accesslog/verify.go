@@ -66,6 +66,11 @@ type VerifyOptions struct {
 	// before the checkpoint it records had its last lines removed. Empty:
 	// not checked (a copy of the log, which may rightly be older).
 	Mark string
+	// StopLosses is the writer's record of stops that could not write
+	// their records (Options.StopLosses): the stops it lists whose lost
+	// line the log does not hold yet are reported (Result.LostAtStop).
+	// Empty: not read (a copy of the log).
+	StopLosses string
 
 	mark *mark // what Mark held, for verify
 }
@@ -130,6 +135,22 @@ type Result struct {
 	// first MaxUnclosed, oldest first; AlteredCount counts them all).
 	Altered      []Noted `json:"altered,omitempty"`
 	AlteredCount int     `json:"altered_count,omitempty"`
+	// Lost is the number of records of streams that the lost lines say
+	// could not be written (a stop's lost line written twice, as an
+	// agent stopped between writing it and removing its record of the
+	// stop writes it, counted once). LostLines lists the lost lines (the
+	// first MaxUnclosed, oldest first; LostLineCount counts them all).
+	// The chain is intact without them: losses are not tampering and do
+	// not make the log not intact.
+	Lost          uint64 `json:"lost,omitempty"`
+	LostLines     []Loss `json:"lost_lines,omitempty"`
+	LostLineCount int    `json:"lost_line_count,omitempty"`
+	// LostAtStop lists the stops of the agent that could not write their
+	// records, as the agent recorded them outside the log
+	// (VerifyOptions.StopLosses), oldest first: the agent's next start
+	// writes their lost lines. A stop whose lost line the log already
+	// holds (InLog) is not counted again.
+	LostAtStop []StopLoss `json:"lost_at_stop,omitempty"`
 
 	lastLine    int    // the number of lines checked in the last file
 	lastCkptSeq uint64 // the seq of the last checkpoint verified
@@ -143,6 +164,81 @@ type Noted struct {
 	Seq  uint64    `json:"seq"`
 	Time time.Time `json:"time"`
 	Note string    `json:"note"`
+}
+
+// Loss is a lost line.
+type Loss struct {
+	File string    `json:"file"`
+	Line int       `json:"line"`
+	Seq  uint64    `json:"seq"`
+	Time time.Time `json:"time"`
+	Lost uint64    `json:"lost"`
+	// Stopped is the time of the stop at which the records were lost,
+	// for the lost lines a start writes from the record of such a stop.
+	Stopped time.Time `json:"stopped,omitzero"`
+	Note    string    `json:"note"`
+	// Again: a lost line of the same stop (Stopped) and count comes
+	// before it; Lost counts them once.
+	Again bool `json:"again,omitempty"`
+}
+
+// StopLoss is a stop of the agent that could not write its records, as
+// recorded outside the log.
+type StopLoss struct {
+	Time time.Time `json:"time"`
+	Lost uint64    `json:"lost"`
+	// Seq is the last line of the log at that stop (0: that run wrote no
+	// line).
+	Seq   uint64 `json:"seq,omitempty"`
+	Error string `json:"error"`
+	// InLog: the log already holds its lost line (the agent was stopped
+	// after writing it and before removing the record).
+	InLog bool `json:"in_log,omitempty"`
+}
+
+// lossKey is what tells a stop's lost line written again.
+type lossKey struct {
+	stopped time.Time
+	lost    uint64
+}
+
+// lossTally counts the lost lines.
+type lossTally struct {
+	seen map[lossKey]bool // at most maxTracked
+}
+
+func (lt *lossTally) line(v *vline, res *Result) {
+	e := &v.e
+	if e.Type != TypeLost {
+		return
+	}
+	again := false
+	if !e.Stopped.IsZero() {
+		k := lossKey{e.Stopped.UTC(), e.Lost}
+		switch {
+		case lt.seen[k]:
+			again = true
+		case len(lt.seen) < maxTracked:
+			if lt.seen == nil {
+				lt.seen = make(map[lossKey]bool)
+			}
+			lt.seen[k] = true
+		}
+	}
+	if !again {
+		res.Lost = addCount(res.Lost, e.Lost)
+	}
+	if res.LostLineCount < MaxUnclosed {
+		res.LostLines = append(res.LostLines, Loss{File: v.file, Line: v.n, Seq: e.Seq, Time: e.Time, Lost: e.Lost, Stopped: e.Stopped, Note: e.Note, Again: again})
+	}
+	res.LostLineCount++
+}
+
+// stopsAtStop fills res.LostAtStop with stops.
+func (lt *lossTally) stopsAtStop(stops []stopLoss, res *Result) {
+	for _, s := range stops {
+		res.LostAtStop = append(res.LostAtStop, StopLoss{Time: s.time, Lost: s.lost, Seq: s.seq, Error: s.err, InLog: lt.seen[lossKey{s.time, s.lost}]})
+	}
 }
 
 // altersNoted reports whether a start line's note records that the log
@@ -262,6 +358,16 @@ func Verify(o VerifyOptions) (Result, error) {
 			o.mark = &m
 		}
 	}
+	// Read before the log too: a start removes it only after writing
+	// its lost lines, so a stop read here is in the log read next, or
+	// still to be written.
+	var stops []stopLoss
+	if o.StopLosses != "" {
+		var err error
+		if stops, _, err = readStopLosses(o.StopLosses); err != nil {
+			return Result{}, err
+		}
+	}
 	files, err := Files(o.Path)
 	if err != nil {
 		return Result{}, err
@@ -271,7 +377,7 @@ func Verify(o VerifyOptions) (Result, error) {
 		names[i] = filepath.Base(f)
 	}
 	open := func(i int) (io.ReadCloser, error) { return os.Open(files[i]) }
-	res, err := verify(names, open, o)
+	res, err := verify(names, open, o, stops)
 	res.Dir = filepath.Dir(o.Path)
 	if err == nil && res.Problem == nil && hasMark && m.seq > res.LastSeq {
 		p := &Problem{Kind: ProblemRemoved, Detail: removedFromEnd(res.LastSeq, m, o.Mark)}
@@ -373,13 +479,14 @@ func (l *lines) close() {
 	}
 }
 
-func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptions) (Result, error) {
+func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptions, stops []stopLoss) (Result, error) {
 	res := Result{Files: slices.Clone(names), CertificatesChecked: o.Roots != nil}
 	ls := &lines{names: names, open: open}
 	defer ls.close()
 	var p2, p1 *vline // the two lines before the current one
 	sinceCkpt := 0
 	var opens openStreams
+	var losses lossTally
 	keys := keyChain{pinned: o.Key}
 	for {
 		cur := ls.next()
@@ -425,6 +532,7 @@ func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptio
 			res.lastLine = cur.n
 		}
 		opens.line(cur)
+		losses.line(cur, &res)
 		if cur.e.Type == TypeStart && altersNoted(cur.e.Note) {
 			if res.AlteredCount < MaxUnclosed {
 				res.Altered = append(res.Altered, Noted{File: cur.file, Line: cur.n, Seq: cur.e.Seq, Time: cur.e.Time, Note: cur.e.Note})
@@ -434,6 +542,7 @@ func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptio
 		p2, p1 = p1, cur
 	}
 	opens.result(&res)
+	losses.stopsAtStop(stops, &res)
 	if ls.err != nil {
 		return res, ls.err
 	}
