@@ -133,7 +133,7 @@ func (a *Agent) newAccessLog() *accesslog.Log {
 	id := identity.Agent{TrustDomain: a.state.TrustDomain, Tenant: a.state.Tenant, ID: a.state.AgentID}
 	return accesslog.New(accesslog.Options{
 		Path: a.cfg.AccessLogPath(), MaxSize: int64(c.MaxSize), MaxFiles: c.MaxFiles, CheckpointInterval: c.CheckpointInterval,
-		Key: a.logKey, Mark: filepath.Join(a.state.Dir, LogMarkFile), Agent: id.String(), Version: a.cfg.Version, Logger: a.log,
+		Key: a.logKey, Mark: filepath.Join(a.state.Dir, LogMarkFile), StopLosses: filepath.Join(a.state.Dir, LogLostFile), Agent: id.String(), Version: a.cfg.Version, Logger: a.log,
 		Changed: a.rep.change,
 	})
 }
@@ -225,6 +225,7 @@ func AccessLogVerifyOptions(cfg Config, rootsFile, key string) (accesslog.Verify
 	o := accesslog.VerifyOptions{Path: cfg.AccessLogPath()}
 	if cfg.StateDir != "" {
 		o.Mark = filepath.Join(cfg.StateDir, LogMarkFile)
+		o.StopLosses = filepath.Join(cfg.StateDir, LogLostFile)
 	}
 	switch {
 	case key != "":

@@ -29,6 +29,12 @@ const LogKeyFile = "access-log.key"
 // apart from the log so that lines removed from its end are noticed.
 const LogMarkFile = "access-log.mark"
 
+// LogLostFile holds, in the state directory, the stops of the agent that
+// could not write their records to the access log, how many each lost and
+// why (accesslog.Options.StopLosses), until the next start writes them
+// in the log as lost lines.
+const LogLostFile = "access-log.lost"
+
 // maxLogKeyFile bounds what is read of LogKeyFile.
 const maxLogKeyFile = 4 << 10
 

@@ -53,8 +53,11 @@ of earlier versions, signed with the agent's certificate, are checked
 against the agent's CA roots (that the certificate names this agent and
 that they issued it), and the report says that those lines are verified
 against the CA only. It reports the log as intact or the first problem at
-its file and line, and the streams opened whose end it does not hold
-(still open, or the agent was killed before it recorded their end). It
+its file and line, the streams opened whose end it does not hold
+(still open, or the agent was killed before it recorded their end), and
+the records lost: those its lost lines count, and those of stops that
+could not write the log, recorded in the state directory, that the
+agent's next start writes as lost lines. It
 exits 0 when the log is intact and 1 when it is not (or cannot be read).
 
 The log is the one of --config FILE (default: the installed service's
@@ -229,8 +232,9 @@ func verifyAccessLog(cfg agent.Config, caPath, key string, own bool, format cli.
 	}
 	if !own {
 		// A copy (--file) may rightly end before the agent's last
-		// checkpoint: the mark says nothing of it.
-		o.Mark = ""
+		// checkpoint: the mark says nothing of it, nor does the record
+		// of stops that could not write it.
+		o.Mark, o.StopLosses = "", ""
 	}
 	res, err := accesslog.Verify(o)
 	if err != nil {
@@ -273,6 +277,7 @@ func printVerify(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
 			fmt.Fprintf(w, "pinned log key: %s\n", res.Pinned)
 		}
 		printAltered(w, res)
+		printLost(w, res, o)
 		printUnclosed(w, res)
 		return
 	}
@@ -325,7 +330,39 @@ func printVerify(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
 		fmt.Fprintf(w, "last %d line(s) after the last checkpoint are not signed yet (the agent is running, or did not stop cleanly)\n", res.Unsigned)
 	}
 	printAltered(w, res)
+	printLost(w, res, o)
 	printUnclosed(w, res)
+}
+
+// printLost lists the lost lines, and the stops that could not write
+// their records whose lost line is not written yet.
+func printLost(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
+	if res.LostLineCount > 0 {
+		fmt.Fprintf(w, "LOST: %d record(s) of streams could not be written (%d lost line(s)); the chain is intact without them:\n", res.Lost, res.LostLineCount)
+		for _, l := range res.LostLines {
+			again := ""
+			if l.Again {
+				again = " (this stop's line again: counted once)"
+			}
+			fmt.Fprintf(w, "  %s:%d seq %d at %s: %d lost%s: %s\n", esc(l.File), l.Line, l.Seq, l.Time.UTC().Format(time.RFC3339), l.Lost, again, esc(l.Note))
+		}
+		if res.LostLineCount > len(res.LostLines) {
+			fmt.Fprintf(w, "  … and %d more (-o json lists the first %d)\n", res.LostLineCount-len(res.LostLines), accesslog.MaxUnclosed)
+		}
+	}
+	var pending []accesslog.StopLoss
+	for _, s := range res.LostAtStop {
+		if !s.InLog {
+			pending = append(pending, s)
+		}
+	}
+	if len(pending) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "LOST AT STOP, NOT IN THE LOG YET: %d stop(s) of the agent could not write their records (recorded in %s; the agent's next start writes a lost line for each):\n", len(pending), esc(o.StopLosses))
+	for _, s := range pending {
+		fmt.Fprintf(w, "  stopped at %s: %d record(s) lost: %s\n", s.Time.UTC().Format(time.RFC3339Nano), s.Lost, esc(s.Error))
+	}
 }
 
 // printAltered lists the start lines that record that the log was
