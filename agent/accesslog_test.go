@@ -277,6 +277,102 @@ func TestAccessLogUnwritable(t *testing.T) {
 	}
 }
 
+// Records of streams the agent could not write to its access log when it
+// stopped are not lost unsaid: the stop records them in the state
+// directory, and the next start that can write the log writes a lost line
+// counting them, says so in its start line, and removes the record;
+// verify counts them, and before that start reports them as lost at the
+// stop.
+func TestAccessLogLossAtStopRecorded(t *testing.T) {
+	echoAddr := listen(t, func(c net.Conn) { io.Copy(c, c) })
+	root := newTestRoot(t, "tether.internal", "root")
+	a := enrolled(t, root, root)
+	svcs := map[string]Service{"web": {Address: echoAddr}}
+	a.services.Store(&svcs)
+	logDir := filepath.Join(t.TempDir(), "logs")
+	a.cfg.AccessLog = AccessLogConfig{Path: filepath.Join(logDir, "access.log")}
+	serve := func(req string) {
+		t.Helper()
+		s, rs := relayPair(t, a)
+		st, err := openStream(t, s, rs, protocol.StreamHeader{Service: "web", Backend: "backend:billing", RequestID: req})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Close()
+		s.close() // waits for the stream's handler: both its records are queued
+	}
+	a.alog = a.newAccessLog()
+	stop := runAccessLog(t, a)
+	serve("r-1")
+	stop()
+
+	// The log's directory replaced by a file: nothing can be written
+	// (root included) while the next run serves a stream.
+	if err := os.Rename(logDir, logDir+".aside"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(logDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.alog = a.newAccessLog()
+	stop = runAccessLog(t, a)
+	serve("r-2") // an open and an end record, neither written
+	if a.alog.Err() == nil {
+		t.Fatal("the access log under a file reports no error")
+	}
+	stop()
+	if err := os.Remove(logDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(logDir+".aside", logDir); err != nil {
+		t.Fatal(err)
+	}
+	o, err := AccessLogVerifyOptions(a.cfg, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := accesslog.Verify(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.LostAtStop) != 1 || res.LostAtStop[0].Lost != 2 {
+		t.Errorf("verify before the next start: lost at stop %+v, want the stop's 2 records", res.LostAtStop)
+	}
+
+	a.alog = a.newAccessLog()
+	stop = runAccessLog(t, a)
+	stop()
+	var lost uint64
+	var note string
+	err = accesslog.Read(a.cfg.AccessLogPath(), func(file string, n int, e accesslog.Entry, _ []byte, err error) error {
+		if err != nil {
+			return fmt.Errorf("%s:%d: %w", file, n, err)
+		}
+		switch e.Type {
+		case accesslog.TypeLost:
+			lost += e.Lost
+		case accesslog.TypeStart:
+			note = e.Note
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lost != 2 {
+		t.Errorf("lost lines count %d records, want the 2 the stop could not write", lost)
+	}
+	if !strings.Contains(note, "could not write 2 records") || strings.Contains(note, "killed or crashed") {
+		t.Errorf("the last start line's note: %q; want the 2 records lost at the last stop, and no crash", note)
+	}
+	if _, err := os.Stat(filepath.Join(a.cfg.StateDir, "access-log.lost")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the record of the stop after the next start: %v, want it removed", err)
+	}
+	if res, err = accesslog.Verify(o); err != nil || !res.Intact || res.Lost != 2 || len(res.LostAtStop) != 0 {
+		t.Errorf("verify: %v, intact %v, lost %d, lost at stop %+v; want intact, 2 lost, none pending", err, res.Intact, res.Lost, res.LostAtStop)
+	}
+}
+
 // Run starts the writer, logs its start and, when stopped, ends the log
 // with the checkpoint of a clean stop; the writer is gone when Run
 // returns (goleak checks the package).
