@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -236,5 +238,74 @@ func TestVerifyMark(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "intact: ") || !strings.Contains(stdout, "ALTERED BEFORE 1 START(S) of the agent") ||
 		!strings.Contains(stdout, "access.log:5 seq 5 at ") || !strings.Contains(stdout, "the lines after seq 4 were removed") {
 		t.Errorf("verify --config once the agent started again on the cut log: exit %d\n%s%s\nwant 0, intact, and the start line's note of the cut", code, stdout, stderr)
+	}
+}
+
+// --verify of the config's own log reports the records a stop could not
+// write: from the state directory's record of that stop until the next
+// start writes them to the log, then from the lost line (text and -o
+// json). A copy given with --file is not held to the record.
+func TestVerifyLostAtStop(t *testing.T) {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	logDir := filepath.Join(dir, "access-log")
+	path := filepath.Join(logDir, "access.log")
+	write := func(n int) {
+		l := accesslog.New(accesslog.Options{Path: path, CommitDelay: -1, RetryInterval: time.Hour, Key: key,
+			Mark: filepath.Join(dir, agent.LogMarkFile), StopLosses: filepath.Join(dir, agent.LogLostFile)})
+		l.Open()
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		wg.Go(func() { l.Run(ctx) })
+		for i := range n {
+			l.Add(accesslog.Record{Time: time.Now(), Request: fmt.Sprintf("r-%d", i), Backend: "backend:x", Service: "db", Code: "ok", End: "closed"})
+		}
+		cancel()
+		wg.Wait()
+	}
+	write(1)
+	// A run that cannot write the log: its directory is a file.
+	if err := os.Rename(logDir, logDir+".aside"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(logDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	write(3)
+	if err := os.Remove(logDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(logDir+".aside", logDir); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(cfg, []byte("state_dir: "+dir+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := run(t, nil, "", "access-log", "--verify", "--config", cfg)
+	if code != 0 || !strings.Contains(stdout, "LOST AT STOP, NOT IN THE LOG YET: 1 stop(s)") || !strings.Contains(stdout, ": 3 record(s) lost: create directory: mkdir ") {
+		t.Errorf("verify --config after a stop that could not write: exit %d\n%s%s\nwant 0 and the 3 records lost at the stop", code, stdout, stderr)
+	}
+	var res accesslog.Result
+	code, stdout, stderr = run(t, nil, "", "access-log", "--verify", "--config", cfg, "-o", "json")
+	if err := json.Unmarshal([]byte(stdout), &res); code != 0 || err != nil || len(res.LostAtStop) != 1 || res.LostAtStop[0].Lost != 3 {
+		t.Errorf("verify --config -o json after a stop that could not write: exit %d, %v\n%s%s\nwant lost_at_stop with 3 records", code, err, stdout, stderr)
+	}
+	if code, stdout, stderr := run(t, nil, "", "access-log", "--verify", "--file", path); code != 0 || strings.Contains(stdout, "LOST") {
+		t.Errorf("verify --file (a copy): exit %d\n%s%s\nwant 0, and nothing of the state directory's record", code, stdout, stderr)
+	}
+	write(0)
+	code, stdout, stderr = run(t, nil, "", "access-log", "--verify", "--config", cfg)
+	if code != 0 || !strings.Contains(stdout, "LOST: 3 record(s) of streams could not be written (1 lost line(s))") ||
+		!strings.Contains(stdout, "access.log:7 seq 7 at ") || strings.Contains(stdout, "NOT IN THE LOG YET") {
+		t.Errorf("verify --config once the agent started again: exit %d\n%s%s\nwant 0 and the lost line of the 3 records", code, stdout, stderr)
+	}
+	res = accesslog.Result{}
+	code, stdout, stderr = run(t, nil, "", "access-log", "--verify", "--config", cfg, "-o", "json")
+	if err := json.Unmarshal([]byte(stdout), &res); code != 0 || err != nil || res.Lost != 3 || res.LostLineCount != 1 || len(res.LostAtStop) != 0 {
+		t.Errorf("verify --config -o json once the agent started again: exit %d, %v\n%s%s\nwant lost 3 in 1 line", code, err, stdout, stderr)
 	}
 }
