@@ -45,8 +45,8 @@ import (
 // It may be written twice: an agent killed (or a power cut) between the
 // commit of the lost lines and the removal of the file writes them again
 // at its next start. Verify counts a stop's lost line once (same stopped
-// time, same count), and the start line's note says when the log went on
-// since the stop recorded (the case where this can happen).
+// time, same count), and the start line's note says so when the log went
+// on since the last stop recorded (which that stop's seq and head show).
 
 const (
 	stopLossHeader = "tether-agent access log stops with records lost v1"

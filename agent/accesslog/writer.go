@@ -746,8 +746,8 @@ func (l *Log) flush() {
 		}
 		bufKey = true
 	}
-	for _, st := range l.stops {
-		v := &lostLine{Time: now, Type: TypeLost, Lost: st.lost, Stopped: st.time, Note: field(stopLossNote(st), maxField)}
+	for _, sl := range l.stops {
+		v := &lostLine{Time: now, Type: TypeLost, Lost: sl.lost, Stopped: sl.time, Note: field(stopLossNote(sl), maxField)}
 		if err := emit(v, func(seq uint64, prev string) { v.Seq, v.Prev = seq, prev }); err != nil {
 			l.fail(err)
 			return
