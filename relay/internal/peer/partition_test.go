@@ -625,6 +625,13 @@ func TestSlowAgentBehindHealthyLink(t *testing.T) {
 	var h holdings
 	h.set("acme", store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: r2.Addr().String(), Agents: 1})
 	r, l := entry(t, tls[0], &h, budget)
+	// The link is up before the stream: its dial counts against the
+	// stream's bound (1 s) too, and the stream is to meet a healthy link,
+	// not a dial that a loaded machine made slow.
+	lk := linkTo(t, l, "relay-2")
+	if _, err := within(t, "the link to relay-2", func() (any, error) { return l.session(context.Background(), lk, nil) }); err != nil {
+		t.Fatalf("the link to relay-2: %v", err)
+	}
 	via, took, err := dial(r, "slow")
 	if err != nil || via != "relay-2" {
 		t.Fatalf("stream to an agent answering after %v: via %q, %v; want relay-2", delay, via, err)
@@ -632,7 +639,7 @@ func TestSlowAgentBehindHealthyLink(t *testing.T) {
 	if took < delay {
 		t.Errorf("stream opened after %v, before its agent answered (%v)", took, delay)
 	}
-	if lk := linkTo(t, l, "relay-2"); lk.inDoubt() || lk.doubtful() {
+	if lk.inDoubt() || lk.doubtful() {
 		t.Error("a link that answered a stream's opening at once is in doubt")
 	}
 }
