@@ -27,8 +27,11 @@ func TestAnswerAfterSlowDial(t *testing.T) {
 			r := newTestRelay(t, ca, "r1", "127.0.0.1", false)
 			echo := echoService(t)
 			const black = "192.0.2.1:5432" // TEST-NET-1: stands for a host that drops SYNs
+			// dial_timeout is well past the late accept (twice the
+			// header's deadline, 600 ms): 1 s left 400 ms for its timer
+			// and a loopback dial, which a loaded machine can take.
 			runClusterAgent(t, ca, Config{Relays: []string{r.addr}, Transport: transport, RelayConnections: 1,
-				DialTimeout: time.Second,
+				DialTimeout: 2 * time.Second,
 				Services:    map[string]Service{"slow": {Address: echo}, "dead": {Address: black}},
 				DialService: func(ctx context.Context, network, addr string) (net.Conn, error) {
 					if addr == black {

@@ -137,9 +137,11 @@ func TestRevocationClosesLiveSessionsAndSurvivesRestart(t *testing.T) {
 	defer held.Close()
 	echoOnce(t, held, "before revocation")
 
-	revoked := time.Now()
 	r.admin(t, "agent", "revoke", a.id, "--reason", "laptop stolen")
-	// The open stream ends within 5 s: its session is closed.
+	// The open stream ends within 5 s of the revocation, written once the
+	// command has returned (its own start is not the relay's time): its
+	// session is closed.
+	revoked := time.Now()
 	held.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := held.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("stream through the revoked agent still open %v after revocation (read: %v)", time.Since(revoked), err)
@@ -315,21 +317,25 @@ func TestTenantLimitsAreBulkheads(t *testing.T) {
 	startAgent(t, r, "acme", agentOpts{services: svc})
 	startAgent(t, r, "beta", agentOpts{services: svc})
 
-	// acme: two concurrent streams at most.
+	// acme: two concurrent streams at most. The relay applies a change
+	// to the limits once it has followed the store's change feed (every
+	// ChangePoll, 500 ms): each step below waits for the limit to apply,
+	// trying again while what it tries is still allowed, not a fixed time
+	// (2 s, which a loaded machine could outlast).
 	r.admin(t, "tenant", "limits", "acme", "--max-streams", "2", "--max-agents", "1")
-	time.Sleep(2 * time.Second) // the relay polls limits every second
 	var open []net.Conn
 	for i := range 2 {
 		c := waitDial(t, d, "echo.acme.tether:7", 10*time.Second)
 		echoOnce(t, c, fmt.Sprintf("acme %d", i))
 		open = append(open, c)
 	}
-	if c, err := d.Dial("tcp", "echo.acme.tether:7"); !errors.Is(err, client.ErrLimitExceeded) {
-		if c != nil {
-			c.Close()
+	untilLimited(t, "third acme stream", func() error {
+		c, err := d.Dial("tcp", "echo.acme.tether:7")
+		if err == nil {
+			c.Close() // the limit does not apply yet
 		}
-		t.Fatalf("third acme stream: got %v, want limit_exceeded", err)
-	}
+		return err
+	})
 	// beta is not affected.
 	var betas []net.Conn
 	for i := range 5 {
@@ -350,29 +356,51 @@ func TestTenantLimitsAreBulkheads(t *testing.T) {
 		t.Fatalf("enrolment past max-agents: err %v, stderr %s", err, stderr)
 	}
 
-	// Stream-open rate: one per second, no burst, per backend.
+	// Stream-open rate: one per second, no burst, per backend: an open
+	// right after one is refused.
 	r.admin(t, "tenant", "limits", "acme", "--open-rate", "0.5", "--open-burst", "1")
-	time.Sleep(2 * time.Second)
-	c := waitDial(t, d, "echo.acme.tether:7", 10*time.Second)
-	c.Close()
-	if c, err := d.Dial("tcp", "echo.acme.tether:7"); !errors.Is(err, client.ErrLimitExceeded) {
-		if c != nil {
-			c.Close()
+	untilLimited(t, "second acme open within the rate", func() error {
+		c := waitDial(t, d, "echo.acme.tether:7", 10*time.Second)
+		c.Close()
+		c, err := d.Dial("tcp", "echo.acme.tether:7")
+		if err == nil {
+			c.Close() // the rate does not apply yet
 		}
-		t.Fatalf("second acme open within the rate: got %v, want limit_exceeded", err)
-	}
-	c = waitDial(t, d, "echo.beta.tether:7", 10*time.Second)
+		return err
+	})
+	c := waitDial(t, d, "echo.beta.tether:7", 10*time.Second)
 	c.Close()
 
 	// Agents of acme may only connect from 10.0.0.0/8: enrolment from
-	// loopback is refused, and so is a reconnection.
+	// loopback is refused, and so is a reconnection. Until the relay
+	// applies the networks, the enrolment is refused for --max-agents.
 	r.admin(t, "tenant", "limits", "acme", "--cidrs", "10.0.0.0/8")
-	time.Sleep(2 * time.Second)
-	_, stderr, err = runCmd(t, bins.agent, "enroll", "--relay", r.agentAddr, "--token-file", tokenFile, "--state-dir", t.TempDir())
-	if err == nil || !strings.Contains(stderr, "not_allowed") {
-		t.Fatalf("enrolment from outside the tenant's networks: err %v, stderr %s", err, stderr)
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		_, stderr, err = runCmd(t, bins.agent, "enroll", "--relay", r.agentAddr, "--token-file", tokenFile, "--state-dir", t.TempDir())
+		if err != nil && strings.Contains(stderr, "not_allowed") {
+			break
+		}
+		if err == nil || !strings.Contains(stderr, "limit_exceeded") || time.Now().After(deadline) {
+			t.Fatalf("enrolment from outside the tenant's networks: err %v, stderr %s; want not_allowed (within 15 s of the change)", err, stderr)
+		}
 	}
 	waitAudit(t, r, "the enrolment refusal", kindOutcome("agent.enrol", "not_allowed"), "--tenant", "acme")
+}
+
+// untilLimited calls try until it is refused with limit_exceeded, while
+// what it tries still succeeds (a limit just set, which the relay has not
+// applied yet), for at most 15 s; any other failure fails the test.
+func untilLimited(t *testing.T, what string, try func() error) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		err := try()
+		if errors.Is(err, client.ErrLimitExceeded) {
+			return
+		}
+		if err != nil || time.Now().After(deadline) {
+			t.Fatalf("%s: got %v, want limit_exceeded (within 15 s of the change)", what, err)
+		}
+	}
 }
 
 // waitCount waits until p's output holds s at least n times.

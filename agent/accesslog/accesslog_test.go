@@ -487,10 +487,13 @@ func TestUnwritableThenRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the log writable again", func() bool { return l.Err() == nil })
+	// The writer calls Changed once Err has turned nil, on its own
+	// goroutine: it may not have yet when Err is seen nil here.
+	waitFor(t, "Changed called on the recovery", func() bool { return changes.Load() >= 2 })
+	l.stop()
 	if changes.Load() != 2 {
 		t.Errorf("Changed called %d times, want twice (failing, recovered)", changes.Load())
 	}
-	l.stop()
 	res := mustVerify(t, VerifyOptions{Path: path})
 	if !res.Intact || res.Lines != 6 { // no key: no checkpoints
 		t.Fatalf("verify: %+v, want intact with the start line and 5 streams", res)

@@ -61,14 +61,35 @@ func TestStartWhileCALockHeld(t *testing.T) {
 	d2.Close()
 	// A relay given another KEK cannot read the CA, and waits for the
 	// lock in case the CA was changing; when it gives up, it says why it
-	// could not read the CA, not only that the lock was held.
-	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	// could not read the CA, not only that the lock was held. It gives up
+	// once it is waiting for the lock (it logs the wait), not after a
+	// fixed time: one that ended while it was still opening the store
+	// never reached the CA, and failed for that instead.
+	defer func(d time.Duration) { lockWaitLog = d }(lockWaitLog)
+	lockWaitLog = 20 * time.Millisecond
+	var logs syncBuffer
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if d3, _, err := Open(wctx, t.TempDir(), Options{Store: dsn, CAKEK: newKEK()}, time.Now()); !errors.Is(err, ca.ErrWrongKEK) {
-		if d3 != nil {
-			d3.Close()
+	waiting := make(chan struct{})
+	go func() {
+		defer close(waiting)
+		for !strings.Contains(logs.String(), "waiting for the store's CA lock") {
+			select {
+			case <-wctx.Done():
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
 		}
-		t.Fatalf("a start with another KEK while the lock is held: %v, want ca.ErrWrongKEK among its causes", err)
+		cancel()
+	}()
+	d3, _, err := Open(wctx, t.TempDir(), Options{Store: dsn, CAKEK: newKEK(), Logger: slog.New(slog.NewTextHandler(&logs, nil))}, time.Now())
+	cancel()
+	<-waiting
+	if d3 != nil {
+		d3.Close()
+	}
+	if !errors.Is(err, ca.ErrWrongKEK) || !strings.Contains(logs.String(), "waiting for the store's CA lock") {
+		t.Fatalf("a start with another KEK while the lock is held: %v, want it to wait for the lock and ca.ErrWrongKEK among its causes; logs: %q", err, logs.String())
 	}
 }
 

@@ -272,7 +272,9 @@ func (x *cutter) pipe(dst, src net.Conn, oneWay *atomic.Bool) {
 // cutOffHolder has acme's agents held by r2 (two, so preferred), behind
 // a cutter, and by relay-3 (one, a holder of its own), and returns the
 // entry relay's router and links (tls[0], 15 s to open a stream) and the
-// cutter in front of r2.
+// cutter in front of r2. The link to relay-3 is up: the time a stream
+// takes to reach relay-3 once the link to r2 is cut is the cut link's
+// cost, not that of a first dial, which a loaded machine makes slow.
 func cutOffHolder(t *testing.T, tls []*trust.Peer, r2 *Server) (*route.Router, *Links, *cutter) {
 	t.Helper()
 	r3 := holder(t, tls[2], "agent-3", 0)
@@ -282,6 +284,10 @@ func cutOffHolder(t *testing.T, tls []*trust.Peer, r2 *Server) (*route.Router, *
 		store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: cut.ln.Addr().String(), Agents: 2},
 		store.Holding{RelayID: "relay-3", Epoch: 1, PeerAddr: r3.Addr().String(), Agents: 1})
 	r, l := entry(t, tls[0], &h, 15*time.Second)
+	lk3 := linkTo(t, l, "relay-3")
+	if _, err := within(t, "the link to relay-3", func() (any, error) { return l.session(context.Background(), lk3, nil) }); err != nil {
+		t.Fatalf("the link to relay-3: %v", err)
+	}
 	return r, l, cut
 }
 
@@ -625,6 +631,13 @@ func TestSlowAgentBehindHealthyLink(t *testing.T) {
 	var h holdings
 	h.set("acme", store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: r2.Addr().String(), Agents: 1})
 	r, l := entry(t, tls[0], &h, budget)
+	// The link is up before the stream: its dial counts against the
+	// stream's bound (1 s) too, and the stream is to meet a healthy link,
+	// not a dial that a loaded machine made slow.
+	lk := linkTo(t, l, "relay-2")
+	if _, err := within(t, "the link to relay-2", func() (any, error) { return l.session(context.Background(), lk, nil) }); err != nil {
+		t.Fatalf("the link to relay-2: %v", err)
+	}
 	via, took, err := dial(r, "slow")
 	if err != nil || via != "relay-2" {
 		t.Fatalf("stream to an agent answering after %v: via %q, %v; want relay-2", delay, via, err)
@@ -632,7 +645,7 @@ func TestSlowAgentBehindHealthyLink(t *testing.T) {
 	if took < delay {
 		t.Errorf("stream opened after %v, before its agent answered (%v)", took, delay)
 	}
-	if lk := linkTo(t, l, "relay-2"); lk.inDoubt() || lk.doubtful() {
+	if lk.inDoubt() || lk.doubtful() {
 		t.Error("a link that answered a stream's opening at once is in doubt")
 	}
 }
