@@ -158,12 +158,8 @@ func (e *Enrol) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 		return nil, store.Token{}, err
 	}
 	authority := e.cfg.Authority.CA()
-	switch pinned := authority.Root(protocol.FormatFingerprint(tok.CAFingerprint)); {
-	case pinned == nil:
-		return nil, store.Token{}, protocol.Errorf(protocol.CodeInvalidToken, "join token was issued for another relay CA")
-	case !pinned.RetiredAt.IsZero():
-		return nil, store.Token{}, protocol.Errorf(protocol.CodeInvalidToken, "join token pins CA root %d, retired at %s: ask the operator for a new token",
-			pinned.Generation, pinned.RetiredAt.UTC().Format(time.RFC3339))
+	if err := pinnedRootUsable(authority, protocol.FormatFingerprint(tok.CAFingerprint)); err != nil {
+		return nil, store.Token{}, err
 	}
 	csr, err := ca.CheckCSR(req.CSR)
 	if err != nil {
@@ -196,6 +192,15 @@ func (e *Enrol) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 		root = authority.Signer()
 	}
 	register := func(t store.Token) (store.Agent, error) {
+		// The fingerprint in the token string is the holder's to edit
+		// (the secret does not cover it): the root the token was made
+		// for is the one its record names. A token whose root was
+		// retired enrols no more, whatever root its string names.
+		if t.CARoot != "" {
+			if err := pinnedRootUsable(authority, t.CARoot); err != nil {
+				return store.Agent{}, err
+			}
+		}
 		id = identity.Agent{TrustDomain: authority.TrustDomain(), Tenant: t.Tenant, ID: credential.NewID()}
 		var err error
 		if cert, err = authority.SignAgent(root, csr, id, e.cfg.CertLifetime, now); err != nil {
@@ -234,6 +239,20 @@ func (e *Enrol) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 		CACertificates: string(authority.BundlePEM()),
 		CAEndorsements: string(authority.EndorsementsPEM()),
 	}, t, nil
+}
+
+// pinnedRootUsable refuses a join token that pins CA root id (printable
+// fingerprint) unless authority still trusts that root: one of another
+// CA, or one retired, enrols no more agents.
+func pinnedRootUsable(authority *ca.CA, id string) error {
+	switch pinned := authority.Root(id); {
+	case pinned == nil:
+		return protocol.Errorf(protocol.CodeInvalidToken, "join token was issued for another relay CA")
+	case !pinned.RetiredAt.IsZero():
+		return protocol.Errorf(protocol.CodeInvalidToken, "join token pins CA root %d, retired at %s: ask the operator for a new token",
+			pinned.Generation, pinned.RetiredAt.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // enrolmentLimits checks tenant's limits for a new agent enrolling from
