@@ -426,7 +426,11 @@ func (e *Enrol) renewCert(ctx context.Context, ac Agent, req *protocol.RenewRequ
 	}
 	csr, err := ca.CheckCSR(req.CSR)
 	if err != nil {
-		return nil, err
+		// Summed per agent, as the other refusals the agent alone
+		// causes: a due renewal spends no burst, and a refused one
+		// leaves the next due too, so one agent could otherwise write
+		// an audit record for each request it sends.
+		return nil, refuseRenewal(reasonBadRequest, err)
 	}
 	root := authority.Signer()
 	cert, err := authority.SignAgent(root, csr, id, e.cfg.CertLifetime, now)

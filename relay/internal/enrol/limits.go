@@ -32,9 +32,11 @@ import (
 // asks for at once, a retry — spends one of a small burst (3, then one
 // every 20 minutes). A renewal beyond is refused rate_limited; a renewal
 // asked over a session whose certificate is no longer the agent's newest
-// (policy.StandingOf) is refused certificate_superseded. Both are summed
-// per agent and interval (agent.renew and agent.stale_certificate
-// records) and counted in tether_auth_refusals_total{door="renew"}.
+// (policy.StandingOf) is refused certificate_superseded; one whose
+// certificate request is refused (malformed, a key not accepted) is
+// refused bad_request. All three are summed per agent and interval
+// (agent.renew and agent.stale_certificate records) and counted in
+// tether_auth_refusals_total{door="renew"}.
 
 // Doors and reasons, as counted and audited.
 const (
@@ -42,7 +44,7 @@ const (
 	doorRenew = "renew"
 
 	reasonBadToken   = "bad_token"   // unknown or damaged join token, wrong secret, another CA's
-	reasonBadRequest = "bad_request" // a malformed request or CSR, before a token was accepted: not counted against the source
+	reasonBadRequest = "bad_request" // a malformed request or CSR: at enrolment before a token was accepted (not counted against the source); at renewal, a CSR refused
 	reasonSuperseded = "superseded"  // a renewal over a session on a certificate no longer the newest
 )
 
@@ -100,8 +102,11 @@ func newLimits(cfg Config) *limits {
 	}
 	recordRenew := func(sm throttle.Summary) {
 		kind, outcome := audit.Renew, protocol.CodeRateLimited
-		if sm.Reason == reasonSuperseded {
+		switch sm.Reason {
+		case reasonSuperseded:
 			kind, outcome = audit.StaleCertificate, protocol.CodeCertSuperseded
+		case reasonBadRequest:
+			outcome = protocol.CodeBadRequest
 		}
 		tenant, agent, _ := strings.Cut(sm.Source, "/")
 		cfg.Audit.Record(audit.Record{At: cfg.Now(), Kind: kind, Outcome: outcome.String(), Tenant: tenant, Agent: agent, Actor: "agent", Detail: sm.Detail()})
