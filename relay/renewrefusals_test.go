@@ -143,3 +143,68 @@ func TestRefusedRenewalRequestsAreSummed(t *testing.T) {
 		t.Errorf("renewal records: %d ok, %d refusals counting %d; want 1 ok and at most 2 refusals counting %d", ok, refusals, counted, flood)
 	}
 }
+
+// A session outlives its certificate by up to a heartbeat: the relay
+// closes it at its next beat after the expiry. A renewal asked over it
+// in that moment must not be answered: the certificate that authenticated
+// the session has expired, and an agent whose certificate expired is to be
+// enrolled again (certificate_expired), not given a new one. The store
+// keeps the agent's record as it was.
+func TestRenewalRefusedOnceTheSessionCertificateExpired(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	// A heartbeat long enough that the relay's beat does not close the
+	// session before the renewal below is answered.
+	r := runRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off, DrainTimeout: time.Millisecond,
+		HeartbeatInterval: time.Minute})
+	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.AddTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	id := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: "a1"}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := ca.CheckCSR(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A certificate of two seconds, recorded as the agent's newest.
+	root, now := r.auth.CA().Signer(), time.Now()
+	leaf, err := r.auth.CA().SignAgent(root, csr, id, 2*time.Second, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.dir.Store.AddAgent(ctx, store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: now, CertSerial: leaf.SerialNumber.Text(16),
+		CertNotAfter: leaf.NotAfter, CertRoot: root.ID(), CertIssuedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	ag := newTestAgent(t, r, "other")
+	ag.cert = &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
+	s, err := ag.connect(ctx)
+	if err != nil {
+		t.Fatalf("connect before the certificate expires: %v", err)
+	}
+	// The certificate's expiry is a time, not an event: wait for it.
+	time.Sleep(time.Until(leaf.NotAfter.Add(50 * time.Millisecond)))
+	if n := r.sessions.Sessions().SessionsOf(id.Tenant, id.ID); n != 1 {
+		t.Fatalf("the session is not up after its certificate expired (%d sessions); the test needs it up until the next beat", n)
+	}
+	resp := renewWith(t, s, csrFor(t))
+	if resp.Certificate != "" || resp.Code != protocol.CodeCertExpired.String() {
+		t.Fatalf("renewal over a session whose certificate expired at %s: answered %q %q with a certificate of %d bytes; want certificate_expired and none",
+			leaf.NotAfter.UTC().Format(time.RFC3339Nano), resp.Code, resp.Message, len(resp.Certificate))
+	}
+	if rec, err := r.dir.Store.Agent(ctx, id.ID); err != nil || rec.CertSerial != leaf.SerialNumber.Text(16) {
+		t.Fatalf("the agent's record after the refused renewal: %+v, %v; want it unchanged", rec, err)
+	}
+}

@@ -91,6 +91,9 @@ type Agent interface {
 	// "" when no active root issued it.
 	RootID() string
 	ConnectedAt() time.Time
+	// NotAfter is when the session's newest certificate expires (the
+	// session ends at its next heartbeat after that).
+	NotAfter() time.Time
 	Hello() *protocol.Hello
 	// Renewed moves every session of the agent process to the
 	// certificate with serial, valid until notAfter, issued by CA root
@@ -373,6 +376,13 @@ func (e *Enrol) Renew(ctx context.Context, ac Agent, req *protocol.RenewRequest)
 // root is retired.
 func (e *Enrol) renewCert(ctx context.Context, ac Agent, req *protocol.RenewRequest) (*renewal, error) {
 	id := ac.Identity()
+	// A session outlives its certificate until its next heartbeat: the
+	// certificate that authenticated it no longer vouches for the agent,
+	// which is to be enrolled again, as at the hello.
+	if na := ac.NotAfter(); e.cfg.Now().After(na) {
+		return nil, refuseRenewal(reasonExpired, protocol.Errorf(protocol.CodeCertExpired, "the certificate of this session expired at %s: enrol the agent again with a new join token",
+			na.UTC().Format(time.RFC3339)))
+	}
 	rec, err := e.cfg.Store.Agent(ctx, id.ID)
 	switch {
 	case errors.Is(err, store.ErrNotFound) || (err == nil && rec.Tenant != id.Tenant):

@@ -34,7 +34,9 @@ import (
 // asked over a session whose certificate is no longer the agent's newest
 // (policy.StandingOf) is refused certificate_superseded; one whose
 // certificate request is refused (malformed, a key not accepted) is
-// refused bad_request. All three are summed per agent and interval
+// refused bad_request; one over a session whose certificate expired
+// (until its next heartbeat closes it) is refused certificate_expired.
+// All four are summed per agent and interval
 // (agent.renew and agent.stale_certificate records) and counted in
 // tether_auth_refusals_total{door="renew"}.
 
@@ -46,6 +48,7 @@ const (
 	reasonBadToken   = "bad_token"   // unknown or damaged join token, wrong secret, another CA's
 	reasonBadRequest = "bad_request" // a malformed request or CSR: at enrolment before a token was accepted (not counted against the source); at renewal, a CSR refused
 	reasonSuperseded = "superseded"  // a renewal over a session on a certificate no longer the newest
+	reasonExpired    = "expired"     // a renewal over a session whose certificate expired (until its next heartbeat closes it)
 )
 
 // Defaults of the limits.
@@ -97,6 +100,8 @@ func newLimits(cfg Config) *limits {
 			outcome = protocol.CodeRateLimited
 		case reasonBadRequest:
 			outcome = protocol.CodeBadRequest
+		case reasonExpired:
+			outcome = protocol.CodeCertExpired
 		}
 		cfg.Audit.Record(audit.Record{At: cfg.Now(), Kind: audit.AuthRefused, Outcome: outcome.String(), Actor: "relay", Detail: sm.Detail()})
 	}
@@ -107,6 +112,8 @@ func newLimits(cfg Config) *limits {
 			kind, outcome = audit.StaleCertificate, protocol.CodeCertSuperseded
 		case reasonBadRequest:
 			outcome = protocol.CodeBadRequest
+		case reasonExpired:
+			outcome = protocol.CodeCertExpired
 		}
 		tenant, agent, _ := strings.Cut(sm.Source, "/")
 		cfg.Audit.Record(audit.Record{At: cfg.Now(), Kind: kind, Outcome: outcome.String(), Tenant: tenant, Agent: agent, Actor: "agent", Detail: sm.Detail()})
