@@ -9,6 +9,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/pem"
+	"net"
+	"net/url"
 	"testing"
 	"time"
 
@@ -22,14 +26,6 @@ import (
 // does with the one in its token), and returns the relay's answer.
 func enrolOver(t *testing.T, r *Relay, fp [32]byte, token string) protocol.Message {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	conn, err := (&tls.Dialer{Config: identity.EnrollClientConfig(fp)}).DialContext(ctx, "tcp", r.AgentAddr().String())
-	if err != nil {
-		t.Fatalf("enrolment handshake: %v", err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(20 * time.Second))
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -38,6 +34,20 @@ func enrolOver(t *testing.T, r *Relay, fp [32]byte, token string) protocol.Messa
 	if err != nil {
 		t.Fatal(err)
 	}
+	return enrolWith(t, r, fp, token, csr)
+}
+
+// enrolWith is enrolOver with the certificate request csr (DER).
+func enrolWith(t *testing.T, r *Relay, fp [32]byte, token string, csr []byte) protocol.Message {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := (&tls.Dialer{Config: identity.EnrollClientConfig(fp)}).DialContext(ctx, "tcp", r.AgentAddr().String())
+	if err != nil {
+		t.Fatalf("enrolment handshake: %v", err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
 	req := &protocol.EnrollRequest{Token: token, CSR: csr, Hostname: "h", OS: "linux", Arch: "amd64",
 		Capabilities: []string{protocol.CapRootBundle}}
 	if err := protocol.WriteMessage(conn, req); err != nil {
@@ -114,5 +124,103 @@ func TestRetiredRootTokenCannotBeRepinned(t *testing.T) {
 	}
 	if m := enrolOver(t, r, newRoot.Fingerprint(), fresh); m.Type() != protocol.TypeEnrollResponse {
 		t.Fatalf("a token made after the retirement: answered %#v, want an enrolment", m)
+	}
+}
+
+// What an enrolling client controls is its certificate request: its
+// subject, names and extensions are its own. None of it reaches the
+// certificate, which names only the identity the relay chose in the
+// token's tenant, for client authentication, not a CA; the key types and
+// sizes the relay does not accept are refused without spending the token.
+func TestEnrolmentTakesOnlyTheKeyFromTheRequest(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	r := runRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off, DrainTimeout: time.Millisecond})
+	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for _, tenant := range []string{"acme", "globex"} {
+		if err := a.AddTenant(ctx, tenant); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tok, _, err := a.CreateToken(ctx, "acme", time.Hour, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := r.auth.CA().Serving().Fingerprint()
+
+	// Refused requests: the token keeps its one use.
+	weak, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
+	weakCSR, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, weak)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	forged, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged[len(forged)-1] ^= 1 // the signature no longer matches: a key it does not hold
+	for name, csr := range map[string][]byte{"P-224 key": weakCSR, "bad signature": forged, "not DER": []byte("csr")} {
+		if m := enrolWith(t, r, fp, tok, csr); m.Type() != protocol.TypeReject || m.(*protocol.Reject).Code != protocol.CodeBadRequest.String() {
+			t.Errorf("%s: answered %#v, want bad_request", name, m)
+		}
+	}
+	if info, err := a.Tokens(ctx, "acme"); err != nil || info[0].Uses != 0 {
+		t.Fatalf("token after the refused requests: %+v, %v; want it unused", info, err)
+	}
+
+	// A request that asks for everything it can.
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	globex, _ := url.Parse("spiffe://" + r.TrustDomain() + "/tenant/globex/agent/victim")
+	relayURI := identity.RelayURI(r.TrustDomain())
+	isCA, _ := asn1.Marshal(struct {
+		IsCA bool `asn1:"optional"`
+	}{true})
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject:        pkix.Name{CommonName: "victim", OrganizationalUnit: []string{"globex"}},
+		DNSNames:       []string{identity.RelayDNSName, "localhost"},
+		EmailAddresses: []string{"ops@globex.example"},
+		IPAddresses:    []net.IP{net.IPv4(127, 0, 0, 1)},
+		URIs:           []*url.URL{globex, relayURI},
+		ExtraExtensions: []pkix.Extension{
+			{Id: asn1.ObjectIdentifier{2, 5, 29, 19}, Critical: true, Value: isCA}, // basic constraints: CA
+		},
+	}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := enrolWith(t, r, fp, tok, csr)
+	resp, ok := m.(*protocol.EnrollResponse)
+	if !ok {
+		t.Fatalf("answered %#v, want an enrolment", m)
+	}
+	block, _ := pem.Decode([]byte(resp.Certificate))
+	if block == nil {
+		t.Fatal("no certificate in the answer")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: resp.AgentID}
+	if resp.Tenant != "acme" || len(cert.URIs) != 1 || cert.URIs[0].String() != want.String() {
+		t.Errorf("certificate names %v (tenant %q in the answer), want only %s", cert.URIs, resp.Tenant, want)
+	}
+	if len(cert.DNSNames)+len(cert.EmailAddresses)+len(cert.IPAddresses) != 0 || cert.Subject.CommonName != resp.AgentID ||
+		len(cert.Subject.OrganizationalUnit) != 1 || cert.Subject.OrganizationalUnit[0] != "acme" {
+		t.Errorf("certificate carries the request's names: subject %v, DNS %v, email %v, IP %v", cert.Subject, cert.DNSNames, cert.EmailAddresses, cert.IPAddresses)
+	}
+	if cert.IsCA || cert.KeyUsage != x509.KeyUsageDigitalSignature || len(cert.ExtKeyUsage) != 1 || cert.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth {
+		t.Errorf("certificate: CA %v, key usage %v, extended %v; want not a CA, digital signature, client authentication only", cert.IsCA, cert.KeyUsage, cert.ExtKeyUsage)
+	}
+	if pub, ok := cert.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(&key.PublicKey) {
+		t.Error("certificate is not for the request's key")
+	}
+	if got, err := r.auth.VerifyAgent([]*x509.Certificate{cert}, time.Now()); err != nil || got != want {
+		t.Errorf("the relay takes the certificate for %+v (%v), want %+v", got, err, want)
 	}
 }
