@@ -100,8 +100,6 @@ func newLimits(cfg Config) *limits {
 			outcome = protocol.CodeRateLimited
 		case reasonBadRequest:
 			outcome = protocol.CodeBadRequest
-		case reasonExpired:
-			outcome = protocol.CodeCertExpired
 		}
 		cfg.Audit.Record(audit.Record{At: cfg.Now(), Kind: audit.AuthRefused, Outcome: outcome.String(), Actor: "relay", Detail: sm.Detail()})
 	}
