@@ -19,6 +19,7 @@ import (
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/relay/admin"
+	"github.com/tetherhq/tether/relay/internal/audit"
 )
 
 // enrolOver sends an enrolment request with token over the relay's agent
@@ -222,5 +223,75 @@ func TestEnrolmentTakesOnlyTheKeyFromTheRequest(t *testing.T) {
 	}
 	if got, err := r.auth.VerifyAgent([]*x509.Certificate{cert}, time.Now()); err != nil || got != want {
 		t.Errorf("the relay takes the certificate for %+v (%v), want %+v", got, err, want)
+	}
+}
+
+// A join token that is used up (or expired) is no longer guarded as a
+// secret: a single-use token is pasted into tickets and install logs once
+// spent. Enrolments with it are refused token_used_up as before, every
+// time (it is not throttled: its holder asks why), but its holder cannot
+// write an audit record for each: a source's first refusals are audited
+// one by one, in the token's tenant's trail, and the rest summed per
+// source, as the refusals of wrong tokens are.
+func TestSpentJoinTokenRefusalsAreSummed(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	r, stop := startRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off, DrainTimeout: time.Millisecond})
+	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.AddTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	tok, info, err := a.CreateToken(ctx, "acme", time.Hour, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := r.auth.CA().Serving().Fingerprint()
+	if m := enrolOver(t, r, fp, tok); m.Type() != protocol.TypeEnrollResponse {
+		t.Fatalf("the token's one use: answered %#v", m)
+	}
+	const spent = 40
+	start := time.Now()
+	for i := range spent {
+		m := enrolOver(t, r, fp, tok)
+		if rej, ok := m.(*protocol.Reject); !ok || rej.Code != protocol.CodeTokenUsedUp.String() {
+			t.Fatalf("enrolment %d with the used-up token: answered %#v, want token_used_up", i, m)
+		}
+	}
+	single := 10 + int(time.Since(start)/(5*time.Second)) // a source's burst, then one every 5 s
+	stop()                                                // the sums of the interval are written as the relay stops
+
+	var one, summed, counted int
+	for _, kind := range []string{audit.Enrol, audit.AuthRefused} {
+		recs, err := a.Audit(ctx, admin.AuditFilter{Kind: kind, Limit: 10000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rec := range recs {
+			if rec.Outcome != protocol.CodeTokenUsedUp.String() {
+				continue
+			}
+			if rec.Tenant != "acme" {
+				t.Errorf("a refusal of acme's token in the trail of %q: %+v", rec.Tenant, rec)
+			}
+			if c, ok := rec.Detail["count"].(float64); ok {
+				summed++
+				counted += int(c)
+				if ids, _ := rec.Detail["identities"].([]any); len(ids) != 1 || ids[0] != info.ID {
+					t.Errorf("summed refusal names tokens %v, want %s", rec.Detail["identities"], info.ID)
+				}
+				continue
+			}
+			one++
+			counted++
+		}
+	}
+	t.Logf("%d enrolments with a used-up token: %d audit records one by one, %d summed", spent, one, summed)
+	if one > single || summed > 2 || counted != spent {
+		t.Errorf("%d enrolments with a used-up token: %d records one by one, %d summed, counting %d; want at most %d one by one, at most 2 summed, counting all",
+			spent, one, summed, counted, single)
 	}
 }

@@ -124,7 +124,7 @@ func (e *Enrol) Serve(ctx context.Context, tc *tls.Conn) {
 	tc.SetWriteDeadline(time.Now().Add(e.cfg.HandshakeTimeout))
 	if reason, counts, ok := unauthenticatedEnrolment(err); ok {
 		var summed bool
-		if summed, err = e.refusedEnrolment(remote, req, reason, counts, err); summed {
+		if summed, err = e.refusedEnrolment(remote, tok.Tenant, req, reason, counts, err); summed {
 			protocol.WriteMessage(tc, protocol.RejectFor(err))
 			return
 		}
@@ -275,13 +275,14 @@ func (e *Enrol) enrolmentLimits(tenant string, remote net.Addr) (int, error) {
 }
 
 // refusedEnrolment counts an enrolment refused before a token was
-// accepted (unauthenticatedEnrolment) against its source and the token id
-// it claims, and returns whether it was summed and the refusal to answer
-// (err, or rate_limited): a source's first refusals (as many as its
-// failures may be) are left to be audited one by one, with why; the rest,
-// and every rate_limited one, are logged at debug level and summed in
-// auth.refused records (limits.go).
-func (e *Enrol) refusedEnrolment(remote string, req *protocol.EnrollRequest, reason string, counts bool, err error) (bool, error) {
+// accepted, or for a spent token (unauthenticatedEnrolment), against its
+// source and the token id it claims, and returns whether it was summed
+// and the refusal to answer (err, or rate_limited): a source's first
+// refusals (as many as its failures may be) are left to be audited one by
+// one, with why; the rest, and every rate_limited one, are logged at debug
+// level and summed in auth.refused records (limits.go), in the trail of
+// tenant (the spent token's; "" when no token was accepted).
+func (e *Enrol) refusedEnrolment(remote, tenant string, req *protocol.EnrollRequest, reason string, counts bool, err error) (bool, error) {
 	src, id := throttle.Source(remote), ""
 	if tok, perr := protocol.ParseJoinToken(req.Token); perr == nil {
 		id = tok.IDString()
@@ -292,7 +293,7 @@ func (e *Enrol) refusedEnrolment(remote string, req *protocol.EnrollRequest, rea
 		return false, err
 	}
 	e.cfg.Logger.Debug("enrolment refused", "remote", remote, "hostname", protocol.Clip(req.Hostname, 255), "token", id, "err", err)
-	e.limits.tally.Add(doorEnrol, src, reason, id)
+	e.limits.tally.AddFor(tenant, doorEnrol, src, reason, id)
 	return true, err
 }
 

@@ -22,9 +22,13 @@ import (
 // "enrol"}; a source's first ones (as many as its failures may be: 10,
 // then one every 5 s) are audited one by one with why (agent.enrol), the
 // rest summed in auth.refused records, at most two per source and reason
-// per interval. Refusals of a valid token (expired, used up, the tenant's
-// limits) are audited one by one as before, since only the token's holder
-// can cause them.
+// per interval. A token that is expired or used up is refused as such, and
+// never throttled, but it is no longer guarded as a secret (a single-use
+// token is pasted into tickets and install logs once spent): its refusals
+// are audited as those of wrong tokens are, a source's first one by one,
+// the rest summed (in the token's tenant's trail). Refusals of a token
+// that can still enrol (the tenant's limits) are audited one by one, since
+// only the holder of a live token can cause them.
 //
 // Renewals are limited per agent: one is due once the agent's newest
 // certificate is past half its life (agents renew at two thirds, counted
@@ -94,14 +98,16 @@ func newLimits(cfg Config) *limits {
 		rl.Now = cfg.Now
 	}
 	record := func(sm throttle.Summary) {
-		outcome := protocol.CodeInvalidToken
+		outcome := protocol.CodeInvalidToken.String()
 		switch sm.Reason {
 		case throttle.ReasonThrottled:
-			outcome = protocol.CodeRateLimited
+			outcome = protocol.CodeRateLimited.String()
 		case reasonBadRequest:
-			outcome = protocol.CodeBadRequest
+			outcome = protocol.CodeBadRequest.String()
+		case protocol.CodeTokenExpired.String(), protocol.CodeTokenUsedUp.String():
+			outcome = sm.Reason
 		}
-		cfg.Audit.Record(audit.Record{At: cfg.Now(), Kind: audit.AuthRefused, Outcome: outcome.String(), Actor: "relay", Detail: sm.Detail()})
+		cfg.Audit.Record(audit.Record{At: cfg.Now(), Kind: audit.AuthRefused, Outcome: outcome, Tenant: sm.Tenant, Actor: "relay", Detail: sm.Detail()})
 	}
 	recordRenew := func(sm throttle.Summary) {
 		kind, outcome := audit.Renew, protocol.CodeRateLimited
@@ -136,11 +142,15 @@ func newLimits(cfg Config) *limits {
 // counts against its source and token id; ok is false for any other
 // outcome (a refusal of a valid token is audited on its own).
 func unauthenticatedEnrolment(err error) (reason string, counts, ok bool) {
-	switch protocol.CodeOf(err) {
+	switch c := protocol.CodeOf(err); c {
 	case protocol.CodeInvalidToken:
 		return reasonBadToken, true, true
 	case protocol.CodeBadRequest:
 		return reasonBadRequest, false, true
+	case protocol.CodeTokenExpired, protocol.CodeTokenUsedUp:
+		// A spent token authenticates nothing any more: summed as a
+		// wrong one is, under its own code, and answered as such.
+		return c.String(), false, true
 	}
 	return "", false, false
 }
