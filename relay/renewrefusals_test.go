@@ -155,7 +155,7 @@ func TestRenewalRefusedOnceTheSessionCertificateExpired(t *testing.T) {
 	dir := t.TempDir()
 	// A heartbeat long enough that the relay's beat does not close the
 	// session before the renewal below is answered.
-	r := runRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off, DrainTimeout: time.Millisecond,
+	r, stop := startRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off, DrainTimeout: time.Millisecond,
 		HeartbeatInterval: time.Minute})
 	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
 	if err != nil {
@@ -206,5 +206,14 @@ func TestRenewalRefusedOnceTheSessionCertificateExpired(t *testing.T) {
 	}
 	if rec, err := r.dir.Store.Agent(ctx, id.ID); err != nil || rec.CertSerial != leaf.SerialNumber.Text(16) {
 		t.Fatalf("the agent's record after the refused renewal: %+v, %v; want it unchanged", rec, err)
+	}
+	s.close()
+	stop()
+	recs, err := a.Audit(ctx, admin.AuditFilter{Kind: audit.Renew, Agent: id.ID, Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || recs[0].Outcome != protocol.CodeCertExpired.String() {
+		t.Errorf("renewal records: %+v; want one, certificate_expired", recs)
 	}
 }
