@@ -317,8 +317,8 @@ func truncate(s string, n int) string {
 
 // Renew answers an agent's RenewRequest on its control stream: a new
 // certificate for the session's own identity, to the fresh key in the CSR,
-// if the session stands on the agent's newest certificate and the renewal
-// is due or within the agent's burst (limits.go).
+// if the session stands on the agent's newest certificate, which has not
+// expired, and the renewal is due or within the agent's burst (limits.go).
 //
 // Its store calls share HandshakeTimeout: a store that does not answer
 // has the renewal refused as unavailable, saying so (the agent tries

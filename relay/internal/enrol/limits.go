@@ -138,9 +138,10 @@ func newLimits(cfg Config) *limits {
 }
 
 // unauthenticatedEnrolment classifies an enrolment refused before a
-// token was accepted: the reason it is counted under and whether it
-// counts against its source and token id; ok is false for any other
-// outcome (a refusal of a valid token is audited on its own).
+// token was accepted, or for a token expired or used up: the reason it is
+// counted under and whether it counts against its source and token id; ok
+// is false for any other outcome (a refusal of a live token, for the
+// tenant's limits, is audited on its own).
 func unauthenticatedEnrolment(err error) (reason string, counts, ok bool) {
 	switch c := protocol.CodeOf(err); c {
 	case protocol.CodeInvalidToken:
