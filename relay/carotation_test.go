@@ -255,6 +255,7 @@ func (a *renewing) Logger() *slog.Logger     { return slog.New(slog.DiscardHandl
 func (a *renewing) CertSerial() string       { return a.serial }
 func (a *renewing) RootID() string           { return a.root }
 func (a *renewing) ConnectedAt() time.Time   { return a.at }
+func (a *renewing) NotAfter() time.Time      { return time.Now().Add(time.Hour) }
 func (a *renewing) Hello() *protocol.Hello   { return &protocol.Hello{BootID: a.boot} }
 func (a *renewing) Renewed(serial string, _ time.Time, root string) {
 	a.serial, a.root = serial, root

@@ -91,6 +91,9 @@ type Agent interface {
 	// "" when no active root issued it.
 	RootID() string
 	ConnectedAt() time.Time
+	// NotAfter is when the session's newest certificate expires (the
+	// session ends at its next heartbeat after that).
+	NotAfter() time.Time
 	Hello() *protocol.Hello
 	// Renewed moves every session of the agent process to the
 	// certificate with serial, valid until notAfter, issued by CA root
@@ -121,7 +124,7 @@ func (e *Enrol) Serve(ctx context.Context, tc *tls.Conn) {
 	tc.SetWriteDeadline(time.Now().Add(e.cfg.HandshakeTimeout))
 	if reason, counts, ok := unauthenticatedEnrolment(err); ok {
 		var summed bool
-		if summed, err = e.refusedEnrolment(remote, req, reason, counts, err); summed {
+		if summed, err = e.refusedEnrolment(remote, tok.Tenant, req, reason, counts, err); summed {
 			protocol.WriteMessage(tc, protocol.RejectFor(err))
 			return
 		}
@@ -158,12 +161,8 @@ func (e *Enrol) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 		return nil, store.Token{}, err
 	}
 	authority := e.cfg.Authority.CA()
-	switch pinned := authority.Root(protocol.FormatFingerprint(tok.CAFingerprint)); {
-	case pinned == nil:
-		return nil, store.Token{}, protocol.Errorf(protocol.CodeInvalidToken, "join token was issued for another relay CA")
-	case !pinned.RetiredAt.IsZero():
-		return nil, store.Token{}, protocol.Errorf(protocol.CodeInvalidToken, "join token pins CA root %d, retired at %s: ask the operator for a new token",
-			pinned.Generation, pinned.RetiredAt.UTC().Format(time.RFC3339))
+	if err := pinnedRootUsable(authority, protocol.FormatFingerprint(tok.CAFingerprint)); err != nil {
+		return nil, store.Token{}, err
 	}
 	csr, err := ca.CheckCSR(req.CSR)
 	if err != nil {
@@ -196,6 +195,15 @@ func (e *Enrol) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 		root = authority.Signer()
 	}
 	register := func(t store.Token) (store.Agent, error) {
+		// The fingerprint in the token string is the holder's to edit
+		// (the secret does not cover it): the root the token was made
+		// for is the one its record names. A token whose root was
+		// retired enrols no more, whatever root its string names.
+		if t.CARoot != "" {
+			if err := pinnedRootUsable(authority, t.CARoot); err != nil {
+				return store.Agent{}, err
+			}
+		}
 		id = identity.Agent{TrustDomain: authority.TrustDomain(), Tenant: t.Tenant, ID: credential.NewID()}
 		var err error
 		if cert, err = authority.SignAgent(root, csr, id, e.cfg.CertLifetime, now); err != nil {
@@ -236,6 +244,20 @@ func (e *Enrol) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 	}, t, nil
 }
 
+// pinnedRootUsable refuses a join token that pins CA root id (printable
+// fingerprint) unless authority still trusts that root: one of another
+// CA, or one retired, enrols no more agents.
+func pinnedRootUsable(authority *ca.CA, id string) error {
+	switch pinned := authority.Root(id); {
+	case pinned == nil:
+		return protocol.Errorf(protocol.CodeInvalidToken, "join token was issued for another relay CA")
+	case !pinned.RetiredAt.IsZero():
+		return protocol.Errorf(protocol.CodeInvalidToken, "join token pins CA root %d, retired at %s: ask the operator for a new token",
+			pinned.Generation, pinned.RetiredAt.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
 // enrolmentLimits checks tenant's limits for a new agent enrolling from
 // remote: its network. It returns the most agents the tenant may have
 // enrolled and not revoked (0: no limit), which the store counts in the
@@ -253,13 +275,14 @@ func (e *Enrol) enrolmentLimits(tenant string, remote net.Addr) (int, error) {
 }
 
 // refusedEnrolment counts an enrolment refused before a token was
-// accepted (unauthenticatedEnrolment) against its source and the token id
-// it claims, and returns whether it was summed and the refusal to answer
-// (err, or rate_limited): a source's first refusals (as many as its
-// failures may be) are left to be audited one by one, with why; the rest,
-// and every rate_limited one, are logged at debug level and summed in
-// auth.refused records (limits.go).
-func (e *Enrol) refusedEnrolment(remote string, req *protocol.EnrollRequest, reason string, counts bool, err error) (bool, error) {
+// accepted, or for a spent token (unauthenticatedEnrolment), against its
+// source and the token id it claims, and returns whether it was summed
+// and the refusal to answer (err, or rate_limited): a source's first
+// refusals (as many as its failures may be) are left to be audited one by
+// one, with why; the rest, and every rate_limited one, are logged at debug
+// level and summed in auth.refused records (limits.go), in the trail of
+// tenant (the spent token's; "" when no token was accepted).
+func (e *Enrol) refusedEnrolment(remote, tenant string, req *protocol.EnrollRequest, reason string, counts bool, err error) (bool, error) {
 	src, id := throttle.Source(remote), ""
 	if tok, perr := protocol.ParseJoinToken(req.Token); perr == nil {
 		id = tok.IDString()
@@ -270,7 +293,7 @@ func (e *Enrol) refusedEnrolment(remote string, req *protocol.EnrollRequest, rea
 		return false, err
 	}
 	e.cfg.Logger.Debug("enrolment refused", "remote", remote, "hostname", protocol.Clip(req.Hostname, 255), "token", id, "err", err)
-	e.limits.tally.Add(doorEnrol, src, reason, id)
+	e.limits.tally.AddFor(tenant, doorEnrol, src, reason, id)
 	return true, err
 }
 
@@ -294,8 +317,8 @@ func truncate(s string, n int) string {
 
 // Renew answers an agent's RenewRequest on its control stream: a new
 // certificate for the session's own identity, to the fresh key in the CSR,
-// if the session stands on the agent's newest certificate and the renewal
-// is due or within the agent's burst (limits.go).
+// if the session stands on the agent's newest certificate, which has not
+// expired, and the renewal is due or within the agent's burst (limits.go).
 //
 // Its store calls share HandshakeTimeout: a store that does not answer
 // has the renewal refused as unavailable, saying so (the agent tries
@@ -354,6 +377,13 @@ func (e *Enrol) Renew(ctx context.Context, ac Agent, req *protocol.RenewRequest)
 // root is retired.
 func (e *Enrol) renewCert(ctx context.Context, ac Agent, req *protocol.RenewRequest) (*renewal, error) {
 	id := ac.Identity()
+	// A session outlives its certificate until its next heartbeat: the
+	// certificate that authenticated it no longer vouches for the agent,
+	// which is to be enrolled again, as at the hello.
+	if na := ac.NotAfter(); e.cfg.Now().After(na) {
+		return nil, refuseRenewal(reasonExpired, protocol.Errorf(protocol.CodeCertExpired, "the certificate of this session expired at %s: enrol the agent again with a new join token",
+			na.UTC().Format(time.RFC3339)))
+	}
 	rec, err := e.cfg.Store.Agent(ctx, id.ID)
 	switch {
 	case errors.Is(err, store.ErrNotFound) || (err == nil && rec.Tenant != id.Tenant):
@@ -407,7 +437,11 @@ func (e *Enrol) renewCert(ctx context.Context, ac Agent, req *protocol.RenewRequ
 	}
 	csr, err := ca.CheckCSR(req.CSR)
 	if err != nil {
-		return nil, err
+		// Summed per agent, as the other refusals the agent alone
+		// causes: a due renewal spends no burst, and a refused one
+		// leaves the next due too, so one agent could otherwise write
+		// an audit record for each request it sends.
+		return nil, refuseRenewal(reasonBadRequest, err)
 	}
 	root := authority.Signer()
 	cert, err := authority.SignAgent(root, csr, id, e.cfg.CertLifetime, now)

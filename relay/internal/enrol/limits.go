@@ -22,9 +22,13 @@ import (
 // "enrol"}; a source's first ones (as many as its failures may be: 10,
 // then one every 5 s) are audited one by one with why (agent.enrol), the
 // rest summed in auth.refused records, at most two per source and reason
-// per interval. Refusals of a valid token (expired, used up, the tenant's
-// limits) are audited one by one as before, since only the token's holder
-// can cause them.
+// per interval. A token that is expired or used up is refused as such, and
+// never throttled, but it is no longer guarded as a secret (a single-use
+// token is pasted into tickets and install logs once spent): its refusals
+// are audited as those of wrong tokens are, a source's first one by one,
+// the rest summed (in the token's tenant's trail). Refusals of a token
+// that can still enrol (the tenant's limits) are audited one by one, since
+// only the holder of a live token can cause them.
 //
 // Renewals are limited per agent: one is due once the agent's newest
 // certificate is past half its life (agents renew at two thirds, counted
@@ -32,9 +36,13 @@ import (
 // asks for at once, a retry — spends one of a small burst (3, then one
 // every 20 minutes). A renewal beyond is refused rate_limited; a renewal
 // asked over a session whose certificate is no longer the agent's newest
-// (policy.StandingOf) is refused certificate_superseded. Both are summed
-// per agent and interval (agent.renew and agent.stale_certificate
-// records) and counted in tether_auth_refusals_total{door="renew"}.
+// (policy.StandingOf) is refused certificate_superseded; one whose
+// certificate request is refused (malformed, a key not accepted) is
+// refused bad_request; one over a session whose certificate expired
+// (until its next heartbeat closes it) is refused certificate_expired.
+// All four are summed per agent and interval
+// (agent.renew and agent.stale_certificate records) and counted in
+// tether_auth_refusals_total{door="renew"}.
 
 // Doors and reasons, as counted and audited.
 const (
@@ -42,8 +50,9 @@ const (
 	doorRenew = "renew"
 
 	reasonBadToken   = "bad_token"   // unknown or damaged join token, wrong secret, another CA's
-	reasonBadRequest = "bad_request" // a malformed request or CSR, before a token was accepted: not counted against the source
+	reasonBadRequest = "bad_request" // a malformed request or CSR: at enrolment before a token was accepted (not counted against the source); at renewal, a CSR refused
 	reasonSuperseded = "superseded"  // a renewal over a session on a certificate no longer the newest
+	reasonExpired    = "expired"     // a renewal over a session whose certificate expired (until its next heartbeat closes it)
 )
 
 // Defaults of the limits.
@@ -89,19 +98,26 @@ func newLimits(cfg Config) *limits {
 		rl.Now = cfg.Now
 	}
 	record := func(sm throttle.Summary) {
-		outcome := protocol.CodeInvalidToken
+		outcome := protocol.CodeInvalidToken.String()
 		switch sm.Reason {
 		case throttle.ReasonThrottled:
-			outcome = protocol.CodeRateLimited
+			outcome = protocol.CodeRateLimited.String()
 		case reasonBadRequest:
-			outcome = protocol.CodeBadRequest
+			outcome = protocol.CodeBadRequest.String()
+		case protocol.CodeTokenExpired.String(), protocol.CodeTokenUsedUp.String():
+			outcome = sm.Reason
 		}
-		cfg.Audit.Record(audit.Record{At: cfg.Now(), Kind: audit.AuthRefused, Outcome: outcome.String(), Actor: "relay", Detail: sm.Detail()})
+		cfg.Audit.Record(audit.Record{At: cfg.Now(), Kind: audit.AuthRefused, Outcome: outcome, Tenant: sm.Tenant, Actor: "relay", Detail: sm.Detail()})
 	}
 	recordRenew := func(sm throttle.Summary) {
 		kind, outcome := audit.Renew, protocol.CodeRateLimited
-		if sm.Reason == reasonSuperseded {
+		switch sm.Reason {
+		case reasonSuperseded:
 			kind, outcome = audit.StaleCertificate, protocol.CodeCertSuperseded
+		case reasonBadRequest:
+			outcome = protocol.CodeBadRequest
+		case reasonExpired:
+			outcome = protocol.CodeCertExpired
 		}
 		tenant, agent, _ := strings.Cut(sm.Source, "/")
 		cfg.Audit.Record(audit.Record{At: cfg.Now(), Kind: kind, Outcome: outcome.String(), Tenant: tenant, Agent: agent, Actor: "agent", Detail: sm.Detail()})
@@ -122,15 +138,20 @@ func newLimits(cfg Config) *limits {
 }
 
 // unauthenticatedEnrolment classifies an enrolment refused before a
-// token was accepted: the reason it is counted under and whether it
-// counts against its source and token id; ok is false for any other
-// outcome (a refusal of a valid token is audited on its own).
+// token was accepted, or for a token expired or used up: the reason it is
+// counted under and whether it counts against its source and token id; ok
+// is false for any other outcome (a refusal of a live token, for the
+// tenant's limits, is audited on its own).
 func unauthenticatedEnrolment(err error) (reason string, counts, ok bool) {
-	switch protocol.CodeOf(err) {
+	switch c := protocol.CodeOf(err); c {
 	case protocol.CodeInvalidToken:
 		return reasonBadToken, true, true
 	case protocol.CodeBadRequest:
 		return reasonBadRequest, false, true
+	case protocol.CodeTokenExpired, protocol.CodeTokenUsedUp:
+		// A spent token authenticates nothing any more: summed as a
+		// wrong one is, under its own code, and answered as such.
+		return c.String(), false, true
 	}
 	return "", false, false
 }

@@ -132,8 +132,8 @@ func (s *Store) consumeToken(ctx context.Context, id string, secretMatches func(
 	var t Token
 	var hashHex string
 	var created, expires int64
-	err := s.db.QueryRowContext(ctx, `SELECT id, tenant, secret_hash, created_at, expires_at, max_uses, uses FROM join_tokens WHERE id = $1`, id).
-		Scan(&t.ID, &t.Tenant, &hashHex, &created, &expires, &t.MaxUses, &t.Uses)
+	err := s.db.QueryRowContext(ctx, `SELECT id, tenant, secret_hash, created_at, expires_at, max_uses, uses, ca_root FROM join_tokens WHERE id = $1`, id).
+		Scan(&t.ID, &t.Tenant, &hashHex, &created, &expires, &t.MaxUses, &t.Uses, &t.CARoot)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Token{}, fmt.Errorf("join token %s: %w", id, ErrNotFound)
 	}
