@@ -37,7 +37,11 @@ func ParseBackend(s string) (Backend, error) {
 	if err != nil {
 		return Backend{}, fmt.Errorf("parse backend identity: %w", err)
 	}
-	return backendFromURL(u)
+	b, err := backendFromURL(u)
+	if err == nil && s != b.String() {
+		return Backend{}, fmt.Errorf("backend identity %q: not in canonical form (%q)", s, b.String())
+	}
+	return b, err
 }
 
 func backendFromURL(u *url.URL) (Backend, error) {
@@ -50,6 +54,9 @@ func backendFromURL(u *url.URL) (Backend, error) {
 	}
 	b := Backend{TrustDomain: u.Host, Name: parts[1]}
 	if err := b.Validate(); err != nil {
+		return Backend{}, fmt.Errorf("backend identity %q: %w", u.String(), err)
+	}
+	if err := canonical(u, b.URI()); err != nil {
 		return Backend{}, fmt.Errorf("backend identity %q: %w", u.String(), err)
 	}
 	return b, nil

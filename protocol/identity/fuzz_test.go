@@ -43,6 +43,9 @@ func FuzzParseAgent(f *testing.F) {
 			t.Fatalf("ParseAgent(%q) accepted %+v, which does not validate: %v", s, a, err)
 		}
 		canonical := a.String()
+		if s != canonical {
+			t.Fatalf("ParseAgent accepted %q, another spelling of %q", s, canonical)
+		}
 		got, err := identity.ParseAgent(canonical)
 		if err != nil {
 			t.Fatalf("cannot parse %q, the canonical form of %+v: %v", canonical, a, err)
@@ -75,6 +78,9 @@ func FuzzParseBackend(f *testing.F) {
 		}
 		if err := b.Validate(); err != nil {
 			t.Fatalf("ParseBackend(%q) = %+v, invalid: %v", s, b, err)
+		}
+		if s != b.String() {
+			t.Fatalf("ParseBackend accepted %q, another spelling of %q", s, b.String())
 		}
 		again, err := identity.ParseBackend(b.String())
 		if err != nil || again != b {

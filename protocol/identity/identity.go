@@ -51,7 +51,11 @@ func ParseAgent(s string) (Agent, error) {
 	if err != nil {
 		return Agent{}, fmt.Errorf("parse agent identity: %w", err)
 	}
-	return agentFromURL(u)
+	a, err := agentFromURL(u)
+	if err == nil && s != a.String() {
+		return Agent{}, fmt.Errorf("agent identity %q: not in canonical form (%q)", s, a.String())
+	}
+	return a, err
 }
 
 func agentFromURL(u *url.URL) (Agent, error) {
@@ -64,6 +68,9 @@ func agentFromURL(u *url.URL) (Agent, error) {
 	}
 	a := Agent{TrustDomain: u.Host, Tenant: parts[1], ID: parts[3]}
 	if err := a.Validate(); err != nil {
+		return Agent{}, fmt.Errorf("agent identity %q: %w", u.String(), err)
+	}
+	if err := canonical(u, a.URI()); err != nil {
 		return Agent{}, fmt.Errorf("agent identity %q: %w", u.String(), err)
 	}
 	return a, nil
@@ -137,6 +144,19 @@ func ValidateTrustDomain(td string) error {
 		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
 			return fmt.Errorf("trust domain %q: use lower-case letters, digits, '.', '-' and '_' only", td)
 		}
+	}
+	return nil
+}
+
+// canonical refuses a SPIFFE ID u that names identity want in another
+// spelling than want's own: a percent-encoded path ("/agent/%61bc" for
+// "abc"), an empty query ("…?"), an upper-case trust domain. A CA of the
+// relay's issues only canonical IDs; another spelling in a certificate
+// is no identity the relay gave, and would be compared, logged and
+// audited as a string that is not the one the relay knows.
+func canonical(u, want *url.URL) error {
+	if got := u.String(); got != want.String() {
+		return fmt.Errorf("not in canonical form (%q)", want.String())
 	}
 	return nil
 }

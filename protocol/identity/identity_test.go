@@ -238,6 +238,10 @@ func TestAgentFromCertificate(t *testing.T) {
 		{"other trust domain", issue(other.URI()), identity.Agent{}, true},
 		{"not SPIFFE", issue(mustURL(t, "https://tether.example/tenant/acme/agent/a1")), identity.Agent{}, true},
 		{"query", issue(mustURL(t, agent.String()+"?x=1")), identity.Agent{}, true},
+		// Other spellings of the agent's own ID: no CA of the relay's
+		// issues them.
+		{"percent-encoded", issue(mustURL(t, "spiffe://tether.example/tenant/%61cme/agent/a1")), identity.Agent{}, true},
+		{"empty query", issue(mustURL(t, agent.String()+"?")), identity.Agent{}, true},
 		{"invalid tenant", issue(mustURL(t, "spiffe://tether.example/tenant/ACME/agent/a1")), identity.Agent{}, true},
 	}
 	for _, tc := range tests {

@@ -37,7 +37,11 @@ func ParseOperator(s string) (Operator, error) {
 	if err != nil {
 		return Operator{}, fmt.Errorf("parse operator identity: %w", err)
 	}
-	return operatorFromURL(u)
+	o, err := operatorFromURL(u)
+	if err == nil && s != o.String() {
+		return Operator{}, fmt.Errorf("operator identity %q: not in canonical form (%q)", s, o.String())
+	}
+	return o, err
 }
 
 func operatorFromURL(u *url.URL) (Operator, error) {
@@ -50,6 +54,9 @@ func operatorFromURL(u *url.URL) (Operator, error) {
 	}
 	o := Operator{TrustDomain: u.Host, Name: parts[1]}
 	if err := o.Validate(); err != nil {
+		return Operator{}, fmt.Errorf("operator identity %q: %w", u.String(), err)
+	}
+	if err := canonical(u, o.URI()); err != nil {
 		return Operator{}, fmt.Errorf("operator identity %q: %w", u.String(), err)
 	}
 	return o, nil

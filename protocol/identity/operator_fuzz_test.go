@@ -37,6 +37,9 @@ func FuzzParseOperator(f *testing.F) {
 		if err := o.Validate(); err != nil {
 			t.Fatalf("ParseOperator(%q) accepted %+v, which does not validate: %v", s, o, err)
 		}
+		if s != o.String() {
+			t.Fatalf("ParseOperator accepted %q, another spelling of %q", s, o.String())
+		}
 		if _, err := identity.ParseBackend(s); err == nil {
 			t.Fatalf("%q parses as both an operator and a backend", s)
 		}

@@ -43,7 +43,11 @@ func ParseRelay(s string) (Relay, error) {
 	if err != nil {
 		return Relay{}, fmt.Errorf("parse relay identity: %w", err)
 	}
-	return relayFromURL(u)
+	r, err := relayFromURL(u)
+	if err == nil && s != r.String() {
+		return Relay{}, fmt.Errorf("relay identity %q: not in canonical form (%q)", s, r.String())
+	}
+	return r, err
 }
 
 func relayFromURL(u *url.URL) (Relay, error) {
@@ -56,6 +60,9 @@ func relayFromURL(u *url.URL) (Relay, error) {
 	}
 	r := Relay{TrustDomain: u.Host, ID: parts[1]}
 	if err := r.Validate(); err != nil {
+		return Relay{}, fmt.Errorf("relay identity %q: %w", u.String(), err)
+	}
+	if err := canonical(u, r.URI()); err != nil {
 		return Relay{}, fmt.Errorf("relay identity %q: %w", u.String(), err)
 	}
 	return r, nil

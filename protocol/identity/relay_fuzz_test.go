@@ -60,6 +60,9 @@ func FuzzParseRelay(f *testing.F) {
 			t.Fatalf("%q, the identity relays present to agents, parses as a relay-to-relay identity", s)
 		}
 		canonical := r.String()
+		if s != canonical {
+			t.Fatalf("ParseRelay accepted %q, another spelling of %q", s, canonical)
+		}
 		got, err := identity.ParseRelay(canonical)
 		if err != nil {
 			t.Fatalf("cannot parse %q, the canonical form of %+v: %v", canonical, r, err)
