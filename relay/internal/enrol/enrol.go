@@ -220,7 +220,7 @@ func (e *Enrol) enroll(ctx context.Context, req *protocol.EnrollRequest, remote 
 	case err != nil && sctx.Err() != nil && ctx.Err() == nil:
 		return nil, t, protocol.Errorf(protocol.CodeUnavailable, "enrolment: this relay's store did not answer within the handshake's %v; the join token was not used: try again, or another relay", e.cfg.HandshakeTimeout)
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrTokenSecret):
-		return nil, store.Token{}, protocol.Errorf(protocol.CodeInvalidToken, "join token is not known to this relay")
+		return nil, store.Token{}, protocol.Errorf(protocol.CodeInvalidToken, "join token is not known to this relay: it was revoked or mistyped, or is for another relay")
 	case errors.Is(err, store.ErrTokenExpired):
 		return nil, t, protocol.Errorf(protocol.CodeTokenExpired, "join token %s expired: ask the operator for a new one", tok.IDString())
 	case errors.Is(err, store.ErrTokenUsedUp):

@@ -798,3 +798,31 @@ func testSettings(t *testing.T, e engine) {
 		}
 	}
 }
+
+// TestTokenRevokedAsItIsUsed: a join token revoked between an
+// enrolment's lookup and its use is refused as not found, as it is once
+// revoked, not as used up (it had uses left).
+func TestTokenRevokedAsItIsUsed(t *testing.T) { eachEngine(t, testTokenRevokedAsItIsUsed) }
+
+func testTokenRevokedAsItIsUsed(t *testing.T, e engine) {
+	s, _ := e.open(t)
+	s.AddTenant(ctx, "acme", t0)
+	addToken(t, s, "tok", "secret", 5, time.Hour)
+	// check runs after the lookup, before the transaction that takes a
+	// use: the token is revoked there.
+	revoke := func(string) (int, error) {
+		if _, err := s.DeleteToken(ctx, "tok"); err != nil {
+			t.Error(err)
+		}
+		return 0, nil
+	}
+	_, err := s.EnrolAgent(ctx, "tok", matches("secret"), t0, revoke, func(tok Token) (Agent, error) {
+		return Agent{ID: "a1", Tenant: tok.Tenant, CreatedAt: t0}, nil
+	})
+	if !errors.Is(err, ErrNotFound) || errors.Is(err, ErrTokenUsedUp) {
+		t.Fatalf("enrolment with a token revoked as it was used: %v, want not found", err)
+	}
+	if _, err := s.Agent(ctx, "a1"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("agent a1 enrolled with the revoked token: %v", err)
+	}
+}

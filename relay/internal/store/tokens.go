@@ -168,6 +168,15 @@ func (s *Store) consumeToken(ctx context.Context, id string, secretMatches func(
 		if n, err := affected(res); err != nil {
 			return err
 		} else if n == 0 {
+			// Read since the lookup: used up by others, or revoked
+			// (deleted) meanwhile, which is no use left to say so.
+			var uses int
+			switch err := tx.QueryRowContext(ctx, `SELECT uses FROM join_tokens WHERE id = $1`, id).Scan(&uses); {
+			case errors.Is(err, sql.ErrNoRows):
+				return fmt.Errorf("join token %s, revoked as it was used: %w", id, ErrNotFound)
+			case err != nil:
+				return err
+			}
 			return fmt.Errorf("join token %s: %w", id, ErrTokenUsedUp)
 		}
 		if err := tx.QueryRowContext(ctx, `SELECT uses FROM join_tokens WHERE id = $1`, id).Scan(&t.Uses); err != nil {
@@ -187,6 +196,9 @@ func (s *Store) consumeToken(ctx context.Context, id string, secretMatches func(
 	})
 	if errors.Is(err, ErrTokenUsedUp) || errors.Is(err, ErrAgentLimit) {
 		return t, err
+	}
+	if errors.Is(err, ErrNotFound) {
+		return Token{}, err
 	}
 	if register != nil && err != nil {
 		if s.unique(err) {
