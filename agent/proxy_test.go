@@ -32,10 +32,17 @@ import (
 //	close    close the connection without answering
 //	silent   read the request and never answer
 //	garbage  answer with something that is not HTTP
+//	close200 check credentials, answer 200, then close the tunnel
+//	mitm     check credentials, answer 200, then answer the TLS handshake
+//	         itself with mitmConf, as a TLS-inspecting proxy does
+//	huge     answer 200 followed by headers that never end
+//	hugeline answer with a status line that never ends
+//	info     like ok, with two 1xx answers before the 200
 type connectProxy struct {
 	mode       string
 	user, pass string            // credentials required when user != ""
-	route      map[string]string // CONNECT target → address dialled for it (default: the target)
+	route      map[string]string // CONNECT target → address dialled for it (default: the target); guarded by mu
+	mitmConf   *tls.Config       // for mode mitm
 
 	ln   net.Listener
 	addr string
@@ -84,6 +91,16 @@ func startConnectProxy(t *testing.T, mode, user, pass string, tlsConf *tls.Confi
 	return p
 }
 
+// setRoute makes the proxy dial addr for CONNECT target.
+func (p *connectProxy) setRoute(target, addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.route == nil {
+		p.route = map[string]string{}
+	}
+	p.route[target] = addr
+}
+
 func (p *connectProxy) track(c net.Conn) {
 	p.mu.Lock()
 	p.conns[c] = true
@@ -113,6 +130,23 @@ func (p *connectProxy) serve(c net.Conn) {
 	switch p.mode {
 	case "close":
 		return
+	case "huge", "hugeline":
+		answer := "HTTP/1.1 200 Connection established\r\n"
+		if p.mode == "hugeline" {
+			answer = "HTTP/1.1 200 Connection established"
+		}
+		if _, err := io.WriteString(c, answer); err != nil {
+			return
+		}
+		line := []byte("X-Padding: " + strings.Repeat("a", 1000) + "\r\n")
+		if p.mode == "hugeline" {
+			line = []byte(strings.Repeat("a", 1000))
+		}
+		for {
+			if _, err := c.Write(line); err != nil {
+				return
+			}
+		}
 	case "silent":
 		io.Copy(io.Discard, br)
 		return
@@ -130,10 +164,25 @@ func (p *connectProxy) serve(c net.Conn) {
 			return
 		}
 	}
+	switch p.mode {
+	case "close200":
+		io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
+		return
+	case "mitm":
+		if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+			return
+		}
+		tc := tls.Server(c, p.mitmConf)
+		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		tc.Handshake()
+		return
+	}
 	target := req.RequestURI
+	p.mu.Lock()
 	if a, ok := p.route[target]; ok {
 		target = a
 	}
+	p.mu.Unlock()
 	up, err := net.Dial("tcp", target)
 	if err != nil {
 		io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
@@ -142,6 +191,9 @@ func (p *connectProxy) serve(c net.Conn) {
 	p.track(up)
 	defer up.Close()
 	answer := []byte("HTTP/1.1 200 Connection established\r\n\r\n")
+	if p.mode == "info" {
+		answer = append([]byte("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n"), answer...)
+	}
 	if p.mode == "early" {
 		buf := make([]byte, 512)
 		n, err := up.Read(buf)
