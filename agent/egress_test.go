@@ -2,13 +2,17 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tetherhq/tether/protocol"
 )
 
 // The agent reaching test relays (testrelay_test.go) through an HTTP
@@ -223,6 +227,49 @@ func TestEgressProxyAuthRefused(t *testing.T) {
 	}
 }
 
+// TestEgressProxyClosesTunnel: a proxy that answers CONNECT with 200 and
+// then closes the tunnel (some answer before they reach the relay, then
+// fail to): the error names the proxy, since "EOF" alone does not say
+// whether the relay or the proxy closed.
+func TestEgressProxyClosesTunnel(t *testing.T) {
+	ca := newTestCA(t)
+	p := startConnectProxy(t, "close200", "", "", nil)
+	r := newTestRelay(t, ca, "r1", "127.0.0.1", false)
+	relay := proxiedName(p, "relay.invalid", r.addr)
+	a, _ := runProxiedAgent(t, ca, Config{Relays: []string{relay}, RelayConnections: 1, Proxy: "http://agent:pw@" + p.addr})
+	want := "through HTTP proxy http://agent:xxxxx@" + p.addr
+	waitFor(t, 10*time.Second, "an error naming the proxy", func() error {
+		if e := lastErrors(a); !strings.Contains(e, want) || !strings.Contains(e, "closed") {
+			return fmt.Errorf("last error %q, want it to say %q and that the tunnel was closed", e, want)
+		}
+		return nil
+	})
+}
+
+// TestEgressTLSInspectingProxy: a proxy that inspects TLS answers the
+// agent's handshake with a certificate of its own CA. The agent must not
+// send the operator to re-enrol (as for a relay CA it no longer trusts):
+// the error names the proxy and says it intercepts TLS.
+func TestEgressTLSInspectingProxy(t *testing.T) {
+	ca := newTestCA(t)
+	cert, _ := selfSigned(t)
+	p := startConnectProxy(t, "mitm", "", "", nil)
+	p.mitmConf = &tls.Config{Certificates: []tls.Certificate{cert}}
+	r := newTestRelay(t, ca, "r1", "127.0.0.1", false)
+	relay := proxiedName(p, "relay.invalid", r.addr)
+	a, _ := runProxiedAgent(t, ca, Config{Relays: []string{relay}, RelayConnections: 1, Proxy: "http://" + p.addr})
+	waitFor(t, 10*time.Second, "an error saying the proxy intercepts TLS", func() error {
+		e := lastErrors(a)
+		if !strings.Contains(e, "through HTTP proxy http://"+p.addr) || !strings.Contains(e, "inspect") {
+			return fmt.Errorf("last error %q", e)
+		}
+		if i := strings.Index(e, "enrol it again"); i >= 0 && i < strings.Index(e, "inspect") {
+			return fmt.Errorf("last error %q sends the operator to re-enrol first", e)
+		}
+		return nil
+	})
+}
+
 // TestEgressProxyFromEnvironment: with no proxy in the config, the agent
 // takes HTTPS_PROXY (credentials included) from its environment, and
 // NO_PROXY naming the relay keeps it off the proxy.
@@ -244,5 +291,47 @@ func TestEgressProxyFromEnvironment(t *testing.T) {
 	})
 	if out := logs.String() + statusJSON(t, a); strings.Contains(out, "env-secret") || !strings.Contains(out, "proxy_from=HTTPS_PROXY") {
 		t.Errorf("the log should name HTTPS_PROXY as the proxy's source, without the password:\n%s", out)
+	}
+}
+
+// TestEnrolThroughTLSInspectingProxy: at enrolment too, a certificate
+// that came back through the proxy and is not from the CA the join token
+// pins is said to be, most likely, the proxy's.
+func TestEnrolThroughTLSInspectingProxy(t *testing.T) {
+	ca := newTestCA(t)
+	cert, _ := selfSigned(t)
+	p := startConnectProxy(t, "mitm", "agent", "enrol-secret", nil)
+	p.mitmConf = &tls.Config{Certificates: []tls.Certificate{cert}}
+	r := newTestRelay(t, ca, "r1", "127.0.0.1", false)
+	relay := proxiedName(p, "relay.invalid", r.addr)
+	tok := protocol.JoinToken{CAFingerprint: protocol.Fingerprint(ca.root.cert.Raw)}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := Enroll(ctx, EnrollOptions{Relay: relay, Token: tok.String(), StateDir: t.TempDir(), Proxy: "http://agent:enrol-secret@" + p.addr})
+	if err == nil {
+		t.Fatal("enrolment through a TLS-inspecting proxy succeeded")
+	}
+	e := err.Error()
+	if !strings.Contains(e, "through HTTP proxy http://agent:xxxxx@"+p.addr) || !strings.Contains(e, "inspect") || strings.Contains(e, "enrol-secret") {
+		t.Fatalf("got %q, want an error naming the proxy (without its password) and saying it may inspect TLS", e)
+	}
+	if i := strings.Index(e, "not the relay that issued the token"); i >= 0 && i < strings.Index(e, "inspect") {
+		t.Fatalf("got %q: the token is blamed first", e)
+	}
+}
+
+// An untrusted certificate through a proxy is still an untrusted relay:
+// retried at the slow pace of refusals, and QUIC is not blamed for it.
+func TestInspectedErrorIsUntrustedRelay(t *testing.T) {
+	u, err := parseProxyURL("http://agent:secret@proxy.corp:3128")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = throughProxy(u, fmt.Errorf("tls handshake: %w", &untrustedRelayError{errors.New("x509: certificate signed by unknown authority")}))
+	if !isUntrustedRelay(err) || !isPermanent(err) {
+		t.Fatalf("%v: not an untrusted relay, or not permanent", err)
+	}
+	if e := err.Error(); !strings.Contains(e, "http://agent:xxxxx@proxy.corp:3128") || !strings.Contains(e, "x509: certificate signed by unknown authority") || strings.Contains(e, "secret") {
+		t.Fatalf("got %q", e)
 	}
 }

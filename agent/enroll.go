@@ -126,9 +126,23 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 	} else {
 		raw.SetDeadline(time.Now().Add(30 * time.Second))
 	}
-	tc := tls.Client(raw, identity.EnrollClientConfig(tok.CAFingerprint))
+	conf := identity.EnrollClientConfig(tok.CAFingerprint)
+	var pinErr error // the relay's certificate is not from the pinned CA
+	verify := conf.VerifyConnection
+	conf.VerifyConnection = func(cs tls.ConnectionState) error {
+		pinErr = verify(cs)
+		return pinErr
+	}
+	tc := tls.Client(raw, conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("TLS handshake with relay %s: %w", o.Relay, err)
+		err = fmt.Errorf("TLS handshake with relay %s: %w", o.Relay, err)
+		if p := eg.forRelay(o.Relay); p != nil {
+			if pinErr != nil {
+				return nil, &inspectedError{proxy: p.Redacted(), err: err, cause: pinErr, otherwise: "the join token is not this relay's"}
+			}
+			return nil, throughProxy(p, err)
+		}
+		return nil, err
 	}
 	caCert, err := identity.PinnedCA(tc.ConnectionState(), tok.CAFingerprint, time.Now())
 	if err != nil {
