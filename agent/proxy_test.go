@@ -338,6 +338,8 @@ func TestProxyDialerRefusals(t *testing.T) {
 		{name: "closes early", mode: "close", want: []string{"closed the connection instead of answering CONNECT to " + target}},
 		{name: "not HTTP", mode: "garbage", want: []string{"malformed answer to CONNECT"}},
 		{name: "silent", mode: "silent", timeout: 300 * time.Millisecond, want: []string{"did not answer CONNECT to " + target + " within 300ms"}},
+		{name: "endless headers", mode: "huge", want: []string{"answered CONNECT to " + target + " with more than 64 KiB of headers"}},
+		{name: "endless status line", mode: "hugeline", want: []string{"answered CONNECT to " + target + " with more than 64 KiB of headers"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := startConnectProxy(t, tc.mode, "agent", "right-secret", nil)
@@ -368,6 +370,36 @@ func TestProxyDialerRefusals(t *testing.T) {
 				t.Errorf("a %d refusal is not treated as permanent", tc.status)
 			}
 		})
+	}
+}
+
+// 1xx answers before the 200 are skipped.
+func TestProxyDialerInformational(t *testing.T) {
+	target := greeter(t)
+	p := startConnectProxy(t, "info", "", "", nil)
+	c, err := testDialer(t, "http://"+p.addr).DialContext(context.Background(), "tcp", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	checkTunnel(t, c)
+}
+
+// An IPv6 relay is asked for in brackets (RFC 9110 authority form); the
+// proxy, which routes it to a test server, would refuse anything else.
+func TestProxyDialerIPv6Relay(t *testing.T) {
+	target := greeter(t)
+	p := startConnectProxy(t, "ok", "agent", "pw", nil)
+	relay := "[2001:db8::7]:7443"
+	p.setRoute(relay, target)
+	c, err := testDialer(t, "http://agent:pw@"+p.addr).DialContext(context.Background(), "tcp", relay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	checkTunnel(t, c)
+	if connects, _ := p.seen(); len(connects) != 1 || connects[0] != relay {
+		t.Fatalf("proxy saw CONNECT %q, want %s", connects, relay)
 	}
 }
 
@@ -470,6 +502,14 @@ func TestProxyEgress(t *testing.T) {
 		{name: "config overrides env", setting: "https://cfg:pw@cfgproxy:443", env: map[string]string{"HTTPS_PROXY": "http://envproxy:3128"}, relay: "r.example:7443", want: "https://cfg:xxxxx@cfgproxy:443", source: "proxy in the config"},
 		{name: "direct ignores env", setting: ProxyDirect, env: map[string]string{"HTTPS_PROXY": "http://envproxy:3128"}, relay: "r.example:7443"},
 		{name: "config no_proxy", setting: "http://proxy:3128", noProx: "r.example", relay: "r.example:7443"},
+		{name: "IPv6 relay", env: map[string]string{"HTTPS_PROXY": "http://proxy:3128"}, relay: "[2001:db8::7]:7443", want: "http://proxy:3128", source: "HTTPS_PROXY"},
+		{name: "IPv6 loopback is direct", env: map[string]string{"HTTPS_PROXY": "http://proxy:3128"}, relay: "[::1]:7443"},
+		{name: "NO_PROXY IPv6 address", env: map[string]string{"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "2001:db8::7"}, relay: "[2001:db8::7]:7443"},
+		{name: "NO_PROXY IPv6 CIDR", env: map[string]string{"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "2001:db8::/32"}, relay: "[2001:db8::7]:7443"},
+		{name: "NO_PROXY other IPv6 CIDR", env: map[string]string{"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "2001:db9::/32"}, relay: "[2001:db8::7]:7443", want: "http://proxy:3128", source: "HTTPS_PROXY"},
+		{name: "NO_PROXY matches any case", env: map[string]string{"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "EXAMPLE.com"}, relay: "Relay.Example.COM:7443"},
+		{name: "https_proxy lower case alone", env: map[string]string{"https_proxy": "https://u:pw@proxy:8443"}, relay: "r.example:7443", want: "https://u:xxxxx@proxy:8443", source: "https_proxy"},
+		{name: "http_proxy lower case is not used", env: map[string]string{"http_proxy": "http://proxy:3128"}, relay: "r.example:7443"},
 		{name: "config no_proxy overrides env", setting: "http://proxy:3128", noProx: "other.example", env: map[string]string{"NO_PROXY": "r.example"}, relay: "r.example:7443", want: "http://proxy:3128", source: "proxy in the config"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
