@@ -339,3 +339,46 @@ func TestProxyNoProxyBypass(t *testing.T) {
 		}
 	}
 }
+
+// TestProxyEnrolWithConfig: enroll --config reaches the relay as the agent
+// will run with that config: through its proxy: (and no_proxy:), with no
+// proxy in the environment; --proxy still overrides it.
+func TestProxyEnrolWithConfig(t *testing.T) {
+	r := startRelay(t, relayOpts{transports: "tcp"})
+	r.addTenant(t, "acme")
+	_, port, _ := net.SplitHostPort(r.agentAddr)
+	relayName := net.JoinHostPort("relay.invalid", port) // only the proxy resolves it
+	const password = "cfg-s3cret"
+	fp := startForwardProxy(t, "agent", password, map[string]string{"relay.invalid": "127.0.0.1"})
+	stateDir := filepath.Join(t.TempDir(), "state")
+	config := writeAgentConfig(t, fmt.Sprintf("relays: [%q]\nstate_dir: %q\nproxy: %q\nservices: {}\n", relayName, stateDir, fp.url(password)))
+	enroll := func(extra ...string) (string, error) {
+		args := append([]string{"enroll", "--relay", relayName, "--config", config, "--timeout", "15s"}, extra...)
+		_, errOut, err := runCmdEnv(t, append(proxyEnv("", ""), "TETHER_JOIN_TOKEN="+r.token(t, "acme")), bins.agent, args...)
+		if strings.Contains(errOut, password) {
+			t.Errorf("enrolment output shows the proxy password:\n%s", errOut)
+		}
+		return errOut, err
+	}
+
+	// --proxy direct overrides the config: the name does not resolve here.
+	if errOut, err := enroll("--proxy", "direct"); err == nil || !strings.Contains(errOut, "lookup relay.invalid") {
+		t.Fatalf("enrolment with --proxy direct: %v\n%s\nwant a direct attempt that cannot resolve relay.invalid", err, errOut)
+	}
+	errOut, err := enroll()
+	if err != nil {
+		t.Fatalf("enrolment with the config's proxy: %v\n%s", err, errOut)
+	}
+	if !strings.Contains(errOut, "through HTTP proxy http://agent:xxxxx@"+fp.addr+" (from proxy in the config)") {
+		t.Errorf("enrolment output should name the config's proxy:\n%s", errOut)
+	}
+	if n := fp.tunnelsTo(relayName); n != 1 {
+		t.Fatalf("proxy opened %d tunnels to %s, want 1 (saw %v)", n, relayName, fp.seen())
+	}
+
+	// The config's no_proxy applies too.
+	config = writeAgentConfig(t, fmt.Sprintf("relays: [%q]\nstate_dir: %q\nproxy: %q\nno_proxy: .invalid\nservices: {}\n", relayName, stateDir, fp.url(password)))
+	if errOut, err := enroll("--force"); err == nil || !strings.Contains(errOut, "lookup relay.invalid") {
+		t.Fatalf("enrolment with the relay in the config's no_proxy: %v\n%s\nwant a direct attempt", err, errOut)
+	}
+}
