@@ -125,8 +125,20 @@ func TestEgressThroughProxy(t *testing.T) {
 		t.Errorf("status: transport %q (%q), want tcp (%q)", s.Transport, s.TransportWhy, wantWhy)
 	}
 
-	// The relay restarts: its successor answers under the same name.
+	// The relay stops: the proxy cannot reach it, and says so (502),
+	// which the agent reports and retries.
 	r1.kill()
+	want502 := "refused CONNECT to " + relay + ": 502 Bad Gateway (the proxy could not reach the relay)"
+	waitFor(t, 10*time.Second, "the proxy's 502 in the status", func() error {
+		if e := lastErrors(a); !strings.Contains(e, want502) {
+			return fmt.Errorf("last error %q", e)
+		}
+		return nil
+	})
+	if strings.Contains(logs.String(), "level=ERROR msg=\"cannot connect to relay\"") {
+		t.Error("a 502 is logged as an error, as a refusal no retry can fix")
+	}
+	// It restarts: its successor answers under the same name.
 	r2 := newTestRelay(t, ca, "r2", "127.0.0.1", false)
 	p.setRoute(relay, r2.addr)
 	waitFor(t, 10*time.Second, "a session to the restarted relay through the proxy", func() error {
