@@ -423,3 +423,22 @@ func ReadStateDir(path string) (string, error) {
 	}
 	return c.StateDir, nil
 }
+
+// ReadProxy reads only proxy and no_proxy from the YAML config file at
+// path, without checking the rest (as ReadStateDir): for enroll --config,
+// which reaches the relay the way the agent will run with that file. The
+// values are not checked here (Enroll does, without repeating them).
+func ReadProxy(path string) (proxy, noProxy string, err error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", "", fmt.Errorf("read config: %w", err)
+	}
+	var c struct {
+		Proxy   string `yaml:"proxy"`
+		NoProxy string `yaml:"no_proxy"`
+	}
+	if err := yaml.Unmarshal(data, &c); err != nil {
+		return "", "", fmt.Errorf("parse config: %w", err)
+	}
+	return c.Proxy, c.NoProxy, nil
+}

@@ -40,6 +40,9 @@ type EnrollOptions struct {
 	// a URL, ProxyDirect, or empty for HTTPS_PROXY and NO_PROXY from the
 	// environment.
 	Proxy string
+	// NoProxy is the config's no_proxy key: relays reached without the
+	// proxy; empty for NO_PROXY from the environment.
+	NoProxy string
 	// Dial opens TCP connections (to the relay, or to the proxy); nil
 	// uses a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -50,7 +53,7 @@ type EnrollOptions struct {
 // these options reaches the relay; proxy is empty when it connects
 // directly.
 func EnrollProxy(o EnrollOptions) (proxy, source string, err error) {
-	eg, err := newEgress(o.Proxy, "", os.Getenv)
+	eg, err := newEgress(o.Proxy, o.NoProxy, os.Getenv)
 	if err != nil {
 		return "", "", err
 	}
@@ -97,7 +100,7 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 	if o.Hostname == "" {
 		o.Hostname, _ = os.Hostname()
 	}
-	eg, err := newEgress(o.Proxy, "", os.Getenv)
+	eg, err := newEgress(o.Proxy, o.NoProxy, os.Getenv)
 	if err != nil {
 		return nil, err
 	}
@@ -126,9 +129,23 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 	} else {
 		raw.SetDeadline(time.Now().Add(30 * time.Second))
 	}
-	tc := tls.Client(raw, identity.EnrollClientConfig(tok.CAFingerprint))
+	conf := identity.EnrollClientConfig(tok.CAFingerprint)
+	var pinErr error // the relay's certificate is not from the pinned CA
+	verify := conf.VerifyConnection
+	conf.VerifyConnection = func(cs tls.ConnectionState) error {
+		pinErr = verify(cs)
+		return pinErr
+	}
+	tc := tls.Client(raw, conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("TLS handshake with relay %s: %w", o.Relay, err)
+		err = fmt.Errorf("TLS handshake with relay %s: %w", o.Relay, err)
+		if p := eg.forRelay(o.Relay); p != nil {
+			if pinErr != nil {
+				return nil, &inspectedError{proxy: p.Redacted(), err: err, cause: pinErr, otherwise: "the join token is not this relay's"}
+			}
+			return nil, throughProxy(p, err)
+		}
+		return nil, err
 	}
 	caCert, err := identity.PinnedCA(tc.ConnectionState(), tok.CAFingerprint, time.Now())
 	if err != nil {

@@ -362,3 +362,42 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 	}
 	return c.Conn.Read(p)
 }
+
+// throughProxy explains err, a failure on a tunnel the proxy p opened (the
+// TLS handshake with the relay, or what followed): it names the proxy,
+// which the error would not otherwise, and says what a proxy does that
+// ends that way.
+func throughProxy(p *url.URL, err error) error {
+	name := p.Redacted()
+	var ne net.Error
+	switch {
+	case isUntrustedRelay(err):
+		u, _ := errors.AsType[*untrustedRelayError](err)
+		return &inspectedError{proxy: name, err: err, cause: u.err,
+			otherwise: "the relay's CA may have been rotated and its old root retired while this agent was offline: enrol it again with a new join token"}
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
+		return fmt.Errorf("through HTTP proxy %s: the proxy accepted CONNECT, then the tunnel closed before the relay answered (the proxy could not reach the relay or ended the tunnel, or the relay closed it): %w", name, err)
+	case errors.As(err, &ne) && ne.Timeout():
+		return fmt.Errorf("through HTTP proxy %s: the proxy accepted CONNECT, then nothing came back through the tunnel in time: %w", name, err)
+	}
+	return fmt.Errorf("through HTTP proxy %s: %w", name, err)
+}
+
+// inspectedError is a relay certificate the agent's check refused on a
+// connection through an HTTP proxy (not from a CA root it trusts; at
+// enrolment, not from the CA the join token pins): most likely the proxy
+// (or a firewall behind it) inspects TLS and answered with a certificate
+// of its own. It unwraps to the check's error (an *untrustedRelayError
+// stays one), but does not send the operator to enrol again first.
+type inspectedError struct {
+	proxy     string // the proxy's URL, password redacted
+	err       error
+	otherwise string // what it means when the proxy does not inspect TLS
+	cause     error  // what the check said
+}
+
+func (e *inspectedError) Error() string {
+	return fmt.Sprintf("through HTTP proxy %s: the certificate that came back is not the relay's: the proxy, or a firewall behind it, probably inspects TLS and answered with a certificate of its own; exempt the relay's address from TLS inspection (an inspecting proxy cannot pass on the agent's own certificate). If it does not inspect TLS, %s: %v", e.proxy, e.otherwise, e.cause)
+}
+
+func (e *inspectedError) Unwrap() error { return e.err }

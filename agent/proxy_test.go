@@ -32,10 +32,17 @@ import (
 //	close    close the connection without answering
 //	silent   read the request and never answer
 //	garbage  answer with something that is not HTTP
+//	close200 check credentials, answer 200, then close the tunnel
+//	mitm     check credentials, answer 200, then answer the TLS handshake
+//	         itself with mitmConf, as a TLS-inspecting proxy does
+//	huge     answer 200 followed by headers that never end
+//	hugeline answer with a status line that never ends
+//	info     like ok, with two 1xx answers before the 200
 type connectProxy struct {
 	mode       string
 	user, pass string            // credentials required when user != ""
-	route      map[string]string // CONNECT target → address dialled for it (default: the target)
+	route      map[string]string // CONNECT target → address dialled for it (default: the target); guarded by mu
+	mitmConf   *tls.Config       // for mode mitm
 
 	ln   net.Listener
 	addr string
@@ -84,6 +91,16 @@ func startConnectProxy(t *testing.T, mode, user, pass string, tlsConf *tls.Confi
 	return p
 }
 
+// setRoute makes the proxy dial addr for CONNECT target.
+func (p *connectProxy) setRoute(target, addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.route == nil {
+		p.route = map[string]string{}
+	}
+	p.route[target] = addr
+}
+
 func (p *connectProxy) track(c net.Conn) {
 	p.mu.Lock()
 	p.conns[c] = true
@@ -113,6 +130,23 @@ func (p *connectProxy) serve(c net.Conn) {
 	switch p.mode {
 	case "close":
 		return
+	case "huge", "hugeline":
+		answer := "HTTP/1.1 200 Connection established\r\n"
+		if p.mode == "hugeline" {
+			answer = "HTTP/1.1 200 Connection established"
+		}
+		if _, err := io.WriteString(c, answer); err != nil {
+			return
+		}
+		line := []byte("X-Padding: " + strings.Repeat("a", 1000) + "\r\n")
+		if p.mode == "hugeline" {
+			line = []byte(strings.Repeat("a", 1000))
+		}
+		for {
+			if _, err := c.Write(line); err != nil {
+				return
+			}
+		}
 	case "silent":
 		io.Copy(io.Discard, br)
 		return
@@ -130,10 +164,25 @@ func (p *connectProxy) serve(c net.Conn) {
 			return
 		}
 	}
+	switch p.mode {
+	case "close200":
+		io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
+		return
+	case "mitm":
+		if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+			return
+		}
+		tc := tls.Server(c, p.mitmConf)
+		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		tc.Handshake()
+		return
+	}
 	target := req.RequestURI
+	p.mu.Lock()
 	if a, ok := p.route[target]; ok {
 		target = a
 	}
+	p.mu.Unlock()
 	up, err := net.Dial("tcp", target)
 	if err != nil {
 		io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
@@ -142,6 +191,9 @@ func (p *connectProxy) serve(c net.Conn) {
 	p.track(up)
 	defer up.Close()
 	answer := []byte("HTTP/1.1 200 Connection established\r\n\r\n")
+	if p.mode == "info" {
+		answer = append([]byte("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n"), answer...)
+	}
 	if p.mode == "early" {
 		buf := make([]byte, 512)
 		n, err := up.Read(buf)
@@ -286,6 +338,8 @@ func TestProxyDialerRefusals(t *testing.T) {
 		{name: "closes early", mode: "close", want: []string{"closed the connection instead of answering CONNECT to " + target}},
 		{name: "not HTTP", mode: "garbage", want: []string{"malformed answer to CONNECT"}},
 		{name: "silent", mode: "silent", timeout: 300 * time.Millisecond, want: []string{"did not answer CONNECT to " + target + " within 300ms"}},
+		{name: "endless headers", mode: "huge", want: []string{"answered CONNECT to " + target + " with more than 64 KiB of headers"}},
+		{name: "endless status line", mode: "hugeline", want: []string{"answered CONNECT to " + target + " with more than 64 KiB of headers"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := startConnectProxy(t, tc.mode, "agent", "right-secret", nil)
@@ -316,6 +370,36 @@ func TestProxyDialerRefusals(t *testing.T) {
 				t.Errorf("a %d refusal is not treated as permanent", tc.status)
 			}
 		})
+	}
+}
+
+// 1xx answers before the 200 are skipped.
+func TestProxyDialerInformational(t *testing.T) {
+	target := greeter(t)
+	p := startConnectProxy(t, "info", "", "", nil)
+	c, err := testDialer(t, "http://"+p.addr).DialContext(context.Background(), "tcp", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	checkTunnel(t, c)
+}
+
+// An IPv6 relay is asked for in brackets (RFC 9110 authority form); the
+// proxy, which routes it to a test server, would refuse anything else.
+func TestProxyDialerIPv6Relay(t *testing.T) {
+	target := greeter(t)
+	p := startConnectProxy(t, "ok", "agent", "pw", nil)
+	relay := "[2001:db8::7]:7443"
+	p.setRoute(relay, target)
+	c, err := testDialer(t, "http://agent:pw@"+p.addr).DialContext(context.Background(), "tcp", relay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	checkTunnel(t, c)
+	if connects, _ := p.seen(); len(connects) != 1 || connects[0] != relay {
+		t.Fatalf("proxy saw CONNECT %q, want %s", connects, relay)
 	}
 }
 
@@ -418,6 +502,14 @@ func TestProxyEgress(t *testing.T) {
 		{name: "config overrides env", setting: "https://cfg:pw@cfgproxy:443", env: map[string]string{"HTTPS_PROXY": "http://envproxy:3128"}, relay: "r.example:7443", want: "https://cfg:xxxxx@cfgproxy:443", source: "proxy in the config"},
 		{name: "direct ignores env", setting: ProxyDirect, env: map[string]string{"HTTPS_PROXY": "http://envproxy:3128"}, relay: "r.example:7443"},
 		{name: "config no_proxy", setting: "http://proxy:3128", noProx: "r.example", relay: "r.example:7443"},
+		{name: "IPv6 relay", env: map[string]string{"HTTPS_PROXY": "http://proxy:3128"}, relay: "[2001:db8::7]:7443", want: "http://proxy:3128", source: "HTTPS_PROXY"},
+		{name: "IPv6 loopback is direct", env: map[string]string{"HTTPS_PROXY": "http://proxy:3128"}, relay: "[::1]:7443"},
+		{name: "NO_PROXY IPv6 address", env: map[string]string{"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "2001:db8::7"}, relay: "[2001:db8::7]:7443"},
+		{name: "NO_PROXY IPv6 CIDR", env: map[string]string{"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "2001:db8::/32"}, relay: "[2001:db8::7]:7443"},
+		{name: "NO_PROXY other IPv6 CIDR", env: map[string]string{"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "2001:db9::/32"}, relay: "[2001:db8::7]:7443", want: "http://proxy:3128", source: "HTTPS_PROXY"},
+		{name: "NO_PROXY matches any case", env: map[string]string{"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "EXAMPLE.com"}, relay: "Relay.Example.COM:7443"},
+		{name: "https_proxy lower case alone", env: map[string]string{"https_proxy": "https://u:pw@proxy:8443"}, relay: "r.example:7443", want: "https://u:xxxxx@proxy:8443", source: "https_proxy"},
+		{name: "http_proxy lower case is not used", env: map[string]string{"http_proxy": "http://proxy:3128"}, relay: "r.example:7443"},
 		{name: "config no_proxy overrides env", setting: "http://proxy:3128", noProx: "other.example", env: map[string]string{"NO_PROXY": "r.example"}, relay: "r.example:7443", want: "http://proxy:3128", source: "proxy in the config"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

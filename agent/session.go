@@ -289,8 +289,9 @@ func (a *Agent) dialTCP(ctx context.Context, relay string, tlsConf *tls.Config) 
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	d := &net.Dialer{KeepAlive: 15 * time.Second}
+	proxy := a.egress.forRelay(relay)
 	if a.guard.listed(relay) {
-		if a.egress.forRelay(relay) != nil {
+		if proxy != nil {
 			if err := a.guard.checkProxied(ctx, relay); err != nil {
 				return nil, err
 			}
@@ -298,7 +299,21 @@ func (a *Agent) dialTCP(ctx context.Context, relay string, tlsConf *tls.Config) 
 			d.Control = a.guard.control(relay)
 		}
 	}
-	return tcp.Dial(ctx, a.egress.dialer(relay, d.DialContext), relay, tlsConf, tcp.Config(a.log))
+	dial := a.egress.dialer(relay, d.DialContext)
+	tunnel := false // the proxy opened the tunnel: what fails next happened through it
+	if proxy != nil {
+		through := dial
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := through(ctx, network, addr)
+			tunnel = err == nil
+			return c, err
+		}
+	}
+	ts, err := tcp.Dial(ctx, dial, relay, tlsConf, tcp.Config(a.log))
+	if err != nil && tunnel {
+		return nil, throughProxy(proxy, err)
+	}
+	return ts, err
 }
 
 // quicFallback reports whether auto mode should use TCP for relay now.

@@ -20,6 +20,11 @@
 # the tether-agent user, the hardened systemd unit and the state directory)
 # and tether-agent start.
 #
+# Behind an HTTP proxy: set https_proxy (or HTTPS_PROXY, and no_proxy or
+# NO_PROXY) for the script, as for curl. The downloads and the enrolment go
+# through it, and a config the script writes records it as proxy: (and
+# no_proxy:), since the service does not see this shell's environment.
+#
 # Options:
 #   --relay HOST:PORT      the relay's agent address (required)
 #   --download URL         where the relay serves downloads (default https://HOST:7444)
@@ -224,9 +229,21 @@ if ! printf '%s\n' "$token" | "$tmp/tether-agent" enroll --relay "$relay" --toke
 fi
 token=''
 
-# 4. The config: relay, state, and the services this machine allows.
+# 4. The config: relay, state, the services this machine allows, and the
+# proxy the enrolment went through: the agent reads the same variables, in
+# the same order, but a service does not see this shell's environment.
+# YAML single quotes: a quote inside is doubled, nothing else is escaped.
+yaml_quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/''/g")"; }
+proxy_var='' proxy_val=''
+for v in https_proxy HTTPS_PROXY; do
+	eval "val=\${$v:-}"
+	if [ -n "$val" ]; then proxy_var=$v proxy_val=$val; break; fi
+done
+no_proxy_val=${no_proxy:-${NO_PROXY:-}}
 if [ -e "$config" ]; then
 	say "keeping the existing $config"
+	[ -z "$proxy_var" ] || grep -q '^proxy:' "$config" ||
+		say "warning: the enrolment used the proxy of \$$proxy_var, which the service does not see: set proxy: in $config if the agent needs it"
 else
 	mkdir -p "$(dirname "$config")"
 	{
@@ -234,6 +251,12 @@ else
 		echo "# edit the list and the running agent applies it."
 		echo "relays: [\"$relay\"]"
 		echo "state_dir: \"$state\""
+		if [ -n "$proxy_var" ]; then
+			echo "# The HTTP proxy of \$$proxy_var when this was written (it may hold a password:"
+			echo "# keep this file readable by the agent only)."
+			echo "proxy: $(yaml_quote "$proxy_val")"
+			[ -z "$no_proxy_val" ] || echo "no_proxy: $(yaml_quote "$no_proxy_val")"
+		fi
 		if [ -z "$service_lines" ]; then
 			echo "services: {}"
 		else
@@ -244,6 +267,7 @@ else
 	mv "$tmp/agent.yaml" "$config"
 	chmod 0640 "$config"
 	say "wrote $config"
+	[ -z "$proxy_var" ] || say "recorded the HTTP proxy of \$$proxy_var in it (proxy:): the service does not see this shell's environment"
 fi
 
 # 5. The service.

@@ -198,3 +198,66 @@ func TestInstallScriptRefusesUntrustedDownloads(t *testing.T) {
 		checkNothingInstalled(t, root)
 	})
 }
+
+// TestInstallScriptThroughProxy: on a machine whose only way out is the
+// tenant's HTTP proxy (it cannot even resolve the relay's name), the
+// install script, run with https_proxy set as for curl, downloads and
+// enrols through the proxy and writes the proxy into the config; the
+// installed agent, started as a service is (without that environment),
+// then reaches the relay through the proxy.
+func TestInstallScriptThroughProxy(t *testing.T) {
+	r, dl := downloadRelay(t)
+	r.addTenant(t, "acme")
+	token := r.token(t, "acme")
+	_, agentPort, _ := net.SplitHostPort(r.agentAddr)
+	_, dlPort, _ := net.SplitHostPort(strings.TrimPrefix(dl, "https://"))
+	relayName := net.JoinHostPort("relay.invalid", agentPort) // only the proxy resolves it
+	const password = "it's-a-s3cret"
+	fp := startForwardProxy(t, "agent", password, map[string]string{"relay.invalid": "127.0.0.1"})
+	proxyURL := "http://agent:" + password + "@" + fp.addr // a quote, as a URL may hold one
+
+	root := t.TempDir()
+	env := []string{"TETHER_JOIN_TOKEN=" + token, "https_proxy=" + proxyURL, "HTTPS_PROXY=", "no_proxy=", "NO_PROXY=example.com"}
+	stdout, stderr, err := runCmdEnv(t, env, "sh", "../scripts/install.sh", "--relay", relayName, "--download", "https://relay.invalid:"+dlPort,
+		"--root", root, "--no-service")
+	out := stdout + stderr
+	if err != nil {
+		t.Fatalf("install.sh through the proxy: %v\n%s", err, out)
+	}
+	if strings.Contains(out, password) {
+		t.Errorf("install.sh shows the proxy password:\n%s", out)
+	}
+	if n := fp.tunnelsTo(relayName); n != 1 {
+		t.Fatalf("proxy opened %d tunnels to %s for the enrolment, want 1 (saw %v)", n, relayName, fp.seen())
+	}
+	l := installer.LinuxLayout(root)
+	cfg, err := agent.LoadConfig(l.ConfigPath)
+	if err != nil {
+		t.Fatalf("installed config: %v", err)
+	}
+	if cfg.Proxy != proxyURL || cfg.NoProxy != "example.com" {
+		text, _ := os.ReadFile(l.ConfigPath)
+		t.Fatalf("installed config has proxy %q and no_proxy %q, want %q and %q:\n%s", cfg.Proxy, cfg.NoProxy, proxyURL, "example.com", text)
+	}
+
+	// Run it as the unit does, in an environment without the proxy.
+	unit, err := installer.SystemdUnit(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var execStart []string
+	for line := range strings.SplitSeq(unit, "\n") {
+		if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
+			execStart = strings.Fields(v)
+		}
+	}
+	if len(execStart) < 2 {
+		t.Fatalf("ExecStart %q", execStart)
+	}
+	a := startEnv(t, "tether-agent service", proxyEnv("", ""), execStart[0], execStart[1:]...)
+	a.waitOutput(`"msg":"connected to relay"`, 30*time.Second)
+	if n := fp.tunnelsTo(relayName); n < 2 {
+		t.Errorf("proxy opened %d tunnels to %s, want the enrolment's and the agent's", n, relayName)
+	}
+	a.kill()
+}

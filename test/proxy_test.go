@@ -2,9 +2,16 @@ package test
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -337,5 +344,152 @@ func TestProxyNoProxyBypass(t *testing.T) {
 		if n := len(fp.seen()); n != 1 {
 			t.Errorf("%s: the proxy saw %d requests, want only the earlier enrolment's", tc.name, n)
 		}
+	}
+}
+
+// TestProxyEnrolWithConfig: enroll --config reaches the relay as the agent
+// will run with that config: through its proxy: (and no_proxy:), with no
+// proxy in the environment; --proxy still overrides it.
+func TestProxyEnrolWithConfig(t *testing.T) {
+	r := startRelay(t, relayOpts{transports: "tcp"})
+	r.addTenant(t, "acme")
+	_, port, _ := net.SplitHostPort(r.agentAddr)
+	relayName := net.JoinHostPort("relay.invalid", port) // only the proxy resolves it
+	const password = "cfg-s3cret"
+	fp := startForwardProxy(t, "agent", password, map[string]string{"relay.invalid": "127.0.0.1"})
+	stateDir := filepath.Join(t.TempDir(), "state")
+	config := writeAgentConfig(t, fmt.Sprintf("relays: [%q]\nstate_dir: %q\nproxy: %q\nservices: {}\n", relayName, stateDir, fp.url(password)))
+	enroll := func(extra ...string) (string, error) {
+		args := append([]string{"enroll", "--relay", relayName, "--config", config, "--timeout", "15s"}, extra...)
+		_, errOut, err := runCmdEnv(t, append(proxyEnv("", ""), "TETHER_JOIN_TOKEN="+r.token(t, "acme")), bins.agent, args...)
+		if strings.Contains(errOut, password) {
+			t.Errorf("enrolment output shows the proxy password:\n%s", errOut)
+		}
+		return errOut, err
+	}
+
+	// --proxy direct overrides the config: the name does not resolve here.
+	if errOut, err := enroll("--proxy", "direct"); err == nil || !strings.Contains(errOut, "lookup relay.invalid") {
+		t.Fatalf("enrolment with --proxy direct: %v\n%s\nwant a direct attempt that cannot resolve relay.invalid", err, errOut)
+	}
+	errOut, err := enroll()
+	if err != nil {
+		t.Fatalf("enrolment with the config's proxy: %v\n%s", err, errOut)
+	}
+	if !strings.Contains(errOut, "through HTTP proxy http://agent:xxxxx@"+fp.addr+" (from proxy in the config)") {
+		t.Errorf("enrolment output should name the config's proxy:\n%s", errOut)
+	}
+	if n := fp.tunnelsTo(relayName); n != 1 {
+		t.Fatalf("proxy opened %d tunnels to %s, want 1 (saw %v)", n, relayName, fp.seen())
+	}
+
+	// The config's no_proxy applies too.
+	config = writeAgentConfig(t, fmt.Sprintf("relays: [%q]\nstate_dir: %q\nproxy: %q\nno_proxy: .invalid\nservices: {}\n", relayName, stateDir, fp.url(password)))
+	if errOut, err := enroll("--force"); err == nil || !strings.Contains(errOut, "lookup relay.invalid") {
+		t.Fatalf("enrolment with the relay in the config's no_proxy: %v\n%s\nwant a direct attempt", err, errOut)
+	}
+}
+
+// tlsFront puts TLS in front of the proxy at addr, as an https:// proxy
+// speaks it, with a certificate for 127.0.0.1 from a CA of its own; it
+// returns its address and the CA's PEM file.
+func tlsFront(t *testing.T, addr string) (front, caFile string) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "proxy.corp"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile = filepath.Join(t.TempDir(), "proxy-ca.pem")
+	writePEM(t, caFile, "CERTIFICATE", der)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex // guards conns
+	conns := map[net.Conn]bool{}
+	track := func(c net.Conn) {
+		mu.Lock()
+		conns[c] = true
+		mu.Unlock()
+	}
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			track(c)
+			wg.Go(func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				track(up)
+				defer up.Close()
+				wg.Go(func() {
+					io.Copy(up, c)
+					up.(*net.TCPConn).CloseWrite()
+				})
+				io.Copy(c, up)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String(), caFile
+}
+
+// TestProxyHTTPSProxy: an https:// proxy in HTTPS_PROXY, its certificate
+// from a CA the machine trusts (SSL_CERT_FILE): enrolment and the agent
+// speak TLS to the proxy, CONNECT and the credentials inside it; without
+// trusting the proxy's CA they refuse it, naming it without its password.
+func TestProxyHTTPSProxy(t *testing.T) {
+	r := startRelay(t, relayOpts{})
+	r.addTenant(t, "acme")
+	_, port, _ := net.SplitHostPort(r.agentAddr)
+	relayName := net.JoinHostPort("relay.invalid", port) // only the proxy resolves it
+	const password = "tls-s3cret"
+	fp := startForwardProxy(t, "agent", password, map[string]string{"relay.invalid": "127.0.0.1"})
+	front, caFile := tlsFront(t, fp.addr)
+	proxyURL := "https://agent:" + password + "@" + front
+	stateDir := filepath.Join(t.TempDir(), "state")
+	enrollArgs := []string{"enroll", "--relay", relayName, "--state-dir", stateDir, "--timeout", "15s"}
+	tokenEnv := func() string { return "TETHER_JOIN_TOKEN=" + r.token(t, "acme") }
+
+	_, errOut, err := runCmdEnv(t, append(proxyEnv(proxyURL, ""), tokenEnv(), "SSL_CERT_FILE="+filepath.Join(t.TempDir(), "none.pem")), bins.agent, enrollArgs...)
+	if err == nil || !strings.Contains(errOut, "TLS handshake with proxy https://agent:xxxxx@"+front) || strings.Contains(errOut, password) {
+		t.Fatalf("enrolment through a proxy whose certificate is not trusted: %v\n%s\nwant a refusal naming the proxy without its password", err, errOut)
+	}
+	if n := len(fp.seen()); n != 0 {
+		t.Fatalf("the proxy saw %d requests through an untrusted TLS connection", n)
+	}
+
+	env := append(proxyEnv(proxyURL, ""), "SSL_CERT_FILE="+caFile)
+	_, errOut, err = runCmdEnv(t, append(env, tokenEnv()), bins.agent, enrollArgs...)
+	if err != nil {
+		t.Fatalf("enrolment through the https:// proxy: %v\n%s", err, errOut)
+	}
+	config := fmt.Sprintf("relays: [%q]\nstate_dir: %q\nrelay_connections: 1\nreconnect: {initial: 100ms, max: 1s}\nlog: {level: debug, format: json}\nservices: {}\n", relayName, stateDir)
+	a := startEnv(t, "tether-agent (https proxy)", env, bins.agent, "run", "--config", writeAgentConfig(t, config))
+	a.waitOutput(`"transport_why":"auto: QUIC is unavailable through an HTTP proxy; through HTTP proxy `+front+`"`, 20*time.Second)
+	if n := fp.tunnelsTo(relayName); n != 2 {
+		t.Errorf("proxy opened %d tunnels to %s, want the enrolment's and the agent's (saw %v)", n, relayName, fp.seen())
+	}
+	a.kill()
+	if out := a.out.String() + errOut; strings.Contains(out, password) {
+		t.Error("a proxy password appears in the output")
 	}
 }

@@ -16,7 +16,8 @@ import (
 
 type enrollOptions struct {
 	relay, token, tokenFile, stateDir, proxy string
-	config                                   string // --config: state_dir from this agent config
+	noProxy                                  string // no_proxy of --config
+	config                                   string // --config: state_dir, proxy and no_proxy from this agent config
 	force                                    bool
 	timeout                                  time.Duration
 }
@@ -35,7 +36,8 @@ state directory), messages on stderr. A state directory an agent is
 running with is refused (its lock, agent.lock, is held): stop that agent
 first, enrol, then start it again. --config FILE takes the state directory
 from the state_dir of the agent config FILE (the one the agent will run
-with) instead of --state-dir.
+with) instead of --state-dir, and, unless --proxy is given, its proxy and
+no_proxy.
 
 The join token comes from --token-file FILE ("-" for standard input), else
 $TETHER_JOIN_TOKEN. --token TOKEN works too but is warned about: a command
@@ -54,7 +56,7 @@ history.`,
 	configFlag(cmd, &o.config, "agent config file whose state_dir is the state directory (instead of --state-dir)")
 	fs.BoolVar(&o.force, "force", false, "replace an existing identity in the state directory")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "give up after this long")
-	fs.StringVar(&o.proxy, "proxy", "", `HTTP proxy to the relay, http://[user:password@]host:port ("direct" for none; default $HTTPS_PROXY unless $NO_PROXY exempts the relay)`)
+	fs.StringVar(&o.proxy, "proxy", "", `HTTP proxy to the relay, http://[user:password@]host:port ("direct" for none; default: proxy: of --config, else $HTTPS_PROXY unless $NO_PROXY exempts the relay)`)
 	cmd.MarkFlagDirname("state-dir")
 	cmd.MarkFlagFilename("token-file")
 	return cmd
@@ -85,11 +87,18 @@ func (a *app) enroll(cmd *cobra.Command, o enrollOptions) error {
 			return fmt.Errorf("%s names no state_dir", o.config)
 		}
 		o.stateDir = dir
+		// The relay is reached as the agent will reach it with this
+		// config: through its proxy (unless --proxy says otherwise).
+		if !cmd.Flags().Changed("proxy") {
+			if o.proxy, o.noProxy, err = agent.ReadProxy(o.config); err != nil {
+				return err
+			}
+		}
 	}
 	if o.relay == "" || o.stateDir == "" {
 		return cli.Usagef("enroll needs --relay and --state-dir (or --config)")
 	}
-	opts := agent.EnrollOptions{Relay: o.relay, Token: tok, StateDir: o.stateDir, Force: o.force, Version: a.info.Version, Proxy: o.proxy}
+	opts := agent.EnrollOptions{Relay: o.relay, Token: tok, StateDir: o.stateDir, Force: o.force, Version: a.info.Version, Proxy: o.proxy, NoProxy: o.noProxy}
 	via, source, err := agent.EnrollProxy(opts)
 	if err != nil {
 		return fmt.Errorf("enrolment failed: %w", err)
