@@ -86,8 +86,6 @@ func tokenCmd(g *globals) *cobra.Command {
 	return cli.Group("token", "Join tokens that enrol agents", create, list, revoke)
 }
 
-// printCreated prints what a command created: the secret alone on stdout
-// for a table (with messages on stderr from table), else v.
 // agentPort is the port of the relay's agent listener as serve would
 // take it from TETHER_AGENT_LISTEN or the config file's agent_listen,
 // else the default's: what a join token's enrolment hint names.
@@ -103,6 +101,8 @@ func (g *globals) agentPort() string {
 	return port
 }
 
+// printCreated prints what a command created: the secret alone on stdout
+// for a table (with messages on stderr from table), else v.
 func printCreated(cmd *cobra.Command, secret string, v any, messages func()) error {
 	return cli.Print(cmd.OutOrStdout(), output(cmd), v, func(w io.Writer) error {
 		if _, err := fmt.Fprintln(w, secret); err != nil {
