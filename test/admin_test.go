@@ -286,6 +286,11 @@ func TestTetherctlCommands(t *testing.T) {
 	}
 	if out := a.mustCtl(t, "audit", "--tenant", "acme"); !strings.Contains(out, "tenant.limits") || !strings.Contains(out, "operator:alice") {
 		t.Errorf("audit table: got\n%s", out)
+	} else if strings.Contains(out, `\n`) || !strings.Contains(out, `{"`) {
+		// The detail on one line, as compact JSON (as tether-relay audit
+		// prints it), not the API's indented answer with its newlines
+		// escaped.
+		t.Errorf("audit table: detail not compact JSON on one line:\n%s", out)
 	}
 }
 

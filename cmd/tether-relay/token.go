@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -31,7 +32,7 @@ func tokenCmd(g *globals) *cobra.Command {
 				}
 				return printCreated(cmd, tok, map[string]any{"token": tok, "info": info}, func() {
 					say(cmd, "join token %s for tenant %s: %d use(s), expires %s", info.ID, info.Tenant, info.MaxUses, cli.When(info.ExpiresAt, time.Now()))
-					say(cmd, "enrol an agent with: tether-agent enroll --relay RELAY_HOST:7443 --token-file FILE --state-dir DIR")
+					say(cmd, "enrol an agent with: tether-agent enroll --relay RELAY_HOST:%s --token-file FILE --state-dir DIR", g.agentPort())
 				})
 			})
 		},
@@ -83,6 +84,21 @@ func tokenCmd(g *globals) *cobra.Command {
 		},
 	}
 	return cli.Group("token", "Join tokens that enrol agents", create, list, revoke)
+}
+
+// agentPort is the port of the relay's agent listener as serve would
+// take it from TETHER_AGENT_LISTEN or the config file's agent_listen,
+// else the default's: what a join token's enrolment hint names.
+func (g *globals) agentPort() string {
+	port := "7443"
+	pick, err := g.picker()
+	if err != nil {
+		return port
+	}
+	if _, p, err := net.SplitHostPort(pick(false, "", "TETHER_AGENT_LISTEN", "agent_listen", "")); err == nil && p != "" {
+		port = p
+	}
+	return port
 }
 
 // printCreated prints what a command created: the secret alone on stdout

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"net/url"
@@ -55,7 +56,16 @@ access-log), so one id finds a stream or a refusal on both sides.`,
 				}
 				rows := make([][]string, len(res.Records))
 				for i, r := range res.Records {
-					detail := string(r.Detail)
+					// The API indents its answer; a table cell holds
+					// the detail on one line, as tether-relay audit
+					// prints it.
+					var compact bytes.Buffer
+					if len(r.Detail) > 0 {
+						if err := json.Compact(&compact, r.Detail); err != nil {
+							return err
+						}
+					}
+					detail := compact.String()
 					if detail == "null" {
 						detail = ""
 					}

@@ -152,7 +152,10 @@ func explainTLS(err error, pinned bool) error {
 			return &hintError{err, "the relay's certificate does not verify with --ca (TETHER_ADMIN_CA): export its CA again on the relay host with tether-relay ca export --out FILE"}
 		}
 		return &hintError{err, "verify the relay with its CA: --ca FILE (or TETHER_ADMIN_CA=FILE), where FILE is written on the relay host by tether-relay ca export --out FILE"}
-	case errors.As(err, &plain):
+	case errors.As(err, &plain), errors.Is(err, http.ErrSchemeMismatch):
+		// net/http reports a server that answered the ClientHello with
+		// HTTP (a metrics or CONNECT listener, say) as ErrSchemeMismatch,
+		// in place of the record header error.
 		return &hintError{err, "the address did not answer with TLS: --url (TETHER_ADMIN_URL) must be the relay's admin listener, https://HOST:PORT of tether-relay serve --admin-listen"}
 	}
 	return err
