@@ -105,6 +105,11 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent config: %w", err)
 	}
+	for _, r := range cfg.Relays {
+		if err := eg.check(r); err != nil {
+			return nil, fmt.Errorf("agent config: %w", err)
+		}
+	}
 	if cfg.Transport == TransportQUIC {
 		for _, r := range cfg.Relays {
 			if p := eg.forRelay(r); p != nil {
@@ -184,6 +189,10 @@ func (a *Agent) certExpired() error {
 // logEgress says once, at start, how each relay is reached when a proxy is
 // configured.
 func (a *Agent) logEgress() {
+	if err := a.egress.unusable; err != nil {
+		// New refused it when a configured relay would go through it.
+		a.log.Warn("ignoring the HTTP proxy of the environment: the agent cannot use it, and NO_PROXY (or no_proxy) exempts every configured relay from it", "variable", a.egress.source, "err", err)
+	}
 	if a.egress.proxy == nil {
 		return
 	}

@@ -306,6 +306,49 @@ func TestEgressProxyFromEnvironment(t *testing.T) {
 	}
 }
 
+// clearProxyEnv empties the proxy variables of the environment for the
+// test.
+func clearProxyEnv(t *testing.T) {
+	for _, k := range []string{"HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"} {
+		t.Setenv(k, "")
+	}
+}
+
+// TestEgressUnusableEnvProxyExempt: HTTPS_PROXY names a proxy the agent
+// cannot use (SOCKS), but NO_PROXY exempts the only relay: the agent
+// starts, reaches the relay directly, and warns once, naming the variable
+// and why, without the password. With a relay not exempt, New still
+// refuses the proxy.
+func TestEgressUnusableEnvProxyExempt(t *testing.T) {
+	ca := newTestCA(t)
+	r := newTestRelay(t, ca, "r1", "127.0.0.1", false)
+	clearProxyEnv(t)
+	t.Setenv("HTTPS_PROXY", "socks5://agent:env-secret@socks.corp:1080")
+	t.Setenv("NO_PROXY", "127.0.0.1")
+	a, logs := runProxiedAgent(t, ca, Config{Relays: []string{r.addr}, RelayConnections: 1})
+	waitFor(t, 10*time.Second, "a direct session", func() error {
+		if len(r.open()) != 1 {
+			return fmt.Errorf("no session; agent: %s", lastErrors(a))
+		}
+		return nil
+	})
+	out := logs.String()
+	const warn = "ignoring the HTTP proxy of the environment"
+	if n := strings.Count(out, warn); n != 1 || !strings.Contains(out, "variable=HTTPS_PROXY") || !strings.Contains(out, `proxy scheme \"socks5\"`) {
+		t.Errorf("want one warning %q naming HTTPS_PROXY and the socks5 scheme, got %d:\n%s", warn, n, out)
+	}
+	if strings.Contains(out, "env-secret") {
+		t.Errorf("the log shows the proxy's password:\n%s", out)
+	}
+
+	t.Setenv("NO_PROXY", "")
+	cfg := Config{Relays: []string{"relay.example.com:7443"}, StateDir: a.cfg.StateDir, Services: map[string]Service{}, Logger: slog.New(slog.DiscardHandler)}
+	_, err := New(cfg)
+	if err == nil || !strings.Contains(err.Error(), `agent config: HTTPS_PROXY: proxy scheme "socks5"`) || strings.Contains(err.Error(), "env-secret") {
+		t.Errorf("relay behind the unusable proxy: New: %v, want the proxy's error without the password", err)
+	}
+}
+
 // TestEnrolThroughTLSInspectingProxy: at enrolment too, a certificate
 // that came back through the proxy and is not from the CA the join token
 // pins is said to be, most likely, the proxy's.

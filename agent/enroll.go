@@ -54,6 +54,9 @@ type EnrollOptions struct {
 // directly.
 func EnrollProxy(o EnrollOptions) (proxy, source string, err error) {
 	eg, err := newEgress(o.Proxy, o.NoProxy, os.Getenv)
+	if err == nil {
+		err = eg.check(o.Relay)
+	}
 	if err != nil {
 		return "", "", err
 	}
@@ -101,6 +104,9 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 		o.Hostname, _ = os.Hostname()
 	}
 	eg, err := newEgress(o.Proxy, o.NoProxy, os.Getenv)
+	if err == nil {
+		err = eg.check(o.Relay)
+	}
 	if err != nil {
 		return nil, err
 	}

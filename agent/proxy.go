@@ -42,6 +42,10 @@ type egress struct {
 	// exempt reports whether NO_PROXY (or no_proxy in the config) or a
 	// loopback address keeps a relay off the proxy.
 	exempt func(relay string) bool
+	// unusable is why the proxy of the environment (HTTPS_PROXY) cannot
+	// be used (proxy is then nil): an error only for a relay not exempt
+	// from it (check).
+	unusable error
 }
 
 // newEgress resolves the proxy settings: setting is the config's proxy key
@@ -60,9 +64,16 @@ func newEgress(setting, noProxy string, getenv func(string) string) (*egress, er
 	u, err := parseProxyURL(raw)
 	if err != nil {
 		// The value may hold a password: never repeat it.
-		return nil, fmt.Errorf("%s: %w", source, err)
+		err = fmt.Errorf("%s: %w", source, err)
+		if setting != "" {
+			return nil, err
+		}
+		// A proxy of the environment (set for other programs, perhaps)
+		// matters only for the relays that would go through it.
+		e.unusable, e.source = err, source
+	} else {
+		e.proxy, e.source = u, source
 	}
-	e.proxy, e.source = u, source
 	if noProxy == "" {
 		noProxy, _ = getenvAny(getenv, "no_proxy", "NO_PROXY")
 	}
@@ -88,8 +99,17 @@ func getenvAny(getenv func(string) string, names ...string) (value, name string)
 	return "", ""
 }
 
+// check returns why relay cannot be reached: it would go through the
+// environment's proxy, which is unusable. Nil otherwise.
+func (e *egress) check(relay string) error {
+	if e.unusable != nil && !e.exempt(relay) {
+		return e.unusable
+	}
+	return nil
+}
+
 // forRelay returns the proxy through which relay is reached, or nil to dial
-// it directly.
+// it directly (or when check refuses it).
 func (e *egress) forRelay(relay string) *url.URL {
 	if e.proxy == nil || e.exempt(relay) {
 		return nil
@@ -101,6 +121,9 @@ func (e *egress) forRelay(relay string) *url.URL {
 // itself when relay is reached directly, or a CONNECT through the proxy
 // (which forward reaches) otherwise.
 func (e *egress) dialer(relay string, forward dialFunc) dialFunc {
+	if err := e.check(relay); err != nil {
+		return func(context.Context, string, string) (net.Conn, error) { return nil, err }
+	}
 	p := e.forRelay(relay)
 	if p == nil {
 		return forward

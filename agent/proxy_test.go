@@ -540,12 +540,27 @@ func TestProxyEgressInvalid(t *testing.T) {
 		{setting: "http://u:secret@proxy:3128/path", want: "must not have a path"},
 		{setting: "http://u:secret@:3128", want: "has no host"},
 	} {
-		_, err := newEgress(tc.setting, "", func(k string) string {
+		e, err := newEgress(tc.setting, "", func(k string) string {
 			if k == "HTTPS_PROXY" {
 				return tc.env
 			}
 			return ""
 		})
+		if tc.env != "" {
+			// A proxy of the environment is refused for the relays it
+			// would carry only.
+			if err != nil {
+				t.Errorf("%q: newEgress: %v, want the error for a relay behind it only", tc.env, err)
+				continue
+			}
+			if err := e.check("127.0.0.1:7443"); err != nil {
+				t.Errorf("%q: a loopback relay is refused: %v", tc.env, err)
+			}
+			err = e.check("r.example:7443")
+			if _, derr := e.dialer("r.example:7443", nil)(context.Background(), "tcp", "r.example:7443"); derr != err {
+				t.Errorf("%q: dialer: %v, want %v", tc.env, derr, err)
+			}
+		}
 		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "secret") {
 			t.Errorf("%q/%q: got %v, want an error saying %q without the password", tc.setting, tc.env, err, tc.want)
 		}
@@ -592,12 +607,15 @@ func TestProxyPasswordNotInErrors(t *testing.T) {
 			t.Errorf("%q in the config: error %q shows part of the password", pw, err)
 		}
 
-		_, err = newEgress("", "", func(k string) string {
+		e, err := newEgress("", "", func(k string) string {
 			if k == "HTTPS_PROXY" {
 				return raw
 			}
 			return ""
 		})
+		if err == nil {
+			err = e.check("r.example:7443")
+		}
 		if err == nil || !strings.HasPrefix(err.Error(), "HTTPS_PROXY: ") {
 			t.Errorf("%q in HTTPS_PROXY: got %v, want an error", pw, err)
 		} else if shows(err.Error()) {

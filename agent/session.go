@@ -139,6 +139,10 @@ func (a *Agent) connect(ctx context.Context, relay string, log *slog.Logger) (*s
 		err       error
 		probeAt   time.Time // when a TCP fallback session tries QUIC again
 	)
+	if err := a.egress.check(relay); err != nil {
+		// A relay of the cluster's list (New refuses a configured one).
+		return nil, fmt.Errorf("relay %s would be reached through the HTTP proxy: %w", relay, err)
+	}
 	proxy := a.egress.forRelay(relay)
 	switch a.cfg.Transport {
 	case TransportQUIC:
