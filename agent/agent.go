@@ -214,6 +214,21 @@ func (a *Agent) logEgress() {
 	}
 }
 
+// quicPossible reports whether the agent may dial a configured relay over
+// QUIC: not in transport tcp, nor when every one is reached through the
+// HTTP proxy.
+func (a *Agent) quicPossible() bool {
+	if a.cfg.Transport == TransportTCP {
+		return false
+	}
+	for _, r := range a.cfg.Relays {
+		if a.egress.forRelay(r) == nil {
+			return true
+		}
+	}
+	return false
+}
+
 // logUDPBuffers learns what buffers the QUIC sockets get (quic-go dials
 // from sockets of its own, so a probe socket stands in for them) and warns
 // with what to do when they are small.
@@ -257,7 +272,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	a.log.Info("agent starting", "version", a.cfg.Version, "relays", a.cfg.Relays, "transport", a.cfg.Transport,
 		"relay_connections", a.cfg.RelayConnections, "services", len(*a.services.Load()), "cert_not_after", a.NotAfter().Format(time.RFC3339))
 	a.logEgress()
-	if a.cfg.Transport != TransportTCP {
+	if a.quicPossible() {
 		a.logUDPBuffers()
 	}
 	if a.alog != nil {

@@ -166,6 +166,10 @@ func TestEgressThroughProxy(t *testing.T) {
 	if !strings.Contains(out, "QUIC is unavailable through an HTTP proxy") {
 		t.Error("the agent did not say why it skipped QUIC")
 	}
+	// QUIC is never used: its UDP buffers are not the operator's concern.
+	if strings.Contains(out, "QUIC UDP socket buffer") {
+		t.Errorf("the agent logged QUIC's UDP buffers although every relay is behind the proxy:\n%s", out)
+	}
 }
 
 func mustSeen(p *connectProxy) []string {
@@ -316,9 +320,9 @@ func clearProxyEnv(t *testing.T) {
 
 // TestEgressUnusableEnvProxyExempt: HTTPS_PROXY names a proxy the agent
 // cannot use (SOCKS), but NO_PROXY exempts the only relay: the agent
-// starts, reaches the relay directly, and warns once, naming the variable
-// and why, without the password. With a relay not exempt, New still
-// refuses the proxy.
+// starts, reaches the relay directly (QUIC included: its UDP buffers are
+// logged), and warns once, naming the variable and why, without the
+// password. With a relay not exempt, New still refuses the proxy.
 func TestEgressUnusableEnvProxyExempt(t *testing.T) {
 	ca := newTestCA(t)
 	r := newTestRelay(t, ca, "r1", "127.0.0.1", false)
@@ -339,6 +343,9 @@ func TestEgressUnusableEnvProxyExempt(t *testing.T) {
 	}
 	if strings.Contains(out, "env-secret") {
 		t.Errorf("the log shows the proxy's password:\n%s", out)
+	}
+	if !strings.Contains(out, "QUIC UDP socket buffer") {
+		t.Errorf("auto mode with a direct relay: QUIC's UDP buffers not logged:\n%s", out)
 	}
 
 	t.Setenv("NO_PROXY", "")
