@@ -196,6 +196,9 @@ func (a *Agent) logEgress() {
 	if a.egress.proxy == nil {
 		return
 	}
+	if p := a.egress.proxy; p.Scheme == "http" && p.User != nil {
+		a.log.Warn("the HTTP proxy's user name and password travel unencrypted to the proxy (Basic authentication over http://): use an https:// proxy URL if the proxy supports TLS", "proxy", p.Redacted(), "proxy_from", a.egress.source)
+	}
 	seen := map[string]bool{}
 	for _, r := range a.cfg.Relays {
 		if seen[r] {

@@ -170,6 +170,10 @@ func TestEgressThroughProxy(t *testing.T) {
 	if strings.Contains(out, "QUIC UDP socket buffer") {
 		t.Errorf("the agent logged QUIC's UDP buffers although every relay is behind the proxy:\n%s", out)
 	}
+	// The password goes to an http:// proxy in clear: said once.
+	if n := strings.Count(out, "password travel unencrypted"); n != 1 {
+		t.Errorf("%d warnings that the proxy's credentials travel unencrypted, want 1:\n%s", n, out)
+	}
 }
 
 func mustSeen(p *connectProxy) []string {
@@ -353,6 +357,42 @@ func TestEgressUnusableEnvProxyExempt(t *testing.T) {
 	_, err := New(cfg)
 	if err == nil || !strings.Contains(err.Error(), `agent config: HTTPS_PROXY: proxy scheme "socks5"`) || strings.Contains(err.Error(), "env-secret") {
 		t.Errorf("relay behind the unusable proxy: New: %v, want the proxy's error without the password", err)
+	}
+}
+
+// TestProxyClearCredentialsWarning: the warning that the proxy's
+// credentials travel unencrypted is for an http:// proxy with credentials
+// only, and never shows the password.
+func TestProxyClearCredentialsWarning(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	clearProxyEnv(t)
+	for _, tc := range []struct {
+		proxy, env string
+		want       bool
+	}{
+		{proxy: "http://agent:s3cret@proxy.corp:3128", want: true},
+		{env: "http://agent:s3cret@proxy.corp:3128", want: true},
+		{proxy: "proxy.corp:3128"},
+		{proxy: "http://proxy.corp:3128"},
+		{proxy: "https://agent:s3cret@proxy.corp:443"},
+		{env: "https://agent:s3cret@proxy.corp:443"},
+		{proxy: ProxyDirect, env: "http://agent:s3cret@proxy.corp:3128"},
+	} {
+		t.Setenv("HTTPS_PROXY", tc.env)
+		var logged syncBuffer
+		a := enrolledWith(t, Config{Relays: []string{"relay.example.com:7443"}, Proxy: tc.proxy, Services: map[string]Service{},
+			Logger: slog.New(slog.NewTextHandler(&logged, nil))}, root, root)
+		a.logEgress()
+		out := logged.String()
+		if n := strings.Count(out, "password travel unencrypted"); n != map[bool]int{true: 1}[tc.want] {
+			t.Errorf("proxy %q, HTTPS_PROXY %q: %d warnings about unencrypted credentials, want %v:\n%s", tc.proxy, tc.env, n, tc.want, out)
+		}
+		if tc.want && !strings.Contains(out, "https://") {
+			t.Errorf("proxy %q, HTTPS_PROXY %q: the warning does not suggest an https:// proxy URL:\n%s", tc.proxy, tc.env, out)
+		}
+		if strings.Contains(out, "s3cret") {
+			t.Errorf("proxy %q, HTTPS_PROXY %q: the log shows the password:\n%s", tc.proxy, tc.env, out)
+		}
 	}
 }
 
