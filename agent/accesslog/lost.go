@@ -218,30 +218,10 @@ func readStopLosses(path string) (stops []stopLoss, bad bool, err error) {
 	return stops, false, nil
 }
 
-// writeStopLosses replaces the file at path with stops, durably: a new
-// file synced, then renamed over it.
+// writeStopLosses replaces the file at path with stops, durably
+// (replaceFile).
 func writeStopLosses(path string, stops []stopLoss) error {
-	tmp := path + ".new"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(formatStopLosses(stops))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	syncDir(filepath.Dir(path))
-	return nil
+	return replaceFile(path, formatStopLosses(stops))
 }
 
 // removeStopLosses removes the file at path, durably.

@@ -52,19 +52,25 @@ func readMark(path string) (m mark, ok bool, err error) {
 	return mark{seq: seq, head: f[3], stop: len(f) == 5}, true, nil
 }
 
-// writeMark replaces the mark at path, durably: a new file synced, then
-// renamed over the old one.
+// writeMark replaces the mark at path, durably (replaceFile).
 func writeMark(path string, m mark) error {
+	stop := ""
+	if m.stop {
+		stop = " stop"
+	}
+	return replaceFile(path, fmt.Appendf(nil, "seq %d head %s%s\n", m.seq, m.head, stop))
+}
+
+// replaceFile replaces the file at path with data, durably: a new file
+// (path.new, 0600) synced, renamed over the old one, and the directory
+// synced.
+func replaceFile(path string, data []byte) error {
 	tmp := path + ".new"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
-	stop := ""
-	if m.stop {
-		stop = " stop"
-	}
-	_, err = fmt.Fprintf(f, "seq %d head %s%s\n", m.seq, m.head, stop)
+	_, err = f.Write(data)
 	if err == nil {
 		err = f.Sync()
 	}
