@@ -74,6 +74,14 @@ func startRelay(t *testing.T, cfg Config) (*Relay, func()) {
 // the certificate (with its Leaf) and key an agent would present.
 func recordedAgent(t *testing.T, r *Relay, id identity.Agent, root *ca.Root) *tls.Certificate {
 	t.Helper()
+	return recordedAgentAgo(t, r, id, root, 0)
+}
+
+// recordedAgentAgo is recordedAgent with the agent and its certificate
+// recorded as issued ago before now (the certificate itself is signed
+// now, valid for an hour).
+func recordedAgentAgo(t *testing.T, r *Relay, id identity.Agent, root *ca.Root, ago time.Duration) *tls.Certificate {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -91,8 +99,8 @@ func recordedAgent(t *testing.T, r *Relay, id identity.Agent, root *ca.Root) *tl
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.dir.Store.AddAgent(context.Background(), store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: now, CertSerial: leaf.SerialNumber.Text(16),
-		CertNotAfter: leaf.NotAfter, CertRoot: root.ID(), CertIssuedAt: now}); err != nil {
+	if err := r.dir.Store.AddAgent(context.Background(), store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: now.Add(-ago), CertSerial: leaf.SerialNumber.Text(16),
+		CertNotAfter: leaf.NotAfter, CertRoot: root.ID(), CertIssuedAt: now.Add(-ago)}); err != nil {
 		t.Fatal(err)
 	}
 	return &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}

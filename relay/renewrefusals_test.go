@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"testing"
 	"time"
 
@@ -40,29 +39,7 @@ func renewWith(t *testing.T, s *agentSession, csr []byte) *protocol.RenewRespons
 // so that its renewals are due and spend none of the agent's burst.
 func dueAgent(t *testing.T, r *Relay, id identity.Agent) *tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: id.ID}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := ca.CheckCSR(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := r.auth.CA().Signer()
-	now := time.Now()
-	leaf, err := r.auth.CA().SignAgent(root, csr, id, time.Hour, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.dir.Store.AddAgent(context.Background(), store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: now.Add(-2 * time.Hour), CertSerial: leaf.SerialNumber.Text(16),
-		CertNotAfter: leaf.NotAfter, CertRoot: root.ID(), CertIssuedAt: now.Add(-2 * time.Hour)}); err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
+	return recordedAgentAgo(t, r, id, r.auth.CA().Signer(), 2*time.Hour)
 }
 
 // An agent whose certificate is due for renewal spends none of its burst
