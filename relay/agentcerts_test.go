@@ -34,18 +34,7 @@ import (
 func tryHello(r *Relay, tr string, cert *tls.Certificate) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	roots := x509.NewCertPool()
-	for _, root := range r.auth.CA().Roots() {
-		roots.AddCert(root.Cert)
-	}
-	conf := identity.AgentClientConfig(roots, r.TrustDomain(), func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil })
-	var sess transport.Session
-	var err error
-	if tr == "quic" {
-		sess, err = quic.Dial(ctx, r.AgentAddr().String(), conf, quic.Config(16))
-	} else {
-		sess, err = tcp.Dial(ctx, nil, r.AgentAddr().String(), conf, tcp.Config(slog.New(slog.DiscardHandler)))
-	}
+	sess, err := dialAgentPort(ctx, r, tr, cert)
 	if err != nil {
 		return err
 	}
@@ -65,6 +54,20 @@ func tryHello(r *Relay, tr string, cert *tls.Certificate) error {
 		return rej.Err()
 	}
 	return nil
+}
+
+// dialAgentPort connects to r's agent port over transport tr ("tcp" or
+// "quic") as the agent of cert, trusting every root of r's CA.
+func dialAgentPort(ctx context.Context, r *Relay, tr string, cert *tls.Certificate) (transport.Session, error) {
+	roots := x509.NewCertPool()
+	for _, root := range r.auth.CA().Roots() {
+		roots.AddCert(root.Cert)
+	}
+	conf := identity.AgentClientConfig(roots, r.TrustDomain(), func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil })
+	if tr == "quic" {
+		return quic.Dial(ctx, r.AgentAddr().String(), conf, quic.Config(16))
+	}
+	return tcp.Dial(ctx, nil, r.AgentAddr().String(), conf, tcp.Config(slog.New(slog.DiscardHandler)))
 }
 
 // caKeyOf reads the key of r's CA root of generation gen from its data

@@ -5,9 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +14,6 @@ import (
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/protocol/transport"
-	"github.com/tetherhq/tether/protocol/transport/quic"
-	"github.com/tetherhq/tether/protocol/transport/tcp"
 )
 
 // liveSession is an agent's session with a relay over either transport,
@@ -36,18 +32,7 @@ func helloOver(t *testing.T, r *Relay, tr string, cert *tls.Certificate) (*liveS
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	roots := x509.NewCertPool()
-	for _, root := range r.auth.CA().Roots() {
-		roots.AddCert(root.Cert)
-	}
-	conf := identity.AgentClientConfig(roots, r.TrustDomain(), func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil })
-	var sess transport.Session
-	var err error
-	if tr == "quic" {
-		sess, err = quic.Dial(ctx, r.AgentAddr().String(), conf, quic.Config(16))
-	} else {
-		sess, err = tcp.Dial(ctx, nil, r.AgentAddr().String(), conf, tcp.Config(slog.New(slog.DiscardHandler)))
-	}
+	sess, err := dialAgentPort(ctx, r, tr, cert)
 	if err != nil {
 		t.Fatalf("%s: %v", tr, err)
 	}
