@@ -239,6 +239,9 @@ type Config struct {
 	Now func() time.Time
 }
 
+// DefaultAgentListen is Config.AgentListen's default.
+const DefaultAgentListen = ":7443"
+
 // DefaultStoreOutageGrace is Config.StoreOutageGrace's default.
 const DefaultStoreOutageGrace = 5 * time.Minute
 
@@ -269,7 +272,7 @@ func (c *Config) setDefaults() {
 			*d = v
 		}
 	}
-	def(&c.AgentListen, ":7443")
+	def(&c.AgentListen, DefaultAgentListen)
 	def(&c.SOCKSListen, "127.0.0.1:1080")
 	def(&c.ConnectListen, "127.0.0.1:3128")
 	def(&c.DebugListen, Off)

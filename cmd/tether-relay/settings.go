@@ -154,7 +154,7 @@ func serveSettings() []*setting {
 			"relay-to-relay listener (mutual TLS with relay certificates from the cluster's CA), where the other relays of a [cluster](#running-several-relays) forward streams for the agents connected here. `off`: this relay forwards to others but takes no forwarded streams"),
 		str("advertise-peer", func(o *serveOptions) *string { return &c(o).AdvertisePeer }, "",
 			"host:port at which the other relays reach the peer listener (default: its address when it names a host)", ""),
-		str("agent-listen", func(o *serveOptions) *string { return &c(o).AgentListen }, ":7443",
+		str("agent-listen", func(o *serveOptions) *string { return &c(o).AgentListen }, relay.DefaultAgentListen,
 			"agent address, UDP (QUIC) and TCP (TLS+yamux) on the same port",
 			"agents, on UDP (QUIC) and TCP (TLS+yamux, enrolment) on the same port"),
 		{name: "transports", kind: "string", def: "quic,tcp", list: true,

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tetherhq/tether/cmd/internal/cli"
+	"github.com/tetherhq/tether/relay"
 	"github.com/tetherhq/tether/relay/admin"
 )
 
@@ -90,14 +91,14 @@ func tokenCmd(g *globals) *cobra.Command {
 // take it from TETHER_AGENT_LISTEN or the config file's agent_listen,
 // else the default's: what a join token's enrolment hint names.
 func (g *globals) agentPort() string {
-	port := "7443"
-	pick, err := g.picker()
-	if err != nil {
+	listen := relay.DefaultAgentListen
+	if pick, err := g.picker(); err == nil {
+		listen = pick(false, "", "TETHER_AGENT_LISTEN", "agent_listen", listen)
+	}
+	if _, port, err := net.SplitHostPort(listen); err == nil && port != "" {
 		return port
 	}
-	if _, p, err := net.SplitHostPort(pick(false, "", "TETHER_AGENT_LISTEN", "agent_listen", "")); err == nil && p != "" {
-		port = p
-	}
+	_, port, _ := net.SplitHostPort(relay.DefaultAgentListen)
 	return port
 }
 
