@@ -48,15 +48,23 @@ type EnrollOptions struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
+// egress is how an enrolment with these options reaches the relay, or
+// why it cannot (an unusable proxy of the environment the relay would go
+// through).
+func (o EnrollOptions) egress() (*egress, error) {
+	eg, err := newEgress(o.Proxy, o.NoProxy, os.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	return eg, eg.check(o.Relay)
+}
+
 // EnrollProxy reports the HTTP proxy (its URL with the password
 // redacted, and where the setting came from) through which Enroll with
 // these options reaches the relay; proxy is empty when it connects
 // directly.
 func EnrollProxy(o EnrollOptions) (proxy, source string, err error) {
-	eg, err := newEgress(o.Proxy, o.NoProxy, os.Getenv)
-	if err == nil {
-		err = eg.check(o.Relay)
-	}
+	eg, err := o.egress()
 	if err != nil {
 		return "", "", err
 	}
@@ -103,10 +111,7 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 	if o.Hostname == "" {
 		o.Hostname, _ = os.Hostname()
 	}
-	eg, err := newEgress(o.Proxy, o.NoProxy, os.Getenv)
-	if err == nil {
-		err = eg.check(o.Relay)
-	}
+	eg, err := o.egress()
 	if err != nil {
 		return nil, err
 	}
