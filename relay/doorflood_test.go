@@ -148,6 +148,10 @@ func TestForwardRefusalsBounded(t *testing.T) {
 		}
 		single++
 		counted++
+		// A forward names no port: its records name none either.
+		if got := rec.Detail["target"]; got != "echo.acme.tether" {
+			t.Errorf("refused forward connection recorded with target %v, want echo.acme.tether", got)
+		}
 	}
 	t.Logf("%d refused forward connections: %d audit records one by one, %d summed; %d in acme's trail", n, single, summed, acme)
 	if single > limit || summed > 2 || counted != n {

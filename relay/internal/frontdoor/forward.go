@@ -97,10 +97,12 @@ func (f Forward) target() (route.Target, error) {
 	return t, nil
 }
 
-// address is the forward's target as the other doors take it.
+// address is the forward's target as the other doors take it, and as its
+// logs and audit records name it: with no port, since a forward names
+// none (the agent's config gives the service's address).
 func (f Forward) address() string {
 	t, _ := f.target() // checked when the forward was applied
-	return t.Service + "." + t.Tenant + route.TargetSuffix + ":0"
+	return t.Service + "." + t.Tenant + route.TargetSuffix
 }
 
 // forwardListener is one forward's listener. Its Forward can change
