@@ -25,7 +25,6 @@ import (
 	"github.com/tetherhq/tether/protocol/transport"
 	"github.com/tetherhq/tether/protocol/transport/quic"
 	"github.com/tetherhq/tether/protocol/transport/tcp"
-	"github.com/tetherhq/tether/relay/admin"
 )
 
 // tryHello connects cert to r over transport tr and says hello: nil once
@@ -127,14 +126,7 @@ func TestAgentPortTakesOneAgentIdentityOfItsTrustDomain(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	r := runRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", SOCKSListen: Off, ConnectListen: Off, DrainTimeout: time.Millisecond})
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := a.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	a := openAdmin(t, dir, "acme")
 	td := r.TrustDomain()
 	id := identity.Agent{TrustDomain: td, Tenant: "acme", ID: "a1"}
 	own := recordedAgent(t, r, id, r.auth.CA().Signer())

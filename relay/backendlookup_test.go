@@ -12,8 +12,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-
-	"github.com/tetherhq/tether/relay/admin"
 )
 
 // Unknown backend names cost the store little: a source throttled for
@@ -27,14 +25,7 @@ func TestUnknownBackendNamesSpareTheStore(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	r := runRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: "127.0.0.1:0"})
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := a.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	a := openAdmin(t, dir, "acme")
 	key, err := a.AddBackend(ctx, "billing", []string{"acme"})
 	if err != nil {
 		t.Fatal(err)

@@ -20,7 +20,6 @@ import (
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
-	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
@@ -49,14 +48,7 @@ func TestRelayFollowsCARotation(t *testing.T) {
 	defer r.Close()
 	r.audit.Start()
 	defer r.audit.Stop()
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := a.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	a := openAdmin(t, dir, "acme")
 	oldRoot := r.auth.CA().Signer()
 	id := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: "a1"}
 	if err := r.dir.Store.AddAgent(ctx, store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: time.Now(), CertRoot: oldRoot.ID()}); err != nil {
@@ -181,14 +173,7 @@ func checkEndorsements(t *testing.T, endorsements string, first *ca.Root, roots 
 func TestRelayEndorsesOverlapBegunBefore(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := a.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	a := openAdmin(t, dir, "acme")
 	if _, err := a.RotateCA(ctx, false); err != nil {
 		t.Fatal(err)
 	}

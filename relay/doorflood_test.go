@@ -87,14 +87,7 @@ func TestForwardRefusalsBounded(t *testing.T) {
 	var logs logBuffer
 	r, stop := startRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off,
 		Logger: debugLogger(&logs)})
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := a.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	a := openAdmin(t, dir, "acme")
 	if _, err := a.AddBackend(ctx, "billing", []string{"acme/echo"}); err != nil {
 		t.Fatal(err)
 	}
@@ -247,14 +240,7 @@ func TestForwardPendingBoundPerSource(t *testing.T) {
 	dir := t.TempDir()
 	r := runRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off,
 		MaxFrontPendingPerAddress: 2, MaxFrontPendingPerNetwork: 100, StreamOpenTimeout: time.Minute, DrainTimeout: time.Millisecond})
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := a.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	a := openAdmin(t, dir, "acme")
 	if _, err := a.AddBackend(ctx, "billing", []string{"acme/echo"}); err != nil {
 		t.Fatal(err)
 	}

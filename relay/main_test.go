@@ -15,11 +15,29 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tetherhq/tether/protocol/identity"
+	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/ca"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// openAdmin opens the admin of the relay data directory dir until the test
+// ends, and adds tenants to it.
+func openAdmin(t *testing.T, dir string, tenants ...string) *admin.Admin {
+	t.Helper()
+	a, err := admin.Open(context.Background(), admin.Options{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	for _, name := range tenants {
+		if err := a.AddTenant(context.Background(), name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return a
+}
 
 // runRelay runs a relay with cfg until the test ends, when Run must return
 // without error; it returns once the relay serves. cfg must name every

@@ -7,7 +7,6 @@ import (
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
-	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
@@ -29,14 +28,7 @@ func TestRenewalNeedsTheNewestCertificate(t *testing.T) {
 	defer r.Close()
 	r.audit.Start()
 	defer r.audit.Stop()
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := a.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	openAdmin(t, dir, "acme")
 	id := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: "a1"}
 	// Enrolled an hour ago with a two-hour certificate: due for renewal.
 	now := time.Now()

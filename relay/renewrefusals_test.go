@@ -55,14 +55,7 @@ func TestRefusedRenewalRequestsAreSummed(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	r, stop := startRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off, DrainTimeout: time.Millisecond})
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := a.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	a := openAdmin(t, dir, "acme")
 	id := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: "a1"}
 	ag := newTestAgent(t, r, "other")
 	ag.cert = dueAgent(t, r, id)
@@ -134,14 +127,7 @@ func TestRenewalRefusedOnceTheSessionCertificateExpired(t *testing.T) {
 	// session before the renewal below is answered.
 	r, stop := startRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off, DrainTimeout: time.Millisecond,
 		HeartbeatInterval: time.Minute})
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := a.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	a := openAdmin(t, dir, "acme")
 	id := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: "a1"}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

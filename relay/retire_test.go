@@ -18,7 +18,6 @@ import (
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/protocol/transport/tcp"
-	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/audit"
 	"github.com/tetherhq/tether/relay/internal/store"
 )
@@ -46,14 +45,7 @@ func renewalRefusedFromRetiredRoot(t *testing.T, applied bool) {
 	defer r.Close()
 	r.audit.Start()
 	defer r.audit.Stop()
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := a.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	a := openAdmin(t, dir, "acme")
 	oldRoot := r.auth.CA().Signer()
 	id := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: "a1"}
 	// Enrolled an hour ago with a two-hour certificate: due for renewal.
@@ -102,14 +94,7 @@ func TestSessionAdmittedAcrossForcedRetirementIsClosed(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	r := runRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off, DrainTimeout: time.Millisecond})
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := a.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	a := openAdmin(t, dir, "acme")
 
 	// An agent enrolled on the first root.
 	authority := r.auth.CA()

@@ -16,7 +16,6 @@ import (
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/protocol/transport/tcp"
-	"github.com/tetherhq/tether/relay/admin"
 	"github.com/tetherhq/tether/relay/internal/session"
 )
 
@@ -34,14 +33,7 @@ func TestSessionsPerAgentBounded(t *testing.T) {
 	// progress lifted, for the sessions opened at once below.
 	r := runRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off, DrainTimeout: time.Millisecond,
 		MaxHandshakesPerAddress: 1000, MaxHandshakesPerNetwork: 1000})
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := a.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	openAdmin(t, dir, "acme")
 	authority := r.auth.CA()
 	id := identity.Agent{TrustDomain: r.TrustDomain(), Tenant: "acme", ID: "a1"}
 	cert := recordedAgent(t, r, id, authority.Signer())

@@ -72,14 +72,7 @@ func TestRetiredRootTokenCannotBeRepinned(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	r := runRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off, DrainTimeout: time.Millisecond})
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := a.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	a := openAdmin(t, dir, "acme")
 	oldTok, _, err := a.CreateToken(ctx, "acme", time.Hour, 5)
 	if err != nil {
 		t.Fatal(err)
@@ -137,11 +130,7 @@ func TestEnrolmentTakesOnlyTheKeyFromTheRequest(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	r := runRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off, DrainTimeout: time.Millisecond})
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := openAdmin(t, dir)
 	for _, tenant := range []string{"acme", "globex"} {
 		if err := a.AddTenant(ctx, tenant); err != nil {
 			t.Fatal(err)
@@ -237,14 +226,7 @@ func TestSpentJoinTokenRefusalsAreSummed(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	r, stop := startRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off, DrainTimeout: time.Millisecond})
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := a.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	a := openAdmin(t, dir, "acme")
 	tok, info, err := a.CreateToken(ctx, "acme", time.Hour, 1)
 	if err != nil {
 		t.Fatal(err)
