@@ -407,6 +407,78 @@ func TestStoreOutageGraceClusterDown(t *testing.T) {
 	}
 }
 
+// TestStoreOutageGraceRenewedElsewhere: an agent admitted by relay 1
+// renews its certificate through relay 2 (renewals are not in the change
+// feed: the record relay 1 keeps from the admission names the old
+// certificate). The store then goes down for both relays, and the agent
+// connects to relay 1 with its new certificate: it is admitted (it used
+// to be refused, unavailable, the record kept not knowing the new
+// certificate). A certificate of the agent issued before the one in the
+// record kept is still refused.
+func TestStoreOutageGraceRenewedElsewhere(t *testing.T) {
+	r1, r2 := startOutagePair(t)
+	ctx := context.Background()
+	id := identity.Agent{TrustDomain: r1.TrustDomain(), Tenant: "acme", ID: "a1"}
+	ag := newTestAgent(t, r1.Relay, "other")
+	ag.cert = dueAgent(t, r1.Relay, id) // recorded as issued two hours ago
+	s1, err := ag.connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag.addr = r2.AgentAddr().String()
+	s2, err := ag.connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag.renew(t, s2)
+	s1.close()
+	s1.waitClosed(t)
+	s2.close()
+	s2.waitClosed(t)
+
+	r1.proxy.Pause()
+	cut := r2.cut(t)
+	r1.cut(t)
+	ag.addr = r1.AgentAddr().String()
+	s, err := ag.connect(ctx)
+	if err != nil {
+		t.Fatalf("agent a1 with the certificate it renewed through relay 2, connecting to relay 1 %v after the store went down for both: %v, want it admitted",
+			time.Since(cut).Round(time.Millisecond), err)
+	}
+	s.close()
+	if n := r1.logs.count("certificate newer than the one in the record kept"); n != 1 {
+		t.Errorf("%d lines of an agent admitted with a certificate newer than its record kept, want 1", n)
+	}
+
+	// A certificate of a1 issued three hours ago (valid four hours),
+	// before the one in the record kept: not the agent's newest.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: id.ID}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := r1.auth.CA().SignAgent(r1.auth.CA().Signer(), csr, id, 4*time.Hour, time.Now().Add(-3*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag.mu.Lock()
+	ag.cert = &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
+	ag.mu.Unlock()
+	if s, err := ag.connect(ctx); err == nil {
+		s.close()
+		t.Fatal("agent a1 with a certificate issued before the one in relay 1's record kept was admitted during the outage")
+	} else if !strings.Contains(err.Error(), "unavailable") {
+		t.Errorf("a certificate older than the record kept, during the outage: %v, want unavailable", err)
+	}
+}
+
 // gaugeValue is the value of the relay's gauge name (no labels).
 func gaugeValue(t *testing.T, r *Relay, name string) float64 {
 	t.Helper()

@@ -16,7 +16,9 @@ const maxRecords = 100000
 // for admission while the store is down for every relay (Config.Outage).
 // A record is kept from a successful admission (and read again after a
 // renewal over the agent's session here: renewals are not in the feed,
-// and the agent comes back with the new certificate) until the change feed
+// and the agent comes back with the new certificate; one renewed through
+// another relay is admitted with a certificate newer than the record's,
+// newerThanKept) until the change feed
 // tells of a revocation of its agent (Server.ForgetRecord; a resync
 // applies every recent revocation again, and so forgets them too).
 type recordCache struct {

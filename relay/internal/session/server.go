@@ -687,6 +687,16 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 	switch standing {
 	case policy.CertSuperseded:
 		if kept != nil {
+			if newerThanKept(rec, leaf, s.cfg.Authority.CA().IssuerOf(leaf) != nil) {
+				// Renewed through another relay since its admission
+				// here: renewals are not in the change feed. Only the
+				// relay's CA issues the agent's certificates, to the
+				// holder of its key, and only newest first: one issued
+				// after the newest this relay knows is the agent's own.
+				s.log.Warn("admitting an agent with a certificate newer than the one in the record kept from its last admission here (renewed through another relay)",
+					"tenant", id.Tenant, "agent", id.ID, "certificate", serial, "kept_certificate", rec.CertSerial)
+				break
+			}
 			// Perhaps a renewal a restore lost, which only the store's
 			// restore windows tell, and which is to be recorded.
 			return kept
@@ -749,6 +759,20 @@ func (s *Server) admitAgent(ctx context.Context, id identity.Agent, leaf *x509.C
 		s.records.put(gen, rec)
 	}
 	return nil
+}
+
+// newerThanKept reports whether leaf, an agent's certificate other than
+// the newest in rec (the record kept from its last admission here, used
+// while the store is down for every relay), was issued after that newest
+// by one of the CA's roots (issuerKnown): a renewal through another relay
+// since. A certificate's issue time is its NotBefore plus the backdate,
+// in whole seconds: one issued within the same second as rec's newest is
+// not taken as newer (refused, as before; renewals are minutes apart).
+func newerThanKept(rec store.Agent, leaf *x509.Certificate, issuerKnown bool) bool {
+	if !issuerKnown || rec.CertIssuedAt.IsZero() {
+		return false
+	}
+	return leaf.NotBefore.Add(ca.AgentBackdate).After(rec.CertIssuedAt)
 }
 
 // outageLookup bounds an admission's store reads while the relay serves
