@@ -100,6 +100,20 @@ func recordedAgent(t *testing.T, r *Relay, id identity.Agent, root *ca.Root) *tl
 // now, valid for an hour).
 func recordedAgentAgo(t *testing.T, r *Relay, id identity.Agent, root *ca.Root, ago time.Duration) *tls.Certificate {
 	t.Helper()
+	now := time.Now()
+	cert := signedAgent(t, r, id, root, now, time.Hour)
+	leaf := cert.Leaf
+	if err := r.dir.Store.AddAgent(context.Background(), store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: now.Add(-ago), CertSerial: leaf.SerialNumber.Text(16),
+		CertNotAfter: leaf.NotAfter, CertRoot: root.ID(), CertIssuedAt: now.Add(-ago)}); err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
+// signedAgent is a certificate for agent id, with a new key, signed by
+// root at issued for lifetime; nothing is recorded.
+func signedAgent(t *testing.T, r *Relay, id identity.Agent, root *ca.Root, issued time.Time, lifetime time.Duration) *tls.Certificate {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -112,13 +126,8 @@ func recordedAgentAgo(t *testing.T, r *Relay, id identity.Agent, root *ca.Root, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	leaf, err := r.auth.CA().SignAgent(root, csr, id, time.Hour, now)
+	leaf, err := r.auth.CA().SignAgent(root, csr, id, lifetime, issued)
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.dir.Store.AddAgent(context.Background(), store.Agent{ID: id.ID, Tenant: id.Tenant, CreatedAt: now.Add(-ago), CertSerial: leaf.SerialNumber.Text(16),
-		CertNotAfter: leaf.NotAfter, CertRoot: root.ID(), CertIssuedAt: now.Add(-ago)}); err != nil {
 		t.Fatal(err)
 	}
 	return &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}

@@ -452,24 +452,9 @@ func TestStoreOutageGraceRenewedElsewhere(t *testing.T) {
 
 	// A certificate of a1 issued three hours ago (valid four hours),
 	// before the one in the record kept: not the agent's newest.
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: id.ID}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := r1.auth.CA().SignAgent(r1.auth.CA().Signer(), csr, id, 4*time.Hour, time.Now().Add(-3*time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
+	old := signedAgent(t, r1.Relay, id, r1.auth.CA().Signer(), time.Now().Add(-3*time.Hour), 4*time.Hour)
 	ag.mu.Lock()
-	ag.cert = &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
+	ag.cert = old
 	ag.mu.Unlock()
 	if s, err := ag.connect(ctx); err == nil {
 		s.close()
