@@ -89,6 +89,14 @@ func TestHTTPProxyPlainRequests(t *testing.T) {
 	startAgent(t, r, "acme", agentOpts{services: map[string]string{"api": svc, "secret": svc}})
 	d := r.r.Backend(t, "probe", "acme")
 	waitDial(t, d, "api.acme.tether:80", 20*time.Second).Close()
+	// The probe's connection to the service is counted by the service's
+	// accept loop, which may run after the probe's stream opened: it is
+	// counted before the subtests count theirs.
+	for deadline := time.Now().Add(10 * time.Second); svcConns() < 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the service never counted the probe's connection")
+		}
+	}
 	c := proxyClient(t, r.connectAddr, "billing", key)
 
 	get := func(t *testing.T, c *http.Client, u string) (*http.Response, seenRequest) {
