@@ -161,7 +161,8 @@ func (r *Relay) applyRevocation(ctx context.Context, tenant, agent string) {
 	}
 }
 
-// housekeep tidies the policy's rate limiters and prunes the change feed
+// housekeep tidies the policy's rate limiters and the links to relays
+// gone from the cluster (peer.Links.Tidy), and prunes the change feed,
 // every housekeeping period until ctx ends.
 func (r *Relay) housekeep(ctx context.Context) {
 	t := time.NewTicker(housekeeping)
@@ -172,6 +173,13 @@ func (r *Relay) housekeep(ctx context.Context) {
 			return
 		case now := <-t.C:
 			r.pol.Tidy(now)
+			if r.links != nil && r.member != nil {
+				var live []string
+				for _, m := range r.member.Live() {
+					live = append(live, m.ID)
+				}
+				r.links.Tidy(live, now)
+			}
 			if _, err := r.dir.Store.PruneChanges(ctx, now.Add(-changesKept)); err != nil && ctx.Err() == nil {
 				r.log.Warn("prune the change feed", "err", err)
 			}
