@@ -228,10 +228,16 @@ func (v *relayView) rankLocked() {
 	}
 	// A relay that said it is leaving is passed over until the lists show
 	// it gone or draining and then live again (it restarted), or for a
-	// while after its drain deadline.
+	// while after its drain deadline. Past that, its mark says nothing
+	// (drainingLocked) and is forgotten: a relay that left for good (its
+	// replacement has another id) would otherwise keep its mark for as
+	// long as the agent runs, one more for every such relay.
+	now := time.Now()
 	for id, m := range v.leaving {
 		i, listed := byID[id]
 		switch {
+		case !now.Before(m.until):
+			delete(v.leaving, id)
 		case !listed || merged[i].Draining:
 			m.seenGone = true
 		case m.seenGone:
@@ -257,7 +263,7 @@ func (v *relayView) rankLocked() {
 		// A relay that changes its list again and again gets a line at
 		// info level every listLogEvery, the rest at debug level.
 		level := slog.LevelDebug
-		if now := time.Now(); now.Sub(v.loggedAt) >= listLogEvery {
+		if now.Sub(v.loggedAt) >= listLogEvery {
 			level, v.loggedAt = slog.LevelInfo, now
 		}
 		v.log.Log(context.Background(), level, "relays of the cluster", "relays", ids)
@@ -481,7 +487,13 @@ func (v *relayView) leavingRelay(id string, drainUntil time.Time) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	m := &leaveMark{until: drainUntil.Add(leavingGrace), seenGone: v.drainingLocked(id, time.Now())}
+	now := time.Now()
+	for k, m := range v.leaving {
+		if !now.Before(m.until) {
+			delete(v.leaving, k) // says nothing any more (drainingLocked)
+		}
+	}
+	m := &leaveMark{until: drainUntil.Add(leavingGrace), seenGone: v.drainingLocked(id, now)}
 	v.leaving[id] = m
 	v.notifyLocked()
 }

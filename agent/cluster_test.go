@@ -303,3 +303,32 @@ func TestRendezvousSpread(t *testing.T) {
 		})
 	}
 }
+
+// The mark of a relay that said it is leaving is forgotten once its drain
+// deadline (and the grace after it) passed: relays that leave the cluster
+// for good, one after another (a deployment that gives each new relay a
+// new id), do not leave a mark each for as long as the agent runs.
+func TestLeavingMarksForgotten(t *testing.T) {
+	v := testView("acme/a1")
+	s := hear(v, "r0", relays("r0"))
+	past := time.Now().Add(-leavingGrace - time.Second)
+	const n = 200
+	for i := range n {
+		id := fmt.Sprintf("gone%d", i)
+		v.setList(s, []protocol.RelayInfo{{ID: "r0", Addr: "10.0.0.1:7443"}, {ID: id, Addr: "10.0.1.1:7443"}})
+		v.leavingRelay(id, past)
+		v.setList(s, relays("r0")) // it left, and never comes back
+	}
+	v.mu.Lock()
+	kept := len(v.leaving)
+	v.mu.Unlock()
+	if kept > 1 {
+		t.Fatalf("the view keeps %d marks of relays that left %d times and whose drain deadlines passed, want at most 1", kept, n)
+	}
+	// A mark still in force stays, and is obeyed.
+	hear(v, "r0", relays("r0", "r1"))
+	v.leavingRelay("r1", time.Now().Add(time.Minute))
+	if tgt, ok := v.pick(0); !ok || tgt.id != "r0" {
+		t.Fatalf("picked %v (%v), want r0: r1 is leaving", tgt, ok)
+	}
+}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -47,5 +48,33 @@ func TestQUICRetryIsJittered(t *testing.T) {
 	}
 	if len(seen) < 10 {
 		t.Fatalf("50 fallbacks gave only %d distinct retry times: %v", len(seen), seen)
+	}
+}
+
+// TestQUICFallbacksForgotten: the fallbacks of relays the agent does not
+// dial again are forgotten once they have expired, so an agent that fell
+// back for relay after relay of a changing cluster does not keep one entry
+// each for as long as it runs.
+func TestQUICFallbacksForgotten(t *testing.T) {
+	a := &Agent{cfg: Config{QUICRetry: time.Minute}, fallback: map[string]time.Time{}}
+	const n = 500
+	for i := range n {
+		a.markQUICFailed(fmt.Sprintf("relay%d.example:7443", i))
+	}
+	// Their retry time passes; none of them is dialled again.
+	a.fbMu.Lock()
+	for r := range a.fallback {
+		a.fallback[r] = time.Now().Add(-time.Second)
+	}
+	a.fbMu.Unlock()
+	until := a.markQUICFailed("relay-new.example:7443")
+	a.fbMu.Lock()
+	kept := len(a.fallback)
+	a.fbMu.Unlock()
+	if kept != 1 {
+		t.Fatalf("%d fallbacks kept after %d expired and one new, want 1", kept, n)
+	}
+	if got, ok := a.quicFallback("relay-new.example:7443"); !ok || !got.Equal(until) {
+		t.Fatalf("the new fallback is %v (%v), want %v", got, ok, until)
 	}
 }

@@ -341,11 +341,20 @@ func (a *Agent) clearQUICFallback(relay string) {
 // markQUICFailed keeps relay on TCP for QUICRetry plus up to half as much
 // again, at random: agents that fell back together — a fleet whose QUIC
 // handshakes timed out while the relay restarted — then try QUIC again
-// spread out rather than all at once.
+// spread out rather than all at once. The fallbacks that have expired are
+// forgotten: an entry is otherwise dropped only when its relay is dialled
+// again, and relays of a cluster come and go (each address the agent ever
+// fell back for would stay).
 func (a *Agent) markQUICFailed(relay string) time.Time {
 	a.fbMu.Lock()
 	defer a.fbMu.Unlock()
-	until := time.Now().Add(a.cfg.QUICRetry + rand.N(a.cfg.QUICRetry/2+1))
+	now := time.Now()
+	for r, until := range a.fallback {
+		if now.After(until) {
+			delete(a.fallback, r)
+		}
+	}
+	until := now.Add(a.cfg.QUICRetry + rand.N(a.cfg.QUICRetry/2+1))
 	a.fallback[relay] = until
 	return until
 }

@@ -338,8 +338,12 @@ func (s *State) NotAfter() time.Time { return s.Cert.Leaf.NotAfter }
 
 // writeFileAtomic writes data (mode 0600) to a temporary file next to path,
 // syncs it, renames it into place and syncs the directory: the new content
-// is on disk, whole, when it returns.
+// is on disk, whole, when it returns. The temporary files of path that
+// writes cut short by a crash or power loss left (each a whole copy: of
+// the agent's private key, for agent.key) are removed first once older
+// than staleTemp (removeStaleTemps).
 func writeFileAtomic(path string, data []byte) error {
+	removeStaleTemps(path, time.Now())
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
@@ -365,4 +369,30 @@ func writeFileAtomic(path string, data []byte) error {
 
 func pemBlock(typ string, der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+}
+
+// staleTemp is the age past which a temporary file left beside its target
+// by an interrupted writeFileAtomic is removed. A younger one may be
+// another process's write in progress (an update's trial runs beside the
+// agent).
+const staleTemp = time.Hour
+
+// removeStaleTemps removes, best effort, the temporary files an
+// interrupted writeFileAtomic of path left (.<name>.tmp followed by the
+// digits os.CreateTemp chose) last modified more than staleTemp before now.
+func removeStaleTemps(path string, now time.Time) {
+	dir, prefix := filepath.Dir(path), "."+filepath.Base(path)+".tmp"
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok || rest == "" || strings.Trim(rest, "0123456789") != "" || !e.Type().IsRegular() {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && now.Sub(fi.ModTime()) > staleTemp {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
 }

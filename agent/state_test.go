@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestStateErrorsSayWhatToDo: a state directory whose identity does not
@@ -62,5 +63,61 @@ func writeTestFile(t *testing.T, path string, data []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRenewalRemovesStaleTemps: each write of the state directory cut
+// short by a crash or power loss (between the temporary file's creation
+// and its rename) leaves a temporary file behind, a copy of the agent's
+// private key for agent.key. A later write of the same file (the next
+// renewal) removes those older than staleTemp; a younger one, which may
+// be another process's write in progress, stays.
+func TestRenewalRemovesStaleTemps(t *testing.T) {
+	root := newTestRoot(t, "tether.internal", "root")
+	s := enrolled(t, root, root).state
+	keyPEM, err := os.ReadFile(filepath.Join(s.Dir, keyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, err := os.ReadFile(filepath.Join(s.Dir, certFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-staleTemp - time.Minute)
+	leftover := func(target string) string {
+		f, err := os.CreateTemp(s.Dir, "."+target+".tmp*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Write(keyPEM)
+		f.Close()
+		return f.Name()
+	}
+	for range 10 { // ten renewals cut short
+		for _, target := range []string{keyFile, certFile + nextSuffix} {
+			if err := os.Chtimes(leftover(target), old, old); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	young := leftover(keyFile)
+	if err := s.replaceKeyPair(keyPEM, certPEM, nil); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(s.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var temps []string
+	for _, e := range ents {
+		if strings.Contains(e.Name(), ".tmp") {
+			temps = append(temps, e.Name())
+		}
+	}
+	if len(temps) != 1 || temps[0] != filepath.Base(young) {
+		t.Fatalf("temporary files left after a renewal: %v, want only %s (younger than %v)", temps, filepath.Base(young), staleTemp)
+	}
+	if _, err := LoadState(s.Dir); err != nil {
+		t.Fatalf("state after the renewal: %v", err)
 	}
 }

@@ -65,6 +65,7 @@ func (r *Relay) apply(ctx context.Context, c store.Change) error {
 		return r.loadLimits(ctx)
 	case store.ChangeBackend:
 		r.doors.Forget(c.Subject)
+		r.forgetRemovedBackend(ctx, c.Subject)
 	case store.ChangeCA:
 		return r.rotation.Apply(ctx)
 	case store.ChangeRollout:
@@ -78,6 +79,20 @@ func (r *Relay) apply(ctx context.Context, c store.Change) error {
 		}
 	}
 	return nil
+}
+
+// forgetRemovedBackend drops the metrics series of backend name when the
+// store no longer has it (the change was its removal). Best effort: when
+// the store cannot say, the series stay (they are counters of a backend
+// that did exist).
+func (r *Relay) forgetRemovedBackend(ctx context.Context, name string) {
+	_, err := r.dir.Store.Backend(ctx, name)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		r.metrics.ForgetBackend(name)
+	case err != nil:
+		r.log.Debug("change feed: cannot tell whether a changed backend was removed; its metrics series stay", "backend", name, "err", err)
+	}
 }
 
 // resync reads again everything the feed would have told: when changes
@@ -161,7 +176,8 @@ func (r *Relay) applyRevocation(ctx context.Context, tenant, agent string) {
 	}
 }
 
-// housekeep tidies the policy's rate limiters and prunes the change feed
+// housekeep tidies the policy's rate limiters and the links to relays
+// gone from the cluster (peer.Links.Tidy), and prunes the change feed,
 // every housekeeping period until ctx ends.
 func (r *Relay) housekeep(ctx context.Context) {
 	t := time.NewTicker(housekeeping)
@@ -172,6 +188,13 @@ func (r *Relay) housekeep(ctx context.Context) {
 			return
 		case now := <-t.C:
 			r.pol.Tidy(now)
+			if r.links != nil && r.member != nil {
+				var live []string
+				for _, m := range r.member.Live() {
+					live = append(live, m.ID)
+				}
+				r.links.Tidy(live, now)
+			}
 			if _, err := r.dir.Store.PruneChanges(ctx, now.Add(-changesKept)); err != nil && ctx.Err() == nil {
 				r.log.Warn("prune the change feed", "err", err)
 			}

@@ -36,7 +36,7 @@ var (
 	descPeerHandshakes = prometheus.NewDesc("tether_peer_handshakes_total",
 		"Handshakes of links from other relays at the relay-to-relay listener by outcome: ok, failed (TLS, or timed out), throttled (no handshake slot in time), source_limited (turned away by the bound per source address or network, or by a network's share of a busy listener). Only with a relay-to-relay listener.", []string{"outcome"}, nil)
 	descPeerLinkFailures = prometheus.NewDesc("tether_peer_link_failures_total",
-		"Failures of this relay's links to another relay, by relay and reason: dial (a dial failed or timed out), unanswered (a forwarded stream gave up on a link that answered nothing to its opening in time), closed (such a link closed for answering no ping either). Every relay a link was made to.", []string{"relay", "reason"}, nil)
+		"Failures of this relay's links to another relay, by relay and reason: dial (a dial failed or timed out), unanswered (a forwarded stream gave up on a link that answered nothing to its opening in time), closed (such a link closed for answering no ping either). Every relay a link was made to, until it has been missing from the cluster for an hour.", []string{"relay", "reason"}, nil)
 	descFrontLimited = prometheus.NewDesc("tether_front_source_limited_total",
 		"Front-door connections closed at once because their source address or network had too many connections not yet authenticated.", nil, nil)
 	descCertExpiry = prometheus.NewDesc("tether_agent_certificate_expiry_timestamp_seconds",

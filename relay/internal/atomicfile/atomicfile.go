@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
+	"time"
 )
 
 // Write writes data with mode perm to a temporary file in path's
@@ -16,7 +18,13 @@ import (
 // that once Write returns the new content is what a start after a power
 // loss reads (without the directory's sync, the rename itself may not
 // be on disk yet).
+//
+// A process killed between the temporary file's creation and its rename
+// leaves it behind (.<name>.tmp<digits>); Write removes those of path
+// older than StaleTemp first, so that crashes over months do not pile them
+// up (a younger one may be another process's write in progress).
 func Write(path string, data []byte, perm os.FileMode) error {
+	RemoveStaleTemps(path, time.Now())
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
@@ -63,4 +71,29 @@ func SyncDir(dir string) error {
 		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return nil
+}
+
+// StaleTemp is the age past which a temporary file left beside its target
+// by an interrupted Write is removed (RemoveStaleTemps).
+const StaleTemp = time.Hour
+
+// RemoveStaleTemps removes, best effort, the temporary files an
+// interrupted Write of path left (.<name>.tmp followed by the digits
+// os.CreateTemp chose) that were last modified more than StaleTemp before
+// now.
+func RemoveStaleTemps(path string, now time.Time) {
+	dir, prefix := filepath.Dir(path), "."+filepath.Base(path)+".tmp"
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok || rest == "" || strings.Trim(rest, "0123456789") != "" || !e.Type().IsRegular() {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && now.Sub(fi.ModTime()) > StaleTemp {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
 }

@@ -5,8 +5,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestWrite(t *testing.T) {
@@ -84,5 +86,59 @@ func TestWriteSyncsDir(t *testing.T) {
 	}
 	if !synced {
 		t.Errorf("the directory %s was not synced after the rename; trace:\n%s", dir, raw)
+	}
+}
+
+// TestWriteRemovesStaleTemps: the temporary files that writes cut short
+// by a crash left beside a file (one per crash, each holding a whole
+// copy: a CA key, the roster) are removed by the next write of that file
+// once older than StaleTemp; a younger one (another process's write in
+// progress) and other files stay.
+func TestWriteRemovesStaleTemps(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "roster.json")
+	old := time.Now().Add(-StaleTemp - time.Minute)
+	var stale []string
+	for range 20 { // twenty writes cut short, as os.CreateTemp named them
+		f, err := os.CreateTemp(dir, ".roster.json.tmp*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if err := os.Chtimes(f.Name(), old, old); err != nil {
+			t.Fatal(err)
+		}
+		stale = append(stale, filepath.Base(f.Name()))
+	}
+	young, err := os.CreateTemp(dir, ".roster.json.tmp*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	young.Close()
+	keep := []string{filepath.Base(young.Name()), ".roster.json.tmp-not-ours", ".other.json.tmp123", "roster.json.tmp1"}
+	for _, name := range keep[1:] {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(filepath.Join(dir, name), old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := Write(p, []byte("tenants"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range ents {
+		got = append(got, e.Name())
+	}
+	want := append([]string{"roster.json"}, keep...)
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("after a write the directory holds %v, want %v (the %d stale temporary files removed)", got, want, len(stale))
 	}
 }

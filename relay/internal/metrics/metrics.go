@@ -94,6 +94,21 @@ func (m *Metrics) serviceLabel(tenant, service string) string {
 	return service
 }
 
+// ForgetBackend drops the series labelled with backend name (stream
+// opens, limit and memory refusals): the backend was removed. A backend
+// added again under the name starts from zero. Without it, every backend
+// ever removed kept a series per tenant, service and outcome it was
+// counted under for as long as the relay ran.
+func (m *Metrics) ForgetBackend(name string) {
+	if name == "" {
+		return // the streams of requests that did not authenticate
+	}
+	by := prometheus.Labels{"backend": name}
+	m.Streams.DeletePartialMatch(by)
+	m.LimitRefusals.DeletePartialMatch(by)
+	m.MemoryRefusals.DeletePartialMatch(by)
+}
+
 // StoreOps are the store operations StoreOp is given, in the order the
 // console shows them.
 var StoreOps = []string{"audit_commit", "change_feed", "limits", "backend_lookup", "last_seen", "ping"}

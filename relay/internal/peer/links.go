@@ -100,11 +100,14 @@ type Links struct {
 	cfg LinksConfig
 	log *slog.Logger
 
-	mu       sync.Mutex // guards links, carriers, failures and closed
+	mu       sync.Mutex // guards links, carriers, failures, missing and closed
 	links    map[string]*link
 	carriers map[carrierKey]*Carrier
 	failures map[string]*failureCounts // by relay id, over its links
-	closed   bool
+	// missing holds, by relay id, when Tidy first found a relay with a
+	// link or failure counts missing from the cluster's live relays.
+	missing map[string]time.Time
+	closed  bool
 
 	// Dials run on goroutines of their own (in dials), under ctx, which
 	// Close cancels: no caller's context ends a dial others wait for.
@@ -345,6 +348,97 @@ func (l *Links) askStatus(ctx context.Context, lk *link) StoreStatus {
 		st.Known, st.Err = false, fmt.Errorf("relay %s: %w", lk.id, err)
 	}
 	return st
+}
+
+// ForgetAfter is how long a relay may be missing from the cluster's live
+// relays before Tidy forgets its link and failure counts.
+const ForgetAfter = time.Hour
+
+// Tidy forgets what l keeps of each relay that has been missing from live
+// (the ids of the cluster's live relays) since a Tidy at least ForgetAfter
+// before now: its link, unless the link is up or being dialed (streams
+// still go through it), its carriers, and its failure counts (Failures,
+// and with them its tether_peer_link_failures_total series). Relays that
+// leave for good — replaced by relays of other ids, as deployments with
+// fresh data directories do — would otherwise each be kept for as long as
+// this relay runs. The owner calls Tidy now and then.
+func (l *Links) Tidy(live []string, now time.Time) {
+	isLive := make(map[string]bool, len(live))
+	for _, id := range live {
+		isLive[id] = true
+	}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	if l.missing == nil {
+		l.missing = map[string]time.Time{}
+	}
+	for id := range l.missing {
+		if _, ok := l.failures[id]; !ok || isLive[id] {
+			delete(l.missing, id)
+		}
+	}
+	type gone struct {
+		id string
+		lk *link
+	}
+	var due []gone
+	for id := range l.failures { // every relay with a link has failure counts
+		if isLive[id] {
+			continue
+		}
+		since, ok := l.missing[id]
+		if !ok {
+			l.missing[id] = now
+			continue
+		}
+		if now.Sub(since) >= ForgetAfter {
+			due = append(due, gone{id, l.links[id]})
+		}
+	}
+	l.mu.Unlock()
+	// A link's mu is not taken under l.mu (the lock order): each link is
+	// retired first, and only then forgotten, if still the relay's.
+	for _, g := range due {
+		if g.lk != nil && !g.lk.retireIfDown() {
+			continue
+		}
+		l.mu.Lock()
+		if l.links[g.id] == g.lk {
+			delete(l.links, g.id)
+			delete(l.failures, g.id)
+			delete(l.missing, g.id)
+			for k := range l.carriers {
+				if k.relay == g.id {
+					delete(l.carriers, k)
+				}
+			}
+		}
+		l.mu.Unlock()
+	}
+}
+
+// retireIfDown closes the link when it has no session up and no dial in
+// progress, so that no dial follows (a carrier still holding it gets an
+// error); it reports whether it did.
+func (lk *link) retireIfDown() bool {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	if lk.dialing != nil {
+		return false
+	}
+	if lk.sess != nil {
+		select {
+		case <-lk.sess.Done():
+			lk.sess = nil
+		default:
+			return false
+		}
+	}
+	lk.closed = true
+	return true
 }
 
 // Close closes every link: forwarded streams through them end. It

@@ -3,9 +3,11 @@ package peer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -398,5 +400,78 @@ func TestFailedDialIsShared(t *testing.T) {
 	}
 	if n := g.dials.Load(); n != 1 {
 		t.Errorf("%d dials for two callers, want 1", n)
+	}
+}
+
+// TestTidyForgetsRelaysGone: the links, carriers and failure counts (the
+// tether_peer_link_failures_total series) of relays missing from the
+// cluster's live relays for ForgetAfter are forgotten, while a link that
+// is up stays, whatever the list says. Before, every relay a link was
+// ever made to stayed for as long as the relay ran: a cluster whose relays
+// get new ids at each deployment grew a link and three series per relay
+// replaced.
+func TestTidyForgetsRelaysGone(t *testing.T) {
+	p1, p2 := peers(t)
+	srv := serve(t, p2)
+	var h holdings
+	l := newLinks(t, p1, &h)
+
+	// Relays that served a tenant, then went away for good: the dial to
+	// each fails.
+	const n = 50
+	for i := range n {
+		tenant := fmt.Sprintf("t%d", i)
+		h.set(tenant, store.Holding{RelayID: fmt.Sprintf("gone-%d", i), Epoch: 1, PeerAddr: "127.0.0.1:1", Agents: 1})
+		c := carrier(t, l, tenant)
+		ctx, cancel := context.WithTimeout(context.Background(), watchdog)
+		_, err := l.session(ctx, c.link, nil)
+		cancel()
+		if err == nil {
+			t.Fatalf("dial of relay gone-%d at 127.0.0.1:1 succeeded", i)
+		}
+	}
+	// relay-2, whose link is up, leaves the live list too (it lost the
+	// store, say): its link carries streams and stays.
+	h.set("acme", store.Holding{RelayID: "relay-2", Epoch: 1, PeerAddr: srv.Addr().String(), Agents: 1})
+	c := carrier(t, l, "acme")
+	ctx, cancel := context.WithTimeout(context.Background(), watchdog)
+	defer cancel()
+	if _, err := l.session(ctx, c.link, nil); err != nil {
+		t.Fatalf("link to relay-2: %v", err)
+	}
+	if got := len(l.Failures()); got != n+1 {
+		t.Fatalf("failure counts of %d relays, want %d", got, n+1)
+	}
+
+	t0 := time.Now()
+	live := []string{"relay-1", "gone-7"} // gone-7 comes back
+	l.Tidy(live, t0)
+	l.Tidy(live, t0.Add(ForgetAfter-time.Second))
+	if got := len(l.Failures()); got != n+1 {
+		t.Fatalf("failure counts of %d relays before ForgetAfter, want %d", got, n+1)
+	}
+	l.Tidy(live, t0.Add(ForgetAfter))
+
+	var kept []string
+	for _, f := range l.Failures() {
+		kept = append(kept, f.Relay)
+	}
+	if want := []string{"gone-7", "relay-2"}; !slices.Equal(kept, want) {
+		t.Fatalf("failure counts kept for %v, want %v", kept, want)
+	}
+	l.mu.Lock()
+	links, carriers, missing := len(l.links), len(l.carriers), len(l.missing)
+	l.mu.Unlock()
+	if links != 2 || carriers != 2 || missing != 1 {
+		t.Fatalf("kept %d links, %d carriers, %d relays missing; want 2, 2, 1 (gone-7, and relay-2 while its link is up)", links, carriers, missing)
+	}
+	// The link that stayed still carries streams.
+	if _, err := l.session(ctx, c.link, nil); err != nil {
+		t.Fatalf("link to relay-2 after Tidy: %v", err)
+	}
+	// A relay forgotten that holds agents again gets a new link.
+	h.set("t3", store.Holding{RelayID: "gone-3", Epoch: 2, PeerAddr: "127.0.0.1:1", Agents: 1})
+	if !carrier(t, l, "t3").link.usable(time.Now()) {
+		t.Fatal("the new link to gone-3 is not usable (closed, or passed over for the old one's failures)")
 	}
 }
