@@ -7,8 +7,6 @@ import (
 	"net"
 	"testing"
 	"time"
-
-	"github.com/tetherhq/tether/relay/admin"
 )
 
 // seriesWith counts the series of r's metrics that have label name with
@@ -42,14 +40,7 @@ func TestRemovedBackendSeriesForgotten(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	r := runRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off})
-	a, err := admin.Open(ctx, admin.Options{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	if err := a.AddTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	a := openAdmin(t, dir, "acme")
 	refused := func(backend string) {
 		t.Helper()
 		if err := r.SetForwards(ctx, []Forward{{Listen: "127.0.0.1:0", Target: "echo.acme", Backend: backend}}); err != nil {
