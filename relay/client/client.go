@@ -183,6 +183,25 @@ func noAnswer(err error) error {
 	return err
 }
 
+// tlsRefusal returns a *Refusal with code unauthenticated when err is a
+// TLS alert the relay sent (crypto/tls reports one as a *net.OpError of
+// Op "remote error"), else nil. The TLS door sends one when it refuses
+// the client certificate: expired, issued by another CA, under a retired
+// root, or not a backend's. Under TLS 1.3 the client learns of it only
+// at its first read, after its side of the handshake is over, where it
+// looked like the relay closing the connection before it answered. It is
+// an answer, as a 407 is: every relay of a cluster would give the same
+// (they share the CA), so it is neither tried on another relay nor
+// retried (Forward).
+func tlsRefusal(err error) error {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "remote error" {
+		return nil
+	}
+	return &Refusal{Err: protocol.Errorf(protocol.CodeUnauthenticated,
+		"the relay refused the TLS session (%v): it did not accept the client certificate (expired, issued by another CA, or not a backend's); its log and audit trail say why", op.Err)}
+}
+
 // relayError is a connection-level failure to reach a relay.
 type relayError struct{ err error }
 
@@ -232,6 +251,9 @@ func (d *Dialer) dialRelayAt(ctx context.Context, relay string) (net.Conn, error
 	tc := tls.Client(raw, resuming(d.TLSConfig))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
+		if r := tlsRefusal(err); r != nil {
+			return nil, r
+		}
 		return nil, &relayError{fmt.Errorf("tether: TLS handshake with relay %s: %w", relay, err)}
 	}
 	return tc, nil
@@ -322,11 +344,17 @@ func (d *Dialer) connect(conn net.Conn, addr, auth string) (*Conn, error) {
 		return nil, protocol.Errorf(protocol.CodeBadRequest, "invalid address %q", addr)
 	}
 	if _, err := io.WriteString(conn, req); err != nil {
+		if r := tlsRefusal(err); r != nil {
+			return nil, r
+		}
 		return nil, noAnswer(fmt.Errorf("tether: send CONNECT to relay: %w", err))
 	}
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
 	if err != nil {
+		if r := tlsRefusal(err); r != nil {
+			return nil, r
+		}
 		if br.Buffered() == 0 {
 			// Nothing of an answer came: the relay closed the
 			// connection (or the network failed) before answering.
