@@ -1,0 +1,154 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tetherhq/tether/relay/client"
+)
+
+// TestDialContextEndsWithItsContext: a relay that takes the request and
+// never answers holds DialContext only until its context ends, and the
+// error says which way it ended (errors.Is with the context's error; a
+// deadline is a net.Error whose Timeout is true, as net.Dialer's is).
+// Without a deadline in the context, Timeout bounds the dial.
+func TestDialContextEndsWithItsContext(t *testing.T) {
+	silent := serveTCP(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	d := &client.Dialer{Relay: silent, Backend: "b", APIKey: "k"}
+	for _, tc := range []struct {
+		name string
+		ctx  func() (context.Context, context.CancelFunc)
+		d    *client.Dialer
+		want error
+	}{
+		{"deadline", func() (context.Context, context.CancelFunc) {
+			return context.WithTimeout(context.Background(), 200*time.Millisecond)
+		}, d, context.DeadlineExceeded},
+		{"cancel", func() (context.Context, context.CancelFunc) {
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(200*time.Millisecond, cancel)
+			return ctx, cancel
+		}, d, context.Canceled},
+		{"Dialer.Timeout", func() (context.Context, context.CancelFunc) {
+			return context.WithCancel(context.Background())
+		}, &client.Dialer{Relay: silent, Backend: "b", APIKey: "k", Timeout: 200 * time.Millisecond}, context.DeadlineExceeded},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := tc.ctx()
+			defer cancel()
+			done := make(chan error, 1)
+			go func() {
+				c, err := tc.d.DialContext(ctx, "tcp", "db.acme.tether:5432")
+				if c != nil {
+					c.Close()
+				}
+				done <- err
+			}()
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(20 * time.Second):
+				t.Fatal("DialContext still waiting for a silent relay 20 s after its context ended")
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want errors.Is %v", err, tc.want)
+			}
+			var ne net.Error
+			if tc.want == context.DeadlineExceeded && (!errors.As(err, &ne) || !ne.Timeout()) {
+				t.Fatalf("%v: not a net.Error with Timeout() true", err)
+			}
+		})
+	}
+}
+
+// TestConnDeadlines: a read deadline on a connection from DialContext
+// (both doors) times out as net.Conn's do, and the connection works on
+// once it is cleared.
+func TestConnDeadlines(t *testing.T) {
+	w := newWorld(t, worldOpts{})
+	for name, d := range map[string]*client.Dialer{"connect": w.plain, "connect-tls": w.tls} {
+		t.Run(name, func(t *testing.T) {
+			c, err := d.Dial("tcp", w.target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			var ne net.Error
+			if _, err := c.Read(make([]byte, 1)); !errors.As(err, &ne) || !ne.Timeout() {
+				t.Fatalf("read past its deadline: got %v, want a timeout", err)
+			}
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			if _, err := io.WriteString(c, "x"); err != nil {
+				t.Fatal(err)
+			}
+			b := make([]byte, 1)
+			if _, err := io.ReadFull(c, b); err != nil || string(b) != "x" {
+				t.Fatalf("echo after the deadline was moved: %q, %v", b, err)
+			}
+		})
+	}
+}
+
+// TestIdleTunnelIsReset: a tunnel on which nothing moves for the relay's
+// idle timeout is reset, so that the client cannot take it for a clean
+// end of the service's answer.
+func TestIdleTunnelIsReset(t *testing.T) {
+	w := newWorld(t, worldOpts{relayIdleTimeout: time.Second})
+	start := time.Now() // before the tunnel's idle clock starts
+	c, err := w.plain.Dial("tcp", w.target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	_, err = c.Read(make([]byte, 1))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("an idle tunnel: read %v after %v, want a connection reset", err, time.Since(start))
+	}
+	if el := time.Since(start); el < time.Second {
+		t.Fatalf("reset after %v, before the idle timeout (1 s)", el)
+	}
+}
+
+// TestSlowReaderHoldsBackTheService: a client that reads nothing holds
+// the service back: what the service manages to write stays bounded by
+// the buffers on the way (sockets, the transport's window, the copy
+// buffers), not by what it has to send.
+func TestSlowReaderHoldsBackTheService(t *testing.T) {
+	const limit, bound = 256 << 20, 64 << 20
+	var written atomic.Int64
+	w := newWorld(t, worldOpts{services: map[string]func(net.Conn){
+		"flood": func(c net.Conn) {
+			buf := make([]byte, 64<<10)
+			for written.Load() < limit {
+				n, err := c.Write(buf)
+				written.Add(int64(n))
+				if err != nil {
+					return
+				}
+			}
+		},
+	}})
+	c, err := w.plain.Dial("tcp", "flood.acme.tether:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Wait until the service's writes stall (or it has written all).
+	last := int64(-1)
+	for n := written.Load(); n != last; n = written.Load() {
+		last = n
+		time.Sleep(500 * time.Millisecond)
+	}
+	if last > bound {
+		t.Fatalf("the service wrote %d MiB to a client that read nothing: more than %d MiB buffered on the way", last>>20, bound>>20)
+	}
+	t.Logf("the service stalled after %d MiB", last>>20)
+}
