@@ -38,6 +38,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -57,7 +58,8 @@ var (
 	ErrUnavailable       = protocol.ErrUnavailable
 	ErrLimitExceeded     = protocol.ErrLimitExceeded
 	// ErrRateLimited: this address, or the backend name given, failed
-	// authentication too often lately; the relay says when to try again.
+	// authentication too often lately; the relay says when to try again
+	// (Refusal.RetryAfter).
 	ErrRateLimited = protocol.ErrRateLimited
 )
 
@@ -383,7 +385,14 @@ func refusal(resp *http.Response, body string) error {
 		// The body is "<code>: <message>".
 		msg = strings.TrimPrefix(msg, code.String()+": ")
 	}
-	return &Refusal{Err: &protocol.Error{Code: code, Message: msg}, RequestID: resp.Header.Get("Tether-Request-Id")}
+	r := &Refusal{Err: &protocol.Error{Code: code, Message: msg}, RequestID: resp.Header.Get("Tether-Request-Id")}
+	// Retry-After in seconds (RFC 9110 §10.2.3; the relay never sends
+	// the HTTP-date form), bounded so that a hostile answer cannot
+	// overflow a Duration.
+	if s, err := strconv.ParseUint(strings.TrimSpace(resp.Header.Get("Retry-After")), 10, 32); err == nil && s > 0 {
+		r.RetryAfter = time.Duration(min(s, 24*3600)) * time.Second
+	}
+	return r
 }
 
 // Refusal is the error DialContext returns when the relay answered the
@@ -397,6 +406,10 @@ type Refusal struct {
 	// RequestID is the relay's id for the request, for finding it in the
 	// relay's log and audit trail; empty when the relay sent none.
 	RequestID string
+	// RetryAfter is how long the relay asked the caller to wait before
+	// trying again (its Retry-After header, sent with rate_limited);
+	// 0 when it said nothing.
+	RetryAfter time.Duration
 }
 
 func (r *Refusal) Error() string {

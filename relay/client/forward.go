@@ -314,6 +314,9 @@ func (s *forwardServer) logFailure(local net.Conn, err error, waited time.Durati
 		var r *Refusal
 		if errors.As(err, &r) {
 			attrs = append(attrs, "code", r.Err.Code.String(), "request", r.RequestID, "err", r.Err.Message)
+			if r.RetryAfter > 0 {
+				attrs = append(attrs, "retry_after", r.RetryAfter.String())
+			}
 			s.log.Warn("relay refused the connection; closed it", attrs...)
 			return
 		}
