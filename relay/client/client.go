@@ -13,6 +13,17 @@
 //
 //	if errors.Is(err, client.ErrNoAgent) { … the tenant's agent is offline … }
 //
+// Whether the same dial may succeed later, with nobody changing anything:
+// a refusal says so through its *Error's Temporary method (no_agent,
+// timeout, target_unreachable, unavailable, limit_exceeded, rate_limited
+// and internal are temporary; unauthenticated, not_allowed,
+// unknown_tenant, unknown_service and bad_request are not), and a dial
+// that reached no relay matches ErrRelayUnreachable. Neither has passed
+// a byte to the service, so either may be retried:
+//
+//	var e *client.Error
+//	retry := errors.Is(err, client.ErrRelayUnreachable) || errors.As(err, &e) && e.Temporary()
+//
 // The Dialer speaks HTTP CONNECT to the relay's front door: over TLS to
 // its TLS door (--connect-tls-listen) with TLSConfig, in plain text to its
 // CONNECT door otherwise, which listens on loopback unless told to. With
@@ -62,6 +73,16 @@ var (
 	// (Refusal.RetryAfter).
 	ErrRateLimited = protocol.ErrRateLimited
 )
+
+// ErrRelayUnreachable matches (errors.Is) the error of a dial that got
+// no answer from any relay: the TCP connection or the TLS handshake
+// failed, or the relay closed the connection before it answered the
+// request (a relay shutting down closes its doors first; so does one
+// over its bound on unauthenticated connections from one address). The
+// error also wraps the network error underneath. No byte of the
+// connection reached a service: dialling again is safe. A refusal
+// (*Refusal) never matches it.
+var ErrRelayUnreachable = errors.New("tether: relay unreachable")
 
 // Error says why a connection was refused: a code and a message.
 // DialContext returns it wrapped in a *Refusal.
@@ -163,15 +184,11 @@ func (d *Dialer) relays() []string {
 	return []string{d.Relay}
 }
 
-// errNoAnswer marks a relay that could not be reached or closed the
-// connection before answering: another relay may be tried.
-var errNoAnswer = errors.New("no answer")
-
 // unreachable reports whether err says the relay could not be reached
 // or gave no answer, as opposed to an answer (a refusal, a reply that is
 // not HTTP) or a local problem.
 func unreachable(err error) bool {
-	return errors.Is(err, errNoAnswer)
+	return errors.Is(err, ErrRelayUnreachable)
 }
 
 // noAnswer wraps err, from reaching a relay or exchanging the request
@@ -208,7 +225,7 @@ func tlsRefusal(err error) error {
 type relayError struct{ err error }
 
 func (e *relayError) Error() string   { return e.err.Error() }
-func (e *relayError) Unwrap() []error { return []error{e.err, errNoAnswer} }
+func (e *relayError) Unwrap() []error { return []error{e.err, ErrRelayUnreachable} }
 
 // timeout is Timeout or its default.
 func (d *Dialer) timeout() time.Duration {

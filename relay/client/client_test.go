@@ -58,6 +58,11 @@ func TestDialerAnswers(t *testing.T) {
 				t.Fatal("dial succeeded")
 			}
 			var r *client.Refusal
+			// Only a relay that closed the connection without a word
+			// is unreachable; an answer, whatever it says, is not.
+			if got, want := errors.Is(err, client.ErrRelayUnreachable), tc.answer == ""; got != want {
+				t.Errorf("%v: errors.Is(err, client.ErrRelayUnreachable) = %v, want %v", err, got, want)
+			}
 			if tc.want == nil {
 				if errors.As(err, &r) {
 					t.Fatalf("got refusal %v, want another error", err)
@@ -190,6 +195,9 @@ func TestDialerRelaysNoneReachable(t *testing.T) {
 	var oe *net.OpError
 	if !errors.As(err, &oe) {
 		t.Errorf("%v: not a *net.OpError underneath", err)
+	}
+	if !errors.Is(err, client.ErrRelayUnreachable) {
+		t.Errorf("%v: does not match client.ErrRelayUnreachable", err)
 	}
 	for _, want := range []string{"none of the 2 relays", a, b} {
 		if !strings.Contains(err.Error(), want) {
