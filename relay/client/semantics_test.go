@@ -2,8 +2,11 @@ package client_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"sync/atomic"
 	"syscall"
@@ -151,4 +154,43 @@ func TestSlowReaderHoldsBackTheService(t *testing.T) {
 		t.Fatalf("the service wrote %d MiB to a client that read nothing: more than %d MiB buffered on the way", last>>20, bound>>20)
 	}
 	t.Logf("the service stalled after %d MiB", last>>20)
+}
+
+// TestUploadThenHalfCloseOnBothDoors: 64 MiB sent through either door,
+// then CloseWrite (a TLS close_notify on the TLS door): the service
+// reads every byte, in order, and an EOF, and its answer still comes
+// back.
+func TestUploadThenHalfCloseOnBothDoors(t *testing.T) {
+	const size = 64 << 20
+	w := newWorld(t, worldOpts{services: map[string]func(net.Conn){
+		"sink": func(c net.Conn) { // answers the SHA-256 of all it read
+			h := sha256.New()
+			if _, err := io.Copy(h, c); err != nil {
+				return
+			}
+			io.WriteString(c, hex.EncodeToString(h.Sum(nil)))
+			c.(*net.TCPConn).CloseWrite()
+		},
+	}})
+	for name, d := range map[string]*client.Dialer{"connect": w.plain, "connect-tls": w.tls} {
+		t.Run(name, func(t *testing.T) {
+			c, err := d.Dial("tcp", "sink.acme.tether:1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(60 * time.Second))
+			h := sha256.New()
+			if n, err := io.Copy(io.MultiWriter(c, h), io.LimitReader(rand.NewChaCha8([32]byte{1}), size)); err != nil || n != size {
+				t.Fatalf("upload: %d of %d bytes: %v", n, size, err)
+			}
+			if err := c.(*client.Conn).CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(c)
+			if want := hex.EncodeToString(h.Sum(nil)); err != nil || string(got) != want {
+				t.Fatalf("the service's answer: %q, %v; want the SHA-256 of what was sent, %s", got, err, want)
+			}
+		})
+	}
 }
