@@ -40,11 +40,16 @@ type world struct {
 	certDir string
 	dataDir string // the relay's data directory, for admin.Open
 	socks   string // the SOCKS5 door's address, when worldOpts.socks
+	// stopRelay stops the relay (as SIGTERM does: it drains for
+	// worldOpts.relayDrainTimeout) and waits for Run to return; at
+	// most once, the test's cleanup included.
+	stopRelay func()
 }
 
 type worldOpts struct {
 	relayHandshakeTimeout time.Duration // relay.Config.HandshakeTimeout
 	relayIdleTimeout      time.Duration // relay.Config.IdleTimeout
+	relayDrainTimeout     time.Duration // relay.Config.DrainTimeout
 	socks                 bool          // open the SOCKS5 door too
 	// services are more TCP services behind the agent, by name, each
 	// granted to the backend.
@@ -95,7 +100,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	r, err := relay.New(relay.Config{
 		DataDir: relayDir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: socks,
 		ConnectListen: "127.0.0.1:0", ConnectTLSListen: "127.0.0.1:0", HeartbeatInterval: time.Second,
-		HandshakeTimeout: o.relayHandshakeTimeout, IdleTimeout: o.relayIdleTimeout, Logger: testLogger(t, slog.LevelWarn),
+		HandshakeTimeout: o.relayHandshakeTimeout, IdleTimeout: o.relayIdleTimeout, DrainTimeout: o.relayDrainTimeout, Logger: testLogger(t, slog.LevelWarn),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -104,15 +109,19 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	if o.socks {
 		w.socks = r.SOCKSAddr().String()
 	}
-	runCtx, stopRelay := context.WithCancel(context.Background())
+	runCtx, cancelRelay := context.WithCancel(context.Background())
 	relayDone := make(chan error, 1)
 	go func() { relayDone <- r.Run(runCtx) }()
-	t.Cleanup(func() {
-		stopRelay()
-		if err := <-relayDone; err != nil {
-			t.Errorf("relay: %v", err)
-		}
-	})
+	var stopOnce sync.Once
+	w.stopRelay = func() {
+		stopOnce.Do(func() {
+			cancelRelay()
+			if err := <-relayDone; err != nil {
+				t.Errorf("relay: %v", err)
+			}
+		})
+	}
+	t.Cleanup(w.stopRelay)
 
 	echoAddr := serveTCP(t, func(c net.Conn) {
 		w.echoes.add()

@@ -194,3 +194,47 @@ func TestUploadThenHalfCloseOnBothDoors(t *testing.T) {
 		})
 	}
 }
+
+// TestRelayStopResetsTunnelsLeft: a relay that stops lets its tunnels go
+// on for its drain timeout, then resets those left, on both doors: a
+// client in the middle of a download reads a reset, never a clean end
+// (a FIN, or a TLS close_notify) that would make the cut answer look
+// whole.
+func TestRelayStopResetsTunnelsLeft(t *testing.T) {
+	w := newWorld(t, worldOpts{relayDrainTimeout: 200 * time.Millisecond, services: map[string]func(net.Conn){
+		"flood": func(c net.Conn) { // sends until the connection fails
+			buf := make([]byte, 64<<10)
+			for {
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+			}
+		},
+	}})
+	doors := []string{"connect", "connect-tls"}
+	conns := make([]net.Conn, len(doors))
+	for i, d := range []*client.Dialer{w.plain, w.tls} {
+		c, err := d.Dial("tcp", "flood.acme.tether:1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := io.ReadFull(c, make([]byte, 1<<20)); err != nil {
+			t.Fatalf("%s: the first MiB: %v", doors[i], err)
+		}
+		conns[i] = c
+	}
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		w.stopRelay()
+	}()
+	for i, c := range conns {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		n, err := io.Copy(io.Discard, c)
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("%s: the relay stopped mid-answer; the client read %d bytes more, then %v; want a connection reset", doors[i], n, err)
+		}
+	}
+	<-stopped
+}
