@@ -481,6 +481,20 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+// abort closes the connection with a TCP reset, over TLS without a
+// close_notify: the relay takes it for a failure, not for the end of
+// what the client had to send, and resets the stream to the service.
+func (c *Conn) abort() {
+	nc := c.Conn
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	if l, ok := nc.(interface{ SetLinger(int) error }); ok {
+		l.SetLinger(0)
+	}
+	nc.Close()
+}
+
 // CloseWrite half-closes the connection: the service reads EOF, and
 // reading its answer continues.
 func (c *Conn) CloseWrite() error {
