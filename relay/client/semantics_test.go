@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/proxy"
+
 	"github.com/tetherhq/tether/relay/client"
 )
 
@@ -196,12 +198,12 @@ func TestUploadThenHalfCloseOnBothDoors(t *testing.T) {
 }
 
 // TestRelayStopResetsTunnelsLeft: a relay that stops lets its tunnels go
-// on for its drain timeout, then resets those left, on both doors: a
+// on for its drain timeout, then resets those left, at every door: a
 // client in the middle of a download reads a reset, never a clean end
 // (a FIN, or a TLS close_notify) that would make the cut answer look
 // whole.
 func TestRelayStopResetsTunnelsLeft(t *testing.T) {
-	w := newWorld(t, worldOpts{relayDrainTimeout: 200 * time.Millisecond, services: map[string]func(net.Conn){
+	w := newWorld(t, worldOpts{socks: true, relayDrainTimeout: 200 * time.Millisecond, services: map[string]func(net.Conn){
 		"flood": func(c net.Conn) { // sends until the connection fails
 			buf := make([]byte, 64<<10)
 			for {
@@ -211,9 +213,13 @@ func TestRelayStopResetsTunnelsLeft(t *testing.T) {
 			}
 		},
 	}})
-	doors := []string{"connect", "connect-tls"}
+	socks, err := proxy.SOCKS5("tcp", w.socks, &proxy.Auth{User: w.plain.Backend, Password: w.plain.APIKey}, proxy.Direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doors := []string{"connect", "connect-tls", "socks5"}
 	conns := make([]net.Conn, len(doors))
-	for i, d := range []*client.Dialer{w.plain, w.tls} {
+	for i, d := range []proxy.Dialer{w.plain, w.tls, socks} {
 		c, err := d.Dial("tcp", "flood.acme.tether:1")
 		if err != nil {
 			t.Fatal(err)
