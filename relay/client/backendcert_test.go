@@ -2,9 +2,17 @@ package client_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"io"
+	"math/big"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -217,4 +225,56 @@ func certSerial(t *testing.T, file string) string {
 		t.Fatal(err)
 	}
 	return c.SerialNumber.Text(16)
+}
+
+// TestCertificateRefusedAtTLSHandshake: a client certificate the TLS
+// door refuses in the handshake (here one from another CA; an expired
+// one goes the same way) is an unauthenticated refusal for the Dialer,
+// not a relay it could not reach, and Forward closes the local
+// connection at once and logs the refusal instead of retrying for
+// RelayWait and logging the relay as unreachable.
+func TestCertificateRefusedAtTLSHandshake(t *testing.T) {
+	w := newWorld(t, worldOpts{})
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := url.Parse("spiffe://elsewhere.example/backend/billing")
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		URIs: []*url.URL{id}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := w.tls.TLSConfig.Clone() // trusts the relay
+	conf.Certificates = []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}
+	d := &client.Dialer{Relay: w.tls.Relay, TLSConfig: conf, Timeout: 20 * time.Second}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", w.target)
+	if err == nil {
+		c.Close()
+		t.Fatal("dial with a certificate from another CA succeeded")
+	}
+	var r *client.Refusal
+	if !errors.Is(err, client.ErrUnauthenticated) || !errors.As(err, &r) {
+		t.Fatalf("dial with a certificate from another CA: got %v (%T), want a *client.Refusal matching client.ErrUnauthenticated", err, err)
+	}
+
+	logs, log := newLogBuffer(t)
+	addr, _ := serveForward(t, &client.Forward{Dialer: d, Target: w.target, RelayWait: time.Minute, Logger: log})
+	local, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	local.SetDeadline(time.Now().Add(20 * time.Second))
+	if b, err := io.ReadAll(local); err != nil || len(b) > 0 {
+		t.Fatalf("the forward's local connection: read %q, %v; want it closed without a byte", b, err)
+	}
+	logs.waitFor(t, 10*time.Second, `"msg":"relay refused the connection; closed it"`, `"code":"unauthenticated"`)
+	if strings.Contains(logs.String(), "relay unreachable") {
+		t.Fatalf("the forward logged a refused certificate as the relay unreachable:\n%s", logs.String())
+	}
 }

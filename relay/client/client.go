@@ -13,6 +13,17 @@
 //
 //	if errors.Is(err, client.ErrNoAgent) { … the tenant's agent is offline … }
 //
+// Whether the same dial may succeed later, with nobody changing anything:
+// a refusal says so through its *Error's Temporary method (no_agent,
+// timeout, target_unreachable, unavailable, limit_exceeded, rate_limited
+// and internal are temporary; unauthenticated, not_allowed,
+// unknown_tenant, unknown_service and bad_request are not), and a dial
+// that reached no relay matches ErrRelayUnreachable. Neither has passed
+// a byte to the service, so either may be retried:
+//
+//	var e *client.Error
+//	retry := errors.Is(err, client.ErrRelayUnreachable) || errors.As(err, &e) && e.Temporary()
+//
 // The Dialer speaks HTTP CONNECT to the relay's front door: over TLS to
 // its TLS door (--connect-tls-listen) with TLSConfig, in plain text to its
 // CONNECT door otherwise, which listens on loopback unless told to. With
@@ -38,6 +49,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -57,9 +69,20 @@ var (
 	ErrUnavailable       = protocol.ErrUnavailable
 	ErrLimitExceeded     = protocol.ErrLimitExceeded
 	// ErrRateLimited: this address, or the backend name given, failed
-	// authentication too often lately; the relay says when to try again.
+	// authentication too often lately; the relay says when to try again
+	// (Refusal.RetryAfter).
 	ErrRateLimited = protocol.ErrRateLimited
 )
+
+// ErrRelayUnreachable matches (errors.Is) the error of a dial that got
+// no answer from any relay: the TCP connection or the TLS handshake
+// failed, or the relay closed the connection before it answered the
+// request (a relay shutting down closes its doors first; so does one
+// over its bound on unauthenticated connections from one address). The
+// error also wraps the network error underneath. No byte of the
+// connection reached a service: dialling again is safe. A refusal
+// (*Refusal) never matches it.
+var ErrRelayUnreachable = errors.New("tether: relay unreachable")
 
 // Error says why a connection was refused: a code and a message.
 // DialContext returns it wrapped in a *Refusal.
@@ -161,15 +184,11 @@ func (d *Dialer) relays() []string {
 	return []string{d.Relay}
 }
 
-// errNoAnswer marks a relay that could not be reached or closed the
-// connection before answering: another relay may be tried.
-var errNoAnswer = errors.New("no answer")
-
 // unreachable reports whether err says the relay could not be reached
 // or gave no answer, as opposed to an answer (a refusal, a reply that is
 // not HTTP) or a local problem.
 func unreachable(err error) bool {
-	return errors.Is(err, errNoAnswer)
+	return errors.Is(err, ErrRelayUnreachable)
 }
 
 // noAnswer wraps err, from reaching a relay or exchanging the request
@@ -183,11 +202,30 @@ func noAnswer(err error) error {
 	return err
 }
 
+// tlsRefusal returns a *Refusal with code unauthenticated when err is a
+// TLS alert the relay sent (crypto/tls reports one as a *net.OpError of
+// Op "remote error"), else nil. The TLS door sends one when it refuses
+// the client certificate: expired, issued by another CA, under a retired
+// root, or not a backend's. Under TLS 1.3 the client learns of it only
+// at its first read, after its side of the handshake is over, where it
+// looked like the relay closing the connection before it answered. It is
+// an answer, as a 407 is: every relay of a cluster would give the same
+// (they share the CA), so it is neither tried on another relay nor
+// retried (Forward).
+func tlsRefusal(err error) error {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "remote error" {
+		return nil
+	}
+	return &Refusal{Err: protocol.Errorf(protocol.CodeUnauthenticated,
+		"the relay refused the TLS session (%v): it did not accept the client certificate (expired, issued by another CA, or not a backend's); its log and audit trail say why", op.Err)}
+}
+
 // relayError is a connection-level failure to reach a relay.
 type relayError struct{ err error }
 
 func (e *relayError) Error() string   { return e.err.Error() }
-func (e *relayError) Unwrap() []error { return []error{e.err, errNoAnswer} }
+func (e *relayError) Unwrap() []error { return []error{e.err, ErrRelayUnreachable} }
 
 // timeout is Timeout or its default.
 func (d *Dialer) timeout() time.Duration {
@@ -232,6 +270,9 @@ func (d *Dialer) dialRelayAt(ctx context.Context, relay string) (net.Conn, error
 	tc := tls.Client(raw, resuming(d.TLSConfig))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
+		if r := tlsRefusal(err); r != nil {
+			return nil, r
+		}
 		return nil, &relayError{fmt.Errorf("tether: TLS handshake with relay %s: %w", relay, err)}
 	}
 	return tc, nil
@@ -322,11 +363,17 @@ func (d *Dialer) connect(conn net.Conn, addr, auth string) (*Conn, error) {
 		return nil, protocol.Errorf(protocol.CodeBadRequest, "invalid address %q", addr)
 	}
 	if _, err := io.WriteString(conn, req); err != nil {
+		if r := tlsRefusal(err); r != nil {
+			return nil, r
+		}
 		return nil, noAnswer(fmt.Errorf("tether: send CONNECT to relay: %w", err))
 	}
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
 	if err != nil {
+		if r := tlsRefusal(err); r != nil {
+			return nil, r
+		}
 		if br.Buffered() == 0 {
 			// Nothing of an answer came: the relay closed the
 			// connection (or the network failed) before answering.
@@ -355,7 +402,14 @@ func refusal(resp *http.Response, body string) error {
 		// The body is "<code>: <message>".
 		msg = strings.TrimPrefix(msg, code.String()+": ")
 	}
-	return &Refusal{Err: &protocol.Error{Code: code, Message: msg}, RequestID: resp.Header.Get("Tether-Request-Id")}
+	r := &Refusal{Err: &protocol.Error{Code: code, Message: msg}, RequestID: resp.Header.Get("Tether-Request-Id")}
+	// Retry-After in seconds (RFC 9110 §10.2.3; the relay never sends
+	// the HTTP-date form), bounded so that a hostile answer cannot
+	// overflow a Duration.
+	if s, err := strconv.ParseUint(strings.TrimSpace(resp.Header.Get("Retry-After")), 10, 32); err == nil && s > 0 {
+		r.RetryAfter = time.Duration(min(s, 24*3600)) * time.Second
+	}
+	return r
 }
 
 // Refusal is the error DialContext returns when the relay answered the
@@ -369,6 +423,10 @@ type Refusal struct {
 	// RequestID is the relay's id for the request, for finding it in the
 	// relay's log and audit trail; empty when the relay sent none.
 	RequestID string
+	// RetryAfter is how long the relay asked the caller to wait before
+	// trying again (its Retry-After header, sent with rate_limited);
+	// 0 when it said nothing.
+	RetryAfter time.Duration
 }
 
 func (r *Refusal) Error() string {
@@ -421,6 +479,20 @@ func (c *Conn) Read(p []byte) (int, error) {
 		c.r = nil // drained: read the connection directly from now on
 	}
 	return c.Conn.Read(p)
+}
+
+// abort closes the connection with a TCP reset, over TLS without a
+// close_notify: the relay takes it for a failure, not for the end of
+// what the client had to send, and resets the stream to the service.
+func (c *Conn) abort() {
+	nc := c.Conn
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	if l, ok := nc.(interface{ SetLinger(int) error }); ok {
+		l.SetLinger(0)
+	}
+	nc.Close()
 }
 
 // CloseWrite half-closes the connection: the service reads EOF, and

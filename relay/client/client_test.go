@@ -42,6 +42,8 @@ func TestDialerAnswers(t *testing.T) {
 	}{
 		{"refusal with request id", "HTTP/1.1 403 Forbidden\r\nTether-Error: not_allowed\r\nTether-Request-Id: r-123\r\nContent-Length: 26\r\n\r\nnot_allowed: no grant here", client.ErrNotAllowed, "r-123", "no grant here"},
 		{"refusal without request id", "HTTP/1.1 503 Service Unavailable\r\nTether-Error: no_agent\r\nConnection: close\r\n\r\nno_agent: tenant \"acme\" has no agent connected\n", client.ErrNoAgent, "", `tenant "acme" has no agent connected`},
+		{"rate limited", "HTTP/1.1 429 Too Many Requests\r\nTether-Error: rate_limited\r\nTether-Request-Id: r-9\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n", client.ErrRateLimited, "r-9", ""},
+		{"hostile Retry-After", "HTTP/1.1 429 Too Many Requests\r\nTether-Error: rate_limited\r\nRetry-After: 99999999999999999999\r\nContent-Length: 0\r\n\r\n", client.ErrRateLimited, "", ""},
 		{"status only", "HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n", client.ErrUnauthenticated, "", "407 Proxy Authentication Required"},
 		{"unknown code", "HTTP/1.1 502 Bad Gateway\r\nTether-Error: no_such_code\r\nContent-Length: 0\r\n\r\n", client.ErrTargetUnreachable, "", "502 Bad Gateway"},
 		{"huge body", "HTTP/1.1 504 Gateway Timeout\r\nTether-Error: timeout\r\nConnection: close\r\n\r\ntimeout: " + strings.Repeat("x", 1<<20), client.ErrTimeout, "", ""},
@@ -56,6 +58,11 @@ func TestDialerAnswers(t *testing.T) {
 				t.Fatal("dial succeeded")
 			}
 			var r *client.Refusal
+			// Only a relay that closed the connection without a word
+			// is unreachable; an answer, whatever it says, is not.
+			if got, want := errors.Is(err, client.ErrRelayUnreachable), tc.answer == ""; got != want {
+				t.Errorf("%v: errors.Is(err, client.ErrRelayUnreachable) = %v, want %v", err, got, want)
+			}
 			if tc.want == nil {
 				if errors.As(err, &r) {
 					t.Fatalf("got refusal %v, want another error", err)
@@ -67,6 +74,9 @@ func TestDialerAnswers(t *testing.T) {
 			}
 			if r.RequestID != tc.requestID {
 				t.Errorf("request id %q, want %q", r.RequestID, tc.requestID)
+			}
+			if want := map[string]time.Duration{"rate limited": 7 * time.Second}[tc.name]; r.RetryAfter != want {
+				t.Errorf("RetryAfter %v, want %v (the relay's Retry-After)", r.RetryAfter, want)
 			}
 			if tc.message != "" && r.Err.Message != tc.message {
 				t.Errorf("message %q, want %q", r.Err.Message, tc.message)
@@ -185,6 +195,9 @@ func TestDialerRelaysNoneReachable(t *testing.T) {
 	var oe *net.OpError
 	if !errors.As(err, &oe) {
 		t.Errorf("%v: not a *net.OpError underneath", err)
+	}
+	if !errors.Is(err, client.ErrRelayUnreachable) {
+		t.Errorf("%v: does not match client.ErrRelayUnreachable", err)
 	}
 	for _, want := range []string{"none of the 2 relays", a, b} {
 		if !strings.Contains(err.Error(), want) {

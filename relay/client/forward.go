@@ -287,9 +287,12 @@ func (s *forwardServer) serve(ctx, hard context.Context, local net.Conn) {
 	defer s.tunnels.Add(-1)
 	setup := time.Since(start)
 	requestID := up.RequestID
+	// Cut when the drain is over: resets both ways, never a clean end
+	// (a FIN would tell the local client that the service's answer
+	// ended, and the service that the client's request did).
 	end := context.AfterFunc(hard, func() {
-		local.Close()
-		up.Close()
+		transport.Abort(localStream(local))
+		up.abort()
 	})
 	res, err := transport.Splice(localStream(local), up.spliceStream(), 0)
 	end()
@@ -314,6 +317,9 @@ func (s *forwardServer) logFailure(local net.Conn, err error, waited time.Durati
 		var r *Refusal
 		if errors.As(err, &r) {
 			attrs = append(attrs, "code", r.Err.Code.String(), "request", r.RequestID, "err", r.Err.Message)
+			if r.RetryAfter > 0 {
+				attrs = append(attrs, "retry_after", r.RetryAfter.String())
+			}
 			s.log.Warn("relay refused the connection; closed it", attrs...)
 			return
 		}

@@ -39,10 +39,21 @@ type world struct {
 	echoes  *counter       // connections the echo service accepted
 	certDir string
 	dataDir string // the relay's data directory, for admin.Open
+	socks   string // the SOCKS5 door's address, when worldOpts.socks
+	// stopRelay stops the relay (as SIGTERM does: it drains for
+	// worldOpts.relayDrainTimeout) and waits for Run to return; at
+	// most once, the test's cleanup included.
+	stopRelay func()
 }
 
 type worldOpts struct {
 	relayHandshakeTimeout time.Duration // relay.Config.HandshakeTimeout
+	relayIdleTimeout      time.Duration // relay.Config.IdleTimeout
+	relayDrainTimeout     time.Duration // relay.Config.DrainTimeout
+	socks                 bool          // open the SOCKS5 door too
+	// services are more TCP services behind the agent, by name, each
+	// granted to the backend.
+	services map[string]func(net.Conn)
 }
 
 func newWorld(t testing.TB, o worldOpts) *world {
@@ -65,7 +76,11 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := a.AddBackend(ctx, "billing", []string{"acme/echo", "acme/greet", "acme/web"})
+	grants := []string{"acme/echo", "acme/greet", "acme/web"}
+	for name := range o.services {
+		grants = append(grants, "acme/"+name)
+	}
+	key, err := a.AddBackend(ctx, "billing", grants)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,24 +93,35 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	}
 	a.Close()
 
+	socks := relay.Off
+	if o.socks {
+		socks = "127.0.0.1:0"
+	}
 	r, err := relay.New(relay.Config{
-		DataDir: relayDir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: relay.Off,
+		DataDir: relayDir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: socks,
 		ConnectListen: "127.0.0.1:0", ConnectTLSListen: "127.0.0.1:0", HeartbeatInterval: time.Second,
-		HandshakeTimeout: o.relayHandshakeTimeout, Logger: testLogger(t, slog.LevelWarn),
+		HandshakeTimeout: o.relayHandshakeTimeout, IdleTimeout: o.relayIdleTimeout, DrainTimeout: o.relayDrainTimeout, Logger: testLogger(t, slog.LevelWarn),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	w.relay = r
-	runCtx, stopRelay := context.WithCancel(context.Background())
+	if o.socks {
+		w.socks = r.SOCKSAddr().String()
+	}
+	runCtx, cancelRelay := context.WithCancel(context.Background())
 	relayDone := make(chan error, 1)
 	go func() { relayDone <- r.Run(runCtx) }()
-	t.Cleanup(func() {
-		stopRelay()
-		if err := <-relayDone; err != nil {
-			t.Errorf("relay: %v", err)
-		}
-	})
+	var stopOnce sync.Once
+	w.stopRelay = func() {
+		stopOnce.Do(func() {
+			cancelRelay()
+			if err := <-relayDone; err != nil {
+				t.Errorf("relay: %v", err)
+			}
+		})
+	}
+	t.Cleanup(w.stopRelay)
 
 	echoAddr := serveTCP(t, func(c net.Conn) {
 		w.echoes.add()
@@ -132,13 +158,17 @@ func newWorld(t testing.TB, o worldOpts) *world {
 		webSrv.Close()
 		<-webDone
 	})
+	services := map[string]agent.Service{"echo": {Address: echoAddr}, "greet": {Address: greetAddr}, "secret": {Address: echoAddr}, "web": {Address: webLn.Addr().String()}}
+	for name, handle := range o.services {
+		services[name] = agent.Service{Address: serveTCP(t, handle)}
+	}
 	st, err := agent.Enroll(ctx, agent.EnrollOptions{Relay: r.AgentAddr().String(), Token: token, StateDir: filepath.Join(dir, "agent")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ag, err := agent.New(agent.Config{
 		StateDir: st.Dir, Transport: "tcp", NoFileWatch: true,
-		Services: map[string]agent.Service{"echo": {Address: echoAddr}, "greet": {Address: greetAddr}, "secret": {Address: echoAddr}, "web": {Address: webLn.Addr().String()}},
+		Services: services,
 		Logger:   testLogger(t, slog.LevelWarn),
 	})
 	if err != nil {

@@ -2,6 +2,7 @@ package frontdoor
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"maps"
@@ -247,20 +248,35 @@ func (s *connSet) waitEmpty(d time.Duration) bool {
 	}
 }
 
-// closeAll closes every connection of s, each on a goroutine of its own
-// and without s's lock held: a TLS connection's close can wait up to 5 s
-// for its close_notify to be written, and the tunnels ending meanwhile
-// take the lock to remove themselves. The connections stay in s until
-// their handlers remove them; wait for that with waitEmpty.
+// closeAll resets every connection of s (cut), each on a goroutine of
+// its own and without s's lock held, as the tunnels ending meanwhile take
+// the lock to remove themselves. The connections stay in s until their
+// handlers remove them; wait for that with waitEmpty.
 func (s *connSet) closeAll() {
 	s.mu.Lock()
 	conns := slices.Collect(maps.Keys(s.conns))
 	s.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, c := range conns {
-		wg.Go(func() { c.Close() })
+		wg.Go(func() { cut(c) })
 	}
 	wg.Wait()
+}
+
+// cut closes a front-door connection whose tunnel the relay ends before
+// its two sides did (the drain at shutdown is over) with a TCP reset,
+// as the bridge ends a tunnel that failed or went idle: a FIN, or over
+// TLS a close_notify, would tell the client that the service's answer
+// ended cleanly, and a download cut part way would look complete. The
+// TLS record layer is left alone: no close_notify is sent.
+func cut(c net.Conn) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if l, ok := c.(interface{ SetLinger(int) error }); ok {
+		l.SetLinger(0)
+	}
+	c.Close()
 }
 
 // listenDoor listens on addr for a front door. Its connections are read
