@@ -74,12 +74,56 @@ key the log names first (the report prints its fingerprint).`,
 	fs.StringVar(&o.file, "file", "", "the access log's current file, instead of the config's (a copy, say); its rotated files are read beside it")
 	fs.StringVar(&o.caPath, "ca", "", "CA roots (PEM) that issued the agent's certificates, for --verify (default: ca.crt in the state directory)")
 	fs.BoolVar(&o.verify, "verify", false, "walk the hash chain across the files and check every checkpoint's signature: exit 0 intact, 1 broken")
-	fs.StringVar(&o.key, "key", "", "fingerprint of the log key the chain of keys starts from, for --verify (default: the key in the state directory; tether-agent status prints it)")
+	fs.StringVar(&o.key, "key", "", "fingerprint of the log key the chain of keys starts from, for --verify: the first one, recorded at enrolment (default: the first key of the key record in the state directory)")
 	fs.DurationVar(&o.since, "since", 0, "only lines written within this long, e.g. 2h")
 	fs.StringVar(&o.service, "service", "", "only streams to this service")
 	fs.StringVar(&o.backend, "backend", "", "only streams of this backend (name, or backend:name)")
 	cmd.MarkFlagFilename("file")
 	cmd.MarkFlagFilename("ca", "pem", "crt")
+	cmd.AddCommand(rotateKeyCmd())
+	return cmd
+}
+
+func rotateKeyCmd() *cobra.Command {
+	var configPath string
+	cmd := &cobra.Command{
+		Use:   "rotate-key",
+		Short: "Replace the access log's key now, and destroy the old one (the agent must be stopped)",
+		Long: `Replace the access log's key now, as the agent does every
+access_log.key_rotation (default 24h): a key line naming a new key, signed
+by the old one, is written to the log, the new key is added to the key
+record (access-log.keys in the state directory) and the old private key
+is destroyed. Whoever later gets the machine can then rewrite only the
+lines written after this; the lines before are signed by a key that no
+longer exists. The first key's fingerprint stays the pin for --verify.
+
+A running agent owns its log: stop it first (the command is refused
+while an agent holds the state directory), or let the agent rotate on
+its own schedule. The command prints the old and new fingerprints.`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configPath == "" {
+				configPath = installer.DefaultLayout().ConfigPath
+			}
+			cfg, err := agent.LoadConfig(configPath)
+			if err != nil {
+				return err
+			}
+			log, err := cli.NewLogger(cmd.ErrOrStderr(), cfg.Log.Level, cfg.Log.Format)
+			if err != nil {
+				return err
+			}
+			cfg.Logger = log
+			cfg.Version = version
+			old, next, err := agent.RotateAccessLogKey(cfg, "access-log rotate-key")
+			if err != nil {
+				return fmt.Errorf("access-log rotate-key: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "access log key replaced: %s -> %s; the old key is destroyed\n", old, next)
+			return nil
+		},
+	}
+	configFlag(cmd, &configPath, "agent config file, YAML: its access log and state directory (default: the installed service's config)")
 	return cmd
 }
 
@@ -224,6 +268,31 @@ func printAccessLog(path string, f filter, format cli.Format, stdout, stderr io.
 	return err
 }
 
+// printKeys lists the log keys in force along the log.
+func printKeys(w io.Writer, res accesslog.Result) {
+	if len(res.Keys) < 2 && (len(res.Keys) == 0 || res.Keys[0].Via != accesslog.ViaRecord) {
+		return
+	}
+	fmt.Fprintln(w, "log keys, oldest first:")
+	for _, k := range res.Keys {
+		how := ""
+		switch k.Via {
+		case accesslog.ViaPinned:
+			how = "the pinned key"
+		case accesslog.ViaFirst:
+			how = "the first key the log names (not pinned)"
+		case accesslog.ViaLine:
+			how = "introduced by a key line signed by the key before it"
+		case accesslog.ViaRecord:
+			how = fmt.Sprintf("linked to the pinned key by the key record (lines %d to %d, each signed by the key before it); the files that introduced it were rotated away", k.Record, k.RecordTo)
+		}
+		fmt.Fprintf(w, "  %s  from %s (seq %d, %s): %d checkpoint(s); %s\n", k.Fingerprint, esc(k.From), k.Seq, k.Time.UTC().Format(time.RFC3339), k.Checkpoints, how)
+	}
+	if res.KeyRecordError != "" {
+		fmt.Fprintf(w, "key record: %s\n", esc(res.KeyRecordError))
+	}
+}
+
 // verifyAccessLog walks the chain and reports.
 func verifyAccessLog(cfg agent.Config, caPath, key string, own bool, format cli.Format, stdout io.Writer) error {
 	o, err := agent.AccessLogVerifyOptions(cfg, caPath, key)
@@ -298,6 +367,8 @@ func printVerify(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
 	}
 	switch {
 	case res.KeyLines == 0:
+	case res.Pinned != "" && len(res.Keys) > 0 && res.Keys[0].Via == accesslog.ViaRecord:
+		fmt.Fprintf(w, "log key: the chain holds from the pinned key %s: the oldest file left is signed by %s, which the key record links to it", res.Pinned, res.FirstKey)
 	case res.Pinned != "":
 		fmt.Fprintf(w, "log key: signed by the pinned key %s", res.Pinned)
 	default:
@@ -308,6 +379,7 @@ func printVerify(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
 			fmt.Fprintf(w, ", then by %s, which a line signed by the key before it introduced", res.Key)
 		}
 		fmt.Fprintln(w)
+		printKeys(w, res)
 	}
 	if res.CAOnly > 0 {
 		signer := fmt.Sprintf("certificates of %s issued by the agent's CA roots", escNone(o.Agent))
