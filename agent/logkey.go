@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -361,9 +362,14 @@ func RotateAccessLogKey(cfg Config, command string) (old, next string, err error
 		return "", "", err
 	}
 	defer lock.Release()
-	st, err := LoadState(cfg.StateDir)
-	if err != nil {
-		return "", "", err
+	// Who writes the start line: the agent's identity, when enrolled.
+	var id identity.Agent
+	if raw, err := os.ReadFile(filepath.Join(cfg.StateDir, identityFile)); err == nil {
+		var j identityJSON
+		if err := json.Unmarshal(raw, &j); err != nil {
+			return "", "", fmt.Errorf("parse %s: %w", filepath.Join(cfg.StateDir, identityFile), err)
+		}
+		id = identity.Agent{TrustDomain: j.TrustDomain, Tenant: j.Tenant, ID: j.AgentID}
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -375,7 +381,10 @@ func RotateAccessLogKey(cfg Config, command string) (old, next string, err error
 	}
 	old = accesslog.Fingerprint(lk.key.Public().(ed25519.PublicKey))
 	c := cfg.AccessLog
-	id := identity.Agent{TrustDomain: st.TrustDomain, Tenant: st.Tenant, ID: st.AgentID}
+	agentName := ""
+	if id.ID != "" {
+		agentName = id.String()
+	}
 	l := accesslog.New(accesslog.Options{
 		Path: cfg.AccessLogPath(), MaxSize: int64(c.MaxSize), MaxFiles: c.MaxFiles,
 		Key: lk.key, KeySince: lk.since, KeyRecord: filepath.Join(cfg.StateDir, LogKeyRecordFile),
@@ -383,7 +392,7 @@ func RotateAccessLogKey(cfg Config, command string) (old, next string, err error
 		KeyReplaced: func(_, next ed25519.PrivateKey) error { return replaceLogKey(cfg.StateDir, next) },
 		AfterStep:   cfg.LogKeyStep,
 		Mark:        filepath.Join(cfg.StateDir, LogMarkFile), StopLosses: filepath.Join(cfg.StateDir, LogLostFile),
-		Agent: id.String(), Version: cfg.Version + " (" + command + ")", Logger: log,
+		Agent: agentName, Version: cfg.Version + " (" + command + ")", Logger: log,
 	})
 	l.Open()
 	if err := l.Err(); err != nil {

@@ -307,7 +307,7 @@ func TestLogKeyRotationAfterOldFilesAreDeleted(t *testing.T) {
 	}
 }
 
-// tether-agent access-log rotate-key's work: refused while an agent
+// tether-agent access-log --rotate-key: its work: refused while an agent
 // holds the state directory; otherwise the key is replaced and the log
 // verifies from the first key.
 func TestRotateAccessLogKeyCommand(t *testing.T) {
@@ -319,11 +319,11 @@ func TestRotateAccessLogKeyCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	var busy *StateDirBusyError
-	if _, _, err := RotateAccessLogKey(a.cfg, "access-log rotate-key"); !errors.As(err, &busy) {
+	if _, _, err := RotateAccessLogKey(a.cfg, "access-log --rotate-key"); !errors.As(err, &busy) {
 		t.Fatalf("rotate-key while an agent holds the state directory: %v, want it busy", err)
 	}
 	lock.Release()
-	old, next, err := RotateAccessLogKey(a.cfg, "access-log rotate-key")
+	old, next, err := RotateAccessLogKey(a.cfg, "access-log --rotate-key")
 	if err != nil || old != fp0 || next == fp0 || next == "" {
 		t.Fatalf("rotate-key: %s -> %s, %v", old, next, err)
 	}

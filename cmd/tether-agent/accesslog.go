@@ -26,7 +26,7 @@ const maxWarnings = 10
 
 type accessLogOptions struct {
 	configPath, file, caPath, key string
-	verify                        bool
+	verify, rotateKey             bool
 	since                         time.Duration
 	service, backend              string
 }
@@ -35,7 +35,7 @@ func accessLogCmd() *cobra.Command {
 	var o accessLogOptions
 	cmd := &cobra.Command{
 		Use:   "access-log",
-		Short: "Print the agent's access log, or verify it (--verify)",
+		Short: "Print the agent's access log, verify it (--verify), or replace its key (--rotate-key)",
 		Long: `Print the agent's access log, oldest first, across its rotated files: a
 table of streams (their open and end lines, and the agent's starts, lost
 records and counts of refused streams beyond the log's budget for them),
@@ -46,8 +46,10 @@ each line as written (-o yaml: a list of them). --since, --service and
 --verify walks the log's hash chain across the files and checks every
 checkpoint's signature with the log key (access-log.key in the state
 directory, made on this machine and never sent anywhere), following the
-chain of keys from the pinned one: --key FINGERPRINT (as tether-agent status
-and enroll print it), else the state directory's key. A checkpoint signed
+chain of keys from the pinned one: --key FINGERPRINT (the first key's, as
+enroll printed it), else the first key of the state directory's key record
+(access-log.keys), which links it to the keys that replaced it once the
+files that introduced them are deleted. A checkpoint signed
 by a key outside that chain is reported, whatever the CA says. Checkpoints
 of earlier versions, signed with the agent's certificate, are checked
 against the agent's CA roots (that the certificate names this agent and
@@ -63,7 +65,14 @@ exits 0 when the log is intact and 1 when it is not (or cannot be read).
 The log is the one of --config FILE (default: the installed service's
 config), or --file PATH: a log anywhere (a copy, say), its rotated files
 beside it; give --key with it, or the chain of keys starts from whatever
-key the log names first (the report prints its fingerprint).`,
+key the log names first (the report prints its fingerprint).
+
+--rotate-key replaces the log key now, as the agent does every
+access_log.key_rotation (default 24h): a key line naming a new key, signed
+by the old one, goes into the log, the new key into the key record, and
+the old private key is destroyed, so that whoever later gets the machine
+cannot rewrite the lines before. A running agent owns its log: stop it
+first (the command is refused while an agent holds the state directory).`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return accessLog(o, output(cmd), cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -74,57 +83,30 @@ key the log names first (the report prints its fingerprint).`,
 	fs.StringVar(&o.file, "file", "", "the access log's current file, instead of the config's (a copy, say); its rotated files are read beside it")
 	fs.StringVar(&o.caPath, "ca", "", "CA roots (PEM) that issued the agent's certificates, for --verify (default: ca.crt in the state directory)")
 	fs.BoolVar(&o.verify, "verify", false, "walk the hash chain across the files and check every checkpoint's signature: exit 0 intact, 1 broken")
+	fs.BoolVar(&o.rotateKey, "rotate-key", false, "replace the log key now and destroy the old one (the agent must be stopped; it does so itself every access_log.key_rotation)")
 	fs.StringVar(&o.key, "key", "", "fingerprint of the log key the chain of keys starts from, for --verify: the first one, recorded at enrolment (default: the first key of the key record in the state directory)")
 	fs.DurationVar(&o.since, "since", 0, "only lines written within this long, e.g. 2h")
 	fs.StringVar(&o.service, "service", "", "only streams to this service")
 	fs.StringVar(&o.backend, "backend", "", "only streams of this backend (name, or backend:name)")
 	cmd.MarkFlagFilename("file")
 	cmd.MarkFlagFilename("ca", "pem", "crt")
-	cmd.AddCommand(rotateKeyCmd())
 	return cmd
 }
 
-func rotateKeyCmd() *cobra.Command {
-	var configPath string
-	cmd := &cobra.Command{
-		Use:   "rotate-key",
-		Short: "Replace the access log's key now, and destroy the old one (the agent must be stopped)",
-		Long: `Replace the access log's key now, as the agent does every
-access_log.key_rotation (default 24h): a key line naming a new key, signed
-by the old one, is written to the log, the new key is added to the key
-record (access-log.keys in the state directory) and the old private key
-is destroyed. Whoever later gets the machine can then rewrite only the
-lines written after this; the lines before are signed by a key that no
-longer exists. The first key's fingerprint stays the pin for --verify.
-
-A running agent owns its log: stop it first (the command is refused
-while an agent holds the state directory), or let the agent rotate on
-its own schedule. The command prints the old and new fingerprints.`,
-		Args: cli.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if configPath == "" {
-				configPath = installer.DefaultLayout().ConfigPath
-			}
-			cfg, err := agent.LoadConfig(configPath)
-			if err != nil {
-				return err
-			}
-			log, err := cli.NewLogger(cmd.ErrOrStderr(), cfg.Log.Level, cfg.Log.Format)
-			if err != nil {
-				return err
-			}
-			cfg.Logger = log
-			cfg.Version = version
-			old, next, err := agent.RotateAccessLogKey(cfg, "access-log rotate-key")
-			if err != nil {
-				return fmt.Errorf("access-log rotate-key: %w", err)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "access log key replaced: %s -> %s; the old key is destroyed\n", old, next)
-			return nil
-		},
+// rotateLogKey replaces the access log's key now (--rotate-key).
+func rotateLogKey(cfg agent.Config, stdout, stderr io.Writer) error {
+	log, err := cli.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return err
 	}
-	configFlag(cmd, &configPath, "agent config file, YAML: its access log and state directory (default: the installed service's config)")
-	return cmd
+	cfg.Logger = log
+	cfg.Version = version
+	old, next, err := agent.RotateAccessLogKey(cfg, "access-log --rotate-key")
+	if err != nil {
+		return fmt.Errorf("access-log --rotate-key: %w", err)
+	}
+	fmt.Fprintf(stdout, "access log key replaced: %s -> %s; the old key is destroyed (the first key's fingerprint stays the pin for --verify)\n", old, next)
+	return nil
 }
 
 // accessLog prints the agent's access log, or verifies it (--verify).
@@ -132,6 +114,9 @@ its own schedule. The command prints the old and new fingerprints.`,
 func accessLog(o accessLogOptions, f cli.Format, stdout, stderr io.Writer) error {
 	if o.since < 0 {
 		return cli.Usagef("access-log: --since %v: want a positive duration", o.since)
+	}
+	if o.rotateKey && (o.verify || o.file != "" || o.caPath != "" || o.key != "" || o.since != 0 || o.service != "" || o.backend != "") {
+		return cli.Usagef("access-log: --rotate-key replaces the key of the config's log: only --config applies")
 	}
 	if o.verify && (o.since != 0 || o.service != "" || o.backend != "") {
 		return cli.Usagef("access-log: --verify checks the whole log: --since, --service and --backend do not apply")
@@ -160,6 +145,9 @@ func accessLog(o accessLogOptions, f cli.Format, stdout, stderr io.Writer) error
 	}
 	if o.file != "" {
 		cfg.AccessLog.Path = o.file
+	}
+	if o.rotateKey {
+		return rotateLogKey(cfg, stdout, stderr)
 	}
 	if o.verify {
 		return verifyAccessLog(cfg, o.caPath, o.key, o.file == "", f, stdout)
