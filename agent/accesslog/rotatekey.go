@@ -48,6 +48,7 @@ const rotationRetry = time.Minute
 
 // rotation is the writer's state of a key rotation.
 type rotation struct {
+	able    bool               // the options allow rotation (set by New, then read only)
 	req     chan chan error    // RotateKey's requests
 	waiters []chan error       // told when the rotation under way ends
 	due     bool               // a key line naming next is to be written
@@ -88,7 +89,7 @@ func (l *Log) KeyInForce() (fingerprint string, since time.Time) {
 // until the new key is in force and the old one destroyed, or the
 // rotation failed, or done is closed.
 func (l *Log) RotateKey(done <-chan struct{}) error {
-	if !l.canRotate() {
+	if !l.rot.able {
 		return errors.New("the access log cannot replace its key: it has no log key, or no place to keep the next one")
 	}
 	w := make(chan error, 1)
@@ -101,6 +102,11 @@ func (l *Log) RotateKey(done <-chan struct{}) error {
 	case err := <-w:
 		return err
 	case <-done:
+		select {
+		case err := <-w: // told as the writer stopped
+			return err
+		default:
+		}
 		return errors.New("the access log stopped before the key was replaced")
 	}
 }

@@ -261,6 +261,7 @@ func New(o Options) *Log {
 		l.o.KeySince = o.Now()
 	}
 	l.rot.req = make(chan chan error)
+	l.rot.able = l.canRotate()
 	l.keyState.pub, l.keyState.since = publicOf(o.Key), l.o.KeySince
 	l.enc = json.NewEncoder(&l.line)
 	l.enc.SetEscapeHTML(false) // '<' is one byte, not six: lines stay short

@@ -26,6 +26,7 @@ const maxWarnings = 10
 
 type accessLogOptions struct {
 	configPath, file, caPath, key string
+	keyRecord                     string
 	verify, rotateKey             bool
 	since                         time.Duration
 	service, backend              string
@@ -65,7 +66,9 @@ exits 0 when the log is intact and 1 when it is not (or cannot be read).
 The log is the one of --config FILE (default: the installed service's
 config), or --file PATH: a log anywhere (a copy, say), its rotated files
 beside it; give --key with it, or the chain of keys starts from whatever
-key the log names first (the report prints its fingerprint).
+key the log names first (the report prints its fingerprint), and
+--key-record FILE (a copy of access-log.keys) when the files that
+introduced later keys were deleted.
 
 --rotate-key replaces the log key now, as the agent does every
 access_log.key_rotation (default 24h): a key line naming a new key, signed
@@ -83,6 +86,7 @@ first (the command is refused while an agent holds the state directory).`,
 	fs.StringVar(&o.file, "file", "", "the access log's current file, instead of the config's (a copy, say); its rotated files are read beside it")
 	fs.StringVar(&o.caPath, "ca", "", "CA roots (PEM) that issued the agent's certificates, for --verify (default: ca.crt in the state directory)")
 	fs.BoolVar(&o.verify, "verify", false, "walk the hash chain across the files and check every checkpoint's signature: exit 0 intact, 1 broken")
+	fs.StringVar(&o.keyRecord, "key-record", "", "the key record (access-log.keys) that links the pinned key to later ones, for --verify of a copy (default: the state directory's)")
 	fs.BoolVar(&o.rotateKey, "rotate-key", false, "replace the log key now and destroy the old one (the agent must be stopped; it does so itself every access_log.key_rotation)")
 	fs.StringVar(&o.key, "key", "", "fingerprint of the log key the chain of keys starts from, for --verify: the first one, recorded at enrolment (default: the first key of the key record in the state directory)")
 	fs.DurationVar(&o.since, "since", 0, "only lines written within this long, e.g. 2h")
@@ -114,6 +118,9 @@ func rotateLogKey(cfg agent.Config, stdout, stderr io.Writer) error {
 func accessLog(o accessLogOptions, f cli.Format, stdout, stderr io.Writer) error {
 	if o.since < 0 {
 		return cli.Usagef("access-log: --since %v: want a positive duration", o.since)
+	}
+	if o.keyRecord != "" && !o.verify {
+		return cli.Usagef("access-log: --key-record is for --verify")
 	}
 	if o.rotateKey && (o.verify || o.file != "" || o.caPath != "" || o.key != "" || o.since != 0 || o.service != "" || o.backend != "") {
 		return cli.Usagef("access-log: --rotate-key replaces the key of the config's log: only --config applies")
@@ -150,7 +157,7 @@ func accessLog(o accessLogOptions, f cli.Format, stdout, stderr io.Writer) error
 		return rotateLogKey(cfg, stdout, stderr)
 	}
 	if o.verify {
-		return verifyAccessLog(cfg, o.caPath, o.key, o.file == "", f, stdout)
+		return verifyAccessLog(cfg, o.caPath, o.key, o.keyRecord, o.file == "", f, stdout)
 	}
 	return printAccessLog(cfg.AccessLogPath(), filter{since: o.since, service: o.service, backend: o.backend, now: time.Now()}, f, stdout, stderr)
 }
@@ -282,10 +289,13 @@ func printKeys(w io.Writer, res accesslog.Result) {
 }
 
 // verifyAccessLog walks the chain and reports.
-func verifyAccessLog(cfg agent.Config, caPath, key string, own bool, format cli.Format, stdout io.Writer) error {
+func verifyAccessLog(cfg agent.Config, caPath, key, keyRecord string, own bool, format cli.Format, stdout io.Writer) error {
 	o, err := agent.AccessLogVerifyOptions(cfg, caPath, key)
 	if err != nil {
 		return err
+	}
+	if keyRecord != "" {
+		o.KeyRecord = keyRecord
 	}
 	if !own {
 		// A copy (--file) may rightly end before the agent's last
