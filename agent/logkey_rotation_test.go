@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/x509"
 	"errors"
@@ -365,5 +366,91 @@ func TestKeyRotationSetting(t *testing.T) {
 		if _, err := ParseConfig([]byte(base + "access_log:\n  " + in + "\n")); err == nil {
 			t.Errorf("%q: accepted", in)
 		}
+	}
+}
+
+// A running agent, connected to a relay and serving streams, whose log
+// key is older than key_rotation: it replaces the key right after its
+// start line, the streams before and after the replacement are in the
+// log, the status shows the new key, and the log verifies from the first
+// key.
+func TestRunningAgentRotatesAnOldKey(t *testing.T) {
+	ca := newTestCA(t)
+	r1 := newTestRelay(t, ca, "r1", "127.0.0.2", true)
+	addr := r1.listen("127.0.0.1")
+	r1.setList(infos(r1))
+	svcs := map[string]Service{"echo": {Address: echoService(t)}}
+	base := enrolledWith(t, Config{Services: svcs, Logger: slog.New(slog.DiscardHandler)}, ca.root, ca.root)
+	cfg := base.cfg
+	fp0, _ := LogKeyFingerprint(cfg.StateDir)
+	backdateRecord(t, cfg.StateDir, 2*time.Hour)
+	replaced := make(chan struct{}, 4)
+	cfg.LogKeyStep = func(s string) {
+		if s == accesslog.StepReplaced {
+			replaced <- struct{}{}
+		}
+	}
+	cfg.AccessLog.KeyRotation = KeyRotation(time.Hour)
+	cfg.Relays, cfg.RelayConnections, cfg.Transport, cfg.NoFileWatch = []string{addr}, 1, TransportTCP, true
+	cfg.Reconnect = Backoff{Initial: 100 * time.Millisecond, Max: time.Second}
+	cfg.Logger = slog.New(slog.NewTextHandler(testLogWriter{t}, nil))
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("agent: %v", err)
+			}
+		}
+	}
+	t.Cleanup(stop)
+	select {
+	case <-replaced:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a start with a key 2h old and key_rotation 1h did not replace it")
+	}
+	waitFor(t, 10*time.Second, "a session on r1", func() error {
+		if len(r1.open()) == 0 {
+			return errors.New("none")
+		}
+		return nil
+	})
+	for range 2 {
+		st, err := r1.open()[0].openStream(ctx, "echo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := roundTrip(st, "hello"); err != nil {
+			t.Fatal(err)
+		}
+		st.Close()
+	}
+	st := a.Status()
+	stop()
+	k1, _ := LogKeyFingerprint(cfg.StateDir)
+	if k1 == fp0 || st.AccessLogKey != k1 || time.Since(st.AccessLogKeySince) > time.Minute || st.AccessLogKeyRotation != "1h0m0s" {
+		t.Fatalf("status: key %s since %v every %s; key file %s, first key %s", st.AccessLogKey, st.AccessLogKeySince, st.AccessLogKeyRotation, k1, fp0)
+	}
+	res := verifyAgentLog(t, cfg, fp0)
+	if !res.Intact || res.Key != k1 || len(res.Keys) != 2 {
+		t.Fatalf("verify from the first key: %+v", res)
+	}
+	n := 0
+	accesslog.Read(cfg.AccessLogPath(), func(_ string, _ int, e accesslog.Entry, _ []byte, _ error) error {
+		if e.Type == accesslog.TypeStream && e.Service == "echo" && e.Seq > res.Keys[1].Seq {
+			n++
+		}
+		return nil
+	})
+	if n != 2 {
+		t.Fatalf("%d stream lines after the key line, want 2", n)
 	}
 }
