@@ -202,6 +202,15 @@ func rotationStates(t *testing.T) (states map[string]string, k0, k1 ed25519.Priv
 	after, _ := os.ReadFile(filepath.Join(states[accesslog.StepRecord], LogKeyRecordFile))
 	os.WriteFile(filepath.Join(halfRec, LogKeyRecordFile), after[:len(before)+(len(after)-len(before))/2], 0o600)
 	states["record-half"] = halfRec
+	// The next key cut short while written (before its rename): the
+	// next-key state without the next key, and half of it in a
+	// temporary file.
+	tmp := filepath.Join(snaps, "next-key-tmp")
+	copyTree(t, states[accesslog.StepNextKey], tmp)
+	nb, _ := os.ReadFile(filepath.Join(tmp, LogKeyNextFile))
+	os.Remove(filepath.Join(tmp, LogKeyNextFile))
+	os.WriteFile(filepath.Join(tmp, "."+LogKeyNextFile+".12345"), nb[:len(nb)/2], 0o600)
+	states["next-key-tmp"] = tmp
 	return states, k0, k1, fp0
 }
 
@@ -213,6 +222,7 @@ func rotationStates(t *testing.T) (states map[string]string, k0, k1 ed25519.Priv
 func TestLogKeyRotationCrashPoints(t *testing.T) {
 	states, k0, k1, fp0 := rotationStates(t)
 	want := map[string]ed25519.PrivateKey{
+		"next-key-tmp":         k0, // not even stored whole
 		accesslog.StepNextKey:  k0, // the log never named k1
 		"key-line-half":        k0, // the incomplete key line is cut off
 		accesslog.StepKeyLine:  k1,
@@ -238,6 +248,9 @@ func TestLogKeyRotationCrashPoints(t *testing.T) {
 			}
 			if _, err := os.Stat(filepath.Join(dir, LogKeyNextFile)); !errors.Is(err, fs.ErrNotExist) {
 				t.Fatalf("%s stays: %v", LogKeyNextFile, err)
+			}
+			if tmps, _ := filepath.Glob(filepath.Join(dir, "."+LogKeyNextFile+".*")); len(tmps) > 0 {
+				t.Fatalf("temporary next keys stay: %v", tmps)
 			}
 			if want[name].Equal(k1) {
 				if p := keyOnDisk(t, dir, k0); p != "" {
