@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"crypto/ed25519"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -45,6 +46,65 @@ type AccessLogConfig struct {
 	// Required refuses new streams (code unavailable) while the log cannot
 	// be written, instead of serving streams it cannot record.
 	Required bool `yaml:"required"`
+	// KeyRotation is how often the agent replaces the log key, and
+	// destroys the old one, so that whoever later gets the machine can
+	// rewrite at most the lines written since the last replacement
+	// (accesslog/rotatekey.go). Default 24h; "off": never.
+	KeyRotation KeyRotation `yaml:"key_rotation"`
+}
+
+// KeyRotation is access_log.key_rotation: a duration, or off.
+type KeyRotation time.Duration
+
+// KeyRotationOff is KeyRotation "off".
+const KeyRotationOff = KeyRotation(-1)
+
+// DefaultKeyRotation is access_log.key_rotation's default.
+const DefaultKeyRotation = KeyRotation(24 * time.Hour)
+
+// Bounds of access_log.key_rotation.
+const (
+	minKeyRotation = KeyRotation(time.Minute)
+	maxKeyRotation = KeyRotation(366 * 24 * time.Hour)
+)
+
+// UnmarshalYAML accepts a duration (24h, 168h) or off.
+func (k *KeyRotation) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: key_rotation is a duration (24h) or off", n.Line)
+	}
+	if v := strings.TrimSpace(n.Value); v == "off" || v == "false" {
+		*k = KeyRotationOff
+		return nil
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(n.Value))
+	if err != nil {
+		return fmt.Errorf("line %d: key_rotation %q: want a duration (24h) or off", n.Line, clipText(n.Value))
+	}
+	if d <= 0 {
+		return fmt.Errorf("line %d: key_rotation %q: want a positive duration, or off", n.Line, clipText(n.Value))
+	}
+	*k = KeyRotation(d)
+	return nil
+}
+
+// Interval is how often the key is replaced; 0: never.
+func (k KeyRotation) Interval() time.Duration {
+	switch {
+	case k < 0:
+		return 0
+	case k == 0:
+		return time.Duration(DefaultKeyRotation)
+	}
+	return time.Duration(k)
+}
+
+// String is the setting as the config writes it.
+func (k KeyRotation) String() string {
+	if k < 0 {
+		return "off"
+	}
+	return time.Duration(k).String()
 }
 
 // Bounds of the access log settings.
@@ -67,6 +127,12 @@ func (c *AccessLogConfig) validate() error {
 	}
 	if c.MaxFiles != 0 && (c.MaxFiles < 2 || c.MaxFiles > maxAccessLogFiles) {
 		errs = append(errs, fmt.Errorf("access_log.max_files %d: want 2 to %d (the current file and at least one rotated)", c.MaxFiles, maxAccessLogFiles))
+	}
+	if c.KeyRotation > 0 && (c.KeyRotation < minKeyRotation || c.KeyRotation > maxKeyRotation) {
+		errs = append(errs, fmt.Errorf("access_log.key_rotation %v: want %v to %v, or off", time.Duration(c.KeyRotation), time.Duration(minKeyRotation), time.Duration(maxKeyRotation)))
+	}
+	if c.KeyRotation < 0 && c.KeyRotation != KeyRotationOff {
+		errs = append(errs, fmt.Errorf("access_log.key_rotation %v: want a positive duration, or off", time.Duration(c.KeyRotation)))
 	}
 	if c.CheckpointInterval != 0 && c.CheckpointInterval < minCheckpointEvery {
 		errs = append(errs, fmt.Errorf("access_log.checkpoint_interval %v: want at least %v", c.CheckpointInterval, minCheckpointEvery))
@@ -133,7 +199,11 @@ func (a *Agent) newAccessLog() *accesslog.Log {
 	id := identity.Agent{TrustDomain: a.state.TrustDomain, Tenant: a.state.Tenant, ID: a.state.AgentID}
 	return accesslog.New(accesslog.Options{
 		Path: a.cfg.AccessLogPath(), MaxSize: int64(c.MaxSize), MaxFiles: c.MaxFiles, CheckpointInterval: c.CheckpointInterval,
-		Key: a.logKey, Mark: filepath.Join(a.state.Dir, LogMarkFile), StopLosses: filepath.Join(a.state.Dir, LogLostFile), Agent: id.String(), Version: a.cfg.Version, Logger: a.log,
+		Key: a.logKey, KeySince: a.logKeySince, KeyRotation: c.KeyRotation.Interval(), KeyRecord: filepath.Join(a.state.Dir, LogKeyRecordFile),
+		NextKey:     func() (ed25519.PrivateKey, error) { return writeNextLogKey(a.state.Dir) },
+		KeyReplaced: func(_, next ed25519.PrivateKey) error { return replaceLogKey(a.state.Dir, next) },
+		AfterStep:   a.cfg.LogKeyStep,
+		Mark:        filepath.Join(a.state.Dir, LogMarkFile), StopLosses: filepath.Join(a.state.Dir, LogLostFile), Agent: id.String(), Version: a.cfg.Version, Logger: a.log,
 		Changed: a.rep.change,
 	})
 }
@@ -214,8 +284,9 @@ func streamEnd(err error) string {
 
 // AccessLogVerifyOptions returns what verifying the access log of cfg's
 // agent checks it against: the log key whose fingerprint is key (as the
-// tenant recorded it; default the key in the state directory,
-// LogKeyFile), the agent's identity from its state directory and the CA
+// tenant recorded it; default the first key of the key record in the
+// state directory, LogKeyRecordFile, else its key, LogKeyFile), the key
+// record that links it to the keys after it, the agent's identity from its state directory and the CA
 // roots in rootsFile (default the state directory's ca.crt, which holds
 // two roots during a CA rotation), for the checkpoints of earlier
 // versions. Without a state directory, key and rootsFile, the chain of
@@ -226,6 +297,7 @@ func AccessLogVerifyOptions(cfg Config, rootsFile, key string) (accesslog.Verify
 	if cfg.StateDir != "" {
 		o.Mark = filepath.Join(cfg.StateDir, LogMarkFile)
 		o.StopLosses = filepath.Join(cfg.StateDir, LogLostFile)
+		o.KeyRecord = filepath.Join(cfg.StateDir, LogKeyRecordFile)
 	}
 	switch {
 	case key != "":
@@ -235,6 +307,13 @@ func AccessLogVerifyOptions(cfg Config, rootsFile, key string) (accesslog.Verify
 		}
 		o.Key = fp
 	case cfg.StateDir != "":
+		// The first key of the key record: the agent's first log key,
+		// which the chain starts from after rotations (the key in force
+		// signs only the lines since the last one).
+		if links, err := accesslog.ReadKeyRecord(o.KeyRecord); err == nil && len(links) > 0 {
+			o.Key = links[0].Fingerprint
+			break
+		}
 		fp, err := LogKeyFingerprint(cfg.StateDir)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return o, fmt.Errorf("access log key: %w", err)

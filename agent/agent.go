@@ -75,14 +75,15 @@ type Agent struct {
 	upd *updater // self-update (update.go)
 	// updState is upd for the status, which may be asked for from
 	// other goroutines before Run sets upd.
-	updState   atomic.Pointer[updater]
-	restartErr atomic.Pointer[RestartError] // set when Run stops to restart
-	refused    atomic.Pointer[RefusedError] // set when Run stops after a final refusal (refused.go)
-	rep        *reporter                    // bytes, dial failures and change notices for reports (report.go)
-	slots      slotTracker                  // what each connection slot is doing, for the status listener (status.go)
-	view       *relayView                   // the cluster's relays and what each slot holds (cluster.go)
-	alog       *accesslog.Log               // the access log; nil when disabled (accesslog.go)
-	logKey     ed25519.PrivateKey           // signs the access log's checkpoints (logkey.go); nil when the log is disabled
+	updState    atomic.Pointer[updater]
+	restartErr  atomic.Pointer[RestartError] // set when Run stops to restart
+	refused     atomic.Pointer[RefusedError] // set when Run stops after a final refusal (refused.go)
+	rep         *reporter                    // bytes, dial failures and change notices for reports (report.go)
+	slots       slotTracker                  // what each connection slot is doing, for the status listener (status.go)
+	view        *relayView                   // the cluster's relays and what each slot holds (cluster.go)
+	alog        *accesslog.Log               // the access log; nil when disabled (accesslog.go)
+	logKey      ed25519.PrivateKey           // signs the access log's checkpoints (logkey.go) at start, until the writer replaces it; nil when the log is disabled
+	logKeySince time.Time                    // when logKey was put in force
 }
 
 // New validates cfg and loads the agent's identity from cfg.StateDir.
@@ -148,14 +149,14 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.services.Store(&svcs)
 	if !cfg.AccessLog.Disabled && cfg.UpdateTrial == "" {
-		key, made, err := loadOrMakeLogKey(cfg.StateDir)
+		lk, err := prepareLogKey(cfg.StateDir, cfg.AccessLogPath(), a.log)
 		if err != nil {
 			return nil, err
 		}
-		a.logKey = key
-		if made {
-			a.log.Info("made the access log's key, which signs its checkpoints: record its fingerprint to verify the log anywhere (tether-agent access-log --verify --key FINGERPRINT)",
-				"file", filepath.Join(cfg.StateDir, LogKeyFile), "fingerprint", accesslog.Fingerprint(key.Public().(ed25519.PublicKey)))
+		a.logKey, a.logKeySince = lk.key, lk.since
+		if lk.made {
+			a.log.Info("made the access log's key, which signs its checkpoints: record its fingerprint to verify the log anywhere (tether-agent access-log --verify --key FINGERPRINT); it stays the pin when the agent replaces the key",
+				"file", filepath.Join(cfg.StateDir, LogKeyFile), "fingerprint", accesslog.Fingerprint(lk.key.Public().(ed25519.PublicKey)))
 		}
 	}
 	a.alog = a.newAccessLog()

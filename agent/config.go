@@ -147,6 +147,10 @@ type Config struct {
 	TrialOutput io.Writer `yaml:"-"`
 	// DialService dials services; nil uses a net.Dialer. For tests.
 	DialService func(ctx context.Context, network, addr string) (net.Conn, error) `yaml:"-"`
+	// LogKeyStep, when not nil, is called after each durable step of a
+	// rotation of the access log's key (accesslog.Options.AfterStep).
+	// For tests.
+	LogKeyStep func(step string) `yaml:"-"`
 }
 
 // LogConfig selects the log level and format.

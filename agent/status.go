@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tetherhq/tether/agent/accesslog"
 	"github.com/tetherhq/tether/protocol"
 )
 
@@ -27,11 +25,16 @@ type Status struct {
 	// AccessLogWarning says that rotation deletes access-log records
 	// less than a day old (accesslog.Log.Warning); empty otherwise.
 	AccessLogWarning string `json:"access_log_warning,omitempty"`
-	// AccessLogKey is the fingerprint of the access log's key (LogKeyFile,
-	// accesslog.Fingerprint): what the tenant records to verify the log
-	// anywhere (tether-agent access-log --verify --key). Empty when the
-	// log is disabled.
-	AccessLogKey string `json:"access_log_key,omitempty"`
+	// AccessLogKey is the fingerprint of the access log's key in force
+	// (LogKeyFile, accesslog.Fingerprint), AccessLogKeySince when it was
+	// put in force (made, or the last rotation) and AccessLogKeyRotation
+	// how often it is replaced (access_log.key_rotation, "off": never).
+	// The tenant records the first key's fingerprint, which stays the pin
+	// after rotations (tether-agent access-log --verify --key). Empty when
+	// the log is disabled.
+	AccessLogKey         string    `json:"access_log_key,omitempty"`
+	AccessLogKeySince    time.Time `json:"access_log_key_since,omitzero"`
+	AccessLogKeyRotation string    `json:"access_log_key_rotation,omitempty"`
 	// CARootRefused says why the last renewal answer was refused for a
 	// CA root that no root this agent trusts endorses (see checkEndorsed);
 	// the agent keeps its roots and certificate. Empty once a renewal is
@@ -154,8 +157,12 @@ func (a *Agent) Status() Status {
 	}
 	if a.alog != nil {
 		st.AccessLog, st.AccessLogWarning = a.alog.Path(), a.alog.Warning()
-		if a.logKey != nil {
-			st.AccessLogKey = accesslog.Fingerprint(a.logKey.Public().(ed25519.PublicKey))
+		st.AccessLogKey, st.AccessLogKeySince = a.alog.KeyInForce()
+		if st.AccessLogKey != "" {
+			st.AccessLogKeyRotation = a.cfg.AccessLog.KeyRotation.String()
+			if a.cfg.AccessLog.KeyRotation == 0 {
+				st.AccessLogKeyRotation = DefaultKeyRotation.String()
+			}
 		}
 	}
 	return st

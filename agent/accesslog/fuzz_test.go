@@ -88,7 +88,7 @@ func FuzzVerify(f *testing.F) {
 		if pinned {
 			o.Key = fingerprintOf(key)
 		}
-		res, err := verify([]string{"access-1.log", "access.log"}, open, o, nil)
+		res, err := verify([]string{"access-1.log", "access.log"}, open, o, nil, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -111,7 +111,41 @@ type keyChain struct {
 	first  string            // fingerprint of the first key
 	keys   int               // key lines checked
 	fresh  int               // keys introduced after the first
+	// record is the key record (keyrecord.go), to link the pinned key to
+	// a first key that is not the pinned one; recordErr why it could not
+	// be read whole.
+	record    []KeyLink
+	recordErr error
+	uses      []KeyUse // the keys in force, in order
+	unkeyed   int      // lines before the first key line, start lines aside
 }
+
+// KeyUse is a log key in force over part of the log: from which line,
+// how Verify knows it is in the pinned key's chain, and what it signed.
+type KeyUse struct {
+	Fingerprint string    `json:"fingerprint"`
+	From        string    `json:"from"` // file:line of the key line that put it in force (or that the log starts with)
+	Seq         uint64    `json:"seq"`
+	Time        time.Time `json:"time"`
+	// Via says why the key is trusted: "pinned", "first" (no key was
+	// pinned: the first the log names), "key line" (introduced by a key
+	// line signed by the key before it) or "key record" (the oldest key
+	// left in the log, linked to the pinned key by the key record).
+	Via string `json:"via"`
+	// Record, for Via "key record", is the line of the record (1-based)
+	// where the pinned key is, and RecordTo the one of this key.
+	Record      int `json:"record_from,omitempty"`
+	RecordTo    int `json:"record_to,omitempty"`
+	Checkpoints int `json:"checkpoints"` // checkpoints it signed
+}
+
+// Key-use reasons (KeyUse.Via).
+const (
+	ViaPinned = "pinned"
+	ViaFirst  = "first"
+	ViaLine   = "key line"
+	ViaRecord = "key record"
+)
 
 // keyLine checks a key line: signed by the key in force (by its own key
 // when it is the first, which must then be the pinned one, if any). It
@@ -131,10 +165,36 @@ func (kc *keyChain) keyLine(e *Entry, at string) (kind, detail string) {
 		if !ed25519.Verify(pub, msg, sig) {
 			return ProblemKey, fmt.Sprintf("the line naming log key %s is not signed by it: forged or edited, or the lines before it were rewritten", fp)
 		}
-		if kc.pinned != "" && fp != kc.pinned {
-			return ProblemKey, fmt.Sprintf("the log's key is %s, not the pinned key %s: its checkpoints are signed by a key outside the pinned key's chain", fp, kc.pinned)
+		use := KeyUse{Fingerprint: fp, From: at, Seq: e.Seq, Time: e.Time, Via: ViaFirst}
+		switch {
+		case kc.pinned == "":
+		case fp == kc.pinned:
+			use.Via = ViaPinned
+		default:
+			from, to, ok := linkTo(kc.record, kc.pinned, pub)
+			if !ok {
+				why := "no key record links them"
+				switch {
+				case kc.recordErr != nil:
+					why = fmt.Sprintf("the key record does not link them (%v)", kc.recordErr)
+				case len(kc.record) > 0:
+					why = fmt.Sprintf("the key record (%d keys, from %s) does not link them", len(kc.record), kc.record[0].Fingerprint)
+				}
+				return ProblemKey, fmt.Sprintf("the log's key is %s, not the pinned key %s, and %s: its checkpoints are signed by a key outside the pinned key's chain", fp, kc.pinned, why)
+			}
+			if e.Seq < to.Seq {
+				return ProblemKey, fmt.Sprintf("log key %s signs this line (seq %d), but the key record puts it in force only at seq %d: lines placed before its time, signed by a later key", fp, e.Seq, to.Seq)
+			}
+			if kc.unkeyed > 0 {
+				// The writer starts a file with a key line (or a start
+				// line and a key line): lines before it were signed by
+				// no key of the chain, only by this later one's line.
+				return ProblemKey, fmt.Sprintf("%d line(s) come before the first key line, which names log key %s, a later key than the pinned one (the key record links them): no key in force when they were written signs them", kc.unkeyed, fp)
+			}
+			use.Via, use.Record, use.RecordTo = ViaRecord, from.Index+1, to.Index+1
 		}
 		kc.cur, kc.curAt, kc.first = pub, at, fp
+		kc.uses = append(kc.uses, use)
 		kc.keys++
 		return "", ""
 	}
@@ -148,6 +208,7 @@ func (kc *keyChain) keyLine(e *Entry, at string) (kind, detail string) {
 	if !pub.Equal(kc.cur) {
 		kc.fresh++
 		kc.cur, kc.curAt = pub, at
+		kc.uses = append(kc.uses, KeyUse{Fingerprint: fp, From: at, Seq: e.Seq, Time: e.Time, Via: ViaLine})
 	}
 	kc.keys++
 	return "", ""
@@ -175,6 +236,9 @@ func (kc *keyChain) checkpoint(e *Entry) (kind, detail string) {
 	}
 	if !ed25519.Verify(kc.cur, keyedCheckpointMessage(e.Prev, e.Lines, e.Time, e.Key), sig) {
 		return ProblemCheckpoint, "the signature does not verify: the checkpoint was forged or edited, or the lines it covers were rewritten"
+	}
+	if n := len(kc.uses); n > 0 {
+		kc.uses[n-1].Checkpoints++
 	}
 	return "", ""
 }

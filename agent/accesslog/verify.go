@@ -71,6 +71,12 @@ type VerifyOptions struct {
 	// line the log does not hold yet are reported (Result.LostAtStop).
 	// Empty: not read (a copy of the log).
 	StopLosses string
+	// KeyRecord is the writer's key record (Options.KeyRecord): when the
+	// oldest file left starts with a later key than the pinned one (the
+	// files before were rotated away), the record links the pinned key
+	// to it. Empty: not read; the first key the log names must then be
+	// the pinned one.
+	KeyRecord string
 
 	mark *mark // what Mark held, for verify
 }
@@ -107,6 +113,13 @@ type Result struct {
 	Key      string `json:"key,omitempty"`
 	Pinned   string `json:"pinned_key,omitempty"`
 	KeyLines int    `json:"key_lines,omitempty"`
+	// Keys lists the log keys in force along the log, oldest first: from
+	// where, how each links to the pinned key, what each signed.
+	Keys []KeyUse `json:"keys,omitempty"`
+	// KeyRecord is the key record read (VerifyOptions.KeyRecord), and
+	// KeyRecordError why it could not be read whole.
+	KeyRecord      []KeyLink `json:"key_record,omitempty"`
+	KeyRecordError string    `json:"key_record_error,omitempty"`
 	// CAOnly counts the lines, before the first key line, that a
 	// checkpoint signed with the agent's certificate covers: lines of
 	// earlier versions of the agent, verified against the CA only.
@@ -368,6 +381,11 @@ func Verify(o VerifyOptions) (Result, error) {
 			return Result{}, err
 		}
 	}
+	var record []KeyLink
+	var recordErr error
+	if o.KeyRecord != "" {
+		record, recordErr = ReadKeyRecord(o.KeyRecord)
+	}
 	files, err := Files(o.Path)
 	if err != nil {
 		return Result{}, err
@@ -377,7 +395,7 @@ func Verify(o VerifyOptions) (Result, error) {
 		names[i] = filepath.Base(f)
 	}
 	open := func(i int) (io.ReadCloser, error) { return os.Open(files[i]) }
-	res, err := verify(names, open, o, stops)
+	res, err := verify(names, open, o, stops, record, recordErr)
 	res.Dir = filepath.Dir(o.Path)
 	if err == nil && res.Problem == nil && hasMark && m.seq > res.LastSeq {
 		p := &Problem{Kind: ProblemRemoved, Detail: removedFromEnd(res.LastSeq, m, o.Mark)}
@@ -479,7 +497,7 @@ func (l *lines) close() {
 	}
 }
 
-func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptions, stops []stopLoss) (Result, error) {
+func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptions, stops []stopLoss, record []KeyLink, recordErr error) (Result, error) {
 	res := Result{Files: slices.Clone(names), CertificatesChecked: o.Roots != nil}
 	ls := &lines{names: names, open: open}
 	defer ls.close()
@@ -487,7 +505,11 @@ func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptio
 	sinceCkpt := 0
 	var opens openStreams
 	var losses lossTally
-	keys := keyChain{pinned: o.Key}
+	keys := keyChain{pinned: o.Key, record: record, recordErr: recordErr}
+	res.KeyRecord = record
+	if recordErr != nil {
+		res.KeyRecordError = recordErr.Error()
+	}
 	for {
 		cur := ls.next()
 		if cur == nil {
@@ -546,7 +568,7 @@ func verify(names []string, open func(int) (io.ReadCloser, error), o VerifyOptio
 	if ls.err != nil {
 		return res, ls.err
 	}
-	res.Pinned, res.FirstKey, res.KeyLines = o.Key, keys.first, keys.keys
+	res.Pinned, res.FirstKey, res.KeyLines, res.Keys = o.Key, keys.first, keys.keys, keys.uses
 	if keys.cur != nil {
 		res.Key = Fingerprint(keys.cur)
 	}
@@ -621,6 +643,9 @@ func diagnose(p2, p1, cur, next *vline) *Problem {
 func (kc *keyChain) line(cur *vline, o VerifyOptions) (kind, detail string) {
 	e := &cur.e
 	at := fmt.Sprintf("%s:%d", cur.file, cur.n)
+	if kc.cur == nil && e.Type != TypeKey && e.Type != TypeStart {
+		kc.unkeyed++
+	}
 	switch {
 	case e.Type == TypeKey:
 		return kc.keyLine(e, at)

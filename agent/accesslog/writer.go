@@ -94,8 +94,34 @@ type Options struct {
 	MinRetention time.Duration
 	// Key is the log key (keys.go): it signs the checkpoints, and a key
 	// line naming it follows each start line and heads each new file.
-	// Made on the tenant's machine and never sent anywhere.
+	// Made on the tenant's machine and never sent anywhere. Rotation
+	// (rotatekey.go) replaces it.
 	Key ed25519.PrivateKey
+	// KeySince is when Key was put in force (the key record's time of
+	// it); zero: now.
+	KeySince time.Time
+	// KeyRotation is how often the writer replaces the log key
+	// (rotatekey.go); 0: only when RotateKey asks. A key older than it at
+	// Open is replaced right after the start line. Rotation needs
+	// NextKey, KeyReplaced and KeyRecord.
+	KeyRotation time.Duration
+	// KeyRecord is a file outside the log's directory where the writer
+	// appends each new key, signed by the one before (keyrecord.go), so
+	// that Verify links the pinned key to the keys after it once the
+	// files that introduced them are deleted. It must end with Key.
+	KeyRecord string
+	// NextKey makes the next log key and stores it durably where the
+	// next start finds it, before the writer puts it in the log.
+	NextKey func() (ed25519.PrivateKey, error)
+	// KeyReplaced is called once the key line naming next is in the log
+	// and the key record: it replaces the stored key old with next and
+	// destroys old. Until it returns nil, the stored next key and the old
+	// one stay for the next start to finish the rotation.
+	KeyReplaced func(old, next ed25519.PrivateKey) error
+	// AfterStep, when not nil, is called after each durable step of a
+	// key rotation (StepNextKey, StepKeyLine, StepRecord, StepReplaced):
+	// the files then are what a crash at that point leaves.
+	AfterStep func(step string)
 	// Certificate, when Key is nil, returns the key that signs checkpoints
 	// and its certificate (the agent's, replaced by renewals), as earlier
 	// versions signed them: Verify can then check them against the CA
@@ -187,6 +213,8 @@ type Log struct {
 	refilled time.Time
 	acc      refusalSet // refusals beyond the budget, not yet taken by the writer
 
+	keyState keyState // the key in force, for KeyInForce
+
 	warnMu   sync.Mutex // guards warning, warnedAt
 	warning  string     // rotation deletes records too young; "" when not
 	warnedAt time.Time
@@ -203,6 +231,7 @@ type Log struct {
 	lostNoted   uint64     // lost records taken from lost, not yet written
 	wantCkpt    string     // a checkpoint to write after the pending lines (Why…)
 	keyDue      bool       // a key line is to follow the start line, or head a new file
+	rot         rotation   // the key rotation (rotatekey.go)
 	sums        refusalSet // refusals counted, to write
 	lastWarnLog time.Time
 	failing     error
@@ -228,6 +257,12 @@ type Log struct {
 func New(o Options) *Log {
 	o.setDefaults()
 	l := &Log{o: o, log: o.Logger.With("access_log", o.Path), queue: make(chan Record, o.QueueSize), head: Genesis, tokens: float64(o.RefusalBurst)}
+	if l.o.KeySince.IsZero() {
+		l.o.KeySince = o.Now()
+	}
+	l.rot.req = make(chan chan error)
+	l.rot.able = l.canRotate()
+	l.keyState.pub, l.keyState.since = publicOf(o.Key), l.o.KeySince
 	l.enc = json.NewEncoder(&l.line)
 	l.enc.SetEscapeHTML(false) // '<' is one byte, not six: lines stay short
 	return l
@@ -485,8 +520,13 @@ func (l *Log) Run(ctx context.Context) {
 	gather := time.NewTimer(time.Hour)
 	gather.Stop()
 	var gathering bool
+	rotTimer := time.NewTimer(time.Hour)
+	rotTimer.Stop()
+	defer rotTimer.Stop()
+	l.scheduleRotation(rotTimer)
 	if l.failing == nil {
 		l.flush() // the start line, at once: a full disk shows now, not at the first stream
+		l.afterFlush(rotTimer)
 	}
 	for {
 		queue := l.queue
@@ -505,7 +545,24 @@ func (l *Log) Run(ctx context.Context) {
 		case <-ctx.Done():
 			gather.Stop()
 			l.finish()
+			l.afterFlush(rotTimer)
+			l.rot.fail(errors.New("the access log stopped before the key was replaced"))
 			return
+		case w := <-l.rot.req:
+			l.rot.waiters = append(l.rot.waiters, w)
+			l.startRotation()
+			if l.failing == nil {
+				l.drain()
+				l.flush()
+			}
+			l.afterFlush(rotTimer)
+		case <-rotTimer.C:
+			l.startRotation()
+			if l.failing == nil {
+				l.drain()
+				l.flush()
+			}
+			l.afterFlush(rotTimer)
 		case r := <-queue:
 			l.pending = append(l.pending, r)
 			l.drain()
@@ -528,8 +585,10 @@ func (l *Log) Run(ctx context.Context) {
 				l.wantCkpt = WhyInterval
 				l.flush()
 			}
+			l.afterFlush(rotTimer) // a rotation's last steps, when they failed
 		case <-retryC:
 			l.flush()
+			l.afterFlush(rotTimer)
 		case <-summary.C:
 			l.takeRefusals()
 			if l.failing == nil && !l.sums.empty() {
@@ -627,7 +686,7 @@ type commitState struct {
 // was not committed for the next try.
 func (l *Log) flush() {
 	l.lostNoted += l.lost.Swap(0)
-	if l.start == nil && l.lostNoted == 0 && len(l.pending) == 0 && l.wantCkpt == "" && l.sums.empty() {
+	if l.start == nil && l.lostNoted == 0 && len(l.pending) == 0 && l.wantCkpt == "" && l.sums.empty() && !l.rot.due {
 		return
 	}
 	if l.f == nil {
@@ -640,7 +699,7 @@ func (l *Log) flush() {
 	st := commitState{size: l.size, head: l.head, seq: l.seq, since: l.since}
 	l.buf.Reset()
 	// What buf holds beyond the last commit.
-	var bufStart, bufKey, bufStops, bufLost, bufSums bool
+	var bufStart, bufKey, bufStops, bufLost, bufSums, bufRotate bool
 	ckpt := false // a checkpoint was written: the mark follows
 	stop := false // the last line written is the checkpoint of a clean stop
 	starting := l.start != nil
@@ -681,6 +740,9 @@ func (l *Log) flush() {
 		if bufKey {
 			l.keyDue = false
 		}
+		if bufRotate {
+			l.keyLineCommitted(st.seq, now)
+		}
 		if bufStops || bufStart && l.stopsBad {
 			// Only now that the lines saying what the file held are on
 			// disk is it removed.
@@ -696,7 +758,7 @@ func (l *Log) flush() {
 		n := copy(l.pending, l.pending[bufRecs:]) // keep the array: bounded by maxPending
 		clear(l.pending[n:])
 		l.pending = l.pending[:n]
-		bufStart, bufKey, bufStops, bufLost, bufSums, bufRecs = false, false, false, false, false, 0
+		bufStart, bufKey, bufStops, bufLost, bufSums, bufRotate, bufRecs = false, false, false, false, false, false, 0
 		l.buf.Reset()
 		return nil
 	}
@@ -793,6 +855,21 @@ func (l *Log) flush() {
 		l.fail(err)
 		return
 	}
+	if l.rot.due && l.rot.next != nil {
+		// The new key, signed by the old one, after the lines queued
+		// before the rotation and committed with them: the lines before
+		// are sealed by the old key, and those after are signed by the
+		// new one only once this line is on disk.
+		if err := l.emitKeyLine(emit, &st, now, l.o.Key, l.rot.next.Public().(ed25519.PublicKey)); err != nil {
+			l.fail(err)
+			return
+		}
+		bufRotate = true
+		if err := commit(); err != nil {
+			l.fail(err)
+			return
+		}
+	}
 	// A stop always ends with a checkpoint, so that Verify can tell a
 	// clean stop; otherwise one is written only over new lines.
 	if why := l.wantCkpt; why != "" && (st.since > 0 || why == WhyStop) {
@@ -825,9 +902,17 @@ func (l *Log) emitKey(emit func(any, func(uint64, string)) error, st *commitStat
 	if len(l.o.Key) != ed25519.PrivateKeySize {
 		return errors.New("sign key line: the log key is not an ed25519 private key")
 	}
-	pub := encodeKey(l.o.Key.Public().(ed25519.PublicKey))
+	return l.emitKeyLine(emit, st, now, l.o.Key, l.o.Key.Public().(ed25519.PublicKey))
+}
+
+// emitKeyLine adds a key line naming key, signed with signer.
+func (l *Log) emitKeyLine(emit func(any, func(uint64, string)) error, st *commitState, now time.Time, signer ed25519.PrivateKey, key ed25519.PublicKey) error {
+	if len(signer) != ed25519.PrivateKeySize || len(key) != ed25519.PublicKeySize {
+		return errors.New("sign key line: not an ed25519 key")
+	}
+	pub := encodeKey(key)
 	v := &keyLine{Time: now, Type: TypeKey, Key: pub,
-		Sig: base64.StdEncoding.EncodeToString(ed25519.Sign(l.o.Key, keyMessage(st.head, st.seq, now, pub)))}
+		Sig: base64.StdEncoding.EncodeToString(ed25519.Sign(signer, keyMessage(st.head, st.seq, now, pub)))}
 	return emit(v, func(seq uint64, prev string) { v.Seq, v.Prev = seq, prev })
 }
 

@@ -26,7 +26,8 @@ const maxWarnings = 10
 
 type accessLogOptions struct {
 	configPath, file, caPath, key string
-	verify                        bool
+	keyRecord                     string
+	verify, rotateKey             bool
 	since                         time.Duration
 	service, backend              string
 }
@@ -35,7 +36,7 @@ func accessLogCmd() *cobra.Command {
 	var o accessLogOptions
 	cmd := &cobra.Command{
 		Use:   "access-log",
-		Short: "Print the agent's access log, or verify it (--verify)",
+		Short: "Print the agent's access log, verify it (--verify), or replace its key (--rotate-key)",
 		Long: `Print the agent's access log, oldest first, across its rotated files: a
 table of streams (their open and end lines, and the agent's starts, lost
 records and counts of refused streams beyond the log's budget for them),
@@ -46,8 +47,10 @@ each line as written (-o yaml: a list of them). --since, --service and
 --verify walks the log's hash chain across the files and checks every
 checkpoint's signature with the log key (access-log.key in the state
 directory, made on this machine and never sent anywhere), following the
-chain of keys from the pinned one: --key FINGERPRINT (as tether-agent status
-and enroll print it), else the state directory's key. A checkpoint signed
+chain of keys from the pinned one: --key FINGERPRINT (the first key's, as
+enroll printed it), else the first key of the state directory's key record
+(access-log.keys), which links it to the keys that replaced it once the
+files that introduced them are deleted. A checkpoint signed
 by a key outside that chain is reported, whatever the CA says. Checkpoints
 of earlier versions, signed with the agent's certificate, are checked
 against the agent's CA roots (that the certificate names this agent and
@@ -63,7 +66,16 @@ exits 0 when the log is intact and 1 when it is not (or cannot be read).
 The log is the one of --config FILE (default: the installed service's
 config), or --file PATH: a log anywhere (a copy, say), its rotated files
 beside it; give --key with it, or the chain of keys starts from whatever
-key the log names first (the report prints its fingerprint).`,
+key the log names first (the report prints its fingerprint), and
+--key-record FILE (a copy of access-log.keys) when the files that
+introduced later keys were deleted.
+
+--rotate-key replaces the log key now, as the agent does every
+access_log.key_rotation (default 24h): a key line naming a new key, signed
+by the old one, goes into the log, the new key into the key record, and
+the old private key is destroyed, so that whoever later gets the machine
+cannot rewrite the lines before. A running agent owns its log: stop it
+first (the command is refused while an agent holds the state directory).`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return accessLog(o, output(cmd), cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -74,7 +86,9 @@ key the log names first (the report prints its fingerprint).`,
 	fs.StringVar(&o.file, "file", "", "the access log's current file, instead of the config's (a copy, say); its rotated files are read beside it")
 	fs.StringVar(&o.caPath, "ca", "", "CA roots (PEM) that issued the agent's certificates, for --verify (default: ca.crt in the state directory)")
 	fs.BoolVar(&o.verify, "verify", false, "walk the hash chain across the files and check every checkpoint's signature: exit 0 intact, 1 broken")
-	fs.StringVar(&o.key, "key", "", "fingerprint of the log key the chain of keys starts from, for --verify (default: the key in the state directory; tether-agent status prints it)")
+	fs.StringVar(&o.keyRecord, "key-record", "", "the key record (access-log.keys) that links the pinned key to later ones, for --verify of a copy (default: the state directory's)")
+	fs.BoolVar(&o.rotateKey, "rotate-key", false, "replace the log key now and destroy the old one (the agent must be stopped; it does so itself every access_log.key_rotation)")
+	fs.StringVar(&o.key, "key", "", "fingerprint of the log key the chain of keys starts from, for --verify: the first one, recorded at enrolment (default: the first key of the key record in the state directory)")
 	fs.DurationVar(&o.since, "since", 0, "only lines written within this long, e.g. 2h")
 	fs.StringVar(&o.service, "service", "", "only streams to this service")
 	fs.StringVar(&o.backend, "backend", "", "only streams of this backend (name, or backend:name)")
@@ -83,11 +97,33 @@ key the log names first (the report prints its fingerprint).`,
 	return cmd
 }
 
+// rotateLogKey replaces the access log's key now (--rotate-key).
+func rotateLogKey(cfg agent.Config, stdout, stderr io.Writer) error {
+	log, err := cli.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	cfg.Version = version
+	old, next, err := agent.RotateAccessLogKey(cfg, "access-log --rotate-key")
+	if err != nil {
+		return fmt.Errorf("access-log --rotate-key: %w", err)
+	}
+	fmt.Fprintf(stdout, "access log key replaced: %s -> %s; the old key is destroyed (the first key's fingerprint stays the pin for --verify)\n", old, next)
+	return nil
+}
+
 // accessLog prints the agent's access log, or verifies it (--verify).
 // Exit status: 0 printed, or intact; 1 broken, or unreadable; 2 usage.
 func accessLog(o accessLogOptions, f cli.Format, stdout, stderr io.Writer) error {
 	if o.since < 0 {
 		return cli.Usagef("access-log: --since %v: want a positive duration", o.since)
+	}
+	if o.keyRecord != "" && !o.verify {
+		return cli.Usagef("access-log: --key-record is for --verify")
+	}
+	if o.rotateKey && (o.verify || o.file != "" || o.caPath != "" || o.key != "" || o.since != 0 || o.service != "" || o.backend != "") {
+		return cli.Usagef("access-log: --rotate-key replaces the key of the config's log: only --config applies")
 	}
 	if o.verify && (o.since != 0 || o.service != "" || o.backend != "") {
 		return cli.Usagef("access-log: --verify checks the whole log: --since, --service and --backend do not apply")
@@ -117,8 +153,11 @@ func accessLog(o accessLogOptions, f cli.Format, stdout, stderr io.Writer) error
 	if o.file != "" {
 		cfg.AccessLog.Path = o.file
 	}
+	if o.rotateKey {
+		return rotateLogKey(cfg, stdout, stderr)
+	}
 	if o.verify {
-		return verifyAccessLog(cfg, o.caPath, o.key, o.file == "", f, stdout)
+		return verifyAccessLog(cfg, o.caPath, o.key, o.keyRecord, o.file == "", f, stdout)
 	}
 	return printAccessLog(cfg.AccessLogPath(), filter{since: o.since, service: o.service, backend: o.backend, now: time.Now()}, f, stdout, stderr)
 }
@@ -224,11 +263,39 @@ func printAccessLog(path string, f filter, format cli.Format, stdout, stderr io.
 	return err
 }
 
+// printKeys lists the log keys in force along the log.
+func printKeys(w io.Writer, res accesslog.Result) {
+	if len(res.Keys) < 2 && (len(res.Keys) == 0 || res.Keys[0].Via != accesslog.ViaRecord) {
+		return
+	}
+	fmt.Fprintln(w, "log keys, oldest first:")
+	for _, k := range res.Keys {
+		how := ""
+		switch k.Via {
+		case accesslog.ViaPinned:
+			how = "the pinned key"
+		case accesslog.ViaFirst:
+			how = "the first key the log names (not pinned)"
+		case accesslog.ViaLine:
+			how = "introduced by a key line signed by the key before it"
+		case accesslog.ViaRecord:
+			how = fmt.Sprintf("linked to the pinned key by the key record (lines %d to %d, each signed by the key before it); the files that introduced it were rotated away", k.Record, k.RecordTo)
+		}
+		fmt.Fprintf(w, "  %s  from %s (seq %d, %s): %d checkpoint(s); %s\n", k.Fingerprint, esc(k.From), k.Seq, k.Time.UTC().Format(time.RFC3339), k.Checkpoints, how)
+	}
+	if res.KeyRecordError != "" {
+		fmt.Fprintf(w, "key record: %s\n", esc(res.KeyRecordError))
+	}
+}
+
 // verifyAccessLog walks the chain and reports.
-func verifyAccessLog(cfg agent.Config, caPath, key string, own bool, format cli.Format, stdout io.Writer) error {
+func verifyAccessLog(cfg agent.Config, caPath, key, keyRecord string, own bool, format cli.Format, stdout io.Writer) error {
 	o, err := agent.AccessLogVerifyOptions(cfg, caPath, key)
 	if err != nil {
 		return err
+	}
+	if keyRecord != "" {
+		o.KeyRecord = keyRecord
 	}
 	if !own {
 		// A copy (--file) may rightly end before the agent's last
@@ -298,6 +365,8 @@ func printVerify(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
 	}
 	switch {
 	case res.KeyLines == 0:
+	case res.Pinned != "" && len(res.Keys) > 0 && res.Keys[0].Via == accesslog.ViaRecord:
+		fmt.Fprintf(w, "log key: the chain holds from the pinned key %s: the oldest file left is signed by %s, which the key record links to it", res.Pinned, res.FirstKey)
 	case res.Pinned != "":
 		fmt.Fprintf(w, "log key: signed by the pinned key %s", res.Pinned)
 	default:
@@ -308,6 +377,7 @@ func printVerify(w io.Writer, res accesslog.Result, o accesslog.VerifyOptions) {
 			fmt.Fprintf(w, ", then by %s, which a line signed by the key before it introduced", res.Key)
 		}
 		fmt.Fprintln(w)
+		printKeys(w, res)
 	}
 	if res.CAOnly > 0 {
 		signer := fmt.Sprintf("certificates of %s issued by the agent's CA roots", escNone(o.Agent))

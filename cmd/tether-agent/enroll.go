@@ -131,7 +131,7 @@ func (a *app) enroll(cmd *cobra.Command, o enrollOptions) error {
 	}
 	fmt.Fprintf(stderr, "enrolled as agent %s of tenant %s (certificate valid until %s); identity stored in %s\n",
 		st.AgentID, st.Tenant, st.NotAfter().Format(time.RFC3339), st.Dir)
-	fmt.Fprintf(stderr, "access log key: %s\n  record this fingerprint: it signs the agent's access log, and tether-agent access-log --verify --key %s\n  checks the log, or a copy of it anywhere, against it without trusting the relay's CA\n", logKey, logKey)
+	fmt.Fprintf(stderr, "access log key: %s\n  record this fingerprint: it signs the agent's access log first, and stays the pin when the agent replaces the key\n  (access_log.key_rotation); tether-agent access-log --verify --key %s checks the log, or a copy of it anywhere,\n  against it without trusting the relay's CA\n", logKey, logKey)
 	return nil
 }
 

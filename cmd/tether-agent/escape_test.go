@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -307,5 +309,39 @@ func TestVerifyLostAtStop(t *testing.T) {
 	code, stdout, stderr = run(t, nil, "", "access-log", "--verify", "--config", cfg, "-o", "json")
 	if err := json.Unmarshal([]byte(stdout), &res); code != 0 || err != nil || res.Lost != 3 || res.LostLineCount != 1 || len(res.LostAtStop) != 0 {
 		t.Errorf("verify --config -o json once the agent started again: exit %d, %v\n%s%s\nwant lost 3 in 1 line", code, err, stdout, stderr)
+	}
+}
+
+// access-log --rotate-key replaces the log key of the config's state
+// directory; --verify then reports the keys in force, from the first
+// (the pin), and the log intact; the fingerprint printed is the new
+// key's.
+func TestRotateKeyAndVerify(t *testing.T) {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	if err := os.WriteFile(filepath.Join(dir, agent.LogKeyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(cfg, []byte("state_dir: "+dir+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fp0 := accesslog.Fingerprint(key.Public().(ed25519.PublicKey))
+	code, stdout, stderr := run(t, nil, "", "access-log", "--rotate-key", "--config", cfg)
+	fp1, _ := agent.LogKeyFingerprint(dir)
+	if code != 0 || fp1 == fp0 || !strings.Contains(stdout, fp0+" -> "+fp1) {
+		t.Fatalf("access-log --rotate-key: exit %d\n%s%s", code, stdout, stderr)
+	}
+	code, stdout, stderr = run(t, nil, "", "access-log", "--verify", "--config", cfg)
+	if code != 0 || !strings.Contains(stdout, "signed by the pinned key "+fp0) || !strings.Contains(stdout, "log keys, oldest first:") ||
+		!strings.Contains(stdout, fp1+"  from access.log:") || !strings.Contains(stdout, "introduced by a key line signed by the key before it") {
+		t.Fatalf("verify after --rotate-key: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if code, _, stderr := run(t, nil, "", "access-log", "--rotate-key", "--verify", "--config", cfg); code != 2 {
+		t.Fatalf("--rotate-key --verify: exit %d, %s; want a usage error", code, stderr)
 	}
 }

@@ -83,7 +83,7 @@ func TestCommandHelpListsItsOwnFlags(t *testing.T) {
 		"stop":       nil,
 		"unit":       nil,
 		"status":     {"addr", "config", "timeout"},
-		"access-log": {"backend", "ca", "config", "file", "key", "service", "since", "verify"},
+		"access-log": {"backend", "ca", "config", "file", "key", "key-record", "rotate-key", "service", "since", "verify"},
 		"version":    {"short"},
 	}
 	root := newRoot(&app{env: func(string) string { return "" }}, nil, &bytes.Buffer{}, &bytes.Buffer{})

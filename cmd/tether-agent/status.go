@@ -162,7 +162,14 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 		fmt.Fprintf(tw, "access log\t%s\n", esc(st.AccessLog))
 	}
 	if st.AccessLogKey != "" {
-		fmt.Fprintf(tw, "access log key\t%s (record it: access-log --verify --key checks a copy of the log anywhere against it)\n", esc(st.AccessLogKey))
+		line := esc(st.AccessLogKey)
+		if !st.AccessLogKeySince.IsZero() {
+			line += fmt.Sprintf(", in force since %s", st.AccessLogKeySince.UTC().Format(time.RFC3339))
+		}
+		if st.AccessLogKeyRotation != "" {
+			line += fmt.Sprintf(", replaced every %s", esc(st.AccessLogKeyRotation))
+		}
+		fmt.Fprintf(tw, "access log key\t%s (the first key's fingerprint, recorded at enrolment, stays the pin: access-log --verify --key checks a copy of the log anywhere against it)\n", line)
 	}
 	if st.AccessLogError != "" {
 		fmt.Fprintf(tw, "access log error\t%s\n", esc(st.AccessLogError))
