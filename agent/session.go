@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -363,9 +364,18 @@ func (a *Agent) markQUICFailed(relay string) time.Time {
 func (s *session) hello(ctx context.Context) error {
 	hctx, cancel := context.WithTimeout(ctx, helloTimeout)
 	defer cancel()
+	// A relay that refuses the agent closes the QUIC connection with why
+	// too: that refusal is reported as a Reject is, below.
+	fail := func(op string, err error) error {
+		err = s.explain(err)
+		if ref := closeRefusal(err); ref != nil {
+			return fmt.Errorf("relay refused this agent: %w", ref)
+		}
+		return fmt.Errorf("%s: %w", op, err)
+	}
 	ctl, err := s.t.OpenStream(hctx)
 	if err != nil {
-		return fmt.Errorf("open control stream: %w", s.explain(err))
+		return fail("open control stream", err)
 	}
 	s.ctl = ctl
 	s.br = bufio.NewReader(ctl)
@@ -382,11 +392,11 @@ func (s *session) hello(ctx context.Context) error {
 		Capabilities: caps, UpdateChannel: s.a.cfg.Update.Channel,
 		Transport: s.transport, TransportWhy: s.why, BootID: bootID,
 	}); err != nil {
-		return fmt.Errorf("send hello: %w", s.explain(err))
+		return fail("send hello", err)
 	}
 	m, err := protocol.ReadMessage(s.br)
 	if err != nil {
-		return fmt.Errorf("read welcome: %w", s.explain(err))
+		return fail("read welcome", err)
 	}
 	switch m := m.(type) {
 	case *protocol.Welcome:
@@ -441,12 +451,39 @@ func (s *session) goAway(reason, message string) {
 	}
 }
 
+// setEnd records err as why the session ended, unless a reason was
+// recorded before. When the relay closed the QUIC connection with a
+// refusal (closeRefusal) and err says nothing more of why — a closed
+// stream, a failed write, a done session — the refusal is the reason, as
+// a Reject on the control stream is: the relay writes one, and then closes
+// with it, and whichever the agent sees first is reported, once.
 func (s *session) setEnd(err error) {
+	if ref := s.refusal(err); ref != nil {
+		err = fmt.Errorf("relay closed the session: %w", ref)
+	}
 	s.endMu.Lock()
 	defer s.endMu.Unlock()
 	if s.ended == nil {
 		s.ended = err
 	}
+}
+
+// refusal returns the refusal the relay closed the session's QUIC
+// connection with, from err or, when err carries no refusal of its own (a
+// Reject read on the control stream says more than a close), from the
+// session's end; nil when there is none (a TCP session, a close without
+// one, a session still up).
+func (s *session) refusal(err error) *protocol.Error {
+	if ref := closeRefusal(err); ref != nil {
+		return ref
+	}
+	if _, ok := errors.AsType[*protocol.Error](err); ok {
+		return nil
+	}
+	if c, ok := s.t.(interface{ Err() error }); ok {
+		return closeRefusal(c.Err())
+	}
+	return nil
 }
 
 func (s *session) endErr() error {
@@ -466,7 +503,7 @@ func (s *session) serve(ctx context.Context) endReason {
 	// than a heartbeat later.
 	s.pingSentAt.Store(time.Now().UnixNano())
 	if err := s.send(&protocol.Ping{Seq: s.pingSeq.Add(1)}); err != nil {
-		s.setEnd(fmt.Errorf("send ping: %w", err))
+		s.setEnd(fmt.Errorf("send ping: %w", s.explain(err)))
 		return endLost
 	}
 	t := time.NewTicker(hb)
@@ -585,6 +622,10 @@ func (s *session) serve(ctx context.Context) endReason {
 			s.next = ns
 			return endMove
 		case <-s.t.Done():
+			// What the relay wrote before it closed (a Reject, over
+			// TCP) may still be buffered on the control stream: the
+			// reader gets to it first.
+			s.waitReader()
 			s.setEnd(errors.New("session closed"))
 			return endLost
 		case <-s.readDone:
@@ -616,6 +657,23 @@ func (s *session) serve(ctx context.Context) endReason {
 			s.setEnd(fmt.Errorf("relay did not answer a heartbeat within %v and sent no packet since", pongWait))
 			return endLost
 		}
+	}
+}
+
+// readerGrace bounds how long serve waits, once the session is done, for
+// the control reader to read what was buffered before the close.
+const readerGrace = time.Second
+
+// waitReader waits, for at most readerGrace, for the control reader of a
+// session that is done to read what is left and stop: a Reject the relay
+// wrote before it closed tells why the session ended, which "session
+// closed" does not.
+func (s *session) waitReader() {
+	t := time.NewTimer(readerGrace)
+	defer t.Stop()
+	select {
+	case <-s.readDone:
+	case <-t.C:
 	}
 }
 
@@ -678,7 +736,7 @@ func (s *session) ping(now time.Time) {
 	s.wg.Go(func() {
 		defer s.pinging.Store(false)
 		if err := s.send(&protocol.Ping{Seq: seq}); err != nil {
-			s.setEnd(fmt.Errorf("send ping: %w", err))
+			s.setEnd(fmt.Errorf("send ping: %w", s.explain(err)))
 			s.t.Close() // serve returns through Done
 		}
 	})
@@ -704,6 +762,11 @@ func (s *session) readLoop() {
 		if err != nil {
 			if !transport.IsClosedErr(err) {
 				s.setEnd(fmt.Errorf("control stream: %w", s.explain(err)))
+			} else if closeRefusal(err) != nil {
+				// The relay closed the QUIC connection with a refusal,
+				// which the stream's read reports before the session is
+				// done: recorded now, before serve sees readDone.
+				s.setEnd(err)
 			}
 			return
 		}
@@ -711,7 +774,7 @@ func (s *session) readLoop() {
 		switch m := m.(type) {
 		case *protocol.Ping:
 			if err := s.send(&protocol.Pong{Seq: m.Seq}); err != nil {
-				s.setEnd(fmt.Errorf("send pong: %w", err))
+				s.setEnd(fmt.Errorf("send pong: %w", s.explain(err)))
 				return
 			}
 		case *protocol.Pong:
@@ -956,15 +1019,77 @@ func isTLSRefusal(err error) bool {
 }
 
 // explain replaces a bare end-of-stream error with the session's own cause
-// when the transport knows it (a TLS alert under yamux reads as EOF), and
-// explains refusals.
+// when the transport knows it (a TLS alert under yamux reads as EOF),
+// reports the relay's close of a QUIC connection without its raw reason
+// (relayClosed), and explains refusals.
 func (s *session) explain(err error) error {
 	if c, ok := s.t.(interface{ Err() error }); ok && transport.IsClosedErr(err) {
 		if cause := c.Err(); cause != nil && !errors.Is(cause, transport.ErrClosed) {
 			err = cause
 		}
 	}
-	return explainRefusal(err)
+	return explainRefusal(relayClosed(err))
+}
+
+// relayCloseError is the relay's close of a QUIC connection with an
+// application error, as the agent reports it. The close's reason is text
+// the relay chose: a refusal that protocol.ParseCloseReason reads is
+// reported as that refusal (ref), as a Reject on the control stream is;
+// any other reason (an older relay's, a hostile one's) is shown clipped
+// and quoted beside the code, never raw.
+type relayCloseError struct {
+	ae  *quicgo.ApplicationError
+	ref *protocol.Error // nil: the reason is no refusal this agent reads
+}
+
+// maxCloseText bounds the reason of a relay's close that is not a refusal
+// in the agent's logs and status.
+const maxCloseText = 128
+
+func (e *relayCloseError) Error() string {
+	if e.ref != nil {
+		return e.ref.Error()
+	}
+	msg := fmt.Sprintf("the relay closed the connection (QUIC application error %#x)", uint64(e.ae.ErrorCode))
+	if e.ae.ErrorMessage != "" {
+		msg += ": " + strconv.Quote(protocol.Clip(e.ae.ErrorMessage, maxCloseText))
+	}
+	return msg
+}
+
+func (e *relayCloseError) Unwrap() []error {
+	if e.ref != nil {
+		return []error{e.ref, e.ae}
+	}
+	return []error{e.ae}
+}
+
+// relayClosed returns err as a *relayCloseError when it is, or wraps, the
+// relay's close of a QUIC connection with an application error (a
+// refusal when the code is quic.CodeRefused and the reason parses), and
+// err itself otherwise.
+func relayClosed(err error) error {
+	ae, ok := errors.AsType[*quicgo.ApplicationError](err)
+	if !ok || !ae.Remote {
+		return err
+	}
+	if _, done := errors.AsType[*relayCloseError](err); done {
+		return err
+	}
+	e := &relayCloseError{ae: ae}
+	if ae.ErrorCode == quic.CodeRefused {
+		e.ref, _ = protocol.ParseCloseReason(ae.ErrorMessage)
+	}
+	return e
+}
+
+// closeRefusal returns the refusal the relay closed the QUIC connection
+// with when err is, or wraps, that close (relayClosed); nil otherwise.
+func closeRefusal(err error) *protocol.Error {
+	if e, ok := errors.AsType[*relayCloseError](relayClosed(err)); ok {
+		return e.ref
+	}
+	return nil
 }
 
 // explainRefusal adds an operator-facing explanation to a TLS alert from

@@ -49,7 +49,7 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 		if !errors.As(err, &pe) && !(errors.As(err, &ne) && ne.Timeout()) {
 			// Reset or closed before its header was read: the relay gave
 			// up on the stream (an answer too slow, the client gone).
-			s.log.Debug("stream ended before its header was read", "err", err)
+			s.log.Debug("stream ended before its header was read", "err", relayClosed(err))
 			return
 		}
 		s.refusalLog.log(s.log, slog.LevelWarn, "bad stream header from relay", "err", err)
@@ -118,7 +118,7 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	defer a.removeServed(ss)
 	if err := protocol.WriteReply(st, protocol.Reply{}); err != nil {
 		conn.Close()
-		log.Debug("relay went away before the reply", slices.Concat(ids, []any{"err", err})...)
+		log.Debug("relay went away before the reply", slices.Concat(ids, []any{"err", relayClosed(err)})...)
 		rec.Code, rec.End, rec.Message = protocol.CodeOK.String(), accesslog.EndCut, "the relay went away before the reply"
 		a.logStream(rec, started)
 		return
@@ -145,7 +145,7 @@ func (a *Agent) handleStream(s *session, st transport.Stream) {
 	case errors.Is(err, transport.ErrIdle):
 		log.Info("stream closed: idle timeout", attrs...)
 	case err != nil && !transport.IsClosedErr(err):
-		log.Debug("stream ended with error", append(attrs, "err", err)...)
+		log.Debug("stream ended with error", append(attrs, "err", relayClosed(err))...)
 	default:
 		log.Debug("stream closed", attrs...)
 	}

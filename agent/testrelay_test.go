@@ -63,6 +63,10 @@ type testRelay struct {
 	// are open (then every session gets it): two sessions of one agent
 	// then surely both arrive before it knows the list.
 	listAt int
+	// refuseHello, when not empty, is the reason the relay closes a QUIC
+	// session with (quic.CodeRefused) once it has read its Hello, with
+	// no Reject before: a refusal whose Reject was lost.
+	refuseHello string
 }
 
 type relayListener struct {
@@ -238,6 +242,13 @@ func (r *testRelay) serve(ts transport.Session, via string) {
 		return
 	}
 	c.hello = *hello
+	r.mu.Lock()
+	refuse := r.refuseHello
+	r.mu.Unlock()
+	if qs, ok := ts.(*quic.Session); ok && refuse != "" {
+		qs.CloseWithError(quic.CodeRefused, refuse)
+		return
+	}
 	// Opened before the Welcome is sent: the agent cannot act on this
 	// session (and close another) before openedAt.
 	c.openedAt = time.Now()

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"unicode/utf8"
 
@@ -120,6 +121,53 @@ func FuzzReadReply(f *testing.F) {
 		}
 		if got != rep {
 			t.Fatalf("got %+v after a round trip, want %+v", got, rep)
+		}
+	})
+}
+
+// FuzzParseCloseReason: the reason of a relay's QUIC close is text from
+// the network. Parsing never panics and yields a refusal whose encoding
+// reads back the same; encoding any message stays within MaxCloseReason,
+// valid UTF-8, and reads back with its code.
+func FuzzParseCloseReason(f *testing.F) {
+	for _, s := range []string{
+		"revoked",
+		"revoked: agent a1 was revoked at 2026-12-07T19:30:00Z (laptop stolen): enrol it again with a new join token if it should serve",
+		"unauthenticated: CA root 2 (sha256:ab12): retired",
+		"certificate_expired: ",
+		"relay busy",
+		"ok",
+		"code_200: x",
+		"revoked: \xff\xfe",
+		"revoked: \x1b[2J\nforged line",
+		"revoked: " + strings.Repeat("é", 300),
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if pe, ok := protocol.ParseCloseReason(s); ok {
+			if pe.Code == protocol.CodeOK || len(pe.Message) > protocol.MaxCloseReason || !utf8.ValidString(pe.Message) {
+				t.Fatalf("ParseCloseReason(%q) = %v %q, want a refusal with a valid message", s, pe.Code, pe.Message)
+			}
+			enc := protocol.CloseReason(pe)
+			got, ok := protocol.ParseCloseReason(enc)
+			if !ok || *got != *pe {
+				t.Fatalf("%q parsed to %+v, encoded to %q, which parses to %+v, %v", s, pe, enc, got, ok)
+			}
+		}
+		enc := protocol.CloseReason(protocol.Errorf(protocol.CodeRevoked, "%s", s))
+		if len(enc) > protocol.MaxCloseReason || !utf8.ValidString(enc) {
+			t.Fatalf("CloseReason of %q is %d bytes (valid UTF-8: %v), want at most %d valid bytes", s, len(enc), utf8.ValidString(enc), protocol.MaxCloseReason)
+		}
+		got, ok := protocol.ParseCloseReason(enc)
+		if !ok || got.Code != protocol.CodeRevoked {
+			t.Fatalf("CloseReason of %q is %q, which parses to %+v, %v, want revoked", s, enc, got, ok)
+		}
+		if msg := strings.ToValidUTF8(s, "\uFFFD"); got.Message != msg {
+			kept, cut := strings.CutSuffix(got.Message, "…")
+			if !cut || !strings.HasPrefix(msg, kept) {
+				t.Fatalf("CloseReason of %q is %q, whose message is neither the whole nor a marked prefix", s, enc)
+			}
 		}
 	})
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/identity"
 	"github.com/tetherhq/tether/protocol/transport"
+	"github.com/tetherhq/tether/protocol/transport/quic"
 	"github.com/tetherhq/tether/relay/internal/route"
 )
 
@@ -116,12 +117,16 @@ func (c *Conn) Send(m protocol.Message) error {
 	return protocol.WriteMessage(c.ctl, m)
 }
 
-// CloseWith tells the agent why its session ends (a Reject on the control
-// stream, written with a short deadline) and closes the session. New
-// streams stop going to it at once. It returns within about the deadline
-// even when a control write is blocked (an agent that reads nothing):
-// the deadline is set before the write lock is taken, and it ends the
-// write in progress too.
+// CloseWith tells the agent why its session ends and closes the session.
+// New streams stop going to it at once (draining is set first). Why is
+// written as a Reject on the control stream, with a short deadline, and
+// over QUIC it is also the close's reason (closeRefused): closing a QUIC
+// connection drops the stream data not yet sent, so the Reject alone
+// seldom arrives, and the agent would learn why only at its next hello.
+// It returns within about the deadline even when a control write is
+// blocked (an agent that reads nothing): the deadline is set before the
+// write lock is taken, and it ends the write in progress too; the close
+// does not wait for the agent.
 func (c *Conn) CloseWith(err error) {
 	c.cause.CompareAndSwap(nil, &err)
 	c.draining.Store(true)
@@ -133,7 +138,20 @@ func (c *Conn) CloseWith(err error) {
 		c.log.Debug("send reject", "err", werr)
 	}
 	c.log.Info("closing session", "why", err)
-	c.sess.Close()
+	closeRefused(c.sess, err)
+}
+
+// closeRefused closes sess, refused or ended for err once a Reject saying
+// so was written: over QUIC with CodeRefused and err as
+// protocol.CloseReason encodes it, which the agent reads if the Reject is
+// lost with the connection; over TCP (yamux, in order) with a plain
+// close, after which the agent has the Reject.
+func closeRefused(sess transport.Session, err error) {
+	if qs, ok := sess.(*quic.Session); ok {
+		qs.CloseWithError(quic.CodeRefused, protocol.CloseReason(err))
+		return
+	}
+	sess.Close()
 }
 
 // healthy reports whether new streams may go to c: it is not draining, not

@@ -848,7 +848,9 @@ func (s *Server) lostRenewal(ctx context.Context, rec store.Agent, leaf *x509.Ce
 }
 
 // reject tells the agent why it is refused and closes the session once the
-// agent has read it (or after a short grace period).
+// agent has read it (or after a short grace period): over QUIC with the
+// refusal as the close's reason too (closeRefused), for an agent that did
+// not get to read the Reject.
 func (s *Server) reject(sess transport.Session, ctl transport.Stream, err error) {
 	ctl.SetDeadline(time.Now().Add(2 * time.Second))
 	if protocol.WriteMessage(ctl, protocol.RejectFor(err)) == nil {
@@ -860,9 +862,5 @@ func (s *Server) reject(sess transport.Session, ctl transport.Stream, err error)
 		case <-t.C:
 		}
 	}
-	if qs, ok := sess.(*quic.Session); ok {
-		qs.CloseWithError(quic.CodeRefused, protocol.CodeOf(err).String())
-		return
-	}
-	sess.Close()
+	closeRefused(sess, err)
 }
