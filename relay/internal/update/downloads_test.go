@@ -41,7 +41,10 @@ func TestDownloadStalledClientCut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.stall = time.Second
+	// Two seconds: on a loaded machine the slow client below can go a
+	// second without being scheduled (a stall of 1 s cut it, at 9.7 of
+	// its 32 MiB, in a run beside other test packages).
+	d.stall = 2 * time.Second
 	var wg sync.WaitGroup
 	wg.Go(func() { d.Run(ctx) })
 	defer wg.Wait()
