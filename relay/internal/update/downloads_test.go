@@ -63,7 +63,7 @@ func TestDownloadStalledClientCut(t *testing.T) {
 		return resp
 	}
 
-	// A client that reads 256 KiB every 20 ms: its download takes more
+	// A client that reads 256 KiB every 40 ms: its download takes more
 	// than twice stall, each write well within it.
 	resp := get()
 	start := time.Now()
@@ -75,7 +75,7 @@ func TestDownloadStalledClientCut(t *testing.T) {
 		if err != nil {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(40 * time.Millisecond)
 	}
 	resp.Body.Close()
 	if got != size {
