@@ -155,6 +155,14 @@ type Config struct {
 	// AuditLog is the file that receives one JSON line per audit record
 	// (the store keeps the same records). Default <DataDir>/audit.log.
 	AuditLog string
+	// AuditTrafficRetention is how long the store keeps the audit
+	// records of traffic (audit.Traffic: streams, agent connections and
+	// handshakes, summed authentication refusals): older ones are
+	// deleted, in batches, at start and every 10 minutes, and each run
+	// that deleted any writes an audit.prune record saying what. Every
+	// other record is kept for good. The audit file is not pruned (see
+	// AuditFileMaxSize). Default 0: kept for ever. At least 1h.
+	AuditTrafficRetention time.Duration
 	// ChangePoll is how often the relay reads the store's change feed for
 	// what other processes (admin commands, other relays) changed: a
 	// revocation closes the agent's live sessions, and grants, keys,
@@ -463,6 +471,9 @@ func (c *Config) check() []ConfigProblem {
 		if d.d < 0 {
 			add(fmt.Errorf("%s must not be negative (got %v)", d.name, d.d), d.field)
 		}
+	}
+	if c.AuditTrafficRetention < 0 || (c.AuditTrafficRetention > 0 && c.AuditTrafficRetention < time.Hour) {
+		add(fmt.Errorf("audit traffic retention %v: want 0 (keep for ever) or at least 1h", c.AuditTrafficRetention), "AuditTrafficRetention")
 	}
 	if c.AgentCertLifetime > 0 && c.AgentCertLifetime < 30*time.Second {
 		add(fmt.Errorf("agent certificate lifetime %v is shorter than 30s", c.AgentCertLifetime), "AgentCertLifetime")

@@ -405,6 +405,7 @@ func (r *Relay) run(ctx context.Context) error {
 	wg.Go(func() { r.router.Run(partsCtx) })
 	wg.Go(func() { r.follow(partsCtx, r.feedFrom) })
 	wg.Go(func() { r.housekeep(partsCtx) })
+	wg.Go(func() { r.retainAudit(partsCtx) })
 	wg.Go(func() { r.rollouts.Run(partsCtx) })
 	wg.Go(func() { r.rotation.Run(partsCtx) })
 	wg.Go(func() { r.sessions.Run(sessCtx) })

@@ -247,6 +247,9 @@ func serveSettings() []*setting {
 		str("audit-log", func(o *serveOptions) *string { return &c(o).AuditLog }, "",
 			"file receiving one JSON line per audit record (default DATA-DIR/audit.log)",
 			"file receiving one JSON line per audit record (default `DATA-DIR/audit.log`); admin commands append to the same file (they read `audit_log` from the config file)"),
+		dur("audit-traffic-retention", func(o *serveOptions) *time.Duration { return &c(o).AuditTrafficRetention }, 0,
+			"delete the store's audit records of traffic (streams, agent connections and handshakes, summed refusals) older than this, such as 2160h for 90 days (0: keep for ever)",
+			"delete from the store the audit records of traffic older than this: kinds `stream`, `agent.connect`, `agent.handshake` and `auth.refused`, the records that grow with the traffic (about 8.6 million rows, 4 GB in PostgreSQL, a day at 100 streams/s). Every other record (enrolments, renewals, revocations, tokens, backends, limits, the CA, operators, releases) is kept for good. At start and every 10 minutes, in batches of 1000 rows a transaction; each run that deletes records writes an `audit.prune` record (how many of each kind, older than when) and counts them in `tether_audit_pruned_total`. Records deleted are gone from `tetherctl audit`, the admin API and the console; the audit file keeps them (see [Audit trail growth and retention](#audit-trail-growth-and-retention)). `0` keeps them for ever; otherwise at least `1h`; recommended `2160h` (90 days)"),
 		dur("heartbeat", func(o *serveOptions) *time.Duration { return &c(o).HeartbeatInterval }, 10*time.Second,
 			"control-stream heartbeat interval",
 			"control-stream ping interval of idle sessions; three missed ones drop the session (see [agents that stop answering](#agents-that-stop-answering) for sessions with streams)"),
@@ -495,6 +498,7 @@ var configSettings = map[string][]string{
 	"AgentCertLifetime": {"agent-cert-lifetime"}, "HeartbeatInterval": {"heartbeat"}, "StreamOpenTimeout": {"stream-open-timeout"},
 	"IdleTimeout": {"idle-timeout"}, "DrainTimeout": {"drain-timeout"}, "ReconnectGrace": {"reconnect-grace"},
 	"AdminSessionTTL": {"admin-session-ttl"}, "TrustDomain": {"trust-domain"},
+	"AuditTrafficRetention": {"audit-traffic-retention"},
 }
 
 // checkTogether runs the checks relay.New makes of the whole
