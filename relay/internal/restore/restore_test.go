@@ -88,6 +88,9 @@ func TestHandle(t *testing.T) {
 	// agents did, in the store and the audit file.
 	trail, err := audit.Open(ctx, st, d.File(datadir.AuditFile), slog.New(slog.DiscardHandler))
 	must(t, err)
+	// Rotated after about every record: the records after the backup
+	// are in rotated files, which the replay reads too, in order.
+	trail.SetRotation(audit.Rotation{MaxSize: 200})
 	after := m.TakenAt.Add(time.Second)
 	add := func(rec audit.Record) {
 		rec.Outcome = audit.OutcomeOK
@@ -112,12 +115,21 @@ func TestHandle(t *testing.T) {
 	fmt.Fprintf(f, `{"at":"%s","kind":"agent.rev`, after.Format(time.RFC3339))
 	f.Close()
 
-	// Restore: the backup in place of the directory, the audit file kept.
+	if trail.Rotations() < 3 {
+		t.Fatalf("the audit file was rotated %d times, want at least 3", trail.Rotations())
+	}
+
+	// Restore: the backup in place of the directory, the audit files
+	// (rotated ones included) kept.
 	restored := filepath.Join(t.TempDir(), "data")
 	copyTree(t, restored, backup)
-	raw, err := os.ReadFile(d.File(datadir.AuditFile))
+	files, err := audit.Files(d.File(datadir.AuditFile))
 	must(t, err)
-	must(t, os.WriteFile(filepath.Join(restored, datadir.AuditFile), raw, 0o600))
+	for _, name := range files {
+		raw, err := os.ReadFile(name)
+		must(t, err)
+		must(t, os.WriteFile(filepath.Join(restored, filepath.Base(name)), raw, 0o600))
+	}
 
 	r := openDir(t, restored)
 	trail2, err := audit.Open(ctx, r.Store, r.File(datadir.AuditFile), slog.New(slog.DiscardHandler))
