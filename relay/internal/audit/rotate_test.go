@@ -89,7 +89,9 @@ func TestRotation(t *testing.T) {
 			for i := range n {
 				a.Record(Record{Kind: Stream, Outcome: OutcomeOK, Tenant: "acme", Detail: map[string]any{"n": i, "pad": strings.Repeat("x", 100)}})
 				if i%50 == 49 {
-					wg.Go(func() { a.Add(Record{Kind: Stream, Outcome: OutcomeOK, Tenant: "other", Detail: map[string]any{"n": -1}}) })
+					wg.Go(func() {
+						a.Add(Record{Kind: Stream, Outcome: OutcomeOK, Tenant: "other", Detail: map[string]any{"n": -1}})
+					})
 					wg.Wait()
 				}
 			}
