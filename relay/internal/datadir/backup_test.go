@@ -29,6 +29,11 @@ func TestBackup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The data directory records when it was taken, for the audit
+	// file's rotation.
+	if at, err := d.LastBackup(); err != nil || !at.Equal(m.TakenAt) {
+		t.Fatalf("LastBackup = %v, %v; want the backup's time %v", at, err, m.TakenAt)
+	}
 	if m.Store.Tenants != 1 || len(m.CARoots) != 1 || m.CARoots[0] != c.Serving().ID() || m.TrustDomain != "tether.example" || m.ID == "" {
 		t.Fatalf("manifest %+v", m)
 	}
