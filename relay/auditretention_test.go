@@ -3,7 +3,11 @@ package relay
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,4 +113,57 @@ func storeDSN(cfg Config) string {
 		return cfg.Store
 	}
 	return cfg.DataDir + "/tether.db"
+}
+
+// A relay with audit_file_max_size rotates its audit file once past it,
+// beside it, and keeps audit_file_max_files rotated files; the audit
+// files still hold every record, in order.
+func TestAuditFileRotation(t *testing.T) {
+	dir := t.TempDir()
+	r := runRelay(t, Config{DataDir: dir, AgentListen: "127.0.0.1:0", DisableQUIC: true, SOCKSListen: Off, ConnectListen: Off,
+		AuditFileMaxSize: MinAuditFileMaxSize, AuditFileMaxFiles: 2})
+	pad := strings.Repeat("x", 4000)
+	const n = 1200 // about 4.8 MiB: four rotations or more
+	for i := range n {
+		rec := audit.Record{Kind: audit.Stream, Outcome: audit.OutcomeOK, Tenant: "acme", Detail: map[string]any{"n": i, "pad": pad}}
+		if i%100 == 99 {
+			r.audit.Add(rec)
+		} else {
+			r.audit.Record(rec)
+		}
+	}
+	if r.audit.Rotations() < 3 {
+		t.Fatalf("%d rotations after ~4.8 MiB of records at a 1 MiB size, want at least 3", r.audit.Rotations())
+	}
+	files, err := audit.Files(filepath.Join(dir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 3 {
+		t.Fatalf("audit files %v; want 2 rotated and audit.log", files)
+	}
+	last := -1
+	for _, name := range files {
+		raw, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.Lines(string(raw)) {
+			var rec store.AuditRecord
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if rec.Kind != audit.Stream {
+				continue
+			}
+			got := int(rec.Detail["n"].(float64))
+			if last >= 0 && got != last+1 {
+				t.Fatalf("%s: record %d after %d", filepath.Base(name), got, last)
+			}
+			last = got
+		}
+	}
+	if last != n-1 {
+		t.Fatalf("the last record in the files is %d, want %d", last, n-1)
+	}
 }
