@@ -206,6 +206,10 @@ func (r *Relay) housekeep(ctx context.Context) {
 // retention deletes: a short transaction, however many are due.
 const auditPruneBatch = 1000
 
+// auditRetentionLock is the store's lock (store.TryLock) a relay of a
+// cluster holds while it prunes the audit trail.
+const auditRetentionLock = "audit_retention"
+
 // retainAudit deletes the store's traffic audit records older than
 // AuditTrafficRetention at once and every housekeeping period until ctx
 // ends; it returns at once when the retention is 0 (keep for ever).
@@ -229,9 +233,25 @@ func (r *Relay) retainAudit(ctx context.Context) {
 // pruneAudit deletes the traffic audit records dated before before,
 // counts them (tether_audit_pruned_total), logs them and, when it deleted
 // any or failed, writes an audit record saying what it deleted, so that
-// the trail shows its own gap. Relays of a cluster may prune at once:
-// each records what it deleted.
+// the trail shows its own gap. On PostgreSQL one relay of the cluster
+// prunes at a time (a lock it does not wait for: the others leave this
+// run to it); were several to prune at once, each would delete what the
+// others had not, and record that.
 func (r *Relay) pruneAudit(ctx context.Context, before time.Time) {
+	unlock, ok, err := r.dir.Store.TryLock(ctx, auditRetentionLock)
+	switch {
+	case errors.Is(err, errors.ErrUnsupported): // SQLite: one relay
+	case err != nil:
+		if ctx.Err() == nil {
+			r.log.Warn("audit retention: take the store's lock", "err", err)
+		}
+		return
+	case !ok:
+		r.log.Debug("audit retention: another relay of the cluster is pruning")
+		return
+	default:
+		defer unlock()
+	}
 	began := time.Now()
 	deleted, err := r.dir.Store.PruneAudit(ctx, audit.Traffic, before, auditPruneBatch)
 	var total int64

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -95,4 +96,37 @@ func TestPruneAuditUsesIndex(t *testing.T) {
 	if !strings.Contains(plan, "audit_kind_at") {
 		t.Errorf("plan of the prune's search:\n%s\nwant it to use the index audit_kind_at", plan)
 	}
+}
+
+// TryLock takes a lock only while no other process holds it, and does
+// not wait; SQLite has none.
+func TestTryLock(t *testing.T) {
+	sq, _ := engines[0].open(t)
+	if _, _, err := sq.TryLock(ctx, "audit_retention"); !errors.Is(err, errors.ErrUnsupported) {
+		t.Fatalf("TryLock on SQLite: got %v, want ErrUnsupported", err)
+	}
+	a, dsn := engines[1].open(t)
+	b, err := OpenDSN(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	unlock, ok, err := a.TryLock(ctx, "audit_retention")
+	if err != nil || !ok {
+		t.Fatalf("TryLock of a free lock = %v, %v; want taken", ok, err)
+	}
+	if _, ok, err := b.TryLock(ctx, "audit_retention"); err != nil || ok {
+		t.Fatalf("TryLock of a held lock = %v, %v; want not taken", ok, err)
+	}
+	if unlockOther, ok, err := b.TryLock(ctx, "other"); err != nil || !ok {
+		t.Fatalf("TryLock of another lock = %v, %v; want taken", ok, err)
+	} else {
+		unlockOther()
+	}
+	unlock()
+	unlockB, ok, err := b.TryLock(ctx, "audit_retention")
+	if err != nil || !ok {
+		t.Fatalf("TryLock after its release = %v, %v; want taken", ok, err)
+	}
+	unlockB()
 }
