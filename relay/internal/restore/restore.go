@@ -50,6 +50,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -228,6 +229,20 @@ func (r *Report) readAuditFile(ctx context.Context, st *store.Store, path string
 	}
 	var acts, batch []store.AuditRecord
 	seenBefore := false
+	// A file rotated before the backup holds records written before it
+	// only: the files are read from the newest of those on (it may hold
+	// a line an admin command appended as it was rotated), not from
+	// every file kept, which may be many gigabytes.
+	from := 0
+	for i, name := range files {
+		if at, ok := audit.ParseRotated(filepath.Base(path), filepath.Base(name)); ok && !at.After(takenAt) {
+			from = i
+		}
+	}
+	if from > 0 {
+		seenBefore = true // the files passed over hold what came before
+		files = files[from:]
+	}
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
