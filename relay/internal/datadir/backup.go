@@ -209,11 +209,20 @@ func (d *Dir) LastBackup() (time.Time, error) {
 	if err != nil {
 		return time.Time{}, fmt.Errorf("read the time of the last backup: %w", err)
 	}
-	t, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(string(raw)))
+	t, err := parseLastBackup(raw)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("read the time of the last backup (%s): %w", d.File(LastBackupFile), err)
 	}
 	return t, nil
+}
+
+// parseLastBackup reads LastBackupFile's content: a time in RFC 3339
+// (to the nanosecond), and a newline.
+func parseLastBackup(raw []byte) (time.Time, error) {
+	if len(raw) > 64 {
+		return time.Time{}, errors.New("not a time: too long")
+	}
+	return time.Parse(time.RFC3339Nano, strings.TrimSpace(string(raw)))
 }
 
 // checkDest refuses an existing dest, unless force and dest is a

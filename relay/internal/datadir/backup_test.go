@@ -279,3 +279,22 @@ func FuzzReadBackupManifest(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseLastBackup: the data directory's last-backup file is read
+// without panicking, and a time read back is the one written.
+func FuzzParseLastBackup(f *testing.F) {
+	f.Add([]byte("2026-12-07T19:56:33.123456789Z\n"))
+	f.Add([]byte("2026-12-07T19:56:33+02:00"))
+	f.Add([]byte(""))
+	f.Add([]byte("yesterday\n"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		at, err := parseLastBackup(raw)
+		if err != nil {
+			return
+		}
+		back, err := parseLastBackup([]byte(at.Format(time.RFC3339Nano) + "\n"))
+		if err != nil || !back.Equal(at) {
+			t.Fatalf("parseLastBackup(%q) = %v; written back and read again: %v, %v", raw, at, back, err)
+		}
+	})
+}
