@@ -155,6 +155,25 @@ type Config struct {
 	// AuditLog is the file that receives one JSON line per audit record
 	// (the store keeps the same records). Default <DataDir>/audit.log.
 	AuditLog string
+	// AuditTrafficRetention is how long the store keeps the audit
+	// records of traffic (audit.Traffic: streams, agent connections and
+	// handshakes, summed authentication refusals): older ones are
+	// deleted, in batches, at start and every 10 minutes, and each run
+	// that deleted any writes an audit.prune record saying what. Every
+	// other record is kept for good. The audit file is not pruned (see
+	// AuditFileMaxSize). Default 0: kept for ever. At least 1h.
+	AuditTrafficRetention time.Duration
+	// AuditFileMaxSize rotates the audit file once it holds this many
+	// bytes (or a batch more): it is renamed beside itself to
+	// <AuditLog>.<UTC time> and a new one opened. Default 0: never
+	// rotated, as before. At least 1 MiB.
+	AuditFileMaxSize int64
+	// AuditFileMaxFiles is how many rotated audit files are kept; the
+	// oldest beyond it are removed, except those rotated after the
+	// newest backup of the data directory (tether-relay backup), which a
+	// restore from it replays. Default 0: every rotated file is kept
+	// (archiving them is the operator's). Only with AuditFileMaxSize.
+	AuditFileMaxFiles int
 	// ChangePoll is how often the relay reads the store's change feed for
 	// what other processes (admin commands, other relays) changed: a
 	// revocation closes the agent's live sessions, and grants, keys,
@@ -241,6 +260,9 @@ type Config struct {
 
 // DefaultAgentListen is Config.AgentListen's default.
 const DefaultAgentListen = ":7443"
+
+// MinAuditFileMaxSize is the least Config.AuditFileMaxSize may be.
+const MinAuditFileMaxSize = 1 << 20
 
 // DefaultStoreOutageGrace is Config.StoreOutageGrace's default.
 const DefaultStoreOutageGrace = 5 * time.Minute
@@ -463,6 +485,17 @@ func (c *Config) check() []ConfigProblem {
 		if d.d < 0 {
 			add(fmt.Errorf("%s must not be negative (got %v)", d.name, d.d), d.field)
 		}
+	}
+	if c.AuditTrafficRetention < 0 || (c.AuditTrafficRetention > 0 && c.AuditTrafficRetention < time.Hour) {
+		add(fmt.Errorf("audit traffic retention %v: want 0 (keep for ever) or at least 1h", c.AuditTrafficRetention), "AuditTrafficRetention")
+	}
+	if c.AuditFileMaxSize < 0 || (c.AuditFileMaxSize > 0 && c.AuditFileMaxSize < MinAuditFileMaxSize) {
+		add(fmt.Errorf("audit file max size %d bytes: want 0 (never rotate) or at least %d (1 MiB)", c.AuditFileMaxSize, MinAuditFileMaxSize), "AuditFileMaxSize")
+	}
+	if c.AuditFileMaxFiles < 0 {
+		add(fmt.Errorf("audit file max files must not be negative (got %d)", c.AuditFileMaxFiles), "AuditFileMaxFiles")
+	} else if c.AuditFileMaxFiles > 0 && c.AuditFileMaxSize == 0 {
+		add(errors.New("audit file max files without a max size: the audit file is never rotated"), "AuditFileMaxFiles", "AuditFileMaxSize")
 	}
 	if c.AgentCertLifetime > 0 && c.AgentCertLifetime < 30*time.Second {
 		add(fmt.Errorf("agent certificate lifetime %v is shorter than 30s", c.AgentCertLifetime), "AgentCertLifetime")

@@ -3,6 +3,7 @@ package relay
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestConfigRefusesNegativeBounds: a negative bound is a mistake to report,
@@ -19,6 +20,11 @@ func TestConfigRefusesNegativeBounds(t *testing.T) {
 		{"handshakes per network", func(c *Config) { c.MaxHandshakesPerNetwork = -2 }, "max handshakes per network must be positive (got -2)"},
 		{"front-door pending per address", func(c *Config) { c.MaxFrontPendingPerAddress = -1 }, "max front-door pending per address must be positive (got -1)"},
 		{"front-door pending per network", func(c *Config) { c.MaxFrontPendingPerNetwork = -1 }, "max front-door pending per network must be positive (got -1)"},
+		{"audit traffic retention", func(c *Config) { c.AuditTrafficRetention = -time.Hour }, "audit traffic retention -1h0m0s: want 0 (keep for ever) or at least 1h"},
+		{"audit traffic retention too short", func(c *Config) { c.AuditTrafficRetention = time.Minute }, "audit traffic retention 1m0s: want 0 (keep for ever) or at least 1h"},
+		{"audit file max size", func(c *Config) { c.AuditFileMaxSize = 4096 }, "audit file max size 4096 bytes: want 0 (never rotate) or at least 1048576 (1 MiB)"},
+		{"audit file max files", func(c *Config) { c.AuditFileMaxSize, c.AuditFileMaxFiles = 1<<30, -1 }, "audit file max files must not be negative (got -1)"},
+		{"audit file max files alone", func(c *Config) { c.AuditFileMaxFiles = 10 }, "audit file max files without a max size"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Config{DataDir: t.TempDir()}

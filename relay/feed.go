@@ -201,3 +201,79 @@ func (r *Relay) housekeep(ctx context.Context) {
 		}
 	}
 }
+
+// auditPruneBatch bounds the records one transaction of the audit
+// retention deletes: a short transaction, however many are due.
+const auditPruneBatch = 1000
+
+// auditRetentionLock is the store's lock (store.TryLock) a relay of a
+// cluster holds while it prunes the audit trail.
+const auditRetentionLock = "audit_retention"
+
+// retainAudit deletes the store's traffic audit records older than
+// AuditTrafficRetention at once and every housekeeping period until ctx
+// ends; it returns at once when the retention is 0 (keep for ever).
+func (r *Relay) retainAudit(ctx context.Context) {
+	keep := r.cfg.AuditTrafficRetention
+	if keep <= 0 {
+		return
+	}
+	t := time.NewTicker(housekeeping)
+	defer t.Stop()
+	for {
+		r.pruneAudit(ctx, r.cfg.Now().Add(-keep))
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// pruneAudit deletes the traffic audit records dated before before,
+// counts them (tether_audit_pruned_total), logs them and, when it deleted
+// any or failed, writes an audit record saying what it deleted, so that
+// the trail shows its own gap. On PostgreSQL one relay of the cluster
+// prunes at a time (a lock it does not wait for: the others leave this
+// run to it); were several to prune at once, each would delete what the
+// others had not, and record that.
+func (r *Relay) pruneAudit(ctx context.Context, before time.Time) {
+	unlock, ok, err := r.dir.Store.TryLock(ctx, auditRetentionLock)
+	switch {
+	case errors.Is(err, errors.ErrUnsupported): // SQLite: one relay
+	case err != nil:
+		if ctx.Err() == nil {
+			r.log.Warn("audit retention: take the store's lock", "err", err)
+		}
+		return
+	case !ok:
+		r.log.Debug("audit retention: another relay of the cluster is pruning")
+		return
+	default:
+		defer unlock()
+	}
+	began := time.Now()
+	deleted, err := r.dir.Store.PruneAudit(ctx, audit.Traffic, before, auditPruneBatch)
+	var total int64
+	for kind, n := range deleted {
+		r.metrics.AuditPruned.WithLabelValues(kind).Add(float64(n))
+		total += n
+	}
+	if err != nil && ctx.Err() != nil && total == 0 {
+		return // stopping
+	}
+	if total == 0 && err == nil {
+		return
+	}
+	detail := map[string]any{"deleted": deleted, "older_than": before.UTC(), "retention": r.cfg.AuditTrafficRetention.String()}
+	outcome := audit.OutcomeOK
+	if err != nil {
+		outcome = "error"
+		detail["error"] = err.Error()
+		r.log.Warn("audit retention: prune the store's traffic records", "older_than", before.UTC(), "deleted", deleted, "err", err)
+	} else {
+		r.log.Info("audit retention: traffic records older than the retention deleted from the store (the audit file keeps them)",
+			"older_than", before.UTC(), "deleted", deleted, "records", total, "took", time.Since(began).Round(time.Millisecond))
+	}
+	r.audit.Add(audit.Record{At: r.cfg.Now(), Kind: audit.Prune, Outcome: outcome, Actor: "relay", Detail: detail})
+}

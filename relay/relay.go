@@ -159,6 +159,10 @@ func (r *Relay) assemble(ctx context.Context) error {
 	if _, _, err := restore.Handle(rctx, restore.Config{Dir: r.dir, AuditFile: cfg.AuditLog, Audit: r.audit, Logger: cfg.Logger, Now: cfg.Now, CertLifetime: cfg.AgentCertLifetime}); err != nil {
 		return fmt.Errorf("restored data directory: %w", err)
 	}
+	// After the restore's replay, which reads the rotated files.
+	if cfg.AuditFileMaxSize > 0 {
+		r.audit.SetRotation(audit.Rotation{MaxSize: cfg.AuditFileMaxSize, MaxFiles: cfg.AuditFileMaxFiles, KeepAfter: r.dir.LastBackup})
+	}
 	if r.tls, err = trust.NewServer(r.auth, r.audit, cfg.Now); err != nil {
 		return err
 	}
@@ -405,6 +409,7 @@ func (r *Relay) run(ctx context.Context) error {
 	wg.Go(func() { r.router.Run(partsCtx) })
 	wg.Go(func() { r.follow(partsCtx, r.feedFrom) })
 	wg.Go(func() { r.housekeep(partsCtx) })
+	wg.Go(func() { r.retainAudit(partsCtx) })
 	wg.Go(func() { r.rollouts.Run(partsCtx) })
 	wg.Go(func() { r.rotation.Run(partsCtx) })
 	wg.Go(func() { r.sessions.Run(sessCtx) })

@@ -247,6 +247,32 @@ func serveSettings() []*setting {
 		str("audit-log", func(o *serveOptions) *string { return &c(o).AuditLog }, "",
 			"file receiving one JSON line per audit record (default DATA-DIR/audit.log)",
 			"file receiving one JSON line per audit record (default `DATA-DIR/audit.log`); admin commands append to the same file (they read `audit_log` from the config file)"),
+		dur("audit-traffic-retention", func(o *serveOptions) *time.Duration { return &c(o).AuditTrafficRetention }, 0,
+			"delete the store's audit records of traffic (streams, agent connections and handshakes, summed refusals) older than this, such as 2160h for 90 days (0: keep for ever)",
+			"delete from the store the audit records of traffic older than this: kinds `stream`, `agent.connect`, `agent.handshake` and `auth.refused`, the records that grow with the traffic (about 8.6 million rows, 4 GB in PostgreSQL, a day at 100 streams/s). Every other record (enrolments, renewals, revocations, tokens, backends, limits, the CA, operators, releases) is kept for good. At start and every 10 minutes, in batches of 1000 rows a transaction; each run that deletes records writes an `audit.prune` record (how many of each kind, older than when) and counts them in `tether_audit_pruned_total`. Records deleted are gone from `tetherctl audit`, the admin API and the console; the audit file keeps them (see [Audit trail growth and retention](#audit-trail-growth-and-retention)). `0` keeps them for ever; otherwise at least `1h`; recommended `2160h` (90 days)"),
+		{name: "audit-file-max-size", kind: "size", def: "0",
+			usage: "rotate the audit file once it holds this much, such as 1GiB (0: never)",
+			doc:   "rotate the audit file once it holds this much (or one batch of records more): it is synced, renamed beside itself to `audit.log.<UTC time>` (such as `audit.log.20261207T195633.123456789Z`) and a new file opened, so the trail's records are whole lines, each in one file, in order. The relay reads the rotated files too, to store records it had not stored before a restart and to replay a restore. A size such as `1GiB`, at least `1MiB`; `0` never rotates (the file grows about 3.4 GB a day at 100 streams/s). Admin commands do not rotate it. Do not rotate it with logrotate (see [Audit trail growth and retention](#audit-trail-growth-and-retention))",
+			set: func(o *serveOptions, v string) error {
+				n, err := cli.ParseBytes(v)
+				if err != nil {
+					return err
+				}
+				if n > 0 && n < relay.MinAuditFileMaxSize {
+					return fmt.Errorf("%s is less than 1MiB", v)
+				}
+				o.relay.AuditFileMaxSize = n
+				return nil
+			},
+			get: func(o *serveOptions) string {
+				if o.relay.AuditFileMaxSize == 0 {
+					return "0"
+				}
+				return strings.ReplaceAll(cli.Bytes(uint64(o.relay.AuditFileMaxSize)), " ", "")
+			}},
+		num("audit-file-max-files", func(o *serveOptions) *int { return &c(o).AuditFileMaxFiles }, 0,
+			"rotated audit files kept; the oldest beyond are removed, but not those written after the newest backup (0: keep all)",
+			"rotated audit files kept (with `audit_file_max_size`); the oldest beyond are removed, except those rotated after the newest `tether-relay backup` of the data directory, which a restore from it replays (the relay warns while it keeps more). `0` keeps every rotated file: moving them away (to an archive) is the operator's"),
 		dur("heartbeat", func(o *serveOptions) *time.Duration { return &c(o).HeartbeatInterval }, 10*time.Second,
 			"control-stream heartbeat interval",
 			"control-stream ping interval of idle sessions; three missed ones drop the session (see [agents that stop answering](#agents-that-stop-answering) for sessions with streams)"),
@@ -495,6 +521,7 @@ var configSettings = map[string][]string{
 	"AgentCertLifetime": {"agent-cert-lifetime"}, "HeartbeatInterval": {"heartbeat"}, "StreamOpenTimeout": {"stream-open-timeout"},
 	"IdleTimeout": {"idle-timeout"}, "DrainTimeout": {"drain-timeout"}, "ReconnectGrace": {"reconnect-grace"},
 	"AdminSessionTTL": {"admin-session-ttl"}, "TrustDomain": {"trust-domain"},
+	"AuditTrafficRetention": {"audit-traffic-retention"}, "AuditFileMaxSize": {"audit-file-max-size"}, "AuditFileMaxFiles": {"audit-file-max-files"},
 }
 
 // checkTogether runs the checks relay.New makes of the whole

@@ -64,6 +64,11 @@ const (
 	// The relays of a cluster.
 	RelayRemove = "relay.remove"
 
+	// Prune: a relay deleted the store's traffic records (Traffic)
+	// older than its retention (detail: deleted, by kind; older_than;
+	// retention). The audit file keeps them.
+	Prune = "audit.prune"
+
 	// Releases and self-update. The agent's own reports are recorded as
 	// UpdatePrefix + its state: update.refused, update.downloaded,
 	// update.applied, update.succeeded, update.rolled_back, update.failed.
@@ -83,3 +88,19 @@ const OutcomeOK = "ok"
 // the service) that the relay never bridged: the client went away while
 // the stream opened, or could not be told it was open.
 const OutcomeAbandoned = "abandoned"
+
+// Traffic are the kinds of record written per stream or per connection
+// (or summed per source and interval, for refusals), whose number follows
+// the traffic rather than what operators and agents change: the relay
+// deletes them from the store once older than its traffic retention
+// (relay.Config.AuditTrafficRetention). Every other kind — enrolments,
+// renewals, revocations and the disconnects they cause, tokens, backends,
+// limits, the CA, operators, releases — is kept for good.
+//
+// auth.refused is here although it may tell of an attack: it is summed
+// per door, source, reason and interval, so its volume is what senders
+// make it (one record per source per interval), and the retention an
+// operator chooses for traffic (90 days recommended) is the time left to
+// look into it; agent.disconnect is not (written for revocations and
+// retired CA roots, as often as those happen).
+var Traffic = []string{Stream, Connect, Handshake, AuthRefused}

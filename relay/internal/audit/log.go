@@ -16,6 +16,7 @@ import (
 	"math"
 	mrand "math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -84,10 +85,13 @@ type Log struct {
 	log  *slog.Logger
 	path string
 
-	fileMu      sync.Mutex // serialises appends to file; guards lastFileErr
+	fileMu      sync.Mutex // serialises appends to file; guards file, lastFileErr, rot, reopen
 	file        *os.File
 	lastFileErr error // the last append's failure, nil once one succeeds
 	fileErrors  atomic.Int64
+	rot         Rotation // SetRotation; zero: never rotated
+	reopen      bool     // file was rotated (renamed) and no new one opened yet
+	rotations   atomic.Int64
 
 	mu     sync.RWMutex // enqueue holds it shared; Stop exclusively, to close queue
 	closed bool         // no writer goroutine: write at once
@@ -354,27 +358,62 @@ func (a *Log) run() {
 }
 
 // unstored returns the records of the last replayTail bytes of the audit
-// file marked store_error or store_queue_full that have a key (up to the
-// last auditBacklog of them), in the order of the file: records a relay
-// stopped or killed before the store took them, and records of the admin
-// commands (which do not try again). Lines without a key (written before
-// records had one) are passed over: they could be stored twice.
+// trail's files (the audit file, and before it the rotated files, newest
+// first, as far as replayTail reaches: a relay may have stopped just
+// after rotating) marked store_error or store_queue_full that have a key
+// (up to the last auditBacklog of them), in the order they were written:
+// records a relay stopped or killed before the store took them, and
+// records of the admin commands (which do not try again). Lines without a
+// key (written before records had one) are passed over: they could be
+// stored twice.
 func (a *Log) unstored() []Record {
-	f, err := os.Open(a.path)
+	files, err := Files(a.path)
 	if err != nil {
 		a.log.Error("audit: read the audit file for records not in the store", "err", err)
 		return nil
 	}
-	defer f.Close()
-	var from int64
-	if fi, err := f.Stat(); err == nil && fi.Size() > replayTail {
-		from = fi.Size() - replayTail
+	// From the newest file back, until replayTail bytes are taken.
+	type part struct {
+		path string
+		from int64
 	}
-	if _, err := f.Seek(from, io.SeekStart); err != nil {
-		a.log.Error("audit: read the audit file for records not in the store", "err", err)
-		return nil
+	var parts []part
+	left := int64(replayTail)
+	for i := len(files) - 1; i >= 0 && left > 0; i-- {
+		fi, err := os.Stat(files[i])
+		if err != nil {
+			a.log.Error("audit: read the audit file for records not in the store", "err", err)
+			continue
+		}
+		from := max(fi.Size()-left, 0)
+		left -= fi.Size() - from
+		parts = append(parts, part{files[i], from})
 	}
+	slices.Reverse(parts)
 	var recs []Record
+	for _, p := range parts {
+		recs = a.unstoredIn(recs, p.path, p.from)
+	}
+	if n := len(recs) - auditBacklog; n > 0 {
+		recs = recs[n:]
+	}
+	return recs
+}
+
+// unstoredIn appends to recs the marked records of the file at path from
+// offset from (the first line is passed over when from is not 0: it may
+// be cut), keeping the last 2 × auditBacklog at most.
+func (a *Log) unstoredIn(recs []Record, path string, from int64) []Record {
+	f, err := os.Open(path)
+	if err != nil {
+		a.log.Error("audit: read the audit file for records not in the store", "path", path, "err", err)
+		return recs
+	}
+	defer f.Close()
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		a.log.Error("audit: read the audit file for records not in the store", "path", path, "err", err)
+		return recs
+	}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
 	for skip := from > 0; sc.Scan(); skip = false {
@@ -393,10 +432,7 @@ func (a *Log) unstored() []Record {
 		recs = append(recs, l.Record)
 	}
 	if err := sc.Err(); err != nil {
-		a.log.Error("audit: read the audit file for records not in the store", "err", err)
-	}
-	if n := len(recs) - auditBacklog; n > 0 {
-		recs = recs[n:]
+		a.log.Error("audit: read the audit file for records not in the store", "path", path, "err", err)
 	}
 	return recs
 }
@@ -792,6 +828,9 @@ func (a *Log) appendFile(lines []auditLine) error {
 		return fmt.Errorf("append to audit file: %w", err)
 	}
 	a.lastFileErr = nil
+	// Between appends, whole: a failed append is cut back above, in the
+	// file it was made to.
+	a.rotateIfFullLocked()
 	return nil
 }
 

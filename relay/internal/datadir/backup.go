@@ -190,7 +190,39 @@ func (d *Dir) Backup(ctx context.Context, dest string, o BackupOptions) (BackupM
 		return BackupManifest{}, err
 	}
 	done = true
+	// For the relay's rotation of the audit file, which keeps what a
+	// restore from this backup would replay.
+	if err := atomicfile.Write(d.File(LastBackupFile), []byte(m.TakenAt.Format(time.RFC3339Nano)+"\n"), 0o600); err != nil {
+		return m, fmt.Errorf("backup written to %s, but its time not recorded in the data directory (the relay's rotation of the audit file may remove what a restore from it needs): %w", dest, err)
+	}
 	return m, nil
+}
+
+// LastBackup returns when the newest backup of the directory was taken
+// (the zero time when none was, or none recorded: backups made before
+// this was recorded, and stores backed up otherwise, as PostgreSQL is).
+func (d *Dir) LastBackup() (time.Time, error) {
+	raw, err := os.ReadFile(d.File(LastBackupFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read the time of the last backup: %w", err)
+	}
+	t, err := parseLastBackup(raw)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read the time of the last backup (%s): %w", d.File(LastBackupFile), err)
+	}
+	return t, nil
+}
+
+// parseLastBackup reads LastBackupFile's content: a time in RFC 3339
+// (to the nanosecond), and a newline.
+func parseLastBackup(raw []byte) (time.Time, error) {
+	if len(raw) > 64 {
+		return time.Time{}, errors.New("not a time: too long")
+	}
+	return time.Parse(time.RFC3339Nano, strings.TrimSpace(string(raw)))
 }
 
 // checkDest refuses an existing dest, unless force and dest is a

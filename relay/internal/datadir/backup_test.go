@@ -29,6 +29,11 @@ func TestBackup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The data directory records when it was taken, for the audit
+	// file's rotation.
+	if at, err := d.LastBackup(); err != nil || !at.Equal(m.TakenAt) {
+		t.Fatalf("LastBackup = %v, %v; want the backup's time %v", at, err, m.TakenAt)
+	}
 	if m.Store.Tenants != 1 || len(m.CARoots) != 1 || m.CARoots[0] != c.Serving().ID() || m.TrustDomain != "tether.example" || m.ID == "" {
 		t.Fatalf("manifest %+v", m)
 	}
@@ -271,6 +276,25 @@ func FuzzReadBackupManifest(f *testing.F) {
 		// panicking.
 		if _, err := VerifyBackup(ctx, dir); err == nil {
 			t.Fatal("a directory with only a manifest verified")
+		}
+	})
+}
+
+// FuzzParseLastBackup: the data directory's last-backup file is read
+// without panicking, and a time read back is the one written.
+func FuzzParseLastBackup(f *testing.F) {
+	f.Add([]byte("2026-12-07T19:56:33.123456789Z\n"))
+	f.Add([]byte("2026-12-07T19:56:33+02:00"))
+	f.Add([]byte(""))
+	f.Add([]byte("yesterday\n"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		at, err := parseLastBackup(raw)
+		if err != nil {
+			return
+		}
+		back, err := parseLastBackup([]byte(at.Format(time.RFC3339Nano) + "\n"))
+		if err != nil || !back.Equal(at) {
+			t.Fatalf("parseLastBackup(%q) = %v; written back and read again: %v, %v", raw, at, back, err)
 		}
 	})
 }

@@ -42,6 +42,10 @@ const (
 	ReleasesDir = "releases"
 	// JWKSCacheFile keeps the OIDC issuer's keys across restarts.
 	JWKSCacheFile = "oidc-keys.json"
+	// LastBackupFile holds when the newest backup of the directory was
+	// taken (Backup, LastBackup): the relay keeps the rotated audit
+	// files written after it, which a restore from it replays.
+	LastBackupFile = "last-backup"
 
 	resetKeyID = "quic_stateless_reset_key"
 	// auditCursorKeyID names the key of the audit cursors tenant-scoped

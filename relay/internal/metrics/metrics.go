@@ -47,6 +47,9 @@ type Metrics struct {
 	// (metrics, admin, download) closed at accept, by listener and reason
 	// (throttle.LimitListener).
 	ListenerRefused *prometheus.CounterVec
+	// AuditPruned counts the audit records the relay deleted from the
+	// store, older than its traffic retention, by kind.
+	AuditPruned *prometheus.CounterVec
 
 	// opens mirrors Streams by tenant and outcome, for the relay's own
 	// history.
@@ -151,13 +154,17 @@ func New(disconnectReasons []string, authRefusals *prometheus.CounterVec, live .
 			Name: "tether_listener_refused_total",
 			Help: "Connections the operator listeners (metrics, admin, download) closed at accept, before reading them, by listener and reason: source_limited (the source address or network holds its bound), listener_full (the listener holds its total).",
 		}, []string{"listener", "reason"}),
+		AuditPruned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tether_audit_pruned_total",
+			Help: "Audit records this relay deleted from the store, older than audit_traffic_retention, by kind (stream, agent.connect, agent.handshake, auth.refused). The audit file keeps them.",
+		}, []string{"kind"}),
 	}
 	m.disconnectReasons = disconnectReasons
 	m.services = map[string]map[string]bool{}
 	for _, reason := range disconnectReasons {
 		m.Disconnects.WithLabelValues(reason)
 	}
-	m.Registry.MustRegister(m.Streams, &bytesCollector{m.Bytes}, m.OpenDuration, m.LimitRefusals, m.MemoryRefusals, m.StoreDuration, m.AuthRefusals, m.Disconnects, m.ListenerRefused,
+	m.Registry.MustRegister(m.Streams, &bytesCollector{m.Bytes}, m.OpenDuration, m.LimitRefusals, m.MemoryRefusals, m.StoreDuration, m.AuthRefusals, m.Disconnects, m.ListenerRefused, m.AuditPruned,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Registry.MustRegister(live...)
 	return m

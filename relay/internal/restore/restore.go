@@ -50,6 +50,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -173,7 +174,7 @@ func Handle(ctx context.Context, cfg Config) (r Report, handled bool, err error)
 	}
 	if r.Gap {
 		log.Warn("restore: the audit file begins after the backup was taken: what happened between is missing from it (a log rotated since the backup?). " +
-			"Revoke again by hand what was revoked in that time (see the checklist in README, \"Backup and restore\"), or stop the relay, put the rotated files' lines before the current ones in the audit file, and restore again")
+			"Revoke again by hand what was revoked in that time (see the checklist in README, \"Backup and restore\"), or stop the relay, put the rotated files that were removed back beside the audit file (under their rotated names), and restore again")
 	}
 	if len(r.Skipped) > 0 {
 		log.Warn("restore: records in the audit file that do not hold together were not applied (a damaged or altered audit file?): check them against the trail kept elsewhere",
@@ -214,27 +215,39 @@ func nonNil(s []string) []string {
 	return s
 }
 
-// readAuditFile adds the records of the audit file at path dated after
+// readAuditFile adds the records of the audit trail's files dated after
 // takenAt to the store's audit trail (once: records carry a key) and
-// returns those Handle acts on (replay), oldest first. A missing file
-// holds nothing; lines that are not records, and records dated after
-// latest, are counted and skipped.
+// returns those Handle acts on (replay), oldest first. The files are the
+// audit file at path and, before it, its rotated files (audit.Files),
+// oldest first: a rotation since the backup moved the records written
+// after it to them. A missing file holds nothing; lines that are not
+// records, and records dated after latest, are counted and skipped.
 func (r *Report) readAuditFile(ctx context.Context, st *store.Store, path string, takenAt, latest time.Time) ([]store.AuditRecord, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+	files, err := audit.Files(path)
 	if err != nil {
 		return nil, fmt.Errorf("read the audit file: %w", err)
 	}
-	defer f.Close()
 	var acts, batch []store.AuditRecord
 	seenBefore := false
+	// A file rotated before the backup holds records written before it
+	// only: the files are read from the newest of those on (it may hold
+	// a line an admin command appended as it was rotated), not from
+	// every file kept, which may be many gigabytes.
+	from := 0
+	for i, name := range files {
+		if at, ok := audit.ParseRotated(filepath.Base(path), filepath.Base(name)); ok && !at.After(takenAt) {
+			from = i
+		}
+	}
+	if from > 0 {
+		seenBefore = true // the files passed over hold what came before
+		files = files[from:]
+	}
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
-		// The store orders the trail by its seq; the file's order (of
+		// The store orders the trail by its seq; the files' order (of
 		// the writers' appends) is kept.
 		if err := st.AddAudit(ctx, batch); err != nil {
 			return fmt.Errorf("add the audit file's records to the store: %w", err)
@@ -243,45 +256,60 @@ func (r *Report) readAuditFile(ctx context.Context, st *store.Store, path string
 		batch = batch[:0]
 		return nil
 	}
-	br := bufio.NewReaderSize(f, 64<<10)
-	for {
-		line, err := readLine(br)
-		if errors.Is(err, io.EOF) {
-			break
+	read := func(name string) error {
+		f, err := os.Open(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // removed since it was listed
 		}
 		if err != nil {
-			if errors.Is(err, errLongLine) {
-				r.Malformed++
+			return fmt.Errorf("read the audit file: %w", err)
+		}
+		defer f.Close()
+		br := bufio.NewReaderSize(f, 64<<10)
+		for {
+			line, err := readLine(br)
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				if errors.Is(err, errLongLine) {
+					r.Malformed++
+					continue
+				}
+				return fmt.Errorf("read the audit file %s: %w", name, err)
+			}
+			line = bytes.TrimSpace(line)
+			if len(line) == 0 {
 				continue
 			}
-			return nil, fmt.Errorf("read the audit file: %w", err)
-		}
-		line = bytes.TrimSpace(line)
-		if len(line) == 0 {
-			continue
-		}
-		var rec store.AuditRecord
-		if err := json.Unmarshal(line, &rec); err != nil || rec.Kind == "" || rec.At.IsZero() {
-			r.Malformed++ // a line cut short by a crash, or not a record
-			continue
-		}
-		if rec.At.After(latest) {
-			r.Malformed++ // dated after the restore: not written by this relay before it
-			continue
-		}
-		if !rec.At.After(takenAt) {
-			seenBefore = true
-			continue
-		}
-		rec.Seq = 0
-		batch = append(batch, rec)
-		if rec.Outcome == audit.OutcomeOK && acted(rec.Kind) {
-			acts = append(acts, rec)
-		}
-		if len(batch) == 512 {
-			if err := flush(); err != nil {
-				return nil, err
+			var rec store.AuditRecord
+			if err := json.Unmarshal(line, &rec); err != nil || rec.Kind == "" || rec.At.IsZero() {
+				r.Malformed++ // a line cut short by a crash, or not a record
+				continue
 			}
+			if rec.At.After(latest) {
+				r.Malformed++ // dated after the restore: not written by this relay before it
+				continue
+			}
+			if !rec.At.After(takenAt) {
+				seenBefore = true
+				continue
+			}
+			rec.Seq = 0
+			batch = append(batch, rec)
+			if rec.Outcome == audit.OutcomeOK && acted(rec.Kind) {
+				acts = append(acts, rec)
+			}
+			if len(batch) == 512 {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for _, name := range files {
+		if err := read(name); err != nil {
+			return nil, err
 		}
 	}
 	if err := flush(); err != nil {

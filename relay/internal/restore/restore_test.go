@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -88,6 +89,9 @@ func TestHandle(t *testing.T) {
 	// agents did, in the store and the audit file.
 	trail, err := audit.Open(ctx, st, d.File(datadir.AuditFile), slog.New(slog.DiscardHandler))
 	must(t, err)
+	// Rotated after about every record: the records after the backup
+	// are in rotated files, which the replay reads too, in order.
+	trail.SetRotation(audit.Rotation{MaxSize: 200})
 	after := m.TakenAt.Add(time.Second)
 	add := func(rec audit.Record) {
 		rec.Outcome = audit.OutcomeOK
@@ -112,12 +116,21 @@ func TestHandle(t *testing.T) {
 	fmt.Fprintf(f, `{"at":"%s","kind":"agent.rev`, after.Format(time.RFC3339))
 	f.Close()
 
-	// Restore: the backup in place of the directory, the audit file kept.
+	if trail.Rotations() < 3 {
+		t.Fatalf("the audit file was rotated %d times, want at least 3", trail.Rotations())
+	}
+
+	// Restore: the backup in place of the directory, the audit files
+	// (rotated ones included) kept.
 	restored := filepath.Join(t.TempDir(), "data")
 	copyTree(t, restored, backup)
-	raw, err := os.ReadFile(d.File(datadir.AuditFile))
+	files, err := audit.Files(d.File(datadir.AuditFile))
 	must(t, err)
-	must(t, os.WriteFile(filepath.Join(restored, datadir.AuditFile), raw, 0o600))
+	for _, name := range files {
+		raw, err := os.ReadFile(name)
+		must(t, err)
+		must(t, os.WriteFile(filepath.Join(restored, filepath.Base(name)), raw, 0o600))
+	}
 
 	r := openDir(t, restored)
 	trail2, err := audit.Open(ctx, r.Store, r.File(datadir.AuditFile), slog.New(slog.DiscardHandler))
@@ -276,6 +289,58 @@ func TestHandleAuditFileGap(t *testing.T) {
 	}
 	if a1, _ := r.Store.Agent(ctx, "a1"); a1.RevokedAt.IsZero() {
 		t.Fatal("the revocation the file holds was not applied")
+	}
+}
+
+// The audit files rotated before the backup are passed over but the
+// newest of them (they hold only what came before it: no gap), and the
+// replay reads the later ones and the audit file, in order.
+func TestHandleRotatedFilesFromBackup(t *testing.T) {
+	d := openDir(t, t.TempDir())
+	must(t, d.Store.AddTenant(ctx, "acme", time.Now()))
+	for _, id := range []string{"a1", "a2"} {
+		must(t, d.Store.AddAgent(ctx, store.Agent{ID: id, Tenant: "acme", CreatedAt: time.Now()}))
+	}
+	backup := filepath.Join(t.TempDir(), "b")
+	m, err := d.Backup(ctx, backup, datadir.BackupOptions{})
+	must(t, err)
+	r := openDir(t, backup)
+	file := filepath.Join(t.TempDir(), "audit.log")
+	line := func(rec audit.Record) string {
+		rec.Outcome = audit.OutcomeOK
+		b, err := json.Marshal(rec)
+		must(t, err)
+		return string(b) + "\n"
+	}
+	for _, f := range []struct {
+		rotated time.Time // zero: the audit file
+		lines   string
+	}{
+		// Passed over: a line that is no record would count as malformed.
+		{m.TakenAt.Add(-2 * time.Hour), "not a record\n"},
+		{m.TakenAt.Add(-time.Minute), line(audit.Record{At: m.TakenAt.Add(-time.Hour), Kind: audit.TenantAdd, Tenant: "acme"})},
+		{m.TakenAt.Add(time.Hour), line(audit.Record{At: m.TakenAt.Add(time.Minute), Kind: audit.Revoke, Tenant: "acme", Agent: "a1"})},
+		{time.Time{}, line(audit.Record{At: m.TakenAt.Add(90 * time.Minute), Kind: audit.Revoke, Tenant: "acme", Agent: "a2"})},
+	} {
+		name := file
+		if !f.rotated.IsZero() {
+			name = audit.RotatedName(file, f.rotated)
+		}
+		must(t, os.WriteFile(name, []byte(f.lines), 0o600))
+	}
+	trail, err := audit.Open(ctx, r.Store, filepath.Join(t.TempDir(), "other.log"), slog.New(slog.DiscardHandler))
+	must(t, err)
+	defer trail.Close()
+	restoredAt := func() time.Time { return m.TakenAt.Add(2 * time.Hour) }
+	rep, handled, err := Handle(ctx, Config{Dir: r, AuditFile: file, Audit: trail, Logger: slog.New(slog.DiscardHandler), Now: restoredAt})
+	must(t, err)
+	if !handled || rep.Gap || rep.Malformed != 0 || rep.Imported != 2 {
+		t.Fatalf("handled %v, report %+v; want no gap, nothing malformed, the 2 records after the backup imported", handled, rep)
+	}
+	for _, id := range []string{"a1", "a2"} {
+		if a, _ := r.Store.Agent(ctx, id); a.RevokedAt.IsZero() {
+			t.Errorf("%s, revoked after the backup (in a rotated file, or the audit file), is not revoked again", id)
+		}
 	}
 }
 

@@ -157,3 +157,47 @@ func (s *Store) ListAudit(ctx context.Context, f AuditFilter) ([]AuditRecord, er
 	}
 	return out, rows.Err()
 }
+
+// PruneAudit deletes the audit records of kinds (exact kinds) dated
+// before before, at most batch records a transaction (default 1000), so
+// that no transaction holds the table long, until none is left or ctx
+// ends. It returns how many it deleted of each kind (those deleted before
+// an error included). The index on (kind, at_ms) finds them without
+// reading the records kept.
+//
+// Several processes may prune at once (the relays of a cluster): each
+// deletes what the others have not, and the counts of all of them add up
+// to what was deleted.
+func (s *Store) PruneAudit(ctx context.Context, kinds []string, before time.Time, batch int) (map[string]int64, error) {
+	if batch <= 0 {
+		batch = 1000
+	}
+	deleted := map[string]int64{}
+	for _, kind := range kinds {
+		for {
+			var n int64
+			err := s.tx(ctx, func(tx *sql.Tx) error {
+				res, err := tx.ExecContext(ctx, `DELETE FROM audit WHERE seq IN (SELECT seq FROM audit WHERE kind = $1 AND at_ms < $2 ORDER BY at_ms LIMIT $3)`,
+					kind, before.UnixMilli(), batch)
+				if err != nil {
+					return err
+				}
+				n, err = affected(res)
+				return err
+			})
+			if err != nil {
+				return deleted, fmt.Errorf("prune %s audit records before %s: %w", kind, before.UTC().Format(time.RFC3339), err)
+			}
+			if n > 0 {
+				deleted[kind] += n
+			}
+			if n < int64(batch) {
+				break
+			}
+			if err := ctx.Err(); err != nil {
+				return deleted, err
+			}
+		}
+	}
+	return deleted, nil
+}

@@ -97,6 +97,9 @@ type dialect interface {
 	// and waiting until it is free ($1: the lock's key); "" where the
 	// engine has none (Store.Lock).
 	lockStatements() (lock, unlock string)
+	// tryLockStatement takes the lock of lockStatements only if it is
+	// free, answering whether it did; "" where the engine has none.
+	tryLockStatement() string
 	// lockTimeout is the statement that bounds, for the rest of the
 	// transaction, how long a statement waits for a lock on a table
 	// (a migration's: it gives up rather than queue every reader of
@@ -227,6 +230,8 @@ func (sqliteDialect) lockRows() string { return "" }
 // lockStatements: SQLite has no lock a connection holds across
 // transactions without blocking every other writer.
 func (sqliteDialect) lockStatements() (string, string) { return "", "" }
+
+func (sqliteDialect) tryLockStatement() string { return "" }
 
 func (sqliteDialect) lockTimeout(time.Duration) string { return "" }
 

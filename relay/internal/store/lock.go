@@ -49,6 +49,43 @@ func (s *Store) Lock(ctx context.Context, name string) (unlock func(), err error
 	}, nil
 }
 
+// TryLock takes the lock called name, as Lock does, only if no process
+// holds it: ok reports whether it did, and unlock (set only then)
+// releases it. For work that one process of a cluster at a time should
+// do, and that the others may leave to it (pruning). On SQLite it
+// returns an error wrapping errors.ErrUnsupported, as Lock does.
+func (s *Store) TryLock(ctx context.Context, name string) (unlock func(), ok bool, err error) {
+	tryLockSQL := s.d.tryLockStatement()
+	_, unlockSQL := s.d.lockStatements()
+	if tryLockSQL == "" {
+		return nil, false, fmt.Errorf("store lock %q: %w", name, errors.ErrUnsupported)
+	}
+	key := lockKey(name)
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, false, fmt.Errorf("store lock %q: %w", name, err)
+	}
+	discard := func() {
+		conn.Raw(func(any) error { return driver.ErrBadConn })
+		conn.Close()
+	}
+	if err := conn.QueryRowContext(ctx, tryLockSQL, key).Scan(&ok); err != nil {
+		discard()
+		return nil, false, fmt.Errorf("store lock %q: %w", name, err)
+	}
+	if !ok {
+		conn.Close()
+		return nil, false, nil
+	}
+	return func() {
+		if _, err := conn.ExecContext(context.WithoutCancel(ctx), unlockSQL, key); err != nil {
+			discard()
+			return
+		}
+		conn.Close()
+	}, true, nil
+}
+
 // lockKey is the advisory lock key of name: a hash, in a namespace of its
 // own so that it does not meet changesLockKey.
 func lockKey(name string) int64 {

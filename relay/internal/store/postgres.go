@@ -196,6 +196,8 @@ func (postgresDialect) lockStatements() (string, string) {
 	return `SELECT pg_advisory_lock($1)`, `SELECT pg_advisory_unlock($1)`
 }
 
+func (postgresDialect) tryLockStatement() string { return `SELECT pg_try_advisory_lock($1)` }
+
 // lockTimeout is SET LOCAL lock_timeout: it ends with the transaction.
 // It bounds each wait for a lock, the advisory lock's too: run it once
 // the transaction holds that one.
