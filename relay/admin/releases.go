@@ -361,10 +361,6 @@ type ReleaseRemoval struct {
 	// AgentUpdatesPruned is how many agents' update states went with it
 	// (each agent's newest stays).
 	AgentUpdatesPruned int64 `json:"agent_updates_pruned"`
-	// LocalCopy reports whether this relay's copy of the files in its
-	// data directory was removed (false: it had none); the other relays
-	// of a cluster remove theirs when the change reaches them.
-	LocalCopy bool `json:"local_copy"`
 }
 
 // RemoveRelease removes every release of version from the store (each
@@ -399,8 +395,10 @@ func (a *Admin) RemoveRelease(ctx context.Context, version string, force bool) (
 	// release whatever happens to the files.
 	a.Record(audit.ReleaseRemove, "", "", "", map[string]any{"version": version, "releases": platforms, "blobs": rm.Blobs,
 		"bytes_freed": rm.BlobBytes, "agent_updates_pruned": rm.AgentUpdates, "force": force})
-	out.LocalCopy, err = a.dir.RemoveReleaseFiles(version)
-	if err != nil {
+	// This data directory's copy (a running relay's change feed may have
+	// removed it already); the other relays of a cluster remove theirs
+	// when the change reaches them.
+	if _, err := a.dir.RemoveReleaseFiles(version); err != nil {
 		return out, fmt.Errorf("release %s removed from the store, but this relay's copy could not be removed (it is removed at the relay's next start): %w", version, err)
 	}
 	return out, nil
