@@ -254,7 +254,7 @@ func serveSettings() []*setting {
 			"how often the active rollout's release is offered to agents that have not had it", ""),
 		{name: "token-retention", kind: "duration", def: durText(relay.DefaultTokenRetention),
 			usage: "delete join tokens that expired, or were used up, longer ago than this (a used-up token is dated by its creation); 0: keep them",
-			doc: "how long a join token that can enrol no more agents stays: one that expired, or whose every use was taken, longer ago than this is deleted at the relay's start and every 10 minutes, with a `token.purge` audit record per tenant (a used-up token is dated by its creation: it does not record its last use). `0` keeps them until `token revoke`",
+			doc:   "how long a join token that can enrol no more agents stays: one that expired, or whose every use was taken, longer ago than this is deleted at the relay's start and every 10 minutes, with a `token.purge` audit record per tenant (a used-up token is dated by its creation: it does not record its last use). `0` keeps them until `token revoke`",
 			set: func(o *serveOptions, v string) error {
 				d, err := time.ParseDuration(v)
 				if err != nil {
