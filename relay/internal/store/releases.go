@@ -60,8 +60,15 @@ func (s *Store) AddRelease(ctx context.Context, r Release, binary io.Reader) err
 // both the hash and the size; an existing blob is kept.
 func (s *Store) putBlob(ctx context.Context, tx *sql.Tx, sum string, size int64, data io.Reader) error {
 	sum = strings.ToLower(sum)
-	have, err := exists(ctx, tx, `SELECT count(*) FROM blobs WHERE sha256 = $1`, sum)
-	if err != nil || have {
+	// The blob's first part, locked (PostgreSQL) until the transaction
+	// ends: a RemoveRelease deleting the blob meanwhile, because no
+	// release it sees refers to it, either deleted it before (it is
+	// stored again here) or waits for this release's row, and keeps it.
+	var part int
+	switch err := tx.QueryRowContext(ctx, `SELECT part FROM blobs WHERE sha256 = $1 AND part = 0`+s.d.lockRows(), sum).Scan(&part); {
+	case err == nil:
+		return nil
+	case !errors.Is(err, sql.ErrNoRows):
 		return err
 	}
 	h := sha256.New()
@@ -644,6 +651,15 @@ func (s *Store) RemoveRelease(ctx context.Context, version string, busySince tim
 				continue
 			}
 			seen[sum] = true
+			// Lock the blob first (as AddRelease does), then look for
+			// releases referring to it: one being published with the same
+			// binary is then either committed, and seen, or not yet past
+			// its own look at the blob, which finds it gone and stores it
+			// again.
+			var part int
+			if err := tx.QueryRowContext(ctx, `SELECT part FROM blobs WHERE sha256 = $1 AND part = 0`+s.d.lockRows(), sum).Scan(&part); err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return nil, err
+			}
 			shared, err := exists(ctx, tx, `SELECT count(*) FROM releases WHERE lower(sha256) = $1`, sum)
 			if err != nil {
 				return nil, err
