@@ -399,7 +399,7 @@ func (a *Admin) RemoveRelease(ctx context.Context, version string, force bool) (
 	// removed it already); the other relays of a cluster remove theirs
 	// when the change reaches them.
 	if _, err := a.dir.RemoveReleaseFiles(version); err != nil {
-		return out, fmt.Errorf("release %s removed from the store, but this relay's copy could not be removed (it is removed at the relay's next start): %w", version, err)
+		return out, fmt.Errorf("release %s removed from the store, but this relay's copy could not be removed (the relay removes it at its next start or housekeeping, within 10 minutes): %w", version, err)
 	}
 	return out, nil
 }
