@@ -185,6 +185,13 @@ type Config struct {
 	// rollout is offered at once when it starts and to each agent when it
 	// connects). Default 5s.
 	UpdateInterval time.Duration
+	// TokenRetention is how long a join token that can enrol no more
+	// agents stays in the store: one that expired, or whose every use was
+	// taken, longer ago than this (a used-up token is dated by its
+	// creation: it does not record its last use) is deleted at the
+	// relay's start and housekeeping (every 10 minutes), with a
+	// token.purge audit record. Default 720h (30 days); negative: never.
+	TokenRetention time.Duration
 	// HeartbeatInterval is how often each side pings on the control stream;
 	// a session silent for three intervals is closed. Default 10s.
 	HeartbeatInterval time.Duration
@@ -264,6 +271,9 @@ const DefaultAgentListen = ":7443"
 // MinAuditFileMaxSize is the least Config.AuditFileMaxSize may be.
 const MinAuditFileMaxSize = 1 << 20
 
+// DefaultTokenRetention is Config.TokenRetention's default: 30 days.
+const DefaultTokenRetention = 30 * 24 * time.Hour
+
 // DefaultStoreOutageGrace is Config.StoreOutageGrace's default.
 const DefaultStoreOutageGrace = 5 * time.Minute
 
@@ -314,6 +324,7 @@ func (c *Config) setDefaults() {
 	defd(&c.AgentCertLifetime, 24*time.Hour)
 	defd(&c.ChangePoll, 500*time.Millisecond)
 	defd(&c.UpdateInterval, 5*time.Second)
+	defd(&c.TokenRetention, DefaultTokenRetention)
 	if c.AuditLog == "" && c.DataDir != "" {
 		c.AuditLog = filepath.Join(c.DataDir, datadir.AuditFile)
 	}

@@ -70,6 +70,8 @@ func (r *Relay) apply(ctx context.Context, c store.Change) error {
 		return r.rotation.Apply(ctx)
 	case store.ChangeRollout:
 		r.rollouts.Wake()
+	case store.ChangeRelease:
+		return r.dropRemovedRelease(ctx, c.Subject)
 	case store.ChangeDrain:
 		// An operator drained the agent through another relay or an
 		// admin command; sessions this relay's admin API drained already
@@ -111,6 +113,7 @@ func (r *Relay) resync(ctx context.Context) error {
 	}
 	cerr := r.rotation.Apply(ctx)
 	r.rollouts.Wake()
+	r.sweepReleaseFiles(ctx)
 	revs, err := r.dir.Store.RevokedSince(ctx, r.started.Add(-revocationSkew))
 	if err != nil {
 		r.log.Warn("read revocations", "err", err)
@@ -177,9 +180,11 @@ func (r *Relay) applyRevocation(ctx context.Context, tenant, agent string) {
 }
 
 // housekeep tidies the policy's rate limiters and the links to relays
-// gone from the cluster (peer.Links.Tidy), and prunes the change feed,
-// every housekeeping period until ctx ends.
+// gone from the cluster (peer.Links.Tidy), prunes the change feed, and
+// tidies the store (tidyStore): at start, then every housekeeping period
+// until ctx ends.
 func (r *Relay) housekeep(ctx context.Context) {
+	r.tidyStore(ctx, time.Now())
 	t := time.NewTicker(housekeeping)
 	defer t.Stop()
 	for {
@@ -198,6 +203,7 @@ func (r *Relay) housekeep(ctx context.Context) {
 			if _, err := r.dir.Store.PruneChanges(ctx, now.Add(-changesKept)); err != nil && ctx.Err() == nil {
 				r.log.Warn("prune the change feed", "err", err)
 			}
+			r.tidyStore(ctx, now)
 		}
 	}
 }
@@ -276,4 +282,86 @@ func (r *Relay) pruneAudit(ctx context.Context, before time.Time) {
 			"older_than", before.UTC(), "deleted", deleted, "records", total, "took", time.Since(began).Round(time.Millisecond))
 	}
 	r.audit.Add(audit.Record{At: r.cfg.Now(), Kind: audit.Prune, Outcome: outcome, Actor: "relay", Detail: detail})
+}
+
+// tidyStore removes what would otherwise grow for ever: this relay's
+// copies of releases removed while it could not follow the change feed
+// (sweepReleaseFiles), the agents' update states of versions no release
+// and no active rollout has any more (each agent's newest stays), and the
+// join tokens that could enrol no more agents for longer than
+// TokenRetention (purgeTokens). Every relay of a cluster does it; each
+// deletes what the others have not yet.
+func (r *Relay) tidyStore(ctx context.Context, now time.Time) {
+	r.sweepReleaseFiles(ctx)
+	if n, err := r.dir.Store.PruneAgentUpdates(ctx); err != nil && ctx.Err() == nil {
+		r.log.Warn("prune agents' update states", "err", err)
+	} else if n > 0 {
+		r.log.Info("pruned agents' update states of versions no release or active rollout has", "states", n)
+	}
+	r.purgeTokens(ctx, now)
+}
+
+// dropRemovedRelease removes this relay's copy of the files of version,
+// removed from the store, unless the store has a release of it again (it
+// was published anew since). It returns the error of the store's read,
+// for the follower to apply the change again; a copy that cannot be
+// removed is logged, and removed by a later housekeeping.
+func (r *Relay) dropRemovedRelease(ctx context.Context, version string) error {
+	rels, err := r.dir.Store.Releases(ctx, version)
+	if err != nil {
+		return err
+	}
+	if len(rels) > 0 {
+		return nil
+	}
+	removed, err := r.dir.RemoveReleaseFiles(version)
+	switch {
+	case err != nil:
+		r.log.Warn("remove the files of a removed release from the data directory (the next housekeeping tries again)", "version", version, "err", err)
+	case removed:
+		r.log.Info("removed the files of a removed release from the data directory", "version", version)
+	}
+	return nil
+}
+
+// sweepReleaseFiles removes this relay's copies of the releases the store
+// no longer has.
+func (r *Relay) sweepReleaseFiles(ctx context.Context) {
+	removed, err := r.dir.SweepReleaseFiles(ctx)
+	if err != nil && ctx.Err() == nil {
+		r.log.Warn("remove the files of removed releases from the data directory", "err", err)
+	}
+	if len(removed) > 0 {
+		r.log.Info("removed the files of removed releases from the data directory", "versions", removed)
+	}
+}
+
+// purgeTokens deletes the join tokens that expired, or had every use
+// taken, more than TokenRetention ago (store.PurgeTokens), with an audit
+// record per tenant.
+func (r *Relay) purgeTokens(ctx context.Context, now time.Time) {
+	if r.cfg.TokenRetention < 0 {
+		return
+	}
+	ts, err := r.dir.Store.PurgeTokens(ctx, now.Add(-r.cfg.TokenRetention))
+	if err != nil {
+		if ctx.Err() == nil {
+			r.log.Warn("purge expired and used-up join tokens", "err", err)
+		}
+		return
+	}
+	byTenant := map[string][]string{}
+	var tenants []string
+	for _, t := range ts {
+		if byTenant[t.Tenant] == nil {
+			tenants = append(tenants, t.Tenant)
+		}
+		byTenant[t.Tenant] = append(byTenant[t.Tenant], t.ID)
+	}
+	for _, tenant := range tenants {
+		ids := byTenant[tenant]
+		r.audit.Add(audit.Record{Kind: audit.TokenPurge, Outcome: audit.OutcomeOK, Tenant: tenant, Actor: "relay",
+			Detail: map[string]any{"tokens": ids, "retention": r.cfg.TokenRetention.String()}})
+		r.log.Info("purged join tokens expired or used up long ago", "tenant", tenant, "tokens", len(ids), "retention", r.cfg.TokenRetention)
+	}
 }

@@ -161,6 +161,25 @@ with --pub first if given), or a binary signed here and now (--file …
 		},
 	}
 
+	var force bool
+	removeCmd := &cobra.Command{
+		Use:   "remove VERSION [--force]",
+		Short: "Remove a release (every platform and channel of VERSION) from the store and the data directory",
+		Long:  cli.ReleaseRemoveHelp,
+		Args:  cli.Args("VERSION"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withAdmin(cmd, func(ctx context.Context, a *admin.Admin) error {
+				rm, err := a.RemoveRelease(ctx, args[0], force)
+				if err != nil {
+					return err
+				}
+				say(cmd, "%s", cli.RemovedRelease(rm.Version, len(rm.Releases), rm.BlobsRemoved, rm.BytesFreed, rm.AgentUpdatesPruned))
+				return nil
+			})
+		},
+	}
+	removeCmd.Flags().BoolVar(&force, "force", false, "remove it even while agents were offered it or were downloading it in the last 15 minutes (never while a rollout offers it)")
+
 	var ro rolloutFlags
 	rolloutCmd := &cobra.Command{
 		Use:   "rollout VERSION (--percent N | --tenants a,b | --agents id,...)",
@@ -225,7 +244,7 @@ with --pub first if given), or a binary signed here and now (--file …
 		},
 	}
 	sf.Add(statusCmd.Flags())
-	return cli.Group("release", "Agent releases: signing, publishing and rollouts", keygenCmd, signCmd, publishCmd, listCmd, rolloutCmd, statusCmd)
+	return cli.Group("release", "Agent releases: signing, publishing and rollouts", keygenCmd, signCmd, publishCmd, listCmd, removeCmd, rolloutCmd, statusCmd)
 }
 
 // rolloutFlags are release rollout's, in both binaries.

@@ -278,6 +278,24 @@ func serveSettings() []*setting {
 			"control-stream ping interval of idle sessions; three missed ones drop the session (see [agents that stop answering](#agents-that-stop-answering) for sessions with streams)"),
 		dur("update-interval", func(o *serveOptions) *time.Duration { return &c(o).UpdateInterval }, 5*time.Second,
 			"how often the active rollout's release is offered to agents that have not had it", ""),
+		{name: "token-retention", kind: "duration", def: durText(relay.DefaultTokenRetention),
+			usage: "delete join tokens that expired, or were used up, longer ago than this (a used-up token is dated by its creation); 0: keep them",
+			doc:   "how long a join token that can enrol no more agents stays: one that expired, or whose every use was taken, longer ago than this is deleted at the relay's start and every 10 minutes, with a `token.purge` audit record per tenant (a used-up token is dated by its creation: it does not record its last use). `0` keeps them until `token revoke`",
+			set: func(o *serveOptions, v string) error {
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					return errors.New("want a duration such as 720h or 168h")
+				}
+				if d < 0 {
+					return errors.New("must not be negative (0 keeps join tokens)")
+				}
+				if d == 0 {
+					d = -1 // never: relay.Config's 0 is the default
+				}
+				o.relay.TokenRetention = d
+				return nil
+			},
+			get: func(o *serveOptions) string { return durText(max(o.relay.TokenRetention, 0)) }},
 		dur("stream-open-timeout", func(o *serveOptions) *time.Duration { return &c(o).StreamOpenTimeout }, 15*time.Second,
 			"limit on opening a stream through an agent",
 			"limit on opening a stream through an agent (includes the agent's dial)"),

@@ -399,3 +399,47 @@ func TestStoreOutageGraceSetting(t *testing.T) {
 		t.Error("a negative store_outage_grace was taken")
 	}
 }
+
+// token_retention: 720h by default; 0 keeps join tokens (a negative
+// relay.Config value, since the Config's 0 is its default), shown as 0s;
+// a negative value is refused.
+func TestTokenRetentionSetting(t *testing.T) {
+	settings := serveSettings()
+	var s *setting
+	for _, x := range settings {
+		if x.name == "token-retention" {
+			s = x
+		}
+	}
+	if s == nil {
+		t.Fatal("no token-retention setting")
+	}
+	for _, tc := range []struct {
+		flags []string
+		env   string
+		want  time.Duration
+		text  string
+	}{
+		{nil, "", relay.DefaultTokenRetention, "720h"},
+		{[]string{"--token-retention", "0"}, "", -1, "0s"},
+		{nil, "168h", 168 * time.Hour, "168h"},
+	} {
+		fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+		addSettingFlags(fs, settings)
+		if err := fs.Parse(tc.flags); err != nil {
+			t.Fatal(err)
+		}
+		env := map[string]string{"TETHER_TOKEN_RETENTION": tc.env}
+		o, _, err := resolve(settings, fs, func(k string) string { return env[k] }, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.relay.TokenRetention != tc.want || s.get(&o) != tc.text {
+			t.Errorf("%v %q: got %v (%q), want %v (%q)", tc.flags, tc.env, o.relay.TokenRetention, s.get(&o), tc.want, tc.text)
+		}
+	}
+	var o serveOptions
+	if err := s.set(&o, "-1s"); err == nil {
+		t.Error("a negative token_retention was taken")
+	}
+}

@@ -44,6 +44,32 @@ func (x *ctl) releaseCmd() *cobra.Command {
 		},
 	}
 
+	var force bool
+	remove := &cobra.Command{
+		Use:   "remove VERSION [--force]",
+		Short: "Remove a release (every platform and channel of VERSION) from the store and the relays' data directories",
+		Long:  cli.ReleaseRemoveHelp,
+		Args:  cli.Args("VERSION"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var q url.Values
+			if force {
+				q = url.Values{"force": {"true"}}
+			}
+			return x.call(cmd, "DELETE", "/api/v1/releases/"+url.PathEscape(args[0]), q, nil, func(io.Writer, json.RawMessage) error { return nil }, func(raw json.RawMessage) {
+				var res struct {
+					Version            string
+					Releases           []json.RawMessage
+					BlobsRemoved       int   `json:"blobs_removed"`
+					BytesFreed         int64 `json:"bytes_freed"`
+					AgentUpdatesPruned int64 `json:"agent_updates_pruned"`
+				}
+				json.Unmarshal(raw, &res)
+				say(cmd, "%s", cli.RemovedRelease(res.Version, len(res.Releases), res.BlobsRemoved, res.BytesFreed, res.AgentUpdatesPruned))
+			})
+		},
+	}
+	remove.Flags().BoolVar(&force, "force", false, "remove it even while agents were offered it or were downloading it in the last 15 minutes (never while a rollout offers it)")
+
 	var ro rolloutFlags
 	rollout := &cobra.Command{
 		Use:   "rollout VERSION (--percent N | --tenants a,b | --agents id,...)",
@@ -141,7 +167,7 @@ func (x *ctl) releaseCmd() *cobra.Command {
 		relayHostOnly("keygen --out DIR", "Make a release signing key pair", onRelayHost("release keygen --out DIR", signing)),
 		relayHostOnly("sign --file BIN ... --key KEYFILE --out DIR", "Sign an agent binary", onRelayHost("release sign", signing)),
 		relayHostOnly("publish --signed DIR", "Publish a signed release", onRelayHost("release publish --signed DIR", signing)),
-		list, rollout, status)
+		list, remove, rollout, status)
 }
 
 // rolloutFlags are release rollout's, in both binaries.

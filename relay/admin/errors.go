@@ -17,6 +17,9 @@ var (
 	ErrExists = store.ErrExists
 	// ErrInvalid: an argument is malformed or out of range.
 	ErrInvalid = errors.New("invalid argument")
+	// ErrInUse: what is to be removed is still in use (a release a
+	// rollout offers, or agents may still fetch).
+	ErrInUse = store.ErrInUse
 )
 
 // classError carries a message for people and a class for programs.

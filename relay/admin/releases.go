@@ -342,3 +342,64 @@ func (a *Admin) UpdateStatus(ctx context.Context, q UpdateQuery) (UpdateStatus, 
 	}
 	return st, nil
 }
+
+// ReleaseInFlight is how recently an agent must have been offered a
+// release, or have started downloading it, for RemoveRelease to take it
+// as one that may still fetch it: the rollouts' stale bound (an offer or
+// download older than this no longer counts against a rollout either).
+const ReleaseInFlight = 15 * time.Minute
+
+// ReleaseRemoval is what RemoveRelease removed.
+type ReleaseRemoval struct {
+	Version string `json:"version"`
+	// Releases are the platforms and channels of the version removed.
+	Releases []Release `json:"releases"`
+	// BlobsRemoved and BytesFreed are the binaries removed from the
+	// store (a binary another release refers to stays) and their size.
+	BlobsRemoved int   `json:"blobs_removed"`
+	BytesFreed   int64 `json:"bytes_freed"`
+	// AgentUpdatesPruned is how many agents' update states went with it
+	// (each agent's newest stays).
+	AgentUpdatesPruned int64 `json:"agent_updates_pruned"`
+}
+
+// RemoveRelease removes every release of version from the store (each
+// platform and channel), their binaries unless another release refers to
+// one, the agents' update states of the version except each agent's
+// newest, and this relay's copy of its files; relays sharing the store
+// remove theirs when the change reaches them (or at their next start).
+// It refuses (ErrInUse) while the active rollout offers the version, and,
+// unless force, while agents were offered it or were downloading it
+// within ReleaseInFlight. Vendor operators only.
+func (a *Admin) RemoveRelease(ctx context.Context, version string, force bool) (ReleaseRemoval, error) {
+	if err := a.vendorOnly("releases"); err != nil {
+		return ReleaseRemoval{}, err
+	}
+	if !release.ValidVersion(version) {
+		return ReleaseRemoval{}, invalidf("version %q is not a semantic version (1.2.3)", protocol.Clip(version, 64))
+	}
+	rm, err := a.store.RemoveRelease(ctx, version, a.now().Add(-ReleaseInFlight), force)
+	if errors.Is(err, store.ErrNotFound) {
+		return ReleaseRemoval{}, notFoundf("version %s: no release published", version)
+	}
+	if err != nil {
+		return ReleaseRemoval{}, err
+	}
+	out := ReleaseRemoval{Version: version, BlobsRemoved: len(rm.Blobs), BytesFreed: rm.BlobBytes, AgentUpdatesPruned: rm.AgentUpdates}
+	platforms := make([]string, len(rm.Releases))
+	for i, r := range rm.Releases {
+		out.Releases = append(out.Releases, releaseInfo(r))
+		platforms[i] = r.OS + "/" + r.Arch + " " + r.Channel
+	}
+	// Recorded before the copy is removed: the store no longer has the
+	// release whatever happens to the files.
+	a.Record(audit.ReleaseRemove, "", "", "", map[string]any{"version": version, "releases": platforms, "blobs": rm.Blobs,
+		"bytes_freed": rm.BlobBytes, "agent_updates_pruned": rm.AgentUpdates, "force": force})
+	// This data directory's copy (a running relay's change feed may have
+	// removed it already); the other relays of a cluster remove theirs
+	// when the change reaches them.
+	if _, err := a.dir.RemoveReleaseFiles(version); err != nil {
+		return out, fmt.Errorf("release %s removed from the store, but this relay's copy could not be removed (the relay removes it at its next start or housekeeping, within 10 minutes): %w", version, err)
+	}
+	return out, nil
+}

@@ -304,7 +304,7 @@ func Vocabulary() []string {
 		"operator token create", "operator token list", "operator token revoke",
 		"operator certificate create", "operator certificate list", "operator certificate revoke",
 		"ca status", "ca rotate", "ca renew-now", "ca retire", "ca export",
-		"release keygen", "release sign", "release publish", "release list", "release rollout", "release status",
+		"release keygen", "release sign", "release publish", "release list", "release remove", "release rollout", "release status",
 		"audit",
 		"backup",
 	}

@@ -103,3 +103,26 @@ func (s *ReleaseStatusFlags) More(prog, next string, shown int, counts map[strin
 	}
 	return fmt.Sprintf("the %d most recent of %d agents' update states are shown; the next page: %s", shown, n, cmd)
 }
+
+// ReleaseRemoveHelp is release remove's, in both binaries.
+const ReleaseRemoveHelp = `Remove every release of VERSION (each platform and channel): its rows in the
+store, each binary no other release refers to, the agents' update states
+of the version (each agent's newest stays: where it stands), and the
+relay's copy of its files in the data directory. The other relays of a
+cluster remove their copies when the change reaches them (within
+--change-poll), or at their next start. The audit trail keeps every
+record of the release (release.publish, release.rollout, update.*), and
+a release.remove record is added.
+
+It is refused while the active rollout offers VERSION (start a rollout of
+another version, which supersedes it), and while agents were offered it or
+were downloading it in the last 15 minutes, unless --force: their download
+then fails, and each agent, which checks every file before it uses
+anything, keeps the binary it runs. An agent asking for it afterwards gets
+nothing: the relay no longer has it.`
+
+// RemovedRelease says what release remove removed.
+func RemovedRelease(version string, platforms, blobs int, bytes, states int64) string {
+	return fmt.Sprintf("removed release %s (%d platforms and channels): %d binaries (%s) deleted from the store, %d agents' update states pruned; every relay removes its copy of the files",
+		version, platforms, blobs, Bytes(uint64(max(bytes, 0))), states)
+}

@@ -31,10 +31,14 @@ const (
 	AuthRefused = "auth.refused"
 
 	// Tenants, join tokens and backends.
-	TenantAdd      = "tenant.add"
-	LimitsSet      = "tenant.limits"
-	TokenCreate    = "token.create"
-	TokenRevoke    = "token.revoke"
+	TenantAdd   = "tenant.add"
+	LimitsSet   = "tenant.limits"
+	TokenCreate = "token.create"
+	TokenRevoke = "token.revoke"
+	// TokenPurge: the relay deleted join tokens that had expired or were
+	// used up long enough ago (detail: tokens, their ids by tenant, and
+	// retention).
+	TokenPurge     = "token.purge"
 	BackendAdd     = "backend.add"
 	BackendGrant   = "backend.grant"
 	BackendUngrant = "backend.ungrant"
@@ -75,6 +79,9 @@ const (
 	ReleasePublish = "release.publish"
 	ReleaseRollout = "release.rollout"
 	RolloutHalt    = "release.halt"
+	// ReleaseRemove: a release was removed (detail: version, platforms,
+	// blobs and bytes freed, agents' update states pruned, force).
+	ReleaseRemove  = "release.remove"
 	UpdateOffer    = "update.offer"
 	UpdateDownload = "update.download"
 	UpdatePrefix   = "update."

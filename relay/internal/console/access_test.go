@@ -158,6 +158,7 @@ func TestScopedOperatorsCannotReachAnotherTenant(t *testing.T) {
 		"DELETE /api/v1/backends/{name}/certificates/unrecorded": {path: "/api/v1/backends/billing/certificates/unrecorded", viewerStatus: fb, adminStatus: fb},
 		"GET /api/v1/audit":                                      {path: "/api/v1/audit?tenant=globex", viewerStatus: nf, adminStatus: nf},
 		"GET /api/v1/releases":                                   {path: "/api/v1/releases", viewerStatus: fb, adminStatus: fb},
+		"DELETE /api/v1/releases/{version}":                      {path: "/api/v1/releases/1.0.0", viewerStatus: fb, adminStatus: fb},
 		"GET /api/v1/rollouts":                                   {path: "/api/v1/rollouts", viewerStatus: fb, adminStatus: fb},
 		"POST /api/v1/rollouts":                                  {path: "/api/v1/rollouts", body: `{"version":"1.0.0","tenants":["globex"]}`, viewerStatus: fb, adminStatus: fb},
 		"GET /api/v1/operator-certificates":                      {path: "/api/v1/operator-certificates", viewerStatus: fb, adminStatus: fb},

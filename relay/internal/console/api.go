@@ -438,7 +438,7 @@ const (
 	CodeForbidden        = "forbidden"          // 403: CSRF or origin check failed, or the operator's scope does not allow it
 	CodeNotFound         = "not_found"          // 404: no such tenant, agent, token, backend or path
 	CodeMethodNotAllowed = "method_not_allowed" // 405
-	CodeConflict         = "conflict"           // 409: exists already
+	CodeConflict         = "conflict"           // 409: exists already, or still in use
 	CodeTooLarge         = "too_large"          // 413: body over 64 KiB
 	CodeUnsupportedMedia = "unsupported_media"  // 415: body is not JSON
 	CodeRateLimited      = "rate_limited"       // 429: too many failed authentications from this source or for this credential
@@ -469,7 +469,7 @@ func errorFrom(err error) *APIError {
 		return e
 	case errors.Is(err, admin.ErrNotFound):
 		return &APIError{Status: http.StatusNotFound, Code: CodeNotFound, Message: err.Error()}
-	case errors.Is(err, admin.ErrExists):
+	case errors.Is(err, admin.ErrExists), errors.Is(err, admin.ErrInUse):
 		return &APIError{Status: http.StatusConflict, Code: CodeConflict, Message: err.Error()}
 	case errors.Is(err, admin.ErrForbidden):
 		return &APIError{Status: http.StatusForbidden, Code: CodeForbidden, Message: err.Error()}

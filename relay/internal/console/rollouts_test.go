@@ -2,6 +2,8 @@ package console
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -167,5 +169,61 @@ func TestReleasesPageCountsAndFirstPage(t *testing.T) {
 	}
 	if res := d.do(t, c, http.MethodGet, "/ui/releases?state=updated", nil, nil); res.status != http.StatusBadRequest {
 		t.Errorf("releases page of an unknown state: %d, want 400", res.status)
+	}
+}
+
+// DELETE /api/v1/releases/{version} removes a version's releases: a 409
+// conflict naming the rollout while the active rollout offers it, a 404
+// for a version with no release, a 400 for a bad force; once superseded,
+// a 200 with what was removed.
+func TestRemoveReleaseAPI(t *testing.T) {
+	ctx := context.Background()
+	d := startDashRelay(t)
+	for i, v := range []string{"1.0.0", "1.1.0"} {
+		bin := fmt.Sprintf("binary %d", i)
+		sum := sha256.Sum256([]byte(bin))
+		err := d.dir.Store.AddRelease(ctx, store.Release{Version: v, OS: "linux", Arch: "amd64", Channel: "stable", SHA256: hex.EncodeToString(sum[:]), Size: int64(len(bin)),
+			ExpiresAt: time.Now().Add(time.Hour), PublishedAt: time.Now(), BinarySignature: []byte("s"), Manifest: []byte("m"), ManifestSignature: []byte("s")}, strings.NewReader(bin))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	id, err := d.dir.Store.AddRollout(ctx, store.Rollout{Version: "1.0.0", Percent: 100, CreatedAt: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := d.client(t)
+	bearer := map[string]string{"Authorization": "Bearer " + d.tok}
+	for _, tc := range []struct {
+		path   string
+		status int
+		want   string
+	}{
+		{"/api/v1/releases/1.0.0?force=true", http.StatusConflict, fmt.Sprintf(`"code": "conflict",
+    "message": "release 1.0.0: rollout %d offers it`, id)},
+		{"/api/v1/releases/2.0.0", http.StatusNotFound, `"code": "not_found"`},
+		{"/api/v1/releases/1.0.0?force=maybe", http.StatusBadRequest, `force=\"maybe\"`},
+		{"/api/v1/releases/v1", http.StatusBadRequest, "not a semantic version"},
+	} {
+		res := d.do(t, c, http.MethodDelete, tc.path, nil, bearer)
+		if res.status != tc.status || !strings.Contains(res.body, tc.want) {
+			t.Errorf("DELETE %s: %d %s; want %d with %s", tc.path, res.status, res.body, tc.status, tc.want)
+		}
+	}
+	if _, err := d.dir.Store.AddRollout(ctx, store.Rollout{Version: "1.1.0", Percent: 100, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	res := d.do(t, c, http.MethodDelete, "/api/v1/releases/1.0.0", nil, bearer)
+	var rm struct {
+		Version      string            `json:"version"`
+		Releases     []json.RawMessage `json:"releases"`
+		BlobsRemoved int               `json:"blobs_removed"`
+		BytesFreed   int64             `json:"bytes_freed"`
+	}
+	if res.status != http.StatusOK || json.Unmarshal([]byte(res.body), &rm) != nil || rm.Version != "1.0.0" || len(rm.Releases) != 1 || rm.BlobsRemoved != 1 || rm.BytesFreed != 8 {
+		t.Fatalf("removal: %d %s", res.status, res.body)
+	}
+	if rs, err := d.dir.Store.Releases(ctx, ""); err != nil || len(rs) != 1 || rs[0].Version != "1.1.0" {
+		t.Fatalf("releases left: %v, %v; want 1.1.0", rs, err)
 	}
 }

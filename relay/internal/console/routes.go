@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/relay/admin"
 )
 
@@ -38,6 +39,7 @@ func (s *Server) apiRoutes() []apiRoute {
 		{del, "/api/v1/backends/{name}/certificates/{serial}", vendorOnly, s.revokeBackendCert},
 		{get, "/api/v1/audit", viewer, s.audit},
 		{get, "/api/v1/releases", vendorOnly, s.releases},
+		{del, "/api/v1/releases/{version}", vendorOnly, s.removeRelease},
 		{get, "/api/v1/rollouts", vendorOnly, s.rollouts},
 		{post, "/api/v1/rollouts", vendorOnly, s.startRollout},
 		{get, "/api/v1/operator-certificates", vendorOnly, s.operatorCerts},
@@ -364,6 +366,25 @@ func (s *Server) releases(w http.ResponseWriter, req *http.Request, a *admin.Adm
 		rs = []admin.Release{}
 	}
 	return reply(w, http.StatusOK, map[string]any{"releases": rs}, err)
+}
+
+// removeRelease removes every release of a version (?force=true: even
+// while agents may still be fetching it; never while a rollout offers
+// it).
+func (s *Server) removeRelease(w http.ResponseWriter, req *http.Request, a *admin.Admin) error {
+	var force bool
+	switch f := req.URL.Query().Get("force"); f {
+	case "", "0", "false":
+	case "1", "true":
+		force = true
+	default:
+		return apiErrorf(http.StatusBadRequest, CodeBadRequest, "force=%q: want true or false", protocol.Clip(f, 32))
+	}
+	rm, err := a.RemoveRelease(req.Context(), req.PathValue("version"), force)
+	if err == nil && rm.Releases == nil {
+		rm.Releases = []admin.Release{}
+	}
+	return reply(w, http.StatusOK, rm, err)
 }
 
 // rollouts answers the rollouts, newest first, and a page of the agents'

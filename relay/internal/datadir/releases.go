@@ -5,10 +5,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/tetherhq/tether/protocol/release"
 	"github.com/tetherhq/tether/relay/internal/atomicfile"
@@ -116,4 +120,79 @@ func writeSynced(path string, r io.Reader, h io.Writer) error {
 		err = cerr
 	}
 	return err
+}
+
+// RemoveReleaseFiles removes this host's copy of the files of version
+// (releases/<version>/, every platform and channel), if there is one. The
+// directory is first renamed out of the way, so that an offer never finds
+// a copy half removed: it finds the whole copy or none (and then writes
+// one from the store, or fails if the store has none). A download already
+// under way keeps its open file to the end. It reports whether there was
+// a copy.
+func (d *Dir) RemoveReleaseFiles(version string) (bool, error) {
+	if !release.ValidVersion(version) {
+		return false, fmt.Errorf("release version %q is not a semantic version", version)
+	}
+	root := filepath.Join(d.Path, ReleasesDir)
+	src := filepath.Join(root, version)
+	if _, err := os.Lstat(src); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	gone, err := os.MkdirTemp(root, ".removed-")
+	if err != nil {
+		return false, err
+	}
+	dst := filepath.Join(gone, version)
+	if err := os.Rename(src, dst); err != nil {
+		os.Remove(gone)
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil // another process removed it first
+		}
+		return false, fmt.Errorf("remove release files of %s: %w", version, err)
+	}
+	if err := os.RemoveAll(gone); err != nil {
+		return true, fmt.Errorf("remove release files of %s: %w", version, err)
+	}
+	return true, atomicfile.SyncDir(root)
+}
+
+// SweepReleaseFiles removes this host's copies of the releases the store
+// no longer has (removed while this relay was stopped, or while its change
+// feed was pruned past the removal), and what a removal cut short left. It
+// returns the versions whose copies it removed.
+func (d *Dir) SweepReleaseFiles(ctx context.Context) ([]string, error) {
+	root := filepath.Join(d.Path, ReleasesDir)
+	entries, err := os.ReadDir(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	have, err := d.Store.ReleaseVersions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case strings.HasPrefix(name, ".removed-"):
+			if err := os.RemoveAll(filepath.Join(root, name)); err != nil {
+				errs = append(errs, err)
+			}
+		case !e.IsDir() || !release.ValidVersion(name) || slices.Contains(have, name):
+			// Not a copy of a release (left as it is), or one the store has.
+		default:
+			ok, err := d.RemoveReleaseFiles(name)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if ok {
+				removed = append(removed, name)
+			}
+		}
+	}
+	return removed, errors.Join(errs...)
 }

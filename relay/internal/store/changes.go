@@ -26,6 +26,7 @@ const (
 	ChangeOperatorCert  = "operator_cert"  // an operator certificate was revoked (Subject: its serial)
 	ChangeCA            = "ca"             // the CA's roots changed: rotation, renew-now, retirement
 	ChangeRollout       = "rollout"        // a rollout started or was halted (Subject: its id)
+	ChangeRelease       = "release"        // a release was removed (Subject: its version)
 )
 
 // Change is one row of the change feed.

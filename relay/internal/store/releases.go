@@ -60,8 +60,15 @@ func (s *Store) AddRelease(ctx context.Context, r Release, binary io.Reader) err
 // both the hash and the size; an existing blob is kept.
 func (s *Store) putBlob(ctx context.Context, tx *sql.Tx, sum string, size int64, data io.Reader) error {
 	sum = strings.ToLower(sum)
-	have, err := exists(ctx, tx, `SELECT count(*) FROM blobs WHERE sha256 = $1`, sum)
-	if err != nil || have {
+	// The blob's first part, locked (PostgreSQL) until the transaction
+	// ends: a RemoveRelease deleting the blob meanwhile, because no
+	// release it sees refers to it, either deleted it before (it is
+	// stored again here) or waits for this release's row, and keeps it.
+	var part int
+	switch err := tx.QueryRowContext(ctx, `SELECT part FROM blobs WHERE sha256 = $1 AND part = 0`+s.d.lockRows(), sum).Scan(&part); {
+	case err == nil:
+		return nil
+	case !errors.Is(err, sql.ErrNoRows):
 		return err
 	}
 	h := sha256.New()
@@ -568,4 +575,167 @@ func (s *Store) AgentUpdate(ctx context.Context, agent, version string) (AgentUp
 		return u, fmt.Errorf("update of agent %s to %s: %w", agent, version, ErrNotFound)
 	}
 	return u, err
+}
+
+// ReleaseRemoval is what RemoveRelease removed.
+type ReleaseRemoval struct {
+	// Releases are the release rows removed, one per OS, architecture
+	// and channel.
+	Releases []Release
+	// Blobs are the SHA-256s of the binaries removed with them, and
+	// BlobBytes their size: a binary another release still refers to
+	// stays.
+	Blobs     []string
+	BlobBytes int64
+	// AgentUpdates is how many agents' update states were pruned
+	// (PruneAgentUpdates).
+	AgentUpdates int64
+}
+
+// RemoveRelease removes every release of version (each OS, architecture
+// and channel), the binaries no other release refers to, and the agents'
+// update states nothing needs any more (PruneAgentUpdates), in one
+// transaction, and appends a ChangeRelease for the relays to drop their
+// copies. It refuses with ErrInUse while the active rollout offers the
+// version (whatever force), and, unless force, while an agent may still
+// fetch it: offered it or downloading it since busySince. A version with
+// no release is ErrNotFound.
+func (s *Store) RemoveRelease(ctx context.Context, version string, busySince time.Time, force bool) (ReleaseRemoval, error) {
+	var out ReleaseRemoval
+	err := s.writeChanges(ctx, func(tx *sql.Tx) ([]Change, error) {
+		out = ReleaseRemoval{}
+		rows, err := tx.QueryContext(ctx, `SELECT `+releaseCols+` FROM releases WHERE version = $1 ORDER BY os, arch, channel`+s.d.lockRows(), version)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			r, err := scanRelease(rows)
+			if err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out.Releases = append(out.Releases, r)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+		if len(out.Releases) == 0 {
+			return nil, fmt.Errorf("release %s: %w", version, ErrNotFound)
+		}
+		var ro int64
+		switch err := tx.QueryRowContext(ctx, `SELECT id FROM rollouts WHERE version = $1 AND state = $2 ORDER BY id DESC LIMIT 1`, version, RolloutActive).Scan(&ro); {
+		case err == nil:
+			return nil, fmt.Errorf("release %s: rollout %d offers it (state %s): start a rollout of another version, which supersedes it, then remove the release: %w", version, ro, RolloutActive, ErrInUse)
+		case !errors.Is(err, sql.ErrNoRows):
+			return nil, err
+		}
+		if !force {
+			busy, err := queryStrings(ctx, tx, `SELECT agent FROM agent_updates WHERE version = $1 AND state IN ('offered', 'downloading') AND updated_at >= $2 ORDER BY agent`, version, unix(busySince))
+			if err != nil {
+				return nil, err
+			}
+			if len(busy) > 0 {
+				shown := busy[:min(len(busy), 5)]
+				return nil, fmt.Errorf("release %s: %d agents were offered it or were downloading it since %s and may still fetch it (%s): wait, or force the removal (their download fails; an agent checks every file and keeps its binary): %w",
+					version, len(busy), busySince.UTC().Format(time.RFC3339), strings.Join(shown, ", "), ErrInUse)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM releases WHERE version = $1`, version); err != nil {
+			return nil, err
+		}
+		seen := map[string]bool{}
+		for _, r := range out.Releases {
+			sum := strings.ToLower(r.SHA256)
+			if seen[sum] {
+				continue
+			}
+			seen[sum] = true
+			// Lock the blob first (as AddRelease does), then look for
+			// releases referring to it: one being published with the same
+			// binary is then either committed, and seen, or not yet past
+			// its own look at the blob, which finds it gone and stores it
+			// again.
+			var part int
+			if err := tx.QueryRowContext(ctx, `SELECT part FROM blobs WHERE sha256 = $1 AND part = 0`+s.d.lockRows(), sum).Scan(&part); err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return nil, err
+			}
+			shared, err := exists(ctx, tx, `SELECT count(*) FROM releases WHERE lower(sha256) = $1`, sum)
+			if err != nil {
+				return nil, err
+			}
+			if shared {
+				continue
+			}
+			res, err := tx.ExecContext(ctx, `DELETE FROM blobs WHERE sha256 = $1`, sum)
+			if err != nil {
+				return nil, err
+			}
+			if n, err := affected(res); err != nil {
+				return nil, err
+			} else if n > 0 {
+				out.Blobs = append(out.Blobs, sum)
+				out.BlobBytes += r.Size
+			}
+		}
+		if out.AgentUpdates, err = pruneAgentUpdates(ctx, tx); err != nil {
+			return nil, err
+		}
+		return []Change{{Kind: ChangeRelease, Subject: version}}, nil
+	})
+	if err != nil {
+		return ReleaseRemoval{}, err
+	}
+	return out, nil
+}
+
+// PruneAgentUpdates deletes the agents' update states of versions that no
+// release and no active rollout has any more (their releases were
+// removed, or an agent reported on a version never published), except
+// each agent's newest state, which says where it stands: what release
+// status and the dashboard show of it. It returns how many it deleted.
+// The relay calls it at every housekeeping; RemoveRelease too.
+func (s *Store) PruneAgentUpdates(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		n, err = pruneAgentUpdates(ctx, tx)
+		return err
+	})
+	return n, err
+}
+
+func pruneAgentUpdates(ctx context.Context, tx *sql.Tx) (int64, error) {
+	res, err := tx.ExecContext(ctx, `DELETE FROM agent_updates
+		WHERE version NOT IN (SELECT version FROM releases)
+			AND version NOT IN (SELECT version FROM rollouts WHERE state = $1)
+			AND EXISTS (SELECT 1 FROM agent_updates n WHERE n.agent = agent_updates.agent
+				AND (n.updated_at > agent_updates.updated_at OR (n.updated_at = agent_updates.updated_at AND n.version > agent_updates.version)))`, RolloutActive)
+	if err != nil {
+		return 0, err
+	}
+	return affected(res)
+}
+
+// ReleaseVersions returns the versions that have a release in the store.
+func (s *Store) ReleaseVersions(ctx context.Context) ([]string, error) {
+	return queryStrings(ctx, s.db, `SELECT DISTINCT version FROM releases ORDER BY version`)
+}
+
+// queryStrings returns the first column of the rows of query.
+func queryStrings(ctx context.Context, q querier, query string, args ...any) ([]string, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
 }

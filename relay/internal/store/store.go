@@ -46,6 +46,9 @@ var (
 	// ErrRevoked is returned when an operation needs a live agent and the
 	// agent was revoked.
 	ErrRevoked = errors.New("agent was revoked")
+	// ErrInUse: what is to be removed is still in use (a release that a
+	// rollout offers, or that agents are fetching: RemoveRelease).
+	ErrInUse = errors.New("in use")
 )
 
 // Store is the relay's state.

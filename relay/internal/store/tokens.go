@@ -254,3 +254,33 @@ func (s *Store) DeleteToken(ctx context.Context, id string) (Token, error) {
 	})
 	return t, err
 }
+
+// PurgeTokens deletes the join tokens that can enrol no more agents and
+// have not been able to for a while: those that expired before before,
+// and those whose every use is taken that were created before before (a
+// token does not record when its last use was taken; it was after its
+// creation). It returns the tokens deleted, appending a ChangeToken for
+// each, as DeleteToken does.
+func (s *Store) PurgeTokens(ctx context.Context, before time.Time) ([]Token, error) {
+	var out []Token
+	err := s.writeChanges(ctx, func(tx *sql.Tx) ([]Change, error) {
+		ts, err := queryTokens(ctx, tx, `SELECT `+tokenCols+` FROM join_tokens
+			WHERE expires_at < $1 OR (uses >= max_uses AND created_at < $1) ORDER BY created_at, id`+s.d.lockRows(), unix(before))
+		if err != nil || len(ts) == 0 {
+			return nil, err
+		}
+		changes := make([]Change, 0, len(ts))
+		for _, t := range ts {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM join_tokens WHERE id = $1`, t.ID); err != nil {
+				return nil, err
+			}
+			changes = append(changes, Change{Kind: ChangeToken, Tenant: t.Tenant, Subject: t.ID})
+		}
+		out = ts
+		return changes, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}

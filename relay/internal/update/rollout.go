@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -666,6 +667,11 @@ func (u *Rollouts) send(ctx context.Context, a Agent, o *offer) {
 
 func writeRelease(ctx context.Context, a Agent, o *offer) (int64, error) {
 	f, err := os.Open(filepath.Join(o.dir, release.BinaryFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		// Removed (release remove) since it was offered: the agent is sent
+		// nothing, and its download fails at its own timeout.
+		return 0, fmt.Errorf("release %s is no longer on this relay (removed since it was offered): %w", o.version, err)
+	}
 	if err != nil {
 		return 0, err
 	}

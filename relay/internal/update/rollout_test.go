@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -252,5 +253,46 @@ func TestRolloutOffersAgainAfterBusy(t *testing.T) {
 	}
 	if n := round(); n != 2 {
 		t.Fatalf("offers after a final refusal: %d, want still 2", n)
+	}
+}
+
+// A release removed after it was offered (release remove --force, once
+// another rollout superseded its own) is not sent when the agent asks for
+// it: no update stream is opened, so the agent receives no byte of it, let
+// alone part of it, and the send is audited as failed, saying why.
+func TestRemovedReleaseIsNotSent(t *testing.T) {
+	ctx := context.Background()
+	a := &fakeAgent{id: "a1", done: make(chan struct{})}
+	u, dir := newTestRollouts(t, []Agent{a})
+	publish(t, dir.Store, "2.0.0", store.Rollout{})
+	if err := u.offerAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	u.sends.Wait()
+	o := u.stateOf(a).offer
+	if o == nil || a.offers.Load() != 1 {
+		t.Fatalf("offers: %d, want 1", a.offers.Load())
+	}
+	if _, err := os.Stat(filepath.Join(o.dir, release.BinaryFile)); err != nil {
+		t.Fatalf("the offered release's copy: %v", err)
+	}
+	publish(t, dir.Store, "3.0.0", store.Rollout{}) // supersedes 2.0.0's rollout
+	if _, err := dir.Store.RemoveRelease(ctx, "2.0.0", time.Now().Add(-time.Hour), true); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := dir.RemoveReleaseFiles("2.0.0"); err != nil || !ok {
+		t.Fatalf("remove the copy: %v, %v", ok, err)
+	}
+	u.Handle(ctx, a, &protocol.UpdateFetch{ID: o.id})
+	u.sends.Wait()
+	if n := a.streams.Load(); n != 0 {
+		t.Errorf("update streams opened for a removed release: %d, want 0", n)
+	}
+	recs, err := dir.Store.ListAudit(ctx, store.AuditFilter{Kind: audit.UpdateDownload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || recs[0].Outcome != "error" || !strings.Contains(fmt.Sprint(recs[0].Detail["error"]), "no longer on this relay") {
+		t.Fatalf("download records: %+v; want one error saying the release was removed", recs)
 	}
 }
