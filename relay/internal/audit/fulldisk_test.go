@@ -73,16 +73,7 @@ func TestFullDisk(t *testing.T) {
 	}
 	var logs syncBuffer
 	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(dir, "relay.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	path := filepath.Join(dir, "audit.log")
-	a, err := Open(ctx, st, path, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, a, path := openLog(t, dir, slog.New(slog.NewTextHandler(&logs, nil)))
 	a.Start()
 	defer a.Close()
 	defer a.Stop()

@@ -13,22 +13,29 @@ import (
 	"github.com/tetherhq/tether/relay/internal/store"
 )
 
+// openLog opens a store in dir, closed when the test ends, and the audit
+// log on it at dir/audit.log (path) with logger, for the test to close.
+func openLog(t *testing.T, dir string, logger *slog.Logger) (st *store.Store, a *Log, path string) {
+	t.Helper()
+	st, err := store.Open(context.Background(), filepath.Join(dir, "relay.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	path = filepath.Join(dir, "audit.log")
+	if a, err = Open(context.Background(), st, path, logger); err != nil {
+		t.Fatal(err)
+	}
+	return st, a, path
+}
+
 // Records queued without waiting (record) and records waited for (add)
 // all reach the store and the file, in one transaction when they come
 // together, and close writes whatever still lingers.
 func TestRecordAndAdd(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(dir, "relay.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	path := filepath.Join(dir, "audit.log")
-	a, err := Open(ctx, st, path, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, a, path := openLog(t, dir, slog.New(slog.DiscardHandler))
 	var batches []int
 	a.Committed = func(time.Time) { batches = append(batches, 0) } // run's goroutine only
 	a.Start()

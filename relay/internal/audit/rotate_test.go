@@ -71,16 +71,7 @@ func TestRotation(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			ctx := context.Background()
-			st, err := store.Open(ctx, filepath.Join(dir, "relay.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
-			path := filepath.Join(dir, "audit.log")
-			a, err := Open(ctx, st, path, slog.New(slog.DiscardHandler))
-			if err != nil {
-				t.Fatal(err)
-			}
+			st, a, path := openLog(t, dir, slog.New(slog.DiscardHandler))
 			clock := &fakeClock{t: time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)}
 			a.SetRotation(Rotation{MaxSize: 4 << 10, MaxFiles: tc.maxFiles, Now: clock.Now})
 			a.Start()
@@ -146,17 +137,7 @@ func TestRotation(t *testing.T) {
 // kept beyond MaxFiles: a restore from that backup replays them.
 func TestRotationKeepsFilesAfterBackup(t *testing.T) {
 	dir := t.TempDir()
-	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(dir, "relay.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	path := filepath.Join(dir, "audit.log")
-	a, err := Open(ctx, st, path, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, a, path := openLog(t, dir, slog.New(slog.DiscardHandler))
 	defer a.Close()
 	start := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
 	clock := &fakeClock{t: start}
