@@ -106,6 +106,9 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent config: %w", err)
 	}
+	if err := eg.trustProxyCAs(cfg.ProxyCAFile); err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
 	for _, r := range cfg.Relays {
 		if err := eg.check(r); err != nil {
 			return nil, fmt.Errorf("agent config: %w", err)
@@ -195,7 +198,15 @@ func (a *Agent) logEgress() {
 		a.log.Warn("ignoring the HTTP proxy of the environment: the agent cannot use it, and NO_PROXY (or no_proxy) exempts every configured relay from it", "variable", a.egress.source, "err", err)
 	}
 	if a.egress.proxy == nil {
+		if a.cfg.ProxyCAFile != "" {
+			a.log.Warn("proxy_ca_file is set, but the agent uses no proxy (proxy unset and no HTTPS_PROXY in its environment): it verifies nothing", "proxy_ca_file", a.cfg.ProxyCAFile)
+		}
 		return
+	}
+	if p := a.egress.proxy; p.Scheme == "http" && a.cfg.ProxyCAFile != "" {
+		// Only the environment's proxy gets here: Validate refuses
+		// proxy_ca_file with an http:// proxy key.
+		a.log.Warn("proxy_ca_file is set, but the proxy of the environment is http://, to which the agent speaks no TLS: it verifies nothing", "proxy", p.Redacted(), "proxy_from", a.egress.source, "proxy_ca_file", a.cfg.ProxyCAFile)
 	}
 	if p := a.egress.proxy; p.Scheme == "http" && p.User != nil {
 		a.log.Warn("the HTTP proxy's user name and password travel unencrypted to the proxy (Basic authentication over http://): use an https:// proxy URL if the proxy supports TLS", "proxy", p.Redacted(), "proxy_from", a.egress.source)

@@ -58,6 +58,14 @@ type Config struct {
 	// NO_PROXY (or no_proxy) from the environment. Loopback relays never
 	// use the proxy.
 	NoProxy string `yaml:"no_proxy"`
+	// ProxyCAFile is a PEM file of one or more CA certificates that an
+	// https:// proxy's certificate may chain to, trusted in addition to
+	// the system's roots: for a proxy whose certificate is from a private
+	// CA. It verifies the proxy only, never a relay (relays are verified
+	// against the relay's CA alone). Empty (the default): the system's
+	// roots only. An error with proxy http:// or direct, where it would
+	// verify nothing. Read when the agent starts.
+	ProxyCAFile string `yaml:"proxy_ca_file"`
 	// RelayNetworks are where the relays' list may also send the agent:
 	// CIDR ranges, IP addresses and DNS domains (with their subdomains).
 	// An address of the list that is not in Relays is dialled only when it
@@ -336,6 +344,11 @@ func (c *Config) Validate() error {
 			add("proxy: QUIC is unavailable through an HTTP proxy (a proxy carries TCP only): use transport auto or tcp with a proxy, or proxy: direct")
 		}
 	}
+	if c.ProxyCAFile != "" {
+		if err := checkProxyCAFile(c.ProxyCAFile, c.Proxy); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if c.RelayConnections < 0 || c.RelayConnections > MaxRelayConnections {
 		add("relay_connections %d: want 1 to %d", c.RelayConnections, MaxRelayConnections)
 	}
@@ -428,21 +441,46 @@ func ReadStateDir(path string) (string, error) {
 	return c.StateDir, nil
 }
 
-// ReadProxy reads only proxy and no_proxy from the YAML config file at
-// path, without checking the rest (as ReadStateDir): for enroll --config,
-// which reaches the relay the way the agent will run with that file. The
-// values are not checked here (Enroll does, without repeating them).
-func ReadProxy(path string) (proxy, noProxy string, err error) {
+// checkProxyCAFile checks proxy_ca_file: a file of certificates
+// (readProxyCAs), with a proxy setting that can use it. proxy is the
+// proxy key: an http:// proxy or direct is an error, as the file would
+// verify nothing while the operator believes the proxy is verified; an
+// empty key (the environment's proxy, unknown here) is not.
+func checkProxyCAFile(file, proxy string) error {
+	var errs []error
+	if _, err := readProxyCAs(file); err != nil {
+		errs = append(errs, fmt.Errorf("proxy_ca_file %s: %w", file, err))
+	}
+	if proxy == ProxyDirect {
+		errs = append(errs, errors.New("proxy_ca_file is set with proxy: direct: it verifies an https:// proxy only; remove it, or set the https:// proxy"))
+	} else if proxy != "" {
+		if u, err := parseProxyURL(proxy); err == nil && u.Scheme != "https" {
+			errs = append(errs, errors.New("proxy_ca_file is set, but the proxy is http://, to which the agent speaks no TLS: it verifies an https:// proxy only; use the proxy's https:// URL (if it accepts TLS), or remove proxy_ca_file"))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ProxySettings are the proxy keys of an agent config.
+type ProxySettings struct {
+	Proxy   string `yaml:"proxy"`
+	NoProxy string `yaml:"no_proxy"`
+	CAFile  string `yaml:"proxy_ca_file"`
+}
+
+// ReadProxy reads only proxy, no_proxy and proxy_ca_file from the YAML
+// config file at path, without checking the rest (as ReadStateDir): for
+// enroll --config, which reaches the relay the way the agent will run
+// with that file. The values are not checked here (Enroll does, without
+// repeating them).
+func ReadProxy(path string) (ProxySettings, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return "", "", fmt.Errorf("read config: %w", err)
+		return ProxySettings{}, fmt.Errorf("read config: %w", err)
 	}
-	var c struct {
-		Proxy   string `yaml:"proxy"`
-		NoProxy string `yaml:"no_proxy"`
-	}
+	var c ProxySettings
 	if err := yaml.Unmarshal(data, &c); err != nil {
-		return "", "", fmt.Errorf("parse config: %w", err)
+		return ProxySettings{}, fmt.Errorf("parse config: %w", err)
 	}
-	return c.Proxy, c.NoProxy, nil
+	return c, nil
 }

@@ -43,6 +43,10 @@ type EnrollOptions struct {
 	// NoProxy is the config's no_proxy key: relays reached without the
 	// proxy; empty for NO_PROXY from the environment.
 	NoProxy string
+	// ProxyCAFile is the config's proxy_ca_file: CA certificates (PEM)
+	// an https:// proxy's certificate may chain to, besides the system's
+	// roots. Never used to verify the relay.
+	ProxyCAFile string
 	// Dial opens TCP connections (to the relay, or to the proxy); nil
 	// uses a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -55,6 +59,14 @@ func (o EnrollOptions) egress() (*egress, error) {
 	eg, err := newEgress(o.Proxy, o.NoProxy, os.Getenv)
 	if err != nil {
 		return nil, err
+	}
+	if o.ProxyCAFile != "" {
+		if err := checkProxyCAFile(o.ProxyCAFile, o.Proxy); err != nil {
+			return nil, err
+		}
+		if err := eg.trustProxyCAs(o.ProxyCAFile); err != nil {
+			return nil, err
+		}
 	}
 	return eg, eg.check(o.Relay)
 }

@@ -46,6 +46,26 @@ type egress struct {
 	// be used (proxy is then nil): an error only for a relay not exempt
 	// from it (check).
 	unusable error
+	// proxyTLS verifies an https:// proxy: nil for the system's roots,
+	// else those and the certificates of caFile (proxy_ca_file).
+	proxyTLS *tls.Config
+	caFile   string
+}
+
+// trustProxyCAs has an https:// proxy verified against the certificates
+// of file (proxy_ca_file) as well as the system's roots; "" changes
+// nothing. The file is read now: a change to it applies the next time
+// the agent starts.
+func (e *egress) trustProxyCAs(file string) error {
+	if file == "" {
+		return nil
+	}
+	certs, err := readProxyCAs(file)
+	if err != nil {
+		return fmt.Errorf("proxy_ca_file %s: %w", file, err)
+	}
+	e.proxyTLS, e.caFile = proxyTLSConfig(certs), file
+	return nil
 }
 
 // newEgress resolves the proxy settings: setting is the config's proxy key
@@ -128,7 +148,7 @@ func (e *egress) dialer(relay string, forward dialFunc) dialFunc {
 	if p == nil {
 		return forward
 	}
-	return (&proxyDialer{proxy: p, forward: forward}).DialContext
+	return (&proxyDialer{proxy: p, forward: forward, tlsConf: e.proxyTLS, caFile: e.caFile}).DialContext
 }
 
 // proxyURLForm is the form of a proxy URL, for errors.
@@ -204,6 +224,24 @@ func (e *ProxyError) Error() string {
 	return s
 }
 
+// UntrustedProxyError is an https:// proxy whose certificate the agent
+// does not trust: not from a CA of the system's roots nor of
+// proxy_ca_file, or not for the proxy's name.
+type UntrustedProxyError struct {
+	Proxy  string // the proxy's URL, password redacted
+	CAFile string // proxy_ca_file; "" when not set
+	err    error  // the TLS handshake's *tls.CertificateVerificationError
+}
+
+func (e *UntrustedProxyError) Error() string {
+	if e.CAFile == "" {
+		return fmt.Sprintf("TLS handshake with proxy %s: the proxy's certificate is not trusted (not from a CA of this machine's roots): if the proxy's certificate is from a private CA, name that CA's certificate (PEM) in proxy_ca_file in the agent config (tether-agent enroll: --proxy-ca FILE): %v", e.Proxy, e.err)
+	}
+	return fmt.Sprintf("TLS handshake with proxy %s: the proxy's certificate is not trusted (not from a CA of proxy_ca_file %s nor of this machine's roots): put the CA that issued the proxy's certificate in proxy_ca_file: %v", e.Proxy, e.CAFile, e.err)
+}
+
+func (e *UntrustedProxyError) Unwrap() error { return e.err }
+
 // permanent reports whether retrying soon with the same settings will meet
 // the same refusal: wrong or missing credentials, or a proxy policy.
 func (e *ProxyError) permanent() bool {
@@ -216,7 +254,8 @@ func (e *ProxyError) permanent() bool {
 type proxyDialer struct {
 	proxy   *url.URL
 	forward dialFunc      // reaches the proxy
-	tlsConf *tls.Config   // for an https:// proxy; nil: system roots. For tests.
+	tlsConf *tls.Config   // for an https:// proxy; nil: system roots
+	caFile  string        // proxy_ca_file, whose CAs tlsConf trusts too; for errors
 	timeout time.Duration // bounds the exchange with the proxy; 0: proxyConnectTimeout
 }
 
@@ -271,6 +310,9 @@ func (d *proxyDialer) connect(ctx context.Context, conn net.Conn, target string,
 		conf.ServerName = d.proxy.Hostname()
 		tc := tls.Client(conn, conf)
 		if err := tc.HandshakeContext(ctx); err != nil {
+			if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
+				return nil, &UntrustedProxyError{Proxy: name, CAFile: d.caFile, err: err}
+			}
 			return nil, fmt.Errorf("TLS handshake with proxy %s: %w", name, err)
 		}
 		conn = tc

@@ -1106,7 +1106,8 @@ func explainRefusal(err error) error {
 func isPermanent(err error) bool {
 	var pe *protocol.Error
 	var xe *ProxyError
-	return isTLSRefusal(err) || isUntrustedRelay(err) || (errors.As(err, &pe) && !pe.Temporary()) || (errors.As(err, &xe) && xe.permanent())
+	_, untrustedProxy := errors.AsType[*UntrustedProxyError](err)
+	return isTLSRefusal(err) || isUntrustedRelay(err) || untrustedProxy || (errors.As(err, &pe) && !pe.Temporary()) || (errors.As(err, &xe) && xe.permanent())
 }
 
 // logConnectError logs a failed connection attempt; refusals that no retry

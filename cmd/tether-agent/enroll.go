@@ -17,6 +17,7 @@ import (
 type enrollOptions struct {
 	relay, token, tokenFile, stateDir, proxy string
 	noProxy                                  string // no_proxy of --config
+	proxyCA                                  string // --proxy-ca, or proxy_ca_file of --config
 	config                                   string // --config: state_dir, proxy and no_proxy from this agent config
 	force                                    bool
 	timeout                                  time.Duration
@@ -36,8 +37,8 @@ state directory), messages on stderr. A state directory an agent is
 running with is refused (its lock, agent.lock, is held): stop that agent
 first, enrol, then start it again. --config FILE takes the state directory
 from the state_dir of the agent config FILE (the one the agent will run
-with) instead of --state-dir, and, unless --proxy is given, its proxy and
-no_proxy.
+with) instead of --state-dir, and, unless --proxy is given, its proxy,
+no_proxy and proxy_ca_file (unless --proxy-ca is given).
 
 The join token comes from --token-file FILE ("-" for standard input), else
 $TETHER_JOIN_TOKEN. --token TOKEN works too but is warned about: a command
@@ -57,7 +58,9 @@ history.`,
 	fs.BoolVar(&o.force, "force", false, "replace an existing identity in the state directory")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "give up after this long")
 	fs.StringVar(&o.proxy, "proxy", "", `HTTP proxy to the relay, http://[user:password@]host:port ("direct" for none; default: proxy: of --config, else $HTTPS_PROXY unless $NO_PROXY exempts the relay)`)
+	fs.StringVar(&o.proxyCA, "proxy-ca", "", "PEM file of the CA certificates an https:// proxy's certificate may chain to, besides the system's roots (default: proxy_ca_file of --config)")
 	cmd.MarkFlagDirname("state-dir")
+	cmd.MarkFlagFilename("proxy-ca")
 	cmd.MarkFlagFilename("token-file")
 	return cmd
 }
@@ -90,15 +93,20 @@ func (a *app) enroll(cmd *cobra.Command, o enrollOptions) error {
 		// The relay is reached as the agent will reach it with this
 		// config: through its proxy (unless --proxy says otherwise).
 		if !cmd.Flags().Changed("proxy") {
-			if o.proxy, o.noProxy, err = agent.ReadProxy(o.config); err != nil {
+			ps, err := agent.ReadProxy(o.config)
+			if err != nil {
 				return err
+			}
+			o.proxy, o.noProxy = ps.Proxy, ps.NoProxy
+			if !cmd.Flags().Changed("proxy-ca") {
+				o.proxyCA = ps.CAFile
 			}
 		}
 	}
 	if o.relay == "" || o.stateDir == "" {
 		return cli.Usagef("enroll needs --relay and --state-dir (or --config)")
 	}
-	opts := agent.EnrollOptions{Relay: o.relay, Token: tok, StateDir: o.stateDir, Force: o.force, Version: a.info.Version, Proxy: o.proxy, NoProxy: o.noProxy}
+	opts := agent.EnrollOptions{Relay: o.relay, Token: tok, StateDir: o.stateDir, Force: o.force, Version: a.info.Version, Proxy: o.proxy, NoProxy: o.noProxy, ProxyCAFile: o.proxyCA}
 	via, source, err := agent.EnrollProxy(opts)
 	if err != nil {
 		return fmt.Errorf("enrolment failed: %w", err)
