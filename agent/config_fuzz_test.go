@@ -15,6 +15,9 @@ func FuzzParseConfig(f *testing.F) {
 		"state_dir: /x\nproxy: \"http://u:p%zz@[::1:3128/x?y#z\"\n", "state_dir: /x\nproxy: proxy.corp:8080\n",
 		"services: [1, 2]\n", "state_dir: [\n", "", "bogus: 1\n", "state_dir: /x\nservices: {db: {address: a:1, extra: 2}}\n",
 		"state_dir: /x\nservices: {db: {address: a:1, backends: [billing, rep-*]}}\n", "state_dir: /x\nservices: {db: {address: a:1, backends: '*'}}\n",
+		"state_dir: /x\nproxy: https://proxy.corp:3128\nproxy_ca_file: /nonexistent/proxy-ca.pem\n",
+		"state_dir: /x\nproxy: http://proxy.corp:3128\nproxy_ca_file: /nonexistent/proxy-ca.pem\n", "state_dir: /x\nproxy: direct\nproxy_ca_file: .\n",
+		"state_dir: /x\nproxy_ca_file: [a]\n", "state_dir: /x\nproxy_ca_file: /dev/null\n",
 		"state_dir: /x\naccess_log: {key_rotation: 24h}\n", "state_dir: /x\naccess_log: {key_rotation: off}\n", "state_dir: /x\naccess_log: {key_rotation: [1h]}\n",
 	} {
 		f.Add([]byte(s))
