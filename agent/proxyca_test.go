@@ -234,7 +234,7 @@ func TestProxyCAFileConfig(t *testing.T) {
 	key := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: []byte("secret-key-bytes")})
 	for _, tc := range []struct {
 		name, proxy, file string
-		want              []string // "" : valid
+		want              []string // empty: valid
 	}{
 		{name: "valid", proxy: "https://proxy.corp:3128", file: corp.file},
 		{name: "two certificates", proxy: "https://proxy.corp:3128", file: write("two.pem", two)},

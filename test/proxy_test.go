@@ -493,3 +493,54 @@ func TestProxyHTTPSProxy(t *testing.T) {
 		t.Error("a proxy password appears in the output")
 	}
 }
+
+// TestProxyHTTPSProxyCAFile: an https:// proxy whose certificate is from
+// the tenant's private CA, which the machine does not trust (SSL_CERT_FILE
+// names no CA): without proxy_ca_file, enroll --config refuses the proxy
+// with an error that names it, says its certificate is not trusted and
+// points at proxy_ca_file; with the key naming the CA, enroll --config
+// and the agent reach the relay through it.
+func TestProxyHTTPSProxyCAFile(t *testing.T) {
+	r := startRelay(t, relayOpts{})
+	r.addTenant(t, "acme")
+	_, port, _ := net.SplitHostPort(r.agentAddr)
+	relayName := net.JoinHostPort("relay.invalid", port) // only the proxy resolves it
+	const password = "ca-s3cret"
+	fp := startForwardProxy(t, "agent", password, map[string]string{"relay.invalid": "127.0.0.1"})
+	front, caFile := tlsFront(t, fp.addr)
+	proxyURL := "https://agent:" + password + "@" + front
+	stateDir := filepath.Join(t.TempDir(), "state")
+	env := append(proxyEnv("", ""), "SSL_CERT_FILE="+filepath.Join(t.TempDir(), "none.pem"))
+	base := fmt.Sprintf("relays: [%q]\nstate_dir: %q\nproxy: %q\nrelay_connections: 1\nreconnect: {initial: 100ms, max: 1s}\nlog: {level: debug, format: json}\nservices: {}\n", relayName, stateDir, proxyURL)
+	enroll := func(config string) (string, error) {
+		_, errOut, err := runCmdEnv(t, append(env, "TETHER_JOIN_TOKEN="+r.token(t, "acme")), bins.agent,
+			"enroll", "--relay", relayName, "--config", config, "--timeout", "15s")
+		if strings.Contains(errOut, password) {
+			t.Errorf("enrolment output shows the proxy password:\n%s", errOut)
+		}
+		return errOut, err
+	}
+
+	errOut, err := enroll(writeAgentConfig(t, base))
+	want := "TLS handshake with proxy https://agent:xxxxx@" + front + ": the proxy's certificate is not trusted"
+	if err == nil || !strings.Contains(errOut, want) || !strings.Contains(errOut, "proxy_ca_file") {
+		t.Fatalf("enrolment through a proxy of a private CA, without proxy_ca_file: %v\n%s\nwant %q pointing at proxy_ca_file", err, errOut, want)
+	}
+	if n := len(fp.seen()); n != 0 {
+		t.Fatalf("the proxy saw %d requests through an untrusted TLS connection", n)
+	}
+
+	config := writeAgentConfig(t, base+fmt.Sprintf("proxy_ca_file: %q\n", caFile))
+	if errOut, err := enroll(config); err != nil {
+		t.Fatalf("enrolment with proxy_ca_file: %v\n%s", err, errOut)
+	}
+	a := startEnv(t, "tether-agent (https proxy, private CA)", env, bins.agent, "run", "--config", config)
+	a.waitOutput(`"transport_why":"auto: QUIC is unavailable through an HTTP proxy; through HTTP proxy `+front+`"`, 20*time.Second)
+	if n := fp.tunnelsTo(relayName); n != 2 {
+		t.Errorf("proxy opened %d tunnels to %s, want the enrolment's and the agent's (saw %v)", n, relayName, fp.seen())
+	}
+	a.kill()
+	if strings.Contains(a.out.String(), password) {
+		t.Error("a proxy password appears in the agent's output")
+	}
+}
