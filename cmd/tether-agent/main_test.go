@@ -74,7 +74,7 @@ func helpFlags(help, title string) []string {
 // here fails the test.
 func TestCommandHelpListsItsOwnFlags(t *testing.T) {
 	want := map[string][]string{
-		"enroll":     {"config", "force", "proxy", "relay", "state-dir", "timeout", "token", "token-file"},
+		"enroll":     {"config", "force", "proxy", "proxy-ca", "relay", "state-dir", "timeout", "token", "token-file"},
 		"run":        {"config"},
 		"service":    {"config"},
 		"install":    {"config", "files-only"},
