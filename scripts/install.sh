@@ -24,12 +24,17 @@
 # NO_PROXY) for the script, as for curl. The downloads and the enrolment go
 # through it, and a config the script writes records it as proxy: (and
 # no_proxy:), since the service does not see this shell's environment.
+# An https:// proxy whose certificate is from a private CA (not in this
+# machine's trust store): add --proxy-ca FILE, the CA's certificate (PEM).
+# curl and the enrolment trust it for the proxy only, and the config
+# records a copy of it, /etc/tether-agent/proxy-ca.pem, as proxy_ca_file:.
 #
 # Options:
 #   --relay HOST:PORT      the relay's agent address (required)
 #   --download URL         where the relay serves downloads (default https://HOST:7444)
 #   --service NAME=ADDR    allow the agent to reach ADDR as service NAME (repeatable)
 #   --token-file FILE      read the join token from FILE ("-" for standard input)
+#   --proxy-ca FILE        the CA certificate(s) (PEM) of an https:// proxy in https_proxy
 #   --force                enrol again even if the machine already has an identity
 #   --root DIR             write the files under DIR and stop before the
 #                          service manager (needs --no-service; for tests and images)
@@ -39,7 +44,7 @@ set -eu
 say() { printf 'install.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 
-relay='' download='' token_file='' force='' root='' no_service='' services=''
+relay='' download='' token_file='' force='' root='' no_service='' services='' proxy_ca=''
 while [ $# -gt 0 ]; do
 	case $1 in
 	--relay) relay=${2:?--relay needs HOST:PORT}; shift 2 ;;
@@ -47,16 +52,31 @@ while [ $# -gt 0 ]; do
 	--service) services="$services
 ${2:?--service needs NAME=HOST:PORT}"; shift 2 ;;
 	--token-file) token_file=${2:?--token-file needs a file}; shift 2 ;;
+	--proxy-ca) proxy_ca=${2:?--proxy-ca needs a file}; shift 2 ;;
 	--force) force=--force; shift ;;
 	--root) root=${2:?--root needs a directory}; shift 2 ;;
 	--no-service) no_service=1; shift ;;
-	-h|--help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h|--help) sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) die "unknown argument $1 (see --help)" ;;
 	esac
 done
 [ -n "$relay" ] || die "--relay HOST:PORT is required"
 [ -z "$root" ] || [ -n "$no_service" ] || die "--root needs --no-service"
 [ -n "$no_service" ] || [ "$(id -u)" = 0 ] || die "run as root (sudo sh install.sh …), or with --no-service"
+# The proxy, as curl and the agent take it from the environment.
+proxy_var='' proxy_val=''
+for v in https_proxy HTTPS_PROXY; do
+	eval "val=\${$v:-}"
+	if [ -n "$val" ]; then proxy_var=$v proxy_val=$val; break; fi
+done
+if [ -n "$proxy_ca" ]; then
+	[ -f "$proxy_ca" ] && [ -r "$proxy_ca" ] || die "--proxy-ca $proxy_ca: not a readable file"
+	case $proxy_val in
+	https://*) ;;
+	'') die "--proxy-ca is for an https:// proxy: set https_proxy (or HTTPS_PROXY) to its URL" ;;
+	*) die "--proxy-ca is for an https:// proxy, and \$$proxy_var is not one (the agent speaks no TLS to an http:// proxy)" ;;
+	esac
+fi
 for tool in curl base64 od tr; do
 	command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
 done
@@ -158,10 +178,19 @@ dl_host=${dl_host%\]}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT INT TERM
 
+# curl, trusting --proxy-ca for the proxy (only) when given.
+pcurl() {
+	if [ -n "$proxy_ca" ]; then
+		curl --proxy-cacert "$proxy_ca" "$@"
+	else
+		curl "$@"
+	fi
+}
+
 # 1. The relay's CA, checked against the token. Fetched without TLS
 # verification (nothing is trusted yet); only the fingerprint check makes
 # it trustworthy.
-curl -fsS --proto '=https' -k --max-time 30 --max-filesize 65536 -o "$tmp/ca.der" "$download/ca.der" ||
+pcurl -fsS --proto '=https' -k --max-time 30 --max-filesize 65536 -o "$tmp/ca.der" "$download/ca.der" ||
 	die "could not fetch the relay's CA from $download/ca.der"
 got_fp=$(sha256 "$tmp/ca.der")
 [ "$got_fp" = "$want_fp" ] ||
@@ -184,7 +213,7 @@ aarch64|arm64) arch=arm64 ;;
 esac
 name=relay.tether.invalid
 pinned() {
-	curl -fsS --proto '=https' --tlsv1.2 --cacert "$tmp/ca.pem" \
+	pcurl -fsS --proto '=https' --tlsv1.2 --cacert "$tmp/ca.pem" \
 		--connect-to "$name:$dl_port:$dl_host:$dl_port" --max-time 300 "$@"
 }
 pinned --max-filesize 209715200 -o "$tmp/tether-agent" "https://$name:$dl_port$path_prefix/tether-agent-linux-$arch" ||
@@ -217,7 +246,7 @@ where="--state-dir=$state"
 if [ -e "$config" ]; then
 	where="--config=$config"
 fi
-if ! printf '%s\n' "$token" | "$tmp/tether-agent" enroll --relay "$relay" --token-file - "$where" $force >/dev/null; then
+if ! printf '%s\n' "$token" | "$tmp/tether-agent" enroll --relay "$relay" --token-file - "$where" ${proxy_ca:+"--proxy-ca=$proxy_ca"} $force >/dev/null; then
 	if [ -n "$stopped" ]; then
 		if /opt/tether-agent/bin/tether-agent start; then
 			say "started the agent again with its previous identity"
@@ -234,18 +263,23 @@ token=''
 # the same order, but a service does not see this shell's environment.
 # YAML single quotes: a quote inside is doubled, nothing else is escaped.
 yaml_quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/''/g")"; }
-proxy_var='' proxy_val=''
-for v in https_proxy HTTPS_PROXY; do
-	eval "val=\${$v:-}"
-	if [ -n "$val" ]; then proxy_var=$v proxy_val=$val; break; fi
-done
 no_proxy_val=${no_proxy:-${NO_PROXY:-}}
 if [ -e "$config" ]; then
 	say "keeping the existing $config"
 	[ -z "$proxy_var" ] || grep -q '^proxy:' "$config" ||
 		say "warning: the enrolment used the proxy of \$$proxy_var, which the service does not see: set proxy: in $config if the agent needs it"
+	[ -z "$proxy_ca" ] || grep -q '^proxy_ca_file:' "$config" ||
+		say "warning: the enrolment trusted --proxy-ca $proxy_ca for the proxy: set proxy_ca_file: in $config if the agent needs it"
 else
 	mkdir -p "$(dirname "$config")"
+	ca_copy="$(dirname "$config")/proxy-ca.pem"
+	if [ -n "$proxy_ca" ]; then
+		# A copy the service can read (the file given may be in a home
+		# directory): certificates only, nothing secret.
+		cp "$proxy_ca" "$tmp/proxy-ca.pem"
+		chmod 0644 "$tmp/proxy-ca.pem"
+		mv "$tmp/proxy-ca.pem" "$ca_copy"
+	fi
 	{
 		echo "# Written by install.sh. The agent reaches only the services listed here;"
 		echo "# edit the list and the running agent applies it."
@@ -256,6 +290,7 @@ else
 			echo "# keep this file readable by the agent only)."
 			echo "proxy: $(yaml_quote "$proxy_val")"
 			[ -z "$no_proxy_val" ] || echo "no_proxy: $(yaml_quote "$no_proxy_val")"
+			[ -z "$proxy_ca" ] || echo "proxy_ca_file: \"$ca_copy\"   # the CA of the proxy's certificate (--proxy-ca)"
 		fi
 		if [ -z "$service_lines" ]; then
 			echo "services: {}"
@@ -268,6 +303,7 @@ else
 	chmod 0640 "$config"
 	say "wrote $config"
 	[ -z "$proxy_var" ] || say "recorded the HTTP proxy of \$$proxy_var in it (proxy:): the service does not see this shell's environment"
+	[ -z "$proxy_ca" ] || say "recorded the proxy's CA in it (proxy_ca_file: $ca_copy)"
 fi
 
 # 5. The service.

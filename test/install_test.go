@@ -143,16 +143,6 @@ func TestInstallScriptRefusesUntrustedDownloads(t *testing.T) {
 	other.addTenant(t, "acme")
 	r.addTenant(t, "acme")
 
-	checkNothingInstalled := func(t *testing.T, root string) {
-		t.Helper()
-		l := installer.LinuxLayout(root)
-		for _, p := range []string{l.BinaryPath, l.ConfigPath, l.StateDir} {
-			if _, err := os.Stat(p); err == nil {
-				t.Errorf("%s exists after a refused install", p)
-			}
-		}
-	}
-
 	t.Run("token of another relay", func(t *testing.T) {
 		root := t.TempDir()
 		out, err := installScript(t, other.token(t, "acme"), "--relay", r.agentAddr, "--download", dl, "--root", root, "--no-service")
@@ -260,4 +250,97 @@ func TestInstallScriptThroughProxy(t *testing.T) {
 		t.Errorf("proxy opened %d tunnels to %s, want the enrolment's and the agent's", n, relayName)
 	}
 	a.kill()
+}
+
+// TestInstallScriptThroughHTTPSProxyCA: the tenant's proxy is https://,
+// with a certificate from its private CA that the machine does not trust
+// (SSL_CERT_FILE names no CA). Without --proxy-ca the script stops at its
+// first download; with it, curl and the enrolment trust the CA for the
+// proxy, the config records a copy of it as proxy_ca_file, and the agent,
+// run as the unit runs it, reaches the relay through the proxy.
+func TestInstallScriptThroughHTTPSProxyCA(t *testing.T) {
+	r, dl := downloadRelay(t)
+	r.addTenant(t, "acme")
+	_, agentPort, _ := net.SplitHostPort(r.agentAddr)
+	_, dlPort, _ := net.SplitHostPort(strings.TrimPrefix(dl, "https://"))
+	relayName := net.JoinHostPort("relay.invalid", agentPort) // only the proxy resolves it
+	const password = "ca-s3cret"
+	fp := startForwardProxy(t, "agent", password, map[string]string{"relay.invalid": "127.0.0.1"})
+	front, caFile := tlsFront(t, fp.addr)
+	proxyURL := "https://agent:" + password + "@" + front
+	noRoots := "SSL_CERT_FILE=" + filepath.Join(t.TempDir(), "none.pem")
+	install := func(root string, extra ...string) (string, error) {
+		env := []string{"TETHER_JOIN_TOKEN=" + r.token(t, "acme"), "https_proxy=" + proxyURL, "HTTPS_PROXY=", "no_proxy=", "NO_PROXY=", noRoots}
+		args := append([]string{"../scripts/install.sh", "--relay", relayName, "--download", "https://relay.invalid:" + dlPort, "--root", root, "--no-service"}, extra...)
+		stdout, stderr, err := runCmdEnv(t, env, "sh", args...)
+		out := stdout + stderr
+		if strings.Contains(out, password) {
+			t.Errorf("install.sh shows the proxy password:\n%s", out)
+		}
+		return out, err
+	}
+
+	root := t.TempDir()
+	if out, err := install(root); err == nil || !strings.Contains(out, "could not fetch the relay's CA") {
+		t.Fatalf("install.sh through a proxy of an untrusted CA, without --proxy-ca: %v\n%s\nwant it to stop at the first download", err, out)
+	}
+	checkNothingInstalled(t, root)
+
+	root = t.TempDir()
+	out, err := install(root, "--proxy-ca", caFile)
+	if err != nil {
+		t.Fatalf("install.sh --proxy-ca: %v\n%s", err, out)
+	}
+	if n := fp.tunnelsTo(relayName); n != 1 {
+		t.Fatalf("proxy opened %d tunnels to %s for the enrolment, want 1 (saw %v)", n, relayName, fp.seen())
+	}
+	l := installer.LinuxLayout(root)
+	cfg, err := agent.LoadConfig(l.ConfigPath)
+	if err != nil {
+		t.Fatalf("installed config: %v", err)
+	}
+	want := filepath.Join(filepath.Dir(l.ConfigPath), "proxy-ca.pem")
+	if cfg.Proxy != proxyURL || cfg.ProxyCAFile != want {
+		text, _ := os.ReadFile(l.ConfigPath)
+		t.Fatalf("installed config has proxy %q and proxy_ca_file %q, want %q and %q:\n%s", cfg.Proxy, cfg.ProxyCAFile, proxyURL, want, text)
+	}
+	orig, _ := os.ReadFile(caFile)
+	if got, err := os.ReadFile(want); err != nil || string(got) != string(orig) {
+		t.Fatalf("%s: %v, or not a copy of --proxy-ca", want, err)
+	}
+	if fi, err := os.Stat(want); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Fatalf("%s: %v, want mode 0644 (the service reads it)", want, err)
+	}
+
+	unit, err := installer.SystemdUnit(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var execStart []string
+	for line := range strings.SplitSeq(unit, "\n") {
+		if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
+			execStart = strings.Fields(v)
+		}
+	}
+	if len(execStart) < 2 {
+		t.Fatalf("ExecStart %q", execStart)
+	}
+	a := startEnv(t, "tether-agent service", append(proxyEnv("", ""), noRoots), execStart[0], execStart[1:]...)
+	a.waitOutput(`"msg":"connected to relay"`, 30*time.Second)
+	if n := fp.tunnelsTo(relayName); n < 2 {
+		t.Errorf("proxy opened %d tunnels to %s, want the enrolment's and the agent's", n, relayName)
+	}
+	a.kill()
+}
+
+// checkNothingInstalled fails t when a refused install left the agent's
+// binary, config or state directory under root.
+func checkNothingInstalled(t *testing.T, root string) {
+	t.Helper()
+	l := installer.LinuxLayout(root)
+	for _, p := range []string{l.BinaryPath, l.ConfigPath, l.StateDir} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s exists after a refused install", p)
+		}
+	}
 }
