@@ -422,6 +422,7 @@ func TestReloadNamesSettingsNeedingRestart(t *testing.T) {
 	}
 	a := &Agent{cfg: Config{StateDir: "/x", Relays: []string{"relay.example:7443"}}}
 	a.cfg.setDefaults()
+	proxyCA := newPrivateCA(t).file
 	for _, tc := range []struct {
 		yaml string
 		want []string
@@ -440,6 +441,7 @@ func TestReloadNamesSettingsNeedingRestart(t *testing.T) {
 		{"relays: [other.example:7443]\ntransport: tcp\n", []string{"relays", "transport"}},
 		{"connections: 4\n", []string{"relay_connections"}},
 		{"proxy: http://proxy.example:3128\n", []string{"proxy"}},
+		{"proxy: https://proxy.example:3128\nproxy_ca_file: " + strconv.Quote(proxyCA) + "\n", []string{"proxy", "proxy_ca_file"}},
 	} {
 		c, err := ParseConfig([]byte("state_dir: /x\n" + tc.yaml))
 		if err != nil {
