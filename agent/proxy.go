@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -234,6 +235,9 @@ type UntrustedProxyError struct {
 }
 
 func (e *UntrustedProxyError) Error() string {
+	if _, ok := errors.AsType[x509.HostnameError](e.err); ok {
+		return fmt.Sprintf("TLS handshake with proxy %s: the proxy's certificate is not trusted: it is not for the name or address in the proxy URL (use the name the certificate has, or have the proxy's certificate name the one the agent uses): %v", e.Proxy, e.err)
+	}
 	if e.CAFile == "" {
 		return fmt.Sprintf("TLS handshake with proxy %s: the proxy's certificate is not trusted (not from a CA of this machine's roots): if the proxy's certificate is from a private CA, name that CA's certificate (PEM) in proxy_ca_file in the agent config (tether-agent enroll: --proxy-ca FILE): %v", e.Proxy, e.err)
 	}

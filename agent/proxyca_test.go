@@ -310,3 +310,44 @@ func FuzzParseProxyCAs(f *testing.F) {
 		}
 	})
 }
+
+// TestUntrustedProxyErrors: the error for a proxy certificate the agent
+// does not trust says why: not from a trusted CA (pointing at
+// proxy_ca_file, or naming it when set), or not for the proxy's name.
+func TestUntrustedProxyErrors(t *testing.T) {
+	target := greeter(t)
+	corp := newPrivateCA(t)
+	p := startTLSProxy(t, corp, "ok") // its certificate names 127.0.0.1 only
+	_, port, _ := net.SplitHostPort(p.addr)
+	other := newPrivateCA(t)
+	for _, tc := range []struct {
+		name, host, caFile string
+		want               string
+	}{
+		{name: "no proxy_ca_file", host: "127.0.0.1", want: "the proxy's certificate is not trusted (not from a CA of this machine's roots): if the proxy's certificate is from a private CA, name that CA's certificate (PEM) in proxy_ca_file"},
+		{name: "another CA in proxy_ca_file", host: "127.0.0.1", caFile: other.file, want: "the proxy's certificate is not trusted (not from a CA of proxy_ca_file " + other.file + " nor of this machine's roots): put the CA that issued the proxy's certificate in proxy_ca_file"},
+		{name: "another name", host: "localhost", caFile: corp.file, want: "the proxy's certificate is not trusted: it is not for the name or address in the proxy URL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := newEgress("https://agent:tls-secret@"+net.JoinHostPort(tc.host, port), "", func(string) string { return "" })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := e.trustProxyCAs(tc.caFile); err != nil {
+				t.Fatal(err)
+			}
+			c, err := e.dialer("relay.example:7443", (&net.Dialer{}).DialContext)(context.Background(), "tcp", target)
+			if err == nil {
+				c.Close()
+				t.Fatal("an untrusted proxy certificate was accepted")
+			}
+			want := "TLS handshake with proxy https://agent:xxxxx@" + net.JoinHostPort(tc.host, port) + ": " + tc.want
+			if !strings.Contains(err.Error(), want) || !isPermanent(err) {
+				t.Fatalf("got %q (permanent: %v), want %q, permanent", err, isPermanent(err), want)
+			}
+		})
+	}
+	if n := len(mustSeen(p)); n != 0 {
+		t.Fatalf("the proxy saw %d CONNECTs over untrusted TLS connections", n)
+	}
+}
