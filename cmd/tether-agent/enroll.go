@@ -18,7 +18,7 @@ type enrollOptions struct {
 	relay, token, tokenFile, stateDir, proxy string
 	noProxy                                  string // no_proxy of --config
 	proxyCA                                  string // --proxy-ca, or proxy_ca_file of --config
-	config                                   string // --config: state_dir, proxy and no_proxy from this agent config
+	config                                   string // --config: state_dir, proxy, no_proxy and proxy_ca_file from this agent config
 	force                                    bool
 	timeout                                  time.Duration
 }
