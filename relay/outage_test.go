@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -134,7 +135,10 @@ func (r *outageRelay) cut(t *testing.T) time.Time {
 	cut := time.Now()
 	for deadline := time.Now().Add(30 * time.Second); !r.downForAll.Load() || r.staleFor() <= r.cfg.StaleAfter; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("30 s after the store was cut: stale for %v, down for all %v", r.staleFor(), r.downForAll.Load())
+			var stacks strings.Builder
+			pprof.Lookup("goroutine").WriteTo(&stacks, 2)
+			t.Fatalf("30 s after the store was cut: stale for %v, down for all %v (last heartbeat %v ago, isolated %v, live %d relays); the goroutines:\n%s",
+				r.staleFor(), r.downForAll.Load(), time.Since(r.member.LastHeartbeat()).Round(time.Millisecond), r.isolated.Load(), len(r.member.Live()), stacks.String())
 		}
 	}
 	return cut
