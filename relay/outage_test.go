@@ -594,6 +594,7 @@ func (a *testAgent) renew(t *testing.T, s *agentSession) {
 // agentSession is a testAgent's admitted session.
 type agentSession struct {
 	id      string // the session's id, from its welcome
+	conn    *freezableConn
 	mux     *yamux.Session
 	ctl     net.Conn
 	wmu     sync.Mutex                   // guards writes to ctl
@@ -614,10 +615,11 @@ func (s *agentSession) send(m protocol.Message) error {
 func (a *testAgent) connect(ctx context.Context) (*agentSession, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	conn, err := (&tls.Dialer{Config: a.conf}).DialContext(ctx, "tcp", a.addr)
+	tc, err := (&tls.Dialer{Config: a.conf}).DialContext(ctx, "tcp", a.addr)
 	if err != nil {
 		return nil, err
 	}
+	conn := &freezableConn{Conn: tc}
 	mux, err := yamux.Client(conn, tcp.Config(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		conn.Close()
@@ -648,7 +650,7 @@ func (a *testAgent) connect(ctx context.Context) (*agentSession, error) {
 		return nil, fmt.Errorf("answer to hello: %#v, want a welcome", m)
 	}
 	ctl.SetDeadline(time.Time{})
-	s := &agentSession{id: m.(*protocol.Welcome).SessionID, mux: mux, ctl: ctl, goAway: make(chan *protocol.GoAway, 4), renewed: make(chan *protocol.RenewResponse, 4)}
+	s := &agentSession{id: m.(*protocol.Welcome).SessionID, conn: conn, mux: mux, ctl: ctl, goAway: make(chan *protocol.GoAway, 4), renewed: make(chan *protocol.RenewResponse, 4)}
 	s.wg.Go(func() {
 		for {
 			m, err := protocol.ReadMessage(br)
@@ -697,6 +699,7 @@ func (a *testAgent) connect(ctx context.Context) (*agentSession, error) {
 
 // close ends the session and waits for its goroutines.
 func (s *agentSession) close() {
+	s.conn.thaw()
 	s.mux.Close()
 	s.wg.Wait()
 }

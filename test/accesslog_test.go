@@ -67,12 +67,13 @@ func verifyAccessLog(t *testing.T, args ...string) (accesslog.Result, int) {
 }
 
 // streamAudit waits until the relay's audit trail holds at least n stream
-// records of tenant that count says to count, and returns them all.
-func streamAudit(t *testing.T, dataDir, tenant string, n int, count func(map[string]any) bool) []map[string]any {
+// records of tenant that count says to count, and returns them all; more
+// are more flags of tether-relay audit (e.g. --since).
+func streamAudit(t *testing.T, dataDir, tenant string, n int, count func(map[string]any) bool, more ...string) []map[string]any {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		out := mustRun(t, bins.relay, "audit", "-o", "json", "--kind", "stream", "--tenant", tenant, "--data-dir", dataDir)
+		out := mustRun(t, bins.relay, append([]string{"audit", "-o", "json", "--kind", "stream", "--tenant", tenant, "--data-dir", dataDir}, more...)...)
 		var recs []map[string]any
 		counted := 0
 		for _, line := range strings.Split(out, "\n") {

@@ -245,8 +245,9 @@ func TestStoppedAgentRepliesAreTyped(t *testing.T) {
 // heartbeat the relay would count it healthy for 30 s and send it half the
 // streams, each waiting out the stream-open timeout. Instead every stream
 // succeeds through the other agent, and within 5 s of the stop none goes
-// to the stopped one any more (a stream sent there would take a second or
-// more).
+// to the stopped one any more: the relay's record of no stream begun then
+// names it among the connections tried (detail "tried"), and none takes a
+// second or more (as one sent there would).
 func TestStoppedAgentIsAvoided(t *testing.T) {
 	for _, transport := range []string{"quic", "tcp"} {
 		t.Run(transport, func(t *testing.T) {
@@ -258,14 +259,21 @@ func TestStoppedAgentIsAvoided(t *testing.T) {
 			}
 			a := startAgent(t, r, "acme", agentOpts{transport: transport, services: map[string]string{"web": greeter("A")}})
 			startAgent(t, r, "acme", agentOpts{transport: transport, services: map[string]string{"web": greeter("B")}})
-			fetch := func(ctx context.Context) (string, error) {
+			// fetch reads the greeting of the agent that served a stream,
+			// and returns it with the stream's request id.
+			fetch := func(ctx context.Context) (string, string, error) {
 				c, err := d.DialContext(ctx, "tcp", "web.acme.tether:80")
 				if err != nil {
-					return "", err
+					return "", "", err
 				}
 				defer c.Close()
+				id := ""
+				if cc, ok := c.(*client.Conn); ok {
+					id = cc.RequestID
+				}
 				c.SetDeadline(time.Now().Add(10 * time.Second))
-				return readLine(c)
+				who, err := readLine(c)
+				return who, id, err
 			}
 			// Both agents serve (each has its connections up) before one stops.
 			seen := map[string]bool{}
@@ -273,7 +281,7 @@ func TestStoppedAgentIsAvoided(t *testing.T) {
 				if time.Now().After(deadline) {
 					t.Fatalf("both agents never served: saw %v", seen)
 				}
-				if who, err := fetch(context.Background()); err == nil {
+				if who, _, err := fetch(context.Background()); err == nil {
 					seen[who] = true
 				}
 			}
@@ -283,7 +291,7 @@ func TestStoppedAgentIsAvoided(t *testing.T) {
 			stopped := time.Now()
 			type result struct {
 				start, took time.Duration
-				who         string
+				who, id     string
 				err         error
 			}
 			var mu sync.Mutex
@@ -294,10 +302,10 @@ func TestStoppedAgentIsAvoided(t *testing.T) {
 					for time.Since(stopped) < 9*time.Second {
 						ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 						begin := time.Now()
-						who, err := fetch(ctx)
+						who, id, err := fetch(ctx)
 						cancel()
 						mu.Lock()
-						results = append(results, result{begin.Sub(stopped), time.Since(begin), who, err})
+						results = append(results, result{begin.Sub(stopped), time.Since(begin), who, id, err})
 						mu.Unlock()
 						time.Sleep(20 * time.Millisecond) // pacing, not waiting for anything
 					}
@@ -321,6 +329,47 @@ func TestStoppedAgentIsAvoided(t *testing.T) {
 			if late == 0 {
 				t.Fatal("no stream was opened later than 5 s after the stop")
 			}
+			// Where the relay tried each stream begun after the stop (its
+			// record's "tried"): those begun 5 s or more after it, never
+			// on the stopped agent.
+			starts := map[string]time.Duration{}
+			for _, res := range results {
+				if res.err == nil {
+					if res.id == "" {
+						t.Errorf("stream opened %v after the stop has no request id", res.start.Round(time.Millisecond))
+						continue
+					}
+					starts[res.id] = res.start
+				}
+			}
+			recs := streamAudit(t, r.dataDir, "acme", len(starts), func(rec map[string]any) bool {
+				id, _ := detail(rec, "request").(string)
+				_, ok := starts[id]
+				return ok
+			}, "--since", stopped.Add(-time.Second).UTC().Format(time.RFC3339), "--limit", "100000")
+			triedStopped := 0
+			for _, rec := range recs {
+				id, _ := detail(rec, "request").(string)
+				start, ok := starts[id]
+				if !ok {
+					continue
+				}
+				tried, _ := detail(rec, "tried").([]any)
+				for _, x := range tried {
+					try, _ := x.(map[string]any)
+					if try["agent"] != a.id {
+						continue
+					}
+					triedStopped++
+					if start >= 5*time.Second {
+						t.Errorf("stream %s opened %v after the stop was tried on the stopped agent %s: %v", id, start.Round(time.Millisecond), a.id, try)
+					}
+				}
+				if rec["agent"] == a.id && start >= 5*time.Second {
+					t.Errorf("stream %s opened %v after the stop went to the stopped agent %s", id, start.Round(time.Millisecond), a.id)
+				}
+			}
+			t.Logf("%d streams begun after the stop were tried on the stopped agent first (their records' tried)", triedStopped)
 			var slowest, lastSlow time.Duration
 			for _, res := range results {
 				slowest = max(slowest, res.took)

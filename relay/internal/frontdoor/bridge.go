@@ -53,6 +53,12 @@ func (t *tunnel) record(door, outcome string, toService, fromService int64) audi
 		// Forwarded: the agent is connected to that relay of the cluster.
 		detail["relay"] = t.Relay
 	}
+	if s := t.Session(); s != "" {
+		detail["session"] = s
+	}
+	if len(t.Tries) > 0 {
+		detail["tried"] = triedDetail(t.Tries)
+	}
 	return audit.Record{Kind: audit.Stream, Outcome: outcome, Tenant: t.target.Tenant, Agent: t.Agent, Backend: t.caller.name, Actor: t.caller.Identity(),
 		Detail: detail}
 }
@@ -120,6 +126,9 @@ func (fd *Server) auditRefusal(door, remote, requestID string, c *caller, addr s
 	}
 	rec := audit.Record{Kind: audit.Stream, Outcome: protocol.CodeOf(err).String(), Backend: c.name, Actor: c.Identity(),
 		Detail: map[string]any{"door": door, "remote": remote, "request": requestID, "target": addr, "auth": c.via, "error": err.Error()}}
+	if tries := route.TriesOf(err); len(tries) > 0 {
+		rec.Detail["tried"] = triedDetail(tries)
+	}
 	t, perr := route.ParseTarget(addr)
 	if perr == nil {
 		if c.grantedTenant(t.Tenant) {
@@ -129,6 +138,29 @@ func (fd *Server) auditRefusal(door, remote, requestID string, c *caller, addr s
 	}
 	fd.cfg.Metrics.StreamOpened(t.Tenant, t.Service, c.name, protocol.CodeOf(err))
 	fd.cfg.Audit.Record(rec)
+}
+
+// triedDetail is the detail "tried" of a stream record: where the relay
+// tried the stream before it opened or was refused, one object per
+// failed attempt in order, with the agent and session of a connection to
+// this relay or the relay of a forward, the attempt's duration_ms and
+// its error. The router bounds their number (its maxAttempts) and the
+// errors' length.
+func triedDetail(tries []route.Try) []map[string]any {
+	out := make([]map[string]any, len(tries))
+	for i, t := range tries {
+		m := map[string]any{"duration_ms": t.Took.Milliseconds(), "error": t.Err}
+		if t.Relay != "" {
+			m["relay"] = t.Relay
+		} else {
+			m["agent"] = t.Agent
+			if t.Session != "" {
+				m["session"] = t.Session
+			}
+		}
+		out[i] = m
+	}
+	return out
 }
 
 // auditUnauthenticated records a front-door connection whose credentials

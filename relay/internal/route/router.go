@@ -201,8 +201,21 @@ type Tunnel struct {
 	// carried it ("" when the agent is connected to this relay).
 	Agent, Relay string
 	Opened       time.Time
+	// Tries are the attempts on other carriers that failed before this
+	// one opened the stream, in order; nil when the first one did.
+	Tries []Try
 
 	once sync.Once
+}
+
+// Session is the id of the agent's connection to this relay that carried
+// the stream: "" for a peer relay's, or a carrier that names none
+// (SessionNamer).
+func (t *Tunnel) Session() string {
+	if n, ok := t.Carrier.(SessionNamer); ok && t.Relay == "" {
+		return n.SessionID()
+	}
+	return ""
 }
 
 // End uncounts the tunnel from its carrier; call it once the stream ended.
@@ -212,6 +225,67 @@ func (t *Tunnel) End() { t.once.Do(t.Carrier.StreamDone) }
 func (t *Tunnel) Abandon() {
 	t.Stream.Close()
 	t.End()
+}
+
+// SessionNamer is a carrier that is one connection of an agent to this
+// relay, with an id that names it in logs and records.
+type SessionNamer interface {
+	SessionID() string
+}
+
+// maxTryErr bounds the text of a failed attempt's error (Try.Err).
+const maxTryErr = 256
+
+// Try is an attempt of a dial on a carrier that did not open the stream:
+// the carrier failed underneath it (the agent stopped answering, its
+// connection or a link to another relay failed, that relay could not
+// take it), or the dial's time ran out while it waited for the answer. A
+// refusal a carrier answered (the agent's allowlist, the other relay's
+// policy) is not an attempt that failed: it is the dial's outcome.
+type Try struct {
+	// Agent and Session name a connection of an agent to this relay
+	// (Session "" for a carrier that names none); Relay the other relay
+	// of the cluster a forward went to.
+	Agent, Session, Relay string
+	// Took is how long the attempt lasted.
+	Took time.Duration
+	// Err is why it failed, clipped to maxTryErr bytes of valid UTF-8.
+	Err string
+}
+
+// tryOn describes a failed attempt on c (relay its relay id, "" for a
+// carrier of this relay's).
+func tryOn(c Carrier, relay string, took time.Duration, err error) Try {
+	t := Try{Relay: relay, Took: took, Err: protocol.Clip(err.Error(), maxTryErr)}
+	if relay == "" {
+		t.Agent = c.Agent()
+		if n, ok := c.(SessionNamer); ok {
+			t.Session = n.SessionID()
+		}
+	}
+	return t
+}
+
+// TriedError is a Dial's refusal after attempts that failed (Try): the
+// refusal (Err, a *protocol.Error), and where the stream was tried. It
+// reads as its refusal: Error is Err's, and errors.Is and errors.As see
+// Err and what it wraps.
+type TriedError struct {
+	Err   error
+	Tries []Try
+}
+
+func (e *TriedError) Error() string { return e.Err.Error() }
+func (e *TriedError) Unwrap() error { return e.Err }
+
+// TriesOf returns the failed attempts a Dial's error carries (nil when
+// none failed before the refusal, or err is not a Dial's).
+func TriesOf(err error) []Try {
+	var te *TriedError
+	if errors.As(err, &te) {
+		return te.Tries
+	}
+	return nil
 }
 
 // ErrStalled marks a carrier's failure to open a stream because the
@@ -299,6 +373,16 @@ func (r *Router) DialLocal(ctx context.Context, tenant string, hdr protocol.Stre
 // other relay and does not wait for agents found only between
 // connections; Dial waits for them once (awaitMoved).
 func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHeader, early Early, forwarded bool) (*Tunnel, error) {
+	t, tries, err := r.dialTries(ctx, tenant, hdr, early, forwarded)
+	if err != nil && len(tries) > 0 {
+		return nil, &TriedError{Err: err, Tries: tries}
+	}
+	return t, err
+}
+
+// dialTries is dial; it also returns the attempts that failed, which the
+// tunnel it returns holds (Tunnel.Tries).
+func (r *Router) dialTries(ctx context.Context, tenant string, hdr protocol.StreamHeader, early Early, forwarded bool) (*Tunnel, []Try, error) {
 	elsewhere, wait := r.cfg.Elsewhere, true
 	if forwarded {
 		elsewhere, wait = nil, false
@@ -306,6 +390,7 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.StreamOpenTimeout)
 	defer cancel()
 	tried := map[Carrier]bool{}
+	var tries []Try // the attempts that failed, in order
 	var lastErr error
 	lastStalled := false // lastErr came from a carrier that stopped answering
 	var busy error       // the last refusal of a relay that could not take more streams (ErrBusy)
@@ -349,25 +434,33 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 			// counts too.
 			others = func() bool { return r.cfg.Table.Pick(tenant, tried) != nil || away.usable(tried) }
 		}
+		began := time.Now()
 		st, err := c.OpenStream(ctx, hdr, early, others)
 		if err == nil {
 			agent := c.Agent()
 			if n, ok := st.(AgentNamer); ok {
 				agent = n.AgentID()
 			}
-			return &Tunnel{Stream: st, Carrier: c, Agent: agent, Relay: relay, Opened: time.Now()}, nil
+			return &Tunnel{Stream: st, Carrier: c, Agent: agent, Relay: relay, Opened: time.Now(), Tries: tries}, tries, nil
 		}
 		var pe *protocol.Error
 		if errors.As(err, &pe) {
-			return nil, err // the agent answered: do not ask another
+			if dl, _ := ctx.Deadline(); ctx.Err() != nil || !time.Now().Before(dl) {
+				// Not an answer: the carrier gave up as the dial's time
+				// ran out (an agent that did not answer in time).
+				tries = append(tries, tryOn(c, relay, time.Since(began), err))
+			}
+			return nil, tries, err // the agent answered: do not ask another
 		}
 		if ctx.Err() != nil {
-			return nil, protocol.Errorf(protocol.CodeTimeout, "no answer from tenant %q's agent within %v", tenant, r.cfg.StreamOpenTimeout)
+			tries = append(tries, tryOn(c, relay, time.Since(began), err))
+			return nil, tries, protocol.Errorf(protocol.CodeTimeout, "no answer from tenant %q's agent within %v", tenant, r.cfg.StreamOpenTimeout)
 		}
 		where := "agent " + c.Agent()
 		if relay != "" {
 			where = "relay " + relay
 		}
+		tries = append(tries, tryOn(c, relay, time.Since(began), err))
 		lastErr, lastStalled = err, c.Stalled()
 		if errors.Is(err, ErrBusy) {
 			busy = err
@@ -388,35 +481,35 @@ func (r *Router) dial(ctx context.Context, tenant string, hdr protocol.StreamHea
 		// The transport gave up on the connection (yamux aborts a stream
 		// open the agent does not acknowledge) after the agent had
 		// stopped answering: the agent did not answer in time.
-		return nil, protocol.Errorf(protocol.CodeTimeout, "tenant %q's agent stopped answering: %v", tenant, lastErr)
+		return nil, tries, protocol.Errorf(protocol.CodeTimeout, "tenant %q's agent stopped answering: %v", tenant, lastErr)
 	}
 	if busy != nil {
 		// A relay holding the tenant's agents is at its capacity, and no
 		// other took the stream: the client may try again later.
-		return nil, protocol.Errorf(protocol.CodeUnavailable, "tenant %q's agents are connected to relays that cannot take more streams now: %v", tenant, busy)
+		return nil, tries, protocol.Errorf(protocol.CodeUnavailable, "tenant %q's agents are connected to relays that cannot take more streams now: %v", tenant, busy)
 	}
 	if lastErr != nil {
-		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agent connections failed: %v", tenant, lastErr)
+		return nil, tries, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agent connections failed: %v", tenant, lastErr)
 	}
 	if pe := (*protocol.Error)(nil); errors.As(away.err, &pe) {
-		return nil, pe
+		return nil, tries, pe
 	}
 	if away.err != nil {
-		return nil, protocol.Errorf(protocol.CodeUnavailable, "tenant %q has no agent connected to this relay, and the cluster's other relays could not be looked up: %v", tenant, away.err)
+		return nil, tries, protocol.Errorf(protocol.CodeUnavailable, "tenant %q has no agent connected to this relay, and the cluster's other relays could not be looked up: %v", tenant, away.err)
 	}
 	if away.unreachable != "" && r.cfg.Table.Connected(tenant) == 0 {
-		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agents are connected to relay %s, which this relay cannot reach now (its link failed lately and is tried again after a pause)", tenant, away.unreachable)
+		return nil, tries, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agents are connected to relay %s, which this relay cannot reach now (its link failed lately and is tried again after a pause)", tenant, away.unreachable)
 	}
 	if r.cfg.Table.Connected(tenant) > 0 {
 		if forwarded && r.cfg.Table.Stalled(tenant) {
 			// DialLocal (a forwarded stream): every connection here
 			// stopped answering. Told so, the relay that forwarded it
 			// does not wait for the agent to move.
-			return nil, protocol.Errorf(protocol.CodeTimeout, "tenant %q's agents connected to this relay stopped answering heartbeats", tenant)
+			return nil, tries, protocol.Errorf(protocol.CodeTimeout, "tenant %q's agents connected to this relay stopped answering heartbeats", tenant)
 		}
-		return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agents are connected but none is healthy (draining, or not answering heartbeats)", tenant)
+		return nil, tries, protocol.Errorf(protocol.CodeNoAgent, "tenant %q's agents are connected but none is healthy (draining, or not answering heartbeats)", tenant)
 	}
-	return nil, protocol.Errorf(protocol.CodeNoAgent, "tenant %q has no agent connected", tenant)
+	return nil, tries, protocol.Errorf(protocol.CodeNoAgent, "tenant %q has no agent connected", tenant)
 }
 
 // awayCarriers hands out, one dial's worth, the carriers to other relays:

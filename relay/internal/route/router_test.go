@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/protocol/transport"
@@ -443,5 +445,66 @@ func TestDialAroundBusyRelay(t *testing.T) {
 	}
 	if n := cl.read(); n != 2 {
 		t.Errorf("a dial whose only holder was busy asked the cluster %d times in %v, want 2 (no waiting for its agents to move)", n, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// staticCluster always says the tenant's agents are at the same relays.
+type staticCluster []route.Carrier
+
+func (c staticCluster) Carriers(context.Context, string, bool) ([]route.Carrier, error) {
+	return c, nil
+}
+
+// TestDialKeepsTries: the attempts that failed before a stream opened are
+// in its tunnel (none when the first opened it); a refusal after failed
+// attempts carries them (route.TriesOf) and still reads as the refusal:
+// same text, code and *protocol.Error. A carrier to another relay is
+// named by its relay, a connection here by its agent; errors are clipped.
+func TestDialKeepsTries(t *testing.T) {
+	good := &fakeCarrier{name: "good"}
+	tun, err := newRouter(t, good).Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r0"}, fixedEarly(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun.Stream.Close()
+	if tun.Tries != nil {
+		t.Errorf("stream opened at the first attempt: tries %+v, want nil", tun.Tries)
+	}
+
+	long := strings.Repeat("é", 400) // 800 bytes
+	broken := &fakeCarrier{name: "broken", err: errors.New("connection lost: " + long)}
+	good = &fakeCarrier{name: "good", load: 1} // tried second
+	tun, err = newRouter(t, broken, good).Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r1"}, fixedEarly(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun.Stream.Close()
+	if len(tun.Tries) != 1 {
+		t.Fatalf("stream opened after a failed attempt: tries %+v, want one", tun.Tries)
+	}
+	if try := tun.Tries[0]; try.Agent != "broken" || try.Relay != "" || !strings.HasPrefix(try.Err, "connection lost: é") ||
+		len(try.Err) > 256+len("…") || !utf8.ValidString(try.Err) || try.Took < 0 {
+		t.Errorf("the failed attempt: %+v; want agent broken, its error clipped to 256 bytes of UTF-8", try)
+	}
+
+	r1 := relayCarrier{&fakeCarrier{name: "relay-1", err: fmt.Errorf("relay relay-1: %w", route.ErrUnreachable)}}
+	r2 := relayCarrier{&fakeCarrier{name: "relay-2", err: fmt.Errorf("relay relay-2: %w", route.ErrUnreachable)}}
+	_, err = newClusterRouter(t, route.NewTable(), staticCluster{r1, r2}).Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r2"}, fixedEarly(nil))
+	var pe *protocol.Error
+	var te *route.TriedError
+	if !errors.As(err, &pe) || !errors.As(err, &te) || protocol.CodeOf(err) != protocol.CodeNoAgent || err.Error() != pe.Error() {
+		t.Fatalf("Dial with every relay unreachable: %v (%T), want a no_agent *protocol.Error with its tries", err, err)
+	}
+	tries := route.TriesOf(err)
+	if len(tries) != 2 || tries[0].Relay != "relay-1" || tries[1].Relay != "relay-2" || tries[0].Agent != "" || !strings.Contains(tries[1].Err, "not reachable") {
+		t.Errorf("tries of the refusal: %+v, want relay-1 then relay-2, each unreachable", tries)
+	}
+
+	// A refusal at the first attempt carries no tries: it is the
+	// refusal itself.
+	refusing := &fakeCarrier{name: "refusing", err: protocol.Errorf(protocol.CodeNotAllowed, "no")}
+	_, err = newRouter(t, refusing).Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r3"}, fixedEarly(nil))
+	if !errors.As(err, &pe) || errors.As(err, &te) || route.TriesOf(err) != nil {
+		t.Errorf("Dial refused at the first attempt: %v (%T), want the bare *protocol.Error", err, err)
 	}
 }
