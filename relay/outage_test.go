@@ -131,6 +131,15 @@ func (r *outageRelay) dial(t *testing.T) error {
 // other relay reaches the store (there is none).
 func (r *outageRelay) cut(t *testing.T) time.Time {
 	t.Helper()
+	// A relay that has not written its first heartbeat has not joined
+	// the cluster: nobody counts its agents, and watchStore waits for
+	// the join, so the store cut before it is never found down for every
+	// relay. The cut comes after it.
+	for deadline := time.Now().Add(20 * time.Second); r.member.LastHeartbeat().IsZero(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the relay wrote no heartbeat within 20 s of its start")
+		}
+	}
 	r.proxy.Pause()
 	cut := time.Now()
 	for deadline := time.Now().Add(30 * time.Second); !r.downForAll.Load() || r.staleFor() <= r.cfg.StaleAfter; time.Sleep(20 * time.Millisecond) {
