@@ -257,7 +257,7 @@ func TestCommandLineMistakes(t *testing.T) {
 // version is the same in its short form.
 func TestAgentCommandHelp(t *testing.T) {
 	want := map[string][]string{
-		"enroll":     {"--config", "--force", "--proxy", "--relay", "--state-dir", "--timeout", "--token", "--token-file"},
+		"enroll":     {"--config", "--force", "--proxy", "--proxy-ca", "--relay", "--state-dir", "--timeout", "--token", "--token-file"},
 		"run":        {"--config"},
 		"service":    {"--config"},
 		"install":    {"--config", "--files-only"},
@@ -266,7 +266,7 @@ func TestAgentCommandHelp(t *testing.T) {
 		"stop":       {},
 		"unit":       {},
 		"status":     {"--addr", "--config", "--timeout"},
-		"access-log": {"--backend", "--ca", "--config", "--file", "--key", "--service", "--since", "--verify"},
+		"access-log": {"--backend", "--ca", "--config", "--file", "--key", "--key-record", "--rotate-key", "--service", "--since", "--verify"},
 		"version":    {"--short"},
 	}
 	helps := leafHelps(t, bins.agent)
