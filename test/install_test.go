@@ -89,19 +89,7 @@ func TestInstallScriptAndServiceMode(t *testing.T) {
 	}
 
 	// Run it as the unit does.
-	unit, err := installer.SystemdUnit(l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var execStart []string
-	for line := range strings.SplitSeq(unit, "\n") {
-		if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
-			execStart = strings.Fields(v)
-		}
-	}
-	if len(execStart) < 2 || execStart[0] != l.BinaryPath {
-		t.Fatalf("ExecStart %q does not run %s", execStart, l.BinaryPath)
-	}
+	execStart := unitExecStart(t, l)
 	a := start(t, "tether-agent service", execStart[0], execStart[1:]...)
 	a.waitOutput(`"msg":"connected to relay"`, 30*time.Second)
 
@@ -231,19 +219,7 @@ func TestInstallScriptThroughProxy(t *testing.T) {
 	}
 
 	// Run it as the unit does, in an environment without the proxy.
-	unit, err := installer.SystemdUnit(l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var execStart []string
-	for line := range strings.SplitSeq(unit, "\n") {
-		if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
-			execStart = strings.Fields(v)
-		}
-	}
-	if len(execStart) < 2 {
-		t.Fatalf("ExecStart %q", execStart)
-	}
+	execStart := unitExecStart(t, l)
 	a := startEnv(t, "tether-agent service", proxyEnv("", ""), execStart[0], execStart[1:]...)
 	a.waitOutput(`"msg":"connected to relay"`, 30*time.Second)
 	if n := fp.tunnelsTo(relayName); n < 2 {
@@ -312,19 +288,7 @@ func TestInstallScriptThroughHTTPSProxyCA(t *testing.T) {
 		t.Fatalf("%s: %v, want mode 0644 (the service reads it)", want, err)
 	}
 
-	unit, err := installer.SystemdUnit(l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var execStart []string
-	for line := range strings.SplitSeq(unit, "\n") {
-		if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
-			execStart = strings.Fields(v)
-		}
-	}
-	if len(execStart) < 2 {
-		t.Fatalf("ExecStart %q", execStart)
-	}
+	execStart := unitExecStart(t, l)
 	a := startEnv(t, "tether-agent service", append(proxyEnv("", ""), noRoots), execStart[0], execStart[1:]...)
 	a.waitOutput(`"msg":"connected to relay"`, 30*time.Second)
 	if n := fp.tunnelsTo(relayName); n < 2 {
@@ -343,4 +307,24 @@ func checkNothingInstalled(t *testing.T, root string) {
 			t.Errorf("%s exists after a refused install", p)
 		}
 	}
+}
+
+// unitExecStart is the command line the systemd unit of the installed
+// layout l runs: the installed binary and its arguments.
+func unitExecStart(t *testing.T, l installer.Layout) []string {
+	t.Helper()
+	unit, err := installer.SystemdUnit(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var execStart []string
+	for line := range strings.SplitSeq(unit, "\n") {
+		if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
+			execStart = strings.Fields(v)
+		}
+	}
+	if len(execStart) < 2 || execStart[0] != l.BinaryPath {
+		t.Fatalf("ExecStart %q does not run %s", execStart, l.BinaryPath)
+	}
+	return execStart
 }
