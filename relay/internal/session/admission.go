@@ -2,7 +2,6 @@ package session
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/netip"
 	"sync"
@@ -10,6 +9,7 @@ import (
 
 	quicgo "github.com/quic-go/quic-go"
 
+	"github.com/tetherhq/tether/protocol"
 	"github.com/tetherhq/tether/relay/internal/throttle"
 )
 
@@ -68,9 +68,16 @@ func (s *gateSlot) release() {
 
 type gateSlotKey struct{}
 
+// errRelayBusy refuses a connection for want of a handshake slot. At the
+// QUIC door (quicConnContext) quic-go answers it with a bare
+// CONNECTION_REFUSED; a QUIC connection whose hello then finds no slot
+// within gateWait is closed with it as the close's reason
+// (protocol.CloseReason), which the agent reads back as this refusal, a
+// temporary one. (A TCP connection is closed before TLS, with nothing
+// said.) errSourceBusy is the same at the door for a source at its bound.
 var (
-	errRelayBusy  = errors.New("relay busy: too many agent handshakes in progress")
-	errSourceBusy = errors.New("relay busy: too many agent handshakes in progress from this address or network")
+	errRelayBusy  = protocol.Errorf(protocol.CodeUnavailable, "relay busy: too many agent handshakes in progress")
+	errSourceBusy = protocol.Errorf(protocol.CodeUnavailable, "relay busy: too many agent handshakes in progress from this address or network")
 )
 
 // QUICTLSSlots is how many QUIC TLS handshakes may be in progress at once

@@ -379,15 +379,18 @@ func (s *Server) acceptQUIC(ctx context.Context, wg *sync.WaitGroup) error {
 			// before TLS began until the agent is admitted or refused
 			// (or the connection ends); the hello also waits for a
 			// handshake slot, as over TCP.
+			// Turned away, the connection is closed with the refusal as
+			// its reason, which the agent reads (protocol.CloseReason).
 			tlsDone, ok := quicSlot(conn.Context())
 			if !ok {
-				conn.CloseWithError(quic.CodeRefused, "relay busy")
+				conn.CloseWithError(quic.CodeRefused, protocol.CloseReason(errRelayBusy))
 				return
 			}
 			defer tlsDone()
 			if !s.gate.Enter(ctx) {
 				s.stats.Throttled.Add(1)
-				conn.CloseWithError(quic.CodeRefused, "relay busy")
+				s.log.Debug("agent connection turned away: too many handshakes in progress", "transport", "quic", "remote", conn.RemoteAddr().String())
+				conn.CloseWithError(quic.CodeRefused, protocol.CloseReason(errRelayBusy))
 				return
 			}
 			var leaveOnce sync.Once
