@@ -34,11 +34,22 @@ type inProcRelay struct {
 
 func startInProcRelay(t *testing.T) *inProcRelay {
 	t.Helper()
+	return startInProcRelayWith(t, nil)
+}
+
+// startInProcRelayWith is startInProcRelay with the relay's Config
+// changed by tune first (when not nil).
+func startInProcRelayWith(t *testing.T, tune func(*relay.Config)) *inProcRelay {
+	t.Helper()
 	dir := t.TempDir()
-	r, err := relay.New(relay.Config{
+	cfg := relay.Config{
 		DataDir: dir, AgentListen: "127.0.0.1:0", SOCKSListen: relay.Off, ConnectListen: "127.0.0.1:0",
 		HeartbeatInterval: time.Second, Logger: slog.New(slog.NewJSONHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	r, err := relay.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
