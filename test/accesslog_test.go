@@ -189,6 +189,13 @@ func testAccessLogMatchesRelayAudit(t *testing.T, transport string) {
 	if len(lines) != 5 {
 		t.Fatalf("%d stream lines in the access log, want 5: %+v", len(lines), lines)
 	}
+	// The sessions the relay admitted for the agent (agent.connect).
+	sessions := map[string]bool{}
+	for _, rec := range auditRecords(t, r, "--kind", "agent.connect", "--tenant", "acme") {
+		if s, _ := detail(rec, "session").(string); rec["outcome"] == "ok" && rec["agent"] == a.id && s != "" {
+			sessions[s] = true
+		}
+	}
 	// Every record, stream or refusal, carries the request id the relay
 	// sent the agent: the two sides match one to one by it.
 	byRequest := map[string]map[string]any{}
@@ -225,6 +232,13 @@ func testAccessLogMatchesRelayAudit(t *testing.T, transport string) {
 		}
 		if l.End != accesslog.EndRefused || l.Request == "" || l.Message == "" {
 			t.Errorf("refusal %+v: want end refused, the relay's request id and a message", l)
+		}
+		// The relay's record names the agent that refused and its
+		// session, as the agent's line does, and as the record of a
+		// stream it opened would: a session the relay admitted for it.
+		if sess := detail(rec, "session"); rec["agent"] != a.id || sess != l.Session || !sessions[l.Session] {
+			t.Errorf("refusal %s of request %s: the relay's record names agent %v, session %v; want agent %s and the session of the agent's line, %q, one of the sessions the relay admitted for it %v",
+				l.Code, l.Request, rec["agent"], sess, a.id, l.Session, sessions)
 		}
 	}
 	if !sawEcho {

@@ -106,7 +106,9 @@ func (fd *Server) dial(ctx context.Context, c *caller, addr, requestID string, e
 	return &tunnel{Tunnel: rt, requestID: hdr.RequestID, target: t, caller: c, release: func() { release(); charge.Release() }}, nil
 }
 
-// auditRefusal records a stream the relay or the agent refused. The
+// auditRefusal records a stream the relay or the agent refused; one an
+// agent refused names it and its session (or the relay of a forward),
+// as the record of a stream it opened does. The
 // record is queued, not waited for: a refusal is over (nothing was
 // reached), and waiting for the audit commit held the client's answer
 // for as long as the store took — up to the writer's 10 s per batch when
@@ -126,6 +128,18 @@ func (fd *Server) auditRefusal(door, remote, requestID string, c *caller, addr s
 	}
 	rec := audit.Record{Kind: audit.Stream, Outcome: protocol.CodeOf(err).String(), Backend: c.name, Actor: c.Identity(),
 		Detail: map[string]any{"door": door, "remote": remote, "request": requestID, "target": addr, "auth": c.via, "error": err.Error()}}
+	if by := route.RefusedBy(err); by != nil {
+		// Answered by an agent (or the relay a forward went to): named
+		// as in the record of a stream it opened (tunnel.record).
+		if by.Relay != "" {
+			rec.Detail["relay"] = by.Relay
+		} else {
+			rec.Agent = by.Agent
+			if by.Session != "" {
+				rec.Detail["session"] = by.Session
+			}
+		}
+	}
 	if tries := route.TriesOf(err); len(tries) > 0 {
 		rec.Detail["tried"] = triedDetail(tries)
 	}

@@ -257,13 +257,58 @@ type Try struct {
 // carrier of this relay's).
 func tryOn(c Carrier, relay string, took time.Duration, err error) Try {
 	t := Try{Relay: relay, Took: took, Err: protocol.Clip(err.Error(), maxTryErr)}
-	if relay == "" {
-		t.Agent = c.Agent()
-		if n, ok := c.(SessionNamer); ok {
-			t.Session = n.SessionID()
-		}
-	}
+	t.Agent, t.Session = agentSession(c, relay)
 	return t
+}
+
+// agentSession names the agent and session of c, a carrier of this
+// relay's (relay ""); none for a carrier to another relay.
+func agentSession(c Carrier, relay string) (agent, session string) {
+	if relay != "" {
+		return "", ""
+	}
+	if n, ok := c.(SessionNamer); ok {
+		session = n.SessionID()
+	}
+	return c.Agent(), session
+}
+
+// RefusedError is a Dial's refusal that a carrier answered: the agent's
+// (the service is not in its allowlist, its config does not allow the
+// backend, it could not dial the service), or, for a stream forwarded
+// to another relay of the cluster, that relay's answer. It holds the
+// refusal (Err, a *protocol.Error) and who answered it, and reads as
+// its refusal: Error is Err's, and errors.Is and errors.As see Err and
+// what it wraps. A refusal no carrier answered (no_agent, timeout,
+// Admit's) is not one.
+type RefusedError struct {
+	Err error
+	// Agent and Session name the connection of an agent to this relay
+	// that answered (Session "" for a carrier that names none); Relay
+	// the other relay of the cluster that answered for a forward (the
+	// relay-to-relay answer names an agent only for a stream it opened).
+	Agent, Session, Relay string
+}
+
+func (e *RefusedError) Error() string { return e.Err.Error() }
+func (e *RefusedError) Unwrap() error { return e.Err }
+
+// refusedOn is err, c's answer, as a RefusedError (relay the relay id
+// of c, "" for a carrier of this relay's).
+func refusedOn(c Carrier, relay string, err error) *RefusedError {
+	e := &RefusedError{Err: err, Relay: relay}
+	e.Agent, e.Session = agentSession(c, relay)
+	return e
+}
+
+// RefusedBy returns who answered a Dial's refusal (nil when err is not
+// a refusal a carrier answered).
+func RefusedBy(err error) *RefusedError {
+	var re *RefusedError
+	if errors.As(err, &re) {
+		return re
+	}
+	return nil
 }
 
 // TriedError is a Dial's refusal after attempts that failed (Try): the
@@ -343,10 +388,10 @@ func suspect(c Carrier) bool {
 // relay's and as many of other relays', all within StreamOpenTimeout.
 // Just after a start it waits for a carrier of a tenant expected back.
 // early, when not nil, is attached to every attempt (Early). Its errors
-// are typed (*protocol.Error): a refusal a carrier answered, no_agent,
-// timeout, or Admit's. An attempt that fails after early's bytes went
-// with it is not followed by another (Early.Sent), unless the failure
-// says they were not read (ErrUnread).
+// are typed (*protocol.Error): a refusal a carrier answered (which
+// RefusedBy names), no_agent, timeout, or Admit's. An attempt that
+// fails after early's bytes went with it is not followed by another
+// (Early.Sent), unless the failure says they were not read (ErrUnread).
 func (r *Router) Dial(ctx context.Context, tenant string, hdr protocol.StreamHeader, early Early) (*Tunnel, error) {
 	if r.cfg.Admit != nil {
 		if err := r.cfg.Admit(); err != nil {
@@ -449,8 +494,11 @@ func (r *Router) dialTries(ctx context.Context, tenant string, hdr protocol.Stre
 				// Not an answer: the carrier gave up as the dial's time
 				// ran out (an agent that did not answer in time).
 				tries = append(tries, tryOn(c, relay, time.Since(began), err))
+				return nil, tries, err
 			}
-			return nil, tries, err // the agent answered: do not ask another
+			// The agent answered: do not ask another. The refusal names
+			// who answered it, for the stream's record.
+			return nil, tries, refusedOn(c, relay, err)
 		}
 		if ctx.Err() != nil {
 			tries = append(tries, tryOn(c, relay, time.Since(began), err))

@@ -505,6 +505,70 @@ func TestDialKeepsTries(t *testing.T) {
 	refusing := &fakeCarrier{name: "refusing", err: protocol.Errorf(protocol.CodeNotAllowed, "no")}
 	_, err = newRouter(t, refusing).Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r3"}, fixedEarly(nil))
 	if !errors.As(err, &pe) || errors.As(err, &te) || route.TriesOf(err) != nil {
-		t.Errorf("Dial refused at the first attempt: %v (%T), want the bare *protocol.Error", err, err)
+		t.Errorf("Dial refused at the first attempt: %v (%T), want the *protocol.Error without tries", err, err)
+	}
+}
+
+// sessionCarrier is a fakeCarrier that names its session (a connection
+// of an agent to this relay).
+type sessionCarrier struct {
+	*fakeCarrier
+	id string
+}
+
+func (c sessionCarrier) SessionID() string { return c.id }
+
+// TestDialNamesRefuser: a refusal a carrier answered names who answered
+// it (route.RefusedBy): the agent and session of a connection here, the
+// relay of a forward; also after failed attempts, whose tries it still
+// carries. It reads as the refusal: same text, code, *protocol.Error and
+// reply. A refusal no carrier answered (no_agent, the dial's timeout)
+// names none.
+func TestDialNamesRefuser(t *testing.T) {
+	want := protocol.Errorf(protocol.CodeUnknownService, "no service web")
+	same := func(what string, err error) {
+		t.Helper()
+		var pe *protocol.Error
+		if !errors.As(err, &pe) || pe != want || err.Error() != want.Error() || protocol.CodeOf(err) != want.Code || protocol.ReplyFor(err) != protocol.ReplyFor(want) {
+			t.Errorf("%s: %v (%T), want it to read as the agent's refusal %v", what, err, err, want)
+		}
+	}
+	refusing := sessionCarrier{&fakeCarrier{name: "a1", err: want}, "s1"}
+	_, err := newRouter(t, refusing).Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r1"}, fixedEarly(nil))
+	same("refused by a connection here", err)
+	if by := route.RefusedBy(err); by == nil || by.Agent != "a1" || by.Session != "s1" || by.Relay != "" {
+		t.Errorf("refused by a1's session s1: refused by %+v, want agent a1, session s1", by)
+	}
+
+	broken := sessionCarrier{&fakeCarrier{name: "a2", err: errors.New("connection lost")}, "s2"}
+	refusing = sessionCarrier{&fakeCarrier{name: "a1", err: want, load: 1}, "s1"} // tried second
+	_, err = newRouter(t, broken, refusing).Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r2"}, fixedEarly(nil))
+	same("refused after a failed attempt", err)
+	if by := route.RefusedBy(err); by == nil || by.Agent != "a1" || by.Session != "s1" {
+		t.Errorf("refused by a1's session s1 after a failed attempt on a2's: refused by %+v, want agent a1, session s1", by)
+	}
+	if tries := route.TriesOf(err); len(tries) != 1 || tries[0].Agent != "a2" || tries[0].Session != "s2" {
+		t.Errorf("tries of the refusal: %+v, want the attempt on a2's session s2", tries)
+	}
+
+	peer := relayCarrier{&fakeCarrier{name: "relay-2", err: want}}
+	_, err = newClusterRouter(t, route.NewTable(), staticCluster{peer}).Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r3"}, fixedEarly(nil))
+	same("refused by the relay of a forward", err)
+	if by := route.RefusedBy(err); by == nil || by.Relay != "relay-2" || by.Agent != "" || by.Session != "" {
+		t.Errorf("refused through relay-2: refused by %+v, want relay relay-2 and no agent", by)
+	}
+
+	// None answered: no carrier, and a carrier whose answer did not come
+	// within the dial's time.
+	_, err = newRouter(t).Dial(context.Background(), "acme", protocol.StreamHeader{Service: "web", RequestID: "r4"}, fixedEarly(nil))
+	if protocol.CodeOf(err) != protocol.CodeNoAgent || route.RefusedBy(err) != nil {
+		t.Errorf("no carrier: %v, refused by %+v; want no_agent answered by none", err, route.RefusedBy(err))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	late := sessionCarrier{&fakeCarrier{name: "a1", err: protocol.Errorf(protocol.CodeTimeout, "agent did not answer")}, "s1"}
+	_, err = newRouter(t, late).Dial(ctx, "acme", protocol.StreamHeader{Service: "web", RequestID: "r5"}, fixedEarly(nil))
+	if protocol.CodeOf(err) != protocol.CodeTimeout || route.RefusedBy(err) != nil {
+		t.Errorf("no answer within the dial's time: %v, refused by %+v; want timeout answered by none", err, route.RefusedBy(err))
 	}
 }
