@@ -220,10 +220,7 @@ func (s *session) closeServices() {
 	defer s.svcMu.Unlock()
 	s.svcClosed = true
 	for c := range s.svcConns {
-		if tc, ok := c.(*net.TCPConn); ok {
-			tc.SetLinger(0)
-		}
-		c.Close()
+		transport.Reset(c)
 	}
 	clear(s.svcConns)
 }
@@ -304,8 +301,5 @@ func disallowed(svcs map[string]Service, ss *servedStream) string {
 // and resets the stream to the relay too.
 func (ss *servedStream) cutNow(why string) {
 	ss.cut.Store(&why)
-	if tc, ok := ss.conn.(*net.TCPConn); ok {
-		tc.SetLinger(0)
-	}
-	ss.conn.Close()
+	transport.Reset(ss.conn)
 }

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -266,10 +267,25 @@ func Abort(s Stream) {
 		_ = a.Abort()
 		return
 	}
-	if l, ok := s.(interface{ SetLinger(int) error }); ok {
-		_ = l.SetLinger(0)
+	if c, ok := s.(net.Conn); ok {
+		Reset(c)
+		return
 	}
 	_ = s.Close()
+}
+
+// Reset closes c with a TCP reset rather than a FIN, so that its peer
+// never takes what it received for the whole of it: over TLS, the TCP
+// connection under it, with no close_notify (the record layer is left
+// alone). Any other connection is closed.
+func Reset(c net.Conn) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if l, ok := c.(interface{ SetLinger(int) error }); ok {
+		_ = l.SetLinger(0)
+	}
+	_ = c.Close()
 }
 
 // activity is the time of the last byte moved, as an offset from base.

@@ -54,6 +54,7 @@ import (
 	"time"
 
 	"github.com/tetherhq/tether/protocol"
+	"github.com/tetherhq/tether/protocol/transport"
 )
 
 // Sentinels for errors.Is on errors returned by DialContext.
@@ -484,16 +485,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 // abort closes the connection with a TCP reset, over TLS without a
 // close_notify: the relay takes it for a failure, not for the end of
 // what the client had to send, and resets the stream to the service.
-func (c *Conn) abort() {
-	nc := c.Conn
-	if tc, ok := nc.(*tls.Conn); ok {
-		nc = tc.NetConn()
-	}
-	if l, ok := nc.(interface{ SetLinger(int) error }); ok {
-		l.SetLinger(0)
-	}
-	nc.Close()
-}
+func (c *Conn) abort() { transport.Reset(c.Conn) }
 
 // CloseWrite half-closes the connection: the service reads EOF, and
 // reading its answer continues.

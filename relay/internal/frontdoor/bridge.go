@@ -2,7 +2,6 @@ package frontdoor
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"maps"
@@ -315,15 +314,7 @@ func (s *connSet) closeAll() {
 // TLS a close_notify, would tell the client that the service's answer
 // ended cleanly, and a download cut part way would look complete. The
 // TLS record layer is left alone: no close_notify is sent.
-func cut(c net.Conn) {
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
-	}
-	if l, ok := c.(interface{ SetLinger(int) error }); ok {
-		l.SetLinger(0)
-	}
-	c.Close()
-}
+func cut(c net.Conn) { transport.Reset(c) }
 
 // listenDoor listens on addr for a front door. Its connections are read
 // and written with raw system calls from the first byte (transport.Direct):
