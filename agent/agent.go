@@ -46,7 +46,9 @@ type Agent struct {
 	served   map[*servedStream]struct{}
 	// configErr is the last config file problem seen by the watcher.
 	configErr atomic.Pointer[string]
-	hashKey   []byte // keys ConfigHash (confighash.go)
+	// proxyCAErr is the last proxy_ca_file problem seen by the watcher.
+	proxyCAErr atomic.Pointer[string]
+	hashKey    []byte // keys ConfigHash (confighash.go)
 
 	// rootRefused says why the last renewal answer's CA roots were
 	// refused (checkEndorsed); nil once an answer is accepted.

@@ -64,7 +64,12 @@ type Config struct {
 	// CA. It verifies the proxy only, never a relay (relays are verified
 	// against the relay's CA alone). Empty (the default): the system's
 	// roots only. An error with proxy http:// or direct, where it would
-	// verify nothing. Read when the agent starts.
+	// verify nothing. Read when the agent starts (which fails without a
+	// valid file) and again whenever it changes: the next connections to
+	// the proxy trust the new file's CAs, and a file that does not load
+	// keeps those in use (a warning, and ProxyCAError in the status).
+	// Commands that do not connect (status, access-log, install) do not
+	// read it.
 	ProxyCAFile string `yaml:"proxy_ca_file"`
 	// RelayNetworks are where the relays' list may also send the agent:
 	// CIDR ranges, IP addresses and DNS domains (with their subdomains).
@@ -345,7 +350,12 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.ProxyCAFile != "" {
-		if err := checkProxyCAFile(c.ProxyCAFile, c.Proxy); err != nil {
+		// The file itself is read by the commands that connect (New,
+		// Enroll) and by CheckProxyCAFile, not here: a command that only
+		// reads the config (status, access-log, install) does not fail
+		// for it, and a reloaded config is not refused for it (the file
+		// watcher reloads the file on its own).
+		if err := checkProxyCASetting(c.Proxy); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -442,23 +452,45 @@ func ReadStateDir(path string) (string, error) {
 }
 
 // checkProxyCAFile checks proxy_ca_file: a file of certificates
-// (readProxyCAs), with a proxy setting that can use it. proxy is the
-// proxy key: an http:// proxy or direct is an error, as the file would
-// verify nothing while the operator believes the proxy is verified; an
-// empty key (the environment's proxy, unknown here) is not.
+// (readProxyCAs), with a proxy setting that can use it
+// (checkProxyCASetting).
 func checkProxyCAFile(file, proxy string) error {
 	var errs []error
 	if _, err := readProxyCAs(file); err != nil {
 		errs = append(errs, fmt.Errorf("proxy_ca_file %s: %w", file, err))
 	}
-	if proxy == ProxyDirect {
-		errs = append(errs, errors.New("proxy_ca_file is set with proxy: direct: it verifies an https:// proxy only; remove it, or set the https:// proxy"))
-	} else if proxy != "" {
-		if u, err := parseProxyURL(proxy); err == nil && u.Scheme != "https" {
-			errs = append(errs, errors.New("proxy_ca_file is set, but the proxy is http://, to which the agent speaks no TLS: it verifies an https:// proxy only; use the proxy's https:// URL (if it accepts TLS), or remove proxy_ca_file"))
-		}
+	if err := checkProxyCASetting(proxy); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// checkProxyCASetting checks that proxy, the proxy key of a config with
+// proxy_ca_file, can use it: an http:// proxy or direct is an error, as
+// the file would verify nothing while the operator believes the proxy is
+// verified; an empty key (the environment's proxy, unknown here) is not.
+func checkProxyCASetting(proxy string) error {
+	if proxy == ProxyDirect {
+		return errors.New("proxy_ca_file is set with proxy: direct: it verifies an https:// proxy only; remove it, or set the https:// proxy")
+	} else if proxy != "" {
+		if u, err := parseProxyURL(proxy); err == nil && u.Scheme != "https" {
+			return errors.New("proxy_ca_file is set, but the proxy is http://, to which the agent speaks no TLS: it verifies an https:// proxy only; use the proxy's https:// URL (if it accepts TLS), or remove proxy_ca_file")
+		}
+	}
+	return nil
+}
+
+// CheckProxyCAFile reads proxy_ca_file, which Validate leaves to the
+// commands that connect: nil when it is unset or a valid file of
+// certificates, else what is wrong with it (never its contents).
+func (c *Config) CheckProxyCAFile() error {
+	if c.ProxyCAFile == "" {
+		return nil
+	}
+	if _, err := readProxyCAs(c.ProxyCAFile); err != nil {
+		return fmt.Errorf("proxy_ca_file %s: %w", c.ProxyCAFile, err)
+	}
+	return nil
 }
 
 // ProxySettings are the proxy keys of an agent config.

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,16 +48,25 @@ type egress struct {
 	// be used (proxy is then nil): an error only for a relay not exempt
 	// from it (check).
 	unusable error
-	// proxyTLS verifies an https:// proxy: nil for the system's roots,
-	// else those and the certificates of caFile (proxy_ca_file).
-	proxyTLS *tls.Config
+	// proxyCAs verifies an https:// proxy: nil for the system's roots,
+	// else those and the certificates of caFile (proxy_ca_file). A
+	// reloaded file replaces it (setProxyCAs); each connection to the
+	// proxy takes the one in force when it is dialled.
+	proxyCAs atomic.Pointer[proxyTrust]
 	caFile   string
+}
+
+// proxyTrust is the TLS configuration for an https:// proxy and the
+// certificates of proxy_ca_file it trusts besides the system's roots.
+type proxyTrust struct {
+	conf  *tls.Config
+	certs []*x509.Certificate
 }
 
 // trustProxyCAs has an https:// proxy verified against the certificates
 // of file (proxy_ca_file) as well as the system's roots; "" changes
-// nothing. The file is read now: a change to it applies the next time
-// the agent starts.
+// nothing. The file is read now; the agent's file watcher reads it again
+// when it changes (setProxyCAs).
 func (e *egress) trustProxyCAs(file string) error {
 	if file == "" {
 		return nil
@@ -65,7 +75,28 @@ func (e *egress) trustProxyCAs(file string) error {
 	if err != nil {
 		return fmt.Errorf("proxy_ca_file %s: %w", file, err)
 	}
-	e.proxyTLS, e.caFile = proxyTLSConfig(certs), file
+	e.caFile = file
+	e.setProxyCAs(certs)
+	return nil
+}
+
+// setProxyCAs has the next connections to an https:// proxy verified
+// against certs (and the system's roots); connections up stay as they
+// are. It reports whether certs differ from those in force.
+func (e *egress) setProxyCAs(certs []*x509.Certificate) bool {
+	if cur := e.proxyCAs.Load(); cur != nil && slices.EqualFunc(cur.certs, certs, (*x509.Certificate).Equal) {
+		return false
+	}
+	e.proxyCAs.Store(&proxyTrust{conf: proxyTLSConfig(certs), certs: certs})
+	return true
+}
+
+// proxyTLS is the TLS configuration for an https:// proxy now: nil for
+// the system's roots alone.
+func (e *egress) proxyTLS() *tls.Config {
+	if t := e.proxyCAs.Load(); t != nil {
+		return t.conf
+	}
 	return nil
 }
 
@@ -149,7 +180,7 @@ func (e *egress) dialer(relay string, forward dialFunc) dialFunc {
 	if p == nil {
 		return forward
 	}
-	return (&proxyDialer{proxy: p, forward: forward, tlsConf: e.proxyTLS, caFile: e.caFile}).DialContext
+	return (&proxyDialer{proxy: p, forward: forward, tlsConf: e.proxyTLS(), caFile: e.caFile}).DialContext
 }
 
 // proxyURLForm is the form of a proxy URL, for errors.

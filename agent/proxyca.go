@@ -23,6 +23,16 @@ const maxProxyCAFile = 1 << 20
 // must be a regular file (or a link to one): a device or a named pipe
 // would block or never end. Errors never quote the file's contents.
 func readProxyCAs(path string) ([]*x509.Certificate, error) {
+	data, err := readProxyCAFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return parseProxyCAs(data)
+}
+
+// readProxyCAFile reads the contents of a proxy CA file, with the limits
+// readProxyCAs says.
+func readProxyCAFile(path string) ([]byte, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, err
@@ -49,7 +59,7 @@ func readProxyCAs(path string) ([]*x509.Certificate, error) {
 	if len(data) > maxProxyCAFile {
 		return nil, fmt.Errorf("larger than %d KiB: want a PEM file of the proxy's CA certificates", maxProxyCAFile>>10)
 	}
-	return parseProxyCAs(data)
+	return data, nil
 }
 
 // parseProxyCAs parses the contents of a proxy CA file (readProxyCAs).

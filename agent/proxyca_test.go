@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -216,8 +217,10 @@ func TestProxyCAFileEnrolment(t *testing.T) {
 	}
 }
 
-// TestProxyCAFileConfig: proxy_ca_file is checked when the config loads,
-// as hostile input, with errors that never quote the file.
+// TestProxyCAFileConfig: proxy_ca_file is checked as hostile input, with
+// errors that never quote the file: its setting when the config loads,
+// the file itself by CheckProxyCAFile (which the commands that connect
+// run, New and Enroll): a config whose file does not load still loads.
 func TestProxyCAFileConfig(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name string, data []byte) string {
@@ -259,12 +262,19 @@ func TestProxyCAFileConfig(t *testing.T) {
 				cfg += fmt.Sprintf("proxy: %q\n", tc.proxy)
 			}
 			c, err := ParseConfig([]byte(cfg))
+			// Only a proxy setting the file cannot serve is the config's
+			// problem; the file's own is CheckProxyCAFile's.
+			badSetting := tc.proxy == "direct" || (tc.proxy != "" && !strings.HasPrefix(tc.proxy, "https://"))
+			if (err != nil) != badSetting {
+				t.Fatalf("config with proxy %q: %v", tc.proxy, err)
+			}
+			if err == nil && c.ProxyCAFile != tc.file {
+				t.Fatalf("proxy_ca_file %q, want %q", c.ProxyCAFile, tc.file)
+			}
+			err = errors.Join(err, (&Config{ProxyCAFile: tc.file}).CheckProxyCAFile())
 			if len(tc.want) == 0 {
 				if err != nil {
 					t.Fatalf("got %v, want valid", err)
-				}
-				if c.ProxyCAFile != tc.file {
-					t.Fatalf("proxy_ca_file %q, want %q", c.ProxyCAFile, tc.file)
 				}
 				return
 			}
@@ -349,5 +359,22 @@ func TestUntrustedProxyErrors(t *testing.T) {
 	}
 	if n := len(mustSeen(p)); n != 0 {
 		t.Fatalf("the proxy saw %d CONNECTs over untrusted TLS connections", n)
+	}
+}
+
+// TestProxyCAFileNeededToConnect: the agent does not start with a
+// proxy_ca_file that does not load (a config that names one still loads,
+// for the commands that do not connect).
+func TestProxyCAFileNeededToConnect(t *testing.T) {
+	ca := newTestCA(t)
+	corp := newPrivateCA(t)
+	a := enrolledWith(t, Config{Proxy: "https://proxy.corp:3128", ProxyCAFile: corp.file, Services: map[string]Service{}}, ca.root, ca.root)
+	cfg := a.cfg
+	cfg.ProxyCAFile = filepath.Join(t.TempDir(), "missing.pem")
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("a config naming a missing proxy_ca_file does not validate: %v", err)
+	}
+	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "proxy_ca_file "+cfg.ProxyCAFile) || !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("New with a missing proxy_ca_file: %v, want its error", err)
 	}
 }

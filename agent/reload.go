@@ -44,9 +44,19 @@ func (a *Agent) ConfigError() string {
 	return ""
 }
 
-// watchFiles reloads the config file (services) and the certificate, key
-// and CA files when they change, until ctx ends. It watches directories,
-// not files: the config file's and the state directory, and, where one of
+// ProxyCAError is the last problem with the proxy_ca_file the watcher
+// read (the CAs in use stay), or "" once it loads.
+func (a *Agent) ProxyCAError() string {
+	if p := a.proxyCAErr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// watchFiles reloads the config file (services), the certificate, key
+// and CA files and the proxy_ca_file when they change, until ctx ends. It
+// watches directories, not files: the config file's, the state
+// directory and the proxy_ca_file's, and, where one of
 // these files is a symbolic link, the directories the link leads through.
 // Any event there, whatever it names, has the files read again once the
 // events settle, and what reads differently from the last time is applied.
@@ -70,6 +80,11 @@ func (a *Agent) watchFiles(ctx context.Context) {
 			f.cfgPath = a.cfg.ConfigFile
 		}
 	}
+	if a.cfg.ProxyCAFile != "" {
+		if f.proxyCAPath, err = filepath.Abs(a.cfg.ProxyCAFile); err != nil {
+			f.proxyCAPath = a.cfg.ProxyCAFile
+		}
+	}
 	f.watchDirs()
 	// Read the files once now, so that later events have something to be
 	// compared with and a change made since the agent loaded them is not
@@ -78,6 +93,7 @@ func (a *Agent) watchFiles(ctx context.Context) {
 		f.startConfig()
 	}
 	f.checkCertificate()
+	f.checkProxyCAs()
 	a.log.Debug("watching files for changes", "config", f.cfgPath, "dirs", slices.Sorted(maps.Keys(f.dirs)))
 
 	timer := time.NewTimer(time.Hour)
@@ -117,6 +133,7 @@ func (a *Agent) watchFiles(ctx context.Context) {
 				f.checkConfig()
 			}
 			f.checkCertificate()
+			f.checkProxyCAs()
 		}
 	}
 }
@@ -136,6 +153,9 @@ type fileWatch struct {
 	cfgGone bool // the config file was missing at the last read
 
 	certs [3][sha256.Size]byte // the certificate, key and CA files at the last read
+
+	proxyCAPath string            // proxy_ca_file, absolute; "" when unset
+	proxyCA     [sha256.Size]byte // what the proxy_ca_file read (or why not) at the last read
 }
 
 // watchDirs watches the directories that decide what the config and
@@ -148,6 +168,9 @@ func (f *fileWatch) watchDirs() bool {
 	paths := []string{filepath.Join(f.stateDir, certFile), filepath.Join(f.stateDir, keyFile), filepath.Join(f.stateDir, caFile)}
 	if f.cfgPath != "" {
 		paths = append(paths, f.cfgPath)
+	}
+	if f.proxyCAPath != "" {
+		paths = append(paths, f.proxyCAPath)
 	}
 	for _, p := range paths {
 		for _, d := range linkDirs(p) {
@@ -276,6 +299,49 @@ func (f *fileWatch) checkCertificate() {
 	}
 	f.certs = sums
 	f.a.reloadCertificate(files[0], files[1], files[2])
+}
+
+// checkProxyCAs reads the proxy_ca_file and, if it reads differently
+// from the last time (or fails differently), has reloadProxyCAs apply it:
+// a file that stays broken is warned about once, not at every event in
+// its directory.
+func (f *fileWatch) checkProxyCAs() {
+	if f.proxyCAPath == "" {
+		return
+	}
+	data, err := readProxyCAFile(f.proxyCAPath)
+	var certs []*x509.Certificate
+	sum := sha256.Sum256(data)
+	if err == nil {
+		certs, err = parseProxyCAs(data)
+	} else {
+		sum = sha256.Sum256([]byte("error: " + err.Error()))
+	}
+	if sum == f.proxyCA {
+		return
+	}
+	f.proxyCA = sum
+	f.a.reloadProxyCAs(certs, err)
+}
+
+// reloadProxyCAs applies what the proxy_ca_file read: its certificates,
+// which the next connections to an https:// proxy trust (connections up
+// stay), or err, why it does not load: the CAs in use stay, and the
+// problem is logged and kept for the status.
+func (a *Agent) reloadProxyCAs(certs []*x509.Certificate, err error) {
+	file := a.cfg.ProxyCAFile
+	if err != nil {
+		msg := fmt.Sprintf("proxy_ca_file %s: %v", file, err)
+		a.proxyCAErr.Store(&msg)
+		a.log.Warn("proxy CA file does not load; keeping the proxy CAs in use", "file", file, "err", err)
+		return
+	}
+	if a.proxyCAErr.Swap(nil) != nil {
+		a.log.Info("proxy CA file loads again", "file", file)
+	}
+	if a.egress.setProxyCAs(certs) {
+		a.log.Info("proxy CAs reloaded from their file; new connections to the proxy verify it against them", "file", file, "certificates", len(certs))
+	}
 }
 
 // reloadConfig applies a changed config file's services (data is what

@@ -40,6 +40,10 @@ type Status struct {
 	// the agent keeps its roots and certificate. Empty once a renewal is
 	// accepted.
 	CARootRefused string `json:"ca_root_refused,omitempty"`
+	// ProxyCAError says why the proxy_ca_file, changed since the agent
+	// started, does not load: the proxy CAs last loaded stay in use.
+	// Empty once it loads.
+	ProxyCAError string `json:"proxy_ca_error,omitempty"`
 	protocol.Report
 	Sessions []SessionStatus `json:"sessions"`
 	// Cluster is the relay list the relays sent (protocol.Relays), as
@@ -149,6 +153,7 @@ func (a *Agent) Status() Status {
 	st := Status{AgentID: a.state.AgentID, Tenant: a.state.Tenant, Report: *a.Report(), Sessions: a.slots.snapshot(), Cluster: a.view.cluster(),
 		StreamsOverLimit: a.streamsOverLimit.Load()}
 	st.ConfigError = clipText(a.ConfigError()) // the whole message: the status is the tenant's
+	st.ProxyCAError = clipText(a.ProxyCAError())
 	if why := a.rootRefused.Load(); why != nil {
 		st.CARootRefused = *why
 	}

@@ -47,6 +47,12 @@ service is given that directory.`,
 			if !filepath.IsAbs(cfg.StateDir) {
 				return fmt.Errorf("state_dir %q in %s: the service needs an absolute path", cfg.StateDir, configPath)
 			}
+			// The proxy's CA file may be put in place after the install
+			// (the agent reads it when it starts, and again when it
+			// changes): a problem with it is said, not refused.
+			if err := cfg.CheckProxyCAFile(); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %v: the service will not start until it is fixed\n", err)
+			}
 			if filepath.Clean(cfg.StateDir) != filepath.Clean(l.StateDir) {
 				l.StateDir = filepath.Clean(cfg.StateDir)
 				l.UpdateDir = filepath.Join(l.StateDir, "update")

@@ -140,6 +140,9 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 	if st.ConfigError != "" {
 		fmt.Fprintf(tw, "config error\t%s (the previous config stays in force)\n", esc(st.ConfigError))
 	}
+	if st.ProxyCAError != "" {
+		fmt.Fprintf(tw, "proxy CA error\t%s (the proxy CAs last loaded stay in force)\n", esc(st.ProxyCAError))
+	}
 	if u := st.Update; u != nil {
 		line := fmt.Sprintf("%s (from %s) %s", esc(u.Version), esc(u.From), esc(u.State))
 		switch u.State {
