@@ -24,6 +24,14 @@ func runClusterAgent(t *testing.T, ca *testCA, cfg Config) *Agent {
 	cfg.Reconnect = Backoff{Initial: 100 * time.Millisecond, Max: time.Second}
 	cfg.NoFileWatch = true
 	a := enrolledWith(t, cfg, ca.root, ca.root)
+	runUntilCleanup(t, a)
+	return a
+}
+
+// runUntilCleanup runs a until the test ends, and fails the test if
+// Run returns an error then.
+func runUntilCleanup(t *testing.T, a *Agent) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
@@ -33,7 +41,6 @@ func runClusterAgent(t *testing.T, ca *testCA, cfg Config) *Agent {
 			t.Errorf("agent: %v", err)
 		}
 	})
-	return a
 }
 
 type testLogWriter struct{ t *testing.T }

@@ -32,15 +32,7 @@ func runProxiedAgent(t *testing.T, ca *testCA, cfg Config) (*Agent, *syncBuffer)
 	}
 	cfg.NoFileWatch = true
 	a := enrolledWith(t, cfg, ca.root, ca.root)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	})
+	runUntilCleanup(t, a)
 	return a, logs
 }
 

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -52,15 +51,7 @@ func TestProxyCAFileReload(t *testing.T) {
 	logger, seen := watchLogger(t)
 	a := enrolledWith(t, Config{Relays: []string{relay}, RelayConnections: 1, Proxy: "https://agent:tls-secret@" + p.addr, ProxyCAFile: caPath,
 		Logger: logger, Reconnect: Backoff{Initial: 100 * time.Millisecond, Max: time.Second}, Services: map[string]Service{}}, ca.root, ca.root)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	})
+	runUntilCleanup(t, a)
 	seen.wait(t, "watching files for changes", 1)
 
 	// newSession waits for a session through the proxy other than old.
