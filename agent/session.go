@@ -818,6 +818,10 @@ func (s *session) readLoop() {
 			if s.a.upd != nil {
 				s.a.upd.offered(s, m)
 			}
+		case *protocol.UpdateCancel:
+			if s.a.upd != nil {
+				s.a.upd.cancelled(m)
+			}
 		case *protocol.Reject:
 			// The relay ends this session and says why (revoked,
 			// certificate expired).

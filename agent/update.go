@@ -132,7 +132,11 @@ type offerOn struct {
 type fetch struct {
 	id     string
 	stream chan transport.Stream // handed over by handleStream
-	done   chan struct{}         // closed when the updater is finished with the stream
+	// cancel is the relay's answer that it will not send the binary
+	// (the release was removed since it was offered), handed over by
+	// cancelled.
+	cancel chan *protocol.UpdateCancel
+	done   chan struct{} // closed when the updater is finished with the stream
 }
 
 type updater struct {
@@ -427,7 +431,7 @@ func (u *updater) handle(ctx context.Context, s *session, o *protocol.UpdateOffe
 func (u *updater) download(ctx context.Context, s *session, o *protocol.UpdateOffer, m release.Manifest) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, u.a.cfg.Update.DownloadTimeout)
 	defer cancel()
-	f := &fetch{id: o.ID, stream: make(chan transport.Stream, 1), done: make(chan struct{})}
+	f := &fetch{id: o.ID, stream: make(chan transport.Stream, 1), cancel: make(chan *protocol.UpdateCancel, 1), done: make(chan struct{})}
 	u.mu.Lock()
 	u.fetch = f
 	u.mu.Unlock()
@@ -443,6 +447,10 @@ func (u *updater) download(ctx context.Context, s *session, o *protocol.UpdateOf
 	var st transport.Stream
 	select {
 	case st = <-f.stream:
+	case c := <-f.cancel:
+		// Not a verdict on the release: it is not recorded as failed,
+		// and taken again if the relay offers it again.
+		return "", &release.Refusal{Reason: release.ReasonRemoved, Message: fmt.Sprintf("download cancelled by the relay: %v", c.Err())}
 	case <-ctx.Done():
 		return "", &release.Refusal{Reason: release.ReasonDownload, Message: fmt.Sprintf("the relay did not start sending the binary within %v", u.a.cfg.Update.DownloadTimeout)}
 	}
@@ -477,6 +485,24 @@ func (u *updater) download(ctx context.Context, s *session, o *protocol.UpdateOf
 		return fail(release.ReasonHash, "the binary's SHA-256 %x is not the manifest's %s: it was altered", h.Sum(nil), m.SHA256)
 	}
 	return path, nil
+}
+
+// cancelled takes the relay's answer to a fetch that it will not send the
+// binary (the release was removed since it was offered): the download of
+// that offer ends at once. One that names no download under way is
+// ignored.
+func (u *updater) cancelled(m *protocol.UpdateCancel) {
+	u.mu.Lock()
+	f := u.fetch
+	u.mu.Unlock()
+	if f == nil || f.id != m.ID {
+		u.log.Debug("update: the relay cancelled a download this agent is not making", "offer", m.ID, "version", m.Version)
+		return
+	}
+	select {
+	case f.cancel <- m:
+	default: // already cancelled
+	}
 }
 
 // updateStream serves a stream the relay opened for a release binary.

@@ -23,7 +23,7 @@ const (
 	CodeUnauthenticated    Code = 7  // missing or wrong credentials
 	CodeBadRequest         Code = 8  // malformed address, header or message
 	CodeInternal           Code = 9  // a bug or a broken dependency on the answering side
-	CodeUnavailable        Code = 10 // the answering side is draining or shutting down
+	CodeUnavailable        Code = 10 // the answering side is draining or shutting down, or no longer has what was asked for (a removed release)
 	CodeUnsupportedVersion Code = 11 // no protocol version in common
 	CodeInvalidToken       Code = 12 // unknown join token or wrong secret
 	CodeTokenExpired       Code = 13 // the join token's expiry has passed

@@ -34,6 +34,7 @@ const (
 	TypeUpdateFetch    MessageType = 14
 	TypeUpdateStatus   MessageType = 15
 	TypeRelays         MessageType = 16 // see relays.go
+	TypeUpdateCancel   MessageType = 17 // see update.go
 )
 
 // Message is one control or enrolment message.
@@ -393,6 +394,8 @@ func newMessage(t MessageType) Message {
 		return new(UpdateStatus)
 	case TypeRelays:
 		return new(Relays)
+	case TypeUpdateCancel:
+		return new(UpdateCancel)
 	}
 	return nil
 }

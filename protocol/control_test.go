@@ -65,6 +65,7 @@ func sampleMessages() []struct {
 		{"renew now", &protocol.RenewNow{Root: "sha256:00ff", SpreadMillis: 120000}},
 		{"update offer", &protocol.UpdateOffer{ID: "o1", Version: "1.2.3", Manifest: []byte(`{"version":"1.2.3"}`), ManifestSignature: []byte("sig"), BinarySignature: []byte("bsig")}},
 		{"update fetch", &protocol.UpdateFetch{ID: "o1", Version: "1.2.3"}},
+		{"update cancel", &protocol.UpdateCancel{ID: "o1", Version: "1.2.3", Code: "unavailable", Message: "release 1.2.3 was removed"}},
 		{"update status", &protocol.UpdateStatus{ID: "o1", Version: "1.2.3", From: "1.2.2", State: protocol.UpdateRolledBack, Reason: "unhealthy", Message: "no connection"}},
 		{"report", &protocol.Report{AgentVersion: "1.2.3", OS: "linux", Arch: "arm64", Hostname: "gw", StartedAt: 1800000000000, Transport: "tcp", TransportWhy: "configured", RTTMicros: 900,
 			StreamsOpen: 1, StreamsTotal: 7, BytesIn: 1 << 40, BytesOut: 3, DialFailures: map[string]uint64{"db": 2}, LastDialError: "refused", CertNotAfter: 1800086400000,
@@ -357,6 +358,7 @@ func TestMessageTypes(t *testing.T) {
 		{&protocol.UpdateFetch{}, 14},
 		{&protocol.UpdateStatus{}, 15},
 		{&protocol.Relays{}, 16},
+		{&protocol.UpdateCancel{}, 17},
 		{&protocol.Unknown{MessageType: 42}, 42},
 	}
 	for _, tc := range tests {

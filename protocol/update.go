@@ -1,6 +1,6 @@
 package protocol
 
-// Self-update messages (types 13–15) and the stream that carries a
+// Self-update messages (types 13–15 and 17) and the stream that carries a
 // release binary.
 //
 // The relay offers a release on the control stream (UpdateOffer). The agent
@@ -16,6 +16,13 @@ package protocol
 // open a stream for it: the relay grants agents no stream credit beyond the
 // control stream. A relay-opened stream has its own flow control and is
 // cut off by the agent at the manifest's size and its time limit.
+//
+// A relay that cannot send the binary of an offer the agent asked for (the
+// release was removed since it was offered) answers the UpdateFetch with
+// UpdateCancel instead of opening the stream: the agent ends that download
+// at once rather than waiting for a stream until its download timeout. An
+// agent that does not know UpdateCancel ignores it (unknown messages are
+// ignored) and gives up at its timeout, as before.
 
 // UpdateService is the service name in the header of a stream that
 // carries a release binary. It is not a valid service name (those are DNS
@@ -44,6 +51,23 @@ type UpdateOffer struct {
 type UpdateFetch struct {
 	ID      string `json:"id"`
 	Version string `json:"version"`
+}
+
+// UpdateCancel tells the agent that the relay will not send the binary of
+// offer ID, and why (Code: a Code name; CodeUnavailable when the release
+// was removed since it was offered). It is not a verdict on the release:
+// the agent takes it again when it is offered again.
+type UpdateCancel struct {
+	ID      string `json:"id"`
+	Version string `json:"version"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Err converts an UpdateCancel into an *Error; an unknown code name
+// becomes CodeInternal with the name kept in the message.
+func (c *UpdateCancel) Err() *Error {
+	return (&Reject{Code: c.Code, Message: c.Message}).Err()
 }
 
 // UpdateStatus reports what an agent did with an update.
@@ -75,3 +99,4 @@ const (
 func (*UpdateOffer) Type() MessageType  { return TypeUpdateOffer }
 func (*UpdateFetch) Type() MessageType  { return TypeUpdateFetch }
 func (*UpdateStatus) Type() MessageType { return TypeUpdateStatus }
+func (*UpdateCancel) Type() MessageType { return TypeUpdateCancel }

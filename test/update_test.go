@@ -556,3 +556,58 @@ func startOnProbation(t *testing.T) (e *updateEnv, stateDir, id string, a *agent
 	waitCount(t, a.proc, onProbation, 1, 20*time.Second)
 	return e, stateDir, id, a, v1
 }
+
+// TestSelfUpdateReleaseRemoved: an agent told to update to a release that
+// the relay no longer has when the agent asks for it (release remove
+// landed between the offer and the fetch: here the copy's binary is gone,
+// as a removal leaves it) is told so at once, and ends that update well
+// within its download_timeout (2m here) with reason removed, saying the
+// release was removed, in one log line and in its recorded state; it
+// keeps its binary and runs on, does not record the version as failed
+// (a later offer is taken), and is not offered the release again by the
+// same rollout. Before, the relay sent nothing and the agent waited for
+// the binary until its download_timeout ran out.
+func TestSelfUpdateReleaseRemoved(t *testing.T) {
+	const downloadTimeout = 2 * time.Minute
+	v1 := agentOfVersion(t, "1.0.0")
+	v2src := agentOfVersion(t, "2.0.0")
+	e := newUpdateEnv(t)
+	r := e.relay
+	stateDir, id := enroll(t, r.agentAddr, r.token(t, "acme"))
+	a := runAgent(t, stateDir, id, r.agentAddr, agentOpts{bin: v1, extra: e.updateYAML(fmt.Sprintf(", download_timeout: %v", downloadTimeout))})
+	a.waitOutput(`"msg":"connected to relay"`, 20*time.Second)
+	sum := fileSum(t, v1)
+
+	e.publish(t, v2src, "1.2.0")
+	if err := os.Remove(filepath.Join(e.releaseDir("1.2.0", runtime.GOOS, runtime.GOARCH, "stable"), "tether-agent")); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	r.admin(t, "release", "rollout", "1.2.0", "--agents", id)
+	// Waited for as it happens, at most a tenth of the download timeout.
+	reason, msg := e.waitState(t, id, "1.2.0", downloadTimeout/10, "refused", "failed", "rolled_back", "succeeded")
+	took := time.Since(began)
+	if reason != "removed" || !strings.Contains(msg, "release 1.2.0 was removed") {
+		t.Fatalf("update to the removed release: reason %q, message %q; want removed, saying release 1.2.0 was removed", reason, msg)
+	}
+	t.Logf("the agent gave up on the removed release %v after the rollout started (download_timeout %v)", took.Round(time.Millisecond), downloadTimeout)
+	a.waitOutput(`"reason":"removed"`, 10*time.Second)
+	if n := strings.Count(a.Output(), `"msg":"update refused"`); n != 1 {
+		t.Errorf("agent logged %d 'update refused' lines, want 1", n)
+	}
+	if fileSum(t, v1) != sum || binVersion(t, v1) != "1.0.0" {
+		t.Fatal("the agent's binary changed")
+	}
+	if failed, _ := os.ReadFile(filepath.Join(stateDir, "update", "failed.json")); bytes.Contains(failed, []byte(`"1.2.0"`)) {
+		t.Fatalf("failed.json names the removed release, which would refuse it when published again: %s", failed)
+	}
+	time.Sleep(2 * time.Second) // several offer rounds (--update-interval 300ms)
+	if n := strings.Count(r.admin(t, "audit", "--agent", id, "--kind", "update.offer"), "1.2.0"); n != 1 {
+		t.Fatalf("1.2.0 offered %d times by its rollout, want once", n)
+	}
+	select {
+	case <-a.Done():
+		t.Fatalf("agent exited: %v", a.Err())
+	default:
+	}
+}

@@ -86,6 +86,7 @@ const (
 	ReasonApply     = "apply"     // replacing the binary failed
 	ReasonBusy      = "busy"      // another update is in progress, or the agent stopped during the trial: not a verdict on the release, which is offered again
 	ReasonUnhealthy = "unhealthy" // the new binary did not connect in time
+	ReasonRemoved   = "removed"   // the relay no longer has the release (removed since it was offered): not a verdict on the release, which is taken again when offered again
 )
 
 func refusef(reason, format string, args ...any) *Refusal {

@@ -156,6 +156,10 @@ func (a *Admin) StartRollout(ctx context.Context, ro Rollout) (Rollout, []string
 	ro.CreatedAt = a.now()
 	id, err := a.store.AddRollout(ctx, store.Rollout{Version: ro.Version, Percent: ro.Percent, Tenants: ro.Tenants, Agents: ro.Agents,
 		HaltAt: ro.HaltAt, Batch: ro.Batch, CreatedAt: ro.CreatedAt})
+	if errors.Is(err, store.ErrNotFound) {
+		// Removed since it was looked up (release remove).
+		return ro, nil, notFoundf("version %s: no release published (tether-relay release publish): it was removed as the rollout started", ro.Version)
+	}
 	if err != nil {
 		return ro, nil, err
 	}

@@ -2,6 +2,8 @@ package admin
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
@@ -61,6 +63,14 @@ func TestUpdateStatusPages(t *testing.T) {
 	}
 	defer a.Close()
 	t0 := time.Unix(1_800_000_000, 0).UTC()
+	for _, v := range []string{"1.1.0", "1.2.0"} { // a rollout needs a release
+		bin := "binary " + v
+		sum := sha256.Sum256([]byte(bin))
+		if err := a.store.AddRelease(ctx, store.Release{Version: v, OS: "linux", Arch: "amd64", Channel: "stable", SHA256: hex.EncodeToString(sum[:]), Size: int64(len(bin)),
+			ExpiresAt: t0.Add(time.Hour), PublishedAt: t0, BinarySignature: []byte("bsig"), Manifest: []byte("{}"), ManifestSignature: []byte("msig")}, strings.NewReader(bin)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if _, err := a.store.AddRollout(ctx, store.Rollout{Version: "1.1.0", Percent: 10, CreatedAt: t0}); err != nil {
 		t.Fatal(err)
 	}

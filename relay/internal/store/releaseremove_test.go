@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -288,4 +289,59 @@ func testPurgeTokens(t *testing.T, e engine) {
 	if again, err := s.PurgeTokens(ctx, cutoff); err != nil || len(again) != 0 {
 		t.Errorf("second purge: %v, %v; want nothing", again, err)
 	}
+}
+
+// A rollout started while its release is being removed (release rollout
+// and release remove --force at the same moment, from two processes) ends
+// one way or the other, never both: the rollout is refused (ErrNotFound)
+// and the release removed, or the rollout starts and the removal is
+// refused (ErrInUse, the active rollout offers it). Before, AddRollout did
+// not look for the release in its own transaction: the caller's look came
+// before the removal, and the rollout then offered a release that was gone.
+func TestRolloutRemoveRace(t *testing.T) { eachEngine(t, testRolloutRemoveRace) }
+
+func testRolloutRemoveRace(t *testing.T, e engine) {
+	s, dsn := e.open(t)
+	other, err := OpenDSN(ctx, dsn) // release remove runs in another process
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	var rolledOut, removed int
+	for i := range 40 {
+		version := fmt.Sprintf("1.0.%d", i)
+		bin, sum := binary(100, byte(i))
+		addTestRelease(t, s, version, "linux/amd64", bin, sum)
+		start := make(chan struct{})
+		var roErr, rerr error
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			<-start
+			_, roErr = s.AddRollout(ctx, Rollout{Version: version, Percent: 100, CreatedAt: t0})
+		})
+		wg.Go(func() {
+			<-start
+			_, rerr = other.RemoveRelease(ctx, version, t0, true)
+		})
+		close(start)
+		wg.Wait()
+		switch {
+		case roErr == nil && errors.Is(rerr, ErrInUse):
+			rolledOut++
+		case errors.Is(roErr, ErrNotFound) && rerr == nil:
+			removed++
+		default:
+			t.Fatalf("round %d: rollout %v, removal %v; want one refused (rollout ErrNotFound, or removal ErrInUse) and the other done", i, roErr, rerr)
+		}
+		ro, err := s.ActiveRollout(ctx)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			t.Fatal(err)
+		}
+		if err == nil {
+			if rs, err := s.Releases(ctx, ro.Version); err != nil || len(rs) == 0 {
+				t.Fatalf("round %d: the active rollout %d offers %s, which has no release (%v)", i, ro.ID, ro.Version, err)
+			}
+		}
+	}
+	t.Logf("%d rollouts started, %d releases removed", rolledOut, removed)
 }

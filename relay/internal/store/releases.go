@@ -269,14 +269,26 @@ type Rollout struct {
 	UpdatedAt time.Time
 }
 
-// AddRollout starts a rollout; the active one, if any, is superseded.
+// AddRollout starts a rollout; the active one, if any, is superseded. A
+// version with no release is ErrNotFound. That is checked in the same
+// transaction as RemoveRelease checks for the active rollout (both take
+// the change feed's order lock first), so a rollout started while its
+// release is being removed either is refused or makes the removal refused:
+// never an active rollout of a release that is gone.
 func (s *Store) AddRollout(ctx context.Context, r Rollout) (int64, error) {
 	var id int64
 	err := s.writeChanges(ctx, func(tx *sql.Tx) ([]Change, error) {
+		published, err := exists(ctx, tx, `SELECT count(*) FROM releases WHERE version = $1`, r.Version)
+		if err != nil {
+			return nil, err
+		}
+		if !published {
+			return nil, fmt.Errorf("version %s: no release published (removed, or never published): %w", r.Version, ErrNotFound)
+		}
 		if _, err := tx.ExecContext(ctx, `UPDATE rollouts SET state = $1, updated_at = $2 WHERE state = $3`, RolloutSuperseded, unix(r.CreatedAt), RolloutActive); err != nil {
 			return nil, err
 		}
-		err := tx.QueryRowContext(ctx, `INSERT INTO rollouts (version, percent, tenants, agents, halt_at, batch, state, created_at, updated_at)
+		err = tx.QueryRowContext(ctx, `INSERT INTO rollouts (version, percent, tenants, agents, halt_at, batch, state, created_at, updated_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id`,
 			r.Version, r.Percent, strings.Join(r.Tenants, ","), strings.Join(r.Agents, ","), r.HaltAt, r.Batch, RolloutActive, unix(r.CreatedAt)).Scan(&id)
 		return []Change{{Kind: ChangeRollout, Subject: fmt.Sprint(id)}}, err

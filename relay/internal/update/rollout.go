@@ -144,7 +144,10 @@ type offer struct {
 	id      string
 	version string
 	rollout int64
-	dir     string // the release's files (datadir.Dir.ReleaseFiles)
+	// os, arch and channel are the release's (with version, its row in
+	// the store).
+	os, arch, channel string
+	dir               string // the release's files (datadir.Dir.ReleaseFiles)
 	// announced is closed once the offer is audited (or could not be
 	// sent). The agent's answers are recorded after it, on goroutines of
 	// their own: an agent can answer an offer before the relay has
@@ -237,11 +240,19 @@ func inFlight(s string) bool {
 // settled reports whether an agent's state for a version means it is not
 // offered that version again: it runs it, or it refused it or failed with
 // it. A refusal because the agent was busy is not final.
-func settled(s store.AgentUpdate) bool {
+//
+// A refusal because the release was removed since it was offered (the
+// relay answered the agent's fetch with UpdateCancel) is final for that
+// rollout only: a later rollout of the version, once it is published
+// again, offers it again.
+func settled(s store.AgentUpdate, ro store.Rollout) bool {
 	switch s.State {
 	case protocol.UpdateSucceeded, protocol.UpdateRolledBack, protocol.UpdateFailed:
 		return true
 	case protocol.UpdateRefused:
+		if s.Reason == release.ReasonRemoved {
+			return s.Rollout == ro.ID
+		}
 		return s.Reason != release.ReasonBusy
 	}
 	return false
@@ -344,7 +355,7 @@ func (u *Rollouts) offerAll(ctx context.Context) error {
 			continue // already newer: it would refuse (not_newer), which is no failure of the release
 		}
 		s, has := states[id.ID]
-		if has && settled(s) {
+		if has && settled(s, ro) {
 			continue
 		}
 		ofs := u.stateOf(a)
@@ -394,7 +405,7 @@ func (u *Rollouts) offer(ctx context.Context, a Agent, ofs *offerState, ro store
 		defer f.Close()
 		return io.ReadAll(io.LimitReader(f, max))
 	}
-	o := &offer{id: credential.NewRequestID(), version: ro.Version, rollout: ro.ID, dir: dir, announced: make(chan struct{})}
+	o := &offer{id: credential.NewRequestID(), version: ro.Version, rollout: ro.ID, os: rel.OS, arch: rel.Arch, channel: rel.Channel, dir: dir, announced: make(chan struct{})}
 	m := &protocol.UpdateOffer{ID: o.id, Version: ro.Version}
 	if m.Manifest, err = read(release.ManifestFile, release.MaxManifestSize); err != nil {
 		return err
@@ -532,7 +543,7 @@ func (u *Rollouts) forgetAgentUpdates() {
 // those of the agents ro was offered to, and of them those that failed.
 func failures(ro store.Rollout, rows map[string]store.AgentUpdate) (total, failed int) {
 	for _, s := range rows {
-		if s.Rollout != ro.ID || (s.State == protocol.UpdateRefused && notApplicable(s.Reason)) {
+		if s.Rollout != ro.ID || (s.State == protocol.UpdateRefused && (notApplicable(s.Reason) || s.Reason == release.ReasonRemoved)) {
 			continue
 		}
 		total++
@@ -647,17 +658,38 @@ func (u *Rollouts) goSend(fn func()) bool {
 	return !u.stopped
 }
 
-// send opens an update stream to the agent and writes the binary.
+// send opens an update stream to the agent and writes the binary; when
+// the release was removed since it was offered, it tells the agent so at
+// once (UpdateCancel) instead.
 func (u *Rollouts) send(ctx context.Context, a Agent, o *offer) {
 	if !o.wait(ctx) {
 		return // the session ended
 	}
-	u.record(ctx, a, o, protocol.UpdateDownloading, "", "", "")
 	start := time.Now()
-	n, err := writeRelease(ctx, a, o)
 	id := a.Identity()
 	rec := audit.Record{Kind: audit.UpdateDownload, Outcome: audit.OutcomeOK, Tenant: id.Tenant, Agent: id.ID, Actor: "relay",
-		Detail: map[string]any{"version": o.version, "offer": o.id, "bytes": n, "duration_ms": time.Since(start).Milliseconds()}}
+		Detail: map[string]any{"version": o.version, "offer": o.id}}
+	f, err := u.openRelease(ctx, o)
+	var gone *protocol.Error
+	if errors.As(err, &gone) {
+		// Nothing is sent and no stream opens: the agent, told why, ends
+		// its download now rather than at its download timeout, and
+		// reports the refusal (reason removed).
+		if serr := a.Send(&protocol.UpdateCancel{ID: o.id, Version: o.version, Code: gone.Code.String(), Message: gone.Message}); serr != nil {
+			a.Logger().Debug("update: tell the agent the release is gone", "version", o.version, "err", serr)
+		}
+		rec.Outcome, rec.Detail["error"], rec.Detail["bytes"] = "error", gone.Error(), int64(0)
+		a.Logger().Warn("update: the agent asked for a release removed since it was offered; told it so, nothing sent", "version", o.version, "offer", o.id)
+		u.cfg.Audit.Add(rec)
+		return
+	}
+	var n int64
+	if err == nil {
+		u.record(ctx, a, o, protocol.UpdateDownloading, "", "", "")
+		n, err = writeRelease(ctx, a, o, f)
+		f.Close()
+	}
+	rec.Detail["bytes"], rec.Detail["duration_ms"] = n, time.Since(start).Milliseconds()
 	if err != nil {
 		rec.Outcome, rec.Detail["error"] = "error", err.Error()
 		a.Logger().Warn("update: sending the release failed", "version", o.version, "bytes", n, "err", err)
@@ -665,17 +697,36 @@ func (u *Rollouts) send(ctx context.Context, a Agent, o *offer) {
 	u.cfg.Audit.Add(rec)
 }
 
-func writeRelease(ctx context.Context, a Agent, o *offer) (int64, error) {
+// openRelease opens the binary of o's release for sending. A release
+// removed since it was offered — its row gone from the store (removed
+// here, or through another relay whose change has not removed this
+// relay's copy yet) or its binary gone from the copy offered — is a
+// *protocol.Error with CodeUnavailable naming the version. A store that
+// does not answer does not stop a download: the copy is sent.
+func (u *Rollouts) openRelease(ctx context.Context, o *offer) (*os.File, error) {
+	_, err := u.st.Release(ctx, o.version, o.os, o.arch, o.channel)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, releaseGone(o.version)
+	case err != nil:
+		u.cfg.Logger.Debug("update: could not check that the release is still published; sending this relay's copy", "version", o.version, "err", err)
+	}
 	f, err := os.Open(filepath.Join(o.dir, release.BinaryFile))
 	if errors.Is(err, fs.ErrNotExist) {
-		// Removed (release remove) since it was offered: the agent is sent
-		// nothing, and its download fails at its own timeout.
-		return 0, fmt.Errorf("release %s is no longer on this relay (removed since it was offered): %w", o.version, err)
+		return nil, releaseGone(o.version)
 	}
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
+	return f, err
+}
+
+// releaseGone is the refusal of a download of version, whose release was
+// removed since it was offered.
+func releaseGone(version string) *protocol.Error {
+	return protocol.Errorf(protocol.CodeUnavailable, "release %s was removed from the relay since it was offered (release remove); nothing is sent, and the agent keeps its version", version)
+}
+
+// writeRelease opens an update stream to the agent and writes the
+// binary, f.
+func writeRelease(ctx context.Context, a Agent, o *offer, f *os.File) (int64, error) {
 	octx, cancel := context.WithTimeout(ctx, openTimeout)
 	defer cancel()
 	st, err := a.NewStream(octx)

@@ -32,6 +32,7 @@ type fakeAgent struct {
 	offers      atomic.Int64
 	streams     atomic.Int64
 	done        chan struct{}
+	cancels     chan *protocol.UpdateCancel // when set, the UpdateCancel messages sent to it
 }
 
 func (f *fakeAgent) Identity() identity.Agent {
@@ -43,8 +44,13 @@ func (f *fakeAgent) Hello() *protocol.Hello {
 }
 
 func (f *fakeAgent) Send(m protocol.Message) error {
-	if _, ok := m.(*protocol.UpdateOffer); ok {
+	switch m := m.(type) {
+	case *protocol.UpdateOffer:
 		f.offers.Add(1)
+	case *protocol.UpdateCancel:
+		if f.cancels != nil {
+			f.cancels <- m
+		}
 	}
 	return nil
 }
@@ -65,13 +71,14 @@ func (f *fakeAgent) NewStream(context.Context) (transport.Stream, error) {
 func TestHandleBoundsUpdateMessages(t *testing.T) {
 	ctx := context.Background()
 	u, dir := newTestRollouts(t, nil)
+	publish(t, dir.Store, "2.0.0", store.Rollout{})
 
 	rel := t.TempDir()
 	if err := os.WriteFile(filepath.Join(rel, release.BinaryFile), []byte("binary"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	a := &fakeAgent{done: make(chan struct{})}
-	o := &offer{id: "o1", version: "2.0.0", rollout: 1, dir: rel, announced: make(chan struct{})}
+	o := &offer{id: "o1", version: "2.0.0", rollout: 1, os: "linux", arch: "amd64", channel: release.DefaultChannel, dir: rel, announced: make(chan struct{})}
 	close(o.announced)
 	u.stateOf(a).offer = o
 
@@ -259,40 +266,118 @@ func TestRolloutOffersAgainAfterBusy(t *testing.T) {
 // A release removed after it was offered (release remove --force, once
 // another rollout superseded its own) is not sent when the agent asks for
 // it: no update stream is opened, so the agent receives no byte of it, let
-// alone part of it, and the send is audited as failed, saying why.
+// alone part of it; the agent is told at once that the release was
+// removed (UpdateCancel, code unavailable, naming the version), so that it
+// does not wait for a stream until its download timeout; and the send is
+// audited as failed, saying why. So whether the release's row is gone from
+// the store and its copy from the data directory (a removal through this
+// relay), only the row (through another relay of the cluster, whose
+// change has not reached this one yet), or only the copy's binary.
 func TestRemovedReleaseIsNotSent(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		removeRow, files bool
+	}{
+		{"row and copy", true, true},
+		{"row only", true, false},
+		{"copy only", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			a := &fakeAgent{id: "a1", done: make(chan struct{}), cancels: make(chan *protocol.UpdateCancel, 10)}
+			u, dir := newTestRollouts(t, []Agent{a})
+			publish(t, dir.Store, "2.0.0", store.Rollout{})
+			if err := u.offerAll(ctx); err != nil {
+				t.Fatal(err)
+			}
+			u.sends.Wait()
+			o := u.stateOf(a).offer
+			if o == nil || a.offers.Load() != 1 {
+				t.Fatalf("offers: %d, want 1", a.offers.Load())
+			}
+			bin := filepath.Join(o.dir, release.BinaryFile)
+			if _, err := os.Stat(bin); err != nil {
+				t.Fatalf("the offered release's copy: %v", err)
+			}
+			if tc.removeRow {
+				publish(t, dir.Store, "3.0.0", store.Rollout{}) // supersedes 2.0.0's rollout
+				if _, err := dir.Store.RemoveRelease(ctx, "2.0.0", time.Now().Add(-time.Hour), true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.files {
+				if err := os.Remove(bin); err != nil {
+					t.Fatal(err)
+				}
+			}
+			u.Handle(ctx, a, &protocol.UpdateFetch{ID: o.id})
+			u.sends.Wait()
+			if n := a.streams.Load(); n != 0 {
+				t.Errorf("update streams opened for a removed release: %d, want 0", n)
+			}
+			select {
+			case c := <-a.cancels:
+				if c.ID != o.id || c.Version != "2.0.0" || c.Code != protocol.CodeUnavailable.String() || !strings.Contains(c.Message, "release 2.0.0 was removed") {
+					t.Errorf("the agent was told %+v; want its offer %s cancelled, unavailable, saying release 2.0.0 was removed", c, o.id)
+				}
+			default:
+				t.Error("the agent was not told the release was removed: it would wait for the binary until its download timeout")
+			}
+			recs, err := dir.Store.ListAudit(ctx, store.AuditFilter{Kind: audit.UpdateDownload})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(recs) != 1 || recs[0].Outcome != "error" || !strings.Contains(fmt.Sprint(recs[0].Detail["error"]), "release 2.0.0 was removed") {
+				t.Fatalf("download records: %+v; want one error saying the release was removed", recs)
+			}
+			if s, err := dir.Store.AgentUpdate(ctx, "a1", "2.0.0"); err == nil && s.State == protocol.UpdateDownloading {
+				t.Errorf("the agent's state is %s for a release that was not sent", s.State)
+			}
+		})
+	}
+}
+
+// An agent that refused a release because it was removed since it was
+// offered (reason removed) is not offered it again by the same rollout,
+// nor counted as failed towards halting it; a later rollout of the
+// version (published again) offers it again.
+func TestRolloutAfterRemovedRefusal(t *testing.T) {
 	ctx := context.Background()
-	a := &fakeAgent{id: "a1", done: make(chan struct{})}
+	a := &fakeAgent{id: "a1"}
 	u, dir := newTestRollouts(t, []Agent{a})
-	publish(t, dir.Store, "2.0.0", store.Rollout{})
-	if err := u.offerAll(ctx); err != nil {
+	rid := publish(t, dir.Store, "2.0.0", store.Rollout{HaltAt: 0.5})
+	round := func() int64 {
+		t.Helper()
+		if err := u.offerAll(ctx); err != nil {
+			t.Fatal(err)
+		}
+		u.sends.Wait()
+		return a.offers.Load()
+	}
+	if n := round(); n != 1 {
+		t.Fatalf("offers: %d, want 1", n)
+	}
+	if err := dir.Store.SetAgentUpdate(ctx, store.AgentUpdate{Agent: "a1", Tenant: "acme", Version: "2.0.0", Rollout: rid,
+		State: protocol.UpdateRefused, Reason: release.ReasonRemoved, UpdatedAt: time.Now().Add(-time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	u.sends.Wait()
-	o := u.stateOf(a).offer
-	if o == nil || a.offers.Load() != 1 {
-		t.Fatalf("offers: %d, want 1", a.offers.Load())
-	}
-	if _, err := os.Stat(filepath.Join(o.dir, release.BinaryFile)); err != nil {
-		t.Fatalf("the offered release's copy: %v", err)
-	}
-	publish(t, dir.Store, "3.0.0", store.Rollout{}) // supersedes 2.0.0's rollout
-	if _, err := dir.Store.RemoveRelease(ctx, "2.0.0", time.Now().Add(-time.Hour), true); err != nil {
-		t.Fatal(err)
-	}
-	if ok, err := dir.RemoveReleaseFiles("2.0.0"); err != nil || !ok {
-		t.Fatalf("remove the copy: %v, %v", ok, err)
-	}
-	u.Handle(ctx, a, &protocol.UpdateFetch{ID: o.id})
-	u.sends.Wait()
-	if n := a.streams.Load(); n != 0 {
-		t.Errorf("update streams opened for a removed release: %d, want 0", n)
-	}
-	recs, err := dir.Store.ListAudit(ctx, store.AuditFilter{Kind: audit.UpdateDownload})
+	ro, err := dir.Store.ActiveRollout(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs) != 1 || recs[0].Outcome != "error" || !strings.Contains(fmt.Sprint(recs[0].Detail["error"]), "no longer on this relay") {
-		t.Fatalf("download records: %+v; want one error saying the release was removed", recs)
+	if halted, err := u.checkHalt(ctx, ro); err != nil || halted {
+		t.Fatalf("halted by a refusal of a removed release: %v, %v", halted, err)
+	}
+	u.forgetEnded()
+	u.stateOf(a).offer = nil // a new session of the agent
+	if n := round(); n != 1 {
+		t.Fatalf("offers by the same rollout after the refusal: %d, want still 1", n)
+	}
+	ro.Version, ro.State, ro.CreatedAt = "2.0.0", store.RolloutActive, time.Now()
+	if _, err := dir.Store.AddRollout(ctx, ro); err != nil {
+		t.Fatal(err)
+	}
+	if n := round(); n != 2 {
+		t.Fatalf("offers by a new rollout of the version: %d, want 2", n)
 	}
 }
