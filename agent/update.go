@@ -450,7 +450,9 @@ func (u *updater) download(ctx context.Context, s *session, o *protocol.UpdateOf
 	case c := <-f.cancel:
 		// Not a verdict on the release: it is not recorded as failed,
 		// and taken again if the relay offers it again.
-		return "", &release.Refusal{Reason: release.ReasonRemoved, Message: fmt.Sprintf("download cancelled by the relay: %v", c.Err())}
+		// The relay's words are clipped, as its other text is, before
+		// they go to the log and back to the relay.
+		return "", &release.Refusal{Reason: release.ReasonRemoved, Message: "download cancelled by the relay: " + protocol.Clip(c.Err().Error(), maxCancelText)}
 	case <-ctx.Done():
 		return "", &release.Refusal{Reason: release.ReasonDownload, Message: fmt.Sprintf("the relay did not start sending the binary within %v", u.a.cfg.Update.DownloadTimeout)}
 	}
@@ -486,6 +488,10 @@ func (u *updater) download(ctx context.Context, s *session, o *protocol.UpdateOf
 	}
 	return path, nil
 }
+
+// maxCancelText bounds the relay's reason for an UpdateCancel in the
+// agent's refusal of the update.
+const maxCancelText = 512
 
 // cancelled takes the relay's answer to a fetch that it will not send the
 // binary (the release was removed since it was offered): the download of
