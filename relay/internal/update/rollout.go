@@ -241,19 +241,33 @@ func inFlight(s string) bool {
 // offered that version again: it runs it, or it refused it or failed with
 // it. A refusal because the agent was busy is not final.
 //
-// A refusal because the release was removed since it was offered (the
-// relay answered the agent's fetch with UpdateCancel) is final for that
-// rollout only: a later rollout of the version, once it is published
-// again, offers it again.
+// A refusal or failure for what reached the agent or for its host, not
+// for the signed release itself — the release removed since it
+// was offered (the relay answered the fetch with UpdateCancel), a
+// download that failed or ran out of time, a binary of the wrong size or
+// hash (a relay's copy damaged on disk, which the relay writes again from
+// the store once removed), a binary that could not be put in place (a
+// full disk) — is final for the rollout that offered it only: a later
+// rollout of the version offers it again, once the cause is mended.
+// Signature, key, manifest, platform, channel and expiry refusals, and a
+// rollback, are verdicts on the release for that agent, final for good.
 func settled(s store.AgentUpdate, ro store.Rollout) bool {
 	switch s.State {
-	case protocol.UpdateSucceeded, protocol.UpdateRolledBack, protocol.UpdateFailed:
+	case protocol.UpdateSucceeded, protocol.UpdateRolledBack:
 		return true
-	case protocol.UpdateRefused:
-		if s.Reason == release.ReasonRemoved {
+	case protocol.UpdateFailed:
+		if s.Reason == release.ReasonApply {
 			return s.Rollout == ro.ID
 		}
-		return s.Reason != release.ReasonBusy
+		return true
+	case protocol.UpdateRefused:
+		switch s.Reason {
+		case release.ReasonBusy:
+			return false
+		case release.ReasonRemoved, release.ReasonDownload, release.ReasonSize, release.ReasonHash:
+			return s.Rollout == ro.ID
+		}
+		return true
 	}
 	return false
 }

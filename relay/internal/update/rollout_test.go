@@ -381,3 +381,67 @@ func TestRolloutAfterRemovedRefusal(t *testing.T) {
 		t.Fatalf("offers by a new rollout of the version: %d, want 2", n)
 	}
 }
+
+// A refusal or failure for what reached the agent or for its host, not
+// for the signed release (a download that failed, a damaged copy's size
+// or hash, a binary that could not be put in place), is final for the rollout that offered it
+// only: a new rollout of the version offers it again, once the cause is
+// mended. A verdict on the release (its key, say) stays final.
+func TestRolloutAfterTransientRefusal(t *testing.T) {
+	for _, tc := range []struct {
+		state, reason string
+		again         bool
+	}{
+		{protocol.UpdateRefused, release.ReasonDownload, true},
+		{protocol.UpdateRefused, release.ReasonSize, true},
+		{protocol.UpdateRefused, release.ReasonHash, true},
+		{protocol.UpdateFailed, release.ReasonApply, true},
+		{protocol.UpdateRefused, release.ReasonKey, false},
+		{protocol.UpdateRefused, release.ReasonSignature, false},
+		{protocol.UpdateRolledBack, release.ReasonUnhealthy, false},
+	} {
+		t.Run(tc.state+"/"+tc.reason, func(t *testing.T) {
+			ctx := context.Background()
+			a := &fakeAgent{id: "a1"}
+			u, dir := newTestRollouts(t, []Agent{a})
+			rid := publish(t, dir.Store, "2.0.0", store.Rollout{})
+			round := func() int64 {
+				t.Helper()
+				if err := u.offerAll(ctx); err != nil {
+					t.Fatal(err)
+				}
+				u.sends.Wait()
+				return a.offers.Load()
+			}
+			if n := round(); n != 1 {
+				t.Fatalf("offers: %d, want 1", n)
+			}
+			if err := dir.Store.SetAgentUpdate(ctx, store.AgentUpdate{Agent: "a1", Tenant: "acme", Version: "2.0.0", Rollout: rid,
+				State: tc.state, Reason: tc.reason, UpdatedAt: time.Now().Add(-time.Hour)}); err != nil {
+				t.Fatal(err)
+			}
+			u.forgetEnded()
+			u.stateOf(a).offer = nil // a new session of the agent
+			if n := round(); n != 1 {
+				t.Fatalf("offers by the same rollout after %s (%s): %d, want still 1", tc.state, tc.reason, n)
+			}
+			ro, err := dir.Store.ActiveRollout(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ro.CreatedAt = time.Now()
+			if _, err := dir.Store.AddRollout(ctx, ro); err != nil {
+				t.Fatal(err)
+			}
+			u.forgetEnded()
+			u.stateOf(a).offer = nil
+			want := int64(1)
+			if tc.again {
+				want = 2
+			}
+			if n := round(); n != want {
+				t.Fatalf("offers after a new rollout of the version, the agent having %s (%s): %d, want %d", tc.state, tc.reason, n, want)
+			}
+		})
+	}
+}
