@@ -57,7 +57,29 @@ func startOutageRelay(t *testing.T, grace time.Duration) *outageRelay {
 		t.Fatal(err)
 	}
 	r.key = key
+	// The change feed tells the relay of the backend just added, and the
+	// relay then forgets what it cached of it (a change may be a new key
+	// or a revocation). A stream before that would cache the backend only
+	// to have it forgotten, and a store cut after it would leave no
+	// credential to serve from within the grace: wait for the feed first.
+	r.waitFeedPast(t, time.Now())
 	return r
+}
+
+// waitFeedPast waits until the relay has read the change feed, and
+// applied what it read, from a read that began after at.
+func (r *outageRelay) waitFeedPast(t *testing.T, at time.Time) {
+	t.Helper()
+	for range 2 { // the second read began after the first was applied
+		deadline := time.Now().Add(10 * time.Second)
+		for !r.feedReadAt.Load().After(at) {
+			if time.Now().After(deadline) {
+				t.Fatal("the relay read no change feed within 10 s")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		at = time.Now()
+	}
 }
 
 // startOutageRelayOn starts relay id of a cluster on pg (kek its CA's
